@@ -1,0 +1,49 @@
+# One entry point for people and CI. `make test` sets everything up from nothing
+# (Debian packages, virtualenv, cached test-bed binaries) and runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The folder operator/ (the package trainscale.operator) would shadow the standard library's
+# `operator` module whenever the repo root is put first on sys.path, as `python -m` and
+# `python -c` do from here. PYTHONSAFEPATH (Python 3.11+) stops that, for us and our children.
+export PYTHONSAFEPATH := 1
+
+.PHONY: test setup venv system-deps lint typecheck imports unit check demo train clean crd
+
+test: setup lint typecheck imports
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+setup: system-deps venv
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[trainer,dev]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+imports: venv
+	$(BIN)/lint-imports
+
+crd: venv
+	$(BIN)/trainscale crd --output manifests/crd/trainingjobs.trainscale.dev.yaml
+
+# The main job: elastic training on a real dataset with two local workers.
+train: setup
+	$(BIN)/trainscale-train --local --workers 2 --task trainscale.trainer.examples.digits:task
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
