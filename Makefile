@@ -33,6 +33,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
+	mkdir -p .typecheck/trainscale
+	ln -sfn ../../operator .typecheck/trainscale/operator
+	ln -sfn ../../trainer .typecheck/trainscale/trainer
 	$(BIN)/mypy
 
 imports: venv

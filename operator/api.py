@@ -185,7 +185,9 @@ class CheckpointSpec(_Model):
         ge=1,
         description="The trainer checkpoints at least this often, and on SIGTERM.",
     )
-    keep: int = Field(default=3, ge=1, le=100, description="How many checkpoints the trainer keeps.")
+    keep: int = Field(
+        default=3, ge=1, le=100, description="How many checkpoints the trainer keeps."
+    )
 
 
 class RendezvousSpec(_Model):
@@ -298,7 +300,7 @@ class TrainingJobSpec(_Model):
         description="Most workers the job may run with (torchrun --nnodes MAX).",
     )
     template: dict[str, Any] = Field(
-        json_schema_extra=_template_schema,  # type: ignore[arg-type]
+        json_schema_extra=_template_schema,
         description="The worker PodTemplateSpec.",
     )
     autoscaling: AutoscalingSpec = Field(
@@ -434,13 +436,19 @@ class AutoscalingStatus(_Model):
 class TrainingJobStatus(_Model):
     """Observed state of a TrainingJob, written by the operator."""
 
-    phase: Phase = Field(default=Phase.PENDING, description="Pending, Running, Scaling, Succeeded or Failed.")
-    replicas: int = Field(default=0, ge=0, description="Worker pods that exist and are not terminating.")
+    phase: Phase = Field(
+        default=Phase.PENDING, description="Pending, Running, Scaling, Succeeded or Failed."
+    )
+    replicas: int = Field(
+        default=0, ge=0, description="Worker pods that exist and are not terminating."
+    )
     ready_replicas: int = Field(default=0, ge=0, description="Worker pods that are Ready.")
     pending_replicas: int = Field(
         default=0, ge=0, description="Worker pods not yet running (e.g. unschedulable)."
     )
-    selector: str = Field(default="", description="Label selector of the workers (scale subresource).")
+    selector: str = Field(
+        default="", description="Label selector of the workers (scale subresource)."
+    )
     restarts: int = Field(default=0, ge=0, description="Failed or evicted workers replaced so far.")
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
@@ -452,7 +460,8 @@ class TrainingJobStatus(_Model):
         default=None, description="Job throughput in samples per second, for kubectl get."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Standard conditions: Ready, Degraded, ScalingLimited, ..."
+        default_factory=list,
+        description="Standard conditions: Ready, Degraded, ScalingLimited, ...",
     )
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last observation, model and decisions."

@@ -24,6 +24,33 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from trainscale.operator.main import OperatorOptions, run_operator
+
+    if not args.all_namespaces and not args.namespace:
+        raise SystemExit("trainscale operator: give --all-namespaces or at least one --namespace")
+    return run_operator(
+        OperatorOptions(
+            namespaces=tuple(args.namespace or ()),
+            all_namespaces=args.all_namespaces,
+            metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
+            liveness_port=args.liveness_port,
+            liveness_address=args.liveness_address,
+            prometheus_url=args.prometheus_url,
+            peering=args.peering,
+            priority=args.priority,
+            log_level=args.log_level,
+        )
+    )
+
+
+def _cmd_testbed(args: argparse.Namespace) -> int:
+    from trainscale.operator.testbed import cli
+
+    return int(cli(list(args.testbed_args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``trainscale`` command."""
     parser = argparse.ArgumentParser(
@@ -32,9 +59,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    crd = sub.add_parser("crd", help="print (or write) the TrainingJob CRD generated from the API models")
+    crd = sub.add_parser(
+        "crd", help="print (or write) the TrainingJob CRD generated from the API models"
+    )
     crd.add_argument("-o", "--output", help="file to write instead of standard output")
     crd.set_defaults(func=_cmd_crd)
+
+    op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    op.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    op.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics binds to")
+    op.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
+    op.add_argument("--liveness-address", default="0.0.0.0", help="address /healthz binds to")
+    op.add_argument(
+        "--prometheus-url",
+        default="http://prometheus-operated.monitoring.svc:9090",
+        help="Prometheus used by jobs whose spec names none",
+    )
+    op.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: only the highest-priority one acts (kopf peering)",
+    )
+    op.add_argument("--priority", type=int, help="peering priority (default: random)")
+    op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    op.set_defaults(func=_cmd_operator)
+
+    tb = sub.add_parser(
+        "testbed",
+        help="a local Kubernetes control plane with kwok GPU nodes (up, down, kubeconfig, status)",
+        add_help=False,
+    )
+    tb.add_argument("testbed_args", nargs=argparse.REMAINDER)
+    tb.set_defaults(func=_cmd_testbed)
     return parser
 
 

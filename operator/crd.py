@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pydantic
 import yaml
 
 from trainscale.operator import api
@@ -48,21 +49,41 @@ _KEPT_KEYWORDS = frozenset(
 )
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas",
-     "description": "Worker pods that exist"},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas",
-     "description": "Worker pods that are Ready"},
-    {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas",
-     "description": "Desired workers (spec.replicas)"},
+    {
+        "name": "Replicas",
+        "type": "integer",
+        "jsonPath": ".status.replicas",
+        "description": "Worker pods that exist",
+    },
+    {
+        "name": "Ready",
+        "type": "integer",
+        "jsonPath": ".status.readyReplicas",
+        "description": "Worker pods that are Ready",
+    },
+    {
+        "name": "Desired",
+        "type": "integer",
+        "jsonPath": ".spec.replicas",
+        "description": "Desired workers (spec.replicas)",
+    },
     {"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas", "priority": 0},
     {"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas", "priority": 0},
-    {"name": "GPU-Util", "type": "number", "jsonPath": ".status.gpuUtilization",
-     "description": "Mean GPU busy fraction (0..1)"},
-    {"name": "Throughput", "type": "number", "jsonPath": ".status.throughput",
-     "description": "Samples per second"},
+    {
+        "name": "GPU-Util",
+        "type": "number",
+        "jsonPath": ".status.gpuUtilization",
+        "description": "Mean GPU busy fraction (0..1)",
+    },
+    {
+        "name": "Throughput",
+        "type": "number",
+        "jsonPath": ".status.throughput",
+        "description": "Samples per second",
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+]
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -87,9 +108,18 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             del node["default"]
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # JSON Schema 2020-12 writes exclusive bounds as numbers; OpenAPI 3.0 (Kubernetes) as a
+    # boolean beside minimum/maximum.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(exclusive), int | float) and not isinstance(node[exclusive], bool):
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key not in _KEPT_KEYWORDS:
+            continue
+        if key == "additionalProperties" and value is False:
+            # extra="forbid": structural schemas prune unknown fields instead.
             continue
         if key == "properties":
             out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
@@ -100,7 +130,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = resolved
         else:
             out[key] = copy.deepcopy(value)
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("default") == {} or out.get("default") == []:
         # Object/list defaults come from the nested field defaults instead.
@@ -108,7 +142,7 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def build_openapi_schema(model: type[api.BaseModel]) -> dict[str, Any]:
+def build_openapi_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     """Return the structural OpenAPI v3 schema of a pydantic model (by alias, inlined)."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
@@ -125,7 +159,10 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": api.CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "trainscale", "app.kubernetes.io/part-of": "trainscale"},
+            "labels": {
+                "app.kubernetes.io/name": "trainscale",
+                "app.kubernetes.io/part-of": "trainscale",
+            },
         },
         "spec": {
             "group": api.GROUP,

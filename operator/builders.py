@@ -1,0 +1,332 @@
+"""Pure builders of the Kubernetes objects a TrainingJob owns.
+
+Why this module exists: what a worker pod or the rendezvous service looks like is a pure
+function of the job (name, namespace, uid) and its spec. Keeping it here — dicts in, dicts
+out, no client, no clock — lets the unit tests pin every field, and lets the handlers stay a
+few lines of "observe, decide, apply".
+
+Objects built here:
+
+* ``{job}-worker-{i}``: worker pods from ``spec.template`` with torchrun's elastic settings in
+  the standard ``PET_*`` environment variables, so an unmodified ``torchrun train.py``
+  container joins the job;
+* ``{job}-rdzv``: a small pod running a standalone c10d ``TCPStore`` and a Service in front of
+  it. Workers join with ``is_host=false``, so removing *any* worker never kills the store.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trainscale.operator import api
+
+LABEL_JOB_NAME = "trainscale.dev/job-name"
+LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+COMPONENT_WORKER = "worker"
+COMPONENT_RENDEZVOUS = "rendezvous"
+MANAGED_BY = "trainscale"
+
+METRICS_PORT = 9400
+METRICS_PORT_NAME = "metrics"
+CHECKPOINT_VOLUME = "trainscale-checkpoints"
+
+# Kubernetes names: the rendezvous Service name must be a DNS-1035 label (<= 63 chars), and
+# "{job}-rdzv" / "{job}-worker-{index}" must fit, so job names are capped well below 63.
+MAX_JOB_NAME_LENGTH = 47
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+# torchrun rendezvous keep-alive measured stable on loopback with torch 2.13 (1 s x 2 split
+# jobs in two; 2 s x 3 did not).
+KEEP_ALIVE_INTERVAL_SECONDS = 2
+KEEP_ALIVE_MAX_ATTEMPTS = 3
+
+# Run by the rendezvous pod: a standalone c10d TCPStore that outlives every worker. It needs
+# only python and torch, so the worker image can serve.
+RENDEZVOUS_STORE_SCRIPT = """\
+import os, signal, sys, time
+from torch.distributed import TCPStore
+port = int(os.environ["TRAINSCALE_RDZV_PORT"])
+store = TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print(f"trainscale rendezvous store listening on :{port}", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Identity of a TrainingJob: what every owned object must point back to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+class InvalidJobError(ValueError):
+    """The job's name or spec cannot be turned into Kubernetes objects."""
+
+
+def validate_job_name(name: str) -> None:
+    """Raise :class:`InvalidJobError` when ``name`` cannot name the job's children."""
+    if len(name) > MAX_JOB_NAME_LENGTH:
+        raise InvalidJobError(
+            f"metadata.name {name!r} is {len(name)} characters; at most {MAX_JOB_NAME_LENGTH} "
+            "fit the rendezvous Service and worker pod names"
+        )
+    if not _DNS_1035.match(name):
+        raise InvalidJobError(
+            f"metadata.name {name!r} must be a DNS-1035 label (lowercase letters, digits, '-', "
+            "starting with a letter)"
+        )
+
+
+def worker_pod_name(job_name: str, index: int) -> str:
+    """Name of the worker pod with replica index ``index``."""
+    return f"{job_name}-worker-{index}"
+
+
+def rendezvous_name(job_name: str) -> str:
+    """Name of the rendezvous pod and of the Service in front of it."""
+    return f"{job_name}-rdzv"
+
+
+def build_common_labels(job_name: str, component: str) -> dict[str, str]:
+    """Labels every object owned by the job carries."""
+    return {
+        LABEL_NAME: "trainingjob",
+        LABEL_INSTANCE: job_name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: "trainscale",
+        LABEL_JOB_NAME: job_name,
+    }
+
+
+def build_worker_selector(job_name: str) -> dict[str, str]:
+    """The label selector matching exactly the job's worker pods."""
+    return {LABEL_JOB_NAME: job_name, LABEL_COMPONENT: COMPONENT_WORKER}
+
+
+def build_selector_string(selector: dict[str, str]) -> str:
+    """Render a matchLabels selector as the string form ``status.selector`` needs."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def build_owner_reference(job: JobRef) -> dict[str, Any]:
+    """A controller owner reference to the job, so deleting the job garbage-collects children."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_rendezvous_endpoint(job: JobRef, spec: api.TrainingJobSpec) -> str:
+    """host:port of the job's rendezvous store, as workers reach it through its Service."""
+    return f"{rendezvous_name(job.name)}:{spec.rendezvous.port}"
+
+
+def build_rendezvous_id(job: JobRef) -> str:
+    """Rendezvous id: unique per job object, so a re-created job never meets stale state."""
+    return f"{job.namespace}-{job.name}-{job.uid}"
+
+
+def build_torchrun_env(job: JobRef, spec: api.TrainingJobSpec) -> list[dict[str, Any]]:
+    """The PET_* variables (torchrun's own flags as environment) for elastic c10d rendezvous."""
+    rdzv = spec.rendezvous
+    rdzv_conf = ",".join(
+        [
+            "is_host=false",
+            f"last_call_timeout={rdzv.last_call_timeout_seconds}",
+            f"join_timeout={rdzv.join_timeout_seconds}",
+            f"keep_alive_interval={KEEP_ALIVE_INTERVAL_SECONDS}",
+            f"keep_alive_max_attempt={KEEP_ALIVE_MAX_ATTEMPTS}",
+        ]
+    )
+    return [
+        {"name": "PET_NNODES", "value": f"{spec.min_replicas}:{spec.max_replicas}"},
+        {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+        {"name": "PET_RDZV_ENDPOINT", "value": build_rendezvous_endpoint(job, spec)},
+        {"name": "PET_RDZV_ID", "value": build_rendezvous_id(job)},
+        {"name": "PET_RDZV_CONF", "value": rdzv_conf},
+        # Losing a node counts as a failure for torchrun, so restarts must be allowed.
+        {"name": "PET_MAX_RESTARTS", "value": str(max(spec.max_restarts, 1))},
+        # Joining a running job hangs when the agent shares the rendezvous TCP store.
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
+    ]
+
+
+def build_trainscale_env(
+    job: JobRef, spec: api.TrainingJobSpec, index: int
+) -> list[dict[str, Any]]:
+    """The TRAINSCALE_* variables read by :mod:`trainscale.trainer`."""
+    ckpt = spec.checkpoint
+    return [
+        {"name": "TRAINSCALE_JOB_NAME", "value": job.name},
+        {"name": "TRAINSCALE_NAMESPACE", "value": job.namespace},
+        {"name": "TRAINSCALE_REPLICA_INDEX", "value": str(index)},
+        {"name": "TRAINSCALE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TRAINSCALE_CHECKPOINT_DIR", "value": ckpt.path},
+        {"name": "TRAINSCALE_CHECKPOINT_INTERVAL_SECONDS", "value": str(ckpt.interval_seconds)},
+        {"name": "TRAINSCALE_CHECKPOINT_KEEP", "value": str(ckpt.keep)},
+        {"name": "TRAINSCALE_METRICS_PORT", "value": str(METRICS_PORT)},
+    ]
+
+
+# Variables the operator owns: a value the user set for one of these is replaced, because a
+# wrong rendezvous setting silently splits or hangs the job.
+_OWNED_ENV = frozenset(
+    {"PET_NNODES", "PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_RDZV_ID", "PET_RDZV_CONF"}
+)
+
+
+def _merge_env(user_env: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our variables first; the user's override ours except for the rendezvous settings."""
+    user_names = {item.get("name") for item in user_env}
+    merged = [item for item in ours if item["name"] in _OWNED_ENV or item["name"] not in user_names]
+    merged += [item for item in user_env if item.get("name") not in _OWNED_ENV]
+    return merged
+
+
+def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict[str, Any]:
+    """Return the worker pod with replica index ``index`` for the job.
+
+    The pod is ``spec.template`` with: its name, namespace, the job's labels and a controller
+    owner reference; ``restartPolicy: Never`` (the operator replaces failed workers and counts
+    them against ``maxRestarts``); the torchrun and trainscale environment on the first
+    container; a ``metrics`` port; and the checkpoint claim mounted at ``checkpoint.path``
+    when ``checkpoint.claimName`` is set.
+    """
+    template = copy.deepcopy(spec.template)
+    meta = template.get("metadata") or {}
+    pod_spec = template["spec"]
+
+    labels = dict(meta.get("labels") or {})
+    labels.update(build_common_labels(job.name, COMPONENT_WORKER))
+    labels[LABEL_REPLICA_INDEX] = str(index)
+    annotations = dict(meta.get("annotations") or {})
+    annotations.setdefault("prometheus.io/scrape", "true")
+    annotations.setdefault("prometheus.io/port", str(METRICS_PORT))
+
+    pod_spec["restartPolicy"] = "Never"
+    containers = pod_spec["containers"]
+    first = containers[0]
+    nproc = spec.gpus_per_replica
+    ours = build_torchrun_env(job, spec) + build_trainscale_env(job, spec, index)
+    if nproc > 0:
+        ours.append({"name": "PET_NPROC_PER_NODE", "value": str(nproc)})
+    first["env"] = _merge_env(list(first.get("env") or []), ours)
+    ports = list(first.get("ports") or [])
+    if not any(
+        p.get("name") == METRICS_PORT_NAME or p.get("containerPort") == METRICS_PORT for p in ports
+    ):
+        ports.append({"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"})
+    first["ports"] = ports
+
+    if spec.checkpoint.claim_name:
+        volumes = [v for v in pod_spec.get("volumes") or [] if v.get("name") != CHECKPOINT_VOLUME]
+        volumes.append(
+            {
+                "name": CHECKPOINT_VOLUME,
+                "persistentVolumeClaim": {"claimName": spec.checkpoint.claim_name},
+            }
+        )
+        pod_spec["volumes"] = volumes
+        mounts = [m for m in first.get("volumeMounts") or [] if m.get("name") != CHECKPOINT_VOLUME]
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+        first["volumeMounts"] = mounts
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": worker_pod_name(job.name, index),
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [build_owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_rendezvous_pod(job: JobRef, spec: api.TrainingJobSpec) -> dict[str, Any]:
+    """Return the pod running the job's standalone c10d TCPStore.
+
+    It uses ``rendezvous.image`` or the workers' image (which has torch), the template's
+    imagePullSecrets, pod securityContext and tolerations, asks for no GPU, and restarts on
+    its own (``restartPolicy: Always``).
+    """
+    template_spec = spec.template["spec"]
+    image = spec.rendezvous.image or template_spec["containers"][0]["image"]
+    port = spec.rendezvous.port
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {
+                "name": "rendezvous",
+                "image": image,
+                "command": ["python", "-c", RENDEZVOUS_STORE_SCRIPT],
+                "env": [{"name": "TRAINSCALE_RDZV_PORT", "value": str(port)}],
+                "ports": [{"name": "rendezvous", "containerPort": port, "protocol": "TCP"}],
+                "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2},
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "256Mi"},
+                    "limits": {"memory": "1Gi"},
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+    }
+    for key in ("imagePullSecrets", "securityContext", "tolerations", "priorityClassName"):
+        if key in template_spec:
+            pod_spec[key] = copy.deepcopy(template_spec[key])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": rendezvous_name(job.name),
+            "namespace": job.namespace,
+            "labels": build_common_labels(job.name, COMPONENT_RENDEZVOUS),
+            "ownerReferences": [build_owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_rendezvous_service(job: JobRef, spec: api.TrainingJobSpec) -> dict[str, Any]:
+    """Return the ClusterIP Service through which workers reach the rendezvous store."""
+    port = spec.rendezvous.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": rendezvous_name(job.name),
+            "namespace": job.namespace,
+            "labels": build_common_labels(job.name, COMPONENT_RENDEZVOUS),
+            "ownerReferences": [build_owner_reference(job)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_JOB_NAME: job.name, LABEL_COMPONENT: COMPONENT_RENDEZVOUS},
+            "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
+            "publishNotReadyAddresses": True,
+        },
+    }
