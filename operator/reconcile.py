@@ -272,6 +272,8 @@ def decide_reconcile(
             )
         )
 
+    deleting = {name for name, _ in deletes}
+
     # -- scale up / replace: missing indices, unless blocked ------------------------------
     if not succeeded:
         backoff_until = None
