@@ -1,0 +1,1066 @@
+"""The autoscaling decision: how many workers a training job should have, and why.
+
+Why this module exists: the decision is the product, so it must be testable without a
+cluster, a Prometheus or a clock. :func:`recommend` is a pure function of the job's spec,
+the observations the operator gathered, and the time it is told; the kopf timer that calls
+it does all the I/O (reading Prometheus, patching ``spec.replicas``, emitting Events).
+
+The model
+---------
+Synchronous data parallelism with a fixed per-worker batch (weak scaling, what an elastic
+DDP job does when workers join) makes every worker take the same step time ``t(n)``: its own
+compute, which does not depend on ``n``, plus the gradient synchronisation, which grows with
+``n`` (Optimus, EuroSys'18; Pollux, OSDI'21). We model the step time per sample of one worker
+as
+
+    tau(n) = a * (1 + beta * (n - 1) + gamma * (n - 1)**2),        beta, gamma >= 0
+
+so that job throughput is ``X(n) = n / tau(n)`` and scaling efficiency (throughput per
+replica relative to the best throughput per replica, which is at ``n = 1`` because ``tau``
+never decreases) is ``E(n) = 1 / (1 + beta (n-1) + gamma (n-1)**2)``.
+
+* ``gamma = beta = 0`` is linear scaling; ``gamma = 0`` is Amdahl's law (a ring all-reduce
+  whose latency term grows linearly), where throughput saturates at ``1 / (a beta)``;
+  ``gamma > 0`` is a communication-bound job whose throughput peaks and then falls, the
+  shape that makes "more GPUs" actively harmful.
+* The model is linear in its parameters, so it is fitted exactly by non-negative least
+  squares on a handful of points (one per replica count seen), in pure Python, every
+  decision. No numpy: the operator image does not ship it.
+* Why not ``a + b log n + c n``? The log term describes tree all-reduce latency but cannot
+  produce a throughput peak unless ``c`` does, and with the few distinct replica counts a
+  job visits, three shapes are not identifiable; the quadratic family covers linear, Amdahl
+  and peaked curves with one parameter more than Amdahl, and the trust region below keeps a
+  misspecified fit from jumping far.
+
+GPU utilisation ties the same curve down. A GPU is busy for the compute part ``g`` of each
+step, so ``U(n) = g / tau(n)``: with throughput exported, ``g = U * tau`` at any count; with
+only GPU metrics, ``1 / U(n)`` *is* ``tau(n)`` in units of ``g`` and throughput is known up
+to a constant (``X ~ n * U``), which is all the objectives need. ``a = g + overhead``; we put
+a weak prior on overhead being zero, which lets one count ``n0 > 1`` plus its utilisation
+identify ``beta`` (``1 - U(n0)`` is synchronisation). (Caveat, also in docs: dcgm-exporter's
+engine-active ratio counts NCCL kernels as busy, so on NVLink jobs utilisation overstates
+the compute share; exporting trainer throughput makes the fit exact.)
+
+The decision
+------------
+1. Hard limits first, applied at once without stabilization: replicas outside
+   ``[minReplicas, maxReplicas]`` move inside; unschedulable pods cap the job at what ran;
+   a budget overrun moves down to what the budget pays for.
+2. Metrics: no fresh observation (``stale_after_seconds``) -> hold, ``metrics_stale``.
+   Observations taken while workers restart (throughput dips after a replica change) are
+   excluded from the fit; after a change, the policy waits for ``MIN_SETTLED_SAMPLES``
+   settled samples at the new count before deciding again, so each move yields a measured
+   point. While pods are Pending it never asks for more.
+3. Objective, over the counts the model is trusted for:
+   * ``efficiency``: the highest predicted throughput among counts with ``E(n) >=
+     minEfficiency``;
+   * ``budget``: the highest predicted throughput with ``n * gpus * costPerGpuHour <=
+     maxCostPerHour``;
+   * ``utilization``: the largest count with predicted ``U(n) >= targetGpuUtilization``.
+   The current count keeps satisfying a floor within ``HYSTERESIS`` (5 % relative), so noise
+   around a floor cannot flip the answer back and forth.
+4. Uncertainty: with a single measured count and nothing else identifying ``beta``, the fit
+   is optimistic (linear scaling) but the move is limited to a neighbouring count: that is
+   the exploration step, and it makes ``beta`` identifiable. Otherwise upward moves stay
+   within ``2x`` (``4x`` once the curvature is identified) of the largest count measured:
+   a trust region. Downward moves are not limited: the model is anchored at ``n = 1``.
+5. Restart cost: a move away from a feasible count must pay back its restart within the
+   horizon: ``X(target) * (H - R) >= X(current) * H``. ``R`` is
+   ``spec.autoscaling.restartCostSeconds`` if set, else learned from observed restarts
+   (throughput deficit integrated from the last good sample before a change until the new
+   count recovers), else the caller's remembered value, else 60 s.
+6. Stabilization (as in the HorizontalPodAutoscaler): a scale-up is applied only after the
+   raw target has been above the current count continuously for
+   ``scaleUpStabilizationSeconds`` (to the smallest target seen in that window), a
+   scale-down after ``scaleDownStabilizationSeconds`` (to the largest). The caller passes
+   the raw targets it got before as ``recent_targets``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from trainscale.operator.api import Objective, TrainingJobSpec
+
+DEFAULT_RESTART_COST_SECONDS = 60.0
+"""Seconds of training one rescale is assumed to lose before any restart has been seen."""
+
+DEFAULT_HORIZON_SECONDS = 1800.0
+"""A rescale must pay back its restart cost within this many seconds of better throughput."""
+
+MIN_SETTLED_SAMPLES = 3
+"""Settled observations needed at the current count before a non-forced decision."""
+
+MIN_POINT_SAMPLES = 2
+"""Settled observations needed before a replica count is used as a point of the fit."""
+
+RECOVERED_FRACTION = 0.8
+"""A sample at >= this fraction of its count's steady level counts as recovered/settled."""
+
+HYSTERESIS = 0.05
+"""Relative slack on floors (efficiency, utilization) for the count the job already runs."""
+
+TIE_TOLERANCE = 0.005
+"""Predicted throughputs within this relative margin tie; the smaller count wins."""
+
+_OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
+_CURVATURE_CHI2 = 4.0
+_MIN_RELATIVE_NOISE = 0.01
+_MAX_POINT_SAMPLES = 30
+_RESTART_SAMPLES_KEPT = 5
+
+
+class LimitedBy(enum.StrEnum):
+    """Why the recommendation is not what the objective alone would ask for."""
+
+    BOUND = "bound"
+    """minReplicas/maxReplicas."""
+    BUDGET = "budget"
+    """maxCostPerHour."""
+    UNSCHEDULABLE = "unschedulable"
+    """Pods the cluster could not place."""
+
+
+class ModelSource(enum.StrEnum):
+    """Which metric the speedup curve was fitted from."""
+
+    THROUGHPUT = "throughput"
+    GPU_UTILIZATION = "gpuUtilization"
+
+
+class RestartCostSource(enum.StrEnum):
+    """Where the restart cost used by a decision came from."""
+
+    SPEC = "spec"
+    LEARNED = "learned"
+    REMEMBERED = "remembered"
+    DEFAULT = "default"
+
+
+def _check_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator saw of a job at one moment.
+
+    Attributes:
+        timestamp: When, in seconds (any epoch, the same as ``now``).
+        replicas: Workers actually running at that moment (not the desired count).
+        gpu_utilization: Mean GPU busy fraction over the job's GPUs, 0..1; None if unknown.
+        samples_per_second: Job-wide training throughput; None if the job exports none.
+    """
+
+    timestamp: float
+    replicas: int
+    gpu_utilization: float | None = None
+    samples_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_finite("Observation.timestamp", self.timestamp)
+        _check_count("Observation.replicas", self.replicas)
+        if self.gpu_utilization is not None:
+            _check_finite("Observation.gpu_utilization", self.gpu_utilization)
+            if not 0.0 <= self.gpu_utilization <= 1.0:
+                raise ValueError(
+                    f"Observation.gpu_utilization must be within [0, 1], got {self.gpu_utilization!r}"
+                )
+        if self.samples_per_second is not None:
+            _check_finite("Observation.samples_per_second", self.samples_per_second)
+            if self.samples_per_second < 0:
+                raise ValueError(
+                    f"Observation.samples_per_second must be >= 0, got {self.samples_per_second!r}"
+                )
+
+
+@dataclass(frozen=True)
+class SpeedupModel:
+    """The fitted speedup curve ``tau(n) = a (1 + beta (n-1) + gamma (n-1)^2)``.
+
+    Attributes:
+        seconds_per_sample: ``a``: one worker's time per sample at one replica; in units of
+            the GPU compute time per sample when ``source`` is GPU utilization.
+        sync_per_replica: ``beta``: synchronisation added per extra replica, relative to ``a``.
+        sync_quadratic: ``gamma``: quadratic (communication-bound) term, relative to ``a``.
+        compute_fraction: Predicted GPU utilization at one replica (``g / a``); None when the
+            job exports no GPU utilization.
+        source: The metric the curve was fitted from.
+        counts: The replica counts with measured points.
+        level: 0 = only the scale is known (optimistic), 1 = linear sync fitted,
+            2 = curvature fitted too.
+    """
+
+    seconds_per_sample: float
+    sync_per_replica: float
+    sync_quadratic: float
+    compute_fraction: float | None
+    source: ModelSource
+    counts: tuple[int, ...]
+    level: int
+
+    def relative_step_time(self, replicas: int) -> float:
+        """``tau(n) / a``: 1 at one replica, growing with synchronisation."""
+        k = replicas - 1
+        return 1.0 + self.sync_per_replica * k + self.sync_quadratic * k * k
+
+    def efficiency(self, replicas: int) -> float:
+        """Predicted scaling efficiency at ``replicas`` (1 = linear)."""
+        return 1.0 / self.relative_step_time(replicas)
+
+    def throughput(self, replicas: int) -> float:
+        """Predicted job throughput: samples/s when fitted from throughput, relative otherwise."""
+        return replicas / (self.seconds_per_sample * self.relative_step_time(replicas))
+
+    def gpu_utilization(self, replicas: int) -> float | None:
+        """Predicted mean GPU utilization at ``replicas``; None without GPU metrics."""
+        if self.compute_fraction is None:
+            return None
+        return self.compute_fraction / self.relative_step_time(replicas)
+
+    def as_status(self) -> dict[str, float]:
+        """The parameters as ``status.autoscaling.model`` shows them (camelCase keys)."""
+        out = {
+            "syncPerReplica": round(self.sync_per_replica, 6),
+            "syncQuadratic": round(self.sync_quadratic, 8),
+            "fitLevel": float(self.level),
+            "countsMeasured": float(len(self.counts)),
+        }
+        if self.source is ModelSource.THROUGHPUT:
+            out["samplesPerSecondPerReplica"] = round(1.0 / self.seconds_per_sample, 6)
+        if self.compute_fraction is not None:
+            out["computeFraction"] = round(self.compute_fraction, 6)
+        return out
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What :func:`recommend` decided.
+
+    Attributes:
+        replicas: What ``spec.replicas`` should be now; always within the spec's bounds.
+        target: The raw target before stabilization; the caller records ``(now, target)``
+            and passes the records back as ``recent_targets`` next time.
+        current_replicas: The count the decision started from.
+        reason: Why, in a short readable sentence.
+        limited_by: Bound, budget or unschedulable pods, when they shaped the answer.
+        metrics_stale: True when the decision held because metrics were missing or old.
+        exploring: True when the target is a neighbouring count tried to learn the curve.
+        forced: True when a hard limit moved the job, bypassing stabilization.
+        model: The fitted speedup curve, if there were enough observations.
+        restart_cost_seconds: Restart cost used by the decision.
+        restart_cost_source: Where that cost came from.
+        learned_restart_cost_seconds: Median cost of restarts seen in the observations (for
+            the caller to remember), None if none was seen.
+        efficiency: Predicted scaling efficiency at ``current_replicas``.
+        gpu_utilization: Predicted GPU utilization at ``current_replicas``.
+        throughput: Predicted throughput at ``current_replicas`` (samples/s when the model
+            comes from throughput, relative otherwise).
+        cost_per_hour: ``replicas * gpus_per_replica * costPerGpuHour``.
+    """
+
+    replicas: int
+    target: int
+    current_replicas: int
+    reason: str
+    limited_by: LimitedBy | None = None
+    metrics_stale: bool = False
+    exploring: bool = False
+    forced: bool = False
+    model: SpeedupModel | None = None
+    restart_cost_seconds: float = DEFAULT_RESTART_COST_SECONDS
+    restart_cost_source: RestartCostSource = RestartCostSource.DEFAULT
+    learned_restart_cost_seconds: float | None = None
+    efficiency: float | None = None
+    gpu_utilization: float | None = None
+    throughput: float | None = None
+    cost_per_hour: float = 0.0
+
+    @property
+    def direction(self) -> str:
+        """``"up"``, ``"down"`` or ``"hold"`` relative to ``current_replicas``."""
+        if self.replicas > self.current_replicas:
+            return "up"
+        if self.replicas < self.current_replicas:
+            return "down"
+        return "hold"
+
+
+# --------------------------------------------------------------------------------------------
+# Observations -> settled points
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """Observations digested for one decision."""
+
+    mode: ModelSource | None
+    points: dict[int, list[float]]  # replica count -> settled tau values
+    compute: list[float]  # settled estimates of g (compute time per sample)
+    latest_time: float | None  # newest observation carrying the mode's metric
+    latest_replicas: int | None  # replicas of the newest observation
+    latest_settled: int  # settled samples in the newest segment
+    latest_dipped: bool  # the newest sample is below its count's steady level
+    restart_costs: list[float]
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
+
+
+def _metric(o: Observation, mode: ModelSource) -> float | None:
+    return o.samples_per_second if mode is ModelSource.THROUGHPUT else o.gpu_utilization
+
+
+def _segments(
+    observations: Sequence[Observation], split_at: float | None
+) -> list[list[Observation]]:
+    """Runs of consecutive observations at the same replica count (split at ``split_at``)."""
+    out: list[list[Observation]] = []
+    key: tuple[int, bool] | None = None
+    for o in observations:
+        k = (o.replicas, split_at is not None and o.timestamp >= split_at)
+        if k != key:
+            out.append([])
+            key = k
+        out[-1].append(o)
+    return out
+
+
+def _analyse(
+    observations: Sequence[Observation], split_at: float | None, max_gap: float
+) -> _Analysis:
+    """Find the settled samples of each replica count and the cost of each observed restart.
+
+    A segment's steady level is the median of the last third of its positive samples; its
+    leading samples up to the last one below ``RECOVERED_FRACTION`` of that level (in the
+    first half) are the restart ramp, its trailing samples below it a dip in progress. Both
+    are left out of the fit. A restart's cost is the throughput deficit, in seconds at the
+    new steady rate, from the last good sample of one count to the first settled sample of
+    the next, counted only when the samples in between are dense (no gap above
+    ``max_gap``): compacted or interrupted histories teach nothing about restarts.
+    """
+    obs = sorted(observations, key=lambda o: o.timestamp)
+    mode: ModelSource | None = None
+    if any(o.samples_per_second is not None for o in obs):
+        mode = ModelSource.THROUGHPUT
+    elif any(o.gpu_utilization is not None for o in obs):
+        mode = ModelSource.GPU_UTILIZATION
+    if mode is None:
+        return _Analysis(None, {}, [], None, obs[-1].replicas if obs else None, 0, False, [])
+
+    points: dict[int, list[float]] = {}
+    compute: list[float] = []
+    latest_time: float | None = None
+    for o in obs:
+        if _metric(o, mode) is not None:
+            latest_time = o.timestamp
+
+    good_flags: list[bool] = []  # per observation in time order: settled sample?
+    levels: list[float | None] = []  # per observation: its segment's steady level
+    segments = _segments(obs, split_at)
+    latest_settled = 0
+    latest_dipped = False
+    for si, seg in enumerate(segments):
+        values = [_metric(o, mode) for o in seg]
+        positive = [v for v in values if v is not None and v > 0]
+        n = seg[0].replicas
+        if not positive or n == 0:
+            good_flags.extend([False] * len(seg))
+            levels.extend([None] * len(seg))
+            continue
+        tail = positive[len(positive) - max(1, len(positive) // 3) :]
+        level = _median(tail)
+        threshold = RECOVERED_FRACTION * level
+        start = 0
+        half = (len(seg) + 1) // 2
+        for i in range(half):
+            v = values[i]
+            if v is None or v < threshold:
+                start = i + 1
+        end = len(seg)
+        while end > start and (values[end - 1] is None or values[end - 1] < threshold):  # type: ignore[operator]
+            end -= 1
+        flags = [start <= i < end and values[i] is not None for i in range(len(seg))]
+        good_flags.extend(flags)
+        levels.extend([level] * len(seg))
+        settled = [seg[i] for i in range(len(seg)) if flags[i]]
+        for o in settled:
+            v = _metric(o, mode)
+            assert v is not None
+            if mode is ModelSource.THROUGHPUT:
+                tau = o.replicas / v
+                if o.gpu_utilization is not None and o.gpu_utilization > 0:
+                    compute.append(o.gpu_utilization * tau)
+            else:
+                tau = 1.0 / v
+            points.setdefault(n, []).append(tau)
+        if si == len(segments) - 1:
+            latest_settled = len(settled)
+            last = next((v for v in reversed(values) if v is not None), None)
+            latest_dipped = last is not None and last < threshold
+
+    restart_costs = _restart_costs(obs, good_flags, levels, mode, max_gap)
+    return _Analysis(
+        mode,
+        points,
+        compute,
+        latest_time,
+        obs[-1].replicas,
+        latest_settled,
+        latest_dipped,
+        restart_costs,
+    )
+
+
+def _restart_costs(
+    obs: Sequence[Observation],
+    good: Sequence[bool],
+    levels: Sequence[float | None],
+    mode: ModelSource,
+    max_gap: float,
+) -> list[float]:
+    costs: list[float] = []
+    last_good: int | None = None
+    for i, o in enumerate(obs):
+        if not good[i]:
+            continue
+        if last_good is not None and obs[last_good].replicas != o.replicas:
+            level = levels[i]
+            dense = all(
+                obs[k].timestamp - obs[k - 1].timestamp <= max_gap
+                for k in range(last_good + 1, i + 1)
+            )
+            if dense and level:
+                lost = 0.0
+                for k in range(last_good + 1, i + 1):
+                    v = _metric(obs[k], mode)
+                    ref = (
+                        levels[k]
+                        if obs[k].replicas in (o.replicas, obs[last_good].replicas)
+                        else None
+                    )
+                    share = 0.0 if v is None or not ref else min(v / ref, 1.0)
+                    lost += (1.0 - share) * (obs[k].timestamp - obs[k - 1].timestamp)
+                costs.append(lost)
+        last_good = i
+    return costs
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _solve(
+    rows: Sequence[tuple[tuple[float, ...], float, float]], support: Sequence[int]
+) -> list[float] | None:
+    """Weighted least squares on the columns in ``support``; None if singular."""
+    k = len(support)
+    m = [[0.0] * (k + 1) for _ in range(k)]
+    for x, y, w in rows:
+        for i, ci in enumerate(support):
+            for j, cj in enumerate(support):
+                m[i][j] += w * x[ci] * x[cj]
+            m[i][k] += w * x[ci] * y
+    scale = max((abs(m[i][i]) for i in range(k)), default=0.0)
+    if scale == 0.0:
+        return None
+    for col in range(k):
+        pivot = max(range(col, k), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) <= 1e-12 * scale:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(k):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                for c in range(col, k + 1):
+                    m[r][c] -= f * m[col][c]
+    return [m[i][k] / m[i][i] for i in range(k)]
+
+
+def _fit_nonnegative(
+    rows: Sequence[tuple[tuple[float, ...], float, float]], allowed: Sequence[bool]
+) -> tuple[tuple[float, ...], float] | None:
+    """Non-negative weighted least squares, exact: (parameters, weighted residual).
+
+    With three parameters there are eight supports; the NNLS optimum is the unconstrained
+    least-squares solution on its own support, so trying all of them finds it.
+    """
+    k = len(allowed)
+    best: tuple[float, list[float]] | None = None
+    for mask in range(1 << k):
+        support = [j for j in range(k) if mask >> j & 1]
+        if any(not allowed[j] for j in support):
+            continue
+        p = [0.0] * k
+        if support:
+            sol = _solve(rows, support)
+            if sol is None or any(v < 0 for v in sol):
+                continue
+            for j, v in zip(support, sol, strict=True):
+                p[j] = v
+        residual = sum(
+            w * (y - sum(xi * pi for xi, pi in zip(x, p, strict=True))) ** 2 for x, y, w in rows
+        )
+        if best is None or residual < best[0] * (1 - 1e-12) - 1e-300:
+            best = (residual, p)
+    return (tuple(best[1]), best[0]) if best is not None else None
+
+
+def fit_speedup_model(
+    analysis_points: dict[int, list[float]], compute: Sequence[float], mode: ModelSource
+) -> SpeedupModel | None:
+    """Fit :class:`SpeedupModel` to per-count settled step times (see the module docstring).
+
+    Args:
+        analysis_points: replica count -> settled per-worker time per sample (``n / X``, or
+            ``1 / U`` when fitted from GPU utilization).
+        compute: Estimates of the GPU compute time per sample (``U * n / X``); ignored for
+            GPU-utilization fits, where it is 1 by definition.
+        mode: Which metric the points come from.
+
+    Returns:
+        The model, or None when no count has ``MIN_POINT_SAMPLES`` settled samples.
+    """
+    medians = {
+        n: _median(v) for n, v in analysis_points.items() if n > 0 and len(v) >= MIN_POINT_SAMPLES
+    }
+    if not medians:
+        return None
+    # The compute time per sample anchors the curve; it is the unit of GPU-utilization fits.
+    base: float | None = 1.0 if mode is ModelSource.GPU_UTILIZATION else None
+    if mode is ModelSource.THROUGHPUT and compute:
+        base = _median(compute)
+    counts = tuple(sorted(medians))
+    # Relative noise of one sample, pooled over counts (robust: MAD), floored at 1 %.
+    deviations = [abs(t / medians[n] - 1.0) for n in medians for t in analysis_points[n]]
+    noise = max(_MIN_RELATIVE_NOISE, 1.4826 * _median(deviations))
+    rows: list[tuple[tuple[float, ...], float, float]] = []
+    for n, tau in medians.items():
+        k = n - 1
+        # Variance of a median of k samples is about (pi / 2) sigma^2 / k.
+        samples = min(len(analysis_points[n]), _MAX_POINT_SAMPLES)
+        variance = 1.5708 * (noise * tau) ** 2 / samples
+        rows.append(((1.0, float(k), float(k * k)), tau - (base or 0.0), 1.0 / variance))
+    if base is not None:
+        # Prior: the input pipeline and framework overhead is small next to compute.
+        rows.append(((1.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
+    info = len(counts) + (1 if base is not None and counts[-1] > 1 else 0)
+    level = 0 if info <= 1 else 1 if info == 2 else 2
+    fit = _fit_nonnegative(rows, (True, level >= 1, False))
+    if level == 2:
+        # Curvature only when the data asks for it: a likelihood-ratio test (chi-square
+        # drop > 4) between the Amdahl model and the quadratic one.
+        curved = _fit_nonnegative(rows, (True, True, True))
+        if curved is not None and (fit is None or fit[1] - curved[1] > _CURVATURE_CHI2):
+            fit = curved
+    if fit is None:
+        return None
+    p0, b, c = fit[0]
+    a = p0 + (base or 0.0)
+    if a <= 0 or not math.isfinite(a):
+        return None
+    return SpeedupModel(
+        seconds_per_sample=a,
+        sync_per_replica=b / a,
+        sync_quadratic=c / a,
+        compute_fraction=None if base is None else min(1.0, base / a),
+        source=mode,
+        counts=counts,
+        level=level,
+    )
+
+
+def compact_observations(
+    observations: Iterable[Observation],
+    now: float,
+    *,
+    keep_seconds: float = 3600.0,
+    per_count: int = 20,
+) -> list[Observation]:
+    """Bound a job's observation history without forgetting the curve it has measured.
+
+    A plain time window forgets the replica counts the job left long ago, and the model
+    would then re-explore them. This keeps every observation of the last ``keep_seconds``
+    and, of older ones, the newest ``per_count`` of each replica count; the result is at
+    most ``keep_seconds / interval + per_count * counts`` long, in time order. Restart costs
+    are never learned across the gaps this leaves (see :func:`recommend`).
+
+    Raises:
+        ValueError: on a negative ``keep_seconds`` or ``per_count``.
+    """
+    _check_finite("now", now)
+    _check_finite("keep_seconds", keep_seconds)
+    if keep_seconds < 0:
+        raise ValueError(f"keep_seconds must be >= 0, got {keep_seconds!r}")
+    _check_count("per_count", per_count)
+    ordered = sorted(observations, key=lambda o: o.timestamp)
+    recent = [o for o in ordered if o.timestamp >= now - keep_seconds]
+    kept: dict[int, list[Observation]] = {}
+    for o in reversed(ordered):
+        if o.timestamp < now - keep_seconds:
+            bucket = kept.setdefault(o.replicas, [])
+            if len(bucket) < per_count:
+                bucket.append(o)
+    old = [o for bucket in kept.values() for o in bucket]
+    return sorted(old, key=lambda o: o.timestamp) + recent
+
+
+# --------------------------------------------------------------------------------------------
+# The decision
+
+
+def compute_cost_per_hour(spec: TrainingJobSpec, replicas: int) -> float:
+    """``replicas * gpus_per_replica * costPerGpuHour``."""
+    return replicas * spec.gpus_per_replica * spec.autoscaling.cost_per_gpu_hour
+
+
+def _budget_replicas(spec: TrainingJobSpec) -> int | None:
+    """Most replicas the budget pays for (None when there is no budget or GPUs are free)."""
+    auto = spec.autoscaling
+    unit = spec.gpus_per_replica * auto.cost_per_gpu_hour
+    if auto.objective is not Objective.BUDGET or auto.max_cost_per_hour is None or unit <= 0:
+        return None
+    return math.floor(auto.max_cost_per_hour / unit + 1e-9)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    target: int
+    reason: str
+    limited_by: LimitedBy | None
+    feasible_current: bool
+
+
+def _best_throughput(model: SpeedupModel, candidates: Iterable[int]) -> int | None:
+    best: int | None = None
+    for n in candidates:
+        if best is None or model.throughput(n) > model.throughput(best) * (1 + TIE_TOLERANCE):
+            best = n
+    return best
+
+
+def _choose(
+    spec: TrainingJobSpec, model: SpeedupModel, current: int, lo: int, hi: int, ceiling: int
+) -> _Choice:
+    """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity)."""
+    auto = spec.autoscaling
+    candidates = range(lo, ceiling + 1)
+    if auto.objective is Objective.EFFICIENCY:
+        floor = auto.min_efficiency
+
+        def ok_e(n: int) -> bool:
+            slack = (1 - HYSTERESIS) if n <= current else 1.0
+            return model.efficiency(n) >= floor * slack
+
+        feasible = [n for n in candidates if ok_e(n)]
+        e_cur = model.efficiency(current)
+        rel = ">=" if e_cur >= floor else "<"
+        head = f"efficiency {e_cur:.2f} at {current} {rel} floor {floor:.2f}"
+        if not feasible:
+            return _Choice(
+                lo,
+                f"{head}; even minReplicas {lo} predicted {model.efficiency(lo):.2f}",
+                LimitedBy.BOUND,
+                False,
+            )
+        target = _best_throughput(model, feasible)
+        assert target is not None
+        nxt = target + 1
+        if target == hi and model.efficiency(hi + 1) >= floor:
+            tail, limited = (
+                f"{target} predicted {model.efficiency(target):.2f}; maxReplicas {hi}",
+                LimitedBy.BOUND,
+            )
+        elif target != current:
+            tail, limited = f"{target} predicted {model.efficiency(target):.2f}", None
+        else:
+            tail, limited = f"{nxt} predicted {model.efficiency(nxt):.2f}", None
+        return _Choice(target, f"{head}; {tail}", limited, ok_e(current))
+
+    if auto.objective is Objective.BUDGET:
+        assert auto.max_cost_per_hour is not None
+        cap = _budget_replicas(spec)
+        top = ceiling if cap is None else min(ceiling, cap)
+        feasible = list(range(lo, top + 1))
+        if not feasible:
+            return _Choice(
+                lo,
+                f"budget {auto.max_cost_per_hour:.2f}/h pays for {cap} replicas < minReplicas {lo}",
+                LimitedBy.BUDGET,
+                False,
+            )
+        target = _best_throughput(model, feasible)
+        assert target is not None
+        limited = None
+        if (
+            cap is not None
+            and target == cap
+            and cap < hi
+            and model.throughput(cap + 1) > model.throughput(cap) * (1 + TIE_TOLERANCE)
+        ):
+            limited = LimitedBy.BUDGET
+        elif target == hi and model.throughput(hi + 1) > model.throughput(hi) * (1 + TIE_TOLERANCE):
+            limited = LimitedBy.BOUND
+        cost = compute_cost_per_hour(spec, target)
+        reason = (
+            f"{target} replicas cost {cost:.2f}/h <= budget {auto.max_cost_per_hour:.2f}/h; "
+            f"predicted throughput x{model.throughput(target) / model.throughput(current):.2f} of {current}"
+        )
+        if limited is None and target < hi and (cap is None or target < cap):
+            reason += f"; {target + 1} predicted no faster"
+        return _Choice(target, reason, limited, cap is None or current <= cap)
+
+    # utilization
+    goal = auto.target_gpu_utilization
+
+    def util(n: int) -> float:
+        u = model.gpu_utilization(n)
+        return 0.0 if u is None else u
+
+    def ok_u(n: int) -> bool:
+        slack = (1 - HYSTERESIS) if n <= current else 1.0
+        return util(n) >= goal * slack
+
+    feasible = [n for n in candidates if ok_u(n)]
+    u_cur = util(current)
+    head = f"GPU utilization {u_cur:.2f} at {current} {'>=' if u_cur >= goal else '<'} target {goal:.2f}"
+    if not feasible:
+        return _Choice(
+            lo, f"{head}; even minReplicas {lo} predicted {util(lo):.2f}", LimitedBy.BOUND, False
+        )
+    target = max(feasible)
+    limited = LimitedBy.BOUND if target == hi and util(hi + 1) >= goal else None
+    if target != current:
+        tail = f"{target} predicted {util(target):.2f}"
+    else:
+        tail = f"{target + 1} predicted {util(target + 1):.2f}"
+    return _Choice(target, f"{head}; {tail}", limited, ok_u(current))
+
+
+def _stabilize(
+    target: int,
+    current: int,
+    now: float,
+    window: float,
+    recent: Sequence[tuple[float, int]],
+    max_gap: float,
+) -> tuple[int, float]:
+    """HPA-style stabilization: returns (replicas to apply, seconds the direction has held).
+
+    Up: applied only once every raw target in the last ``window`` seconds was above
+    ``current``, to the smallest of them; down likewise with the largest. A gap in the
+    records longer than ``max_gap`` breaks continuity (the caller was not deciding).
+    """
+    up = target > current
+    since = now
+    previous = now
+    values = [target]
+    for t, n in sorted((r for r in recent if r[0] <= now), reverse=True):
+        if previous - t > max_gap or not (n > current if up else n < current):
+            break
+        since = previous = t
+        if t >= now - window:
+            values.append(n)
+    held = now - since
+    if held + 1e-9 < window:
+        return current, held
+    return (min(values) if up else max(values)), held
+
+
+def recommend(
+    spec: TrainingJobSpec,
+    observations: Sequence[Observation],
+    current_replicas: int,
+    now: float,
+    *,
+    pending_replicas: int = 0,
+    unschedulable_replicas: int = 0,
+    last_scale_time: float | None = None,
+    restart_cost_seconds: float | None = None,
+    recent_targets: Sequence[tuple[float, int]] = (),
+    max_schedulable_replicas: int | None = None,
+    horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
+    stale_after_seconds: float | None = None,
+) -> Recommendation:
+    """Decide how many workers the job should have now (see the module docstring).
+
+    Args:
+        spec: The job's spec; its ``autoscaling`` block, bounds, and GPUs per replica.
+        observations: Recent observations of this job, any order (the caller bounds them).
+        current_replicas: ``spec.replicas`` as it is now.
+        now: The current time, same epoch as the observations.
+        pending_replicas: Worker pods created but not running yet; while any are, the
+            policy never asks for more.
+        unschedulable_replicas: Of those, pods the scheduler rejected; the job is capped at
+            ``current_replicas - unschedulable_replicas`` at once.
+        last_scale_time: When ``spec.replicas`` last changed; observations before it are
+            never taken as settled samples of the count after it.
+        restart_cost_seconds: A restart cost the caller remembers from earlier decisions
+            (``spec.autoscaling.restartCostSeconds`` and costs learned from the
+            observations take precedence).
+        recent_targets: ``(time, Recommendation.target)`` of earlier calls, for stabilization.
+        max_schedulable_replicas: Most workers the cluster recently managed to run; the
+            policy asks for no more (``limited_by`` unschedulable).
+        horizon_seconds: A rescale must pay back its restart cost within this horizon.
+        stale_after_seconds: Hold when the newest usable observation is older than this;
+            default ``max(3 * intervalSeconds, 15)``.
+
+    Returns:
+        The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
+
+    Raises:
+        ValueError: on arguments that make no sense (negative counts, non-finite times,
+            more pending pods than replicas), naming the argument.
+    """
+    _check_count("current_replicas", current_replicas)
+    _check_count("pending_replicas", pending_replicas)
+    _check_count("unschedulable_replicas", unschedulable_replicas)
+    _check_finite("now", now)
+    _check_finite("horizon_seconds", horizon_seconds)
+    if horizon_seconds <= 0:
+        raise ValueError(f"horizon_seconds must be > 0, got {horizon_seconds!r}")
+    if unschedulable_replicas > pending_replicas:
+        raise ValueError(
+            f"unschedulable_replicas ({unschedulable_replicas}) must be <= "
+            f"pending_replicas ({pending_replicas})"
+        )
+    if pending_replicas > current_replicas:
+        raise ValueError(
+            f"pending_replicas ({pending_replicas}) must be <= current_replicas ({current_replicas})"
+        )
+    if last_scale_time is not None:
+        _check_finite("last_scale_time", last_scale_time)
+    if restart_cost_seconds is not None:
+        _check_finite("restart_cost_seconds", restart_cost_seconds)
+        if restart_cost_seconds < 0:
+            raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
+    if max_schedulable_replicas is not None:
+        _check_count("max_schedulable_replicas", max_schedulable_replicas)
+    if stale_after_seconds is not None:
+        _check_finite("stale_after_seconds", stale_after_seconds)
+        if stale_after_seconds <= 0:
+            raise ValueError(f"stale_after_seconds must be > 0, got {stale_after_seconds!r}")
+
+    auto = spec.autoscaling
+    lo, hi = spec.min_replicas, spec.max_replicas
+    interval = float(auto.interval_seconds)
+    stale_after = stale_after_seconds or max(3.0 * interval, 15.0)
+    max_gap = max(3.0 * interval, stale_after)
+
+    def done(replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
+        assert lo <= replicas <= hi, (replicas, lo, hi)
+        return Recommendation(
+            replicas=replicas,
+            target=target,
+            current_replicas=current_replicas,
+            reason=reason,
+            cost_per_hour=compute_cost_per_hour(spec, replicas),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    # 1. Hard limits, applied at once.
+    if current_replicas < lo or current_replicas > hi:
+        to = min(max(current_replicas, lo), hi)
+        side = f"minReplicas {lo}" if current_replicas < lo else f"maxReplicas {hi}"
+        return done(
+            to,
+            to,
+            f"replicas {current_replicas} outside bounds; moving to {side}",
+            limited_by=LimitedBy.BOUND,
+            forced=True,
+        )
+    if unschedulable_replicas:
+        cap = max(lo, current_replicas - unschedulable_replicas)
+        verb = (
+            f"capping at the {cap} that ran" if cap < current_replicas else "holding at minReplicas"
+        )
+        return done(
+            cap,
+            cap,
+            f"{unschedulable_replicas} of {current_replicas} pods unschedulable; {verb}",
+            limited_by=LimitedBy.UNSCHEDULABLE,
+            forced=cap != current_replicas,
+        )
+    budget_cap = _budget_replicas(spec)
+    if budget_cap is not None and current_replicas > budget_cap:
+        to = max(lo, budget_cap)
+        assert auto.max_cost_per_hour is not None
+        return done(
+            to,
+            to,
+            f"cost {compute_cost_per_hour(spec, current_replicas):.2f}/h at {current_replicas} "
+            f"> budget {auto.max_cost_per_hour:.2f}/h; {budget_cap} fits",
+            limited_by=LimitedBy.BUDGET,
+            forced=True,
+        )
+
+    # 2. Metrics.
+    analysis = _analyse(observations, last_scale_time, max_gap)
+    learned = (
+        _median(analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]) if analysis.restart_costs else None
+    )
+    if auto.restart_cost_seconds is not None:
+        restart, restart_src = auto.restart_cost_seconds, RestartCostSource.SPEC
+    elif learned is not None:
+        restart, restart_src = learned, RestartCostSource.LEARNED
+    elif restart_cost_seconds is not None:
+        restart, restart_src = restart_cost_seconds, RestartCostSource.REMEMBERED
+    else:
+        restart, restart_src = DEFAULT_RESTART_COST_SECONDS, RestartCostSource.DEFAULT
+    common: dict[str, object] = {
+        "restart_cost_seconds": restart,
+        "restart_cost_source": restart_src,
+        "learned_restart_cost_seconds": learned,
+    }
+
+    def hold(reason: str, **kw: object) -> Recommendation:
+        return done(current_replicas, current_replicas, reason, **common, **kw)
+
+    if analysis.latest_time is None:
+        return hold(f"no metrics yet; holding at {current_replicas}", metrics_stale=True)
+    age = now - analysis.latest_time
+    if age > stale_after:
+        return hold(
+            f"no fresh metrics for {age:.0f} s (stale after {stale_after:.0f} s); "
+            f"holding at {current_replicas}",
+            metrics_stale=True,
+        )
+    if auto.objective is Objective.UTILIZATION and not any(
+        o.gpu_utilization is not None for o in observations
+    ):
+        return hold(
+            "utilization objective needs GPU utilization metrics; none seen; holding",
+            metrics_stale=True,
+        )
+
+    assert analysis.mode is not None
+    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode)
+    if model is not None:
+        common.update(
+            model=model,
+            efficiency=model.efficiency(current_replicas),
+            gpu_utilization=model.gpu_utilization(current_replicas),
+            throughput=model.throughput(current_replicas),
+        )
+    if analysis.latest_replicas != current_replicas:
+        more = " and pods pending" if pending_replicas else ""
+        return hold(
+            f"waiting for {current_replicas} replicas to run (metrics show "
+            f"{analysis.latest_replicas}){more}"
+        )
+    if analysis.latest_dipped:
+        return hold(
+            f"throughput below its steady level at {current_replicas} (restarting?); holding"
+        )
+    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
+        return hold(
+            f"measuring {current_replicas} replicas ({analysis.latest_settled}/"
+            f"{MIN_SETTLED_SAMPLES} settled samples); holding"
+        )
+    if model is None:
+        return hold(f"not enough settled samples to fit a model; holding at {current_replicas}")
+
+    # 3+4. Objective within the trust region.
+    exploring = False
+    measured_hi = model.counts[-1]
+    if model.level == 0:
+        trust = current_replicas + 1
+    elif model.level == 1:
+        trust = 2 * measured_hi
+    else:
+        trust = 4 * measured_hi
+    ceiling = min(hi, max(trust, current_replicas))
+    limited_extra: LimitedBy | None = None
+    if max_schedulable_replicas is not None and max_schedulable_replicas < ceiling:
+        ceiling = max(lo, min(ceiling, max(max_schedulable_replicas, current_replicas)))
+        limited_extra = LimitedBy.UNSCHEDULABLE
+    choice = _choose(spec, model, current_replicas, lo, hi, ceiling)
+    target, reason, limited = choice.target, choice.reason, choice.limited_by
+    if model.level == 0 and target != current_replicas:
+        exploring = True
+        reason += f"; exploring {target} (curve not identified from one count)"
+    elif (
+        model.level == 0
+        and target == current_replicas
+        and current_replicas > lo
+        and auto.objective is Objective.EFFICIENCY
+        and model.source is ModelSource.THROUGHPUT
+    ):
+        target, exploring = current_replicas - 1, True
+        reason += f"; exploring {target} to measure efficiency"
+    elif target == ceiling and ceiling < hi and limited_extra is None:
+        reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
+    if limited_extra is not None and target == ceiling and target < hi:
+        limited = limited_extra
+        reason += f"; cluster ran at most {max_schedulable_replicas}"
+
+    # Never ask for more while pods are pending.
+    if target > current_replicas and pending_replicas:
+        return hold(
+            f"{reason}; {pending_replicas} pods pending, not asking for more than "
+            f"{current_replicas}",
+            limited_by=limited,
+        )
+
+    # 5. Restart cost: a move from a feasible count must pay for itself within the horizon,
+    # in samples when it adds replicas, in samples per replica when it removes some (the
+    # objective only moves down from a feasible count when that is no slower).
+    if target != current_replicas and choice.feasible_current and not exploring:
+        gain = model.throughput(target) / model.throughput(current_replicas)
+        if target < current_replicas:
+            gain *= current_replicas / target
+        if gain * (horizon_seconds - restart) < horizon_seconds:
+            per = "" if target > current_replicas else " per replica"
+            return hold(
+                f"{reason}; gain x{gain:.2f}{per} does not pay a {restart:.0f} s restart "
+                f"within {horizon_seconds / 60:.0f} min; holding",
+                limited_by=limited,
+            )
+
+    # 6. Stabilization.
+    if target == current_replicas:
+        return done(
+            current_replicas,
+            target,
+            f"{reason}; holding at {current_replicas}",
+            limited_by=limited,
+            exploring=exploring,
+            **common,
+        )
+    window = float(
+        auto.scale_up_stabilization_seconds
+        if target > current_replicas
+        else auto.scale_down_stabilization_seconds
+    )
+    applied, held = _stabilize(target, current_replicas, now, window, recent_targets, max_gap)
+    word = "up" if target > current_replicas else "down"
+    if applied == current_replicas:
+        return done(
+            current_replicas,
+            target,
+            f"{reason}; scale-{word} to {target} waits for stabilization "
+            f"({held:.0f}/{window:.0f} s)",
+            limited_by=limited,
+            exploring=exploring,
+            **common,
+        )
+    return done(
+        applied,
+        target,
+        f"{reason}; scaling {word} to {applied}",
+        limited_by=limited,
+        exploring=exploring,
+        **common,
+    )
