@@ -1,0 +1,164 @@
+"""The Prometheus adapter against a real Prometheus server.
+
+Covers:
+- GPU utilization from DCGM_FI_PROF_GR_ENGINE_ACTIVE with pod/namespace labels;
+- the DCGM_FI_DEV_GPU_UTIL fallback (percent / 100) with exported_pod/exported_namespace;
+- throughput as the summed rate of the trainer's samples counter over the job's workers only;
+- decoys (other namespace, rendezvous pod, a job whose name extends this one) never counted;
+- job names that try to inject PromQL or regex read nothing and break nothing;
+- spec query overrides with escaped {namespace}/{job} placeholders;
+- Prometheus stopped, unreachable, or not answering: no exception, no observation, an error;
+- query errors (bad PromQL, several series) surface as errors, not values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import pytest
+
+from trainscale.operator.api import PrometheusSpec
+from trainscale.operator.prometheus import fetch_observation, fetch_query
+from trainscale.trainer.metric_names import SAMPLES_TOTAL
+
+from .conftest import RATE_WINDOW, start_prometheus
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
+
+
+def fetch(url: str, namespace: str, job: str, **kw: object):  # type: ignore[no-untyped-def]
+    return fetch_observation(
+        url, namespace, job, replicas=2, now=1000.0, rate_window=RATE_WINDOW, **kw
+    )
+
+
+def test_gpu_utilization_prefers_engine_active_with_pod_labels(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "alpha")
+    assert got.errors == ()
+    assert got.observation.gpu_utilization == pytest.approx(0.7)
+    assert got.observation.timestamp == 1000.0
+    assert got.observation.replicas == 2
+
+
+def test_gpu_utilization_falls_back_to_percent_with_exported_labels(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "beta")
+    assert got.observation.gpu_utilization == pytest.approx(0.5)
+    # beta's workers export no trainer metrics: no throughput, and that is not an error
+    assert got.observation.samples_per_second is None
+    assert got.throughput.empty
+    assert got.errors == ()
+
+
+def test_throughput_sums_the_rate_over_the_jobs_workers_only(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "alpha")
+    # 100 + 150 samples/s; decoys add 7 (other namespace) and 11 (alphax)
+    assert got.observation.samples_per_second == pytest.approx(250.0, rel=0.05)
+    assert got.latency_seconds > 0
+
+
+def test_the_other_namespace_sees_only_its_own_job(prometheus: str) -> None:
+    got = fetch(prometheus, "team-b", "alpha")
+    assert got.observation.gpu_utilization == pytest.approx(0.05)
+    assert got.observation.samples_per_second == pytest.approx(7.0, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        pytest.param('alpha"} or vector(1) or x{a="', id="close-selector-and-or"),
+        pytest.param('alpha",pod=~".*', id="add-matcher"),
+        pytest.param(".*", id="regex-wildcard"),
+        pytest.param("alph.", id="regex-dot"),
+        pytest.param("alpha-worker-[0-9]+|alpha", id="regex-alternation"),
+        pytest.param("alpha\\", id="trailing-backslash"),
+        pytest.param("alpha\n) or vector(1", id="newline"),
+    ],
+)
+def test_job_names_cannot_inject(prometheus: str, job: str) -> None:
+    got = fetch(prometheus, "team-a", job)
+    assert got.errors == (), got.errors  # the query stays valid PromQL
+    assert got.observation.gpu_utilization is None
+    assert got.observation.samples_per_second is None
+
+
+def test_namespace_cannot_inject(prometheus: str) -> None:
+    got = fetch(prometheus, 'team-a"} or vector(0.5) or x{a="', "alpha")
+    assert got.errors == ()
+    assert got.observation.gpu_utilization is None
+
+
+def test_spec_overrides_substitute_escaped_placeholders(prometheus: str) -> None:
+    spec = PrometheusSpec(
+        gpu_utilization_query=(
+            'max(DCGM_FI_DEV_GPU_UTIL{namespace="{namespace}",pod=~"{job_regex}-worker-.*"}) / 100'
+        ),
+        throughput_query=f'sum(rate({SAMPLES_TOTAL}{{namespace="{{namespace}}",pod="{{job}}-worker-1"}}[5s]))',
+    )
+    got = fetch(prometheus, "team-a", "alpha", spec=spec)
+    assert got.observation.gpu_utilization == pytest.approx(0.75)
+    assert got.observation.samples_per_second == pytest.approx(150.0, rel=0.05)
+    injected = fetch(prometheus, "team-a", 'alpha"}) or vector(1) #', spec=spec)
+    assert injected.observation.gpu_utilization is None
+    assert injected.observation.samples_per_second is None
+
+
+def test_query_errors_are_reported_not_raised(prometheus: str) -> None:
+    bad = fetch_query(prometheus, "sum(", timeout_seconds=5)
+    assert bad.value is None and bad.error and "400" in bad.error
+    several = fetch_query(prometheus, "DCGM_FI_DEV_GPU_UTIL", timeout_seconds=5)
+    assert several.value is None and several.error and "series" in several.error
+    nan = fetch_query(prometheus, "vector(0) / 0", timeout_seconds=5)
+    assert nan.value is None and nan.error and "nan" in nan.error.lower()
+    scalar = fetch_query(prometheus, "scalar(vector(0.25))", timeout_seconds=5)
+    assert scalar.value == 0.25 and scalar.error is None
+
+
+def test_out_of_range_utilization_from_an_override_is_dropped(prometheus: str) -> None:
+    spec = PrometheusSpec(gpu_utilization_query="vector(75)")  # percent, not a ratio
+    got = fetch(prometheus, "team-a", "alpha", spec=spec)
+    assert got.observation.gpu_utilization is None
+    assert any("outside [0, 1]" in e for e in got.errors)
+
+
+def test_stopped_prometheus_gives_no_observation(exporter: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = start_prometheus(tmp_path / "short-lived", exporter)
+    server.stop()
+    got = fetch(server.url, "team-a", "alpha")
+    assert got.observation.gpu_utilization is None
+    assert got.observation.samples_per_second is None
+    assert len(got.errors) == 2
+    assert all("Connection" in e or "refused" in e for e in got.errors), got.errors
+
+
+def test_prometheus_that_never_answers_times_out() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        got = fetch(url, "team-a", "alpha", spec=PrometheusSpec(timeout_seconds=0.5))
+        assert got.observation.gpu_utilization is None
+        assert got.observation.samples_per_second is None
+        assert all("timed out" in e.lower() or "timeout" in e.lower() for e in got.errors), (
+            got.errors
+        )
+        assert got.latency_seconds < 5
+    finally:
+        stop.set()
+        thread.join()
+        for s in accepted:
+            s.close()
+        listener.close()
