@@ -661,7 +661,7 @@ def _choose(
         floor = auto.min_efficiency
 
         def ok_e(n: int) -> bool:
-            slack = (1 - HYSTERESIS) if n <= current else 1.0
+            slack = (1 - HYSTERESIS) if n == current else 1.0
             return model.efficiency(n) >= floor * slack
 
         feasible = [n for n in candidates if ok_e(n)]
@@ -730,7 +730,7 @@ def _choose(
         return 0.0 if u is None else u
 
     def ok_u(n: int) -> bool:
-        slack = (1 - HYSTERESIS) if n <= current else 1.0
+        slack = (1 - HYSTERESIS) if n == current else 1.0
         return util(n) >= goal * slack
 
     feasible = [n for n in candidates if ok_u(n)]
@@ -882,10 +882,9 @@ def recommend(
             forced=True,
         )
     if unschedulable_replicas:
-        cap = max(lo, current_replicas - unschedulable_replicas)
-        verb = (
-            f"capping at the {cap} that ran" if cap < current_replicas else "holding at minReplicas"
-        )
+        ran = current_replicas - unschedulable_replicas
+        cap = max(lo, ran)
+        verb = f"capping at the {ran} that ran" if cap == ran else f"capping at minReplicas {lo}"
         return done(
             cap,
             cap,

@@ -1,0 +1,240 @@
+"""Decision table of ``recommend``: one readable row per rule of the module docstring.
+
+Covers: bounds, unschedulable pods, budget overruns (forced, immediate); missing, stale and
+settling metrics (hold); pending pods (never ask for more); each objective's choice on a
+known curve; the trust region and exploration; the restart-cost gate; stabilization
+windows; restart cost from the spec, learned from a restart, or remembered; readable
+reasons; and clear errors on bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainscale.operator.policy import (
+    LimitedBy,
+    ModelSource,
+    Observation,
+    RestartCostSource,
+    compact_observations,
+    recommend,
+)
+
+from .conftest import amdahl, make_spec, peaked, steady
+
+NOW = 10 * 30.0  # just after ten observations at 30 s
+
+
+def decide(observations: list[Observation], current: int, **kw: Any):  # type: ignore[no-untyped-def]
+    spec_kw = kw.pop("spec", {})
+    return recommend(make_spec(replicas=current, **spec_kw), observations, current, NOW, **kw)
+
+
+@pytest.mark.parametrize(
+    ("spec", "observations", "current", "kw", "replicas", "limited_by", "reason_part"),
+    [
+        pytest.param({"hi": 8}, [], 8, {"unschedulable_replicas": 2, "pending_replicas": 2}, 6,
+                     LimitedBy.UNSCHEDULABLE, "2 of 8 pods unschedulable; capping at the 6 that ran",
+                     id="unschedulable-caps-at-what-ran"),
+        pytest.param({"lo": 4}, [], 5, {"unschedulable_replicas": 3, "pending_replicas": 3}, 4,
+                     LimitedBy.UNSCHEDULABLE, "capping at minReplicas 4", id="unschedulable-not-below-min"),
+        pytest.param({"objective": "budget", "maxCostPerHour": 6, "costPerGpuHour": 1.5}, [], 8, {}, 4,
+                     LimitedBy.BUDGET, "cost 12.00/h at 8 > budget 6.00/h; 4 fits", id="budget-overrun"),
+        pytest.param({}, [], 4, {}, 4, None, "no metrics yet", id="no-observations"),
+        pytest.param({}, [Observation(t, 4) for t in range(0, 300, 30)], 4, {}, 4, None,
+                     "no metrics yet", id="observations-without-values"),
+        pytest.param({}, steady(4, count=5), 4, {}, 4, None, "no fresh metrics for 180 s",
+                     id="stale"),
+        pytest.param({}, steady(4), 8, {}, 8, None, "waiting for 8 replicas to run (metrics show 4)",
+                     id="waiting-for-new-count"),
+        pytest.param({}, [*steady(2, count=8), *steady(4, start=240, count=2)], 4, {}, 4, None,
+                     "measuring 4 replicas (2/3 settled samples)", id="measuring-after-change"),
+        pytest.param({}, steady(4), 4, {"pending_replicas": 1}, 4, None,
+                     "1 pods pending, not asking for more than 4", id="pending-never-asks-more"),
+        pytest.param({"objective": "utilization"}, steady(4, util=False), 4, {}, 4, None,
+                     "needs GPU utilization", id="utilization-needs-gpu-metrics"),
+    ],
+)  # fmt: skip
+def test_decision_table(spec, observations, current, kw, replicas, limited_by, reason_part) -> None:  # type: ignore[no-untyped-def]
+    rec = decide(observations, current, spec=spec, **kw)
+    assert rec.replicas == replicas
+    assert rec.limited_by == limited_by
+    assert reason_part in rec.reason
+
+
+def test_out_of_bounds_current_moves_inside_at_once() -> None:
+    rec = recommend(make_spec(replicas=8, hi=8), steady(12), 12, NOW)
+    assert (rec.replicas, rec.limited_by, rec.forced) == (8, LimitedBy.BOUND, True)
+    assert "replicas 12 outside bounds; moving to maxReplicas 8" in rec.reason
+
+
+def test_stale_and_missing_metrics_flag_it() -> None:
+    assert decide([], 4).metrics_stale
+    assert decide(steady(4, count=5), 4).metrics_stale
+    assert not decide(steady(4), 4).metrics_stale
+
+
+def test_efficiency_scales_a_linear_job_up_within_the_trust_region() -> None:
+    rec = decide(steady(4), 4)
+    assert rec.replicas == 8  # 2x the largest measured count
+    assert rec.direction == "up"
+    assert rec.model is not None and rec.model.level == 1
+    # one count: the 5 % of the step the GPU is idle is taken for synchronisation (the prior
+    # says overhead is small), so the prediction is conservative until 8 is measured
+    assert rec.reason.startswith("efficiency 0.95 at 4 >= floor 0.70; 8 predicted 0.89")
+    assert "trust region ends at 8" in rec.reason
+
+
+def test_efficiency_holds_where_the_next_count_falls_below_the_floor() -> None:
+    tau = amdahl(0.05)  # E(n) = 1 / (1 + 0.05 (n - 1)): E(9) = 0.71, E(10) = 0.69
+    obs = [*steady(6, tau=tau), *steady(8, start=300, tau=tau), *steady(9, start=600, tau=tau)]
+    rec = recommend(make_spec(replicas=9), obs, 9, 900.0)
+    assert rec.replicas == 9
+    assert rec.reason == (
+        "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69; gain x1.05 does not pay "
+        "a 60 s restart within 30 min; holding"
+    ) or rec.reason.startswith("efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69")
+    assert rec.model is not None and rec.model.sync_per_replica == pytest.approx(0.05, rel=0.05)
+
+
+def test_budget_picks_the_peak_of_a_communication_bound_job() -> None:
+    tau = peaked(0.01, 0.01)  # throughput peaks at n = 10
+    obs = [*steady(4, tau=tau), *steady(8, start=300, tau=tau), *steady(16, start=600, tau=tau)]
+    spec = make_spec(replicas=16, objective="budget", maxCostPerHour=24)
+    rec = recommend(spec, obs, 16, 900.0, recent_targets=[(t, 10) for t in range(600, 900, 30)])
+    assert rec.target == 10
+    assert rec.replicas == 10
+    assert rec.model is not None and rec.model.sync_quadratic > 0
+
+
+def test_utilization_objective_finds_the_largest_count_above_target() -> None:
+    tau = amdahl(0.02)  # U(n) = 0.95 / (1 + 0.02 (n - 1)) >= 0.8 up to n = 10
+    spec = make_spec(replicas=8, objective="utilization")
+    first = recommend(spec, steady(8, tau=tau), 8, NOW)
+    assert first.replicas == 9  # one count: conservative (idle time taken for sync)
+    assert "GPU utilization 0.83 at 8 >= target 0.80; 9 predicted 0.81" in first.reason
+    obs = [*steady(8, tau=tau), *steady(9, start=300, tau=tau)]
+    second = recommend(spec.model_copy(update={"replicas": 9}), obs, 9, 600.0)
+    assert second.replicas == 10
+    assert "GPU utilization 0.82 at 9 >= target 0.80; 10 predicted 0.80" in second.reason
+
+
+def test_exploration_tries_a_neighbour_when_the_curve_is_unknown() -> None:
+    rec = decide(steady(4, util=False), 4)  # throughput only, one count: beta unknown
+    assert (rec.replicas, rec.exploring) == (5, True)
+    assert "exploring 5" in rec.reason
+    assert rec.model is not None and rec.model.level == 0
+
+
+def test_exploration_from_the_top_goes_down_for_efficiency() -> None:
+    rec = recommend(make_spec(replicas=8, hi=8, scaleDownStabilizationSeconds=0),
+                    steady(8, util=False), 8, NOW)  # fmt: skip
+    assert (rec.replicas, rec.exploring) == (7, True)
+
+
+def test_gpu_utilization_alone_fits_the_same_curve() -> None:
+    rec = decide(steady(4, throughput=False, tau=amdahl(0.05)), 4)
+    assert rec.model is not None and rec.model.source is ModelSource.GPU_UTILIZATION
+    assert rec.model.sync_per_replica == pytest.approx(0.05 / 0.95 + 0.05 / 3 / 0.95, rel=0.5)
+    assert rec.throughput is None or rec.throughput > 0
+
+
+def test_gain_that_does_not_pay_the_restart_holds() -> None:
+    tau = amdahl(0.02)
+    obs = [*steady(12, tau=tau), *steady(13, start=300, tau=tau), *steady(14, start=600, tau=tau)]
+    spec = make_spec(replicas=14, hi=15, minEfficiency=0.5, restartCostSeconds=600)
+    rec = recommend(spec, obs, 14, 900.0)
+    assert rec.replicas == 14
+    assert "does not pay a 600 s restart within 30 min" in rec.reason
+    assert rec.restart_cost_source is RestartCostSource.SPEC
+
+
+def test_scale_down_waits_for_its_stabilization_window() -> None:
+    tau = amdahl(0.1)  # E(8) = 0.59 < 0.7; E(5) = 0.71
+    obs = [*steady(4, tau=tau), *steady(8, start=300, tau=tau)]
+    spec = make_spec(replicas=8)  # scaleDownStabilizationSeconds 300
+    first = recommend(spec, obs, 8, 600.0)
+    assert (first.replicas, first.target) == (8, 5)
+    assert "scale-down to 5 waits for stabilization (0/300 s)" in first.reason
+    history = [(t, 5) for t in range(300, 600, 30)]
+    later = recommend(spec, obs, 8, 600.0, recent_targets=history)
+    assert later.replicas == 5
+    broken = [*history[:-3], (510.0, 8), *history[-2:]]
+    assert recommend(spec, obs, 8, 600.0, recent_targets=broken).replicas == 8
+
+
+def test_scale_up_stabilization_applies_the_smallest_recent_target() -> None:
+    spec = make_spec(replicas=4, scaleUpStabilizationSeconds=60)
+    history = [(240.0, 6), (270.0, 7)]
+    rec = recommend(spec, steady(4), 4, NOW, recent_targets=history)
+    assert rec.target == 8
+    assert rec.replicas == 6
+
+
+def test_restart_cost_is_learned_from_an_observed_restart() -> None:
+    before = steady(4, count=10)
+    during = [Observation(300.0 + 30 * i, 8, 0.0, 0.0) for i in range(2)]  # 60 s at zero
+    after = steady(8, start=360.0, count=10)
+    rec = recommend(make_spec(replicas=8), [*before, *during, *after], 8, 660.0)
+    assert rec.restart_cost_source is RestartCostSource.LEARNED
+    assert rec.learned_restart_cost_seconds == pytest.approx(60.0, abs=31)
+    remembered = recommend(make_spec(replicas=4), steady(4), 4, NOW, restart_cost_seconds=42.0)
+    assert (remembered.restart_cost_seconds, remembered.restart_cost_source) == (
+        42.0, RestartCostSource.REMEMBERED,
+    )  # fmt: skip
+
+
+def test_restart_samples_are_not_fitted() -> None:
+    before = steady(4, count=10)
+    during = [Observation(300.0 + 30 * i, 8, 0.1, 50.0) for i in range(3)]  # a slow ramp
+    after = steady(8, start=390.0, count=10)
+    rec = recommend(make_spec(replicas=8), [*before, *during, *after], 8, 690.0)
+    assert rec.model is not None
+    assert rec.model.sync_per_replica == pytest.approx(0.0, abs=0.01)
+
+
+def test_compaction_keeps_every_count_and_the_recent_window() -> None:
+    obs = [*steady(2, count=100), *steady(4, start=3000, count=100), *steady(8, start=6000)]
+    kept = compact_observations(obs, 6300.0, keep_seconds=600, per_count=5)
+    assert [o.replicas for o in kept] == [2] * 5 + [4] * 5 + [4] * 10 + [8] * 10
+    assert kept == sorted(kept, key=lambda o: o.timestamp)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"timestamp": float("nan"), "replicas": 1}, "Observation.timestamp", id="nan-time"),
+        pytest.param({"timestamp": 0, "replicas": -1}, "Observation.replicas", id="negative-replicas"),
+        pytest.param({"timestamp": 0, "replicas": 1.5}, "Observation.replicas", id="fractional-replicas"),
+        pytest.param({"timestamp": 0, "replicas": 1, "gpu_utilization": 75.0},
+                     "gpu_utilization must be within [0, 1], got 75.0", id="percent-not-ratio"),
+        pytest.param({"timestamp": 0, "replicas": 1, "samples_per_second": -3.0},
+                     "samples_per_second must be >= 0", id="negative-throughput"),
+        pytest.param({"timestamp": 0, "replicas": 1, "samples_per_second": float("inf")},
+                     "samples_per_second must be a finite number", id="infinite-throughput"),
+    ],
+)  # fmt: skip
+def test_bad_observations_are_rejected_by_name(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Observation(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        pytest.param({"current_replicas": -1}, "current_replicas", id="negative-current"),
+        pytest.param({"now": float("inf")}, "now must be a finite number", id="infinite-now"),
+        pytest.param({"pending_replicas": 5}, r"pending_replicas \(5\) must be <= current_replicas",
+                     id="more-pending-than-replicas"),
+        pytest.param({"unschedulable_replicas": 1}, "unschedulable_replicas", id="unschedulable-not-pending"),
+        pytest.param({"restart_cost_seconds": -1.0}, "restart_cost_seconds must be >= 0", id="negative-cost"),
+        pytest.param({"horizon_seconds": 0.0}, "horizon_seconds must be > 0", id="zero-horizon"),
+        pytest.param({"stale_after_seconds": -5.0}, "stale_after_seconds", id="negative-stale"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_rejected_by_name(kw: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"current_replicas": 4, "now": NOW, **kw}
+    with pytest.raises(ValueError, match=message):
+        recommend(make_spec(replicas=4), steady(4), **args)
