@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def _expect(
     tmp_path: Path,
     panel: str,
     series: dict[str, str],
-    expected: dict[str, float],
+    expected: Mapping[str, float],
     eval_time: str = "5m",
 ) -> None:
     """Evaluate the first query of ``panel`` on ``series`` (selector -> promtool values

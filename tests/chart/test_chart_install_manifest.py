@@ -46,7 +46,7 @@ NAMESPACE_OBJECT = {
 
 def render_install_yaml(helm: Any) -> str:
     """The expected text of manifests/install.yaml."""
-    chart = helm.template_text({})
+    chart: str = helm.template_text({})
     return HEADER + "---\n" + yaml.safe_dump(NAMESPACE_OBJECT, sort_keys=False) + chart
 
 

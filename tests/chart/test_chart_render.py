@@ -32,6 +32,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from trainscale.operator.builders import COMPONENT_WORKER, METRICS_PORT_NAME, build_common_labels
 from trainscale.operator.cli import build_parser
 from trainscale.operator.crd import build_crd
 
@@ -45,7 +46,7 @@ STANDARD_LABELS = (
     "app.kubernetes.io/version",
     "app.kubernetes.io/managed-by",
 )
-NOT_BUILT_IN = {"ServiceMonitor"}
+NOT_BUILT_IN = {"ServiceMonitor", "PodMonitor"}
 
 EVERYTHING_ON: dict[str, Any] = {
     "commonLabels": {"team": "ml-platform"},
@@ -87,7 +88,10 @@ EVERYTHING_ON: dict[str, Any] = {
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
     },
     "serviceAccount": {"annotations": {"iam.example.com/role": "trainscale"}},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+        "workerPodMonitor": {"enabled": True, "labels": {"release": "kps"}},
+    },
     "grafana": {"dashboard": {"enabled": True, "namespace": "monitoring"}},
 }
 
@@ -451,6 +455,28 @@ def test_service_monitor_scrapes_the_metrics_service(render: Any) -> None:
     assert endpoint["honorLabels"] is True
 
 
+@pytest.mark.parametrize(
+    ("values", "namespace_selector"),
+    [
+        pytest.param({}, {"any": True}, id="all-namespaces"),
+        pytest.param(EVERYTHING_ON, {"matchNames": ["ml-a", "ml-b"]}, id="watched-namespaces"),
+    ],
+)
+def test_worker_pod_monitor_selects_the_operators_worker_pods(
+    render: Any, values: dict[str, Any], namespace_selector: dict[str, Any]
+) -> None:
+    assert not by_kind(render({}), "PodMonitor")
+    enabled = {**values, "metrics": {"workerPodMonitor": {"enabled": True}}}
+    monitor = one(render(enabled), "PodMonitor")
+    worker_labels = build_common_labels("digits", COMPONENT_WORKER)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    rendezvous_labels = build_common_labels("digits", "rendezvous")
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= rendezvous_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == namespace_selector
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == METRICS_PORT_NAME and endpoint["path"] == "/metrics"
+
+
 def test_pod_disruption_budget(render: Any) -> None:
     assert not by_kind(render({}), "PodDisruptionBudget")
     objects = render(EVERYTHING_ON)
@@ -524,23 +550,30 @@ _OPAQUE_VALUES = {
 }
 
 
+def _value_comments(text: str) -> dict[str, list[str]]:
+    """Key path -> the comment lines directly above that key in values.yaml."""
+    comments: dict[str, list[str]] = {}
+    stack: list[str] = []
+    block: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            block.append(stripped)
+            continue
+        match = re.match(r"^( *)([A-Za-z0-9_]+):", line)
+        if match:
+            depth = len(match.group(1)) // 2
+            stack = [*stack[:depth], match.group(2)]
+            comments[".".join(stack)] = block
+        block = []
+    return comments
+
+
 def test_every_value_is_commented_and_documented() -> None:
     text = (CHART_DIR / "values.yaml").read_text()
-    values = yaml.safe_load(text)
-    lines = text.splitlines()
+    comments = _value_comments(text)
     docs = (REPO_ROOT / "docs" / "install.md").read_text()
-    for path in _leaf_keys(values):
-        leaf = path.rsplit(".", 1)[-1]
-        depth = path.count(".")
-        # The key's line, at the right indentation, must follow a `# --` comment block.
-        pattern = re.compile(rf"^{'  ' * depth}{re.escape(leaf)}:")
-        indices = [i for i, line in enumerate(lines) if pattern.match(line)]
-        assert indices, path
-        documented = False
-        for i in indices:
-            j = i - 1
-            while j >= 0 and lines[j].strip().startswith("#") and "# --" not in lines[j]:
-                j -= 1
-            documented |= j >= 0 and lines[j].strip().startswith("# --")
-        assert documented, f"values.yaml: {path} has no `# --` comment"
-        assert f"`{path}`" in docs, f"docs/install.md: values table lacks `{path}`"
+    for path in _leaf_keys(yaml.safe_load(text)):
+        block = comments.get(path, [])
+        assert block and block[0].startswith("# --"), f"values.yaml: {path} lacks a `# --` comment"
+        assert f"| `{path}` |" in docs, f"docs/install.md: the values table lacks `{path}`"
