@@ -83,6 +83,12 @@ def trainscale_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     get_metrics()
 
 
+@kopf.on.login()
+def trainscale_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere $KUBECONFIG (read now) or ~/.kube/config."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def post_event(body: Mapping[str, Any], event: reconcile.EventSpec) -> None:
     """Post a Kubernetes Event on the job (through kopf's event queue)."""
     kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
