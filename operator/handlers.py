@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -23,7 +24,7 @@ from typing import Any, cast
 import kopf
 import pydantic
 
-from trainscale.operator import api, builders, k8s, reconcile
+from trainscale.operator import api, autoscale, builders, k8s, policy, prometheus, reconcile
 from trainscale.operator.metrics import OperatorMetrics
 
 RESYNC_SECONDS = 10.0
@@ -42,10 +43,16 @@ def get_metrics() -> OperatorMetrics:
 
 
 class Wakeups:
-    """One asyncio.Event per job; events set it, the job's loop waits on it."""
+    """Per job: an asyncio.Event that wakes its reconcile loop, and the lock that serialises
+    every read-status-then-patch-status section of the job's two loops."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """The job's status lock (created on first use)."""
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     def get(self, namespace: str, name: str) -> asyncio.Event:
         """The wake-up event of a job (created on first use)."""
@@ -58,6 +65,7 @@ class Wakeups:
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's event."""
         self._events.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
 
 
 WAKEUPS = Wakeups()
@@ -98,6 +106,11 @@ async def reconcile_job(
     namespace: str, name: str, now: Callable[[], dt.datetime] = _utcnow
 ) -> float:
     """One reconcile pass for one job: observe, decide, apply. Returns seconds to the next pass."""
+    async with WAKEUPS.lock(namespace, name):
+        return await _reconcile_job(namespace, name, now)
+
+
+async def _reconcile_job(namespace: str, name: str, now: Callable[[], dt.datetime]) -> float:
     clients = k8s.load_clients()
     started = time.monotonic()
     metrics = get_metrics()
@@ -247,3 +260,128 @@ def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_:
     job_name = k8s.job_name_of_pod(labels)
     if job_name and namespace:
         WAKEUPS.wake(namespace, job_name)
+
+
+# -- autoscaling ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class AutoscalerMemory:
+    """What the autoscaler remembers of one job between passes (lost on operator restart,
+    after which it re-learns from fresh observations)."""
+
+    observations: list[policy.Observation] = dataclasses.field(default_factory=list)
+    recent_targets: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    restart_cost_seconds: float | None = None
+    last_scale_time: float | None = None
+
+
+def _prometheus_url() -> str:
+    from trainscale.operator.main import OPTIONS
+
+    return OPTIONS.prometheus_url
+
+
+async def autoscale_job(
+    namespace: str, name: str, memory: AutoscalerMemory, wall_clock: Callable[[], float] = time.time
+) -> float:
+    """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next."""
+    clients = k8s.load_clients()
+    metrics = get_metrics()
+    # -- observe (outside the lock: Prometheus may be slow) --------------------------------
+    body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+    if body is None:
+        return RESYNC_SECONDS
+    try:
+        spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError:
+        return RESYNC_SECONDS  # the reconcile loop reports it
+    phase = (body.get("status") or {}).get("phase")
+    if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
+        memory.recent_targets.clear()
+        return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
+    pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+    workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
+    running = sum(1 for w in workers if w.phase == "Running")
+    pending = sum(1 for w in workers if w.phase != "Running")
+    unschedulable = sum(1 for w in workers if w.unschedulable)
+    now = wall_clock()
+    observation: policy.Observation | None = None
+    errors: tuple[str, ...] = ()
+    if running > 0:
+        fetched = await asyncio.to_thread(
+            prometheus.fetch_observation,
+            _prometheus_url(),
+            namespace,
+            name,
+            replicas=running,
+            now=now,
+            spec=spec.autoscaling.prometheus,
+        )
+        for result in (fetched.gpu_utilization, fetched.throughput):
+            metrics.prometheus_query_duration.observe(result.latency_seconds)
+            if result.error:
+                kind = "timeout" if "timed out" in result.error.lower() else "http"
+                metrics.prometheus_query_errors.labels(kind).inc()
+        observation, errors = fetched.observation, fetched.errors
+        memory.observations = policy.compact_observations([*memory.observations, observation], now)
+
+    # -- decide --------------------------------------------------------------------------
+    rec = policy.recommend(
+        spec,
+        memory.observations,
+        current_replicas=spec.replicas,
+        now=now,
+        pending_replicas=pending,
+        unschedulable_replicas=unschedulable,
+        last_scale_time=memory.last_scale_time,
+        restart_cost_seconds=memory.restart_cost_seconds,
+        recent_targets=memory.recent_targets,
+    )
+    memory.recent_targets = [(t, n) for t, n in memory.recent_targets if t >= now - 86400]
+    memory.recent_targets.append((now, rec.target))
+    if rec.learned_restart_cost_seconds is not None:
+        memory.restart_cost_seconds = rec.learned_restart_cost_seconds
+
+    # -- apply (under the job's status lock, from a fresh read) --------------------------
+    async with WAKEUPS.lock(namespace, name):
+        body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+        if body is None:
+            return RESYNC_SECONDS
+        current = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+        if current.replicas != spec.replicas:
+            return 0.5  # someone else moved spec.replicas meanwhile: decide again on it
+        plan = autoscale.decide_autoscale(
+            spec,
+            body.get("status") or {},
+            observation,
+            errors,
+            rec,
+            _utcnow(),
+            (body.get("metadata") or {}).get("generation"),
+        )
+        if plan.replicas is not None:
+            await asyncio.to_thread(k8s.patch_job_replicas, clients, namespace, name, plan.replicas)
+            memory.last_scale_time = now
+        await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+    if plan.event is not None:
+        post_event(body, plan.event)
+    metrics.scaling_decisions.labels(plan.direction, plan.reason_class).inc()
+    metrics.job_cost_per_hour.labels(namespace, name).set(plan.status["autoscaling"]["costPerHour"])
+    return float(spec.autoscaling.interval_seconds)
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
+async def trainingjob_autoscale_loop(
+    name: str, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """The job's autoscaler: every intervalSeconds while autoscaling.enabled."""
+    assert namespace is not None  # TrainingJob is a namespaced kind
+    memory = AutoscalerMemory()
+    while True:
+        try:
+            delay = await autoscale_job(namespace, name, memory)
+        except Exception as exc:  # a bad pass must not kill the loop
+            logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
+            delay = RESYNC_SECONDS
+        await asyncio.sleep(delay)

@@ -1,0 +1,134 @@
+"""What the operator writes after the policy decides: spec, status, conditions, events.
+
+Covers: a rescale sets the new replicas, records the decision (bounded history) and posts an
+Event with the policy's reason; a hold writes no replicas and no event; the latest
+observation, model, efficiency and cost appear in status; MetricsUnavailable follows
+Prometheus errors and missing data; ScalingLimited follows the policy's limit; metric labels
+stay within a small vocabulary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscale import MAX_DECISIONS_KEPT, classify_reason, decide_autoscale
+from trainscale.operator.policy import LimitedBy, Observation, Recommendation
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def spec(spec_dict: dict[str, Any]) -> TrainingJobSpec:
+    spec_dict["autoscaling"] = {"enabled": True, "costPerGpuHour": 2.5}
+    return TrainingJobSpec.model_validate(spec_dict)  # 2 replicas x 2 GPUs
+
+
+def rec(replicas: int, current: int = 2, **kw: Any) -> Recommendation:
+    return Recommendation(
+        replicas=replicas, target=replicas, current_replicas=current, reason="why", **kw
+    )
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+OBS = Observation(timestamp=1.0, replicas=2, gpu_utilization=0.8123, samples_per_second=412.345)
+
+
+def test_rescale_writes_replicas_decision_and_event(spec: TrainingJobSpec) -> None:
+    plan = decide_autoscale(spec, {}, OBS, (), rec(4, efficiency=0.91), NOW)
+    assert plan.replicas == 4
+    assert plan.direction == "up" and plan.reason_class == "objective"
+    assert plan.event is not None and plan.event.reason == "AutoscaledUp"
+    assert plan.event.message == "2 -> 4 workers: why"
+    auto = plan.status["autoscaling"]
+    assert auto["decisions"] == [
+        {"time": "2026-11-21T12:00:00Z", "fromReplicas": 2, "toReplicas": 4, "reason": "why"}
+    ]
+    assert auto["lastScaleTime"] == "2026-11-21T12:00:00Z"
+    assert auto["costPerHour"] == 4 * 2 * 2.5, "cost of the new size"
+    assert auto["efficiency"] == 0.91
+    assert plan.status["gpuUtilization"] == 0.812 and plan.status["throughput"] == 412.3
+
+
+def test_hold_writes_no_replicas_and_no_event(spec: TrainingJobSpec) -> None:
+    previous = {"autoscaling": {"lastScaleTime": "2026-11-21T11:00:00Z", "decisions": [{"x": 1}]}}
+    plan = decide_autoscale(spec, previous, OBS, (), rec(2), NOW)
+    assert plan.replicas is None and plan.event is None and plan.direction == "hold"
+    assert plan.status["autoscaling"]["lastScaleTime"] == "2026-11-21T11:00:00Z"
+    assert plan.status["autoscaling"]["decisions"] == [{"x": 1}]
+    assert plan.status["autoscaling"]["costPerHour"] == 2 * 2 * 2.5
+
+
+def test_decision_history_is_bounded(spec: TrainingJobSpec) -> None:
+    previous = {"autoscaling": {"decisions": [{"n": i} for i in range(MAX_DECISIONS_KEPT)]}}
+    plan = decide_autoscale(spec, previous, OBS, (), rec(1), NOW)
+    decisions = plan.status["autoscaling"]["decisions"]
+    assert len(decisions) == MAX_DECISIONS_KEPT
+    assert decisions[-1]["toReplicas"] == 1 and decisions[0] == {"n": 1}
+    assert plan.event is not None and plan.event.reason == "AutoscaledDown"
+
+
+def test_prometheus_errors_set_metrics_unavailable(spec: TrainingJobSpec) -> None:
+    empty = Observation(timestamp=1.0, replicas=2, gpu_utilization=None, samples_per_second=None)
+    plan = decide_autoscale(
+        spec, {}, empty, ("gpu utilization: connection refused",), rec(2, metrics_stale=True), NOW
+    )
+    cond = conditions(plan.status)["MetricsUnavailable"]
+    assert (cond["status"], cond["reason"]) == ("True", "PrometheusError")
+    assert "connection refused" in cond["message"]
+    assert plan.reason_class == "stale"
+    assert plan.status["gpuUtilization"] is None
+
+
+def test_no_data_without_errors_is_also_unavailable(spec: TrainingJobSpec) -> None:
+    plan = decide_autoscale(spec, {}, None, (), rec(2, metrics_stale=True), NOW)
+    cond = conditions(plan.status)["MetricsUnavailable"]
+    assert (cond["status"], cond["reason"]) == ("True", "NoFreshMetrics")
+
+
+def test_fresh_metrics_clear_the_condition_and_keep_others(spec: TrainingJobSpec) -> None:
+    status = {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "MinReplicasReady"},
+            {
+                "type": "MetricsUnavailable",
+                "status": "True",
+                "reason": "PrometheusError",
+                "lastTransitionTime": "2026-11-21T10:00:00Z",
+            },
+        ]
+    }
+    plan = decide_autoscale(spec, status, OBS, (), rec(2), NOW)
+    conds = conditions(plan.status)
+    assert conds["Ready"]["status"] == "True", "the reconcile loop's conditions are kept"
+    assert conds["MetricsUnavailable"]["status"] == "False"
+    assert conds["MetricsUnavailable"]["lastTransitionTime"] == "2026-11-21T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("limited_by", "reason"),
+    [
+        (LimitedBy.BOUND, "Bound"),
+        (LimitedBy.BUDGET, "Budget"),
+        (LimitedBy.UNSCHEDULABLE, "Unschedulable"),
+    ],
+)
+def test_scaling_limited_names_the_limit(
+    spec: TrainingJobSpec, limited_by: LimitedBy, reason: str
+) -> None:
+    plan = decide_autoscale(spec, {}, OBS, (), rec(2, limited_by=limited_by), NOW)
+    cond = conditions(plan.status)["ScalingLimited"]
+    assert (cond["status"], cond["reason"], cond["message"]) == ("True", reason, "why")
+    assert plan.reason_class == limited_by.value
+
+
+def test_reason_classes_are_a_small_vocabulary() -> None:
+    assert classify_reason(rec(3, exploring=True)) == "explore"
+    assert classify_reason(rec(3)) == "objective"
+    assert classify_reason(rec(2, metrics_stale=True, limited_by=LimitedBy.BOUND)) == "stale"
