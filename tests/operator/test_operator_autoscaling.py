@@ -1,0 +1,244 @@
+"""The autoscaler end to end: the real operator on kmock, a real Prometheus, a simulated job.
+
+Covers: a job whose speedup curve rewards more workers is scaled up, with an Event and a
+status decision giving the reason; a job whose scaling efficiency collapses is scaled down;
+when Prometheus goes away both hold their size and report MetricsUnavailable.
+
+The simulated job: the test plays the kubelet (worker pods become Running) and exports, per
+running worker pod, the trainer's samples counter and dcgm-exporter's
+DCGM_FI_PROF_GR_ENGINE_ACTIVE with dcgm-exporter's labels, following a synchronous
+data-parallel step time ``compute + sync * (n - 1)``. Prometheus (the Debian binary, 1 s
+scrape) scrapes that exporter; the operator reads Prometheus as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import runpy
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from trainscale.trainer.metric_names import SAMPLES_TOTAL
+
+_layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
+_prom = runpy.run_path(str(Path(__file__).parents[1] / "prometheus" / "conftest.py"))
+RealisticEmulator = _layer["RealisticEmulator"]
+cluster = _layer["cluster"]
+_runner, eventually, workers, job, events, create_job, api_call, objects = (
+    _layer[n]
+    for n in (
+        "_runner",
+        "eventually",
+        "workers",
+        "job",
+        "events",
+        "create_job",
+        "api_call",
+        "objects",
+    )
+)
+start_prometheus = _prom["start_prometheus"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.kmock(cls=RealisticEmulator)]
+
+DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod"]
+BATCH = 64  # samples per worker per step
+
+
+class SimulatedJob:
+    """Metrics of one job's running workers under a step time of compute + sync * (n - 1)."""
+
+    def __init__(self, name: str, sync: float, compute: float = 0.5) -> None:
+        self.name, self.sync, self.compute = name, sync, compute
+        self.running: list[str] = []
+        self.samples: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def step_seconds(self) -> float:
+        return self.compute + self.sync * max(len(self.running) - 1, 0)
+
+    def advance(self, seconds: float, running: list[str]) -> None:
+        with self.lock:
+            self.running = running
+            for pod in running:
+                self.samples[pod] = (
+                    self.samples.get(pod, 0.0) + BATCH * seconds / self.step_seconds()
+                )
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            samples = CounterMetricFamily(
+                SAMPLES_TOTAL.removesuffix("_total"), "samples", labels=["namespace", "pod"]
+            )
+            busy = GaugeMetricFamily(
+                "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "engine active", labels=DCGM_LABELS
+            )
+            for i, pod in enumerate(self.running):
+                samples.add_metric(["default", pod], self.samples[pod])
+                busy.add_metric(
+                    [
+                        str(i),
+                        f"GPU-{self.name}-{i}",
+                        f"nvidia{i}",
+                        "NVIDIA H100",
+                        "node",
+                        "trainer",
+                        "default",
+                        pod,
+                    ],
+                    self.compute / self.step_seconds(),
+                )
+        yield samples
+        yield busy
+
+
+class Exporter:
+    """A prometheus_client registry serving every simulated job on 127.0.0.1."""
+
+    def __init__(self, jobs: list[SimulatedJob]) -> None:
+        self.jobs = jobs
+        registry = CollectorRegistry()
+        registry.register(self)  # type: ignore[arg-type]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=registry)
+
+    def collect(self) -> Iterator[Any]:
+        for sim in self.jobs:
+            yield from sim.collect()
+
+
+async def play_kubelet(
+    server: kmock.KubernetesEmulator, sims: list[SimulatedJob], stop: asyncio.Event
+) -> None:
+    """Start every new worker pod and advance the simulated jobs' counters."""
+    last = time.monotonic()
+    while not stop.is_set():
+        for name, pod in _layer["pods"](server).items():
+            if "-worker-" in name and (pod.get("status") or {}).get("phase") != "Running":
+                await _layer["set_pod_state"](server, name, "Running", ready=True)
+        now = time.monotonic()
+        names = workers(server)
+        for sim in sims:
+            sim.advance(now - last, [n for n in names if n.startswith(f"{sim.name}-worker-")])
+        last = now
+        await asyncio.sleep(0.2)
+
+
+def autoscaled_job(name: str, replicas: int, prometheus_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "minReplicas": 1,
+            "maxReplicas": 8,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "trainer:1",
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ]
+                }
+            },
+            "autoscaling": {
+                "enabled": True,
+                "objective": "efficiency",
+                "minEfficiency": 0.7,
+                "intervalSeconds": 1,
+                "scaleDownStabilizationSeconds": 2,
+                "restartCostSeconds": 1,
+                "prometheus": {
+                    "url": prometheus_url,
+                    # A short rate window: the simulated job reaches a steady rate at once.
+                    "throughputQuery": (
+                        f'sum(rate({SAMPLES_TOTAL}{{namespace="{{namespace}}",'
+                        f'pod=~"{{job_regex}}-worker-[0-9]+"}}[4s]))'
+                    ),
+                },
+            },
+        },
+    }
+
+
+def spec_replicas(server: kmock.KubernetesEmulator, name: str) -> int:
+    (found,) = [
+        j
+        for j in objects(server, "trainscale.dev/v1alpha1/trainingjobs")
+        if j["metadata"]["name"] == name
+    ]
+    return int(found["spec"]["replicas"])
+
+
+def status_of(server: kmock.KubernetesEmulator, name: str) -> dict[str, Any]:
+    (found,) = [
+        j
+        for j in objects(server, "trainscale.dev/v1alpha1/trainingjobs")
+        if j["metadata"]["name"] == name
+    ]
+    return dict(found.get("status") or {})
+
+
+async def test_scales_up_when_rewarded_down_when_inefficient_and_holds_without_prometheus(
+    kmock: kmock.KubernetesEmulator, cluster: Any, tmp_path: Path
+) -> None:
+    grow = SimulatedJob("grow", sync=0.005)  # efficiency at 8 workers: 0.97
+    shrink = SimulatedJob("shrink", sync=0.5)  # efficiency at 6 workers: 0.17
+    exporter = Exporter([grow, shrink])
+    prometheus = start_prometheus(tmp_path / "prometheus", f"127.0.0.1:{exporter.port}")
+    stop = asyncio.Event()
+    kubelet = asyncio.create_task(play_kubelet(kmock, [grow, shrink], stop))
+    try:
+        with _runner() as runner:
+            await create_job(kmock, autoscaled_job("grow", 1, prometheus.url))
+            await create_job(kmock, autoscaled_job("shrink", 6, prometheus.url))
+
+            await eventually(
+                lambda: spec_replicas(kmock, "grow") >= 4, within=120, what="grow scaled up"
+            )
+            await eventually(
+                lambda: spec_replicas(kmock, "shrink") <= 2, within=120, what="shrink scaled down"
+            )
+
+            reasons = [(r, m) for _, r, m in events(kmock)]
+            assert any(r == "AutoscaledUp" and m.startswith("1 -> ") for r, m in reasons), reasons
+            assert any(r == "AutoscaledDown" and m.startswith("6 -> ") for r, m in reasons), reasons
+            decisions = status_of(kmock, "grow")["autoscaling"]["decisions"]
+            assert decisions[0]["fromReplicas"] == 1 and decisions[0]["reason"]
+            assert status_of(kmock, "grow")["autoscaling"]["model"], "the fitted model is shown"
+
+            # -- Prometheus goes away: hold, and say so --
+            prometheus.stop()
+            for name in ("grow", "shrink"):
+                await eventually(
+                    lambda name=name: any(
+                        c["type"] == "MetricsUnavailable" and c["status"] == "True"
+                        for c in status_of(kmock, name).get("conditions", [])
+                    ),
+                    within=30,
+                    what=f"{name} MetricsUnavailable",
+                )
+            held = {name: spec_replicas(kmock, name) for name in ("grow", "shrink")}
+            await asyncio.sleep(5)
+            assert {name: spec_replicas(kmock, name) for name in ("grow", "shrink")} == held
+        assert runner.exception is None
+        assert "autoscaling of" not in runner.output, runner.output
+    finally:
+        stop.set()
+        await kubelet
+        prometheus.stop()
+        exporter.server.shutdown()
