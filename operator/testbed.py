@@ -50,6 +50,8 @@ POD_CIDR = "10.244.0.0/16"
 # Order matters: start in this order, stop in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kwok")
 STATE_FILE = "state.json"
+# kwok's lifecycle stages, written next to the binaries by build.sh.
+KWOK_STAGES = "kwok-stages.yaml"
 
 
 class TestbedError(RuntimeError):
@@ -111,10 +113,6 @@ class Paths:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
-
-    @property
-    def kwok_config(self) -> Path:
-        return self.root / "kwok.yaml"
 
     @property
     def etcd_data(self) -> Path:
@@ -201,13 +199,6 @@ def build_kubeconfig(server: str, ca_pem: str, token: str) -> dict[str, Any]:
     }
 
 
-def build_kwok_config() -> str:
-    """Return kwok's configuration: the default fast node and pod lifecycles."""
-    # Written out (rather than left to kwok's ~/.kwok default) so a developer's own kwok
-    # configuration can never change what the tests see.
-    return "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n"
-
-
 def build_commands(bin_dir: Path, paths: Paths, ports: Ports) -> dict[str, list[str]]:
     """Return the argv of each component, every listener bound to 127.0.0.1."""
     loop = "127.0.0.1"
@@ -275,7 +266,8 @@ def build_commands(bin_dir: Path, paths: Paths, ports: Ports) -> dict[str, list[
         "kwok": [
             str(bin_dir / "kwok"),
             f"--kubeconfig={kubeconfig}",
-            f"--config={paths.kwok_config}",
+            # Only our stages file: a developer's ~/.kwok/kwok.yaml must not change the tests.
+            f"--config={bin_dir / KWOK_STAGES}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector="
             f"{KWOK_NODE_ANNOTATION[0]}={KWOK_NODE_ANNOTATION[1]}",
@@ -486,7 +478,7 @@ class Testbed:
         """
         if self.bin_dir is None:
             self.bin_dir = fetch_bin_dir(build=self._build)
-        for name in (*COMPONENTS, "kubectl"):
+        for name in (*COMPONENTS, KWOK_STAGES, "kubectl"):
             if not (self.bin_dir / name).exists():
                 raise TestbedError(
                     f"{self.bin_dir / name} is missing: run scripts/testbed/build.sh"
@@ -568,6 +560,19 @@ class Testbed:
             for name in COMPONENTS
         }
 
+    def fetch_json(self, path: str) -> Any:
+        """GET an API path (e.g. ``/api/v1/nodes``) as the admin; the parsed reply.
+
+        Much faster than a kubectl process, for tests that must observe quick changes.
+
+        Raises:
+            TestbedError: the apiserver answered with an error status.
+        """
+        status, reply = self._get(path)
+        if status >= 300:
+            raise TestbedError(f"GET {path} answered {status}: {reply}")
+        return reply
+
     def fetch_ready(self) -> bool:
         """True if the apiserver answers /readyz with 200."""
         try:
@@ -607,7 +612,6 @@ class Testbed:
         kubeconfig = build_kubeconfig(self.server, p.ca_cert.read_text(), self._token)
         p.kubeconfig.write_text(json.dumps(kubeconfig, indent=2))
         p.kubeconfig.chmod(0o600)
-        p.kwok_config.write_text(build_kwok_config())
         commands = build_commands(self.bin_dir, p, self.ports)
 
         t0 = time.monotonic()

@@ -22,10 +22,10 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/trainscale/testbed/$key"
 bin="$cache/bin"
 if [ "${1:-}" = "--print-bin-dir" ]; then echo "$bin"; exit 0; fi
 
-all=(etcd kube-apiserver kube-scheduler kube-controller-manager kwok kubectl helm)
+all=(etcd kube-apiserver kube-scheduler kube-controller-manager kwok kwok-stages.yaml kubectl helm)
 missing() {
   local b
-  for b in "${all[@]}"; do [ -x "$bin/$b" ] || return 0; done
+  for b in "${all[@]}"; do [ -f "$bin/$b" ] || return 0; done
   return 1
 }
 if ! missing; then echo "$bin"; exit 0; fi
@@ -112,6 +112,23 @@ if [ ! -x "$bin/kwok" ]; then
   printf 'module trainscale.dev/testbed/kwok\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" >"$d/go.mod"
   (cd "$d" && go_build kwok -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$d/kwok" sigs.k8s.io/kwok/cmd/kwok)
   mv "$d/kwok" "$bin/kwok"
+fi
+
+if [ ! -f "$bin/kwok-stages.yaml" ]; then
+  # kwok simulates nothing without Stage objects; take its own "fast" set (nodes become Ready
+  # and keep a lease, pods go Running at once, deleted pods go away) from the pinned module.
+  log "kwok stages: node-fast, node-heartbeat-with-lease, pod-fast from sigs.k8s.io/kwok@$KWOK_VERSION"
+  src=$(cd "$cache/src" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | awk -F'"' '$2 == "Dir" {print $4}')
+  {
+    for f in "$src"/kustomize/stage/node/fast/node-initialize.yaml \
+             "$src"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+             "$src"/kustomize/stage/pod/fast/pod-*.yaml; do
+      echo "---"
+      cat "$f"
+    done
+  } >"$bin/kwok-stages.yaml.tmp"
+  mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
 fi
 
 if [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/helm" ]; then

@@ -2,7 +2,7 @@
 real control plane with kwok GPU nodes (2 nodes x 8 nvidia.com/gpu).
 
 Covers:
-- ``kubectl apply`` of a TrainingJob brings up the rendezvous Service and pod and N workers,
+- ``kubectl apply -f examples/manual-scale.yaml`` brings up the rendezvous Service and pod and N workers,
   placed by the scheduler on GPU nodes; the status and ``kubectl get tj`` report them;
 - ``kubectl scale tj`` resizes the job down (highest indices removed first) and up again;
 - asking for more GPUs than the nodes have leaves workers Pending, and the status says so
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from trainscale_testbed_plugin import wait_for
 
-from trainscale.operator.testbed import GPU_RESOURCE, REPO_ROOT
+from trainscale.operator.testbed import GPU_RESOURCE, REPO_ROOT, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -34,7 +34,8 @@ JOB_LABEL = "trainscale.dev/job-name"
 INDEX_LABEL = "trainscale.dev/replica-index"
 
 
-def job_manifest(name: str, replicas: int, max_replicas: int = 8) -> dict[str, Any]:
+def job_manifest(name: str, replicas: int, max_replicas: int = 8,
+                 gpus: int = GPUS_PER_WORKER) -> dict[str, Any]:  # fmt: skip
     return {
         "apiVersion": "trainscale.dev/v1alpha1",
         "kind": "TrainingJob",
@@ -51,7 +52,7 @@ def job_manifest(name: str, replicas: int, max_replicas: int = 8) -> dict[str, A
                             "name": "trainer",
                             "image": "ghcr.io/example/trainscale-train:latest",
                             "command": ["torchrun", "train.py"],
-                            "resources": {"limits": {GPU_RESOURCE: GPUS_PER_WORKER}},
+                            "resources": {"limits": {GPU_RESOURCE: gpus}},
                         }
                     ],
                 }
@@ -101,40 +102,46 @@ def wait_running(kubectl: Any, namespace: str, job: str, indices: list[int],
     wait_for(settled, timeout=timeout, what=f"{job} running exactly workers {indices}")
 
 
+MANUAL_EXAMPLE = REPO_ROOT / "examples" / "manual-scale.yaml"
+MANUAL_JOB = "digits-manual"  # its metadata.name; 2 replicas of 1 GPU, maxReplicas 4
+
+
 def test_apply_creates_rendezvous_and_workers_on_gpu_nodes(kubectl: Any,
                                                             job_namespace: str) -> None:  # fmt: skip
-    ns = job_namespace
-    apply(kubectl, ns, job_manifest("mnist", replicas=2))
-    wait_running(kubectl, ns, "mnist", [0, 1])
-    for pod in workers(kubectl, ns, "mnist"):
+    ns, job = job_namespace, MANUAL_JOB
+    kubectl("apply", "-n", ns, "-f", str(MANUAL_EXAMPLE))
+    wait_running(kubectl, ns, job, [0, 1])
+    for pod in workers(kubectl, ns, job):
         assert pod["spec"]["nodeName"].startswith("gpu-node-")
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-        assert env["PET_NNODES"] == "1:8"
-        assert env["PET_RDZV_ENDPOINT"].startswith("mnist-rdzv:")
-    service = json.loads(kubectl("get", "service/mnist-rdzv", "-n", ns, "-o", "json").stdout)
+        assert env["PET_NNODES"] == "1:4"
+        assert env["PET_RDZV_ENDPOINT"].startswith(f"{job}-rdzv:")
+    service = json.loads(kubectl("get", f"service/{job}-rdzv", "-n", ns, "-o", "json").stdout)
     assert service["spec"]["ports"][0]["port"] == 29400
-    wait_for(lambda: json.loads(kubectl("get", "pod/mnist-rdzv", "-n", ns, "-o", "json").stdout)
+    wait_for(lambda: json.loads(kubectl("get", f"pod/{job}-rdzv", "-n", ns, "-o", "json").stdout)
              ["status"].get("phase") == "Running", timeout=60, what="rendezvous pod Running")  # fmt: skip
     status = wait_for(
-        lambda: (s := status_of(kubectl, ns, "mnist")).get("phase") == "Running" and s,
+        lambda: (s := status_of(kubectl, ns, job)).get("phase") == "Running" and s,
         timeout=30, what="phase Running",
     )  # fmt: skip
     assert status["pendingReplicas"] == 0
-    row = kubectl("get", "tj/mnist", "-n", ns, "--no-headers").stdout.split()
-    assert row[:4] == ["mnist", "2", "2", "2"]  # NAME REPLICAS READY DESIRED
+    row = kubectl("get", f"tj/{job}", "-n", ns, "--no-headers").stdout.split()
+    assert row[:4] == [job, "2", "2", "2"]  # NAME REPLICAS READY DESIRED
 
 
 def test_kubectl_scale_resizes_highest_index_first(kubectl: Any, job_namespace: str) -> None:
-    ns = job_namespace
-    apply(kubectl, ns, job_manifest("resize", replicas=3))
-    wait_running(kubectl, ns, "resize", [0, 1, 2])
-    kubectl("scale", "-n", ns, "tj/resize", "--replicas=2")
-    wait_running(kubectl, ns, "resize", [0, 1])
-    kubectl("scale", "-n", ns, "tj/resize", "--replicas=1")
-    wait_running(kubectl, ns, "resize", [0])
-    kubectl("scale", "-n", ns, "tj/resize", "--replicas=3")
-    wait_running(kubectl, ns, "resize", [0, 1, 2])
+    ns, job = job_namespace, MANUAL_JOB
+    kubectl("apply", "-n", ns, "-f", str(MANUAL_EXAMPLE))
+    wait_running(kubectl, ns, job, [0, 1])
+    kubectl("scale", "-n", ns, f"tj/{job}", "--replicas=4")
+    wait_running(kubectl, ns, job, [0, 1, 2, 3])
+    kubectl("scale", "-n", ns, f"tj/{job}", "--replicas=3")
+    wait_running(kubectl, ns, job, [0, 1, 2])
+    kubectl("scale", "-n", ns, f"tj/{job}", "--replicas=1")
+    wait_running(kubectl, ns, job, [0])
+    kubectl("scale", "-n", ns, f"tj/{job}", "--replicas=2")
+    wait_running(kubectl, ns, job, [0, 1])
     reasons = kubectl("get", "events", "-n", ns, "--field-selector",
                       "involvedObject.kind=TrainingJob", "-o",
                       "jsonpath={.items[*].reason}").stdout.split()  # fmt: skip
@@ -174,8 +181,8 @@ def test_delete_garbage_collects_every_child(kubectl: Any, job_namespace: str) -
     kubectl("delete", "tj/gone", "-n", ns, "--timeout=60s")
 
     def children() -> list[str]:
-        out = kubectl("get", "pods,services", "-n", ns, "-l", f"{JOB_LABEL}=gone",
-                      "-o", "name").stdout  # fmt: skip
+        out: str = kubectl("get", "pods,services", "-n", ns, "-l", f"{JOB_LABEL}=gone",
+                           "-o", "name").stdout  # fmt: skip
         return out.split()
 
     # The garbage collector follows the owner references (it may need one 30 s discovery
@@ -184,24 +191,31 @@ def test_delete_garbage_collects_every_child(kubectl: Any, job_namespace: str) -
 
 
 def test_operator_killed_mid_scale_converges_without_duplicates(
-    kubectl: Any, private_operator: tuple[str, Callable[[], Any]]
+    kubectl: Any, testbed: Testbed, private_operator: tuple[str, Callable[[], Any]]
 ) -> None:
     ns, start_operator = private_operator
+    size = 16  # one-GPU workers: exactly the 2 x 8 GPUs, created one by one by the operator
     first = start_operator()
-    apply(kubectl, ns, job_manifest("phoenix", replicas=1))
+    apply(kubectl, ns, job_manifest("phoenix", replicas=1, max_replicas=size, gpus=1))
     wait_running(kubectl, ns, "phoenix", [0])
-    kubectl("scale", "-n", ns, "tj/phoenix", "--replicas=4")
+    selector = f"{JOB_LABEL}%3Dphoenix"
+
+    def count() -> int:
+        path = f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}"
+        return len(testbed.fetch_json(path)["items"]) - 1  # minus the rendezvous pod
+
+    kubectl("scale", "-n", ns, "tj/phoenix", f"--replicas={size}")
     # Kill as soon as the scale-up has begun, before it could have finished.
-    wait_for(lambda: len(workers(kubectl, ns, "phoenix")) > 1, timeout=60,
-             what="scale-up started", interval=0.05)  # fmt: skip
+    wait_for(lambda: count() >= 2, timeout=60, what="scale-up started", interval=0.005)
     first.kill()
-    before = sorted(p["metadata"]["name"] for p in workers(kubectl, ns, "phoenix"))
+    before = count()
+    assert before < size, "the scale-up finished before the kill: nothing was interrupted"
     second = start_operator()
-    wait_running(kubectl, ns, "phoenix", [0, 1, 2, 3])
+    wait_running(kubectl, ns, "phoenix", list(range(size)))
     # Stays converged: no late duplicate from either operator's pass.
     time.sleep(3)
     names = sorted(p["metadata"]["name"] for p in workers(kubectl, ns, "phoenix", True))
-    assert names == [f"phoenix-worker-{i}" for i in range(4)], f"before restart: {before}"
+    assert names == sorted(f"phoenix-worker-{i}" for i in range(size)), before
     rdzv = kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=rendezvous",
                    "-o", "name").stdout.split()  # fmt: skip
     assert rdzv == ["pod/phoenix-rdzv"]

@@ -72,8 +72,9 @@ def test_node_has_gpus_and_kwok_annotation() -> None:
     ],
 )
 def test_bad_sizes_are_refused(kwargs: dict[str, int], message: str, tmp_path: Path) -> None:
+    sizes = {"nodes": 2, "gpus_per_node": 8} | kwargs
     with pytest.raises(ValueError, match=message):
-        Testbed(tmp_path, **kwargs)
+        Testbed(tmp_path, nodes=sizes["nodes"], gpus_per_node=sizes["gpus_per_node"])
 
 
 def test_kubeconfig_trusts_ca_and_presents_token() -> None:

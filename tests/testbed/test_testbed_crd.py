@@ -94,12 +94,12 @@ def test_invalid_job_is_rejected_with_its_message(
 def test_valid_job_gets_defaults_and_printer_columns(
     crd: dict[str, Any], kubectl: Any, namespace: str
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("good")))
+    job = make_job("good", autoscaling={"enabled": False})
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     stored = json.loads(kubectl("get", "tj/good", "-n", namespace, "-o", "json").stdout)
     # Defaults come from the schema, applied by the apiserver.
-    assert stored["spec"]["autoscaling"]["objective"] == "efficiency" or (
-        "autoscaling" not in stored["spec"]
-    )
+    assert stored["spec"]["autoscaling"]["objective"] == "efficiency"
+    assert stored["spec"]["autoscaling"]["scaleDownStabilizationSeconds"] == 300
     assert stored["spec"]["maxRestarts"] == 10
     table = kubectl("get", "tj", "-n", namespace).stdout.splitlines()
     header = table[0].split()

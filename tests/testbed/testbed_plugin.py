@@ -66,7 +66,8 @@ def crd(kubectl: Kubectl) -> dict[str, Any]:
     kubectl("apply", "--server-side", "-f", str(CRD_PATH))
     kubectl("wait", "--for=condition=Established", "--timeout=60s",
             "crd/trainingjobs.trainscale.dev")  # fmt: skip
-    return json.loads(kubectl("get", "crd/trainingjobs.trainscale.dev", "-o", "json").stdout)
+    crd: dict[str, Any] = get_json(kubectl, "crd/trainingjobs.trainscale.dev")
+    return crd
 
 
 _counter = itertools.count()
