@@ -8,6 +8,9 @@ Behaviours covered (real kube-apiserver with RBAC and PodSecurity admission, rea
   events, trainingjobs and their status/scale subresources, CRD discovery) and nothing more
   (no secrets, no deployments, no nodes);
 * with ``operator.watchNamespaces`` it may touch pods only in the watched namespaces;
+* the real operator, run with nothing but the namespaced release's ServiceAccount token,
+  reconciles an example TrainingJob in its watched namespace (rendezvous pod and Service,
+  workers, scale-up through the scale subresource, Events) without a single Forbidden;
 * every object of manifests/install.yaml is accepted by the apiserver (server-side dry run),
   with no PodSecurity warning.
 
@@ -18,6 +21,8 @@ The TrainingJob CRD comes from the shared ``crd`` fixture, so the releases are i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +30,15 @@ from typing import Any
 import pytest
 import yaml
 
-from trainscale.operator.testbed import Testbed
+from trainscale.operator.testbed import Testbed, build_kubeconfig
 
 pytestmark = pytest.mark.testbed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "trainscale"
 INSTALL = REPO_ROOT / "manifests" / "install.yaml"
+EXAMPLE = REPO_ROOT / "examples" / "manual-scale.yaml"
+TRAINSCALE = Path(sys.executable).with_name("trainscale")
 
 # (verb, resource) the operator must be allowed in a namespace it serves.
 NEEDED = [
@@ -159,6 +166,58 @@ def test_namespaced_release_touches_only_watched_namespaces(
         assert _can_i(kubectl, release.account, "list", "namespaces", None)
     finally:
         plugin.cleanup_namespace(kubectl, watched)
+
+
+def _pods(kubectl: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+    done = kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
+    items: list[dict[str, Any]] = json.loads(done.stdout)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_operator_runs_with_only_the_charts_rbac(
+    testbed: Testbed, release_factory: Any, kubectl: Any, plugin: Any, tmp_path: Path
+) -> None:
+    watched = plugin.make_namespace(kubectl, "chart-run-")
+    release = release_factory("chart-run")
+    release.install({"operator": {"watchNamespaces": [watched]}}, tmp_path)
+    sa = f"{release.name}-trainscale"
+    token = kubectl("create", "token", sa, "-n", release.namespace, "--duration=1h").stdout
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    ca_pem = testbed.paths.ca_cert.read_text()
+    kubeconfig.write_text(yaml.safe_dump(build_kubeconfig(testbed.server, ca_pem, token.strip())))
+    env = {**testbed.env(), "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1"}
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(TRAINSCALE), "operator", "--namespace", watched, "--metrics-port", "0",
+             "--liveness-port", "0"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    job = "digits-manual"
+    workers = f"trainscale.dev/job-name={job},app.kubernetes.io/component=worker"
+    try:
+        kubectl("apply", "-n", watched, "-f", str(EXAMPLE))
+        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 2, timeout=90,
+                        what="2 worker pods created by the operator")  # fmt: skip
+        kubectl("get", "service", f"{job}-rdzv", "-n", watched)
+        kubectl("scale", f"trainingjob/{job}", "-n", watched, "--replicas=3")
+        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 3, timeout=90,
+                        what="a third worker after kubectl scale")  # fmt: skip
+        events = json.loads(kubectl("get", "events", "-n", watched, "-o", "json").stdout)
+        assert any(e["involvedObject"]["kind"] == "TrainingJob" for e in events["items"])
+    finally:
+        # Delete the job while the operator still runs: it lifts the job's finalizer.
+        kubectl("delete", "trainingjobs", "--all", "-n", watched, "--timeout=60s", check=False)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        plugin.cleanup_namespace(kubectl, watched)
+        print("operator log (tail):", *log.read_text(errors="replace").splitlines()[-30:], sep="\n")
+    text = log.read_text(errors="replace")
+    assert "Forbidden" not in text and " 403" not in text, text[-3000:]
 
 
 def test_install_yaml_is_accepted_by_the_apiserver(kubectl: Any, crd: dict[str, Any]) -> None:
