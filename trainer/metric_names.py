@@ -5,13 +5,97 @@ dashboard must agree on each name, so all three import them from here. It import
 (no torch, no prometheus_client) so the operator can use it.
 
 Names follow Prometheus conventions: a ``trainscale_trainer_`` prefix, the unit last
-(``_seconds``, ``_ratio``), ``_total`` for counters.
+(``_seconds``, ``_ratio``), ``_total`` for counters. Every worker process serves them on
+``TRAINSCALE_METRICS_PORT`` (+ its local rank); a restarted worker starts its counters from
+zero again, which ``rate()``/``increase()`` treat as a counter reset.
 """
 
 from __future__ import annotations
+
+from typing import Literal, NamedTuple
 
 PREFIX = "trainscale_trainer_"
 
 # Counter: training samples this worker has processed (optimizer-step granularity).
 # rate() of the sum over a job's workers is the job's throughput in samples per second.
 SAMPLES_TOTAL = PREFIX + "samples_total"
+
+# Histogram: wall time of one optimizer step on this worker (data, compute, communication).
+STEP_SECONDS = PREFIX + "step_seconds"
+
+# Counter: seconds this worker spent computing (forward, backward, optimizer), excluding
+# time blocked on gradient all-reduce.
+COMPUTE_SECONDS_TOTAL = PREFIX + "compute_seconds_total"
+
+# Counter: seconds this worker spent blocked on communication (the exposed part of the
+# gradient all-reduce plus the per-step coordination all-reduce).
+COMMUNICATION_SECONDS_TOTAL = PREFIX + "communication_seconds_total"
+
+# Counter: seconds this worker spent fetching and collating its samples.
+DATA_SECONDS_TOTAL = PREFIX + "data_seconds_total"
+
+# Gauge: number of worker processes in the current world (ranks over all nodes).
+WORLD_SIZE = PREFIX + "world_size"
+
+# Gauge: optimizer steps completed by the job (same on every rank; survives resumes).
+GLOBAL_STEP = PREFIX + "global_step"
+
+# Gauge: current epoch (0-based) and fraction of it done.
+EPOCH = PREFIX + "epoch"
+EPOCH_PROGRESS_RATIO = PREFIX + "epoch_progress_ratio"
+
+# Gauge: training loss of the last step, averaged over all samples of the global batch.
+LOSS = PREFIX + "loss"
+
+# Counter: times this worker process resumed from a checkpoint (0 or 1 per process; rate()
+# over the job counts resumes, i.e. resizes and failures).
+RESUMES_TOTAL = PREFIX + "resumes_total"
+
+# Gauge: restarts torchrun's elastic agent has done for this worker (TORCHELASTIC_RESTART_COUNT;
+# a scale-down or failure is one restart, a scale-up is not).
+AGENT_RESTARTS = PREFIX + "agent_restarts"
+
+# Histogram: wall time of writing one checkpoint (serialise, fsync, rename), rank 0 only.
+CHECKPOINT_SAVE_SECONDS = PREFIX + "checkpoint_save_seconds"
+
+# Gauge: optimizer step of the newest checkpoint this worker knows of.
+CHECKPOINT_STEP = PREFIX + "checkpoint_step"
+
+# Gauge: utilization of this worker's GPU read through NVML (0..1); absent without CUDA.
+GPU_UTILIZATION_RATIO = PREFIX + "gpu_utilization_ratio"
+
+
+class MetricName(NamedTuple):
+    """One documented metric: its name, Prometheus type and a one-line description."""
+
+    name: str
+    type: Literal["counter", "gauge", "histogram"]
+    doc: str
+
+
+#: Every metric the trainer exports, in documentation order. The exporter builds its
+#: metrics from this list, and a test checks that ``/metrics`` serves each of them.
+ALL_METRICS: tuple[MetricName, ...] = (
+    MetricName(SAMPLES_TOTAL, "counter", "Training samples processed by this worker."),
+    MetricName(STEP_SECONDS, "histogram", "Wall time of one optimizer step."),
+    MetricName(
+        COMPUTE_SECONDS_TOTAL, "counter", "Seconds spent in forward, backward and optimizer."
+    ),
+    MetricName(
+        COMMUNICATION_SECONDS_TOTAL, "counter", "Seconds blocked on all-reduce communication."
+    ),
+    MetricName(DATA_SECONDS_TOTAL, "counter", "Seconds spent fetching and collating samples."),
+    MetricName(WORLD_SIZE, "gauge", "Worker processes in the current world."),
+    MetricName(GLOBAL_STEP, "gauge", "Optimizer steps completed by the job."),
+    MetricName(EPOCH, "gauge", "Current epoch, counted from 0."),
+    MetricName(EPOCH_PROGRESS_RATIO, "gauge", "Fraction of the current epoch done (0..1)."),
+    MetricName(LOSS, "gauge", "Loss of the last step, averaged over the global batch."),
+    MetricName(RESUMES_TOTAL, "counter", "Resumes from a checkpoint by this worker process."),
+    MetricName(AGENT_RESTARTS, "gauge", "Restarts done by this worker's torchrun agent."),
+    MetricName(CHECKPOINT_SAVE_SECONDS, "histogram", "Wall time of writing one checkpoint."),
+    MetricName(CHECKPOINT_STEP, "gauge", "Optimizer step of the newest known checkpoint."),
+    MetricName(GPU_UTILIZATION_RATIO, "gauge", "GPU utilization from NVML (0..1), CUDA only."),
+)
+
+#: The names of :data:`ALL_METRICS` that are served only on CUDA workers.
+CUDA_ONLY_METRICS: frozenset[str] = frozenset({GPU_UTILIZATION_RATIO})
