@@ -8,6 +8,8 @@ Behaviours covered:
   field would otherwise pass the CRD, which preserves unknown template fields);
 * every other object (the checkpoint claim) is a valid Kubernetes object, and a job's
   ``checkpoint.claimName`` names a claim the same file defines;
+* every worker runs ``torchrun -m trainscale.trainer`` with flags the trainer's own parser
+  accepts and a ``--task`` whose module exists;
 * names are unique and no namespace is hard-coded (``kubectl apply -n`` decides);
 * the jobs fit the test-bed (2 nodes x 8 GPUs): at most 4 one-GPU workers each;
 * the examples cover what the docs promise: each objective, autoscaling off, a checkpoint
@@ -16,6 +18,7 @@ Behaviours covered:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,17 @@ def test_checkpoint_claims_are_defined_beside_the_job(path: Path) -> None:
     for job in _jobs(path):
         claim = _spec(job).checkpoint.claim_name
         assert claim is None or claim in claims, f"{path.name}: claim {claim!r} is not defined"
+
+
+@pytest.mark.parametrize("job", _all_jobs(), ids=lambda j: j["metadata"]["name"])
+def test_workers_run_the_trainer_with_valid_flags(job: dict[str, Any]) -> None:
+    from trainscale.trainer.cli import build_parser
+
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["torchrun", "-m", "trainscale.trainer"], command
+    args = build_parser().parse_args(command[3:])
+    module = args.task.partition(":")[0]
+    assert importlib.util.find_spec(module) is not None, f"--task {args.task}: no module {module}"
 
 
 def test_names_are_unique() -> None:
