@@ -343,6 +343,11 @@ class ElasticSession:
         self._writer.save(self.global_step, self.checkpoint_payload(), wait=wait)
         self._last_save_time = self._clock()
 
+    def wait_for_checkpoint(self) -> None:
+        """Block until a background checkpoint write (if any) is on disk."""
+        if self._writer is not None:
+            self._writer.wait()
+
     def finish(self) -> None:
         """Write the final checkpoint (rank 0) and wait until it is on disk."""
         if self.rank == 0:

@@ -13,7 +13,14 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -73,6 +80,8 @@ class TrainerMetrics:
     """The metrics of one worker; cheap to update on every step."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Workers restart on every resize; "_created" series would only double each scrape.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.samples = Counter(names.SAMPLES_TOTAL, _doc(names.SAMPLES_TOTAL), registry=r)

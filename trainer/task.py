@@ -95,7 +95,12 @@ def load_task(spec: str) -> Task:
     Raises:
         TaskError: when the factory does not return a usable :class:`Task`.
     """
-    task = resolve_factory(spec)()
+    try:
+        task = resolve_factory(spec)()
+    except TaskError:
+        raise
+    except Exception as exc:  # a factory that fails will fail the same way on every retry
+        raise TaskError(f"--task {spec!r}: the factory raised {exc!r}") from exc
     if not isinstance(task, Task):
         raise TaskError(f"--task {spec!r} returned {type(task).__name__}, expected Task")
     if not isinstance(task.model, torch.nn.Module):
