@@ -40,6 +40,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             prometheus_url=args.prometheus_url,
             peering=args.peering,
             priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
             log_level=args.log_level,
         )
     )
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as one of several replicas: only the highest-priority one acts (kopf peering)",
     )
     op.add_argument("--priority", type=int, help="peering priority (default: random)")
+    op.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a peer silent this long is presumed dead and another replica takes over",
+    )
     op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     op.set_defaults(func=_cmd_operator)
 

@@ -4,7 +4,7 @@ Why this module exists: a dashboard edited in Grafana's UI is a 2,000-line JSON 
 reviews, and its PromQL silently rots when a metric is renamed. Here (as in Ray's
 ``dashboards/``) every panel is a small frozen dataclass whose queries are built from the
 metric names the trainer (:mod:`trainscale.trainer.metric_names`) and the operator
-(:mod:`trainscale.operator.metrics`) define once, so a rename is a one-line, reviewed change.
+(:mod:`trainscale.operator.metric_names`) define once, so a rename is a one-line, reviewed change.
 :func:`build_dashboard` is pure (constants in, JSON-able dict out); the rendered file is
 committed at ``charts/trainscale/dashboards/trainscale.json`` and a test fails when it drifts::
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainscale.operator import metrics as op
+from trainscale.operator import metric_names as op
 from trainscale.trainer import metric_names as tr
 
 UID = "trainscale"
@@ -42,9 +42,9 @@ TITLE = "trainscale: elastic training"
 DCGM_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"  # ratio 0..1
 DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent 0..100
 
-# Labels of the operator's per-job series (trainscale.operator.metrics); a test checks them.
-OPERATOR_NAMESPACE_LABEL = "namespace"
-OPERATOR_JOB_LABEL = "job"
+# Labels of the operator's per-job series (trainscale.operator.metric_names); a test checks them.
+OPERATOR_NAMESPACE_LABEL = op.NAMESPACE_LABEL
+OPERATOR_JOB_LABEL = op.JOB_LABEL
 
 # Label the dashboard derives from worker pod names, so trainer and DCGM series group by job.
 JOB_LABEL = "trainingjob"

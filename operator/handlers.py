@@ -88,7 +88,38 @@ def trainscale_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    from trainscale.operator.main import OPTIONS
+
+    settings.peering.lifetime = OPTIONS.peering_lifetime
     get_metrics()
+
+
+@kopf.on.startup()
+async def trainscale_ensure_peering(
+    settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
+) -> None:
+    """With --peering, make sure kopf's peering object exists, or replicas would not coordinate."""
+    if settings.peering.standalone or not settings.peering.name:
+        return
+    from trainscale.operator.main import OPTIONS
+
+    clients = k8s.load_clients()
+    scopes: list[str | None] = [None] if settings.peering.clusterwide else list(OPTIONS.namespaces)
+    for namespace in scopes:
+        if namespace is not None and any(c in namespace for c in "*?[!"):
+            logger.warning(
+                "Peering in namespaces matching %r: create KopfPeering %r there yourself.",
+                namespace,
+                settings.peering.name,
+            )
+            continue
+        created = await asyncio.to_thread(
+            k8s.apply_peering, clients, settings.peering.name, namespace
+        )
+        where = f"namespace {namespace}" if namespace else "cluster-wide"
+        logger.info(
+            "Peering %r %s: %s.", settings.peering.name, where, "created" if created else "exists"
+        )
 
 
 @kopf.on.login()

@@ -130,10 +130,15 @@ def fetch_worker_pods(
 ) -> list[dict[str, Any]]:
     """The job's worker pods (any phase, terminating ones included)."""
     selector = build_worker_selector(job_name)
-    pods = _request(
-        clients, "GET", _core_path("Pod", namespace),
-        query={"labelSelector": build_selector_string(selector)},
-    ) or {}  # fmt: skip
+    pods = (
+        _request(
+            clients,
+            "GET",
+            _core_path("Pod", namespace),
+            query={"labelSelector": build_selector_string(selector)},
+        )
+        or {}
+    )
     # Filter again client-side: the selector is the contract, not an optimisation.
     return [p for p in pods.get("items") or [] if _matches(p, selector)]
 
@@ -165,9 +170,12 @@ def patch_job_status(
 ) -> None:
     """Merge-patch the job's status subresource."""
     _request(
-        clients, "PATCH", _job_path(namespace, name) + "/status", body={"status": dict(status)},
+        clients,
+        "PATCH",
+        _job_path(namespace, name) + "/status",
+        body={"status": dict(status)},
         content_type="application/merge-patch+json",
-    )  # fmt: skip
+    )
 
 
 def patch_job_replicas(
@@ -175,9 +183,42 @@ def patch_job_replicas(
 ) -> None:
     """Set ``spec.replicas`` (the autoscaler's one write to the spec)."""
     _request(
-        clients, "PATCH", _job_path(namespace, name), body={"spec": {"replicas": replicas}},
+        clients,
+        "PATCH",
+        _job_path(namespace, name),
+        body={"spec": {"replicas": replicas}},
         content_type="application/merge-patch+json",
-    )  # fmt: skip
+    )
+
+
+def apply_peering(clients: KubernetesClients, name: str, namespace: str | None) -> bool:
+    """Create kopf's peering object (ClusterKopfPeering, or KopfPeering in ``namespace``).
+
+    kopf only coordinates replicas through an existing peering object; without one every
+    replica acts. Returns False when it already exists.
+
+    Raises:
+        KubernetesError: with a hint when the kopf.dev peering CRDs are not installed.
+    """
+    if namespace is None:
+        path, kind = "/apis/kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering"
+    else:
+        path, kind = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings", "KopfPeering"
+    body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+    try:
+        if _request(clients, "POST", path, body=body) is None:
+            raise KubernetesError(
+                404,
+                "POST",
+                path,
+                f"the {kind} CRD (kopf.dev) is not installed; install the chart with "
+                "operator.peering.enabled=true or apply its files/crds/kopf-peerings.yaml",
+            )
+    except KubernetesError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
 
 
 def job_name_of_pod(labels: Mapping[str, str] | None) -> str | None:

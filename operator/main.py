@@ -29,6 +29,7 @@ class OperatorOptions:
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     peering: str | None = None
     priority: int | None = None
+    peering_lifetime: int = 60
     log_level: str = "INFO"
 
 

@@ -2,8 +2,8 @@
 
 Why this module exists: the names are part of the product's interface (the Grafana dashboard
 and users' alerts read them), so each is declared here once, with its unit in the name, and
-the handlers only call the small helpers below. ``*_NAME`` constants are plain strings that
-torch- and prometheus-free code (the dashboard) can import.
+the handlers only call the small helpers below. The names themselves live in
+:mod:`trainscale.operator.metric_names`, which the dashboard imports without prometheus_client.
 """
 
 from __future__ import annotations
@@ -19,16 +19,21 @@ from prometheus_client import (
     start_http_server,
 )
 
-PREFIX = "trainscale_operator_"
-RECONCILE_TOTAL_NAME = PREFIX + "reconcile_total"
-RECONCILE_DURATION_NAME = PREFIX + "reconcile_duration_seconds"
-MANAGED_JOBS_NAME = PREFIX + "managed_jobs"
-MANAGED_PODS_NAME = PREFIX + "managed_pods"
-DESIRED_REPLICAS_NAME = PREFIX + "desired_replicas"
-JOB_COST_PER_HOUR_NAME = PREFIX + "job_cost_per_hour"
-SCALING_DECISIONS_NAME = PREFIX + "scaling_decisions_total"
-PROMETHEUS_QUERY_ERRORS_NAME = PREFIX + "prometheus_query_errors_total"
-PROMETHEUS_QUERY_DURATION_NAME = PREFIX + "prometheus_query_duration_seconds"
+from trainscale.operator.metric_names import (
+    DESIRED_REPLICAS_NAME,
+    JOB_COST_PER_HOUR_NAME,
+    JOB_LABEL,
+    MANAGED_JOBS_NAME,
+    MANAGED_PODS_NAME,
+    NAMESPACE_LABEL,
+    PROMETHEUS_QUERY_DURATION_NAME,
+    PROMETHEUS_QUERY_ERRORS_NAME,
+    RECONCILE_DURATION_NAME,
+    RECONCILE_TOTAL_NAME,
+    SCALING_DECISIONS_NAME,
+)
+
+_JOB_LABELS = [NAMESPACE_LABEL, JOB_LABEL]
 
 
 class OperatorMetrics:
@@ -57,19 +62,19 @@ class OperatorMetrics:
         self.managed_pods = Gauge(
             MANAGED_PODS_NAME,
             "Worker pods of managed TrainingJobs (not terminating).",
-            ["namespace", "job"],
+            _JOB_LABELS,
             registry=registry,
         )
         self.desired_replicas = Gauge(
             DESIRED_REPLICAS_NAME,
             "spec.replicas of each TrainingJob.",
-            ["namespace", "job"],
+            _JOB_LABELS,
             registry=registry,
         )
         self.job_cost_per_hour = Gauge(
             JOB_COST_PER_HOUR_NAME,
             "replicas x GPUs per replica x costPerGpuHour of each TrainingJob.",
-            ["namespace", "job"],
+            _JOB_LABELS,
             registry=registry,
         )
         self.scaling_decisions = Counter(

@@ -30,7 +30,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from trainscale.operator import dashboard
-from trainscale.operator import metrics as op
+from trainscale.operator import metric_names as op
+from trainscale.operator import metrics as operator_metrics
 from trainscale.trainer import metric_names as tr
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_every_query_uses_only_defined_metric_names() -> None:
 
 
 def test_operator_job_labels_are_the_gauges_labels() -> None:
-    metrics = op.OperatorMetrics(registry=CollectorRegistry())
+    metrics = operator_metrics.OperatorMetrics(registry=CollectorRegistry())
     for gauge in (metrics.desired_replicas, metrics.managed_pods, metrics.job_cost_per_hour):
         labels = set(gauge._labelnames)
         assert {dashboard.OPERATOR_NAMESPACE_LABEL, dashboard.OPERATOR_JOB_LABEL} <= labels
@@ -234,10 +235,10 @@ def test_gpu_busy_prefers_the_profiling_ratio(tmp_path: Path) -> None:
 
 def test_desired_replicas_come_from_the_operator(tmp_path: Path) -> None:
     series = {
-        f'{op.DESIRED_REPLICAS_NAME}{{namespace="ml",job="digits"}}': "4x10",
-        f'{op.DESIRED_REPLICAS_NAME}{{namespace="other",job="digits"}}': "9x10",
+        f'{op.DESIRED_REPLICAS_NAME}{{namespace="ml",trainingjob="digits"}}': "4x10",
+        f'{op.DESIRED_REPLICAS_NAME}{{namespace="other",trainingjob="digits"}}': "9x10",
     }
-    _expect(tmp_path, "Desired vs running workers", series, {'{job="digits"}': 4})
+    _expect(tmp_path, "Desired vs running workers", series, {'{trainingjob="digits"}': 4})
 
 
 def test_every_query_parses(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import kmock
 import pytest
 
-from trainscale.operator import metrics as operator_metrics
+from trainscale.operator import metric_names as operator_metrics
 
 _layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
 RealisticEmulator = _layer["RealisticEmulator"]
@@ -94,7 +94,7 @@ async def test_operator_process_serves_metrics_and_liveness(
             status, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
             ok = (
                 status == 200
-                and 'trainscale_operator_managed_pods{job="proc",namespace="default"}' in text
+                and 'trainscale_operator_managed_pods{namespace="default",trainingjob="proc"}' in text
             )
             return text if ok else ""
 
@@ -103,7 +103,7 @@ async def test_operator_process_serves_metrics_and_liveness(
         assert f"{operator_metrics.RECONCILE_DURATION_NAME}_count" in text
         assert f'{operator_metrics.MANAGED_JOBS_NAME}{{phase="Pending"}} 1.0' in text
         assert (
-            f'{operator_metrics.DESIRED_REPLICAS_NAME}{{job="proc",namespace="default"}} 3.0'
+            f'{operator_metrics.DESIRED_REPLICAS_NAME}{{namespace="default",trainingjob="proc"}} 3.0'
             in text
         )
         status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{liveness_port}/healthz")
