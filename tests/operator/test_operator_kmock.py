@@ -4,7 +4,8 @@ Covers: a TrainingJob creates the rendezvous Service + Pod and N workers carryin
 PET_* settings; a change through the scale subresource reconciles workers up and down
 (highest index removed first); a failed worker is replaced and counted; completion makes
 the job Succeeded; status (replicas, ready, selector, conditions) and Events are written;
-an invalid spec yields a Degraded/InvalidSpec condition and a Warning Event, not a crash loop.
+an invalid spec yields a Degraded/InvalidSpec condition and a Warning Event, not a crash loop;
+deleting a job stops its loops and lifts kopf's finalizer, and nothing is recreated.
 
 kmock has no kubelet, scheduler or garbage collector: the tests play the kubelet by patching
 pod status, and check deletion by the operator's own cleanup on the job's DELETED event is
@@ -170,3 +171,38 @@ async def test_invalid_spec_sets_a_condition_and_an_event(
         assert sum(r == "InvalidSpec" for _, r, _ in events(kmock)) == 1
     assert runner.exception is None
     assert "reconcile of default/broken failed" not in runner.output, runner.output
+
+
+async def test_deleting_a_job_stops_its_loops_and_lifts_the_finalizer(
+    kmock: kmock.KubernetesEmulator, cluster: Any
+) -> None:
+    body = copy.deepcopy(JOB)
+    body["metadata"]["name"] = "gone"
+    api_call = _layer["api_call"]
+    with _runner() as runner:
+        await create_job(cluster, body)
+        await eventually(lambda: len(workers(kmock)) == 2, what="2 workers")
+        finalizers = job(kmock)["metadata"].get("finalizers") or []
+        assert "trainscale.dev/finalizer" in finalizers, "kopf guards the job's loops"
+        uid = job(kmock)["metadata"]["uid"]
+        assert all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in pods(kmock).values())
+
+        path = "/apis/trainscale.dev/v1alpha1/namespaces/default/trainingjobs/gone"
+        await api_call(cluster, "DELETE", path, {}, content_type="application/json")
+        await eventually(
+            lambda: not list(objects(kmock, "trainscale.dev/v1alpha1/trainingjobs")),
+            what="the job gone (finalizer lifted)",
+        )
+        # Its children go by owner-reference GC (kmock has none; the real-apiserver tests
+        # check it); what matters here is that no loop of the deleted job recreates anything.
+        for name in workers(kmock):
+            await api_call(
+                cluster,
+                "DELETE",
+                f"/api/v1/namespaces/default/pods/{name}",
+                {},
+                content_type="application/json",
+            )
+        await asyncio.sleep(2.0)
+        assert workers(kmock) == []
+    assert runner.exception is None
