@@ -8,8 +8,8 @@ an invalid spec yields a Degraded/InvalidSpec condition and a Warning Event, not
 deleting a job stops its loops and lifts kopf's finalizer, and nothing is recreated.
 
 kmock has no kubelet, scheduler or garbage collector: the tests play the kubelet by patching
-pod status, and check deletion by the operator's own cleanup on the job's DELETED event is
-not relied on (owner references are asserted instead; the real-apiserver tests cover GC).
+pod status, and assert owner references where a cluster would garbage-collect (the
+real-apiserver tests in tests/e2e check the collection itself).
 """
 
 from __future__ import annotations
