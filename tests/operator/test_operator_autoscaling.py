@@ -4,10 +4,10 @@ Covers: a job whose speedup curve rewards more workers is scaled up, with an Eve
 status decision giving the reason; a job whose scaling efficiency collapses is scaled down;
 when Prometheus goes away both hold their size and report MetricsUnavailable.
 
-The simulated job: the test plays the kubelet (worker pods become Running) and exports, per
-running worker pod, the trainer's samples counter and dcgm-exporter's
-DCGM_FI_PROF_GR_ENGINE_ACTIVE with dcgm-exporter's labels, following a synchronous
-data-parallel step time ``compute + sync * (n - 1)``. Prometheus (the Debian binary, 1 s
+The simulated job: the test plays the kubelet (worker pods become Running) and
+:mod:`trainscale.operator.simjob` exports, per running worker pod, the trainer's samples
+counter and dcgm-exporter's DCGM_FI_PROF_GR_ENGINE_ACTIVE with dcgm-exporter's labels,
+following a synchronous data-parallel step time ``compute + sync * (n - 1)``. Prometheus (the Debian binary, 1 s
 scrape) scrapes that exporter; the operator reads Prometheus as it would in a cluster.
 """
 
@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import runpy
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from trainscale.operator.simjob import SimulatedExporter, SimulatedJob
 from trainscale.trainer.metric_names import SAMPLES_TOTAL
 
 _layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
@@ -49,73 +45,6 @@ _runner, eventually, workers, job, events, create_job, api_call, objects = (
 start_prometheus = _prom["start_prometheus"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.kmock(cls=RealisticEmulator)]
-
-DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod"]
-BATCH = 64  # samples per worker per step
-
-
-class SimulatedJob:
-    """Metrics of one job's running workers under a step time of compute + sync * (n - 1)."""
-
-    def __init__(self, name: str, sync: float, compute: float = 0.5) -> None:
-        self.name, self.sync, self.compute = name, sync, compute
-        self.running: list[str] = []
-        self.samples: dict[str, float] = {}
-        self.lock = threading.Lock()
-
-    def step_seconds(self) -> float:
-        return self.compute + self.sync * max(len(self.running) - 1, 0)
-
-    def advance(self, seconds: float, running: list[str]) -> None:
-        with self.lock:
-            self.running = running
-            for pod in running:
-                self.samples[pod] = (
-                    self.samples.get(pod, 0.0) + BATCH * seconds / self.step_seconds()
-                )
-
-    def collect(self) -> Iterator[Any]:
-        with self.lock:
-            samples = CounterMetricFamily(
-                SAMPLES_TOTAL.removesuffix("_total"), "samples", labels=["namespace", "pod"]
-            )
-            busy = GaugeMetricFamily(
-                "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "engine active", labels=DCGM_LABELS
-            )
-            for i, pod in enumerate(self.running):
-                samples.add_metric(["default", pod], self.samples[pod])
-                busy.add_metric(
-                    [
-                        str(i),
-                        f"GPU-{self.name}-{i}",
-                        f"nvidia{i}",
-                        "NVIDIA H100",
-                        "node",
-                        "trainer",
-                        "default",
-                        pod,
-                    ],
-                    self.compute / self.step_seconds(),
-                )
-        yield samples
-        yield busy
-
-
-class Exporter:
-    """A prometheus_client registry serving every simulated job on 127.0.0.1."""
-
-    def __init__(self, jobs: list[SimulatedJob]) -> None:
-        self.jobs = jobs
-        registry = CollectorRegistry()
-        registry.register(self)  # type: ignore[arg-type]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=registry)
-
-    def collect(self) -> Iterator[Any]:
-        for sim in self.jobs:
-            yield from sim.collect()
 
 
 async def play_kubelet(
@@ -196,10 +125,10 @@ def status_of(server: kmock.KubernetesEmulator, name: str) -> dict[str, Any]:
 async def test_scales_up_when_rewarded_down_when_inefficient_and_holds_without_prometheus(
     kmock: kmock.KubernetesEmulator, cluster: Any, tmp_path: Path
 ) -> None:
-    grow = SimulatedJob("grow", sync=0.005)  # efficiency at 8 workers: 0.97
-    shrink = SimulatedJob("shrink", sync=0.5)  # efficiency at 6 workers: 0.17
-    exporter = Exporter([grow, shrink])
-    prometheus = start_prometheus(tmp_path / "prometheus", f"127.0.0.1:{exporter.port}")
+    grow = SimulatedJob("default", "grow", sync=0.005)  # efficiency at 8 workers: 0.97
+    shrink = SimulatedJob("default", "shrink", sync=0.5)  # efficiency at 6 workers: 0.17
+    exporter = SimulatedExporter([grow, shrink])
+    prometheus = start_prometheus(tmp_path / "prometheus", exporter.target)
     stop = asyncio.Event()
     kubelet = asyncio.create_task(play_kubelet(kmock, [grow, shrink], stop))
     try:
@@ -241,4 +170,4 @@ async def test_scales_up_when_rewarded_down_when_inefficient_and_holds_without_p
         stop.set()
         await kubelet
         prometheus.stop()
-        exporter.server.shutdown()
+        exporter.close()
