@@ -143,6 +143,16 @@ class AutoscalingSpec(_Model):
         le=86400,
         description="A scale-down must be recommended continuously this long before it is applied.",
     )
+    settle_seconds: int = Field(
+        default=75,
+        ge=0,
+        le=3600,
+        description=(
+            "Metrics are used only once the number of running workers has been stable this "
+            "long, so that rate() windows and restarts never mix two sizes. Keep it at least "
+            "the throughput query's rate() window (1m by default) plus a scrape interval."
+        ),
+    )
     restart_cost_seconds: float | None = Field(
         default=None,
         ge=0,

@@ -305,6 +305,8 @@ class AutoscalerMemory:
     recent_targets: list[tuple[float, int]] = dataclasses.field(default_factory=list)
     restart_cost_seconds: float | None = None
     last_scale_time: float | None = None
+    running: int = 0  # workers running at the last pass ...
+    running_since: float = 0.0  # ... and since when that count has held
 
 
 def _prometheus_url() -> str:
@@ -339,6 +341,19 @@ async def autoscale_job(
     now = wall_clock()
     observation: policy.Observation | None = None
     errors: tuple[str, ...] = ()
+    if running != memory.running:
+        memory.running, memory.running_since = running, now
+    settling = spec.autoscaling.settle_seconds - (now - memory.running_since)
+    if running > 0 and settling > 0 and pending == 0:
+        # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
+        reason = (
+            f"settling: {running} workers running for {now - memory.running_since:.0f} s of "
+            f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
+        )
+        async with WAKEUPS.lock(namespace, name):
+            patch = {"autoscaling": {"reason": reason}}
+            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
+        return min(float(spec.autoscaling.interval_seconds), settling)
     if running > 0:
         fetched = await asyncio.to_thread(
             prometheus.fetch_observation,
@@ -397,6 +412,9 @@ async def autoscale_job(
         await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
     if plan.event is not None:
         post_event(body, plan.event)
+        log.info("TrainingJob %s/%s: %s", namespace, name, plan.event.message)
+    else:
+        log.debug("TrainingJob %s/%s: hold at %d: %s", namespace, name, spec.replicas, rec.reason)
     metrics.scaling_decisions.labels(plan.direction, plan.reason_class).inc()
     metrics.job_cost_per_hour.labels(namespace, name).set(plan.status["autoscaling"]["costPerHour"])
     return float(spec.autoscaling.interval_seconds)

@@ -91,6 +91,7 @@ def autoscaled_job(name: str, replicas: int, prometheus_url: str) -> dict[str, A
                 "intervalSeconds": 1,
                 "scaleDownStabilizationSeconds": 2,
                 "restartCostSeconds": 1,
+                "settleSeconds": 5,  # the 4 s rate window below + a scrape
                 "prometheus": {
                     "url": prometheus_url,
                     # A short rate window: the simulated job reaches a steady rate at once.

@@ -94,7 +94,8 @@ async def test_operator_process_serves_metrics_and_liveness(
             status, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
             ok = (
                 status == 200
-                and 'trainscale_operator_managed_pods{namespace="default",trainingjob="proc"}' in text
+                and 'trainscale_operator_managed_pods{namespace="default",trainingjob="proc"}'
+                in text
             )
             return text if ok else ""
 

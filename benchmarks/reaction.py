@@ -1,0 +1,253 @@
+"""Reaction time of the autoscaler: from a metric change to the new ``spec.replicas``.
+
+Everything is real except the GPUs: the test-bed control plane (kube-apiserver, scheduler,
+controller-manager, kwok GPU nodes), ``trainscale operator`` as a process, the Debian
+Prometheus scraping every second, and :mod:`trainscale.operator.simjob` exporting
+dcgm-exporter's and the trainer's series for the pods kwok runs.
+
+Scenario, repeated ``--rounds`` times: a job settles at the count its speedup curve
+rewards; at T0 the curve changes (its synchronisation cost jumps, so scaling efficiency
+collapses — or drops back, so more workers pay again). Measured per change:
+
+* ``prometheus_s``: T0 to the first Prometheus answer that shows the new GPU utilization
+  (scrape interval + evaluation);
+* ``operator_s``: from there to the new ``spec.replicas`` (waiting for the next autoscaling
+  pass, the policy's settled samples at the new level, the decision, the patch);
+* ``total_s``: T0 to the new ``spec.replicas``.
+
+Run: ``PYTHONSAFEPATH=1 .venv/bin/python benchmarks/reaction.py`` (about 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from trainscale.operator.simjob import SimulatedExporter, SimulatedJob
+from trainscale.operator.testbed import REPO_ROOT, Testbed
+
+NAMESPACE = "default"
+JOB = "react"
+COMPUTE = 0.5
+EFFICIENT_SYNC = 0.02  # efficiency at 4 workers: 0.89 -> the policy grows the job
+COLLAPSED_SYNC = 1.0  # efficiency at 2 workers: 0.33 -> back to 1
+
+
+def job_manifest(interval: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": JOB, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "template": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "trainer:1",
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ],
+                }
+            },
+            "autoscaling": {
+                "enabled": True,
+                "objective": "efficiency",
+                "minEfficiency": 0.7,
+                "intervalSeconds": interval,
+                "scaleDownStabilizationSeconds": 0,
+                "restartCostSeconds": 1,
+                # A 5 s rate() window, so a size can be measured 6 s after it starts.
+                "settleSeconds": 6,
+                "prometheus": {
+                    "throughputQuery": (
+                        'sum(rate(trainscale_trainer_samples_total{namespace="{namespace}",'
+                        'pod=~"{job_regex}-worker-[0-9]+"}[5s]))'
+                    )
+                },
+            },
+        },
+    }
+
+
+class Kubelet(threading.Thread):
+    """Feeds the simulated job the worker pods kwok is running."""
+
+    def __init__(self, testbed: Testbed, sim: SimulatedJob) -> None:
+        super().__init__(daemon=True)
+        self.testbed, self.sim, self.stop = testbed, sim, threading.Event()
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while not self.stop.is_set():
+            pods = self.testbed.fetch_json(
+                f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=trainscale.dev/job-name%3D{JOB},"
+                "app.kubernetes.io/component%3Dworker"
+            )
+            running = [
+                p["metadata"]["name"]
+                for p in pods.get("items", [])
+                if (p.get("status") or {}).get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")
+            ]
+            now = time.monotonic()
+            self.sim.advance(now - last, running)
+            last = now
+            time.sleep(0.2)
+
+
+def replicas(testbed: Testbed) -> int:
+    job = testbed.fetch_json(
+        f"/apis/trainscale.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/{JOB}"
+    )
+    return int(job["spec"]["replicas"])
+
+
+def prometheus_gpu(url: str) -> float | None:
+    query = (
+        f'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{namespace="{NAMESPACE}",pod=~"{JOB}-worker-[0-9]+"}})'
+    )
+    with urllib.request.urlopen(
+        f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=2
+    ) as r:
+        result = json.load(r)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait(predicate: Any, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def measure_change(
+    testbed: Testbed, sim: SimulatedJob, prom_url: str, sync: float, settled: int
+) -> dict[str, float]:
+    """Change the curve; time Prometheus seeing it and the operator acting on it."""
+    before = prometheus_gpu(prom_url)
+    t0 = time.monotonic()
+    with sim.lock:
+        sim.sync = sync
+    expected = COMPUTE / sim.step_seconds(settled)
+    t_prom = wait(
+        lambda: (
+            (g := prometheus_gpu(prom_url)) is not None
+            and abs(g - expected) < abs((before or 0) - expected) / 2
+        ),
+        30,
+        "Prometheus to show the new utilization",
+    )
+    try:
+        t_spec = wait(lambda: replicas(testbed) != settled, 120, "a new spec.replicas")
+    except TimeoutError:
+        status = testbed.fetch_json(
+            f"/apis/trainscale.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/{JOB}"
+        )
+        print(
+            "autoscaler status:", json.dumps(status.get("status", {}).get("autoscaling"), indent=1)
+        )
+        raise
+    return {"prometheus_s": t_prom - t0, "operator_s": t_spec - t_prom, "total_s": t_spec - t0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2, help="up/down changes to measure")
+    parser.add_argument("--interval", type=int, default=1, help="autoscaling.intervalSeconds")
+    args = parser.parse_args()
+    start_prometheus = runpy.run_path(str(REPO_ROOT / "tests" / "prometheus" / "conftest.py"))[
+        "start_prometheus"
+    ]
+    work = Path(tempfile.mkdtemp(prefix="trainscale-reaction-"))
+    sim = SimulatedJob(NAMESPACE, JOB, sync=EFFICIENT_SYNC, compute=COMPUTE)
+    exporter = SimulatedExporter([sim])
+    prometheus = start_prometheus(work / "prometheus", exporter.target)
+    results: list[dict[str, float]] = []
+    with Testbed() as testbed:
+        testbed.kubectl(
+            "apply", "-f", str(REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml")
+        )
+        testbed.kubectl("wait", "--for", "condition=established", "crd/trainingjobs.trainscale.dev")
+        env = dict(testbed.env(), PYTHONSAFEPATH="1")
+        log = (work / "operator.log").open("wb")
+        operator = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("trainscale")),
+                "operator",
+                "--namespace",
+                NAMESPACE,
+                "--metrics-port",
+                "0",
+                "--liveness-port",
+                "0",
+                "--prometheus-url",
+                prometheus.url,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        kubelet = Kubelet(testbed, sim)
+        kubelet.start()
+        try:
+            testbed.kubectl("apply", "-f", "-", input=json.dumps(job_manifest(args.interval)))
+            for round_ in range(args.rounds):
+                # Let the job grow to where the efficient curve puts it, then collapse it.
+                wait(lambda: replicas(testbed) >= 3, 180, "the job to grow")
+                time.sleep(8)
+                grown = replicas(testbed)
+                down = measure_change(testbed, sim, prometheus.url, COLLAPSED_SYNC, grown)
+                results.append({"change": 0.0, **down})
+                print(
+                    f"round {round_ + 1}: efficiency collapse at {grown} workers -> "
+                    f"{replicas(testbed)}: {down}",
+                    flush=True,
+                )
+                time.sleep(8)
+                low = replicas(testbed)
+                up = measure_change(testbed, sim, prometheus.url, EFFICIENT_SYNC, low)
+                results.append({"change": 1.0, **up})
+                print(
+                    f"round {round_ + 1}: efficiency recovers at {low} workers -> "
+                    f"{replicas(testbed)}: {up}",
+                    flush=True,
+                )
+        finally:
+            kubelet.stop.set()
+            operator.terminate()
+            operator.wait(20)
+            prometheus.stop()
+            exporter.close()
+    print(
+        f"\nreaction time, Prometheus scrape 1 s, autoscaling.intervalSeconds {args.interval} s, "
+        f"{len(results)} changes (median / max):"
+    )
+    for key in ("prometheus_s", "operator_s", "total_s"):
+        values = [r[key] for r in results]
+        print(f"  {key:13s} {statistics.median(values):6.2f} / {max(values):6.2f}")
+    print(f"operator log: {work / 'operator.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
+    sys.exit(main())
