@@ -17,6 +17,7 @@ operator configures worker pods.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,7 +32,8 @@ from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.launcher.api import LaunchConfig
 
 from trainscale.trainer.elastic import FATAL_EXIT_CODE
-from trainscale.trainer.preload import preload_forkserver
+from trainscale.trainer.preload import preload_forkserver, wait_for_forkserver
+from trainscale.trainer.settings import ENV_FAST_RESIZE
 from trainscale.trainer.worker import worker_main
 
 logger = logging.getLogger(__name__)
@@ -105,10 +107,12 @@ def use_plain_torch_log_format() -> None:
 class TrainscaleAgent(LocalElasticAgent):
     """torchrun's local agent that leaves the rendezvous as soon as it is told to stop."""
 
+    fast_leave = True
+
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         # SimpleElasticAgent.run() calls _shutdown() while handling the SignalException raised
         # by torchrun's SIGTERM/SIGINT handler: that is a node leaving, not a restart.
-        if isinstance(sys.exception(), SignalException):
+        if self.fast_leave and isinstance(sys.exception(), SignalException):
             leave_rendezvous(self._worker_group.spec.rdzv_handler)
         super()._shutdown(death_sig, timeout)
 
@@ -148,6 +152,7 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
     use_plain_torch_log_format()
     if start_method == "forkserver":
         preload_forkserver(task_spec)  # no-op when the CLI already started it
+        wait_for_forkserver()  # join the rendezvous (and pause the job) only when ready
     params = RendezvousParameters(
         backend=config.rdzv_backend,
         endpoint=config.rdzv_endpoint,
@@ -158,7 +163,10 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
         **config.rdzv_configs,
     )
     handler = rdzv_registry.get_rendezvous_handler(params)
-    tune_rendezvous_polling(handler, RENDEZVOUS_POLL_SECONDS)
+    # TRAINSCALE_FAST_RESIZE=0 gives torchrun's stock behaviour (benchmark baseline).
+    fast = os.environ.get(ENV_FAST_RESIZE, "1") != "0"
+    if fast:
+        tune_rendezvous_polling(handler, RENDEZVOUS_POLL_SECONDS)
     spec = WorkerSpec(
         role=config.role,
         local_world_size=config.nproc_per_node,
@@ -175,6 +183,7 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
         start_method=config.start_method,
         log_line_prefix_template=config.log_line_prefix_template,
     )
+    agent.fast_leave = fast
     close_rendezvous = True
     try:
         result = agent.run()

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--start-method",
         choices=("forkserver", "spawn"),
-        default=os.environ.get("TRAINSCALE_AGENT_START_METHOD", "forkserver"),
+        default=os.environ.get("TRAINSCALE_AGENT_START_METHOD") or "forkserver",
         help="how agents start workers (forkserver: torch preloaded, fast restarts)",
     )
     local.add_argument("--serve-rendezvous", action="store_true", help="run a rendezvous store")

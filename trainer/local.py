@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from trainscale.trainer.settings import (
+    ENV_AGENT_START_METHOD,
     ENV_CHECKPOINT_DIR,
     ENV_JOB_NAME,
     ENV_METRICS_ADDRESS,
@@ -100,7 +101,7 @@ def build_agent_env(
         "PET_MONITOR_INTERVAL": "0.1",
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "GLOO_SOCKET_IFNAME": "lo" if config.host.startswith("127.") else "",
-        "TRAINSCALE_AGENT_START_METHOD": config.start_method,
+        ENV_AGENT_START_METHOD: config.start_method,
         ENV_JOB_NAME: config.job_name,
         ENV_REPLICA_INDEX: str(index),
         ENV_METRICS_ADDRESS: config.host,
@@ -109,6 +110,9 @@ def build_agent_env(
         ),
         "PYTHONSAFEPATH": "1",
         "PYTHONUNBUFFERED": "1",
+        # All agents share this machine's cores: one intra-op thread each unless told
+        # otherwise (torch's default of one per core oversubscribes N workers N-fold).
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     if not env["GLOO_SOCKET_IFNAME"]:
         del env["GLOO_SOCKET_IFNAME"]

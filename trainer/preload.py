@@ -28,3 +28,18 @@ def preload_forkserver(task_spec: str) -> None:
     module = task_spec.partition(":")[0]
     multiprocessing.set_forkserver_preload([*PRELOAD_MODULES, *([module] if module else [])])
     multiprocessing.forkserver.ensure_running()
+
+
+def _noop() -> None:
+    """Target of the process that proves the forkserver is ready."""
+
+
+def wait_for_forkserver() -> None:
+    """Block until the forkserver has finished its preload (it serves requests only then).
+
+    An agent calls this before joining the rendezvous: joining makes every running worker
+    stop for the new world, so the job should not pause while this node is still importing.
+    """
+    process = multiprocessing.get_context("forkserver").Process(target=_noop, daemon=True)
+    process.start()
+    process.join()

@@ -22,6 +22,8 @@ ENV_METRICS_ADDRESS = "TRAINSCALE_METRICS_ADDRESS"
 ENV_JOB_NAME = "TRAINSCALE_JOB_NAME"
 ENV_REPLICA_INDEX = "TRAINSCALE_REPLICA_INDEX"
 ENV_AUDIT_LOG_DIR = "TRAINSCALE_AUDIT_LOG_DIR"
+ENV_FAST_RESIZE = "TRAINSCALE_FAST_RESIZE"
+ENV_AGENT_START_METHOD = "TRAINSCALE_AGENT_START_METHOD"
 
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_CHECKPOINT_INTERVAL_SECONDS = 300.0
@@ -38,6 +40,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (ENV_JOB_NAME, "TrainingJob name, shown in progress lines."),
     (ENV_REPLICA_INDEX, "Index of this worker pod, shown in progress lines."),
     (ENV_AUDIT_LOG_DIR, "If set, every rank appends the sample ids of each step here (JSONL)."),
+    (ENV_FAST_RESIZE, "0 gives torchrun's stock resize behaviour (benchmark baseline)."),
+    (ENV_AGENT_START_METHOD, "Default of --start-method: forkserver (default) or spawn."),
 )
 
 

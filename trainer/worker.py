@@ -290,8 +290,13 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0  # type: ignore[return-value]
 
 
-def train(options: WorkerOptions, env: Mapping[str, str]) -> int:
-    """Run the task on this rank until done or stopped; return the process exit code."""
+def train(
+    options: WorkerOptions, env: Mapping[str, str], step_times: list[float] | None = None
+) -> int:
+    """Run the task on this rank until done or stopped; return the process exit code.
+
+    ``step_times``, when given, receives the wall time of every step (benchmarks).
+    """
     stop_signal: list[int] = []
 
     def _early(signum: int, frame: Any) -> None:
@@ -323,8 +328,7 @@ def train(options: WorkerOptions, env: Mapping[str, str]) -> int:
         metrics.serve(msettings, compute_metrics_port(msettings.port, local_rank))
         if use_cuda:
             metrics.watch_gpu(local_rank)
-    metrics.world_size.set(world_size)
-    metrics.agent_restarts.set(int(env.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    metrics.record_world(world_size, int(env.get("TORCHELASTIC_RESTART_COUNT", "0")))
 
     seed = options.seed
     torch.manual_seed(seed)
@@ -361,8 +365,7 @@ def train(options: WorkerOptions, env: Mapping[str, str]) -> int:
     if stop_signal:
         session.note_signal(stop_signal[0])
     if session.resume():
-        metrics.resumes.inc()
-        metrics.checkpoint_step.set(session.global_step)
+        metrics.record_resume(session.global_step)
     audit = None
     if env.get(ENV_AUDIT_LOG_DIR):
         world_id = [uuid.uuid4().hex[:12]]
@@ -429,6 +432,8 @@ def train(options: WorkerOptions, env: Mapping[str, str]) -> int:
             stop = session.coordinate(loss_sum, len(ids))
             comm += time.perf_counter() - t_coord
             elapsed = time.perf_counter() - started
+            if step_times is not None:
+                step_times.append(elapsed)
             metrics.record_step(
                 samples=len(ids),
                 step_seconds=elapsed,

@@ -49,12 +49,13 @@ def test_endpoint_serves_every_documented_name() -> None:
     port = metrics.serve(MetricsSettings(address="127.0.0.1"), find_free_port())
     assert port is not None
     try:
+        metrics.record_resume(5)
         metrics.record_step(
             samples=32, step_seconds=0.02, compute_seconds=0.015, communication_seconds=0.004,
             data_seconds=0.001, global_step=7, epoch=1, epoch_progress=0.25, loss=0.5,
         )  # fmt: skip
         metrics.record_checkpoint(7, 0.3)
-        metrics.world_size.set(3)
+        metrics.record_world(3, agent_restarts=1)
         text = scrape(port)
     finally:
         metrics.shutdown()
@@ -63,6 +64,10 @@ def test_endpoint_serves_every_documented_name() -> None:
     assert f"{names.GLOBAL_STEP} 7.0" in text
     assert f"{names.WORLD_SIZE} 3.0" in text
     assert f"{names.CHECKPOINT_SAVE_SECONDS}_count 1.0" in text
+    assert f'{names.STEP_SECONDS}_bucket{{le="0.025"}} 1.0' in text
+    assert f'{names.STEP_SECONDS}_bucket{{le="0.01"}} 0.0' in text
+    assert f"{names.RESUMES_TOTAL} 1.0" in text
+    assert f"{names.CHECKPOINT_STEP} 7.0" in text
 
 
 def test_gpu_metric_degrades_without_a_gpu() -> None:
