@@ -274,6 +274,9 @@ def build_commands(bin_dir: Path, paths: Paths, ports: Ports) -> dict[str, list[
             f"--cidr={POD_CIDR}",
             f"--node-ip={loop}",
             f"--server-address={loop}:{ports.kwok}",
+            # kwok renews each node's Lease only when given a lease duration; without it the
+            # node-lifecycle controller marks the nodes NotReady after ~50 s and then evicts.
+            "--node-lease-duration-seconds=40",
         ],
     }
 

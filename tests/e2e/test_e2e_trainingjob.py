@@ -84,6 +84,8 @@ def wait_running(kubectl: Any, namespace: str, job: str, indices: list[int],
                  timeout: float = 90) -> None:  # fmt: skip
     """Wait until exactly ``indices`` run, none is terminating, and the status agrees."""
 
+    seen: dict[str, Any] = {}
+
     def settled() -> bool:
         pods = workers(kubectl, namespace, job, terminating=True)
         running = sorted(
@@ -92,6 +94,12 @@ def wait_running(kubectl: Any, namespace: str, job: str, indices: list[int],
             if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
         )
         status = status_of(kubectl, namespace, job)
+        seen["pods"] = [
+            (p["metadata"]["name"], p["status"].get("phase"),
+             "terminating" if p["metadata"].get("deletionTimestamp") else "")
+            for p in pods
+        ]  # fmt: skip
+        seen["status"] = {k: v for k, v in status.items() if k != "conditions"}
         return (
             len(pods) == len(indices)
             and running == indices
@@ -99,7 +107,13 @@ def wait_running(kubectl: Any, namespace: str, job: str, indices: list[int],
             and status.get("readyReplicas") == len(indices)
         )
 
-    wait_for(settled, timeout=timeout, what=f"{job} running exactly workers {indices}")
+    def describe() -> str:
+        events = kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                         check=False).stdout.splitlines()[-15:]  # fmt: skip
+        return f"pods: {seen.get('pods')}\nstatus: {seen.get('status')}\n" + "\n".join(events)
+
+    wait_for(settled, timeout=timeout, what=f"{job} running exactly workers {indices}",
+             describe=describe)  # fmt: skip
 
 
 MANUAL_EXAMPLE = REPO_ROOT / "examples" / "manual-scale.yaml"

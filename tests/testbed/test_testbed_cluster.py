@@ -1,7 +1,7 @@
 """The test-bed behaves like a cluster with GPU nodes, using only built-in Kubernetes objects.
 
 Covers:
-- the kwok nodes are Ready and advertise nvidia.com/gpu capacity;
+- the kwok nodes are Ready, advertise nvidia.com/gpu capacity and keep a node Lease;
 - a pod asking for GPUs is placed by the real scheduler on a GPU node and kwok runs it;
 - a pod asking for more GPUs than any node has stays Pending with reason Unschedulable;
 - the garbage collector deletes dependents when their owner goes (owner references);
@@ -48,6 +48,11 @@ def test_nodes_are_ready_with_gpu_capacity(kubectl: Any) -> None:
         assert node["status"]["allocatable"][GPU_RESOURCE] == str(GPUS_PER_NODE)
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
         assert ready and ready[0]["status"] == "True"
+    # kwok must renew a Lease per node, or the node-lifecycle controller marks the nodes
+    # NotReady after its grace period (~50 s) and evicts their pods.
+    leases = get_json(kubectl, "leases", "-n", "kube-node-lease")["items"]
+    renewed = {lease["metadata"]["name"] for lease in leases if lease["spec"].get("renewTime")}
+    assert renewed == {node["metadata"]["name"] for node in nodes}
 
 
 def test_gpu_pod_is_scheduled_and_running(kubectl: Any, namespace: str) -> None:

@@ -102,16 +102,18 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     cleanup_namespace(kubectl, name)
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str,
-             interval: float = 0.25) -> Any:  # fmt: skip
-    """Poll ``condition`` until it returns a truthy value (returned); fail after ``timeout``."""
+def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25,
+             describe: Callable[[], str] | None = None) -> Any:  # fmt: skip
+    """Poll ``condition`` until it returns a truthy value (returned); fail after ``timeout``,
+    with ``describe()`` (what was observed last) in the message."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            seen = f"\n{describe()}" if describe is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
         time.sleep(interval)
 
 
