@@ -13,8 +13,12 @@ scaling efficiency collapses.
 
 from __future__ import annotations
 
+import argparse
+import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,3 +122,64 @@ class SimulatedExporter:
     def close(self) -> None:
         """Stop serving."""
         self._server.shutdown()
+
+
+def follow_running_workers(
+    jobs: Sequence[SimulatedJob], stop: threading.Event, period: float = 0.5
+) -> None:
+    """Advance each job with the worker pods the cluster ($KUBECONFIG) runs, until ``stop``."""
+    from trainscale.operator import k8s
+    from trainscale.operator.reconcile import parse_worker_pod
+
+    clients = k8s.load_clients()
+    last = time.monotonic()
+    while not stop.is_set():
+        for job in jobs:
+            pods = k8s.fetch_worker_pods(clients, job.namespace, job.name)
+            workers = [w for w in map(parse_worker_pod, pods) if w is not None]
+            running = sorted(w.name for w in workers if w.phase == "Running" and not w.terminating)
+            job.advance(time.monotonic() - last, running)
+        last = time.monotonic()
+        stop.wait(period)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainscale.operator.simjob``: simulate jobs' metrics for a test-bed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--job",
+        action="append",
+        required=True,
+        metavar="NAMESPACE/NAME=SYNC",
+        help="a job and its synchronisation seconds per extra worker (repeatable)",
+    )
+    parser.add_argument("--compute", type=float, default=0.5, help="compute seconds per step")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9400)
+    args = parser.parse_args(argv)
+    jobs = []
+    for spec in args.job:
+        try:
+            ref, sync = spec.split("=", 1)
+            namespace, name = ref.split("/", 1)
+            jobs.append(SimulatedJob(namespace, name, sync=float(sync), compute=args.compute))
+        except ValueError:
+            parser.error(f"--job {spec!r}: expected NAMESPACE/NAME=SYNC, e.g. default/resnet=0.05")
+    exporter = SimulatedExporter(jobs, args.address, args.port)
+    print(
+        f"serving simulated metrics for {len(jobs)} job(s) on http://{exporter.target}/metrics",
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        follow_running_workers(jobs, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
