@@ -213,24 +213,19 @@ def main() -> int:
             for round_ in range(args.rounds):
                 # Let the job grow to where the efficient curve puts it, then collapse it.
                 wait(lambda: replicas(testbed) >= 3, 180, "the job to grow")
-                time.sleep(8)
-                grown = replicas(testbed)
-                down = measure_change(testbed, sim, prometheus.url, COLLAPSED_SYNC, grown)
-                results.append({"change": 0.0, **down})
-                print(
-                    f"round {round_ + 1}: efficiency collapse at {grown} workers -> "
-                    f"{replicas(testbed)}: {down}",
-                    flush=True,
-                )
-                time.sleep(8)
-                low = replicas(testbed)
-                up = measure_change(testbed, sim, prometheus.url, EFFICIENT_SYNC, low)
-                results.append({"change": 1.0, **up})
-                print(
-                    f"round {round_ + 1}: efficiency recovers at {low} workers -> "
-                    f"{replicas(testbed)}: {up}",
-                    flush=True,
-                )
+                for kind, sync in (
+                    ("efficiency collapse", COLLAPSED_SYNC),
+                    ("efficiency recovers", EFFICIENT_SYNC),
+                ):
+                    time.sleep(8)  # let the job settle where the current curve puts it
+                    before = replicas(testbed)
+                    result = measure_change(testbed, sim, prometheus.url, sync, before)
+                    results.append(result)
+                    print(
+                        f"round {round_ + 1}: {kind} at {before} workers -> {replicas(testbed)}: "
+                        f"{result}",
+                        flush=True,
+                    )
         finally:
             kubelet.stop.set()
             operator.terminate()

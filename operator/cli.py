@@ -12,16 +12,26 @@ import sys
 from collections.abc import Sequence
 
 
+def _write(text: str, output: str | None) -> int:
+    """Print ``text``, or write it to ``output`` (``-`` also means standard output)."""
+    if output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return 0
+
+
 def _cmd_crd(args: argparse.Namespace) -> int:
     from trainscale.operator.crd import render_crd_yaml
 
-    text = render_crd_yaml()
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-    else:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return 0
+    return _write(render_crd_yaml(), args.output)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from trainscale.operator.dashboard import render_dashboard_json
+
+    return _write(render_dashboard_json(), args.output)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
@@ -65,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crd.add_argument("-o", "--output", help="file to write instead of standard output")
     crd.set_defaults(func=_cmd_crd)
+
+    dash = sub.add_parser("dashboard", help="print (or write) the Grafana dashboard JSON")
+    dash.add_argument("-o", "--output", help="file to write instead of standard output")
+    dash.set_defaults(func=_cmd_dashboard)
 
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     scope = op.add_mutually_exclusive_group()

@@ -8,7 +8,7 @@ metric names the trainer (:mod:`trainscale.trainer.metric_names`) and the operat
 :func:`build_dashboard` is pure (constants in, JSON-able dict out); the rendered file is
 committed at ``charts/trainscale/dashboards/trainscale.json`` and a test fails when it drifts::
 
-    python -m trainscale.operator.dashboard -o charts/trainscale/dashboards/trainscale.json
+    trainscale dashboard -o charts/trainscale/dashboards/trainscale.json
 
 Where the series come from:
 
@@ -26,9 +26,7 @@ It imports no prometheus_client, kopf or torch of its own: names only.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -551,21 +549,3 @@ def build_dashboard(rows: Sequence[Row] = ROWS) -> dict[str, Any]:
 def render_dashboard_json(rows: Sequence[Row] = ROWS) -> str:
     """Return the dashboard as the JSON text committed in the chart (stable, newline-ended)."""
     return json.dumps(build_dashboard(rows), indent=2, ensure_ascii=False) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trainscale.operator.dashboard [-o FILE]``: print or write the dashboard."""
-    parser = argparse.ArgumentParser(description="render the trainscale Grafana dashboard")
-    parser.add_argument("-o", "--output", help="file to write instead of standard output")
-    args = parser.parse_args(argv)
-    text = render_dashboard_json()
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-    else:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

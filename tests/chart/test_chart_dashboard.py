@@ -59,7 +59,7 @@ def test_committed_dashboard_matches_the_module() -> None:
         GOLDEN.write_text(text, encoding="utf-8")
     assert GOLDEN.read_text(encoding="utf-8") == text, (
         f"{GOLDEN.relative_to(REPO_ROOT)} is stale: run "
-        "`python -m trainscale.operator.dashboard -o charts/trainscale/dashboards/trainscale.json`"
+        "`trainscale dashboard -o charts/trainscale/dashboards/trainscale.json`"
     )
     json.loads(text)
 
