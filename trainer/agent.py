@@ -31,7 +31,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.launcher.api import LaunchConfig
 
-from trainscale.trainer.elastic import FATAL_EXIT_CODE
+from trainscale.trainer.elastic import FATAL_EXIT_CODE, RESTART_EXIT_CODE
 from trainscale.trainer.preload import preload_forkserver, wait_for_forkserver
 from trainscale.trainer.settings import ENV_FAST_RESIZE
 from trainscale.trainer.worker import worker_main
@@ -104,6 +104,20 @@ def use_plain_torch_log_format() -> None:
                 handler.setFormatter(plain)
 
 
+class _ExpectedRestartFilter(logging.Filter):
+    """Drop torch's traceback for workers that exit with RESTART_EXIT_CODE.
+
+    That exit is the normal end of a worker whose peer left (a scale-down), not a failure;
+    a one-line notice replaces the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if f"(exitcode: {RESTART_EXIT_CODE})" in record.getMessage():
+            logger.warning("a peer left the job; re-forming the world without it")
+            return False
+        return True
+
+
 class TrainscaleAgent(LocalElasticAgent):
     """torchrun's local agent that leaves the rendezvous as soon as it is told to stop."""
 
@@ -150,6 +164,9 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
     """
     config = build_launch_config(start_method)
     use_plain_torch_log_format()
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
+        _ExpectedRestartFilter()
+    )
     if start_method == "forkserver":
         preload_forkserver(task_spec)  # no-op when the CLI already started it
         wait_for_forkserver()  # join the rendezvous (and pause the job) only when ready

@@ -238,4 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_agent(worker_argv, args.task, args.start_method)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    from trainscale.trainer.task import TaskError, resolve_factory
+
+    try:
+        resolve_factory(args.task)  # fail here, not once per worker
+    except TaskError as exc:
+        parser.error(str(exc))
     return _run_local(args, worker_argv)
