@@ -330,8 +330,8 @@ class TrainingJobSpec(_Model):
         ge=0,
         le=10000,
         description=(
-            "How many failed or evicted workers are replaced before the job is Failed; also "
-            "torchrun's --max-restarts."
+            "How many failed or evicted worker pods are replaced before the job is Failed. "
+            "(torchrun's own restart budget, spent on every scale-down, is set much higher.)"
         ),
     )
 

@@ -49,6 +49,11 @@ _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 KEEP_ALIVE_INTERVAL_SECONDS = 2
 KEEP_ALIVE_MAX_ATTEMPTS = 3
 
+# torchrun spends one restart of its budget on every membership change that loses a node
+# (each scale-down), so a long-lived agent needs a large budget; the job's own failure budget
+# is spec.maxRestarts, counted by the operator in pods replaced.
+TORCHRUN_MAX_RESTARTS = 1000
+
 # Run by the rendezvous pod: a standalone c10d TCPStore that outlives every worker. It needs
 # only python and torch, so the worker image can serve.
 RENDEZVOUS_STORE_SCRIPT = """\
@@ -162,8 +167,9 @@ def build_torchrun_env(job: JobRef, spec: api.TrainingJobSpec) -> list[dict[str,
         {"name": "PET_RDZV_ENDPOINT", "value": build_rendezvous_endpoint(job, spec)},
         {"name": "PET_RDZV_ID", "value": build_rendezvous_id(job)},
         {"name": "PET_RDZV_CONF", "value": rdzv_conf},
-        # Losing a node counts as a failure for torchrun, so restarts must be allowed.
-        {"name": "PET_MAX_RESTARTS", "value": str(max(spec.max_restarts, 1))},
+        {"name": "PET_MAX_RESTARTS", "value": str(TORCHRUN_MAX_RESTARTS)},
+        # Advertise the pod IP: other pods cannot resolve this pod's hostname.
+        {"name": "PET_LOCAL_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         # Joining a running job hangs when the agent shares the rendezvous TCP store.
         {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
     ]
@@ -189,7 +195,14 @@ def build_trainscale_env(
 # Variables the operator owns: a value the user set for one of these is replaced, because a
 # wrong rendezvous setting silently splits or hangs the job.
 _OWNED_ENV = frozenset(
-    {"PET_NNODES", "PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_RDZV_ID", "PET_RDZV_CONF"}
+    {
+        "PET_NNODES",
+        "PET_RDZV_BACKEND",
+        "PET_RDZV_ENDPOINT",
+        "PET_RDZV_ID",
+        "PET_RDZV_CONF",
+        "PET_LOCAL_ADDR",
+    }
 )
 
 
