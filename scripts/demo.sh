@@ -112,7 +112,7 @@ spec:
       containers:
         - name: trainer
           image: ghcr.io/trainscale/trainer:0.1.0
-          command: [torchrun, -m, trainscale.trainer, --task, trainscale.trainer.examples.digits:task]
+          command: [trainscale-train, --task, trainscale.trainer.examples.digits:task]
           resources: {limits: {nvidia.com/gpu: 1}}
 YAML
 "$kubectl" wait tj/digits-auto --for=jsonpath='{.spec.replicas}'=6 --timeout=180s

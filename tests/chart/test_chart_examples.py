@@ -8,7 +8,7 @@ Behaviours covered:
   field would otherwise pass the CRD, which preserves unknown template fields);
 * every other object (the checkpoint claim) is a valid Kubernetes object, and a job's
   ``checkpoint.claimName`` names a claim the same file defines;
-* every worker runs ``torchrun -m trainscale.trainer`` with flags the trainer's own parser
+* every worker runs ``trainscale-train`` with flags the trainer's own parser
   accepts and a ``--task`` whose module exists;
 * names are unique and no namespace is hard-coded (``kubectl apply -n`` decides);
 * the jobs fit the test-bed (2 nodes x 8 GPUs): at most 4 one-GPU workers each;
@@ -102,8 +102,8 @@ def test_workers_run_the_trainer_with_valid_flags(job: dict[str, Any]) -> None:
     from trainscale.trainer.cli import build_parser
 
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:3] == ["torchrun", "-m", "trainscale.trainer"], command
-    args = build_parser().parse_args(command[3:])
+    assert command[0] == "trainscale-train", command
+    args = build_parser().parse_args(command[1:])
     module = args.task.partition(":")[0]
     assert importlib.util.find_spec(module) is not None, f"--task {args.task}: no module {module}"
 
