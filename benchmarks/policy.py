@@ -126,6 +126,7 @@ def simulate(
     noise: float,
     rate_window: float,
     seed: int,
+    log: Callable[[str], None] | None = None,
 ) -> Run:
     """One run. ``controller``: "policy", "hpa", or "static:N"."""
     rng = random.Random(seed)
@@ -175,6 +176,8 @@ def simulate(
             decisions += 1
             targets.append((t, rec.target))
             new = rec.replicas
+            if log is not None and (new != replicas or rec.target != replicas):
+                log(f"{t / 60:7.1f}m {replicas:>3} -> {new:<3} {rec.reason}")
         elif controller == "hpa":
             new = hpa_step(spec, replicas, u_obs, t, hpa_desired)
         if new != replicas:
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         f"replicas {args.start} in [{args.min}, {args.max}]"
     )
     print(
-        f"{'objective':<12}{'curve':<11}{'best':>5}{'final':>7}{'samples':>9}{'cost':>7}"
+        f"{'objective':<12}{'curve':<11}{'best':>5} {'final':>8}{'samples':>9}{'cost':>7}"
         f"{'rescales':>10}{'settled':>9}{'ms/dec':>8} |{'hpa final':>10}{'samples':>9}{'cost':>7}"
         f"{'rescales':>10}"
     )
@@ -248,15 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 "noise": args.noise,
                 "rate_window": args.rate_window,
             }
-            ref = simulate(spec, curve, f"static:{best}", seed=0, **common)  # type: ignore[arg-type]
-            runs = [
-                simulate(spec, curve, "policy", seed=s, **common)  # type: ignore[arg-type]
-                for s in range(args.seeds)
-            ]
-            hpas = [
-                simulate(spec, curve, "hpa", seed=s, **common)  # type: ignore[arg-type]
-                for s in range(args.seeds)
-            ]
+            ref = simulate(spec, curve, f"static:{best}", seed=0, **common)
+            runs = [simulate(spec, curve, "policy", seed=s, **common) for s in range(args.seeds)]
+            hpas = [simulate(spec, curve, "hpa", seed=s, **common) for s in range(args.seeds)]
             ratio = min(r.samples for r in runs) / ref.samples
             cost = max(r.gpu_hours for r in runs) / ref.gpu_hours
             rescales = max(r.rescales for r in runs)
@@ -269,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             hpa_finals = sorted({r.final for r in hpas})
             mark = "" if curve.in_family else "*"
             print(
-                f"{objective:<12}{curve.name + mark:<11}{best:>5}{'/'.join(map(str, finals)):>7}"
+                f"{objective:<12}{curve.name + mark:<11}{best:>5} {'/'.join(map(str, finals)):>8}"
                 f"{ratio:>9.3f}{cost:>7.2f}{rescales:>10}{settle:>7.0f}m{ms:>8.2f} |"
-                f"{'/'.join(map(str, hpa_finals)):>10}{hpa_ratio:>9.3f}{hpa_cost:>7.2f}"
+                f" {'/'.join(map(str, hpa_finals)):>9}{hpa_ratio:>9.3f}{hpa_cost:>7.2f}"
                 f"{hpa_rescales:>10}"
             )
             worst = min(worst, ratio)

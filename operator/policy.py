@@ -106,9 +106,20 @@ HYSTERESIS = 0.05
 TIE_TOLERANCE = 0.005
 """Predicted throughputs within this relative margin tie; the smaller count wins."""
 
+JUMP_SETTLED_SAMPLES = 6
+"""Settled observations needed at the current count before a large move away from it."""
+
+FINE_MOVE_FRACTION = 0.25
+"""Moves within this fraction of the current count (at least one) need confident estimates."""
+
+CONFIDENCE_Z = 1.0
+"""Standard errors a small move's estimates must clear (floors, restart payback)."""
+
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
-_CURVATURE_CHI2 = 4.0
+_CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
 _MIN_RELATIVE_NOISE = 0.01
+_NOISE_PRIOR = 0.03
+_NOISE_PRIOR_SAMPLES = 6
 _MAX_POINT_SAMPLES = 30
 _RESTART_SAMPLES_KEPT = 5
 
@@ -198,6 +209,10 @@ class SpeedupModel:
         counts: The replica counts with measured points.
         level: 0 = only the scale is known (optimistic), 1 = linear sync fitted,
             2 = curvature fitted too.
+        covariance: Covariance of ``(a, a * beta, a * gamma)`` (the step time at one
+            replica and the absolute synchronisation terms), inflated when the points
+            scatter more than their noise; None when not computed.
+        relative_noise: Relative noise of one settled sample, pooled over counts.
     """
 
     seconds_per_sample: float
@@ -207,6 +222,8 @@ class SpeedupModel:
     source: ModelSource
     counts: tuple[int, ...]
     level: int
+    covariance: tuple[tuple[float, ...], ...] | None = None
+    relative_noise: float = _MIN_RELATIVE_NOISE
 
     def relative_step_time(self, replicas: int) -> float:
         """``tau(n) / a``: 1 at one replica, growing with synchronisation."""
@@ -361,6 +378,7 @@ def _analyse(
         return _Analysis(None, {}, [], None, obs[-1].replicas if obs else None, 0, False, [])
 
     points: dict[int, list[float]] = {}
+    pairs: dict[int, list[tuple[float, float | None]]] = {}
     compute: list[float] = []
     latest_time: float | None = None
     for o in obs:
@@ -392,24 +410,44 @@ def _analyse(
         end = len(seg)
         while end > start and (values[end - 1] is None or values[end - 1] < threshold):  # type: ignore[operator]
             end -= 1
-        flags = [start <= i < end and values[i] is not None for i in range(len(seg))]
+        # A sample below the threshold inside a segment is a dip (a worker restarting
+        # without a count change, a scrape gap): not a settled sample either.
+        flags = [
+            start <= i < end and (v := values[i]) is not None and v >= threshold
+            for i in range(len(seg))
+        ]
         good_flags.extend(flags)
         levels.extend([level] * len(seg))
         settled = [seg[i] for i in range(len(seg)) if flags[i]]
         for o in settled:
             v = _metric(o, mode)
             assert v is not None
+            u = o.gpu_utilization if o.gpu_utilization and o.gpu_utilization > 0 else None
             if mode is ModelSource.THROUGHPUT:
                 tau = o.replicas / v
-                if o.gpu_utilization is not None and o.gpu_utilization > 0:
-                    compute.append(o.gpu_utilization * tau)
+                if u is not None:
+                    compute.append(u * tau)
             else:
-                tau = 1.0 / v
-            points.setdefault(n, []).append(tau)
+                tau, u = 1.0 / v, None
+            pairs.setdefault(n, []).append((tau, u))
         if si == len(segments) - 1:
             latest_settled = len(settled)
             last = next((v for v in reversed(values) if v is not None), None)
             latest_dipped = last is not None and last < threshold
+
+    # With both metrics, each settled sample measures the step time twice: n / X, and
+    # g / U with g the compute time per sample. Their geometric mean halves the variance
+    # when the two are measured independently (and costs nothing when they are not); a
+    # pair that disagrees by more than the settling threshold keeps the throughput alone.
+    g = _median(compute) if compute else None
+    for n, measured in pairs.items():
+        for tau_x, u in measured:
+            tau = tau_x
+            if g is not None and u is not None:
+                other = g / u
+                if RECOVERED_FRACTION <= other / tau_x <= 1 / RECOVERED_FRACTION:
+                    tau = math.sqrt(tau_x * other)
+            points.setdefault(n, []).append(tau)
 
     restart_costs = _restart_costs(obs, good_flags, levels, mode, max_gap)
     return _Analysis(
@@ -462,17 +500,25 @@ def _restart_costs(
 # Fitting
 
 
-def _solve(
-    rows: Sequence[tuple[tuple[float, ...], float, float]], support: Sequence[int]
-) -> list[float] | None:
-    """Weighted least squares on the columns in ``support``; None if singular."""
+_Rows = Sequence[tuple[tuple[float, ...], float, float]]
+_Matrix = tuple[tuple[float, ...], ...]
+
+
+def _solve(rows: _Rows, support: Sequence[int]) -> tuple[list[float], list[list[float]]] | None:
+    """Weighted least squares on the columns in ``support``: (solution, inverse normal matrix).
+
+    With weights ``1 / variance`` the inverse of the normal matrix is the covariance of the
+    solution. None when the columns are (numerically) dependent.
+    """
     k = len(support)
-    m = [[0.0] * (k + 1) for _ in range(k)]
+    m = [[0.0] * (2 * k + 1) for _ in range(k)]
     for x, y, w in rows:
         for i, ci in enumerate(support):
             for j, cj in enumerate(support):
                 m[i][j] += w * x[ci] * x[cj]
             m[i][k] += w * x[ci] * y
+    for i in range(k):
+        m[i][k + 1 + i] = 1.0
     scale = max((abs(m[i][i]) for i in range(k)), default=0.0)
     if scale == 0.0:
         return None
@@ -484,38 +530,82 @@ def _solve(
         for r in range(k):
             if r != col:
                 f = m[r][col] / m[col][col]
-                for c in range(col, k + 1):
+                for c in range(col, 2 * k + 1):
                     m[r][c] -= f * m[col][c]
-    return [m[i][k] / m[i][i] for i in range(k)]
+    solution = [m[i][k] / m[i][i] for i in range(k)]
+    inverse = [[m[i][k + 1 + j] / m[i][i] for j in range(k)] for i in range(k)]
+    return solution, inverse
 
 
 def _fit_nonnegative(
-    rows: Sequence[tuple[tuple[float, ...], float, float]], allowed: Sequence[bool]
-) -> tuple[tuple[float, ...], float] | None:
-    """Non-negative weighted least squares, exact: (parameters, weighted residual).
+    rows: _Rows, allowed: Sequence[bool]
+) -> tuple[tuple[float, ...], float, _Matrix] | None:
+    """Non-negative weighted least squares, exact: (parameters, weighted residual, covariance).
 
     With three parameters there are eight supports; the NNLS optimum is the unconstrained
-    least-squares solution on its own support, so trying all of them finds it.
+    least-squares solution on its own support, so trying all of them finds it. The
+    covariance is that of the unconstrained fit on all allowed columns where it exists
+    (else of the optimum's support).
     """
     k = len(allowed)
-    best: tuple[float, list[float]] | None = None
+    best: tuple[float, list[float], list[list[float]]] | None = None
     for mask in range(1 << k):
         support = [j for j in range(k) if mask >> j & 1]
         if any(not allowed[j] for j in support):
             continue
         p = [0.0] * k
+        cov = [[0.0] * k for _ in range(k)]
         if support:
-            sol = _solve(rows, support)
-            if sol is None or any(v < 0 for v in sol):
+            solved = _solve(rows, support)
+            if solved is None or any(v < 0 for v in solved[0]):
                 continue
-            for j, v in zip(support, sol, strict=True):
+            for i, (j, v) in enumerate(zip(support, solved[0], strict=True)):
                 p[j] = v
+                for i2, j2 in enumerate(support):
+                    cov[j][j2] = solved[1][i][i2]
         residual = sum(
             w * (y - sum(xi * pi for xi, pi in zip(x, p, strict=True))) ** 2 for x, y, w in rows
         )
         if best is None or residual < best[0] * (1 - 1e-12) - 1e-300:
-            best = (residual, p)
-    return (tuple(best[1]), best[0]) if best is not None else None
+            best = (residual, p, cov)
+    if best is None:
+        return None
+    # A parameter held at its bound is not known exactly: the data merely put it on the
+    # wrong side of zero. The covariance of the unconstrained fit on every allowed
+    # column says how little the data pins it (when those columns are identifiable).
+    cov = best[2]
+    full = [j for j in range(k) if allowed[j]]
+    solved = _solve(rows, full) if full else None
+    if solved is not None:
+        cov = [[0.0] * k for _ in range(k)]
+        for i, j in enumerate(full):
+            for i2, j2 in enumerate(full):
+                cov[j][j2] = solved[1][i][i2]
+    return tuple(best[1]), best[0], tuple(tuple(r) for r in cov)
+
+
+def _relative_noise(analysis_points: dict[int, list[float]]) -> float:
+    """Relative noise of one settled sample, pooled over counts (robust: MAD), floored at 1 %."""
+    deviations = [
+        abs(t / _median(v) - 1.0)
+        for n, v in analysis_points.items()
+        if n > 0 and len(v) >= MIN_POINT_SAMPLES
+        for t in v
+    ]
+    # A few samples' scatter says little about the noise (three can agree by chance), so
+    # the estimate starts from a prior worth _NOISE_PRIOR_SAMPLES samples; a larger
+    # measured scatter is believed at once.
+    measured = 1.4826 * _median(deviations) if deviations else _NOISE_PRIOR
+    n = len(deviations)
+    pooled = math.sqrt(
+        (_NOISE_PRIOR_SAMPLES * _NOISE_PRIOR**2 + n * measured**2) / (_NOISE_PRIOR_SAMPLES + n)
+    )
+    return max(_MIN_RELATIVE_NOISE, pooled, measured)
+
+
+def _point_variance(tau: float, samples: int, noise: float) -> float:
+    """Variance of the median of ``samples`` settled samples (about (pi / 2) sigma^2 / k)."""
+    return 1.5708 * (noise * tau) ** 2 / min(samples, _MAX_POINT_SAMPLES)
 
 
 def fit_speedup_model(
@@ -543,31 +633,63 @@ def fit_speedup_model(
     if mode is ModelSource.THROUGHPUT and compute:
         base = _median(compute)
     counts = tuple(sorted(medians))
-    # Relative noise of one sample, pooled over counts (robust: MAD), floored at 1 %.
-    deviations = [abs(t / medians[n] - 1.0) for n in medians for t in analysis_points[n]]
-    noise = max(_MIN_RELATIVE_NOISE, 1.4826 * _median(deviations))
+    noise = _relative_noise(analysis_points)
     rows: list[tuple[tuple[float, ...], float, float]] = []
     for n, tau in medians.items():
         k = n - 1
-        # Variance of a median of k samples is about (pi / 2) sigma^2 / k.
-        samples = min(len(analysis_points[n]), _MAX_POINT_SAMPLES)
-        variance = 1.5708 * (noise * tau) ** 2 / samples
+        variance = _point_variance(tau, len(analysis_points[n]), noise)
         rows.append(((1.0, float(k), float(k * k)), tau - (base or 0.0), 1.0 / variance))
-    if base is not None:
-        # Prior: the input pipeline and framework overhead is small next to compute.
+    if base is not None and len(counts) == 1:
+        # Prior, needed only while one count is measured (two unknowns, one equation): the
+        # input pipeline and framework overhead is small next to compute. With two counts
+        # the data identifies the overhead by extrapolation, and the prior would bias the
+        # efficiency of every count low by the real overhead (5 % is common).
         rows.append(((1.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
     info = len(counts) + (1 if base is not None and counts[-1] > 1 else 0)
     level = 0 if info <= 1 else 1 if info == 2 else 2
-    fit = _fit_nonnegative(rows, (True, level >= 1, False))
-    if level == 2:
-        # Curvature only when the data asks for it: a likelihood-ratio test (chi-square
-        # drop > 4) between the Amdahl model and the quadratic one.
-        curved = _fit_nonnegative(rows, (True, True, True))
-        if curved is not None and (fit is None or fit[1] - curved[1] > _CURVATURE_CHI2):
-            fit = curved
-    if fit is None:
+    fits: list[tuple[float, tuple[float, ...], list[list[float]]]] = []  # (weight, p, cov)
+    # The quadratic needs three measured counts; with two, its exact fits are many and
+    # say nothing the Amdahl fit does not.
+    curved = level == 2 and len(counts) >= 3
+    candidates = [(True, level >= 1, False)] + ([(True, True, True)] if curved else [])
+    for allowed in candidates:
+        fit = _fit_nonnegative(rows, allowed)
+        if fit is None:
+            continue
+        params, residual, cov = fit
+        # Scale the covariance by the reduced chi-square when the points scatter more
+        # than their noise says (a curve outside the model family): the model then admits
+        # it knows less, and measured counts weigh more than its predictions.
+        free = sum(1 for i in range(3) if cov[i][i] > 0)
+        dof = len(rows) - free
+        inflation = max(1.0, residual / dof) if dof > 0 else 1.0
+        penalty = _CURVATURE_CHI2 * sum(allowed)
+        fits.append(
+            (-0.5 * (residual + penalty), params, [[v * inflation for v in r] for r in cov])
+        )
+    if not fits:
         return None
-    p0, b, c = fit[0]
+    # Curvature only as far as the data asks for it: the Amdahl and the quadratic fit are
+    # averaged with weights exp(-(chi-square + penalty) / 2), so the curve (and above all
+    # its extrapolation to one replica, which every efficiency depends on) moves smoothly
+    # as evidence for curvature accumulates instead of jumping when a test flips; the
+    # spread between the two joins the covariance.
+    top = max(f[0] for f in fits)
+    weights = [math.exp(f[0] - top) for f in fits]
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(3)]
+    averaged = [
+        [
+            math.fsum(
+                w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
+                for w, f in zip(weights, fits, strict=True)
+            )
+            for j in range(3)
+        ]
+        for i in range(3)
+    ]
+    p0, b, c = mean
     a = p0 + (base or 0.0)
     if a <= 0 or not math.isfinite(a):
         return None
@@ -579,6 +701,8 @@ def fit_speedup_model(
         source=mode,
         counts=counts,
         level=level,
+        covariance=tuple(tuple(r) for r in averaged),
+        relative_noise=noise,
     )
 
 
@@ -618,6 +742,120 @@ def compact_observations(
 
 
 # --------------------------------------------------------------------------------------------
+# The curve as decisions see it
+
+
+class _Estimates:
+    """The fitted curve corrected by what was measured, with standard errors.
+
+    Why not the model alone: a job whose curve is outside the model family (a step when
+    the job spills onto a second switch tier, tree all-reduce's ``log n``) is fitted badly
+    somewhere, and a decision must never prefer the model over a count it has measured for
+    a long time. At a measured count the step time is the inverse-variance blend of the
+    measurement and the model (whose variance is inflated when the points scatter more
+    than their noise); between measured counts the model is scaled by the blend/model
+    ratio interpolated from its neighbours, beyond them by the nearest one's.
+    """
+
+    def __init__(self, model: SpeedupModel, points: dict[int, list[float]], top: int) -> None:
+        self.model = model
+        a = model.seconds_per_sample
+        b = model.sync_per_replica * a
+        c = model.sync_quadratic * a
+        cov = model.covariance or ((0.0,) * 3,) * 3
+        self._a = a
+        self._var_a = cov[0][0]
+        self._g = None if model.compute_fraction is None else model.compute_fraction * a
+        # GPU-utilization fits measure 1/U, the step time in units of compute time.
+        measured = {
+            n: (_median(v), _point_variance(_median(v), len(v), model.relative_noise))
+            for n, v in points.items()
+            if n > 0 and len(v) >= MIN_POINT_SAMPLES
+        }
+        self._tau: dict[int, float] = {}
+        self._var: dict[int, float] = {}
+        self._cov_a: dict[int, float] = {}
+        ratios: dict[int, float] = {}
+        model_tau: dict[int, float] = {}
+        model_var: dict[int, float] = {}
+        model_cov: dict[int, float] = {}
+        for n in range(1, max(top, *measured, 1) + 2):
+            k = float(n - 1)
+            x = (1.0, k, k * k)
+            model_tau[n] = a + b * k + c * k * k
+            model_var[n] = max(
+                0.0, sum(x[i] * cov[i][j] * x[j] for i in range(3) for j in range(3))
+            )
+            model_cov[n] = sum(cov[0][j] * x[j] for j in range(3))
+        for n, (tau_e, var_e) in measured.items():
+            tau_m, var_m = model_tau[n], model_var[n]
+            if var_m <= 0.0:
+                tau_b, var_b, weight = tau_e, var_e, 0.0
+            else:
+                var_b = 1.0 / (1.0 / var_m + 1.0 / var_e)
+                weight = var_b / var_m
+                tau_b = var_b * (tau_m / var_m + tau_e / var_e)
+            self._tau[n], self._var[n], self._cov_a[n] = tau_b, var_b, weight * model_cov[n]
+            ratios[n] = tau_b / tau_m
+        known = sorted(ratios)
+        for n, tau_n in model_tau.items():
+            if n in self._tau:
+                continue
+            below = [m for m in known if m < n]
+            above = [m for m in known if m > n]
+            gap = 0.0  # how much the neighbours' corrections disagree, in step time
+            if below and above:
+                lo_n, hi_n = below[-1], above[0]
+                f = (n - lo_n) / (hi_n - lo_n)
+                r = ratios[lo_n] * (1 - f) + ratios[hi_n] * f
+                # Interpolating a correction is a guess about the curve between two
+                # measured counts (a step could sit anywhere in it): as uncertain as the
+                # two corrections are different, most in the middle.
+                gap = 2.0 * min(f, 1.0 - f) * abs(ratios[hi_n] - ratios[lo_n]) * tau_n
+            elif below or above:
+                r = ratios[below[-1] if below else above[0]]
+            else:
+                r = 1.0
+            self._tau[n] = tau_n * r
+            self._var[n] = model_var[n] * r * r + gap * gap
+            self._cov_a[n] = model_cov[n] * r
+        if 1 in measured:
+            self._a, self._var_a = self._tau[1], self._var[1]
+
+    def _step(self, replicas: int) -> float:
+        return self._tau.get(replicas) or self.model.seconds_per_sample * (
+            self.model.relative_step_time(replicas)
+        )
+
+    def relative_error(self, replicas: int) -> float:
+        """Relative standard error of the step time (so of throughput and utilization)."""
+        var = self._var.get(replicas, 0.0)
+        return math.sqrt(var) / self._step(replicas)
+
+    def efficiency(self, replicas: int) -> float:
+        """Scaling efficiency: throughput per replica relative to one replica."""
+        return self._a / self._step(replicas)
+
+    def efficiency_error(self, replicas: int) -> float:
+        """Standard error of :meth:`efficiency` (delta method, with the a/tau covariance)."""
+        tau = self._step(replicas)
+        rel = (
+            self._var_a / self._a**2
+            + self._var.get(replicas, 0.0) / tau**2
+            - 2.0 * self._cov_a.get(replicas, 0.0) / (self._a * tau)
+        )
+        return self.efficiency(replicas) * math.sqrt(max(0.0, rel))
+
+    def throughput(self, replicas: int) -> float:
+        """Job throughput (samples/s with throughput metrics, relative otherwise)."""
+        return replicas / self._step(replicas)
+
+    def gpu_utilization(self, replicas: int) -> float | None:
+        """Mean GPU utilization; None without GPU metrics."""
+        return None if self._g is None else min(1.0, self._g / self._step(replicas))
+
+
+# --------------------------------------------------------------------------------------------
 # The decision
 
 
@@ -643,7 +881,7 @@ class _Choice:
     feasible_current: bool
 
 
-def _best_throughput(model: SpeedupModel, candidates: Iterable[int]) -> int | None:
+def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None:
     best: int | None = None
     for n in candidates:
         if best is None or model.throughput(n) > model.throughput(best) * (1 + TIE_TOLERANCE):
@@ -652,7 +890,7 @@ def _best_throughput(model: SpeedupModel, candidates: Iterable[int]) -> int | No
 
 
 def _choose(
-    spec: TrainingJobSpec, model: SpeedupModel, current: int, lo: int, hi: int, ceiling: int
+    spec: TrainingJobSpec, model: _Estimates, current: int, lo: int, hi: int, ceiling: int
 ) -> _Choice:
     """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity)."""
     auto = spec.autoscaling
@@ -660,9 +898,12 @@ def _choose(
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
+        cur_ok = model.efficiency(current) >= floor * (1 - HYSTERESIS)
+
         def ok_e(n: int) -> bool:
-            slack = (1 - HYSTERESIS) if n == current else 1.0
-            return model.efficiency(n) >= floor * slack
+            if n == current:
+                return cur_ok
+            return model.efficiency(n) >= floor
 
         feasible = [n for n in candidates if ok_e(n)]
         e_cur = model.efficiency(current)
@@ -729,9 +970,12 @@ def _choose(
         u = model.gpu_utilization(n)
         return 0.0 if u is None else u
 
+    cur_ok = util(current) >= goal * (1 - HYSTERESIS)
+
     def ok_u(n: int) -> bool:
-        slack = (1 - HYSTERESIS) if n == current else 1.0
-        return util(n) >= goal * slack
+        if n == current:
+            return cur_ok
+        return util(n) >= goal
 
     feasible = [n for n in candidates if ok_u(n)]
     u_cur = util(current)
@@ -747,6 +991,106 @@ def _choose(
     else:
         tail = f"{target + 1} predicted {util(target + 1):.2f}"
     return _Choice(target, f"{head}; {tail}", limited, ok_u(current))
+
+
+def _counts_left_downwards(observations: Sequence[Observation]) -> set[int]:
+    """Replica counts the job ran and then left for fewer replicas."""
+    left: set[int] = set()
+    previous: int | None = None
+    for o in sorted(observations, key=lambda o: o.timestamp):
+        if previous is not None and 0 < o.replicas < previous:
+            left.add(previous)
+        previous = o.replicas if o.replicas > 0 else previous
+    return left
+
+
+def compute_fine_span(current: int) -> int:
+    """Largest move from ``current`` that counts as small: it needs confident estimates."""
+    return max(1, math.ceil(FINE_MOVE_FRACTION * current))
+
+
+def _confident(
+    spec: TrainingJobSpec,
+    est: _Estimates,
+    current: int,
+    to: int,
+    horizon: float,
+    restart: float,
+    *,
+    strict: bool = False,
+) -> bool:
+    """Whether a move ``current -> to`` stays right at ``CONFIDENCE_Z`` standard errors.
+
+    Upward, a floor (efficiency, utilization) must hold at the lower confidence bound;
+    either way, the throughput gain at its lower bound must pay the restart (per replica
+    downward), and downward the smaller count must be no slower at its lower bound.
+    Unless ``strict``, a floor that holds only at the point estimate is enough when the
+    gain is large next to the doubt about it.
+    """
+    auto = spec.autoscaling
+    z = CONFIDENCE_Z
+    ratio = est.throughput(to) / est.throughput(current)
+    rel = math.hypot(est.relative_error(to), est.relative_error(current))
+    low = ratio * max(0.0, 1.0 - z * rel)
+    if to > current:
+        floor: float | None = None
+        if auto.objective is Objective.EFFICIENCY:
+            floor, value, error = auto.min_efficiency, est.efficiency(to), est.efficiency_error(to)
+        elif auto.objective is Objective.UTILIZATION:
+            u = est.gpu_utilization(to)
+            if u is None:
+                return False
+            floor, value = auto.target_gpu_utilization, u
+            error = u * est.relative_error(to)
+        # The floor holds at the lower bound, or the gain is large next to the doubt about
+        # the floor: a small gain is not worth the risk of having to come back.
+        if (
+            floor is not None
+            and value - z * error < floor
+            and (strict or value < floor or ratio - 1.0 < 3.0 * z * error / value)
+        ):
+            return False
+        gain = low
+    else:
+        if auto.objective is not Objective.UTILIZATION and low < 1.0 - TIE_TOLERANCE:
+            return False
+        gain = low * current / to
+    return gain * (horizon - restart) >= horizon
+
+
+def _inside_band(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
+    """Whether ``n`` keeps the floor within ``HYSTERESIS`` at ``CONFIDENCE_Z`` errors down."""
+    auto = spec.autoscaling
+    z = CONFIDENCE_Z
+    if auto.objective is Objective.EFFICIENCY:
+        low = est.efficiency(n) - z * est.efficiency_error(n)
+        return low >= auto.min_efficiency * (1 - HYSTERESIS)
+    if auto.objective is Objective.UTILIZATION:
+        u = est.gpu_utilization(n)
+        if u is None:
+            return False
+        return u * (1 - z * est.relative_error(n)) >= auto.target_gpu_utilization * (1 - HYSTERESIS)
+    return True
+
+
+def _floor_margin(spec: TrainingJobSpec, est: _Estimates, n: int) -> float:
+    """How far the objective's floor metric at ``n`` is above its floor (negative: below)."""
+    auto = spec.autoscaling
+    if auto.objective is Objective.EFFICIENCY:
+        return est.efficiency(n) - auto.min_efficiency
+    u = est.gpu_utilization(n)
+    return -1.0 if u is None else u - auto.target_gpu_utilization
+
+
+def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
+    """The estimate a confidence test looked at, as ``value +- error``."""
+    objective = spec.autoscaling.objective
+    if objective is Objective.EFFICIENCY:
+        return f"efficiency {est.efficiency(n):.2f} +- {est.efficiency_error(n):.2f}"
+    u = est.gpu_utilization(n)
+    if objective is Objective.UTILIZATION and u is not None:
+        return f"GPU utilization {u:.2f} +- {u * est.relative_error(n):.2f}"
+    return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
 def _stabilize(
@@ -946,12 +1290,14 @@ def recommend(
 
     assert analysis.mode is not None
     model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode)
+    est: _Estimates | None = None
     if model is not None:
+        est = _Estimates(model, analysis.points, hi)
         common.update(
             model=model,
-            efficiency=model.efficiency(current_replicas),
-            gpu_utilization=model.gpu_utilization(current_replicas),
-            throughput=model.throughput(current_replicas),
+            efficiency=est.efficiency(current_replicas),
+            gpu_utilization=est.gpu_utilization(current_replicas),
+            throughput=est.throughput(current_replicas),
         )
     if analysis.latest_replicas != current_replicas:
         more = " and pods pending" if pending_replicas else ""
@@ -968,7 +1314,7 @@ def recommend(
             f"measuring {current_replicas} replicas ({analysis.latest_settled}/"
             f"{MIN_SETTLED_SAMPLES} settled samples); holding"
         )
-    if model is None:
+    if model is None or est is None:
         return hold(f"not enough settled samples to fit a model; holding at {current_replicas}")
 
     # 3+4. Objective within the trust region.
@@ -985,7 +1331,7 @@ def recommend(
     if max_schedulable_replicas is not None and max_schedulable_replicas < ceiling:
         ceiling = max(lo, min(ceiling, max(max_schedulable_replicas, current_replicas)))
         limited_extra = LimitedBy.UNSCHEDULABLE
-    choice = _choose(spec, model, current_replicas, lo, hi, ceiling)
+    choice = _choose(spec, est, current_replicas, lo, hi, ceiling)
     target, reason, limited = choice.target, choice.reason, choice.limited_by
     if model.level == 0 and target != current_replicas:
         exploring = True
@@ -999,6 +1345,20 @@ def recommend(
     ):
         target, exploring = current_replicas - 1, True
         reason += f"; exploring {target} to measure efficiency"
+    elif (
+        len(model.counts) == 1
+        and target == current_replicas
+        and current_replicas < ceiling
+        and auto.objective is not Objective.BUDGET
+        and _floor_margin(spec, est, current_replicas) >= 0.0
+        and analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
+    ):
+        # One count and GPU utilization fit a curve only under the prior that all idle
+        # time is synchronisation, which reads the input pipeline's share as sync and
+        # may stop the job one count short. The count above is the cheapest experiment,
+        # tried early (never after a long stay, when noise alone would trigger it).
+        target, exploring = current_replicas + 1, True
+        reason += f"; exploring {target} (curve not identified from one count)"
     elif target == ceiling and ceiling < hi and limited_extra is None:
         reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
     if limited_extra is not None and target == ceiling and target < hi:
@@ -1013,11 +1373,11 @@ def recommend(
             limited_by=limited,
         )
 
-    # 5. Restart cost: a move from a feasible count must pay for itself within the horizon,
+    # 5a. Restart cost: a move from a feasible count must pay for itself within the horizon,
     # in samples when it adds replicas, in samples per replica when it removes some (the
     # objective only moves down from a feasible count when that is no slower).
     if target != current_replicas and choice.feasible_current and not exploring:
-        gain = model.throughput(target) / model.throughput(current_replicas)
+        gain = est.throughput(target) / est.throughput(current_replicas)
         if target < current_replicas:
             gain *= current_replicas / target
         if gain * (horizon_seconds - restart) < horizon_seconds:
@@ -1027,6 +1387,63 @@ def recommend(
                 f"within {horizon_seconds / 60:.0f} min; holding",
                 limited_by=limited,
             )
+
+    # 5b. Confidence: a small move from a count that satisfies the objective happens only
+    # when the estimates are confident it is right. Each newly measured count shifts the
+    # fit a little; without this the job would creep one replica at a time along a floor
+    # or a flat peak, paying a restart per step for gains within the noise. (From a
+    # single measured count the move is what identifies the curve: no confidence yet.)
+    voluntary = target != current_replicas and choice.feasible_current and not exploring
+    if voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
+        # A move lands where the estimates say, and the count the job leaves pins the
+        # curve for the rest of the run: measure it a little longer first.
+        return hold(
+            f"{reason}; measuring {current_replicas} replicas before a move to {target} "
+            f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding",
+            limited_by=limited,
+        )
+    if (
+        voluntary
+        and target > current_replicas
+        and len(model.counts) > 1
+        and target - current_replicas > compute_fine_span(current_replicas)
+        and not _inside_band(spec, est, target)
+    ):
+        # A large move may follow the point estimate, but must land inside the floor's
+        # tolerance band even if the estimate is a standard error too kind: a job must
+        # not jump where it will likely have to come back from.
+        safe = max(
+            (m for m in range(current_replicas + 1, target) if _inside_band(spec, est, m)),
+            default=current_replicas,
+        )
+        if safe - current_replicas <= compute_fine_span(current_replicas):
+            return hold(
+                f"{reason}; {target} too uncertain ({_uncertainty(spec, est, target)}) and "
+                f"no large move is safe; holding",
+                limited_by=limited,
+            )
+        reason += f"; {target} too uncertain ({_uncertainty(spec, est, target)}), {safe} is not"
+        target = safe
+    # All or nothing: stepping part of the way is exactly the creep this prevents. Going
+    # back up to (or past) a count the job left downwards needs the same confidence,
+    # however far: it was left on evidence, and returning on less would flap.
+    left = [c for c in _counts_left_downwards(observations) if c <= target]
+    if (
+        voluntary
+        and len(model.counts) > 1
+        and (
+            abs(target - current_replicas) <= compute_fine_span(current_replicas)
+            or (target > current_replicas and left)
+        )
+        and not _confident(
+            spec, est, current_replicas, target, horizon_seconds, restart, strict=bool(left)
+        )
+    ):
+        return hold(
+            f"{reason}; {target} not confidently better than {current_replicas} "
+            f"({_uncertainty(spec, est, target)}); holding",
+            limited_by=limited,
+        )
 
     # 6. Stabilization.
     if target == current_replicas:
