@@ -327,6 +327,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _openssl(*args: str) -> None:
+    if shutil.which("openssl") is None:
+        raise TestbedError("openssl not found: the test-bed makes its certificates with it")
     done = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise TestbedError(f"openssl {' '.join(args)} failed: {done.stderr.strip()}")

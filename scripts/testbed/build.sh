@@ -36,7 +36,18 @@ flock 9
 log() { echo "[testbed build $(date +%H:%M:%S)] $*" >&2; }
 start=$(date +%s)
 
-export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false -mod=mod" CGO_ENABLED=0
+# etcd 3.6.16 and kwok 0.8.0 declare `go 1.26.0`.
+if ! command -v go >/dev/null 2>&1; then
+  log "FAILED: the Go toolchain (1.26 or newer) is needed to build the test-bed: https://go.dev/dl/"
+  exit 1
+fi
+gover=$(go env GOVERSION); gover=${gover#go}
+if [ "$(printf '%s\n' 1.26 "$gover" | sort -V | head -n 1)" != 1.26 ]; then
+  log "FAILED: Go $gover is too old; the test-bed needs Go 1.26 or newer (or set GOTOOLCHAIN=go1.26.8)"
+  exit 1
+fi
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export GOFLAGS="-trimpath -buildvcs=false -mod=mod" CGO_ENABLED=0
 jobs="${TESTBED_BUILD_JOBS:-$(nproc)}"
 
 # Runs `go build -v` quietly, printing a line every 100 packages; shows the log on failure.
