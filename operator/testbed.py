@@ -828,7 +828,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     bed.start()
     print(bed.kubeconfig, flush=True)
     if not args.foreground:
-        print(f'use it with: eval "$(trainscale testbed env --state-dir {state_dir})"',
+        flag = "" if state_dir == default_state_dir() else f" --state-dir {state_dir}"
+        print(f'use it with: eval "$(trainscale testbed env{flag})"',
               file=sys.stderr)  # fmt: skip
         return 0
     stop = {"now": False}

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from trainscale.operator.testbed import REPO_ROOT, Testbed, fetch_bin_dir
+from trainscale.operator.testbed import REPO_ROOT, Testbed, TestbedError, fetch_bin_dir
 
 CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
 NODES = 2
@@ -35,6 +35,7 @@ class Kubectl(Protocol):
     ) -> subprocess.CompletedProcess[str]: ...
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only when a test needs it
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:  # fmt: skip
     """Build the binaries before any test runs (a cold build outlasts any test timeout)."""
@@ -43,7 +44,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     capture = config.pluginmanager.getplugin("capturemanager")
     ctx = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with ctx:
-        fetch_bin_dir(build=True)
+        try:
+            fetch_bin_dir(build=True)
+        except TestbedError as err:
+            pytest.exit(f"cannot build the control-plane test-bed: {err}", returncode=1)
 
 
 @pytest.fixture(scope="session")
