@@ -35,11 +35,22 @@ never decreases) is ``E(n) = 1 / (1 + beta (n-1) + gamma (n-1)**2)``.
 GPU utilisation ties the same curve down. A GPU is busy for the compute part ``g`` of each
 step, so ``U(n) = g / tau(n)``: with throughput exported, ``g = U * tau`` at any count; with
 only GPU metrics, ``1 / U(n)`` *is* ``tau(n)`` in units of ``g`` and throughput is known up
-to a constant (``X ~ n * U``), which is all the objectives need. ``a = g + overhead``; we put
-a weak prior on overhead being zero, which lets one count ``n0 > 1`` plus its utilisation
-identify ``beta`` (``1 - U(n0)`` is synchronisation). (Caveat, also in docs: dcgm-exporter's
-engine-active ratio counts NCCL kernels as busy, so on NVLink jobs utilisation overstates
-the compute share; exporting trainer throughput makes the fit exact.)
+to a constant (``X ~ n * U``), which is all the objectives need; with both, every sample
+measures ``tau`` twice (``n / X`` and ``g / U``) and the two are averaged. ``a = g +
+overhead``; while only one count is measured we put a weak prior on overhead being zero,
+which lets one count ``n0 > 1`` plus its utilisation identify ``beta`` (``1 - U(n0)`` is
+read as synchronisation, a conservative reading); from two counts on the data identify the
+overhead and the prior is dropped (it would bias every efficiency low by the real input
+pipeline share). (Caveat, also in docs: dcgm-exporter's engine-active ratio counts NCCL
+kernels as busy, so on NVLink jobs utilisation overstates the compute share; exporting
+trainer throughput makes the fit exact.)
+
+Uncertainty. The Amdahl (``gamma = 0``) and the quadratic fit are averaged with weights
+``exp(-(chi2 + penalty) / 2)`` and their covariances (inflated by the reduced chi-square)
+plus spread give standard errors of every prediction. Decisions use :class:`_Estimates`:
+at a measured count the inverse-variance blend of measurement and model, between measured
+counts the model scaled by the neighbours' measured/model ratios, so a curve outside the
+family (a step, ``log n``) never overrides what was measured.
 
 The decision
 ------------
@@ -61,14 +72,26 @@ The decision
    around a floor cannot flip the answer back and forth.
 4. Uncertainty: with a single measured count and nothing else identifying ``beta``, the fit
    is optimistic (linear scaling) but the move is limited to a neighbouring count: that is
-   the exploration step, and it makes ``beta`` identifiable. Otherwise upward moves stay
-   within ``2x`` (``4x`` once the curvature is identified) of the largest count measured:
-   a trust region. Downward moves are not limited: the model is anchored at ``n = 1``.
+   the exploration step, and it makes ``beta`` identifiable. With one count and GPU
+   utilization, a floor objective whose prior-based estimate holds at the current count
+   tries the count above early on (the prior may stop it one count short). Otherwise
+   upward moves stay within ``2x`` (``4x`` once the curvature is identified) of the
+   largest count measured: a trust region. Downward moves are not limited: the model is
+   anchored at ``n = 1``.
 5. Restart cost: a move away from a feasible count must pay back its restart within the
    horizon: ``X(target) * (H - R) >= X(current) * H``. ``R`` is
    ``spec.autoscaling.restartCostSeconds`` if set, else learned from observed restarts
    (throughput deficit integrated from the last good sample before a change until the new
    count recovers), else the caller's remembered value, else 60 s.
+   Then confidence, for moves away from a count that satisfies the objective (no +1
+   creep): the current count needs ``JUMP_SETTLED_SAMPLES`` settled samples first; a
+   large move (beyond ``FINE_MOVE_FRACTION`` of the current count) follows the point
+   estimate but must land inside the floor's ``HYSTERESIS`` band at ``CONFIDENCE_Z``
+   standard errors (else the largest count that does); a small move, or a return to a
+   count the job left downwards, needs the floor to hold at ``CONFIDENCE_Z`` errors down
+   (a small move may instead show a gain three times the relative doubt about the floor)
+   and the throughput gain to pay the restart at its lower bound. Otherwise it holds and
+   says ``N not confidently better than M (efficiency 0.70 +- 0.03)``.
 6. Stabilization (as in the HorizontalPodAutoscaler): a scale-up is applied only after the
    raw target has been above the current count continuously for
    ``scaleUpStabilizationSeconds`` (to the smallest target seen in that window), a
@@ -898,7 +921,11 @@ def _choose(
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        cur_ok = model.efficiency(current) >= floor * (1 - HYSTERESIS)
+        # From one count, efficiency rests on the prior (idle time read as sync), which
+        # can put a count right at the band's edge: it fails its floor there only when
+        # confidently below the band, or noise alone would move the job hours later.
+        doubt = model.efficiency_error(current) if len(model.model.counts) == 1 else 0.0
+        cur_ok = model.efficiency(current) + CONFIDENCE_Z * doubt >= floor * (1 - HYSTERESIS)
 
         def ok_e(n: int) -> bool:
             if n == current:

@@ -308,3 +308,20 @@ def test_one_count_explores_the_next_when_the_prior_may_stop_it_short() -> None:
     rec = decide(steady(4, tau=tau), 4)
     assert (rec.replicas, rec.exploring) == (5, True)
     assert "exploring 5 (curve not identified from one count)" in rec.reason
+
+
+def test_going_back_up_to_a_count_it_left_needs_confidence() -> None:
+    # 15 was run and left for 10; the estimate puts 15 right at the floor (E(15) = 0.704).
+    # A move that far would otherwise follow the estimate; back to a count it left, the
+    # job needs the floor to hold at the lower bound, or it would flap.
+    tau = amdahl(0.03)
+    obs = [
+        *_jittered(4, start=0, count=6, tau=tau),
+        *_jittered(15, start=300, count=10, tau=tau),
+        *_jittered(10, start=900, count=20, tau=tau),
+    ]
+    rec = recommend(make_spec(replicas=10), obs, 10, 1500.0)
+    assert rec.replicas == 10
+    assert "not confidently better than 10" in rec.reason
+    fresh = [*_jittered(4, start=0, count=6, tau=tau), *_jittered(10, start=300, count=20, tau=tau)]
+    assert recommend(make_spec(replicas=10), fresh, 10, 900.0).replicas > 10
