@@ -85,7 +85,7 @@ The decision
    count recovers), else the caller's remembered value, else 60 s.
    Then confidence, for moves away from a count that satisfies the objective (no +1
    creep): the current count needs ``JUMP_SETTLED_SAMPLES`` settled samples first; a
-   large move (more than one replica and ``SMALL_MOVE_GAIN`` of throughput) follows the point
+   large move (beyond ``FINE_MOVE_FRACTION`` of the current count) follows the point
    estimate but must land inside the floor's ``HYSTERESIS`` band at ``CONFIDENCE_Z``
    standard errors (else the largest count that does); a small move, or a return to a
    count the job left downwards, needs the floor to hold at ``CONFIDENCE_Z`` errors down
@@ -132,13 +132,8 @@ TIE_TOLERANCE = 0.005
 JUMP_SETTLED_SAMPLES = 6
 """Settled observations needed at the current count before a large move away from it."""
 
-SMALL_MOVE_GAIN = 0.15
-"""Moves of one replica, or changing predicted throughput by less than this fraction, are
-small: they need confident estimates."""
-
-EXPLORE_DOUBT = 0.08
-"""Relative error of a floor metric beyond which a small move the point estimate allows is
-made anyway: the curve is too little known (two counts side by side) to wait on it."""
+FINE_MOVE_FRACTION = 0.25
+"""Moves within this fraction of the current count (at least one) need confident estimates."""
 
 CONFIDENCE_Z = 1.0
 """Standard errors a small move's estimates must clear (floors, restart payback)."""
@@ -1026,31 +1021,19 @@ def _choose(
 
 
 def _counts_left_downwards(observations: Sequence[Observation]) -> set[int]:
-    """Replica counts the job scaled up to and then left for fewer replicas.
-
-    Going back up towards one of those would be a second reversal: the flapping that the
-    stricter test in :func:`recommend` prevents. (A count the job merely started at is not
-    one: coming down from it and then finding the best count above is no flap.)
-    """
+    """Replica counts the job ran and then left for fewer replicas."""
     left: set[int] = set()
     previous: int | None = None
-    entered_from_below: set[int] = set()
     for o in sorted(observations, key=lambda o: o.timestamp):
-        if o.replicas <= 0:
-            continue
-        if previous is not None and o.replicas > previous:
-            entered_from_below.add(o.replicas)
-        if previous is not None and o.replicas < previous and previous in entered_from_below:
+        if previous is not None and 0 < o.replicas < previous:
             left.add(previous)
-        previous = o.replicas
+        previous = o.replicas if o.replicas > 0 else previous
     return left
 
 
-def _is_small_move(est: _Estimates, current: int, to: int) -> bool:
-    """A move of one replica, or one whose predicted throughput change is under
-    ``SMALL_MOVE_GAIN``: the kind a shifting fit proposes again and again."""
-    change = est.throughput(to) / est.throughput(current) - 1.0
-    return abs(to - current) <= 1 or abs(change) < SMALL_MOVE_GAIN
+def compute_fine_span(current: int) -> int:
+    """Largest move from ``current`` that counts as small: it needs confident estimates."""
+    return max(1, math.ceil(FINE_MOVE_FRACTION * current))
 
 
 def _confident(
@@ -1068,12 +1051,11 @@ def _confident(
     Upward, a floor (efficiency, utilization) must hold at the lower confidence bound;
     either way, the throughput gain at its lower bound must pay the restart (per replica
     downward), and downward the smaller count must be no slower at its lower bound.
-    Unless ``strict`` (then at twice the errors), a floor that holds only at the point
-    estimate is enough when the gain is large next to the doubt about it, or when the
-    doubt is so large (``EXPLORE_DOUBT``) that the move is the experiment that removes it.
+    Unless ``strict``, a floor that holds only at the point estimate is enough when the
+    gain is large next to the doubt about it.
     """
     auto = spec.autoscaling
-    z = 2.0 * CONFIDENCE_Z if strict else CONFIDENCE_Z
+    z = CONFIDENCE_Z
     ratio = est.throughput(to) / est.throughput(current)
     rel = math.hypot(est.relative_error(to), est.relative_error(current))
     low = ratio * max(0.0, 1.0 - z * rel)
@@ -1092,11 +1074,7 @@ def _confident(
         if (
             floor is not None
             and value - z * error < floor
-            and (
-                strict
-                or value < floor
-                or (ratio - 1.0 < 3.0 * z * error / value and error / value < EXPLORE_DOUBT)
-            )
+            and (strict or value < floor or ratio - 1.0 < 3.0 * z * error / value)
         ):
             return False
         gain = low
@@ -1122,13 +1100,13 @@ def _inside_band(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
     return True
 
 
-def _floor_margin(spec: TrainingJobSpec, est: _Estimates, n: int, slack: float = 0.0) -> float:
-    """How far the floor metric at ``n`` is above ``(1 - slack)`` times its floor."""
+def _floor_margin(spec: TrainingJobSpec, est: _Estimates, n: int) -> float:
+    """How far the objective's floor metric at ``n`` is above its floor (negative: below)."""
     auto = spec.autoscaling
     if auto.objective is Objective.EFFICIENCY:
-        return est.efficiency(n) - auto.min_efficiency * (1 - slack)
+        return est.efficiency(n) - auto.min_efficiency
     u = est.gpu_utilization(n)
-    return -1.0 if u is None else u - auto.target_gpu_utilization * (1 - slack)
+    return -1.0 if u is None else u - auto.target_gpu_utilization
 
 
 def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
@@ -1408,23 +1386,6 @@ def recommend(
         # tried early (never after a long stay, when noise alone would trigger it).
         target, exploring = current_replicas + 1, True
         reason += f"; exploring {target} (curve not identified from one count)"
-    elif (
-        target == current_replicas
-        and current_replicas < ceiling
-        and auto.objective is not Objective.BUDGET
-        and (current_replicas + 1) not in model.counts
-        and _floor_margin(spec, est, current_replicas) >= 0.0
-        and _floor_margin(spec, est, current_replicas + 1, slack=HYSTERESIS) >= 0.0
-        and 1.0 / current_replicas >= SMALL_MOVE_GAIN
-        and analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
-    ):
-        # From few, close or far-apart counts the model may put the next count just below
-        # the floor when it is above (a curved job, an extrapolation to one replica from
-        # neighbours). At small counts one replica is a large share of the throughput, so
-        # when the estimate is within the band the next count is tried (early only)
-        # instead of trusted.
-        target, exploring = current_replicas + 1, True
-        reason += f"; exploring {target} (predicted just below the floor)"
     elif target == ceiling and ceiling < hi and limited_extra is None:
         reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
     if limited_extra is not None and target == ceiling and target < hi:
@@ -1472,7 +1433,7 @@ def recommend(
         voluntary
         and target > current_replicas
         and len(model.counts) > 1
-        and not _is_small_move(est, current_replicas, target)
+        and target - current_replicas > compute_fine_span(current_replicas)
         and not _inside_band(spec, est, target)
     ):
         # A large move may follow the point estimate, but must land inside the floor's
@@ -1482,23 +1443,25 @@ def recommend(
             (m for m in range(current_replicas + 1, target) if _inside_band(spec, est, m)),
             default=current_replicas,
         )
-        if safe == current_replicas:
+        if safe - current_replicas <= compute_fine_span(current_replicas):
             return hold(
                 f"{reason}; {target} too uncertain ({_uncertainty(spec, est, target)}) and "
-                f"no move is safe; holding",
+                f"no large move is safe; holding",
                 limited_by=limited,
             )
         reason += f"; {target} too uncertain ({_uncertainty(spec, est, target)}), {safe} is not"
-        target = safe  # a small move then still needs the confidence below
+        target = safe
     # All or nothing: stepping part of the way is exactly the creep this prevents. Going
-    # back up after the job scaled up to a larger count and came down from it needs the
-    # same confidence, however far and with no shortcut: that count was left on evidence,
-    # and going back towards it on less would flap.
-    left = [c for c in _counts_left_downwards(observations) if c > current_replicas]
+    # back up to (or past) a count the job left downwards needs the same confidence,
+    # however far: it was left on evidence, and returning on less would flap.
+    left = [c for c in _counts_left_downwards(observations) if c <= target]
     if (
         voluntary
         and len(model.counts) > 1
-        and (_is_small_move(est, current_replicas, target) or (target > current_replicas and left))
+        and (
+            abs(target - current_replicas) <= compute_fine_span(current_replicas)
+            or (target > current_replicas and left)
+        )
         and not _confident(
             spec, est, current_replicas, target, horizon_seconds, restart, strict=bool(left)
         )

@@ -325,18 +325,3 @@ def test_going_back_up_to_a_count_it_left_needs_confidence() -> None:
     assert "not confidently better than 10" in rec.reason
     fresh = [*_jittered(4, start=0, count=6, tau=tau), *_jittered(10, start=300, count=20, tau=tau)]
     assert recommend(make_spec(replicas=10), fresh, 10, 900.0).replicas > 10
-
-
-def test_next_count_predicted_just_below_the_floor_is_tried_at_small_counts() -> None:
-    # Curved job: U(4) = 0.84 but a straight line between the measured 3 and 11 puts it at
-    # 0.77. One replica is +33 % throughput at 3, so the policy tries 4 instead of trusting.
-    tau = peaked(0.015, 0.0097)
-    obs = [*steady(11, count=6, tau=tau), *steady(3, start=300, count=4, tau=tau)]
-    spec = make_spec(replicas=3, objective="utilization")
-    rec = recommend(spec, obs, 3, 420.0)
-    assert (rec.replicas, rec.exploring) == (4, True)
-    assert "4 predicted 0.7" in rec.reason
-    assert "exploring 4 (predicted just below the floor)" in rec.reason
-    # ... early only: after a long stay the estimate is trusted.
-    settled = [*steady(11, count=6, tau=tau), *steady(3, start=300, count=30, tau=tau)]
-    assert recommend(spec, settled, 3, 1200.0).replicas == 3
