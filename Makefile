@@ -5,15 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# The folder operator/ (the package trainscale.operator) would shadow the standard library's
-# `operator` module whenever the repo root is put first on sys.path, as `python -m` and
-# `python -c` do from here. PYTHONSAFEPATH (Python 3.11+) stops that, for us and our children.
-export PYTHONSAFEPATH := 1
 
-.PHONY: test setup testbed-binaries demo venv system-deps lint typecheck imports train clean crd
+.PHONY: test unit setup testbed-binaries demo venv system-deps lint format typecheck imports \
+	train clean crd dashboard
 
 test: setup lint typecheck imports
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fast loop: lint, types, layers and the tests that need no control plane, no Prometheus
+# and no multi-process torch (under a minute).
+unit: venv lint typecheck imports
+	$(BIN)/pytest -m "not slow and not testbed and not prometheus" $(PYTEST_ARGS)
 
 setup: system-deps venv testbed-binaries
 
@@ -27,20 +29,21 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/testbed/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[trainer,dev]'
+	$(BIN)/python -m pip install -q -e '.[trainer,dev]' -e tools/testbed
 	touch $@
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 typecheck: venv
-	mkdir -p .typecheck/trainscale
-	ln -sfn ../../operator .typecheck/trainscale/operator
-	ln -sfn ../../trainer .typecheck/trainscale/trainer
 	$(BIN)/mypy
 
 imports: venv
@@ -48,6 +51,9 @@ imports: venv
 
 crd: venv
 	$(BIN)/trainscale crd --output manifests/crd/trainingjobs.trainscale.dev.yaml
+
+dashboard: venv
+	$(BIN)/trainscale dashboard --output charts/trainscale/dashboards/trainscale.json
 
 # The main job: the operator on a local control plane with fake GPU nodes, resizing a job.
 demo: setup
@@ -58,4 +64,5 @@ train: setup
 	$(BIN)/trainscale-train --local --workers 2 --task trainscale.trainer.examples.digits:task
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
+	find . -name '*.egg-info' -prune -exec rm -rf {} +

@@ -2,7 +2,7 @@
 
 Why this script exists: the issue's goal is < 2 % of step time for what the runtime adds to
 every step besides training (Prometheus metrics) and for periodic checkpoints. It runs the
-real training loop (:func:`trainscale.trainer.worker.train`, synthetic task, one process) in
+real training loop (:func:`trainscale.trainer.runtime.worker.train`, synthetic task, one process) in
 four configurations, interleaved over several rounds to share the machine's noise:
 
 * ``bare``: no metrics, no checkpoints;
@@ -34,10 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainscale.trainer.elastic import ElasticSession
-from trainscale.trainer.local import find_free_port
-from trainscale.trainer.metrics import TrainerMetrics
-from trainscale.trainer.worker import WorkerOptions, train
+from trainscale.trainer.launch.local import find_free_port
+from trainscale.trainer.runtime.elastic import ElasticSession
+from trainscale.trainer.runtime.metrics import TrainerMetrics
+from trainscale.trainer.runtime.worker import WorkerOptions, train
 
 WARMUP_STEPS = 20
 PROBES: dict[str, list[float]] = {"record_step": [], "checkpoint_stall": []}

@@ -10,7 +10,7 @@ reports samples processed, GPU cost and rescales relative to the best *static* r
 count chosen with hindsight (the true curve known), and the same for a plain
 HPA-style GPU-utilization threshold controller.
 
-Run:  PYTHONSAFEPATH=1 .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3]
+Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from trainscale.operator.api import TrainingJobSpec
-from trainscale.operator.policy import (
+from trainscale.operator.autoscaling.policy import (
     Observation,
     compact_observations,
     compute_cost_per_hour,

@@ -2,7 +2,7 @@
 
 Everything is real except the GPUs: the test-bed control plane (kube-apiserver, scheduler,
 controller-manager, kwok GPU nodes), ``trainscale operator`` as a process, the Debian
-Prometheus scraping every second, and :mod:`trainscale.operator.simjob` exporting
+Prometheus scraping every second, and :mod:`trainscale.testbed.simjob` exporting
 dcgm-exporter's and the trainer's series for the pods kwok runs.
 
 Scenario, repeated ``--rounds`` times: a job settles at the count its speedup curve
@@ -15,14 +15,13 @@ collapses — or drops back, so more workers pay again). Measured per change:
   pass, the policy's settled samples at the new level, the decision, the patch);
 * ``total_s``: T0 to the new ``spec.replicas``.
 
-Run: ``PYTHONSAFEPATH=1 .venv/bin/python benchmarks/reaction.py`` (about 3 minutes).
+Run: ``.venv/bin/python benchmarks/reaction.py`` (about 3 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import runpy
 import statistics
 import subprocess
@@ -35,8 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from trainscale.operator.simjob import SimulatedExporter, SimulatedJob
-from trainscale.operator.testbed import REPO_ROOT, Testbed
+from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.testbed.simjob import SimulatedExporter, SimulatedJob
 
 NAMESPACE = "default"
 JOB = "react"
@@ -187,7 +186,7 @@ def main() -> int:
             "apply", "-f", str(REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml")
         )
         testbed.kubectl("wait", "--for", "condition=established", "crd/trainingjobs.trainscale.dev")
-        env = dict(testbed.env(), PYTHONSAFEPATH="1")
+        env = testbed.env()
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
             [
@@ -244,5 +243,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONSAFEPATH", "1")
     sys.exit(main())

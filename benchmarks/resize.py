@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainscale.trainer.local import LocalCluster, LocalClusterConfig
+from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig
 
 
 def read_audit(directory: Path) -> list[dict[str, Any]]:

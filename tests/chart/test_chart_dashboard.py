@@ -1,4 +1,4 @@
-"""The Grafana dashboard declared in trainscale.operator.dashboard.
+"""The Grafana dashboard declared in trainscale.operator.observability.dashboard.
 
 Behaviours covered:
 
@@ -29,10 +29,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from trainscale.operator import dashboard
-from trainscale.operator import metric_names as op
-from trainscale.operator import metrics as operator_metrics
-from trainscale.trainer import metric_names as tr
+from trainscale.operator.observability import dashboard
+from trainscale.operator.observability import metric_names as op
+from trainscale.operator.observability import metrics as operator_metrics
+from trainscale.trainer.contract import metric_names as tr
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = REPO_ROOT / "charts" / "trainscale" / "dashboards" / "trainscale.json"

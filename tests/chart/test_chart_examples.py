@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from trainscale.operator import api
-from trainscale.operator.crd import build_crd
+from trainscale.operator.api.crd import build_crd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
@@ -99,7 +99,7 @@ def test_checkpoint_claims_are_defined_beside_the_job(path: Path) -> None:
 
 @pytest.mark.parametrize("job", _all_jobs(), ids=lambda j: j["metadata"]["name"])
 def test_workers_run_the_trainer_with_valid_flags(job: dict[str, Any]) -> None:
-    from trainscale.trainer.cli import build_parser
+    from trainscale.trainer.launch.cli import build_parser
 
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[0] == "trainscale-train", command

@@ -32,9 +32,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from trainscale.operator.builders import COMPONENT_WORKER, METRICS_PORT_NAME, build_common_labels
-from trainscale.operator.cli import build_parser
-from trainscale.operator.crd import build_crd
+from trainscale.operator.api.crd import build_crd
+from trainscale.operator.app.cli import build_parser
+from trainscale.operator.controller.builders import (
+    COMPONENT_WORKER,
+    METRICS_PORT_NAME,
+    build_common_labels,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "trainscale"

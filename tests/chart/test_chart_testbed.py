@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainscale.operator.testbed import Testbed, build_kubeconfig
+from trainscale.testbed.cluster import Testbed, build_kubeconfig
 
 pytestmark = pytest.mark.testbed
 
@@ -113,9 +113,9 @@ class Release:
 
 @pytest.fixture
 def plugin() -> Any:
-    import trainscale_testbed_plugin
+    from tests.support import testbed
 
-    return trainscale_testbed_plugin
+    return testbed
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_operator_runs_with_only_the_charts_rbac(
     kubeconfig = tmp_path / "operator.kubeconfig"
     ca_pem = testbed.paths.ca_cert.read_text()
     kubeconfig.write_text(yaml.safe_dump(build_kubeconfig(testbed.server, ca_pem, token.strip())))
-    env = {**testbed.env(), "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1"}
+    env = {**testbed.env(), "KUBECONFIG": str(kubeconfig)}
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

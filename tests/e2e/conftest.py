@@ -1,11 +1,10 @@
-"""End-to-end fixtures: the shared test-bed plugin (see tests/testbed/testbed_plugin.py), the
+"""End-to-end fixtures: the shared test-bed plugin (tests/support/testbed.py), the
 operator run as a separate process the way a user runs it, and job namespaces it watches."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -15,14 +14,8 @@ from typing import Any
 
 import pytest
 
-from trainscale.operator.testbed import Testbed
-
-# Registers the same plugin object as tests/testbed/conftest.py: one control plane per session.
-_testbed_conftest = runpy.run_path(str(Path(__file__).parents[1] / "testbed" / "conftest.py"))
-pytest_configure = _testbed_conftest["pytest_configure"]
-_plugin = _testbed_conftest["load_plugin"]()
-make_namespace = _plugin.make_namespace
-cleanup_namespace = _plugin.cleanup_namespace
+from tests.support.testbed import cleanup_namespace, make_namespace
+from trainscale.testbed.cluster import Testbed
 
 # The session operator watches namespaces matching this glob; tests that run their own
 # operator use another prefix so that two operators never act on one job.
@@ -41,7 +34,6 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = self.testbed.env()
-        env["PYTHONSAFEPATH"] = "1"
         argv = [str(TRAINSCALE), "operator", "--namespace", self.namespaces,
                 "--metrics-port", "0", "--liveness-port", "0", "--log-level", "INFO"]  # fmt: skip
         with self.log_path.open("ab") as log:

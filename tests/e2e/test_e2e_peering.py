@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainscale_testbed_plugin import wait_for
 
-from trainscale.operator.testbed import REPO_ROOT, Testbed
+from tests.support.testbed import wait_for
+from trainscale.testbed.cluster import REPO_ROOT, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def replicas(
     """Start operator replicas (priority 200, then 100) for ``namespace``; stop them at the end."""
     procs: list[subprocess.Popen[bytes]] = []
     for priority in (200, 100):
-        env = dict(testbed.env(), PYTHONSAFEPATH="1")
+        env = testbed.env()
         log = (tmp_path / f"operator-{priority}.log").open("wb")
         procs.append(
             subprocess.Popen(

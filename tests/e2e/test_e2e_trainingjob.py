@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
-from trainscale_testbed_plugin import wait_for
 
-from trainscale.operator.testbed import GPU_RESOURCE, REPO_ROOT, Testbed
+from tests.support.testbed import wait_for
+from trainscale.testbed.cluster import GPU_RESOURCE, REPO_ROOT, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

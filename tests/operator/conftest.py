@@ -1,4 +1,5 @@
-"""Shared fixtures of the operator tests: a minimal valid TrainingJob."""
+"""Shared fixtures of the operator tests: a minimal valid TrainingJob, and the kmock-backed
+``cluster`` fixture of tests/support/kmock.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import copy
 from typing import Any
 
 import pytest
+
+from tests.support.kmock import cluster  # noqa: F401 - a fixture, used by name
 
 BASE_SPEC: dict[str, Any] = {
     "replicas": 2,

@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from trainscale.operator.api import Objective, TrainingJobSpec
-from trainscale.operator.reconcile import describe_validation_errors
+from trainscale.operator.controller.reconcile import describe_validation_errors
 
 
 def test_parses_camel_case_and_fills_defaults(spec_dict: dict[str, Any]) -> None:

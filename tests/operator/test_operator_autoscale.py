@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 
 from trainscale.operator.api import TrainingJobSpec
-from trainscale.operator.autoscale import MAX_DECISIONS_KEPT, classify_reason, decide_autoscale
-from trainscale.operator.policy import LimitedBy, Observation, Recommendation
+from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
+from trainscale.operator.autoscaling.status import (
+    MAX_DECISIONS_KEPT,
+    classify_reason,
+    decide_autoscale,
+)
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 

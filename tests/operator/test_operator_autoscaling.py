@@ -5,7 +5,7 @@ status decision giving the reason; a job whose scaling efficiency collapses is s
 when Prometheus goes away both hold their size and report MetricsUnavailable.
 
 The simulated job: the test plays the kubelet (worker pods become Running) and
-:mod:`trainscale.operator.simjob` exports, per running worker pod, the trainer's samples
+:mod:`trainscale.testbed.simjob` exports, per running worker pod, the trainer's samples
 counter and dcgm-exporter's DCGM_FI_PROF_GR_ENGINE_ACTIVE with dcgm-exporter's labels,
 following a synchronous data-parallel step time ``compute + sync * (n - 1)``. Prometheus (the Debian binary, 1 s
 scrape) scrapes that exporter; the operator reads Prometheus as it would in a cluster.
@@ -14,7 +14,6 @@ scrape) scrapes that exporter; the operator reads Prometheus as it would in a cl
 from __future__ import annotations
 
 import asyncio
-import runpy
 import time
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,20 @@ from typing import Any
 import kmock
 import pytest
 
-from trainscale.operator.simjob import SimulatedExporter, SimulatedJob
-from trainscale.trainer.metric_names import SAMPLES_TOTAL
-
-_layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
-_prom = runpy.run_path(str(Path(__file__).parents[1] / "prometheus" / "conftest.py"))
-RealisticEmulator = _layer["RealisticEmulator"]
-cluster = _layer["cluster"]
-_runner, eventually, workers, job, events, create_job, api_call, objects = (
-    _layer[n]
-    for n in (
-        "_runner",
-        "eventually",
-        "workers",
-        "job",
-        "events",
-        "create_job",
-        "api_call",
-        "objects",
-    )
+from tests.support.kmock import (
+    RealisticEmulator,
+    _runner,
+    create_job,
+    events,
+    eventually,
+    objects,
+    pods,
+    set_pod_state,
+    workers,
 )
-start_prometheus = _prom["start_prometheus"]
+from tests.support.prometheus import start_prometheus
+from trainscale.testbed.simjob import SimulatedExporter, SimulatedJob
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.kmock(cls=RealisticEmulator)]
 
@@ -53,9 +45,9 @@ async def play_kubelet(
     """Start every new worker pod and advance the simulated jobs' counters."""
     last = time.monotonic()
     while not stop.is_set():
-        for name, pod in _layer["pods"](server).items():
+        for name, pod in pods(server).items():
             if "-worker-" in name and (pod.get("status") or {}).get("phase") != "Running":
-                await _layer["set_pod_state"](server, name, "Running", ready=True)
+                await set_pod_state(server, name, "Running", ready=True)
         now = time.monotonic()
         names = workers(server)
         for sim in sims:

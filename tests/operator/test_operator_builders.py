@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from trainscale.operator import builders
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.controller import builders
 
 JOB = builders.JobRef(name="resnet", namespace="ml", uid="uid-123")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trainscale.operator.crd import build_crd, render_crd_yaml
+from trainscale.operator.api.crd import build_crd, render_crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"

@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import runpy
-from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
 
-_layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
-RealisticEmulator = _layer["RealisticEmulator"]
-cluster = _layer["cluster"]
-_runner, eventually, pods, workers, job, events = (
-    _layer[n] for n in ("_runner", "eventually", "pods", "workers", "job", "events")
-)
-create_job, scale_job, set_pod_state, objects = (
-    _layer[n] for n in ("create_job", "scale_job", "set_pod_state", "objects")
+from tests.support.kmock import (
+    RealisticEmulator,
+    _runner,
+    api_call,
+    create_job,
+    events,
+    eventually,
+    job,
+    objects,
+    pods,
+    scale_job,
+    set_pod_state,
+    workers,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
@@ -178,7 +181,6 @@ async def test_deleting_a_job_stops_its_loops_and_lifts_the_finalizer(
 ) -> None:
     body = copy.deepcopy(JOB)
     body["metadata"]["name"] = "gone"
-    api_call = _layer["api_call"]
     with _runner() as runner:
         await create_job(cluster, body)
         await eventually(lambda: len(workers(kmock)) == 2, what="2 workers")

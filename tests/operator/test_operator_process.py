@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import runpy
 import signal
 import socket
 import subprocess
@@ -21,12 +20,8 @@ from typing import Any
 import kmock
 import pytest
 
-from trainscale.operator import metric_names as operator_metrics
-
-_layer = runpy.run_path(str(Path(__file__).with_name("kmock_layer.py")))
-RealisticEmulator = _layer["RealisticEmulator"]
-cluster = _layer["cluster"]
-eventually, workers, create_job = (_layer[n] for n in ("eventually", "workers", "create_job"))
+from tests.support.kmock import RealisticEmulator, create_job, eventually, workers
+from trainscale.operator.observability import metric_names as operator_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
 
@@ -74,7 +69,7 @@ async def test_operator_process_serves_metrics_and_liveness(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONSAFEPATH="1"),
+        env=dict(os.environ),
     )
     try:
         job = {

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trainscale.operator.api import TrainingJobSpec
-from trainscale.operator.reconcile import (
+from trainscale.operator.controller.reconcile import (
     ReconcilePlan,
     WorkerPod,
     compute_backoff_seconds,

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from trainscale.operator.policy import (
+from tests.support.policy_sim import amdahl, make_spec, peaked, steady
+from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     ModelSource,
     Observation,
@@ -21,8 +22,6 @@ from trainscale.operator.policy import (
     compact_observations,
     recommend,
 )
-
-from .conftest import amdahl, make_spec, peaked, steady
 
 NOW = 10 * 30.0  # just after ten observations at 30 s
 

@@ -15,9 +15,16 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainscale.operator.policy import Observation, recommend
-
-from .conftest import COMPUTE_FRACTION, RATE, amdahl, linear, make_spec, peaked, simulate
+from tests.support.policy_sim import (
+    COMPUTE_FRACTION,
+    RATE,
+    amdahl,
+    linear,
+    make_spec,
+    peaked,
+    simulate,
+)
+from trainscale.operator.autoscaling.policy import Observation, recommend
 
 observation = st.builds(
     Observation,

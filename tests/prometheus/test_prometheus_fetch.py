@@ -19,11 +19,10 @@ import threading
 
 import pytest
 
+from tests.support.prometheus import RATE_WINDOW, start_prometheus
+from trainscale.operator.adapters.prometheus import fetch_observation, fetch_query
 from trainscale.operator.api import PrometheusSpec
-from trainscale.operator.prometheus import fetch_observation, fetch_query
-from trainscale.trainer.metric_names import SAMPLES_TOTAL
-
-from .conftest import RATE_WINDOW, start_prometheus
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainscale.operator.testbed import (
+from trainscale.testbed.cluster import (
     COMPONENTS,
     GPU_RESOURCE,
     KWOK_NODE_ANNOTATION,

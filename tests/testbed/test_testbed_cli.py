@@ -1,4 +1,4 @@
-"""``trainscale testbed up|status|kubeconfig|env|down``, run as a developer runs it.
+"""``trainscale-testbed up|status|kubeconfig|env|down``, run as a developer runs it.
 
 Covers:
 - ``up`` starts a detached control plane and prints a kubeconfig with which kubectl sees the
@@ -17,19 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from trainscale_testbed_plugin import CRD_PATH
 
-from trainscale.operator.testbed import COMPONENTS, STATE_FILE
+from tests.support.testbed import CRD_PATH
+from trainscale.testbed.cluster import COMPONENTS, STATE_FILE
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
-TRAINSCALE = Path(sys.executable).with_name("trainscale")
+TESTBED = Path(sys.executable).with_name("trainscale-testbed")
 
 
-def trainscale(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONSAFEPATH="1")
+def testbed_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
     env.pop("KUBECONFIG", None)
-    done = subprocess.run([str(TRAINSCALE), *args], capture_output=True, text=True, env=env,
+    done = subprocess.run([str(TESTBED), *args], capture_output=True, text=True, env=env,
                           timeout=120, check=False)  # fmt: skip
     if check:
         assert done.returncode == 0, done.stderr
@@ -38,24 +38,24 @@ def trainscale(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
 
 def test_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "bed"
-    up = trainscale("testbed", "up", "--nodes", "1", "--gpus-per-node", "2",
+    up = testbed_cli("up", "--nodes", "1", "--gpus-per-node", "2",
                     "--state-dir", str(state))  # fmt: skip
     try:
         kubeconfig = up.stdout.strip()
         assert kubeconfig == str(state / "kubeconfig")
-        assert trainscale("testbed", "kubeconfig", "--state-dir", str(state)).stdout.strip() \
+        assert testbed_cli("kubeconfig", "--state-dir", str(state)).stdout.strip() \
             == kubeconfig  # fmt: skip
         pids = json.loads((state / STATE_FILE).read_text())["pids"]
         assert set(pids) == set(COMPONENTS)
 
-        again = trainscale("testbed", "up", "--state-dir", str(state))
+        again = testbed_cli("up", "--state-dir", str(state))
         assert "already running" in again.stderr
         assert json.loads((state / STATE_FILE).read_text())["pids"] == pids
 
-        status = trainscale("testbed", "status", "--state-dir", str(state))
+        status = testbed_cli("status", "--state-dir", str(state))
         assert "apiserver /readyz" in status.stdout and "ok" in status.stdout
 
-        exports = trainscale("testbed", "env", "--state-dir", str(state)).stdout
+        exports = testbed_cli("env", "--state-dir", str(state)).stdout
         env = dict(os.environ)
         for line in exports.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
@@ -83,14 +83,14 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert header == ["NAME", "REPLICAS", "READY", "DESIRED", "MIN", "MAX", "GPU-UTIL",
                           "THROUGHPUT", "PHASE", "AGE"]  # fmt: skip
     finally:
-        trainscale("testbed", "down", "--state-dir", str(state))
+        testbed_cli("down", "--state-dir", str(state))
     assert not (state / STATE_FILE).exists()
     for pid in pids.values():
         assert (
             not Path(f"/proc/{pid}").exists()
             or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
         )
-    assert trainscale("testbed", "status", "--state-dir", str(state), check=False).returncode == 1
+    assert testbed_cli("status", "--state-dir", str(state), check=False).returncode == 1
 
 
 @pytest.mark.parametrize(
@@ -102,6 +102,6 @@ def test_up_status_down(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_up_refuses_bad_sizes(args: list[str], message: str, tmp_path: Path) -> None:
-    done = trainscale("testbed", "up", *args, "--state-dir", str(tmp_path), check=False)
+    done = testbed_cli("up", *args, "--state-dir", str(tmp_path), check=False)
     assert done.returncode == 2
     assert message in done.stderr

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainscale_testbed_plugin import GPUS_PER_NODE, NODES, get_json, wait_for
 
-from trainscale.operator.testbed import COMPONENTS, GPU_RESOURCE, Testbed
+from tests.support.testbed import GPUS_PER_NODE, NODES, get_json, wait_for
+from trainscale.testbed.cluster import COMPONENTS, GPU_RESOURCE, Testbed
 
 pytestmark = pytest.mark.testbed
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from trainscale.operator.crd import PRINTER_COLUMNS
-from trainscale.operator.testbed import TestbedError
+from trainscale.operator.api.crd import PRINTER_COLUMNS
+from trainscale.testbed.cluster import TestbedError
 
 pytestmark = pytest.mark.testbed
 

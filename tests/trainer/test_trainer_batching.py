@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainscale.trainer.batching import (
+from trainscale.trainer.runtime.batching import (
     BatchSettings,
     BatchSettingsError,
     compute_lr_scale,

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainscale.trainer import data_order as do
+from trainscale.trainer.runtime import data_order as do
 
 
 def test_permutation_is_deterministic_and_per_epoch() -> None:

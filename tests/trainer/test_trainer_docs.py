@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainscale.trainer.metric_names import ALL_METRICS
-from trainscale.trainer.settings import ENVIRONMENT
+from trainscale.trainer.contract.metric_names import ALL_METRICS
+from trainscale.trainer.runtime.settings import ENVIRONMENT
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
-from trainscale.trainer.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from trainscale.trainer.local import LocalCluster, LocalClusterConfig, find_free_port
+from tests.support.audit import assert_exact_data_order, lineage, read_audit
+from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig, find_free_port
+from trainscale.trainer.runtime.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
-from .conftest import assert_exact_data_order, lineage, read_audit
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ import urllib.request
 
 import pytest
 
-from trainscale.trainer import metric_names as names
-from trainscale.trainer.local import find_free_port
-from trainscale.trainer.metrics import TrainerMetrics, open_nvml_handle
-from trainscale.trainer.settings import MetricsSettings
+from trainscale.trainer.contract import metric_names as names
+from trainscale.trainer.launch.local import find_free_port
+from trainscale.trainer.runtime.metrics import TrainerMetrics, open_nvml_handle
+from trainscale.trainer.runtime.settings import MetricsSettings
 
 
 def scrape(port: int) -> str:

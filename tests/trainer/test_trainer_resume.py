@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainscale.trainer.checkpoint import load_newest_checkpoint
-from trainscale.trainer.elastic import ElasticLoader, ResumeError
-from trainscale.trainer.worker import WorkerOptions, train
-
-from .conftest import assert_exact_data_order, read_audit
+from tests.support.audit import assert_exact_data_order, read_audit
+from trainscale.trainer.runtime.checkpoint import load_newest_checkpoint
+from trainscale.trainer.runtime.elastic import ElasticLoader, ResumeError
+from trainscale.trainer.runtime.worker import WorkerOptions, train
 
 TASK = "trainscale.trainer.examples.digits:task"
 pytestmark = pytest.mark.usefixtures("restore_signals")

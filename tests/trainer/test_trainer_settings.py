@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trainscale.trainer import settings as s
-from trainscale.trainer.cli import build_parser, build_worker_argv, decide_role, task_of
+from trainscale.trainer.launch.cli import build_parser, build_worker_argv, decide_role, task_of
+from trainscale.trainer.runtime import settings as s
 
 
 def test_checkpoint_policy_defaults_and_values() -> None:
@@ -87,12 +87,14 @@ def test_launcher_flags_are_not_forwarded() -> None:
     [
         pytest.param("nocolon", "package.module:function", id="format"),
         pytest.param("trainscale.nope:task", "cannot import", id="module"),
-        pytest.param("trainscale.trainer.settings:nothing", "no callable", id="attr"),
-        pytest.param("trainscale.trainer.settings:SettingsError", "expected Task", id="not-task"),
+        pytest.param("trainscale.trainer.runtime.settings:nothing", "no callable", id="attr"),
+        pytest.param(
+            "trainscale.trainer.runtime.settings:SettingsError", "expected Task", id="not-task"
+        ),
     ],
 )
 def test_bad_task_spec_is_named(spec: str, message: str) -> None:
-    from trainscale.trainer.task import TaskError, load_task
+    from trainscale.trainer.runtime.task import TaskError, load_task
 
     with pytest.raises(TaskError, match=message):
         load_task(spec)

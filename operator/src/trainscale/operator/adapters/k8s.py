@@ -1,0 +1,228 @@
+"""The Kubernetes API adapter: every read and write the operator makes goes through here.
+
+Why this module exists: the handlers must stay "observe, decide, apply", and the decision
+code must never see a client. This adapter turns the official ``kubernetes`` client into a
+handful of plain-dict functions (``fetch_*``, ``apply_*``, ``patch_*``) that are idempotent:
+creating what already exists and deleting what is already gone are not errors, because a
+level-triggered operator may repeat any step after a crash.
+
+It uses the official client only for what it does well — loading kubeconfig or the
+in-cluster service account, TLS and auth — and sends plain JSON itself. The client is
+synchronous; the async handlers call these functions through ``asyncio.to_thread`` so a
+slow apiserver never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+
+from trainscale.operator import api
+from trainscale.operator.controller.builders import (
+    LABEL_COMPONENT,
+    LABEL_JOB_NAME,
+    build_selector_string,
+    build_worker_selector,
+)
+
+log = logging.getLogger(__name__)
+
+
+class KubernetesError(Exception):
+    """The apiserver answered a request with an error status."""
+
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class KubernetesClients:
+    """A configured connection to the apiserver (host, TLS, credentials)."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.api_client = api_client
+
+
+_clients: dict[str | None, KubernetesClients] = {}
+
+
+def load_clients() -> KubernetesClients:
+    """The connection for the in-cluster service account, else for $KUBECONFIG (read now).
+
+    Built once per kubeconfig path; $KUBECONFIG is read at call time, not at import time
+    as the kubernetes package's default does.
+    """
+    kubeconfig = os.environ.get("KUBECONFIG") or None
+    if kubeconfig not in _clients:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        _clients[kubeconfig] = KubernetesClients(kubernetes.client.ApiClient(configuration))
+    return _clients[kubeconfig]
+
+
+def _request(
+    clients: KubernetesClients,
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    query: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any] | None:
+    """One API call with a plain-dict body; None on 404, KubernetesError on other errors.
+
+    Objects go over the wire as the user wrote them: the generated client's models would
+    re-validate pod specs against their own (older or newer) schema, reject valid quantities
+    such as ``nvidia.com/gpu: 1`` and drop fields they do not know.
+    """
+    api_client = clients.api_client
+    method_, url, headers, _, _ = api_client.param_serialize(
+        method,
+        path,
+        query_params=list((query or {}).items()) or None,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    # The REST layer JSON-encodes a dict body for any JSON content type.
+    body_ = dict(body) if body is not None else None
+    response = api_client.call_api(method_, url, header_params=headers, body=body_)
+    data: bytes = response.read()  # type: ignore[no-untyped-call]
+    if response.status == 404:
+        return None
+    if response.status >= 400:
+        raise KubernetesError(response.status, method, path, data.decode(errors="replace"))
+    parsed: dict[str, Any] = json.loads(data) if data else {}
+    return parsed
+
+
+def _job_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def _core_path(kind: str, namespace: str, name: str = "") -> str:
+    plural = {"Pod": "pods", "Service": "services"}[kind]
+    base = f"/api/v1/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+def fetch_job(clients: KubernetesClients, namespace: str, name: str) -> dict[str, Any] | None:
+    """The TrainingJob as a dict, or None when it no longer exists."""
+    return _request(clients, "GET", _job_path(namespace, name))
+
+
+def _matches(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def fetch_worker_pods(
+    clients: KubernetesClients, namespace: str, job_name: str
+) -> list[dict[str, Any]]:
+    """The job's worker pods (any phase, terminating ones included)."""
+    selector = build_worker_selector(job_name)
+    pods = (
+        _request(
+            clients,
+            "GET",
+            _core_path("Pod", namespace),
+            query={"labelSelector": build_selector_string(selector)},
+        )
+        or {}
+    )
+    # Filter again client-side: the selector is the contract, not an optimisation.
+    return [p for p in pods.get("items") or [] if _matches(p, selector)]
+
+
+def fetch_object_exists(clients: KubernetesClients, kind: str, namespace: str, name: str) -> bool:
+    """Whether the Pod or Service ``name`` exists (terminating counts as existing)."""
+    return _request(clients, "GET", _core_path(kind, namespace, name)) is not None
+
+
+def apply_create(clients: KubernetesClients, obj: Mapping[str, Any]) -> bool:
+    """Create a Pod or Service; False (no error) when it already exists."""
+    path = _core_path(obj["kind"], obj["metadata"]["namespace"])
+    try:
+        _request(clients, "POST", path, body=obj)
+    except KubernetesError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def apply_delete_pod(clients: KubernetesClients, namespace: str, name: str) -> bool:
+    """Delete a pod gracefully (its own grace period); False when it is already gone."""
+    return _request(clients, "DELETE", _core_path("Pod", namespace, name)) is not None
+
+
+def patch_job_status(
+    clients: KubernetesClients, namespace: str, name: str, status: Mapping[str, Any]
+) -> None:
+    """Merge-patch the job's status subresource."""
+    _request(
+        clients,
+        "PATCH",
+        _job_path(namespace, name) + "/status",
+        body={"status": dict(status)},
+        content_type="application/merge-patch+json",
+    )
+
+
+def patch_job_replicas(
+    clients: KubernetesClients, namespace: str, name: str, replicas: int
+) -> None:
+    """Set ``spec.replicas`` (the autoscaler's one write to the spec)."""
+    _request(
+        clients,
+        "PATCH",
+        _job_path(namespace, name),
+        body={"spec": {"replicas": replicas}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def apply_peering(clients: KubernetesClients, name: str, namespace: str | None) -> bool:
+    """Create kopf's peering object (ClusterKopfPeering, or KopfPeering in ``namespace``).
+
+    kopf only coordinates replicas through an existing peering object; without one every
+    replica acts. Returns False when it already exists.
+
+    Raises:
+        KubernetesError: with a hint when the kopf.dev peering CRDs are not installed.
+    """
+    if namespace is None:
+        path, kind = "/apis/kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering"
+    else:
+        path, kind = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings", "KopfPeering"
+    body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+    try:
+        if _request(clients, "POST", path, body=body) is None:
+            raise KubernetesError(
+                404,
+                "POST",
+                path,
+                f"the {kind} CRD (kopf.dev) is not installed; install the chart with "
+                "operator.peering.enabled=true or apply its files/crds/kopf-peerings.yaml",
+            )
+    except KubernetesError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def job_name_of_pod(labels: Mapping[str, str] | None) -> str | None:
+    """The job a pod belongs to, from its labels (None when it is not a trainscale pod)."""
+    if not labels:
+        return None
+    return labels.get(LABEL_JOB_NAME) if LABEL_COMPONENT in labels else None

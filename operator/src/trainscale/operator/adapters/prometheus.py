@@ -1,0 +1,201 @@
+"""Reading a job's metrics from the Prometheus HTTP API: the autoscaler's only metrics I/O.
+
+Why this module exists: the decision (:mod:`trainscale.operator.autoscaling.policy`) must never crash or
+stall because Prometheus is slow, down, or returns nonsense, so this thin adapter turns
+every failure (timeouts, connection errors, HTTP errors, bad JSON, NaN, empty or ambiguous
+results, out-of-range values) into "no value" plus an error string the operator can count,
+log and show in a condition. It uses only the standard library (``urllib.request``): one GET
+of ``/api/v1/query`` per metric, each with its own timeout.
+
+The calls block; from an asyncio handler run them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from trainscale.operator.adapters.promql import (
+    DEFAULT_MAX_SAMPLE_AGE_SECONDS,
+    DEFAULT_RATE_WINDOW,
+    build_gpu_utilization_query,
+    build_throughput_query,
+    render_query_override,
+)
+from trainscale.operator.api import PrometheusSpec
+from trainscale.operator.autoscaling.policy import Observation
+
+_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One instant query's outcome.
+
+    Attributes:
+        query: The PromQL sent.
+        value: The single sample's value; None when there is none (see ``error``).
+        error: Why there is no value (None on success, and on an empty result, which is
+            "no data" rather than a failure: see ``empty``).
+        empty: True when Prometheus answered with no series.
+        latency_seconds: Wall time of the HTTP round trip.
+    """
+
+    query: str
+    value: float | None
+    error: str | None
+    empty: bool
+    latency_seconds: float
+
+
+@dataclass(frozen=True)
+class FetchedObservation:
+    """An :class:`Observation` and how getting it went, for operator metrics and conditions.
+
+    Attributes:
+        observation: GPU utilization / throughput set where known, None where not.
+        gpu_utilization: The GPU query's result.
+        throughput: The throughput query's result.
+    """
+
+    observation: Observation
+    gpu_utilization: QueryResult
+    throughput: QueryResult
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """Failures (not empty results), prefixed with the metric they concern."""
+        out = []
+        if self.gpu_utilization.error:
+            out.append(f"gpu utilization: {self.gpu_utilization.error}")
+        if self.throughput.error:
+            out.append(f"throughput: {self.throughput.error}")
+        return tuple(out)
+
+    @property
+    def latency_seconds(self) -> float:
+        """Total time spent querying."""
+        return self.gpu_utilization.latency_seconds + self.throughput.latency_seconds
+
+
+def fetch_query(base_url: str, query: str, *, timeout_seconds: float) -> QueryResult:
+    """Run one instant query and return its single value; never raises.
+
+    A vector with several series, a matrix, a string result, NaN/Inf, an HTTP or
+    connection error, a timeout, or a response that is not Prometheus JSON all give
+    ``value=None`` and an ``error``. An empty vector gives ``value=None, empty=True``.
+    """
+    url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    started = time.monotonic()
+
+    def result(value: float | None, error: str | None, empty: bool = False) -> QueryResult:
+        return QueryResult(query, value, error, empty, time.monotonic() - started)
+
+    try:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
+            body = response.read(_MAX_RESPONSE_BYTES)
+    except urllib.error.HTTPError as e:
+        detail = _error_detail(e.read(4096) if e.fp else b"")
+        return result(None, f"HTTP {e.code}{detail}")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return result(
+            None, f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+        )
+    try:
+        payload = json.loads(body)
+        if payload.get("status") != "success":
+            return result(None, f"query failed: {payload.get('error', payload.get('status'))}")
+        data = payload["data"]
+        kind, series = data["resultType"], data["result"]
+        if kind == "scalar":
+            raw = series[1]
+        elif kind == "vector":
+            if not series:
+                return result(None, None, empty=True)
+            if len(series) > 1:
+                return result(
+                    None, f"query returned {len(series)} series; expected 1 (aggregate it)"
+                )
+            raw = series[0]["value"][1]
+        else:
+            return result(None, f"query returned a {kind}; expected an instant vector or scalar")
+        value = float(raw)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        return result(None, f"unexpected response: {type(e).__name__}: {e}")
+    if not math.isfinite(value):
+        return result(None, f"value is {value}")
+    return result(value, None)
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        return ": " + str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def fetch_observation(
+    base_url: str,
+    namespace: str,
+    job: str,
+    *,
+    replicas: int,
+    now: float,
+    spec: PrometheusSpec | None = None,
+    rate_window: str = DEFAULT_RATE_WINDOW,
+    max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
+) -> FetchedObservation:
+    """Read one job's GPU utilization and throughput; never raises for Prometheus trouble.
+
+    Args:
+        base_url: Prometheus base URL (``spec.url`` wins when set).
+        namespace: The job's namespace.
+        job: The job's name.
+        replicas: Workers running now, recorded in the observation.
+        now: Timestamp to give the observation (the operator's clock).
+        spec: ``spec.autoscaling.prometheus``: URL, query overrides, timeout.
+        rate_window: ``rate()`` window of the default throughput query.
+        max_sample_age_seconds: GPU series older than this are stale (default query).
+
+    Returns:
+        The observation (fields None where unknown) and both query results.
+
+    Raises:
+        ValueError: on an empty namespace/job (a programming error, not a Prometheus one).
+    """
+    spec = spec or PrometheusSpec()
+    url = spec.url or base_url
+    if spec.gpu_utilization_query:
+        gpu_query = render_query_override(spec.gpu_utilization_query, namespace, job)
+    else:
+        gpu_query = build_gpu_utilization_query(
+            namespace, job, max_sample_age_seconds=max_sample_age_seconds
+        )
+    if spec.throughput_query:
+        throughput_query = render_query_override(spec.throughput_query, namespace, job)
+    else:
+        throughput_query = build_throughput_query(namespace, job, window=rate_window)
+    gpu = fetch_query(url, gpu_query, timeout_seconds=spec.timeout_seconds)
+    if gpu.value is not None and not 0.0 <= gpu.value <= 1.0:
+        gpu = QueryResult(
+            gpu.query, None, f"value {gpu.value} outside [0, 1]", False, gpu.latency_seconds
+        )
+    rate = fetch_query(url, throughput_query, timeout_seconds=spec.timeout_seconds)
+    if rate.value is not None and rate.value < 0:
+        rate = QueryResult(
+            rate.query, None, f"value {rate.value} is negative", False, rate.latency_seconds
+        )
+    observation = Observation(
+        timestamp=now,
+        replicas=replicas,
+        gpu_utilization=gpu.value,
+        samples_per_second=rate.value,
+    )
+    return FetchedObservation(observation, gpu, rate)

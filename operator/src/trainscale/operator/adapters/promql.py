@@ -1,0 +1,164 @@
+"""PromQL for the autoscaler: the queries that read one job's GPU busy and throughput.
+
+Why this module exists: a query is text built from user-controlled names (namespace and
+job), so building it is where injection would happen; keeping the builders pure and in one
+place makes the escaping testable and the queries readable in docs and dashboards.
+
+Label values go into double-quoted PromQL strings through :func:`escape_label_value`; values
+used inside a regular-expression matcher (``=~``) are first regex-escaped with
+:func:`escape_regex` (Go RE2 ``QuoteMeta``), so a job named ``a.*`` never matches another
+job's pods and a name containing ``"}`` can never close the selector.
+
+GPU busy comes from NVIDIA dcgm-exporter: ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (a 0..1 ratio, on
+data-center GPUs with profiling metrics) is preferred, ``DCGM_FI_DEV_GPU_UTIL`` (a percent,
+on every GPU) is the fallback. dcgm-exporter labels each GPU's series with the pod that uses
+it: ``pod``/``namespace`` when Prometheus keeps the exporter's labels (``honor_labels``,
+``honorLabels: true``), ``exported_pod``/``exported_namespace`` behind a ServiceMonitor
+without ``honorLabels`` (Prometheus renames the clashing labels). Both are matched.
+"""
+
+from __future__ import annotations
+
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+
+DCGM_GR_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+"""dcgm-exporter: fraction of time the graphics/compute engine was active (0..1)."""
+DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
+"""dcgm-exporter: GPU utilization in percent (0..100)."""
+
+DEFAULT_RATE_WINDOW = "1m"
+"""``rate()`` window for counters: at least two scrapes of a 30 s scrape interval."""
+DEFAULT_MAX_SAMPLE_AGE_SECONDS = 60.0
+"""GPU gauges whose newest sample is older than this are ignored (stale)."""
+
+_RE2_META = frozenset("\\.+*?()|[]{}^$")
+_LABEL_STYLES = (("namespace", "pod"), ("exported_namespace", "exported_pod"))
+
+
+def _require_name(field: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+
+
+def escape_label_value(value: str) -> str:
+    """Escape ``value`` for use inside a double-quoted PromQL string.
+
+    Backslash and double quote are backslash-escaped, control characters become ``\\xNN``
+    escapes; everything else stays as it is (PromQL strings are UTF-8).
+    """
+    out = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape_regex(value: str) -> str:
+    """Escape RE2 metacharacters so ``value`` matches only itself (Go's ``QuoteMeta``)."""
+    return "".join("\\" + ch if ch in _RE2_META else ch for ch in value)
+
+
+def build_worker_pod_regex(job: str) -> str:
+    """RE2 pattern (unquoted) matching exactly the job's worker pods ``{job}-worker-N``."""
+    _require_name("job", job)
+    return escape_regex(job) + "-worker-[0-9]+"
+
+
+def _selectors(metric: str, namespace: str, job: str) -> list[str]:
+    """One selector per label style, matching the job's worker pods in its namespace."""
+    _require_name("namespace", namespace)
+    pods = escape_label_value(build_worker_pod_regex(job))
+    ns = escape_label_value(namespace)
+    return [
+        f'{metric}{{{ns_label}="{ns}",{pod_label}=~"{pods}"}}'
+        for ns_label, pod_label in _LABEL_STYLES
+    ]
+
+
+def _fresh(selector: str, max_age_seconds: float) -> str:
+    """Only the series of ``selector`` whose newest sample is at most ``max_age_seconds`` old."""
+    return f"({selector} and (time() - timestamp({selector})) <= {max_age_seconds:g})"
+
+
+def build_gpu_utilization_query(
+    namespace: str, job: str, *, max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS
+) -> str:
+    """Mean GPU busy fraction (0..1) over the job's worker GPUs.
+
+    ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` when any of the job's GPUs report it, else
+    ``DCGM_FI_DEV_GPU_UTIL / 100``; both label styles; series older than
+    ``max_sample_age_seconds`` are ignored. Empty result means "unknown".
+
+    Raises:
+        ValueError: on an empty namespace or job, or a non-positive age.
+    """
+    if not max_sample_age_seconds > 0:
+        raise ValueError(f"max_sample_age_seconds must be > 0, got {max_sample_age_seconds!r}")
+
+    def mean(metric: str) -> str:
+        parts = [_fresh(s, max_sample_age_seconds) for s in _selectors(metric, namespace, job)]
+        return "avg(" + " or ".join(parts) + ")"
+
+    return f"{mean(DCGM_GR_ENGINE_ACTIVE)} or ({mean(DCGM_GPU_UTIL)} / 100)"
+
+
+def build_throughput_query(namespace: str, job: str, *, window: str = DEFAULT_RATE_WINDOW) -> str:
+    """Job throughput in samples per second: the summed ``rate()`` of the trainer's counter.
+
+    Raises:
+        ValueError: on an empty namespace or job, or a window that is not a PromQL duration.
+    """
+    _check_window(window)
+    parts = [f"rate({s}[{window}])" for s in _selectors(SAMPLES_TOTAL, namespace, job)]
+    return "sum(" + " or ".join(parts) + ")"
+
+
+def _check_window(window: str) -> None:
+    units = ("ms", "s", "m", "h", "d", "w", "y")
+    number = window
+    for unit in units:
+        if window.endswith(unit):
+            number = window[: -len(unit)]
+            break
+    if number == window or not number.isdigit() or int(number) == 0:
+        raise ValueError(f"window must be a PromQL duration such as '1m' or '30s', got {window!r}")
+
+
+def render_query_override(template: str, namespace: str, job: str) -> str:
+    """Substitute a spec's query override: ``{namespace}``/``{job}`` get the escaped names.
+
+    The placeholders belong inside double-quoted label values, e.g.
+    ``avg(my_gpu_busy{namespace="{namespace}", pod=~"{job}-worker-.*"})``; for a regex
+    matcher, ``{job_regex}``/``{namespace_regex}`` are also regex-escaped. Only these exact
+    tokens are replaced, so PromQL's own braces stay as written.
+
+    Raises:
+        ValueError: on an empty template, namespace or job.
+    """
+    _require_name("query", template)
+    _require_name("namespace", namespace)
+    _require_name("job", job)
+    replacements = {
+        "{namespace_regex}": escape_label_value(escape_regex(namespace)),
+        "{job_regex}": escape_label_value(escape_regex(job)),
+        "{namespace}": escape_label_value(namespace),
+        "{job}": escape_label_value(job),
+    }
+    out = []
+    i = 0
+    while i < len(template):
+        for token, value in replacements.items():
+            if template.startswith(token, i):
+                out.append(value)
+                i += len(token)
+                break
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)

@@ -1,0 +1,65 @@
+"""The TrainingJob API: the pydantic models that are the single source of truth for the CRD
+(:mod:`.models`), and the generator that turns them into the CustomResourceDefinition
+(:mod:`.crd`). Everything else in the operator imports its types from here; this package
+imports nothing else of the operator's."""
+
+from trainscale.operator.api.models import (
+    API_VERSION as API_VERSION,
+)
+from trainscale.operator.api.models import (
+    CRD_NAME as CRD_NAME,
+)
+from trainscale.operator.api.models import (
+    GPU_RESOURCE as GPU_RESOURCE,
+)
+from trainscale.operator.api.models import (
+    GROUP as GROUP,
+)
+from trainscale.operator.api.models import (
+    KIND as KIND,
+)
+from trainscale.operator.api.models import (
+    PLURAL as PLURAL,
+)
+from trainscale.operator.api.models import (
+    SHORT_NAMES as SHORT_NAMES,
+)
+from trainscale.operator.api.models import (
+    SINGULAR as SINGULAR,
+)
+from trainscale.operator.api.models import (
+    VERSION as VERSION,
+)
+from trainscale.operator.api.models import (
+    AutoscalingSpec as AutoscalingSpec,
+)
+from trainscale.operator.api.models import (
+    AutoscalingStatus as AutoscalingStatus,
+)
+from trainscale.operator.api.models import (
+    CheckpointSpec as CheckpointSpec,
+)
+from trainscale.operator.api.models import (
+    Condition as Condition,
+)
+from trainscale.operator.api.models import (
+    Decision as Decision,
+)
+from trainscale.operator.api.models import (
+    Objective as Objective,
+)
+from trainscale.operator.api.models import (
+    Phase as Phase,
+)
+from trainscale.operator.api.models import (
+    PrometheusSpec as PrometheusSpec,
+)
+from trainscale.operator.api.models import (
+    RendezvousSpec as RendezvousSpec,
+)
+from trainscale.operator.api.models import (
+    TrainingJobSpec as TrainingJobSpec,
+)
+from trainscale.operator.api.models import (
+    TrainingJobStatus as TrainingJobStatus,
+)

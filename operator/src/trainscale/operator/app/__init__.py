@@ -1,0 +1,1 @@
+"""Entry points: the ``trainscale`` command line and the operator process it starts."""

@@ -1,0 +1,123 @@
+"""The ``trainscale`` command line: one console script, one subcommand per job.
+
+Why this module exists: users meet the operator through it (``trainscale operator``,
+``trainscale crd``); it parses flags and hands over to the module that does the work, so
+each subcommand's heavy imports happen only when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _write(text: str, output: str | None) -> int:
+    """Print ``text``, or write it to ``output`` (``-`` also means standard output)."""
+    if output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return 0
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from trainscale.operator.api.crd import render_crd_yaml
+
+    return _write(render_crd_yaml(), args.output)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from trainscale.operator.observability.dashboard import render_dashboard_json
+
+    return _write(render_dashboard_json(), args.output)
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from trainscale.operator.app.main import OperatorOptions, run_operator
+
+    if not args.all_namespaces and not args.namespace:
+        raise SystemExit("trainscale operator: give --all-namespaces or at least one --namespace")
+    return run_operator(
+        OperatorOptions(
+            namespaces=tuple(args.namespace or ()),
+            all_namespaces=args.all_namespaces,
+            metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
+            liveness_port=args.liveness_port,
+            liveness_address=args.liveness_address,
+            prometheus_url=args.prometheus_url,
+            peering=args.peering,
+            priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
+            log_level=args.log_level,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``trainscale`` command."""
+    parser = argparse.ArgumentParser(
+        prog="trainscale",
+        description="Kubernetes-native autoscaler for elastic data-parallel PyTorch training.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crd = sub.add_parser(
+        "crd", help="print (or write) the TrainingJob CRD generated from the API models"
+    )
+    crd.add_argument("-o", "--output", help="file to write instead of standard output")
+    crd.set_defaults(func=_cmd_crd)
+
+    dash = sub.add_parser("dashboard", help="print (or write) the Grafana dashboard JSON")
+    dash.add_argument("-o", "--output", help="file to write instead of standard output")
+    dash.set_defaults(func=_cmd_dashboard)
+
+    op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    op.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    op.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics binds to")
+    op.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
+    op.add_argument("--liveness-address", default="0.0.0.0", help="address /healthz binds to")
+    op.add_argument(
+        "--prometheus-url",
+        default="http://prometheus-operated.monitoring.svc:9090",
+        help="Prometheus used by jobs whose spec names none",
+    )
+    op.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: only the highest-priority one acts (kopf peering)",
+    )
+    op.add_argument("--priority", type=int, help="peering priority (default: random)")
+    op.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a peer silent this long is presumed dead and another replica takes over",
+    )
+    op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    op.set_defaults(func=_cmd_operator)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trainscale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The reconcile decision: what to create, delete and report for one TrainingJob.
+
+Why this module exists: the operator is level triggered — every pass looks at the job and
+its pods as they are and computes the whole next step. That computation is pure (observed
+state and the clock in, a :class:`ReconcilePlan` out), so every rule below is unit-tested
+without a cluster, and the kopf daemon only observes, calls :func:`decide_reconcile` and
+applies the plan.
+
+Rules, in order:
+
+1. A job whose phase is Succeeded or Failed stays so: nothing is recreated; a Failed job's
+   remaining workers and the rendezvous pod are deleted to free their GPUs.
+2. When a worker has Succeeded and none is still Pending/Running, the job Succeeded.
+   Once any worker has Succeeded, no new worker is created.
+3. A Failed (or Evicted) worker is deleted and counted in ``status.restarts``; past
+   ``maxRestarts`` the job is Failed. Its index is recreated after an exponential backoff.
+4. Workers with index >= ``spec.replicas`` are deleted, highest index first (the normal
+   delete is graceful: SIGTERM, then the pod's grace period for the final checkpoint).
+5. Missing indices below ``spec.replicas`` are created, unless the old pod of that name is
+   still terminating or the index is in backoff.
+6. The rendezvous Service and pod exist while the job is not finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainscale.operator import api
+from trainscale.operator.api.reporting import (
+    EventSpec,
+    build_condition,
+    format_time,
+    merge_conditions,
+    parse_time,
+)
+from trainscale.operator.controller.builders import (
+    LABEL_REPLICA_INDEX,
+    build_selector_string,
+    build_worker_selector,
+)
+
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """What the reconcile decision needs to know about one worker pod."""
+
+    name: str
+    index: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    ready: bool = False
+    terminating: bool = False
+    unschedulable: bool = False
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        """Counts as a replica: exists, not terminating, not finished."""
+        return not self.terminating and self.phase in ("Pending", "Running", "Unknown")
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    """Everything one reconcile pass should do, in the order it should be applied."""
+
+    create_rendezvous_service: bool = False
+    create_rendezvous_pod: bool = False
+    delete_rendezvous_pod: bool = False
+    delete_workers: tuple[tuple[str, str], ...] = ()  # (pod name, reason)
+    create_workers: tuple[int, ...] = ()
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch of reconcile-owned fields
+    events: tuple[EventSpec, ...] = ()
+    requeue_after: float | None = None  # seconds until a backoff expires
+
+
+def parse_worker_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
+    """Summarise a pod dict (as the API returns it); None when it is not one of our workers."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        index = int(labels[LABEL_REPLICA_INDEX])
+    except (KeyError, ValueError):
+        return None
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    scheduled = conditions.get("PodScheduled") or {}
+    unschedulable = (
+        scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    )
+    reason = status.get("reason") or ""
+    message = status.get("message") or ""
+    if unschedulable:
+        message = scheduled.get("message") or message
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode", 0) != 0 and not message:
+            message = (
+                f"container {cs.get('name')} exited with code {terminated.get('exitCode')}"
+                f" ({terminated.get('reason') or 'Error'})"
+            )
+    return WorkerPod(
+        name=meta.get("name", ""),
+        index=index,
+        phase=status.get("phase") or "Pending",
+        ready=ready,
+        terminating=bool(meta.get("deletionTimestamp")),
+        unschedulable=unschedulable,
+        reason=reason,
+        message=message,
+    )
+
+
+def compute_backoff_seconds(restarts: int) -> float:
+    """Delay before recreating a failed worker: 5 s, 10 s, 20 s, ... capped at 5 minutes."""
+    if restarts <= 0:
+        return 0.0
+    return float(min(BACKOFF_BASE_SECONDS * 2 ** (restarts - 1), BACKOFF_MAX_SECONDS))
+
+
+def _failure_event(pod: WorkerPod) -> EventSpec:
+    kind = "evicted" if pod.reason == "Evicted" else "failed"
+    detail = f": {pod.message}" if pod.message else ""
+    return EventSpec("Warning", "WorkerFailed", f"Worker {pod.name} {kind}{detail}")
+
+
+def decide_reconcile(
+    spec: api.TrainingJobSpec,
+    job_name: str,
+    generation: int | None,
+    status: Mapping[str, Any],
+    workers: Sequence[WorkerPod],
+    rendezvous_pod_exists: bool,
+    rendezvous_service_exists: bool,
+    now: dt.datetime,
+) -> ReconcilePlan:
+    """Return the next step for one job from what exists now.
+
+    Args:
+        spec: the validated spec.
+        job_name: ``metadata.name`` of the job.
+        generation: ``metadata.generation`` (recorded as observedGeneration).
+        status: the job's current ``status`` dict (may be empty).
+        workers: the job's worker pods as they are now.
+        rendezvous_pod_exists / rendezvous_service_exists: what exists of the rendezvous.
+        now: the current time (timezone-aware).
+    """
+    previous_phase = status.get("phase") or api.Phase.PENDING.value
+    restarts = int(status.get("restarts") or 0)
+    last_failure = parse_time(status.get("lastFailureTime"))
+    prev_conditions = list(status.get("conditions") or [])
+    events: list[EventSpec] = []
+    deletes: list[tuple[str, str]] = []
+    creates: list[int] = []
+    requeue: float | None = None
+
+    finished = previous_phase in (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
+    phase = previous_phase
+
+    # -- failures: delete, count, maybe give up -----------------------------------------
+    failed = [w for w in workers if w.phase == "Failed" and not w.terminating]
+    if failed and not finished:
+        for pod in sorted(failed, key=lambda w: w.index):
+            restarts += 1
+            deletes.append((pod.name, "WorkerFailed"))
+            events.append(_failure_event(pod))
+        last_failure = now
+        if restarts > spec.max_restarts:
+            phase = api.Phase.FAILED.value
+            finished = True
+            events.append(
+                EventSpec(
+                    "Warning",
+                    "JobFailed",
+                    f"{restarts} worker failures exceed maxRestarts={spec.max_restarts}",
+                )
+            )
+
+    succeeded = [w for w in workers if w.phase == "Succeeded"]
+    active = [w for w in workers if w.active]
+    if not finished and succeeded and not active:
+        phase = api.Phase.SUCCEEDED.value
+        finished = True
+        events.append(EventSpec("Normal", "JobSucceeded", "All workers completed successfully"))
+
+    deleting = {name for name, _ in deletes}
+    if finished:
+        if phase == api.Phase.FAILED.value:
+            for pod in sorted(active, key=lambda w: -w.index):
+                if pod.name not in deleting:
+                    deletes.append((pod.name, "JobFailed"))
+        return _finish_plan(
+            spec,
+            job_name,
+            generation,
+            phase,
+            restarts,
+            last_failure,
+            prev_conditions,
+            workers,
+            deletes,
+            events,
+            rendezvous_pod_exists,
+            now,
+        )
+
+    # -- scale down: highest indices first --------------------------------------------------
+    surplus = sorted((w for w in active if w.index >= spec.replicas), key=lambda w: -w.index)
+    for pod in surplus:
+        deletes.append((pod.name, "ScaledDown"))
+    if surplus:
+        events.append(
+            EventSpec(
+                "Normal",
+                "ScalingDown",
+                f"Scaling down to {spec.replicas} workers: deleting "
+                + ", ".join(p.name for p in surplus)
+                + " (graceful: SIGTERM, then the pod's grace period)",
+            )
+        )
+
+    deleting = {name for name, _ in deletes}
+
+    # -- scale up / replace: missing indices, unless blocked ------------------------------
+    if not succeeded:
+        backoff_until = None
+        if last_failure is not None and restarts > 0:
+            backoff_until = last_failure + dt.timedelta(seconds=compute_backoff_seconds(restarts))
+        live = {w.index for w in active if w.name not in deleting}
+        name_in_use = {w.index for w in workers}  # incl. terminating and just-deleted pods
+        for index in range(spec.replicas):
+            if index in live:
+                continue
+            wait = None
+            if index in name_in_use:
+                wait = 1.0  # the previous pod of this name is still going away
+            elif backoff_until is not None and now < backoff_until:
+                wait = (backoff_until - now).total_seconds()
+            if wait is not None:
+                requeue = wait if requeue is None else min(requeue, wait)
+                continue
+            creates.append(index)
+        if creates:
+            events.append(
+                EventSpec(
+                    "Normal",
+                    "ScalingUp" if len(active) - len(surplus) < spec.replicas else "Replacing",
+                    f"Creating workers {', '.join(str(i) for i in creates)} "
+                    f"toward {spec.replicas} replicas",
+                )
+            )
+
+    count = sum(1 for w in active if w.name not in deleting)
+    ready = sum(1 for w in active if w.ready and w.phase == "Running" and w.name not in deleting)
+    pending = sum(1 for w in active if w.phase != "Running" and w.name not in deleting)
+    unschedulable = [w for w in active if w.unschedulable and w.name not in deleting]
+    settling = bool(creates or deletes or any(w.terminating for w in workers))
+    if count + len(creates) == spec.replicas and ready == spec.replicas and not settling:
+        phase = api.Phase.RUNNING.value
+    elif ready == 0:
+        phase = api.Phase.PENDING.value
+    else:
+        phase = api.Phase.SCALING.value
+
+    conditions = [
+        build_condition(
+            prev_conditions,
+            "Ready",
+            "True" if ready >= spec.min_replicas else "False",
+            "MinReplicasReady" if ready >= spec.min_replicas else "WaitingForWorkers",
+            f"{ready} of {spec.replicas} workers ready (minReplicas {spec.min_replicas})",
+            now,
+            generation,
+        ),
+        build_condition(
+            prev_conditions,
+            "Schedulable",
+            "False" if unschedulable else "True",
+            "Unschedulable" if unschedulable else "AllScheduled",
+            (
+                f"{len(unschedulable)} worker(s) cannot be scheduled: {unschedulable[0].message}"
+                if unschedulable
+                else "Every worker pod has been scheduled or is being scheduled"
+            ),
+            now,
+            generation,
+        ),
+        build_condition(prev_conditions, "Degraded", "False", "SpecValid", "", now, generation),
+    ]
+    new_status = _status_patch(
+        job_name,
+        generation,
+        phase,
+        count,
+        ready,
+        pending,
+        restarts,
+        last_failure,
+        merge_conditions(prev_conditions, conditions),
+    )
+    if phase != previous_phase:
+        events.append(EventSpec("Normal", f"Phase{phase}", f"Phase {previous_phase} -> {phase}"))
+    return ReconcilePlan(
+        create_rendezvous_service=not rendezvous_service_exists,
+        create_rendezvous_pod=not rendezvous_pod_exists,
+        delete_workers=tuple(deletes),
+        create_workers=tuple(creates),
+        status=new_status,
+        events=tuple(events),
+        requeue_after=requeue,
+    )
+
+
+def _status_patch(
+    job_name: str,
+    generation: int | None,
+    phase: str,
+    count: int,
+    ready: int,
+    pending: int,
+    restarts: int,
+    last_failure: dt.datetime | None,
+    conditions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "replicas": count,
+        "readyReplicas": ready,
+        "pendingReplicas": pending,
+        "selector": build_selector_string(build_worker_selector(job_name)),
+        "restarts": restarts,
+        "lastFailureTime": format_time(last_failure) if last_failure else None,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def _finish_plan(
+    spec: api.TrainingJobSpec,
+    job_name: str,
+    generation: int | None,
+    phase: str,
+    restarts: int,
+    last_failure: dt.datetime | None,
+    prev_conditions: list[dict[str, Any]],
+    workers: Sequence[WorkerPod],
+    deletes: list[tuple[str, str]],
+    events: list[EventSpec],
+    rendezvous_pod_exists: bool,
+    now: dt.datetime,
+) -> ReconcilePlan:
+    deleting = {name for name, _ in deletes}
+    remaining = [w for w in workers if w.active and w.name not in deleting]
+    ready = sum(1 for w in remaining if w.ready)
+    pending = sum(1 for w in remaining if w.phase != "Running")
+    succeeded = phase == api.Phase.SUCCEEDED.value
+    conditions = [
+        build_condition(
+            prev_conditions,
+            "Ready",
+            "False",
+            "JobSucceeded" if succeeded else "JobFailed",
+            "Training finished" if succeeded else f"Gave up after {restarts} worker failures",
+            now,
+            generation,
+        ),
+    ]
+    if not succeeded:
+        conditions.append(
+            build_condition(
+                prev_conditions,
+                "Degraded",
+                "True",
+                "TooManyRestarts",
+                f"{restarts} worker failures exceed maxRestarts={spec.max_restarts}",
+                now,
+                generation,
+            )
+        )
+    return ReconcilePlan(
+        delete_rendezvous_pod=rendezvous_pod_exists,
+        delete_workers=tuple(deletes),
+        status=_status_patch(
+            job_name,
+            generation,
+            phase,
+            len(remaining),
+            ready,
+            pending,
+            restarts,
+            last_failure,
+            merge_conditions(prev_conditions, conditions),
+        ),
+        events=tuple(events),
+    )
+
+
+def build_invalid_spec_status(
+    status: Mapping[str, Any], message: str, generation: int | None, now: dt.datetime
+) -> dict[str, Any]:
+    """Status merge patch for a spec the models reject: Degraded=True, reason InvalidSpec."""
+    prev = list(status.get("conditions") or [])
+    degraded = build_condition(prev, "Degraded", "True", "InvalidSpec", message, now, generation)
+    return {"observedGeneration": generation, "conditions": merge_conditions(prev, [degraded])}
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "spec") -> str:
+    """One line per pydantic error, naming the field by its CRD path (camelCase) and the value.
+
+    ``errors`` is ``ValidationError.errors()``.
+    """
+    lines = []
+    for err in errors:
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__")
+        path = f"{prefix}.{loc}" if loc else prefix
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        if "input" in err and loc and err.get("type") not in ("missing",):
+            value = err["input"]
+            if not isinstance(value, dict | list):
+                msg = f"{msg} (got {value!r})"
+        lines.append(f"{path}: {msg}")
+    return "; ".join(lines)

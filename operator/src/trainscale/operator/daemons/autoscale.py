@@ -1,0 +1,171 @@
+"""The autoscale daemon: one loop per TrainingJob that observes Prometheus and the job's
+pods, asks the autoscaling policy for a worker count and writes it.
+
+Why this module exists: the policy is pure; something must feed it observations at the job's
+``intervalSeconds``, remember what it learned between passes, and write ``spec.replicas`` and
+``status.autoscaling`` under the job's status lock. That is all this module does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import pydantic
+
+from trainscale.operator import api
+from trainscale.operator.adapters import k8s, prometheus
+from trainscale.operator.autoscaling import policy
+from trainscale.operator.autoscaling import status as autoscale
+from trainscale.operator.controller import reconcile
+from trainscale.operator.daemons.common import (
+    RESYNC_SECONDS,
+    WAKEUPS,
+    get_metrics,
+    log,
+    post_event,
+)
+from trainscale.operator.daemons.common import utcnow as _utcnow
+from trainscale.operator.daemons.options import options_of
+
+
+@dataclasses.dataclass
+class AutoscalerMemory:
+    """What the autoscaler remembers of one job between passes (lost on operator restart,
+    after which it re-learns from fresh observations)."""
+
+    observations: list[policy.Observation] = dataclasses.field(default_factory=list)
+    recent_targets: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    restart_cost_seconds: float | None = None
+    last_scale_time: float | None = None
+    running: int = 0  # workers running at the last pass ...
+    running_since: float = 0.0  # ... and since when that count has held
+
+
+async def autoscale_job(
+    namespace: str,
+    name: str,
+    memory: AutoscalerMemory,
+    prometheus_url: str,
+    wall_clock: Callable[[], float] = time.time,
+) -> float:
+    """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next."""
+    clients = k8s.load_clients()
+    metrics = get_metrics()
+    # -- observe (outside the lock: Prometheus may be slow) --------------------------------
+    body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+    if body is None:
+        return RESYNC_SECONDS
+    try:
+        spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError:
+        return RESYNC_SECONDS  # the reconcile loop reports it
+    phase = (body.get("status") or {}).get("phase")
+    if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
+        memory.recent_targets.clear()
+        return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
+    pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+    workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
+    running = sum(1 for w in workers if w.phase == "Running")
+    pending = sum(1 for w in workers if w.phase != "Running")
+    unschedulable = sum(1 for w in workers if w.unschedulable)
+    now = wall_clock()
+    observation: policy.Observation | None = None
+    errors: tuple[str, ...] = ()
+    if running != memory.running:
+        memory.running, memory.running_since = running, now
+    settling = spec.autoscaling.settle_seconds - (now - memory.running_since)
+    if running > 0 and settling > 0 and pending == 0:
+        # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
+        reason = (
+            f"settling: {running} workers running for {now - memory.running_since:.0f} s of "
+            f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
+        )
+        async with WAKEUPS.lock(namespace, name):
+            patch = {"autoscaling": {"reason": reason}}
+            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
+        return min(float(spec.autoscaling.interval_seconds), settling)
+    if running > 0:
+        fetched = await asyncio.to_thread(
+            prometheus.fetch_observation,
+            prometheus_url,
+            namespace,
+            name,
+            replicas=running,
+            now=now,
+            spec=spec.autoscaling.prometheus,
+        )
+        for result in (fetched.gpu_utilization, fetched.throughput):
+            metrics.prometheus_query_duration.observe(result.latency_seconds)
+            if result.error:
+                kind = "timeout" if "timed out" in result.error.lower() else "http"
+                metrics.prometheus_query_errors.labels(kind).inc()
+        observation, errors = fetched.observation, fetched.errors
+        memory.observations = policy.compact_observations([*memory.observations, observation], now)
+
+    # -- decide --------------------------------------------------------------------------
+    rec = policy.recommend(
+        spec,
+        memory.observations,
+        current_replicas=spec.replicas,
+        now=now,
+        pending_replicas=pending,
+        unschedulable_replicas=unschedulable,
+        last_scale_time=memory.last_scale_time,
+        restart_cost_seconds=memory.restart_cost_seconds,
+        recent_targets=memory.recent_targets,
+    )
+    memory.recent_targets = [(t, n) for t, n in memory.recent_targets if t >= now - 86400]
+    memory.recent_targets.append((now, rec.target))
+    if rec.learned_restart_cost_seconds is not None:
+        memory.restart_cost_seconds = rec.learned_restart_cost_seconds
+
+    # -- apply (under the job's status lock, from a fresh read) --------------------------
+    async with WAKEUPS.lock(namespace, name):
+        body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+        if body is None:
+            return RESYNC_SECONDS
+        current = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+        if current.replicas != spec.replicas:
+            return 0.5  # someone else moved spec.replicas meanwhile: decide again on it
+        plan = autoscale.decide_autoscale(
+            spec,
+            body.get("status") or {},
+            observation,
+            errors,
+            rec,
+            _utcnow(),
+            (body.get("metadata") or {}).get("generation"),
+        )
+        if plan.replicas is not None:
+            await asyncio.to_thread(k8s.patch_job_replicas, clients, namespace, name, plan.replicas)
+            memory.last_scale_time = now
+        await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+    if plan.event is not None:
+        post_event(body, plan.event)
+        log.info("TrainingJob %s/%s: %s", namespace, name, plan.event.message)
+    else:
+        log.debug("TrainingJob %s/%s: hold at %d: %s", namespace, name, spec.replicas, rec.reason)
+    metrics.scaling_decisions.labels(plan.direction, plan.reason_class).inc()
+    metrics.job_cost_per_hour.labels(namespace, name).set(plan.status["autoscaling"]["costPerHour"])
+    return float(spec.autoscaling.interval_seconds)
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
+async def trainingjob_autoscale_loop(
+    name: str, namespace: str | None, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+) -> None:
+    """The job's autoscaler: every intervalSeconds while autoscaling.enabled."""
+    assert namespace is not None  # TrainingJob is a namespaced kind
+    memory = AutoscalerMemory()
+    while True:
+        try:
+            delay = await autoscale_job(namespace, name, memory, options_of(memo).prometheus_url)
+        except Exception as exc:  # a bad pass must not kill the loop
+            logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
+            delay = RESYNC_SECONDS
+        await asyncio.sleep(delay)

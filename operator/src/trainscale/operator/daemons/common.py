@@ -1,0 +1,75 @@
+"""State and helpers every daemon shares: per-job wake-ups and status locks, the process's
+operator metrics, Event posting, the wall clock.
+
+Why this module exists: a job has two loops (reconcile and autoscale) that must never write
+its status at the same time, and watch events must be able to wake a job's reconcile loop.
+Both needs are per job and per process, so they live in one place below both loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.observability.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
+
+_metrics: OperatorMetrics | None = None
+
+
+def get_metrics() -> OperatorMetrics:
+    """The process-wide operator metrics (created on first use)."""
+    global _metrics  # noqa: PLW0603 - one registry per process
+    if _metrics is None:
+        _metrics = OperatorMetrics()
+    return _metrics
+
+
+class Wakeups:
+    """Per job: an asyncio.Event that wakes its reconcile loop, and the lock that serialises
+    every read-status-then-patch-status section of the job's two loops."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """The job's status lock (created on first use)."""
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def get(self, namespace: str, name: str) -> asyncio.Event:
+        """The wake-up event of a job (created on first use)."""
+        return self._events.setdefault((namespace, name), asyncio.Event())
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Ask the job's loop to run a pass now."""
+        self.get(namespace, name).set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted job's event."""
+        self._events.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
+
+
+WAKEUPS = Wakeups()
+
+
+def utcnow() -> dt.datetime:
+    """The wall clock, timezone-aware (UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def post_event(body: Mapping[str, Any], event: EventSpec) -> None:
+    """Post a Kubernetes Event on the job (through kopf's event queue)."""
+    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)

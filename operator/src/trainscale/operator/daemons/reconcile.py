@@ -1,0 +1,194 @@
+"""The reconcile daemon: one serialized, level-triggered loop per TrainingJob.
+
+Why this module exists: kopf calls these functions; each one only parses, observes, calls a
+pure ``decide_*`` function and applies its result through :mod:`trainscale.operator.adapters.k8s`.
+
+Design: one async kopf **daemon per TrainingJob** runs the job's reconcile loop, so passes
+for one job never run concurrently (a failed pod is counted once) and nothing is lost when
+events arrive during a pass. Watch events on the job or on its pods only *wake* that loop;
+a resync timer bounds the delay when an event is missed. Every pass is level triggered: it
+reads the job and its pods afresh, so a restarted operator converges from whatever exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+import pydantic
+
+from trainscale.operator import api
+from trainscale.operator.adapters import k8s
+from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.controller import builders, reconcile
+from trainscale.operator.daemons.common import (
+    RESYNC_SECONDS,
+    WAKEUPS,
+    get_metrics,
+    log,
+    post_event,
+)
+from trainscale.operator.daemons.common import utcnow as _utcnow
+
+
+async def reconcile_job(
+    namespace: str, name: str, now: Callable[[], dt.datetime] = _utcnow
+) -> float:
+    """One reconcile pass for one job: observe, decide, apply. Returns seconds to the next pass."""
+    async with WAKEUPS.lock(namespace, name):
+        return await _reconcile_job(namespace, name, now)
+
+
+async def _reconcile_job(namespace: str, name: str, now: Callable[[], dt.datetime]) -> float:
+    clients = k8s.load_clients()
+    started = time.monotonic()
+    metrics = get_metrics()
+    try:
+        # -- observe ------------------------------------------------------------------------
+        body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return RESYNC_SECONDS
+        meta = body["metadata"]
+        status = body.get("status") or {}
+        generation = meta.get("generation")
+        try:
+            builders.validate_job_name(name)
+            spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+        except (pydantic.ValidationError, builders.InvalidJobError) as exc:
+            await _report_invalid_spec(clients, body, exc, generation, now())
+            metrics.reconcile_total.labels("invalid").inc()
+            return RESYNC_SECONDS * 6
+        job = builders.JobRef(name=name, namespace=namespace, uid=meta["uid"])
+        pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+        workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None]
+        rdzv = builders.rendezvous_name(name)
+        rdzv_pod = await asyncio.to_thread(k8s.fetch_object_exists, clients, "Pod", namespace, rdzv)
+        rdzv_svc = await asyncio.to_thread(
+            k8s.fetch_object_exists, clients, "Service", namespace, rdzv
+        )
+
+        # -- decide -------------------------------------------------------------------------
+        plan = reconcile.decide_reconcile(
+            spec, name, generation, status, workers, rdzv_pod, rdzv_svc, now()
+        )
+
+        # -- apply --------------------------------------------------------------------------
+        if plan.create_rendezvous_service:
+            obj = builders.build_rendezvous_service(job, spec)
+            if await asyncio.to_thread(k8s.apply_create, clients, obj):
+                post_event(
+                    body,
+                    EventSpec("Normal", "CreatedRendezvous", f"Created Service {rdzv}"),
+                )
+        if plan.create_rendezvous_pod:
+            obj = builders.build_rendezvous_pod(job, spec)
+            if await asyncio.to_thread(k8s.apply_create, clients, obj):
+                post_event(body, EventSpec("Normal", "CreatedRendezvous", f"Created Pod {rdzv}"))
+        if plan.delete_rendezvous_pod:
+            await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, rdzv)
+        for pod_name, reason in plan.delete_workers:
+            if await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, pod_name):
+                post_event(
+                    body,
+                    EventSpec("Normal", "DeletedWorker", f"Deleted {pod_name}: {reason}"),
+                )
+        for index in plan.create_workers:
+            obj = builders.build_worker_pod(job, spec, index)
+            if await asyncio.to_thread(k8s.apply_create, clients, obj):
+                post_event(
+                    body,
+                    EventSpec(
+                        "Normal",
+                        "CreatedWorker",
+                        f"Created {obj['metadata']['name']} (index {index})",
+                    ),
+                )
+        for event in plan.events:
+            post_event(body, event)
+        await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+        metrics.observe_job(
+            namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
+        )
+        metrics.reconcile_total.labels("ok").inc()
+        if plan.requeue_after is not None:
+            return max(0.2, min(plan.requeue_after, RESYNC_SECONDS))
+        return RESYNC_SECONDS
+    except Exception:
+        metrics.reconcile_total.labels("error").inc()
+        raise
+    finally:
+        metrics.reconcile_duration.observe(time.monotonic() - started)
+
+
+async def _report_invalid_spec(
+    clients: k8s.KubernetesClients,
+    body: Mapping[str, Any],
+    exc: Exception,
+    generation: int | None,
+    now: dt.datetime,
+) -> None:
+    """Degraded/InvalidSpec condition + a Warning event naming the field; never raises."""
+    if isinstance(exc, pydantic.ValidationError):
+        message = reconcile.describe_validation_errors(exc.errors())
+    else:
+        message = str(exc)
+    status = body.get("status") or {}
+    already = any(
+        c.get("type") == "Degraded"
+        and c.get("reason") == "InvalidSpec"
+        and c.get("message") == message
+        and c.get("observedGeneration") == generation
+        for c in status.get("conditions") or []
+    )
+    if already:
+        return
+    meta = body["metadata"]
+    patch = reconcile.build_invalid_spec_status(status, message, generation, now)
+    await asyncio.to_thread(k8s.patch_job_status, clients, meta["namespace"], meta["name"], patch)
+    post_event(body, EventSpec("Warning", "InvalidSpec", message))
+    log.warning(
+        "TrainingJob %s/%s has an invalid spec: %s", meta["namespace"], meta["name"], message
+    )
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
+async def trainingjob_reconcile_loop(
+    name: str, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """The job's serialized reconcile loop: a pass now, then whenever woken or resynced."""
+    assert namespace is not None  # TrainingJob is a namespaced kind
+    wake = WAKEUPS.get(namespace, name)
+    while True:
+        wake.clear()
+        try:
+            delay = await reconcile_job(namespace, name)
+        except Exception as exc:  # an API hiccup must not kill the loop
+            logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
+            delay = 2.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def trainingjob_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+    """Any change of a job wakes its loop; a deleted job is forgotten."""
+    if namespace is None:
+        return
+    if type == "DELETED":
+        WAKEUPS.forget(namespace, name)
+        get_metrics().forget_job(namespace, name)
+        return
+    WAKEUPS.wake(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
+def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    """A change of one of our pods wakes its job's loop."""
+    job_name = k8s.job_name_of_pod(labels)
+    if job_name and namespace:
+        WAKEUPS.wake(namespace, job_name)

@@ -1,0 +1,25 @@
+"""Names of the operator's own Prometheus metrics, defined once.
+
+Why this module exists: the names are part of the product's interface (the Grafana dashboard
+and users' alerts read them). The exporter (:mod:`trainscale.operator.observability.metrics`) and the
+dashboard (:mod:`trainscale.operator.observability.dashboard`) both import them from here; this module
+imports nothing, so the dashboard needs no prometheus_client.
+"""
+
+from __future__ import annotations
+
+PREFIX = "trainscale_operator_"
+RECONCILE_TOTAL_NAME = PREFIX + "reconcile_total"
+RECONCILE_DURATION_NAME = PREFIX + "reconcile_duration_seconds"
+MANAGED_JOBS_NAME = PREFIX + "managed_jobs"
+MANAGED_PODS_NAME = PREFIX + "managed_pods"
+DESIRED_REPLICAS_NAME = PREFIX + "desired_replicas"
+JOB_COST_PER_HOUR_NAME = PREFIX + "job_cost_per_hour"
+SCALING_DECISIONS_NAME = PREFIX + "scaling_decisions_total"
+PROMETHEUS_QUERY_ERRORS_NAME = PREFIX + "prometheus_query_errors_total"
+PROMETHEUS_QUERY_DURATION_NAME = PREFIX + "prometheus_query_duration_seconds"
+
+# Labels of the per-job series. Not "job": Prometheus owns that label (the scrape job), and a
+# target's own "job" label would be renamed to exported_job unless honor_labels is on.
+NAMESPACE_LABEL = "namespace"
+JOB_LABEL = "trainingjob"

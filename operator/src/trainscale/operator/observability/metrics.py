@@ -1,0 +1,125 @@
+"""The operator's own Prometheus metrics, defined once.
+
+Why this module exists: the names are part of the product's interface (the Grafana dashboard
+and users' alerts read them), so each is declared here once, with its unit in the name, and
+the handlers only call the small helpers below. The names themselves live in
+:mod:`trainscale.operator.observability.metric_names`, which the dashboard imports without prometheus_client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from trainscale.operator.observability.metric_names import (
+    DESIRED_REPLICAS_NAME,
+    JOB_COST_PER_HOUR_NAME,
+    JOB_LABEL,
+    MANAGED_JOBS_NAME,
+    MANAGED_PODS_NAME,
+    NAMESPACE_LABEL,
+    PROMETHEUS_QUERY_DURATION_NAME,
+    PROMETHEUS_QUERY_ERRORS_NAME,
+    RECONCILE_DURATION_NAME,
+    RECONCILE_TOTAL_NAME,
+    SCALING_DECISIONS_NAME,
+)
+
+_JOB_LABELS = [NAMESPACE_LABEL, JOB_LABEL]
+
+
+class OperatorMetrics:
+    """All operator metrics, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        # prometheus_client appends _total to counters itself; give it the stem.
+        self.reconcile_total = Counter(
+            RECONCILE_TOTAL_NAME.removesuffix("_total"),
+            "Reconcile passes of TrainingJobs, by outcome (ok, invalid, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.reconcile_duration = Histogram(
+            RECONCILE_DURATION_NAME,
+            "Wall time of one reconcile pass.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.managed_jobs = Gauge(
+            MANAGED_JOBS_NAME,
+            "TrainingJobs managed by this operator, by phase.",
+            ["phase"],
+            registry=registry,
+        )
+        self.managed_pods = Gauge(
+            MANAGED_PODS_NAME,
+            "Worker pods of managed TrainingJobs (not terminating).",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.desired_replicas = Gauge(
+            DESIRED_REPLICAS_NAME,
+            "spec.replicas of each TrainingJob.",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.job_cost_per_hour = Gauge(
+            JOB_COST_PER_HOUR_NAME,
+            "replicas x GPUs per replica x costPerGpuHour of each TrainingJob.",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.scaling_decisions = Counter(
+            SCALING_DECISIONS_NAME.removesuffix("_total"),
+            "Autoscaler decisions, by direction (up, down, hold) and reason class.",
+            ["direction", "reason"],
+            registry=registry,
+        )
+        self.prometheus_query_errors = Counter(
+            PROMETHEUS_QUERY_ERRORS_NAME.removesuffix("_total"),
+            "Failed Prometheus queries, by kind (timeout, http, parse, empty).",
+            ["kind"],
+            registry=registry,
+        )
+        self.prometheus_query_duration = Histogram(
+            PROMETHEUS_QUERY_DURATION_NAME,
+            "Latency of Prometheus queries.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self._phases: dict[tuple[str, str], str] = {}
+
+    def observe_job(self, namespace: str, job: str, phase: str, pods: int, desired: int) -> None:
+        """Record a job's phase, live pods and desired replicas after a reconcile."""
+        self._phases[(namespace, job)] = phase
+        self._refresh_phases()
+        self.managed_pods.labels(namespace, job).set(pods)
+        self.desired_replicas.labels(namespace, job).set(desired)
+
+    def forget_job(self, namespace: str, job: str) -> None:
+        """Drop a deleted job's series."""
+        self._phases.pop((namespace, job), None)
+        self._refresh_phases()
+        for gauge in (self.managed_pods, self.desired_replicas, self.job_cost_per_hour):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, job)
+
+    def _refresh_phases(self) -> None:
+        counts: dict[str, int] = {}
+        for phase in self._phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase in ("Pending", "Running", "Scaling", "Succeeded", "Failed"):
+            self.managed_jobs.labels(phase).set(counts.get(phase, 0))
+
+
+def serve_metrics(port: int, address: str) -> None:
+    """Serve /metrics of the default registry on ``address:port`` (a daemon thread)."""
+    start_http_server(port, addr=address)

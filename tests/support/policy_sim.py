@@ -1,0 +1,142 @@
+"""Helpers for the policy tests: specs, and a small closed-loop simulation of a job.
+
+The simulation is the operator's loop in miniature: every ``intervalSeconds`` the job is
+observed (true throughput and GPU utilization from a speedup curve, times noise; zero
+while it restarts), ``recommend`` decides, and a rescale costs ``restart_seconds`` of
+training. It is deliberately simpler than ``benchmarks/policy.py`` (no rate window).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling.policy import (
+    Observation,
+    Recommendation,
+    compact_observations,
+    recommend,
+)
+
+RATE = 100.0  # samples/s of one replica at one replica
+COMPUTE_FRACTION = 0.95
+
+
+def make_spec(
+    *, replicas: int = 4, lo: int = 1, hi: int = 32, gpus: int = 1, **autoscaling: Any
+) -> TrainingJobSpec:
+    """A valid spec; ``autoscaling`` keys are the wire (camelCase) names."""
+    container: dict[str, Any] = {"name": "worker", "image": "trainer:1"}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    return TrainingJobSpec.model_validate(
+        {
+            "replicas": replicas,
+            "minReplicas": lo,
+            "maxReplicas": hi,
+            "template": {"spec": {"containers": [container]}},
+            "autoscaling": {"enabled": True, **autoscaling},
+        }
+    )
+
+
+def steady(
+    replicas: int,
+    *,
+    start: float = 0.0,
+    count: int = 10,
+    interval: float = 30.0,
+    tau: Callable[[int], float] = lambda n: 1.0,
+    util: bool = True,
+    throughput: bool = True,
+) -> list[Observation]:
+    """``count`` noise-free observations of a job running at ``replicas`` on curve ``tau``."""
+    x = RATE * replicas / tau(replicas)
+    u = COMPUTE_FRACTION / tau(replicas)
+    return [
+        Observation(
+            start + i * interval,
+            replicas,
+            u if util else None,
+            x if throughput else None,
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass
+class Trace:
+    replicas: list[int] = field(default_factory=list)  # after each decision
+    recommendations: list[Recommendation] = field(default_factory=list)
+
+    @property
+    def rescales(self) -> int:
+        return sum(1 for a, b in itertools.pairwise(self.replicas) if a != b)
+
+    @property
+    def reversals(self) -> int:
+        """How often the direction of change flipped (up then down, or down then up)."""
+        moves = [b - a for a, b in itertools.pairwise(self.replicas) if a != b]
+        return sum(1 for a, b in itertools.pairwise(moves) if (a > 0) != (b > 0))
+
+
+def simulate(
+    spec: TrainingJobSpec,
+    tau: Callable[[int], float],
+    *,
+    hours: float = 2.0,
+    noise: float = 0.05,
+    restart_seconds: float = 60.0,
+    seed: int = 0,
+    util: bool = True,
+    throughput: bool = True,
+) -> Trace:
+    rng = random.Random(seed)
+    interval = float(spec.autoscaling.interval_seconds)
+    current = spec.replicas
+    restarting_until = -1.0
+    observations: list[Observation] = []
+    targets: list[tuple[float, int]] = []
+    last_scale: float | None = None
+    trace = Trace([current])
+    t = 0.0
+    while t < hours * 3600:
+        t += interval
+        running = t >= restarting_until
+        x = RATE * current / tau(current) if running else 0.0
+        u = COMPUTE_FRACTION / tau(current) if running else 0.0
+        o = Observation(
+            t,
+            current,
+            min(1.0, max(0.0, u * (1 + rng.gauss(0, noise)))) if util else None,
+            max(0.0, x * (1 + rng.gauss(0, noise))) if throughput else None,
+        )
+        observations = compact_observations([*observations, o], t)
+        rec = recommend(
+            spec, observations, current, t, last_scale_time=last_scale, recent_targets=targets
+        )
+        targets = [*targets[-200:], (t, rec.target)]
+        trace.recommendations.append(rec)
+        if rec.replicas != current:
+            current = rec.replicas
+            restarting_until = t + restart_seconds
+            last_scale = t
+            spec = spec.model_copy(update={"replicas": current})
+        trace.replicas.append(current)
+    return trace
+
+
+def linear(n: int) -> float:
+    return 1.0
+
+
+def amdahl(beta: float) -> Callable[[int], float]:
+    return lambda n: 1.0 + beta * (n - 1)
+
+
+def peaked(beta: float, gamma: float) -> Callable[[int], float]:
+    return lambda n: 1.0 + beta * (n - 1) + gamma * (n - 1) ** 2

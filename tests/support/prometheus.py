@@ -1,0 +1,166 @@
+"""Helpers for tests against a real Prometheus: a test exporter and the server.
+
+A real Prometheus scraping a test exporter that speaks dcgm-exporter's and the trainer's names.
+
+The exporter (prometheus_client on 127.0.0.1) serves GPU gauges with dcgm-exporter's exact
+metric names and labels, in both label styles the operator must handle, plus the trainer's
+samples counter growing at a known rate. Prometheus (the Debian ``prometheus`` binary)
+scrapes it every second with ``honor_labels: true``, as dcgm-exporter's own ServiceMonitor
+recommends, so the ``pod``/``exported_pod`` labels arrive as the exporter wrote them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+
+RATE_WINDOW = "5s"
+DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
+DCGM_EXPORTED = (
+    "gpu", "UUID", "device", "modelName", "Hostname", "exported_container",
+    "exported_namespace", "exported_pod",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU series: which pod uses it, in which label style, and its readings."""
+
+    namespace: str
+    pod: str
+    engine_active: float | None  # DCGM_FI_PROF_GR_ENGINE_ACTIVE, None = GPU without profiling
+    util_percent: float
+    exported: bool = False  # labels as behind a ServiceMonitor without honorLabels
+
+
+# job "alpha" (pod labels): engine active 0.6 and 0.8 -> 0.7
+# job "beta" (exported_* labels, no profiling metrics): 40 % and 60 % -> 0.5
+# decoys that a correct query must never include
+GPUS = [
+    Gpu("team-a", "alpha-worker-0", 0.6, 55),
+    Gpu("team-a", "alpha-worker-1", 0.8, 75),
+    Gpu("team-a", "beta-worker-0", None, 40, exported=True),
+    Gpu("team-a", "beta-worker-1", None, 60, exported=True),
+    Gpu("team-b", "alpha-worker-0", 0.05, 5),  # same job name, other namespace
+    Gpu("team-a", "alpha-rdzv", 0.01, 1),  # not a worker
+    Gpu("team-a", "alphax-worker-0", 0.02, 2),  # a job whose name extends alpha
+    Gpu("team-a", "alpha-worker-0-debug", 0.03, 3),  # not a worker of alpha
+]
+# samples/s per worker pod (the counter grows at exactly this rate)
+SAMPLE_RATES = {
+    ("team-a", "alpha-worker-0"): 100.0,
+    ("team-a", "alpha-worker-1"): 150.0,
+    ("team-b", "alpha-worker-0"): 7.0,
+    ("team-a", "alphax-worker-0"): 11.0,
+}
+
+
+class DcgmTrainerExporter(Collector):
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        active = GaugeMetricFamily(
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active.",
+            labels=DCGM_LABELS,
+        )  # fmt: skip
+        active_exported = GaugeMetricFamily(
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "", labels=DCGM_EXPORTED
+        )
+        util = GaugeMetricFamily(
+            "DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=DCGM_LABELS
+        )
+        util_exported = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "", labels=DCGM_EXPORTED)
+        for i, g in enumerate(GPUS):
+            labels = [str(i % 8), f"GPU-{i:08d}-0000", f"nvidia{i % 8}", "NVIDIA H100 80GB HBM3",
+                      f"node-{i // 8}", "worker", g.namespace, g.pod]  # fmt: skip
+            if g.engine_active is not None:
+                (active_exported if g.exported else active).add_metric(labels, g.engine_active)
+            (util_exported if g.exported else util).add_metric(labels, g.util_percent)
+        samples = CounterMetricFamily(
+            SAMPLES_TOTAL.removesuffix("_total"), "Training samples processed.",
+            labels=("namespace", "pod"),
+        )  # fmt: skip
+        elapsed = time.time() - self.started
+        for (ns, pod), rate in SAMPLE_RATES.items():
+            samples.add_metric([ns, pod], 1000.0 + rate * elapsed)
+        # Two families of the same name would be merged by Prometheus anyway; one family
+        # per name keeps the exposition valid.
+        for family, extra in ((active, active_exported), (util, util_exported)):
+            family.samples.extend(extra.samples)
+            yield family
+        yield samples
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PrometheusServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_prometheus(workdir: Path, scrape_target: str) -> PrometheusServer:
+    """Start ``prometheus`` on a free 127.0.0.1 port with a 1 s scrape of ``scrape_target``."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("the prometheus binary is missing: run scripts/install-system-deps.sh")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: dcgm-and-trainer\n    honor_labels: true\n"
+        f"    static_configs:\n      - targets: ['{scrape_target}']\n"
+    )
+    port = free_port()
+    log = (workdir / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )  # fmt: skip
+    return PrometheusServer(f"http://127.0.0.1:{port}", process, workdir)
+
+
+def wait_for_series(url: str, query: str, timeout: float = 30.0) -> None:
+    """Poll until ``query`` returns data (the first scrapes take a few seconds)."""
+    deadline = time.monotonic() + timeout
+    full = url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(full, timeout=2) as response:
+                if b'"result":[{' in response.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"Prometheus at {url} had no data for {query} within {timeout} s")

@@ -1,0 +1,125 @@
+"""pytest fixtures for the real control-plane test-bed, shared by tests/testbed, tests/e2e and tests/chart.
+
+Why a plugin and not a conftest fixture: several folders (testbed, e2e, chart) need the same
+session-scoped control plane, and a fixture defined in two conftest files is two fixtures (two
+control planes). The root conftest registers this module once, so its fixtures start once.
+
+Fixtures: ``testbed`` (the started :class:`~trainscale.testbed.cluster.Testbed`),
+``kubectl`` (runs kubectl against it), ``crd`` (the generated TrainingJob CRD, applied and
+Established), ``namespace`` (a fresh namespace per test, with its default ServiceAccount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pytest
+
+from trainscale.testbed.cluster import REPO_ROOT, Testbed, TestbedError, fetch_bin_dir
+
+CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
+NODES = 2
+GPUS_PER_NODE = 8
+
+
+class Kubectl(Protocol):
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only when a test needs it
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:  # fmt: skip
+    """Build the binaries before any test runs (a cold build outlasts any test timeout)."""
+    if not any(item.get_closest_marker("testbed") for item in items):
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    ctx = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with ctx:
+        try:
+            fetch_bin_dir(build=True)
+        except TestbedError as err:
+            pytest.exit(f"cannot build the control-plane test-bed: {err}", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    """One control plane for the whole session: 2 kwok nodes x 8 nvidia.com/gpu."""
+    bed = Testbed(nodes=NODES, gpus_per_node=GPUS_PER_NODE)
+    with bed:
+        yield bed
+
+
+@pytest.fixture(scope="session")
+def kubectl(testbed: Testbed) -> Kubectl:
+    """kubectl against the test-bed; raises TestbedError on a non-zero exit when ``check``."""
+    return testbed.kubectl
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> dict[str, Any]:
+    """The generated TrainingJob CRD, applied to the test-bed and Established."""
+    kubectl("apply", "--server-side", "-f", str(CRD_PATH))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/trainingjobs.trainscale.dev")  # fmt: skip
+    crd: dict[str, Any] = get_json(kubectl, "crd/trainingjobs.trainscale.dev")
+    return crd
+
+
+_counter = itertools.count()
+
+
+def make_namespace(kubectl: Kubectl, prefix: str) -> str:
+    """Create a namespace named ``{prefix}{n}`` and wait until it accepts pods."""
+    name = f"{prefix}{next(_counter)}"
+    kubectl("create", "namespace", name)
+    # Pods are refused until the controller-manager made the namespace's default ServiceAccount.
+    wait_for(lambda: kubectl("get", "serviceaccount", "default", "-n", name,
+                             check=False).returncode == 0, timeout=30,
+             what=f"default ServiceAccount in {name}")  # fmt: skip
+    return name
+
+
+def cleanup_namespace(kubectl: Kubectl, name: str) -> None:
+    """Delete the jobs (an operator lifts their finalizer, the GC takes the children) and the
+    pods, waiting until they are gone so the next test has every GPU; then drop the namespace
+    without waiting for it."""
+    kubectl("delete", "trainingjobs", "--all", "-n", name, "--timeout=60s", check=False)
+    kubectl("delete", "pods", "--all", "-n", name, "--timeout=60s", check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, cleaned up afterwards."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = make_namespace(kubectl, f"{base}-")
+    yield name
+    cleanup_namespace(kubectl, name)
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25,
+             describe: Callable[[], str] | None = None) -> Any:  # fmt: skip
+    """Poll ``condition`` until it returns a truthy value (returned); fail after ``timeout``,
+    with ``describe()`` (what was observed last) in the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = f"\n{describe()}" if describe is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
+        time.sleep(interval)
+
+
+def get_json(kubectl: Kubectl, *args: str) -> Any:
+    """``kubectl get ... -o json``, parsed."""
+    return json.loads(kubectl("get", *args, "-o", "json").stdout)

@@ -1,0 +1,185 @@
+"""A simulated training job's metrics, for test-beds, demos and benchmarks without GPUs.
+
+Why this module exists: on a control plane whose nodes are fake (kwok), worker pods run no
+trainer and no GPU, so nothing would tell Prometheus how the job scales. This exporter
+plays both dcgm-exporter and the trainer for such pods: for each running worker pod it
+serves ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` with dcgm-exporter's labels and the trainer's
+samples counter (:data:`trainscale.trainer.contract.metric_names.SAMPLES_TOTAL`), following a
+synchronous data-parallel step time ``compute + sync * (n - 1)`` for ``n`` running workers.
+Prometheus scrapes it like the real exporters (with ``honor_labels: true``), and the
+operator cannot tell the difference. Change ``sync`` while it runs to model a job whose
+scaling efficiency collapses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+
+DCGM_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
+
+
+@dataclass
+class SimulatedJob:
+    """One job's workers: step time ``compute + sync * (n - 1)`` seconds, ``batch`` samples each."""
+
+    namespace: str
+    name: str
+    sync: float
+    compute: float = 0.5
+    batch: int = 64
+    running: list[str] = field(default_factory=list)
+    samples: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def step_seconds(self, workers: int | None = None) -> float:
+        """Seconds per synchronous step with ``workers`` (default: those running now)."""
+        n = len(self.running) if workers is None else workers
+        return self.compute + self.sync * max(n - 1, 0)
+
+    def throughput(self, workers: int) -> float:
+        """Job samples per second with ``workers`` workers."""
+        return workers * self.batch / self.step_seconds(workers) if workers else 0.0
+
+    def advance(self, seconds: float, running: Sequence[str]) -> None:
+        """Let ``seconds`` pass with ``running`` worker pods (names) training."""
+        with self.lock:
+            self.running = list(running)
+            for pod in self.running:
+                self.samples[pod] = (
+                    self.samples.get(pod, 0.0) + self.batch * seconds / self.step_seconds()
+                )
+
+    def collect(self) -> Iterator[Any]:
+        """The current series, in prometheus_client's collector protocol."""
+        with self.lock:
+            samples = CounterMetricFamily(
+                SAMPLES_TOTAL.removesuffix("_total"),
+                "Samples processed",
+                labels=["namespace", "pod"],
+            )
+            busy = GaugeMetricFamily(
+                DCGM_ENGINE_ACTIVE, "Graphics engine active ratio", labels=list(DCGM_LABELS)
+            )
+            for i, pod in enumerate(self.running):
+                samples.add_metric([self.namespace, pod], self.samples[pod])
+                busy.add_metric(
+                    [
+                        str(i),
+                        f"GPU-{self.name}-{i}",
+                        f"nvidia{i}",
+                        "NVIDIA H100 80GB HBM3",
+                        "kwok-node",
+                        "trainer",
+                        self.namespace,
+                        pod,
+                    ],
+                    self.compute / self.step_seconds(),
+                )
+        yield samples
+        yield busy
+
+
+class SimulatedExporter:
+    """Serves every simulated job's series over HTTP (``/metrics``) on ``address``."""
+
+    def __init__(
+        self, jobs: Sequence[SimulatedJob], address: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.jobs = list(jobs)
+        registry = CollectorRegistry()
+        registry.register(self)
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((address, 0))
+                port = int(s.getsockname()[1])
+        self.address, self.port = address, port
+        self._server, self._thread = start_http_server(port, addr=address, registry=registry)
+
+    @property
+    def target(self) -> str:
+        """host:port for a Prometheus scrape config."""
+        return f"{self.address}:{self.port}"
+
+    def collect(self) -> Iterator[Any]:
+        """Collector protocol: the series of every job."""
+        for job in self.jobs:
+            yield from job.collect()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+
+
+def follow_running_workers(
+    jobs: Sequence[SimulatedJob], stop: threading.Event, period: float = 0.5
+) -> None:
+    """Advance each job with the worker pods the cluster ($KUBECONFIG) runs, until ``stop``."""
+    from trainscale.operator.adapters import k8s
+    from trainscale.operator.controller.reconcile import parse_worker_pod
+
+    clients = k8s.load_clients()
+    last = time.monotonic()
+    while not stop.is_set():
+        for job in jobs:
+            pods = k8s.fetch_worker_pods(clients, job.namespace, job.name)
+            workers = [w for w in map(parse_worker_pod, pods) if w is not None]
+            running = sorted(w.name for w in workers if w.phase == "Running" and not w.terminating)
+            job.advance(time.monotonic() - last, running)
+        last = time.monotonic()
+        stop.wait(period)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainscale.testbed.simjob``: simulate jobs' metrics for a test-bed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--job",
+        action="append",
+        required=True,
+        metavar="NAMESPACE/NAME=SYNC",
+        help="a job and its synchronisation seconds per extra worker (repeatable)",
+    )
+    parser.add_argument("--compute", type=float, default=0.5, help="compute seconds per step")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9400)
+    args = parser.parse_args(argv)
+    jobs = []
+    for spec in args.job:
+        try:
+            ref, sync = spec.split("=", 1)
+            namespace, name = ref.split("/", 1)
+            jobs.append(SimulatedJob(namespace, name, sync=float(sync), compute=args.compute))
+        except ValueError:
+            parser.error(f"--job {spec!r}: expected NAMESPACE/NAME=SYNC, e.g. default/resnet=0.05")
+    exporter = SimulatedExporter(jobs, args.address, args.port)
+    print(
+        f"serving simulated metrics for {len(jobs)} job(s) on http://{exporter.target}/metrics",
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        follow_running_workers(jobs, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,8 +1,0 @@
-"""``python -m trainscale.trainer``: the same as the ``trainscale-train`` command."""
-
-import sys
-
-from trainscale.trainer.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())
