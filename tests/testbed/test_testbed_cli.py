@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 TESTBED = Path(sys.executable).with_name("trainscale-testbed")
 
 
-def testbed_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_testbed_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("KUBECONFIG", None)
     done = subprocess.run([str(TESTBED), *args], capture_output=True, text=True, env=env,
@@ -38,24 +38,24 @@ def testbed_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
 
 def test_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "bed"
-    up = testbed_cli("up", "--nodes", "1", "--gpus-per-node", "2",
+    up = run_testbed_cli("up", "--nodes", "1", "--gpus-per-node", "2",
                     "--state-dir", str(state))  # fmt: skip
     try:
         kubeconfig = up.stdout.strip()
         assert kubeconfig == str(state / "kubeconfig")
-        assert testbed_cli("kubeconfig", "--state-dir", str(state)).stdout.strip() \
+        assert run_testbed_cli("kubeconfig", "--state-dir", str(state)).stdout.strip() \
             == kubeconfig  # fmt: skip
         pids = json.loads((state / STATE_FILE).read_text())["pids"]
         assert set(pids) == set(COMPONENTS)
 
-        again = testbed_cli("up", "--state-dir", str(state))
+        again = run_testbed_cli("up", "--state-dir", str(state))
         assert "already running" in again.stderr
         assert json.loads((state / STATE_FILE).read_text())["pids"] == pids
 
-        status = testbed_cli("status", "--state-dir", str(state))
+        status = run_testbed_cli("status", "--state-dir", str(state))
         assert "apiserver /readyz" in status.stdout and "ok" in status.stdout
 
-        exports = testbed_cli("env", "--state-dir", str(state)).stdout
+        exports = run_testbed_cli("env", "--state-dir", str(state)).stdout
         env = dict(os.environ)
         for line in exports.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
@@ -83,14 +83,14 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert header == ["NAME", "REPLICAS", "READY", "DESIRED", "MIN", "MAX", "GPU-UTIL",
                           "THROUGHPUT", "PHASE", "AGE"]  # fmt: skip
     finally:
-        testbed_cli("down", "--state-dir", str(state))
+        run_testbed_cli("down", "--state-dir", str(state))
     assert not (state / STATE_FILE).exists()
     for pid in pids.values():
         assert (
             not Path(f"/proc/{pid}").exists()
             or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
         )
-    assert testbed_cli("status", "--state-dir", str(state), check=False).returncode == 1
+    assert run_testbed_cli("status", "--state-dir", str(state), check=False).returncode == 1
 
 
 @pytest.mark.parametrize(
@@ -102,6 +102,6 @@ def test_up_status_down(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_up_refuses_bad_sizes(args: list[str], message: str, tmp_path: Path) -> None:
-    done = testbed_cli("up", *args, "--state-dir", str(tmp_path), check=False)
+    done = run_testbed_cli("up", *args, "--state-dir", str(tmp_path), check=False)
     assert done.returncode == 2
     assert message in done.stderr
