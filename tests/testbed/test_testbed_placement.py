@@ -10,16 +10,19 @@ Covers:
   go to the least allocated node;
 - ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name and allocatable GPUs and leaves
   out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
-  where the workers are.
+  where the workers are; without permission to list nodes it warns and returns none.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.testbed import GPUS_PER_NODE, NODES, get_json, wait_for
 from trainscale.operator import api
@@ -126,3 +129,21 @@ def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
         {"metadata": {"name": name}, "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}}}
         for name in testbed.node_names
     ]
+
+
+def test_fetch_gpu_nodes_without_permission_returns_none(
+    kubectl: Any, namespace: str, testbed: Testbed, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """An operator installed without ``list nodes`` still autoscales, without node sizes."""
+    kubectl("create", "serviceaccount", "no-nodes", "-n", namespace)
+    token = kubectl("create", "token", "no-nodes", "-n", namespace).stdout.strip()
+    config = yaml.safe_load(testbed.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr(k8s, "_nodes_forbidden_logged", False)
+    with caplog.at_level(logging.WARNING):
+        assert k8s.fetch_gpu_nodes(k8s.load_clients()) == []
+    assert "cannot list nodes" in caplog.text and "403" in caplog.text

@@ -144,6 +144,9 @@ def fetch_worker_pods(
     return [p for p in pods.get("items") or [] if _matches(p, selector)]
 
 
+_nodes_forbidden_logged = False
+
+
 def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
     """The cluster's nodes that advertise ``nvidia.com/gpu``, trimmed to what placement needs.
 
@@ -151,9 +154,20 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
     possibly a moment old, which is fine for node sizes). Each node is returned as
     ``{"metadata": {"name": ...}, "status": {"allocatable": {"nvidia.com/gpu": ...}}}``, the
     shape :func:`trainscale.operator.autoscaling.observed_placement.build_placement` reads.
-    Needs ``list`` on ``nodes`` (cluster-scoped; the chart's ClusterRole grants it).
+    Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
+    once and returns no nodes: placement is then known from the pods alone, without GPUs per
+    node.
     """
-    listed = _request(clients, "GET", "/api/v1/nodes", query={"resourceVersion": "0"}) or {}
+    global _nodes_forbidden_logged  # noqa: PLW0603 - warn once per process
+    try:
+        listed = _request(clients, "GET", "/api/v1/nodes", query={"resourceVersion": "0"}) or {}
+    except KubernetesError as exc:
+        if exc.status != 403:
+            raise
+        if not _nodes_forbidden_logged:
+            log.warning("cannot list nodes (%s): GPUs per node unknown; grant list on nodes", exc)
+            _nodes_forbidden_logged = True
+        return []
     nodes = []
     for node in listed.get("items") or []:
         gpus = node_gpus(node)
