@@ -4,7 +4,8 @@ pods are the ones :func:`build_worker_pod` builds, created through the Kubernete
 
 Covers:
 - with the default packing preference, a burst of 4 one-GPU workers lands on one node, and 6
-  more fill that node before the next (8 + 2);
+  more fill that node before the next (8 + 2); a second job's 4 workers, next to a first
+  job's 6, all go to the other node;
 - with ``placement.packWorkers: false`` the stock scheduler spreads the same 4 workers over
   both nodes (the behaviour the preference corrects): workers that request CPU and memory
   go to the least allocated node;
@@ -95,6 +96,24 @@ def test_workers_fill_one_node_before_the_next(
     create_workers(clients, job, spec, range(4, 10))
     grown = wait_for(lambda: placed(clients, job, 10), timeout=60, what="10 workers bound")
     assert grown == Placement((8, 2), GPUS_PER_NODE)
+
+
+def test_next_job_packs_on_the_node_with_room(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients
+) -> None:
+    first, first_spec = make_job(kubectl, namespace, "first", pack=True)
+    create_workers(clients, first, first_spec, range(6))
+    wait_for(lambda: placed(clients, first, 6), timeout=60, what="6 workers of first bound")
+    second, second_spec = make_job(kubectl, namespace, "second", pack=True)
+    create_workers(clients, second, second_spec, range(4))
+    # The first worker goes to the emptier node (the scheduler's own choice); the rest follow
+    # it there rather than to the 2 GPUs left beside the other job.
+    assert wait_for(lambda: placed(clients, second, 4), timeout=60, what="4 workers bound") \
+        == Placement((4,), GPUS_PER_NODE)  # fmt: skip
+    nodes_of = {
+        p["spec"]["nodeName"] for p in k8s.fetch_worker_pods(clients, namespace, "first")
+    } | {p["spec"]["nodeName"] for p in k8s.fetch_worker_pods(clients, namespace, "second")}
+    assert len(nodes_of) == NODES
 
 
 def test_without_packing_the_stock_scheduler_spreads_workers(
