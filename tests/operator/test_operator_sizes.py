@@ -174,3 +174,11 @@ def test_cel_rule_agrees_with_the_models(allowed: dict[str, Any] | None) -> None
     for n in range(1, 10001):
         cel = eval(code, {"A": allowed or {}, "N": n})  # our own rule, built above
         assert cel == model.allows(n), n
+
+
+def test_nearest_allowed_refuses_a_spec_that_allows_nothing(spec_dict: dict[str, Any]) -> None:
+    spec = make_spec(spec_dict, None, 2, 1, 4)
+    broken = spec.model_copy(update={"allowed_replicas": AllowedReplicas(values=[8])})
+    assert allowed_sizes(broken) == ()
+    with pytest.raises(ValueError, match=r"allowedReplicas \(values \[8\]\) allows no count"):
+        nearest_allowed(broken, 2, "nearest")
