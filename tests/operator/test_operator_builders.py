@@ -8,6 +8,7 @@ checkpoint claim mounting; restartPolicy; job-name validation; rendezvous store 
 from __future__ import annotations
 
 import ast
+import copy
 from typing import Any
 
 import pytest
@@ -159,3 +160,90 @@ def test_selector_string_is_sorted_and_exact() -> None:
     assert builders.build_selector_string(builders.build_worker_selector("j")) == (
         "app.kubernetes.io/component=worker,trainscale.dev/job-name=j"
     )
+
+
+# -- packing: a preferred affinity to the job's own workers, merged with the template's ------
+
+PACK = {
+    "weight": 100,
+    "podAffinityTerm": {
+        "labelSelector": {"matchLabels": {"trainscale.dev/job-name": "resnet",
+                                          "app.kubernetes.io/component": "worker"}},
+        "topologyKey": "kubernetes.io/hostname",
+    },
+}  # fmt: skip
+NODE_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "gpu", "operator": "In", "values": ["h100"]}]}]}
+}  # fmt: skip
+USER_PREFERRED = {"weight": 10, "podAffinityTerm": {
+    "labelSelector": {"matchLabels": {"app": "dataset-cache"}}, "topologyKey": "zone"}}  # fmt: skip
+USER_REQUIRED = [{"labelSelector": {"matchLabels": {"app": "feature-store"}},
+                  "topologyKey": "kubernetes.io/hostname"}]  # fmt: skip
+ANTI = {"requiredDuringSchedulingIgnoredDuringExecution": [
+    {"labelSelector": {"matchLabels": {"trainscale.dev/job-name": "resnet"}},
+     "topologyKey": "kubernetes.io/hostname"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("user", "pack", "expected"),
+    [
+        pytest.param(None, True, {"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [PACK]}}, id="none-given"),
+        pytest.param({}, True, {"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [PACK]}}, id="empty-given"),
+        pytest.param({"nodeAffinity": NODE_AFFINITY}, True, {
+            "nodeAffinity": NODE_AFFINITY,
+            "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [PACK]}},
+            id="node-affinity-kept"),
+        pytest.param({"podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": USER_REQUIRED,
+            "preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERRED]}}, True,
+            {"podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": USER_REQUIRED,
+                "preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERRED, PACK]}},
+            id="pod-affinity-terms-kept-ours-appended"),
+        pytest.param({"podAntiAffinity": ANTI}, True, {
+            "podAntiAffinity": ANTI,
+            "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [PACK]}},
+            id="anti-affinity-kept"),
+        pytest.param({"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [PACK]}}, True,
+            {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [PACK]}},
+            id="same-term-not-doubled"),
+        pytest.param(None, False, None, id="opted-out-none-given"),
+        pytest.param({"podAntiAffinity": ANTI}, False, {"podAntiAffinity": ANTI},
+                     id="opted-out-user-affinity-untouched"),
+    ],
+)  # fmt: skip
+def test_worker_affinity_adds_packing_and_keeps_the_templates(
+    user: dict[str, Any] | None, pack: bool, expected: dict[str, Any] | None
+) -> None:
+    before = copy.deepcopy(user)
+    assert builders.build_worker_affinity(user, "resnet", pack=pack) == expected
+    assert user == before  # the template is never mutated
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_worker_pod_carries_the_packing_preference_unless_opted_out(
+    spec_dict: dict[str, Any], pack: bool
+) -> None:
+    spec_dict["template"]["spec"]["affinity"] = {"nodeAffinity": NODE_AFFINITY}
+    spec_dict["placement"] = {"packWorkers": pack}
+    spec = TrainingJobSpec.model_validate(spec_dict)
+    affinity = builders.build_worker_pod(JOB, spec, 1)["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == NODE_AFFINITY
+    preferred = (affinity.get("podAffinity") or {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution", []
+    )
+    assert preferred == ([PACK] if pack else [])
+    assert spec.template["spec"]["affinity"] == {"nodeAffinity": NODE_AFFINITY}
+
+
+def test_packing_is_on_by_default(spec_dict: dict[str, Any]) -> None:
+    pod = builders.build_worker_pod(JOB, TrainingJobSpec.model_validate(spec_dict), 0)
+    assert pod["spec"]["affinity"] == {
+        "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [PACK]}}  # fmt: skip
+    rdzv = builders.build_rendezvous_pod(JOB, TrainingJobSpec.model_validate(spec_dict))
+    assert "affinity" not in rdzv["spec"]

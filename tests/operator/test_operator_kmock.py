@@ -147,12 +147,24 @@ async def test_job_lifecycle_create_scale_fail_succeed(
     assert runner.exception is None, runner.output
 
 
+@pytest.mark.parametrize(
+    ("patch", "field", "detail"),
+    [
+        pytest.param({"autoscaling": {"minEfficiency": 1.5}}, "spec.autoscaling.minEfficiency",
+                     "1.5", id="min-efficiency"),
+        # Only reachable past an older CRD without the allowedReplicas CEL rules.
+        pytest.param({"allowedReplicas": {"multipleOf": 4}, "replicas": 6, "minReplicas": 4,
+                      "maxReplicas": 8},
+                     "replicas (6) is not one of the counts allowedReplicas allows",
+                     "(multipleOf 4)", id="replicas-not-allowed"),
+    ],
+)  # fmt: skip
 async def test_invalid_spec_sets_a_condition_and_an_event(
-    kmock: kmock.KubernetesEmulator, cluster: Any
+    kmock: kmock.KubernetesEmulator, cluster: Any, patch: dict[str, Any], field: str, detail: str
 ) -> None:
     body = copy.deepcopy(JOB)
     body["metadata"]["name"] = "broken"
-    body["spec"]["autoscaling"] = {"minEfficiency": 1.5}
+    body["spec"].update(patch)
     with _runner() as runner:
         await create_job(cluster, body)
         status = await eventually(
@@ -161,11 +173,9 @@ async def test_invalid_spec_sets_a_condition_and_an_event(
         )
         (degraded,) = [c for c in status["conditions"] if c["type"] == "Degraded"]
         assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
-        assert (
-            "spec.autoscaling.minEfficiency" in degraded["message"] and "1.5" in degraded["message"]
-        )
+        assert field in degraded["message"] and detail in degraded["message"]
         await eventually(
-            lambda: any(r == "InvalidSpec" and "minEfficiency" in m for _, r, m in events(kmock)),
+            lambda: any(r == "InvalidSpec" and field in m for _, r, m in events(kmock)),
             what="event",
         )
         await asyncio.sleep(1.0)

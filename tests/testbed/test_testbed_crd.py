@@ -6,7 +6,11 @@ Covers:
 - invalid TrainingJobs are rejected with the CEL / OpenAPI messages (a table of cases);
 - a valid one is accepted with defaults filled in by the apiserver;
 - ``kubectl get tj`` prints the printer columns; ``kubectl explain`` shows our descriptions;
-- ``kubectl scale tj`` goes through the scale subresource and the CEL bounds guard it.
+- ``kubectl scale tj`` goes through the scale subresource and the CEL bounds guard it;
+- ``spec.allowedReplicas``: ``kubectl apply`` of a job whose replicas, minReplicas or
+  maxReplicas is not allowed is refused naming the field, and so are ``kubectl scale`` and a
+  patch of the scale subresource to a count it does not allow (CEL on the TrainingJob
+  applies to /scale writes: the apiserver validates the updated TrainingJob).
 """
 
 from __future__ import annotations
@@ -79,6 +83,21 @@ def test_crd_is_established_with_scale_subresource_and_columns(crd: dict[str, An
                      id="unknown-objective"),
         pytest.param({"template": {"spec": {"containers": []}}},
                      "should have at least 1 items", id="no-containers"),
+        pytest.param({"replicas": 3, "allowedReplicas": {"powersOfTwo": True}},
+                     "spec.replicas: Invalid value: replicas is not one of the counts "
+                     "allowedReplicas allows", id="replicas-not-a-power-of-two"),
+        pytest.param({"minReplicas": 2, "replicas": 4, "maxReplicas": 8,
+                      "allowedReplicas": {"multipleOf": 4}},
+                     "spec.minReplicas: Invalid value: minReplicas is not one of the counts "
+                     "allowedReplicas allows", id="min-not-a-multiple"),
+        pytest.param({"minReplicas": 2, "replicas": 2, "maxReplicas": 4,
+                      "allowedReplicas": {"values": [2, 3]}},
+                     "spec.maxReplicas: Invalid value: maxReplicas is not one of the counts "
+                     "allowedReplicas allows", id="max-not-listed"),
+        pytest.param({"allowedReplicas": {"values": [1, 2, 2]}}, "Duplicate value: 2",
+                     id="values-twice"),
+        pytest.param({"allowedReplicas": {"multipleOf": 0}},
+                     "should be greater than or equal to 1", id="multiple-of-zero"),
     ],
 )  # fmt: skip
 def test_invalid_job_is_rejected_with_its_message(
@@ -118,6 +137,10 @@ def test_kubectl_explain_shows_field_descriptions(crd: dict[str, Any], kubectl: 
         assert field in text
     replicas = kubectl("explain", "tj.spec.replicas").stdout
     assert "kubectl scale" in replicas
+    allowed = " ".join(kubectl("explain", "tj.spec.allowedReplicas").stdout.split())
+    for field in ("values", "multipleOf", "powersOfTwo", "every form given must hold"):
+        assert field in allowed
+    assert "packWorkers" in kubectl("explain", "tj.spec.placement").stdout
 
 
 def test_kubectl_scale_uses_the_scale_subresource_within_bounds(
@@ -130,3 +153,22 @@ def test_kubectl_scale_uses_the_scale_subresource_within_bounds(
     assert spec["spec"]["replicas"] == 4
     with pytest.raises(TestbedError, match=r"replicas must be within"):
         kubectl("scale", "-n", namespace, "tj/scaled", "--replicas=9")
+
+
+def test_scale_subresource_refuses_counts_allowed_replicas_does_not_allow(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    job = make_job("sized", replicas=8, minReplicas=8, maxReplicas=32,
+                   allowedReplicas={"multipleOf": 8})  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    kubectl("scale", "-n", namespace, "tj/sized", "--replicas=16")
+    message = r"spec.replicas: Invalid value: replicas is not one of the counts allowedReplicas"
+    with pytest.raises(TestbedError, match=message):
+        kubectl("scale", "-n", namespace, "tj/sized", "--replicas=12")
+    # Any writer of /scale (HPA, KEDA, a controller) meets the same rule, not only kubectl.
+    with pytest.raises(TestbedError, match=message):
+        kubectl("patch", "-n", namespace, "tj/sized", "--subresource=scale", "--type=merge",
+                "-p", json.dumps({"spec": {"replicas": 20}}))  # fmt: skip
+    scale = json.loads(kubectl("get", "-n", namespace, "tj/sized", "--subresource=scale",
+                               "-o", "json").stdout)  # fmt: skip
+    assert scale["spec"]["replicas"] == 16

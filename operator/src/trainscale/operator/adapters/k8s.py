@@ -23,6 +23,7 @@ from typing import Any
 import kubernetes
 
 from trainscale.operator import api
+from trainscale.operator.autoscaling.observed_placement import node_gpus
 from trainscale.operator.controller.builders import (
     LABEL_COMPONENT,
     LABEL_JOB_NAME,
@@ -141,6 +142,44 @@ def fetch_worker_pods(
     )
     # Filter again client-side: the selector is the contract, not an optimisation.
     return [p for p in pods.get("items") or [] if _matches(p, selector)]
+
+
+_nodes_forbidden_logged = False
+
+
+def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
+    """The cluster's nodes that advertise ``nvidia.com/gpu``, trimmed to what placement needs.
+
+    One LIST per call, served from the apiserver's watch cache (``resourceVersion=0``: cheap,
+    possibly a moment old, which is fine for node sizes). Each node is returned as
+    ``{"metadata": {"name": ...}, "status": {"allocatable": {"nvidia.com/gpu": ...}}}``, the
+    shape :func:`trainscale.operator.autoscaling.observed_placement.build_placement` reads.
+    Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
+    once and returns no nodes: placement is then known from the pods alone, without GPUs per
+    node.
+    """
+    global _nodes_forbidden_logged  # noqa: PLW0603 - warn once per process
+    try:
+        listed = _request(clients, "GET", "/api/v1/nodes", query={"resourceVersion": "0"}) or {}
+    except KubernetesError as exc:
+        if exc.status != 403:
+            raise
+        if not _nodes_forbidden_logged:
+            log.warning("cannot list nodes (%s): GPUs per node unknown; grant list on nodes", exc)
+            _nodes_forbidden_logged = True
+        return []
+    nodes = []
+    for node in listed.get("items") or []:
+        gpus = node_gpus(node)
+        if gpus > 0:
+            name = (node.get("metadata") or {}).get("name")
+            nodes.append(
+                {
+                    "metadata": {"name": name},
+                    "status": {"allocatable": {api.GPU_RESOURCE: str(gpus)}},
+                }
+            )
+    return nodes
 
 
 def fetch_object_exists(clients: KubernetesClients, kind: str, namespace: str, name: str) -> bool:

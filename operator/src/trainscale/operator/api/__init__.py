@@ -1,6 +1,6 @@
 """The TrainingJob API: the pydantic models that are the single source of truth for the CRD
-(:mod:`.models`), and the generator that turns them into the CustomResourceDefinition
-(:mod:`.crd`). Everything else in the operator imports its types from here; this package
+(:mod:`.models`), the generator that turns them into the CustomResourceDefinition
+(:mod:`.crd`), and the worker counts a spec allows (:mod:`.sizes`). Everything else in the operator imports its types from here; this package
 imports nothing else of the operator's."""
 
 from trainscale.operator.api.models import (
@@ -31,6 +31,9 @@ from trainscale.operator.api.models import (
     VERSION as VERSION,
 )
 from trainscale.operator.api.models import (
+    AllowedReplicas as AllowedReplicas,
+)
+from trainscale.operator.api.models import (
     AutoscalingSpec as AutoscalingSpec,
 )
 from trainscale.operator.api.models import (
@@ -52,6 +55,9 @@ from trainscale.operator.api.models import (
     Phase as Phase,
 )
 from trainscale.operator.api.models import (
+    PlacementSpec as PlacementSpec,
+)
+from trainscale.operator.api.models import (
     PrometheusSpec as PrometheusSpec,
 )
 from trainscale.operator.api.models import (
@@ -62,4 +68,13 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     TrainingJobStatus as TrainingJobStatus,
+)
+from trainscale.operator.api.sizes import (
+    allowed_sizes as allowed_sizes,
+)
+from trainscale.operator.api.sizes import (
+    is_allowed as is_allowed,
+)
+from trainscale.operator.api.sizes import (
+    nearest_allowed as nearest_allowed,
 )

@@ -12,9 +12,9 @@ Field names are snake_case in Python and camelCase on the wire (``minReplicas``)
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "trainscale.dev"
@@ -27,6 +27,9 @@ SHORT_NAMES = ("tj",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+
+# The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
+MAX_REPLICAS_LIMIT = 10000
 
 
 class _Model(BaseModel):
@@ -225,6 +228,74 @@ class RendezvousSpec(_Model):
     )
 
 
+class AllowedReplicas(_Model):
+    """Worker counts the job may run with, for schedulers, batch sizes or sharding schemes that
+    accept only some sizes. Every form given must hold (they combine as AND); none given means
+    every count in [minReplicas, maxReplicas]."""
+
+    values: list[Annotated[int, Field(ge=1, le=MAX_REPLICAS_LIMIT)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="An explicit list of allowed worker counts, e.g. [1, 2, 4, 6, 8].",
+    )
+    multiple_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REPLICAS_LIMIT,
+        description=(
+            "Only multiples of this count, e.g. 8 for whole 8-GPU nodes of 1-GPU workers."
+        ),
+    )
+    powers_of_two: bool = Field(
+        default=False,
+        description="When true, only 1, 2, 4, 8, ... workers.",
+    )
+
+    def allows(self, replicas: int) -> bool:
+        """Whether ``replicas`` satisfies every form given (bounds are checked elsewhere)."""
+        if replicas < 1:
+            return False
+        if self.values is not None and replicas not in self.values:
+            return False
+        if self.multiple_of is not None and replicas % self.multiple_of:
+            return False
+        return not self.powers_of_two or replicas & (replicas - 1) == 0
+
+    @model_validator(mode="after")
+    def _values_are_a_set(self) -> AllowedReplicas:
+        if self.values is not None and len(set(self.values)) != len(self.values):
+            raise ValueError(f"values {self.values} lists a count twice")
+        return self
+
+    def describe(self) -> str:
+        """The forms given, as a user wrote them (``multipleOf 8, powersOfTwo``)."""
+        forms = []
+        if self.values is not None:
+            forms.append(f"values {sorted(self.values)}")
+        if self.multiple_of is not None:
+            forms.append(f"multipleOf {self.multiple_of}")
+        if self.powers_of_two:
+            forms.append("powersOfTwo")
+        return ", ".join(forms) or "any count"
+
+
+class PlacementSpec(_Model):
+    """Where the scheduler should put the workers."""
+
+    pack_workers: bool = Field(
+        default=True,
+        description=(
+            "When true, every worker pod gets a preferred podAffinity (weight 100) to the job's "
+            "other workers on kubernetes.io/hostname, so that the scheduler fills one node "
+            "before the next: all-reduce inside a node is far cheaper than across nodes. It is "
+            "added to the template's own affinity (podAffinity, podAntiAffinity, nodeAffinity "
+            "all stay). Set false to leave placement to the template and the scheduler alone."
+        ),
+    )
+
+
 def _template_schema(schema: dict[str, Any]) -> None:
     schema.clear()
     schema.update(
@@ -270,6 +341,35 @@ def _template_schema(schema: dict[str, Any]) -> None:
     )
 
 
+# The counts allowedReplicas constrains, by their wire names.
+_SIZED_FIELDS = ("replicas", "minReplicas", "maxReplicas")
+_NOT_ALLOWED = "is not one of the counts allowedReplicas allows"
+
+
+def _allowed_replicas_rule(field: str) -> dict[str, JsonValue]:
+    """The CEL rule on the spec that ``field`` is a count ``allowedReplicas`` allows.
+
+    The same test as :meth:`AllowedReplicas.allows`, written out per field (CEL has no user
+    functions); powers of two as a literal list because CEL has no bit operations. The message
+    is static: a ``messageExpression`` quoting the value (``string(self.replicas)``) is
+    estimated by the apiserver at over 100x the CRD's CEL cost budget and refused.
+    """
+    value = f"self.{field}"
+    allowed = "self.allowedReplicas"
+    powers = ", ".join(str(2**k) for k in range(MAX_REPLICAS_LIMIT.bit_length()))
+    rule = (
+        f"!has({allowed}) || ("
+        f"(!has({allowed}.values) || {value} in {allowed}.values) && "
+        f"(!has({allowed}.multipleOf) || {value} % {allowed}.multipleOf == 0) && "
+        f"(!has({allowed}.powersOfTwo) || !{allowed}.powersOfTwo || {value} in [{powers}]))"
+    )
+    return {
+        "rule": rule,
+        "message": f"{field} {_NOT_ALLOWED}",
+        "fieldPath": f".{field}",
+    }
+
+
 class TrainingJobSpec(_Model):
     """Desired state of an elastic data-parallel training job."""
 
@@ -285,6 +385,7 @@ class TrainingJobSpec(_Model):
                     "rule": "self.minReplicas <= self.replicas && self.replicas <= self.maxReplicas",
                     "message": "replicas must be within [minReplicas, maxReplicas]",
                 },
+                *[_allowed_replicas_rule(name) for name in _SIZED_FIELDS],
             ]
         }
     )
@@ -292,7 +393,7 @@ class TrainingJobSpec(_Model):
     replicas: int = Field(
         default=1,
         ge=0,
-        le=10000,
+        le=MAX_REPLICAS_LIMIT,
         description=(
             "Desired number of worker pods. Written by the autoscaler when autoscaling.enabled, "
             "by you (kubectl scale) otherwise."
@@ -301,13 +402,29 @@ class TrainingJobSpec(_Model):
     min_replicas: int = Field(
         default=1,
         ge=1,
-        le=10000,
+        le=MAX_REPLICAS_LIMIT,
         description="Fewest workers the job may run with (torchrun --nnodes MIN).",
     )
     max_replicas: int = Field(
         ge=1,
-        le=10000,
+        le=MAX_REPLICAS_LIMIT,
         description="Most workers the job may run with (torchrun --nnodes MAX).",
+    )
+    allowed_replicas: AllowedReplicas = Field(
+        default_factory=AllowedReplicas,
+        description=(
+            "Worker counts the job may run with: an explicit list (values), multiples of a "
+            "count (multipleOf) and/or powers of two (powersOfTwo); every form given must hold. "
+            "replicas, minReplicas and maxReplicas must each be allowed (so kubectl scale to "
+            "another count is refused), and the autoscaler only picks allowed counts."
+        ),
+    )
+    placement: PlacementSpec = Field(
+        default_factory=PlacementSpec,
+        description=(
+            "Placement of the workers: by default they prefer the nodes of the job's other "
+            "workers (placement.packWorkers)."
+        ),
     )
     template: dict[str, Any] = Field(
         json_schema_extra=_template_schema,
@@ -346,6 +463,22 @@ class TrainingJobSpec(_Model):
                 f"replicas ({self.replicas}) must be within "
                 f"[minReplicas={self.min_replicas}, maxReplicas={self.max_replicas}]"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_allowed(self) -> TrainingJobSpec:
+        allowed = self.allowed_replicas
+        wrong = [
+            f"{name} ({count}) {_NOT_ALLOWED} ({allowed.describe()})"
+            for name, count in zip(
+                _SIZED_FIELDS,
+                (self.replicas, self.min_replicas, self.max_replicas),
+                strict=True,
+            )
+            if not allowed.allows(count)
+        ]
+        if wrong:
+            raise ValueError("; ".join(wrong))
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,8 @@ Objects built here:
 
 * ``{job}-worker-{i}``: worker pods from ``spec.template`` with torchrun's elastic settings in
   the standard ``PET_*`` environment variables, so an unmodified ``torchrun train.py``
-  container joins the job;
+  container joins the job, and a preferred affinity to the job's other workers' nodes, so the
+  scheduler packs them (all-reduce inside a node is far cheaper than across nodes);
 * ``{job}-rdzv``: a small pod running a standalone c10d ``TCPStore`` and a Service in front of
   it. Workers join with ``is_host=false``, so removing *any* worker never kills the store.
 """
@@ -34,6 +35,12 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 COMPONENT_WORKER = "worker"
 COMPONENT_RENDEZVOUS = "rendezvous"
 MANAGED_BY = "trainscale"
+
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+# The strongest preference a pod may state. The default scheduler's InterPodAffinity score
+# (plugin weight 2) then outweighs its spreading scores (NodeResourcesFit LeastAllocated and
+# BalancedAllocation, weight 1 each), so a job's workers fill one node before the next.
+PACKING_WEIGHT = 100
 
 METRICS_PORT = 9400
 METRICS_PORT_NAME = "metrics"
@@ -214,14 +221,55 @@ def _merge_env(user_env: list[dict[str, Any]], ours: list[dict[str, Any]]) -> li
     return merged
 
 
+def build_packing_term(job_name: str) -> dict[str, Any]:
+    """The preferred podAffinity term that draws a worker to the nodes of the job's workers."""
+    return {
+        "weight": PACKING_WEIGHT,
+        "podAffinityTerm": {
+            "labelSelector": {"matchLabels": build_worker_selector(job_name)},
+            "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+        },
+    }
+
+
+def build_worker_affinity(
+    user_affinity: dict[str, Any] | None, job_name: str, *, pack: bool
+) -> dict[str, Any] | None:
+    """The worker pod's affinity: the template's, plus the packing preference when ``pack``.
+
+    Nothing the user wrote is replaced or removed: their nodeAffinity, podAntiAffinity and
+    podAffinity terms (required and preferred) stay as they are, and the packing term is
+    appended to ``podAffinity.preferredDuringSchedulingIgnoredDuringExecution`` unless an
+    identical term is already there. A required rule of the user's always wins over this
+    preference (e.g. a required podAntiAffinity that spreads one worker per node); to drop the
+    preference altogether set ``spec.placement.packWorkers: false``.
+
+    Returns None when there is no affinity at all (no template affinity and ``pack`` false).
+    """
+    affinity = copy.deepcopy(user_affinity) if user_affinity else None
+    if not pack:
+        return affinity
+    affinity = affinity or {}
+    pod_affinity = dict(affinity.get("podAffinity") or {})
+    key = "preferredDuringSchedulingIgnoredDuringExecution"
+    preferred = list(pod_affinity.get(key) or [])
+    term = build_packing_term(job_name)
+    if term not in preferred:
+        preferred.append(term)
+    pod_affinity[key] = preferred
+    affinity["podAffinity"] = pod_affinity
+    return affinity
+
+
 def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict[str, Any]:
     """Return the worker pod with replica index ``index`` for the job.
 
     The pod is ``spec.template`` with: its name, namespace, the job's labels and a controller
     owner reference; ``restartPolicy: Never`` (the operator replaces failed workers and counts
     them against ``maxRestarts``); the torchrun and trainscale environment on the first
-    container; a ``metrics`` port; and the checkpoint claim mounted at ``checkpoint.path``
-    when ``checkpoint.claimName`` is set.
+    container; a ``metrics`` port; the checkpoint claim mounted at ``checkpoint.path``
+    when ``checkpoint.claimName`` is set; and, unless ``placement.packWorkers`` is false, a
+    preferred affinity to the nodes of the job's other workers (:func:`build_worker_affinity`).
     """
     template = copy.deepcopy(spec.template)
     meta = template.get("metadata") or {}
@@ -235,6 +283,11 @@ def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict
     annotations.setdefault("prometheus.io/port", str(METRICS_PORT))
 
     pod_spec["restartPolicy"] = "Never"
+    affinity = build_worker_affinity(
+        pod_spec.get("affinity"), job.name, pack=spec.placement.pack_workers
+    )
+    if affinity is not None:
+        pod_spec["affinity"] = affinity
     containers = pod_spec["containers"]
     first = containers[0]
     nproc = spec.gpus_per_replica

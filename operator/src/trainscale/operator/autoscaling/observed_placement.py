@@ -1,0 +1,78 @@
+"""The placement a job has now, read from its worker pods and the cluster's nodes.
+
+Why this module exists: the autoscaler's model needs to know how many nodes the running
+workers span and how many GPUs a node holds; Kubernetes says so in each pod's
+``spec.nodeName`` and each node's ``status.allocatable``. Turning those objects into a
+:class:`~trainscale.operator.autoscaling.placement.Placement` is pure (dicts in, a value out),
+so it lives here with a table test, and the autoscale daemon only fetches the objects
+(:func:`trainscale.operator.adapters.k8s.fetch_worker_pods`,
+:func:`trainscale.operator.adapters.k8s.fetch_gpu_nodes`) and calls :func:`build_placement`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from trainscale.operator import api
+from trainscale.operator.autoscaling.placement import Placement
+
+# Pods in these phases hold no GPU any more: they are not part of the placement.
+_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def node_gpus(node: Mapping[str, Any]) -> int:
+    """Allocatable ``nvidia.com/gpu`` of a Node object; 0 when it has none or says nonsense.
+
+    Extended resources are whole numbers, written as a string ("8") or a number.
+    """
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    value = allocatable.get(api.GPU_RESOURCE)
+    try:
+        gpus = int(str(value))
+    except ValueError:
+        return 0
+    return max(gpus, 0)
+
+
+def node_of_pod(pod: Mapping[str, Any]) -> str | None:
+    """The node a worker pod holds GPUs on: its ``spec.nodeName`` while it is bound, not
+    terminating and not finished; None otherwise (Pending unscheduled, deleting, done)."""
+    node = (pod.get("spec") or {}).get("nodeName")
+    if not node:
+        return None
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    if (pod.get("status") or {}).get("phase") in _FINISHED_PHASES:
+        return None
+    return str(node)
+
+
+def build_placement(
+    pods: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]]
+) -> Placement:
+    """How the job's workers sit on nodes now.
+
+    Args:
+        pods: the job's worker Pod objects (as the API returns them). Only bound pods count
+            (:func:`node_of_pod`): an unscheduled Pending pod has no node yet.
+        nodes: Node objects (full, or trimmed to ``metadata.name`` and
+            ``status.allocatable`` as :func:`~trainscale.operator.adapters.k8s.fetch_gpu_nodes`
+            returns them). Nodes without GPUs are ignored.
+
+    Returns:
+        ``workers_per_node`` sorted descending, one entry per node used (empty when no
+        worker is bound); ``gpus_per_node`` the largest allocatable GPU count among the nodes
+        the workers use (they are equal in a homogeneous pool), or, before any worker is
+        bound, among all GPU nodes given; None when no GPU node is known.
+    """
+    counts = Counter(node for node in map(node_of_pod, pods) if node is not None)
+    gpus = {str((n.get("metadata") or {}).get("name")): node_gpus(n) for n in nodes}
+    gpus = {name: count for name, count in gpus.items() if count > 0}
+    used = [gpus[name] for name in counts if name in gpus]
+    known = used if counts else list(gpus.values())
+    return Placement(
+        workers_per_node=tuple(sorted(counts.values(), reverse=True)),
+        gpus_per_node=max(known) if known else None,
+    )

@@ -1,0 +1,168 @@
+"""Worker placement on the real scheduler (kube-scheduler v1.35, stock configuration) and
+how the operator reads it back, on the 2 x 8-GPU test-bed. No operator runs here: the worker
+pods are the ones :func:`build_worker_pod` builds, created through the Kubernetes adapter.
+
+Covers:
+- with the default packing preference, a burst of 4 one-GPU workers lands on one node, and 6
+  more fill that node before the next (8 + 2); a second job's 4 workers, next to a first
+  job's 6, all go to the other node;
+- with ``placement.packWorkers: false`` the stock scheduler spreads the same 4 workers over
+  both nodes (the behaviour the preference corrects): workers that request CPU and memory
+  go to the least allocated node;
+- ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name and allocatable GPUs and leaves
+  out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
+  where the workers are; without permission to list nodes it warns and returns none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.testbed import GPUS_PER_NODE, NODES, get_json, wait_for
+from trainscale.operator import api
+from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling.observed_placement import build_placement
+from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.controller import builders
+from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+# A realistic GPU worker asks for CPU and memory too (the kwok nodes have 64 CPUs, 512Gi):
+# the stock scheduler's LeastAllocated and BalancedAllocation scores then pull every next
+# pod to the emptier node, which the packing preference must outweigh up to a full node.
+# (Without such requests those scores tie, and the stock scheduler picks among the nodes at
+# random: neither packed nor spread.)
+WORKER_REQUESTS = {"cpu": "6", "memory": "48Gi"}
+
+
+@pytest.fixture
+def clients(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> k8s.KubernetesClients:
+    """The operator's own Kubernetes adapter, pointed at the test-bed."""
+    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
+    return k8s.load_clients()
+
+
+def make_job(kubectl: Any, namespace: str, name: str, *, pack: bool
+             ) -> tuple[builders.JobRef, api.TrainingJobSpec]:  # fmt: skip
+    """A TrainingJob in the apiserver (its uid owns the pods, or the GC deletes them)."""
+    spec = {
+        "replicas": 1, "minReplicas": 1, "maxReplicas": 16,
+        "placement": {"packWorkers": pack},
+        "template": {"spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "trainer", "image": "registry.example/none:1",
+                            "resources": {"requests": WORKER_REQUESTS,
+                                          "limits": {GPU_RESOURCE: 1}}}]}},
+    }  # fmt: skip
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+            "spec": spec}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    uid = get_json(kubectl, f"tj/{name}", "-n", namespace)["metadata"]["uid"]
+    job = builders.JobRef(name=name, namespace=namespace, uid=uid)
+    return job, api.TrainingJobSpec.model_validate(spec)
+
+
+def create_workers(clients: k8s.KubernetesClients, job: builders.JobRef,
+                   spec: api.TrainingJobSpec, indices: range) -> None:  # fmt: skip
+    """Create the workers back to back, as a reconcile pass does (a burst)."""
+    for index in indices:
+        assert k8s.apply_create(clients, builders.build_worker_pod(job, spec, index))
+
+
+def placed(clients: k8s.KubernetesClients, job: builders.JobRef, count: int) -> Placement | None:
+    """The job's placement once ``count`` workers are bound, else None."""
+    placement = build_placement(
+        k8s.fetch_worker_pods(clients, job.namespace, job.name), k8s.fetch_gpu_nodes(clients)
+    )
+    return placement if placement.replicas == count else None
+
+
+def test_workers_fill_one_node_before_the_next(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients
+) -> None:
+    job, spec = make_job(kubectl, namespace, "packed", pack=True)
+    create_workers(clients, job, spec, range(4))
+    first = wait_for(lambda: placed(clients, job, 4), timeout=60, what="4 workers bound")
+    assert first == Placement((4,), GPUS_PER_NODE)
+
+    create_workers(clients, job, spec, range(4, 10))
+    grown = wait_for(lambda: placed(clients, job, 10), timeout=60, what="10 workers bound")
+    assert grown == Placement((8, 2), GPUS_PER_NODE)
+
+
+def test_next_job_packs_on_the_node_with_room(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients
+) -> None:
+    first, first_spec = make_job(kubectl, namespace, "first", pack=True)
+    create_workers(clients, first, first_spec, range(6))
+    wait_for(lambda: placed(clients, first, 6), timeout=60, what="6 workers of first bound")
+    second, second_spec = make_job(kubectl, namespace, "second", pack=True)
+    create_workers(clients, second, second_spec, range(4))
+    # The first worker goes to the emptier node (the scheduler's own choice); the rest follow
+    # it there rather than to the 2 GPUs left beside the other job.
+    assert wait_for(lambda: placed(clients, second, 4), timeout=60, what="4 workers bound") \
+        == Placement((4,), GPUS_PER_NODE)  # fmt: skip
+    nodes_of = {
+        p["spec"]["nodeName"] for p in k8s.fetch_worker_pods(clients, namespace, "first")
+    } | {p["spec"]["nodeName"] for p in k8s.fetch_worker_pods(clients, namespace, "second")}
+    assert len(nodes_of) == NODES
+
+
+def test_without_packing_the_stock_scheduler_spreads_workers(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients
+) -> None:
+    job, spec = make_job(kubectl, namespace, "spread", pack=False)
+    pod = builders.build_worker_pod(job, spec, 0)
+    assert "affinity" not in pod["spec"]
+    create_workers(clients, job, spec, range(4))
+    placement = wait_for(lambda: placed(clients, job, 4), timeout=60, what="4 workers bound")
+    assert placement.nodes == NODES, placement
+
+
+@pytest.fixture
+def cpu_node(kubectl: Any) -> Iterator[str]:
+    """A Node object without GPUs (kwok does not manage it, so nothing is scheduled on it)."""
+    name = "cpu-node-placement"
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"capacity": {"cpu": "8"}, "allocatable": {"cpu": "8"}}}  # fmt: skip
+    kubectl("create", "-f", "-", input=json.dumps(node))
+    try:
+        yield name
+    finally:
+        kubectl("delete", "node", name, "--wait=true", check=False)
+
+
+def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
+    clients: k8s.KubernetesClients, cpu_node: str, testbed: Testbed
+) -> None:
+    nodes = k8s.fetch_gpu_nodes(clients)
+    assert sorted(nodes, key=lambda n: n["metadata"]["name"]) == [
+        {"metadata": {"name": name}, "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}}}
+        for name in testbed.node_names
+    ]
+
+
+def test_fetch_gpu_nodes_without_permission_returns_none(
+    kubectl: Any, namespace: str, testbed: Testbed, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """An operator installed without ``list nodes`` still autoscales, without node sizes."""
+    kubectl("create", "serviceaccount", "no-nodes", "-n", namespace)
+    token = kubectl("create", "token", "no-nodes", "-n", namespace).stdout.strip()
+    config = yaml.safe_load(testbed.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr(k8s, "_nodes_forbidden_logged", False)
+    with caplog.at_level(logging.WARNING):
+        assert k8s.fetch_gpu_nodes(k8s.load_clients()) == []
+    assert "cannot list nodes" in caplog.text and "403" in caplog.text
