@@ -43,6 +43,9 @@ from trainscale.operator.api.models import (
     Condition as Condition,
 )
 from trainscale.operator.api.models import (
+    ConditionStatus as ConditionStatus,
+)
+from trainscale.operator.api.models import (
     Decision as Decision,
 )
 from trainscale.operator.api.models import (

@@ -385,11 +385,14 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
     """A standard Kubernetes condition (metav1.Condition)."""
 
     type: str = Field(description="Condition type, e.g. Ready, Degraded, ScalingLimited.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable detail.")
     last_transition_time: str | None = Field(
@@ -460,6 +463,14 @@ class TrainingJobStatus(_Model):
         default="", description="Label selector of the workers (scale subresource)."
     )
     restarts: int = Field(default=0, ge=0, description="Failed or evicted workers replaced so far.")
+    last_failure_time: str | None = Field(
+        default=None,
+        description=(
+            "When a worker last failed or was evicted (RFC 3339); missing workers are recreated "
+            "only after an exponential backoff from this time (5 s doubling per restart, at "
+            "most 5 min)."
+        ),
+    )
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
     )
@@ -476,3 +487,13 @@ class TrainingJobStatus(_Model):
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last observation, model and decisions."
     )
+
+    def to_merge_patch(self) -> dict[str, Any]:
+        """This status as a JSON merge patch of the status subresource, camelCase on the wire.
+
+        Only the fields given when the model was built are in the patch (at every depth), so
+        each loop patches just the fields it owns and leaves the other loop's alone; a field
+        given as None is written as null, which a merge patch reads as "delete this field".
+        """
+        patch: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return patch

@@ -326,19 +326,20 @@ def _status_patch(
     pending: int,
     restarts: int,
     last_failure: dt.datetime | None,
-    conditions: list[dict[str, Any]],
+    conditions: list[api.Condition],
 ) -> dict[str, Any]:
-    return {
-        "phase": phase,
-        "replicas": count,
-        "readyReplicas": ready,
-        "pendingReplicas": pending,
-        "selector": build_selector_string(build_worker_selector(job_name)),
-        "restarts": restarts,
-        "lastFailureTime": format_time(last_failure) if last_failure else None,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }
+    """The merge patch of every status field the reconcile loop owns (None deletes)."""
+    return api.TrainingJobStatus(
+        phase=api.Phase(phase),
+        replicas=count,
+        ready_replicas=ready,
+        pending_replicas=pending,
+        selector=build_selector_string(build_worker_selector(job_name)),
+        restarts=restarts,
+        last_failure_time=format_time(last_failure) if last_failure else None,
+        observed_generation=generation,
+        conditions=conditions,
+    ).to_merge_patch()
 
 
 def _finish_plan(
@@ -407,7 +408,9 @@ def build_invalid_spec_status(
     """Status merge patch for a spec the models reject: Degraded=True, reason InvalidSpec."""
     prev = list(status.get("conditions") or [])
     degraded = build_condition(prev, "Degraded", "True", "InvalidSpec", message, now, generation)
-    return {"observedGeneration": generation, "conditions": merge_conditions(prev, [degraded])}
+    return api.TrainingJobStatus(
+        observed_generation=generation, conditions=merge_conditions(prev, [degraded])
+    ).to_merge_patch()
 
 
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "spec") -> str:
