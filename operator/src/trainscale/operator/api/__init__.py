@@ -1,7 +1,9 @@
 """The TrainingJob API: the pydantic models that are the single source of truth for the CRD
 (:mod:`.models`), and the generator that turns them into the CustomResourceDefinition
-(:mod:`.crd`). Everything else in the operator imports its types from here; this package
-imports nothing else of the operator's."""
+(:mod:`.crd`); how a job reports (:mod:`.reporting`: conditions, events, times); and the names
+of the dcgm-exporter series the operator reads (:mod:`.dcgm`). Everything else in the operator
+imports its types from here; this package imports nothing else of the operator's (only the
+trainer's standard-library contract, for the rendezvous defaults)."""
 
 from trainscale.operator.api.models import (
     API_VERSION as API_VERSION,

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from trainscale.trainer.contract import rendezvous
+
 GROUP = "trainscale.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -211,15 +213,17 @@ class RendezvousSpec(_Model):
             "the template's first container."
         ),
     )
-    port: int = Field(default=29400, ge=1024, le=65535, description="TCP port of the store.")
+    port: int = Field(
+        default=rendezvous.DEFAULT_PORT, ge=1024, le=65535, description="TCP port of the store."
+    )
     last_call_timeout_seconds: int = Field(
-        default=1,
+        default=rendezvous.DEFAULT_LAST_CALL_TIMEOUT_SECONDS,
         ge=1,
         le=600,
         description="torchrun rendezvous last-call timeout: how long to wait for late joiners.",
     )
     join_timeout_seconds: int = Field(
-        default=900,
+        default=rendezvous.DEFAULT_JOIN_TIMEOUT_SECONDS,
         ge=1,
         description="torchrun rendezvous join timeout.",
     )
