@@ -34,8 +34,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE
 from trainscale.testbed.cluster import REPO_ROOT, Testbed
 from trainscale.testbed.simjob import SimulatedExporter, SimulatedJob
+from trainscale.trainer.contract.naming import worker_pod_pattern
 
 NAMESPACE = "default"
 JOB = "react"
@@ -119,9 +121,7 @@ def replicas(testbed: Testbed) -> int:
 
 
 def prometheus_gpu(url: str) -> float | None:
-    query = (
-        f'avg(DCGM_FI_PROF_GR_ENGINE_ACTIVE{{namespace="{NAMESPACE}",pod=~"{JOB}-worker-[0-9]+"}})'
-    )
+    query = f'avg({DCGM_ENGINE_ACTIVE}{{namespace="{NAMESPACE}",pod=~"{worker_pod_pattern(JOB)}"}})'
     with urllib.request.urlopen(
         f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=2
     ) as r:

@@ -60,21 +60,30 @@ def test_rescale_writes_replicas_decision_and_event(spec: TrainingJobSpec) -> No
     assert plan.status["gpuUtilization"] == 0.812 and plan.status["throughput"] == 412.3
 
 
+def earlier_decision(n: int) -> dict[str, Any]:
+    """A decision as an earlier pass wrote it into status (distinct per ``n``)."""
+    return {"time": "2026-11-21T11:00:00Z", "fromReplicas": n, "toReplicas": n + 1, "reason": "r"}
+
+
 def test_hold_writes_no_replicas_and_no_event(spec: TrainingJobSpec) -> None:
-    previous = {"autoscaling": {"lastScaleTime": "2026-11-21T11:00:00Z", "decisions": [{"x": 1}]}}
+    previous = {
+        "autoscaling": {"lastScaleTime": "2026-11-21T11:00:00Z", "decisions": [earlier_decision(1)]}
+    }
     plan = decide_autoscale(spec, previous, OBS, (), rec(2), NOW)
     assert plan.replicas is None and plan.event is None and plan.direction == "hold"
     assert plan.status["autoscaling"]["lastScaleTime"] == "2026-11-21T11:00:00Z"
-    assert plan.status["autoscaling"]["decisions"] == [{"x": 1}]
+    assert plan.status["autoscaling"]["decisions"] == [earlier_decision(1)]
     assert plan.status["autoscaling"]["costPerHour"] == 2 * 2 * 2.5
 
 
 def test_decision_history_is_bounded(spec: TrainingJobSpec) -> None:
-    previous = {"autoscaling": {"decisions": [{"n": i} for i in range(MAX_DECISIONS_KEPT)]}}
+    previous = {
+        "autoscaling": {"decisions": [earlier_decision(i) for i in range(MAX_DECISIONS_KEPT)]}
+    }
     plan = decide_autoscale(spec, previous, OBS, (), rec(1), NOW)
     decisions = plan.status["autoscaling"]["decisions"]
     assert len(decisions) == MAX_DECISIONS_KEPT
-    assert decisions[-1]["toReplicas"] == 1 and decisions[0] == {"n": 1}
+    assert decisions[-1]["toReplicas"] == 1 and decisions[0] == earlier_decision(1)
     assert plan.event is not None and plan.event.reason == "AutoscaledDown"
 
 

@@ -19,12 +19,9 @@ without ``honorLabels`` (Prometheus renames the clashing labels). Both are match
 
 from __future__ import annotations
 
+from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
-
-DCGM_GR_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
-"""dcgm-exporter: fraction of time the graphics/compute engine was active (0..1)."""
-DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
-"""dcgm-exporter: GPU utilization in percent (0..100)."""
+from trainscale.trainer.contract.naming import worker_pod_pattern
 
 DEFAULT_RATE_WINDOW = "1m"
 """``rate()`` window for counters: at least two scrapes of a 30 s scrape interval."""
@@ -67,7 +64,7 @@ def escape_regex(value: str) -> str:
 def build_worker_pod_regex(job: str) -> str:
     """RE2 pattern (unquoted) matching exactly the job's worker pods ``{job}-worker-N``."""
     _require_name("job", job)
-    return escape_regex(job) + "-worker-[0-9]+"
+    return worker_pod_pattern(escape_regex(job))
 
 
 def _selectors(metric: str, namespace: str, job: str) -> list[str]:
@@ -105,7 +102,7 @@ def build_gpu_utilization_query(
         parts = [_fresh(s, max_sample_age_seconds) for s in _selectors(metric, namespace, job)]
         return "avg(" + " or ".join(parts) + ")"
 
-    return f"{mean(DCGM_GR_ENGINE_ACTIVE)} or ({mean(DCGM_GPU_UTIL)} / 100)"
+    return f"{mean(DCGM_ENGINE_ACTIVE)} or ({mean(DCGM_GPU_UTIL)} / 100)"
 
 
 def build_throughput_query(namespace: str, job: str, *, window: str = DEFAULT_RATE_WINDOW) -> str:

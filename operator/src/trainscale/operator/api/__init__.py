@@ -1,7 +1,9 @@
 """The TrainingJob API: the pydantic models that are the single source of truth for the CRD
-(:mod:`.models`), the generator that turns them into the CustomResourceDefinition
-(:mod:`.crd`), and the worker counts a spec allows (:mod:`.sizes`). Everything else in the operator imports its types from here; this package
-imports nothing else of the operator's."""
+(:mod:`.models`), and the generator that turns them into the CustomResourceDefinition
+(:mod:`.crd`); the worker counts a spec allows (:mod:`.sizes`); how a job reports (:mod:`.reporting`: conditions, events, times); and the names
+of the dcgm-exporter series the operator reads (:mod:`.dcgm`). Everything else in the operator
+imports its types from here; this package imports nothing else of the operator's (only the
+trainer's standard-library contract, for the rendezvous defaults)."""
 
 from trainscale.operator.api.models import (
     API_VERSION as API_VERSION,
@@ -44,6 +46,9 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     Condition as Condition,
+)
+from trainscale.operator.api.models import (
+    ConditionStatus as ConditionStatus,
 )
 from trainscale.operator.api.models import (
     Decision as Decision,

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
+from trainscale.trainer.contract import rendezvous
+
 GROUP = "trainscale.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -214,15 +216,17 @@ class RendezvousSpec(_Model):
             "the template's first container."
         ),
     )
-    port: int = Field(default=29400, ge=1024, le=65535, description="TCP port of the store.")
+    port: int = Field(
+        default=rendezvous.DEFAULT_PORT, ge=1024, le=65535, description="TCP port of the store."
+    )
     last_call_timeout_seconds: int = Field(
-        default=1,
+        default=rendezvous.DEFAULT_LAST_CALL_TIMEOUT_SECONDS,
         ge=1,
         le=600,
         description="torchrun rendezvous last-call timeout: how long to wait for late joiners.",
     )
     join_timeout_seconds: int = Field(
-        default=900,
+        default=rendezvous.DEFAULT_JOIN_TIMEOUT_SECONDS,
         ge=1,
         description="torchrun rendezvous join timeout.",
     )
@@ -518,11 +522,14 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
     """A standard Kubernetes condition (metav1.Condition)."""
 
     type: str = Field(description="Condition type, e.g. Ready, Degraded, ScalingLimited.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable detail.")
     last_transition_time: str | None = Field(
@@ -593,6 +600,14 @@ class TrainingJobStatus(_Model):
         default="", description="Label selector of the workers (scale subresource)."
     )
     restarts: int = Field(default=0, ge=0, description="Failed or evicted workers replaced so far.")
+    last_failure_time: str | None = Field(
+        default=None,
+        description=(
+            "When a worker last failed or was evicted (RFC 3339); missing workers are recreated "
+            "only after an exponential backoff from this time (5 s doubling per restart, at "
+            "most 5 min)."
+        ),
+    )
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
     )
@@ -609,3 +624,13 @@ class TrainingJobStatus(_Model):
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last observation, model and decisions."
     )
+
+    def to_merge_patch(self) -> dict[str, Any]:
+        """This status as a JSON merge patch of the status subresource, camelCase on the wire.
+
+        Only the fields given when the model was built are in the patch (at every depth), so
+        each loop patches just the fields it owns and leaves the other loop's alone; a field
+        given as None is written as null, which a merge patch reads as "delete this field".
+        """
+        patch: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return patch

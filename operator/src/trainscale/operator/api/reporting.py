@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainscale.operator.api.models import Condition, ConditionStatus
+
 
 @dataclass(frozen=True)
 class EventSpec:
@@ -39,32 +41,39 @@ def format_time(moment: dt.datetime) -> str:
 def build_condition(
     previous: Iterable[Mapping[str, Any]],
     type_: str,
-    status: str,
+    status: ConditionStatus,
     reason: str,
     message: str,
     now: dt.datetime,
     generation: int | None,
-) -> dict[str, Any]:
-    """A condition dict whose lastTransitionTime only moves when its status changes."""
+) -> Condition:
+    """A condition whose lastTransitionTime only moves when its status changes."""
     old = next((c for c in previous if c.get("type") == type_), None)
     changed = old is None or old.get("status") != status
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": (
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=(
             old.get("lastTransitionTime") if old is not None and not changed else format_time(now)
         ),
-        "observedGeneration": generation,
-    }
+        observed_generation=generation,
+    )
 
 
 def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], updates: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Replace conditions of the same type, keep the others (written by other loops)."""
-    by_type = {c["type"]: c for c in updates}
-    merged = [dict(by_type.pop(c.get("type"), c)) for c in previous]
+    previous: Sequence[Mapping[str, Any]], updates: Sequence[Condition]
+) -> list[Condition]:
+    """Replace conditions of the same type, keep the others (written by other loops).
+
+    A kept condition is parsed as it was read, so it is written back with exactly its own
+    fields.
+    """
+    by_type = {c.type: c for c in updates}
+    merged: list[Condition] = []
+    for old in previous:
+        update = by_type.pop(str(old.get("type")), None)
+        merged.append(update if update is not None else Condition.model_validate(old))
     merged.extend(by_type.values())
     return merged

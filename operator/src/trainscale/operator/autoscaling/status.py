@@ -88,19 +88,19 @@ def decide_autoscale(
         generation: ``metadata.generation`` for the conditions.
     """
     previous = dict(status.get("autoscaling") or {})
-    decisions = list(previous.get("decisions") or [])
+    decisions = [api.Decision.model_validate(d) for d in previous.get("decisions") or []]
     event: EventSpec | None = None
     new_replicas: int | None = None
     direction = rec.direction
     if rec.replicas != spec.replicas:
         new_replicas = rec.replicas
         decisions.append(
-            {
-                "time": format_time(now),
-                "fromReplicas": spec.replicas,
-                "toReplicas": rec.replicas,
-                "reason": rec.reason,
-            }
+            api.Decision(
+                time=format_time(now),
+                from_replicas=spec.replicas,
+                to_replicas=rec.replicas,
+                reason=rec.reason,
+            )
         )
         verb = "up" if rec.replicas > spec.replicas else "down"
         event = EventSpec(
@@ -112,50 +112,60 @@ def decide_autoscale(
     gpu = observation.gpu_utilization if observation else None
     throughput = observation.samples_per_second if observation else None
     cost = compute_cost_per_hour(spec, spec.replicas if new_replicas is None else new_replicas)
-    autoscaling: dict[str, Any] = {
-        "gpuUtilization": _round(gpu, 4),
-        "throughput": _round(throughput, 3),
-        "efficiency": _round(rec.efficiency, 4),
-        "costPerHour": round(cost, 4),
-        "recommendedReplicas": rec.target,
-        "reason": rec.reason,
-        "model": rec.model.as_status() if rec.model is not None else {},
-        "lastObservationTime": (
+    autoscaling = api.AutoscalingStatus(
+        gpu_utilization=_round(gpu, 4),
+        throughput=_round(throughput, 3),
+        efficiency=_round(rec.efficiency, 4),
+        cost_per_hour=round(cost, 4),
+        recommended_replicas=rec.target,
+        reason=rec.reason,
+        model=rec.model.as_status() if rec.model is not None else {},
+        last_observation_time=(
             format_time(now)
             if observation is not None and (gpu is not None or throughput is not None)
             else previous.get("lastObservationTime")
         ),
-        "lastScaleTime": format_time(now)
-        if new_replicas is not None
-        else previous.get("lastScaleTime"),
-        "decisions": decisions[-MAX_DECISIONS_KEPT:],
-    }
+        last_scale_time=(
+            format_time(now) if new_replicas is not None else previous.get("lastScaleTime")
+        ),
+        decisions=decisions[-MAX_DECISIONS_KEPT:],
+    )
 
     prev_conditions = list(status.get("conditions") or [])
     no_data = gpu is None and throughput is None
+    metrics_cond: tuple[api.ConditionStatus, str, str]
     if errors:
         metrics_cond = ("True", "PrometheusError", "; ".join(errors))
     elif rec.metrics_stale or no_data:
         metrics_cond = ("True", "NoFreshMetrics", rec.reason)
     else:
         metrics_cond = ("False", "MetricsFresh", "GPU utilization or throughput observed")
+    limited: tuple[api.ConditionStatus, str, str]
     if rec.limited_by is not None:
         limited = ("True", classify_reason(rec).capitalize(), rec.reason)
     else:
         limited = ("False", "WithinLimits", "")
     conditions = [
-        build_condition(prev_conditions, "MetricsUnavailable", *metrics_cond, now, generation),
-        build_condition(prev_conditions, "ScalingLimited", *limited, now, generation),
+        build_condition(prev_conditions, type_, state, reason, message, now, generation)
+        for type_, (state, reason, message) in (
+            ("MetricsUnavailable", metrics_cond),
+            ("ScalingLimited", limited),
+        )
     ]
     return AutoscalePlan(
         replicas=new_replicas,
-        status={
-            "gpuUtilization": _round(gpu, 3),
-            "throughput": _round(throughput, 1),
-            "autoscaling": autoscaling,
-            "conditions": merge_conditions(prev_conditions, conditions),
-        },
+        status=api.TrainingJobStatus(
+            gpu_utilization=_round(gpu, 3),
+            throughput=_round(throughput, 1),
+            autoscaling=autoscaling,
+            conditions=merge_conditions(prev_conditions, conditions),
+        ).to_merge_patch(),
         event=event,
         direction=direction,
         reason_class=classify_reason(rec),
     )
+
+
+def build_settling_status(reason: str) -> dict[str, Any]:
+    """Merge patch for a pass that holds while the worker count settles: only the reason."""
+    return api.TrainingJobStatus(autoscaling=api.AutoscalingStatus(reason=reason)).to_merge_patch()

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainscale.operator import api
+from trainscale.trainer.contract import environment as env_names
+from trainscale.trainer.contract import rendezvous
+from trainscale.trainer.contract.environment import DEFAULT_METRICS_PORT as METRICS_PORT
+from trainscale.trainer.contract.naming import worker_pod_name
 
 LABEL_JOB_NAME = "trainscale.dev/job-name"
 LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
@@ -42,7 +46,6 @@ HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 # BalancedAllocation, weight 1 each), so a job's workers fill one node before the next.
 PACKING_WEIGHT = 100
 
-METRICS_PORT = 9400
 METRICS_PORT_NAME = "metrics"
 CHECKPOINT_VOLUME = "trainscale-checkpoints"
 
@@ -51,28 +54,10 @@ CHECKPOINT_VOLUME = "trainscale-checkpoints"
 MAX_JOB_NAME_LENGTH = 47
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-# torchrun rendezvous keep-alive measured stable on loopback with torch 2.13 (1 s x 2 split
-# jobs in two; 2 s x 3 did not).
-KEEP_ALIVE_INTERVAL_SECONDS = 2
-KEEP_ALIVE_MAX_ATTEMPTS = 3
-
 # torchrun spends one restart of its budget on every membership change that loses a node
 # (each scale-down), so a long-lived agent needs a large budget; the job's own failure budget
 # is spec.maxRestarts, counted by the operator in pods replaced.
 TORCHRUN_MAX_RESTARTS = 1000
-
-# Run by the rendezvous pod: a standalone c10d TCPStore that outlives every worker. It needs
-# only python and torch, so the worker image can serve.
-RENDEZVOUS_STORE_SCRIPT = """\
-import os, signal, sys, time
-from torch.distributed import TCPStore
-port = int(os.environ["TRAINSCALE_RDZV_PORT"])
-store = TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-print(f"trainscale rendezvous store listening on :{port}", flush=True)
-while True:
-    time.sleep(3600)
-"""
 
 
 @dataclass(frozen=True)
@@ -100,11 +85,6 @@ def validate_job_name(name: str) -> None:
             f"metadata.name {name!r} must be a DNS-1035 label (lowercase letters, digits, '-', "
             "starting with a letter)"
         )
-
-
-def worker_pod_name(job_name: str, index: int) -> str:
-    """Name of the worker pod with replica index ``index``."""
-    return f"{job_name}-worker-{index}"
 
 
 def rendezvous_name(job_name: str) -> str:
@@ -159,26 +139,23 @@ def build_rendezvous_id(job: JobRef) -> str:
 def build_torchrun_env(job: JobRef, spec: api.TrainingJobSpec) -> list[dict[str, Any]]:
     """The PET_* variables (torchrun's own flags as environment) for elastic c10d rendezvous."""
     rdzv = spec.rendezvous
-    rdzv_conf = ",".join(
-        [
-            "is_host=false",
-            f"last_call_timeout={rdzv.last_call_timeout_seconds}",
-            f"join_timeout={rdzv.join_timeout_seconds}",
-            f"keep_alive_interval={KEEP_ALIVE_INTERVAL_SECONDS}",
-            f"keep_alive_max_attempt={KEEP_ALIVE_MAX_ATTEMPTS}",
-        ]
+    rdzv_conf = rendezvous.build_rdzv_conf(
+        rdzv.last_call_timeout_seconds, rdzv.join_timeout_seconds
     )
     return [
-        {"name": "PET_NNODES", "value": f"{spec.min_replicas}:{spec.max_replicas}"},
-        {"name": "PET_RDZV_BACKEND", "value": "c10d"},
-        {"name": "PET_RDZV_ENDPOINT", "value": build_rendezvous_endpoint(job, spec)},
-        {"name": "PET_RDZV_ID", "value": build_rendezvous_id(job)},
-        {"name": "PET_RDZV_CONF", "value": rdzv_conf},
-        {"name": "PET_MAX_RESTARTS", "value": str(TORCHRUN_MAX_RESTARTS)},
+        {"name": env_names.PET_NNODES, "value": f"{spec.min_replicas}:{spec.max_replicas}"},
+        {"name": env_names.PET_RDZV_BACKEND, "value": rendezvous.BACKEND},
+        {"name": env_names.PET_RDZV_ENDPOINT, "value": build_rendezvous_endpoint(job, spec)},
+        {"name": env_names.PET_RDZV_ID, "value": build_rendezvous_id(job)},
+        {"name": env_names.PET_RDZV_CONF, "value": rdzv_conf},
+        {"name": env_names.PET_MAX_RESTARTS, "value": str(TORCHRUN_MAX_RESTARTS)},
         # Advertise the pod IP: other pods cannot resolve this pod's hostname.
-        {"name": "PET_LOCAL_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {
+            "name": env_names.PET_LOCAL_ADDR,
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        },
         # Joining a running job hangs when the agent shares the rendezvous TCP store.
-        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
+        {"name": env_names.TORCH_DISABLE_SHARE_RDZV_TCP_STORE, "value": "1"},
     ]
 
 
@@ -188,14 +165,14 @@ def build_trainscale_env(
     """The TRAINSCALE_* variables read by :mod:`trainscale.trainer`."""
     ckpt = spec.checkpoint
     return [
-        {"name": "TRAINSCALE_JOB_NAME", "value": job.name},
-        {"name": "TRAINSCALE_NAMESPACE", "value": job.namespace},
-        {"name": "TRAINSCALE_REPLICA_INDEX", "value": str(index)},
-        {"name": "TRAINSCALE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "TRAINSCALE_CHECKPOINT_DIR", "value": ckpt.path},
-        {"name": "TRAINSCALE_CHECKPOINT_INTERVAL_SECONDS", "value": str(ckpt.interval_seconds)},
-        {"name": "TRAINSCALE_CHECKPOINT_KEEP", "value": str(ckpt.keep)},
-        {"name": "TRAINSCALE_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": env_names.ENV_JOB_NAME, "value": job.name},
+        {"name": env_names.ENV_NAMESPACE, "value": job.namespace},
+        {"name": env_names.ENV_REPLICA_INDEX, "value": str(index)},
+        {"name": env_names.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": env_names.ENV_CHECKPOINT_DIR, "value": ckpt.path},
+        {"name": env_names.ENV_CHECKPOINT_INTERVAL_SECONDS, "value": str(ckpt.interval_seconds)},
+        {"name": env_names.ENV_CHECKPOINT_KEEP, "value": str(ckpt.keep)},
+        {"name": env_names.ENV_METRICS_PORT, "value": str(METRICS_PORT)},
     ]
 
 
@@ -203,12 +180,12 @@ def build_trainscale_env(
 # wrong rendezvous setting silently splits or hangs the job.
 _OWNED_ENV = frozenset(
     {
-        "PET_NNODES",
-        "PET_RDZV_BACKEND",
-        "PET_RDZV_ENDPOINT",
-        "PET_RDZV_ID",
-        "PET_RDZV_CONF",
-        "PET_LOCAL_ADDR",
+        env_names.PET_NNODES,
+        env_names.PET_RDZV_BACKEND,
+        env_names.PET_RDZV_ENDPOINT,
+        env_names.PET_RDZV_ID,
+        env_names.PET_RDZV_CONF,
+        env_names.PET_LOCAL_ADDR,
     }
 )
 
@@ -293,7 +270,7 @@ def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict
     nproc = spec.gpus_per_replica
     ours = build_torchrun_env(job, spec) + build_trainscale_env(job, spec, index)
     if nproc > 0:
-        ours.append({"name": "PET_NPROC_PER_NODE", "value": str(nproc)})
+        ours.append({"name": env_names.PET_NPROC_PER_NODE, "value": str(nproc)})
     first["env"] = _merge_env(list(first.get("env") or []), ours)
     ports = list(first.get("ports") or [])
     if not any(
@@ -346,8 +323,8 @@ def build_rendezvous_pod(job: JobRef, spec: api.TrainingJobSpec) -> dict[str, An
             {
                 "name": "rendezvous",
                 "image": image,
-                "command": ["python", "-c", RENDEZVOUS_STORE_SCRIPT],
-                "env": [{"name": "TRAINSCALE_RDZV_PORT", "value": str(port)}],
+                "command": rendezvous.build_store_command(),
+                "env": [{"name": env_names.ENV_RDZV_PORT, "value": str(port)}],
                 "ports": [{"name": "rendezvous", "containerPort": port, "protocol": "TCP"}],
                 "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2},
                 "resources": {

@@ -130,6 +130,30 @@ def _failure_event(pod: WorkerPod) -> EventSpec:
     return EventSpec("Warning", "WorkerFailed", f"Worker {pod.name} {kind}{detail}")
 
 
+@dataclass
+class _Pass:
+    """What one reconcile pass has decided so far; each step below adds to it."""
+
+    spec: api.TrainingJobSpec
+    now: dt.datetime
+    phase: str
+    restarts: int
+    last_failure: dt.datetime | None
+    finished: bool
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+    creates: list[int] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
+    requeue: float | None = None
+
+    @property
+    def deleting(self) -> set[str]:
+        return {name for name, _ in self.deletes}
+
+    def wait(self, seconds: float) -> None:
+        """Ask for another pass within ``seconds``."""
+        self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
+
+
 def decide_reconcile(
     spec: api.TrainingJobSpec,
     job_name: str,
@@ -140,7 +164,7 @@ def decide_reconcile(
     rendezvous_service_exists: bool,
     now: dt.datetime,
 ) -> ReconcilePlan:
-    """Return the next step for one job from what exists now.
+    """Return the next step for one job from what exists now (the rules of the module doc).
 
     Args:
         spec: the validated spec.
@@ -152,123 +176,185 @@ def decide_reconcile(
         now: the current time (timezone-aware).
     """
     previous_phase = status.get("phase") or api.Phase.PENDING.value
-    restarts = int(status.get("restarts") or 0)
-    last_failure = parse_time(status.get("lastFailureTime"))
     prev_conditions = list(status.get("conditions") or [])
-    events: list[EventSpec] = []
-    deletes: list[tuple[str, str]] = []
-    creates: list[int] = []
-    requeue: float | None = None
-
-    finished = previous_phase in (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
-    phase = previous_phase
-
-    # -- failures: delete, count, maybe give up -----------------------------------------
-    failed = [w for w in workers if w.phase == "Failed" and not w.terminating]
-    if failed and not finished:
-        for pod in sorted(failed, key=lambda w: w.index):
-            restarts += 1
-            deletes.append((pod.name, "WorkerFailed"))
-            events.append(_failure_event(pod))
-        last_failure = now
-        if restarts > spec.max_restarts:
-            phase = api.Phase.FAILED.value
-            finished = True
-            events.append(
-                EventSpec(
-                    "Warning",
-                    "JobFailed",
-                    f"{restarts} worker failures exceed maxRestarts={spec.max_restarts}",
-                )
-            )
-
-    succeeded = [w for w in workers if w.phase == "Succeeded"]
+    step = _Pass(
+        spec=spec,
+        now=now,
+        phase=previous_phase,
+        restarts=int(status.get("restarts") or 0),
+        last_failure=parse_time(status.get("lastFailureTime")),
+        finished=previous_phase in (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value),
+    )
     active = [w for w in workers if w.active]
-    if not finished and succeeded and not active:
-        phase = api.Phase.SUCCEEDED.value
-        finished = True
-        events.append(EventSpec("Normal", "JobSucceeded", "All workers completed successfully"))
+    succeeded = any(w.phase == "Succeeded" for w in workers)
 
-    deleting = {name for name, _ in deletes}
-    if finished:
-        if phase == api.Phase.FAILED.value:
-            for pod in sorted(active, key=lambda w: -w.index):
-                if pod.name not in deleting:
-                    deletes.append((pod.name, "JobFailed"))
+    _replace_failed_workers(step, workers)
+    _finish_when_all_succeeded(step, succeeded, active)
+    if step.finished:
+        _stop_a_failed_job(step, active)
         return _finish_plan(
             spec,
             job_name,
             generation,
-            phase,
-            restarts,
-            last_failure,
+            step.phase,
+            step.restarts,
+            step.last_failure,
             prev_conditions,
             workers,
-            deletes,
-            events,
+            step.deletes,
+            step.events,
             rendezvous_pod_exists,
             now,
         )
+    surplus = _scale_down(step, active)
+    if not succeeded:
+        _create_missing_workers(step, workers, active, surplus)
 
-    # -- scale down: highest indices first --------------------------------------------------
-    surplus = sorted((w for w in active if w.index >= spec.replicas), key=lambda w: -w.index)
+    live = [w for w in active if w.name not in step.deleting]
+    ready = sum(1 for w in live if w.ready and w.phase == "Running")
+    settling = bool(step.creates or step.deletes or any(w.terminating for w in workers))
+    step.phase = _decide_phase(spec, len(live) + len(step.creates), ready, settling)
+    conditions = _running_conditions(spec, prev_conditions, live, ready, now, generation)
+    new_status = _status_patch(
+        job_name,
+        generation,
+        step.phase,
+        len(live),
+        ready,
+        sum(1 for w in live if w.phase != "Running"),
+        step.restarts,
+        step.last_failure,
+        merge_conditions(prev_conditions, conditions),
+    )
+    if step.phase != previous_phase:
+        step.events.append(
+            EventSpec("Normal", f"Phase{step.phase}", f"Phase {previous_phase} -> {step.phase}")
+        )
+    return ReconcilePlan(
+        create_rendezvous_service=not rendezvous_service_exists,
+        create_rendezvous_pod=not rendezvous_pod_exists,
+        delete_workers=tuple(step.deletes),
+        create_workers=tuple(step.creates),
+        status=new_status,
+        events=tuple(step.events),
+        requeue_after=step.requeue,
+    )
+
+
+def _replace_failed_workers(step: _Pass, workers: Sequence[WorkerPod]) -> None:
+    """Rule 3: delete and count failed workers; past maxRestarts the job is Failed."""
+    failed = [w for w in workers if w.phase == "Failed" and not w.terminating]
+    if not failed or step.finished:
+        return
+    for pod in sorted(failed, key=lambda w: w.index):
+        step.restarts += 1
+        step.deletes.append((pod.name, "WorkerFailed"))
+        step.events.append(_failure_event(pod))
+    step.last_failure = step.now
+    if step.restarts > step.spec.max_restarts:
+        step.phase = api.Phase.FAILED.value
+        step.finished = True
+        step.events.append(
+            EventSpec(
+                "Warning",
+                "JobFailed",
+                f"{step.restarts} worker failures exceed maxRestarts={step.spec.max_restarts}",
+            )
+        )
+
+
+def _finish_when_all_succeeded(step: _Pass, succeeded: bool, active: Sequence[WorkerPod]) -> None:
+    """Rule 2: a worker Succeeded and none is still Pending/Running: the job Succeeded."""
+    if not step.finished and succeeded and not active:
+        step.phase = api.Phase.SUCCEEDED.value
+        step.finished = True
+        step.events.append(
+            EventSpec("Normal", "JobSucceeded", "All workers completed successfully")
+        )
+
+
+def _stop_a_failed_job(step: _Pass, active: Sequence[WorkerPod]) -> None:
+    """Rule 1: a Failed job's remaining workers are deleted to free their GPUs."""
+    if step.phase != api.Phase.FAILED.value:
+        return
+    deleting = step.deleting
+    for pod in sorted(active, key=lambda w: -w.index):
+        if pod.name not in deleting:
+            step.deletes.append((pod.name, "JobFailed"))
+
+
+def _scale_down(step: _Pass, active: Sequence[WorkerPod]) -> int:
+    """Rule 4: delete workers with index >= spec.replicas, highest first; returns how many."""
+    replicas = step.spec.replicas
+    surplus = sorted((w for w in active if w.index >= replicas), key=lambda w: -w.index)
     for pod in surplus:
-        deletes.append((pod.name, "ScaledDown"))
+        step.deletes.append((pod.name, "ScaledDown"))
     if surplus:
-        events.append(
+        step.events.append(
             EventSpec(
                 "Normal",
                 "ScalingDown",
-                f"Scaling down to {spec.replicas} workers: deleting "
+                f"Scaling down to {replicas} workers: deleting "
                 + ", ".join(p.name for p in surplus)
                 + " (graceful: SIGTERM, then the pod's grace period)",
             )
         )
+    return len(surplus)
 
-    deleting = {name for name, _ in deletes}
 
-    # -- scale up / replace: missing indices, unless blocked ------------------------------
-    if not succeeded:
-        backoff_until = None
-        if last_failure is not None and restarts > 0:
-            backoff_until = last_failure + dt.timedelta(seconds=compute_backoff_seconds(restarts))
-        live = {w.index for w in active if w.name not in deleting}
-        name_in_use = {w.index for w in workers}  # incl. terminating and just-deleted pods
-        for index in range(spec.replicas):
-            if index in live:
-                continue
-            wait = None
-            if index in name_in_use:
-                wait = 1.0  # the previous pod of this name is still going away
-            elif backoff_until is not None and now < backoff_until:
-                wait = (backoff_until - now).total_seconds()
-            if wait is not None:
-                requeue = wait if requeue is None else min(requeue, wait)
-                continue
-            creates.append(index)
-        if creates:
-            events.append(
-                EventSpec(
-                    "Normal",
-                    "ScalingUp" if len(active) - len(surplus) < spec.replicas else "Replacing",
-                    f"Creating workers {', '.join(str(i) for i in creates)} "
-                    f"toward {spec.replicas} replicas",
-                )
+def _create_missing_workers(
+    step: _Pass, workers: Sequence[WorkerPod], active: Sequence[WorkerPod], surplus: int
+) -> None:
+    """Rule 5: create missing indices, unless the old pod of that name is still going away or
+    the index is in its failure backoff (then ask for a pass when it may be created)."""
+    replicas = step.spec.replicas
+    backoff_until = None
+    if step.last_failure is not None and step.restarts > 0:
+        backoff = dt.timedelta(seconds=compute_backoff_seconds(step.restarts))
+        backoff_until = step.last_failure + backoff
+    deleting = step.deleting
+    live = {w.index for w in active if w.name not in deleting}
+    name_in_use = {w.index for w in workers}  # incl. terminating and just-deleted pods
+    for index in range(replicas):
+        if index in live:
+            continue
+        if index in name_in_use:
+            step.wait(1.0)  # the previous pod of this name is still going away
+        elif backoff_until is not None and step.now < backoff_until:
+            step.wait((backoff_until - step.now).total_seconds())
+        else:
+            step.creates.append(index)
+    if step.creates:
+        step.events.append(
+            EventSpec(
+                "Normal",
+                "ScalingUp" if len(active) - surplus < replicas else "Replacing",
+                f"Creating workers {', '.join(str(i) for i in step.creates)} "
+                f"toward {replicas} replicas",
             )
+        )
 
-    count = sum(1 for w in active if w.name not in deleting)
-    ready = sum(1 for w in active if w.ready and w.phase == "Running" and w.name not in deleting)
-    pending = sum(1 for w in active if w.phase != "Running" and w.name not in deleting)
-    unschedulable = [w for w in active if w.unschedulable and w.name not in deleting]
-    settling = bool(creates or deletes or any(w.terminating for w in workers))
-    if count + len(creates) == spec.replicas and ready == spec.replicas and not settling:
-        phase = api.Phase.RUNNING.value
-    elif ready == 0:
-        phase = api.Phase.PENDING.value
-    else:
-        phase = api.Phase.SCALING.value
 
-    conditions = [
+def _decide_phase(spec: api.TrainingJobSpec, planned: int, ready: int, settling: bool) -> str:
+    """Running when every wanted worker is ready and nothing moves; Pending with none ready."""
+    if planned == spec.replicas and ready == spec.replicas and not settling:
+        return api.Phase.RUNNING.value
+    if ready == 0:
+        return api.Phase.PENDING.value
+    return api.Phase.SCALING.value
+
+
+def _running_conditions(
+    spec: api.TrainingJobSpec,
+    prev_conditions: Sequence[Mapping[str, Any]],
+    live: Sequence[WorkerPod],
+    ready: int,
+    now: dt.datetime,
+    generation: int | None,
+) -> list[api.Condition]:
+    """Ready (minReplicas ready), Schedulable (the scheduler's message) and Degraded=False."""
+    unschedulable = [w for w in live if w.unschedulable]
+    return [
         build_condition(
             prev_conditions,
             "Ready",
@@ -293,28 +379,6 @@ def decide_reconcile(
         ),
         build_condition(prev_conditions, "Degraded", "False", "SpecValid", "", now, generation),
     ]
-    new_status = _status_patch(
-        job_name,
-        generation,
-        phase,
-        count,
-        ready,
-        pending,
-        restarts,
-        last_failure,
-        merge_conditions(prev_conditions, conditions),
-    )
-    if phase != previous_phase:
-        events.append(EventSpec("Normal", f"Phase{phase}", f"Phase {previous_phase} -> {phase}"))
-    return ReconcilePlan(
-        create_rendezvous_service=not rendezvous_service_exists,
-        create_rendezvous_pod=not rendezvous_pod_exists,
-        delete_workers=tuple(deletes),
-        create_workers=tuple(creates),
-        status=new_status,
-        events=tuple(events),
-        requeue_after=requeue,
-    )
 
 
 def _status_patch(
@@ -326,19 +390,20 @@ def _status_patch(
     pending: int,
     restarts: int,
     last_failure: dt.datetime | None,
-    conditions: list[dict[str, Any]],
+    conditions: list[api.Condition],
 ) -> dict[str, Any]:
-    return {
-        "phase": phase,
-        "replicas": count,
-        "readyReplicas": ready,
-        "pendingReplicas": pending,
-        "selector": build_selector_string(build_worker_selector(job_name)),
-        "restarts": restarts,
-        "lastFailureTime": format_time(last_failure) if last_failure else None,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }
+    """The merge patch of every status field the reconcile loop owns (None deletes)."""
+    return api.TrainingJobStatus(
+        phase=api.Phase(phase),
+        replicas=count,
+        ready_replicas=ready,
+        pending_replicas=pending,
+        selector=build_selector_string(build_worker_selector(job_name)),
+        restarts=restarts,
+        last_failure_time=format_time(last_failure) if last_failure else None,
+        observed_generation=generation,
+        conditions=conditions,
+    ).to_merge_patch()
 
 
 def _finish_plan(
@@ -407,7 +472,9 @@ def build_invalid_spec_status(
     """Status merge patch for a spec the models reject: Degraded=True, reason InvalidSpec."""
     prev = list(status.get("conditions") or [])
     degraded = build_condition(prev, "Degraded", "True", "InvalidSpec", message, now, generation)
-    return {"observedGeneration": generation, "conditions": merge_conditions(prev, [degraded])}
+    return api.TrainingJobStatus(
+        observed_generation=generation, conditions=merge_conditions(prev, [degraded])
+    ).to_merge_patch()
 
 
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "spec") -> str:

@@ -12,12 +12,13 @@ committed at ``charts/trainscale/dashboards/trainscale.json`` and a test fails w
 
 Where the series come from:
 
-* trainer metrics, scraped from each worker pod (``{job}-worker-{i}``); the job is recovered
-  from the ``pod`` label with ``label_replace`` into a ``trainingjob`` label;
+* trainer metrics, scraped from each worker pod (``{job}-worker-{i}``, named in
+  :mod:`trainscale.trainer.contract.naming`); the job is recovered from the ``pod`` label with
+  ``label_replace`` into a ``trainingjob`` label;
 * dcgm-exporter's GPU busy series, matched by ``pod``/``namespace`` or, behind a
   ServiceMonitor without ``honorLabels``, by ``exported_pod``/``exported_namespace`` —
   ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (a ratio) preferred, ``DCGM_FI_DEV_GPU_UTIL`` (percent)
-  as the fallback, as the autoscaler reads them;
+  as the fallback, as the autoscaler reads them (names in :mod:`trainscale.operator.api.dcgm`);
 * the operator's own metrics, whose per-job series carry ``namespace`` and ``job`` labels
   (scraped with ``honorLabels: true``, as the chart's ServiceMonitor does).
 
@@ -31,14 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
 from trainscale.operator.observability import metric_names as op
 from trainscale.trainer.contract import metric_names as tr
+from trainscale.trainer.contract.naming import worker_pod_pattern
 
 UID = "trainscale"
 TITLE = "trainscale: elastic training"
-
-DCGM_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"  # ratio 0..1
-DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent 0..100
 
 # Labels of the operator's per-job series (trainscale.operator.observability.metric_names); a test checks them.
 OPERATOR_NAMESPACE_LABEL = op.NAMESPACE_LABEL
@@ -46,7 +46,7 @@ OPERATOR_JOB_LABEL = op.JOB_LABEL
 
 # Label the dashboard derives from worker pod names, so trainer and DCGM series group by job.
 JOB_LABEL = "trainingjob"
-_WORKER_POD_REGEX = "(.+)-worker-[0-9]+"
+_WORKER_POD_REGEX = worker_pod_pattern("(.+)")
 
 # Grafana template variables.
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -98,7 +98,7 @@ class Row:
 
 
 def _pod_selector(pod_label: str = "pod", namespace_label: str = "namespace") -> str:
-    return f'{namespace_label}="$namespace",{pod_label}=~"($job)-worker-[0-9]+"'
+    return f'{namespace_label}="$namespace",{pod_label}=~"{worker_pod_pattern("($job)")}"'
 
 
 def _by_job(expr: str, pod_label: str = "pod") -> str:

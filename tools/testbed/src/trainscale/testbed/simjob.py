@@ -26,9 +26,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
-DCGM_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
 
 

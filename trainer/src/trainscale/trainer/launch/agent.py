@@ -31,10 +31,10 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.launcher.api import LaunchConfig
 
+from trainscale.trainer.contract.environment import ENV_FAST_RESIZE
 from trainscale.trainer.launch.preload import preload_forkserver, wait_for_forkserver
 from trainscale.trainer.launch.worker_entry import worker_main
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE, RESTART_EXIT_CODE
-from trainscale.trainer.runtime.settings import ENV_FAST_RESIZE
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trainscale.trainer.contract import environment as env_names
+from trainscale.trainer.contract import rendezvous
+
 # Flags that configure the launcher only; everything else is forwarded to every worker.
 _LAUNCHER_FLAGS = {
     "--local": 0,
@@ -109,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--start-method",
         choices=("forkserver", "spawn"),
-        default=os.environ.get("TRAINSCALE_AGENT_START_METHOD") or "forkserver",
+        default=os.environ.get(env_names.ENV_AGENT_START_METHOD) or "forkserver",
         help="how agents start workers (forkserver: torch preloaded, fast restarts)",
     )
     local.add_argument("--serve-rendezvous", action="store_true", help="run a rendezvous store")
     local.add_argument("--rendezvous-host", default="127.0.0.1", help="store address")
-    local.add_argument("--rendezvous-port", type=int, default=29400, help="store port")
+    local.add_argument(
+        "--rendezvous-port", type=int, default=rendezvous.DEFAULT_PORT, help="store port"
+    )
     return parser
 
 
@@ -128,7 +133,7 @@ def decide_role(args: argparse.Namespace, env: Mapping[str, str]) -> str:
         return "join"
     if args.local:
         return "local"
-    if env.get("PET_RDZV_ENDPOINT"):
+    if env.get(env_names.PET_RDZV_ENDPOINT):
         return "agent"
     return "local"
 
@@ -163,7 +168,7 @@ def _run_local(args: argparse.Namespace, worker_argv: list[str]) -> int:
         Path(args.checkpoint_dir)
         if args.checkpoint_dir
         else Path(
-            os.environ.get("TRAINSCALE_CHECKPOINT_DIR") or tempfile.mkdtemp(prefix="trainscale-")
+            os.environ.get(env_names.ENV_CHECKPOINT_DIR) or tempfile.mkdtemp(prefix="trainscale-")
         )
     )
     config = LocalClusterConfig(

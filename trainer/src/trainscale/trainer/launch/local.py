@@ -27,19 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from trainscale.trainer.runtime.settings import (
-    ENV_AGENT_START_METHOD,
-    ENV_CHECKPOINT_DIR,
-    ENV_JOB_NAME,
-    ENV_METRICS_ADDRESS,
-    ENV_METRICS_PORT,
-    ENV_REPLICA_INDEX,
-)
+from trainscale.trainer.contract import environment as env_names
+from trainscale.trainer.contract import rendezvous
 
 CONFIG_KEY = "trainscale/local/config"
 INDEX_KEY = "trainscale/local/next-index"
-KEEP_ALIVE_INTERVAL_SECONDS = 2
-KEEP_ALIVE_MAX_ATTEMPTS = 3
 
 
 class LocalClusterError(RuntimeError):
@@ -69,7 +61,7 @@ class LocalClusterConfig:
     checkpoint_dir: Path | None = None
     metrics_base_port: int | None = None
     host: str = "127.0.0.1"
-    last_call_timeout: int = 1
+    last_call_timeout: int = rendezvous.DEFAULT_LAST_CALL_TIMEOUT_SECONDS
     max_restarts: int = 100
     start_method: str = "forkserver"
     env: Mapping[str, str] = field(default_factory=dict)
@@ -80,32 +72,23 @@ def build_agent_env(
     config: LocalClusterConfig, endpoint: str, run_id: str, index: int
 ) -> dict[str, str]:
     """Return the environment of agent ``index``: what the operator gives a worker pod."""
-    rdzv_conf = ",".join(
-        [
-            "is_host=false",
-            f"last_call_timeout={config.last_call_timeout}",
-            "join_timeout=900",
-            f"keep_alive_interval={KEEP_ALIVE_INTERVAL_SECONDS}",
-            f"keep_alive_max_attempt={KEEP_ALIVE_MAX_ATTEMPTS}",
-        ]
-    )
     env = {
-        "PET_NNODES": f"{config.min_workers}:{config.max_workers}",
-        "PET_NPROC_PER_NODE": "1",
-        "PET_RDZV_BACKEND": "c10d",
-        "PET_RDZV_ENDPOINT": endpoint,
-        "PET_RDZV_ID": run_id,
-        "PET_RDZV_CONF": rdzv_conf,
-        "PET_MAX_RESTARTS": str(config.max_restarts),
-        "PET_LOCAL_ADDR": config.host,
-        "PET_MONITOR_INTERVAL": "0.1",
-        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        env_names.PET_NNODES: f"{config.min_workers}:{config.max_workers}",
+        env_names.PET_NPROC_PER_NODE: "1",
+        env_names.PET_RDZV_BACKEND: rendezvous.BACKEND,
+        env_names.PET_RDZV_ENDPOINT: endpoint,
+        env_names.PET_RDZV_ID: run_id,
+        env_names.PET_RDZV_CONF: rendezvous.build_rdzv_conf(config.last_call_timeout),
+        env_names.PET_MAX_RESTARTS: str(config.max_restarts),
+        env_names.PET_LOCAL_ADDR: config.host,
+        env_names.PET_MONITOR_INTERVAL: "0.1",
+        env_names.TORCH_DISABLE_SHARE_RDZV_TCP_STORE: "1",
         "GLOO_SOCKET_IFNAME": "lo" if config.host.startswith("127.") else "",
-        ENV_AGENT_START_METHOD: config.start_method,
-        ENV_JOB_NAME: config.job_name,
-        ENV_REPLICA_INDEX: str(index),
-        ENV_METRICS_ADDRESS: config.host,
-        ENV_METRICS_PORT: (
+        env_names.ENV_AGENT_START_METHOD: config.start_method,
+        env_names.ENV_JOB_NAME: config.job_name,
+        env_names.ENV_REPLICA_INDEX: str(index),
+        env_names.ENV_METRICS_ADDRESS: config.host,
+        env_names.ENV_METRICS_PORT: (
             str(config.metrics_base_port + index) if config.metrics_base_port else "0"
         ),
         "PYTHONUNBUFFERED": "1",
@@ -116,7 +99,7 @@ def build_agent_env(
     if not env["GLOO_SOCKET_IFNAME"]:
         del env["GLOO_SOCKET_IFNAME"]
     if config.checkpoint_dir is not None:
-        env[ENV_CHECKPOINT_DIR] = str(config.checkpoint_dir)
+        env[env_names.ENV_CHECKPOINT_DIR] = str(config.checkpoint_dir)
     env.update(config.env)
     return env
 

@@ -1,9 +1,10 @@
 """The trainer's settings: the operator's environment contract and the command-line flags.
 
 Why this module exists: a worker pod is configured by environment variables the operator
-injects (``TRAINSCALE_*``) and by the flags of its command; both are parsed here, once, into
-frozen dataclasses, with errors that name the variable or flag and its bad value. Pure: the
-environment is passed in as a mapping; nothing here imports torch.
+injects (``TRAINSCALE_*``, named in :mod:`trainscale.trainer.contract.environment`) and by the
+flags of its command; both are parsed here, once, into frozen dataclasses, with errors that
+name the variable or flag and its bad value. Pure: the environment is passed in as a mapping;
+nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ENV_CHECKPOINT_DIR = "TRAINSCALE_CHECKPOINT_DIR"
-ENV_CHECKPOINT_INTERVAL_SECONDS = "TRAINSCALE_CHECKPOINT_INTERVAL_SECONDS"
-ENV_CHECKPOINT_EVERY_STEPS = "TRAINSCALE_CHECKPOINT_EVERY_STEPS"
-ENV_CHECKPOINT_KEEP = "TRAINSCALE_CHECKPOINT_KEEP"
-ENV_METRICS_PORT = "TRAINSCALE_METRICS_PORT"
-ENV_METRICS_ADDRESS = "TRAINSCALE_METRICS_ADDRESS"
-ENV_JOB_NAME = "TRAINSCALE_JOB_NAME"
-ENV_REPLICA_INDEX = "TRAINSCALE_REPLICA_INDEX"
-ENV_AUDIT_LOG_DIR = "TRAINSCALE_AUDIT_LOG_DIR"
-ENV_FAST_RESIZE = "TRAINSCALE_FAST_RESIZE"
-ENV_AGENT_START_METHOD = "TRAINSCALE_AGENT_START_METHOD"
+from trainscale.trainer.contract.environment import (
+    DEFAULT_METRICS_PORT,
+    ENV_AGENT_START_METHOD,
+    ENV_AUDIT_LOG_DIR,
+    ENV_CHECKPOINT_DIR,
+    ENV_CHECKPOINT_EVERY_STEPS,
+    ENV_CHECKPOINT_INTERVAL_SECONDS,
+    ENV_CHECKPOINT_KEEP,
+    ENV_FAST_RESIZE,
+    ENV_JOB_NAME,
+    ENV_METRICS_ADDRESS,
+    ENV_METRICS_PORT,
+    ENV_REPLICA_INDEX,
+)
 
-DEFAULT_METRICS_PORT = 9400
 DEFAULT_CHECKPOINT_INTERVAL_SECONDS = 300.0
 DEFAULT_CHECKPOINT_KEEP = 3
 

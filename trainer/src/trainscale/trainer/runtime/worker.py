@@ -31,6 +31,7 @@ from torch.distributed import GradBucket  # type: ignore[attr-defined]
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.runtime import data_order
 from trainscale.trainer.runtime.batching import (
     BatchPlan,
@@ -40,7 +41,6 @@ from trainscale.trainer.runtime.batching import (
 from trainscale.trainer.runtime.elastic import ElasticSession
 from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
 from trainscale.trainer.runtime.settings import (
-    ENV_AUDIT_LOG_DIR,
     CheckpointPolicy,
     build_worker_label,
     checkpoint_policy_from_env,
