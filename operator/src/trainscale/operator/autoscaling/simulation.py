@@ -481,6 +481,21 @@ class TracePoint:
     nodes: int
     samples_per_second: float
     efficiency: float
+    gpu_utilization: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the run with nothing changing: training at a count, or restarting."""
+
+    start: float
+    end: float
+    replicas: int
+    nodes: int
+    samples_per_second: float  # true, 0 while restarting
+    gpu_utilization: float  # true, 0 while restarting
+    efficiency: float  # of the count, whether or not it is restarting
+    restarting: bool
 
 
 @dataclass(frozen=True)
@@ -526,6 +541,7 @@ class SimulationResult:
     hours: float
     points: tuple[TracePoint, ...]
     decisions: tuple[Decision, ...]
+    segments: tuple[Segment, ...]
     samples: float
     gpu_hours: float
     final_replicas: int
@@ -714,6 +730,10 @@ def run_simulation(
     rescales = 0
     settled_at = 0.0
     ref = job.best_per_replica()
+
+    def efficiency_of(n: int) -> float:
+        return job.point(n).samples_per_second / n / ref if n and ref else 0.0
+
     t = 0.0
     while t < end:
         t += step
@@ -749,17 +769,32 @@ def run_simulation(
                 job.point(current).nodes,
                 before.samples_per_second,
                 efficiency if before.running else 0.0,
+                before.gpu_utilization,
             )
         )
     samples = sum(p.samples_per_second * s for p, s in timeline.spans(0.0, end))
     gpus = max(1, spec.gpus_per_replica)
     gpu_hours = sum(p.replicas * gpus * s for p, s in timeline.spans(0.0, end)) / 3600.0
+    segments = tuple(
+        Segment(
+            p.start,
+            p.start + seconds,
+            p.replicas,
+            p.nodes,
+            p.samples_per_second,
+            p.gpu_utilization,
+            efficiency_of(p.replicas),
+            not p.running,
+        )
+        for p, seconds in timeline.spans(0.0, end)
+    )
     return SimulationResult(
         curve=curve.name,
         spec=spec,
         hours=hours,
         points=tuple(points),
         decisions=tuple(decisions),
+        segments=segments,
         samples=samples,
         gpu_hours=gpu_hours,
         final_replicas=current,
