@@ -289,7 +289,10 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             seed=options.seed,
         )
     except CurveError as exc:
-        raise SimulateError(f"--curve: {exc}") from None
+        hint = ""
+        if "no point at or around" in str(exc):
+            hint = "; add points, or keep --min-replicas/--max-replicas to the counts it covers"
+        raise SimulateError(f"--curve: {exc}{hint}") from None
     auto = spec.autoscaling
     where = f"{curve.gpus_per_node}-GPU nodes" if curve.gpus_per_node else "one node"
     print(
