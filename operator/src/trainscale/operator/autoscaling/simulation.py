@@ -724,7 +724,7 @@ def run_simulation(
 
     current = spec.replicas
     timeline = _Timeline([running(0.0, current)])
-    changed_at = 0.0
+    changed_at: float | None = None  # when the running count last changed
     points: list[TracePoint] = []
     decisions: list[Decision] = []
     rescales = 0
@@ -737,8 +737,8 @@ def run_simulation(
     t = 0.0
     while t < end:
         t += step
-        if settle > 0 and t - changed_at < settle and changed_at > 0:
-            continue
+        if changed_at is not None and t - changed_at < settle:
+            continue  # the daemon does not measure a size younger than settleSeconds
         observation = _observe(
             timeline,
             t,
