@@ -1,29 +1,39 @@
-"""Helpers for the policy tests: specs, and a small closed-loop simulation of a job.
+"""Helpers for the policy tests: specs, and the closed-loop simulation of a job.
 
-The simulation is the operator's loop in miniature: every ``intervalSeconds`` the job is
-observed (true throughput and GPU utilization from a speedup curve, times noise; zero
-while it restarts), ``recommend`` decides, and a rescale costs ``restart_seconds`` of
-training. It is deliberately simpler than ``benchmarks/policy.py`` (no rate window).
+The simulation is :func:`trainscale.operator.autoscaling.simulation.run_simulation` (the one
+job model the benchmark and ``trainscale simulate`` use too), run in its simplest form:
+every ``intervalSeconds`` the job is observed (true throughput and GPU utilization from a
+speedup curve ``tau(n)``, times noise; zero while it restarts, no ``rate()`` window, no
+settle time), the autoscaler decides, and a rescale costs ``restart_seconds`` of training.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
-from trainscale.operator.autoscaling.policy import (
-    Observation,
-    Recommendation,
-    compact_observations,
-    recommend,
+from trainscale.operator.autoscaling.policy import Observation, Recommendation
+from trainscale.operator.autoscaling.simulation import (
+    COMPUTE_FRACTION,
+    RATE,
+    count_curve,
+    run_simulation,
 )
 
-RATE = 100.0  # samples/s of one replica at one replica
-COMPUTE_FRACTION = 0.95
+__all__ = [
+    "COMPUTE_FRACTION",
+    "RATE",
+    "Trace",
+    "amdahl",
+    "linear",
+    "make_spec",
+    "peaked",
+    "simulate",
+    "steady",
+]
 
 
 def make_spec(
@@ -55,14 +65,13 @@ def steady(
     throughput: bool = True,
 ) -> list[Observation]:
     """``count`` noise-free observations of a job running at ``replicas`` on curve ``tau``."""
-    x = RATE * replicas / tau(replicas)
-    u = COMPUTE_FRACTION / tau(replicas)
+    point = count_curve("steady", tau).point(replicas)
     return [
         Observation(
             start + i * interval,
             replicas,
-            u if util else None,
-            x if throughput else None,
+            point.gpu_utilization if util else None,
+            point.samples_per_second if throughput else None,
         )
         for i in range(count)
     ]
@@ -95,39 +104,23 @@ def simulate(
     util: bool = True,
     throughput: bool = True,
 ) -> Trace:
-    rng = random.Random(seed)
-    interval = float(spec.autoscaling.interval_seconds)
-    current = spec.replicas
-    restarting_until = -1.0
-    observations: list[Observation] = []
-    targets: list[tuple[float, int]] = []
-    last_scale: float | None = None
-    trace = Trace([current])
-    t = 0.0
-    while t < hours * 3600:
-        t += interval
-        running = t >= restarting_until
-        x = RATE * current / tau(current) if running else 0.0
-        u = COMPUTE_FRACTION / tau(current) if running else 0.0
-        o = Observation(
-            t,
-            current,
-            min(1.0, max(0.0, u * (1 + rng.gauss(0, noise)))) if util else None,
-            max(0.0, x * (1 + rng.gauss(0, noise))) if throughput else None,
-        )
-        observations = compact_observations([*observations, o], t)
-        rec = recommend(
-            spec, observations, current, t, last_scale_time=last_scale, recent_targets=targets
-        )
-        targets = [*targets[-200:], (t, rec.target)]
-        trace.recommendations.append(rec)
-        if rec.replicas != current:
-            current = rec.replicas
-            restarting_until = t + restart_seconds
-            last_scale = t
-            spec = spec.model_copy(update={"replicas": current})
-        trace.replicas.append(current)
-    return trace
+    """Run ``spec`` on the curve ``tau`` (relative step time) with a fresh ``JobAutoscaler``."""
+    result = run_simulation(
+        count_curve("tau", tau),
+        spec,
+        hours=hours,
+        noise=noise,
+        restart_seconds=restart_seconds,
+        seed=seed,
+        rate_window=0.0,
+        settle_seconds=0.0,
+        report_utilization=util,
+        report_throughput=throughput,
+    )
+    return Trace(
+        [spec.replicas, *(p.replicas for p in result.points)],
+        [d.recommendation for d in result.decisions],
+    )
 
 
 def linear(n: int) -> float:

@@ -1,7 +1,7 @@
 """The ``trainscale`` command line: one console script, one subcommand per job.
 
 Why this module exists: users meet the operator through it (``trainscale operator``,
-``trainscale crd``); it parses flags and hands over to the module that does the work, so
+``trainscale crd``, ``trainscale simulate``); it parses flags and hands over to the module that does the work, so
 each subcommand's heavy imports happen only when that subcommand runs.
 """
 
@@ -56,6 +56,70 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
+
+    try:
+        return run_simulate(options_from(vars(args)), sys.stdout)
+    except SimulateError as exc:
+        sys.stderr.write(f"trainscale simulate: error: {exc}\n")
+        return 2
+
+
+def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = sub.add_parser(
+        "simulate",
+        help="replay the autoscaler on a speedup curve and show every decision",
+        description=(
+            "Simulate a training job on a speedup curve (a named family or a CSV of measured "
+            "points: count,nodes,samples_per_second,gpu_utilization) under the autoscaler, "
+            "print every decision with its reason and a summary against the best static "
+            "count chosen with hindsight, and optionally plot it."
+        ),
+    )
+    sim.add_argument(
+        "--curve",
+        required=True,
+        metavar="NAME|FILE.csv",
+        help=(
+            "linear, amdahl, comm-peak, log-sync, two-tier, cliff-4, cliff-8, recover-4, "
+            "recover-8, strong-8, weak-8, or a CSV file"
+        ),
+    )
+    sim.add_argument(
+        "--objective", choices=["efficiency", "budget", "utilization"], default="efficiency"
+    )
+    sim.add_argument("--min-efficiency", type=float, help="efficiency floor (default 0.7)")
+    sim.add_argument("--max-cost-per-hour", type=float, help="budget (objective budget)")
+    sim.add_argument("--cost-per-gpu-hour", type=float, help="price of a GPU hour (default 1)")
+    sim.add_argument("--target-gpu-utilization", type=float, help="utilization floor (default 0.8)")
+    sim.add_argument("--min-replicas", type=int, default=1)
+    sim.add_argument("--max-replicas", type=int, default=32)
+    sim.add_argument("--start", type=int, default=4, help="replicas at the start (default 4)")
+    sim.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="node size for the packed placement (default: the curve's own)",
+    )
+    sim.add_argument("--hours", type=float, default=4.0, help="length of the run (default 4)")
+    sim.add_argument("--interval", type=int, default=30, help="seconds between decisions")
+    sim.add_argument(
+        "--noise", type=float, default=0.05, help="relative noise per observation (0.05)"
+    )
+    sim.add_argument(
+        "--missing-scrapes", type=float, default=0.0, help="fraction of scrapes that return nothing"
+    )
+    sim.add_argument(
+        "--restart-seconds", type=float, default=60.0, help="training lost per rescale (60)"
+    )
+    sim.add_argument(
+        "--rate-window", type=float, default=60.0, help="seconds of the throughput rate() (60)"
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
+    sim.set_defaults(func=_cmd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``trainscale`` command."""
     parser = argparse.ArgumentParser(
@@ -107,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     op.set_defaults(func=_cmd_operator)
+
+    _add_simulate(sub)
 
     return parser
 

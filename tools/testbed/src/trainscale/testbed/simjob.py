@@ -5,10 +5,11 @@ trainer and no GPU, so nothing would tell Prometheus how the job scales. This ex
 plays both dcgm-exporter and the trainer for such pods: for each running worker pod it
 serves ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` with dcgm-exporter's labels and the trainer's
 samples counter (:data:`trainscale.trainer.contract.metric_names.SAMPLES_TOTAL`), following a
-synchronous data-parallel step time ``compute + sync * (n - 1)`` for ``n`` running workers.
-Prometheus scrapes it like the real exporters (with ``honor_labels: true``), and the
-operator cannot tell the difference. Change ``sync`` while it runs to model a job whose
-scaling efficiency collapses.
+synchronous data-parallel step time ``compute + sync * (n - 1)`` for ``n`` running workers,
+or any curve of :mod:`trainscale.operator.autoscaling.simulation` (the one simulated-job
+model, shared with ``trainscale simulate`` and the benchmark). Prometheus scrapes it like the
+real exporters (with ``honor_labels: true``), and the operator cannot tell the difference.
+Change ``sync`` while it runs to model a job whose scaling efficiency collapses.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE
+from trainscale.operator.autoscaling.simulation import (
+    Curve,
+    CurveError,
+    StepTimeCurve,
+    load_curve,
+)
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
@@ -34,34 +41,48 @@ DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "n
 
 @dataclass
 class SimulatedJob:
-    """One job's workers: step time ``compute + sync * (n - 1)`` seconds, ``batch`` samples each."""
+    """One job's workers: step time ``compute + sync * (n - 1)`` seconds, ``batch`` samples
+    each; or, when ``curve`` is given, that curve's throughput and GPU utilization."""
 
     namespace: str
     name: str
     sync: float
     compute: float = 0.5
     batch: int = 64
+    curve: Curve | None = None
     running: list[str] = field(default_factory=list)
     samples: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def model(self) -> Curve:
+        """The curve now: ``curve``, else the step-time model of ``sync`` and ``compute``."""
+        if self.curve is not None:
+            return self.curve
+        sync, compute = self.sync, self.compute
+        return StepTimeCurve(
+            f"sync={sync:g}",
+            lambda p: 1.0 + sync / compute * max(p.replicas - 1, 0),
+            rate=self.batch / compute,
+            compute_fraction=1.0,
+        )
+
     def step_seconds(self, workers: int | None = None) -> float:
         """Seconds per synchronous step with ``workers`` (default: those running now)."""
         n = len(self.running) if workers is None else workers
-        return self.compute + self.sync * max(n - 1, 0)
+        return self.batch * n / self.throughput(n) if n else self.compute
 
     def throughput(self, workers: int) -> float:
         """Job samples per second with ``workers`` workers."""
-        return workers * self.batch / self.step_seconds(workers) if workers else 0.0
+        return self.model().point(workers).samples_per_second if workers else 0.0
 
     def advance(self, seconds: float, running: Sequence[str]) -> None:
         """Let ``seconds`` pass with ``running`` worker pods (names) training."""
         with self.lock:
             self.running = list(running)
+            n = len(self.running)
+            per_pod = self.throughput(n) / n if n else 0.0
             for pod in self.running:
-                self.samples[pod] = (
-                    self.samples.get(pod, 0.0) + self.batch * seconds / self.step_seconds()
-                )
+                self.samples[pod] = self.samples.get(pod, 0.0) + per_pod * seconds
 
     def collect(self) -> Iterator[Any]:
         """The current series, in prometheus_client's collector protocol."""
@@ -74,6 +95,8 @@ class SimulatedJob:
             busy = GaugeMetricFamily(
                 DCGM_ENGINE_ACTIVE, "Graphics engine active ratio", labels=list(DCGM_LABELS)
             )
+            n = len(self.running)
+            utilization = self.model().point(n).gpu_utilization if n else 0.0
             for i, pod in enumerate(self.running):
                 samples.add_metric([self.namespace, pod], self.samples[pod])
                 busy.add_metric(
@@ -87,7 +110,7 @@ class SimulatedJob:
                         self.namespace,
                         pod,
                     ],
-                    self.compute / self.step_seconds(),
+                    utilization,
                 )
         yield samples
         yield busy
@@ -151,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         required=True,
         metavar="NAMESPACE/NAME=SYNC",
-        help="a job and its synchronisation seconds per extra worker (repeatable)",
+        help=(
+            "a job and its synchronisation seconds per extra worker, or a curve of "
+            "trainscale simulate (a family name or a .csv file) (repeatable)"
+        ),
     )
     parser.add_argument("--compute", type=float, default=0.5, help="compute seconds per step")
     parser.add_argument("--address", default="127.0.0.1")
@@ -162,9 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             ref, sync = spec.split("=", 1)
             namespace, name = ref.split("/", 1)
-            jobs.append(SimulatedJob(namespace, name, sync=float(sync), compute=args.compute))
         except ValueError:
             parser.error(f"--job {spec!r}: expected NAMESPACE/NAME=SYNC, e.g. default/resnet=0.05")
+        try:
+            jobs.append(SimulatedJob(namespace, name, sync=float(sync), compute=args.compute))
+        except ValueError:
+            try:
+                curve = load_curve(sync)
+            except CurveError as exc:
+                parser.error(f"--job {spec!r}: {exc}")
+            jobs.append(SimulatedJob(namespace, name, sync=0.0, curve=curve))
     exporter = SimulatedExporter(jobs, args.address, args.port)
     print(
         f"serving simulated metrics for {len(jobs)} job(s) on http://{exporter.target}/metrics",

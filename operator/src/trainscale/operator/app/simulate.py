@@ -1,0 +1,320 @@
+"""``trainscale simulate``: what the autoscaler would do to a job, before it is enabled.
+
+Why this module exists: a platform engineer wants to see the autoscaler's decisions on a
+speedup curve (a named family or one measured on their cluster) before handing it a real
+job. This runs :func:`trainscale.operator.autoscaling.simulation.run_simulation` (the same
+code the benchmark uses) and turns its result into readable lines, a summary against the
+best static count, and optionally a PNG (matplotlib, imported only when a plot is asked
+for; install the ``simulate`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling.simulation import (
+    CurveError,
+    Noise,
+    Segment,
+    SimulationResult,
+    load_curve,
+    run_simulation,
+)
+
+
+class SimulateError(Exception):
+    """A flag or a curve that cannot be simulated; the message names it."""
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    """The flags of ``trainscale simulate``."""
+
+    curve: str
+    objective: str = "efficiency"
+    min_efficiency: float | None = None
+    max_cost_per_hour: float | None = None
+    cost_per_gpu_hour: float | None = None
+    target_gpu_utilization: float | None = None
+    min_replicas: int = 1
+    max_replicas: int = 32
+    start: int = 4
+    gpus_per_node: int | None = None
+    hours: float = 4.0
+    interval: int = 30
+    noise: float = 0.05
+    missing_scrapes: float = 0.0
+    restart_seconds: float = 60.0
+    rate_window: float = 60.0
+    seed: int = 0
+    plot: str | None = None
+
+
+# API field (camelCase, as pydantic reports it) -> the flag that sets it
+_FLAGS = {
+    "replicas": "--start",
+    "minReplicas": "--min-replicas",
+    "maxReplicas": "--max-replicas",
+    "objective": "--objective",
+    "minEfficiency": "--min-efficiency",
+    "maxCostPerHour": "--max-cost-per-hour",
+    "costPerGpuHour": "--cost-per-gpu-hour",
+    "targetGpuUtilization": "--target-gpu-utilization",
+    "intervalSeconds": "--interval",
+}
+
+
+def build_spec(options: SimulateOptions) -> TrainingJobSpec:
+    """The TrainingJob spec the flags describe (one GPU per worker).
+
+    Raises:
+        SimulateError: naming the flag of the first invalid value.
+    """
+    auto: dict[str, Any] = {
+        "enabled": True,
+        "objective": options.objective,
+        "intervalSeconds": options.interval,
+    }
+    for key, value in (
+        ("minEfficiency", options.min_efficiency),
+        ("maxCostPerHour", options.max_cost_per_hour),
+        ("costPerGpuHour", options.cost_per_gpu_hour),
+        ("targetGpuUtilization", options.target_gpu_utilization),
+    ):
+        if value is not None:
+            auto[key] = value
+    if options.objective == "budget" and options.max_cost_per_hour is None:
+        raise SimulateError("--objective budget needs --max-cost-per-hour")
+    body = {
+        "replicas": options.start,
+        "minReplicas": options.min_replicas,
+        "maxReplicas": options.max_replicas,
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "worker",
+                        "image": "simulated",
+                        "resources": {"limits": {"nvidia.com/gpu": 1}},
+                    }
+                ]
+            }
+        },
+        "autoscaling": auto,
+    }
+    try:
+        return TrainingJobSpec.model_validate(body)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        field = next((str(p) for p in reversed(error["loc"]) if str(p) in _FLAGS), None)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if field is not None:
+            raise SimulateError(f"{_FLAGS[field]}: {message}") from None
+        names = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+        raise SimulateError(names.sub(lambda m: _FLAGS[m.group(1)], message)) from None
+
+
+def check_options(options: SimulateOptions) -> None:
+    """Flags the spec does not validate.
+
+    Raises:
+        SimulateError: naming the flag.
+    """
+    if not options.hours > 0:
+        raise SimulateError(f"--hours must be > 0, got {options.hours:g}")
+    if not 0 <= options.noise < 1:
+        raise SimulateError(f"--noise must be within [0, 1), got {options.noise:g}")
+    if not 0 <= options.missing_scrapes < 1:
+        raise SimulateError(
+            f"--missing-scrapes must be within [0, 1), got {options.missing_scrapes:g}"
+        )
+    if options.restart_seconds < 0:
+        raise SimulateError(f"--restart-seconds must be >= 0, got {options.restart_seconds:g}")
+    if options.rate_window < 0:
+        raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
+    if options.gpus_per_node is not None and options.gpus_per_node < 1:
+        raise SimulateError(f"--gpus-per-node must be >= 1, got {options.gpus_per_node}")
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss``."""
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def decision_lines(result: SimulationResult) -> Iterator[str]:
+    """Every decision: moves and wanted moves one per line, runs of plain holds collapsed."""
+    held: list[tuple[float, str, int]] = []
+
+    def flush() -> Iterator[str]:
+        if held:
+            (first, _, n), (last, reason, _) = held[0], held[-1]
+            span = clock(first) if first == last else f"{clock(first)}-{clock(last)}"
+            times = "1 decision" if len(held) == 1 else f"{len(held)} decisions"
+            yield f"{span:>17}  hold {n:>3}        ({times}) {reason}"
+            held.clear()
+
+    for d in result.decisions:
+        rec = d.recommendation
+        if rec.replicas == rec.current_replicas and rec.target == rec.current_replicas:
+            held.append((d.time, rec.reason, rec.current_replicas))
+            continue
+        yield from flush()
+        move = f"{rec.current_replicas:>3} -> {rec.replicas:<3}"
+        wants = "" if rec.target == rec.replicas else f" (target {rec.target})"
+        yield f"{clock(d.time):>17}  {move:<15}{rec.reason}{wants}"
+    yield from flush()
+
+
+def summary_lines(result: SimulationResult) -> Iterator[str]:
+    """Samples against the best static count, rescales, and the constraint."""
+    best, score = result.hindsight, result.score
+    c = score.constraint
+    seconds = result.hours * 3600
+    yield (
+        f"best static count (hindsight): {best.replicas} "
+        f"({c.name} {best.constrained_value:.2f}, {best.samples_per_second:.1f} samples/s)"
+        + ("" if best.feasible else f"; no allowed count keeps {c.name} {c.limit:g}")
+    )
+    yield (
+        f"samples: {score.raw_samples_ratio:.3f} of the best static count "
+        f"({result.samples:.4g} vs {best.samples_per_second * seconds:.4g})"
+    )
+    settled = f", the last at {clock(score.settled_at)}" if score.rescales else ""
+    yield f"rescales: {score.rescales}{settled}; final count {result.final_replicas}"
+    relation = "<=" if c.ceiling else ">="
+    verdict = "kept" if score.constraint_met else "BROKEN (the run scores 0)"
+    yield (
+        f"constraint: {c.name} averaged over the run {score.constraint_value:.3f}, "
+        f"needs {relation} {c.limit:g}: {verdict}"
+    )
+    yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
+
+
+def write_plot(result: SimulationResult, path: str) -> None:
+    """Replicas, throughput and efficiency (or GPU utilization) over time, as a PNG.
+
+    Raises:
+        SimulateError: when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SimulateError("--plot needs matplotlib: pip install 'trainscale[simulate]'") from None
+    best, score = result.hindsight, result.score
+    c = score.constraint
+    utilization = c.name == "GPU utilization"
+
+    def steps(value: Callable[[Segment], float]) -> tuple[list[float], list[float]]:
+        xs: list[float] = []
+        ys: list[float] = []
+        for seg in result.segments:
+            xs += [seg.start / 3600, seg.end / 3600]
+            ys += [value(seg)] * 2
+        return xs, ys
+
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(10, 8), constrained_layout=True)
+    fig.suptitle(
+        f"trainscale simulate: {result.curve}, objective "
+        f"{result.spec.autoscaling.objective.value}, {result.hours:g} h\n"
+        f"samples {score.raw_samples_ratio:.3f} of the best static count, "
+        f"{score.rescales} rescales, {c.name} {score.constraint_value:.2f} "
+        f"({'kept' if score.constraint_met else 'BROKEN: scores 0'})",
+        fontsize=11,
+    )
+    ax = axes[0]
+    ax.plot(*steps(lambda s: s.replicas), color="tab:blue", label="replicas")
+    ax.axhline(best.replicas, color="tab:green", ls="--", label=f"best static ({best.replicas})")
+    top = max([s.replicas for s in result.segments] + [best.replicas])
+    ax.set_ylabel("replicas")
+    ax.set_ylim(0, top * 1.15 + 1)
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    ax.plot(*steps(lambda s: s.samples_per_second), color="tab:blue", lw=1, label="throughput")
+    ax.axhline(best.samples_per_second, color="tab:green", ls="--", label="best static")
+    ax.set_ylabel("samples/s (true)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right")
+    ax = axes[2]
+
+    def metric(seg: Segment) -> float:
+        if seg.restarting:
+            return math.nan
+        return seg.gpu_utilization if utilization else seg.efficiency
+
+    ax.plot(*steps(metric), color="tab:blue", lw=1.5, label=c.name, zorder=3)
+    ax.axhline(
+        best.constrained_value,
+        color="tab:green",
+        ls="--",
+        label=f"best static ({best.constrained_value:.2f})",
+    )
+    if not c.ceiling:
+        ax.axhline(c.limit, color="tab:red", ls=":", lw=2, label=f"floor {c.limit:g}")
+    ax.set_ylabel("GPU utilization" if utilization else "scaling efficiency")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("hours")
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_simulate(options: SimulateOptions, out: Any) -> int:
+    """Run the simulation the flags describe, print it to ``out``, write the plot.
+
+    Raises:
+        SimulateError: on a bad flag or curve, naming it.
+    """
+    check_options(options)
+    spec = build_spec(options)
+    try:
+        curve = load_curve(options.curve, gpus_per_node=options.gpus_per_node)
+        result = run_simulation(
+            curve,
+            spec,
+            hours=options.hours,
+            noise=Noise(options.noise, options.missing_scrapes),
+            restart_seconds=options.restart_seconds,
+            rate_window=options.rate_window,
+            seed=options.seed,
+        )
+    except CurveError as exc:
+        hint = ""
+        if "no point at or around" in str(exc):
+            hint = "; add points, or keep --min-replicas/--max-replicas to the counts it covers"
+        raise SimulateError(f"--curve: {exc}{hint}") from None
+    auto = spec.autoscaling
+    where = f"{curve.gpus_per_node}-GPU nodes" if curve.gpus_per_node else "one node"
+    print(
+        f"# {result.curve} ({where}), objective {auto.objective.value}, start {spec.replicas} "
+        f"in [{spec.min_replicas}, {spec.max_replicas}], {options.hours:g} h, interval "
+        f"{auto.interval_seconds} s, noise {options.noise:.0%}, restart "
+        f"{options.restart_seconds:g} s, rate window {options.rate_window:g} s, seed "
+        f"{options.seed}",
+        file=out,
+    )
+    print(f"{'time':>17}  {'decision':<15}reason", file=out)
+    for line in decision_lines(result):
+        print(line, file=out)
+    for line in summary_lines(result):
+        print(f"# {line}", file=out)
+    if options.plot:
+        write_plot(result, options.plot)
+        print(f"# plot written to {options.plot}", file=out)
+    return 0
+
+
+def options_from(values: Mapping[str, Any]) -> SimulateOptions:
+    """:class:`SimulateOptions` from parsed flags (argparse's ``vars``)."""
+    names = SimulateOptions.__dataclass_fields__
+    return SimulateOptions(**{k: v for k, v in values.items() if k in names})

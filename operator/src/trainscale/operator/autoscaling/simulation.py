@@ -1,0 +1,827 @@
+"""The one simulated training job: speedup curves, noisy metrics, restarts, and a closed loop.
+
+Why this module exists: whether the autoscaler is any good is a question about whole runs on
+curves like the ones real clusters measure, not about single decisions. ``trainscale
+simulate`` (shown to users before they enable autoscaling), ``benchmarks/policy.py``, the
+policy tests and the test-bed's simulated exporter all need the same job model, so it is
+defined once, here, in pure Python (the operator image ships no numpy).
+
+The job
+-------
+A curve maps a placement (workers, and how they sit on nodes) to job throughput
+(samples/s) and mean GPU utilization. Most families are given as the relative step time
+per sample of one worker, ``tau = 1 + sync``, with compute normalised to 1, so that
+``X = RATE * n / tau`` and ``U = COMPUTE_FRACTION / tau``:
+
+* ``linear``, ``amdahl``, ``comm-peak``, ``log-sync``, ``two-tier``: the five shapes of the
+  first benchmark; they ignore placement.
+* ``cliff-4``, ``cliff-8``: synchronisation inside a node is cheap, across nodes it costs
+  a fixed 60 % of compute plus 4 % per further node, so throughput *drops* at the first
+  count that spills onto a second node (5 on 4-GPU nodes, 9 on 8-GPU nodes).
+* ``recover-4``, ``recover-8``: the inter-node all-reduce is limited by the NICs of the
+  least-filled node (one rail per GPU), so its cost falls as nodes fill: a worker alone
+  on the second node is a cliff, full nodes recover (best efficient counts at 12 and 24).
+* ``strong-8``: strong scaling, a fixed global batch: per-worker work shrinks as ``1/n``
+  while per-step overhead and synchronisation do not, on 8-GPU nodes.
+* ``weak-8``: weak scaling with a ring all-reduce whose bandwidth term ``2 (n-1)/n`` is
+  cheap over NVLink and 6x dearer across nodes.
+* A CSV file of measured points (``count,nodes,samples_per_second,gpu_utilization``),
+  interpolated linearly between given counts on the same number of nodes, never beyond.
+
+Workers are placed packed (one node filled before the next), as the operator asks of the
+scheduler. Metrics are what Prometheus would report: throughput as a ``rate()`` over a
+window (so right after a resize it mixes the old size, the restart gap and the new size),
+GPU utilization as the gauge at the scrape, each times ``1 + N(0, noise)``, and a fraction
+of scrapes missing altogether. Every rescale stops training for ``restart_seconds``.
+
+The loop and the score
+----------------------
+:func:`run_simulation` plays the operator's loop: every ``intervalSeconds`` (skipping the
+``settleSeconds`` after the running count changed, as the autoscale daemon does) one
+observation goes to a :class:`~trainscale.operator.autoscaling.autoscaler.JobAutoscaler`
+(or any :class:`Controller`) and its answer is applied at once. The result carries the
+trace, every decision with its reason, and a :class:`Score` against :func:`hindsight`: the
+best *static* count knowing the true curve, by samples processed, among the counts that
+keep the objective's constraint (efficiency floor, budget, utilization target). A run whose
+time-averaged constraint is broken scores zero.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import io
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from trainscale.operator.api import Objective, TrainingJobSpec
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
+from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.policy import (
+    Observation,
+    Recommendation,
+    compute_cost_per_hour,
+)
+
+RATE = 100.0
+"""Samples/s of one worker alone (the curves are relative to it)."""
+
+COMPUTE_FRACTION = 0.95
+"""GPU busy fraction of one worker alone (the rest is input pipeline)."""
+
+CSV_COLUMNS = ("count", "nodes", "samples_per_second", "gpu_utilization")
+"""The columns a measured curve's CSV file must have (header row first)."""
+
+_EPS = 1e-9
+
+
+class CurveError(ValueError):
+    """A curve that cannot be built or read, or that has no point for a count asked of it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Curves
+
+
+@dataclass(frozen=True)
+class Point:
+    """What a job does at one placement: throughput (samples/s) and mean GPU utilization."""
+
+    replicas: int
+    nodes: int
+    samples_per_second: float
+    gpu_utilization: float
+
+
+class Curve(abc.ABC):
+    """A job's throughput and GPU utilization as a function of its placement."""
+
+    name: str
+    gpus_per_node: int | None  # None: every count fits on one node
+
+    @abc.abstractmethod
+    def measure(self, placement: Placement) -> tuple[float, float]:
+        """``(samples/s, GPU utilization)`` with the workers placed so.
+
+        Raises:
+            CurveError: when the curve has no point there (a CSV curve outside its points).
+        """
+
+    def placement(self, replicas: int, gpus_per_replica: int = 1) -> Placement:
+        """Where ``replicas`` workers sit: packed, one node filled before the next."""
+        per_node = None
+        if self.gpus_per_node is not None:
+            per_node = max(1, self.gpus_per_node // max(1, gpus_per_replica))
+        packed = Placement.packed(replicas, workers_per_node_max=per_node)
+        return Placement(packed.workers_per_node, self.gpus_per_node)
+
+    def point(self, replicas: int, gpus_per_replica: int = 1) -> Point:
+        """Throughput and utilization at ``replicas`` workers, packed."""
+        if replicas <= 0:
+            return Point(0, 0, 0.0, 0.0)
+        where = self.placement(replicas, gpus_per_replica)
+        x, u = self.measure(where)
+        return Point(replicas, where.nodes, x, u)
+
+
+@dataclass(frozen=True)
+class StepTimeCurve(Curve):
+    """A curve given as the relative step time per sample of one worker, ``tau >= 1``.
+
+    ``X = RATE * n / tau`` and ``U = COMPUTE_FRACTION / tau``: compute per sample is 1, the
+    rest of ``tau`` is synchronisation (weak scaling) or per-step overhead spread over a
+    shrinking per-worker batch (strong scaling).
+    """
+
+    name: str
+    step_time: Callable[[Placement], float]
+    gpus_per_node: int | None = None
+    rate: float = RATE
+    """Samples/s of one worker alone."""
+    compute_fraction: float = COMPUTE_FRACTION
+    """GPU utilization of one worker alone."""
+
+    def measure(self, placement: Placement) -> tuple[float, float]:
+        tau = self.step_time(placement)
+        return self.rate * placement.replicas / tau, self.compute_fraction / tau
+
+
+def count_curve(name: str, tau: Callable[[int], float]) -> StepTimeCurve:
+    """A placement-blind curve from ``tau(n)`` (the policy tests' form)."""
+    return StepTimeCurve(name, lambda p: tau(p.replicas))
+
+
+def _tau_cliff(p: Placement) -> float:
+    n, k = p.replicas, p.nodes
+    return 1.0 + 0.01 * (n - 1) + (0.6 + 0.04 * (k - 1) if k > 1 else 0.0)
+
+
+def _tau_recover(p: Placement) -> float:
+    n, k = p.replicas, p.nodes
+    inter = 0.8 / min(p.workers_per_node) + 0.03 * (k - 1) if k > 1 else 0.0
+    return 1.0 + 0.01 * (n - 1) + inter
+
+
+def _tau_strong(p: Placement) -> float:
+    # per step: compute 1 (the global batch on one worker) / n, overhead 0.01, sync; per
+    # sample of one worker that is tau = 1 + n * (overhead + sync) in units of compute
+    n, k = p.replicas, p.nodes
+    sync = 0.004 * (n - 1) + (0.05 + 0.01 * (k - 1) if k > 1 else 0.0)
+    return 1.0 + n * (0.01 + sync)
+
+
+def _tau_weak(p: Placement) -> float:
+    n, k = p.replicas, p.nodes
+    bandwidth = 0.04 if k <= 1 else 0.25
+    return 1.0 + 0.005 * (n - 1) + bandwidth * 2.0 * (n - 1) / n
+
+
+_FAMILIES: dict[str, tuple[Callable[[Placement], float], int | None]] = {
+    "linear": (lambda p: 1.0, None),
+    "amdahl": (lambda p: 1.0 + 0.03 * (p.replicas - 1), None),
+    "comm-peak": (lambda p: 1.0 + 0.01 * (p.replicas - 1) + 0.003 * (p.replicas - 1) ** 2, None),
+    "log-sync": (lambda p: 1.0 + 0.08 * math.log2(p.replicas), None),
+    "two-tier": (lambda p: 1.0 + 0.01 * (p.replicas - 1) + (0.25 if p.replicas > 8 else 0.0), None),
+    "cliff-4": (_tau_cliff, 4),
+    "cliff-8": (_tau_cliff, 8),
+    "recover-4": (_tau_recover, 4),
+    "recover-8": (_tau_recover, 8),
+    "strong-8": (_tau_strong, 8),
+    "weak-8": (_tau_weak, 8),
+}
+
+CURVE_NAMES: tuple[str, ...] = tuple(_FAMILIES)
+"""The named curve families, in the order the benchmark reports them."""
+
+
+def named_curve(name: str, *, gpus_per_node: int | None = None) -> StepTimeCurve:
+    """The named family ``name`` (see the module docstring).
+
+    ``gpus_per_node`` overrides the family's node size (and gives the placement-blind
+    families one, which changes nothing in their throughput).
+
+    Raises:
+        CurveError: on an unknown name.
+    """
+    try:
+        tau, size = _FAMILIES[name]
+    except KeyError:
+        raise CurveError(
+            f"unknown curve {name!r}: expected one of {', '.join(CURVE_NAMES)} or a .csv file"
+        ) from None
+    return StepTimeCurve(name, tau, gpus_per_node if gpus_per_node is not None else size)
+
+
+@dataclass(frozen=True)
+class TableCurve(Curve):
+    """Measured points ``(count, nodes) -> (samples/s, GPU utilization)``.
+
+    Between two given counts on the same number of nodes the values are interpolated
+    linearly; nothing is extrapolated.
+    """
+
+    name: str
+    points: Mapping[tuple[int, int], tuple[float, float]]
+    gpus_per_node: int | None = None
+
+    def measure(self, placement: Placement) -> tuple[float, float]:
+        n, k = placement.replicas, placement.nodes
+        if (n, k) in self.points:
+            return self.points[(n, k)]
+        counts = sorted(c for c, nodes in self.points if nodes == k)
+        below = [c for c in counts if c < n]
+        above = [c for c in counts if c > n]
+        if not below or not above:
+            covered = f"counts {counts[0]}..{counts[-1]}" if counts else "no counts"
+            raise CurveError(
+                f"curve {self.name}: no point at or around {n} workers on {k} node(s) "
+                f"(its points on {k} node(s) cover {covered}; packed on "
+                f"{self.gpus_per_node or 'unbounded'}-GPU nodes)"
+            )
+        lo, hi = below[-1], above[0]
+        w = (n - lo) / (hi - lo)
+        (x0, u0), (x1, u1) = self.points[(lo, k)], self.points[(hi, k)]
+        return x0 + w * (x1 - x0), u0 + w * (u1 - u0)
+
+
+def _field(raw: Mapping[str, str | None], name: str, where: str, *, integer: bool) -> float:
+    text = (raw.get(name) or "").strip()
+    if not text:
+        raise CurveError(f"{where}: field {name!r} is empty")
+    try:
+        value = float(int(text)) if integer else float(text)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise CurveError(f"{where}: field {name!r} is {text!r}, not {kind}") from None
+    if not math.isfinite(value):
+        raise CurveError(f"{where}: field {name!r} is {text!r}, not a finite number")
+    return value
+
+
+def parse_csv_curve(
+    text: str, *, name: str = "curve.csv", gpus_per_node: int | None = None
+) -> TableCurve:
+    """Read a measured curve from CSV text (header ``count,nodes,samples_per_second,gpu_utilization``).
+
+    ``gpus_per_node`` defaults to the largest count measured on one node when some rows span
+    several nodes (the rows must then be a packed placement of that node size), else None.
+
+    Raises:
+        CurveError: naming the line and the field of the first bad value, a missing column,
+            a duplicate point, or rows that are no packed placement.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or ()]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise CurveError(
+            f"{name} line 1: missing column(s) {', '.join(missing)} "
+            f"(the header must name {','.join(CSV_COLUMNS)})"
+        )
+    reader.fieldnames = header
+    points: dict[tuple[int, int], tuple[float, float]] = {}
+    for row in reader:
+        where = f"{name} line {reader.line_num}"
+        key, value = _parse_csv_row(row, where)
+        if key in points:
+            raise CurveError(f"{where}: a second row for {key[0]} workers on {key[1]} node(s)")
+        points[key] = value
+    if not points:
+        raise CurveError(f"{name}: no data rows")
+    if gpus_per_node is None and any(k > 1 for _, k in points):
+        gpus_per_node = _infer_node_size(name, points)
+    return TableCurve(name, points, gpus_per_node)
+
+
+def _parse_csv_row(
+    row: Mapping[str, str | None], where: str
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """One data row: ((count, nodes), (samples/s, utilization)), each field checked."""
+    if None in row:
+        raise CurveError(f"{where}: more fields than the header names")
+    count = int(_field(row, "count", where, integer=True))
+    nodes = int(_field(row, "nodes", where, integer=True))
+    x = _field(row, "samples_per_second", where, integer=False)
+    u = _field(row, "gpu_utilization", where, integer=False)
+    if count < 1:
+        raise CurveError(f"{where}: field 'count' must be >= 1, got {count}")
+    if not 1 <= nodes <= count:
+        raise CurveError(f"{where}: field 'nodes' must be within [1, count], got {nodes}")
+    if x < 0:
+        raise CurveError(f"{where}: field 'samples_per_second' must be >= 0, got {x:g}")
+    if not 0 <= u <= 1:
+        raise CurveError(f"{where}: field 'gpu_utilization' must be within [0, 1], got {u:g}")
+    return (count, nodes), (x, u)
+
+
+def _infer_node_size(name: str, points: Mapping[tuple[int, int], object]) -> int | None:
+    """The node size multi-node rows imply: the largest one-node count, checked packed."""
+    single = [c for c, k in points if k == 1]
+    gpus_per_node = max(single) if single else None
+    wrong = [
+        (c, k)
+        for c, k in sorted(points)
+        if gpus_per_node is None or k != math.ceil(c / gpus_per_node)
+    ]
+    if wrong:
+        c, k = wrong[0]
+        raise CurveError(
+            f"{name}: {c} workers on {k} node(s) is no packed placement on "
+            f"{gpus_per_node or '?'}-GPU nodes (inferred from the one-node rows); "
+            "give the node size explicitly (--gpus-per-node)"
+        )
+    return gpus_per_node
+
+
+def load_curve(name_or_path: str, *, gpus_per_node: int | None = None) -> Curve:
+    """A named family, or a CSV file when the argument ends in ``.csv`` or names a file.
+
+    Raises:
+        CurveError: on an unknown name, an unreadable file or a bad CSV.
+    """
+    if name_or_path in _FAMILIES:
+        return named_curve(name_or_path, gpus_per_node=gpus_per_node)
+    path = Path(name_or_path)
+    if name_or_path.endswith(".csv") or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CurveError(f"cannot read curve {name_or_path}: {exc.strerror}") from None
+        return parse_csv_curve(text, name=path.name, gpus_per_node=gpus_per_node)
+    return named_curve(name_or_path, gpus_per_node=gpus_per_node)
+
+
+# --------------------------------------------------------------------------------------------
+# Hindsight: the best static count
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An objective's constraint on a count: a floor on a value, or a ceiling (budget)."""
+
+    name: str  # "efficiency", "GPU utilization", "cost per hour"
+    limit: float
+    ceiling: bool = False
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` keeps the constraint."""
+        return value <= self.limit + _EPS if self.ceiling else value >= self.limit - _EPS
+
+
+@dataclass(frozen=True)
+class JobModel:
+    """A curve seen through a spec: the counts it allows, its GPUs per replica, its objective."""
+
+    curve: Curve
+    spec: TrainingJobSpec
+
+    @property
+    def counts(self) -> range:
+        """The counts the spec allows."""
+        return range(self.spec.min_replicas, self.spec.max_replicas + 1)
+
+    def point(self, replicas: int) -> Point:
+        """Throughput and utilization at ``replicas`` (packed)."""
+        return self.curve.point(replicas, max(1, self.spec.gpus_per_replica))
+
+    def best_per_replica(self) -> float:
+        """The best throughput per worker over counts 1..maxReplicas (efficiency 1)."""
+        best = 0.0
+        for n in range(1, self.spec.max_replicas + 1):
+            try:
+                best = max(best, self.point(n).samples_per_second / n)
+            except CurveError:
+                continue  # a CSV curve need not start at 1
+        return best
+
+    def constraint(self) -> Constraint:
+        """The objective's constraint."""
+        auto = self.spec.autoscaling
+        if auto.objective is Objective.BUDGET:
+            assert auto.max_cost_per_hour is not None  # the model validator requires it
+            return Constraint("cost per hour", auto.max_cost_per_hour, ceiling=True)
+        if auto.objective is Objective.UTILIZATION:
+            return Constraint("GPU utilization", auto.target_gpu_utilization)
+        return Constraint("efficiency", auto.min_efficiency)
+
+    def constrained_value(self, replicas: int, best_per_replica: float) -> float:
+        """The constrained quantity at ``replicas``."""
+        auto = self.spec.autoscaling
+        if auto.objective is Objective.BUDGET:
+            return compute_cost_per_hour(self.spec, replicas)
+        p = self.point(replicas)
+        if auto.objective is Objective.UTILIZATION:
+            return p.gpu_utilization
+        return p.samples_per_second / replicas / best_per_replica if best_per_replica else 0.0
+
+
+@dataclass(frozen=True)
+class Hindsight:
+    """The best static count knowing the true curve, and what it processes."""
+
+    replicas: int
+    samples_per_second: float
+    feasible: bool  # False: no allowed count keeps the constraint; the smallest is taken
+    constrained_value: float  # the constrained quantity at that count
+
+
+def hindsight(curve: Curve, spec: TrainingJobSpec) -> Hindsight:
+    """The allowed count with the most samples among those keeping the constraint.
+
+    Ties go to the smaller count. When no count keeps it, ``minReplicas`` with
+    ``feasible=False``.
+
+    Raises:
+        CurveError: when the curve has no point for an allowed count.
+    """
+    job = JobModel(curve, spec)
+    ref = job.best_per_replica()
+    constraint = job.constraint()
+    best: tuple[float, int] | None = None
+    for n in job.counts:
+        x = job.point(n).samples_per_second
+        if constraint.holds(job.constrained_value(n, ref)) and (best is None or x > best[0]):
+            best = (x, n)
+    if best is None:
+        n = spec.min_replicas
+        return Hindsight(n, job.point(n).samples_per_second, False, job.constrained_value(n, ref))
+    return Hindsight(best[1], best[0], True, job.constrained_value(best[1], ref))
+
+
+# --------------------------------------------------------------------------------------------
+# The closed loop
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What separates the metrics from the truth.
+
+    Attributes:
+        relative: Standard deviation of the multiplicative Gaussian noise on each observed
+            value (throughput and utilization independently).
+        missing: Fraction of scrapes that return nothing at all.
+    """
+
+    relative: float = 0.05
+    missing: float = 0.0
+
+
+class Controller(Protocol):
+    """Anything that decides like :class:`JobAutoscaler` (a baseline, a static count)."""
+
+    def decide(
+        self,
+        observations: Sequence[Observation],
+        *,
+        current_replicas: int,
+        now: float,
+        placement: Placement | None = None,
+    ) -> Recommendation:
+        """The recommendation after the new ``observations``."""
+        ...
+
+
+@dataclass(frozen=True)
+class TracePoint:
+    """The job at one decision: count and nodes after it, true throughput and efficiency
+    of what ran just before it (throughput 0 while restarting)."""
+
+    time: float
+    replicas: int
+    nodes: int
+    samples_per_second: float
+    efficiency: float
+    gpu_utilization: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the run with nothing changing: training at a count, or restarting."""
+
+    start: float
+    end: float
+    replicas: int
+    nodes: int
+    samples_per_second: float  # true, 0 while restarting
+    gpu_utilization: float  # true, 0 while restarting
+    efficiency: float  # of the count, whether or not it is restarting
+    restarting: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision and what was observed for it."""
+
+    time: float
+    recommendation: Recommendation
+    observation: Observation
+
+
+@dataclass(frozen=True)
+class Score:
+    """A run against hindsight.
+
+    Attributes:
+        samples_ratio: Samples processed / the best static count's, 0 if the constraint broke.
+        raw_samples_ratio: The same before the constraint is applied.
+        rescales: How many times the count changed.
+        settled_at: Seconds into the run of the last rescale (0 if none).
+        constraint: The objective's constraint.
+        constraint_value: The constrained quantity, averaged over the run's time (efficiency
+            and utilization over the time the job trained, cost over all of it).
+        constraint_met: Whether that average keeps the constraint (or, when no count could,
+            does no worse than the hindsight count).
+    """
+
+    samples_ratio: float
+    raw_samples_ratio: float
+    rescales: int
+    settled_at: float
+    constraint: Constraint
+    constraint_value: float
+    constraint_met: bool
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """A whole run: the trace, the decisions, totals, hindsight and the score."""
+
+    curve: str
+    spec: TrainingJobSpec
+    hours: float
+    points: tuple[TracePoint, ...]
+    decisions: tuple[Decision, ...]
+    segments: tuple[Segment, ...]
+    samples: float
+    gpu_hours: float
+    final_replicas: int
+    hindsight: Hindsight
+    score: Score
+
+
+@dataclass
+class _Piece:
+    start: float
+    replicas: int
+    nodes: int
+    samples_per_second: float
+    gpu_utilization: float
+    running: bool
+
+
+@dataclass
+class _Timeline:
+    """Piecewise-constant history of the job (each piece lasts until the next one starts)."""
+
+    pieces: list[_Piece] = field(default_factory=list)
+
+    def cut(self, at: float) -> None:
+        """Drop what was scheduled after ``at`` (a restart a new decision interrupts)."""
+        while self.pieces and self.pieces[-1].start > at:
+            self.pieces.pop()
+
+    def at(self, t: float) -> _Piece:
+        """The piece in force at ``t``."""
+        for piece in reversed(self.pieces):
+            if piece.start <= t:
+                return piece
+        return self.pieces[0]
+
+    def spans(self, start: float, end: float) -> Iterable[tuple[_Piece, float]]:
+        """Each piece overlapping ``[start, end)`` with the seconds it overlaps."""
+        for i, piece in enumerate(self.pieces):
+            stop = self.pieces[i + 1].start if i + 1 < len(self.pieces) else math.inf
+            seconds = min(stop, end) - max(piece.start, start)
+            if seconds > 0:
+                yield piece, seconds
+
+    def mean_throughput(self, start: float, end: float) -> float:
+        """What ``rate()`` over ``[start, end)`` reports."""
+        seconds = end - start
+        if seconds <= 0:
+            return self.at(end).samples_per_second
+        # only the tail can overlap a short window; walk it from the end
+        total = 0.0
+        stop = math.inf
+        for piece in reversed(self.pieces):
+            overlap = min(stop, end) - max(piece.start, start)
+            if overlap > 0:
+                total += piece.samples_per_second * overlap
+            if piece.start <= start:
+                break
+            stop = piece.start
+        return total / seconds
+
+
+def _observe(
+    timeline: _Timeline,
+    t: float,
+    *,
+    rate_window: float,
+    noise: Noise,
+    rng: random.Random,
+    report_utilization: bool,
+    report_throughput: bool,
+) -> Observation:
+    now = timeline.at(t)
+    if noise.missing > 0 and rng.random() < noise.missing:
+        return Observation(t, now.replicas)
+    x = timeline.mean_throughput(max(0.0, t - rate_window), t)
+    u = now.gpu_utilization
+    return Observation(
+        t,
+        now.replicas,
+        min(1.0, max(0.0, u * (1 + rng.gauss(0, noise.relative)))) if report_utilization else None,
+        max(0.0, x * (1 + rng.gauss(0, noise.relative))) if report_throughput else None,
+    )
+
+
+def _score(
+    job: JobModel,
+    timeline: _Timeline,
+    end: float,
+    samples: float,
+    best: Hindsight,
+    rescales: int,
+    settled_at: float,
+) -> Score:
+    ref = job.best_per_replica()
+    constraint = job.constraint()
+    cache: dict[int, float] = {}
+
+    def value(n: int) -> float:
+        if n not in cache:
+            cache[n] = job.constrained_value(n, ref)
+        return cache[n]
+
+    weighted = seconds_total = 0.0
+    for piece, seconds in timeline.spans(0.0, end):
+        if constraint.ceiling or piece.running:  # cost accrues while restarting too
+            weighted += value(piece.replicas) * seconds
+            seconds_total += seconds
+    mean = weighted / seconds_total if seconds_total else value(job.spec.replicas)
+    met = constraint.holds(mean)
+    if not best.feasible:  # no count keeps it: do no worse than the hindsight count
+        met = (
+            mean <= best.constrained_value + _EPS
+            if constraint.ceiling
+            else mean >= best.constrained_value - _EPS
+        )
+    reference = best.samples_per_second * end
+    raw = samples / reference if reference > 0 else 0.0
+    return Score(raw if met else 0.0, raw, rescales, settled_at, constraint, mean, met)
+
+
+def _checked_run(
+    spec: TrainingJobSpec,
+    hours: float,
+    interval: float | None,
+    noise: Noise | float,
+    restart_seconds: float,
+) -> tuple[TrainingJobSpec, Noise]:
+    """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
+    if interval is not None:
+        if interval <= 0 or interval != int(interval):
+            raise ValueError(f"interval must be a positive whole number of seconds, got {interval}")
+        auto = spec.autoscaling.model_copy(update={"interval_seconds": int(interval)})
+        spec = spec.model_copy(update={"autoscaling": auto})
+    if not hours > 0:
+        raise ValueError(f"hours must be > 0, got {hours}")
+    if restart_seconds < 0 or not math.isfinite(restart_seconds):
+        raise ValueError(f"restart_seconds must be >= 0, got {restart_seconds}")
+    return spec, Noise(relative=float(noise)) if isinstance(noise, int | float) else noise
+
+
+def run_simulation(
+    curve: Curve,
+    spec: TrainingJobSpec,
+    *,
+    hours: float = 4.0,
+    interval: float | None = None,
+    noise: Noise | float = 0.05,
+    restart_seconds: float = 60.0,
+    seed: int = 0,
+    rate_window: float = 60.0,
+    settle_seconds: float | None = None,
+    controller: Controller | None = None,
+    report_utilization: bool = True,
+    report_throughput: bool = True,
+) -> SimulationResult:
+    """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
+
+    Args:
+        curve: The true speedup curve.
+        spec: The job (start count ``replicas``, bounds, objective, interval).
+        hours: Length of the run.
+        interval: Seconds between decisions; default ``spec.autoscaling.intervalSeconds``
+            (the spec is updated to match).
+        noise: A :class:`Noise`, or just its relative part.
+        restart_seconds: Training time lost to each rescale.
+        seed: Seeds the noise; the same arguments give the same run.
+        rate_window: Seconds of the throughput ``rate()``; 0 reports the instantaneous value.
+        settle_seconds: No decision this long after the running count changed (the daemon's
+            ``settleSeconds``); default the spec's, 0 decides every interval.
+        controller: Default: a fresh :class:`JobAutoscaler` of ``spec``.
+        report_utilization, report_throughput: Whether the job exports each metric.
+
+    Raises:
+        CurveError: when the curve has no point at an allowed count.
+        ValueError: on a non-positive ``hours`` or ``interval`` or a negative restart.
+    """
+    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds)
+    step = float(spec.autoscaling.interval_seconds)
+    settle = float(spec.autoscaling.settle_seconds if settle_seconds is None else settle_seconds)
+    job = JobModel(curve, spec)
+    best = hindsight(curve, spec)  # checks the curve covers every allowed count
+    if controller is None:
+        controller = JobAutoscaler(spec)
+    rng = random.Random(seed)
+    end = hours * 3600.0
+
+    def running(t: float, n: int) -> _Piece:
+        p = job.point(n)
+        return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True)
+
+    current = spec.replicas
+    timeline = _Timeline([running(0.0, current)])
+    changed_at: float | None = None  # when the running count last changed
+    points: list[TracePoint] = []
+    decisions: list[Decision] = []
+    rescales = 0
+    settled_at = 0.0
+    ref = job.best_per_replica()
+
+    def efficiency_of(n: int) -> float:
+        return job.point(n).samples_per_second / n / ref if n and ref else 0.0
+
+    t = 0.0
+    while t < end:
+        t += step
+        if changed_at is not None and t - changed_at < settle:
+            continue  # the daemon does not measure a size younger than settleSeconds
+        observation = _observe(
+            timeline,
+            t,
+            rate_window=rate_window,
+            noise=noise,
+            rng=rng,
+            report_utilization=report_utilization,
+            report_throughput=report_throughput,
+        )
+        rec = controller.decide(
+            [observation], current_replicas=current, now=t, placement=job.curve.placement(current)
+        )
+        decisions.append(Decision(t, rec, observation))
+        before = timeline.at(t)
+        if rec.replicas != current:
+            current = rec.replicas
+            rescales += 1
+            settled_at = changed_at = t
+            timeline.cut(t)
+            p = job.point(current)
+            timeline.pieces.append(_Piece(t, current, p.nodes, 0.0, 0.0, False))
+            timeline.pieces.append(running(t + restart_seconds, current))
+        efficiency = before.samples_per_second / before.replicas / ref if before.replicas else 0.0
+        points.append(
+            TracePoint(
+                t,
+                current,
+                job.point(current).nodes,
+                before.samples_per_second,
+                efficiency if before.running else 0.0,
+                before.gpu_utilization,
+            )
+        )
+    samples = sum(p.samples_per_second * s for p, s in timeline.spans(0.0, end))
+    gpus = max(1, spec.gpus_per_replica)
+    gpu_hours = sum(p.replicas * gpus * s for p, s in timeline.spans(0.0, end)) / 3600.0
+    segments = tuple(
+        Segment(
+            p.start,
+            p.start + seconds,
+            p.replicas,
+            p.nodes,
+            p.samples_per_second,
+            p.gpu_utilization,
+            efficiency_of(p.replicas),
+            not p.running,
+        )
+        for p, seconds in timeline.spans(0.0, end)
+    )
+    return SimulationResult(
+        curve=curve.name,
+        spec=spec,
+        hours=hours,
+        points=tuple(points),
+        decisions=tuple(decisions),
+        segments=segments,
+        samples=samples,
+        gpu_hours=gpu_hours,
+        final_replicas=current,
+        hindsight=best,
+        score=_score(job, timeline, end, samples, best, rescales, settled_at),
+    )

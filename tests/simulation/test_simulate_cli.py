@@ -1,0 +1,129 @@
+"""Tests of ``trainscale simulate``.
+
+Covers:
+- the console script end to end (a subprocess): exit 0, every decision printed with its
+  time and reason, the summary against the best static count, and a real PNG;
+- a measured CSV curve is accepted; a bad one is refused naming the line and the field;
+- bad flags are refused naming the flag (exit 2, nothing on standard output).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainscale.operator.app.cli import main
+
+TRAINSCALE = Path(sys.executable).with_name("trainscale")
+
+
+@pytest.mark.slow
+def test_simulate_prints_decisions_and_writes_a_png(tmp_path: Path) -> None:
+    png = tmp_path / "x.png"
+    done = subprocess.run(
+        [
+            str(TRAINSCALE),
+            "simulate",
+            "--curve",
+            "amdahl",
+            "--hours",
+            "1",
+            "--start",
+            "2",
+            "--max-replicas",
+            "16",
+            "--seed",
+            "1",
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    moves = [line for line in lines if re.match(r"\s+\d:\d\d:\d\d\s+\d+ -> \d+\s+\S", line)]
+    assert moves, done.stdout  # a move, with its time and reason
+    assert any(re.search(r"\d:\d\d:\d\d\s+hold\s+\d+ .*\(\d+ decisions?\) \S", x) for x in lines)
+    assert any(x.startswith("# best static count (hindsight): ") for x in lines)
+    assert any(x.startswith("# samples: ") and "of the best static count" in x for x in lines)
+    assert any(x.startswith("# constraint: efficiency averaged") for x in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_runs_a_measured_csv_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "measured.csv"
+    csv.write_text(
+        "count,nodes,samples_per_second,gpu_utilization\n"
+        "1,1,100,0.95\n2,1,195,0.93\n4,1,380,0.9\n5,2,300,0.55\n8,2,420,0.5\n"
+        "9,3,430,0.45\n12,3,600,0.47\n13,4,610,0.45\n16,4,800,0.48\n"
+    )
+    args = ["simulate", "--curve", str(csv), "--max-replicas", "16", "--hours", "0.5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "# measured.csv (4-GPU nodes), objective efficiency" in out
+    assert "# best static count (hindsight): 4 " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["--curve", "amdahl", "--objective", "budget"],
+            "--objective budget needs --max-cost-per-hour",
+            id="budget-without-ceiling",
+        ),
+        pytest.param(
+            ["--curve", "amdahl", "--min-replicas", "8", "--max-replicas", "4"],
+            "--min-replicas (8) must be <= --max-replicas (4)",
+            id="bounds",
+        ),
+        pytest.param(
+            ["--curve", "amdahl", "--min-efficiency", "1.5"],
+            "--min-efficiency: Input should be less than or equal to 1",
+            id="floor",
+        ),
+        pytest.param(["--curve", "amdahl", "--hours", "0"], "--hours must be > 0", id="hours"),
+        pytest.param(
+            ["--curve", "amdahl", "--noise", "-0.1"], "--noise must be within", id="noise"
+        ),
+        pytest.param(["--curve", "cliff-3"], "--curve: unknown curve 'cliff-3'", id="curve"),
+        pytest.param(
+            ["--curve", "missing.csv"], "--curve: cannot read curve missing.csv", id="no-file"
+        ),
+    ],
+)
+def test_bad_flags_are_named(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""
+
+
+def test_a_bad_csv_names_the_line_and_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("count,nodes,samples_per_second,gpu_utilization\n1,1,100,0.9\n2,1,2x,0.9\n")
+    assert main(["simulate", "--curve", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv line 3: field 'samples_per_second' is '2x', not a number" in err
+
+
+def test_a_csv_that_does_not_cover_the_counts_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "short.csv"
+    csv.write_text("count,nodes,samples_per_second,gpu_utilization\n1,1,100,0.9\n8,1,700,0.8\n")
+    assert main(["simulate", "--curve", str(csv), "--max-replicas", "12"]) == 2
+    assert "no point at or around 9 workers on 1 node(s)" in capsys.readouterr().err

@@ -1,0 +1,292 @@
+"""Tests of the simulated-job model (``trainscale.operator.autoscaling.simulation``).
+
+Covers:
+- packed placement, node-boundary cliffs at the first count that spills onto a second node
+  (5 on 4-GPU nodes, 9 on 8-GPU nodes), and recovery once the nodes fill;
+- strong scaling loses efficiency faster than weak scaling;
+- CSV curves: parse errors name the line and the field; interpolation only between given
+  points on the same number of nodes; the node size inferred from the rows;
+- hindsight and the score on a hand-computed case, a broken floor scoring zero;
+- the rate() window mixing sizes right after a resize, missing scrapes, settle time,
+  determinism, and a closed loop with the real ``JobAutoscaler``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import pytest
+
+from tests.support.policy_sim import make_spec
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
+from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.policy import Observation, Recommendation
+from trainscale.operator.autoscaling.simulation import (
+    CURVE_NAMES,
+    CurveError,
+    JobModel,
+    Noise,
+    hindsight,
+    load_curve,
+    named_curve,
+    parse_csv_curve,
+    run_simulation,
+)
+
+# counts 1..4 on one node; efficiency 1, 0.95, 0.8, 0.625
+SMALL_CSV = """count,nodes,samples_per_second,gpu_utilization
+1,1,100,0.95
+2,1,190,0.9
+3,1,240,0.76
+4,1,250,0.6
+"""
+
+
+class Scripted:
+    """A controller that asks for the listed counts, one per decision, then holds."""
+
+    def __init__(self, counts: Sequence[int]) -> None:
+        self.counts = list(counts)
+        self.seen: list[Observation] = []
+
+    def decide(
+        self,
+        observations: Sequence[Observation],
+        *,
+        current_replicas: int,
+        now: float,
+        placement: Placement | None = None,
+    ) -> Recommendation:
+        self.seen.extend(observations)
+        n = self.counts.pop(0) if self.counts else current_replicas
+        return Recommendation(n, n, current_replicas, f"scripted {n}")
+
+
+def throughputs(name: str, counts: range) -> list[float]:
+    curve = named_curve(name)
+    return [curve.point(n).samples_per_second for n in counts]
+
+
+def test_packed_placement_fills_a_node_first() -> None:
+    assert Placement.packed(10, workers_per_node_max=4).workers_per_node == (4, 4, 2)
+    assert Placement.packed(3, workers_per_node_max=None).workers_per_node == (3,)
+    curve = named_curve("cliff-8")
+    assert [curve.point(n).nodes for n in (8, 9, 16, 17)] == [1, 2, 2, 3]
+    assert curve.placement(6, gpus_per_replica=2).workers_per_node == (4, 2)
+
+
+@pytest.mark.parametrize(("name", "node"), [("cliff-4", 4), ("cliff-8", 8)])
+def test_throughput_drops_at_the_first_count_on_a_second_node(name: str, node: int) -> None:
+    x = throughputs(name, range(1, 33))
+    assert all(a < b for a, b in itertools.pairwise(x[:node]))  # rises to a full node
+    assert x[node] < x[node - 1]  # spills: drops
+
+
+def test_recovering_curve_regains_efficiency_once_the_nodes_fill() -> None:
+    spec = make_spec(hi=32)
+    job = JobModel(named_curve("recover-8"), spec)
+    ref = job.best_per_replica()
+    eff = {n: job.constrained_value(n, ref) for n in (8, 9, 16, 24)}
+    assert eff[9] < 0.6
+    assert 0.7 < eff[24] < eff[16] < eff[8]
+    x = throughputs("recover-8", range(1, 33))
+    assert x[8] < x[7] < x[15] < x[23]  # 9 < 8 < 16 < 24 workers
+    assert hindsight(named_curve("recover-8"), make_spec(hi=32)).replicas == 24
+
+
+def test_strong_scaling_loses_efficiency_faster_than_weak() -> None:
+    spec = make_spec(hi=16)
+    strong, weak = JobModel(named_curve("strong-8"), spec), JobModel(named_curve("weak-8"), spec)
+    s_ref, w_ref = strong.best_per_replica(), weak.best_per_replica()
+    assert strong.constrained_value(8, s_ref) < weak.constrained_value(8, w_ref)
+    x = throughputs("strong-8", range(1, 17))
+    assert max(x) == x[7]  # peaks at one full node, then the cliff and falling returns
+
+
+def test_every_named_curve_is_defined_on_1_to_32() -> None:
+    for name in CURVE_NAMES:
+        curve = load_curve(name)
+        for n in range(1, 33):
+            p = curve.point(n)
+            assert p.samples_per_second > 0
+            assert 0 < p.gpu_utilization <= 1
+
+
+def test_csv_curve_interpolates_between_given_points_only() -> None:
+    text = "count,nodes,samples_per_second,gpu_utilization\n1,1,100,1\n4,1,340,0.8\n8,2,400,0.5\n"
+    curve = parse_csv_curve(text, name="m.csv")
+    assert curve.gpus_per_node == 4  # the largest count measured on one node
+    assert curve.point(2).samples_per_second == pytest.approx(180.0)
+    assert curve.point(3).gpu_utilization == pytest.approx(0.8667, abs=1e-4)
+    with pytest.raises(CurveError, match=r"no point at or around 6 workers on 2 node"):
+        curve.point(6)  # only 8 is given on two nodes: no extrapolation
+    with pytest.raises(CurveError, match="no point at or around 9"):
+        curve.point(9)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "count,nodes,samples_per_second\n1,1,100\n",
+            "m.csv line 1: missing column(s) gpu_utilization",
+            id="missing-column",
+        ),
+        pytest.param(
+            SMALL_CSV + "5,1,fast,0.5\n",
+            "m.csv line 6: field 'samples_per_second' is 'fast', not a number",
+            id="not-a-number",
+        ),
+        pytest.param(
+            SMALL_CSV + "5.5,1,1,0.5\n",
+            "m.csv line 6: field 'count' is '5.5', not a whole number",
+            id="fractional-count",
+        ),
+        pytest.param(
+            SMALL_CSV + "5,1,300,\n",
+            "m.csv line 6: field 'gpu_utilization' is empty",
+            id="empty",
+        ),
+        pytest.param(
+            SMALL_CSV + "5,1,300,1.5\n",
+            "m.csv line 6: field 'gpu_utilization' must be within [0, 1], got 1.5",
+            id="utilization-range",
+        ),
+        pytest.param(
+            SMALL_CSV + "3,1,250,0.5\n",
+            "m.csv line 6: a second row for 3 workers on 1 node(s)",
+            id="duplicate",
+        ),
+        pytest.param(
+            SMALL_CSV + "5,6,300,0.5\n",
+            "m.csv line 6: field 'nodes' must be within [1, count], got 6",
+            id="nodes-range",
+        ),
+        pytest.param(
+            SMALL_CSV + "5,1,300,0.5,extra\n",
+            "m.csv line 6: more fields than the header names",
+            id="extra-field",
+        ),
+        pytest.param(
+            SMALL_CSV + "6,3,300,0.5\n",
+            "m.csv: 6 workers on 3 node(s) is no packed placement on 4-GPU nodes",
+            id="not-packed",
+        ),
+        pytest.param(
+            "count,nodes,samples_per_second,gpu_utilization\n", "no data rows", id="empty-file"
+        ),
+    ],
+)
+def test_csv_errors_name_the_line_and_the_field(text: str, message: str) -> None:
+    with pytest.raises(CurveError) as info:
+        parse_csv_curve(text, name="m.csv")
+    assert message in str(info.value)
+
+
+def test_unknown_curve_names_the_choices() -> None:
+    with pytest.raises(CurveError, match=r"unknown curve 'cliff-3'.*cliff-4"):
+        load_curve("cliff-3")
+
+
+def test_hindsight_per_objective_on_a_hand_computed_curve() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    # efficiency 1, .95, .8, .625: 4 breaks the 0.7 floor, 3 has the most samples
+    assert hindsight(curve, make_spec(lo=1, hi=4, minEfficiency=0.7)).replicas == 3
+    # 2 GPUs cost 2/h: the budget pays for 2
+    budget = make_spec(lo=1, hi=4, objective="budget", costPerGpuHour=1.0, maxCostPerHour=2.0)
+    assert hindsight(curve, budget).replicas == 2
+    # utilization .95 .9 .76 .6 against 0.8: 2
+    utilization = make_spec(lo=1, hi=4, objective="utilization", targetGpuUtilization=0.8)
+    assert hindsight(curve, utilization).replicas == 2
+    # nothing keeps a floor of 0.99 above one worker... and with minReplicas 2 nothing does
+    best = hindsight(curve, make_spec(replicas=2, lo=2, hi=4, minEfficiency=0.99))
+    assert (best.replicas, best.feasible) == (2, False)
+
+
+def test_score_on_a_hand_computed_run() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=2, lo=1, hi=4, minEfficiency=0.7, intervalSeconds=30)
+    # 2 -> 3 at the first decision (t = 30), 60 s restart, one hour
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, restart_seconds=60, controller=Scripted([3])
+    )
+    assert run.hindsight.replicas == 3
+    assert run.samples == pytest.approx(190 * 30 + 240 * (3600 - 90))
+    assert run.score.raw_samples_ratio == pytest.approx((5700 + 240 * 3510) / (240 * 3600))
+    assert run.score.rescales == 1
+    assert run.score.settled_at == 30
+    assert run.score.constraint_value == pytest.approx((0.95 * 30 + 0.8 * 3510) / 3540)
+    assert run.score.constraint_met
+    assert run.score.samples_ratio == run.score.raw_samples_ratio
+    assert run.gpu_hours == pytest.approx((2 * 30 + 3 * 3570) / 3600)
+
+
+def test_a_broken_floor_scores_zero() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=4, lo=1, hi=4, minEfficiency=0.7)
+    run = run_simulation(curve, spec, hours=1, noise=0.0, controller=Scripted([]))
+    assert run.score.raw_samples_ratio == pytest.approx(250 / 240)  # more samples ...
+    assert run.score.constraint_value == pytest.approx(0.625)
+    assert not run.score.constraint_met
+    assert run.score.samples_ratio == 0.0  # ... at efficiency 0.625 < 0.7
+
+
+def test_a_budget_overrun_scores_zero() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=3, hi=4, objective="budget", costPerGpuHour=1.0, maxCostPerHour=2.5)
+    run = run_simulation(curve, spec, hours=1, noise=0.0, controller=Scripted([]))
+    assert run.score.constraint_value == pytest.approx(3.0)
+    assert run.score.samples_ratio == 0.0
+
+
+def test_the_rate_window_mixes_sizes_right_after_a_resize() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=30)
+    scripted = Scripted([3])
+    run_simulation(
+        curve,
+        spec,
+        hours=0.05,
+        noise=0.0,
+        restart_seconds=10,
+        rate_window=60,
+        settle_seconds=0,
+        controller=scripted,
+    )
+    rates = [o.samples_per_second for o in scripted.seen]
+    # t=30: 2 workers all window; t=60: 30 s at 2, 10 s restart, 20 s at 3; t=90: 50 s at 3
+    assert rates[:3] == pytest.approx([190, (190 * 30 + 240 * 20) / 60, (240 * 50) / 60])
+    assert rates[3] == pytest.approx(240)
+    assert [o.replicas for o in scripted.seen[:3]] == [2, 3, 3]
+
+
+def test_missing_scrapes_carry_no_values_and_settle_skips_decisions() -> None:
+    curve = named_curve("linear")
+    scripted = Scripted([5])
+    spec = make_spec(replicas=4, intervalSeconds=30, settleSeconds=75)
+    run_simulation(curve, spec, hours=0.05, noise=Noise(0.05, missing=1.0), controller=scripted)
+    assert [o.timestamp for o in scripted.seen] == [30, 120, 150, 180]  # 60, 90 settling
+    assert all(o.gpu_utilization is None and o.samples_per_second is None for o in scripted.seen)
+
+
+def test_same_seed_same_run_other_seed_other_noise() -> None:
+    spec = make_spec(replicas=4, hi=16)
+    one = run_simulation(named_curve("amdahl"), spec, hours=0.5, seed=3)
+    two = run_simulation(named_curve("amdahl"), spec, hours=0.5, seed=3)
+    three = run_simulation(named_curve("amdahl"), spec, hours=0.5, seed=4)
+    assert one == two
+    assert one.decisions[0].observation != three.decisions[0].observation
+
+
+def test_closed_loop_with_the_job_autoscaler_scales_a_linear_job_up() -> None:
+    spec = make_spec(replicas=2, hi=8, minEfficiency=0.7)
+    run = run_simulation(named_curve("linear"), spec, hours=1, noise=0.02, seed=1)
+    assert run.hindsight.replicas == 8
+    assert run.final_replicas > 2
+    assert all(d.recommendation.reason for d in run.decisions)
+    assert len(run.points) == len(run.decisions)
+    # the JobAutoscaler is what decided: its memory holds the observations
+    auto = JobAutoscaler(spec)
+    auto.decide([run.decisions[0].observation], current_replicas=2, now=30.0)
+    assert auto.memory().observations == (run.decisions[0].observation,)
