@@ -1,0 +1,92 @@
+"""How long one cluster arbitration takes, in pure Python.
+
+Why this script exists: the operator runs :func:`trainscale.operator.autoscaling.allocate`
+every interval over every managed job; issue 10 asks for 200 jobs on 1,000 GPUs decided in
+well under a second. Timing belongs here, not in the tests (no timed assertions there).
+
+The workload: ``--jobs`` jobs on ``--nodes`` nodes of ``--gpus-per-node`` GPUs, each job
+with a throughput per count for every count up to its ``maxReplicas`` (as the caller fills
+from ``JobAutoscaler.predict_throughput``), an Amdahl-like curve with a cliff past one node,
+random bounds, 1 or 2 GPUs per worker, priorities, efficiency floors on half of them, a
+current allocation on two thirds of them (restart costs charged), and a few pinned jobs.
+
+Run:  .venv/bin/python benchmarks/arbiter_speed.py [--jobs 200] [--nodes 250] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+from trainscale.operator.autoscaling import allocate
+from trainscale.operator.autoscaling.arbiter import Capacity, JobDemand
+
+
+def make_workload(
+    jobs: int, nodes: int, gpus_per_node: int, seed: int
+) -> tuple[list[JobDemand], Capacity]:
+    rng = random.Random(seed)
+    names = [f"node-{i:04d}" for i in range(nodes)]
+    demands: list[JobDemand] = []
+    for i in range(jobs):
+        gpw = 2 if rng.random() < 0.2 else 1
+        lo = rng.choice([1, 1, 1, 2, 4])
+        hi = max(lo, rng.choice([8, 16, 32, 64]))
+        serial = rng.uniform(0.0, 0.08)
+        cliff = rng.uniform(0.0, 0.3)
+        throughput = {
+            n: 100.0 * n / (1.0 + serial * (n - 1) + (cliff if n * gpw > gpus_per_node else 0.0))
+            for n in range(1, hi + 1)
+        }
+        current = rng.randint(lo, min(hi, lo * 4)) if rng.random() < 0.66 else 0
+        demands.append(
+            JobDemand(
+                key=f"ns/job-{i:03d}",
+                throughput=throughput,
+                gpus_per_worker=gpw,
+                min_replicas=lo,
+                max_replicas=hi,
+                min_efficiency=0.6 if rng.random() < 0.5 else None,
+                priority=rng.choice([0, 0, 0, 100]),
+                created=float(i),
+                current_replicas=current,
+                restart_cost_seconds=rng.uniform(10, 120),
+                pinned=rng.random() < 0.03,
+            )
+        )
+    return demands, Capacity({n: gpus_per_node for n in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--nodes", type=int, default=250)
+    parser.add_argument("--gpus-per-node", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    times: list[float] = []
+    allocation = None
+    for run in range(args.runs):
+        demands, capacity = make_workload(
+            args.jobs, args.nodes, args.gpus_per_node, args.seed + run
+        )
+        start = time.perf_counter()
+        allocation = allocate(demands, capacity, now=float(args.jobs))
+        times.append(time.perf_counter() - start)
+    assert allocation is not None
+    gpus = args.nodes * args.gpus_per_node
+    print(
+        f"allocate: {args.jobs} jobs on {gpus} GPUs ({args.nodes} nodes x {args.gpus_per_node}),"
+        f" {args.runs} runs: median {statistics.median(times) * 1000:.0f} ms,"
+        f" max {max(times) * 1000:.0f} ms"
+        f" (last run: {allocation.waiting} queued, {allocation.free_gpus} GPUs left free)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Decision tables of the cluster arbiter: one readable row per rule of its module docstring.
+
+Covers: throughput at counts the demand does not list; the candidate counts (bounds,
+allowed sizes, budgets, efficiency floor, minimum always); pinned jobs' GPUs subtracted;
+admission (running jobs keep their minimum, strict FIFO by priority then age, no
+backfilling, never-fitting jobs skipped, the youngest running job evicted when the cluster
+shrank); growth by gain per GPU (fair split, a scaling job over a flat one, a cliff jumped,
+restart charged, priority tiers, packing limits); the reasons in words; bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainscale.operator.autoscaling import allocate
+from trainscale.operator.autoscaling.arbiter import (
+    ArbiterSettings,
+    Capacity,
+    JobDemand,
+    admit_minimums,
+    compute_allowed_counts,
+    predicted_throughput,
+    subtract_pinned,
+)
+
+
+def linear(hi: int) -> dict[int, float]:
+    return {n: 100.0 * n for n in range(1, hi + 1)}
+
+
+def amdahl(hi: int, serial: float) -> dict[int, float]:
+    return {n: 100.0 * n / (1.0 + serial * (n - 1)) for n in range(1, hi + 1)}
+
+
+def job(key: str, **kw: Any) -> JobDemand:
+    kw.setdefault("min_replicas", 1)
+    kw.setdefault("max_replicas", 8)
+    kw.setdefault("throughput", linear(kw["max_replicas"]))
+    return JobDemand(key=key, **kw)
+
+
+def nodes(count: int, gpus: int = 4) -> Capacity:
+    return Capacity({f"n{i}": gpus for i in range(count)})
+
+
+@pytest.mark.parametrize(
+    ("throughput", "replicas", "expected"),
+    [
+        pytest.param({2: 200.0, 4: 300.0}, 4, 300.0, id="listed"),
+        pytest.param({2: 200.0, 4: 300.0}, 3, 250.0, id="interpolated-between"),
+        pytest.param({2: 200.0, 4: 300.0}, 1, 100.0, id="below-smallest-per-worker-as-there"),
+        pytest.param({2: 200.0, 4: 300.0}, 8, 300.0, id="above-largest-flat"),
+        pytest.param({}, 4, 0.0, id="nothing-known"),
+        pytest.param({2: 200.0}, 0, 0.0, id="zero-workers"),
+    ],
+)
+def test_predicted_throughput(throughput: dict[int, float], replicas: int, expected: float) -> None:
+    demand = JobDemand(key="a", throughput=throughput, max_replicas=8)
+    assert predicted_throughput(demand, replicas) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        pytest.param({"min_replicas": 2, "max_replicas": 5}, (2, 3, 4, 5), id="bounds"),
+        pytest.param(
+            {"max_replicas": 8, "allowed_sizes": (1, 2, 4, 8)}, (1, 2, 4, 8), id="allowed-sizes"
+        ),
+        pytest.param(
+            {"min_replicas": 3, "max_replicas": 8, "allowed_sizes": (4, 8)},
+            (3, 4, 8),
+            id="minimum-always-even-if-not-an-allowed-size",
+        ),
+        pytest.param(
+            {"max_replicas": 8, "gpus_per_worker": 2, "max_gpus": 6}, (1, 2, 3), id="budget-in-gpus"
+        ),
+        pytest.param(
+            {"max_replicas": 8, "max_cost_per_hour": 10.0, "cost_per_gpu_hour": 2.5},
+            (1, 2, 3, 4),
+            id="budget-in-cost",
+        ),
+        pytest.param(
+            {"min_replicas": 4, "max_replicas": 8, "max_gpus": 2},
+            (4,),
+            id="minimum-wins-over-budget",
+        ),
+        # amdahl(0.1): efficiency 1/(1+0.1(n-1)) >= 0.7 up to n = 5
+        pytest.param(
+            {"max_replicas": 8, "throughput": amdahl(8, 0.1), "min_efficiency": 0.7},
+            (1, 2, 3, 4, 5),
+            id="efficiency-floor-cut-off",
+        ),
+        pytest.param(
+            {"max_replicas": 4, "throughput": {}, "min_efficiency": 0.7},
+            (1, 2, 3, 4),
+            id="efficiency-unknown-not-filtered",
+        ),
+        pytest.param(
+            {
+                "min_replicas": 2,
+                "max_replicas": 4,
+                "min_efficiency": 0.99,
+                "throughput": {2: 150.0, 4: 200.0},
+            },
+            (2,),
+            id="efficiency-from-smallest-known-count",
+        ),
+    ],
+)
+def test_compute_allowed_counts(kw: dict[str, Any], expected: tuple[int, ...]) -> None:
+    kw.setdefault("throughput", linear(kw["max_replicas"]))
+    assert compute_allowed_counts(JobDemand(key="a", **kw)) == expected
+
+
+@pytest.mark.parametrize(
+    ("demand", "free", "placement"),
+    [
+        pytest.param(
+            job("p", pinned=True, current_replicas=3, current_nodes={"n1": 3}),
+            {"n0": 4, "n1": 1},
+            (("n1", 3),),
+            id="where-it-runs",
+        ),
+        pytest.param(
+            job("p", pinned=True, current_replicas=6),
+            {"n0": 0, "n1": 2},
+            (("n0", 4), ("n1", 2)),
+            id="packed-when-unknown",
+        ),
+        pytest.param(
+            job("p", pinned=True, current_replicas=2, gpus_per_worker=4, current_nodes={"n0": 2}),
+            {"n0": 0, "n1": 4},
+            (("n0", 2),),
+            id="never-below-zero",
+        ),
+    ],
+)
+def test_subtract_pinned(demand: JobDemand, free: dict[str, int], placement: Any) -> None:
+    left, placements = subtract_pinned([demand], nodes(2))
+    assert left == free
+    assert placements == {"p": placement}
+
+
+@pytest.mark.parametrize(
+    ("demands", "gpus", "admitted", "queued"),
+    [
+        pytest.param(
+            [job("a", min_replicas=2, created=1), job("b", min_replicas=2, created=2)],
+            4,
+            {"a", "b"},
+            [],
+            id="all-fit",
+        ),
+        pytest.param(
+            [job("a", min_replicas=3, created=1), job("b", min_replicas=3, created=2)],
+            4,
+            {"a"},
+            ["b"],
+            id="fifo-by-age",
+        ),
+        pytest.param(
+            [job("a", min_replicas=3, created=1), job("b", min_replicas=3, created=2, priority=10)],
+            4,
+            {"b"},
+            ["a"],
+            id="priority-before-age",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=3, created=1, current_replicas=3),
+                job("b", min_replicas=3, created=2, priority=10),
+            ],
+            4,
+            {"a"},
+            ["b"],
+            id="no-preemption-of-a-running-minimum",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=3, created=1),
+                job("b", min_replicas=2, created=2),
+                job("c", min_replicas=1, created=3),
+            ],
+            4,
+            {"a"},
+            ["b", "c"],
+            id="no-backfilling-past-the-head",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=9, max_replicas=9, created=1),
+                job("b", min_replicas=2, created=2),
+            ],
+            8,
+            {"b"},
+            ["a"],
+            id="never-fitting-head-does-not-block",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=4, created=1, current_replicas=4),
+                job("b", min_replicas=4, created=2, current_replicas=4),
+            ],
+            4,
+            {"a"},
+            ["b"],
+            id="cluster-shrank-youngest-running-evicted",
+        ),
+    ],
+)
+def test_admit_minimums(
+    demands: list[JobDemand], gpus: int, admitted: set[str], queued: list[str]
+) -> None:
+    free = dict(nodes(gpus // 4).free_gpus)
+    placed, waiting = admit_minimums(demands, free)
+    assert set(placed) == admitted
+    assert [d.key for d in waiting] == queued
+    for demand in demands:
+        if demand.key in placed:
+            assert sum(placed[demand.key].values()) == demand.min_replicas
+
+
+@pytest.mark.parametrize(
+    ("demands", "capacity", "replicas"),
+    [
+        pytest.param([job("a"), job("b")], nodes(2), {"a": 4, "b": 4}, id="equal-jobs-split"),
+        pytest.param(
+            [job("a"), job("b", throughput={n: 100.0 for n in range(1, 9)})],
+            nodes(2),
+            {"a": 7, "b": 1},
+            id="gpus-go-where-they-help",
+        ),
+        pytest.param(
+            [job("a", throughput=amdahl(8, 0.6)), job("b")],
+            nodes(2),
+            {"a": 3, "b": 5},
+            id="better-scaler-gets-more",
+        ),
+        pytest.param(
+            [job("a", max_replicas=2), job("b")],
+            nodes(2),
+            {"a": 2, "b": 6},
+            id="max-replicas-respected",
+        ),
+        pytest.param(
+            [job("a", throughput=amdahl(8, 0.1), min_efficiency=0.7)],
+            nodes(2),
+            {"a": 5},
+            id="efficiency-floor-leaves-gpus-free",
+        ),
+        pytest.param(
+            [job("a", current_replicas=4, restart_cost_seconds=300), job("b")],
+            nodes(2),
+            {"a": 4, "b": 4},
+            id="restart-charged-stays",
+        ),
+        pytest.param(
+            [job("a", current_replicas=5, restart_cost_seconds=300), job("b")],
+            nodes(2),
+            {"a": 5, "b": 3},
+            id="restart-charged-keeps-current-size",
+        ),
+        pytest.param(
+            [job("a", current_replicas=5, restart_cost_seconds=0), job("b")],
+            nodes(2),
+            {"a": 4, "b": 4},
+            id="free-restart-rebalances",
+        ),
+        pytest.param(
+            [job("a", priority=10, created=2), job("b", created=1)],
+            nodes(2),
+            {"a": 7, "b": 1},
+            id="higher-priority-grows-first",
+        ),
+        pytest.param(
+            [job("a", priority=10, created=2, max_replicas=3), job("b", created=1)],
+            nodes(2),
+            {"a": 3, "b": 5},
+            id="lower-priority-gets-the-rest",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=4, max_replicas=4, created=1),
+                job("b", min_replicas=6, max_replicas=6, created=2),
+                job("c", min_replicas=1, max_replicas=4, created=3),
+            ],
+            nodes(2),
+            {"a": 4, "b": 0, "c": 0},
+            id="queued-head-blocks-behind",
+        ),
+        pytest.param(
+            [job("a", gpus_per_worker=3, max_replicas=4), job("b", max_replicas=2)],
+            nodes(2),
+            {"a": 2, "b": 2},
+            id="whole-workers-per-node",
+        ),
+        pytest.param(
+            [job("a", allowed_sizes=(1, 2, 4, 8)), job("b", max_replicas=1)],
+            nodes(2),
+            {"a": 4, "b": 1},
+            id="allowed-sizes-only",
+        ),
+        pytest.param(
+            [job("a", throughput={n: 100.0 * n / (1.4 if n > 4 else 1.0) for n in range(1, 9)})],
+            nodes(2),
+            {"a": 8},
+            id="jumps-over-a-node-boundary-dip",
+        ),
+        pytest.param(
+            [job("a", pinned=True, current_replicas=6, current_nodes={"n0": 4, "n1": 2}), job("b")],
+            nodes(2),
+            {"a": 6, "b": 2},
+            id="pinned-subtracted",
+        ),
+        pytest.param(
+            [job("a", throughput={}), job("b")],
+            nodes(2),
+            {"a": 1, "b": 7},
+            id="nothing-measured-stays-at-minimum",
+        ),
+    ],
+)
+def test_allocate_replicas(
+    demands: list[JobDemand], capacity: Capacity, replicas: dict[str, int]
+) -> None:
+    allocation = allocate(demands, capacity, now=100.0)
+    assert {k: a.replicas for k, a in allocation.jobs.items()} == replicas
+
+
+@pytest.mark.parametrize(
+    ("demands", "key", "reason"),
+    [
+        pytest.param(
+            [
+                job("a", min_replicas=4, max_replicas=4, created=1),
+                job("b", min_replicas=3, max_replicas=3, created=2),
+            ],
+            "b",
+            "queued: needs 3 GPUs, 0 free",
+            id="queued",
+        ),
+        pytest.param(
+            [
+                job("a", min_replicas=2, created=1),
+                job("b", min_replicas=3, created=2),
+                job("c", min_replicas=4, created=3),
+            ],
+            "a",
+            "limited to 4 GPUs by cluster arbitration (2 jobs waiting)",
+            id="limited-while-jobs-wait",
+        ),
+        pytest.param(
+            [job("a"), job("b")],
+            "a",
+            "limited to 2 GPUs by cluster arbitration (shared by 2 jobs)",
+            id="limited-while-sharing",
+        ),
+        pytest.param(
+            [job("a", max_replicas=2), job("b", max_replicas=2)],
+            "a",
+            "granted 2 GPUs: its maxReplicas",
+            id="granted-max",
+        ),
+        pytest.param(
+            [job("a", throughput=amdahl(8, 0.1), min_efficiency=0.8)],
+            "a",
+            "granted 3 GPUs: all it can use (efficiency floor, budget or model)",
+            id="granted-floor",
+        ),
+        pytest.param(
+            [job("a", pinned=True, current_replicas=2)],
+            "a",
+            "pinned at 2 workers (opted out of arbitration)",
+            id="pinned",
+        ),
+    ],
+)
+def test_allocate_reason(demands: list[JobDemand], key: str, reason: str) -> None:
+    allocation = allocate(demands, nodes(1), now=100.0)
+    assert allocation[key].reason == reason
+
+
+def test_allocation_fields() -> None:
+    allocation = allocate(
+        [
+            job("a", min_replicas=2, max_replicas=6, current_replicas=2, current_nodes={"n1": 2}),
+            job("b", min_replicas=4, max_replicas=4),
+        ],
+        Capacity({"n0": 4, "n1": 4}),
+        now=0.0,
+    )
+    a = allocation["a"]
+    assert (a.replicas, a.wanted, a.queued, a.limited) == (4, 6, False, True)
+    assert a.placement == (("n1", 4),)
+    assert a.workers_per_node == (4,)
+    assert allocation["b"].placement == (("n0", 4),)
+    assert (allocation.free_gpus, allocation.waiting) == (0, 0)
+
+
+def test_fairness_power_one_is_plain_goodput() -> None:
+    """p = 1 gives the GPU to the job with more throughput gain, fairness aside."""
+    demands = [job("a", throughput=amdahl(8, 0.05)), job("b", throughput=amdahl(8, 0.02))]
+    fair = allocate(demands, nodes(1), now=0.0)
+    greedy = allocate(demands, nodes(1), now=0.0, settings=ArbiterSettings(fairness_power=1.0))
+    assert (fair["a"].replicas, fair["b"].replicas) == (2, 2)
+    assert (greedy["a"].replicas, greedy["b"].replicas) == (1, 3)
+
+
+def test_duplicate_keys_rejected() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        allocate([job("a"), job("a")], nodes(1), now=0.0)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        pytest.param({"gpus_per_worker": 0}, id="no-gpus"),
+        pytest.param({"min_replicas": 5, "max_replicas": 4}, id="min-above-max"),
+    ],
+)
+def test_bad_demand_rejected(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        JobDemand(key="a", **kw)
