@@ -6,7 +6,7 @@ demand (bounds, GPUs per worker, running pods and their nodes, deleted pods left
 priority from pods or the PriorityClass, objective constraints, restart cost learned, from
 the spec or the default, creation time); autoscaling disabled means pinned at spec.replicas;
 finished and invalid jobs left out; the throughput table from a predictor; and a whole
-decision over two jobs and a foreign pod.
+decision over two jobs and a foreign pod; the status it becomes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from trainscale.operator.autoscaling.arbitration import (
     DEFAULT_RESTART_COST_SECONDS,
     PodLabels,
+    build_arbitration_status,
     build_capacity,
     build_demand,
     decide_arbitration,
@@ -174,3 +175,27 @@ def test_decide_arbitration() -> None:
     assert allocation["ns/a"].replicas + allocation["ns/b"].replicas == 6  # 8 minus the foreign 2
     assert allocation["ns/b"].replicas >= 2
     assert allocation["ns/a"].placement[0][0] == "n0"  # stays where it runs
+
+
+def test_build_arbitration_status() -> None:
+    allocation = decide_arbitration(
+        [training_job("a", lo=3), training_job("b", lo=3), training_job("p", enabled=False)],
+        [node("n0", 4)],
+        [],
+        now=0.0,
+        labels=LABELS,
+    )
+    a, b, p = (
+        build_arbitration_status(allocation[f"ns/{k}"], allocation, time="2026-01-01T00:00:00Z")
+        for k in "abp"
+    )
+    assert (a.ceiling, a.queued, a.waiting_jobs) == (3, False, 1)
+    assert (b.ceiling, b.queued, b.reason) == (0, True, "queued: needs 3 GPUs, 0 free")
+    assert (p.ceiling, p.queued) == (None, False)
+    assert b.model_dump(by_alias=True, exclude_none=True) == {
+        "ceiling": 0,
+        "queued": True,
+        "reason": "queued: needs 3 GPUs, 0 free",
+        "waitingJobs": 1,
+        "lastDecisionTime": "2026-01-01T00:00:00Z",
+    }

@@ -31,6 +31,9 @@ from trainscale.operator.api.models import (
     VERSION as VERSION,
 )
 from trainscale.operator.api.models import (
+    ArbitrationStatus as ArbitrationStatus,
+)
+from trainscale.operator.api.models import (
     AutoscalingSpec as AutoscalingSpec,
 )
 from trainscale.operator.api.models import (
@@ -62,4 +65,7 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     TrainingJobStatus as TrainingJobStatus,
+)
+from trainscale.operator.api.models import (
+    count_gpus as count_gpus,
 )

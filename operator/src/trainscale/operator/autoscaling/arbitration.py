@@ -23,12 +23,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainscale.operator.api import GPU_RESOURCE, Objective, TrainingJobSpec
+from trainscale.operator.api import (
+    GPU_RESOURCE,
+    ArbitrationStatus,
+    Objective,
+    TrainingJobSpec,
+    count_gpus,
+)
 from trainscale.operator.api.reporting import parse_time
 from trainscale.operator.autoscaling.arbiter import (
     Allocation,
     ArbiterSettings,
     Capacity,
+    JobAllocation,
     JobDemand,
     allocate,
 )
@@ -36,6 +43,7 @@ from trainscale.operator.autoscaling.arbiter import (
 __all__ = [
     "DEFAULT_RESTART_COST_SECONDS",
     "PodLabels",
+    "build_arbitration_status",
     "build_capacity",
     "build_demand",
     "decide_arbitration",
@@ -90,19 +98,6 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return (obj.get("metadata") or {}).get("labels") or {}
 
 
-def _pod_gpus(pod: Mapping[str, Any]) -> int:
-    """GPUs a pod requests (requests, else limits, summed over its containers)."""
-    total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        amount = (resources.get("requests") or {}).get(GPU_RESOURCE)
-        if amount is None:
-            amount = (resources.get("limits") or {}).get(GPU_RESOURCE)
-        if amount is not None:
-            total += int(amount)
-    return total
-
-
 def _holds_resources(pod: Mapping[str, Any]) -> bool:
     """Scheduled on a node and not finished: its requests count against that node."""
     node = (pod.get("spec") or {}).get("nodeName")
@@ -134,7 +129,9 @@ def build_capacity(
             continue
         node_name = pod["spec"]["nodeName"]
         if node_name in free:
-            free[node_name] = max(0, free[node_name] - _pod_gpus(pod))
+            free[node_name] = max(
+                0, free[node_name] - count_gpus((pod.get("spec") or {}).get("containers") or [])
+            )
     return Capacity(free)
 
 
@@ -253,3 +250,17 @@ def decide_arbitration(
             continue
         demands.append(demand)
     return allocate(demands, build_capacity(nodes, pods, labels), now=now, settings=settings)
+
+
+def build_arbitration_status(
+    job: JobAllocation, allocation: Allocation, *, time: str
+) -> ArbitrationStatus:
+    """The ``status.arbitration`` of one job from the arbiter's answer; ``time`` is the
+    decision's RFC 3339 time. A pinned job has no ceiling (it is not arbitrated)."""
+    return ArbitrationStatus(
+        ceiling=None if job.pinned else job.replicas,
+        queued=job.queued,
+        reason=job.reason,
+        waiting_jobs=allocation.waiting,
+        last_decision_time=time,
+    )
