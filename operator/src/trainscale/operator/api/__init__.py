@@ -36,6 +36,9 @@ from trainscale.operator.api.models import (
     AllowedReplicas as AllowedReplicas,
 )
 from trainscale.operator.api.models import (
+    ArbitrationStatus as ArbitrationStatus,
+)
+from trainscale.operator.api.models import (
     AutoscalingSpec as AutoscalingSpec,
 )
 from trainscale.operator.api.models import (
@@ -73,6 +76,9 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     TrainingJobStatus as TrainingJobStatus,
+)
+from trainscale.operator.api.models import (
+    count_gpus as count_gpus,
 )
 from trainscale.operator.api.sizes import (
     allowed_sizes as allowed_sizes,

@@ -12,6 +12,7 @@ Field names are snake_case in Python and camelCase on the wire (``minReplicas``)
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -32,6 +33,21 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000
+
+
+def count_gpus(containers: Iterable[Mapping[str, Any]]) -> int:
+    """GPUs a pod (or pod template) asks for: the sum of its containers' ``nvidia.com/gpu``
+    limits, or requests where no limit is set (for an extended resource the two are equal
+    when both are given)."""
+    total = 0
+    for container in containers:
+        resources = container.get("resources") or {}
+        amount = (resources.get("limits") or {}).get(GPU_RESOURCE)
+        if amount is None:
+            amount = (resources.get("requests") or {}).get(GPU_RESOURCE)
+        if amount is not None:
+            total += int(amount)
+    return total
 
 
 class _Model(BaseModel):
@@ -501,15 +517,7 @@ class TrainingJobSpec(_Model):
     @property
     def gpus_per_replica(self) -> int:
         """GPUs one worker asks for: the sum of nvidia.com/gpu limits (or requests) of its containers."""
-        total = 0
-        for container in self.template["spec"]["containers"]:
-            resources = container.get("resources") or {}
-            amount = (resources.get("limits") or {}).get(GPU_RESOURCE)
-            if amount is None:
-                amount = (resources.get("requests") or {}).get(GPU_RESOURCE)
-            if amount is not None:
-                total += int(amount)
-        return total
+        return count_gpus(self.template["spec"]["containers"])
 
 
 class Phase(enum.StrEnum):
@@ -583,6 +591,25 @@ class AutoscalingStatus(_Model):
     )
 
 
+class ArbitrationStatus(_Model):
+    """What cluster arbitration allows this job, when several jobs share the GPUs."""
+
+    ceiling: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most workers the job may run now; its autoscaler never asks for more.",
+    )
+    queued: bool = Field(
+        default=False,
+        description="The job waits for GPUs for its minReplicas; no worker pods are created.",
+    )
+    reason: str | None = Field(default=None, description="Why, in words.")
+    waiting_jobs: int = Field(default=0, ge=0, description="Jobs queued in the cluster.")
+    last_decision_time: str | None = Field(
+        default=None, description="When the arbiter last decided (RFC 3339)."
+    )
+
+
 class TrainingJobStatus(_Model):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -623,6 +650,10 @@ class TrainingJobStatus(_Model):
     )
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last observation, model and decisions."
+    )
+
+    arbitration: ArbitrationStatus | None = Field(
+        default=None, description="Cluster arbitration's ceiling for this job, or why it waits."
     )
 
     def to_merge_patch(self) -> dict[str, Any]:
