@@ -68,8 +68,9 @@ The decision
    * ``budget``: the highest predicted throughput with ``n * gpus * costPerGpuHour <=
      maxCostPerHour``;
    * ``utilization``: the largest count with predicted ``U(n) >= targetGpuUtilization``.
-   The current count keeps satisfying a floor within ``HYSTERESIS`` (5 % relative), so noise
-   around a floor cannot flip the answer back and forth.
+   A floor is a floor: the current count keeps it only while the floor lies within
+   ``CONFIDENCE_Z`` standard errors of its estimate (not known to break it); no fixed
+   band holds a count the estimates say breaks it.
 4. Uncertainty: with a single measured count and nothing else identifying ``beta``, the fit
    is optimistic (linear scaling) but the move is limited to a neighbouring count: that is
    the exploration step, and it makes ``beta`` identifiable. With one count and GPU
@@ -91,7 +92,10 @@ The decision
    count the job left downwards, needs the floor to hold at ``CONFIDENCE_Z`` errors down
    (a small move may instead show a gain three times the relative doubt about the floor)
    and the throughput gain to pay the restart at its lower bound. Otherwise it holds and
-   says ``N not confidently better than M (efficiency 0.70 +- 0.03)``.
+   says ``N not confidently better than M (efficiency 0.70 +- 0.03)``, unless an
+   unmeasured count within a small move may clear the floor and promises
+   ``PROBE_MIN_GAIN``: that one is probed (measurements beat the model). Counts the job was
+   forced off (``forced_from``) are not "left downwards": it returns when the cap lifts.
 6. Stabilization (as in the HorizontalPodAutoscaler): a scale-up is applied only after the
    raw target has been above the current count continuously for
    ``scaleUpStabilizationSeconds`` (to the smallest target seen in that window), a
@@ -103,7 +107,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from trainscale.operator.api import Objective, TrainingJobSpec
@@ -124,7 +128,7 @@ RECOVERED_FRACTION = 0.8
 """A sample at >= this fraction of its count's steady level counts as recovered/settled."""
 
 HYSTERESIS = 0.05
-"""Relative slack on floors (efficiency, utilization) for the count the job already runs."""
+"""Relative tolerance below a floor for where a large move may land (and for probes)."""
 
 TIE_TOLERANCE = 0.005
 """Predicted throughputs within this relative margin tie; the smaller count wins."""
@@ -137,6 +141,9 @@ FINE_MOVE_FRACTION = 0.25
 
 CONFIDENCE_Z = 1.0
 """Standard errors a small move's estimates must clear (floors, restart payback)."""
+
+PROBE_MIN_GAIN = 1.1
+"""An unmeasured count within a small move is probed when it promises this throughput gain."""
 
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
@@ -913,19 +920,30 @@ def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None
 
 
 def _choose(
-    spec: TrainingJobSpec, model: _Estimates, current: int, lo: int, hi: int, ceiling: int
+    spec: TrainingJobSpec,
+    model: _Estimates,
+    current: int,
+    lo: int,
+    hi: int,
+    ceiling: int,
 ) -> _Choice:
-    """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity)."""
+    """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity).
+
+    A floor is a floor: the count the job runs keeps its floor only while it is not known
+    to break it, that is while the floor lies within ``CONFIDENCE_Z`` standard errors of
+    its estimate. No fixed band: hysteresis delays a move off a count that may break the
+    floor, it never holds one the estimates say does.
+    """
     auto = spec.autoscaling
+
+    def doubt(error: float) -> float:
+        return CONFIDENCE_Z * error
+
     candidates = range(lo, ceiling + 1)
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        # From one count, efficiency rests on the prior (idle time read as sync), which
-        # can put a count right at the band's edge: it fails its floor there only when
-        # confidently below the band, or noise alone would move the job hours later.
-        doubt = model.efficiency_error(current) if len(model.model.counts) == 1 else 0.0
-        cur_ok = model.efficiency(current) + CONFIDENCE_Z * doubt >= floor * (1 - HYSTERESIS)
+        cur_ok = model.efficiency(current) + doubt(model.efficiency_error(current)) >= floor
 
         def ok_e(n: int) -> bool:
             if n == current:
@@ -997,7 +1015,7 @@ def _choose(
         u = model.gpu_utilization(n)
         return 0.0 if u is None else u
 
-    cur_ok = util(current) >= goal * (1 - HYSTERESIS)
+    cur_ok = util(current) + doubt(util(current) * model.relative_error(current)) >= goal
 
     def ok_u(n: int) -> bool:
         if n == current:
@@ -1120,6 +1138,51 @@ def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
     return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
+def _probe(
+    spec: TrainingJobSpec,
+    est: _Estimates,
+    current: int,
+    ceiling: int,
+    left: set[int],
+    horizon: float,
+    restart: float,
+) -> int | None:
+    """The unmeasured count worth measuring once: measurements beat the model.
+
+    A count within a small move above ``current`` that was never measured, whose floor is
+    not known to fail (it holds one standard error up) and whose point estimate promises
+    ``PROBE_MIN_GAIN`` more throughput (paying the restart), is measured rather than ruled
+    out by a fit that has never seen it. Never below a count the job chose to leave
+    downwards that still looks near its floor (going back up there is a reversal, and
+    needs confidence), never for the budget objective (its limit is exact).
+    """
+    auto = spec.autoscaling
+    if auto.objective is Objective.BUDGET:
+        return None
+    measured = set(est.model.counts)
+    if any(c > current and _floor_margin(spec, est, c) >= -HYSTERESIS for c in left):
+        return None  # it left a count near its floor above: going back is a reversal
+    best: int | None = None
+    top = min(ceiling, current + compute_fine_span(current))
+    for n in range(current + 1, top + 1):
+        if n in measured:
+            continue
+        # The floor may hold (one standard error up) and the estimate is near it.
+        if auto.objective is Objective.EFFICIENCY:
+            value, error, floor = est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
+        else:
+            u = est.gpu_utilization(n)
+            if u is None:
+                return None
+            value, error, floor = u, u * est.relative_error(n), auto.target_gpu_utilization
+        ok = value + CONFIDENCE_Z * error >= floor and value >= floor * (1 - HYSTERESIS)
+        gain = est.throughput(n) / est.throughput(current)
+        pays = gain >= PROBE_MIN_GAIN and gain * (horizon - restart) >= horizon
+        if ok and pays and (best is None or est.throughput(n) > est.throughput(best)):
+            best = n
+    return best
+
+
 def _stabilize(
     target: int,
     current: int,
@@ -1164,6 +1227,7 @@ def recommend(
     max_schedulable_replicas: int | None = None,
     horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
     stale_after_seconds: float | None = None,
+    forced_from: Collection[int] = (),
 ) -> Recommendation:
     """Decide how many workers the job should have now (see the module docstring).
 
@@ -1187,6 +1251,8 @@ def recommend(
         horizon_seconds: A rescale must pay back its restart cost within this horizon.
         stale_after_seconds: Hold when the newest usable observation is older than this;
             default ``max(3 * intervalSeconds, 15)``.
+        forced_from: Counts the job was pushed off (unschedulable pods, a ceiling): not
+            "left downwards", so the job returns to them as soon as the cap lifts.
 
     Returns:
         The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
@@ -1454,7 +1520,15 @@ def recommend(
     # All or nothing: stepping part of the way is exactly the creep this prevents. Going
     # back up to (or past) a count the job left downwards needs the same confidence,
     # however far: it was left on evidence, and returning on less would flap.
-    left = [c for c in _counts_left_downwards(observations) if c <= target]
+    left_all = _counts_left_downwards(observations) - set(forced_from)
+    left = [c for c in left_all if c <= target]
+    probe_ok = (
+        choice.feasible_current
+        and not exploring
+        and not pending_replicas
+        and len(model.counts) > 1
+        and analysis.latest_settled >= 2 * JUMP_SETTLED_SAMPLES
+    )
     if (
         voluntary
         and len(model.counts) > 1
@@ -1466,11 +1540,24 @@ def recommend(
             spec, est, current_replicas, target, horizon_seconds, restart, strict=bool(left)
         )
     ):
-        return hold(
-            f"{reason}; {target} not confidently better than {current_replicas} "
-            f"({_uncertainty(spec, est, target)}); holding",
-            limited_by=limited,
+        probe = (
+            _probe(spec, est, current_replicas, ceiling, left_all, horizon_seconds, restart)
+            if probe_ok
+            else None
         )
+        if probe is None:
+            return hold(
+                f"{reason}; {target} not confidently better than {current_replicas} "
+                f"({_uncertainty(spec, est, target)}); holding",
+                limited_by=limited,
+            )
+        target, exploring = probe, True
+        reason += f"; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
+    elif target == current_replicas and probe_ok:
+        probe = _probe(spec, est, current_replicas, ceiling, left_all, horizon_seconds, restart)
+        if probe is not None:
+            target, exploring = probe, True
+            reason += f"; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
 
     # 6. Stabilization.
     if target == current_replicas:
