@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling.placement import compute_packed_nodes
 from trainscale.operator.autoscaling.policy import (
     Observation,
     Recommendation,
@@ -94,7 +95,10 @@ def simulate(
     seed: int = 0,
     util: bool = True,
     throughput: bool = True,
+    workers_per_node: int | None = None,
 ) -> Trace:
+    """Run the policy on curve ``tau`` for ``hours``; workers fill one node before the next
+    (``workers_per_node``; None: one node), and the policy is told the node size."""
     rng = random.Random(seed)
     interval = float(spec.autoscaling.interval_seconds)
     current = spec.replicas
@@ -114,10 +118,17 @@ def simulate(
             current,
             min(1.0, max(0.0, u * (1 + rng.gauss(0, noise)))) if util else None,
             max(0.0, x * (1 + rng.gauss(0, noise))) if throughput else None,
+            compute_packed_nodes(current, workers_per_node),
         )
         observations = compact_observations([*observations, o], t)
         rec = recommend(
-            spec, observations, current, t, last_scale_time=last_scale, recent_targets=targets
+            spec,
+            observations,
+            current,
+            t,
+            last_scale_time=last_scale,
+            recent_targets=targets,
+            workers_per_node=workers_per_node,
         )
         targets = [*targets[-200:], (t, rec.target)]
         trace.recommendations.append(rec)
@@ -140,3 +151,8 @@ def amdahl(beta: float) -> Callable[[int], float]:
 
 def peaked(beta: float, gamma: float) -> Callable[[int], float]:
     return lambda n: 1.0 + beta * (n - 1) + gamma * (n - 1) ** 2
+
+
+def cliff(beta: float, inter: float, per_node: int) -> Callable[[int], float]:
+    """Amdahl inside a node plus ``inter`` once a packed job spills onto a second node."""
+    return lambda n: 1.0 + beta * (n - 1) + (inter if n > per_node else 0.0)

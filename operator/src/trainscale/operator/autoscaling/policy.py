@@ -111,6 +111,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from trainscale.operator.api import Objective, TrainingJobSpec
+from trainscale.operator.autoscaling.placement import compute_packed_nodes
 
 DEFAULT_RESTART_COST_SECONDS = 60.0
 """Seconds of training one rescale is assumed to lose before any restart has been seen."""
@@ -147,6 +148,7 @@ PROBE_MIN_GAIN = 1.1
 
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
+_INTER_NODE_PRIOR_SCALE = 0.5  # unmeasured inter-node sync ~ N(0, (50 % of a step)^2)
 _MIN_RELATIVE_NOISE = 0.01
 _NOISE_PRIOR = 0.03
 _NOISE_PRIOR_SAMPLES = 6
@@ -200,12 +202,15 @@ class Observation:
         replicas: Workers actually running at that moment (not the desired count).
         gpu_utilization: Mean GPU busy fraction over the job's GPUs, 0..1; None if unknown.
         samples_per_second: Job-wide training throughput; None if the job exports none.
+        nodes: How many nodes the running workers spanned; None if unknown (read as the
+            packed placement).
     """
 
     timestamp: float
     replicas: int
     gpu_utilization: float | None = None
     samples_per_second: float | None = None
+    nodes: int | None = None
 
     def __post_init__(self) -> None:
         _check_finite("Observation.timestamp", self.timestamp)
@@ -216,6 +221,8 @@ class Observation:
                 raise ValueError(
                     f"Observation.gpu_utilization must be within [0, 1], got {self.gpu_utilization!r}"
                 )
+        if self.nodes is not None:
+            _check_count("Observation.nodes", self.nodes)
         if self.samples_per_second is not None:
             _check_finite("Observation.samples_per_second", self.samples_per_second)
             if self.samples_per_second < 0:
@@ -226,7 +233,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class SpeedupModel:
-    """The fitted speedup curve ``tau(n) = a (1 + beta (n-1) + gamma (n-1)^2)``.
+    """The fitted curve ``tau(n, N) = a (1 + beta (n-1) + delta [N>1] + gamma (n-1)^2)``.
 
     Attributes:
         seconds_per_sample: ``a``: one worker's time per sample at one replica; in units of
@@ -239,10 +246,14 @@ class SpeedupModel:
         counts: The replica counts with measured points.
         level: 0 = only the scale is known (optimistic), 1 = linear sync fitted,
             2 = curvature fitted too.
-        covariance: Covariance of ``(a, a * beta, a * gamma)`` (the step time at one
-            replica and the absolute synchronisation terms), inflated when the points
-            scatter more than their noise; None when not computed.
+        covariance: Covariance of ``(a, a * beta, a * delta, a * gamma)`` (the step time
+            at one replica and the absolute synchronisation terms), inflated when the
+            points scatter more than their noise; None when not computed.
         relative_noise: Relative noise of one settled sample, pooled over counts.
+        sync_inter_node: ``delta``: synchronisation added once the job spans more than
+            one node, relative to ``a`` (inter-node all-reduce).
+        workers_per_node: Most workers one node holds, when known (placements of counts
+            not measured are the packed ones).
     """
 
     seconds_per_sample: float
@@ -254,31 +265,39 @@ class SpeedupModel:
     level: int
     covariance: tuple[tuple[float, ...], ...] | None = None
     relative_noise: float = _MIN_RELATIVE_NOISE
+    sync_inter_node: float = 0.0
+    workers_per_node: int | None = None
 
-    def relative_step_time(self, replicas: int) -> float:
-        """``tau(n) / a``: 1 at one replica, growing with synchronisation."""
+    def nodes(self, replicas: int, nodes: int | None = None) -> int:
+        """The node span a prediction is for: ``nodes``, else the packed placement's."""
+        return nodes if nodes is not None else compute_packed_nodes(replicas, self.workers_per_node)
+
+    def relative_step_time(self, replicas: int, nodes: int | None = None) -> float:
+        """``tau(n, N) / a``: 1 at one replica, growing with synchronisation."""
         k = replicas - 1
-        return 1.0 + self.sync_per_replica * k + self.sync_quadratic * k * k
+        inter = self.sync_inter_node if self.nodes(replicas, nodes) > 1 else 0.0
+        return 1.0 + self.sync_per_replica * k + self.sync_quadratic * k * k + inter
 
-    def efficiency(self, replicas: int) -> float:
+    def efficiency(self, replicas: int, nodes: int | None = None) -> float:
         """Predicted scaling efficiency at ``replicas`` (1 = linear)."""
-        return 1.0 / self.relative_step_time(replicas)
+        return 1.0 / self.relative_step_time(replicas, nodes)
 
-    def throughput(self, replicas: int) -> float:
+    def throughput(self, replicas: int, nodes: int | None = None) -> float:
         """Predicted job throughput: samples/s when fitted from throughput, relative otherwise."""
-        return replicas / (self.seconds_per_sample * self.relative_step_time(replicas))
+        return replicas / (self.seconds_per_sample * self.relative_step_time(replicas, nodes))
 
-    def gpu_utilization(self, replicas: int) -> float | None:
+    def gpu_utilization(self, replicas: int, nodes: int | None = None) -> float | None:
         """Predicted mean GPU utilization at ``replicas``; None without GPU metrics."""
         if self.compute_fraction is None:
             return None
-        return self.compute_fraction / self.relative_step_time(replicas)
+        return self.compute_fraction / self.relative_step_time(replicas, nodes)
 
     def as_status(self) -> dict[str, float]:
         """The parameters as ``status.autoscaling.model`` shows them (camelCase keys)."""
         out = {
             "syncPerReplica": round(self.sync_per_replica, 6),
             "syncQuadratic": round(self.sync_quadratic, 8),
+            "syncInterNode": round(self.sync_inter_node, 6),
             "fitLevel": float(self.level),
             "countsMeasured": float(len(self.counts)),
         }
@@ -346,12 +365,21 @@ class Recommendation:
 # Observations -> settled points
 
 
+_Key = tuple[int, int]
+"""(replica count, nodes spanned): where a measured point sits."""
+
+
+def _span(o: Observation, workers_per_node: int | None) -> int:
+    """Nodes an observation's workers spanned (the packed placement when not observed)."""
+    return o.nodes if o.nodes else compute_packed_nodes(o.replicas, workers_per_node)
+
+
 @dataclass(frozen=True)
 class _Analysis:
     """Observations digested for one decision."""
 
     mode: ModelSource | None
-    points: dict[int, list[float]]  # replica count -> settled tau values
+    points: dict[_Key, list[float]]  # (replica count, nodes) -> settled tau values
     compute: list[float]  # settled estimates of g (compute time per sample)
     latest_time: float | None  # newest observation carrying the mode's metric
     latest_replicas: int | None  # replicas of the newest observation
@@ -371,13 +399,17 @@ def _metric(o: Observation, mode: ModelSource) -> float | None:
 
 
 def _segments(
-    observations: Sequence[Observation], split_at: float | None
+    observations: Sequence[Observation], split_at: float | None, workers_per_node: int | None
 ) -> list[list[Observation]]:
-    """Runs of consecutive observations at the same replica count (split at ``split_at``)."""
+    """Runs of consecutive observations at the same count and span (split at ``split_at``)."""
     out: list[list[Observation]] = []
-    key: tuple[int, bool] | None = None
+    key: tuple[int, int, bool] | None = None
     for o in observations:
-        k = (o.replicas, split_at is not None and o.timestamp >= split_at)
+        k = (
+            o.replicas,
+            _span(o, workers_per_node),
+            split_at is not None and o.timestamp >= split_at,
+        )
         if k != key:
             out.append([])
             key = k
@@ -386,7 +418,10 @@ def _segments(
 
 
 def _analyse(
-    observations: Sequence[Observation], split_at: float | None, max_gap: float
+    observations: Sequence[Observation],
+    split_at: float | None,
+    max_gap: float,
+    workers_per_node: int | None = None,
 ) -> _Analysis:
     """Find the settled samples of each replica count and the cost of each observed restart.
 
@@ -407,8 +442,8 @@ def _analyse(
     if mode is None:
         return _Analysis(None, {}, [], None, obs[-1].replicas if obs else None, 0, False, [])
 
-    points: dict[int, list[float]] = {}
-    pairs: dict[int, list[tuple[float, float | None]]] = {}
+    points: dict[_Key, list[float]] = {}
+    pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     compute: list[float] = []
     latest_time: float | None = None
     for o in obs:
@@ -417,13 +452,14 @@ def _analyse(
 
     good_flags: list[bool] = []  # per observation in time order: settled sample?
     levels: list[float | None] = []  # per observation: its segment's steady level
-    segments = _segments(obs, split_at)
+    segments = _segments(obs, split_at, workers_per_node)
     latest_settled = 0
     latest_dipped = False
     for si, seg in enumerate(segments):
         values = [_metric(o, mode) for o in seg]
         positive = [v for v in values if v is not None and v > 0]
         n = seg[0].replicas
+        key = (n, _span(seg[0], workers_per_node))
         if not positive or n == 0:
             good_flags.extend([False] * len(seg))
             levels.extend([None] * len(seg))
@@ -459,7 +495,7 @@ def _analyse(
                     compute.append(u * tau)
             else:
                 tau, u = 1.0 / v, None
-            pairs.setdefault(n, []).append((tau, u))
+            pairs.setdefault(key, []).append((tau, u))
         if si == len(segments) - 1:
             latest_settled = len(settled)
             last = next((v for v in reversed(values) if v is not None), None)
@@ -470,14 +506,14 @@ def _analyse(
     # when the two are measured independently (and costs nothing when they are not); a
     # pair that disagrees by more than the settling threshold keeps the throughput alone.
     g = _median(compute) if compute else None
-    for n, measured in pairs.items():
+    for key, measured in pairs.items():
         for tau_x, u in measured:
             tau = tau_x
             if g is not None and u is not None:
                 other = g / u
                 if RECOVERED_FRACTION <= other / tau_x <= 1 / RECOVERED_FRACTION:
                     tau = math.sqrt(tau_x * other)
-            points.setdefault(n, []).append(tau)
+            points.setdefault(key, []).append(tau)
 
     restart_costs = _restart_costs(obs, good_flags, levels, mode, max_gap)
     return _Analysis(
@@ -614,11 +650,11 @@ def _fit_nonnegative(
     return tuple(best[1]), best[0], tuple(tuple(r) for r in cov)
 
 
-def _relative_noise(analysis_points: dict[int, list[float]]) -> float:
+def _relative_noise(analysis_points: dict[_Key, list[float]]) -> float:
     """Relative noise of one settled sample, pooled over counts (robust: MAD), floored at 1 %."""
     deviations = [
         abs(t / _median(v) - 1.0)
-        for n, v in analysis_points.items()
+        for (n, _), v in analysis_points.items()
         if n > 0 and len(v) >= MIN_POINT_SAMPLES
         for t in v
     ]
@@ -638,23 +674,36 @@ def _point_variance(tau: float, samples: int, noise: float) -> float:
     return 1.5708 * (noise * tau) ** 2 / min(samples, _MAX_POINT_SAMPLES)
 
 
+def _features(replicas: int, nodes: int) -> tuple[float, float, float, float]:
+    """The fit's columns at (count, nodes): overhead, per-worker sync, inter-node, quadratic."""
+    k = float(replicas - 1)
+    return (1.0, k, 1.0 if nodes > 1 else 0.0, k * k)
+
+
 def fit_speedup_model(
-    analysis_points: dict[int, list[float]], compute: Sequence[float], mode: ModelSource
+    analysis_points: dict[_Key, list[float]],
+    compute: Sequence[float],
+    mode: ModelSource,
+    workers_per_node: int | None = None,
 ) -> SpeedupModel | None:
-    """Fit :class:`SpeedupModel` to per-count settled step times (see the module docstring).
+    """Fit :class:`SpeedupModel` to settled step times per (count, nodes) (module docstring).
 
     Args:
-        analysis_points: replica count -> settled per-worker time per sample (``n / X``, or
-            ``1 / U`` when fitted from GPU utilization).
+        analysis_points: (replica count, nodes spanned) -> settled per-worker time per
+            sample (``n / X``, or ``1 / U`` when fitted from GPU utilization).
         compute: Estimates of the GPU compute time per sample (``U * n / X``); ignored for
             GPU-utilization fits, where it is 1 by definition.
         mode: Which metric the points come from.
+        workers_per_node: Most workers a node holds, if known (for the model's packed
+            predictions; the fit itself uses the measured spans).
 
     Returns:
         The model, or None when no count has ``MIN_POINT_SAMPLES`` settled samples.
     """
     medians = {
-        n: _median(v) for n, v in analysis_points.items() if n > 0 and len(v) >= MIN_POINT_SAMPLES
+        key: _median(v)
+        for key, v in analysis_points.items()
+        if key[0] > 0 and len(v) >= MIN_POINT_SAMPLES
     }
     if not medians:
         return None
@@ -662,26 +711,31 @@ def fit_speedup_model(
     base: float | None = 1.0 if mode is ModelSource.GPU_UTILIZATION else None
     if mode is ModelSource.THROUGHPUT and compute:
         base = _median(compute)
-    counts = tuple(sorted(medians))
+    counts = tuple(sorted({n for n, _ in medians}))
     noise = _relative_noise(analysis_points)
     rows: list[tuple[tuple[float, ...], float, float]] = []
-    for n, tau in medians.items():
-        k = n - 1
-        variance = _point_variance(tau, len(analysis_points[n]), noise)
-        rows.append(((1.0, float(k), float(k * k)), tau - (base or 0.0), 1.0 / variance))
-    if base is not None and len(counts) == 1:
-        # Prior, needed only while one count is measured (two unknowns, one equation): the
+    for (n, nodes), tau in medians.items():
+        variance = _point_variance(tau, len(analysis_points[(n, nodes)]), noise)
+        rows.append((_features(n, nodes), tau - (base or 0.0), 1.0 / variance))
+    if base is not None and len(medians) == 1:
+        # Prior, needed only while one point is measured (two unknowns, one equation): the
         # input pipeline and framework overhead is small next to compute. With two counts
         # the data identifies the overhead by extrapolation, and the prior would bias the
         # efficiency of every count low by the real overhead (5 % is common).
-        rows.append(((1.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
-    info = len(counts) + (1 if base is not None and counts[-1] > 1 else 0)
+        rows.append(((1.0, 0.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
+    # The inter-node term is fitted once a multi-node point is measured: one point across
+    # two nodes informs every multi-node count (Pollux, OSDI'21, section 3.2, fits local
+    # and node sync separately for the same reason). It costs one point of information.
+    inter = any(nodes > 1 for _, nodes in medians) and any(nodes <= 1 for _, nodes in medians)
+    info = len(medians) + (1 if base is not None and counts[-1] > 1 else 0) - int(inter)
     level = 0 if info <= 1 else 1 if info == 2 else 2
     fits: list[tuple[float, tuple[float, ...], list[list[float]]]] = []  # (weight, p, cov)
     # The quadratic needs three measured counts; with two, its exact fits are many and
     # say nothing the Amdahl fit does not.
-    curved = level == 2 and len(counts) >= 3
-    candidates = [(True, level >= 1, False)] + ([(True, True, True)] if curved else [])
+    curved = level == 2 and len(counts) >= 3 + (1 if inter else 0)
+    candidates = [(True, level >= 1, inter, False)] + (
+        [(True, True, inter, True)] if curved else []
+    )
     for allowed in candidates:
         fit = _fit_nonnegative(rows, allowed)
         if fit is None:
@@ -690,7 +744,7 @@ def fit_speedup_model(
         # Scale the covariance by the reduced chi-square when the points scatter more
         # than their noise says (a curve outside the model family): the model then admits
         # it knows less, and measured counts weigh more than its predictions.
-        free = sum(1 for i in range(3) if cov[i][i] > 0)
+        free = sum(1 for i in range(len(allowed)) if cov[i][i] > 0)
         dof = len(rows) - free
         inflation = max(1.0, residual / dof) if dof > 0 else 1.0
         penalty = _CURVATURE_CHI2 * sum(allowed)
@@ -704,22 +758,23 @@ def fit_speedup_model(
     # its extrapolation to one replica, which every efficiency depends on) moves smoothly
     # as evidence for curvature accumulates instead of jumping when a test flips; the
     # spread between the two joins the covariance.
+    width = len(candidates[0])
     top = max(f[0] for f in fits)
     weights = [math.exp(f[0] - top) for f in fits]
     total = sum(weights)
     weights = [w / total for w in weights]
-    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(3)]
+    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(width)]
     averaged = [
         [
             math.fsum(
                 w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
                 for w, f in zip(weights, fits, strict=True)
             )
-            for j in range(3)
+            for j in range(width)
         ]
-        for i in range(3)
+        for i in range(width)
     ]
-    p0, b, c = mean
+    p0, b, d, c = mean
     a = p0 + (base or 0.0)
     if a <= 0 or not math.isfinite(a):
         return None
@@ -733,6 +788,8 @@ def fit_speedup_model(
         level=level,
         covariance=tuple(tuple(r) for r in averaged),
         relative_noise=noise,
+        sync_inter_node=d / a,
+        workers_per_node=workers_per_node,
     )
 
 
@@ -787,21 +844,28 @@ class _Estimates:
     ratio interpolated from its neighbours, beyond them by the nearest one's.
     """
 
-    def __init__(self, model: SpeedupModel, points: dict[int, list[float]], top: int) -> None:
+    def __init__(self, model: SpeedupModel, points: dict[_Key, list[float]], top: int) -> None:
         self.model = model
         a = model.seconds_per_sample
-        b = model.sync_per_replica * a
-        c = model.sync_quadratic * a
-        cov = model.covariance or ((0.0,) * 3,) * 3
+        coef = (a, model.sync_per_replica * a, model.sync_inter_node * a, model.sync_quadratic * a)
+        cov = model.covariance or ((0.0,) * 4,) * 4
         self._a = a
         self._var_a = cov[0][0]
         self._g = None if model.compute_fraction is None else model.compute_fraction * a
+        # Decisions are about counts, at the placement the job gets for them (packed):
+        # points measured at another span inform the fit only.
+        packed = {n: model.nodes(n) for n in range(1, max(top, *(k[0] for k in points), 1) + 2)}
         # GPU-utilization fits measure 1/U, the step time in units of compute time.
         measured = {
             n: (_median(v), _point_variance(_median(v), len(v), model.relative_noise))
-            for n, v in points.items()
-            if n > 0 and len(v) >= MIN_POINT_SAMPLES
+            for (n, nodes), v in points.items()
+            if n > 0 and len(v) >= MIN_POINT_SAMPLES and nodes == packed[n]
         }
+        # Until a multi-node count is measured, the inter-node term is unknown: counts that
+        # spill onto another node carry that doubt (a cliff may sit at the node boundary).
+        unknown_inter = model.workers_per_node is not None and not any(
+            nodes > 1 for (_, nodes), v in points.items() if len(v) >= MIN_POINT_SAMPLES
+        )
         self._tau: dict[int, float] = {}
         self._var: dict[int, float] = {}
         self._cov_a: dict[int, float] = {}
@@ -809,17 +873,19 @@ class _Estimates:
         model_tau: dict[int, float] = {}
         model_var: dict[int, float] = {}
         model_cov: dict[int, float] = {}
-        for n in range(1, max(top, *measured, 1) + 2):
-            k = float(n - 1)
-            x = (1.0, k, k * k)
-            model_tau[n] = a + b * k + c * k * k
+        for n, nodes in packed.items():
+            x = _features(n, nodes)
+            model_tau[n] = sum(xi * ci for xi, ci in zip(x, coef, strict=True))
             model_var[n] = max(
-                0.0, sum(x[i] * cov[i][j] * x[j] for i in range(3) for j in range(3))
+                0.0, sum(x[i] * cov[i][j] * x[j] for i in range(4) for j in range(4))
             )
-            model_cov[n] = sum(cov[0][j] * x[j] for j in range(3))
+            if unknown_inter and nodes > 1:
+                model_var[n] += (_INTER_NODE_PRIOR_SCALE * a) ** 2
+            model_cov[n] = sum(cov[0][j] * x[j] for j in range(4))
         for n, (tau_e, var_e) in measured.items():
             tau_m, var_m = model_tau[n], model_var[n]
-            if var_m <= 0.0:
+            if var_m <= 0.0 or tau_e < tau_m:
+                # A measured count that outperforms the fit is believed as measured.
                 tau_b, var_b, weight = tau_e, var_e, 0.0
             else:
                 var_b = 1.0 / (1.0 / var_m + 1.0 / var_e)
@@ -831,8 +897,10 @@ class _Estimates:
         for n, tau_n in model_tau.items():
             if n in self._tau:
                 continue
-            below = [m for m in known if m < n]
-            above = [m for m in known if m > n]
+            # Corrections carry over only within the same side of the node boundary.
+            side = [m for m in known if (packed[m] > 1) == (packed[n] > 1)]
+            below = [m for m in side if m < n]
+            above = [m for m in side if m > n]
             gap = 0.0  # how much the neighbours' corrections disagree, in step time
             if below and above:
                 lo_n, hi_n = below[-1], above[0]
@@ -1228,6 +1296,7 @@ def recommend(
     horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
     stale_after_seconds: float | None = None,
     forced_from: Collection[int] = (),
+    workers_per_node: int | None = None,
 ) -> Recommendation:
     """Decide how many workers the job should have now (see the module docstring).
 
@@ -1253,6 +1322,9 @@ def recommend(
             default ``max(3 * intervalSeconds, 15)``.
         forced_from: Counts the job was pushed off (unschedulable pods, a ceiling): not
             "left downwards", so the job returns to them as soon as the cap lifts.
+        workers_per_node: Most workers one node holds (GPUs per node over GPUs per
+            replica), when known: counts above it span more nodes and pay the inter-node
+            term; observations without ``nodes`` are read as packed.
 
     Returns:
         The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
@@ -1343,7 +1415,7 @@ def recommend(
         )
 
     # 2. Metrics.
-    analysis = _analyse(observations, last_scale_time, max_gap)
+    analysis = _analyse(observations, last_scale_time, max_gap, workers_per_node)
     learned = (
         _median(analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]) if analysis.restart_costs else None
     )
@@ -1382,7 +1454,7 @@ def recommend(
         )
 
     assert analysis.mode is not None
-    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode)
+    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode, workers_per_node)
     est: _Estimates | None = None
     if model is not None:
         est = _Estimates(model, analysis.points, hi)
@@ -1495,6 +1567,17 @@ def recommend(
             f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding",
             limited_by=limited,
         )
+
+    def _left() -> set[int]:
+        return _counts_left_downwards(observations) - set(forced_from)
+
+    probe_ok = (
+        choice.feasible_current
+        and not exploring
+        and not pending_replicas
+        and len(model.counts) > 1
+        and analysis.latest_settled >= 2 * JUMP_SETTLED_SAMPLES
+    )
     if (
         voluntary
         and target > current_replicas
@@ -1509,28 +1592,33 @@ def recommend(
             (m for m in range(current_replicas + 1, target) if _inside_band(spec, est, m)),
             default=current_replicas,
         )
-        if safe - current_replicas <= compute_fine_span(current_replicas):
-            return hold(
-                f"{reason}; {target} too uncertain ({_uncertainty(spec, est, target)}) and "
-                f"no large move is safe; holding",
-                limited_by=limited,
+        too_uncertain = f"{target} too uncertain ({_uncertainty(spec, est, target)})"
+        if safe - current_replicas > compute_fine_span(current_replicas):
+            reason += f"; {too_uncertain}, {safe} is not"
+            target = safe
+        else:
+            probe = (
+                _probe(spec, est, current_replicas, ceiling, _left(), horizon_seconds, restart)
+                if probe_ok
+                else None
             )
-        reason += f"; {target} too uncertain ({_uncertainty(spec, est, target)}), {safe} is not"
-        target = safe
+            if probe is None:
+                return hold(
+                    f"{reason}; {too_uncertain} and no large move is safe; holding",
+                    limited_by=limited,
+                )
+            target, exploring = probe, True
+            reason += (
+                f"; {too_uncertain}; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
+            )
     # All or nothing: stepping part of the way is exactly the creep this prevents. Going
     # back up to (or past) a count the job left downwards needs the same confidence,
     # however far: it was left on evidence, and returning on less would flap.
-    left_all = _counts_left_downwards(observations) - set(forced_from)
+    left_all = _left()
     left = [c for c in left_all if c <= target]
-    probe_ok = (
-        choice.feasible_current
-        and not exploring
-        and not pending_replicas
-        and len(model.counts) > 1
-        and analysis.latest_settled >= 2 * JUMP_SETTLED_SAMPLES
-    )
     if (
         voluntary
+        and not exploring
         and len(model.counts) > 1
         and (
             abs(target - current_replicas) <= compute_fine_span(current_replicas)
