@@ -2,8 +2,8 @@
 
 The simulation is the operator's loop in miniature: every ``intervalSeconds`` the job is
 observed (true throughput and GPU utilization from a speedup curve, times noise; zero
-while it restarts), ``recommend`` decides, and a rescale costs ``restart_seconds`` of
-training. It is deliberately simpler than ``benchmarks/policy.py`` (no rate window).
+while it restarts), a :class:`JobAutoscaler` decides, and a rescale costs ``restart_seconds``
+of training. It is deliberately simpler than ``benchmarks/policy.py`` (no rate window).
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling import JobAutoscaler, Placement
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
-from trainscale.operator.autoscaling.policy import (
-    Observation,
-    Recommendation,
-    compact_observations,
-    recommend,
-)
+from trainscale.operator.autoscaling.policy import Observation, Recommendation
 
 RATE = 100.0  # samples/s of one replica at one replica
 COMPUTE_FRACTION = 0.95
@@ -103,9 +99,7 @@ def simulate(
     interval = float(spec.autoscaling.interval_seconds)
     current = spec.replicas
     restarting_until = -1.0
-    observations: list[Observation] = []
-    targets: list[tuple[float, int]] = []
-    last_scale: float | None = None
+    autoscaler = JobAutoscaler(spec)
     trace = Trace([current])
     t = 0.0
     while t < hours * 3600:
@@ -120,23 +114,14 @@ def simulate(
             max(0.0, x * (1 + rng.gauss(0, noise))) if throughput else None,
             compute_packed_nodes(current, workers_per_node),
         )
-        observations = compact_observations([*observations, o], t)
-        rec = recommend(
-            spec,
-            observations,
-            current,
-            t,
-            last_scale_time=last_scale,
-            recent_targets=targets,
-            workers_per_node=workers_per_node,
-        )
-        targets = [*targets[-200:], (t, rec.target)]
+        placement = Placement.packed(current, workers_per_node_max=workers_per_node)
+        if workers_per_node is not None:
+            placement = replace(placement, gpus_per_node=workers_per_node * spec.gpus_per_replica)
+        rec = autoscaler.decide([o], current_replicas=current, now=t, placement=placement)
         trace.recommendations.append(rec)
         if rec.replicas != current:
             current = rec.replicas
             restarting_until = t + restart_seconds
-            last_scale = t
-            spec = spec.model_copy(update={"replicas": current})
         trace.replicas.append(current)
     return trace
 

@@ -31,6 +31,9 @@ from trainscale.operator.api.models import (
     VERSION as VERSION,
 )
 from trainscale.operator.api.models import (
+    AutoscalerMemoryStatus as AutoscalerMemoryStatus,
+)
+from trainscale.operator.api.models import (
     AutoscalingSpec as AutoscalingSpec,
 )
 from trainscale.operator.api.models import (
@@ -44,6 +47,9 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     Decision as Decision,
+)
+from trainscale.operator.api.models import (
+    MeasuredPointStatus as MeasuredPointStatus,
 )
 from trainscale.operator.api.models import (
     Objective as Objective,

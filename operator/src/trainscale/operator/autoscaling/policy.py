@@ -108,7 +108,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trainscale.operator.api import Objective, TrainingJobSpec
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
@@ -165,6 +165,8 @@ class LimitedBy(enum.StrEnum):
     """maxCostPerHour."""
     UNSCHEDULABLE = "unschedulable"
     """Pods the cluster could not place."""
+    CEILING = "ceiling"
+    """The cap cluster arbitration set for this job."""
 
 
 class ModelSource(enum.StrEnum):
@@ -386,6 +388,7 @@ class _Analysis:
     latest_settled: int  # settled samples in the newest segment
     latest_dipped: bool  # the newest sample is below its count's steady level
     restart_costs: list[float]
+    settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
 
 
 def _median(values: Sequence[float]) -> float:
@@ -451,6 +454,7 @@ def _analyse(
             latest_time = o.timestamp
 
     good_flags: list[bool] = []  # per observation in time order: settled sample?
+    settled_by_key: dict[_Key, list[Observation]] = {}
     levels: list[float | None] = []  # per observation: its segment's steady level
     segments = _segments(obs, split_at, workers_per_node)
     latest_settled = 0
@@ -485,6 +489,7 @@ def _analyse(
         good_flags.extend(flags)
         levels.extend([level] * len(seg))
         settled = [seg[i] for i in range(len(seg)) if flags[i]]
+        settled_by_key.setdefault(key, []).extend(settled)
         for o in settled:
             v = _metric(o, mode)
             assert v is not None
@@ -525,6 +530,7 @@ def _analyse(
         latest_settled,
         latest_dipped,
         restart_costs,
+        settled_by_key,
     )
 
 
@@ -1297,6 +1303,8 @@ def recommend(
     stale_after_seconds: float | None = None,
     forced_from: Collection[int] = (),
     workers_per_node: int | None = None,
+    ceiling: int | None = None,
+    left_downwards: Collection[int] = (),
 ) -> Recommendation:
     """Decide how many workers the job should have now (see the module docstring).
 
@@ -1325,6 +1333,10 @@ def recommend(
         workers_per_node: Most workers one node holds (GPUs per node over GPUs per
             replica), when known: counts above it span more nodes and pay the inter-node
             term; observations without ``nodes`` are read as packed.
+        ceiling: Cluster arbitration's cap on this job (None: no cap): above it the job
+            moves down at once (``limited_by`` ceiling, forced), and it never asks for more.
+        left_downwards: Counts the job chose to leave for fewer replicas, remembered by the
+            caller beyond the observations it keeps.
 
     Returns:
         The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
@@ -1357,6 +1369,8 @@ def recommend(
             raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
     if max_schedulable_replicas is not None:
         _check_count("max_schedulable_replicas", max_schedulable_replicas)
+    if ceiling is not None:
+        _check_count("ceiling", ceiling)
     if stale_after_seconds is not None:
         _check_finite("stale_after_seconds", stale_after_seconds)
         if stale_after_seconds <= 0:
@@ -1364,6 +1378,7 @@ def recommend(
 
     auto = spec.autoscaling
     lo, hi = spec.min_replicas, spec.max_replicas
+    cap = ceiling  # the name ``ceiling`` below is the top of the counts considered
     interval = float(auto.interval_seconds)
     stale_after = stale_after_seconds or max(3.0 * interval, 15.0)
     max_gap = max(3.0 * interval, stale_after)
@@ -1400,6 +1415,15 @@ def recommend(
             f"{unschedulable_replicas} of {current_replicas} pods unschedulable; {verb}",
             limited_by=LimitedBy.UNSCHEDULABLE,
             forced=cap != current_replicas,
+        )
+    if ceiling is not None and current_replicas > max(lo, ceiling):
+        to = max(lo, ceiling)
+        return done(
+            to,
+            to,
+            f"cluster ceiling {ceiling} < {current_replicas} replicas; moving to {to}",
+            limited_by=LimitedBy.CEILING,
+            forced=True,
         )
     budget_cap = _budget_replicas(spec)
     if budget_cap is not None and current_replicas > budget_cap:
@@ -1496,6 +1520,9 @@ def recommend(
     if max_schedulable_replicas is not None and max_schedulable_replicas < ceiling:
         ceiling = max(lo, min(ceiling, max(max_schedulable_replicas, current_replicas)))
         limited_extra = LimitedBy.UNSCHEDULABLE
+    if cap is not None and cap < ceiling:
+        ceiling = max(lo, cap, current_replicas)
+        limited_extra = LimitedBy.CEILING
     choice = _choose(spec, est, current_replicas, lo, hi, ceiling)
     target, reason, limited = choice.target, choice.reason, choice.limited_by
     if model.level == 0 and target != current_replicas:
@@ -1528,7 +1555,11 @@ def recommend(
         reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
     if limited_extra is not None and target == ceiling and target < hi:
         limited = limited_extra
-        reason += f"; cluster ran at most {max_schedulable_replicas}"
+        reason += (
+            f"; cluster ceiling {cap}"
+            if limited_extra is LimitedBy.CEILING
+            else f"; cluster ran at most {max_schedulable_replicas}"
+        )
 
     # Never ask for more while pods are pending.
     if target > current_replicas and pending_replicas:
@@ -1558,7 +1589,15 @@ def recommend(
     # fit a little; without this the job would creep one replica at a time along a floor
     # or a flat peak, paying a restart per step for gains within the noise. (From a
     # single measured count the move is what identifies the curve: no confidence yet.)
-    voluntary = target != current_replicas and choice.feasible_current and not exploring
+    # Forced moves are not choices: back up to a count the job was pushed off (by pods it
+    # could not place, or a ceiling) as soon as the cap lifts, without the confidence a
+    # chosen move needs.
+    returning = target > current_replicas and any(c >= target for c in forced_from)
+    if returning:
+        reason += f"; returning to {target} (left by force)"
+    voluntary = (
+        target != current_replicas and choice.feasible_current and not exploring and not returning
+    )
     if voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
         # A move lands where the estimates say, and the count the job leaves pins the
         # curve for the rest of the run: measure it a little longer first.
@@ -1569,7 +1608,7 @@ def recommend(
         )
 
     def _left() -> set[int]:
-        return _counts_left_downwards(observations) - set(forced_from)
+        return (_counts_left_downwards(observations) | set(left_downwards)) - set(forced_from)
 
     probe_ok = (
         choice.feasible_current
