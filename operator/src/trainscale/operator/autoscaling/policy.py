@@ -32,6 +32,12 @@ never decreases) is ``E(n) = 1 / (1 + beta (n-1) + gamma (n-1)**2)``.
   and peaked curves with one parameter more than Amdahl, and the trust region below keeps a
   misspecified fit from jumping far.
 
+Placement: the same workers cost more to synchronise across nodes than inside one, so
+the step time has a separate inter-node term (as Pollux's model separates local and node
+sync), ``tau(n, N) = a (1 + beta (n-1) + delta [N > 1] + gamma (n-1)**2)``; points are
+keyed by (count, nodes), one multi-node point identifies ``delta`` for every multi-node
+count, and until one is measured, counts past the node boundary carry a prior doubt.
+
 GPU utilisation ties the same curve down. A GPU is busy for the compute part ``g`` of each
 step, so ``U(n) = g / tau(n)``: with throughput exported, ``g = U * tau`` at any count; with
 only GPU metrics, ``1 / U(n)`` *is* ``tau(n)`` in units of ``g`` and throughput is known up
@@ -54,61 +60,35 @@ family (a step, ``log n``) never overrides what was measured.
 
 The decision
 ------------
-1. Hard limits first, applied at once without stabilization: replicas outside
-   ``[minReplicas, maxReplicas]`` move inside; unschedulable pods cap the job at what ran;
-   a budget overrun moves down to what the budget pays for.
-2. Metrics: no fresh observation (``stale_after_seconds``) -> hold, ``metrics_stale``.
-   Observations taken while workers restart (throughput dips after a replica change) are
-   excluded from the fit; after a change, the policy waits for ``MIN_SETTLED_SAMPLES``
-   settled samples at the new count before deciding again, so each move yields a measured
-   point. While pods are Pending it never asks for more.
-3. Objective, over the counts the model is trusted for:
-   * ``efficiency``: the highest predicted throughput among counts with ``E(n) >=
-     minEfficiency``;
-   * ``budget``: the highest predicted throughput with ``n * gpus * costPerGpuHour <=
-     maxCostPerHour``;
-   * ``utilization``: the largest count with predicted ``U(n) >= targetGpuUtilization``.
-   A floor is a floor: the current count keeps it only while the floor lies within
-   ``CONFIDENCE_Z`` standard errors of its estimate (not known to break it); no fixed
-   band holds a count the estimates say breaks it.
-4. Uncertainty: with a single measured count and nothing else identifying ``beta``, the fit
-   is optimistic (linear scaling) but the move is limited to a neighbouring count: that is
-   the exploration step, and it makes ``beta`` identifiable. With one count and GPU
-   utilization, a floor objective whose prior-based estimate holds at the current count
-   tries the count above early on (the prior may stop it one count short). Otherwise
-   upward moves stay within ``2x`` (``4x`` once the curvature is identified) of the
-   largest count measured: a trust region. Downward moves are not limited: the model is
-   anchored at ``n = 1``.
-5. Restart cost: a move away from a feasible count must pay back its restart within the
-   horizon: ``X(target) * (H - R) >= X(current) * H``. ``R`` is
-   ``spec.autoscaling.restartCostSeconds`` if set, else learned from observed restarts
-   (throughput deficit integrated from the last good sample before a change until the new
-   count recovers), else the caller's remembered value, else 60 s.
-   Then confidence, for moves away from a count that satisfies the objective (no +1
-   creep): the current count needs ``JUMP_SETTLED_SAMPLES`` settled samples first; a
-   large move (beyond ``FINE_MOVE_FRACTION`` of the current count) follows the point
-   estimate but must land inside the floor's ``HYSTERESIS`` band at ``CONFIDENCE_Z``
-   standard errors (else the largest count that does); a small move, or a return to a
-   count the job left downwards, needs the floor to hold at ``CONFIDENCE_Z`` errors down
-   (a small move may instead show a gain three times the relative doubt about the floor)
-   and the throughput gain to pay the restart at its lower bound. Otherwise it holds and
-   says ``N not confidently better than M (efficiency 0.70 +- 0.03)``, unless an
-   unmeasured count within a small move may clear the floor and promises
-   ``PROBE_MIN_GAIN``: that one is probed (measurements beat the model). Counts the job was
-   forced off (``forced_from``) are not "left downwards": it returns when the cap lifts.
-6. Stabilization (as in the HorizontalPodAutoscaler): a scale-up is applied only after the
-   raw target has been above the current count continuously for
-   ``scaleUpStabilizationSeconds`` (to the smallest target seen in that window), a
-   scale-down after ``scaleDownStabilizationSeconds`` (to the largest). The caller passes
-   the raw targets it got before as ``recent_targets``.
+:func:`recommend` runs :data:`STEPS`, small pure functions over one
+:class:`DecisionContext`; the first that returns a recommendation decides (its name is
+``Recommendation.step``; docs/autoscaling.md uses the same names):
+
+1. hard limits: bounds, unschedulable pods, a cluster ceiling, a budget overrun; at once.
+2. metrics freshness: no fresh observation -> hold (``metrics_stale``); restart cost.
+3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
+4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
+5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
+   4x with curvature, of the largest measured count) and the cluster's capacity. A floor
+   is a floor: the current count keeps it only while it lies within ``CONFIDENCE_Z``
+   standard errors of its estimate (no fixed band holds a count known to break it).
+6. exploration: with one measured count, a neighbouring count identifies the curve.
+7. pending pods: never ask for more while pods are Pending.
+8. restart payback: a move must pay back its restart within the horizon.
+9. confidence: no creep (``JUMP_SETTLED_SAMPLES`` first; large moves inside the floor's
+   ``HYSTERESIS`` band at one standard error; small moves and returns to counts left
+   downwards only when confidently better); measurements beat the model (an unmeasured
+   count that may be better is probed, :func:`_probe`); forced moves are not choices (a
+   count left by force is returned to when the cap lifts).
+10. stabilization: as the HorizontalPodAutoscaler, per direction.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from trainscale.operator.api import Objective, TrainingJobSpec
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
@@ -334,6 +314,7 @@ class Recommendation:
         throughput: Predicted throughput at ``current_replicas`` (samples/s when the model
             comes from throughput, relative otherwise).
         cost_per_hour: ``replicas * gpus_per_replica * costPerGpuHour``.
+        step: The step of the decision pipeline that decided (one of :data:`STEPS`).
     """
 
     replicas: int
@@ -352,6 +333,7 @@ class Recommendation:
     gpu_utilization: float | None = None
     throughput: float | None = None
     cost_per_hour: float = 0.0
+    step: str = ""
 
     @property
     def direction(self) -> str:
@@ -1287,6 +1269,440 @@ def _stabilize(
     return (min(values) if up else max(values)), held
 
 
+# --------------------------------------------------------------------------------------------
+# The decision, as a pipeline of named steps over one context
+
+
+@dataclass
+class DecisionContext:
+    """What the steps of one decision share: the inputs, then what earlier steps found.
+
+    Each step reads it, may refine the proposal (``target``, ``reason``, ``limited``,
+    ``exploring``), and either returns a :class:`Recommendation` (the decision is made)
+    or None (the next step runs).
+    """
+
+    spec: TrainingJobSpec
+    observations: Sequence[Observation]
+    current: int
+    now: float
+    pending: int = 0
+    unschedulable: int = 0
+    last_scale_time: float | None = None
+    remembered_restart_cost: float | None = None
+    recent_targets: Sequence[tuple[float, int]] = ()
+    max_schedulable: int | None = None
+    horizon: float = DEFAULT_HORIZON_SECONDS
+    stale_after: float | None = None
+    forced_from: frozenset[int] = frozenset()
+    workers_per_node: int | None = None
+    cap: int | None = None
+    left_downwards: frozenset[int] = frozenset()
+    # found by the steps
+    analysis: _Analysis | None = None
+    restart: float = DEFAULT_RESTART_COST_SECONDS
+    common: dict[str, object] = field(default_factory=dict)
+    model: SpeedupModel | None = None
+    est: _Estimates | None = None
+    ceiling: int = 0  # top of the counts considered (trust region, capacity, cap)
+    target: int = 0
+    reason: str = ""
+    limited: LimitedBy | None = None
+    exploring: bool = False
+    feasible_current: bool = False
+    returning: bool = False
+
+    def __post_init__(self) -> None:
+        interval = float(self.spec.autoscaling.interval_seconds)
+        self.stale_after = self.stale_after or max(3.0 * interval, 15.0)
+        self.max_gap = max(3.0 * interval, self.stale_after)
+        self.lo, self.hi = self.spec.min_replicas, self.spec.max_replicas
+        self.target = self.current
+
+    def done(self, replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
+        """The decision; ``replicas`` is always within the spec's bounds."""
+        assert self.lo <= replicas <= self.hi, (replicas, self.lo, self.hi)
+        return Recommendation(
+            replicas=replicas,
+            target=target,
+            current_replicas=self.current,
+            reason=reason,
+            cost_per_hour=compute_cost_per_hour(self.spec, replicas),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def hold(self, reason: str, **kw: object) -> Recommendation:
+        """Stay at the current count, with what is known so far."""
+        return self.done(self.current, self.current, reason, **{**self.common, **kw})
+
+    def hold_proposal(self, tail: str) -> Recommendation:
+        """Stay, saying what the objective proposed and why it does not happen."""
+        return self.hold(f"{self.reason}; {tail}", limited_by=self.limited)
+
+    def left(self) -> set[int]:
+        """Counts the job chose to leave downwards (not those it was forced off)."""
+        seen = _counts_left_downwards(self.observations) | self.left_downwards
+        return set(seen - self.forced_from)
+
+    @property
+    def voluntary(self) -> bool:
+        """A move away from a count that satisfies the objective, chosen by the policy."""
+        return (
+            self.target != self.current
+            and self.feasible_current
+            and not self.exploring
+            and not self.returning
+        )
+
+    def probe(self) -> int | None:
+        """An unmeasured count worth measuring now (see :func:`_probe`), if any."""
+        assert self.est is not None and self.model is not None and self.analysis is not None
+        if (
+            not self.feasible_current
+            or self.exploring
+            or self.pending
+            or len(self.model.counts) <= 1
+            or self.analysis.latest_settled < 2 * JUMP_SETTLED_SAMPLES
+        ):
+            return None
+        return _probe(
+            self.spec, self.est, self.current, self.ceiling, self.left(), self.horizon, self.restart
+        )
+
+    def take_probe(self, probe: int, why: str = "") -> None:
+        assert self.est is not None
+        self.target, self.exploring = probe, True
+        self.reason += (
+            f"; {why}probing {probe} ({_uncertainty(self.spec, self.est, probe)}, unmeasured)"
+        )
+
+
+Step = Callable[[DecisionContext], "Recommendation | None"]
+
+
+def decide_hard_limits(ctx: DecisionContext) -> Recommendation | None:
+    """Bounds, unschedulable pods, a cluster ceiling, a budget overrun: applied at once."""
+    lo, hi, current = ctx.lo, ctx.hi, ctx.current
+    if current < lo or current > hi:
+        to = min(max(current, lo), hi)
+        side = f"minReplicas {lo}" if current < lo else f"maxReplicas {hi}"
+        return ctx.done(to, to, f"replicas {current} outside bounds; moving to {side}",
+                        limited_by=LimitedBy.BOUND, forced=True)  # fmt: skip
+    if ctx.unschedulable:
+        ran = current - ctx.unschedulable
+        to = max(lo, ran)
+        verb = f"capping at the {ran} that ran" if to == ran else f"capping at minReplicas {lo}"
+        return ctx.done(to, to, f"{ctx.unschedulable} of {current} pods unschedulable; {verb}",
+                        limited_by=LimitedBy.UNSCHEDULABLE, forced=to != current)  # fmt: skip
+    if ctx.cap is not None and current > max(lo, ctx.cap):
+        to = max(lo, ctx.cap)
+        return ctx.done(to, to, f"cluster ceiling {ctx.cap} < {current} replicas; moving to {to}",
+                        limited_by=LimitedBy.CEILING, forced=True)  # fmt: skip
+    budget_cap = _budget_replicas(ctx.spec)
+    if budget_cap is not None and current > budget_cap:
+        to = max(lo, budget_cap)
+        budget = ctx.spec.autoscaling.max_cost_per_hour
+        assert budget is not None
+        cost = compute_cost_per_hour(ctx.spec, current)
+        return ctx.done(to, to, f"cost {cost:.2f}/h at {current} > budget {budget:.2f}/h; {budget_cap} fits",
+                        limited_by=LimitedBy.BUDGET, forced=True)  # fmt: skip
+    return None
+
+
+def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
+    """Digest the observations and the restart cost; hold without fresh metrics."""
+    auto = ctx.spec.autoscaling
+    analysis = ctx.analysis = _analyse(
+        ctx.observations, ctx.last_scale_time, ctx.max_gap, ctx.workers_per_node
+    )
+    costs = analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]
+    learned = _median(costs) if costs else None
+    if auto.restart_cost_seconds is not None:
+        ctx.restart, source = auto.restart_cost_seconds, RestartCostSource.SPEC
+    elif learned is not None:
+        ctx.restart, source = learned, RestartCostSource.LEARNED
+    elif ctx.remembered_restart_cost is not None:
+        ctx.restart, source = ctx.remembered_restart_cost, RestartCostSource.REMEMBERED
+    else:
+        ctx.restart, source = DEFAULT_RESTART_COST_SECONDS, RestartCostSource.DEFAULT
+    ctx.common = {
+        "restart_cost_seconds": ctx.restart,
+        "restart_cost_source": source,
+        "learned_restart_cost_seconds": learned,
+    }
+    if analysis.latest_time is None:
+        return ctx.hold(f"no metrics yet; holding at {ctx.current}", metrics_stale=True)
+    age = ctx.now - analysis.latest_time
+    assert ctx.stale_after is not None
+    if age > ctx.stale_after:
+        return ctx.hold(
+            f"no fresh metrics for {age:.0f} s (stale after {ctx.stale_after:.0f} s); "
+            f"holding at {ctx.current}",
+            metrics_stale=True,
+        )
+    if auto.objective is Objective.UTILIZATION and not any(
+        o.gpu_utilization is not None for o in ctx.observations
+    ):
+        return ctx.hold(
+            "utilization objective needs GPU utilization metrics; none seen; holding",
+            metrics_stale=True,
+        )
+    return None
+
+
+def _fit(ctx: DecisionContext) -> None:
+    """The model and estimates, once (settling's holds report them too)."""
+    analysis = ctx.analysis
+    if ctx.model is not None or analysis is None or analysis.mode is None:
+        return
+    ctx.model = fit_speedup_model(
+        analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node
+    )
+    if ctx.model is not None:
+        ctx.est = est = _Estimates(ctx.model, analysis.points, ctx.hi)
+        ctx.common.update(
+            model=ctx.model,
+            efficiency=est.efficiency(ctx.current),
+            gpu_utilization=est.gpu_utilization(ctx.current),
+            throughput=est.throughput(ctx.current),
+        )
+
+
+def decide_settling(ctx: DecisionContext) -> Recommendation | None:
+    """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples."""
+    assert ctx.analysis is not None
+    _fit(ctx)
+    analysis, current = ctx.analysis, ctx.current
+    if analysis.latest_replicas != current:
+        more = " and pods pending" if ctx.pending else ""
+        return ctx.hold(
+            f"waiting for {current} replicas to run (metrics show {analysis.latest_replicas}){more}"
+        )
+    if analysis.latest_dipped:
+        return ctx.hold(f"throughput below its steady level at {current} (restarting?); holding")
+    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
+        return ctx.hold(
+            f"measuring {current} replicas ({analysis.latest_settled}/"
+            f"{MIN_SETTLED_SAMPLES} settled samples); holding"
+        )
+    return None
+
+
+def decide_fit(ctx: DecisionContext) -> Recommendation | None:
+    """Fit the speedup model (see :func:`fit_speedup_model`); hold when it cannot be."""
+    _fit(ctx)
+    if ctx.model is None or ctx.est is None:
+        return ctx.hold(f"not enough settled samples to fit a model; holding at {ctx.current}")
+    return None
+
+
+def decide_objective(ctx: DecisionContext) -> Recommendation | None:
+    """The objective's count within the trust region, the cluster's capacity and cap."""
+    model, est = ctx.model, ctx.est
+    assert model is not None and est is not None
+    measured_hi = model.counts[-1]
+    trust = ctx.current + 1 if model.level == 0 else (2 if model.level == 1 else 4) * measured_hi
+    ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
+    capacity: LimitedBy | None = None
+    if ctx.max_schedulable is not None and ctx.max_schedulable < ctx.ceiling:
+        ctx.ceiling = max(ctx.lo, min(ctx.ceiling, max(ctx.max_schedulable, ctx.current)))
+        capacity = LimitedBy.UNSCHEDULABLE
+    if ctx.cap is not None and ctx.cap < ctx.ceiling:
+        ctx.ceiling = max(ctx.lo, ctx.cap, ctx.current)
+        capacity = LimitedBy.CEILING
+    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling)
+    ctx.target, ctx.reason, ctx.limited = choice.target, choice.reason, choice.limited_by
+    ctx.feasible_current = choice.feasible_current
+    if capacity is not None and ctx.target == ctx.ceiling and ctx.target < ctx.hi:
+        ctx.limited = capacity
+        ctx.reason += (
+            f"; cluster ceiling {ctx.cap}"
+            if capacity is LimitedBy.CEILING
+            else f"; cluster ran at most {ctx.max_schedulable}"
+        )
+    elif (
+        capacity is None and ctx.target == ctx.ceiling and ctx.ceiling < ctx.hi and model.level > 0
+    ):
+        ctx.reason += f"; trust region ends at {ctx.ceiling} (measured up to {measured_hi})"
+    return None
+
+
+def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
+    """With one measured count, try a neighbouring one: that identifies the curve."""
+    model, est, auto = ctx.model, ctx.est, ctx.spec.autoscaling
+    assert model is not None and est is not None and ctx.analysis is not None
+    current = ctx.current
+    if len(model.counts) != 1:
+        return None
+    if model.level == 0 and ctx.target != current:
+        ctx.exploring = True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
+    elif (
+        model.level == 0
+        and ctx.target == current
+        and current > ctx.lo
+        and auto.objective is Objective.EFFICIENCY
+        and model.source is ModelSource.THROUGHPUT
+    ):
+        ctx.target, ctx.exploring = current - 1, True
+        ctx.reason += f"; exploring {ctx.target} to measure efficiency"
+    elif (
+        ctx.target == current
+        and current < ctx.ceiling
+        and auto.objective is not Objective.BUDGET
+        and _floor_margin(ctx.spec, est, current) >= 0.0
+        and ctx.analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
+    ):
+        # One count and GPU utilization fit a curve only under the prior that all idle
+        # time is synchronisation, which reads the input pipeline's share as sync and
+        # may stop the job one count short. The count above is the cheapest experiment,
+        # tried early (never after a long stay, when noise alone would trigger it).
+        ctx.target, ctx.exploring = current + 1, True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
+    return None
+
+
+def decide_pending_pods(ctx: DecisionContext) -> Recommendation | None:
+    """Never ask for more while worker pods are pending."""
+    if ctx.target > ctx.current and ctx.pending:
+        return ctx.hold_proposal(
+            f"{ctx.pending} pods pending, not asking for more than {ctx.current}"
+        )
+    return None
+
+
+def decide_restart_payback(ctx: DecisionContext) -> Recommendation | None:
+    """A move from a feasible count must pay back its restart within the horizon.
+
+    In samples when it adds replicas, in samples per replica when it removes some (the
+    objective only moves down from a feasible count when that is no slower).
+    """
+    est, current, target = ctx.est, ctx.current, ctx.target
+    assert est is not None
+    if target == current or not ctx.feasible_current or ctx.exploring:
+        return None
+    gain = est.throughput(target) / est.throughput(current)
+    if target < current:
+        gain *= current / target
+    if gain * (ctx.horizon - ctx.restart) < ctx.horizon:
+        per = "" if target > current else " per replica"
+        return ctx.hold_proposal(
+            f"gain x{gain:.2f}{per} does not pay a {ctx.restart:.0f} s restart "
+            f"within {ctx.horizon / 60:.0f} min; holding"
+        )
+    return None
+
+
+def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
+    """No creeping: a chosen move from a count that satisfies the objective needs evidence.
+
+    Each newly measured count shifts the fit a little; without this the job would creep one
+    replica at a time along a floor or a flat peak, paying a restart per step for gains
+    within the noise. Forced moves are not choices: back to a count the job was pushed off
+    (pods it could not place, a ceiling) it returns as soon as the cap lifts. Measurements
+    beat the model: where a move is not confident, an unmeasured count that may be better
+    is probed rather than ruled out.
+    """
+    est, model, analysis = ctx.est, ctx.model, ctx.analysis
+    assert est is not None and model is not None and analysis is not None
+    spec, current = ctx.spec, ctx.current
+    ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
+    if ctx.returning:
+        ctx.reason += f"; returning to {ctx.target} (left by force)"
+    if ctx.voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
+        # A move lands where the estimates say, and the count the job leaves pins the
+        # curve for the rest of the run: measure it a little longer first.
+        return ctx.hold_proposal(
+            f"measuring {current} replicas before a move to {ctx.target} "
+            f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding"
+        )
+    span = compute_fine_span(current)
+    if (
+        ctx.voluntary
+        and ctx.target > current
+        and len(model.counts) > 1
+        and ctx.target - current > span
+        and not _inside_band(spec, est, ctx.target)
+    ):
+        # A large move may follow the point estimate, but must land inside the floor's
+        # tolerance band even if the estimate is a standard error too kind.
+        safe = max(
+            (m for m in range(current + 1, ctx.target) if _inside_band(spec, est, m)),
+            default=current,
+        )
+        too_uncertain = f"{ctx.target} too uncertain ({_uncertainty(spec, est, ctx.target)})"
+        if safe - current > span:
+            ctx.reason += f"; {too_uncertain}, {safe} is not"
+            ctx.target = safe
+        else:
+            probe = ctx.probe()
+            if probe is None:
+                return ctx.hold_proposal(f"{too_uncertain} and no large move is safe; holding")
+            ctx.take_probe(probe, f"{too_uncertain}; ")
+    # All or nothing: stepping part of the way is exactly the creep this prevents. Going
+    # back up to (or past) a count the job left downwards needs the same confidence,
+    # however far: it was left on evidence, and returning on less would flap.
+    left = [c for c in ctx.left() if c <= ctx.target]
+    if (
+        ctx.voluntary
+        and len(model.counts) > 1
+        and (abs(ctx.target - current) <= span or (ctx.target > current and left))
+        and not _confident(
+            spec, est, current, ctx.target, ctx.horizon, ctx.restart, strict=bool(left)
+        )
+    ):
+        probe = ctx.probe()
+        if probe is None:
+            return ctx.hold_proposal(
+                f"{ctx.target} not confidently better than {current} "
+                f"({_uncertainty(spec, est, ctx.target)}); holding"
+            )
+        ctx.take_probe(probe)
+    elif ctx.target == current:
+        probe = ctx.probe()
+        if probe is not None:
+            ctx.take_probe(probe)
+    return None
+
+
+def decide_stabilization(ctx: DecisionContext) -> Recommendation:
+    """HPA-style: a move is applied once the raw target has held for the window."""
+    auto, current, target = ctx.spec.autoscaling, ctx.current, ctx.target
+    kw: dict[str, object] = {**ctx.common, "limited_by": ctx.limited, "exploring": ctx.exploring}
+    if target == current:
+        return ctx.done(current, target, f"{ctx.reason}; holding at {current}", **kw)
+    up = target > current
+    window = float(
+        auto.scale_up_stabilization_seconds if up else auto.scale_down_stabilization_seconds
+    )
+    applied, held = _stabilize(target, current, ctx.now, window, ctx.recent_targets, ctx.max_gap)
+    word = "up" if up else "down"
+    if applied == current:
+        return ctx.done(
+            current,
+            target,
+            f"{ctx.reason}; scale-{word} to {target} waits for stabilization "
+            f"({held:.0f}/{window:.0f} s)",
+            **kw,
+        )
+    return ctx.done(applied, target, f"{ctx.reason}; scaling {word} to {applied}", **kw)
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("hard limits", decide_hard_limits),
+    ("metrics freshness", decide_metrics_freshness),
+    ("settling", decide_settling),
+    ("fit", decide_fit),
+    ("objective", decide_objective),
+    ("exploration", decide_exploration),
+    ("pending pods", decide_pending_pods),
+    ("restart payback", decide_restart_payback),
+    ("confidence", decide_confidence),
+    ("stabilization", decide_stabilization),
+)
+"""The decision, in order: the first step that returns a recommendation decides."""
+
+
 def recommend(
     spec: TrainingJobSpec,
     observations: Sequence[Observation],
@@ -1376,348 +1792,26 @@ def recommend(
         if stale_after_seconds <= 0:
             raise ValueError(f"stale_after_seconds must be > 0, got {stale_after_seconds!r}")
 
-    auto = spec.autoscaling
-    lo, hi = spec.min_replicas, spec.max_replicas
-    cap = ceiling  # the name ``ceiling`` below is the top of the counts considered
-    interval = float(auto.interval_seconds)
-    stale_after = stale_after_seconds or max(3.0 * interval, 15.0)
-    max_gap = max(3.0 * interval, stale_after)
-
-    def done(replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
-        assert lo <= replicas <= hi, (replicas, lo, hi)
-        return Recommendation(
-            replicas=replicas,
-            target=target,
-            current_replicas=current_replicas,
-            reason=reason,
-            cost_per_hour=compute_cost_per_hour(spec, replicas),
-            **kw,  # type: ignore[arg-type]
-        )
-
-    # 1. Hard limits, applied at once.
-    if current_replicas < lo or current_replicas > hi:
-        to = min(max(current_replicas, lo), hi)
-        side = f"minReplicas {lo}" if current_replicas < lo else f"maxReplicas {hi}"
-        return done(
-            to,
-            to,
-            f"replicas {current_replicas} outside bounds; moving to {side}",
-            limited_by=LimitedBy.BOUND,
-            forced=True,
-        )
-    if unschedulable_replicas:
-        ran = current_replicas - unschedulable_replicas
-        cap = max(lo, ran)
-        verb = f"capping at the {ran} that ran" if cap == ran else f"capping at minReplicas {lo}"
-        return done(
-            cap,
-            cap,
-            f"{unschedulable_replicas} of {current_replicas} pods unschedulable; {verb}",
-            limited_by=LimitedBy.UNSCHEDULABLE,
-            forced=cap != current_replicas,
-        )
-    if ceiling is not None and current_replicas > max(lo, ceiling):
-        to = max(lo, ceiling)
-        return done(
-            to,
-            to,
-            f"cluster ceiling {ceiling} < {current_replicas} replicas; moving to {to}",
-            limited_by=LimitedBy.CEILING,
-            forced=True,
-        )
-    budget_cap = _budget_replicas(spec)
-    if budget_cap is not None and current_replicas > budget_cap:
-        to = max(lo, budget_cap)
-        assert auto.max_cost_per_hour is not None
-        return done(
-            to,
-            to,
-            f"cost {compute_cost_per_hour(spec, current_replicas):.2f}/h at {current_replicas} "
-            f"> budget {auto.max_cost_per_hour:.2f}/h; {budget_cap} fits",
-            limited_by=LimitedBy.BUDGET,
-            forced=True,
-        )
-
-    # 2. Metrics.
-    analysis = _analyse(observations, last_scale_time, max_gap, workers_per_node)
-    learned = (
-        _median(analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]) if analysis.restart_costs else None
+    ctx = DecisionContext(
+        spec=spec,
+        observations=observations,
+        current=current_replicas,
+        now=now,
+        pending=pending_replicas,
+        unschedulable=unschedulable_replicas,
+        last_scale_time=last_scale_time,
+        remembered_restart_cost=restart_cost_seconds,
+        recent_targets=recent_targets,
+        max_schedulable=max_schedulable_replicas,
+        horizon=horizon_seconds,
+        stale_after=stale_after_seconds,
+        forced_from=frozenset(forced_from),
+        workers_per_node=workers_per_node,
+        cap=ceiling,
+        left_downwards=frozenset(left_downwards),
     )
-    if auto.restart_cost_seconds is not None:
-        restart, restart_src = auto.restart_cost_seconds, RestartCostSource.SPEC
-    elif learned is not None:
-        restart, restart_src = learned, RestartCostSource.LEARNED
-    elif restart_cost_seconds is not None:
-        restart, restart_src = restart_cost_seconds, RestartCostSource.REMEMBERED
-    else:
-        restart, restart_src = DEFAULT_RESTART_COST_SECONDS, RestartCostSource.DEFAULT
-    common: dict[str, object] = {
-        "restart_cost_seconds": restart,
-        "restart_cost_source": restart_src,
-        "learned_restart_cost_seconds": learned,
-    }
-
-    def hold(reason: str, **kw: object) -> Recommendation:
-        return done(current_replicas, current_replicas, reason, **common, **kw)
-
-    if analysis.latest_time is None:
-        return hold(f"no metrics yet; holding at {current_replicas}", metrics_stale=True)
-    age = now - analysis.latest_time
-    if age > stale_after:
-        return hold(
-            f"no fresh metrics for {age:.0f} s (stale after {stale_after:.0f} s); "
-            f"holding at {current_replicas}",
-            metrics_stale=True,
-        )
-    if auto.objective is Objective.UTILIZATION and not any(
-        o.gpu_utilization is not None for o in observations
-    ):
-        return hold(
-            "utilization objective needs GPU utilization metrics; none seen; holding",
-            metrics_stale=True,
-        )
-
-    assert analysis.mode is not None
-    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode, workers_per_node)
-    est: _Estimates | None = None
-    if model is not None:
-        est = _Estimates(model, analysis.points, hi)
-        common.update(
-            model=model,
-            efficiency=est.efficiency(current_replicas),
-            gpu_utilization=est.gpu_utilization(current_replicas),
-            throughput=est.throughput(current_replicas),
-        )
-    if analysis.latest_replicas != current_replicas:
-        more = " and pods pending" if pending_replicas else ""
-        return hold(
-            f"waiting for {current_replicas} replicas to run (metrics show "
-            f"{analysis.latest_replicas}){more}"
-        )
-    if analysis.latest_dipped:
-        return hold(
-            f"throughput below its steady level at {current_replicas} (restarting?); holding"
-        )
-    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
-        return hold(
-            f"measuring {current_replicas} replicas ({analysis.latest_settled}/"
-            f"{MIN_SETTLED_SAMPLES} settled samples); holding"
-        )
-    if model is None or est is None:
-        return hold(f"not enough settled samples to fit a model; holding at {current_replicas}")
-
-    # 3+4. Objective within the trust region.
-    exploring = False
-    measured_hi = model.counts[-1]
-    if model.level == 0:
-        trust = current_replicas + 1
-    elif model.level == 1:
-        trust = 2 * measured_hi
-    else:
-        trust = 4 * measured_hi
-    ceiling = min(hi, max(trust, current_replicas))
-    limited_extra: LimitedBy | None = None
-    if max_schedulable_replicas is not None and max_schedulable_replicas < ceiling:
-        ceiling = max(lo, min(ceiling, max(max_schedulable_replicas, current_replicas)))
-        limited_extra = LimitedBy.UNSCHEDULABLE
-    if cap is not None and cap < ceiling:
-        ceiling = max(lo, cap, current_replicas)
-        limited_extra = LimitedBy.CEILING
-    choice = _choose(spec, est, current_replicas, lo, hi, ceiling)
-    target, reason, limited = choice.target, choice.reason, choice.limited_by
-    if model.level == 0 and target != current_replicas:
-        exploring = True
-        reason += f"; exploring {target} (curve not identified from one count)"
-    elif (
-        model.level == 0
-        and target == current_replicas
-        and current_replicas > lo
-        and auto.objective is Objective.EFFICIENCY
-        and model.source is ModelSource.THROUGHPUT
-    ):
-        target, exploring = current_replicas - 1, True
-        reason += f"; exploring {target} to measure efficiency"
-    elif (
-        len(model.counts) == 1
-        and target == current_replicas
-        and current_replicas < ceiling
-        and auto.objective is not Objective.BUDGET
-        and _floor_margin(spec, est, current_replicas) >= 0.0
-        and analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
-    ):
-        # One count and GPU utilization fit a curve only under the prior that all idle
-        # time is synchronisation, which reads the input pipeline's share as sync and
-        # may stop the job one count short. The count above is the cheapest experiment,
-        # tried early (never after a long stay, when noise alone would trigger it).
-        target, exploring = current_replicas + 1, True
-        reason += f"; exploring {target} (curve not identified from one count)"
-    elif target == ceiling and ceiling < hi and limited_extra is None:
-        reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
-    if limited_extra is not None and target == ceiling and target < hi:
-        limited = limited_extra
-        reason += (
-            f"; cluster ceiling {cap}"
-            if limited_extra is LimitedBy.CEILING
-            else f"; cluster ran at most {max_schedulable_replicas}"
-        )
-
-    # Never ask for more while pods are pending.
-    if target > current_replicas and pending_replicas:
-        return hold(
-            f"{reason}; {pending_replicas} pods pending, not asking for more than "
-            f"{current_replicas}",
-            limited_by=limited,
-        )
-
-    # 5a. Restart cost: a move from a feasible count must pay for itself within the horizon,
-    # in samples when it adds replicas, in samples per replica when it removes some (the
-    # objective only moves down from a feasible count when that is no slower).
-    if target != current_replicas and choice.feasible_current and not exploring:
-        gain = est.throughput(target) / est.throughput(current_replicas)
-        if target < current_replicas:
-            gain *= current_replicas / target
-        if gain * (horizon_seconds - restart) < horizon_seconds:
-            per = "" if target > current_replicas else " per replica"
-            return hold(
-                f"{reason}; gain x{gain:.2f}{per} does not pay a {restart:.0f} s restart "
-                f"within {horizon_seconds / 60:.0f} min; holding",
-                limited_by=limited,
-            )
-
-    # 5b. Confidence: a small move from a count that satisfies the objective happens only
-    # when the estimates are confident it is right. Each newly measured count shifts the
-    # fit a little; without this the job would creep one replica at a time along a floor
-    # or a flat peak, paying a restart per step for gains within the noise. (From a
-    # single measured count the move is what identifies the curve: no confidence yet.)
-    # Forced moves are not choices: back up to a count the job was pushed off (by pods it
-    # could not place, or a ceiling) as soon as the cap lifts, without the confidence a
-    # chosen move needs.
-    returning = target > current_replicas and any(c >= target for c in forced_from)
-    if returning:
-        reason += f"; returning to {target} (left by force)"
-    voluntary = (
-        target != current_replicas and choice.feasible_current and not exploring and not returning
-    )
-    if voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
-        # A move lands where the estimates say, and the count the job leaves pins the
-        # curve for the rest of the run: measure it a little longer first.
-        return hold(
-            f"{reason}; measuring {current_replicas} replicas before a move to {target} "
-            f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding",
-            limited_by=limited,
-        )
-
-    def _left() -> set[int]:
-        return (_counts_left_downwards(observations) | set(left_downwards)) - set(forced_from)
-
-    probe_ok = (
-        choice.feasible_current
-        and not exploring
-        and not pending_replicas
-        and len(model.counts) > 1
-        and analysis.latest_settled >= 2 * JUMP_SETTLED_SAMPLES
-    )
-    if (
-        voluntary
-        and target > current_replicas
-        and len(model.counts) > 1
-        and target - current_replicas > compute_fine_span(current_replicas)
-        and not _inside_band(spec, est, target)
-    ):
-        # A large move may follow the point estimate, but must land inside the floor's
-        # tolerance band even if the estimate is a standard error too kind: a job must
-        # not jump where it will likely have to come back from.
-        safe = max(
-            (m for m in range(current_replicas + 1, target) if _inside_band(spec, est, m)),
-            default=current_replicas,
-        )
-        too_uncertain = f"{target} too uncertain ({_uncertainty(spec, est, target)})"
-        if safe - current_replicas > compute_fine_span(current_replicas):
-            reason += f"; {too_uncertain}, {safe} is not"
-            target = safe
-        else:
-            probe = (
-                _probe(spec, est, current_replicas, ceiling, _left(), horizon_seconds, restart)
-                if probe_ok
-                else None
-            )
-            if probe is None:
-                return hold(
-                    f"{reason}; {too_uncertain} and no large move is safe; holding",
-                    limited_by=limited,
-                )
-            target, exploring = probe, True
-            reason += (
-                f"; {too_uncertain}; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
-            )
-    # All or nothing: stepping part of the way is exactly the creep this prevents. Going
-    # back up to (or past) a count the job left downwards needs the same confidence,
-    # however far: it was left on evidence, and returning on less would flap.
-    left_all = _left()
-    left = [c for c in left_all if c <= target]
-    if (
-        voluntary
-        and not exploring
-        and len(model.counts) > 1
-        and (
-            abs(target - current_replicas) <= compute_fine_span(current_replicas)
-            or (target > current_replicas and left)
-        )
-        and not _confident(
-            spec, est, current_replicas, target, horizon_seconds, restart, strict=bool(left)
-        )
-    ):
-        probe = (
-            _probe(spec, est, current_replicas, ceiling, left_all, horizon_seconds, restart)
-            if probe_ok
-            else None
-        )
-        if probe is None:
-            return hold(
-                f"{reason}; {target} not confidently better than {current_replicas} "
-                f"({_uncertainty(spec, est, target)}); holding",
-                limited_by=limited,
-            )
-        target, exploring = probe, True
-        reason += f"; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
-    elif target == current_replicas and probe_ok:
-        probe = _probe(spec, est, current_replicas, ceiling, left_all, horizon_seconds, restart)
-        if probe is not None:
-            target, exploring = probe, True
-            reason += f"; probing {probe} ({_uncertainty(spec, est, probe)}, unmeasured)"
-
-    # 6. Stabilization.
-    if target == current_replicas:
-        return done(
-            current_replicas,
-            target,
-            f"{reason}; holding at {current_replicas}",
-            limited_by=limited,
-            exploring=exploring,
-            **common,
-        )
-    window = float(
-        auto.scale_up_stabilization_seconds
-        if target > current_replicas
-        else auto.scale_down_stabilization_seconds
-    )
-    applied, held = _stabilize(target, current_replicas, now, window, recent_targets, max_gap)
-    word = "up" if target > current_replicas else "down"
-    if applied == current_replicas:
-        return done(
-            current_replicas,
-            target,
-            f"{reason}; scale-{word} to {target} waits for stabilization "
-            f"({held:.0f}/{window:.0f} s)",
-            limited_by=limited,
-            exploring=exploring,
-            **common,
-        )
-    return done(
-        applied,
-        target,
-        f"{reason}; scaling {word} to {applied}",
-        limited_by=limited,
-        exploring=exploring,
-        **common,
-    )
+    for name, step in STEPS:
+        rec = step(ctx)
+        if rec is not None:
+            return replace(rec, step=name)
+    raise AssertionError("stabilization always decides")  # pragma: no cover
