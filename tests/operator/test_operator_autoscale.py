@@ -57,6 +57,13 @@ def test_rescale_writes_replicas_decision_and_event(spec: TrainingJobSpec) -> No
     assert auto["lastScaleTime"] == "2026-11-21T12:00:00Z"
     assert auto["costPerHour"] == 4 * 2 * 2.5, "cost of the new size"
     assert auto["efficiency"] == 0.91
+    assert auto["step"] is None  # a hand-made recommendation names no step
+    assert (
+        decide_autoscale(spec, {}, OBS, (), rec(4, step="confidence"), NOW).status["autoscaling"][
+            "step"
+        ]
+        == "confidence"
+    )
     assert plan.status["gpuUtilization"] == 0.812 and plan.status["throughput"] == 412.3
 
 

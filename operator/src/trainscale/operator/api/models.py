@@ -467,6 +467,12 @@ class AutoscalingStatus(_Model):
         default=None, description="What the policy recommends now (before stabilization)."
     )
     reason: str | None = Field(default=None, description="Why, in words.")
+    step: str | None = Field(
+        default=None,
+        description="The step of the decision that decided (hard limits, metrics freshness, "
+        "settling, fit, objective, exploration, pending pods, restart payback, confidence, "
+        "stabilization).",
+    )
     model: dict[str, float] = Field(
         default_factory=dict,
         description="Fitted speedup model parameters (e.g. computeSeconds, syncSecondsPerReplica).",

@@ -1703,6 +1703,51 @@ STEPS: tuple[tuple[str, Step], ...] = (
 """The decision, in order: the first step that returns a recommendation decides."""
 
 
+def _check_arguments(
+    current_replicas: int,
+    pending_replicas: int,
+    unschedulable_replicas: int,
+    now: float,
+    horizon_seconds: float,
+    last_scale_time: float | None,
+    restart_cost_seconds: float | None,
+    max_schedulable_replicas: int | None,
+    ceiling: int | None,
+    stale_after_seconds: float | None,
+) -> None:
+    """Raise ValueError, naming the argument, on inputs to :func:`recommend` that make no sense."""
+    _check_count("current_replicas", current_replicas)
+    _check_count("pending_replicas", pending_replicas)
+    _check_count("unschedulable_replicas", unschedulable_replicas)
+    _check_finite("now", now)
+    _check_finite("horizon_seconds", horizon_seconds)
+    if horizon_seconds <= 0:
+        raise ValueError(f"horizon_seconds must be > 0, got {horizon_seconds!r}")
+    if unschedulable_replicas > pending_replicas:
+        raise ValueError(
+            f"unschedulable_replicas ({unschedulable_replicas}) must be <= "
+            f"pending_replicas ({pending_replicas})"
+        )
+    if pending_replicas > current_replicas:
+        raise ValueError(
+            f"pending_replicas ({pending_replicas}) must be <= current_replicas ({current_replicas})"
+        )
+    if last_scale_time is not None:
+        _check_finite("last_scale_time", last_scale_time)
+    if restart_cost_seconds is not None:
+        _check_finite("restart_cost_seconds", restart_cost_seconds)
+        if restart_cost_seconds < 0:
+            raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
+    if max_schedulable_replicas is not None:
+        _check_count("max_schedulable_replicas", max_schedulable_replicas)
+    if ceiling is not None:
+        _check_count("ceiling", ceiling)
+    if stale_after_seconds is not None:
+        _check_finite("stale_after_seconds", stale_after_seconds)
+        if stale_after_seconds <= 0:
+            raise ValueError(f"stale_after_seconds must be > 0, got {stale_after_seconds!r}")
+
+
 def recommend(
     spec: TrainingJobSpec,
     observations: Sequence[Observation],
@@ -1761,37 +1806,11 @@ def recommend(
         ValueError: on arguments that make no sense (negative counts, non-finite times,
             more pending pods than replicas), naming the argument.
     """
-    _check_count("current_replicas", current_replicas)
-    _check_count("pending_replicas", pending_replicas)
-    _check_count("unschedulable_replicas", unschedulable_replicas)
-    _check_finite("now", now)
-    _check_finite("horizon_seconds", horizon_seconds)
-    if horizon_seconds <= 0:
-        raise ValueError(f"horizon_seconds must be > 0, got {horizon_seconds!r}")
-    if unschedulable_replicas > pending_replicas:
-        raise ValueError(
-            f"unschedulable_replicas ({unschedulable_replicas}) must be <= "
-            f"pending_replicas ({pending_replicas})"
-        )
-    if pending_replicas > current_replicas:
-        raise ValueError(
-            f"pending_replicas ({pending_replicas}) must be <= current_replicas ({current_replicas})"
-        )
-    if last_scale_time is not None:
-        _check_finite("last_scale_time", last_scale_time)
-    if restart_cost_seconds is not None:
-        _check_finite("restart_cost_seconds", restart_cost_seconds)
-        if restart_cost_seconds < 0:
-            raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
-    if max_schedulable_replicas is not None:
-        _check_count("max_schedulable_replicas", max_schedulable_replicas)
-    if ceiling is not None:
-        _check_count("ceiling", ceiling)
-    if stale_after_seconds is not None:
-        _check_finite("stale_after_seconds", stale_after_seconds)
-        if stale_after_seconds <= 0:
-            raise ValueError(f"stale_after_seconds must be > 0, got {stale_after_seconds!r}")
-
+    _check_arguments(
+        current_replicas, pending_replicas, unschedulable_replicas, now, horizon_seconds,
+        last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
+        stale_after_seconds,
+    )  # fmt: skip
     ctx = DecisionContext(
         spec=spec,
         observations=observations,

@@ -122,6 +122,7 @@ def decide_autoscale(
         "costPerHour": round(cost, 4),
         "recommendedReplicas": rec.target,
         "reason": rec.reason,
+        "step": rec.step or None,
         "model": rec.model.as_status() if rec.model is not None else {},
         "lastObservationTime": (
             format_time(now)
