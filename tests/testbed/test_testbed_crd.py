@@ -6,7 +6,8 @@ Covers:
 - invalid TrainingJobs are rejected with the CEL / OpenAPI messages (a table of cases);
 - a valid one is accepted with defaults filled in by the apiserver;
 - ``kubectl get tj`` prints the printer columns; ``kubectl explain`` shows our descriptions;
-- ``kubectl scale tj`` goes through the scale subresource and the CEL bounds guard it.
+- ``kubectl scale tj`` goes through the scale subresource and the CEL bounds guard it;
+- the autoscaler's memory written to status is kept (declared in the schema, not pruned).
 """
 
 from __future__ import annotations
@@ -130,3 +131,28 @@ def test_kubectl_scale_uses_the_scale_subresource_within_bounds(
     assert spec["spec"]["replicas"] == 4
     with pytest.raises(TestbedError, match=r"replicas must be within"):
         kubectl("scale", "-n", namespace, "tj/scaled", "--replicas=9")
+
+
+def test_autoscaler_memory_in_status_is_kept_not_pruned(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    from trainscale.operator.autoscaling import AutoscalerMemory
+    from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
+
+    memory = AutoscalerMemory(
+        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20), MeasuredPoint(8, 2, None, 0.7, 6)),
+        relative_noise=0.031,
+        restart_cost_seconds=55.0,
+        last_scale_time=1234.5,
+        forced_from=(8,),
+        left_downwards=(16,),
+    ).to_dict()
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("remembers")))
+    patch = {"status": {"autoscaling": {"memory": memory, "step": "confidence"}}}
+    kubectl("patch", "-n", namespace, "tj/remembers", "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch))  # fmt: skip
+    stored = json.loads(kubectl("get", "tj/remembers", "-n", namespace, "-o", "json").stdout)
+    autoscaling = stored["status"]["autoscaling"]
+    assert autoscaling["step"] == "confidence"
+    assert autoscaling["memory"] == memory
+    assert AutoscalerMemory.from_dict(autoscaling["memory"]) == AutoscalerMemory.from_dict(memory)
