@@ -3,7 +3,7 @@
 Covers every entry of ``STEPS`` in order (hard limits, metrics freshness, settling, fit,
 objective, exploration, pending pods, restart payback, confidence, stabilization): when it
 decides (and what it says), when it passes on (None); that ``recommend`` reports the step
-that decided; and that the docs name the same steps.
+that decided and its reason leads with it; and that the docs name the same steps.
 """
 
 from __future__ import annotations
@@ -239,7 +239,9 @@ def test_stabilization(spec, recent, replicas, says) -> None:  # type: ignore[no
 def test_recommend_names_the_step_that_decided() -> None:
     assert recommend(make_spec(replicas=4), [], 4, NOW).step == "metrics freshness"
     assert recommend(make_spec(replicas=8, hi=8), [], 12, NOW).step == "hard limits"
-    assert recommend(make_spec(replicas=4), steady(4, tau=linear), 4, NOW).step == "stabilization"
+    rec = recommend(make_spec(replicas=4), steady(4, tau=linear), 4, NOW)
+    assert rec.step == "stabilization"
+    assert rec.reason.startswith("stabilization: efficiency 0.95 at 4 >= floor 0.70")
 
 
 def test_docs_name_the_same_steps() -> None:

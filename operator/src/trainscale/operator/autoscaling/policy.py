@@ -299,7 +299,8 @@ class Recommendation:
         target: The raw target before stabilization; the caller records ``(now, target)``
             and passes the records back as ``recent_targets`` next time.
         current_replicas: The count the decision started from.
-        reason: Why, in a short readable sentence.
+        reason: Why, in a short readable sentence, led by the step that decided
+            (``"confidence: ..."``).
         limited_by: Bound, budget or unschedulable pods, when they shaped the answer.
         metrics_stale: True when the decision held because metrics were missing or old.
         exploring: True when the target is a neighbouring count tried to learn the curve.
@@ -1832,5 +1833,5 @@ def recommend(
     for name, step in STEPS:
         rec = step(ctx)
         if rec is not None:
-            return replace(rec, step=name)
+            return replace(rec, step=name, reason=f"{name}: {rec.reason}")
     raise AssertionError("stabilization always decides")  # pragma: no cover
