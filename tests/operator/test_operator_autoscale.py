@@ -57,6 +57,13 @@ def test_rescale_writes_replicas_decision_and_event(spec: TrainingJobSpec) -> No
     assert auto["lastScaleTime"] == "2026-11-21T12:00:00Z"
     assert auto["costPerHour"] == 4 * 2 * 2.5, "cost of the new size"
     assert auto["efficiency"] == 0.91
+    assert auto["step"] is None  # a hand-made recommendation names no step
+    assert (
+        decide_autoscale(spec, {}, OBS, (), rec(4, step="confidence"), NOW).status["autoscaling"][
+            "step"
+        ]
+        == "confidence"
+    )
     assert plan.status["gpuUtilization"] == 0.812 and plan.status["throughput"] == 412.3
 
 
@@ -130,6 +137,7 @@ def test_fresh_metrics_clear_the_condition_and_keep_others(spec: TrainingJobSpec
         (LimitedBy.BOUND, "Bound"),
         (LimitedBy.BUDGET, "Budget"),
         (LimitedBy.UNSCHEDULABLE, "Unschedulable"),
+        (LimitedBy.CEILING, "Ceiling"),
     ],
 )
 def test_scaling_limited_names_the_limit(
@@ -145,3 +153,34 @@ def test_reason_classes_are_a_small_vocabulary() -> None:
     assert classify_reason(rec(3, exploring=True)) == "explore"
     assert classify_reason(rec(3)) == "objective"
     assert classify_reason(rec(2, metrics_stale=True, limited_by=LimitedBy.BOUND)) == "stale"
+
+
+def test_memory_is_written_with_each_status_patch_and_kept_otherwise(
+    spec: TrainingJobSpec,
+) -> None:
+    memory = {"points": [{"replicas": 2, "nodes": 1, "samples": 6, "gpuUtilization": 0.8}]}
+    plan = decide_autoscale(spec, {}, OBS, (), rec(2), NOW, memory=memory)
+    assert plan.status["autoscaling"]["memory"] == memory
+    kept = decide_autoscale(spec, {"autoscaling": {"memory": memory}}, OBS, (), rec(2), NOW)
+    assert kept.status["autoscaling"]["memory"] == memory
+
+
+def test_daemon_restores_the_autoscaler_from_status_memory(spec: TrainingJobSpec) -> None:
+    from trainscale.operator.daemons.autoscale import restore_autoscaler
+
+    memory = {
+        "points": [
+            {"replicas": 2, "nodes": 1, "samples": 20, "samplesPerSecond": 200.0},
+            {"replicas": 4, "nodes": 1, "samples": 20, "samplesPerSecond": 380.0},
+        ],
+        "restartCostSeconds": 42.0,
+        "leftDownwards": [8],
+    }
+    autoscaler = restore_autoscaler(spec, {"autoscaling": {"memory": memory}})
+    rec = autoscaler.decide(
+        [Observation(10_000.0, 2, None, 200.0)], current_replicas=2, now=10_000.0
+    )
+    assert rec.model is not None and rec.model.counts == (2, 4)
+    assert rec.restart_cost_seconds == 42.0
+    assert autoscaler.memory().left_downwards == (8,)
+    assert restore_autoscaler(spec, {}).predict_throughput(2) is None

@@ -24,6 +24,7 @@ import yaml
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.api.crd import build_crd
+from trainscale.operator.autoscaling.autoscaler import AutoscalerMemory, MeasuredPoint
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     ModelSource,
@@ -113,7 +114,16 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
         return Recommendation(replicas=replicas, target=replicas, current_replicas=2,
                               reason="why", **kw)  # fmt: skip
 
-    up = decide_autoscale(spec, {}, obs, (), rec(4, efficiency=0.9, model=model), NOW, GENERATION)
+    memory = AutoscalerMemory(
+        points=(MeasuredPoint(2, 1, 412.3, 0.81, 5), MeasuredPoint(4, 1, None, 0.7, 3)),
+        relative_noise=0.03,
+        restart_cost_seconds=55.0,
+        last_scale_time=1.0,
+        forced_from=(8,),
+        left_downwards=(6,),
+    ).to_dict()
+    up = decide_autoscale(spec, {}, obs, (), rec(4, efficiency=0.9, model=model, step="objective"),
+                          NOW, GENERATION, memory=memory)  # fmt: skip
     yield "rescale up", up.status
     hold = decide_autoscale(spec, up.status, obs, (), rec(2, model=model), NOW, GENERATION)
     yield "hold after a rescale", hold.status

@@ -1,5 +1,7 @@
 """Decision table of ``recommend``: one readable row per rule of the module docstring.
 
+Reasons lead with the step that decided (``"confidence: ..."``).
+
 Covers: bounds, unschedulable pods, budget overruns (forced, immediate); missing, stale and
 settling metrics (hold); pending pods (never ask for more); each objective's choice on a
 known curve; the trust region and exploration; the restart-cost gate; stabilization
@@ -82,7 +84,9 @@ def test_efficiency_scales_a_linear_job_up_within_the_trust_region() -> None:
     assert rec.model is not None and rec.model.level == 1
     # one count: the 5 % of the step the GPU is idle is taken for synchronisation (the prior
     # says overhead is small), so the prediction is conservative until 8 is measured
-    assert rec.reason.startswith("efficiency 0.95 at 4 >= floor 0.70; 8 predicted 0.89")
+    assert rec.reason.startswith(
+        "stabilization: efficiency 0.95 at 4 >= floor 0.70; 8 predicted 0.89"
+    )
     assert "trust region ends at 8" in rec.reason
 
 
@@ -92,9 +96,11 @@ def test_efficiency_holds_where_the_next_count_falls_below_the_floor() -> None:
     rec = recommend(make_spec(replicas=9), obs, 9, 900.0)
     assert rec.replicas == 9
     assert rec.reason == (
-        "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69; gain x1.05 does not pay "
-        "a 60 s restart within 30 min; holding"
-    ) or rec.reason.startswith("efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69")
+        "restart payback: efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69; gain x1.05 "
+        "does not pay a 60 s restart within 30 min; holding"
+    ) or rec.reason.startswith(
+        "stabilization: efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69"
+    )
     assert rec.model is not None and rec.model.sync_per_replica == pytest.approx(0.05, rel=0.05)
 
 

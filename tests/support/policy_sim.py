@@ -1,39 +1,26 @@
-"""Helpers for the policy tests: specs, and the closed-loop simulation of a job.
+"""Helpers for the policy tests: specs, and a small closed-loop simulation of a job.
 
-The simulation is :func:`trainscale.operator.autoscaling.simulation.run_simulation` (the one
-job model the benchmark and ``trainscale simulate`` use too), run in its simplest form:
-every ``intervalSeconds`` the job is observed (true throughput and GPU utilization from a
-speedup curve ``tau(n)``, times noise; zero while it restarts, no ``rate()`` window, no
-settle time), the autoscaler decides, and a rescale costs ``restart_seconds`` of training.
+The simulation is the operator's loop in miniature: every ``intervalSeconds`` the job is
+observed (true throughput and GPU utilization from a speedup curve, times noise; zero
+while it restarts), a :class:`JobAutoscaler` decides, and a rescale costs ``restart_seconds``
+of training. It is deliberately simpler than ``benchmarks/policy.py`` (no rate window).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling import JobAutoscaler, Placement
+from trainscale.operator.autoscaling.placement import compute_packed_nodes
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
-from trainscale.operator.autoscaling.simulation import (
-    COMPUTE_FRACTION,
-    RATE,
-    count_curve,
-    run_simulation,
-)
 
-__all__ = [
-    "COMPUTE_FRACTION",
-    "RATE",
-    "Trace",
-    "amdahl",
-    "linear",
-    "make_spec",
-    "peaked",
-    "simulate",
-    "steady",
-]
+RATE = 100.0  # samples/s of one replica at one replica
+COMPUTE_FRACTION = 0.95
 
 
 def make_spec(
@@ -65,13 +52,14 @@ def steady(
     throughput: bool = True,
 ) -> list[Observation]:
     """``count`` noise-free observations of a job running at ``replicas`` on curve ``tau``."""
-    point = count_curve("steady", tau).point(replicas)
+    x = RATE * replicas / tau(replicas)
+    u = COMPUTE_FRACTION / tau(replicas)
     return [
         Observation(
             start + i * interval,
             replicas,
-            point.gpu_utilization if util else None,
-            point.samples_per_second if throughput else None,
+            u if util else None,
+            x if throughput else None,
         )
         for i in range(count)
     ]
@@ -103,24 +91,39 @@ def simulate(
     seed: int = 0,
     util: bool = True,
     throughput: bool = True,
+    workers_per_node: int | None = None,
 ) -> Trace:
-    """Run ``spec`` on the curve ``tau`` (relative step time) with a fresh ``JobAutoscaler``."""
-    result = run_simulation(
-        count_curve("tau", tau),
-        spec,
-        hours=hours,
-        noise=noise,
-        restart_seconds=restart_seconds,
-        seed=seed,
-        rate_window=0.0,
-        settle_seconds=0.0,
-        report_utilization=util,
-        report_throughput=throughput,
-    )
-    return Trace(
-        [spec.replicas, *(p.replicas for p in result.points)],
-        [d.recommendation for d in result.decisions],
-    )
+    """Run the policy on curve ``tau`` for ``hours``; workers fill one node before the next
+    (``workers_per_node``; None: one node), and the policy is told the node size."""
+    rng = random.Random(seed)
+    interval = float(spec.autoscaling.interval_seconds)
+    current = spec.replicas
+    restarting_until = -1.0
+    autoscaler = JobAutoscaler(spec)
+    trace = Trace([current])
+    t = 0.0
+    while t < hours * 3600:
+        t += interval
+        running = t >= restarting_until
+        x = RATE * current / tau(current) if running else 0.0
+        u = COMPUTE_FRACTION / tau(current) if running else 0.0
+        o = Observation(
+            t,
+            current,
+            min(1.0, max(0.0, u * (1 + rng.gauss(0, noise)))) if util else None,
+            max(0.0, x * (1 + rng.gauss(0, noise))) if throughput else None,
+            compute_packed_nodes(current, workers_per_node),
+        )
+        placement = Placement.packed(current, workers_per_node_max=workers_per_node)
+        if workers_per_node is not None:
+            placement = replace(placement, gpus_per_node=workers_per_node * spec.gpus_per_replica)
+        rec = autoscaler.decide([o], current_replicas=current, now=t, placement=placement)
+        trace.recommendations.append(rec)
+        if rec.replicas != current:
+            current = rec.replicas
+            restarting_until = t + restart_seconds
+        trace.replicas.append(current)
+    return trace
 
 
 def linear(n: int) -> float:
@@ -133,3 +136,8 @@ def amdahl(beta: float) -> Callable[[int], float]:
 
 def peaked(beta: float, gamma: float) -> Callable[[int], float]:
     return lambda n: 1.0 + beta * (n - 1) + gamma * (n - 1) ** 2
+
+
+def cliff(beta: float, inter: float, per_node: int) -> Callable[[int], float]:
+    """Amdahl inside a node plus ``inter`` once a packed job spills onto a second node."""
+    return lambda n: 1.0 + beta * (n - 1) + (inter if n > per_node else 0.0)

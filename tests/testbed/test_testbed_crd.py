@@ -11,6 +11,7 @@ Covers:
   maxReplicas is not allowed is refused naming the field, and so are ``kubectl scale`` and a
   patch of the scale subresource to a count it does not allow (CEL on the TrainingJob
   applies to /scale writes: the apiserver validates the updated TrainingJob).
+- the autoscaler's memory written to status is kept (declared in the schema, not pruned).
 """
 
 from __future__ import annotations
@@ -172,3 +173,28 @@ def test_scale_subresource_refuses_counts_allowed_replicas_does_not_allow(
     scale = json.loads(kubectl("get", "-n", namespace, "tj/sized", "--subresource=scale",
                                "-o", "json").stdout)  # fmt: skip
     assert scale["spec"]["replicas"] == 16
+
+
+def test_autoscaler_memory_in_status_is_kept_not_pruned(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    from trainscale.operator.autoscaling import AutoscalerMemory
+    from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
+
+    memory = AutoscalerMemory(
+        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20), MeasuredPoint(8, 2, None, 0.7, 6)),
+        relative_noise=0.031,
+        restart_cost_seconds=55.0,
+        last_scale_time=1234.5,
+        forced_from=(8,),
+        left_downwards=(16,),
+    ).to_dict()
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("remembers")))
+    patch = {"status": {"autoscaling": {"memory": memory, "step": "confidence"}}}
+    kubectl("patch", "-n", namespace, "tj/remembers", "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch))  # fmt: skip
+    stored = json.loads(kubectl("get", "tj/remembers", "-n", namespace, "-o", "json").stdout)
+    autoscaling = stored["status"]["autoscaling"]
+    assert autoscaling["step"] == "confidence"
+    assert autoscaling["memory"] == memory
+    assert AutoscalerMemory.from_dict(autoscaling["memory"]) == AutoscalerMemory.from_dict(memory)

@@ -39,6 +39,9 @@ from trainscale.operator.api.models import (
     ArbitrationStatus as ArbitrationStatus,
 )
 from trainscale.operator.api.models import (
+    AutoscalerMemoryStatus as AutoscalerMemoryStatus,
+)
+from trainscale.operator.api.models import (
     AutoscalingSpec as AutoscalingSpec,
 )
 from trainscale.operator.api.models import (
@@ -55,6 +58,9 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     Decision as Decision,
+)
+from trainscale.operator.api.models import (
+    MeasuredPointStatus as MeasuredPointStatus,
 )
 from trainscale.operator.api.models import (
     Objective as Objective,

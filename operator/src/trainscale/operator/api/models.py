@@ -557,6 +557,45 @@ class Decision(_Model):
     reason: str = Field(description="Why, in words.")
 
 
+class MeasuredPointStatus(_Model):
+    """One settled measurement the autoscaler remembers: a count at a node span."""
+
+    replicas: int = Field(ge=1, description="Workers.")
+    nodes: int = Field(ge=1, description="Nodes the workers spanned.")
+    samples_per_second: float | None = Field(
+        default=None, description="Median job throughput of the settled samples."
+    )
+    gpu_utilization: float | None = Field(
+        default=None, description="Median GPU busy fraction (0..1) of the settled samples."
+    )
+    samples: int = Field(ge=1, description="Settled samples the medians are of.")
+
+
+class AutoscalerMemoryStatus(_Model):
+    """The autoscaler's compact memory: an operator restart resumes from it without exploring."""
+
+    points: list[MeasuredPointStatus] = Field(
+        default_factory=list, description="Settled measurements, one per (replicas, nodes)."
+    )
+    relative_noise: float | None = Field(
+        default=None, description="Relative noise of one settled sample, as measured."
+    )
+    restart_cost_seconds: float | None = Field(
+        default=None, description="Restart cost learned from observed restarts (seconds)."
+    )
+    last_scale_time: float | None = Field(
+        default=None, description="When spec.replicas last changed (Unix seconds)."
+    )
+    forced_from: list[int] = Field(
+        default_factory=list,
+        description="Counts the job was pushed off (unschedulable pods, a ceiling); it returns "
+        "to them when the cap lifts.",
+    )
+    left_downwards: list[int] = Field(
+        default_factory=list, description="Counts the job chose to leave for fewer replicas."
+    )
+
+
 class AutoscalingStatus(_Model):
     """What the autoscaler saw and decided last."""
 
@@ -576,6 +615,12 @@ class AutoscalingStatus(_Model):
         default=None, description="What the policy recommends now (before stabilization)."
     )
     reason: str | None = Field(default=None, description="Why, in words.")
+    step: str | None = Field(
+        default=None,
+        description="The step of the decision that decided (hard limits, metrics freshness, "
+        "settling, fit, objective, exploration, pending pods, restart payback, confidence, "
+        "stabilization).",
+    )
     model: dict[str, float] = Field(
         default_factory=dict,
         description="Fitted speedup model parameters (e.g. computeSeconds, syncSecondsPerReplica).",
@@ -588,6 +633,11 @@ class AutoscalingStatus(_Model):
     )
     decisions: list[Decision] = Field(
         default_factory=list, description="The most recent rescale decisions, newest last."
+    )
+    memory: AutoscalerMemoryStatus | None = Field(
+        default=None,
+        description="What the autoscaler learned (settled measurements, restart cost), kept "
+        "so that an operator restart resumes without exploring again.",
     )
 
 

@@ -1,76 +1,211 @@
-"""TEMPORARY SHIM of :class:`JobAutoscaler` (INTERFACES.md) over today's ``policy.recommend``.
+"""One job's autoscaler: the memory the policy needs between passes, in one object.
 
-Why this module exists: the simulator, ``trainscale simulate`` and the benchmark are written
-against the stateful ``JobAutoscaler`` API while the policy itself is rewritten in another
-branch. This shim keeps exactly the memory the operator's autoscale daemon keeps today
-(observations bounded by ``compact_observations``, recent raw targets for stabilization,
-the learned restart cost, the last scale time) and calls ``recommend``; it ignores
-placement. The real implementation replaces this file at merge.
+Why this module exists: :func:`~trainscale.operator.autoscaling.policy.recommend` is pure and
+takes everything it knows as arguments. Something has to keep those arguments between
+passes -- the bounded observation history, the raw targets stabilization looks back on,
+the learned restart cost, when the job last scaled, and which counts it was *forced* off
+(unschedulable pods, a cluster ceiling) versus *chose* to leave -- and it must be the same
+thing for the operator loop, the benchmarks and the simulator, or they drift apart.
+:class:`JobAutoscaler` is that thing; still pure (no I/O, no clock: ``now`` is passed in).
+
+Its compact state, :class:`AutoscalerMemory` (settled measurements per (count, nodes), the
+restart cost, the forced and the chosen counts), is kept in the TrainingJob's status, so an
+operator restart or a failover resumes without exploring again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import (
+    LimitedBy,
     Observation,
     Recommendation,
+    _analyse,
+    _Estimates,
+    _median,
+    _relative_noise,
     compact_observations,
+    fit_speedup_model,
     recommend,
 )
+
+TARGETS_KEPT_SECONDS = 86400.0
+"""Raw targets older than this are dropped (stabilization windows are minutes)."""
+
+MAX_TARGETS_KEPT = 2000
+"""At most this many raw targets are kept, whatever the interval."""
+
+RESTORED_SAMPLES = 20
+"""A remembered point is restored as at most this many samples (as compaction keeps)."""
+
+_RESTORED_AGE_SECONDS = 7 * 86400.0  # restored samples sit this far before the first pass
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """One settled measurement: a count at a node span, and what it ran at.
+
+    Attributes:
+        replicas: Workers.
+        nodes: Nodes they spanned.
+        samples_per_second: Median job throughput of the settled samples, if exported.
+        gpu_utilization: Median GPU utilization of the settled samples, if exported.
+        samples: How many settled samples the medians are of.
+    """
+
+    replicas: int
+    nodes: int
+    samples_per_second: float | None
+    gpu_utilization: float | None
+    samples: int
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 @dataclass(frozen=True)
 class AutoscalerMemory:
-    """The compact, JSON-able state kept in TrainingJob status (shim: what the daemon keeps)."""
+    """The compact, JSON-able state kept in TrainingJob status (``status.autoscaling.memory``).
 
-    observations: tuple[Observation, ...] = ()
-    recent_targets: tuple[tuple[float, int], ...] = ()
+    Attributes:
+        points: Settled measurements, one per (count, nodes).
+        relative_noise: Relative noise of one settled sample, as measured.
+        restart_cost_seconds: Restart cost learned from observed restarts, if any.
+        last_scale_time: When ``spec.replicas`` last changed (seconds, the caller's epoch).
+        forced_from: Counts the job was pushed off (it may return when the cap lifts).
+        left_downwards: Counts the job chose to leave for fewer replicas.
+    """
+
+    points: tuple[MeasuredPoint, ...] = ()
+    relative_noise: float | None = None
     restart_cost_seconds: float | None = None
     last_scale_time: float | None = None
+    forced_from: tuple[int, ...] = ()
+    left_downwards: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """camelCase keys, JSON types only."""
-        return {
-            "observations": [
-                [o.timestamp, o.replicas, o.gpu_utilization, o.samples_per_second]
-                for o in self.observations
+        """camelCase keys, JSON types only (what status stores)."""
+        out: dict[str, Any] = {
+            "points": [
+                {
+                    k: v
+                    for k, v in (
+                        ("replicas", p.replicas),
+                        ("nodes", p.nodes),
+                        ("samplesPerSecond", p.samples_per_second),
+                        ("gpuUtilization", p.gpu_utilization),
+                        ("samples", p.samples),
+                    )
+                    if v is not None
+                }
+                for p in self.points
             ],
-            "recentTargets": [[t, n] for t, n in self.recent_targets],
-            "restartCostSeconds": self.restart_cost_seconds,
-            "lastScaleTime": self.last_scale_time,
+            "forcedFrom": list(self.forced_from),
+            "leftDownwards": list(self.left_downwards),
         }
+        for key, value in (
+            ("relativeNoise", self.relative_noise),
+            ("restartCostSeconds", self.restart_cost_seconds),
+            ("lastScaleTime", self.last_scale_time),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AutoscalerMemory:
-        """Tolerant of missing keys."""
+        """Read :meth:`to_dict`'s output back; missing or malformed entries are skipped."""
+        points: list[MeasuredPoint] = []
+        for raw in data.get("points") or ():
+            if not isinstance(raw, Mapping):
+                continue
+            replicas, nodes, samples = (
+                _count(raw.get(k)) for k in ("replicas", "nodes", "samples")
+            )
+            x, u = _number(raw.get("samplesPerSecond")), _number(raw.get("gpuUtilization"))
+            if not replicas or not nodes or not samples or (x is None and u is None):
+                continue
+            if (x is not None and x < 0) or (u is not None and not 0.0 <= u <= 1.0):
+                continue
+            points.append(MeasuredPoint(replicas, nodes, x, u, samples))
+
+        def counts(key: str) -> tuple[int, ...]:
+            return tuple(sorted({c for c in data.get(key) or () if _count(c)}))
+
+        noise = _number(data.get("relativeNoise"))
+        cost = _number(data.get("restartCostSeconds"))
         return cls(
-            observations=tuple(Observation(*row) for row in data.get("observations") or ()),
-            recent_targets=tuple((float(t), int(n)) for t, n in data.get("recentTargets") or ()),
-            restart_cost_seconds=data.get("restartCostSeconds"),
-            last_scale_time=data.get("lastScaleTime"),
+            points=tuple(points),
+            relative_noise=noise if noise is not None and noise > 0 else None,
+            restart_cost_seconds=cost if cost is not None and cost >= 0 else None,
+            last_scale_time=_number(data.get("lastScaleTime")),
+            forced_from=counts("forcedFrom"),
+            left_downwards=counts("leftDownwards"),
         )
 
 
+def _restore(memory: AutoscalerMemory, before: float, interval: float) -> list[Observation]:
+    """Remembered points as settled samples that end long ``before`` the first pass.
+
+    Each point becomes up to ``RESTORED_SAMPLES`` samples alternating around its medians by
+    the remembered noise (so the fit weighs it as it did), counts in ascending order (no
+    count looks "left downwards"), segments an hour apart (no restart is learned from them).
+    """
+    noise = (memory.relative_noise or 0.0) / 1.4826  # MAD of +-d is d; the fit scales by 1.4826
+    out: list[Observation] = []
+    t = before - _RESTORED_AGE_SECONDS
+    for p in sorted(memory.points, key=lambda p: (p.replicas, p.nodes)):
+        for i in range(max(3, min(p.samples, RESTORED_SAMPLES))):
+            f = 1.0 + (noise if i % 2 else -noise)
+            x = None if p.samples_per_second is None else p.samples_per_second * f
+            u = None if p.gpu_utilization is None else min(1.0, p.gpu_utilization / f)
+            out.append(Observation(t, p.replicas, u, x, p.nodes))
+            t += interval
+        t += 3600.0
+    return out
+
+
 class JobAutoscaler:
-    """Everything the operator keeps for one job between passes (shim over ``recommend``)."""
+    """Everything the operator keeps for one job between passes: bounded history of
+    observations, raw targets for stabilization, learned restart cost, last scale time,
+    counts the job was forced off vs chose to leave. One per job.
+
+    Args:
+        spec: The job's spec.
+        memory: State kept in status by an earlier operator (restored on the first
+            :meth:`decide`, before the observations it gets).
+    """
 
     def __init__(self, spec: TrainingJobSpec, *, memory: AutoscalerMemory | None = None) -> None:
         self._spec = spec
-        memory = memory or AutoscalerMemory()
-        self._observations = list(memory.observations)
-        self._targets = list(memory.recent_targets)
-        self._restart_cost = memory.restart_cost_seconds
-        self._last_scale = memory.last_scale_time
-        self._expected: int | None = None  # the count the last decision asked for
-        self._last: Recommendation | None = None
+        self._memory = memory
+        self._observations: list[Observation] = []
+        self._targets: list[tuple[float, int]] = []
+        self._restart_cost = memory.restart_cost_seconds if memory else None
+        self._last_scale_time = memory.last_scale_time if memory else None
+        self._forced: set[int] = set(memory.forced_from) if memory else set()
+        self._left: set[int] = set(memory.left_downwards) if memory else set()
+        self._current: int | None = None
+        self._workers_per_node: int | None = None
+        self._estimates: tuple[int, _Estimates | None] | None = None
 
     def update_spec(self, spec: TrainingJobSpec) -> None:
-        """The user edited the job."""
+        """The user edited the job: decide on the new spec from now on."""
         self._spec = spec
 
     def decide(
@@ -84,14 +219,39 @@ class JobAutoscaler:
         unschedulable_replicas: int = 0,
         ceiling: int | None = None,
     ) -> Recommendation:
-        """Record the new observations and decide (see ``policy.recommend``)."""
-        del placement  # the shim's model knows no placement
-        if self._expected is not None and current_replicas != self._expected:
-            self._last_scale = now  # someone else moved spec.replicas
-        self._observations = compact_observations([*self._observations, *observations], now)
+        """Take the new observations, decide, and remember what the decision implies.
+
+        Args:
+            observations: NEW observations since the last call (often one).
+            current_replicas: ``spec.replicas`` now.
+            now: Seconds, the same epoch as ``Observation.timestamp``.
+            placement: Where the running workers are now: fills ``nodes`` of new
+                observations that lack it, and with ``gpus_per_node`` the node size.
+            pending_replicas: Worker pods not running yet.
+            unschedulable_replicas: Of those, pods the scheduler rejected.
+            ceiling: Cluster arbitration's cap; None = no cap.
+
+        Returns:
+            The policy's :class:`Recommendation`. A returned count different from
+            ``current_replicas`` is taken as applied (the last scale time is now).
+        """
         spec = self._spec
-        if spec.replicas != current_replicas:
-            spec = spec.model_copy(update={"replicas": current_replicas})
+        if self._memory is not None:
+            interval = float(spec.autoscaling.interval_seconds)
+            self._observations = _restore(self._memory, now, interval)
+            self._memory = None
+        if placement is not None and placement.gpus_per_node and spec.gpus_per_replica:
+            self._workers_per_node = max(1, placement.gpus_per_node // spec.gpus_per_replica)
+        new = [
+            replace(o, nodes=placement.nodes)
+            if placement is not None and o.nodes is None and o.replicas == placement.replicas
+            else o
+            for o in observations
+        ]
+        if self._current is not None and current_replicas != self._current:
+            self._last_scale_time = now  # someone (a user, the scale subresource) moved it
+        self._observations = compact_observations([*self._observations, *new], now)
+        self._estimates = None
         rec = recommend(
             spec,
             self._observations,
@@ -99,36 +259,93 @@ class JobAutoscaler:
             now,
             pending_replicas=pending_replicas,
             unschedulable_replicas=unschedulable_replicas,
-            last_scale_time=self._last_scale,
+            last_scale_time=self._last_scale_time,
             restart_cost_seconds=self._restart_cost,
             recent_targets=self._targets,
-            max_schedulable_replicas=ceiling,
+            forced_from=sorted(self._forced),
+            workers_per_node=self._workers_per_node,
+            ceiling=ceiling,
+            left_downwards=sorted(self._left),
         )
-        auto = spec.autoscaling
-        keep = max(auto.scale_up_stabilization_seconds, auto.scale_down_stabilization_seconds)
-        keep += 10 * auto.interval_seconds
-        self._targets = [(t, n) for t, n in self._targets if t >= now - keep]
-        self._targets.append((now, rec.target))
+        self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
+        self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
         if rec.learned_restart_cost_seconds is not None:
             self._restart_cost = rec.learned_restart_cost_seconds
-        if rec.replicas != current_replicas:
-            self._last_scale = now
-        self._expected = rec.replicas
-        self._last = rec
+        self._remember_move(rec, current_replicas, now)
         return rec
 
+    def _remember_move(self, rec: Recommendation, current: int, now: float) -> None:
+        """Forced versus chosen: a cap by pods or a ceiling is not the job's choice."""
+        self._current = rec.replicas
+        if rec.replicas == current:
+            return
+        self._last_scale_time = now
+        if rec.replicas > current:
+            self._forced = {c for c in self._forced if c > rec.replicas}
+            return
+        if rec.forced and rec.limited_by in (LimitedBy.UNSCHEDULABLE, LimitedBy.CEILING):
+            self._forced.add(current)
+        elif not rec.forced:
+            self._left.add(current)
+            self._forced.discard(current)
+
+    def _current_estimates(self) -> _Estimates | None:
+        key = len(self._observations)
+        if self._estimates is not None and self._estimates[0] == key:
+            return self._estimates[1]
+        analysis = _analyse(self._observations, None, math.inf, self._workers_per_node)
+        est: _Estimates | None = None
+        if analysis.mode is not None:
+            model = fit_speedup_model(
+                analysis.points, analysis.compute, analysis.mode, self._workers_per_node
+            )
+            if model is not None:
+                est = _Estimates(model, analysis.points, self._spec.max_replicas)
+        self._estimates = (key, est)
+        return est
+
     def predict_throughput(self, replicas: int, *, nodes: int | None = None) -> float | None:
-        """The fitted model's throughput at ``replicas``; None before anything is measured."""
-        del nodes
-        if self._last is None or self._last.model is None:
+        """The fitted model's throughput at ``replicas`` spanning ``nodes`` (None: packed).
+
+        Samples/s when the job exports throughput, relative units (``n * U``) otherwise;
+        None before anything is measured. At the packed placement, measured counts weigh
+        in as the decisions see them; at another span it is the model's prediction.
+        """
+        if replicas <= 0:
+            return 0.0
+        est = self._current_estimates()
+        if est is None:
             return None
-        return self._last.model.throughput(replicas)
+        if nodes is None or nodes == est.model.nodes(replicas):
+            return est.throughput(replicas)
+        return est.model.throughput(replicas, nodes)
 
     def memory(self) -> AutoscalerMemory:
-        """Compact state for status."""
+        """Compact state for status: settled points per (count, nodes), restart cost, counts."""
+        analysis = _analyse(self._observations, None, math.inf, self._workers_per_node)
+        points: list[MeasuredPoint] = []
+        for (n, nodes), settled in sorted(analysis.settled.items()):
+            if not settled:
+                continue
+            xs = [o.samples_per_second for o in settled if o.samples_per_second is not None]
+            us = [o.gpu_utilization for o in settled if o.gpu_utilization is not None]
+            points.append(
+                MeasuredPoint(
+                    n,
+                    nodes,
+                    round(_median(xs), 6) if xs else None,
+                    round(_median(us), 6) if us else None,
+                    len(settled),
+                )
+            )
         return AutoscalerMemory(
-            tuple(self._observations),
-            tuple(self._targets),
-            self._restart_cost,
-            self._last_scale,
+            points=tuple(points),
+            relative_noise=round(_relative_noise(analysis.points), 6) if analysis.points else None,
+            restart_cost_seconds=self._restart_cost,
+            last_scale_time=self._last_scale_time,
+            forced_from=tuple(sorted(self._forced)),
+            left_downwards=tuple(sorted(self._left)),
         )
+
+
+__all__ = ["AutoscalerMemory", "JobAutoscaler", "MeasuredPoint"]

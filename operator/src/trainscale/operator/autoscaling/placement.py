@@ -1,47 +1,79 @@
-"""Where a job's workers sit: how many on each node, and how many GPUs a node has.
+"""Where a job's workers sit: how many nodes they span, and how many share each node.
 
-Why this module exists: data-parallel throughput depends on how many nodes a job spans, not
-only on how many workers it has (all-reduce inside a node is far cheaper than across nodes).
-The policy, the arbiter and the simulation all speak of placements; this is the one type.
+Why this module exists: data-parallel throughput depends on the node span, not only on the
+worker count. All-reduce inside a node (NVLink, PCIe) is far cheaper than across nodes, so
+measured curves drop at the first count that spills onto another node (5 on 4-GPU nodes, 9
+on 8-GPU nodes). The policy's model has a separate inter-node term and predicts per
+(count, nodes); this is the one type that says what a placement is, shared by the policy,
+the operator (which observes placements from the pods' ``nodeName``) and the simulator.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Placement:
-    """How a job's running workers sit on nodes."""
+    """How a job's running workers sit on nodes.
 
-    workers_per_node: tuple[int, ...]  # one entry per node used, sorted descending
-    gpus_per_node: int | None = None  # allocatable nvidia.com/gpu of those nodes, if known
+    Attributes:
+        workers_per_node: One entry per node used, sorted descending.
+        gpus_per_node: Allocatable ``nvidia.com/gpu`` of those nodes, if known.
+    """
+
+    workers_per_node: tuple[int, ...]
+    gpus_per_node: int | None = None
+
+    def __post_init__(self) -> None:
+        if any(
+            isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in self.workers_per_node
+        ):
+            raise ValueError(
+                f"Placement.workers_per_node must be positive integers, got {self.workers_per_node!r}"
+            )
+        if self.gpus_per_node is not None and self.gpus_per_node <= 0:
+            raise ValueError(f"Placement.gpus_per_node must be > 0, got {self.gpus_per_node!r}")
+        ordered = tuple(sorted(self.workers_per_node, reverse=True))
+        if ordered != self.workers_per_node:
+            object.__setattr__(self, "workers_per_node", ordered)
 
     @property
     def replicas(self) -> int:
-        """Workers placed, on all nodes together."""
+        """Workers placed: ``sum(workers_per_node)``."""
         return sum(self.workers_per_node)
 
     @property
     def nodes(self) -> int:
-        """Nodes the workers span."""
+        """Nodes used: ``len(workers_per_node)``."""
         return len(self.workers_per_node)
 
     @classmethod
     def packed(cls, replicas: int, *, workers_per_node_max: int | None) -> Placement:
-        """Fill one node before the next: ``packed(10, workers_per_node_max=4)`` is (4, 4, 2);
-        ``workers_per_node_max=None`` puts everything on one node.
+        """Fill one node before the next: ``packed(10, workers_per_node_max=4)`` is (4, 4, 2).
+
+        ``workers_per_node_max`` None puts everything on one node.
 
         Raises:
             ValueError: ``replicas`` is negative or ``workers_per_node_max`` is below 1.
         """
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
+        if workers_per_node_max is not None and workers_per_node_max < 1:
+            raise ValueError(f"workers_per_node_max must be >= 1, got {workers_per_node_max}")
         if replicas == 0:
             return cls(())
         if workers_per_node_max is None:
             return cls((replicas,))
-        if workers_per_node_max < 1:
-            raise ValueError(f"workers_per_node_max must be >= 1, got {workers_per_node_max}")
         full, rest = divmod(replicas, workers_per_node_max)
         return cls((workers_per_node_max,) * full + ((rest,) if rest else ()))
+
+
+def compute_packed_nodes(replicas: int, workers_per_node_max: int | None) -> int:
+    """Nodes a packed placement of ``replicas`` spans (1 when the node size is unknown)."""
+    if replicas <= 0:
+        return 0
+    if workers_per_node_max is None or workers_per_node_max <= 0:
+        return 1
+    return math.ceil(replicas / workers_per_node_max)

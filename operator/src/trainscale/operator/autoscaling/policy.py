@@ -32,6 +32,12 @@ never decreases) is ``E(n) = 1 / (1 + beta (n-1) + gamma (n-1)**2)``.
   and peaked curves with one parameter more than Amdahl, and the trust region below keeps a
   misspecified fit from jumping far.
 
+Placement: the same workers cost more to synchronise across nodes than inside one, so
+the step time has a separate inter-node term (as Pollux's model separates local and node
+sync), ``tau(n, N) = a (1 + beta (n-1) + delta [N > 1] + gamma (n-1)**2)``; points are
+keyed by (count, nodes), one multi-node point identifies ``delta`` for every multi-node
+count, and until one is measured, counts past the node boundary carry a prior doubt.
+
 GPU utilisation ties the same curve down. A GPU is busy for the compute part ``g`` of each
 step, so ``U(n) = g / tau(n)``: with throughput exported, ``g = U * tau`` at any count; with
 only GPU metrics, ``1 / U(n)`` *is* ``tau(n)`` in units of ``g`` and throughput is known up
@@ -54,59 +60,38 @@ family (a step, ``log n``) never overrides what was measured.
 
 The decision
 ------------
-1. Hard limits first, applied at once without stabilization: replicas outside
-   ``[minReplicas, maxReplicas]`` move inside; unschedulable pods cap the job at what ran;
-   a budget overrun moves down to what the budget pays for.
-2. Metrics: no fresh observation (``stale_after_seconds``) -> hold, ``metrics_stale``.
-   Observations taken while workers restart (throughput dips after a replica change) are
-   excluded from the fit; after a change, the policy waits for ``MIN_SETTLED_SAMPLES``
-   settled samples at the new count before deciding again, so each move yields a measured
-   point. While pods are Pending it never asks for more.
-3. Objective, over the counts the model is trusted for:
-   * ``efficiency``: the highest predicted throughput among counts with ``E(n) >=
-     minEfficiency``;
-   * ``budget``: the highest predicted throughput with ``n * gpus * costPerGpuHour <=
-     maxCostPerHour``;
-   * ``utilization``: the largest count with predicted ``U(n) >= targetGpuUtilization``.
-   The current count keeps satisfying a floor within ``HYSTERESIS`` (5 % relative), so noise
-   around a floor cannot flip the answer back and forth.
-4. Uncertainty: with a single measured count and nothing else identifying ``beta``, the fit
-   is optimistic (linear scaling) but the move is limited to a neighbouring count: that is
-   the exploration step, and it makes ``beta`` identifiable. With one count and GPU
-   utilization, a floor objective whose prior-based estimate holds at the current count
-   tries the count above early on (the prior may stop it one count short). Otherwise
-   upward moves stay within ``2x`` (``4x`` once the curvature is identified) of the
-   largest count measured: a trust region. Downward moves are not limited: the model is
-   anchored at ``n = 1``.
-5. Restart cost: a move away from a feasible count must pay back its restart within the
-   horizon: ``X(target) * (H - R) >= X(current) * H``. ``R`` is
-   ``spec.autoscaling.restartCostSeconds`` if set, else learned from observed restarts
-   (throughput deficit integrated from the last good sample before a change until the new
-   count recovers), else the caller's remembered value, else 60 s.
-   Then confidence, for moves away from a count that satisfies the objective (no +1
-   creep): the current count needs ``JUMP_SETTLED_SAMPLES`` settled samples first; a
-   large move (beyond ``FINE_MOVE_FRACTION`` of the current count) follows the point
-   estimate but must land inside the floor's ``HYSTERESIS`` band at ``CONFIDENCE_Z``
-   standard errors (else the largest count that does); a small move, or a return to a
-   count the job left downwards, needs the floor to hold at ``CONFIDENCE_Z`` errors down
-   (a small move may instead show a gain three times the relative doubt about the floor)
-   and the throughput gain to pay the restart at its lower bound. Otherwise it holds and
-   says ``N not confidently better than M (efficiency 0.70 +- 0.03)``.
-6. Stabilization (as in the HorizontalPodAutoscaler): a scale-up is applied only after the
-   raw target has been above the current count continuously for
-   ``scaleUpStabilizationSeconds`` (to the smallest target seen in that window), a
-   scale-down after ``scaleDownStabilizationSeconds`` (to the largest). The caller passes
-   the raw targets it got before as ``recent_targets``.
+:func:`recommend` runs :data:`STEPS`, small pure functions over one
+:class:`DecisionContext`; the first that returns a recommendation decides (its name is
+``Recommendation.step``; docs/autoscaling.md uses the same names):
+
+1. hard limits: bounds, unschedulable pods, a cluster ceiling, a budget overrun; at once.
+2. metrics freshness: no fresh observation -> hold (``metrics_stale``); restart cost.
+3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
+4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
+5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
+   4x with curvature, of the largest measured count) and the cluster's capacity. A floor
+   is a floor: the current count keeps it only while it lies within ``CONFIDENCE_Z``
+   standard errors of its estimate (no fixed band holds a count known to break it).
+6. exploration: with one measured count, a neighbouring count identifies the curve.
+7. pending pods: never ask for more while pods are Pending.
+8. restart payback: a move must pay back its restart within the horizon.
+9. confidence: no creep (``JUMP_SETTLED_SAMPLES`` first; large moves inside the floor's
+   ``HYSTERESIS`` band at one standard error; small moves and returns to counts left
+   downwards only when confidently better); measurements beat the model (an unmeasured
+   count that may be better is probed, :func:`_probe`); forced moves are not choices (a
+   count left by force is returned to when the cap lifts).
+10. stabilization: as the HorizontalPodAutoscaler, per direction.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from trainscale.operator.api import Objective, TrainingJobSpec
+from trainscale.operator.autoscaling.placement import compute_packed_nodes
 
 DEFAULT_RESTART_COST_SECONDS = 60.0
 """Seconds of training one rescale is assumed to lose before any restart has been seen."""
@@ -124,7 +109,7 @@ RECOVERED_FRACTION = 0.8
 """A sample at >= this fraction of its count's steady level counts as recovered/settled."""
 
 HYSTERESIS = 0.05
-"""Relative slack on floors (efficiency, utilization) for the count the job already runs."""
+"""Relative tolerance below a floor for where a large move may land (and for probes)."""
 
 TIE_TOLERANCE = 0.005
 """Predicted throughputs within this relative margin tie; the smaller count wins."""
@@ -138,8 +123,12 @@ FINE_MOVE_FRACTION = 0.25
 CONFIDENCE_Z = 1.0
 """Standard errors a small move's estimates must clear (floors, restart payback)."""
 
+PROBE_MIN_GAIN = 1.1
+"""An unmeasured count within a small move is probed when it promises this throughput gain."""
+
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
+_INTER_NODE_PRIOR_SCALE = 0.5  # unmeasured inter-node sync ~ N(0, (50 % of a step)^2)
 _MIN_RELATIVE_NOISE = 0.01
 _NOISE_PRIOR = 0.03
 _NOISE_PRIOR_SAMPLES = 6
@@ -156,6 +145,8 @@ class LimitedBy(enum.StrEnum):
     """maxCostPerHour."""
     UNSCHEDULABLE = "unschedulable"
     """Pods the cluster could not place."""
+    CEILING = "ceiling"
+    """The cap cluster arbitration set for this job."""
 
 
 class ModelSource(enum.StrEnum):
@@ -193,12 +184,15 @@ class Observation:
         replicas: Workers actually running at that moment (not the desired count).
         gpu_utilization: Mean GPU busy fraction over the job's GPUs, 0..1; None if unknown.
         samples_per_second: Job-wide training throughput; None if the job exports none.
+        nodes: How many nodes the running workers spanned; None if unknown (read as the
+            packed placement).
     """
 
     timestamp: float
     replicas: int
     gpu_utilization: float | None = None
     samples_per_second: float | None = None
+    nodes: int | None = None
 
     def __post_init__(self) -> None:
         _check_finite("Observation.timestamp", self.timestamp)
@@ -209,6 +203,8 @@ class Observation:
                 raise ValueError(
                     f"Observation.gpu_utilization must be within [0, 1], got {self.gpu_utilization!r}"
                 )
+        if self.nodes is not None:
+            _check_count("Observation.nodes", self.nodes)
         if self.samples_per_second is not None:
             _check_finite("Observation.samples_per_second", self.samples_per_second)
             if self.samples_per_second < 0:
@@ -219,7 +215,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class SpeedupModel:
-    """The fitted speedup curve ``tau(n) = a (1 + beta (n-1) + gamma (n-1)^2)``.
+    """The fitted curve ``tau(n, N) = a (1 + beta (n-1) + delta [N>1] + gamma (n-1)^2)``.
 
     Attributes:
         seconds_per_sample: ``a``: one worker's time per sample at one replica; in units of
@@ -232,10 +228,14 @@ class SpeedupModel:
         counts: The replica counts with measured points.
         level: 0 = only the scale is known (optimistic), 1 = linear sync fitted,
             2 = curvature fitted too.
-        covariance: Covariance of ``(a, a * beta, a * gamma)`` (the step time at one
-            replica and the absolute synchronisation terms), inflated when the points
-            scatter more than their noise; None when not computed.
+        covariance: Covariance of ``(a, a * beta, a * delta, a * gamma)`` (the step time
+            at one replica and the absolute synchronisation terms), inflated when the
+            points scatter more than their noise; None when not computed.
         relative_noise: Relative noise of one settled sample, pooled over counts.
+        sync_inter_node: ``delta``: synchronisation added once the job spans more than
+            one node, relative to ``a`` (inter-node all-reduce).
+        workers_per_node: Most workers one node holds, when known (placements of counts
+            not measured are the packed ones).
     """
 
     seconds_per_sample: float
@@ -247,31 +247,39 @@ class SpeedupModel:
     level: int
     covariance: tuple[tuple[float, ...], ...] | None = None
     relative_noise: float = _MIN_RELATIVE_NOISE
+    sync_inter_node: float = 0.0
+    workers_per_node: int | None = None
 
-    def relative_step_time(self, replicas: int) -> float:
-        """``tau(n) / a``: 1 at one replica, growing with synchronisation."""
+    def nodes(self, replicas: int, nodes: int | None = None) -> int:
+        """The node span a prediction is for: ``nodes``, else the packed placement's."""
+        return nodes if nodes is not None else compute_packed_nodes(replicas, self.workers_per_node)
+
+    def relative_step_time(self, replicas: int, nodes: int | None = None) -> float:
+        """``tau(n, N) / a``: 1 at one replica, growing with synchronisation."""
         k = replicas - 1
-        return 1.0 + self.sync_per_replica * k + self.sync_quadratic * k * k
+        inter = self.sync_inter_node if self.nodes(replicas, nodes) > 1 else 0.0
+        return 1.0 + self.sync_per_replica * k + self.sync_quadratic * k * k + inter
 
-    def efficiency(self, replicas: int) -> float:
+    def efficiency(self, replicas: int, nodes: int | None = None) -> float:
         """Predicted scaling efficiency at ``replicas`` (1 = linear)."""
-        return 1.0 / self.relative_step_time(replicas)
+        return 1.0 / self.relative_step_time(replicas, nodes)
 
-    def throughput(self, replicas: int) -> float:
+    def throughput(self, replicas: int, nodes: int | None = None) -> float:
         """Predicted job throughput: samples/s when fitted from throughput, relative otherwise."""
-        return replicas / (self.seconds_per_sample * self.relative_step_time(replicas))
+        return replicas / (self.seconds_per_sample * self.relative_step_time(replicas, nodes))
 
-    def gpu_utilization(self, replicas: int) -> float | None:
+    def gpu_utilization(self, replicas: int, nodes: int | None = None) -> float | None:
         """Predicted mean GPU utilization at ``replicas``; None without GPU metrics."""
         if self.compute_fraction is None:
             return None
-        return self.compute_fraction / self.relative_step_time(replicas)
+        return self.compute_fraction / self.relative_step_time(replicas, nodes)
 
     def as_status(self) -> dict[str, float]:
         """The parameters as ``status.autoscaling.model`` shows them (camelCase keys)."""
         out = {
             "syncPerReplica": round(self.sync_per_replica, 6),
             "syncQuadratic": round(self.sync_quadratic, 8),
+            "syncInterNode": round(self.sync_inter_node, 6),
             "fitLevel": float(self.level),
             "countsMeasured": float(len(self.counts)),
         }
@@ -291,7 +299,8 @@ class Recommendation:
         target: The raw target before stabilization; the caller records ``(now, target)``
             and passes the records back as ``recent_targets`` next time.
         current_replicas: The count the decision started from.
-        reason: Why, in a short readable sentence.
+        reason: Why, in a short readable sentence, led by the step that decided
+            (``"confidence: ..."``).
         limited_by: Bound, budget or unschedulable pods, when they shaped the answer.
         metrics_stale: True when the decision held because metrics were missing or old.
         exploring: True when the target is a neighbouring count tried to learn the curve.
@@ -306,6 +315,7 @@ class Recommendation:
         throughput: Predicted throughput at ``current_replicas`` (samples/s when the model
             comes from throughput, relative otherwise).
         cost_per_hour: ``replicas * gpus_per_replica * costPerGpuHour``.
+        step: The step of the decision pipeline that decided (one of :data:`STEPS`).
     """
 
     replicas: int
@@ -324,6 +334,7 @@ class Recommendation:
     gpu_utilization: float | None = None
     throughput: float | None = None
     cost_per_hour: float = 0.0
+    step: str = ""
 
     @property
     def direction(self) -> str:
@@ -339,18 +350,28 @@ class Recommendation:
 # Observations -> settled points
 
 
+_Key = tuple[int, int]
+"""(replica count, nodes spanned): where a measured point sits."""
+
+
+def _span(o: Observation, workers_per_node: int | None) -> int:
+    """Nodes an observation's workers spanned (the packed placement when not observed)."""
+    return o.nodes if o.nodes else compute_packed_nodes(o.replicas, workers_per_node)
+
+
 @dataclass(frozen=True)
 class _Analysis:
     """Observations digested for one decision."""
 
     mode: ModelSource | None
-    points: dict[int, list[float]]  # replica count -> settled tau values
+    points: dict[_Key, list[float]]  # (replica count, nodes) -> settled tau values
     compute: list[float]  # settled estimates of g (compute time per sample)
     latest_time: float | None  # newest observation carrying the mode's metric
     latest_replicas: int | None  # replicas of the newest observation
     latest_settled: int  # settled samples in the newest segment
     latest_dipped: bool  # the newest sample is below its count's steady level
     restart_costs: list[float]
+    settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
 
 
 def _median(values: Sequence[float]) -> float:
@@ -364,13 +385,17 @@ def _metric(o: Observation, mode: ModelSource) -> float | None:
 
 
 def _segments(
-    observations: Sequence[Observation], split_at: float | None
+    observations: Sequence[Observation], split_at: float | None, workers_per_node: int | None
 ) -> list[list[Observation]]:
-    """Runs of consecutive observations at the same replica count (split at ``split_at``)."""
+    """Runs of consecutive observations at the same count and span (split at ``split_at``)."""
     out: list[list[Observation]] = []
-    key: tuple[int, bool] | None = None
+    key: tuple[int, int, bool] | None = None
     for o in observations:
-        k = (o.replicas, split_at is not None and o.timestamp >= split_at)
+        k = (
+            o.replicas,
+            _span(o, workers_per_node),
+            split_at is not None and o.timestamp >= split_at,
+        )
         if k != key:
             out.append([])
             key = k
@@ -379,7 +404,10 @@ def _segments(
 
 
 def _analyse(
-    observations: Sequence[Observation], split_at: float | None, max_gap: float
+    observations: Sequence[Observation],
+    split_at: float | None,
+    max_gap: float,
+    workers_per_node: int | None = None,
 ) -> _Analysis:
     """Find the settled samples of each replica count and the cost of each observed restart.
 
@@ -400,8 +428,8 @@ def _analyse(
     if mode is None:
         return _Analysis(None, {}, [], None, obs[-1].replicas if obs else None, 0, False, [])
 
-    points: dict[int, list[float]] = {}
-    pairs: dict[int, list[tuple[float, float | None]]] = {}
+    points: dict[_Key, list[float]] = {}
+    pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     compute: list[float] = []
     latest_time: float | None = None
     for o in obs:
@@ -409,14 +437,16 @@ def _analyse(
             latest_time = o.timestamp
 
     good_flags: list[bool] = []  # per observation in time order: settled sample?
+    settled_by_key: dict[_Key, list[Observation]] = {}
     levels: list[float | None] = []  # per observation: its segment's steady level
-    segments = _segments(obs, split_at)
+    segments = _segments(obs, split_at, workers_per_node)
     latest_settled = 0
     latest_dipped = False
     for si, seg in enumerate(segments):
         values = [_metric(o, mode) for o in seg]
         positive = [v for v in values if v is not None and v > 0]
         n = seg[0].replicas
+        key = (n, _span(seg[0], workers_per_node))
         if not positive or n == 0:
             good_flags.extend([False] * len(seg))
             levels.extend([None] * len(seg))
@@ -442,6 +472,7 @@ def _analyse(
         good_flags.extend(flags)
         levels.extend([level] * len(seg))
         settled = [seg[i] for i in range(len(seg)) if flags[i]]
+        settled_by_key.setdefault(key, []).extend(settled)
         for o in settled:
             v = _metric(o, mode)
             assert v is not None
@@ -452,7 +483,7 @@ def _analyse(
                     compute.append(u * tau)
             else:
                 tau, u = 1.0 / v, None
-            pairs.setdefault(n, []).append((tau, u))
+            pairs.setdefault(key, []).append((tau, u))
         if si == len(segments) - 1:
             latest_settled = len(settled)
             last = next((v for v in reversed(values) if v is not None), None)
@@ -463,14 +494,14 @@ def _analyse(
     # when the two are measured independently (and costs nothing when they are not); a
     # pair that disagrees by more than the settling threshold keeps the throughput alone.
     g = _median(compute) if compute else None
-    for n, measured in pairs.items():
+    for key, measured in pairs.items():
         for tau_x, u in measured:
             tau = tau_x
             if g is not None and u is not None:
                 other = g / u
                 if RECOVERED_FRACTION <= other / tau_x <= 1 / RECOVERED_FRACTION:
                     tau = math.sqrt(tau_x * other)
-            points.setdefault(n, []).append(tau)
+            points.setdefault(key, []).append(tau)
 
     restart_costs = _restart_costs(obs, good_flags, levels, mode, max_gap)
     return _Analysis(
@@ -482,6 +513,7 @@ def _analyse(
         latest_settled,
         latest_dipped,
         restart_costs,
+        settled_by_key,
     )
 
 
@@ -607,11 +639,11 @@ def _fit_nonnegative(
     return tuple(best[1]), best[0], tuple(tuple(r) for r in cov)
 
 
-def _relative_noise(analysis_points: dict[int, list[float]]) -> float:
+def _relative_noise(analysis_points: dict[_Key, list[float]]) -> float:
     """Relative noise of one settled sample, pooled over counts (robust: MAD), floored at 1 %."""
     deviations = [
         abs(t / _median(v) - 1.0)
-        for n, v in analysis_points.items()
+        for (n, _), v in analysis_points.items()
         if n > 0 and len(v) >= MIN_POINT_SAMPLES
         for t in v
     ]
@@ -631,23 +663,36 @@ def _point_variance(tau: float, samples: int, noise: float) -> float:
     return 1.5708 * (noise * tau) ** 2 / min(samples, _MAX_POINT_SAMPLES)
 
 
+def _features(replicas: int, nodes: int) -> tuple[float, float, float, float]:
+    """The fit's columns at (count, nodes): overhead, per-worker sync, inter-node, quadratic."""
+    k = float(replicas - 1)
+    return (1.0, k, 1.0 if nodes > 1 else 0.0, k * k)
+
+
 def fit_speedup_model(
-    analysis_points: dict[int, list[float]], compute: Sequence[float], mode: ModelSource
+    analysis_points: dict[_Key, list[float]],
+    compute: Sequence[float],
+    mode: ModelSource,
+    workers_per_node: int | None = None,
 ) -> SpeedupModel | None:
-    """Fit :class:`SpeedupModel` to per-count settled step times (see the module docstring).
+    """Fit :class:`SpeedupModel` to settled step times per (count, nodes) (module docstring).
 
     Args:
-        analysis_points: replica count -> settled per-worker time per sample (``n / X``, or
-            ``1 / U`` when fitted from GPU utilization).
+        analysis_points: (replica count, nodes spanned) -> settled per-worker time per
+            sample (``n / X``, or ``1 / U`` when fitted from GPU utilization).
         compute: Estimates of the GPU compute time per sample (``U * n / X``); ignored for
             GPU-utilization fits, where it is 1 by definition.
         mode: Which metric the points come from.
+        workers_per_node: Most workers a node holds, if known (for the model's packed
+            predictions; the fit itself uses the measured spans).
 
     Returns:
         The model, or None when no count has ``MIN_POINT_SAMPLES`` settled samples.
     """
     medians = {
-        n: _median(v) for n, v in analysis_points.items() if n > 0 and len(v) >= MIN_POINT_SAMPLES
+        key: _median(v)
+        for key, v in analysis_points.items()
+        if key[0] > 0 and len(v) >= MIN_POINT_SAMPLES
     }
     if not medians:
         return None
@@ -655,26 +700,31 @@ def fit_speedup_model(
     base: float | None = 1.0 if mode is ModelSource.GPU_UTILIZATION else None
     if mode is ModelSource.THROUGHPUT and compute:
         base = _median(compute)
-    counts = tuple(sorted(medians))
+    counts = tuple(sorted({n for n, _ in medians}))
     noise = _relative_noise(analysis_points)
     rows: list[tuple[tuple[float, ...], float, float]] = []
-    for n, tau in medians.items():
-        k = n - 1
-        variance = _point_variance(tau, len(analysis_points[n]), noise)
-        rows.append(((1.0, float(k), float(k * k)), tau - (base or 0.0), 1.0 / variance))
-    if base is not None and len(counts) == 1:
-        # Prior, needed only while one count is measured (two unknowns, one equation): the
+    for (n, nodes), tau in medians.items():
+        variance = _point_variance(tau, len(analysis_points[(n, nodes)]), noise)
+        rows.append((_features(n, nodes), tau - (base or 0.0), 1.0 / variance))
+    if base is not None and len(medians) == 1:
+        # Prior, needed only while one point is measured (two unknowns, one equation): the
         # input pipeline and framework overhead is small next to compute. With two counts
         # the data identifies the overhead by extrapolation, and the prior would bias the
         # efficiency of every count low by the real overhead (5 % is common).
-        rows.append(((1.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
-    info = len(counts) + (1 if base is not None and counts[-1] > 1 else 0)
+        rows.append(((1.0, 0.0, 0.0, 0.0), 0.0, 1.0 / (_OVERHEAD_PRIOR_SCALE * base) ** 2))
+    # The inter-node term is fitted once a multi-node point is measured: one point across
+    # two nodes informs every multi-node count (Pollux, OSDI'21, section 3.2, fits local
+    # and node sync separately for the same reason). It costs one point of information.
+    inter = any(nodes > 1 for _, nodes in medians) and any(nodes <= 1 for _, nodes in medians)
+    info = len(medians) + (1 if base is not None and counts[-1] > 1 else 0) - int(inter)
     level = 0 if info <= 1 else 1 if info == 2 else 2
     fits: list[tuple[float, tuple[float, ...], list[list[float]]]] = []  # (weight, p, cov)
     # The quadratic needs three measured counts; with two, its exact fits are many and
     # say nothing the Amdahl fit does not.
-    curved = level == 2 and len(counts) >= 3
-    candidates = [(True, level >= 1, False)] + ([(True, True, True)] if curved else [])
+    curved = level == 2 and len(counts) >= 3 + (1 if inter else 0)
+    candidates = [(True, level >= 1, inter, False)] + (
+        [(True, True, inter, True)] if curved else []
+    )
     for allowed in candidates:
         fit = _fit_nonnegative(rows, allowed)
         if fit is None:
@@ -683,7 +733,7 @@ def fit_speedup_model(
         # Scale the covariance by the reduced chi-square when the points scatter more
         # than their noise says (a curve outside the model family): the model then admits
         # it knows less, and measured counts weigh more than its predictions.
-        free = sum(1 for i in range(3) if cov[i][i] > 0)
+        free = sum(1 for i in range(len(allowed)) if cov[i][i] > 0)
         dof = len(rows) - free
         inflation = max(1.0, residual / dof) if dof > 0 else 1.0
         penalty = _CURVATURE_CHI2 * sum(allowed)
@@ -697,22 +747,23 @@ def fit_speedup_model(
     # its extrapolation to one replica, which every efficiency depends on) moves smoothly
     # as evidence for curvature accumulates instead of jumping when a test flips; the
     # spread between the two joins the covariance.
+    width = len(candidates[0])
     top = max(f[0] for f in fits)
     weights = [math.exp(f[0] - top) for f in fits]
     total = sum(weights)
     weights = [w / total for w in weights]
-    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(3)]
+    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(width)]
     averaged = [
         [
             math.fsum(
                 w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
                 for w, f in zip(weights, fits, strict=True)
             )
-            for j in range(3)
+            for j in range(width)
         ]
-        for i in range(3)
+        for i in range(width)
     ]
-    p0, b, c = mean
+    p0, b, d, c = mean
     a = p0 + (base or 0.0)
     if a <= 0 or not math.isfinite(a):
         return None
@@ -726,6 +777,8 @@ def fit_speedup_model(
         level=level,
         covariance=tuple(tuple(r) for r in averaged),
         relative_noise=noise,
+        sync_inter_node=d / a,
+        workers_per_node=workers_per_node,
     )
 
 
@@ -780,21 +833,28 @@ class _Estimates:
     ratio interpolated from its neighbours, beyond them by the nearest one's.
     """
 
-    def __init__(self, model: SpeedupModel, points: dict[int, list[float]], top: int) -> None:
+    def __init__(self, model: SpeedupModel, points: dict[_Key, list[float]], top: int) -> None:
         self.model = model
         a = model.seconds_per_sample
-        b = model.sync_per_replica * a
-        c = model.sync_quadratic * a
-        cov = model.covariance or ((0.0,) * 3,) * 3
+        coef = (a, model.sync_per_replica * a, model.sync_inter_node * a, model.sync_quadratic * a)
+        cov = model.covariance or ((0.0,) * 4,) * 4
         self._a = a
         self._var_a = cov[0][0]
         self._g = None if model.compute_fraction is None else model.compute_fraction * a
+        # Decisions are about counts, at the placement the job gets for them (packed):
+        # points measured at another span inform the fit only.
+        packed = {n: model.nodes(n) for n in range(1, max(top, *(k[0] for k in points), 1) + 2)}
         # GPU-utilization fits measure 1/U, the step time in units of compute time.
         measured = {
             n: (_median(v), _point_variance(_median(v), len(v), model.relative_noise))
-            for n, v in points.items()
-            if n > 0 and len(v) >= MIN_POINT_SAMPLES
+            for (n, nodes), v in points.items()
+            if n > 0 and len(v) >= MIN_POINT_SAMPLES and nodes == packed[n]
         }
+        # Until a multi-node count is measured, the inter-node term is unknown: counts that
+        # spill onto another node carry that doubt (a cliff may sit at the node boundary).
+        unknown_inter = model.workers_per_node is not None and not any(
+            nodes > 1 for (_, nodes), v in points.items() if len(v) >= MIN_POINT_SAMPLES
+        )
         self._tau: dict[int, float] = {}
         self._var: dict[int, float] = {}
         self._cov_a: dict[int, float] = {}
@@ -802,17 +862,19 @@ class _Estimates:
         model_tau: dict[int, float] = {}
         model_var: dict[int, float] = {}
         model_cov: dict[int, float] = {}
-        for n in range(1, max(top, *measured, 1) + 2):
-            k = float(n - 1)
-            x = (1.0, k, k * k)
-            model_tau[n] = a + b * k + c * k * k
+        for n, nodes in packed.items():
+            x = _features(n, nodes)
+            model_tau[n] = sum(xi * ci for xi, ci in zip(x, coef, strict=True))
             model_var[n] = max(
-                0.0, sum(x[i] * cov[i][j] * x[j] for i in range(3) for j in range(3))
+                0.0, sum(x[i] * cov[i][j] * x[j] for i in range(4) for j in range(4))
             )
-            model_cov[n] = sum(cov[0][j] * x[j] for j in range(3))
+            if unknown_inter and nodes > 1:
+                model_var[n] += (_INTER_NODE_PRIOR_SCALE * a) ** 2
+            model_cov[n] = sum(cov[0][j] * x[j] for j in range(4))
         for n, (tau_e, var_e) in measured.items():
             tau_m, var_m = model_tau[n], model_var[n]
-            if var_m <= 0.0:
+            if var_m <= 0.0 or tau_e < tau_m:
+                # A measured count that outperforms the fit is believed as measured.
                 tau_b, var_b, weight = tau_e, var_e, 0.0
             else:
                 var_b = 1.0 / (1.0 / var_m + 1.0 / var_e)
@@ -824,8 +886,10 @@ class _Estimates:
         for n, tau_n in model_tau.items():
             if n in self._tau:
                 continue
-            below = [m for m in known if m < n]
-            above = [m for m in known if m > n]
+            # Corrections carry over only within the same side of the node boundary.
+            side = [m for m in known if (packed[m] > 1) == (packed[n] > 1)]
+            below = [m for m in side if m < n]
+            above = [m for m in side if m > n]
             gap = 0.0  # how much the neighbours' corrections disagree, in step time
             if below and above:
                 lo_n, hi_n = below[-1], above[0]
@@ -913,19 +977,30 @@ def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None
 
 
 def _choose(
-    spec: TrainingJobSpec, model: _Estimates, current: int, lo: int, hi: int, ceiling: int
+    spec: TrainingJobSpec,
+    model: _Estimates,
+    current: int,
+    lo: int,
+    hi: int,
+    ceiling: int,
 ) -> _Choice:
-    """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity)."""
+    """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity).
+
+    A floor is a floor: the count the job runs keeps its floor only while it is not known
+    to break it, that is while the floor lies within ``CONFIDENCE_Z`` standard errors of
+    its estimate. No fixed band: hysteresis delays a move off a count that may break the
+    floor, it never holds one the estimates say does.
+    """
     auto = spec.autoscaling
+
+    def doubt(error: float) -> float:
+        return CONFIDENCE_Z * error
+
     candidates = range(lo, ceiling + 1)
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        # From one count, efficiency rests on the prior (idle time read as sync), which
-        # can put a count right at the band's edge: it fails its floor there only when
-        # confidently below the band, or noise alone would move the job hours later.
-        doubt = model.efficiency_error(current) if len(model.model.counts) == 1 else 0.0
-        cur_ok = model.efficiency(current) + CONFIDENCE_Z * doubt >= floor * (1 - HYSTERESIS)
+        cur_ok = model.efficiency(current) + doubt(model.efficiency_error(current)) >= floor
 
         def ok_e(n: int) -> bool:
             if n == current:
@@ -997,7 +1072,7 @@ def _choose(
         u = model.gpu_utilization(n)
         return 0.0 if u is None else u
 
-    cur_ok = util(current) >= goal * (1 - HYSTERESIS)
+    cur_ok = util(current) + doubt(util(current) * model.relative_error(current)) >= goal
 
     def ok_u(n: int) -> bool:
         if n == current:
@@ -1120,6 +1195,51 @@ def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
     return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
+def _probe(
+    spec: TrainingJobSpec,
+    est: _Estimates,
+    current: int,
+    ceiling: int,
+    left: set[int],
+    horizon: float,
+    restart: float,
+) -> int | None:
+    """The unmeasured count worth measuring once: measurements beat the model.
+
+    A count within a small move above ``current`` that was never measured, whose floor is
+    not known to fail (it holds one standard error up) and whose point estimate promises
+    ``PROBE_MIN_GAIN`` more throughput (paying the restart), is measured rather than ruled
+    out by a fit that has never seen it. Never below a count the job chose to leave
+    downwards that still looks near its floor (going back up there is a reversal, and
+    needs confidence), never for the budget objective (its limit is exact).
+    """
+    auto = spec.autoscaling
+    if auto.objective is Objective.BUDGET:
+        return None
+    measured = set(est.model.counts)
+    if any(c > current and _floor_margin(spec, est, c) >= -HYSTERESIS for c in left):
+        return None  # it left a count near its floor above: going back is a reversal
+    best: int | None = None
+    top = min(ceiling, current + compute_fine_span(current))
+    for n in range(current + 1, top + 1):
+        if n in measured:
+            continue
+        # The floor may hold (one standard error up) and the estimate is near it.
+        if auto.objective is Objective.EFFICIENCY:
+            value, error, floor = est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
+        else:
+            u = est.gpu_utilization(n)
+            if u is None:
+                return None
+            value, error, floor = u, u * est.relative_error(n), auto.target_gpu_utilization
+        ok = value + CONFIDENCE_Z * error >= floor and value >= floor * (1 - HYSTERESIS)
+        gain = est.throughput(n) / est.throughput(current)
+        pays = gain >= PROBE_MIN_GAIN and gain * (horizon - restart) >= horizon
+        if ok and pays and (best is None or est.throughput(n) > est.throughput(best)):
+            best = n
+    return best
+
+
 def _stabilize(
     target: int,
     current: int,
@@ -1150,51 +1270,453 @@ def _stabilize(
     return (min(values) if up else max(values)), held
 
 
-def recommend(
-    spec: TrainingJobSpec,
-    observations: Sequence[Observation],
-    current_replicas: int,
-    now: float,
-    *,
-    pending_replicas: int = 0,
-    unschedulable_replicas: int = 0,
-    last_scale_time: float | None = None,
-    restart_cost_seconds: float | None = None,
-    recent_targets: Sequence[tuple[float, int]] = (),
-    max_schedulable_replicas: int | None = None,
-    horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
-    stale_after_seconds: float | None = None,
-) -> Recommendation:
-    """Decide how many workers the job should have now (see the module docstring).
+# --------------------------------------------------------------------------------------------
+# The decision, as a pipeline of named steps over one context
 
-    Args:
-        spec: The job's spec; its ``autoscaling`` block, bounds, and GPUs per replica.
-        observations: Recent observations of this job, any order (the caller bounds them).
-        current_replicas: ``spec.replicas`` as it is now.
-        now: The current time, same epoch as the observations.
-        pending_replicas: Worker pods created but not running yet; while any are, the
-            policy never asks for more.
-        unschedulable_replicas: Of those, pods the scheduler rejected; the job is capped at
-            ``current_replicas - unschedulable_replicas`` at once.
-        last_scale_time: When ``spec.replicas`` last changed; observations before it are
-            never taken as settled samples of the count after it.
-        restart_cost_seconds: A restart cost the caller remembers from earlier decisions
-            (``spec.autoscaling.restartCostSeconds`` and costs learned from the
-            observations take precedence).
-        recent_targets: ``(time, Recommendation.target)`` of earlier calls, for stabilization.
-        max_schedulable_replicas: Most workers the cluster recently managed to run; the
-            policy asks for no more (``limited_by`` unschedulable).
-        horizon_seconds: A rescale must pay back its restart cost within this horizon.
-        stale_after_seconds: Hold when the newest usable observation is older than this;
-            default ``max(3 * intervalSeconds, 15)``.
 
-    Returns:
-        The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
+@dataclass
+class DecisionContext:
+    """What the steps of one decision share: the inputs, then what earlier steps found.
 
-    Raises:
-        ValueError: on arguments that make no sense (negative counts, non-finite times,
-            more pending pods than replicas), naming the argument.
+    Each step reads it, may refine the proposal (``target``, ``reason``, ``limited``,
+    ``exploring``), and either returns a :class:`Recommendation` (the decision is made)
+    or None (the next step runs).
     """
+
+    spec: TrainingJobSpec
+    observations: Sequence[Observation]
+    current: int
+    now: float
+    pending: int = 0
+    unschedulable: int = 0
+    last_scale_time: float | None = None
+    remembered_restart_cost: float | None = None
+    recent_targets: Sequence[tuple[float, int]] = ()
+    max_schedulable: int | None = None
+    horizon: float = DEFAULT_HORIZON_SECONDS
+    stale_after: float | None = None
+    forced_from: frozenset[int] = frozenset()
+    workers_per_node: int | None = None
+    cap: int | None = None
+    left_downwards: frozenset[int] = frozenset()
+    # found by the steps
+    analysis: _Analysis | None = None
+    restart: float = DEFAULT_RESTART_COST_SECONDS
+    common: dict[str, object] = field(default_factory=dict)
+    model: SpeedupModel | None = None
+    est: _Estimates | None = None
+    ceiling: int = 0  # top of the counts considered (trust region, capacity, cap)
+    target: int = 0
+    reason: str = ""
+    limited: LimitedBy | None = None
+    exploring: bool = False
+    feasible_current: bool = False
+    returning: bool = False
+
+    def __post_init__(self) -> None:
+        interval = float(self.spec.autoscaling.interval_seconds)
+        self.stale_after = self.stale_after or max(3.0 * interval, 15.0)
+        self.max_gap = max(3.0 * interval, self.stale_after)
+        self.lo, self.hi = self.spec.min_replicas, self.spec.max_replicas
+        self.target = self.current
+
+    def done(self, replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
+        """The decision; ``replicas`` is always within the spec's bounds."""
+        assert self.lo <= replicas <= self.hi, (replicas, self.lo, self.hi)
+        return Recommendation(
+            replicas=replicas,
+            target=target,
+            current_replicas=self.current,
+            reason=reason,
+            cost_per_hour=compute_cost_per_hour(self.spec, replicas),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def hold(self, reason: str, **kw: object) -> Recommendation:
+        """Stay at the current count, with what is known so far."""
+        return self.done(self.current, self.current, reason, **{**self.common, **kw})
+
+    def hold_proposal(self, tail: str) -> Recommendation:
+        """Stay, saying what the objective proposed and why it does not happen."""
+        return self.hold(f"{self.reason}; {tail}", limited_by=self.limited)
+
+    def left(self) -> set[int]:
+        """Counts the job chose to leave downwards (not those it was forced off)."""
+        seen = _counts_left_downwards(self.observations) | self.left_downwards
+        return set(seen - self.forced_from)
+
+    @property
+    def voluntary(self) -> bool:
+        """A move away from a count that satisfies the objective, chosen by the policy."""
+        return (
+            self.target != self.current
+            and self.feasible_current
+            and not self.exploring
+            and not self.returning
+        )
+
+    def probe(self) -> int | None:
+        """An unmeasured count worth measuring now (see :func:`_probe`), if any."""
+        assert self.est is not None and self.model is not None and self.analysis is not None
+        if (
+            not self.feasible_current
+            or self.exploring
+            or self.pending
+            or len(self.model.counts) <= 1
+            or self.analysis.latest_settled < 2 * JUMP_SETTLED_SAMPLES
+        ):
+            return None
+        return _probe(
+            self.spec, self.est, self.current, self.ceiling, self.left(), self.horizon, self.restart
+        )
+
+    def take_probe(self, probe: int, why: str = "") -> None:
+        assert self.est is not None
+        self.target, self.exploring = probe, True
+        self.reason += (
+            f"; {why}probing {probe} ({_uncertainty(self.spec, self.est, probe)}, unmeasured)"
+        )
+
+
+Step = Callable[[DecisionContext], "Recommendation | None"]
+
+
+def decide_hard_limits(ctx: DecisionContext) -> Recommendation | None:
+    """Bounds, unschedulable pods, a cluster ceiling, a budget overrun: applied at once."""
+    lo, hi, current = ctx.lo, ctx.hi, ctx.current
+    if current < lo or current > hi:
+        to = min(max(current, lo), hi)
+        side = f"minReplicas {lo}" if current < lo else f"maxReplicas {hi}"
+        return ctx.done(to, to, f"replicas {current} outside bounds; moving to {side}",
+                        limited_by=LimitedBy.BOUND, forced=True)  # fmt: skip
+    if ctx.unschedulable:
+        ran = current - ctx.unschedulable
+        to = max(lo, ran)
+        verb = f"capping at the {ran} that ran" if to == ran else f"capping at minReplicas {lo}"
+        return ctx.done(to, to, f"{ctx.unschedulable} of {current} pods unschedulable; {verb}",
+                        limited_by=LimitedBy.UNSCHEDULABLE, forced=to != current)  # fmt: skip
+    if ctx.cap is not None and current > max(lo, ctx.cap):
+        to = max(lo, ctx.cap)
+        return ctx.done(to, to, f"cluster ceiling {ctx.cap} < {current} replicas; moving to {to}",
+                        limited_by=LimitedBy.CEILING, forced=True)  # fmt: skip
+    budget_cap = _budget_replicas(ctx.spec)
+    if budget_cap is not None and current > budget_cap:
+        to = max(lo, budget_cap)
+        budget = ctx.spec.autoscaling.max_cost_per_hour
+        assert budget is not None
+        cost = compute_cost_per_hour(ctx.spec, current)
+        return ctx.done(to, to, f"cost {cost:.2f}/h at {current} > budget {budget:.2f}/h; {budget_cap} fits",
+                        limited_by=LimitedBy.BUDGET, forced=True)  # fmt: skip
+    return None
+
+
+def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
+    """Digest the observations and the restart cost; hold without fresh metrics."""
+    auto = ctx.spec.autoscaling
+    analysis = ctx.analysis = _analyse(
+        ctx.observations, ctx.last_scale_time, ctx.max_gap, ctx.workers_per_node
+    )
+    costs = analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]
+    learned = _median(costs) if costs else None
+    if auto.restart_cost_seconds is not None:
+        ctx.restart, source = auto.restart_cost_seconds, RestartCostSource.SPEC
+    elif learned is not None:
+        ctx.restart, source = learned, RestartCostSource.LEARNED
+    elif ctx.remembered_restart_cost is not None:
+        ctx.restart, source = ctx.remembered_restart_cost, RestartCostSource.REMEMBERED
+    else:
+        ctx.restart, source = DEFAULT_RESTART_COST_SECONDS, RestartCostSource.DEFAULT
+    ctx.common = {
+        "restart_cost_seconds": ctx.restart,
+        "restart_cost_source": source,
+        "learned_restart_cost_seconds": learned,
+    }
+    if analysis.latest_time is None:
+        return ctx.hold(f"no metrics yet; holding at {ctx.current}", metrics_stale=True)
+    age = ctx.now - analysis.latest_time
+    assert ctx.stale_after is not None
+    if age > ctx.stale_after:
+        return ctx.hold(
+            f"no fresh metrics for {age:.0f} s (stale after {ctx.stale_after:.0f} s); "
+            f"holding at {ctx.current}",
+            metrics_stale=True,
+        )
+    if auto.objective is Objective.UTILIZATION and not any(
+        o.gpu_utilization is not None for o in ctx.observations
+    ):
+        return ctx.hold(
+            "utilization objective needs GPU utilization metrics; none seen; holding",
+            metrics_stale=True,
+        )
+    return None
+
+
+def _fit(ctx: DecisionContext) -> None:
+    """The model and estimates, once (settling's holds report them too)."""
+    analysis = ctx.analysis
+    if ctx.model is not None or analysis is None or analysis.mode is None:
+        return
+    ctx.model = fit_speedup_model(
+        analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node
+    )
+    if ctx.model is not None:
+        ctx.est = est = _Estimates(ctx.model, analysis.points, ctx.hi)
+        ctx.common.update(
+            model=ctx.model,
+            efficiency=est.efficiency(ctx.current),
+            gpu_utilization=est.gpu_utilization(ctx.current),
+            throughput=est.throughput(ctx.current),
+        )
+
+
+def decide_settling(ctx: DecisionContext) -> Recommendation | None:
+    """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples."""
+    assert ctx.analysis is not None
+    _fit(ctx)
+    analysis, current = ctx.analysis, ctx.current
+    if analysis.latest_replicas != current:
+        more = " and pods pending" if ctx.pending else ""
+        return ctx.hold(
+            f"waiting for {current} replicas to run (metrics show {analysis.latest_replicas}){more}"
+        )
+    if analysis.latest_dipped:
+        return ctx.hold(f"throughput below its steady level at {current} (restarting?); holding")
+    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
+        return ctx.hold(
+            f"measuring {current} replicas ({analysis.latest_settled}/"
+            f"{MIN_SETTLED_SAMPLES} settled samples); holding"
+        )
+    return None
+
+
+def decide_fit(ctx: DecisionContext) -> Recommendation | None:
+    """Fit the speedup model (see :func:`fit_speedup_model`); hold when it cannot be."""
+    _fit(ctx)
+    if ctx.model is None or ctx.est is None:
+        return ctx.hold(f"not enough settled samples to fit a model; holding at {ctx.current}")
+    return None
+
+
+def decide_objective(ctx: DecisionContext) -> Recommendation | None:
+    """The objective's count within the trust region, the cluster's capacity and cap."""
+    model, est = ctx.model, ctx.est
+    assert model is not None and est is not None
+    measured_hi = model.counts[-1]
+    trust = ctx.current + 1 if model.level == 0 else (2 if model.level == 1 else 4) * measured_hi
+    ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
+    capacity: LimitedBy | None = None
+    if ctx.max_schedulable is not None and ctx.max_schedulable < ctx.ceiling:
+        ctx.ceiling = max(ctx.lo, min(ctx.ceiling, max(ctx.max_schedulable, ctx.current)))
+        capacity = LimitedBy.UNSCHEDULABLE
+    if ctx.cap is not None and ctx.cap < ctx.ceiling:
+        ctx.ceiling = max(ctx.lo, ctx.cap, ctx.current)
+        capacity = LimitedBy.CEILING
+    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling)
+    ctx.target, ctx.reason, ctx.limited = choice.target, choice.reason, choice.limited_by
+    ctx.feasible_current = choice.feasible_current
+    if capacity is not None and ctx.target == ctx.ceiling and ctx.target < ctx.hi:
+        ctx.limited = capacity
+        ctx.reason += (
+            f"; cluster ceiling {ctx.cap}"
+            if capacity is LimitedBy.CEILING
+            else f"; cluster ran at most {ctx.max_schedulable}"
+        )
+    elif (
+        capacity is None and ctx.target == ctx.ceiling and ctx.ceiling < ctx.hi and model.level > 0
+    ):
+        ctx.reason += f"; trust region ends at {ctx.ceiling} (measured up to {measured_hi})"
+    return None
+
+
+def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
+    """With one measured count, try a neighbouring one: that identifies the curve."""
+    model, est, auto = ctx.model, ctx.est, ctx.spec.autoscaling
+    assert model is not None and est is not None and ctx.analysis is not None
+    current = ctx.current
+    if len(model.counts) != 1:
+        return None
+    if model.level == 0 and ctx.target != current:
+        ctx.exploring = True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
+    elif (
+        model.level == 0
+        and ctx.target == current
+        and current > ctx.lo
+        and auto.objective is Objective.EFFICIENCY
+        and model.source is ModelSource.THROUGHPUT
+    ):
+        ctx.target, ctx.exploring = current - 1, True
+        ctx.reason += f"; exploring {ctx.target} to measure efficiency"
+    elif (
+        ctx.target == current
+        and current < ctx.ceiling
+        and auto.objective is not Objective.BUDGET
+        and _floor_margin(ctx.spec, est, current) >= 0.0
+        and ctx.analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
+    ):
+        # One count and GPU utilization fit a curve only under the prior that all idle
+        # time is synchronisation, which reads the input pipeline's share as sync and
+        # may stop the job one count short. The count above is the cheapest experiment,
+        # tried early (never after a long stay, when noise alone would trigger it).
+        ctx.target, ctx.exploring = current + 1, True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
+    return None
+
+
+def decide_pending_pods(ctx: DecisionContext) -> Recommendation | None:
+    """Never ask for more while worker pods are pending."""
+    if ctx.target > ctx.current and ctx.pending:
+        return ctx.hold_proposal(
+            f"{ctx.pending} pods pending, not asking for more than {ctx.current}"
+        )
+    return None
+
+
+def decide_restart_payback(ctx: DecisionContext) -> Recommendation | None:
+    """A move from a feasible count must pay back its restart within the horizon.
+
+    In samples when it adds replicas, in samples per replica when it removes some (the
+    objective only moves down from a feasible count when that is no slower).
+    """
+    est, current, target = ctx.est, ctx.current, ctx.target
+    assert est is not None
+    if target == current or not ctx.feasible_current or ctx.exploring:
+        return None
+    gain = est.throughput(target) / est.throughput(current)
+    if target < current:
+        gain *= current / target
+    if gain * (ctx.horizon - ctx.restart) < ctx.horizon:
+        per = "" if target > current else " per replica"
+        return ctx.hold_proposal(
+            f"gain x{gain:.2f}{per} does not pay a {ctx.restart:.0f} s restart "
+            f"within {ctx.horizon / 60:.0f} min; holding"
+        )
+    return None
+
+
+def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
+    """No creeping: a chosen move from a count that satisfies the objective needs evidence.
+
+    Each newly measured count shifts the fit a little; without this the job would creep one
+    replica at a time along a floor or a flat peak, paying a restart per step for gains
+    within the noise. Forced moves are not choices: back to a count the job was pushed off
+    (pods it could not place, a ceiling) it returns as soon as the cap lifts. Measurements
+    beat the model: where a move is not confident, an unmeasured count that may be better
+    is probed rather than ruled out.
+    """
+    est, model, analysis = ctx.est, ctx.model, ctx.analysis
+    assert est is not None and model is not None and analysis is not None
+    spec, current = ctx.spec, ctx.current
+    ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
+    if ctx.returning:
+        ctx.reason += f"; returning to {ctx.target} (left by force)"
+    if ctx.voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
+        # A move lands where the estimates say, and the count the job leaves pins the
+        # curve for the rest of the run: measure it a little longer first.
+        return ctx.hold_proposal(
+            f"measuring {current} replicas before a move to {ctx.target} "
+            f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding"
+        )
+    span = compute_fine_span(current)
+    if (
+        ctx.voluntary
+        and ctx.target > current
+        and len(model.counts) > 1
+        and ctx.target - current > span
+        and not _inside_band(spec, est, ctx.target)
+    ):
+        # A large move may follow the point estimate, but must land inside the floor's
+        # tolerance band even if the estimate is a standard error too kind.
+        safe = max(
+            (m for m in range(current + 1, ctx.target) if _inside_band(spec, est, m)),
+            default=current,
+        )
+        too_uncertain = f"{ctx.target} too uncertain ({_uncertainty(spec, est, ctx.target)})"
+        if safe - current > span:
+            ctx.reason += f"; {too_uncertain}, {safe} is not"
+            ctx.target = safe
+        else:
+            probe = ctx.probe()
+            if probe is None:
+                return ctx.hold_proposal(f"{too_uncertain} and no large move is safe; holding")
+            ctx.take_probe(probe, f"{too_uncertain}; ")
+    # All or nothing: stepping part of the way is exactly the creep this prevents. Going
+    # back up to (or past) a count the job left downwards needs the same confidence,
+    # however far: it was left on evidence, and returning on less would flap.
+    left = [c for c in ctx.left() if c <= ctx.target]
+    if (
+        ctx.voluntary
+        and len(model.counts) > 1
+        and (abs(ctx.target - current) <= span or (ctx.target > current and left))
+        and not _confident(
+            spec, est, current, ctx.target, ctx.horizon, ctx.restart, strict=bool(left)
+        )
+    ):
+        probe = ctx.probe()
+        if probe is None:
+            return ctx.hold_proposal(
+                f"{ctx.target} not confidently better than {current} "
+                f"({_uncertainty(spec, est, ctx.target)}); holding"
+            )
+        ctx.take_probe(probe)
+    elif ctx.target == current:
+        probe = ctx.probe()
+        if probe is not None:
+            ctx.take_probe(probe)
+    return None
+
+
+def decide_stabilization(ctx: DecisionContext) -> Recommendation:
+    """HPA-style: a move is applied once the raw target has held for the window."""
+    auto, current, target = ctx.spec.autoscaling, ctx.current, ctx.target
+    kw: dict[str, object] = {**ctx.common, "limited_by": ctx.limited, "exploring": ctx.exploring}
+    if target == current:
+        return ctx.done(current, target, f"{ctx.reason}; holding at {current}", **kw)
+    up = target > current
+    window = float(
+        auto.scale_up_stabilization_seconds if up else auto.scale_down_stabilization_seconds
+    )
+    applied, held = _stabilize(target, current, ctx.now, window, ctx.recent_targets, ctx.max_gap)
+    word = "up" if up else "down"
+    if applied == current:
+        return ctx.done(
+            current,
+            target,
+            f"{ctx.reason}; scale-{word} to {target} waits for stabilization "
+            f"({held:.0f}/{window:.0f} s)",
+            **kw,
+        )
+    return ctx.done(applied, target, f"{ctx.reason}; scaling {word} to {applied}", **kw)
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("hard limits", decide_hard_limits),
+    ("metrics freshness", decide_metrics_freshness),
+    ("settling", decide_settling),
+    ("fit", decide_fit),
+    ("objective", decide_objective),
+    ("exploration", decide_exploration),
+    ("pending pods", decide_pending_pods),
+    ("restart payback", decide_restart_payback),
+    ("confidence", decide_confidence),
+    ("stabilization", decide_stabilization),
+)
+"""The decision, in order: the first step that returns a recommendation decides."""
+
+
+def _check_arguments(
+    current_replicas: int,
+    pending_replicas: int,
+    unschedulable_replicas: int,
+    now: float,
+    horizon_seconds: float,
+    last_scale_time: float | None,
+    restart_cost_seconds: float | None,
+    max_schedulable_replicas: int | None,
+    ceiling: int | None,
+    stale_after_seconds: float | None,
+) -> None:
+    """Raise ValueError, naming the argument, on inputs to :func:`recommend` that make no sense."""
     _check_count("current_replicas", current_replicas)
     _check_count("pending_replicas", pending_replicas)
     _check_count("unschedulable_replicas", unschedulable_replicas)
@@ -1219,291 +1741,97 @@ def recommend(
             raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
     if max_schedulable_replicas is not None:
         _check_count("max_schedulable_replicas", max_schedulable_replicas)
+    if ceiling is not None:
+        _check_count("ceiling", ceiling)
     if stale_after_seconds is not None:
         _check_finite("stale_after_seconds", stale_after_seconds)
         if stale_after_seconds <= 0:
             raise ValueError(f"stale_after_seconds must be > 0, got {stale_after_seconds!r}")
 
-    auto = spec.autoscaling
-    lo, hi = spec.min_replicas, spec.max_replicas
-    interval = float(auto.interval_seconds)
-    stale_after = stale_after_seconds or max(3.0 * interval, 15.0)
-    max_gap = max(3.0 * interval, stale_after)
 
-    def done(replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
-        assert lo <= replicas <= hi, (replicas, lo, hi)
-        return Recommendation(
-            replicas=replicas,
-            target=target,
-            current_replicas=current_replicas,
-            reason=reason,
-            cost_per_hour=compute_cost_per_hour(spec, replicas),
-            **kw,  # type: ignore[arg-type]
-        )
+def recommend(
+    spec: TrainingJobSpec,
+    observations: Sequence[Observation],
+    current_replicas: int,
+    now: float,
+    *,
+    pending_replicas: int = 0,
+    unschedulable_replicas: int = 0,
+    last_scale_time: float | None = None,
+    restart_cost_seconds: float | None = None,
+    recent_targets: Sequence[tuple[float, int]] = (),
+    max_schedulable_replicas: int | None = None,
+    horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
+    stale_after_seconds: float | None = None,
+    forced_from: Collection[int] = (),
+    workers_per_node: int | None = None,
+    ceiling: int | None = None,
+    left_downwards: Collection[int] = (),
+) -> Recommendation:
+    """Decide how many workers the job should have now (see the module docstring).
 
-    # 1. Hard limits, applied at once.
-    if current_replicas < lo or current_replicas > hi:
-        to = min(max(current_replicas, lo), hi)
-        side = f"minReplicas {lo}" if current_replicas < lo else f"maxReplicas {hi}"
-        return done(
-            to,
-            to,
-            f"replicas {current_replicas} outside bounds; moving to {side}",
-            limited_by=LimitedBy.BOUND,
-            forced=True,
-        )
-    if unschedulable_replicas:
-        ran = current_replicas - unschedulable_replicas
-        cap = max(lo, ran)
-        verb = f"capping at the {ran} that ran" if cap == ran else f"capping at minReplicas {lo}"
-        return done(
-            cap,
-            cap,
-            f"{unschedulable_replicas} of {current_replicas} pods unschedulable; {verb}",
-            limited_by=LimitedBy.UNSCHEDULABLE,
-            forced=cap != current_replicas,
-        )
-    budget_cap = _budget_replicas(spec)
-    if budget_cap is not None and current_replicas > budget_cap:
-        to = max(lo, budget_cap)
-        assert auto.max_cost_per_hour is not None
-        return done(
-            to,
-            to,
-            f"cost {compute_cost_per_hour(spec, current_replicas):.2f}/h at {current_replicas} "
-            f"> budget {auto.max_cost_per_hour:.2f}/h; {budget_cap} fits",
-            limited_by=LimitedBy.BUDGET,
-            forced=True,
-        )
+    Args:
+        spec: The job's spec; its ``autoscaling`` block, bounds, and GPUs per replica.
+        observations: Recent observations of this job, any order (the caller bounds them).
+        current_replicas: ``spec.replicas`` as it is now.
+        now: The current time, same epoch as the observations.
+        pending_replicas: Worker pods created but not running yet; while any are, the
+            policy never asks for more.
+        unschedulable_replicas: Of those, pods the scheduler rejected; the job is capped at
+            ``current_replicas - unschedulable_replicas`` at once.
+        last_scale_time: When ``spec.replicas`` last changed; observations before it are
+            never taken as settled samples of the count after it.
+        restart_cost_seconds: A restart cost the caller remembers from earlier decisions
+            (``spec.autoscaling.restartCostSeconds`` and costs learned from the
+            observations take precedence).
+        recent_targets: ``(time, Recommendation.target)`` of earlier calls, for stabilization.
+        max_schedulable_replicas: Most workers the cluster recently managed to run; the
+            policy asks for no more (``limited_by`` unschedulable).
+        horizon_seconds: A rescale must pay back its restart cost within this horizon.
+        stale_after_seconds: Hold when the newest usable observation is older than this;
+            default ``max(3 * intervalSeconds, 15)``.
+        forced_from: Counts the job was pushed off (unschedulable pods, a ceiling): not
+            "left downwards", so the job returns to them as soon as the cap lifts.
+        workers_per_node: Most workers one node holds (GPUs per node over GPUs per
+            replica), when known: counts above it span more nodes and pay the inter-node
+            term; observations without ``nodes`` are read as packed.
+        ceiling: Cluster arbitration's cap on this job (None: no cap): above it the job
+            moves down at once (``limited_by`` ceiling, forced), and it never asks for more.
+        left_downwards: Counts the job chose to leave for fewer replicas, remembered by the
+            caller beyond the observations it keeps.
 
-    # 2. Metrics.
-    analysis = _analyse(observations, last_scale_time, max_gap)
-    learned = (
-        _median(analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]) if analysis.restart_costs else None
+    Returns:
+        The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
+
+    Raises:
+        ValueError: on arguments that make no sense (negative counts, non-finite times,
+            more pending pods than replicas), naming the argument.
+    """
+    _check_arguments(
+        current_replicas, pending_replicas, unschedulable_replicas, now, horizon_seconds,
+        last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
+        stale_after_seconds,
+    )  # fmt: skip
+    ctx = DecisionContext(
+        spec=spec,
+        observations=observations,
+        current=current_replicas,
+        now=now,
+        pending=pending_replicas,
+        unschedulable=unschedulable_replicas,
+        last_scale_time=last_scale_time,
+        remembered_restart_cost=restart_cost_seconds,
+        recent_targets=recent_targets,
+        max_schedulable=max_schedulable_replicas,
+        horizon=horizon_seconds,
+        stale_after=stale_after_seconds,
+        forced_from=frozenset(forced_from),
+        workers_per_node=workers_per_node,
+        cap=ceiling,
+        left_downwards=frozenset(left_downwards),
     )
-    if auto.restart_cost_seconds is not None:
-        restart, restart_src = auto.restart_cost_seconds, RestartCostSource.SPEC
-    elif learned is not None:
-        restart, restart_src = learned, RestartCostSource.LEARNED
-    elif restart_cost_seconds is not None:
-        restart, restart_src = restart_cost_seconds, RestartCostSource.REMEMBERED
-    else:
-        restart, restart_src = DEFAULT_RESTART_COST_SECONDS, RestartCostSource.DEFAULT
-    common: dict[str, object] = {
-        "restart_cost_seconds": restart,
-        "restart_cost_source": restart_src,
-        "learned_restart_cost_seconds": learned,
-    }
-
-    def hold(reason: str, **kw: object) -> Recommendation:
-        return done(current_replicas, current_replicas, reason, **common, **kw)
-
-    if analysis.latest_time is None:
-        return hold(f"no metrics yet; holding at {current_replicas}", metrics_stale=True)
-    age = now - analysis.latest_time
-    if age > stale_after:
-        return hold(
-            f"no fresh metrics for {age:.0f} s (stale after {stale_after:.0f} s); "
-            f"holding at {current_replicas}",
-            metrics_stale=True,
-        )
-    if auto.objective is Objective.UTILIZATION and not any(
-        o.gpu_utilization is not None for o in observations
-    ):
-        return hold(
-            "utilization objective needs GPU utilization metrics; none seen; holding",
-            metrics_stale=True,
-        )
-
-    assert analysis.mode is not None
-    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode)
-    est: _Estimates | None = None
-    if model is not None:
-        est = _Estimates(model, analysis.points, hi)
-        common.update(
-            model=model,
-            efficiency=est.efficiency(current_replicas),
-            gpu_utilization=est.gpu_utilization(current_replicas),
-            throughput=est.throughput(current_replicas),
-        )
-    if analysis.latest_replicas != current_replicas:
-        more = " and pods pending" if pending_replicas else ""
-        return hold(
-            f"waiting for {current_replicas} replicas to run (metrics show "
-            f"{analysis.latest_replicas}){more}"
-        )
-    if analysis.latest_dipped:
-        return hold(
-            f"throughput below its steady level at {current_replicas} (restarting?); holding"
-        )
-    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
-        return hold(
-            f"measuring {current_replicas} replicas ({analysis.latest_settled}/"
-            f"{MIN_SETTLED_SAMPLES} settled samples); holding"
-        )
-    if model is None or est is None:
-        return hold(f"not enough settled samples to fit a model; holding at {current_replicas}")
-
-    # 3+4. Objective within the trust region.
-    exploring = False
-    measured_hi = model.counts[-1]
-    if model.level == 0:
-        trust = current_replicas + 1
-    elif model.level == 1:
-        trust = 2 * measured_hi
-    else:
-        trust = 4 * measured_hi
-    ceiling = min(hi, max(trust, current_replicas))
-    limited_extra: LimitedBy | None = None
-    if max_schedulable_replicas is not None and max_schedulable_replicas < ceiling:
-        ceiling = max(lo, min(ceiling, max(max_schedulable_replicas, current_replicas)))
-        limited_extra = LimitedBy.UNSCHEDULABLE
-    choice = _choose(spec, est, current_replicas, lo, hi, ceiling)
-    target, reason, limited = choice.target, choice.reason, choice.limited_by
-    if model.level == 0 and target != current_replicas:
-        exploring = True
-        reason += f"; exploring {target} (curve not identified from one count)"
-    elif (
-        model.level == 0
-        and target == current_replicas
-        and current_replicas > lo
-        and auto.objective is Objective.EFFICIENCY
-        and model.source is ModelSource.THROUGHPUT
-    ):
-        target, exploring = current_replicas - 1, True
-        reason += f"; exploring {target} to measure efficiency"
-    elif (
-        len(model.counts) == 1
-        and target == current_replicas
-        and current_replicas < ceiling
-        and auto.objective is not Objective.BUDGET
-        and _floor_margin(spec, est, current_replicas) >= 0.0
-        and analysis.latest_settled <= 2 * JUMP_SETTLED_SAMPLES
-    ):
-        # One count and GPU utilization fit a curve only under the prior that all idle
-        # time is synchronisation, which reads the input pipeline's share as sync and
-        # may stop the job one count short. The count above is the cheapest experiment,
-        # tried early (never after a long stay, when noise alone would trigger it).
-        target, exploring = current_replicas + 1, True
-        reason += f"; exploring {target} (curve not identified from one count)"
-    elif target == ceiling and ceiling < hi and limited_extra is None:
-        reason += f"; trust region ends at {ceiling} (measured up to {measured_hi})"
-    if limited_extra is not None and target == ceiling and target < hi:
-        limited = limited_extra
-        reason += f"; cluster ran at most {max_schedulable_replicas}"
-
-    # Never ask for more while pods are pending.
-    if target > current_replicas and pending_replicas:
-        return hold(
-            f"{reason}; {pending_replicas} pods pending, not asking for more than "
-            f"{current_replicas}",
-            limited_by=limited,
-        )
-
-    # 5a. Restart cost: a move from a feasible count must pay for itself within the horizon,
-    # in samples when it adds replicas, in samples per replica when it removes some (the
-    # objective only moves down from a feasible count when that is no slower).
-    if target != current_replicas and choice.feasible_current and not exploring:
-        gain = est.throughput(target) / est.throughput(current_replicas)
-        if target < current_replicas:
-            gain *= current_replicas / target
-        if gain * (horizon_seconds - restart) < horizon_seconds:
-            per = "" if target > current_replicas else " per replica"
-            return hold(
-                f"{reason}; gain x{gain:.2f}{per} does not pay a {restart:.0f} s restart "
-                f"within {horizon_seconds / 60:.0f} min; holding",
-                limited_by=limited,
-            )
-
-    # 5b. Confidence: a small move from a count that satisfies the objective happens only
-    # when the estimates are confident it is right. Each newly measured count shifts the
-    # fit a little; without this the job would creep one replica at a time along a floor
-    # or a flat peak, paying a restart per step for gains within the noise. (From a
-    # single measured count the move is what identifies the curve: no confidence yet.)
-    voluntary = target != current_replicas and choice.feasible_current and not exploring
-    if voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
-        # A move lands where the estimates say, and the count the job leaves pins the
-        # curve for the rest of the run: measure it a little longer first.
-        return hold(
-            f"{reason}; measuring {current_replicas} replicas before a move to {target} "
-            f"({analysis.latest_settled}/{JUMP_SETTLED_SAMPLES} settled samples); holding",
-            limited_by=limited,
-        )
-    if (
-        voluntary
-        and target > current_replicas
-        and len(model.counts) > 1
-        and target - current_replicas > compute_fine_span(current_replicas)
-        and not _inside_band(spec, est, target)
-    ):
-        # A large move may follow the point estimate, but must land inside the floor's
-        # tolerance band even if the estimate is a standard error too kind: a job must
-        # not jump where it will likely have to come back from.
-        safe = max(
-            (m for m in range(current_replicas + 1, target) if _inside_band(spec, est, m)),
-            default=current_replicas,
-        )
-        if safe - current_replicas <= compute_fine_span(current_replicas):
-            return hold(
-                f"{reason}; {target} too uncertain ({_uncertainty(spec, est, target)}) and "
-                f"no large move is safe; holding",
-                limited_by=limited,
-            )
-        reason += f"; {target} too uncertain ({_uncertainty(spec, est, target)}), {safe} is not"
-        target = safe
-    # All or nothing: stepping part of the way is exactly the creep this prevents. Going
-    # back up to (or past) a count the job left downwards needs the same confidence,
-    # however far: it was left on evidence, and returning on less would flap.
-    left = [c for c in _counts_left_downwards(observations) if c <= target]
-    if (
-        voluntary
-        and len(model.counts) > 1
-        and (
-            abs(target - current_replicas) <= compute_fine_span(current_replicas)
-            or (target > current_replicas and left)
-        )
-        and not _confident(
-            spec, est, current_replicas, target, horizon_seconds, restart, strict=bool(left)
-        )
-    ):
-        return hold(
-            f"{reason}; {target} not confidently better than {current_replicas} "
-            f"({_uncertainty(spec, est, target)}); holding",
-            limited_by=limited,
-        )
-
-    # 6. Stabilization.
-    if target == current_replicas:
-        return done(
-            current_replicas,
-            target,
-            f"{reason}; holding at {current_replicas}",
-            limited_by=limited,
-            exploring=exploring,
-            **common,
-        )
-    window = float(
-        auto.scale_up_stabilization_seconds
-        if target > current_replicas
-        else auto.scale_down_stabilization_seconds
-    )
-    applied, held = _stabilize(target, current_replicas, now, window, recent_targets, max_gap)
-    word = "up" if target > current_replicas else "down"
-    if applied == current_replicas:
-        return done(
-            current_replicas,
-            target,
-            f"{reason}; scale-{word} to {target} waits for stabilization "
-            f"({held:.0f}/{window:.0f} s)",
-            limited_by=limited,
-            exploring=exploring,
-            **common,
-        )
-    return done(
-        applied,
-        target,
-        f"{reason}; scaling {word} to {applied}",
-        limited_by=limited,
-        exploring=exploring,
-        **common,
-    )
+    for name, step in STEPS:
+        rec = step(ctx)
+        if rec is not None:
+            return replace(rec, step=name, reason=f"{name}: {rec.reason}")
+    raise AssertionError("stabilization always decides")  # pragma: no cover

@@ -75,6 +75,7 @@ def decide_autoscale(
     rec: Recommendation,
     now: dt.datetime,
     generation: int | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> AutoscalePlan:
     """Return what to write after the policy decided ``rec`` for this job.
 
@@ -86,6 +87,8 @@ def decide_autoscale(
         rec: The policy's recommendation for this pass.
         now: The current time (timezone-aware).
         generation: ``metadata.generation`` for the conditions.
+        memory: The autoscaler's compact memory (``AutoscalerMemory.to_dict()``) to keep in
+            ``status.autoscaling.memory``; None keeps what is there.
     """
     previous = dict(status.get("autoscaling") or {})
     decisions = [api.Decision.model_validate(d) for d in previous.get("decisions") or []]
@@ -119,6 +122,7 @@ def decide_autoscale(
         cost_per_hour=round(cost, 4),
         recommended_replicas=rec.target,
         reason=rec.reason,
+        step=rec.step or None,
         model=rec.model.as_status() if rec.model is not None else {},
         last_observation_time=(
             format_time(now)
@@ -129,6 +133,11 @@ def decide_autoscale(
             format_time(now) if new_replicas is not None else previous.get("lastScaleTime")
         ),
         decisions=decisions[-MAX_DECISIONS_KEPT:],
+        memory=(
+            api.AutoscalerMemoryStatus.model_validate(memory)
+            if memory is not None
+            else previous.get("memory")
+        ),
     )
 
     prev_conditions = list(status.get("conditions") or [])

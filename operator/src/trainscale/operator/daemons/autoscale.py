@@ -1,9 +1,11 @@
 """The autoscale daemon: one loop per TrainingJob that observes Prometheus and the job's
-pods, asks the autoscaling policy for a worker count and writes it.
+pods, asks the job's :class:`~trainscale.operator.autoscaling.JobAutoscaler` for a worker
+count and writes it.
 
-Why this module exists: the policy is pure; something must feed it observations at the job's
-``intervalSeconds``, remember what it learned between passes, and write ``spec.replicas`` and
-``status.autoscaling`` under the job's status lock. That is all this module does.
+Why this module exists: the autoscaler is pure; something must feed it observations at the
+job's ``intervalSeconds`` and write ``spec.replicas`` and ``status.autoscaling`` (with the
+autoscaler's memory, so a restarted operator resumes from it) under the job's status lock.
+That is all this module does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -19,7 +21,7 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s, prometheus
-from trainscale.operator.autoscaling import policy
+from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, policy
 from trainscale.operator.autoscaling import status as autoscale
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.common import (
@@ -34,22 +36,26 @@ from trainscale.operator.daemons.options import options_of
 
 
 @dataclasses.dataclass
-class AutoscalerMemory:
-    """What the autoscaler remembers of one job between passes (lost on operator restart,
-    after which it re-learns from fresh observations)."""
+class JobLoop:
+    """One job's loop state: its autoscaler (restored from ``status.autoscaling.memory`` on
+    the first pass) and how long the running worker count has held (for settling)."""
 
-    observations: list[policy.Observation] = dataclasses.field(default_factory=list)
-    recent_targets: list[tuple[float, int]] = dataclasses.field(default_factory=list)
-    restart_cost_seconds: float | None = None
-    last_scale_time: float | None = None
+    autoscaler: JobAutoscaler | None = None
     running: int = 0  # workers running at the last pass ...
     running_since: float = 0.0  # ... and since when that count has held
+
+
+def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
+    """The job's autoscaler, resumed from the memory an earlier operator kept in status."""
+    raw = (status.get("autoscaling") or {}).get("memory")
+    memory = AutoscalerMemory.from_dict(raw) if isinstance(raw, Mapping) else None
+    return JobAutoscaler(spec, memory=memory)
 
 
 async def autoscale_job(
     namespace: str,
     name: str,
-    memory: AutoscalerMemory,
+    loop: JobLoop,
     prometheus_url: str,
     wall_clock: Callable[[], float] = time.time,
 ) -> float:
@@ -66,8 +72,12 @@ async def autoscale_job(
         return RESYNC_SECONDS  # the reconcile loop reports it
     phase = (body.get("status") or {}).get("phase")
     if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
-        memory.recent_targets.clear()
+        loop.autoscaler = None  # resumed from status when enabled again
         return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
+    if loop.autoscaler is None:
+        loop.autoscaler = restore_autoscaler(spec, body.get("status") or {})
+    autoscaler = loop.autoscaler
+    autoscaler.update_spec(spec)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
@@ -76,13 +86,13 @@ async def autoscale_job(
     now = wall_clock()
     observation: policy.Observation | None = None
     errors: tuple[str, ...] = ()
-    if running != memory.running:
-        memory.running, memory.running_since = running, now
-    settling = spec.autoscaling.settle_seconds - (now - memory.running_since)
+    if running != loop.running:
+        loop.running, loop.running_since = running, now
+    settling = spec.autoscaling.settle_seconds - (now - loop.running_since)
     if running > 0 and settling > 0 and pending == 0:
         # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
         reason = (
-            f"settling: {running} workers running for {now - memory.running_since:.0f} s of "
+            f"settling: {running} workers running for {now - loop.running_since:.0f} s of "
             f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
         )
         async with WAKEUPS.lock(namespace, name):
@@ -105,24 +115,15 @@ async def autoscale_job(
                 kind = "timeout" if "timed out" in result.error.lower() else "http"
                 metrics.prometheus_query_errors.labels(kind).inc()
         observation, errors = fetched.observation, fetched.errors
-        memory.observations = policy.compact_observations([*memory.observations, observation], now)
 
     # -- decide --------------------------------------------------------------------------
-    rec = policy.recommend(
-        spec,
-        memory.observations,
+    rec = autoscaler.decide(
+        [observation] if observation is not None else [],
         current_replicas=spec.replicas,
         now=now,
         pending_replicas=pending,
         unschedulable_replicas=unschedulable,
-        last_scale_time=memory.last_scale_time,
-        restart_cost_seconds=memory.restart_cost_seconds,
-        recent_targets=memory.recent_targets,
     )
-    memory.recent_targets = [(t, n) for t, n in memory.recent_targets if t >= now - 86400]
-    memory.recent_targets.append((now, rec.target))
-    if rec.learned_restart_cost_seconds is not None:
-        memory.restart_cost_seconds = rec.learned_restart_cost_seconds
 
     # -- apply (under the job's status lock, from a fresh read) --------------------------
     async with WAKEUPS.lock(namespace, name):
@@ -140,10 +141,10 @@ async def autoscale_job(
             rec,
             _utcnow(),
             (body.get("metadata") or {}).get("generation"),
+            memory=autoscaler.memory().to_dict(),
         )
         if plan.replicas is not None:
             await asyncio.to_thread(k8s.patch_job_replicas, clients, namespace, name, plan.replicas)
-            memory.last_scale_time = now
         await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
     if plan.event is not None:
         post_event(body, plan.event)
@@ -161,10 +162,10 @@ async def trainingjob_autoscale_loop(
 ) -> None:
     """The job's autoscaler: every intervalSeconds while autoscaling.enabled."""
     assert namespace is not None  # TrainingJob is a namespaced kind
-    memory = AutoscalerMemory()
+    loop = JobLoop()
     while True:
         try:
-            delay = await autoscale_job(namespace, name, memory, options_of(memo).prometheus_url)
+            delay = await autoscale_job(namespace, name, loop, options_of(memo).prometheus_url)
         except Exception as exc:  # a bad pass must not kill the loop
             logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
             delay = RESYNC_SECONDS

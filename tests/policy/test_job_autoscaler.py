@@ -1,0 +1,170 @@
+"""``JobAutoscaler``: the per-job memory between passes, and the compact state kept in status.
+
+Covers:
+- the memory round-trips through JSON (camelCase keys) and tolerates missing or bad keys;
+- an autoscaler restored from memory resumes without exploring again (a fresh one explores);
+- forced moves are not choices: after unschedulable pods or a ceiling pushed the job down,
+  it returns as soon as the cap lifts; a count it chose to leave needs confidence instead;
+- a ceiling above the current count caps what the job asks for;
+- ``predict_throughput`` is None before anything is measured, then follows the curve, per
+  (count, nodes);
+- the history and the raw targets stay bounded over a long run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.policy_sim import RATE, amdahl, cliff, linear, make_spec, steady
+from trainscale.operator.api import AutoscalingStatus
+from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, Placement
+from trainscale.operator.autoscaling import autoscaler as autoscaler_module
+from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
+from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
+
+INTERVAL = 30.0
+
+
+def run(
+    autoscaler: JobAutoscaler,
+    tau,  # type: ignore[no-untyped-def]
+    current: int,
+    start: float,
+    passes: int,
+    **kw,  # type: ignore[no-untyped-def]
+) -> tuple[int, float, list[Recommendation]]:
+    """Noise-free passes at the job's count; returns (count, time, recommendations)."""
+    t = start
+    recs = []
+    for _ in range(passes):
+        t += INTERVAL
+        (o,) = steady(current, start=t, count=1, tau=tau)
+        rec = autoscaler.decide([o], current_replicas=current, now=t, **kw)
+        recs.append(rec)
+        current = rec.replicas
+    return current, t, recs
+
+
+def test_memory_round_trips_through_json() -> None:
+    memory = AutoscalerMemory(
+        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20), MeasuredPoint(8, 2, None, 0.7, 6)),
+        relative_noise=0.031,
+        restart_cost_seconds=55.0,
+        last_scale_time=1234.5,
+        forced_from=(8,),
+        left_downwards=(16,),
+    )
+    data = json.loads(json.dumps(memory.to_dict()))
+    assert data["points"][0] == {
+        "replicas": 4, "nodes": 1, "samplesPerSecond": 390.5, "gpuUtilization": 0.91, "samples": 20,
+    }  # fmt: skip
+    assert "samplesPerSecond" not in data["points"][1]  # no nulls in status
+    assert AutoscalerMemory.from_dict(data) == memory
+    # the status model (so the CRD schema) declares every key: the apiserver keeps them
+    status = AutoscalingStatus.model_validate({"memory": data})
+    assert status.memory is not None
+    assert status.model_dump(by_alias=True, exclude_none=True)["memory"] == data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"points": None, "forcedFrom": None}, id="nulls"),
+        pytest.param({"points": [{"replicas": 4}], "restartCostSeconds": "x"}, id="partial-point"),
+        pytest.param(
+            {"points": [{"replicas": 4, "nodes": 1, "samples": 3, "gpuUtilization": 7}]},
+            id="percent-not-ratio",
+        ),
+        pytest.param({"points": ["junk"], "leftDownwards": [-1, True, 3]}, id="junk"),
+    ],
+)
+def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type: ignore[no-untyped-def]
+    memory = AutoscalerMemory.from_dict(data)
+    assert memory.points == ()
+    assert memory.restart_cost_seconds is None
+    assert set(memory.left_downwards) <= {3}
+
+
+def test_restored_autoscaler_resumes_without_exploring() -> None:
+    tau = amdahl(0.03)
+    spec = make_spec(replicas=4)
+    first = JobAutoscaler(spec)
+    settled, t, _ = run(first, tau, 4, 0.0, 240)  # two hours: explores, settles
+    memory = AutoscalerMemory.from_dict(json.loads(json.dumps(first.memory().to_dict())))
+    assert {p.replicas for p in memory.points} >= {4, settled}
+    # an operator restart: a new autoscaler from status, fresh observations at the same count
+    resumed = JobAutoscaler(spec.model_copy(update={"replicas": settled}), memory=memory)
+    final, _, recs = run(resumed, tau, settled, t + 600.0, 40)
+    assert final == settled, [r.reason for r in recs if r.replicas != r.current_replicas]
+    assert not any(r.exploring for r in recs)
+    assert recs[-1].model is not None and len(recs[-1].model.counts) >= 2
+    fresh = JobAutoscaler(spec.model_copy(update={"replicas": settled}))
+    _, _, fresh_recs = run(fresh, tau, settled, t + 600.0, 40)
+    assert fresh_recs[-1].model is not None and fresh_recs[-1].model.counts == (settled,)
+
+
+def test_forced_down_by_unschedulable_pods_returns_when_they_fit() -> None:
+    tau = amdahl(0.03)
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    current, t, _ = run(autoscaler, tau, 4, 0.0, 120)
+    assert current == 12  # the objective wants maxReplicas on this curve
+    t += INTERVAL
+    (o,) = steady(12, start=t, count=1, tau=tau)
+    rec = autoscaler.decide([o], current_replicas=12, now=t, pending_replicas=4,
+                            unschedulable_replicas=4)  # fmt: skip
+    assert (rec.replicas, rec.limited_by, rec.forced) == (8, LimitedBy.UNSCHEDULABLE, True)
+    assert autoscaler.memory().forced_from == (12,)
+    back, _, recs = run(autoscaler, tau, 8, t, 20)
+    assert back == 12, [r.reason for r in recs]
+    assert any("returning to 12 (left by force)" in r.reason for r in recs)
+
+
+def test_ceiling_forces_down_and_caps_then_lifts() -> None:
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=16))
+    current, t, _ = run(autoscaler, linear, 4, 0.0, 60)
+    assert current == 16
+    current, t, recs = run(autoscaler, linear, current, t, 1, ceiling=6)
+    assert current == 6 and recs[0].limited_by is LimitedBy.CEILING and recs[0].forced
+    assert "cluster ceiling 6 < 16 replicas; moving to 6" in recs[0].reason
+    current, t, recs = run(autoscaler, linear, current, t, 20, ceiling=10)
+    assert current == 10 and recs[-1].limited_by is LimitedBy.CEILING
+    current, _, recs = run(autoscaler, linear, current, t, 20)
+    assert current == 16, [r.reason for r in recs]
+
+
+def test_a_count_left_by_choice_is_not_returned_to_on_a_whim() -> None:
+    autoscaler = JobAutoscaler(make_spec(replicas=16, hi=16, scaleDownStabilizationSeconds=0))
+    current, _, _ = run(autoscaler, amdahl(0.1), 16, 0.0, 60)
+    assert current < 16
+    assert 16 in autoscaler.memory().left_downwards
+    assert autoscaler.memory().forced_from == ()
+
+
+def test_predict_throughput_per_count_and_nodes() -> None:
+    tau = cliff(0.01, 0.3, 4)
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=32))
+    assert autoscaler.predict_throughput(4) is None
+    gpus = Placement((4,), gpus_per_node=4)
+    t = 0.0
+    for n, nodes in ((2, 1), (4, 1), (8, 2)):
+        for o in steady(n, start=t, count=8, tau=tau):
+            autoscaler.decide([Observation(o.timestamp, n, o.gpu_utilization,
+                                           o.samples_per_second, nodes)],
+                              current_replicas=n, now=o.timestamp, placement=gpus)  # fmt: skip
+        t += 8 * INTERVAL + 3600.0
+    assert autoscaler.predict_throughput(12) == pytest.approx(RATE * 12 / tau(12), rel=0.03)
+    assert autoscaler.predict_throughput(5) == pytest.approx(RATE * 5 / tau(5), rel=0.03)
+    one_node = autoscaler.predict_throughput(4, nodes=1)
+    two_nodes = autoscaler.predict_throughput(4, nodes=2)
+    assert one_node is not None and two_nodes is not None and two_nodes < one_node
+
+
+def test_history_and_targets_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autoscaler_module, "MAX_TARGETS_KEPT", 100)
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=8))
+    run(autoscaler, amdahl(0.05), 4, 0.0, 400)  # 3 h 20 min
+    assert len(autoscaler._targets) == 100
+    assert len(autoscaler._observations) <= 3600 / INTERVAL + 20 * 8 + 1

@@ -1,0 +1,250 @@
+"""Each step of the decision pipeline alone, as a table: the context it gets, what it does.
+
+Covers every entry of ``STEPS`` in order (hard limits, metrics freshness, settling, fit,
+objective, exploration, pending pods, restart payback, confidence, stabilization): when it
+decides (and what it says), when it passes on (None); that ``recommend`` reports the step
+that decided and its reason leads with it; and that the docs name the same steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.policy_sim import amdahl, linear, make_spec, steady
+from trainscale.operator.autoscaling.policy import (
+    STEPS,
+    DecisionContext,
+    LimitedBy,
+    Observation,
+    Recommendation,
+    recommend,
+)
+
+NOW = 10 * 30.0
+STEP = dict(STEPS)
+
+
+def context(observations: list[Observation], current: int, now: float = NOW, *,
+            spec: dict[str, Any] | None = None, **kw: Any) -> DecisionContext:  # fmt: skip
+    spec = spec or {}
+    inside = min(max(current, spec.get("lo", 1)), spec.get("hi", 32))  # a spec must validate
+    return DecisionContext(make_spec(replicas=inside, **spec), observations, current, now, **kw)
+
+
+def run_to(ctx: DecisionContext, name: str) -> Recommendation | None:
+    """Run the steps before ``name`` (each must pass on), then ``name`` itself."""
+    for step_name, step in STEPS:
+        if step_name == name:
+            return step(ctx)
+        assert step(ctx) is None, step_name
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    ("spec", "current", "kw", "replicas", "limited_by", "says"),
+    [
+        pytest.param({"hi": 8}, 12, {}, 8, LimitedBy.BOUND, "replicas 12 outside bounds", id="above-max"),
+        pytest.param({"lo": 2}, 1, {}, 2, LimitedBy.BOUND, "moving to minReplicas 2", id="below-min"),
+        pytest.param({}, 8, {"unschedulable": 2, "pending": 2}, 6, LimitedBy.UNSCHEDULABLE,
+                     "2 of 8 pods unschedulable; capping at the 6 that ran", id="unschedulable"),
+        pytest.param({}, 8, {"cap": 3}, 3, LimitedBy.CEILING, "cluster ceiling 3 < 8 replicas",
+                     id="ceiling"),
+        pytest.param({"objective": "budget", "maxCostPerHour": 6, "costPerGpuHour": 1.5}, 8, {}, 4,
+                     LimitedBy.BUDGET, "cost 12.00/h at 8 > budget 6.00/h; 4 fits", id="budget"),
+        pytest.param({}, 8, {"cap": 8}, None, None, "", id="within-limits"),
+    ],
+)  # fmt: skip
+def test_hard_limits(spec, current, kw, replicas, limited_by, says) -> None:  # type: ignore[no-untyped-def]
+    rec = STEP["hard limits"](context([], current, spec=spec, **kw))
+    if replicas is None:
+        assert rec is None
+        return
+    assert rec is not None and (rec.replicas, rec.limited_by, rec.forced) == (
+        replicas,
+        limited_by,
+        True,
+    )
+    assert says in rec.reason
+
+
+@pytest.mark.parametrize(
+    ("observations", "spec", "says"),
+    [
+        pytest.param([], {}, "no metrics yet", id="none"),
+        pytest.param(steady(4, count=5), {}, "no fresh metrics for 180 s (stale after 90 s)", id="stale"),
+        pytest.param(steady(4, util=False), {"objective": "utilization"}, "needs GPU utilization",
+                     id="utilization-without-gpu-metrics"),
+        pytest.param(steady(4), {}, None, id="fresh"),
+    ],
+)  # fmt: skip
+def test_metrics_freshness(observations, spec, says) -> None:  # type: ignore[no-untyped-def]
+    rec = run_to(context(observations, 4, spec=spec), "metrics freshness")
+    if says is None:
+        assert rec is None
+    else:
+        assert rec is not None and rec.metrics_stale and says in rec.reason and rec.replicas == 4
+
+
+@pytest.mark.parametrize(
+    ("observations", "current", "says"),
+    [
+        pytest.param(steady(4), 8, "waiting for 8 replicas to run (metrics show 4)", id="waiting"),
+        pytest.param([*steady(2, count=8), *steady(4, start=240, count=2)], 4,
+                     "measuring 4 replicas (2/3 settled samples)", id="measuring"),
+        pytest.param([*steady(4, count=9), Observation(270.0, 4, 0.1, 10.0)], 4,
+                     "throughput below its steady level", id="dipped"),
+        pytest.param(steady(4), 4, None, id="settled"),
+    ],
+)  # fmt: skip
+def test_settling(observations, current, says) -> None:  # type: ignore[no-untyped-def]
+    rec = run_to(context(observations, current), "settling")
+    assert (rec is None) == (says is None)
+    if rec is not None:
+        assert says in rec.reason and rec.replicas == current
+
+
+def test_fit_passes_with_a_model_and_holds_without_one() -> None:
+    ctx = context(steady(4), 4)
+    assert run_to(ctx, "fit") is None and ctx.model is not None and ctx.est is not None
+    bare = context(steady(4), 4)
+    run_to(bare, "metrics freshness")
+    assert bare.analysis is not None
+    bare.analysis.points.clear()  # nothing settled enough to fit
+    rec = STEP["fit"](bare)
+    assert rec is not None and "not enough settled samples to fit a model" in rec.reason
+
+
+@pytest.mark.parametrize(
+    ("observations", "current", "kw", "target", "limited", "says"),
+    [
+        pytest.param(steady(4), 4, {}, 8, None, "trust region ends at 8 (measured up to 4)",
+                     id="linear-up-to-the-trust-region"),
+        pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
+                     id="capped-by-the-ceiling"),
+        pytest.param([*steady(6, tau=amdahl(0.05)), *steady(8, start=300, tau=amdahl(0.05)),
+                      *steady(9, start=600, tau=amdahl(0.05))], 9, {}, 9, None,
+                     "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69", id="at-the-floor"),
+    ],
+)  # fmt: skip
+def test_objective(observations, current, kw, target, limited, says) -> None:  # type: ignore[no-untyped-def]
+    now = observations[-1].timestamp + 30.0
+    ctx = context(observations, current, now, **kw)
+    assert run_to(ctx, "objective") is None
+    assert (ctx.target, ctx.limited) == (target, limited)
+    assert says in ctx.reason
+
+
+@pytest.mark.parametrize(
+    ("observations", "current", "target", "exploring"),
+    [
+        pytest.param(steady(4, util=False), 4, 5, True, id="one-count-explores-the-next"),
+        pytest.param([*steady(4, util=False), *steady(6, start=300, util=False)], 6, None, False,
+                     id="two-counts-no-exploration"),
+    ],
+)  # fmt: skip
+def test_exploration(observations, current, target, exploring) -> None:  # type: ignore[no-untyped-def]
+    ctx = context(observations, current, observations[-1].timestamp + 30.0)
+    assert run_to(ctx, "exploration") is None
+    before = ctx.target
+    assert ctx.exploring is exploring
+    assert ctx.target == (target if target is not None else before)
+
+
+@pytest.mark.parametrize(
+    ("target", "pending", "holds"),
+    [
+        pytest.param(8, 1, True, id="up-while-pending-holds"),
+        pytest.param(3, 1, False, id="down-while-pending-passes"),
+        pytest.param(8, 0, False, id="up-without-pending-passes"),
+    ],
+)
+def test_pending_pods(target: int, pending: int, holds: bool) -> None:
+    ctx = context(steady(4), 4, pending=pending)
+    ctx.target, ctx.reason = target, "proposal"
+    rec = STEP["pending pods"](ctx)
+    assert (rec is not None) is holds
+    if rec is not None:
+        assert (
+            rec.replicas == 4
+            and f"{pending} pods pending, not asking for more than 4" in rec.reason
+        )
+
+
+@pytest.mark.parametrize(
+    ("restart", "target", "holds"),
+    [
+        pytest.param(600, 15, True, id="small-gain-big-restart-holds"),
+        pytest.param(10, 15, False, id="small-gain-small-restart-passes"),
+    ],
+)
+def test_restart_payback(restart: int, target: int, holds: bool) -> None:
+    tau = amdahl(0.02)
+    obs = [*steady(12, tau=tau), *steady(13, start=300, tau=tau), *steady(14, start=600, tau=tau)]
+    ctx = context(
+        obs, 14, 900.0, spec={"hi": 15, "minEfficiency": 0.5, "restartCostSeconds": restart}
+    )
+    assert run_to(ctx, "pending pods") is None
+    ctx.target = target
+    rec = STEP["restart payback"](ctx)
+    assert (rec is not None) is holds
+    if rec is not None:
+        assert f"does not pay a {restart} s restart within 30 min" in rec.reason
+
+
+def _jittered(n: int, start: float, count: int) -> list[Observation]:
+    return [
+        Observation(o.timestamp, n, o.gpu_utilization, o.samples_per_second * (1.03, 0.97)[i % 2])  # type: ignore[operator]
+        for i, o in enumerate(steady(n, start=start, count=count, tau=amdahl(0.03)))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kw", "holds", "says"),
+    [
+        pytest.param({}, True, "15 not confidently better than 14", id="creep-holds"),
+        pytest.param({"forced_from": frozenset({15})}, False, "returning to 15 (left by force)",
+                     id="forced-off-returns"),
+    ],
+)  # fmt: skip
+def test_confidence(kw: dict[str, Any], holds: bool, says: str) -> None:
+    obs = [*_jittered(4, 0, 6), *_jittered(8, 300, 6), *_jittered(14, 600, 20)]
+    ctx = context(obs, 14, 1200.0, **kw)
+    assert run_to(ctx, "restart payback") is None
+    assert ctx.target == 15
+    rec = STEP["confidence"](ctx)
+    assert (rec is not None) is holds
+    assert says in (rec.reason if rec is not None else ctx.reason)
+
+
+@pytest.mark.parametrize(
+    ("spec", "recent", "replicas", "says"),
+    [
+        pytest.param({}, [], 8, "scale-down to 5 waits for stabilization (0/300 s)", id="waits"),
+        pytest.param({}, [(t, 5) for t in range(300, 600, 30)], 5, "scaling down to 5", id="held-long-enough"),
+        pytest.param({"scaleDownStabilizationSeconds": 0}, [], 5, "scaling down to 5", id="no-window"),
+    ],
+)  # fmt: skip
+def test_stabilization(spec, recent, replicas, says) -> None:  # type: ignore[no-untyped-def]
+    tau = amdahl(0.1)
+    obs = [*steady(4, tau=tau), *steady(8, start=300, tau=tau)]
+    ctx = context(obs, 8, 600.0, spec=spec, recent_targets=recent)
+    rec = run_to(ctx, "stabilization")
+    assert rec is not None and rec.target == 5 and rec.replicas == replicas
+    assert says in rec.reason
+
+
+def test_recommend_names_the_step_that_decided() -> None:
+    assert recommend(make_spec(replicas=4), [], 4, NOW).step == "metrics freshness"
+    assert recommend(make_spec(replicas=8, hi=8), [], 12, NOW).step == "hard limits"
+    rec = recommend(make_spec(replicas=4), steady(4, tau=linear), 4, NOW)
+    assert rec.step == "stabilization"
+    assert rec.reason.startswith("stabilization: efficiency 0.95 at 4 >= floor 0.70")
+
+
+def test_docs_name_the_same_steps() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "autoscaling.md").read_text()
+    for name, _ in STEPS:
+        assert f"**{name.capitalize()}**" in docs, name
