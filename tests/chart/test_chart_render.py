@@ -152,6 +152,22 @@ DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
+# Cluster arbitration's read-only view of what holds GPUs (operator.arbitration.enabled).
+ARBITRATION_RULES = {
+    ("", "nodes"): {"get", "list"},
+    ("", "pods"): {"list"},
+    ("scheduling.k8s.io", "priorityclasses"): {"list"},
+    ("trainscale.dev", "trainingjobs"): {"list"},
+}
+
+
+def merged(*tables: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
+    """Rule tables joined, verbs of the same resource united."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for table in tables:
+        for key, verbs in table.items():
+            out.setdefault(key, set()).update(verbs)
+    return out
 
 
 def peering_rules(resource: str) -> dict[tuple[str, str], set[str]]:
@@ -266,9 +282,12 @@ def test_default_args_watch_all_namespaces(render: Any) -> None:
         "8081",
         "--prometheus-url",
         "http://prometheus-operated.monitoring.svc:9090",
+        "--arbitration-interval",
+        "10",
     ]
     parsed = _parse_operator_args(args)
     assert parsed.all_namespaces and not parsed.namespace and parsed.peering is None
+    assert parsed.arbitration and parsed.arbitration_interval == 10
 
 
 def test_args_with_namespaces_peering_and_extra_flags(render: Any) -> None:
@@ -322,13 +341,17 @@ def test_no_wildcards_and_no_secrets(render: Any, values: dict[str, Any]) -> Non
         for rule in obj["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{obj['kind']} {rule}"
-            assert not {"secrets", "configmaps", "nodes"} & set(rule["resources"])
+            assert not {"secrets", "configmaps"} & set(rule["resources"])
+            if "nodes" in rule["resources"]:  # arbitration reads node capacity, never writes
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
 
 
 def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
     objects = render({})
-    assert rules_of(one(objects, "ClusterRole")) == DISCOVERY_RULES | NAMESPACED_RULES
+    assert rules_of(one(objects, "ClusterRole")) == merged(
+        DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES
+    )
     assert not by_kind(objects, "Role")
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
@@ -347,14 +370,21 @@ def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
 
 def test_cluster_wide_peering_rbac(render: Any) -> None:
     objects = render({"operator": {"peering": {"enabled": True}}})
-    assert rules_of(one(objects, "ClusterRole")) == (
-        DISCOVERY_RULES | NAMESPACED_RULES | peering_rules("clusterkopfpeerings")
+    assert rules_of(one(objects, "ClusterRole")) == merged(
+        DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES, peering_rules("clusterkopfpeerings")
     )
+
+
+def test_without_arbitration_the_operator_reads_no_nodes(render: Any) -> None:
+    objects = render({"operator": {"arbitration": {"enabled": False}}})
+    assert rules_of(one(objects, "ClusterRole")) == merged(DISCOVERY_RULES, NAMESPACED_RULES)
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-arbitration" in args
 
 
 def test_watched_namespaces_get_roles_and_nothing_cluster_wide_but_discovery(render: Any) -> None:
     objects = render(EVERYTHING_ON)
-    assert rules_of(one(objects, "ClusterRole")) == DISCOVERY_RULES
+    assert rules_of(one(objects, "ClusterRole")) == merged(DISCOVERY_RULES, ARBITRATION_RULES)
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     for role in roles:

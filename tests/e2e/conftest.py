@@ -26,16 +26,20 @@ TRAINSCALE = Path(sys.executable).with_name("trainscale")
 class OperatorProcess:
     """``trainscale operator`` as a child process with the test-bed's KUBECONFIG."""
 
-    def __init__(self, testbed: Testbed, namespaces: str, log_path: Path) -> None:
+    def __init__(
+        self, testbed: Testbed, namespaces: str, log_path: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.testbed = testbed
         self.namespaces = namespaces
         self.log_path = log_path
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = self.testbed.env()
         argv = [str(TRAINSCALE), "operator", "--namespace", self.namespaces,
-                "--metrics-port", "0", "--liveness-port", "0", "--log-level", "INFO"]  # fmt: skip
+                "--metrics-port", "0", "--liveness-port", "0", "--log-level", "INFO",
+                *self.extra_args]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)  # fmt: skip
@@ -65,14 +69,16 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def operator_factory(
     testbed: Testbed, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], OperatorProcess]]:
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start operators watching a namespace glob; all are stopped at the end of the session."""
     started: list[OperatorProcess] = []
     logs = tmp_path_factory.mktemp("operator-logs")
     counter = itertools.count()
 
-    def start(namespaces: str) -> OperatorProcess:
-        op = OperatorProcess(testbed, namespaces, logs / f"operator-{next(counter)}.log")
+    def start(namespaces: str, *extra_args: str) -> OperatorProcess:
+        op = OperatorProcess(
+            testbed, namespaces, logs / f"operator-{next(counter)}.log", tuple(extra_args)
+        )
         started.append(op.start())
         return op
 
@@ -82,15 +88,15 @@ def operator_factory(
 
 
 @pytest.fixture(scope="session")
-def operator(operator_factory: Callable[[str], OperatorProcess]) -> OperatorProcess:
+def operator(operator_factory: Callable[..., OperatorProcess]) -> OperatorProcess:
     """The session's operator, watching every ``e2e-*`` namespace."""
     return operator_factory(f"{SHARED_PREFIX}*")
 
 
 @pytest.fixture
 def private_operator(
-    kubectl: Any, operator_factory: Callable[[str], OperatorProcess]
-) -> Iterator[tuple[str, Callable[[], OperatorProcess]]]:
+    kubectl: Any, operator_factory: Callable[..., OperatorProcess]
+) -> Iterator[tuple[str, Callable[..., OperatorProcess]]]:
     """A namespace no session operator watches, and a starter of operators for it alone.
 
     At teardown an operator runs while the namespace is cleaned (it lifts the job's
@@ -99,8 +105,8 @@ def private_operator(
     name = make_namespace(kubectl, "restart-")
     mine: list[OperatorProcess] = []
 
-    def start() -> OperatorProcess:
-        mine.append(operator_factory(name))
+    def start(*extra_args: str) -> OperatorProcess:
+        mine.append(operator_factory(name, *extra_args))
         return mine[-1]
 
     yield name, start

@@ -66,6 +66,7 @@ def test_names_and_subresources() -> None:
         "Replicas",
         "Ready",
         "Desired",
+        "Share",
         "Min",
         "Max",
         "GPU-Util",

@@ -272,3 +272,35 @@ def test_parse_failed_pod_reports_exit_code() -> None:
 def test_backoff_grows_and_caps() -> None:
     assert [compute_backoff_seconds(n) for n in (0, 1, 2, 3)] == [0.0, 5.0, 10.0, 20.0]
     assert compute_backoff_seconds(50) == 300.0
+
+
+def test_a_new_queued_job_creates_nothing(spec_dict: dict[str, Any]) -> None:
+    """Rule 7: no worker and no rendezvous pod while arbitration has not admitted the job."""
+    reason = "queued: needs 4 GPUs, 2 free"
+    plan = decide_reconcile(
+        _spec(spec_dict, replicas=3), "j", 1, {}, [], False, False, NOW, queued=reason
+    )
+    assert (plan.create_workers, plan.create_rendezvous_pod, plan.create_rendezvous_service) == (
+        (),
+        False,
+        False,
+    )
+    assert plan.status["phase"] == "Queued"
+    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "Queued", reason)
+
+
+def test_a_queued_job_gives_its_workers_back_gracefully(spec_dict: dict[str, Any]) -> None:
+    plan = decide(
+        _spec(spec_dict, replicas=2),
+        [running(0), running(1)],
+        status={"phase": "Running"},
+    )
+    assert plan.delete_workers == ()
+    queued = decide_reconcile(
+        _spec(spec_dict, replicas=2), "j", 7, {"phase": "Running"}, [running(0), running(1)],
+        True, True, NOW, queued="queued: the cluster shrank",
+    )  # fmt: skip
+    assert [name for name, _ in queued.delete_workers] == ["j-worker-1", "j-worker-0"]
+    assert queued.create_workers == ()
+    assert queued.status["phase"] == "Queued"

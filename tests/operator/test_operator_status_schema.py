@@ -24,7 +24,9 @@ import yaml
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.api.crd import build_crd
+from trainscale.operator.autoscaling.arbiter import Capacity
 from trainscale.operator.autoscaling.autoscaler import AutoscalerMemory, MeasuredPoint
+from trainscale.operator.autoscaling.cluster import ManagedJob, decide_arbitration
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     ModelSource,
@@ -100,6 +102,23 @@ def reconcile_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
                       message="0/2 nodes are available")  # fmt: skip
     yield "unschedulable", decide([running(0), stuck], steady)
     yield "invalid spec", build_invalid_spec_status(steady, "spec.replicas: bad", GENERATION, NOW)
+    queued = decide_reconcile(spec, "j", GENERATION, steady, [running(0)], True, True, NOW,
+                              queued="queued: needs 4 GPUs, 2 free")  # fmt: skip
+    yield "queued by arbitration", queued.status
+
+
+def arbitration_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(situation, status patch) for the cluster arbitration pass."""
+    spec = _spec(spec_dict, autoscaling={"enabled": True})
+    running_job = ManagedJob("d/a", spec, created=1.0, running_nodes={"n1": 2},
+                             throughput={1: 1.0, 2: 2.0, 4: 3.5})  # fmt: skip
+    waiting = ManagedJob("d/b", _spec(spec_dict, replicas=4, minReplicas=4,
+                                      autoscaling={"enabled": True}), created=2.0)  # fmt: skip
+    results = decide_arbitration([running_job, waiting], Capacity({"n1": 8}), {}, NOW)
+    yield "arbitrated", results["d/a"].status_patch
+    yield "queued", results["d/b"].status_patch
+    blind = decide_arbitration([running_job], Capacity({}), {}, NOW)
+    yield "no GPUs visible", blind["d/a"].status_patch
 
 
 def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -140,7 +159,11 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
 
 @pytest.fixture
 def patches(spec_dict: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [*reconcile_patches(spec_dict), *autoscale_patches(spec_dict)]
+    return [
+        *reconcile_patches(spec_dict),
+        *autoscale_patches(spec_dict),
+        *arbitration_patches(spec_dict),
+    ]
 
 
 def undeclared(value: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
@@ -203,8 +226,12 @@ def test_every_written_field_is_declared(
 
 def test_every_declared_field_is_written(patches: list[tuple[str, dict[str, Any]]]) -> None:
     written = {p for _, patch in patches for p in written_paths(patch)}
-    # The fitted model is a free-form map; its keys are not part of the schema.
-    written = {p for p in written if not re.match(r"status\.autoscaling\.model\.", p)}
+    # The fitted model and the preferred packing are free-form maps; their keys are data.
+    written = {
+        p
+        for p in written
+        if not re.match(r"status\.(autoscaling\.model|arbitration\.preferredNodes)\.", p)
+    }
     declared = set(declared_paths(SCHEMAS["generated"]))
     assert declared - written == set(), "declared but never written by any situation"
     assert written - declared == set(), "written but not declared"

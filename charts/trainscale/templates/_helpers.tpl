@@ -176,6 +176,26 @@ What kopf needs cluster-wide in every mode: discover CRDs and namespaces.
 {{- end }}
 
 {{/*
+Cluster arbitration (operator.arbitration.enabled) divides GPUs between jobs, so it reads,
+cluster-wide and read-only, what holds GPUs: nodes (allocatable nvidia.com/gpu), every pod
+bound to a node (its GPU requests), PriorityClass values and every TrainingJob.
+*/}}
+{{- define "trainscale.rbac.arbitrationRules" -}}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["list"]
+- apiGroups: ["trainscale.dev"]
+  resources: ["trainingjobs"]
+  verbs: ["list"]
+{{- end }}
+
+{{/*
 kopf peering: watch all peering objects of the kind, create the shared one if it is missing
 (a chart cannot create an instance of a CRD it installs in the same release), and read/patch
 only that one (keep-alives). Argument: list $ "clusterkopfpeerings"|"kopfpeerings".

@@ -152,8 +152,9 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
 
     One LIST per call, served from the apiserver's watch cache (``resourceVersion=0``: cheap,
     possibly a moment old, which is fine for node sizes). Each node is returned as
-    ``{"metadata": {"name": ...}, "status": {"allocatable": {"nvidia.com/gpu": ...}}}``, the
-    shape :func:`trainscale.operator.autoscaling.observed_placement.build_placement` reads.
+    ``{"metadata": {"name": ...}, "spec": {"unschedulable": ...}, "status": {"allocatable":
+    {"nvidia.com/gpu": ...}}}``, the shape :func:`trainscale.operator.autoscaling.
+    observed_placement.build_placement` and cluster arbitration read.
     Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
     once and returns no nodes: placement is then known from the pods alone, without GPUs per
     node.
@@ -176,6 +177,7 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
             nodes.append(
                 {
                     "metadata": {"name": name},
+                    "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
                     "status": {"allocatable": {api.GPU_RESOURCE: str(gpus)}},
                 }
             )
@@ -265,3 +267,29 @@ def job_name_of_pod(labels: Mapping[str, str] | None) -> str | None:
     if not labels:
         return None
     return labels.get(LABEL_JOB_NAME) if LABEL_COMPONENT in labels else None
+
+
+# -- the cluster view of arbitration: one list of each per pass, for every job at once --------
+
+
+def fetch_bound_pods(clients: KubernetesClients) -> list[dict[str, Any]]:
+    """Every pod bound to a node and not finished, in all namespaces (what holds GPUs)."""
+    selector = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+    found = _request(clients, "GET", "/api/v1/pods", query={"fieldSelector": selector}) or {}
+    return list(found.get("items") or [])
+
+
+def fetch_all_jobs(clients: KubernetesClients) -> list[dict[str, Any]]:
+    """Every TrainingJob in the cluster."""
+    path = f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}"
+    found = _request(clients, "GET", path) or {}
+    return list(found.get("items") or [])
+
+
+def fetch_priority_values(clients: KubernetesClients) -> dict[str, int]:
+    """PriorityClass name -> value (what the scheduler orders pods by)."""
+    found = _request(clients, "GET", "/apis/scheduling.k8s.io/v1/priorityclasses") or {}
+    return {
+        (item.get("metadata") or {}).get("name", ""): int(item.get("value") or 0)
+        for item in found.get("items") or []
+    }

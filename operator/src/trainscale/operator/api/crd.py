@@ -67,6 +67,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".spec.replicas",
         "description": "Desired workers (spec.replicas)",
     },
+    {
+        "name": "Share",
+        "type": "integer",
+        "jsonPath": ".status.arbitration.ceiling",
+        "description": "Most workers cluster arbitration allows the job now",
+    },
     {"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas", "priority": 0},
     {"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas", "priority": 0},
     {

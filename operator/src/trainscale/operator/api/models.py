@@ -186,6 +186,16 @@ class AutoscalingSpec(_Model):
         default_factory=PrometheusSpec,
         description="Where and how to read the job's metrics.",
     )
+    cluster_arbitration: bool = Field(
+        default=True,
+        description=(
+            "Share the cluster's GPUs with the other arbitrated jobs: the operator gives each "
+            "job a ceiling from what every job would gain per GPU, admits jobs whose "
+            "minReplicas fit (others wait as Queued, creating no pods) and honours "
+            "PriorityClass values. false: this job autoscales on its own and its GPUs are "
+            "subtracted like any other pod's."
+        ),
+    )
 
     @model_validator(mode="after")
     def _budget_needs_a_ceiling(self) -> AutoscalingSpec:
@@ -524,6 +534,7 @@ class Phase(enum.StrEnum):
     """Lifecycle of a TrainingJob, as shown in `kubectl get tj`."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     SCALING = "Scaling"
     SUCCEEDED = "Succeeded"
@@ -642,21 +653,26 @@ class AutoscalingStatus(_Model):
 
 
 class ArbitrationStatus(_Model):
-    """What cluster arbitration allows this job, when several jobs share the GPUs."""
+    """The job's share of the cluster, as cluster arbitration decided it last."""
 
     ceiling: int | None = Field(
         default=None,
         ge=0,
-        description="Most workers the job may run now; its autoscaler never asks for more.",
+        description="Most workers the job may run now (its autoscaler never asks for more).",
     )
     queued: bool = Field(
-        default=False,
-        description="The job waits for GPUs for its minReplicas; no worker pods are created.",
+        default=False, description="The job waits for GPUs for its minReplicas: no pods."
     )
-    reason: str | None = Field(default=None, description="Why, in words.")
-    waiting_jobs: int = Field(default=0, ge=0, description="Jobs queued in the cluster.")
-    last_decision_time: str | None = Field(
-        default=None, description="When the arbiter last decided (RFC 3339)."
+    wanted: int | None = Field(
+        default=None, ge=0, description="Workers the job would take on an empty cluster."
+    )
+    reason: str = Field(default="", description="Why, in words.")
+    preferred_nodes: dict[str, int] = Field(
+        default_factory=dict, description="Preferred packing: node name -> workers."
+    )
+    waiting_jobs: int = Field(default=0, ge=0, description="Jobs queued cluster-wide.")
+    last_update_time: str | None = Field(
+        default=None, description="When arbitration last decided (RFC 3339)."
     )
 
 
@@ -664,7 +680,8 @@ class TrainingJobStatus(_Model):
     """Observed state of a TrainingJob, written by the operator."""
 
     phase: Phase = Field(
-        default=Phase.PENDING, description="Pending, Running, Scaling, Succeeded or Failed."
+        default=Phase.PENDING,
+        description="Pending, Queued, Running, Scaling, Succeeded or Failed.",
     )
     replicas: int = Field(
         default=0, ge=0, description="Worker pods that exist and are not terminating."
@@ -701,7 +718,6 @@ class TrainingJobStatus(_Model):
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last observation, model and decisions."
     )
-
     arbitration: ArbitrationStatus | None = Field(
         default=None, description="Cluster arbitration's ceiling for this job, or why it waits."
     )

@@ -52,6 +52,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
             log_level=args.log_level,
+            arbitration=args.arbitration,
+            arbitration_interval_seconds=args.arbitration_interval,
         )
     )
 
@@ -170,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer silent this long is presumed dead and another replica takes over",
     )
     op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    op.add_argument(
+        "--no-arbitration",
+        dest="arbitration",
+        action="store_false",
+        help="let every autoscaled job grow on its own instead of dividing the cluster's GPUs "
+        "between them (cluster arbitration is on by default)",
+    )
+    op.add_argument(
+        "--arbitration-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often cluster arbitration re-divides the GPUs",
+    )
     op.set_defaults(func=_cmd_operator)
 
     _add_simulate(sub)

@@ -19,6 +19,9 @@ Rules, in order:
 5. Missing indices below ``spec.replicas`` are created, unless the old pod of that name is
    still terminating or the index is in backoff.
 6. The rendezvous Service and pod exist while the job is not finished.
+7. A job that cluster arbitration queued (its minReplicas do not fit, or arbitration has not
+   admitted it yet) runs nothing: no worker and no rendezvous pod is created, workers that
+   exist are deleted gracefully, and the phase is Queued with the arbiter's reason.
 """
 
 from __future__ import annotations
@@ -163,6 +166,7 @@ def decide_reconcile(
     rendezvous_pod_exists: bool,
     rendezvous_service_exists: bool,
     now: dt.datetime,
+    queued: str | None = None,
 ) -> ReconcilePlan:
     """Return the next step for one job from what exists now (the rules of the module doc).
 
@@ -174,7 +178,10 @@ def decide_reconcile(
         workers: the job's worker pods as they are now.
         rendezvous_pod_exists / rendezvous_service_exists: what exists of the rendezvous.
         now: the current time (timezone-aware).
+        queued: why cluster arbitration holds the job back (rule 7); None when it runs.
     """
+    if queued is not None:
+        spec = spec.model_copy(update={"replicas": 0})
     previous_phase = status.get("phase") or api.Phase.PENDING.value
     prev_conditions = list(status.get("conditions") or [])
     step = _Pass(
@@ -215,6 +222,11 @@ def decide_reconcile(
     settling = bool(step.creates or step.deletes or any(w.terminating for w in workers))
     step.phase = _decide_phase(spec, len(live) + len(step.creates), ready, settling)
     conditions = _running_conditions(spec, prev_conditions, live, ready, now, generation)
+    if queued is not None:
+        step.phase = api.Phase.QUEUED.value
+        conditions[0] = build_condition(
+            prev_conditions, "Ready", "False", "Queued", queued, now, generation
+        )
     new_status = _status_patch(
         job_name,
         generation,
@@ -231,8 +243,8 @@ def decide_reconcile(
             EventSpec("Normal", f"Phase{step.phase}", f"Phase {previous_phase} -> {step.phase}")
         )
     return ReconcilePlan(
-        create_rendezvous_service=not rendezvous_service_exists,
-        create_rendezvous_pod=not rendezvous_pod_exists,
+        create_rendezvous_service=not rendezvous_service_exists and queued is None,
+        create_rendezvous_pod=not rendezvous_pod_exists and queued is None,
         delete_workers=tuple(step.deletes),
         create_workers=tuple(step.creates),
         status=new_status,

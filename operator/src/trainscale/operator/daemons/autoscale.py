@@ -21,9 +21,11 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s, prometheus
-from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, policy
+from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
+from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.controller import reconcile
+from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
     RESYNC_SECONDS,
     WAKEUPS,
@@ -43,6 +45,7 @@ class JobLoop:
     autoscaler: JobAutoscaler | None = None
     running: int = 0  # workers running at the last pass ...
     running_since: float = 0.0  # ... and since when that count has held
+    restart_cost_seconds: float = 0.0  # what a resize costs the job (offered to arbitration)
 
 
 def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
@@ -58,8 +61,14 @@ async def autoscale_job(
     loop: JobLoop,
     prometheus_url: str,
     wall_clock: Callable[[], float] = time.time,
+    arbitration: ClusterArbitration | None = None,
 ) -> float:
-    """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next."""
+    """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next.
+
+    With ``arbitration`` (the process's cluster arbitration) the job offers its model to the
+    cluster pass, runs it when it is due, and never asks for more than its ceiling; a queued
+    job decides nothing (it runs nothing).
+    """
     clients = k8s.load_clients()
     metrics = get_metrics()
     # -- observe (outside the lock: Prometheus may be slow) --------------------------------
@@ -78,7 +87,18 @@ async def autoscale_job(
         loop.autoscaler = restore_autoscaler(spec, body.get("status") or {})
     autoscaler = loop.autoscaler
     autoscaler.update_spec(spec)
+    ceiling: int | None = None
+    if arbitration is not None and arbitration.enabled and cluster.is_arbitrated(spec, True):
+        key = job_key(namespace, name)
+        arbitration.register(key, autoscaler, loop.restart_cost_seconds)
+        await arbitration.run_if_due(clients, force=arbitration.result(key) is None)
+        share = arbitration.result(key)
+        if share is not None and share.status.queued:
+            return float(spec.autoscaling.interval_seconds)  # queued: nothing runs
+        ceiling = arbitration.ceiling(key)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+    nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
+    placement = build_placement(pods, nodes)
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
     pending = sum(1 for w in workers if w.phase != "Running")
@@ -89,14 +109,15 @@ async def autoscale_job(
     if running != loop.running:
         loop.running, loop.running_since = running, now
     settling = spec.autoscaling.settle_seconds - (now - loop.running_since)
-    if running > 0 and settling > 0 and pending == 0:
+    over_ceiling = ceiling is not None and spec.replicas > ceiling
+    if running > 0 and settling > 0 and pending == 0 and not over_ceiling:
         # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
         reason = (
             f"settling: {running} workers running for {now - loop.running_since:.0f} s of "
             f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
         )
         async with WAKEUPS.lock(namespace, name):
-            patch = {"autoscaling": {"reason": reason}}
+            patch = autoscale.build_settling_status(reason)
             await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
         return min(float(spec.autoscaling.interval_seconds), settling)
     if running > 0:
@@ -121,9 +142,12 @@ async def autoscale_job(
         [observation] if observation is not None else [],
         current_replicas=spec.replicas,
         now=now,
+        placement=placement if placement.replicas else None,
         pending_replicas=pending,
         unschedulable_replicas=unschedulable,
+        ceiling=ceiling,
     )
+    loop.restart_cost_seconds = rec.restart_cost_seconds
 
     # -- apply (under the job's status lock, from a fresh read) --------------------------
     async with WAKEUPS.lock(namespace, name):
@@ -165,7 +189,13 @@ async def trainingjob_autoscale_loop(
     loop = JobLoop()
     while True:
         try:
-            delay = await autoscale_job(namespace, name, loop, options_of(memo).prometheus_url)
+            delay = await autoscale_job(
+                namespace,
+                name,
+                loop,
+                options_of(memo).prometheus_url,
+                arbitration=arbitration_of(memo),
+            )
         except Exception as exc:  # a bad pass must not kill the loop
             logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
             delay = RESYNC_SECONDS

@@ -29,6 +29,8 @@ class OperatorOptions:
     priority: int | None = None
     peering_lifetime: int = 60
     log_level: str = "INFO"
+    arbitration: bool = True
+    arbitration_interval_seconds: float = 10.0
 
 
 def options_of(memo: Any) -> OperatorOptions:

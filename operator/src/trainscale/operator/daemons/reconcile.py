@@ -25,7 +25,9 @@ import pydantic
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.autoscaling import cluster
 from trainscale.operator.controller import builders, reconcile
+from trainscale.operator.daemons.cluster import arbitration_active, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
     RESYNC_SECONDS,
     WAKEUPS,
@@ -37,14 +39,24 @@ from trainscale.operator.daemons.common import utcnow as _utcnow
 
 
 async def reconcile_job(
-    namespace: str, name: str, now: Callable[[], dt.datetime] = _utcnow
+    namespace: str,
+    name: str,
+    now: Callable[[], dt.datetime] = _utcnow,
+    *,
+    arbitration: bool = True,
 ) -> float:
-    """One reconcile pass for one job: observe, decide, apply. Returns seconds to the next pass."""
+    """One reconcile pass for one job: observe, decide, apply. Returns seconds to the next pass.
+
+    ``arbitration``: the operator divides GPUs between jobs (an arbitrated job then waits
+    for its admission before it creates pods).
+    """
     async with WAKEUPS.lock(namespace, name):
-        return await _reconcile_job(namespace, name, now)
+        return await _reconcile_job(namespace, name, now, arbitration)
 
 
-async def _reconcile_job(namespace: str, name: str, now: Callable[[], dt.datetime]) -> float:
+async def _reconcile_job(
+    namespace: str, name: str, now: Callable[[], dt.datetime], arbitration: bool
+) -> float:
     clients = k8s.load_clients()
     started = time.monotonic()
     metrics = get_metrics()
@@ -73,8 +85,9 @@ async def _reconcile_job(namespace: str, name: str, now: Callable[[], dt.datetim
         )
 
         # -- decide -------------------------------------------------------------------------
+        queued = cluster.decide_queued(spec, status, arbitration)
         plan = reconcile.decide_reconcile(
-            spec, name, generation, status, workers, rdzv_pod, rdzv_svc, now()
+            spec, name, generation, status, workers, rdzv_pod, rdzv_svc, now(), queued=queued
         )
 
         # -- apply --------------------------------------------------------------------------
@@ -158,7 +171,7 @@ async def _report_invalid_spec(
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
 async def trainingjob_reconcile_loop(
-    name: str, namespace: str | None, logger: kopf.Logger, **_: Any
+    name: str, namespace: str | None, logger: kopf.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
     """The job's serialized reconcile loop: a pass now, then whenever woken or resynced."""
     assert namespace is not None  # TrainingJob is a namespaced kind
@@ -166,7 +179,7 @@ async def trainingjob_reconcile_loop(
     while True:
         wake.clear()
         try:
-            delay = await reconcile_job(namespace, name)
+            delay = await reconcile_job(namespace, name, arbitration=arbitration_active(memo))
         except Exception as exc:  # an API hiccup must not kill the loop
             logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
             delay = 2.0
@@ -175,13 +188,18 @@ async def trainingjob_reconcile_loop(
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def trainingjob_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def trainingjob_event(
+    type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """Any change of a job wakes its loop; a deleted job is forgotten."""
     if namespace is None:
         return
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
+        arbitration = arbitration_of(memo)
+        if arbitration is not None:
+            arbitration.forget(job_key(namespace, name))
         return
     WAKEUPS.wake(namespace, name)
 

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from trainscale.operator.adapters import k8s
+from trainscale.operator.daemons.cluster import ClusterArbitration
 from trainscale.operator.daemons.common import get_metrics
 from trainscale.operator.daemons.options import options_of
 
@@ -30,7 +31,15 @@ def trainscale_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.peering.lifetime = options_of(memo).peering_lifetime
+    options = options_of(memo)
+    settings.peering.lifetime = options.peering_lifetime
+    # One arbitration state per process, shared by every job's daemons through the memo
+    # (kopf gives each resource a shallow copy of this one).
+    memo.arbitration = ClusterArbitration(
+        enabled=options.arbitration,
+        interval_seconds=options.arbitration_interval_seconds,
+        namespaces=() if options.all_namespaces else options.namespaces,
+    )
     get_metrics()
 
 

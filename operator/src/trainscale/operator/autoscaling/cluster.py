@@ -1,0 +1,309 @@
+"""The cluster as the arbiter sees it, and its answer as each job shows it.
+
+Why this module exists: :func:`~trainscale.operator.autoscaling.arbiter.allocate` divides
+GPUs between demands and node capacities given as plain numbers. Something must turn what the
+operator reads from Kubernetes (nodes, every pod, every TrainingJob and what its autoscaler
+has learned) into those numbers, and turn the allocation back into what a user sees
+(``status.arbitration``, an Event when a job's share changes). Both directions are pure, so
+they are table-tested here and the daemon that runs them only fetches and patches.
+
+Rules:
+
+* **Capacity** per node is its allocatable ``nvidia.com/gpu`` minus the GPUs requested by
+  pods trainscale does not manage that are bound to it and not finished. Unschedulable or
+  cordoned nodes offer nothing. Arbitration never touches pods trainscale does not own.
+* **Which jobs are arbitrated**: autoscaled jobs (``spec.autoscaling.enabled``) whose workers
+  ask for GPUs and that did not opt out (``spec.autoscaling.clusterArbitration: false``).
+  Every other managed job is *pinned*: it keeps its size and its GPUs are subtracted.
+  Finished jobs (Succeeded, Failed) hold nothing.
+* **Priority** is the value of the PriorityClass the worker template names (0 without one, or
+  when the class is unknown), as the scheduler itself would order them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainscale.operator import api
+from trainscale.operator.api.reporting import EventSpec, format_time
+from trainscale.operator.autoscaling.arbiter import (
+    Allocation,
+    Capacity,
+    JobAllocation,
+    JobDemand,
+    allocate,
+)
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "trainscale"
+FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
+FINISHED_JOB_PHASES = frozenset({api.Phase.SUCCEEDED.value, api.Phase.FAILED.value})
+
+
+def _gpu_quantity(value: Any) -> int:
+    """An ``nvidia.com/gpu`` quantity as a whole number (extended resources are integers)."""
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
+
+
+def compute_pod_gpus(pod: Mapping[str, Any]) -> int:
+    """GPUs a pod requests, counted as for a template (:func:`api.count_gpus`); init
+    containers run before the others and are ignored; a malformed quantity counts 0."""
+    try:
+        return api.count_gpus((pod.get("spec") or {}).get("containers") or [])
+    except (TypeError, ValueError):
+        return 0
+
+
+def is_managed_pod(pod: Mapping[str, Any]) -> bool:
+    """Whether trainscale created this pod (and so the arbiter may account for it)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def build_capacity(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> Capacity:
+    """Free GPUs per node for trainscale: allocatable minus what foreign pods hold."""
+    free: dict[str, int] = {}
+    for node in nodes:
+        name = (node.get("metadata") or {}).get("name")
+        if not name or (node.get("spec") or {}).get("unschedulable"):
+            continue
+        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(api.GPU_RESOURCE)
+        gpus = _gpu_quantity(allocatable) if allocatable is not None else 0
+        if gpus > 0:
+            free[name] = gpus
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node_name not in free or phase in FINISHED_POD_PHASES or is_managed_pod(pod):
+            continue
+        free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
+    return Capacity(free_gpus=free)
+
+
+@dataclass(frozen=True)
+class ManagedJob:
+    """One TrainingJob as the cluster pass sees it.
+
+    Attributes:
+        key: ``namespace/name``.
+        spec: the validated spec.
+        phase: ``status.phase`` (empty when none yet).
+        created: creation time, seconds since the epoch.
+        running_nodes: node name -> workers of this job bound there and not finished.
+        priority: the template's PriorityClass value (0 when none).
+        throughput: predicted samples/s per worker count, from the job's autoscaler.
+        restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
+        arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
+    """
+
+    key: str
+    spec: api.TrainingJobSpec
+    phase: str = ""
+    created: float = 0.0
+    running_nodes: Mapping[str, int] = field(default_factory=dict)
+    priority: int = 0
+    throughput: Mapping[int, float] = field(default_factory=dict)
+    restart_cost_seconds: float = 0.0
+    arbitration_enabled: bool = True
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_JOB_PHASES
+
+    @property
+    def arbitrated(self) -> bool:
+        """Whether the arbiter sets this job's size (else it is pinned)."""
+        return is_arbitrated(self.spec, self.arbitration_enabled) and not self.finished
+
+
+def is_arbitrated(spec: api.TrainingJobSpec, arbitration_enabled: bool) -> bool:
+    """Autoscaled, asks for GPUs, did not opt out, and the operator arbitrates at all."""
+    autoscaling = spec.autoscaling
+    return (
+        arbitration_enabled
+        and autoscaling.enabled
+        and autoscaling.cluster_arbitration
+        and spec.gpus_per_replica > 0
+    )
+
+
+def decide_queued(
+    spec: api.TrainingJobSpec, status: Mapping[str, Any], arbitration_enabled: bool
+) -> str | None:
+    """Why the job must run nothing now (reconcile rule 7), or None when it may run.
+
+    An arbitrated job waits for its first admission (so it never leaves Pending pods behind
+    on a full cluster) and while arbitration keeps it queued.
+    """
+    if not is_arbitrated(spec, arbitration_enabled):
+        return None
+    raw = status.get("arbitration")
+    if not raw:
+        return "waiting for cluster arbitration to admit the job"
+    if raw.get("queued"):
+        return str(raw.get("reason") or "queued by cluster arbitration")
+    return None
+
+
+def build_demand(job: ManagedJob) -> JobDemand:
+    """The arbiter's view of one job (module docstring for what is pinned)."""
+    spec = job.spec
+    autoscaling = spec.autoscaling
+    running = sum(job.running_nodes.values())
+    if not job.arbitrated:
+        size = 0 if job.finished else max(running, spec.replicas)
+        return JobDemand(
+            key=job.key,
+            gpus_per_worker=max(1, spec.gpus_per_replica),
+            min_replicas=0,
+            max_replicas=size,
+            current_replicas=size,
+            current_nodes=dict(job.running_nodes),
+            pinned=True,
+        )
+    floor = (
+        autoscaling.min_efficiency if autoscaling.objective is api.Objective.EFFICIENCY else None
+    )
+    return JobDemand(
+        key=job.key,
+        throughput=dict(job.throughput),
+        gpus_per_worker=spec.gpus_per_replica,
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        min_efficiency=floor,
+        max_cost_per_hour=(
+            autoscaling.max_cost_per_hour if autoscaling.objective is api.Objective.BUDGET else None
+        ),
+        cost_per_gpu_hour=autoscaling.cost_per_gpu_hour,
+        priority=job.priority,
+        created=job.created,
+        current_replicas=running,
+        current_nodes=dict(job.running_nodes),
+        restart_cost_seconds=job.restart_cost_seconds,
+    )
+
+
+def parse_time(value: str | None) -> float:
+    """A Kubernetes timestamp as seconds since the epoch (0 when missing)."""
+    if not value:
+        return 0.0
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def compute_running_nodes(
+    pods: Iterable[Mapping[str, Any]], job_label: str
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Per job (namespace, name): node -> workers bound there, not finished, not terminating."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        job_name = (meta.get("labels") or {}).get(job_label)
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if (
+            not job_name
+            or not node_name
+            or not is_managed_pod(pod)
+            or phase in FINISHED_POD_PHASES
+            or meta.get("deletionTimestamp")
+        ):
+            continue
+        per_node = out.setdefault((meta.get("namespace", ""), job_name), {})
+        per_node[node_name] = per_node.get(node_name, 0) + 1
+    return out
+
+
+@dataclass(frozen=True)
+class ArbitrationResult:
+    """What the cluster pass writes for one arbitrated job: the status block, and an Event
+    when the job's share or queueing changed since the status it had."""
+
+    key: str
+    status: api.ArbitrationStatus
+    event: EventSpec | None = None
+
+    @property
+    def ceiling(self) -> int | None:
+        return self.status.ceiling
+
+    @property
+    def status_patch(self) -> dict[str, Any]:
+        """The merge patch of ``status.arbitration`` (the only status field the pass owns)."""
+        return api.TrainingJobStatus(arbitration=self.status).to_merge_patch()
+
+
+def _event(previous: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -> EventSpec | None:
+    if previous is not None and (previous.ceiling, previous.queued) == (new.ceiling, new.queued):
+        return None
+    if new.queued:
+        return EventSpec("Normal", "Queued", new.reason)
+    if previous is not None and previous.queued:
+        return EventSpec("Normal", "Admitted", new.reason)
+    if previous is None or previous.ceiling is None or new.ceiling != previous.ceiling:
+        return EventSpec("Normal", "Arbitrated", new.reason)
+    return None
+
+
+def build_arbitration_status(
+    allocation: JobAllocation, waiting: int, now: dt.datetime
+) -> api.ArbitrationStatus:
+    """``status.arbitration`` of one arbitrated job from the arbiter's answer."""
+    return api.ArbitrationStatus(
+        ceiling=allocation.replicas,
+        queued=allocation.queued,
+        wanted=allocation.wanted,
+        reason=allocation.reason,
+        preferred_nodes={name: workers for name, workers in allocation.placement},
+        waiting_jobs=waiting,
+        last_update_time=format_time(now),
+    )
+
+
+NO_CAPACITY_REASON = "not arbitrated: no schedulable node with nvidia.com/gpu is visible"
+
+
+def decide_arbitration(
+    jobs: Sequence[ManagedJob],
+    capacity: Capacity,
+    previous: Mapping[str, api.ArbitrationStatus | None],
+    now: dt.datetime,
+) -> dict[str, ArbitrationResult]:
+    """Run the arbiter over every managed job; results for the arbitrated ones only.
+
+    With no GPU capacity visible at all (no GPU node, or the operator may not list nodes)
+    there is nothing to divide: every arbitrated job is admitted without a ceiling, says so,
+    and autoscales on its own, rather than wait for GPUs that may never be listed.
+
+    Args:
+        jobs: every TrainingJob the operator manages (pinned ones too: they hold GPUs).
+        capacity: :func:`build_capacity` of the nodes and every pod.
+        previous: each job's ``status.arbitration`` as it is now (None when it has none).
+        now: the wall clock, for the status timestamp and the arbiter.
+    """
+    out: dict[str, ArbitrationResult] = {}
+    if capacity.total == 0 and not any(job.running_nodes for job in jobs):
+        for job in jobs:
+            if job.arbitrated:
+                status = api.ArbitrationStatus(
+                    reason=NO_CAPACITY_REASON, last_update_time=format_time(now)
+                )
+                out[job.key] = ArbitrationResult(
+                    job.key, status, _event(previous.get(job.key), status)
+                )
+        return out
+    demands = [build_demand(job) for job in jobs if not job.finished]
+    allocation: Allocation = allocate(demands, capacity, now=now.timestamp())
+    for job in jobs:
+        if not job.arbitrated or job.key not in allocation.jobs:
+            continue
+        status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
+        out[job.key] = ArbitrationResult(job.key, status, _event(previous.get(job.key), status))
+    return out

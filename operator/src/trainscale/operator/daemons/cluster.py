@@ -1,0 +1,232 @@
+"""Cluster arbitration, run by the operator: one pass over every job at most once an interval.
+
+Why this module exists: the arbiter is pure and needs the whole cluster at once — every node,
+every pod that holds GPUs, every TrainingJob and what each job's autoscaler has learned. This
+module gathers that in four list calls, runs :func:`~trainscale.operator.autoscaling.cluster.
+decide_arbitration`, writes ``status.arbitration`` where it changed (with an Event), and
+keeps each job's ceiling in memory for that job's autoscale loop.
+
+Who runs it: the per-job autoscale loops call :meth:`ClusterArbitration.run_if_due`; the first
+caller after the interval runs the pass for everyone, under one lock, the others read its
+result. So it runs exactly where the job daemons run: kopf stops every daemon of a paused
+peer, which makes the active peer the only one that arbitrates when two operators run, with
+no second election. The object lives in kopf's ``memo`` (created at start-up), not in a
+module global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pydantic
+
+from trainscale.operator import api
+from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling.cluster import (
+    ArbitrationResult,
+    ManagedJob,
+    build_capacity,
+    compute_running_nodes,
+    decide_arbitration,
+    parse_time,
+)
+from trainscale.operator.controller.builders import LABEL_JOB_NAME
+from trainscale.operator.daemons.common import WAKEUPS, post_event, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_SECONDS = 10.0
+
+
+class ThroughputPredictor(Protocol):
+    """What the pass needs of a job's autoscaler (``JobAutoscaler`` provides it)."""
+
+    def predict_throughput(self, replicas: int, *, nodes: int | None = None) -> float | None: ...
+
+
+def compute_prior_throughput(spec: api.TrainingJobSpec) -> dict[int, float]:
+    """What a job is assumed to gain before its autoscaler has measured anything: linear up
+    to the size it asked for (``spec.replicas``), nothing beyond. So a new job gets what it
+    asked for when the GPUs are free, an equal claim when they are not, and never more on a
+    guess; its measured curve replaces this as soon as there is one."""
+    return {n: float(min(n, spec.replicas)) for n in range(1, spec.max_replicas + 1)}
+
+
+def job_key(namespace: str, name: str) -> str:
+    """How jobs are keyed in the arbiter: ``namespace/name``."""
+    return f"{namespace}/{name}"
+
+
+@dataclass
+class ClusterArbitration:
+    """The process's arbitration state: the last results, the registered autoscalers."""
+
+    enabled: bool = True
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    namespaces: tuple[str, ...] = ()  # the operator's scope (globs); empty: every namespace
+    results: dict[str, ArbitrationResult] = field(default_factory=dict)
+    predictors: dict[str, ThroughputPredictor] = field(default_factory=dict)
+    restart_costs: dict[str, float] = field(default_factory=dict)
+    last_run: float = -math.inf
+    error: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def register(
+        self, key: str, predictor: ThroughputPredictor, restart_cost_seconds: float = 0.0
+    ) -> None:
+        """A job's autoscale loop offers its model (called every pass; cheap)."""
+        self.predictors[key] = predictor
+        self.restart_costs[key] = restart_cost_seconds
+
+    def forget(self, key: str) -> None:
+        """A job is gone: keep nothing of it."""
+        self.predictors.pop(key, None)
+        self.restart_costs.pop(key, None)
+        self.results.pop(key, None)
+
+    def ceiling(self, key: str) -> int | None:
+        """The job's ceiling from the last pass; None when it is not arbitrated."""
+        result = self.results.get(key)
+        return None if result is None else result.ceiling
+
+    def result(self, key: str) -> ArbitrationResult | None:
+        """The job's full result from the last pass, if any."""
+        return self.results.get(key)
+
+    async def run_if_due(self, clients: k8s.KubernetesClients, *, force: bool = False) -> None:
+        """Run a pass when the interval has passed since the last one (or ``force``)."""
+        if not self.enabled:
+            return
+        async with self.lock:
+            if not force and time.monotonic() - self.last_run < self.interval_seconds:
+                return
+            self.last_run = time.monotonic()
+            try:
+                await self._run(clients)
+                self.error = None
+            except Exception as exc:  # a failed pass keeps the last results
+                if str(exc) != self.error:
+                    log.warning("cluster arbitration failed (keeping the last shares): %s", exc)
+                self.error = str(exc)
+
+    def _throughput(self, key: str, spec: api.TrainingJobSpec) -> dict[int, float]:
+        predictor = self.predictors.get(key)
+        table: dict[int, float] = {}
+        if predictor is not None:
+            for count in range(1, spec.max_replicas + 1):
+                value = predictor.predict_throughput(count)
+                if value is not None and value > 0:
+                    table[count] = value
+        return table or compute_prior_throughput(spec)
+
+    async def _run(self, clients: k8s.KubernetesClients) -> None:
+        nodes, pods, bodies, priorities = await asyncio.gather(
+            asyncio.to_thread(k8s.fetch_gpu_nodes, clients),
+            asyncio.to_thread(k8s.fetch_bound_pods, clients),
+            asyncio.to_thread(k8s.fetch_all_jobs, clients),
+            asyncio.to_thread(k8s.fetch_priority_values, clients),
+        )
+        capacity = build_capacity(nodes, pods)
+        running = compute_running_nodes(pods, LABEL_JOB_NAME)
+        jobs: list[ManagedJob] = []
+        previous: dict[str, api.ArbitrationStatus | None] = {}
+        for body in bodies:
+            job = self._managed_job(body, running, priorities)
+            if job is None:
+                continue
+            jobs.append(job)
+            previous[job.key] = _previous_status(body)
+        results = decide_arbitration(jobs, capacity, previous, utcnow())
+        self.results = results
+        for key, result in results.items():
+            if _same(previous.get(key), result.status):
+                continue
+            namespace, name = key.split("/", 1)
+            async with WAKEUPS.lock(namespace, name):
+                await asyncio.to_thread(
+                    k8s.patch_job_status, clients, namespace, name, result.status_patch
+                )
+            body = next(b for b in bodies if _key_of(b) == key)
+            if result.event is not None:
+                post_event(body, result.event)
+                log.info("TrainingJob %s: %s", key, result.event.message)
+            WAKEUPS.wake(namespace, name)  # admitted, queued or re-capped: reconcile now
+
+    def _managed_job(
+        self,
+        body: Mapping[str, Any],
+        running: Mapping[tuple[str, str], Mapping[str, int]],
+        priorities: Mapping[str, int],
+    ) -> ManagedJob | None:
+        meta = body.get("metadata") or {}
+        try:
+            spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError:
+            return None  # the reconcile loop reports it; it holds no pods
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        key = job_key(namespace, name)
+        priority_class = (spec.template.get("spec") or {}).get("priorityClassName") or ""
+        return ManagedJob(
+            key=key,
+            spec=spec,
+            phase=(body.get("status") or {}).get("phase") or "",
+            created=parse_time(meta.get("creationTimestamp")),
+            running_nodes=dict(running.get((namespace, name), {})),
+            priority=priorities.get(priority_class, 0),
+            throughput=self._throughput(key, spec),
+            restart_cost_seconds=self.restart_costs.get(key, 0.0),
+            # Jobs outside this operator's namespaces belong to another operator: they hold
+            # their GPUs (pinned) and this one never writes them.
+            arbitration_enabled=self.in_scope(namespace),
+        )
+
+    def in_scope(self, namespace: str) -> bool:
+        """Whether this operator manages jobs in ``namespace``."""
+        return not self.namespaces or any(
+            fnmatch.fnmatchcase(namespace, p) for p in self.namespaces
+        )
+
+
+def arbitration_of(memo: Any) -> ClusterArbitration | None:
+    """The process's arbitration state from kopf's memo (None where start-up made none)."""
+    found = getattr(memo, "arbitration", None)
+    return found if isinstance(found, ClusterArbitration) else None
+
+
+def arbitration_active(memo: Any) -> bool:
+    """Whether arbitrated jobs should wait for their admission: arbitration is on and its
+    last pass did not fail (a pass that cannot list the cluster, e.g. for want of RBAC, must
+    not keep every job waiting; the jobs then autoscale on their own)."""
+    found = arbitration_of(memo)
+    return found is not None and found.enabled and found.error is None
+
+
+def _key_of(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return job_key(meta.get("namespace", ""), meta.get("name", ""))
+
+
+def _previous_status(body: Mapping[str, Any]) -> api.ArbitrationStatus | None:
+    raw = (body.get("status") or {}).get("arbitration")
+    if not raw:
+        return None
+    try:
+        return api.ArbitrationStatus.model_validate(raw)
+    except pydantic.ValidationError:
+        return None
+
+
+def _same(old: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -> bool:
+    """Equal but for the timestamp: then there is nothing to write."""
+    if old is None:
+        return False
+    return old.model_copy(update={"last_update_time": None}) == new.model_copy(
+        update={"last_update_time": None}
+    )

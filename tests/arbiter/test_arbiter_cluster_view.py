@@ -1,0 +1,219 @@
+"""The cluster as the arbiter sees it (trainscale.operator.autoscaling.cluster), pure.
+
+Covers:
+- capacity: allocatable GPUs minus what foreign pods hold; our own pods, finished pods,
+  cordoned nodes and nodes without GPUs;
+- which jobs are arbitrated and which are pinned (autoscaling off, opted out, no GPUs,
+  finished, arbitration off);
+- reconcile rule 7's input: a new arbitrated job waits for admission, a queued one runs
+  nothing, an admitted or pinned one runs;
+- decide_arbitration: shares within capacity, the queued job's status and Event, Events only
+  when a share changes, and "not arbitrated" when no GPU is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from trainscale.operator import api
+from trainscale.operator.autoscaling.arbiter import Capacity
+from trainscale.operator.autoscaling.cluster import (
+    NO_CAPACITY_REASON,
+    ManagedJob,
+    build_capacity,
+    build_demand,
+    compute_running_nodes,
+    decide_arbitration,
+    decide_queued,
+)
+from trainscale.operator.controller.builders import LABEL_JOB_NAME
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def node(name: str, gpus: int | None, *, cordoned: bool = False) -> dict[str, Any]:
+    allocatable = {} if gpus is None else {"nvidia.com/gpu": str(gpus)}
+    return {
+        "metadata": {"name": name},
+        "spec": {"unschedulable": cordoned},
+        "status": {"allocatable": allocatable},
+    }
+
+
+def pod(
+    node_name: str | None,
+    gpus: int,
+    *,
+    ours: bool = False,
+    job: str = "",
+    namespace: str = "default",
+    phase: str = "Running",
+    terminating: bool = False,
+) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/managed-by": "trainscale", LABEL_JOB_NAME: job} if ours else {}
+    meta: dict[str, Any] = {"namespace": namespace, "labels": labels}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-12-01T11:59:00Z"
+    return {
+        "metadata": meta,
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": gpus}}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def spec(**changes: Any) -> api.TrainingJobSpec:
+    autoscaling = {"enabled": True, **changes.pop("autoscaling", {})}
+    body = {
+        "replicas": 1,
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "autoscaling": autoscaling,
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "trainer",
+                        "image": "example/train:1",
+                        "resources": {"limits": {"nvidia.com/gpu": changes.pop("gpus", 1)}},
+                    }
+                ]
+            }
+        },
+        **changes,
+    }
+    return api.TrainingJobSpec.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pods", "expected"),
+    [
+        pytest.param([node("a", 8)], [], {"a": 8}, id="empty-node"),
+        pytest.param([node("a", 8)], [pod("a", 3)], {"a": 5}, id="foreign-pod-subtracted"),
+        pytest.param([node("a", 8)], [pod("a", 3, ours=True, job="j")], {"a": 8}, id="ours-not"),
+        pytest.param([node("a", 8)], [pod("a", 3, phase="Succeeded")], {"a": 8}, id="finished"),
+        pytest.param([node("a", 8)], [pod(None, 3)], {"a": 8}, id="unbound-pod"),
+        pytest.param([node("a", 2)], [pod("a", 3)], {"a": 0}, id="never-negative"),
+        pytest.param([node("a", 8, cordoned=True)], [], {}, id="cordoned-offers-nothing"),
+        pytest.param([node("a", None), node("b", 0)], [], {}, id="no-gpus"),
+    ],
+)
+def test_capacity(
+    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], expected: dict[str, int]
+) -> None:
+    assert dict(build_capacity(nodes, pods).free_gpus) == expected
+
+
+def test_running_nodes_count_our_live_bound_workers() -> None:
+    pods = [
+        pod("a", 1, ours=True, job="j"),
+        pod("a", 1, ours=True, job="j"),
+        pod("b", 1, ours=True, job="j"),
+        pod("b", 1, ours=True, job="j", terminating=True),
+        pod("b", 1, ours=True, job="j", phase="Failed"),
+        pod(None, 1, ours=True, job="j"),
+        pod("a", 1, ours=True, job="k", namespace="other"),
+        pod("a", 1),
+    ]
+    assert compute_running_nodes(pods, LABEL_JOB_NAME) == {
+        ("default", "j"): {"a": 2, "b": 1},
+        ("other", "k"): {"a": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("job", "arbitrated"),
+    [
+        pytest.param(ManagedJob("d/a", spec()), True, id="autoscaled-gpu-job"),
+        pytest.param(
+            ManagedJob("d/a", spec(autoscaling={"enabled": False})), False, id="manual-size"
+        ),
+        pytest.param(
+            ManagedJob("d/a", spec(autoscaling={"clusterArbitration": False})), False, id="opt-out"
+        ),
+        pytest.param(ManagedJob("d/a", spec(gpus=0)), False, id="cpu-only"),
+        pytest.param(ManagedJob("d/a", spec(), phase="Succeeded"), False, id="finished"),
+        pytest.param(ManagedJob("d/a", spec(), arbitration_enabled=False), False, id="off"),
+    ],
+)
+def test_which_jobs_are_arbitrated(job: ManagedJob, arbitrated: bool) -> None:
+    assert job.arbitrated is arbitrated
+    assert build_demand(job).pinned is (not arbitrated)
+
+
+def test_a_pinned_job_holds_what_it_runs() -> None:
+    demand = build_demand(
+        ManagedJob("d/a", spec(replicas=2, autoscaling={"enabled": False}), running_nodes={"a": 3})
+    )
+    assert (demand.pinned, demand.current_replicas, dict(demand.current_nodes)) == (
+        True,
+        3,
+        {"a": 3},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "enabled", "expected"),
+    [
+        pytest.param({}, True, "waiting for cluster arbitration to admit the job", id="new"),
+        pytest.param(
+            {"arbitration": {"queued": True, "reason": "queued: needs 4 GPUs, 2 free"}},
+            True,
+            "queued: needs 4 GPUs, 2 free",
+            id="queued",
+        ),
+        pytest.param({"arbitration": {"queued": False, "ceiling": 3}}, True, None, id="admitted"),
+        pytest.param({}, False, None, id="arbitration-off"),
+    ],
+)
+def test_decide_queued(status: dict[str, Any], enabled: bool, expected: str | None) -> None:
+    assert decide_queued(spec(), status, enabled) == expected
+
+
+def test_a_pinned_job_never_waits() -> None:
+    assert decide_queued(spec(autoscaling={"enabled": False}), {}, True) is None
+
+
+def test_shares_fit_the_cluster_and_the_late_job_queues() -> None:
+    big = ManagedJob(
+        "d/big",
+        spec(replicas=4, minReplicas=4, maxReplicas=8),
+        created=1.0,
+        running_nodes={"a": 4},
+        throughput={n: float(n) for n in range(1, 9)},
+    )
+    late = ManagedJob("d/late", spec(replicas=6, minReplicas=6, maxReplicas=8), created=2.0)
+    results = decide_arbitration([big, late], Capacity({"a": 8}), {}, NOW)
+    assert results["d/big"].status.ceiling is not None
+    assert 4 <= results["d/big"].status.ceiling <= 8
+    assert results["d/late"].status.queued
+    assert results["d/late"].status.ceiling == 0
+    assert results["d/late"].event is not None and results["d/late"].event.reason == "Queued"
+    assert results["d/late"].status.waiting_jobs == 1
+    # Unchanged on the next pass: no second Event.
+    previous = {key: r.status for key, r in results.items()}
+    again = decide_arbitration([big, late], Capacity({"a": 8}), previous, NOW)
+    assert all(r.event is None for r in again.values())
+
+
+def test_a_pinned_job_is_not_in_the_results_but_holds_its_gpus() -> None:
+    pinned = ManagedJob(
+        "d/fixed",
+        spec(replicas=6, maxReplicas=6, autoscaling={"enabled": False}),
+        running_nodes={"a": 6},
+    )
+    wants = ManagedJob("d/auto", spec(replicas=4, minReplicas=4), created=1.0)
+    results = decide_arbitration([pinned, wants], Capacity({"a": 8}), {}, NOW)
+    assert set(results) == {"d/auto"}
+    assert results["d/auto"].status.queued  # 8 - 6 = 2 free < minReplicas 4
+
+
+def test_no_visible_gpus_admits_without_a_ceiling() -> None:
+    results = decide_arbitration([ManagedJob("d/a", spec())], Capacity({}), {}, NOW)
+    status = results["d/a"].status
+    assert (status.ceiling, status.queued, status.reason) == (None, False, NO_CAPACITY_REASON)

@@ -1,0 +1,178 @@
+"""Cluster arbitration on the real control plane: autoscaled jobs share the test-bed's 16 GPUs.
+
+One scenario, in the order a platform sees it, with ``trainscale operator`` as a process
+(arbitration every second) and the jobs' metrics unreachable, so every size change comes from
+arbitration and the jobs' hard limits, not from a fitted curve:
+
+- two jobs asking for 8 workers each are admitted and share the 16 GPUs (8 + 8);
+- a higher-priority job (its pods' PriorityClass) arriving shrinks them, never below their
+  minReplicas, and gets its workers;
+- a job whose minReplicas cannot fit waits as ``Queued``: no pod is created, ``kubectl get tj``
+  and its status say why, with a ``Queued`` Event;
+- when the higher-priority job finishes, its GPUs go to the others and the queued job starts.
+
+Never more workers than GPUs are running at any moment we look.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import OperatorProcess
+from tests.support.testbed import GPUS_PER_NODE, NODES, wait_for
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+JOB_LABEL = "trainscale.dev/job-name"
+HIGH = "trainscale-e2e-high"
+CAPACITY = NODES * GPUS_PER_NODE  # 16
+
+
+def autoscaled(
+    name: str, replicas: int, min_r: int, max_r: int, priority: str = ""
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "trainer",
+                "image": "ghcr.io/example/trainscale-train:latest",
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+            }
+        ],
+    }
+    if priority:
+        pod_spec["priorityClassName"] = priority
+    return {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "minReplicas": min_r,
+            "maxReplicas": max_r,
+            "template": {"spec": pod_spec},
+            "autoscaling": {
+                "enabled": True,
+                "intervalSeconds": 1,
+                "settleSeconds": 0,
+                "scaleDownStabilizationSeconds": 0,
+                "restartCostSeconds": 1,
+                # Nothing listens there: no metrics, so only arbitration moves the jobs.
+                "prometheus": {"url": "http://127.0.0.1:9"},
+            },
+        },
+    }
+
+
+@pytest.fixture
+def high_priority(kubectl: Any) -> Iterator[str]:
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": HIGH},
+                "value": 100000,
+                "description": "trainscale e2e: a job that outranks the others",
+            }
+        ),
+    )
+    yield HIGH
+    kubectl("delete", "priorityclass", HIGH, check=False)
+
+
+def test_jobs_share_the_gpus_by_arbitration(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    high_priority: str,
+) -> None:
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1")
+
+    def apply(obj: dict[str, Any]) -> None:
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def running() -> dict[str, int]:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+        counts: dict[str, int] = {}
+        for pod in pods:
+            labels = pod["metadata"].get("labels") or {}
+            if (
+                labels.get("app.kubernetes.io/component") == "worker"
+                and pod["status"].get("phase") == "Running"
+                and not pod["metadata"].get("deletionTimestamp")
+            ):
+                counts[labels[JOB_LABEL]] = counts.get(labels[JOB_LABEL], 0) + 1
+        assert sum(counts.values()) <= CAPACITY, counts
+        return counts
+
+    def status(job: str) -> dict[str, Any]:
+        found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
+        return dict(found.get("status") or {})
+
+    def describe() -> str:
+        jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
+        events = kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                         check=False).stdout.splitlines()[-20:]  # fmt: skip
+        return f"running: {running()}\n{jobs}\n" + "\n".join(events) + "\n" + operator.log_tail()
+
+    # 1. Two jobs that ask for 8 workers each: admitted, 8 + 8.
+    apply(autoscaled("big-a", 8, 2, 8))
+    apply(autoscaled("big-b", 8, 2, 8))
+    wait_for(lambda: running() == {"big-a": 8, "big-b": 8}, timeout=90,
+             what="both jobs admitted at 8 workers", describe=describe)  # fmt: skip
+    assert status("big-a")["arbitration"]["ceiling"] == 8
+
+    # 2. A higher-priority job arrives: the others shrink (never below 2) to make room.
+    apply(autoscaled("urgent", 4, 4, 4, priority=high_priority))
+
+    def urgent_runs() -> bool:
+        now = running()
+        return now.get("urgent") == 4 and now.get("big-a", 0) >= 2 and now.get("big-b", 0) >= 2
+
+    wait_for(urgent_runs, timeout=90, what="the urgent job's 4 workers", describe=describe)
+    shares = {job: status(job)["arbitration"]["ceiling"] for job in ("big-a", "big-b")}
+    assert sum(shares.values()) <= CAPACITY - 4 and min(shares.values()) >= 2, shares
+    limited = [status(job)["arbitration"]["reason"] for job in ("big-a", "big-b")]
+    assert any("cluster arbitration" in reason for reason in limited), limited
+
+    # 3. A job whose minimum cannot fit waits as Queued, with no pods.
+    apply(autoscaled("wide", 10, 10, 10))
+
+    def queued() -> bool:
+        found = status("wide")
+        return found.get("phase") == "Queued" and bool(
+            (found.get("arbitration") or {}).get("queued")
+        )
+
+    wait_for(queued, timeout=60, what="the wide job Queued", describe=describe)
+    assert "wide" not in running()
+    table = kubectl("get", "tj", "wide", "-n", namespace).stdout
+    assert "Queued" in table
+    events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                     "involvedObject.name=wide", "-o", "json").stdout  # fmt: skip
+    assert any(e.get("reason") == "Queued" for e in json.loads(events)["items"])
+
+    # 4. The urgent job finishes: its GPUs go to the others and the queued job starts.
+    pods = json.loads(
+        kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}=urgent,"
+                "app.kubernetes.io/component=worker", "-o", "json").stdout
+    )["items"]  # fmt: skip
+    for pod in pods:
+        kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
+                "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded"}}))  # fmt: skip
+    wait_for(lambda: status("urgent").get("phase") == "Succeeded", timeout=60,
+             what="the urgent job Succeeded", describe=describe)  # fmt: skip
+    wait_for(lambda: running().get("wide") == 10, timeout=120,
+             what="the queued job's 10 workers", describe=describe)  # fmt: skip
+    assert not status("wide")["arbitration"]["queued"]
+    final = running()
+    assert final.get("big-a", 0) >= 2 and final.get("big-b", 0) >= 2, final
