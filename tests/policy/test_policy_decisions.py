@@ -330,3 +330,41 @@ def test_going_back_up_to_a_count_it_left_needs_confidence() -> None:
     assert "not confidently better than 10" in rec.reason
     fresh = [*_jittered(4, start=0, count=6, tau=tau), *_jittered(10, start=300, count=20, tau=tau)]
     assert recommend(make_spec(replicas=10), fresh, 10, 900.0).replicas > 10
+
+
+def test_a_count_just_below_its_floor_within_its_own_noise_is_held_not_probed_past() -> None:
+    # U(7) = 0.797 against a target of 0.80: within what 20 samples at +-5 % can tell, so
+    # not known to break it; and no probe above it (utilization only falls with more).
+    tau = amdahl(0.032)
+
+    def wobbly(n: int, start: float, count: int) -> list[Observation]:
+        return [
+            Observation(o.timestamp, n, o.gpu_utilization * f, o.samples_per_second * f)  # type: ignore[operator]
+            for o, f in zip(
+                steady(n, start=start, count=count, tau=tau), [1.05, 0.95] * count, strict=False
+            )
+        ]
+
+    obs = [*wobbly(4, 0, 8), *wobbly(5, 240, 8), *wobbly(6, 480, 8), *wobbly(7, 720, 20)]
+    spec = make_spec(replicas=7, objective="utilization", scaleDownStabilizationSeconds=0)
+    rec = recommend(spec, obs, 7, 720 + 20 * 30.0)
+    assert rec.replicas == 7, rec.reason
+
+
+def test_a_measured_count_is_judged_by_no_less_doubt_than_its_own_samples() -> None:
+    # The model is fitted from the same samples: its blend with them counts them twice.
+    from trainscale.operator.autoscaling.policy import _analyse, _Estimates, fit_speedup_model
+
+    tau = amdahl(0.03)
+    obs = [
+        *_jittered(4, start=0, count=30, tau=tau),
+        *_jittered(6, start=900, count=30, tau=tau),
+        *_jittered(8, start=1800, count=30, tau=tau),
+    ]
+    analysis = _analyse(obs, None, 90.0)
+    assert analysis.mode is not None
+    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode)
+    assert model is not None
+    est = _Estimates(model, analysis.points, 32)
+    assert est.floor_doubt(8) > est.relative_error(8)
+    assert est.floor_doubt(12) == est.relative_error(12)  # not measured: the model's

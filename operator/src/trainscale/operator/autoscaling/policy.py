@@ -871,6 +871,7 @@ class _Estimates:
             if unknown_inter and nodes > 1:
                 model_var[n] += (_INTER_NODE_PRIOR_SCALE * a) ** 2
             model_cov[n] = sum(cov[0][j] * x[j] for j in range(4))
+        self._measured_rel = {n: math.sqrt(v) / t for n, (t, v) in measured.items()}
         for n, (tau_e, var_e) in measured.items():
             tau_m, var_m = model_tau[n], model_var[n]
             if var_m <= 0.0 or tau_e < tau_m:
@@ -913,6 +914,12 @@ class _Estimates:
         return self._tau.get(replicas) or self.model.seconds_per_sample * (
             self.model.relative_step_time(replicas)
         )
+
+    def floor_doubt(self, replicas: int) -> float:
+        """Relative error to judge a measured count's own floor by: never below what its
+        measurement alone says (the model was fitted from that same measurement, so the
+        blend of the two counts it twice)."""
+        return max(self.relative_error(replicas), self._measured_rel.get(replicas, 0.0))
 
     def relative_error(self, replicas: int) -> float:
         """Relative standard error of the step time (so of throughput and utilization)."""
@@ -1000,7 +1007,10 @@ def _choose(
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        cur_ok = model.efficiency(current) + doubt(model.efficiency_error(current)) >= floor
+        e_doubt = max(
+            model.efficiency_error(current), model.efficiency(current) * model.floor_doubt(current)
+        )
+        cur_ok = model.efficiency(current) + doubt(e_doubt) >= floor
 
         def ok_e(n: int) -> bool:
             if n == current:
@@ -1072,7 +1082,7 @@ def _choose(
         u = model.gpu_utilization(n)
         return 0.0 if u is None else u
 
-    cur_ok = util(current) + doubt(util(current) * model.relative_error(current)) >= goal
+    cur_ok = util(current) + doubt(util(current) * model.floor_doubt(current)) >= goal
 
     def ok_u(n: int) -> bool:
         if n == current:
@@ -1360,6 +1370,7 @@ class DecisionContext:
         assert self.est is not None and self.model is not None and self.analysis is not None
         if (
             not self.feasible_current
+            or _floor_margin(self.spec, self.est, self.current) < 0.0  # floors fall with n
             or self.exploring
             or self.pending
             or len(self.model.counts) <= 1
