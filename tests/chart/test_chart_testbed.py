@@ -146,6 +146,18 @@ def test_cluster_wide_release_is_admitted_and_least_privilege(
         assert not _can_i(kubectl, release.account, verb, resource, namespace), (verb, resource)
     assert _can_i(kubectl, release.account, "watch", "customresourcedefinitions", None)
     assert not _can_i(kubectl, release.account, "delete", "customresourcedefinitions", None)
+    # Cluster arbitration reads node capacity, and may never change a node.
+    assert _can_i(kubectl, release.account, "list", "nodes", None)
+    for verb in ("patch", "update", "delete", "create"):
+        assert not _can_i(kubectl, release.account, verb, "nodes", None), verb
+
+
+def test_without_arbitration_the_release_cannot_list_nodes(
+    release_factory: Any, kubectl: Any, namespace: str, tmp_path: Path
+) -> None:
+    release = release_factory("chart-noarb")
+    release.install({"operator": {"arbitration": {"enabled": False}}}, tmp_path)
+    release.wait_for_operator_pod()
     assert not _can_i(kubectl, release.account, "list", "nodes", None)
 
 

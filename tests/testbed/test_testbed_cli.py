@@ -80,7 +80,7 @@ def test_up_status_down(tmp_path: Path) -> None:
                               capture_output=True, text=True, env=env, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
         header = kubectl("get", "tj").splitlines()[0].split()
-        assert header == ["NAME", "REPLICAS", "READY", "DESIRED", "MIN", "MAX", "GPU-UTIL",
+        assert header == ["NAME", "REPLICAS", "READY", "DESIRED", "SHARE", "MIN", "MAX", "GPU-UTIL",
                           "THROUGHPUT", "PHASE", "AGE"]  # fmt: skip
     finally:
         run_testbed_cli("down", "--state-dir", str(state))

@@ -145,7 +145,11 @@ def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
 ) -> None:
     nodes = k8s.fetch_gpu_nodes(clients)
     assert sorted(nodes, key=lambda n: n["metadata"]["name"]) == [
-        {"metadata": {"name": name}, "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}}}
+        {
+            "metadata": {"name": name},
+            "spec": {"unschedulable": False},
+            "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}},
+        }
         for name in testbed.node_names
     ]
 
