@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE
 from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.testbed.prometheus import start_prometheus
 from trainscale.testbed.simjob import SimulatedExporter, SimulatedJob
 from trainscale.trainer.contract.naming import worker_pod_pattern
 
@@ -173,9 +173,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="up/down changes to measure")
     parser.add_argument("--interval", type=int, default=1, help="autoscaling.intervalSeconds")
     args = parser.parse_args()
-    start_prometheus = runpy.run_path(str(REPO_ROOT / "tests" / "prometheus" / "conftest.py"))[
-        "start_prometheus"
-    ]
     work = Path(tempfile.mkdtemp(prefix="trainscale-reaction-"))
     sim = SimulatedJob(NAMESPACE, JOB, sync=EFFICIENT_SYNC, compute=COMPUTE)
     exporter = SimulatedExporter([sim])

@@ -1,7 +1,7 @@
 """Packaging: the import names the issue promises, and no stdlib shadowing.
 
 Covers: `trainscale.operator` and `trainscale.trainer` import; the stdlib `operator`
-module stays the stdlib's from the repository root with plain `python -c` (no PYTHONSAFEPATH);
+module stays the stdlib's from the repository root with plain `python -c` (no safe-path flag);
 the operator imports no torch; the product wheel carries no dev tooling (test-bed, simulator).
 """
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(code: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    # Without Python's safe-path flag (-P or its environment variable), if anyone set it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONSAFE")}
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True
     ).stdout

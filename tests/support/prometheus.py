@@ -11,23 +11,34 @@ recommends, so the ``pod``/``exported_pod`` labels arrive as the exporter wrote 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trainscale.testbed.prometheus import (
+    PrometheusServer,
+    free_port,
+    start_prometheus,
+    wait_for_series,
+)
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
+__all__ = [
+    "DCGM_EXPORTED",
+    "DCGM_LABELS",
+    "GPUS",
+    "RATE_WINDOW",
+    "SAMPLE_RATES",
+    "DcgmTrainerExporter",
+    "Gpu",
+    "PrometheusServer",
+    "free_port",
+    "start_prometheus",
+    "wait_for_series",
+]
 RATE_WINDOW = "5s"
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
 DCGM_EXPORTED = (
@@ -104,63 +115,3 @@ class DcgmTrainerExporter(Collector):
             family.samples.extend(extra.samples)
             yield family
         yield samples
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PrometheusServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    workdir: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_prometheus(workdir: Path, scrape_target: str) -> PrometheusServer:
-    """Start ``prometheus`` on a free 127.0.0.1 port with a 1 s scrape of ``scrape_target``."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("the prometheus binary is missing: run scripts/install-system-deps.sh")
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: dcgm-and-trainer\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['{scrape_target}']\n"
-    )
-    port = free_port()
-    log = (workdir / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
-    )  # fmt: skip
-    return PrometheusServer(f"http://127.0.0.1:{port}", process, workdir)
-
-
-def wait_for_series(url: str, query: str, timeout: float = 30.0) -> None:
-    """Poll until ``query`` returns data (the first scrapes take a few seconds)."""
-    deadline = time.monotonic() + timeout
-    full = url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(full, timeout=2) as response:
-                if b'"result":[{' in response.read():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"Prometheus at {url} had no data for {query} within {timeout} s")
