@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="up/down changes to measure")
     parser.add_argument("--interval", type=int, default=1, help="autoscaling.intervalSeconds")
     args = parser.parse_args()
-    start_prometheus = runpy.run_path(str(REPO_ROOT / "tests" / "prometheus" / "conftest.py"))[
+    start_prometheus = runpy.run_path(str(REPO_ROOT / "tests" / "support" / "prometheus.py"))[
         "start_prometheus"
     ]
     work = Path(tempfile.mkdtemp(prefix="trainscale-reaction-"))
