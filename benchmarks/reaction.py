@@ -36,7 +36,13 @@ from typing import Any
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE
 from trainscale.testbed.cluster import REPO_ROOT, Testbed
 from trainscale.testbed.prometheus import start_prometheus
-from trainscale.testbed.simjob import SimulatedExporter, SimulatedJob
+from trainscale.testbed.simjob import (
+    FAST_AUTOSCALING,
+    SimulatedExporter,
+    SimulatedJob,
+    follow_running_workers,
+    list_worker_pods_with,
+)
 from trainscale.trainer.contract.naming import worker_pod_pattern
 
 NAMESPACE = "default"
@@ -67,50 +73,9 @@ def job_manifest(interval: int) -> dict[str, Any]:
                     ],
                 }
             },
-            "autoscaling": {
-                "enabled": True,
-                "objective": "efficiency",
-                "minEfficiency": 0.7,
-                "intervalSeconds": interval,
-                "scaleDownStabilizationSeconds": 0,
-                "restartCostSeconds": 1,
-                # A 5 s rate() window, so a size can be measured 6 s after it starts.
-                "settleSeconds": 6,
-                "prometheus": {
-                    "throughputQuery": (
-                        'sum(rate(trainscale_trainer_samples_total{namespace="{namespace}",'
-                        'pod=~"{job_regex}-worker-[0-9]+"}[5s]))'
-                    )
-                },
-            },
+            "autoscaling": {**FAST_AUTOSCALING, "intervalSeconds": interval},
         },
     }
-
-
-class Kubelet(threading.Thread):
-    """Feeds the simulated job the worker pods kwok is running."""
-
-    def __init__(self, testbed: Testbed, sim: SimulatedJob) -> None:
-        super().__init__(daemon=True)
-        self.testbed, self.sim, self.stop = testbed, sim, threading.Event()
-
-    def run(self) -> None:
-        last = time.monotonic()
-        while not self.stop.is_set():
-            pods = self.testbed.fetch_json(
-                f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=trainscale.dev/job-name%3D{JOB},"
-                "app.kubernetes.io/component%3Dworker"
-            )
-            running = [
-                p["metadata"]["name"]
-                for p in pods.get("items", [])
-                if (p.get("status") or {}).get("phase") == "Running"
-                and not p["metadata"].get("deletionTimestamp")
-            ]
-            now = time.monotonic()
-            self.sim.advance(now - last, running)
-            last = now
-            time.sleep(0.2)
 
 
 def replicas(testbed: Testbed) -> int:
@@ -202,7 +167,12 @@ def main() -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        kubelet = Kubelet(testbed, sim)
+        stop = threading.Event()
+        kubelet = threading.Thread(
+            target=follow_running_workers,
+            args=([sim], stop, 0.2, list_worker_pods_with(testbed.fetch_json)),
+            daemon=True,
+        )
         kubelet.start()
         try:
             testbed.kubectl("apply", "-f", "-", input=json.dumps(job_manifest(args.interval)))
@@ -223,7 +193,7 @@ def main() -> int:
                         flush=True,
                     )
         finally:
-            kubelet.stop.set()
+            stop.set()
             operator.terminate()
             operator.wait(20)
             prometheus.stop()

@@ -2,7 +2,8 @@
 
 Covers:
 - the memory round-trips through JSON (camelCase keys) and tolerates missing or bad keys;
-- an autoscaler restored from memory resumes without exploring again (a fresh one explores);
+- an autoscaler restored from memory resumes without exploring again (a fresh one explores),
+  and keeps every remembered point, two node spans of one count included;
 - forced moves are not choices: after unschedulable pods or a ceiling pushed the job down,
   it returns as soon as the cap lifts; a count it chose to leave needs confidence instead;
 - a ceiling above the current count caps what the job asks for;
@@ -104,6 +105,23 @@ def test_restored_autoscaler_resumes_without_exploring() -> None:
     fresh = JobAutoscaler(spec.model_copy(update={"replicas": settled}))
     _, _, fresh_recs = run(fresh, tau, settled, t + 600.0, 40)
     assert fresh_recs[-1].model is not None and fresh_recs[-1].model.counts == (settled,)
+
+
+def test_restored_autoscaler_keeps_every_remembered_point() -> None:
+    # two spans of one count: restored as old samples, neither may push the other out
+    memory = AutoscalerMemory(
+        points=(
+            MeasuredPoint(4, 1, 390.0, 0.95, 20),
+            MeasuredPoint(8, 1, 700.0, 0.85, 20),
+            MeasuredPoint(8, 2, 500.0, 0.6, 20),
+        ),
+        relative_noise=0.02,
+    )
+    resumed = JobAutoscaler(make_spec(replicas=4, hi=16), memory=memory)
+    run(resumed, linear, 4, 1e6, 3)
+    kept = {(p.replicas, p.nodes): p.samples for p in resumed.memory().points}
+    assert kept.keys() == {(4, 1), (8, 1), (8, 2)}, kept
+    assert kept[(8, 1)] == kept[(8, 2)] == 20
 
 
 def test_forced_down_by_unschedulable_pods_returns_when_they_fit() -> None:

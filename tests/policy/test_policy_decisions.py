@@ -11,6 +11,7 @@ reasons; and clear errors on bad input.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -205,6 +206,13 @@ def test_compaction_keeps_every_count_and_the_recent_window() -> None:
     kept = compact_observations(obs, 6300.0, keep_seconds=600, per_count=5)
     assert [o.replicas for o in kept] == [2] * 5 + [4] * 5 + [4] * 10 + [8] * 10
     assert kept == sorted(kept, key=lambda o: o.timestamp)
+
+
+def test_compaction_keeps_each_node_span_of_a_count() -> None:
+    packed = [replace(o, nodes=1) for o in steady(8, count=10)]
+    spread = [replace(o, nodes=2) for o in steady(8, start=3000, count=10)]
+    kept = compact_observations([*packed, *spread], 6300.0, keep_seconds=600, per_count=5)
+    assert [(o.replicas, o.nodes) for o in kept] == [(8, 1)] * 5 + [(8, 2)] * 5
 
 
 @pytest.mark.parametrize(

@@ -793,9 +793,11 @@ def compact_observations(
 
     A plain time window forgets the replica counts the job left long ago, and the model
     would then re-explore them. This keeps every observation of the last ``keep_seconds``
-    and, of older ones, the newest ``per_count`` of each replica count; the result is at
-    most ``keep_seconds / interval + per_count * counts`` long, in time order. Restart costs
-    are never learned across the gaps this leaves (see :func:`recommend`).
+    and, of older ones, the newest ``per_count`` of each replica count at each node span
+    (the model is per placement: one span of a count must not push out another, as a
+    restored memory's would at once); the result is at most
+    ``keep_seconds / interval + per_count * (count, span) pairs`` long, in time order.
+    Restart costs are never learned across the gaps this leaves (see :func:`recommend`).
 
     Raises:
         ValueError: on a negative ``keep_seconds`` or ``per_count``.
@@ -807,10 +809,10 @@ def compact_observations(
     _check_count("per_count", per_count)
     ordered = sorted(observations, key=lambda o: o.timestamp)
     recent = [o for o in ordered if o.timestamp >= now - keep_seconds]
-    kept: dict[int, list[Observation]] = {}
+    kept: dict[tuple[int, int | None], list[Observation]] = {}
     for o in reversed(ordered):
         if o.timestamp < now - keep_seconds:
-            bucket = kept.setdefault(o.replicas, [])
+            bucket = kept.setdefault((o.replicas, o.nodes), [])
             if len(bucket) < per_count:
                 bucket.append(o)
     old = [o for bucket in kept.values() for o in bucket]

@@ -20,7 +20,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,26 @@ from trainscale.operator.autoscaling.simulation import (
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
+
+FAST_AUTOSCALING: dict[str, Any] = {
+    "enabled": True,
+    "objective": "efficiency",
+    "minEfficiency": 0.7,
+    "intervalSeconds": 1,
+    "scaleDownStabilizationSeconds": 0,
+    "restartCostSeconds": 1,
+    # A 5 s rate() window (Prometheus scraping every second), so a size can be measured
+    # 6 s after it starts.
+    "settleSeconds": 6,
+    "prometheus": {
+        "throughputQuery": (
+            f'sum(rate({SAMPLES_TOTAL}{{namespace="{{namespace}}",'
+            'pod=~"{job_regex}-worker-[0-9]+"}[5s]))'
+        )
+    },
+}
+"""``spec.autoscaling`` of a simulated job on a test-bed that decides in seconds, not minutes
+(benchmarks and end-to-end tests; a copy is yours to change)."""
 
 
 @dataclass
@@ -147,22 +168,63 @@ class SimulatedExporter:
         self._server.shutdown()
 
 
+PodLister = Callable[[str, str], list[dict[str, Any]]]
+"""A job's worker pods (namespace, job name), any phase, as the API server returns them."""
+
+
+def list_worker_pods_with(fetch_json: Callable[[str], Any]) -> PodLister:
+    """A :data:`PodLister` that reads through ``fetch_json`` (an API path -> its JSON), e.g.
+    :meth:`trainscale.testbed.cluster.Testbed.fetch_json`: no $KUBECONFIG needed."""
+    from trainscale.operator.controller.builders import (
+        build_selector_string,
+        build_worker_selector,
+    )
+
+    def list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode(
+            {"labelSelector": build_selector_string(build_worker_selector(name))}
+        )
+        found = fetch_json(f"/api/v1/namespaces/{namespace}/pods?{query}") or {}
+        return list(found.get("items") or [])
+
+    return list_pods
+
+
 def follow_running_workers(
-    jobs: Sequence[SimulatedJob], stop: threading.Event, period: float = 0.5
+    jobs: Sequence[SimulatedJob],
+    stop: threading.Event,
+    period: float = 0.5,
+    list_pods: PodLister | None = None,
 ) -> None:
-    """Advance each job with the worker pods the cluster ($KUBECONFIG) runs, until ``stop``."""
-    from trainscale.operator.adapters import k8s
+    """Advance each job with the worker pods the cluster runs, until ``stop``.
+
+    ``list_pods`` reads them; default: the operator's client for $KUBECONFIG.
+    """
     from trainscale.operator.controller.reconcile import parse_worker_pod
 
-    clients = k8s.load_clients()
+    lister = list_pods
+    if lister is None:
+        from trainscale.operator.adapters import k8s
+
+        clients = k8s.load_clients()
+
+        def lister(namespace: str, name: str) -> list[dict[str, Any]]:
+            return k8s.fetch_worker_pods(clients, namespace, name)
+
     last = time.monotonic()
     while not stop.is_set():
+        running: list[list[str]] = []
         for job in jobs:
-            pods = k8s.fetch_worker_pods(clients, job.namespace, job.name)
-            workers = [w for w in map(parse_worker_pod, pods) if w is not None]
-            running = sorted(w.name for w in workers if w.phase == "Running" and not w.terminating)
-            job.advance(time.monotonic() - last, running)
-        last = time.monotonic()
+            workers = [
+                w for w in map(parse_worker_pod, lister(job.namespace, job.name)) if w is not None
+            ]
+            running.append(
+                sorted(w.name for w in workers if w.phase == "Running" and not w.terminating)
+            )
+        now = time.monotonic()
+        for job, names in zip(jobs, running, strict=True):
+            job.advance(now - last, names)
+        last = now
         stop.wait(period)
 
 

@@ -1,0 +1,244 @@
+"""An operator restarted mid-job resumes autoscaling from the memory in status.
+
+Everything is real except the GPUs: the test-bed control plane, ``trainscale operator`` as a
+process, the Debian Prometheus scraping every second, and
+:class:`~trainscale.testbed.simjob.SimulatedJob` exporting dcgm-exporter's and the trainer's
+series for the worker pods kwok runs, on the ``cliff-4`` curve: 2-GPU workers on the
+test-bed's 8-GPU nodes, four per node, nearly linear up to 4 and collapsing (efficiency 0.6)
+as soon as the job spills onto a second node. The best count, 4, is found only by measuring.
+
+Covers, in order:
+
+- the first operator grows the job, measures, and settles at the best count with a count
+  above it measured and left downwards: ``status.autoscaling.memory`` holds both;
+- the operator is SIGKILLed and a new one started: over many passes it never rescales
+  (neither back to a count it measured and left, nor anywhere else), makes no exploring
+  decision (``Recommendation.exploring``: the ``explore`` class of its decisions metric,
+  the exploration step's ``exploring N`` and the confidence step's ``probing N``), and
+  decides on the remembered curve (the measured points are still in status, with their
+  samples; the fitted model still counts them).
+
+Without the memory (``restore_autoscaler`` ignoring ``status.autoscaling.memory``) a new
+operator sees one count, fits a curve that looks linear, and jumps back above the cliff:
+this test then fails on the first rescale after the restart.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import OperatorProcess
+from tests.support.prometheus import PrometheusServer, free_port, start_prometheus
+from tests.support.testbed import GPUS_PER_NODE, wait_for
+from trainscale.operator.autoscaling.autoscaler import RESTORED_SAMPLES
+from trainscale.operator.autoscaling.simulation import named_curve
+from trainscale.operator.observability.metric_names import SCALING_DECISIONS_NAME
+from trainscale.testbed.cluster import Testbed
+from trainscale.testbed.simjob import (
+    FAST_AUTOSCALING,
+    SimulatedExporter,
+    SimulatedJob,
+    follow_running_workers,
+    list_worker_pods_with,
+)
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow, pytest.mark.prometheus]
+
+JOB = "phoenix"
+GPUS_PER_WORKER = 2
+WORKERS_PER_NODE = GPUS_PER_NODE // GPUS_PER_WORKER  # 4: the fifth worker spills over
+BEST = WORKERS_PER_NODE  # cliff-4: efficiency ~0.97 up to 4, ~0.6 beyond (floor 0.7)
+START = 2
+PASSES_AFTER_RESTART = 20  # decisions the new operator makes while we watch
+
+
+def job_manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": JOB},
+        "spec": {
+            "replicas": START,
+            "minReplicas": 1,
+            "maxReplicas": 8,
+            "template": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "trainer:1",
+                            "resources": {"limits": {"nvidia.com/gpu": GPUS_PER_WORKER}},
+                        }
+                    ],
+                }
+            },
+            "autoscaling": FAST_AUTOSCALING,
+        },
+    }
+
+
+@pytest.fixture
+def simulated(
+    testbed: Testbed,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    tmp_path: Path,
+) -> Iterator[PrometheusServer]:
+    """Prometheus scraping the simulated job of the private namespace, which follows the
+    job's running worker pods."""
+    namespace, _ = private_operator
+    sim = SimulatedJob(namespace, JOB, sync=0.0, curve=named_curve("cliff-4"))
+    exporter = SimulatedExporter([sim])
+    prometheus = start_prometheus(tmp_path / "prometheus", exporter.target)
+    stop = threading.Event()
+    kubelet = threading.Thread(
+        target=follow_running_workers,
+        args=([sim], stop, 0.2, list_worker_pods_with(testbed.fetch_json)),
+        daemon=True,
+    )
+    kubelet.start()
+    yield prometheus
+    stop.set()
+    kubelet.join(5)
+    prometheus.stop()
+    exporter.close()
+
+
+def decisions_metric(port: int) -> dict[tuple[str, str], float]:
+    """The operator's decisions counter, by (direction, reason class); empty until it serves."""
+    name = SCALING_DECISIONS_NAME
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels_text, value = line[len(name) + 1 :].rsplit("} ", 1)
+            labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
+            out[(labels["direction"].strip('"'), labels["reason"].strip('"'))] = float(value)
+    return out
+
+
+def memory_points(job: dict[str, Any]) -> dict[tuple[int, int], int]:
+    """``status.autoscaling.memory``'s points: (replicas, nodes) -> settled samples."""
+    memory = ((job.get("status") or {}).get("autoscaling") or {}).get("memory") or {}
+    return {(p["replicas"], p["nodes"]): p["samples"] for p in memory.get("points") or []}
+
+
+def left_downwards(job: dict[str, Any]) -> set[int]:
+    memory = ((job.get("status") or {}).get("autoscaling") or {}).get("memory") or {}
+    return set(memory.get("leftDownwards") or [])
+
+
+def holds_after_measuring(job: dict[str, Any]) -> bool:
+    """The autoscaler holds at ``spec.replicas`` by a full decision (not while settling),
+    with at least two counts in its memory, one above it measured and left downwards."""
+    auto = (job.get("status") or {}).get("autoscaling") or {}
+    held = job["spec"]["replicas"]
+    counts = {n for n, _ in memory_points(job)}
+    reason = str(auto.get("reason", ""))
+    return (
+        len(counts) >= 2
+        and held in counts
+        and any(c > held for c in left_downwards(job))
+        and auto.get("recommendedReplicas") == held
+        and auto.get("step") not in (None, "settling", "metrics freshness")
+        and not reason.startswith("settling")  # the daemon's own hold while pods start
+        and "holding" in reason
+    )
+
+
+def scaled_since(job: dict[str, Any], moment: float) -> list[dict[str, Any]]:
+    """The rescales ``status.autoscaling.decisions`` records after ``moment`` (their times
+    are whole seconds: one in the second of ``moment`` is taken as before it)."""
+    decisions = ((job.get("status") or {}).get("autoscaling") or {}).get("decisions") or []
+    return [
+        d
+        for d in decisions
+        if calendar.timegm(time.strptime(d["time"], "%Y-%m-%dT%H:%M:%SZ")) > int(moment)
+    ]
+
+
+def test_restarted_operator_resumes_from_the_memory_in_status(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    simulated: PrometheusServer,
+) -> None:
+    namespace, start = private_operator
+    prometheus = simulated
+
+    def start_operator() -> tuple[OperatorProcess, int]:
+        port = free_port()
+        op = start("--prometheus-url", prometheus.url, "--no-arbitration",
+                   "--metrics-port", str(port), "--metrics-address", "127.0.0.1")  # fmt: skip
+        return op, port
+
+    def job() -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(
+            kubectl("get", f"tj/{JOB}", "-n", namespace, "-o", "json").stdout
+        )
+        return found
+
+    def describe(op: OperatorProcess) -> Callable[[], str]:
+        def text() -> str:
+            auto = (job().get("status") or {}).get("autoscaling") or {}
+            shown = {k: auto.get(k) for k in ("reason", "step", "memory", "decisions")}
+            return json.dumps(shown, indent=1) + "\n" + op.log_tail()
+
+        return text
+
+    first, _ = start_operator()
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job_manifest()))
+
+    # 1. The first operator measures its way to the best count and holds there.
+    def held_after_measuring() -> dict[str, Any] | None:
+        found = job()
+        return found if holds_after_measuring(found) else None
+
+    before = wait_for(held_after_measuring, timeout=180, what="the job held after measuring",
+                      describe=describe(first))  # fmt: skip
+    held = before["spec"]["replicas"]
+    assert held == BEST, describe(first)()
+
+    # 2. The operator dies; a new one takes the job over.
+    first.kill()
+    killed_at = time.time()
+    second, port = start_operator()
+
+    # 3. While the new operator makes PASSES_AFTER_RESTART decisions, the job never moves.
+    replicas_seen: set[int] = set()
+
+    def watched() -> bool:
+        replicas_seen.add(job()["spec"]["replicas"])
+        return sum(decisions_metric(port).values()) >= PASSES_AFTER_RESTART
+
+    wait_for(watched, timeout=120, what=f"{PASSES_AFTER_RESTART} decisions of the new operator",
+             describe=describe(second))  # fmt: skip
+    decided = decisions_metric(port)
+    after = job()
+    auto = after["status"]["autoscaling"]
+    assert replicas_seen == {held}, describe(second)()
+    assert not scaled_since(after, killed_at), describe(second)()
+    assert {direction for direction, _ in decided} == {"hold"}, decided
+    assert not any(reason == "explore" for _, reason in decided), decided
+    assert auto["step"] not in ("settling", "metrics freshness"), describe(second)()
+    assert "exploring" not in auto["reason"] and "probing" not in auto["reason"], auto["reason"]
+    # It decided on the remembered curve: every point is still there, none reset, and the
+    # model it fitted counts them (a fresh operator's would count one).
+    remembered, now_remembered = memory_points(before), memory_points(after)
+    for point, samples in remembered.items():
+        assert now_remembered.get(point, 0) >= min(samples, RESTORED_SAMPLES), now_remembered
+    assert left_downwards(before) <= left_downwards(after), auto["memory"]
+    assert auto["model"]["countsMeasured"] >= len({n for n, _ in remembered}), auto
+    assert second.proc is not None and second.proc.poll() is None, second.log_tail()
