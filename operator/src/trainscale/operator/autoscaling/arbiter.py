@@ -25,11 +25,20 @@ The decision is a pipeline of named steps, each a small function tested alone:
    that does not fit blocks the ones behind it (no backfilling past it, so a large job is not
    starved by a stream of small ones). A job whose minimum exceeds the whole cluster cannot
    block the queue and is skipped.
-4. ``grow_by_marginal_gain`` — the GPUs left over go, one grant at a time, to the job whose
+4. ``restore_running`` — the decision starts from the current allocation: admitted running
+   jobs return to the size they run at (the largest candidate at or below it) before any job
+   grows. When admissions took GPUs, the jobs that miss them are those that lose the least
+   utility per GPU (higher priority tiers restored first). So an arrival takes free GPUs
+   first, then only as many as its minimum needs, from the jobs it hurts least.
+5. ``grow_by_marginal_gain`` — the GPUs left over go, one grant at a time, to the job whose
    utility rises the most per GPU, priority tier by tier: a higher-priority job takes all it
-   usefully can before a lower-priority one grows above its minimum (so a higher-priority job
-   may shrink lower ones to their minimum, never below).
-5. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
+   usefully can before a lower-priority one grows above its minimum.
+6. ``rebalance`` — GPUs move from one admitted job to another only when the move pays: the
+   recipient's utility gain must exceed what its same-priority donors lose, both valued with
+   the restart charge and the resize margin below (so a move pays two restarts, with a
+   margin). A higher-priority job may shrink lower ones to their minimum, never below,
+   whatever they lose; a job never gives GPUs to a lower-priority one.
+7. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
    (3 jobs waiting)``, or why a job got all it wanted.
 
 The objective, and why. A job's *speedup* at ``n`` workers is its predicted throughput at
@@ -50,9 +59,15 @@ candidate count and takes the best gain per GPU, so a job can jump over a node-b
 Restarts are charged: changing a running job's size restarts its workers, losing
 ``restartCostSeconds`` of progress. Over the horizon ``restart_horizon_seconds`` that is a
 fraction ``restart / horizon`` of its throughput, so every count other than the current one
-is valued at ``speedup * (1 - restart / horizon)``: a change must beat staying put by more
-than the work it throws away. Starting a queued job costs the same at any count, so nothing is
-charged for it.
+is valued at ``speedup * (1 - restart / horizon) / (1 + resize_margin)``: a change must beat
+staying put by more than the work it throws away, and by a margin besides (hysteresis: no
+restart for a small gain, and no flapping between two sizes whose predicted values are
+close, as fitted models' are). Starting a queued job costs the same at any count, so nothing
+is charged for it.
+
+Why incremental. Rebuilding every decision from the minimums reshuffled several jobs at each
+arrival or departure, each change costing its restart: in the cluster benchmark that churn
+cost more than the better division gained. Steps 4 and 6 make every change pay for itself.
 
 Throughput at counts the demand does not list: linear interpolation between listed counts;
 below the smallest listed count, per-worker throughput as at that count (a job does not scale
@@ -89,6 +104,8 @@ __all__ = [
     "compute_allowed_counts",
     "grow_by_marginal_gain",
     "predicted_throughput",
+    "rebalance",
+    "restore_running",
     "subtract_pinned",
 ]
 
@@ -165,6 +182,9 @@ class ArbiterSettings:
 
     fairness_power: float = -1.0  # p of the generalized mean of speedups; < 1 is fairer
     restart_horizon_seconds: float = 600.0  # a restart's cost is spread over this horizon
+    # hysteresis: a running job is resized only when its speedup, net of the restart, beats
+    # staying put by more than this fraction (no restart for a small gain)
+    resize_margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -343,6 +363,7 @@ def _utility(demand: JobDemand, replicas: int, settings: ArbiterSettings) -> flo
     if demand.current_replicas > 0 and replicas != demand.current_replicas:
         horizon = settings.restart_horizon_seconds
         speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / horizon)
+        speedup /= 1.0 + settings.resize_margin
     p = settings.fairness_power
     if speedup <= 0:
         return float("-inf") if p <= 0 else 0.0
@@ -417,6 +438,180 @@ def grow_by_marginal_gain(
                 heapq.heappush(heap, (-step[0], order, step[1], demand))
 
 
+def restore_running(
+    demands: Sequence[JobDemand],
+    allowed: Mapping[str, Sequence[int]],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    settings: ArbiterSettings,
+) -> None:
+    """Step 4: admitted running jobs grow back toward the size they run at, before any job
+    grows further: the decision starts from the current allocation.
+
+    Mutates ``placed`` and ``free``. Each running job may return to its kept size (its
+    current count, or the largest candidate below it), never above. It is
+    :func:`grow_by_marginal_gain` over those counts only: tier by priority (a higher-priority
+    job keeps its size before a lower one), and within a tier, when the admissions of step 3
+    took GPUs, they are missed by the jobs that lose the least per GPU (the current size is
+    valued without the restart charge, any other with it, so a job is put back whole when it
+    can be, and a job already shrunk is cheap to shrink further)."""
+    running = [d for d in demands if d.key in placed and d.current_replicas > 0]
+    kept = {
+        d.key: tuple(n for n in allowed[d.key] if n <= max(d.current_replicas, d.min_replicas))
+        for d in running
+    }
+    grow_by_marginal_gain(running, kept, placed, free, settings)
+
+
+def _down_step(
+    demand: JobDemand, utilities: Mapping[int, float], at: int
+) -> tuple[float, int] | None:
+    """The smaller allowed count with the least utility loss per GPU freed; None at the
+    minimum. ``utilities`` is ascending by count and starts at the minimum."""
+    here = utilities[at]
+    best: tuple[float, int] | None = None
+    for n, value in utilities.items():
+        if n >= at:
+            break
+        loss = (here - value) / ((at - n) * demand.gpus_per_worker)
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, n)
+    return best
+
+
+def rebalance(
+    demands: Sequence[JobDemand],
+    allowed: Mapping[str, Sequence[int]],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    settings: ArbiterSettings,
+) -> None:
+    """Step 6: move GPUs from one admitted job to another when the move pays.
+
+    Mutates ``placed`` and ``free``. Repeatedly, the job with the best gain per GPU
+    (:func:`_best_step`, any size) takes the GPUs it needs beyond the free ones from donors
+    above their minimum: lower-priority donors first (a higher-priority job may shrink lower
+    ones to their minimum, never below, whatever they lose), then same-priority donors by the
+    least loss per GPU (:func:`_down_step`). A move is made only if the recipient's utility
+    gain exceeds what its same-priority donors lose; both sides are valued with the restart
+    charge and the resize margin, so GPUs move only for a gain that pays two restarts with a
+    margin. A donor never has a higher priority than its recipient. Stops when no move pays
+    (each move raises the objective, so it ends; bounded by the GPU count besides, and a move
+    that failed is not tried again within the decision, which keeps it fast)."""
+    jobs = sorted((d for d in demands if d.key in placed), key=_order_key)
+    utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in jobs}
+    ups: dict[str, tuple[float, int] | None] = {}
+    downs: dict[str, tuple[float, int] | None] = {}
+    stale = {d.key for d in jobs}
+    failed: set[tuple[str, int]] = set()  # moves not tried again (bounds the work)
+    for _ in range(sum(free.values()) + sum(_count(placed, d) * d.gpus_per_worker for d in jobs)):
+        _refresh_steps(jobs, utilities, placed, free, stale, ups, downs)
+        # the cheapest donor per priority, to skip recipients no donor could pay for
+        cheapest: dict[int, float] = {}
+        for demand in jobs:
+            if (down := downs[demand.key]) is not None:
+                cheapest[demand.priority] = min(cheapest.get(demand.priority, math.inf), down[0])
+        candidates = sorted(
+            (-up[0], _order_key(d), up[1], d) for d in jobs if (up := ups[d.key]) is not None
+        )
+        for neg_gain, _, target, recipient in candidates:
+            below = any(p < recipient.priority for p in cheapest)
+            if (recipient.key, target) in failed or (
+                not below and cheapest.get(recipient.priority, math.inf) >= -neg_gain
+            ):
+                continue  # tried, or not even the cheapest same-priority GPU is worth it
+            stale = _move(recipient, target, jobs, utilities, downs, placed, free)
+            if stale:
+                break
+            failed.add((recipient.key, target))
+        else:
+            return
+
+
+def _refresh_steps(
+    jobs: Sequence[JobDemand],
+    utilities: Mapping[str, Mapping[int, float]],
+    placed: Mapping[str, Mapping[str, int]],
+    free: Mapping[str, int],
+    stale: set[str],
+    ups: dict[str, tuple[float, int] | None],
+    downs: dict[str, tuple[float, int] | None],
+) -> None:
+    """Each job's best step up (within the GPUs it could get: free ones and the surplus
+    above their minimum of jobs of its priority or lower) and down, recomputed for the jobs
+    that changed (``stale``) or whose cached step up is out of reach now."""
+    surplus: dict[int, int] = {}
+    for demand in jobs:
+        above = (_count(placed, demand) - demand.min_replicas) * demand.gpus_per_worker
+        surplus[demand.priority] = surplus.get(demand.priority, 0) + above
+    spare = sum(free.values())
+    for demand in jobs:
+        at = _count(placed, demand)
+        own = (at - demand.min_replicas) * demand.gpus_per_worker
+        reach = spare - own + sum(g for p, g in surplus.items() if p <= demand.priority)
+        slots = max(0, reach // demand.gpus_per_worker)
+        cached = ups.get(demand.key)
+        if demand.key in stale or demand.key not in ups or (cached and cached[1] - at > slots):
+            ups[demand.key] = _best_step(demand, utilities[demand.key], at, slots)
+            downs[demand.key] = _down_step(demand, utilities[demand.key], at)
+
+
+def _count(placed: Mapping[str, Mapping[str, int]], demand: JobDemand) -> int:
+    return sum(placed[demand.key].values())
+
+
+def _move(
+    recipient: JobDemand,
+    target: int,
+    jobs: Sequence[JobDemand],
+    utilities: Mapping[str, Mapping[int, float]],
+    downs: Mapping[str, tuple[float, int] | None],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+) -> set[str]:
+    """Try to grow ``recipient`` to ``target`` by shrinking donors (:func:`rebalance`);
+    commit only when the workers fit and the gain beats the loss. ``downs``: each job's
+    :func:`_down_step` as ``placed`` stands. Returns the keys of the jobs changed (empty
+    when nothing was)."""
+    at = _count(placed, recipient)
+    gain = utilities[recipient.key][target] - utilities[recipient.key][at]
+    trial_free = dict(free)
+    trial: dict[str, dict[str, int]] = {}
+    heap: list[tuple[int, float, tuple[int, float, str], int, JobDemand]] = []
+
+    def offer(donor: JobDemand) -> None:
+        where = trial.get(donor.key, placed[donor.key])
+        down = _down_step(donor, utilities[donor.key], sum(where.values()))
+        if down is not None:
+            heapq.heappush(heap, (donor.priority, down[0], _order_key(donor), down[1], donor))
+
+    for donor in jobs:  # their first steps down are known (``downs``, for ``placed``)
+        down = downs[donor.key]
+        if down is not None and donor.key != recipient.key and donor.priority <= recipient.priority:
+            heap.append((donor.priority, down[0], _order_key(donor), down[1], donor))
+    heapq.heapify(heap)
+    loss = 0.0
+    while _slots(trial_free, recipient) < target - at:
+        if not heap:
+            return set()
+        _, _, _, to, donor = heapq.heappop(heap)
+        where = trial.get(donor.key, placed[donor.key])
+        here = sum(where.values())
+        if donor.priority == recipient.priority:
+            loss += utilities[donor.key][here] - utilities[donor.key][to]
+            if loss >= gain:
+                return set()
+        trial[donor.key] = _unplace(donor, here - to, where, trial_free)
+        offer(donor)
+    trial[recipient.key] = _place(recipient, target - at, placed[recipient.key], trial_free)
+    if sum(trial[recipient.key].values()) != target:
+        return set()
+    placed.update(trial)
+    free.clear()
+    free.update(trial_free)
+    return set(trial)
+
+
 # ---------------------------------------------------------------------------- placement
 
 
@@ -448,6 +643,19 @@ def _place(
         where[node] = where.get(node, 0) + 1
         spare[node] -= need
     return where
+
+
+def _unplace(
+    demand: JobDemand, workers: int, where: Mapping[str, int], free: dict[str, int]
+) -> dict[str, int]:
+    """Remove ``workers`` of ``demand`` from ``where``; return what remains. Mutates
+    ``free``. Workers leave the nodes where the job has the fewest first (it stays packed)."""
+    remaining = dict(where)
+    for _ in range(workers):
+        node = min((n for n, w in remaining.items() if w > 0), key=lambda n: (remaining[n], n))
+        remaining[node] -= 1
+        free[node] = free.get(node, 0) + demand.gpus_per_worker
+    return {n: w for n, w in remaining.items() if w > 0}
 
 
 def _node_preference(
@@ -537,7 +745,9 @@ def allocate(
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
     placed, queued = admit_minimums(arbitrated, free)
     unreserved = sum(free.values())  # GPUs beyond the admitted jobs' minimums
+    restore_running(arbitrated, allowed, placed, free, settings)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings)
+    rebalance(arbitrated, allowed, placed, free, settings)
 
     free_gpus = sum(free.values())
     waiting = len(queued)
