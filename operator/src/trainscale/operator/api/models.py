@@ -702,6 +702,22 @@ class TrainingJobStatus(_Model):
             "most 5 min)."
         ),
     )
+    create_failures: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Consecutive passes in which the apiserver refused to create a worker pod, the "
+            "rendezvous pod or its Service (quota, admission, invalid template); absent once "
+            "creation works again."
+        ),
+    )
+    last_create_failure_time: str | None = Field(
+        default=None,
+        description=(
+            "When the apiserver last refused a creation (RFC 3339); the next attempt waits an "
+            "exponential backoff from this time (2 s doubling per failure, at most 5 min)."
+        ),
+    )
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
     )
