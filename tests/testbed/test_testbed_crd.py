@@ -12,6 +12,8 @@ Covers:
   patch of the scale subresource to a count it does not allow (CEL on the TrainingJob
   applies to /scale writes: the apiserver validates the updated TrainingJob).
 - the autoscaler's memory written to status is kept (declared in the schema, not pruned).
+- ``kubectl apply`` of a job whose name is too long for its pods' and Service's names is
+  refused by the CEL rule, naming ``metadata.name``; the longest allowed name is accepted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from trainscale.operator.api import MAX_JOB_NAME_LENGTH
 from trainscale.operator.api.crd import PRINTER_COLUMNS
 from trainscale.testbed.cluster import TestbedError
 
@@ -198,3 +201,18 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
     assert autoscaling["step"] == "confidence"
     assert autoscaling["memory"] == memory
     assert AutoscalerMemory.from_dict(autoscaling["memory"]) == AutoscalerMemory.from_dict(memory)
+
+
+def test_a_name_too_long_for_the_children_is_refused_at_apply(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    longest, too_long = "j" * MAX_JOB_NAME_LENGTH, "j" * (MAX_JOB_NAME_LENGTH + 1)
+    ok = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job(longest)))
+    assert ok.returncode == 0
+    done = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job(too_long)),
+                   check=False)  # fmt: skip
+    assert done.returncode != 0, done.stdout
+    assert f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters" in done.stderr
+    assert kubectl("get", "tj", "-n", namespace, "-o", "name").stdout.split() == [
+        f"trainingjob.trainscale.dev/{longest}"
+    ]

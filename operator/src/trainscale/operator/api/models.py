@@ -34,6 +34,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000
 
+# Kubernetes names: the rendezvous Service name must be a DNS-1035 label (<= 63 chars), and
+# "{job}-rdzv" / "{job}-worker-{index}" must fit, so job names are capped well below 63. The
+# CRD's CEL rule (api/crd.py) and the operator (controller/builders.py) both read these.
+MAX_JOB_NAME_LENGTH = 47
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
 
 def count_gpus(containers: Iterable[Mapping[str, Any]]) -> int:
     """GPUs a pod (or pod template) asks for: the sum of its containers' ``nvidia.com/gpu``
