@@ -14,11 +14,15 @@ Covers:
 - the autoscaler's memory written to status is kept (declared in the schema, not pruned).
 - ``kubectl apply`` of a job whose name is too long for its pods' and Service's names is
   refused by the CEL rule, naming ``metadata.name``; the longest allowed name is accepted.
+- status conditions are metav1.Conditions: the operator's round-trip; one without a required
+  field, with a time that is not a date-time, a reason off metav1's pattern or a duplicate
+  type is refused.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from typing import Any
 
@@ -216,3 +220,39 @@ def test_a_name_too_long_for_the_children_is_refused_at_apply(
     assert kubectl("get", "tj", "-n", namespace, "-o", "name").stdout.split() == [
         f"trainingjob.trainscale.dev/{longest}"
     ]
+
+
+def test_conditions_are_standard_metav1_conditions(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    """What the operator writes round-trips; what metav1.Condition forbids is refused."""
+    from trainscale.operator.api import TrainingJobStatus
+    from trainscale.operator.api.reporting import build_condition
+
+    now = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+    written = TrainingJobStatus(conditions=[
+        build_condition([], "Ready", "False", "WaitingForWorkers", "0 of 2 ready", now, 1),
+        build_condition([], "Degraded", "False", "SpecValid", "", now, 1),
+    ]).to_merge_patch()  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("conds")))
+
+    def patch(status: dict[str, Any]) -> Any:
+        return kubectl("patch", "-n", namespace, "tj/conds", "--subresource=status",
+                       "--type=merge", "-p", json.dumps({"status": status}), check=False)  # fmt: skip
+
+    assert patch(written).returncode == 0
+    stored = json.loads(kubectl("get", "tj/conds", "-n", namespace, "-o", "json").stdout)
+    assert stored["status"]["conditions"] == written["conditions"]
+
+    good = written["conditions"][0]
+    for broken, message in (
+        ({k: v for k, v in good.items() if k != "reason"}, "reason: Required value"),
+        ({k: v for k, v in good.items() if k != "lastTransitionTime"},
+         "lastTransitionTime: Required value"),
+        ({**good, "lastTransitionTime": "yesterday"}, "lastTransitionTime"),
+        ({**good, "reason": "not a reason"}, "reason: Invalid value"),
+    ):  # fmt: skip
+        done = patch({"conditions": [broken]})
+        assert done.returncode != 0 and message in done.stderr, (broken, done.stderr)
+    duplicate = patch({"conditions": [good, {**good, "status": "True"}]})
+    assert duplicate.returncode != 0 and "Duplicate value" in duplicate.stderr, duplicate.stderr

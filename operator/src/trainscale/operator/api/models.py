@@ -550,18 +550,41 @@ class Phase(enum.StrEnum):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
-class Condition(_Model):
-    """A standard Kubernetes condition (metav1.Condition)."""
+# metav1.Condition's validation, as the apiserver's own types declare it
+# (k8s.io/apimachinery/pkg/apis/meta/v1/types.go): the CRD says what `kubectl` users of any
+# standard condition tooling expect.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_MESSAGE_MAX_LENGTH = 32768
 
-    type: str = Field(description="Condition type, e.g. Ready, Degraded, ScalingLimited.")
+
+class Condition(_Model):
+    """A standard Kubernetes condition (metav1.Condition: the same fields, bounds and patterns)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description="Condition type, e.g. Ready, Degraded, ScalingLimited.",
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase machine-readable reason.")
-    message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: str | None = Field(
-        default=None, description="When status last changed (RFC 3339)."
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="CamelCase machine-readable reason.",
+    )
+    message: str = Field(
+        max_length=CONDITION_MESSAGE_MAX_LENGTH, description="Human-readable detail (may be empty)."
+    )
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (RFC 3339).",
     )
     observed_generation: int | None = Field(
-        default=None, description="metadata.generation this condition was computed from."
+        default=None, ge=0, description="metadata.generation this condition was computed from."
     )
 
 
@@ -735,6 +758,7 @@ class TrainingJobStatus(_Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         description="Standard conditions: Ready, Degraded, ScalingLimited, ...",
     )
     autoscaling: AutoscalingStatus | None = Field(
