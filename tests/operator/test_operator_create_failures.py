@@ -2,8 +2,9 @@
 
 Covers: a refused worker pod gives ReplicaFailure=True/FailedCreate naming the pod and the
 server's message, one Warning event (not one per retry), the failure counted and timed in
-status, the phase and replicas still reported; the next creation waits an exponential backoff
-(2 s, 4 s, ... 5 min) and the rendezvous is held too; a refused template (HTTP 400/422) is
+status, the phase and replicas still reported, and a retry refused again posts no event; the
+next creation waits an exponential backoff (2 s, 4 s, ... 5 min) and the rendezvous is held
+too; a refused template (HTTP 400/422) is
 also Degraded=True/InvalidSpec and is not retried for the same generation (Degraded kept);
 when creation works again the condition clears and the count is dropped.
 """
@@ -82,6 +83,7 @@ def test_a_refused_worker_is_a_condition_an_event_and_a_backoff(spec: TrainingJo
     retry, status3 = one_pass(spec, status2, [running(0)], [QUOTA], later)
     assert retry.create_workers == (1,)
     assert [e for e in retry.events if e.type == "Warning"] == []
+    assert retry.events == (), "a refused retry posts nothing (no 'Creating workers' per retry)"
     assert status3["createFailures"] == 2 and retry.requeue_after == 4.0
     assert condition(status3, "ReplicaFailure")["lastTransitionTime"] == "2026-11-21T12:00:00Z"
 

@@ -641,7 +641,9 @@ def build_create_outcome(
             )
         )
     count = int(status.get("createFailures") or 0) + 1
-    events = list(plan.events)
+    retrying = old is not None and old.get("status") == "True"
+    # A retry that is refused again says nothing new: no "Creating workers" event per retry.
+    events = [e for e in plan.events if not (retrying and e.reason in _CREATING_REASONS)]
     if old is None or old.get("status") != "True" or old.get("message") != message:
         events.append(EventSpec("Warning", reason if invalid else "FailedCreate", message))
     backoff = compute_create_backoff_seconds(count)
@@ -658,6 +660,9 @@ def build_create_outcome(
         events=tuple(events),
         requeue_after=backoff if plan.requeue_after is None else min(plan.requeue_after, backoff),
     )
+
+
+_CREATING_REASONS = frozenset({"ScalingUp", "Replacing"})
 
 
 def _dump(conditions: Sequence[api.Condition]) -> list[dict[str, Any]]:
