@@ -5,8 +5,8 @@ Covers:
 - a ResourceQuota (``pods: 2``) that refuses the second worker: ``kubectl get tj`` still shows
   the phase and the one worker that exists, the job has condition ReplicaFailure=True
   (FailedCreate) with the quota's message and exactly one FailedCreate Warning event after
-  several refused retries, and the operator logs no traceback for it; raising the quota lets
-  the job recover and the condition clears;
+  several refused retries, and the operator logs no traceback for it and one warning (the
+  retries are info lines); raising the quota lets the job recover and the condition clears;
 - ``resource:`` instead of ``resources:`` in the template is refused by strict server-side
   field validation: Degraded=True/InvalidSpec naming the field, one InvalidSpec Warning, no
   worker created.
@@ -64,6 +64,8 @@ def test_a_quota_refusal_shows_and_clears(kubectl: Any, job_namespace: str,
     assert "exceeded quota: pods" in found[0]["message"]
     log = operator.log_path.read_text(errors="replace")
     assert f"reconcile of {ns}/{job} failed" not in log, operator.log_tail()
+    refused = [line for line in log.splitlines() if f"{ns}/{job}: the apiserver refused" in line]
+    assert len(refused) >= 3 and sum("WARNING" in line for line in refused) == 1, refused
 
     apply(kubectl, ns, quota(10))
     wait_running(kubectl, ns, job, [0, 1], timeout=120)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,8 +94,12 @@ async def _reconcile_job(
         # -- apply --------------------------------------------------------------------------
         failures = await _apply_plan(clients, body, job, spec, plan)
         plan = reconcile.build_create_outcome(plan, status, failures, generation, now())
+        # A warning when the refusal is new (the pass posts its Warning event); a retry refused
+        # for the same reason is an info line, so the log does not repeat itself at each retry.
+        new_refusal = any(e.reason in ("FailedCreate", "InvalidSpec") for e in plan.events)
         for failure in failures:
-            log.warning(
+            log.log(
+                logging.WARNING if new_refusal else logging.INFO,
                 "TrainingJob %s/%s: the apiserver refused %s %s (HTTP %s %s): %s",
                 namespace, name, failure.kind, failure.name, failure.code, failure.reason,
                 failure.message,
