@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: test unit setup testbed-binaries demo venv system-deps lint format typecheck imports \
-	train clean crd dashboard
+	train clean crd dashboard chart-schema
 
 test: setup lint typecheck imports
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -54,6 +54,9 @@ crd: venv
 
 dashboard: venv
 	$(BIN)/trainscale dashboard --output charts/trainscale/dashboards/trainscale.json
+
+chart-schema: venv
+	$(BIN)/python -m trainscale.testbed.chart_values --output charts/trainscale/values.schema.json
 
 # The main job: the operator on a local control plane with fake GPU nodes, resizing a job.
 demo: setup

@@ -115,11 +115,18 @@ def test_no_data_without_errors_is_also_unavailable(spec: TrainingJobSpec) -> No
 def test_fresh_metrics_clear_the_condition_and_keep_others(spec: TrainingJobSpec) -> None:
     status = {
         "conditions": [
-            {"type": "Ready", "status": "True", "reason": "MinReplicasReady"},
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "MinReplicasReady",
+                "message": "",
+                "lastTransitionTime": "2026-11-21T10:00:00Z",
+            },
             {
                 "type": "MetricsUnavailable",
                 "status": "True",
                 "reason": "PrometheusError",
+                "message": "",
                 "lastTransitionTime": "2026-11-21T10:00:00Z",
             },
         ]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from trainscale.operator.api.crd import build_crd, render_crd_yaml
@@ -109,3 +110,26 @@ def test_every_spec_field_is_described_for_kubectl_explain() -> None:
 def test_crd_file_is_one_yaml_document() -> None:
     docs = list(yaml.safe_load_all(CRD_FILE.read_text()))
     assert len(docs) == 1 and docs[0]["kind"] == "CustomResourceDefinition"
+
+
+def test_the_name_rule_is_the_operators_own_bound() -> None:
+    """The CEL bound on metadata.name is the longest name whose children's names fit 63."""
+    from trainscale.operator.api import MAX_JOB_NAME_LENGTH
+    from trainscale.operator.api.models import MAX_REPLICAS_LIMIT
+    from trainscale.operator.controller.builders import (
+        InvalidJobError,
+        rendezvous_name,
+        validate_job_name,
+    )
+    from trainscale.trainer.contract.naming import worker_pod_name
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    (rule,) = schema["x-kubernetes-validations"]
+    assert rule["rule"] == f"size(self.metadata.name) <= {MAX_JOB_NAME_LENGTH}"
+    assert "metadata.name" in rule["message"]
+    longest = "j" * MAX_JOB_NAME_LENGTH
+    validate_job_name(longest)
+    assert len(worker_pod_name(longest, MAX_REPLICAS_LIMIT - 1)) <= 63
+    assert len(rendezvous_name(longest)) <= 63
+    with pytest.raises(InvalidJobError, match=r"metadata\.name"):
+        validate_job_name(longest + "j")

@@ -2,12 +2,16 @@
 
 Covers: the CLI starts kopf with our handlers against $KUBECONFIG; it serves its own
 Prometheus metrics (reconcile counts and latency, managed jobs and pods) and kopf's liveness
-endpoint on 127.0.0.1; it refuses to start without a namespace scope; SIGTERM stops it.
+endpoint on 127.0.0.1; it refuses to start without a namespace scope; SIGTERM stops it;
+``--version`` is the installed distribution's; ``--help`` shows every default; ``--log-format
+json`` writes one JSON object per line (kopf's formatter, naming the job a line is about).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
 import os
 import signal
 import socket
@@ -113,3 +117,68 @@ async def test_operator_process_serves_metrics_and_liveness(
             raise
         log.close()
     assert code == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    done = subprocess.run([TRAINSCALE, "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"trainscale {importlib.metadata.version('trainscale')}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        pytest.param(["operator"], ["(default: 8080)", "(default: INFO)", "(default: text)",
+                                    "(default: 10.0)"], id="operator"),
+        pytest.param(["simulate"], ["(default: efficiency)", "(default: 0.05)"], id="simulate"),
+        pytest.param([], ["--version"], id="top"),
+    ],
+)  # fmt: skip
+def test_help_shows_the_defaults(argv: list[str], shown: list[str]) -> None:
+    done = subprocess.run([TRAINSCALE, *argv, "--help"], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    for default in shown:
+        assert default in text, text
+    assert "(default: None)" not in text and "(default: True)" not in text
+
+
+def test_a_bad_log_format_is_refused() -> None:
+    done = subprocess.run([TRAINSCALE, "operator", "-A", "--log-format", "xml"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 2 and "invalid choice: 'xml'" in done.stderr
+
+
+async def test_operator_logs_one_json_object_per_line(
+    kmock: kmock.KubernetesEmulator, cluster: Any, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "operator.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+        [TRAINSCALE, "operator", "--all-namespaces", "--metrics-port", "0",
+         "--liveness-port", "0", "--log-format", "json"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        job = {
+            "apiVersion": "trainscale.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "logs", "namespace": "default"},
+            "spec": {"replicas": 1, "maxReplicas": 1,
+                     "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}}},
+        }  # fmt: skip
+        await create_job(kmock, job)
+        await eventually(lambda: len(workers(kmock)) == 1, within=30, what="1 worker")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        log.close()
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert lines
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all(isinstance(r, dict) and "message" in r for r in records), records[:5]
+    about_the_job = [r for r in records if (r.get("object") or {}).get("name") == "logs"]
+    assert about_the_job, records[:20]

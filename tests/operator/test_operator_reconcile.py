@@ -193,7 +193,8 @@ def test_condition_transition_time_moves_only_on_change(spec_dict: dict[str, Any
 
 
 def test_foreign_conditions_are_kept(spec_dict: dict[str, Any]) -> None:
-    status = {"conditions": [{"type": "MetricsUnavailable", "status": "True", "reason": "x"}]}
+    status = {"conditions": [{"type": "MetricsUnavailable", "status": "True", "reason": "x",
+                              "message": "", "lastTransitionTime": "2026-11-21T10:00:00Z"}]}  # fmt: skip
     plan = decide(_spec(spec_dict, replicas=1), [running(0)], status=status)
     assert "MetricsUnavailable" in [c["type"] for c in plan.status["conditions"]]
 

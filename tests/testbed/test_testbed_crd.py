@@ -12,17 +12,24 @@ Covers:
   patch of the scale subresource to a count it does not allow (CEL on the TrainingJob
   applies to /scale writes: the apiserver validates the updated TrainingJob).
 - the autoscaler's memory written to status is kept (declared in the schema, not pruned).
+- ``kubectl apply`` of a job whose name is too long for its pods' and Service's names is
+  refused by the CEL rule, naming ``metadata.name``; the longest allowed name is accepted.
+- status conditions are metav1.Conditions: the operator's round-trip; one without a required
+  field, with a time that is not a date-time, a reason off metav1's pattern or a duplicate
+  type is refused.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from typing import Any
 
 import pytest
 import yaml
 
+from trainscale.operator.api import MAX_JOB_NAME_LENGTH
 from trainscale.operator.api.crd import PRINTER_COLUMNS
 from trainscale.testbed.cluster import TestbedError
 
@@ -198,3 +205,54 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
     assert autoscaling["step"] == "confidence"
     assert autoscaling["memory"] == memory
     assert AutoscalerMemory.from_dict(autoscaling["memory"]) == AutoscalerMemory.from_dict(memory)
+
+
+def test_a_name_too_long_for_the_children_is_refused_at_apply(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    longest, too_long = "j" * MAX_JOB_NAME_LENGTH, "j" * (MAX_JOB_NAME_LENGTH + 1)
+    ok = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job(longest)))
+    assert ok.returncode == 0
+    done = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job(too_long)),
+                   check=False)  # fmt: skip
+    assert done.returncode != 0, done.stdout
+    assert f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters" in done.stderr
+    assert kubectl("get", "tj", "-n", namespace, "-o", "name").stdout.split() == [
+        f"trainingjob.trainscale.dev/{longest}"
+    ]
+
+
+def test_conditions_are_standard_metav1_conditions(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    """What the operator writes round-trips; what metav1.Condition forbids is refused."""
+    from trainscale.operator.api import TrainingJobStatus
+    from trainscale.operator.api.reporting import build_condition
+
+    now = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+    written = TrainingJobStatus(conditions=[
+        build_condition([], "Ready", "False", "WaitingForWorkers", "0 of 2 ready", now, 1),
+        build_condition([], "Degraded", "False", "SpecValid", "", now, 1),
+    ]).to_merge_patch()  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("conds")))
+
+    def patch(status: dict[str, Any]) -> Any:
+        return kubectl("patch", "-n", namespace, "tj/conds", "--subresource=status",
+                       "--type=merge", "-p", json.dumps({"status": status}), check=False)  # fmt: skip
+
+    assert patch(written).returncode == 0
+    stored = json.loads(kubectl("get", "tj/conds", "-n", namespace, "-o", "json").stdout)
+    assert stored["status"]["conditions"] == written["conditions"]
+
+    good = written["conditions"][0]
+    for broken, message in (
+        ({k: v for k, v in good.items() if k != "reason"}, "reason: Required value"),
+        ({k: v for k, v in good.items() if k != "lastTransitionTime"},
+         "lastTransitionTime: Required value"),
+        ({**good, "lastTransitionTime": "yesterday"}, "lastTransitionTime"),
+        ({**good, "reason": "not a reason"}, "reason: Invalid value"),
+    ):  # fmt: skip
+        done = patch({"conditions": [broken]})
+        assert done.returncode != 0 and message in done.stderr, (broken, done.stderr)
+    duplicate = patch({"conditions": [good, {**good, "status": "True"}]})
+    assert duplicate.returncode != 0 and "Duplicate value" in duplicate.stderr, duplicate.stderr

@@ -40,6 +40,15 @@ class KubernetesError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
         self.status = status
+        # The apiserver answers errors with a metav1.Status: its reason (Forbidden, Invalid,
+        # BadRequest, ...) and message (e.g. the quota that refused a pod) are what users see.
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        parsed = parsed if isinstance(parsed, dict) else {}
+        self.reason = str(parsed.get("reason") or "")
+        self.message = str(parsed.get("message") or body[:500])
 
 
 class KubernetesClients:
@@ -190,10 +199,18 @@ def fetch_object_exists(clients: KubernetesClients, kind: str, namespace: str, n
 
 
 def apply_create(clients: KubernetesClients, obj: Mapping[str, Any]) -> bool:
-    """Create a Pod or Service; False (no error) when it already exists."""
+    """Create a Pod or Service; False (no error) when it already exists.
+
+    Created with server-side field validation ``Strict``: a field the apiserver does not know
+    (``resource:`` for ``resources:`` in the user's template) is refused (HTTP 400 naming the
+    field) instead of silently dropped.
+
+    Raises:
+        KubernetesError: the apiserver refused the object (quota, admission, invalid spec).
+    """
     path = _core_path(obj["kind"], obj["metadata"]["namespace"])
     try:
-        _request(clients, "POST", path, body=obj)
+        _request(clients, "POST", path, body=obj, query={"fieldValidation": "Strict"})
     except KubernetesError as exc:
         if exc.status == 409:
             return False

@@ -18,7 +18,13 @@ from trainscale.operator.api.models import (
     GROUP as GROUP,
 )
 from trainscale.operator.api.models import (
+    JOB_NAME_PATTERN as JOB_NAME_PATTERN,
+)
+from trainscale.operator.api.models import (
     KIND as KIND,
+)
+from trainscale.operator.api.models import (
+    MAX_JOB_NAME_LENGTH as MAX_JOB_NAME_LENGTH,
 )
 from trainscale.operator.api.models import (
     PLURAL as PLURAL,

@@ -156,6 +156,25 @@ def build_openapi_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     return result
 
 
+def build_name_validations() -> list[dict[str, Any]]:
+    """CEL rules on ``metadata.name``, so ``kubectl apply`` refuses a name the operator cannot use.
+
+    The job's children are named ``{name}-rdzv`` and ``{name}-worker-{index}`` and must be
+    DNS-1035 labels (at most 63 characters), hence :data:`api.MAX_JOB_NAME_LENGTH`.
+    """
+    most = api.MAX_JOB_NAME_LENGTH
+    return [
+        {
+            "rule": f"size(self.metadata.name) <= {most}",
+            "message": (
+                f"metadata.name must be at most {most} characters: the job's Service and pods "
+                "are named {name}-rdzv and {name}-worker-{index}, at most 63 characters"
+            ),
+            "reason": "FieldValueInvalid",
+        },
+    ]
+
+
 def build_crd() -> dict[str, Any]:
     """Return the TrainingJob CustomResourceDefinition as a dict."""
     spec_schema = build_openapi_schema(api.TrainingJobSpec)
@@ -194,6 +213,7 @@ def build_crd() -> dict[str, Any]:
                                 "trainscale resizes to the throughput its cost justifies."
                             ),
                             "required": ["spec"],
+                            "x-kubernetes-validations": build_name_validations(),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

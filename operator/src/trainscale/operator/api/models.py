@@ -34,6 +34,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000
 
+# Kubernetes names: the rendezvous Service name must be a DNS-1035 label (<= 63 chars), and
+# "{job}-rdzv" / "{job}-worker-{index}" must fit, so job names are capped well below 63. The
+# CRD's CEL rule (api/crd.py) and the operator (controller/builders.py) both read these.
+MAX_JOB_NAME_LENGTH = 47
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
 
 def count_gpus(containers: Iterable[Mapping[str, Any]]) -> int:
     """GPUs a pod (or pod template) asks for: the sum of its containers' ``nvidia.com/gpu``
@@ -544,18 +550,41 @@ class Phase(enum.StrEnum):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
-class Condition(_Model):
-    """A standard Kubernetes condition (metav1.Condition)."""
+# metav1.Condition's validation, as the apiserver's own types declare it
+# (k8s.io/apimachinery/pkg/apis/meta/v1/types.go): the CRD says what `kubectl` users of any
+# standard condition tooling expect.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_MESSAGE_MAX_LENGTH = 32768
 
-    type: str = Field(description="Condition type, e.g. Ready, Degraded, ScalingLimited.")
+
+class Condition(_Model):
+    """A standard Kubernetes condition (metav1.Condition: the same fields, bounds and patterns)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description="Condition type, e.g. Ready, Degraded, ScalingLimited.",
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase machine-readable reason.")
-    message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: str | None = Field(
-        default=None, description="When status last changed (RFC 3339)."
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="CamelCase machine-readable reason.",
+    )
+    message: str = Field(
+        max_length=CONDITION_MESSAGE_MAX_LENGTH, description="Human-readable detail (may be empty)."
+    )
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (RFC 3339).",
     )
     observed_generation: int | None = Field(
-        default=None, description="metadata.generation this condition was computed from."
+        default=None, ge=0, description="metadata.generation this condition was computed from."
     )
 
 
@@ -702,6 +731,22 @@ class TrainingJobStatus(_Model):
             "most 5 min)."
         ),
     )
+    create_failures: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Consecutive passes in which the apiserver refused to create a worker pod, the "
+            "rendezvous pod or its Service (quota, admission, invalid template); absent once "
+            "creation works again."
+        ),
+    )
+    last_create_failure_time: str | None = Field(
+        default=None,
+        description=(
+            "When the apiserver last refused a creation (RFC 3339); the next attempt waits an "
+            "exponential backoff from this time (2 s doubling per failure, at most 5 min)."
+        ),
+    )
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
     )
@@ -713,6 +758,7 @@ class TrainingJobStatus(_Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         description="Standard conditions: Ready, Degraded, ScalingLimited, ...",
     )
     autoscaling: AutoscalingStatus | None = Field(

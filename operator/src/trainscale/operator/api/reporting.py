@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainscale.operator.api.models import Condition, ConditionStatus
+import pydantic
+
+from trainscale.operator.api.models import (
+    CONDITION_MESSAGE_MAX_LENGTH,
+    Condition,
+    ConditionStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,22 @@ def build_condition(
     now: dt.datetime,
     generation: int | None,
 ) -> Condition:
-    """A condition whose lastTransitionTime only moves when its status changes."""
+    """A condition whose lastTransitionTime only moves when its status changes.
+
+    Every field metav1.Condition requires is written; a message longer than the schema allows
+    is cut (the apiserver would refuse the whole status patch).
+    """
     old = next((c for c in previous if c.get("type") == type_), None)
-    changed = old is None or old.get("status") != status
+    changed = old is None or old.get("status") != status or not old.get("lastTransitionTime")
+    if len(message) > CONDITION_MESSAGE_MAX_LENGTH:
+        message = message[: CONDITION_MESSAGE_MAX_LENGTH - 3] + "..."
     return Condition(
         type=type_,
         status=status,
         reason=reason,
         message=message,
         last_transition_time=(
-            old.get("lastTransitionTime") if old is not None and not changed else format_time(now)
+            str(old["lastTransitionTime"]) if old is not None and not changed else format_time(now)
         ),
         observed_generation=generation,
     )
@@ -68,12 +80,20 @@ def merge_conditions(
     """Replace conditions of the same type, keep the others (written by other loops).
 
     A kept condition is parsed as it was read, so it is written back with exactly its own
-    fields.
+    fields; one that is not a valid metav1.Condition (written before the schema required every
+    field) is dropped rather than written back, since the apiserver would refuse the whole
+    patch; the loop that owns it writes it again in full.
     """
     by_type = {c.type: c for c in updates}
     merged: list[Condition] = []
     for old in previous:
         update = by_type.pop(str(old.get("type")), None)
-        merged.append(update if update is not None else Condition.model_validate(old))
+        if update is not None:
+            merged.append(update)
+            continue
+        try:
+            merged.append(Condition.model_validate(old))
+        except pydantic.ValidationError:
+            continue
     merged.extend(by_type.values())
     return merged

@@ -8,8 +8,32 @@ each subcommand's heavy imports happen only when that subcommand runs.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
+
+from trainscale.operator.daemons.options import DEFAULT_PROMETHEUS_URL, LOG_FORMATS, LOG_LEVELS
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every --help shows each option's default, except where there is none to show (None,
+    and on/off flags, whose help says what they change)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+_FORMATTER = _DefaultsHelpFormatter
 
 
 def _write(text: str, output: str | None) -> int:
@@ -52,6 +76,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
             log_level=args.log_level,
+            log_format=args.log_format,
             arbitration=args.arbitration,
             arbitration_interval_seconds=args.arbitration_interval,
         )
@@ -71,6 +96,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = sub.add_parser(
         "simulate",
+        formatter_class=_FORMATTER,
         help="replay the autoscaler on a speedup curve and show every decision",
         description=(
             "Simulate a training job on a speedup curve (a named family or a CSV of measured "
@@ -89,33 +115,34 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ),
     )
     sim.add_argument(
-        "--objective", choices=["efficiency", "budget", "utilization"], default="efficiency"
+        "--objective",
+        choices=["efficiency", "budget", "utilization"],
+        default="efficiency",
+        help="what the autoscaler optimises",
     )
     sim.add_argument("--min-efficiency", type=float, help="efficiency floor (default 0.7)")
     sim.add_argument("--max-cost-per-hour", type=float, help="budget (objective budget)")
     sim.add_argument("--cost-per-gpu-hour", type=float, help="price of a GPU hour (default 1)")
     sim.add_argument("--target-gpu-utilization", type=float, help="utilization floor (default 0.8)")
-    sim.add_argument("--min-replicas", type=int, default=1)
-    sim.add_argument("--max-replicas", type=int, default=32)
-    sim.add_argument("--start", type=int, default=4, help="replicas at the start (default 4)")
+    sim.add_argument("--min-replicas", type=int, default=1, help="fewest workers")
+    sim.add_argument("--max-replicas", type=int, default=32, help="most workers")
+    sim.add_argument("--start", type=int, default=4, help="replicas at the start")
     sim.add_argument(
         "--gpus-per-node",
         type=int,
         help="node size for the packed placement (default: the curve's own)",
     )
-    sim.add_argument("--hours", type=float, default=4.0, help="length of the run (default 4)")
+    sim.add_argument("--hours", type=float, default=4.0, help="length of the run")
     sim.add_argument("--interval", type=int, default=30, help="seconds between decisions")
-    sim.add_argument(
-        "--noise", type=float, default=0.05, help="relative noise per observation (0.05)"
-    )
+    sim.add_argument("--noise", type=float, default=0.05, help="relative noise per observation")
     sim.add_argument(
         "--missing-scrapes", type=float, default=0.0, help="fraction of scrapes that return nothing"
     )
     sim.add_argument(
-        "--restart-seconds", type=float, default=60.0, help="training lost per rescale (60)"
+        "--restart-seconds", type=float, default=60.0, help="training lost per rescale"
     )
     sim.add_argument(
-        "--rate-window", type=float, default=60.0, help="seconds of the throughput rate() (60)"
+        "--rate-window", type=float, default=60.0, help="seconds of the throughput rate()"
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of the noise")
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
@@ -127,20 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainscale",
         description="Kubernetes-native autoscaler for elastic data-parallel PyTorch training.",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {importlib.metadata.version('trainscale')}",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = sub.add_parser(
-        "crd", help="print (or write) the TrainingJob CRD generated from the API models"
+        "crd",
+        help="print (or write) the TrainingJob CRD generated from the API models",
+        formatter_class=_FORMATTER,
     )
     crd.add_argument("-o", "--output", help="file to write instead of standard output")
     crd.set_defaults(func=_cmd_crd)
 
-    dash = sub.add_parser("dashboard", help="print (or write) the Grafana dashboard JSON")
+    dash = sub.add_parser(
+        "dashboard", help="print (or write) the Grafana dashboard JSON", formatter_class=_FORMATTER
+    )
     dash.add_argument("-o", "--output", help="file to write instead of standard output")
     dash.set_defaults(func=_cmd_dashboard)
 
-    op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    op = sub.add_parser(
+        "operator",
+        help="run the operator (kopf) against the current cluster",
+        formatter_class=_FORMATTER,
+    )
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     scope.add_argument(
@@ -155,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-address", default="0.0.0.0", help="address /healthz binds to")
     op.add_argument(
         "--prometheus-url",
-        default="http://prometheus-operated.monitoring.svc:9090",
+        default=DEFAULT_PROMETHEUS_URL,
         help="Prometheus used by jobs whose spec names none",
     )
     op.add_argument(
@@ -171,7 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a peer silent this long is presumed dead and another replica takes over",
     )
-    op.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    op.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="least severity logged",
+    )
+    op.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line (kopf's JSON logging, for log collectors)",
+    )
     op.add_argument(
         "--no-arbitration",
         dest="arbitration",

@@ -20,10 +20,14 @@ __all__ = ["OperatorOptions", "run_operator"]
 
 def run_operator(options: OperatorOptions) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
-    logging.basicConfig(
-        level=getattr(logging, options.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, options.log_level.upper(), logging.INFO)
+    if options.log_format == "json":
+        # kopf's JSON formatter: one object per line, with the job's namespace/name when the
+        # record is about one; then our level on the root logger.
+        kopf.configure(log_format=kopf.LogFormat.JSON)
+        logging.getLogger().setLevel(level)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import trainscale.operator.daemons.handlers  # noqa: F401 - registers the kopf handlers
 
     if options.metrics_port:

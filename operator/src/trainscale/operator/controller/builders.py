@@ -49,10 +49,8 @@ PACKING_WEIGHT = 100
 METRICS_PORT_NAME = "metrics"
 CHECKPOINT_VOLUME = "trainscale-checkpoints"
 
-# Kubernetes names: the rendezvous Service name must be a DNS-1035 label (<= 63 chars), and
-# "{job}-rdzv" / "{job}-worker-{index}" must fit, so job names are capped well below 63.
-MAX_JOB_NAME_LENGTH = 47
-_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_JOB_NAME_LENGTH = api.MAX_JOB_NAME_LENGTH
+_DNS_1035 = re.compile(api.JOB_NAME_PATTERN)
 
 # torchrun spends one restart of its budget on every membership change that loses a node
 # (each scale-down), so a long-lived agent needs a large budget; the job's own failure budget

@@ -19,6 +19,14 @@ Rules, in order:
 5. Missing indices below ``spec.replicas`` are created, unless the old pod of that name is
    still terminating or the index is in backoff.
 6. The rendezvous Service and pod exist while the job is not finished.
+8. When the apiserver refuses to create a worker pod, the rendezvous pod or its Service
+   (ResourceQuota, an admission webhook, Pod Security), the refusal is reported by
+   :func:`build_create_outcome`: condition ``ReplicaFailure=True`` (reason ``FailedCreate``)
+   with the server's message, one ``FailedCreate`` Warning per new message, and nothing is
+   created again before an exponential backoff from ``status.lastCreateFailureTime``. A
+   refusal of the template itself (HTTP 400/422: an unknown field under strict field
+   validation, an invalid pod) is ``Degraded=True/InvalidSpec`` too, and is not retried until
+   the spec changes (a new generation). The condition clears when creation works again.
 7. A job that cluster arbitration queued (its minReplicas do not fit, or arbitration has not
    admitted it yet) runs nothing: no worker and no rendezvous pod is created, workers that
    exist are deleted gracefully, and the phase is Queued with the arbiter's reason.
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainscale.operator import api
@@ -47,6 +55,8 @@ from trainscale.operator.controller.builders import (
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 300.0
+CREATE_BACKOFF_BASE_SECONDS = 2.0
+REPLICA_FAILURE = "ReplicaFailure"
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,23 @@ class ReconcilePlan:
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of reconcile-owned fields
     events: tuple[EventSpec, ...] = ()
     requeue_after: float | None = None  # seconds until a backoff expires
+    creation_held: bool = False  # something is missing but a refused creation's backoff holds it
+
+
+@dataclass(frozen=True)
+class CreateFailure:
+    """The apiserver refused to create one of the job's objects (a pass's apply outcome)."""
+
+    kind: str  # Pod or Service
+    name: str
+    code: int  # HTTP status
+    reason: str  # the server's Status reason: Forbidden, Invalid, BadRequest, ...
+    message: str  # the server's message (names the quota, webhook or field)
+
+    @property
+    def invalid_spec(self) -> bool:
+        """The object itself is wrong (retrying the same template cannot help)."""
+        return self.code in (400, 422)
 
 
 def parse_worker_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
@@ -125,6 +152,38 @@ def compute_backoff_seconds(restarts: int) -> float:
     if restarts <= 0:
         return 0.0
     return float(min(BACKOFF_BASE_SECONDS * 2 ** (restarts - 1), BACKOFF_MAX_SECONDS))
+
+
+def compute_create_backoff_seconds(failures: int) -> float:
+    """Delay after the n-th refused creation in a row: 2 s, 4 s, 8 s, ... capped at 5 minutes."""
+    if failures <= 0:
+        return 0.0
+    return float(min(CREATE_BACKOFF_BASE_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS))
+
+
+def _replica_failure(conditions: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == REPLICA_FAILURE), None)
+
+
+def decide_creation_hold(
+    status: Mapping[str, Any], generation: int | None, now: dt.datetime
+) -> float | None:
+    """Seconds creation must still wait after refused creations (rule 8); None when it may go.
+
+    An ``InvalidSpec`` refusal of this very generation holds until the spec changes (returned
+    as the full backoff cap: the edit of the spec wakes the job sooner).
+    """
+    failure = _replica_failure(status.get("conditions") or [])
+    if failure is None or failure.get("status") != "True":
+        return None
+    if failure.get("reason") == "InvalidSpec" and failure.get("observedGeneration") == generation:
+        return BACKOFF_MAX_SECONDS
+    last = parse_time(status.get("lastCreateFailureTime"))
+    count = int(status.get("createFailures") or 0)
+    if last is None or count <= 0:
+        return None
+    until = last + dt.timedelta(seconds=compute_create_backoff_seconds(count))
+    return (until - now).total_seconds() if now < until else None
 
 
 def _failure_event(pod: WorkerPod) -> EventSpec:
@@ -194,6 +253,7 @@ def decide_reconcile(
     )
     active = [w for w in workers if w.active]
     succeeded = any(w.phase == "Succeeded" for w in workers)
+    hold = decide_creation_hold(status, generation, now)
 
     _replace_failed_workers(step, workers)
     _finish_when_all_succeeded(step, succeeded, active)
@@ -214,14 +274,27 @@ def decide_reconcile(
             now,
         )
     surplus = _scale_down(step, active)
-    if not succeeded:
+    if not succeeded and hold is None:
         _create_missing_workers(step, workers, active, surplus)
+    missing_rendezvous = queued is None and not (
+        rendezvous_pod_exists and rendezvous_service_exists
+    )
+    held = hold is not None and (
+        missing_rendezvous or len([w for w in active if w.index < spec.replicas]) < spec.replicas
+    )
+    if held:
+        assert hold is not None
+        step.wait(hold)
 
     live = [w for w in active if w.name not in step.deleting]
     ready = sum(1 for w in live if w.ready and w.phase == "Running")
     settling = bool(step.creates or step.deletes or any(w.terminating for w in workers))
     step.phase = _decide_phase(spec, len(live) + len(step.creates), ready, settling)
     conditions = _running_conditions(spec, prev_conditions, live, ready, now, generation)
+    failure = _replica_failure(prev_conditions)
+    if held and failure is not None and failure.get("reason") == "InvalidSpec":
+        # Keep Degraded=True/InvalidSpec while the refused template is not retried.
+        conditions = [c for c in conditions if c.type != "Degraded"]
     if queued is not None:
         step.phase = api.Phase.QUEUED.value
         conditions[0] = build_condition(
@@ -237,19 +310,22 @@ def decide_reconcile(
         step.restarts,
         step.last_failure,
         merge_conditions(prev_conditions, conditions),
+        create_failures=status.get("createFailures"),
+        last_create_failure_time=status.get("lastCreateFailureTime"),
     )
     if step.phase != previous_phase:
         step.events.append(
             EventSpec("Normal", f"Phase{step.phase}", f"Phase {previous_phase} -> {step.phase}")
         )
     return ReconcilePlan(
-        create_rendezvous_service=not rendezvous_service_exists and queued is None,
-        create_rendezvous_pod=not rendezvous_pod_exists and queued is None,
+        create_rendezvous_service=not rendezvous_service_exists and queued is None and not held,
+        create_rendezvous_pod=not rendezvous_pod_exists and queued is None and not held,
         delete_workers=tuple(step.deletes),
         create_workers=tuple(step.creates),
         status=new_status,
         events=tuple(step.events),
         requeue_after=step.requeue,
+        creation_held=held,
     )
 
 
@@ -403,9 +479,13 @@ def _status_patch(
     restarts: int,
     last_failure: dt.datetime | None,
     conditions: list[api.Condition],
+    create_failures: int | None = None,
+    last_create_failure_time: str | None = None,
 ) -> dict[str, Any]:
     """The merge patch of every status field the reconcile loop owns (None deletes)."""
     return api.TrainingJobStatus(
+        create_failures=create_failures,
+        last_create_failure_time=last_create_failure_time,
         phase=api.Phase(phase),
         replicas=count,
         ready_replicas=ready,
@@ -506,3 +586,84 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]], prefix: str 
                 msg = f"{msg} (got {value!r})"
         lines.append(f"{path}: {msg}")
     return "; ".join(lines)
+
+
+def build_create_outcome(
+    plan: ReconcilePlan,
+    status: Mapping[str, Any],
+    failures: Sequence[CreateFailure],
+    generation: int | None,
+    now: dt.datetime,
+) -> ReconcilePlan:
+    """The plan's status, events and requeue once its creations were tried (rule 8).
+
+    ``failures`` are the creations the apiserver refused in this pass (in the order tried).
+    With failures: ``ReplicaFailure=True`` naming the first refused object and the server's
+    message (``Degraded=True/InvalidSpec`` too when the template itself was refused), a
+    Warning event only when that message is new (not one per retry), the failure counted and
+    timed in status and the next pass after the backoff. Without failures, and nothing held
+    back, a ``ReplicaFailure=True`` condition clears and the count is dropped. The rest of the
+    status (phases, replicas) is the plan's: what exists is always reported.
+    """
+    prev_conditions = list(status.get("conditions") or [])
+    old = _replica_failure(prev_conditions)
+    planned = [api.Condition.model_validate(c) for c in plan.status.get("conditions") or []]
+    if not failures:
+        if plan.creation_held or old is None or old.get("status") != "True":
+            return plan
+        cleared = build_condition(
+            prev_conditions, REPLICA_FAILURE, "False", "Created",
+            "The apiserver accepts the job's pods and Service again", now, generation,
+        )  # fmt: skip
+        return replace(
+            plan,
+            status={
+                **plan.status,
+                **api.TrainingJobStatus(
+                    conditions=merge_conditions(_dump(planned), [cleared]),
+                    create_failures=None,
+                    last_create_failure_time=None,
+                ).to_merge_patch(),
+            },
+        )
+    first = failures[0]
+    invalid = any(f.invalid_spec for f in failures)
+    reason = "InvalidSpec" if invalid else "FailedCreate"
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    message = f"Error creating {first.kind} {first.name}: {first.message}{more}"
+    updates = [
+        build_condition(prev_conditions, REPLICA_FAILURE, "True", reason, message, now, generation)
+    ]
+    if invalid:
+        updates.append(
+            build_condition(
+                prev_conditions, "Degraded", "True", "InvalidSpec", message, now, generation
+            )
+        )
+    count = int(status.get("createFailures") or 0) + 1
+    retrying = old is not None and old.get("status") == "True"
+    # A retry that is refused again says nothing new: no "Creating workers" event per retry.
+    events = [e for e in plan.events if not (retrying and e.reason in _CREATING_REASONS)]
+    if old is None or old.get("status") != "True" or old.get("message") != message:
+        events.append(EventSpec("Warning", reason if invalid else "FailedCreate", message))
+    backoff = compute_create_backoff_seconds(count)
+    return replace(
+        plan,
+        status={
+            **plan.status,
+            **api.TrainingJobStatus(
+                conditions=merge_conditions(_dump(planned), updates),
+                create_failures=count,
+                last_create_failure_time=format_time(now),
+            ).to_merge_patch(),
+        },
+        events=tuple(events),
+        requeue_after=backoff if plan.requeue_after is None else min(plan.requeue_after, backoff),
+    )
+
+
+_CREATING_REASONS = frozenset({"ScalingUp", "Replacing"})
+
+
+def _dump(conditions: Sequence[api.Condition]) -> list[dict[str, Any]]:
+    return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions]

@@ -12,6 +12,8 @@ import dataclasses
 from typing import Any
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class OperatorOptions:
     priority: int | None = None
     peering_lifetime: int = 60
     log_level: str = "INFO"
+    log_format: str = "text"  # one of LOG_FORMATS
     arbitration: bool = True
     arbitration_interval_seconds: float = 10.0
 

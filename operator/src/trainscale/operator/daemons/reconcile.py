@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,36 +92,18 @@ async def _reconcile_job(
         )
 
         # -- apply --------------------------------------------------------------------------
-        if plan.create_rendezvous_service:
-            obj = builders.build_rendezvous_service(job, spec)
-            if await asyncio.to_thread(k8s.apply_create, clients, obj):
-                post_event(
-                    body,
-                    EventSpec("Normal", "CreatedRendezvous", f"Created Service {rdzv}"),
-                )
-        if plan.create_rendezvous_pod:
-            obj = builders.build_rendezvous_pod(job, spec)
-            if await asyncio.to_thread(k8s.apply_create, clients, obj):
-                post_event(body, EventSpec("Normal", "CreatedRendezvous", f"Created Pod {rdzv}"))
-        if plan.delete_rendezvous_pod:
-            await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, rdzv)
-        for pod_name, reason in plan.delete_workers:
-            if await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, pod_name):
-                post_event(
-                    body,
-                    EventSpec("Normal", "DeletedWorker", f"Deleted {pod_name}: {reason}"),
-                )
-        for index in plan.create_workers:
-            obj = builders.build_worker_pod(job, spec, index)
-            if await asyncio.to_thread(k8s.apply_create, clients, obj):
-                post_event(
-                    body,
-                    EventSpec(
-                        "Normal",
-                        "CreatedWorker",
-                        f"Created {obj['metadata']['name']} (index {index})",
-                    ),
-                )
+        failures = await _apply_plan(clients, body, job, spec, plan)
+        plan = reconcile.build_create_outcome(plan, status, failures, generation, now())
+        # A warning when the refusal is new (the pass posts its Warning event); a retry refused
+        # for the same reason is an info line, so the log does not repeat itself at each retry.
+        new_refusal = any(e.reason in ("FailedCreate", "InvalidSpec") for e in plan.events)
+        for failure in failures:
+            log.log(
+                logging.WARNING if new_refusal else logging.INFO,
+                "TrainingJob %s/%s: the apiserver refused %s %s (HTTP %s %s): %s",
+                namespace, name, failure.kind, failure.name, failure.code, failure.reason,
+                failure.message,
+            )  # fmt: skip
         for event in plan.events:
             post_event(body, event)
         await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
@@ -136,6 +119,68 @@ async def _reconcile_job(
         raise
     finally:
         metrics.reconcile_duration.observe(time.monotonic() - started)
+
+
+async def _apply_plan(
+    clients: k8s.KubernetesClients,
+    body: Mapping[str, Any],
+    job: builders.JobRef,
+    spec: api.TrainingJobSpec,
+    plan: reconcile.ReconcilePlan,
+) -> list[reconcile.CreateFailure]:
+    """Create and delete what the plan says; returns the creations the apiserver refused."""
+    namespace, rdzv = job.namespace, builders.rendezvous_name(job.name)
+    failures: list[reconcile.CreateFailure] = []
+    if plan.create_rendezvous_service:
+        obj = builders.build_rendezvous_service(job, spec)
+        if await _create(clients, obj, failures):
+            post_event(
+                body,
+                EventSpec("Normal", "CreatedRendezvous", f"Created Service {rdzv}"),
+            )
+    if plan.create_rendezvous_pod:
+        obj = builders.build_rendezvous_pod(job, spec)
+        if await _create(clients, obj, failures):
+            post_event(body, EventSpec("Normal", "CreatedRendezvous", f"Created Pod {rdzv}"))
+    if plan.delete_rendezvous_pod:
+        await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, rdzv)
+    for pod_name, reason in plan.delete_workers:
+        if await asyncio.to_thread(k8s.apply_delete_pod, clients, namespace, pod_name):
+            post_event(
+                body,
+                EventSpec("Normal", "DeletedWorker", f"Deleted {pod_name}: {reason}"),
+            )
+    for index in plan.create_workers:
+        obj = builders.build_worker_pod(job, spec, index)
+        if await _create(clients, obj, failures):
+            post_event(
+                body,
+                EventSpec(
+                    "Normal",
+                    "CreatedWorker",
+                    f"Created {obj['metadata']['name']} (index {index})",
+                ),
+            )
+    return failures
+
+
+async def _create(
+    clients: k8s.KubernetesClients,
+    obj: Mapping[str, Any],
+    failures: list[reconcile.CreateFailure],
+) -> bool:
+    """Create ``obj``; a refusal is recorded in ``failures`` (an input of the status), not raised.
+
+    Returns whether it was created (False: it already existed, or it was refused).
+    """
+    try:
+        return await asyncio.to_thread(k8s.apply_create, clients, obj)
+    except k8s.KubernetesError as exc:
+        meta = obj["metadata"]
+        failures.append(
+            reconcile.CreateFailure(obj["kind"], meta["name"], exc.status, exc.reason, exc.message)
+        )
+        return False
 
 
 async def _report_invalid_spec(
