@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.api.reporting import is_noop_merge_patch
 from trainscale.operator.controller.reconcile import (
     ReconcilePlan,
     WorkerPod,
@@ -305,3 +306,30 @@ def test_a_queued_job_gives_its_workers_back_gracefully(spec_dict: dict[str, Any
     assert [name for name, _ in queued.delete_workers] == ["j-worker-1", "j-worker-0"]
     assert queued.create_workers == ()
     assert queued.status["phase"] == "Queued"
+
+
+@pytest.mark.parametrize(
+    ("current", "patch", "noop"),
+    [
+        pytest.param({"a": 1}, {"a": 1}, True, id="same-value"),
+        pytest.param({"a": 1}, {"a": 2}, False, id="new-value"),
+        pytest.param({}, {"a": 1}, False, id="new-key"),
+        pytest.param({"a": 1}, {"a": None}, False, id="null-deletes"),
+        pytest.param({}, {"a": None}, True, id="null-on-missing"),
+        pytest.param({"a": None}, {"a": None}, True, id="null-on-null"),
+        pytest.param({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}, True, id="nested-subset"),
+        pytest.param({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}, False, id="nested-new-key"),
+        pytest.param({"a": [1, 2]}, {"a": [1]}, False, id="lists-replace"),
+        pytest.param({"a": 1}, {"a": {"b": 1}}, False, id="scalar-to-object"),
+    ],
+)
+def test_a_status_patch_that_changes_nothing_is_recognised(
+    current: dict[str, Any], patch: dict[str, Any], noop: bool
+) -> None:
+    assert is_noop_merge_patch(current, patch) is noop
+
+
+def test_a_steady_job_needs_no_status_write(spec_dict: dict[str, Any]) -> None:
+    first = decide(_spec(spec_dict, replicas=2), [running(0), running(1)], status={})
+    second = decide(_spec(spec_dict, replicas=2), [running(0), running(1)], status=first.status)
+    assert is_noop_merge_patch(first.status, second.status)

@@ -97,3 +97,27 @@ def merge_conditions(
             continue
     merged.extend(by_type.values())
     return merged
+
+
+def is_noop_merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether a JSON merge patch would leave ``current`` exactly as it is.
+
+    A loop that writes only what changed costs the apiserver nothing when nothing changed,
+    and never moves the object's resourceVersion under a concurrent writer (kopf lifting its
+    finalizer tests that version). Rules of RFC 7386: null deletes a key, an object merges
+    key by key, anything else (lists included) replaces.
+    """
+    for key, value in patch.items():
+        if value is None:
+            if current.get(key) is not None:
+                return False
+        elif isinstance(value, Mapping):
+            existing = current.get(key)
+            if not isinstance(existing, Mapping) or not is_noop_merge_patch(existing, value):
+                return False
+        elif current.get(key, _MISSING) != value:
+            return False
+    return True
+
+
+_MISSING = object()

@@ -27,11 +27,13 @@ from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
     WAKEUPS,
     get_metrics,
     log,
     post_event,
+    sleep_or_wake,
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
@@ -180,14 +182,20 @@ async def autoscale_job(
     return float(spec.autoscaling.interval_seconds)
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=LOOP_STOP_TIMEOUT_SECONDS)
 async def trainingjob_autoscale_loop(
-    name: str, namespace: str | None, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
-    """The job's autoscaler: every intervalSeconds while autoscaling.enabled."""
+    """The job's autoscaler: every intervalSeconds while autoscaling.enabled, until kopf
+    stops it (a pass in flight ends first)."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     loop = JobLoop()
-    while True:
+    while not stopped:
         try:
             delay = await autoscale_job(
                 namespace,
@@ -199,4 +207,4 @@ async def trainingjob_autoscale_loop(
         except Exception as exc:  # a bad pass must not kill the loop
             logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
             delay = RESYNC_SECONDS
-        await asyncio.sleep(delay)
+        await sleep_or_wake(stopped, delay)

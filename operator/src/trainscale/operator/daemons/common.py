@@ -9,6 +9,7 @@ Both needs are per job and per process, so they live in one place below both loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -73,3 +74,29 @@ def utcnow() -> dt.datetime:
 def post_event(body: Mapping[str, Any], event: EventSpec) -> None:
     """Post a Kubernetes Event on the job (through kopf's event queue)."""
     kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+
+
+# How long kopf lets a job's loop finish its pass after the job is deleted (or the operator
+# stops) before it cancels it: a pass is well under this, and a pass cut off mid-write would
+# change the job under kopf's finalizer removal.
+LOOP_STOP_TIMEOUT_SECONDS = 10.0
+
+
+async def sleep_or_wake(
+    stopped: kopf.DaemonStopped, delay: float, wake: asyncio.Event | None = None
+) -> None:
+    """Sleep ``delay`` seconds, or less when ``wake`` is set or kopf stops the loop.
+
+    Uses :func:`asyncio.wait`, which never swallows a cancellation (``asyncio.wait_for`` on
+    Python 3.11 can, when it arrives in the same tick as the wake-up: CPython gh-86296).
+    """
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waiters, return_exceptions=True)

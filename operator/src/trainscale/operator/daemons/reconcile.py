@@ -13,7 +13,6 @@ reads the job and its pods afresh, so a restarted operator converges from whatev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -25,16 +24,18 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
-from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.api.reporting import EventSpec, is_noop_merge_patch
 from trainscale.operator.autoscaling import cluster
 from trainscale.operator.controller import builders, reconcile
 from trainscale.operator.daemons.cluster import arbitration_active, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
     WAKEUPS,
     get_metrics,
     log,
     post_event,
+    sleep_or_wake,
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 
@@ -106,7 +107,8 @@ async def _reconcile_job(
             )  # fmt: skip
         for event in plan.events:
             post_event(body, event)
-        await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+        if not is_noop_merge_patch(status, plan.status):
+            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
         metrics.observe_job(
             namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
         )
@@ -214,22 +216,28 @@ async def _report_invalid_spec(
     )
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=2.0)
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=LOOP_STOP_TIMEOUT_SECONDS)
 async def trainingjob_reconcile_loop(
-    name: str, namespace: str | None, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
-    """The job's serialized reconcile loop: a pass now, then whenever woken or resynced."""
+    """The job's serialized reconcile loop: a pass now, then whenever woken or resynced,
+    until kopf stops it (the job deleted, the operator stopping): a pass in flight ends
+    first, so the loop never writes the job after it returned."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     wake = WAKEUPS.get(namespace, name)
-    while True:
+    while not stopped:
         wake.clear()
         try:
             delay = await reconcile_job(namespace, name, arbitration=arbitration_active(memo))
         except Exception as exc:  # an API hiccup must not kill the loop
             logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
             delay = 2.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+        await sleep_or_wake(stopped, delay, wake)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
