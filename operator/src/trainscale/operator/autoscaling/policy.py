@@ -983,6 +983,23 @@ def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None
     return best
 
 
+def _fills_its_nodes(model: SpeedupModel, n: int) -> bool:
+    """Whether ``n`` packed spans one node or fills every node it spans."""
+    size = model.workers_per_node
+    return size is None or size <= 0 or model.nodes(n) == 1 or n % size == 0
+
+
+def _placeable(model: SpeedupModel, counts: Iterable[int], current: int, lo: int) -> list[int]:
+    """The counts the objective may choose: on several nodes, only those filling them.
+
+    A count that leaves a node partly filled puts a few workers behind the inter-node
+    link of every step, the worst case for the all-reduce; the model (one inter-node term)
+    cannot see it, so such counts are not chosen (the current count and ``minReplicas``
+    stay allowed: holding is not a choice, and the bound may force it).
+    """
+    return [n for n in counts if n in (current, lo) or _fills_its_nodes(model, n)]
+
+
 def _choose(
     spec: TrainingJobSpec,
     model: _Estimates,
@@ -1003,7 +1020,7 @@ def _choose(
     def doubt(error: float) -> float:
         return CONFIDENCE_Z * error
 
-    candidates = range(lo, ceiling + 1)
+    candidates = _placeable(model.model, range(lo, ceiling + 1), current, lo)
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
@@ -1205,6 +1222,29 @@ def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
     return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
+def _probe_candidates(model: SpeedupModel, current: int, ceiling: int) -> list[int]:
+    """The counts a probe may measure: within a small move above ``current``; past a
+    node boundary, the first count that fills its nodes instead.
+
+    A count that spills a few workers onto another node is the worst placement for the
+    all-reduce (the few remote workers pace every step), so measuring it says little
+    about the counts that fill their nodes, where measured curves recover. One
+    measurement across full nodes identifies the inter-node term for every multi-node
+    count (the model's), so that is the one worth a restart.
+    """
+    top = min(ceiling, current + compute_fine_span(current))
+    near = [n for n in range(current + 1, top + 1) if _fills_its_nodes(model, n)]
+    size = model.workers_per_node
+    if size is None or size <= 0:
+        return near
+    inside = [n for n in near if model.nodes(n) == model.nodes(current)]
+    full = size * (model.nodes(current) + 1)  # the next node boundary, its nodes filled
+    measured_past = any(model.nodes(c) > model.nodes(current) for c in model.counts)
+    if measured_past or full > ceiling:
+        return near
+    return [*inside, full]
+
+
 def _probe(
     spec: TrainingJobSpec,
     est: _Estimates,
@@ -1216,7 +1256,8 @@ def _probe(
 ) -> int | None:
     """The unmeasured count worth measuring once: measurements beat the model.
 
-    A count within a small move above ``current`` that was never measured, whose floor is
+    A count within a small move above ``current`` (past a node boundary: the first that
+    fills its nodes, :func:`_probe_candidates`) that was never measured, whose floor is
     not known to fail (it holds one standard error up) and whose point estimate promises
     ``PROBE_MIN_GAIN`` more throughput (paying the restart), is measured rather than ruled
     out by a fit that has never seen it. Never below a count the job chose to leave
@@ -1230,8 +1271,7 @@ def _probe(
     if any(c > current and _floor_margin(spec, est, c) >= -HYSTERESIS for c in left):
         return None  # it left a count near its floor above: going back is a reversal
     best: int | None = None
-    top = min(ceiling, current + compute_fine_span(current))
-    for n in range(current + 1, top + 1):
+    for n in _probe_candidates(est.model, current, ceiling):
         if n in measured:
             continue
         # The floor may hold (one standard error up) and the estimate is near it.
@@ -1639,7 +1679,11 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
         # A large move may follow the point estimate, but must land inside the floor's
         # tolerance band even if the estimate is a standard error too kind.
         safe = max(
-            (m for m in range(current + 1, ctx.target) if _inside_band(spec, est, m)),
+            (
+                m
+                for m in range(current + 1, ctx.target)
+                if _inside_band(spec, est, m) and _fills_its_nodes(model, m)
+            ),
             default=current,
         )
         too_uncertain = f"{ctx.target} too uncertain ({_uncertainty(spec, est, ctx.target)})"
