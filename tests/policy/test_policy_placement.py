@@ -171,6 +171,7 @@ def _model(per_node: int | None, counts: tuple[int, ...]) -> SpeedupModel:
         pytest.param(8, (4, 8), 8, 12, [], id="full-node-past-the-ceiling-no-spill"),
         pytest.param(8, (8, 16), 8, 32, [], id="multi-node-measured-no-spill"),
         pytest.param(4, (4, 8), 16, 32, [20], id="several-nodes-only-full-ones"),
+        pytest.param(8, (4, 8, 16), 16, 32, [], id="inter-node-term-known-no-leap-to-24"),
     ],
 )  # fmt: skip
 def test_probe_candidates(per_node, counts, current, ceiling, expected) -> None:  # type: ignore[no-untyped-def]

@@ -1239,8 +1239,8 @@ def _probe_candidates(model: SpeedupModel, current: int, ceiling: int) -> list[i
         return near
     inside = [n for n in near if model.nodes(n) == model.nodes(current)]
     full = size * (model.nodes(current) + 1)  # the next node boundary, its nodes filled
-    measured_past = any(model.nodes(c) > model.nodes(current) for c in model.counts)
-    if measured_past or full > ceiling:
+    spanned = any(model.nodes(c) > 1 for c in model.counts)  # the inter-node term is known
+    if spanned or full > ceiling:
         return near
     return [*inside, full]
 
