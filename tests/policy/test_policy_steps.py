@@ -154,6 +154,25 @@ def test_exploration(observations, current, target, exploring) -> None:  # type:
 
 
 @pytest.mark.parametrize(
+    ("per_node", "util", "target", "says"),
+    [
+        pytest.param(None, False, 5, "exploring 5 (curve not identified", id="no-node-size-above"),
+        pytest.param(8, False, 5, "exploring 5 (curve not identified", id="inside-the-node-above"),
+        pytest.param(4, False, 3, "exploring 3", id="a-partial-node-is-never-a-target"),
+        pytest.param(1, False, 3, "5 would spill onto another node", id="above-spills-below"),
+    ],
+)  # fmt: skip
+def test_exploration_never_spills_onto_another_node(per_node, util, target, says) -> None:  # type: ignore[no-untyped-def]
+    current = 4
+    observations = steady(current, util=util)
+    ctx = context(observations, current, observations[-1].timestamp + 30.0,
+                  workers_per_node=per_node)  # fmt: skip
+    assert run_to(ctx, "exploration") is None
+    assert (ctx.target, ctx.exploring) == (target, True)
+    assert says in ctx.reason
+
+
+@pytest.mark.parametrize(
     ("target", "pending", "holds"),
     [
         pytest.param(8, 1, True, id="up-while-pending-holds"),

@@ -1586,7 +1586,19 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
     current = ctx.current
     if len(model.counts) != 1:
         return None
-    if model.level == 0 and ctx.target != current:
+    if (
+        ctx.target == current + 1
+        and model.nodes(ctx.target) > model.nodes(current)
+        and current > ctx.lo
+        and auto.objective is not Objective.BUDGET
+    ):
+        # The count above spills onto another node: the worst placement, which would
+        # pin the inter-node term for every multi-node count. The count below identifies
+        # the curve inside the node; a full node is probed later.
+        ctx.target, ctx.exploring = current - 1, True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count; "
+        ctx.reason += f"{current + 1} would spill onto another node)"
+    elif model.level == 0 and ctx.target != current:
         ctx.exploring = True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     elif (
@@ -1609,7 +1621,8 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
         # time is synchronisation, which reads the input pipeline's share as sync and
         # may stop the job one count short. The count above is the cheapest experiment,
         # tried early (never after a long stay, when noise alone would trigger it).
-        ctx.target, ctx.exploring = current + 1, True
+        spills = model.nodes(current + 1) > model.nodes(current) and current > ctx.lo
+        ctx.target, ctx.exploring = (current - 1 if spills else current + 1), True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     return None
 
