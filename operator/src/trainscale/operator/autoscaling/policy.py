@@ -1007,15 +1007,22 @@ def _choose(
     lo: int,
     hi: int,
     ceiling: int,
+    settled: int = 0,
 ) -> _Choice:
     """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity).
 
     A floor is a floor: the count the job runs keeps its floor only while it is not known
     to break it, that is while the floor lies within ``CONFIDENCE_Z`` standard errors of
     its estimate. No fixed band: hysteresis delays a move off a count that may break the
-    floor, it never holds one the estimates say does.
+    floor, it never holds one the estimates say does. Until the count has
+    ``2 * JUMP_SETTLED_SAMPLES`` settled samples (and while the curve rests on one count)
+    the error includes the doubt about the reference throughput; once measured that long,
+    half of it, or its own samples' error if larger: a doubt that does not shrink however
+    long the count is measured never holds it for hours.
     """
     auto = spec.autoscaling
+    # One count reads all idle time as synchronisation (a low reading): not yet known.
+    patient = settled < 2 * JUMP_SETTLED_SAMPLES or len(model.model.counts) < 2
 
     def doubt(error: float) -> float:
         return CONFIDENCE_Z * error
@@ -1024,9 +1031,8 @@ def _choose(
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        e_doubt = max(
-            model.efficiency_error(current), model.efficiency(current) * model.floor_doubt(current)
-        )
+        own = model.efficiency(current) * model.floor_doubt(current)
+        e_doubt = max(model.efficiency_error(current) * (1.0 if patient else 0.5), own)
         cur_ok = model.efficiency(current) + doubt(e_doubt) >= floor
 
         def ok_e(n: int) -> bool:
@@ -1562,7 +1568,9 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     if ctx.cap is not None and ctx.cap < ctx.ceiling:
         ctx.ceiling = max(ctx.lo, ctx.cap, ctx.current)
         capacity = LimitedBy.CEILING
-    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling)
+    assert ctx.analysis is not None
+    settled = ctx.analysis.latest_settled
+    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling, settled)
     ctx.target, ctx.reason, ctx.limited = choice.target, choice.reason, choice.limited_by
     ctx.feasible_current = choice.feasible_current
     if capacity is not None and ctx.target == ctx.ceiling and ctx.target < ctx.hi:
@@ -1745,6 +1753,10 @@ def decide_stabilization(ctx: DecisionContext) -> Recommendation:
         auto.scale_up_stabilization_seconds if up else auto.scale_down_stabilization_seconds
     )
     applied, held = _stabilize(target, current, ctx.now, window, ctx.recent_targets, ctx.max_gap)
+    if not up and applied != current and not ctx.feasible_current:
+        # Leaving a count that breaks the floor: the latest target (the most measured) is
+        # where it goes; an earlier, larger one of the window may break the floor too.
+        applied = target
     word = "up" if up else "down"
     if applied == current:
         return ctx.done(
