@@ -23,9 +23,12 @@ from trainscale.operator.autoscaling.placement import Placement, compute_packed_
 from trainscale.operator.autoscaling.policy import (
     ModelSource,
     Observation,
+    SpeedupModel,
     _analyse,
     _features,
     _fit_nonnegative,
+    _placeable,
+    _probe_candidates,
     fit_speedup_model,
     recommend,
 )
@@ -113,11 +116,13 @@ def test_one_multi_node_measurement_informs_every_multi_node_count() -> None:
 
 def test_without_a_multi_node_point_a_spill_is_uncertain_not_free() -> None:
     # Only single-node counts measured on 8-GPU nodes: 9 and up are not extrapolated
-    # with confidence; a large move there does not happen on the estimate alone.
+    # with confidence; a large move there does not happen on the estimate alone. What
+    # may happen is a measurement: a probe of the first count that fills two nodes
+    # (a few workers spilled onto a second node would say little about the rest).
     tau = cliff(0.005, 0.3, 8)
     obs = [*steady(4, count=8, tau=tau), *steady(8, start=240, count=20, tau=tau)]
     rec = recommend(make_spec(replicas=8), obs, 8, 240 + 20 * 30.0, workers_per_node=8)
-    assert rec.replicas <= 10, rec.reason
+    assert rec.replicas <= 10 or (rec.replicas == 16 and rec.exploring), rec.reason
     assert "too uncertain" in rec.reason or "probing" in rec.reason
 
 
@@ -150,3 +155,52 @@ def test_closed_loop_crosses_the_cliff_and_settles_near_the_best(per_node: int) 
     assert final / tau(final) >= 0.9 * best / tau(best), trace.replicas[::10]
     assert 1 / tau(final) >= 0.7 * 0.95, final
     assert len(set(trace.replicas[-120:])) == 1, trace.replicas
+
+
+def _model(per_node: int | None, counts: tuple[int, ...]) -> SpeedupModel:
+    return SpeedupModel(1.0, 0.01, 0.0, None, ModelSource.THROUGHPUT, counts, 1,
+                        workers_per_node=per_node)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("per_node", "counts", "current", "ceiling", "expected"),
+    [
+        pytest.param(None, (4, 8), 8, 32, [9, 10], id="node-size-unknown-small-moves"),
+        pytest.param(8, (4, 8), 8, 32, [16], id="at-the-boundary-the-next-full-node"),
+        pytest.param(8, (4, 6), 6, 32, [7, 8, 16], id="inside-a-node-then-the-next-full-one"),
+        pytest.param(8, (4, 8), 8, 12, [], id="full-node-past-the-ceiling-no-spill"),
+        pytest.param(8, (8, 16), 8, 32, [], id="multi-node-measured-no-spill"),
+        pytest.param(4, (4, 8), 16, 32, [20], id="several-nodes-only-full-ones"),
+        pytest.param(8, (4, 8, 16), 16, 32, [], id="inter-node-term-known-no-leap-to-24"),
+    ],
+)  # fmt: skip
+def test_probe_candidates(per_node, counts, current, ceiling, expected) -> None:  # type: ignore[no-untyped-def]
+    assert _probe_candidates(_model(per_node, counts), current, ceiling) == expected
+
+
+@pytest.mark.parametrize(
+    ("per_node", "current", "lo", "expected"),
+    [
+        pytest.param(None, 8, 1, list(range(1, 21)), id="node-size-unknown-all"),
+        pytest.param(8, 8, 1, [*range(1, 9), 16], id="one-node-or-full-nodes"),
+        pytest.param(8, 12, 1, [*range(1, 9), 12, 16], id="the-current-count-stays"),
+        pytest.param(8, 16, 10, [10, 16], id="min-replicas-stays"),
+    ],
+)  # fmt: skip
+def test_placeable(per_node, current, lo, expected) -> None:  # type: ignore[no-untyped-def]
+    counts = range(lo, 21)
+    assert _placeable(_model(per_node, (4,)), counts, current, lo) == expected
+
+
+def test_recovery_past_the_cliff_is_found_by_probing_full_nodes() -> None:
+    # Two full 8-GPU nodes recover (the inter-node cost is paid per node, not per worker):
+    # the probe measures 16, not 9 or 10, which a spill onto a second node would make slow.
+    def tau(n: int) -> float:
+        k = compute_packed_nodes(n, 8)
+        spill = 0.8 / min(8, n - 8 * (k - 1)) + 0.03 * (k - 1) if k > 1 else 0.0
+        return 1.0 + 0.01 * (n - 1) + spill
+
+    obs = [*steady(4, count=8, tau=tau), *steady(8, start=240, count=20, tau=tau)]
+    rec = recommend(make_spec(replicas=8), obs, 8, 240 + 20 * 30.0, workers_per_node=8)
+    assert (rec.replicas, rec.exploring) == (16, True), rec.reason
+    assert "probing 16" in rec.reason

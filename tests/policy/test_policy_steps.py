@@ -137,6 +137,37 @@ def test_objective(observations, current, kw, target, limited, says) -> None:  #
     assert says in ctx.reason
 
 
+def _jittered(n: int, start: float, count: int, beta: float = 0.03) -> list[Observation]:
+    return [
+        Observation(o.timestamp, n, o.gpu_utilization, o.samples_per_second * (1.03, 0.97)[i % 2])  # type: ignore[operator]
+        for i, o in enumerate(steady(n, start=start, count=count, tau=amdahl(beta)))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("samples", "held", "target"),
+    [
+        # E(17) = 0.69, estimated 0.69 +- 0.015: within the doubt about the reference
+        # throughput (one replica, never measured) while 17 is new: hysteresis delays...
+        pytest.param(8, True, 17, id="new-count-within-the-reference-doubt-held"),
+        # ... but that doubt does not shrink by staying: measured long, its own samples'
+        # error judges it, and a count the estimates say breaks the floor is left.
+        pytest.param(24, False, 16, id="long-measured-below-its-floor-left"),
+    ],
+)  # fmt: skip
+def test_objective_a_floor_is_a_floor(samples: int, held: bool, target: int) -> None:
+    beta = 0.028  # E(17) = 0.69
+    obs = [
+        *_jittered(4, 0, 6, beta),
+        *_jittered(8, 300, 6, beta),
+        *_jittered(17, 600, samples, beta),
+    ]
+    ctx = context(obs, 17, 600 + 30.0 * samples)
+    assert run_to(ctx, "objective") is None
+    assert (ctx.feasible_current, ctx.target) == (held, target)
+    assert "efficiency 0.69 at 17 < floor 0.70" in ctx.reason
+
+
 @pytest.mark.parametrize(
     ("observations", "current", "target", "exploring"),
     [
@@ -151,6 +182,25 @@ def test_exploration(observations, current, target, exploring) -> None:  # type:
     before = ctx.target
     assert ctx.exploring is exploring
     assert ctx.target == (target if target is not None else before)
+
+
+@pytest.mark.parametrize(
+    ("per_node", "util", "target", "says"),
+    [
+        pytest.param(None, False, 5, "exploring 5 (curve not identified", id="no-node-size-above"),
+        pytest.param(8, False, 5, "exploring 5 (curve not identified", id="inside-the-node-above"),
+        pytest.param(4, False, 3, "exploring 3", id="a-partial-node-is-never-a-target"),
+        pytest.param(1, False, 3, "5 would spill onto another node", id="above-spills-below"),
+    ],
+)  # fmt: skip
+def test_exploration_never_spills_onto_another_node(per_node, util, target, says) -> None:  # type: ignore[no-untyped-def]
+    current = 4
+    observations = steady(current, util=util)
+    ctx = context(observations, current, observations[-1].timestamp + 30.0,
+                  workers_per_node=per_node)  # fmt: skip
+    assert run_to(ctx, "exploration") is None
+    assert (ctx.target, ctx.exploring) == (target, True)
+    assert says in ctx.reason
 
 
 @pytest.mark.parametrize(
@@ -194,13 +244,6 @@ def test_restart_payback(restart: int, target: int, holds: bool) -> None:
         assert f"does not pay a {restart} s restart within 30 min" in rec.reason
 
 
-def _jittered(n: int, start: float, count: int) -> list[Observation]:
-    return [
-        Observation(o.timestamp, n, o.gpu_utilization, o.samples_per_second * (1.03, 0.97)[i % 2])  # type: ignore[operator]
-        for i, o in enumerate(steady(n, start=start, count=count, tau=amdahl(0.03)))
-    ]
-
-
 @pytest.mark.parametrize(
     ("kw", "holds", "says"),
     [
@@ -225,6 +268,10 @@ def test_confidence(kw: dict[str, Any], holds: bool, says: str) -> None:
         pytest.param({}, [], 8, "scale-down to 5 waits for stabilization (0/300 s)", id="waits"),
         pytest.param({}, [(t, 5) for t in range(300, 600, 30)], 5, "scaling down to 5", id="held-long-enough"),
         pytest.param({"scaleDownStabilizationSeconds": 0}, [], 5, "scaling down to 5", id="no-window"),
+        # 8 breaks its floor (0.59): the latest target, not the window's largest (6), which
+        # was computed from fewer samples and may break the floor too
+        pytest.param({}, [(t, 6) for t in range(300, 600, 30)], 5, "scaling down to 5",
+                     id="leaving-a-broken-floor-goes-to-the-latest-target"),
     ],
 )  # fmt: skip
 def test_stabilization(spec, recent, replicas, says) -> None:  # type: ignore[no-untyped-def]

@@ -985,6 +985,23 @@ def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None
     return best
 
 
+def _fills_its_nodes(model: SpeedupModel, n: int) -> bool:
+    """Whether ``n`` packed spans one node or fills every node it spans."""
+    size = model.workers_per_node
+    return size is None or size <= 0 or model.nodes(n) == 1 or n % size == 0
+
+
+def _placeable(model: SpeedupModel, counts: Iterable[int], current: int, lo: int) -> list[int]:
+    """The counts the objective may choose: on several nodes, only those filling them.
+
+    A count that leaves a node partly filled puts a few workers behind the inter-node
+    link of every step, the worst case for the all-reduce; the model (one inter-node term)
+    cannot see it, so such counts are not chosen (the current count and ``minReplicas``
+    stay allowed: holding is not a choice, and the bound may force it).
+    """
+    return [n for n in counts if n in (current, lo) or _fills_its_nodes(model, n)]
+
+
 def _choose(
     spec: TrainingJobSpec,
     model: _Estimates,
@@ -992,26 +1009,32 @@ def _choose(
     lo: int,
     hi: int,
     ceiling: int,
+    settled: int = 0,
 ) -> _Choice:
     """Apply the objective over ``[lo, ceiling]`` (``ceiling`` <= ``hi``: trust, capacity).
 
     A floor is a floor: the count the job runs keeps its floor only while it is not known
     to break it, that is while the floor lies within ``CONFIDENCE_Z`` standard errors of
     its estimate. No fixed band: hysteresis delays a move off a count that may break the
-    floor, it never holds one the estimates say does.
+    floor, it never holds one the estimates say does. Until the count has
+    ``2 * JUMP_SETTLED_SAMPLES`` settled samples (and while the curve rests on one count)
+    the error includes the doubt about the reference throughput; once measured that long,
+    half of it, or its own samples' error if larger: a doubt that does not shrink however
+    long the count is measured never holds it for hours.
     """
     auto = spec.autoscaling
+    # One count reads all idle time as synchronisation (a low reading): not yet known.
+    patient = settled < 2 * JUMP_SETTLED_SAMPLES or len(model.model.counts) < 2
 
     def doubt(error: float) -> float:
         return CONFIDENCE_Z * error
 
-    candidates = range(lo, ceiling + 1)
+    candidates = _placeable(model.model, range(lo, ceiling + 1), current, lo)
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
-        e_doubt = max(
-            model.efficiency_error(current), model.efficiency(current) * model.floor_doubt(current)
-        )
+        own = model.efficiency(current) * model.floor_doubt(current)
+        e_doubt = max(model.efficiency_error(current) * (1.0 if patient else 0.5), own)
         cur_ok = model.efficiency(current) + doubt(e_doubt) >= floor
 
         def ok_e(n: int) -> bool:
@@ -1207,6 +1230,29 @@ def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
     return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
+def _probe_candidates(model: SpeedupModel, current: int, ceiling: int) -> list[int]:
+    """The counts a probe may measure: within a small move above ``current``; past a
+    node boundary, the first count that fills its nodes instead.
+
+    A count that spills a few workers onto another node is the worst placement for the
+    all-reduce (the few remote workers pace every step), so measuring it says little
+    about the counts that fill their nodes, where measured curves recover. One
+    measurement across full nodes identifies the inter-node term for every multi-node
+    count (the model's), so that is the one worth a restart.
+    """
+    top = min(ceiling, current + compute_fine_span(current))
+    near = [n for n in range(current + 1, top + 1) if _fills_its_nodes(model, n)]
+    size = model.workers_per_node
+    if size is None or size <= 0:
+        return near
+    inside = [n for n in near if model.nodes(n) == model.nodes(current)]
+    full = size * (model.nodes(current) + 1)  # the next node boundary, its nodes filled
+    spanned = any(model.nodes(c) > 1 for c in model.counts)  # the inter-node term is known
+    if spanned or full > ceiling:
+        return near
+    return [*inside, full]
+
+
 def _probe(
     spec: TrainingJobSpec,
     est: _Estimates,
@@ -1218,7 +1264,8 @@ def _probe(
 ) -> int | None:
     """The unmeasured count worth measuring once: measurements beat the model.
 
-    A count within a small move above ``current`` that was never measured, whose floor is
+    A count within a small move above ``current`` (past a node boundary: the first that
+    fills its nodes, :func:`_probe_candidates`) that was never measured, whose floor is
     not known to fail (it holds one standard error up) and whose point estimate promises
     ``PROBE_MIN_GAIN`` more throughput (paying the restart), is measured rather than ruled
     out by a fit that has never seen it. Never below a count the job chose to leave
@@ -1232,8 +1279,7 @@ def _probe(
     if any(c > current and _floor_margin(spec, est, c) >= -HYSTERESIS for c in left):
         return None  # it left a count near its floor above: going back is a reversal
     best: int | None = None
-    top = min(ceiling, current + compute_fine_span(current))
-    for n in range(current + 1, top + 1):
+    for n in _probe_candidates(est.model, current, ceiling):
         if n in measured:
             continue
         # The floor may hold (one standard error up) and the estimate is near it.
@@ -1524,7 +1570,9 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     if ctx.cap is not None and ctx.cap < ctx.ceiling:
         ctx.ceiling = max(ctx.lo, ctx.cap, ctx.current)
         capacity = LimitedBy.CEILING
-    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling)
+    assert ctx.analysis is not None
+    settled = ctx.analysis.latest_settled
+    choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling, settled)
     ctx.target, ctx.reason, ctx.limited = choice.target, choice.reason, choice.limited_by
     ctx.feasible_current = choice.feasible_current
     if capacity is not None and ctx.target == ctx.ceiling and ctx.target < ctx.hi:
@@ -1548,7 +1596,19 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
     current = ctx.current
     if len(model.counts) != 1:
         return None
-    if model.level == 0 and ctx.target != current:
+    if (
+        ctx.target == current + 1
+        and model.nodes(ctx.target) > model.nodes(current)
+        and current > ctx.lo
+        and auto.objective is not Objective.BUDGET
+    ):
+        # The count above spills onto another node: the worst placement, which would
+        # pin the inter-node term for every multi-node count. The count below identifies
+        # the curve inside the node; a full node is probed later.
+        ctx.target, ctx.exploring = current - 1, True
+        ctx.reason += f"; exploring {ctx.target} (curve not identified from one count; "
+        ctx.reason += f"{current + 1} would spill onto another node)"
+    elif model.level == 0 and ctx.target != current:
         ctx.exploring = True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     elif (
@@ -1571,7 +1631,8 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
         # time is synchronisation, which reads the input pipeline's share as sync and
         # may stop the job one count short. The count above is the cheapest experiment,
         # tried early (never after a long stay, when noise alone would trigger it).
-        ctx.target, ctx.exploring = current + 1, True
+        spills = model.nodes(current + 1) > model.nodes(current) and current > ctx.lo
+        ctx.target, ctx.exploring = (current - 1 if spills else current + 1), True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     return None
 
@@ -1641,7 +1702,11 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
         # A large move may follow the point estimate, but must land inside the floor's
         # tolerance band even if the estimate is a standard error too kind.
         safe = max(
-            (m for m in range(current + 1, ctx.target) if _inside_band(spec, est, m)),
+            (
+                m
+                for m in range(current + 1, ctx.target)
+                if _inside_band(spec, est, m) and _fills_its_nodes(model, m)
+            ),
             default=current,
         )
         too_uncertain = f"{ctx.target} too uncertain ({_uncertainty(spec, est, ctx.target)})"
@@ -1690,6 +1755,10 @@ def decide_stabilization(ctx: DecisionContext) -> Recommendation:
         auto.scale_up_stabilization_seconds if up else auto.scale_down_stabilization_seconds
     )
     applied, held = _stabilize(target, current, ctx.now, window, ctx.recent_targets, ctx.max_gap)
+    if not up and applied != current and not ctx.feasible_current:
+        # Leaving a count that breaks the floor: the latest target (the most measured) is
+        # where it goes; an earlier, larger one of the window may break the floor too.
+        applied = target
     word = "up" if up else "down"
     if applied == current:
         return ctx.done(
