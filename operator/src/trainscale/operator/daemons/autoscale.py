@@ -182,7 +182,13 @@ async def autoscale_job(
     return float(spec.autoscaling.interval_seconds)
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=LOOP_STOP_TIMEOUT_SECONDS)
+@kopf.daemon(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    cancellation_backoff=LOOP_STOP_TIMEOUT_SECONDS,
+    cancellation_timeout=2.0,
+)
 async def trainingjob_autoscale_loop(
     name: str,
     namespace: str | None,

@@ -77,9 +77,10 @@ def post_event(body: Mapping[str, Any], event: EventSpec) -> None:
 
 
 # How long kopf lets a job's loop finish its pass after the job is deleted (or the operator
-# stops) before it cancels it: a pass is well under this, and a pass cut off mid-write would
-# change the job under kopf's finalizer removal.
-LOOP_STOP_TIMEOUT_SECONDS = 10.0
+# stops) before it cancels it (kopf's cancellation_backoff): a pass is well under this, and a
+# pass cut off mid-write (its thread still writes) would change the job under kopf's
+# finalizer removal.
+LOOP_STOP_TIMEOUT_SECONDS = 5.0
 
 
 async def sleep_or_wake(

@@ -46,18 +46,25 @@ async def reconcile_job(
     now: Callable[[], dt.datetime] = _utcnow,
     *,
     arbitration: bool = True,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> float:
     """One reconcile pass for one job: observe, decide, apply. Returns seconds to the next pass.
 
     ``arbitration``: the operator divides GPUs between jobs (an arbitrated job then waits
-    for its admission before it creates pods).
+    for its admission before it creates pods). ``stopping``: whether kopf has asked the loop
+    to stop (the job is being deleted): the pass then writes nothing more, so it never moves
+    the job under kopf's finalizer removal.
     """
     async with WAKEUPS.lock(namespace, name):
-        return await _reconcile_job(namespace, name, now, arbitration)
+        return await _reconcile_job(namespace, name, now, arbitration, stopping)
 
 
 async def _reconcile_job(
-    namespace: str, name: str, now: Callable[[], dt.datetime], arbitration: bool
+    namespace: str,
+    name: str,
+    now: Callable[[], dt.datetime],
+    arbitration: bool,
+    stopping: Callable[[], bool],
 ) -> float:
     clients = k8s.load_clients()
     started = time.monotonic()
@@ -93,6 +100,8 @@ async def _reconcile_job(
         )
 
         # -- apply --------------------------------------------------------------------------
+        if stopping():
+            return RESYNC_SECONDS
         failures = await _apply_plan(clients, body, job, spec, plan)
         plan = reconcile.build_create_outcome(plan, status, failures, generation, now())
         # A warning when the refusal is new (the pass posts its Warning event); a retry refused
@@ -107,7 +116,7 @@ async def _reconcile_job(
             )  # fmt: skip
         for event in plan.events:
             post_event(body, event)
-        if not is_noop_merge_patch(status, plan.status):
+        if not stopping() and not is_noop_merge_patch(status, plan.status):
             await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
         metrics.observe_job(
             namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
@@ -216,7 +225,13 @@ async def _report_invalid_spec(
     )
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=LOOP_STOP_TIMEOUT_SECONDS)
+@kopf.daemon(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    cancellation_backoff=LOOP_STOP_TIMEOUT_SECONDS,
+    cancellation_timeout=2.0,
+)
 async def trainingjob_reconcile_loop(
     name: str,
     namespace: str | None,
@@ -233,7 +248,9 @@ async def trainingjob_reconcile_loop(
     while not stopped:
         wake.clear()
         try:
-            delay = await reconcile_job(namespace, name, arbitration=arbitration_active(memo))
+            delay = await reconcile_job(
+                namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
+            )
         except Exception as exc:  # an API hiccup must not kill the loop
             logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
             delay = 2.0
