@@ -24,6 +24,12 @@ from trainscale.operator.api.models import (
     KIND as KIND,
 )
 from trainscale.operator.api.models import (
+    LABEL_MANAGED_BY as LABEL_MANAGED_BY,
+)
+from trainscale.operator.api.models import (
+    MANAGED_BY as MANAGED_BY,
+)
+from trainscale.operator.api.models import (
     MAX_JOB_NAME_LENGTH as MAX_JOB_NAME_LENGTH,
 )
 from trainscale.operator.api.models import (

@@ -30,6 +30,10 @@ SHORT_NAMES = ("tj",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# Every object the operator creates carries this label (the arbiter tells ours from foreign
+# pods by it, the pod watch selects by it).
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "trainscale"
 
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainscale.operator import api
-from trainscale.operator.api.reporting import EventSpec, format_time
+from trainscale.operator.api.reporting import EventSpec, format_time, parse_time
 from trainscale.operator.autoscaling.arbiter import (
     Allocation,
     Capacity,
@@ -37,8 +37,6 @@ from trainscale.operator.autoscaling.arbiter import (
     allocate,
 )
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "trainscale"
 FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
 FINISHED_JOB_PHASES = frozenset({api.Phase.SUCCEEDED.value, api.Phase.FAILED.value})
 
@@ -63,7 +61,7 @@ def compute_pod_gpus(pod: Mapping[str, Any]) -> int:
 def is_managed_pod(pod: Mapping[str, Any]) -> bool:
     """Whether trainscale created this pod (and so the arbiter may account for it)."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+    return labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY
 
 
 def build_capacity(
@@ -191,11 +189,10 @@ def build_demand(job: ManagedJob) -> JobDemand:
     )
 
 
-def parse_time(value: str | None) -> float:
+def parse_timestamp(value: str | None) -> float:
     """A Kubernetes timestamp as seconds since the epoch (0 when missing)."""
-    if not value:
-        return 0.0
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    moment = parse_time(value)
+    return moment.timestamp() if moment is not None else 0.0
 
 
 def compute_running_nodes(

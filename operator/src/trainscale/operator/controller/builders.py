@@ -33,12 +33,12 @@ LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_MANAGED_BY = api.LABEL_MANAGED_BY
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 
 COMPONENT_WORKER = "worker"
 COMPONENT_RENDEZVOUS = "rendezvous"
-MANAGED_BY = "trainscale"
+MANAGED_BY = api.MANAGED_BY
 
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 # The strongest preference a pod may state. The default scheduler's InterPodAffinity score

@@ -35,7 +35,7 @@ from trainscale.operator.autoscaling.cluster import (
     build_capacity,
     compute_running_nodes,
     decide_arbitration,
-    parse_time,
+    parse_timestamp,
 )
 from trainscale.operator.controller.builders import LABEL_JOB_NAME
 from trainscale.operator.daemons.common import WAKEUPS, post_event, utcnow
@@ -177,7 +177,7 @@ class ClusterArbitration:
             key=key,
             spec=spec,
             phase=(body.get("status") or {}).get("phase") or "",
-            created=parse_time(meta.get("creationTimestamp")),
+            created=parse_timestamp(meta.get("creationTimestamp")),
             running_nodes=dict(running.get((namespace, name), {})),
             priority=priorities.get(priority_class, 0),
             throughput=self._throughput(key, spec),
