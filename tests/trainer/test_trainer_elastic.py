@@ -226,16 +226,36 @@ def test_live_worker_serves_every_metric(elastic_run: ElasticRun) -> None:
 DIGITS_MIN_ACCURACY = 0.9
 
 
+def run_user_command(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Run a ``trainscale-train`` command; on timeout stop it as Ctrl-C would (its agents
+    checkpoint and exit, none is left running for the next test) and fail with its output."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        proc.send_signal(signal.SIGINT)  # the local launcher stops every agent on Ctrl-C
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError(
+            f"{argv} did not finish in {timeout} s; its output:\n{out[-6000:]}"
+        ) from err
+    return proc.returncode, out
+
+
 def test_digits_trains_to_accuracy_with_the_user_command(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.run(
+    code, out = run_user_command(
         [sys.executable, "-m", "trainscale.trainer", "--local", "--workers", "2",
          "--task", "trainscale.trainer.examples.digits:task", "--epochs", "8",
          "--checkpoint-dir", str(ckpt), "--log-interval", "0.5"],
-        capture_output=True, text=True, timeout=240, check=False,
+        timeout=240,
     )  # fmt: skip
-    out = proc.stdout
-    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert code == 0, out[-6000:]
     assert re.search(r"step \d+ \| epoch \d+ .*\| world 2 \| loss [\d.]+ \| [\d,]+ samples/s", out)
     printed = re.findall(r"finished at step 184 \| accuracy ([\d.]+)", out)
     assert printed and float(printed[0]) >= DIGITS_MIN_ACCURACY, out[-2000:]
