@@ -286,6 +286,10 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0  # type: ignore[return-value]
 
 
+# Objects whose destructor must not run in a worker (see the end of :func:`train`).
+_KEEP_UNTIL_EXIT: list[object] = []
+
+
 def train(
     options: WorkerOptions, env: Mapping[str, str], step_times: list[float] | None = None
 ) -> int:
@@ -464,6 +468,13 @@ def train(
         audit.close()
     if distributed:
         dist.barrier()
+        # The DDP wrapper holds the process group; letting it be freed when this function
+        # returns can deadlock with gloo: the group's destructor joins its thread while
+        # holding the GIL, and that thread may still be freeing the barrier's tensors, which
+        # needs the GIL (seen as a worker that never exits after "finished at step", its
+        # agent waiting at the exit barrier). A worker process ends with os._exit
+        # (multiprocessing), so what is kept here is never destroyed.
+        _KEEP_UNTIL_EXIT.append(net)
         dist.destroy_process_group()
     metrics.shutdown()
     return 0
