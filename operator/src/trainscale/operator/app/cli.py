@@ -84,10 +84,43 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.workload is not None:
+        return _cmd_simulate_workload(args)
     from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
 
+    for flag in ("nodes", "jobs", "policies"):
+        if getattr(args, flag) is not None:
+            sys.stderr.write(f"trainscale simulate: error: --{flag} needs --workload\n")
+            return 2
+    values = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        return run_simulate(options_from(vars(args)), sys.stdout)
+        return run_simulate(options_from(values), sys.stdout)
+    except SimulateError as exc:
+        sys.stderr.write(f"trainscale simulate: error: {exc}\n")
+        return 2
+
+
+def _cmd_simulate_workload(args: argparse.Namespace) -> int:
+    from trainscale.operator.app.simulate import SimulateError
+    from trainscale.operator.app.simulate_workload import (
+        DEFAULT_POLICIES,
+        WorkloadOptions,
+        run_workload,
+    )
+
+    options = WorkloadOptions(
+        workload=args.workload,
+        nodes=args.nodes if args.nodes is not None else 16,
+        gpus_per_node=args.gpus_per_node if args.gpus_per_node is not None else 4,
+        jobs=args.jobs if args.jobs is not None else 160,
+        hours=args.hours if args.hours is not None else 8.0,
+        interval=args.interval if args.interval is not None else 60,
+        seed=args.seed if args.seed is not None else 1,
+        policies=tuple(args.policies or DEFAULT_POLICIES),
+        plot=args.plot,
+    )
+    try:
+        return run_workload(options, sys.stdout)
     except SimulateError as exc:
         sys.stderr.write(f"trainscale simulate: error: {exc}\n")
         return 2
@@ -97,17 +130,29 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sim = sub.add_parser(
         "simulate",
         formatter_class=_FORMATTER,
-        help="replay the autoscaler on a speedup curve and show every decision",
+        help="replay the autoscaler on a speedup curve, or arbitration on a workload",
         description=(
-            "Simulate a training job on a speedup curve (a named family or a CSV of measured "
-            "points: count,nodes,samples_per_second,gpu_utilization) under the autoscaler, "
-            "print every decision with its reason and a summary against the best static "
-            "count chosen with hindsight, and optionally plot it."
+            "With --curve: simulate a training job on a speedup curve (a named family or a "
+            "CSV of measured points: count,nodes,samples_per_second,gpu_utilization) under "
+            "the autoscaler, print every decision with its reason and a summary against the "
+            "best static count chosen with hindsight, and optionally plot it. With "
+            "--workload: replay many jobs sharing a cluster under fixed sizes, per-job "
+            "autoscaling and trainscale's arbitration, print their completion times and each "
+            "job's allocations, and optionally plot the GPUs each job holds over time."
         ),
     )
-    sim.add_argument(
+    what = sim.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--workload",
+        metavar="FILE.csv|generated",
+        help=(
+            "a trace (columns arrival_seconds,total_samples,curve,min_replicas,max_replicas,"
+            "requested_replicas[,priority,restart_seconds,name]; curve is serial:cliff[:rate]) "
+            "or 'generated' (--jobs over --hours)"
+        ),
+    )
+    what.add_argument(
         "--curve",
-        required=True,
         metavar="NAME|FILE.csv",
         help=(
             "linear, amdahl, comm-peak, log-sync, two-tier, cliff-4, cliff-8, recover-4, "
@@ -130,10 +175,18 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sim.add_argument(
         "--gpus-per-node",
         type=int,
-        help="node size for the packed placement (default: the curve's own)",
+        help="node size for the packed placement (default: the curve's own; 4 for --workload)",
     )
-    sim.add_argument("--hours", type=float, default=4.0, help="length of the run")
-    sim.add_argument("--interval", type=int, default=30, help="seconds between decisions")
+    sim.add_argument(
+        "--hours",
+        type=float,
+        help="length of the run (--curve, default 4); arrival window (generated, default 8)",
+    )
+    sim.add_argument(
+        "--interval",
+        type=int,
+        help="seconds between decisions (default 30 for --curve, 60 for --workload)",
+    )
     sim.add_argument("--noise", type=float, default=0.05, help="relative noise per observation")
     sim.add_argument(
         "--missing-scrapes", type=float, default=0.0, help="fraction of scrapes that return nothing"
@@ -144,7 +197,18 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sim.add_argument(
         "--rate-window", type=float, default=60.0, help="seconds of the throughput rate()"
     )
-    sim.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    sim.add_argument(
+        "--seed", type=int, help="seed of the noise (default 0) or of the workload (default 1)"
+    )
+    sim.add_argument("--nodes", type=int, help="nodes of the cluster (--workload; default 16)")
+    sim.add_argument("--jobs", type=int, help="jobs to generate (--workload; default 160)")
+    sim.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="POLICY",
+        help="fixed, per-job, per-job-oracle, hpa, trainscale (--workload; default: fixed "
+        "per-job trainscale)",
+    )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)
 

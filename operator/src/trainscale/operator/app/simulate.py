@@ -198,8 +198,8 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
 
 
-def write_plot(result: SimulationResult, path: str) -> None:
-    """Replicas, throughput and efficiency (or GPU utilization) over time, as a PNG.
+def load_pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend.
 
     Raises:
         SimulateError: when matplotlib is missing.
@@ -211,6 +211,16 @@ def write_plot(result: SimulationResult, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SimulateError("--plot needs matplotlib: pip install 'trainscale[simulate]'") from None
+    return plt
+
+
+def write_plot(result: SimulationResult, path: str) -> None:
+    """Replicas, throughput and efficiency (or GPU utilization) over time, as a PNG.
+
+    Raises:
+        SimulateError: when matplotlib is missing.
+    """
+    plt = load_pyplot()
     best, score = result.hindsight, result.score
     c = score.constraint
     utilization = c.name == "GPU utilization"

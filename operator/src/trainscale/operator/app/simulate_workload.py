@@ -1,0 +1,213 @@
+"""``trainscale simulate --workload``: what cluster arbitration would do with many jobs.
+
+Why this module exists: before a platform team lets trainscale divide a shared cluster's GPUs,
+they want to see it on their own mix of jobs — a trace of theirs, or a generated one — next to
+what they run today (fixed sizes) and per-job autoscaling. This replays the workload with
+:func:`trainscale.operator.autoscaling.workload.simulate` (the code ``benchmarks/cluster.py``
+uses), prints the policies' completion times side by side and each job's story under
+arbitration, and optionally plots the GPUs each job holds over time (matplotlib, imported only
+for ``--plot``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainscale.operator.app.simulate import SimulateError, load_pyplot
+from trainscale.operator.autoscaling.workload import (
+    POLICIES,
+    Cluster,
+    Job,
+    Result,
+    TraceError,
+    generate,
+    read_trace,
+    render,
+    row,
+    simulate,
+)
+
+GENERATED = "generated"
+DEFAULT_POLICIES = ("fixed", "per-job", "trainscale")
+
+
+class WorkloadError(SimulateError):
+    """A flag or a trace that cannot be simulated; the message names it."""
+
+
+@dataclass(frozen=True)
+class WorkloadOptions:
+    """The flags of ``trainscale simulate --workload``."""
+
+    workload: str
+    nodes: int = 16
+    gpus_per_node: int = 4
+    jobs: int = 160
+    hours: float = 8.0
+    interval: int = 60
+    seed: int = 1
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    plot: str | None = None
+
+
+def load_workload(options: WorkloadOptions) -> list[Job]:
+    """The jobs: generated (``--jobs`` over ``--hours``, ``--seed``) or read from a CSV.
+
+    Raises:
+        WorkloadError: a bad flag or an unreadable trace, naming it.
+    """
+    if options.nodes < 1 or options.gpus_per_node < 1:
+        raise WorkloadError("--nodes and --gpus-per-node must be >= 1")
+    if options.interval < 1:
+        raise WorkloadError(f"--interval must be >= 1 second, got {options.interval}")
+    unknown = [p for p in options.policies if p not in POLICIES]
+    if unknown or "trainscale" not in options.policies:
+        raise WorkloadError(
+            f"--policies must include trainscale and be among {', '.join(POLICIES)};"
+            f" got {', '.join(options.policies)}"
+        )
+    if options.workload == GENERATED:
+        if options.jobs < 1 or options.hours <= 0:
+            raise WorkloadError("--jobs must be >= 1 and --hours > 0 for a generated workload")
+        return generate(options.seed, options.jobs, options.hours, options.gpus_per_node)
+    try:
+        return read_trace(options.workload)
+    except OSError as exc:
+        raise WorkloadError(f"--workload {options.workload}: {exc.strerror}") from None
+    except TraceError as exc:
+        raise WorkloadError(f"--workload {exc}") from None
+
+
+def run_policies(options: WorkloadOptions, jobs: Sequence[Job]) -> dict[str, Result]:
+    """Each policy's replay of the workload, until every job finished (24 h past the last
+    arrival at most: a job still running then is reported unfinished)."""
+    horizon = max(j.arrival for j in jobs) + 24 * 3600.0
+    results = {}
+    for policy in options.policies:
+        cluster = Cluster(
+            options.nodes, options.gpus_per_node, float(options.interval), options.seed
+        )
+        results[policy] = simulate(policy, jobs, cluster, horizon)
+    return results
+
+
+def job_lines(result: Result, jobs: Sequence[Job]) -> Iterator[str]:
+    """Each job under ``result``'s policy: when it arrived, first ran and finished, its
+    completion time, the most GPUs it held and how often its size changed."""
+    first: dict[str, float] = {}
+    most: dict[str, int] = {}
+    sizes: dict[str, list[int]] = {}
+    for now, held, _ in result.timeline:
+        for name, workers in held.items():
+            first.setdefault(name, now)
+            most[name] = max(most.get(name, 0), workers)
+            seen = sizes.setdefault(name, [])
+            if not seen or seen[-1] != workers:
+                seen.append(workers)
+    finish = dict(result.finishes)
+    yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}  sizes"
+    for job in jobs:
+        end = finish.get(job.name)
+        waited = first.get(job.name, math.inf) - job.arrival
+        jct = f"{end - job.arrival:,.0f}" if end is not None else "unfinished"
+        shown = " > ".join(str(n) for n in sizes.get(job.name, [])[:8])
+        if len(sizes.get(job.name, [])) > 8:
+            shown += " > ..."
+        yield (
+            f"{job.name:<12}{job.arrival:>9,.0f}{waited:>8,.0f}{jct:>9}"
+            f"{most.get(job.name, 0):>12}  {shown}"
+        )
+
+
+def write_plot(results: dict[str, Result], options: WorkloadOptions, path: str) -> None:
+    """GPUs held per job over time, one panel per policy, with the jobs waiting.
+
+    Raises:
+        SimulateError: when matplotlib is missing.
+    """
+    plt = load_pyplot()
+    total = options.nodes * options.gpus_per_node
+    fig, axes = plt.subplots(
+        len(results), 1, sharex=True, figsize=(11, 3.2 * len(results)), constrained_layout=True
+    )
+    axes = list(axes) if len(results) > 1 else [axes]
+    fig.suptitle(
+        f"trainscale simulate --workload {options.workload}: {options.nodes} nodes x "
+        f"{options.gpus_per_node} GPUs; GPUs held per job (one colour per job) and jobs waiting",
+        fontsize=11,
+    )
+    names = sorted({n for r in results.values() for _, held, _ in r.timeline for n in held})
+    colours = plt.get_cmap("tab20")
+    most_waiting = max((w for r in results.values() for _, _, w in r.timeline), default=0)
+    for ax, (policy, result) in zip(axes, results.items(), strict=True):
+        hours = [t / 3600 for t, _, _ in result.timeline]
+        stacks = [[held.get(n, 0) for _, held, _ in result.timeline] for n in names]
+        ax.stackplot(
+            hours,
+            stacks,
+            step="post",
+            colors=[colours(i % 20) for i in range(len(names))],
+            labels=names,
+        )
+        if len(names) <= 20 and ax is axes[0]:
+            ax.legend(loc="upper left", fontsize=8, ncols=min(len(names), 5))
+        ax.axhline(total, color="black", lw=0.8, ls="--")
+        ax.set_ylim(0, total * 1.05)
+        ax.set_ylabel("GPUs")
+        ax.set_title(
+            f"{policy}: average JCT {result.avg_jct:,.0f} s, p99 {result.p99_jct:,.0f} s, "
+            f"{result.rescales} rescales",
+            fontsize=10,
+            loc="left",
+        )
+        waiting = ax.twinx()
+        waiting.plot(hours, [w for _, _, w in result.timeline], color="tab:red", lw=1)
+        waiting.set_ylabel("jobs waiting", color="tab:red")
+        waiting.set_ylim(0, max(1, most_waiting) * 1.1)
+        waiting.yaxis.get_major_locator().set_params(integer=True)
+    axes[-1].set_xlabel("hours")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_workload(options: WorkloadOptions, out: Any) -> int:
+    """Run the workload under each policy, print the comparison and the jobs, plot.
+
+    Raises:
+        SimulateError: on a bad flag or trace, naming it (a :class:`WorkloadError`), or when
+            a plot is asked for without matplotlib.
+    """
+    jobs = load_workload(options)
+    results = run_policies(options, jobs)
+    source = (
+        f"{options.jobs} generated jobs over {options.hours:g} h, seed {options.seed}"
+        if options.workload == GENERATED
+        else f"{len(jobs)} jobs from {options.workload}"
+    )
+    print(
+        f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs, decisions "
+        f"every {options.interval} s",
+        file=out,
+    )
+    print(render([row(r) for r in results.values()], markdown=False), file=out)
+    base = results.get("fixed")
+    ts = results["trainscale"]
+    if base is not None:
+        print(
+            f"# trainscale: average JCT {base.avg_jct / ts.avg_jct:.2f}x better than fixed "
+            f"sizes, p99 {base.p99_jct / ts.p99_jct:.2f}x",
+            file=out,
+        )
+    print("# each job under trainscale's arbitration:", file=out)
+    for line in job_lines(ts, jobs):
+        print(line, file=out)
+    if options.plot:
+        write_plot(results, options, options.plot)
+        print(f"# plot written to {options.plot}", file=out)
+    return 0
+
+
+__all__ = ["WorkloadError", "WorkloadOptions", "load_workload", "run_workload"]

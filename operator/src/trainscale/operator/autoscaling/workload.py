@@ -1,0 +1,595 @@
+"""Workloads on a shared cluster: jobs arriving, sharing GPUs under a policy, finishing.
+
+Why this module exists: whether dividing a cluster's GPUs by what each job would gain
+(:func:`trainscale.operator.autoscaling.allocate`) beats fixed sizes and per-job autoscaling is
+a question about whole workloads. This is the discrete-time simulator that answers it, shared
+by ``trainscale simulate --workload`` (what arbitration would do with *your* jobs, with a plot
+of the allocations) and ``benchmarks/cluster.py`` (the issue's goal, over seeds). Pure: no I/O
+except :func:`read_trace`, no clock; randomness from explicit seeds.
+
+The simulated job. Throughput at ``n`` workers (one GPU each) is ``rate * n / tau(n)`` with
+``tau(n) = 1 + serial * (n - 1) + cliff * [n > gpus_per_node]``: a communication term, and a
+cliff when the job crosses a node boundary (intra-node links give way to the network), from
+which throughput recovers as more workers are added. Every change of a running job's size
+(and its start) costs ``restart`` seconds without progress, in every policy. Time advances in
+steps of the decision interval (each policy decides once per step, as the operator does); a
+job's progress within a step is continuous, so it finishes mid-step, and its GPUs are free at
+the next decision.
+
+The policies (:data:`POLICIES`):
+
+- ``fixed``: each job runs at its requested size, started when that many GPUs are free. The
+  queue is scanned in arrival order and any job that fits starts (as a gang scheduler such as
+  Kueue's BestEffortFIFO would; strict FIFO would only make this baseline worse).
+- ``per-job``: each job autoscales alone, as trainscale does without arbitration: every job
+  has its own :class:`~trainscale.operator.autoscaling.JobAutoscaler` (the product's code,
+  efficiency objective at the job's floor: 0.7, ``minEfficiency``'s default, or the
+  efficiency of the size its user requested when that is lower, since the user accepted
+  that size for a fixed run; arbitrated jobs get the same floor). It is fed what Prometheus
+  would report each interval (the step's mean throughput, restart gaps included, and GPU
+  utilization, each x N(1, 0.05); no decision in the step after a restart, as the daemon
+  settles). A job starts with what is free up to its requested size (at least its minimum;
+  pods that do not fit stay Pending and the job runs with those that did); what its
+  autoscaler asks above the free GPUs stays Pending, first come first served.
+- ``per-job-oracle``: the same, with the autoscaler replaced by a perfect one: it knows the
+  true curve and grows straight to the job's efficiency-floor count (the largest count whose
+  efficiency meets the floor), never shrinking. An upper bound on per-job autoscaling.
+- ``hpa``: a utilization threshold like the HorizontalPodAutoscaler: GPU utilization is
+  ``0.95 * efficiency(n)``; desired = ``ceil(n * utilization / 0.8)`` outside a 10% tolerance,
+  bounded by min/max and by free GPUs (first come first served); starts like ``per-job``.
+- ``trainscale``: every step :func:`allocate` is called over the arrived, unfinished jobs with
+  their demands; each job runs at the count it gets (its own autoscaler would stay at or below
+  that ceiling; modelled as exactly the ceiling, since the arbiter never exceeds the job's
+  efficiency-floor count) and waits queued at 0. Restarts are charged as for the others.
+
+What the arbiter is told, and why it does not flatter it: a demand's throughput per count
+comes from the job's curve with its parameters wrong by a persistent per-job error (see
+:func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
+fitted parametric model gets wrong is its parameters, so its errors are smooth across counts
+and last the job's whole life; the arbiter misjudges some jobs throughout. Restart costs are
+given exactly (the operator learns them from restarts). The ``per-job`` baseline learns its
+curve from noisy metrics as the product does; ``per-job-oracle`` knows the true cut-off.
+
+What is modelled rather than the product's code, and why: trainscale's jobs run exactly at
+the arbiter's ceiling with throughput models from :func:`fitted` (a persistent error), not
+each behind its own ``JobAutoscaler`` whose ``predict_throughput`` feeds the demand — a job
+would then sit at its minimum until its autoscaler has a model (the arbiter never gives GPUs
+on a guess), which is not yet measured. The curves are this module's own ``tau(n)`` family
+with one node-boundary cliff (random serial and cliff terms per job), not
+:mod:`trainscale.operator.autoscaling.simulation`'s named curves (those are a handful of fixed
+shapes; a workload needs a different curve per job).
+
+Metrics (:class:`Result`): average and p99 JCT (finish - arrival), makespan (last finish -
+first arrival), GPU-hours held (including restarts), rescales (size changes of running
+jobs), the worst slowdown (JCT over the job's JCT alone on the cluster at its best static
+size, start-up included), unfinished jobs at the horizon (starved), and the allocation at
+every step (for plots).
+
+Trace CSV (:func:`read_trace`): a header and one row per job with the columns
+``arrival_seconds`` (since the start), ``total_samples``, ``curve`` (``serial:cliff``, e.g.
+``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100),
+``min_replicas``, ``max_replicas``, ``requested_replicas`` (the fixed size), and the optional
+``priority`` (PriorityClass value), ``restart_seconds`` (default 60) and ``name``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from trainscale.operator.api.models import TrainingJobSpec
+from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
+from trainscale.operator.autoscaling.policy import Observation
+
+MIN_EFFICIENCY = 0.7  # minEfficiency (its default) for per-job and arbitrated jobs
+HPA_TARGET = 0.8
+HPA_DOWN_WINDOW_STEPS = 5  # the HPA's default 300 s scale-down stabilization, in steps
+COMPUTE_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the workload, as the simulator knows it (the truth)."""
+
+    name: str
+    arrival: float
+    samples: float
+    rate: float  # samples/s of one worker
+    serial: float
+    cliff: float
+    min_replicas: int
+    max_replicas: int
+    requested: int
+    priority: int = 0
+    restart: float = 60.0
+
+    def throughput(self, n: int, gpus_per_node: int) -> float:
+        if n <= 0:
+            return 0.0
+        tau = 1.0 + self.serial * (n - 1) + (self.cliff if n > gpus_per_node else 0.0)
+        return self.rate * n / tau
+
+    def efficiency(self, n: int, gpus_per_node: int) -> float:
+        return self.throughput(n, gpus_per_node) / (n * self.rate)
+
+    def min_efficiency(self, gpus_per_node: int) -> float:
+        """The job's efficiency floor: ``MIN_EFFICIENCY``, or lower when the size its user
+        asked for is less efficient than that (they accepted that size for a fixed run)."""
+        return min(MIN_EFFICIENCY, self.efficiency(self.requested, gpus_per_node))
+
+    def floor_count(self, gpus_per_node: int) -> int:
+        """Largest count within bounds whose efficiency meets the floor (min at least)."""
+        floor = self.min_efficiency(gpus_per_node)
+        best = self.min_replicas
+        for n in range(self.min_replicas, self.max_replicas + 1):
+            if self.efficiency(n, gpus_per_node) >= floor - 1e-9:
+                best = n
+        return best
+
+
+# ---------------------------------------------------------------------------- workloads
+
+SIZES = [(1, 0.40), (2, 0.20), (4, 0.20), (8, 0.15), (16, 0.05)]
+
+
+def generate(seed: int, jobs: int, hours: float, gpus_per_node: int) -> list[Job]:
+    """Poisson arrivals over ``hours``; requested sizes mostly small (as in published
+    traces); run time at the requested size log-uniform from 6 minutes to 3 hours."""
+    rng = random.Random(seed)
+    out: list[Job] = []
+    t = 0.0
+    mean_gap = hours * 3600.0 / jobs
+    for i in range(jobs):
+        t += rng.expovariate(1.0 / mean_gap)
+        requested = rng.choices([s for s, _ in SIZES], [w for _, w in SIZES])[0]
+        serial = rng.uniform(0.0, 0.06)
+        cliff = rng.uniform(0.1, 0.6) if rng.random() < 0.7 else 0.0
+        rate = 100.0
+        lo = 1 if requested < 8 else requested // 4
+        hi = min(64, max(8, requested * 4))
+        job = Job(
+            name=f"job-{i:03d}",
+            arrival=t,
+            samples=0.0,
+            rate=rate,
+            serial=serial,
+            cliff=cliff,
+            min_replicas=lo,
+            max_replicas=hi,
+            requested=requested,
+            restart=rng.uniform(30.0, 90.0),
+        )
+        seconds = math.exp(rng.uniform(math.log(360.0), math.log(3 * 3600.0)))
+        samples = seconds * job.throughput(requested, gpus_per_node)
+        out.append(
+            Job(**{**job.__dict__, "samples": samples})  # frozen: rebuild with the work
+        )
+    return out
+
+
+class TraceError(ValueError):
+    """A trace that cannot be read; the message names the row and column."""
+
+
+TRACE_COLUMNS = ("arrival_seconds", "total_samples", "curve", "min_replicas", "max_replicas",
+                 "requested_replicas")  # fmt: skip
+
+
+def _field(
+    row: Mapping[str, str | None], column: str, line: int, kind: Callable[[str], float]
+) -> float:
+    text = (row.get(column) or "").strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        raise TraceError(f"line {line}: {column} must be a number, got {text!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise TraceError(f"line {line}: {column} must be >= 0, got {text!r}")
+    return value
+
+
+def _job_of_row(row: Mapping[str, str | None], line: int, index: int) -> Job:
+    curve = (row.get("curve") or "").strip()
+    try:
+        parts = [float(p) for p in curve.split(":")]
+    except ValueError:
+        raise TraceError(f"line {line}: curve must be serial:cliff[:rate], got {curve!r}") from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 or not math.isfinite(p) for p in parts):
+        raise TraceError(f"line {line}: curve must be serial:cliff[:rate] >= 0, got {curve!r}")
+    lo = int(_field(row, "min_replicas", line, int))
+    hi = int(_field(row, "max_replicas", line, int))
+    requested = int(_field(row, "requested_replicas", line, int))
+    if not 1 <= lo <= requested <= hi:
+        raise TraceError(
+            f"line {line}: need 1 <= min_replicas <= requested_replicas <= max_replicas,"
+            f" got {lo}, {requested}, {hi}"
+        )
+    return Job(
+        name=(row.get("name") or "").strip() or f"job-{index:03d}",
+        arrival=_field(row, "arrival_seconds", line, float),
+        samples=_field(row, "total_samples", line, float),
+        rate=parts[2] if len(parts) > 2 else 100.0,
+        serial=parts[0],
+        cliff=parts[1] if len(parts) > 1 else 0.0,
+        min_replicas=lo,
+        max_replicas=hi,
+        requested=requested,
+        priority=int(_field(row, "priority", line, int)) if row.get("priority") else 0,
+        restart=_field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0,
+    )
+
+
+def read_trace(path: str) -> list[Job]:
+    """The jobs of a trace CSV (module docstring), by arrival.
+
+    Raises:
+        TraceError: a missing column, an unreadable value, or an empty trace, naming the
+            line and column.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
+        jobs = [_job_of_row(row, i + 2, i) for i, row in enumerate(reader)]
+    if not jobs:
+        raise TraceError(f"{path}: no jobs")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise TraceError(f"{path}: job names must be unique")
+    return sorted(jobs, key=lambda j: j.arrival)
+
+
+# ---------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class Running:
+    job: Job
+    replicas: int = 0
+    done: float = 0.0  # samples processed
+    restart_left: float = 0.0
+    started: bool = False
+    rescales: int = 0
+    finish: float | None = None
+    gpu_seconds: float = 0.0
+    recent: list[int] = field(default_factory=list)  # hpa: recent recommendations
+    autoscaler: JobAutoscaler | None = None  # per-job: the product's own autoscaler
+    observed: list[Observation] = field(default_factory=list)  # per-job: since last decide
+    last_rate: float = 0.0  # samples/s over the last step (restart pauses included)
+    paused_last: bool = False  # the last step included a restart (settling)
+
+
+@dataclass
+class Cluster:
+    nodes: int
+    gpus_per_node: int
+    interval: float
+    seed: int
+    settings: ArbiterSettings = field(default_factory=ArbiterSettings)
+    states: list[Running] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def used(self) -> int:
+        return sum(s.replicas for s in self.states if s.finish is None)
+
+
+# A policy sets each active job's replicas for the next step: f(active, cluster, now).
+Policy = Callable[[list[Running], Cluster, float], dict[str, int]]
+
+
+def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    free = cluster.total - sum(s.replicas for s in active)
+    out = {s.job.name: s.replicas for s in active}
+    for s in active:
+        if s.replicas == 0 and s.job.requested <= free:
+            out[s.job.name] = s.job.requested
+            free -= s.job.requested
+    return out
+
+
+def _start_with_what_is_free(active: list[Running], cluster: Cluster) -> tuple[dict[str, int], int]:
+    free = cluster.total - sum(s.replicas for s in active)
+    out = {s.job.name: s.replicas for s in active}
+    for s in active:
+        if s.replicas == 0 and free >= s.job.min_replicas:
+            out[s.job.name] = min(s.job.requested, free)
+            free -= out[s.job.name]
+    return out, free
+
+
+def job_spec(job: Job, gpus_per_node: int) -> TrainingJobSpec:
+    """The TrainingJob a user would write for ``job``: its bounds, its requested size, the
+    efficiency objective at the job's floor, decisions every interval."""
+    floor = max(0.01, min(1.0, job.min_efficiency(gpus_per_node)))
+    return TrainingJobSpec.model_validate(
+        {
+            "replicas": job.requested,
+            "minReplicas": job.min_replicas,
+            "maxReplicas": job.max_replicas,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "w", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+                    ]
+                }
+            },
+            "autoscaling": {
+                "enabled": True,
+                "intervalSeconds": 60,
+                "objective": "efficiency",
+                "minEfficiency": round(floor, 4),
+            },
+        }
+    )
+
+
+def observe(s: Running, cluster: Cluster, now: float) -> Observation:
+    """What Prometheus would report for the job over the last step: throughput as the
+    step's mean (restart gaps included) and utilization at the scrape, each x N(1, 0.05)."""
+    rng = random.Random(f"{cluster.seed}/{s.job.name}/{now}")
+    util = COMPUTE_FRACTION * s.job.efficiency(s.replicas, cluster.gpus_per_node)
+    return Observation(
+        now,
+        s.replicas,
+        min(1.0, max(0.0, util * rng.gauss(1.0, 0.05))),
+        max(0.0, s.last_rate * rng.gauss(1.0, 0.05)),
+        nodes=math.ceil(s.replicas / cluster.gpus_per_node),
+    )
+
+
+def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    """Each job's own :class:`JobAutoscaler` (the product, no arbitration), fed noisy
+    observations; what it asks above the free GPUs stays Pending (first come, first served)."""
+    out, free = _start_with_what_is_free(active, cluster)
+    for s in active:
+        n = out[s.job.name]
+        if s.replicas == 0 or n == 0:
+            continue
+        if s.autoscaler is None:
+            s.autoscaler = JobAutoscaler(job_spec(s.job, cluster.gpus_per_node))
+        if s.paused_last:
+            continue  # settling after a restart, as the autoscale daemon waits
+        rec = s.autoscaler.decide([observe(s, cluster, now)], current_replicas=n, now=now)
+        if rec.replicas > n:
+            grow = min(rec.replicas - n, free)
+            out[s.job.name] = n + grow
+            free -= grow
+        elif rec.replicas < n:
+            free += n - rec.replicas
+            out[s.job.name] = rec.replicas
+    return out
+
+
+def policy_per_job_oracle(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    out, free = _start_with_what_is_free(active, cluster)
+    for s in active:  # arrival order: first come, first served
+        n = out[s.job.name]
+        if s.replicas == 0 or n == 0:
+            continue
+        target = s.job.floor_count(cluster.gpus_per_node)
+        if target > n and free > 0:
+            grow = min(target - n, free)
+            out[s.job.name] = n + grow
+            free -= grow
+    return out
+
+
+def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    out, free = _start_with_what_is_free(active, cluster)
+    for s in active:
+        n = out[s.job.name]
+        if s.replicas == 0 or n == 0:
+            continue
+        util = COMPUTE_FRACTION * s.job.efficiency(n, cluster.gpus_per_node)
+        desired = n
+        if abs(util / HPA_TARGET - 1.0) > 0.1:
+            desired = math.ceil(n * util / HPA_TARGET)
+        desired = max(s.job.min_replicas, min(s.job.max_replicas, desired))
+        # the HPA's scale-down stabilization: the highest recommendation of the window
+        s.recent = [*s.recent, desired][-HPA_DOWN_WINDOW_STEPS:]
+        desired = min(n, max(s.recent)) if desired < n else desired
+        if desired > n:
+            desired = n + min(desired - n, free)
+        free -= desired - n
+        out[s.job.name] = desired
+    return out
+
+
+def fitted(job: Job, seed: int) -> Job:
+    """The job as its fitted model believes it to be: each curve parameter wrong by a
+    persistent error drawn once per job (serial and cliff x N(1, 0.25) clipped to [0.5, 1.5],
+    the rate x N(1, 0.1) clipped to [0.7, 1.3])."""
+    rng = random.Random(f"{seed}/{job.name}")
+
+    def err(sd: float, lo: float, hi: float) -> float:
+        return min(hi, max(lo, rng.gauss(1.0, sd)))
+
+    return Job(
+        **{
+            **job.__dict__,
+            "serial": job.serial * err(0.25, 0.5, 1.5),
+            "cliff": job.cliff * err(0.25, 0.5, 1.5),
+            "rate": job.rate * err(0.1, 0.7, 1.3),
+        }
+    )
+
+
+def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    demands = [
+        JobDemand(
+            key=s.job.name,
+            throughput={
+                n: fitted(s.job, cluster.seed).throughput(n, cluster.gpus_per_node)
+                for n in range(1, s.job.max_replicas + 1)
+            },
+            min_replicas=s.job.min_replicas,
+            max_replicas=s.job.max_replicas,
+            min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),
+            priority=s.job.priority,
+            created=s.job.arrival,
+            current_replicas=s.replicas,
+            restart_cost_seconds=s.job.restart,
+        )
+        for s in active
+    ]
+    capacity = Capacity({f"node-{i:02d}": cluster.gpus_per_node for i in range(cluster.nodes)})
+    allocation = allocate(demands, capacity, now=now, settings=cluster.settings)
+    return {key: a.replicas for key, a in allocation.jobs.items()}
+
+
+POLICIES: dict[str, Policy] = {
+    "fixed": policy_fixed,
+    "per-job": policy_per_job,
+    "per-job-oracle": policy_per_job_oracle,
+    "hpa": policy_hpa,
+    "trainscale": policy_trainscale,
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    policy: str
+    avg_jct: float
+    p99_jct: float
+    makespan: float
+    gpu_hours: float
+    rescales: int
+    worst_slowdown: float
+    unfinished: int
+    decide_seconds: float
+    # the allocation after each decision: (time, {job: workers}) for the jobs holding GPUs,
+    # and how many arrived jobs were waiting with none
+    timeline: tuple[tuple[float, Mapping[str, int], int], ...] = ()
+    finishes: tuple[tuple[str, float], ...] = ()  # (job, finish time) of the finished jobs
+
+
+def alone_jct(job: Job, cluster: Cluster) -> float:
+    """JCT of the job alone on the cluster at its best static size (start-up included)."""
+    best = max(
+        job.throughput(n, cluster.gpus_per_node)
+        for n in range(1, min(job.max_replicas, cluster.total) + 1)
+    )
+    return job.restart + job.samples / best
+
+
+def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
+    cluster.states = [Running(job) for job in jobs]
+    decide = POLICIES[policy]
+    now = 0.0
+    dt = cluster.interval
+    decide_seconds = 0.0
+    timeline: list[tuple[float, Mapping[str, int], int]] = []
+    while now < horizon:
+        active = [s for s in cluster.states if s.job.arrival <= now and s.finish is None]
+        if not active and all(s.finish is not None for s in cluster.states):
+            break
+        start = time.perf_counter()
+        targets = decide(active, cluster, now)
+        decide_seconds += time.perf_counter() - start
+        held: dict[str, int] = {}
+        for s in active:
+            n = targets.get(s.job.name, s.replicas)
+            if n != s.replicas:
+                if s.replicas > 0 and n > 0:
+                    s.rescales += 1
+                if n > 0:
+                    s.restart_left = s.job.restart
+                s.replicas = n
+            if s.replicas == 0:
+                continue
+            held[s.job.name] = s.replicas
+            s.gpu_seconds += s.replicas * dt
+            paused = min(dt, s.restart_left)
+            s.restart_left -= paused
+            rate = s.job.throughput(s.replicas, cluster.gpus_per_node)
+            left = s.job.samples - s.done
+            run = dt - paused
+            s.last_rate = rate * run / dt
+            s.paused_last = paused > 0
+            if rate * run >= left:
+                s.finish = now + paused + left / rate
+                s.gpu_seconds -= s.replicas * (dt - paused - left / rate)
+                s.replicas = 0
+            else:
+                s.done += rate * run
+        timeline.append((now, held, len(active) - len(held)))
+        now += dt
+    finished = [s for s in cluster.states if s.finish is not None]
+    jcts = sorted(s.finish - s.job.arrival for s in finished if s.finish is not None)
+    unfinished = len(cluster.states) - len(finished)
+    slowdowns = [
+        (s.finish - s.job.arrival) / alone_jct(s.job, cluster)
+        for s in finished
+        if s.finish is not None
+    ]
+    return Result(
+        policy=policy,
+        avg_jct=statistics.fmean(jcts) if jcts else math.inf,
+        p99_jct=jcts[min(len(jcts) - 1, math.ceil(0.99 * len(jcts)) - 1)] if jcts else math.inf,
+        makespan=max((s.finish for s in finished if s.finish is not None), default=math.inf)
+        - min(j.arrival for j in jobs),
+        gpu_hours=sum(s.gpu_seconds for s in cluster.states) / 3600.0,
+        rescales=sum(s.rescales for s in cluster.states),
+        worst_slowdown=max(slowdowns, default=math.inf),
+        unfinished=unfinished,
+        decide_seconds=decide_seconds,
+        timeline=tuple(timeline),
+        finishes=tuple((s.job.name, s.finish) for s in finished if s.finish is not None),
+    )
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def worst(results: Sequence[Result]) -> Result:
+    """The worst case over seeds, metric by metric (higher is worse for each)."""
+    return Result(
+        policy=results[0].policy,
+        avg_jct=max(r.avg_jct for r in results),
+        p99_jct=max(r.p99_jct for r in results),
+        makespan=max(r.makespan for r in results),
+        gpu_hours=max(r.gpu_hours for r in results),
+        rescales=max(r.rescales for r in results),
+        worst_slowdown=max(r.worst_slowdown for r in results),
+        unfinished=max(r.unfinished for r in results),
+        decide_seconds=max(r.decide_seconds for r in results),
+    )
+
+
+HEADER = ("policy", "avg JCT s", "p99 JCT s", "makespan s", "GPU-h", "rescales",
+          "worst slowdown", "unfinished")  # fmt: skip
+
+
+def row(r: Result) -> tuple[str, ...]:
+    """One line of the results table (:data:`HEADER`)."""
+    return (
+        r.policy,
+        f"{r.avg_jct:,.0f}",
+        f"{r.p99_jct:,.0f}",
+        f"{r.makespan:,.0f}",
+        f"{r.gpu_hours:,.1f}",
+        str(r.rescales),
+        f"{r.worst_slowdown:.1f}",
+        str(r.unfinished),
+    )
+
+
+def render(rows: Sequence[tuple[str, ...]], markdown: bool) -> str:
+    """The results table, aligned text or markdown."""
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(x) for x in col) for col in zip(HEADER, *rows, strict=False)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [HEADER, *rows])

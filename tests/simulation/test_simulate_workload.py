@@ -1,0 +1,144 @@
+"""Tests of ``trainscale simulate --workload`` and the workload simulator behind it.
+
+Covers:
+- a CSV trace end to end through the console script: the three policies' table, each job's
+  line under arbitration (arrival, wait, completion, GPUs, sizes), a real PNG;
+- the numbers printed are the simulator's: the table row of each policy and each job's JCT
+  equal what :func:`simulate` returns for the same workload;
+- the timeline is the allocation: at every step the GPUs held fit in the cluster, a job
+  holds GPUs only between its arrival and its finish, and the waiting count is the arrived,
+  unfinished jobs without GPUs (the plot draws exactly this);
+- a bad trace or flag is refused naming the line, column or flag (exit 2, nothing printed).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainscale.operator.app.cli import main
+from trainscale.operator.autoscaling.workload import Cluster, generate, read_trace, row, simulate
+
+TRAINSCALE = Path(sys.executable).with_name("trainscale")
+
+TRACE = """name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority,restart_seconds
+resnet,0,2000000,0.02:0.3,1,16,4,0,60
+bert,300,1500000,0.05:0.5,1,8,2,0,90
+gpt-small,600,4000000,0.01:0.2,2,16,8,0,120
+vit,900,500000,0.03:0.0,1,8,1,0,45
+"""
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(TRACE)
+    return path
+
+
+@pytest.mark.slow
+def test_a_trace_prints_the_policies_and_the_jobs_and_plots(trace: Path, tmp_path: Path) -> None:
+    png = tmp_path / "w.png"
+    done = subprocess.run(
+        [str(TRAINSCALE), "simulate", "--workload", str(trace), "--nodes", "4",
+         "--plot", str(png)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    jobs = read_trace(str(trace))
+    for policy in ("fixed", "per-job", "trainscale"):
+        result = simulate(policy, jobs, Cluster(4, 4, 60.0, 1), horizon=900 + 24 * 3600.0)
+        printed = next(x.split() for x in out.splitlines() if x.split()[:1] == [policy])
+        assert printed == list(row(result)), (printed, row(result))
+        if policy == "trainscale":
+            finish = dict(result.finishes)
+            for job in jobs:
+                line = next(x for x in out.splitlines() if x.startswith(job.name + " "))
+                assert f"{finish[job.name] - job.arrival:,.0f}" in line.split(), line
+    assert "x better than fixed sizes" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_timeline_is_the_allocation() -> None:
+    jobs = generate(seed=3, jobs=30, hours=1.0, gpus_per_node=4)
+    cluster = Cluster(nodes=4, gpus_per_node=4, interval=60.0, seed=3)
+    result = simulate("trainscale", jobs, cluster, horizon=jobs[-1].arrival + 24 * 3600.0)
+    assert result.unfinished == 0
+    finish = dict(result.finishes)
+    arrival = {j.name: j.arrival for j in jobs}
+    assert result.timeline, "a step per decision"
+    for now, held, waiting in result.timeline:
+        assert sum(held.values()) <= cluster.total, (now, held)
+        for name, workers in held.items():
+            assert workers >= 1
+            assert arrival[name] <= now < finish[name], (name, now)
+        arrived = [n for n, t in arrival.items() if t <= now and finish[n] > now]
+        assert waiting == len([n for n in arrived if n not in held]), now
+    # 30 jobs on 16 GPUs within an hour: the cluster is full at times, and everyone finishes
+    assert max(sum(h.values()) for _, h, _ in result.timeline) == cluster.total
+
+
+@pytest.mark.parametrize(
+    ("csv", "message"),
+    [
+        pytest.param("arrival_seconds,total_samples\n0,1\n", "missing column(s) curve", id="cols"),
+        pytest.param(
+            TRACE.replace("0.02:0.3,1,16,4", "0.02:x,1,16,4"),
+            "line 2: curve must be serial:cliff[:rate], got '0.02:x'",
+            id="curve",
+        ),
+        pytest.param(
+            TRACE.replace("300,1500000", "soon,1500000"),
+            "line 3: arrival_seconds must be a number, got 'soon'",
+            id="number",
+        ),
+        pytest.param(
+            TRACE.replace("1,8,2,0,90", "4,8,2,0,90"),
+            "line 3: need 1 <= min_replicas <= requested_replicas <= max_replicas, got 4, 2, 8",
+            id="bounds",
+        ),
+        pytest.param(TRACE.replace("vit,", "bert,"), "job names must be unique", id="names"),
+        pytest.param(TRACE.splitlines()[0] + "\n", "no jobs", id="empty"),
+    ],
+)
+def test_a_bad_trace_names_the_line_and_column(
+    csv: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(csv)
+    assert main(["simulate", "--workload", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--workload", "missing.csv"], "--workload missing.csv: No such file"),
+        pytest.param(
+            ["--workload", "generated", "--policies", "fixed"], "--policies must include trainscale"
+        ),
+        pytest.param(["--workload", "generated", "--policies", "magic", "trainscale"], "magic"),
+        pytest.param(["--workload", "generated", "--nodes", "0"], "--nodes and --gpus-per-node"),
+        pytest.param(["--curve", "amdahl", "--jobs", "3"], "--jobs needs --workload"),
+    ],
+)
+def test_bad_workload_flags_are_named(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert captured.out == ""
+
+
+def test_curve_and_workload_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--curve", "amdahl", "--workload", "generated"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
