@@ -86,6 +86,10 @@ async def autoscale_job(
     except pydantic.ValidationError:
         return RESYNC_SECONDS  # the reconcile loop reports it
     phase = (body.get("status") or {}).get("phase")
+    if spec.suspend:
+        # Paused: no observation, no decision; the autoscaler (and its memory) stays as it
+        # is, and it resumes from there when the job does.
+        return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
     if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
         loop.autoscaler = None  # resumed from status when enabled again
         return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
