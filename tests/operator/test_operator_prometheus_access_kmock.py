@@ -20,6 +20,7 @@ from typing import Any
 import kmock
 import pytest
 
+from tests.operator.test_operator_kmock import JOB as BASE_JOB
 from tests.prometheus.test_prometheus_access import Recorder, _serve
 from tests.support.kmock import RealisticEmulator, api_call, create_job, job, set_pod_state
 from trainscale.operator import api
@@ -30,17 +31,11 @@ from trainscale.operator.daemons.autoscale import JobLoop, autoscale_job
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
 
 TOKEN = "sa-token-that-must-never-show"
-JOB: dict[str, Any] = {
-    "apiVersion": "trainscale.dev/v1alpha1",
-    "kind": "TrainingJob",
-    "metadata": {"name": "watched", "namespace": "default"},
-    "spec": {
-        "replicas": 1,
-        "maxReplicas": 2,
-        "template": {"spec": {"containers": [{"name": "trainer", "image": "t:1"}]}},
-        "autoscaling": {"enabled": True, "settleSeconds": 0, "intervalSeconds": 5},
-    },
-}
+JOB: dict[str, Any] = copy.deepcopy(BASE_JOB)
+JOB["metadata"]["name"] = "watched"
+JOB["spec"].update(
+    replicas=1, autoscaling={"enabled": True, "settleSeconds": 0, "intervalSeconds": 5}
+)
 
 
 @pytest.fixture

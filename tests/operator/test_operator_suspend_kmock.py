@@ -20,6 +20,7 @@ from typing import Any
 import kmock
 import pytest
 
+from tests.operator.test_operator_kmock import JOB as BASE_JOB
 from tests.support.kmock import (
     GROUP,
     PLURAL,
@@ -42,27 +43,8 @@ from trainscale.operator.daemons.autoscale import JobLoop, autoscale_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
 
-JOB: dict[str, Any] = {
-    "apiVersion": "trainscale.dev/v1alpha1",
-    "kind": "TrainingJob",
-    "metadata": {"name": "paused", "namespace": "default"},
-    "spec": {
-        "replicas": 2,
-        "minReplicas": 1,
-        "maxReplicas": 4,
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "trainer",
-                        "image": "ghcr.io/example/train:1",
-                        "resources": {"limits": {"nvidia.com/gpu": 1}},
-                    }
-                ]
-            }
-        },
-    },
-}
+JOB: dict[str, Any] = copy.deepcopy(BASE_JOB)
+JOB["metadata"]["name"] = "paused"
 
 
 async def set_suspend(server: kmock.KubernetesEmulator, name: str, suspend: bool) -> None:
