@@ -10,7 +10,9 @@ Covers, against a tiny local HTTP server that records every request's headers:
 - a server that echoes the token in its 401 answer: the error says ``<redacted>``; no log
   record holds the token either;
 - contradictory settings and malformed headers are refused with a message naming them, at the
-  command line too (flags and their TRAINSCALE_PROMETHEUS_* environment variables).
+  command line too (flags and their TRAINSCALE_PROMETHEUS_* environment variables);
+- ``trainscale operator`` refuses a credential file that does not exist, and logs a warning
+  at start-up when certificate verification is off.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import argparse
 import http.server
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,3 +266,41 @@ def test_the_command_line_builds_the_access_and_falls_back_to_the_environment(
 def test_the_command_line_names_a_wrong_setting(flags: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         build_prometheus_access(operator_args(*flags), {})
+
+
+TRAINSCALE = str(Path(sys.executable).parent / "trainscale")
+
+
+def test_the_operator_refuses_a_missing_credential_file_at_start() -> None:
+    done = subprocess.run(
+        [TRAINSCALE, "operator", "-A", "--prometheus-bearer-token-file", "/nonexistent/token"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "the Prometheus bearer token file /nonexistent/token does not exist" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_operator_process_warns_when_verification_is_off(tmp_path: Path) -> None:
+    """The warning is logged at start-up, before kopf connects to anything."""
+    log_path = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster"),
+           "TRAINSCALE_PROMETHEUS_INSECURE_SKIP_VERIFY": "true"}  # fmt: skip
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [TRAINSCALE, "operator", "-A", "--metrics-port", "0", "--liveness-port", "0"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "NOT verified" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "WARNING" in log_path.read_text()
