@@ -37,6 +37,7 @@ from trainscale.operator.adapters.prometheus_access import (
     PrometheusAccess,
     PrometheusAccessError,
     parse_header,
+    warn_if_insecure,
 )
 from trainscale.operator.api import PrometheusSpec
 from trainscale.operator.app.cli import build_parser, build_prometheus_access
@@ -201,6 +202,19 @@ def test_a_token_echoed_by_the_server_is_redacted_and_never_logged(
     assert TOKEN not in error
     assert TOKEN not in caplog.text
     assert TOKEN not in repr(access)
+
+
+def test_credentials_over_plain_http_are_warned_about(
+    token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = PrometheusAccess(bearer_token_file=str(token_file))
+    with caplog.at_level(logging.WARNING):
+        warn_if_insecure(access, "https://prometheus.example:9090")
+        warn_if_insecure(PrometheusAccess(), "http://prometheus.example:9090")
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING):
+        warn_if_insecure(access, "http://prometheus.example:9090")
+    assert "sent in clear to http://prometheus.example:9090" in caplog.text
 
 
 def test_header_values_stay_out_of_the_repr() -> None:

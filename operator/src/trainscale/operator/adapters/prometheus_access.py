@@ -273,13 +273,19 @@ def prepare_request(access: PrometheusAccess, url: str) -> PreparedRequest:
     )
 
 
-def warn_if_insecure(access: PrometheusAccess) -> None:
-    """Log the warning that an operator skipping TLS verification must show (at start-up)."""
+def warn_if_insecure(access: PrometheusAccess, url: str | None = None) -> None:
+    """Log the warnings an operator must show at start-up: certificates not verified, or
+    credentials that would cross the network in clear (``http://``)."""
     if access.insecure_skip_verify:
         log.warning(
             "Prometheus TLS certificates are NOT verified (--prometheus-insecure-skip-verify): "
             "anyone on the path can read the queries and the credentials; give the CA bundle "
             "(--prometheus-ca-file) instead"
+        )
+    sends_secrets = bool(access.bearer_token_file or access.password_file)
+    if url and sends_secrets and urllib.parse.urlsplit(url).scheme.lower() == "http":
+        log.warning(
+            "Prometheus credentials are sent in clear to %s (http): use an https:// URL", url
         )
 
 

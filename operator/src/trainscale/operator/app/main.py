@@ -31,7 +31,7 @@ def run_operator(options: OperatorOptions) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import trainscale.operator.daemons.handlers  # noqa: F401 - registers the kopf handlers
 
-    warn_if_insecure(options.prometheus_access)
+    warn_if_insecure(options.prometheus_access, options.prometheus_url)
 
     if options.metrics_port:
         serve_metrics(options.metrics_port, options.metrics_address)
