@@ -105,6 +105,11 @@ def reconcile_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
     queued = decide_reconcile(spec, "j", GENERATION, steady, [running(0)], True, True, NOW,
                               queued="queued: needs 4 GPUs, 2 free")  # fmt: skip
     yield "queued by arbitration", queued.status
+    suspended = _spec(spec_dict, replicas=2, suspend=True)
+    suspending = decide([running(0), running(1)], steady, s=suspended)
+    yield "suspending", suspending
+    yield "suspended", decide([], suspending, s=suspended)
+    yield "resumed", decide([], {**suspending, "phase": "Suspended"})
 
 
 def arbitration_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

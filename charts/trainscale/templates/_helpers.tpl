@@ -233,4 +233,44 @@ Refuse value combinations that would produce a broken or unsafe install.
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" .Values.operator.peering.name) }}
 {{- fail (printf "operator.peering.name: %q is not a valid object name" .Values.operator.peering.name) }}
 {{- end }}
+{{- with .Values.prometheus }}
+{{- if and .bearerToken.serviceAccountToken .bearerToken.secretName }}
+{{- fail "prometheus.bearerToken: give serviceAccountToken or secretName, not both" }}
+{{- end }}
+{{- if and (or .bearerToken.serviceAccountToken .bearerToken.secretName) .basicAuth.secretName }}
+{{- fail "prometheus: give a bearer token (prometheus.bearerToken) or basic auth (prometheus.basicAuth.secretName), not both" }}
+{{- end }}
+{{- if and .tls.insecureSkipVerify .tls.caSecretName }}
+{{- fail "prometheus.tls: insecureSkipVerify=true ignores tls.caSecretName; give one of them" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the operator finds the Prometheus secrets the chart mounts (prometheus.* values).
+*/}}
+{{- define "trainscale.prometheusSecretsDir" -}}
+/etc/trainscale/prometheus
+{{- end }}
+
+{{/*
+The Secrets holding Prometheus credentials, as a YAML list of {name, dir, secret}: each is
+mounted read-only under trainscale.prometheusSecretsDir/<dir> (files the operator re-reads).
+*/}}
+{{- define "trainscale.prometheusSecretVolumes" -}}
+{{- $p := .Values.prometheus }}
+{{- $out := list }}
+{{- if and $p.bearerToken.secretName (not $p.bearerToken.serviceAccountToken) }}
+{{- $out = append $out (dict "name" "prometheus-bearer-token" "dir" "bearer-token" "secret" $p.bearerToken.secretName) }}
+{{- end }}
+{{- if $p.basicAuth.secretName }}
+{{- $out = append $out (dict "name" "prometheus-basic-auth" "dir" "basic-auth" "secret" $p.basicAuth.secretName) }}
+{{- end }}
+{{- if $p.tls.caSecretName }}
+{{- $out = append $out (dict "name" "prometheus-ca" "dir" "ca" "secret" $p.tls.caSecretName) }}
+{{- end }}
+{{- if $p.tls.clientCertSecretName }}
+{{- $out = append $out (dict "name" "prometheus-client-cert" "dir" "client-cert" "secret" $p.tls.clientCertSecretName) }}
+{{- end }}
+{{- toYaml $out }}
 {{- end }}

@@ -5,7 +5,9 @@ stall because Prometheus is slow, down, or returns nonsense, so this thin adapte
 every failure (timeouts, connection errors, HTTP errors, bad JSON, NaN, empty or ambiguous
 results, out-of-range values) into "no value" plus an error string the operator can count,
 log and show in a condition. It uses only the standard library (``urllib.request``): one GET
-of ``/api/v1/query`` per metric, each with its own timeout.
+of ``/api/v1/query`` per metric, each with its own timeout, authenticated as
+:mod:`~trainscale.operator.adapters.prometheus_access` says (bearer token, basic auth, TLS,
+headers), with every secret redacted from the errors.
 
 The calls block; from an asyncio handler run them with ``asyncio.to_thread``.
 """
@@ -14,12 +16,19 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from trainscale.operator.adapters.prometheus_access import (
+    PreparedRequest,
+    PrometheusAccess,
+    PrometheusAccessFileError,
+    prepare_request,
+)
 from trainscale.operator.adapters.promql import (
     DEFAULT_MAX_SAMPLE_AGE_SECONDS,
     DEFAULT_RATE_WINDOW,
@@ -83,31 +92,39 @@ class FetchedObservation:
         return self.gpu_utilization.latency_seconds + self.throughput.latency_seconds
 
 
-def fetch_query(base_url: str, query: str, *, timeout_seconds: float) -> QueryResult:
+def fetch_query(
+    base_url: str,
+    query: str,
+    *,
+    timeout_seconds: float,
+    access: PrometheusAccess | None = None,
+) -> QueryResult:
     """Run one instant query and return its single value; never raises.
 
     A vector with several series, a matrix, a string result, NaN/Inf, an HTTP or
     connection error, a timeout, or a response that is not Prometheus JSON all give
     ``value=None`` and an ``error``. An empty vector gives ``value=None, empty=True``.
+    ``access`` (credentials, TLS, headers) is used as given: :func:`fetch_observation`
+    decides which URL gets which settings. No secret ever appears in the error.
     """
     url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
     started = time.monotonic()
+    access = access or PrometheusAccess()
 
     def result(value: float | None, error: str | None, empty: bool = False) -> QueryResult:
         return QueryResult(query, value, error, empty, time.monotonic() - started)
 
     try:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
-            body = response.read(_MAX_RESPONSE_BYTES)
+        prepared = prepare_request(access, url)
+    except PrometheusAccessFileError as e:
+        return result(None, str(e))
+    try:
+        body = _send(url, prepared, timeout_seconds)
     except urllib.error.HTTPError as e:
         detail = _error_detail(e.read(4096) if e.fp else b"")
-        return result(None, f"HTTP {e.code}{detail}")
+        return result(None, prepared.redact(_describe_http_error(e, detail, access)))
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return result(
-            None, f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-        )
+        return result(None, prepared.redact(_describe_connection_error(e)))
     try:
         payload = json.loads(body)
         if payload.get("status") != "success":
@@ -134,6 +151,41 @@ def fetch_query(base_url: str, query: str, *, timeout_seconds: float) -> QueryRe
     return result(value, None)
 
 
+def _send(url: str, prepared: PreparedRequest, timeout_seconds: float) -> bytes:
+    """GET ``url``; the secret headers are kept off redirects (urllib would forward them)."""
+    request = urllib.request.Request(url, headers=prepared.headers)
+    for name, value in prepared.secret_headers.items():
+        request.add_unredirected_header(name, value)
+    with urllib.request.urlopen(
+        request, timeout=timeout_seconds, context=prepared.context
+    ) as response:
+        return bytes(response.read(_MAX_RESPONSE_BYTES))
+
+
+def _describe_connection_error(e: Exception) -> str:
+    # ssl.SSLError's own .reason is a bare code: report the exception itself.
+    reason = e if isinstance(e, ssl.SSLError) else getattr(e, "reason", e)
+    text = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        text += " (give the CA bundle that signs Prometheus' certificate: --prometheus-ca-file)"
+    elif isinstance(reason, ssl.SSLError) and "CERTIFICATE" in str(reason).upper():
+        text += (
+            " (Prometheus refused the TLS handshake: it may require a client certificate, "
+            "--prometheus-cert-file)"
+        )
+    return text
+
+
+def _describe_http_error(e: urllib.error.HTTPError, detail: str, access: PrometheusAccess) -> str:
+    if e.code in (401, 403):
+        word = "refused" if e.code == 403 else "did not accept"
+        return (
+            f"HTTP {e.code} {e.reason}{detail}: Prometheus {word} the operator's credentials "
+            f"(sent: {access.describe_auth()})"
+        )
+    return f"HTTP {e.code}{detail}"
+
+
 def _error_detail(body: bytes) -> str:
     try:
         return ": " + str(json.loads(body)["error"])
@@ -151,6 +203,7 @@ def fetch_observation(
     spec: PrometheusSpec | None = None,
     rate_window: str = DEFAULT_RATE_WINDOW,
     max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
+    access: PrometheusAccess | None = None,
 ) -> FetchedObservation:
     """Read one job's GPU utilization and throughput; never raises for Prometheus trouble.
 
@@ -163,6 +216,8 @@ def fetch_observation(
         spec: ``spec.autoscaling.prometheus``: URL, query overrides, timeout.
         rate_window: ``rate()`` window of the default throughput query.
         max_sample_age_seconds: GPU series older than this are stale (default query).
+        access: The operator's credentials, TLS and headers for ``base_url``; a job whose
+            ``spec.url`` names another server gets only the TLS verification settings.
 
     Returns:
         The observation (fields None where unknown) and both query results.
@@ -172,6 +227,7 @@ def fetch_observation(
     """
     spec = spec or PrometheusSpec()
     url = spec.url or base_url
+    access = (access or PrometheusAccess()).for_url(url, base_url)
     if spec.gpu_utilization_query:
         gpu_query = render_query_override(spec.gpu_utilization_query, namespace, job)
     else:
@@ -182,12 +238,12 @@ def fetch_observation(
         throughput_query = render_query_override(spec.throughput_query, namespace, job)
     else:
         throughput_query = build_throughput_query(namespace, job, window=rate_window)
-    gpu = fetch_query(url, gpu_query, timeout_seconds=spec.timeout_seconds)
+    gpu = fetch_query(url, gpu_query, timeout_seconds=spec.timeout_seconds, access=access)
     if gpu.value is not None and not 0.0 <= gpu.value <= 1.0:
         gpu = QueryResult(
             gpu.query, None, f"value {gpu.value} outside [0, 1]", False, gpu.latency_seconds
         )
-    rate = fetch_query(url, throughput_query, timeout_seconds=spec.timeout_seconds)
+    rate = fetch_query(url, throughput_query, timeout_seconds=spec.timeout_seconds, access=access)
     if rate.value is not None and rate.value < 0:
         rate = QueryResult(
             rate.query, None, f"value {rate.value} is negative", False, rate.latency_seconds

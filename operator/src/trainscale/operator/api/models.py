@@ -491,6 +491,16 @@ class TrainingJobSpec(_Model):
             "(torchrun's own restart budget, spent on every scale-down, is set much higher.)"
         ),
     )
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "When true the job runs nothing: its workers are deleted gracefully (SIGTERM: the "
+            "trainer writes a checkpoint), then its rendezvous pod; the job, its Service and "
+            "its checkpoints stay, the phase is Suspended and the autoscaler pauses. Set it "
+            "back to false to recreate spec.replicas workers, which resume from the "
+            "checkpoint. Queue controllers such as Kueue admit a job by setting it to false."
+        ),
+    )
 
     @model_validator(mode="after")
     def _replicas_within_bounds(self) -> TrainingJobSpec:
@@ -547,6 +557,7 @@ class Phase(enum.StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     SCALING = "Scaling"
+    SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -714,7 +725,7 @@ class TrainingJobStatus(_Model):
 
     phase: Phase = Field(
         default=Phase.PENDING,
-        description="Pending, Queued, Running, Scaling, Succeeded or Failed.",
+        description="Pending, Queued, Running, Scaling, Suspended, Succeeded or Failed.",
     )
     replicas: int = Field(
         default=0, ge=0, description="Worker pods that exist and are not terminating."

@@ -9,10 +9,33 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from trainscale.operator.adapters.prometheus_access import (
+    PrometheusAccess,
+    PrometheusAccessError,
+    parse_header,
+)
 from trainscale.operator.daemons.options import DEFAULT_PROMETHEUS_URL, LOG_FORMATS, LOG_LEVELS
+
+# --prometheus-* access flags: (flag, env variable read when the flag is not given, help).
+_PROMETHEUS_ACCESS_FLAGS = (
+    ("bearer-token-file", "a file holding the bearer token sent to Prometheus, re-read at "
+     "every query (e.g. a projected service-account token, which the kubelet rotates)"),
+    ("username", "basic-auth user name (with --prometheus-password-file)"),
+    ("password-file", "a file holding the basic-auth password, re-read at every query"),
+    ("ca-file", "PEM bundle of the CAs that sign Prometheus' certificate (instead of the "
+     "system's)"),
+    ("cert-file", "client certificate (PEM) for mutual TLS"),
+    ("key-file", "key (PEM) of the client certificate"),
+)  # fmt: skip
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_name(flag: str) -> str:
+    return "TRAINSCALE_PROMETHEUS_" + flag.upper().replace("-", "_")
 
 
 class _DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -63,6 +86,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     if not args.all_namespaces and not args.namespace:
         raise SystemExit("trainscale operator: give --all-namespaces or at least one --namespace")
+    access = build_prometheus_access(args, os.environ)
     return run_operator(
         OperatorOptions(
             namespaces=tuple(args.namespace or ()),
@@ -72,6 +96,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             liveness_port=args.liveness_port,
             liveness_address=args.liveness_address,
             prometheus_url=args.prometheus_url,
+            prometheus_access=access,
             peering=args.peering,
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
@@ -80,6 +105,65 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             arbitration=args.arbitration,
             arbitration_interval_seconds=args.arbitration_interval,
         )
+    )
+
+
+def build_prometheus_access(args: argparse.Namespace, env: Mapping[str, str]) -> PrometheusAccess:
+    """The operator's Prometheus access from the --prometheus-* flags, each falling back to
+    its TRAINSCALE_PROMETHEUS_* environment variable; exits with a message naming the flag
+    when they contradict each other or a file is missing."""
+    given: dict[str, str | None] = {}
+    for flag, _ in _PROMETHEUS_ACCESS_FLAGS:
+        attr = "prometheus_" + flag.replace("-", "_")
+        given[flag] = getattr(args, attr) or env.get(_env_name(flag)) or None
+    insecure = args.prometheus_insecure_skip_verify or (
+        env.get(_env_name("insecure-skip-verify"), "").strip().lower() in _TRUE
+    )
+    try:
+        headers = tuple(parse_header(h) for h in args.prometheus_header or ())
+        access = PrometheusAccess(
+            bearer_token_file=given["bearer-token-file"],
+            username=given["username"],
+            password_file=given["password-file"],
+            ca_file=given["ca-file"],
+            cert_file=given["cert-file"],
+            key_file=given["key-file"],
+            insecure_skip_verify=insecure,
+            headers=headers,
+        )
+    except PrometheusAccessError as exc:
+        raise SystemExit(f"trainscale operator: --prometheus-*: {exc}") from None
+    for what, path in access.files:
+        if not os.path.isfile(path):
+            raise SystemExit(f"trainscale operator: the Prometheus {what} {path} does not exist")
+    return access
+
+
+def _add_prometheus_access(op: argparse.ArgumentParser) -> None:
+    group = op.add_argument_group(
+        "Prometheus access",
+        "How the operator authenticates to Prometheus (like KEDA's Prometheus scaler). Secrets "
+        "only from files; every flag falls back to the environment variable it names. "
+        "Credentials, client certificate and headers are sent only to --prometheus-url, never "
+        "to a URL a job names.",
+    )
+    for flag, text in _PROMETHEUS_ACCESS_FLAGS:
+        group.add_argument(
+            f"--prometheus-{flag}", metavar="FILE" if flag.endswith("file") else "NAME",
+            help=f"{text} (env {_env_name(flag)})",
+        )  # fmt: skip
+    group.add_argument(
+        "--prometheus-insecure-skip-verify",
+        action="store_true",
+        help="do not verify Prometheus' TLS certificate (logs a warning; give --prometheus-ca-file "
+        f"instead) (env {_env_name('insecure-skip-verify')}=true)",
+    )
+    group.add_argument(
+        "--prometheus-header",
+        action="append",
+        metavar="NAME=VALUE",
+        help="extra header of every query, e.g. X-Scope-OrgID=team-a for multi-tenant Mimir "
+        "(repeatable)",
     )
 
 
@@ -263,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROMETHEUS_URL,
         help="Prometheus used by jobs whose spec names none",
     )
+    _add_prometheus_access(op)
     op.add_argument(
         "--peering",
         metavar="NAME",

@@ -12,6 +12,7 @@ import random
 
 import kopf
 
+from trainscale.operator.adapters.prometheus_access import warn_if_insecure
 from trainscale.operator.daemons.options import OperatorOptions
 from trainscale.operator.observability.metrics import serve_metrics
 
@@ -29,6 +30,8 @@ def run_operator(options: OperatorOptions) -> int:
     else:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import trainscale.operator.daemons.handlers  # noqa: F401 - registers the kopf handlers
+
+    warn_if_insecure(options.prometheus_access, options.prometheus_url)
 
     if options.metrics_port:
         serve_metrics(options.metrics_port, options.metrics_address)

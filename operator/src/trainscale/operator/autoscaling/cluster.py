@@ -15,7 +15,8 @@ Rules:
 * **Which jobs are arbitrated**: autoscaled jobs (``spec.autoscaling.enabled``) whose workers
   ask for GPUs and that did not opt out (``spec.autoscaling.clusterArbitration: false``).
   Every other managed job is *pinned*: it keeps its size and its GPUs are subtracted.
-  Finished jobs (Succeeded, Failed) hold nothing.
+  Finished jobs (Succeeded, Failed) hold nothing; a suspended job (``spec.suspend``) is not
+  arbitrated and holds only the workers that still exist while they stop.
 * **Priority** is the value of the PriorityClass the worker template names (0 without one, or
   when the class is unknown), as the scheduler itself would order them.
 """
@@ -119,7 +120,11 @@ class ManagedJob:
     @property
     def arbitrated(self) -> bool:
         """Whether the arbiter sets this job's size (else it is pinned)."""
-        return is_arbitrated(self.spec, self.arbitration_enabled) and not self.finished
+        return (
+            is_arbitrated(self.spec, self.arbitration_enabled)
+            and not self.finished
+            and not self.spec.suspend
+        )
 
 
 def is_arbitrated(spec: api.TrainingJobSpec, arbitration_enabled: bool) -> bool:
@@ -157,7 +162,12 @@ def build_demand(job: ManagedJob) -> JobDemand:
     autoscaling = spec.autoscaling
     running = sum(job.running_nodes.values())
     if not job.arbitrated:
-        size = 0 if job.finished else max(running, spec.replicas)
+        if job.finished:
+            size = 0
+        elif spec.suspend:
+            size = running  # its workers are stopping: they hold their GPUs until gone
+        else:
+            size = max(running, spec.replicas)
         return JobDemand(
             key=job.key,
             gpus_per_worker=max(1, spec.gpus_per_replica),

@@ -30,6 +30,14 @@ Rules, in order:
 7. A job that cluster arbitration queued (its minReplicas do not fit, or arbitration has not
    admitted it yet) runs nothing: no worker and no rendezvous pod is created, workers that
    exist are deleted gracefully, and the phase is Queued with the arbiter's reason.
+9. A suspended job (``spec.suspend``, not finished) runs nothing: its workers are deleted
+   gracefully (SIGTERM, then the pod's grace period: the trainer checkpoints), the rendezvous
+   pod once no worker pod is left (the Service stays), nothing is created, the phase is
+   Suspended with ``Suspended=True`` (reason ``JobSuspended``) and ``Ready=False``, and its
+   admission by cluster arbitration is given up (``status.arbitration`` removed: on resume an
+   arbitrated job waits for a new one). Suspension wins over queueing. Un-suspended, the
+   rules above recreate ``spec.replicas`` workers, which resume from the checkpoint;
+   ``Suspended=False`` (reason ``JobResumed``) and a ``Resumed`` event say so.
 """
 
 from __future__ import annotations
@@ -257,6 +265,8 @@ def decide_reconcile(
 
     _replace_failed_workers(step, workers)
     _finish_when_all_succeeded(step, succeeded, active)
+    if spec.suspend and not step.finished:
+        return _suspend(step, job_name, generation, status, workers, rendezvous_pod_exists)
     if step.finished:
         _stop_a_failed_job(step, active)
         return _finish_plan(
@@ -300,6 +310,7 @@ def decide_reconcile(
         conditions[0] = build_condition(
             prev_conditions, "Ready", "False", "Queued", queued, now, generation
         )
+    conditions.extend(_resumed(step, prev_conditions, generation))
     new_status = _status_patch(
         job_name,
         generation,
@@ -327,6 +338,90 @@ def decide_reconcile(
         requeue_after=step.requeue,
         creation_held=held,
     )
+
+
+# The phase, the condition type and the workers' deletion reason of a suspended job.
+SUSPENDED = api.Phase.SUSPENDED.value
+
+
+def _suspend(
+    step: _Pass,
+    job_name: str,
+    generation: int | None,
+    status: Mapping[str, Any],
+    workers: Sequence[WorkerPod],
+    rendezvous_pod_exists: bool,
+) -> ReconcilePlan:
+    """Rule 9: delete the workers gracefully, then the rendezvous pod; phase Suspended."""
+    deleting = step.deleting
+    stopping = sorted(
+        (w for w in workers if w.active and w.name not in deleting), key=lambda w: -w.index
+    )
+    step.deletes.extend((pod.name, SUSPENDED) for pod in stopping)
+    if stopping:
+        step.events.append(
+            EventSpec(
+                "Normal",
+                "Suspending",
+                "spec.suspend is true: deleting " + ", ".join(p.name for p in stopping)
+                + " (graceful: SIGTERM, the trainer writes a checkpoint)",
+            )
+        )  # fmt: skip
+    if workers:
+        step.wait(5.0)  # the rendezvous pod goes once every worker pod is gone
+    prev_conditions = list(status.get("conditions") or [])
+    message = (
+        "spec.suspend is true: no workers run; set it to false to resume from the last checkpoint"
+    )
+    conditions = [
+        build_condition(
+            prev_conditions, SUSPENDED, "True", "JobSuspended", message, step.now, generation
+        ),
+        build_condition(
+            prev_conditions, "Ready", "False", SUSPENDED, message, step.now, generation
+        ),
+    ]
+    previous_phase = status.get("phase") or api.Phase.PENDING.value
+    if previous_phase != SUSPENDED:
+        step.events.append(
+            EventSpec("Normal", f"Phase{SUSPENDED}", f"Phase {previous_phase} -> {SUSPENDED}")
+        )
+    patch = _status_patch(
+        job_name, generation, SUSPENDED, 0, 0, 0, step.restarts, step.last_failure,
+        merge_conditions(prev_conditions, conditions),
+        create_failures=status.get("createFailures"),
+        last_create_failure_time=status.get("lastCreateFailureTime"),
+    )  # fmt: skip
+    return ReconcilePlan(
+        delete_rendezvous_pod=rendezvous_pod_exists and not workers,
+        delete_workers=tuple(step.deletes),
+        status={**patch, "arbitration": None},
+        events=tuple(step.events),
+        requeue_after=step.requeue,
+    )
+
+
+def _resumed(
+    step: _Pass, prev_conditions: Sequence[Mapping[str, Any]], generation: int | None
+) -> list[api.Condition]:
+    """Rule 9, un-suspended: ``Suspended=False`` and a ``Resumed`` event, once."""
+    old = next((c for c in prev_conditions if c.get("type") == SUSPENDED), None)
+    if old is None or old.get("status") != "True":
+        return []
+    step.events.append(
+        EventSpec(
+            "Normal",
+            "Resumed",
+            f"spec.suspend is false: recreating {step.spec.replicas} workers, which resume "
+            "from the last checkpoint",
+        )
+    )
+    message = "spec.suspend is false: the job runs again"
+    return [
+        build_condition(
+            prev_conditions, SUSPENDED, "False", "JobResumed", message, step.now, generation
+        )
+    ]
 
 
 def _replace_failed_workers(step: _Pass, workers: Sequence[WorkerPod]) -> None:

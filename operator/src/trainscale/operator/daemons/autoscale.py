@@ -21,6 +21,7 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s, prometheus
+from trainscale.operator.adapters.prometheus_access import PrometheusAccess
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
 from trainscale.operator.autoscaling.observed_placement import build_placement
@@ -64,8 +65,11 @@ async def autoscale_job(
     prometheus_url: str,
     wall_clock: Callable[[], float] = time.time,
     arbitration: ClusterArbitration | None = None,
+    access: PrometheusAccess | None = None,
 ) -> float:
     """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next.
+
+    ``access``: the operator's credentials, TLS and headers for ``prometheus_url``.
 
     With ``arbitration`` (the process's cluster arbitration) the job offers its model to the
     cluster pass, runs it when it is due, and never asks for more than its ceiling; a queued
@@ -82,6 +86,10 @@ async def autoscale_job(
     except pydantic.ValidationError:
         return RESYNC_SECONDS  # the reconcile loop reports it
     phase = (body.get("status") or {}).get("phase")
+    if spec.suspend:
+        # Paused: no observation, no decision; the autoscaler (and its memory) stays as it
+        # is, and it resumes from there when the job does.
+        return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
     if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
         loop.autoscaler = None  # resumed from status when enabled again
         return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
@@ -131,6 +139,7 @@ async def autoscale_job(
             replicas=running,
             now=now,
             spec=spec.autoscaling.prometheus,
+            access=access,
         )
         for result in (fetched.gpu_utilization, fetched.throughput):
             metrics.prometheus_query_duration.observe(result.latency_seconds)
@@ -203,12 +212,14 @@ async def trainingjob_autoscale_loop(
     loop = JobLoop()
     while not stopped:
         try:
+            options = options_of(memo)
             delay = await autoscale_job(
                 namespace,
                 name,
                 loop,
-                options_of(memo).prometheus_url,
+                options.prometheus_url,
                 arbitration=arbitration_of(memo),
+                access=options.prometheus_access,
             )
         except Exception as exc:  # a bad pass must not kill the loop
             logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)

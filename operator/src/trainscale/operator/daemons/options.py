@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from trainscale.operator.adapters.prometheus_access import PrometheusAccess
+
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -27,6 +29,7 @@ class OperatorOptions:
     liveness_port: int = 8081
     liveness_address: str = "0.0.0.0"
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    prometheus_access: PrometheusAccess = dataclasses.field(default_factory=PrometheusAccess)
     peering: str | None = None
     priority: int | None = None
     peering_lifetime: int = 60

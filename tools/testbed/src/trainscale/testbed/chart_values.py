@@ -52,6 +52,9 @@ STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string
 K8S_OBJECT: Schema = {"type": "object"}
 K8S_LIST: Schema = {"type": "array", "items": {"type": "object"}}
 DURATION = string(pattern=_DURATION)
+# A Secret's name (empty: none) and a key in its data.
+SECRET_NAME = string(pattern="^$|" + _DNS_1123_SUBDOMAIN, maxLength=253)
+SECRET_KEY = string(pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253)
 
 
 def build_values_schema() -> Schema:
@@ -135,7 +138,39 @@ def build_values_schema() -> Schema:
                     {"create": BOOLEAN, "name": string(), "annotations": STRING_MAP}
                 ),
                 "rbac": obj({"create": BOOLEAN}),
-                "prometheus": obj({"url": string(pattern=r"^(https?://\S+)?$")}),
+                "prometheus": obj(
+                    {
+                        "url": string(pattern=r"^(https?://\S+)?$"),
+                        "bearerToken": obj(
+                            {
+                                "serviceAccountToken": BOOLEAN,
+                                "secretName": SECRET_NAME,
+                                "secretKey": SECRET_KEY,
+                            }
+                        ),
+                        "basicAuth": obj(
+                            {
+                                "secretName": SECRET_NAME,
+                                "usernameKey": SECRET_KEY,
+                                "passwordKey": SECRET_KEY,
+                            }
+                        ),
+                        "tls": obj(
+                            {
+                                "caSecretName": SECRET_NAME,
+                                "caKey": SECRET_KEY,
+                                "clientCertSecretName": SECRET_NAME,
+                                "insecureSkipVerify": BOOLEAN,
+                            }
+                        ),
+                        "headers": {
+                            "type": "object",
+                            # RFC 9110 header names; values on one line (no header injection)
+                            "propertyNames": {"pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"},
+                            "additionalProperties": string(pattern=r"^[^\r\n]*$"),
+                        },
+                    }
+                ),
                 "metrics": obj(
                     {
                         "port": PORT,

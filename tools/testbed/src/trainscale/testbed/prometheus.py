@@ -46,8 +46,13 @@ class PrometheusServer:
                 self.process.wait()
 
 
-def start_prometheus(workdir: Path, scrape_target: str) -> PrometheusServer:
-    """Start ``prometheus`` on a free 127.0.0.1 port with a 1 s scrape of ``scrape_target``."""
+def start_prometheus(
+    workdir: Path, scrape_target: str, web_config: Path | None = None
+) -> PrometheusServer:
+    """Start ``prometheus`` on a free 127.0.0.1 port with a 1 s scrape of ``scrape_target``.
+
+    ``web_config``: a ``--web.config.file`` (TLS, basic auth); with ``tls_server_config`` in it
+    the URL is ``https://``."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise FileNotFoundError(
@@ -65,10 +70,12 @@ def start_prometheus(workdir: Path, scrape_target: str) -> PrometheusServer:
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+         *([f"--web.config.file={web_config}"] if web_config else [])],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
     )  # fmt: skip
-    return PrometheusServer(f"http://127.0.0.1:{port}", process, workdir)
+    tls = web_config is not None and "tls_server_config" in web_config.read_text()
+    return PrometheusServer(f"{'https' if tls else 'http'}://127.0.0.1:{port}", process, workdir)
 
 
 def wait_for_series(url: str, query: str, timeout: float = 30.0) -> None:
