@@ -19,6 +19,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from trainscale.operator.api.models import Phase
 from trainscale.operator.observability.metric_names import (
     DESIRED_REPLICAS_NAME,
     JOB_COST_PER_HOUR_NAME,
@@ -116,8 +117,8 @@ class OperatorMetrics:
         counts: dict[str, int] = {}
         for phase in self._phases.values():
             counts[phase] = counts.get(phase, 0) + 1
-        for phase in ("Pending", "Running", "Scaling", "Succeeded", "Failed"):
-            self.managed_jobs.labels(phase).set(counts.get(phase, 0))
+        for phase in Phase:
+            self.managed_jobs.labels(phase.value).set(counts.get(phase.value, 0))
 
 
 def serve_metrics(port: int, address: str) -> None:
