@@ -482,6 +482,19 @@ def alone_jct(job: Job, cluster: Cluster) -> float:
     return job.restart + job.samples / best
 
 
+def floor_bound_jct(job: Job, cluster: Cluster) -> float:
+    """The shortest JCT any policy that honours the job's efficiency floor can give it: alone
+    on the cluster from its arrival, at its fastest count whose efficiency meets the floor
+    (its minimum always allowed), one start-up. No wait, no resize, no neighbour."""
+    floor = job.min_efficiency(cluster.gpus_per_node)
+    best = max(
+        job.throughput(n, cluster.gpus_per_node)
+        for n in range(job.min_replicas, min(job.max_replicas, cluster.total) + 1)
+        if n == job.min_replicas or job.efficiency(n, cluster.gpus_per_node) >= floor - 1e-9
+    )
+    return job.restart + job.samples / best
+
+
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
     cluster.states = [Running(job) for job in jobs]
     decide = POLICIES[policy]
