@@ -502,7 +502,11 @@ class ProcessRuntime:
         for uid, obj in mine.items():
             pod = self.pods.get(uid) or self._admit(obj)
             pod.obj = obj
-            self._sync(pod, endpoints)
+            try:
+                self._sync(pod, endpoints)
+            except (OSError, ProcessRuntimeError, ValueError, KeyError) as err:
+                # One broken pod must not stop the others; it is tried again next tick.
+                _log(f"{pod.key}: {err!r}")
 
     def _admit(self, obj: dict[str, Any]) -> Pod:
         uid = obj["metadata"]["uid"]
