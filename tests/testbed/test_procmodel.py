@@ -101,9 +101,11 @@ def test_endpoints_are_ready_selected_pods_of_the_namespace() -> None:
 
 def test_hosts_short_names_only_in_own_namespace() -> None:
     hosts = model.build_hosts("w-0", "10.241.0.7", "ml",
-                              {("ml", "rdzv"): ["10.241.0.2"], ("db", "pg"): ["10.241.0.9"]})  # fmt: skip
+                              {("ml", "rdzv"): ["10.241.0.2"], ("db", "pg"): ["10.241.0.9"]},
+                              {"10.241.0.7": "ml", "10.241.0.3": "ml"})  # fmt: skip
     lines = hosts.splitlines()
-    assert "10.241.0.7\tw-0" in lines
+    assert "10.241.0.7\tw-0 10-241-0-7.ml.pod.cluster.local" in lines
+    assert "10.241.0.3\t10-241-0-3.ml.pod.cluster.local" in lines
     assert "10.241.0.2\trdzv rdzv.ml rdzv.ml.svc rdzv.ml.svc.cluster.local" in lines
     assert "10.241.0.9\tpg.db pg.db.svc pg.db.svc.cluster.local" in lines
 

@@ -199,19 +199,40 @@ def build_endpoints(
     return endpoints
 
 
+def pod_dns_name(ip: str, namespace: str) -> str:
+    """A pod's DNS name in Kubernetes: ``10-241-0-7.ns.pod.cluster.local``."""
+    return f"{ip.replace('.', '-')}.{namespace}.pod.{CLUSTER_DOMAIN}"
+
+
+def build_pod_addresses(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``pod IP -> namespace`` of every pod with an IP (for reverse lookups of peers)."""
+    return {
+        pod["status"]["podIP"]: pod["metadata"]["namespace"]
+        for pod in pods
+        if (pod.get("status") or {}).get("podIP")
+    }
+
+
 def build_hosts(
-    pod_name: str, pod_ip: str, namespace: str, endpoints: Mapping[tuple[str, str], list[str]]
+    pod_name: str,
+    pod_ip: str,
+    namespace: str,
+    endpoints: Mapping[tuple[str, str], list[str]],
+    peers: Mapping[str, str] | None = None,
 ) -> str:
     """The pod's ``/etc/hosts``: loopback, the pod's own name, then every Service with
     endpoints under its qualified names (``name.ns``, ``name.ns.svc[.cluster.local]``), and
-    the short ``name`` for the Services of the pod's own namespace."""
+    the short ``name`` for the Services of the pod's own namespace; last, every pod's DNS name
+    (``peers``: IP -> namespace), so a peer's IPv4 address resolves back to a name at once."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
-             f"{pod_ip}\t{pod_name}"]  # fmt: skip
+             f"{pod_ip}\t{pod_name} {pod_dns_name(pod_ip, namespace)}"]  # fmt: skip
     for (ns, name), ips in sorted(endpoints.items()):
         names = service_names(name, ns)
         if ns != namespace:
             names = names[1:]
         lines += [f"{ip}\t{' '.join(names)}" for ip in ips]
+    lines += [f"{ip}\t{pod_dns_name(ip, ns)}" for ip, ns in sorted((peers or {}).items())
+              if ip != pod_ip]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,8 @@ What it does, and what it chose:
 - **Names.** Each pod's ``/etc/netns/<netns>/hosts`` (bind-mounted over ``/etc/hosts`` by
   ``ip netns exec``) maps every Service to its endpoints, the Ready pods its selector picks
   (all pods with an IP when ``publishNotReadyAddresses``): ``name`` in the pod's namespace,
-  ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local`` everywhere. It is rewritten in
+  ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local`` everywhere, and every pod IP to
+  its ``a-b-c-d.ns.pod.cluster.local`` name (so peers resolve back at once). It is rewritten in
   place (truncate + write, same inode) as pods come and go. There is no cluster IP and no port
   translation: a Service's ``port`` must equal its ``targetPort``. ``resolv.conf`` names no
   server, so other names fail at once instead of timing out.
@@ -499,11 +500,12 @@ class ProcessRuntime:
             _log(f"{pod.key} is gone from the API: killing it")
             self._cleanup(pod)
         endpoints = model.build_endpoints(services, pods)
+        peers = model.build_pod_addresses(pods)
         for uid, obj in mine.items():
             pod = self.pods.get(uid) or self._admit(obj)
             pod.obj = obj
             try:
-                self._sync(pod, endpoints)
+                self._sync(pod, endpoints, peers)
             except (OSError, ProcessRuntimeError, ValueError, KeyError) as err:
                 # One broken pod must not stop the others; it is tried again next tick.
                 _log(f"{pod.key}: {err!r}")
@@ -517,7 +519,9 @@ class ProcessRuntime:
         pod.started = obj.get("status", {}).get("phase") in ("Succeeded", "Failed")
         return pod
 
-    def _sync(self, pod: Pod, endpoints: Mapping[tuple[str, str], list[str]]) -> None:
+    def _sync(
+        self, pod: Pod, endpoints: Mapping[tuple[str, str], list[str]], peers: Mapping[str, str]
+    ) -> None:
         if pod.obj["metadata"].get("deletionTimestamp"):
             self._terminate(pod)
             return
@@ -526,7 +530,7 @@ class ProcessRuntime:
         if not pod.ip:
             return
         meta = pod.obj["metadata"]
-        hosts = model.build_hosts(meta["name"], pod.ip, meta["namespace"], endpoints)
+        hosts = model.build_hosts(meta["name"], pod.ip, meta["namespace"], endpoints, peers)
         if hosts != pod.hosts:
             write_in_place(NETNS_DIR / pod.netns / "hosts", hosts)
             pod.hosts = hosts
