@@ -21,6 +21,7 @@ needs root, which only these tests require.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -41,13 +42,24 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 ON_PROCESS_NODE = {"type": "process"}
 
 
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
+def skip_unless_process_runtime_can_run() -> None:
     try:
         procnode.check_host()
     except procnode.ProcessRuntimeError as err:
         pytest.skip(str(err))
+
+
+@contextlib.contextmanager
+def process_testbed() -> Iterator[Testbed]:
+    """A test-bed with one kwok node and one process node (skips where it cannot run)."""
+    skip_unless_process_runtime_can_run()
     with Testbed(nodes=1, gpus_per_node=8, process_nodes=1) as testbed:
+        yield testbed
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    with process_testbed() as testbed:
         yield testbed
 
 

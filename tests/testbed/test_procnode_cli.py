@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.testbed.test_procnode import skip_unless_process_runtime_can_run
 from trainscale.testbed import procnode
 from trainscale.testbed.cluster import PROCNODE, STATE_FILE, Testbed
 
@@ -36,10 +37,7 @@ def _ours(text: str) -> list[str]:
 
 
 def test_up_with_process_nodes_then_down(tmp_path: Path) -> None:
-    try:
-        procnode.check_host()
-    except procnode.ProcessRuntimeError as err:
-        pytest.skip(str(err))
+    skip_unless_process_runtime_can_run()
     state = tmp_path / "bed"
     _cli("up", "--nodes", "1", "--process-nodes", "1", "--state-dir", str(state))
     try:

@@ -15,31 +15,23 @@ every pod of the job (the rendezvous pod has no nodeSelector) lands where proces
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import OperatorProcess
 from tests.support.testbed import CRD_PATH, cleanup_namespace, make_namespace, wait_for
-from tests.testbed.test_procnode import make_claim
+from tests.testbed.test_procnode import make_claim, process_testbed
 from trainscale.testbed import procnode
 from trainscale.testbed.cluster import Testbed
 
 pytestmark = [pytest.mark.realloop, pytest.mark.testbed, pytest.mark.slow]
 
-TRAINSCALE = Path(sys.executable).with_name("trainscale")
-
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    try:
-        procnode.check_host()
-    except procnode.ProcessRuntimeError as err:
-        pytest.skip(str(err))
-    with Testbed(nodes=1, gpus_per_node=8, process_nodes=1) as testbed:
+    with process_testbed() as testbed:
         testbed.kubectl("cordon", "gpu-node-0")
         testbed.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
         testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -51,22 +43,12 @@ def bed() -> Iterator[Testbed]:
 def operator_ns(bed: Testbed) -> Iterator[str]:
     """A namespace, and the operator watching it (run as a user runs it)."""
     name = make_namespace(bed.kubectl, "realloop-")
-    log = (bed.paths.logs / f"operator-{name}.log").open("ab")
-    argv = [str(TRAINSCALE), "operator", "--namespace", name, "--metrics-port", "0",
-            "--liveness-port", "0", "--log-level", "INFO"]  # fmt: skip
-    operator = subprocess.Popen(argv, env=bed.env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
+    operator = OperatorProcess(bed, name, bed.paths.logs / f"operator-{name}.log").start()
     try:
         yield name
         cleanup_namespace(bed.kubectl, name)
     finally:
-        operator.terminate()
-        try:
-            operator.wait(15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
-        log.close()
+        operator.stop()
 
 
 def digits_job(name: str, replicas: int, claim: str) -> dict[str, Any]:
