@@ -67,6 +67,15 @@ def test_env_expansion_and_sources() -> None:
         model.build_container_env(POD, secret, "", "", {})
 
 
+def test_unsupported_features_are_refused_by_name() -> None:
+    model.check_supported(POD, {"name": "main", "volumeMounts": [{"name": "v", "mountPath": "/v"}]})
+    with pytest.raises(model.PodConfigError, match="initContainers"):
+        model.check_supported({"spec": {"initContainers": [{"name": "i"}]}}, {})
+    sub = {"name": "main", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "x"}]}
+    with pytest.raises(model.PodConfigError, match="'v' subPath"):
+        model.check_supported(POD, sub)
+
+
 def test_argv_needs_a_command() -> None:
     assert model.build_argv({"command": ["echo", "$(X)"], "args": ["b"]}, {"X": "a"}) == [
         "echo", "a", "b"]  # fmt: skip

@@ -306,7 +306,9 @@ sys.exit(1 if first else 0)
     retried = pod("retried", flaky, restart="OnFailure",
                   volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}])  # fmt: skip
     retried["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
-    apply(bed, ns, pod("three", "raise SystemExit(3)"), pod("zero", "pass"), retried)
+    no_command = pod("no-command", "")
+    del no_command["spec"]["containers"][0]["command"]
+    apply(bed, ns, pod("three", "raise SystemExit(3)"), pod("zero", "pass"), retried, no_command)
     three = wait_phase(bed, ns, "three", "Succeeded", "Failed")["status"]
     assert three["phase"] == "Failed"
     state = three["containerStatuses"][0]["state"]["terminated"]
@@ -320,6 +322,14 @@ sys.exit(1 if first else 0)
     assert again["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 1
     for status in (three, zero):
         assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    # Images are ignored: a container without a command cannot run, and says why.
+    refused = wait_for(
+        lambda: (s := get_pod(bed, ns, "no-command")["status"]).get("containerStatuses") and s,
+        timeout=30, what="no-command's container status")  # fmt: skip
+    assert refused["phase"] == "Pending"
+    waiting = refused["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert "no command" in waiting["message"]
 
 
 TRAPS_TERM = """

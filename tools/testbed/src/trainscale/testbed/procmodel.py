@@ -141,6 +141,20 @@ def build_container_env(
     return env
 
 
+def check_supported(pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+    """Refuse what the runtime would otherwise silently get wrong.
+
+    Raises:
+        PodConfigError: the pod has init containers, or a volume mount uses ``subPath``.
+    """
+    if (pod.get("spec") or {}).get("initContainers"):
+        raise PodConfigError("initContainers are not supported by the process runtime")
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("subPath") or mount.get("subPathExpr"):
+            raise PodConfigError(f"container {container.get('name', '?')}: volumeMounts "
+                                 f"{mount.get('name')!r} subPath is not supported")  # fmt: skip
+
+
 def build_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
     """``command + args`` with ``$(VAR)`` expansion.
 

@@ -44,7 +44,9 @@ What it does, and what it chose:
   probes are not run. It reports phase, podIP(s), hostIP, the conditions PodScheduled,
   Initialized, ContainersReady and Ready, container states with exit codes, reasons and restart
   counts, and startTime. ``restartPolicy`` Never/OnFailure/Always restart exited containers
-  after 1, 2, 4, 8, then 10 s. Init containers are not run.
+  after 1, 2, 4, 8, then 10 s. A pod with init containers, volume subPaths, envFrom or env
+  from configMaps/secrets, or a container without ``command``, is refused: the container
+  waits with reason CreateContainerConfigError and a message naming what is missing.
 - **Deletion.** On ``deletionTimestamp`` it sends SIGTERM to each container's process group,
   waits ``metadata.deletionGracePeriodSeconds``, sends SIGKILL to whatever is left in the pod's
   network namespace, cleans up (namespace, veth, hosts files, emptyDirs) and finishes the
@@ -608,6 +610,7 @@ class ProcessRuntime:
     def _start_container(self, pod: Pod, c: Container) -> None:
         view = c.view
         try:
+            model.check_supported(pod.obj, c.spec)
             env = model.build_container_env(
                 pod.obj, c.spec, pod.ip, self.network.host_ip, self._base_env(pod)
             )
