@@ -12,7 +12,8 @@ Covers:
 - exit 3 gives phase Failed with exitCode 3, exit 0 gives Succeeded; OnFailure restarts;
 - deletion: a process that traps SIGTERM writes its file and exits early; one that ignores
   SIGTERM is SIGKILLed when the grace period is over, not before;
-- stopping the runtime kills every process it started and leaves no namespace or bridge.
+- stopping the runtime kills every process it started and leaves no namespace or bridge; what
+  a SIGKILLed runtime left behind is removed by the next one.
 
 These tests use their own control plane (module scope) with one process node and one kwok
 node, not the session's: the session test-bed's tests count its nodes, and the process runtime
@@ -385,49 +386,95 @@ def test_delete_sends_sigterm_then_sigkill_after_grace(bed: Testbed, ns: str) ->
     assert time.monotonic() - asked < 30
 
 
-def test_runtime_stop_kills_and_removes_everything(bed: Testbed, ns: str) -> None:
-    """A second runtime on its own bridge and node, stopped with SIGTERM mid-flight."""
-    bridge, node = "tsbr9", "proc-stop-0"
-    argv = procnode.build_runtime_command(bed.kubeconfig, bed.paths.root / "stop-test", [node],
-                                          0, [Path(sys.executable).parent])  # fmt: skip
-    argv += ["--bridge", bridge, "--subnet", "10.242.0.0/16"]
-    log = (bed.paths.logs / "procnode-stop-test.log").open("ab")
+@contextlib.contextmanager
+def second_runtime(
+    bed: Testbed, ns: str, bridge: str, subnet: str, node: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process runtime on its own bridge and node; its pods are force-deleted after."""
+    argv = procnode.build_runtime_command(bed.kubeconfig, bed.paths.root / bridge, [node], 0,
+                                          [Path(sys.executable).parent])  # fmt: skip
+    argv += ["--bridge", bridge, "--subnet", subnet]
+    log = (bed.paths.logs / f"procnode-{bridge}.log").open("ab")
     runtime = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        stubborn = pod("stubborn", IGNORES_TERM)
-        forked = pod("forked", "import subprocess; subprocess.Popen(['sleep', '600']).wait()")
-        for obj in (stubborn, forked):
-            obj["spec"] = obj["spec"] | {"nodeName": node, "nodeSelector": {}}
-        apply(bed, ns, stubborn, forked)
-        for name in ("stubborn", "forked"):
-            wait_phase(bed, ns, name, "Running")
-        netns = [line.split()[0] for line in _ip("netns", "list").splitlines()
-                 if line.startswith(f"{bridge}-")]  # fmt: skip
-        assert len(netns) == 2
-
-        def netns_pids() -> list[int]:
-            return [int(p) for n in netns for p in _ip("netns", "pids", n).split()]
-
-        # Two pythons and the sleep one of them started.
-        pids = wait_for(lambda: len(found := netns_pids()) >= 3 and found, timeout=30,
-                        what="three processes in the pods' namespaces")  # fmt: skip
-        runtime.send_signal(signal.SIGTERM)
-        assert runtime.wait(30) == 0
+        yield runtime
     finally:
         if runtime.poll() is None:
             runtime.kill()
+            runtime.wait()
         log.close()
         # No kubelet is left to finish these deletions.
         bed.kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0",
                     check=False)  # fmt: skip
         bed.kubectl("delete", "node", node, "--wait=false", check=False)
-    assert not [line for line in _ip("netns", "list").splitlines() if line.startswith(bridge)]
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-    assert (
-        subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode
-        != 0
-    )
+
+
+def namespaces_of(bridge: str) -> list[str]:
+    return [line.split()[0] for line in _ip("netns", "list").splitlines()
+            if line.startswith(f"{bridge}-")]  # fmt: skip
+
+
+def run_two_pods(bed: Testbed, ns: str, node: str, bridge: str) -> list[int]:
+    """One pod that ignores SIGTERM, one whose process started a child; the pids of every
+    process in their namespaces once all three run."""
+    stubborn = pod("stubborn", IGNORES_TERM)
+    forked = pod("forked", "import subprocess; subprocess.Popen(['sleep', '600']).wait()")
+    for obj in (stubborn, forked):
+        obj["spec"] = obj["spec"] | {"nodeName": node, "nodeSelector": {}}
+    apply(bed, ns, stubborn, forked)
+    for name in ("stubborn", "forked"):
+        wait_phase(bed, ns, name, "Running")
+    netns = namespaces_of(bridge)
+    assert len(netns) == 2
+
+    def netns_pids() -> list[int]:
+        return [int(p) for n in netns for p in _ip("netns", "pids", n).split()]
+
+    found: list[int] = wait_for(lambda: len(pids := netns_pids()) >= 3 and pids, timeout=30,
+                                what="three processes in the pods' namespaces")  # fmt: skip
+    return found
+
+
+def assert_nothing_left(bridge: str, pids: list[int]) -> None:
+    assert not namespaces_of(bridge)
+    assert not [pid for pid in pids if _running(pid)]
+    link = subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False)
+    assert link.returncode != 0
     assert not list(Path("/etc/netns").glob(f"{bridge}-*"))
+
+
+def test_runtime_stop_kills_and_removes_everything(bed: Testbed, ns: str) -> None:
+    """A second runtime on its own bridge and node, stopped with SIGTERM mid-flight."""
+    bridge, node = "tsbr9", "proc-stop-0"
+    with second_runtime(bed, ns, bridge, "10.242.0.0/16", node) as runtime:
+        pids = run_two_pods(bed, ns, node, bridge)
+        runtime.send_signal(signal.SIGTERM)
+        assert runtime.wait(30) == 0
+    assert_nothing_left(bridge, pids)
+
+
+def test_a_killed_runtime_is_cleaned_up_by_the_next(bed: Testbed, ns: str) -> None:
+    """SIGKILL leaves namespaces (and a container's children) behind; the next runtime on the
+    same bridge removes them when it starts."""
+    bridge, subnet = "tsbr8", "10.243.0.0/16"
+    with second_runtime(bed, ns, bridge, subnet, "proc-kill-0") as runtime:
+        pids = run_two_pods(bed, ns, "proc-kill-0", bridge)
+        runtime.kill()
+        runtime.wait()
+    assert len(namespaces_of(bridge)) == 2
+    with second_runtime(bed, ns, bridge, subnet, "proc-kill-1") as again:
+        wait_for(lambda: not namespaces_of(bridge), timeout=30, what=f"{bridge}-* removed")
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    assert_nothing_left(bridge, pids)
+
+
+def _running(pid: int) -> bool:
+    """Alive, and not a zombie (whose parent, a killed runtime, cannot reap it any more)."""
+    try:
+        return b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()
+    except FileNotFoundError:
+        return False
 
 
 def _ip(*args: str) -> str:
