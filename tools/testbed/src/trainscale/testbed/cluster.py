@@ -410,6 +410,8 @@ class Testbed:
 
     Use as a context manager (stopped on exit), or with ``detach=True`` for a control plane
     that outlives this process (``trainscale-testbed up``); :meth:`attach` finds it again.
+    ``nodes`` kwok nodes run nothing; ``process_nodes`` nodes (``proc-node-N``, needs root) run
+    their pods as local processes through :mod:`trainscale.testbed.procnode`.
     """
 
     __test__ = False  # not a pytest test class despite the name
