@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite talks to for real (Prometheus + promtool).
+# Installs the Debian packages the test suite talks to for real (Prometheus + promtool), and
+# iproute2 for the test-bed's process nodes.
 # Idempotent and quiet when everything is already there. It stops, disables and kills
 # nothing: the tests start their own Prometheus on a free 127.0.0.1 port, and the package's
 # own service is kept from starting during the install (policy-rc.d), the way Debian's
@@ -8,6 +9,8 @@ set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The test-bed's process nodes (trainscale-testbed up --process-nodes) use ip netns/veth/bridge.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

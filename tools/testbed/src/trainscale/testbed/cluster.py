@@ -8,7 +8,9 @@ the end-to-end tests (and developers, through ``trainscale-testbed up``) run aga
 components, built once from Go modules by ``scripts/testbed/build.sh``. kwok plays the
 kubelet: it keeps the fake GPU nodes Ready and marks scheduled pods Running without running
 containers, so the scheduler's decisions (placed, or Pending/Unschedulable past capacity) are
-real while nothing heavy runs.
+real while nothing heavy runs. With ``process_nodes`` (``--process-nodes``), the process runtime
+(:mod:`trainscale.testbed.procnode`, needs root) adds nodes whose pods really run, as local
+processes with their own network namespace and IP.
 
 Everything listens on 127.0.0.1 on ports chosen at start; certificates, tokens and etcd's data
 live in one state directory. The pure parts (:func:`build_node`, :func:`build_kubeconfig`,
@@ -50,6 +52,8 @@ SERVICE_IPS = ("10.96.0.1",)
 POD_CIDR = "10.244.0.0/16"
 # Order matters: start in this order, stop in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kwok")
+# The process runtime (trainscale.testbed.procnode), a component only with process nodes.
+PROCNODE = "procnode"
 STATE_FILE = "state.json"
 # kwok's lifecycle stages, written next to the binaries by build.sh.
 KWOK_STAGES = "kwok-stages.yaml"
@@ -131,6 +135,11 @@ class Paths:
     @property
     def state(self) -> Path:
         return self.root / STATE_FILE
+
+    @property
+    def procnode(self) -> Path:
+        """The process runtime's folder: claims, pod folders, container logs."""
+        return self.root / PROCNODE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,6 +410,8 @@ class Testbed:
 
     Use as a context manager (stopped on exit), or with ``detach=True`` for a control plane
     that outlives this process (``trainscale-testbed up``); :meth:`attach` finds it again.
+    ``nodes`` kwok nodes run nothing; ``process_nodes`` nodes (``proc-node-N``, needs root) run
+    their pods as local processes through :mod:`trainscale.testbed.procnode`.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -414,16 +425,20 @@ class Testbed:
         bin_dir: Path | str | None = None,
         detach: bool = False,
         build: bool = True,
+        process_nodes: int = 0,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {nodes}")
         if gpus_per_node < 0:
             raise ValueError(f"gpus_per_node must be >= 0, got {gpus_per_node}")
+        if process_nodes < 0:
+            raise ValueError(f"process_nodes must be >= 0, got {process_nodes}")
         self._own_dir = state_dir is None
         root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="trainscale-tb-"))
         self.paths = Paths(root)
         self.nodes = nodes
         self.gpus_per_node = gpus_per_node
+        self.process_nodes = process_nodes
         self.detach = detach
         self._build = build
         self.bin_dir = Path(bin_dir) if bin_dir else None
@@ -449,7 +464,18 @@ class Testbed:
 
     @property
     def node_names(self) -> list[str]:
+        """The kwok nodes (they run nothing)."""
         return [f"gpu-node-{i}" for i in range(self.nodes)]
+
+    @property
+    def process_node_names(self) -> list[str]:
+        """The process runtime's nodes (their pods run as local processes)."""
+        return [f"proc-node-{i}" for i in range(self.process_nodes)]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The components of this test-bed, in start order."""
+        return COMPONENTS + ((PROCNODE,) if self.process_nodes else ())
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Return an environment for kubectl/helm/the operator aimed at this control plane."""
@@ -489,6 +515,13 @@ class Testbed:
                 raise TestbedError(
                     f"{self.bin_dir / name} is missing: run scripts/testbed/build.sh"
                 )
+        if self.process_nodes:
+            from trainscale.testbed import procnode
+
+            try:
+                procnode.check_host()
+            except procnode.ProcessRuntimeError as err:
+                raise TestbedError(f"process nodes: {err}") from None
         began = time.monotonic()
         try:
             self._start_components()
@@ -501,9 +534,9 @@ class Testbed:
 
     def stop(self) -> None:
         """Stop every component (reverse start order) and remove an own temporary folder."""
-        exes = {name: str(self.bin_dir / name) for name in COMPONENTS} if self.bin_dir else {}
+        exes = self._exes()
         # The leaves first, together; then the apiserver; then etcd.
-        for group in (("kwok", "kube-controller-manager", "kube-scheduler"),
+        for group in ((PROCNODE, "kwok", "kube-controller-manager", "kube-scheduler"),
                       ("kube-apiserver",), ("etcd",)):  # fmt: skip
             waiting = []
             for name in group:
@@ -553,18 +586,25 @@ class Testbed:
         except FileNotFoundError:
             raise TestbedError(f"no test-bed is running in {state_dir}") from None
         bed = cls(paths.root, nodes=state["nodes"], gpus_per_node=state["gpus_per_node"],
-                  bin_dir=state["bin_dir"], detach=True)  # fmt: skip
+                  bin_dir=state["bin_dir"], detach=True,
+                  process_nodes=state.get("process_nodes", 0))  # fmt: skip
         bed.ports = Ports(**state["ports"])
         bed.pids = {k: int(v) for k, v in state["pids"].items()}
         return bed
 
     def component_status(self) -> dict[str, bool]:
         """Return, per component, whether its process is alive."""
-        exes = {name: str(self.bin_dir / name) for name in COMPONENTS} if self.bin_dir else {}
+        exes = self._exes()
         return {
             name: name in self.pids and _alive(self.pids[name], exes.get(name, ""))
-            for name in COMPONENTS
+            for name in self.components
         }
+
+    def _exes(self) -> dict[str, str]:
+        """Each component's executable (how a recorded pid is recognised)."""
+        exes = {name: str(self.bin_dir / name) for name in COMPONENTS} if self.bin_dir else {}
+        exes[PROCNODE] = sys.executable
+        return exes
 
     def fetch_json(self, path: str) -> Any:
         """GET an API path (e.g. ``/api/v1/nodes``) as the admin; the parsed reply.
@@ -632,6 +672,8 @@ class Testbed:
         _log(f"kube-apiserver ready ({time.monotonic() - t0:.1f} s)")
         for name in ("kube-scheduler", "kube-controller-manager", "kwok"):
             self._spawn(name, commands[name])
+        if self.process_nodes:
+            self._spawn(PROCNODE, self._procnode_command())
         self._save_state()
         for name in self.node_names:
             self._post("/api/v1/nodes", build_node(name, self.gpus_per_node))
@@ -642,9 +684,22 @@ class Testbed:
         self._wait("kwok", self._nodes_ready, timeout=60)
         _log(f"{self.nodes} kwok nodes x {self.gpus_per_node} GPUs Ready "
              f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
+        if self.process_nodes:
+            self._wait(PROCNODE, lambda: self._nodes_ready(self.process_node_names), timeout=60)
+            _log(f"{self.process_nodes} process nodes Ready ({time.monotonic() - t0:.1f} s)")
         # Pods need the namespace's default ServiceAccount, made by the controller-manager.
         self._wait("kube-controller-manager", lambda: self._get(
             "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, timeout=60)  # fmt: skip
+
+    def _procnode_command(self) -> list[str]:
+        from trainscale.testbed import procnode
+
+        assert self.bin_dir is not None
+        # Containers find this Python's scripts (trainscale-train, python) and kubectl first.
+        bin_dirs = [Path(sys.executable).parent, self.bin_dir]
+        return procnode.build_runtime_command(self.kubeconfig, self.paths.procnode,
+                                              self.process_node_names, self.gpus_per_node,
+                                              bin_dirs)  # fmt: skip
 
     @property
     def ports_(self) -> Ports:
@@ -682,6 +737,7 @@ class Testbed:
             "server": self.server,
             "nodes": self.nodes,
             "gpus_per_node": self.gpus_per_node,
+            "process_nodes": self.process_nodes,
         }
         self.paths.state.write_text(json.dumps(state, indent=2))
 
@@ -775,7 +831,7 @@ class Testbed:
         with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
             return bool(resp.status == 200)
 
-    def _nodes_ready(self) -> bool:
+    def _nodes_ready(self, names: Sequence[str] | None = None) -> bool:
         status, reply = self._get("/api/v1/nodes")
         if status != 200:
             return False
@@ -787,7 +843,7 @@ class Testbed:
                 for c in n.get("status", {}).get("conditions", [])
             )
         }
-        return set(self.node_names) <= ready
+        return set(self.node_names if names is None else names) <= ready
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,7 +881,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(existing.kubeconfig)
         return 0
     bed = Testbed(state_dir, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                  detach=not args.foreground)  # fmt: skip
+                  detach=not args.foreground, process_nodes=args.process_nodes)  # fmt: skip
     bed.start()
     print(bed.kubeconfig, flush=True)
     if not args.foreground:
@@ -916,6 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=_positive_int, default=2, help="fake GPU nodes (default 2)")
     up.add_argument("--gpus-per-node", type=_non_negative_int, default=8,
                     help="nvidia.com/gpu capacity of each node (default 8)")  # fmt: skip
+    up.add_argument("--process-nodes", type=_non_negative_int, default=0,
+                    help="nodes whose pods run as local processes (needs root; default 0)")  # fmt: skip
     up.add_argument("--foreground", action="store_true",
                     help="stay in the foreground and stop on Ctrl-C")  # fmt: skip
     up.set_defaults(func=_cmd_up)
