@@ -137,7 +137,7 @@ def build_values_schema() -> Schema:
                 "serviceAccount": obj(
                     {"create": BOOLEAN, "name": string(), "annotations": STRING_MAP}
                 ),
-                "rbac": obj({"create": BOOLEAN}),
+                "rbac": obj({"create": BOOLEAN, "aggregateToDefaultRoles": BOOLEAN}),
                 "prometheus": obj(
                     {
                         "url": string(pattern=r"^(https?://\S+)?$"),
