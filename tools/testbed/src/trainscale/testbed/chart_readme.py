@@ -122,8 +122,8 @@ misspelt key or a wrong type fails with the value's path.
 The chart installs the TrainingJob CRD, the operator Deployment, its ServiceAccount and
 least-privilege RBAC, a metrics Service and, by default, two ClusterRoles aggregated into the
 built-in `view`, `edit` and `admin` roles so that namespace users manage TrainingJobs without
-cluster-admin; optionally a ServiceMonitor, a worker PodMonitor, a PodDisruptionBudget and a
-Grafana dashboard.
+cluster-admin; optionally a ServiceMonitor, a worker PodMonitor, a PrometheusRule with
+alerts, a PodDisruptionBudget and a Grafana dashboard.
 
 Documentation: [install]({home}/blob/main/docs/install.md),
 [security model]({home}/blob/main/docs/security.md),

@@ -196,6 +196,18 @@ def build_values_schema() -> Schema:
                         ),
                     }
                 ),
+                "prometheusRule": obj(
+                    {
+                        "enabled": BOOLEAN,
+                        "labels": STRING_MAP,
+                        "alertLabels": STRING_MAP,
+                        "scrapeJob": string(),
+                        "degradedFor": DURATION,
+                        "unschedulableFor": DURATION,
+                        "metricsUnavailableFor": DURATION,
+                        "operatorDownFor": DURATION,
+                    }
+                ),
                 "health": obj({"port": PORT}),
                 "grafana": obj(
                     {
