@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.conftest import CHART_DIR
 from tests.chart.test_chart_render import by_kind, one
 from trainscale.operator.observability import metric_names
 from trainscale.operator.observability.condition_metric import CONDITION_LABEL, JOB_CONDITION_NAME
@@ -48,6 +49,11 @@ def rules(render: Any, values: dict[str, Any] = ON) -> list[dict[str, Any]]:
 
 def test_off_by_default(render: Any) -> None:
     assert not by_kind(render({}), "PrometheusRule")
+
+
+def test_lint_strict_with_the_rule(helm: Any) -> None:
+    helm.run("lint", "--strict", str(CHART_DIR), "--set", "prometheusRule.enabled=true",
+             "--set", "prometheusRule.alertLabels.team=ml")  # fmt: skip
 
 
 def test_alerts_durations_and_labels(render: Any) -> None:
