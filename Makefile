@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: test unit setup testbed-binaries demo venv system-deps lint format typecheck imports \
-	train clean crd dashboard chart-schema
+	train clean crd dashboard chart-schema chart-readme
 
 test: setup lint typecheck imports
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -57,6 +57,9 @@ dashboard: venv
 
 chart-schema: venv
 	$(BIN)/python -m trainscale.testbed.chart_values --output charts/trainscale/values.schema.json
+
+chart-readme: venv
+	$(BIN)/python -m trainscale.testbed.chart_readme --output charts/trainscale/README.md
 
 # The main job: the operator on a local control plane with fake GPU nodes, resizing a job.
 demo: setup

@@ -121,6 +121,17 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def operator_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's ClusterRole (not the user roles aggregated into view/edit/admin)."""
+    roles = [
+        o
+        for o in by_kind(objects, "ClusterRole")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+    assert len(roles) == 1, [o["metadata"]["name"] for o in by_kind(objects, "ClusterRole")]
+    return roles[0]
+
+
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["operator"]
@@ -223,6 +234,8 @@ def test_default_kinds(render: Any) -> None:
             "CustomResourceDefinition",
             "ServiceAccount",
             "ClusterRole",
+            "ClusterRole",  # trainingjob-view, aggregated into view
+            "ClusterRole",  # trainingjob-edit, aggregated into edit and admin
             "ClusterRoleBinding",
             "Service",
             "Deployment",
@@ -349,12 +362,12 @@ def test_no_wildcards_and_no_secrets(render: Any, values: dict[str, Any]) -> Non
 
 def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
     objects = render({})
-    assert rules_of(one(objects, "ClusterRole")) == merged(
+    assert rules_of(operator_role(objects)) == merged(
         DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES
     )
     assert not by_kind(objects, "Role")
     binding = one(objects, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == operator_role(objects)["metadata"]["name"]
     assert binding["subjects"] == [
         {
             "kind": "ServiceAccount",
@@ -370,21 +383,21 @@ def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
 
 def test_cluster_wide_peering_rbac(render: Any) -> None:
     objects = render({"operator": {"peering": {"enabled": True}}})
-    assert rules_of(one(objects, "ClusterRole")) == merged(
+    assert rules_of(operator_role(objects)) == merged(
         DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES, peering_rules("clusterkopfpeerings")
     )
 
 
 def test_without_arbitration_the_operator_reads_no_nodes(render: Any) -> None:
     objects = render({"operator": {"arbitration": {"enabled": False}}})
-    assert rules_of(one(objects, "ClusterRole")) == merged(DISCOVERY_RULES, NAMESPACED_RULES)
+    assert rules_of(operator_role(objects)) == merged(DISCOVERY_RULES, NAMESPACED_RULES)
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--no-arbitration" in args
 
 
 def test_watched_namespaces_get_roles_and_nothing_cluster_wide_but_discovery(render: Any) -> None:
     objects = render(EVERYTHING_ON)
-    assert rules_of(one(objects, "ClusterRole")) == merged(DISCOVERY_RULES, ARBITRATION_RULES)
+    assert rules_of(operator_role(objects)) == merged(DISCOVERY_RULES, ARBITRATION_RULES)
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     for role in roles:

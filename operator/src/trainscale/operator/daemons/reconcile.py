@@ -38,6 +38,7 @@ from trainscale.operator.daemons.common import (
     sleep_or_wake,
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
+from trainscale.operator.observability.condition_metric import get_job_condition_metric
 
 
 async def reconcile_job(
@@ -121,6 +122,7 @@ async def _reconcile_job(
         metrics.observe_job(
             namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
         )
+        get_job_condition_metric().observe(namespace, name, plan.status.get("conditions") or [])
         metrics.reconcile_total.labels("ok").inc()
         if plan.requeue_after is not None:
             return max(0.2, min(plan.requeue_after, RESYNC_SECONDS))
@@ -267,6 +269,7 @@ def trainingjob_event(
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
+        get_job_condition_metric().forget(namespace, name)
         arbitration = arbitration_of(memo)
         if arbitration is not None:
             arbitration.forget(job_key(namespace, name))

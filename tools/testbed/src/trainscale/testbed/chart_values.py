@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Schema = dict[str, Any]
@@ -137,7 +137,7 @@ def build_values_schema() -> Schema:
                 "serviceAccount": obj(
                     {"create": BOOLEAN, "name": string(), "annotations": STRING_MAP}
                 ),
-                "rbac": obj({"create": BOOLEAN}),
+                "rbac": obj({"create": BOOLEAN, "aggregateToDefaultRoles": BOOLEAN}),
                 "prometheus": obj(
                     {
                         "url": string(pattern=r"^(https?://\S+)?$"),
@@ -196,6 +196,18 @@ def build_values_schema() -> Schema:
                         ),
                     }
                 ),
+                "prometheusRule": obj(
+                    {
+                        "enabled": BOOLEAN,
+                        "labels": STRING_MAP,
+                        "alertLabels": STRING_MAP,
+                        "scrapeJob": string(),
+                        "degradedFor": DURATION,
+                        "unschedulableFor": DURATION,
+                        "metricsUnavailableFor": DURATION,
+                        "operatorDownFor": DURATION,
+                    }
+                ),
                 "health": obj({"port": PORT}),
                 "grafana": obj(
                     {
@@ -219,18 +231,23 @@ def render_values_schema() -> str:
     return json.dumps(build_values_schema(), indent=2) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trainscale.testbed.chart_values [--output FILE]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def run_generator(render: Callable[[], str], doc: str | None, argv: Sequence[str] | None) -> int:
+    """Command line of a chart file generator: write ``render()`` to ``--output`` or stdout."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("-o", "--output", help="file to write instead of standard output")
     args = parser.parse_args(argv)
-    text = render_values_schema()
+    text = render()
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainscale.testbed.chart_values [--output FILE]``."""
+    return run_generator(render_values_schema, __doc__, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

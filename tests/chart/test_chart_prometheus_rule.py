@@ -1,0 +1,185 @@
+"""The chart's optional PrometheusRule (prometheusRule.enabled), checked by the real promtool.
+
+Behaviours covered:
+
+* off by default; on, one PrometheusRule with the alerts TrainScaleJobDegraded,
+  TrainScaleWorkersUnschedulable, TrainScaleMetricsUnavailable, TrainScaleJobFailed and
+  TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
+  expression selecting the operator's scrape job;
+* every metric an expression reads is one the operator exports (names from
+  ``metric_names`` and ``condition_metric``, not retyped);
+* ``promtool check rules`` accepts the rules, and ``promtool test rules`` shows each alert
+  firing on the series that should fire it, only after its ``for`` duration, and not on
+  healthy series.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART_DIR
+from tests.chart.test_chart_render import by_kind, one
+from trainscale.operator.observability import metric_names
+from trainscale.operator.observability.condition_metric import CONDITION_LABEL, JOB_CONDITION_NAME
+
+JOB = "trainscale-metrics"  # the metrics Service of release "trainscale"
+ON = {"prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}}}
+ALERTS = [
+    "TrainScaleJobDegraded",
+    "TrainScaleWorkersUnschedulable",
+    "TrainScaleMetricsUnavailable",
+    "TrainScaleJobFailed",
+    "TrainScaleOperatorDown",
+]
+
+
+def rules(render: Any, values: dict[str, Any] = ON) -> list[dict[str, Any]]:
+    (group,) = one(render(values), "PrometheusRule")["spec"]["groups"]
+    found: list[dict[str, Any]] = group["rules"]
+    return found
+
+
+def test_off_by_default(render: Any) -> None:
+    assert not by_kind(render({}), "PrometheusRule")
+
+
+def test_lint_strict_with_the_rule(helm: Any) -> None:
+    helm.run("lint", "--strict", str(CHART_DIR), "--set", "prometheusRule.enabled=true",
+             "--set", "prometheusRule.alertLabels.team=ml")  # fmt: skip
+
+
+def test_alerts_durations_and_labels(render: Any) -> None:
+    found = {r["alert"]: r for r in rules(render)}
+    assert list(found) == ALERTS
+    assert found["TrainScaleJobDegraded"]["for"] == "10m"
+    assert found["TrainScaleWorkersUnschedulable"]["for"] == "15m"
+    assert found["TrainScaleMetricsUnavailable"]["for"] == "10m"
+    assert found["TrainScaleOperatorDown"]["for"] == "5m"
+    assert found["TrainScaleOperatorDown"]["labels"]["severity"] == "critical"
+    for rule in found.values():
+        assert f'job="{JOB}"' in rule["expr"], rule
+        assert rule["labels"]["team"] == "ml" and rule["annotations"]["summary"]
+    custom = {r["alert"]: r for r in rules(render, {"prometheusRule": {
+        "enabled": True, "degradedFor": "30m", "scrapeJob": "my-operator"}})}  # fmt: skip
+    assert custom["TrainScaleJobDegraded"]["for"] == "30m"
+    assert 'up{job="my-operator"}' in custom["TrainScaleOperatorDown"]["expr"]
+
+
+def test_expressions_read_only_exported_metrics(render: Any) -> None:
+    exported = {value for key, value in vars(metric_names).items() if key.endswith("_NAME")} | {
+        JOB_CONDITION_NAME
+    }
+    for rule in rules(render):
+        for name in re.findall(r"trainscale_operator_\w+", rule["expr"]):
+            stem = name.removesuffix("_count")  # a histogram's series
+            assert name in exported or stem in exported, (rule["alert"], name)
+    expr = {r["alert"]: r["expr"] for r in rules(render)}
+    assert f'{CONDITION_LABEL}="Degraded"' in expr["TrainScaleJobDegraded"]
+    assert 'phase="Failed"' in expr["TrainScaleJobFailed"]
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail("promtool is missing: run scripts/install-system-deps.sh")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+
+
+def _write_rules(render: Any, tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    spec = one(render(ON), "PrometheusRule")["spec"]
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.prometheus
+def test_promtool_checks_the_rules(render: Any, tmp_path: Path) -> None:
+    done = _promtool("check", "rules", str(_write_rules(render, tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in done.stdout, done.stdout
+
+
+def _series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    text = ",".join(f'{k}="{v}"' for k, v in {"job": JOB, **labels}.items())
+    return {"series": f"{metric}{{{text}}}", "values": values}
+
+
+def _fires(alert: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": alert,
+            "exp_alerts": [{"exp_labels": labels} for labels in expected]}  # fmt: skip
+
+
+def _expand(text: str, labels: dict[str, str]) -> str:
+    """An annotation as Prometheus fills it in (its only variables: $labels.x and $value,
+    1 in every firing case below)."""
+    text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
+    return text.replace("{{ $value }}", "1")
+
+
+JOB_LABELS = {"job": JOB, "namespace": "ml", "trainingjob": "bert", "team": "ml"}
+COND = JOB_CONDITION_NAME
+ERRORS = metric_names.PROMETHEUS_QUERY_ERRORS_NAME
+QUERIES = metric_names.PROMETHEUS_QUERY_DURATION_NAME + "_count"
+
+CASES = [
+    # A job Degraded for 20 minutes: pending until 10m, then firing.
+    ([_series(COND, "1x20", namespace="ml", trainingjob="bert", condition="Degraded")],
+     [_fires("TrainScaleJobDegraded", "9m"),
+      _fires("TrainScaleJobDegraded", "11m",
+             {**JOB_LABELS, "condition": "Degraded", "severity": "warning"})]),
+    # Degraded=False: never.
+    ([_series(COND, "0x20", namespace="ml", trainingjob="bert", condition="Degraded")],
+     [_fires("TrainScaleJobDegraded", "20m")]),
+    ([_series(COND, "0x20", namespace="ml", trainingjob="bert", condition="Schedulable")],
+     [_fires("TrainScaleWorkersUnschedulable", "14m"),
+      _fires("TrainScaleWorkersUnschedulable", "16m",
+             {**JOB_LABELS, "condition": "Schedulable", "severity": "warning"})]),
+    # Every query fails: firing once the 10 m have passed; half of them fail: never.
+    ([_series(ERRORS, "0+6x30", kind="http"), _series(QUERIES, "0+6x30")],
+     [_fires("TrainScaleMetricsUnavailable", "5m"),
+      _fires("TrainScaleMetricsUnavailable", "16m", {"severity": "warning", "team": "ml"})]),
+    ([_series(ERRORS, "0+3x30", kind="http"), _series(QUERIES, "0+6x30")],
+     [_fires("TrainScaleMetricsUnavailable", "30m")]),
+    ([_series(metric_names.MANAGED_JOBS_NAME, "0 0 1 1", phase="Failed")],
+     [_fires("TrainScaleJobFailed", "1m"),
+      _fires("TrainScaleJobFailed", "2m", {"job": JOB, "phase": "Failed", "severity": "warning",
+                                           "team": "ml"})]),
+    # The scrape fails (up 0) from minute 3.
+    ([_series("up", "1 1 1 0x10")],
+     [_fires("TrainScaleOperatorDown", "4m"),
+      _fires("TrainScaleOperatorDown", "9m", {"severity": "critical", "team": "ml"})]),
+]  # fmt: skip
+
+
+@pytest.mark.prometheus
+def test_promtool_fires_each_alert_when_it_should(render: Any, tmp_path: Path) -> None:
+    cases = copy.deepcopy(CASES)
+    annotations = {r["alert"]: r["annotations"] for r in rules(render)}
+    for _, checks in cases:
+        for check in checks:
+            for alert in check["exp_alerts"]:
+                alert["exp_annotations"] = {
+                    key: _expand(text, alert["exp_labels"])
+                    for key, text in annotations[check["alertname"]].items()
+                }
+    covered = {check["alertname"] for _, checks in cases for check in checks}
+    assert covered == set(ALERTS)
+    tests = [
+        {"interval": "1m", "input_series": series, "alert_rule_test": checks}
+        for series, checks in cases
+    ]
+    rule_file = _write_rules(render, tmp_path)
+    suite = tmp_path / "tests.yaml"
+    suite.write_text(yaml.safe_dump({"rule_files": [rule_file.name], "evaluation_interval": "1m",
+                                     "tests": tests}))  # fmt: skip
+    done = _promtool("test", "rules", str(suite))
+    assert done.returncode == 0, done.stdout + done.stderr
