@@ -295,3 +295,22 @@ def test_docs_name_the_same_steps() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "autoscaling.md").read_text()
     for name, _ in STEPS:
         assert f"**{name.capitalize()}**" in docs, name
+
+
+@pytest.mark.parametrize(
+    ("settled", "probes"),
+    [
+        pytest.param(10, False, id="too-early"),
+        pytest.param(14, True, id="early-in-the-stay"),
+        pytest.param(24, True, id="last-sample-of-the-window"),
+        # after a long stay an estimate near the floor is noise: probing then is a late flap
+        pytest.param(25, False, id="after-a-long-stay"),
+    ],
+)
+def test_confidence_probes_only_early_in_a_stay(settled: int, probes: bool) -> None:
+    tau = amdahl(0.11)  # efficiency 0.75 at 4, 0.69 at 5 (1.15x the throughput)
+    obs = [*steady(3, count=8, tau=tau), *steady(4, start=240, count=settled, tau=tau)]
+    ctx = context(obs, 4, 240 + 30.0 * (settled - 1))
+    assert run_to(ctx, "confidence") is None
+    assert (ctx.target == 5) is probes, ctx.reason
+    assert ("probing 5" in ctx.reason) is probes

@@ -126,6 +126,11 @@ CONFIDENCE_Z = 1.0
 PROBE_MIN_GAIN = 1.1
 """An unmeasured count within a small move is probed when it promises this throughput gain."""
 
+PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
+"""Probes happen early in a stay: after this many settled samples at the current count, a
+neighbour's estimate that drifted near the floor is noise, and probing it would be a late
+flap (as exploration, never after a long stay)."""
+
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
 _INTER_NODE_PRIOR_SCALE = 0.5  # unmeasured inter-node sync ~ N(0, (50 % of a step)^2)
@@ -1422,7 +1427,7 @@ class DecisionContext:
             or self.exploring
             or self.pending
             or len(self.model.counts) <= 1
-            or self.analysis.latest_settled < 2 * JUMP_SETTLED_SAMPLES
+            or not 2 * JUMP_SETTLED_SAMPLES <= self.analysis.latest_settled <= PROBE_SETTLED_SAMPLES
         ):
             return None
         return _probe(
