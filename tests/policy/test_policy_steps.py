@@ -314,3 +314,24 @@ def test_confidence_probes_only_early_in_a_stay(settled: int, probes: bool) -> N
     assert run_to(ctx, "confidence") is None
     assert (ctx.target == 5) is probes, ctx.reason
     assert ("probing 5" in ctx.reason) is probes
+
+
+@pytest.mark.parametrize(
+    ("floor", "target", "waits"),
+    [
+        # x1.36 at best: measure the count it leaves a little longer first
+        pytest.param(0.75, 12, True, id="modest-gain-waits"),
+        # x1.6 even one standard error down: every minute of confirming costs more
+        pytest.param(0.7, 15, False, id="strong-gain-goes"),
+    ],
+)
+def test_confidence_measures_before_a_large_move(floor: float, target: int, waits: bool) -> None:
+    tau = amdahl(0.03)
+    obs = [*steady(4, count=6, tau=tau), *steady(8, start=300, count=4, tau=tau)]
+    ctx = context(obs, 8, 420.0, spec={"minEfficiency": floor})
+    assert run_to(ctx, "restart payback") is None
+    assert ctx.target == target
+    rec = STEP["confidence"](ctx)
+    assert (rec is not None) is waits
+    if rec is not None:
+        assert f"measuring 8 replicas before a move to {target} (4/6 settled samples)" in rec.reason

@@ -126,6 +126,9 @@ CONFIDENCE_Z = 1.0
 PROBE_MIN_GAIN = 1.1
 """An unmeasured count within a small move is probed when it promises this throughput gain."""
 
+STRONG_GAIN = 1.5
+"""A move up gaining this much at its lower bound needs no more than ``MIN_SETTLED_SAMPLES``."""
+
 PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 """Probes happen early in a stay: after this many settled samples at the current count, a
 neighbour's estimate that drifted near the floor is noise, and probing it would be a late
@@ -1200,6 +1203,16 @@ def _confident(
     return gain * (horizon - restart) >= horizon
 
 
+def _strong_gain(est: _Estimates, current: int, to: int) -> bool:
+    """Whether moving up to ``to`` gains ``STRONG_GAIN`` even one standard error down:
+    every minute spent confirming it then costs more than the confirmation is worth."""
+    if to <= current:
+        return False
+    ratio = est.throughput(to) / est.throughput(current)
+    rel = math.hypot(est.relative_error(to), est.relative_error(current))
+    return ratio * (1.0 - CONFIDENCE_Z * rel) >= STRONG_GAIN
+
+
 def _inside_band(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
     """Whether ``n`` keeps the floor within ``HYSTERESIS`` at ``CONFIDENCE_Z`` errors down."""
     auto = spec.autoscaling
@@ -1689,7 +1702,11 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
     if ctx.returning:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
-    if ctx.voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
+    if (
+        ctx.voluntary
+        and analysis.latest_settled < JUMP_SETTLED_SAMPLES
+        and not _strong_gain(est, current, ctx.target)
+    ):
         # A move lands where the estimates say, and the count the job leaves pins the
         # curve for the rest of the run: measure it a little longer first.
         return ctx.hold_proposal(
