@@ -312,6 +312,8 @@ class Recommendation:
         limited_by: Bound, budget or unschedulable pods, when they shaped the answer.
         metrics_stale: True when the decision held because metrics were missing or old.
         exploring: True when the target is a neighbouring count tried to learn the curve.
+        probing: True when the target is an unmeasured count probed by the confidence
+            step (the caller remembers it as ``probed``: probes do not chain).
         forced: True when a hard limit moved the job, bypassing stabilization.
         model: The fitted speedup curve, if there were enough observations.
         restart_cost_seconds: Restart cost used by the decision.
@@ -333,6 +335,7 @@ class Recommendation:
     limited_by: LimitedBy | None = None
     metrics_stale: bool = False
     exploring: bool = False
+    probing: bool = False
     forced: bool = False
     model: SpeedupModel | None = None
     restart_cost_seconds: float = DEFAULT_RESTART_COST_SECONDS
@@ -1375,6 +1378,7 @@ class DecisionContext:
     workers_per_node: int | None = None
     cap: int | None = None
     left_downwards: frozenset[int] = frozenset()
+    probed: frozenset[int] = frozenset()
     # found by the steps
     analysis: _Analysis | None = None
     restart: float = DEFAULT_RESTART_COST_SECONDS
@@ -1386,6 +1390,7 @@ class DecisionContext:
     reason: str = ""
     limited: LimitedBy | None = None
     exploring: bool = False
+    probing: bool = False
     feasible_current: bool = False
     returning: bool = False
 
@@ -1439,6 +1444,9 @@ class DecisionContext:
             or _floor_margin(self.spec, self.est, self.current) < 0.0  # floors fall with n
             or self.exploring
             or self.pending
+            # probes do not chain: from a count reached by a probe, the next one up is a
+            # creep along the floor on estimates no better than the last probe's
+            or self.current in self.probed
             or len(self.model.counts) <= 1
             or not 2 * JUMP_SETTLED_SAMPLES <= self.analysis.latest_settled <= PROBE_SETTLED_SAMPLES
         ):
@@ -1449,7 +1457,7 @@ class DecisionContext:
 
     def take_probe(self, probe: int, why: str = "") -> None:
         assert self.est is not None
-        self.target, self.exploring = probe, True
+        self.target, self.exploring, self.probing = probe, True, True
         self.reason += (
             f"; {why}probing {probe} ({_uncertainty(self.spec, self.est, probe)}, unmeasured)"
         )
@@ -1769,7 +1777,12 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
 def decide_stabilization(ctx: DecisionContext) -> Recommendation:
     """HPA-style: a move is applied once the raw target has held for the window."""
     auto, current, target = ctx.spec.autoscaling, ctx.current, ctx.target
-    kw: dict[str, object] = {**ctx.common, "limited_by": ctx.limited, "exploring": ctx.exploring}
+    kw: dict[str, object] = {
+        **ctx.common,
+        "limited_by": ctx.limited,
+        "exploring": ctx.exploring,
+        "probing": ctx.probing,
+    }
     if target == current:
         return ctx.done(current, target, f"{ctx.reason}; holding at {current}", **kw)
     up = target > current
@@ -1871,6 +1884,7 @@ def recommend(
     workers_per_node: int | None = None,
     ceiling: int | None = None,
     left_downwards: Collection[int] = (),
+    probed: Collection[int] = (),
 ) -> Recommendation:
     """Decide how many workers the job should have now (see the module docstring).
 
@@ -1903,6 +1917,8 @@ def recommend(
             moves down at once (``limited_by`` ceiling, forced), and it never asks for more.
         left_downwards: Counts the job chose to leave for fewer replicas, remembered by the
             caller beyond the observations it keeps.
+        probed: Counts the job moved to on a probe (``Recommendation.probing``): no probe
+            is made from them.
 
     Returns:
         The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
@@ -1933,6 +1949,7 @@ def recommend(
         workers_per_node=workers_per_node,
         cap=ceiling,
         left_downwards=frozenset(left_downwards),
+        probed=frozenset(probed),
     )
     for name, step in STEPS:
         rec = step(ctx)
