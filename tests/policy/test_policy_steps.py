@@ -335,3 +335,22 @@ def test_confidence_measures_before_a_large_move(floor: float, target: int, wait
     assert (rec is not None) is waits
     if rec is not None:
         assert f"measuring 8 replicas before a move to {target} (4/6 settled samples)" in rec.reason
+
+
+@pytest.mark.parametrize(
+    ("probed", "probes"),
+    [
+        pytest.param(frozenset(), True, id="reached-by-a-move"),
+        # 4 was itself a probe: probing on from it would creep along the floor
+        pytest.param(frozenset({4}), False, id="reached-by-a-probe"),
+        pytest.param(frozenset({3}), True, id="an-earlier-probe-elsewhere"),
+    ],
+)
+def test_confidence_probes_do_not_chain(probed: frozenset[int], probes: bool) -> None:
+    tau = amdahl(0.11)  # efficiency 0.75 at 4, 0.69 at 5 (1.15x the throughput)
+    obs = [*steady(3, count=8, tau=tau), *steady(4, start=240, count=14, tau=tau)]
+    ctx = context(obs, 4, 240 + 30.0 * 13, probed=probed)
+    assert run_to(ctx, "confidence") is None
+    assert ctx.probing is probes, ctx.reason
+    assert ("probing 5" in ctx.reason) is probes
+    assert STEP["stabilization"](ctx).probing is probes
