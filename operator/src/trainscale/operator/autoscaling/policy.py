@@ -69,7 +69,7 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   4x with curvature, of the largest measured count) and the cluster's capacity. A floor
+   3x for budget, 4x with curvature, of the largest measured count) and the cluster's capacity. A floor
    is a floor: the current count keeps it only while it lies within ``CONFIDENCE_Z``
    standard errors of its estimate (no fixed band holds a count known to break it).
 6. exploration: with one measured count, a neighbouring count identifies the curve.
@@ -128,6 +128,10 @@ PROBE_MIN_GAIN = 1.1
 
 STRONG_GAIN = 1.5
 """A move up gaining this much at its lower bound needs no more than ``MIN_SETTLED_SAMPLES``."""
+
+BUDGET_LINEAR_TRUST = 3
+"""Budget objective: a linear fit is trusted up to this multiple of the largest measured
+count (2 for the floors, 4 once the curvature is fitted)."""
 
 PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 """Probes happen early in a stay: after this many settled samples at the current count, a
@@ -1587,7 +1591,13 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     model, est = ctx.model, ctx.est
     assert model is not None and est is not None
     measured_hi = model.counts[-1]
-    trust = ctx.current + 1 if model.level == 0 else (2 if model.level == 1 else 4) * measured_hi
+    # Without a floor at stake (budget) a linear fit is trusted further: a count that
+    # turns out slower than predicted costs a move back, never a broken floor, and under
+    # restarts of minutes each intermediate step costs more than that risk.
+    linear = BUDGET_LINEAR_TRUST if ctx.spec.autoscaling.objective is Objective.BUDGET else 2
+    trust = (
+        ctx.current + 1 if model.level == 0 else (linear if model.level == 1 else 4) * measured_hi
+    )
     ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
     capacity: LimitedBy | None = None
     if ctx.max_schedulable is not None and ctx.max_schedulable < ctx.ceiling:
