@@ -69,9 +69,10 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   3x for budget, 4x with curvature, of the largest measured count) and the cluster's capacity. A floor
-   is a floor: the current count keeps it only while it lies within ``CONFIDENCE_Z``
-   standard errors of its estimate (no fixed band holds a count known to break it).
+   3x for budget, 4x with curvature, of the largest measured count) and the cluster's
+   capacity. A floor is a floor: the current count keeps it only while it lies within
+   ``CONFIDENCE_Z`` standard errors of its estimate (no fixed band holds a count known to
+   break it).
 6. exploration: with one measured count, a neighbouring count identifies the curve.
 7. pending pods: never ask for more while pods are Pending.
 8. restart payback: a move must pay back its restart within the horizon.
