@@ -28,6 +28,7 @@ most rescales over the seeds (all rescales of the run: rescales to settle), and 
 for a plain HorizontalPodAutoscaler-style GPU-utilization threshold controller.
 
 Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cliff] [--markdown]
+      [--trace]   (after each case that misses the goal: its worst seed's moves and reasons)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint.
 """
 
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.app.simulate import decision_lines
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
@@ -278,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         help="glob over 'objective/curve', e.g. 'efficiency/*' or '*/cliff-*' (default all)",
     )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="after a case that misses the goal, its worst seed's moves with their reasons",
+    )
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -305,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         case = run_case(objective, curve, args)
         results.append(case)
         print(markdown_row(case) if args.markdown else text_row(case), flush=True)
+        if args.trace and not meets_goal(case):
+            for line in decision_lines(case.worst):
+                if " -> " in line:  # moves and wanted moves, not the holds between them
+                    print(f"#   {line.strip()}")
     worst = min(results, key=lambda c: c.worst.score.samples_ratio)
     print(
         "# score: samples of the worst seed relative to the best static count with hindsight, "

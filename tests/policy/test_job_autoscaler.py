@@ -186,3 +186,13 @@ def test_history_and_targets_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     run(autoscaler, amdahl(0.05), 4, 0.0, 400)  # 3 h 20 min
     assert len(autoscaler._targets) == 100
     assert len(autoscaler._observations) <= 3600 / INTERVAL + 20 * 8 + 1
+
+
+def test_it_remembers_the_counts_it_probed() -> None:
+    # efficiency 0.78 at 3, 0.75 at 4, 0.69 at 5: 3 -> 4 is a move, 4 -> 5 a probe
+    autoscaler = JobAutoscaler(make_spec(replicas=3))
+    current, _, recs = run(autoscaler, amdahl(0.11), 3, 0.0, 60)
+    probes = [r for r in recs if r.probing and r.replicas != r.current_replicas]
+    assert [(r.current_replicas, r.replicas) for r in probes] == [(4, 5)]
+    assert autoscaler._probed == {5}  # probes from 5 would chain: the policy makes none
+    assert current == 5

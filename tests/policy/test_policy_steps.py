@@ -124,6 +124,10 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="linear-up-to-the-trust-region"),
         pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
                      id="capped-by-the-ceiling"),
+        # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
+                     None, "trust region ends at 12 (measured up to 4)",
+                     id="budget-trusts-a-linear-fit-further"),
         pytest.param([*steady(6, tau=amdahl(0.05)), *steady(8, start=300, tau=amdahl(0.05)),
                       *steady(9, start=600, tau=amdahl(0.05))], 9, {}, 9, None,
                      "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69", id="at-the-floor"),
@@ -295,3 +299,62 @@ def test_docs_name_the_same_steps() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "autoscaling.md").read_text()
     for name, _ in STEPS:
         assert f"**{name.capitalize()}**" in docs, name
+
+
+@pytest.mark.parametrize(
+    ("settled", "probes"),
+    [
+        pytest.param(10, False, id="too-early"),
+        pytest.param(14, True, id="early-in-the-stay"),
+        pytest.param(24, True, id="last-sample-of-the-window"),
+        # after a long stay an estimate near the floor is noise: probing then is a late flap
+        pytest.param(25, False, id="after-a-long-stay"),
+    ],
+)
+def test_confidence_probes_only_early_in_a_stay(settled: int, probes: bool) -> None:
+    tau = amdahl(0.11)  # efficiency 0.75 at 4, 0.69 at 5 (1.15x the throughput)
+    obs = [*steady(3, count=8, tau=tau), *steady(4, start=240, count=settled, tau=tau)]
+    ctx = context(obs, 4, 240 + 30.0 * (settled - 1))
+    assert run_to(ctx, "confidence") is None
+    assert (ctx.target == 5) is probes, ctx.reason
+    assert ("probing 5" in ctx.reason) is probes
+
+
+@pytest.mark.parametrize(
+    ("floor", "target", "waits"),
+    [
+        # x1.36 at best: measure the count it leaves a little longer first
+        pytest.param(0.75, 12, True, id="modest-gain-waits"),
+        # x1.6 even one standard error down: every minute of confirming costs more
+        pytest.param(0.7, 15, False, id="strong-gain-goes"),
+    ],
+)
+def test_confidence_measures_before_a_large_move(floor: float, target: int, waits: bool) -> None:
+    tau = amdahl(0.03)
+    obs = [*steady(4, count=6, tau=tau), *steady(8, start=300, count=4, tau=tau)]
+    ctx = context(obs, 8, 420.0, spec={"minEfficiency": floor})
+    assert run_to(ctx, "restart payback") is None
+    assert ctx.target == target
+    rec = STEP["confidence"](ctx)
+    assert (rec is not None) is waits
+    if rec is not None:
+        assert f"measuring 8 replicas before a move to {target} (4/6 settled samples)" in rec.reason
+
+
+@pytest.mark.parametrize(
+    ("probed", "probes"),
+    [
+        pytest.param(frozenset(), True, id="reached-by-a-move"),
+        # 4 was itself a probe: probing on from it would creep along the floor
+        pytest.param(frozenset({4}), False, id="reached-by-a-probe"),
+        pytest.param(frozenset({3}), True, id="an-earlier-probe-elsewhere"),
+    ],
+)
+def test_confidence_probes_do_not_chain(probed: frozenset[int], probes: bool) -> None:
+    tau = amdahl(0.11)  # efficiency 0.75 at 4, 0.69 at 5 (1.15x the throughput)
+    obs = [*steady(3, count=8, tau=tau), *steady(4, start=240, count=14, tau=tau)]
+    ctx = context(obs, 4, 240 + 30.0 * 13, probed=probed)
+    assert run_to(ctx, "confidence") is None
+    assert ctx.probing is probes, ctx.reason
+    assert ("probing 5" in ctx.reason) is probes
+    assert STEP["stabilization"](ctx).probing is probes

@@ -200,6 +200,7 @@ class JobAutoscaler:
         self._last_scale_time = memory.last_scale_time if memory else None
         self._forced: set[int] = set(memory.forced_from) if memory else set()
         self._left: set[int] = set(memory.left_downwards) if memory else set()
+        self._probed: set[int] = set()  # counts moved to on a probe (not kept in status)
         self._current: int | None = None
         self._workers_per_node: int | None = None
         self._estimates: tuple[int, _Estimates | None] | None = None
@@ -266,6 +267,7 @@ class JobAutoscaler:
             workers_per_node=self._workers_per_node,
             ceiling=ceiling,
             left_downwards=sorted(self._left),
+            probed=sorted(self._probed),
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
@@ -280,6 +282,8 @@ class JobAutoscaler:
         if rec.replicas == current:
             return
         self._last_scale_time = now
+        if rec.probing:
+            self._probed.add(rec.replicas)
         if rec.replicas > current:
             self._forced = {c for c in self._forced if c > rec.replicas}
             return

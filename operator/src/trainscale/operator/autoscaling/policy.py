@@ -69,9 +69,10 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   4x with curvature, of the largest measured count) and the cluster's capacity. A floor
-   is a floor: the current count keeps it only while it lies within ``CONFIDENCE_Z``
-   standard errors of its estimate (no fixed band holds a count known to break it).
+   3x for budget, 4x with curvature, of the largest measured count) and the cluster's
+   capacity. A floor is a floor: the current count keeps it only while it lies within
+   ``CONFIDENCE_Z`` standard errors of its estimate (no fixed band holds a count known to
+   break it).
 6. exploration: with one measured count, a neighbouring count identifies the curve.
 7. pending pods: never ask for more while pods are Pending.
 8. restart payback: a move must pay back its restart within the horizon.
@@ -125,6 +126,18 @@ CONFIDENCE_Z = 1.0
 
 PROBE_MIN_GAIN = 1.1
 """An unmeasured count within a small move is probed when it promises this throughput gain."""
+
+STRONG_GAIN = 1.5
+"""A move up gaining this much at its lower bound needs no more than ``MIN_SETTLED_SAMPLES``."""
+
+BUDGET_LINEAR_TRUST = 3
+"""Budget objective: a linear fit is trusted up to this multiple of the largest measured
+count (2 for the floors, 4 once the curvature is fitted)."""
+
+PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
+"""Probes happen early in a stay: after this many settled samples at the current count, a
+neighbour's estimate that drifted near the floor is noise, and probing it would be a late
+flap (as exploration, never after a long stay)."""
 
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
@@ -304,6 +317,8 @@ class Recommendation:
         limited_by: Bound, budget or unschedulable pods, when they shaped the answer.
         metrics_stale: True when the decision held because metrics were missing or old.
         exploring: True when the target is a neighbouring count tried to learn the curve.
+        probing: True when the target is an unmeasured count probed by the confidence
+            step (the caller remembers it as ``probed``: probes do not chain).
         forced: True when a hard limit moved the job, bypassing stabilization.
         model: The fitted speedup curve, if there were enough observations.
         restart_cost_seconds: Restart cost used by the decision.
@@ -325,6 +340,7 @@ class Recommendation:
     limited_by: LimitedBy | None = None
     metrics_stale: bool = False
     exploring: bool = False
+    probing: bool = False
     forced: bool = False
     model: SpeedupModel | None = None
     restart_cost_seconds: float = DEFAULT_RESTART_COST_SECONDS
@@ -1195,6 +1211,16 @@ def _confident(
     return gain * (horizon - restart) >= horizon
 
 
+def _strong_gain(est: _Estimates, current: int, to: int) -> bool:
+    """Whether moving up to ``to`` gains ``STRONG_GAIN`` even one standard error down:
+    every minute spent confirming it then costs more than the confirmation is worth."""
+    if to <= current:
+        return False
+    ratio = est.throughput(to) / est.throughput(current)
+    rel = math.hypot(est.relative_error(to), est.relative_error(current))
+    return ratio * (1.0 - CONFIDENCE_Z * rel) >= STRONG_GAIN
+
+
 def _inside_band(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
     """Whether ``n`` keeps the floor within ``HYSTERESIS`` at ``CONFIDENCE_Z`` errors down."""
     auto = spec.autoscaling
@@ -1357,6 +1383,7 @@ class DecisionContext:
     workers_per_node: int | None = None
     cap: int | None = None
     left_downwards: frozenset[int] = frozenset()
+    probed: frozenset[int] = frozenset()
     # found by the steps
     analysis: _Analysis | None = None
     restart: float = DEFAULT_RESTART_COST_SECONDS
@@ -1368,6 +1395,7 @@ class DecisionContext:
     reason: str = ""
     limited: LimitedBy | None = None
     exploring: bool = False
+    probing: bool = False
     feasible_current: bool = False
     returning: bool = False
 
@@ -1421,8 +1449,11 @@ class DecisionContext:
             or _floor_margin(self.spec, self.est, self.current) < 0.0  # floors fall with n
             or self.exploring
             or self.pending
+            # probes do not chain: from a count reached by a probe, the next one up is a
+            # creep along the floor on estimates no better than the last probe's
+            or self.current in self.probed
             or len(self.model.counts) <= 1
-            or self.analysis.latest_settled < 2 * JUMP_SETTLED_SAMPLES
+            or not 2 * JUMP_SETTLED_SAMPLES <= self.analysis.latest_settled <= PROBE_SETTLED_SAMPLES
         ):
             return None
         return _probe(
@@ -1431,7 +1462,7 @@ class DecisionContext:
 
     def take_probe(self, probe: int, why: str = "") -> None:
         assert self.est is not None
-        self.target, self.exploring = probe, True
+        self.target, self.exploring, self.probing = probe, True, True
         self.reason += (
             f"; {why}probing {probe} ({_uncertainty(self.spec, self.est, probe)}, unmeasured)"
         )
@@ -1561,7 +1592,13 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     model, est = ctx.model, ctx.est
     assert model is not None and est is not None
     measured_hi = model.counts[-1]
-    trust = ctx.current + 1 if model.level == 0 else (2 if model.level == 1 else 4) * measured_hi
+    # Without a floor at stake (budget) a linear fit is trusted further: a count that
+    # turns out slower than predicted costs a move back, never a broken floor, and under
+    # restarts of minutes each intermediate step costs more than that risk.
+    linear = BUDGET_LINEAR_TRUST if ctx.spec.autoscaling.objective is Objective.BUDGET else 2
+    trust = (
+        ctx.current + 1 if model.level == 0 else (linear if model.level == 1 else 4) * measured_hi
+    )
     ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
     capacity: LimitedBy | None = None
     if ctx.max_schedulable is not None and ctx.max_schedulable < ctx.ceiling:
@@ -1684,7 +1721,11 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
     if ctx.returning:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
-    if ctx.voluntary and analysis.latest_settled < JUMP_SETTLED_SAMPLES:
+    if (
+        ctx.voluntary
+        and analysis.latest_settled < JUMP_SETTLED_SAMPLES
+        and not _strong_gain(est, current, ctx.target)
+    ):
         # A move lands where the estimates say, and the count the job leaves pins the
         # curve for the rest of the run: measure it a little longer first.
         return ctx.hold_proposal(
@@ -1747,7 +1788,12 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
 def decide_stabilization(ctx: DecisionContext) -> Recommendation:
     """HPA-style: a move is applied once the raw target has held for the window."""
     auto, current, target = ctx.spec.autoscaling, ctx.current, ctx.target
-    kw: dict[str, object] = {**ctx.common, "limited_by": ctx.limited, "exploring": ctx.exploring}
+    kw: dict[str, object] = {
+        **ctx.common,
+        "limited_by": ctx.limited,
+        "exploring": ctx.exploring,
+        "probing": ctx.probing,
+    }
     if target == current:
         return ctx.done(current, target, f"{ctx.reason}; holding at {current}", **kw)
     up = target > current
@@ -1849,6 +1895,7 @@ def recommend(
     workers_per_node: int | None = None,
     ceiling: int | None = None,
     left_downwards: Collection[int] = (),
+    probed: Collection[int] = (),
 ) -> Recommendation:
     """Decide how many workers the job should have now (see the module docstring).
 
@@ -1881,6 +1928,8 @@ def recommend(
             moves down at once (``limited_by`` ceiling, forced), and it never asks for more.
         left_downwards: Counts the job chose to leave for fewer replicas, remembered by the
             caller beyond the observations it keeps.
+        probed: Counts the job moved to on a probe (``Recommendation.probing``): no probe
+            is made from them.
 
     Returns:
         The :class:`Recommendation`; ``replicas`` is always within the spec's bounds.
@@ -1911,6 +1960,7 @@ def recommend(
         workers_per_node=workers_per_node,
         cap=ceiling,
         left_downwards=frozenset(left_downwards),
+        probed=frozenset(probed),
     )
     for name, step in STEPS:
         rec = step(ctx)

@@ -1,0 +1,26 @@
+"""Property tests that draw the same examples whichever tests are collected.
+
+Why this exists: Hypothesis (6.1xx) also draws "local constants", numbers it collects from
+the source of every non-library module loaded in the process, so the examples a
+derandomized test draws depend on which other modules happen to be imported (collecting
+``tests/policy`` alone, with ``tests/simulation``, or the whole suite drew different
+examples, and one of them failed only in some of those runs). Hypothesis has no setting to
+turn it off, so for the tests here the pool of local constants is empty (and the cache of
+permitted constants cleared around each test): examples depend on the test's own code only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis.internal.conjecture import providers
+
+
+@pytest.fixture(autouse=True)
+def _no_module_constants(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    empty = providers.Constants()
+    monkeypatch.setattr(providers, "_get_local_constants", lambda: empty)
+    providers.CONSTANTS_CACHE.cache.clear()
+    yield
+    providers.CONSTANTS_CACHE.cache.clear()
