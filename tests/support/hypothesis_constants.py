@@ -1,11 +1,12 @@
-"""Property tests that draw the same examples whichever tests are collected.
+"""Property tests that draw the same examples whichever tests are collected (a plugin the
+root conftest registers for the whole suite: policy, arbiter, trainer and reconcile tests).
 
 Why this exists: Hypothesis (6.1xx) also draws "local constants", numbers it collects from
 the source of every non-library module loaded in the process, so the examples a
 derandomized test draws depend on which other modules happen to be imported (collecting
 ``tests/policy`` alone, with ``tests/simulation``, or the whole suite drew different
 examples, and one of them failed only in some of those runs). Hypothesis has no setting to
-turn it off, so for the tests here the pool of local constants is empty (and the cache of
+turn it off, so for every test the pool of local constants is empty (and the cache of
 permitted constants cleared around each test): examples depend on the test's own code only.
 """
 

@@ -1,8 +1,9 @@
 """The property tests' examples do not depend on which other modules are loaded.
 
-Hypothesis draws constants found in loaded local modules; ``tests/policy/conftest.py``
-empties that pool. This checks it: a derandomized test draws the same floats before and
-after a new local module full of float constants is imported.
+Hypothesis draws constants found in loaded local modules;
+``tests/support/hypothesis_constants.py`` (registered for the whole suite) empties that pool.
+This checks it: a derandomized test draws the same floats before and after a new local
+module full of float constants is imported.
 """
 
 from __future__ import annotations
