@@ -125,6 +125,22 @@ def test_concurrent_scrapes_fold_each_exited_rank_once(tmp_path: Path) -> None:
     assert max(seen) == ranks
 
 
+def test_gauges_ignore_a_rank_that_has_not_stepped_yet(tmp_path: Path) -> None:
+    # Two live ranks of this process (each file has its own lock): local rank 0 has just
+    # started (loss unknown), local rank 1 has trained.
+    starting, trained = TrainerMetrics(), TrainerMetrics()
+    starting.publish_to(tmp_path, 0)
+    trained.publish_to(tmp_path, 1)
+    trained.record_step(
+        samples=8, step_seconds=0.02, compute_seconds=0.01, communication_seconds=0.0,
+        data_seconds=0.0, global_step=3, epoch=0, epoch_progress=0.1, loss=0.25,
+    )  # fmt: skip
+    pod = PodMetricsCollector(tmp_path)
+    assert _value(pod, names.LOSS) == 0.25
+    assert _value(pod, names.GLOBAL_STEP) == 3.0
+    assert _value(pod, names.SAMPLES_TOTAL) == 8.0
+
+
 def test_a_starting_rank_is_not_taken_for_an_exited_one(tmp_path: Path) -> None:
     # A file that is still being set up has a temporary name the pod never reads.
     (tmp_path / ".rank-0-123.tmp").write_bytes(b"\0" * 1024)

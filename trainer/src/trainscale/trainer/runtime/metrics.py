@@ -446,7 +446,8 @@ class PodMetricsCollector(Collector):
                 _add(total, values, (*_SUMMED, *_SUMMED_HIST))
             if live:
                 for i in _GAUGE_SLOTS:
-                    total[i] = max(values[i] for values in live)
+                    known = [values[i] for values in live if not math.isnan(values[i])]
+                    total[i] = max(known) if known else math.nan
             elif self._last_gauges is not None:
                 for i in _GAUGE_SLOTS:
                     total[i] = self._last_gauges[i]
