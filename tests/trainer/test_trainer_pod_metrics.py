@@ -253,7 +253,7 @@ def test_two_process_pod_reports_all_its_work(tmp_path: Path) -> None:
     job = _Job(tmp_path / "a", nproc=2)
     with LocalCluster(job.config, log_dir=job.base / "logs") as cluster:
         cluster.start(1)
-        rate_2x1 = job.rate(cluster, steps=20)
+        rate_2x1 = job.rate(cluster, steps=60)
         seen = [_scrape_samples(job.base_port)]
         job.pace("200")  # slow down while the second pod boots
         cluster.add_worker()
@@ -272,10 +272,12 @@ def test_two_process_pod_reports_all_its_work(tmp_path: Path) -> None:
     two_pods = _Job(tmp_path / "b", nproc=1)
     with LocalCluster(two_pods.config, log_dir=two_pods.base / "logs") as cluster_b:
         cluster_b.start(2)
-        rate_1x2 = two_pods.rate(cluster_b, steps=20)
+        rate_1x2 = two_pods.rate(cluster_b, steps=60)
         total_b, audited_b = two_pods.pause_and_compare(cluster_b)
         two_pods.kill(cluster_b)
     assert total_b == audited_b
-    # same world size, same batch, step time dominated by the paced batch: same throughput
+    # Same world size, same batch, step time dominated by the paced batch: the same
+    # throughput, within this shared machine's noise (measured +-20 %; the exact check is the
+    # totals above). Reading one rank of the 2-process pod would give about half.
     print(f"samples/s: one pod x 2 processes {rate_2x1:.0f}, two pods x 1 {rate_1x2:.0f}")
-    assert 0.75 < rate_2x1 / rate_1x2 < 1.33, (rate_2x1, rate_1x2)
+    assert 0.65 < rate_2x1 / rate_1x2 < 1.5, (rate_2x1, rate_1x2)
