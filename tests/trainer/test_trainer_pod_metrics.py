@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,7 +30,13 @@ import pytest
 
 from tests.support.audit import read_audit
 from trainscale.trainer.contract import metric_names as names
-from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig, find_free_port
+from trainscale.trainer.launch.local import (
+    LocalCluster,
+    LocalClusterConfig,
+    build_agent_env,
+    find_free_port,
+)
+from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE
 from trainscale.trainer.runtime.metrics import PodMetricsCollector, TrainerMetrics
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -147,6 +154,22 @@ def test_a_starting_rank_is_not_taken_for_an_exited_one(tmp_path: Path) -> None:
     pod = PodMetricsCollector(tmp_path)
     assert pod.pod_values()[0][_SAMPLES] == 0.0
     assert (tmp_path / ".rank-0-123.tmp").exists()
+
+
+@pytest.mark.slow
+def test_agent_refuses_a_bad_metrics_port_by_name(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        **build_agent_env(LocalClusterConfig(worker_args=()), "127.0.0.1:1", "bad-port", 0),
+        "TRAINSCALE_METRICS_PORT": "70000",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "trainscale.trainer", "--task",
+         "trainscale.trainer.examples.synthetic:task", "--start-method", "spawn"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == FATAL_EXIT_CODE, done.stderr
+    assert "TRAINSCALE_METRICS_PORT=70000" in done.stderr
 
 
 # -- real elastic torch jobs --------------------------------------------------------------------

@@ -45,7 +45,11 @@ from trainscale.trainer.launch.preload import preload_forkserver, wait_for_forks
 from trainscale.trainer.launch.worker_entry import worker_main
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE, RESTART_EXIT_CODE
 from trainscale.trainer.runtime.metrics import serve_pod_metrics, stop_server
-from trainscale.trainer.runtime.settings import metrics_settings_from_env
+from trainscale.trainer.runtime.settings import (
+    MetricsSettings,
+    SettingsError,
+    metrics_settings_from_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +155,13 @@ class TrainscaleAgent(LocalElasticAgent):
 
 
 @contextlib.contextmanager
-def pod_metrics(worker_argv: Sequence[str]) -> Iterator[str]:
+def pod_metrics(settings: MetricsSettings, worker_argv: Sequence[str]) -> Iterator[str]:
     """Serve the pod's metrics endpoint for as long as the agent runs.
 
     Yields the directory the workers publish into ("" when metrics are off: port 0 or
     ``--no-metrics``). The directory is created fresh for each agent (a restarted container
     starts its counters from zero, which ``rate()`` treats as a reset) and removed at the end.
     """
-    settings = metrics_settings_from_env(os.environ)
     if settings.port is None or "--no-metrics" in worker_argv:
         yield ""
         return
@@ -194,10 +197,16 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
 
     Returns:
         0 when training finished; 1 when the workers failed beyond ``PET_MAX_RESTARTS``;
-        128 + signal number when the agent was told to stop.
+        128 + signal number when the agent was told to stop; ``FATAL_EXIT_CODE`` for an
+        invalid ``TRAINSCALE_METRICS_*`` setting.
     """
     config = build_launch_config(start_method)
-    with pod_metrics(worker_argv) as metrics_dir:
+    try:
+        settings = metrics_settings_from_env(os.environ)
+    except SettingsError as exc:
+        print(f"trainscale-train: error: {exc}", file=sys.stderr, flush=True)
+        return FATAL_EXIT_CODE
+    with pod_metrics(settings, worker_argv) as metrics_dir:
         return _run(config, worker_argv, task_spec, start_method, metrics_dir)
 
 
