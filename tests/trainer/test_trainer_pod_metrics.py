@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,11 @@ from trainscale.trainer.launch.local import (
     find_free_port,
 )
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE
-from trainscale.trainer.runtime.metrics import PodMetricsCollector, TrainerMetrics
+from trainscale.trainer.runtime.metrics import (
+    NvmlUtilizationCollector,
+    PodMetricsCollector,
+    TrainerMetrics,
+)
 
 _SPAWN = multiprocessing.get_context("spawn")
 _SAMPLES = 1  # slot of the samples counter in PodMetricsCollector.pod_values()
@@ -146,6 +151,39 @@ def test_gauges_ignore_a_rank_that_has_not_stepped_yet(tmp_path: Path) -> None:
     assert _value(pod, names.LOSS) == 0.25
     assert _value(pod, names.GLOBAL_STEP) == 3.0
     assert _value(pod, names.SAMPLES_TOTAL) == 8.0
+
+
+class _Nvml:
+    """Stands in for the pynvml module (a third-party library; no GPU on this machine)."""
+
+    def __init__(self, busy: dict[str, int]) -> None:
+        self.busy = busy
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:  # noqa: N802 - pynvml's name
+        if handle not in self.busy:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return types.SimpleNamespace(gpu=self.busy[handle], memory=0)
+
+
+def test_gpu_utilization_is_the_mean_of_the_pods_gpus() -> None:
+    nvml = _Nvml({"gpu-0": 30, "gpu-1": 90})
+    (family,) = NvmlUtilizationCollector(["gpu-0", "gpu-1"], nvml).collect()
+    assert family.name == names.GPU_UTILIZATION_RATIO
+    assert family.samples[0].value == pytest.approx(0.6)
+    assert list(NvmlUtilizationCollector(lambda: ["gpu-0", "lost"], nvml).collect()) == []
+    assert list(NvmlUtilizationCollector([], nvml).collect()) == []
+
+
+def test_a_rank_naming_a_gpu_without_nvml_still_scrapes(tmp_path: Path) -> None:
+    metrics = TrainerMetrics()
+    metrics.publish_to(tmp_path, 0)
+    metrics._header["gpu"] = "GPU-00000000-0000-0000-0000-000000000000"
+    metrics._write_header()
+    pod = PodMetricsCollector(tmp_path)
+    assert pod.pod_values()[1] == ["GPU-00000000-0000-0000-0000-000000000000"]
+    served = {f.name for f in pod.collect()}
+    assert names.SAMPLES_TOTAL.removesuffix("_total") in served
+    assert names.GPU_UTILIZATION_RATIO not in served  # no NVML here: absent, not an error
 
 
 def test_a_starting_rank_is_not_taken_for_an_exited_one(tmp_path: Path) -> None:
