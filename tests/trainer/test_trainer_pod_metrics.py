@@ -106,8 +106,8 @@ def test_pod_sums_live_and_exited_ranks(tmp_path: Path) -> None:
 
 
 def test_concurrent_scrapes_fold_each_exited_rank_once(tmp_path: Path) -> None:
-    # Many exited ranks (closing the file's descriptor releases its lock exactly as the
-    # process's exit does) and threads switching as often as Python allows.
+    # Many exited ranks (shutdown() releases the file's lock exactly as the process's exit
+    # does) and threads switching as often as Python allows.
     ranks = 300
     for i in range(ranks):
         metrics = TrainerMetrics()
@@ -116,8 +116,7 @@ def test_concurrent_scrapes_fold_each_exited_rank_once(tmp_path: Path) -> None:
             samples=1, step_seconds=0.02, compute_seconds=0.01, communication_seconds=0.0,
             data_seconds=0.0, global_step=1, epoch=0, epoch_progress=0.0, loss=1.0,
         )  # fmt: skip
-        assert metrics._file is not None
-        os.close(metrics._file)
+        metrics.shutdown()  # releases its file's lock, as the process's exit does
     pod = PodMetricsCollector(tmp_path)
     seen: list[float] = []
     interval = sys.getswitchinterval()
@@ -151,6 +150,23 @@ def test_gauges_ignore_a_rank_that_has_not_stepped_yet(tmp_path: Path) -> None:
     assert _value(pod, names.LOSS) == 0.25
     assert _value(pod, names.GLOBAL_STEP) == 3.0
     assert _value(pod, names.SAMPLES_TOTAL) == 8.0
+
+
+def test_between_generations_gauges_come_from_the_rank_that_got_furthest(tmp_path: Path) -> None:
+    # All ranks have exited (a restart under way); the files sort newest generation first.
+    for local_rank, step in ((0, 10), (1, 5)):
+        metrics = TrainerMetrics()
+        metrics.publish_to(tmp_path, local_rank)
+        metrics.record_world(local_rank + 2, agent_restarts=0)
+        metrics.record_step(
+            samples=1, step_seconds=0.02, compute_seconds=0.01, communication_seconds=0.0,
+            data_seconds=0.0, global_step=step, epoch=0, epoch_progress=0.0, loss=1.0,
+        )  # fmt: skip
+        metrics.shutdown()  # releases its file's lock, as the process's exit does
+    pod = PodMetricsCollector(tmp_path)
+    assert _value(pod, names.GLOBAL_STEP) == 10.0
+    assert _value(pod, names.WORLD_SIZE) == 2.0
+    assert _value(pod, names.SAMPLES_TOTAL) == 2.0
 
 
 class _Nvml:

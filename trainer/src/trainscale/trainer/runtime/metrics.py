@@ -18,7 +18,8 @@ the ranks at scrape time:
   deleted), so the pod's counters never go down when a resize restarts the workers and
   ``rate()`` sees no reset;
 * gauges come from the live ranks only (the highest value: the ranks of a pod agree on world
-  size, step, epoch and loss), or the last exited rank's values while none is running;
+  size, step, epoch and loss), or, while none is running, from the exited rank that got
+  furthest (highest step);
 * a rank is alive while it holds an ``flock`` on its file: the kernel releases it when the
   process dies however it dies (SIGKILL included), so no PID checks (reuse) are needed.
 
@@ -305,11 +306,21 @@ class TrainerMetrics(Collector):
         return int(self._server.server_port)
 
     def shutdown(self) -> None:
-        """Stop the HTTP server (tests; a worker process just exits)."""
+        """Stop the HTTP server, or stop publishing: the pod's endpoint then counts this rank
+        as exited, as it would once the process ends (its final values stay counted).
+        Recording still works afterwards, into memory only."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._file is not None:
+            storage = bytearray(self._storage)
+            self._values.release()
+            self._storage.close()  # the mapping holds a duplicate of the locked descriptor
+            os.close(self._file)
+            self._file = None
+            self._storage = storage
+            self._values = memoryview(storage)[_HEADER_BYTES:].cast("d")
 
     def record_world(self, world_size: int, agent_restarts: int) -> None:
         """Record the world this worker process belongs to."""
@@ -390,7 +401,7 @@ class PodMetricsCollector(Collector):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._retired = [0.0] * _SLOTS  # counters and histograms of exited ranks
-        self._last_gauges: list[float] | None = None  # of the newest exited rank
+        self._last_gauges: list[float] | None = None  # exited rank with the highest step
         self._lock = threading.Lock()
         self._nvml: dict[str, tuple[Any, Any] | None] = {}
 
@@ -407,7 +418,9 @@ class PodMetricsCollector(Collector):
                 header, values, gone = self._read_rank(fd)
                 if gone:
                     _add(self._retired, values, (*_SUMMED, *_SUMMED_HIST))
-                    self._last_gauges = values
+                    last = self._last_gauges
+                    if last is None or values[_GLOBAL_STEP] >= last[_GLOBAL_STEP]:
+                        self._last_gauges = values
                     path.unlink()  # while we hold the lock: nobody folds it twice
                 else:
                     live.append(values)
