@@ -1,8 +1,10 @@
 """Fixtures of the Prometheus tests: the test exporter served on 127.0.0.1 and a real
-Prometheus scraping it (helpers in tests/support/prometheus.py)."""
+Prometheus scraping it (helpers in tests/support/prometheus.py); the discovery tests'
+Prometheus with Kubernetes service discovery is built before any test runs."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +17,26 @@ from tests.support.prometheus import (
     start_prometheus,
     wait_for_series,
 )
+from trainscale.testbed.prometheus import fetch_prometheus_with_kubernetes_sd
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only when a test needs it
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Build Prometheus with Kubernetes discovery before any test runs (a cold build takes
+    minutes, longer than a test's timeout)."""
+    if not any(
+        item.get_closest_marker("testbed") and item.get_closest_marker("prometheus")
+        for item in items
+    ):
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    ctx = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with ctx:
+        print("[prometheus] building Prometheus with Kubernetes discovery (once)", flush=True)
+        fetch_prometheus_with_kubernetes_sd(build=True)
 
 
 @pytest.fixture(scope="session")

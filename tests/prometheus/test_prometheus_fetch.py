@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from tests.support.prometheus import RATE_WINDOW, start_prometheus
+from tests.support.prometheus import ALPHA_RATES, DECOY_RATES, RATE_WINDOW, start_prometheus
 from trainscale.operator.adapters.prometheus import fetch_observation, fetch_query
 from trainscale.operator.api import PrometheusSpec
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
@@ -52,15 +52,19 @@ def test_gpu_utilization_falls_back_to_percent_with_exported_labels(prometheus: 
 
 def test_throughput_sums_the_rate_over_the_jobs_workers_only(prometheus: str) -> None:
     got = fetch(prometheus, "team-a", "alpha")
-    # 100 + 150 samples/s; decoys add 7 (other namespace) and 11 (alphax)
-    assert got.observation.samples_per_second == pytest.approx(250.0, rel=0.05)
+    # 100 + 150 samples/s; a wrong scope adds at least one decoy of >= 300 samples/s
+    expected = sum(ALPHA_RATES.values())
+    assert min(DECOY_RATES.values()) > expected
+    assert got.observation.samples_per_second == pytest.approx(expected, rel=0.05)
     assert got.latency_seconds > 0
 
 
 def test_the_other_namespace_sees_only_its_own_job(prometheus: str) -> None:
     got = fetch(prometheus, "team-b", "alpha")
     assert got.observation.gpu_utilization == pytest.approx(0.05)
-    assert got.observation.samples_per_second == pytest.approx(7.0, rel=0.05)
+    assert got.observation.samples_per_second == pytest.approx(
+        DECOY_RATES["team-b", "alpha-worker-0"], rel=0.05
+    )
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,10 @@ from trainscale.testbed.prometheus import (
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 __all__ = [
+    "ALPHA_RATES",
     "DCGM_EXPORTED",
     "DCGM_LABELS",
+    "DECOY_RATES",
     "GPUS",
     "RATE_WINDOW",
     "SAMPLE_RATES",
@@ -71,13 +73,19 @@ GPUS = [
     Gpu("team-a", "alphax-worker-0", 0.02, 2),  # a job whose name extends alpha
     Gpu("team-a", "alpha-worker-0-debug", 0.03, 3),  # not a worker of alpha
 ]
-# samples/s per worker pod (the counter grows at exactly this rate)
-SAMPLE_RATES = {
-    ("team-a", "alpha-worker-0"): 100.0,
-    ("team-a", "alpha-worker-1"): 150.0,
-    ("team-b", "alpha-worker-0"): 7.0,
-    ("team-a", "alphax-worker-0"): 11.0,
+# samples/s per pod (the counter grows at exactly this rate). Every decoy outweighs the
+# job's own throughput (250), so a query whose scope is wrong in any one way (no namespace
+# matcher, the whole namespace, a prefix or unanchored pod pattern) reads far more than the
+# tests' 5 % tolerance.
+ALPHA_RATES = {("team-a", "alpha-worker-0"): 100.0, ("team-a", "alpha-worker-1"): 150.0}
+DECOY_RATES = {
+    ("team-b", "alpha-worker-0"): 700.0,  # same job name, other namespace
+    ("team-a", "alphax-worker-0"): 1100.0,  # a job whose name extends alpha
+    ("team-a", "alpha-rdzv"): 300.0,  # not a worker
+    ("team-a", "alpha-worker-0-debug"): 500.0,  # not a worker of alpha
+    ("team-a", "alpha-worker-x"): 400.0,  # not a replica index
 }
+SAMPLE_RATES = {**ALPHA_RATES, **DECOY_RATES}
 
 
 class DcgmTrainerExporter(Collector):

@@ -45,6 +45,7 @@ ENV_AGENT_START_METHOD = "TRAINSCALE_AGENT_START_METHOD"
 # Read by the rendezvous pod's store (trainscale.trainer.contract.rendezvous.STORE_SCRIPT).
 ENV_RDZV_PORT = "TRAINSCALE_RDZV_PORT"
 
-#: Port of local rank 0's ``/metrics`` (rank r serves on this + r); the operator declares it on
-#: the worker pod and annotates it for Prometheus.
+#: Port of the worker pod's one ``/metrics`` endpoint, served by its agent with the sum of all
+#: its local ranks; the operator declares it on the worker pod and annotates it for Prometheus.
+#: (A worker started without our agent, e.g. by plain torchrun, serves on this + local rank.)
 DEFAULT_METRICS_PORT = 9400

@@ -5,9 +5,9 @@ dashboard must agree on each name, so all three import them from here. It import
 (no torch, no prometheus_client) so the operator can use it.
 
 Names follow Prometheus conventions: a ``trainscale_trainer_`` prefix, the unit last
-(``_seconds``, ``_ratio``), ``_total`` for counters. Every worker process serves them on
-``TRAINSCALE_METRICS_PORT`` (+ its local rank); a restarted worker starts its counters from
-zero again, which ``rate()``/``increase()`` treat as a counter reset.
+(``_seconds``, ``_ratio``), ``_total`` for counters. Each worker pod serves them once, on ``TRAINSCALE_METRICS_PORT``:
+its agent sums the pod's local ranks (counters include the ranks that exited since the
+agent started, so a resize is not a counter reset; a restarted container is).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Literal, NamedTuple
 
 PREFIX = "trainscale_trainer_"
 
-# Counter: training samples this worker has processed (optimizer-step granularity).
+# Counter: training samples this pod's worker processes have processed (optimizer-step
+# granularity).
 # rate() of the sum over a job's workers is the job's throughput in samples per second.
 SAMPLES_TOTAL = PREFIX + "samples_total"
 
@@ -47,8 +48,8 @@ EPOCH_PROGRESS_RATIO = PREFIX + "epoch_progress_ratio"
 # Gauge: training loss of the last step, averaged over all samples of the global batch.
 LOSS = PREFIX + "loss"
 
-# Counter: times this worker process resumed from a checkpoint (0 or 1 per process; rate()
-# over the job counts resumes, i.e. resizes and failures).
+# Counter: resumes from a checkpoint by this pod's worker processes (0 or 1 per process, one
+# process per local rank; increase() over the job counts resumes x processes).
 RESUMES_TOTAL = PREFIX + "resumes_total"
 
 # Gauge: restarts torchrun's elastic agent has done for this worker (TORCHELASTIC_RESTART_COUNT;
@@ -61,7 +62,8 @@ CHECKPOINT_SAVE_SECONDS = PREFIX + "checkpoint_save_seconds"
 # Gauge: optimizer step of the newest checkpoint this worker knows of.
 CHECKPOINT_STEP = PREFIX + "checkpoint_step"
 
-# Gauge: utilization of this worker's GPU read through NVML (0..1); absent without CUDA.
+# Gauge: mean utilization of the pod's GPUs (its live ranks') read through NVML (0..1);
+# absent without CUDA.
 GPU_UTILIZATION_RATIO = PREFIX + "gpu_utilization_ratio"
 
 
@@ -76,7 +78,7 @@ class MetricName(NamedTuple):
 #: Every metric the trainer exports, in documentation order. The exporter builds its
 #: metrics from this list, and a test checks that ``/metrics`` serves each of them.
 ALL_METRICS: tuple[MetricName, ...] = (
-    MetricName(SAMPLES_TOTAL, "counter", "Training samples processed by this worker."),
+    MetricName(SAMPLES_TOTAL, "counter", "Training samples processed by this pod's workers."),
     MetricName(STEP_SECONDS, "histogram", "Wall time of one optimizer step."),
     MetricName(
         COMPUTE_SECONDS_TOTAL, "counter", "Seconds spent in forward, backward and optimizer."
@@ -90,7 +92,7 @@ ALL_METRICS: tuple[MetricName, ...] = (
     MetricName(EPOCH, "gauge", "Current epoch, counted from 0."),
     MetricName(EPOCH_PROGRESS_RATIO, "gauge", "Fraction of the current epoch done (0..1)."),
     MetricName(LOSS, "gauge", "Loss of the last step, averaged over the global batch."),
-    MetricName(RESUMES_TOTAL, "counter", "Resumes from a checkpoint by this worker process."),
+    MetricName(RESUMES_TOTAL, "counter", "Resumes from a checkpoint by this pod's processes."),
     MetricName(AGENT_RESTARTS, "gauge", "Restarts done by this worker's torchrun agent."),
     MetricName(CHECKPOINT_SAVE_SECONDS, "histogram", "Wall time of writing one checkpoint."),
     MetricName(CHECKPOINT_STEP, "gauge", "Optimizer step of the newest known checkpoint."),

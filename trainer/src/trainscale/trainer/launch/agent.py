@@ -12,16 +12,25 @@ while the first rendezvous is still in progress.
 The agent reads its configuration exactly like torchrun: from ``PET_*`` environment
 variables (``PET_NNODES``, ``PET_RDZV_ENDPOINT``, ``PET_RDZV_CONF``, ...), which is how the
 operator configures worker pods.
+
+It also serves the pod's one metrics endpoint (``TRAINSCALE_METRICS_PORT``, the port the pod
+declares): its workers, one per local rank, publish their values into a directory the agent
+creates, and the agent sums them (see :mod:`trainscale.trainer.runtime.metrics`). The agent
+outlives every restart of its workers, so the pod's counters never reset on a resize.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import WorkerSpec
@@ -35,6 +44,12 @@ from trainscale.trainer.contract.environment import ENV_FAST_RESIZE
 from trainscale.trainer.launch.preload import preload_forkserver, wait_for_forkserver
 from trainscale.trainer.launch.worker_entry import worker_main
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE, RESTART_EXIT_CODE
+from trainscale.trainer.runtime.metrics import serve_pod_metrics, stop_server
+from trainscale.trainer.runtime.settings import (
+    MetricsSettings,
+    SettingsError,
+    metrics_settings_from_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +154,28 @@ class TrainscaleAgent(LocalElasticAgent):
         return result
 
 
+@contextlib.contextmanager
+def pod_metrics(settings: MetricsSettings, worker_argv: Sequence[str]) -> Iterator[str]:
+    """Serve the pod's metrics endpoint for as long as the agent runs.
+
+    Yields the directory the workers publish into ("" when metrics are off: port 0 or
+    ``--no-metrics``). The directory is created fresh for each agent (a restarted container
+    starts its counters from zero, which ``rate()`` treats as a reset) and removed at the end.
+    """
+    if settings.port is None or "--no-metrics" in worker_argv:
+        yield ""
+        return
+    directory = Path(tempfile.mkdtemp(prefix="trainscale-metrics-"))
+    server = None
+    try:
+        _, server = serve_pod_metrics(settings, settings.port, directory)
+        yield str(directory)
+    finally:
+        if server is not None:
+            stop_server(server)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def build_launch_config(start_method: str) -> LaunchConfig:
     """Parse torchrun's options from the ``PET_*`` environment, exactly as torchrun does.
 
@@ -160,9 +197,26 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
 
     Returns:
         0 when training finished; 1 when the workers failed beyond ``PET_MAX_RESTARTS``;
-        128 + signal number when the agent was told to stop.
+        128 + signal number when the agent was told to stop; ``FATAL_EXIT_CODE`` for an
+        invalid ``TRAINSCALE_METRICS_*`` setting.
     """
     config = build_launch_config(start_method)
+    try:
+        settings = metrics_settings_from_env(os.environ)
+    except SettingsError as exc:
+        print(f"trainscale-train: error: {exc}", file=sys.stderr, flush=True)
+        return FATAL_EXIT_CODE
+    with pod_metrics(settings, worker_argv) as metrics_dir:
+        return _run(config, worker_argv, task_spec, start_method, metrics_dir)
+
+
+def _run(
+    config: LaunchConfig,
+    worker_argv: Sequence[str],
+    task_spec: str,
+    start_method: str,
+    metrics_dir: str,
+) -> int:
     use_plain_torch_log_format()
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
         _ExpectedRestartFilter()
@@ -188,7 +242,7 @@ def run_agent(worker_argv: Sequence[str], task_spec: str, start_method: str = "f
         role=config.role,
         local_world_size=config.nproc_per_node,
         entrypoint=worker_main,
-        args=(list(worker_argv),),
+        args=(list(worker_argv), metrics_dir),
         rdzv_handler=handler,
         max_restarts=config.max_restarts,
         monitor_interval=config.monitor_interval,

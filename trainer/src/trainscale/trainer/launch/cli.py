@@ -37,6 +37,7 @@ _LAUNCHER_FLAGS = {
     "--rendezvous-port": 1,
     "--start-method": 1,
     "--metrics-base-port": 1,
+    "--nproc-per-node": 1,
 }
 
 
@@ -106,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-base-port",
         type=int,
         default=0,
-        help="agent i serves metrics on this port + i (--local; default 0 = off)",
+        help="agent i serves its pod's metrics on this port + i (--local; default 0 = off)",
+    )
+    local.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="worker processes per agent, like a pod's GPUs (--local; default 1)",
     )
     local.add_argument("--join", metavar="HOST:PORT", help="add an agent to a running local job")
     local.add_argument(
@@ -177,6 +184,7 @@ def _run_local(args: argparse.Namespace, worker_argv: list[str]) -> int:
         max_workers=max(args.max_workers, args.workers),
         checkpoint_dir=checkpoint_dir,
         metrics_base_port=args.metrics_base_port or None,
+        nproc_per_node=args.nproc_per_node,
         start_method=args.start_method,
     )
     cluster = LocalCluster(config)
@@ -243,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_agent(worker_argv, args.task, args.start_method)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.nproc_per_node < 1:
+        parser.error(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     from trainscale.trainer.runtime.task import TaskError, resolve_factory
 
     try:

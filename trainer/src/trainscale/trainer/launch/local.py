@@ -46,7 +46,9 @@ class LocalClusterConfig:
         worker_args: the training flags every worker gets (``--task ...`` and friends).
         min_workers / max_workers: the elastic range (torchrun ``--nnodes min:max``).
         checkpoint_dir: shared checkpoint directory of all agents.
-        metrics_base_port: agent ``i`` serves metrics on ``base + i`` (None: metrics off).
+        metrics_base_port: agent ``i`` serves its pod's metrics on ``base + i`` (None: off).
+        nproc_per_node: worker processes per agent (a pod's GPUs; torchrun
+            ``--nproc-per-node``).
         host: address everything binds to.
         last_call_timeout: rendezvous last call (seconds).
         max_restarts: torchrun restarts per agent (each scale-down uses one).
@@ -60,6 +62,7 @@ class LocalClusterConfig:
     max_workers: int = 8
     checkpoint_dir: Path | None = None
     metrics_base_port: int | None = None
+    nproc_per_node: int = 1
     host: str = "127.0.0.1"
     last_call_timeout: int = rendezvous.DEFAULT_LAST_CALL_TIMEOUT_SECONDS
     max_restarts: int = 100
@@ -74,7 +77,7 @@ def build_agent_env(
     """Return the environment of agent ``index``: what the operator gives a worker pod."""
     env = {
         env_names.PET_NNODES: f"{config.min_workers}:{config.max_workers}",
-        env_names.PET_NPROC_PER_NODE: "1",
+        env_names.PET_NPROC_PER_NODE: str(config.nproc_per_node),
         env_names.PET_RDZV_BACKEND: rendezvous.BACKEND,
         env_names.PET_RDZV_ENDPOINT: endpoint,
         env_names.PET_RDZV_ID: run_id,
@@ -102,6 +105,11 @@ def build_agent_env(
         env[env_names.ENV_CHECKPOINT_DIR] = str(config.checkpoint_dir)
     env.update(config.env)
     return env
+
+
+def _check_config(config: LocalClusterConfig) -> None:
+    if config.nproc_per_node < 1:
+        raise LocalClusterError(f"nproc_per_node must be >= 1, got {config.nproc_per_node}")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -157,6 +165,7 @@ class LocalCluster:
     def __init__(self, config: LocalClusterConfig, log_dir: Path | None = None) -> None:
         from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
+        _check_config(config)
         self.config = config
         self.log_dir = log_dir
         self.run_id = f"local-{uuid.uuid4().hex[:8]}"
@@ -275,6 +284,7 @@ def _config_to_json(config: LocalClusterConfig) -> dict[str, Any]:
         "max_workers": config.max_workers,
         "checkpoint_dir": str(config.checkpoint_dir) if config.checkpoint_dir else None,
         "metrics_base_port": config.metrics_base_port,
+        "nproc_per_node": config.nproc_per_node,
         "host": config.host,
         "last_call_timeout": config.last_call_timeout,
         "max_restarts": config.max_restarts,

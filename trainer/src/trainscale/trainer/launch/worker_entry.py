@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from trainscale.trainer.launch.cli import build_parser
 from trainscale.trainer.runtime.batching import BatchSettingsError
@@ -22,11 +23,16 @@ from trainscale.trainer.runtime.task import TaskError
 from trainscale.trainer.runtime.worker import build_worker_options, die_with_parent, train
 
 
-def worker_main(argv: list[str]) -> int:
-    """Entry point of a worker process started by our agent (function entrypoint)."""
+def worker_main(argv: list[str], metrics_dir: str = "") -> int:
+    """Entry point of a worker process started by our agent (function entrypoint).
+
+    ``metrics_dir``: the pod's metrics directory, where this rank publishes its values for
+    the agent's endpoint ("": serve them itself on the metrics port + local rank).
+    """
     die_with_parent()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = build_worker_options(build_parser().parse_args(argv))
+    options = replace(options, metrics_dir=metrics_dir or None)
     try:
         return train(options, os.environ)
     except (TaskError, BatchSettingsError, SettingsError, ResumeError, DataOrderError) as exc:

@@ -38,7 +38,10 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (ENV_CHECKPOINT_INTERVAL_SECONDS, "Checkpoint at least this often (default 300; 0: never)."),
     (ENV_CHECKPOINT_EVERY_STEPS, "Also checkpoint every N optimizer steps (default: off)."),
     (ENV_CHECKPOINT_KEEP, "Number of newest checkpoints kept (default 3)."),
-    (ENV_METRICS_PORT, "Prometheus port of local rank 0; rank r uses port + r (0: off)."),
+    (
+        ENV_METRICS_PORT,
+        "Prometheus port of the pod: its agent serves the sum of its ranks (0: off).",
+    ),
     (ENV_METRICS_ADDRESS, "Address the metrics server binds (default 0.0.0.0)."),
     (ENV_JOB_NAME, "TrainingJob name, shown in progress lines."),
     (ENV_REPLICA_INDEX, "Index of this worker pod, shown in progress lines."),

@@ -87,6 +87,7 @@ class WorkerOptions:
     log_interval: float = 2.0
     collective_timeout: float = 120.0
     peer_stop_grace: float = 1.0
+    metrics_dir: str | None = None  # set by the agent: publish there, the agent serves the pod
 
 
 def build_worker_options(ns: argparse.Namespace) -> WorkerOptions:
@@ -325,7 +326,10 @@ def train(
     metrics: TrainerMetrics = NullMetrics() if options.no_metrics else TrainerMetrics()
     if not options.no_metrics:
         msettings = metrics_settings_from_env(env)
-        metrics.serve(msettings, compute_metrics_port(msettings.port, local_rank))
+        if options.metrics_dir:
+            metrics.publish_to(Path(options.metrics_dir), local_rank)
+        else:
+            metrics.serve(msettings, compute_metrics_port(msettings.port, local_rank))
         if use_cuda:
             metrics.watch_gpu(local_rank)
     metrics.record_world(world_size, int(env.get("TORCHELASTIC_RESTART_COUNT", "0")))

@@ -1,0 +1,221 @@
+"""The PromQL builders and their escaping, without a Prometheus server.
+
+Covers:
+- the exact text of the throughput and GPU queries for plain names (what docs and the
+  dashboard show);
+- label-value escaping (quotes, backslashes, newlines, control characters) and RE2 escaping
+  (every metacharacter) on their own;
+- for hostile namespace/job names (quotes, backslashes, newlines, regex metacharacters,
+  unicode): the query keeps the structure of a plain name's query (nothing escapes its
+  string literal), each literal decodes back to the intended value, and the pod regex
+  matches exactly the job's worker pods;
+- Prometheus' own parser (promtool) accepts every such query;
+- bad windows, ages and empty names are refused with the field named;
+- spec overrides get escaped ``{namespace}``/``{job}`` and regex-escaped ``*_regex`` values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainscale.operator.adapters import promql
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+
+PROPERTY = settings(derandomize=True, database=None, max_examples=200, deadline=None)
+
+HOSTILE = [
+    'a"b',
+    "a\\b",
+    "trailing\\",
+    "new\nline",
+    "tab\tand\rcr",
+    'x"} or vector(1) or y{a="',
+    'x",pod=~".*',
+    ".*",
+    "a.b",
+    "a+b*c?",
+    "(a|b)",
+    "[a-z]{2}",
+    "^a$",
+    "a\\.b",
+    "ünïcødé-名前",
+    "\x00\x1f\x7f",
+]
+
+_SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+                   "\\": "\\", '"': '"', "'": "'"}  # fmt: skip
+
+
+def read_string(text: str, start: int) -> tuple[str, int]:
+    """Decode the PromQL (Go) double-quoted string literal at ``text[start]``; return its
+    value and the index after its closing quote."""
+    assert text[start] == '"'
+    out, i = [], start + 1
+    while text[i] != '"':
+        ch = text[i]
+        assert ch != "\n", "raw newline inside a string literal"
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        code = text[i + 1]
+        if code in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[code])
+            i += 2
+        elif code == "x":
+            out.append(chr(int(text[i + 2 : i + 4], 16)))
+            i += 4
+        else:
+            raise AssertionError(f"unexpected escape \\{code} in {text!r}")
+    return "".join(out), i + 1
+
+
+def literals(query: str) -> tuple[str, list[str]]:
+    """The query with every string literal emptied, and the literals' decoded values."""
+    shape, values, i = [], [], 0
+    while i < len(query):
+        if query[i] == '"':
+            value, i = read_string(query, i)
+            values.append(value)
+            shape.append('""')
+        else:
+            shape.append(query[i])
+            i += 1
+    return "".join(shape), values
+
+
+def test_throughput_query_text() -> None:
+    assert promql.build_throughput_query("team-a", "alpha") == (
+        f'sum(rate({SAMPLES_TOTAL}{{namespace="team-a",pod=~"alpha-worker-[0-9]+"}}[1m]) or '
+        f'rate({SAMPLES_TOTAL}{{exported_namespace="team-a",exported_pod=~"alpha-worker-[0-9]+"}}'
+        "[1m]))"
+    )
+    assert promql.build_throughput_query("ns", "j", window="30s").count("[30s]") == 2
+
+
+def test_gpu_query_text() -> None:
+    query = promql.build_gpu_utilization_query("team-a", "alpha", max_sample_age_seconds=45)
+    active = 'DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="team-a",pod=~"alpha-worker-[0-9]+"}'
+    assert query.startswith(f"avg(({active} and (time() - timestamp({active})) <= 45) or ")
+    assert query.endswith(" / 100)")
+    assert query.count("exported_pod=~") == 4 and query.count("DCGM_FI_DEV_GPU_UTIL") == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("plain-name.1", "plain-name.1"),
+        ('a"b', 'a\\"b'),
+        ("a\\b", "a\\\\b"),
+        ("a\nb", "a\\nb"),
+        ("a\tb", "a\\x09b"),
+        ("\x00\x7f", "\\x00\\x7f"),
+        ("名前", "名前"),
+    ],
+)
+def test_escape_label_value(raw: str, escaped: str) -> None:
+    assert promql.escape_label_value(raw) == escaped
+    assert read_string(f'"{escaped}"', 0)[0] == raw
+
+
+def test_escape_regex_escapes_every_re2_metacharacter_only() -> None:
+    assert promql.escape_regex("\\.+*?()|[]{}^$") == "\\\\\\.\\+\\*\\?\\(\\)\\|\\[\\]\\{\\}\\^\\$"
+    assert promql.escape_regex("a-b_c/d 名") == "a-b_c/d 名"
+
+
+@pytest.mark.parametrize("job", HOSTILE)
+@pytest.mark.parametrize("namespace", ["team-a", 'ns"}) or vector(1) #', "ns\\\n.*"])
+def test_hostile_names_stay_inside_their_literals(namespace: str, job: str) -> None:
+    _check_query_scope(namespace, job)
+
+
+@PROPERTY
+@given(
+    namespace=st.text(min_size=1, max_size=12),
+    job=st.text(min_size=1, max_size=12),
+)
+def test_any_names_stay_inside_their_literals(namespace: str, job: str) -> None:
+    _check_query_scope(namespace, job)
+
+
+def _check_query_scope(namespace: str, job: str) -> None:
+    plain_shape, _ = literals(promql.build_throughput_query("n", "j"))
+    shape, values = literals(promql.build_throughput_query(namespace, job))
+    assert shape == plain_shape
+    assert values[0::2] == [namespace, namespace]  # namespace="..." / exported_namespace
+    pattern = values[1]
+    assert values[3] == pattern
+    # PromQL's =~ is anchored like fullmatch; for escaped metacharacters Python's re and
+    # RE2 agree.
+    assert re.fullmatch(pattern, f"{job}-worker-0")
+    assert re.fullmatch(pattern, f"{job}-worker-12")
+    lookalike = re.sub(r"[^A-Za-z0-9]", "x", job)  # what an unescaped metacharacter admits
+    decoys = (f"{job}x-worker-0", f"{job}-worker-0-debug", f"{job}-rdzv", "other-worker-0",
+              f"{lookalike}-worker-0")  # fmt: skip
+    for decoy in decoys:
+        if decoy != f"{job}-worker-0":
+            assert not re.fullmatch(pattern, decoy), decoy
+    gpu_shape, _ = literals(promql.build_gpu_utilization_query("n", "j"))
+    assert literals(promql.build_gpu_utilization_query(namespace, job))[0] == gpu_shape
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_prometheus_parses_every_hostile_query(tmp_path: Path) -> None:
+    rules = [
+        {"record": f"q{i}", "expr": build(ns, job)}
+        for i, (ns, job, build) in enumerate(
+            (ns, job, build)
+            for ns in ("team-a", 'ns"}) or vector(1) #')
+            for job in HOSTILE
+            for build in (promql.build_throughput_query, promql.build_gpu_utilization_query)
+        )
+    ]
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "q", "rules": rules}]}))  # JSON is YAML
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("window", ["", "1", "m", "0s", "1.5m", "-1m", "1m]", "5 m", "1mo"])
+def test_bad_windows_are_refused(window: str) -> None:
+    with pytest.raises(ValueError, match="window"):
+        promql.build_throughput_query("ns", "job", window=window)
+
+
+@pytest.mark.parametrize(("namespace", "job", "field"), [("", "j", "namespace"), ("n", "", "job")])
+def test_empty_names_are_refused(namespace: str, job: str, field: str) -> None:
+    for build in (promql.build_throughput_query, promql.build_gpu_utilization_query):
+        with pytest.raises(ValueError, match=field):
+            build(namespace, job)
+
+
+@pytest.mark.parametrize("age", [0, -1.0, float("nan")])
+def test_bad_max_age_is_refused(age: float) -> None:
+    with pytest.raises(ValueError, match="max_sample_age_seconds"):
+        promql.build_gpu_utilization_query("ns", "job", max_sample_age_seconds=age)
+
+
+def test_override_placeholders_are_escaped() -> None:
+    template = 'sum(x{namespace="{namespace}",pod=~"{job_regex}-worker-.*",j="{job}"}) + {other}'
+    got = promql.render_query_override(template, 'n"s', "a.b\\")
+    assert got == 'sum(x{namespace="n\\"s",pod=~"a\\\\.b\\\\\\\\-worker-.*",j="a.b\\\\"}) + {other}'
+    _, values = literals(got)
+    assert values == ['n"s', "a\\.b\\\\-worker-.*", "a.b\\"]
+    assert re.fullmatch(values[1], "a.b\\-worker-3")
+    assert not re.fullmatch(values[1], "axb\\-worker-3")
+    with pytest.raises(ValueError, match="query"):
+        promql.render_query_override("", "ns", "job")
