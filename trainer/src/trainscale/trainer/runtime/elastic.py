@@ -48,6 +48,7 @@ from trainscale.trainer.runtime.checkpoint import (
     load_newest_checkpoint,
     remove_stale_temporaries,
 )
+from trainscale.trainer.runtime.sampler import ElasticBatchSampler, StepBatches, build_loader
 from trainscale.trainer.runtime.settings import CheckpointPolicy, checkpoint_policy_from_env
 from trainscale.trainer.runtime.task import Dataset
 
@@ -419,6 +420,11 @@ class ElasticLoader:
 
     ``global_batch_size`` instead of ``batch_size`` keeps the global batch constant across
     world sizes (shares then differ by at most one sample between ranks).
+
+    ``num_workers`` > 0 builds the batches in a standard ``DataLoader``'s worker processes
+    (with ``prefetch_factor`` and ``pin_memory``, persistent for the process's life), driven
+    by :class:`~trainscale.trainer.runtime.sampler.ElasticBatchSampler`: the same exact order
+    from the resume position. :attr:`last_indices` are the dataset indices of the last batch.
     """
 
     def __init__(
@@ -433,6 +439,9 @@ class ElasticLoader:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         device: torch.device | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         if (batch_size is None) == (global_batch_size is None):
             raise ValueError("give exactly one of batch_size and global_batch_size")
@@ -464,6 +473,27 @@ class ElasticLoader:
         )
         self.session.resume()
         self._pending: data_order.StepSlice | None = None
+        self._loader_settings = (num_workers, pin_memory, prefetch_factor)
+        self._batches: StepBatches | None = None
+        self.last_indices = np.zeros(0, dtype=np.int64)
+
+    def _step_batches(self) -> StepBatches:
+        # Built at the first batch (after the resume), so the sampler starts there.
+        if self._batches is None:
+            workers, pin_memory, prefetch_factor = self._loader_settings
+            loader = None
+            if workers > 0:
+                sampler = ElasticBatchSampler.from_session(self.session, self.global_batch)
+                loader = build_loader(
+                    self.dataset,
+                    sampler,
+                    collate=self.collate_fn,
+                    workers=workers,
+                    pin_memory=pin_memory,
+                    prefetch_factor=prefetch_factor,
+                )
+            self._batches = StepBatches(self.dataset, self.collate_fn, loader)
+        return self._batches
 
     @property
     def epoch(self) -> int:
@@ -484,9 +514,13 @@ class ElasticLoader:
             self._pending = None
             if self.session.coordinate(0.0, 0):
                 self.session.stop()
+        batches = self._step_batches()
         if self.session.finished:
             self.session.finish()
+            batches.close()
             raise StopIteration
         step, ids = self.session.next_step(self.global_batch)
         self._pending = step
-        return self.collate_fn([self.dataset[int(i)] for i in ids])
+        batch = batches.next(ids) if len(ids) else self.collate_fn([])
+        self.last_indices = batches.take_trained()
+        return batch
