@@ -7,12 +7,14 @@ rank's loader actually delivered, so the checks below are about the loader path:
 
 - the job exits 0 at its target step, having trained at world sizes 2, 3, 2;
 - every sample of every epoch was trained exactly once (tests/support/audit.py);
-- the graceful resizes redo no step.
+- the graceful resizes redo no step;
+- no process outlives the job (loader workers die with their training process).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,6 +32,8 @@ pytestmark = pytest.mark.slow
 SAMPLES, BATCH, EPOCHS = 1024, 32, 2
 SLOW_MS, FAST_MS = "250", "20"  # per micro-batch: while a resize is under way / otherwise
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
+#: The run's directory, the job's exit code, the processes still holding its files at the end.
+LoaderRun = tuple[Path, int, list[int]]
 
 
 def _wait(audit: Path, what: str, pred: Callable[[list[dict[str, Any]]], bool]) -> None:
@@ -55,8 +59,28 @@ def _worlds(entries: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
     return [(size, first, last) for _, size, first, last in sorted(worlds.values())]
 
 
+def _holders(directory: Path) -> list[int]:
+    """Pids of the processes with a file under ``directory`` open (their logs, say)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(link.startswith(str(directory)) for link in links):
+            pids.append(int(pid))
+    return pids
+
+
+def _left_behind(directory: Path) -> list[int]:
+    deadline = time.monotonic() + 30
+    while (pids := _holders(directory)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
+
+
 @pytest.fixture(scope="module")
-def loader_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+def loader_run(tmp_path_factory: pytest.TempPathFactory) -> LoaderRun:
     base = tmp_path_factory.mktemp("loader-elastic")
     audit, delay = base / "audit", base / "delay-ms"
     config = LocalClusterConfig(
@@ -91,11 +115,11 @@ def loader_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         _wait(audit, "world 2 after SIGTERM", _world_since(2, since))
         delay.write_text(FAST_MS)
         code = cluster.wait(timeout=180)
-    return base, code
+    return base, code, _left_behind(base)
 
 
-def test_job_with_loader_workers_finishes_through_resizes(loader_run: tuple[Path, int]) -> None:
-    base, code = loader_run
+def test_job_with_loader_workers_finishes_through_resizes(loader_run: LoaderRun) -> None:
+    base, code, _ = loader_run
     assert code == 0, f"logs in {base / 'logs'}"
     assert list_checkpoints(base / "ckpt")[0][0] == TOTAL_STEPS
     entries = read_audit(base / "audit")
@@ -106,6 +130,11 @@ def test_job_with_loader_workers_finishes_through_resizes(loader_run: tuple[Path
     assert redone == [0, 0], redone
 
 
-def test_loader_workers_keep_the_exact_data_order(loader_run: tuple[Path, int]) -> None:
-    base, _ = loader_run
+def test_loader_workers_keep_the_exact_data_order(loader_run: LoaderRun) -> None:
+    base, _, _ = loader_run
     assert_exact_data_order(read_audit(base / "audit"), dataset_length=SAMPLES, epochs=EPOCHS)
+
+
+def test_no_process_outlives_the_job(loader_run: LoaderRun) -> None:
+    _, _, left = loader_run
+    assert left == [], f"processes still running after the job: {left}"

@@ -229,6 +229,11 @@ def build_loader(
         prefetch_factor=prefetch_factor if workers else None,
         persistent_workers=workers > 0,
         worker_init_fn=_loader_worker_init if workers else None,
+        # Forked from this process, whatever the default start method (a trainer worker
+        # started by a forkserver would otherwise start its loader workers from that
+        # forkserver too): they are then this process's children, die with it
+        # (_loader_worker_init) and do not outlive the job.
+        multiprocessing_context="fork" if workers else None,
     )
 
 
