@@ -4,7 +4,8 @@ Covers (single process, the real runtime loop and the real digits task with drop
 - resume restores model, optimizer (momentum), LR scheduler, RNG states, global step and data
   position: after resuming, the final weights are bitwise equal to an uninterrupted run's;
 - the audit log of the two halves is the exact data order of the whole run;
-- the one-line ElasticLoader resumes at the exact sample after a restart;
+- the one-line ElasticLoader resumes at the exact sample after a restart, with and without
+  DataLoader workers (``num_workers``);
 - a checkpoint from another dataset or seed is refused, naming the field.
 """
 
@@ -58,8 +59,9 @@ def test_other_seed_is_refused(tmp_path: Path) -> None:
         _run(tmp_path / "ckpt", tmp_path / "audit", max_steps=4, seed=1)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_elastic_loader_resumes_at_the_exact_sample(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     monkeypatch.setenv("TRAINSCALE_CHECKPOINT_DIR", str(tmp_path))
     monkeypatch.setenv("TRAINSCALE_CHECKPOINT_EVERY_STEPS", "1")
@@ -68,14 +70,16 @@ def test_elastic_loader_resumes_at_the_exact_sample(
     state = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
 
     seen: list[int] = []
-    loader = ElasticLoader(data, state=state, epochs=2, batch_size=8)
+    loader = ElasticLoader(data, state=state, epochs=2, batch_size=8, num_workers=workers)
     for _ in range(9):  # the 9th batch is fetched but its step never completes
         (batch,) = next(loader)
         seen.extend(int(v) for v in batch[:, 0])
+        assert loader.last_indices.tolist() == seen[-len(batch) :]
     seen = seen[:-8]
     assert loader.step == 8
     loader.session.wait_for_checkpoint()  # the background write of step 8
-    again = ElasticLoader(data, state=state, epochs=2, batch_size=8)  # "restarted" process
+    # "restarted" process
+    again = ElasticLoader(data, state=state, epochs=2, batch_size=8, num_workers=workers)
     assert again.step == 8
     for (batch,) in again:
         seen.extend(int(v) for v in batch[:, 0])

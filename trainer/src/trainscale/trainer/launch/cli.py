@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds a worker stopped by a leaving peer waits for its own agent's signal",
     )
+    run.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes per rank, in the exact data order (default 0: "
+        "batches are fetched in the training process)",
+    )
+    run.add_argument(
+        "--loader-prefetch", type=int, help="micro-batches each loader worker prefetches"
+    )
     local = parser.add_argument_group("local jobs")
     local.add_argument("--local", action="store_true", help="run a local elastic job")
     local.add_argument("--workers", type=int, default=1, help="agents to start (--local)")

@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainscale.trainer.contract.environment import ENV_METRICS_PORT
 from trainscale.trainer.runtime import data_order
 from trainscale.trainer.runtime.checkpoint import (
     CheckpointError,
@@ -48,7 +50,14 @@ from trainscale.trainer.runtime.checkpoint import (
     load_newest_checkpoint,
     remove_stale_temporaries,
 )
-from trainscale.trainer.runtime.settings import CheckpointPolicy, checkpoint_policy_from_env
+from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
+from trainscale.trainer.runtime.sampler import ElasticBatchSampler, StepBatches, build_loader
+from trainscale.trainer.runtime.settings import (
+    CheckpointPolicy,
+    checkpoint_policy_from_env,
+    compute_metrics_port,
+    metrics_settings_from_env,
+)
 from trainscale.trainer.runtime.task import Dataset
 
 logger = logging.getLogger(__name__)
@@ -419,6 +428,17 @@ class ElasticLoader:
 
     ``global_batch_size`` instead of ``batch_size`` keeps the global batch constant across
     world sizes (shares then differ by at most one sample between ranks).
+
+    ``num_workers`` > 0 builds the batches in a standard ``DataLoader``'s worker processes
+    (with ``prefetch_factor`` and ``pin_memory``, persistent for the process's life), driven
+    by :class:`~trainscale.trainer.runtime.sampler.ElasticBatchSampler`: the same exact order
+    from the resume position. :attr:`last_indices` are the dataset indices of the last batch.
+
+    It records the trainer's metrics (:attr:`metrics`: samples, step time split into data,
+    communication and the rest, progress, resumes, checkpoints; the step time is from one
+    fetch to the next, the user's forward/backward included) and serves them like a trainer
+    worker on ``$TRAINSCALE_METRICS_PORT`` + ``$LOCAL_RANK``: with ``metrics=None`` (default)
+    when that variable is set (a TrainingJob pod), ``True`` always, ``False`` never.
     """
 
     def __init__(
@@ -433,6 +453,10 @@ class ElasticLoader:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         device: torch.device | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        metrics: bool | None = None,
     ) -> None:
         if (batch_size is None) == (global_batch_size is None):
             raise ValueError("give exactly one of batch_size and global_batch_size")
@@ -448,6 +472,7 @@ class ElasticLoader:
         self.collate_fn = collate_fn or torch.utils.data.default_collate
         if device is None and dist.is_available() and dist.is_initialized():
             device = torch.device("cuda") if dist.get_backend() == "nccl" else None
+        self.metrics = serve_loader_metrics(os.environ, metrics)
         self.session = ElasticSession(
             dataset_length=len(dataset),
             objects=state,
@@ -455,15 +480,42 @@ class ElasticLoader:
             seed=seed,
             policy=policy,
             device=device,
+            on_checkpoint_saved=self.metrics.record_checkpoint,
         )
         self.session.install_signal_handlers()
+        self.metrics.record_world(
+            self.session.world_size, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        )
         self.global_batch = (
             global_batch_size
             if global_batch_size is not None
             else int(batch_size or 0) * self.session.world_size
         )
-        self.session.resume()
+        if self.session.resume():
+            self.metrics.record_resume(self.session.global_step)
         self._pending: data_order.StepSlice | None = None
+        self._timing = _StepTiming()
+        self._loader_settings = (num_workers, pin_memory, prefetch_factor)
+        self._batches: StepBatches | None = None
+        self.last_indices = np.zeros(0, dtype=np.int64)
+
+    def _step_batches(self) -> StepBatches:
+        # Built at the first batch (after the resume), so the sampler starts there.
+        if self._batches is None:
+            workers, pin_memory, prefetch_factor = self._loader_settings
+            loader = None
+            if workers > 0:
+                sampler = ElasticBatchSampler.from_session(self.session, self.global_batch)
+                loader = build_loader(
+                    self.dataset,
+                    sampler,
+                    collate=self.collate_fn,
+                    workers=workers,
+                    pin_memory=pin_memory,
+                    prefetch_factor=prefetch_factor,
+                )
+            self._batches = StepBatches(self.dataset, self.collate_fn, loader)
+        return self._batches
 
     @property
     def epoch(self) -> int:
@@ -481,12 +533,57 @@ class ElasticLoader:
     def __next__(self) -> Any:
         if self._pending is not None:
             self.session.commit(self._pending)
-            self._pending = None
-            if self.session.coordinate(0.0, 0):
+            samples, self._pending = len(self.last_indices), None
+            started = time.perf_counter()
+            stop = self.session.coordinate(0.0, 0)
+            self._record_step(samples, time.perf_counter() - started)
+            if stop:
                 self.session.stop()
+        batches = self._step_batches()
         if self.session.finished:
             self.session.finish()
+            batches.close()
             raise StopIteration
+        self._timing.fetch_started = time.perf_counter()
         step, ids = self.session.next_step(self.global_batch)
         self._pending = step
-        return self.collate_fn([self.dataset[int(i)] for i in ids])
+        batch = batches.next(ids) if len(ids) else self.collate_fn([])
+        self.last_indices = batches.take_trained()
+        self._timing.data_seconds = time.perf_counter() - self._timing.fetch_started
+        return batch
+
+    def _record_step(self, samples: int, communication_seconds: float) -> None:
+        """Record the step that just ended: from its batch's fetch until now."""
+        step_seconds = time.perf_counter() - self._timing.fetch_started
+        session = self.session
+        self.metrics.record_step(
+            samples=samples,
+            step_seconds=step_seconds,
+            compute_seconds=step_seconds - self._timing.data_seconds - communication_seconds,
+            communication_seconds=communication_seconds,
+            data_seconds=self._timing.data_seconds,
+            global_step=session.global_step,
+            epoch=session.epoch,
+            epoch_progress=session.position / session.dataset_length,
+            loss=session.last_loss,
+        )
+
+
+@dataclass
+class _StepTiming:
+    fetch_started: float = 0.0
+    data_seconds: float = 0.0
+
+
+def serve_loader_metrics(env: Mapping[str, str], serve: bool | None) -> TrainerMetrics:
+    """The metrics of an :class:`ElasticLoader`, served on the trainer's port when asked
+    (``serve``) or, for None, when the operator set ``TRAINSCALE_METRICS_PORT``."""
+    if serve is False:
+        return NullMetrics()
+    metrics = TrainerMetrics()
+    if serve or (serve is None and env.get(ENV_METRICS_PORT, "").strip()):
+        settings = metrics_settings_from_env(env)
+        metrics.serve(
+            settings, compute_metrics_port(settings.port, int(env.get("LOCAL_RANK", "0")))
+        )
+    return metrics

@@ -40,6 +40,12 @@ from trainscale.trainer.runtime.batching import (
 )
 from trainscale.trainer.runtime.elastic import ElasticSession
 from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
+from trainscale.trainer.runtime.sampler import (
+    ElasticBatchSampler,
+    StepBatches,
+    build_loader,
+    fetch_items,
+)
 from trainscale.trainer.runtime.settings import (
     CheckpointPolicy,
     build_worker_label,
@@ -88,6 +94,8 @@ class WorkerOptions:
     collective_timeout: float = 120.0
     peer_stop_grace: float = 1.0
     metrics_dir: str | None = None  # set by the agent: publish there, the agent serves the pod
+    loader_workers: int = 0
+    loader_prefetch: int | None = None
 
 
 def build_worker_options(ns: argparse.Namespace) -> WorkerOptions:
@@ -142,12 +150,30 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def fetch_batch(task: Task, ids: np.ndarray) -> Any:
     """Collate the dataset items ``ids`` into one batch (fast path for TensorDataset)."""
-    data = task.train_data
-    if task.collate is None and isinstance(data, torch.utils.data.TensorDataset):
-        index = torch.from_numpy(np.ascontiguousarray(ids))
-        return tuple(t[index] for t in data.tensors)
-    collate = task.collate or torch.utils.data.default_collate
-    return collate([data[int(i)] for i in ids])
+    return fetch_items(task.train_data, task.collate, ids)
+
+
+def build_step_batches(
+    task: Task,
+    session: ElasticSession,
+    plan: BatchPlan,
+    options: WorkerOptions,
+    pin_memory: bool,
+) -> StepBatches:
+    """Where the loop's micro-batches come from: fetched in process (``--loader-workers 0``)
+    or a DataLoader whose workers follow the exact data order from the resume position."""
+    if options.loader_workers == 0:
+        return StepBatches(task.train_data, task.collate)
+    sampler = ElasticBatchSampler.from_session(session, plan.global_batch, plan.micro_batch)
+    loader = build_loader(
+        task.train_data,
+        sampler,
+        collate=task.collate,
+        workers=options.loader_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=options.loader_prefetch,
+    )
+    return StepBatches(task.train_data, task.collate, loader)
 
 
 @contextlib.contextmanager
@@ -202,13 +228,14 @@ CommTimer.hook.__annotations__ = {
 class AuditLog:
     """Appends the sample ids of every step to a per-process JSONL file (data-order audit)."""
 
-    def __init__(self, directory: Path, world_id: str, rank: int) -> None:
+    def __init__(self, directory: Path, world_id: str, rank: int, loader_workers: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._fh: TextIO = open(  # noqa: SIM115 - closed in close()
             directory / f"samples-{world_id}-rank{rank}.jsonl", "a", encoding="utf-8"
         )
         self.world_id = world_id
         self.rank = rank
+        self.loader_workers = loader_workers
 
     def record(
         self,
@@ -229,6 +256,7 @@ class AuditLog:
             "stop": slice_.stop,
             "ids": ids.tolist(),
             "loss": loss,
+            "loader_workers": self.loader_workers,
             "time": time.time(),
         }
         self._fh.write(json.dumps(entry) + "\n")
@@ -375,8 +403,11 @@ def train(
         world_id = [uuid.uuid4().hex[:12]]
         if distributed:
             dist.broadcast_object_list(world_id, src=0)
-        audit = AuditLog(Path(env[ENV_AUDIT_LOG_DIR]), world_id[0], rank)
+        audit = AuditLog(
+            Path(env[ENV_AUDIT_LOG_DIR]), world_id[0], rank, max(options.loader_workers, 0)
+        )
 
+    batches = build_step_batches(task, session, plan, options, pin_memory=use_cuda)
     total = f"/{options.max_steps}" if options.max_steps else ""
     progress = Progress(label, options.log_interval, total)
     if rank == 0:
@@ -406,7 +437,7 @@ def train(
                 _zero_loss(net).backward()  # type: ignore[no-untyped-call]
             for i, (a, b) in enumerate(chunks):
                 t_data = time.perf_counter()
-                batch = to_device(fetch_batch(task, ids[a:b]), device)
+                batch = to_device(batches.next(ids[a:b]), device)
                 data_time += time.perf_counter() - t_data
                 last = i == len(chunks) - 1
                 sync = contextlib.nullcontext() if last or net is model else net.no_sync()  # type: ignore[operator]
@@ -417,6 +448,7 @@ def train(
                     if last and timer.last_bucket_at:
                         comm += time.perf_counter() - timer.last_bucket_at
                 loss_sum += float(loss.detach()) * (b - a)
+            trained = batches.take_trained()
             with scaled_lr(optimizer, plan.lr_scale):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -429,7 +461,7 @@ def train(
                     step=session.global_step,
                     slice_=step,
                     world_size=world_size,
-                    ids=ids,
+                    ids=trained,
                     loss=loss_sum / max(len(ids), 1),
                 )
             t_coord = time.perf_counter()
@@ -465,6 +497,7 @@ def train(
         session.emergency_save()
         raise
     session.finish()
+    batches.close()
     if rank == 0:
         progress.maybe_print(session, force=True)
         _evaluate(task, model, label, f"finished at step {session.global_step}")

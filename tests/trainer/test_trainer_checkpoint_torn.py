@@ -1,0 +1,75 @@
+"""A checkpoint being written is invisible until it is complete (deterministic, no timing).
+
+Covers the temp-file-and-rename guarantee of :mod:`trainscale.trainer.runtime.checkpoint`:
+the real background :class:`~trainscale.trainer.runtime.checkpoint.CheckpointWriter` is held
+in the middle of writing step 2's bytes (``torch.save`` writes through a file object that
+blocks on an event after the first megabyte); while it is held, the final path of step 2
+does not exist, ``list_checkpoints`` does not list it and the newest loadable checkpoint is
+still step 1. Released, step 2 becomes visible whole.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainscale.trainer.runtime import checkpoint as ck
+
+PAUSE_AFTER_BYTES = 1 << 20
+
+
+class _PausingFile:
+    """A file object that stops in the middle of the write, once, until released."""
+
+    def __init__(self, fh: Any, paused: threading.Event, release: threading.Event) -> None:
+        self._fh, self._paused, self._release = fh, paused, release
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        count = self._fh.write(data)
+        self.written += count
+        if self.written >= PAUSE_AFTER_BYTES and not self._paused.is_set():
+            self._paused.set()
+            assert self._release.wait(timeout=60), "the test never released the writer"
+        return int(count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def test_checkpoint_mid_write_is_invisible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = ck.CheckpointWriter(tmp_path, keep=3, background=True)
+    writer.save(1, {"w": torch.zeros(8)}, wait=True)
+
+    paused, release = threading.Event(), threading.Event()
+    real_save = torch.save
+    files: list[_PausingFile] = []
+
+    def pausing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        files.append(_PausingFile(f, paused, release))
+        real_save(obj, files[-1], *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "save", pausing_save)
+    # Two tensors of 2 MB each: the pause comes after the first one's bytes.
+    payload = {"a": torch.arange(500_000, dtype=torch.float32), "b": torch.ones(500_000)}
+    writer.save(2, payload)  # on the background thread
+    try:
+        assert paused.wait(timeout=60), "the writer never reached the middle of the file"
+        assert PAUSE_AFTER_BYTES <= files[0].written < 4_000_000
+        final = tmp_path / ck.build_checkpoint_name(2)
+        assert not final.exists(), "a half-written checkpoint is visible under its final name"
+        assert [step for step, _ in ck.list_checkpoints(tmp_path)] == [1]
+        newest = ck.load_newest_checkpoint(tmp_path)
+        assert newest is not None and newest[1]["step"] == 1
+        assert torch.equal(newest[1]["w"], torch.zeros(8))
+    finally:
+        release.set()
+        writer.wait()
+    assert [step for step, _ in ck.list_checkpoints(tmp_path)] == [2, 1]
+    newest = ck.load_newest_checkpoint(tmp_path)
+    assert newest is not None and newest[1]["step"] == 2
+    assert torch.equal(newest[1]["a"], payload["a"]) and torch.equal(newest[1]["b"], payload["b"])
