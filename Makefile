@@ -20,9 +20,11 @@ unit: venv testbed-binaries lint typecheck imports
 setup: system-deps venv testbed-binaries
 
 # kube-apiserver, scheduler, controller-manager, kubectl, etcd, kwok and helm built from Go
-# modules; cached under ~/.cache/trainscale (a warm cache returns at once).
+# modules, and a Prometheus with Kubernetes discovery (Debian's has none) from its Go module;
+# cached under ~/.cache/trainscale (a warm cache returns at once).
 testbed-binaries: venv
 	bash scripts/testbed/build.sh
+	$(BIN)/python -c 'from trainscale.testbed.prometheus import fetch_prometheus_with_kubernetes_sd as f; print(f())'
 
 system-deps:
 	bash scripts/install-system-deps.sh
