@@ -50,6 +50,7 @@ JOB = "react"
 COMPUTE = 0.5
 EFFICIENT_SYNC = 0.02  # efficiency at 4 workers: 0.89 -> the policy grows the job
 COLLAPSED_SYNC = 1.0  # efficiency at 2 workers: 0.33 -> back to 1
+FORGET_AFTER_SECONDS = 20
 
 
 def job_manifest(interval: int) -> dict[str, Any]:
@@ -73,7 +74,13 @@ def job_manifest(interval: int) -> dict[str, Any]:
                     ],
                 }
             },
-            "autoscaling": {**FAST_AUTOSCALING, "intervalSeconds": interval},
+            # forgetAfterSeconds: after a change the job re-measures the counts it left
+            # (without it, the collapsed measurements keep it down when the curve recovers)
+            "autoscaling": {
+                **FAST_AUTOSCALING,
+                "intervalSeconds": interval,
+                "forgetAfterSeconds": FORGET_AFTER_SECONDS,
+            },
         },
     }
 

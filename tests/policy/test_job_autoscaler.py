@@ -196,3 +196,40 @@ def test_it_remembers_the_counts_it_probed() -> None:
     assert [(r.current_replicas, r.replicas) for r in probes] == [(4, 5)]
     assert autoscaler._probed == {5}  # probes from 5 would chain: the policy makes none
     assert current == 5
+
+
+def _collapse_then_recover(forget: int | None) -> tuple[int, int, list[Recommendation]]:
+    """Linear scaling to 8, then a sync cost that makes 2+ workers useless (the job drops to
+    1), then the cost gone again: where is the job an hour after the recovery?"""
+    extra = {} if forget is None else {"forgetAfterSeconds": forget}
+    autoscaler = JobAutoscaler(
+        make_spec(replicas=2, hi=8, scaleDownStabilizationSeconds=0, **extra)
+    )
+    current, t, _ = run(autoscaler, linear, 2, 0.0, 120)
+    assert current == 8, "grows on a linear curve"
+    collapsed, t, _ = run(autoscaler, lambda n: 1.0 + 3.0 * (n - 1), current, t, 120)
+    assert collapsed < current, "leaves the counts whose efficiency collapsed"
+    final, _, recs = run(autoscaler, linear, collapsed, t, 120)
+    return collapsed, final, recs
+
+
+def test_without_forgetting_old_measurements_keep_the_job_down() -> None:
+    collapsed, final, _ = _collapse_then_recover(None)
+    assert final == collapsed  # what it measured at the larger counts is still believed
+
+
+def test_forget_after_seconds_explores_again_when_scaling_changed() -> None:
+    collapsed, final, recs = _collapse_then_recover(600)
+    assert final > collapsed, [r.reason for r in recs if r.replicas != r.current_replicas]
+
+
+def test_restored_memory_is_forgotten_only_after_forget_after_seconds() -> None:
+    memory = AutoscalerMemory(
+        points=(MeasuredPoint(4, 1, 400.0, 0.95, 20), MeasuredPoint(8, 1, 780.0, 0.93, 20)),
+        relative_noise=0.02,
+    )
+    resumed = JobAutoscaler(make_spec(replicas=4, hi=8, forgetAfterSeconds=600), memory=memory)
+    _, t, _ = run(resumed, linear, 4, 1e6, 3, ceiling=4)  # an operator restart keeps memory
+    assert {p.replicas for p in resumed.memory().points} == {4, 8}
+    run(resumed, linear, 4, t, 21, ceiling=4)  # 630 s more at 4, never at 8
+    assert {p.replicas for p in resumed.memory().points} == {4}

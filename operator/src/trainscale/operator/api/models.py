@@ -192,6 +192,17 @@ class AutoscalingSpec(_Model):
             "from observed restarts."
         ),
     )
+    forget_after_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 86400,
+        description=(
+            "What was measured at another worker count is forgotten when the job has not run "
+            "there for this long, so a job whose scaling changed (a new phase, a new data "
+            "pipeline, a noisy neighbour gone) explores again instead of trusting old "
+            "numbers. Empty: measurements are kept for the job's life."
+        ),
+    )
     prometheus: PrometheusSpec = Field(
         default_factory=PrometheusSpec,
         description="Where and how to read the job's metrics.",

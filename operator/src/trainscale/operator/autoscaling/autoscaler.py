@@ -201,6 +201,7 @@ class JobAutoscaler:
         self._forced: set[int] = set(memory.forced_from) if memory else set()
         self._left: set[int] = set(memory.left_downwards) if memory else set()
         self._probed: set[int] = set()  # counts moved to on a probe (not kept in status)
+        self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
         self._current: int | None = None
         self._workers_per_node: int | None = None
         self._estimates: tuple[int, _Estimates | None] | None = None
@@ -240,6 +241,7 @@ class JobAutoscaler:
         if self._memory is not None:
             interval = float(spec.autoscaling.interval_seconds)
             self._observations = _restore(self._memory, now, interval)
+            self._last_seen.update({p.replicas: now for p in self._memory.points})
             self._memory = None
         if placement is not None and placement.gpus_per_node and spec.gpus_per_replica:
             self._workers_per_node = max(1, placement.gpus_per_node // spec.gpus_per_replica)
@@ -252,6 +254,7 @@ class JobAutoscaler:
         if self._current is not None and current_replicas != self._current:
             self._last_scale_time = now  # someone (a user, the scale subresource) moved it
         self._observations = compact_observations([*self._observations, *new], now)
+        self._forget_stale_counts(new, current_replicas, now)
         self._estimates = None
         rec = recommend(
             spec,
@@ -275,6 +278,27 @@ class JobAutoscaler:
             self._restart_cost = rec.learned_restart_cost_seconds
         self._remember_move(rec, current_replicas, now)
         return rec
+
+    def _forget_stale_counts(self, new: Sequence[Observation], current: int, now: float) -> None:
+        """``forgetAfterSeconds``: drop what was measured at counts the job has not run at
+        for that long (the current count is never forgotten), and that it left them, so the
+        policy explores them again. Restored memory counts as seen at its restore."""
+        for o in new:
+            self._last_seen[o.replicas] = max(
+                self._last_seen.get(o.replicas, o.timestamp), o.timestamp
+            )
+        self._last_seen[current] = now
+        forget = self._spec.autoscaling.forget_after_seconds
+        if forget is None:
+            return
+        stale = {c for c, seen in self._last_seen.items() if c != current and now - seen > forget}
+        if not stale:
+            return
+        self._observations = [o for o in self._observations if o.replicas not in stale]
+        self._left -= stale
+        self._probed -= stale
+        for count in stale:
+            del self._last_seen[count]
 
     def _remember_move(self, rec: Recommendation, current: int, now: float) -> None:
         """Forced versus chosen: a cap by pods or a ceiling is not the job's choice."""
