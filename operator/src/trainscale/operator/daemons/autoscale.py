@@ -38,6 +38,7 @@ from trainscale.operator.daemons.common import (
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
+from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP
 
 
 @dataclasses.dataclass
@@ -210,18 +211,19 @@ async def trainingjob_autoscale_loop(
     stops it (a pass in flight ends first)."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     loop = JobLoop()
-    while not stopped:
-        try:
-            options = options_of(memo)
-            delay = await autoscale_job(
-                namespace,
-                name,
-                loop,
-                options.prometheus_url,
-                arbitration=arbitration_of(memo),
-                access=options.prometheus_access,
-            )
-        except Exception as exc:  # a bad pass must not kill the loop
-            logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
-            delay = RESYNC_SECONDS
-        await sleep_or_wake(stopped, delay)
+    with get_metrics().job_loop(AUTOSCALE_LOOP):
+        while not stopped:
+            try:
+                options = options_of(memo)
+                delay = await autoscale_job(
+                    namespace,
+                    name,
+                    loop,
+                    options.prometheus_url,
+                    arbitration=arbitration_of(memo),
+                    access=options.prometheus_access,
+                )
+            except Exception as exc:  # a bad pass must not kill the loop
+                logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
+                delay = RESYNC_SECONDS
+            await sleep_or_wake(stopped, delay)

@@ -39,6 +39,7 @@ from trainscale.operator.daemons.common import (
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.observability.condition_metric import get_job_condition_metric
+from trainscale.operator.observability.metric_names import RECONCILE_LOOP
 
 
 async def reconcile_job(
@@ -247,16 +248,17 @@ async def trainingjob_reconcile_loop(
     first, so the loop never writes the job after it returned."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     wake = WAKEUPS.get(namespace, name)
-    while not stopped:
-        wake.clear()
-        try:
-            delay = await reconcile_job(
-                namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
-            )
-        except Exception as exc:  # an API hiccup must not kill the loop
-            logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
-            delay = 2.0
-        await sleep_or_wake(stopped, delay, wake)
+    with get_metrics().job_loop(RECONCILE_LOOP):
+        while not stopped:
+            wake.clear()
+            try:
+                delay = await reconcile_job(
+                    namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
+                )
+            except Exception as exc:  # an API hiccup must not kill the loop
+                logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
+                delay = 2.0
+            await sleep_or_wake(stopped, delay, wake)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
