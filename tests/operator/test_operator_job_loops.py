@@ -3,15 +3,19 @@
 ``trainscale_operator_job_loops{loop}`` is what tells an operator that a loop outlived its
 job (tests/e2e/test_e2e_loops.py deletes jobs in a burst and waits for it to drop to 0), so it
 must go down on a return, an exception and a cancellation alike; and a cancellation (a loop
-that kopf had to cancel because it ignored the stop flag) is counted on its own.
+that kopf had to cancel because it ignored the stop flag) is counted on its own. The loops'
+sleep must let that cancellation through wherever it lands.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from kopf._cogs.aiokits.aioenums import FlagSetter
+from kopf._core.intents.stoppers import DaemonStoppingReason
 from prometheus_client import CollectorRegistry
 
+from trainscale.operator.daemons.common import sleep_or_wake
 from trainscale.operator.observability.metric_names import (
     AUTOSCALE_LOOP,
     JOB_LOOPS_CANCELLED_NAME,
@@ -19,6 +23,8 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_LOOP,
 )
 from trainscale.operator.observability.metrics import OperatorMetrics
+
+LANDING_POINTS = 40  # event-loop ticks after which a cancellation is tried (a pass: ~5)
 
 
 def _sample(registry: CollectorRegistry, name: str, loop: str) -> float:
@@ -54,3 +60,23 @@ async def test_the_gauge_counts_live_loops_until_they_return_fail_or_are_cancell
     assert results[0] is None and isinstance(results[1], RuntimeError)
     assert _sample(registry, JOB_LOOPS_NAME, RECONCILE_LOOP) == 0
     assert _sample(registry, JOB_LOOPS_CANCELLED_NAME, RECONCILE_LOOP) == 0
+
+
+async def test_sleep_or_wake_never_swallows_the_cancellation_of_its_loop() -> None:
+    """kopf cancels a loop that did not stop at its flag; the cancellation must end the loop
+    wherever it lands in ``sleep_or_wake`` (its wait, or the clean-up of its waiters), or the
+    loop outlives its job ("did not exit in time. Leaving it orphaned")."""
+    setter: FlagSetter[DaemonStoppingReason] = FlagSetter()
+    setter.set(DaemonStoppingReason.RESOURCE_DELETED)
+
+    async def ignores_the_flag() -> None:
+        while True:  # a loop that ignores kopf's stop flag: only a cancellation ends it
+            await sleep_or_wake(setter.async_waiter, 10.0)
+
+    for ticks in range(LANDING_POINTS):  # lands the cancellation on each await in turn
+        task = asyncio.create_task(ignores_the_flag())
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done and task.cancelled(), f"cancellation after {ticks} ticks swallowed"

@@ -9,7 +9,6 @@ Both needs are per job and per process, so they live in one place below both loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -89,7 +88,9 @@ async def sleep_or_wake(
     """Sleep ``delay`` seconds, or less when ``wake`` is set or kopf stops the loop.
 
     Uses :func:`asyncio.wait`, which never swallows a cancellation (``asyncio.wait_for`` on
-    Python 3.11 can, when it arrives in the same tick as the wake-up: CPython gh-86296).
+    Python 3.11 can, when it arrives in the same tick as the wake-up: CPython gh-86296). Nor
+    does the clean-up: the cancelled waiters' own CancelledErrors are gathered as results, so
+    a CancelledError raised here is always the caller's (kopf cancelling the loop).
     """
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
     if wake is not None:
@@ -99,5 +100,4 @@ async def sleep_or_wake(
     finally:
         for waiter in waiters:
             waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await asyncio.gather(*waiters, return_exceptions=True)
