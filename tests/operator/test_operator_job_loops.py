@@ -4,17 +4,21 @@
 job (tests/e2e/test_e2e_loops.py deletes jobs in a burst and waits for it to drop to 0), so it
 must go down on a return, an exception and a cancellation alike; and a cancellation (a loop
 that kopf had to cancel because it ignored the stop flag) is counted on its own. The loops'
-sleep must let that cancellation through wherever it lands.
+sleep must let that cancellation through wherever it lands. And the autoscale loop of a job
+that does not autoscale idles on what kopf's copy of the job says (no API request).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from kopf._cogs.aiokits.aioenums import FlagSetter
 from kopf._core.intents.stoppers import DaemonStoppingReason
 from prometheus_client import CollectorRegistry
 
+from trainscale.operator.daemons.autoscale import Idle, idle_state
 from trainscale.operator.daemons.common import sleep_or_wake
 from trainscale.operator.observability.metric_names import (
     AUTOSCALE_LOOP,
@@ -80,3 +84,24 @@ async def test_sleep_or_wake_never_swallows_the_cancellation_of_its_loop() -> No
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=5)
         assert task in done and task.cancelled(), f"cancellation after {ticks} ticks swallowed"
+
+
+@pytest.mark.parametrize(
+    ("spec_change", "phase", "expected"),
+    [
+        ({}, "Running", Idle.OFF),  # autoscaling is off by default
+        ({"autoscaling": {"enabled": True}}, "Running", None),
+        ({"autoscaling": {"enabled": True}}, "Pending", None),
+        ({"autoscaling": {"enabled": True}, "suspend": True}, "Suspended", Idle.PAUSED),
+        ({"autoscaling": {"enabled": True}}, "Succeeded", Idle.OFF),
+        ({"autoscaling": {"enabled": True}}, "Failed", Idle.OFF),
+        ({"autoscaling": {"enabled": True}, "replicas": "many"}, "Running", Idle.PAUSED),
+    ],
+)
+def test_the_autoscale_loop_idles_on_what_the_job_says(
+    spec_dict: dict[str, Any], spec_change: dict[str, Any], phase: str, expected: Idle | None
+) -> None:
+    """The loop decides from kopf's live copy of the job, without an API request, whether it
+    has anything to do: only an enabled, unsuspended, unfinished job with a valid spec."""
+    body = {"spec": {**spec_dict, **spec_change}, "status": {"phase": phase}}
+    assert idle_state(body) is expected

@@ -39,7 +39,7 @@ from trainscale.operator.daemons.common import (
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.observability.condition_metric import get_job_condition_metric
-from trainscale.operator.observability.metric_names import RECONCILE_LOOP
+from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 
 
 async def reconcile_job(
@@ -262,10 +262,11 @@ async def trainingjob_reconcile_loop(
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def trainingjob_event(
+async def trainingjob_event(
     type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a job wakes its loop; a deleted job is forgotten."""
+    """Any change of a job wakes its loops; a deleted job is forgotten. (Async: it only
+    touches the loops' memory, which must happen on the event loop, not in kopf's threads.)"""
     if namespace is None:
         return
     if type == "DELETED":
@@ -277,10 +278,11 @@ def trainingjob_event(
             arbitration.forget(job_key(namespace, name))
         return
     WAKEUPS.wake(namespace, name)
+    WAKEUPS.wake(namespace, name, AUTOSCALE_LOOP)
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
-def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+async def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     """A change of one of our pods wakes its job's loop."""
     job_name = k8s.job_name_of_pod(labels)
     if job_name and namespace:
