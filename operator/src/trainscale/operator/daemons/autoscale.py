@@ -5,13 +5,15 @@ count and writes it.
 Why this module exists: the autoscaler is pure; something must feed it observations at the
 job's ``intervalSeconds`` and write ``spec.replicas`` and ``status.autoscaling`` (with the
 autoscaler's memory, so a restarted operator resumes from it) under the job's status lock.
-That is all this module does.
+That is all this module does. A job that does not autoscale (the default) costs nothing: the
+loop reads kopf's live copy of the job and sleeps until the job changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +40,7 @@ from trainscale.operator.daemons.common import (
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
+from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP
 
 
 @dataclasses.dataclass
@@ -191,6 +194,37 @@ async def autoscale_job(
     return float(spec.autoscaling.interval_seconds)
 
 
+# How often an idle loop (autoscaling off, suspended or finished) looks at the job again
+# without being woken by a change of it: it reads kopf's copy of the job, not the API, so
+# this only bounds a missed wake-up.
+IDLE_RESYNC_SECONDS = 300.0
+
+
+class Idle(enum.Enum):
+    """Why the autoscale loop has nothing to do for a job, read from the job itself."""
+
+    PAUSED = "paused"  # suspended, or an invalid spec: the autoscaler keeps its state
+    OFF = "off"  # autoscaling disabled, or the job finished: the autoscaler is dropped
+
+
+def idle_state(body: Mapping[str, Any]) -> Idle | None:
+    """Whether the job autoscales now (None) or why not, from the job as kopf last saw it.
+
+    The loop decides this from kopf's live copy of the job (kept up to date by the watch),
+    so a job that does not autoscale costs no API request; the pass re-reads the job anyway.
+    """
+    try:
+        spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError:
+        return Idle.PAUSED  # the reconcile loop reports it
+    if spec.suspend:
+        return Idle.PAUSED
+    phase = (body.get("status") or {}).get("phase")
+    if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
+        return Idle.OFF
+    return None
+
+
 @kopf.daemon(
     api.GROUP,
     api.VERSION,
@@ -201,27 +235,38 @@ async def autoscale_job(
 async def trainingjob_autoscale_loop(
     name: str,
     namespace: str | None,
+    body: kopf.Body,
     logger: kopf.Logger,
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
     **_: Any,
 ) -> None:
     """The job's autoscaler: every intervalSeconds while autoscaling.enabled, until kopf
-    stops it (a pass in flight ends first)."""
+    stops it (a pass in flight ends first). While the job does not autoscale (``body``, kopf's
+    live copy of the job, says so) it sleeps until the job changes, without API requests."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     loop = JobLoop()
-    while not stopped:
-        try:
-            options = options_of(memo)
-            delay = await autoscale_job(
-                namespace,
-                name,
-                loop,
-                options.prometheus_url,
-                arbitration=arbitration_of(memo),
-                access=options.prometheus_access,
-            )
-        except Exception as exc:  # a bad pass must not kill the loop
-            logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
-            delay = RESYNC_SECONDS
-        await sleep_or_wake(stopped, delay)
+    changed = WAKEUPS.get(namespace, name, AUTOSCALE_LOOP)
+    with get_metrics().job_loop(AUTOSCALE_LOOP):
+        while not stopped:
+            changed.clear()
+            idle = idle_state(body)
+            if idle is not None:
+                if idle is Idle.OFF:
+                    loop.autoscaler = None  # resumed from status when enabled again
+                await sleep_or_wake(stopped, IDLE_RESYNC_SECONDS, changed)
+                continue
+            try:
+                options = options_of(memo)
+                delay = await autoscale_job(
+                    namespace,
+                    name,
+                    loop,
+                    options.prometheus_url,
+                    arbitration=arbitration_of(memo),
+                    access=options.prometheus_access,
+                )
+            except Exception as exc:  # a bad pass must not kill the loop
+                logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
+                delay = RESYNC_SECONDS
+            await sleep_or_wake(stopped, delay)

@@ -9,7 +9,6 @@ Both needs are per job and per process, so they live in one place below both loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -18,13 +17,12 @@ from typing import Any, cast
 import kopf
 
 from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 from trainscale.operator.observability.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 10.0
-
-log = logging.getLogger(__name__)
 
 _metrics: OperatorMetrics | None = None
 
@@ -38,28 +36,30 @@ def get_metrics() -> OperatorMetrics:
 
 
 class Wakeups:
-    """Per job: an asyncio.Event that wakes its reconcile loop, and the lock that serialises
-    every read-status-then-patch-status section of the job's two loops."""
+    """Per job and loop: an asyncio.Event that wakes the loop (the reconcile loop on any change
+    of the job or its pods, the autoscale loop on a change of the job); per job: the lock that
+    serialises every read-status-then-patch-status section of the job's two loops."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._events: dict[tuple[str, str, str], asyncio.Event] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         """The job's status lock (created on first use)."""
         return self._locks.setdefault((namespace, name), asyncio.Lock())
 
-    def get(self, namespace: str, name: str) -> asyncio.Event:
-        """The wake-up event of a job (created on first use)."""
-        return self._events.setdefault((namespace, name), asyncio.Event())
+    def get(self, namespace: str, name: str, loop: str = RECONCILE_LOOP) -> asyncio.Event:
+        """The wake-up event of one of a job's loops (created on first use)."""
+        return self._events.setdefault((namespace, name, loop), asyncio.Event())
 
-    def wake(self, namespace: str, name: str) -> None:
-        """Ask the job's loop to run a pass now."""
-        self.get(namespace, name).set()
+    def wake(self, namespace: str, name: str, loop: str = RECONCILE_LOOP) -> None:
+        """Ask one of the job's loops (the reconcile loop by default) to run a pass now."""
+        self.get(namespace, name, loop).set()
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop a deleted job's event."""
-        self._events.pop((namespace, name), None)
+        """Drop a deleted job's events and lock."""
+        for loop in (RECONCILE_LOOP, AUTOSCALE_LOOP):
+            self._events.pop((namespace, name, loop), None)
         self._locks.pop((namespace, name), None)
 
 
@@ -89,7 +89,9 @@ async def sleep_or_wake(
     """Sleep ``delay`` seconds, or less when ``wake`` is set or kopf stops the loop.
 
     Uses :func:`asyncio.wait`, which never swallows a cancellation (``asyncio.wait_for`` on
-    Python 3.11 can, when it arrives in the same tick as the wake-up: CPython gh-86296).
+    Python 3.11 can, when it arrives in the same tick as the wake-up: CPython gh-86296). Nor
+    does the clean-up: the cancelled waiters' own CancelledErrors are gathered as results, so
+    a CancelledError raised here is always the caller's (kopf cancelling the loop).
     """
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
     if wake is not None:
@@ -99,5 +101,4 @@ async def sleep_or_wake(
     finally:
         for waiter in waiters:
             waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await asyncio.gather(*waiters, return_exceptions=True)

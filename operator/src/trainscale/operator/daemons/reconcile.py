@@ -39,6 +39,7 @@ from trainscale.operator.daemons.common import (
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.observability.condition_metric import get_job_condition_metric
+from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 
 
 async def reconcile_job(
@@ -247,23 +248,25 @@ async def trainingjob_reconcile_loop(
     first, so the loop never writes the job after it returned."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     wake = WAKEUPS.get(namespace, name)
-    while not stopped:
-        wake.clear()
-        try:
-            delay = await reconcile_job(
-                namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
-            )
-        except Exception as exc:  # an API hiccup must not kill the loop
-            logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
-            delay = 2.0
-        await sleep_or_wake(stopped, delay, wake)
+    with get_metrics().job_loop(RECONCILE_LOOP):
+        while not stopped:
+            wake.clear()
+            try:
+                delay = await reconcile_job(
+                    namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
+                )
+            except Exception as exc:  # an API hiccup must not kill the loop
+                logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
+                delay = 2.0
+            await sleep_or_wake(stopped, delay, wake)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def trainingjob_event(
+async def trainingjob_event(
     type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a job wakes its loop; a deleted job is forgotten."""
+    """Any change of a job wakes its loops; a deleted job is forgotten. (Async: it only
+    touches the loops' memory, which must happen on the event loop, not in kopf's threads.)"""
     if namespace is None:
         return
     if type == "DELETED":
@@ -275,10 +278,11 @@ def trainingjob_event(
             arbitration.forget(job_key(namespace, name))
         return
     WAKEUPS.wake(namespace, name)
+    WAKEUPS.wake(namespace, name, AUTOSCALE_LOOP)
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
-def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+async def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     """A change of one of our pods wakes its job's loop."""
     job_name = k8s.job_name_of_pod(labels)
     if job_name and namespace:

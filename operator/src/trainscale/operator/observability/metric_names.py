@@ -18,6 +18,13 @@ JOB_COST_PER_HOUR_NAME = PREFIX + "job_cost_per_hour"
 SCALING_DECISIONS_NAME = PREFIX + "scaling_decisions_total"
 PROMETHEUS_QUERY_ERRORS_NAME = PREFIX + "prometheus_query_errors_total"
 PROMETHEUS_QUERY_DURATION_NAME = PREFIX + "prometheus_query_duration_seconds"
+JOB_LOOPS_NAME = PREFIX + "job_loops"
+JOB_LOOPS_CANCELLED_NAME = PREFIX + "job_loops_cancelled_total"
+
+# The "loop" label of the job-loop series: each TrainingJob has one loop of each kind.
+LOOP_LABEL = "loop"
+RECONCILE_LOOP = "reconcile"
+AUTOSCALE_LOOP = "autoscale"
 
 # Labels of the per-job series. Not "job": Prometheus owns that label (the scrape job), and a
 # target's own "job" label would be renamed to exported_job unless honor_labels is on.

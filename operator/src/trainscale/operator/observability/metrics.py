@@ -8,7 +8,9 @@ the handlers only call the small helpers below. The names themselves live in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Iterator
 
 from prometheus_client import (
     REGISTRY,
@@ -24,6 +26,9 @@ from trainscale.operator.observability.metric_names import (
     DESIRED_REPLICAS_NAME,
     JOB_COST_PER_HOUR_NAME,
     JOB_LABEL,
+    JOB_LOOPS_CANCELLED_NAME,
+    JOB_LOOPS_NAME,
+    LOOP_LABEL,
     MANAGED_JOBS_NAME,
     MANAGED_PODS_NAME,
     NAMESPACE_LABEL,
@@ -96,7 +101,31 @@ class OperatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        self.job_loops = Gauge(
+            JOB_LOOPS_NAME,
+            "Live per-job loops (kopf daemons), by loop (reconcile, autoscale): one of each "
+            "per TrainingJob; more is a loop that outlived its job.",
+            [LOOP_LABEL],
+            registry=registry,
+        )
+        self.job_loops_cancelled = Counter(
+            JOB_LOOPS_CANCELLED_NAME.removesuffix("_total"),
+            "Per-job loops that did not stop at kopf's stop flag and were cancelled.",
+            [LOOP_LABEL],
+            registry=registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
+
+    @contextlib.contextmanager
+    def job_loop(self, loop: str) -> Iterator[None]:
+        """Count one live ``loop`` while the block runs (however it ends), and a cancellation
+        that ends it."""
+        with self.job_loops.labels(loop).track_inprogress():
+            try:
+                yield
+            except asyncio.CancelledError:
+                self.job_loops_cancelled.labels(loop).inc()
+                raise
 
     def observe_job(self, namespace: str, job: str, phase: str, pods: int, desired: int) -> None:
         """Record a job's phase, live pods and desired replicas after a reconcile."""

@@ -1,0 +1,107 @@
+"""The live-loop gauge counts a job loop from its start until it ends, however it ends.
+
+``trainscale_operator_job_loops{loop}`` is what tells an operator that a loop outlived its
+job (tests/e2e/test_e2e_loops.py deletes jobs in a burst and waits for it to drop to 0), so it
+must go down on a return, an exception and a cancellation alike; and a cancellation (a loop
+that kopf had to cancel because it ignored the stop flag) is counted on its own. The loops'
+sleep must let that cancellation through wherever it lands. And the autoscale loop of a job
+that does not autoscale idles on what kopf's copy of the job says (no API request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kopf._cogs.aiokits.aioenums import FlagSetter
+from kopf._core.intents.stoppers import DaemonStoppingReason
+from prometheus_client import CollectorRegistry
+
+from trainscale.operator.daemons.autoscale import Idle, idle_state
+from trainscale.operator.daemons.common import sleep_or_wake
+from trainscale.operator.observability.metric_names import (
+    AUTOSCALE_LOOP,
+    JOB_LOOPS_CANCELLED_NAME,
+    JOB_LOOPS_NAME,
+    RECONCILE_LOOP,
+)
+from trainscale.operator.observability.metrics import OperatorMetrics
+
+LANDING_POINTS = 40  # event-loop ticks after which a cancellation is tried (a pass: ~5)
+
+
+def _sample(registry: CollectorRegistry, name: str, loop: str) -> float:
+    value = registry.get_sample_value(name, {"loop": loop})
+    return 0.0 if value is None else value
+
+
+async def test_the_gauge_counts_live_loops_until_they_return_fail_or_are_cancelled() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    release = asyncio.Event()
+
+    async def loop(kind: str, fail: bool = False) -> None:
+        with metrics.job_loop(kind):
+            await release.wait()
+            if fail:
+                raise RuntimeError("a pass failed")
+
+    returning = asyncio.create_task(loop(RECONCILE_LOOP))
+    failing = asyncio.create_task(loop(RECONCILE_LOOP, fail=True))
+    cancelled = asyncio.create_task(loop(AUTOSCALE_LOOP))
+    await asyncio.sleep(0)
+    assert _sample(registry, JOB_LOOPS_NAME, RECONCILE_LOOP) == 2
+    assert _sample(registry, JOB_LOOPS_NAME, AUTOSCALE_LOOP) == 1
+
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert _sample(registry, JOB_LOOPS_NAME, AUTOSCALE_LOOP) == 0
+    assert _sample(registry, JOB_LOOPS_CANCELLED_NAME, AUTOSCALE_LOOP) == 1
+
+    release.set()
+    results = await asyncio.gather(returning, failing, return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], RuntimeError)
+    assert _sample(registry, JOB_LOOPS_NAME, RECONCILE_LOOP) == 0
+    assert _sample(registry, JOB_LOOPS_CANCELLED_NAME, RECONCILE_LOOP) == 0
+
+
+async def test_sleep_or_wake_never_swallows_the_cancellation_of_its_loop() -> None:
+    """kopf cancels a loop that did not stop at its flag; the cancellation must end the loop
+    wherever it lands in ``sleep_or_wake`` (its wait, or the clean-up of its waiters), or the
+    loop outlives its job ("did not exit in time. Leaving it orphaned")."""
+    setter: FlagSetter[DaemonStoppingReason] = FlagSetter()
+    setter.set(DaemonStoppingReason.RESOURCE_DELETED)
+
+    async def ignores_the_flag() -> None:
+        while True:  # a loop that ignores kopf's stop flag: only a cancellation ends it
+            await sleep_or_wake(setter.async_waiter, 10.0)
+
+    for ticks in range(LANDING_POINTS):  # lands the cancellation on each await in turn
+        task = asyncio.create_task(ignores_the_flag())
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done and task.cancelled(), f"cancellation after {ticks} ticks swallowed"
+
+
+@pytest.mark.parametrize(
+    ("spec_change", "phase", "expected"),
+    [
+        ({}, "Running", Idle.OFF),  # autoscaling is off by default
+        ({"autoscaling": {"enabled": True}}, "Running", None),
+        ({"autoscaling": {"enabled": True}}, "Pending", None),
+        ({"autoscaling": {"enabled": True}, "suspend": True}, "Suspended", Idle.PAUSED),
+        ({"autoscaling": {"enabled": True}}, "Succeeded", Idle.OFF),
+        ({"autoscaling": {"enabled": True}}, "Failed", Idle.OFF),
+        ({"autoscaling": {"enabled": True}, "replicas": "many"}, "Running", Idle.PAUSED),
+    ],
+)
+def test_the_autoscale_loop_idles_on_what_the_job_says(
+    spec_dict: dict[str, Any], spec_change: dict[str, Any], phase: str, expected: Idle | None
+) -> None:
+    """The loop decides from kopf's live copy of the job, without an API request, whether it
+    has anything to do: only an enabled, unsuspended, unfinished job with a valid spec."""
+    body = {"spec": {**spec_dict, **spec_change}, "status": {"phase": phase}}
+    assert idle_state(body) is expected
