@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,11 @@ def test_digits_job_trains_on_process_pods(bed: Testbed, operator_ns: str) -> No
 #   at 3 is below the floor): the last two are decided on measurements, and the last one is
 #   a scale-down whose pod is deleted (SIGTERM), checkpoints within its grace period, and
 #   whose survivors resume at that very step;
+# - a worker SIGKILLed at the final size (its pod's processes, as in a crash) is replaced by
+#   the operator and the job trains at that size again, from its last checkpoint;
 # - the job ends Succeeded, and the sample audit shows every sample of every epoch trained
-#   exactly once across all resizes, and no step trained twice (zero progress lost).
+#   exactly once in the final history, no step trained twice before the crash (the resizes
+#   lose no progress), and at most one checkpoint interval retrained after it.
 #
 # The job's throughput curve. Each micro-batch costs a fixed 50 ms (the synthetic task's
 # per-micro-batch delay, a sleep standing in for an accelerator's forward/backward: a CPU-
@@ -157,6 +161,7 @@ MICRO_BATCH_DELAY_MS = 50
 DATASET_SAMPLES = 1024  # 16 steps an epoch
 EPOCHS = 120  # far more than the resizes need: the test then lifts the delay to finish
 SHARED_MOUNT = "/shared"
+CHECKPOINT_EVERY_STEPS = 100
 
 
 @pytest.fixture
@@ -202,7 +207,7 @@ def autoscaled_job() -> dict[str, Any]:
                     "command": ["trainscale-train", "--task",
                                 "trainscale.trainer.examples.synthetic:task",
                                 "--epochs", str(EPOCHS), "--micro-batch-size", "16",
-                                "--checkpoint-every-steps", "200"],
+                                "--checkpoint-every-steps", str(CHECKPOINT_EVERY_STEPS)],
                     "env": [
                         {"name": "TRAINSCALE_SYNTHETIC_SAMPLES", "value": str(DATASET_SAMPLES)},
                         {"name": "TRAINSCALE_SYNTHETIC_DELAY_FILE",
@@ -245,6 +250,43 @@ def describe_autoscaled(
     )
 
 
+def crash_a_worker(
+    bed: Testbed, ns: str, audit_dir: Path, size: int, describe: Callable[[], str]
+) -> float:
+    """SIGKILL a worker pod's processes (no SIGTERM, no checkpoint), wait until the operator
+    replaced the pod and the job trains at ``size`` again; return when it was killed."""
+    victim = f"/api/v1/namespaces/{ns}/pods/{AUTOSCALED_JOB}-worker-{size - 1}"
+    victim_uid = bed.fetch_json(victim)["metadata"]["uid"]
+    worlds_before = {e["world_id"] for e in read_audit(audit_dir)}
+    killed_at = time.time()
+    procnode.kill_pod_processes(victim_uid)
+
+    def retrained() -> bool:
+        return any(e["world_size"] == size and e["world_id"] not in worlds_before
+                   for e in read_audit(audit_dir))  # fmt: skip
+
+    wait_for(retrained, timeout=120, interval=1, what="training again after the crash",
+             describe=describe)  # fmt: skip
+    assert bed.fetch_json(victim)["metadata"]["uid"] != victim_uid  # a new pod
+    return killed_at
+
+
+def assert_audit(entries: list[dict[str, Any]], killed_at: float) -> None:
+    """Every sample of every epoch trained exactly once in the final history; no step trained
+    twice before the crash (resizes lose nothing), at most one checkpoint interval after it."""
+    assert_exact_data_order(entries, DATASET_SAMPLES, EPOCHS)
+    assert {e["world_size"] for e in entries} == {1, 2, 3}
+
+    def retrained(records: list[dict[str, Any]]) -> list[int]:
+        worlds: dict[int, set[str]] = {}
+        for entry in records:
+            worlds.setdefault(entry["step"], set()).add(entry["world_id"])
+        return sorted(step for step, w in worlds.items() if len(w) > 1)
+
+    assert retrained([e for e in entries if e["time"] < killed_at]) == []
+    assert len(retrained(entries)) <= CHECKPOINT_EVERY_STEPS, retrained(entries)
+
+
 @pytest.mark.prometheus
 @pytest.mark.timeout(420)
 def test_autoscaler_resizes_real_training(
@@ -281,6 +323,7 @@ def test_autoscaler_resizes_real_training(
 
     wait_for(resumed, timeout=120, interval=1, what=f"training at world {final_size}",
              describe=describe)  # fmt: skip
+    killed_at = crash_a_worker(bed, ns, audit_dir, final_size, describe)
     delay.write_text("0")
     wait_for(lambda: phase_of(bed.fetch_json(path)) in ("Succeeded", "Failed"), timeout=180,
              interval=1, what="job Succeeded", describe=describe)  # fmt: skip
@@ -314,11 +357,4 @@ def test_autoscaler_resizes_real_training(
     # cut short by its exit: the audit below proves the step-exact resume in every case)
     assert set(stops) <= set(resumes) and len(set(resumes)) >= len(moves), lines
 
-    # No sample lost or repeated across every resize, and no step trained twice.
-    entries = read_audit(audit_dir)
-    assert_exact_data_order(entries, DATASET_SAMPLES, EPOCHS)
-    worlds_per_step: dict[int, set[str]] = {}
-    for entry in entries:
-        worlds_per_step.setdefault(entry["step"], set()).add(entry["world_id"])
-    assert all(len(w) == 1 for w in worlds_per_step.values()), "a step was trained twice"
-    assert {e["world_size"] for e in entries} == {1, 2, 3}
+    assert_audit(read_audit(audit_dir), killed_at)
