@@ -21,6 +21,7 @@ from trainscale.operator.autoscaling.status import (
     classify_reason,
     decide_autoscale,
 )
+from trainscale.operator.daemons.autoscale import AWAIT_WORLD_SECONDS as AWAIT
 from trainscale.operator.daemons.autoscale import JobLoop
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -205,6 +206,12 @@ def test_daemon_restores_the_autoscaler_from_status_memory(spec: TrainingJobSpec
         pytest.param([(2, None, 0), (1, None, 5), (1, None, 7)], 2, id="no-world-gauge"),
         pytest.param([(2, 2.0, 0), (3, 3.0, 4), (3, 3.0, 6)], 2, id="both-in-one-pass"),
         pytest.param([(2, 2.0, 0), (1, 2.0, 7), (1, 1.0, 20), (2, 1.0, 25)], 0, id="pod-lost"),
+        # a replaced pod rejoins a world of the same size: no change to wait for forever
+        pytest.param(
+            [(2, 2.0, 0), (1, 2.0, 7), (2, 2.0, 9), (2, 2.0, 9 + AWAIT + 4)],
+            4,
+            id="same-size-world",
+        ),
     ],
 )
 def test_settling_waits_for_the_new_world(

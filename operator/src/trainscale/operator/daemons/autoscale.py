@@ -39,6 +39,11 @@ from trainscale.operator.daemons.common import (
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
 
+AWAIT_WORLD_SECONDS = 120.0
+"""Longest wait for the workers' world to change after the worker count did: a pod replaced
+after a crash can rejoin a world of the same size (no change to see), and then what is
+measured is that size anyway."""
+
 
 @dataclasses.dataclass
 class JobLoop:
@@ -59,8 +64,8 @@ class JobLoop:
         (then restarts) through the new worker's process start and rendezvous, so counting
         pods alone would measure the old size's throughput as the new one's. When the
         workers report their world size, a change of the running count therefore starts the
-        settling clock only once that world changes too; without the gauge, at once. A
-        world size no longer reported keeps the last one."""
+        settling clock only once that world changes too (or ``AWAIT_WORLD_SECONDS`` later);
+        without the gauge, at once. A world size no longer reported keeps the last one."""
         if running != self.running:
             self.running, self.running_since = running, now
             self.awaiting_world = self.world is not None
@@ -69,7 +74,9 @@ class JobLoop:
 
     def settled_seconds(self, now: float) -> float:
         """How long the workers have trained at the current size (0 while awaiting it)."""
-        return 0.0 if self.awaiting_world else now - self.running_since
+        if self.awaiting_world:
+            return max(0.0, now - self.running_since - AWAIT_WORLD_SECONDS)
+        return now - self.running_since
 
 
 def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
