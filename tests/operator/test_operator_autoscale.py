@@ -21,6 +21,8 @@ from trainscale.operator.autoscaling.status import (
     classify_reason,
     decide_autoscale,
 )
+from trainscale.operator.daemons.autoscale import AWAIT_WORLD_SECONDS as AWAIT
+from trainscale.operator.daemons.autoscale import JobLoop
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 
@@ -191,3 +193,33 @@ def test_daemon_restores_the_autoscaler_from_status_memory(spec: TrainingJobSpec
     assert rec.restart_cost_seconds == 42.0
     assert autoscaler.memory().left_downwards == (8,)
     assert restore_autoscaler(spec, {}).predict_throughput(2) is None
+
+
+@pytest.mark.parametrize(
+    ("passes", "settled"),
+    [
+        pytest.param([(2, 2.0, 0), (2, 2.0, 5)], 5, id="steady"),
+        pytest.param([(1, 1.0, 0), (2, 1.0, 5), (2, 1.0, 8)], 0, id="pod-runs-old-world"),
+        pytest.param([(1, 1.0, 0), (2, 1.0, 5), (2, 2.0, 9), (2, 2.0, 12)], 3, id="new-world"),
+        pytest.param([(3, 3.0, 0), (2, 3.0, 5), (2, 2.0, 12), (2, 2.0, 13)], 1, id="scale-down"),
+        pytest.param([(2, 2.0, 0), (2, None, 5), (2, 2.0, 6)], 6, id="world-unreported"),
+        pytest.param([(2, None, 0), (1, None, 5), (1, None, 7)], 2, id="no-world-gauge"),
+        pytest.param([(2, 2.0, 0), (3, 3.0, 4), (3, 3.0, 6)], 2, id="both-in-one-pass"),
+        pytest.param([(2, 2.0, 0), (1, 2.0, 7), (1, 1.0, 20), (2, 1.0, 25)], 0, id="pod-lost"),
+        # a replaced pod rejoins a world of the same size: no change to wait for forever
+        pytest.param(
+            [(2, 2.0, 0), (1, 2.0, 7), (2, 2.0, 9), (2, 2.0, 9 + AWAIT + 4)],
+            4,
+            id="same-size-world",
+        ),
+    ],
+)
+def test_settling_waits_for_the_new_world(
+    passes: list[tuple[int, float | None, float]], settled: float
+) -> None:
+    """(running pods, reported world size, time) per pass -> seconds settled at the last:
+    a new pod count counts once the workers train in a new world, not when the pods run."""
+    loop = JobLoop()
+    for running, world, now in passes:
+        loop.observe_workers(running, world, now)
+    assert loop.settled_seconds(passes[-1][2]) == settled

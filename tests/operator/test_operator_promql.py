@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainscale.operator.adapters import promql
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL, WORLD_SIZE
 
 PROPERTY = settings(derandomize=True, database=None, max_examples=200, deadline=None)
 
@@ -99,6 +99,13 @@ def test_throughput_query_text() -> None:
         "[1m]))"
     )
     assert promql.build_throughput_query("ns", "j", window="30s").count("[30s]") == 2
+
+
+def test_world_size_query_text() -> None:
+    assert promql.build_world_size_query("team-a", "a.b") == (
+        f'max({WORLD_SIZE}{{namespace="team-a",pod=~"a\\\\.b-worker-[0-9]+"}} or '
+        f'{WORLD_SIZE}{{exported_namespace="team-a",exported_pod=~"a\\\\.b-worker-[0-9]+"}})'
+    )
 
 
 def test_gpu_query_text() -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.testbed import Kubectl, cleanup_namespace, make_namespace, wait_for
 from trainscale.operator.adapters.promql import build_worker_pod_regex
@@ -38,6 +37,7 @@ from trainscale.testbed.prometheus import (
     build_podmonitor_scrape_configs,
     fetch_prometheus_with_kubernetes_sd,
     fetch_targets,
+    render_chart_podmonitor,
     start_prometheus,
 )
 
@@ -86,16 +86,6 @@ def _pods(namespace: str) -> list[dict[str, Any]]:
     return pods
 
 
-def _render_podmonitor(testbed: Testbed, namespaces: list[str]) -> dict[str, Any]:
-    rendered = testbed.helm(
-        "template", "trainscale", str(CHART_DIR), "--namespace", "trainscale-system",
-        "--set", "metrics.workerPodMonitor.enabled=true",
-        "--set-json", f"operator.watchNamespaces={json.dumps(namespaces)}",
-    ).stdout  # fmt: skip
-    (monitor,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PodMonitor"]
-    return dict(monitor)
-
-
 @pytest.fixture
 def other_namespace(kubectl: Kubectl) -> Iterator[str]:
     name = make_namespace(kubectl, "unwatched-")
@@ -123,7 +113,7 @@ def test_discovers_exactly_the_jobs_worker_pods(
         timeout=60,
         what="pod IPs",
     )
-    monitor = _render_podmonitor(testbed, [namespace])
+    monitor = render_chart_podmonitor(testbed.helm, CHART_DIR, [namespace])
     configs = build_podmonitor_scrape_configs(monitor, testbed.kubeconfig)
     binary = fetch_prometheus_with_kubernetes_sd(build=False)  # built by conftest.py
     server = start_prometheus(tmp_path / "prometheus", scrape_configs=configs, binary=binary)

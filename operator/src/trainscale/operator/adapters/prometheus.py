@@ -34,6 +34,7 @@ from trainscale.operator.adapters.promql import (
     DEFAULT_RATE_WINDOW,
     build_gpu_utilization_query,
     build_throughput_query,
+    build_world_size_query,
     render_query_override,
 )
 from trainscale.operator.api import PrometheusSpec
@@ -226,8 +227,7 @@ def fetch_observation(
         ValueError: on an empty namespace/job (a programming error, not a Prometheus one).
     """
     spec = spec or PrometheusSpec()
-    url = spec.url or base_url
-    access = (access or PrometheusAccess()).for_url(url, base_url)
+    url, access = _server(base_url, spec, access)
     if spec.gpu_utilization_query:
         gpu_query = render_query_override(spec.gpu_utilization_query, namespace, job)
     else:
@@ -255,3 +255,27 @@ def fetch_observation(
         samples_per_second=rate.value,
     )
     return FetchedObservation(observation, gpu, rate)
+
+
+def _server(
+    base_url: str, spec: PrometheusSpec, access: PrometheusAccess | None
+) -> tuple[str, PrometheusAccess]:
+    """The job's Prometheus (``spec.url`` wins) and the access settings that URL gets."""
+    url = spec.url or base_url
+    return url, (access or PrometheusAccess()).for_url(url, base_url)
+
+
+def fetch_world_size(
+    base_url: str,
+    namespace: str,
+    job: str,
+    *,
+    spec: PrometheusSpec | None = None,
+    access: PrometheusAccess | None = None,
+) -> QueryResult:
+    """The world size the job's workers report (:func:`build_world_size_query`); never raises
+    for Prometheus trouble. ``value`` is None when the trainer exports no such gauge."""
+    spec = spec or PrometheusSpec()
+    url, access = _server(base_url, spec, access)
+    query = build_world_size_query(namespace, job)
+    return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)

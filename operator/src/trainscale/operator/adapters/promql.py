@@ -20,7 +20,7 @@ without ``honorLabels`` (Prometheus renames the clashing labels). Both are match
 from __future__ import annotations
 
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL, WORLD_SIZE
 from trainscale.trainer.contract.naming import worker_pod_pattern
 
 DEFAULT_RATE_WINDOW = "1m"
@@ -114,6 +114,19 @@ def build_throughput_query(namespace: str, job: str, *, window: str = DEFAULT_RA
     _check_window(window)
     parts = [f"rate({s}[{window}])" for s in _selectors(SAMPLES_TOTAL, namespace, job)]
     return "sum(" + " or ".join(parts) + ")"
+
+
+def build_world_size_query(namespace: str, job: str) -> str:
+    """The largest world size the job's worker pods report (the trainer's gauge).
+
+    A pod reports its old world until its ranks train in the new one, and a new pod nothing
+    until then, so the value changes when a resized job starts training at its new size:
+    only from then on can a rate() window measure that size.
+
+    Raises:
+        ValueError: on an empty namespace or job.
+    """
+    return "max(" + " or ".join(_selectors(WORLD_SIZE, namespace, job)) + ")"
 
 
 def _check_window(window: str) -> None:

@@ -42,6 +42,11 @@ from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP
 
+AWAIT_WORLD_SECONDS = 120.0
+"""Longest wait for the workers' world to change after the worker count did: a pod replaced
+after a crash can rejoin a world of the same size (no change to see), and then what is
+measured is that size anyway."""
+
 
 @dataclasses.dataclass
 class JobLoop:
@@ -50,8 +55,31 @@ class JobLoop:
 
     autoscaler: JobAutoscaler | None = None
     running: int = 0  # workers running at the last pass ...
-    running_since: float = 0.0  # ... and since when that count has held
+    running_since: float = 0.0  # ... and since when that count (and world) has held
     restart_cost_seconds: float = 0.0  # what a resize costs the job (offered to arbitration)
+    world: float | None = None  # the world size the workers reported last ...
+    awaiting_world: bool = False  # ... and whether the running count changed since it did
+
+    def observe_workers(self, running: int, world: float | None, now: float) -> None:
+        """Follow the running worker count and the world size the workers report.
+
+        A pod runs before its worker trains: a resized job keeps training at its old size
+        (then restarts) through the new worker's process start and rendezvous, so counting
+        pods alone would measure the old size's throughput as the new one's. When the
+        workers report their world size, a change of the running count therefore starts the
+        settling clock only once that world changes too (or ``AWAIT_WORLD_SECONDS`` later);
+        without the gauge, at once. A world size no longer reported keeps the last one."""
+        if running != self.running:
+            self.running, self.running_since = running, now
+            self.awaiting_world = self.world is not None
+        if world is not None and world != self.world:
+            self.world, self.running_since, self.awaiting_world = world, now, False
+
+    def settled_seconds(self, now: float) -> float:
+        """How long the workers have trained at the current size (0 while awaiting it)."""
+        if self.awaiting_world:
+            return max(0.0, now - self.running_since - AWAIT_WORLD_SECONDS)
+        return now - self.running_since
 
 
 def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
@@ -119,14 +147,27 @@ async def autoscale_job(
     now = wall_clock()
     observation: policy.Observation | None = None
     errors: tuple[str, ...] = ()
-    if running != loop.running:
-        loop.running, loop.running_since = running, now
-    settling = spec.autoscaling.settle_seconds - (now - loop.running_since)
+    world: float | None = None
+    if running > 0:
+        world = (
+            await asyncio.to_thread(
+                prometheus.fetch_world_size,
+                prometheus_url,
+                namespace,
+                name,
+                spec=spec.autoscaling.prometheus,
+                access=access,
+            )
+        ).value
+    loop.observe_workers(running, world, now)
+    settling = spec.autoscaling.settle_seconds - loop.settled_seconds(now)
     over_ceiling = ceiling is not None and spec.replicas > ceiling
     if running > 0 and settling > 0 and pending == 0 and not over_ceiling:
         # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
         reason = (
-            f"settling: {running} workers running for {now - loop.running_since:.0f} s of "
+            f"settling: {running} workers running"
+            f"{'' if loop.world is None else f', training in a world of {loop.world:g}'} for "
+            f"{loop.settled_seconds(now):.0f} s of "
             f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
         )
         async with WAKEUPS.lock(namespace, name):

@@ -266,6 +266,12 @@ def kill_netns_processes(netns: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
+def kill_pod_processes(uid: str, bridge: str = BRIDGE) -> None:
+    """SIGKILL every process of the pod ``uid`` (a crash: no SIGTERM, no grace period); the
+    runtime then reports its containers as exited with 137, as kubelet does."""
+    kill_netns_processes(Network(bridge=bridge).netns_name(uid))
+
+
 def write_in_place(path: Path, text: str) -> None:
     """Rewrite ``path`` keeping its inode: ``ip netns exec`` bind-mounted this very file into
     the running pods, and a rename would leave them reading the old one."""

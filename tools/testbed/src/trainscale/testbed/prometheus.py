@@ -29,10 +29,12 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from trainscale.operator.adapters.promql import escape_regex
 
@@ -255,6 +257,22 @@ def build_podmonitor_relabel_configs(
         )
     rules.append({"target_label": "endpoint", "replacement": endpoint["port"]})
     return rules
+
+
+def render_chart_podmonitor(
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    chart_dir: Path,
+    namespaces: Sequence[str],
+) -> dict[str, Any]:
+    """The worker PodMonitor the chart renders (``helm template``, worker PodMonitor on,
+    the operator watching ``namespaces``); ``helm`` runs helm (``Testbed.helm``)."""
+    rendered = helm(
+        "template", "trainscale", str(chart_dir), "--namespace", "trainscale-system",
+        "--set", "metrics.workerPodMonitor.enabled=true",
+        "--set-json", f"operator.watchNamespaces={json.dumps(list(namespaces))}",
+    ).stdout  # fmt: skip
+    (monitor,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PodMonitor"]
+    return dict(monitor)
 
 
 def build_podmonitor_scrape_configs(
