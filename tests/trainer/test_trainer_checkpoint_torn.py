@@ -73,3 +73,39 @@ def test_checkpoint_mid_write_is_invisible(tmp_path: Path, monkeypatch: pytest.M
     newest = ck.load_newest_checkpoint(tmp_path)
     assert newest is not None and newest[1]["step"] == 2
     assert torch.equal(newest[1]["a"], payload["a"]) and torch.equal(newest[1]["b"], payload["b"])
+
+
+def test_a_write_in_flight_is_the_last_save_for_the_next_due_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 2 steps means steps 1, 3, 5...: a background write of step 1 still on disk at
+    step 2 must not make step 2 look due (the slow write would then shift every checkpoint,
+    seen as a flaky metrics test on a loaded machine)."""
+    from trainscale.trainer.runtime.elastic import ElasticSession
+    from trainscale.trainer.runtime.settings import CheckpointPolicy
+
+    release = threading.Event()
+    started: list[int] = []
+    real_save = ck.save_checkpoint
+
+    def slow_save(directory: Path, step: int, payload: Any, keep: int) -> Path:
+        started.append(step)
+        release.wait(timeout=60)
+        return real_save(directory, step, payload, keep)
+
+    monkeypatch.setattr(ck, "save_checkpoint", slow_save)
+    policy = CheckpointPolicy(directory=tmp_path, every_steps=2, interval_seconds=None)
+    model = torch.nn.Linear(2, 1)
+    session = ElasticSession(dataset_length=40, objects={"model": model}, epochs=1, policy=policy)
+    releaser = threading.Timer(3.0, release.set)  # never a deadlock, whatever the code does
+    releaser.start()
+    try:
+        for step in (1, 2, 3):
+            session.global_step = step
+            session.coordinate(0.0, 8)
+        session.wait_for_checkpoint()
+    finally:
+        release.set()
+        releaser.cancel()
+    assert started == [1, 3]
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [3, 1]

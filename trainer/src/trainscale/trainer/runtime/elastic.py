@@ -169,6 +169,9 @@ class ElasticSession:
         self._permutation: tuple[int, np.ndarray] | None = None
         self._signal: int | None = None
         self._last_save_time = clock()
+        # the step of the newest save started: a background write still in flight counts, so
+        # a slow write does not make the next step look due as well
+        self._last_save_step = -1
         self._writer = (
             CheckpointWriter(
                 self.policy.directory,
@@ -238,6 +241,7 @@ class ElasticSession:
         self.resumed_from = path
         if self._writer is not None:
             self._writer.last_saved_step = self.global_step
+        self._last_save_step = self.global_step
         return True
 
     def _apply(self, document: Mapping[str, Any]) -> None:
@@ -316,7 +320,7 @@ class ElasticSession:
                 now=now,
                 step=self.global_step,
                 last_save_time=self._last_save_time,
-                last_save_step=self._writer.last_saved_step,
+                last_save_step=max(self._last_save_step, self._writer.last_saved_step),
                 interval_seconds=self.policy.interval_seconds,
                 every_steps=self.policy.every_steps,
             ):
@@ -347,9 +351,12 @@ class ElasticSession:
 
     def save(self, *, wait: bool = False) -> None:
         """Write a checkpoint of the committed state (no-op without a directory or if current)."""
-        if self._writer is None or self.global_step <= self._writer.last_saved_step:
+        if self._writer is None or self.global_step <= max(
+            self._last_save_step, self._writer.last_saved_step
+        ):
             return
         self._writer.save(self.global_step, self.checkpoint_payload(), wait=wait)
+        self._last_save_step = self.global_step
         self._last_save_time = self._clock()
 
     def wait_for_checkpoint(self) -> None:
