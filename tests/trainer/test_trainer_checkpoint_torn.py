@@ -100,9 +100,12 @@ def test_a_write_in_flight_is_the_last_save_for_the_next_due_check(
     releaser = threading.Timer(3.0, release.set)  # never a deadlock, whatever the code does
     releaser.start()
     try:
-        for step in (1, 2, 3):
+        for step in (1, 2):  # step 1's write is held while step 2 ends
             session.global_step = step
             session.coordinate(0.0, 8)
+        release.set()
+        session.global_step = 3
+        session.coordinate(0.0, 8)
         session.wait_for_checkpoint()
     finally:
         release.set()

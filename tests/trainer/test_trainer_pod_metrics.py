@@ -76,6 +76,7 @@ def _value(collector: PodMetricsCollector, name: str) -> float:
     return float(families[name.removesuffix("_total")].samples[0].value)
 
 
+@pytest.mark.slow  # real processes, one SIGKILLed (8 s)
 def test_pod_sums_live_and_exited_ranks(tmp_path: Path) -> None:
     pod = PodMetricsCollector(tmp_path)
     assert _value(pod, names.SAMPLES_TOTAL) == 0.0  # no rank yet: zeros, not an error
