@@ -30,6 +30,7 @@ from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
     WAKEUPS,
@@ -116,13 +117,13 @@ async def autoscale_job(
         spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
     except pydantic.ValidationError:
         return RESYNC_SECONDS  # the reconcile loop reports it
-    phase = (body.get("status") or {}).get("phase")
-    if spec.suspend:
+    idle = idle_of(spec, (body.get("status") or {}).get("phase"))
+    if idle is not None:
         # Paused: no observation, no decision; the autoscaler (and its memory) stays as it
-        # is, and it resumes from there when the job does.
-        return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
-    if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
-        loop.autoscaler = None  # resumed from status when enabled again
+        # is, and it resumes from there when the job does. Off: resumed from status when
+        # autoscaling is enabled again.
+        if idle is Idle.OFF:
+            loop.autoscaler = None
         return min(float(spec.autoscaling.interval_seconds), RESYNC_SECONDS)
     if loop.autoscaler is None:
         loop.autoscaler = restore_autoscaler(spec, body.get("status") or {})
@@ -258,9 +259,13 @@ def idle_state(body: Mapping[str, Any]) -> Idle | None:
         spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
     except pydantic.ValidationError:
         return Idle.PAUSED  # the reconcile loop reports it
+    return idle_of(spec, (body.get("status") or {}).get("phase"))
+
+
+def idle_of(spec: api.TrainingJobSpec, phase: str | None) -> Idle | None:
+    """Whether a job with this valid spec and phase autoscales now (None) or why not."""
     if spec.suspend:
         return Idle.PAUSED
-    phase = (body.get("status") or {}).get("phase")
     if not spec.autoscaling.enabled or phase in (api.Phase.SUCCEEDED, api.Phase.FAILED):
         return Idle.OFF
     return None
@@ -271,7 +276,7 @@ def idle_state(body: Mapping[str, Any]) -> Idle | None:
     api.VERSION,
     api.PLURAL,
     cancellation_backoff=LOOP_STOP_TIMEOUT_SECONDS,
-    cancellation_timeout=2.0,
+    cancellation_timeout=LOOP_CANCEL_TIMEOUT_SECONDS,
 )
 async def trainingjob_autoscale_loop(
     name: str,

@@ -81,6 +81,9 @@ def post_event(body: Mapping[str, Any], event: EventSpec) -> None:
 # pass cut off mid-write (its thread still writes) would change the job under kopf's
 # finalizer removal.
 LOOP_STOP_TIMEOUT_SECONDS = 5.0
+# ... and how long it then waits for the cancelled loop before leaving it orphaned (kopf's
+# cancellation_timeout); the loops-stop test checks none is.
+LOOP_CANCEL_TIMEOUT_SECONDS = 2.0
 
 
 async def sleep_or_wake(

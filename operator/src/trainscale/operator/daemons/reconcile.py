@@ -29,6 +29,7 @@ from trainscale.operator.autoscaling import cluster
 from trainscale.operator.controller import builders, reconcile
 from trainscale.operator.daemons.cluster import arbitration_active, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
     WAKEUPS,
@@ -233,7 +234,7 @@ async def _report_invalid_spec(
     api.VERSION,
     api.PLURAL,
     cancellation_backoff=LOOP_STOP_TIMEOUT_SECONDS,
-    cancellation_timeout=2.0,
+    cancellation_timeout=LOOP_CANCEL_TIMEOUT_SECONDS,
 )
 async def trainingjob_reconcile_loop(
     name: str,
