@@ -1,6 +1,6 @@
 """Job loops stop with their jobs: a burst of deletions leaves no loop behind, and a job
-recreated under a deleted job's name gets exactly one loop of each kind; and the autoscale
-loop of a job that does not autoscale costs no API request.
+recreated under a deleted job's name gets exactly one loop of each kind; and an idle job
+costs its loops no API request.
 
 The operator runs as a process against the test-bed (kwok nodes), with /metrics on, and
 ``trainscale_operator_job_loops{loop}`` counts its live per-job loops (kopf daemons). Covers:
@@ -18,13 +18,14 @@ A reconcile loop that ignores the stop flag (``while True:`` instead of ``while 
 fails this test on the cancellation counter.
 
 Idle cost: ``IDLE_JOBS`` idle jobs (Running, autoscaling off) are watched for ``WINDOW``
-seconds through the apiserver's own ``apiserver_request_total``. The reconcile loop reads
-its job once per pass (the operator counts its passes), so every other GET of a
-TrainingJob in the window is someone else's: an autoscale loop that fetched its job every
-10 s made ~3 per job; it must make none (in one of ``WINDOWS`` windows: the garbage
-collector of earlier tests' namespaces GETs jobs too, for a while). The requests per job and minute, by verb and
-resource, are printed (``-s``). The idle loop still wakes when its job changes: autoscaling
-switched on is acted upon at once.
+seconds through the apiserver's own ``apiserver_request_total``: the requests a pass makes
+(GET of the job, LIST of its pods, GET of its rendezvous pod and Service) must not be made
+at all, give or take one pass at the window's edge (in one of ``WINDOWS`` windows: the garbage
+collector of earlier tests' namespaces GETs jobs too, for a while). A reconcile loop that
+resynced every 10 s made ~12 per job and window, an autoscale loop that fetched its job
+every 10 s ~3. The requests per job and minute, by verb and resource, are printed (``-s``).
+The idle loops still wake at once on a change: a deleted rendezvous Service or worker pod is
+recreated, and autoscaling switched on is acted upon.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from prometheus_client.samples import Sample
 from tests.e2e.conftest import OperatorProcess
 from tests.support.prometheus import free_port
 from tests.support.testbed import wait_for
-from trainscale.operator.daemons.autoscale import IDLE_RESYNC_SECONDS
+from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS
 from trainscale.operator.observability.metric_names import (
     AUTOSCALE_LOOP,
     JOB_LOOPS_CANCELLED_NAME,
@@ -209,12 +210,17 @@ def test_burst_delete_stops_every_loop_and_a_recreated_job_has_one_of_each(
           f"all gone {all_gone:.1f} s after the delete")  # fmt: skip
 
 
+# What a reconcile pass (and an autoscale pass) reads of a job: none of it for an idle job.
+PASS_REQUESTS = (("GET", "trainingjobs"), ("LIST", "pods"), ("GET", "pods"), ("GET", "services"))
+
+
 @dataclasses.dataclass
 class IdleWindow:
-    """``WINDOW`` seconds of idle jobs: GETs of TrainingJobs beyond one per reconcile pass,
-    and every request per job and minute by verb and resource."""
+    """``WINDOW`` seconds of idle jobs: the requests a pass makes, the reconcile passes the
+    operator counted, and every request per job and minute by verb and resource."""
 
-    others_job_gets: float
+    pass_requests: float
+    passes: float
     per_job_minute: dict[str, float]
 
 
@@ -231,12 +237,12 @@ def idle_window(kubectl: Any, port: int) -> IdleWindow:
         for (verb, resource), count in sorted(made.items())
         if count and resource and verb != "WATCH"
     }
-    window = IdleWindow(made.get(("GET", "trainingjobs"), 0.0) - passes, per_job_minute)
+    window = IdleWindow(sum(made.get(key, 0.0) for key in PASS_REQUESTS), passes, per_job_minute)
     print(f"{IDLE_JOBS} idle jobs over {elapsed:.0f} s, {passes:.0f} reconcile passes: {window}")
     return window
 
 
-def test_an_idle_job_that_does_not_autoscale_costs_its_autoscale_loop_no_request(
+def test_an_idle_job_costs_its_loops_no_request_and_they_still_wake_on_a_change(
     kubectl: Any, private_operator: tuple[str, Callable[..., OperatorProcess]]
 ) -> None:
     namespace, _ = private_operator
@@ -256,15 +262,35 @@ def test_an_idle_job_that_does_not_autoscale_costs_its_autoscale_loop_no_request
              what="their loops", describe=op.log_tail)  # fmt: skip
 
     # Earlier tests' namespaces being deleted make the garbage collector GET their jobs for a
-    # while: wait for them, then measure windows until one has no GET of a job but the
-    # reconcile loop's. A loop that polls its job (every 10 s) leaves no such window.
+    # while: wait for them, then measure windows until one is free of a pass's requests. A
+    # loop that polls its job (every 10 s) leaves no such window.
     wait_for(lambda: not terminating_namespaces(kubectl), timeout=240, interval=1.0,
              what="no namespace being deleted", describe=op.log_tail)  # fmt: skip
     windows = [idle_window(kubectl, port)]
-    while windows[-1].others_job_gets > IDLE_JOBS // 2 and len(windows) < WINDOWS:
+    while windows[-1].pass_requests > IDLE_JOBS // 2 and len(windows) < WINDOWS:
         windows.append(idle_window(kubectl, port))
-    # One GET per reconcile pass (give or take a pass at each edge of the window): no more.
-    assert windows[-1].others_job_gets <= IDLE_JOBS // 2, windows
+    # Nothing (give or take the last pass of a job whose own writes woke it at the edge).
+    assert windows[-1].pass_requests <= IDLE_JOBS // 2, windows
+    assert windows[-1].passes <= IDLE_JOBS // 4, windows
+
+    # The idle reconcile loop wakes when the job's children change: a rendezvous Service
+    # deleted by hand and a worker pod deleted are recreated long before the idle resync.
+    svc = f"{names[1]}-rdzv"
+
+    def uid_of(kind: str, obj: str) -> str | None:
+        out = kubectl("get", kind, obj, "-n", namespace, "-o", "jsonpath={.metadata.uid}",
+                      check=False)  # fmt: skip
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() or None
+
+    for kind, obj in (("service", svc), ("pod", f"{names[2]}-worker-0")):
+        old = uid_of(kind, obj)
+        assert old is not None, f"{kind}/{obj} missing\n{op.log_tail()}"
+        kubectl("delete", kind, obj, "-n", namespace, "--wait=false")
+        wait_for(lambda kind=kind, obj=obj, old=old: uid_of(kind, obj) not in (None, old),
+                 timeout=IDLE_RESYNC_SECONDS / 10, what=f"{kind}/{obj} recreated",
+                 describe=op.log_tail)  # fmt: skip
 
     # The idle loop wakes when the job changes: autoscaling switched on is acted upon long
     # before the idle resync (its first pass writes status.autoscaling).

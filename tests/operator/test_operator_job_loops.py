@@ -5,7 +5,8 @@ job (tests/e2e/test_e2e_loops.py deletes jobs in a burst and waits for it to dro
 must go down on a return, an exception and a cancellation alike; and a cancellation (a loop
 that kopf had to cancel because it ignored the stop flag) is counted on its own. The loops'
 sleep must let that cancellation through wherever it lands. And the autoscale loop of a job
-that does not autoscale idles on what kopf's copy of the job says (no API request).
+that does not autoscale idles on what kopf's copy of the job says (no API request); the
+reconcile loop of a job with nothing to do sleeps until an event wakes it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from kopf._cogs.aiokits.aioenums import FlagSetter
 from kopf._core.intents.stoppers import DaemonStoppingReason
 from prometheus_client import CollectorRegistry
 
+from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.controller.reconcile import ReconcilePlan
 from trainscale.operator.daemons.autoscale import Idle, idle_state
-from trainscale.operator.daemons.common import sleep_or_wake
+from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS, RESYNC_SECONDS, sleep_or_wake
+from trainscale.operator.daemons.reconcile import next_pass_delay
 from trainscale.operator.observability.metric_names import (
     AUTOSCALE_LOOP,
     JOB_LOOPS_CANCELLED_NAME,
@@ -105,3 +109,38 @@ def test_the_autoscale_loop_idles_on_what_the_job_says(
     has anything to do: only an enabled, unsuspended, unfinished job with a valid spec."""
     body = {"spec": {**spec_dict, **spec_change}, "status": {"phase": phase}}
     assert idle_state(body) is expected
+
+
+QUIET = ReconcilePlan(status={"phase": "Running"})
+
+
+@pytest.mark.parametrize(
+    ("plan", "refused", "patched", "delay"),
+    [
+        pytest.param(QUIET, False, False, IDLE_RESYNC_SECONDS, id="quiet: idle until woken"),
+        pytest.param(QUIET, False, True, RESYNC_SECONDS, id="status patched"),
+        pytest.param(QUIET, True, False, RESYNC_SECONDS, id="a creation refused"),
+        pytest.param(ReconcilePlan(create_workers=(2,)), False, False, RESYNC_SECONDS,
+                     id="created a worker"),
+        pytest.param(ReconcilePlan(delete_workers=(("j-worker-3", "scale-down"),)), False, False,
+                     RESYNC_SECONDS, id="deleted a worker"),
+        pytest.param(ReconcilePlan(create_rendezvous_service=True), False, False, RESYNC_SECONDS,
+                     id="created the Service"),
+        pytest.param(ReconcilePlan(create_rendezvous_pod=True), False, False, RESYNC_SECONDS,
+                     id="created the rendezvous pod"),
+        pytest.param(ReconcilePlan(delete_rendezvous_pod=True), False, False, RESYNC_SECONDS,
+                     id="deleted the rendezvous pod"),
+        pytest.param(ReconcilePlan(events=(EventSpec("Normal", "X", "y"),)), False, False,
+                     RESYNC_SECONDS, id="posted an event"),
+        pytest.param(ReconcilePlan(creation_held=True), False, False, RESYNC_SECONDS,
+                     id="a creation held"),
+        pytest.param(ReconcilePlan(requeue_after=3.5), False, False, 3.5, id="backoff ends in 3.5 s"),
+        pytest.param(ReconcilePlan(requeue_after=0.01), False, False, 0.2, id="at least 0.2 s"),
+        pytest.param(ReconcilePlan(requeue_after=900.0), False, False, RESYNC_SECONDS,
+                     id="a long backoff is looked at every resync"),
+    ],
+)  # fmt: skip
+def test_the_next_reconcile_pass(
+    plan: ReconcilePlan, refused: bool, patched: bool, delay: float
+) -> None:
+    assert next_pass_delay(plan, refused=refused, patched=patched) == delay

@@ -279,8 +279,9 @@ def apply_peering(clients: KubernetesClients, name: str, namespace: str | None) 
     return True
 
 
-def job_name_of_pod(labels: Mapping[str, str] | None) -> str | None:
-    """The job a pod belongs to, from its labels (None when it is not a trainscale pod)."""
+def job_name_of(labels: Mapping[str, str] | None) -> str | None:
+    """The job a pod or Service belongs to, from its labels (None when it is not one of a
+    TrainingJob's)."""
     if not labels:
         return None
     return labels.get(LABEL_JOB_NAME) if LABEL_COMPONENT in labels else None

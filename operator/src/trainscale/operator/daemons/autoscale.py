@@ -30,6 +30,7 @@ from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
@@ -234,12 +235,6 @@ async def autoscale_job(
     metrics.scaling_decisions.labels(plan.direction, plan.reason_class).inc()
     metrics.job_cost_per_hour.labels(namespace, name).set(plan.status["autoscaling"]["costPerHour"])
     return float(spec.autoscaling.interval_seconds)
-
-
-# How often an idle loop (autoscaling off, suspended or finished) looks at the job again
-# without being woken by a change of it: it reads kopf's copy of the job, not the API, so
-# this only bounds a missed wake-up.
-IDLE_RESYNC_SECONDS = 300.0
 
 
 class Idle(enum.Enum):

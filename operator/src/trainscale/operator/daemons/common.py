@@ -23,6 +23,13 @@ from trainscale.operator.observability.metrics import OperatorMetrics
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 10.0
+"""How soon a loop looks at its job again after a pass that acted (or found an API error)."""
+
+# How long a loop whose last pass found nothing to do sleeps unless woken. Every change of a
+# job, of its pods or of its rendezvous Service reaches the operator as a watch event that
+# wakes the job's loops at once, so this only bounds a missed event: an idle job costs no API
+# request in between.
+IDLE_RESYNC_SECONDS = 300.0
 
 _metrics: OperatorMetrics | None = None
 

@@ -5,9 +5,13 @@ pure ``decide_*`` function and applies its result through :mod:`trainscale.opera
 
 Design: one async kopf **daemon per TrainingJob** runs the job's reconcile loop, so passes
 for one job never run concurrently (a failed pod is counted once) and nothing is lost when
-events arrive during a pass. Watch events on the job or on its pods only *wake* that loop;
-a resync timer bounds the delay when an event is missed. Every pass is level triggered: it
-reads the job and its pods afresh, so a restarted operator converges from whatever exists.
+events arrive during a pass. Watch events on the job, its pods or its rendezvous Service
+only *wake* that loop. Every pass is level triggered: it reads the job and its pods afresh,
+so a restarted operator converges from whatever exists. A pass that acted looks again after
+``RESYNC_SECONDS`` (the events of its own writes usually wake it sooner); a pass that found
+nothing to do and nothing pending sleeps ``IDLE_RESYNC_SECONDS`` unless woken, so an idle job
+costs no API request: every change reaches the operator as a watch event anyway
+(:func:`next_pass_delay`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from trainscale.operator.autoscaling import cluster
 from trainscale.operator.controller import builders, reconcile
 from trainscale.operator.daemons.cluster import arbitration_active, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
@@ -86,7 +91,7 @@ async def _reconcile_job(
         except (pydantic.ValidationError, builders.InvalidJobError) as exc:
             await _report_invalid_spec(clients, body, exc, generation, now())
             metrics.reconcile_total.labels("invalid").inc()
-            return RESYNC_SECONDS * 6
+            return IDLE_RESYNC_SECONDS  # until the spec changes (an event wakes the loop)
         job = builders.JobRef(name=name, namespace=namespace, uid=meta["uid"])
         pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
         workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None]
@@ -119,21 +124,45 @@ async def _reconcile_job(
             )  # fmt: skip
         for event in plan.events:
             post_event(body, event)
-        if not stopping() and not is_noop_merge_patch(status, plan.status):
+        patched = not is_noop_merge_patch(status, plan.status)
+        if not stopping() and patched:
             await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
         metrics.observe_job(
             namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
         )
         get_job_condition_metric().observe(namespace, name, plan.status.get("conditions") or [])
         metrics.reconcile_total.labels("ok").inc()
-        if plan.requeue_after is not None:
-            return max(0.2, min(plan.requeue_after, RESYNC_SECONDS))
-        return RESYNC_SECONDS
+        return next_pass_delay(plan, refused=bool(failures), patched=patched)
     except Exception:
         metrics.reconcile_total.labels("error").inc()
         raise
     finally:
         metrics.reconcile_duration.observe(time.monotonic() - started)
+
+
+def next_pass_delay(plan: reconcile.ReconcilePlan, *, refused: bool, patched: bool) -> float:
+    """Seconds until the loop's next pass, unless a watch event wakes it first.
+
+    A backoff in flight: when it ends (at most ``RESYNC_SECONDS``). A pass that acted (it
+    created or deleted something, was refused a creation, posted an event or patched the
+    status): ``RESYNC_SECONDS``, to look at what its writes did. A quiet pass (nothing to do,
+    nothing pending in time): ``IDLE_RESYNC_SECONDS``; what would give the next pass work is
+    a change of the job, its pods or its Service, and each wakes the loop.
+    """
+    if plan.requeue_after is not None:
+        return max(0.2, min(plan.requeue_after, RESYNC_SECONDS))
+    acted = (
+        plan.create_rendezvous_service
+        or plan.create_rendezvous_pod
+        or plan.delete_rendezvous_pod
+        or bool(plan.delete_workers)
+        or bool(plan.create_workers)
+        or bool(plan.events)
+        or plan.creation_held
+        or refused
+        or patched
+    )
+    return RESYNC_SECONDS if acted else IDLE_RESYNC_SECONDS
 
 
 async def _apply_plan(
@@ -283,8 +312,12 @@ async def trainingjob_event(
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
-async def trainingjob_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    """A change of one of our pods wakes its job's loop."""
-    job_name = k8s.job_name_of_pod(labels)
+@kopf.on.event("", "v1", "services", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
+async def trainingjob_child_event(
+    labels: Mapping[str, str], namespace: str | None, **_: Any
+) -> None:
+    """A change of one of a job's pods or of its rendezvous Service (deleted by hand, say)
+    wakes the job's reconcile loop."""
+    job_name = k8s.job_name_of(labels)
     if job_name and namespace:
         WAKEUPS.wake(namespace, job_name)
