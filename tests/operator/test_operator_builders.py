@@ -102,6 +102,29 @@ def test_torchrun_budget_does_not_follow_the_jobs_failure_budget(spec_dict: dict
     assert int(_env(pod["spec"]["containers"][0])["PET_MAX_RESTARTS"]) >= 100
 
 
+@pytest.mark.parametrize(
+    ("grace", "user", "timeout"),
+    [
+        pytest.param(None, None, "25", id="the kubelet's default 30 s grace"),
+        pytest.param(
+            300, None, "295", id="a long grace: the workers get it, less the agent's exit"
+        ),
+        pytest.param(3, None, "1", id="a grace shorter than the agent's exit: at least 1 s"),
+        pytest.param(300, "42", "42", id="the user's own PET_SHUTDOWN_TIMEOUT wins"),
+    ],
+)
+def test_workers_get_the_pods_grace_period_to_stop(
+    spec_dict: dict[str, Any], grace: int | None, user: str | None, timeout: str
+) -> None:
+    pod_spec = spec_dict["template"]["spec"]
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
+    if user is not None:
+        pod_spec["containers"][0]["env"] = [{"name": "PET_SHUTDOWN_TIMEOUT", "value": user}]
+    pod = builders.build_worker_pod(JOB, TrainingJobSpec.model_validate(spec_dict), 0)
+    assert _env(pod["spec"]["containers"][0])["PET_SHUTDOWN_TIMEOUT"] == timeout
+
+
 def test_checkpoint_claim_is_mounted(spec_dict: dict[str, Any]) -> None:
     spec_dict["checkpoint"] = {"claimName": "ckpt", "path": "/ckpt"}
     pod = builders.build_worker_pod(JOB, TrainingJobSpec.model_validate(spec_dict), 0)

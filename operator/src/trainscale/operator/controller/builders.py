@@ -154,7 +154,19 @@ def build_torchrun_env(job: JobRef, spec: api.TrainingJobSpec) -> list[dict[str,
         },
         # Joining a running job hangs when the agent shares the rendezvous TCP store.
         {"name": env_names.TORCH_DISABLE_SHARE_RDZV_TCP_STORE, "value": "1"},
+        # The workers' time to checkpoint after SIGTERM: the pod's grace period, not
+        # torchrun's fixed 30 s (a user's own value in the template wins).
+        {
+            "name": env_names.PET_SHUTDOWN_TIMEOUT,
+            "value": str(env_names.shutdown_timeout_for_grace(_grace_seconds(spec))),
+        },
     ]
+
+
+def _grace_seconds(spec: api.TrainingJobSpec) -> int:
+    """The workers' terminationGracePeriodSeconds (the template's, else the kubelet's)."""
+    grace = spec.template["spec"].get("terminationGracePeriodSeconds")
+    return env_names.DEFAULT_TERMINATION_GRACE_SECONDS if grace is None else int(grace)
 
 
 def build_trainscale_env(

@@ -25,6 +25,10 @@ PET_RDZV_CONF = "PET_RDZV_CONF"  # see trainscale.trainer.contract.rendezvous.bu
 PET_MAX_RESTARTS = "PET_MAX_RESTARTS"
 PET_LOCAL_ADDR = "PET_LOCAL_ADDR"  # the address other nodes reach this one at
 PET_MONITOR_INTERVAL = "PET_MONITOR_INTERVAL"
+# Seconds the agent gives its workers to stop (checkpoint) after SIGTERM before it SIGKILLs
+# them (torchrun's --shutdown-timeout, 30 s by default): the operator derives it from the
+# pod's terminationGracePeriodSeconds (shutdown_timeout_for_grace below).
+PET_SHUTDOWN_TIMEOUT = "PET_SHUTDOWN_TIMEOUT"
 # Joining a running job hangs when the agent shares the rendezvous TCP store (torch's switch).
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
@@ -49,3 +53,16 @@ ENV_RDZV_PORT = "TRAINSCALE_RDZV_PORT"
 #: its local ranks; the operator declares it on the worker pod and annotates it for Prometheus.
 #: (A worker started without our agent, e.g. by plain torchrun, serves on this + local rank.)
 DEFAULT_METRICS_PORT = 9400
+
+
+# The kubelet's default terminationGracePeriodSeconds, and what the agent keeps of a pod's
+# grace period for itself: leaving the rendezvous and exiting after its workers stopped.
+DEFAULT_TERMINATION_GRACE_SECONDS = 30
+AGENT_EXIT_SECONDS = 5
+
+
+def shutdown_timeout_for_grace(grace_seconds: int) -> int:
+    """The agent's ``PET_SHUTDOWN_TIMEOUT`` for a pod with this termination grace period:
+    the workers get all of it but the agent's own exit (at least 1 s). A checkpoint that takes
+    longer than torchrun's default 30 s then completes when the pod allows it."""
+    return max(1, grace_seconds - AGENT_EXIT_SECONDS)

@@ -248,11 +248,16 @@ def _run(
         monitor_interval=config.monitor_interval,
         local_addr=config.local_addr,
     )
+    shutdown_timeout = config.shutdown_timeout
+    assert shutdown_timeout is not None  # LaunchConfig fills it in: PET_SHUTDOWN_TIMEOUT or 30
     agent = TrainscaleAgent(
         spec=spec,
         logs_specs=config.logs_specs,  # type: ignore[arg-type]
         start_method=config.start_method,
         log_line_prefix_template=config.log_line_prefix_template,
+        # PET_SHUTDOWN_TIMEOUT (the operator sets it from the pod's grace period): how long
+        # the workers may take to checkpoint after SIGTERM before they are killed.
+        shutdown_timeout=shutdown_timeout,
     )
     agent.fast_leave = fast
     close_rendezvous = True
