@@ -60,7 +60,7 @@ wait_until() {
 
 cleanup() {
   local status=$?
-  if [ "$status" -ne 0 ] && [ -d "$state" ]; then
+  if [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ -d "$state" ]; then  # not after Ctrl-C
     say "failed (exit $status): what was going on"
     "$kubectl" get tj,pods -o wide 2>/dev/null || true
     for log in "$state/operator.log" "$state"/procnode/logs/*.log; do
@@ -79,6 +79,8 @@ cleanup() {
   rm -rf "$state"
 }
 trap cleanup EXIT
+trap 'exit 130' INT  # Ctrl-C: through the EXIT trap too
+trap 'exit 143' TERM
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "demo: process nodes need root (network namespaces, a bridge): run it as root" >&2
@@ -226,7 +228,8 @@ for p in sorted(status["memory"]["points"], key=lambda p: p["replicas"]):
     replicas, rate = p["replicas"], p["samplesPerSecond"]
     print(f"   measured at {replicas} workers: {rate:7.1f} samples/s")'
 "$kubectl" get events --field-selector "involvedObject.name=$job" --sort-by=.lastTimestamp \
-  -o custom-columns='REASON:.reason,MESSAGE:.message' | cut -c1-160
+  -o custom-columns='REASON:.reason,MESSAGE:.message' | grep -E '^(REASON|Autoscaled|Scaling|JobSucceeded)' \
+  | cut -c1-160
 
 say "the operator's own /metrics (curl http://127.0.0.1:$metrics_port/metrics, a few series)"
 curl -fsS "http://127.0.0.1:$metrics_port/metrics" \
