@@ -10,6 +10,10 @@
 # TRAINSCALE_DEMO_LOGS=DIR keeps the operator's, Prometheus' and every pod's log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: process nodes need root (network namespaces, a bridge): run it as root" >&2
+  exit 1
+fi
 bin=.venv/bin
 tools="$(bash scripts/testbed/build.sh --print-bin-dir)"
 kubectl="$tools/kubectl"
@@ -81,11 +85,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT  # Ctrl-C: through the EXIT trap too
 trap 'exit 143' TERM
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "demo: process nodes need root (network namespaces, a bridge): run it as root" >&2
-  exit 1
-fi
 
 say "what is real here, and what is simulated"
 note "REAL:      etcd, kube-apiserver, kube-scheduler, kube-controller-manager (built from Kubernetes 1.35)" \
