@@ -847,7 +847,7 @@ class Testbed:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: trainscale-testbed up|down|kubeconfig|status|env
+# Command line: trainscale-testbed up|down|kubeconfig|status|env|prometheus-config
 
 
 def default_state_dir() -> Path:
@@ -949,6 +949,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if ready and all(alive.values()) else 1
 
 
+def _cmd_prometheus_config(args: argparse.Namespace) -> int:
+    # Imported here: both modules import this one.
+    from trainscale.testbed.chart_readme import CHART_DIR
+    from trainscale.testbed.prometheus import (
+        build_podmonitor_scrape_configs,
+        render_chart_podmonitor,
+        render_prometheus_config,
+    )
+
+    bed = _running(Path(args.state_dir))
+    if bed is None:
+        raise TestbedError(f"not running (state dir {args.state_dir}); run `trainscale-testbed up`")
+    monitor = render_chart_podmonitor(bed.helm, CHART_DIR, args.namespace)
+    print(render_prometheus_config(build_podmonitor_scrape_configs(monitor, bed.kubeconfig)))
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     print(fetch_bin_dir(build=True))
     return 0
@@ -988,6 +1005,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_state_dir(sub.add_parser("status", help="show each component")).set_defaults(
         func=_cmd_status
     )
+    prom_help = "print a prometheus.yml that scrapes worker pods as the chart's PodMonitor does"
+    prom = with_state_dir(sub.add_parser("prometheus-config", help=prom_help))
+    prom.add_argument("-n", "--namespace", action="append", required=True,
+                      help="namespace whose worker pods are scraped (repeatable)")  # fmt: skip
+    prom.set_defaults(func=_cmd_prometheus_config)
     sub.add_parser("build", help="build the cached binaries; print their folder").set_defaults(
         func=_cmd_build
     )
