@@ -63,7 +63,8 @@ chart-schema: venv
 chart-readme: venv
 	$(BIN)/python -m trainscale.testbed.chart_readme --output charts/trainscale/README.md
 
-# The main job: the operator on a local control plane with fake GPU nodes, resizing a job.
+# The main job, the whole loop: the operator autoscaling a job whose workers really train on a
+# process node of the local control plane (needs root).
 demo: setup
 	bash scripts/demo.sh
 
