@@ -233,3 +233,25 @@ def test_restored_memory_is_forgotten_only_after_forget_after_seconds() -> None:
     assert {p.replicas for p in resumed.memory().points} == {4, 8}
     run(resumed, linear, 4, t, 21, ceiling=4)  # 630 s more at 4, never at 8
     assert {p.replicas for p in resumed.memory().points} == {4}
+
+
+def test_forgetting_never_churns_a_job_that_sits_at_its_best_count() -> None:
+    # Seen on the real loop (throughput only, no GPU metrics, forgetAfterSeconds 30): once the
+    # count below the job's was forgotten, its one remaining count could not identify the
+    # efficiency, and the job went down "to measure efficiency" and back up, once per
+    # forgetAfterSeconds, for ever. What forgetting is for, finding that counts it left may
+    # pay again, concerns the counts above; the counts below are its efficiency reference.
+    autoscaler = JobAutoscaler(
+        make_spec(replicas=1, hi=2, scaleDownStabilizationSeconds=0, forgetAfterSeconds=300)
+    )
+    t, current, recs = 0.0, 1, []
+    for _ in range(240):  # 2 h on a linear curve: 2 workers are twice as fast as 1
+        t += INTERVAL
+        (o,) = steady(current, start=t, count=1, tau=linear, util=False)
+        rec = autoscaler.decide([o], current_replicas=current, now=t)
+        recs.append(rec)
+        current = rec.replicas
+    moves = [
+        (r.current_replicas, r.replicas, r.reason) for r in recs if r.replicas != r.current_replicas
+    ]
+    assert current == 2 and len(moves) == 1, moves

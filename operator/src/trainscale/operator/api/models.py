@@ -197,10 +197,11 @@ class AutoscalingSpec(_Model):
         ge=1,
         le=30 * 86400,
         description=(
-            "What was measured at another worker count is forgotten when the job has not run "
-            "there for this long, so a job whose scaling changed (a new phase, a new data "
+            "What was measured at a larger worker count is forgotten when the job has not "
+            "run there for this long, so a job whose scaling changed (a new phase, a new data "
             "pipeline, a noisy neighbour gone) explores again instead of trusting old "
-            "numbers. Empty: measurements are kept for the job's life."
+            "numbers; smaller counts are kept as the efficiency reference. Empty: "
+            "measurements are kept for the job's life."
         ),
     )
     prometheus: PrometheusSpec = Field(

@@ -280,9 +280,13 @@ class JobAutoscaler:
         return rec
 
     def _forget_stale_counts(self, new: Sequence[Observation], current: int, now: float) -> None:
-        """``forgetAfterSeconds``: drop what was measured at counts the job has not run at
-        for that long (the current count is never forgotten), and that it left them, so the
-        policy explores them again. Restored memory counts as seen at its restore."""
+        """``forgetAfterSeconds``: drop what was measured at counts above the current one
+        that the job has not run at for that long, and that it left them, so the policy
+        explores them again (a curve that recovered pays there again). Counts below are kept:
+        they are the efficiency reference, and without them a job at its best count would go
+        down to re-measure them and come back, once per ``forgetAfterSeconds``; if the curve
+        changed, the current count's fresh measurements move the job down to them anyway.
+        Restored memory counts as seen at its restore."""
         for o in new:
             self._last_seen[o.replicas] = max(
                 self._last_seen.get(o.replicas, o.timestamp), o.timestamp
@@ -291,7 +295,7 @@ class JobAutoscaler:
         forget = self._spec.autoscaling.forget_after_seconds
         if forget is None:
             return
-        stale = {c for c, seen in self._last_seen.items() if c != current and now - seen > forget}
+        stale = {c for c, seen in self._last_seen.items() if c > current and now - seen > forget}
         if not stale:
             return
         self._observations = [o for o in self._observations if o.replicas not in stale]
