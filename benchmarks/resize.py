@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -31,20 +30,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from trainscale.trainer.contract.audit import read_audit
 from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig
-
-
-def read_audit(directory: Path) -> list[dict[str, Any]]:
-    entries = []
-    for path in directory.glob("*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return entries
 
 
 def wait_for_new_world(

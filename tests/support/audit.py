@@ -3,22 +3,11 @@ check that every sample of every epoch was trained exactly once across resizes."
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from trainscale.trainer.contract.audit import read_audit
 
-def read_audit(directory: Path) -> list[dict[str, Any]]:
-    """Every step record every rank wrote (see TRAINSCALE_AUDIT_LOG_DIR)."""
-    entries = []
-    for path in sorted(directory.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:  # a line being written right now
-                    continue
-    return entries
+__all__ = ["assert_exact_data_order", "lineage", "read_audit"]
 
 
 def lineage(entries: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from trainscale.trainer.runtime.task import Task
@@ -54,6 +55,20 @@ def _delayed(delay: Callable[[], float]) -> Callable[[nn.Module, Any], torch.Ten
     return loss
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _per_extra_worker(delay: Callable[[], float]) -> Callable[[], float]:
+    # A cost that grows with the workers, like communication: the job's speedup curve itself
+    # changes when the file does (a benchmark of the autoscaler's reaction on real training).
+    return lambda: delay() * (_world_size() - 1)
+
+
+def _sum(*delays: Callable[[], float]) -> Callable[[], float]:
+    return lambda: sum(d() for d in delays)
+
+
 def _file_delay(path: str) -> Callable[[], float]:
     def delay() -> float:
         try:
@@ -68,23 +83,22 @@ def _file_delay(path: str) -> Callable[[], float]:
 def task() -> Task:
     """The synthetic task. Size via TRAINSCALE_SYNTHETIC_SAMPLES / _FEATURES / _HIDDEN; a
     per-micro-batch delay in milliseconds via TRAINSCALE_SYNTHETIC_DELAY_MS, or read from the
-    file named by TRAINSCALE_SYNTHETIC_DELAY_FILE at every batch."""
+    file named by TRAINSCALE_SYNTHETIC_DELAY_FILE at every batch; and a per-micro-batch delay
+    for each worker beyond the first (milliseconds, a stand-in for communication) read from
+    the file named by TRAINSCALE_SYNTHETIC_SYNC_FILE at every batch."""
     samples = _int_env("TRAINSCALE_SYNTHETIC_SAMPLES", 4096)
     features = _int_env("TRAINSCALE_SYNTHETIC_FEATURES", 32)
     hidden = _int_env("TRAINSCALE_SYNTHETIC_HIDDEN", 64)
     delay_ms = _int_env("TRAINSCALE_SYNTHETIC_DELAY_MS", 0)
     delay_file = os.environ.get("TRAINSCALE_SYNTHETIC_DELAY_FILE", "")
+    sync_file = os.environ.get("TRAINSCALE_SYNTHETIC_SYNC_FILE", "")
+    compute = _file_delay(delay_file) if delay_file else (lambda: delay_ms / 1000)
+    delay = _sum(compute, _per_extra_worker(_file_delay(sync_file))) if sync_file else compute
     model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
     return Task(
         model=model,
         train_data=make_data(samples, features),
-        loss=(
-            _delayed(_file_delay(delay_file))
-            if delay_file
-            else _delayed(lambda: delay_ms / 1000)
-            if delay_ms
-            else _mse
-        ),
+        loss=_delayed(delay) if delay_file or delay_ms or sync_file else _mse,
         optimizer=functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9),
         global_batch_size=64,
         epochs=2,

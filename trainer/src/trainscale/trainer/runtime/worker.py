@@ -31,6 +31,7 @@ from torch.distributed import GradBucket  # type: ignore[attr-defined]
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from trainscale.trainer.contract.audit import audit_file_name
 from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.runtime import data_order
 from trainscale.trainer.runtime.batching import (
@@ -231,7 +232,7 @@ class AuditLog:
     def __init__(self, directory: Path, world_id: str, rank: int, loader_workers: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._fh: TextIO = open(  # noqa: SIM115 - closed in close()
-            directory / f"samples-{world_id}-rank{rank}.jsonl", "a", encoding="utf-8"
+            directory / audit_file_name(world_id, rank), "a", encoding="utf-8"
         )
         self.world_id = world_id
         self.rank = rank
