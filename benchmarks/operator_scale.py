@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -441,6 +442,9 @@ class Bench:
             time.sleep(2.0)
             result.rss_start = rss_mib(op.proc.pid)
             self.burst(op, namespace, result)
+            print(f"{jobs} jobs: first pod p50/p99 {fmt(quantile(result.first_pod, 0.5))}/"
+                  f"{fmt(quantile(result.first_pod, 0.99))} s, all Running after "
+                  f"{result.all_running_s:.1f} s; load average {load_average()}", flush=True)  # fmt: skip
             time.sleep(self.args.settle)
             rates, result.steady = self.window(op)
             result.steady_requests = rates
@@ -566,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jobs, --workers and --rounds must be >= 1")
     pods = max(args.jobs) * (args.workers + 1)  # + the rendezvous pod
     nodes = args.nodes or max(20, math.ceil(pods / PODS_PER_NODE))
+    # A timeout's SIGTERM unwinds like Ctrl-C: the operator and the test-bed are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {load_average()}", flush=True)
     with Testbed(nodes=nodes, gpus_per_node=8) as bed:
         bed.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
