@@ -53,6 +53,7 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_LOOP,
     RECONCILE_TOTAL_NAME,
 )
+from trainscale.testbed.apiserver_requests import parse_request_counts
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -63,7 +64,6 @@ STRAY_LOOP_LOG_LINES = ("did not exit in time", "orphaned")
 IDLE_JOBS = 10
 WINDOW = 30.0  # seconds of idleness measured (three reconcile resyncs)
 WINDOWS = 4  # tried until one is free of other clients' requests
-REQUESTS = "apiserver_request_total"
 
 
 def job_manifest(name: str) -> dict[str, Any]:
@@ -127,16 +127,7 @@ def reconcile_passes(port: int) -> float:
 
 def apiserver_requests(kubectl: Any) -> dict[tuple[str, str], float]:
     """The apiserver's requests so far, by (verb, resource[/subresource])."""
-    text = kubectl("get", "--raw", "/metrics", timeout=60).stdout
-    lines = "\n".join(line for line in text.splitlines() if line.startswith(REQUESTS + "{"))
-    counts: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(lines + "\n"):
-        for sample in family.samples:
-            labels = sample.labels
-            resource = "/".join(filter(None, (labels.get("resource"), labels.get("subresource"))))
-            key = (labels.get("verb", ""), resource)
-            counts[key] = counts.get(key, 0.0) + sample.value
-    return counts
+    return parse_request_counts(kubectl("get", "--raw", "/metrics", timeout=60).stdout)
 
 
 def loops(port: int) -> dict[str, float]:

@@ -9,7 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from trainscale.operator.api.models import Phase
-from trainscale.operator.observability.metric_names import MANAGED_JOBS_NAME
+from trainscale.operator.observability.metric_names import (
+    MANAGED_JOBS_NAME,
+    RECONCILE_DURATION_NAME,
+)
 from trainscale.operator.observability.metrics import OperatorMetrics
 
 
@@ -30,3 +33,16 @@ def test_every_phase_is_counted_and_forgotten(phase: Phase) -> None:
     assert sum(counts.values()) == 2
     metrics.forget_job("ns", "a")
     assert _by_phase(registry)[phase.value] == 1
+
+
+@pytest.mark.parametrize("seconds", [15.0, 45.0, 120.0, 300.0])
+def test_reconcile_latency_buckets_tell_minutes_apart(seconds: float) -> None:
+    """A pass of minutes (a burst on a loaded control plane) lands in a finite bucket near its
+    duration, not in +Inf above a 10 s top bucket, where 15 s and 5 min look the same."""
+    registry = CollectorRegistry()
+    OperatorMetrics(registry).reconcile_duration.observe(seconds)
+    (family,) = [m for m in registry.collect() if m.name == RECONCILE_DURATION_NAME]
+    filled = [
+        float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket") and s.value
+    ]
+    assert min(filled) <= 2.5 * seconds, sorted(filled)

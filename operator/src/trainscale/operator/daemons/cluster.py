@@ -85,6 +85,10 @@ class ClusterArbitration:
         self.predictors[key] = predictor
         self.restart_costs[key] = restart_cost_seconds
 
+    def jobs(self) -> int:
+        """How many jobs this state holds something for."""
+        return len(set(self.predictors) | set(self.restart_costs) | set(self.results))
+
     def forget(self, key: str) -> None:
         """A job is gone: keep nothing of it."""
         self.predictors.pop(key, None)

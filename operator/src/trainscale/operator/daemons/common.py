@@ -39,6 +39,7 @@ def get_metrics() -> OperatorMetrics:
     global _metrics  # noqa: PLW0603 - one registry per process
     if _metrics is None:
         _metrics = OperatorMetrics()
+        _metrics.track_state("wakeups", WAKEUPS.jobs)
     return _metrics
 
 
@@ -60,8 +61,18 @@ class Wakeups:
         return self._events.setdefault((namespace, name, loop), asyncio.Event())
 
     def wake(self, namespace: str, name: str, loop: str = RECONCILE_LOOP) -> None:
-        """Ask one of the job's loops (the reconcile loop by default) to run a pass now."""
-        self.get(namespace, name, loop).set()
+        """Ask one of the job's loops (the reconcile loop by default) to run a pass now.
+
+        Only a running loop is woken: one not started yet begins with a pass anyway, and a
+        deleted job's late events (its pods going after it) must not bring back the state
+        :meth:`forget` dropped, for good, since nothing would forget it again."""
+        event = self._events.get((namespace, name, loop))
+        if event is not None:
+            event.set()
+
+    def jobs(self) -> int:
+        """How many jobs have an event or a lock here."""
+        return len({key[:2] for key in self._events} | set(self._locks))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's events and lock."""

@@ -40,7 +40,7 @@ def trainscale_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
         interval_seconds=options.arbitration_interval_seconds,
         namespaces=() if options.all_namespaces else options.namespaces,
     )
-    get_metrics()
+    get_metrics().track_state("arbitration", memo.arbitration.jobs)
 
 
 @kopf.on.startup()

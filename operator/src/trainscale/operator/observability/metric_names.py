@@ -20,6 +20,10 @@ PROMETHEUS_QUERY_ERRORS_NAME = PREFIX + "prometheus_query_errors_total"
 PROMETHEUS_QUERY_DURATION_NAME = PREFIX + "prometheus_query_duration_seconds"
 JOB_LOOPS_NAME = PREFIX + "job_loops"
 JOB_LOOPS_CANCELLED_NAME = PREFIX + "job_loops_cancelled_total"
+JOB_STATE_NAME = PREFIX + "job_state_entries"
+
+# The "store" label of the job-state series: each in-process store that keeps something per job.
+STORE_LABEL = "store"
 
 # The "loop" label of the job-loop series: each TrainingJob has one loop of each kind.
 LOOP_LABEL = "loop"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     REGISTRY,
@@ -28,6 +28,7 @@ from trainscale.operator.observability.metric_names import (
     JOB_LABEL,
     JOB_LOOPS_CANCELLED_NAME,
     JOB_LOOPS_NAME,
+    JOB_STATE_NAME,
     LOOP_LABEL,
     MANAGED_JOBS_NAME,
     MANAGED_PODS_NAME,
@@ -37,9 +38,14 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_DURATION_NAME,
     RECONCILE_TOTAL_NAME,
     SCALING_DECISIONS_NAME,
+    STORE_LABEL,
 )
 
 _JOB_LABELS = [NAMESPACE_LABEL, JOB_LABEL]
+# Reconcile passes: milliseconds when the apiserver answers at once, but minutes under a
+# burst on a loaded control plane; a top bucket of 10 s would hide how much over it they were.
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
+                     300, 600)  # fmt: skip
 
 
 class OperatorMetrics:
@@ -56,7 +62,7 @@ class OperatorMetrics:
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION_NAME,
             "Wall time of one reconcile pass.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=RECONCILE_BUCKETS,
             registry=registry,
         )
         self.managed_jobs = Gauge(
@@ -114,7 +120,19 @@ class OperatorMetrics:
             [LOOP_LABEL],
             registry=registry,
         )
+        self.job_state = Gauge(
+            JOB_STATE_NAME,
+            "Jobs this process keeps state for, by in-process store: at most the managed "
+            "jobs; more is state a deleted job left behind.",
+            [STORE_LABEL],
+            registry=registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
+        self.track_state("phases", lambda: len(self._phases))
+
+    def track_state(self, store: str, jobs: Callable[[], int]) -> None:
+        """Report ``jobs()`` (how many jobs ``store`` holds something for) at every scrape."""
+        self.job_state.labels(store).set_function(jobs)
 
     @contextlib.contextmanager
     def job_loop(self, loop: str) -> Iterator[None]:
