@@ -19,7 +19,8 @@ from torch import nn
 from trainscale.trainer.runtime.task import Task
 
 
-def _int_env(name: str, default: int) -> int:
+def int_env(name: str, default: int) -> int:
+    """The integer environment variable ``name`` (``default`` when unset or empty)."""
     raw = os.environ.get(name, "")
     try:
         return int(raw) if raw else default
@@ -65,26 +66,28 @@ def _file_delay(path: str) -> Callable[[], float]:
     return delay
 
 
+def build_loss() -> Callable[[nn.Module, Any], torch.Tensor]:
+    """The mean squared error, after the per-micro-batch delay that TRAINSCALE_SYNTHETIC_DELAY_MS
+    (milliseconds) or the file named by TRAINSCALE_SYNTHETIC_DELAY_FILE (read at every batch)
+    asks for."""
+    delay_ms = int_env("TRAINSCALE_SYNTHETIC_DELAY_MS", 0)
+    delay_file = os.environ.get("TRAINSCALE_SYNTHETIC_DELAY_FILE", "")
+    if delay_file:
+        return _delayed(_file_delay(delay_file))
+    return _delayed(lambda: delay_ms / 1000) if delay_ms else _mse
+
+
 def task() -> Task:
     """The synthetic task. Size via TRAINSCALE_SYNTHETIC_SAMPLES / _FEATURES / _HIDDEN; a
-    per-micro-batch delay in milliseconds via TRAINSCALE_SYNTHETIC_DELAY_MS, or read from the
-    file named by TRAINSCALE_SYNTHETIC_DELAY_FILE at every batch."""
-    samples = _int_env("TRAINSCALE_SYNTHETIC_SAMPLES", 4096)
-    features = _int_env("TRAINSCALE_SYNTHETIC_FEATURES", 32)
-    hidden = _int_env("TRAINSCALE_SYNTHETIC_HIDDEN", 64)
-    delay_ms = _int_env("TRAINSCALE_SYNTHETIC_DELAY_MS", 0)
-    delay_file = os.environ.get("TRAINSCALE_SYNTHETIC_DELAY_FILE", "")
+    per-micro-batch delay as :func:`build_loss` reads it."""
+    samples = int_env("TRAINSCALE_SYNTHETIC_SAMPLES", 4096)
+    features = int_env("TRAINSCALE_SYNTHETIC_FEATURES", 32)
+    hidden = int_env("TRAINSCALE_SYNTHETIC_HIDDEN", 64)
     model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
     return Task(
         model=model,
         train_data=make_data(samples, features),
-        loss=(
-            _delayed(_file_delay(delay_file))
-            if delay_file
-            else _delayed(lambda: delay_ms / 1000)
-            if delay_ms
-            else _mse
-        ),
+        loss=build_loss(),
         optimizer=functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9),
         global_batch_size=64,
         epochs=2,
