@@ -398,7 +398,7 @@ class ElasticSession:
             },
             "state": (
                 build_sharded_state(self.objects)
-                if self._all_ranks_save
+                if self.sharded
                 else {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
             ),
             "rng": capture_rng_state(),
