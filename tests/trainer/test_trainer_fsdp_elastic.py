@@ -1,5 +1,6 @@
 """FSDP2 with sharded checkpoints on CPU (gloo): resharding, and a real elastic 2 -> 3 -> 2 run.
 
+- An FSDP job with gradient accumulation is refused with a clear error (exit 78).
 - A checkpoint saved asynchronously at world size 2 (training going on while it is written)
   loads at world size 3 into a model with other weights: the full model and Adam state equal
   those of the save moment (``tests/support/fsdp_reshard.py`` under torchrun).
@@ -29,13 +30,14 @@ from typing import Any
 import pytest
 
 from tests.support.audit import assert_exact_data_order, lineage, read_audit
-from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig
+from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig, find_free_port
 from trainscale.trainer.runtime.checkpoint import (
     CheckpointError,
     is_sharded_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
+from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE
 
 from .test_trainer_elastic import ElasticRun, _last_step, _wait, _world_since, _worlds
 
@@ -62,6 +64,22 @@ def _torchrun(nproc: int, *args: str) -> str:
 def test_checkpoint_saved_at_two_loads_at_three(tmp_path: Path) -> None:
     assert "RESHARD OK 2" in _torchrun(2, "save", str(tmp_path))
     assert "RESHARD OK 3" in _torchrun(3, "load", str(tmp_path))
+
+
+def test_fsdp_with_gradient_accumulation_is_refused(tmp_path: Path) -> None:
+    """Unequal micro-batch counts would hang FSDP's collectives: a clear error, and the
+    worker exits 78 (configuration error: its agent does not retry)."""
+    env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port()),
+           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "trainscale.trainer", "--task",
+         "trainscale.trainer.examples.fsdp:task", "--micro-batch-size", "16", "--no-metrics"],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert f"failed (exitcode: {FATAL_EXIT_CODE})" in result.stderr, result.stderr[-2000:]
+    assert "micro-batch 16 < share 48" in result.stderr
 
 
 def _poll_checkpoints(run: ElasticRun, stop: threading.Event) -> None:

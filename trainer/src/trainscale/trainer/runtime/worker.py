@@ -376,6 +376,11 @@ def train(
     sharded = is_sharded_module(model)  # FSDP2: no DDP; checkpointed with DCP
     if sharded and task.evaluate is not None:
         raise TaskError("Task.evaluate runs on rank 0 alone, which an FSDP model cannot do")
+    if sharded and plan.accumulation_steps > 1:  # shares differing by one: unequal counts
+        raise TaskError(
+            f"an FSDP model needs one micro-batch per step on every rank (its collectives run "
+            f"in each forward); micro-batch {plan.micro_batch} < share {plan.per_worker_batch}"
+        )
     if distributed and world_size > 1 and not sharded:
         ddp = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
         ddp.register_comm_hook(timer, CommTimer.hook)
