@@ -9,7 +9,8 @@ Covers :mod:`trainscale.trainer.runtime.sharded_checkpoint` and its use by the s
 - names, listing and pruning cover files and sharded directories alike; a temporary
   directory left by a world killed mid-write is removed and never listed;
 - a session with ``sharded=True`` checkpoints every N steps and a new session resumes model,
-  optimizer (momentum), progress and RNG from it; a sharded job refuses a single-file one.
+  optimizer (momentum), progress and RNG from it; a sharded job refuses a single-file one,
+  an unsharded job loads a sharded one.
 Multi-process FSDP resharding and the elastic 2 -> 3 -> 2 run are in
 ``test_trainer_fsdp_elastic.py`` (slow).
 """
@@ -110,10 +111,10 @@ def test_names_listing_pruning_and_stale_temporaries(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-def _session(directory: Path, objects: dict[str, Any], **kwargs: Any) -> ElasticSession:
+def _session(directory: Path, objects: dict[str, Any], sharded: bool = True) -> ElasticSession:
     policy = CheckpointPolicy(directory=directory, every_steps=2, interval_seconds=None)
     return ElasticSession(
-        dataset_length=64, objects=objects, epochs=1, policy=policy, sharded=True, **kwargs
+        dataset_length=64, objects=objects, epochs=1, policy=policy, sharded=sharded
     )
 
 
@@ -146,8 +147,22 @@ def test_sharded_session_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 def test_sharded_job_refuses_a_single_file_checkpoint(tmp_path: Path) -> None:
     objects = _objects()
-    plain = _session(tmp_path, objects)
-    plain.sharded = False
+    plain = _session(tmp_path, objects, sharded=False)
     ck.save_checkpoint(tmp_path, 4, plain.checkpoint_payload(), keep=3)
     with pytest.raises(ResumeError, match="single file"):
         _session(tmp_path, _objects()).resume()
+
+
+def test_unsharded_job_resumes_from_a_sharded_checkpoint(tmp_path: Path) -> None:
+    objects = _objects()
+    session = _session(tmp_path, objects)
+    session.commit(session.next_step(8)[0])
+    session.finish()
+    fresh = _objects()
+    with torch.no_grad():
+        for p in fresh["model"].parameters():
+            p.zero_()
+    plain = _session(tmp_path, fresh, sharded=False)  # as a DDP job would be
+    assert plain.resume() and plain.global_step == 1
+    for name, tensor in objects["model"].state_dict().items():
+        assert torch.equal(fresh["model"].state_dict()[name], tensor), name

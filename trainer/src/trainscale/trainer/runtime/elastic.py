@@ -289,7 +289,8 @@ class ElasticSession:
         self.global_step = int(progress["global_step"])
         self.samples_total = int(progress["samples_total"])
         if "state" not in document:  # sharded: every rank reads its part, resharded
-            group = self._writer.process_group if self._all_ranks_save else None  # type: ignore[union-attr]
+            writer = self._writer
+            group = writer.process_group if isinstance(writer, ShardedCheckpointWriter) else None
             try:
                 load_sharded_state(path, self.objects, group)
             except CheckpointError as exc:
