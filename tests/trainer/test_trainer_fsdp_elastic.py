@@ -121,6 +121,7 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> ElasticRun:
             "--epochs", str(EPOCHS), "--checkpoint-every-steps", str(EVERY),
             "--checkpoint-keep", "2", "--no-metrics",
         ),
+        min_workers=2,  # on a loaded machine the first agent would otherwise train alone
         checkpoint_dir=run.checkpoints,
         env={"TRAINSCALE_SYNTHETIC_SAMPLES": str(SAMPLES), "OMP_NUM_THREADS": "1",
              "TRAINSCALE_AUDIT_LOG_DIR": str(run.audit),
