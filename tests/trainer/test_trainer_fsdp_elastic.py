@@ -173,7 +173,7 @@ def test_fsdp_loss_keeps_falling(fsdp_run: ElasticRun) -> None:
     for world in _worlds(read_audit(fsdp_run.audit))[1:]:
         before = sum(_step_loss(history, s) for s in range(world["first"] - 3, world["first"]))
         after = sum(_step_loss(history, s) for s in range(world["first"], world["first"] + 3))
-        assert after < 2 * before, (world, before / 3, after / 3)  # a reset model: ~20x
+        assert after < 3 * before, (world, before / 3, after / 3)  # a reset model: 8-80x
     first = sum(_step_loss(history, s) for s in range(1, 11)) / 10
     last = sum(_step_loss(history, s) for s in range(TOTAL_STEPS - 9, TOTAL_STEPS + 1)) / 10
     assert last < 0.3 * first, (first, last)
