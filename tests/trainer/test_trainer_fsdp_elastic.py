@@ -5,10 +5,11 @@
   loads at world size 3 into a model with other weights: the full model and Adam state equal
   those of the save moment (``tests/support/fsdp_reshard.py`` under torchrun).
 - One local job (real agents, the FSDP example task) goes 2 -> 3 workers (scale-up) -> 2
-  (SIGTERM, like a deleted pod) and finishes:
-  * it exits 0 having trained at world sizes 2, 3, 2; every checkpoint is a sharded one;
+  (SIGTERM, like a deleted pod) -> 3 -> 2 (SIGKILL, like a node failure) and finishes:
+  * it exits 0 having trained at world sizes 2, 3, 2, 3, 2; every checkpoint is sharded;
   * exact data order: within every epoch each sample is trained on exactly once;
-  * the resizes redo no step (every rank writes its shard at the stop, then all exit);
+  * the graceful resizes redo no step (every rank writes its shard at the stop, then all
+    exit); the SIGKILL redoes at most the steps since the newest published checkpoint;
   * the loss keeps falling: no jump after a resize (the resharded state is the trained
     one), and the end is far below the start;
   * the newest checkpoint is loadable at every moment (polled during the run).
@@ -136,6 +137,8 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> ElasticRun:
         _wait(run, "first steps", lambda e: _last_step(e) >= 12)
         _resize(run, cluster.add_worker, size=3, then_steps=12)
         _resize(run, lambda: cluster.remove_worker(sig=signal.SIGTERM), size=2, then_steps=1)
+        _resize(run, cluster.add_worker, size=3, then_steps=12)
+        _resize(run, lambda: cluster.remove_worker(sig=signal.SIGKILL), size=2, then_steps=1)
         run.exit_code = cluster.wait(timeout=240)
     stop.set()
     poller.join()
@@ -155,17 +158,20 @@ def test_fsdp_job_finishes_after_resizes(fsdp_run: ElasticRun) -> None:
     assert all(is_sharded_checkpoint(path) for _, path in checkpoints), checkpoints
     assert load_checkpoint(checkpoints[0][1])["progress"]["epoch"] == EPOCHS
     sizes = [w["size"] for w in _worlds(read_audit(fsdp_run.audit))]
-    assert sizes == [2, 3, 2], sizes
+    assert sizes == [2, 3, 2, 3, 2], sizes
 
 
 def test_fsdp_exact_data_order_across_resizes(fsdp_run: ElasticRun) -> None:
     assert_exact_data_order(read_audit(fsdp_run.audit), dataset_length=SAMPLES, epochs=EPOCHS)
 
 
-def test_fsdp_resizes_redo_no_step(fsdp_run: ElasticRun) -> None:
+def test_fsdp_graceful_resizes_redo_no_step(fsdp_run: ElasticRun) -> None:
     worlds = _worlds(read_audit(fsdp_run.audit))
     redone = [prev["last"] - (nxt["first"] - 1) for prev, nxt in itertools.pairwise(worlds)]
-    assert redone == [0, 0], redone
+    assert redone[:3] == [0, 0, 0], redone
+    # SIGKILL: a sharded checkpoint needs every rank, so the survivors resume from the newest
+    # published one: at most the steps since the last periodic save (and one in flight).
+    assert 0 <= redone[3] < 2 * EVERY, redone
 
 
 def test_fsdp_loss_keeps_falling(fsdp_run: ElasticRun) -> None:
