@@ -45,7 +45,7 @@ from .test_trainer_elastic import ElasticRun, _last_step, _wait, _world_since, _
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES, BATCH, EPOCHS, EVERY = 1536, 48, 4, 8
+SAMPLES, BATCH, EPOCHS, EVERY = 1536, 48, 6, 8
 SLOW_MS, FAST_MS = "250", "20"  # per step: while a resize is under way / otherwise
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
 
