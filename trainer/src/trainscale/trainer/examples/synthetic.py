@@ -20,7 +20,8 @@ from torch import nn
 from trainscale.trainer.runtime.task import Task
 
 
-def _int_env(name: str, default: int) -> int:
+def int_env(name: str, default: int) -> int:
+    """The integer environment variable ``name`` (``default`` when unset or empty)."""
     raw = os.environ.get(name, "")
     try:
         return int(raw) if raw else default
@@ -80,25 +81,33 @@ def _file_delay(path: str) -> Callable[[], float]:
     return delay
 
 
-def task() -> Task:
-    """The synthetic task. Size via TRAINSCALE_SYNTHETIC_SAMPLES / _FEATURES / _HIDDEN; a
-    per-micro-batch delay in milliseconds via TRAINSCALE_SYNTHETIC_DELAY_MS, or read from the
-    file named by TRAINSCALE_SYNTHETIC_DELAY_FILE at every batch; and a per-micro-batch delay
-    for each worker beyond the first (milliseconds, a stand-in for communication) read from
-    the file named by TRAINSCALE_SYNTHETIC_SYNC_FILE at every batch."""
-    samples = _int_env("TRAINSCALE_SYNTHETIC_SAMPLES", 4096)
-    features = _int_env("TRAINSCALE_SYNTHETIC_FEATURES", 32)
-    hidden = _int_env("TRAINSCALE_SYNTHETIC_HIDDEN", 64)
-    delay_ms = _int_env("TRAINSCALE_SYNTHETIC_DELAY_MS", 0)
+def build_loss() -> Callable[[nn.Module, Any], torch.Tensor]:
+    """The mean squared error, after the per-micro-batch delay that TRAINSCALE_SYNTHETIC_DELAY_MS
+    (milliseconds) or the file named by TRAINSCALE_SYNTHETIC_DELAY_FILE (read at every batch)
+    asks for, plus a per-micro-batch delay for each worker beyond the first (milliseconds, a
+    stand-in for communication) read from the file named by TRAINSCALE_SYNTHETIC_SYNC_FILE at
+    every batch."""
+    delay_ms = int_env("TRAINSCALE_SYNTHETIC_DELAY_MS", 0)
     delay_file = os.environ.get("TRAINSCALE_SYNTHETIC_DELAY_FILE", "")
     sync_file = os.environ.get("TRAINSCALE_SYNTHETIC_SYNC_FILE", "")
+    if not (delay_file or delay_ms or sync_file):
+        return _mse
     compute = _file_delay(delay_file) if delay_file else (lambda: delay_ms / 1000)
     delay = _sum(compute, _per_extra_worker(_file_delay(sync_file))) if sync_file else compute
+    return _delayed(delay)
+
+
+def task() -> Task:
+    """The synthetic task. Size via TRAINSCALE_SYNTHETIC_SAMPLES / _FEATURES / _HIDDEN; a
+    per-micro-batch delay as :func:`build_loss` reads it."""
+    samples = int_env("TRAINSCALE_SYNTHETIC_SAMPLES", 4096)
+    features = int_env("TRAINSCALE_SYNTHETIC_FEATURES", 32)
+    hidden = int_env("TRAINSCALE_SYNTHETIC_HIDDEN", 64)
     model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
     return Task(
         model=model,
         train_data=make_data(samples, features),
-        loss=_delayed(delay) if delay_file or delay_ms or sync_file else _mse,
+        loss=build_loss(),
         optimizer=functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9),
         global_batch_size=64,
         epochs=2,

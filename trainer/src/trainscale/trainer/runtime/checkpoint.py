@@ -6,6 +6,9 @@ mid-write included). Each checkpoint is one file ``step-<step>.pt``, written to 
 temporary name in the same directory, flushed and fsynced, renamed over its final name
 (atomic on POSIX), and the directory is fsynced so the rename itself survives a power cut. A
 reader therefore sees either the whole file or none of it; temporary files are ignored.
+A sharded checkpoint (:mod:`trainscale.trainer.runtime.sharded_checkpoint`) is a directory
+``step-<step>.dcp`` published the same way: written under a temporary name, renamed when
+complete; the names, listing, pruning and loading here cover both kinds.
 
 The naming, ordering and pruning decisions are pure functions; :class:`CheckpointWriter`
 adds an optional background thread so that the training loop only pays for copying the state
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -30,8 +34,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-_NAME_RE = re.compile(r"^step-(\d{12})\.pt$")
+_NAME_RE = re.compile(r"^step-(\d{12})\.(?:pt|dcp)$")
 _TMP_MARK = ".tmp-"
+#: Suffix of a sharded (DCP) checkpoint directory; a single-file checkpoint ends in ``.pt``.
+SHARDED_SUFFIX = ".dcp"
+#: The file in a sharded checkpoint directory that holds what is not sharded (progress, RNG).
+SHARDED_DOCUMENT = "trainscale.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -51,8 +59,27 @@ def build_checkpoint_name(step: int) -> str:
     return f"step-{step:012d}.pt"
 
 
+def build_sharded_checkpoint_name(step: int) -> str:
+    """Return the directory name of the sharded checkpoint taken after step ``step``."""
+    return build_checkpoint_name(step).removesuffix(".pt") + SHARDED_SUFFIX
+
+
+def build_temporary_name(final_name: str, token: str) -> str:
+    """Return the name a checkpoint is written under before it is renamed to ``final_name``.
+
+    Never parsed as a checkpoint; removed by :func:`remove_stale_temporaries`.
+    """
+    return f".{final_name}{_TMP_MARK}{token}"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """True for a sharded (DCP directory) checkpoint, False for a single file."""
+    return path.name.endswith(SHARDED_SUFFIX)
+
+
 def parse_checkpoint_step(name: str) -> int | None:
-    """Return the step of a checkpoint file name, or None for any other file (temporaries)."""
+    """Return the step of a checkpoint name (file or sharded directory), or None for any
+    other name (temporaries)."""
     match = _NAME_RE.match(name)
     return int(match.group(1)) if match else None
 
@@ -110,7 +137,8 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (survives a power cut)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -125,7 +153,7 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     written, flushed, fsynced and renamed over ``path``; then the directory is fsynced. On any
     error the temporary file is removed and the error re-raised.
     """
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(build_temporary_name(path.name, f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -136,11 +164,21 @@ def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a checkpoint file or sharded checkpoint directory (gone already: fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files left by writers that died mid-write; return what was removed.
+    """Delete temporaries (files and sharded directories) left by writers that died
+    mid-write; return what was removed.
 
     Call only when no writer can be active (a world's rank 0 at startup).
     """
@@ -148,10 +186,15 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(directory):
             if _TMP_MARK in name and name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    (directory / name).unlink()
-                    removed.append(directory / name)
+                remove_path(directory / name)
+                removed.append(directory / name)
     return removed
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (both kinds) of ``directory``."""
+    for name in decide_checkpoints_to_prune(os.listdir(directory), keep):
+        remove_path(directory / name)
 
 
 def save_checkpoint(directory: Path, step: int, payload: Mapping[str, Any], keep: int) -> Path:
@@ -167,20 +210,23 @@ def save_checkpoint(directory: Path, step: int, payload: Mapping[str, Any], keep
     path = directory / build_checkpoint_name(step)
     document = {"format": CHECKPOINT_FORMAT, "step": step, **payload}
     write_atomically(path, lambda fh: torch.save(document, fh))
-    for name in decide_checkpoints_to_prune(os.listdir(directory), keep):
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
+    prune_checkpoints(directory, keep)
     return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load one checkpoint onto the CPU (tensors only, no arbitrary pickles).
 
+    For a sharded checkpoint this is its unsharded document (format, step, progress, RNG;
+    no ``"state"``): the shards are loaded collectively by
+    :func:`trainscale.trainer.runtime.sharded_checkpoint.load_sharded_state`.
+
     Raises:
         CheckpointError: when the file is unreadable or not a trainscale checkpoint.
     """
+    source = path / SHARDED_DOCUMENT if is_sharded_checkpoint(path) else path
     try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
+        document = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
@@ -218,12 +264,62 @@ def snapshot_to_cpu(value: Any) -> Any:
     return value
 
 
-class CheckpointWriter:
-    """Writes checkpoints of one directory, optionally on a background thread.
+class BackgroundWrites:
+    """What both checkpoint writers share: at most one write in flight on a background
+    thread, its error raised by :meth:`wait`, ``on_saved(step, seconds)`` after each write."""
 
-    At most one background write is in flight; a new save first waits for it. ``on_saved``
-    is called with ``(step, seconds)`` after each completed write (for metrics).
-    """
+    def __init__(
+        self, directory: Path, keep: int, on_saved: Callable[[int, float], None] | None
+    ) -> None:
+        if keep < 1:
+            raise CheckpointError(f"checkpoint keep must be >= 1, got {keep}")
+        self.directory = directory
+        self.keep = keep
+        self.last_saved_step = -1
+        self._on_saved = on_saved
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _start(self, name: str, write: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # surfaced by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=name)
+        self._thread.start()
+
+    def _saved(self, step: int, started: float) -> None:
+        self.last_saved_step = max(self.last_saved_step, step)
+        if self._on_saved is not None:
+            self._on_saved(step, time.perf_counter() - started)
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a background write has not completed."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until the background write (if any) is complete.
+
+        Raises:
+            CheckpointError: when that write failed.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"background checkpoint write failed: {error}") from error
+
+
+class CheckpointWriter(BackgroundWrites):
+    """Writes single-file checkpoints of one directory (rank 0), optionally on a background
+    thread that serialises a host-memory snapshot of the state."""
+
+    #: Only rank 0 writes (the whole state is on every rank).
+    all_ranks_write = False
 
     def __init__(
         self,
@@ -233,28 +329,13 @@ class CheckpointWriter:
         background: bool = True,
         on_saved: Callable[[int, float], None] | None = None,
     ) -> None:
-        if keep < 1:
-            raise CheckpointError(f"checkpoint keep must be >= 1, got {keep}")
-        self.directory = directory
-        self.keep = keep
+        super().__init__(directory, keep, on_saved)
         self.background = background
-        self.last_saved_step = -1
-        self._on_saved = on_saved
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def _write(self, step: int, payload: Mapping[str, Any]) -> None:
         started = time.perf_counter()
         save_checkpoint(self.directory, step, payload, self.keep)
-        self.last_saved_step = max(self.last_saved_step, step)
-        if self._on_saved is not None:
-            self._on_saved(step, time.perf_counter() - started)
-
-    def _write_in_thread(self, step: int, payload: Mapping[str, Any]) -> None:
-        try:
-            self._write(step, payload)
-        except BaseException as exc:  # surfaced by wait()
-            self._error = exc
+        self._saved(step, started)
 
     def save(self, step: int, payload: Mapping[str, Any], *, wait: bool = False) -> None:
         """Save ``payload`` as step ``step``; with ``wait`` (or no background) block until done.
@@ -267,20 +348,4 @@ class CheckpointWriter:
             self._write(step, payload)
             return
         snapshot = snapshot_to_cpu(payload)
-        self._thread = threading.Thread(
-            target=self._write_in_thread, args=(step, snapshot), name="checkpoint-writer"
-        )
-        self._thread.start()
-
-    def wait(self) -> None:
-        """Block until the background write (if any) is on disk.
-
-        Raises:
-            CheckpointError: when that write failed.
-        """
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise CheckpointError(f"background checkpoint write failed: {error}") from error
+        self._start("checkpoint-writer", lambda: self._write(step, snapshot))

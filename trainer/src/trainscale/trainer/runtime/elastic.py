@@ -58,6 +58,12 @@ from trainscale.trainer.runtime.settings import (
     compute_metrics_port,
     metrics_settings_from_env,
 )
+from trainscale.trainer.runtime.sharded_checkpoint import (
+    ShardedCheckpointWriter,
+    build_sharded_state,
+    is_sharded_module,
+    load_sharded_state,
+)
 from trainscale.trainer.runtime.task import Dataset
 
 logger = logging.getLogger(__name__)
@@ -125,6 +131,9 @@ class ElasticSession:
         device: where the coordination tensor lives (CUDA for NCCL, CPU for gloo).
         peer_stop_grace_seconds: how long a worker stopped by a peer waits for its own signal.
         on_checkpoint_saved: ``(step, seconds)`` callback after each write (metrics).
+        sharded: checkpoint with DCP, every rank writing its shard asynchronously (see
+            :mod:`~trainscale.trainer.runtime.sharded_checkpoint`) instead of rank 0 writing
+            one file; None (default) chooses DCP exactly when an object is an FSDP2 module.
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class ElasticSession:
         peer_stop_grace_seconds: float = 1.0,
         on_checkpoint_saved: Callable[[int, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sharded: bool | None = None,
     ) -> None:
         if dataset_length < 1:
             raise ValueError(f"dataset_length must be >= 1, got {dataset_length}")
@@ -172,16 +182,38 @@ class ElasticSession:
         # the step of the newest save started: a background write still in flight counts, so
         # a slow write does not make the next step look due as well
         self._last_save_step = -1
-        self._writer = (
-            CheckpointWriter(
-                self.policy.directory,
-                self.policy.keep,
-                background=self.policy.background,
-                on_saved=on_checkpoint_saved,
-            )
-            if self.policy.directory is not None
-            else None
+        self.sharded = (
+            any(is_sharded_module(obj) for obj in self.objects.values())
+            if sharded is None
+            else sharded
         )
+        self._writer = self._build_writer(on_checkpoint_saved)
+
+    def _build_writer(
+        self, on_saved: Callable[[int, float], None] | None
+    ) -> CheckpointWriter | ShardedCheckpointWriter | None:
+        directory = self.policy.directory
+        if directory is None:
+            return None
+        if not self.sharded:
+            return CheckpointWriter(
+                directory, self.policy.keep, background=self.policy.background, on_saved=on_saved
+            )
+        # DCP's own group (collective: every rank builds its session at the same point), so
+        # a background save never interleaves with the training loop's collectives.
+        group = dist.new_group(backend="gloo") if self.distributed else None
+        return ShardedCheckpointWriter(
+            directory,
+            self.policy.keep,
+            rank=self.rank,
+            process_group=group,
+            asynchronous=self.policy.background,
+            on_saved=on_saved,
+        )
+
+    @property
+    def _all_ranks_save(self) -> bool:
+        return self._writer is not None and self._writer.all_ranks_write
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -237,14 +269,14 @@ class ElasticSession:
                 f"checkpoint {path} chosen by rank 0 is missing on rank {self.rank}: the "
                 "checkpoint directory must be storage shared by all workers"
             ) from exc
-        self._apply(document)
+        self._apply(path, document)
         self.resumed_from = path
         if self._writer is not None:
             self._writer.last_saved_step = self.global_step
         self._last_save_step = self.global_step
         return True
 
-    def _apply(self, document: Mapping[str, Any]) -> None:
+    def _apply(self, path: Path, document: Mapping[str, Any]) -> None:
         for field, mine in (("dataset_length", self.dataset_length), ("seed", self.seed)):
             if document["progress"][field] != mine:
                 raise ResumeError(
@@ -256,6 +288,20 @@ class ElasticSession:
         self.position = int(progress["position"])
         self.global_step = int(progress["global_step"])
         self.samples_total = int(progress["samples_total"])
+        if "state" not in document:  # sharded: every rank reads its part, resharded
+            writer = self._writer
+            group = writer.process_group if isinstance(writer, ShardedCheckpointWriter) else None
+            try:
+                load_sharded_state(path, self.objects, group)
+            except CheckpointError as exc:
+                raise ResumeError(str(exc)) from exc
+            restore_rng_state(document["rng"])
+            return
+        if self.sharded:
+            raise ResumeError(
+                f"checkpoint {path} is a single file but this job's model is sharded (FSDP); "
+                "use another checkpoint directory"
+            )
         for name, obj in self.objects.items():
             if name not in document["state"]:
                 raise ResumeError(f"checkpoint has no state for {name!r}")
@@ -301,12 +347,20 @@ class ElasticSession:
     def coordinate(self, loss_sum: float, sample_count: int) -> bool:
         """End a step: average the loss over all ranks and agree on whether to stop.
 
-        Every rank must call this once per step. Writes a periodic checkpoint when due.
+        Every rank must call this once per step. Writes a periodic checkpoint when due: rank 0
+        decides (its clock) and the decision rides on the same all-reduce, so that with sharded
+        checkpoints every rank saves at the same step.
 
         Returns:
             True when the workers must stop now (call :meth:`stop` next).
         """
-        flags = [1.0 if self.signalled else 0.0, float(loss_sum), float(sample_count)]
+        due = self.rank == 0 and self._checkpoint_due()
+        flags = [
+            1.0 if self.signalled else 0.0,
+            float(loss_sum),
+            float(sample_count),
+            1.0 if due else 0.0,
+        ]
         if self.distributed and self.world_size > 1:
             tensor = torch.tensor(flags, dtype=torch.float64, device=self.device)
             dist.all_reduce(tensor)
@@ -314,18 +368,21 @@ class ElasticSession:
         self.last_loss = flags[1] / flags[2] if flags[2] else float("nan")
         if flags[0] > 0:
             return True
-        if self._writer is not None and self.rank == 0:
-            now = self._clock()
-            if decide_checkpoint_due(
-                now=now,
-                step=self.global_step,
-                last_save_time=self._last_save_time,
-                last_save_step=max(self._last_save_step, self._writer.last_saved_step),
-                interval_seconds=self.policy.interval_seconds,
-                every_steps=self.policy.every_steps,
-            ):
-                self.save()
+        if flags[3] > 0 and (self.rank == 0 or self._all_ranks_save):
+            self.save()
         return False
+
+    def _checkpoint_due(self) -> bool:
+        if self._writer is None:
+            return False
+        return decide_checkpoint_due(
+            now=self._clock(),
+            step=self.global_step,
+            last_save_time=self._last_save_time,
+            last_save_step=max(self._last_save_step, self._writer.last_saved_step),
+            interval_seconds=self.policy.interval_seconds,
+            every_steps=self.policy.every_steps,
+        )
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """Return what a checkpoint of the current (committed) state holds."""
@@ -340,7 +397,11 @@ class ElasticSession:
                 "world_size": self.world_size,
                 "saved_at": time.time(),
             },
-            "state": {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()},
+            "state": (
+                build_sharded_state(self.objects)
+                if self.sharded
+                else {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+            ),
             "rng": capture_rng_state(),
         }
 
@@ -365,8 +426,8 @@ class ElasticSession:
             self._writer.wait()
 
     def finish(self) -> None:
-        """Write the final checkpoint (rank 0) and wait until it is on disk."""
-        if self.rank == 0:
+        """Write the final checkpoint (rank 0; sharded: all ranks) and wait until it is on disk."""
+        if self.rank == 0 or self._all_ranks_save:
             self.save(wait=True)
         if self._writer is not None:
             self._writer.wait()
@@ -379,7 +440,7 @@ class ElasticSession:
         ``peer_stop_grace_seconds`` for a signal and exits with :data:`RESTART_EXIT_CODE`
         when none comes, so that the agent re-rendezvouses.
         """
-        if self.rank == 0:
+        if self.rank == 0 or self._all_ranks_save:
             self.save(wait=True)
         if self._writer is not None:
             self._writer.wait()
@@ -398,12 +459,19 @@ class ElasticSession:
     def emergency_save(self) -> None:
         """After a failed collective: save the last committed step unless already on disk.
 
-        Any rank may call this; concurrent writers of the same step are harmless.
+        Any rank may call this; concurrent writers of the same step are harmless. A sharded
+        checkpoint needs every rank, so after a peer died only the newest complete one counts.
         """
         if self._writer is None:
             return
         with contextlib.suppress(CheckpointError):
             self._writer.wait()
+        if self._all_ranks_save:
+            logger.warning(
+                "a sharded checkpoint needs every rank: the job resumes from step %d",
+                self._writer.last_saved_step,
+            )
+            return
         if self.global_step > self._writer.last_saved_step:
             newest = self.policy.directory and (
                 self.policy.directory / f"step-{self.global_step:012d}.pt"

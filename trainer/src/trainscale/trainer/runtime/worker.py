@@ -54,7 +54,8 @@ from trainscale.trainer.runtime.settings import (
     compute_metrics_port,
     metrics_settings_from_env,
 )
-from trainscale.trainer.runtime.task import Task, load_task
+from trainscale.trainer.runtime.sharded_checkpoint import is_sharded_module
+from trainscale.trainer.runtime.task import Task, TaskError, load_task
 
 logger = logging.getLogger("trainscale.trainer")
 
@@ -373,7 +374,15 @@ def train(
     model = task.model.to(device)
     net: torch.nn.Module = model
     timer = CommTimer()
-    if distributed and world_size > 1:
+    sharded = is_sharded_module(model)  # FSDP2: no DDP; checkpointed with DCP
+    if sharded and task.evaluate is not None:
+        raise TaskError("Task.evaluate runs on rank 0 alone, which an FSDP model cannot do")
+    if sharded and plan.accumulation_steps > 1:  # shares differing by one: unequal counts
+        raise TaskError(
+            f"an FSDP model needs one micro-batch per step on every rank (its collectives run "
+            f"in each forward); micro-batch {plan.micro_batch} < share {plan.per_worker_batch}"
+        )
+    if distributed and world_size > 1 and not sharded:
         ddp = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
         ddp.register_comm_hook(timer, CommTimer.hook)
         net = ddp
@@ -434,7 +443,10 @@ def train(
             step, ids = session.next_step(plan.global_batch)
             chunks = data_order.compute_micro_batches(0, len(ids), plan.micro_batch)
             loss_sum = 0.0
-            if not chunks:
+            if not chunks and sharded:  # FSDP's collectives need a forward: one sample, weight 0
+                one = to_device(fetch_batch(task, np.zeros(1, dtype=np.int64)), device)
+                (task.loss(net, one) * 0.0).backward()  # type: ignore[no-untyped-call]
+            elif not chunks:
                 _zero_loss(net).backward()  # type: ignore[no-untyped-call]
             for i, (a, b) in enumerate(chunks):
                 t_data = time.perf_counter()
