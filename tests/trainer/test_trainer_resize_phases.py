@@ -12,7 +12,7 @@ Covers:
   restart's phases, then the new ones;
 - real elastic torch (gloo, our agent, 1 -> 2 -> 1 pods): after each resize the surviving
   pod serves all seven phases with sane values and 0 steps lost, the joining pod its own
-  phases and "unknown" steps lost.
+  phases and "unknown" steps lost; each pod's local rank 0 logs them (what benchmarks read).
 """
 
 from __future__ import annotations
@@ -245,3 +245,7 @@ def test_resizes_export_their_phases_and_lose_no_steps(tmp_path: Path) -> None:
             cluster.remove_worker(sig=signal.SIGKILL)
     worlds = {e["world_size"] for e in read_audit(job.base / "audit")}
     assert worlds == {1, 2}, worlds
+    # Each pod's local rank 0 also logs its view of every restart (what benchmarks read).
+    for agent, expected in (("agent-0", ["1", "2", "1"]), ("agent-1", ["2"])):
+        text = (logs / f"{agent}.log").read_text()
+        assert re.findall(r"restart phases \(world (\d+)\): ", text) == expected, agent

@@ -490,8 +490,12 @@ def train(
             if unrecorded is not None:  # the first step at this world size is done
                 phases, lost = unrecorded.phases()
                 metrics.record_restart(phases, lost)
-                if rank == 0:
-                    print(f"[{label}] restart phases: {describe_restart(phases, lost)}", flush=True)
+                if local_rank == 0:  # each pod's view (a job's phase is its slowest pod's)
+                    print(
+                        f"[{label}] restart phases (world {world_size}): "
+                        f"{describe_restart(phases, lost)}",
+                        flush=True,
+                    )
                 unrecorded = None
             if stop:
                 if local_rank == 0:
