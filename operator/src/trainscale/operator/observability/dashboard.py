@@ -312,9 +312,11 @@ RESIZE_ROW = Row(
                 "rendezvous (waiting for every node of the new world), process start, "
                 "process group init, setup (model, DDP), checkpoint restore, first step at "
                 "the new size. Each worker records them at its first step; a job shows its "
-                "slowest pod. The stack changes at each resize; its height is the pause, "
-                "from the last step before to the first step after (a new pod's boot before "
-                "it joins is not in it: see the operator's events)."
+                "slowest pod (a pod that just joined waits through the old world's stop in its "
+                "rendezvous, so on a scale-up the stack counts that stop twice). The stack "
+                "changes at each resize; its height is about the pause, from the last step "
+                "before to the first step after (a new pod's boot before it joins is not in "
+                "it: benchmarks/realloop_resize.py measures it)."
             ),
             unit="s",
             stack=True,
