@@ -155,11 +155,12 @@ def _expect(
     series: dict[str, str],
     expected: Mapping[str, float],
     eval_time: str = "5m",
+    target: int = 0,
 ) -> None:
-    """Evaluate the first query of ``panel`` on ``series`` (selector -> promtool values
-    notation, one sample a minute) with ``promtool test rules`` and compare the result
-    (labels -> value) at ``eval_time``."""
-    expr = _concrete(_panel(panel)["targets"][0]["expr"])
+    """Evaluate query ``target`` (the first by default) of ``panel`` on ``series`` (selector
+    -> promtool values notation, one sample a minute) with ``promtool test rules`` and compare
+    the result (labels -> value) at ``eval_time``."""
+    expr = _concrete(_panel(panel)["targets"][target]["expr"])
     rules = tmp_path / "rules.yaml"
     rules.write_text("groups: []\n")
     case = {

@@ -65,6 +65,8 @@ def test_elastic_loader_serves_the_policy_metrics(
     assert _value(text, names.EPOCH_PROGRESS_RATIO) == pytest.approx(24 / 40)
     assert _value(text, names.CHECKPOINT_STEP) == 3  # saved after steps 1 and 3
     assert _value(text, names.RESUMES_TOTAL) == 0
+    for phase in ("process_start", "restore", "first_step"):  # what a plain torchrun run knows
+        assert f'{names.RESIZE_PHASE_SECONDS}{{phase="{phase}"}} ' in text, phase
 
     again = ElasticLoader(data, state=state, epochs=1, batch_size=8)  # a restarted process
     try:

@@ -56,6 +56,7 @@ def test_endpoint_serves_every_documented_name() -> None:
         )  # fmt: skip
         metrics.record_checkpoint(7, 0.3)
         metrics.record_world(3, agent_restarts=1)
+        metrics.record_restart({"rendezvous": 1.25}, steps_lost=0)
         text = scrape(port)
     finally:
         metrics.shutdown()
@@ -68,6 +69,8 @@ def test_endpoint_serves_every_documented_name() -> None:
     assert f'{names.STEP_SECONDS}_bucket{{le="0.01"}} 0.0' in text
     assert f"{names.RESUMES_TOTAL} 1.0" in text
     assert f"{names.CHECKPOINT_STEP} 7.0" in text
+    assert f'{names.RESIZE_PHASE_SECONDS}{{phase="rendezvous"}} 1.25' in text
+    assert f"{names.RESIZE_STEPS_LOST} 0.0" in text
 
 
 def test_gpu_metric_degrades_without_a_gpu() -> None:

@@ -62,6 +62,38 @@ CHECKPOINT_SAVE_SECONDS = PREFIX + "checkpoint_save_seconds"
 # Gauge: optimizer step of the newest checkpoint this worker knows of.
 CHECKPOINT_STEP = PREFIX + "checkpoint_step"
 
+# Gauge with a ``phase`` label (:data:`RESIZE_PHASES`): seconds each phase of this worker's
+# latest (re)start took, recorded once its first step is done; a pod reports its slowest local
+# rank (all ranks wait for each other), a job its slowest pod (``max by (phase)``). While a
+# restart is under way the pod keeps serving the previous one.
+RESIZE_PHASE_SECONDS = PREFIX + "resize_phase_seconds"
+RESIZE_PHASE_LABEL = "phase"
+
+# The phases of a (re)start, in order (the times between consecutive marks):
+#   stop           the previous world's last step on this pod -> its agent starts the
+#                  rendezvous (stop at the step boundary, checkpoint, processes exit);
+#   rendezvous     the agent's rendezvous (waiting for every node of the new world);
+#   process_start  rendezvous done (or, without our agent, process creation) -> the worker's
+#                  training function runs (fork from the preloaded forkserver, or imports);
+#   process_group  torch.distributed.init_process_group;
+#   setup          task, model, DDP wrapper and optimizer built;
+#   restore        resume from the newest checkpoint;
+#   first_step     restore done -> the first optimizer step at the new size completed.
+RESIZE_PHASES: tuple[str, ...] = (
+    "stop",
+    "rendezvous",
+    "process_start",
+    "process_group",
+    "setup",
+    "restore",
+    "first_step",
+)
+
+# Gauge: optimizer steps the latest restart trains again (the previous world's last step on
+# this pod minus the step it resumed from; 0 with a checkpoint at every stop). Unknown (NaN)
+# on a pod that was not part of the previous world: a job's figure is its ``max`` over pods.
+RESIZE_STEPS_LOST = PREFIX + "resize_steps_lost"
+
 # Gauge: mean utilization of the pod's GPUs (its live ranks') read through NVML (0..1);
 # absent without CUDA.
 GPU_UTILIZATION_RATIO = PREFIX + "gpu_utilization_ratio"
@@ -96,6 +128,8 @@ ALL_METRICS: tuple[MetricName, ...] = (
     MetricName(AGENT_RESTARTS, "gauge", "Restarts done by this worker's torchrun agent."),
     MetricName(CHECKPOINT_SAVE_SECONDS, "histogram", "Wall time of writing one checkpoint."),
     MetricName(CHECKPOINT_STEP, "gauge", "Optimizer step of the newest known checkpoint."),
+    MetricName(RESIZE_PHASE_SECONDS, "gauge", "Seconds each phase of the latest (re)start took."),
+    MetricName(RESIZE_STEPS_LOST, "gauge", "Optimizer steps the latest restart trains again."),
     MetricName(GPU_UTILIZATION_RATIO, "gauge", "GPU utilization from NVML (0..1), CUDA only."),
 )
 

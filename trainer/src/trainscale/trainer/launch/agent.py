@@ -45,6 +45,7 @@ from trainscale.trainer.launch.preload import preload_forkserver, wait_for_forks
 from trainscale.trainer.launch.worker_entry import worker_main
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE, RESTART_EXIT_CODE
 from trainscale.trainer.runtime.metrics import serve_pod_metrics, stop_server
+from trainscale.trainer.runtime.phases import note_rendezvous
 from trainscale.trainer.runtime.settings import (
     MetricsSettings,
     SettingsError,
@@ -137,6 +138,13 @@ class TrainscaleAgent(LocalElasticAgent):
     """torchrun's local agent that leaves the rendezvous as soon as it is told to stop."""
 
     fast_leave = True
+    metrics_dir = ""  # where the workers publish; the agent notes each rendezvous there
+
+    def _rendezvous(self, worker_group: Any) -> None:
+        # The workers' resize phases (runtime/phases.py) start from this rendezvous.
+        started = time.time()
+        super()._rendezvous(worker_group)
+        note_rendezvous(self.metrics_dir, started, time.time())
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         # SimpleElasticAgent.run() calls _shutdown() while handling the SignalException raised
@@ -260,6 +268,7 @@ def _run(
         shutdown_timeout=shutdown_timeout,
     )
     agent.fast_leave = fast
+    agent.metrics_dir = metrics_dir
     close_rendezvous = True
     try:
         result = agent.run()

@@ -51,6 +51,7 @@ from trainscale.trainer.runtime.checkpoint import (
     remove_stale_temporaries,
 )
 from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
+from trainscale.trainer.runtime.phases import RestartClock
 from trainscale.trainer.runtime.sampler import ElasticBatchSampler, StepBatches, build_loader
 from trainscale.trainer.runtime.settings import (
     CheckpointPolicy,
@@ -535,6 +536,11 @@ class ElasticLoader:
     ) -> None:
         if (batch_size is None) == (global_batch_size is None):
             raise ValueError("give exactly one of batch_size and global_batch_size")
+        # Resize phases seen from here: process start (the user's imports, process group and
+        # model, from the process's creation), restore, first step.
+        restart = RestartClock.start(None)
+        restart.setup_done = restart.runtime_ready
+        self._restart: RestartClock | None = restart
         policy = checkpoint_policy_from_env(os.environ)
         if checkpoint_dir is not None:
             policy = CheckpointPolicy(
@@ -568,6 +574,7 @@ class ElasticLoader:
         )
         if self.session.resume():
             self.metrics.record_resume(self.session.global_step)
+        restart.restore_done, restart.resumed_step = time.time(), self.session.global_step
         self._pending: data_order.StepSlice | None = None
         self._timing = _StepTiming()
         self._loader_settings = (num_workers, pin_memory, prefetch_factor)
@@ -642,6 +649,9 @@ class ElasticLoader:
             epoch_progress=session.position / session.dataset_length,
             loss=session.last_loss,
         )
+        if self._restart is not None:  # the first step of this process
+            self.metrics.record_restart(*self._restart.phases())
+            self._restart = None
 
 
 @dataclass

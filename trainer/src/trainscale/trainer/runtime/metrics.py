@@ -45,7 +45,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ _GAUGES = (
     names.LOSS,
     names.AGENT_RESTARTS,
     names.CHECKPOINT_STEP,
+    names.RESIZE_STEPS_LOST,
 )
 _HISTOGRAMS = (
     (names.STEP_SECONDS, _STEP_BUCKETS),
@@ -93,6 +94,7 @@ def _build_layout() -> dict[str, int]:
     slots, nxt = {}, 1
     for name in (*_COUNTERS, *_GAUGES):
         slots[name], nxt = nxt, nxt + 1
+    slots[names.RESIZE_PHASE_SECONDS], nxt = nxt, nxt + len(names.RESIZE_PHASES)  # gauges too
     for name, bounds in _HISTOGRAMS:
         slots[name], nxt = nxt, nxt + len(bounds) + 2  # one count per bucket (+Inf), the sum
     slots[""] = nxt  # total number of slots
@@ -118,6 +120,11 @@ _LOSS = _SLOT[names.LOSS]
 _STEP_HIST = _SLOT[names.STEP_SECONDS]
 _STEP_SUM = _STEP_HIST + len(_STEP_BUCKETS) + 1
 _CKPT_HIST = _SLOT[names.CHECKPOINT_SAVE_SECONDS]
+_PHASES = _SLOT[names.RESIZE_PHASE_SECONDS]
+_STEPS_LOST = _SLOT[names.RESIZE_STEPS_LOST]
+# The latest (re)start's figures: unknown (NaN) until a process's first step; a pod whose
+# new ranks have not got there yet keeps serving the previous restart's.
+_RESTART_SLOTS = (*range(_PHASES, _PHASES + len(names.RESIZE_PHASES)), _STEPS_LOST)
 
 
 def _doc(name: str) -> str:
@@ -131,7 +138,9 @@ def build_families(values: Sequence[float]) -> Iterator[Metric]:
         slot = _SLOT.get(metric.name)
         if slot is None:
             continue
-        if metric.name in _COUNTERS:
+        if metric.name == names.RESIZE_PHASE_SECONDS:
+            yield _phase_family(values, metric.doc)
+        elif metric.name in _COUNTERS:
             base = metric.name.removesuffix("_total")
             yield CounterMetricFamily(base, metric.doc, value=values[slot])
         elif metric.name in _GAUGES:
@@ -146,6 +155,15 @@ def build_families(values: Sequence[float]) -> Iterator[Metric]:
             yield HistogramMetricFamily(
                 metric.name, metric.doc, buckets=cumulative, sum_value=sum_value
             )
+
+
+def _phase_family(values: Sequence[float], doc: str) -> GaugeMetricFamily:
+    """The ``phase``-labelled gauge of the latest (re)start; unknown phases are left out."""
+    family = GaugeMetricFamily(names.RESIZE_PHASE_SECONDS, doc, labels=[names.RESIZE_PHASE_LABEL])
+    for i, phase in enumerate(names.RESIZE_PHASES):
+        if not math.isnan(values[_PHASES + i]):
+            family.add_metric([phase], values[_PHASES + i])
+    return family
 
 
 class NvmlUtilizationCollector(Collector):
@@ -235,6 +253,8 @@ class TrainerMetrics(Collector):
         self._values = memoryview(self._storage)[_HEADER_BYTES:].cast("d")
         self._values[_SLOT[names.LOSS]] = math.nan
         self._values[_SLOT[names.CHECKPOINT_STEP]] = -1.0
+        for i in _RESTART_SLOTS:
+            self._values[i] = math.nan
         self._header: dict[str, Any] = {"local_rank": 0, "pid": os.getpid(), "gpu": None}
         self._file: int | None = None
         self.registry.register(self)
@@ -336,6 +356,20 @@ class TrainerMetrics(Collector):
         v[0] += 1
         v[_SLOT[names.RESUMES_TOTAL]] += 1
         v[_SLOT[names.CHECKPOINT_STEP]] = float(step)
+        v[0] += 1
+
+    def record_restart(self, phases: Mapping[str, float], steps_lost: float | None) -> None:
+        """Record the latest (re)start: seconds per phase (names from
+        :data:`~trainscale.trainer.contract.metric_names.RESIZE_PHASES`; others are an error)
+        and the steps it trains again (None: unknown)."""
+        unknown = set(phases) - set(names.RESIZE_PHASES)
+        if unknown:
+            raise ValueError(f"unknown resize phase(s) {sorted(unknown)}")
+        v = self._values
+        v[0] += 1
+        for i, phase in enumerate(names.RESIZE_PHASES):
+            v[_PHASES + i] = float(phases.get(phase, math.nan))
+        v[_STEPS_LOST] = math.nan if steps_lost is None else float(steps_lost)
         v[0] += 1
 
     def record_step(
@@ -457,15 +491,21 @@ class PodMetricsCollector(Collector):
             total = list(self._retired)
             for values in live:
                 _add(total, values, (*_SUMMED, *_SUMMED_HIST))
+            last = self._last_gauges
             if live:
                 for i in _GAUGE_SLOTS:
                     known = [values[i] for values in live if not math.isnan(values[i])]
                     total[i] = max(known) if known else math.nan
-            elif self._last_gauges is not None:
+                if last is not None and all(math.isnan(total[i]) for i in _RESTART_SLOTS):
+                    for i in _RESTART_SLOTS:  # a restart under way: still the previous one
+                        total[i] = last[i]
+            elif last is not None:
                 for i in _GAUGE_SLOTS:
-                    total[i] = self._last_gauges[i]
+                    total[i] = last[i]
             else:
                 total[_LOSS], total[_SLOT[names.CHECKPOINT_STEP]] = math.nan, -1.0
+                for i in _RESTART_SLOTS:
+                    total[i] = math.nan
             return total, gpus
 
     def _gpu_handles(self, uuids: Sequence[str]) -> tuple[Any, list[Any]]:

@@ -41,6 +41,7 @@ from trainscale.trainer.runtime.batching import (
 )
 from trainscale.trainer.runtime.elastic import ElasticSession
 from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
+from trainscale.trainer.runtime.phases import RestartClock, describe_restart, note_world_end
 from trainscale.trainer.runtime.sampler import (
     ElasticBatchSampler,
     StepBatches,
@@ -335,6 +336,7 @@ def train(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _early)
+    restart = RestartClock.start(options.metrics_dir)
 
     local_rank = int(env.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
@@ -349,6 +351,7 @@ def train(
             backend="nccl" if use_cuda else "gloo",
             timeout=timedelta(seconds=options.collective_timeout),
         )
+    restart.process_group_ready = time.time()
     rank = dist.get_rank() if distributed else 0
     world_size = dist.get_world_size() if distributed else 1
     label = build_worker_label(env)
@@ -391,6 +394,7 @@ def train(
     objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
     if scheduler is not None:
         objects["scheduler"] = scheduler
+    restart.setup_done = time.time()
 
     session = ElasticSession(
         dataset_length=len(task.train_data),
@@ -408,6 +412,7 @@ def train(
         session.note_signal(stop_signal[0])
     if session.resume():
         metrics.record_resume(session.global_step)
+    restart.restore_done, restart.resumed_step = time.time(), session.global_step
     audit = None
     if env.get(ENV_AUDIT_LOG_DIR):
         world_id = [uuid.uuid4().hex[:12]]
@@ -436,6 +441,7 @@ def train(
         )
     progress.start(session.samples_total)
     net.train()
+    unrecorded: RestartClock | None = restart
     try:
         while not session.finished:
             started = time.perf_counter()
@@ -494,7 +500,19 @@ def train(
                 epoch_progress=session.position / session.dataset_length,
                 loss=session.last_loss,
             )
+            if unrecorded is not None:  # the first step at this world size is done
+                phases, lost = unrecorded.phases()
+                metrics.record_restart(phases, lost)
+                if local_rank == 0:  # each pod's view (a job's phase is its slowest pod's)
+                    print(
+                        f"[{label}] restart phases (world {world_size}): "
+                        f"{describe_restart(phases, lost)}",
+                        flush=True,
+                    )
+                unrecorded = None
             if stop:
+                if local_rank == 0:
+                    note_world_end(options.metrics_dir, session.global_step)
                 if rank == 0:
                     progress.maybe_print(session, force=True)
                     print(
@@ -508,6 +526,8 @@ def train(
     except RuntimeError:
         # A peer died mid-collective: keep the last committed step, then let the agent restart.
         session.emergency_save()
+        if local_rank == 0:
+            note_world_end(options.metrics_dir, session.global_step)
         raise
     session.finish()
     batches.close()
