@@ -49,6 +49,7 @@ from typing import Any
 from trainscale.operator.controller.builders import LABEL_REPLICA_INDEX
 from trainscale.testbed import procnode
 from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.trainer.contract.audit import read_audit
 from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.contract.metric_names import RESIZE_PHASES
 
@@ -152,17 +153,6 @@ class PodWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-def read_audit(directory: Path) -> list[dict[str, Any]]:
-    entries = []
-    for path in sorted(directory.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                continue
-    return entries
 
 
 def restart_lines(testbed: Testbed) -> dict[str, list[tuple[int, str]]]:
