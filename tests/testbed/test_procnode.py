@@ -352,6 +352,16 @@ while True:
     time.sleep(0.1)
 """
 
+# The main process starts a child that reports any SIGTERM it gets: a container runtime
+# signals the container's main process only (the child dies by SIGKILL with the rest).
+IGNORES_TERM_WITH_A_CHILD = (
+    "import subprocess, sys\n"
+    'CHILD = "import signal, time\\n"\\\n'
+    "    \"signal.signal(signal.SIGTERM, lambda s, f: print('child TERM', flush=True))\\n\"\\\n"
+    "    \"print('child ready', flush=True); time.sleep(600)\"\n"
+    "subprocess.Popen([sys.executable, '-u', '-c', CHILD])\n"
+) + IGNORES_TERM
+
 
 def test_delete_sends_sigterm_then_sigkill_after_grace(bed: Testbed, ns: str) -> None:
     make_claim(bed, ns, "ckpt")
@@ -359,12 +369,14 @@ def test_delete_sends_sigterm_then_sigkill_after_grace(bed: Testbed, ns: str) ->
     polite = pod("polite", TRAPS_TERM, volumeMounts=[{"name": "ckpt", "mountPath": "/ckpt"}])
     polite["spec"]["volumes"] = [{"name": "ckpt", "persistentVolumeClaim": {"claimName": "ckpt"}}]
     polite["spec"]["terminationGracePeriodSeconds"] = 60
-    stubborn = pod("stubborn", IGNORES_TERM)
+    stubborn = pod("stubborn", IGNORES_TERM_WITH_A_CHILD)
     stubborn["spec"]["terminationGracePeriodSeconds"] = grace
     apply(bed, ns, polite, stubborn)
     for name in ("polite", "stubborn"):
         wait_phase(bed, ns, name, "Running")
     wait_for(lambda: "started" in log_of(bed, ns, "polite"), timeout=30, what="polite started")
+    wait_for(lambda: "child ready" in log_of(bed, ns, "stubborn"), timeout=30,
+             what="stubborn's child handling SIGTERM")  # fmt: skip
 
     status = get_pod(bed, ns, "stubborn")["status"]["containerStatuses"][0]
     process = Path(f"/proc/{status['containerID'].removeprefix('process://')}")
@@ -379,6 +391,7 @@ def test_delete_sends_sigterm_then_sigkill_after_grace(bed: Testbed, ns: str) ->
     assert time.monotonic() - asked < grace + 5
     wait_for(pod_gone(bed, ns, "stubborn"), timeout=30, what="stubborn gone")
     assert log_of(bed, ns, "stubborn").count("TERM") == 1
+    assert "child TERM" not in log_of(bed, ns, "stubborn")  # the main process only
     # The polite one checkpoints and exits at once: gone long before its 60 s grace.
     wait_for(pod_gone(bed, ns, "polite"), timeout=20, what="polite gone")
     checkpoint = procnode.claim_dir(bed.paths.procnode, ns, "ckpt") / "checkpoint"

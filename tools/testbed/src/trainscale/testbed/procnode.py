@@ -47,10 +47,12 @@ What it does, and what it chose:
   after 1, 2, 4, 8, then 10 s. A pod with init containers, volume subPaths, envFrom or env
   from configMaps/secrets, or a container without ``command``, is refused: the container
   waits with reason CreateContainerConfigError and a message naming what is missing.
-- **Deletion.** On ``deletionTimestamp`` it sends SIGTERM to each container's process group,
-  waits ``metadata.deletionGracePeriodSeconds``, sends SIGKILL to whatever is left in the pod's
-  network namespace, cleans up (namespace, veth, hosts files, emptyDirs) and finishes the
-  delete with ``gracePeriodSeconds: 0`` and a uid precondition, like kubelet.
+- **Deletion.** On ``deletionTimestamp`` it sends SIGTERM to each container's main process
+  (as a container runtime signals the container's PID 1: processes it started learn of the
+  stop from it, not from the kubelet), waits ``metadata.deletionGracePeriodSeconds``, sends
+  SIGKILL to whatever is left in the pod's network namespace, cleans up (namespace, veth,
+  hosts files, emptyDirs) and finishes the delete with ``gracePeriodSeconds: 0`` and a uid
+  precondition, like kubelet.
 - **Stop.** On SIGTERM/SIGINT it kills every pod (SIGTERM, 2 s, SIGKILL), removes every network
   namespace, hosts folder and the bridge. A runtime that died without cleaning up is cleaned up
   by the next one at start (a lock file makes one runtime per bridge at a time).
@@ -722,7 +724,8 @@ class ProcessRuntime:
             pod.terminating_since = time.monotonic()
             _log(f"{pod.key}: deleted, SIGTERM (grace {grace:.0f} s)")
             for c in pod.containers:
-                _signal_group(c.proc, signal.SIGTERM)
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.send_signal(signal.SIGTERM)  # the main process only, like runc
                 c.restart_at = None
         for c in pod.containers:
             if c.proc is not None:
