@@ -12,6 +12,8 @@ reconcile loop of a job with nothing to do sleeps until an event wakes it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from typing import Any
 
 import pytest
@@ -19,8 +21,10 @@ from kopf._cogs.aiokits.aioenums import FlagSetter
 from kopf._core.intents.stoppers import DaemonStoppingReason
 from prometheus_client import CollectorRegistry
 
+from trainscale.operator.adapters import k8s
 from trainscale.operator.api.reporting import EventSpec
 from trainscale.operator.controller.reconcile import ReconcilePlan
+from trainscale.operator.daemons import startup
 from trainscale.operator.daemons.autoscale import Idle, idle_state
 from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS, RESYNC_SECONDS, sleep_or_wake
 from trainscale.operator.daemons.reconcile import next_pass_delay
@@ -144,3 +148,17 @@ def test_the_next_reconcile_pass(
     plan: ReconcilePlan, refused: bool, patched: bool, delay: float
 ) -> None:
     assert next_pass_delay(plan, refused=refused, patched=patched) == delay
+
+
+async def test_a_burst_of_jobs_calls_the_api_from_many_threads_at_once() -> None:
+    # Every job loop's blocking API call runs in asyncio's default pool: with CPUs + 4 threads
+    # (6 on a 2-core node) a burst of new jobs' first passes queued behind one another. All
+    # API_CONCURRENCY calls must be in flight together (a barrier only they can pass).
+    loop = asyncio.get_running_loop()
+    await startup.trainscale_api_threads()
+    try:
+        barrier = threading.Barrier(k8s.API_CONCURRENCY)
+        waits = [asyncio.to_thread(barrier.wait, 10) for _ in range(k8s.API_CONCURRENCY)]
+        assert len(set(await asyncio.gather(*waits))) == k8s.API_CONCURRENCY
+    finally:
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())

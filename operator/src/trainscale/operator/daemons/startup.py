@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -41,6 +42,15 @@ def trainscale_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
         namespaces=() if options.all_namespaces else options.namespaces,
     )
     get_metrics().track_state("arbitration", memo.arbitration.jobs)
+
+
+@kopf.on.startup()
+async def trainscale_api_threads(**_: Any) -> None:
+    """The job loops' blocking API calls (``asyncio.to_thread``) get ``API_CONCURRENCY``
+    threads, not asyncio's default of CPUs + 4."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=k8s.API_CONCURRENCY, thread_name_prefix="trainscale-api")
+    )
 
 
 @kopf.on.startup()
