@@ -57,10 +57,9 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_TOTAL_NAME,
 )
 from trainscale.testbed.apiserver_requests import parse_request_counts
-from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.testbed.cluster import Testbed
 from trainscale.trainer.contract.naming import WORKER_INFIX
 
-CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
 TRAINSCALE = Path(sys.executable).with_name("trainscale")
 OPERATOR = "operator"
 PODS_PER_NODE = 100  # kwok nodes advertise 110 pods; keep a margin
@@ -574,9 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {load_average()}", flush=True)
     with Testbed(nodes=nodes, gpus_per_node=8) as bed:
-        bed.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-        bed.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/trainingjobs.trainscale.dev")  # fmt: skip
+        bed.apply_crd()
         bench = Bench(bed, args)
         time.sleep(args.settle)
         bench.measure_baseline()

@@ -50,7 +50,7 @@ from typing import Any
 
 from trainscale.testbed import procnode
 from trainscale.testbed.chart_readme import CHART_DIR
-from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.testbed.cluster import Testbed
 from trainscale.testbed.prometheus import (
     build_podmonitor_scrape_configs,
     fetch_prometheus_with_kubernetes_sd,
@@ -102,22 +102,6 @@ def job_manifest() -> dict[str, Any]:
                                   "containers": [trainer]}},
         },
     }  # fmt: skip
-
-
-def claim_manifests() -> list[dict[str, Any]]:
-    """A PersistentVolume pre-bound to the job's claim (the process runtime maps the claim to
-    one host folder shared by every pod)."""
-    volume = f"{NAMESPACE}-{CLAIM}"
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": "/nonexistent"},
-                  "claimRef": {"namespace": NAMESPACE, "name": CLAIM}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": CLAIM, "namespace": NAMESPACE},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
-                  "resources": {"requests": {"storage": "1Gi"}}}},
-    ]  # fmt: skip
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> float:
@@ -210,12 +194,9 @@ def run(args: argparse.Namespace, work: Path) -> list[tuple[str, dict[str, float
     results: list[tuple[str, dict[str, float]]] = []
     with Testbed(nodes=1, gpus_per_node=8, process_nodes=1) as testbed:
         testbed.kubectl("cordon", "gpu-node-0")  # every pod where processes run
-        crd = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
-        testbed.kubectl("apply", "--server-side", "-f", str(crd))
-        testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/trainingjobs.trainscale.dev")  # fmt: skip
+        testbed.apply_crd()
         testbed.kubectl("create", "namespace", NAMESPACE)
-        for obj in claim_manifests():
+        for obj in procnode.build_claim_manifests(NAMESPACE, CLAIM):
             testbed.kubectl("apply", "-f", "-", input=json.dumps(obj))
         monitor = render_chart_podmonitor(testbed.helm, CHART_DIR, [NAMESPACE])
         configs = build_podmonitor_scrape_configs(monitor, testbed.kubeconfig)

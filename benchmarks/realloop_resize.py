@@ -48,7 +48,7 @@ from typing import Any
 
 from trainscale.operator.controller.builders import LABEL_REPLICA_INDEX
 from trainscale.testbed import procnode
-from trainscale.testbed.cluster import REPO_ROOT, Testbed
+from trainscale.testbed.cluster import Testbed
 from trainscale.trainer.contract.audit import read_audit
 from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.contract.metric_names import RESIZE_PHASES
@@ -89,22 +89,6 @@ def job_manifest() -> dict[str, Any]:
             "template": {"spec": pod},
         },
     }  # fmt: skip
-
-
-def claim_manifests(claim: str) -> list[dict[str, Any]]:
-    """A PersistentVolume pre-bound to claim ``claim`` (the process runtime backs it with a
-    host directory), and the claim."""
-    volume = f"{NAMESPACE}-{claim}"
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "", "hostPath": {"path": "/nonexistent"},
-                  "claimRef": {"namespace": NAMESPACE, "name": claim}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": claim, "namespace": NAMESPACE},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                  "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}}},
-    ]  # fmt: skip
 
 
 def wait(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -300,12 +284,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def set_up(testbed: Testbed, work: Path) -> subprocess.Popen[bytes]:
     """CRD, namespace, claims, the operator (watching the namespace), the job at 1 worker."""
     testbed.kubectl("cordon", "gpu-node-0")  # every pod of the job on the process node
-    crd = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
-    testbed.kubectl("apply", "--server-side", "-f", str(crd))
-    testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/trainingjobs.trainscale.dev")  # fmt: skip
+    testbed.apply_crd()
     testbed.kubectl("create", "namespace", NAMESPACE)
-    for manifest in claim_manifests(CLAIM):
+    for manifest in procnode.build_claim_manifests(NAMESPACE, CLAIM):
         testbed.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     log = (work / "operator.log").open("wb")
     operator = subprocess.Popen(

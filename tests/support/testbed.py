@@ -21,9 +21,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from trainscale.testbed.cluster import REPO_ROOT, Testbed, TestbedError, fetch_bin_dir
+from trainscale.testbed.cluster import CRD_NAME, Testbed, TestbedError, fetch_bin_dir
 
-CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
 NODES = 2
 GPUS_PER_NODE = 8
 
@@ -64,12 +63,10 @@ def kubectl(testbed: Testbed) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def crd(kubectl: Kubectl) -> dict[str, Any]:
+def crd(testbed: Testbed, kubectl: Kubectl) -> dict[str, Any]:
     """The generated TrainingJob CRD, applied to the test-bed and Established."""
-    kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/trainingjobs.trainscale.dev")  # fmt: skip
-    crd: dict[str, Any] = get_json(kubectl, "crd/trainingjobs.trainscale.dev")
+    testbed.apply_crd()
+    crd: dict[str, Any] = get_json(kubectl, f"crd/{CRD_NAME}")
     return crd
 
 

@@ -128,18 +128,8 @@ def pod_gone(bed: Testbed, ns: str, name: str) -> Callable[[], bool]:
 
 def make_claim(bed: Testbed, ns: str, claim: str) -> None:
     """A PersistentVolume pre-bound to a claim ``claim`` in ``ns``; wait until Bound."""
-    volume = f"{ns}-{claim}"
-    bed.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                 "storageClassName": "", "hostPath": {"path": "/nonexistent"},
-                 "claimRef": {"namespace": ns, "name": claim}},
-    }))  # fmt: skip
-    apply(bed, ns, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })  # fmt: skip
+    for manifest in procnode.build_claim_manifests(ns, claim):
+        bed.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     wait_for(
         lambda: (
             bed.fetch_json(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")["status"].get(

@@ -30,7 +30,7 @@ import pytest
 
 from tests.e2e.conftest import OperatorProcess
 from tests.support.audit import assert_exact_data_order, read_audit
-from tests.support.testbed import CRD_PATH, cleanup_namespace, make_namespace, wait_for
+from tests.support.testbed import cleanup_namespace, make_namespace, wait_for
 from tests.testbed.test_procnode import make_claim, process_testbed
 from trainscale.testbed import procnode
 from trainscale.testbed.chart_readme import CHART_DIR
@@ -53,9 +53,7 @@ pytestmark = [pytest.mark.realloop, pytest.mark.testbed, pytest.mark.slow]
 def bed() -> Iterator[Testbed]:
     with process_testbed() as testbed:
         testbed.kubectl("cordon", "gpu-node-0")
-        testbed.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-        testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/trainingjobs.trainscale.dev")  # fmt: skip
+        testbed.apply_crd()
         yield testbed
 
 

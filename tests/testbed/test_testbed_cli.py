@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.testbed import CRD_PATH
-from trainscale.testbed.cluster import COMPONENTS, STATE_FILE
+from trainscale.testbed.cluster import COMPONENTS, CRD_PATH, STATE_FILE
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

@@ -43,6 +43,8 @@ from typing import Any
 # tools/testbed/src/trainscale/testbed/cluster.py -> the repository root.
 REPO_ROOT = Path(__file__).resolve().parents[5]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "testbed" / "build.sh"
+CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
+CRD_NAME = "trainingjobs.trainscale.dev"
 GPU_RESOURCE = "nvidia.com/gpu"
 ADMIN_USER = "trainscale-admin"
 # kwok manages only the nodes carrying this annotation (the ones we register).
@@ -495,6 +497,11 @@ class Testbed:
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this control plane; raise on failure when ``check``."""
         return self._run_tool("kubectl", args, input, check, timeout)
+
+    def apply_crd(self) -> None:
+        """Apply the generated TrainingJob CRD and wait until it is Established."""
+        self.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
 
     def helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120

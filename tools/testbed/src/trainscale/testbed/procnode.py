@@ -316,6 +316,23 @@ def claim_dir(state_dir: Path, namespace: str, claim: str) -> Path:
     return state_dir / "claims" / namespace / claim
 
 
+def build_claim_manifests(namespace: str, claim: str) -> list[dict[str, Any]]:
+    """A PersistentVolume pre-bound to claim ``claim`` in ``namespace``, and the claim (RWX,
+    1 Gi): the claim this runtime backs with :func:`claim_dir` (the volume's hostPath is never
+    mounted), Bound at once without a provisioner."""
+    volume = f"{namespace}-{claim}"
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "storageClassName": "", "hostPath": {"path": "/nonexistent"},
+                  "claimRef": {"namespace": namespace, "name": claim}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": claim, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}}},
+    ]  # fmt: skip
+
+
 def container_log(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
     """The file receiving a container's stdout and stderr (kept after the pod is gone)."""
     return state_dir / "logs" / f"{namespace}_{pod}_{container}.log"
