@@ -216,6 +216,16 @@ class ElasticSession:
     def _all_ranks_save(self) -> bool:
         return self._writer is not None and self._writer.all_ranks_write
 
+    @property
+    def _saves_here(self) -> bool:
+        """Whether this rank writes checkpoints: rank 0, or every rank when sharded."""
+        return self.rank == 0 or self._all_ranks_save
+
+    def _newest_save_step(self) -> int:
+        """The step of the newest save started (a background write in flight counts)."""
+        assert self._writer is not None
+        return max(self._last_save_step, self._writer.last_saved_step)
+
     # -- signals ---------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
@@ -369,7 +379,7 @@ class ElasticSession:
         self.last_loss = flags[1] / flags[2] if flags[2] else float("nan")
         if flags[0] > 0:
             return True
-        if flags[3] > 0 and (self.rank == 0 or self._all_ranks_save):
+        if flags[3] > 0 and self._saves_here:
             self.save()
         return False
 
@@ -380,7 +390,7 @@ class ElasticSession:
             now=self._clock(),
             step=self.global_step,
             last_save_time=self._last_save_time,
-            last_save_step=max(self._last_save_step, self._writer.last_saved_step),
+            last_save_step=self._newest_save_step(),
             interval_seconds=self.policy.interval_seconds,
             every_steps=self.policy.every_steps,
         )
@@ -413,9 +423,7 @@ class ElasticSession:
 
     def save(self, *, wait: bool = False) -> None:
         """Write a checkpoint of the committed state (no-op without a directory or if current)."""
-        if self._writer is None or self.global_step <= max(
-            self._last_save_step, self._writer.last_saved_step
-        ):
+        if self._writer is None or self.global_step <= self._newest_save_step():
             return
         self._writer.save(self.global_step, self.checkpoint_payload(), wait=wait)
         self._last_save_step = self.global_step
@@ -428,7 +436,7 @@ class ElasticSession:
 
     def finish(self) -> None:
         """Write the final checkpoint (rank 0; sharded: all ranks) and wait until it is on disk."""
-        if self.rank == 0 or self._all_ranks_save:
+        if self._saves_here:
             self.save(wait=True)
         if self._writer is not None:
             self._writer.wait()
@@ -441,7 +449,7 @@ class ElasticSession:
         ``peer_stop_grace_seconds`` for a signal and exits with :data:`RESTART_EXIT_CODE`
         when none comes, so that the agent re-rendezvouses.
         """
-        if self.rank == 0 or self._all_ranks_save:
+        if self._saves_here:
             self.save(wait=True)
         if self._writer is not None:
             self._writer.wait()
