@@ -202,14 +202,17 @@ def _loader_worker_init(worker_id: int) -> None:
 
 def build_loader(
     dataset: Dataset,
-    sampler: ElasticBatchSampler,
+    sampler: torch.utils.data.Sampler[list[int]],
     *,
     collate: Collate | None = None,
     workers: int,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
+    combine: Callable[[Any], Any] = _as_is,
 ) -> torch.utils.data.DataLoader[Any]:
-    """A ``DataLoader`` over ``sampler`` yielding ``(indices tensor, batch)`` per micro-batch.
+    """A ``DataLoader`` over ``sampler`` yielding ``(indices tensor, batch)`` per micro-batch
+    (or what ``combine`` makes of that pair, in the loader's worker: the framework
+    integrations put the indices into the batch they hand to a foreign training loop).
 
     Raises:
         DataOrderError: for a negative worker count or a prefetch factor without workers.
@@ -223,7 +226,7 @@ def build_loader(
     return torch.utils.data.DataLoader(
         IndexedBatches(dataset, collate),
         batch_sampler=sampler,
-        collate_fn=_as_is,
+        collate_fn=combine,
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if workers else None,
