@@ -76,6 +76,7 @@ def build_trainer(
         logging_steps=20,
         disable_tqdm=True,
         dataloader_num_workers=loader_workers,
+        ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
         seed=0,
     )

@@ -11,11 +11,14 @@ first epoch:
   the world of 2 resumes at step 10 (a scale-up, exact resume at another world size);
 - at step 20 the second agent is SIGTERMed (a deleted pod): both ranks stop at step 21
   with a checkpoint, and the world of 1 resumes at step 22 and finishes both epochs;
-- the audit (the sample ids each rank's ``training_step`` received) shows no sample skipped
-  or repeated in either epoch, no step redone, and the loss falls;
+- the audit (the sample ids each rank's ``training_step`` received from a ``DataLoader`` with
+  two persistent worker processes) shows no sample skipped or repeated in either epoch, no
+  step redone, the loss falls, and no process outlives the job;
 - alone (no torchrun) the job serves the trainer's metrics under the runtime's names,
   checkpoints on SIGTERM and resumes from it;
-- ``trainscale.trainer`` imports without transformers, and the integration names the extra.
+- ``trainscale.trainer`` imports without transformers, and the integration names the extra;
+  settings that cannot work (gradient accumulation, a step with fewer samples than ranks)
+  are refused by name.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.audit import assert_exact_data_order, lineage, read_audit
 from trainscale.trainer.contract import metric_names as names
+from trainscale.trainer.integrations._common import check_shares
 from trainscale.trainer.launch.local import (
     INDEX_KEY,
     AgentProcess,
@@ -41,8 +45,9 @@ from trainscale.trainer.launch.local import (
     find_free_port,
 )
 from trainscale.trainer.runtime.checkpoint import list_checkpoints
+from trainscale.trainer.runtime.data_order import DataOrderError
 
-from .test_trainer_loader_elastic import _worlds
+from .test_trainer_loader_elastic import _left_behind, _worlds
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 
 pytest.importorskip("transformers")  # `make venv` installs the hf extra: CI runs these
@@ -53,6 +58,9 @@ JOB = Path(__file__).with_name("_hf_job.py")
 SAMPLES, BATCH, EPOCHS = 512, 16, 2  # 32 steps per epoch
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
 FIRST_PAUSE, SECOND_PAUSE = 8, 20  # the scale-up stops at step 9, the scale-down at 21
+LOADER_WORKERS = 2  # DataLoader worker processes per rank (persistent, prefetching)
+#: The run's directory, the job's exit code, the processes still holding its files at the end.
+HfRun = tuple[Path, int, list[int]]
 
 
 def _job_env(base: Path, pause: Path) -> dict[str, str]:
@@ -114,13 +122,12 @@ def _steps_at(audit: Path, world_size: int, step: int) -> Callable[[], bool]:
 
 
 @pytest.fixture(scope="module")
-def hf_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+def hf_run(tmp_path_factory: pytest.TempPathFactory) -> HfRun:
     base = tmp_path_factory.mktemp("hf-elastic")
     audit, pause, logs = base / "audit", base / "pause", base / "logs"
     pause.write_text(f"{FIRST_PAUSE} {SECOND_PAUSE}")
-    config = LocalClusterConfig(
-        worker_args=(), checkpoint_dir=base / "ckpt", env=_job_env(base, pause)
-    )
+    env = {**_job_env(base, pause), "HF_JOB_LOADER_WORKERS": str(LOADER_WORKERS)}
+    config = LocalClusterConfig(worker_args=(), checkpoint_dir=base / "ckpt", env=env)
     with TorchrunCluster(config, log_dir=logs) as cluster:
         cluster.start(1)
         _wait_for("world 1 at the first pause", logs, _steps_at(audit, 1, FIRST_PAUSE))
@@ -133,14 +140,16 @@ def hf_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
         _wait_for("the SIGTERM at rank 1", logs, released.exists)
         pause.write_text(str(FIRST_PAUSE))  # rank 0 goes on: both stop at step 21
         code = cluster.wait(timeout=180)
-    yield base, code
+    return base, code, _left_behind(base)
 
 
-def test_hf_job_resized_mid_epoch_resumes_exactly(hf_run: tuple[Path, int]) -> None:
-    base, code = hf_run
+def test_hf_job_resized_mid_epoch_resumes_exactly(hf_run: HfRun) -> None:
+    base, code, _ = hf_run
     assert code == 0, f"logs in {base / 'logs'}"
     assert list_checkpoints(base / "ckpt")[0][0] == TOTAL_STEPS
-    worlds = _worlds(read_audit(base / "audit"))
+    entries = read_audit(base / "audit")
+    assert {e["loader_workers"] for e in entries} == {LOADER_WORKERS}
+    worlds = _worlds(entries)
     # Each SIGTERM stop checkpointed the step it was in and the next world resumed right
     # after it: no step redone, none skipped, both resizes inside the first epoch.
     assert worlds == [
@@ -150,17 +159,22 @@ def test_hf_job_resized_mid_epoch_resumes_exactly(hf_run: tuple[Path, int]) -> N
     ], worlds
 
 
-def test_hf_job_trains_every_sample_exactly_once(hf_run: tuple[Path, int]) -> None:
-    base, _ = hf_run
+def test_hf_job_trains_every_sample_exactly_once(hf_run: HfRun) -> None:
+    base, _, _ = hf_run
     assert_exact_data_order(read_audit(base / "audit"), dataset_length=SAMPLES, epochs=EPOCHS)
 
 
-def test_hf_job_loss_falls_through_the_resizes(hf_run: tuple[Path, int]) -> None:
-    base, _ = hf_run
+def test_hf_job_loss_falls_through_the_resizes(hf_run: HfRun) -> None:
+    base, _, _ = hf_run
     history = lineage(read_audit(base / "audit"))
     loss = [sum(r["loss"] for r in history[s]) / len(history[s]) for s in sorted(history)]
     first, last = sum(loss[:8]) / 8, sum(loss[-8:]) / 8
     assert last < 0.7 * first, (first, last)
+
+
+def test_no_process_outlives_the_hf_job(hf_run: HfRun) -> None:
+    _, _, left = hf_run
+    assert left == [], f"processes still running after the job: {left}"
 
 
 def _value(text: str, name: str) -> float:
@@ -230,3 +244,27 @@ def test_trainer_imports_without_transformers_and_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert "pip install 'trainscale[hf]'" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_global_batch_leaving_a_rank_without_samples_is_refused_by_name() -> None:
+    check_shares(dataset_length=96, global_batch=16, world_size=3)  # every step 16 samples
+    check_shares(dataset_length=100, global_batch=16, world_size=3)  # the last step 4 >= 3
+    with pytest.raises(DataOrderError, match=r"global batch 16 over dataset length 100 .* 5 ranks"):
+        check_shares(dataset_length=100, global_batch=16, world_size=5)
+    with pytest.raises(DataOrderError, match=r"global batch 2 .* 3 ranks"):
+        check_shares(dataset_length=96, global_batch=2, world_size=3)
+
+
+def test_elastic_trainer_refuses_gradient_accumulation_by_name(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    from trainscale.trainer.integrations.hf import ElasticTrainer
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), gradient_accumulation_steps=2, use_cpu=True, report_to="none"
+    )
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
+    )
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=1 \\(got 2\\)"):
+        ElasticTrainer(model=model, args=args, train_dataset=[{}] * 8, global_batch_size=4)

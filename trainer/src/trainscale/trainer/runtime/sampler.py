@@ -19,6 +19,7 @@ the micro-batches of each step, from a loader or (0 workers) fetched in process.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -198,6 +199,12 @@ def _loader_worker_init(worker_id: int) -> None:
     from trainscale.trainer.runtime.worker import die_with_parent
 
     die_with_parent()
+    # Stock torchrun stops a worker by signalling its whole process group (so does a
+    # terminal's Ctrl-C): a loader worker ended by that SIGTERM would fail the training
+    # process (torch raises on a worker's death) before its coordinated stop and checkpoint.
+    # In a group of its own it is ended by its training process, or by die_with_parent.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
 
 def build_loader(
