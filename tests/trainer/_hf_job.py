@@ -28,7 +28,7 @@ def _load_example() -> Any:
     return module
 
 
-class PauseAtStep(TrainerCallback):  # type: ignore[misc]
+class PauseAtStep(TrainerCallback):
     """Waits after the step named in the pause file (runs after the elastic callback)."""
 
     def __init__(self, trainer: Any, path: Path) -> None:
