@@ -43,3 +43,11 @@ def test_examples_ignore_constants_of_newly_loaded_modules(tmp_path: Path) -> No
     finally:
         del sys.modules["policy_constants_probe"]
     assert after == before
+
+
+def test_every_property_test_is_derandomized_without_a_deadline() -> None:
+    # the suite-wide profile: a test without its own @settings inherits these
+    assert settings.default is not None
+    assert settings.default.derandomize is True
+    assert settings.default.deadline is None
+    assert settings.default.database is None

@@ -8,6 +8,12 @@ derandomized test draws depend on which other modules happen to be imported (col
 examples, and one of them failed only in some of those runs). Hypothesis has no setting to
 turn it off, so for every test the pool of local constants is empty (and the cache of
 permitted constants cleared around each test): examples depend on the test's own code only.
+
+It also loads one settings profile for every property test, so none can fail by chance or by
+the machine's speed: ``derandomize`` (the same examples every run), no example database (a
+failure found on one machine does not change what another runs), and no per-example
+``deadline`` (a loaded 2-core CI machine once failed a reconcile property on Hypothesis's
+200 ms default). A test's own ``@settings`` still overrides single fields.
 """
 
 from __future__ import annotations
@@ -15,7 +21,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from hypothesis.internal.conjecture import providers
+
+PROFILE = "trainscale"
+settings.register_profile(PROFILE, derandomize=True, database=None, deadline=None)
+settings.load_profile(PROFILE)
 
 
 @pytest.fixture(autouse=True)
