@@ -10,7 +10,11 @@ except :func:`read_trace`, no clock; randomness from explicit seeds.
 The simulated job. Throughput at ``n`` workers (one GPU each) is ``rate * n / tau(n)`` with
 ``tau(n) = 1 + serial * (n - 1) + cliff * [n > gpus_per_node]``: a communication term, and a
 cliff when the job crosses a node boundary (intra-node links give way to the network), from
-which throughput recovers as more workers are added. Every change of a running job's size
+which throughput recovers as more workers are added. Or the throughput is *measured*: a
+placement-aware :class:`~trainscale.operator.autoscaling.simulation.Curve` read at every count
+packed (:func:`measured_job`; ``trainscale.testbed.pollux_trace`` builds Pollux's published
+workloads so, from step times measured on a real cluster), used the same way by every
+policy, the baselines' and the arbiter's demand included. Every change of a running job's size
 (and its start) costs ``restart`` seconds without progress, in every policy. Time advances in
 steps of the decision interval (each policy decides once per step, as the operator does); a
 job's progress within a step is continuous, so it finishes mid-step, and its GPUs are free at
@@ -46,7 +50,8 @@ What the arbiter is told, and why it does not flatter it: a demand's throughput 
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
 :func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
 fitted parametric model gets wrong is its parameters, so its errors are smooth across counts
-and last the job's whole life; the arbiter misjudges some jobs throughout. Restart costs are
+and last the job's whole life; the arbiter misjudges some jobs throughout. A measured
+curve gets the same error on its overhead over linear scaling (:func:`fitted`). Restart costs are
 given exactly (the operator learns them from restarts). The ``per-job`` baseline learns its
 curve from noisy metrics as the product does; ``per-job-oracle`` knows the true cut-off.
 
@@ -75,6 +80,7 @@ Trace CSV (:func:`read_trace`): a header and one row per job with the columns
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import random
 import statistics
@@ -86,6 +92,7 @@ from trainscale.operator.api.models import TrainingJobSpec
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.policy import Observation
+from trainscale.operator.autoscaling.simulation import Curve
 
 MIN_EFFICIENCY = 0.7  # minEfficiency (its default) for per-job and arbitrated jobs
 HPA_TARGET = 0.8
@@ -108,15 +115,31 @@ class Job:
     requested: int
     priority: int = 0
     restart: float = 60.0
+    # a measured curve instead of ``tau(n)``: samples/s at 1, 2, ... workers, packed on the
+    # nodes it was measured on (:func:`measured_job`); empty for the parametric family
+    measured: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.measured and (
+            len(self.measured) < self.max_replicas
+            or not all(x > 0 and math.isfinite(x) for x in self.measured)
+        ):
+            raise ValueError(
+                f"{self.name}: a measured curve needs a positive throughput at every count up"
+                f" to max_replicas {self.max_replicas}, got {len(self.measured)} counts"
+            )
 
     def throughput(self, n: int, gpus_per_node: int) -> float:
         if n <= 0:
             return 0.0
+        if self.measured:
+            return self.measured[min(n, len(self.measured)) - 1]
         tau = 1.0 + self.serial * (n - 1) + (self.cliff if n > gpus_per_node else 0.0)
         return self.rate * n / tau
 
     def efficiency(self, n: int, gpus_per_node: int) -> float:
-        return self.throughput(n, gpus_per_node) / (n * self.rate)
+        """Throughput per worker relative to one worker alone."""
+        return self.throughput(n, gpus_per_node) / (n * self.throughput(1, gpus_per_node))
 
     def min_efficiency(self, gpus_per_node: int) -> float:
         """The job's efficiency floor: ``MIN_EFFICIENCY``, or lower when the size its user
@@ -131,6 +154,30 @@ class Job:
             if self.efficiency(n, gpus_per_node) >= floor - 1e-9:
                 best = n
         return best
+
+
+def measured_job(
+    name: str,
+    arrival: float,
+    samples: float,
+    curve: Curve,
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    requested: int,
+    priority: int = 0,
+    restart: float = 60.0,
+) -> Job:
+    """A job whose throughput is a measured curve (a :class:`~trainscale.operator.autoscaling.
+    simulation.Curve`, placement-aware), read once at every count up to ``max_replicas``,
+    packed as the operator asks (one node filled before the next).
+
+    Raises:
+        CurveError: the curve has no point at some count up to ``max_replicas``.
+    """
+    points = tuple(curve.point(n).samples_per_second for n in range(1, max_replicas + 1))
+    bounds = (min_replicas, max_replicas, requested)
+    return Job(name, arrival, samples, points[0], 0.0, 0.0, *bounds, priority, restart, points)
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -408,30 +455,48 @@ def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str,
 def fitted(job: Job, seed: int) -> Job:
     """The job as its fitted model believes it to be: each curve parameter wrong by a
     persistent error drawn once per job (serial and cliff x N(1, 0.25) clipped to [0.5, 1.5],
-    the rate x N(1, 0.1) clipped to [0.7, 1.3])."""
+    the rate x N(1, 0.1) clipped to [0.7, 1.3]).
+
+    A measured curve has no parameters; its step time per sample relative to one worker,
+    ``tau(n) = n * X(1) / X(n)``, plays their part: its overhead ``tau(n) - 1`` is off by the
+    serial term's error at every count (smooth across counts, as a fitted model's errors
+    are), and the rate by the rate's."""
     rng = random.Random(f"{seed}/{job.name}")
 
     def err(sd: float, lo: float, hi: float) -> float:
         return min(hi, max(lo, rng.gauss(1.0, sd)))
 
+    serial, cliff, rate = err(0.25, 0.5, 1.5), err(0.25, 0.5, 1.5), err(0.1, 0.7, 1.3)
+    if job.measured:
+        one = job.measured[0]
+        overhead = [n * one / x - 1.0 for n, x in enumerate(job.measured, start=1)]
+        believed = tuple(
+            one * rate * n / max(0.05, 1.0 + o * serial) for n, o in enumerate(overhead, start=1)
+        )
+        return Job(**{**job.__dict__, "measured": believed, "rate": believed[0]})
     return Job(
         **{
             **job.__dict__,
-            "serial": job.serial * err(0.25, 0.5, 1.5),
-            "cliff": job.cliff * err(0.25, 0.5, 1.5),
-            "rate": job.rate * err(0.1, 0.7, 1.3),
+            "serial": job.serial * serial,
+            "cliff": job.cliff * cliff,
+            "rate": job.rate * rate,
         }
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def believed_throughput(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, float]:
+    """The throughput per count the arbiter is told for ``job`` (:func:`fitted`), computed
+    once per job (the model's error is persistent)."""
+    model = fitted(job, seed)
+    return {n: model.throughput(n, gpus_per_node) for n in range(1, job.max_replicas + 1)}
 
 
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
     demands = [
         JobDemand(
             key=s.job.name,
-            throughput={
-                n: fitted(s.job, cluster.seed).throughput(n, cluster.gpus_per_node)
-                for n in range(1, s.job.max_replicas + 1)
-            },
+            throughput=believed_throughput(s.job, cluster.seed, cluster.gpus_per_node),
             min_replicas=s.job.min_replicas,
             max_replicas=s.job.max_replicas,
             min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),

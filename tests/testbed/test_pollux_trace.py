@@ -1,0 +1,113 @@
+"""Pollux's workloads as simulator jobs (:mod:`trainscale.testbed.pollux_trace`).
+
+Covers:
+- a workload row becomes a job: arrival, work = iterations x batch at its batch size (or the
+  largest below it with a length), bounds from the batch and the smallest local
+  batch, the requested size lowered to that bound, the curve's throughput;
+- an application without step times (ncf) is a one-GPU job at the assumed throughput;
+- the transcribed workloads read whole (160 jobs each, every batch size has a length);
+- bad input is refused naming the file, line and column (or the job and what is missing);
+  a batch size without a length takes the nearest one below (else above).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainscale.operator.autoscaling.simulation import TableCurve
+from trainscale.testbed.pollux_trace import (
+    ASSUMED_THROUGHPUT,
+    DATA_DIR,
+    PolluxJob,
+    PolluxTraceError,
+    Scaling,
+    load_workload,
+    read_job_lengths,
+    read_workload,
+    to_job,
+)
+
+LENGTHS = """application,batch_size,completion_epoch,iterations,max_batch_size,source_file
+cifar10,2048,99,3178,2048,x
+ncf,16384,9,3069,16384,x
+"""
+
+
+def _linear(application: str, batch: int, requested: int) -> Scaling | None:
+    """A made-up curve: 100 samples/s per worker, up to ``batch // 128`` workers."""
+    if application == "ncf":
+        return None
+    points = {(n, -(-n // 4)): (100.0 * n, 0.9) for n in range(1, 65)}
+    curve = TableCurve(f"{application}-{batch}", points, gpus_per_node=4)
+    return Scaling(curve, 1, batch // 128)
+
+
+@pytest.fixture
+def lengths(tmp_path: Path) -> Path:
+    path = tmp_path / "lengths.csv"
+    path.write_text(LENGTHS)
+    return path
+
+
+def test_a_row_becomes_a_job(lengths: Path) -> None:
+    table = read_job_lengths(lengths)
+    job = to_job(PolluxJob("cifar10-4", 356.0, "cifar10", 64, 4096), table, _linear, total_gpus=64)
+    assert job.arrival == 356.0
+    assert job.samples == 3178 * 2048  # no length at 4096: the samples of batch 2048
+    assert (job.min_replicas, job.max_replicas, job.requested) == (1, 32, 32)  # 4096 // 128
+    assert job.throughput(16, 4) == 1600.0
+    assert job.restart == 30.0
+
+
+def test_an_application_without_step_times_runs_on_one_gpu(lengths: Path) -> None:
+    table = read_job_lengths(lengths)
+    job = to_job(PolluxJob("ncf-2", 135.0, "ncf", 1, 32768), table, _linear, total_gpus=64)
+    assert job.samples == 3069 * 16384
+    assert (job.min_replicas, job.max_replicas, job.requested) == (1, 1, 1)
+    assert job.throughput(1, 4) == ASSUMED_THROUGHPUT["ncf"]
+
+
+def test_the_transcribed_workloads_read_whole() -> None:
+    for number in (1, 2, 3):
+        jobs = load_workload(number, _linear, total_gpus=64)
+        assert len(jobs) == 160
+        assert all(j.samples > 0 and 1 <= j.requested <= j.max_replicas <= 64 for j in jobs)
+        assert [j.arrival for j in jobs] == sorted(j.arrival for j in jobs)
+    first = read_workload(DATA_DIR / "workloads" / "workload-1.csv")[0]
+    assert first == PolluxJob("cifar10-0", 107.0, "cifar10", 6, 2048)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name,time,application,num_replicas\na,1,cifar10,2\n", "missing column.*batch_size"),
+        ("name,time,application,num_replicas,batch_size\na,1,cifar10,2,64\nb,x,cifar10,2,64\n",
+         "line 3: time must be a number, got 'x'"),
+        ("name,time,application,num_replicas,batch_size\na,1,cifar10,2.5,64\n",
+         "line 2: num_replicas must be a whole number"),
+        ("name,time,application,num_replicas,batch_size\na,1,cifar10,0,64\n",
+         "line 2: num_replicas and batch_size must be >= 1"),
+        ("name,time,application,num_replicas,batch_size\na,1,cifar10,1,64\na,2,ncf,1,64\n",
+         "names must be unique"),
+        ("name,time,application,num_replicas,batch_size\n", "no rows"),
+    ],
+)  # fmt: skip
+def test_a_bad_workload_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "workload.csv"
+    path.write_text(text)
+    with pytest.raises(PolluxTraceError, match=message):
+        read_workload(path)
+
+
+def test_bad_lengths_and_missing_data_are_refused(tmp_path: Path, lengths: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(LENGTHS + "bert,384,1,0,384,x\n")
+    with pytest.raises(PolluxTraceError, match="line 4: need iterations >= 1"):
+        read_job_lengths(bad)
+    table = read_job_lengths(lengths)
+    with pytest.raises(PolluxTraceError, match="bert-1: no job length for application 'bert'"):
+        to_job(PolluxJob("bert-1", 0.0, "bert", 4, 384), table, _linear, total_gpus=64)
+    small = to_job(PolluxJob("cifar10-1", 0.0, "cifar10", 4, 1024), table, _linear, total_gpus=64)
+    assert small.samples == 3178 * 2048  # none below 1024: the smallest above
