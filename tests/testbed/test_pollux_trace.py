@@ -6,6 +6,8 @@ Covers:
   batch, the requested size lowered to that bound, the curve's throughput;
 - an application without step times (ncf) is a one-GPU job at the assumed throughput;
 - the transcribed workloads read whole (160 jobs each, every batch size has a length);
+- with the measured data: a job's curve is the strong-scaling curve at its batch, packed, up
+  to the last count measured; deepspeech2 (measured only spread) is rigid at its size;
 - bad input is refused naming the file, line and column (or the job and what is missing);
   a batch size without a length takes the nearest one below (else above).
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from trainscale.operator.autoscaling.simulation import TableCurve
+from trainscale.testbed.pollux import read_app
 from trainscale.testbed.pollux_trace import (
     ASSUMED_THROUGHPUT,
     DATA_DIR,
@@ -24,6 +27,7 @@ from trainscale.testbed.pollux_trace import (
     PolluxTraceError,
     Scaling,
     load_workload,
+    measured_scaling,
     read_job_lengths,
     read_workload,
     to_job,
@@ -111,3 +115,14 @@ def test_bad_lengths_and_missing_data_are_refused(tmp_path: Path, lengths: Path)
         to_job(PolluxJob("bert-1", 0.0, "bert", 4, 384), table, _linear, total_gpus=64)
     small = to_job(PolluxJob("cifar10-1", 0.0, "cifar10", 4, 1024), table, _linear, total_gpus=64)
     assert small.samples == 3178 * 2048  # none below 1024: the smallest above
+
+
+def test_the_measured_data_gives_strong_scaling_and_rigid_jobs() -> None:
+    jobs = {j.name: j for j in load_workload(1, measured_scaling(), total_gpus=64)}
+    cifar = jobs["cifar10-4"]  # 16 GPUs asked, batch 4096: every packed count to 16
+    strong = read_app("cifar10").strong_curve(4096, 64)
+    assert cifar.max_replicas == len(strong) == 16
+    assert [cifar.throughput(n, 4) for n in range(1, 17)] == [p.samples_per_second for p in strong]
+    speech = jobs["deepspeech2-1"]  # measured only one worker per node: rigid at its 6
+    assert (speech.min_replicas, speech.max_replicas, speech.requested) == (6, 6, 6)
+    assert speech.throughput(6, 4) > 0
