@@ -41,7 +41,12 @@ from trainscale.operator.autoscaling.workload import (
     simulate,
     worst,
 )
-from trainscale.testbed.pollux_trace import RESTART_SECONDS, load_workload, measured_scaling
+from trainscale.testbed.pollux_trace import (
+    RESTART_SECONDS,
+    ScalingSource,
+    load_workload,
+    measured_scaling,
+)
 
 
 def print_checks(
@@ -76,6 +81,17 @@ def print_checks(
         print(f"{'PASS' if ok else 'FAIL'}: {text}")
 
 
+def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None) -> list[Job]:
+    """The jobs of one run: Pollux's workload ``seed`` (with ``scaling``), the trace, or
+    generated with ``seed``."""
+    if scaling is not None:
+        total = args.nodes * args.gpus_per_node
+        return load_workload(seed, scaling, total_gpus=total, restart=args.restart)
+    if args.trace:
+        return read_trace(args.trace)
+    return generate(seed, args.jobs, args.hours, args.gpus_per_node)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -107,15 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     bounds: list[float] = []
     seeds = args.pollux or ([0] if args.trace else args.seeds)
     scaling = measured_scaling() if args.pollux else None
-    total = args.nodes * args.gpus_per_node
     for seed in seeds:
-        jobs: list[Job]
-        if scaling is not None:
-            jobs = load_workload(seed, scaling, total_gpus=total, restart=args.restart)
-        elif args.trace:
-            jobs = read_trace(args.trace)
-        else:
-            jobs = generate(seed, args.jobs, args.hours, args.gpus_per_node)
+        jobs = load_jobs(args, seed, scaling)
         last = max(j.arrival for j in jobs)
         horizon = last + (48 if args.pollux else 24) * 3600.0  # imagenet runs ~11 h
         probe = Cluster(args.nodes, args.gpus_per_node, args.interval, seed)
@@ -141,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         f" {'workloads' if args.pollux else 'seeds'} {seeds}:"
     )
     print(render([row(r) for r in results.values()], args.markdown))
+    if len(seeds) > 1:
+        means = ", ".join(
+            f"{p} {statistics.fmean(r.avg_jct for r in rs):,.0f}" for p, rs in by_policy.items()
+        )
+        print(f"avg JCT s, mean over {'workloads' if args.pollux else 'seeds'}: {means}")
     if "trainscale" in results:
         print_checks(by_policy, results, bounds)
     return 0
