@@ -74,7 +74,7 @@ def test_an_application_without_step_times_runs_on_one_gpu(lengths: Path) -> Non
 
 
 def test_the_transcribed_workloads_read_whole() -> None:
-    for number in (1, 2, 3):
+    for number in (1, 2, 3, 4, 5):
         jobs = load_workload(number, _linear, total_gpus=64)
         assert len(jobs) == 160
         assert all(j.samples > 0 and 1 <= j.requested <= j.max_replicas <= 64 for j in jobs)
