@@ -17,7 +17,7 @@ cluster (:mod:`trainscale.testbed.pollux_trace` says how a row becomes a job and
 approximated); each workload plays the part of a seed (its number seeds the model errors).
 
 Run:  .venv/bin/python benchmarks/cluster.py [--seeds 1 2 3] [--jobs 160] [--markdown] [--per-seed]
-      .venv/bin/python benchmarks/cluster.py --pollux 1 2 3 4 5 [--restart 30] [--markdown]
+      .venv/bin/python benchmarks/cluster.py --pollux 1 2 3 4 5 6 7 8 [--restart 30] [--markdown]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         metavar="N",
-        help="Pollux's workload-N.csv (1-5) with measured curves, instead",
+        help="Pollux's workload-N.csv (1-8) with measured curves, instead",
     )
     parser.add_argument("--restart", type=float, default=RESTART_SECONDS,
                         help="seconds each start or resize costs a --pollux job")  # fmt: skip

@@ -74,13 +74,15 @@ def test_an_application_without_step_times_runs_on_one_gpu(lengths: Path) -> Non
 
 
 def test_the_transcribed_workloads_read_whole() -> None:
-    for number in (1, 2, 3, 4, 5):
+    for number in range(1, 9):
         jobs = load_workload(number, _linear, total_gpus=64)
         assert len(jobs) == 160
         assert all(j.samples > 0 and 1 <= j.requested <= j.max_replicas <= 64 for j in jobs)
         assert [j.arrival for j in jobs] == sorted(j.arrival for j in jobs)
     first = read_workload(DATA_DIR / "workloads" / "workload-1.csv")[0]
     assert first == PolluxJob("cifar10-0", 107.0, "cifar10", 6, 2048)
+    last = read_workload(DATA_DIR / "workloads" / "workload-8.csv")[-1]
+    assert last == PolluxJob("deepspeech2-159", 28253.0, "deepspeech2", 12, 640)
 
 
 @pytest.mark.parametrize(
