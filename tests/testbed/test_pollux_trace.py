@@ -9,16 +9,22 @@ Covers:
 - with the measured data: a job's curve is the strong-scaling curve at its batch, packed, up
   to the last count measured; deepspeech2 (measured only spread) is rigid at its size;
 - bad input is refused naming the file, line and column (or the job and what is missing);
-  a batch size without a length takes the nearest one below (else above).
+  a batch size without a length takes the nearest one below (else above);
+- a workload written as ``trainscale simulate --workload``'s trace and curve files
+  (:func:`trace_files`, ``benchmarks/pollux_trace.py``) reads back as the same jobs, and a
+  slice of it simulates to the same result; jobs that are not the rows' are refused.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from trainscale.operator.autoscaling.simulation import TableCurve
+from trainscale.operator.autoscaling.workload import Cluster, read_trace, row, simulate
 from trainscale.testbed.pollux import read_app
 from trainscale.testbed.pollux_trace import (
     ASSUMED_THROUGHPUT,
@@ -31,7 +37,11 @@ from trainscale.testbed.pollux_trace import (
     read_job_lengths,
     read_workload,
     to_job,
+    trace_files,
+    workload_path,
 )
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "pollux_trace.py"
 
 LENGTHS = """application,batch_size,completion_epoch,iterations,max_batch_size,source_file
 cifar10,2048,99,3178,2048,x
@@ -128,3 +138,52 @@ def test_the_measured_data_gives_strong_scaling_and_rigid_jobs() -> None:
     speech = jobs["deepspeech2-1"]  # measured only one worker per node: rigid at its 6
     assert (speech.min_replicas, speech.max_replicas, speech.requested) == (6, 6, 6)
     assert speech.throughput(6, 4) > 0
+
+
+def _write(files: dict[str, str], directory: Path) -> Path:
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory / "trace.csv"
+
+
+def test_a_workload_as_a_trace_reads_back_as_the_same_jobs(tmp_path: Path) -> None:
+    scaling = measured_scaling()
+    expected = load_workload(2, scaling, total_gpus=64)
+    files = trace_files(read_workload(workload_path(2)), expected, scaling)
+    assert "curves/imagenet-6400.csv" in files and "curves/ncf-assumed.csv" in files
+    jobs = read_trace(str(_write(files, tmp_path)))
+    assert jobs == expected
+    # the same simulated result for one policy on a slice (first 7 jobs: cifar10 and ncf)
+    results = [
+        simulate("trainscale", js[:7], Cluster(2, 4, 60.0, 2), js[6].arrival + 24 * 3600.0)
+        for js in (jobs, expected)
+    ]
+    assert row(results[0]) == row(results[1])
+    assert results[0].finishes == results[1].finishes
+    assert results[0].timeline == results[1].timeline
+    assert len(results[0].finishes) == 7
+
+
+@pytest.mark.slow
+def test_the_script_writes_the_trace_files(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--workload", "3", "--output", str(tmp_path / "w3")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "trainscale simulate --workload" in done.stdout
+    scaling = measured_scaling()
+    jobs = load_workload(3, scaling, total_gpus=64)
+    files = trace_files(read_workload(workload_path(3)), jobs, scaling)
+    written = {
+        str(p.relative_to(tmp_path / "w3")): p.read_text() for p in (tmp_path / "w3").rglob("*.csv")
+    }
+    assert written == files
+
+
+def test_jobs_that_are_not_the_rows_are_refused() -> None:
+    rows = read_workload(workload_path(2))
+    jobs = load_workload(2, _linear, total_gpus=64)
+    with pytest.raises(PolluxTraceError, match="names or order differ"):
+        trace_files(rows, jobs[::-1], _linear)

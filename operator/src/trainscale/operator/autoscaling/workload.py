@@ -72,27 +72,39 @@ every step (for plots).
 
 Trace CSV (:func:`read_trace`): a header and one row per job with the columns
 ``arrival_seconds`` (since the start), ``total_samples``, ``curve`` (``serial:cliff``, e.g.
-``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100),
-``min_replicas``, ``max_replicas``, ``requested_replicas`` (the fixed size), and the optional
-``priority`` (PriorityClass value), ``restart_seconds`` (default 60) and ``name``.
+``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100; or the
+path of a measured curve, see below), ``min_replicas``, ``max_replicas``,
+``requested_replicas`` (the fixed size), and the optional ``priority`` (PriorityClass value),
+``restart_seconds`` (default 60) and ``name``.
+
+A ``curve`` ending in ``.csv`` is a measured curve in the simulator's format
+(``count,nodes,samples_per_second,gpu_utilization``, read by
+:func:`~trainscale.operator.autoscaling.simulation.parse_csv_curve`; its node size inferred
+from its multi-node rows), resolved relative to the trace file's directory; it must cover
+every count from 1 to the row's ``max_replicas`` packed (throughput at each count, efficiency
+relative to one worker: :func:`measured_job`). Rows may share a curve file; each file is read
+once. :func:`parse_trace` is the pure parser (the curve files' texts given), :func:`read_trace`
+reads the files.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainscale.operator.api.models import TrainingJobSpec
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.policy import Observation
-from trainscale.operator.autoscaling.simulation import Curve
+from trainscale.operator.autoscaling.simulation import Curve, parse_csv_curve
 
 MIN_EFFICIENCY = 0.7  # minEfficiency (its default) for per-job and arbitrated jobs
 HPA_TARGET = 0.8
@@ -241,14 +253,11 @@ def _field(
     return value
 
 
-def _job_of_row(row: Mapping[str, str | None], line: int, index: int) -> Job:
-    curve = (row.get("curve") or "").strip()
-    try:
-        parts = [float(p) for p in curve.split(":")]
-    except ValueError:
-        raise TraceError(f"line {line}: curve must be serial:cliff[:rate], got {curve!r}") from None
-    if not 1 <= len(parts) <= 3 or any(p < 0 or not math.isfinite(p) for p in parts):
-        raise TraceError(f"line {line}: curve must be serial:cliff[:rate] >= 0, got {curve!r}")
+CURVE_FILE_SUFFIX = ".csv"
+
+
+def _bounds(row: Mapping[str, str | None], line: int) -> tuple[int, int, int]:
+    """``(min_replicas, max_replicas, requested_replicas)`` of a row, checked."""
     lo = int(_field(row, "min_replicas", line, int))
     hi = int(_field(row, "max_replicas", line, int))
     requested = int(_field(row, "requested_replicas", line, int))
@@ -257,40 +266,99 @@ def _job_of_row(row: Mapping[str, str | None], line: int, index: int) -> Job:
             f"line {line}: need 1 <= min_replicas <= requested_replicas <= max_replicas,"
             f" got {lo}, {requested}, {hi}"
         )
-    return Job(
-        name=(row.get("name") or "").strip() or f"job-{index:03d}",
-        arrival=_field(row, "arrival_seconds", line, float),
-        samples=_field(row, "total_samples", line, float),
-        rate=parts[2] if len(parts) > 2 else 100.0,
-        serial=parts[0],
-        cliff=parts[1] if len(parts) > 1 else 0.0,
-        min_replicas=lo,
-        max_replicas=hi,
-        requested=requested,
-        priority=int(_field(row, "priority", line, int)) if row.get("priority") else 0,
-        restart=_field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0,
-    )
+    return lo, hi, requested
+
+
+def _parametric(curve: str, line: int) -> tuple[float, float, float]:
+    """``(serial, cliff, rate)`` of a ``serial:cliff[:rate]`` curve field."""
+    try:
+        parts = [float(p) for p in curve.split(":")]
+    except ValueError:
+        raise TraceError(
+            f"line {line}: curve must be serial:cliff[:rate], got {curve!r} (or the path of a"
+            f" curve CSV, ending in {CURVE_FILE_SUFFIX})"
+        ) from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 or not math.isfinite(p) for p in parts):
+        raise TraceError(f"line {line}: curve must be serial:cliff[:rate] >= 0, got {curve!r}")
+    return parts[0], parts[1] if len(parts) > 1 else 0.0, parts[2] if len(parts) > 2 else 100.0
+
+
+def _job_of_row(
+    row: Mapping[str, str | None], line: int, index: int, curves: Mapping[str, str]
+) -> Job:
+    curve = (row.get("curve") or "").strip()
+    lo, hi, requested = _bounds(row, line)
+    name = (row.get("name") or "").strip() or f"job-{index:03d}"
+    arrival = _field(row, "arrival_seconds", line, float)
+    samples = _field(row, "total_samples", line, float)
+    priority = int(_field(row, "priority", line, int)) if row.get("priority") else 0
+    restart = _field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0
+    if curve.endswith(CURVE_FILE_SUFFIX):
+        if curve not in curves:
+            raise TraceError(f"line {line}: curve {curve!r}: no such curve file given")
+        try:
+            measured = parse_csv_curve(curves[curve], name=curve)
+            return measured_job(name, arrival, samples, measured, min_replicas=lo, max_replicas=hi,
+                                requested=requested, priority=priority, restart=restart)  # fmt: skip
+        except ValueError as err:  # CurveError, or a throughput Job refuses
+            raise TraceError(f"line {line}: curve {curve!r}: {err}") from None
+    serial, cliff, rate = _parametric(curve, line)
+    return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart)
+
+
+def curve_files(text: str) -> dict[str, int]:
+    """The curve files a trace's rows name (``curve`` ending in ``.csv``), each with the
+    first line naming it."""
+    files: dict[str, int] = {}
+    reader = csv.DictReader(io.StringIO(text))
+    for i, row in enumerate(reader):
+        curve = (row.get("curve") or "").strip()
+        if curve.endswith(CURVE_FILE_SUFFIX):
+            files.setdefault(curve, i + 2)
+    return files
+
+
+def parse_trace(text: str, *, name: str, curves: Mapping[str, str]) -> list[Job]:
+    """The jobs of a trace's CSV ``text`` (module docstring), by arrival; ``curves`` maps
+    each curve file a row names (as written in the row) to that file's CSV text. Pure.
+
+    Raises:
+        TraceError: a missing column, an unreadable value, a bad or missing curve, or an
+            empty trace, naming the line and column (and the curve's own line).
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise TraceError(f"{name}: missing column(s) {', '.join(missing)}")
+    jobs = [_job_of_row(row, i + 2, i, curves) for i, row in enumerate(reader)]
+    if not jobs:
+        raise TraceError(f"{name}: no jobs")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise TraceError(f"{name}: job names must be unique")
+    return sorted(jobs, key=lambda j: j.arrival)
 
 
 def read_trace(path: str) -> list[Job]:
-    """The jobs of a trace CSV (module docstring), by arrival.
+    """The jobs of a trace CSV file and of the curve files its rows name (relative paths
+    from the trace's directory), by arrival (:func:`parse_trace`).
 
     Raises:
-        TraceError: a missing column, an unreadable value, or an empty trace, naming the
-            line and column.
+        OSError: the trace itself cannot be read.
+        TraceError: as :func:`parse_trace`, or a curve file that cannot be read (naming the
+            row's line, the curve column and the resolved path).
     """
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
-        jobs = [_job_of_row(row, i + 2, i) for i, row in enumerate(reader)]
-    if not jobs:
-        raise TraceError(f"{path}: no jobs")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise TraceError(f"{path}: job names must be unique")
-    return sorted(jobs, key=lambda j: j.arrival)
+    text = Path(path).read_text(encoding="utf-8")
+    curves: dict[str, str] = {}
+    for curve, line in curve_files(text).items():
+        where = Path(path).parent / curve
+        try:
+            curves[curve] = where.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TraceError(
+                f"line {line}: curve {curve!r}: cannot read {where}: {exc.strerror}"
+            ) from None
+    return parse_trace(text, name=path, curves=curves)
 
 
 # ---------------------------------------------------------------------------- simulation

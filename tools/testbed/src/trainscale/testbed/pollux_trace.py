@@ -36,6 +36,11 @@ An application without step-time data (``ncf``: the artifact ships its validatio
 its placements) gets :data:`ASSUMED_THROUGHPUT`: a one-GPU job (Pollux itself never gives
 ncf more than one GPU, and every ncf row asks for one) at an assumed throughput. Its run time
 is then the same under every policy; only its wait differs.
+
+:func:`trace_files` writes a workload as ``trainscale simulate --workload``'s trace CSV, its
+``curve`` column naming a curve file per (application, batch) in the simulator's curve format
+(``benchmarks/pollux_trace.py`` writes them to a directory), so the product's CLI replays the
+same jobs ``benchmarks/cluster.py --pollux`` does.
 """
 
 from __future__ import annotations
@@ -309,6 +314,11 @@ def measured_scaling(data_dir: Path = DATA_DIR) -> ScalingSource:
     return source
 
 
+def workload_path(number: int, data_dir: Path = DATA_DIR) -> Path:
+    """The transcribed ``workload-<number>.csv``."""
+    return data_dir / "workloads" / f"workload-{number}.csv"
+
+
 def load_workload(
     number: int,
     scaling: ScalingSource,
@@ -319,5 +329,58 @@ def load_workload(
 ) -> list[Job]:
     """Workload ``number`` (``workloads/workload-<number>.csv``) as simulator jobs."""
     lengths = read_job_lengths(data_dir / "job_lengths.csv")
-    rows = read_workload(data_dir / "workloads" / f"workload-{number}.csv")
+    rows = read_workload(workload_path(number, data_dir))
     return [to_job(r, lengths, scaling, total_gpus=total_gpus, restart=restart) for r in rows]
+
+
+TRACE_FILE = "trace.csv"
+CURVES_SUBDIR = "curves"
+TRACE_HEADER = ("name", "arrival_seconds", "total_samples", "curve", "min_replicas",
+                "max_replicas", "requested_replicas", "priority", "restart_seconds")  # fmt: skip
+CURVE_HEADER = "count,nodes,samples_per_second,gpu_utilization"
+
+
+def _curve_file(job: PolluxJob, measured: Scaling | None, most: int) -> tuple[str, str]:
+    """``(file name, CSV text)`` of the curve a workload row's job runs on, counts 1 to
+    ``most`` packed (``repr`` numbers, so reading it back gives the same floats). A job
+    without step-time data gets its assumed one-GPU throughput, utilization written as 1."""
+    if measured is None:
+        rows = [(1, 1, ASSUMED_THROUGHPUT[job.application], 1.0)]
+        name = f"{job.application}-assumed.csv"
+    else:
+        points = [measured.curve.point(n) for n in range(1, most + 1)]
+        rows = [(p.replicas, p.nodes, p.samples_per_second, p.gpu_utilization) for p in points]
+        rigid = f"-rigid-{measured.max_replicas}" if measured.min_replicas > 1 else ""
+        name = f"{job.application}-{job.batch_size}{rigid}.csv"
+    lines = [CURVE_HEADER, *(f"{n},{k},{x!r},{u!r}" for n, k, x, u in rows)]
+    return name, "\n".join(lines) + "\n"
+
+
+def trace_files(
+    rows: Sequence[PolluxJob], jobs: Sequence[Job], scaling: ScalingSource
+) -> dict[str, str]:
+    """A workload as ``trainscale simulate --workload``'s trace: relative path -> text of
+    :data:`TRACE_FILE` (one row per job, the ``curve`` column naming a file under
+    :data:`CURVES_SUBDIR`) and of each curve file. ``rows`` are the workload's
+    (:func:`read_workload`) and ``jobs`` what :func:`load_workload` made of them, in the same
+    order; reading the trace back
+    (:func:`~trainscale.operator.autoscaling.workload.read_trace`) gives ``jobs``.
+
+    Raises:
+        PolluxTraceError: rows and jobs that do not match, or two different curves under
+            one file name.
+    """
+    files: dict[str, str] = {}
+    lines = [",".join(TRACE_HEADER)]
+    if [r.name for r in rows] != [j.name for j in jobs]:
+        raise PolluxTraceError("the jobs are not the rows' (names or order differ)")
+    for row, job in zip(rows, jobs, strict=True):
+        measured = scaling(row.application, row.batch_size, row.num_replicas)
+        name, text = _curve_file(row, measured, job.max_replicas)
+        path = f"{CURVES_SUBDIR}/{name}"
+        if files.setdefault(path, text) != text:
+            raise PolluxTraceError(f"{job.name}: a different curve already named {path}")
+        bounds = (job.min_replicas, job.max_replicas, job.requested)
+        lines.append(",".join([job.name, repr(job.arrival), repr(job.samples), path,
+                               *map(str, bounds), str(job.priority), repr(job.restart)]))  # fmt: skip
+    return {TRACE_FILE: "\n".join(lines) + "\n", **files}
