@@ -4,7 +4,8 @@ Covers:
 - a ``curve`` ending in ``.csv`` is a curve file in the simulator's format, resolved from the
   trace's directory: the job's throughput at every count is the file's (packed on the node
   size its rows imply), efficiency relative to one worker; a parametric row beside it is
-  unchanged; the pure parser given the file's text gives the same jobs;
+  unchanged; the pure parser given the file's text gives the same jobs (and refuses a
+  curve file whose text it was not given);
 - a missing curve file, a bad curve CSV, or one that does not reach the row's
   ``max_replicas`` is refused through ``trainscale simulate --workload`` naming the trace's
   line, the curve (and the curve's own line, or the resolved path), exit 2, nothing printed.
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from trainscale.operator.app.cli import main
-from trainscale.operator.autoscaling.workload import parse_trace, read_trace
+from trainscale.operator.autoscaling.workload import TraceError, parse_trace, read_trace
 
 CURVE = """count,nodes,samples_per_second,gpu_utilization
 1,1,100.0,0.99
@@ -53,6 +54,8 @@ def test_a_row_can_name_a_measured_curve_file(trace: Path) -> None:
     assert (vit.rate, vit.serial, vit.cliff, vit.measured) == (50.0, 0.03, 0.2, ())
     parsed = parse_trace(TRACE, name="t", curves={"curves/m.csv": CURVE})
     assert parsed == [vit, measured]
+    with pytest.raises(TraceError, match=r"line 3: curve 'curves/m\.csv': no such curve file"):
+        parse_trace(TRACE, name="t", curves={})
 
 
 @pytest.mark.parametrize(
