@@ -11,7 +11,13 @@ checks the issue's goal: average JCT at least 1.5x better than both ``fixed`` an
 (and, for information, ``per-job-oracle``), p99 no worse than ``fixed``, no job unfinished;
 each ratio is taken seed by seed and the worst is shown.
 
+``--pollux 1 2 3`` replays Pollux's published workloads instead (OSDI'21: 160 jobs each over
+8 hours, from Microsoft's Philly trace) with the speedup curves measured on its 16 x 4-GPU
+cluster (:mod:`trainscale.testbed.pollux_trace` says how a row becomes a job and what is
+approximated); each workload plays the part of a seed (its number seeds the model errors).
+
 Run:  .venv/bin/python benchmarks/cluster.py [--seeds 1 2 3] [--jobs 160] [--markdown] [--per-seed]
+      .venv/bin/python benchmarks/cluster.py --pollux 1 2 3 4 5 6 7 8 [--restart 30] [--markdown]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.workload import (
     POLICIES,
     Cluster,
+    Job,
     Result,
     floor_bound_jct,
     generate,
@@ -33,6 +40,12 @@ from trainscale.operator.autoscaling.workload import (
     row,
     simulate,
     worst,
+)
+from trainscale.testbed.pollux_trace import (
+    RESTART_SECONDS,
+    ScalingSource,
+    load_workload,
+    measured_scaling,
 )
 
 
@@ -68,6 +81,17 @@ def print_checks(
         print(f"{'PASS' if ok else 'FAIL'}: {text}")
 
 
+def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None) -> list[Job]:
+    """The jobs of one run: Pollux's workload ``seed`` (with ``scaling``), the trace, or
+    generated with ``seed``."""
+    if scaling is not None:
+        total = args.nodes * args.gpus_per_node
+        return load_workload(seed, scaling, total_gpus=total, restart=args.restart)
+    if args.trace:
+        return read_trace(args.trace)
+    return generate(seed, args.jobs, args.hours, args.gpus_per_node)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -77,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--interval", type=float, default=60.0, help="seconds per decision")
     parser.add_argument("--trace", help="CSV trace instead of generated jobs (see --help)")
+    parser.add_argument(
+        "--pollux",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="Pollux's workload-N.csv (1-8) with measured curves, instead",
+    )
+    parser.add_argument("--restart", type=float, default=RESTART_SECONDS,
+                        help="seconds each start or resize costs a --pollux job")  # fmt: skip
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--markdown", action="store_true")
     defaults = ArbiterSettings()
@@ -88,14 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
     by_policy: dict[str, list[Result]] = {p: [] for p in args.policies}
     bounds: list[float] = []
-    seeds = [0] if args.trace else args.seeds
+    seeds = args.pollux or ([0] if args.trace else args.seeds)
+    scaling = measured_scaling() if args.pollux else None
     for seed in seeds:
-        if args.trace:
-            jobs = read_trace(args.trace)
-        else:
-            jobs = generate(seed, args.jobs, args.hours, args.gpus_per_node)
+        jobs = load_jobs(args, seed, scaling)
         last = max(j.arrival for j in jobs)
-        horizon = last + 24 * 3600.0
+        horizon = last + (48 if args.pollux else 24) * 3600.0  # imagenet runs ~11 h
         probe = Cluster(args.nodes, args.gpus_per_node, args.interval, seed)
         bounds.append(statistics.fmean(floor_bound_jct(j, probe) for j in jobs))
         for policy in args.policies:
@@ -111,11 +142,19 @@ def main(argv: list[str] | None = None) -> int:
             print(render([row(rs[i]) for rs in by_policy.values()], args.markdown))
             print(f"no-contention bound within the efficiency floors: avg JCT {bounds[i]:,.0f} s")
     source = f"trace {args.trace}" if args.trace else f"{args.jobs} generated jobs"
+    if args.pollux:
+        source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
     print(
         f"{source} over {args.hours:g} h on {args.nodes} nodes x {args.gpus_per_node} GPUs,"
-        f" decisions every {args.interval:g} s; worst case over seeds {seeds}:"
+        f" decisions every {args.interval:g} s; worst case over"
+        f" {'workloads' if args.pollux else 'seeds'} {seeds}:"
     )
     print(render([row(r) for r in results.values()], args.markdown))
+    if len(seeds) > 1:
+        means = ", ".join(
+            f"{p} {statistics.fmean(r.avg_jct for r in rs):,.0f}" for p, rs in by_policy.items()
+        )
+        print(f"avg JCT s, mean over {'workloads' if args.pollux else 'seeds'}: {means}")
     if "trainscale" in results:
         print_checks(by_policy, results, bounds)
     return 0

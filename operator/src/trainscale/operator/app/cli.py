@@ -231,7 +231,9 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="FILE.csv|generated",
         help=(
             "a trace (columns arrival_seconds,total_samples,curve,min_replicas,max_replicas,"
-            "requested_replicas[,priority,restart_seconds,name]; curve is serial:cliff[:rate]) "
+            "requested_replicas[,priority,restart_seconds,name]; curve is serial:cliff[:rate] "
+            "or a curve CSV count,nodes,samples_per_second,gpu_utilization, relative to the "
+            "trace) "
             "or 'generated' (--jobs over --hours)"
         ),
     )

@@ -10,7 +10,11 @@ except :func:`read_trace`, no clock; randomness from explicit seeds.
 The simulated job. Throughput at ``n`` workers (one GPU each) is ``rate * n / tau(n)`` with
 ``tau(n) = 1 + serial * (n - 1) + cliff * [n > gpus_per_node]``: a communication term, and a
 cliff when the job crosses a node boundary (intra-node links give way to the network), from
-which throughput recovers as more workers are added. Every change of a running job's size
+which throughput recovers as more workers are added. Or the throughput is *measured*: a
+placement-aware :class:`~trainscale.operator.autoscaling.simulation.Curve` read at every count
+packed (:func:`measured_job`; ``trainscale.testbed.pollux_trace`` builds Pollux's published
+workloads so, from step times measured on a real cluster), used the same way by every
+policy, the baselines' and the arbiter's demand included. Every change of a running job's size
 (and its start) costs ``restart`` seconds without progress, in every policy. Time advances in
 steps of the decision interval (each policy decides once per step, as the operator does); a
 job's progress within a step is continuous, so it finishes mid-step, and its GPUs are free at
@@ -46,7 +50,8 @@ What the arbiter is told, and why it does not flatter it: a demand's throughput 
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
 :func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
 fitted parametric model gets wrong is its parameters, so its errors are smooth across counts
-and last the job's whole life; the arbiter misjudges some jobs throughout. Restart costs are
+and last the job's whole life; the arbiter misjudges some jobs throughout. A measured
+curve gets the same error on its overhead over linear scaling (:func:`fitted`). Restart costs are
 given exactly (the operator learns them from restarts). The ``per-job`` baseline learns its
 curve from noisy metrics as the product does; ``per-job-oracle`` knows the true cut-off.
 
@@ -67,25 +72,39 @@ every step (for plots).
 
 Trace CSV (:func:`read_trace`): a header and one row per job with the columns
 ``arrival_seconds`` (since the start), ``total_samples``, ``curve`` (``serial:cliff``, e.g.
-``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100),
-``min_replicas``, ``max_replicas``, ``requested_replicas`` (the fixed size), and the optional
-``priority`` (PriorityClass value), ``restart_seconds`` (default 60) and ``name``.
+``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100; or the
+path of a measured curve, see below), ``min_replicas``, ``max_replicas``,
+``requested_replicas`` (the fixed size), and the optional ``priority`` (PriorityClass value),
+``restart_seconds`` (default 60) and ``name``.
+
+A ``curve`` ending in ``.csv`` is a measured curve in the simulator's format
+(``count,nodes,samples_per_second,gpu_utilization``, read by
+:func:`~trainscale.operator.autoscaling.simulation.parse_csv_curve`; its node size inferred
+from its multi-node rows), resolved relative to the trace file's directory; it must cover
+every count from 1 to the row's ``max_replicas`` packed (throughput at each count, efficiency
+relative to one worker: :func:`measured_job`). Rows may share a curve file; each file is read
+once. :func:`parse_trace` is the pure parser (the curve files' texts given), :func:`read_trace`
+reads the files.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainscale.operator.api.models import TrainingJobSpec
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.policy import Observation
+from trainscale.operator.autoscaling.simulation import Curve, parse_csv_curve
 
 MIN_EFFICIENCY = 0.7  # minEfficiency (its default) for per-job and arbitrated jobs
 HPA_TARGET = 0.8
@@ -108,15 +127,31 @@ class Job:
     requested: int
     priority: int = 0
     restart: float = 60.0
+    # a measured curve instead of ``tau(n)``: samples/s at 1, 2, ... workers, packed on the
+    # nodes it was measured on (:func:`measured_job`); empty for the parametric family
+    measured: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.measured and (
+            len(self.measured) < self.max_replicas
+            or not all(x > 0 and math.isfinite(x) for x in self.measured)
+        ):
+            raise ValueError(
+                f"{self.name}: a measured curve needs a positive throughput at every count up"
+                f" to max_replicas {self.max_replicas}, got {len(self.measured)} counts"
+            )
 
     def throughput(self, n: int, gpus_per_node: int) -> float:
         if n <= 0:
             return 0.0
+        if self.measured:
+            return self.measured[min(n, len(self.measured)) - 1]
         tau = 1.0 + self.serial * (n - 1) + (self.cliff if n > gpus_per_node else 0.0)
         return self.rate * n / tau
 
     def efficiency(self, n: int, gpus_per_node: int) -> float:
-        return self.throughput(n, gpus_per_node) / (n * self.rate)
+        """Throughput per worker relative to one worker alone."""
+        return self.throughput(n, gpus_per_node) / (n * self.throughput(1, gpus_per_node))
 
     def min_efficiency(self, gpus_per_node: int) -> float:
         """The job's efficiency floor: ``MIN_EFFICIENCY``, or lower when the size its user
@@ -131,6 +166,30 @@ class Job:
             if self.efficiency(n, gpus_per_node) >= floor - 1e-9:
                 best = n
         return best
+
+
+def measured_job(
+    name: str,
+    arrival: float,
+    samples: float,
+    curve: Curve,
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    requested: int,
+    priority: int = 0,
+    restart: float = 60.0,
+) -> Job:
+    """A job whose throughput is a measured curve (a :class:`~trainscale.operator.autoscaling.
+    simulation.Curve`, placement-aware), read once at every count up to ``max_replicas``,
+    packed as the operator asks (one node filled before the next).
+
+    Raises:
+        CurveError: the curve has no point at some count up to ``max_replicas``.
+    """
+    points = tuple(curve.point(n).samples_per_second for n in range(1, max_replicas + 1))
+    bounds = (min_replicas, max_replicas, requested)
+    return Job(name, arrival, samples, points[0], 0.0, 0.0, *bounds, priority, restart, points)
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -194,14 +253,11 @@ def _field(
     return value
 
 
-def _job_of_row(row: Mapping[str, str | None], line: int, index: int) -> Job:
-    curve = (row.get("curve") or "").strip()
-    try:
-        parts = [float(p) for p in curve.split(":")]
-    except ValueError:
-        raise TraceError(f"line {line}: curve must be serial:cliff[:rate], got {curve!r}") from None
-    if not 1 <= len(parts) <= 3 or any(p < 0 or not math.isfinite(p) for p in parts):
-        raise TraceError(f"line {line}: curve must be serial:cliff[:rate] >= 0, got {curve!r}")
+CURVE_FILE_SUFFIX = ".csv"
+
+
+def _bounds(row: Mapping[str, str | None], line: int) -> tuple[int, int, int]:
+    """``(min_replicas, max_replicas, requested_replicas)`` of a row, checked."""
     lo = int(_field(row, "min_replicas", line, int))
     hi = int(_field(row, "max_replicas", line, int))
     requested = int(_field(row, "requested_replicas", line, int))
@@ -210,40 +266,99 @@ def _job_of_row(row: Mapping[str, str | None], line: int, index: int) -> Job:
             f"line {line}: need 1 <= min_replicas <= requested_replicas <= max_replicas,"
             f" got {lo}, {requested}, {hi}"
         )
-    return Job(
-        name=(row.get("name") or "").strip() or f"job-{index:03d}",
-        arrival=_field(row, "arrival_seconds", line, float),
-        samples=_field(row, "total_samples", line, float),
-        rate=parts[2] if len(parts) > 2 else 100.0,
-        serial=parts[0],
-        cliff=parts[1] if len(parts) > 1 else 0.0,
-        min_replicas=lo,
-        max_replicas=hi,
-        requested=requested,
-        priority=int(_field(row, "priority", line, int)) if row.get("priority") else 0,
-        restart=_field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0,
-    )
+    return lo, hi, requested
+
+
+def _parametric(curve: str, line: int) -> tuple[float, float, float]:
+    """``(serial, cliff, rate)`` of a ``serial:cliff[:rate]`` curve field."""
+    try:
+        parts = [float(p) for p in curve.split(":")]
+    except ValueError:
+        raise TraceError(
+            f"line {line}: curve must be serial:cliff[:rate], got {curve!r} (or the path of a"
+            f" curve CSV, ending in {CURVE_FILE_SUFFIX})"
+        ) from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 or not math.isfinite(p) for p in parts):
+        raise TraceError(f"line {line}: curve must be serial:cliff[:rate] >= 0, got {curve!r}")
+    return parts[0], parts[1] if len(parts) > 1 else 0.0, parts[2] if len(parts) > 2 else 100.0
+
+
+def _job_of_row(
+    row: Mapping[str, str | None], line: int, index: int, curves: Mapping[str, str]
+) -> Job:
+    curve = (row.get("curve") or "").strip()
+    lo, hi, requested = _bounds(row, line)
+    name = (row.get("name") or "").strip() or f"job-{index:03d}"
+    arrival = _field(row, "arrival_seconds", line, float)
+    samples = _field(row, "total_samples", line, float)
+    priority = int(_field(row, "priority", line, int)) if row.get("priority") else 0
+    restart = _field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0
+    if curve.endswith(CURVE_FILE_SUFFIX):
+        if curve not in curves:
+            raise TraceError(f"line {line}: curve {curve!r}: no such curve file given")
+        try:
+            measured = parse_csv_curve(curves[curve], name=curve)
+            return measured_job(name, arrival, samples, measured, min_replicas=lo, max_replicas=hi,
+                                requested=requested, priority=priority, restart=restart)  # fmt: skip
+        except ValueError as err:  # CurveError, or a throughput Job refuses
+            raise TraceError(f"line {line}: curve {curve!r}: {err}") from None
+    serial, cliff, rate = _parametric(curve, line)
+    return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart)
+
+
+def curve_files(text: str) -> dict[str, int]:
+    """The curve files a trace's rows name (``curve`` ending in ``.csv``), each with the
+    first line naming it."""
+    files: dict[str, int] = {}
+    reader = csv.DictReader(io.StringIO(text))
+    for i, row in enumerate(reader):
+        curve = (row.get("curve") or "").strip()
+        if curve.endswith(CURVE_FILE_SUFFIX):
+            files.setdefault(curve, i + 2)
+    return files
+
+
+def parse_trace(text: str, *, name: str, curves: Mapping[str, str]) -> list[Job]:
+    """The jobs of a trace's CSV ``text`` (module docstring), by arrival; ``curves`` maps
+    each curve file a row names (as written in the row) to that file's CSV text. Pure.
+
+    Raises:
+        TraceError: a missing column, an unreadable value, a bad or missing curve, or an
+            empty trace, naming the line and column (and the curve's own line).
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise TraceError(f"{name}: missing column(s) {', '.join(missing)}")
+    jobs = [_job_of_row(row, i + 2, i, curves) for i, row in enumerate(reader)]
+    if not jobs:
+        raise TraceError(f"{name}: no jobs")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise TraceError(f"{name}: job names must be unique")
+    return sorted(jobs, key=lambda j: j.arrival)
 
 
 def read_trace(path: str) -> list[Job]:
-    """The jobs of a trace CSV (module docstring), by arrival.
+    """The jobs of a trace CSV file and of the curve files its rows name (relative paths
+    from the trace's directory), by arrival (:func:`parse_trace`).
 
     Raises:
-        TraceError: a missing column, an unreadable value, or an empty trace, naming the
-            line and column.
+        OSError: the trace itself cannot be read.
+        TraceError: as :func:`parse_trace`, or a curve file that cannot be read (naming the
+            row's line, the curve column and the resolved path).
     """
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
-        jobs = [_job_of_row(row, i + 2, i) for i, row in enumerate(reader)]
-    if not jobs:
-        raise TraceError(f"{path}: no jobs")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise TraceError(f"{path}: job names must be unique")
-    return sorted(jobs, key=lambda j: j.arrival)
+    text = Path(path).read_text(encoding="utf-8")
+    curves: dict[str, str] = {}
+    for curve, line in curve_files(text).items():
+        where = Path(path).parent / curve
+        try:
+            curves[curve] = where.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TraceError(
+                f"line {line}: curve {curve!r}: cannot read {where}: {exc.strerror}"
+            ) from None
+    return parse_trace(text, name=path, curves=curves)
 
 
 # ---------------------------------------------------------------------------- simulation
@@ -408,30 +523,48 @@ def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str,
 def fitted(job: Job, seed: int) -> Job:
     """The job as its fitted model believes it to be: each curve parameter wrong by a
     persistent error drawn once per job (serial and cliff x N(1, 0.25) clipped to [0.5, 1.5],
-    the rate x N(1, 0.1) clipped to [0.7, 1.3])."""
+    the rate x N(1, 0.1) clipped to [0.7, 1.3]).
+
+    A measured curve has no parameters; its step time per sample relative to one worker,
+    ``tau(n) = n * X(1) / X(n)``, plays their part: its overhead ``tau(n) - 1`` is off by the
+    serial term's error at every count (smooth across counts, as a fitted model's errors
+    are), and the rate by the rate's."""
     rng = random.Random(f"{seed}/{job.name}")
 
     def err(sd: float, lo: float, hi: float) -> float:
         return min(hi, max(lo, rng.gauss(1.0, sd)))
 
+    serial, cliff, rate = err(0.25, 0.5, 1.5), err(0.25, 0.5, 1.5), err(0.1, 0.7, 1.3)
+    if job.measured:
+        one = job.measured[0]
+        overhead = [n * one / x - 1.0 for n, x in enumerate(job.measured, start=1)]
+        believed = tuple(
+            one * rate * n / max(0.05, 1.0 + o * serial) for n, o in enumerate(overhead, start=1)
+        )
+        return Job(**{**job.__dict__, "measured": believed, "rate": believed[0]})
     return Job(
         **{
             **job.__dict__,
-            "serial": job.serial * err(0.25, 0.5, 1.5),
-            "cliff": job.cliff * err(0.25, 0.5, 1.5),
-            "rate": job.rate * err(0.1, 0.7, 1.3),
+            "serial": job.serial * serial,
+            "cliff": job.cliff * cliff,
+            "rate": job.rate * rate,
         }
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def believed_throughput(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, float]:
+    """The throughput per count the arbiter is told for ``job`` (:func:`fitted`), computed
+    once per job (the model's error is persistent)."""
+    model = fitted(job, seed)
+    return {n: model.throughput(n, gpus_per_node) for n in range(1, job.max_replicas + 1)}
 
 
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
     demands = [
         JobDemand(
             key=s.job.name,
-            throughput={
-                n: fitted(s.job, cluster.seed).throughput(n, cluster.gpus_per_node)
-                for n in range(1, s.job.max_replicas + 1)
-            },
+            throughput=believed_throughput(s.job, cluster.seed, cluster.gpus_per_node),
             min_replicas=s.job.min_replicas,
             max_replicas=s.job.max_replicas,
             min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),
