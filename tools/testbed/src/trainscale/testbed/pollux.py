@@ -1,0 +1,246 @@
+"""Speedup curves built from step times measured on a real GPU cluster (Pollux, OSDI'21).
+
+Why this module exists: the autoscaler's benchmark must not only run on curves we invented.
+The Pollux authors published the step times of six models measured on a 16-node x 4-GPU
+cluster (``benchmarks/data/pollux/README.md`` says where from and what subset we keep).
+This module turns that data into the speedup curves our simulator reads (a CSV of
+``count,nodes,samples_per_second,gpu_utilization``, see
+:func:`trainscale.operator.autoscaling.simulation.parse_csv_curve`). It is dev tooling, not
+the product: the operator never reads it, and ``benchmarks/pollux_curves.py`` regenerates
+the committed curve files with it.
+
+The data
+--------
+``<app>/placements.csv``: ``placement,local_bsz,step_time,sync_time``. ``placement`` is the
+number of the job's GPUs on each node it uses, one digit per node, written as the
+lexicographically smallest rotation of the per-node counts (4 + 1 workers is ``"14"``, 4 + 4
+is ``"44"``, four nodes with one each is ``"1111"``). ``step_time`` is the seconds of one
+synchronous data-parallel step at that local (per-GPU) batch, ``sync_time`` the part of it
+spent waiting for the gradient all-reduce.
+
+How a point is computed (each rule is ours, not Pollux's)
+---------------------------------------------------------
+* Between two measured local batches of the same placement, ``step_time`` and ``sync_time``
+  are interpolated linearly in the local batch. Below the smallest measured local batch
+  there is no point (nothing is extrapolated downwards).
+* Above the largest measured local batch ``m`` the job accumulates gradients: the local batch
+  ``b`` runs as ``k = ceil(b / m)`` micro-batches of ``b / k`` samples, of which only the last
+  synchronises, so a step takes ``t + (k - 1) * (t - s)`` where ``t``/``s`` are the step and
+  sync time of one micro-batch.
+* Throughput is samples per second of the whole job: ``n * b / step`` for ``n`` workers.
+* GPU utilization is ESTIMATED as the non-synchronising share of the step,
+  ``(step - sync) / step``: the data has no utilization column, and compute is taken to
+  keep the GPU busy while synchronisation leaves it idle (input pipeline stalls are not
+  in the data and not modelled).
+* Workers are placed packed on 4-GPU nodes (one node filled before the next, as the operator
+  asks of the scheduler): ``n`` workers use ``ceil(n / 4)`` nodes. A count whose packed
+  placement was not measured has no point (the simulator raises ``CurveError`` if a run
+  asks for it); the data measures every packed placement of 1 to 16 workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.simulation import CSV_COLUMNS, Point
+
+DATA_DIR = Path(__file__).resolve().parents[5] / "benchmarks" / "data" / "pollux"
+"""Where the transcribed measurements live in this repository."""
+
+GPUS_PER_NODE = 4
+"""GPUs per node of the cluster the data was measured on."""
+
+PLACEMENT_COLUMNS = ("placement", "local_bsz", "step_time", "sync_time")
+"""The header of a ``placements.csv``."""
+
+
+class PolluxDataError(ValueError):
+    """A data file that is missing, malformed, or has no point for what was asked."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """Seconds of one data-parallel step and the part of it spent synchronising."""
+
+    step_time: float
+    sync_time: float
+
+
+def placement_key(workers_per_node: Iterable[int]) -> str:
+    """The data's name for a placement: the smallest rotation of its per-node digits.
+
+    ``placement_key((4, 1)) == "14"``, ``placement_key((1, 4, 4)) == "144"``.
+
+    Raises:
+        PolluxDataError: a node count outside 1..9 (one digit each) or no node at all.
+    """
+    counts = tuple(workers_per_node)
+    if not counts or any(c < 1 or c > 9 for c in counts):
+        raise PolluxDataError(f"placement must be 1-9 workers on each node, got {counts!r}")
+    digits = "".join(str(c) for c in counts)
+    return min(digits[i:] + digits[:i] for i in range(len(digits)))
+
+
+@dataclass(frozen=True)
+class PolluxApp:
+    """One model's measured step times: placement key -> local batch -> :class:`Step`."""
+
+    name: str
+    steps: Mapping[str, Mapping[int, Step]]
+
+    def step(self, workers_per_node: Sequence[int], local_bsz: float) -> Step | None:
+        """Step and sync seconds at a placement and local batch (None: not measured there).
+
+        Interpolated in the local batch, with gradient accumulation above the largest
+        measured one (see the module docstring).
+        """
+        rows = self.steps.get(placement_key(workers_per_node))
+        if not rows or local_bsz <= 0:
+            return None
+        largest = max(rows)
+        micro = math.ceil(local_bsz / largest - 1e-9)
+        one = _interpolate(rows, local_bsz / micro)
+        if one is None:
+            return None
+        compute = one.step_time - one.sync_time
+        return Step(one.step_time + (micro - 1) * compute, one.sync_time)
+
+    def throughput(
+        self, workers_per_node: Sequence[int], local_bsz: float
+    ) -> tuple[float, float] | None:
+        """``(samples/s, estimated GPU utilization)`` of the whole job, or None if unmeasured."""
+        step = self.step(workers_per_node, local_bsz)
+        if step is None:
+            return None
+        replicas = sum(workers_per_node)
+        utilization = max(0.0, step.step_time - step.sync_time) / step.step_time
+        return replicas * local_bsz / step.step_time, utilization
+
+    def weak_curve(self, local_bsz: float, max_count: int) -> list[Point]:
+        """Weak scaling: every worker keeps ``local_bsz``; packed counts 1..max_count."""
+        return self._curve(lambda n: local_bsz, max_count)
+
+    def strong_curve(self, global_bsz: float, max_count: int) -> list[Point]:
+        """Strong scaling: the job keeps ``global_bsz``, each of n workers takes ``B / n``."""
+        return self._curve(lambda n: global_bsz / n, max_count)
+
+    def _curve(self, local: Callable[[int], float], max_count: int) -> list[Point]:
+        points = []
+        for n in range(1, max_count + 1):
+            where = Placement.packed(n, workers_per_node_max=GPUS_PER_NODE).workers_per_node
+            measured = self.throughput(where, local(n))
+            if measured is not None:
+                points.append(Point(n, len(where), *measured))
+        return points
+
+
+def _interpolate(rows: Mapping[int, Step], local_bsz: float) -> Step | None:
+    """Linear in the local batch between the two measured neighbours; None outside them."""
+    sizes = sorted(rows)
+    if local_bsz < sizes[0] - 1e-9 or local_bsz > sizes[-1] + 1e-9:
+        return None
+    for lo, hi in itertools.pairwise(sizes):
+        if lo <= local_bsz <= hi:
+            w = (local_bsz - lo) / (hi - lo)
+            a, b = rows[lo], rows[hi]
+            return Step(
+                a.step_time + w * (b.step_time - a.step_time),
+                a.sync_time + w * (b.sync_time - a.sync_time),
+            )
+    return rows[sizes[0]]  # one measured size, asked exactly
+
+
+def read_app(name: str, data_dir: Path = DATA_DIR) -> PolluxApp:
+    """Read ``<data_dir>/<name>/placements.csv``.
+
+    Raises:
+        PolluxDataError: the file is missing, a column is missing, or a value is bad
+            (naming the file, line and field).
+    """
+    path = data_dir / name / "placements.csv"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolluxDataError(f"{path}: cannot read ({err.strerror})") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in PLACEMENT_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise PolluxDataError(f"{path} line 1: missing column(s) {', '.join(missing)}")
+    steps: dict[str, dict[int, Step]] = {}
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        key = row["placement"].strip()
+        if not key.isdigit():
+            raise PolluxDataError(f"{where}: field 'placement' is {key!r}, not digits")
+        bsz = int(_number(row, "local_bsz", where))
+        step = Step(_number(row, "step_time", where), _number(row, "sync_time", where))
+        if not 0 <= step.sync_time <= step.step_time or step.step_time <= 0:
+            raise PolluxDataError(f"{where}: need 0 <= sync_time <= step_time, step_time > 0")
+        if bsz in steps.setdefault(key, {}):
+            raise PolluxDataError(f"{where}: a second row for placement {key} batch {bsz}")
+        steps[key][bsz] = step
+    if not steps:
+        raise PolluxDataError(f"{path}: no data rows")
+    return PolluxApp(name, steps)
+
+
+def _number(row: Mapping[str, str | None], field: str, where: str) -> float:
+    text = (row.get(field) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise PolluxDataError(f"{where}: field {field!r} is {text!r}, not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise PolluxDataError(f"{where}: field {field!r} is {text!r}, not a finite number >= 0")
+    return value
+
+
+def curve_csv(points: Sequence[Point]) -> str:
+    """The simulator's CSV text for a curve (fixed precision, so regeneration is exact)."""
+    lines = [",".join(CSV_COLUMNS)]
+    lines += [
+        f"{p.replicas},{p.nodes},{p.samples_per_second:.3f},{p.gpu_utilization:.4f}" for p in points
+    ]
+    return "\n".join(lines) + "\n"
+
+
+CURVES_DIR = DATA_DIR.parent / "curves"
+"""Where the generated curve files are committed (``benchmarks/pollux_curves.py``)."""
+
+MAX_COUNT = 16
+"""Largest count of the generated curves: the data's largest packed placement (4 x 4)."""
+
+BENCHMARK_BATCHES: Mapping[str, tuple[int, int]] = {
+    "bert": (12, 384),
+    "cifar10": (725, 2048),
+    "imagenet": (200, 3200),
+    "yolov3": (16, 64),
+}
+"""Per model: (local batch of the weak-scaling curve, global batch of the strong-scaling one).
+
+The global batches are the ones the Pollux workloads train with; the weak local batch is the
+largest one measured on every packed placement (the GPU filled, as weak scaling runs).
+deepspeech2 has no single-node or packed placements below 24 workers (only
+``scalability.csv``) and ncf no step times at all in the published traces, so neither has a
+curve.
+"""
+
+
+def benchmark_curves(data_dir: Path = DATA_DIR) -> dict[str, str]:
+    """File name -> CSV text of every generated curve (what ``CURVES_DIR`` must hold)."""
+    files = {}
+    for name, (local_bsz, global_bsz) in BENCHMARK_BATCHES.items():
+        app = read_app(name, data_dir)
+        files[f"pollux-{name}-weak-{local_bsz}.csv"] = curve_csv(
+            app.weak_curve(local_bsz, MAX_COUNT)
+        )
+        files[f"pollux-{name}-strong-{global_bsz}.csv"] = curve_csv(
+            app.strong_curve(global_bsz, MAX_COUNT)
+        )
+    return files
