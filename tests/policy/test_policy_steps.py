@@ -124,9 +124,9 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="linear-up-to-the-trust-region"),
         pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
                      id="capped-by-the-ceiling"),
-        # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
-        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
-                     None, "trust region ends at 12 (measured up to 4)",
+        # no floor at stake: a linear fit is trusted to 4x (a slow count costs a move back)
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 16,
+                     None, "trust region ends at 16 (measured up to 4)",
                      id="budget-trusts-a-linear-fit-further"),
         pytest.param([*steady(6, tau=amdahl(0.05)), *steady(8, start=300, tau=amdahl(0.05)),
                       *steady(9, start=600, tau=amdahl(0.05))], 9, {}, 9, None,

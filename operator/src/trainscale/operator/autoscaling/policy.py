@@ -69,7 +69,7 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   3x for budget, 4x with curvature, of the largest measured count) and the cluster's
+   4x for budget, 4x with curvature, of the largest measured count) and the cluster's
    capacity. A floor is a floor: the current count keeps it only while it lies within
    ``CONFIDENCE_Z`` standard errors of its estimate (no fixed band holds a count known to
    break it).
@@ -130,7 +130,7 @@ PROBE_MIN_GAIN = 1.1
 STRONG_GAIN = 1.5
 """A move up gaining this much at its lower bound needs no more than ``MIN_SETTLED_SAMPLES``."""
 
-BUDGET_LINEAR_TRUST = 3
+BUDGET_LINEAR_TRUST = 4
 """Budget objective: a linear fit is trusted up to this multiple of the largest measured
 count (2 for the floors, 4 once the curvature is fitted)."""
 
