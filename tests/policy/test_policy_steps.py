@@ -124,10 +124,18 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="linear-up-to-the-trust-region"),
         pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
                      id="capped-by-the-ceiling"),
-        # no floor at stake: a linear fit is trusted to 4x (a slow count costs a move back)
-        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 16,
-                     None, "trust region ends at 16 (measured up to 4)",
+        # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
+                     None, "trust region ends at 12 (measured up to 4)",
                      id="budget-trusts-a-linear-fit-further"),
+        # ... and to its limit when that is within 4x: one rescale there instead of two
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 16}}, 16,
+                     LimitedBy.BUDGET, "16 replicas cost 16.00/h <= budget 16.00/h",
+                     id="budget-reaches-its-limit-within-4x"),
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32,
+                                             "hi": 16}}, 16, LimitedBy.BOUND,
+                     "16 replicas cost 16.00/h <= budget 32.00/h",
+                     id="budget-reaches-max-replicas-within-4x"),
         pytest.param([*steady(6, tau=amdahl(0.05)), *steady(8, start=300, tau=amdahl(0.05)),
                       *steady(9, start=600, tau=amdahl(0.05))], 9, {}, 9, None,
                      "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69", id="at-the-floor"),
