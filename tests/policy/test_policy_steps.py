@@ -124,6 +124,11 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="linear-up-to-the-trust-region"),
         pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
                      id="capped-by-the-ceiling"),
+        # maxReplicas within 4x: the trust region reaches it (one rescale there, not two)
+        pytest.param(steady(4), 4, {"spec": {"hi": 16}}, 16, LimitedBy.BOUND, "maxReplicas 16",
+                     id="reaches-max-replicas-within-4x"),
+        pytest.param(steady(4), 4, {"spec": {"hi": 17}}, 8, None, "trust region ends at 8",
+                     id="max-replicas-beyond-4x"),
         # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
         pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
                      None, "trust region ends at 12 (measured up to 4)",
