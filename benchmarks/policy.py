@@ -11,9 +11,16 @@ one simulated-job model (:mod:`trainscale.operator.autoscaling.simulation`, the 
   spills onto a second node), curves that recover once the nodes fill (best at 12 and 24),
   strong scaling (fixed global batch) and weak scaling with a ring all-reduce,
 
+* curves MEASURED on a real cluster: step times Pollux (OSDI'21) published for 16 nodes x
+  4 GPUs (``benchmarks/data/pollux``), turned into one weak-scaling (fixed local batch) and
+  one strong-scaling (fixed global batch) curve each for bert, cifar10, imagenet and yolov3
+  (``benchmarks/pollux_curves.py``; deepspeech2 and ncf have no usable step times), packed
+  on 4-GPU nodes, 1-16 workers; their GPU utilization is estimated from the sync share,
+
 under each objective (efficiency floor 0.7, a 24/h budget at 1/GPU-hour, GPU utilization
-0.8), starting at 4 in [1, 32]. Each seed runs under different conditions (noise, missing
-scrapes, restart cost; see ``CONDITIONS``), so the seeds sweep restart costs of 30-250 s.
+0.8), starting at 4 in [1, 32] (in [1, 16] on the measured curves, where the data ends).
+Each seed runs under different conditions (noise, missing scrapes, restart cost; see
+``CONDITIONS``), so the seeds sweep restart costs of 30-250 s.
 
 Noise: 2-10 % relative noise per observation plus 0-2 % missing scrapes. These figures are
 ASSUMED, not measured from a GPU cluster's scrapes: the only measured figure in this
@@ -28,6 +35,7 @@ most rescales over the seeds (all rescales of the run: rescales to settle), and 
 for a plain HorizontalPodAutoscaler-style GPU-utilization threshold controller.
 
 Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cliff] [--markdown]
+      [--families synthetic|measured]   (default both)
       [--trace]   (after each case that misses the goal: its worst seed's moves and reasons)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint.
 """
@@ -42,6 +50,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.app.simulate import decision_lines
@@ -50,9 +59,11 @@ from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import (
     CURVE_NAMES,
+    Curve,
     Noise,
     SimulationResult,
-    named_curve,
+    TableCurve,
+    load_curve,
     run_simulation,
 )
 
@@ -63,6 +74,24 @@ OBJECTIVES = {
 }
 
 IN_FAMILY = {"linear", "amdahl", "comm-peak"}  # shapes the policy's model can describe
+
+CURVES_DIR = Path(__file__).resolve().parent / "data" / "curves"
+MEASURED = tuple(sorted(p.stem for p in CURVES_DIR.glob("pollux-*.csv")))
+"""Curves built from step times measured on a 16 x 4-GPU cluster (benchmarks/pollux_curves.py)."""
+
+FAMILIES = {"synthetic": CURVE_NAMES, "measured": MEASURED}
+
+
+def load_case_curve(name: str) -> Curve:
+    """A named synthetic family, or a measured curve by its file's stem."""
+    return load_curve(name if name in CURVE_NAMES else str(CURVES_DIR / f"{name}.csv"))
+
+
+def curve_max(curve: Curve, requested: int) -> int:
+    """The largest count a case may use: ``--max``, or less where a measured curve ends."""
+    if isinstance(curve, TableCurve):
+        return min(requested, max(n for n, _ in curve.points))
+    return requested
 
 
 @dataclass(frozen=True)
@@ -181,8 +210,8 @@ class CaseResult:
 
 
 def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseResult:
-    curve = named_curve(curve_name)
-    spec = make_spec(objective, args.start, args.min, args.max, args.interval)
+    curve = load_case_curve(curve_name)
+    spec = make_spec(objective, args.start, args.min, curve_max(curve, args.max), args.interval)
     runs: list[tuple[SimulationResult, Condition]] = []
     hpas: list[SimulationResult] = []
     seconds = calls = 0.0
@@ -233,7 +262,7 @@ def text_row(case: CaseResult) -> str:
     name = case.curve + ("" if case.curve in IN_FAMILY else "*")
     constraint = f"{s.constraint_value:.2f}{'!' if not s.constraint_met else ''}"
     return (
-        f"{case.objective:<12}{name:<11}{case.best:>5} {'/'.join(map(str, case.finals)):>9}"
+        f"{case.objective:<12}{name:<29}{case.best:>5} {'/'.join(map(str, case.finals)):>9}"
         f"{s.samples_ratio:>7.3f}{s.raw_samples_ratio:>7.3f}{constraint:>7}{case.rescales:>5}"
         f"{case.settled_minutes:>6.0f}m {case.worst_condition.label():>13}"
         f"{case.ms_per_decision:>6.1f} |{case.hpa_worst.score.samples_ratio:>7.3f}"
@@ -242,7 +271,7 @@ def text_row(case: CaseResult) -> str:
 
 
 TEXT_HEADER = (
-    f"{'objective':<12}{'curve':<11}{'best':>5} {'finals':>9}{'score':>7}{'raw':>7}"
+    f"{'objective':<12}{'curve':<29}{'best':>5} {'finals':>9}{'score':>7}{'raw':>7}"
     f"{'constr':>7}{'resc':>5}{'settle':>7} {'worst seed':>13}{'ms':>6} |{'hpa':>7}{'resc':>5}"
 )
 
@@ -279,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         default="*",
         help="glob over 'objective/curve', e.g. 'efficiency/*' or '*/cliff-*' (default all)",
     )
+    parser.add_argument(
+        "--families",
+        choices=("all", *FAMILIES),
+        default="all",
+        help="synthetic: the named families; measured: the Pollux curves (default both)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument(
         "--trace",
@@ -291,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min", type=int, default=1)
     parser.add_argument("--max", type=int, default=32)
     args = parser.parse_args(argv)
+    curves = [
+        c for family, names in FAMILIES.items() if args.families in ("all", family) for c in names
+    ]
     cases = [
         (objective, curve)
         for objective in OBJECTIVES
-        for curve in CURVE_NAMES
+        for curve in curves
         if fnmatch.fnmatch(f"{objective}/{curve}", args.cases)
     ]
     if not cases:
@@ -303,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s, "
-        f"replicas {args.start} in [{args.min}, {args.max}]"
+        f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )
     print(MARKDOWN_HEADER if args.markdown else TEXT_HEADER)
     started = time.perf_counter()

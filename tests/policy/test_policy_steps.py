@@ -124,10 +124,23 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="linear-up-to-the-trust-region"),
         pytest.param(steady(4), 4, {"cap": 6}, 6, LimitedBy.CEILING, "cluster ceiling 6",
                      id="capped-by-the-ceiling"),
+        # maxReplicas within 4x: the trust region reaches it (one rescale there, not two)
+        pytest.param(steady(4), 4, {"spec": {"hi": 16}}, 16, LimitedBy.BOUND, "maxReplicas 16",
+                     id="reaches-max-replicas-within-4x"),
+        pytest.param(steady(4), 4, {"spec": {"hi": 17}}, 8, None, "trust region ends at 8",
+                     id="max-replicas-beyond-4x"),
         # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
         pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
                      None, "trust region ends at 12 (measured up to 4)",
                      id="budget-trusts-a-linear-fit-further"),
+        # ... and to its limit when that is within 4x: one rescale there instead of two
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 16}}, 16,
+                     LimitedBy.BUDGET, "16 replicas cost 16.00/h <= budget 16.00/h",
+                     id="budget-reaches-its-limit-within-4x"),
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32,
+                                             "hi": 16}}, 16, LimitedBy.BOUND,
+                     "16 replicas cost 16.00/h <= budget 32.00/h",
+                     id="budget-reaches-max-replicas-within-4x"),
         pytest.param([*steady(6, tau=amdahl(0.05)), *steady(8, start=300, tau=amdahl(0.05)),
                       *steady(9, start=600, tau=amdahl(0.05))], 9, {}, 9, None,
                      "efficiency 0.71 at 9 >= floor 0.70; 10 predicted 0.69", id="at-the-floor"),

@@ -69,7 +69,8 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   3x for budget, 4x with curvature, of the largest measured count) and the cluster's
+   3x for budget, up to the limit when that is within 4x, 4x with curvature, of the
+   largest measured count) and the cluster's
    capacity. A floor is a floor: the current count keeps it only while it lies within
    ``CONFIDENCE_Z`` standard errors of its estimate (no fixed band holds a count known to
    break it).
@@ -133,6 +134,14 @@ STRONG_GAIN = 1.5
 BUDGET_LINEAR_TRUST = 3
 """Budget objective: a linear fit is trusted up to this multiple of the largest measured
 count (2 for the floors, 4 once the curvature is fitted)."""
+
+REACH_TRUST = 4
+"""When the job's limit (``maxReplicas``, or the replicas the budget pays for) lies within
+this multiple of the largest measured count, a linear fit is trusted up to it. Going
+straight there saves the last rescale, where stopping at 2x (3x for budget) would only
+shorten the next step (measured: a 16-GPU job starting at 4 reaches 16 in one rescale
+instead of two). A floor is still checked: a large move lands inside the floor's band
+(step "confidence")."""
 
 PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 """Probes happen early in a stay: after this many settled samples at the current count, a
@@ -1595,10 +1604,17 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     # Without a floor at stake (budget) a linear fit is trusted further: a count that
     # turns out slower than predicted costs a move back, never a broken floor, and under
     # restarts of minutes each intermediate step costs more than that risk.
-    linear = BUDGET_LINEAR_TRUST if ctx.spec.autoscaling.objective is Objective.BUDGET else 2
+    budget = ctx.spec.autoscaling.objective is Objective.BUDGET
+    linear = BUDGET_LINEAR_TRUST if budget else 2
     trust = (
         ctx.current + 1 if model.level == 0 else (linear if model.level == 1 else 4) * measured_hi
     )
+    if model.level == 1:
+        # and up to the job's limit when that is near: the last rescale saved
+        cap = _budget_replicas(ctx.spec)
+        limit = ctx.hi if cap is None else min(ctx.hi, cap)
+        if limit <= REACH_TRUST * measured_hi:
+            trust = max(trust, limit)
     ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
     capacity: LimitedBy | None = None
     if ctx.max_schedulable is not None and ctx.max_schedulable < ctx.ceiling:
