@@ -1,9 +1,8 @@
-"""Integrations with training frameworks that drive their own loop (PyTorch Lightning, Hugging
-Face ``Trainer``), each an optional extra (``trainscale[lightning]``, ``trainscale[hf]``).
+"""Plug-ins that give training loops of other frameworks the trainer's guarantees.
 
-Why this package exists: most users do not write their training loop; they hand a model to a
-framework whose sampler assumes the same world size on resume. Each module here plugs the
-runtime's guarantees (exact data order at any world size, coordinated stop with a checkpoint on
-SIGTERM, the policy's metrics) into one framework, through the glue in :mod:`._common`. A
-framework is imported only by its own module, so ``trainscale.trainer`` imports without any.
+Why this package exists: most users train through a framework's own loop (Hugging Face
+``Trainer``, PyTorch Lightning) rather than ``trainscale-train --task`` or a hand-written
+torchrun loop. Each module here adapts one framework (imported only inside that module, an
+optional extra such as ``trainscale[hf]``); :mod:`._common` is the framework-free glue they
+share. Importing this package imports no framework.
 """

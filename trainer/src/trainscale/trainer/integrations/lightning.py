@@ -43,19 +43,20 @@ unset (they could keep a stopped job running), and only ``fit`` is elastic.
 
 from __future__ import annotations
 
+import collections
 import os
+import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
-from trainscale.trainer.integrations._common import (
-    Collate,
-    ForeignLoop,
-    StepLoader,
-    catch_stop_signals,
-)
+from trainscale.trainer.integrations._common import ForeignLoop
+from trainscale.trainer.runtime.elastic import ElasticSession
+from trainscale.trainer.runtime.sampler import Collate, ElasticBatchSampler, build_loader
 from trainscale.trainer.runtime.task import Dataset
 
 try:
@@ -85,14 +86,77 @@ def trainer_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
+class _EpochBatches(ElasticBatchSampler):
+    """The elastic batch sampler, read from the session each time it is iterated or measured:
+    this rank's batches from the session's position to the end of its epoch (one Lightning
+    epoch is one epoch of the data order), one batch per optimizer step."""
+
+    _session: ElasticSession
+
+    @classmethod
+    def following(cls, session: ElasticSession, global_batch: int) -> _EpochBatches:
+        sampler = cls.from_session(session, global_batch)
+        assert isinstance(sampler, cls)
+        sampler._session = session
+        return sampler
+
+    def _follow_session(self) -> None:
+        s = self._session
+        self.epoch, self.position, self.global_step = s.epoch, s.position, s.global_step
+        self.epochs = min(s.epoch + 1, s.epochs)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self._follow_session()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._follow_session()
+        return super().__len__()
+
+
+class StepLoader:
+    """What ``Trainer.fit`` iterates: the batches of a ``DataLoader`` over :class:`_EpochBatches`,
+    handed out as they are, while the dataset indices of each (in order: Lightning fetches
+    ahead) wait for the step that trains on it. ``len()`` is this rank's steps left in the
+    epoch. The loader is built at the first ``len()``/``iter()``, after the resume (its loader
+    workers, if any, then live for the whole fit)."""
+
+    def __init__(
+        self, build: Callable[[], tuple[torch.utils.data.DataLoader[Any], _EpochBatches]]
+    ) -> None:
+        self._build = build
+        self._built: tuple[torch.utils.data.DataLoader[Any], _EpochBatches] | None = None
+        self.delivered: collections.deque[np.ndarray] = collections.deque()
+
+    def _loader(self) -> tuple[torch.utils.data.DataLoader[Any], _EpochBatches]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self._loader()[1])
+
+    def __iter__(self) -> Iterator[Any]:
+        self.delivered.clear()
+        for ids, batch in self._loader()[0]:
+            self.delivered.append(ids.numpy())
+            yield batch
+
+
+_early_signals: list[int] = []
+
+
+def _remember_signal(signum: int, frame: FrameType | None) -> None:
+    _early_signals.append(signum)
+
+
 class ElasticTraining(pl.Callback):
     """A Lightning callback: exact elastic resume, coordinated SIGTERM checkpoints, metrics.
 
     Args:
         dataset: the training set (map-style; the same on every rank).
-        global_batch_size: samples per optimizer step over all ranks, constant across world
-            sizes (give this or ``batch_size``).
-        batch_size: samples per rank and step (the global batch then follows the world size).
+        global_batch_size: samples per optimizer step over all ranks, the same at every world
+            size; each rank's batch is its share (shares differ by at most one sample).
         seed: data-order seed.
         num_workers, collate_fn, pin_memory, prefetch_factor: the ``DataLoader``'s.
         checkpoint_dir: shared checkpoint directory (None: ``$TRAINSCALE_CHECKPOINT_DIR``).
@@ -103,8 +167,7 @@ class ElasticTraining(pl.Callback):
         self,
         dataset: Dataset,
         *,
-        global_batch_size: int | None = None,
-        batch_size: int | None = None,
+        global_batch_size: int,
         seed: int = 0,
         num_workers: int = 0,
         collate_fn: Collate | None = None,
@@ -114,31 +177,55 @@ class ElasticTraining(pl.Callback):
         metrics: bool | None = None,
     ) -> None:
         if threading.current_thread() is threading.main_thread():
-            catch_stop_signals()
-        self.loop = ForeignLoop(
-            dataset_length=len(dataset),
-            global_batch=global_batch_size,
-            batch_size=batch_size,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            metrics=metrics,
-        )
+            for sig in (signal.SIGTERM, signal.SIGINT):  # until the session takes them over
+                signal.signal(sig, _remember_signal)
+        self.dataset = dataset
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.serve_metrics = metrics
         self.num_workers = num_workers
-        self._loader = self.loop.loader(
-            dataset,
-            num_workers=num_workers,
-            collate_fn=collate_fn,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor,
+        self._loop: ForeignLoop | None = None
+        self._loader = StepLoader(
+            lambda: self._build_loader(collate_fn, pin_memory, prefetch_factor)
         )
         self.stopping = False
 
     trainer_settings = staticmethod(trainer_settings)
 
+    @property
+    def loop(self) -> ForeignLoop:
+        """The runtime's side of the fit (from ``on_fit_start``)."""
+        if self._loop is None:
+            raise RuntimeError("ElasticTraining: Trainer.fit has not started")
+        return self._loop
+
     def train_dataloader(self) -> StepLoader:
         """The training data to give ``Trainer.fit`` (or return from ``train_dataloader()``):
         this rank's batches for the rest of the current epoch, one per optimizer step."""
         return self._loader
+
+    def _build_loader(
+        self, collate: Collate | None, pin_memory: bool, prefetch_factor: int | None
+    ) -> tuple[torch.utils.data.DataLoader[Any], _EpochBatches]:
+        sampler = _EpochBatches.following(self.loop.session, self.global_batch_size)
+        loader = build_loader(
+            self.dataset,
+            sampler,
+            collate=collate,
+            workers=self.num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+        )
+        return loader, sampler
+
+    def _take_over_signals(self, already_signalled: bool = False) -> None:
+        session = self.loop.session
+        session.install_signal_handlers()
+        if _early_signals:
+            session.note_signal(_early_signals[0])
+        if already_signalled:
+            session.note_signal(signal.SIGTERM)
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
@@ -158,25 +245,36 @@ class ElasticTraining(pl.Callback):
                 )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert trainer.max_epochs is not None
+        self._loop = ForeignLoop(
+            dataset_length=len(self.dataset),
+            global_batch=self.global_batch_size,
+            epochs=trainer.max_epochs,
+            seed=self.seed,
+            max_steps=trainer.max_steps if trainer.max_steps not in (None, -1) else None,
+            checkpoint_dir=self.checkpoint_dir,
+            metrics=self.serve_metrics,
+            loader_workers=self.num_workers,
+        )
         state: dict[str, Any] = {"model": pl_module}
         for i, optimizer in enumerate(trainer.optimizers):
             state[f"optimizer_{i}"] = optimizer
         for i, config in enumerate(trainer.lr_scheduler_configs):
             state[f"lr_scheduler_{i}"] = config.scheduler
-        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-        assert trainer.max_epochs is not None
-        if self.loop.start(
-            state,
-            epochs=trainer.max_epochs,
-            max_steps=max_steps,
-            device=pl_module.device if pl_module.device.type == "cuda" else None,
-            loader_workers=self.num_workers,
-        ):
+        device = pl_module.device if pl_module.device.type == "cuda" else None
+        resumed = self.loop.start(state, device)
+        self._take_over_signals()
+        if resumed:
             _continue_counters(trainer, self.loop.session.epoch, self.loop.session.global_step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning installed its SIGTERM handler after on_fit_start: the runtime's replaces it.
-        self.loop.take_over_signals(already_signalled=trainer.received_sigterm)
+        self._take_over_signals(already_signalled=trainer.received_sigterm)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.loop.step_started()
 
     def on_train_batch_end(
         self,
@@ -186,7 +284,10 @@ class ElasticTraining(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.loop.step_done(_loss_of(outputs)):
+        ids = self._loader.delivered.popleft()
+        loss = _loss_of(outputs)
+        self.loop.record_batch(ids, 0.0 if loss is None else loss * len(ids), len(ids))
+        if self.loop.step_done(exit_on_stop=False):
             # Every rank got the stop at this step: let Lightning end it (schedulers), then
             # checkpoint in on_train_end.
             self.stopping = True
