@@ -3,11 +3,13 @@
 The elastic job runs ``examples/lightning_module.py`` (a ``LightningModule`` with the
 ``ElasticTraining`` callback) under real, plain ``torchrun`` agents (gloo on CPU, a standalone
 rendezvous store in this process, agents configured through the ``PET_*`` environment like
-worker pods). It starts with 2 workers and goes to 1 mid-epoch by a SIGTERM to the second
+worker pods), each rank's batches built by 2 ``DataLoader`` worker processes. It starts with 2
+workers and goes to 1 mid-epoch by a SIGTERM to the second
 agent, like a deleted pod (the case Lightning's own handling gets wrong: its stop follows rank
 0's signal only), and must finish:
 
-- the job exits 0 at its last step, having trained at world sizes 2 then 1, with a falling loss;
+- the job exits 0 at its last step, having trained at world sizes 2 then 1, with a falling loss
+  (torchrun signals a worker's whole process group: the loader workers must not die of it);
 - the SIGTERM wrote a checkpoint at the step where the world stopped (periodic checkpoints are
   off) and the next world, of another size, resumed at the next step: nothing redone;
 - every sample of every epoch was trained exactly once (the audit the callback writes, the
@@ -84,7 +86,7 @@ def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> LightningRun:
     config = LocalClusterConfig(
         worker_args=(
             "--samples", str(SAMPLES), "--global-batch-size", str(BATCH),
-            "--epochs", str(EPOCHS), "--step-delay-file", str(delay),
+            "--epochs", str(EPOCHS), "--step-delay-file", str(delay), "--num-workers", "2",
         ),
         max_workers=3,
         checkpoint_dir=base / "ckpt",

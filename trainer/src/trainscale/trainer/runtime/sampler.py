@@ -19,6 +19,7 @@ the micro-batches of each step, from a loader or (0 workers) fetched in process.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -198,6 +199,12 @@ def _loader_worker_init(worker_id: int) -> None:
     from trainscale.trainer.runtime.worker import die_with_parent
 
     die_with_parent()
+    # Nor die before it: a stop signal is its training process's to turn into a checkpointed
+    # stop, but plain torchrun signals a worker's whole process group (and Ctrl-C a
+    # terminal's), and a loader worker killed by it fails the training process's next batch.
+    # Its own process group keeps those out; its parent still stops it by pid.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
 
 def build_loader(
