@@ -142,30 +142,38 @@ def test_lightning_keeps_the_exact_data_order(lightning_run: LightningRun) -> No
 # -- one process ---------------------------------------------------------------------------------
 
 
-def _fit(epochs: int, port: int) -> tuple[Any, str]:
-    """One ``fit`` of the example's module with the callback; returns (trainer, /metrics)."""
-    import pytorch_lightning as pl
-    import torch
-
+def _example() -> Any:
+    """``examples/lightning_module.py`` as a module."""
     sys.path.insert(0, str(EXAMPLE.parent))
     try:
-        import lightning_module as example
+        import lightning_module
     finally:
         sys.path.remove(str(EXAMPLE.parent))
-    from trainscale.trainer.integrations.lightning import ElasticTraining
+    return lightning_module
 
-    elastic = ElasticTraining(example.synthetic_dataset(64), global_batch_size=16, metrics=True)
-    torch.manual_seed(0)
-    trainer = pl.Trainer(
+
+def _trainer(epochs: int, *callbacks: Any, **settings: Any) -> Any:
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
-        callbacks=[elastic],
+        callbacks=list(callbacks),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        **elastic.trainer_settings(),
+        **settings,
     )
+
+
+def _fit(epochs: int, port: int) -> tuple[Any, str]:
+    """One ``fit`` of the example's module with the callback; returns (trainer, /metrics)."""
+    example = _example()
+    elastic = example.ElasticTraining(
+        example.synthetic_dataset(64), global_batch_size=16, metrics=True
+    )
+    trainer = _trainer(epochs, elastic, **elastic.trainer_settings())
     try:
         trainer.fit(example.Regression(), train_dataloaders=elastic.train_dataloader())
         return trainer, scrape(port)
@@ -198,6 +206,17 @@ def test_callback_serves_the_runtime_metrics_and_resumes_lightning_counters(
     assert _value(text, names.RESUMES_TOTAL) == 1
     assert _value(text, names.SAMPLES_TOTAL) == 64  # this process trained one epoch
     assert _value(text, names.GLOBAL_STEP) == 8
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_trainer_without_the_elastic_settings_is_refused_by_name(tmp_path: Path) -> None:
+    example = _example()
+    elastic = example.ElasticTraining(
+        example.synthetic_dataset(64), global_batch_size=16, checkpoint_dir=tmp_path
+    )
+    trainer = _trainer(1, elastic)  # no trainer_settings(): the loader is never reloaded
+    with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs must be 1"):
+        trainer.fit(example.Regression(), train_dataloaders=elastic.train_dataloader())
 
 
 def test_trainer_imports_without_lightning_and_the_integration_names_the_extra() -> None:

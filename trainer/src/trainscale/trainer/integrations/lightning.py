@@ -38,7 +38,9 @@ run under torchrun (``torchrun --nnodes 1:4 ... script.py``, or a TrainingJob po
 Limits (checked in ``setup`` with an error naming the setting): ``accumulate_grad_batches``
 must be 1 (a step is one batch: ranks' shares differ by up to one sample, so a micro-batch
 count could differ between ranks), ``max_epochs`` must be set, ``min_epochs``/``min_steps``
-unset (they could keep a stopped job running), and only ``fit`` is elastic.
+unset (they could keep a stopped job running), no ``ckpt_path`` given to ``fit`` (the newest
+trainscale checkpoint is the resume point), every step must give every rank a sample (the
+dataset's last step too: ``ForeignLoop.start`` says so at once), and only ``fit`` is elastic.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class ElasticTraining(pl.Callback):
             (getattr(trainer, "reload_dataloaders_every_n_epochs", None) == 1, "reload_dataloaders_every_n_epochs must be 1"),
             (trainer.max_epochs not in (None, -1), "max_epochs must be set"),
             (not trainer.min_epochs and trainer.min_steps in (None, -1), "min_epochs/min_steps must be unset"),
+            (trainer.ckpt_path is None, "fit(ckpt_path=...) must be None (the callback resumes)"),
         )  # fmt: skip
         for ok, what in checks:
             if not ok:
