@@ -37,7 +37,12 @@ import torch.distributed as dist
 
 from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.runtime import data_order
-from trainscale.trainer.runtime.elastic import ElasticSession, Stateful, serve_loader_metrics
+from trainscale.trainer.runtime.elastic import (
+    ElasticSession,
+    Stateful,
+    record_session_step,
+    serve_loader_metrics,
+)
 from trainscale.trainer.runtime.phases import RestartClock
 from trainscale.trainer.runtime.sampler import ElasticBatchSampler
 from trainscale.trainer.runtime.settings import CheckpointPolicy, checkpoint_policy_from_env
@@ -263,24 +268,17 @@ class ForeignLoop:
 
     def _record_step(self, samples: int, communication_seconds: float) -> None:
         now = time.perf_counter()
-        step_seconds = now - self._step_end
-        data_seconds = max(self._step_start - self._step_end, 0.0)
-        self._step_end = now
-        session = self.session
-        self.metrics.record_step(
+        step_seconds, self._step_end = now - self._step_end, now
+        record_session_step(
+            self.metrics,
+            self.session,
+            self._restart,
             samples=samples,
             step_seconds=step_seconds,
-            compute_seconds=step_seconds - data_seconds - communication_seconds,
+            data_seconds=max(self._step_start - (now - step_seconds), 0.0),
             communication_seconds=communication_seconds,
-            data_seconds=data_seconds,
-            global_step=session.global_step,
-            epoch=session.epoch,
-            epoch_progress=session.position / session.dataset_length,
-            loss=session.last_loss,
         )
-        if self._restart is not None:  # the first step of this process
-            self.metrics.record_restart(*self._restart.phases())
-            self._restart = None
+        self._restart = None
 
     def finish(self) -> None:
         """Write the final checkpoint and close the audit log (end of training)."""

@@ -644,22 +644,43 @@ class ElasticLoader:
 
     def _record_step(self, samples: int, communication_seconds: float) -> None:
         """Record the step that just ended: from its batch's fetch until now."""
-        step_seconds = time.perf_counter() - self._timing.fetch_started
-        session = self.session
-        self.metrics.record_step(
+        record_session_step(
+            self.metrics,
+            self.session,
+            self._restart,
             samples=samples,
-            step_seconds=step_seconds,
-            compute_seconds=step_seconds - self._timing.data_seconds - communication_seconds,
-            communication_seconds=communication_seconds,
+            step_seconds=time.perf_counter() - self._timing.fetch_started,
             data_seconds=self._timing.data_seconds,
-            global_step=session.global_step,
-            epoch=session.epoch,
-            epoch_progress=session.position / session.dataset_length,
-            loss=session.last_loss,
+            communication_seconds=communication_seconds,
         )
-        if self._restart is not None:  # the first step of this process
-            self.metrics.record_restart(*self._restart.phases())
-            self._restart = None
+        self._restart = None
+
+
+def record_session_step(
+    metrics: TrainerMetrics,
+    session: ElasticSession,
+    restart: RestartClock | None,
+    *,
+    samples: int,
+    step_seconds: float,
+    data_seconds: float,
+    communication_seconds: float,
+) -> None:
+    """Record a step of ``session`` that just ended (the rest of the step is compute) and,
+    with the ``restart`` clock of a process's first step, its resize phases."""
+    metrics.record_step(
+        samples=samples,
+        step_seconds=step_seconds,
+        compute_seconds=step_seconds - data_seconds - communication_seconds,
+        communication_seconds=communication_seconds,
+        data_seconds=data_seconds,
+        global_step=session.global_step,
+        epoch=session.epoch,
+        epoch_progress=session.position / session.dataset_length,
+        loss=session.last_loss,
+    )
+    if restart is not None:
+        metrics.record_restart(*restart.phases())
 
 
 @dataclass

@@ -199,24 +199,27 @@ def _loader_worker_init(worker_id: int) -> None:
     from trainscale.trainer.runtime.worker import die_with_parent
 
     die_with_parent()
-    # Nor die before it: a stop signal is its training process's to turn into a checkpointed
-    # stop, but plain torchrun signals a worker's whole process group (and Ctrl-C a
-    # terminal's), and a loader worker killed by it fails the training process's next batch.
-    # Its own process group keeps those out; its parent still stops it by pid.
+    # Stock torchrun stops a worker by signalling its whole process group (so does a
+    # terminal's Ctrl-C): a loader worker ended by that SIGTERM would fail the training
+    # process (torch raises on a worker's death) before its coordinated stop and checkpoint.
+    # In a group of its own it is ended by its training process, or by die_with_parent.
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
 
 
 def build_loader(
     dataset: Dataset,
-    sampler: ElasticBatchSampler,
+    sampler: torch.utils.data.Sampler[list[int]],
     *,
     collate: Collate | None = None,
     workers: int,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
+    combine: Callable[[Any], Any] = _as_is,
 ) -> torch.utils.data.DataLoader[Any]:
-    """A ``DataLoader`` over ``sampler`` yielding ``(indices tensor, batch)`` per micro-batch.
+    """A ``DataLoader`` over ``sampler`` yielding ``(indices tensor, batch)`` per micro-batch
+    (or what ``combine`` makes of that pair, in the loader's worker: the framework
+    integrations put the indices into the batch they hand to a foreign training loop).
 
     Raises:
         DataOrderError: for a negative worker count or a prefetch factor without workers.
@@ -230,7 +233,7 @@ def build_loader(
     return torch.utils.data.DataLoader(
         IndexedBatches(dataset, collate),
         batch_sampler=sampler,
-        collate_fn=_as_is,
+        collate_fn=combine,
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if workers else None,

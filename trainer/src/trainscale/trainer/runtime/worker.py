@@ -39,7 +39,7 @@ from trainscale.trainer.runtime.batching import (
     BatchSettings,
     decide_batch_plan,
 )
-from trainscale.trainer.runtime.elastic import ElasticSession
+from trainscale.trainer.runtime.elastic import ElasticSession, record_session_step
 from trainscale.trainer.runtime.metrics import NullMetrics, TrainerMetrics
 from trainscale.trainer.runtime.phases import RestartClock, describe_restart, note_world_end
 from trainscale.trainer.runtime.sampler import (
@@ -489,16 +489,14 @@ def train(
             elapsed = time.perf_counter() - started
             if step_times is not None:
                 step_times.append(elapsed)
-            metrics.record_step(
+            record_session_step(
+                metrics,
+                session,
+                None,
                 samples=len(ids),
                 step_seconds=elapsed,
-                compute_seconds=elapsed - comm - data_time,
-                communication_seconds=comm,
                 data_seconds=data_time,
-                global_step=session.global_step,
-                epoch=session.epoch,
-                epoch_progress=session.position / session.dataset_length,
-                loss=session.last_loss,
+                communication_seconds=comm,
             )
             if unrecorded is not None:  # the first step at this world size is done
                 phases, lost = unrecorded.phases()
