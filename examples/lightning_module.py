@@ -1,14 +1,17 @@
-"""A PyTorch Lightning job made elastic-safe by one callback (``pip install 'trainscale[lightning]'``).
+r"""A PyTorch Lightning job made elastic-safe by one callback (``pip install 'trainscale[lightning]'``).
 
 A tiny regression ``LightningModule`` on a synthetic dataset (nothing is downloaded). Run it
-like any torchrun script, e.g. an elastic job of 1 to 4 nodes on one machine::
+like any torchrun script; an elastic job of 1 to 4 workers on one machine, around a rendezvous
+store of its own (like a TrainingJob's rendezvous pod)::
 
-    TRAINSCALE_CHECKPOINT_DIR=/tmp/ckpt torchrun --nnodes 1:4 --nproc-per-node 1 \
-        --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:29400 --rdzv-id demo \
+    trainscale-train --serve-rendezvous &  # the job's store on 127.0.0.1:29400
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TRAINSCALE_CHECKPOINT_DIR=/tmp/ckpt
+    torchrun --nnodes 1:4 --max-restarts 100 --rdzv-backend c10d \
+        --rdzv-endpoint 127.0.0.1:29400 --rdzv-id demo --rdzv-conf is_host=false \
         examples/lightning_module.py
 
-then start the same command in a second terminal (the job grows to 2 workers) or stop one
-(Ctrl-C, SIGTERM: it shrinks): every resize checkpoints at a step boundary and resumes at the
+then the same ``torchrun`` command in a second terminal (the job grows to 2 workers), and
+Ctrl-C there (it shrinks back): every resize checkpoints at a step boundary and resumes at the
 exact sample, whatever the new world size. In a TrainingJob pod, run it as
 ``torchrun examples/lightning_module.py``: the operator sets the PET_* and TRAINSCALE_*
 environment. The trainscale lines are the ``ElasticTraining`` callback, its
