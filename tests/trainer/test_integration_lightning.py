@@ -13,7 +13,8 @@ agent, like a deleted pod (the case Lightning's own handling gets wrong: its sto
 - the SIGTERM wrote a checkpoint at the step where the world stopped (periodic checkpoints are
   off) and the next world, of another size, resumed at the next step: nothing redone;
 - every sample of every epoch was trained exactly once (the audit the callback writes, the
-  runtime's format).
+  runtime's format);
+- no process (agent, worker, loader worker) outlives the job.
 
 In one process: the callback serves the runtime's metric names, and a second ``fit`` resumes
 Lightning's epoch and global-step counters from the checkpoint. Without PyTorch Lightning,
@@ -44,7 +45,7 @@ from trainscale.trainer.launch.local import (
 )
 from trainscale.trainer.runtime.checkpoint import list_checkpoints
 
-from .test_trainer_loader_elastic import _wait, _world_since, _worlds
+from .test_trainer_loader_elastic import _left_behind, _wait, _world_since, _worlds
 from .test_trainer_loader_metrics import _value
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 
@@ -54,7 +55,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_module.p
 SAMPLES, BATCH, EPOCHS = 512, 16, 2
 SLOW_MS, FAST_MS = "300", "10"  # per step: before the resize (it falls mid-epoch) / after
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
-LightningRun = tuple[Path, int]
+#: The run's directory, the job's exit code, the processes still holding its files at the end.
+LightningRun = tuple[Path, int, list[int]]
 
 
 class TorchrunCluster(LocalCluster):
@@ -105,11 +107,11 @@ def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> LightningRun:
         delay.write_text(FAST_MS)
         _wait(audit, "world 1 after SIGTERM", _world_since(1, since))
         code = cluster.wait(timeout=180)
-    return base, code
+    return base, code, _left_behind(base)
 
 
 def test_lightning_job_resizes_mid_epoch_and_finishes(lightning_run: LightningRun) -> None:
-    base, code = lightning_run
+    base, code, _ = lightning_run
     assert code == 0, f"logs in {base / 'logs'}"
     entries = read_audit(base / "audit")
     worlds = _worlds(entries)
@@ -125,7 +127,7 @@ def test_lightning_job_resizes_mid_epoch_and_finishes(lightning_run: LightningRu
 def test_sigterm_checkpoints_and_the_next_world_size_resumes_there(
     lightning_run: LightningRun,
 ) -> None:
-    base, _ = lightning_run
+    base, _, _ = lightning_run
     worlds = _worlds(read_audit(base / "audit"))
     stops = [last for _, _, last in worlds[:-1]]
     saved = sorted(step for step, _ in list_checkpoints(base / "ckpt"))
@@ -135,8 +137,13 @@ def test_sigterm_checkpoints_and_the_next_world_size_resumes_there(
 
 
 def test_lightning_keeps_the_exact_data_order(lightning_run: LightningRun) -> None:
-    base, _ = lightning_run
+    base, _, _ = lightning_run
     assert_exact_data_order(read_audit(base / "audit"), dataset_length=SAMPLES, epochs=EPOCHS)
+
+
+def test_no_process_outlives_the_job(lightning_run: LightningRun) -> None:
+    _, _, left = lightning_run  # loader workers included (they leave the worker's group)
+    assert left == [], f"processes still running after the job: {left}"
 
 
 # -- one process ---------------------------------------------------------------------------------
