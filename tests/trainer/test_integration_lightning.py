@@ -226,6 +226,19 @@ def test_a_trainer_without_the_elastic_settings_is_refused_by_name(tmp_path: Pat
         trainer.fit(example.Regression(), train_dataloaders=elastic.train_dataloader())
 
 
+@pytest.mark.usefixtures("restore_signals")
+def test_batches_from_another_loader_are_refused(tmp_path: Path) -> None:
+    import torch
+
+    example = _example()
+    data = example.synthetic_dataset(64)
+    elastic = example.ElasticTraining(data, global_batch_size=16, checkpoint_dir=tmp_path)
+    trainer = _trainer(1, elastic, **elastic.trainer_settings())
+    plain = torch.utils.data.DataLoader(data, batch_size=16)  # not the elastic order
+    with pytest.raises(RuntimeError, match=r"did not come from ElasticTraining.train_dataloader"):
+        trainer.fit(example.Regression(), train_dataloaders=plain)
+
+
 def test_trainer_imports_without_lightning_and_the_integration_names_the_extra() -> None:
     script = (
         "import sys\n"

@@ -287,6 +287,11 @@ class ElasticTraining(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if not self._loader.delivered:
+            raise RuntimeError(
+                "ElasticTraining: this batch did not come from ElasticTraining.train_dataloader(); "
+                "give that to Trainer.fit (or return it from train_dataloader())"
+            )
         ids = self._loader.delivered.popleft()
         loss = _loss_of(outputs)
         self.loop.record_batch(ids, 0.0 if loss is None else loss * len(ids), len(ids))
