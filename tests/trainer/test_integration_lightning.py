@@ -3,14 +3,14 @@
 The elastic job runs ``examples/lightning_module.py`` (a ``LightningModule`` with the
 ``ElasticTraining`` callback) under real, plain ``torchrun`` agents (gloo on CPU, a standalone
 rendezvous store in this process, agents configured through the ``PET_*`` environment like
-worker pods), each rank's batches built by 2 ``DataLoader`` worker processes. It starts with 2
-workers and goes to 1 mid-epoch by a SIGTERM to the second
-agent, like a deleted pod (the case Lightning's own handling gets wrong: its stop follows rank
-0's signal only), and must finish:
+worker pods), each rank's batches built by 2 ``DataLoader`` worker processes. It goes 1 -> 2
+workers (a second agent joins: torchrun SIGTERMs the running worker) -> 1 (SIGTERM to the
+second agent, like a deleted pod: the case Lightning's own handling gets wrong, its stop follows
+rank 0's signal only), both mid-epoch, and must finish:
 
-- the job exits 0 at its last step, having trained at world sizes 2 then 1, with a falling loss
+- the job exits 0 at its last step, having trained at world sizes 1, 2, 1, with a falling loss
   (torchrun signals a worker's whole process group: the loader workers must not die of it);
-- the SIGTERM wrote a checkpoint at the step where the world stopped (periodic checkpoints are
+- each SIGTERM wrote a checkpoint at the step where its world stopped (periodic checkpoints are
   off) and the next world, of another size, resumed at the next step: nothing redone;
 - every sample of every epoch was trained exactly once (the audit the callback writes, the
   runtime's format);
@@ -52,8 +52,8 @@ from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_module.py"
-SAMPLES, BATCH, EPOCHS = 512, 16, 2
-SLOW_MS, FAST_MS = "300", "10"  # per step: before the resize (it falls mid-epoch) / after
+SAMPLES, BATCH, EPOCHS = 1024, 16, 2
+SLOW_MS, FAST_MS = "400", "10"  # per step: while a resize is under way (mid-epoch) / otherwise
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
 #: The run's directory, the job's exit code, the processes still holding its files at the end.
 LightningRun = tuple[Path, int, list[int]]
@@ -98,10 +98,18 @@ def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> LightningRun:
             "OMP_NUM_THREADS": "1",
         },
     )  # fmt: skip
-    delay.write_text(SLOW_MS)
+    delay.write_text(FAST_MS)
     with TorchrunCluster(config, log_dir=base / "logs") as cluster:
-        cluster.start(2)
-        _wait(audit, "steps at 2", lambda e: max(x["step"] for x in e) >= 3)
+        cluster.start(1)
+        _wait(audit, "first steps", lambda e: max(x["step"] for x in e) >= 3)
+        delay.write_text(SLOW_MS)
+        since = time.time()
+        cluster.add_worker()
+        _wait(audit, "world 2", _world_since(2, since))
+        delay.write_text(FAST_MS)
+        step = max(e["step"] for e in read_audit(audit))
+        _wait(audit, "progress at 2", lambda e: max(x["step"] for x in e) >= step + 3)
+        delay.write_text(SLOW_MS)
         since = time.time()
         cluster.remove_worker(sig=signal.SIGTERM)
         delay.write_text(FAST_MS)
@@ -115,10 +123,10 @@ def test_lightning_job_resizes_mid_epoch_and_finishes(lightning_run: LightningRu
     assert code == 0, f"logs in {base / 'logs'}"
     entries = read_audit(base / "audit")
     worlds = _worlds(entries)
-    assert [size for size, _, _ in worlds] == [2, 1], worlds
+    assert [size for size, _, _ in worlds] == [1, 2, 1], worlds
     assert max(e["step"] for e in entries) == TOTAL_STEPS
-    resumed_at = next(e for e in entries if e["step"] == worlds[1][1])
-    assert resumed_at["start"] > 0, "the resize fell on an epoch boundary"
+    resumed_at = [next(e for e in entries if e["step"] == first) for _, first, _ in worlds[1:]]
+    assert all(e["start"] > 0 for e in resumed_at), f"a resize fell on an epoch boundary: {worlds}"
     losses = [e["loss"] for e in sorted(entries, key=lambda e: e["step"])]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < first / 2, f"the loss does not fall: {first:.3f} -> {last:.3f}"
@@ -133,7 +141,7 @@ def test_sigterm_checkpoints_and_the_next_world_size_resumes_there(
     saved = sorted(step for step, _ in list_checkpoints(base / "ckpt"))
     assert saved == [*stops, TOTAL_STEPS], f"checkpoints {saved}, worlds {worlds}"
     redone = [prev[2] - (nxt[1] - 1) for prev, nxt in itertools.pairwise(worlds)]
-    assert redone == [0], redone
+    assert redone == [0, 0], redone
 
 
 def test_lightning_keeps_the_exact_data_order(lightning_run: LightningRun) -> None:
