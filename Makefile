@@ -34,7 +34,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml tools/testbed/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[trainer,dev,hf]' -e tools/testbed
+	$(BIN)/python -m pip install -q -e '.[trainer,dev,hf,lightning]' -e tools/testbed
 	touch $@
 
 lint: venv

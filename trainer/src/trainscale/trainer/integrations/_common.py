@@ -222,11 +222,14 @@ class ForeignLoop:
         self._trained.append(np.asarray(ids, dtype=np.int64))
         self._loss = (self._loss[0] + loss_sum, self._loss[1] + count)
 
-    def step_done(self) -> None:
+    def step_done(self, *, exit_on_stop: bool = True) -> bool:
         """The optimizer step is done: commit it, audit it, agree on a stop, checkpoint.
 
         Never returns when the job must stop (SIGTERM here or at a peer): the session
-        checkpoints this step and exits like a runtime worker.
+        checkpoints this step and exits like a runtime worker. With ``exit_on_stop=False``
+        it returns True instead (every rank at this same step), and the loop calls
+        :meth:`stop` once its own state is that of this step (Lightning steps its LR
+        schedulers after the hook that calls this); False: carry on.
 
         Raises:
             ForeignLoopError: when the loop trained on other samples than the order's.
@@ -253,8 +256,15 @@ class ForeignLoop:
         coordinate_started = time.perf_counter()
         stop = session.coordinate(loss_sum, count)
         self._record_step(len(trained), time.perf_counter() - coordinate_started)
-        if stop:
-            session.stop()
+        if stop and exit_on_stop:
+            self.stop()
+        return stop
+
+    def stop(self) -> None:
+        """Stop at this step boundary (after :meth:`step_done` returned True): checkpoint,
+        every rank waits for it, exit like a runtime worker (``128 + signal`` when signalled
+        here, the restart code when a peer was). Never returns."""
+        self.session.stop()
 
     def _record_step(self, samples: int, communication_seconds: float) -> None:
         now = time.perf_counter()
