@@ -34,14 +34,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.audit import assert_exact_data_order, lineage, read_audit
+from tests.support.torchrun import TorchrunCluster
 from trainscale.trainer.contract import metric_names as names
 from trainscale.trainer.integrations._common import check_shares
 from trainscale.trainer.launch.local import (
-    INDEX_KEY,
-    AgentProcess,
-    LocalCluster,
     LocalClusterConfig,
-    build_agent_env,
     find_free_port,
 )
 from trainscale.trainer.runtime.checkpoint import list_checkpoints
@@ -77,28 +74,6 @@ def _job_env(base: Path, pause: Path) -> dict[str, str]:
     }
 
 
-class TorchrunCluster(LocalCluster):
-    """The local job's agents are stock ``torchrun`` running the HF job script, configured
-    by the PET_* environment the operator gives a worker pod."""
-
-    def add_worker(self) -> AgentProcess:
-        index = int(self.store.add(INDEX_KEY, 1)) - 1
-        env = {**os.environ, **build_agent_env(self.config, self.endpoint, self.run_id, index)}
-        assert self.log_dir is not None
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"agent-{index}.log", "ab")  # noqa: SIM115 - closed by stop()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", str(JOB)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        agent = AgentProcess(index=index, process=process, log=log)
-        self.agents.append(agent)
-        return agent
-
-
 def _wait_for(what: str, logs: Path, predicate: Callable[[], bool], timeout: float = 150) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -128,7 +103,7 @@ def hf_run(tmp_path_factory: pytest.TempPathFactory) -> HfRun:
     pause.write_text(f"{FIRST_PAUSE} {SECOND_PAUSE}")
     env = {**_job_env(base, pause), "HF_JOB_LOADER_WORKERS": str(LOADER_WORKERS)}
     config = LocalClusterConfig(worker_args=(), checkpoint_dir=base / "ckpt", env=env)
-    with TorchrunCluster(config, log_dir=logs) as cluster:
+    with TorchrunCluster(config, script=JOB, log_dir=logs) as cluster:
         cluster.start(1)
         _wait_for("world 1 at the first pause", logs, _steps_at(audit, 1, FIRST_PAUSE))
         cluster.add_worker()  # torchrun restarts the paused worker: it stops at step 9

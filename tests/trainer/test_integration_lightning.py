@@ -24,7 +24,6 @@ Lightning's epoch and global-step counters from the checkpoint. Without PyTorch 
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -35,12 +34,10 @@ from typing import Any
 import pytest
 
 from tests.support.audit import assert_exact_data_order, read_audit
+from tests.support.torchrun import TorchrunCluster
 from trainscale.trainer.contract import metric_names as names
 from trainscale.trainer.launch.local import (
-    AgentProcess,
-    LocalCluster,
     LocalClusterConfig,
-    build_agent_env,
     find_free_port,
 )
 from trainscale.trainer.runtime.checkpoint import list_checkpoints
@@ -57,28 +54,6 @@ SLOW_MS, FAST_MS = "400", "10"  # per step: while a resize is under way (mid-epo
 TOTAL_STEPS = EPOCHS * SAMPLES // BATCH
 #: The run's directory, the job's exit code, the processes still holding its files at the end.
 LightningRun = tuple[Path, int, list[int]]
-
-
-class TorchrunCluster(LocalCluster):
-    """A local elastic job whose agents are plain ``torchrun`` running the example script."""
-
-    def add_worker(self) -> AgentProcess:
-        index = int(self.store.add("trainscale/local/next-index", 1)) - 1
-        env = {**os.environ, **build_agent_env(self.config, self.endpoint, self.run_id, index)}
-        assert self.log_dir is not None
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"agent-{index}.log", "ab")  # noqa: SIM115 - closed by stop()
-        command = [sys.executable, "-m", "torch.distributed.run", str(EXAMPLE)]
-        process = subprocess.Popen(
-            [*command, *self.config.worker_args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        agent = AgentProcess(index=index, process=process, log=log)
-        self.agents.append(agent)
-        return agent
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +74,7 @@ def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> LightningRun:
         },
     )  # fmt: skip
     delay.write_text(FAST_MS)
-    with TorchrunCluster(config, log_dir=base / "logs") as cluster:
+    with TorchrunCluster(config, script=EXAMPLE, log_dir=base / "logs") as cluster:
         cluster.start(1)
         _wait(audit, "first steps", lambda e: max(x["step"] for x in e) >= 3)
         delay.write_text(SLOW_MS)
