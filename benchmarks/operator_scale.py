@@ -22,7 +22,8 @@ For each ``--jobs`` N (a fresh namespace and a fresh operator each):
   the rest of the machine (``/proc/stat``: other sessions share it), so the table says
   which process was the limit;
 * **memory**: the operator's RSS (``VmRSS``) before the burst, with N jobs Running, and
-  after each of ``--rounds`` delete-all/recreate rounds once every job is gone.
+  after each of ``--rounds`` delete-all/recreate rounds once every job is gone and the
+  operator has given the freed memory back (``QUIET_SECONDS`` after the last deletion).
 
 Run:  .venv/bin/python benchmarks/operator_scale.py --jobs 100 200 [--rounds 2] [--markdown]
 """
@@ -51,6 +52,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from trainscale.operator.daemons.memory import QUIET_SECONDS
 from trainscale.operator.observability.metric_names import (
     JOB_LOOPS_NAME,
     RECONCILE_DURATION_NAME,
@@ -455,7 +457,8 @@ class Bench:
                     wait_until(lambda: self.running_jobs(namespace) >= jobs, self.args.timeout,
                                f"{jobs} jobs Running again")  # fmt: skip
                 result.delete_s.append(self.delete_all(op, namespace))
-                time.sleep(2.0)
+                # The operator gives freed memory back QUIET_SECONDS after the last deletion.
+                time.sleep(QUIET_SECONDS + 5.0)
                 result.rss_after_rounds.append(rss_mib(op.proc.pid))
         finally:
             op.stop()

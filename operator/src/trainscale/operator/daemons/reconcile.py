@@ -44,6 +44,7 @@ from trainscale.operator.daemons.common import (
     sleep_or_wake,
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
+from trainscale.operator.daemons.memory import MEMORY_RELEASE
 from trainscale.operator.observability.condition_metric import get_job_condition_metric
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 
@@ -295,10 +296,14 @@ async def trainingjob_reconcile_loop(
 async def trainingjob_event(
     type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a job wakes its loops; a deleted job is forgotten. (Async: it only
-    touches the loops' memory, which must happen on the event loop, not in kopf's threads.)"""
+    """Any change of a job wakes its loops; a deleted job is forgotten; a job listed, added
+    or deleted lets the freed memory go back to the OS once the job count settles. (Async:
+    it only touches the loops' memory, which must happen on the event loop, not in kopf's
+    threads.)"""
     if namespace is None:
         return
+    if type != "MODIFIED":
+        MEMORY_RELEASE.jobs_changed()
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
