@@ -81,6 +81,23 @@ async def test_a_burst_of_job_changes_releases_once_when_it_settles() -> None:
     assert len(released.at) == 2
 
 
+async def test_other_events_put_a_pending_release_off_but_arm_none() -> None:
+    """A deleted job's pods go after it: their events allocate and free again."""
+    released = Releases()
+    release = MemoryRelease(released, quiet=0.1, max_delay=10.0)
+    release.busy()  # no job came or went: nothing to give back
+    await asyncio.sleep(0.3)
+    assert not released.at
+    release.jobs_changed()
+    last = 0.0
+    for _ in range(5):  # pod events, each before the quiet spell ends
+        await asyncio.sleep(0.05)
+        release.busy()
+        last = time.monotonic()
+    await released.next()
+    assert released.at[0] - last >= 0.1 and len(released.at) == 1
+
+
 async def test_jobs_that_keep_coming_do_not_put_the_release_off_past_max_delay() -> None:
     released = Releases()
     release = MemoryRelease(released, quiet=0.1, max_delay=0.2)

@@ -9,10 +9,12 @@ freed chunks that glibc's malloc keeps in its heaps (~25-35 MiB, released by
 returns; bounded by the peak). glibc gives freed memory back by itself only from the top of
 a heap, so a burst's memory stays resident for good unless someone trims.
 
-So once the number of jobs has changed (jobs listed, added or deleted) and then stayed put
-for ``QUIET_SECONDS`` — or ``MAX_DELAY_SECONDS`` after the first change, if jobs keep
-coming — the operator calls ``malloc_trim(0)`` once (a few milliseconds). An operator whose
-jobs do not come and go never trims, as it has nothing to give back.
+So once the number of jobs has changed (jobs listed, added or deleted) and then the watch
+events (of the jobs and of their pods and Services: a deleted job's pods go after it, and
+handling their events allocates and frees again) have stopped for ``QUIET_SECONDS`` — or
+``MAX_DELAY_SECONDS`` after the change, if events keep coming — the operator calls
+``malloc_trim(0)`` once (a few milliseconds). An operator whose jobs do not come and go
+never trims, as it has nothing to give back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 5.0
-"""How long the number of jobs must stay put before the freed memory is given back."""
+"""How long the watch events must have stopped before the freed memory is given back."""
 MAX_DELAY_SECONDS = 60.0
 """... but at most this long after the first change, while jobs keep coming and going."""
 RELEASE_LOG = "Returned freed memory to the OS"
@@ -73,8 +75,8 @@ def release_free_memory() -> bool:
 
 
 class MemoryRelease:
-    """Calls ``release`` once the number of jobs has changed and then stayed put (see the
-    module docstring). Driven by the event loop's timers: :meth:`jobs_changed` must be called
+    """Calls ``release`` once the number of jobs has changed and then the events settled (see
+    the module docstring). Driven by the event loop's timers: :meth:`jobs_changed` must be called
     on the running loop."""
 
     def __init__(
@@ -102,6 +104,11 @@ class MemoryRelease:
         self._last = now
         if self._timer is None:
             self._schedule(asyncio.get_running_loop())
+
+    def busy(self) -> None:
+        """A watch event of another kind: a pending release waits for it to settle too."""
+        if self._first is not None:
+            self._last = self._clock()
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._first is not None
