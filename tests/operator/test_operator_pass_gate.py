@@ -98,3 +98,31 @@ def test_the_operator_runs_as_many_passes_at_once_as_it_has_api_threads() -> Non
     assert PASSES._limit == k8s.API_CONCURRENCY
     with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
         PassGate(0)
+
+
+async def test_a_pass_stopped_while_waiting_leaves_without_a_place() -> None:
+    """A deleted job's loop (kopf sets its stop flag) does not wait for a place."""
+    gate = PassGate(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    running = asyncio.create_task(hold(gate, False, order, "running", go))
+    await settle()
+    stopped = asyncio.Event()
+
+    async def stoppable() -> bool:
+        async with gate.slot(first=True, unless=stopped) as admitted:
+            return admitted
+
+    waiting = asyncio.create_task(stoppable())
+    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
+    await settle()
+    stopped.set()
+    async with asyncio.timeout(10):
+        assert await waiting is False
+    assert gate.running == 1 and gate.waiting == 1  # "running" still runs, "behind" waits
+    go.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(running, behind)
+    assert order == ["running", "behind"] and gate.running == 0
+    async with gate.slot(first=True, unless=stopped) as admitted:  # stopped before: no place
+        assert not admitted and gate.running == 0

@@ -16,9 +16,19 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
 
 from trainscale.operator.adapters import k8s
+
+
+class Stop(Protocol):
+    """A stop flag (kopf's ``DaemonStopped``, an ``asyncio.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
 
 FIRST_PASS = 0
 LATER_PASS = 1
@@ -44,29 +54,50 @@ class PassGate:
         return sum(1 for _, _, f in self._waiting if not f.done())
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, first: bool) -> AsyncIterator[None]:
+    async def slot(self, *, first: bool, unless: Stop | None = None) -> AsyncIterator[bool]:
         """Hold one of the ``limit`` places for the block (a job's ``first`` pass goes ahead
-        of every waiting later pass)."""
-        await self._acquire(FIRST_PASS if first else LATER_PASS)
+        of every waiting later pass). Yields whether it got one: not when ``unless`` (kopf's
+        stop flag of the loop) was set while it waited, so a deleted job's loop never waits
+        for a place it no longer needs."""
+        admitted = await self._acquire(FIRST_PASS if first else LATER_PASS, unless)
         try:
-            yield
+            yield admitted
         finally:
-            self._release()
+            if admitted:
+                self._release()
 
-    async def _acquire(self, priority: int) -> None:
+    async def _acquire(self, priority: int, unless: Stop | None) -> bool:
+        if unless is not None and unless.is_set():
+            return False
         if self._running < self._limit:  # then nobody waits: a freed place goes to a waiter
             self._running += 1
-            return
+            return True
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._arrivals), place))
+        waiters: list[asyncio.Future[Any]] = [place]
+        stop = asyncio.ensure_future(unless.wait()) if unless is not None else None
+        if stop is not None:
+            waiters.append(stop)
         try:
-            await place
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            # Cancelled while waiting: the place is cancelled too and skipped by _release.
-            # Cancelled just after a place was handed over: hand it on.
-            if place.done() and not place.cancelled():
-                self._release()
+            self._abandon(place)
             raise
+        finally:
+            if stop is not None:
+                stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
+        if place.done() and not place.cancelled():
+            return True
+        self._abandon(place)
+        return False
+
+    def _abandon(self, place: asyncio.Future[None]) -> None:
+        """A waiter leaves: its place is skipped (not handed over yet) or handed on."""
+        if place.done() and not place.cancelled():
+            self._release()
+        else:
+            place.cancel()
 
     def _release(self) -> None:
         while self._waiting:

@@ -287,7 +287,9 @@ async def trainingjob_reconcile_loop(
             wake.clear()
             try:
                 # At most API_CONCURRENCY passes at once, a new job's first pass first.
-                async with PASSES.slot(first=first):
+                async with PASSES.slot(first=first, unless=stopped) as admitted:
+                    if not admitted:
+                        break  # stopped while waiting for a place
                     first = False
                     delay = await reconcile_job(
                         namespace, name, arbitration=arbitration_active(memo),
