@@ -419,8 +419,9 @@ class Bench:
     def delete_all(self, op: Operator, namespace: str) -> float:
         began = time.monotonic()
         self.kubectl("delete", "tj", "--all", "-n", namespace, "--wait=false")
-        wait_until(lambda: not self.kubectl("get", "tj", "-n", namespace, "-o", "name").split(),
-                   self.args.timeout, "every job gone", interval=2.0)  # fmt: skip
+        wait_until(lambda: not self.kubectl("get", "tj,pods", "-n", namespace, "-o",
+                                            "name").split(),
+                   self.args.timeout, "every job and pod gone", interval=2.0)  # fmt: skip
         gone = time.monotonic() - began
 
         def no_loops() -> bool:
