@@ -5,8 +5,8 @@ Why this module exists: measured with rounds of 200 jobs created and deleted at 
 over round (the same Python objects, the same bytes in use in both allocators), yet its RSS
 stayed 60-80 MiB above the start. All of that was allocator retention of the burst's peak:
 freed chunks that glibc's malloc keeps in its heaps (~25-35 MiB, released by
-``malloc_trim``) and partly used pymalloc arenas (~35-40 MiB, which nothing but a restart
-returns; bounded by the peak). glibc gives freed memory back by itself only from the top of
+``malloc_trim``) and partly used pymalloc arenas (~35-40 MiB, each returned only once every
+object in it is freed; bounded by the peak). ``MALLOC_ARENA_MAX`` made no difference. glibc gives freed memory back by itself only from the top of
 a heap, so a burst's memory stays resident for good unless someone trims.
 
 So once the number of jobs has changed (jobs listed, added or deleted) and then the watch
