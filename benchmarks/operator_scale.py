@@ -22,7 +22,8 @@ For each ``--jobs`` N (a fresh namespace and a fresh operator each):
   the rest of the machine (``/proc/stat``: other sessions share it), so the table says
   which process was the limit;
 * **memory**: the operator's RSS (``VmRSS``) before the burst, with N jobs Running, and
-  after each of ``--rounds`` delete-all/recreate rounds once every job is gone.
+  after each of ``--rounds`` delete-all/recreate rounds once every job is gone and the
+  operator has given the freed memory back (``QUIET_SECONDS`` after the last deletion).
 
 Run:  .venv/bin/python benchmarks/operator_scale.py --jobs 100 200 [--rounds 2] [--markdown]
 """
@@ -51,6 +52,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from trainscale.operator.daemons.memory import QUIET_SECONDS
 from trainscale.operator.observability.metric_names import (
     JOB_LOOPS_NAME,
     RECONCILE_DURATION_NAME,
@@ -417,8 +419,9 @@ class Bench:
     def delete_all(self, op: Operator, namespace: str) -> float:
         began = time.monotonic()
         self.kubectl("delete", "tj", "--all", "-n", namespace, "--wait=false")
-        wait_until(lambda: not self.kubectl("get", "tj", "-n", namespace, "-o", "name").split(),
-                   self.args.timeout, "every job gone", interval=2.0)  # fmt: skip
+        wait_until(lambda: not self.kubectl("get", "tj,pods", "-n", namespace, "-o",
+                                            "name").split(),
+                   self.args.timeout, "every job and pod gone", interval=2.0)  # fmt: skip
         gone = time.monotonic() - began
 
         def no_loops() -> bool:
@@ -455,7 +458,8 @@ class Bench:
                     wait_until(lambda: self.running_jobs(namespace) >= jobs, self.args.timeout,
                                f"{jobs} jobs Running again")  # fmt: skip
                 result.delete_s.append(self.delete_all(op, namespace))
-                time.sleep(2.0)
+                # The operator gives freed memory back QUIET_SECONDS after the last deletion.
+                time.sleep(QUIET_SECONDS + 5.0)
                 result.rss_after_rounds.append(rss_mib(op.proc.pid))
         finally:
             op.stop()

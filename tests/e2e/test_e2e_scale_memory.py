@@ -13,7 +13,10 @@ their pods are gone. Then, through the operator's /metrics:
   the arbitration state) holds something for — is 0 in every store.
 
 While the jobs run the same gauge counts ``JOBS`` in the wake-up and phase stores (so the
-signal is live, not a constant 0). And the operator's resident memory (``VmRSS``) after the
+signal is live, not a constant 0). Once a round's deletions settle, the operator gives the
+memory they freed back to the OS (``malloc_trim``; it logs ``RELEASE_LOG``, awaited before
+the round's RSS is read: without it glibc kept a burst's freed chunks resident, see
+docs/operator-scale.md). And the operator's resident memory (``VmRSS``) after the
 last round exceeds that after the second by at most ``RSS_TOLERANCE_MIB``: the first round
 is the warm-up (imports, kopf's caches, the allocator's arenas). The RSS check only catches
 large leaks — a few KiB per job disappear in the allocator's noise at this size — so the
@@ -41,6 +44,7 @@ from tests.e2e.test_e2e_loops import (
 )
 from tests.support.prometheus import free_port
 from tests.support.testbed import wait_for
+from trainscale.operator.daemons.memory import MAX_DELAY_SECONDS, RELEASE_LOG
 from trainscale.operator.observability.metric_names import (
     JOB_LABEL,
     JOB_STATE_NAME,
@@ -90,10 +94,17 @@ def pods_left(kubectl: Any, namespace: str) -> list[str]:
     return out.split()
 
 
+def releases(op: OperatorProcess) -> list[str]:
+    """The operator's log lines saying it gave freed memory back to the OS."""
+    text = op.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if RELEASE_LOG in line]
+
+
 def run_round(kubectl: Any, namespace: str, port: int, names: list[str], deleted: set[str],
-              describe: Callable[[], str]) -> None:  # fmt: skip
+              describe: Callable[[], str], op: OperatorProcess) -> None:  # fmt: skip
     """Create ``names`` at once, wait for their workers and loops, delete them all at once and
-    wait until nothing is left of them (``deleted`` grows by ``names``)."""
+    wait until nothing is left of them (``deleted`` grows by ``names``) and the operator has
+    given the memory they freed back to the OS."""
     create_jobs(kubectl, namespace, names)
     wait_for(lambda: jobs_with_a_worker(kubectl, namespace) >= set(names), timeout=240,
              interval=1.0, what=f"a worker for each of {len(names)} jobs", describe=describe)  # fmt: skip
@@ -102,12 +113,17 @@ def run_round(kubectl: Any, namespace: str, port: int, names: list[str], deleted
     state = job_state(port)
     assert all(state.get(store) == len(names) for store in PER_JOB_STORES), state
 
+    released_before = len(releases(op))
     kubectl("delete", "tj", "--all", "-n", namespace, "--wait=false", timeout=120)
     deleted |= set(names)
     wait_for(lambda: not jobs_left(kubectl, namespace) and not pods_left(kubectl, namespace),
              timeout=240, interval=1.0, what="jobs and pods gone", describe=describe)  # fmt: skip
     wait_for(lambda: not leftovers(port, deleted), timeout=60, interval=0.5,
              what="nothing left of the deleted jobs", describe=describe)  # fmt: skip
+    # Once the deletions settle (QUIET_SECONDS, at most MAX_DELAY_SECONDS after the first).
+    wait_for(lambda: len(releases(op)) > released_before, timeout=MAX_DELAY_SECONDS + 60,
+             interval=0.5, what="freed memory given back after the deletions",
+             describe=describe)  # fmt: skip
 
 
 def test_create_delete_rounds_leave_no_per_job_state_and_rss_flat(
@@ -125,7 +141,7 @@ def test_create_delete_rounds_leave_no_per_job_state_and_rss_flat(
     rss: list[float] = []
     for round_ in range(ROUNDS):
         run_round(kubectl, namespace, port, [f"mem{round_}-{i}" for i in range(JOBS)], deleted,
-                  describe)  # fmt: skip
+                  describe, op)  # fmt: skip
         rss.append(rss_mib(op.proc.pid))
 
     # The last round's pod deletions have all been seen by now (its jobs' state went to 0
@@ -133,4 +149,5 @@ def test_create_delete_rounds_leave_no_per_job_state_and_rss_flat(
     assert not leftovers(port, deleted), describe()
     print(f"operator RSS after each of {ROUNDS} rounds of {JOBS} jobs: "
           + ", ".join(f"{v:.1f}" for v in rss) + " MiB")  # fmt: skip
+    print("\n".join(releases(op)))
     assert rss[-1] - rss[1] <= RSS_TOLERANCE_MIB, (rss, json.dumps(job_state(port)))

@@ -11,7 +11,8 @@ so a restarted operator converges from whatever exists. A pass that acted looks 
 ``RESYNC_SECONDS`` (the events of its own writes usually wake it sooner); a pass that found
 nothing to do and nothing pending sleeps ``IDLE_RESYNC_SECONDS`` unless woken, so an idle job
 costs no API request: every change reaches the operator as a watch event anyway
-(:func:`next_pass_delay`).
+(:func:`next_pass_delay`). Passes go through :data:`~trainscale.operator.daemons.passes.PASSES`:
+at most ``API_CONCURRENCY`` at once, a new job's first pass ahead of every other waiting pass.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from trainscale.operator.daemons.common import (
     sleep_or_wake,
 )
 from trainscale.operator.daemons.common import utcnow as _utcnow
+from trainscale.operator.daemons.memory import MEMORY_RELEASE
+from trainscale.operator.daemons.passes import PASSES
 from trainscale.operator.observability.condition_metric import get_job_condition_metric
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 
@@ -278,13 +281,20 @@ async def trainingjob_reconcile_loop(
     first, so the loop never writes the job after it returned."""
     assert namespace is not None  # TrainingJob is a namespaced kind
     wake = WAKEUPS.get(namespace, name)
+    first = True
     with get_metrics().job_loop(RECONCILE_LOOP):
         while not stopped:
             wake.clear()
             try:
-                delay = await reconcile_job(
-                    namespace, name, arbitration=arbitration_active(memo), stopping=stopped.is_set
-                )
+                # At most API_CONCURRENCY passes at once, a new job's first pass first.
+                async with PASSES.slot(first=first, unless=stopped) as admitted:
+                    if not admitted:
+                        break  # stopped while waiting for a place
+                    first = False
+                    delay = await reconcile_job(
+                        namespace, name, arbitration=arbitration_active(memo),
+                        stopping=stopped.is_set,
+                    )  # fmt: skip
             except Exception as exc:  # an API hiccup must not kill the loop
                 logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
                 delay = 2.0
@@ -295,10 +305,16 @@ async def trainingjob_reconcile_loop(
 async def trainingjob_event(
     type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a job wakes its loops; a deleted job is forgotten. (Async: it only
-    touches the loops' memory, which must happen on the event loop, not in kopf's threads.)"""
+    """Any change of a job wakes its loops; a deleted job is forgotten; a job listed, added
+    or deleted lets the freed memory go back to the OS once the job count settles. (Async:
+    it only touches the loops' memory, which must happen on the event loop, not in kopf's
+    threads.)"""
     if namespace is None:
         return
+    if type == "MODIFIED":
+        MEMORY_RELEASE.busy()
+    else:
+        MEMORY_RELEASE.jobs_changed()
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
@@ -317,7 +333,8 @@ async def trainingjob_child_event(
     labels: Mapping[str, str], namespace: str | None, **_: Any
 ) -> None:
     """A change of one of a job's pods or of its rendezvous Service (deleted by hand, say)
-    wakes the job's reconcile loop."""
+    wakes the job's reconcile loop (and puts off a pending memory release)."""
+    MEMORY_RELEASE.busy()
     job_name = k8s.job_name_of(labels)
     if job_name and namespace:
         WAKEUPS.wake(namespace, job_name)

@@ -1,0 +1,128 @@
+"""Reconcile passes go through a gate: a bounded number at once, a new job's first pass first.
+
+Without it a burst of new jobs interleaved every job's API calls in the thread pool's queue
+(every job waited for nearly every other's first pass), and passes woken by the burst's own
+pod events queued among the first passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trainscale.operator.adapters import k8s
+from trainscale.operator.daemons.passes import PASSES, PassGate
+
+
+async def hold(gate: PassGate, first: bool, order: list[str], label: str,
+               release: asyncio.Event) -> None:  # fmt: skip
+    async with gate.slot(first=first):
+        order.append(label)
+        await release.wait()
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_first_pass_goes_ahead_of_later_passes_that_waited_longer() -> None:
+    gate = PassGate(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(hold(gate, False, order, "running", go))]
+    await settle()
+    for label, first in (("later-1", False), ("later-2", False), ("first-1", True),
+                         ("first-2", True)):  # fmt: skip
+        tasks.append(asyncio.create_task(hold(gate, first, order, label, go)))
+        await settle()
+    assert order == ["running"] and gate.waiting == 4
+    go.set()
+    await asyncio.gather(*tasks)
+    assert order == ["running", "first-1", "first-2", "later-1", "later-2"]
+    assert gate.running == 0 and gate.waiting == 0
+
+
+async def test_no_more_than_limit_passes_run_at_once() -> None:
+    gate = PassGate(3)
+    order: list[str] = []
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(hold(gate, i % 2 == 0, order, str(i), go)) for i in range(10)]
+    await settle()
+    assert len(order) == 3 and gate.running == 3 and gate.waiting == 7
+    go.set()
+    await asyncio.gather(*tasks)
+    assert len(order) == 10 and gate.running == 0
+
+
+async def test_a_pass_cancelled_while_waiting_takes_no_place() -> None:
+    """kopf cancels the loop of a job deleted while its pass waits for a place."""
+    gate = PassGate(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    running = asyncio.create_task(hold(gate, False, order, "running", go))
+    await settle()
+    doomed = asyncio.create_task(hold(gate, True, order, "doomed", go))
+    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
+    await settle()
+    doomed.cancel()
+    await settle()
+    go.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(running, behind)
+    assert order == ["running", "behind"] and gate.running == 0
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+
+
+async def test_a_pass_cancelled_as_its_place_comes_hands_it_on() -> None:
+    gate = PassGate(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    running = asyncio.create_task(hold(gate, False, order, "running", go))
+    await settle()
+    doomed = asyncio.create_task(hold(gate, True, order, "doomed", go))
+    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
+    await settle()
+    go.set()
+    await asyncio.sleep(0)  # "running" leaves and hands its place to "doomed" ...
+    doomed.cancel()  # ... which is cancelled before it could use it
+    async with asyncio.timeout(10):  # a place lost with "doomed" would leave "behind" waiting
+        await asyncio.gather(running, behind, doomed, return_exceptions=True)
+    assert "behind" in order and gate.running == 0 and gate.waiting == 0
+
+
+def test_the_operator_runs_as_many_passes_at_once_as_it_has_api_threads() -> None:
+    assert PASSES._limit == k8s.API_CONCURRENCY
+    with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
+        PassGate(0)
+
+
+async def test_a_pass_stopped_while_waiting_leaves_without_a_place() -> None:
+    """A deleted job's loop (kopf sets its stop flag) does not wait for a place."""
+    gate = PassGate(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    running = asyncio.create_task(hold(gate, False, order, "running", go))
+    await settle()
+    stopped = asyncio.Event()
+
+    async def stoppable() -> bool:
+        async with gate.slot(first=True, unless=stopped) as admitted:
+            return admitted
+
+    waiting = asyncio.create_task(stoppable())
+    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
+    await settle()
+    stopped.set()
+    async with asyncio.timeout(10):
+        assert await waiting is False
+    assert gate.running == 1 and gate.waiting == 1  # "running" still runs, "behind" waits
+    go.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(running, behind)
+    assert order == ["running", "behind"] and gate.running == 0
+    async with gate.slot(first=True, unless=stopped) as admitted:  # stopped before: no place
+        assert not admitted and gate.running == 0
