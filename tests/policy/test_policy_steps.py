@@ -221,6 +221,29 @@ def test_exploration_never_spills_onto_another_node(per_node, util, target, says
 
 
 @pytest.mark.parametrize(
+    ("spec", "kw", "target"),
+    [
+        pytest.param({}, {}, 8, id="the-next-node-filled"),
+        pytest.param({"hi": 7}, {}, 3, id="no-room-for-a-full-node-below-instead"),
+        pytest.param({}, {"cap": 6}, 3, id="a-cluster-ceiling-below-it-below-instead"),
+        pytest.param({}, {"max_schedulable": 7}, 3, id="more-than-ran-below-instead"),
+    ],
+)  # fmt: skip
+def test_exploration_across_a_node_boundary_probes_a_full_node(spec, kw, target) -> None:  # type: ignore[no-untyped-def]
+    """One count filling its node, utilization to spare: the experiment that identifies the
+    curve past the boundary is the next node filled, not the count below (which says
+    nothing about the far side, where measured curves either fall or keep scaling)."""
+    # utilization 0.88 at 4: 8 predicted under the 0.8 target by the one-count fit, 5
+    # (a partial node) is never a target, so the objective stays and exploration decides
+    observations = steady(4, count=4, tau=lambda n: 1.08)
+    ctx = context(observations, 4, observations[-1].timestamp + 30.0, workers_per_node=4,
+                  spec={"objective": "utilization", "targetGpuUtilization": 0.8, **spec}, **kw)  # fmt: skip
+    assert run_to(ctx, "exploration") is None
+    assert (ctx.target, ctx.exploring) == (target, True)
+    assert f"exploring {target} (curve not identified from one count)" in ctx.reason
+
+
+@pytest.mark.parametrize(
     ("target", "pending", "holds"),
     [
         pytest.param(8, 1, True, id="up-while-pending-holds"),
@@ -297,6 +320,24 @@ def test_stabilization(spec, recent, replicas, says) -> None:  # type: ignore[no
     ctx = context(obs, 8, 600.0, spec=spec, recent_targets=recent)
     rec = run_to(ctx, "stabilization")
     assert rec is not None and rec.target == 5 and rec.replicas == replicas
+    assert says in rec.reason
+
+
+@pytest.mark.parametrize(
+    ("sync", "replicas", "says"),
+    [
+        # 8 at efficiency 0.34 against a 0.7 floor: no noise explains it
+        pytest.param(0.28, 2, "scaling down to 2 at once (far below the floor", id="far-below-leaves-at-once"),
+        # 8 at efficiency 0.59: below the floor, within what a window may wait out
+        pytest.param(0.1, 8, "waits for stabilization (0/300 s)", id="just-below-waits"),
+    ],
+)  # fmt: skip
+def test_stabilization_never_waits_at_a_count_far_below_its_floor(sync, replicas, says) -> None:  # type: ignore[no-untyped-def]
+    tau = amdahl(sync)
+    obs = [*steady(4, tau=tau), *steady(8, start=300, tau=tau)]
+    ctx = context(obs, 8, 600.0, spec={"minEfficiency": 0.7}, workers_per_node=8)
+    rec = run_to(ctx, "stabilization")
+    assert rec is not None and rec.replicas == replicas
     assert says in rec.reason
 
 

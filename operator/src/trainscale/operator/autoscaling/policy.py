@@ -125,6 +125,14 @@ FINE_MOVE_FRACTION = 0.25
 CONFIDENCE_Z = 1.0
 """Standard errors a small move's estimates must clear (floors, restart payback)."""
 
+FAR_BELOW_FLOOR = 0.5
+"""A count whose estimate is below this fraction of its floor (efficiency, utilization
+target), and ``FAR_BELOW_Z`` standard errors under it, is left without waiting for the
+scale-down stabilization window: no noise explains a reading at half the floor."""
+
+FAR_BELOW_Z = 2.0
+"""Standard errors under its floor a count must be to be left at once (``FAR_BELOW_FLOOR``)."""
+
 PROBE_MIN_GAIN = 1.1
 """An unmeasured count within a small move is probed when it promises this throughput gain."""
 
@@ -1000,6 +1008,7 @@ class _Choice:
     reason: str
     limited_by: LimitedBy | None
     feasible_current: bool
+    far_below_floor: bool = False  # the current count breaks its floor beyond any noise
 
 
 def _best_throughput(model: _Estimates, candidates: Iterable[int]) -> int | None:
@@ -1090,7 +1099,8 @@ def _choose(
             tail, limited = f"{target} predicted {model.efficiency(target):.2f}", None
         else:
             tail, limited = f"{nxt} predicted {model.efficiency(nxt):.2f}", None
-        return _Choice(target, f"{head}; {tail}", limited, ok_e(current))
+        far = _far_below(model.efficiency(current), e_doubt, floor)
+        return _Choice(target, f"{head}; {tail}", limited, ok_e(current), far)
 
     if auto.objective is Objective.BUDGET:
         assert auto.max_cost_per_hour is not None
@@ -1132,7 +1142,8 @@ def _choose(
         u = model.gpu_utilization(n)
         return 0.0 if u is None else u
 
-    cur_ok = util(current) + doubt(util(current) * model.floor_doubt(current)) >= goal
+    u_doubt = util(current) * model.floor_doubt(current)
+    cur_ok = util(current) + doubt(u_doubt) >= goal
 
     def ok_u(n: int) -> bool:
         if n == current:
@@ -1152,7 +1163,13 @@ def _choose(
         tail = f"{target} predicted {util(target):.2f}"
     else:
         tail = f"{target + 1} predicted {util(target + 1):.2f}"
-    return _Choice(target, f"{head}; {tail}", limited, ok_u(current))
+    far = _far_below(util(current), u_doubt, goal)
+    return _Choice(target, f"{head}; {tail}", limited, ok_u(current), far)
+
+
+def _far_below(value: float, error: float, floor: float) -> bool:
+    """Whether a count's estimate breaks its floor beyond any noise (leave it at once)."""
+    return value < floor * FAR_BELOW_FLOOR and value + FAR_BELOW_Z * error < floor
 
 
 def _counts_left_downwards(observations: Sequence[Observation]) -> set[int]:
@@ -1406,6 +1423,7 @@ class DecisionContext:
     exploring: bool = False
     probing: bool = False
     feasible_current: bool = False
+    far_below_floor: bool = False
     returning: bool = False
 
     def __post_init__(self) -> None:
@@ -1628,6 +1646,7 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     choice = _choose(ctx.spec, est, ctx.current, ctx.lo, ctx.hi, ctx.ceiling, settled)
     ctx.target, ctx.reason, ctx.limited = choice.target, choice.reason, choice.limited_by
     ctx.feasible_current = choice.feasible_current
+    ctx.far_below_floor = choice.far_below_floor
     if capacity is not None and ctx.target == ctx.ceiling and ctx.target < ctx.hi:
         ctx.limited = capacity
         ctx.reason += (
@@ -1684,10 +1703,34 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
         # time is synchronisation, which reads the input pipeline's share as sync and
         # may stop the job one count short. The count above is the cheapest experiment,
         # tried early (never after a long stay, when noise alone would trigger it).
+        # When it would spill onto another node, the experiment is the next node filled:
+        # the count below says nothing about the far side of the boundary, where measured
+        # curves either fall off a cliff (left at once, ``FAR_BELOW_FLOOR``) or keep
+        # scaling (a job parked at one node for good would lose most of its throughput).
         spills = model.nodes(current + 1) > model.nodes(current) and current > ctx.lo
-        ctx.target, ctx.exploring = (current - 1 if spills else current + 1), True
+        full = _next_full_node(ctx) if spills else None
+        if full is not None:
+            ctx.target = full
+        else:
+            ctx.target = current - 1 if spills else current + 1
+        ctx.exploring = True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     return None
+
+
+def _next_full_node(ctx: DecisionContext) -> int | None:
+    """The count that fills one more node than the current, if the job and cluster allow it."""
+    model = ctx.model
+    assert model is not None
+    size = model.workers_per_node
+    if size is None or size <= 0:
+        return None
+    full = size * (model.nodes(ctx.current) + 1)
+    limit = ctx.hi
+    for bound in (ctx.cap, ctx.max_schedulable):
+        if bound is not None:
+            limit = min(limit, bound)
+    return full if full <= limit else None
 
 
 def decide_pending_pods(ctx: DecisionContext) -> Recommendation | None:
@@ -1821,6 +1864,16 @@ def decide_stabilization(ctx: DecisionContext) -> Recommendation:
         # Leaving a count that breaks the floor: the latest target (the most measured) is
         # where it goes; an earlier, larger one of the window may break the floor too.
         applied = target
+    if not up and applied == current and ctx.far_below_floor:
+        # The window waits out noise; a reading at half the floor is not noise (a probe
+        # across a node boundary that found a cliff): leave it now.
+        return ctx.done(
+            target,
+            target,
+            f"{ctx.reason}; scaling down to {target} at once (far below the floor, no "
+            "stabilization wait)",
+            **kw,
+        )
     word = "up" if up else "down"
     if applied == current:
         return ctx.done(
