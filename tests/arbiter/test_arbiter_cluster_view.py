@@ -158,6 +158,23 @@ def test_a_pinned_job_holds_what_it_runs() -> None:
 
 
 @pytest.mark.parametrize(
+    ("allowed", "sizes"),
+    [
+        pytest.param(None, None, id="every-count"),
+        pytest.param({"multipleOf": 4}, (4, 8), id="multiple-of"),
+        pytest.param({"powersOfTwo": True}, (1, 2, 4, 8), id="powers-of-two"),
+    ],
+)
+def test_a_demand_carries_the_allowed_sizes(allowed: Any, sizes: Any) -> None:
+    """The arbiter grants only counts the job may run at (``spec.allowedReplicas``)."""
+    extra = {} if allowed is None else {"allowedReplicas": allowed, "replicas": 4, "minReplicas": 4}
+    if allowed == {"powersOfTwo": True}:
+        extra.update(replicas=1, minReplicas=1)
+    demand = build_demand(ManagedJob("d/a", spec(**extra)))
+    assert demand.allowed_sizes == sizes
+
+
+@pytest.mark.parametrize(
     ("status", "enabled", "expected"),
     [
         pytest.param({}, True, "waiting for cluster arbitration to admit the job", id="new"),

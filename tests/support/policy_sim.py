@@ -24,9 +24,16 @@ COMPUTE_FRACTION = 0.95
 
 
 def make_spec(
-    *, replicas: int = 4, lo: int = 1, hi: int = 32, gpus: int = 1, **autoscaling: Any
+    *,
+    replicas: int = 4,
+    lo: int = 1,
+    hi: int = 32,
+    gpus: int = 1,
+    allowed: dict[str, Any] | None = None,
+    **autoscaling: Any,
 ) -> TrainingJobSpec:
-    """A valid spec; ``autoscaling`` keys are the wire (camelCase) names."""
+    """A valid spec; ``autoscaling`` keys are the wire (camelCase) names, ``allowed`` is
+    ``spec.allowedReplicas``."""
     container: dict[str, Any] = {"name": "worker", "image": "trainer:1"}
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
@@ -37,6 +44,7 @@ def make_spec(
             "maxReplicas": hi,
             "template": {"spec": {"containers": [container]}},
             "autoscaling": {"enabled": True, **autoscaling},
+            **({"allowedReplicas": allowed} if allowed is not None else {}),
         }
     )
 

@@ -186,6 +186,9 @@ def build_demand(job: ManagedJob) -> JobDemand:
         gpus_per_worker=spec.gpus_per_replica,
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
+        allowed_sizes=(
+            api.allowed_sizes(spec) if spec.allowed_replicas != api.AllowedReplicas() else None
+        ),
         min_efficiency=floor,
         max_cost_per_hour=(
             autoscaling.max_cost_per_hour if autoscaling.objective is api.Objective.BUDGET else None

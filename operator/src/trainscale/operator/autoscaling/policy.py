@@ -92,7 +92,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from trainscale.operator.api import Objective, TrainingJobSpec
+from trainscale.operator.api import Objective, TrainingJobSpec, is_allowed, nearest_allowed
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
 
 DEFAULT_RESTART_COST_SECONDS = 60.0
@@ -1063,7 +1063,11 @@ def _choose(
     def doubt(error: float) -> float:
         return CONFIDENCE_Z * error
 
-    candidates = _placeable(model.model, range(lo, ceiling + 1), current, lo)
+    candidates = [
+        n
+        for n in _placeable(model.model, range(lo, ceiling + 1), current, lo)
+        if n == current or is_allowed(spec, n)
+    ]
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
@@ -1106,7 +1110,7 @@ def _choose(
         assert auto.max_cost_per_hour is not None
         cap = _budget_replicas(spec)
         top = ceiling if cap is None else min(ceiling, cap)
-        feasible = list(range(lo, top + 1))
+        feasible = [n for n in range(lo, top + 1) if n == current or is_allowed(spec, n)]
         if not feasible:
             return _Choice(
                 lo,
@@ -1332,7 +1336,7 @@ def _probe(
         return None  # it left a count near its floor above: going back is a reversal
     best: int | None = None
     for n in _probe_candidates(est.model, current, ceiling):
-        if n in measured:
+        if n in measured or not is_allowed(spec, n):
             continue
         # The floor may hold (one standard error up) and the estimate is near it.
         if auto.objective is Objective.EFFICIENCY:
@@ -1434,7 +1438,15 @@ class DecisionContext:
         self.target = self.current
 
     def done(self, replicas: int, target: int, reason: str, **kw: object) -> Recommendation:
-        """The decision; ``replicas`` is always within the spec's bounds."""
+        """The decision; ``replicas`` is always within the spec's bounds and allowed
+        (``spec.allowedReplicas``): a count that is not goes to the nearest allowed one in
+        the direction of the move (down when capped), else the job holds."""
+        if replicas != self.current and not is_allowed(self.spec, replicas):
+            snapped = self._allowed(replicas)
+            reason += f" ({replicas} is not an allowed size: " + (
+                f"{snapped})" if snapped != self.current else f"holding at {snapped})"
+            )
+            replicas = snapped
         assert self.lo <= replicas <= self.hi, (replicas, self.lo, self.hi)
         return Recommendation(
             replicas=replicas,
@@ -1444,6 +1456,17 @@ class DecisionContext:
             cost_per_hour=compute_cost_per_hour(self.spec, replicas),
             **kw,  # type: ignore[arg-type]
         )
+
+    def _allowed(self, replicas: int) -> int:
+        """The allowed count for a move to ``replicas``: up past it for a move up unless a
+        cap (cluster ceiling, what ran) stands there, down for a move down."""
+        if replicas > self.current:
+            limit = min(b for b in (self.hi, self.cap, self.max_schedulable) if b is not None)
+            up = nearest_allowed(self.spec, replicas, "up")
+            if up <= limit:
+                return up
+        down = nearest_allowed(self.spec, replicas, "down")
+        return self.current if down == self.current or (replicas > self.current > down) else down
 
     def hold(self, reason: str, **kw: object) -> Recommendation:
         """Stay at the current count, with what is known so far."""
