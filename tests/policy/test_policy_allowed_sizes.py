@@ -83,6 +83,7 @@ def test_an_exploration_goes_to_an_allowed_count(
     assert is_allowed(spec, rec.replicas)
 
 
+@pytest.mark.slow  # closed-loop runs, ~3 s: in make test, not make unit
 @pytest.mark.parametrize(
     ("allowed", "objective", "tau", "per_node"),
     [
