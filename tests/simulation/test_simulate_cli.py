@@ -97,6 +97,21 @@ def test_simulate_runs_a_measured_csv_curve(
         ),
         pytest.param(["--curve", "cliff-3"], "--curve: unknown curve 'cliff-3'", id="curve"),
         pytest.param(
+            ["--curve", "amdahl", "--allowed-replicas", "multipleOf=4"],
+            "--min-replicas (1) is not one of the counts --allowed-replicas allows (multipleOf 4)",
+            id="allowed-excludes-the-minimum",
+        ),
+        pytest.param(
+            ["--curve", "amdahl", "--allowed-replicas", "4,x"],
+            "--allowed-replicas: cannot read '4,x'",
+            id="allowed-unreadable",
+        ),
+        pytest.param(
+            ["--workload", "generated", "--allowed-replicas", "4"],
+            "--allowed-replicas needs --curve",
+            id="allowed-with-a-workload",
+        ),
+        pytest.param(
             ["--curve", "missing.csv"], "--curve: cannot read curve missing.csv", id="no-file"
         ),
     ],
@@ -127,3 +142,29 @@ def test_a_csv_that_does_not_cover_the_counts_says_which(
     csv.write_text("count,nodes,samples_per_second,gpu_utilization\n1,1,100,0.9\n8,1,700,0.8\n")
     assert main(["simulate", "--curve", str(csv), "--max-replicas", "12"]) == 2
     assert "no point at or around 9 workers on 1 node(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("allowed", "best"),
+    [
+        pytest.param([], 15, id="every-count"),
+        pytest.param(["--allowed-replicas", "multipleOf=4"], 12, id="multiple-of-4"),
+        pytest.param(["--allowed-replicas", "4,8,32+powersOfTwo"], 8, id="values-and-powers"),
+    ],
+)
+def test_allowed_replicas_bound_the_run_and_the_hindsight(
+    allowed: list[str], best: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every count the run asks for is allowed, and the best static count it is scored
+    against is the best allowed one (amdahl: 15 of every count, 12 of multiples of 4)."""
+    argv = ["simulate", "--curve", "amdahl", "--min-replicas", "4", "--hours", "1", *allowed]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"best static count (hindsight): {best} " in out
+    moves = [int(m) for m in re.findall(r" -> +(\d+) ", out)]
+    assert moves, out  # it moved: the check below is not vacuous
+    for n in moves:
+        if "4,8,32+powersOfTwo" in allowed:
+            assert n in (4, 8, 32), out
+        elif allowed:
+            assert n % 4 == 0, out

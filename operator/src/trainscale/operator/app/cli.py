@@ -192,6 +192,10 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         run_workload,
     )
 
+    if args.allowed_replicas is not None:
+        # a trace's jobs each have their own bounds; the flag describes one job
+        sys.stderr.write("trainscale simulate: error: --allowed-replicas needs --curve\n")
+        return 2
     options = WorkloadOptions(
         workload=args.workload,
         nodes=args.nodes if args.nodes is not None else 16,
@@ -258,6 +262,12 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sim.add_argument("--min-replicas", type=int, default=1, help="fewest workers")
     sim.add_argument("--max-replicas", type=int, default=32, help="most workers")
     sim.add_argument("--start", type=int, default=4, help="replicas at the start")
+    sim.add_argument(
+        "--allowed-replicas",
+        metavar="FORM",
+        help="the counts the job may run at (spec.allowedReplicas): multipleOf=N, powersOfTwo, "
+        "or counts like 4,8,16; forms joined with + must all hold (--curve)",
+    )
     sim.add_argument(
         "--gpus-per-node",
         type=int,

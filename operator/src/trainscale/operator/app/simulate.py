@@ -54,6 +54,7 @@ class SimulateOptions:
     restart_seconds: float = 60.0
     rate_window: float = 60.0
     seed: int = 0
+    allowed_replicas: str | None = None
     plot: str | None = None
 
 
@@ -68,7 +69,36 @@ _FLAGS = {
     "costPerGpuHour": "--cost-per-gpu-hour",
     "targetGpuUtilization": "--target-gpu-utilization",
     "intervalSeconds": "--interval",
+    "allowedReplicas": "--allowed-replicas",
 }
+
+
+def parse_allowed_replicas(text: str) -> dict[str, Any]:
+    """``--allowed-replicas`` as ``spec.allowedReplicas``: ``multipleOf=N``, ``powersOfTwo``
+    or a comma-separated list of counts; several forms joined with ``+`` must all hold.
+
+    Raises:
+        SimulateError: naming the flag and the part it cannot read.
+    """
+    allowed: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split("+")):
+        if part == "powersOfTwo":
+            allowed["powersOfTwo"] = True
+            continue
+        key, _, value = part.partition("=")
+        try:
+            if key == "multipleOf" and value:
+                allowed["multipleOf"] = int(value)
+            elif not value and part:
+                allowed["values"] = [int(v) for v in part.split(",")]
+            else:
+                raise ValueError(part)
+        except ValueError:
+            raise SimulateError(
+                f"--allowed-replicas: cannot read {part!r} (multipleOf=N, powersOfTwo, or "
+                "counts like 4,8,16; join forms with +)"
+            ) from None
+    return allowed
 
 
 def build_spec(options: SimulateOptions) -> TrainingJobSpec:
@@ -109,6 +139,8 @@ def build_spec(options: SimulateOptions) -> TrainingJobSpec:
         },
         "autoscaling": auto,
     }
+    if options.allowed_replicas is not None:
+        body["allowedReplicas"] = parse_allowed_replicas(options.allowed_replicas)
     try:
         return TrainingJobSpec.model_validate(body)
     except pydantic.ValidationError as exc:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from trainscale.operator.api import Objective, TrainingJobSpec
+from trainscale.operator.api import Objective, TrainingJobSpec, allowed_sizes
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import (
@@ -380,9 +380,9 @@ class JobModel:
     spec: TrainingJobSpec
 
     @property
-    def counts(self) -> range:
-        """The counts the spec allows."""
-        return range(self.spec.min_replicas, self.spec.max_replicas + 1)
+    def counts(self) -> tuple[int, ...]:
+        """The counts the spec allows (bounds and ``allowedReplicas``)."""
+        return allowed_sizes(self.spec)
 
     def point(self, replicas: int) -> Point:
         """Throughput and utilization at ``replicas`` (packed)."""
