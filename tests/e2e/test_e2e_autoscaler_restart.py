@@ -18,6 +18,9 @@ Covers, in order:
   decides on the remembered curve (the measured points are still in status, with their
   samples; the fitted model still counts them).
 
+A second test runs the same job with ``allowedReplicas`` and checks the operator only ever
+asks for allowed counts.
+
 Without the memory (``restore_autoscaler`` ignoring ``status.autoscaling.memory``) a new
 operator sees one count, fits a curve that looks linear, and jumps back above the cliff:
 this test then fails on the first rescale after the restart.
@@ -61,14 +64,14 @@ START = 2
 PASSES_AFTER_RESTART = 20  # decisions the new operator makes while we watch
 
 
-def job_manifest() -> dict[str, Any]:
+def job_manifest(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "trainscale.dev/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": JOB},
         "spec": {
             "replicas": START,
-            "minReplicas": 1,
+            "minReplicas": spec.pop("minReplicas", 1),
             "maxReplicas": 8,
             "template": {
                 "spec": {
@@ -83,6 +86,7 @@ def job_manifest() -> dict[str, Any]:
                 }
             },
             "autoscaling": FAST_AUTOSCALING,
+            **spec,
         },
     }
 
@@ -242,3 +246,46 @@ def test_restarted_operator_resumes_from_the_memory_in_status(
     assert left_downwards(before) <= left_downwards(after), auto["memory"]
     assert auto["model"]["countsMeasured"] >= len({n for n, _ in remembered}), auto
     assert second.proc is not None and second.proc.poll() is None, second.log_tail()
+
+
+def test_the_operator_asks_only_for_allowed_sizes(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    simulated: PrometheusServer,
+) -> None:
+    """With ``allowedReplicas: {values: [2, 3, 6, 8]}`` on the same cliff (best count 4,
+    not allowed) the operator settles at 3, the best allowed count, after measuring one
+    past the node boundary; ``spec.replicas`` only ever takes an allowed value and every
+    recorded decision asks for one. (Before the policy honoured the field it asked for 4,
+    its unrestricted choice, and the apiserver refused the patch: the job never settled.)"""
+    namespace, start = private_operator
+    allowed = {2, 3, 6, 8}
+    operator = start("--prometheus-url", simulated.url, "--no-arbitration")
+    manifest = job_manifest(minReplicas=2, allowedReplicas={"values": sorted(allowed)})
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    seen: set[int] = set()
+
+    def job() -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(
+            kubectl("get", f"tj/{JOB}", "-n", namespace, "-o", "json").stdout
+        )
+        seen.add(found["spec"]["replicas"])
+        return found
+
+    def describe() -> str:
+        auto = (job().get("status") or {}).get("autoscaling") or {}
+        shown = {k: auto.get(k) for k in ("reason", "step", "memory", "decisions")}
+        return json.dumps(shown, indent=1) + f"\nseen {sorted(seen)}\n" + operator.log_tail()
+
+    def held_after_measuring() -> dict[str, Any] | None:
+        found = job()
+        return found if holds_after_measuring(found) else None
+
+    settled = wait_for(held_after_measuring, timeout=180, what="the job held after measuring",
+                       describe=describe)  # fmt: skip
+    assert settled["spec"]["replicas"] == BEST - 1, describe()
+    assert seen <= allowed and len(seen) > 1, describe()
+    decisions = settled["status"]["autoscaling"]["decisions"]
+    assert decisions and all(d["toReplicas"] in allowed for d in decisions), decisions
+    assert {n for n, _ in memory_points(settled)} <= allowed, describe()
+    assert "InvalidSpec" not in json.dumps(settled.get("status")), describe()
