@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -140,6 +141,7 @@ curves = st.one_of(
 )
 
 
+@pytest.mark.slow  # closed-loop runs, ~4 s: in make test, not make unit
 @deterministic(10)
 @given(curve=curves, noise=st.floats(0.0, 0.1), seed=st.integers(0, 1000), start=st.integers(2, 12))
 # Flapped 4 -> 5 -> 8 -> 7 and moved in the last hour (the floor band held 7 at 0.68).
@@ -172,6 +174,7 @@ def best_static(objective: str, tau, lo: int, hi: int) -> tuple[int, float]:  # 
     return n, x(n)
 
 
+@pytest.mark.slow  # closed-loop runs, ~4 s: in make test, not make unit
 @deterministic(10)
 @given(
     curve=curves,
