@@ -27,13 +27,11 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from trainscale.trainer.contract.environment import ENV_AUDIT_LOG_DIR
 from trainscale.trainer.runtime import data_order
@@ -204,10 +202,12 @@ class ForeignLoop:
         directory = os.environ.get(ENV_AUDIT_LOG_DIR, "").strip()
         if not directory:
             return None
-        world_id = [uuid.uuid4().hex[:12]]
-        if session.distributed:
-            dist.broadcast_object_list(world_id, src=0)
-        return AuditLog(Path(directory), world_id[0], session.rank, self._loader_workers)
+        return AuditLog.for_world(
+            Path(directory),
+            session.rank,
+            distributed=session.distributed,
+            loader_workers=self._loader_workers,
+        )
 
     def batch_sampler(self) -> torch.utils.data.Sampler[list[int]]:
         """This rank's batches, one per step, from the committed position to the job's end."""

@@ -240,6 +240,17 @@ class AuditLog:
         self.rank = rank
         self.loader_workers = loader_workers
 
+    @classmethod
+    def for_world(
+        cls, directory: Path, rank: int, *, distributed: bool, loader_workers: int = 0
+    ) -> AuditLog:
+        """This rank's log in a world whose id rank 0 draws and broadcasts (a collective:
+        every rank of the world calls it)."""
+        world_id = [uuid.uuid4().hex[:12]]
+        if distributed:
+            dist.broadcast_object_list(world_id, src=0)
+        return cls(directory, world_id[0], rank, loader_workers)
+
     def record(
         self,
         *,
@@ -415,11 +426,11 @@ def train(
     restart.restore_done, restart.resumed_step = time.time(), session.global_step
     audit = None
     if env.get(ENV_AUDIT_LOG_DIR):
-        world_id = [uuid.uuid4().hex[:12]]
-        if distributed:
-            dist.broadcast_object_list(world_id, src=0)
-        audit = AuditLog(
-            Path(env[ENV_AUDIT_LOG_DIR]), world_id[0], rank, max(options.loader_workers, 0)
+        audit = AuditLog.for_world(
+            Path(env[ENV_AUDIT_LOG_DIR]),
+            rank,
+            distributed=distributed,
+            loader_workers=max(options.loader_workers, 0),
         )
 
     batches = build_step_batches(task, session, plan, options, pin_memory=use_cuda)
