@@ -1025,6 +1025,12 @@ def _fills_its_nodes(model: SpeedupModel, n: int) -> bool:
     return size is None or size <= 0 or model.nodes(n) == 1 or n % size == 0
 
 
+def _allowed_counts(spec: TrainingJobSpec, counts: Iterable[int], current: int) -> list[int]:
+    """The counts ``spec.allowedReplicas`` allows, and the current one (holding is not a
+    choice)."""
+    return [n for n in counts if n == current or is_allowed(spec, n)]
+
+
 def _placeable(model: SpeedupModel, counts: Iterable[int], current: int, lo: int) -> list[int]:
     """The counts the objective may choose: on several nodes, only those filling them.
 
@@ -1063,11 +1069,9 @@ def _choose(
     def doubt(error: float) -> float:
         return CONFIDENCE_Z * error
 
-    candidates = [
-        n
-        for n in _placeable(model.model, range(lo, ceiling + 1), current, lo)
-        if n == current or is_allowed(spec, n)
-    ]
+    candidates = _allowed_counts(
+        spec, _placeable(model.model, range(lo, ceiling + 1), current, lo), current
+    )
     if auto.objective is Objective.EFFICIENCY:
         floor = auto.min_efficiency
 
@@ -1110,7 +1114,7 @@ def _choose(
         assert auto.max_cost_per_hour is not None
         cap = _budget_replicas(spec)
         top = ceiling if cap is None else min(ceiling, cap)
-        feasible = [n for n in range(lo, top + 1) if n == current or is_allowed(spec, n)]
+        feasible = _allowed_counts(spec, range(lo, top + 1), current)
         if not feasible:
             return _Choice(
                 lo,
@@ -1457,16 +1461,21 @@ class DecisionContext:
             **kw,  # type: ignore[arg-type]
         )
 
+    @property
+    def reach(self) -> int:
+        """The most workers a move up may ask for: ``maxReplicas``, the cluster ceiling and
+        the most that ran."""
+        return min(b for b in (self.hi, self.cap, self.max_schedulable) if b is not None)
+
     def _allowed(self, replicas: int) -> int:
-        """The allowed count for a move to ``replicas``: up past it for a move up unless a
-        cap (cluster ceiling, what ran) stands there, down for a move down."""
-        if replicas > self.current:
-            limit = min(b for b in (self.hi, self.cap, self.max_schedulable) if b is not None)
-            up = nearest_allowed(self.spec, replicas, "up")
-            if up <= limit:
-                return up
+        """The allowed count for a move to ``replicas``: up past it for a move up unless it
+        lies beyond :attr:`reach` (then the allowed one below, or a hold), down for a move
+        down."""
         down = nearest_allowed(self.spec, replicas, "down")
-        return self.current if down == self.current or (replicas > self.current > down) else down
+        if replicas < self.current:
+            return down
+        up = nearest_allowed(self.spec, replicas, "up")
+        return up if up <= self.reach else max(down, self.current)
 
     def hold(self, reason: str, **kw: object) -> Recommendation:
         """Stay at the current count, with what is known so far."""
@@ -1749,11 +1758,7 @@ def _next_full_node(ctx: DecisionContext) -> int | None:
     if size is None or size <= 0:
         return None
     full = size * (model.nodes(ctx.current) + 1)
-    limit = ctx.hi
-    for bound in (ctx.cap, ctx.max_schedulable):
-        if bound is not None:
-            limit = min(limit, bound)
-    return full if full <= limit else None
+    return full if full <= ctx.reach else None
 
 
 def decide_pending_pods(ctx: DecisionContext) -> Recommendation | None:
