@@ -28,6 +28,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def doomed_between(
+    gate: PassGate, order: list[str], go: asyncio.Event
+) -> tuple[asyncio.Task[None], asyncio.Task[None], asyncio.Task[None]]:
+    """On a one-place gate: "running" holds the place, a first pass "doomed" and a later
+    pass "behind" wait for it (in that order)."""
+    running = asyncio.create_task(hold(gate, False, order, "running", go))
+    await settle()
+    doomed = asyncio.create_task(hold(gate, True, order, "doomed", go))
+    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
+    await settle()
+    return running, doomed, behind
+
+
 async def test_a_first_pass_goes_ahead_of_later_passes_that_waited_longer() -> None:
     gate = PassGate(1)
     order: list[str] = []
@@ -62,11 +75,7 @@ async def test_a_pass_cancelled_while_waiting_takes_no_place() -> None:
     gate = PassGate(1)
     order: list[str] = []
     go = asyncio.Event()
-    running = asyncio.create_task(hold(gate, False, order, "running", go))
-    await settle()
-    doomed = asyncio.create_task(hold(gate, True, order, "doomed", go))
-    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
-    await settle()
+    running, doomed, behind = await doomed_between(gate, order, go)
     doomed.cancel()
     await settle()
     go.set()
@@ -81,11 +90,7 @@ async def test_a_pass_cancelled_as_its_place_comes_hands_it_on() -> None:
     gate = PassGate(1)
     order: list[str] = []
     go = asyncio.Event()
-    running = asyncio.create_task(hold(gate, False, order, "running", go))
-    await settle()
-    doomed = asyncio.create_task(hold(gate, True, order, "doomed", go))
-    behind = asyncio.create_task(hold(gate, False, order, "behind", go))
-    await settle()
+    running, doomed, behind = await doomed_between(gate, order, go)
     go.set()
     await asyncio.sleep(0)  # "running" leaves and hands its place to "doomed" ...
     doomed.cancel()  # ... which is cancelled before it could use it

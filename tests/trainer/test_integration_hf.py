@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.audit import assert_exact_data_order, lineage, read_audit
+from tests.support.extras import import_without
 from tests.support.torchrun import TorchrunCluster
 from trainscale.trainer.contract import metric_names as names
 from trainscale.trainer.integrations._common import check_shares
@@ -45,6 +46,7 @@ from trainscale.trainer.runtime.checkpoint import list_checkpoints
 from trainscale.trainer.runtime.data_order import DataOrderError
 
 from .test_trainer_loader_elastic import _left_behind, _worlds
+from .test_trainer_loader_metrics import _value
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 
 pytest.importorskip("transformers")  # `make venv` installs the hf extra: CI runs these
@@ -152,13 +154,6 @@ def test_no_process_outlives_the_hf_job(hf_run: HfRun) -> None:
     assert left == [], f"processes still running after the job: {left}"
 
 
-def _value(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def test_hf_job_alone_serves_metrics_and_resumes_after_sigterm(tmp_path: Path) -> None:
     pause, port = tmp_path / "pause", find_free_port()
     pause.write_text("5")
@@ -207,18 +202,12 @@ def test_hf_job_alone_serves_metrics_and_resumes_after_sigterm(tmp_path: Path) -
 
 
 def test_trainer_imports_without_transformers_and_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['transformers'] = None\n"
-        "import trainscale.trainer.integrations, trainscale.trainer.runtime.elastic\n"
-        "try:\n"
-        "    import trainscale.trainer.integrations.hf\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
+    out = import_without(
+        "transformers",
+        ["trainscale.trainer.integrations", "trainscale.trainer.runtime.elastic"],
+        "trainscale.trainer.integrations.hf",
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert "pip install 'trainscale[hf]'" in result.stdout, result.stdout + result.stderr
+    assert "pip install 'trainscale[hf]'" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_global_batch_leaving_a_rank_without_samples_is_refused_by_name() -> None:

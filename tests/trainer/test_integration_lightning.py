@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,16 +33,16 @@ from typing import Any
 import pytest
 
 from tests.support.audit import assert_exact_data_order, read_audit
+from tests.support.extras import import_without
 from tests.support.torchrun import TorchrunCluster
 from trainscale.trainer.contract import metric_names as names
 from trainscale.trainer.launch.local import (
     LocalClusterConfig,
-    find_free_port,
 )
 from trainscale.trainer.runtime.checkpoint import list_checkpoints
 
 from .test_trainer_loader_elastic import _left_behind, _wait, _world_since, _worlds
-from .test_trainer_loader_metrics import _value
+from .test_trainer_loader_metrics import _value, serve_metrics_here
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
 
 pytestmark = pytest.mark.slow
@@ -176,10 +175,7 @@ def _fit(epochs: int, port: int) -> tuple[Any, str]:
 def test_callback_serves_the_runtime_metrics_and_resumes_lightning_counters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = find_free_port()
-    monkeypatch.setenv("TRAINSCALE_METRICS_PORT", str(port))
-    monkeypatch.setenv("TRAINSCALE_METRICS_ADDRESS", "127.0.0.1")
-    monkeypatch.setenv("TRAINSCALE_CHECKPOINT_DIR", str(tmp_path))
+    port = serve_metrics_here(monkeypatch, tmp_path)
 
     trainer, text = _fit(epochs=1, port=port)
     assert_serves_every_documented_name(text)
@@ -223,16 +219,9 @@ def test_batches_from_another_loader_are_refused(tmp_path: Path) -> None:
 
 
 def test_trainer_imports_without_lightning_and_the_integration_names_the_extra() -> None:
-    script = (
-        "import sys\n"
-        "sys.modules['pytorch_lightning'] = None\n"  # as if not installed
-        "import trainscale.trainer, trainscale.trainer.integrations\n"
-        "try:\n"
-        "    import trainscale.trainer.integrations.lightning\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
+    out = import_without(
+        "pytorch_lightning",
+        ["trainscale.trainer", "trainscale.trainer.integrations"],
+        "trainscale.trainer.integrations.lightning",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert "pip install 'trainscale[lightning]'" in out.stdout, out
+    assert "pip install 'trainscale[lightning]'" in out.stdout, out.stdout + out.stderr

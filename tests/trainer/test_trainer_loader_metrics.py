@@ -37,13 +37,20 @@ def _model_state() -> dict:
     return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
 
 
-def test_elastic_loader_serves_the_policy_metrics(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def serve_metrics_here(monkeypatch: pytest.MonkeyPatch, checkpoints: Path) -> int:
+    """The environment of a single-process run serving /metrics on a free local port (which
+    it returns) and checkpointing into ``checkpoints``."""
     port = find_free_port()
     monkeypatch.setenv("TRAINSCALE_METRICS_PORT", str(port))
     monkeypatch.setenv("TRAINSCALE_METRICS_ADDRESS", "127.0.0.1")
-    monkeypatch.setenv("TRAINSCALE_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("TRAINSCALE_CHECKPOINT_DIR", str(checkpoints))
+    return port
+
+
+def test_elastic_loader_serves_the_policy_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = serve_metrics_here(monkeypatch, tmp_path)
     monkeypatch.setenv("TRAINSCALE_CHECKPOINT_EVERY_STEPS", "2")
     data = torch.utils.data.TensorDataset(torch.arange(40).float().unsqueeze(1))
     state = _model_state()
