@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.support.testbed import GPUS_PER_NODE, NODES, wait_for
+from tests.support.testbed import (
+    GPUS_PER_NODE,
+    NODES,
+    describe_pods,
+    wait_for,
+    wait_for_every_gpu,
+)
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -130,7 +136,11 @@ def test_jobs_share_the_gpus_by_arbitration(
         jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
         events = kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
                          check=False).stdout.splitlines()[-20:]  # fmt: skip
-        return f"running: {running()}\n{jobs}\n" + "\n".join(events) + "\n" + operator.log_tail()
+        return (f"running: {running()}\n{jobs}\n{describe_pods(kubectl, namespace)}\n"
+                + "\n".join(events) + "\n" + operator.log_tail())  # fmt: skip
+
+    # The scenario counts on all 16 GPUs: an earlier test's pods may still be going away.
+    wait_for_every_gpu(kubectl, namespace)
 
     # 1. Two jobs that ask for 8 workers each: admitted, 8 + 8.
     apply(autoscaled("big-a", 8, 2, 8))

@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 import pytest
 
-from trainscale.testbed.cluster import CRD_NAME, Testbed, TestbedError, fetch_bin_dir
+from trainscale.testbed.cluster import (
+    CRD_NAME,
+    GPU_RESOURCE,
+    Testbed,
+    TestbedError,
+    fetch_bin_dir,
+)
 
 NODES = 2
 GPUS_PER_NODE = 8
@@ -91,6 +97,44 @@ def cleanup_namespace(kubectl: Kubectl, name: str) -> None:
     kubectl("delete", "trainingjobs", "--all", "-n", name, "--timeout=60s", check=False)
     kubectl("delete", "pods", "--all", "-n", name, "--timeout=60s", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def gpu_holders(kubectl: Kubectl, *, outside: str) -> list[str]:
+    """The pods outside namespace ``outside`` that hold a GPU: bound to a node and not finished
+    (a terminating pod holds its GPU until it is gone), as ``namespace/name (phase)``."""
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+    held = []
+    for pod in pods:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        wants = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE, 0))
+                    for c in spec.get("containers") or [])  # fmt: skip
+        if (meta["namespace"] != outside and wants and spec.get("nodeName")
+                and status.get("phase") not in ("Succeeded", "Failed")):  # fmt: skip
+            held.append(f"{meta['namespace']}/{meta['name']} ({status.get('phase')})")
+    return held
+
+
+def describe_pods(kubectl: Kubectl, namespace: str) -> str:
+    """Every pod in ``namespace``, a line each: phase, node, nomination, whether it is being
+    deleted and, when it is not scheduled, the scheduler's reason (for a failure message)."""
+    found = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+    lines = []
+    for pod in found:
+        meta, spec, st = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        why = [c.get("message", "") for c in st.get("conditions") or []
+               if c.get("type") == "PodScheduled" and c.get("status") != "True"]  # fmt: skip
+        lines.append(f"  {meta['name']}: {st.get('phase')} node={spec.get('nodeName')} "
+                     f"nominated={st.get('nominatedNodeName')} "
+                     f"deleting={bool(meta.get('deletionTimestamp'))} {' '.join(why)}")  # fmt: skip
+    return "pods:\n" + "\n".join(sorted(lines))
+
+
+def wait_for_every_gpu(kubectl: Kubectl, namespace: str) -> None:
+    """Wait until no pod outside ``namespace`` holds a GPU: a test that counts on all of them
+    must not start while an earlier test's pods are still going away."""
+    wait_for(lambda: not gpu_holders(kubectl, outside=namespace), timeout=120,
+             what=f"every GPU free for {namespace}",
+             describe=lambda: "held by: " + ", ".join(gpu_holders(kubectl, outside=namespace)))  # fmt: skip
 
 
 @pytest.fixture

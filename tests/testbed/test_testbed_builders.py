@@ -53,6 +53,8 @@ def test_ports_and_rbac() -> None:
     assert "--secure-port=6443" in api
     assert "--authorization-mode=Node,RBAC" in api
     assert "--secure-port=10259" in commands["kube-scheduler"]
+    # kubernetes/kubernetes#141694: a preemptor parked for 5 minutes beside a free GPU.
+    assert "--pod-max-in-unschedulable-pods-duration=10s" in commands["kube-scheduler"]
     assert "--secure-port=10257" in commands["kube-controller-manager"]
 
 

@@ -47,6 +47,9 @@ CRD_PATH = REPO_ROOT / "manifests" / "crd" / "trainingjobs.trainscale.dev.yaml"
 CRD_NAME = "trainingjobs.trainscale.dev"
 GPU_RESOURCE = "nvidia.com/gpu"
 ADMIN_USER = "trainscale-admin"
+# The scheduler moves a pod left in its unschedulable pool back to the queue after this long.
+UNSCHEDULABLE_FLUSH_S = 10
+
 # kwok manages only the nodes carrying this annotation (the ones we register).
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -264,6 +267,12 @@ def build_commands(bin_dir: Path, paths: Paths, ports: Ports) -> dict[str, list[
             str(bin_dir / "kube-scheduler"),
             *delegated,
             f"--secure-port={ports.scheduler}",
+            # Async preemption (default since 1.33) can park a preemptor in the unschedulable
+            # pool for the whole flush period when its victim is gone within milliseconds, as
+            # kwok's pods are (kubernetes/kubernetes#141694): a higher-priority job's last
+            # worker then waits 5 minutes beside a free GPU. A 10 s flush bounds that wait and
+            # keeps the default preemption path under test.
+            f"--pod-max-in-unschedulable-pods-duration={UNSCHEDULABLE_FLUSH_S}s",
         ],
         "kube-controller-manager": [
             str(bin_dir / "kube-controller-manager"),
