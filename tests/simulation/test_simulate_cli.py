@@ -4,6 +4,8 @@ Covers:
 - the console script end to end (a subprocess): exit 0, every decision printed with its
   time and reason, the summary against the best static count, and a real PNG;
 - a measured CSV curve is accepted; a bad one is refused naming the line and the field;
+- the summary says how far the best count sits from the limit and whether a run's scrapes
+  can tell which side it is on (a knife edge), and says nothing of it for a budget;
 - bad flags are refused naming the flag (exit 2, nothing on standard output).
 """
 
@@ -71,6 +73,46 @@ def test_simulate_runs_a_measured_csv_curve(
     out = capsys.readouterr().out
     assert "# measured.csv (4-GPU nodes), objective efficiency" in out
     assert "# best static count (hindsight): 4 " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # two-tier's best count, 18, has efficiency 0.704 against 0.7: 186 scrapes at 5 %
+        pytest.param(
+            ["--curve", "two-tier", "--min-efficiency", "0.7"],
+            "# margin: efficiency at 18 is 0.60% above 0.7; at 5% noise per scrape, telling it "
+            "from a count as far below takes 186 scrapes there; this run has {n} in all (a knife "
+            "edge: which side the run lands on is the noise's doing)",
+            id="knife-edge",
+        ),
+        pytest.param(
+            ["--curve", "cliff-4", "--min-efficiency", "0.7"],
+            "# margin: efficiency at 4 is 38.70% above 0.7; at 5% noise per scrape, telling it "
+            "from a count as far below takes 1 scrape there; this run has {n} in all (enough "
+            "to resolve it)",
+            id="wide",
+        ),
+        pytest.param(
+            ["--curve", "cliff-4", "--objective", "budget", "--max-cost-per-hour", "8"],
+            None,
+            id="budget-is-exact",
+        ),
+    ],
+)
+def test_the_summary_says_whether_the_best_counts_margin_can_be_resolved(
+    argv: list[str], expected: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *argv, "--hours", "0.5"]) == 0
+    out = capsys.readouterr().out
+    margins = [x for x in out.splitlines() if x.startswith("# margin:")]
+    assert len(margins) == (1 if expected else 0), out
+    if expected:
+        # a scrape per decision: at most one per 30 s interval of the half hour
+        pattern = re.escape(expected).replace(re.escape("{n}"), r"(\d+)")
+        found = re.fullmatch(pattern, margins[0])
+        assert found, margins[0]
+        assert 1 <= int(found.group(1)) <= 60
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Covers:
 - CSV curves: parse errors name the line and the field; interpolation only between given
   points on the same number of nodes; the node size inferred from the rows;
 - hindsight and the score on a hand-computed case, a broken floor scoring zero;
+- the scrapes a run needs to tell which side of its limit the best count is on (knife edges);
 - the rate() window mixing sizes right after a resize, missing scrapes, settle time,
   determinism, and a closed loop with the real ``JobAutoscaler``.
 """
@@ -14,11 +15,13 @@ Covers:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import pytest
 
 from tests.support.policy_sim import make_spec
+from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
@@ -32,6 +35,7 @@ from trainscale.operator.autoscaling.simulation import (
     named_curve,
     parse_csv_curve,
     run_simulation,
+    samples_to_resolve,
 )
 
 # counts 1..4 on one node; efficiency 1, 0.95, 0.8, 0.625
@@ -290,3 +294,44 @@ def test_closed_loop_with_the_job_autoscaler_scales_a_linear_job_up() -> None:
     # the JobAutoscaler is what decided: its memory holds the counts it measured on the way
     measured = {point.replicas for point in auto.memory().points}
     assert 2 in measured and max(measured) > 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "noise", "expected"),
+    [
+        # efficiency 0.8 at 3 against a 0.7 floor: 1/7 of the floor away
+        pytest.param(
+            make_spec(lo=1, hi=4, minEfficiency=0.7), 0.05, (1.645 * 0.05 * 7) ** 2, id="efficiency"
+        ),
+        # utilization 0.9 at 2 against 0.8: 1/8 of the target away; twice the noise, 4x
+        pytest.param(
+            make_spec(lo=1, hi=4, objective="utilization", targetGpuUtilization=0.8),
+            0.10,
+            (1.645 * 0.10 * 8) ** 2,
+            id="utilization",
+        ),
+        # efficiency 0.8 at 3 on a 0.8 floor: no number of scrapes tells the side
+        pytest.param(make_spec(lo=1, hi=4, minEfficiency=0.8), 0.05, math.inf, id="on-the-limit"),
+        # the cost of a count is known exactly: nothing to resolve
+        pytest.param(
+            make_spec(lo=1, hi=4, objective="budget", costPerGpuHour=1.0, maxCostPerHour=2.0),
+            0.05,
+            0.0,
+            id="budget",
+        ),
+        # no count keeps the floor: no best count to resolve
+        pytest.param(
+            make_spec(replicas=2, lo=2, hi=4, minEfficiency=0.99), 0.05, 0.0, id="infeasible"
+        ),
+        pytest.param(make_spec(lo=1, hi=4, minEfficiency=0.7), 0.0, 0.0, id="no-noise"),
+    ],
+)
+def test_scrapes_to_resolve_the_best_counts_margin(
+    spec: TrainingJobSpec, noise: float, expected: float
+) -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    best = hindsight(curve, spec)
+    need = samples_to_resolve(best, JobModel(curve, spec).constraint(), noise)
+    assert need == pytest.approx(expected)
+    run = run_simulation(curve, spec, hours=0.1, noise=noise, controller=Scripted([]))
+    assert run.scrapes_to_resolve == pytest.approx(expected)

@@ -228,6 +228,28 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
         f"needs {relation} {c.limit:g}: {verdict}"
     )
     yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
+    need = result.scrapes_to_resolve
+    if need > 0:
+        margin = abs(best.constrained_value - c.limit) / c.limit
+        side, other = ("below", "above") if c.ceiling else ("above", "below")
+        scrapes = len(result.decisions)
+        verdict = (
+            "a knife edge: which side the run lands on is the noise's doing"
+            if need > scrapes
+            else "enough to resolve it"
+        )
+        yield (
+            f"margin: {c.name} at {best.replicas} is {margin:.2%} {side} {c.limit:g}; at "
+            f"{result.noise.relative:.0%} noise per scrape, telling it from a count as far "
+            f"{other} takes {_count(need)} there; this run has {scrapes} in all ({verdict})"
+        )
+
+
+def _count(value: float) -> str:
+    if math.isinf(value):
+        return "infinitely many"
+    n = math.ceil(value)
+    return f"{n:,} scrape" + ("" if n == 1 else "s")
 
 
 def load_pyplot() -> Any:

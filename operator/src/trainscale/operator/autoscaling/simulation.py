@@ -366,6 +366,7 @@ class Constraint:
     name: str  # "efficiency", "GPU utilization", "cost per hour"
     limit: float
     ceiling: bool = False
+    measured: bool = True  # False: known exactly from the spec (cost), not from noisy metrics
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` keeps the constraint."""
@@ -403,7 +404,7 @@ class JobModel:
         auto = self.spec.autoscaling
         if auto.objective is Objective.BUDGET:
             assert auto.max_cost_per_hour is not None  # the model validator requires it
-            return Constraint("cost per hour", auto.max_cost_per_hour, ceiling=True)
+            return Constraint("cost per hour", auto.max_cost_per_hour, ceiling=True, measured=False)
         if auto.objective is Objective.UTILIZATION:
             return Constraint("GPU utilization", auto.target_gpu_utilization)
         return Constraint("efficiency", auto.min_efficiency)
@@ -450,6 +451,28 @@ def hindsight(curve: Curve, spec: TrainingJobSpec) -> Hindsight:
         n = spec.min_replicas
         return Hindsight(n, job.point(n).samples_per_second, False, job.constrained_value(n, ref))
     return Hindsight(best[1], best[0], True, job.constrained_value(best[1], ref))
+
+
+RESOLVE_Z = 1.645
+"""One-sided 95 %: the z-score :func:`samples_to_resolve` asks for."""
+
+
+def samples_to_resolve(best: Hindsight, constraint: Constraint, relative_noise: float) -> float:
+    """Scrapes at the best count a run needs to tell whether that count keeps the constraint.
+
+    Why: when the best count's efficiency or utilization sits a hair from the limit, the
+    curve has a twin that differs from it only there, by as much on the other side. Telling
+    the two apart, wrong at most 5 % of the time either way, takes ``(z * noise / margin)^2``
+    scrapes of that count (a Gaussian mean, ``z`` = :data:`RESOLVE_Z`, ``margin`` relative to
+    the limit), even with every other count known exactly. A run with fewer scrapes than that
+    cannot know which side of the limit its best count is on; its result there is decided
+    by the noise. 0 when there is nothing to resolve (the cost is known exactly, or no count
+    keeps the constraint); ``inf`` for a count exactly on the limit.
+    """
+    if not constraint.measured or not best.feasible or relative_noise <= 0:
+        return 0.0
+    margin = abs(best.constrained_value - constraint.limit) / constraint.limit
+    return math.inf if margin == 0 else (RESOLVE_Z * relative_noise / margin) ** 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +584,12 @@ class SimulationResult:
     final_replicas: int
     hindsight: Hindsight
     score: Score
+    noise: Noise = field(default_factory=Noise)
+
+    @property
+    def scrapes_to_resolve(self) -> float:
+        """:func:`samples_to_resolve` for this run's best count and noise."""
+        return samples_to_resolve(self.hindsight, self.score.constraint, self.noise.relative)
 
 
 @dataclass
@@ -824,4 +853,5 @@ def run_simulation(
         final_replicas=current,
         hindsight=best,
         score=_score(job, timeline, end, samples, best, rescales, settled_at),
+        noise=noise,
     )
