@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,6 +84,7 @@ def decide(jobs: list[JobDemand], capacity: Capacity) -> Allocation:
     return allocate(jobs, capacity, now=10.0)
 
 
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(clusters())
 def test_no_node_over_capacity(cluster: tuple[list[JobDemand], Capacity]) -> None:
@@ -100,6 +102,7 @@ def test_no_node_over_capacity(cluster: tuple[list[JobDemand], Capacity]) -> Non
         assert gpus <= max(capacity.free_gpus[node], pinned_here), node
 
 
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(clusters())
 def test_counts_within_bounds_and_placed(cluster: tuple[list[JobDemand], Capacity]) -> None:
@@ -135,6 +138,7 @@ def test_higher_priority_served_before_lower_grows(
                 assert got.replicas == got.wanted, (high.key, low.key)
 
 
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(clusters())
 def test_waiting_jobs_admitted_in_order(cluster: tuple[list[JobDemand], Capacity]) -> None:
@@ -167,6 +171,7 @@ def test_nobody_queued_when_minimums_fit(cluster: tuple[list[JobDemand], Capacit
         assert allocation.waiting == 0
 
 
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(clusters(), st.randoms(use_true_random=False))
 def test_same_answer_in_any_order(cluster: tuple[list[JobDemand], Capacity], rnd: Any) -> None:

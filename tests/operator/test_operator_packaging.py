@@ -13,6 +13,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +36,7 @@ def test_stdlib_operator_is_not_shadowed_from_the_repo_root() -> None:
     assert out.split() == ["True", "True", "trainscale.operator"]
 
 
+@pytest.mark.slow  # a subprocess or a wheel build: in make test, not make unit
 def test_operator_runtime_modules_import_without_torch() -> None:
     out = _run(
         "import sys, trainscale.operator.daemons.handlers, trainscale.operator.app.cli, trainscale.trainer.contract.metric_names;"
@@ -42,6 +45,7 @@ def test_operator_runtime_modules_import_without_torch() -> None:
     assert out.strip() == "False"
 
 
+@pytest.mark.slow  # a subprocess or a wheel build: in make test, not make unit
 def test_the_product_wheel_carries_no_dev_tooling(tmp_path: Path) -> None:
     """What `pip install trainscale` gets: the operator and the trainer, never the test-bed or
     the simulated jobs (they live in tools/testbed, a distribution of their own)."""

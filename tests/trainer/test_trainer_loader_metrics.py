@@ -47,6 +47,7 @@ def serve_metrics_here(monkeypatch: pytest.MonkeyPatch, checkpoints: Path) -> in
     return port
 
 
+@pytest.mark.slow  # real loader workers and a metrics endpoint, ~2.5 s
 def test_elastic_loader_serves_the_policy_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
