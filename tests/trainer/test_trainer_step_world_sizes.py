@@ -11,14 +11,13 @@ weights are compared from each world's final checkpoint.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.support.gloo_rank import run_rank
 from trainscale.trainer.launch.local import find_free_port
 from trainscale.trainer.runtime.checkpoint import load_newest_checkpoint
 
@@ -30,21 +29,11 @@ GLOBAL_BATCH, MICRO_BATCH, SAMPLES = 10, 3, 40
 
 def _rank_main(rank: int, world_size: int, port: int, checkpoint_dir: str) -> None:
     """One rank of one world: the trainer's loop for one step; exits without teardown."""
-    from trainscale.trainer.runtime.worker import WorkerOptions, train
-
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "TRAINSCALE_CHECKPOINT_DIR": checkpoint_dir,
-            "TRAINSCALE_SYNTHETIC_SAMPLES": str(SAMPLES),
-            "OMP_NUM_THREADS": "1",
-        }
-    )
-    options = WorkerOptions(
+    run_rank(
+        rank,
+        world_size,
+        port,
+        {"TRAINSCALE_CHECKPOINT_DIR": checkpoint_dir, "TRAINSCALE_SYNTHETIC_SAMPLES": str(SAMPLES)},
         task="trainscale.trainer.examples.synthetic:task",
         max_steps=1,
         global_batch_size=GLOBAL_BATCH,
@@ -52,12 +41,6 @@ def _rank_main(rank: int, world_size: int, port: int, checkpoint_dir: str) -> No
         no_metrics=True,
         collective_timeout=60,
     )
-    try:
-        code = train(options, os.environ)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    os._exit(code)  # like a torchrun worker: the DDP wrapper is never destroyed (see train)
 
 
 def _one_step_weights(tmp_path: Path, worlds: tuple[int, ...]) -> dict[int, dict[str, Any]]:

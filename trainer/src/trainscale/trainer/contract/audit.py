@@ -6,7 +6,9 @@ Why this module exists: the log is how the exactly-once data order is proved acr
 and reader live in one torch-free place. Each process appends one JSON object per step to
 its own file: ``world_id``, ``rank``, ``world_size``, ``step``, ``epoch``, ``start``,
 ``stop``, ``ids`` (the sample ids it trained), ``loss``, ``loader_workers`` and ``time``
-(wall clock, seconds).
+(wall clock, seconds). A rank writes its record once the step's forward passes are done and
+before the backward whose collective commits the step, so every rank of a committed step has
+its record, even one killed right after that collective.
 """
 
 from __future__ import annotations

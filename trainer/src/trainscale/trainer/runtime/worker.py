@@ -453,6 +453,17 @@ def train(
     progress.start(session.samples_total)
     net.train()
     unrecorded: RestartClock | None = restart
+
+    def record(step: data_order.StepSlice, samples: int, loss_sum: float) -> None:
+        """This rank's audit record of the step, written before the backward whose collective
+        commits it: a rank killed after that collective (a peer may still commit the step and
+        checkpoint it) has its record written; one killed before it leaves a step no rank
+        commits, which the next world runs again."""
+        trained = batches.take_trained()
+        if audit is not None:
+            audit.record(step=session.global_step + 1, slice_=step, world_size=world_size,
+                         ids=trained, loss=loss_sum / max(samples, 1))  # fmt: skip
+
     try:
         while not session.finished:
             started = time.perf_counter()
@@ -462,8 +473,11 @@ def train(
             loss_sum = 0.0
             if not chunks and sharded:  # FSDP's collectives need a forward: one sample, weight 0
                 one = to_device(fetch_batch(task, np.zeros(1, dtype=np.int64)), device)
-                (task.loss(net, one) * 0.0).backward()  # type: ignore[no-untyped-call]
+                zero = task.loss(net, one) * 0.0
+                record(step, len(ids), loss_sum)
+                zero.backward()  # type: ignore[no-untyped-call]
             elif not chunks:
+                record(step, len(ids), loss_sum)
                 _zero_loss(net).backward()  # type: ignore[no-untyped-call]
             for i, (a, b) in enumerate(chunks):
                 t_data = time.perf_counter()
@@ -474,11 +488,12 @@ def train(
                 with sync:
                     timer.reset()
                     loss = task.loss(net, batch)
+                    loss_sum += float(loss.detach()) * (b - a)
+                    if last:
+                        record(step, len(ids), loss_sum)
                     ((b - a) * world_size / step.size * loss).backward()  # type: ignore[no-untyped-call]
                     if last and timer.last_bucket_at:
                         comm += time.perf_counter() - timer.last_bucket_at
-                loss_sum += float(loss.detach()) * (b - a)
-            trained = batches.take_trained()
             with scaled_lr(optimizer, plan.lr_scale):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -486,14 +501,6 @@ def train(
                 scheduler.step()
             epoch_before = session.epoch
             session.commit(step)
-            if audit is not None:
-                audit.record(
-                    step=session.global_step,
-                    slice_=step,
-                    world_size=world_size,
-                    ids=trained,
-                    loss=loss_sum / max(len(ids), 1),
-                )
             t_coord = time.perf_counter()
             stop = session.coordinate(loss_sum, len(ids))
             comm += time.perf_counter() - t_coord
