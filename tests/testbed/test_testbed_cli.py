@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.testbed import wait_for
 from trainscale.testbed.cluster import COMPONENTS, CRD_PATH, STATE_FILE
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
@@ -70,7 +71,12 @@ def test_up_status_down(tmp_path: Path) -> None:
         nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
         assert [n["status"]["allocatable"]["nvidia.com/gpu"] for n in nodes] == ["2"]
         kubectl("apply", "-f", str(CRD_PATH))
-        kubectl("wait", "--for=condition=Established", "crd/trainingjobs.trainscale.dev")
+        # Not `kubectl wait --for=condition=Established`: it fails at once while the new CRD's
+        # status.conditions is still null (Testbed.wait_established).
+        established = '{.status.conditions[?(@.type=="Established")].status}'
+        wait_for(lambda: kubectl("get", "crd/trainingjobs.trainscale.dev", "-o",
+                                 f"jsonpath={established}") == "True",
+                 timeout=60, what="the CRD Established")  # fmt: skip
         job = {"apiVersion": "trainscale.dev/v1alpha1", "kind": "TrainingJob",
                "metadata": {"name": "demo", "namespace": "default"},
                "spec": {"maxReplicas": 2, "template": {"spec": {"containers": [

@@ -510,7 +510,28 @@ class Testbed:
     def apply_crd(self) -> None:
         """Apply the generated TrainingJob CRD and wait until it is Established."""
         self.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+        self.wait_established(CRD_NAME)
+
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until CustomResourceDefinition ``crd`` has ``Established=True``.
+
+        Not ``kubectl wait --for=condition=Established``: right after the create the CRD's
+        ``status.conditions`` is null, and kubectl then fails at once ("accessor error: <nil>
+        is of the type <nil>") instead of waiting.
+
+        Raises:
+            TestbedError: when it is not Established within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        conditions: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            found = json.loads(self.kubectl("get", f"crd/{crd}", "-o", "json").stdout)
+            conditions = (found.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True"
+                   for c in conditions):  # fmt: skip
+                return
+            time.sleep(0.1)
+        raise TestbedError(f"CRD {crd} not Established after {timeout:g} s: {conditions}")
 
     def helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
