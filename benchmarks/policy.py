@@ -264,8 +264,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
         1000 * seconds / max(1.0, calls),
         min(hpas, key=lambda r: r.score.samples_ratio),
         max(r.score.rescales for r in hpas),
-        abs(worst.hindsight.constrained_value - worst.score.constraint.limit)
-        / worst.score.constraint.limit,
+        worst.margin,
         max(r.scrapes_to_resolve for r, _ in runs),
         min(len(r.decisions) for r, _ in runs),
     )

@@ -21,13 +21,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from trainscale.testbed.cluster import (
-    CRD_NAME,
-    GPU_RESOURCE,
-    Testbed,
-    TestbedError,
-    fetch_bin_dir,
-)
+from trainscale.operator.autoscaling.cluster import FINISHED_POD_PHASES, compute_pod_gpus
+from trainscale.testbed.cluster import CRD_NAME, Testbed, TestbedError, fetch_bin_dir
 
 NODES = 2
 GPUS_PER_NODE = 8
@@ -106,10 +101,8 @@ def gpu_holders(kubectl: Kubectl, *, outside: str) -> list[str]:
     held = []
     for pod in pods:
         meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-        wants = sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE, 0))
-                    for c in spec.get("containers") or [])  # fmt: skip
-        if (meta["namespace"] != outside and wants and spec.get("nodeName")
-                and status.get("phase") not in ("Succeeded", "Failed")):  # fmt: skip
+        if (meta["namespace"] != outside and compute_pod_gpus(pod) and spec.get("nodeName")
+                and status.get("phase") not in FINISHED_POD_PHASES):  # fmt: skip
             held.append(f"{meta['namespace']}/{meta['name']} ({status.get('phase')})")
     return held
 

@@ -230,7 +230,6 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
     need = result.scrapes_to_resolve
     if need > 0:
-        margin = abs(best.constrained_value - c.limit) / c.limit
         side, other = ("below", "above") if c.ceiling else ("above", "below")
         scrapes = len(result.decisions)
         verdict = (
@@ -239,7 +238,7 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
             else "enough to resolve it"
         )
         yield (
-            f"margin: {c.name} at {best.replicas} is {margin:.2%} {side} {c.limit:g}; at "
+            f"margin: {c.name} at {best.replicas} is {result.margin:.2%} {side} {c.limit:g}; at "
             f"{result.noise.relative:.0%} noise per scrape, telling it from a count as far "
             f"{other} takes {_count(need)} there; this run has {scrapes} in all ({verdict})"
         )

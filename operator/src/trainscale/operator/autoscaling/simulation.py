@@ -457,6 +457,11 @@ RESOLVE_Z = 1.645
 """One-sided 95 %: the z-score :func:`samples_to_resolve` asks for."""
 
 
+def relative_margin(best: Hindsight, constraint: Constraint) -> float:
+    """How far the best count's constrained value sits from the limit, relative to it."""
+    return abs(best.constrained_value - constraint.limit) / constraint.limit
+
+
 def samples_to_resolve(best: Hindsight, constraint: Constraint, relative_noise: float) -> float:
     """Scrapes at the best count a run needs to tell whether that count keeps the constraint.
 
@@ -471,7 +476,7 @@ def samples_to_resolve(best: Hindsight, constraint: Constraint, relative_noise: 
     """
     if not constraint.measured or not best.feasible or relative_noise <= 0:
         return 0.0
-    margin = abs(best.constrained_value - constraint.limit) / constraint.limit
+    margin = relative_margin(best, constraint)
     return math.inf if margin == 0 else (RESOLVE_Z * relative_noise / margin) ** 2
 
 
@@ -585,6 +590,11 @@ class SimulationResult:
     hindsight: Hindsight
     score: Score
     noise: Noise = field(default_factory=Noise)
+
+    @property
+    def margin(self) -> float:
+        """:func:`relative_margin` of this run's best count."""
+        return relative_margin(self.hindsight, self.score.constraint)
 
     @property
     def scrapes_to_resolve(self) -> float:
