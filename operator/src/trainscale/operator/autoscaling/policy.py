@@ -864,8 +864,10 @@ class _Estimates:
     somewhere, and a decision must never prefer the model over a count it has measured for
     a long time. At a measured count the step time is the inverse-variance blend of the
     measurement and the model (whose variance is inflated when the points scatter more
-    than their noise); between measured counts the model is scaled by the blend/model
-    ratio interpolated from its neighbours, beyond them by the nearest one's.
+    than their noise, and by its own miss at that count: a newly measured count past a
+    step the model cannot describe is read from its samples); between measured counts
+    the model is scaled by the blend/model ratio interpolated from its neighbours, beyond
+    them by the nearest one's.
     """
 
     def __init__(self, model: SpeedupModel, points: dict[_Key, list[float]], top: int) -> None:
@@ -909,6 +911,10 @@ class _Estimates:
         self._measured_rel = {n: math.sqrt(v) / t for n, (t, v) in measured.items()}
         for n, (tau_e, var_e) in measured.items():
             tau_m, var_m = model_tau[n], model_var[n]
+            # The model's miss at a measured count beyond the measurement's own noise is
+            # a doubt about the model there (its form, not its parameters): a curve it
+            # cannot describe is then read from the measurement.
+            var_m += max(0.0, (tau_m - tau_e) ** 2 - var_e)
             if var_m <= 0.0 or tau_e < tau_m:
                 # A measured count that outperforms the fit is believed as measured.
                 tau_b, var_b, weight = tau_e, var_e, 0.0
