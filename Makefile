@@ -13,8 +13,9 @@ test: setup lint typecheck imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fast loop: lint, types, layers and the tests that need no control plane, no Prometheus
-# and no multi-process torch (under a minute).
-unit: venv testbed-binaries lint typecheck imports
+# and no multi-process torch (under a minute; the dashboard tests parse queries with promtool,
+# from the Debian packages).
+unit: system-deps venv testbed-binaries lint typecheck imports
 	$(BIN)/pytest -m "not slow and not testbed and not prometheus" $(PYTEST_ARGS)
 
 setup: system-deps venv testbed-binaries
