@@ -14,6 +14,7 @@ Covers:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from scipy.optimize import nnls  # type: ignore[import-untyped]
@@ -204,3 +205,53 @@ def test_recovery_past_the_cliff_is_found_by_probing_full_nodes() -> None:
     rec = recommend(make_spec(replicas=8), obs, 8, 240 + 20 * 30.0, workers_per_node=8)
     assert (rec.replicas, rec.exploring) == (16, True), rec.reason
     assert "probing 16" in rec.reason
+
+
+def _multi_node_drop(at_16: float) -> Callable[[int], float]:
+    """Linear inside a 4-GPU node; across nodes efficiency 0.78 at 8, 0.74 at 12 and
+    ``at_16`` at 16 (bert's strong scaling on Pollux's cluster has this shape)."""
+    return lambda n: 1.0 if n <= 4 else {8: 1 / 0.78, 12: 1 / 0.74, 16: 1 / at_16}[n]
+
+
+@pytest.mark.parametrize(
+    ("at_16", "probed", "measured", "objective", "expected"),
+    [
+        pytest.param(0.65, (), (4,), "efficiency", 12, id="near-the-floor-probe-the-full-node-below"),
+        pytest.param(0.65, (12,), (4,), "efficiency", 8, id="probed-before-the-next-one-down"),
+        pytest.param(0.65, (16,), (4,), "efficiency", 4, id="reached-by-a-probe-no-chain"),
+        pytest.param(0.68, (), (4, 8), "efficiency", 8, id="shape-across-nodes-seen-no-probe"),
+        pytest.param(0.55, (), (4,), "efficiency", 4, id="past-a-cliff-no-probe"),
+        pytest.param(0.65, (), (4,), "utilization", 12, id="utilization-too"),
+    ],
+)  # fmt: skip
+def test_leaving_several_nodes_probes_the_full_node_count_in_between(
+    at_16: float, probed: tuple[int, ...], measured: tuple[int, ...], objective: str, expected: int
+) -> None:
+    # Measured 4 (one node) and 16 (four): the fit is exactly determined and predicts every
+    # multi-node count alike (0.65 at 12, truly 0.74). Leaving 16, which misses the floor
+    # by little, for 4 three nodes down, the job measures 12 first.
+    tau = _multi_node_drop(at_16)
+    obs = [o for i, n in enumerate(measured) for o in steady(n, start=240 * i, count=8, tau=tau)]
+    t = 240 * len(measured)
+    obs += steady(16, start=t, count=8, tau=tau)
+    # U = 0.95 / tau: 0.62 at 16, 0.70 at 12, against 0.65
+    floors = {"efficiency": {"minEfficiency": 0.7}, "utilization": {"targetGpuUtilization": 0.65}}
+    spec = make_spec(
+        replicas=16, hi=16, objective=objective, scaleDownStabilizationSeconds=0,
+        **floors[objective],
+    )  # fmt: skip
+    rec = recommend(spec, obs, 16, t + 8 * 30.0, workers_per_node=4, probed=probed)
+    assert rec.replicas == expected, rec.reason
+    assert rec.probing == (expected == 12 or (expected == 8 and 12 in probed)), rec.reason
+
+
+def test_leaving_for_the_node_below_probes_nothing_in_between() -> None:
+    # 8 on two 4-GPU nodes misses the floor by little; 4 is one node down: no count
+    # filling its nodes lies in between (5-7 would leave the second node partly filled).
+    def tau(n: int) -> float:
+        return 1 / 0.65 if n == 8 else 1.0
+
+    obs = [*steady(4, count=8, tau=tau), *steady(8, start=240, count=8, tau=tau)]
+    spec = make_spec(replicas=8, hi=16, scaleDownStabilizationSeconds=0)
+    rec = recommend(spec, obs, 8, 480.0, workers_per_node=4)
+    assert (rec.replicas, rec.probing) == (4, False), rec.reason

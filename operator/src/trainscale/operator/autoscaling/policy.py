@@ -80,8 +80,9 @@ The decision
 9. confidence: no creep (``JUMP_SETTLED_SAMPLES`` first; large moves inside the floor's
    ``HYSTERESIS`` band at one standard error; small moves and returns to counts left
    downwards only when confidently better); measurements beat the model (an unmeasured
-   count that may be better is probed, :func:`_probe`); forced moves are not choices (a
-   count left by force is returned to when the cap lifts).
+   count that may be better is probed, :func:`_probe`; leaving several nodes for a count
+   near the floor, the full-node count in between first, :func:`_leaving_probe`); forced
+   moves are not choices (a count left by force is returned to when the cap lifts).
 10. stabilization: as the HorizontalPodAutoscaler, per direction.
 """
 
@@ -155,6 +156,11 @@ PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 """Probes happen early in a stay: after this many settled samples at the current count, a
 neighbour's estimate that drifted near the floor is noise, and probing it would be a late
 flap (as exploration, never after a long stay)."""
+
+LEAVING_PROBE_BAND = 0.1
+"""A multi-node count missing its floor by less than this share has the full-node count
+below it probed before the job leaves for a count two or more nodes smaller
+(:func:`_leaving_probe`); by more, it is past a cliff."""
 
 _OVERHEAD_PRIOR_SCALE = 0.1  # prior overhead ~ N(0, (10 % of compute)^2)
 _CURVATURE_CHI2 = 4.0  # model-averaging penalty per fitted parameter
@@ -1369,6 +1375,55 @@ def _probe(
     return best
 
 
+def _leaving_probe(
+    spec: TrainingJobSpec, est: _Estimates, current: int, target: int, probed: Collection[int]
+) -> int | None:
+    """The full-node count between ``target`` and ``current`` to measure before leaving.
+
+    With one count measured inside a node and one across several, the fit is exactly
+    determined: it puts the whole multi-node drop into the inter-node term and predicts
+    every multi-node count alike, with an error that says nothing of its own form (bert on
+    4-GPU nodes: 4 and 16 measured, 0.640 +- 0.003 predicted at 12, truly 0.744). So when
+    the job leaves the one multi-node count it measured, missing its floor by little
+    (``LEAVING_PROBE_BAND``, one standard error up), for a count two or more nodes
+    smaller, the largest count filling its nodes in between, never measured, is measured
+    first when it promises ``PROBE_MIN_GAIN`` over that target. Never for the budget
+    objective (its limit is exact), never from a count far below the floor (a cliff),
+    never twice, never from a count reached by a probe (probes do not chain).
+    """
+    auto, model = spec.autoscaling, est.model
+    size = model.workers_per_node
+    if (
+        auto.objective is Objective.BUDGET
+        or size is None
+        or size <= 0
+        or target >= current
+        or current in probed  # probes do not chain
+        # a second multi-node count measured: the fit has seen the shape across nodes
+        or sum(1 for c in model.counts if model.nodes(c) > 1) != 1
+    ):
+        return None
+    if auto.objective is Objective.EFFICIENCY:
+        value, error = est.efficiency(current), est.efficiency_error(current)
+        floor = auto.min_efficiency
+    else:
+        u = est.gpu_utilization(current)
+        if u is None:
+            return None
+        value, error = u, u * est.relative_error(current)
+        floor = auto.target_gpu_utilization
+    if value + CONFIDENCE_Z * error < floor * (1 - LEAVING_PROBE_BAND):
+        return None
+    for n in range(current - 1, target, -1):
+        if not _fills_its_nodes(model, n) or model.nodes(n) <= model.nodes(target):
+            continue
+        if n in model.counts or n in probed or n < spec.min_replicas or not is_allowed(spec, n):
+            continue
+        if est.throughput(n) >= PROBE_MIN_GAIN * est.throughput(target):
+            return n
+    return None
+
+
 def _stabilize(
     target: int,
     current: int,
@@ -1811,7 +1866,8 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     within the noise. Forced moves are not choices: back to a count the job was pushed off
     (pods it could not place, a ceiling) it returns as soon as the cap lifts. Measurements
     beat the model: where a move is not confident, an unmeasured count that may be better
-    is probed rather than ruled out.
+    is probed rather than ruled out, and a job leaving several nodes from a count near its
+    floor measures the full-node count in between first.
     """
     est, model, analysis = ctx.est, ctx.model, ctx.analysis
     assert est is not None and model is not None and analysis is not None
@@ -1819,6 +1875,15 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
     if ctx.returning:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
+    if not ctx.feasible_current and ctx.target < current:
+        between = _leaving_probe(spec, est, current, ctx.target, ctx.probed)
+        if between is not None:
+            ctx.target, ctx.exploring, ctx.probing = between, True, True
+            ctx.reason += (
+                f"; probing {between} first ({_uncertainty(spec, est, between)}, unmeasured: "
+                "the fit is exactly determined across nodes)"
+            )
+            return None
     if (
         ctx.voluntary
         and analysis.latest_settled < JUMP_SETTLED_SAMPLES
