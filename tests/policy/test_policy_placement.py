@@ -245,13 +245,25 @@ def test_leaving_several_nodes_probes_the_full_node_count_in_between(
     assert rec.probing == (expected == 12 or (expected == 8 and 12 in probed)), rec.reason
 
 
-def test_leaving_for_the_node_below_probes_nothing_in_between() -> None:
-    # 8 on two 4-GPU nodes misses the floor by little; 4 is one node down: no count
-    # filling its nodes lies in between (5-7 would leave the second node partly filled).
+@pytest.mark.parametrize(
+    ("at_8", "probed", "expected"),
+    [
+        pytest.param(0.66, (), 7, id="near-the-floor-probe-the-partial-node"),
+        pytest.param(0.66, (8,), 4, id="reached-by-a-probe-no-chain"),
+        pytest.param(0.66, (7,), 4, id="probed-before"),
+        pytest.param(0.55, (), 4, id="past-a-cliff-no-probe"),
+    ],
+)  # fmt: skip
+def test_leaving_for_the_node_below_probes_the_count_one_below(
+    at_8: float, probed: tuple[int, ...], expected: int
+) -> None:
+    # 8 on two 4-GPU nodes misses the floor by little and 4 is one node down: no count
+    # filling its nodes lies in between, so 7 (its second node partly filled, which the
+    # model cannot describe) is measured first.
     def tau(n: int) -> float:
-        return 1 / 0.65 if n == 8 else 1.0
+        return 1 / at_8 if n == 8 else 1.0
 
     obs = [*steady(4, count=8, tau=tau), *steady(8, start=240, count=8, tau=tau)]
     spec = make_spec(replicas=8, hi=16, scaleDownStabilizationSeconds=0)
-    rec = recommend(spec, obs, 8, 480.0, workers_per_node=4)
-    assert (rec.replicas, rec.probing) == (4, False), rec.reason
+    rec = recommend(spec, obs, 8, 480.0, workers_per_node=4, probed=probed)
+    assert (rec.replicas, rec.probing) == (expected, expected == 7), rec.reason
