@@ -23,12 +23,12 @@ import pytest
 
 from tests.support.kmock import (
     RealisticEmulator,
-    _runner,
     create_job,
     events,
     eventually,
     objects,
     pods,
+    run_operator,
     set_pod_state,
     workers,
 )
@@ -125,7 +125,7 @@ async def test_scales_up_when_rewarded_down_when_inefficient_and_holds_without_p
     stop = asyncio.Event()
     kubelet = asyncio.create_task(play_kubelet(kmock, [grow, shrink], stop))
     try:
-        with _runner() as runner:
+        async with run_operator() as runner:
             await create_job(kmock, autoscaled_job("grow", 1, prometheus.url))
             await create_job(kmock, autoscaled_job("shrink", 6, prometheus.url))
 

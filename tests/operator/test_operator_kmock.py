@@ -23,7 +23,6 @@ import pytest
 
 from tests.support.kmock import (
     RealisticEmulator,
-    _runner,
     api_call,
     create_job,
     events,
@@ -31,6 +30,7 @@ from tests.support.kmock import (
     job,
     objects,
     pods,
+    run_operator,
     scale_job,
     set_pod_state,
     workers,
@@ -67,7 +67,7 @@ GROUP, VERSION, PLURAL = "trainscale.dev", "v1alpha1", "trainingjobs"
 async def test_job_lifecycle_create_scale_fail_succeed(
     kmock: kmock.KubernetesEmulator, cluster: Any
 ) -> None:
-    with _runner() as runner:
+    async with run_operator() as runner:
         await create_job(cluster, JOB)
 
         # -- creation: rendezvous service + pod, then two workers with torchrun settings --
@@ -165,7 +165,7 @@ async def test_invalid_spec_sets_a_condition_and_an_event(
     body = copy.deepcopy(JOB)
     body["metadata"]["name"] = "broken"
     body["spec"].update(patch)
-    with _runner() as runner:
+    async with run_operator() as runner:
         await create_job(cluster, body)
         status = await eventually(
             lambda: (job(kmock).get("status") or {}).get("conditions") and job(kmock)["status"],
@@ -191,7 +191,7 @@ async def test_deleting_a_job_stops_its_loops_and_lifts_the_finalizer(
 ) -> None:
     body = copy.deepcopy(JOB)
     body["metadata"]["name"] = "gone"
-    with _runner() as runner:
+    async with run_operator() as runner:
         await create_job(cluster, body)
         await eventually(lambda: len(workers(kmock)) == 2, what="2 workers")
         finalizers = job(kmock)["metadata"].get("finalizers") or []

@@ -26,7 +26,6 @@ from tests.support.kmock import (
     PLURAL,
     VERSION,
     RealisticEmulator,
-    _runner,
     api_call,
     create_job,
     events,
@@ -34,6 +33,7 @@ from tests.support.kmock import (
     job,
     objects,
     pods,
+    run_operator,
     set_pod_state,
     workers,
 )
@@ -70,7 +70,7 @@ async def run_all_workers(server: kmock.KubernetesEmulator) -> None:
 async def test_suspend_stops_the_job_and_resume_brings_it_back(
     kmock: kmock.KubernetesEmulator, cluster: Any
 ) -> None:
-    with _runner() as runner:
+    async with run_operator() as runner:
         await create_job(cluster, copy.deepcopy(JOB))
         await eventually(lambda: len(workers(kmock)) == 2, what="2 workers")
         await run_all_workers(cluster)

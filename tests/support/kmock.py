@@ -6,6 +6,7 @@ Imported by the operator test modules (``from tests.support.kmock import ...``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -200,6 +201,25 @@ def _runner() -> KopfRunner:
         ],
         timeout=30,
     )
+
+
+@contextlib.asynccontextmanager
+async def run_operator() -> AsyncIterator[KopfRunner]:
+    """The operator in a thread (``KopfRunner``), stopped without blocking this event loop.
+
+    kmock serves from the test's own event loop. ``KopfRunner.__exit__`` joins the operator's
+    thread, so called on that loop it starves kmock: a daemon's API call in flight at shutdown
+    then never returns, and the join waits out the runner's whole timeout ("The operator
+    didn't stop", seen once in CI's rehearsal). The join runs in a worker thread instead.
+    """
+    runner = _runner()
+    runner.__enter__()
+    try:
+        yield runner
+    except BaseException as err:
+        await asyncio.to_thread(runner.__exit__, type(err), err, err.__traceback__)
+        raise
+    await asyncio.to_thread(runner.__exit__, None, None, None)
 
 
 async def eventually(check: Callable[[], Any], within: float = 20.0, what: str = "") -> Any:
