@@ -1360,13 +1360,10 @@ def _probe(
         if n in measured or not is_allowed(spec, n):
             continue
         # The floor may hold (one standard error up) and the estimate is near it.
-        if auto.objective is Objective.EFFICIENCY:
-            value, error, floor = est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
-        else:
-            u = est.gpu_utilization(n)
-            if u is None:
-                return None
-            value, error, floor = u, u * est.relative_error(n), auto.target_gpu_utilization
+        estimate = _floor_estimate(spec, est, n)
+        if estimate is None:
+            return None
+        value, error, floor = estimate
         ok = value + CONFIDENCE_Z * error >= floor and value >= floor * (1 - HYSTERESIS)
         gain = est.throughput(n) / est.throughput(current)
         pays = gain >= PROBE_MIN_GAIN and gain * (horizon - restart) >= horizon
@@ -1412,37 +1409,43 @@ def _leaving_probe(
         or sum(1 for c in model.counts if model.nodes(c) > 1) != 1
     ):
         return None
-    if auto.objective is Objective.EFFICIENCY:
-        value, error = est.efficiency(current), est.efficiency_error(current)
-        floor = auto.min_efficiency
-    else:
-        u = est.gpu_utilization(current)
-        if u is None:
-            return None
-        value, error = u, u * est.relative_error(current)
-        floor = auto.target_gpu_utilization
+    estimate = _floor_estimate(spec, est, current)
+    if estimate is None:
+        return None
+    value, error, floor = estimate
     if value + CONFIDENCE_Z * error < floor * (1 - LEAVING_PROBE_BAND):
         return None
+
+    def worth(n: int) -> bool:
+        return (
+            n not in model.counts
+            and n not in probed
+            and n >= spec.min_replicas
+            and is_allowed(spec, n)
+            and est.throughput(n) >= PROBE_MIN_GAIN * est.throughput(target)
+        )
+
     for n in range(current - 1, target, -1):
-        if not _fills_its_nodes(model, n) or model.nodes(n) <= model.nodes(target):
-            continue
-        if n in model.counts or n in probed or n < spec.min_replicas or not is_allowed(spec, n):
-            continue
-        if est.throughput(n) >= PROBE_MIN_GAIN * est.throughput(target):
+        if _fills_its_nodes(model, n) and model.nodes(n) > model.nodes(target) and worth(n):
             return n
-    # No full-node count in between: the count one below, its last node partly filled.
+    # No full-node count in between worth it: the count one below, its last node partly
+    # filled.
     n = current - 1
-    if (
-        n > target
-        and model.nodes(n) == model.nodes(current)
-        and n not in model.counts
-        and n not in probed
-        and n >= spec.min_replicas
-        and is_allowed(spec, n)
-        and est.throughput(n) >= PROBE_MIN_GAIN * est.throughput(target)
-    ):
-        return n
-    return None
+    return n if n > target and model.nodes(n) == model.nodes(current) and worth(n) else None
+
+
+def _floor_estimate(
+    spec: TrainingJobSpec, est: _Estimates, n: int
+) -> tuple[float, float, float] | None:
+    """``(value, standard error, floor)`` of the objective's floor metric at ``n``: efficiency,
+    or GPU utilization (None without GPU metrics)."""
+    auto = spec.autoscaling
+    if auto.objective is Objective.EFFICIENCY:
+        return est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
+    u = est.gpu_utilization(n)
+    if u is None:
+        return None
+    return u, u * est.relative_error(n), auto.target_gpu_utilization
 
 
 def _stabilize(
