@@ -267,3 +267,18 @@ def test_leaving_for_the_node_below_probes_the_count_one_below(
     spec = make_spec(replicas=8, hi=16, scaleDownStabilizationSeconds=0)
     rec = recommend(spec, obs, 8, 480.0, workers_per_node=4, probed=probed)
     assert (rec.replicas, rec.probing) == (expected, expected == 7), rec.reason
+
+
+def test_leaving_a_single_node_count_probes_nothing() -> None:
+    # 4 fills one 4-GPU node and misses the floor; 8 (two nodes) was measured, so the fit has
+    # one multi-node count. The job leaves 4 for 2 on the estimates: within a node the model
+    # describes the curve, and 3 is not probed first.
+    def tau(n: int) -> float:
+        return {1: 1.0, 2: 1 / 0.72, 3: 1 / 0.69, 4: 1 / 0.66, 8: 1 / 0.5}[n]
+
+    obs = [
+        o for i, n in enumerate((1, 2, 8, 4)) for o in steady(n, start=240 * i, count=8, tau=tau)
+    ]
+    spec = make_spec(replicas=4, hi=16, scaleDownStabilizationSeconds=0)
+    rec = recommend(spec, obs, 4, 960.0, workers_per_node=4)
+    assert (rec.replicas, rec.probing) == (2, False), rec.reason

@@ -1404,6 +1404,7 @@ def _leaving_probe(
         or size is None
         or size <= 0
         or target >= current
+        or model.nodes(current) <= 1  # only a multi-node count is left this way
         or current in probed  # probes do not chain
         # a second multi-node count measured: the fit has seen the shape across nodes
         or sum(1 for c in model.counts if model.nodes(c) > 1) != 1
