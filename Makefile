@@ -9,8 +9,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: test unit setup testbed-binaries demo venv system-deps lint format typecheck imports \
 	train clean crd dashboard chart-schema chart-readme
 
+# The suite runs in lanes, two side by side (scripts/test-lanes.sh says why); with
+# PYTEST_ARGS (a selection) it is one plain pytest run.
 test: setup lint typecheck imports
-	$(BIN)/pytest $(PYTEST_ARGS)
+	BIN=$(BIN) bash scripts/test-lanes.sh $(PYTEST_ARGS)
 
 # The fast loop: lint, types, layers and the tests that need no control plane, no Prometheus
 # and no multi-process torch (under a minute; the dashboard tests parse queries with promtool,
