@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.registry
 @pytest.mark.timeout(1200)
 def test_the_operator_passes_its_tests_at_the_lowest_allowed_versions(tmp_path: Path) -> None:
     done = subprocess.run(
