@@ -7,9 +7,9 @@
 # to scrape, for processes to start, for the package registry. So the tests against the
 # control plane, Prometheus and the registry (lane "cluster": markers testbed, prometheus,
 # registry) run beside everything else (lane "local": unit tests, multi-process torch), each
-# its own pytest session (the cluster lane alone starts the test-bed). Measured: side by side
-# 970 s (cluster 641 s, local 960 s with the registry test in it), then the real loop 181 s:
-# 1158 s in all, against 1771 s one after the other. The real loop (marker realloop: the operator
+# its own pytest session (the cluster lane alone starts the test-bed). Measured on a clean
+# clone (`CI=true bash .ci/run`): side by side 860 s (cluster 798 s, local 849 s), then the real
+# loop 203 s, 1071 s in all, against 1771 s one after the other the same day. The real loop (marker realloop: the operator
 # autoscaling real trainer processes) runs alone after both: what it asserts is the training
 # its policy measures, and a lane beside it slows that training unevenly (side by side it once
 # measured 2 workers as inefficient, and the job never grew).
