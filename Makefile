@@ -18,7 +18,7 @@ test: setup lint typecheck imports
 # and no multi-process torch (under a minute; the dashboard tests parse queries with promtool,
 # from the Debian packages).
 unit: system-deps venv testbed-binaries lint typecheck imports
-	$(BIN)/pytest -m "not slow and not testbed and not prometheus" $(PYTEST_ARGS)
+	BIN=$(BIN) bash scripts/test-lanes.sh --unit $(PYTEST_ARGS)
 
 setup: system-deps venv testbed-binaries
 

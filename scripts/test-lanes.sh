@@ -18,23 +18,35 @@
 # $TEST_LANES_LOGS (default: a fresh temporary folder). Exit status: 0 when every lane passed.
 # With arguments (files, -k, -m: a selection), one plain pytest run with them instead.
 #
-# Usage: scripts/test-lanes.sh [PYTEST_ARGS...]
+# `--unit` (what `make unit` runs): the tests that need no control plane, no Prometheus and no
+# multi-process torch, in two lanes side by side: the decisions, API and chart folders
+# (tests/policy, arbiter, simulation, operator, chart) and the rest. One session took 65-78 s
+# (about 14 s of it collecting: the trainer's tests import torch); two lanes 49 s.
+#
+# Usage: scripts/test-lanes.sh [--unit] [PYTEST_ARGS...]
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${BIN:-.venv/bin}"
 
+unit=""
+if [ "${1:-}" = "--unit" ]; then
+    unit="not slow and not testbed and not prometheus"
+    shift
+fi
 if [ "$#" -gt 0 ]; then
-    exec "$bin/pytest" "$@"
+    exec "$bin/pytest" ${unit:+-m "$unit"} "$@"
 fi
 
 logs="${TEST_LANES_LOGS:-$(mktemp -d -t trainscale-test-lanes.XXXXXX)}"
 mkdir -p "$logs"
+lanes=()
 
-# lane NAME MARKER: one pytest session over the tests MARKER selects, its lines prefixed.
+# lane NAME PYTEST_ARGS...: one pytest session, its lines shown as they come, led by NAME.
 lane() {
-    local name="$1" marker="$2"
-    "$bin/pytest" -m "$marker" >"$logs/$name.log" 2>&1 &
+    local name="$1"
+    shift
+    "$bin/pytest" "$@" >"$logs/$name.log" 2>&1 &
     local pid=$!
     tail -n +1 --pid="$pid" -f "$logs/$name.log" | sed -u "s/^/[$name] /" &
     local shown=$!
@@ -44,18 +56,30 @@ lane() {
 }
 
 started=$(date +%s)
-lane cluster "(testbed or prometheus or registry) and not realloop" &
-lane local "not testbed and not prometheus and not registry and not realloop" &
-wait
-side_by_side=$(($(date +%s) - started))
-lane realloop "realloop"
-finished=$(($(date +%s) - started))
+if [ -n "$unit" ]; then
+    decisions=(tests/policy tests/arbiter tests/simulation tests/operator tests/chart)
+    ignored=()
+    for folder in "${decisions[@]}"; do
+        ignored+=("--ignore=$folder")
+    done
+    lanes=(decisions rest)
+    lane decisions -m "$unit" "${decisions[@]}" &
+    lane rest -m "$unit" tests "${ignored[@]}" &
+    wait
+    what="decisions and rest side by side"
+else
+    lanes=(cluster local realloop)
+    lane cluster -m "(testbed or prometheus or registry) and not realloop" &
+    lane local -m "not testbed and not prometheus and not registry and not realloop" &
+    wait
+    what="cluster and local side by side $(($(date +%s) - started)) s, then realloop"
+    lane realloop -m realloop
+fi
 
 status=0
 echo
-echo "test lanes (logs in $logs): cluster and local side by side ${side_by_side} s, then" \
-    "realloop; ${finished} s in all"
-for name in cluster local realloop; do
+echo "test lanes (logs in $logs): $what; $(($(date +%s) - started)) s in all"
+for name in "${lanes[@]}"; do
     rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
     echo "  $name: exit $rc: $(tail -n 1 "$logs/$name.log")"
     if [ "$rc" != 0 ]; then
