@@ -103,6 +103,9 @@ def elastic_run(tmp_path_factory: pytest.TempPathFactory) -> ElasticRun:
             "--epochs", str(EPOCHS), "--global-batch-size", str(BATCH),
             "--checkpoint-every-steps", str(EVERY), "--checkpoint-keep", "3",
         ),
+        # Every world here has 2 or more workers; on a loaded machine an agent back first
+        # from a resize would otherwise train alone (seen: worlds 2, 3, 1, 2, 3, 2).
+        min_workers=2,
         checkpoint_dir=run.checkpoints,
         metrics_base_port=metrics_port,
         env={

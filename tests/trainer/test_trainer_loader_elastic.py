@@ -90,6 +90,9 @@ def loader_run(tmp_path_factory: pytest.TempPathFactory) -> LoaderRun:
             "--micro-batch-size", "8", "--checkpoint-every-steps", "10",
             "--loader-workers", "2", "--no-metrics",
         ),
+        # Every world here has 2 or more workers; on a loaded machine an agent back first
+        # from a resize would otherwise train alone (seen: worlds 2, 3, 1, 2, 3, 2).
+        min_workers=2,
         checkpoint_dir=base / "ckpt",
         env={
             "TRAINSCALE_AUDIT_LOG_DIR": str(audit),
