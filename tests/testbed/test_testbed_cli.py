@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.testbed import wait_for
-from trainscale.testbed.cluster import COMPONENTS, CRD_PATH, STATE_FILE
+from trainscale.testbed.cluster import COMPONENTS, CRD_PATH, STATE_FILE, crd_established
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -75,13 +75,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         # Not `kubectl wait --for=condition=Established`, nor a jsonpath filter on the
         # conditions: both fail at once while the new CRD's status.conditions is still null
         # (Testbed.wait_established); on a loaded machine the first read can come that early.
-        def established() -> bool:
-            crd = json.loads(kubectl("get", "crd/trainingjobs.trainscale.dev", "-o", "json"))
-            conditions = (crd.get("status") or {}).get("conditions") or []
-            return any(c.get("type") == "Established" and c.get("status") == "True"
-                       for c in conditions)  # fmt: skip
-
-        wait_for(established, timeout=60, what="the CRD Established")
+        wait_for(lambda: crd_established(json.loads(kubectl("get", "crd/trainingjobs.trainscale.dev",
+                                                            "-o", "json"))),
+                 timeout=60, what="the CRD Established")  # fmt: skip
         job = {"apiVersion": "trainscale.dev/v1alpha1", "kind": "TrainingJob",
                "metadata": {"name": "demo", "namespace": "default"},
                "spec": {"maxReplicas": 2, "template": {"spec": {"containers": [

@@ -64,6 +64,13 @@ STATE_FILE = "state.json"
 KWOK_STAGES = "kwok-stages.yaml"
 
 
+def crd_established(crd: dict[str, Any]) -> bool:
+    """Whether a CustomResourceDefinition object (as ``kubectl get -o json`` returns it) has
+    ``Established=True``; False while its ``status.conditions`` is still null."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
 class TestbedError(RuntimeError):
     """The test-bed could not be built, started, found or stopped."""
 
@@ -527,8 +534,7 @@ class Testbed:
         while time.monotonic() < deadline:
             found = json.loads(self.kubectl("get", f"crd/{crd}", "-o", "json").stdout)
             conditions = (found.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Established" and c.get("status") == "True"
-                   for c in conditions):  # fmt: skip
+            if crd_established(found):
                 return
             time.sleep(0.1)
         raise TestbedError(f"CRD {crd} not Established after {timeout:g} s: {conditions}")
