@@ -180,6 +180,11 @@ def test_csv_curve_interpolates_between_given_points_only() -> None:
         pytest.param(
             "count,nodes,samples_per_second,gpu_utilization\n", "no data rows", id="empty-file"
         ),
+        pytest.param(
+            "count,nodes,samples_per_second,gpu_utilization,sync_fraction\n1,1,100,1,1.0\n",
+            "m.csv line 2: field 'sync_fraction' must be within [0, 1), got 1",
+            id="sync-range",
+        ),
     ],
 )
 def test_csv_errors_name_the_line_and_the_field(text: str, message: str) -> None:
@@ -263,6 +268,33 @@ def test_the_rate_window_mixes_sizes_right_after_a_resize() -> None:
     assert rates[:3] == pytest.approx([190, (190 * 30 + 240 * 20) / 60, (240 * 50) / 60])
     assert rates[3] == pytest.approx(240)
     assert [o.replicas for o in scripted.seen[:3]] == [2, 3, 3]
+
+
+def test_the_sync_share_of_a_csv_curve_is_read_interpolated_and_windowed() -> None:
+    text = (
+        "count,nodes,samples_per_second,gpu_utilization,sync_fraction\n"
+        "1,1,100,0.95,0.0\n2,1,190,0.9,0.05\n4,1,340,0.8,0.15\n"
+    )
+    curve = parse_csv_curve(text, name="m.csv")
+    assert curve.point(2).sync_fraction == pytest.approx(0.05)
+    assert curve.point(3).sync_fraction == pytest.approx(0.10)  # between 2 and 4
+    assert parse_csv_curve(SMALL_CSV, name="m.csv").point(2).sync_fraction is None
+    spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=30)
+    scripted = Scripted([4])
+    run_simulation(
+        curve, spec, hours=0.05, noise=0.0, restart_seconds=10, settle_seconds=0,
+        controller=scripted,
+    )  # fmt: skip
+    shares = [o.sync_fraction for o in scripted.seen]
+    # t=60: 30 s at 2, then the 10 s restart (no step, so no share), then 20 s at 4
+    assert shares[:3] == pytest.approx([0.05, (0.05 * 30 + 0.15 * 20) / 50, 0.15])
+    # a job that exports none, and a trainer that under-reads its sync
+    scripted = Scripted([])
+    run_simulation(curve, spec, hours=0.02, noise=0.0, controller=scripted, report_sync=False)
+    assert all(o.sync_fraction is None for o in scripted.seen)
+    scripted = Scripted([])
+    run_simulation(curve, spec, hours=0.02, noise=Noise(0.0, sync_seen=0.8), controller=scripted)
+    assert scripted.seen[0].sync_fraction == pytest.approx(0.04)
 
 
 def test_missing_scrapes_carry_no_values_and_settle_skips_decisions() -> None:

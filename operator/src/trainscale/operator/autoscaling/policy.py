@@ -51,6 +51,20 @@ pipeline share). (Caveat, also in docs: dcgm-exporter's engine-active ratio coun
 kernels as busy, so on NVLink jobs utilisation overstates the compute share; exporting
 trainer throughput makes the fit exact.)
 
+The one-replica reference. Every efficiency is relative to ``a``, one replica's step,
+which a job that never ran at one replica knows only by extrapolating the fit, and on real
+curves that errs high: a ring all-reduce's bandwidth term ``2 (n-1) / n`` makes
+synchronisation concave in the count, which the quadratic family bends into its intercept
+(benchmark weak-8: 0.99 read at 8 where 0.905 is true, so 9-16 looked above a 0.7 floor).
+Where the trainer exports its sync share (communication seconds over step seconds), the
+part of each step that does not synchronise, ``n / X * (1 - sync_fraction)``, is measured at
+every count, and one replica's step is no longer than it (it only grows with the count:
+all-reduce contending with the backward pass, smaller per-GPU batches). Fitted as a line in
+the count and extrapolated to one replica, it caps ``a`` when it lies more than one
+standard error below the fit's (:class:`_Estimates`; a measured one replica is the
+reference itself). Throughput and utilization predictions do not change; a trainer that
+under-reads its sync (overlap hidden in compute) leaves the cap loose, never wrong.
+
 Uncertainty. The Amdahl (``gamma = 0``) and the quadratic fit are averaged with weights
 ``exp(-(chi2 + penalty) / 2)`` and their covariances (inflated by the reduced chi-square)
 plus spread give standard errors of every prediction. Decisions use :class:`_Estimates`:
@@ -90,7 +104,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from trainscale.operator.api import Objective, TrainingJobSpec, is_allowed, nearest_allowed
@@ -222,6 +236,10 @@ class Observation:
         samples_per_second: Job-wide training throughput; None if the job exports none.
         nodes: How many nodes the running workers spanned; None if unknown (read as the
             packed placement).
+        sync_fraction: Share of the workers' step time spent blocked on gradient
+            synchronisation, 0 <= x < 1 (the trainer's communication seconds over its
+            step seconds); None if the job exports none. ``1 - sync_fraction`` bounds the
+            count's scaling efficiency from above, measured (:class:`_Estimates`).
     """
 
     timestamp: float
@@ -229,6 +247,7 @@ class Observation:
     gpu_utilization: float | None = None
     samples_per_second: float | None = None
     nodes: int | None = None
+    sync_fraction: float | None = None
 
     def __post_init__(self) -> None:
         _check_finite("Observation.timestamp", self.timestamp)
@@ -241,6 +260,12 @@ class Observation:
                 )
         if self.nodes is not None:
             _check_count("Observation.nodes", self.nodes)
+        if self.sync_fraction is not None:
+            _check_finite("Observation.sync_fraction", self.sync_fraction)
+            if not 0.0 <= self.sync_fraction < 1.0:
+                raise ValueError(
+                    f"Observation.sync_fraction must be within [0, 1), got {self.sync_fraction!r}"
+                )
         if self.samples_per_second is not None:
             _check_finite("Observation.samples_per_second", self.samples_per_second)
             if self.samples_per_second < 0:
@@ -411,6 +436,8 @@ class _Analysis:
     latest_dipped: bool  # the newest sample is below its count's steady level
     restart_costs: list[float]
     settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
+    # settled samples' non-synchronising time per sample, ``n / X * (1 - sync_fraction)``
+    unsynced: dict[_Key, list[float]] = field(default_factory=dict)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -470,6 +497,7 @@ def _analyse(
     points: dict[_Key, list[float]] = {}
     pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     compute: list[float] = []
+    unsynced: dict[_Key, list[float]] = {}
     latest_time: float | None = None
     for o in obs:
         if _metric(o, mode) is not None:
@@ -515,6 +543,8 @@ def _analyse(
         for o in settled:
             v = _metric(o, mode)
             assert v is not None
+            if o.sync_fraction is not None and mode is ModelSource.THROUGHPUT:
+                unsynced.setdefault(key, []).append(o.replicas / v * (1.0 - o.sync_fraction))
             u = o.gpu_utilization if o.gpu_utilization and o.gpu_utilization > 0 else None
             if mode is ModelSource.THROUGHPUT:
                 tau = o.replicas / v
@@ -553,6 +583,7 @@ def _analyse(
         latest_dipped,
         restart_costs,
         settled_by_key,
+        unsynced,
     )
 
 
@@ -706,6 +737,59 @@ def _features(replicas: int, nodes: int) -> tuple[float, float, float, float]:
     """The fit's columns at (count, nodes): overhead, per-worker sync, inter-node, quadratic."""
     k = float(replicas - 1)
     return (1.0, k, 1.0 if nodes > 1 else 0.0, k * k)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A time per sample measured at several counts, as ``c0 + c1 (n - 1)``, ``c1 >= 0``."""
+
+    c0: float
+    c1: float
+    cov: tuple[tuple[float, ...], ...]  # of (c0, c1)
+
+
+def _fit_line(samples: Mapping[_Key, Sequence[float]]) -> _Line | None:
+    """The time per sample that does not synchronise, as a line in the count.
+
+    Why a line: with a fixed per-GPU batch (weak scaling) it is flat; with a fixed global
+    batch (strong scaling) each worker's batch shrinks as ``1 / n`` and a step's fixed cost
+    is spread over fewer samples, so per sample it grows linearly in ``n`` (Pollux models a
+    step's compute as affine in the local batch for the same reason). Flat and sloped are
+    averaged by ``exp(-(chi-square + penalty) / 2)``, as the step-time fit is, and their
+    spread joins the covariance. None when no count has ``MIN_POINT_SAMPLES`` samples.
+    """
+    kept = {k: list(v) for k, v in samples.items() if k[0] > 0 and len(v) >= MIN_POINT_SAMPLES}
+    if not kept:
+        return None
+    noise = _relative_noise(kept)
+    rows = []
+    for (n, _), v in kept.items():
+        c = _median(v)
+        rows.append(((1.0, float(n - 1)), c, 1.0 / _point_variance(c, len(v), noise)))
+    sloped = len({n for n, _ in kept}) >= 2
+    fits: list[tuple[float, tuple[float, ...], _Matrix]] = []
+    for allowed in [(True, False)] + ([(True, True)] if sloped else []):
+        fit = _fit_nonnegative(rows, allowed)
+        if fit is not None:
+            params, residual, cov = fit
+            fits.append((-0.5 * (residual + _CURVATURE_CHI2 * sum(allowed)), params, cov))
+    if not fits:
+        return None
+    top = max(f[0] for f in fits)
+    weights = [math.exp(f[0] - top) for f in fits]
+    weights = [w / sum(weights) for w in weights]
+    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(2)]
+    cov = tuple(
+        tuple(
+            math.fsum(
+                w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
+                for w, f in zip(weights, fits, strict=True)
+            )
+            for j in range(2)
+        )
+        for i in range(2)
+    )
+    return _Line(mean[0], mean[1], cov) if mean[0] > 0 else None
 
 
 def fit_speedup_model(
@@ -874,9 +958,23 @@ class _Estimates:
     step the model cannot describe is read from its samples); between measured counts
     the model is scaled by the blend/model ratio interpolated from its neighbours, beyond
     them by the nearest one's.
+
+    Efficiency is relative to one replica's step, which the fit extrapolates when one
+    replica was never measured, and the extrapolation errs high on real curves (a ring
+    all-reduce's bandwidth term makes synchronisation concave in the count). Where the
+    trainer exports its sync share, one replica's step is at most the part of any measured
+    step that does not synchronise, ``tau * (1 - sync_fraction)`` (that part only grows
+    with the count: contention, smaller per-GPU batches), so the reference is the lower of
+    the fit's and the smallest such measurement (``reference_capped``).
     """
 
-    def __init__(self, model: SpeedupModel, points: dict[_Key, list[float]], top: int) -> None:
+    def __init__(
+        self,
+        model: SpeedupModel,
+        points: dict[_Key, list[float]],
+        top: int,
+        unsynced: Mapping[_Key, Sequence[float]] | None = None,
+    ) -> None:
         self.model = model
         a = model.seconds_per_sample
         coef = (a, model.sync_per_replica * a, model.sync_inter_node * a, model.sync_quadratic * a)
@@ -956,6 +1054,16 @@ class _Estimates:
             self._cov_a[n] = model_cov[n] * r
         if 1 in measured:
             self._a, self._var_a = self._tau[1], self._var[1]
+        # The one-replica step is at most the non-synchronising part of the measured steps,
+        # extrapolated to one replica; noise alone must not lower the reference, so the cap
+        # counts from one standard error above it. One replica measured is the reference.
+        self.reference_capped = False
+        line = _fit_line(unsynced) if unsynced else None
+        if line is not None and model.source is ModelSource.THROUGHPUT and 1 not in measured:
+            sd = math.sqrt(max(0.0, line.cov[0][0]))
+            if line.c0 + sd < self._a:
+                self._a, self._var_a, self.reference_capped = line.c0 + sd, sd * sd, True
+                self._cov_a = {n: 0.0 for n in self._cov_a}
 
     def _step(self, replicas: int) -> float:
         return self._tau.get(replicas) or self.model.seconds_per_sample * (
@@ -1700,7 +1808,7 @@ def _fit(ctx: DecisionContext) -> None:
         analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node
     )
     if ctx.model is not None:
-        ctx.est = est = _Estimates(ctx.model, analysis.points, ctx.hi)
+        ctx.est = est = _Estimates(ctx.model, analysis.points, ctx.hi, analysis.unsynced)
         ctx.common.update(
             model=ctx.model,
             efficiency=est.efficiency(ctx.current),

@@ -25,8 +25,13 @@ per sample of one worker, ``tau = 1 + sync``, with compute normalised to 1, so t
   while per-step overhead and synchronisation do not, on 8-GPU nodes.
 * ``weak-8``: weak scaling with a ring all-reduce whose bandwidth term ``2 (n-1)/n`` is
   cheap over NVLink and 6x dearer across nodes.
-* A CSV file of measured points (``count,nodes,samples_per_second,gpu_utilization``),
-  interpolated linearly between given counts on the same number of nodes, never beyond.
+* A CSV file of measured points (``count,nodes,samples_per_second,gpu_utilization``, and
+  optionally ``sync_fraction``), interpolated linearly between given counts on the same
+  number of nodes, never beyond.
+
+Each family also knows which part of ``tau`` is synchronisation (all of ``tau - 1`` but
+strong scaling's per-step overhead), so the simulated trainer exports its sync share as the
+real one does (communication seconds over step seconds).
 
 Workers are placed packed (one node filled before the next), as the operator asks of the
 scheduler. Metrics are what Prometheus would report: throughput as a ``rate()`` over a
@@ -76,6 +81,10 @@ COMPUTE_FRACTION = 0.95
 CSV_COLUMNS = ("count", "nodes", "samples_per_second", "gpu_utilization")
 """The columns a measured curve's CSV file must have (header row first)."""
 
+SYNC_COLUMN = "sync_fraction"
+"""An optional column of a curve's CSV file: the share of the step spent blocked on gradient
+synchronisation (what the trainer exports); without it the simulated job exports none."""
+
 _EPS = 1e-9
 
 
@@ -95,6 +104,8 @@ class Point:
     nodes: int
     samples_per_second: float
     gpu_utilization: float
+    sync_fraction: float | None = None
+    """Share of the step spent blocked on gradient synchronisation; None if unknown."""
 
 
 class Curve(abc.ABC):
@@ -111,6 +122,10 @@ class Curve(abc.ABC):
             CurveError: when the curve has no point there (a CSV curve outside its points).
         """
 
+    def sync_fraction(self, placement: Placement) -> float | None:
+        """Share of the step spent blocked on synchronisation there; None if unknown."""
+        return None
+
     def placement(self, replicas: int, gpus_per_replica: int = 1) -> Placement:
         """Where ``replicas`` workers sit: packed, one node filled before the next."""
         per_node = None
@@ -125,7 +140,7 @@ class Curve(abc.ABC):
             return Point(0, 0, 0.0, 0.0)
         where = self.placement(replicas, gpus_per_replica)
         x, u = self.measure(where)
-        return Point(replicas, where.nodes, x, u)
+        return Point(replicas, where.nodes, x, u, self.sync_fraction(where))
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,8 @@ class StepTimeCurve(Curve):
 
     ``X = RATE * n / tau`` and ``U = COMPUTE_FRACTION / tau``: compute per sample is 1, the
     rest of ``tau`` is synchronisation (weak scaling) or per-step overhead spread over a
-    shrinking per-worker batch (strong scaling).
+    shrinking per-worker batch (strong scaling): ``not_sync`` says which part of ``tau`` is
+    not synchronisation (default 1, the compute).
     """
 
     name: str
@@ -144,10 +160,17 @@ class StepTimeCurve(Curve):
     """Samples/s of one worker alone."""
     compute_fraction: float = COMPUTE_FRACTION
     """GPU utilization of one worker alone."""
+    not_sync: Callable[[Placement], float] | None = None
+    """The part of ``tau`` that is not synchronisation (None: 1)."""
 
     def measure(self, placement: Placement) -> tuple[float, float]:
         tau = self.step_time(placement)
         return self.rate * placement.replicas / tau, self.compute_fraction / tau
+
+    def sync_fraction(self, placement: Placement) -> float | None:
+        tau = self.step_time(placement)
+        rest = self.not_sync(placement) if self.not_sync is not None else 1.0
+        return min(1.0, max(0.0, 1.0 - rest / tau))
 
 
 def count_curve(name: str, tau: Callable[[int], float]) -> StepTimeCurve:
@@ -174,11 +197,18 @@ def _tau_strong(p: Placement) -> float:
     return 1.0 + n * (0.01 + sync)
 
 
+def _not_sync_strong(p: Placement) -> float:
+    return 1.0 + 0.01 * p.replicas  # compute and the per-step overhead, per sample
+
+
 def _tau_weak(p: Placement) -> float:
     n, k = p.replicas, p.nodes
     bandwidth = 0.04 if k <= 1 else 0.25
     return 1.0 + 0.005 * (n - 1) + bandwidth * 2.0 * (n - 1) / n
 
+
+_NOT_SYNC: dict[str, Callable[[Placement], float]] = {"strong-8": _not_sync_strong}
+"""Families where part of ``tau - 1`` is not synchronisation (the rest: all of it is)."""
 
 _FAMILIES: dict[str, tuple[Callable[[Placement], float], int | None]] = {
     "linear": (lambda p: 1.0, None),
@@ -213,7 +243,12 @@ def named_curve(name: str, *, gpus_per_node: int | None = None) -> StepTimeCurve
         raise CurveError(
             f"unknown curve {name!r}: expected one of {', '.join(CURVE_NAMES)} or a .csv file"
         ) from None
-    return StepTimeCurve(name, tau, gpus_per_node if gpus_per_node is not None else size)
+    return StepTimeCurve(
+        name,
+        tau,
+        gpus_per_node if gpus_per_node is not None else size,
+        not_sync=_NOT_SYNC.get(name),
+    )
 
 
 @dataclass(frozen=True)
@@ -227,11 +262,28 @@ class TableCurve(Curve):
     name: str
     points: Mapping[tuple[int, int], tuple[float, float]]
     gpus_per_node: int | None = None
+    sync: Mapping[tuple[int, int], float] | None = None
+    """The optional column ``sync_fraction`` (every row has it, or none)."""
+
+    def sync_fraction(self, placement: Placement) -> float | None:
+        if not self.sync:
+            return None
+        n, k = placement.replicas, placement.nodes
+        if (n, k) in self.sync:
+            return self.sync[(n, k)]
+        lo, hi, w = self._neighbours(n, k)
+        return self.sync[(lo, k)] + w * (self.sync[(hi, k)] - self.sync[(lo, k)])
 
     def measure(self, placement: Placement) -> tuple[float, float]:
         n, k = placement.replicas, placement.nodes
         if (n, k) in self.points:
             return self.points[(n, k)]
+        lo, hi, w = self._neighbours(n, k)
+        (x0, u0), (x1, u1) = self.points[(lo, k)], self.points[(hi, k)]
+        return x0 + w * (x1 - x0), u0 + w * (u1 - u0)
+
+    def _neighbours(self, n: int, k: int) -> tuple[int, int, float]:
+        """The given counts on ``k`` nodes around ``n`` and ``n``'s weight between them."""
         counts = sorted(c for c, nodes in self.points if nodes == k)
         below = [c for c in counts if c < n]
         above = [c for c in counts if c > n]
@@ -243,9 +295,7 @@ class TableCurve(Curve):
                 f"{self.gpus_per_node or 'unbounded'}-GPU nodes)"
             )
         lo, hi = below[-1], above[0]
-        w = (n - lo) / (hi - lo)
-        (x0, u0), (x1, u1) = self.points[(lo, k)], self.points[(hi, k)]
-        return x0 + w * (x1 - x0), u0 + w * (u1 - u0)
+        return lo, hi, (n - lo) / (hi - lo)
 
 
 def _field(raw: Mapping[str, str | None], name: str, where: str, *, integer: bool) -> float:
@@ -284,17 +334,23 @@ def parse_csv_curve(
         )
     reader.fieldnames = header
     points: dict[tuple[int, int], tuple[float, float]] = {}
+    sync: dict[tuple[int, int], float] | None = {} if SYNC_COLUMN in header else None
     for row in reader:
         where = f"{name} line {reader.line_num}"
         key, value = _parse_csv_row(row, where)
         if key in points:
             raise CurveError(f"{where}: a second row for {key[0]} workers on {key[1]} node(s)")
         points[key] = value
+        if sync is not None:
+            f = _field(row, SYNC_COLUMN, where, integer=False)
+            if not 0 <= f < 1:
+                raise CurveError(f"{where}: field {SYNC_COLUMN!r} must be within [0, 1), got {f:g}")
+            sync[key] = f
     if not points:
         raise CurveError(f"{name}: no data rows")
     if gpus_per_node is None and any(k > 1 for _, k in points):
         gpus_per_node = _infer_node_size(name, points)
-    return TableCurve(name, points, gpus_per_node)
+    return TableCurve(name, points, gpus_per_node, sync)
 
 
 def _parse_csv_row(
@@ -492,10 +548,14 @@ class Noise:
         relative: Standard deviation of the multiplicative Gaussian noise on each observed
             value (throughput and utilization independently).
         missing: Fraction of scrapes that return nothing at all.
+        sync_seen: Share of the synchronisation the trainer's timer sees (its sync share
+            is this times the true one): all-reduce that overlaps the backward pass and
+            slows it shows as compute, not as waiting.
     """
 
     relative: float = 0.05
     missing: float = 0.0
+    sync_seen: float = 1.0
 
 
 class Controller(Protocol):
@@ -610,6 +670,7 @@ class _Piece:
     samples_per_second: float
     gpu_utilization: float
     running: bool
+    sync_fraction: float | None = None
 
 
 @dataclass
@@ -638,6 +699,16 @@ class _Timeline:
             if seconds > 0:
                 yield piece, seconds
 
+    def mean_sync(self, start: float, end: float) -> float | None:
+        """What the ratio of two ``rate()`` over ``[start, end)`` reports: communication
+        seconds over step seconds of the pieces that trained (None: none did, or unknown)."""
+        total = weight = 0.0
+        for piece, seconds in self.spans(start, end):
+            if piece.running and piece.sync_fraction is not None:
+                total += piece.sync_fraction * seconds
+                weight += seconds
+        return total / weight if weight > 0 else None
+
     def mean_throughput(self, start: float, end: float) -> float:
         """What ``rate()`` over ``[start, end)`` reports."""
         seconds = end - start
@@ -665,17 +736,22 @@ def _observe(
     rng: random.Random,
     report_utilization: bool,
     report_throughput: bool,
+    sync_rng: random.Random,
 ) -> Observation:
     now = timeline.at(t)
     if noise.missing > 0 and rng.random() < noise.missing:
         return Observation(t, now.replicas)
     x = timeline.mean_throughput(max(0.0, t - rate_window), t)
     u = now.gpu_utilization
+    sync = timeline.mean_sync(max(0.0, t - rate_window), t) if report_throughput else None
+    if sync is not None:  # its own random stream: runs without it draw the same noise
+        sync = min(0.99, max(0.0, noise.sync_seen * sync * (1 + sync_rng.gauss(0, noise.relative))))
     return Observation(
         t,
         now.replicas,
         min(1.0, max(0.0, u * (1 + rng.gauss(0, noise.relative)))) if report_utilization else None,
         max(0.0, x * (1 + rng.gauss(0, noise.relative))) if report_throughput else None,
+        sync_fraction=sync,
     )
 
 
@@ -749,6 +825,7 @@ def run_simulation(
     controller: Controller | None = None,
     report_utilization: bool = True,
     report_throughput: bool = True,
+    report_sync: bool = True,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -766,6 +843,8 @@ def run_simulation(
             ``settleSeconds``); default the spec's, 0 decides every interval.
         controller: Default: a fresh :class:`JobAutoscaler` of ``spec``.
         report_utilization, report_throughput: Whether the job exports each metric.
+        report_sync: Whether the job exports its sync share (with throughput, where the
+            curve knows it: the trainer's communication over step seconds).
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
@@ -779,11 +858,13 @@ def run_simulation(
     if controller is None:
         controller = JobAutoscaler(spec)
     rng = random.Random(seed)
+    sync_rng = random.Random(f"sync-{seed}")
     end = hours * 3600.0
 
     def running(t: float, n: int) -> _Piece:
         p = job.point(n)
-        return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True)
+        sync = p.sync_fraction if report_sync else None
+        return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True, sync)
 
     current = spec.replicas
     timeline = _Timeline([running(0.0, current)])
@@ -810,6 +891,7 @@ def run_simulation(
             rng=rng,
             report_utilization=report_utilization,
             report_throughput=report_throughput,
+            sync_rng=sync_rng,
         )
         rec = controller.decide(
             [observation], current_replicas=current, now=t, placement=job.curve.placement(current)

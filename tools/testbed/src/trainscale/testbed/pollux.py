@@ -28,6 +28,7 @@ How a point is computed (each rule is ours, not Pollux's)
   synchronises, so a step takes ``t + (k - 1) * (t - s)`` where ``t``/``s`` are the step and
   sync time of one micro-batch.
 * Throughput is samples per second of the whole job: ``n * b / step`` for ``n`` workers.
+* The sync share the trainer would export is ``sync / step`` (column ``sync_fraction``).
 * GPU utilization is ESTIMATED as the non-synchronising share of the step,
   ``(step - sync) / step``: the data has no utilization column, and compute is taken to
   keep the GPU busy while synchronisation leaves it idle (input pipeline stalls are not
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainscale.operator.autoscaling.placement import Placement
-from trainscale.operator.autoscaling.simulation import CSV_COLUMNS, Point
+from trainscale.operator.autoscaling.simulation import CSV_COLUMNS, SYNC_COLUMN, Point
 
 DATA_DIR = Path(__file__).resolve().parents[5] / "benchmarks" / "data" / "pollux"
 """Where the transcribed measurements live in this repository."""
@@ -135,8 +136,10 @@ class PolluxApp:
         for n in range(1, max_count + 1):
             where = Placement.packed(n, workers_per_node_max=GPUS_PER_NODE).workers_per_node
             measured = self.throughput(where, local(n))
-            if measured is not None:
-                points.append(Point(n, len(where), *measured))
+            step = self.step(where, local(n))
+            if measured is not None and step is not None:
+                sync = step.sync_time / step.step_time
+                points.append(Point(n, len(where), *measured, sync_fraction=sync))
         return points
 
 
@@ -202,10 +205,14 @@ def _number(row: Mapping[str, str | None], field: str, where: str) -> float:
 
 
 def curve_csv(points: Sequence[Point]) -> str:
-    """The simulator's CSV text for a curve (fixed precision, so regeneration is exact)."""
-    lines = [",".join(CSV_COLUMNS)]
+    """The simulator's CSV text for a curve (fixed precision, so regeneration is exact), with
+    the ``sync_fraction`` column when every point has it."""
+    sync = all(p.sync_fraction is not None for p in points)
+    lines = [",".join(CSV_COLUMNS + ((SYNC_COLUMN,) if sync else ()))]
     lines += [
-        f"{p.replicas},{p.nodes},{p.samples_per_second:.3f},{p.gpu_utilization:.4f}" for p in points
+        f"{p.replicas},{p.nodes},{p.samples_per_second:.3f},{p.gpu_utilization:.4f}"
+        + (f",{p.sync_fraction:.4f}" if sync else "")
+        for p in points
     ]
     return "\n".join(lines) + "\n"
 
