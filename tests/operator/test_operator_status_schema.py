@@ -139,7 +139,7 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
                               reason="why", **kw)  # fmt: skip
 
     memory = AutoscalerMemory(
-        points=(MeasuredPoint(2, 1, 412.3, 0.81, 5), MeasuredPoint(4, 1, None, 0.7, 3)),
+        points=(MeasuredPoint(2, 1, 412.3, 0.81, 5, 0.2), MeasuredPoint(4, 1, None, 0.7, 3)),
         relative_noise=0.03,
         restart_cost_seconds=55.0,
         last_scale_time=1.0,

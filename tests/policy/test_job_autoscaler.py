@@ -2,8 +2,10 @@
 
 Covers:
 - the memory round-trips through JSON (camelCase keys) and tolerates missing or bad keys;
+  a bad sync share is dropped, its point kept;
 - an autoscaler restored from memory resumes without exploring again (a fresh one explores),
-  and keeps every remembered point, two node spans of one count included;
+  and keeps every remembered point, two node spans of one count included; the sync share
+  measured at each point is remembered, so the restored fit keeps the one-replica reference;
 - forced moves are not choices: after unschedulable pods or a ceiling pushed the job down,
   it returns as soon as the cap lifts; a count it chose to leave needs confidence instead;
 - a ceiling above the current count caps what the job asks for;
@@ -14,7 +16,9 @@ Covers:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -50,7 +54,7 @@ def run(
 
 def test_memory_round_trips_through_json() -> None:
     memory = AutoscalerMemory(
-        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20), MeasuredPoint(8, 2, None, 0.7, 6)),
+        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20, 0.25), MeasuredPoint(8, 2, None, 0.7, 6)),
         relative_noise=0.031,
         restart_cost_seconds=55.0,
         last_scale_time=1234.5,
@@ -60,8 +64,10 @@ def test_memory_round_trips_through_json() -> None:
     data = json.loads(json.dumps(memory.to_dict()))
     assert data["points"][0] == {
         "replicas": 4, "nodes": 1, "samplesPerSecond": 390.5, "gpuUtilization": 0.91, "samples": 20,
+        "syncFraction": 0.25,
     }  # fmt: skip
     assert "samplesPerSecond" not in data["points"][1]  # no nulls in status
+    assert "syncFraction" not in data["points"][1]
     assert AutoscalerMemory.from_dict(data) == memory
     # the status model (so the CRD schema) declares every key: the apiserver keeps them
     status = AutoscalingStatus.model_validate({"memory": data})
@@ -87,6 +93,77 @@ def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type:
     assert memory.points == ()
     assert memory.restart_cost_seconds is None
     assert set(memory.left_downwards) <= {3}
+
+
+@pytest.mark.parametrize(
+    "sync",
+    [
+        pytest.param(1.5, id="above-one"),
+        pytest.param(1.0, id="one"),
+        pytest.param(-0.1, id="negative"),
+        pytest.param("x", id="string"),
+        pytest.param(math.nan, id="nan"),
+        pytest.param(math.inf, id="inf"),
+        pytest.param(True, id="bool"),
+        pytest.param(None, id="null"),
+    ],
+)
+def test_memory_from_dict_drops_a_bad_sync_fraction_but_keeps_the_point(sync) -> None:  # type: ignore[no-untyped-def]
+    raw = {"replicas": 4, "nodes": 1, "samplesPerSecond": 390.5, "samples": 20}
+    memory = AutoscalerMemory.from_dict({"points": [{**raw, "syncFraction": sync}]})
+    assert memory.points == (MeasuredPoint(4, 1, 390.5, None, 20, None),)
+
+
+def _sync_tau(n: int) -> float:
+    """Per-worker seconds per sample: 8 ms that do not synchronise, and synchronisation that
+    grows with the count (there would be 2 ms of it at one replica by extrapolation)."""
+    return 0.01 * (1.0 + 0.05 * (n - 1))
+
+
+def _sync_share(n: int) -> float:
+    return 1.0 - 0.008 / _sync_tau(n)
+
+
+def _efficiencies(autoscaler: JobAutoscaler, counts: tuple[int, ...]) -> list[float]:
+    est = autoscaler._current_estimates()
+    assert est is not None
+    return [est.efficiency(n) for n in counts]
+
+
+def test_memory_keeps_the_sync_fraction_and_the_restored_fit_its_reference() -> None:
+    measured = JobAutoscaler(make_spec(replicas=2, hi=8))
+    t = 0.0
+    for n in (2, 4):  # throughput only, never one replica: the sync share is the reference
+        for _ in range(10):
+            t += INTERVAL
+            o = Observation(t, n, None, n / _sync_tau(n), 1, _sync_share(n))
+            measured.decide([o], current_replicas=n, now=t)
+        t += 3600.0
+    counts = (2, 4)
+    reference = _efficiencies(measured, counts)
+    memory = measured.memory()
+    shares = {p.replicas: p.sync_fraction for p in memory.points}
+    assert shares == {n: pytest.approx(_sync_share(n), abs=1e-6) for n in counts}
+    data = json.loads(json.dumps(memory.to_dict()))
+    assert all("syncFraction" in p for p in data["points"])
+    assert AutoscalingStatus.model_validate({"memory": data}).memory is not None
+    restored = AutoscalerMemory.from_dict(data)
+    assert restored == memory
+    # an operator restart: the fit from memory alone (no new observation yet)
+    resumed = JobAutoscaler(make_spec(replicas=4, hi=8), memory=restored)
+    resumed.decide([], current_replicas=4, now=t + 600.0)
+    assert _efficiencies(resumed, counts) == pytest.approx(reference, rel=5e-3)
+    # without the share the same medians extrapolate one replica's step (about 10 ms, where
+    # 8 ms of every step do not synchronise): efficiencies come out higher, so it was the
+    # remembered share that kept the reference
+    forgetful = AutoscalerMemory(
+        points=tuple(dataclasses.replace(p, sync_fraction=None) for p in memory.points),
+        relative_noise=memory.relative_noise,
+    )
+    blind = JobAutoscaler(make_spec(replicas=4, hi=8), memory=forgetful)
+    blind.decide([], current_replicas=4, now=t + 600.0)
+    unshared = _efficiencies(blind, counts)
+    assert all(u > r * 1.1 for u, r in zip(unshared, reference, strict=True)), (unshared, reference)
 
 
 def test_restored_autoscaler_resumes_without_exploring() -> None:

@@ -189,7 +189,7 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
     from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
 
     memory = AutoscalerMemory(
-        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20), MeasuredPoint(8, 2, None, 0.7, 6)),
+        points=(MeasuredPoint(4, 1, 390.5, 0.91, 20, 0.25), MeasuredPoint(8, 2, None, 0.7, 6)),
         relative_noise=0.031,
         restart_cost_seconds=55.0,
         last_scale_time=1234.5,

@@ -636,6 +636,13 @@ class MeasuredPointStatus(_Model):
         default=None, description="Median GPU busy fraction (0..1) of the settled samples."
     )
     samples: int = Field(ge=1, description="Settled samples the medians are of.")
+    sync_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Median share (0..1) of the settled samples' step time spent blocked on "
+        "gradient synchronisation.",
+    )
 
 
 class AutoscalerMemoryStatus(_Model):

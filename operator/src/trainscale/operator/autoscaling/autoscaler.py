@@ -57,6 +57,8 @@ class MeasuredPoint:
         samples_per_second: Median job throughput of the settled samples, if exported.
         gpu_utilization: Median GPU utilization of the settled samples, if exported.
         samples: How many settled samples the medians are of.
+        sync_fraction: Median share of the step time spent blocked on gradient
+            synchronisation (0 <= x < 1) of the settled samples, if exported.
     """
 
     replicas: int
@@ -64,6 +66,7 @@ class MeasuredPoint:
     samples_per_second: float | None
     gpu_utilization: float | None
     samples: int
+    sync_fraction: float | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -110,6 +113,7 @@ class AutoscalerMemory:
                         ("samplesPerSecond", p.samples_per_second),
                         ("gpuUtilization", p.gpu_utilization),
                         ("samples", p.samples),
+                        ("syncFraction", p.sync_fraction),
                     )
                     if v is not None
                 }
@@ -142,7 +146,10 @@ class AutoscalerMemory:
                 continue
             if (x is not None and x < 0) or (u is not None and not 0.0 <= u <= 1.0):
                 continue
-            points.append(MeasuredPoint(replicas, nodes, x, u, samples))
+            s = _number(raw.get("syncFraction"))
+            if s is not None and not 0.0 <= s < 1.0:
+                s = None  # a malformed share is dropped, the measurement kept
+            points.append(MeasuredPoint(replicas, nodes, x, u, samples, s))
 
         def counts(key: str) -> tuple[int, ...]:
             return tuple(sorted({c for c in data.get(key) or () if _count(c)}))
@@ -165,6 +172,7 @@ def _restore(memory: AutoscalerMemory, before: float, interval: float) -> list[O
     Each point becomes up to ``RESTORED_SAMPLES`` samples alternating around its medians by
     the remembered noise (so the fit weighs it as it did), counts in ascending order (no
     count looks "left downwards"), segments an hour apart (no restart is learned from them).
+    The sync share is a ratio, not a rate: every sample keeps the remembered median.
     """
     noise = (memory.relative_noise or 0.0) / 1.4826  # MAD of +-d is d; the fit scales by 1.4826
     out: list[Observation] = []
@@ -174,7 +182,7 @@ def _restore(memory: AutoscalerMemory, before: float, interval: float) -> list[O
             f = 1.0 + (noise if i % 2 else -noise)
             x = None if p.samples_per_second is None else p.samples_per_second * f
             u = None if p.gpu_utilization is None else min(1.0, p.gpu_utilization / f)
-            out.append(Observation(t, p.replicas, u, x, p.nodes))
+            out.append(Observation(t, p.replicas, u, x, p.nodes, p.sync_fraction))
             t += interval
         t += 3600.0
     return out
@@ -332,7 +340,7 @@ class JobAutoscaler:
                 analysis.points, analysis.compute, analysis.mode, self._workers_per_node
             )
             if model is not None:
-                est = _Estimates(model, analysis.points, self._spec.max_replicas)
+                est = _Estimates(model, analysis.points, self._spec.max_replicas, analysis.unsynced)
         self._estimates = (key, est)
         return est
 
@@ -361,6 +369,11 @@ class JobAutoscaler:
                 continue
             xs = [o.samples_per_second for o in settled if o.samples_per_second is not None]
             us = [o.gpu_utilization for o in settled if o.gpu_utilization is not None]
+            ss = [o.sync_fraction for o in settled if o.sync_fraction is not None]
+            sync: float | None = None
+            if ss:
+                sync = _median(ss)
+                sync = round(sync, 6) if round(sync, 6) < 1.0 else sync  # stays below 1
             points.append(
                 MeasuredPoint(
                     n,
@@ -368,6 +381,7 @@ class JobAutoscaler:
                     round(_median(xs), 6) if xs else None,
                     round(_median(us), 6) if us else None,
                     len(settled),
+                    sync,
                 )
             )
         return AutoscalerMemory(
