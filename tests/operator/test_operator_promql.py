@@ -1,7 +1,7 @@
 """The PromQL builders and their escaping, without a Prometheus server.
 
 Covers:
-- the exact text of the throughput and GPU queries for plain names (what docs and the
+- the exact text of the throughput, sync share and GPU queries for plain names (what docs and the
   dashboard show);
 - label-value escaping (quotes, backslashes, newlines, control characters) and RE2 escaping
   (every metacharacter) on their own;
@@ -27,7 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainscale.operator.adapters import promql
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL, WORLD_SIZE
+from trainscale.trainer.contract.metric_names import (
+    COMMUNICATION_SECONDS_TOTAL,
+    SAMPLES_TOTAL,
+    STEP_SECONDS_SUM,
+    WORLD_SIZE,
+)
 
 PROPERTY = settings(derandomize=True, database=None, max_examples=200, deadline=None)
 
@@ -101,6 +106,21 @@ def test_throughput_query_text() -> None:
     assert promql.build_throughput_query("ns", "j", window="30s").count("[30s]") == 2
 
 
+def test_sync_fraction_query_text() -> None:
+    def summed_rate(metric: str) -> str:
+        return (
+            f'sum(rate({metric}{{namespace="team-a",pod=~"alpha-worker-[0-9]+"}}[1m]) or '
+            f'rate({metric}{{exported_namespace="team-a",exported_pod=~"alpha-worker-[0-9]+"}}'
+            "[1m]))"
+        )
+
+    assert STEP_SECONDS_SUM == "trainscale_trainer_step_seconds_sum"  # the histogram's _sum
+    assert promql.build_sync_fraction_query("team-a", "alpha") == (
+        f"{summed_rate(COMMUNICATION_SECONDS_TOTAL)} / ({summed_rate(STEP_SECONDS_SUM)} > 0)"
+    )
+    assert promql.build_sync_fraction_query("ns", "j", window="30s").count("[30s]") == 4
+
+
 def test_world_size_query_text() -> None:
     assert promql.build_world_size_query("team-a", "a.b") == (
         f'max({WORLD_SIZE}{{namespace="team-a",pod=~"a\\\\.b-worker-[0-9]+"}} or '
@@ -172,6 +192,10 @@ def _check_query_scope(namespace: str, job: str) -> None:
             assert not re.fullmatch(pattern, decoy), decoy
     gpu_shape, _ = literals(promql.build_gpu_utilization_query("n", "j"))
     assert literals(promql.build_gpu_utilization_query(namespace, job))[0] == gpu_shape
+    sync_shape, _ = literals(promql.build_sync_fraction_query("n", "j"))
+    shape, sync_values = literals(promql.build_sync_fraction_query(namespace, job))
+    assert shape == sync_shape
+    assert sync_values == values + values  # the same scope for both counters
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -182,7 +206,11 @@ def test_prometheus_parses_every_hostile_query(tmp_path: Path) -> None:
             (ns, job, build)
             for ns in ("team-a", 'ns"}) or vector(1) #')
             for job in HOSTILE
-            for build in (promql.build_throughput_query, promql.build_gpu_utilization_query)
+            for build in (
+                promql.build_throughput_query,
+                promql.build_gpu_utilization_query,
+                promql.build_sync_fraction_query,
+            )
         )
     ]
     path = tmp_path / "rules.yml"
@@ -201,11 +229,17 @@ def test_prometheus_parses_every_hostile_query(tmp_path: Path) -> None:
 def test_bad_windows_are_refused(window: str) -> None:
     with pytest.raises(ValueError, match="window"):
         promql.build_throughput_query("ns", "job", window=window)
+    with pytest.raises(ValueError, match="window"):
+        promql.build_sync_fraction_query("ns", "job", window=window)
 
 
 @pytest.mark.parametrize(("namespace", "job", "field"), [("", "j", "namespace"), ("n", "", "job")])
 def test_empty_names_are_refused(namespace: str, job: str, field: str) -> None:
-    for build in (promql.build_throughput_query, promql.build_gpu_utilization_query):
+    for build in (
+        promql.build_throughput_query,
+        promql.build_gpu_utilization_query,
+        promql.build_sync_fraction_query,
+    ):
         with pytest.raises(ValueError, match=field):
             build(namespace, job)
 

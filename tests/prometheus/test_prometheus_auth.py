@@ -152,7 +152,7 @@ def test_a_wrong_password_is_a_401_naming_the_user_not_the_password(
     caplog.set_level(logging.DEBUG)
     got = fetch(secure_prometheus, right_access(pki, password_file=str(pki / "wrong-password")))
     assert got.observation.gpu_utilization is None
-    (gpu_error, _) = got.errors
+    (gpu_error, _, _) = got.errors  # GPU, throughput, sync share
     assert "HTTP 401 Unauthorized" in gpu_error
     assert "basic auth as user 'alice'" in gpu_error
     assert_no_secret(*got.errors, caplog.text)

@@ -4,6 +4,9 @@ Covers:
 - GPU utilization from DCGM_FI_PROF_GR_ENGINE_ACTIVE with pod/namespace labels;
 - the DCGM_FI_DEV_GPU_UTIL fallback (percent / 100) with exported_pod/exported_namespace;
 - throughput as the summed rate of the trainer's samples counter over the job's workers only;
+- the sync share as summed communication seconds over summed step seconds of the job's
+  workers; none (and no error) for a job without those counters; refused when it is not
+  below 1;
 - decoys (other namespace, rendezvous pod, a job whose name extends this one) never counted;
 - job names that try to inject PromQL or regex read nothing and break nothing;
 - spec query overrides with escaped {namespace}/{job} placeholders;
@@ -19,7 +22,13 @@ import threading
 
 import pytest
 
-from tests.support.prometheus import ALPHA_RATES, DECOY_RATES, RATE_WINDOW, start_prometheus
+from tests.support.prometheus import (
+    ALPHA_RATES,
+    DECOY_RATES,
+    RATE_WINDOW,
+    SYNC_RATES,
+    start_prometheus,
+)
 from trainscale.operator.adapters.prometheus import fetch_observation, fetch_query
 from trainscale.operator.api import PrometheusSpec
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
@@ -59,6 +68,43 @@ def test_throughput_sums_the_rate_over_the_jobs_workers_only(prometheus: str) ->
     assert got.latency_seconds > 0
 
 
+def test_sync_share_is_communication_over_step_seconds_of_the_jobs_workers(
+    prometheus: str,
+) -> None:
+    got = fetch(prometheus, "team-a", "alpha")
+    alpha = [SYNC_RATES[pod] for pod in ALPHA_RATES]  # the job's worker pods
+    expected = sum(c for c, _ in alpha) / sum(s for _, s in alpha)
+    assert expected == pytest.approx(0.25)
+    assert got.errors == ()
+    assert got.sync_fraction.error is None and not got.sync_fraction.empty
+    # a mean of the pods' shares (0.229) or any decoy (0.9 of its step time) is off by > 0.02
+    assert got.observation.sync_fraction == pytest.approx(expected, abs=0.01)
+    assert got.sync_fraction.latency_seconds > 0
+    assert got.latency_seconds >= (
+        got.gpu_utilization.latency_seconds
+        + got.throughput.latency_seconds
+        + got.sync_fraction.latency_seconds
+    )
+
+
+def test_a_job_without_the_trainers_counters_has_no_sync_share(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "beta")
+    assert got.observation.gpu_utilization == pytest.approx(0.5)  # the job is there
+    assert got.observation.sync_fraction is None
+    assert got.sync_fraction.empty and got.sync_fraction.error is None
+    assert got.errors == ()
+
+
+def test_a_sync_share_of_one_or_more_is_refused(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "gamma")  # 1.5 s blocked per second of steps
+    assert got.observation.sync_fraction is None
+    assert got.sync_fraction.value is None and not got.sync_fraction.empty
+    (error,) = got.errors
+    assert error.startswith("sync share: value ") and error.endswith(" outside [0, 1)"), error
+    value = float(error.removeprefix("sync share: value ").removesuffix(" outside [0, 1)"))
+    assert value == pytest.approx(1.5, abs=0.05)  # the error names the value
+
+
 def test_the_other_namespace_sees_only_its_own_job(prometheus: str) -> None:
     got = fetch(prometheus, "team-b", "alpha")
     assert got.observation.gpu_utilization == pytest.approx(0.05)
@@ -84,6 +130,7 @@ def test_job_names_cannot_inject(prometheus: str, job: str) -> None:
     assert got.errors == (), got.errors  # the query stays valid PromQL
     assert got.observation.gpu_utilization is None
     assert got.observation.samples_per_second is None
+    assert got.observation.sync_fraction is None
 
 
 def test_namespace_cannot_inject(prometheus: str) -> None:
@@ -105,6 +152,7 @@ def test_spec_overrides_substitute_escaped_placeholders(prometheus: str) -> None
     injected = fetch(prometheus, "team-a", 'alpha"}) or vector(1) #', spec=spec)
     assert injected.observation.gpu_utilization is None
     assert injected.observation.samples_per_second is None
+    assert injected.observation.sync_fraction is None
 
 
 def test_query_errors_are_reported_not_raised(prometheus: str) -> None:
@@ -131,7 +179,8 @@ def test_stopped_prometheus_gives_no_observation(exporter: str, tmp_path) -> Non
     got = fetch(server.url, "team-a", "alpha")
     assert got.observation.gpu_utilization is None
     assert got.observation.samples_per_second is None
-    assert len(got.errors) == 2
+    assert got.observation.sync_fraction is None
+    assert len(got.errors) == 3
     assert all("Connection" in e or "refused" in e for e in got.errors), got.errors
 
 

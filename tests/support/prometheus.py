@@ -4,7 +4,8 @@ A real Prometheus scraping a test exporter that speaks dcgm-exporter's and the t
 
 The exporter (prometheus_client on 127.0.0.1) serves GPU gauges with dcgm-exporter's exact
 metric names and labels, in both label styles the operator must handle, plus the trainer's
-samples counter growing at a known rate. Prometheus (the Debian ``prometheus`` binary)
+samples counter growing at a known rate, and its communication and step-time counters growing
+at known rates (the sync share). Prometheus (the Debian ``prometheus`` binary)
 scrapes it every second with ``honor_labels: true``, as dcgm-exporter's own ServiceMonitor
 recommends, so the ``pod``/``exported_pod`` labels arrive as the exporter wrote them.
 """
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from trainscale.testbed.prometheus import (
@@ -24,7 +25,11 @@ from trainscale.testbed.prometheus import (
     start_prometheus,
     wait_for_series,
 )
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+from trainscale.trainer.contract.metric_names import (
+    COMMUNICATION_SECONDS_TOTAL,
+    SAMPLES_TOTAL,
+    STEP_SECONDS,
+)
 
 __all__ = [
     "ALPHA_RATES",
@@ -34,6 +39,7 @@ __all__ = [
     "GPUS",
     "RATE_WINDOW",
     "SAMPLE_RATES",
+    "SYNC_RATES",
     "DcgmTrainerExporter",
     "Gpu",
     "PrometheusServer",
@@ -86,13 +92,27 @@ DECOY_RATES = {
     ("team-a", "alpha-worker-x"): 400.0,  # not a replica index
 }
 SAMPLE_RATES = {**ALPHA_RATES, **DECOY_RATES}
+# (communication, step) seconds per second per pod: the trainer's communication counter and
+# its step-time histogram's _sum grow at exactly these rates.
+# job "alpha": (0.1 + 0.4) / (0.8 + 1.2) = 0.25 (a mean of the pods' shares would be 0.229);
+# every decoy spends 0.9 of its step time blocked, so a wrong scope reads >= 0.3;
+# job "gamma": more communication than step time (1.5), which the operator must refuse;
+# job "beta" exports neither (no sync share, and that is not an error).
+SYNC_RATES = {
+    ("team-a", "alpha-worker-0"): (0.1, 0.8),
+    ("team-a", "alpha-worker-1"): (0.4, 1.2),
+    **{pod: (0.9, 1.0) for pod in DECOY_RATES},
+    ("team-a", "gamma-worker-0"): (1.5, 1.0),
+}
 
 
 class DcgmTrainerExporter(Collector):
     def __init__(self) -> None:
         self.started = time.time()
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         active = GaugeMetricFamily(
             "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active.",
             labels=DCGM_LABELS,
@@ -117,9 +137,22 @@ class DcgmTrainerExporter(Collector):
         elapsed = time.time() - self.started
         for (ns, pod), rate in SAMPLE_RATES.items():
             samples.add_metric([ns, pod], 1000.0 + rate * elapsed)
+        communication = CounterMetricFamily(
+            COMMUNICATION_SECONDS_TOTAL.removesuffix("_total"), "Seconds blocked on all-reduce.",
+            labels=("namespace", "pod"),
+        )  # fmt: skip
+        steps = HistogramMetricFamily(
+            STEP_SECONDS, "Wall time of one optimizer step.", labels=("namespace", "pod")
+        )
+        for (ns, pod), (blocked, busy) in SYNC_RATES.items():
+            communication.add_metric([ns, pod], 10.0 + blocked * elapsed)
+            count = 2.0 + elapsed  # one step a second: only the _sum matters here
+            steps.add_metric([ns, pod], [("+Inf", count)], sum_value=20.0 + busy * elapsed)
         # Two families of the same name would be merged by Prometheus anyway; one family
         # per name keeps the exposition valid.
         for family, extra in ((active, active_exported), (util, util_exported)):
             family.samples.extend(extra.samples)
             yield family
         yield samples
+        yield communication
+        yield steps

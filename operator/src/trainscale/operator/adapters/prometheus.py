@@ -33,6 +33,7 @@ from trainscale.operator.adapters.promql import (
     DEFAULT_MAX_SAMPLE_AGE_SECONDS,
     DEFAULT_RATE_WINDOW,
     build_gpu_utilization_query,
+    build_sync_fraction_query,
     build_throughput_query,
     build_world_size_query,
     render_query_override,
@@ -68,14 +69,18 @@ class FetchedObservation:
     """An :class:`Observation` and how getting it went, for operator metrics and conditions.
 
     Attributes:
-        observation: GPU utilization / throughput set where known, None where not.
+        observation: GPU utilization / throughput / sync share set where known, None where
+            not.
         gpu_utilization: The GPU query's result.
         throughput: The throughput query's result.
+        sync_fraction: The sync share query's result (empty for a trainer that exports no
+            communication or step-time counters).
     """
 
     observation: Observation
     gpu_utilization: QueryResult
     throughput: QueryResult
+    sync_fraction: QueryResult
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -85,12 +90,18 @@ class FetchedObservation:
             out.append(f"gpu utilization: {self.gpu_utilization.error}")
         if self.throughput.error:
             out.append(f"throughput: {self.throughput.error}")
+        if self.sync_fraction.error:
+            out.append(f"sync share: {self.sync_fraction.error}")
         return tuple(out)
 
     @property
     def latency_seconds(self) -> float:
         """Total time spent querying."""
-        return self.gpu_utilization.latency_seconds + self.throughput.latency_seconds
+        return (
+            self.gpu_utilization.latency_seconds
+            + self.throughput.latency_seconds
+            + self.sync_fraction.latency_seconds
+        )
 
 
 def fetch_query(
@@ -206,7 +217,11 @@ def fetch_observation(
     max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
     access: PrometheusAccess | None = None,
 ) -> FetchedObservation:
-    """Read one job's GPU utilization and throughput; never raises for Prometheus trouble.
+    """Read one job's GPU utilization, throughput and sync share; never raises for
+    Prometheus trouble.
+
+    The sync share (:func:`build_sync_fraction_query`) has no spec override: it reads the
+    trainer's own counters, and a job without them (a custom trainer) just has none.
 
     Args:
         base_url: Prometheus base URL (``spec.url`` wins when set).
@@ -215,13 +230,14 @@ def fetch_observation(
         replicas: Workers running now, recorded in the observation.
         now: Timestamp to give the observation (the operator's clock).
         spec: ``spec.autoscaling.prometheus``: URL, query overrides, timeout.
-        rate_window: ``rate()`` window of the default throughput query.
+        rate_window: ``rate()`` window of the default throughput query and of the sync
+            share query.
         max_sample_age_seconds: GPU series older than this are stale (default query).
         access: The operator's credentials, TLS and headers for ``base_url``; a job whose
             ``spec.url`` names another server gets only the TLS verification settings.
 
     Returns:
-        The observation (fields None where unknown) and both query results.
+        The observation (fields None where unknown) and the three query results.
 
     Raises:
         ValueError: on an empty namespace/job (a programming error, not a Prometheus one).
@@ -238,6 +254,7 @@ def fetch_observation(
         throughput_query = render_query_override(spec.throughput_query, namespace, job)
     else:
         throughput_query = build_throughput_query(namespace, job, window=rate_window)
+    sync_query = build_sync_fraction_query(namespace, job, window=rate_window)
     gpu = fetch_query(url, gpu_query, timeout_seconds=spec.timeout_seconds, access=access)
     if gpu.value is not None and not 0.0 <= gpu.value <= 1.0:
         gpu = QueryResult(
@@ -248,13 +265,19 @@ def fetch_observation(
         rate = QueryResult(
             rate.query, None, f"value {rate.value} is negative", False, rate.latency_seconds
         )
+    sync = fetch_query(url, sync_query, timeout_seconds=spec.timeout_seconds, access=access)
+    if sync.value is not None and not 0.0 <= sync.value < 1.0:
+        sync = QueryResult(
+            sync.query, None, f"value {sync.value} outside [0, 1)", False, sync.latency_seconds
+        )
     observation = Observation(
         timestamp=now,
         replicas=replicas,
         gpu_utilization=gpu.value,
         samples_per_second=rate.value,
+        sync_fraction=sync.value,
     )
-    return FetchedObservation(observation, gpu, rate)
+    return FetchedObservation(observation, gpu, rate, sync)
 
 
 def _server(

@@ -1,4 +1,4 @@
-"""PromQL for the autoscaler: the queries that read one job's GPU busy and throughput.
+"""PromQL for the autoscaler: the queries that read one job's GPU busy, throughput, sync share.
 
 Why this module exists: a query is text built from user-controlled names (namespace and
 job), so building it is where injection would happen; keeping the builders pure and in one
@@ -20,7 +20,12 @@ without ``honorLabels`` (Prometheus renames the clashing labels). Both are match
 from __future__ import annotations
 
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL, WORLD_SIZE
+from trainscale.trainer.contract.metric_names import (
+    COMMUNICATION_SECONDS_TOTAL,
+    SAMPLES_TOTAL,
+    STEP_SECONDS_SUM,
+    WORLD_SIZE,
+)
 from trainscale.trainer.contract.naming import worker_pod_pattern
 
 DEFAULT_RATE_WINDOW = "1m"
@@ -114,6 +119,31 @@ def build_throughput_query(namespace: str, job: str, *, window: str = DEFAULT_RA
     _check_window(window)
     parts = [f"rate({s}[{window}])" for s in _selectors(SAMPLES_TOTAL, namespace, job)]
     return "sum(" + " or ".join(parts) + ")"
+
+
+def build_sync_fraction_query(
+    namespace: str, job: str, *, window: str = DEFAULT_RATE_WINDOW
+) -> str:
+    """The job's sync share: the fraction of its workers' step time spent blocked on
+    gradient synchronisation (0..1).
+
+    Seconds blocked on all-reduce (the trainer's communication counter) over seconds spent
+    in steps (its step-time histogram's ``_sum``), each ``rate()`` summed over the job's
+    worker pods before dividing: the job's share of time, each worker weighted by its time,
+    not a mean of per-pod ratios. Both counters grow at the end of each step, so the two
+    windows cover the same steps. A window in which no step finished (step rate 0) gives an
+    empty result, "unknown", rather than NaN; so does a job that exports neither counter.
+
+    Raises:
+        ValueError: on an empty namespace or job, or a window that is not a PromQL duration.
+    """
+    _check_window(window)
+
+    def summed_rate(metric: str) -> str:
+        parts = [f"rate({s}[{window}])" for s in _selectors(metric, namespace, job)]
+        return "sum(" + " or ".join(parts) + ")"
+
+    return f"{summed_rate(COMMUNICATION_SECONDS_TOTAL)} / ({summed_rate(STEP_SECONDS_SUM)} > 0)"
 
 
 def build_world_size_query(namespace: str, job: str) -> str:

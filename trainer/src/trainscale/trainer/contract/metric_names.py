@@ -23,6 +23,10 @@ SAMPLES_TOTAL = PREFIX + "samples_total"
 
 # Histogram: wall time of one optimizer step on this worker (data, compute, communication).
 STEP_SECONDS = PREFIX + "step_seconds"
+# Its ``_sum`` series, a counter of the seconds this pod's steps took: the rate() of
+# COMMUNICATION_SECONDS_TOTAL over the rate() of this, each summed over a job's workers, is
+# the job's sync share (the operator's build_sync_fraction_query).
+STEP_SECONDS_SUM = STEP_SECONDS + "_sum"
 
 # Counter: seconds this worker spent computing (forward, backward, optimizer), excluding
 # time blocked on gradient all-reduce.
