@@ -372,8 +372,8 @@ class JobAutoscaler:
             ss = [o.sync_fraction for o in settled if o.sync_fraction is not None]
             sync: float | None = None
             if ss:
-                sync = _median(ss)
-                sync = round(sync, 6) if round(sync, 6) < 1.0 else sync  # stays below 1
+                median = _median(ss)
+                sync = rounded if (rounded := round(median, 6)) < 1.0 else median  # stays < 1
             points.append(
                 MeasuredPoint(
                     n,

@@ -238,8 +238,8 @@ class Observation:
             packed placement).
         sync_fraction: Share of the workers' step time spent blocked on gradient
             synchronisation, 0 <= x < 1 (the trainer's communication seconds over its
-            step seconds); None if the job exports none. ``1 - sync_fraction`` bounds the
-            count's scaling efficiency from above, measured (:class:`_Estimates`).
+            step seconds); None if the job exports none. The non-synchronising part of
+            the step it gives caps the one-replica efficiency reference (:class:`_Estimates`).
     """
 
     timestamp: float
@@ -543,13 +543,13 @@ def _analyse(
         for o in settled:
             v = _metric(o, mode)
             assert v is not None
-            if o.sync_fraction is not None and mode is ModelSource.THROUGHPUT:
-                unsynced.setdefault(key, []).append(o.replicas / v * (1.0 - o.sync_fraction))
             u = o.gpu_utilization if o.gpu_utilization and o.gpu_utilization > 0 else None
             if mode is ModelSource.THROUGHPUT:
                 tau = o.replicas / v
                 if u is not None:
                     compute.append(u * tau)
+                if o.sync_fraction is not None:
+                    unsynced.setdefault(key, []).append(tau * (1.0 - o.sync_fraction))
             else:
                 tau, u = 1.0 / v, None
             pairs.setdefault(key, []).append((tau, u))
@@ -739,6 +739,29 @@ def _features(replicas: int, nodes: int) -> tuple[float, float, float, float]:
     return (1.0, k, 1.0 if nodes > 1 else 0.0, k * k)
 
 
+def _average_fits(
+    fits: Sequence[tuple[float, Sequence[float], Sequence[Sequence[float]]]], width: int
+) -> tuple[list[float], list[list[float]]]:
+    """Average fits ``(log weight, parameters, covariance)`` by ``exp(log weight)``: the
+    weighted parameters, and the weighted covariances plus the parameters' spread."""
+    top = max(f[0] for f in fits)
+    weights = [math.exp(f[0] - top) for f in fits]
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(width)]
+    averaged = [
+        [
+            math.fsum(
+                w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
+                for w, f in zip(weights, fits, strict=True)
+            )
+            for j in range(width)
+        ]
+        for i in range(width)
+    ]
+    return mean, averaged
+
+
 @dataclass(frozen=True)
 class _Line:
     """A time per sample measured at several counts, as ``c0 + c1 (n - 1)``, ``c1 >= 0``."""
@@ -775,21 +798,8 @@ def _fit_line(samples: Mapping[_Key, Sequence[float]]) -> _Line | None:
             fits.append((-0.5 * (residual + _CURVATURE_CHI2 * sum(allowed)), params, cov))
     if not fits:
         return None
-    top = max(f[0] for f in fits)
-    weights = [math.exp(f[0] - top) for f in fits]
-    weights = [w / sum(weights) for w in weights]
-    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(2)]
-    cov = tuple(
-        tuple(
-            math.fsum(
-                w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
-                for w, f in zip(weights, fits, strict=True)
-            )
-            for j in range(2)
-        )
-        for i in range(2)
-    )
-    return _Line(mean[0], mean[1], cov) if mean[0] > 0 else None
+    mean, averaged = _average_fits(fits, 2)
+    return _Line(mean[0], mean[1], tuple(tuple(r) for r in averaged)) if mean[0] > 0 else None
 
 
 def fit_speedup_model(
@@ -870,22 +880,7 @@ def fit_speedup_model(
     # its extrapolation to one replica, which every efficiency depends on) moves smoothly
     # as evidence for curvature accumulates instead of jumping when a test flips; the
     # spread between the two joins the covariance.
-    width = len(candidates[0])
-    top = max(f[0] for f in fits)
-    weights = [math.exp(f[0] - top) for f in fits]
-    total = sum(weights)
-    weights = [w / total for w in weights]
-    mean = [sum(w * f[1][i] for w, f in zip(weights, fits, strict=True)) for i in range(width)]
-    averaged = [
-        [
-            math.fsum(
-                w * (f[2][i][j] + (f[1][i] - mean[i]) * (f[1][j] - mean[j]))
-                for w, f in zip(weights, fits, strict=True)
-            )
-            for j in range(width)
-        ]
-        for i in range(width)
-    ]
+    mean, averaged = _average_fits(fits, len(candidates[0]))
     p0, b, d, c = mean
     a = p0 + (base or 0.0)
     if a <= 0 or not math.isfinite(a):
@@ -962,10 +957,11 @@ class _Estimates:
     Efficiency is relative to one replica's step, which the fit extrapolates when one
     replica was never measured, and the extrapolation errs high on real curves (a ring
     all-reduce's bandwidth term makes synchronisation concave in the count). Where the
-    trainer exports its sync share, one replica's step is at most the part of any measured
-    step that does not synchronise, ``tau * (1 - sync_fraction)`` (that part only grows
-    with the count: contention, smaller per-GPU batches), so the reference is the lower of
-    the fit's and the smallest such measurement (``reference_capped``).
+    trainer exports its sync share, one replica's step is at most the part of the measured
+    steps that does not synchronise, ``tau * (1 - sync_fraction)`` (that part only grows
+    with the count: contention, smaller per-GPU batches): fitted as a line in the count
+    (:func:`_fit_line`) and extrapolated to one replica, it caps the reference when it lies
+    more than one standard error below the fit's (``reference_capped``).
     """
 
     def __init__(

@@ -117,11 +117,7 @@ class PolluxApp:
     ) -> tuple[float, float] | None:
         """``(samples/s, estimated GPU utilization)`` of the whole job, or None if unmeasured."""
         step = self.step(workers_per_node, local_bsz)
-        if step is None:
-            return None
-        replicas = sum(workers_per_node)
-        utilization = max(0.0, step.step_time - step.sync_time) / step.step_time
-        return replicas * local_bsz / step.step_time, utilization
+        return None if step is None else _rates(step, sum(workers_per_node), local_bsz)
 
     def weak_curve(self, local_bsz: float, max_count: int) -> list[Point]:
         """Weak scaling: every worker keeps ``local_bsz``; packed counts 1..max_count."""
@@ -135,12 +131,17 @@ class PolluxApp:
         points = []
         for n in range(1, max_count + 1):
             where = Placement.packed(n, workers_per_node_max=GPUS_PER_NODE).workers_per_node
-            measured = self.throughput(where, local(n))
             step = self.step(where, local(n))
-            if measured is not None and step is not None:
+            if step is not None:
                 sync = step.sync_time / step.step_time
-                points.append(Point(n, len(where), *measured, sync_fraction=sync))
+                points.append(Point(n, len(where), *_rates(step, n, local(n)), sync_fraction=sync))
         return points
+
+
+def _rates(step: Step, replicas: int, local_bsz: float) -> tuple[float, float]:
+    """``(samples/s, estimated GPU utilization)`` of ``replicas`` workers at this step."""
+    utilization = max(0.0, step.step_time - step.sync_time) / step.step_time
+    return replicas * local_bsz / step.step_time, utilization
 
 
 def _interpolate(rows: Mapping[int, Step], local_bsz: float) -> Step | None:
