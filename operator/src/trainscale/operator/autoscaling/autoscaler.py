@@ -340,7 +340,13 @@ class JobAutoscaler:
                 analysis.points, analysis.compute, analysis.mode, self._workers_per_node
             )
             if model is not None:
-                est = _Estimates(model, analysis.points, self._spec.max_replicas, analysis.unsynced)
+                est = _Estimates(
+                    model,
+                    analysis.points,
+                    self._spec.max_replicas,
+                    analysis.unsynced,
+                    analysis.busy,
+                )
         self._estimates = (key, est)
         return est
 

@@ -62,8 +62,11 @@ every count, and one replica's step is no longer than it (it only grows with the
 all-reduce contending with the backward pass, smaller per-GPU batches). Fitted as a line in
 the count and extrapolated to one replica, it caps ``a`` when it lies more than one
 standard error below the fit's (:class:`_Estimates`; a measured one replica is the
-reference itself). Throughput and utilization predictions do not change; a trainer that
-under-reads its sync (overlap hidden in compute) leaves the cap loose, never wrong.
+reference itself). Throughput and utilization predictions do not change. A trainer that
+under-reads its sync (overlap hidden in compute) misses most where the job synchronises
+most, across nodes, which steepens the line and can put its extrapolation too low; one
+replica's step is at least its GPU compute (``U * n / X``, fitted and extrapolated the same
+way), so the cap never goes below that.
 
 Uncertainty. The Amdahl (``gamma = 0``) and the quadratic fit are averaged with weights
 ``exp(-(chi2 + penalty) / 2)`` and their covariances (inflated by the reduced chi-square)
@@ -438,6 +441,8 @@ class _Analysis:
     settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
     # settled samples' non-synchronising time per sample, ``n / X * (1 - sync_fraction)``
     unsynced: dict[_Key, list[float]] = field(default_factory=dict)
+    # settled samples' GPU-busy time per sample, ``U * n / X`` (the compute, per key)
+    busy: dict[_Key, list[float]] = field(default_factory=dict)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -498,6 +503,7 @@ def _analyse(
     pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     compute: list[float] = []
     unsynced: dict[_Key, list[float]] = {}
+    busy: dict[_Key, list[float]] = {}
     latest_time: float | None = None
     for o in obs:
         if _metric(o, mode) is not None:
@@ -548,6 +554,7 @@ def _analyse(
                 tau = o.replicas / v
                 if u is not None:
                     compute.append(u * tau)
+                    busy.setdefault(key, []).append(u * tau)
                 if o.sync_fraction is not None:
                     unsynced.setdefault(key, []).append(tau * (1.0 - o.sync_fraction))
             else:
@@ -584,6 +591,7 @@ def _analyse(
         restart_costs,
         settled_by_key,
         unsynced,
+        busy,
     )
 
 
@@ -961,7 +969,9 @@ class _Estimates:
     steps that does not synchronise, ``tau * (1 - sync_fraction)`` (that part only grows
     with the count: contention, smaller per-GPU batches): fitted as a line in the count
     (:func:`_fit_line`) and extrapolated to one replica, it caps the reference when it lies
-    more than one standard error below the fit's (``reference_capped``).
+    more than one standard error below the fit's (``reference_capped``), but never below
+    one replica's GPU compute, ``U * tau`` extrapolated alike (``busy``): one replica's step
+    is at least that, and a share under-read across nodes would otherwise steepen the line.
     """
 
     def __init__(
@@ -970,6 +980,7 @@ class _Estimates:
         points: dict[_Key, list[float]],
         top: int,
         unsynced: Mapping[_Key, Sequence[float]] | None = None,
+        busy: Mapping[_Key, Sequence[float]] | None = None,
     ) -> None:
         self.model = model
         a = model.seconds_per_sample
@@ -1057,8 +1068,18 @@ class _Estimates:
         line = _fit_line(unsynced) if unsynced else None
         if line is not None and model.source is ModelSource.THROUGHPUT and 1 not in measured:
             sd = math.sqrt(max(0.0, line.cov[0][0]))
-            if line.c0 + sd < self._a:
-                self._a, self._var_a, self.reference_capped = line.c0 + sd, sd * sd, True
+            cap = line.c0 + sd
+            # ... and at least one replica's GPU compute: a trainer that under-reads its
+            # sync (overlap hidden in compute) inflates the non-synchronising time most
+            # where it synchronises most (across nodes), which steepens the line and would
+            # put its extrapolation below what the GPUs alone take.
+            compute = _fit_line(busy) if busy else None
+            if compute is not None:
+                sd_g = math.sqrt(max(0.0, compute.cov[0][0]))
+                if compute.c0 + sd_g > cap:
+                    cap, sd = compute.c0 + sd_g, sd_g
+            if cap < self._a:
+                self._a, self._var_a, self.reference_capped = cap, sd * sd, True
                 self._cov_a = {n: 0.0 for n in self._cov_a}
 
     def _step(self, replicas: int) -> float:
@@ -1804,7 +1825,9 @@ def _fit(ctx: DecisionContext) -> None:
         analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node
     )
     if ctx.model is not None:
-        ctx.est = est = _Estimates(ctx.model, analysis.points, ctx.hi, analysis.unsynced)
+        ctx.est = est = _Estimates(
+            ctx.model, analysis.points, ctx.hi, analysis.unsynced, analysis.busy
+        )
         ctx.common.update(
             model=ctx.model,
             efficiency=est.efficiency(ctx.current),
