@@ -243,6 +243,38 @@ def test_exploration_across_a_node_boundary_probes_a_full_node(spec, kw, target)
     assert f"exploring {target} (curve not identified from one count)" in ctx.reason
 
 
+UTIL_08 = {"objective": "utilization", "targetGpuUtilization": 0.8}
+
+
+@pytest.mark.parametrize(
+    ("tau4", "spec", "kw", "target", "says"),
+    [
+        pytest.param(1.08, UTIL_08, {}, 8, "6 predicted 0.81; filling the node: 8 (GPU "
+                     "utilization 0.76 +- 0.08)", id="utilization-6-chosen-8-within-doubt"),
+        pytest.param(1.16, {"objective": "efficiency", "minEfficiency": 0.7}, {}, 8,
+                     "6 predicted 0.73; filling the node: 8 (efficiency 0.66 +- 0.13)",
+                     id="efficiency-6-chosen-8-within-doubt"),
+        pytest.param(1.12, UTIL_08, {}, 5, "5 predicted 0.81", id="8-beyond-doubt-stays"),
+        pytest.param(1.08, {**UTIL_08, "hi": 16, "allowed": {"values": [1, 2, 3, 4, 5, 6, 7, 16]}}, {},
+                     6, "6 predicted 0.81", id="8-not-allowed"),
+        pytest.param(1.08, UTIL_08, {"cap": 7}, 6, "6 predicted 0.81", id="ceiling-inside-the-node"),
+        pytest.param(1.08, {"objective": "budget", "maxCostPerHour": 6, "costPerGpuHour": 1}, {},
+                     6, "6 replicas cost 6.00/h", id="budget-has-no-floor-to-doubt"),
+    ],
+)  # fmt: skip
+def test_exploration_fills_the_node(tau4, spec, kw, target, says) -> None:  # type: ignore[no-untyped-def]
+    """One count on an 8-GPU node: the one-count fit reads all idle time as sync growing
+    linearly (a ring's grows ever slower) and stops the job part-way into its node; the
+    full node is measured instead when it may keep the floor."""
+    observations = steady(4, count=4, tau=lambda n: tau4)
+    ctx = context(observations, 4, observations[-1].timestamp + 30.0, workers_per_node=8,
+                  spec=spec, **kw)  # fmt: skip
+    assert run_to(ctx, "exploration") is None
+    assert ctx.target == target
+    assert says in ctx.reason
+    assert ("filling the node" in ctx.reason) is (target == 8)
+
+
 @pytest.mark.parametrize(
     ("target", "pending", "holds"),
     [
