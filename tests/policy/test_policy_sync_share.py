@@ -174,6 +174,17 @@ def test_an_under_read_share_never_puts_the_reference_below_the_compute(
         assert est.efficiency(n) <= _true_efficiency(curve, n) + 1e-3, n
 
 
+def test_a_capped_reference_is_one_replicas_step() -> None:
+    # The cap says one replica's step is at most the extrapolated line: one replica then
+    # runs at it, efficiency 1 by definition (a capped reference with the model's own
+    # step at one replica read "even minReplicas 1 predicted 0.68" in a reason).
+    curve = named_curve("weak-8")
+    est = _estimates(_observe(curve, [4, 8], sync=True), 8)
+    assert est.reference_capped
+    assert est.efficiency(1) == pytest.approx(1.0)
+    assert est.throughput(1) == pytest.approx(est.throughput(4) / 4 / est.efficiency(4))
+
+
 @pytest.mark.parametrize(
     ("seed", "condition"),
     [

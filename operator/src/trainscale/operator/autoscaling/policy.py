@@ -62,7 +62,8 @@ every count, and one replica's step is no longer than it (it only grows with the
 all-reduce contending with the backward pass, smaller per-GPU batches). Fitted as a line in
 the count and extrapolated to one replica, it caps ``a`` when it lies more than one
 standard error below the fit's (:class:`_Estimates`; a measured one replica is the
-reference itself). Throughput and utilization predictions do not change. A trainer that
+reference itself). Throughput and utilization predictions do not change, except at one
+replica, which runs at the capped reference (efficiency 1 by definition). A trainer that
 under-reads its sync (overlap hidden in compute) misses most where the job synchronises
 most, across nodes, which steepens the line and can put its extrapolation too low; one
 replica's step is at least its GPU compute (``U * n / X``, fitted and extrapolated the same
@@ -1083,6 +1084,9 @@ class _Estimates:
             if cap < self._a:
                 self._a, self._var_a, self.reference_capped = cap, sd * sd, True
                 self._cov_a = {n: 0.0 for n in self._cov_a}
+                # The reference is one replica's step: one replica runs at it (efficiency
+                # 1 by definition, never "even minReplicas 1 predicted 0.68").
+                self._tau[1], self._var[1] = cap, sd * sd
 
     def _step(self, replicas: int) -> float:
         return self._tau.get(replicas) or self.model.seconds_per_sample * (
