@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -75,14 +76,7 @@ def _estimates(observations: list[Observation], per_node: int | None) -> _Estima
 def _under_read(observations: list[Observation], seen: float) -> list[Observation]:
     """The same samples from a trainer whose timer sees only ``seen`` of the sync."""
     return [
-        Observation(
-            o.timestamp,
-            o.replicas,
-            o.gpu_utilization,
-            o.samples_per_second,
-            o.nodes,
-            None if o.sync_fraction is None else seen * o.sync_fraction,
-        )
+        replace(o, sync_fraction=None if o.sync_fraction is None else seen * o.sync_fraction)
         for o in observations
     ]
 
@@ -140,10 +134,7 @@ def test_one_replica_measured_is_the_reference_whatever_the_share_says() -> None
     # reference below one replica's own step: measured, one replica is the reference.
     curve = StepTimeCurve("over-reported", lambda p: 1.0 + 0.02 * (p.replicas - 1))
     obs = _observe(curve, [1, 4, 8], sync=False)
-    obs = [
-        Observation(o.timestamp, o.replicas, o.gpu_utilization, o.samples_per_second, o.nodes, 0.3)
-        for o in obs
-    ]
+    obs = [replace(o, sync_fraction=0.3) for o in obs]
     est = _estimates(obs, None)
     assert not est.reference_capped
     assert est.efficiency(1) == pytest.approx(1.0)
@@ -233,12 +224,7 @@ def test_the_cap_counts_from_one_standard_error_above_its_reading(
     for o in _observe(curve, [4, 8, 12], sync=False):
         assert o.samples_per_second is not None
         tau = o.replicas / o.samples_per_second
-        share = 1.0 - a * (1.0 - below) / tau
-        obs.append(
-            Observation(
-                o.timestamp, o.replicas, o.gpu_utilization, o.samples_per_second, o.nodes, share
-            )
-        )
+        obs.append(replace(o, sync_fraction=1.0 - a * (1.0 - below) / tau))
     seen = _estimates(obs, None)
     assert seen.reference_capped is capped
     if capped:

@@ -1403,31 +1403,43 @@ def _strong_gain(est: _Estimates, current: int, to: int) -> bool:
     return ratio * (1.0 - CONFIDENCE_Z * rel) >= STRONG_GAIN
 
 
+def _floor_reading(
+    spec: TrainingJobSpec, est: _Estimates, n: int
+) -> tuple[float, float, float] | None:
+    """The floor metric at ``n`` as ``(estimate, standard error, floor)``: efficiency, or
+    GPU utilization; None under the budget objective or without GPU metrics."""
+    auto = spec.autoscaling
+    if auto.objective is Objective.EFFICIENCY:
+        return est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
+    u = est.gpu_utilization(n)
+    if auto.objective is Objective.UTILIZATION and u is not None:
+        return u, u * est.relative_error(n), auto.target_gpu_utilization
+    return None
+
+
+def _keeps_floor(
+    spec: TrainingJobSpec, est: _Estimates, n: int, *, errors: float, band: float = 0.0
+) -> bool:
+    """Whether the floor metric at ``n``, moved ``errors`` standard errors (down when
+    negative), is at least the floor lowered by ``band``; always under the budget
+    objective, never without the metric."""
+    if spec.autoscaling.objective is Objective.BUDGET:
+        return True
+    reading = _floor_reading(spec, est, n)
+    if reading is None:
+        return False
+    value, error, floor = reading
+    return value + errors * error >= floor * (1 - band)
+
+
 def _inside_band(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
     """Whether ``n`` keeps the floor within ``HYSTERESIS`` at ``CONFIDENCE_Z`` errors down."""
-    auto = spec.autoscaling
-    z = CONFIDENCE_Z
-    if auto.objective is Objective.EFFICIENCY:
-        low = est.efficiency(n) - z * est.efficiency_error(n)
-        return low >= auto.min_efficiency * (1 - HYSTERESIS)
-    if auto.objective is Objective.UTILIZATION:
-        u = est.gpu_utilization(n)
-        if u is None:
-            return False
-        return u * (1 - z * est.relative_error(n)) >= auto.target_gpu_utilization * (1 - HYSTERESIS)
-    return True
+    return _keeps_floor(spec, est, n, errors=-CONFIDENCE_Z, band=HYSTERESIS)
 
 
 def _within_floor_doubt(spec: TrainingJobSpec, est: _Estimates, n: int) -> bool:
     """Whether ``n`` may keep the floor: within ``CONFIDENCE_Z`` standard errors of it."""
-    auto = spec.autoscaling
-    if auto.objective is Objective.EFFICIENCY:
-        return est.efficiency(n) + CONFIDENCE_Z * est.efficiency_error(n) >= auto.min_efficiency
-    if auto.objective is Objective.UTILIZATION:
-        u = est.gpu_utilization(n)
-        goal = auto.target_gpu_utilization
-        return u is not None and u * (1 + CONFIDENCE_Z * est.relative_error(n)) >= goal
-    return True
+    return _keeps_floor(spec, est, n, errors=CONFIDENCE_Z)
 
 
 def _floor_margin(spec: TrainingJobSpec, est: _Estimates, n: int) -> float:
