@@ -435,7 +435,9 @@ class _Analysis:
 
     mode: ModelSource | None
     points: dict[_Key, list[float]]  # (replica count, nodes) -> settled tau values
-    compute: list[float]  # settled estimates of g (compute time per sample)
+    # settled samples' GPU-busy time per sample, ``U * n / X``: estimates of g, the
+    # compute time per sample, per (count, nodes)
+    busy: dict[_Key, list[float]]
     latest_time: float | None  # newest observation carrying the mode's metric
     latest_replicas: int | None  # replicas of the newest observation
     latest_settled: int  # settled samples in the newest segment
@@ -444,8 +446,11 @@ class _Analysis:
     settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
     # settled samples' non-synchronising time per sample, ``n / X * (1 - sync_fraction)``
     unsynced: dict[_Key, list[float]] = field(default_factory=dict)
-    # settled samples' GPU-busy time per sample, ``U * n / X`` (the compute, per key)
-    busy: dict[_Key, list[float]] = field(default_factory=dict)
+
+    @property
+    def compute(self) -> list[float]:
+        """Every settled estimate of g, whatever its count."""
+        return [g for values in self.busy.values() for g in values]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -500,11 +505,10 @@ def _analyse(
     elif any(o.gpu_utilization is not None for o in obs):
         mode = ModelSource.GPU_UTILIZATION
     if mode is None:
-        return _Analysis(None, {}, [], None, obs[-1].replicas if obs else None, 0, False, [])
+        return _Analysis(None, {}, {}, None, obs[-1].replicas if obs else None, 0, False, [])
 
     points: dict[_Key, list[float]] = {}
     pairs: dict[_Key, list[tuple[float, float | None]]] = {}
-    compute: list[float] = []
     unsynced: dict[_Key, list[float]] = {}
     busy: dict[_Key, list[float]] = {}
     latest_time: float | None = None
@@ -556,7 +560,6 @@ def _analyse(
             if mode is ModelSource.THROUGHPUT:
                 tau = o.replicas / v
                 if u is not None:
-                    compute.append(u * tau)
                     busy.setdefault(key, []).append(u * tau)
                 if o.sync_fraction is not None:
                     unsynced.setdefault(key, []).append(tau * (1.0 - o.sync_fraction))
@@ -572,6 +575,7 @@ def _analyse(
     # g / U with g the compute time per sample. Their geometric mean halves the variance
     # when the two are measured independently (and costs nothing when they are not); a
     # pair that disagrees by more than the settling threshold keeps the throughput alone.
+    compute = [g for values in busy.values() for g in values]
     g = _median(compute) if compute else None
     for key, measured in pairs.items():
         for tau_x, u in measured:
@@ -586,7 +590,7 @@ def _analyse(
     return _Analysis(
         mode,
         points,
-        compute,
+        busy,
         latest_time,
         obs[-1].replicas,
         latest_settled,
@@ -594,7 +598,6 @@ def _analyse(
         restart_costs,
         settled_by_key,
         unsynced,
-        busy,
     )
 
 
