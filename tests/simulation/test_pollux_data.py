@@ -9,11 +9,16 @@ Covers:
   linearly in the local batch and never extrapolate below it, gradient accumulation above the
   largest measured batch, throughput and the utilization estimate, packed placements;
 - bad data gets an error naming the file, line and field;
-- every generated curve loads as a simulator curve on 4-GPU nodes with counts 1..16.
+- every generated curve loads as a simulator curve on 4-GPU nodes with counts 1..16;
+- the scatter of the measured step times about their neighbours in the batch (what
+  ``benchmarks/pollux_noise.py`` reports): zero on a line, the noise put into a line, one
+  spike exactly, inversions counted.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,7 @@ from trainscale.testbed.pollux import (
     benchmark_curves,
     placement_key,
     read_app,
+    step_time_scatter,
 )
 
 PACKED = ["1", "2", "3", "4", "14", "24", "34", "44", "144", "244", "344", "444"]
@@ -158,3 +164,49 @@ def test_generated_curves_load_as_simulator_curves(name: str) -> None:
     points = [curve.point(n) for n in range(1, MAX_COUNT + 1)]
     assert [p.nodes for p in points] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
     assert all(p.samples_per_second > 0 and 0 < p.gpu_utilization <= 1 for p in points)
+
+
+def _app(steps: dict[str, dict[int, float]]) -> PolluxApp:
+    return PolluxApp("t", {k: {b: Step(t, 0.0) for b, t in v.items()} for k, v in steps.items()})
+
+
+BATCHES = [32, 45, 64, 91, 129, 182, 257, 363, 513, 725, 1024]  # cifar10's, unevenly spaced
+
+
+def test_step_times_on_a_line_in_the_batch_have_no_scatter() -> None:
+    # slopes 0 (the batch costs nothing: no pair inverted) to 0.0105 s per sample
+    line = {k: {b: 0.05 + 0.0007 * b * i for b in BATCHES} for i, k in enumerate(PACKED)}
+    scatter = step_time_scatter(_app(line))
+    assert scatter is not None
+    assert scatter.points == len(PACKED) * (len(BATCHES) - 2)
+    assert scatter.relative == pytest.approx(0.0, abs=1e-12)
+    assert (scatter.inversions, scatter.pairs) == (0, len(PACKED) * (len(BATCHES) - 1))
+
+
+def test_scatter_recovers_the_noise_put_into_a_line() -> None:
+    rng = random.Random(20261203)  # fixed: the estimate is a statistic of these draws
+    noisy = {
+        f"{k}{r}": {b: (0.05 + 0.0007 * b) * (1.0 + rng.gauss(0.0, 0.05)) for b in BATCHES}
+        for k in PACKED
+        for r in range(3)
+    }
+    scatter = step_time_scatter(_app(noisy))
+    assert scatter is not None
+    assert 0.045 < scatter.relative < 0.055
+    assert scatter.inversions > 0
+
+
+def test_one_spike_is_measured_exactly_and_inverts_its_pair() -> None:
+    # 1.1, 1.2 (measured 20 % slow), 1.4 at batches 10, 20, 40: the line through the outer
+    # two gives 1.2 at a third of the way; the deviation 0.2 is one measurement's error
+    # plus the outer two's, sqrt(1 + (2/3)^2 + (1/3)^2) of it.
+    scatter = step_time_scatter(_app({"4": {10: 1.1, 20: 1.2 * 1.2, 40: 1.4}}))
+    assert scatter is not None
+    assert scatter.points == 1
+    assert scatter.relative == pytest.approx(1.4826 * 0.2 / math.sqrt(14 / 9))
+    assert scatter.p90 == pytest.approx(0.2 / math.sqrt(14 / 9))
+    assert (scatter.inversions, scatter.pairs) == (1, 2)
+
+
+def test_no_scatter_without_three_batches_of_one_placement() -> None:
+    assert step_time_scatter(_app({"4": {10: 1.0, 20: 1.1}, "44": {10: 2.0}})) is None

@@ -44,6 +44,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,56 @@ class PolluxApp:
                 sync = step.sync_time / step.step_time
                 points.append(Point(n, len(where), *_rates(step, n, local(n)), sync_fraction=sync))
         return points
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """How far one model's measured step times stray from their neighbours in the batch.
+
+    Why: the benchmark's per-scrape noise is assumed; this is the one figure the published
+    measurements give of a real cluster's. A step time grows smoothly (affinely, in Pollux's
+    own model) with the local batch at a fixed placement, so each measured step time is
+    compared with the line through the two measured at the neighbouring batches. Each row
+    is an average over many steps (how many is not published), like one scrape's rate over
+    its window. Curvature in the batch counts as scatter (which overstates the noise) and an
+    offset shared by a placement's batches cancels (which hides it: a slow node in one
+    placement's runs bends that whole curve, as the curves' cliffs may partly be), so it is
+    the scatter of one measurement, not a bound on how far a curve is off.
+    """
+
+    points: int  # interior measurements compared
+    relative: float  # robust standard deviation of one measurement (MAD), relative
+    p90: float  # 90th percentile of the same deviations, absolute
+    inversions: int  # neighbouring pairs where the larger batch was measured faster
+    pairs: int  # neighbouring pairs compared
+
+
+def step_time_scatter(app: PolluxApp) -> Scatter | None:
+    """:class:`Scatter` of ``app``'s step times; None with no placement of 3+ batches.
+
+    With independent relative errors ``e`` of one standard deviation ``s``, the deviation of
+    the middle of three measurements from the line through the outer two (at fraction ``f``
+    of the way) is ``e1 - (1 - f) e0 - f e2``, of deviation ``s sqrt(1 + (1 - f)^2 + f^2)``;
+    each deviation is divided by that factor, so ``relative`` estimates ``s`` itself.
+    """
+    deviations: list[float] = []
+    inversions = pairs = 0
+    for rows in app.steps.values():
+        sizes = sorted(rows)
+        for lo, hi in itertools.pairwise(sizes):
+            pairs += 1
+            inversions += rows[hi].step_time < rows[lo].step_time
+        for b0, b1, b2 in zip(sizes, sizes[1:], sizes[2:], strict=False):
+            f = (b1 - b0) / (b2 - b0)
+            line = (1.0 - f) * rows[b0].step_time + f * rows[b2].step_time
+            spread = math.sqrt(1.0 + (1.0 - f) ** 2 + f * f)
+            deviations.append((rows[b1].step_time / line - 1.0) / spread)
+    if not deviations:
+        return None
+    magnitudes = sorted(abs(d) for d in deviations)
+    median = statistics.median(magnitudes)
+    p90 = magnitudes[min(len(magnitudes) - 1, math.ceil(0.9 * len(magnitudes)) - 1)]
+    return Scatter(len(deviations), 1.4826 * median, p90, inversions, pairs)
 
 
 def _rates(step: Step, replicas: int, local_bsz: float) -> tuple[float, float]:
