@@ -7,7 +7,9 @@ This module turns that data into the speedup curves our simulator reads (a CSV o
 ``count,nodes,samples_per_second,gpu_utilization``, see
 :func:`trainscale.operator.autoscaling.simulation.parse_csv_curve`). It is dev tooling, not
 the product: the operator never reads it, and ``benchmarks/pollux_curves.py`` regenerates
-the committed curve files with it.
+the committed curve files with it. It also measures how much the published step times
+scatter (:func:`step_time_scatter`, ``benchmarks/pollux_noise.py``): the only real-cluster
+figure for the benchmark's otherwise assumed noise.
 
 The data
 --------
@@ -150,8 +152,8 @@ class Scatter:
     is an average over many steps (how many is not published), like one scrape's rate over
     its window. Curvature in the batch counts as scatter (which overstates the noise) and an
     offset shared by a placement's batches cancels (which hides it: a slow node in one
-    placement's runs bends that whole curve, as the curves' cliffs may partly be), so it is
-    the scatter of one measurement, not a bound on how far a curve is off.
+    placement's runs would shift that placement's whole curve), so it is the scatter of one
+    measurement, not a bound on how far a curve is off.
     """
 
     points: int  # interior measurements compared
