@@ -37,7 +37,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from trainscale.operator.observability.metric_names import (
 from trainscale.testbed.apiserver_requests import parse_request_counts
 from trainscale.testbed.cluster import Testbed
 from trainscale.trainer.contract.naming import WORKER_INFIX
+from trainscale.trainer.launch.local import find_free_port
 
 TRAINSCALE = Path(sys.executable).with_name("trainscale")
 OPERATOR = "operator"
@@ -212,18 +212,11 @@ def load_average() -> str:
 # The operator and the watches
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Operator:
     """``trainscale operator`` for one namespace, /metrics on a loopback port."""
 
     def __init__(self, bed: Testbed, namespace: str, log: Path) -> None:
-        self.port = free_port()
+        self.port = find_free_port()
         argv = [str(TRAINSCALE), "operator", "--namespace", namespace, "--no-arbitration",
                 "--metrics-port", str(self.port), "--metrics-address", "127.0.0.1",
                 "--liveness-port", "0", "--log-level", "WARNING"]  # fmt: skip

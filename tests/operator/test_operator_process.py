@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,16 +25,11 @@ import pytest
 
 from tests.support.kmock import RealisticEmulator, create_job, eventually, workers
 from trainscale.operator.observability import metric_names as operator_metrics
+from trainscale.trainer.launch.local import find_free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
 
 TRAINSCALE = str(Path(sys.executable).parent / "trainscale")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -55,7 +49,7 @@ def test_operator_needs_a_namespace_scope() -> None:
 async def test_operator_process_serves_metrics_and_liveness(
     kmock: kmock.KubernetesEmulator, cluster: Any, tmp_path: Path
 ) -> None:
-    metrics_port, liveness_port = _free_port(), _free_port()
+    metrics_port, liveness_port = find_free_ports(2)
     log = (tmp_path / "operator.log").open("w")
     process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
         [

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.support.audit import assert_exact_data_order, lineage, read_audit
-from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig, find_free_port
+from trainscale.trainer.launch.local import LocalCluster, LocalClusterConfig, find_free_ports
 from trainscale.trainer.runtime.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 from .test_trainer_metrics import assert_serves_every_documented_name, scrape
@@ -96,7 +96,8 @@ def _world_since(size: int, since: float) -> Callable[[list[dict[str, Any]]], bo
 @pytest.fixture(scope="module")
 def elastic_run(tmp_path_factory: pytest.TempPathFactory) -> ElasticRun:
     run = ElasticRun(base=tmp_path_factory.mktemp("elastic"))
-    metrics_port = find_free_port()
+    # agent i serves on metrics_port + i; this run starts agents 0-3 (2, then 2 more)
+    metrics_port = find_free_ports(4, consecutive=True)[0]
     config = LocalClusterConfig(
         worker_args=(
             "--task", "trainscale.trainer.examples.synthetic:task",

@@ -35,7 +35,7 @@ from trainscale.trainer.launch.local import (
     LocalCluster,
     LocalClusterConfig,
     build_agent_env,
-    find_free_port,
+    find_free_ports,
 )
 from trainscale.trainer.runtime.elastic import FATAL_EXIT_CODE
 from trainscale.trainer.runtime.metrics import (
@@ -263,7 +263,7 @@ class _Job:
     def __init__(self, base: Path, nproc: int) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
-        self.base_port = find_free_port()
+        self.base_port = find_free_ports(4, consecutive=True)[0]  # pod i serves on base + i
         self.config = LocalClusterConfig(
             worker_args=(
                 "--task", "trainscale.trainer.examples.synthetic:task", "--epochs", "1000",

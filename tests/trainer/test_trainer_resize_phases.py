@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import pytest
 from tests.support.audit import read_audit
 from tests.trainer.test_trainer_pod_metrics import _Job
 from trainscale.trainer.contract import metric_names as names
-from trainscale.trainer.launch.local import LocalCluster, find_free_port
+from trainscale.trainer.launch.local import LocalCluster, find_free_port, find_free_ports
 from trainscale.trainer.runtime.metrics import PodMetricsCollector, TrainerMetrics
 from trainscale.trainer.runtime.phases import (
     RestartMarks,
@@ -187,19 +186,6 @@ def _poll_metrics(
     raise AssertionError(f"timed out waiting for {what}; logs in {logs}; last scrape:\n{text}")
 
 
-def _two_free_ports() -> int:
-    """A port whose next one is free as well (pod ``i`` serves on ``base + i``)."""
-    for _ in range(50):
-        base = find_free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise AssertionError("no two consecutive free ports")
-
-
 def _world(text: str) -> float:
     match = re.search(rf"^{names.WORLD_SIZE} (\S+)$", text, re.M)
     return float(match.group(1)) if match else math.nan
@@ -214,7 +200,7 @@ def _assert_sane(phases: dict[str, float], expected: tuple[str, ...]) -> None:
 @pytest.mark.slow  # real agents and gloo workers, two resizes (about 40 s)
 def test_resizes_export_their_phases_and_lose_no_steps(tmp_path: Path) -> None:
     job = _Job(tmp_path, nproc=1)  # paced synthetic training, one metrics port per pod
-    base_port = _two_free_ports()
+    base_port = find_free_ports(2, consecutive=True)[0]  # pod i serves on base + i
     config = replace(job.config, metrics_base_port=base_port)
     logs = tmp_path / "logs"
     with LocalCluster(config, log_dir=logs) as cluster:

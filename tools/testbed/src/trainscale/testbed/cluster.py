@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from trainscale.trainer.launch.local import find_free_ports
 
 # tools/testbed/src/trainscale/testbed/cluster.py -> the repository root.
 REPO_ROOT = Path(__file__).resolve().parents[5]
@@ -339,19 +340,6 @@ def fetch_bin_dir(build: bool = True) -> Path:
     if done.returncode != 0:
         raise TestbedError(f"{BUILD_SCRIPT} failed with exit status {done.returncode}")
     return Path(done.stdout.strip().splitlines()[-1])
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _openssl(*args: str) -> None:
@@ -696,7 +684,7 @@ class Testbed:
         for folder in (p.root, p.logs, p.home):
             folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(p.etcd_data, ignore_errors=True)
-        self.ports = Ports(*_free_ports(6))
+        self.ports = Ports(*find_free_ports(6))
         self._token = apply_pki(p)
         kubeconfig = build_kubeconfig(self.server, p.ca_cert.read_text(), self._token)
         p.kubeconfig.write_text(json.dumps(kubeconfig, indent=2))

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -37,13 +36,13 @@ from typing import Any
 import yaml
 
 from trainscale.operator.adapters.promql import escape_regex
+from trainscale.trainer.launch.local import find_free_port
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (nothing listens beyond the loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 (nothing listens beyond the loopback), drawn below the
+    kernel's ephemeral range (:func:`~trainscale.trainer.launch.local.find_free_ports`)."""
+    return find_free_port()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -341,8 +342,65 @@ def serve_rendezvous(host: str, port: int) -> int:
     return 0
 
 
+PORT_FLOOR = 10000
+"""Lowest port :func:`find_free_ports` hands out (below it: well-known services)."""
+
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel gives outgoing connections and ``bind(0)`` (Linux: 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def find_free_ports(
+    count: int = 1, host: str = "127.0.0.1", *, consecutive: bool = False
+) -> list[int]:
+    """``count`` TCP ports free right now on ``host`` (tests, benchmarks, the test-bed).
+
+    Why not ``bind(0)``: that hands out a port from the kernel's ephemeral range, the same
+    range every outgoing connection and every other ``bind(0)`` on the machine draws from;
+    between our release of the port and the server's bind, a gloo pair, an apiserver-etcd
+    connection or another test's listener could take it (and the port after it, for a job
+    whose pod ``i`` serves on ``base + i``, was never checked at all). So ports are drawn at
+    random below that range, where the kernel never allocates, and each is bound once to
+    check it. ``consecutive``: ``base, base + 1, ...`` (returned in that order).
+
+    Raises:
+        RuntimeError: no such ports found (a machine with almost every port taken).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    high = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(1000):
+        if high - PORT_FLOOR <= 2 * count:  # no room below the ephemeral range
+            candidates = [0] * count
+        elif consecutive:
+            start = pick.randrange(PORT_FLOOR, high - count)
+            candidates = list(range(start, start + count))
+        else:
+            candidates = pick.sample(range(PORT_FLOOR, high), count)
+        socks: list[socket.socket] = []
+        try:
+            for port in candidates:
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind((host, port))
+            ports = [int(s.getsockname()[1]) for s in socks]
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        if not consecutive or ports == list(range(ports[0], ports[0] + count)):
+            return ports
+    raise RuntimeError(f"no {count} free {'consecutive ' if consecutive else ''}ports on {host}")
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free right now on ``host`` (tests, benchmarks)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """One TCP port free right now on ``host`` (see :func:`find_free_ports`)."""
+    return find_free_ports(1, host)[0]
