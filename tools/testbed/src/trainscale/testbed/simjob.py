@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from trainscale.operator.autoscaling.simulation import (
     load_curve,
 )
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+from trainscale.trainer.launch.local import find_free_port
 
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod")
 
@@ -147,9 +147,7 @@ class SimulatedExporter:
         registry = CollectorRegistry()
         registry.register(self)
         if port == 0:
-            with socket.socket() as s:
-                s.bind((address, 0))
-                port = int(s.getsockname()[1])
+            port = find_free_port(address)
         self.address, self.port = address, port
         self._server, self._thread = start_http_server(port, addr=address, registry=registry)
 
