@@ -242,7 +242,22 @@ def _scrape_samples(port: int) -> float:
 
 
 def _audit_samples(audit: Path) -> int:
-    return sum(len(e["ids"]) for e in read_audit(audit))
+    """Samples of the steps every rank of their world recorded.
+
+    A rank records its step before the collective that commits it. When the pause lands
+    between two ranks' reads of the pace file, one rank records a step and waits in its
+    all-reduce while the other sleeps before recording it: that step is not trained (no
+    rank can finish it, no counter counts it) and would never agree with the endpoints.
+    """
+    steps: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for entry in read_audit(audit):
+        steps.setdefault((entry["world_id"], entry["step"]), []).append(entry)
+    return sum(
+        len(e["ids"])
+        for records in steps.values()
+        if len({r["rank"] for r in records}) == records[0]["world_size"]
+        for e in records
+    )
 
 
 def _poll(what: str, pred: Callable[[], bool], logs: Path, timeout: float = 180) -> None:
