@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.support.prometheus import PrometheusServer, free_port, start_prometheus
+from tests.support.prometheus import PrometheusServer, start_prometheus
 from tests.support.testbed import GPUS_PER_NODE, wait_for
 from trainscale.operator.autoscaling.autoscaler import RESTORED_SAMPLES
 from trainscale.operator.autoscaling.simulation import named_curve
@@ -53,6 +53,7 @@ from trainscale.testbed.simjob import (
     follow_running_workers,
     list_worker_pods_with,
 )
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow, pytest.mark.prometheus]
 
@@ -183,7 +184,7 @@ def test_restarted_operator_resumes_from_the_memory_in_status(
     prometheus = simulated
 
     def start_operator() -> tuple[OperatorProcess, int]:
-        port = free_port()
+        port = find_free_port()
         op = start("--prometheus-url", prometheus.url, "--no-arbitration",
                    "--metrics-port", str(port), "--metrics-address", "127.0.0.1")  # fmt: skip
         return op, port

@@ -42,7 +42,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.e2e.conftest import OperatorProcess
-from tests.support.prometheus import free_port
 from tests.support.testbed import wait_for
 from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS
 from trainscale.operator.observability.metric_names import (
@@ -54,6 +53,7 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_TOTAL_NAME,
 )
 from trainscale.testbed.apiserver_requests import parse_request_counts
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -101,7 +101,7 @@ def start_operator(
 ) -> tuple[OperatorProcess, int]:
     """An operator for the private namespace, serving /metrics on a free port."""
     _, start = private_operator
-    port = free_port()
+    port = find_free_port()
     op = start("--no-arbitration", "--metrics-port", str(port), "--metrics-address", "127.0.0.1")
     return op, port
 

@@ -42,7 +42,6 @@ from tests.e2e.test_e2e_loops import (
     loops,
     operator_samples,
 )
-from tests.support.prometheus import free_port
 from tests.support.testbed import wait_for
 from trainscale.operator.daemons.memory import MAX_DELAY_SECONDS, RELEASE_LOG
 from trainscale.operator.observability.metric_names import (
@@ -51,6 +50,7 @@ from trainscale.operator.observability.metric_names import (
     MANAGED_JOBS_NAME,
     STORE_LABEL,
 )
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -130,7 +130,7 @@ def test_create_delete_rounds_leave_no_per_job_state_and_rss_flat(
     kubectl: Any, private_operator: tuple[str, Callable[..., OperatorProcess]]
 ) -> None:
     namespace, start = private_operator
-    port = free_port()
+    port = find_free_port()
     op = start("--metrics-port", str(port), "--metrics-address", "127.0.0.1")
     assert op.proc is not None
     deleted: set[str] = set()

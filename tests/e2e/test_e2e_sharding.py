@@ -24,13 +24,13 @@ import pytest
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.test_e2e_loops import LOOPS, create_jobs, jobs_with_a_worker, loops, operator_samples
 from tests.e2e.test_e2e_peering import PEERING_CRDS
-from tests.support.prometheus import free_port
 from tests.support.testbed import cleanup_namespace, make_namespace, wait_for
 from trainscale.operator.observability.metric_names import (
     JOB_LABEL,
     MANAGED_PODS_NAME,
     NAMESPACE_LABEL,
 )
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def shards(
     kubectl("wait", "--for", "condition=established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
     started = []
     for prefix in ("shard-a-", "shard-b-"):
-        namespace, port = make_namespace(kubectl, prefix), free_port()
+        namespace, port = make_namespace(kubectl, prefix), find_free_port()
         op = operator_factory(namespace, "--peering", PEERING, "--metrics-port", str(port),
                               "--metrics-address", "127.0.0.1")  # fmt: skip
         started.append((namespace, port, op))

@@ -13,12 +13,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from tests.support.prometheus import (
     RATE_WINDOW,
     DcgmTrainerExporter,
-    free_port,
     start_prometheus,
     wait_for_series,
 )
 from trainscale.testbed.prometheus import fetch_prometheus_with_kubernetes_sd
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
+from trainscale.trainer.launch.local import find_free_port
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: build only when a test needs it
@@ -44,7 +44,7 @@ def exporter() -> Iterator[str]:
     """host:port of the test exporter."""
     registry = CollectorRegistry()
     registry.register(DcgmTrainerExporter())
-    port = free_port()
+    port = find_free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     yield f"127.0.0.1:{port}"
     server.shutdown()

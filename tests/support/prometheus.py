@@ -21,7 +21,6 @@ from prometheus_client.registry import Collector
 
 from trainscale.testbed.prometheus import (
     PrometheusServer,
-    free_port,
     start_prometheus,
     wait_for_series,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "DcgmTrainerExporter",
     "Gpu",
     "PrometheusServer",
-    "free_port",
     "start_prometheus",
     "wait_for_series",
 ]

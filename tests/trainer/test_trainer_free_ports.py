@@ -8,7 +8,7 @@ server's bind a gloo pair or an apiserver connection of a parallel test lane cou
 - the ports lie at or above ``PORT_FLOOR`` and below the kernel's ephemeral range, are
   distinct, and are free (a server binds each right after);
 - ``consecutive`` gives ``base, base + 1, ...`` (pod ``i`` serves on ``base + i``);
-- a port that is taken is never handed out (the range narrowed to three ports, two held);
+- a port that is taken is never handed out (the range narrowed to nine ports, two held);
 - with no room below the ephemeral range it falls back to the kernel's choice;
 - a bad count is refused.
 """
@@ -25,12 +25,17 @@ from trainscale.trainer.launch import local
 from trainscale.trainer.launch.local import PORT_FLOOR, find_free_port, find_free_ports
 
 
+def _listen(stack: ExitStack, ports: list[int]) -> None:
+    """A listener on each port, closed with ``stack`` (raises if one is taken)."""
+    for port in ports:
+        sock = stack.enter_context(socket.socket())
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
 def _bind_all(ports: list[int]) -> None:
     with ExitStack() as stack:
-        for port in ports:
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
+        _listen(stack, ports)
 
 
 def test_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
@@ -55,10 +60,7 @@ def held() -> Iterator[int]:
     """Three ports in a row below the ephemeral range, the first two held by listeners."""
     base = find_free_ports(3, consecutive=True)[0]
     with ExitStack() as stack:
-        for port in (base, base + 1):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
+        _listen(stack, [base, base + 1])
         yield base
 
 

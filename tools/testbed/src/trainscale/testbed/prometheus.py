@@ -39,12 +39,6 @@ from trainscale.operator.adapters.promql import escape_regex
 from trainscale.trainer.launch.local import find_free_port
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (nothing listens beyond the loopback), drawn below the
-    kernel's ephemeral range (:func:`~trainscale.trainer.launch.local.find_free_ports`)."""
-    return find_free_port()
-
-
 @dataclass
 class PrometheusServer:
     """A running Prometheus: its base URL, process and working folder."""
@@ -165,7 +159,7 @@ def start_prometheus(
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     config.write_text(render_prometheus_config(configs))
-    port = free_port()
+    port = find_free_port()  # on 127.0.0.1: nothing listens beyond the loopback
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",

@@ -375,9 +375,10 @@ def find_free_ports(
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     high = _ephemeral_low()
+    room = high - PORT_FLOOR > 2 * count  # else the kernel chooses (bind(0))
     pick = random.SystemRandom()
     for _ in range(1000):
-        if high - PORT_FLOOR <= 2 * count:  # no room below the ephemeral range
+        if not room:
             candidates = [0] * count
         elif consecutive:
             start = pick.randrange(PORT_FLOOR, high - count)
