@@ -444,3 +444,25 @@ def test_confidence_probes_do_not_chain(probed: frozenset[int], probes: bool) ->
     assert ctx.probing is probes, ctx.reason
     assert ("probing 5" in ctx.reason) is probes
     assert STEP["stabilization"](ctx).probing is probes
+
+
+@pytest.mark.parametrize(
+    ("per_node", "spec", "kw", "target"),
+    [
+        pytest.param(4, {}, {}, 4, id="4-gpu-nodes-the-full-node"),
+        pytest.param(8, {}, {}, 8, id="8-gpu-nodes-the-full-node"),
+        pytest.param(None, {}, {}, 2, id="node-size-unknown-the-count-above"),
+        pytest.param(8, {"hi": 6}, {}, 2, id="the-full-node-above-max-replicas"),
+        pytest.param(8, {}, {"cap": 4}, 2, id="the-full-node-above-the-ceiling"),
+        pytest.param(4, {"hi": 8, "allowed": {"values": [1, 2, 3, 8]}}, {}, 2, id="the-full-node-not-allowed"),
+    ],
+)  # fmt: skip
+def test_exploration_from_one_replica_fills_the_node(per_node, spec, kw, target) -> None:  # type: ignore[no-untyped-def]
+    """One replica shows no synchronisation at all: the full node shows the most a node
+    can, and saves the restarts of doubling up to it."""
+    observations = steady(1, count=4)
+    ctx = context(observations, 1, observations[-1].timestamp + 30.0, workers_per_node=per_node,
+                  spec=spec, **kw)  # fmt: skip
+    assert run_to(ctx, "exploration") is None
+    assert (ctx.target, ctx.exploring) == (target, True)
+    assert f"exploring {target} (curve not identified from one count)" in ctx.reason
