@@ -36,7 +36,7 @@ def test_a_job_started_at_one_does_not_sit_behind_its_first_node_boundary(object
     result = run_simulation(
         curve, spec, hours=4.0, noise=Noise(0.10, 0.02), restart_seconds=30.0, seed=2
     )
-    assert result.final_replicas == 16, [d.recommendation.reason for d in result.decisions][-1]
+    assert result.final_replicas == 16, result.decisions[-1].recommendation.reason
     assert result.score.constraint_met, result.score
     assert result.score.samples_ratio >= 0.85, result.score
 

@@ -1976,13 +1976,9 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
         # two; benchmark --start 1: 15 of 57 cases meet the goal instead of 5). From a
         # larger count with throughput only, the count above stays the experiment (not
         # measured otherwise).
-        size = model.workers_per_node
-        if (
-            size is not None
-            and current == 1 < ctx.target < size <= ctx.reach
-            and is_allowed(ctx.spec, size)
-        ):
-            ctx.target = size
+        full = _first_node_full(ctx, ctx.reach) if current == 1 else None
+        if full is not None:
+            ctx.target = full
         ctx.exploring = True
         ctx.reason += f"; exploring {ctx.target} (curve not identified from one count)"
     elif (
@@ -2032,17 +2028,21 @@ def _node_to_fill(ctx: DecisionContext) -> int | None:
     left for the count the new fit chooses if not. Not for the budget objective, which
     has no floor to doubt (and whose cap may lie inside the node).
     """
-    model, est = ctx.model, ctx.est
-    assert model is not None and est is not None
-    size, target = model.workers_per_node, ctx.target
-    if (
-        size is None
-        or ctx.spec.autoscaling.objective is Objective.BUDGET
-        or not ctx.current < target < size <= ctx.ceiling
-        or not is_allowed(ctx.spec, size)
-    ):
+    assert ctx.est is not None
+    full = _first_node_full(ctx, ctx.ceiling)
+    if full is None or ctx.spec.autoscaling.objective is Objective.BUDGET:
         return None
-    return size if _within_floor_doubt(ctx.spec, est, size) else None
+    return full if _within_floor_doubt(ctx.spec, ctx.est, full) else None
+
+
+def _first_node_full(ctx: DecisionContext, limit: int) -> int | None:
+    """The first node's full count, when it lies above the proposal (which stopped part-way
+    into that node), within ``limit`` and allowed."""
+    assert ctx.model is not None
+    size = ctx.model.workers_per_node
+    if size is None or not ctx.current < ctx.target < size <= limit:
+        return None
+    return size if is_allowed(ctx.spec, size) else None
 
 
 def _next_full_node(ctx: DecisionContext) -> int | None:
