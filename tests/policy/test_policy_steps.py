@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.policy_sim import amdahl, linear, make_spec, steady
+from tests.support.policy_sim import amdahl, cliff, linear, make_spec, steady
 from trainscale.operator.autoscaling.policy import (
     STEPS,
     DecisionContext,
@@ -385,6 +385,29 @@ def test_docs_name_the_same_steps() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "autoscaling.md").read_text()
     for name, _ in STEPS:
         assert f"**{name.capitalize()}**" in docs, name
+
+
+@pytest.mark.parametrize(
+    ("first", "target"),
+    [
+        pytest.param(None, 32, id="one-count-the-move-is-the-experiment"),
+        pytest.param(1, 32, id="one-replica-besides-shows-no-sync"),
+        pytest.param(4, 16, id="two-synchronising-counts-land-in-the-band"),
+    ],
+)
+def test_confidence_band_needs_two_synchronising_counts(first: int | None, target: int) -> None:
+    """A large move must land inside the floor's band, judged by a fit whose
+    synchronisation two counts identify; one replica shows none, so with it and one full
+    node measured the large move is the experiment, as from the full node alone (from one
+    worker, imagenet went 1 -> 4 -> 8 -> 16 where the start at 4 goes 4 -> 16)."""
+    tau = cliff(0.005, 0.3, 8)
+    obs = [*steady(first, count=8, tau=tau)] if first else []
+    obs += steady(8, start=240.0, count=20, tau=tau)
+    ctx = context(obs, 8, 240.0 + 20 * 30.0, workers_per_node=8)
+    assert run_to(ctx, "confidence") is None
+    assert ctx.target == target, ctx.reason
+    assert "32 predicted" in ctx.reason
+    assert ("32 too uncertain" in ctx.reason) is (target == 16), ctx.reason
 
 
 @pytest.mark.parametrize(

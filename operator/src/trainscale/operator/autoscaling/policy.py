@@ -1397,6 +1397,12 @@ def _confident(
     return gain * (horizon - restart) >= horizon
 
 
+def _synchronising_counts(model: SpeedupModel) -> int:
+    """How many measured counts show synchronisation: every count but one replica, which
+    pins the reference step and says nothing of how synchronisation grows."""
+    return sum(1 for n in model.counts if n > 1)
+
+
 def _strong_gain(est: _Estimates, current: int, to: int) -> bool:
     """Whether moving up to ``to`` gains ``STRONG_GAIN`` even one standard error down:
     every minute spent confirming it then costs more than the confirmation is worth."""
@@ -2128,12 +2134,14 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     if (
         ctx.voluntary
         and ctx.target > current
-        and len(model.counts) > 1
+        and _synchronising_counts(model) > 1
         and ctx.target - current > span
         and not _inside_band(spec, est, ctx.target)
     ):
         # A large move may follow the point estimate, but must land inside the floor's
-        # tolerance band even if the estimate is a standard error too kind.
+        # tolerance band even if the estimate is a standard error too kind. Not while the
+        # synchronisation rests on one count (one replica measured besides it shows none):
+        # the large move is then the experiment, as from a single count.
         safe = max(
             (
                 m
