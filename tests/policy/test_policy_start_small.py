@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.policy_sim import make_spec
+from tests.support.policy_sim import make_spec, moves, run_slow_restart_seed
 from trainscale.operator.autoscaling.simulation import (
     Noise,
     load_curve,
@@ -63,19 +63,7 @@ def test_from_one_worker_and_one_node_the_large_move_is_taken(objective: str, cu
     # first cost a third restart (0.919 of hindsight, now 0.954).
     floor = {"minEfficiency": 0.7} if objective == "efficiency" else {"targetGpuUtilization": 0.8}
     spec = make_spec(replicas=1, hi=16, objective=objective, intervalSeconds=30, **floor)
-    result = run_simulation(
-        load_curve(str(CURVES_DIR / f"{curve}.csv")),
-        spec,
-        hours=4.0,
-        noise=Noise(0.02, 0.0, 0.8),
-        restart_seconds=250.0,
-        seed=1,
-    )
-    moves = [
-        d.recommendation.replicas
-        for d in result.decisions
-        if d.recommendation.replicas != d.recommendation.current_replicas
-    ]
-    assert moves == [4, 16], [d.recommendation.reason for d in result.decisions[-1:]]
+    result = run_slow_restart_seed(load_curve(str(CURVES_DIR / f"{curve}.csv")), spec)
+    assert moves(result) == [4, 16], result.decisions[-1].recommendation.reason
     assert result.score.constraint_met, result.score
     assert result.score.samples_ratio >= 0.95, result.score

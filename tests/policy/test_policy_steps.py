@@ -129,10 +129,11 @@ def test_fit_passes_with_a_model_and_holds_without_one() -> None:
                      id="reaches-max-replicas-within-4x"),
         pytest.param(steady(4), 4, {"spec": {"hi": 17}}, 8, None, "trust region ends at 8",
                      id="max-replicas-beyond-4x"),
-        # no floor at stake: a linear fit is trusted to 3x (a slow count costs a move back)
-        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 12,
-                     None, "trust region ends at 12 (measured up to 4)",
-                     id="budget-trusts-a-linear-fit-further"),
+        # no floor at stake: a linear fit is trusted up to the limit, however far (a slow
+        # count costs a move back, each step on the way a restart)
+        pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 32}}, 32,
+                     LimitedBy.BOUND, "32 replicas cost 32.00/h <= budget 32.00/h",
+                     id="budget-trusts-a-linear-fit-to-its-limit"),
         # ... and to its limit when that is within 4x: one rescale there instead of two
         pytest.param(steady(4), 4, {"spec": {"objective": "budget", "maxCostPerHour": 16}}, 16,
                      LimitedBy.BUDGET, "16 replicas cost 16.00/h <= budget 16.00/h",

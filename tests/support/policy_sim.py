@@ -18,6 +18,12 @@ from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling import JobAutoscaler, Placement
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
+from trainscale.operator.autoscaling.simulation import (
+    Curve,
+    Noise,
+    SimulationResult,
+    run_simulation,
+)
 
 RATE = 100.0  # samples/s of one replica at one replica
 COMPUTE_FRACTION = 0.95
@@ -149,3 +155,20 @@ def peaked(beta: float, gamma: float) -> Callable[[int], float]:
 def cliff(beta: float, inter: float, per_node: int) -> Callable[[int], float]:
     """Amdahl inside a node plus ``inter`` once a packed job spills onto a second node."""
     return lambda n: 1.0 + beta * (n - 1) + (inter if n > per_node else 0.0)
+
+
+def run_slow_restart_seed(curve: Curve, spec: TrainingJobSpec) -> SimulationResult:
+    """The benchmark's seed with 250 s restarts (2 % noise, 80 % of the sync share seen),
+    4 h on the shared simulated job (``benchmarks/policy.py`` seed 1)."""
+    return run_simulation(
+        curve, spec, hours=4.0, noise=Noise(0.02, 0.0, 0.8), restart_seconds=250.0, seed=1
+    )
+
+
+def moves(result: SimulationResult) -> list[int]:
+    """The counts a simulated run rescaled to, in order."""
+    return [
+        d.recommendation.replicas
+        for d in result.decisions
+        if d.recommendation.replicas != d.recommendation.current_replicas
+    ]

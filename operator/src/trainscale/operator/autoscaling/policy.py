@@ -87,8 +87,8 @@ The decision
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
-   3x for budget, up to the limit when that is within 4x, 4x with curvature, of the
-   largest measured count) and the cluster's
+   up to the limit when that is within 4x, 4x with curvature, of the largest measured
+   count; up to the limit for budget, which has no floor) and the cluster's
    capacity. A floor is a floor: the current count keeps it only while it lies within
    ``CONFIDENCE_Z`` standard errors of its estimate (no fixed band holds a count known to
    break it).
@@ -161,17 +161,14 @@ PROBE_MIN_GAIN = 1.1
 STRONG_GAIN = 1.5
 """A move up gaining this much at its lower bound needs no more than ``MIN_SETTLED_SAMPLES``."""
 
-BUDGET_LINEAR_TRUST = 3
-"""Budget objective: a linear fit is trusted up to this multiple of the largest measured
-count (2 for the floors, 4 once the curvature is fitted)."""
-
 REACH_TRUST = 4
 """When the job's limit (``maxReplicas``, or the replicas the budget pays for) lies within
 this multiple of the largest measured count, a linear fit is trusted up to it. Going
-straight there saves the last rescale, where stopping at 2x (3x for budget) would only
-shorten the next step (measured: a 16-GPU job starting at 4 reaches 16 in one rescale
-instead of two). A floor is still checked: a large move lands inside the floor's band
-(step "confidence")."""
+straight there saves the last rescale, where stopping at 2x would only shorten the next
+step (measured: a 16-GPU job starting at 4 reaches 16 in one rescale instead of two). A
+floor is still checked: a large move lands inside the floor's band (step "confidence").
+Under the budget objective, which has no floor, the fit is trusted up to the limit however
+far it is (see :func:`decide_objective`)."""
 
 PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 """Probes happen early in a stay: after this many settled samples at the current count, a
@@ -1909,19 +1906,17 @@ def decide_objective(ctx: DecisionContext) -> Recommendation | None:
     model, est = ctx.model, ctx.est
     assert model is not None and est is not None
     measured_hi = model.counts[-1]
-    # Without a floor at stake (budget) a linear fit is trusted further: a count that
-    # turns out slower than predicted costs a move back, never a broken floor, and under
-    # restarts of minutes each intermediate step costs more than that risk.
+    trust = ctx.current + 1 if model.level == 0 else (2 if model.level == 1 else 4) * measured_hi
+    # Up to the job's limit when that is near: the last rescale saved. Without a floor at
+    # stake (budget) however far it is: a count that turns out slower than predicted costs
+    # a move back, never a broken floor, and under restarts of minutes each intermediate
+    # step costs more than that risk (it stopped at 3x: from 4 to a 24-GPU budget,
+    # 4 -> 12 -> 24 paid two restarts on nine curves, and strong-8 went 4 -> 12 -> 24 -> 8).
     budget = ctx.spec.autoscaling.objective is Objective.BUDGET
-    linear = BUDGET_LINEAR_TRUST if budget else 2
-    trust = (
-        ctx.current + 1 if model.level == 0 else (linear if model.level == 1 else 4) * measured_hi
-    )
-    if model.level == 1:
-        # and up to the job's limit when that is near: the last rescale saved
+    if model.level >= 1:
         cap = _budget_replicas(ctx.spec)
         limit = ctx.hi if cap is None else min(ctx.hi, cap)
-        if limit <= REACH_TRUST * measured_hi:
+        if budget or (model.level == 1 and limit <= REACH_TRUST * measured_hi):
             trust = max(trust, limit)
     ctx.ceiling = min(ctx.hi, max(trust, ctx.current))
     capacity: LimitedBy | None = None
