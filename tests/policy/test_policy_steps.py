@@ -184,6 +184,26 @@ def test_objective_a_floor_is_a_floor(samples: int, held: bool, target: int) -> 
     assert run_to(ctx, "objective") is None
     assert (ctx.feasible_current, ctx.target) == (held, target)
     assert "efficiency 0.69 at 17 < floor 0.70" in ctx.reason
+    # A count held under its floor says why (the doubt), never just "under; holding".
+    assert ("within its doubt (+- 0.0" in ctx.reason) is held, ctx.reason
+
+
+@pytest.mark.parametrize(("samples", "held", "target"), [(6, True, 12), (24, False, 11)])
+def test_objective_a_utilization_target_held_within_its_doubt_says_so(
+    samples: int, held: bool, target: int
+) -> None:
+    beta = 0.018  # U(12) = 0.79, read from throughput jittered by 3 %
+    obs = [
+        *_jittered(4, 0, 6, beta),
+        *_jittered(8, 300, 6, beta),
+        *_jittered(12, 600, samples, beta),
+    ]
+    spec = {"objective": "utilization", "targetGpuUtilization": 0.8}
+    ctx = context(obs, 12, 600 + 30.0 * samples, spec=spec)
+    assert run_to(ctx, "objective") is None
+    assert (ctx.feasible_current, ctx.target) == (held, target)
+    assert "GPU utilization 0.79 at 12 < target 0.80" in ctx.reason
+    assert ("within its doubt (+- 0.0" in ctx.reason) is held, ctx.reason
 
 
 @pytest.mark.parametrize(

@@ -1237,6 +1237,8 @@ def _choose(
         e_cur = model.efficiency(current)
         rel = ">=" if e_cur >= floor else "<"
         head = f"efficiency {e_cur:.2f} at {current} {rel} floor {floor:.2f}"
+        if e_cur < floor and cur_ok:
+            head += _within_doubt(doubt(e_doubt))
         if not feasible:
             return _Choice(
                 lo,
@@ -1310,6 +1312,8 @@ def _choose(
     feasible = [n for n in candidates if ok_u(n)]
     u_cur = util(current)
     head = f"GPU utilization {u_cur:.2f} at {current} {'>=' if u_cur >= goal else '<'} target {goal:.2f}"
+    if u_cur < goal and cur_ok:
+        head += _within_doubt(doubt(u_doubt))
     if not feasible:
         return _Choice(
             lo, f"{head}; even minReplicas {lo} predicted {util(lo):.2f}", LimitedBy.BOUND, False
@@ -1322,6 +1326,16 @@ def _choose(
         tail = f"{target + 1} predicted {util(target + 1):.2f}"
     far = _far_below(util(current), u_doubt, goal)
     return _Choice(target, f"{head}; {tail}", limited, ok_u(current), far)
+
+
+def _within_doubt(doubt: float) -> str:
+    """Why a count that reads under its floor is held: the reading is within its doubt.
+
+    Without it the reason would say "under the floor; holding", which reads as the policy
+    ignoring the user's floor (the doubt is about the one-replica reference or the count's
+    own samples; it shrinks as the count is measured, see :func:`_choose`).
+    """
+    return f", within its doubt (+- {doubt:.3f}): not known to break it"
 
 
 def _far_below(value: float, error: float, floor: float) -> bool:
