@@ -27,6 +27,7 @@ from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import (
     CURVE_NAMES,
+    CurveChange,
     CurveError,
     JobModel,
     Noise,
@@ -367,3 +368,48 @@ def test_scrapes_to_resolve_the_best_counts_margin(
     assert need == pytest.approx(expected)
     run = run_simulation(curve, spec, hours=0.1, noise=noise, controller=Scripted([]))
     assert run.scrapes_to_resolve == pytest.approx(expected)
+
+
+SLOWER_CSV = """count,nodes,samples_per_second,gpu_utilization
+1,1,100,0.95
+2,1,150,0.9
+3,1,150,0.5
+4,1,120,0.3
+"""
+
+
+def test_a_curve_change_runs_on_the_new_curve_and_scores_what_follows() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    later = parse_csv_curve(SLOWER_CSV, name="later.csv")
+    spec = make_spec(replicas=3, lo=1, hi=4, minEfficiency=0.7, intervalSeconds=30)
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, controller=Scripted([]),
+        change=CurveChange(1800.0, later),
+    )  # fmt: skip
+    assert run.samples == pytest.approx(240 * 1800 + 150 * 1800)
+    # scored after the change, against the new curve's best static count (2: 150, at 0.75)
+    assert run.hindsight.replicas == 2
+    assert run.score.raw_samples_ratio == pytest.approx(1.0)  # 3 is as fast as 2 there ...
+    assert run.score.constraint_value == pytest.approx(0.5)
+    assert run.score.samples_ratio == 0.0  # ... at efficiency 0.5 < 0.7
+
+
+def test_a_restart_in_progress_at_the_change_ends_on_the_new_curve() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    later = parse_csv_curve(SLOWER_CSV, name="later.csv")
+    spec = make_spec(replicas=3, lo=1, hi=4, minEfficiency=0.7, intervalSeconds=30)
+    # 3 -> 2 at t = 30, restarting until 90; the curve changes at 45
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, restart_seconds=60, settle_seconds=0,
+        controller=Scripted([2]), change=CurveChange(45.0, later),
+    )  # fmt: skip
+    assert run.samples == pytest.approx(240 * 30 + 150 * (3600 - 90))
+    assert run.score.rescales == 0  # the move came before the change
+    assert run.score.raw_samples_ratio == pytest.approx(150 * 3510 / (150 * 3555))
+
+
+@pytest.mark.parametrize("at", [0.0, 3600.0])
+def test_a_curve_change_outside_the_run_is_refused(at: float) -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    with pytest.raises(ValueError, match="the curve must change within the run"):
+        run_simulation(curve, make_spec(replicas=2, hi=4), hours=1, change=CurveChange(at, curve))

@@ -691,6 +691,42 @@ class _Timeline:
                 return piece
         return self.pieces[0]
 
+    def switch(self, at: float, running: Callable[[float, int], _Piece]) -> None:
+        """The curve changed at ``at``: what runs from then on runs as ``running`` says
+        (a restart in progress ends on the new curve)."""
+        pending = [p for p in self.pieces if p.start > at]
+        self.cut(at)
+        now = self.at(at)
+        if now.running:
+            self.pieces.append(running(at, now.replicas))
+        self.pieces.extend(running(p.start, p.replicas) if p.running else p for p in pending)
+
+    def samples(self, start: float, end: float) -> float:
+        """Samples processed over ``[start, end)``."""
+        return sum(p.samples_per_second * s for p, s in self.spans(start, end))
+
+    def gpu_seconds(self, end: float, gpus_per_replica: int) -> float:
+        """GPU-seconds held up to ``end`` (restarts included)."""
+        return sum(p.replicas * gpus_per_replica * s for p, s in self.spans(0.0, end))
+
+    def segments(
+        self, end: float, efficiency: Callable[[int, float], float]
+    ) -> tuple[Segment, ...]:
+        """The run up to ``end`` as segments (``efficiency(count, start)``)."""
+        return tuple(
+            Segment(
+                p.start,
+                p.start + seconds,
+                p.replicas,
+                p.nodes,
+                p.samples_per_second,
+                p.gpu_utilization,
+                efficiency(p.replicas, p.start),
+                not p.running,
+            )
+            for p, seconds in self.spans(0.0, end)
+        )
+
     def spans(self, start: float, end: float) -> Iterable[tuple[_Piece, float]]:
         """Each piece overlapping ``[start, end)`` with the seconds it overlaps."""
         for i, piece in enumerate(self.pieces):
@@ -763,6 +799,7 @@ def _score(
     best: Hindsight,
     rescales: int,
     settled_at: float,
+    start: float = 0.0,
 ) -> Score:
     ref = job.best_per_replica()
     constraint = job.constraint()
@@ -774,7 +811,7 @@ def _score(
         return cache[n]
 
     weighted = seconds_total = 0.0
-    for piece, seconds in timeline.spans(0.0, end):
+    for piece, seconds in timeline.spans(start, end):
         if constraint.ceiling or piece.running:  # cost accrues while restarting too
             weighted += value(piece.replicas) * seconds
             seconds_total += seconds
@@ -786,9 +823,31 @@ def _score(
             if constraint.ceiling
             else mean >= best.constrained_value - _EPS
         )
-    reference = best.samples_per_second * end
+    reference = best.samples_per_second * (end - start)
     raw = samples / reference if reference > 0 else 0.0
     return Score(raw if met else 0.0, raw, rescales, settled_at, constraint, mean, met)
+
+
+@dataclass(frozen=True)
+class CurveChange:
+    """The job's true curve changes during the run (another tenant's traffic on the links,
+    a slower input pipeline): from ``at_seconds`` on it is ``curve``."""
+
+    at_seconds: float
+    curve: Curve
+
+
+def _trace_point(t: float, current: int, nodes: int, before: _Piece, ref: float) -> TracePoint:
+    """What the trace shows at ``t``: the count now, and what ran up to the decision."""
+    efficiency = before.samples_per_second / before.replicas / ref if before.replicas else 0.0
+    return TracePoint(
+        t,
+        current,
+        nodes,
+        before.samples_per_second,
+        efficiency if before.running else 0.0,
+        before.gpu_utilization,
+    )
 
 
 def _checked_run(
@@ -797,8 +856,11 @@ def _checked_run(
     interval: float | None,
     noise: Noise | float,
     restart_seconds: float,
+    change: CurveChange | None = None,
 ) -> tuple[TrainingJobSpec, Noise]:
     """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
+    if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
+        raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
     if interval is not None:
         if interval <= 0 or interval != int(interval):
             raise ValueError(f"interval must be a positive whole number of seconds, got {interval}")
@@ -826,6 +888,7 @@ def run_simulation(
     report_utilization: bool = True,
     report_throughput: bool = True,
     report_sync: bool = True,
+    change: CurveChange | None = None,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -845,20 +908,24 @@ def run_simulation(
         report_utilization, report_throughput: Whether the job exports each metric.
         report_sync: Whether the job exports its sync share (with throughput, where the
             curve knows it: the trainer's communication over step seconds).
+        change: The curve changes during the run. The result then scores the run after
+            the change against the new curve's best static count (``hindsight``, the
+            constraint and the rescales are those after it): how well the job re-learns.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
         ValueError: on a non-positive ``hours`` or ``interval`` or a negative restart.
     """
-    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds)
+    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change)
     step = float(spec.autoscaling.interval_seconds)
     settle = float(spec.autoscaling.settle_seconds if settle_seconds is None else settle_seconds)
     job = JobModel(curve, spec)
-    best = hindsight(curve, spec)  # checks the curve covers every allowed count
+    curves = (curve,) if change is None else (curve, change.curve)
+    best = [hindsight(c, spec) for c in curves][-1]  # checks each covers every allowed count
+    changed_at: float | None = None  # when the curve changed (None: not yet)
     if controller is None:
         controller = JobAutoscaler(spec)
-    rng = random.Random(seed)
-    sync_rng = random.Random(f"sync-{seed}")
+    rng, sync_rng = random.Random(seed), random.Random(f"sync-{seed}")
     end = hours * 3600.0
 
     def running(t: float, n: int) -> _Piece:
@@ -868,20 +935,26 @@ def run_simulation(
 
     current = spec.replicas
     timeline = _Timeline([running(0.0, current)])
-    changed_at: float | None = None  # when the running count last changed
+    moved_at: float | None = None  # when the running count last changed
     points: list[TracePoint] = []
     decisions: list[Decision] = []
-    rescales = 0
-    settled_at = 0.0
+    rescales, settled_at = 0, 0.0
     ref = job.best_per_replica()
+    first = (job, ref)  # the curve before a change, for the segments before it
 
-    def efficiency_of(n: int) -> float:
-        return job.point(n).samples_per_second / n / ref if n and ref else 0.0
+    def efficiency_of(n: int, at: float) -> float:
+        j, r = first if changed_at is not None and at < changed_at else (job, ref)
+        return j.point(n).samples_per_second / n / r if n and r else 0.0
 
     t = 0.0
     while t < end:
         t += step
-        if changed_at is not None and t - changed_at < settle:
+        if change is not None and changed_at is None and t >= change.at_seconds:
+            changed_at = change.at_seconds
+            job = JobModel(change.curve, spec)
+            ref = job.best_per_replica()
+            timeline.switch(changed_at, running)
+        if moved_at is not None and t - moved_at < settle:
             continue  # the daemon does not measure a size younger than settleSeconds
         observation = _observe(
             timeline,
@@ -900,50 +973,26 @@ def run_simulation(
         before = timeline.at(t)
         if rec.replicas != current:
             current = rec.replicas
-            rescales += 1
-            settled_at = changed_at = t
+            rescales += change is None or t >= change.at_seconds  # with a change, after it
+            settled_at = moved_at = t
             timeline.cut(t)
             p = job.point(current)
             timeline.pieces.append(_Piece(t, current, p.nodes, 0.0, 0.0, False))
             timeline.pieces.append(running(t + restart_seconds, current))
-        efficiency = before.samples_per_second / before.replicas / ref if before.replicas else 0.0
-        points.append(
-            TracePoint(
-                t,
-                current,
-                job.point(current).nodes,
-                before.samples_per_second,
-                efficiency if before.running else 0.0,
-                before.gpu_utilization,
-            )
-        )
-    samples = sum(p.samples_per_second * s for p, s in timeline.spans(0.0, end))
-    gpus = max(1, spec.gpus_per_replica)
-    gpu_hours = sum(p.replicas * gpus * s for p, s in timeline.spans(0.0, end)) / 3600.0
-    segments = tuple(
-        Segment(
-            p.start,
-            p.start + seconds,
-            p.replicas,
-            p.nodes,
-            p.samples_per_second,
-            p.gpu_utilization,
-            efficiency_of(p.replicas),
-            not p.running,
-        )
-        for p, seconds in timeline.spans(0.0, end)
-    )
+        points.append(_trace_point(t, current, job.point(current).nodes, before, ref))
+    start = changed_at or 0.0
+    samples, scored = (timeline.samples(s, end) for s in (0.0, start))
     return SimulationResult(
         curve=curve.name,
         spec=spec,
         hours=hours,
         points=tuple(points),
         decisions=tuple(decisions),
-        segments=segments,
+        segments=timeline.segments(end, efficiency_of),
         samples=samples,
-        gpu_hours=gpu_hours,
+        gpu_hours=timeline.gpu_seconds(end, max(1, spec.gpus_per_replica)) / 3600.0,
         final_replicas=current,
         hindsight=best,
-        score=_score(job, timeline, end, samples, best, rescales, settled_at),
+        score=_score(job, timeline, end, scored, best, rescales, settled_at, start),
         noise=noise,
     )
