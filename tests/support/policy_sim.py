@@ -106,9 +106,11 @@ def simulate(
     util: bool = True,
     throughput: bool = True,
     workers_per_node: int | None = None,
+    change: tuple[float, Callable[[int], float]] | None = None,
 ) -> Trace:
     """Run the policy on curve ``tau`` for ``hours``; workers fill one node before the next
-    (``workers_per_node``; None: one node), and the policy is told the node size."""
+    (``workers_per_node``; None: one node), and the policy is told the node size. With
+    ``change = (seconds, tau2)`` the job runs on ``tau2`` from then on."""
     rng = random.Random(seed)
     interval = float(spec.autoscaling.interval_seconds)
     current = spec.replicas
@@ -119,8 +121,9 @@ def simulate(
     while t < hours * 3600:
         t += interval
         running = t >= restarting_until
-        x = RATE * current / tau(current) if running else 0.0
-        u = COMPUTE_FRACTION / tau(current) if running else 0.0
+        curve = change[1] if change is not None and t >= change[0] else tau
+        x = RATE * current / curve(current) if running else 0.0
+        u = COMPUTE_FRACTION / curve(current) if running else 0.0
         o = Observation(
             t,
             current,

@@ -201,7 +201,8 @@ class AutoscalingSpec(_Model):
             "run there for this long, so a job whose scaling changed (a new phase, a new data "
             "pipeline, a noisy neighbour gone) explores again instead of trusting old "
             "numbers; smaller counts are kept as the efficiency reference. Empty: "
-            "measurements are kept for the job's life."
+            "measurements are kept for the job's life, unless the count the job runs at "
+            "measures a changed curve (then all that was measured before it is forgotten)."
         ),
     )
     prometheus: PrometheusSpec = Field(

@@ -10,7 +10,9 @@ thing for the operator loop, the benchmarks and the simulator, or they drift apa
 
 Its compact state, :class:`AutoscalerMemory` (settled measurements per (count, nodes), the
 restart cost, the forced and the chosen counts), is kept in the TrainingJob's status, so an
-operator restart or a failover resumes without exploring again.
+operator restart or a failover resumes without exploring again. Memory ages: when the count
+the job runs at measures a changed curve (:mod:`~trainscale.operator.autoscaling.change`),
+what was measured before the change is forgotten.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.autoscaling.change import find_curve_change
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
@@ -263,6 +266,7 @@ class JobAutoscaler:
             self._last_scale_time = now  # someone (a user, the scale subresource) moved it
         self._observations = compact_observations([*self._observations, *new], now)
         self._forget_stale_counts(new, current_replicas, now)
+        changed = self._forget_changed_curve(current_replicas, now)
         self._estimates = None
         rec = recommend(
             spec,
@@ -285,7 +289,31 @@ class JobAutoscaler:
         if rec.learned_restart_cost_seconds is not None:
             self._restart_cost = rec.learned_restart_cost_seconds
         self._remember_move(rec, current_replicas, now)
+        if changed:
+            rec = replace(
+                rec,
+                reason=f"{rec.reason} (the curve changed at {current_replicas} replicas: "
+                f"{changed} earlier measurements forgotten)",
+            )
         return rec
+
+    def _forget_changed_curve(self, current: int, now: float) -> int:
+        """When the current count's samples show a new curve (:func:`find_curve_change`),
+        forget everything measured before the change, and the counts left or probed on that
+        evidence: the job learns the new curve from the current count. The learned restart
+        cost and the counts it was forced off (the cluster's, not the curve's) are kept.
+        Returns how many observations were forgotten."""
+        changed = find_curve_change(self._observations, self._workers_per_node)
+        if changed is None:
+            return 0
+        kept = [o for o in self._observations if o.timestamp >= changed]
+        forgotten = len(self._observations) - len(kept)
+        self._observations = kept
+        self._left.clear()
+        self._probed.clear()
+        self._targets = []
+        self._last_seen = {current: now}
+        return forgotten
 
     def _forget_stale_counts(self, new: Sequence[Observation], current: int, now: float) -> None:
         """``forgetAfterSeconds``: drop what was measured at counts above the current one
@@ -293,7 +321,7 @@ class JobAutoscaler:
         explores them again (a curve that recovered pays there again). Counts below are kept:
         they are the efficiency reference, and without them a job at its best count would go
         down to re-measure them and come back, once per ``forgetAfterSeconds``; if the curve
-        changed, the current count's fresh measurements move the job down to them anyway.
+        changed where the job runs, :meth:`_forget_changed_curve` forgets them too.
         Restored memory counts as seen at its restore."""
         for o in new:
             self._last_seen[o.replicas] = max(

@@ -1,0 +1,148 @@
+"""When the job's curve changed under it: measurements age.
+
+Why this module exists: the policy believes what it measured, at every count, for as long
+as the job runs. On a shared cluster the curve itself moves: another tenant's traffic on
+the inter-node links, a slower storage tier behind the input pipeline, a node throttling.
+The count the job runs at then measures differently from before, and every other count's
+old measurements describe a curve that is gone. Believed, they make the job creep back
+one count at a time, each step chosen on stale evidence and paying a restart (measured: a
+job at 22 workers whose synchronisation tripled took 25 minutes to notice, then 6 rescales
+over 47 minutes to reach 7). :func:`find_curve_change` tells a change of the curve from
+noise on the current count's own samples, and :class:`~.autoscaler.JobAutoscaler` then
+forgets everything measured before it and learns the new curve from the current count.
+
+Pure, like the policy: observations in, a time (or None) out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from trainscale.operator.autoscaling.policy import (
+    JUMP_SETTLED_SAMPLES,
+    ModelSource,
+    Observation,
+    _analyse,
+    _median,
+    _metric,
+    _relative_noise,
+    _segments,
+    _span,
+)
+
+CHANGE_SAMPLES = 2 * JUMP_SETTLED_SAMPLES
+"""Settled samples, at the current count, that must agree on a new level (and as many
+before them on the old one): a phase of a few minutes (an evaluation pass, a checkpoint
+write) is not a new curve."""
+
+RAMP_TAIL_SAMPLES = JUMP_SETTLED_SAMPLES
+"""A stay's first settled samples left out of the comparison: a ``rate()`` window that
+still holds part of the restart reads them low (the policy's settling accepts them at
+``RECOVERED_FRACTION`` of the level, and a job back at a count would read "faster")."""
+
+REFERENCE_SAMPLES = 3 * CHANGE_SAMPLES
+"""Samples measured before the latest ones that they are compared with (the newest)."""
+
+WINDOW_SAMPLES = CHANGE_SAMPLES + REFERENCE_SAMPLES
+"""A stay's samples looked at, its latest (bounded work per decision, however long the
+stay), and the samples read for where its restart ramp ended, its first."""
+
+CHANGE_FRACTION = 0.1
+"""Smallest relative change of the step time that counts as a new curve: below it the
+stale measurements cost less than forgetting them would (re-exploring pays restarts)."""
+
+CHANGE_Z = 4.0
+"""Standard errors (of the two medians' difference, at the measured noise) the change must
+exceed: checked every interval, a smaller margin would fire on noise within a day."""
+
+
+def _steady(
+    stay: Sequence[Observation], workers_per_node: int | None
+) -> tuple[ModelSource | None, list[tuple[float, float]]]:
+    """A stay's samples past its restart ramp, as ``(timestamp, step time)``: the metric's
+    mode, and its latest ``WINDOW_SAMPLES`` positive samples from the first settled one on.
+
+    Where the ramp ended is read from the stay's beginning: the whole stay would read old
+    samples as a ramp or a dip after a large change (its steady level is the median of its
+    last third). From there every positive sample counts; the medians compared shrug off a
+    dip's few samples.
+    """
+    head = _analyse(stay[:WINDOW_SAMPLES], None, math.inf, workers_per_node)
+    if head.mode is None:
+        return None, []
+    key = (stay[0].replicas, _span(stay[0], workers_per_node))
+    settled = head.settled.get(key, [])
+    if not settled:
+        return head.mode, []
+    # and not its first settled samples either: a throughput rate() over a window that
+    # still holds part of the restart reads low for a while after the ramp
+    start = settled[min(len(settled) - 1, RAMP_TAIL_SAMPLES)].timestamp
+    samples: list[tuple[float, float]] = []
+    for o in stay[-WINDOW_SAMPLES:]:
+        v = _metric(o, head.mode)
+        if o.timestamp >= start and v is not None and v > 0:
+            samples.append((o.timestamp, 1.0 / v))
+    return head.mode, samples
+
+
+def find_curve_change(
+    observations: Sequence[Observation], workers_per_node: int | None = None
+) -> float | None:
+    """The time the curve changed, if the current count's samples say it did.
+
+    Compares the latest ``CHANGE_SAMPLES`` samples of the newest segment (the count the
+    job runs at, since it last moved, past its restart ramp) with up to
+    ``REFERENCE_SAMPLES`` measured before them at the same count and span: earlier in this
+    stay, else in the latest earlier stays there (a curve that changed while the job moved
+    shows when it comes back to a count it measured). Their step times' medians must differ
+    by at least ``CHANGE_FRACTION`` and by ``CHANGE_Z`` standard errors at the measured
+    noise. Returns the timestamp of the first of the latest samples that lies nearer the
+    new level than the old one (measurements before it describe the old curve), or None.
+    """
+    obs = sorted(observations, key=lambda o: o.timestamp)
+    if len(obs) < CHANGE_SAMPLES:
+        return None
+    segments = _segments(obs, None, workers_per_node)
+    stay = segments[-1]
+    if len(stay) < CHANGE_SAMPLES:
+        return None
+    key = (stay[0].replicas, _span(stay[0], workers_per_node))
+    mode, latest = _steady(stay, workers_per_node)
+    if mode is None or len(latest) < CHANGE_SAMPLES:
+        return None
+    window = latest[-CHANGE_SAMPLES:]
+    reference = [tau for _, tau in latest[:-CHANGE_SAMPLES]]
+    for segment in reversed(segments[:-1]):
+        if len(reference) >= REFERENCE_SAMPLES:
+            break
+        if (segment[0].replicas, _span(segment[0], workers_per_node)) == key:
+            earlier_mode, earlier = _steady(segment, workers_per_node)
+            if earlier_mode is mode:
+                reference = [tau for _, tau in earlier] + reference
+    reference = reference[-REFERENCE_SAMPLES:]
+    if len(reference) < CHANGE_SAMPLES:
+        return None
+    old, new = _median(reference), _median([tau for _, tau in window])
+    change = abs(math.log(new / old))
+    noise = _relative_noise({key: reference})
+    # the variance of a median of k samples is about (pi / 2) sigma^2 / k
+    error = noise * math.sqrt(1.5708 * (1.0 / len(reference) + 1.0 / len(window)))
+    if change < CHANGE_FRACTION or change < CHANGE_Z * error:
+        return None
+    # The new level starts at the first of the latest samples nearer it than the old one.
+    return next(
+        (t for t, tau in window if abs(math.log(tau / new)) < abs(math.log(tau / old))),
+        window[0][0],
+    )
+
+
+__all__ = [
+    "CHANGE_FRACTION",
+    "CHANGE_SAMPLES",
+    "CHANGE_Z",
+    "RAMP_TAIL_SAMPLES",
+    "REFERENCE_SAMPLES",
+    "WINDOW_SAMPLES",
+    "find_curve_change",
+]
