@@ -6,7 +6,8 @@ Covers:
 - a measured CSV curve is accepted; a bad one is refused naming the line and the field;
 - the summary says how far the best count sits from the limit and whether a run's scrapes
   can tell which side it is on (a knife edge), and says nothing of it for a budget;
-- bad flags are refused naming the flag (exit 2, nothing on standard output).
+- bad flags are refused naming the flag (exit 2, nothing on standard output);
+- a curve that changes during the run is replayed and scored after the change.
 """
 
 from __future__ import annotations
@@ -167,6 +168,28 @@ def test_bad_flags_are_named(
     assert captured.out == ""
 
 
+CHANGE_ERRORS = {
+    "1": "--change-at and --change-curve go together",
+    "5 amdahl": "--change-at must be within the run (0, 4) hours, got 5",
+    "1 nope": "--change-curve: unknown curve 'nope'",
+}
+
+
+@pytest.mark.parametrize(("change", "message"), CHANGE_ERRORS.items())
+@pytest.mark.parametrize("what", ["--curve linear", "--workload generated"])
+def test_a_bad_curve_change_is_named(
+    what: str, change: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at, *curve = change.split()
+    argv = [*what.split(), "--change-at", at, *(["--change-curve", *curve] if curve else [])]
+    assert main(["simulate", *argv]) == 2
+    captured = capsys.readouterr()
+    # a workload's jobs each have their own curves: the flags describe one job
+    expected = message if what.startswith("--curve") else "--change-at needs --curve"
+    assert expected in captured.err
+    assert captured.out == ""
+
+
 def test_a_bad_csv_names_the_line_and_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -210,3 +233,21 @@ def test_allowed_replicas_bound_the_run_and_the_hindsight(
             assert n in (4, 8, 32), out
         elif allowed:
             assert n % 4 == 0, out
+
+
+def test_a_curve_change_is_replayed_and_scored_after_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job at 32 on a linear curve; at 1.5 h it becomes amdahl (best 15 at the 0.7 floor):
+    the change is found, the old measurements forgotten, and the summary is of what follows."""
+    argv = ["--curve", "linear", "--change-at", "1.5", "--change-curve", "amdahl",
+            "--hours", "3", "--seed", "1"]  # fmt: skip
+    assert main(["simulate", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "; at 1:30:00 the curve becomes amdahl (scored after that)" in out
+    assert "# after the change at 1:30:00: against the new curve" in out
+    assert "# best static count (hindsight): 15 " in out
+    assert re.search(r"the curve changed at 32 replicas: \d+ earlier measurements forgotten", out)
+    assert "efficiency averaged after the change" in out
+    final = re.search(r"final count (\d+)", out)
+    assert final is not None and 12 <= int(final.group(1)) <= 16, out[-600:]

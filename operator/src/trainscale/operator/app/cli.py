@@ -192,10 +192,12 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         run_workload,
     )
 
-    if args.allowed_replicas is not None:
-        # a trace's jobs each have their own bounds; the flag describes one job
-        sys.stderr.write("trainscale simulate: error: --allowed-replicas needs --curve\n")
-        return 2
+    for flag in ("allowed_replicas", "change_at", "change_curve"):
+        if getattr(args, flag) is not None:
+            # a trace's jobs each have their own bounds and curves; the flag describes one job
+            name = flag.replace("_", "-")
+            sys.stderr.write(f"trainscale simulate: error: --{name} needs --curve\n")
+            return 2
     options = WorkloadOptions(
         workload=args.workload,
         nodes=args.nodes if args.nodes is not None else 16,
@@ -304,6 +306,18 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="POLICY",
         help="fixed, per-job, per-job-oracle, hpa, trainscale (--workload; default: fixed "
         "per-job trainscale)",
+    )
+    sim.add_argument(
+        "--change-at",
+        type=float,
+        metavar="HOURS",
+        help="the curve changes this many hours into the run (--curve, with --change-curve): "
+        "see how the autoscaler re-learns; the run is then scored after the change",
+    )
+    sim.add_argument(
+        "--change-curve",
+        metavar="NAME|FILE.csv",
+        help="what the curve becomes at --change-at (a named family or a CSV, as --curve)",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

@@ -20,6 +20,7 @@ import pydantic
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.simulation import (
+    CurveChange,
     CurveError,
     Noise,
     Segment,
@@ -56,6 +57,8 @@ class SimulateOptions:
     seed: int = 0
     allowed_replicas: str | None = None
     plot: str | None = None
+    change_at: float | None = None
+    change_curve: str | None = None
 
 
 # API field (camelCase, as pydantic reports it) -> the flag that sets it
@@ -173,6 +176,13 @@ def check_options(options: SimulateOptions) -> None:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
         raise SimulateError(f"--gpus-per-node must be >= 1, got {options.gpus_per_node}")
+    if (options.change_at is None) != (options.change_curve is None):
+        raise SimulateError("--change-at and --change-curve go together")
+    if options.change_at is not None and not 0 < options.change_at < options.hours:
+        raise SimulateError(
+            f"--change-at must be within the run (0, {options.hours:g}) hours, "
+            f"got {options.change_at:g}"
+        )
 
 
 def clock(seconds: float) -> str:
@@ -182,7 +192,8 @@ def clock(seconds: float) -> str:
 
 
 def decision_lines(result: SimulationResult) -> Iterator[str]:
-    """Every decision: moves and wanted moves one per line, runs of plain holds collapsed."""
+    """Every decision: moves, wanted moves and curve changes one per line, runs of plain
+    holds collapsed."""
     held: list[tuple[float, str, int]] = []
 
     def flush() -> Iterator[str]:
@@ -195,7 +206,8 @@ def decision_lines(result: SimulationResult) -> Iterator[str]:
 
     for d in result.decisions:
         rec = d.recommendation
-        if rec.replicas == rec.current_replicas and rec.target == rec.current_replicas:
+        plain = rec.target == rec.current_replicas and not rec.forgotten
+        if rec.replicas == rec.current_replicas and plain:
             held.append((d.time, rec.reason, rec.current_replicas))
             continue
         yield from flush()
@@ -209,7 +221,13 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     """Samples against the best static count, rescales, and the constraint."""
     best, score = result.hindsight, result.score
     c = score.constraint
-    seconds = result.hours * 3600
+    start = result.changed_at or 0.0
+    seconds = result.hours * 3600 - start
+    samples = sum(
+        s.samples_per_second * max(0.0, s.end - max(s.start, start)) for s in result.segments
+    )
+    if result.changed_at is not None:
+        yield f"after the change at {clock(start)}: against the new curve"
     yield (
         f"best static count (hindsight): {best.replicas} "
         f"({c.name} {best.constrained_value:.2f}, {best.samples_per_second:.1f} samples/s)"
@@ -217,14 +235,15 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     )
     yield (
         f"samples: {score.raw_samples_ratio:.3f} of the best static count "
-        f"({result.samples:.4g} vs {best.samples_per_second * seconds:.4g})"
+        f"({samples:.4g} vs {best.samples_per_second * seconds:.4g})"
     )
     settled = f", the last at {clock(score.settled_at)}" if score.rescales else ""
     yield f"rescales: {score.rescales}{settled}; final count {result.final_replicas}"
     relation = "<=" if c.ceiling else ">="
+    over = "over the run" if result.changed_at is None else "after the change"
     verdict = "kept" if score.constraint_met else "BROKEN (the run scores 0)"
     yield (
-        f"constraint: {c.name} averaged over the run {score.constraint_value:.3f}, "
+        f"constraint: {c.name} averaged {over} {score.constraint_value:.3f}, "
         f"needs {relation} {c.limit:g}: {verdict}"
     )
     yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
@@ -287,9 +306,17 @@ def write_plot(result: SimulationResult, path: str) -> None:
         return xs, ys
 
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(10, 8), constrained_layout=True)
+    changed = (
+        ""
+        if result.changed_at is None
+        else f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
+    )
+    for ax in axes:
+        if result.changed_at is not None:
+            ax.axvline(result.changed_at / 3600, color="tab:gray", ls="-.", lw=1)
     fig.suptitle(
         f"trainscale simulate: {result.curve}, objective "
-        f"{result.spec.autoscaling.objective.value}, {result.hours:g} h\n"
+        f"{result.spec.autoscaling.objective.value}, {result.hours:g} h{changed}\n"
         f"samples {score.raw_samples_ratio:.3f} of the best static count, "
         f"{score.rescales} rescales, {c.name} {score.constraint_value:.2f} "
         f"({'kept' if score.constraint_met else 'BROKEN: scores 0'})",
@@ -342,6 +369,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     spec = build_spec(options)
     try:
         curve = load_curve(options.curve, gpus_per_node=options.gpus_per_node)
+        change = _change(options)
         result = run_simulation(
             curve,
             spec,
@@ -350,6 +378,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             restart_seconds=options.restart_seconds,
             rate_window=options.rate_window,
             seed=options.seed,
+            change=change,
         )
     except CurveError as exc:
         hint = ""
@@ -363,7 +392,13 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         f"in [{spec.min_replicas}, {spec.max_replicas}], {options.hours:g} h, interval "
         f"{auto.interval_seconds} s, noise {options.noise:.0%}, restart "
         f"{options.restart_seconds:g} s, rate window {options.rate_window:g} s, seed "
-        f"{options.seed}",
+        f"{options.seed}"
+        + (
+            ""
+            if change is None
+            else f"; at {clock(change.at_seconds)} the curve becomes {change.curve.name} "
+            "(scored after that)"
+        ),
         file=out,
     )
     print(f"{'time':>17}  {'decision':<15}reason", file=out)
@@ -375,6 +410,17 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         write_plot(result, options.plot)
         print(f"# plot written to {options.plot}", file=out)
     return 0
+
+
+def _change(options: SimulateOptions) -> CurveChange | None:
+    """``--change-at`` / ``--change-curve`` as the simulator's curve change."""
+    if options.change_curve is None or options.change_at is None:
+        return None
+    try:
+        later = load_curve(options.change_curve, gpus_per_node=options.gpus_per_node)
+    except CurveError as exc:
+        raise SimulateError(f"--change-curve: {exc}") from None
+    return CurveChange(options.change_at * 3600.0, later)
 
 
 def options_from(values: Mapping[str, Any]) -> SimulateOptions:

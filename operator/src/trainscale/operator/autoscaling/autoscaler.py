@@ -294,6 +294,7 @@ class JobAutoscaler:
                 rec,
                 reason=f"{rec.reason} (the curve changed at {current_replicas} replicas: "
                 f"{changed} earlier measurements forgotten)",
+                forgotten=changed,
             )
         return rec
 

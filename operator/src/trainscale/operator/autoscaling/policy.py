@@ -383,6 +383,9 @@ class Recommendation:
             comes from throughput, relative otherwise).
         cost_per_hour: ``replicas * gpus_per_replica * costPerGpuHour``.
         step: The step of the decision pipeline that decided (one of :data:`STEPS`).
+        forgotten: Observations forgotten before this decision because the count the job
+            runs at measured a changed curve (set by :class:`~.autoscaler.JobAutoscaler`;
+            0: nothing was).
     """
 
     replicas: int
@@ -403,6 +406,7 @@ class Recommendation:
     throughput: float | None = None
     cost_per_hour: float = 0.0
     step: str = ""
+    forgotten: int = 0
 
     @property
     def direction(self) -> str:

@@ -650,6 +650,9 @@ class SimulationResult:
     hindsight: Hindsight
     score: Score
     noise: Noise = field(default_factory=Noise)
+    changed_at: float | None = None
+    """When the curve changed (``run_simulation(change=...)``): ``hindsight`` and ``score``
+    are of the run after it."""
 
     @property
     def margin(self) -> float:
@@ -995,4 +998,5 @@ def run_simulation(
         hindsight=best,
         score=_score(job, timeline, end, scored, best, rescales, settled_at, start),
         noise=noise,
+        changed_at=changed_at,
     )
