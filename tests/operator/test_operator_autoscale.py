@@ -85,6 +85,16 @@ def test_hold_writes_no_replicas_and_no_event(spec: TrainingJobSpec) -> None:
     assert plan.status["autoscaling"]["costPerHour"] == 2 * 2 * 2.5
 
 
+def test_a_hold_that_forgot_a_changed_curve_says_so_in_an_event(spec: TrainingJobSpec) -> None:
+    plan = decide_autoscale(spec, {}, OBS, (), rec(2, forgotten=140), NOW)
+    assert plan.replicas is None and plan.direction == "hold"
+    assert plan.event is not None and plan.event.reason == "CurveChanged"
+    assert plan.event.message == "at 2 workers: why"
+    # a move that forgot says so in its own event (its reason carries the note)
+    moved = decide_autoscale(spec, {}, OBS, (), rec(4, forgotten=140), NOW)
+    assert moved.event is not None and moved.event.reason == "AutoscaledUp"
+
+
 def test_decision_history_is_bounded(spec: TrainingJobSpec) -> None:
     previous = {
         "autoscaling": {"decisions": [earlier_decision(i) for i in range(MAX_DECISIONS_KEPT)]}

@@ -40,7 +40,8 @@ class AutoscalePlan:
     Attributes:
         replicas: The new ``spec.replicas``, or None to leave it.
         status: Merge patch of the autoscaler-owned status fields.
-        event: The Event to post (on a rescale), if any.
+        event: The Event to post (on a rescale, or when the autoscaler found the job's
+            curve changed and forgot its earlier measurements), if any.
         direction: ``up``, ``down`` or ``hold`` (metric label).
         reason_class: A small fixed vocabulary for the decision metric's label.
     """
@@ -111,6 +112,9 @@ def decide_autoscale(
             "AutoscaledUp" if verb == "up" else "AutoscaledDown",
             f"{spec.replicas} -> {rec.replicas} workers: {rec.reason}",
         )
+    elif rec.forgotten:
+        # a hold that forgot what the job measured on its old curve: where users look
+        event = EventSpec("Normal", "CurveChanged", f"at {spec.replicas} workers: {rec.reason}")
 
     gpu = observation.gpu_utilization if observation else None
     throughput = observation.samples_per_second if observation else None
