@@ -222,10 +222,7 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     best, score = result.hindsight, result.score
     c = score.constraint
     start = result.changed_at or 0.0
-    seconds = result.hours * 3600 - start
-    samples = sum(
-        s.samples_per_second * max(0.0, s.end - max(s.start, start)) for s in result.segments
-    )
+    reference = best.samples_per_second * (result.hours * 3600 - start)
     if result.changed_at is not None:
         yield f"after the change at {clock(start)}: against the new curve"
     yield (
@@ -235,7 +232,7 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     )
     yield (
         f"samples: {score.raw_samples_ratio:.3f} of the best static count "
-        f"({samples:.4g} vs {best.samples_per_second * seconds:.4g})"
+        f"({score.raw_samples_ratio * reference:.4g} vs {reference:.4g})"
     )
     settled = f", the last at {clock(score.settled_at)}" if score.rescales else ""
     yield f"rescales: {score.rescales}{settled}; final count {result.final_replicas}"
@@ -306,13 +303,10 @@ def write_plot(result: SimulationResult, path: str) -> None:
         return xs, ys
 
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(10, 8), constrained_layout=True)
-    changed = (
-        ""
-        if result.changed_at is None
-        else f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
-    )
-    for ax in axes:
-        if result.changed_at is not None:
+    changed = ""
+    if result.changed_at is not None:
+        changed = f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
+        for ax in axes:
             ax.axvline(result.changed_at / 3600, color="tab:gray", ls="-.", lw=1)
     fig.suptitle(
         f"trainscale simulate: {result.curve}, objective "
