@@ -1540,7 +1540,7 @@ def _probe(
         if n in measured or not is_allowed(spec, n):
             continue
         # The floor may hold (one standard error up) and the estimate is near it.
-        estimate = _floor_estimate(spec, est, n)
+        estimate = _floor_reading(spec, est, n)
         if estimate is None:
             return None
         value, error, floor = estimate
@@ -1590,7 +1590,7 @@ def _leaving_probe(
         or sum(1 for c in model.counts if model.nodes(c) > 1) != 1
     ):
         return None
-    estimate = _floor_estimate(spec, est, current)
+    estimate = _floor_reading(spec, est, current)
     if estimate is None:
         return None
     value, error, floor = estimate
@@ -1613,20 +1613,6 @@ def _leaving_probe(
     # filled.
     n = current - 1
     return n if n > target and model.nodes(n) == model.nodes(current) and worth(n) else None
-
-
-def _floor_estimate(
-    spec: TrainingJobSpec, est: _Estimates, n: int
-) -> tuple[float, float, float] | None:
-    """``(value, standard error, floor)`` of the objective's floor metric at ``n``: efficiency,
-    or GPU utilization (None without GPU metrics)."""
-    auto = spec.autoscaling
-    if auto.objective is Objective.EFFICIENCY:
-        return est.efficiency(n), est.efficiency_error(n), auto.min_efficiency
-    u = est.gpu_utilization(n)
-    if u is None:
-        return None
-    return u, u * est.relative_error(n), auto.target_gpu_utilization
 
 
 def _stabilize(
