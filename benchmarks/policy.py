@@ -48,6 +48,7 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--families synthetic|measured]   (default both)
       [--trace]   (after each case that misses the goal: its worst seed's moves and reasons)
       [--noise-scale 1.24]   (every seed's noise scaled: the noisiest at yolov3's measured)
+      [--windowed-noise]   (noise arises in the training; overlapping rate() windows share it)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint.
 
 Knife edges: where the best count's efficiency or utilization sits a hair from the limit,
@@ -258,7 +259,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 curve,
                 spec,
                 hours=args.hours,
-                noise=Noise(cond.noise, cond.missing, cond.sync_seen),
+                noise=Noise(cond.noise, cond.missing, cond.sync_seen, args.windowed_noise),
                 restart_seconds=cond.restart_seconds,
                 seed=seed,
                 rate_window=args.rate_window,
@@ -378,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         help="multiply every seed's relative noise (1.24: the noisiest seed at the 12.4 %% "
         "scatter of yolov3's measured step times, benchmarks/pollux_noise.py)",
     )
+    parser.add_argument(
+        "--windowed-noise",
+        action="store_true",
+        help="the throughput's noise arises in the training and rate() averages it over its "
+        "window, so scrapes whose windows overlap share it (default: independent per scrape)",
+    )
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -400,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     conditions = ", ".join(c.label() for c in scaled_conditions(args.noise_scale)[: args.seeds])
     print(
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
-        f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s, "
+        f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
+        f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )
     print(MARKDOWN_HEADER if args.markdown else TEXT_HEADER)

@@ -316,6 +316,48 @@ def test_same_seed_same_run_other_seed_other_noise() -> None:
     assert one.decisions[0].observation != three.decisions[0].observation
 
 
+def _lag_correlation(values: Sequence[float], lag: int) -> float:
+    mean = sum(values) / len(values)
+    dev = [v - mean for v in values]
+    return sum(a * b for a, b in zip(dev, dev[lag:], strict=False)) / sum(d * d for d in dev)
+
+
+@pytest.mark.parametrize(("window", "neighbours"), [(60, 0.5), (30, 0.0), (150, 0.8)])
+def test_windowed_noise_is_shared_by_overlapping_rate_windows(
+    window: float, neighbours: float
+) -> None:
+    """Noise that arises in the training: each scrape still scatters by ``relative``, and
+    scrapes every 30 s whose ``rate()`` windows overlap share it (a window of k intervals:
+    neighbours correlate ``(k - 1) / k``); the utilization gauge's noise stays its own."""
+    spec = make_spec(replicas=4, lo=1, hi=4, intervalSeconds=30)
+    scripted = Scripted([])
+    run_simulation(
+        named_curve("linear"), spec, hours=20.0, noise=Noise(0.05, windowed=True),
+        rate_window=window, settle_seconds=0, controller=scripted,
+    )  # fmt: skip
+    x = [o.samples_per_second for o in scripted.seen[10:] if o.samples_per_second]
+    level = sum(x) / len(x)
+    assert math.sqrt(sum((v / level - 1) ** 2 for v in x) / len(x)) == pytest.approx(0.05, rel=0.1)
+    assert _lag_correlation(x, 1) == pytest.approx(neighbours, abs=0.06)
+    u = [o.gpu_utilization for o in scripted.seen[10:] if o.gpu_utilization]
+    assert _lag_correlation(u, 1) == pytest.approx(0.0, abs=0.06)
+
+
+def test_independent_noise_draws_as_it_always_did() -> None:
+    """The windowed noise has streams of its own: a run without it is the run it was."""
+    spec = make_spec(replicas=4, hi=16)
+    plain = run_simulation(named_curve("amdahl"), spec, hours=0.5, seed=3)
+    assert plain == run_simulation(
+        named_curve("amdahl"), spec, hours=0.5, seed=3, noise=Noise(0.05, windowed=False)
+    )
+    windowed = run_simulation(
+        named_curve("amdahl"), spec, hours=0.5, seed=3, noise=Noise(0.05, windowed=True)
+    )
+    first, other = plain.decisions[0].observation, windowed.decisions[0].observation
+    assert first.gpu_utilization == other.gpu_utilization  # the gauge draws the same
+    assert first.samples_per_second != other.samples_per_second
+
+
 def test_closed_loop_with_the_job_autoscaler_scales_a_linear_job_up() -> None:
     spec = make_spec(replicas=2, hi=8, minEfficiency=0.7)
     auto = JobAutoscaler(spec)

@@ -551,11 +551,58 @@ class Noise:
         sync_seen: Share of the synchronisation the trainer's timer sees (its sync share
             is this times the true one): all-reduce that overlaps the backward pass and
             slows it shows as compute, not as waiting.
+        windowed: Where the throughput's (and the sync share's) noise arises. False: in
+            each scrape, independently. True: in the training itself, interval by interval,
+            and ``rate()`` averages it over its window, so scrapes whose windows overlap
+            share it (a 60 s window scraped every 30 s: neighbours correlate 0.5), as on a
+            real cluster; each scrape's own noise is still ``relative``.
     """
 
     relative: float = 0.05
     missing: float = 0.0
     sync_seen: float = 1.0
+    windowed: bool = False
+
+
+class _WindowNoise:
+    """Noise that arises in the training, one unit draw per ``width`` seconds, read as
+    ``rate()`` reads it: averaged over the window, scaled so one scrape's standard
+    deviation is one whatever the window (only neighbours' correlation changes)."""
+
+    def __init__(self, rng: random.Random, width: float) -> None:
+        self._rng, self._width = rng, width
+        self._draws: dict[int, float] = {}
+        self._next = 0
+
+    def _draw(self, index: int) -> float:
+        while self._next <= index:  # in order, so a run's draws do not depend on its reads
+            self._draws[self._next] = self._rng.gauss(0.0, 1.0)
+            self._next += 1
+        return self._draws[index]
+
+    def over(self, start: float, end: float) -> float:
+        """The unit noise of a window ``[start, end)`` (of a bare instant when empty)."""
+        last = max(0, math.ceil(end / self._width) - 1)
+        first = min(last, max(0, math.ceil(start / self._width)))
+        draws = [self._draw(i) for i in range(first, last + 1)]
+        return sum(draws) / math.sqrt(len(draws))
+
+
+def _noise_streams(
+    noise: Noise, seed: int, step: float
+) -> tuple[random.Random, random.Random, tuple[_WindowNoise, _WindowNoise] | None]:
+    """A run's random streams: the scrapes', the sync share's, and, when ``windowed``, the
+    throughput's and the sync share's noise in the training (streams of their own: a run
+    without them draws what it always drew)."""
+    windowed = (
+        (
+            _WindowNoise(random.Random(f"window-{seed}"), step),
+            _WindowNoise(random.Random(f"window-sync-{seed}"), step),
+        )
+        if noise.windowed
+        else None
+    )
+    return random.Random(seed), random.Random(f"sync-{seed}"), windowed
 
 
 class Controller(Protocol):
@@ -776,20 +823,30 @@ def _observe(
     report_utilization: bool,
     report_throughput: bool,
     sync_rng: random.Random,
+    window_noise: tuple[_WindowNoise, _WindowNoise] | None = None,
 ) -> Observation:
     now = timeline.at(t)
     if noise.missing > 0 and rng.random() < noise.missing:
         return Observation(t, now.replicas)
-    x = timeline.mean_throughput(max(0.0, t - rate_window), t)
+    start = max(0.0, t - rate_window)
+    x = timeline.mean_throughput(start, t)
     u = now.gpu_utilization
-    sync = timeline.mean_sync(max(0.0, t - rate_window), t) if report_throughput else None
+    sync = timeline.mean_sync(start, t) if report_throughput else None
+    # drawn in this order, and only what is reported: a run's draws do not change
+    u_noise = rng.gauss(0, noise.relative) if report_utilization else 0.0
+    x_noise = rng.gauss(0, noise.relative) if report_throughput else 0.0
+    if window_noise is not None:  # the training's own noise, shared by overlapping windows
+        x_noise = noise.relative * window_noise[0].over(start, t)
     if sync is not None:  # its own random stream: runs without it draw the same noise
-        sync = min(0.99, max(0.0, noise.sync_seen * sync * (1 + sync_rng.gauss(0, noise.relative))))
+        s_noise = sync_rng.gauss(0, noise.relative)
+        if window_noise is not None:
+            s_noise = noise.relative * window_noise[1].over(start, t)
+        sync = min(0.99, max(0.0, noise.sync_seen * sync * (1 + s_noise)))
     return Observation(
         t,
         now.replicas,
-        min(1.0, max(0.0, u * (1 + rng.gauss(0, noise.relative)))) if report_utilization else None,
-        max(0.0, x * (1 + rng.gauss(0, noise.relative))) if report_throughput else None,
+        min(1.0, max(0.0, u * (1 + u_noise))) if report_utilization else None,
+        max(0.0, x * (1 + x_noise)) if report_throughput else None,
         sync_fraction=sync,
     )
 
@@ -928,7 +985,7 @@ def run_simulation(
     changed_at: float | None = None  # when the curve changed (None: not yet)
     if controller is None:
         controller = JobAutoscaler(spec)
-    rng, sync_rng = random.Random(seed), random.Random(f"sync-{seed}")
+    rng, sync_rng, window_noise = _noise_streams(noise, seed, step)
     end = hours * 3600.0
 
     def running(t: float, n: int) -> _Piece:
@@ -968,6 +1025,7 @@ def run_simulation(
             report_utilization=report_utilization,
             report_throughput=report_throughput,
             sync_rng=sync_rng,
+            window_noise=window_noise,
         )
         rec = controller.decide(
             [observation], current_replicas=current, now=t, placement=job.curve.placement(current)
