@@ -4,6 +4,7 @@ old curve forgotten (``trainscale.operator.autoscaling.change``)."""
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.support.policy_sim import COMPUTE_FRACTION, RATE, amdahl, make_spec, simulate
 from trainscale.operator.autoscaling.change import find_curve_change
-from trainscale.operator.autoscaling.policy import Observation
+from trainscale.operator.autoscaling.policy import Observation, _noise_inflation
 
 CHANGE_AT = 2 * 3600.0
 
@@ -27,6 +28,68 @@ def _stay(replicas: int, taus: list[float]) -> list[Observation]:
 def _noisy(level: float, count: int, noise: float, seed: int) -> list[float]:
     rng = random.Random(seed)
     return [level * (1.0 + rng.gauss(0.0, noise)) for _ in range(count)]
+
+
+def _shared(level: float, count: int, noise: float, seed: int, window: int) -> list[float]:
+    """Step times whose noise arises in the training, read as ``rate()`` reads it: each
+    sample averages ``window`` intervals' draws, so neighbours share them (a 60 s window
+    scraped every 30 s: ``window`` 2); each sample's own noise is still ``noise``."""
+    rng = random.Random(seed)
+    draws = [rng.gauss(0.0, 1.0) for _ in range(count + window - 1)]
+    return [
+        level * (1.0 + noise * sum(draws[i : i + window]) / math.sqrt(window)) for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "low", "high"),
+    [
+        pytest.param([_noisy(1.2, 100, 0.05, s) for s in range(4)], 1.0, 1.3, id="independent"),
+        # a 60 s window every 30 s: 1 + 2 * 0.5
+        pytest.param([_shared(1.2, 100, 0.05, s, 2) for s in range(4)], 1.6, 2.5,
+                     id="two-scrapes-a-window"),
+        # 5 s every second (the real-loop test-bed): 1 + 2 * (0.8 + 0.6 + 0.4 + 0.2) = 5
+        pytest.param([_shared(1.2, 100, 0.05, s, 5) for s in range(4)], 3.8, 6.5,
+                     id="five-scrapes-a-window"),
+        # each run about its own level: stays at different counts are not one wandering run
+        pytest.param([_noisy(1.0 + 0.3 * s, 100, 0.05, s) for s in range(4)], 1.0, 1.3,
+                     id="levels-apart-are-no-correlation"),
+        pytest.param([_noisy(1.2, 15, 0.05, 1)], 1.0, 1.0, id="too-few-samples-to-tell"),
+        pytest.param([list(itertools.accumulate(_noisy(1.0, 200, 0.05, 2), lambda a, b: a * b))],
+                     10.0, 10.0, id="a-random-walk-is-capped"),
+    ],
+)  # fmt: skip
+def test_noise_inflation(runs: list[list[float]], low: float, high: float) -> None:
+    assert low <= _noise_inflation(runs) <= high
+
+
+def _first_change(taus: list[float]) -> float | None:
+    """The change a job would find at 8 workers, checking after every new sample."""
+    stay = _stay(8, taus)
+    return next(
+        (t for k in range(24, len(stay) + 1) if (t := find_curve_change(stay[:k])) is not None),
+        None,
+    )
+
+
+@pytest.mark.parametrize(("window", "allowed"), [(1, 0), (2, 0), (5, 1)])
+def test_noise_shared_by_overlapping_rate_windows_is_no_change(window: int, allowed: int) -> None:
+    """An hour at one count, 10 % noise, checked every interval as the autoscaler does, on
+    40 seeds: counted as independent, scrapes that share their window's noise "found" a
+    change in 12 of the 40 hours at 5 scrapes a window (a job in the benchmark then forgot
+    its curve and rescaled 9 times); at the measured autocorrelation and the doubt of the
+    measured scatter, none at 1 or 2 (the default 60 s window every 30 s), 1 at 5."""
+    found = [
+        seed
+        for seed in range(40)
+        if _first_change(_shared(1.2, 120, 0.10, 1000 * window + seed, window)) is not None
+    ]
+    assert len(found) <= allowed, found
+
+
+def test_a_change_within_shared_noise_is_still_told() -> None:
+    taus = _shared(1.2, 100, 0.03, 9, 2) + _shared(1.44, 12, 0.03, 72, 2)
+    assert find_curve_change(_stay(8, taus)) == 3000.0
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from trainscale.operator.autoscaling.policy import (
     _analyse,
     _median,
     _metric,
+    _noise_inflation,
     _relative_noise,
     _segments,
     _span,
@@ -57,11 +58,17 @@ CHANGE_Z = 4.0
 exceed: checked every interval, a smaller margin would fire on noise within a day."""
 
 
+NOISE_DOUBT = 2.3
+"""Relative standard errors of a scatter measured from ``k`` independent samples, ``1.17 /
+sqrt(k)`` for the median absolute deviation, times two: the noise a change is judged
+against is ``(1 + NOISE_DOUBT / sqrt(k))`` times the scatter measured."""
+
+
 def _steady(
-    stay: Sequence[Observation], workers_per_node: int | None
+    stay: Sequence[Observation], workers_per_node: int | None, *, limit: int | None = WINDOW_SAMPLES
 ) -> tuple[ModelSource | None, list[tuple[float, float]]]:
     """A stay's samples past its restart ramp, as ``(timestamp, step time)``: the metric's
-    mode, and its latest ``WINDOW_SAMPLES`` positive samples from the first settled one on.
+    mode, and its latest ``limit`` (None: all) positive samples from the first settled one on.
 
     Where the ramp ended is read from the stay's beginning: the whole stay would read old
     samples as a ramp or a dip after a large change (its steady level is the median of its
@@ -79,11 +86,38 @@ def _steady(
     # still holds part of the restart reads low for a while after the ramp
     start = settled[min(len(settled) - 1, RAMP_TAIL_SAMPLES)].timestamp
     samples: list[tuple[float, float]] = []
-    for o in stay[-WINDOW_SAMPLES:]:
+    for o in stay if limit is None else stay[-limit:]:
         v = _metric(o, head.mode)
         if o.timestamp >= start and v is not None and v > 0:
             samples.append((o.timestamp, 1.0 / v))
     return head.mode, samples
+
+
+def _key(stay: Sequence[Observation], workers_per_node: int | None) -> tuple[int, int]:
+    return stay[0].replicas, _span(stay[0], workers_per_node)
+
+
+def _levels(
+    stays: Sequence[Sequence[Observation]], mode: ModelSource, workers_per_node: int | None
+) -> list[list[float]]:
+    """The steady step times of each stay whose metric is ``mode``'s."""
+    out = []
+    for stay in stays:
+        stay_mode, samples = _steady(stay, workers_per_node)
+        if stay_mode is mode:
+            out.append([tau for _, tau in samples])
+    return out
+
+
+def _judged_noise(levels: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """``(noise, inflation)`` a change is judged against, from runs at one level each: the
+    relative scatter at its upper bound (the scatter of a few samples is low by chance as
+    often as high; ``NOISE_DOUBT``), and how many times the samples' autocorrelation
+    inflates a median's variance (:func:`~.policy._noise_inflation`)."""
+    inflation = _noise_inflation(levels)
+    independent = max(1.0, sum(map(len, levels)) / inflation)
+    scatter = _relative_noise({(1, i): list(run) for i, run in enumerate(levels) if run})
+    return scatter * (1.0 + NOISE_DOUBT / math.sqrt(independent)), inflation
 
 
 def find_curve_change(
@@ -107,27 +141,34 @@ def find_curve_change(
     stay = segments[-1]
     if len(stay) < CHANGE_SAMPLES:
         return None
-    key = (stay[0].replicas, _span(stay[0], workers_per_node))
+    key = _key(stay, workers_per_node)
     mode, latest = _steady(stay, workers_per_node)
     if mode is None or len(latest) < CHANGE_SAMPLES:
         return None
     window = latest[-CHANGE_SAMPLES:]
-    reference = [tau for _, tau in latest[:-CHANGE_SAMPLES]]
+    runs = [[tau for _, tau in latest[:-CHANGE_SAMPLES]]]  # stays at this count, newest first
     for segment in reversed(segments[:-1]):
-        if len(reference) >= REFERENCE_SAMPLES:
+        if sum(map(len, runs)) >= REFERENCE_SAMPLES:
             break
-        if (segment[0].replicas, _span(segment[0], workers_per_node)) == key:
-            earlier_mode, earlier = _steady(segment, workers_per_node)
-            if earlier_mode is mode:
-                reference = [tau for _, tau in earlier] + reference
-    reference = reference[-REFERENCE_SAMPLES:]
+        if _key(segment, workers_per_node) == key:
+            runs += _levels([segment], mode, workers_per_node)
+    reference = [tau for run in reversed(runs) for tau in run][-REFERENCE_SAMPLES:]
     if len(reference) < CHANGE_SAMPLES:
         return None
     old, new = _median(reference), _median([tau for _, tau in window])
     change = abs(math.log(new / old))
-    noise = _relative_noise({key: reference})
-    # the variance of a median of k samples is about (pi / 2) sigma^2 / k
-    error = noise * math.sqrt(1.5708 * (1.0 / len(reference) + 1.0 / len(window)))
+    # The noise, and how much neighbouring scrapes share it (rate() windows overlap), from
+    # every stay of the job, each about its own level (the latest samples about theirs):
+    # the few samples at one count can scatter little by chance, and checked every
+    # interval for hours, such a chance fires.
+    _, stay_all = _steady(stay, workers_per_node, limit=None)
+    levels = [[tau for _, tau in stay_all[:-CHANGE_SAMPLES]], [tau for _, tau in window]]
+    levels += runs[1:]
+    others = [s for s in segments[:-1] if _key(s, workers_per_node) != key]
+    levels += _levels(others, mode, workers_per_node)
+    noise, inflation = _judged_noise(levels)
+    # the variance of a median of k independent samples is about (pi / 2) sigma^2 / k
+    error = noise * math.sqrt(1.5708 * inflation * (1.0 / len(reference) + 1.0 / len(window)))
     if change < CHANGE_FRACTION or change < CHANGE_Z * error:
         return None
     # The new level starts at the first of the latest samples nearer it than the old one.

@@ -744,6 +744,48 @@ def _relative_noise(analysis_points: dict[_Key, list[float]]) -> float:
     return max(_MIN_RELATIVE_NOISE, pooled, measured)
 
 
+_MAX_NOISE_LAG = 10  # scrapes: a rate() window of 5 min read every 30 s
+_MAX_NOISE_INFLATION = float(_MAX_NOISE_LAG)
+
+
+def _noise_inflation(runs: Iterable[Sequence[float]]) -> float:
+    """How many times more a median of settled samples varies than if they were independent.
+
+    Why: scrapes are not independent. A ``rate()`` over a window longer than the scrape
+    interval reads the same steps in neighbouring scrapes (a 60 s window every 30 s:
+    neighbours correlate 0.5), and a node's load or a data loader's pace drifts for minutes.
+    Counted as independent, such samples make every standard error too small, and a
+    decision checked every interval then fires on noise (measured: a job whose 10 % noise
+    arose in the training "found" its curve changed, forgot it and rescaled 9 times).
+
+    ``runs`` are sequences of consecutive samples at one level each (a stay at one count);
+    the autocorrelation of their log deviations from each run's median, pooled over the
+    runs, is summed over lags while it stays positive (a few samples' estimates of it are low:
+    each run's own median takes some of it): ``1 + 2 * sum(rho_l)``, between 1 and
+    ``_MAX_NOISE_INFLATION``.
+    """
+    deviations = []
+    for run in runs:
+        values = [v for v in run if v > 0]
+        if len(values) >= 3:
+            mid = _median(values)
+            deviations.append([math.log(v / mid) for v in values])
+    variance = math.fsum(d * d for dev in deviations for d in dev)
+    total = sum(len(dev) for dev in deviations)
+    if variance <= 0.0 or total < 2 * _MAX_NOISE_LAG:
+        return 1.0
+    inflation = 1.0
+    for lag in range(1, _MAX_NOISE_LAG + 1):
+        pairs = math.fsum(
+            dev[i] * dev[i + lag] for dev in deviations for i in range(len(dev) - lag)
+        )
+        rho = pairs / variance
+        if rho <= 0.0:
+            break
+        inflation += 2.0 * rho
+    return min(inflation, _MAX_NOISE_INFLATION)
+
+
 def _point_variance(tau: float, samples: int, noise: float) -> float:
     """Variance of the median of ``samples`` settled samples (about (pi / 2) sigma^2 / k)."""
     return 1.5708 * (noise * tau) ** 2 / min(samples, _MAX_POINT_SAMPLES)
