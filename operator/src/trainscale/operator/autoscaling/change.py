@@ -142,7 +142,11 @@ def find_curve_change(
     if len(stay) < CHANGE_SAMPLES:
         return None
     key = _key(stay, workers_per_node)
-    mode, latest = _steady(stay, workers_per_node)
+    # all the stay's steady samples (for its noise), of which the latest WINDOW_SAMPLES
+    # observations' are compared
+    mode, stay_all = _steady(stay, workers_per_node, limit=None)
+    since = stay[-min(len(stay), WINDOW_SAMPLES)].timestamp
+    latest = [(t, tau) for t, tau in stay_all if t >= since]
     if mode is None or len(latest) < CHANGE_SAMPLES:
         return None
     window = latest[-CHANGE_SAMPLES:]
@@ -161,7 +165,6 @@ def find_curve_change(
     # every stay of the job, each about its own level (the latest samples about theirs):
     # the few samples at one count can scatter little by chance, and checked every
     # interval for hours, such a chance fires.
-    _, stay_all = _steady(stay, workers_per_node, limit=None)
     levels = [[tau for _, tau in stay_all[:-CHANGE_SAMPLES]], [tau for _, tau in window]]
     levels += runs[1:]
     others = [s for s in segments[:-1] if _key(s, workers_per_node) != key]
