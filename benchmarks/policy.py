@@ -49,6 +49,7 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--trace]   (after each case that misses the goal: its worst seed's moves and reasons)
       [--noise-scale 1.24]   (every seed's noise scaled: the noisiest at yolov3's measured)
       [--windowed-noise]   (noise arises in the training; overlapping rate() windows share it)
+      [--stalls 600:30]   (a 30 s checkpoint stall after every 600 s of training)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint.
 
 Knife edges: where the best count's efficiency or utilization sits a hair from the limit,
@@ -259,7 +260,9 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 curve,
                 spec,
                 hours=args.hours,
-                noise=Noise(cond.noise, cond.missing, cond.sync_seen, args.windowed_noise),
+                noise=Noise(
+                    cond.noise, cond.missing, cond.sync_seen, args.windowed_noise, *args.stalls
+                ),
                 restart_seconds=cond.restart_seconds,
                 seed=seed,
                 rate_window=args.rate_window,
@@ -351,6 +354,24 @@ MARKDOWN_HEADER = (
 )
 
 
+def _stall_label(stalls: tuple[float, float]) -> str:
+    every, seconds = stalls
+    return f" (a {seconds:g} s checkpoint stall every {every:g} s)" if seconds > 0 else ""
+
+
+def _stalls(text: str) -> tuple[float, float]:
+    """``EVERY:SECONDS`` as two non-negative numbers (argparse type)."""
+    try:
+        every, seconds = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected EVERY:SECONDS (for example 600:30), got {text!r}"
+        ) from None
+    if not (every > 0 and seconds >= 0 and math.isfinite(every + seconds)):
+        raise argparse.ArgumentTypeError(f"expected EVERY > 0 and SECONDS >= 0, got {text!r}")
+    return every, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=4.0, help="length of each run")
@@ -385,6 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the throughput's noise arises in the training and rate() averages it over its "
         "window, so scrapes whose windows overlap share it (default: independent per scrape)",
     )
+    parser.add_argument(
+        "--stalls",
+        type=_stalls,
+        default=(0.0, 0.0),
+        metavar="EVERY:SECONDS",
+        help="the trainer stops for SECONDS (a checkpoint write) after every EVERY seconds of "
+        "training, from each restart on: rate() windows holding a stall read low, the GPU "
+        "gauge reads idle inside one (default: none)",
+    )
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -408,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
-        f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}, "
+        f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}"
+        f"{_stall_label(args.stalls)}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )
     print(MARKDOWN_HEADER if args.markdown else TEXT_HEADER)

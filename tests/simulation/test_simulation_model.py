@@ -343,6 +343,72 @@ def test_windowed_noise_is_shared_by_overlapping_rate_windows(
     assert _lag_correlation(u, 1) == pytest.approx(0.0, abs=0.06)
 
 
+@pytest.mark.parametrize(
+    ("since", "start", "end", "stalled"),
+    [
+        (0.0, 0.0, 600.0, 0.0),  # the first stall starts after 600 s of training
+        (0.0, 570.0, 630.0, 30.0),  # a window holding all of it
+        (0.0, 615.0, 675.0, 15.0),  # its second half
+        (0.0, 0.0, 1260.0, 60.0),  # two cycles of 630 s
+        (100.0, 0.0, 730.0, 30.0),  # counted from the restart on, nothing before it
+        (100.0, 0.0, 90.0, 0.0),
+    ],
+)
+def test_checkpoint_stall_seconds_in_a_window(
+    since: float, start: float, end: float, stalled: float
+) -> None:
+    noise = Noise(0.0, stall_every=600.0, stall_seconds=30.0)
+    assert noise.stalled(since, start, end) == pytest.approx(stalled)
+    assert Noise(0.0).stalled(since, start, end) == 0.0
+
+
+def test_a_checkpoint_stall_reads_low_and_idle_and_only_then() -> None:
+    """A 45 s stall after every 600 s of training: the rate() windows of 60 s holding part
+    of it read that share less, the gauge (the last second) reads idle inside it, every
+    other scrape as without stalls; the run's samples (its score) do not count stalls
+    (every count loses the same share)."""
+    spec = make_spec(replicas=4, lo=1, hi=4, intervalSeconds=30)
+    quiet, stalling = Scripted([]), Scripted([])
+    runs = [
+        run_simulation(
+            named_curve("linear"),
+            spec,
+            hours=0.5,
+            settle_seconds=0,
+            controller=c,
+            noise=Noise(0.0, stall_every=every, stall_seconds=45.0),
+        )
+        for every, c in ((0.0, quiet), (600.0, stalling))
+    ]
+    assert runs[0].samples == runs[1].samples
+    full = quiet.seen[-1].samples_per_second
+    busy = quiet.seen[-1].gpu_utilization
+    assert full and busy and all(o.samples_per_second == full for o in quiet.seen[2:])
+    # stalls [600, 645) and [1245, 1290)
+    share = {o.timestamp: o.samples_per_second / full for o in stalling.seen[2:]}
+    low = {t: v for t, v in share.items() if v != pytest.approx(1.0)}
+    assert low == pytest.approx(
+        {630.0: 0.5, 660.0: 0.25, 690.0: 0.75, 1260.0: 0.75, 1290.0: 0.25, 1320.0: 0.5}
+    )
+    idle = [o.timestamp for o in stalling.seen if o.gpu_utilization != busy]
+    assert idle == [630.0, 1260.0, 1290.0]
+    assert all(o.gpu_utilization == 0.0 for o in stalling.seen if o.timestamp in idle)
+
+
+def test_stalls_are_counted_from_each_restart() -> None:
+    """An elastic restart resumes from its checkpoint: the next stall is a whole training
+    period after it, not on the schedule of the run before."""
+    spec = make_spec(replicas=4, lo=1, hi=8, intervalSeconds=30)
+    scripted = Scripted([4] * 9 + [8])  # moves at the 10th decision, 300 s
+    run_simulation(
+        named_curve("linear"), spec, hours=0.5, settle_seconds=0, controller=scripted,
+        restart_seconds=60.0, noise=Noise(0.0, stall_every=600.0, stall_seconds=45.0),
+    )  # fmt: skip
+    idle = [o.timestamp for o in scripted.seen if o.gpu_utilization == 0.0]
+    # restarting [300, 360); training again from 360: stalls [960, 1005), [1605, 1650)
+    assert [t for t in idle if t > 360.0] == [990.0, 1620.0, 1650.0]
+
+
 def test_independent_noise_draws_as_it_always_did() -> None:
     """The windowed noise has streams of its own: a run without it is the run it was."""
     spec = make_spec(replicas=4, hi=16)

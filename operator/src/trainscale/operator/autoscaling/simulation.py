@@ -38,6 +38,10 @@ scheduler. Metrics are what Prometheus would report: throughput as a ``rate()`` 
 window (so right after a resize it mixes the old size, the restart gap and the new size),
 GPU utilization as the gauge at the scrape, each times ``1 + N(0, noise)``, and a fraction
 of scrapes missing altogether. Every rescale stops training for ``restart_seconds``.
+Optionally (:class:`Noise`) the noise arises in the training, so overlapping windows share
+it, and the trainer stalls for a checkpoint write every so often (a window holding a stall
+reads its share less, the gauge inside one reads idle; the score does not count stalls,
+which cost every count the same share).
 
 The loop and the score
 ----------------------
@@ -556,12 +560,42 @@ class Noise:
             and ``rate()`` averages it over its window, so scrapes whose windows overlap
             share it (a 60 s window scraped every 30 s: neighbours correlate 0.5), as on a
             real cluster; each scrape's own noise is still ``relative``.
+        stall_every: Seconds of training between two checkpoint writes that stop it (0:
+            none), counted from every restart (an elastic restart resumes from one).
+        stall_seconds: How long each such write stops training. A ``rate()`` window
+            holding part of one reads that share less; the GPU gauge scraped inside one
+            reads idle; the sync share (of step seconds) does not see it.
     """
 
     relative: float = 0.05
     missing: float = 0.0
     sync_seen: float = 1.0
     windowed: bool = False
+    stall_every: float = 0.0
+    stall_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.stall_every < 0 or self.stall_seconds < 0:
+            raise ValueError(
+                f"stalls must be >= 0, got every {self.stall_every!r} s for {self.stall_seconds!r} s"
+            )
+
+    def stalled(self, since: float, start: float, end: float) -> float:
+        """Seconds of ``[start, end)`` the trainer spent in a checkpoint stall, for a run
+        training since ``since`` (it trains ``stall_every`` seconds, then stalls for
+        ``stall_seconds``, from every restart on)."""
+        if self.stall_every <= 0 or self.stall_seconds <= 0:
+            return 0.0
+        cycle = self.stall_every + self.stall_seconds
+        start = max(start, since)
+        if end <= start:
+            return 0.0
+
+        def upto(t: float) -> float:  # stalled seconds in [since, t)
+            k, rest = divmod(t - since, cycle)
+            return k * self.stall_seconds + max(0.0, rest - self.stall_every)
+
+        return upto(end) - upto(start)
 
 
 class _WindowNoise:
@@ -734,6 +768,17 @@ class _Timeline:
         while self.pieces and self.pieces[-1].start > at:
             self.pieces.pop()
 
+    def running_since(self, t: float) -> float:
+        """When the training running at ``t`` last (re)started (``t`` when it is not)."""
+        since = t
+        for piece in reversed(self.pieces):
+            if piece.start > t:
+                continue
+            if not piece.running:
+                break
+            since = piece.start
+        return since
+
     def at(self, t: float) -> _Piece:
         """The piece in force at ``t``."""
         for piece in reversed(self.pieces):
@@ -831,6 +876,15 @@ def _observe(
     start = max(0.0, t - rate_window)
     x = timeline.mean_throughput(start, t)
     u = now.gpu_utilization
+    if now.running and noise.stall_every > 0:
+        # a checkpoint stall: rate() loses the window's stalled share of this run's rate,
+        # the GPU gauge (nearly instantaneous) reads idle inside one
+        since = timeline.running_since(t)
+        lost = noise.stalled(since, start, t)
+        if t > start:
+            x = max(0.0, x - now.samples_per_second * lost / (t - start))
+        if noise.stalled(since, t - 1.0, t) >= 1.0:
+            u = 0.0
     sync = timeline.mean_sync(start, t) if report_throughput else None
     # drawn in this order, and only what is reported: a run's draws do not change
     u_noise = rng.gauss(0, noise.relative) if report_utilization else 0.0
