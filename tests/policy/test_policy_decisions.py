@@ -402,3 +402,34 @@ def test_a_count_the_model_cannot_describe_is_read_from_its_own_samples(spilled:
     )
     truth = 100.0 * spilled / tau(spilled)
     assert abs(est.throughput(spilled) / truth - 1.0) < est.relative_error(spilled)
+
+
+@pytest.mark.parametrize(
+    ("levels", "unsettled"),
+    [
+        pytest.param([0.2, 0.5] + [1.0] * 18, {0, 1}, id="restart-ramp"),
+        pytest.param([0.2, 0.9, 0.5] + [1.0] * 17, {0, 1, 2}, id="a-good-sample-inside-the-ramp"),
+        pytest.param(
+            [0.3, 1.0, 1.0, 0.5] + [1.0] * 16, {0, 1, 2, 3}, id="not-settled-before-a-dip"
+        ),
+        # a checkpoint stall early in a stay: the samples before it were settled, and stay so
+        pytest.param(
+            [0.3] + [1.0] * 5 + [0.5, 0.5] + [1.0] * 12, {0, 6, 7}, id="stall-after-settling"
+        ),
+        pytest.param([1.0] * 17 + [0.5, 0.5, 1.0], {17, 18}, id="stall-late"),
+        pytest.param([1.0] * 18 + [0.5, 0.5], {18, 19}, id="dip-in-progress"),
+    ],
+)
+def test_the_restart_ramp_ends_where_the_count_settled(
+    levels: list[float], unsettled: set[int]
+) -> None:
+    """A stay's leading samples under ``RECOVERED_FRACTION`` of its level are its restart
+    ramp, up to the first ``MIN_SETTLED_SAMPLES`` good ones in a row; a dip after that (a
+    checkpoint write stalls training for a window or two) is left out on its own, it does
+    not make every sample before it part of the ramp."""
+    from trainscale.operator.autoscaling.policy import _analyse
+
+    obs = [Observation(30.0 * i, 4, None, 100.0 * v) for i, v in enumerate(levels)]
+    analysis = _analyse(obs, None, 90.0)
+    settled = {round(o.timestamp / 30.0) for o in analysis.settled[(4, 1)]}
+    assert settled == set(range(len(levels))) - unsettled

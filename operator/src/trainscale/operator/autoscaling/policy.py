@@ -493,9 +493,11 @@ def _analyse(
     """Find the settled samples of each replica count and the cost of each observed restart.
 
     A segment's steady level is the median of the last third of its positive samples; its
-    leading samples up to the last one below ``RECOVERED_FRACTION`` of that level (in the
-    first half) are the restart ramp, its trailing samples below it a dip in progress. Both
-    are left out of the fit. A restart's cost is the throughput deficit, in seconds at the
+    leading samples up to the last one below ``RECOVERED_FRACTION`` of that level before
+    ``MIN_SETTLED_SAMPLES`` in a row reach it (in the first half) are the restart ramp, its
+    trailing samples below it a dip in progress, and any other sample below it a dip (a
+    checkpoint write stalls training for a window or two: the samples settled before it
+    stay settled). None of them is fitted. A restart's cost is the throughput deficit, in seconds at the
     new steady rate, from the last good sample of one count to the first settled sample of
     the next, counted only when the samples in between are dense (no gap above
     ``max_gap``): compacted or interrupted histories teach nothing about restarts.
@@ -538,10 +540,15 @@ def _analyse(
         threshold = RECOVERED_FRACTION * level
         start = 0
         half = (len(seg) + 1) // 2
+        run = 0
         for i in range(half):
             v = values[i]
             if v is None or v < threshold:
-                start = i + 1
+                start, run = i + 1, 0
+            else:
+                run += 1
+                if run >= MIN_SETTLED_SAMPLES:
+                    break  # settled: a later dip (a checkpoint stall) is a dip, not the ramp
         end = len(seg)
         while end > start and (values[end - 1] is None or values[end - 1] < threshold):  # type: ignore[operator]
             end -= 1
