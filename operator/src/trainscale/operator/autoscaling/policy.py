@@ -489,18 +489,21 @@ def _analyse(
     split_at: float | None,
     max_gap: float,
     workers_per_node: int | None = None,
+    *,
+    settled_run: int | None = MIN_SETTLED_SAMPLES,
 ) -> _Analysis:
     """Find the settled samples of each replica count and the cost of each observed restart.
 
     A segment's steady level is the median of the last third of its positive samples; its
     leading samples up to the last one below ``RECOVERED_FRACTION`` of that level before
-    ``MIN_SETTLED_SAMPLES`` in a row reach it (in the first half) are the restart ramp, its
+    ``settled_run`` samples in a row reach it (in the first half; None: up to the last one
+    in the first half, as the curve-change detector reads a stay) are the restart ramp, its
     trailing samples below it a dip in progress, and any other sample below it a dip (a
     checkpoint write stalls training for a window or two: the samples settled before it
-    stay settled). None of them is fitted. A restart's cost is the throughput deficit, in seconds at the
-    new steady rate, from the last good sample of one count to the first settled sample of
-    the next, counted only when the samples in between are dense (no gap above
-    ``max_gap``): compacted or interrupted histories teach nothing about restarts.
+    stay settled). None of them is fitted. A restart's cost is the throughput deficit, in
+    seconds at the new steady rate, from the last good sample of one count to the first
+    settled sample of the next, counted only when the samples in between are dense (no gap
+    above ``max_gap``): compacted or interrupted histories teach nothing about restarts.
     """
     obs = sorted(observations, key=lambda o: o.timestamp)
     mode: ModelSource | None = None
@@ -547,7 +550,7 @@ def _analyse(
                 start, run = i + 1, 0
             else:
                 run += 1
-                if run >= MIN_SETTLED_SAMPLES:
+                if settled_run is not None and run >= settled_run:
                     break  # settled: a later dip (a checkpoint stall) is a dip, not the ramp
         end = len(seg)
         while end > start and (values[end - 1] is None or values[end - 1] < threshold):  # type: ignore[operator]
