@@ -1125,6 +1125,9 @@ class _Estimates:
         # extrapolated to one replica; noise alone must not lower the reference, so the cap
         # counts from one standard error above it. One replica measured is the reference.
         self.reference_capped = False
+        # how much higher than its estimate the reference may be: the sync-share line
+        # bounds it above where it does not cap it (None: the estimate's own error)
+        self._var_a_up: float | None = None
         line = _fit_line(unsynced) if unsynced else None
         if line is not None and model.source is ModelSource.THROUGHPUT and 1 not in measured:
             sd = math.sqrt(max(0.0, line.cov[0][0]))
@@ -1138,6 +1141,8 @@ class _Estimates:
                 sd_g = math.sqrt(max(0.0, compute.cov[0][0]))
                 if compute.c0 + sd_g > cap:
                     cap, sd = compute.c0 + sd_g, sd_g
+            if cap >= self._a:
+                self._var_a_up = min(self._var_a, (cap - self._a) ** 2 + sd * sd)
             if cap < self._a:
                 self._a, self._var_a, self.reference_capped = cap, sd * sd, True
                 self._cov_a = {n: 0.0 for n in self._cov_a}
@@ -1165,11 +1170,18 @@ class _Estimates:
         """Scaling efficiency: throughput per replica relative to one replica."""
         return self._a / self._step(replicas)
 
-    def efficiency_error(self, replicas: int) -> float:
-        """Standard error of :meth:`efficiency` (delta method, with the a/tau covariance)."""
+    def efficiency_error(self, replicas: int, *, upward: bool = False) -> float:
+        """Standard error of :meth:`efficiency` (delta method, with the a/tau covariance).
+
+        ``upward``: of how much HIGHER it may be. The one-replica reference is at most the
+        sync-share line extrapolated to one replica (plus its standard error): where that
+        bound lies above the fit's reference it does not cap it, and the reference's error
+        upward is then at most the distance to it, however loose the fit.
+        """
         tau = self._step(replicas)
+        var_a = self._var_a if not upward or self._var_a_up is None else self._var_a_up
         rel = (
-            self._var_a / self._a**2
+            var_a / self._a**2
             + self._var.get(replicas, 0.0) / tau**2
             - 2.0 * self._cov_a.get(replicas, 0.0) / (self._a * tau)
         )
@@ -1281,7 +1293,8 @@ def _choose(
         floor = auto.min_efficiency
 
         own = model.efficiency(current) * model.floor_doubt(current)
-        e_doubt = max(model.efficiency_error(current) * (1.0 if patient else 0.5), own)
+        e_up = model.efficiency_error(current, upward=True)
+        e_doubt = max(e_up * (1.0 if patient else 0.5), own)
         cur_ok = model.efficiency(current) + doubt(e_doubt) >= floor
 
         def ok_e(n: int) -> bool:
