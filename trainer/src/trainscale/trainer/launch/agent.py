@@ -7,7 +7,9 @@ wait ``keep_alive_interval x keep_alive_max_attempt`` before they can form the s
 Our agent removes itself from the rendezvous the moment it is signalled. (2) Every restart
 re-imports torch in fresh worker processes (seconds on a small CPU). Our agent starts workers
 from a ``forkserver`` that has torch, the runtime and the task's module preloaded, started
-while the first rendezvous is still in progress.
+while the first rendezvous is still in progress. And one thing makes it unsafe: a node its
+peers declared dead while it still trains (late heartbeats) is never told; our agent
+notices and re-joins (:func:`rejoin_when_dropped`).
 
 The agent reads its configuration exactly like torchrun: from ``PET_*`` environment
 variables (``PET_NNODES``, ``PET_RDZV_ENDPOINT``, ``PET_RDZV_CONF``, ...), which is how the
@@ -76,6 +78,45 @@ def leave_rendezvous(handler: Any) -> bool:
     except Exception as exc:
         logger.warning("could not leave the rendezvous early (%s); peers wait for expiry", exc)
         return False
+
+
+def rejoin_when_dropped(handler: Any) -> bool:
+    """Make this node re-join when its peers have declared it dead while it still trains.
+
+    A node whose rendezvous heartbeats stall for ``keep_alive_interval x
+    keep_alive_max_attempt`` (a CPU-throttled pod, a GC pause, a loaded machine) is removed
+    from the participants by the next node that syncs the state. If that node is a new one
+    joining, it starts a new round with itself as its only participant, the old world's
+    wait list stays empty, and torch's agent, which only restarts its workers when a node
+    is *waiting*, never does: the job trains on in the old world and the new pod waits
+    until the job ends (seen once in the elastic test: worlds 2 and "3" apart for the whole
+    run). Wrapped here, ``num_nodes_waiting`` also counts this node itself once it is no
+    longer a participant of the open round, so the agent restarts its workers and joins
+    the new round, as for any scale-up. Private API of torch 2.13: on any mismatch this
+    changes nothing and returns False.
+    """
+    try:
+        original = handler.num_nodes_waiting
+        holder, node = handler._state_holder, handler._this_node
+    except AttributeError as exc:
+        logger.warning("could not watch for a dropped rendezvous membership (%s)", exc)
+        return False
+    if getattr(original, "_trainscale_rejoin", False):
+        return True
+
+    def num_nodes_waiting() -> int:
+        waiting = int(original())  # syncs the state (and drops nodes whose heartbeats expired)
+        state = holder.state
+        if state.closed or node in state.participants:
+            return waiting
+        logger.warning(
+            "this node was dropped from the rendezvous (its heartbeats were late); re-joining"
+        )
+        return max(waiting, 1)
+
+    num_nodes_waiting._trainscale_rejoin = True  # type: ignore[attr-defined]
+    handler.num_nodes_waiting = num_nodes_waiting
+    return True
 
 
 def tune_rendezvous_polling(handler: Any, poll: float) -> bool:
@@ -246,6 +287,7 @@ def _run(
     fast = os.environ.get(ENV_FAST_RESIZE, "1") != "0"
     if fast:
         tune_rendezvous_polling(handler, RENDEZVOUS_POLL_SECONDS)
+    rejoin_when_dropped(handler)
     spec = WorkerSpec(
         role=config.role,
         local_world_size=config.nproc_per_node,
