@@ -1141,14 +1141,14 @@ class _Estimates:
                 sd_g = math.sqrt(max(0.0, compute.cov[0][0]))
                 if compute.c0 + sd_g > cap:
                     cap, sd = compute.c0 + sd_g, sd_g
-            if cap >= self._a:
-                self._var_a_up = min(self._var_a, (cap - self._a) ** 2 + sd * sd)
             if cap < self._a:
                 self._a, self._var_a, self.reference_capped = cap, sd * sd, True
                 self._cov_a = {n: 0.0 for n in self._cov_a}
                 # The reference is one replica's step: one replica runs at it (efficiency
                 # 1 by definition, never "even minReplicas 1 predicted 0.68").
                 self._tau[1], self._var[1] = cap, sd * sd
+            else:
+                self._var_a_up = min(self._var_a, (cap - self._a) ** 2 + sd * sd)
 
     def _step(self, replicas: int) -> float:
         return self._tau.get(replicas) or self.model.seconds_per_sample * (
