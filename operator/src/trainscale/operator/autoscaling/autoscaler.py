@@ -366,7 +366,11 @@ class JobAutoscaler:
         est: _Estimates | None = None
         if analysis.mode is not None:
             model = fit_speedup_model(
-                analysis.points, analysis.compute, analysis.mode, self._workers_per_node
+                analysis.points,
+                analysis.compute,
+                analysis.mode,
+                self._workers_per_node,
+                analysis.synced,
             )
             if model is not None:
                 est = _Estimates(
