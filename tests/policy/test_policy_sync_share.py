@@ -69,9 +69,7 @@ def _observe(
 def _estimates(observations: list[Observation], per_node: int | None) -> _Estimates:
     analysis = _analyse(observations, None, 90.0, per_node)
     assert analysis.mode is not None
-    model = fit_speedup_model(
-        analysis.points, analysis.compute, analysis.mode, per_node, analysis.synced
-    )
+    model = fit_speedup_model(analysis.points, analysis.compute, analysis.mode, per_node)
     assert model is not None
     return _Estimates(model, analysis.points, 32, analysis.unsynced, analysis.busy)
 

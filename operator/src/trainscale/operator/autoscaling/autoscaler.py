@@ -366,11 +366,7 @@ class JobAutoscaler:
         est: _Estimates | None = None
         if analysis.mode is not None:
             model = fit_speedup_model(
-                analysis.points,
-                analysis.compute,
-                analysis.mode,
-                self._workers_per_node,
-                analysis.synced,
+                analysis.points, analysis.compute, analysis.mode, self._workers_per_node
             )
             if model is not None:
                 est = _Estimates(

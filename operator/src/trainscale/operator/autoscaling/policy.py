@@ -69,20 +69,8 @@ most, across nodes, which steepens the line and can put its extrapolation too lo
 replica's step is at least its GPU compute (``U * n / X``, fitted and extrapolated the same
 way), so the cap never goes below that.
 
-The sync term's shape. Two counts' step times say how much a step grows between them, not
-how: a linear and a quadratic sync term fit them alike, and the linear one never peaks
-(benchmark comm-peak under a budget: 4 and 24 measured, 24 held where 18 is 4 % faster).
-The sync share gives each count's synchronising time, ``n / X * sync_fraction``; a trainer
-under-reads it by a factor (overlap), but alike at every count, so the ratio between counts
-tells the forms apart. While the job has not spanned nodes, each form's weight counts how
-well its sync term has the measured shape (:class:`_SyncShape`), and with two counts the
-quadratic is fitted in that shape. Across nodes it does not: a node term that grows with
-the nodes (recover-4) is neither form, and the quadratic it would favour extrapolates past
-the floor.
-
 Uncertainty. The Amdahl (``gamma = 0``) and the quadratic fit are averaged with weights
-``exp(-(chi2 + penalty) / 2)`` (the penalty includes the sync shape's misfit, above) and
-their covariances (inflated by the reduced chi-square)
+``exp(-(chi2 + penalty) / 2)`` and their covariances (inflated by the reduced chi-square)
 plus spread give standard errors of every prediction. Decisions use :class:`_Estimates`:
 at a measured count the inverse-variance blend of measurement and model, between measured
 counts the model scaled by the neighbours' measured/model ratios, so a curve outside the
@@ -460,8 +448,6 @@ class _Analysis:
     settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
     # settled samples' non-synchronising time per sample, ``n / X * (1 - sync_fraction)``
     unsynced: dict[_Key, list[float]] = field(default_factory=dict)
-    # ... and their synchronising time per sample, ``n / X * sync_fraction``
-    synced: dict[_Key, list[float]] = field(default_factory=dict)
 
     @property
     def compute(self) -> list[float]:
@@ -531,7 +517,6 @@ def _analyse(
     points: dict[_Key, list[float]] = {}
     pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     unsynced: dict[_Key, list[float]] = {}
-    synced: dict[_Key, list[float]] = {}
     busy: dict[_Key, list[float]] = {}
     latest_time: float | None = None
     for o in obs:
@@ -590,7 +575,6 @@ def _analyse(
                     busy.setdefault(key, []).append(u * tau)
                 if o.sync_fraction is not None:
                     unsynced.setdefault(key, []).append(tau * (1.0 - o.sync_fraction))
-                    synced.setdefault(key, []).append(tau * o.sync_fraction)
             else:
                 tau, u = 1.0 / v, None
             pairs.setdefault(key, []).append((tau, u))
@@ -626,7 +610,6 @@ def _analyse(
         restart_costs,
         settled_by_key,
         unsynced,
-        synced,
     )
 
 
@@ -887,100 +870,11 @@ def _fit_line(samples: Mapping[_Key, Sequence[float]]) -> _Line | None:
     return _Line(mean[0], mean[1], tuple(tuple(r) for r in averaged)) if mean[0] > 0 else None
 
 
-@dataclass(frozen=True)
-class _SyncShape:
-    """Synchronising time per sample measured at several counts: the shape of the model's
-    sync term (per-worker ``k``, inter-node, quadratic ``k^2``), up to a factor.
-
-    Why: two step times say how much a step grows between two counts, not how, so with two
-    counts measured a linear and a quadratic sync term fit alike, and the linear one
-    predicts ever more throughput where the quadratic one peaks (comm-peak: 4 and 24
-    measured; the peak at 18 is 4 % faster than 24). The trainer's sync share
-    measures the synchronising part of each step; a trainer under-reads it (all-reduce
-    overlapping the backward pass) by a factor, but alike at every count, so the RATIO of
-    two counts' sync times tells the shapes apart. It weighs each form of the fit by how
-    well its sync term has the measured shape (:meth:`misfit`) and fits the quadratic in
-    that shape from two counts (:meth:`fit`); the sync times' own scale never enters.
-    """
-
-    rows: tuple[tuple[tuple[float, ...], float, float], ...]  # ((0, k, inter, k^2), S, 1/var)
-    inflation: float  # reduced chi-square of the most flexible shape, at least 1
-
-    def identifies(self, inter: bool) -> bool:
-        """Whether the rows pin a quadratic shape (with the inter-node term if fitted)."""
-        return len({x for x, _, _ in self.rows}) >= 2 + int(inter)
-
-    def _fit(self, allowed: Sequence[bool]) -> tuple[tuple[float, ...], float, _Matrix] | None:
-        return _fit_nonnegative(self.rows, (False, *allowed[1:]))
-
-    def misfit(self, allowed: Sequence[bool]) -> float:
-        """Chi-square of the sync times under the sync term ``allowed`` permits, scaled
-        down by the most flexible shape's (a curve outside the model family misses all)."""
-        fit = self._fit(allowed)
-        return 0.0 if fit is None else fit[1] / self.inflation
-
-    def fit(
-        self, rows: _Rows, allowed: Sequence[bool]
-    ) -> tuple[tuple[float, ...], float, _Matrix] | None:
-        """The step-time fit ``p0 + lambda * s(n)``, ``s`` the sync term fitted to the sync
-        times: (parameters, weighted residual, covariance, the shape's doubt included)."""
-        shape = self._fit(allowed)
-        if shape is None or not any(shape[0][1:]):
-            return None
-        sp, _, scov = shape
-
-        def sync(x: Sequence[float]) -> float:
-            return sum(x[i] * sp[i] for i in range(1, 4))
-
-        fit = _fit_nonnegative([((1.0, sync(x)), y, w) for x, y, w in rows], (True, True))
-        if fit is None:
-            return None
-        (p0, lam), residual, c2 = fit
-        jac = ((1.0, 0.0), (0.0, sp[1]), (0.0, sp[2]), (0.0, sp[3]))
-        cov = tuple(
-            tuple(
-                sum(jac[i][a] * c2[a][b] * jac[j][b] for a in range(2) for b in range(2))
-                + (lam * lam * scov[i][j] if i and j else 0.0)
-                for j in range(4)
-            )
-            for i in range(4)
-        )
-        return (p0, lam * sp[1], lam * sp[2], lam * sp[3]), residual, cov
-
-
-def _sync_shape(
-    synced: Mapping[_Key, Sequence[float]], medians: Mapping[_Key, float]
-) -> _SyncShape | None:
-    """The sync times of the fitted counts as a :class:`_SyncShape`; None below two."""
-    kept = {
-        k: list(v)
-        for k, v in synced.items()
-        if k in medians and k[0] > 1 and len(v) >= MIN_POINT_SAMPLES and _median(v) > 0
-    }
-    if len(kept) < 2:
-        return None
-    noise = _relative_noise(kept)
-    rows = tuple(
-        (
-            (0.0, *_features(n, nodes)[1:]),
-            _median(v),
-            1.0 / _point_variance(_median(v), len(v), noise),
-        )
-        for (n, nodes), v in kept.items()
-    )
-    full = _fit_nonnegative(rows, (False, True, True, True))
-    free = len({x for x, _, _ in rows})
-    dof = len(rows) - min(3, free)
-    inflation = max(1.0, full[1] / dof) if full is not None and dof > 0 else 1.0
-    return _SyncShape(rows, inflation)
-
-
 def fit_speedup_model(
     analysis_points: dict[_Key, list[float]],
     compute: Sequence[float],
     mode: ModelSource,
     workers_per_node: int | None = None,
-    synced: Mapping[_Key, Sequence[float]] | None = None,
 ) -> SpeedupModel | None:
     """Fit :class:`SpeedupModel` to settled step times per (count, nodes) (module docstring).
 
@@ -992,9 +886,6 @@ def fit_speedup_model(
         mode: Which metric the points come from.
         workers_per_node: Most workers a node holds, if known (for the model's packed
             predictions; the fit itself uses the measured spans).
-        synced: Settled synchronising time per sample (``n / X * sync_fraction``) per
-            (count, nodes), where the trainer exports its sync share: the shape of the
-            synchronisation term (:func:`_sync_shape`).
 
     Returns:
         The model, or None when no count has ``MIN_POINT_SAMPLES`` settled samples.
@@ -1032,24 +923,11 @@ def fit_speedup_model(
     # The quadratic needs three measured counts; with two, its exact fits are many and
     # say nothing the Amdahl fit does not.
     curved = level == 2 and len(counts) >= 3 + (1 if inter else 0)
-    # Two counts' sync times tell a quadratic sync term from a linear one (their ratio),
-    # which two step times cannot: the quadratic is then fitted in that shape. Not once
-    # the job spanned nodes: a node term growing with the nodes is neither form, and the
-    # quadratic it favours extrapolates past the floor (recover-4 under efficiency: 3 -> 5
-    # rescales, 16 read above its floor).
-    shape = None
-    if mode is ModelSource.THROUGHPUT and synced and not inter:
-        shape = _sync_shape(synced, medians)
-    shaped = not curved and level == 2 and shape is not None and shape.identifies(inter)
     candidates = [(True, level >= 1, inter, False)] + (
-        [(True, True, inter, True)] if curved or shaped else []
+        [(True, True, inter, True)] if curved else []
     )
     for allowed in candidates:
-        if shaped and allowed[3]:
-            assert shape is not None
-            fit = shape.fit(rows, allowed)
-        else:
-            fit = _fit_nonnegative(rows, allowed)
+        fit = _fit_nonnegative(rows, allowed)
         if fit is None:
             continue
         params, residual, cov = fit
@@ -1060,9 +938,6 @@ def fit_speedup_model(
         dof = len(rows) - free
         inflation = max(1.0, residual / dof) if dof > 0 else 1.0
         penalty = _CURVATURE_CHI2 * sum(allowed)
-        if shape is not None:
-            # a sync term of another shape than the measured sync times is less likely
-            penalty += shape.misfit(allowed)
         fits.append(
             (-0.5 * (residual + penalty), params, [[v * inflation for v in r] for r in cov])
         )
@@ -2053,7 +1928,7 @@ def _fit(ctx: DecisionContext) -> None:
     if ctx.model is not None or analysis is None or analysis.mode is None:
         return
     ctx.model = fit_speedup_model(
-        analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node, analysis.synced
+        analysis.points, analysis.compute, analysis.mode, ctx.workers_per_node
     )
     if ctx.model is not None:
         ctx.est = est = _Estimates(
