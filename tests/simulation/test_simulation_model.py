@@ -27,6 +27,7 @@ from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import (
     CURVE_NAMES,
+    OVERLAP_NAMES,
     CurveChange,
     CurveError,
     JobModel,
@@ -110,7 +111,7 @@ def test_strong_scaling_loses_efficiency_faster_than_weak() -> None:
 
 
 def test_every_named_curve_is_defined_on_1_to_32() -> None:
-    for name in CURVE_NAMES:
+    for name in (*CURVE_NAMES, *OVERLAP_NAMES):
         curve = load_curve(name)
         for n in range(1, 33):
             p = curve.point(n)
@@ -521,3 +522,38 @@ def test_a_curve_change_outside_the_run_is_refused(at: float) -> None:
     curve = parse_csv_curve(SMALL_CSV, name="m.csv")
     with pytest.raises(ValueError, match="the curve must change within the run"):
         run_simulation(curve, make_spec(replicas=2, hi=4), hours=1, change=CurveChange(at, curve))
+
+
+@pytest.mark.parametrize(
+    ("name", "plain"), [("overlap-amdahl", None), ("overlap-peak", "comm-peak")]
+)
+def test_overlap_hides_a_fixed_share_of_the_communication(name: str, plain: str | None) -> None:
+    """The exposed sync is the communication less what hides behind the backward pass:
+    zero while it all hides, then an offset below it, not a multiple of it."""
+    curve = named_curve(name)
+    assert name not in CURVE_NAMES
+    comm = (
+        (lambda n: 0.03 * (n - 1))
+        if plain is None
+        else (lambda n: 0.01 * (n - 1) + 0.003 * (n - 1) ** 2)
+    )
+    for n in (1, 2, 3, 4, 8, 16, 32):
+        exposed = max(0.0, comm(n) - 0.05)
+        where = curve.placement(n)
+        x, _ = curve.measure(where)
+        assert x == pytest.approx(curve.rate * n / (1.0 + exposed))
+        assert curve.sync_fraction(where) == pytest.approx(exposed / (1.0 + exposed))
+    assert curve.sync_fraction(curve.placement(2)) == 0.0  # at most 0.03 of a step: hidden
+    share = curve.sync_fraction
+    # the exposed sync of 8 over that of 4 is far more than the communication's 7/3
+    s4, s8 = (share(curve.placement(n)) / (1 - share(curve.placement(n))) for n in (4, 8))
+    assert s8 / s4 > (comm(8) / comm(4)) * 1.5
+
+
+def test_the_cli_help_names_every_named_curve() -> None:
+    from trainscale.operator.app.cli import build_parser
+
+    sim = build_parser()._subparsers._group_actions[0].choices["simulate"]  # type: ignore[union-attr]
+    (curve,) = [a for a in sim._actions if "--curve" in a.option_strings]
+    for name in (*CURVE_NAMES, *OVERLAP_NAMES):
+        assert name in (curve.help or ""), name
