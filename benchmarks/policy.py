@@ -109,7 +109,9 @@ MAIN_FAMILIES = ("synthetic", "measured")
 
 def load_case_curve(name: str) -> Curve:
     """A named synthetic family, or a measured curve by its file's stem."""
-    return load_curve(name if name in (*CURVE_NAMES, *OVERLAP_NAMES) else str(CURVES_DIR / f"{name}.csv"))
+    return load_curve(
+        name if name in (*CURVE_NAMES, *OVERLAP_NAMES) else str(CURVES_DIR / f"{name}.csv")
+    )
 
 
 def curve_max(curve: Curve, requested: int) -> int:
