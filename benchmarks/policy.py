@@ -109,9 +109,7 @@ MAIN_FAMILIES = ("synthetic", "measured")
 
 def load_case_curve(name: str) -> Curve:
     """A named synthetic family, or a measured curve by its file's stem."""
-    return load_curve(
-        name if name in (*CURVE_NAMES, *OVERLAP_NAMES) else str(CURVES_DIR / f"{name}.csv")
-    )
+    return load_curve(str(CURVES_DIR / f"{name}.csv") if name in MEASURED else name)
 
 
 def curve_max(curve: Curve, requested: int) -> int:

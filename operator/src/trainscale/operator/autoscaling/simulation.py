@@ -234,12 +234,16 @@ _FAMILIES: dict[str, tuple[Callable[[Placement], float], int | None]] = {
     "recover-8": (_tau_recover, 8),
     "strong-8": (_tau_strong, 8),
     "weak-8": (_tau_weak, 8),
-    "overlap-amdahl": (lambda p: 1.0 + max(0.0, 0.03 * (p.replicas - 1) - _HIDDEN), None),
-    "overlap-peak": (
-        lambda p: 1.0 + max(0.0, 0.01 * (p.replicas - 1) + 0.003 * (p.replicas - 1) ** 2 - _HIDDEN),
-        None,
-    ),
 }
+
+
+def _overlapped(tau: Callable[[Placement], float]) -> Callable[[Placement], float]:
+    """``tau`` with :data:`_HIDDEN` of its synchronisation hidden behind the backward pass."""
+    return lambda p: 1.0 + max(0.0, tau(p) - 1.0 - _HIDDEN)
+
+
+_FAMILIES["overlap-amdahl"] = (_overlapped(_FAMILIES["amdahl"][0]), None)
+_FAMILIES["overlap-peak"] = (_overlapped(_FAMILIES["comm-peak"][0]), None)
 
 OVERLAP_NAMES: tuple[str, ...] = ("overlap-amdahl", "overlap-peak")
 """Families whose communication partly hides behind the backward pass (an offset, not a
