@@ -296,6 +296,64 @@ def test_exploration_fills_the_node(tau4, spec, kw, target, says) -> None:  # ty
     assert ("filling the node" in ctx.reason) is (target == 8)
 
 
+EFF_07 = {"objective": "efficiency", "minEfficiency": 0.7}
+MULTI = "every count measured spans several nodes"
+
+
+def _at(n: int, tau: float, start: float = 0.0) -> list[Observation]:
+    return steady(n, start=start, count=4, tau=lambda _: tau)
+
+
+@pytest.mark.parametrize(
+    ("observations", "per_node", "spec", "target", "pinned"),
+    [
+        pytest.param(_at(16, 1.3), 4, EFF_07, 12, True, id="one-count-above-floor-in-doubt"),
+        pytest.param(_at(16, 1.45), 4, EFF_07, 12, True, id="one-count-under-floor-within-doubt"),
+        pytest.param(_at(16, 1.2), 4, EFF_07, 24, False, id="floor-kept-an-error-down-no-pin"),
+        pytest.param(_at(16, 1.6), 4, EFF_07, 8, False, id="objective-goes-lower-itself"),
+        pytest.param(_at(16, 1.3), 8, EFF_07, 8, True, id="8-gpu-nodes-one-node-smaller"),
+        pytest.param(_at(16, 1.3), 4, {**EFF_07, "lo": 4, "hi": 16, "allowed": {"values": [4, 16]}}, 4, True,
+                     id="next-allowed-full-node-below"),
+        pytest.param(_at(16, 1.3), 4, {**EFF_07, "lo": 13}, 20, False, id="none-above-minReplicas"),
+        pytest.param([*_at(12, 1.1), *_at(16, 1.4, 150.0)], 4, EFF_07, 4, True,
+                     id="two-multi-node-counts-measure-one-node"),
+        pytest.param([*_at(4, 1.1), *_at(16, 1.45, 150.0)], 4, EFF_07, None, False,
+                     id="one-node-measured-no-pin"),
+        pytest.param(_at(16, 1.45), 4, UTIL_08, None, False, id="utilization-has-its-gauge"),
+    ],
+)  # fmt: skip
+def test_exploration_pins_the_reference_on_a_node(
+    observations, per_node, spec, target, pinned
+) -> None:  # type: ignore[no-untyped-def]
+    """Every count measured spans several nodes and the floor at the current one is in
+    doubt: the one-replica reference is an extrapolation nobody measured (start 16:
+    cifar10 strong scaling read 0.71 at 16 for a true 0.57 and held it for 4 h). The job
+    measures the full-node count one node smaller (one node, once two multi-node counts
+    are measured), unless the objective already goes at least that far down."""
+    ctx = context(observations, 16, observations[-1].timestamp + 30.0,
+                  workers_per_node=per_node, spec=spec)  # fmt: skip
+    before = ctx.target
+    assert run_to(ctx, "exploration") is None
+    assert (MULTI in ctx.reason) is pinned, ctx.reason
+    assert ctx.target == (target if target is not None else ctx.target), ctx.reason
+    if pinned:
+        assert ctx.exploring
+        assert f"measuring {target} first: {MULTI}, so the floor at 16 (efficiency" in ctx.reason
+    assert before == 16
+
+
+def test_confidence_keeps_the_node_a_pinned_reference_measures() -> None:
+    """Leaving the one multi-node count for the node that pins the reference is an
+    experiment: the leaving probe (the count one below, 15 here: weak-8 from 16 held it at
+    0.65 under its 0.70 floor for 4 h) does not replace it."""
+    observations = _at(16, 1.55)
+    ctx = context(observations, 16, observations[-1].timestamp + 30.0, workers_per_node=8,
+                  spec=EFF_07)  # fmt: skip
+    assert run_to(ctx, "confidence") is None
+    assert (ctx.target, ctx.exploring, ctx.probing) == (8, True, False), ctx.reason
+    assert "probing" not in ctx.reason
+
+
 @pytest.mark.parametrize(
     ("target", "pending", "holds"),
     [
