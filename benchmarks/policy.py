@@ -55,7 +55,8 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--stalls 600:30]   (a 30 s checkpoint stall after every 600 s of training)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint.
 
-Knife edges: where the best count's efficiency or utilization sits a hair from the limit,
+Knife edges: where the best count's efficiency or utilization sits a hair from the limit
+(or a count faster by more than 5 % breaks it by a hair: its twin keeps it and is best),
 the runs have too few scrapes to tell which side of it the count is on
 (:func:`~trainscale.operator.autoscaling.simulation.samples_to_resolve`: a twin curve, as
 far on the other side there, looks the same to any policy). Those cases are marked, and the
@@ -239,7 +240,7 @@ class CaseResult:
     ms_per_decision: float
     hpa_worst: SimulationResult
     hpa_rescales: int
-    margin: float  # the best count's distance from the limit, relative to the limit
+    margin: float  # the edge count's distance from the limit, relative to the limit
     need: float  # scrapes to resolve that margin at the noisiest seed's noise
     scrapes: int  # scrapes in the shortest run
 
@@ -471,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         "0 when its time-averaged constraint broke (! / broken); raw: the same ignoring the "
         "constraint; rescales: most over seeds; settle: latest last rescale; * = curve outside "
         "the model's family; hpa: an HPA-style utilization threshold controller, worst seed; "
-        "margin: the best count's constrained value from the limit (exact: cost, no noise); "
-        "need: scrapes at the best count to tell it from a count as far on the other side at "
+        "margin: the best count's constrained value from the limit, or a faster count's that "
+        "breaks it by less while the best has under 0.95 of its samples (exact: cost, no "
+        "noise); need: scrapes at that count to tell it from a count as far on the other side at "
         "the noisiest seed's noise, ! = more than a run has (a knife edge the noise decides)"
     )
     edges = [c for c in results if c.knife_edge]

@@ -87,12 +87,36 @@ def test_simulate_runs_a_measured_csv_curve(
             "edge: which side the run lands on is the noise's doing)",
             id="knife-edge",
         ),
+        # linear's best is its largest count, at efficiency 1.0: nothing faster
         pytest.param(
-            ["--curve", "cliff-4", "--min-efficiency", "0.7"],
-            "# margin: efficiency at 4 is 38.70% above 0.7; at 5% noise per scrape, telling it "
+            ["--curve", "linear", "--min-efficiency", "0.7"],
+            "# margin: efficiency at 32 is 42.86% above 0.7; at 5% noise per scrape, telling it "
             "from a count as far below takes 1 scrape there; this run has {n} in all (enough "
             "to resolve it)",
             id="wide",
+        ),
+        # cliff-4's best is 4 (0.97), but 7, 6 % faster, breaks the floor by 16 %: the nearer
+        pytest.param(
+            ["--curve", "cliff-4", "--min-efficiency", "0.7"],
+            "# margin: efficiency at 7 is 15.97% below 0.7; at 5% noise per scrape, telling it "
+            "from a count as far above takes 1 scrape there; this run has {n} in all (enough "
+            "to resolve it)",
+            id="wide-a-faster-count",
+        ),
+        # overlap-amdahl under a 0.8 target: 8 at 0.82 is best, 9 (10 % faster) reads 0.7983
+        pytest.param(
+            [
+                "--curve",
+                "overlap-amdahl",
+                "--objective",
+                "utilization",
+                "--target-gpu-utilization",
+                "0.8",
+            ],
+            "# margin: GPU utilization at 9 is 0.21% below 0.8; at 5% noise per scrape, telling "
+            "it from a count as far above takes 1,533 scrapes there; this run has {n} in all (a "
+            "knife edge: which side the run lands on is the noise's doing)",
+            id="knife-edge-a-faster-count",
         ),
         pytest.param(
             ["--curve", "cliff-4", "--objective", "budget", "--max-cost-per-hour", "8"],

@@ -25,6 +25,7 @@ from trainscale.operator.autoscaling.simulation import (
     Noise,
     Segment,
     SimulationResult,
+    edge_count,
     load_curve,
     run_simulation,
 )
@@ -246,7 +247,9 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     yield f"score: {score.samples_ratio:.3f}; GPU hours {result.gpu_hours:.1f}"
     need = result.scrapes_to_resolve
     if need > 0:
-        side, other = ("below", "above") if c.ceiling else ("above", "below")
+        count, value = edge_count(best, c)
+        above = value >= c.limit
+        side, other = ("above", "below") if above else ("below", "above")
         scrapes = len(result.decisions)
         verdict = (
             "a knife edge: which side the run lands on is the noise's doing"
@@ -254,7 +257,7 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
             else "enough to resolve it"
         )
         yield (
-            f"margin: {c.name} at {best.replicas} is {result.margin:.2%} {side} {c.limit:g}; at "
+            f"margin: {c.name} at {count} is {result.margin:.2%} {side} {c.limit:g}; at "
             f"{result.noise.relative:.0%} noise per scrape, telling it from a count as far "
             f"{other} takes {_count(need)} there; this run has {scrapes} in all ({verdict})"
         )
