@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.policy_sim import amdahl, cliff, linear, make_spec, steady
+from tests.support.policy_sim import amdahl, cliff, linear, make_spec, peaked, steady
 from trainscale.operator.autoscaling.policy import (
     STEPS,
     DecisionContext,
@@ -340,6 +340,45 @@ def test_exploration_pins_the_reference_on_a_node(
         assert ctx.exploring
         assert f"measuring {target} first: {MULTI}, so the floor at 16 (efficiency" in ctx.reason
     assert before == 16
+
+
+BUDGET_24 = {"objective": "budget", "maxCostPerHour": 24, "costPerGpuHour": 1}
+
+
+@pytest.mark.parametrize(
+    ("tau", "samples", "spec", "kw", "target"),
+    [
+        pytest.param(peaked(0.01, 0.003), 8, BUDGET_24, {}, 17, id="comm-peak-probes-the-peak"),
+        pytest.param(amdahl(0.03), 8, BUDGET_24, {}, None, id="amdahl-no-peak-below-24"),
+        pytest.param(peaked(0.01, 0.003), 4, BUDGET_24, {}, None, id="not-before-6-settled"),
+        pytest.param(peaked(0.01, 0.003), 30, BUDGET_24, {}, None, id="not-after-a-long-stay"),
+        pytest.param(peaked(0.01, 0.003), 8, BUDGET_24, {"probed": frozenset({24})}, None,
+                     id="probes-do-not-chain"),
+        pytest.param(peaked(0.01, 0.003), 8, {**BUDGET_24, "lo": 4, "hi": 24, "allowed": {"values": [4, 16, 24]}},
+                     {}, 16, id="an-allowed-count"),
+        pytest.param(peaked(0.01, 0.003), 8, {"objective": "efficiency", "minEfficiency": 0.3, "hi": 24}, {},
+                     None, id="budget-only"),
+    ],
+)  # fmt: skip
+def test_exploration_under_a_budget_probes_where_a_quadratic_sync_would_peak(
+    tau, samples, spec, kw, target
+) -> None:  # type: ignore[no-untyped-def]
+    """4 and 24 measured fit a linear and a quadratic synchronisation alike; the linear one
+    never peaks, so the budget job would hold 24 (comm-peak: 18 is 4 % faster). Where a
+    purely quadratic one through the two counts peaks in between by 3 % or more, that count
+    is measured once, early in the stay at 24."""
+    obs = [*steady(4, count=8, tau=tau), *steady(24, start=300, count=samples, tau=tau)]
+    ctx = context(obs, 24, obs[-1].timestamp + 30.0, spec=spec, **kw)
+    before = ctx.target
+    assert run_to(ctx, "exploration") is None
+    probed = target is not None
+    assert (ctx.probing, "would peak there" in ctx.reason) == (probed, probed), ctx.reason
+    if probed:
+        assert (ctx.target, ctx.exploring) == (target, True)
+        assert (
+            f"probing {target} (unmeasured: a synchronisation growing with the square" in ctx.reason
+        )
+    assert before == 24
 
 
 def test_confidence_keeps_the_node_a_pinned_reference_measures() -> None:
