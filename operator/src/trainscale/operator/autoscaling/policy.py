@@ -2024,7 +2024,9 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
     """With one measured count, try a neighbouring one, or the node filled: that identifies
     the curve. From one replica (only the scale known), the full node. Whatever was
     measured, while every count spans several nodes and the efficiency floor at the
-    current one is in doubt, a count nearer one node first (:func:`_reference_node`)."""
+    current one is in doubt, a count nearer one node first (:func:`_reference_node`);
+    under a budget, where a quadratic synchronisation would peak below the count held
+    (:func:`_budget_peak`)."""
     model, est, auto = ctx.model, ctx.est, ctx.spec.autoscaling
     assert model is not None and est is not None and ctx.analysis is not None
     current = ctx.current
