@@ -2032,10 +2032,10 @@ def decide_exploration(ctx: DecisionContext) -> Recommendation | None:
     current = ctx.current
     peak = _budget_peak(ctx)
     if peak is not None:
-        ctx.target, ctx.exploring, ctx.probing = peak, True, True
+        ctx.target, ctx.exploring, ctx.probing = peak[0], True, True
         ctx.reason += (
-            f"; probing {peak} (unmeasured: a synchronisation growing with the square of the "
-            f"count through the counts measured would peak there, x{_peak_gain(ctx, peak):.2f})"
+            f"; probing {peak[0]} (unmeasured: a synchronisation growing with the square of the "
+            f"count through the counts measured would peak there, x{peak[1]:.2f})"
         )
         return None
     node = _reference_node(ctx)
@@ -2121,21 +2121,12 @@ def _quadratic_through(ctx: DecisionContext) -> tuple[int, float, float] | None:
     if not below or ctx.current not in model.counts:
         return None
     m, n = max(below), ctx.current
-    tau_m, tau_n = m / est.throughput(m), n / est.throughput(n)
+    tau_m, tau_n = est._step(m), est._step(n)
     g = (tau_n - tau_m) / ((n - 1) ** 2 - (m - 1) ** 2)
     return None if g <= 0 else (m, tau_m - g * (m - 1) ** 2, g)
 
 
-def _peak_gain(ctx: DecisionContext, k: int) -> float:
-    """Throughput at ``k`` over the current count's, on :func:`_quadratic_through`."""
-    fit = _quadratic_through(ctx)
-    assert fit is not None
-    _, a, g = fit
-    n = ctx.current
-    return (k / (a + g * (k - 1) ** 2)) / (n / (a + g * (n - 1) ** 2))
-
-
-def _budget_peak(ctx: DecisionContext) -> int | None:
+def _budget_peak(ctx: DecisionContext) -> tuple[int, float] | None:
     """Under a budget, the count to measure before holding the count the budget pays for.
 
     Why: two measured counts fit a linear and a quadratic synchronisation alike, and the
@@ -2144,8 +2135,9 @@ def _budget_peak(ctx: DecisionContext) -> int | None:
     wrong on real trainers (the exposed all-reduce of an overlapping DDP job looks convex
     however linear the communication), so it is measured: when a synchronisation growing
     with the square of the count, through the current count and the largest measured below
-    it, peaks in between with ``BUDGET_PEAK_GAIN`` or more, that count is probed once. If
-    it is slower, the job goes back. Only early in a stay at the largest measured count,
+    it, peaks in between with ``BUDGET_PEAK_GAIN`` or more, that count is probed once (the
+    count and its gain over the current one are returned). If it is slower, the job goes
+    back. Only early in a stay at the largest measured count,
     never from a count reached by a probe.
     """
     model, analysis, spec = ctx.model, ctx.analysis, ctx.spec
@@ -2162,16 +2154,17 @@ def _budget_peak(ctx: DecisionContext) -> int | None:
     fit = _quadratic_through(ctx)
     if fit is None:
         return None
-    m = fit[0]
-    candidates = [
-        k
-        for k in range(m + 1, ctx.current)
+    m, a, g = fit
+    n = ctx.current
+    gains = {
+        k: (k / (a + g * (k - 1) ** 2)) / (n / (a + g * (n - 1) ** 2))
+        for k in range(m + 1, n)
         if k not in model.counts and k not in ctx.probed and is_allowed(spec, k)
-    ]
-    if not candidates:
+    }
+    if not gains:
         return None
-    best = max(candidates, key=lambda k: _peak_gain(ctx, k))
-    return best if _peak_gain(ctx, best) >= BUDGET_PEAK_GAIN else None
+    best = max(gains, key=lambda k: gains[k])
+    return (best, gains[best]) if gains[best] >= BUDGET_PEAK_GAIN else None
 
 
 def _reference_node(ctx: DecisionContext) -> int | None:

@@ -534,22 +534,24 @@ def hindsight(curve: Curve, spec: TrainingJobSpec) -> Hindsight:
     job = JobModel(curve, spec)
     ref = job.best_per_replica()
     constraint = job.constraint()
-    best: tuple[float, int] | None = None
-    for n in job.counts:
-        x = job.point(n).samples_per_second
-        if constraint.holds(job.constrained_value(n, ref)) and (best is None or x > best[0]):
-            best = (x, n)
+    # per allowed count, in order: samples/s and the constrained value
+    counts = [
+        (n, job.point(n).samples_per_second, job.constrained_value(n, ref)) for n in job.counts
+    ]
+    best: tuple[int, float, float] | None = None
+    for n, x, value in counts:
+        if constraint.holds(value) and (best is None or x > best[1]):
+            best = (n, x, value)
     if best is None:
         n = spec.min_replicas
         return Hindsight(n, job.point(n).samples_per_second, False, job.constrained_value(n, ref))
     edge: tuple[int, float] | None = None
-    for n in job.counts:
-        value = job.constrained_value(n, ref)
-        faster = best[0] < KNIFE_EDGE_SHARE * job.point(n).samples_per_second
+    for n, x, value in counts:
+        faster = best[1] < KNIFE_EDGE_SHARE * x
         nearer = edge is None or abs(value - constraint.limit) < abs(edge[1] - constraint.limit)
         if faster and not constraint.holds(value) and nearer:
             edge = (n, value)
-    return Hindsight(best[1], best[0], True, job.constrained_value(best[1], ref), edge)
+    return Hindsight(best[0], best[1], True, best[2], edge)
 
 
 RESOLVE_Z = 1.645
