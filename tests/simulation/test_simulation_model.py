@@ -553,6 +553,54 @@ def test_overlap_hides_a_fixed_share_of_the_communication(name: str, plain: str)
     assert s8 / s4 > (comm(8) / comm(4)) * 1.5
 
 
+@pytest.mark.parametrize(
+    ("name", "plain"),
+    [
+        ("overlap-buckets", "amdahl"),
+        ("overlap-recover-8", "recover-8"),
+        ("overlap-strong-8", "strong-8"),
+    ],
+)
+def test_bucketed_overlap_hides_a_share_that_depends_on_the_count(name: str, plain: str) -> None:
+    """DDP's buckets: up to 0.1 of a step hides, never the last bucket's fifth. The exposed
+    sync is a multiple of the communication at small counts and an offset below it past
+    them, so the hidden share of the communication falls as there is more to send."""
+    curve, base = named_curve(name), named_curve(plain)
+    assert name not in CURVE_NAMES
+    assert curve.gpus_per_node == base.gpus_per_node
+    strong = plain == "strong-8"
+
+    def rest(n: int) -> float:  # what is not communication: compute, strong's overhead
+        return 1.0 + 0.01 * n if strong else 1.0
+
+    def comm(n: int) -> float:
+        return base.step_time(base.placement(n)) - rest(n)
+
+    hidden_share = {}
+    for n in (1, 2, 3, 4, 8, 9, 12, 16, 24, 32):
+        exposed = max(comm(n) - 0.1, 0.2 * comm(n))
+        where = curve.placement(n)
+        assert where == base.placement(n)
+        x, u = curve.measure(where)
+        assert x == pytest.approx(curve.rate * n / (rest(n) + exposed))
+        assert u == pytest.approx(curve.compute_fraction / (rest(n) + exposed))
+        assert curve.sync_fraction(where) == pytest.approx(exposed / (rest(n) + exposed))
+        if comm(n) > 0:
+            hidden_share[n] = 1.0 - exposed / comm(n)
+    assert hidden_share[2] == pytest.approx(0.8)  # little to send: all but the last bucket
+    assert hidden_share[32] < 0.4  # much to send: the backward pass is too short
+    # the more there is to send, the less of it hides (recover-8's communication is not
+    # monotone in the count: a lone worker on a second node sends the most)
+    shares = [hidden_share[n] for n in sorted(hidden_share, key=comm)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(shares)), shares
+    if plain == "recover-8":  # inter-node traffic hides too: 16 gains more than 8 does
+        gain = {
+            n: base.step_time(base.placement(n)) - curve.step_time(curve.placement(n))
+            for n in (8, 16)
+        }
+        assert gain[16] == pytest.approx(0.1) and gain[8] < 0.1
+
+
 def test_the_cli_help_names_every_named_curve() -> None:
     from trainscale.operator.app.cli import build_parser
 

@@ -248,7 +248,8 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="NAME|FILE.csv",
         help=(
             "linear, amdahl, comm-peak, log-sync, two-tier, cliff-4, cliff-8, recover-4, "
-            "recover-8, strong-8, weak-8, overlap-amdahl, overlap-peak, or a CSV file"
+            "recover-8, strong-8, weak-8, overlap-amdahl, overlap-peak, overlap-buckets, "
+            "overlap-recover-8, overlap-strong-8, or a CSV file"
         ),
     )
     sim.add_argument(

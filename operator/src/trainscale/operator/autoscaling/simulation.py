@@ -30,6 +30,12 @@ per sample of one worker, ``tau = 1 + sync``, with compute normalised to 1, so t
   so the step (and the EXPOSED sync the trainer measures) grows only past that,
   ``max(0, sync - 0.05)``: a hinge, not a multiple of the communication. Kept apart from
   :data:`CURVE_NAMES` (``OVERLAP_NAMES``; ``benchmarks/policy.py --families overlap``).
+* ``overlap-buckets``, ``overlap-recover-8``, ``overlap-strong-8``: amdahl, recover-8 and
+  strong-8's communication with DDP's gradient buckets overlapping it: up to 10 % of a
+  step hides, but never the last bucket's fifth, ``max(comm - 0.1, 0.2 comm)``, so the
+  hidden share depends on the count (four fifths at small counts, less and less past
+  them), and on recover-8 it hides inter-node traffic too; on strong-8 a worker's batch,
+  so its backward pass, shrinks as ``1/n``, and what hides per sample stays the same.
 * A CSV file of measured points (``count,nodes,samples_per_second,gpu_utilization``, and
   optionally ``sync_fraction``), interpolated linearly between given counts on the same
   number of nodes, never beyond.
@@ -237,15 +243,65 @@ _FAMILIES: dict[str, tuple[Callable[[Placement], float], int | None]] = {
 }
 
 
-def _overlapped(tau: Callable[[Placement], float]) -> Callable[[Placement], float]:
-    """``tau`` with :data:`_HIDDEN` of its synchronisation hidden behind the backward pass."""
-    return lambda p: 1.0 + max(0.0, tau(p) - 1.0 - _HIDDEN)
+_BUCKET_HIDDEN = 0.1
+"""What the bucketed overlap families can hide behind the backward pass (of a step's
+compute: per step, the backward pass of a worker's batch; with strong scaling both shrink
+as ``1/n``, so per sample it is the same at every count)."""
+
+_LAST_BUCKET = 0.2
+"""Share of the communication that never hides: DDP reduces gradients in buckets as the
+backward pass fills them, and the last bucket (the first layers' gradients) is ready only
+when the backward pass ends (a 100 MB model in 25 MB buckets: a fifth to a quarter)."""
+
+
+def _overlapped(
+    tau: Callable[[Placement], float],
+    *,
+    hidden: float = _HIDDEN,
+    last: float = 0.0,
+    rest: Callable[[Placement], float] | None = None,
+) -> Callable[[Placement], float]:
+    """``tau`` with up to ``hidden`` of its communication hidden behind the backward pass,
+    but never its ``last`` share: the exposed part is ``max(comm - hidden, last * comm)``.
+
+    ``rest`` is the part of ``tau`` that is not communication (default 1, the compute).
+    With ``last`` 0 it is a hinge (all hides while the communication is small); with
+    ``last`` > 0 the hidden share depends on the count: most of it at small counts, where
+    the exposed sync is a multiple of the communication, then a fixed amount, where it is
+    an offset below it.
+    """
+
+    def step(p: Placement) -> float:
+        base = 1.0 if rest is None else rest(p)
+        comm = max(0.0, tau(p) - base)
+        return base + max(comm - hidden, last * comm)
+
+    return step
 
 
 _FAMILIES["overlap-amdahl"] = (_overlapped(_FAMILIES["amdahl"][0]), None)
 _FAMILIES["overlap-peak"] = (_overlapped(_FAMILIES["comm-peak"][0]), None)
+_FAMILIES["overlap-buckets"] = (
+    _overlapped(_FAMILIES["amdahl"][0], hidden=_BUCKET_HIDDEN, last=_LAST_BUCKET),
+    None,
+)
+_FAMILIES["overlap-recover-8"] = (
+    _overlapped(_tau_recover, hidden=_BUCKET_HIDDEN, last=_LAST_BUCKET),
+    8,
+)
+_FAMILIES["overlap-strong-8"] = (
+    _overlapped(_tau_strong, hidden=_BUCKET_HIDDEN, last=_LAST_BUCKET, rest=_not_sync_strong),
+    8,
+)
+_NOT_SYNC["overlap-strong-8"] = _not_sync_strong
 
-OVERLAP_NAMES: tuple[str, ...] = ("overlap-amdahl", "overlap-peak")
+OVERLAP_NAMES: tuple[str, ...] = (
+    "overlap-amdahl",
+    "overlap-peak",
+    "overlap-buckets",
+    "overlap-recover-8",
+    "overlap-strong-8",
+)
 """Families whose communication partly hides behind the backward pass (an offset, not a
 factor, on the exposed sync); kept out of :data:`CURVE_NAMES` so the benchmark's main table
 stays comparable across changes."""
