@@ -1085,6 +1085,7 @@ class _Estimates:
                 model_var[n] += (_INTER_NODE_PRIOR_SCALE * a) ** 2
             model_cov[n] = sum(cov[0][j] * x[j] for j in range(4))
         self._measured_rel = {n: math.sqrt(v) / t for n, (t, v) in measured.items()}
+        self._measured = dict(measured)
         for n, (tau_e, var_e) in measured.items():
             tau_m, var_m = model_tau[n], model_var[n]
             # The model's miss at a measured count beyond the measurement's own noise is
@@ -1191,6 +1192,21 @@ class _Estimates:
             - 2.0 * self._cov_a.get(replicas, 0.0) / (self._a * tau)
         )
         return self.efficiency(replicas) * math.sqrt(max(0.0, rel))
+
+    def measured_floor(self, replicas: int, objective: Objective) -> tuple[float, float] | None:
+        """The floor metric at a measured count read from its own samples alone, as
+        ``(value, standard error)`` (the blend leans on the fit where the samples read worse
+        than it); None where the count was not measured, or has no such metric."""
+        if replicas not in self._measured:
+            return None
+        tau, var = self._measured[replicas]
+        if objective is Objective.EFFICIENCY:
+            value = self._a / tau
+            return value, value * math.sqrt(self._var_a / self._a**2 + var / tau**2)
+        if objective is Objective.UTILIZATION and self._g is not None:
+            value = min(1.0, self._g / tau)
+            return value, value * math.sqrt(var) / tau
+        return None
 
     def throughput(self, replicas: int) -> float:
         """Job throughput (samples/s with throughput metrics, relative otherwise)."""
@@ -1449,7 +1465,14 @@ def _confident(
     either way, the throughput gain at its lower bound must pay the restart (per replica
     downward), and downward the smaller count must be no slower at its lower bound.
     Unless ``strict``, a floor that holds only at the point estimate is enough when the
-    gain is large next to the doubt about it.
+    gain is large next to the doubt about it. ``strict`` (back to a count the job chose to
+    leave): the floor must also hold one standard error down as that count's own samples
+    read it, where it was measured. The estimate there blends those samples with a fit made
+    from the same samples, which counts them twice and shrinks the error (as for the count
+    the job runs, :meth:`_Estimates.floor_doubt`); with it a job returned to the count it
+    had left under its floor (overlap-strong-8 under a 0.8 target: 8 left at 0.75 for 6,
+    back on "0.81 +- 0.01", held for hours at a true 0.790; its own samples read
+    0.81 +- 0.014).
     """
     auto = spec.autoscaling
     z = CONFIDENCE_Z
@@ -1473,6 +1496,9 @@ def _confident(
             and value - z * error < floor
             and (strict or value < floor or ratio - 1.0 < 3.0 * z * error / value)
         ):
+            return False
+        own = est.measured_floor(to, auto.objective) if strict else None
+        if floor is not None and own is not None and own[0] - z * own[1] < floor:
             return False
         gain = low
     else:
@@ -1546,14 +1572,17 @@ def _floor_margin(spec: TrainingJobSpec, est: _Estimates, n: int) -> float:
     return -1.0 if u is None else u - auto.target_gpu_utilization
 
 
-def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int) -> str:
-    """The estimate a confidence test looked at, as ``value +- error``."""
+def _uncertainty(spec: TrainingJobSpec, est: _Estimates, n: int, *, own: bool = False) -> str:
+    """The estimate a confidence test looked at, as ``value +- error``; with ``own``, and
+    what ``n``'s own samples read where it was measured."""
     objective = spec.autoscaling.objective
+    reading = est.measured_floor(n, objective) if own else None
+    tail = "" if reading is None else f", its own samples {reading[0]:.2f} +- {reading[1]:.2f}"
     if objective is Objective.EFFICIENCY:
-        return f"efficiency {est.efficiency(n):.2f} +- {est.efficiency_error(n):.2f}"
+        return f"efficiency {est.efficiency(n):.2f} +- {est.efficiency_error(n):.2f}{tail}"
     u = est.gpu_utilization(n)
     if objective is Objective.UTILIZATION and u is not None:
-        return f"GPU utilization {u:.2f} +- {u * est.relative_error(n):.2f}"
+        return f"GPU utilization {u:.2f} +- {u * est.relative_error(n):.2f}{tail}"
     return f"throughput +- {100 * est.relative_error(n):.0f} %"
 
 
@@ -2358,7 +2387,7 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
         if probe is None:
             return ctx.hold_proposal(
                 f"{ctx.target} not confidently better than {current} "
-                f"({_uncertainty(spec, est, ctx.target)}); holding"
+                f"({_uncertainty(spec, est, ctx.target, own=bool(left))}); holding"
             )
         ctx.take_probe(probe)
     elif ctx.target == current:
