@@ -36,19 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy import OBJECTIVES, make_spec, scaled_conditions
+from policy import OBJECTIVES, RUN_HOURS, make_spec, run_seed
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
-from trainscale.operator.autoscaling.simulation import (
-    CurveChange,
-    Noise,
-    StepTimeCurve,
-    run_simulation,
-)
+from trainscale.operator.autoscaling.simulation import CurveChange, StepTimeCurve
 
-HOURS = 4.0
+HOURS = RUN_HOURS
 CHANGE_AT = 2 * 3600.0
 MAX_REPLICAS = 32
 
@@ -96,19 +91,9 @@ def run_case(scenario: str, objective: str, seeds: int, autoscaler: type[JobAuto
     rescales, minutes, finals = [], [], []
     best = 0
     for seed in range(seeds):
-        cond = scaled_conditions(1.0)[seed % 4]
         spec: TrainingJobSpec = make_spec(objective, 4, 1, MAX_REPLICAS, 30)
-        r = run_simulation(
-            before,
-            spec,
-            hours=HOURS,
-            noise=Noise(cond.noise, cond.missing, cond.sync_seen),
-            restart_seconds=cond.restart_seconds,
-            seed=seed,
-            rate_window=60,
-            controller=autoscaler(spec),
-            change=CurveChange(CHANGE_AT, after),
-        )
+        change = CurveChange(CHANGE_AT, after)
+        r = run_seed(before, spec, seed, autoscaler(spec), change=change)
         best = r.hindsight.replicas
         scores.append((r.score.samples_ratio, r.score.raw_samples_ratio, r.score.constraint_value))
         rescales.append(r.score.rescales)

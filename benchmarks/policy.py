@@ -75,6 +75,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.app.simulate import decision_lines
@@ -85,6 +86,7 @@ from trainscale.operator.autoscaling.simulation import (
     CURVE_NAMES,
     KNIFE_EDGE_SHARE,
     OVERLAP_NAMES,
+    Controller,
     Curve,
     Noise,
     SimulationResult,
@@ -155,6 +157,30 @@ def scaled_conditions(noise_scale: float) -> tuple[Condition, ...]:
     return tuple(replace(c, noise=c.noise * noise_scale) for c in CONDITIONS)
 
 
+RUN_HOURS = 4.0
+"""The length of a :func:`run_seed` run."""
+
+
+def run_seed(
+    curve: Curve, spec: TrainingJobSpec, seed: int, controller: Controller, **extra: Any
+) -> SimulationResult:
+    """One seed's 4 h run on its condition (noise, missing scrapes, sync seen, restart cost),
+    the benchmark's 60 s rate window; ``extra`` goes to ``run_simulation`` (a curve change,
+    a ceiling). For the scripts that reuse the benchmark's conditions."""
+    cond = scaled_conditions(1.0)[seed % 4]
+    return run_simulation(
+        curve,
+        spec,
+        hours=RUN_HOURS,
+        noise=Noise(cond.noise, cond.missing, cond.sync_seen),
+        restart_seconds=cond.restart_seconds,
+        seed=seed,
+        rate_window=60,
+        controller=controller,
+        **extra,
+    )
+
+
 def make_spec(objective: str, start: int, lo: int, hi: int, interval: int) -> TrainingJobSpec:
     auto = {"enabled": True, "intervalSeconds": interval, **OBJECTIVES[objective]}
     return TrainingJobSpec.model_validate(
@@ -189,10 +215,15 @@ class Timed:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        ceiling: int | None = None,
     ) -> Recommendation:
         started = time.perf_counter()
         rec = self.inner.decide(
-            observations, current_replicas=current_replicas, now=now, placement=placement
+            observations,
+            current_replicas=current_replicas,
+            now=now,
+            placement=placement,
+            ceiling=ceiling,
         )
         self.seconds += time.perf_counter() - started
         self.calls += 1
@@ -215,6 +246,7 @@ class Hpa:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        ceiling: int | None = None,
     ) -> Recommendation:
         for o in observations:
             if o.gpu_utilization is not None:
@@ -224,7 +256,9 @@ class Hpa:
             return Recommendation(current_replicas, current_replicas, current_replicas, "no data")
         ratio = u / spec.autoscaling.target_gpu_utilization
         desired = current_replicas if abs(ratio - 1) <= 0.1 else math.ceil(current_replicas * ratio)
-        desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+        desired = min(
+            max(desired, spec.min_replicas), spec.max_replicas, ceiling or spec.max_replicas
+        )
         self.history.append((now, desired))
         while self.history and self.history[0][0] < now - 300:
             self.history.popleft()

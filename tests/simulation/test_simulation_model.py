@@ -28,6 +28,7 @@ from trainscale.operator.autoscaling.policy import Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import (
     CURVE_NAMES,
     OVERLAP_NAMES,
+    Ceiling,
     CurveChange,
     CurveError,
     JobModel,
@@ -55,6 +56,7 @@ class Scripted:
     def __init__(self, counts: Sequence[int]) -> None:
         self.counts = list(counts)
         self.seen: list[Observation] = []
+        self.ceilings: list[int | None] = []
 
     def decide(
         self,
@@ -63,8 +65,10 @@ class Scripted:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        ceiling: int | None = None,
     ) -> Recommendation:
         self.seen.extend(observations)
+        self.ceilings.append(ceiling)
         n = self.counts.pop(0) if self.counts else current_replicas
         return Recommendation(n, n, current_replicas, f"scripted {n}")
 
@@ -518,6 +522,56 @@ def test_a_restart_in_progress_at_the_change_ends_on_the_new_curve() -> None:
     assert run.samples == pytest.approx(240 * 30 + 150 * (3600 - 90))
     assert run.score.rescales == 0  # the move came before the change
     assert run.score.raw_samples_ratio == pytest.approx(150 * 3510 / (150 * 3555))
+
+
+def test_a_ceiling_caps_the_run_while_it_holds_and_the_score_counts_after_it_lifts() -> None:
+    """The controller is told the cap; one that ignores it still runs no more than it
+    allows. The run is scored after the lift: the move back is its one rescale."""
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=2, hi=4)
+    scripted = Scripted([4])  # asks for 4 at once, then holds whatever runs
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, controller=scripted, ceiling=Ceiling(900, 600, 2)
+    )
+    counts = {d.time: p.replicas for d, p in zip(run.decisions, run.points, strict=True)}
+    told = dict(zip((d.time for d in run.decisions), scripted.ceilings, strict=True))
+    assert counts[30.0] == 4 and counts[870.0] == 4
+    assert (told[870.0], told[900.0]) == (None, 2)  # told at 900 s, not before
+    assert counts[900.0] == 2 and counts[1470.0] == 2  # capped: 4 -> 2
+    assert (told[1470.0], told[1500.0]) == (2, None)  # lifted at 1500 s
+    assert run.score.rescales == 0  # a scripted job stays at 2: nothing after the lift
+    back = Scripted([4] * 120)  # asks for 4 at every decision: back at 4 once it lifts
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, controller=back, ceiling=Ceiling(900, 600, 2)
+    )
+    assert run.final_replicas == 4 and run.score.rescales == 1
+    # scored on the 35 min after the lift: 4 replicas (250 samples/s) less its 60 s restart
+    lifted = 3600.0 - 1500.0
+    expected = 250.0 * (lifted - 60.0) / (run.hindsight.samples_per_second * lifted)
+    assert run.score.raw_samples_ratio == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "change", "message"),
+    [
+        (Ceiling(0.0, 600, 2), False, "must start and lift within the run"),
+        (Ceiling(3000, 1200, 2), False, "must start and lift within the run"),
+        (Ceiling(900, 600, 0), False, "must be at least minReplicas"),
+        (Ceiling(900, 600, 2), True, "a curve change or a ceiling, not both"),
+    ],
+)
+def test_a_ceiling_that_cannot_hold_is_refused(
+    ceiling: Ceiling, change: bool, message: str
+) -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    with pytest.raises(ValueError, match=message):
+        run_simulation(
+            curve,
+            make_spec(replicas=2, hi=4),
+            hours=1,
+            ceiling=ceiling,
+            change=CurveChange(1800, curve) if change else None,
+        )
 
 
 @pytest.mark.parametrize("at", [0.0, 3600.0])

@@ -760,8 +760,10 @@ class Controller(Protocol):
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        ceiling: int | None = None,
     ) -> Recommendation:
-        """The recommendation after the new ``observations``."""
+        """The recommendation after the new ``observations``, at most ``ceiling`` (cluster
+        arbitration's cap) when one is given."""
         ...
 
 
@@ -878,6 +880,13 @@ class _Timeline:
         """Drop what was scheduled after ``at`` (a restart a new decision interrupts)."""
         while self.pieces and self.pieces[-1].start > at:
             self.pieces.pop()
+
+    def resize(self, at: float, nodes: int, then: _Piece) -> None:
+        """A rescale at ``at`` to ``then.replicas`` on ``nodes``: restarting until ``then``
+        starts (what was scheduled after ``at`` is dropped)."""
+        self.cut(at)
+        self.pieces.append(_Piece(at, then.replicas, nodes, 0.0, 0.0, False))
+        self.pieces.append(then)
 
     def running_since(self, t: float) -> float:
         """When the training running at ``t`` last (re)started (``t`` when it is not)."""
@@ -1062,6 +1071,31 @@ class CurveChange:
     curve: Curve
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """Cluster arbitration caps the job at ``replicas`` from ``at_seconds`` for ``seconds``
+    (another job took its GPUs): a forced move down, and back up once it lifts."""
+
+    at_seconds: float
+    seconds: float
+    replicas: int
+
+    @property
+    def lifts_at(self) -> float:
+        return self.at_seconds + self.seconds
+
+    def at(self, t: float) -> int | None:
+        """The cap at ``t``, None when there is none."""
+        return self.replicas if self.at_seconds <= t < self.lifts_at else None
+
+
+def _scored_from(change: CurveChange | None, ceiling: Ceiling | None) -> float:
+    """When the scored part of a run starts: the curve change, the ceiling's lift, else 0."""
+    if change is not None:
+        return change.at_seconds
+    return 0.0 if ceiling is None else ceiling.lifts_at
+
+
 def _trace_point(t: float, current: int, nodes: int, before: _Piece, ref: float) -> TracePoint:
     """What the trace shows at ``t``: the count now, and what ran up to the decision."""
     efficiency = before.samples_per_second / before.replicas / ref if before.replicas else 0.0
@@ -1082,10 +1116,24 @@ def _checked_run(
     noise: Noise | float,
     restart_seconds: float,
     change: CurveChange | None = None,
+    ceiling: Ceiling | None = None,
 ) -> tuple[TrainingJobSpec, Noise]:
     """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
     if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
         raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
+    if ceiling is not None:
+        if change is not None:
+            raise ValueError("a run has a curve change or a ceiling, not both")
+        if not 0.0 < ceiling.at_seconds < ceiling.lifts_at < hours * 3600.0:
+            raise ValueError(
+                f"the ceiling must start and lift within the run, got {ceiling.at_seconds} s "
+                f"for {ceiling.seconds} s"
+            )
+        if not spec.min_replicas <= ceiling.replicas:
+            raise ValueError(
+                f"the ceiling ({ceiling.replicas}) must be at least minReplicas "
+                f"({spec.min_replicas})"
+            )
     if interval is not None:
         if interval <= 0 or interval != int(interval):
             raise ValueError(f"interval must be a positive whole number of seconds, got {interval}")
@@ -1114,6 +1162,7 @@ def run_simulation(
     report_throughput: bool = True,
     report_sync: bool = True,
     change: CurveChange | None = None,
+    ceiling: Ceiling | None = None,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1136,12 +1185,15 @@ def run_simulation(
         change: The curve changes during the run. The result then scores the run after
             the change against the new curve's best static count (``hindsight``, the
             constraint and the rescales are those after it): how well the job re-learns.
+        ceiling: Cluster arbitration caps the job for a while (passed to the controller,
+            and no more replicas run than it allows). The result then scores the run after
+            the cap lifts, as after a change: how well the job returns from a forced move.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
         ValueError: on a non-positive ``hours`` or ``interval`` or a negative restart.
     """
-    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change)
+    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change, ceiling)
     step = float(spec.autoscaling.interval_seconds)
     settle = float(spec.autoscaling.settle_seconds if settle_seconds is None else settle_seconds)
     job = JobModel(curve, spec)
@@ -1171,6 +1223,8 @@ def run_simulation(
         j, r = first if changed_at is not None and at < changed_at else (job, ref)
         return j.point(n).samples_per_second / n / r if n and r else 0.0
 
+    # with a change or a ceiling, the run is scored after it (rescales too)
+    scored_from = _scored_from(change, ceiling)
     t = 0.0
     while t < end:
         t += step
@@ -1192,22 +1246,24 @@ def run_simulation(
             sync_rng=sync_rng,
             window_noise=window_noise,
         )
+        cap = None if ceiling is None else ceiling.at(t)
         rec = controller.decide(
-            [observation], current_replicas=current, now=t, placement=job.curve.placement(current)
+            [observation],
+            current_replicas=current,
+            now=t,
+            placement=job.curve.placement(current),
+            ceiling=cap,
         )
         decisions.append(Decision(t, rec, observation))
         before = timeline.at(t)
-        if rec.replicas != current:
-            current = rec.replicas
-            rescales += change is None or t >= change.at_seconds  # with a change, after it
+        applied = rec.replicas if cap is None else min(rec.replicas, cap)
+        if applied != current:
+            current = applied
+            rescales += t >= scored_from
             settled_at = moved_at = t
-            timeline.cut(t)
-            p = job.point(current)
-            timeline.pieces.append(_Piece(t, current, p.nodes, 0.0, 0.0, False))
-            timeline.pieces.append(running(t + restart_seconds, current))
+            timeline.resize(t, job.point(current).nodes, running(t + restart_seconds, current))
         points.append(_trace_point(t, current, job.point(current).nodes, before, ref))
-    start = changed_at or 0.0
-    samples, scored = (timeline.samples(s, end) for s in (0.0, start))
+    samples, scored = (timeline.samples(s, end) for s in (0.0, scored_from))
     return SimulationResult(
         curve=curve.name,
         spec=spec,
@@ -1219,7 +1275,7 @@ def run_simulation(
         gpu_hours=timeline.gpu_seconds(end, max(1, spec.gpus_per_replica)) / 3600.0,
         final_replicas=current,
         hindsight=best,
-        score=_score(job, timeline, end, scored, best, rescales, settled_at, start),
+        score=_score(job, timeline, end, scored, best, rescales, settled_at, scored_from),
         noise=noise,
         changed_at=changed_at,
     )
