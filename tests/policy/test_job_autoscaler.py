@@ -7,7 +7,8 @@ Covers:
   and keeps every remembered point, two node spans of one count included; the sync share
   measured at each point is remembered, so the restored fit keeps the one-replica reference;
 - forced moves are not choices: after unschedulable pods or a ceiling pushed the job down,
-  it returns as soon as the cap lifts; a count it chose to leave needs confidence instead;
+  it returns as soon as the cap lifts, to the count it held even where the forced count's
+  samples made the fit doubtful; a count it chose to leave needs confidence instead;
 - a ceiling above the current count caps what the job asks for;
 - ``predict_throughput`` is None before anything is measured, then follows the curve, per
   (count, nodes);
@@ -28,6 +29,7 @@ from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, Pla
 from trainscale.operator.autoscaling import autoscaler as autoscaler_module
 from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
 from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
+from trainscale.operator.autoscaling.simulation import Ceiling, Noise, named_curve, run_simulation
 
 INTERVAL = 30.0
 
@@ -228,6 +230,30 @@ def test_ceiling_forces_down_and_caps_then_lifts() -> None:
     assert current == 10 and recs[-1].limited_by is LimitedBy.CEILING
     current, _, recs = run(autoscaler, linear, current, t, 20)
     assert current == 16, [r.reason for r in recs]
+
+
+def test_after_a_ceiling_on_a_partial_node_it_returns_where_it_was() -> None:
+    # recover-4 (the inter-node cost follows the least-filled node) under a 0.7 efficiency
+    # floor, the benchmark's 250 s-restart seed: 12 held for an hour, a ceiling of 6 (4 + 2
+    # workers, a placement the model cannot describe) for 30 min. Its samples make every
+    # estimate doubtful; the objective's count is 16 and no large move is "safe", so the
+    # job held 6 for the rest of the run (0.463 of hindsight after the lift). Back to 12.
+    spec = make_spec(replicas=4, lo=1, hi=32, minEfficiency=0.7)
+    result = run_simulation(
+        named_curve("recover-4"),
+        spec,
+        hours=3.0,
+        noise=Noise(0.02, 0.0, 0.8),
+        restart_seconds=250.0,
+        seed=1,
+        rate_window=60,
+        ceiling=Ceiling(5400.0, 1800.0, 6),
+    )
+    lifted = [d for d in result.decisions if d.time >= 7200.0]
+    assert lifted[0].recommendation.replicas == 12, lifted[0].recommendation.reason
+    assert "returning to 12 (left by force)" in lifted[0].recommendation.reason
+    assert result.final_replicas == 12
+    assert result.score.rescales == 1  # scored after the lift: the return alone
 
 
 def test_a_count_left_by_choice_is_not_returned_to_on_a_whim() -> None:

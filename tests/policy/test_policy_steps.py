@@ -453,6 +453,40 @@ def test_confidence(kw: dict[str, Any], holds: bool, says: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("forced", "measured", "target", "returning"),
+    [
+        # 8 measured long, 15 the objective's count: a large move inside the band
+        pytest.param(frozenset(), None, 15, False, id="no-cap-goes-to-the-objective"),
+        # forced off 12 by a ceiling that has lifted: back to 12 first, without confidence
+        pytest.param(frozenset({12}), None, 12, True, id="back-to-the-count-it-was-forced-off"),
+        pytest.param(frozenset({10, 12}), None, 12, True, id="the-largest-it-was-forced-off"),
+        pytest.param(frozenset({15}), None, 15, True, id="forced-off-the-objective-count"),
+        # forced off a count beyond the objective's: back to it while its own samples may
+        # keep the floor (16 at 0.69 +- 0.013), only as far as the objective's where they
+        # break it (17 at 0.676, 20 at 0.637), or where it was never measured
+        pytest.param(frozenset({16}), 16, 16, True, id="forced-off-above-within-its-doubt"),
+        pytest.param(frozenset({17}), 17, 15, True, id="forced-off-above-known-to-break"),
+        pytest.param(frozenset({20}), 20, 15, True, id="forced-off-far-above-known-to-break"),
+        pytest.param(frozenset({16}), None, 15, True, id="forced-off-above-never-measured"),
+    ],
+)  # fmt: skip
+def test_confidence_returns_to_the_count_it_was_forced_off(
+    forced: frozenset[int], measured: int | None, target: int, returning: bool
+) -> None:
+    """Forced moves are not choices: once the cap lifts the job goes back to the count it was
+    forced off, even where the fit (made doubtful by what the forced count measured) would
+    hold it; past that count a move is a choice and needs its evidence."""
+    before = [] if measured is None else _jittered(measured, 300, 12)
+    obs = [*_jittered(4, 0, 6), *before, *_jittered(8, 900, 20)]
+    ctx = context(obs, 8, 1500.0, forced_from=forced)
+    assert run_to(ctx, "restart payback") is None
+    assert ctx.target == 15
+    assert STEP["confidence"](ctx) is None
+    assert (ctx.target, ctx.returning) == (target, returning)
+    assert ("left by force" in ctx.reason) is returning
+
+
+@pytest.mark.parametrize(
     ("spec", "recent", "replicas", "says"),
     [
         pytest.param({}, [], 8, "scale-down to 5 waits for stabilization (0/300 s)", id="waits"),

@@ -2305,6 +2305,36 @@ def decide_restart_payback(ctx: DecisionContext) -> Recommendation | None:
     return None
 
 
+def _forced_return(ctx: DecisionContext) -> int | None:
+    """Where a job goes back to once a cap lifts: the largest count it was forced off above
+    the current one and within reach, when the objective's target lies past it (past it a
+    move is a choice that needs its evidence, and a fit made doubtful by what the forced
+    count measured must not keep the job from where it was: recover-4 forced from 12 to 6,
+    a 4 + 2 placement the model cannot describe, held 6 for hours), or short of it while
+    its own samples may keep the floor (a count a probe found, such as a partial node,
+    which the objective never chooses: Pollux's cifar10 strong scaling went back to 4, not
+    to the 7 it held). None: the objective's target stands."""
+    est, spec = ctx.est, ctx.spec
+    assert est is not None
+    budget = _budget_replicas(spec)
+
+    def wanted(c: int) -> bool:
+        if c < ctx.target:
+            return True
+        return (
+            c > ctx.target
+            and est.measured_floor(c, spec.autoscaling.objective) is not None
+            and _within_floor_doubt(spec, est, c)
+        )
+
+    back = [
+        c
+        for c in ctx.forced_from
+        if ctx.current < c <= ctx.reach and (budget is None or c <= budget) and wanted(c)
+    ]
+    return max(back, default=None)
+
+
 def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     """No creeping: a chosen move from a count that satisfies the objective needs evidence.
 
@@ -2319,6 +2349,9 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     est, model, analysis = ctx.est, ctx.model, ctx.analysis
     assert est is not None and model is not None and analysis is not None
     spec, current = ctx.spec, ctx.current
+    back = _forced_return(ctx)
+    if back is not None:
+        ctx.target = back
     ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
     if ctx.returning:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
