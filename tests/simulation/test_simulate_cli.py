@@ -192,25 +192,31 @@ def test_bad_flags_are_named(
     assert captured.out == ""
 
 
-CHANGE_ERRORS = {
-    "1": "--change-at and --change-curve go together",
-    "5 amdahl": "--change-at must be within the run (0, 4) hours, got 5",
-    "1 nope": "--change-curve: unknown curve 'nope'",
+ONE_JOB_ERRORS = {
+    "--change-at 1": "--change-at and --change-curve go together",
+    "--change-at 5 --change-curve amdahl": "--change-at must be within the run (0, 4) hours, got 5",
+    "--change-at 1 --change-curve nope": "--change-curve: unknown curve 'nope'",
+    "--ceiling 1.5:30": "--ceiling '1.5:30': expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2",
+    "--ceiling x:30:2": "--ceiling 'x:30:2': expected HOURS:MINUTES:REPLICAS",
+    "--ceiling 1.5:30:2:1": "--ceiling '1.5:30:2:1': expected HOURS:MINUTES:REPLICAS",
+    "--ceiling 1.5:0:2": "--ceiling '1.5:0:2': the minutes must be > 0 and the replicas >= 1",
+    "--ceiling 1.5:30:0": "--ceiling '1.5:30:0': the minutes must be > 0 and the replicas >= 1",
+    "--ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
+    "--ceiling 1:30:1 --min-replicas 2": "--ceiling '1:30:1': 1 replicas is under --min-replicas 2",
+    "--ceiling 1:30:2 --change-at 2 --change-curve amdahl": "--ceiling and --change-at: one at a time",
 }
 
 
-@pytest.mark.parametrize(("change", "message"), CHANGE_ERRORS.items())
-@pytest.mark.parametrize("what", ["--curve linear", "--workload generated"])
-def test_a_bad_curve_change_is_named(
-    what: str, change: str, message: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("flags", "message"), ONE_JOB_ERRORS.items())
+@pytest.mark.parametrize("what", ["--curve recover-4", "--workload generated"])
+def test_a_bad_curve_change_or_ceiling_is_named(
+    what: str, flags: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    at, *curve = change.split()
-    argv = [*what.split(), "--change-at", at, *(["--change-curve", *curve] if curve else [])]
-    assert main(["simulate", *argv]) == 2
+    assert main(["simulate", *what.split(), *flags.split()]) == 2
     captured = capsys.readouterr()
-    # a workload's jobs each have their own curves: the flags describe one job
-    expected = message if what.startswith("--curve") else "--change-at needs --curve"
-    assert expected in captured.err
+    # a workload's jobs each have their own curves and get the arbiter's ceilings: the
+    # flags describe one job
+    assert (message if what.startswith("--curve") else "needs --curve") in captured.err
     assert captured.out == ""
 
 
@@ -275,3 +281,26 @@ def test_a_curve_change_is_replayed_and_scored_after_it(
     assert "efficiency averaged after the change" in out
     final = re.search(r"final count (\d+)", out)
     assert final is not None and 12 <= int(final.group(1)) <= 16, out[-600:]
+
+
+def test_a_ceiling_is_replayed_and_scored_after_it_lifts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """recover-4 at 12, capped at 6 from 1.5 h for 30 min (4 + 2 workers: the fit's estimates
+    turn doubtful), at 250 s restarts: once the cap lifts the job goes back to 12, and the
+    summary is of what follows the lift."""
+    argv = ["--curve", "recover-4", "--restart-seconds", "250", "--noise", "0.02",
+            "--seed", "1", "--ceiling", "1.5:30:6"]  # fmt: skip
+    assert main(["simulate", *argv]) == 0
+    out = capsys.readouterr().out
+    for said in (
+        "; a cluster ceiling of 6 from 1:30:00 to 2:00:00 (scored after it lifts)",
+        "hard limits: cluster ceiling 6 < 12 replicas; moving to 6",
+        "returning to 12 (left by force); scaling up to 12",
+        "# after the ceiling lifts at 2:00:00",
+        "# rescales: 1, the last at 2:00:00; final count 12",
+        "efficiency averaged after the lift",
+    ):
+        assert said in out, said
+    score = re.search(r"# score: (\d\.\d+)", out)
+    assert score is not None and float(score.group(1)) >= 0.95, out[-600:]

@@ -192,7 +192,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         run_workload,
     )
 
-    for flag in ("allowed_replicas", "change_at", "change_curve"):
+    for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling"):
         if getattr(args, flag) is not None:
             # a trace's jobs each have their own bounds and curves; the flag describes one job
             name = flag.replace("_", "-")
@@ -319,6 +319,12 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--change-curve",
         metavar="NAME|FILE.csv",
         help="what the curve becomes at --change-at (a named family or a CSV, as --curve)",
+    )
+    sim.add_argument(
+        "--ceiling",
+        metavar="HOURS:MINUTES:REPLICAS",
+        help="a cluster ceiling of REPLICAS from HOURS into the run for MINUTES (--curve): "
+        "another job took the GPUs; see the job go back once it lifts (scored after that)",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

@@ -20,6 +20,7 @@ import pydantic
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.simulation import (
+    Ceiling,
     CurveChange,
     CurveError,
     Noise,
@@ -60,6 +61,7 @@ class SimulateOptions:
     plot: str | None = None
     change_at: float | None = None
     change_curve: str | None = None
+    ceiling: str | None = None
 
 
 # API field (camelCase, as pydantic reports it) -> the flag that sets it
@@ -177,12 +179,33 @@ def check_options(options: SimulateOptions) -> None:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
         raise SimulateError(f"--gpus-per-node must be >= 1, got {options.gpus_per_node}")
+    _check_change_and_ceiling(options)
+
+
+def _check_change_and_ceiling(options: SimulateOptions) -> None:
+    """``--change-at``/``--change-curve`` and ``--ceiling``: each within the run, one at a
+    time."""
     if (options.change_at is None) != (options.change_curve is None):
         raise SimulateError("--change-at and --change-curve go together")
     if options.change_at is not None and not 0 < options.change_at < options.hours:
         raise SimulateError(
             f"--change-at must be within the run (0, {options.hours:g}) hours, "
             f"got {options.change_at:g}"
+        )
+    cap = _ceiling(options)
+    if cap is None:
+        return
+    if options.change_at is not None:
+        raise SimulateError("--ceiling and --change-at: one at a time")
+    if not 0 < cap.at_seconds < cap.lifts_at < options.hours * 3600:
+        raise SimulateError(
+            f"--ceiling {options.ceiling!r}: it must start and lift within the run "
+            f"(0, {options.hours:g}) hours"
+        )
+    if cap.replicas < options.min_replicas:
+        raise SimulateError(
+            f"--ceiling {options.ceiling!r}: {cap.replicas} replicas is under "
+            f"--min-replicas {options.min_replicas}"
         )
 
 
@@ -222,10 +245,12 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     """Samples against the best static count, rescales, and the constraint."""
     best, score = result.hindsight, result.score
     c = score.constraint
-    start = result.changed_at or 0.0
+    start = result.scored_from
     reference = best.samples_per_second * (result.hours * 3600 - start)
     if result.changed_at is not None:
         yield f"after the change at {clock(start)}: against the new curve"
+    elif result.ceiling is not None:
+        yield f"after the ceiling lifts at {clock(start)}"
     yield (
         f"best static count (hindsight): {best.replicas} "
         f"({c.name} {best.constrained_value:.2f}, {best.samples_per_second:.1f} samples/s)"
@@ -238,7 +263,13 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     settled = f", the last at {clock(score.settled_at)}" if score.rescales else ""
     yield f"rescales: {score.rescales}{settled}; final count {result.final_replicas}"
     relation = "<=" if c.ceiling else ">="
-    over = "over the run" if result.changed_at is None else "after the change"
+    over = (
+        "after the change"
+        if result.changed_at is not None
+        else "after the lift"
+        if result.ceiling is not None
+        else "over the run"
+    )
     verdict = "kept" if score.constraint_met else "BROKEN (the run scores 0)"
     yield (
         f"constraint: {c.name} averaged {over} {score.constraint_value:.3f}, "
@@ -311,6 +342,20 @@ def write_plot(result: SimulationResult, path: str) -> None:
         changed = f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
         for ax in axes:
             ax.axvline(result.changed_at / 3600, color="tab:gray", ls="-.", lw=1)
+    if result.ceiling is not None:
+        cap = result.ceiling
+        changed = (
+            f", a ceiling of {cap.replicas} from {cap.at_seconds / 3600:g} to "
+            f"{cap.lifts_at / 3600:g} h (scored after it)"
+        )
+        axes[0].fill_between(
+            [cap.at_seconds / 3600, cap.lifts_at / 3600],
+            cap.replicas,
+            result.spec.max_replicas,
+            color="tab:gray",
+            alpha=0.2,
+            label="ceiling",
+        )
     fig.suptitle(
         f"trainscale simulate: {result.curve}, objective "
         f"{result.spec.autoscaling.objective.value}, {result.hours:g} h{changed}\n"
@@ -367,6 +412,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     try:
         curve = load_curve(options.curve, gpus_per_node=options.gpus_per_node)
         change = _change(options)
+        ceiling = _ceiling(options)
         result = run_simulation(
             curve,
             spec,
@@ -376,6 +422,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             rate_window=options.rate_window,
             seed=options.seed,
             change=change,
+            ceiling=ceiling,
         )
     except CurveError as exc:
         hint = ""
@@ -395,6 +442,12 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             if change is None
             else f"; at {clock(change.at_seconds)} the curve becomes {change.curve.name} "
             "(scored after that)"
+        )
+        + (
+            ""
+            if ceiling is None
+            else f"; a cluster ceiling of {ceiling.replicas} from {clock(ceiling.at_seconds)} "
+            f"to {clock(ceiling.lifts_at)} (scored after it lifts)"
         ),
         file=out,
     )
@@ -407,6 +460,26 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         write_plot(result, options.plot)
         print(f"# plot written to {options.plot}", file=out)
     return 0
+
+
+def _ceiling(options: SimulateOptions) -> Ceiling | None:
+    """``--ceiling HOURS:MINUTES:REPLICAS`` as the simulator's ceiling."""
+    if options.ceiling is None:
+        return None
+    parts = options.ceiling.split(":")
+    try:
+        at, minutes, replicas = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) != 3 or not (math.isfinite(at) and math.isfinite(minutes)):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise SimulateError(
+            f"--ceiling {options.ceiling!r}: expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2"
+        ) from None
+    if minutes <= 0 or replicas < 1:
+        raise SimulateError(
+            f"--ceiling {options.ceiling!r}: the minutes must be > 0 and the replicas >= 1"
+        )
+    return Ceiling(at * 3600.0, minutes * 60.0, replicas)
 
 
 def _change(options: SimulateOptions) -> CurveChange | None:

@@ -847,6 +847,14 @@ class SimulationResult:
     changed_at: float | None = None
     """When the curve changed (``run_simulation(change=...)``): ``hindsight`` and ``score``
     are of the run after it."""
+    ceiling: Ceiling | None = None
+    """The cluster ceiling of the run (``run_simulation(ceiling=...)``): ``score`` is of
+    the run after it lifts."""
+
+    @property
+    def scored_from(self) -> float:
+        """Seconds into the run where ``score`` starts counting (0: the whole run)."""
+        return _scored_from_result(self.changed_at, self.ceiling)
 
     @property
     def margin(self) -> float:
@@ -1091,8 +1099,12 @@ class Ceiling:
 
 def _scored_from(change: CurveChange | None, ceiling: Ceiling | None) -> float:
     """When the scored part of a run starts: the curve change, the ceiling's lift, else 0."""
-    if change is not None:
-        return change.at_seconds
+    return _scored_from_result(None if change is None else change.at_seconds, ceiling)
+
+
+def _scored_from_result(changed_at: float | None, ceiling: Ceiling | None) -> float:
+    if changed_at is not None:
+        return changed_at
     return 0.0 if ceiling is None else ceiling.lifts_at
 
 
@@ -1278,4 +1290,5 @@ def run_simulation(
         score=_score(job, timeline, end, scored, best, rescales, settled_at, scored_from),
         noise=noise,
         changed_at=changed_at,
+        ceiling=ceiling,
     )
