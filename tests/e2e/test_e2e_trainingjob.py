@@ -218,12 +218,22 @@ def test_operator_killed_mid_scale_converges_without_duplicates(
         path = f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}"
         return len(testbed.fetch_json(path)["items"]) - 1  # minus the rendezvous pod
 
+    # A quota holds the scale-up part-way (the rendezvous pod and 6 workers), so the first
+    # operator is killed in the middle of it for certain: racing a kill against the
+    # creations let a loaded machine finish all 16 first (a test that failed by chance).
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"},
+             "spec": {"hard": {"pods": "7"}}}  # fmt: skip
+    apply(kubectl, ns, quota)
+    wait_for(lambda: json.loads(kubectl("get", "resourcequota/pods", "-n", ns, "-o", "json")
+                                .stdout).get("status", {}).get("used", {}).get("pods") == "2",
+             timeout=30, what="the quota counting the 2 pods there")  # fmt: skip
     kubectl("scale", "-n", ns, "tj/phoenix", f"--replicas={size}")
-    # Kill as soon as the scale-up has begun, before it could have finished.
-    wait_for(lambda: count() >= 2, timeout=60, what="scale-up started", interval=0.005)
+    wait_for(lambda: count() == 6 and status_of(kubectl, ns, "phoenix").get("createFailures"),
+             timeout=60, what="the scale-up held by the quota at 6 workers")  # fmt: skip
     first.kill()
     before = count()
-    assert before < size, "the scale-up finished before the kill: nothing was interrupted"
+    assert before == 6, before
+    kubectl("delete", "resourcequota/pods", "-n", ns)
     second = start_operator()
     wait_running(kubectl, ns, "phoenix", list(range(size)))
     # Stays converged: no late duplicate from either operator's pass.
