@@ -100,10 +100,11 @@ The decision
 8. restart payback: a move must pay back its restart within the horizon.
 9. confidence: no creep (``JUMP_SETTLED_SAMPLES`` first; large moves inside the floor's
    ``HYSTERESIS`` band at one standard error; small moves and returns to counts left
-   downwards only when confidently better); measurements beat the model (an unmeasured
-   count that may be better is probed, :func:`_probe`; leaving several nodes for a count
-   near the floor, the full-node count in between first, :func:`_leaving_probe`); forced
-   moves are not choices (a count left by force is returned to when the cap lifts).
+   downwards only when confidently better, and as their own samples read them); measurements
+   beat the model (an unmeasured count that may be better is probed, :func:`_probe`;
+   leaving several nodes for a count near the floor, the full-node count in between first,
+   :func:`_leaving_probe`); forced moves are not choices (the count left by force is
+   returned to when the cap lifts, not past it, :func:`_forced_return`).
 10. stabilization: as the HorizontalPodAutoscaler, per direction.
 """
 
