@@ -94,14 +94,16 @@ def job_manifest(**spec: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def simulated(
+    request: pytest.FixtureRequest,
     testbed: Testbed,
     private_operator: tuple[str, Callable[..., OperatorProcess]],
     tmp_path: Path,
 ) -> Iterator[PrometheusServer]:
     """Prometheus scraping the simulated job of the private namespace, which follows the
-    job's running worker pods."""
+    job's running worker pods (on ``cliff-4``, or the curve named by an indirect param)."""
     namespace, _ = private_operator
-    sim = SimulatedJob(namespace, JOB, sync=0.0, curve=named_curve("cliff-4"))
+    curve = named_curve(getattr(request, "param", "cliff-4"))
+    sim = SimulatedJob(namespace, JOB, sync=0.0, curve=curve)
     exporter = SimulatedExporter([sim])
     prometheus = start_prometheus(tmp_path / "prometheus", exporter.target)
     stop = threading.Event()
@@ -162,6 +164,27 @@ def holds_after_measuring(job: dict[str, Any]) -> bool:
         and not reason.startswith("settling")  # the daemon's own hold while pods start
         and "holding" in reason
     )
+
+
+class WatchedJob:
+    """The test's job as kubectl reads it, every ``spec.replicas`` read, and what a failure
+    shows (the autoscaling status, the counts seen, the operator's log)."""
+
+    def __init__(self, kubectl: Any, namespace: str, operator: OperatorProcess) -> None:
+        self.kubectl, self.namespace, self.operator = kubectl, namespace, operator
+        self.seen: list[int] = []
+
+    def get(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(
+            self.kubectl("get", f"tj/{JOB}", "-n", self.namespace, "-o", "json").stdout
+        )
+        self.seen.append(found["spec"]["replicas"])
+        return found
+
+    def describe(self) -> str:
+        auto = (self.get().get("status") or {}).get("autoscaling") or {}
+        shown = {k: auto.get(k) for k in ("reason", "step", "memory", "decisions")}
+        return json.dumps(shown, indent=1) + f"\nseen {self.seen}\n" + self.operator.log_tail()
 
 
 def scaled_since(job: dict[str, Any], moment: float) -> list[dict[str, Any]]:
@@ -264,29 +287,64 @@ def test_the_operator_asks_only_for_allowed_sizes(
     operator = start("--prometheus-url", simulated.url, "--no-arbitration")
     manifest = job_manifest(minReplicas=2, allowedReplicas={"values": sorted(allowed)})
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-    seen: set[int] = set()
-
-    def job() -> dict[str, Any]:
-        found: dict[str, Any] = json.loads(
-            kubectl("get", f"tj/{JOB}", "-n", namespace, "-o", "json").stdout
-        )
-        seen.add(found["spec"]["replicas"])
-        return found
-
-    def describe() -> str:
-        auto = (job().get("status") or {}).get("autoscaling") or {}
-        shown = {k: auto.get(k) for k in ("reason", "step", "memory", "decisions")}
-        return json.dumps(shown, indent=1) + f"\nseen {sorted(seen)}\n" + operator.log_tail()
+    watched = WatchedJob(kubectl, namespace, operator)
+    describe = watched.describe
 
     def held_after_measuring() -> dict[str, Any] | None:
-        found = job()
+        found = watched.get()
         return found if holds_after_measuring(found) else None
 
     settled = wait_for(held_after_measuring, timeout=180, what="the job held after measuring",
                        describe=describe)  # fmt: skip
     assert settled["spec"]["replicas"] == BEST - 1, describe()
+    seen = set(watched.seen)
     assert seen <= allowed and len(seen) > 1, describe()
     decisions = settled["status"]["autoscaling"]["decisions"]
     assert decisions and all(d["toReplicas"] in allowed for d in decisions), decisions
     assert {n for n, _ in memory_points(settled)} <= allowed, describe()
     assert "InvalidSpec" not in json.dumps(settled.get("status")), describe()
+
+
+@pytest.mark.parametrize("simulated", ["linear"], indirect=True)
+def test_on_a_full_cluster_the_operator_waits_before_asking_again(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    simulated: PrometheusServer,
+) -> None:
+    """On a linear curve the objective wants ``maxReplicas`` 12, more 2-GPU workers than the
+    test-bed's two 8-GPU nodes hold: the scheduler leaves the extra pods unschedulable and the
+    operator caps the job at the workers that ran. It then waits (5 minutes after a first
+    failed try, ``memory.schedulable`` in status says until when) before asking for more:
+    before the wait, it asked again as soon as the capped count had settled, and the job
+    went up and down every few passes for as long as the cluster stayed full."""
+    namespace, start = private_operator
+    operator = start("--prometheus-url", simulated.url, "--no-arbitration")
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job_manifest(maxReplicas=12)))
+    watched = WatchedJob(kubectl, namespace, operator)
+    job, describe = watched.get, watched.describe
+
+    def schedulable(found: dict[str, Any]) -> dict[str, Any] | None:
+        auto = (found.get("status") or {}).get("autoscaling") or {}
+        cap: dict[str, Any] | None = (auto.get("memory") or {}).get("schedulable")
+        return cap
+
+    def was_capped() -> dict[str, Any] | None:
+        found = job()
+        return found if schedulable(found) else None
+
+    capped = wait_for(was_capped, timeout=180, describe=describe,
+                      what="the job capped at the workers the cluster placed")  # fmt: skip
+    cap = schedulable(capped)
+    assert cap is not None and cap["tries"] == 1 and cap["replicas"] < 12, describe()
+    assert cap["until"] - time.time() > 240, cap  # five minutes from the cap
+    # ~30 passes (interval 1 s, settle 6 s): before the wait it asked again within ten.
+    watch_until = time.time() + 30
+    while time.time() < watch_until:
+        found = job()
+        assert found["spec"]["replicas"] <= cap["replicas"], describe()
+        time.sleep(0.5)
+    auto = found["status"]["autoscaling"]
+    assert schedulable(found) == cap, describe()
+    assert f"pods beyond {cap['replicas']} were unschedulable (once)" in auto["reason"], describe()
+    assert "asking for more again in 5 min" in auto["reason"] or \
+        "asking for more again in 4 min" in auto["reason"], describe()  # fmt: skip

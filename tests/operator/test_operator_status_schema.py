@@ -25,7 +25,11 @@ import yaml
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.api.crd import build_crd
 from trainscale.operator.autoscaling.arbiter import Capacity
-from trainscale.operator.autoscaling.autoscaler import AutoscalerMemory, MeasuredPoint
+from trainscale.operator.autoscaling.autoscaler import (
+    AutoscalerMemory,
+    MeasuredPoint,
+    SchedulableCap,
+)
 from trainscale.operator.autoscaling.cluster import ManagedJob, decide_arbitration
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
@@ -145,6 +149,7 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
         last_scale_time=1.0,
         forced_from=(8,),
         left_downwards=(6,),
+        schedulable=SchedulableCap(6, 1301.0, 2),
     ).to_dict()
     up = decide_autoscale(spec, {}, obs, (), rec(4, efficiency=0.9, model=model, step="objective"),
                           NOW, GENERATION, memory=memory)  # fmt: skip

@@ -27,7 +27,7 @@ from tests.support.policy_sim import RATE, amdahl, cliff, linear, make_spec, ste
 from trainscale.operator.api import AutoscalingStatus
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, Placement
 from trainscale.operator.autoscaling import autoscaler as autoscaler_module
-from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
+from trainscale.operator.autoscaling.autoscaler import MeasuredPoint, SchedulableCap
 from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import Ceiling, Noise, named_curve, run_simulation
 
@@ -62,8 +62,10 @@ def test_memory_round_trips_through_json() -> None:
         last_scale_time=1234.5,
         forced_from=(8,),
         left_downwards=(16,),
+        schedulable=SchedulableCap(8, 5000.5, 2),
     )
     data = json.loads(json.dumps(memory.to_dict()))
+    assert data["schedulable"] == {"replicas": 8, "until": 5000.5, "tries": 2}
     assert data["points"][0] == {
         "replicas": 4, "nodes": 1, "samplesPerSecond": 390.5, "gpuUtilization": 0.91, "samples": 20,
         "syncFraction": 0.25,
@@ -88,6 +90,10 @@ def test_memory_round_trips_through_json() -> None:
             id="percent-not-ratio",
         ),
         pytest.param({"points": ["junk"], "leftDownwards": [-1, True, 3]}, id="junk"),
+        pytest.param({"schedulable": {"replicas": 0, "until": 10.0, "tries": 1}}, id="cap-zero"),
+        pytest.param({"schedulable": {"replicas": 8, "until": "x", "tries": 1}}, id="cap-until"),
+        pytest.param({"schedulable": {"replicas": 8, "until": 1.0, "tries": 0}}, id="cap-tries"),
+        pytest.param({"schedulable": [8]}, id="cap-junk"),
     ],
 )
 def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +101,7 @@ def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type:
     assert memory.points == ()
     assert memory.restart_cost_seconds is None
     assert set(memory.left_downwards) <= {3}
+    assert memory.schedulable is None
 
 
 @pytest.mark.parametrize(
@@ -217,6 +224,92 @@ def test_forced_down_by_unschedulable_pods_returns_when_they_fit() -> None:
     back, _, recs = run(autoscaler, tau, 8, t, 20)
     assert back == 12, [r.reason for r in recs]
     assert any("returning to 12 (left by force)" in r.reason for r in recs)
+
+
+def on_a_cluster_that_places(
+    autoscaler: JobAutoscaler,
+    tau,  # type: ignore[no-untyped-def]
+    room,  # type: ignore[no-untyped-def]  # minutes -> workers the cluster places
+    minutes: float,
+) -> list[tuple[float, int, int, str]]:
+    """Passes at the job's count where the cluster places ``room(t)`` workers (the others
+    pending, unschedulable); returns the moves as (minute, from, to, reason)."""
+    current, t, moves = 4, 0.0, []
+    while t < minutes * 60.0:
+        t += INTERVAL
+        running = min(current, room(t / 60.0))
+        (o,) = steady(running, start=t, count=1, tau=tau)
+        rec = autoscaler.decide([o], current_replicas=current, now=t,
+                                pending_replicas=current - running,
+                                unschedulable_replicas=current - running)  # fmt: skip
+        if rec.replicas != current:
+            moves.append((t / 60.0, current, rec.replicas, rec.reason))
+        current = rec.replicas
+    return moves
+
+
+@pytest.mark.parametrize(
+    ("earlier", "now", "expected"),
+    [
+        pytest.param(None, 100.0, SchedulableCap(8, 400.0, 1), id="first"),
+        pytest.param(SchedulableCap(8, 1000.0, 2), 1100.0, SchedulableCap(8, 2300.0, 3), id="third"),
+        pytest.param(SchedulableCap(6, 1000.0, 6), 1100.0, SchedulableCap(8, 4700.0, 7), id="at-most-an-hour"),
+        pytest.param(SchedulableCap(8, 1000.0, 4), 4600.0, SchedulableCap(8, 8200.0, 5), id="within-an-hour"),
+        pytest.param(SchedulableCap(8, 1000.0, 4), 4601.0, SchedulableCap(8, 4901.0, 1), id="long-after"),
+    ],
+)  # fmt: skip
+def test_each_try_that_fails_doubles_the_wait(
+    earlier: SchedulableCap | None, now: float, expected: SchedulableCap
+) -> None:
+    assert SchedulableCap.after(8, now, earlier) == expected
+
+
+def test_a_full_cluster_is_tried_again_after_a_doubling_wait() -> None:
+    # The objective wants 12; the cluster places 8. Returning to the count it was forced off
+    # at the next pass, the job went 8 -> 9 -> 8 every 1.5 minutes (266 moves in 200 min).
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    moves = on_a_cluster_that_places(autoscaler, amdahl(0.03), lambda _: 8, 200.0)
+    tries = [m for m, before, after, _ in moves if after > before >= 8]
+    downs = [(m, why) for m, before, after, why in moves if after < before]
+    assert all(after <= 9 for _, _, after, _ in moves), moves
+    assert len(downs) == len(tries) + 1 <= 8, moves  # one cap after each try, and the first
+    gaps = [b - a for a, b in zip([downs[0][0], *tries], tries, strict=False)]
+    waits = [min(60.0, 5.0 * 2**i) for i in range(len(gaps))]
+    assert all(waits[i] <= gap <= waits[i] + 1.0 for i, gap in enumerate(gaps)), (gaps, moves)
+    assert "pods beyond 8 were unschedulable (3 times in a row), asking for more again in 20 min" \
+        in downs[2][1]  # fmt: skip
+    cap = autoscaler.memory().schedulable
+    assert cap is not None and cap.replicas == 8 and cap.tries == len(downs)
+
+
+def test_a_try_that_finds_room_ends_the_wait() -> None:
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    moves = on_a_cluster_that_places(
+        autoscaler, amdahl(0.03), lambda minute: 8 if minute < 30.0 else 12, 60.0
+    )
+    # capped at 8 three times (waits of 5, 10 and 20 min): the try at 38 min finds room,
+    # and the job goes on to the 12 its objective wants
+    assert sum(1 for _, before, after, _ in moves if after < before) == 3, moves
+    retry, last = moves[-2], moves[-1]
+    assert (retry[1], retry[2]) == (8, 9) and 37.0 <= retry[0] <= 39.0, moves
+    assert last[2] == 12 and last[0] <= 45.0, moves
+    assert autoscaler.memory().schedulable is None
+
+
+def test_the_wait_survives_an_operator_restart() -> None:
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    moves = on_a_cluster_that_places(autoscaler, amdahl(0.03), lambda _: 8, 10.0)
+    memory = AutoscalerMemory.from_dict(json.loads(json.dumps(autoscaler.memory().to_dict())))
+    cap = memory.schedulable
+    assert cap is not None and cap.replicas == 8 and cap.tries == 2, moves
+    resumed = JobAutoscaler(make_spec(replicas=8, hi=12), memory=memory)
+    t = moves[-1][0] * 60.0
+    current, t, recs = run(resumed, amdahl(0.03), 8, t, 10)
+    assert current == 8 and t < cap.until, [r.reason for r in recs]
+    assert recs[-1].limited_by is LimitedBy.UNSCHEDULABLE
+    assert "asking for more again in" in recs[-1].reason
+    current, _, recs = run(resumed, amdahl(0.03), 8, cap.until, 5)
+    assert current > 8, [r.reason for r in recs]  # its wait over, it tries again
 
 
 def test_ceiling_forces_down_and_caps_then_lifts() -> None:

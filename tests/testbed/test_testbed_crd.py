@@ -186,7 +186,7 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
     crd: dict[str, Any], kubectl: Any, namespace: str
 ) -> None:
     from trainscale.operator.autoscaling import AutoscalerMemory
-    from trainscale.operator.autoscaling.autoscaler import MeasuredPoint
+    from trainscale.operator.autoscaling.autoscaler import MeasuredPoint, SchedulableCap
 
     memory = AutoscalerMemory(
         points=(MeasuredPoint(4, 1, 390.5, 0.91, 20, 0.25), MeasuredPoint(8, 2, None, 0.7, 6)),
@@ -195,6 +195,7 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
         last_scale_time=1234.5,
         forced_from=(8,),
         left_downwards=(16,),
+        schedulable=SchedulableCap(6, 1534.5, 2),
     ).to_dict()
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("remembers")))
     patch = {"status": {"autoscaling": {"memory": memory, "step": "confidence"}}}

@@ -90,6 +90,9 @@ from trainscale.operator.api.models import (
     RendezvousSpec as RendezvousSpec,
 )
 from trainscale.operator.api.models import (
+    SchedulableCapStatus as SchedulableCapStatus,
+)
+from trainscale.operator.api.models import (
     TrainingJobSpec as TrainingJobSpec,
 )
 from trainscale.operator.api.models import (

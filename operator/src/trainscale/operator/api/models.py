@@ -646,6 +646,18 @@ class MeasuredPointStatus(_Model):
     )
 
 
+class SchedulableCapStatus(_Model):
+    """Pods beyond a count were unschedulable: the job asks for no more until a time."""
+
+    replicas: int = Field(ge=1, description="Workers that ran when the others were unschedulable.")
+    until: float = Field(description="When the job asks for more workers again (Unix seconds).")
+    tries: int = Field(
+        ge=1,
+        description="Tries in a row that found pods beyond it unschedulable; each doubles the "
+        "wait (5 minutes after the first, at most an hour).",
+    )
+
+
 class AutoscalerMemoryStatus(_Model):
     """The autoscaler's compact memory: an operator restart resumes from it without exploring."""
 
@@ -668,6 +680,11 @@ class AutoscalerMemoryStatus(_Model):
     )
     left_downwards: list[int] = Field(
         default_factory=list, description="Counts the job chose to leave for fewer replicas."
+    )
+    schedulable: SchedulableCapStatus | None = Field(
+        default=None,
+        description="The most workers the cluster placed when pods beyond them were "
+        "unschedulable, and until when the job asks for no more.",
     )
 
 

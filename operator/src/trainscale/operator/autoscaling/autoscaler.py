@@ -49,6 +49,14 @@ RESTORED_SAMPLES = 20
 
 _RESTORED_AGE_SECONDS = 7 * 86400.0  # restored samples sit this far before the first pass
 
+UNSCHEDULABLE_RETRY_SECONDS = 300.0
+"""After pods beyond a count were unschedulable (the job capped at the workers that ran), it
+asks for no more than that for this long, then tries again. Without it, the job returned to
+the count it was forced off at the next pass, found the pods unschedulable again, and went
+up and down every pass on a full cluster (266 moves in 200 minutes)."""
+UNSCHEDULABLE_RETRY_MAX_SECONDS = 3600.0
+"""Each try that finds pods unschedulable again doubles the wait, up to this."""
+
 
 @dataclass(frozen=True)
 class MeasuredPoint:
@@ -85,6 +93,47 @@ def _count(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
+class SchedulableCap:
+    """What the cluster placed when the job asked for more: pods beyond ``replicas`` were
+    unschedulable, so the job asks for no more before ``until``.
+
+    Attributes:
+        replicas: The workers that ran when the others were unschedulable.
+        until: When the job may try more again (seconds, the caller's epoch).
+        tries: Tries in a row that found pods beyond the cap unschedulable; the wait after
+            the n-th is ``UNSCHEDULABLE_RETRY_SECONDS * 2 ** (n - 1)``, at most
+            ``UNSCHEDULABLE_RETRY_MAX_SECONDS``.
+    """
+
+    replicas: int
+    until: float
+    tries: int
+
+    @classmethod
+    def after(cls, replicas: int, now: float, earlier: SchedulableCap | None) -> SchedulableCap:
+        """The cap after a try at ``now`` found pods beyond ``replicas`` unschedulable (a
+        try long after the last wait ended starts the count again)."""
+        fresh = earlier is None or now > earlier.until + UNSCHEDULABLE_RETRY_MAX_SECONDS
+        tries = 1 if fresh or earlier is None else earlier.tries + 1
+        wait = min(UNSCHEDULABLE_RETRY_MAX_SECONDS, UNSCHEDULABLE_RETRY_SECONDS * 2 ** (tries - 1))
+        return cls(replicas, now + wait, tries)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> SchedulableCap | None:
+        """Read :meth:`AutoscalerMemory.to_dict`'s entry back; None when absent or malformed."""
+        if not isinstance(raw, Mapping):
+            return None
+        replicas, tries, until = (
+            _count(raw.get("replicas")),
+            _count(raw.get("tries")),
+            _number(raw.get("until")),
+        )
+        if not replicas or not tries or until is None:
+            return None
+        return cls(replicas, until, tries)
+
+
+@dataclass(frozen=True)
 class AutoscalerMemory:
     """The compact, JSON-able state kept in TrainingJob status (``status.autoscaling.memory``).
 
@@ -95,6 +144,9 @@ class AutoscalerMemory:
         last_scale_time: When ``spec.replicas`` last changed (seconds, the caller's epoch).
         forced_from: Counts the job was pushed off (it may return when the cap lifts).
         left_downwards: Counts the job chose to leave for fewer replicas.
+        schedulable: The most workers that ran when pods beyond them were unschedulable,
+            until when the job asks for no more, and how many tries in a row found them
+            unschedulable (:data:`UNSCHEDULABLE_RETRY_SECONDS`); None when no try failed.
     """
 
     points: tuple[MeasuredPoint, ...] = ()
@@ -103,6 +155,7 @@ class AutoscalerMemory:
     last_scale_time: float | None = None
     forced_from: tuple[int, ...] = ()
     left_downwards: tuple[int, ...] = ()
+    schedulable: SchedulableCap | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase keys, JSON types only (what status stores)."""
@@ -132,6 +185,9 @@ class AutoscalerMemory:
         ):
             if value is not None:
                 out[key] = value
+        if self.schedulable is not None:
+            cap = self.schedulable
+            out["schedulable"] = {"replicas": cap.replicas, "until": cap.until, "tries": cap.tries}
         return out
 
     @classmethod
@@ -166,6 +222,7 @@ class AutoscalerMemory:
             last_scale_time=_number(data.get("lastScaleTime")),
             forced_from=counts("forcedFrom"),
             left_downwards=counts("leftDownwards"),
+            schedulable=SchedulableCap.from_dict(data.get("schedulable")),
         )
 
 
@@ -211,6 +268,7 @@ class JobAutoscaler:
         self._last_scale_time = memory.last_scale_time if memory else None
         self._forced: set[int] = set(memory.forced_from) if memory else set()
         self._left: set[int] = set(memory.left_downwards) if memory else set()
+        self._schedulable: SchedulableCap | None = memory.schedulable if memory else None
         self._probed: set[int] = set()  # counts moved to on a probe (not kept in status)
         self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
         self._current: int | None = None
@@ -268,6 +326,10 @@ class JobAutoscaler:
         self._forget_stale_counts(new, current_replicas, now)
         changed = self._forget_changed_curve(current_replicas, now)
         self._estimates = None
+        cap = self._schedulable
+        if cap is not None and current_replicas > cap.replicas and pending_replicas == 0:
+            self._schedulable = cap = None  # pods beyond the cap ran: the cluster has room
+        capped = cap is not None and now < cap.until
         rec = recommend(
             spec,
             self._observations,
@@ -283,12 +345,14 @@ class JobAutoscaler:
             ceiling=ceiling,
             left_downwards=sorted(self._left),
             probed=sorted(self._probed),
+            max_schedulable_replicas=cap.replicas if cap is not None and capped else None,
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
         if rec.learned_restart_cost_seconds is not None:
             self._restart_cost = rec.learned_restart_cost_seconds
         self._remember_move(rec, current_replicas, now)
+        rec = self._say_when_it_tries_again(rec, now)
         if changed:
             rec = replace(
                 rec,
@@ -354,9 +418,23 @@ class JobAutoscaler:
             return
         if rec.forced and rec.limited_by in (LimitedBy.UNSCHEDULABLE, LimitedBy.CEILING):
             self._forced.add(current)
+            if rec.limited_by is LimitedBy.UNSCHEDULABLE:
+                self._schedulable = SchedulableCap.after(rec.replicas, now, self._schedulable)
         elif not rec.forced:
             self._left.add(current)
             self._forced.discard(current)
+
+    def _say_when_it_tries_again(self, rec: Recommendation, now: float) -> Recommendation:
+        """A count held under the cap of pods found unschedulable says when it tries more."""
+        cap = self._schedulable
+        if cap is None or rec.limited_by is not LimitedBy.UNSCHEDULABLE or now >= cap.until:
+            return rec
+        tried = "once" if cap.tries == 1 else f"{cap.tries} times in a row"
+        return replace(
+            rec,
+            reason=f"{rec.reason}; pods beyond {cap.replicas} were unschedulable ({tried}), "
+            f"asking for more again in {math.ceil((cap.until - now) / 60)} min",
+        )
 
     def _current_estimates(self) -> _Estimates | None:
         key = len(self._observations)
@@ -426,7 +504,8 @@ class JobAutoscaler:
             last_scale_time=self._last_scale_time,
             forced_from=tuple(sorted(self._forced)),
             left_downwards=tuple(sorted(self._left)),
+            schedulable=self._schedulable,
         )
 
 
-__all__ = ["AutoscalerMemory", "JobAutoscaler", "MeasuredPoint"]
+__all__ = ["AutoscalerMemory", "JobAutoscaler", "MeasuredPoint", "SchedulableCap"]
