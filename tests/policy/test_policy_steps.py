@@ -106,6 +106,35 @@ def test_settling(observations, current, says) -> None:  # type: ignore[no-untyp
         assert says in rec.reason and rec.replicas == current
 
 
+@pytest.mark.parametrize(
+    ("tau", "per_node", "kw", "replicas", "step", "says"),
+    [
+        # forced off 12, at 8 for two samples, the cap gone: back to 12 at once
+        pytest.param(amdahl(0.03), 8, {"forced_from": [12]}, 12, "stabilization",
+                     "returning to 12 (left by force); scaling up to 12", id="forced-return"),
+        pytest.param(amdahl(0.03), 8, {"forced_from": [12], "ceiling": 10}, 8, "settling",
+                     "measuring 8 replicas (2/3 settled samples)", id="cap-still-below-it"),
+        pytest.param(amdahl(0.03), 8, {}, 8, "settling", "measuring 8 replicas", id="not-forced"),
+        # 12 spans three 4-GPU nodes and is known to break the floor: no return, and the
+        # move down the objective wants (to 4) waits for 8 to settle, as without the cap
+        pytest.param(cliff(0.03, 1.0, 4), 4, {"forced_from": [12]}, 8, "settling",
+                     "measuring 8 replicas (2/3 settled samples)", id="no-return-no-other-move"),
+    ],
+)  # fmt: skip
+def test_settling_lets_a_forced_return_through(  # type: ignore[no-untyped-def]
+    tau, per_node, kw, replicas, step, says
+) -> None:
+    """A job moved within a cap goes back to the count it was forced off as soon as the cap
+    lifts, without first measuring where it is (caps that come and go: 12 on 8-GPU nodes
+    is 8 + 4, the job moved to 8, and waited for 8 to settle after the lift)."""
+    obs = [*steady(4, count=6, tau=tau), *steady(12, start=180, count=10, tau=tau),
+           *steady(8, start=480, count=2, tau=tau)]  # fmt: skip
+    spec = make_spec(replicas=8, hi=16, scaleDownStabilizationSeconds=0)
+    rec = recommend(spec, obs, 8, 540.0, workers_per_node=per_node, **kw)
+    assert (rec.replicas, rec.step) == (replicas, step), rec.reason
+    assert rec.reason.startswith(f"{step}: ") and says in rec.reason, rec.reason
+
+
 def test_fit_passes_with_a_model_and_holds_without_one() -> None:
     ctx = context(steady(4), 4)
     assert run_to(ctx, "fit") is None and ctx.model is not None and ctx.est is not None

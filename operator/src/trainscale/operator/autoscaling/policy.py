@@ -1790,6 +1790,7 @@ class DecisionContext:
     feasible_current: bool = False
     far_below_floor: bool = False
     returning: bool = False
+    unsettled: str | None = None  # the settling hold a forced return skipped (decide_settling)
 
     def __post_init__(self) -> None:
         interval = float(self.spec.autoscaling.interval_seconds)
@@ -1978,23 +1979,38 @@ def _fit(ctx: DecisionContext) -> None:
 
 
 def decide_settling(ctx: DecisionContext) -> Recommendation | None:
-    """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples."""
+    """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples.
+
+    Unless the job may go back to a count it was forced off (as far as a cap now allows):
+    that return needs nothing measured here, so the later steps run, and this step's hold
+    stands if the return does not happen (the confidence step, and ``recommend`` for the
+    holds of the steps in between). Under
+    caps that come and go, a job that had moved within a cap (12 on 8-GPU nodes is 8 + 4:
+    8 is faster) waited for its new count to settle after the cap lifted, minutes of a
+    250 s restart plus three samples, before going back.
+    """
     assert ctx.analysis is not None
     _fit(ctx)
     analysis, current = ctx.analysis, ctx.current
+    unsettled: str | None = None
     if analysis.latest_replicas != current:
         more = " and pods pending" if ctx.pending else ""
-        return ctx.hold(
+        unsettled = (
             f"waiting for {current} replicas to run (metrics show {analysis.latest_replicas}){more}"
         )
-    if analysis.latest_dipped:
-        return ctx.hold(f"throughput below its steady level at {current} (restarting?); holding")
-    if analysis.latest_settled < MIN_SETTLED_SAMPLES:
-        return ctx.hold(
+    elif analysis.latest_dipped:
+        unsettled = f"throughput below its steady level at {current} (restarting?); holding"
+    elif analysis.latest_settled < MIN_SETTLED_SAMPLES:
+        unsettled = (
             f"measuring {current} replicas ({analysis.latest_settled}/"
             f"{MIN_SETTLED_SAMPLES} settled samples); holding"
         )
-    return None
+    if unsettled is None:
+        return None
+    if ctx.model is not None and any(c > current for c in ctx.forced_from):
+        ctx.unsettled = unsettled
+        return None
+    return ctx.hold(unsettled)
 
 
 def decide_fit(ctx: DecisionContext) -> Recommendation | None:
@@ -2354,6 +2370,8 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
     if back is not None:
         ctx.target = back
     ctx.returning = ctx.target > current and any(c >= ctx.target for c in ctx.forced_from)
+    if ctx.unsettled is not None and not ctx.returning:
+        return ctx.hold(ctx.unsettled)  # the settling step's hold (see ``recommend``)
     if ctx.returning:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
     if not ctx.feasible_current and ctx.target < current and not ctx.exploring:
@@ -2620,6 +2638,11 @@ def recommend(
     )
     for name, step in STEPS:
         rec = step(ctx)
-        if rec is not None:
-            return replace(rec, step=name, reason=f"{name}: {rec.reason}")
+        if rec is None:
+            continue
+        if ctx.unsettled is not None and rec.replicas == ctx.current:
+            # skipped for a forced return that did not happen: settling holds, as it would have
+            return replace(ctx.hold(ctx.unsettled), step="settling",
+                           reason=f"settling: {ctx.unsettled}")  # fmt: skip
+        return replace(rec, step=name, reason=f"{name}: {rec.reason}")
     raise AssertionError("stabilization always decides")  # pragma: no cover
