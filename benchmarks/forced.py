@@ -71,7 +71,7 @@ class Outcome:
     final: tuple[int, ...]  # final counts over seeds
 
     def meets_goal(self) -> bool:
-        return self.score >= GOAL_SHARE and self.rescales <= GOAL_RESCALES
+        return bool(self.score >= GOAL_SHARE and self.rescales <= GOAL_RESCALES)
 
 
 def cap_for(best: int, share: float = CAP_SHARE) -> int:
@@ -80,29 +80,55 @@ def cap_for(best: int, share: float = CAP_SHARE) -> int:
     return max(1, math.floor(best * share))
 
 
+@dataclass(frozen=True)
+class CapShape:
+    """When and how far the cluster caps a case: ``repeat`` caps of ``share`` of its best
+    static count, ``minutes`` long, the first ``at`` hours into the run, one every
+    ``every`` minutes."""
+
+    share: float = CAP_SHARE
+    at: float = CAP_AT
+    minutes: float = CAP_MINUTES
+    repeat: int = 1
+    every: float = 0.0
+
+    def ceilings(self, best: int) -> tuple[Ceiling, ...]:
+        cap = cap_for(best, self.share)
+        return tuple(
+            Ceiling(self.at * 3600.0 + i * self.every * 60.0, self.minutes * 60.0, cap)
+            for i in range(self.repeat)
+        )
+
+    @property
+    def lifts_at(self) -> float:
+        """Hours into the run the last cap lifts."""
+        return self.at + ((self.repeat - 1) * self.every + self.minutes) / 60.0
+
+    def describe(self) -> str:
+        once = f"from {self.at:g} h for {self.minutes:g} min"
+        if self.repeat == 1:
+            return once
+        return f"{once}, {self.repeat} times {self.every:g} min apart (scored after the last)"
+
+
 def run_case(
-    curve_name: str,
-    objective: str,
-    seeds: int,
-    chosen: bool,
-    cap_share: float = CAP_SHARE,
-    cap_minutes: float = CAP_MINUTES,
-    cap_at: float = CAP_AT,
+    curve_name: str, objective: str, seeds: int, chosen: bool, shape: CapShape = CapShape()
 ) -> tuple[int, Outcome]:
     curve = load_case_curve(curve_name)
     spec = make_spec(objective, 4, 1, curve_max(curve, MAX_REPLICAS), 30)
     best = hindsight(curve, spec).replicas
-    ceiling = Ceiling(cap_at * 3600.0, cap_minutes * 60.0, cap_for(best, cap_share))
+    ceilings = shape.ceilings(best)
+    first, lift = ceilings[0].at_seconds, ceilings[-1].lifts_at
     scores: list[tuple[float, float]] = []
     rescales, minutes, finals = [], [], []
     for seed in range(seeds):
         controller = (_Chosen if chosen else JobAutoscaler)(spec)
-        r = run_seed(curve, spec, seed, controller, ceiling=ceiling)
+        r = run_seed(curve, spec, seed, controller, ceiling=ceilings)
         scores.append((r.score.samples_ratio, r.score.raw_samples_ratio))
         rescales.append(r.score.rescales)
-        held = next(p.replicas for p in reversed(r.points) if p.time < ceiling.at_seconds)
-        back = [p.time for p in r.points if p.time >= ceiling.lifts_at and p.replicas >= held]
-        minutes.append((back[0] - ceiling.lifts_at) / 60 if back else float("inf"))
+        held = next(p.replicas for p in reversed(r.points) if p.time < first)
+        back = [p.time for p in r.points if p.time >= lift and p.replicas >= held]
+        minutes.append((back[0] - lift) / 60 if back else float("inf"))
         finals.append(r.final_replicas)
     worst = min(scores)
     return best, Outcome(*worst, max(rescales), max(minutes), tuple(sorted(set(finals))))
@@ -125,6 +151,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cap-minutes", type=float, default=CAP_MINUTES, help="how long the ceiling holds"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="how many times the cap comes")
+    parser.add_argument(
+        "--every", type=float, default=0.0, help="minutes from one cap's start to the next's"
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.cap_share < 1.0:
         parser.error(f"--cap-share must be in [0, 1), got {args.cap_share}")
@@ -132,25 +162,30 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--cap-at and --cap-minutes must be > 0, got {args.cap_at}, {args.cap_minutes}"
         )
-    if not args.cap_at + args.cap_minutes / 60.0 < HOURS:
+    if args.repeat < 1 or (args.repeat > 1 and args.every < args.cap_minutes):
         parser.error(
-            f"--cap-at {args.cap_at:g} with --cap-minutes {args.cap_minutes:g} lifts the cap "
-            f"after the {HOURS:g} h run"
+            f"--repeat must be >= 1, and --every at least --cap-minutes (caps must not "
+            f"overlap), got --repeat {args.repeat} --every {args.every:g}"
+        )
+    args.shape = CapShape(args.cap_share, args.cap_at, args.cap_minutes, args.repeat, args.every)
+    if not args.shape.lifts_at < HOURS:
+        parser.error(
+            f"the caps ({args.shape.describe()}) lift the last one after the {HOURS:g} h run"
         )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    shape = {"cap_share": args.cap_share, "cap_minutes": args.cap_minutes, "cap_at": args.cap_at}
+    shape: CapShape = args.shape
     started = time.monotonic()
     rows = []
     for objective in OBJECTIVES:
         for curve_name in (*CURVE_NAMES, *MEASURED):
             if not fnmatch.fnmatch(f"{objective}/{curve_name}", args.cases):
                 continue
-            best, new = run_case(curve_name, objective, args.seeds, chosen=False, **shape)
-            _, old = run_case(curve_name, objective, args.seeds, chosen=True, **shape)
+            best, new = run_case(curve_name, objective, args.seeds, False, shape)
+            _, old = run_case(curve_name, objective, args.seeds, True, shape)
             rows.append((objective, curve_name, best, new, old))
 
     def cell(o: Outcome) -> tuple[str, str, str, str]:
@@ -160,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"# {HOURS:g} h per run, a ceiling of {args.cap_share:g} of the best static count (at "
-        f"least 1) from {args.cap_at:g} h for {args.cap_minutes:g} min, {args.seeds} seeds (the policy "
+        f"least 1) {shape.describe()}, {args.seeds} seeds (the policy "
         "benchmark's conditions), start 4, max 32; after the lift: score (worst seed, vs the "
         "best static count; 0 (raw) when its time-averaged constraint broke), rescales (most), "
         "minutes from the lift to the count held before the cap (worst), final counts"

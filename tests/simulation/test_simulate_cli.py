@@ -204,6 +204,8 @@ ONE_JOB_ERRORS = {
     "--ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
     "--ceiling 1:30:1 --min-replicas 2": "--ceiling '1:30:1': 1 replicas is under --min-replicas 2",
     "--ceiling 1:30:2 --change-at 2 --change-curve amdahl": "--ceiling and --change-at: one at a time",
+    "--ceiling 1.25:30:2 --ceiling 1:30:2": "--ceiling '1.25:30:2' starts before --ceiling '1:30:2' lifts: ceilings must not overlap",
+    "--ceiling 1:30:2 --ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
 }
 
 
@@ -291,16 +293,44 @@ def test_a_ceiling_is_replayed_and_scored_after_it_lifts(
     summary is of what follows the lift."""
     argv = ["--curve", "recover-4", "--restart-seconds", "250", "--noise", "0.02",
             "--seed", "1", "--ceiling", "1.5:30:6"]  # fmt: skip
-    assert main(["simulate", *argv]) == 0
-    out = capsys.readouterr().out
-    for said in (
+    replay_says(argv, capsys, (
         "; a cluster ceiling of 6 from 1:30:00 to 2:00:00 (scored after it lifts)",
         "hard limits: cluster ceiling 6 < 12 replicas; moving to 6",
         "returning to 12 (left by force); scaling up to 12",
         "# after the ceiling lifts at 2:00:00",
         "# rescales: 1, the last at 2:00:00; final count 12",
         "efficiency averaged after the lift",
-    ):
+    ))  # fmt: skip
+
+
+def replay_says(
+    argv: list[str], capsys: pytest.CaptureFixture[str], lines: tuple[str, ...]
+) -> None:
+    """``trainscale simulate`` with ``argv`` prints each of ``lines`` and scores >= 0.95."""
+    assert main(["simulate", *argv]) == 0
+    out = capsys.readouterr().out
+    for said in lines:
         assert said in out, said
     score = re.search(r"# score: (\d\.\d+)", out)
     assert score is not None and float(score.group(1)) >= 0.95, out[-600:]
+
+
+def test_ceilings_that_come_and_go_are_replayed_and_scored_after_the_last(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cliff-8 under a 24-GPU budget, capped at 12 (8 + 4 workers) three times for 15 min:
+    within each cap the job moves to 8 (one full node is faster), and when the last cap
+    lifts it goes back to 24 at once, without first measuring 8."""
+    argv = ["--curve", "cliff-8", "--objective", "budget", "--max-cost-per-hour", "24",
+            "--restart-seconds", "250", "--noise", "0.02", "--seed", "1",
+            "--ceiling", "1.75:15:12", "--ceiling", "0.75:15:12", "--ceiling", "1.25:15:12"]  # fmt: skip
+    replay_says(argv, capsys, (
+        "; a cluster ceiling of 12 from 0:45:00 to 1:00:00; a cluster ceiling of 12 from "
+        "1:15:00 to 1:30:00; a cluster ceiling of 12 from 1:45:00 to 2:00:00 (scored after the "
+        "last lifts)",
+        "1:57:30   12 -> 8",
+        "2:00:00    8 -> 24      stabilization:",
+        "returning to 24 (left by force); scaling up to 24",
+        "# after the last ceiling lifts at 2:00:00",
+        "# rescales: 1, the last at 2:00:00; final count 24",
+    ))  # fmt: skip

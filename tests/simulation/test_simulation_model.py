@@ -551,6 +551,22 @@ def test_a_ceiling_caps_the_run_while_it_holds_and_the_score_counts_after_it_lif
     assert run.score.raw_samples_ratio == pytest.approx(expected, rel=1e-3)
 
 
+def test_ceilings_that_come_and_go_are_each_told_and_the_score_counts_after_the_last() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=2, hi=4)
+    back = Scripted([4] * 120)  # asks for 4 at every decision
+    caps = (Ceiling(1800, 300, 3), Ceiling(600, 300, 2))  # given out of order
+    run = run_simulation(curve, spec, hours=1, noise=0.0, controller=back, ceiling=caps)
+    assert run.ceilings == tuple(sorted(caps, key=lambda c: c.at_seconds))
+    told = dict(zip((d.time for d in run.decisions), back.ceilings, strict=True))
+    counts = {d.time: p.replicas for d, p in zip(run.decisions, run.points, strict=True)}
+    assert (told[570.0], told[600.0], told[870.0], told[900.0]) == (None, 2, 2, None)
+    assert (told[1770.0], told[1800.0], told[2070.0], told[2100.0]) == (None, 3, 3, None)
+    assert (counts[600.0], counts[900.0], counts[1800.0], counts[2100.0]) == (2, 4, 3, 4)
+    assert run.scored_from == 2100.0
+    assert run.score.rescales == 1  # back to 4 after the last lift; the first lift's is before
+
+
 @pytest.mark.parametrize(
     ("ceiling", "change", "message"),
     [
@@ -558,10 +574,12 @@ def test_a_ceiling_caps_the_run_while_it_holds_and_the_score_counts_after_it_lif
         (Ceiling(3000, 1200, 2), False, "must start and lift within the run"),
         (Ceiling(900, 600, 0), False, "must be at least minReplicas"),
         (Ceiling(900, 600, 2), True, "a curve change or a ceiling, not both"),
+        ((Ceiling(900, 600, 2), Ceiling(1200, 600, 2)), False, "ceilings must not overlap"),
+        ((Ceiling(900, 600, 2), Ceiling(1800, 600, 0)), False, "must be at least minReplicas"),
     ],
 )
 def test_a_ceiling_that_cannot_hold_is_refused(
-    ceiling: Ceiling, change: bool, message: str
+    ceiling: Ceiling | tuple[Ceiling, ...], change: bool, message: str
 ) -> None:
     curve = parse_csv_curve(SMALL_CSV, name="m.csv")
     with pytest.raises(ValueError, match=message):

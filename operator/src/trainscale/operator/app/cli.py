@@ -193,7 +193,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
     )
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling"):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag) not in (None, []):
             # a trace's jobs each have their own bounds and curves; the flag describes one job
             name = flag.replace("_", "-")
             sys.stderr.write(f"trainscale simulate: error: --{name} needs --curve\n")
@@ -323,8 +323,10 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sim.add_argument(
         "--ceiling",
         metavar="HOURS:MINUTES:REPLICAS",
+        action="append",
         help="a cluster ceiling of REPLICAS from HOURS into the run for MINUTES (--curve): "
-        "another job took the GPUs; see the job go back once it lifts (scored after that)",
+        "another job took the GPUs; see the job go back once it lifts (scored after that); "
+        "repeat it for caps that come and go (scored after the last)",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

@@ -10,9 +10,10 @@ for; install the ``simulate`` extra).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,7 @@ class SimulateOptions:
     plot: str | None = None
     change_at: float | None = None
     change_curve: str | None = None
-    ceiling: str | None = None
+    ceiling: Sequence[str] = ()  # --ceiling, once per cap
 
 
 # API field (camelCase, as pydantic reports it) -> the flag that sets it
@@ -192,21 +193,27 @@ def _check_change_and_ceiling(options: SimulateOptions) -> None:
             f"--change-at must be within the run (0, {options.hours:g}) hours, "
             f"got {options.change_at:g}"
         )
-    cap = _ceiling(options)
-    if cap is None:
-        return
-    if options.change_at is not None:
+    caps = _ceilings(options)
+    if caps and options.change_at is not None:
         raise SimulateError("--ceiling and --change-at: one at a time")
-    if not 0 < cap.at_seconds < cap.lifts_at < options.hours * 3600:
-        raise SimulateError(
-            f"--ceiling {options.ceiling!r}: it must start and lift within the run "
-            f"(0, {options.hours:g}) hours"
-        )
-    if cap.replicas < options.min_replicas:
-        raise SimulateError(
-            f"--ceiling {options.ceiling!r}: {cap.replicas} replicas is under "
-            f"--min-replicas {options.min_replicas}"
-        )
+    for text, cap in zip(options.ceiling, caps, strict=True):
+        if not 0 < cap.at_seconds < cap.lifts_at < options.hours * 3600:
+            raise SimulateError(
+                f"--ceiling {text!r}: it must start and lift within the run "
+                f"(0, {options.hours:g}) hours"
+            )
+        if cap.replicas < options.min_replicas:
+            raise SimulateError(
+                f"--ceiling {text!r}: {cap.replicas} replicas is under "
+                f"--min-replicas {options.min_replicas}"
+            )
+    ordered = sorted(zip(caps, options.ceiling, strict=True), key=lambda pair: pair[0].at_seconds)
+    for (cap, text), (later, later_text) in itertools.pairwise(ordered):
+        if later.at_seconds < cap.lifts_at:
+            raise SimulateError(
+                f"--ceiling {later_text!r} starts before --ceiling {text!r} lifts: "
+                "ceilings must not overlap"
+            )
 
 
 def clock(seconds: float) -> str:
@@ -249,8 +256,9 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
     reference = best.samples_per_second * (result.hours * 3600 - start)
     if result.changed_at is not None:
         yield f"after the change at {clock(start)}: against the new curve"
-    elif result.ceiling is not None:
-        yield f"after the ceiling lifts at {clock(start)}"
+    elif result.ceilings:
+        last = "the last ceiling lifts" if len(result.ceilings) > 1 else "the ceiling lifts"
+        yield f"after {last} at {clock(start)}"
     yield (
         f"best static count (hindsight): {best.replicas} "
         f"({c.name} {best.constrained_value:.2f}, {best.samples_per_second:.1f} samples/s)"
@@ -267,7 +275,7 @@ def summary_lines(result: SimulationResult) -> Iterator[str]:
         "after the change"
         if result.changed_at is not None
         else "after the lift"
-        if result.ceiling is not None
+        if result.ceilings
         else "over the run"
     )
     verdict = "kept" if score.constraint_met else "BROKEN (the run scores 0)"
@@ -342,11 +350,12 @@ def write_plot(result: SimulationResult, path: str) -> None:
         changed = f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
         for ax in axes:
             ax.axvline(result.changed_at / 3600, color="tab:gray", ls="-.", lw=1)
-    if result.ceiling is not None:
-        cap = result.ceiling
+    for i, cap in enumerate(result.ceilings):
         changed = (
             f", a ceiling of {cap.replicas} from {cap.at_seconds / 3600:g} to "
             f"{cap.lifts_at / 3600:g} h (scored after it)"
+            if len(result.ceilings) == 1
+            else f", {len(result.ceilings)} ceilings (scored after the last)"
         )
         axes[0].fill_between(
             [cap.at_seconds / 3600, cap.lifts_at / 3600],
@@ -354,7 +363,7 @@ def write_plot(result: SimulationResult, path: str) -> None:
             result.spec.max_replicas,
             color="tab:gray",
             alpha=0.2,
-            label="ceiling",
+            label="ceiling" if i == 0 else None,
         )
     fig.suptitle(
         f"trainscale simulate: {result.curve}, objective "
@@ -412,7 +421,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     try:
         curve = load_curve(options.curve, gpus_per_node=options.gpus_per_node)
         change = _change(options)
-        ceiling = _ceiling(options)
+        ceilings = _ceilings(options)
         result = run_simulation(
             curve,
             spec,
@@ -422,7 +431,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             rate_window=options.rate_window,
             seed=options.seed,
             change=change,
-            ceiling=ceiling,
+            ceiling=ceilings,
         )
     except CurveError as exc:
         hint = ""
@@ -443,11 +452,17 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             else f"; at {clock(change.at_seconds)} the curve becomes {change.curve.name} "
             "(scored after that)"
         )
+        + "".join(
+            f"; a cluster ceiling of {cap.replicas} from {clock(cap.at_seconds)} "
+            f"to {clock(cap.lifts_at)}"
+            for cap in result.ceilings
+        )
         + (
             ""
-            if ceiling is None
-            else f"; a cluster ceiling of {ceiling.replicas} from {clock(ceiling.at_seconds)} "
-            f"to {clock(ceiling.lifts_at)} (scored after it lifts)"
+            if not result.ceilings
+            else " (scored after it lifts)"
+            if len(result.ceilings) == 1
+            else " (scored after the last lifts)"
         ),
         file=out,
     )
@@ -462,23 +477,25 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     return 0
 
 
-def _ceiling(options: SimulateOptions) -> Ceiling | None:
-    """``--ceiling HOURS:MINUTES:REPLICAS`` as the simulator's ceiling."""
-    if options.ceiling is None:
-        return None
-    parts = options.ceiling.split(":")
+def _ceilings(options: SimulateOptions) -> tuple[Ceiling, ...]:
+    """Each ``--ceiling HOURS:MINUTES:REPLICAS`` as one of the simulator's ceilings, in the
+    order given."""
+    return tuple(_ceiling(text) for text in options.ceiling)
+
+
+def _ceiling(text: str) -> Ceiling:
+    """``--ceiling HOURS:MINUTES:REPLICAS`` as a simulator ceiling."""
+    parts = text.split(":")
     try:
         at, minutes, replicas = float(parts[0]), float(parts[1]), int(parts[2])
         if len(parts) != 3 or not (math.isfinite(at) and math.isfinite(minutes)):
             raise ValueError
     except (ValueError, IndexError):
         raise SimulateError(
-            f"--ceiling {options.ceiling!r}: expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2"
+            f"--ceiling {text!r}: expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2"
         ) from None
     if minutes <= 0 or replicas < 1:
-        raise SimulateError(
-            f"--ceiling {options.ceiling!r}: the minutes must be > 0 and the replicas >= 1"
-        )
+        raise SimulateError(f"--ceiling {text!r}: the minutes must be > 0 and the replicas >= 1")
     return Ceiling(at * 3600.0, minutes * 60.0, replicas)
 
 

@@ -71,6 +71,7 @@ from __future__ import annotations
 import abc
 import csv
 import io
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -847,14 +848,14 @@ class SimulationResult:
     changed_at: float | None = None
     """When the curve changed (``run_simulation(change=...)``): ``hindsight`` and ``score``
     are of the run after it."""
-    ceiling: Ceiling | None = None
-    """The cluster ceiling of the run (``run_simulation(ceiling=...)``): ``score`` is of
-    the run after it lifts."""
+    ceilings: tuple[Ceiling, ...] = ()
+    """The cluster ceilings of the run, in order (``run_simulation(ceiling=...)``): ``score``
+    is of the run after the last one lifts."""
 
     @property
     def scored_from(self) -> float:
         """Seconds into the run where ``score`` starts counting (0: the whole run)."""
-        return _scored_from_result(self.changed_at, self.ceiling)
+        return _scored_from_result(self.changed_at, self.ceilings)
 
     @property
     def margin(self) -> float:
@@ -1097,15 +1098,29 @@ class Ceiling:
         return self.replicas if self.at_seconds <= t < self.lifts_at else None
 
 
-def _scored_from(change: CurveChange | None, ceiling: Ceiling | None) -> float:
-    """When the scored part of a run starts: the curve change, the ceiling's lift, else 0."""
-    return _scored_from_result(None if change is None else change.at_seconds, ceiling)
+def _scored_from(change: CurveChange | None, ceilings: Sequence[Ceiling]) -> float:
+    """When the scored part of a run starts: the curve change, the last ceiling's lift, else 0."""
+    return _scored_from_result(None if change is None else change.at_seconds, ceilings)
 
 
-def _scored_from_result(changed_at: float | None, ceiling: Ceiling | None) -> float:
+def _scored_from_result(changed_at: float | None, ceilings: Sequence[Ceiling]) -> float:
     if changed_at is not None:
         return changed_at
-    return 0.0 if ceiling is None else ceiling.lifts_at
+    return max((c.lifts_at for c in ceilings), default=0.0)
+
+
+def _ceilings(ceiling: Ceiling | Sequence[Ceiling] | None) -> tuple[Ceiling, ...]:
+    """``run_simulation``'s ``ceiling`` as ceilings in the order they come."""
+    if ceiling is None:
+        return ()
+    if isinstance(ceiling, Ceiling):
+        return (ceiling,)
+    return tuple(sorted(ceiling, key=lambda c: c.at_seconds))
+
+
+def _cap_at(ceilings: Sequence[Ceiling], t: float) -> int | None:
+    """The cap at ``t`` of whichever ceiling holds then, None when none does."""
+    return next((cap for c in ceilings if (cap := c.at(t)) is not None), None)
 
 
 def _trace_point(t: float, current: int, nodes: int, before: _Piece, ref: float) -> TracePoint:
@@ -1121,21 +1136,15 @@ def _trace_point(t: float, current: int, nodes: int, before: _Piece, ref: float)
     )
 
 
-def _checked_run(
-    spec: TrainingJobSpec,
-    hours: float,
-    interval: float | None,
-    noise: Noise | float,
-    restart_seconds: float,
-    change: CurveChange | None = None,
-    ceiling: Ceiling | None = None,
-) -> tuple[TrainingJobSpec, Noise]:
-    """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
-    if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
-        raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
-    if ceiling is not None:
-        if change is not None:
-            raise ValueError("a run has a curve change or a ceiling, not both")
+def _check_ceilings(spec: TrainingJobSpec, hours: float, ceilings: Sequence[Ceiling]) -> None:
+    """Each ceiling within the run and at least ``minReplicas``; none overlapping."""
+    for ceiling, after in itertools.pairwise(ceilings):
+        if after.at_seconds < ceiling.lifts_at:
+            raise ValueError(
+                f"ceilings must not overlap: one from {after.at_seconds} s while one from "
+                f"{ceiling.at_seconds} s holds until {ceiling.lifts_at} s"
+            )
+    for ceiling in ceilings:
         if not 0.0 < ceiling.at_seconds < ceiling.lifts_at < hours * 3600.0:
             raise ValueError(
                 f"the ceiling must start and lift within the run, got {ceiling.at_seconds} s "
@@ -1146,6 +1155,23 @@ def _checked_run(
                 f"the ceiling ({ceiling.replicas}) must be at least minReplicas "
                 f"({spec.min_replicas})"
             )
+
+
+def _checked_run(
+    spec: TrainingJobSpec,
+    hours: float,
+    interval: float | None,
+    noise: Noise | float,
+    restart_seconds: float,
+    change: CurveChange | None = None,
+    ceilings: Sequence[Ceiling] = (),
+) -> tuple[TrainingJobSpec, Noise]:
+    """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
+    if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
+        raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
+    if ceilings and change is not None:
+        raise ValueError("a run has a curve change or a ceiling, not both")
+    _check_ceilings(spec, hours, ceilings)
     if interval is not None:
         if interval <= 0 or interval != int(interval):
             raise ValueError(f"interval must be a positive whole number of seconds, got {interval}")
@@ -1174,7 +1200,7 @@ def run_simulation(
     report_throughput: bool = True,
     report_sync: bool = True,
     change: CurveChange | None = None,
-    ceiling: Ceiling | None = None,
+    ceiling: Ceiling | Sequence[Ceiling] | None = None,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1198,14 +1224,16 @@ def run_simulation(
             the change against the new curve's best static count (``hindsight``, the
             constraint and the rescales are those after it): how well the job re-learns.
         ceiling: Cluster arbitration caps the job for a while (passed to the controller,
-            and no more replicas run than it allows). The result then scores the run after
-            the cap lifts, as after a change: how well the job returns from a forced move.
+            and no more replicas run than it allows), or several times (a sequence, none
+            overlapping). The result then scores the run after the (last) cap lifts, as
+            after a change: how well the job returns from forced moves.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
         ValueError: on a non-positive ``hours`` or ``interval`` or a negative restart.
     """
-    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change, ceiling)
+    ceilings = _ceilings(ceiling)
+    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change, ceilings)
     step = float(spec.autoscaling.interval_seconds)
     settle = float(spec.autoscaling.settle_seconds if settle_seconds is None else settle_seconds)
     job = JobModel(curve, spec)
@@ -1236,7 +1264,7 @@ def run_simulation(
         return j.point(n).samples_per_second / n / r if n and r else 0.0
 
     # with a change or a ceiling, the run is scored after it (rescales too)
-    scored_from = _scored_from(change, ceiling)
+    scored_from = _scored_from(change, ceilings)
     t = 0.0
     while t < end:
         t += step
@@ -1258,7 +1286,7 @@ def run_simulation(
             sync_rng=sync_rng,
             window_noise=window_noise,
         )
-        cap = None if ceiling is None else ceiling.at(t)
+        cap = _cap_at(ceilings, t)
         rec = controller.decide(
             [observation],
             current_replicas=current,
@@ -1290,5 +1318,5 @@ def run_simulation(
         score=_score(job, timeline, end, scored, best, rescales, settled_at, scored_from),
         noise=noise,
         changed_at=changed_at,
-        ceiling=ceiling,
+        ceilings=ceilings,
     )
