@@ -7,7 +7,7 @@ cap lifts, without the confidence a chosen return needs (the issue's shared-clus
 (``benchmarks/policy.py``: the curves, objectives and per-seed conditions) starts at 4
 workers and runs 4 h; from 1.5 h to 2 h a ceiling of half the best static count (at least 1)
 holds it down (``--cap-share``, ``--cap-at``, ``--cap-minutes``: a deeper, earlier or longer
-cap). Scored on the rest of the run after the cap lifts against the best static count (samples,
+cap; ``--repeat``, ``--every``: caps that come and go, scored after the last). Scored on the rest of the run after the cap lifts against the best static count (samples,
 0 when the time-averaged constraint broke), with the rescales after the lift and the minutes
 from the lift until the job runs the count it held when the cap came (or more) again. One
 250 s restart back costs 3.5 % of the 2 h after a lift at 2 h (the most a case can then score
@@ -17,7 +17,8 @@ Beside it, the same policy remembering the forced move as its own choice (the jo
 autoscaler with the forced and chosen moves not told apart), as it was before.
 
 Run: ``.venv/bin/python benchmarks/forced.py [--seeds 3] [--markdown] [--cases GLOB]
-[--cap-share 0.5] [--cap-at 1.5] [--cap-minutes 30]`` (about 4.5 min).
+[--cap-share 0.5] [--cap-at 1.5] [--cap-minutes 30] [--repeat 1 --every MINUTES]`` (about
+4.5 min).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class CapShape:
     @property
     def lifts_at(self) -> float:
         """Hours into the run the last cap lifts."""
-        return self.at + ((self.repeat - 1) * self.every + self.minutes) / 60.0
+        return self.ceilings(1)[-1].lifts_at / 3600.0
 
     def describe(self) -> str:
         once = f"from {self.at:g} h for {self.minutes:g} min"

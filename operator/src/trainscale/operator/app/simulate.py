@@ -325,6 +325,21 @@ def load_pyplot() -> Any:
     return plt
 
 
+def _plot_scored_after(result: SimulationResult) -> str:
+    """The plot title's note of what the score starts after: a curve change, or ceilings."""
+    if result.changed_at is not None:
+        return f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
+    if len(result.ceilings) == 1:
+        cap = result.ceilings[0]
+        return (
+            f", a ceiling of {cap.replicas} from {cap.at_seconds / 3600:g} to "
+            f"{cap.lifts_at / 3600:g} h (scored after it)"
+        )
+    if result.ceilings:
+        return f", {len(result.ceilings)} ceilings (scored after the last)"
+    return ""
+
+
 def write_plot(result: SimulationResult, path: str) -> None:
     """Replicas, throughput and efficiency (or GPU utilization) over time, as a PNG.
 
@@ -345,18 +360,11 @@ def write_plot(result: SimulationResult, path: str) -> None:
         return xs, ys
 
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(10, 8), constrained_layout=True)
-    changed = ""
+    changed = _plot_scored_after(result)
     if result.changed_at is not None:
-        changed = f", the curve changed at {result.changed_at / 3600:g} h (scored after it)"
         for ax in axes:
             ax.axvline(result.changed_at / 3600, color="tab:gray", ls="-.", lw=1)
     for i, cap in enumerate(result.ceilings):
-        changed = (
-            f", a ceiling of {cap.replicas} from {cap.at_seconds / 3600:g} to "
-            f"{cap.lifts_at / 3600:g} h (scored after it)"
-            if len(result.ceilings) == 1
-            else f", {len(result.ceilings)} ceilings (scored after the last)"
-        )
         axes[0].fill_between(
             [cap.at_seconds / 3600, cap.lifts_at / 3600],
             cap.replicas,

@@ -329,7 +329,7 @@ class JobAutoscaler:
         cap = self._schedulable
         if cap is not None and current_replicas > cap.replicas and pending_replicas == 0:
             self._schedulable = cap = None  # pods beyond the cap ran: the cluster has room
-        capped = cap is not None and now < cap.until
+        waiting = None if cap is None or now >= cap.until else cap.replicas
         rec = recommend(
             spec,
             self._observations,
@@ -345,7 +345,7 @@ class JobAutoscaler:
             ceiling=ceiling,
             left_downwards=sorted(self._left),
             probed=sorted(self._probed),
-            max_schedulable_replicas=cap.replicas if cap is not None and capped else None,
+            max_schedulable_replicas=waiting,
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
