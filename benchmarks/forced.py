@@ -16,9 +16,17 @@ is 0.965); a later lift leaves too little run for the 0.95 goal.
 Beside it, the same policy remembering the forced move as its own choice (the job's
 autoscaler with the forced and chosen moves not told apart), as it was before.
 
+``--untold``: the cap is not told (no cluster arbitration; someone else's pods took the
+GPUs): the job's pods beyond it are evicted, and those it asks for stay pending, rejected by
+the scheduler, until it lifts. The job sees only its unschedulable pods and the free GPUs
+(``room``; ``--no-room``: not those either, as an operator that may not list pods in every
+namespace). Column ``asks``: passes under a cap at which the job asked for more workers than
+ran (the as-chosen baseline never waits after unschedulable pods: its asks show what the
+wait saves).
+
 Run: ``.venv/bin/python benchmarks/forced.py [--seeds 3] [--markdown] [--cases GLOB]
-[--cap-share 0.5] [--cap-at 1.5] [--cap-minutes 30] [--repeat 1 --every MINUTES]`` (about
-4.5 min).
+[--cap-share 0.5] [--cap-at 1.5] [--cap-minutes 30] [--repeat 1 --every MINUTES]
+[--untold [--no-room]]`` (about 5 min).
 """
 
 from __future__ import annotations
@@ -59,8 +67,10 @@ MAX_REPLICAS = 32
 class _Chosen(JobAutoscaler):
     """The baseline: a move the ceiling forced is remembered as the job's own choice."""
 
-    def _remember_move(self, rec: Recommendation, current: int, now: float) -> None:
-        super()._remember_move(replace(rec, forced=False), current, now)
+    def _remember_move(
+        self, rec: Recommendation, current: int, now: float, room: int | None = None
+    ) -> None:
+        super()._remember_move(replace(rec, forced=False), current, now, room)
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class Outcome:
     score: float  # worst seed, after the lift
     raw: float  # the same seed's samples ratio before the constraint is applied
     rescales: int  # most over seeds, after the lift
+    asks: int  # most over seeds: passes under a cap that asked for more than ran
     minutes: float  # worst seed: lift to the count held before the cap again (inf: never)
     final: tuple[int, ...]  # final counts over seeds
 
@@ -92,11 +103,13 @@ class CapShape:
     minutes: float = CAP_MINUTES
     repeat: int = 1
     every: float = 0.0
+    told: bool = True
+    room: bool = True  # untold: the job sees the free GPUs (decide(room=...))
 
     def ceilings(self, best: int) -> tuple[Ceiling, ...]:
         cap = cap_for(best, self.share)
         return tuple(
-            Ceiling(self.at * 3600.0 + i * self.every * 60.0, self.minutes * 60.0, cap)
+            Ceiling(self.at * 3600.0 + i * self.every * 60.0, self.minutes * 60.0, cap, self.told)
             for i in range(self.repeat)
         )
 
@@ -107,9 +120,12 @@ class CapShape:
 
     def describe(self) -> str:
         once = f"from {self.at:g} h for {self.minutes:g} min"
-        if self.repeat == 1:
-            return once
-        return f"{once}, {self.repeat} times {self.every:g} min apart (scored after the last)"
+        if self.repeat > 1:
+            once += f", {self.repeat} times {self.every:g} min apart (scored after the last)"
+        if not self.told:
+            seen = "and the free GPUs" if self.room else "(not the free GPUs)"
+            once += f", not told: seen only as unschedulable pods {seen}"
+        return once
 
 
 def run_case(
@@ -121,18 +137,22 @@ def run_case(
     ceilings = shape.ceilings(best)
     first, lift = ceilings[0].at_seconds, ceilings[-1].lifts_at
     scores: list[tuple[float, float]] = []
-    rescales, minutes, finals = [], [], []
+    rescales, asks, minutes, finals = [], [], [], []
     for seed in range(seeds):
         controller = (_Chosen if chosen else JobAutoscaler)(spec)
-        r = run_seed(curve, spec, seed, controller, ceiling=ceilings)
+        r = run_seed(curve, spec, seed, controller, ceiling=ceilings, report_room=shape.room)
         scores.append((r.score.samples_ratio, r.score.raw_samples_ratio))
         rescales.append(r.score.rescales)
+        under = [p for p in r.points if any(c.at(p.time) is not None for c in ceilings)]
+        asked = {d.time: d.recommendation.replicas for d in r.decisions}
+        asks.append(sum(1 for p in under if asked.get(p.time, 0) > p.replicas))
         held = next(p.replicas for p in reversed(r.points) if p.time < first)
         back = [p.time for p in r.points if p.time >= lift and p.replicas >= held]
         minutes.append((back[0] - lift) / 60 if back else float("inf"))
         finals.append(r.final_replicas)
     worst = min(scores)
-    return best, Outcome(*worst, max(rescales), max(minutes), tuple(sorted(set(finals))))
+    finals_seen = tuple(sorted(set(finals)))
+    return best, Outcome(*worst, max(rescales), max(asks), max(minutes), finals_seen)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -156,6 +176,17 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--every", type=float, default=0.0, help="minutes from one cap's start to the next's"
     )
+    parser.add_argument(
+        "--untold",
+        action="store_true",
+        help="the job is not told its cap: it sees only pods the scheduler rejects",
+    )
+    parser.add_argument(
+        "--no-room",
+        action="store_true",
+        help="with --untold: the job does not see the free GPUs either (an operator that "
+        "may not list pods in every namespace)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.cap_share < 1.0:
         parser.error(f"--cap-share must be in [0, 1), got {args.cap_share}")
@@ -168,7 +199,17 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
             f"--repeat must be >= 1, and --every at least --cap-minutes (caps must not "
             f"overlap), got --repeat {args.repeat} --every {args.every:g}"
         )
-    args.shape = CapShape(args.cap_share, args.cap_at, args.cap_minutes, args.repeat, args.every)
+    if args.no_room and not args.untold:
+        parser.error("--no-room needs --untold (a told cap needs no room)")
+    args.shape = CapShape(
+        args.cap_share,
+        args.cap_at,
+        args.cap_minutes,
+        args.repeat,
+        args.every,
+        told=not args.untold,
+        room=not args.no_room,
+    )
     if not args.shape.lifts_at < HOURS:
         parser.error(
             f"the caps ({args.shape.describe()}) lift the last one after the {HOURS:g} h run"
@@ -189,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             _, old = run_case(curve_name, objective, args.seeds, True, shape)
             rows.append((objective, curve_name, best, new, old))
 
-    def cell(o: Outcome) -> tuple[str, str, str, str]:
+    def cell(o: Outcome) -> tuple[str, ...]:
         final = "/".join(map(str, o.final))
         score = f"{o.score:.3f}" if o.score or not o.raw else f"0 ({o.raw:.3f})"
-        return score, str(o.rescales), f"{o.minutes:.1f}", final
+        asks = () if shape.told else (str(o.asks),)
+        return score, str(o.rescales), *asks, f"{o.minutes:.1f}", final
 
     print(
         f"# {HOURS:g} h per run, a ceiling of {args.cap_share:g} of the best static count (at "
@@ -200,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark's conditions), start 4, max 32; after the lift: score (worst seed, vs the "
         "best static count; 0 (raw) when its time-averaged constraint broke), rescales (most), "
         "minutes from the lift to the count held before the cap (worst), final counts"
+        + ("" if shape.told else "; asks: passes under a cap that asked for more than ran (most)")
     )
-    head = ("objective", "curve", "best", "cap", "score", "rescales", "min back", "final",
-            "as chosen: score", "rescales", "min back", "final")  # fmt: skip
+    asks = () if shape.told else ("asks",)
+    head = ("objective", "curve", "best", "cap", "score", "rescales", *asks, "min back", "final",
+            "as chosen: score", "rescales", *asks, "min back", "final")  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

@@ -215,7 +215,10 @@ class Timed:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        pending_replicas: int = 0,
+        unschedulable_replicas: int = 0,
         ceiling: int | None = None,
+        room: int | None = None,
     ) -> Recommendation:
         started = time.perf_counter()
         rec = self.inner.decide(
@@ -223,7 +226,10 @@ class Timed:
             current_replicas=current_replicas,
             now=now,
             placement=placement,
+            pending_replicas=pending_replicas,
+            unschedulable_replicas=unschedulable_replicas,
             ceiling=ceiling,
+            room=room,
         )
         self.seconds += time.perf_counter() - started
         self.calls += 1
@@ -246,7 +252,10 @@ class Hpa:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        pending_replicas: int = 0,
+        unschedulable_replicas: int = 0,
         ceiling: int | None = None,
+        room: int | None = None,
     ) -> Recommendation:
         for o in observations:
             if o.gpu_utilization is not None:

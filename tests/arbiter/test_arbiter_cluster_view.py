@@ -25,6 +25,7 @@ from trainscale.operator.autoscaling.cluster import (
     ManagedJob,
     build_capacity,
     build_demand,
+    compute_room,
     compute_running_nodes,
     decide_arbitration,
     decide_queued,
@@ -107,6 +108,28 @@ def test_capacity(
     nodes: list[dict[str, Any]], pods: list[dict[str, Any]], expected: dict[str, int]
 ) -> None:
     assert dict(build_capacity(nodes, pods).free_gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pods", "per_worker", "expected"),
+    [
+        pytest.param([node("a", 8)], [], 2, 4, id="empty-node"),
+        pytest.param([node("a", 8)], [pod("a", 8, ours=True, job="j")], 1, 0, id="ours-count-too"),
+        pytest.param([node("a", 8), node("b", 8)], [pod("a", 7), pod("b", 5)], 2, 1,
+                     id="whole-workers-per-node"),
+        pytest.param([node("a", 8)], [pod("a", 8, phase="Failed")], 4, 2, id="finished-frees"),
+        pytest.param([node("a", 8)], [pod(None, 8)], 8, 1, id="pending-holds-nothing"),
+        pytest.param([node("a", 8), node("c", 8, cordoned=True)], [pod("a", 8)], 1, 0,
+                     id="cordoned-offers-nothing"),
+        pytest.param([node("a", 2)], [pod("a", 3)], 1, 0, id="never-negative"),
+        pytest.param([], [], 1, None, id="no-nodes-unknown"),
+        pytest.param([node("a", 8)], [], 0, None, id="cpu-workers-unknown"),
+    ],
+)  # fmt: skip
+def test_room_counts_whole_workers_in_free_gpus(
+    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], per_worker: int, expected: int | None
+) -> None:
+    assert compute_room(nodes, pods, per_worker) == expected
 
 
 def test_running_nodes_count_our_live_bound_workers() -> None:

@@ -305,6 +305,25 @@ def test_the_operator_asks_only_for_allowed_sizes(
     assert "InvalidSpec" not in json.dumps(settled.get("status")), describe()
 
 
+def schedulable(found: dict[str, Any]) -> dict[str, Any] | None:
+    """``status.autoscaling.memory.schedulable``: the wait after unschedulable pods."""
+    auto = (found.get("status") or {}).get("autoscaling") or {}
+    cap: dict[str, Any] | None = (auto.get("memory") or {}).get("schedulable")
+    return cap
+
+
+def wait_until_capped(watched: WatchedJob) -> dict[str, Any] | None:
+    """The wait the job's status shows once the operator capped it at the workers that ran."""
+
+    def was_capped() -> dict[str, Any] | None:
+        return schedulable(watched.get())
+
+    cap: dict[str, Any] | None = wait_for(
+        was_capped, timeout=180, describe=watched.describe,
+        what="the job capped at the workers the cluster placed")  # fmt: skip
+    return cap
+
+
 @pytest.mark.parametrize("simulated", ["linear"], indirect=True)
 def test_on_a_full_cluster_the_operator_waits_before_asking_again(
     kubectl: Any,
@@ -323,18 +342,7 @@ def test_on_a_full_cluster_the_operator_waits_before_asking_again(
     watched = WatchedJob(kubectl, namespace, operator)
     job, describe = watched.get, watched.describe
 
-    def schedulable(found: dict[str, Any]) -> dict[str, Any] | None:
-        auto = (found.get("status") or {}).get("autoscaling") or {}
-        cap: dict[str, Any] | None = (auto.get("memory") or {}).get("schedulable")
-        return cap
-
-    def was_capped() -> dict[str, Any] | None:
-        found = job()
-        return found if schedulable(found) else None
-
-    capped = wait_for(was_capped, timeout=180, describe=describe,
-                      what="the job capped at the workers the cluster placed")  # fmt: skip
-    cap = schedulable(capped)
+    cap = wait_until_capped(watched)
     assert cap is not None and cap["tries"] == 1 and cap["replicas"] < 12, describe()
     assert cap["until"] - time.time() > 240, cap  # five minutes from the cap
     # ~30 passes (interval 1 s, settle 6 s): before the wait it asked again within ten.
@@ -348,3 +356,69 @@ def test_on_a_full_cluster_the_operator_waits_before_asking_again(
     assert f"pods beyond {cap['replicas']} were unschedulable (once)" in auto["reason"], describe()
     assert "asking for more again in 5 min" in auto["reason"] or \
         "asking for more again in 4 min" in auto["reason"], describe()  # fmt: skip
+
+
+def foreign_gpu_pod(name: str, gpus: int) -> dict[str, Any]:
+    """Someone else's pod holding ``gpus`` GPUs (not trainscale's: the operator cannot move
+    it, and without arbitration nothing tells the job)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.example/other-team:1",
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("simulated", ["linear"], indirect=True)
+def test_when_gpus_are_freed_the_operator_asks_again_at_once(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    simulated: PrometheusServer,
+) -> None:
+    """As above, but one of the two nodes is taken by someone else's pod: the job is capped
+    at the 4 workers the other node holds, and the operator reads no free GPUs
+    (``memory.schedulable.room`` 0). Once that pod is deleted it reads room for 4 more
+    workers and asks again within a few passes, not after its 5-minute wait (with the wait
+    alone, a 30-minute cap kept jobs at half their count 7.5 min past its end)."""
+    namespace, start = private_operator
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(foreign_gpu_pod("other", GPUS_PER_NODE)),
+    )
+    wait_for(lambda: json.loads(kubectl("get", "pod/other", "-n", namespace, "-o", "json").stdout)
+             ["spec"].get("nodeName"), timeout=60, what="the other team's pod bound")  # fmt: skip
+    operator = start("--prometheus-url", simulated.url, "--no-arbitration")
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job_manifest(maxReplicas=12)))
+    watched = WatchedJob(kubectl, namespace, operator)
+    job, describe = watched.get, watched.describe
+
+    cap = wait_until_capped(watched)
+    assert cap is not None and cap["replicas"] == WORKERS_PER_NODE and cap["room"] == 0, describe()
+    assert cap["until"] - time.time() > 240, cap  # five minutes from the cap
+    kubectl("delete", "pod/other", "-n", namespace, "--wait=false")
+    freed = time.time()
+
+    def asked_again() -> dict[str, Any] | None:
+        found = job()
+        return found if found["spec"]["replicas"] > cap["replicas"] else None
+
+    wait_for(asked_again, timeout=60, describe=describe, what="the job asking for more")
+    assert time.time() - freed < 60 < cap["until"] - time.time(), describe()
+    tried = [d for d in scaled_since(job(), freed - 1) if d["toReplicas"] > cap["replicas"]]
+    assert tried and "the cluster has room for 4 more workers, 0 when pods beyond 4" in \
+        tried[0]["reason"], describe()  # fmt: skip
+    wait_for(lambda: job()["spec"]["replicas"] >= 2 * WORKERS_PER_NODE, timeout=60,
+             describe=describe, what="the job on both nodes")  # fmt: skip

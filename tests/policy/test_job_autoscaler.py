@@ -62,10 +62,10 @@ def test_memory_round_trips_through_json() -> None:
         last_scale_time=1234.5,
         forced_from=(8,),
         left_downwards=(16,),
-        schedulable=SchedulableCap(8, 5000.5, 2),
+        schedulable=SchedulableCap(8, 5000.5, 2, room=1),
     )
     data = json.loads(json.dumps(memory.to_dict()))
-    assert data["schedulable"] == {"replicas": 8, "until": 5000.5, "tries": 2}
+    assert data["schedulable"] == {"replicas": 8, "until": 5000.5, "tries": 2, "room": 1}
     assert data["points"][0] == {
         "replicas": 4, "nodes": 1, "samplesPerSecond": 390.5, "gpuUtilization": 0.91, "samples": 20,
         "syncFraction": 0.25,
@@ -94,6 +94,7 @@ def test_memory_round_trips_through_json() -> None:
         pytest.param({"schedulable": {"replicas": 8, "until": "x", "tries": 1}}, id="cap-until"),
         pytest.param({"schedulable": {"replicas": 8, "until": 1.0, "tries": 0}}, id="cap-tries"),
         pytest.param({"schedulable": [8]}, id="cap-junk"),
+        pytest.param({"schedulable": {"until": 1.0, "tries": 1, "room": 2}}, id="cap-no-replicas"),
     ],
 )
 def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type: ignore[no-untyped-def]
@@ -231,9 +232,11 @@ def on_a_cluster_that_places(
     tau,  # type: ignore[no-untyped-def]
     room,  # type: ignore[no-untyped-def]  # minutes -> workers the cluster places
     minutes: float,
+    free=None,  # type: ignore[no-untyped-def]  # (minutes, running) -> room the job is told
 ) -> list[tuple[float, int, int, str]]:
     """Passes at the job's count where the cluster places ``room(t)`` workers (the others
-    pending, unschedulable); returns the moves as (minute, from, to, reason)."""
+    pending, unschedulable); returns the moves as (minute, from, to, reason). ``free``: the
+    ``room`` the operator reads from nodes and pods (default: not known)."""
     current, t, moves = 4, 0.0, []
     while t < minutes * 60.0:
         t += INTERVAL
@@ -241,7 +244,8 @@ def on_a_cluster_that_places(
         (o,) = steady(running, start=t, count=1, tau=tau)
         rec = autoscaler.decide([o], current_replicas=current, now=t,
                                 pending_replicas=current - running,
-                                unschedulable_replicas=current - running)  # fmt: skip
+                                unschedulable_replicas=current - running,
+                                room=None if free is None else free(t / 60.0, running))  # fmt: skip
         if rec.replicas != current:
             moves.append((t / 60.0, current, rec.replicas, rec.reason))
         current = rec.replicas
@@ -294,6 +298,55 @@ def test_a_try_that_finds_room_ends_the_wait() -> None:
     assert (retry[1], retry[2]) == (8, 9) and 37.0 <= retry[0] <= 39.0, moves
     assert last[2] == 12 and last[0] <= 45.0, moves
     assert autoscaler.memory().schedulable is None
+
+
+def test_room_that_appears_ends_the_wait_at_once() -> None:
+    # As above, but the operator reads the free GPUs: none while the cluster places 8, room
+    # for 4 more workers from minute 30. The job asks again at once, not at 38 min.
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+
+    def placed(minute: float) -> int:
+        return 8 if minute < 30.0 else 12
+
+    moves = on_a_cluster_that_places(
+        autoscaler,
+        amdahl(0.03),
+        placed,
+        60.0,
+        free=lambda minute, running: placed(minute) - running,
+    )
+    downs = [m for m, before, after, _ in moves if after < before]
+    assert len(downs) == 3 and downs[-1] < 30.0, moves  # waits of 5 and 10 min, then room
+    retry = next(m for m in moves if m[0] >= 30.0)
+    assert (retry[1], retry[2]) == (8, 9) and retry[0] <= 31.0, moves
+    assert "the cluster has room for 4 more workers, 0 when pods beyond 8 were" in retry[3]
+    assert moves[-1][2] == 12 and moves[-1][0] <= 38.0, moves
+    assert autoscaler.memory().schedulable is None
+
+
+def test_room_the_pods_cannot_use_does_not_end_the_wait() -> None:
+    # Two free GPUs on a node the job's pods may not run on (a taint): the operator reads
+    # room for 2 more workers at every pass, and the try finds the pods unschedulable all the
+    # same. Only more room than at the failed try ends the wait: the same tries as blind.
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    moves = on_a_cluster_that_places(
+        autoscaler, amdahl(0.03), lambda _: 8, 200.0, free=lambda minute, running: 2
+    )
+    blind = on_a_cluster_that_places(JobAutoscaler(make_spec(replicas=4, hi=12)),
+                                     amdahl(0.03), lambda _: 8, 200.0)  # fmt: skip
+    assert [(m, a, b) for m, a, b, _ in moves] == [(m, a, b) for m, a, b, _ in blind]
+    cap = autoscaler.memory().schedulable
+    assert cap is not None and cap.room == 2 and cap.tries >= 6
+
+
+@pytest.mark.parametrize(
+    ("at_try", "now", "appeared"),
+    [(0, 1, True), (0, 0, False), (2, 2, False), (2, 1, False), (None, 4, False), (0, None, False)],
+)
+def test_only_more_room_than_the_failed_try_found_counts(
+    at_try: int | None, now: int | None, appeared: bool
+) -> None:
+    assert SchedulableCap(8, 100.0, 1, at_try).room_appeared(now) is appeared
 
 
 def test_the_wait_survives_an_operator_restart() -> None:

@@ -196,9 +196,11 @@ ONE_JOB_ERRORS = {
     "--change-at 1": "--change-at and --change-curve go together",
     "--change-at 5 --change-curve amdahl": "--change-at must be within the run (0, 4) hours, got 5",
     "--change-at 1 --change-curve nope": "--change-curve: unknown curve 'nope'",
-    "--ceiling 1.5:30": "--ceiling '1.5:30': expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2",
-    "--ceiling x:30:2": "--ceiling 'x:30:2': expected HOURS:MINUTES:REPLICAS",
-    "--ceiling 1.5:30:2:1": "--ceiling '1.5:30:2:1': expected HOURS:MINUTES:REPLICAS",
+    "--ceiling 1.5:30": "--ceiling '1.5:30': expected HOURS:MINUTES:REPLICAS[:untold], e.g. 1.5:30:2",
+    "--ceiling x:30:2": "--ceiling 'x:30:2': expected HOURS:MINUTES:REPLICAS[:untold]",
+    "--ceiling 1.5:30:2:1": "--ceiling '1.5:30:2:1': expected HOURS:MINUTES:REPLICAS[:untold]",
+    "--ceiling 1.5:30:untold": "--ceiling '1.5:30:untold': expected HOURS:MINUTES:REPLICAS[:untold]",
+    "--ceiling 1.5:30:2:untold:x": "--ceiling '1.5:30:2:untold:x': expected HOURS:MINUTES:REPLICAS[:untold]",
     "--ceiling 1.5:0:2": "--ceiling '1.5:0:2': the minutes must be > 0 and the replicas >= 1",
     "--ceiling 1.5:30:0": "--ceiling '1.5:30:0': the minutes must be > 0 and the replicas >= 1",
     "--ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
@@ -300,6 +302,26 @@ def test_a_ceiling_is_replayed_and_scored_after_it_lifts(
         "# after the ceiling lifts at 2:00:00",
         "# rescales: 1, the last at 2:00:00; final count 12",
         "efficiency averaged after the lift",
+    ))  # fmt: skip
+
+
+def test_an_untold_ceiling_is_seen_as_unschedulable_pods_and_left_when_gpus_free(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same cap, not told (no arbitration): the job's pods beyond 6 are evicted and
+    stay unschedulable, the job is capped at the 6 that ran and waits, and it asks for 12
+    again at the lift, when the cluster shows free GPUs."""
+    argv = ["--curve", "recover-4", "--restart-seconds", "250", "--noise", "0.02",
+            "--seed", "1", "--ceiling", "1.5:30:6:untold"]  # fmt: skip
+    replay_says(argv, capsys, (
+        "; a cluster ceiling of 6 from 1:30:00 to 2:00:00 (not told: unschedulable pods and "
+        "free GPUs) (scored after it lifts)",
+        "6 of 12 pods unschedulable; capping at the 6 that ran; pods beyond 6 were "
+        "unschedulable (once), asking for more again in 5 min",
+        "returning to 12 (left by force); scaling up to 12 (the cluster has room for 26 more "
+        "workers, 0 when pods beyond 6 were unschedulable)",
+        "# after the ceiling lifts at 2:00:00",
+        "final count 12",
     ))  # fmt: skip
 
 

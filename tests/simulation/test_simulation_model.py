@@ -57,6 +57,7 @@ class Scripted:
         self.counts = list(counts)
         self.seen: list[Observation] = []
         self.ceilings: list[int | None] = []
+        self.unschedulable: list[int] = []
 
     def decide(
         self,
@@ -65,10 +66,15 @@ class Scripted:
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        pending_replicas: int = 0,
+        unschedulable_replicas: int = 0,
         ceiling: int | None = None,
+        room: int | None = None,
     ) -> Recommendation:
         self.seen.extend(observations)
         self.ceilings.append(ceiling)
+        self.unschedulable.append(unschedulable_replicas)
+        assert pending_replicas == unschedulable_replicas  # a cap holds them all
         n = self.counts.pop(0) if self.counts else current_replicas
         return Recommendation(n, n, current_replicas, f"scripted {n}")
 
@@ -565,6 +571,63 @@ def test_ceilings_that_come_and_go_are_each_told_and_the_score_counts_after_the_
     assert (counts[600.0], counts[900.0], counts[1800.0], counts[2100.0]) == (2, 4, 3, 4)
     assert run.scored_from == 2100.0
     assert run.score.rescales == 1  # back to 4 after the last lift; the first lift's is before
+
+
+def test_an_untold_ceiling_shows_only_as_unschedulable_pods_that_start_once_it_lifts() -> None:
+    """Not told: the pods beyond the cap are evicted and stay pending, rejected by the
+    scheduler, while the job keeps asking for them; they start when it lifts."""
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=2, hi=4)
+    back = Scripted([4] * 120)  # asks for 4 at every decision
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, settle_seconds=0, controller=back,
+        ceiling=Ceiling(900, 600, 2, told=False),
+    )  # fmt: skip
+    counts = {d.time: p.replicas for d, p in zip(run.decisions, run.points, strict=True)}
+    times = [d.time for d in run.decisions]
+    unschedulable = dict(zip(times, back.unschedulable, strict=True))
+    assert set(back.ceilings) == {None}  # never told
+    assert (counts[870.0], counts[900.0], counts[1470.0], counts[1500.0]) == (4, 2, 2, 4)
+    assert (unschedulable[870.0], unschedulable[900.0], unschedulable[1470.0]) == (0, 2, 2)
+    assert unschedulable[1500.0] == 0  # the pending pods started as it lifted
+    assert run.score.rescales == 1  # the pending pods starting is the move back
+    assert run.final_replicas == 4
+
+
+def test_a_job_that_gives_up_its_pending_pods_is_back_only_when_it_asks_again() -> None:
+    curve = parse_csv_curve(SMALL_CSV, name="m.csv")
+    spec = make_spec(replicas=4, hi=4)
+    # holds 4 until the cap at 900 s, then asks for the 2 that ran (pending pods given up)
+    # and for 4 again 20 passes after the lift at 1500 s
+    asks = [4] * 29 + [2] * 40 + [4]
+    scripted = Scripted(asks)
+    run = run_simulation(
+        curve, spec, hours=1, noise=0.0, settle_seconds=0, controller=scripted,
+        ceiling=Ceiling(900, 600, 2, told=False),
+    )  # fmt: skip
+    counts = {d.time: p.replicas for d, p in zip(run.decisions, run.points, strict=True)}
+    unschedulable = dict(zip((d.time for d in run.decisions), scripted.unschedulable, strict=True))
+    assert (counts[900.0], unschedulable[900.0], unschedulable[930.0]) == (2, 2, 0)
+    assert (counts[1500.0], counts[2070.0], counts[2100.0]) == (2, 2, 4)
+    assert run.score.rescales == 1
+
+
+def test_a_job_that_sees_the_room_return_at_the_lift_of_an_untold_cap() -> None:
+    """The real autoscaler under a cap it is not told of (half its count for 30 min): the
+    operator that reads the free GPUs (``room``) asks again at the lift; blind, it asks
+    only when its wait after the failed tries ends."""
+    spec = make_spec(replicas=16, lo=1, hi=16, minEfficiency=0.7)
+    cap = Ceiling(3600.0, 1800.0, 8, told=False)
+
+    def back_after_lift(report_room: bool) -> float:
+        run = run_simulation(named_curve("linear"), spec, hours=2, noise=0.0,
+                             restart_seconds=60.0, ceiling=cap, report_room=report_room)  # fmt: skip
+        under = {p.replicas for p in run.points if cap.at(p.time) is not None}
+        assert under == {8}, under  # evicted down to the cap, and held there
+        return next(p.time for p in run.points if p.time >= cap.lifts_at and p.replicas == 16)
+
+    assert back_after_lift(True) - cap.lifts_at <= 30.0  # at the first pass after the lift
+    assert back_after_lift(False) - cap.lifts_at >= 300.0  # tries at 5, 15 and 35 min
 
 
 @pytest.mark.parametrize(

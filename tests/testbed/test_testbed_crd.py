@@ -195,7 +195,7 @@ def test_autoscaler_memory_in_status_is_kept_not_pruned(
         last_scale_time=1234.5,
         forced_from=(8,),
         left_downwards=(16,),
-        schedulable=SchedulableCap(6, 1534.5, 2),
+        schedulable=SchedulableCap(6, 1534.5, 2, room=1),
     ).to_dict()
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("remembers")))
     patch = {"status": {"autoscaling": {"memory": memory, "step": "confidence"}}}

@@ -656,6 +656,12 @@ class SchedulableCapStatus(_Model):
         description="Tries in a row that found pods beyond it unschedulable; each doubles the "
         "wait (5 minutes after the first, at most an hour).",
     )
+    room: int | None = Field(
+        default=None,
+        ge=0,
+        description="Workers of the job the cluster had free GPUs for when the last try "
+        "failed; more room than that ends the wait at once (absent: not known).",
+    )
 
 
 class AutoscalerMemoryStatus(_Model):

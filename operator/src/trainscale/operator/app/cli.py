@@ -322,11 +322,12 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     sim.add_argument(
         "--ceiling",
-        metavar="HOURS:MINUTES:REPLICAS",
+        metavar="HOURS:MINUTES:REPLICAS[:untold]",
         action="append",
         help="a cluster ceiling of REPLICAS from HOURS into the run for MINUTES (--curve): "
         "another job took the GPUs; see the job go back once it lifts (scored after that); "
-        "repeat it for caps that come and go (scored after the last)",
+        "repeat it for caps that come and go (scored after the last); ':untold': without "
+        "arbitration, the job sees only unschedulable pods and the free GPUs",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

@@ -463,6 +463,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         + "".join(
             f"; a cluster ceiling of {cap.replicas} from {clock(cap.at_seconds)} "
             f"to {clock(cap.lifts_at)}"
+            + ("" if cap.told else " (not told: unschedulable pods and free GPUs)")
             for cap in result.ceilings
         )
         + (
@@ -485,26 +486,32 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     return 0
 
 
+UNTOLD = "untold"
+"""``--ceiling HOURS:MINUTES:REPLICAS:untold``: the job is not told the cap (no arbitration);
+it sees only unschedulable pods and the free GPUs."""
+
+
 def _ceilings(options: SimulateOptions) -> tuple[Ceiling, ...]:
-    """Each ``--ceiling HOURS:MINUTES:REPLICAS`` as one of the simulator's ceilings, in the
-    order given."""
+    """Each ``--ceiling HOURS:MINUTES:REPLICAS[:untold]`` as one of the simulator's ceilings,
+    in the order given."""
     return tuple(_ceiling(text) for text in options.ceiling)
 
 
 def _ceiling(text: str) -> Ceiling:
-    """``--ceiling HOURS:MINUTES:REPLICAS`` as a simulator ceiling."""
+    """``--ceiling HOURS:MINUTES:REPLICAS[:untold]`` as a simulator ceiling."""
     parts = text.split(":")
+    told = not (len(parts) == 4 and parts[3] == UNTOLD)
     try:
         at, minutes, replicas = float(parts[0]), float(parts[1]), int(parts[2])
-        if len(parts) != 3 or not (math.isfinite(at) and math.isfinite(minutes)):
+        if len(parts) != (3 if told else 4) or not (math.isfinite(at) and math.isfinite(minutes)):
             raise ValueError
     except (ValueError, IndexError):
         raise SimulateError(
-            f"--ceiling {text!r}: expected HOURS:MINUTES:REPLICAS, e.g. 1.5:30:2"
+            f"--ceiling {text!r}: expected HOURS:MINUTES:REPLICAS[:{UNTOLD}], e.g. 1.5:30:2"
         ) from None
     if minutes <= 0 or replicas < 1:
         raise SimulateError(f"--ceiling {text!r}: the minutes must be > 0 and the replicas >= 1")
-    return Ceiling(at * 3600.0, minutes * 60.0, replicas)
+    return Ceiling(at * 3600.0, minutes * 60.0, replicas, told)
 
 
 def _change(options: SimulateOptions) -> CurveChange | None:

@@ -53,7 +53,9 @@ UNSCHEDULABLE_RETRY_SECONDS = 300.0
 """After pods beyond a count were unschedulable (the job capped at the workers that ran), it
 asks for no more than that for this long, then tries again. Without it, the job returned to
 the count it was forced off at the next pass, found the pods unschedulable again, and went
-up and down every pass on a full cluster (266 moves in 200 minutes)."""
+up and down every pass on a full cluster (266 moves in 200 minutes). The wait ends early
+when the cluster shows room it did not have at the failed try (``decide(room=...)``): a timer
+alone returned 7.5 min after a 30-minute cap lifted (``benchmarks/forced.py --untold``)."""
 UNSCHEDULABLE_RETRY_MAX_SECONDS = 3600.0
 """Each try that finds pods unschedulable again doubles the wait, up to this."""
 
@@ -103,20 +105,32 @@ class SchedulableCap:
         tries: Tries in a row that found pods beyond the cap unschedulable; the wait after
             the n-th is ``UNSCHEDULABLE_RETRY_SECONDS * 2 ** (n - 1)``, at most
             ``UNSCHEDULABLE_RETRY_MAX_SECONDS``.
+        room: Workers of the job the cluster had free GPUs for when the try failed (None:
+            not known). More room than that ends the wait at once.
     """
 
     replicas: int
     until: float
     tries: int
+    room: int | None = None
 
     @classmethod
-    def after(cls, replicas: int, now: float, earlier: SchedulableCap | None) -> SchedulableCap:
-        """The cap after a try at ``now`` found pods beyond ``replicas`` unschedulable (a
-        try long after the last wait ended starts the count again)."""
+    def after(
+        cls, replicas: int, now: float, earlier: SchedulableCap | None, room: int | None = None
+    ) -> SchedulableCap:
+        """The cap after a try at ``now`` found pods beyond ``replicas`` unschedulable, with
+        ``room`` for that many workers (a try long after the last wait ended starts the count
+        again)."""
         fresh = earlier is None or now > earlier.until + UNSCHEDULABLE_RETRY_MAX_SECONDS
         tries = 1 if fresh or earlier is None else earlier.tries + 1
         wait = min(UNSCHEDULABLE_RETRY_MAX_SECONDS, UNSCHEDULABLE_RETRY_SECONDS * 2 ** (tries - 1))
-        return cls(replicas, now + wait, tries)
+        return cls(replicas, now + wait, tries, room)
+
+    def room_appeared(self, room: int | None) -> bool:
+        """Whether the cluster now has room for more workers than at the failed try (both
+        known): free GPUs the try did not find. Room the try found and could not use (GPUs
+        on nodes its pods may not run on) does not count."""
+        return room is not None and self.room is not None and room > self.room
 
     @classmethod
     def from_dict(cls, raw: Any) -> SchedulableCap | None:
@@ -130,7 +144,7 @@ class SchedulableCap:
         )
         if not replicas or not tries or until is None:
             return None
-        return cls(replicas, until, tries)
+        return cls(replicas, until, tries, _count(raw.get("room")))
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,8 @@ class AutoscalerMemory:
         if self.schedulable is not None:
             cap = self.schedulable
             out["schedulable"] = {"replicas": cap.replicas, "until": cap.until, "tries": cap.tries}
+            if cap.room is not None:
+                out["schedulable"]["room"] = cap.room
         return out
 
     @classmethod
@@ -289,6 +305,7 @@ class JobAutoscaler:
         pending_replicas: int = 0,
         unschedulable_replicas: int = 0,
         ceiling: int | None = None,
+        room: int | None = None,
     ) -> Recommendation:
         """Take the new observations, decide, and remember what the decision implies.
 
@@ -301,6 +318,10 @@ class JobAutoscaler:
             pending_replicas: Worker pods not running yet.
             unschedulable_replicas: Of those, pods the scheduler rejected.
             ceiling: Cluster arbitration's cap; None = no cap.
+            room: Workers of this job the cluster has free GPUs for now, beyond those it
+                runs (whole workers per node); None = not known. Read while pods are
+                pending or the job waits after unschedulable pods (:attr:`waiting`): more
+                room than the failed try found ends the wait at once.
 
         Returns:
             The policy's :class:`Recommendation`. A returned count different from
@@ -329,6 +350,9 @@ class JobAutoscaler:
         cap = self._schedulable
         if cap is not None and current_replicas > cap.replicas and pending_replicas == 0:
             self._schedulable = cap = None  # pods beyond the cap ran: the cluster has room
+        room_appeared = cap is not None and now < cap.until and cap.room_appeared(room)
+        if cap is not None and room_appeared:
+            self._schedulable = cap = replace(cap, until=now)  # a failed try still doubles
         waiting = None if cap is None or now >= cap.until else cap.replicas
         rec = recommend(
             spec,
@@ -351,7 +375,14 @@ class JobAutoscaler:
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
         if rec.learned_restart_cost_seconds is not None:
             self._restart_cost = rec.learned_restart_cost_seconds
-        self._remember_move(rec, current_replicas, now)
+        if room_appeared and rec.replicas > current_replicas:
+            assert cap is not None
+            rec = replace(
+                rec,
+                reason=f"{rec.reason} (the cluster has room for {room} more workers, "
+                f"{cap.room} when pods beyond {cap.replicas} were unschedulable)",
+            )
+        self._remember_move(rec, current_replicas, now, room)
         rec = self._say_when_it_tries_again(rec, now)
         if changed:
             rec = replace(
@@ -405,7 +436,16 @@ class JobAutoscaler:
         for count in stale:
             del self._last_seen[count]
 
-    def _remember_move(self, rec: Recommendation, current: int, now: float) -> None:
+    @property
+    def waiting(self) -> bool:
+        """Whether pods beyond a count were unschedulable and no try since ran them: the
+        caller should pass ``decide(room=...)`` (it ends the wait once the cluster frees
+        GPUs)."""
+        return self._schedulable is not None
+
+    def _remember_move(
+        self, rec: Recommendation, current: int, now: float, room: int | None = None
+    ) -> None:
         """Forced versus chosen: a cap by pods or a ceiling is not the job's choice."""
         self._current = rec.replicas
         if rec.replicas == current:
@@ -419,7 +459,7 @@ class JobAutoscaler:
         if rec.forced and rec.limited_by in (LimitedBy.UNSCHEDULABLE, LimitedBy.CEILING):
             self._forced.add(current)
             if rec.limited_by is LimitedBy.UNSCHEDULABLE:
-                self._schedulable = SchedulableCap.after(rec.replicas, now, self._schedulable)
+                self._schedulable = SchedulableCap.after(rec.replicas, now, self._schedulable, room)
         elif not rec.forced:
             self._left.add(current)
             self._forced.discard(current)

@@ -65,19 +65,25 @@ def is_managed_pod(pod: Mapping[str, Any]) -> bool:
     return labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY
 
 
-def build_capacity(
-    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
-) -> Capacity:
-    """Free GPUs per node for trainscale: allocatable minus what foreign pods hold."""
-    free: dict[str, int] = {}
+def _schedulable_gpus(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Allocatable GPUs of each node that has some and takes pods (not cordoned)."""
+    gpus: dict[str, int] = {}
     for node in nodes:
         name = (node.get("metadata") or {}).get("name")
         if not name or (node.get("spec") or {}).get("unschedulable"):
             continue
         allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(api.GPU_RESOURCE)
-        gpus = _gpu_quantity(allocatable) if allocatable is not None else 0
-        if gpus > 0:
-            free[name] = gpus
+        count = _gpu_quantity(allocatable) if allocatable is not None else 0
+        if count > 0:
+            gpus[name] = count
+    return gpus
+
+
+def build_capacity(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> Capacity:
+    """Free GPUs per node for trainscale: allocatable minus what foreign pods hold."""
+    free = _schedulable_gpus(nodes)
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
@@ -85,6 +91,25 @@ def build_capacity(
             continue
         free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
     return Capacity(free_gpus=free)
+
+
+def compute_room(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], gpus_per_worker: int
+) -> int | None:
+    """Workers of ``gpus_per_worker`` GPUs the cluster has free GPUs for now: per schedulable
+    node, its allocatable GPUs less what every bound, unfinished pod requests (trainscale's
+    too), in whole workers. None when it cannot be known (no GPU nodes listed, a worker
+    without GPUs). Taints, selectors and affinities are not read: the count is an upper
+    bound, which is why a job compares it with what it was when its try failed
+    (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
+    free = _schedulable_gpus(nodes)
+    if gpus_per_worker <= 0 or not free:
+        return None
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name in free and (pod.get("status") or {}).get("phase") not in FINISHED_POD_PHASES:
+            free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
+    return sum(gpus // gpus_per_worker for gpus in free.values())
 
 
 @dataclass(frozen=True)

@@ -761,10 +761,16 @@ class Controller(Protocol):
         current_replicas: int,
         now: float,
         placement: Placement | None = None,
+        pending_replicas: int = 0,
+        unschedulable_replicas: int = 0,
         ceiling: int | None = None,
+        room: int | None = None,
     ) -> Recommendation:
         """The recommendation after the new ``observations``, at most ``ceiling`` (cluster
-        arbitration's cap) when one is given."""
+        arbitration's cap) when one is given; ``pending_replicas``,
+        ``unschedulable_replicas`` and ``room`` as :meth:`JobAutoscaler.decide` takes them (a
+        cap the job is not told of shows only as pods the scheduler rejected, and as the free
+        GPUs the cluster has)."""
         ...
 
 
@@ -1082,12 +1088,22 @@ class CurveChange:
 
 @dataclass(frozen=True)
 class Ceiling:
-    """Cluster arbitration caps the job at ``replicas`` from ``at_seconds`` for ``seconds``
-    (another job took its GPUs): a forced move down, and back up once it lifts."""
+    """The cluster caps the job at ``replicas`` from ``at_seconds`` for ``seconds`` (another
+    job took its GPUs): a forced move down, and back up once it lifts.
+
+    ``told``: cluster arbitration tells the job its cap (the operator's ceiling). Untold, as
+    on a full cluster without arbitration or under another scheduler's preemption, the job
+    sees only its pods: those beyond the cap are evicted or stay pending, rejected by the
+    scheduler (``unschedulable_replicas``), and no one says when room comes back. Pending
+    pods start as soon as it does; a job that gave them up must ask again to find out, or
+    see the free GPUs (``run_simulation(report_room=True)``: ``room`` is the cap less the
+    workers running while it holds, ``maxReplicas`` less them after).
+    """
 
     at_seconds: float
     seconds: float
     replicas: int
+    told: bool = True
 
     @property
     def lifts_at(self) -> float:
@@ -1118,9 +1134,82 @@ def _ceilings(ceiling: Ceiling | Sequence[Ceiling] | None) -> tuple[Ceiling, ...
     return tuple(sorted(ceiling, key=lambda c: c.at_seconds))
 
 
-def _cap_at(ceilings: Sequence[Ceiling], t: float) -> int | None:
-    """The cap at ``t`` of whichever ceiling holds then, None when none does."""
-    return next((cap for c in ceilings if (cap := c.at(t)) is not None), None)
+def _ceiling_at(ceilings: Sequence[Ceiling], t: float) -> Ceiling | None:
+    """Whichever ceiling holds at ``t``, None when none does."""
+    return next((c for c in ceilings if c.at(t) is not None), None)
+
+
+def _capped(replicas: int, holding: Ceiling | None) -> int:
+    """No more than the cap that holds allows."""
+    return replicas if holding is None else min(replicas, holding.replicas)
+
+
+@dataclass
+class _Running:
+    """The job's counts during a run: running (``current``) and asked for (``asked``, more
+    while pods are pending), and what its moves cost."""
+
+    timeline: _Timeline
+    current: int
+    asked: int = 0
+    rescales: int = 0  # scored ones
+    settled_at: float = 0.0  # the last move
+    moved_at: float | None = None  # when the running count last changed
+
+    def __post_init__(self) -> None:
+        self.asked = self.asked or self.current
+
+    def move(self, to: int, at: float, scored: bool, nodes: int, then: _Piece) -> None:
+        """The running count changes at ``at``: a restart (``then`` runs after it)."""
+        self.current, self.moved_at, self.settled_at = to, at, at
+        self.rescales += scored
+        self.timeline.resize(at, nodes, then)
+
+    def decide(
+        self,
+        controller: Controller,
+        observation: Observation,
+        t: float,
+        holding: Ceiling | None,
+        placement: Placement,
+        room: int | None,
+    ) -> Recommendation:
+        """One decision as the operator asks for it: the count the job asked for with its
+        pending pods (held back by a cap it is not told of, all unschedulable), a told cap
+        as the ceiling. The job then asks for what it recommends (no more than a told cap)."""
+        told = holding is not None and holding.told
+        rec = controller.decide(
+            [observation],
+            current_replicas=self.asked,
+            now=t,
+            placement=placement,
+            pending_replicas=self.asked - self.current,
+            unschedulable_replicas=self.asked - self.current,
+            ceiling=holding.replicas if holding is not None and told else None,
+            room=room,
+        )
+        self.asked = _capped(rec.replicas, holding) if told else rec.replicas
+        return rec
+
+
+def _cluster_places(asked: int, current: int, holding: Ceiling | None) -> int:
+    """Workers running before a decision: the cluster, not the job, changes them when a cap
+    it is not told of holds (pods beyond it evicted or left pending) or when pods the job
+    asked for were pending (they start once no cap holds them back). A told cap is applied
+    with the decision (the job is asked to move)."""
+    if (holding is None or holding.told) and asked <= current:
+        return current
+    return asked if holding is None else min(asked, holding.replicas)
+
+
+def _room(
+    spec: TrainingJobSpec, ceilings: Sequence[Ceiling], holding: Ceiling | None, current: int
+) -> int | None:
+    """The free workers the job sees (``decide(room=...)``) in a run with a cap it is not
+    told of: what the cap leaves while it holds, ``maxReplicas`` after; None otherwise."""
+    if all(c.told for c in ceilings):
+        return None
+    return max(0, _capped(spec.max_replicas, holding) - current)
 
 
 def _trace_point(t: float, current: int, nodes: int, before: _Piece, ref: float) -> TracePoint:
@@ -1201,6 +1290,7 @@ def run_simulation(
     report_sync: bool = True,
     change: CurveChange | None = None,
     ceiling: Ceiling | Sequence[Ceiling] | None = None,
+    report_room: bool = True,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1227,6 +1317,8 @@ def run_simulation(
             and no more replicas run than it allows), or several times (a sequence, none
             overlapping). The result then scores the run after the (last) cap lifts, as
             after a change: how well the job returns from forced moves.
+        report_room: With a cap the job is not told of (``Ceiling.told``), whether it sees
+            the free GPUs (``room``), as an operator that may list nodes and pods does.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
@@ -1250,12 +1342,10 @@ def run_simulation(
         sync = p.sync_fraction if report_sync else None
         return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True, sync)
 
-    current = spec.replicas
-    timeline = _Timeline([running(0.0, current)])
-    moved_at: float | None = None  # when the running count last changed
+    state = _Running(_Timeline([running(0.0, spec.replicas)]), spec.replicas)
+    timeline = state.timeline
     points: list[TracePoint] = []
     decisions: list[Decision] = []
-    rescales, settled_at = 0, 0.0
     ref = job.best_per_replica()
     first = (job, ref)  # the curve before a change, for the segments before it
 
@@ -1265,6 +1355,12 @@ def run_simulation(
 
     # with a change or a ceiling, the run is scored after it (rescales too)
     scored_from = _scored_from(change, ceilings)
+
+    def move(to: int, at: float) -> None:
+        state.move(
+            to, at, at >= scored_from, job.point(to).nodes, running(at + restart_seconds, to)
+        )
+
     t = 0.0
     while t < end:
         t += step
@@ -1273,7 +1369,10 @@ def run_simulation(
             job = JobModel(change.curve, spec)
             ref = job.best_per_replica()
             timeline.switch(changed_at, running)
-        if moved_at is not None and t - moved_at < settle:
+        holding = _ceiling_at(ceilings, t)
+        if (placed := _cluster_places(state.asked, state.current, holding)) != state.current:
+            move(placed, t)
+        if state.moved_at is not None and t - state.moved_at < settle:
             continue  # the daemon does not measure a size younger than settleSeconds
         observation = _observe(
             timeline,
@@ -1286,23 +1385,15 @@ def run_simulation(
             sync_rng=sync_rng,
             window_noise=window_noise,
         )
-        cap = _cap_at(ceilings, t)
-        rec = controller.decide(
-            [observation],
-            current_replicas=current,
-            now=t,
-            placement=job.curve.placement(current),
-            ceiling=cap,
+        room = _room(spec, ceilings, holding, state.current) if report_room else None
+        rec = state.decide(
+            controller, observation, t, holding, job.curve.placement(state.current), room
         )
         decisions.append(Decision(t, rec, observation))
         before = timeline.at(t)
-        applied = rec.replicas if cap is None else min(rec.replicas, cap)
-        if applied != current:
-            current = applied
-            rescales += t >= scored_from
-            settled_at = moved_at = t
-            timeline.resize(t, job.point(current).nodes, running(t + restart_seconds, current))
-        points.append(_trace_point(t, current, job.point(current).nodes, before, ref))
+        if (applied := _capped(state.asked, holding)) != state.current:
+            move(applied, t)
+        points.append(_trace_point(t, state.current, job.point(state.current).nodes, before, ref))
     samples, scored = (timeline.samples(s, end) for s in (0.0, scored_from))
     return SimulationResult(
         curve=curve.name,
@@ -1313,9 +1404,11 @@ def run_simulation(
         segments=timeline.segments(end, efficiency_of),
         samples=samples,
         gpu_hours=timeline.gpu_seconds(end, max(1, spec.gpus_per_replica)) / 3600.0,
-        final_replicas=current,
+        final_replicas=state.current,
         hindsight=best,
-        score=_score(job, timeline, end, scored, best, rescales, settled_at, scored_from),
+        score=_score(
+            job, timeline, end, scored, best, state.rescales, state.settled_at, scored_from
+        ),
         noise=noise,
         changed_at=changed_at,
         ceilings=ceilings,

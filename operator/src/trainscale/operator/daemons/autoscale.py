@@ -194,6 +194,10 @@ async def autoscale_job(
                 metrics.prometheus_query_errors.labels(kind).inc()
         observation, errors = fetched.observation, fetched.errors
 
+    room = None
+    if unschedulable or autoscaler.waiting:
+        room = await _room(clients, nodes, spec.gpus_per_replica)
+
     # -- decide --------------------------------------------------------------------------
     rec = autoscaler.decide(
         [observation] if observation is not None else [],
@@ -203,6 +207,7 @@ async def autoscale_job(
         pending_replicas=pending,
         unschedulable_replicas=unschedulable,
         ceiling=ceiling,
+        room=room,
     )
     loop.restart_cost_seconds = rec.restart_cost_seconds
 
@@ -235,6 +240,23 @@ async def autoscale_job(
     metrics.scaling_decisions.labels(plan.direction, plan.reason_class).inc()
     metrics.job_cost_per_hour.labels(namespace, name).set(plan.status["autoscaling"]["costPerHour"])
     return float(spec.autoscaling.interval_seconds)
+
+
+async def _room(
+    clients: k8s.KubernetesClients, nodes: list[dict[str, Any]], gpus_per_worker: int
+) -> int | None:
+    """Workers the cluster has free GPUs for, read only while the job has unschedulable pods
+    or waits after them (one cluster-wide LIST of bound pods); None when not known (no GPU
+    nodes listed, or no permission to list pods in every namespace)."""
+    if not nodes or gpus_per_worker <= 0:
+        return None
+    try:
+        pods = await asyncio.to_thread(k8s.fetch_bound_pods, clients)
+    except k8s.KubernetesError as exc:
+        if exc.status != 403:
+            raise
+        return None
+    return cluster.compute_room(nodes, pods, gpus_per_worker)
 
 
 class Idle(enum.Enum):
