@@ -418,7 +418,7 @@ def test_when_gpus_are_freed_the_operator_asks_again_at_once(
     wait_for(asked_again, timeout=60, describe=describe, what="the job asking for more")
     assert time.time() - freed < 60 < cap["until"] - time.time(), describe()
     tried = [d for d in scaled_since(job(), freed - 1) if d["toReplicas"] > cap["replicas"]]
-    assert tried and "the cluster has room for 4 more workers, 0 when pods beyond 4" in \
-        tried[0]["reason"], describe()  # fmt: skip
+    assert tried and "the cluster has room for 4 more than the 4 running, 0 more than 4 " \
+        "when pods beyond were unschedulable" in tried[0]["reason"], describe()  # fmt: skip
     wait_for(lambda: job()["spec"]["replicas"] >= 2 * WORKERS_PER_NODE, timeout=60,
              describe=describe, what="the job on both nodes")  # fmt: skip

@@ -302,7 +302,8 @@ def test_a_try_that_finds_room_ends_the_wait() -> None:
 
 def test_room_that_appears_ends_the_wait_at_once() -> None:
     # As above, but the operator reads the free GPUs: none while the cluster places 8, room
-    # for 4 more workers from minute 30. The job asks again at once, not at 38 min.
+    # for 4 more workers from minute 30. The job asks again at once, not at 38 min, and
+    # makes no timed try before (it could place no more than the failed one did).
     autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
 
     def placed(minute: float) -> int:
@@ -316,37 +317,67 @@ def test_room_that_appears_ends_the_wait_at_once() -> None:
         free=lambda minute, running: placed(minute) - running,
     )
     downs = [m for m, before, after, _ in moves if after < before]
-    assert len(downs) == 3 and downs[-1] < 30.0, moves  # waits of 5 and 10 min, then room
+    assert len(downs) == 1 and downs[-1] < 30.0, moves  # no timed try while no room
     retry = next(m for m in moves if m[0] >= 30.0)
     assert (retry[1], retry[2]) == (8, 9) and retry[0] <= 31.0, moves
-    assert "the cluster has room for 4 more workers, 0 when pods beyond 8 were" in retry[3]
+    assert "(the cluster has room for 4 more than the 8 running, 0 more than 8 when pods " \
+        "beyond were unschedulable)" in retry[3]  # fmt: skip
     assert moves[-1][2] == 12 and moves[-1][0] <= 38.0, moves
     assert autoscaler.memory().schedulable is None
+
+
+def test_room_the_job_freed_itself_does_not_end_the_wait() -> None:
+    # recover-4 at 12, capped at 6 (4 + 2 workers, under its 0.70 floor) by a cap it is not
+    # told of: the job chooses 4, freeing 2 workers' GPUs it had itself. Counted as room
+    # that appeared, it went back up at once, ran 6 again and went down again, two 250 s
+    # restarts a cycle, twice within the cap. Only the timer's tries may move it up there.
+    spec = make_spec(replicas=4, lo=1, hi=32, minEfficiency=0.7)
+    cap = Ceiling(5400.0, 1800.0, 6, told=False)
+    result = run_simulation(named_curve("recover-4"), spec, hours=3.0, noise=0.02,
+                            restart_seconds=250.0, seed=1, rate_window=60, ceiling=cap)  # fmt: skip
+    within = [d.recommendation for d in result.decisions if cap.at(d.time) is not None]
+    assert any(r.replicas == 4 for r in within)  # it did choose 4 under the cap
+    assert not [r.reason for r in within if "the cluster has room" in r.reason]
+    lifted = next(d for d in result.decisions if d.time >= cap.lifts_at)
+    assert "the cluster has room for 28 more than the 4 running" in lifted.recommendation.reason
+    assert result.final_replicas == 12
 
 
 def test_room_the_pods_cannot_use_does_not_end_the_wait() -> None:
     # Two free GPUs on a node the job's pods may not run on (a taint): the operator reads
     # room for 2 more workers at every pass, and the try finds the pods unschedulable all the
-    # same. Only more room than at the failed try ends the wait: the same tries as blind.
+    # same. Only more room than at the failed try ends the wait, and while the room is known
+    # and has not grown the timed tries are skipped (blind, the job tries 6 more times).
     autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
     moves = on_a_cluster_that_places(
         autoscaler, amdahl(0.03), lambda _: 8, 200.0, free=lambda minute, running: 2
     )
     blind = on_a_cluster_that_places(JobAutoscaler(make_spec(replicas=4, hi=12)),
                                      amdahl(0.03), lambda _: 8, 200.0)  # fmt: skip
-    assert [(m, a, b) for m, a, b, _ in moves] == [(m, a, b) for m, a, b, _ in blind]
+    tried = [m for m, before, after, _ in moves if after > before >= 8]
+    assert tried == [] and len([m for m in blind if m[2] > m[1] >= 8]) == 6, (moves, blind)
     cap = autoscaler.memory().schedulable
-    assert cap is not None and cap.room == 2 and cap.tries >= 6
+    assert cap is not None and cap.room == 2 and cap.tries == 1
+    assert "asking for more again in" in moves[-1][3]
 
 
 @pytest.mark.parametrize(
-    ("at_try", "now", "appeared"),
-    [(0, 1, True), (0, 0, False), (2, 2, False), (2, 1, False), (None, 4, False), (0, None, False)],
-)
+    ("at_try", "running", "now", "appeared"),
+    [
+        pytest.param(0, 8, 1, True, id="freed"),
+        pytest.param(0, 8, 0, False, id="still-full"),
+        pytest.param(2, 8, 2, False, id="unusable-room-unchanged"),
+        pytest.param(2, 8, 1, False, id="less"),
+        pytest.param(0, 6, 2, False, id="freed-by-the-job-moving-down"),
+        pytest.param(0, 6, 3, True, id="more-than-it-freed"),
+        pytest.param(None, 8, 4, False, id="unknown-at-the-try"),
+        pytest.param(0, 8, None, False, id="unknown-now"),
+    ],
+)  # fmt: skip
 def test_only_more_room_than_the_failed_try_found_counts(
-    at_try: int | None, now: int | None, appeared: bool
+    at_try: int | None, running: int, now: int | None, appeared: bool
 ) -> None:
-    assert SchedulableCap(8, 100.0, 1, at_try).room_appeared(now) is appeared
+    assert SchedulableCap(8, 100.0, 1, at_try).room_appeared(running, now) is appeared
 
 
 def test_the_wait_survives_an_operator_restart() -> None:

@@ -309,8 +309,9 @@ def test_an_untold_ceiling_is_seen_as_unschedulable_pods_and_left_when_gpus_free
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The same cap, not told (no arbitration): the job's pods beyond 6 are evicted and
-    stay unschedulable, the job is capped at the 6 that ran and waits, and it asks for 12
-    again at the lift, when the cluster shows free GPUs."""
+    stay unschedulable, the job is capped at the 6 that ran and waits (6 reads under its
+    floor, so it moves to 4 within the cap: the GPUs it frees are not room that appeared),
+    and it asks for 12 again at the lift, when the cluster shows free GPUs."""
     argv = ["--curve", "recover-4", "--restart-seconds", "250", "--noise", "0.02",
             "--seed", "1", "--ceiling", "1.5:30:6:untold"]  # fmt: skip
     replay_says(argv, capsys, (
@@ -318,8 +319,9 @@ def test_an_untold_ceiling_is_seen_as_unschedulable_pods_and_left_when_gpus_free
         "free GPUs) (scored after it lifts)",
         "6 of 12 pods unschedulable; capping at the 6 that ran; pods beyond 6 were "
         "unschedulable (once), asking for more again in 5 min",
-        "returning to 12 (left by force); scaling up to 12 (the cluster has room for 26 more "
-        "workers, 0 when pods beyond 6 were unschedulable)",
+        "2:00:00    4 -> 12",
+        "returning to 12 (left by force); scaling up to 12 (the cluster has room for 28 more "
+        "than the 4 running, 0 more than 6 when pods beyond were unschedulable)",
         "# after the ceiling lifts at 2:00:00",
         "final count 12",
     ))  # fmt: skip

@@ -55,7 +55,10 @@ asks for no more than that for this long, then tries again. Without it, the job 
 the count it was forced off at the next pass, found the pods unschedulable again, and went
 up and down every pass on a full cluster (266 moves in 200 minutes). The wait ends early
 when the cluster shows room it did not have at the failed try (``decide(room=...)``): a timer
-alone returned 7.5 min after a 30-minute cap lifted (``benchmarks/forced.py --untold``)."""
+alone returned 7.5 min after a 30-minute cap lifted (``benchmarks/forced.py --untold``). While
+the room is known and has not grown, the timer's try is skipped and the wait renewed: the try
+could place no more workers than the failed one, and from a count the job chose below the cap
+it ran that count again for a while (two restarts a try)."""
 UNSCHEDULABLE_RETRY_MAX_SECONDS = 3600.0
 """Each try that finds pods unschedulable again doubles the wait, up to this."""
 
@@ -123,14 +126,21 @@ class SchedulableCap:
         again)."""
         fresh = earlier is None or now > earlier.until + UNSCHEDULABLE_RETRY_MAX_SECONDS
         tries = 1 if fresh or earlier is None else earlier.tries + 1
-        wait = min(UNSCHEDULABLE_RETRY_MAX_SECONDS, UNSCHEDULABLE_RETRY_SECONDS * 2 ** (tries - 1))
-        return cls(replicas, now + wait, tries, room)
+        return cls(replicas, now, tries, room).renewed(now)
 
-    def room_appeared(self, room: int | None) -> bool:
-        """Whether the cluster now has room for more workers than at the failed try (both
-        known): free GPUs the try did not find. Room the try found and could not use (GPUs
-        on nodes its pods may not run on) does not count."""
-        return room is not None and self.room is not None and room > self.room
+    def renewed(self, now: float) -> SchedulableCap:
+        """The same cap, waiting from ``now`` as long as after its last failed try."""
+        wait = UNSCHEDULABLE_RETRY_SECONDS * 2 ** (self.tries - 1)
+        return replace(self, until=now + min(UNSCHEDULABLE_RETRY_MAX_SECONDS, wait))
+
+    def room_appeared(self, running: int, room: int | None) -> bool:
+        """Whether the cluster now holds more of the job's workers than at the failed try:
+        ``running`` plus the free ``room`` beyond ``replicas`` plus the room the try found
+        (both known). Room the try found and could not use (GPUs on nodes its pods may not
+        run on) does not count, nor GPUs the job freed itself by moving down since."""
+        if room is None or self.room is None:
+            return False
+        return running + room > self.replicas + self.room
 
     @classmethod
     def from_dict(cls, raw: Any) -> SchedulableCap | None:
@@ -347,12 +357,9 @@ class JobAutoscaler:
         self._forget_stale_counts(new, current_replicas, now)
         changed = self._forget_changed_curve(current_replicas, now)
         self._estimates = None
+        running = current_replicas - pending_replicas
+        room_appeared = self._update_wait(current_replicas, running, room, now)
         cap = self._schedulable
-        if cap is not None and current_replicas > cap.replicas and pending_replicas == 0:
-            self._schedulable = cap = None  # pods beyond the cap ran: the cluster has room
-        room_appeared = cap is not None and now < cap.until and cap.room_appeared(room)
-        if cap is not None and room_appeared:
-            self._schedulable = cap = replace(cap, until=now)  # a failed try still doubles
         waiting = None if cap is None or now >= cap.until else cap.replicas
         rec = recommend(
             spec,
@@ -379,8 +386,9 @@ class JobAutoscaler:
             assert cap is not None
             rec = replace(
                 rec,
-                reason=f"{rec.reason} (the cluster has room for {room} more workers, "
-                f"{cap.room} when pods beyond {cap.replicas} were unschedulable)",
+                reason=f"{rec.reason} (the cluster has room for {room} more than the "
+                f"{running} running, {cap.room} more than {cap.replicas} when pods beyond "
+                "were unschedulable)",
             )
         self._remember_move(rec, current_replicas, now, room)
         rec = self._say_when_it_tries_again(rec, now)
@@ -435,6 +443,24 @@ class JobAutoscaler:
         self._probed -= stale
         for count in stale:
             del self._last_seen[count]
+
+    def _update_wait(self, current: int, running: int, room: int | None, now: float) -> bool:
+        """The wait after unschedulable pods, at this pass: over when pods beyond it ran,
+        ended early when the cluster holds more of the job than at the failed try, renewed
+        when it is due while the room is known and no larger (a try could place no more than
+        the failed one did). Returns whether more room appeared."""
+        cap = self._schedulable
+        if cap is None:
+            return False
+        if current > cap.replicas and current == running:
+            self._schedulable = None  # pods beyond the cap ran: the cluster has room
+            return False
+        appeared = cap.room_appeared(running, room)
+        if appeared and now < cap.until:
+            self._schedulable = replace(cap, until=now)  # a failed try still doubles
+        elif not appeared and now >= cap.until and room is not None and cap.room is not None:
+            self._schedulable = cap.renewed(now)
+        return appeared
 
     @property
     def waiting(self) -> bool:
