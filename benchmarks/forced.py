@@ -143,9 +143,14 @@ def run_case(
         r = run_seed(curve, spec, seed, controller, ceiling=ceilings, report_room=shape.room)
         scores.append((r.score.samples_ratio, r.score.raw_samples_ratio))
         rescales.append(r.score.rescales)
-        under = [p for p in r.points if any(c.at(p.time) is not None for c in ceilings)]
-        asked = {d.time: d.recommendation.replicas for d in r.decisions}
-        asks.append(sum(1 for p in under if asked.get(p.time, 0) > p.replicas))
+        asks.append(
+            sum(
+                1
+                for d, p in zip(r.decisions, r.points, strict=True)
+                if d.recommendation.replicas > p.replicas
+                and any(c.at(p.time) is not None for c in ceilings)
+            )
+        )
         held = next(p.replicas for p in reversed(r.points) if p.time < first)
         back = [p.time for p in r.points if p.time >= lift and p.replicas >= held]
         minutes.append((back[0] - lift) / 60 if back else float("inf"))

@@ -83,14 +83,22 @@ def build_capacity(
     nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
 ) -> Capacity:
     """Free GPUs per node for trainscale: allocatable minus what foreign pods hold."""
-    free = _schedulable_gpus(nodes)
+    return Capacity(free_gpus=_less_held(_schedulable_gpus(nodes), pods, managed=False))
+
+
+def _less_held(
+    free: dict[str, int], pods: Iterable[Mapping[str, Any]], *, managed: bool
+) -> dict[str, int]:
+    """``free`` less the GPUs bound, unfinished pods request on each node (trainscale's own
+    pods too when ``managed``), never below zero; updated in place and returned."""
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
-        if node_name not in free or phase in FINISHED_POD_PHASES or is_managed_pod(pod):
+        if node_name not in free or phase in FINISHED_POD_PHASES:
             continue
-        free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
-    return Capacity(free_gpus=free)
+        if managed or not is_managed_pod(pod):
+            free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
+    return free
 
 
 def compute_room(
@@ -105,11 +113,7 @@ def compute_room(
     free = _schedulable_gpus(nodes)
     if gpus_per_worker <= 0 or not free:
         return None
-    for pod in pods:
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        if node_name in free and (pod.get("status") or {}).get("phase") not in FINISHED_POD_PHASES:
-            free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
-    return sum(gpus // gpus_per_worker for gpus in free.values())
+    return sum(gpus // gpus_per_worker for gpus in _less_held(free, pods, managed=True).values())
 
 
 @dataclass(frozen=True)

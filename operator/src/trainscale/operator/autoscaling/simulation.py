@@ -1151,13 +1151,10 @@ class _Running:
 
     timeline: _Timeline
     current: int
-    asked: int = 0
+    asked: int
     rescales: int = 0  # scored ones
     settled_at: float = 0.0  # the last move
     moved_at: float | None = None  # when the running count last changed
-
-    def __post_init__(self) -> None:
-        self.asked = self.asked or self.current
 
     def move(self, to: int, at: float, scored: bool, nodes: int, then: _Piece) -> None:
         """The running count changes at ``at``: a restart (``then`` runs after it)."""
@@ -1342,7 +1339,7 @@ def run_simulation(
         sync = p.sync_fraction if report_sync else None
         return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True, sync)
 
-    state = _Running(_Timeline([running(0.0, spec.replicas)]), spec.replicas)
+    state = _Running(_Timeline([running(0.0, spec.replicas)]), spec.replicas, spec.replicas)
     timeline = state.timeline
     points: list[TracePoint] = []
     decisions: list[Decision] = []
