@@ -324,6 +324,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 seed=seed,
                 rate_window=args.rate_window,
                 controller=controller,
+                report_node_size=not args.nodes_unknown,
             )
 
         timed = Timed(spec)
@@ -479,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         "training, from each restart on: rate() windows holding a stall read low, the GPU "
         "gauge reads idle inside one (default: none)",
     )
+    parser.add_argument(
+        "--nodes-unknown",
+        action="store_true",
+        help="the job is told how its workers sit on nodes but not the GPUs per node, as an "
+        "operator that may not list nodes (the chart's operator.clusterView: false)",
+    )
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -506,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
         f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}"
+        f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
         f"{_stall_label(args.stalls)}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )

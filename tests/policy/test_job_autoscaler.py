@@ -460,6 +460,43 @@ def test_predict_throughput_per_count_and_nodes() -> None:
     assert one_node is not None and two_nodes is not None and two_nodes < one_node
 
 
+def test_without_the_node_size_a_count_measured_across_nodes_is_judged_on_its_span() -> None:
+    # The operator may not list nodes: placements carry no GPUs per node. Efficiency 0.96 at
+    # 8 on one node; 32 on four 8-GPU nodes runs at 0.47, under the 0.70 floor.
+    tau = cliff(0.005, 1.0, 8)
+    spec = make_spec(replicas=8, hi=32, objective="efficiency", minEfficiency=0.7)
+    autoscaler = JobAutoscaler(spec)
+    t = 0.0
+    for n, placement in ((8, Placement((8,))), (32, Placement((8, 8, 8, 8)))):
+        for o in steady(n, start=t, count=8, tau=tau):
+            rec = autoscaler.decide([o], current_replicas=n, now=o.timestamp, placement=placement)
+        t += 8 * INTERVAL + 3600.0
+    assert rec.target == 8, rec.reason  # once the scale-down window has passed
+    assert "efficiency 0.48 at 32 < floor 0.70" in rec.reason
+    # 16 spans two nodes as 32 did: the inter-node cost measured at 32 is in its prediction
+    two_nodes = autoscaler.predict_throughput(16, nodes=2)
+    assert autoscaler.predict_throughput(16) == pytest.approx(two_nodes, rel=1e-6)
+    # and so after an operator restart, from the measurements kept in status alone
+    restored = JobAutoscaler(spec, memory=autoscaler.memory())
+    restored.decide([], current_replicas=8, now=t, placement=Placement((8,)))
+    assert restored.predict_throughput(16) == pytest.approx(
+        restored.predict_throughput(16, nodes=2), rel=1e-6
+    )
+    assert restored.predict_throughput(16) < restored.predict_throughput(16, nodes=1)
+
+
+def test_without_the_node_size_a_job_keeps_its_floor_past_a_node_boundary() -> None:
+    # the benchmark's cliff-8 under the efficiency floor, node size not told (its worst seed
+    # held 32 GPUs at a true 0.50 reading 0.87 before the node size was inferred)
+    spec = make_spec(replicas=4, hi=32, objective="efficiency", minEfficiency=0.7)
+    result = run_simulation(
+        named_curve("cliff-8"), spec, hours=4.0, noise=0.05, restart_seconds=60.0, seed=0,
+        rate_window=60, report_node_size=False,
+    )  # fmt: skip
+    assert result.score.constraint_met, result.score
+    assert result.final_replicas == result.hindsight.replicas == 8
+
+
 def test_history_and_targets_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autoscaler_module, "MAX_TARGETS_KEPT", 100)
     autoscaler = JobAutoscaler(make_spec(replicas=4, hi=8))

@@ -20,7 +20,11 @@ import pytest
 from scipy.optimize import nnls  # type: ignore[import-untyped]
 
 from tests.support.policy_sim import RATE, cliff, make_spec, simulate, steady
-from trainscale.operator.autoscaling.placement import Placement, compute_packed_nodes
+from trainscale.operator.autoscaling.placement import (
+    Placement,
+    compute_packed_nodes,
+    infer_workers_per_node,
+)
 from trainscale.operator.autoscaling.policy import (
     ModelSource,
     Observation,
@@ -50,6 +54,25 @@ def test_packed_fills_one_node_before_the_next(replicas, per_node, expected) -> 
     assert placement.workers_per_node == expected
     assert placement.replicas == replicas
     assert placement.nodes == len(expected) == compute_packed_nodes(replicas, per_node)
+
+
+@pytest.mark.parametrize(
+    ("placements", "spans", "expected"),
+    [
+        pytest.param([], [], None, id="nothing-seen"),
+        pytest.param([(8,)], [(8, 1)], None, id="one-node-tells-no-boundary"),
+        pytest.param([(8, 8, 8, 8)], [], 8, id="packed-full-nodes"),
+        pytest.param([(8, 4)], [], 8, id="packed-partial-last-node"),
+        pytest.param([(2, 2)], [], 2, id="spread-a-lower-bound"),
+        pytest.param([(2, 2), (6, 2)], [], 6, id="the-most-seen"),
+        pytest.param([], [(32, 4)], 8, id="restored-span"),
+        pytest.param([], [(12, 2)], 6, id="restored-span-rounds-up"),
+        pytest.param([(4,)], [(32, 4), (4, 1)], 8, id="restored-with-one-node-now"),
+        pytest.param([(8, 4)], [(32, 4)], 8, id="both"),
+    ],
+)
+def test_infer_workers_per_node(placements, spans, expected) -> None:  # type: ignore[no-untyped-def]
+    assert infer_workers_per_node([Placement(p) for p in placements], spans) == expected
 
 
 def test_placement_sorts_and_validates() -> None:

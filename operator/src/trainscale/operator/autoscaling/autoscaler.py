@@ -24,7 +24,7 @@ from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.change import find_curve_change
-from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.placement import Placement, infer_workers_per_node
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     Observation,
@@ -299,6 +299,7 @@ class JobAutoscaler:
         self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
         self._current: int | None = None
         self._workers_per_node: int | None = None
+        self._node_size_told = False  # a placement carried the GPUs per node
         self._estimates: tuple[int, _Estimates | None] | None = None
 
     def update_spec(self, spec: TrainingJobSpec) -> None:
@@ -345,6 +346,9 @@ class JobAutoscaler:
             self._memory = None
         if placement is not None and placement.gpus_per_node and spec.gpus_per_replica:
             self._workers_per_node = max(1, placement.gpus_per_node // spec.gpus_per_replica)
+            self._node_size_told = True
+        elif not self._node_size_told:
+            self._workers_per_node = self._inferred_node_size(placement)
         new = [
             replace(o, nodes=placement.nodes)
             if placement is not None and o.nodes is None and o.replicas == placement.replicas
@@ -400,6 +404,20 @@ class JobAutoscaler:
                 forgotten=changed,
             )
         return rec
+
+    def _inferred_node_size(self, placement: Placement | None) -> int | None:
+        """Workers per node where no placement told the node size (the operator may not list
+        nodes): the most seen on one node of a multi-node placement, now or in the
+        measurements kept (:func:`infer_workers_per_node`), never less than inferred before.
+        Without it a count measured across nodes was predicted as if on one node: its
+        inter-node cost was fitted and then left out of its own estimate (cliff-8 under the
+        efficiency floor held 32 GPUs reading 0.87, truly 0.50)."""
+        seen = infer_workers_per_node(
+            [placement] if placement is not None else [],
+            [(o.replicas, o.nodes) for o in self._observations if o.nodes],
+        )
+        known = [n for n in (seen, self._workers_per_node) if n is not None]
+        return max(known) if known else None
 
     def _forget_changed_curve(self, current: int, now: float) -> int:
         """When the current count's samples show a new curve (:func:`find_curve_change`),

@@ -11,6 +11,7 @@ the operator (which observes placements from the pods' ``nodeName``) and the sim
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -77,3 +78,20 @@ def compute_packed_nodes(replicas: int, workers_per_node_max: int | None) -> int
     if workers_per_node_max is None or workers_per_node_max <= 0:
         return 1
     return math.ceil(replicas / workers_per_node_max)
+
+
+def infer_workers_per_node(
+    placements: Sequence[Placement], spans: Sequence[tuple[int, int]] = ()
+) -> int | None:
+    """Workers a node holds, inferred where the node size is not told (the operator may not
+    list nodes): the most workers seen on one node of a placement that spans several nodes,
+    since a packed placement fills a node before it starts the next. ``spans`` are
+    ``(replicas, nodes)`` remembered without their per-node split (measurements restored
+    from status): ``ceil(replicas / nodes)`` of those that span several.
+
+    A lower bound where a node was shared with other pods or the workers were spread; None
+    while every placement seen fits one node, where nothing tells where the boundary is
+    (predictions then put every count on one node, as before a size is known)."""
+    seen = [p.workers_per_node[0] for p in placements if p.nodes > 1]
+    seen += [math.ceil(n / k) for n, k in spans if k > 1 and n >= k]
+    return max(seen) if seen else None

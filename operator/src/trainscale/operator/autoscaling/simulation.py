@@ -1270,6 +1270,12 @@ def _checked_run(
     return spec, Noise(relative=float(noise)) if isinstance(noise, int | float) else noise
 
 
+def _told_placement(placement: Placement, node_size: bool) -> Placement:
+    """The placement as the operator reads it: without the GPUs per node where it may not
+    list nodes (``run_simulation(report_node_size=False)``)."""
+    return placement if node_size else Placement(placement.workers_per_node)
+
+
 def run_simulation(
     curve: Curve,
     spec: TrainingJobSpec,
@@ -1288,6 +1294,7 @@ def run_simulation(
     change: CurveChange | None = None,
     ceiling: Ceiling | Sequence[Ceiling] | None = None,
     report_room: bool = True,
+    report_node_size: bool = True,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1316,6 +1323,9 @@ def run_simulation(
             after a change: how well the job returns from forced moves.
         report_room: With a cap the job is not told of (``Ceiling.told``), whether it sees
             the free GPUs (``room``), as an operator that may list nodes and pods does.
+        report_node_size: Whether the placement the job is told carries the GPUs per node,
+            as where the operator may list nodes; without it the job knows how many nodes
+            each count it ran spanned, not how many a count it has not run would.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
@@ -1383,9 +1393,8 @@ def run_simulation(
             window_noise=window_noise,
         )
         room = _room(spec, ceilings, holding, state.current) if report_room else None
-        rec = state.decide(
-            controller, observation, t, holding, job.curve.placement(state.current), room
-        )
+        placement = _told_placement(job.curve.placement(state.current), report_node_size)
+        rec = state.decide(controller, observation, t, holding, placement, room)
         decisions.append(Decision(t, rec, observation))
         before = timeline.at(t)
         if (applied := _capped(state.asked, holding)) != state.current:
