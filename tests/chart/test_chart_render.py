@@ -163,10 +163,12 @@ DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
-# Cluster arbitration's read-only view of what holds GPUs (operator.arbitration.enabled).
+# The autoscaler's read-only cluster view (operator.clusterView, and always with arbitration):
+# the GPUs per node, and the GPUs pods hold in every namespace.
+NODES_RULES = {("", "nodes"): {"get", "list"}}
+PODS_RULES = {("", "pods"): {"list"}}
+# Cluster arbitration's reads besides that view (operator.arbitration.enabled).
 ARBITRATION_RULES = {
-    ("", "nodes"): {"get", "list"},
-    ("", "pods"): {"list"},
     ("scheduling.k8s.io", "priorityclasses"): {"list"},
     ("trainscale.dev", "trainingjobs"): {"list"},
 }
@@ -363,7 +365,7 @@ def test_no_wildcards_and_no_secrets(render: Any, values: dict[str, Any]) -> Non
 def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
     objects = render({})
     assert rules_of(operator_role(objects)) == merged(
-        DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES
+        DISCOVERY_RULES, NAMESPACED_RULES, NODES_RULES, PODS_RULES, ARBITRATION_RULES
     )
     assert not by_kind(objects, "Role")
     binding = one(objects, "ClusterRoleBinding")
@@ -384,20 +386,54 @@ def test_cluster_wide_rbac_is_the_exact_table(render: Any) -> None:
 def test_cluster_wide_peering_rbac(render: Any) -> None:
     objects = render({"operator": {"peering": {"enabled": True}}})
     assert rules_of(operator_role(objects)) == merged(
-        DISCOVERY_RULES, NAMESPACED_RULES, ARBITRATION_RULES, peering_rules("clusterkopfpeerings")
+        DISCOVERY_RULES,
+        NAMESPACED_RULES,
+        NODES_RULES,
+        PODS_RULES,
+        ARBITRATION_RULES,
+        peering_rules("clusterkopfpeerings"),
     )
 
 
-def test_without_arbitration_the_operator_reads_no_nodes(render: Any) -> None:
+def test_without_arbitration_the_operator_keeps_its_read_only_cluster_view(render: Any) -> None:
     objects = render({"operator": {"arbitration": {"enabled": False}}})
-    assert rules_of(operator_role(objects)) == merged(DISCOVERY_RULES, NAMESPACED_RULES)
+    assert rules_of(operator_role(objects)) == merged(
+        DISCOVERY_RULES, NAMESPACED_RULES, NODES_RULES, PODS_RULES
+    )
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--no-arbitration" in args
 
 
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        pytest.param({"nodes": False, "pods": False}, {}, id="neither"),
+        pytest.param({"pods": False}, NODES_RULES, id="nodes-only"),
+        pytest.param({"nodes": False}, PODS_RULES, id="pods-only"),
+    ],
+)
+def test_the_cluster_view_can_be_withheld_without_arbitration(
+    render: Any, view: dict[str, bool], expected: dict[tuple[str, str], set[str]]
+) -> None:
+    off = {"arbitration": {"enabled": False}, "clusterView": view}
+    role = operator_role(render({"operator": {**off, "watchNamespaces": ["ml-a"]}}))
+    assert rules_of(role) == merged(DISCOVERY_RULES, expected)
+    # watching all namespaces, pods are listed there anyway: only nodes can be withheld
+    role = operator_role(render({"operator": off}))
+    assert rules_of(role) == merged(DISCOVERY_RULES, NAMESPACED_RULES, expected)
+
+
+def test_arbitration_grants_the_cluster_view_it_needs(render: Any) -> None:
+    off = {"clusterView": {"nodes": False, "pods": False}, "watchNamespaces": ["ml-a"]}
+    role = operator_role(render({"operator": off}))
+    assert rules_of(role) == merged(DISCOVERY_RULES, NODES_RULES, PODS_RULES, ARBITRATION_RULES)
+
+
 def test_watched_namespaces_get_roles_and_nothing_cluster_wide_but_discovery(render: Any) -> None:
     objects = render(EVERYTHING_ON)
-    assert rules_of(operator_role(objects)) == merged(DISCOVERY_RULES, ARBITRATION_RULES)
+    assert rules_of(operator_role(objects)) == merged(
+        DISCOVERY_RULES, NODES_RULES, PODS_RULES, ARBITRATION_RULES
+    )
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     for role in roles:

@@ -152,11 +152,12 @@ def test_cluster_wide_release_is_admitted_and_least_privilege(
         assert not _can_i(kubectl, release.account, verb, "nodes", None), verb
 
 
-def test_without_arbitration_the_release_cannot_list_nodes(
+def test_without_arbitration_and_its_node_view_the_release_cannot_list_nodes(
     release_factory: Any, kubectl: Any, namespace: str, tmp_path: Path
 ) -> None:
     release = release_factory("chart-noarb")
-    release.install({"operator": {"arbitration": {"enabled": False}}}, tmp_path)
+    off = {"arbitration": {"enabled": False}, "clusterView": {"nodes": False}}
+    release.install({"operator": off}, tmp_path)
     release.wait_for_operator_pod()
     assert not _can_i(kubectl, release.account, "list", "nodes", None)
 

@@ -176,17 +176,32 @@ What kopf needs cluster-wide in every mode: discover CRDs and namespaces.
 {{- end }}
 
 {{/*
-Cluster arbitration (operator.arbitration.enabled) divides GPUs between jobs, so it reads,
-cluster-wide and read-only, what holds GPUs: nodes (allocatable nvidia.com/gpu), every pod
-bound to a node (its GPU requests), PriorityClass values and every TrainingJob.
+The cluster-wide, read-only view the autoscaler reads where GPUs are (root context): nodes
+(allocatable nvidia.com/gpu: the GPUs per node its placement model needs) with
+operator.clusterView.nodes, every pod bound to a node (the free GPUs that end the wait after
+unschedulable pods) with operator.clusterView.pods; both whenever cluster arbitration is on,
+which needs them.
 */}}
-{{- define "trainscale.rbac.arbitrationRules" -}}
+{{- define "trainscale.rbac.clusterViewRules" -}}
+{{- $arbitration := .Values.operator.arbitration.enabled }}
+{{- if or $arbitration .Values.operator.clusterView.nodes }}
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list"]
+{{- end }}
+{{- if or $arbitration .Values.operator.clusterView.pods }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+{{- end }}
+{{- end }}
+
+{{/*
+Cluster arbitration (operator.arbitration.enabled) divides GPUs between jobs, so besides the
+cluster view above it reads, cluster-wide and read-only, PriorityClass values and every
+TrainingJob.
+*/}}
+{{- define "trainscale.rbac.arbitrationRules" -}}
 - apiGroups: ["scheduling.k8s.io"]
   resources: ["priorityclasses"]
   verbs: ["list"]

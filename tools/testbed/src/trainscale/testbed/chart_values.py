@@ -101,6 +101,7 @@ def build_values_schema() -> Schema:
                                 "intervalSeconds": {"type": "number", "exclusiveMinimum": 0},
                             }
                         ),
+                        "clusterView": obj({"nodes": BOOLEAN, "pods": BOOLEAN}),
                         "extraArgs": {"type": "array", "items": string()},
                         "env": K8S_LIST,
                         "podAnnotations": STRING_MAP,
