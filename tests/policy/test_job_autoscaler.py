@@ -473,6 +473,7 @@ def test_without_the_node_size_a_count_measured_across_nodes_is_judged_on_its_sp
         t += 8 * INTERVAL + 3600.0
     assert rec.target == 8, rec.reason  # once the scale-down window has passed
     assert "efficiency 0.48 at 32 < floor 0.70" in rec.reason
+    assert rec.model is not None and rec.model.as_status()["workersPerNode"] == 8
     # 16 spans two nodes as 32 did: the inter-node cost measured at 32 is in its prediction
     two_nodes = autoscaler.predict_throughput(16, nodes=2)
     assert autoscaler.predict_throughput(16) == pytest.approx(two_nodes, rel=1e-6)

@@ -358,6 +358,8 @@ class SpeedupModel:
             out["samplesPerSecondPerReplica"] = round(1.0 / self.seconds_per_sample, 6)
         if self.compute_fraction is not None:
             out["computeFraction"] = round(self.compute_fraction, 6)
+        if self.workers_per_node is not None:
+            out["workersPerNode"] = float(self.workers_per_node)  # told, or inferred
         return out
 
 
