@@ -82,6 +82,18 @@ def test_the_timeline_is_the_allocation() -> None:
     assert max(sum(h.values()) for _, h, _ in result.timeline) == cluster.total
 
 
+def test_per_job_autoscalers_are_told_the_node_size_as_the_operator_reads_it() -> None:
+    # the baseline is the product without arbitration, which lists nodes by default: its
+    # autoscalers predict multi-node counts with the node boundary (not all on one node)
+    jobs = generate(seed=3, jobs=30, hours=1.0, gpus_per_node=4)
+    cluster = Cluster(nodes=4, gpus_per_node=4, interval=60.0, seed=3)
+    simulate("per-job", jobs, cluster, horizon=jobs[-1].arrival + 24 * 3600.0)
+    autoscalers = [s.autoscaler for s in cluster.states if s.autoscaler is not None]
+    assert autoscalers
+    for autoscaler in autoscalers:
+        assert autoscaler._workers_per_node == cluster.gpus_per_node
+
+
 @pytest.mark.parametrize(
     ("csv", "message"),
     [
