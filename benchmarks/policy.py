@@ -88,6 +88,7 @@ from trainscale.operator.autoscaling.simulation import (
     OVERLAP_NAMES,
     Controller,
     Curve,
+    FragmentedCurve,
     Noise,
     SimulationResult,
     TableCurve,
@@ -300,8 +301,26 @@ class CaseResult:
         return self.need > self.scrapes
 
 
+def fragmented(curve: Curve, share: float) -> Curve:
+    """``curve`` on nodes with only ``share`` of their GPUs free for the job
+    (:class:`FragmentedCurve`)."""
+    assert curve.gpus_per_node is not None
+    return FragmentedCurve(curve, max(1, int(curve.gpus_per_node * share)))
+
+
+def can_fragment(curve: Curve) -> bool:
+    """A curve with a node size that measures any placement (not a CSV curve's packed rows)."""
+    return curve.gpus_per_node is not None and not isinstance(curve, TableCurve)
+
+
+def _fragment_label(share: float | None) -> str:
+    return "" if share is None else f" ({share:g} of each node's GPUs free for the job)"
+
+
 def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseResult:
     curve = load_case_curve(curve_name)
+    if args.fragmented is not None:
+        curve = fragmented(curve, args.fragmented)
     spec = make_spec(objective, args.start, args.min, curve_max(curve, args.max), args.interval)
     runs: list[tuple[SimulationResult, Condition]] = []
     hpas: list[SimulationResult] = []
@@ -481,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         "gauge reads idle inside one (default: none)",
     )
     parser.add_argument(
+        "--fragmented",
+        type=float,
+        metavar="SHARE",
+        help="each node has only SHARE of its GPUs free for the job (0.75: 3 of 4, 6 of 8): "
+        "its workers fill that much of a node before the next, the node size told stays the "
+        "nodes'; only the synthetic curves with a node size (a CSV curve has only packed rows)",
+    )
+    parser.add_argument(
         "--nodes-unknown",
         action="store_true",
         help="the job is told how its workers sit on nodes but not the GPUs per node, as an "
@@ -504,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         for curve in curves
         if fnmatch.fnmatch(f"{objective}/{curve}", args.cases)
     ]
+    if args.fragmented is not None:
+        if not 0 < args.fragmented < 1:
+            parser.error(f"--fragmented must be within (0, 1), got {args.fragmented}")
+        cases = [(o, c) for o, c in cases if can_fragment(load_case_curve(c))]
     if not cases:
         parser.error(f"--cases {args.cases!r} matches no objective/curve")
     if not args.noise_scale > 0:
@@ -514,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
         f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}"
         f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
+        f"{_fragment_label(args.fragmented)}"
         f"{_stall_label(args.stalls)}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )

@@ -29,7 +29,13 @@ from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, Pla
 from trainscale.operator.autoscaling import autoscaler as autoscaler_module
 from trainscale.operator.autoscaling.autoscaler import MeasuredPoint, SchedulableCap
 from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
-from trainscale.operator.autoscaling.simulation import Ceiling, Noise, named_curve, run_simulation
+from trainscale.operator.autoscaling.simulation import (
+    Ceiling,
+    FragmentedCurve,
+    Noise,
+    named_curve,
+    run_simulation,
+)
 
 INTERVAL = 30.0
 
@@ -496,6 +502,38 @@ def test_without_the_node_size_a_job_keeps_its_floor_past_a_node_boundary() -> N
     )  # fmt: skip
     assert result.score.constraint_met, result.score
     assert result.final_replicas == result.hindsight.replicas == 8
+
+
+def test_where_nodes_are_partly_free_the_job_judges_counts_on_the_nodes_it_gets() -> None:
+    # 8-GPU nodes told, but only 6 GPUs of each free: 8 workers run 6 + 2, at 0.48
+    tau = cliff(0.005, 1.0, 6)
+    spec = make_spec(replicas=8, hi=32, objective="efficiency", minEfficiency=0.7)
+    autoscaler = JobAutoscaler(spec)
+    t = 0.0
+    one_node, spilled = Placement((6,), gpus_per_node=8), Placement((6, 2), gpus_per_node=8)
+    for n, placement in ((6, one_node), (8, spilled), (6, one_node)):
+        for o in steady(n, start=t, count=8, tau=tau):
+            rec = autoscaler.decide([o], current_replicas=n, now=o.timestamp, placement=placement)
+        if n == 8:  # 8 is judged on the two nodes it ran on
+            assert rec.target == 6, rec.reason
+            assert "efficiency 0.50 at 8 < floor 0.70" in rec.reason
+        t += 8 * INTERVAL + 3600.0
+    # back on one node, 7 and 8 are still predicted across two: it stays at 6
+    assert rec.replicas == 6, rec.reason
+    assert rec.model is not None and rec.model.as_status()["workersPerNode"] == 6
+    one = autoscaler.predict_throughput(7, nodes=1)
+    assert one is not None and autoscaler.predict_throughput(7) < one
+
+
+def test_where_nodes_are_partly_free_a_job_keeps_its_floor() -> None:
+    # the benchmark's cliff-8 with 6 of each node's 8 GPUs free (benchmarks/policy.py
+    # --fragmented 0.75): held 8 as one node's, truly 0.59 under the 0.70 floor
+    spec = make_spec(replicas=4, hi=32, objective="efficiency", minEfficiency=0.7)
+    curve = FragmentedCurve(named_curve("cliff-8"), 6)
+    result = run_simulation(curve, spec, hours=4.0, noise=0.05, restart_seconds=60.0, seed=0,
+                            rate_window=60)  # fmt: skip
+    assert result.score.constraint_met, result.score
+    assert result.final_replicas == result.hindsight.replicas == 6
 
 
 def test_history_and_targets_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,22 +57,27 @@ def test_packed_fills_one_node_before_the_next(replicas, per_node, expected) -> 
 
 
 @pytest.mark.parametrize(
-    ("placements", "spans", "expected"),
+    ("told", "latest", "spans", "expected"),
     [
-        pytest.param([], [], None, id="nothing-seen"),
-        pytest.param([(8,)], [(8, 1)], None, id="one-node-tells-no-boundary"),
-        pytest.param([(8, 8, 8, 8)], [], 8, id="packed-full-nodes"),
-        pytest.param([(8, 4)], [], 8, id="packed-partial-last-node"),
-        pytest.param([(2, 2)], [], 2, id="spread-a-lower-bound"),
-        pytest.param([(2, 2), (6, 2)], [], 6, id="the-most-seen"),
-        pytest.param([], [(32, 4)], 8, id="restored-span"),
-        pytest.param([], [(12, 2)], 6, id="restored-span-rounds-up"),
-        pytest.param([(4,)], [(32, 4), (4, 1)], 8, id="restored-with-one-node-now"),
-        pytest.param([(8, 4)], [(32, 4)], 8, id="both"),
+        pytest.param(None, None, [], None, id="nothing-known"),
+        pytest.param(None, (8,), [(8, 1)], None, id="one-node-tells-no-boundary"),
+        pytest.param(None, (8, 8, 8, 8), [], 8, id="packed-full-nodes"),
+        pytest.param(None, (8, 4), [], 8, id="packed-partial-last-node"),
+        pytest.param(None, (2, 2), [(16, 2)], 2, id="spread-the-latest-says"),
+        pytest.param(None, None, [(32, 4)], 8, id="restored-span"),
+        pytest.param(None, None, [(12, 2), (4, 1)], 6, id="restored-span-rounds-up"),
+        pytest.param(8, None, [], 8, id="told"),
+        pytest.param(8, (8, 8), [], 8, id="told-packed"),
+        pytest.param(8, (6, 2), [], 6, id="told-nodes-partly-free"),
+        pytest.param(8, (8, 2), [], 8, id="told-last-node-partial"),
+        pytest.param(4, (6, 2), [], 4, id="never-more-than-told"),
+        pytest.param(8, None, [(16, 2), (8, 1)], 8, id="told-restored-packed"),
+        pytest.param(8, None, [(8, 2), (16, 2)], 4, id="told-restored-crossed-sooner"),
     ],
 )
-def test_infer_workers_per_node(placements, spans, expected) -> None:  # type: ignore[no-untyped-def]
-    assert infer_workers_per_node([Placement(p) for p in placements], spans) == expected
+def test_infer_workers_per_node(told, latest, spans, expected) -> None:  # type: ignore[no-untyped-def]
+    where = Placement(latest) if latest is not None else None
+    assert infer_workers_per_node(told, where, spans) == expected
 
 
 def test_placement_sorts_and_validates() -> None:

@@ -31,6 +31,7 @@ from trainscale.operator.autoscaling.simulation import (
     Ceiling,
     CurveChange,
     CurveError,
+    FragmentedCurve,
     JobModel,
     Noise,
     hindsight,
@@ -90,6 +91,19 @@ def test_packed_placement_fills_a_node_first() -> None:
     curve = named_curve("cliff-8")
     assert [curve.point(n).nodes for n in (8, 9, 16, 17)] == [1, 2, 2, 3]
     assert curve.placement(6, gpus_per_replica=2).workers_per_node == (4, 2)
+
+
+def test_a_fragmented_cluster_places_the_job_on_what_is_free() -> None:
+    inner = named_curve("cliff-8")
+    curve = FragmentedCurve(inner, 6)  # 6 of each 8-GPU node free for the job
+    assert curve.placement(8) == Placement((6, 2), gpus_per_node=8)  # the node size is told
+    assert curve.placement(8, gpus_per_replica=2).workers_per_node == (3, 3, 2)
+    assert curve.name == "cliff-8" and curve.gpus_per_node == 8
+    spilled = curve.point(8)
+    assert spilled.nodes == 2 and spilled.samples_per_second < inner.point(8).samples_per_second
+    assert curve.point(12).samples_per_second == inner.measure(Placement((6, 6), 8))[0]
+    spec = make_spec(replicas=4, hi=32, objective="efficiency", minEfficiency=0.7)
+    assert hindsight(curve, spec).replicas == 6 and hindsight(inner, spec).replicas == 8
 
 
 @pytest.mark.parametrize(("name", "node"), [("cliff-4", 4), ("cliff-8", 8)])

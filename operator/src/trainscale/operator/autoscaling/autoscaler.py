@@ -299,7 +299,8 @@ class JobAutoscaler:
         self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
         self._current: int | None = None
         self._workers_per_node: int | None = None
-        self._node_size_told = False  # a placement carried the GPUs per node
+        self._node_size: int | None = None  # workers per node told by the GPUs per node
+        self._multi_node: Placement | None = None  # latest placement across several nodes
         self._estimates: tuple[int, _Estimates | None] | None = None
 
     def update_spec(self, spec: TrainingJobSpec) -> None:
@@ -344,11 +345,7 @@ class JobAutoscaler:
             self._observations = _restore(self._memory, now, interval)
             self._last_seen.update({p.replicas: now for p in self._memory.points})
             self._memory = None
-        if placement is not None and placement.gpus_per_node and spec.gpus_per_replica:
-            self._workers_per_node = max(1, placement.gpus_per_node // spec.gpus_per_replica)
-            self._node_size_told = True
-        elif not self._node_size_told:
-            self._workers_per_node = self._inferred_node_size(placement)
+        self._workers_per_node = self._placed_per_node(placement)
         new = [
             replace(o, nodes=placement.nodes)
             if placement is not None and o.nodes is None and o.replicas == placement.replicas
@@ -405,19 +402,27 @@ class JobAutoscaler:
             )
         return rec
 
-    def _inferred_node_size(self, placement: Placement | None) -> int | None:
-        """Workers per node where no placement told the node size (the operator may not list
-        nodes): the most seen on one node of a multi-node placement, now or in the
-        measurements kept (:func:`infer_workers_per_node`), never less than inferred before.
-        Without it a count measured across nodes was predicted as if on one node: its
-        inter-node cost was fitted and then left out of its own estimate (cliff-8 under the
-        efficiency floor held 32 GPUs reading 0.87, truly 0.50)."""
-        seen = infer_workers_per_node(
-            [placement] if placement is not None else [],
+    def _placed_per_node(self, placement: Placement | None) -> int | None:
+        """Workers a node takes for the placements the model predicts
+        (:func:`infer_workers_per_node`): the node size where the GPUs per node are told, less
+        where the job's latest multi-node placement filled its nodes less (other pods hold
+        part of them), inferred from placements where nothing is told.
+
+        Without it a count measured across nodes was judged as if on one node, its
+        inter-node cost fitted and then left out of its own estimate: with the node size not
+        told, cliff-8 under the efficiency floor held 32 GPUs reading 0.87 (truly 0.50); with
+        6 of each 8-GPU node free, 8 workers ran 6 + 2 and were held as one node's, 12 of 18
+        cases breaking their constraint."""
+        spec = self._spec
+        if placement is not None and placement.gpus_per_node and spec.gpus_per_replica:
+            self._node_size = max(1, placement.gpus_per_node // spec.gpus_per_replica)
+        if placement is not None and placement.nodes > 1:
+            self._multi_node = placement
+        return infer_workers_per_node(
+            self._node_size,
+            self._multi_node,
             [(o.replicas, o.nodes) for o in self._observations if o.nodes],
         )
-        known = [n for n in (seen, self._workers_per_node) if n is not None]
-        return max(known) if known else None
 
     def _forget_changed_curve(self, current: int, now: float) -> int:
         """When the current count's samples show a new curve (:func:`find_curve_change`),

@@ -81,17 +81,31 @@ def compute_packed_nodes(replicas: int, workers_per_node_max: int | None) -> int
 
 
 def infer_workers_per_node(
-    placements: Sequence[Placement], spans: Sequence[tuple[int, int]] = ()
+    told: int | None,
+    latest: Placement | None,
+    spans: Sequence[tuple[int, int]] = (),
 ) -> int | None:
-    """Workers a node holds, inferred where the node size is not told (the operator may not
-    list nodes): the most workers seen on one node of a placement that spans several nodes,
-    since a packed placement fills a node before it starts the next. ``spans`` are
-    ``(replicas, nodes)`` remembered without their per-node split (measurements restored
-    from status): ``ceil(replicas / nodes)`` of those that span several.
+    """How many of the job's workers a node takes, for predicting the placement of a count
+    not running now: packed, this many to a node before the next.
 
-    A lower bound where a node was shared with other pods or the workers were spread; None
-    while every placement seen fits one node, where nothing tells where the boundary is
-    (predictions then put every count on one node, as before a size is known)."""
-    seen = [p.workers_per_node[0] for p in placements if p.nodes > 1]
-    seen += [math.ceil(n / k) for n, k in spans if k > 1 and n >= k]
-    return max(seen) if seen else None
+    ``told`` is the node size in workers where the operator may list nodes (GPUs per node
+    over GPUs per worker). It is not always what the job gets: where other pods hold part of
+    every node, the scheduler's packing fills what is free, and the job's node boundary comes
+    sooner. ``latest`` is the job's latest placement across several nodes: its fullest node
+    shows how many workers a node takes now (a packed placement fills a node before the
+    next), at most ``told``. Without one (a restart: the measurements restored from status
+    keep ``(replicas, nodes)`` without the per-node split), ``spans`` that crossed more nodes
+    than ``told`` packs them onto (all multi-node ones where nothing is told) give
+    ``ceil(replicas / nodes)``, a lower bound. None where nothing is told and no placement
+    crossed a node: every count is then predicted as on one node."""
+    if latest is not None and latest.nodes > 1:
+        seen = latest.workers_per_node[0]
+        return seen if told is None else min(told, seen)
+    crossed = [
+        math.ceil(n / k)
+        for n, k in spans
+        if 1 < k <= n and (told is None or k > math.ceil(n / told))
+    ]
+    if not crossed:
+        return told
+    return max(crossed) if told is None else min(told, max(crossed))

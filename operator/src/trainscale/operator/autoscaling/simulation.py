@@ -189,6 +189,40 @@ class StepTimeCurve(Curve):
         return min(1.0, max(0.0, 1.0 - rest / tau))
 
 
+@dataclass(frozen=True)
+class FragmentedCurve(Curve):
+    """``inner`` on a cluster whose nodes have only ``free_per_node`` GPUs free for the job
+    (other pods hold the rest): its workers fill that much of a node before the next, so the
+    node boundary comes at ``free_per_node + 1`` workers, not at the node size, while the
+    node size the job is told is still the nodes'. The real scheduler's packing preference
+    meets such a cluster every day; the model's packed placement does not.
+
+    The inner curve must measure any placement (the synthetic families do; a CSV curve has
+    only its packed rows)."""
+
+    inner: Curve
+    free_per_node: int
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def gpus_per_node(self) -> int | None:  # type: ignore[override]
+        return self.inner.gpus_per_node
+
+    def measure(self, placement: Placement) -> tuple[float, float]:
+        return self.inner.measure(placement)
+
+    def sync_fraction(self, placement: Placement) -> float | None:
+        return self.inner.sync_fraction(placement)
+
+    def placement(self, replicas: int, gpus_per_replica: int = 1) -> Placement:
+        per_node = max(1, self.free_per_node // max(1, gpus_per_replica))
+        packed = Placement.packed(replicas, workers_per_node_max=per_node)
+        return Placement(packed.workers_per_node, self.gpus_per_node)
+
+
 def count_curve(name: str, tau: Callable[[int], float]) -> StepTimeCurve:
     """A placement-blind curve from ``tau(n)`` (the policy tests' form)."""
     return StepTimeCurve(name, lambda p: tau(p.replicas))
