@@ -9,6 +9,8 @@ Covers:
 - with ``placement.packWorkers: false`` the stock scheduler spreads the same 4 workers over
   both nodes (the behaviour the preference corrects): workers that request CPU and memory
   go to the least allocated node;
+- where other pods hold 2 GPUs of each node, 8 packed workers run 6 + 2, and the model takes
+  6 workers to a node from that placement;
 - ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name and allocatable GPUs and leaves
   out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
   where the workers are; without permission to list nodes it warns and returns none.
@@ -29,7 +31,7 @@ from tests.support.testbed import GPUS_PER_NODE, NODES, get_json, wait_for
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling.observed_placement import build_placement
-from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.placement import Placement, infer_workers_per_node
 from trainscale.operator.controller import builders
 from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
 
@@ -125,6 +127,29 @@ def test_without_packing_the_stock_scheduler_spreads_workers(
     create_workers(clients, job, spec, range(4))
     placement = wait_for(lambda: placed(clients, job, 4), timeout=60, what="4 workers bound")
     assert placement.nodes == NODES, placement
+
+
+def test_on_nodes_partly_taken_packing_fills_what_is_free_and_the_model_follows(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients,
+    testbed: Testbed,
+) -> None:  # fmt: skip
+    """Other pods hold 2 GPUs of each 8-GPU node: 8 packed workers run 6 + 2, and the node
+    takes 6 of the job's workers for the model's predictions, not the 8 the node size
+    says (the shape ``benchmarks/policy.py --fragmented 0.75`` measures)."""
+    for node in testbed.node_names:
+        other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"other-{node}"},
+                 "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                          "containers": [{"name": "main", "image": "registry.example/other:1",
+                                          "resources": {"limits": {GPU_RESOURCE: 2}}}]}}  # fmt: skip
+        kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(other))
+    job, spec = make_job(kubectl, namespace, "partly", pack=True)
+    create_workers(clients, job, spec, range(4))
+    assert wait_for(lambda: placed(clients, job, 4), timeout=60, what="4 workers bound") \
+        == Placement((4,), GPUS_PER_NODE)  # fmt: skip
+    create_workers(clients, job, spec, range(4, 8))
+    spilled = wait_for(lambda: placed(clients, job, 8), timeout=60, what="8 workers bound")
+    assert spilled == Placement((6, 2), GPUS_PER_NODE)
+    assert infer_workers_per_node(GPUS_PER_NODE, spilled) == 6
 
 
 @pytest.fixture
