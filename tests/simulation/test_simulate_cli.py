@@ -7,7 +7,8 @@ Covers:
 - the summary says how far the best count sits from the limit and whether a run's scrapes
   can tell which side it is on (a knife edge), and says nothing of it for a budget;
 - bad flags are refused naming the flag (exit 2, nothing on standard output);
-- a curve that changes during the run is replayed and scored after the change.
+- a curve that changes during the run is replayed and scored after the change;
+- nodes partly free (``--free-per-node``) are replayed as the scheduler packs them.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ ONE_JOB_ERRORS = {
     "--ceiling 1:30:2 --change-at 2 --change-curve amdahl": "--ceiling and --change-at: one at a time",
     "--ceiling 1.25:30:2 --ceiling 1:30:2": "--ceiling '1.25:30:2' starts before --ceiling '1:30:2' lifts: ceilings must not overlap",
     "--ceiling 1:30:2 --ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
+    "--free-per-node 0": "--free-per-node must be >= 1, got 0",
+    "--free-per-node 4": "--free-per-node must be under the node size 4, got 4",
+    "--free-per-node 2 --change-at 1 --change-curve amdahl": "--free-per-node: amdahl has no placement but its packed one",
 }
 
 
@@ -302,6 +306,20 @@ def test_a_ceiling_is_replayed_and_scored_after_it_lifts(
         "# after the ceiling lifts at 2:00:00",
         "# rescales: 1, the last at 2:00:00; final count 12",
         "efficiency averaged after the lift",
+    ))  # fmt: skip
+
+
+def test_nodes_partly_free_are_replayed_as_the_scheduler_packs_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cliff-8 with 6 of each 8-GPU node free: 8 workers run 6 + 2 (two nodes), the job
+    leaves them for 6, and hindsight's best count is 6, not 8."""
+    argv = ["--curve", "cliff-8", "--free-per-node", "6", "--seed", "0"]
+    replay_says(argv, capsys, (
+        "# cliff-8 (8-GPU nodes, 6 GPUs of each free for the job)",
+        "efficiency 0.60 at 8 < floor 0.70; 6 predicted 1.00; scaling down to 6",
+        "final count 6",
+        "# best static count (hindsight): 6",
     ))  # fmt: skip
 
 

@@ -192,7 +192,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         run_workload,
     )
 
-    for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling"):
+    for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node"):
         if getattr(args, flag) not in (None, []):
             # a trace's jobs each have their own bounds and curves; the flag describes one job
             name = flag.replace("_", "-")
@@ -275,6 +275,14 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--gpus-per-node",
         type=int,
         help="node size for the packed placement (default: the curve's own; 4 for --workload)",
+    )
+    sim.add_argument(
+        "--free-per-node",
+        type=int,
+        metavar="GPUS",
+        help="other pods hold the rest of each node: the job's workers fill GPUS of a node "
+        "before the next, so the boundary comes sooner than the node size says (--curve, a "
+        "named curve with a node size)",
     )
     sim.add_argument(
         "--hours",

@@ -22,11 +22,14 @@ import pydantic
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.simulation import (
     Ceiling,
+    Curve,
     CurveChange,
     CurveError,
+    FragmentedCurve,
     Noise,
     Segment,
     SimulationResult,
+    TableCurve,
     edge_count,
     load_curve,
     run_simulation,
@@ -51,6 +54,7 @@ class SimulateOptions:
     max_replicas: int = 32
     start: int = 4
     gpus_per_node: int | None = None
+    free_per_node: int | None = None  # other pods hold the rest of each node's GPUs
     hours: float = 4.0
     interval: int = 30
     noise: float = 0.05
@@ -180,6 +184,8 @@ def check_options(options: SimulateOptions) -> None:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
         raise SimulateError(f"--gpus-per-node must be >= 1, got {options.gpus_per_node}")
+    if options.free_per_node is not None and options.free_per_node < 1:
+        raise SimulateError(f"--free-per-node must be >= 1, got {options.free_per_node}")
     _check_change_and_ceiling(options)
 
 
@@ -427,7 +433,9 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
     check_options(options)
     spec = build_spec(options)
     try:
-        curve = load_curve(options.curve, gpus_per_node=options.gpus_per_node)
+        curve = _partly_free(
+            load_curve(options.curve, gpus_per_node=options.gpus_per_node), options
+        )
         change = _change(options)
         ceilings = _ceilings(options)
         result = run_simulation(
@@ -448,6 +456,8 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         raise SimulateError(f"--curve: {exc}{hint}") from None
     auto = spec.autoscaling
     where = f"{curve.gpus_per_node}-GPU nodes" if curve.gpus_per_node else "one node"
+    if isinstance(curve, FragmentedCurve):
+        where += f", {curve.free_per_node} GPUs of each free for the job"
     print(
         f"# {result.curve} ({where}), objective {auto.objective.value}, start {spec.replicas} "
         f"in [{spec.min_replicas}, {spec.max_replicas}], {options.hours:g} h, interval "
@@ -522,7 +532,24 @@ def _change(options: SimulateOptions) -> CurveChange | None:
         later = load_curve(options.change_curve, gpus_per_node=options.gpus_per_node)
     except CurveError as exc:
         raise SimulateError(f"--change-curve: {exc}") from None
-    return CurveChange(options.change_at * 3600.0, later)
+    return CurveChange(options.change_at * 3600.0, _partly_free(later, options))
+
+
+def _partly_free(curve: Curve, options: SimulateOptions) -> Curve:
+    """``--free-per-node``: the curve on nodes whose other GPUs other pods hold
+    (:class:`FragmentedCurve`: the job's workers fill what is free before the next node)."""
+    free = options.free_per_node
+    if free is None:
+        return curve
+    size = curve.gpus_per_node
+    if size is None or isinstance(curve, TableCurve):
+        raise SimulateError(
+            f"--free-per-node: {curve.name} has no placement but its packed one (a named "
+            "curve with a node size, such as cliff-8 or recover-4, has)"
+        )
+    if free >= size:
+        raise SimulateError(f"--free-per-node must be under the node size {size}, got {free}")
+    return FragmentedCurve(curve, free)
 
 
 def options_from(values: Mapping[str, Any]) -> SimulateOptions:
