@@ -41,7 +41,7 @@ import pytest
 
 from tests.e2e.conftest import OperatorProcess
 from tests.support.prometheus import PrometheusServer, start_prometheus
-from tests.support.testbed import GPUS_PER_NODE, wait_for
+from tests.support.testbed import GPUS_PER_NODE, foreign_gpu_pod, wait_for
 from trainscale.operator.autoscaling.autoscaler import RESTORED_SAMPLES
 from trainscale.operator.autoscaling.simulation import named_curve
 from trainscale.operator.observability.metric_names import SCALING_DECISIONS_NAME
@@ -356,26 +356,6 @@ def test_on_a_full_cluster_the_operator_waits_before_asking_again(
     assert f"pods beyond {cap['replicas']} were unschedulable (once)" in auto["reason"], describe()
     assert "asking for more again in 5 min" in auto["reason"] or \
         "asking for more again in 4 min" in auto["reason"], describe()  # fmt: skip
-
-
-def foreign_gpu_pod(name: str, gpus: int) -> dict[str, Any]:
-    """Someone else's pod holding ``gpus`` GPUs (not trainscale's: the operator cannot move
-    it, and without arbitration nothing tells the job)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "registry.example/other-team:1",
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                }
-            ],
-        },
-    }
 
 
 @pytest.mark.parametrize("simulated", ["linear"], indirect=True)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pytest
 
 from trainscale.operator.autoscaling.cluster import FINISHED_POD_PHASES, compute_pod_gpus
-from trainscale.testbed.cluster import CRD_NAME, Testbed, TestbedError, fetch_bin_dir
+from trainscale.testbed.cluster import CRD_NAME, GPU_RESOURCE, Testbed, TestbedError, fetch_bin_dir
 
 NODES = 2
 GPUS_PER_NODE = 8
@@ -105,6 +105,25 @@ def gpu_holders(kubectl: Kubectl, *, outside: str) -> list[str]:
                 and status.get("phase") not in FINISHED_POD_PHASES):  # fmt: skip
             held.append(f"{meta['namespace']}/{meta['name']} ({status.get('phase')})")
     return held
+
+
+def foreign_gpu_pod(name: str, gpus: int, *, node: str | None = None) -> dict[str, Any]:
+    """Someone else's pod holding ``gpus`` GPUs (not trainscale's: the operator cannot move
+    it, and without arbitration nothing tells the job), bound to ``node`` when given (else
+    the scheduler places it)."""
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "main",
+                "image": "registry.example/other-team:1",
+                "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+            }
+        ],
+    }
+    if node is not None:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
 def describe_pods(kubectl: Kubectl, namespace: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.testbed import GPUS_PER_NODE, NODES, get_json, wait_for
+from tests.support.testbed import GPUS_PER_NODE, NODES, foreign_gpu_pod, get_json, wait_for
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling.observed_placement import build_placement
@@ -137,10 +137,7 @@ def test_on_nodes_partly_taken_packing_fills_what_is_free_and_the_model_follows(
     takes 6 of the job's workers for the model's predictions, not the 8 the node size
     says (the shape ``benchmarks/policy.py --fragmented 0.75`` measures)."""
     for node in testbed.node_names:
-        other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"other-{node}"},
-                 "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
-                          "containers": [{"name": "main", "image": "registry.example/other:1",
-                                          "resources": {"limits": {GPU_RESOURCE: 2}}}]}}  # fmt: skip
+        other = foreign_gpu_pod(f"other-{node}", 2, node=node)
         kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(other))
     job, spec = make_job(kubectl, namespace, "partly", pack=True)
     create_workers(clients, job, spec, range(4))

@@ -51,10 +51,13 @@ class Placement:
         return len(self.workers_per_node)
 
     @classmethod
-    def packed(cls, replicas: int, *, workers_per_node_max: int | None) -> Placement:
+    def packed(
+        cls, replicas: int, *, workers_per_node_max: int | None, gpus_per_node: int | None = None
+    ) -> Placement:
         """Fill one node before the next: ``packed(10, workers_per_node_max=4)`` is (4, 4, 2).
 
-        ``workers_per_node_max`` None puts everything on one node.
+        ``workers_per_node_max`` None puts everything on one node; ``gpus_per_node`` is the
+        nodes' size, as the placement carries it.
 
         Raises:
             ValueError: ``replicas`` is negative or ``workers_per_node_max`` is below 1.
@@ -64,11 +67,11 @@ class Placement:
         if workers_per_node_max is not None and workers_per_node_max < 1:
             raise ValueError(f"workers_per_node_max must be >= 1, got {workers_per_node_max}")
         if replicas == 0:
-            return cls(())
+            return cls((), gpus_per_node)
         if workers_per_node_max is None:
-            return cls((replicas,))
+            return cls((replicas,), gpus_per_node)
         full, rest = divmod(replicas, workers_per_node_max)
-        return cls((workers_per_node_max,) * full + ((rest,) if rest else ()))
+        return cls((workers_per_node_max,) * full + ((rest,) if rest else ()), gpus_per_node)
 
 
 def compute_packed_nodes(replicas: int, workers_per_node_max: int | None) -> int:

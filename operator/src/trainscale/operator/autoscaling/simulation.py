@@ -147,8 +147,9 @@ class Curve(abc.ABC):
         per_node = None
         if self.gpus_per_node is not None:
             per_node = max(1, self.gpus_per_node // max(1, gpus_per_replica))
-        packed = Placement.packed(replicas, workers_per_node_max=per_node)
-        return Placement(packed.workers_per_node, self.gpus_per_node)
+        return Placement.packed(
+            replicas, workers_per_node_max=per_node, gpus_per_node=self.gpus_per_node
+        )
 
     def point(self, replicas: int, gpus_per_replica: int = 1) -> Point:
         """Throughput and utilization at ``replicas`` workers, packed."""
@@ -219,8 +220,9 @@ class FragmentedCurve(Curve):
 
     def placement(self, replicas: int, gpus_per_replica: int = 1) -> Placement:
         per_node = max(1, self.free_per_node // max(1, gpus_per_replica))
-        packed = Placement.packed(replicas, workers_per_node_max=per_node)
-        return Placement(packed.workers_per_node, self.gpus_per_node)
+        return Placement.packed(
+            replicas, workers_per_node_max=per_node, gpus_per_node=self.gpus_per_node
+        )
 
 
 def count_curve(name: str, tau: Callable[[int], float]) -> StepTimeCurve:

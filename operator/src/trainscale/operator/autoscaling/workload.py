@@ -33,9 +33,10 @@ The policies (:data:`POLICIES`):
   would report each interval (the step's mean throughput, restart gaps included, and GPU
   utilization, each x N(1, 0.05); no decision in the step after a restart, as the daemon
   settles) and its packed placement with the GPUs per node, as the operator reads it where
-  it may list nodes (the chart's default). A job starts with what is free up to its requested size (at least its minimum;
-  pods that do not fit stay Pending and the job runs with those that did); what its
-  autoscaler asks above the free GPUs stays Pending, first come first served.
+  it may list nodes (the chart's default). A job starts with what is free up to its
+  requested size (at least its minimum; pods that do not fit stay Pending and the job runs
+  with those that did); what its autoscaler asks above the free GPUs stays Pending, first
+  come first served.
 - ``per-job-oracle``: the same, with the autoscaler replaced by a perfect one: it knows the
   true curve and grows straight to the job's efficiency-floor count (the largest count whose
   efficiency meets the floor), never shrinking. A perfect model, not a bound on per-job
@@ -469,8 +470,8 @@ def observe(s: Running, cluster: Cluster, now: float) -> Observation:
 def placed(s: Running, cluster: Cluster) -> Placement:
     """Where the job's workers run, as the operator reads it (packed, the node size told:
     the operator may list nodes by default)."""
-    packed = Placement.packed(s.replicas, workers_per_node_max=cluster.gpus_per_node)
-    return Placement(packed.workers_per_node, gpus_per_node=cluster.gpus_per_node)
+    size = cluster.gpus_per_node
+    return Placement.packed(s.replicas, workers_per_node_max=size, gpus_per_node=size)
 
 
 def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
