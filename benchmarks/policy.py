@@ -92,6 +92,7 @@ from trainscale.operator.autoscaling.simulation import (
     Noise,
     SimulationResult,
     TableCurve,
+    fragmentable,
     load_curve,
     run_simulation,
 )
@@ -306,11 +307,6 @@ def fragmented(curve: Curve, share: float) -> Curve:
     (:class:`FragmentedCurve`)."""
     assert curve.gpus_per_node is not None
     return FragmentedCurve(curve, max(1, int(curve.gpus_per_node * share)))
-
-
-def can_fragment(curve: Curve) -> bool:
-    """A curve with a node size that measures any placement (not a CSV curve's packed rows)."""
-    return curve.gpus_per_node is not None and not isinstance(curve, TableCurve)
 
 
 def _fragment_label(share: float | None) -> str:
@@ -534,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fragmented is not None:
         if not 0 < args.fragmented < 1:
             parser.error(f"--fragmented must be within (0, 1), got {args.fragmented}")
-        cases = [(o, c) for o, c in cases if can_fragment(load_case_curve(c))]
+        cases = [(o, c) for o, c in cases if fragmentable(load_case_curve(c))]
     if not cases:
         parser.error(f"--cases {args.cases!r} matches no objective/curve")
     if not args.noise_scale > 0:

@@ -104,6 +104,12 @@ def test_a_fragmented_cluster_places_the_job_on_what_is_free() -> None:
     assert curve.point(12).samples_per_second == inner.measure(Placement((6, 6), 8))[0]
     spec = make_spec(replicas=4, hi=32, objective="efficiency", minEfficiency=0.7)
     assert hindsight(curve, spec).replicas == 6 and hindsight(inner, spec).replicas == 8
+    with pytest.raises(CurveError, match=r"within \[1, 8\), got 8"):
+        FragmentedCurve(inner, 8)
+    with pytest.raises(CurveError, match="amdahl has no placement but its packed one"):
+        FragmentedCurve(named_curve("amdahl"), 2)  # no node size
+    with pytest.raises(CurveError, match="has no placement but its packed one"):
+        FragmentedCurve(parse_csv_curve(SMALL_CSV, name="small", gpus_per_node=4), 2)
 
 
 @pytest.mark.parametrize(("name", "node"), [("cliff-4", 4), ("cliff-8", 8)])

@@ -29,8 +29,8 @@ from trainscale.operator.autoscaling.simulation import (
     Noise,
     Segment,
     SimulationResult,
-    TableCurve,
     edge_count,
+    fragmentable,
     load_curve,
     run_simulation,
 )
@@ -542,7 +542,7 @@ def _partly_free(curve: Curve, options: SimulateOptions) -> Curve:
     if free is None:
         return curve
     size = curve.gpus_per_node
-    if size is None or isinstance(curve, TableCurve):
+    if size is None or not fragmentable(curve):
         raise SimulateError(
             f"--free-per-node: {curve.name} has no placement but its packed one (a named "
             "curve with a node size, such as cliff-8 or recover-4, has)"

@@ -204,6 +204,15 @@ class FragmentedCurve(Curve):
     inner: Curve
     free_per_node: int
 
+    def __post_init__(self) -> None:
+        size = self.inner.gpus_per_node
+        if size is None or not fragmentable(self.inner):
+            raise CurveError(f"{self.inner.name} has no placement but its packed one")
+        if not 1 <= self.free_per_node < size:
+            raise CurveError(
+                f"GPUs free per node must be within [1, {size}), got {self.free_per_node}"
+            )
+
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.inner.name
@@ -223,6 +232,12 @@ class FragmentedCurve(Curve):
         return Placement.packed(
             replicas, workers_per_node_max=per_node, gpus_per_node=self.gpus_per_node
         )
+
+
+def fragmentable(curve: Curve) -> bool:
+    """Whether ``curve`` can run on partly free nodes (:class:`FragmentedCurve`): it has a
+    node size and measures any placement (a CSV curve has only its packed rows)."""
+    return curve.gpus_per_node is not None and not isinstance(curve, TableCurve)
 
 
 def count_curve(name: str, tau: Callable[[int], float]) -> StepTimeCurve:
