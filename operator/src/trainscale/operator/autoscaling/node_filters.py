@@ -1,0 +1,181 @@
+"""Which nodes may run a job's workers: the scheduler's node filters, read from the template.
+
+Why this module exists: GPU clusters are rarely one pool. A platform keeps A100 and H100
+nodes apart with labels, reserves nodes for inference with a taint, and a job picks its pool
+with a ``nodeSelector`` or a required node affinity. Arbitration and the autoscaler's room
+count GPUs per node; counted over every GPU node, they grant a job GPUs on nodes the
+scheduler will never put its workers on: the workers stay Pending while the GPUs they could
+use go to nobody, and a job whose template matches no node at all waits without a word.
+The scheduler decides per pod with filter plugins; this module applies the ones a pod
+template fixes (``NodeAffinity``: ``nodeSelector`` and
+``requiredDuringSchedulingIgnoredDuringExecution``; ``TaintToleration``: ``NoSchedule`` and
+``NoExecute`` taints against the tolerations) to Node objects, as the scheduler's own code
+does (``k8s.io/component-helpers/scheduling/corev1``), so each job is counted on its own
+nodes. Pure: dicts in, names and words out; checked against the real kube-scheduler on the
+test-bed (``tests/e2e/test_e2e_node_pools.py``).
+
+Not read: pod (anti-)affinity and topology spread (they depend on other pods, and the
+packing affinity trainscale adds is a preference), CPU and memory (GPU nodes have them to
+spare; a worker that does not fit is Pending and the autoscaler treats it as unschedulable),
+and ``preferred`` terms, which never exclude a node. Cordoned nodes are left out by the
+callers, which count no GPU on them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: Taint effects that keep a pod off a node (``PreferNoSchedule`` only scores it lower).
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+def _labels(node: Mapping[str, Any]) -> Mapping[str, str]:
+    return (node.get("metadata") or {}).get("labels") or {}
+
+
+def _name(node: Mapping[str, Any]) -> str:
+    return str((node.get("metadata") or {}).get("name") or "")
+
+
+def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """Whether one toleration tolerates one taint (``ToleratesTaint`` in Kubernetes):
+    an empty effect matches every effect, an empty key every key; operator ``Exists``
+    matches any value, ``Equal`` (the default) only the same value; any other operator
+    nothing."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != (taint.get("effect") or ""):
+        return False
+    key = toleration.get("key") or ""
+    if key and key != (taint.get("key") or ""):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    if operator == "Equal":
+        return (toleration.get("value") or "") == (taint.get("value") or "")
+    return False
+
+
+def untolerated_taint(
+    pod_spec: Mapping[str, Any], node: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The node's first ``NoSchedule``/``NoExecute`` taint none of the pod's tolerations
+    tolerates; None when the pod tolerates them all."""
+    tolerations = pod_spec.get("tolerations") or []
+    taints: list[Mapping[str, Any]] = (node.get("spec") or {}).get("taints") or []
+    for taint in taints:
+        if taint.get("effect") not in BLOCKING_EFFECTS:
+            continue
+        if not any(tolerates(t, taint) for t in tolerations):
+            return taint
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _compare(value: str | None, values: Sequence[str], greater: bool) -> bool:
+    """``Gt``/``Lt``: the label and the one value both integers, compared."""
+    if value is None or len(values) != 1:
+        return False
+    have, bound = _int(value), _int(values[0])
+    if have is None or bound is None:
+        return False
+    return have > bound if greater else have < bound
+
+
+_OPERATORS = {
+    "In": lambda value, values: value is not None and value in values,
+    "NotIn": lambda value, values: value is None or value not in values,
+    "Exists": lambda value, values: value is not None,
+    "DoesNotExist": lambda value, values: value is None,
+    "Gt": lambda value, values: _compare(value, values, greater=True),
+    "Lt": lambda value, values: _compare(value, values, greater=False),
+}
+
+
+def matches_requirement(requirement: Mapping[str, Any], values_by_key: Mapping[str, str]) -> bool:
+    """One ``matchExpressions`` (or ``matchFields``) requirement against a node's labels
+    (or fields): ``In``, ``NotIn`` (also true when the key is absent), ``Exists``,
+    ``DoesNotExist``, ``Gt`` and ``Lt`` (both sides integers); an unknown operator matches
+    nothing, as the apiserver would have refused it."""
+    test = _OPERATORS.get(requirement.get("operator") or "")
+    if test is None:
+        return False
+    value = values_by_key.get(requirement.get("key") or "")
+    values = [str(v) for v in requirement.get("values") or []]
+    return bool(test(None if value is None else str(value), values))
+
+
+def matches_term(term: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
+    """One ``nodeSelectorTerms`` entry: all its expressions and fields match. A term with
+    neither matches no node (as in Kubernetes)."""
+    expressions = term.get("matchExpressions") or []
+    fields = term.get("matchFields") or []
+    if not expressions and not fields:
+        return False
+    labels = _labels(node)
+    node_fields = {"metadata.name": _name(node)}
+    return all(matches_requirement(r, labels) for r in expressions) and all(
+        matches_requirement(r, node_fields) for r in fields
+    )
+
+
+def _required_terms(pod_spec: Mapping[str, Any]) -> Sequence[Mapping[str, Any]] | None:
+    """The required node affinity's terms; None when the pod has no such rule."""
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
+    if required is None:
+        return None
+    return list(required.get("nodeSelectorTerms") or [])
+
+
+def explain_misfit(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> str | None:
+    """Why the scheduler would not put a pod of ``pod_spec`` on ``node``, naming the field
+    (``nodeSelector pool=a``, ``required node affinity``, ``taint k=v:NoSchedule``); None
+    when the node passes every filter read here."""
+    labels = _labels(node)
+    for key, value in (pod_spec.get("nodeSelector") or {}).items():
+        if labels.get(key) != str(value):
+            return f"nodeSelector {key}={value}"
+    terms = _required_terms(pod_spec)
+    if terms is not None and not any(matches_term(t, node) for t in terms):
+        return "required node affinity"
+    taint = untolerated_taint(pod_spec, node)
+    if taint is not None:
+        value = taint.get("value")
+        shown = f"{taint.get('key')}={value}" if value else str(taint.get("key"))
+        return f"taint {shown}:{taint.get('effect')}"
+    return None
+
+
+def compute_eligible_nodes(
+    pod_spec: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]]
+) -> frozenset[str]:
+    """Names of the ``nodes`` a pod of ``pod_spec`` passes the filters on."""
+    return frozenset(_name(n) for n in nodes if explain_misfit(pod_spec, n) is None)
+
+
+def explain_no_node(pod_spec: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]]) -> str:
+    """Why no node of ``nodes`` takes the pod, in one line for status and events: each
+    reason with how many nodes it excludes, most first, e.g. ``nodeSelector pool=a
+    excludes 3 nodes; taint dedicated=infer:NoSchedule excludes 1``."""
+    reasons = Counter(r for n in nodes if (r := explain_misfit(pod_spec, n)) is not None)
+    if not reasons:
+        return "no node with nvidia.com/gpu is listed"
+    parts = [
+        f"{reason} excludes {count} node{'s' if count != 1 else ''}"
+        for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return "; ".join(parts)
+
+
+def template_pod_spec(template: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod spec of a TrainingJob's ``spec.template`` (empty when it has none)."""
+    return template.get("spec") or {}

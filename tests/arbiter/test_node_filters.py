@@ -1,0 +1,243 @@
+"""Which nodes may run a job's workers (trainscale.operator.autoscaling.node_filters), pure.
+
+Covers, one row per rule of the scheduler's NodeAffinity and TaintToleration filters:
+- a toleration against a taint: effect, key, Equal and Exists, empty key with Exists,
+  unknown operators;
+- taints: only NoSchedule and NoExecute exclude a node, PreferNoSchedule does not;
+- node selector requirements: In, NotIn (absent key too), Exists, DoesNotExist, Gt, Lt
+  (integers only), unknown operators; matchFields on metadata.name;
+- required node affinity: terms are ORed, requirements inside a term ANDed, an empty term
+  matches nothing, nodeSelector and affinity both apply;
+- the reason a node is excluded names the field, and the summary counts nodes per reason.
+The same rules are checked against the real kube-scheduler on the test-bed
+(tests/e2e/test_e2e_node_pools.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainscale.operator.autoscaling.node_filters import (
+    compute_eligible_nodes,
+    explain_misfit,
+    explain_no_node,
+    matches_requirement,
+    matches_term,
+    tolerates,
+    untolerated_taint,
+)
+
+
+def node(name: str, labels: dict[str, str] | None = None, taints: Any = ()) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"taints": list(taints)},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+    }
+
+
+def taint(key: str, value: str = "", effect: str = "NoSchedule") -> dict[str, str]:
+    out = {"key": key, "effect": effect}
+    if value:
+        out["value"] = value
+    return out
+
+
+def req(key: str, operator: str, *values: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": key, "operator": operator}
+    if values:
+        out["values"] = list(values)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("toleration", "expected"),
+    [
+        pytest.param({"key": "k", "value": "v", "effect": "NoSchedule"}, True, id="exact"),
+        pytest.param({"key": "k", "operator": "Equal", "value": "v"}, True, id="any-effect"),
+        pytest.param({"key": "k", "value": "w"}, False, id="other-value"),
+        pytest.param({"key": "other", "operator": "Exists"}, False, id="other-key"),
+        pytest.param({"key": "k", "operator": "Exists"}, True, id="exists-any-value"),
+        pytest.param({"operator": "Exists"}, True, id="empty-key-exists-tolerates-all"),
+        pytest.param({"key": "k", "value": "v", "effect": "NoExecute"}, False, id="other-effect"),
+        pytest.param({"key": "k", "operator": "Lt", "value": "v"}, False, id="unknown-operator"),
+        pytest.param({"key": "k"}, False, id="equal-to-empty-value"),
+    ],
+)
+def test_tolerates(toleration: dict[str, Any], expected: bool) -> None:
+    assert tolerates(toleration, taint("k", "v")) is expected
+
+
+@pytest.mark.parametrize(
+    ("taints", "tolerations", "blocking"),
+    [
+        pytest.param([], [], None, id="no-taints"),
+        pytest.param([taint("k", "v")], [], "k", id="no-schedule-blocks"),
+        pytest.param([taint("k", effect="NoExecute")], [], "k", id="no-execute-blocks"),
+        pytest.param([taint("k", effect="PreferNoSchedule")], [], None, id="prefer-does-not"),
+        pytest.param(
+            [taint("a"), taint("b")], [{"key": "a", "operator": "Exists"}], "b", id="each-taint"
+        ),
+        pytest.param([taint("a"), taint("b")], [{"operator": "Exists"}], None, id="all-tolerated"),
+    ],
+)
+def test_untolerated_taint(taints: Any, tolerations: Any, blocking: str | None) -> None:
+    found = untolerated_taint({"tolerations": tolerations}, node("n", taints=taints))
+    assert (found or {}).get("key") == blocking
+
+
+LABELS = {"pool": "a", "gpu.count": "8"}
+
+
+@pytest.mark.parametrize(
+    ("requirement", "expected"),
+    [
+        pytest.param(req("pool", "In", "a", "b"), True, id="in"),
+        pytest.param(req("pool", "In", "b"), False, id="in-other"),
+        pytest.param(req("zone", "In", "a"), False, id="in-absent"),
+        pytest.param(req("pool", "NotIn", "b"), True, id="not-in"),
+        pytest.param(req("pool", "NotIn", "a"), False, id="not-in-listed"),
+        pytest.param(req("zone", "NotIn", "a"), True, id="not-in-absent-key"),
+        pytest.param(req("pool", "Exists"), True, id="exists"),
+        pytest.param(req("zone", "Exists"), False, id="exists-absent"),
+        pytest.param(req("zone", "DoesNotExist"), True, id="does-not-exist"),
+        pytest.param(req("pool", "DoesNotExist"), False, id="does-not-exist-present"),
+        pytest.param(req("gpu.count", "Gt", "4"), True, id="gt"),
+        pytest.param(req("gpu.count", "Gt", "8"), False, id="gt-equal"),
+        pytest.param(req("gpu.count", "Lt", "9"), True, id="lt"),
+        pytest.param(req("gpu.count", "Lt", "8"), False, id="lt-equal"),
+        pytest.param(req("pool", "Gt", "1"), False, id="gt-not-an-integer"),
+        pytest.param(req("zone", "Gt", "1"), False, id="gt-absent"),
+        pytest.param(req("gpu.count", "Gt", "4", "5"), False, id="gt-two-values"),
+        pytest.param(req("pool", "Near", "a"), False, id="unknown-operator"),
+    ],
+)
+def test_matches_requirement(requirement: dict[str, Any], expected: bool) -> None:
+    assert matches_requirement(requirement, LABELS) is expected
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        pytest.param({"matchExpressions": [req("pool", "In", "a")]}, True, id="expression"),
+        pytest.param(
+            {"matchExpressions": [req("pool", "In", "a"), req("gpu.count", "Gt", "8")]},
+            False,
+            id="expressions-anded",
+        ),
+        pytest.param({"matchFields": [req("metadata.name", "In", "n1")]}, True, id="field"),
+        pytest.param({"matchFields": [req("metadata.name", "NotIn", "n1")]}, False, id="not-field"),
+        pytest.param(
+            {
+                "matchExpressions": [req("pool", "In", "a")],
+                "matchFields": [req("metadata.name", "In", "n2")],
+            },
+            False,
+            id="fields-and-expressions-anded",
+        ),
+        pytest.param({}, False, id="empty-term-matches-nothing"),
+    ],
+)
+def test_matches_term(term: dict[str, Any], expected: bool) -> None:
+    assert matches_term(term, node("n1", LABELS)) is expected
+
+
+def affinity(*terms: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}
+        }
+    }
+
+
+NODES = [
+    node("a1", {"pool": "a"}),
+    node("a2", {"pool": "a"}),
+    node("b1", {"pool": "b"}, [taint("dedicated", "b")]),
+    node("c1", {"pool": "c"}, [taint("maintenance", effect="PreferNoSchedule")]),
+]
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "eligible"),
+    [
+        pytest.param({}, {"a1", "a2", "c1"}, id="plain-pod-avoids-the-tainted-node"),
+        pytest.param({"nodeSelector": {"pool": "a"}}, {"a1", "a2"}, id="node-selector"),
+        pytest.param({"nodeSelector": {"pool": "b"}}, set(), id="selector-on-a-tainted-pool"),
+        pytest.param(
+            {
+                "nodeSelector": {"pool": "b"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "b"}],
+            },
+            {"b1"},
+            id="selector-and-toleration",
+        ),
+        pytest.param(
+            {"affinity": affinity({"matchExpressions": [req("pool", "In", "a", "c")]})},
+            {"a1", "a2", "c1"},
+            id="required-affinity",
+        ),
+        pytest.param(
+            {
+                "affinity": affinity(
+                    {"matchExpressions": [req("pool", "In", "c")]},
+                    {"matchFields": [req("metadata.name", "In", "a2")]},
+                )
+            },
+            {"a2", "c1"},
+            id="terms-ored",
+        ),
+        pytest.param(
+            {
+                "nodeSelector": {"pool": "a"},
+                "affinity": affinity({"matchExpressions": [req("pool", "NotIn", "a")]}),
+            },
+            set(),
+            id="selector-and-affinity-both-apply",
+        ),
+        pytest.param(
+            {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}},
+            {"a1", "a2", "c1"},
+            id="preferred-excludes-nothing",
+        ),
+        pytest.param({"tolerations": [{"operator": "Exists"}]}, {"a1", "a2", "b1", "c1"},
+                     id="tolerate-everything"),
+    ],
+)  # fmt: skip
+def test_compute_eligible_nodes(pod_spec: dict[str, Any], eligible: set[str]) -> None:
+    assert compute_eligible_nodes(pod_spec, NODES) == eligible
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "name", "reason"),
+    [
+        pytest.param({"nodeSelector": {"pool": "b"}}, "a1", "nodeSelector pool=b", id="selector"),
+        pytest.param(
+            {"affinity": affinity({"matchExpressions": [req("pool", "In", "z")]})},
+            "a1",
+            "required node affinity",
+            id="affinity",
+        ),
+        pytest.param({}, "b1", "taint dedicated=b:NoSchedule", id="taint-with-value"),
+        pytest.param({}, "a1", None, id="fits"),
+    ],
+)
+def test_explain_misfit_names_the_field(
+    pod_spec: dict[str, Any], name: str, reason: str | None
+) -> None:
+    target = next(n for n in NODES if n["metadata"]["name"] == name)
+    assert explain_misfit(pod_spec, target) == reason
+
+
+def test_a_taint_without_a_value_is_named_by_its_key() -> None:
+    assert explain_misfit({}, node("n", taints=[taint("gpu")])) == "taint gpu:NoSchedule"
+
+
+def test_explain_no_node_counts_the_nodes_each_reason_excludes() -> None:
+    pod_spec = {"nodeSelector": {"pool": "b"}}
+    assert explain_no_node(pod_spec, NODES) == "nodeSelector pool=b excludes 3 nodes; " + (
+        "taint dedicated=b:NoSchedule excludes 1 node"
+    )
+    assert explain_no_node(pod_spec, []) == "no node with nvidia.com/gpu is listed"
