@@ -423,3 +423,175 @@ def test_duplicate_keys_rejected() -> None:
 def test_bad_demand_rejected(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         JobDemand(key="a", **kw)
+
+
+# ------------------------------------------------------------------- node pools (nodes=)
+
+POOL_A = frozenset({"n0", "n1"})
+POOL_B = frozenset({"n2", "n3"})
+
+
+@pytest.mark.parametrize(
+    ("demands", "replicas", "placed_on"),
+    [
+        pytest.param(
+            [job("a", nodes=POOL_A, max_replicas=16), job("b", nodes=POOL_B, max_replicas=16)],
+            {"a": 8, "b": 8},
+            {"a": POOL_A, "b": POOL_B},
+            id="each-job-fills-its-own-pool",
+        ),
+        pytest.param(
+            [job("a", nodes=POOL_A, max_replicas=16), job("b", max_replicas=16)],
+            {"a": 8, "b": 8},
+            {"a": POOL_A, "b": POOL_B},
+            id="the-unrestricted-job-takes-the-pool-the-other-cannot-use",
+        ),
+        pytest.param(
+            [job("a", nodes=POOL_A, max_replicas=16), job("b", nodes=POOL_A, max_replicas=16)],
+            {"a": 4, "b": 4},
+            {"a": POOL_A, "b": POOL_A},
+            id="two-jobs-share-one-pool-the-other-idles",
+        ),
+        pytest.param(
+            [job("a", nodes=frozenset({"n3"}), max_replicas=16)],
+            {"a": 4},
+            {"a": frozenset({"n3"})},
+            id="one-node-allowed",
+        ),
+        pytest.param(
+            [job("a", nodes=frozenset(), min_replicas=1), job("b", max_replicas=16)],
+            {"a": 0, "b": 16},
+            {"a": frozenset(), "b": POOL_A | POOL_B},
+            id="no-node-allowed-queues-and-blocks-nobody",
+        ),
+        pytest.param(
+            [
+                job("p", pinned=True, current_replicas=4, nodes=POOL_B),
+                job("a", max_replicas=16),
+            ],
+            {"p": 4, "a": 12},
+            {"p": POOL_B, "a": POOL_A | POOL_B},
+            id="a-pinned-job-without-known-nodes-is-packed-on-its-pool",
+        ),
+    ],
+)
+def test_allocate_on_node_pools(
+    demands: list[JobDemand], replicas: dict[str, int], placed_on: dict[str, frozenset[str]]
+) -> None:
+    allocation = allocate(demands, nodes(4), now=100.0)
+    assert {k: a.replicas for k, a in allocation.jobs.items()} == replicas
+    for key, pool in placed_on.items():
+        assert {n for n, _ in allocation[key].placement} <= pool
+
+
+@pytest.mark.parametrize(
+    ("demands", "admitted", "queued"),
+    [
+        pytest.param(
+            [
+                job("big", min_replicas=6, current_replicas=6, nodes=POOL_A, created=0),
+                job("head", min_replicas=4, nodes=POOL_A, created=1),
+                job("other-pool", min_replicas=2, nodes=POOL_B, created=2),
+            ],
+            {"big", "other-pool"},
+            ["head"],
+            id="a-blocked-head-does-not-block-another-pool",
+        ),
+        pytest.param(
+            [
+                job("big", min_replicas=6, current_replicas=6, nodes=POOL_A, created=0),
+                job("head", min_replicas=4, nodes=POOL_A, created=1),
+                job("same-pool", min_replicas=1, nodes=POOL_A, created=2),
+                job("anywhere", min_replicas=1, created=3),
+            ],
+            {"big"},
+            ["head", "same-pool", "anywhere"],
+            id="a-blocked-head-blocks-its-own-pool-and-unrestricted-jobs",
+        ),
+        pytest.param(
+            [
+                job("head", min_replicas=9, max_replicas=16, nodes=POOL_A, created=1),
+                job("same-pool", min_replicas=2, nodes=POOL_A, created=2),
+            ],
+            {"same-pool"},
+            ["head"],
+            id="a-head-larger-than-its-pool-never-fits-and-blocks-nothing",
+        ),
+    ],
+)
+def test_admit_minimums_on_node_pools(
+    demands: list[JobDemand], admitted: set[str], queued: list[str]
+) -> None:
+    placed, waiting = admit_minimums(demands, dict(nodes(4).free_gpus))
+    assert set(placed) == admitted
+    assert [d.key for d in waiting] == queued
+    for demand in demands:
+        for node in placed.get(demand.key, {}):
+            assert demand.nodes is None or node in demand.nodes
+
+
+def test_rebalance_takes_gpus_only_from_donors_on_the_recipients_pool() -> None:
+    """A high-priority arrival restricted to pool A shrinks the job running there, never
+    the one on pool B (whose GPUs it could not use)."""
+    running_a = job("a", current_replicas=8, current_nodes={"n0": 4, "n1": 4}, created=1)
+    running_b = job(
+        "b", current_replicas=8, current_nodes={"n2": 4, "n3": 4}, nodes=POOL_B, created=2
+    )
+    urgent = job("u", min_replicas=1, max_replicas=2, nodes=POOL_A, priority=10, created=3)
+    allocation = allocate([running_a, running_b, urgent], nodes(4), now=100.0)
+    assert allocation["b"].replicas == 8
+    assert allocation["u"].replicas == 2
+    assert allocation["a"].replicas == 6
+    assert {n for n, _ in allocation["u"].placement} <= POOL_A
+
+
+def test_a_queued_jobs_reason_counts_the_free_gpus_of_its_own_pool() -> None:
+    demands = [
+        job("a", min_replicas=6, max_replicas=6, nodes=POOL_A, created=1),
+        job("b", min_replicas=4, max_replicas=4, nodes=POOL_A, created=2),
+    ]
+    allocation = allocate(demands, nodes(4), now=100.0)
+    assert allocation["b"].reason == "queued: needs 4 GPUs, 2 free"  # 8 free on pool B
+
+
+def test_a_donor_on_another_pool_is_not_charged_for_a_move() -> None:
+    """Same priority: the arrival on pool A may grow only by what the job on pool A gives
+    up; the job on pool B, cheaper to shrink, is neither shrunk nor counted as a loss (it
+    was, and its loss cut the move short: r 3, a 5)."""
+    a = job(
+        "a",
+        current_replicas=8,
+        current_nodes={"n0": 4, "n1": 4},
+        throughput=amdahl(8, 0.3),
+        created=1,
+    )
+    b = job(
+        "b",
+        current_replicas=8,
+        current_nodes={"n2": 4, "n3": 4},
+        throughput=amdahl(8, 0.6),
+        nodes=POOL_B,
+        created=2,
+    )
+    r = job("r", min_replicas=1, max_replicas=8, nodes=POOL_A, created=3)
+    allocation = allocate([a, b, r], nodes(4), now=100.0)
+    assert {k: x.replicas for k, x in allocation.jobs.items()} == {"a": 4, "b": 8, "r": 4}
+
+
+def test_a_donor_across_pools_gives_up_workers_where_the_recipient_can_use_them() -> None:
+    """The donor runs on both pools; the one worker it gives up for the arrival on pool A
+    leaves pool A (fewest-first would take its lone worker on n2 first, useless to the
+    arrival, and then one more: a 5)."""
+    a = job("a", current_replicas=8, current_nodes={"n0": 4, "n1": 3, "n2": 1}, created=1)
+    b = job(
+        "b",
+        current_replicas=7,
+        max_replicas=7,
+        current_nodes={"n2": 3, "n3": 4},
+        nodes=POOL_B,
+        created=2,
+    )
+    r = job("r", min_replicas=1, max_replicas=3, nodes=POOL_A, priority=10, created=3)
+    allocation = allocate([a, b, r], nodes(4), now=100.0)
+    assert {k: x.replicas for k, x in allocation.jobs.items()} == {"a": 6, "b": 7, "r": 3}
+    assert dict(allocation["a"].placement).get("n2") == 1

@@ -84,10 +84,18 @@ the most free GPUs (the fewest nodes). The throughput model is the packed
 one (fewest nodes), which is what this placement approximates; the packing is a preference
 the caller may pass on as node affinity, while the per-node capacity it respects is a hard
 limit: a job's count is limited by what fits.
+
+Node pools: a job whose template restricts its workers to some nodes (``JobDemand.nodes``:
+a node selector, required node affinity, taints it does not tolerate) is placed, counted
+and given room only there; a running job returns to its size on the nodes it runs on (its
+workers are not moved to make room); GPUs move to a job only from donors holding some on a
+node it may use, and those donors give up workers there first; a queued job blocks only the
+jobs behind it that may use one of its nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -137,6 +145,10 @@ class JobDemand:
         restart_cost_seconds: progress lost when the job's size changes.
         pinned: opted out of arbitration: it keeps ``current_replicas`` (its fixed size) and
             its GPUs are simply subtracted from the nodes.
+        nodes: the nodes its workers may run on (its template's node selector, required
+            node affinity and tolerations, :mod:`~trainscale.operator.autoscaling.
+            node_filters`, plus the nodes it runs on now), or ``None`` for every node. Its
+            workers are placed, counted and given room only there.
     """
 
     key: str
@@ -155,6 +167,7 @@ class JobDemand:
     current_nodes: Mapping[str, int] = field(default_factory=dict)
     restart_cost_seconds: float = 0.0
     pinned: bool = False
+    nodes: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
@@ -331,26 +344,30 @@ def admit_minimums(
 
     Mutates ``free``. Running jobs first (priority, then age), then waiting ones strictly
     FIFO by priority then age: the first waiting job whose minimum does not fit blocks those
-    behind it, unless its minimum exceeds all the GPUs there are (it could never start)."""
+    behind it, unless its minimum exceeds all the GPUs there are (it could never start).
+    On a cluster of node pools (:attr:`JobDemand.nodes`) a waiting job blocks only the jobs
+    behind it that may use one of its nodes, and "all the GPUs there are" are those on the
+    nodes it may use."""
     placed: dict[str, dict[str, int]] = {}
     queued: list[JobDemand] = []
     running = sorted((d for d in demands if d.current_replicas > 0), key=_order_key)
     waiting = sorted((d for d in demands if d.current_replicas <= 0), key=_order_key)
-    ever = sum(free.values())
+    ever = dict(free)
     for demand in running:
         where = _place(demand, demand.min_replicas, {}, free, dry_run=True)
         if sum(where.values()) < demand.min_replicas:
             queued.append(demand)
             continue
         placed[demand.key] = _place(demand, demand.min_replicas, {}, free)
-    blocked = False
+    blocked: set[str] = set()  # the nodes of the waiting jobs that block the queue
     for demand in waiting:
         where = _place(demand, demand.min_replicas, {}, free, dry_run=True)
         fits = sum(where.values()) >= demand.min_replicas
-        if blocked or not fits:
+        mine = {n for n in ever if _may_use(demand, n)}
+        if not fits or mine & blocked:
             queued.append(demand)
-            if demand.min_replicas * demand.gpus_per_worker <= ever:
-                blocked = True
+            if demand.min_replicas * demand.gpus_per_worker <= _free_gpus(ever, demand):
+                blocked |= mine
             continue
         placed[demand.key] = _place(demand, demand.min_replicas, {}, free)
     return placed, queued
@@ -449,18 +466,29 @@ def restore_running(
     grows further: the decision starts from the current allocation.
 
     Mutates ``placed`` and ``free``. Each running job may return to its kept size (its
-    current count, or the largest candidate below it), never above. It is
+    current count, or the largest candidate below it), never above, on the nodes it runs on
+    (when they are known). It is
     :func:`grow_by_marginal_gain` over those counts only: tier by priority (a higher-priority
     job keeps its size before a lower one), and within a tier, when the admissions of step 3
     took GPUs, they are missed by the jobs that lose the least per GPU (the current size is
     valued without the restart charge, any other with it, so a job is put back whole when it
     can be, and a job already shrunk is cheap to shrink further)."""
-    running = [d for d in demands if d.key in placed and d.current_replicas > 0]
+    running = [_where_it_runs(d) for d in demands if d.key in placed and d.current_replicas > 0]
     kept = {
         d.key: tuple(n for n in allowed[d.key] if n <= max(d.current_replicas, d.min_replicas))
         for d in running
     }
     grow_by_marginal_gain(running, kept, placed, free, settings)
+
+
+def _where_it_runs(demand: JobDemand) -> JobDemand:
+    """``demand`` restricted to the nodes it runs on, when they are known: a job returning
+    to its size keeps its workers where they are (they are not moved to make room; on a
+    cluster of node pools a job that may run anywhere would otherwise take back its size on
+    a pool that only another job may use)."""
+    if not demand.current_nodes:
+        return demand
+    return dataclasses.replace(demand, nodes=frozenset(demand.current_nodes))
 
 
 def _down_step(
@@ -490,7 +518,7 @@ def rebalance(
 
     Mutates ``placed`` and ``free``. Repeatedly, the job with the best gain per GPU
     (:func:`_best_step`, any size) takes the GPUs it needs beyond the free ones from donors
-    above their minimum: lower-priority donors first (a higher-priority job may shrink lower
+    above their minimum that hold GPUs on a node it may use: lower-priority donors first (a higher-priority job may shrink lower
     ones to their minimum, never below, whatever they lose), then same-priority donors by the
     least loss per GPU (:func:`_down_step`). A move is made only if the recipient's utility
     gain exceeds what its same-priority donors lose; both sides are valued with the restart
@@ -577,7 +605,6 @@ def _move(
     gain = utilities[recipient.key][target] - utilities[recipient.key][at]
     trial_free = dict(free)
     trial: dict[str, dict[str, int]] = {}
-    heap: list[tuple[int, float, tuple[int, float, str], int, JobDemand]] = []
 
     def offer(donor: JobDemand) -> None:
         where = trial.get(donor.key, placed[donor.key])
@@ -585,11 +612,7 @@ def _move(
         if down is not None:
             heapq.heappush(heap, (donor.priority, down[0], _order_key(donor), down[1], donor))
 
-    for donor in jobs:  # their first steps down are known (``downs``, for ``placed``)
-        down = downs[donor.key]
-        if down is not None and donor.key != recipient.key and donor.priority <= recipient.priority:
-            heap.append((donor.priority, down[0], _order_key(donor), down[1], donor))
-    heapq.heapify(heap)
+    heap = _first_donors(recipient, jobs, downs, placed)
     loss = 0.0
     while _slots(trial_free, recipient) < target - at:
         if not heap:
@@ -601,7 +624,7 @@ def _move(
             loss += utilities[donor.key][here] - utilities[donor.key][to]
             if loss >= gain:
                 return set()
-        trial[donor.key] = _unplace(donor, here - to, where, trial_free)
+        trial[donor.key] = _unplace(donor, here - to, where, trial_free, keep_off=recipient)
         offer(donor)
     trial[recipient.key] = _place(recipient, target - at, placed[recipient.key], trial_free)
     if sum(trial[recipient.key].values()) != target:
@@ -612,12 +635,48 @@ def _move(
     return set(trial)
 
 
+_Donor = tuple[int, float, tuple[int, float, str], int, JobDemand]
+
+
+def _first_donors(
+    recipient: JobDemand,
+    jobs: Sequence[JobDemand],
+    downs: Mapping[str, tuple[float, int] | None],
+    placed: Mapping[str, Mapping[str, int]],
+) -> list[_Donor]:
+    """The heap of :func:`_move`'s donors, by their first step down (``downs``, for
+    ``placed``): the jobs of the recipient's priority or lower that hold GPUs on a node it
+    may use, cheapest first within a priority, lower priorities before."""
+    heap = [
+        (donor.priority, down[0], _order_key(donor), down[1], donor)
+        for donor in jobs
+        if (down := downs[donor.key]) is not None
+        and donor.key != recipient.key
+        and donor.priority <= recipient.priority
+        and any(w > 0 and _may_use(recipient, n) for n, w in placed[donor.key].items())
+    ]
+    heapq.heapify(heap)
+    return heap
+
+
 # ---------------------------------------------------------------------------- placement
 
 
+def _may_use(demand: JobDemand, node: str) -> bool:
+    """Whether ``demand``'s workers may run on ``node`` (:attr:`JobDemand.nodes`)."""
+    return demand.nodes is None or node in demand.nodes
+
+
 def _slots(free: Mapping[str, int], demand: JobDemand) -> int:
-    """How many more workers of ``demand`` fit on the nodes."""
-    return sum(g // demand.gpus_per_worker for g in free.values())
+    """How many more workers of ``demand`` fit on the nodes it may use."""
+    if demand.nodes is None:
+        return sum(g // demand.gpus_per_worker for g in free.values())
+    return sum(g // demand.gpus_per_worker for n, g in free.items() if n in demand.nodes)
+
+
+def _free_gpus(free: Mapping[str, int], demand: JobDemand) -> int:
+    """Free GPUs on the nodes ``demand`` may use."""
+    return sum(g for n, g in free.items() if _may_use(demand, n))
 
 
 def _place(
@@ -635,8 +694,11 @@ def _place(
     need = demand.gpus_per_worker
     where = dict(already)
     spare = free if not dry_run else dict(free)
+    allowed = demand.nodes
     for left in range(workers, 0, -1):
-        candidates = [n for n, g in spare.items() if g >= need]
+        candidates = [
+            n for n, g in spare.items() if g >= need and (allowed is None or n in allowed)
+        ]
         if not candidates:
             break
         node = min(candidates, key=lambda n: _node_preference(demand, n, where, spare, left))
@@ -646,13 +708,24 @@ def _place(
 
 
 def _unplace(
-    demand: JobDemand, workers: int, where: Mapping[str, int], free: dict[str, int]
+    demand: JobDemand,
+    workers: int,
+    where: Mapping[str, int],
+    free: dict[str, int],
+    *,
+    keep_off: JobDemand | None = None,
 ) -> dict[str, int]:
     """Remove ``workers`` of ``demand`` from ``where``; return what remains. Mutates
-    ``free``. Workers leave the nodes where the job has the fewest first (it stays packed)."""
+    ``free``. Workers leave the nodes where the job has the fewest first (it stays packed);
+    when they leave for ``keep_off``, first the nodes that job may use."""
+
+    def order(node: str) -> tuple[bool, int, str]:
+        away = keep_off is not None and not _may_use(keep_off, node)
+        return (away, remaining[node], node)
+
     remaining = dict(where)
     for _ in range(workers):
-        node = min((n for n, w in remaining.items() if w > 0), key=lambda n: (remaining[n], n))
+        node = min((n for n, w in remaining.items() if w > 0), key=order)
         remaining[node] -= 1
         free[node] = free.get(node, 0) + demand.gpus_per_worker
     return {n: w for n, w in remaining.items() if w > 0}
@@ -683,8 +756,9 @@ def _gpus(n: int) -> str:
 def _reason(
     demand: JobDemand, replicas: int, wanted: int, waiting: int, unreserved: int, sharing: int
 ) -> str:
-    """``unreserved``: GPUs not held by admitted jobs' minimums (running jobs above their
-    minimum give GPUs back to admit a queued job, so those count as free to it)."""
+    """``unreserved``: GPUs not held by admitted jobs' minimums on the nodes the job may use
+    (running jobs above their minimum give GPUs back to admit a queued job, so those count
+    as free to it)."""
     gpus = replicas * demand.gpus_per_worker
     if replicas == 0:
         need = demand.min_replicas * demand.gpus_per_worker
@@ -744,7 +818,7 @@ def allocate(
     arbitrated = [d for d in jobs if not d.pinned]
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
     placed, queued = admit_minimums(arbitrated, free)
-    unreserved = sum(free.values())  # GPUs beyond the admitted jobs' minimums
+    unreserved = dict(free)  # GPUs beyond the admitted jobs' minimums
     restore_running(arbitrated, allowed, placed, free, settings)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings)
     rebalance(arbitrated, allowed, placed, free, settings)
@@ -774,6 +848,8 @@ def allocate(
             wanted=wanted,
             queued=replicas == 0 and demand.min_replicas > 0,
             pinned=False,
-            reason=_reason(demand, replicas, wanted, waiting, unreserved, len(placed)),
+            reason=_reason(
+                demand, replicas, wanted, waiting, _free_gpus(unreserved, demand), len(placed)
+            ),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
