@@ -8,7 +8,10 @@ Covers:
 - reconcile rule 7's input: a new arbitrated job waits for admission, a queued one runs
   nothing, an admitted or pinned one runs;
 - decide_arbitration: shares within capacity, the queued job's status and Event, Events only
-  when a share changes, and "not arbitrated" when no GPU is visible.
+  when a share changes, and "not arbitrated" when no GPU is visible;
+- node pools: room and shares counted on the nodes a job's template lets it use (node
+  selector, taints), the nodes it runs on kept, and a job no node admits queued with the
+  field named.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ from trainscale.operator.controller.builders import LABEL_JOB_NAME
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
-def node(name: str, gpus: int | None, *, cordoned: bool = False) -> dict[str, Any]:
+def node(
+    name: str,
+    gpus: int | None,
+    *,
+    cordoned: bool = False,
+    labels: dict[str, str] | None = None,
+    taints: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
     allocatable = {} if gpus is None else {"nvidia.com/gpu": str(gpus)}
     return {
-        "metadata": {"name": name},
-        "spec": {"unschedulable": cordoned},
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"unschedulable": cordoned, "taints": taints or []},
         "status": {"allocatable": allocatable},
     }
 
@@ -83,7 +93,8 @@ def spec(**changes: Any) -> api.TrainingJobSpec:
                         "image": "example/train:1",
                         "resources": {"limits": {"nvidia.com/gpu": changes.pop("gpus", 1)}},
                     }
-                ]
+                ],
+                **changes.pop("pod", {}),
             }
         },
         **changes,
@@ -257,3 +268,84 @@ def test_no_visible_gpus_admits_without_a_ceiling() -> None:
     results = decide_arbitration([ManagedJob("d/a", spec())], Capacity({}), {}, NOW)
     status = results["d/a"].status
     assert (status.ceiling, status.queued, status.reason) == (None, False, NO_CAPACITY_REASON)
+
+
+# ---------------------------------------------------------------------------- node pools
+
+TAINT_B = {"key": "dedicated", "value": "b", "effect": "NoSchedule"}
+TOLERATE_B = {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}
+POOLS = [
+    node("a1", 8, labels={"pool": "a"}),
+    node("a2", 8, labels={"pool": "a"}),
+    node("b1", 8, labels={"pool": "b"}, taints=[TAINT_B]),
+]
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "pods", "expected"),
+    [
+        pytest.param({}, [], 16, id="the-tainted-node-is-not-room"),
+        pytest.param(TOLERATE_B, [], 24, id="tolerated-it-is"),
+        pytest.param({"nodeSelector": {"pool": "b"}, **TOLERATE_B}, [], 8, id="one-pool"),
+        pytest.param({"nodeSelector": {"pool": "c"}}, [], 0, id="no-node-admits-it"),
+        pytest.param({"nodeSelector": {"pool": "a"}}, [pod("b1", 8)], 16, id="other-pool-busy"),
+    ],
+)
+def test_room_counts_only_the_nodes_the_workers_may_use(
+    pod_spec: dict[str, Any], pods: list[dict[str, Any]], expected: int
+) -> None:
+    assert compute_room(POOLS, pods, 1, pod_spec) == expected
+
+
+def test_jobs_are_shared_out_on_the_pools_they_may_use() -> None:
+    """Pool b is tainted: a plain job cannot use it, so two plain jobs share pool a (16) and
+    the tolerating job alone takes pool b; before pools were read, the arbiter spread 24
+    GPUs over the three, and 8 of the plain jobs' workers would have stayed Pending."""
+    wide = {n: float(n) for n in range(1, 17)}
+    jobs = [
+        ManagedJob("d/p1", spec(maxReplicas=16), created=1.0, throughput=wide),
+        ManagedJob("d/p2", spec(maxReplicas=16), created=2.0, throughput=wide),
+        ManagedJob("d/b", spec(maxReplicas=16, pod=TOLERATE_B), created=3.0, throughput=wide),
+    ]
+    results = decide_arbitration(jobs, build_capacity(POOLS, []), {}, NOW, POOLS)
+    ceilings = {key: r.status.ceiling for key, r in results.items()}
+    assert ceilings["d/p1"] is not None and ceilings["d/p2"] is not None
+    assert ceilings["d/p1"] + ceilings["d/p2"] == 16
+    for key in ("d/p1", "d/p2"):
+        assert set(results[key].status.preferred_nodes) <= {"a1", "a2"}
+    assert ceilings["d/b"] == 8
+    assert set(results["d/b"].status.preferred_nodes) == {"b1"}
+
+
+def test_a_job_no_node_admits_is_queued_with_the_field_named() -> None:
+    job = ManagedJob("d/lost", spec(pod={"nodeSelector": {"pool": "h100"}}), created=1.0)
+    other = ManagedJob("d/ok", spec(), created=2.0)
+    results = decide_arbitration([job, other], build_capacity(POOLS, []), {}, NOW, POOLS)
+    status = results["d/lost"].status
+    assert status.queued
+    assert status.reason == (
+        "queued: no GPU node may run its workers (nodeSelector pool=h100 excludes 3 nodes)"
+    )
+    assert results["d/lost"].event is not None and results["d/lost"].event.message == status.reason
+    assert not results["d/ok"].status.queued  # a job that can never start blocks nobody
+
+
+def test_workers_running_on_a_node_their_template_no_longer_admits_keep_it() -> None:
+    """The pool's taint came after the job's workers were bound (NoSchedule does not evict
+    them): their node stays the job's, in the arbiter's view as in the cluster."""
+    job = ManagedJob(
+        "d/old",
+        spec(replicas=8, minReplicas=8, maxReplicas=8),
+        created=1.0,
+        running_nodes={"b1": 8},
+        throughput={n: float(n) for n in range(1, 9)},
+    )
+    demand = build_demand(job, frozenset({"a1", "a2"}))
+    assert demand.nodes == {"a1", "a2", "b1"}
+    results = decide_arbitration([job], build_capacity(POOLS, []), {}, NOW, POOLS)
+    assert results["d/old"].status.ceiling == 8
+    assert results["d/old"].status.preferred_nodes == {"b1": 8}
+
+
+def test_without_nodes_every_job_may_use_every_node() -> None:
+    assert build_demand(ManagedJob("d/j", spec())).nodes is None

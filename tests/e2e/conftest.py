@@ -17,6 +17,54 @@ import pytest
 from tests.support.testbed import cleanup_namespace, make_namespace
 from trainscale.testbed.cluster import Testbed
 
+
+def arbitrated_job(
+    name: str,
+    replicas: int,
+    min_r: int,
+    max_r: int,
+    *,
+    priority: str = "",
+    scheduling: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An autoscaled TrainingJob of one-GPU workers whose metrics are unreachable, so only
+    cluster arbitration and its hard limits move it; ``scheduling``: extra pod spec fields
+    (nodeSelector, affinity, tolerations)."""
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "trainer",
+                "image": "ghcr.io/example/trainscale-train:latest",
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+            }
+        ],
+        **(scheduling or {}),
+    }
+    if priority:
+        pod_spec["priorityClassName"] = priority
+    return {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "minReplicas": min_r,
+            "maxReplicas": max_r,
+            "template": {"spec": pod_spec},
+            "autoscaling": {
+                "enabled": True,
+                "intervalSeconds": 1,
+                "settleSeconds": 0,
+                "scaleDownStabilizationSeconds": 0,
+                "restartCostSeconds": 1,
+                # Nothing listens there: no metrics, so only arbitration moves the jobs.
+                "prometheus": {"url": "http://127.0.0.1:9"},
+            },
+        },
+    }
+
+
 # The session operator watches namespaces matching this glob; tests that run their own
 # operator use another prefix so that two operators never act on one job.
 SHARED_PREFIX = "e2e-"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import OperatorProcess
+from tests.e2e.conftest import OperatorProcess, arbitrated_job
 from tests.support.testbed import (
     GPUS_PER_NODE,
     NODES,
@@ -38,41 +38,7 @@ HIGH = "trainscale-e2e-high"
 CAPACITY = NODES * GPUS_PER_NODE  # 16
 
 
-def autoscaled(
-    name: str, replicas: int, min_r: int, max_r: int, priority: str = ""
-) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {
-        "terminationGracePeriodSeconds": 0,
-        "containers": [
-            {
-                "name": "trainer",
-                "image": "ghcr.io/example/trainscale-train:latest",
-                "resources": {"limits": {"nvidia.com/gpu": 1}},
-            }
-        ],
-    }
-    if priority:
-        pod_spec["priorityClassName"] = priority
-    return {
-        "apiVersion": "trainscale.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "minReplicas": min_r,
-            "maxReplicas": max_r,
-            "template": {"spec": pod_spec},
-            "autoscaling": {
-                "enabled": True,
-                "intervalSeconds": 1,
-                "settleSeconds": 0,
-                "scaleDownStabilizationSeconds": 0,
-                "restartCostSeconds": 1,
-                # Nothing listens there: no metrics, so only arbitration moves the jobs.
-                "prometheus": {"url": "http://127.0.0.1:9"},
-            },
-        },
-    }
+autoscaled = arbitrated_job
 
 
 @pytest.fixture

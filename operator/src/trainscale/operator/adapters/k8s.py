@@ -168,9 +168,10 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
 
     One LIST per call, served from the apiserver's watch cache (``resourceVersion=0``: cheap,
     possibly a moment old, which is fine for node sizes). Each node is returned as
-    ``{"metadata": {"name": ...}, "spec": {"unschedulable": ...}, "status": {"allocatable":
-    {"nvidia.com/gpu": ...}}}``, the shape :func:`trainscale.operator.autoscaling.
-    observed_placement.build_placement` and cluster arbitration read.
+    ``{"metadata": {"name": ..., "labels": ...}, "spec": {"unschedulable": ..., "taints":
+    ...}, "status": {"allocatable": {"nvidia.com/gpu": ...}}}``, the shape :func:`trainscale.
+    operator.autoscaling.observed_placement.build_placement`, cluster arbitration and the
+    node filters (:mod:`trainscale.operator.autoscaling.node_filters`) read.
     Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
     once and returns no nodes: placement is then known from the pods alone, without GPUs per
     node.
@@ -189,11 +190,15 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
     for node in listed.get("items") or []:
         gpus = node_gpus(node)
         if gpus > 0:
-            name = (node.get("metadata") or {}).get("name")
+            meta = node.get("metadata") or {}
+            spec = node.get("spec") or {}
             nodes.append(
                 {
-                    "metadata": {"name": name},
-                    "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
+                    "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},
+                    "spec": {
+                        "unschedulable": bool(spec.get("unschedulable")),
+                        "taints": spec.get("taints") or [],
+                    },
                     "status": {"allocatable": {api.GPU_RESOURCE: str(gpus)}},
                 }
             )

@@ -17,6 +17,11 @@ Rules:
   Every other managed job is *pinned*: it keeps its size and its GPUs are subtracted.
   Finished jobs (Succeeded, Failed) hold nothing; a suspended job (``spec.suspend``) is not
   arbitrated and holds only the workers that still exist while they stop.
+* **Node pools.** A job is arbitrated on the nodes its worker template lets the scheduler
+  use (``nodeSelector``, required node affinity, tolerations of ``NoSchedule``/``NoExecute``
+  taints; :mod:`~trainscale.operator.autoscaling.node_filters`) and those its workers run
+  on now, so pools kept apart by labels or taints are divided between the jobs that may use
+  them, and a job no GPU node admits is queued with the field that excludes them named.
 * **Priority** is the value of the PriorityClass the worker template names (0 without one, or
   when the class is unknown), as the scheduler itself would order them.
 """
@@ -36,6 +41,11 @@ from trainscale.operator.autoscaling.arbiter import (
     JobAllocation,
     JobDemand,
     allocate,
+)
+from trainscale.operator.autoscaling.node_filters import (
+    compute_eligible_nodes,
+    explain_no_node,
+    template_pod_spec,
 )
 
 FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
@@ -102,17 +112,27 @@ def _less_held(
 
 
 def compute_room(
-    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], gpus_per_worker: int
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    gpus_per_worker: int,
+    pod_spec: Mapping[str, Any] | None = None,
 ) -> int | None:
     """Workers of ``gpus_per_worker`` GPUs the cluster has free GPUs for now: per schedulable
-    node, its allocatable GPUs less what every bound, unfinished pod requests (trainscale's
-    too), in whole workers. None when it cannot be known (no GPU nodes listed, a worker
-    without GPUs). Taints, selectors and affinities are not read: the count is an upper
-    bound, which is why a job compares it with what it was when its try failed
-    (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
-    free = _schedulable_gpus(nodes)
+    node a worker of ``pod_spec`` may run on (its node selector, required node affinity and
+    tolerations, :mod:`~trainscale.operator.autoscaling.node_filters`; every node when
+    None), its allocatable GPUs less what every bound, unfinished pod requests
+    (trainscale's too), in whole workers. None when it cannot be known (no GPU nodes listed,
+    a worker without GPUs). Pod affinities, topology spread, CPU and memory are not read:
+    the count is an upper bound, which is why a job compares it with what it was when its
+    try failed (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.
+    room_appeared`)."""
+    listed = list(nodes)
+    free = _schedulable_gpus(listed)
     if gpus_per_worker <= 0 or not free:
         return None
+    if pod_spec is not None:
+        eligible = compute_eligible_nodes(pod_spec, listed)
+        free = {name: gpus for name, gpus in free.items() if name in eligible}
     return sum(gpus // gpus_per_worker for gpus in _less_held(free, pods, managed=True).values())
 
 
@@ -185,11 +205,16 @@ def decide_queued(
     return None
 
 
-def build_demand(job: ManagedJob) -> JobDemand:
-    """The arbiter's view of one job (module docstring for what is pinned)."""
+def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> JobDemand:
+    """The arbiter's view of one job (module docstring for what is pinned).
+
+    ``eligible``: the nodes its template lets its workers run on (None: every node); the
+    nodes its workers run on now are added (a rule changed while they ran does not move
+    them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``)."""
     spec = job.spec
     autoscaling = spec.autoscaling
     running = sum(job.running_nodes.values())
+    nodes = None if eligible is None else eligible | frozenset(job.running_nodes)
     if not job.arbitrated:
         if job.finished:
             size = 0
@@ -205,6 +230,7 @@ def build_demand(job: ManagedJob) -> JobDemand:
             current_replicas=size,
             current_nodes=dict(job.running_nodes),
             pinned=True,
+            nodes=nodes,
         )
     floor = (
         autoscaling.min_efficiency if autoscaling.objective is api.Objective.EFFICIENCY else None
@@ -228,6 +254,7 @@ def build_demand(job: ManagedJob) -> JobDemand:
         current_replicas=running,
         current_nodes=dict(job.running_nodes),
         restart_cost_seconds=job.restart_cost_seconds,
+        nodes=nodes,
     )
 
 
@@ -314,6 +341,7 @@ def decide_arbitration(
     capacity: Capacity,
     previous: Mapping[str, api.ArbitrationStatus | None],
     now: dt.datetime,
+    nodes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, ArbitrationResult]:
     """Run the arbiter over every managed job; results for the arbitrated ones only.
 
@@ -321,11 +349,18 @@ def decide_arbitration(
     there is nothing to divide: every arbitrated job is admitted without a ceiling, says so,
     and autoscales on its own, rather than wait for GPUs that may never be listed.
 
+    With ``nodes`` given, each job is arbitrated on the nodes its template lets its workers
+    run on (:mod:`~trainscale.operator.autoscaling.node_filters`): node pools kept apart by
+    labels or taints are shared only by the jobs that may use them, and a job that may use
+    no GPU node is queued with a reason that names the selector, affinity or taint.
+
     Args:
         jobs: every TrainingJob the operator manages (pinned ones too: they hold GPUs).
         capacity: :func:`build_capacity` of the nodes and every pod.
         previous: each job's ``status.arbitration`` as it is now (None when it has none).
         now: the wall clock, for the status timestamp and the arbiter.
+        nodes: the GPU Node objects, with their labels and taints (``()``: every job may
+            use every node).
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.running_nodes for job in jobs):
@@ -338,11 +373,23 @@ def decide_arbitration(
                     job.key, status, _event(previous.get(job.key), status)
                 )
         return out
-    demands = [build_demand(job) for job in jobs if not job.finished]
+    listed = [n for n in nodes if (n.get("metadata") or {}).get("name") in capacity.free_gpus]
+    eligible: dict[str, frozenset[str] | None] = {
+        job.key: (
+            compute_eligible_nodes(template_pod_spec(job.spec.template), listed) if listed else None
+        )
+        for job in jobs
+    }
+    demands = [build_demand(job, eligible[job.key]) for job in jobs if not job.finished]
     allocation: Allocation = allocate(demands, capacity, now=now.timestamp())
     for job in jobs:
         if not job.arbitrated or job.key not in allocation.jobs:
             continue
         status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
+        if status.queued and eligible[job.key] == frozenset() and not job.running_nodes:
+            why = explain_no_node(template_pod_spec(job.spec.template), listed)
+            status = status.model_copy(
+                update={"reason": f"queued: no GPU node may run its workers ({why})"}
+            )
         out[job.key] = ArbitrationResult(job.key, status, _event(previous.get(job.key), status))
     return out

@@ -196,7 +196,7 @@ async def autoscale_job(
 
     room = None
     if unschedulable or autoscaler.waiting:
-        room = await _room(clients, nodes, spec.gpus_per_replica)
+        room = await _room(clients, nodes, spec.gpus_per_replica, spec.template.get("spec") or {})
 
     # -- decide --------------------------------------------------------------------------
     rec = autoscaler.decide(
@@ -243,11 +243,15 @@ async def autoscale_job(
 
 
 async def _room(
-    clients: k8s.KubernetesClients, nodes: list[dict[str, Any]], gpus_per_worker: int
+    clients: k8s.KubernetesClients,
+    nodes: list[dict[str, Any]],
+    gpus_per_worker: int,
+    pod_spec: dict[str, Any],
 ) -> int | None:
-    """Workers the cluster has free GPUs for, read only while the job has unschedulable pods
-    or waits after them (one cluster-wide LIST of bound pods); None when not known (no GPU
-    nodes listed, or no permission to list pods in every namespace)."""
+    """Workers the cluster has free GPUs for on the nodes the template lets them run on,
+    read only while the job has unschedulable pods or waits after them (one cluster-wide
+    LIST of bound pods); None when not known (no GPU nodes listed, or no permission to list
+    pods in every namespace)."""
     if not nodes or gpus_per_worker <= 0:
         return None
     try:
@@ -256,7 +260,7 @@ async def _room(
         if exc.status != 403:
             raise
         return None
-    return cluster.compute_room(nodes, pods, gpus_per_worker)
+    return cluster.compute_room(nodes, pods, gpus_per_worker, pod_spec)
 
 
 class Idle(enum.Enum):

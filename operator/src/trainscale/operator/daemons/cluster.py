@@ -147,7 +147,7 @@ class ClusterArbitration:
                 continue
             jobs.append(job)
             previous[job.key] = _previous_status(body)
-        results = decide_arbitration(jobs, capacity, previous, utcnow())
+        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes)
         self.results = results
         for key, result in results.items():
             if _same(previous.get(key), result.status):

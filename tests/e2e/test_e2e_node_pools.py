@@ -1,0 +1,260 @@
+"""Node pools on the real control plane: which nodes a job may use, as the scheduler decides.
+
+The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (with a
+``PreferNoSchedule`` taint, which keeps nothing off), ``gpu-node-1`` is pool ``b`` and tainted
+``NoSchedule`` for a dedicated team. Covers:
+
+- the node filters trainscale reads from a worker template
+  (:mod:`trainscale.operator.autoscaling.node_filters`) agree with the real kube-scheduler,
+  pod by pod: node selectors, required node affinity (In, NotIn, Gt, matchFields), taints
+  and tolerations (values, effects, a toleration of everything); a pod we say fits nowhere
+  stays Unschedulable, one we say fits is bound to a node we named;
+- arbitration divides each pool between the jobs that may use it (``trainscale operator``
+  as a process): two plain jobs share pool a's 8 GPUs, a job tolerating pool b's taint
+  gets all of pool b, no worker is left Pending for a GPU it was granted on a node it may
+  not use, and a job whose node selector matches no node is Queued with the selector named
+  in its status and Event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import OperatorProcess, arbitrated_job
+from tests.support.testbed import Kubectl, describe_pods, wait_for, wait_for_every_gpu
+from trainscale.operator.autoscaling.node_filters import compute_eligible_nodes
+from trainscale.testbed.cluster import Testbed
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+POOL = "trainscale-e2e/pool"
+DEDICATED = "trainscale-e2e/dedicated"
+SOFT = "trainscale-e2e/soft"
+JOB_LABEL = "trainscale.dev/job-name"
+
+
+@pytest.fixture
+def pools(kubectl: Kubectl, testbed: Testbed) -> Iterator[tuple[str, str]]:
+    """Label and taint the two GPU nodes into pools a and b; undone afterwards."""
+    a, b = testbed.node_names[:2]
+    kubectl("label", "node", a, f"{POOL}=a", "--overwrite")
+    kubectl("label", "node", b, f"{POOL}=b", "--overwrite")
+    kubectl("taint", "node", a, f"{SOFT}=x:PreferNoSchedule", "--overwrite")
+    kubectl("taint", "node", b, f"{DEDICATED}=b:NoSchedule", "--overwrite")
+    try:
+        yield a, b
+    finally:
+        for node in (a, b):
+            kubectl("label", "node", node, f"{POOL}-", check=False)
+        kubectl("taint", "node", a, f"{SOFT}-", check=False)
+        kubectl("taint", "node", b, f"{DEDICATED}-", check=False)
+
+
+def _nodes(kubectl: Kubectl, names: tuple[str, str]) -> list[dict[str, Any]]:
+    found = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return [n for n in found if n["metadata"]["name"] in names]
+
+
+def _expr(key: str, operator: str, *values: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": key, "operator": operator}
+    if values:
+        out["values"] = list(values)
+    return out
+
+
+def _required(*terms: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}
+        }
+    }
+
+
+TOLERATE_B = {"key": DEDICATED, "operator": "Equal", "value": "b", "effect": "NoSchedule"}
+
+# name -> the pod spec's scheduling fields (node names are filled in by the test: {b})
+CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "selector-b": {"nodeSelector": {POOL: "b"}},
+    "selector-b-tolerated": {"nodeSelector": {POOL: "b"}, "tolerations": [TOLERATE_B]},
+    "selector-b-wrong-value": {
+        "nodeSelector": {POOL: "b"},
+        "tolerations": [{"key": DEDICATED, "operator": "Equal", "value": "c"}],
+    },
+    "selector-b-wrong-effect": {
+        "nodeSelector": {POOL: "b"},
+        "tolerations": [{"key": DEDICATED, "operator": "Exists", "effect": "NoExecute"}],
+    },
+    "affinity-in-tolerated": {
+        "affinity": _required({"matchExpressions": [_expr(POOL, "In", "a", "b")]}),
+        "tolerations": [TOLERATE_B],
+    },
+    "affinity-not-in-a": {"affinity": _required({"matchExpressions": [_expr(POOL, "NotIn", "a")]})},
+    "gt-4-gpus": {
+        "affinity": _required({"matchExpressions": [_expr("nvidia.com/gpu.count", "Gt", "4")]})
+    },
+    "gt-8-gpus": {
+        "affinity": _required({"matchExpressions": [_expr("nvidia.com/gpu.count", "Gt", "8")]})
+    },
+    "field-b-tolerate-all": {
+        "affinity": _required({"matchFields": [_expr("metadata.name", "In", "{b}")]}),
+        "tolerations": [{"operator": "Exists"}],
+    },
+}
+
+
+def _fill(value: Any, b: str) -> Any:
+    return json.loads(json.dumps(value).replace("{b}", b))
+
+
+def _pod(name: str, scheduling: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.example/probe:1",
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+            **scheduling,
+        },
+    }
+
+
+def test_the_node_filters_agree_with_the_scheduler(
+    kubectl: Kubectl, namespace: str, pools: tuple[str, str]
+) -> None:
+    a, b = pools
+    wait_for_every_gpu(kubectl, namespace)
+    nodes = _nodes(kubectl, pools)
+    predicted = {}
+    for name, scheduling in CASES.items():
+        spec = _fill(scheduling, b)
+        predicted[name] = compute_eligible_nodes(spec, nodes)
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_pod(name, spec)))
+    # What we predict, so that a rule read wrongly in both places cannot pass unnoticed.
+    assert predicted["plain"] == {a}
+    assert predicted["selector-b-tolerated"] == {b}
+    assert predicted["affinity-in-tolerated"] == {a, b}
+    assert predicted["field-b-tolerate-all"] == {b}
+
+    def pods() -> dict[str, dict[str, Any]]:
+        found = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+        return {p["metadata"]["name"]: p for p in found["items"]}
+
+    def settled(pod: dict[str, Any]) -> bool:
+        if pod["spec"].get("nodeName"):
+            return True
+        return any(
+            c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+            for c in pod.get("status", {}).get("conditions") or []
+        )
+
+    wait_for(lambda: len(found := pods()) == len(CASES) and all(map(settled, found.values())),
+             timeout=60, what="every probe pod bound or Unschedulable",
+             describe=lambda: describe_pods(kubectl, namespace))  # fmt: skip
+    for name, pod in pods().items():
+        bound = pod["spec"].get("nodeName")
+        if predicted[name]:
+            assert bound in predicted[name], (name, bound, predicted[name])
+        else:
+            assert bound is None, (name, bound)
+
+
+def _workers(kubectl: Kubectl, namespace: str) -> dict[str, dict[str, int]]:
+    """Per job, its worker pods (not being deleted) by phase."""
+    found = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    out: dict[str, dict[str, int]] = {}
+    for pod in found["items"]:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get("app.kubernetes.io/component") != "worker" or pod["metadata"].get(
+            "deletionTimestamp"
+        ):
+            continue
+        phases = out.setdefault(labels[JOB_LABEL], {})
+        phase = pod["status"].get("phase", "Pending")
+        phases[phase] = phases.get(phase, 0) + 1
+    return out
+
+
+def test_arbitration_shares_each_pool_between_the_jobs_that_may_use_it(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    pools: tuple[str, str],
+) -> None:
+    a, b = pools
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1")
+
+    def status(job: str) -> dict[str, Any]:
+        found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
+        return dict(found.get("status") or {})
+
+    def workers() -> dict[str, dict[str, int]]:
+        return _workers(kubectl, namespace)
+
+    def describe() -> str:
+        jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
+        return (f"workers: {workers()}\n{jobs}\n{describe_pods(kubectl, namespace)}\n"
+                + operator.log_tail())  # fmt: skip
+
+    wait_for_every_gpu(kubectl, namespace)
+    for job in (
+        arbitrated_job("plain-1", 8, 2, 8),
+        arbitrated_job("plain-2", 8, 2, 8),
+        arbitrated_job(
+            "team-b", 8, 2, 8, scheduling={"nodeSelector": {POOL: "b"}, "tolerations": [TOLERATE_B]}
+        ),
+        arbitrated_job("lost", 2, 1, 2, scheduling={"nodeSelector": {POOL: "h100"}}),
+    ):
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+
+    def shared() -> bool:
+        ceilings = {j: (status(j).get("arbitration") or {}).get("ceiling")
+                    for j in ("plain-1", "plain-2", "team-b")}  # fmt: skip
+        if None in ceilings.values():
+            return False
+        plain = ceilings["plain-1"] + ceilings["plain-2"]
+        return (
+            plain <= 8
+            and min(ceilings["plain-1"], ceilings["plain-2"]) >= 2
+            and (ceilings["team-b"] == 8)
+        )
+
+    wait_for(shared, timeout=90, what="pool a shared by the plain jobs, pool b team-b's",
+             describe=describe)  # fmt: skip
+    preferred = {j: set(status(j)["arbitration"]["preferredNodes"])
+                 for j in ("plain-1", "plain-2", "team-b")}  # fmt: skip
+    assert preferred == {"plain-1": {a}, "plain-2": {a}, "team-b": {b}}
+
+    def all_running() -> bool:
+        now = workers()
+        running = {job: phases.get("Running", 0) for job, phases in now.items()}
+        pending = sum(phases.get("Pending", 0) for phases in now.values())
+        return (
+            pending == 0
+            and running.get("team-b") == 8
+            and running.get("plain-1", 0) + running.get("plain-2", 0) == 8
+        )
+
+    wait_for(all_running, timeout=90, what="every granted worker Running, none Pending",
+             describe=describe)  # fmt: skip
+
+    lost = status("lost")
+    assert lost.get("phase") == "Queued", describe()
+    reason = lost["arbitration"]["reason"]
+    assert reason.startswith("queued: no GPU node may run its workers"), reason
+    assert f"nodeSelector {POOL}=h100 excludes 2 nodes" in reason, reason
+    assert "lost" not in workers()
+    events = json.loads(kubectl("get", "events", "-n", namespace, "--field-selector",
+                                "involvedObject.name=lost", "-o", "json").stdout)["items"]  # fmt: skip
+    assert any(e.get("reason") == "Queued" and "h100" in e.get("message", "") for e in events)
