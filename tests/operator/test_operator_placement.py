@@ -5,7 +5,8 @@ Covers:
 - ``build_placement`` counts bound workers per node, sorted descending (1, 2 and 3 nodes);
   unscheduled (Pending, no nodeName), terminating and finished pods are not placed;
 - GPUs per node come from the used nodes' allocatable ``nvidia.com/gpu``; nodes without GPUs
-  are ignored; before any worker is bound the cluster's GPU nodes say it; unknown is None.
+  are ignored; before any worker is bound the cluster's GPU nodes say it (those the worker
+  template admits, when it is given); unknown is None.
 """
 
 from __future__ import annotations
@@ -105,3 +106,28 @@ def test_build_placement(
 def test_node_gpus_reads_allocatable(allocatable: Any, gpus: int) -> None:
     assert node_gpus(node("n", allocatable)) == gpus
     assert node_gpus({}) == 0
+
+
+def pool(name: str, gpus: str, label: str) -> dict[str, Any]:
+    return {**node(name, gpus), "metadata": {"name": name, "labels": {"pool": label}}}
+
+
+POOLS = [pool("t4", "4", "t4"), pool("a100", "8", "a100")]
+
+
+@pytest.mark.parametrize(
+    ("pods", "pod_spec", "expected"),
+    [
+        pytest.param([], {"nodeSelector": {"pool": "t4"}}, Placement((), 4), id="its-pool"),
+        pytest.param([], {}, Placement((), 8), id="every-node-admits-it"),
+        pytest.param([], None, Placement((), 8), id="no-template-given"),
+        pytest.param([], {"nodeSelector": {"pool": "h100"}}, Placement((), 8),
+                     id="no-node-admits-it-the-cluster-says"),
+        pytest.param([pod("a100")], {"nodeSelector": {"pool": "t4"}}, Placement((1,), 8),
+                     id="bound-workers-say-it-whatever-the-template"),
+    ],
+)  # fmt: skip
+def test_before_any_worker_is_bound_the_node_size_is_its_pools(
+    pods: list[dict[str, Any]], pod_spec: dict[str, Any] | None, expected: Placement
+) -> None:
+    assert build_placement(pods, POOLS, pod_spec) == expected

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trainscale.operator import api
+from trainscale.operator.autoscaling.node_filters import compute_eligible_nodes
 from trainscale.operator.autoscaling.placement import Placement
 
 # Pods in these phases hold no GPU any more: they are not part of the placement.
@@ -50,28 +51,40 @@ def node_of_pod(pod: Mapping[str, Any]) -> str | None:
 
 
 def build_placement(
-    pods: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]]
+    pods: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    pod_spec: Mapping[str, Any] | None = None,
 ) -> Placement:
     """How the job's workers sit on nodes now.
 
     Args:
         pods: the job's worker Pod objects (as the API returns them). Only bound pods count
             (:func:`node_of_pod`): an unscheduled Pending pod has no node yet.
-        nodes: Node objects (full, or trimmed to ``metadata.name`` and
+        nodes: Node objects (full, or trimmed to ``metadata.name``, labels, taints and
             ``status.allocatable`` as :func:`~trainscale.operator.adapters.k8s.fetch_gpu_nodes`
             returns them). Nodes without GPUs are ignored.
+        pod_spec: the worker template's pod spec; before any worker is bound, only the nodes
+            it admits (:mod:`~trainscale.operator.autoscaling.node_filters`) say the node
+            size, so a job held to a pool of 4-GPU nodes is not sized by the 8-GPU ones.
 
     Returns:
         ``workers_per_node`` sorted descending, one entry per node used (empty when no
         worker is bound); ``gpus_per_node`` the largest allocatable GPU count among the nodes
         the workers use (they are equal in a homogeneous pool), or, before any worker is
-        bound, among all GPU nodes given; None when no GPU node is known.
+        bound, among the GPU nodes given that ``pod_spec`` admits (all of them without
+        one, or when it admits none); None when no GPU node is known.
     """
+    listed = list(nodes)
     counts = Counter(node for node in map(node_of_pod, pods) if node is not None)
-    gpus = {str((n.get("metadata") or {}).get("name")): node_gpus(n) for n in nodes}
+    gpus = {str((n.get("metadata") or {}).get("name")): node_gpus(n) for n in listed}
     gpus = {name: count for name, count in gpus.items() if count > 0}
     used = [gpus[name] for name in counts if name in gpus]
-    known = used if counts else list(gpus.values())
+    if counts:
+        known = used
+    else:
+        admitted = compute_eligible_nodes(pod_spec, listed) if pod_spec is not None else None
+        known = [g for name, g in gpus.items() if admitted is None or name in admitted]
+        known = known or list(gpus.values())
     return Placement(
         workers_per_node=tuple(sorted(counts.values(), reverse=True)),
         gpus_per_node=max(known) if known else None,

@@ -141,7 +141,7 @@ async def autoscale_job(
         ceiling = arbitration.ceiling(key)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
-    placement = build_placement(pods, nodes)
+    placement = build_placement(pods, nodes, spec.template.get("spec") or {})
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
     pending = sum(1 for w in workers if w.phase != "Running")
