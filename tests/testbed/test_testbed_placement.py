@@ -11,8 +11,8 @@ Covers:
   go to the least allocated node;
 - where other pods hold 2 GPUs of each node, 8 packed workers run 6 + 2, and the model takes
   6 workers to a node from that placement;
-- ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name and allocatable GPUs and leaves
-  out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
+- ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name, labels, taints, cordon and
+  allocatable GPUs and leaves out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
   where the workers are; without permission to list nodes it warns and returns none.
 """
 
@@ -163,17 +163,30 @@ def cpu_node(kubectl: Any) -> Iterator[str]:
 
 
 def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
-    clients: k8s.KubernetesClients, cpu_node: str, testbed: Testbed
+    clients: k8s.KubernetesClients, cpu_node: str, testbed: Testbed, kubectl: Any
 ) -> None:
-    nodes = k8s.fetch_gpu_nodes(clients)
+    """Trimmed to what placement, arbitration and the node filters read: the name, labels,
+    taints, whether it is cordoned, its GPUs."""
+    tainted = testbed.node_names[0]
+    taint = {"key": "trainscale-test/fetch", "value": "x", "effect": "NoSchedule"}
+    kubectl("taint", "node", tainted, "trainscale-test/fetch=x:NoSchedule")
+    try:
+        nodes = k8s.fetch_gpu_nodes(clients)
+        labels = {
+            n["metadata"]["name"]: n["metadata"].get("labels") or {}
+            for n in json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        }
+    finally:
+        kubectl("taint", "node", tainted, "trainscale-test/fetch-", check=False)
     assert sorted(nodes, key=lambda n: n["metadata"]["name"]) == [
         {
-            "metadata": {"name": name},
-            "spec": {"unschedulable": False},
+            "metadata": {"name": name, "labels": labels[name]},
+            "spec": {"unschedulable": False, "taints": [taint] if name == tainted else []},
             "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}},
         }
         for name in testbed.node_names
     ]
+    assert all(labels[name]["nvidia.com/gpu.present"] == "true" for name in testbed.node_names)
 
 
 def test_fetch_gpu_nodes_without_permission_returns_none(
