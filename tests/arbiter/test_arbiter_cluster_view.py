@@ -330,6 +330,16 @@ def test_a_job_no_node_admits_is_queued_with_the_field_named() -> None:
     assert not results["d/ok"].status.queued  # a job that can never start blocks nobody
 
 
+def test_a_job_whose_only_pool_is_cordoned_is_told_so() -> None:
+    drained = [*POOLS, node("c1", 8, labels={"pool": "c"}, cordoned=True)]
+    job = ManagedJob("d/c", spec(pod={"nodeSelector": {"pool": "c"}}), created=1.0)
+    results = decide_arbitration([job], build_capacity(drained, []), {}, NOW, drained)
+    assert results["d/c"].status.reason == (
+        "queued: no GPU node may run its workers "
+        "(nodeSelector pool=c excludes 3 nodes; cordoned excludes 1 node)"
+    )
+
+
 def test_workers_running_on_a_node_their_template_no_longer_admits_keep_it() -> None:
     """The pool's taint came after the job's workers were bound (NoSchedule does not evict
     them): their node stays the job's, in the arbiter's view as in the cluster."""

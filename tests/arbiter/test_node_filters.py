@@ -3,7 +3,8 @@
 Covers, one row per rule of the scheduler's NodeAffinity and TaintToleration filters:
 - a toleration against a taint: effect, key, Equal and Exists, empty key with Exists,
   unknown operators;
-- taints: only NoSchedule and NoExecute exclude a node, PreferNoSchedule does not;
+- taints: only NoSchedule and NoExecute exclude a node, PreferNoSchedule does not; a cordoned
+  node admits only pods tolerating the cordon;
 - node selector requirements: In, NotIn (absent key too), Exists, DoesNotExist, Gt, Lt
   (integers only), unknown operators; matchFields on metadata.name;
 - required node affinity: terms are ORed, requirements inside a term ANDed, an empty term
@@ -229,6 +230,23 @@ def test_explain_misfit_names_the_field(
 ) -> None:
     target = next(n for n in NODES if n["metadata"]["name"] == name)
     assert explain_misfit(pod_spec, target) == reason
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "reason"),
+    [
+        pytest.param([], "cordoned", id="cordoned"),
+        pytest.param([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}], None,
+                     id="tolerating-the-cordon"),
+        pytest.param([{"operator": "Exists"}], None, id="tolerating-everything"),
+    ],
+)  # fmt: skip
+def test_a_cordoned_node_admits_only_pods_tolerating_the_cordon(
+    tolerations: list[dict[str, str]], reason: str | None
+) -> None:
+    cordoned = node("n")
+    cordoned["spec"]["unschedulable"] = True
+    assert explain_misfit({"tolerations": tolerations}, cordoned) == reason
 
 
 def test_a_taint_without_a_value_is_named_by_its_key() -> None:

@@ -360,7 +360,7 @@ def decide_arbitration(
         previous: each job's ``status.arbitration`` as it is now (None when it has none).
         now: the wall clock, for the status timestamp and the arbiter.
         nodes: the GPU Node objects, with their labels and taints (``()``: every job may
-            use every node).
+            use every node); cordoned ones too, so a queued job's reason can say so.
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.running_nodes for job in jobs):
@@ -387,7 +387,7 @@ def decide_arbitration(
             continue
         status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
         if status.queued and eligible[job.key] == frozenset() and not job.running_nodes:
-            why = explain_no_node(template_pod_spec(job.spec.template), listed)
+            why = explain_no_node(template_pod_spec(job.spec.template), nodes)
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}
             )

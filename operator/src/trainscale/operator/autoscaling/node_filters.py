@@ -9,7 +9,8 @@ use go to nobody, and a job whose template matches no node at all waits without 
 The scheduler decides per pod with filter plugins; this module applies the ones a pod
 template fixes (``NodeAffinity``: ``nodeSelector`` and
 ``requiredDuringSchedulingIgnoredDuringExecution``; ``TaintToleration``: ``NoSchedule`` and
-``NoExecute`` taints against the tolerations) to Node objects, as the scheduler's own code
+``NoExecute`` taints against the tolerations; ``NodeUnschedulable``: cordoned nodes) to Node
+objects, as the scheduler's own code
 does (``k8s.io/component-helpers/scheduling/corev1``), so each job is counted on its own
 nodes. Pure: dicts in, names and words out; checked against the real kube-scheduler on the
 test-bed (``tests/e2e/test_e2e_node_pools.py``).
@@ -17,8 +18,8 @@ test-bed (``tests/e2e/test_e2e_node_pools.py``).
 Not read: pod (anti-)affinity and topology spread (they depend on other pods, and the
 packing affinity trainscale adds is a preference), CPU and memory (GPU nodes have them to
 spare; a worker that does not fit is Pending and the autoscaler treats it as unschedulable),
-and ``preferred`` terms, which never exclude a node. Cordoned nodes are left out by the
-callers, which count no GPU on them.
+and ``preferred`` terms, which never exclude a node. The callers count no GPU on a cordoned
+node in any case (a worker that tolerates the cordon is rare, and the node is being drained).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any
 
 #: Taint effects that keep a pod off a node (``PreferNoSchedule`` only scores it lower).
 BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+#: The taint a cordoned node (``spec.unschedulable``) stands for in the scheduler's
+#: ``NodeUnschedulable`` filter: a pod tolerating it may still go there.
+UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 
 
 def _labels(node: Mapping[str, Any]) -> Mapping[str, str]:
@@ -138,8 +142,12 @@ def _required_terms(pod_spec: Mapping[str, Any]) -> Sequence[Mapping[str, Any]] 
 
 def explain_misfit(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> str | None:
     """Why the scheduler would not put a pod of ``pod_spec`` on ``node``, naming the field
-    (``nodeSelector pool=a``, ``required node affinity``, ``taint k=v:NoSchedule``); None
-    when the node passes every filter read here."""
+    (``cordoned``, ``nodeSelector pool=a``, ``required node affinity``, ``taint
+    k=v:NoSchedule``); None when the node passes every filter read here."""
+    tolerations = pod_spec.get("tolerations") or []
+    cordoned = (node.get("spec") or {}).get("unschedulable")
+    if cordoned and not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in tolerations):
+        return "cordoned"
     labels = _labels(node)
     for key, value in (pod_spec.get("nodeSelector") or {}).items():
         if labels.get(key) != str(value):
