@@ -26,6 +26,7 @@ from trainscale.operator.autoscaling.node_filters import (
     explain_no_node,
     matches_requirement,
     matches_term,
+    scheduling_key,
     tolerates,
     untolerated_taint,
 )
@@ -259,3 +260,16 @@ def test_explain_no_node_counts_the_nodes_each_reason_excludes() -> None:
         "taint dedicated=b:NoSchedule excludes 1 node"
     )
     assert explain_no_node(pod_spec, []) == "no node with nvidia.com/gpu is listed"
+
+
+def test_the_scheduling_key_holds_exactly_the_fields_the_filters_read() -> None:
+    base = {"nodeSelector": {"pool": "a"}, "tolerations": [{"operator": "Exists"}]}
+    same = {**base, "containers": [{"name": "x"}], "priorityClassName": "high",
+            "affinity": {"podAffinity": {"x": 1}}}  # fmt: skip
+    assert scheduling_key(same) == scheduling_key(base)
+    for other in (
+        {**base, "nodeSelector": {"pool": "b"}},
+        {**base, "tolerations": []},
+        {**base, "affinity": affinity({"matchExpressions": [req("pool", "In", "a")]})},
+    ):
+        assert scheduling_key(other) != scheduling_key(base)

@@ -45,6 +45,7 @@ from trainscale.operator.autoscaling.arbiter import (
 from trainscale.operator.autoscaling.node_filters import (
     compute_eligible_nodes,
     explain_no_node,
+    scheduling_key,
     template_pod_spec,
 )
 
@@ -374,12 +375,17 @@ def decide_arbitration(
                 )
         return out
     listed = [n for n in nodes if (n.get("metadata") or {}).get("name") in capacity.free_gpus]
-    eligible: dict[str, frozenset[str] | None] = {
-        job.key: (
-            compute_eligible_nodes(template_pod_spec(job.spec.template), listed) if listed else None
-        )
-        for job in jobs
-    }
+    by_key: dict[str, frozenset[str]] = {}  # jobs with the same scheduling fields share it
+    eligible: dict[str, frozenset[str] | None] = {}
+    for job in jobs:
+        pod_spec = template_pod_spec(job.spec.template)
+        if not listed:
+            eligible[job.key] = None
+            continue
+        key = scheduling_key(pod_spec)
+        if key not in by_key:
+            by_key[key] = compute_eligible_nodes(pod_spec, listed)
+        eligible[job.key] = by_key[key]
     demands = [build_demand(job, eligible[job.key]) for job in jobs if not job.finished]
     allocation: Allocation = allocate(demands, capacity, now=now.timestamp())
     for job in jobs:

@@ -24,6 +24,7 @@ node in any case (a worker that tolerates the cordon is rare, and the node is be
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -182,6 +183,18 @@ def explain_no_node(pod_spec: Mapping[str, Any], nodes: Iterable[Mapping[str, An
         for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     ]
     return "; ".join(parts)
+
+
+def scheduling_key(pod_spec: Mapping[str, Any]) -> str:
+    """The pod spec's fields the filters read, as one string: jobs with the same key are
+    admitted by the same nodes (a cluster pass computes each key's nodes once)."""
+    node_affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    fields = (
+        pod_spec.get("nodeSelector") or {},
+        node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"),
+        pod_spec.get("tolerations") or [],
+    )
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def template_pod_spec(template: Mapping[str, Any]) -> Mapping[str, Any]:
