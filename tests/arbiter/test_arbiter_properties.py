@@ -4,7 +4,10 @@ Covers: no node over capacity; placements add up to the counts; every admitted j
 above its minimum, none above its maximum, counts among the candidates; pinned jobs
 untouched; a higher-priority job that wants more is never held back while a lower-priority
 one grows above its minimum; waiting jobs admitted strictly in order; nobody queued when all
-minimums fit; the same answer for the same input in any order.
+minimums fit; the same answer for the same input in any order. On node pools (each job
+allowed some nodes): every worker on a node its job may use, no node over capacity, counts
+in bounds; a queued job that could start on its pool holds back the later waiting jobs that
+want one of its nodes; the same answer in any order.
 """
 
 from __future__ import annotations
@@ -175,6 +178,98 @@ def test_nobody_queued_when_minimums_fit(cluster: tuple[list[JobDemand], Capacit
 @PROPERTY
 @given(clusters(), st.randoms(use_true_random=False))
 def test_same_answer_in_any_order(cluster: tuple[list[JobDemand], Capacity], rnd: Any) -> None:
+    jobs, capacity = cluster
+    shuffled = list(jobs)
+    rnd.shuffle(shuffled)
+    assert decide(jobs, capacity) == decide(shuffled, capacity)
+
+
+# ------------------------------------------------------------------- node pools (nodes=)
+
+
+@st.composite
+def pooled_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
+    """Clusters whose jobs may each use only some nodes (a node selector, a taint), as
+    ``cluster.build_demand`` passes them: the nodes a running job runs on are among them."""
+    jobs, capacity = draw(clusters())
+    names = sorted(capacity.free_gpus)
+    pooled = []
+    for demand in jobs:
+        nodes = draw(st.none() | st.frozensets(st.sampled_from(names), max_size=len(names)))
+        current_nodes = dict(demand.current_nodes)
+        if not demand.pinned and demand.current_replicas and nodes:
+            current_nodes = {draw(st.sampled_from(sorted(nodes))): demand.current_replicas}
+        if nodes is not None:
+            nodes = nodes | frozenset(current_nodes)
+        pooled.append(
+            JobDemand(**{**demand.__dict__, "nodes": nodes, "current_nodes": current_nodes})
+        )
+    return pooled, capacity
+
+
+def _may_use(demand: JobDemand, node: str) -> bool:
+    return demand.nodes is None or node in demand.nodes
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(pooled_clusters())
+def test_on_node_pools_every_worker_is_on_a_node_its_job_may_use(
+    cluster: tuple[list[JobDemand], Capacity],
+) -> None:
+    jobs, capacity = cluster
+    allocation = decide(jobs, capacity)
+    used: dict[str, int] = {}
+    for demand in jobs:
+        got = allocation[demand.key]
+        for node, workers in got.placement:
+            used[node] = used.get(node, 0) + workers * demand.gpus_per_worker
+            if not demand.pinned:
+                assert _may_use(demand, node), (demand.key, node, demand.nodes)
+        if not demand.pinned:
+            assert sum(w for _, w in got.placement) == got.replicas
+            if not got.queued:
+                assert demand.min_replicas <= got.replicas <= demand.max_replicas
+    for node, gpus in used.items():
+        pinned_here = sum(
+            d.current_nodes.get(node, 0) * d.gpus_per_worker for d in jobs if d.pinned
+        )
+        assert gpus <= max(capacity.free_gpus[node], pinned_here), node
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(pooled_clusters())
+def test_on_node_pools_a_queued_job_holds_back_only_jobs_wanting_its_nodes(
+    cluster: tuple[list[JobDemand], Capacity],
+) -> None:
+    jobs, capacity = cluster
+    allocation = decide(jobs, capacity)
+    free, _ = subtract_pinned(jobs, capacity)
+
+    def order(d: JobDemand) -> tuple[int, float, str]:
+        return (-d.priority, d.created, d.key)
+
+    def pool(d: JobDemand) -> set[str]:
+        return {n for n in free if _may_use(d, n)}
+
+    waiting = [d for d in jobs if not d.pinned and d.current_replicas == 0]
+    for queued in waiting:
+        if not allocation[queued.key].queued:
+            continue
+        if queued.min_replicas * queued.gpus_per_worker > sum(free[n] for n in pool(queued)):
+            continue  # can never start on its pool: skipped, does not block
+        for other in waiting:
+            if order(other) > order(queued) and pool(other) & pool(queued):
+                assert allocation[other.key].queued, (queued.key, other.key)
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(pooled_clusters(), st.randoms(use_true_random=False))
+def test_on_node_pools_the_same_answer_in_any_order(
+    cluster: tuple[list[JobDemand], Capacity], rnd: Any
+) -> None:
     jobs, capacity = cluster
     shuffled = list(jobs)
     rnd.shuffle(shuffled)
