@@ -241,7 +241,8 @@ def test_arbitration_shares_each_pool_between_the_jobs_that_may_use_it(
         no worker is Pending. The plain jobs may hold 7 of pool a's 8 for a while: arriving
         together, one of them can find a worker unschedulable while the other's first
         workers still hold the GPUs, and then waits before asking again (autoscaling step
-        1), which is not what this test is about."""
+        1; pods rejected while the cluster shows GPUs for them now get a 30 s grace, meant
+        for exactly that), which is not what this test is about."""
         now = workers()
         running = {job: phases.get("Running", 0) for job, phases in now.items()}
         pending = sum(phases.get("Pending", 0) for phases in now.values())

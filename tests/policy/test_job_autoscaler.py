@@ -386,6 +386,63 @@ def test_only_more_room_than_the_failed_try_found_counts(
     assert SchedulableCap(8, 100.0, 1, at_try).room_appeared(running, now) is appeared
 
 
+def _scale_ups_with_a_rejected_pod(
+    autoscaler: JobAutoscaler, minutes: float, *, transient: bool
+) -> list[tuple[float, int, int, str]]:
+    """Passes where, after each scale-up, the scheduler rejects one new pod while the
+    operator reads free GPUs for it (one freed after the scheduler's try): for one pass when
+    ``transient`` (the scheduler places it at its next try), for good otherwise (something
+    other than GPUs keeps it off). Returns the moves as (minute, from, to, reason)."""
+    current, t, grew, moves = 4, 0.0, -math.inf, []
+    while t < minutes * 60.0:
+        t += INTERVAL
+        rejected = 1 if current > 4 and (not transient or t - grew <= INTERVAL) else 0
+        running = current - rejected
+        (o,) = steady(running, start=t, count=1, tau=amdahl(0.03))
+        rec = autoscaler.decide([o], current_replicas=current, now=t, pending_replicas=rejected,
+                                unschedulable_replicas=rejected, room=rejected)  # fmt: skip
+        if rec.replicas != current:
+            moves.append((t / 60.0, current, rec.replicas, rec.reason))
+        if rec.replicas > current:
+            grew = t
+        current = rec.replicas
+    return moves
+
+
+def test_a_pod_rejected_while_the_cluster_shows_gpus_for_it_is_left_to_the_scheduler() -> None:
+    # Capped at once, the job dropped the pod and recorded room for 1 at the failed try: the
+    # same 1 free GPU at every later pass never "appeared", so it held one short, that GPU
+    # idle, for the rest of the run (seen on the test-bed under arbitration).
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    moves = _scale_ups_with_a_rejected_pod(autoscaler, 60.0, transient=True)
+    assert [m for m in moves if m[2] < m[1]] == [], moves
+    assert moves and moves[-1][2] == 12, moves
+    assert autoscaler.memory().schedulable is None
+
+
+def test_a_pod_rejected_for_good_caps_the_job_after_the_grace() -> None:
+    autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
+    seen: list[str] = []
+    current, t = 4, 0.0
+    for _ in range(40):  # up from 4 first; then the pod beyond 8 never runs
+        t += INTERVAL
+        rejected = max(0, current - 8)
+        (o,) = steady(current - rejected, start=t, count=1, tau=amdahl(0.03))
+        rec = autoscaler.decide([o], current_replicas=current, now=t, pending_replicas=rejected,
+                                unschedulable_replicas=rejected, room=rejected)  # fmt: skip
+        seen.append(rec.reason)
+        if rejected and rec.replicas == current:
+            assert "leaving them to the scheduler for up to 30 s" in rec.reason
+        if rec.replicas < current:
+            break
+        current = rec.replicas
+    assert rec.replicas == 8 and rec.limited_by is LimitedBy.UNSCHEDULABLE, seen
+    graced = [r for r in seen if "leaving them to the scheduler" in r]
+    assert len(graced) == 1, seen  # one 30 s pass, then the cap as before
+    cap = autoscaler.memory().schedulable
+    assert cap is not None and cap.replicas == 8 and cap.room >= 1
+
+
 def test_the_wait_survives_an_operator_restart() -> None:
     autoscaler = JobAutoscaler(make_spec(replicas=4, hi=12))
     moves = on_a_cluster_that_places(autoscaler, amdahl(0.03), lambda _: 8, 10.0)

@@ -62,6 +62,16 @@ it ran that count again for a while (two restarts a try)."""
 UNSCHEDULABLE_RETRY_MAX_SECONDS = 3600.0
 """Each try that finds pods unschedulable again doubles the wait, up to this."""
 
+UNSCHEDULABLE_GRACE_SECONDS = 30.0
+"""Pods the scheduler rejected while the cluster shows free GPUs for all of them (``room``)
+are left pending this long before they cap the job: GPUs freed between the scheduler's try
+and the pass (another job's workers stopping, as arbitration moves GPUs between jobs) let
+the scheduler place them at its next try. Capped at once, the job dropped the pod, and the
+room it recorded at the failed try already held the GPU freed, so no room ever "appeared"
+and it held one GPU short of its share, that GPU idle (the likely cause of a job seen once
+on the test-bed holding 3 of its 4-GPU share, two jobs having arrived together on one pool). Pods still unschedulable after this cap the job as
+before: something other than GPUs keeps them off (CPU, memory, pod affinity)."""
+
 
 @dataclass(frozen=True)
 class MeasuredPoint:
@@ -296,6 +306,7 @@ class JobAutoscaler:
         self._left: set[int] = set(memory.left_downwards) if memory else set()
         self._schedulable: SchedulableCap | None = memory.schedulable if memory else None
         self._probed: set[int] = set()  # counts moved to on a probe (not kept in status)
+        self._rejected_since: float | None = None  # unschedulable pods with room seen since
         self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
         self._current: int | None = None
         self._workers_per_node: int | None = None
@@ -359,6 +370,9 @@ class JobAutoscaler:
         changed = self._forget_changed_curve(current_replicas, now)
         self._estimates = None
         running = current_replicas - pending_replicas
+        graced = self._scheduler_grace(unschedulable_replicas, room, now)
+        if graced:
+            unschedulable_replicas = 0  # pending, not rejected, for the grace period
         room_appeared = self._update_wait(current_replicas, running, room, now)
         cap = self._schedulable
         waiting = None if cap is None or now >= cap.until else cap.replicas
@@ -390,6 +404,13 @@ class JobAutoscaler:
                 reason=f"{rec.reason} (the cluster has room for {room} more than the "
                 f"{running} running, {cap.room} more than {cap.replicas} when pods beyond "
                 "were unschedulable)",
+            )
+        if graced:
+            rec = replace(
+                rec,
+                reason=f"{rec.reason} ({graced} pods unschedulable, but the cluster has free "
+                f"GPUs for {room}: leaving them to the scheduler for up to "
+                f"{UNSCHEDULABLE_GRACE_SECONDS:.0f} s)",
             )
         self._remember_move(rec, current_replicas, now, room)
         rec = self._say_when_it_tries_again(rec, now)
@@ -466,6 +487,17 @@ class JobAutoscaler:
         self._probed -= stale
         for count in stale:
             del self._last_seen[count]
+
+    def _scheduler_grace(self, unschedulable: int, room: int | None, now: float) -> int:
+        """Unschedulable pods left pending at this pass (:data:`UNSCHEDULABLE_GRACE_SECONDS`):
+        all of them when the cluster shows free GPUs for all of them and the grace, counted
+        from the first pass that saw them so, has not run out; else 0."""
+        if unschedulable <= 0 or room is None or room < unschedulable:
+            self._rejected_since = None if unschedulable <= 0 else self._rejected_since
+            return 0
+        if self._rejected_since is None:
+            self._rejected_since = now
+        return unschedulable if now - self._rejected_since < UNSCHEDULABLE_GRACE_SECONDS else 0
 
     def _update_wait(self, current: int, running: int, room: int | None, now: float) -> bool:
         """The wait after unschedulable pods, at this pass: over when pods beyond it ran,
