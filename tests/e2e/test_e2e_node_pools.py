@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OperatorProcess, arbitrated_job
-from tests.support.testbed import Kubectl, describe_pods, wait_for, wait_for_every_gpu
+from tests.support.testbed import (
+    Kubectl,
+    describe_pods,
+    foreign_gpu_pod,
+    wait_for,
+    wait_for_every_gpu,
+)
 from trainscale.operator.autoscaling.node_filters import compute_eligible_nodes
 from trainscale.testbed.cluster import Testbed
 
@@ -112,22 +118,10 @@ def _fill(value: Any, b: str) -> Any:
 
 
 def _pod(name: str, scheduling: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "registry.example/probe:1",
-                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                }
-            ],
-            **scheduling,
-        },
-    }
+    """A one-GPU pod (not trainscale's) with these scheduling fields."""
+    pod = foreign_gpu_pod(name, 1)
+    pod["spec"].update(scheduling)
+    return pod
 
 
 def test_the_node_filters_agree_with_the_scheduler(

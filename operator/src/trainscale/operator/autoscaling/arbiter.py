@@ -518,12 +518,12 @@ def rebalance(
 
     Mutates ``placed`` and ``free``. Repeatedly, the job with the best gain per GPU
     (:func:`_best_step`, any size) takes the GPUs it needs beyond the free ones from donors
-    above their minimum that hold GPUs on a node it may use: lower-priority donors first (a higher-priority job may shrink lower
-    ones to their minimum, never below, whatever they lose), then same-priority donors by the
-    least loss per GPU (:func:`_down_step`). A move is made only if the recipient's utility
-    gain exceeds what its same-priority donors lose; both sides are valued with the restart
-    charge and the resize margin, so GPUs move only for a gain that pays two restarts with a
-    margin. A donor never has a higher priority than its recipient. Stops when no move pays
+    above their minimum that hold GPUs on a node it may use: lower-priority donors first (a
+    higher-priority job may shrink lower ones to their minimum, never below, whatever they
+    lose), then same-priority donors by the least loss per GPU (:func:`_down_step`). A move
+    is made only if the recipient's utility gain exceeds what its same-priority donors lose;
+    both sides are valued with the restart charge and the resize margin, so GPUs move only
+    for a gain that pays two restarts with a margin. A donor never has a higher priority than its recipient. Stops when no move pays
     (each move raises the objective, so it ends; bounded by the GPU count besides, and a move
     that failed is not tried again within the decision, which keeps it fast)."""
     jobs = sorted((d for d in demands if d.key in placed), key=_order_key)
@@ -718,12 +718,12 @@ def _unplace(
     """Remove ``workers`` of ``demand`` from ``where``; return what remains. Mutates
     ``free``. Workers leave the nodes where the job has the fewest first (it stays packed);
     when they leave for ``keep_off``, first the nodes that job may use."""
+    remaining = dict(where)
 
     def order(node: str) -> tuple[bool, int, str]:
         away = keep_off is not None and not _may_use(keep_off, node)
         return (away, remaining[node], node)
 
-    remaining = dict(where)
     for _ in range(workers):
         node = min((n for n, w in remaining.items() if w > 0), key=order)
         remaining[node] -= 1

@@ -69,8 +69,9 @@ and the pass (another job's workers stopping, as arbitration moves GPUs between 
 the scheduler place them at its next try. Capped at once, the job dropped the pod, and the
 room it recorded at the failed try already held the GPU freed, so no room ever "appeared"
 and it held one GPU short of its share, that GPU idle (the likely cause of a job seen once
-on the test-bed holding 3 of its 4-GPU share, two jobs having arrived together on one pool). Pods still unschedulable after this cap the job as
-before: something other than GPUs keeps them off (CPU, memory, pod affinity)."""
+on the test-bed holding 3 of its 4-GPU share, two jobs having arrived together on one
+pool). Pods still unschedulable after this cap the job as before: something other than
+GPUs keeps them off (CPU, memory, pod affinity)."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,9 @@ class JobAutoscaler:
             room: Workers of this job the cluster has free GPUs for now, beyond those it
                 runs (whole workers per node); None = not known. Read while pods are
                 pending or the job waits after unschedulable pods (:attr:`waiting`): more
-                room than the failed try found ends the wait at once.
+                room than the failed try found ends the wait at once, and room for every
+                pod the scheduler rejected leaves them pending for
+                :data:`UNSCHEDULABLE_GRACE_SECONDS` before they cap the job.
 
         Returns:
             The policy's :class:`Recommendation`. A returned count different from
@@ -492,8 +495,10 @@ class JobAutoscaler:
         """Unschedulable pods left pending at this pass (:data:`UNSCHEDULABLE_GRACE_SECONDS`):
         all of them when the cluster shows free GPUs for all of them and the grace, counted
         from the first pass that saw them so, has not run out; else 0."""
-        if unschedulable <= 0 or room is None or room < unschedulable:
-            self._rejected_since = None if unschedulable <= 0 else self._rejected_since
+        if unschedulable <= 0:
+            self._rejected_since = None
+            return 0
+        if room is None or room < unschedulable:
             return 0
         if self._rejected_since is None:
             self._rejected_since = now

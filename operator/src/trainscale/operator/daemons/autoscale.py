@@ -26,6 +26,7 @@ from trainscale.operator.adapters import k8s, prometheus
 from trainscale.operator.adapters.prometheus_access import PrometheusAccess
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
+from trainscale.operator.autoscaling.node_filters import template_pod_spec
 from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
@@ -141,7 +142,8 @@ async def autoscale_job(
         ceiling = arbitration.ceiling(key)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
-    placement = build_placement(pods, nodes, spec.template.get("spec") or {})
+    pod_spec = template_pod_spec(spec.template)
+    placement = build_placement(pods, nodes, pod_spec)
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
     pending = sum(1 for w in workers if w.phase != "Running")
@@ -196,7 +198,7 @@ async def autoscale_job(
 
     room = None
     if unschedulable or autoscaler.waiting:
-        room = await _room(clients, nodes, spec.gpus_per_replica, spec.template.get("spec") or {})
+        room = await _room(clients, nodes, spec.gpus_per_replica, pod_spec)
 
     # -- decide --------------------------------------------------------------------------
     rec = autoscaler.decide(
@@ -246,7 +248,7 @@ async def _room(
     clients: k8s.KubernetesClients,
     nodes: list[dict[str, Any]],
     gpus_per_worker: int,
-    pod_spec: dict[str, Any],
+    pod_spec: Mapping[str, Any],
 ) -> int | None:
     """Workers the cluster has free GPUs for on the nodes the template lets them run on,
     read only while the job has unschedulable pods or waits after them (one cluster-wide
