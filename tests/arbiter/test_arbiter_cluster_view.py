@@ -29,11 +29,19 @@ from trainscale.operator.autoscaling.cluster import (
     build_capacity,
     build_demand,
     compute_room,
-    compute_running_nodes,
+    compute_worker_nodes,
     decide_arbitration,
     decide_queued,
 )
-from trainscale.operator.controller.builders import LABEL_JOB_NAME
+from trainscale.operator.controller.builders import (
+    COMPONENT_WORKER,
+    LABEL_COMPONENT,
+    LABEL_JOB_NAME,
+    LABEL_REPLICA_INDEX,
+    JobRef,
+    build_rendezvous_pod,
+    build_worker_pod,
+)
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -63,8 +71,18 @@ def pod(
     namespace: str = "default",
     phase: str = "Running",
     terminating: bool = False,
+    index: int = 0,
 ) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/managed-by": "trainscale", LABEL_JOB_NAME: job} if ours else {}
+    labels = (
+        {
+            "app.kubernetes.io/managed-by": "trainscale",
+            LABEL_JOB_NAME: job,
+            LABEL_COMPONENT: COMPONENT_WORKER,
+            LABEL_REPLICA_INDEX: str(index),
+        }
+        if ours
+        else {}
+    )
     meta: dict[str, Any] = {"namespace": namespace, "labels": labels}
     if terminating:
         meta["deletionTimestamp"] = "2026-12-01T11:59:00Z"
@@ -143,21 +161,45 @@ def test_room_counts_whole_workers_in_free_gpus(
     assert compute_room(nodes, pods, per_worker) == expected
 
 
-def test_running_nodes_count_our_live_bound_workers() -> None:
+def test_worker_nodes_are_our_live_bound_workers_by_replica_index() -> None:
     pods = [
-        pod("a", 1, ours=True, job="j"),
-        pod("a", 1, ours=True, job="j"),
-        pod("b", 1, ours=True, job="j"),
-        pod("b", 1, ours=True, job="j", terminating=True),
-        pod("b", 1, ours=True, job="j", phase="Failed"),
-        pod(None, 1, ours=True, job="j"),
+        pod("b", 1, ours=True, job="j", index=10),
+        pod("a", 1, ours=True, job="j", index=2),
+        pod("a", 1, ours=True, job="j", index=0),
+        pod("b", 1, ours=True, job="j", index=1),
+        pod("b", 1, ours=True, job="j", terminating=True, index=3),
+        pod("b", 1, ours=True, job="j", phase="Failed", index=4),
+        pod(None, 1, ours=True, job="j", index=5),
         pod("a", 1, ours=True, job="k", namespace="other"),
         pod("a", 1),
     ]
-    assert compute_running_nodes(pods, LABEL_JOB_NAME) == {
-        ("default", "j"): {"a": 2, "b": 1},
-        ("other", "k"): {"a": 1},
+    # Index 10 after 2, not before: the order is numeric (the operator deletes index 10 first).
+    assert compute_worker_nodes(pods) == {
+        ("default", "j"): ("a", "b", "a", "b"),
+        ("other", "k"): ("a",),
     }
+
+
+def bound(pod_body: dict[str, Any], node_name: str) -> dict[str, Any]:
+    """``pod_body`` as the apiserver returns it once the scheduler bound it to a node."""
+    return {
+        **pod_body,
+        "spec": {**pod_body["spec"], "nodeName": node_name},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_running_nodes_count_workers_not_the_rendezvous_pod() -> None:
+    """The operator's own pods as it builds them: the rendezvous pod carries the job's
+    label too, holds no GPU and is no worker (counted, it made the arbiter hold a GPU the
+    job did not have and charge a restart for the size the job runs at)."""
+    ref = JobRef(name="j", namespace="default", uid="u1")
+    job_spec = spec(replicas=3)
+    pods = [bound(build_worker_pod(ref, job_spec, i), "a") for i in range(3)]
+    pods.append(bound(build_rendezvous_pod(ref, job_spec), "a"))
+    assert compute_worker_nodes(pods) == {("default", "j"): ("a", "a", "a")}
+    demand = build_demand(ManagedJob("default/j", job_spec, worker_nodes=("a", "a", "a")))
+    assert demand.current_replicas == 3
 
 
 @pytest.mark.parametrize(
@@ -182,7 +224,7 @@ def test_which_jobs_are_arbitrated(job: ManagedJob, arbitrated: bool) -> None:
 
 def test_a_pinned_job_holds_what_it_runs() -> None:
     demand = build_demand(
-        ManagedJob("d/a", spec(replicas=2, autoscaling={"enabled": False}), running_nodes={"a": 3})
+        ManagedJob("d/a", spec(replicas=2, autoscaling={"enabled": False}), worker_nodes=("a",) * 3)
     )
     assert (demand.pinned, demand.current_replicas, dict(demand.current_nodes)) == (
         True,
@@ -235,7 +277,7 @@ def test_shares_fit_the_cluster_and_the_late_job_queues() -> None:
         "d/big",
         spec(replicas=4, minReplicas=4, maxReplicas=8),
         created=1.0,
-        running_nodes={"a": 4},
+        worker_nodes=("a",) * 4,
         throughput={n: float(n) for n in range(1, 9)},
     )
     late = ManagedJob("d/late", spec(replicas=6, minReplicas=6, maxReplicas=8), created=2.0)
@@ -256,7 +298,7 @@ def test_a_pinned_job_is_not_in_the_results_but_holds_its_gpus() -> None:
     pinned = ManagedJob(
         "d/fixed",
         spec(replicas=6, maxReplicas=6, autoscaling={"enabled": False}),
-        running_nodes={"a": 6},
+        worker_nodes=("a",) * 6,
     )
     wants = ManagedJob("d/auto", spec(replicas=4, minReplicas=4), created=1.0)
     results = decide_arbitration([pinned, wants], Capacity({"a": 8}), {}, NOW)
@@ -347,7 +389,7 @@ def test_workers_running_on_a_node_their_template_no_longer_admits_keep_it() -> 
         "d/old",
         spec(replicas=8, minReplicas=8, maxReplicas=8),
         created=1.0,
-        running_nodes={"b1": 8},
+        worker_nodes=("b1",) * 8,
         throughput={n: float(n) for n in range(1, 9)},
     )
     demand = build_demand(job, frozenset({"a1", "a2"}))

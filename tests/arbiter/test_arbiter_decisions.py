@@ -35,6 +35,10 @@ def amdahl(hi: int, serial: float) -> dict[int, float]:
 
 
 def job(key: str, **kw: Any) -> JobDemand:
+    """A demand; ``current_nodes={"n0": 4, "n1": 2}`` is shorthand for the workers' nodes
+    by index (``worker_nodes``: indexes 0-3 on n0, 4-5 on n1)."""
+    if "current_nodes" in kw:
+        kw["worker_nodes"] = tuple(n for n, w in kw.pop("current_nodes").items() for _ in range(w))
     kw.setdefault("min_replicas", 1)
     kw.setdefault("max_replicas", 8)
     kw.setdefault("throughput", linear(kw["max_replicas"]))

@@ -12,6 +12,7 @@ want one of its nodes; the same answer in any order.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -70,7 +71,7 @@ def demands(
         "pinned": pinned,
     }
     if pinned and node_names and current:
-        kw["current_nodes"] = {draw(st.sampled_from(node_names)): current}
+        kw["worker_nodes"] = (draw(st.sampled_from(node_names)),) * current
     return JobDemand(**kw)
 
 
@@ -202,14 +203,12 @@ def pooled_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
     pooled = []
     for demand in jobs:
         nodes = draw(st.none() | st.frozensets(st.sampled_from(names), max_size=len(names)))
-        current_nodes = dict(demand.current_nodes)
+        worker_nodes = demand.worker_nodes
         if not demand.pinned and demand.current_replicas and nodes:
-            current_nodes = {draw(st.sampled_from(sorted(nodes))): demand.current_replicas}
+            worker_nodes = (draw(st.sampled_from(sorted(nodes))),) * demand.current_replicas
         if nodes is not None:
-            nodes = nodes | frozenset(current_nodes)
-        pooled.append(
-            JobDemand(**{**demand.__dict__, "nodes": nodes, "current_nodes": current_nodes})
-        )
+            nodes = nodes | frozenset(worker_nodes)
+        pooled.append(dataclasses.replace(demand, nodes=nodes, worker_nodes=worker_nodes))
     return pooled, capacity
 
 

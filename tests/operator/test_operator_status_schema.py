@@ -119,7 +119,7 @@ def reconcile_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
 def arbitration_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(situation, status patch) for the cluster arbitration pass."""
     spec = _spec(spec_dict, autoscaling={"enabled": True})
-    running_job = ManagedJob("d/a", spec, created=1.0, running_nodes={"n1": 2},
+    running_job = ManagedJob("d/a", spec, created=1.0, worker_nodes=("n1", "n1"),
                              throughput={1: 1.0, 2: 2.0, 4: 3.5})  # fmt: skip
     waiting = ManagedJob("d/b", _spec(spec_dict, replicas=4, minReplicas=4,
                                       autoscaling={"enabled": True}), created=2.0)  # fmt: skip

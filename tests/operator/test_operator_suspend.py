@@ -136,14 +136,14 @@ def test_a_job_never_suspended_gets_no_suspended_condition(spec_dict: dict[str, 
     assert "Suspended" not in [c["type"] for c in plan.status["conditions"]]
 
 
-@pytest.mark.parametrize(("running_nodes", "held"), [({}, 0), ({"n1": 2}, 2)])
+@pytest.mark.parametrize(("worker_nodes", "held"), [((), 0), (("n1", "n1"), 2)])
 def test_arbitration_counts_only_the_workers_a_suspended_job_still_has(
-    spec_dict: dict[str, Any], running_nodes: dict[str, int], held: int
+    spec_dict: dict[str, Any], worker_nodes: tuple[str, ...], held: int
 ) -> None:
     autoscaled = {"enabled": True}
     suspended = ManagedJob(
         "d/paused", _spec(spec_dict, replicas=4, suspend=True, autoscaling=autoscaled),
-        created=1.0, running_nodes=running_nodes,
+        created=1.0, worker_nodes=worker_nodes,
     )  # fmt: skip
     assert not suspended.arbitrated
     demand = build_demand(suspended)

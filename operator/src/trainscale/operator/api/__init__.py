@@ -9,6 +9,12 @@ from trainscale.operator.api.models import (
     API_VERSION as API_VERSION,
 )
 from trainscale.operator.api.models import (
+    COMPONENT_RENDEZVOUS as COMPONENT_RENDEZVOUS,
+)
+from trainscale.operator.api.models import (
+    COMPONENT_WORKER as COMPONENT_WORKER,
+)
+from trainscale.operator.api.models import (
     CRD_NAME as CRD_NAME,
 )
 from trainscale.operator.api.models import (
@@ -24,7 +30,16 @@ from trainscale.operator.api.models import (
     KIND as KIND,
 )
 from trainscale.operator.api.models import (
+    LABEL_COMPONENT as LABEL_COMPONENT,
+)
+from trainscale.operator.api.models import (
+    LABEL_JOB_NAME as LABEL_JOB_NAME,
+)
+from trainscale.operator.api.models import (
     LABEL_MANAGED_BY as LABEL_MANAGED_BY,
+)
+from trainscale.operator.api.models import (
+    LABEL_REPLICA_INDEX as LABEL_REPLICA_INDEX,
 )
 from trainscale.operator.api.models import (
     MANAGED_BY as MANAGED_BY,

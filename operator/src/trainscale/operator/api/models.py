@@ -34,6 +34,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # pods by it, the pod watch selects by it).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "trainscale"
+# The job's pods carry its name, their role and, for a worker, its replica index: the
+# reconcile loop builds and reads them, the arbiter reads which of a job's pods are workers
+# and in what order they leave (the highest indexes first).
+LABEL_JOB_NAME = "trainscale.dev/job-name"
+LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+COMPONENT_WORKER = "worker"
+COMPONENT_RENDEZVOUS = "rendezvous"
 
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000

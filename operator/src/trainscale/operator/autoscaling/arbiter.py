@@ -95,7 +95,9 @@ jobs behind it that may use one of its nodes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -141,7 +143,8 @@ class JobDemand:
         priority: the worker pods' PriorityClass value; higher first.
         created: creation time, seconds in the same epoch as ``now``; older first.
         current_replicas: workers running now (0 when not running).
-        current_nodes: where the running workers are, node name -> workers; may be empty.
+        worker_nodes: the node of each running worker, by replica index; may be empty
+            (:attr:`current_nodes` counts them).
         restart_cost_seconds: progress lost when the job's size changes.
         pinned: opted out of arbitration: it keeps ``current_replicas`` (its fixed size) and
             its GPUs are simply subtracted from the nodes.
@@ -164,7 +167,7 @@ class JobDemand:
     priority: int = 0
     created: float = 0.0
     current_replicas: int = 0
-    current_nodes: Mapping[str, int] = field(default_factory=dict)
+    worker_nodes: tuple[str, ...] = ()
     restart_cost_seconds: float = 0.0
     pinned: bool = False
     nodes: frozenset[str] | None = None
@@ -174,6 +177,11 @@ class JobDemand:
             raise ValueError(f"{self.key}: gpus_per_worker must be >= 1")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"{self.key}: need 0 <= min_replicas <= max_replicas")
+
+    @functools.cached_property
+    def current_nodes(self) -> dict[str, int]:
+        """Where the running workers are: node name -> workers."""
+        return dict(collections.Counter(self.worker_nodes))
 
 
 @dataclass(frozen=True)

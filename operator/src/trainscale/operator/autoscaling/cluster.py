@@ -29,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,8 @@ class ManagedJob:
         spec: the validated spec.
         phase: ``status.phase`` (empty when none yet).
         created: creation time, seconds since the epoch.
-        running_nodes: node name -> workers of this job bound there and not finished.
+        worker_nodes: the node of each of its workers bound and not finished, by replica
+            index (:func:`compute_worker_nodes`).
         priority: the template's PriorityClass value (0 when none).
         throughput: predicted samples/s per worker count, from the job's autoscaler.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
@@ -157,7 +159,7 @@ class ManagedJob:
     spec: api.TrainingJobSpec
     phase: str = ""
     created: float = 0.0
-    running_nodes: Mapping[str, int] = field(default_factory=dict)
+    worker_nodes: tuple[str, ...] = ()
     priority: int = 0
     throughput: Mapping[int, float] = field(default_factory=dict)
     restart_cost_seconds: float = 0.0
@@ -214,8 +216,8 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
     them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``)."""
     spec = job.spec
     autoscaling = spec.autoscaling
-    running = sum(job.running_nodes.values())
-    nodes = None if eligible is None else eligible | frozenset(job.running_nodes)
+    running = len(job.worker_nodes)
+    nodes = None if eligible is None else eligible | frozenset(job.worker_nodes)
     if not job.arbitrated:
         if job.finished:
             size = 0
@@ -229,7 +231,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
             min_replicas=0,
             max_replicas=size,
             current_replicas=size,
-            current_nodes=dict(job.running_nodes),
+            worker_nodes=job.worker_nodes,
             pinned=True,
             nodes=nodes,
         )
@@ -253,7 +255,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         priority=job.priority,
         created=job.created,
         current_replicas=running,
-        current_nodes=dict(job.running_nodes),
+        worker_nodes=job.worker_nodes,
         restart_cost_seconds=job.restart_cost_seconds,
         nodes=nodes,
     )
@@ -265,27 +267,34 @@ def parse_timestamp(value: str | None) -> float:
     return moment.timestamp() if moment is not None else 0.0
 
 
-def compute_running_nodes(
-    pods: Iterable[Mapping[str, Any]], job_label: str
-) -> dict[tuple[str, str], dict[str, int]]:
-    """Per job (namespace, name): node -> workers bound there, not finished, not terminating."""
-    out: dict[tuple[str, str], dict[str, int]] = {}
+def compute_worker_nodes(
+    pods: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Per job (namespace, name): the node of each of its workers that is bound, not
+    finished and not terminating, by replica index (the reconcile loop deletes the highest
+    indexes first when a job shrinks, so this order is the order its workers leave in).
+    Only workers: the job's rendezvous pod carries its label too, and holds no GPU."""
+    found: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
-        job_name = (meta.get("labels") or {}).get(job_label)
+        labels = meta.get("labels") or {}
+        job_name = labels.get(api.LABEL_JOB_NAME)
         node_name = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if (
             not job_name
             or not node_name
             or not is_managed_pod(pod)
+            or labels.get(api.LABEL_COMPONENT) != api.COMPONENT_WORKER
             or phase in FINISHED_POD_PHASES
             or meta.get("deletionTimestamp")
         ):
             continue
-        per_node = out.setdefault((meta.get("namespace", ""), job_name), {})
-        per_node[node_name] = per_node.get(node_name, 0) + 1
-    return out
+        index = labels.get(api.LABEL_REPLICA_INDEX, "")
+        order = int(index) if index.isdigit() else sys.maxsize
+        key = (meta.get("namespace", ""), job_name)
+        found.setdefault(key, []).append((order, meta.get("name", ""), node_name))
+    return {key: tuple(node for _, _, node in sorted(workers)) for key, workers in found.items()}
 
 
 @dataclass(frozen=True)
@@ -364,7 +373,7 @@ def decide_arbitration(
             use every node); cordoned ones too, so a queued job's reason can say so.
     """
     out: dict[str, ArbitrationResult] = {}
-    if capacity.total == 0 and not any(job.running_nodes for job in jobs):
+    if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
         for job in jobs:
             if job.arbitrated:
                 status = api.ArbitrationStatus(
@@ -392,7 +401,7 @@ def decide_arbitration(
         if not job.arbitrated or job.key not in allocation.jobs:
             continue
         status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
-        if status.queued and eligible[job.key] == frozenset() and not job.running_nodes:
+        if status.queued and eligible[job.key] == frozenset() and not job.worker_nodes:
             why = explain_no_node(template_pod_spec(job.spec.template), nodes)
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}

@@ -28,16 +28,16 @@ from trainscale.trainer.contract import rendezvous
 from trainscale.trainer.contract.environment import DEFAULT_METRICS_PORT as METRICS_PORT
 from trainscale.trainer.contract.naming import worker_pod_name
 
-LABEL_JOB_NAME = "trainscale.dev/job-name"
-LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
+LABEL_JOB_NAME = api.LABEL_JOB_NAME
+LABEL_REPLICA_INDEX = api.LABEL_REPLICA_INDEX
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_COMPONENT = api.LABEL_COMPONENT
 LABEL_MANAGED_BY = api.LABEL_MANAGED_BY
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 
-COMPONENT_WORKER = "worker"
-COMPONENT_RENDEZVOUS = "rendezvous"
+COMPONENT_WORKER = api.COMPONENT_WORKER
+COMPONENT_RENDEZVOUS = api.COMPONENT_RENDEZVOUS
 MANAGED_BY = api.MANAGED_BY
 
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"

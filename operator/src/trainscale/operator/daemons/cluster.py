@@ -33,11 +33,10 @@ from trainscale.operator.autoscaling.cluster import (
     ArbitrationResult,
     ManagedJob,
     build_capacity,
-    compute_running_nodes,
+    compute_worker_nodes,
     decide_arbitration,
     parse_timestamp,
 )
-from trainscale.operator.controller.builders import LABEL_JOB_NAME
 from trainscale.operator.daemons.common import WAKEUPS, post_event, utcnow
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ class ClusterArbitration:
             asyncio.to_thread(k8s.fetch_priority_values, clients),
         )
         capacity = build_capacity(nodes, pods)
-        running = compute_running_nodes(pods, LABEL_JOB_NAME)
+        running = compute_worker_nodes(pods)
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
         for body in bodies:
@@ -166,7 +165,7 @@ class ClusterArbitration:
     def _managed_job(
         self,
         body: Mapping[str, Any],
-        running: Mapping[tuple[str, str], Mapping[str, int]],
+        running: Mapping[tuple[str, str], tuple[str, ...]],
         priorities: Mapping[str, int],
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
@@ -182,7 +181,7 @@ class ClusterArbitration:
             spec=spec,
             phase=(body.get("status") or {}).get("phase") or "",
             created=parse_timestamp(meta.get("creationTimestamp")),
-            running_nodes=dict(running.get((namespace, name), {})),
+            worker_nodes=running.get((namespace, name), ()),
             priority=priorities.get(priority_class, 0),
             throughput=self._throughput(key, spec),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
