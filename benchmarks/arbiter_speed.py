@@ -8,7 +8,8 @@ The workload: ``--jobs`` jobs on ``--nodes`` nodes of ``--gpus-per-node`` GPUs, 
 with a throughput per count for every count up to its ``maxReplicas`` (as the caller fills
 from ``JobAutoscaler.predict_throughput``), an Amdahl-like curve with a cliff past one node,
 random bounds, 1 or 2 GPUs per worker, priorities, efficiency floors on half of them, a
-current allocation on two thirds of them (restart costs charged), and a few pinned jobs.
+current allocation on two thirds of them (restart costs charged) with its workers' nodes by
+replica index (packed, as the operator reports them), and a few pinned jobs.
 
 Run:  .venv/bin/python benchmarks/arbiter_speed.py [--jobs 200] [--nodes 250] [--runs 20]
 """
@@ -16,6 +17,7 @@ Run:  .venv/bin/python benchmarks/arbiter_speed.py [--jobs 200] [--nodes 250] [-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
@@ -57,7 +59,28 @@ def make_workload(
                 pinned=rng.random() < 0.03,
             )
         )
-    return demands, Capacity({n: gpus_per_node for n in names})
+    return _placed(demands, names, gpus_per_node, rng), Capacity({n: gpus_per_node for n in names})
+
+
+def _placed(
+    demands: list[JobDemand], names: list[str], gpus_per_node: int, rng: random.Random
+) -> list[JobDemand]:
+    """Each running job's workers on nodes, by replica index, as the operator passes them:
+    packed (a node filled before the next) from a random node on, within the GPUs."""
+    room = dict.fromkeys(names, gpus_per_node)
+    out = []
+    for demand in demands:
+        order: list[str] = []
+        start = rng.randrange(len(names))
+        ring = names[start:] + names[:start]
+        for _ in range(demand.current_replicas):
+            node = next((n for n in ring if room[n] >= demand.gpus_per_worker), None)
+            if node is None:
+                break
+            room[node] -= demand.gpus_per_worker
+            order.append(node)
+        out.append(dataclasses.replace(demand, worker_nodes=tuple(order)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

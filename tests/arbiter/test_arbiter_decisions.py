@@ -582,11 +582,29 @@ def test_a_donor_on_another_pool_is_not_charged_for_a_move() -> None:
     assert {k: x.replicas for k, x in allocation.jobs.items()} == {"a": 4, "b": 8, "r": 4}
 
 
-def test_a_donor_across_pools_gives_up_workers_where_the_recipient_can_use_them() -> None:
-    """The donor runs on both pools; the one worker it gives up for the arrival on pool A
-    leaves pool A (fewest-first would take its lone worker on n2 first, useless to the
-    arrival, and then one more: a 5)."""
-    a = job("a", current_replicas=8, current_nodes={"n0": 4, "n1": 3, "n2": 1}, created=1)
+@pytest.mark.parametrize(
+    ("order", "a_after", "a_where"),
+    [
+        pytest.param(
+            ("n0",) * 4 + ("n1",) * 3 + ("n2",), 5, {"n0": 4, "n1": 1}, id="last-index-off-pool"
+        ),
+        pytest.param(
+            ("n2",) + ("n0",) * 4 + ("n1",) * 3,
+            6,
+            {"n2": 1, "n0": 4, "n1": 1},
+            id="first-index-off-pool",
+        ),
+    ],
+)
+def test_a_donor_across_pools_frees_its_highest_indexes_wherever_they_run(
+    order: tuple[str, ...], a_after: int, a_where: dict[str, int]
+) -> None:
+    """The donor runs on both pools; the operator deletes its highest replica indexes when
+    it shrinks, so the arbiter frees those GPUs, not the ones it would like: when its last
+    worker runs on pool B, freeing two GPUs on pool A for the arrival costs it three workers
+    (the arbiter took one from pool A and kept n2's, which the operator then deleted, and
+    the arrival's worker waited for a GPU nobody freed)."""
+    a = job("a", current_replicas=8, worker_nodes=order, created=1)
     b = job(
         "b",
         current_replicas=7,
@@ -597,5 +615,59 @@ def test_a_donor_across_pools_gives_up_workers_where_the_recipient_can_use_them(
     )
     r = job("r", min_replicas=1, max_replicas=3, nodes=POOL_A, priority=10, created=3)
     allocation = allocate([a, b, r], nodes(4), now=100.0)
-    assert {k: x.replicas for k, x in allocation.jobs.items()} == {"a": 6, "b": 7, "r": 3}
-    assert dict(allocation["a"].placement).get("n2") == 1
+    assert {k: x.replicas for k, x in allocation.jobs.items()} == {"a": a_after, "b": 7, "r": 3}
+    assert dict(allocation["a"].placement) == a_where
+    assert dict(allocation["r"].placement) == {"n1": 3}
+
+
+# ------------------------------------------------- running workers leave highest index first
+
+
+@pytest.mark.parametrize(
+    ("running", "arrival", "expected"),
+    [
+        pytest.param(
+            [job("x", current_nodes={"n0": 4, "n1": 4}, current_replicas=8, created=1)],
+            job("y", min_replicas=2, max_replicas=2, created=2),
+            {"x": {"n0": 4, "n1": 2}, "y": {"n1": 2}},
+            id="arrival-takes-the-last-indexes-gpus",
+        ),
+        pytest.param(
+            [
+                job("x", current_nodes={"n0": 4}, current_replicas=4, max_replicas=4, created=1),
+                job("z", current_nodes={"n1": 2}, current_replicas=2, max_replicas=2, created=2),
+            ],
+            job("y", min_replicas=2, max_replicas=2, created=3),
+            {"x": {"n0": 4}, "z": {"n1": 2}, "y": {"n1": 2}},
+            id="free-gpus-first",
+        ),
+        pytest.param(
+            [
+                job("hi", current_nodes={"n0": 4}, current_replicas=4, priority=5, created=1),
+                job("lo", current_nodes={"n1": 4}, current_replicas=4, created=2),
+            ],
+            job("y", min_replicas=3, max_replicas=3, priority=5, created=3),
+            {"hi": {"n0": 4}, "lo": {"n1": 1}, "y": {"n1": 3}},
+            id="lower-priority-gives-first",
+        ),
+        pytest.param(
+            [
+                job("x", current_nodes={"n0": 1, "n1": 3}, current_replicas=4, created=1),
+                job("z", current_nodes={"n0": 3, "n1": 1}, current_replicas=4, created=2),
+            ],
+            job("y", min_replicas=1, max_replicas=1, created=3),
+            {"x": {"n0": 1, "n1": 3}, "z": {"n0": 3}, "y": {"n1": 1}},
+            id="fewest-gpus-lost",
+        ),
+    ],
+)
+def test_an_arrival_takes_the_gpus_whose_loss_costs_running_jobs_least(
+    running: list[JobDemand], arrival: JobDemand, expected: dict[str, dict[str, int]]
+) -> None:
+    """Running jobs keep their first workers where they run (the operator deletes the
+    highest replica indexes when a job shrinks), so which GPUs an arrival takes decides how
+    many workers they keep: it takes free GPUs first, then those of the lowest priority's
+    last indexes (on arrival-takes-the-last-indexes-gpus it took two on n0, where x's
+    worker 1 runs, and x kept 1 worker where it could keep 6)."""
+    allocation = allocate([*running, arrival], nodes(2), now=100.0)
+    assert {k: dict(a.placement) for k, a in allocation.jobs.items()} == expected

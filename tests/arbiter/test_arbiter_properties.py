@@ -7,11 +7,14 @@ one grows above its minimum; waiting jobs admitted strictly in order; nobody que
 minimums fit; the same answer for the same input in any order. On node pools (each job
 allowed some nodes): every worker on a node its job may use, no node over capacity, counts
 in bounds; a queued job that could start on its pool holds back the later waiting jobs that
-want one of its nodes; the same answer in any order.
+want one of its nodes; the same answer in any order. On both: a running job given ``c``
+workers keeps its first ``c`` where they run (the operator deletes the highest indexes).
+Running jobs' workers are generated where a cluster could hold them (``with_workers``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -75,13 +78,47 @@ def demands(
     return JobDemand(**kw)
 
 
+def with_workers(
+    draw: st.DrawFn,
+    jobs: list[JobDemand],
+    capacity: Capacity,
+    pools: dict[str, frozenset[str] | None] | None = None,
+) -> list[JobDemand]:
+    """Each running arbitrated job's workers on nodes, by replica index, as a cluster holds
+    them: within the GPUs the pinned jobs leave, on nodes of its pool (``pools``); a job
+    runs as many workers as found a node."""
+    room, _ = subtract_pinned(jobs, capacity)
+    out = []
+    for demand in jobs:
+        if demand.pinned or not demand.current_replicas:
+            out.append(demand)
+            continue
+        pool = (pools or {}).get(demand.key)
+        order: list[str] = []
+        for _ in range(demand.current_replicas):
+            fits = sorted(
+                n
+                for n, g in room.items()
+                if g >= demand.gpus_per_worker and (pool is None or n in pool)
+            )
+            if not fits:
+                break
+            node = draw(st.sampled_from(fits))
+            room[node] -= demand.gpus_per_worker
+            order.append(node)
+        out.append(
+            dataclasses.replace(demand, current_replicas=len(order), worker_nodes=tuple(order))
+        )
+    return out
+
+
 @st.composite
 def clusters(draw: st.DrawFn, *, simple: bool = False) -> tuple[list[JobDemand], Capacity]:
     capacity = draw(capacities())
     names = tuple(capacity.free_gpus)
     count = draw(st.integers(1, 8))
     jobs = [draw(demands(f"j{i}", simple=simple, node_names=names)) for i in range(count)]
-    return jobs, capacity
+    return (jobs if simple else with_workers(draw, jobs, capacity)), capacity
 
 
 def decide(jobs: list[JobDemand], capacity: Capacity) -> Allocation:
@@ -197,18 +234,25 @@ def test_same_answer_in_any_order(cluster: tuple[list[JobDemand], Capacity], rnd
 @st.composite
 def pooled_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
     """Clusters whose jobs may each use only some nodes (a node selector, a taint), as
-    ``cluster.build_demand`` passes them: the nodes a running job runs on are among them."""
+    ``cluster.build_demand`` passes them: a running job's workers run on nodes of its pool."""
     jobs, capacity = draw(clusters())
     names = sorted(capacity.free_gpus)
+    pools = {
+        d.key: draw(st.none() | st.frozensets(st.sampled_from(names), max_size=len(names)))
+        for d in jobs
+    }
+    jobs = with_workers(
+        draw,
+        [dataclasses.replace(d, worker_nodes=d.worker_nodes if d.pinned else ()) for d in jobs],
+        capacity,
+        pools,
+    )
     pooled = []
     for demand in jobs:
-        nodes = draw(st.none() | st.frozensets(st.sampled_from(names), max_size=len(names)))
-        worker_nodes = demand.worker_nodes
-        if not demand.pinned and demand.current_replicas and nodes:
-            worker_nodes = (draw(st.sampled_from(sorted(nodes))),) * demand.current_replicas
+        nodes = pools[demand.key]
         if nodes is not None:
-            nodes = nodes | frozenset(worker_nodes)
-        pooled.append(dataclasses.replace(demand, nodes=nodes, worker_nodes=worker_nodes))
+            nodes = nodes | frozenset(demand.worker_nodes)
+        pooled.append(dataclasses.replace(demand, nodes=nodes))
     return pooled, capacity
 
 
@@ -273,3 +317,27 @@ def test_on_node_pools_the_same_answer_in_any_order(
     shuffled = list(jobs)
     rnd.shuffle(shuffled)
     assert decide(jobs, capacity) == decide(shuffled, capacity)
+
+
+def assert_running_jobs_keep_their_first_workers(
+    jobs: list[JobDemand], allocation: Allocation
+) -> None:
+    """A running job given ``c`` workers holds its first ``c`` where they run (the operator
+    deletes the highest indexes when it shrinks), or all of them and more."""
+    for demand in jobs:
+        got = allocation[demand.key]
+        if demand.pinned or not demand.worker_nodes or got.queued:
+            continue
+        where = collections.Counter(dict(got.placement))
+        kept = collections.Counter(demand.worker_nodes[: got.replicas])
+        assert where & kept == kept, (demand.key, demand.worker_nodes, got.placement)
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(clusters(), pooled_clusters())
+def test_a_running_job_keeps_its_first_workers_where_they_run(
+    plain: tuple[list[JobDemand], Capacity], pooled: tuple[list[JobDemand], Capacity]
+) -> None:
+    for jobs, capacity in (plain, pooled):
+        assert_running_jobs_keep_their_first_workers(jobs, decide(jobs, capacity))

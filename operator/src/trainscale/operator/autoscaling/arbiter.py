@@ -27,9 +27,10 @@ The decision is a pipeline of named steps, each a small function tested alone:
    block the queue and is skipped.
 4. ``restore_running`` — the decision starts from the current allocation: admitted running
    jobs return to the size they run at (the largest candidate at or below it) before any job
-   grows. When admissions took GPUs, the jobs that miss them are those that lose the least
-   utility per GPU (higher priority tiers restored first). So an arrival takes free GPUs
-   first, then only as many as its minimum needs, from the jobs it hurts least.
+   grows, each worker to the node it runs on, in replica-index order. An arrival admitted in
+   step 3 takes free GPUs first, then only as many as its minimum needs, where that costs
+   the running jobs the least: the lowest priority first, then the fewest GPUs lost (a job
+   whose worker ``i`` lost its GPU keeps workers ``0 .. i-1``).
 5. ``grow_by_marginal_gain`` — the GPUs left over go, one grant at a time, to the job whose
    utility rises the most per GPU, priority tier by tier: a higher-priority job takes all it
    usefully can before a lower-priority one grows above its minimum.
@@ -76,7 +77,12 @@ predicted). A demand with no throughput at all (nothing measured yet) is treated
 job runs at its minimum until its autoscaler has a model — conservative, and the arbiter then
 never gives GPUs on a guess.
 
-Node packing: a worker needs ``gpus_per_worker`` GPUs on one node. Workers are placed first
+Running workers are not placed: they are where they run (``JobDemand.worker_nodes``, by
+replica index), and a job that shrinks loses its highest indexes, wherever they run, because
+that is what the operator deletes. So a running job at ``c`` workers holds its first ``c``,
+and GPUs it gives up are those of its last workers, not the ones another job would like.
+
+Node packing: a worker needs ``gpus_per_worker`` GPUs on one node. New workers are placed first
 on the nodes where the job already has workers (keeping it together), then where it runs now,
 then best fit: the node with the fewest free GPUs that still holds all the workers being
 placed (so whole nodes stay free for multi-GPU workers and for growth), else the node with
@@ -89,8 +95,9 @@ Node pools: a job whose template restricts its workers to some nodes (``JobDeman
 a node selector, required node affinity, taints it does not tolerate) is placed, counted
 and given room only there; a running job returns to its size on the nodes it runs on (its
 workers are not moved to make room); GPUs move to a job only from donors holding some on a
-node it may use, and those donors give up workers there first; a queued job blocks only the
-jobs behind it that may use one of its nodes.
+node it may use, and a donor whose last workers run elsewhere shrinks past them first (its
+loss counted in full, so the move is made only if it still pays); a queued job blocks only
+the jobs behind it that may use one of its nodes.
 """
 
 from __future__ import annotations
@@ -143,8 +150,10 @@ class JobDemand:
         priority: the worker pods' PriorityClass value; higher first.
         created: creation time, seconds in the same epoch as ``now``; older first.
         current_replicas: workers running now (0 when not running).
-        worker_nodes: the node of each running worker, by replica index; may be empty
-            (:attr:`current_nodes` counts them).
+        worker_nodes: the node of each running worker, by replica index; may be empty. The
+            operator deletes the highest indexes first when a job shrinks, so a running job
+            at a smaller size keeps the first of these workers where they run, and a job
+            that shrinks frees the GPUs of the last (:attr:`current_nodes` counts them).
         restart_cost_seconds: progress lost when the job's size changes.
         pinned: opted out of arbitration: it keeps ``current_replicas`` (its fixed size) and
             its GPUs are simply subtracted from the nodes.
@@ -350,8 +359,11 @@ def admit_minimums(
 ) -> tuple[dict[str, dict[str, int]], list[JobDemand]]:
     """Step 3: place every admitted job's minimum; return placements and the queued jobs.
 
-    Mutates ``free``. Running jobs first (priority, then age), then waiting ones strictly
-    FIFO by priority then age: the first waiting job whose minimum does not fit blocks those
+    Mutates ``free``. Running jobs first (priority, then age): their first workers where they
+    run, then what their minimums need besides. Then waiting ones strictly FIFO by priority
+    then age, on free GPUs first, then on those of running jobs' workers above their
+    minimums whose loss costs the least (:class:`_Claims`): the first waiting job whose
+    minimum does not fit blocks those
     behind it, unless its minimum exceeds all the GPUs there are (it could never start).
     On a cluster of node pools (:attr:`JobDemand.nodes`) a waiting job blocks only the jobs
     behind it that may use one of its nodes, and "all the GPUs there are" are those on the
@@ -361,12 +373,27 @@ def admit_minimums(
     running = sorted((d for d in demands if d.current_replicas > 0), key=_order_key)
     waiting = sorted((d for d in demands if d.current_replicas <= 0), key=_order_key)
     ever = dict(free)
-    for demand in running:
-        where = _place(demand, demand.min_replicas, {}, free, dry_run=True)
+    for demand in running:  # first the workers they run, where they run them
+        back = min(demand.min_replicas, len(demand.worker_nodes))
+        if sum(_place(demand, back, {}, free, dry_run=True).values()) == back:
+            placed[demand.key] = _place(demand, back, {}, free)
+    claims = _Claims(running, placed, free)
+    for demand in running:  # then what their minimums need besides
+        kept = placed.get(demand.key)
+        rest = demand.min_replicas - (sum(kept.values()) if kept is not None else 0)
+        # without ``kept`` the cluster changed under its workers: it is placed anew
+        in_order = kept is not None
+        where = _place(demand, rest, kept or {}, free, dry_run=True, in_order=in_order)
         if sum(where.values()) < demand.min_replicas:
+            if kept is not None:
+                _unplace(demand, sum(kept.values()), kept, free)
+                del placed[demand.key]
+                claims.drop(demand.key)
             queued.append(demand)
             continue
-        placed[demand.key] = _place(demand, demand.min_replicas, {}, free)
+        placed[demand.key] = _place(
+            demand, rest, kept or {}, free, in_order=in_order, claims=claims
+        )
     blocked: set[str] = set()  # the nodes of the waiting jobs that block the queue
     for demand in waiting:
         where = _place(demand, demand.min_replicas, {}, free, dry_run=True)
@@ -377,8 +404,88 @@ def admit_minimums(
             if demand.min_replicas * demand.gpus_per_worker <= _free_gpus(ever, demand):
                 blocked |= mine
             continue
-        placed[demand.key] = _place(demand, demand.min_replicas, {}, free)
+        placed[demand.key] = _place(demand, demand.min_replicas, {}, free, claims=claims)
     return placed, queued
+
+
+class _Claims:
+    """The GPUs that running jobs' workers above their minimums hold, while step 3 admits
+    waiting jobs. A running job keeps its workers in index order (the operator deletes the
+    highest indexes when it shrinks), so taking the GPU of its worker ``i`` costs it every
+    worker from ``i`` up, and frees their GPUs elsewhere too. An arrival takes free GPUs
+    first, then those whose loss costs the lowest priority the fewest GPUs (what step 4
+    did when any GPU of a pool would do: higher tiers return to their sizes first)."""
+
+    def __init__(
+        self,
+        running: Sequence[JobDemand],
+        placed: Mapping[str, Mapping[str, int]],
+        free: Mapping[str, int],
+    ) -> None:
+        self.on: dict[str, list[tuple[str, int, int]]] = {}  # node -> (job, index, GPUs)
+        self.limit: dict[str, int] = {}  # job -> the index its workers may return up to
+        self.priority: dict[str, int] = {}
+        self.held: dict[str, int] = collections.Counter()  # node -> GPUs claimed there
+        self.nodes_of: dict[str, set[str]] = {}  # job -> the nodes of its claims
+        for demand in running:
+            if demand.key not in placed:
+                continue
+            kept = _kept_prefix(demand, placed[demand.key])[0]
+            back, _ = _returning(demand, placed[demand.key], free)
+            self.limit[demand.key] = kept + len(back)
+            self.priority[demand.key] = demand.priority
+            for offset, node in enumerate(back):
+                if node in free:
+                    claim = (demand.key, kept + offset, demand.gpus_per_worker)
+                    self.on.setdefault(node, []).append(claim)
+                    self.held[node] += demand.gpus_per_worker
+                    self.nodes_of.setdefault(demand.key, set()).add(node)
+
+    def _breaks(self, node: str, spare: int, need: int) -> list[tuple[int, int, str, int]]:
+        """The claims to break so ``need`` GPUs of ``node`` are free, cheapest first, as
+        (priority, GPUs lost, job, index); ``spare``: the node's GPUs not yet placed on."""
+        if spare - self.held.get(node, 0) >= need:
+            return []
+        mine = self.on.get(node, [])
+        limit = {k: self.limit[k] for k, _, _ in mine}
+        held = self.held.get(node, 0)
+        breaks: list[tuple[int, int, str, int]] = []
+        while spare - held < need:
+            valid = [
+                (self.priority[k], (limit[k] - i) * g, k, i) for k, i, g in mine if i < limit[k]
+            ]
+            if not valid:
+                break
+            cheapest = min(valid)
+            _, _, key, index = cheapest
+            held -= sum(g for k, i, g in mine if k == key and index <= i < limit[k])
+            limit[key] = index
+            breaks.append(cheapest)
+        return breaks
+
+    def cost(self, node: str, spare: Mapping[str, int], need: int) -> tuple[float, int]:
+        """What taking ``need`` GPUs of ``node`` costs running jobs: the highest priority
+        that loses workers (-inf: none does), and the GPUs they lose (``spare``: the
+        nodes' GPUs not yet placed on)."""
+        breaks = self._breaks(node, spare[node], need)
+        return (max((b[0] for b in breaks), default=-math.inf), sum(b[1] for b in breaks))
+
+    def _cut(self, key: str, index: int) -> None:
+        """Job ``key``'s workers from ``index`` up cannot return: their GPUs are free."""
+        for node in self.nodes_of.get(key, ()):
+            for k, i, g in self.on[node]:
+                if k == key and index <= i < self.limit[key]:
+                    self.held[node] -= g
+        self.limit[key] = index
+
+    def drop(self, key: str) -> None:
+        """The job holds nothing (it lost its minimum): none of its GPUs is claimed."""
+        self._cut(key, -1)
+
+    def take(self, node: str, spare: int, need: int) -> None:
+        """Take ``need`` GPUs of ``node`` (``spare`` of them not yet placed on)."""
+        for _, _, key, index in self._breaks(node, spare, need):
+            self._cut(key, index)
 
 
 def _utility(demand: JobDemand, replicas: int, settings: ArbiterSettings) -> float:
@@ -448,17 +555,18 @@ def grow_by_marginal_gain(
         heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
         for demand in tiers[priority]:
             at = sum(placed[demand.key].values())
-            step = _best_step(demand, utilities[demand.key], at, _slots(free, demand))
+            slots = _slots(free, demand, placed[demand.key])
+            step = _best_step(demand, utilities[demand.key], at, slots)
             if step is not None:
                 heapq.heappush(heap, (-step[0], _order_key(demand), step[1], demand))
         while heap:
             _, order, target, demand = heapq.heappop(heap)
             at = sum(placed[demand.key].values())
-            slots = _slots(free, demand)
-            if target - at <= slots:
+            if target - at <= _slots(free, demand, placed[demand.key]):
                 placed[demand.key] = _place(demand, target - at, placed[demand.key], free)
-                at = target
-            step = _best_step(demand, utilities[demand.key], at, _slots(free, demand))
+                at = sum(placed[demand.key].values())
+            slots = _slots(free, demand, placed[demand.key])
+            step = _best_step(demand, utilities[demand.key], at, slots)
             if step is not None:
                 heapq.heappush(heap, (-step[0], order, step[1], demand))
 
@@ -474,13 +582,12 @@ def restore_running(
     grows further: the decision starts from the current allocation.
 
     Mutates ``placed`` and ``free``. Each running job may return to its kept size (its
-    current count, or the largest candidate below it), never above, on the nodes it runs on
-    (when they are known). It is
+    current count, or the largest candidate below it), never above, each worker on the node
+    it runs on, in replica-index order: a worker whose GPUs an admission of step 3 took
+    stops the job there (:class:`_Claims` chose those GPUs to cost the least). It is
     :func:`grow_by_marginal_gain` over those counts only: tier by priority (a higher-priority
-    job keeps its size before a lower one), and within a tier, when the admissions of step 3
-    took GPUs, they are missed by the jobs that lose the least per GPU (the current size is
-    valued without the restart charge, any other with it, so a job is put back whole when it
-    can be, and a job already shrunk is cheap to shrink further)."""
+    job keeps its size before a lower one); the current size is valued without the restart
+    charge, any other with it, so a job is put back whole when it can be."""
     running = [_where_it_runs(d) for d in demands if d.key in placed and d.current_replicas > 0]
     kept = {
         d.key: tuple(n for n in allowed[d.key] if n <= max(d.current_replicas, d.min_replicas))
@@ -528,7 +635,8 @@ def rebalance(
     (:func:`_best_step`, any size) takes the GPUs it needs beyond the free ones from donors
     above their minimum that hold GPUs on a node it may use: lower-priority donors first (a
     higher-priority job may shrink lower ones to their minimum, never below, whatever they
-    lose), then same-priority donors by the least loss per GPU (:func:`_down_step`). A move
+    lose), then same-priority donors by the least loss per GPU (:func:`_down_step`); a donor
+    loses its highest replica indexes, wherever they run (:func:`_unplace`). A move
     is made only if the recipient's utility gain exceeds what its same-priority donors lose;
     both sides are valued with the restart charge and the resize margin, so GPUs move only
     for a gain that pays two restarts with a margin. A donor never has a higher priority than its recipient. Stops when no move pays
@@ -622,7 +730,7 @@ def _move(
 
     heap = _first_donors(recipient, jobs, downs, placed)
     loss = 0.0
-    while _slots(trial_free, recipient) < target - at:
+    while _slots(trial_free, recipient, placed[recipient.key]) < target - at:
         if not heap:
             return set()
         _, _, _, to, donor = heapq.heappop(heap)
@@ -675,11 +783,61 @@ def _may_use(demand: JobDemand, node: str) -> bool:
     return demand.nodes is None or node in demand.nodes
 
 
-def _slots(free: Mapping[str, int], demand: JobDemand) -> int:
-    """How many more workers of ``demand`` fit on the nodes it may use."""
+_Preference = tuple[int, int, int, int, str]  # the sort key of a node for a new worker
+
+
+def _kept_prefix(demand: JobDemand, where: Mapping[str, int]) -> tuple[int, dict[str, int]]:
+    """How many of ``demand``'s running workers ``where`` keeps in index order (its workers
+    ``0 .. k-1`` where they run, :attr:`JobDemand.worker_nodes`), and the rest of ``where``:
+    the workers this decision added, which take the next indexes."""
+    left = dict(where)
+    kept = 0
+    for node in demand.worker_nodes:
+        if left.get(node, 0) <= 0:
+            break
+        left[node] -= 1
+        kept += 1
+    return kept, {n: w for n, w in left.items() if w > 0}
+
+
+def _returning(
+    demand: JobDemand, where: Mapping[str, int], free: Mapping[str, int]
+) -> tuple[list[str], bool]:
+    """The nodes of the running workers ``demand`` may take back beyond ``where``, in index
+    order, and whether one was stopped by a full node (then the job can keep no worker
+    above it: its next index runs there, and the operator never leaves a gap). A worker
+    on a node outside ``free`` (cordoned, gone) keeps running there, off the books."""
+    kept, added = _kept_prefix(demand, where)
+    if added:
+        return [], False  # placed anew (its own nodes could not hold its minimum)
+    need = demand.gpus_per_worker
+    used: dict[str, int] = {}
+    nodes: list[str] = []
+    for node in demand.worker_nodes[kept:]:
+        if node in free:
+            if free[node] - used.get(node, 0) < need:
+                return nodes, True
+            used[node] = used.get(node, 0) + need
+        nodes.append(node)
+    return nodes, False
+
+
+def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int]) -> int:
+    """How many more workers of ``demand`` fit, placed as :func:`_place` would: its
+    running workers back where they run, in index order, then new ones on the nodes it may
+    use."""
+    need = demand.gpus_per_worker
+    back, stopped = _returning(demand, where, free)
+    if stopped:
+        return len(back)
     if demand.nodes is None:
-        return sum(g // demand.gpus_per_worker for g in free.values())
-    return sum(g // demand.gpus_per_worker for n, g in free.items() if n in demand.nodes)
+        new = sum(g // need for g in free.values())
+    else:
+        new = sum(g // need for n, g in free.items() if n in demand.nodes)
+    for node, workers in collections.Counter(back).items():
+        if node in free and _may_use(demand, node):  # the GPUs its returning workers take
+            new += (free[node] - workers * need) // need - free[node] // need
+    return len(back) + new
 
 
 def _free_gpus(free: Mapping[str, int], demand: JobDemand) -> int:
@@ -694,14 +852,28 @@ def _place(
     free: dict[str, int],
     *,
     dry_run: bool = False,
+    in_order: bool = True,
+    claims: _Claims | None = None,
 ) -> dict[str, int]:
     """Place ``workers`` more workers of ``demand``; return its whole placement.
 
-    Node by node as :func:`_node_preference` orders them. Mutates ``free`` unless
-    ``dry_run``; places fewer when they do not fit."""
+    A running job first takes back the workers it runs, in index order, on their nodes
+    (:func:`_returning`; not when ``in_order`` is false), then new workers go node by node
+    as :func:`_node_preference` orders them, first where they cost running jobs the fewest
+    workers (``claims``, while step 3 admits jobs). Mutates ``free`` unless ``dry_run``;
+    places fewer when they do not fit."""
     need = demand.gpus_per_worker
     where = dict(already)
     spare = free if not dry_run else dict(free)
+    if in_order:
+        back, stopped = _returning(demand, where, spare)
+        for node in back[:workers]:
+            where[node] = where.get(node, 0) + 1
+            if node in spare:
+                spare[node] -= need
+        workers -= len(back[:workers])
+        if stopped:
+            return where
     allowed = demand.nodes
     for left in range(workers, 0, -1):
         candidates = [
@@ -709,7 +881,20 @@ def _place(
         ]
         if not candidates:
             break
-        node = min(candidates, key=lambda n: _node_preference(demand, n, where, spare, left))
+        taking = None  # the claims to weigh: only when no candidate has an unclaimed GPU
+        if claims is not None:
+            unclaimed = [n for n in candidates if spare[n] - claims.held.get(n, 0) >= need]
+            candidates, taking = (unclaimed, None) if unclaimed else (candidates, claims)
+
+        def key(
+            n: str, left: int = left, taking: _Claims | None = taking
+        ) -> tuple[tuple[float, int], _Preference]:
+            lost = (-math.inf, 0) if taking is None else taking.cost(n, spare, need)
+            return (lost, _node_preference(demand, n, where, spare, left))
+
+        node = min(candidates, key=key)
+        if claims is not None and not dry_run:
+            claims.take(node, spare[node], need)
         where[node] = where.get(node, 0) + 1
         spare[node] -= need
     return where
@@ -724,24 +909,35 @@ def _unplace(
     keep_off: JobDemand | None = None,
 ) -> dict[str, int]:
     """Remove ``workers`` of ``demand`` from ``where``; return what remains. Mutates
-    ``free``. Workers leave the nodes where the job has the fewest first (it stays packed);
-    when they leave for ``keep_off``, first the nodes that job may use."""
+    ``free``. The workers this decision added leave first (from the nodes where the job has
+    the fewest, so it stays packed; when they leave for ``keep_off``, first the nodes that
+    job may use), then its running workers, the highest index first: the operator deletes
+    those when a job shrinks, wherever they run."""
     remaining = dict(where)
+    kept, added = _kept_prefix(demand, where)
 
     def order(node: str) -> tuple[bool, int, str]:
         away = keep_off is not None and not _may_use(keep_off, node)
         return (away, remaining[node], node)
 
     for _ in range(workers):
-        node = min((n for n, w in remaining.items() if w > 0), key=order)
+        if added:
+            node = min(added, key=order)
+            added[node] -= 1
+            if not added[node]:
+                del added[node]
+        else:
+            kept -= 1
+            node = demand.worker_nodes[kept]
         remaining[node] -= 1
-        free[node] = free.get(node, 0) + demand.gpus_per_worker
+        if node in free:
+            free[node] += demand.gpus_per_worker
     return {n: w for n, w in remaining.items() if w > 0}
 
 
 def _node_preference(
     demand: JobDemand, node: str, where: Mapping[str, int], spare: Mapping[str, int], left: int
-) -> tuple[int, int, int, int, str]:
+) -> _Preference:
     """Sort key of a node for the next worker (smallest first): where the job already has
     workers, then where it runs now, then a node that holds all ``left`` workers (best fit:
     the fewest free GPUs), else the node with the most free GPUs (fewest nodes); by name."""
