@@ -375,7 +375,9 @@ def admit_minimums(
     ever = dict(free)
     for demand in running:  # first the workers they run, where they run them
         back = min(demand.min_replicas, len(demand.worker_nodes))
-        if sum(_place(demand, back, {}, free, dry_run=True).values()) == back:
+        if not back:
+            placed[demand.key] = {}
+        elif sum(_place(demand, back, {}, free, dry_run=True).values()) == back:
             placed[demand.key] = _place(demand, back, {}, free)
     claims = _Claims(running, placed, free)
     for demand in running:  # then what their minimums need besides
@@ -807,6 +809,8 @@ def _returning(
     order, and whether one was stopped by a full node (then the job can keep no worker
     above it: its next index runs there, and the operator never leaves a gap). A worker
     on a node outside ``free`` (cordoned, gone) keeps running there, off the books."""
+    if not demand.worker_nodes:
+        return [], False
     kept, added = _kept_prefix(demand, where)
     if added:
         return [], False  # placed anew (its own nodes could not hold its minimum)
@@ -830,6 +834,8 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     back, stopped = _returning(demand, where, free)
     if stopped:
         return len(back)
+    if demand.nodes is None and not back:
+        return sum(g // need for g in free.values())
     if demand.nodes is None:
         new = sum(g // need for g in free.values())
     else:
@@ -865,6 +871,8 @@ def _place(
     need = demand.gpus_per_worker
     where = dict(already)
     spare = free if not dry_run else dict(free)
+    if claims is not None and not any(claims.held.values()):
+        claims = None  # nothing claimed: every free GPU is free
     if in_order:
         back, stopped = _returning(demand, where, spare)
         for node in back[:workers]:
@@ -881,23 +889,36 @@ def _place(
         ]
         if not candidates:
             break
-        taking = None  # the claims to weigh: only when no candidate has an unclaimed GPU
-        if claims is not None:
-            unclaimed = [n for n in candidates if spare[n] - claims.held.get(n, 0) >= need]
-            candidates, taking = (unclaimed, None) if unclaimed else (candidates, claims)
-
-        def key(
-            n: str, left: int = left, taking: _Claims | None = taking
-        ) -> tuple[tuple[float, int], _Preference]:
-            lost = (-math.inf, 0) if taking is None else taking.cost(n, spare, need)
-            return (lost, _node_preference(demand, n, where, spare, left))
-
-        node = min(candidates, key=key)
+        node = _next_node(demand, candidates, where, spare, left, claims)
         if claims is not None and not dry_run:
             claims.take(node, spare[node], need)
         where[node] = where.get(node, 0) + 1
         spare[node] -= need
     return where
+
+
+def _next_node(
+    demand: JobDemand,
+    candidates: list[str],
+    where: Mapping[str, int],
+    spare: Mapping[str, int],
+    left: int,
+    claims: _Claims | None,
+) -> str:
+    """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
+    need = demand.gpus_per_worker
+    if claims is not None:
+        unclaimed = [n for n in candidates if spare[n] - claims.held.get(n, 0) >= need]
+        if not unclaimed:  # every candidate costs a running job workers: the least first
+            return min(
+                candidates,
+                key=lambda n: (
+                    claims.cost(n, spare, need),
+                    _node_preference(demand, n, where, spare, left),
+                ),
+            )
+        candidates = unclaimed
+    return min(candidates, key=lambda n: _node_preference(demand, n, where, spare, left))
 
 
 def _unplace(
