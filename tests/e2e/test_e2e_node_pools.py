@@ -13,7 +13,11 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   as a process): two plain jobs share pool a's 8 GPUs, a job tolerating pool b's taint
   gets all of pool b, no worker is left Pending for a GPU it was granted on a node it may
   not use, and a job whose node selector matches no node is Queued with the selector named
-  in its status and Event.
+  in its status and Event;
+- a job across both pools gives up GPUs where the operator deletes its workers (the highest
+  indexes): an arrival that may use only pool a runs, where it used to stay Pending while
+  the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
+  ``wide`` 12 Running, for the whole 120 s).
 """
 
 from __future__ import annotations
@@ -44,18 +48,28 @@ JOB_LABEL = "trainscale.dev/job-name"
 
 
 @pytest.fixture
-def pools(kubectl: Kubectl, testbed: Testbed) -> Iterator[tuple[str, str]]:
-    """Label and taint the two GPU nodes into pools a and b; undone afterwards."""
+def labelled_pools(kubectl: Kubectl, testbed: Testbed) -> Iterator[tuple[str, str]]:
+    """Label the two GPU nodes pool a and pool b, no taints (a plain job may use both)."""
     a, b = testbed.node_names[:2]
     kubectl("label", "node", a, f"{POOL}=a", "--overwrite")
     kubectl("label", "node", b, f"{POOL}=b", "--overwrite")
-    kubectl("taint", "node", a, f"{SOFT}=x:PreferNoSchedule", "--overwrite")
-    kubectl("taint", "node", b, f"{DEDICATED}=b:NoSchedule", "--overwrite")
     try:
         yield a, b
     finally:
         for node in (a, b):
             kubectl("label", "node", node, f"{POOL}-", check=False)
+
+
+@pytest.fixture
+def pools(kubectl: Kubectl, labelled_pools: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """Pools a and b, with pool a tainted ``PreferNoSchedule`` (which keeps nothing off) and
+    pool b ``NoSchedule`` for a dedicated team; undone afterwards."""
+    a, b = labelled_pools
+    kubectl("taint", "node", a, f"{SOFT}=x:PreferNoSchedule", "--overwrite")
+    kubectl("taint", "node", b, f"{DEDICATED}=b:NoSchedule", "--overwrite")
+    try:
+        yield a, b
+    finally:
         kubectl("taint", "node", a, f"{SOFT}-", check=False)
         kubectl("taint", "node", b, f"{DEDICATED}-", check=False)
 
@@ -180,6 +194,13 @@ def _workers(kubectl: Kubectl, namespace: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def _describe(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> str:
+    """What a failed wait shows: the workers by phase, the jobs, the pods, the operator."""
+    jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
+    return (f"workers: {_workers(kubectl, namespace)}\n{jobs}\n"
+            f"{describe_pods(kubectl, namespace)}\n{operator.log_tail()}")  # fmt: skip
+
+
 def test_arbitration_shares_each_pool_between_the_jobs_that_may_use_it(
     kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],
@@ -197,9 +218,7 @@ def test_arbitration_shares_each_pool_between_the_jobs_that_may_use_it(
         return _workers(kubectl, namespace)
 
     def describe() -> str:
-        jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
-        return (f"workers: {workers()}\n{jobs}\n{describe_pods(kubectl, namespace)}\n"
-                + operator.log_tail())  # fmt: skip
+        return _describe(kubectl, namespace, operator)
 
     wait_for_every_gpu(kubectl, namespace)
     for job in (
@@ -255,3 +274,72 @@ def test_arbitration_shares_each_pool_between_the_jobs_that_may_use_it(
     events = json.loads(kubectl("get", "events", "-n", namespace, "--field-selector",
                                 "involvedObject.name=lost", "-o", "json").stdout)["items"]  # fmt: skip
     assert any(e.get("reason") == "Queued" and "h100" in e.get("message", "") for e in events)
+
+
+def _worker_nodes(kubectl: Kubectl, namespace: str, job: str) -> dict[int, str | None]:
+    """The job's live worker pods: replica index -> node (None while not bound)."""
+    found = json.loads(
+        kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={job}", "-o", "json").stdout
+    )
+    return {
+        int(pod["metadata"]["labels"]["trainscale.dev/replica-index"]): pod["spec"].get("nodeName")
+        for pod in found["items"]
+        if pod["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+        and not pod["metadata"].get("deletionTimestamp")
+    }
+
+
+def test_a_job_across_both_pools_gives_up_gpus_where_its_workers_are_deleted(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    labelled_pools: tuple[str, str],
+) -> None:
+    """A plain job runs 16 workers, 0-7 on pool a and 8-15 on pool b; a job of the same
+    priority that may use only pool a arrives and needs 4. The operator shrinks a job by
+    deleting its highest indexes, so the GPUs on pool a come free only when ``wide`` drops
+    below 8. The arbiter used to grant the arrival 4 GPUs on pool a while cutting ``wide``
+    to 12, which deleted workers 12-15 on pool b: the arrival's workers stayed Pending for
+    good. Now ``wide`` goes to 4 (keeping 0-3 on pool a), the arrival runs, and ``wide``
+    grows back onto pool b."""
+    a, b = labelled_pools
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1")
+
+    def workers() -> dict[str, dict[str, int]]:
+        return _workers(kubectl, namespace)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    prefer_a = {
+        "affinity": {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "preference": {"matchExpressions": [_expr(POOL, "In", "a")]}}
+                ]
+            }
+        }
+    }
+    wide = arbitrated_job("wide", 16, 2, 16, scheduling=prefer_a)
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(wide))
+    wait_for(lambda: workers().get("wide", {}).get("Running") == 16, timeout=90,
+             what="wide's 16 workers Running", describe=describe)  # fmt: skip
+    where = _worker_nodes(kubectl, namespace, "wide")
+    # The precondition, not the behaviour under test: the scheduler filled pool a first.
+    assert {i: where[i] for i in range(16)} == {i: a if i < 8 else b for i in range(16)}, where
+
+    pool_a = arbitrated_job("pool-a", 4, 4, 4, scheduling={"nodeSelector": {POOL: "a"}})
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pool_a))
+
+    def arrival_runs() -> bool:
+        now = workers()
+        pending = sum(phases.get("Pending", 0) for phases in now.values())
+        return now.get("pool-a", {}).get("Running") == 4 and pending == 0
+
+    wait_for(arrival_runs, timeout=120, what="pool-a's 4 workers Running, none Pending",
+             describe=describe)  # fmt: skip
+    where = _worker_nodes(kubectl, namespace, "wide")
+    assert where, describe()
+    assert sum(1 for node in where.values() if node == a) <= 4, where
+    assert all(where[i] == a for i in range(min(4, len(where)))), where
