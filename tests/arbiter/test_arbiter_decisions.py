@@ -659,6 +659,22 @@ def test_a_donor_across_pools_frees_its_highest_indexes_wherever_they_run(
             {"x": {"n0": 1, "n1": 3}, "z": {"n0": 3}, "y": {"n1": 1}},
             id="fewest-gpus-lost",
         ),
+        pytest.param(
+            [
+                job("x", current_nodes={"n0": 4}, current_replicas=4, max_replicas=4, created=1),
+                job(
+                    "z",
+                    current_nodes={"n1": 4},
+                    current_replicas=4,
+                    max_replicas=4,
+                    throughput=dict.fromkeys(range(1, 5), 100.0),
+                    created=2,
+                ),
+            ],
+            job("y", min_replicas=2, max_replicas=2, created=3),
+            {"x": {"n0": 4}, "z": {"n1": 1}, "y": {"n1": 2}},  # z gains nothing from 2
+            id="least-utility-lost",
+        ),
     ],
 )
 def test_an_arrival_takes_the_gpus_whose_loss_costs_running_jobs_least(
@@ -667,7 +683,9 @@ def test_an_arrival_takes_the_gpus_whose_loss_costs_running_jobs_least(
     """Running jobs keep their first workers where they run (the operator deletes the
     highest replica indexes when a job shrinks), so which GPUs an arrival takes decides how
     many workers they keep: it takes free GPUs first, then those of the lowest priority's
-    last indexes (on arrival-takes-the-last-indexes-gpus it took two on n0, where x's
-    worker 1 runs, and x kept 1 worker where it could keep 6)."""
+    last indexes, where the loss of utility is least (z gains nothing from its last two
+    workers: they go, not two of x's, whose throughput they double); on
+    arrival-takes-the-last-indexes-gpus it had taken two on n0, where x's worker 1 runs,
+    and x kept 1 worker where it could keep 6."""
     allocation = allocate([*running, arrival], nodes(2), now=100.0)
     assert {k: dict(a.placement) for k, a in allocation.jobs.items()} == expected

@@ -29,8 +29,9 @@ The decision is a pipeline of named steps, each a small function tested alone:
    jobs return to the size they run at (the largest candidate at or below it) before any job
    grows, each worker to the node it runs on, in replica-index order. An arrival admitted in
    step 3 takes free GPUs first, then only as many as its minimum needs, where that costs
-   the running jobs the least: the lowest priority first, then the fewest GPUs lost (a job
-   whose worker ``i`` lost its GPU keeps workers ``0 .. i-1``).
+   the running jobs the least: the lowest priority first, then the least utility lost (a
+   job whose worker ``i`` lost its GPU keeps workers ``0 .. i-1``), so from the jobs it
+   hurts least.
 5. ``grow_by_marginal_gain`` — the GPUs left over go, one grant at a time, to the job whose
    utility rises the most per GPU, priority tier by tier: a higher-priority job takes all it
    usefully can before a lower-priority one grows above its minimum.
@@ -107,7 +108,7 @@ import dataclasses
 import functools
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -355,14 +356,18 @@ def _order_key(demand: JobDemand) -> tuple[int, float, str]:
 
 
 def admit_minimums(
-    demands: Sequence[JobDemand], free: dict[str, int]
+    demands: Sequence[JobDemand],
+    free: dict[str, int],
+    value: Callable[[JobDemand, int], float] | None = None,
 ) -> tuple[dict[str, dict[str, int]], list[JobDemand]]:
     """Step 3: place every admitted job's minimum; return placements and the queued jobs.
 
     Mutates ``free``. Running jobs first (priority, then age): their first workers where they
     run, then what their minimums need besides. Then waiting ones strictly FIFO by priority
     then age, on free GPUs first, then on those of running jobs' workers above their
-    minimums whose loss costs the least (:class:`_Claims`): the first waiting job whose
+    minimums whose loss costs the least (:class:`_Claims`; ``value``: a running job's
+    utility when it keeps a count, as step 4 values it; without it, GPUs lost count): the
+    first waiting job whose
     minimum does not fit blocks those
     behind it, unless its minimum exceeds all the GPUs there are (it could never start).
     On a cluster of node pools (:attr:`JobDemand.nodes`) a waiting job blocks only the jobs
@@ -379,7 +384,7 @@ def admit_minimums(
             placed[demand.key] = {}
         elif sum(_place(demand, back, {}, free, dry_run=True).values()) == back:
             placed[demand.key] = _place(demand, back, {}, free)
-    claims = _Claims(running, placed, free)
+    claims = _Claims(running, placed, free, value)
     for demand in running:  # then what their minimums need besides
         kept = placed.get(demand.key)
         rest = demand.min_replicas - (sum(kept.values()) if kept is not None else 0)
@@ -415,15 +420,20 @@ class _Claims:
     waiting jobs. A running job keeps its workers in index order (the operator deletes the
     highest indexes when it shrinks), so taking the GPU of its worker ``i`` costs it every
     worker from ``i`` up, and frees their GPUs elsewhere too. An arrival takes free GPUs
-    first, then those whose loss costs the lowest priority the fewest GPUs (what step 4
-    did when any GPU of a pool would do: higher tiers return to their sizes first)."""
+    first, then those whose loss costs the lowest priority the least: the least utility
+    (``value``, a job's utility at the count it keeps), else the fewest GPUs. That is what
+    step 4 did when any GPU of a pool would do: higher tiers returned to their sizes first,
+    and within a tier the jobs that lose the least missed the GPUs."""
 
     def __init__(
         self,
         running: Sequence[JobDemand],
         placed: Mapping[str, Mapping[str, int]],
         free: Mapping[str, int],
+        value: Callable[[JobDemand, int], float] | None = None,
     ) -> None:
+        self.value = value
+        self.demand = {d.key: d for d in running}
         self.on: dict[str, list[tuple[str, int, int]]] = {}  # node -> (job, index, GPUs)
         self.limit: dict[str, int] = {}  # job -> the index its workers may return up to
         self.priority: dict[str, int] = {}
@@ -443,18 +453,20 @@ class _Claims:
                     self.held[node] += demand.gpus_per_worker
                     self.nodes_of.setdefault(demand.key, set()).add(node)
 
-    def _breaks(self, node: str, spare: int, need: int) -> list[tuple[int, int, str, int]]:
+    def _breaks(self, node: str, spare: int, need: int) -> list[tuple[int, float, str, int]]:
         """The claims to break so ``need`` GPUs of ``node`` are free, cheapest first, as
-        (priority, GPUs lost, job, index); ``spare``: the node's GPUs not yet placed on."""
+        (priority, loss, job, index); ``spare``: the node's GPUs not yet placed on."""
         if spare - self.held.get(node, 0) >= need:
             return []
         mine = self.on.get(node, [])
         limit = {k: self.limit[k] for k, _, _ in mine}
         held = self.held.get(node, 0)
-        breaks: list[tuple[int, int, str, int]] = []
+        breaks: list[tuple[int, float, str, int]] = []
         while spare - held < need:
             valid = [
-                (self.priority[k], (limit[k] - i) * g, k, i) for k, i, g in mine if i < limit[k]
+                (self.priority[k], self._loss(k, i, limit[k], g), k, i)
+                for k, i, g in mine
+                if i < limit[k]
             ]
             if not valid:
                 break
@@ -465,10 +477,18 @@ class _Claims:
             breaks.append(cheapest)
         return breaks
 
-    def cost(self, node: str, spare: Mapping[str, int], need: int) -> tuple[float, int]:
+    def _loss(self, key: str, index: int, limit: int, gpus: int) -> float:
+        """What job ``key`` loses when it keeps ``index`` workers, not ``limit``."""
+        if self.value is None:
+            return float((limit - index) * gpus)
+        demand = self.demand[key]
+        before, after = self.value(demand, limit), self.value(demand, index)
+        return 0.0 if before == after else before - after
+
+    def cost(self, node: str, spare: Mapping[str, int], need: int) -> tuple[float, float]:
         """What taking ``need`` GPUs of ``node`` costs running jobs: the highest priority
-        that loses workers (-inf: none does), and the GPUs they lose (``spare``: the
-        nodes' GPUs not yet placed on)."""
+        that loses workers (-inf: none does), and what they lose (``spare``: the nodes'
+        GPUs not yet placed on)."""
         breaks = self._breaks(node, spare[node], need)
         return (max((b[0] for b in breaks), default=-math.inf), sum(b[1] for b in breaks))
 
@@ -511,6 +531,20 @@ def _utilities(
 ) -> dict[int, float]:
     """The job's utility at each allowed count, computed once per decision."""
     return {n: _utility(demand, n, settings) for n in allowed}
+
+
+def _kept_value(
+    utilities: Mapping[str, Mapping[int, float]], demand: JobDemand, count: int
+) -> float:
+    """The utility of running job ``demand`` when it may keep ``count`` workers: at the
+    size step 4 returns it to (its largest candidate at or below ``count``, never above the
+    size it runs at)."""
+    values = utilities[demand.key]
+    keep = max(
+        (n for n in values if n <= min(count, max(demand.current_replicas, demand.min_replicas))),
+        default=demand.min_replicas,
+    )
+    return values[keep]
 
 
 def _best_step(
@@ -1042,7 +1076,8 @@ def allocate(
     free, pinned_places = subtract_pinned(jobs, capacity)
     arbitrated = [d for d in jobs if not d.pinned]
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
-    placed, queued = admit_minimums(arbitrated, free)
+    utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in arbitrated}
+    placed, queued = admit_minimums(arbitrated, free, functools.partial(_kept_value, utilities))
     unreserved = dict(free)  # GPUs beyond the admitted jobs' minimums
     restore_running(arbitrated, allowed, placed, free, settings)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings)
