@@ -92,7 +92,7 @@ def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None
     return generate(seed, args.jobs, args.hours, args.gpus_per_node)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=160)
@@ -117,7 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-horizon", type=float, default=defaults.restart_horizon_seconds)
     parser.add_argument("--resize-margin", type=float, default=defaults.resize_margin)
     parser.add_argument("--per-seed", action="store_true", help="also print each seed's table")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pools", type=int, default=1,
+                        help="node pools (the nodes split evenly, in order)")  # fmt: skip
+    parser.add_argument("--restricted", type=float, default=0.0,
+                        help="share of the jobs whose template admits one pool only")  # fmt: skip
+    parser.add_argument("--hide", choices=["pools", "order"], nargs="+", default=[],
+                        help="ablations: keep from the arbiter the jobs' pools, or where their"
+                        " workers run by index (what it did not read before)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     by_policy: dict[str, list[Result]] = {p: [] for p in args.policies}
     bounds: list[float] = []
@@ -127,13 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         jobs = load_jobs(args, seed, scaling)
         last = max(j.arrival for j in jobs)
         horizon = last + (48 if args.pollux else 24) * 3600.0  # imagenet runs ~11 h
-        probe = Cluster(args.nodes, args.gpus_per_node, args.interval, seed)
+        probe = Cluster(args.nodes, args.gpus_per_node, args.interval, seed,
+                        pools=args.pools, restricted=args.restricted)  # fmt: skip
         bounds.append(statistics.fmean(floor_bound_jct(j, probe) for j in jobs))
         for policy in args.policies:
             settings = ArbiterSettings(
                 args.fairness_power, args.restart_horizon, args.resize_margin
             )
-            cluster = Cluster(args.nodes, args.gpus_per_node, args.interval, seed, settings)
+            cluster = Cluster(args.nodes, args.gpus_per_node, args.interval, seed, settings,
+                              pools=args.pools, restricted=args.restricted,
+                              tell_pools="pools" not in args.hide,
+                              tell_order="order" not in args.hide)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
     results = {p: worst(rs) for p, rs in by_policy.items()}
     if args.per_seed:
@@ -144,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     source = f"trace {args.trace}" if args.trace else f"{args.jobs} generated jobs"
     if args.pollux:
         source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
+    if args.pools > 1:
+        source += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
+        source += "".join(f" (the arbiter not told {hidden})" for hidden in args.hide)
     print(
         f"{source} over {args.hours:g} h on {args.nodes} nodes x {args.gpus_per_node} GPUs,"
         f" decisions every {args.interval:g} s; worst case over"
@@ -155,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{p} {statistics.fmean(r.avg_jct for r in rs):,.0f}" for p, rs in by_policy.items()
         )
         print(f"avg JCT s, mean over {'workloads' if args.pollux else 'seeds'}: {means}")
+    if args.pools > 1:
+        print("workers granted that found no GPU on their pool (left Pending), summed over"
+              " steps, worst seed: "
+              + ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items()))  # fmt: skip
     if "trainscale" in results:
         print_checks(by_policy, results, bounds)
     return 0

@@ -50,6 +50,17 @@ The policies (:data:`POLICIES`):
   that ceiling; modelled as exactly the ceiling, since the arbiter never exceeds the job's
   efficiency-floor count) and waits queued at 0. Restarts are charged as for the others.
 
+Node pools (``Cluster.pools``, ``Cluster.restricted``; ``benchmarks/cluster.py --pools``):
+the nodes split evenly into pools, and a share of the jobs (drawn per job from the seed) may
+use one pool only, as a node selector holds it. Every policy then takes free GPUs only on the
+nodes a job may use (:class:`FreeGpus`); after each decision the shrinking jobs lose their
+highest indexes and new workers are placed node by node as the scheduler's packing would
+(the job's own nodes first, then the node with the most free GPUs); a worker that finds no
+GPU on its pool stays Pending and the job runs without it (``Result.unplaced`` counts them).
+The arbiter is told each job's pool and where its workers run, by index, as the operator
+tells it (``tell_pools``, ``tell_order``: ablations). On one pool every target fits and the
+results are those of the count-only model.
+
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
 :func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
@@ -384,6 +395,8 @@ class Running:
     observed: list[Observation] = field(default_factory=list)  # per-job: since last decide
     last_rate: float = 0.0  # samples/s over the last step (restart pauses included)
     paused_last: bool = False  # the last step included a restart (settling)
+    nodes: list[str] = field(default_factory=list)  # each worker's node, by replica index
+    allowed: frozenset[str] | None = None  # the nodes its template admits (None: all)
 
 
 @dataclass
@@ -394,10 +407,40 @@ class Cluster:
     seed: int
     settings: ArbiterSettings = field(default_factory=ArbiterSettings)
     states: list[Running] = field(default_factory=list)
+    pools: int = 1  # node pools: node ``i`` is in pool ``i * pools // nodes``
+    restricted: float = 0.0  # share of the jobs whose template admits one pool only
+    # what the arbiter is told on several pools (ablations: False as before it read them)
+    tell_pools: bool = True  # the nodes each job may use
+    tell_order: bool = True  # where each job's workers run, by index
 
     @property
     def total(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"node-{i:02d}" for i in range(self.nodes)]
+
+    def pool_nodes(self, pool: int) -> frozenset[str]:
+        """The nodes of pool ``pool``."""
+        return frozenset(
+            name for i, name in enumerate(self.node_names) if i * self.pools // self.nodes == pool
+        )
+
+    def gpus_for(self, job: Job) -> int:
+        """The GPUs of the nodes ``job`` may use."""
+        admitted = self.admitted(job)
+        return self.total if admitted is None else len(admitted) * self.gpus_per_node
+
+    def admitted(self, job: Job) -> frozenset[str] | None:
+        """The nodes ``job``'s template admits: one pool for a share ``restricted`` of the
+        jobs (which one drawn from the seed and its name), every node for the rest."""
+        if self.pools <= 1 or self.restricted <= 0:
+            return None
+        rng = random.Random(f"{self.seed}/pool/{job.name}")
+        if rng.random() >= self.restricted:
+            return None
+        return self.pool_nodes(rng.randrange(self.pools))
 
     def used(self) -> int:
         return sum(s.replicas for s in self.states if s.finish is None)
@@ -407,23 +450,62 @@ class Cluster:
 Policy = Callable[[list[Running], Cluster, float], dict[str, int]]
 
 
+class FreeGpus:
+    """The free GPUs while a policy decides, node by node: a job may take only those on the
+    nodes its template admits (:attr:`Running.allowed`), and a job that shrinks frees
+    those of its highest indexes. On one pool this is a plain count."""
+
+    def __init__(self, active: Sequence[Running], cluster: Cluster) -> None:
+        self.free = dict.fromkeys(cluster.node_names, cluster.gpus_per_node)
+        for s in active:
+            for node in s.nodes:
+                self.free[node] -= 1
+
+    def available(self, s: Running) -> int:
+        """GPUs free on the nodes ``s`` may use."""
+        return sum(g for n, g in self.free.items() if s.allowed is None or n in s.allowed)
+
+    def take(self, s: Running, workers: int, placed: list[str] | None = None) -> list[str]:
+        """Place ``workers`` more workers of ``s`` as the scheduler would with the packing
+        preference (its own nodes first, then the node with the most free GPUs); returns
+        their nodes (fewer when they do not fit), appended to ``placed`` when given."""
+        mine = placed if placed is not None else list(s.nodes)
+        out: list[str] = []
+        for _ in range(workers):
+            candidates = [
+                n for n, g in self.free.items() if g > 0 and (s.allowed is None or n in s.allowed)
+            ]
+            if not candidates:
+                break
+            node = min(candidates, key=lambda n: (-mine.count(n), -self.free[n], n))
+            self.free[node] -= 1
+            mine.append(node)
+            out.append(node)
+        return out
+
+    def give(self, s: Running, keep: int) -> None:
+        """``s`` keeps its first ``keep`` workers: the others' GPUs are free."""
+        for node in s.nodes[keep:]:
+            self.free[node] += 1
+
+
 def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
-    free = cluster.total - sum(s.replicas for s in active)
+    free = FreeGpus(active, cluster)
     out = {s.job.name: s.replicas for s in active}
     for s in active:
-        if s.replicas == 0 and s.job.requested <= free:
-            out[s.job.name] = s.job.requested
-            free -= s.job.requested
+        if s.replicas == 0 and s.job.requested <= free.available(s):
+            out[s.job.name] = len(free.take(s, s.job.requested))
     return out
 
 
-def _start_with_what_is_free(active: list[Running], cluster: Cluster) -> tuple[dict[str, int], int]:
-    free = cluster.total - sum(s.replicas for s in active)
+def _start_with_what_is_free(
+    active: list[Running], cluster: Cluster
+) -> tuple[dict[str, int], FreeGpus]:
+    free = FreeGpus(active, cluster)
     out = {s.job.name: s.replicas for s in active}
     for s in active:
-        if s.replicas == 0 and free >= s.job.min_replicas:
-            out[s.job.name] = min(s.job.requested, free)
-            free -= out[s.job.name]
+        if s.replicas == 0 and free.available(s) >= s.job.min_replicas:
+            out[s.job.name] = len(free.take(s, min(s.job.requested, free.available(s))))
     return out, free
 
 
@@ -490,11 +572,9 @@ def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[
             [observe(s, cluster, now)], current_replicas=n, now=now, placement=placed(s, cluster)
         )
         if rec.replicas > n:
-            grow = min(rec.replicas - n, free)
-            out[s.job.name] = n + grow
-            free -= grow
+            out[s.job.name] = n + len(free.take(s, rec.replicas - n))
         elif rec.replicas < n:
-            free += n - rec.replicas
+            free.give(s, rec.replicas)
             out[s.job.name] = rec.replicas
     return out
 
@@ -506,10 +586,8 @@ def policy_per_job_oracle(active: list[Running], cluster: Cluster, now: float) -
         if s.replicas == 0 or n == 0:
             continue
         target = s.job.floor_count(cluster.gpus_per_node)
-        if target > n and free > 0:
-            grow = min(target - n, free)
-            out[s.job.name] = n + grow
-            free -= grow
+        if target > n:
+            out[s.job.name] = n + len(free.take(s, target - n))
     return out
 
 
@@ -528,8 +606,9 @@ def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str,
         s.recent = [*s.recent, desired][-HPA_DOWN_WINDOW_STEPS:]
         desired = min(n, max(s.recent)) if desired < n else desired
         if desired > n:
-            desired = n + min(desired - n, free)
-        free -= desired - n
+            desired = n + len(free.take(s, desired - n))
+        elif desired < n:
+            free.give(s, desired)
         out[s.job.name] = desired
     return out
 
@@ -586,10 +665,12 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             created=s.job.arrival,
             current_replicas=s.replicas,
             restart_cost_seconds=s.job.restart,
+            nodes=s.allowed if cluster.tell_pools else None,
+            worker_nodes=tuple(s.nodes) if cluster.pools > 1 and cluster.tell_order else (),
         )
         for s in active
     ]
-    capacity = Capacity({f"node-{i:02d}": cluster.gpus_per_node for i in range(cluster.nodes)})
+    capacity = Capacity(dict.fromkeys(cluster.node_names, cluster.gpus_per_node))
     allocation = allocate(demands, capacity, now=now, settings=cluster.settings)
     return {key: a.replicas for key, a in allocation.jobs.items()}
 
@@ -618,13 +699,16 @@ class Result:
     # and how many arrived jobs were waiting with none
     timeline: tuple[tuple[float, Mapping[str, int], int], ...] = ()
     finishes: tuple[tuple[str, float], ...] = ()  # (job, finish time) of the finished jobs
+    # workers the policy granted that found no GPU on the nodes their job may use (pods left
+    # Pending), summed over steps; 0 on one pool
+    unplaced: int = 0
 
 
 def alone_jct(job: Job, cluster: Cluster) -> float:
     """JCT of the job alone on the cluster at its best static size (start-up included)."""
     best = max(
         job.throughput(n, cluster.gpus_per_node)
-        for n in range(1, min(job.max_replicas, cluster.total) + 1)
+        for n in range(1, min(job.max_replicas, cluster.gpus_for(job)) + 1)
     )
     return job.restart + job.samples / best
 
@@ -636,19 +720,38 @@ def floor_bound_jct(job: Job, cluster: Cluster) -> float:
     floor = job.min_efficiency(cluster.gpus_per_node)
     best = max(
         job.throughput(n, cluster.gpus_per_node)
-        for n in range(job.min_replicas, min(job.max_replicas, cluster.total) + 1)
+        for n in range(job.min_replicas, min(job.max_replicas, cluster.gpus_for(job)) + 1)
         if n == job.min_replicas or job.efficiency(n, cluster.gpus_per_node) >= floor - 1e-9
     )
     return job.restart + job.samples / best
 
 
+def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) -> dict[str, int]:
+    """Each job's workers after the policy's targets: the shrinking jobs' highest indexes
+    go first, then new workers are placed where they fit (on one pool every target fits;
+    on several, a job can get fewer than its target, as pods left Pending). Returns the
+    workers each job has."""
+    free = FreeGpus(active, cluster)
+    for s in active:
+        n = targets.get(s.job.name, s.replicas)
+        if n < len(s.nodes):
+            free.give(s, n)
+            del s.nodes[n:]
+    for s in active:
+        n = targets.get(s.job.name, s.replicas)
+        if n > len(s.nodes):
+            free.take(s, n - len(s.nodes), placed=s.nodes)
+    return {s.job.name: len(s.nodes) for s in active}
+
+
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
-    cluster.states = [Running(job) for job in jobs]
+    cluster.states = [Running(job, allowed=cluster.admitted(job)) for job in jobs]
     decide = POLICIES[policy]
     now = 0.0
     dt = cluster.interval
     decide_seconds = 0.0
     timeline: list[tuple[float, Mapping[str, int], int]] = []
+    unplaced = 0
     while now < horizon:
         active = [s for s in cluster.states if s.job.arrival <= now and s.finish is None]
         if not active and all(s.finish is not None for s in cluster.states):
@@ -656,9 +759,11 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
         start = time.perf_counter()
         targets = decide(active, cluster, now)
         decide_seconds += time.perf_counter() - start
+        placed = _apply(active, targets, cluster)
+        unplaced += sum(max(0, targets.get(name, n) - n) for name, n in placed.items())
         held: dict[str, int] = {}
         for s in active:
-            n = targets.get(s.job.name, s.replicas)
+            n = placed[s.job.name]
             if n != s.replicas:
                 if s.replicas > 0 and n > 0:
                     s.rescales += 1
@@ -680,6 +785,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
                 s.finish = now + paused + left / rate
                 s.gpu_seconds -= s.replicas * (dt - paused - left / rate)
                 s.replicas = 0
+                s.nodes.clear()
             else:
                 s.done += rate * run
         timeline.append((now, held, len(active) - len(held)))
@@ -705,6 +811,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
         decide_seconds=decide_seconds,
         timeline=tuple(timeline),
         finishes=tuple((s.job.name, s.finish) for s in finished if s.finish is not None),
+        unplaced=unplaced,
     )
 
 
@@ -723,6 +830,7 @@ def worst(results: Sequence[Result]) -> Result:
         worst_slowdown=max(r.worst_slowdown for r in results),
         unfinished=max(r.unfinished for r in results),
         decide_seconds=max(r.decide_seconds for r in results),
+        unplaced=max(r.unplaced for r in results),
     )
 
 

@@ -1,0 +1,110 @@
+"""The workload simulator on node pools (``benchmarks/cluster.py --pools``).
+
+Covers: which jobs a cluster of pools holds to one pool (the share asked, the same draw for
+every policy); a policy takes free GPUs only on the nodes a job may use and a shrinking job
+frees its highest indexes; under every policy, at every step of a whole workload, each job's
+workers are on its pool and no node holds more workers than GPUs; the arbiter told the
+pools places them there itself (what it grants is what runs).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from trainscale.operator.autoscaling import workload
+from trainscale.operator.autoscaling.workload import (
+    POLICIES,
+    Cluster,
+    FreeGpus,
+    Running,
+    generate,
+    simulate,
+)
+
+
+def test_a_share_of_the_jobs_is_held_to_one_pool() -> None:
+    cluster = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=5, pools=2, restricted=0.5)
+    assert cluster.pool_nodes(0) == {f"node-0{i}" for i in range(4)}
+    assert cluster.pool_nodes(1) == {f"node-0{i}" for i in range(4, 8)}
+    jobs = generate(seed=5, jobs=200, hours=1.0, gpus_per_node=4)
+    admitted = [cluster.admitted(job) for job in jobs]
+    held = [a for a in admitted if a is not None]
+    assert 70 <= len(held) <= 130  # about half, drawn per job
+    assert set(held) == {cluster.pool_nodes(0), cluster.pool_nodes(1)}
+    assert admitted == [cluster.admitted(job) for job in jobs]  # the same for every policy
+    one_pool = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=5)
+    assert all(one_pool.admitted(job) is None for job in jobs)
+
+
+def test_free_gpus_are_taken_on_the_jobs_pool_and_freed_highest_index_first() -> None:
+    cluster = Cluster(nodes=4, gpus_per_node=2, interval=60.0, seed=1, pools=2, restricted=1.0)
+    job = generate(seed=1, jobs=1, hours=1.0, gpus_per_node=2)[0]
+    wide = Running(job, nodes=["node-00", "node-00", "node-02"])
+    held = Running(job, allowed=cluster.pool_nodes(1))
+    free = FreeGpus([wide, held], cluster)
+    assert free.available(held) == 3  # node-02 has 1 free, node-03 2
+    assert free.take(held, 5) == ["node-03", "node-03", "node-02"]  # its own node first
+    assert free.available(held) == 0
+    free.give(wide, 1)  # keeps worker 0 on node-00: workers 1 (node-00) and 2 (node-02) go
+    assert free.free == {"node-00": 1, "node-01": 2, "node-02": 1, "node-03": 0}
+
+
+@pytest.fixture
+def checked_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Every step's placement, checked as it is made: each job on nodes it may use, no
+    node over its GPUs, no job above its policy's target. Yields each step's workers granted
+    that found no GPU (what ``Result.unplaced`` sums)."""
+    steps: list[int] = []
+    apply = workload._apply
+
+    def checked(
+        active: list[Running], targets: Mapping[str, int], cluster: Cluster
+    ) -> dict[str, int]:
+        placed = apply(active, targets, cluster)
+        per_node: Counter[str] = Counter()
+        for s in active:
+            per_node.update(s.nodes)
+            assert s.allowed is None or set(s.nodes) <= s.allowed, (s.job.name, s.nodes)
+            assert placed[s.job.name] <= targets.get(s.job.name, s.replicas)
+        assert max(per_node.values(), default=0) <= cluster.gpus_per_node, per_node
+        steps.append(sum(targets.get(name, n) - n for name, n in placed.items()))
+        return placed
+
+    monkeypatch.setattr(workload, "_apply", checked)
+    yield steps
+
+
+@pytest.mark.slow  # ~4 s: five policies over a workload
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_policy_keeps_each_job_on_its_pool(policy: str, checked_steps: list[int]) -> None:
+    jobs = generate(seed=3, jobs=40, hours=1.0, gpus_per_node=4)
+    cluster = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=3, pools=2, restricted=0.5)
+    result = simulate(policy, jobs, cluster, horizon=jobs[-1].arrival + 24 * 3600.0)
+    assert result.unfinished == 0
+    assert len(checked_steps) > 10
+    assert result.unplaced == sum(checked_steps)
+
+
+@pytest.mark.slow  # ~3 s: three workloads under arbitration
+def test_the_arbiter_grants_what_the_pools_can_hold_when_told_them(
+    checked_steps: list[int],
+) -> None:
+    """Every job held to one pool: told the pools, the arbiter grants only workers that
+    find a GPU; not told (as before it read them), it grants GPUs of the other pool. With
+    half the jobs held, told the pools but not where workers run (as before it freed the
+    highest indexes), many grants find none: a shrinking job freed GPUs elsewhere."""
+    jobs = generate(seed=3, jobs=60, hours=2.0, gpus_per_node=4)
+
+    def unplaced(restricted: float, **told: bool) -> int:
+        cluster = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=3, pools=2,
+                          restricted=restricted, **told)  # fmt: skip
+        return simulate("trainscale", jobs, cluster, horizon=jobs[-1].arrival + 86400.0).unplaced
+
+    assert unplaced(1.0) == 0
+    assert unplaced(1.0, tell_pools=False) > 0
+    told = unplaced(0.5)
+    assert 4 * told < unplaced(0.5, tell_order=False)
+    assert 4 * told < unplaced(0.5, tell_pools=False)
