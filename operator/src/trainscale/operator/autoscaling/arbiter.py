@@ -868,8 +868,6 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     back, stopped = _returning(demand, where, free)
     if stopped:
         return len(back)
-    if demand.nodes is None and not back:
-        return sum(g // need for g in free.values())
     if demand.nodes is None:
         new = sum(g // need for g in free.values())
     else:
@@ -899,9 +897,9 @@ def _place(
 
     A running job first takes back the workers it runs, in index order, on their nodes
     (:func:`_returning`; not when ``in_order`` is false), then new workers go node by node
-    as :func:`_node_preference` orders them, first where they cost running jobs the fewest
-    workers (``claims``, while step 3 admits jobs). Mutates ``free`` unless ``dry_run``;
-    places fewer when they do not fit."""
+    as :func:`_node_preference` orders them, first where they cost running jobs the least
+    (``claims``, while step 3 admits jobs). Mutates ``free`` unless ``dry_run``; places
+    fewer when they do not fit."""
     need = demand.gpus_per_worker
     where = dict(already)
     spare = free if not dry_run else dict(free)
