@@ -436,7 +436,6 @@ class _Claims:
         self.demand = {d.key: d for d in running}
         self.on: dict[str, list[tuple[str, int, int]]] = {}  # node -> (job, index, GPUs)
         self.limit: dict[str, int] = {}  # job -> the index its workers may return up to
-        self.priority: dict[str, int] = {}
         self.held: dict[str, int] = collections.Counter()  # node -> GPUs claimed there
         self.nodes_of: dict[str, set[str]] = {}  # job -> the nodes of its claims
         for demand in running:
@@ -445,7 +444,6 @@ class _Claims:
             kept = _kept_prefix(demand, placed[demand.key])[0]
             back, _ = _returning(demand, placed[demand.key], free)
             self.limit[demand.key] = kept + len(back)
-            self.priority[demand.key] = demand.priority
             for offset, node in enumerate(back):
                 if node in free:
                     claim = (demand.key, kept + offset, demand.gpus_per_worker)
@@ -464,7 +462,7 @@ class _Claims:
         breaks: list[tuple[int, float, str, int]] = []
         while spare - held < need:
             valid = [
-                (self.priority[k], self._loss(k, i, limit[k], g), k, i)
+                (self.demand[k].priority, self._loss(k, i, limit[k], g), k, i)
                 for k, i, g in mine
                 if i < limit[k]
             ]

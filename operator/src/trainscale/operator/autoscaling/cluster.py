@@ -49,8 +49,8 @@ from trainscale.operator.autoscaling.node_filters import (
     scheduling_key,
     template_pod_spec,
 )
+from trainscale.operator.autoscaling.observed_placement import FINISHED_POD_PHASES, node_of_pod
 
-FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
 FINISHED_JOB_PHASES = frozenset({api.Phase.SUCCEEDED.value, api.Phase.FAILED.value})
 
 
@@ -279,15 +279,12 @@ def compute_worker_nodes(
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         job_name = labels.get(api.LABEL_JOB_NAME)
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
+        node_name = node_of_pod(pod)  # bound, not terminating, not finished
         if (
             not job_name
-            or not node_name
+            or node_name is None
             or not is_managed_pod(pod)
             or labels.get(api.LABEL_COMPONENT) != api.COMPONENT_WORKER
-            or phase in FINISHED_POD_PHASES
-            or meta.get("deletionTimestamp")
         ):
             continue
         index = labels.get(api.LABEL_REPLICA_INDEX, "")

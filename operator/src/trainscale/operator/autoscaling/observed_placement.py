@@ -20,7 +20,7 @@ from trainscale.operator.autoscaling.node_filters import compute_eligible_nodes
 from trainscale.operator.autoscaling.placement import Placement
 
 # Pods in these phases hold no GPU any more: they are not part of the placement.
-_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 def node_gpus(node: Mapping[str, Any]) -> int:
@@ -45,7 +45,7 @@ def node_of_pod(pod: Mapping[str, Any]) -> str | None:
         return None
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return None
-    if (pod.get("status") or {}).get("phase") in _FINISHED_PHASES:
+    if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
         return None
     return str(node)
 
