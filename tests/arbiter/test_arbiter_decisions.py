@@ -204,6 +204,16 @@ def test_subtract_pinned(demand: JobDemand, free: dict[str, int], placement: Any
         ),
         pytest.param(
             [
+                job("a", min_replicas=1, max_replicas=1, gpus_per_worker=8, created=1),
+                job("b", min_replicas=2, created=2),
+            ],
+            8,
+            {"b"},
+            ["a"],
+            id="a-head-whose-worker-fits-no-node-does-not-block",
+        ),
+        pytest.param(
+            [
                 job("a", min_replicas=4, created=1, current_replicas=4),
                 job("b", min_replicas=4, created=2, current_replicas=4),
             ],
@@ -556,6 +566,27 @@ def test_a_queued_jobs_reason_counts_the_free_gpus_of_its_own_pool() -> None:
     ]
     allocation = allocate(demands, nodes(4), now=100.0)
     assert allocation["b"].reason == "queued: needs 4 GPUs, 2 free"  # 8 free on pool B
+
+
+def test_a_queued_jobs_reason_says_when_its_free_gpus_are_split_across_nodes() -> None:
+    """8 GPUs free in all, 2 on one node and 6 on the other: a job of one 8-GPU worker is
+    queued, and "8 free" alone would read as a bug."""
+    demands = [
+        job(
+            "small",
+            min_replicas=2,
+            max_replicas=2,
+            current_replicas=2,
+            current_nodes={"n1": 2},
+            created=1,
+        ),
+        job("whole", min_replicas=1, max_replicas=1, gpus_per_worker=8, created=2),
+    ]
+    allocation = allocate(demands, Capacity({"n0": 6, "n1": 4}), now=100.0)
+    assert allocation["whole"].reason == (
+        "queued: needs 8 GPUs, 8 free, but each worker needs 8 GPUs on one node: 0 of its 1 "
+        "fit (most free on one node: 6)"
+    )
 
 
 def test_a_donor_on_another_pool_is_not_charged_for_a_move() -> None:

@@ -369,10 +369,10 @@ def admit_minimums(
     utility when it keeps a count, as step 4 values it; without it, GPUs lost count): the
     first waiting job whose
     minimum does not fit blocks those
-    behind it, unless its minimum exceeds all the GPUs there are (it could never start).
-    On a cluster of node pools (:attr:`JobDemand.nodes`) a waiting job blocks only the jobs
-    behind it that may use one of its nodes, and "all the GPUs there are" are those on the
-    nodes it may use."""
+    behind it, unless its minimum would not fit on all the GPUs there are, each worker on
+    one node (it could never start). On a cluster of node pools (:attr:`JobDemand.nodes`) a
+    waiting job blocks only the jobs behind it that may use one of its nodes, and "all the
+    GPUs there are" are those on the nodes it may use."""
     placed: dict[str, dict[str, int]] = {}
     queued: list[JobDemand] = []
     running = sorted((d for d in demands if d.current_replicas > 0), key=_order_key)
@@ -408,7 +408,7 @@ def admit_minimums(
         mine = {n for n in ever if _may_use(demand, n)}
         if not fits or mine & blocked:
             queued.append(demand)
-            if demand.min_replicas * demand.gpus_per_worker <= _free_gpus(ever, demand):
+            if _whole_workers(ever, demand) >= demand.min_replicas:
                 blocked |= mine
             continue
         placed[demand.key] = _place(demand, demand.min_replicas, {}, free, claims=claims)
@@ -876,9 +876,13 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     return len(back) + new
 
 
-def _free_gpus(free: Mapping[str, int], demand: JobDemand) -> int:
-    """Free GPUs on the nodes ``demand`` may use."""
-    return sum(g for n, g in free.items() if _may_use(demand, n))
+def _whole_workers(free: Mapping[str, int], demand: JobDemand) -> int:
+    """How many of ``demand``'s workers the free GPUs on the nodes it may use hold, each
+    worker's GPUs on one node."""
+    per = demand.gpus_per_worker
+    if per <= 0:
+        return demand.max_replicas
+    return sum(g // per for n, g in free.items() if _may_use(demand, n))
 
 
 def _place(
@@ -1009,15 +1013,31 @@ def _gpus(n: int) -> str:
 
 
 def _reason(
-    demand: JobDemand, replicas: int, wanted: int, waiting: int, unreserved: int, sharing: int
+    demand: JobDemand,
+    replicas: int,
+    wanted: int,
+    waiting: int,
+    unreserved: Mapping[str, int],
+    sharing: int,
 ) -> str:
-    """``unreserved``: GPUs not held by admitted jobs' minimums on the nodes the job may use
+    """``unreserved``: per node the job may use, GPUs not held by admitted jobs' minimums
     (running jobs above their minimum give GPUs back to admit a queued job, so those count
-    as free to it)."""
+    as free to it). A queued job whose GPUs are free in total but split across nodes, where
+    none of its workers fits, is told so: "8 free" alone reads as a bug."""
     gpus = replicas * demand.gpus_per_worker
     if replicas == 0:
-        need = demand.min_replicas * demand.gpus_per_worker
-        return f"queued: needs {_gpus(need)}, {unreserved} free"
+        per = demand.gpus_per_worker
+        need = demand.min_replicas * per
+        total = sum(unreserved.values())
+        reason = f"queued: needs {_gpus(need)}, {total} free"
+        fit = sum(g // per for g in unreserved.values()) if per > 0 else demand.min_replicas
+        if total >= need and fit < demand.min_replicas:
+            most = max(unreserved.values(), default=0)
+            reason += (
+                f", but each worker needs {_gpus(per)} on one node: {fit} of its "
+                f"{demand.min_replicas} fit (most free on one node: {most})"
+            )
+        return reason
     if replicas < wanted:
         crowd = f"{waiting} jobs waiting" if waiting else f"shared by {sharing} jobs"
         return f"limited to {_gpus(gpus)} by cluster arbitration ({crowd})"
@@ -1105,7 +1125,12 @@ def allocate(
             queued=replicas == 0 and demand.min_replicas > 0,
             pinned=False,
             reason=_reason(
-                demand, replicas, wanted, waiting, _free_gpus(unreserved, demand), len(placed)
+                demand,
+                replicas,
+                wanted,
+                waiting,
+                {n: g for n, g in unreserved.items() if _may_use(demand, n)},
+                len(placed),
             ),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
