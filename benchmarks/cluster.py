@@ -121,9 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="node pools (the nodes split evenly, in order)")  # fmt: skip
     parser.add_argument("--restricted", type=float, default=0.0,
                         help="share of the jobs whose template admits one pool only")  # fmt: skip
-    parser.add_argument("--hide", choices=["pools", "order"], nargs="+", default=[],
+    parser.add_argument("--hide", choices=["pools", "order", "plan"], nargs="+", default=[],
                         help="ablations: keep from the arbiter the jobs' pools, or where their"
-                        " workers run by index (what it did not read before)")  # fmt: skip
+                        " workers run by index (what it did not read before); 'plan': new"
+                        " workers do not prefer the node the arbiter planned for them (the"
+                        " scheduler's packing alone, as before)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster = Cluster(args.nodes, args.gpus_per_node, args.interval, seed, settings,
                               pools=args.pools, restricted=args.restricted,
                               tell_pools="pools" not in args.hide,
-                              tell_order="order" not in args.hide)  # fmt: skip
+                              tell_order="order" not in args.hide,
+                              tell_plan="plan" not in args.hide)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
     results = {p: worst(rs) for p, rs in by_policy.items()}
     if args.per_seed:
@@ -161,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
     if args.pools > 1:
         source += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
-        source += "".join(f" (the arbiter not told {hidden})" for hidden in args.hide)
+        source += "".join(
+            " (new workers not told the arbiter's plan)"
+            if hidden == "plan"
+            else f" (the arbiter not told {hidden})"
+            for hidden in args.hide
+        )
     print(
         f"{source} over {args.hours:g} h on {args.nodes} nodes x {args.gpus_per_node} GPUs,"
         f" decisions every {args.interval:g} s; worst case over"

@@ -14,6 +14,9 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   gets all of pool b, no worker is left Pending for a GPU it was granted on a node it may
   not use, and a job whose node selector matches no node is Queued with the selector named
   in its status and Event;
+- new workers go to the node arbitration planned for them, not where the scheduler would
+  spread them: a small job fills the last GPUs of a busy node, and a job needing a whole node
+  then runs on the other (it stayed Queued when the scheduler chose);
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
   indexes): an arrival that may use only pool a runs, where it used to stay Pending while
   the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
@@ -343,3 +346,46 @@ def test_a_job_across_both_pools_gives_up_gpus_where_its_workers_are_deleted(
     assert where, describe()
     assert sum(1 for node in where.values() if node == a) <= 4, where
     assert all(where[i] == a for i in range(min(4, len(where)))), where
+
+
+def test_new_workers_go_where_arbitration_planned_them(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """Another team's pod holds 6 GPUs (and 48 CPUs) of node a. A 2-worker job arrives: the
+    arbiter plans it onto a's last 2 GPUs (best fit), keeping node b whole; the default
+    scheduler, scoring CPU and memory, would spread it onto b. Its workers prefer the planned
+    node by name, so they run on a, and a job whose one worker needs all 8 GPUs of a node
+    then runs on b. Without the preference the small job took b and the whole-node job stayed
+    Queued ("no node holds 8 GPUs") beside 2 + 6 free GPUs."""
+    a, b = testbed.node_names[:2]
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1")
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    other = foreign_gpu_pod("other-team", 6, node=a)
+    other["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "48", "memory": "64Gi"}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(other))
+    small = arbitrated_job("small", 2, 2, 2)
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(small))
+
+    def small_bound() -> bool:
+        where = _worker_nodes(kubectl, namespace, "small")
+        return len(where) == 2 and None not in where.values()
+
+    wait_for(small_bound, timeout=90, what="small's 2 workers bound", describe=describe)
+    assert sorted(_worker_nodes(kubectl, namespace, "small").values()) == [a, a], describe()
+
+    whole = arbitrated_job("whole", 1, 1, 1)
+    whole["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] = {
+        "nvidia.com/gpu": 8
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(whole))
+    wait_for(lambda: _workers(kubectl, namespace).get("whole", {}).get("Running") == 1,
+             timeout=90, what="the whole-node job's worker Running", describe=describe)  # fmt: skip
+    assert _worker_nodes(kubectl, namespace, "whole") == {0: b}, describe()
+    assert sorted(_worker_nodes(kubectl, namespace, "small").values()) == [a, a], describe()

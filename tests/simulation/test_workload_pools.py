@@ -4,7 +4,8 @@ Covers: which jobs a cluster of pools holds to one pool (the share asked, the sa
 every policy); a policy takes free GPUs only on the nodes a job may use and a shrinking job
 frees its highest indexes; under every policy, at every step of a whole workload, each job's
 workers are on its pool and no node holds more workers than GPUs; the arbiter told the
-pools places them there itself (what it grants is what runs).
+pools places them there itself (what it grants is what runs), and its new workers find their
+GPUs when they go to the nodes it planned for them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def test_free_gpus_are_taken_on_the_jobs_pool_and_freed_highest_index_first() ->
     assert free.free == {"node-00": 1, "node-01": 2, "node-02": 1, "node-03": 0}
 
 
+def test_new_workers_take_the_nodes_planned_for_them_while_they_have_a_free_gpu() -> None:
+    """The plan (the arbiter's ``preferredNodes``) sends a new worker to a node the
+    scheduler's packing would not choose (node-01's last GPU, not the empty node-03); a
+    planned node with no GPU left sends it where the packing would."""
+    cluster = Cluster(nodes=4, gpus_per_node=2, interval=60.0, seed=1)
+    job = generate(seed=1, jobs=1, hours=1.0, gpus_per_node=2)[0]
+    other = Running(job, nodes=["node-00", "node-00", "node-01", "node-02"])
+    mine = Running(job)
+
+    assert FreeGpus([other, mine], cluster).take(mine, 2) == ["node-03", "node-03"]
+    planned = FreeGpus([other, mine], cluster)
+    assert planned.take(mine, 2, plan={"node-01": 1, "node-03": 1}) == ["node-01", "node-03"]
+    assert planned.free == {"node-00": 0, "node-01": 0, "node-02": 1, "node-03": 1}
+    full = FreeGpus([Running(job, nodes=[*other.nodes, "node-01"]), mine], cluster)
+    assert full.take(mine, 1, plan={"node-01": 1}) == ["node-03"]
+
+
 @pytest.fixture
 def checked_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Every step's placement, checked as it is made: each job on nodes it may use, no
@@ -95,7 +113,9 @@ def test_the_arbiter_grants_what_the_pools_can_hold_when_told_them(
     """Every job held to one pool: told the pools, the arbiter grants only workers that
     find a GPU; not told (as before it read them), it grants GPUs of the other pool. With
     half the jobs held, told the pools but not where workers run (as before it freed the
-    highest indexes), many grants find none: a shrinking job freed GPUs elsewhere."""
+    highest indexes), many grants find none: a shrinking job freed GPUs elsewhere; told
+    both but with new workers placed by the scheduler alone, not on the nodes the arbiter
+    planned, a few find none."""
     jobs = generate(seed=3, jobs=60, hours=2.0, gpus_per_node=4)
 
     def unplaced(restricted: float, **told: bool) -> int:
@@ -108,3 +128,7 @@ def test_the_arbiter_grants_what_the_pools_can_hold_when_told_them(
     told = unplaced(0.5)
     assert 4 * told < unplaced(0.5, tell_order=False)
     assert 4 * told < unplaced(0.5, tell_pools=False)
+    # New workers on the nodes the arbiter planned: every grant finds its GPU (23 did not,
+    # placed by the scheduler's packing alone).
+    assert told == 0
+    assert unplaced(0.5, tell_plan=False) > 0

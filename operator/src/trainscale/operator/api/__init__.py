@@ -1,10 +1,15 @@
 """The TrainingJob API: the pydantic models that are the single source of truth for the CRD
 (:mod:`.models`), and the generator that turns them into the CustomResourceDefinition
-(:mod:`.crd`); the worker counts a spec allows (:mod:`.sizes`); how a job reports (:mod:`.reporting`: conditions, events, times); and the names
-of the dcgm-exporter series the operator reads (:mod:`.dcgm`). Everything else in the operator
-imports its types from here; this package imports nothing else of the operator's (only the
-trainer's standard-library contract, for the rendezvous defaults)."""
+(:mod:`.crd`); the worker counts a spec allows (:mod:`.sizes`); the node the arbitration plan
+holds for each new worker (:mod:`.planned_nodes`); how a job reports (:mod:`.reporting`:
+conditions, events, times); and the names of the dcgm-exporter series the operator reads
+(:mod:`.dcgm`). Everything else in the operator imports its types from here; this package
+imports nothing else of the operator's (only the trainer's standard-library contract, for the
+rendezvous defaults)."""
 
+from trainscale.operator.api.models import (
+    ANNOTATION_PLANNED_NODE as ANNOTATION_PLANNED_NODE,
+)
 from trainscale.operator.api.models import (
     API_VERSION as API_VERSION,
 )
@@ -115,6 +120,12 @@ from trainscale.operator.api.models import (
 )
 from trainscale.operator.api.models import (
     count_gpus as count_gpus,
+)
+from trainscale.operator.api.planned_nodes import (
+    assign_planned_nodes as assign_planned_nodes,
+)
+from trainscale.operator.api.planned_nodes import (
+    read_plan as read_plan,
 )
 from trainscale.operator.api.sizes import (
     allowed_sizes as allowed_sizes,

@@ -42,6 +42,10 @@ LABEL_REPLICA_INDEX = "trainscale.dev/replica-index"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 COMPONENT_WORKER = "worker"
 COMPONENT_RENDEZVOUS = "rendezvous"
+# A worker created with a node planned for it by cluster arbitration carries that node's name
+# here (the pod also prefers the node, :mod:`.planned_nodes`): while it is Pending, its slot
+# in the plan is taken, so the next worker is not planned onto the same GPUs.
+ANNOTATION_PLANNED_NODE = "trainscale.dev/planned-node"
 
 # The bounds every replica count lives in (spec.replicas, minReplicas, maxReplicas).
 MAX_REPLICAS_LIMIT = 10000
@@ -350,9 +354,12 @@ class PlacementSpec(_Model):
         description=(
             "When true, every worker pod gets a preferred podAffinity (weight 100) to the job's "
             "other workers on kubernetes.io/hostname, so that the scheduler fills one node "
-            "before the next: all-reduce inside a node is far cheaper than across nodes. It is "
-            "added to the template's own affinity (podAffinity, podAntiAffinity, nodeAffinity "
-            "all stay). Set false to leave placement to the template and the scheduler alone."
+            "before the next: all-reduce inside a node is far cheaper than across nodes; and, "
+            "while cluster arbitration plans the job's nodes (status.arbitration.preferredNodes), "
+            "a preferred nodeAffinity (weight 100) to the node planned for each new worker, "
+            "named in its annotation trainscale.dev/planned-node. Both are added to the "
+            "template's own affinity (podAffinity, podAntiAffinity, nodeAffinity all stay). Set "
+            "false to leave placement to the template and the scheduler alone."
         ),
     )
 

@@ -58,8 +58,12 @@ highest indexes and new workers are placed node by node as the scheduler's packi
 (the job's own nodes first, then the node with the most free GPUs); a worker that finds no
 GPU on its pool stays Pending and the job runs without it (``Result.unplaced`` counts them).
 The arbiter is told each job's pool and where its workers run, by index, as the operator
-tells it (``tell_pools``, ``tell_order``: ablations). On one pool every target fits and the
-results are those of the count-only model.
+tells it, and trainscale's new workers go first to the node the arbiter planned for them
+(``status.arbitration.preferredNodes``, read by
+:func:`~trainscale.operator.api.planned_nodes.assign_planned_nodes` as the operator reads it
+for each new pod's preferred node), when it has a free GPU (``tell_pools``, ``tell_order``,
+``tell_plan``: ablations). On one pool every target fits and the results are those of the
+count-only model.
 
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
@@ -116,6 +120,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainscale.operator.api.models import TrainingJobSpec
+from trainscale.operator.api.planned_nodes import assign_planned_nodes
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
@@ -412,6 +417,9 @@ class Cluster:
     # what the arbiter is told on several pools (ablations: False as before it read them)
     tell_pools: bool = True  # the nodes each job may use
     tell_order: bool = True  # where each job's workers run, by index
+    # trainscale's new workers prefer the node the arbiter planned for them
+    tell_plan: bool = True
+    plans: dict[str, dict[str, int]] = field(default_factory=dict)  # the last plan, per job
 
     @property
     def total(self) -> int:
@@ -465,19 +473,31 @@ class FreeGpus:
         """GPUs free on the nodes ``s`` may use."""
         return sum(g for n, g in self.free.items() if s.allowed is None or n in s.allowed)
 
-    def take(self, s: Running, workers: int, placed: list[str] | None = None) -> list[str]:
-        """Place ``workers`` more workers of ``s`` as the scheduler would with the packing
-        preference (its own nodes first, then the node with the most free GPUs); returns
-        their nodes (fewer when they do not fit), appended to ``placed`` when given."""
+    def take(
+        self,
+        s: Running,
+        workers: int,
+        placed: list[str] | None = None,
+        plan: Mapping[str, int] | None = None,
+    ) -> list[str]:
+        """Place ``workers`` more workers of ``s`` as the scheduler would: on the node
+        ``plan`` holds for each (the arbiter's, as the worker's preferred node) while it has
+        a free GPU, else with the packing preference (its own nodes first, then the node
+        with the most free GPUs); returns their nodes (fewer when they do not fit), appended
+        to ``placed`` when given."""
         mine = placed if placed is not None else list(s.nodes)
+        planned = assign_planned_nodes(plan or {}, mine, workers)
         out: list[str] = []
-        for _ in range(workers):
+        for preferred in planned:
             candidates = [
                 n for n, g in self.free.items() if g > 0 and (s.allowed is None or n in s.allowed)
             ]
             if not candidates:
                 break
-            node = min(candidates, key=lambda n: (-mine.count(n), -self.free[n], n))
+            if preferred in candidates:
+                node = preferred
+            else:
+                node = min(candidates, key=lambda n: (-mine.count(n), -self.free[n], n))
             self.free[node] -= 1
             mine.append(node)
             out.append(node)
@@ -672,6 +692,8 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
     ]
     capacity = Capacity(dict.fromkeys(cluster.node_names, cluster.gpus_per_node))
     allocation = allocate(demands, capacity, now=now, settings=cluster.settings)
+    if cluster.pools > 1 and cluster.tell_plan:
+        cluster.plans = {key: dict(a.placement) for key, a in allocation.jobs.items()}
     return {key: a.replicas for key, a in allocation.jobs.items()}
 
 
@@ -740,12 +762,13 @@ def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) 
     for s in active:
         n = targets.get(s.job.name, s.replicas)
         if n > len(s.nodes):
-            free.take(s, n - len(s.nodes), placed=s.nodes)
+            free.take(s, n - len(s.nodes), placed=s.nodes, plan=cluster.plans.get(s.job.name))
     return {s.job.name: len(s.nodes) for s in active}
 
 
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
     cluster.states = [Running(job, allowed=cluster.admitted(job)) for job in jobs]
+    cluster.plans = {}
     decide = POLICIES[policy]
     now = 0.0
     dt = cluster.interval

@@ -10,7 +10,8 @@ Objects built here:
 * ``{job}-worker-{i}``: worker pods from ``spec.template`` with torchrun's elastic settings in
   the standard ``PET_*`` environment variables, so an unmodified ``torchrun train.py``
   container joins the job, and a preferred affinity to the job's other workers' nodes, so the
-  scheduler packs them (all-reduce inside a node is far cheaper than across nodes);
+  scheduler packs them (all-reduce inside a node is far cheaper than across nodes), and,
+  when cluster arbitration planned a node for it, a preferred affinity to that node;
 * ``{job}-rdzv``: a small pod running a standalone c10d ``TCPStore`` and a Service in front of
   it. Workers join with ``is_host=false``, so removing *any* worker never kills the store.
 """
@@ -219,10 +220,38 @@ def build_packing_term(job_name: str) -> dict[str, Any]:
     }
 
 
+def build_planned_node_term(node: str) -> dict[str, Any]:
+    """The preferred nodeAffinity term that draws a worker to the node arbitration planned
+    for it, by the Node's name (``matchFields``: a node's hostname label need not be its
+    name)."""
+    return {
+        "weight": PACKING_WEIGHT,
+        "preference": {
+            "matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]
+        },
+    }
+
+
+def _append_preferred(section: dict[str, Any], term: dict[str, Any]) -> dict[str, Any]:
+    key = "preferredDuringSchedulingIgnoredDuringExecution"
+    out = dict(section)
+    preferred = list(out.get(key) or [])
+    if term not in preferred:
+        preferred.append(term)
+    out[key] = preferred
+    return out
+
+
 def build_worker_affinity(
-    user_affinity: dict[str, Any] | None, job_name: str, *, pack: bool
+    user_affinity: dict[str, Any] | None,
+    job_name: str,
+    *,
+    pack: bool,
+    planned_node: str | None = None,
 ) -> dict[str, Any] | None:
-    """The worker pod's affinity: the template's, plus the packing preference when ``pack``.
+    """The worker pod's affinity: the template's, plus the packing preference when ``pack``,
+    and the preference for ``planned_node`` (the node cluster arbitration counted the worker
+    on) when ``pack`` and one is given.
 
     Nothing the user wrote is replaced or removed: their nodeAffinity, podAntiAffinity and
     podAffinity terms (required and preferred) stay as they are, and the packing term is
@@ -237,18 +266,22 @@ def build_worker_affinity(
     if not pack:
         return affinity
     affinity = affinity or {}
-    pod_affinity = dict(affinity.get("podAffinity") or {})
-    key = "preferredDuringSchedulingIgnoredDuringExecution"
-    preferred = list(pod_affinity.get(key) or [])
-    term = build_packing_term(job_name)
-    if term not in preferred:
-        preferred.append(term)
-    pod_affinity[key] = preferred
-    affinity["podAffinity"] = pod_affinity
+    affinity["podAffinity"] = _append_preferred(
+        affinity.get("podAffinity") or {}, build_packing_term(job_name)
+    )
+    if planned_node is not None:
+        # The default scheduler weighs NodeAffinity like InterPodAffinity (2 each, against
+        # 1 for each resource score), so the planned node wins over a node the scheduler
+        # would rather spread to; where both terms point elsewhere, both still count.
+        affinity["nodeAffinity"] = _append_preferred(
+            affinity.get("nodeAffinity") or {}, build_planned_node_term(planned_node)
+        )
     return affinity
 
 
-def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict[str, Any]:
+def build_worker_pod(
+    job: JobRef, spec: api.TrainingJobSpec, index: int, *, planned_node: str | None = None
+) -> dict[str, Any]:
     """Return the worker pod with replica index ``index`` for the job.
 
     The pod is ``spec.template`` with: its name, namespace, the job's labels and a controller
@@ -256,7 +289,10 @@ def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict
     them against ``maxRestarts``); the torchrun and trainscale environment on the first
     container; a ``metrics`` port; the checkpoint claim mounted at ``checkpoint.path``
     when ``checkpoint.claimName`` is set; and, unless ``placement.packWorkers`` is false, a
-    preferred affinity to the nodes of the job's other workers (:func:`build_worker_affinity`).
+    preferred affinity to the nodes of the job's other workers and, given ``planned_node``
+    (the node cluster arbitration planned for this worker), a preferred affinity to that node
+    and the annotation ``trainscale.dev/planned-node`` naming it
+    (:func:`build_worker_affinity`).
     """
     template = copy.deepcopy(spec.template)
     meta = template.get("metadata") or {}
@@ -268,10 +304,17 @@ def build_worker_pod(job: JobRef, spec: api.TrainingJobSpec, index: int) -> dict
     annotations = dict(meta.get("annotations") or {})
     annotations.setdefault("prometheus.io/scrape", "true")
     annotations.setdefault("prometheus.io/port", str(METRICS_PORT))
+    if not spec.placement.pack_workers:
+        planned_node = None
+    if planned_node is not None:
+        annotations[api.ANNOTATION_PLANNED_NODE] = planned_node
 
     pod_spec["restartPolicy"] = "Never"
     affinity = build_worker_affinity(
-        pod_spec.get("affinity"), job.name, pack=spec.placement.pack_workers
+        pod_spec.get("affinity"),
+        job.name,
+        pack=spec.placement.pack_workers,
+        planned_node=planned_node,
     )
     if affinity is not None:
         pod_spec["affinity"] = affinity

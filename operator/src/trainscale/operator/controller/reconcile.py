@@ -38,6 +38,10 @@ Rules, in order:
    arbitrated job waits for a new one). Suspension wins over queueing. Un-suspended, the
    rules above recreate ``spec.replicas`` workers, which resume from the checkpoint;
    ``Suspended=False`` (reason ``JobResumed``) and a ``Resumed`` event say so.
+10. A worker created while cluster arbitration has planned the job's nodes
+    (``status.arbitration.preferredNodes``) prefers its planned node
+    (:func:`~trainscale.operator.api.planned_nodes.assign_planned_nodes`; not with
+    ``placement.packWorkers: false``), so the scheduler puts it where the arbiter counted it.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class WorkerPod:
     unschedulable: bool = False
     reason: str = ""
     message: str = ""
+    node: str | None = None  # spec.nodeName once bound
+    planned_node: str | None = None  # the node arbitration planned for it, when one was
 
     @property
     def active(self) -> bool:
@@ -95,6 +101,8 @@ class ReconcilePlan:
     delete_rendezvous_pod: bool = False
     delete_workers: tuple[tuple[str, str], ...] = ()  # (pod name, reason)
     create_workers: tuple[int, ...] = ()
+    # (index, node) for the created workers that have a planned node (rule 10)
+    planned_nodes: tuple[tuple[int, str], ...] = ()
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of reconcile-owned fields
     events: tuple[EventSpec, ...] = ()
     requeue_after: float | None = None  # seconds until a backoff expires
@@ -152,6 +160,8 @@ def parse_worker_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         unschedulable=unschedulable,
         reason=reason,
         message=message,
+        node=(pod.get("spec") or {}).get("nodeName") or None,
+        planned_node=(meta.get("annotations") or {}).get(api.ANNOTATION_PLANNED_NODE) or None,
     )
 
 
@@ -333,6 +343,7 @@ def decide_reconcile(
         create_rendezvous_pod=not rendezvous_pod_exists and queued is None and not held,
         delete_workers=tuple(step.deletes),
         create_workers=tuple(step.creates),
+        planned_nodes=_plan_new_workers(spec, status, live, step.creates, queued),
         status=new_status,
         events=tuple(step.events),
         requeue_after=step.requeue,
@@ -516,6 +527,25 @@ def _create_missing_workers(
                 f"toward {replicas} replicas",
             )
         )
+
+
+def _plan_new_workers(
+    spec: api.TrainingJobSpec,
+    status: Mapping[str, Any],
+    live: Sequence[WorkerPod],
+    creates: Sequence[int],
+    queued: str | None,
+) -> tuple[tuple[int, str], ...]:
+    """Rule 10: the planned node of each worker created now, from the arbitration plan and
+    the workers that stay (bound: their node; Pending: the node planned for them)."""
+    if not creates or queued is not None or not spec.placement.pack_workers:
+        return ()
+    plan = api.read_plan((status.get("arbitration") or {}).get("preferredNodes"))
+    if not plan:
+        return ()
+    existing = [w.node or w.planned_node for w in sorted(live, key=lambda w: w.index)]
+    nodes = api.assign_planned_nodes(plan, existing, len(creates))
+    return tuple((i, n) for i, n in zip(sorted(creates), nodes, strict=True) if n is not None)
 
 
 def _decide_phase(spec: api.TrainingJobSpec, planned: int, ready: int, settling: bool) -> str:

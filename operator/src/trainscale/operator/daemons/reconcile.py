@@ -197,8 +197,9 @@ async def _apply_plan(
                 body,
                 EventSpec("Normal", "DeletedWorker", f"Deleted {pod_name}: {reason}"),
             )
+    planned = dict(plan.planned_nodes)
     for index in plan.create_workers:
-        obj = builders.build_worker_pod(job, spec, index)
+        obj = builders.build_worker_pod(job, spec, index, planned_node=planned.get(index))
         if await _create(clients, obj, failures):
             post_event(
                 body,
