@@ -8,6 +8,9 @@ Covers:
 - the timeline is the allocation: at every step the GPUs held fit in the cluster, a job
   holds GPUs only between its arrival and its finish, and the waiting count is the arrived,
   unfinished jobs without GPUs (the plot draws exactly this);
+- on node pools (``--pools``), a trace's ``pool`` column holds each job to its pool: the
+  printed rows are the simulator's on that cluster, each job's line names its pool, no job
+  runs off its pool, and the Pending grants are counted;
 - a bad trace or flag is refused naming the line, column or flag (exit 2, nothing printed).
 """
 
@@ -29,6 +32,14 @@ resnet,0,2000000,0.02:0.3,1,16,4,0,60
 bert,300,1500000,0.05:0.5,1,8,2,0,90
 gpt-small,600,4000000,0.01:0.2,2,16,8,0,120
 vit,900,500000,0.03:0.0,1,8,1,0,45
+"""
+
+
+POOL_TRACE = """name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority,restart_seconds,pool
+resnet,0,2000000,0.02:0.3,1,16,4,0,60,0
+bert,300,1500000,0.05:0.5,1,8,2,0,90,
+gpt-small,600,4000000,0.01:0.2,2,16,8,0,120,1
+vit,900,500000,0.03:0.0,1,8,1,0,45,1
 """
 
 
@@ -115,6 +126,21 @@ def test_per_job_autoscalers_are_told_the_node_size_as_the_operator_reads_it() -
         ),
         pytest.param(TRACE.replace("vit,", "bert,"), "job names must be unique", id="names"),
         pytest.param(TRACE.splitlines()[0] + "\n", "no jobs", id="empty"),
+        pytest.param(
+            POOL_TRACE.replace("120,1", "120,2"),
+            "line 4: pool 2, but the cluster has 2 node pools (0 to 1; --pools)",
+            id="pool-beyond-the-pools",
+        ),
+        pytest.param(
+            POOL_TRACE.replace("60,0", "60,-1"),
+            "line 2: pool must be >= 0, got '-1'",
+            id="pool-negative",
+        ),
+        pytest.param(
+            POOL_TRACE.replace("60,0", "60,a100"),
+            "line 2: pool must be a number, got 'a100'",
+            id="pool-not-a-number",
+        ),
     ],
 )
 def test_a_bad_trace_names_the_line_and_column(
@@ -122,7 +148,7 @@ def test_a_bad_trace_names_the_line_and_column(
 ) -> None:
     path = tmp_path / "t.csv"
     path.write_text(csv)
-    assert main(["simulate", "--workload", str(path)]) == 2
+    assert main(["simulate", "--workload", str(path), "--nodes", "4", "--pools", "2"]) == 2
     captured = capsys.readouterr()
     assert message in captured.err, captured.err
     assert captured.out == ""
@@ -138,6 +164,19 @@ def test_a_bad_trace_names_the_line_and_column(
         pytest.param(["--workload", "generated", "--policies", "magic", "trainscale"], "magic"),
         pytest.param(["--workload", "generated", "--nodes", "0"], "--nodes and --gpus-per-node"),
         pytest.param(["--curve", "amdahl", "--jobs", "3"], "--jobs needs --workload"),
+        pytest.param(["--curve", "amdahl", "--pools", "2"], "--pools needs --workload"),
+        pytest.param(
+            ["--workload", "generated", "--nodes", "4", "--pools", "5"],
+            "--pools must be between 1 and --nodes (4), got 5",
+        ),
+        pytest.param(
+            ["--workload", "generated", "--pools", "2", "--restricted", "1.5"],
+            "--restricted must be a share in [0, 1], got 1.5",
+        ),
+        pytest.param(
+            ["--workload", "trace.csv", "--pools", "2", "--restricted", "0.5"],
+            "--restricted needs --pools 2 or more and a generated workload",
+        ),
     ],
 )
 def test_bad_workload_flags_are_named(
@@ -154,3 +193,40 @@ def test_curve_and_workload_are_exclusive(capsys: pytest.CaptureFixture[str]) ->
         main(["simulate", "--curve", "amdahl", "--workload", "generated"])
     assert exit_.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_trace_on_node_pools_holds_each_job_to_its_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pools.csv"
+    path.write_text(POOL_TRACE)
+    assert main(["simulate", "--workload", str(path), "--nodes", "4", "--pools", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "on 4 nodes x 4 GPUs in 2 node pools (3 of the jobs held to one)" in out
+    jobs = read_trace(str(path), pools=2)
+    assert [j.pool for j in jobs] == [0, None, 1, 1]
+    cluster = Cluster(4, 4, 60.0, 1, pools=2)
+    assert [cluster.admitted(j) for j in jobs] == [
+        frozenset({"node-00", "node-01"}),
+        None,
+        *[frozenset({"node-02", "node-03"})] * 2,
+    ]
+    unplaced = {}
+    for policy in ("fixed", "per-job", "trainscale"):
+        cluster = Cluster(4, 4, 60.0, 1, pools=2)
+        result = simulate(policy, jobs, cluster, horizon=900 + 24 * 3600.0)
+        printed = next(x.split() for x in out.splitlines() if x.split()[:1] == [policy])
+        assert printed == list(row(result)), (printed, row(result))
+        unplaced[policy] = result.unplaced
+        held = {s.job.name: s for s in cluster.states}
+        assert held["resnet"].allowed == frozenset({"node-00", "node-01"})
+    pending = ", ".join(f"{p} {n:,}" for p, n in unplaced.items())
+    assert f"(Pending), summed over steps: {pending}" in out
+    lines = {x.split()[0]: x.split() for x in out.splitlines() if x.split()[:1] != ["#"] and x}
+    assert lines["job"][7] == "pool"  # job arrival waited JCT s GPUs (most) pool sizes
+    assert [lines[j][5] for j in ("resnet", "bert", "gpt-small", "vit")] == ["0", "any", "1", "1"]
+    # one pool: rows naming pool 0 are fine, the first naming pool 1 is refused
+    assert main(["simulate", "--workload", str(path), "--nodes", "4"]) == 2
+    assert "line 4: pool 1, but the cluster has 1 node pool (0 to 0; --pools)" in (
+        capsys.readouterr().err
+    )

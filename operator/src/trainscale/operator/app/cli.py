@@ -172,7 +172,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _cmd_simulate_workload(args)
     from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
 
-    for flag in ("nodes", "jobs", "policies"):
+    for flag in ("nodes", "jobs", "policies", "pools", "restricted"):
         if getattr(args, flag) is not None:
             sys.stderr.write(f"trainscale simulate: error: --{flag} needs --workload\n")
             return 2
@@ -208,6 +208,8 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         seed=args.seed if args.seed is not None else 1,
         policies=tuple(args.policies or DEFAULT_POLICIES),
         plot=args.plot,
+        pools=args.pools if args.pools is not None else 1,
+        restricted=args.restricted if args.restricted is not None else 0.0,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -309,6 +311,19 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     sim.add_argument("--nodes", type=int, help="nodes of the cluster (--workload; default 16)")
     sim.add_argument("--jobs", type=int, help="jobs to generate (--workload; default 160)")
+    sim.add_argument(
+        "--pools",
+        type=int,
+        help="node pools the nodes split into, in order (--workload; default 1): a trace's "
+        "pool column holds a job to one of them (0 to POOLS-1)",
+    )
+    sim.add_argument(
+        "--restricted",
+        type=float,
+        metavar="SHARE",
+        help="share of the generated jobs held to one pool, drawn per job (--workload "
+        "generated, with --pools)",
+    )
     sim.add_argument(
         "--policies",
         nargs="+",

@@ -6,7 +6,9 @@ what they run today (fixed sizes) and per-job autoscaling. This replays the work
 :func:`trainscale.operator.autoscaling.workload.simulate` (the code ``benchmarks/cluster.py``
 uses), prints the policies' completion times side by side and each job's story under
 arbitration, and optionally plots the GPUs each job holds over time (matplotlib, imported only
-for ``--plot``).
+for ``--plot``). A cluster split into node pools (``--pools``) holds each job to the pool its
+trace row names (``pool``), or, generated, a share of the jobs (``--restricted``) to one pool
+drawn per job.
 """
 
 from __future__ import annotations
@@ -51,6 +53,33 @@ class WorkloadOptions:
     seed: int = 1
     policies: tuple[str, ...] = DEFAULT_POLICIES
     plot: str | None = None
+    pools: int = 1
+    restricted: float = 0.0
+
+
+def _check_flags(options: WorkloadOptions) -> None:
+    """Raises :class:`WorkloadError` naming the first flag out of range."""
+    if options.nodes < 1 or options.gpus_per_node < 1:
+        raise WorkloadError("--nodes and --gpus-per-node must be >= 1")
+    if options.interval < 1:
+        raise WorkloadError(f"--interval must be >= 1 second, got {options.interval}")
+    if not 1 <= options.pools <= options.nodes:
+        raise WorkloadError(
+            f"--pools must be between 1 and --nodes ({options.nodes}), got {options.pools}"
+        )
+    if not 0.0 <= options.restricted <= 1.0:
+        raise WorkloadError(f"--restricted must be a share in [0, 1], got {options.restricted}")
+    if options.restricted > 0 and (options.pools < 2 or options.workload != GENERATED):
+        raise WorkloadError(
+            "--restricted needs --pools 2 or more and a generated workload (a trace names "
+            "each job's pool in its pool column)"
+        )
+    unknown = [p for p in options.policies if p not in POLICIES]
+    if unknown or "trainscale" not in options.policies:
+        raise WorkloadError(
+            f"--policies must include trainscale and be among {', '.join(POLICIES)};"
+            f" got {', '.join(options.policies)}"
+        )
 
 
 def load_workload(options: WorkloadOptions) -> list[Job]:
@@ -59,26 +88,29 @@ def load_workload(options: WorkloadOptions) -> list[Job]:
     Raises:
         WorkloadError: a bad flag or an unreadable trace, naming it.
     """
-    if options.nodes < 1 or options.gpus_per_node < 1:
-        raise WorkloadError("--nodes and --gpus-per-node must be >= 1")
-    if options.interval < 1:
-        raise WorkloadError(f"--interval must be >= 1 second, got {options.interval}")
-    unknown = [p for p in options.policies if p not in POLICIES]
-    if unknown or "trainscale" not in options.policies:
-        raise WorkloadError(
-            f"--policies must include trainscale and be among {', '.join(POLICIES)};"
-            f" got {', '.join(options.policies)}"
-        )
+    _check_flags(options)
     if options.workload == GENERATED:
         if options.jobs < 1 or options.hours <= 0:
             raise WorkloadError("--jobs must be >= 1 and --hours > 0 for a generated workload")
         return generate(options.seed, options.jobs, options.hours, options.gpus_per_node)
     try:
-        return read_trace(options.workload)
+        return read_trace(options.workload, pools=options.pools)
     except OSError as exc:
         raise WorkloadError(f"--workload {options.workload}: {exc.strerror}") from None
     except TraceError as exc:
         raise WorkloadError(f"--workload {exc}") from None
+
+
+def make_cluster(options: WorkloadOptions) -> Cluster:
+    """The simulated cluster of the flags (nodes, GPUs, decisions, seed, pools)."""
+    return Cluster(
+        options.nodes,
+        options.gpus_per_node,
+        float(options.interval),
+        options.seed,
+        pools=options.pools,
+        restricted=options.restricted,
+    )
 
 
 def run_policies(options: WorkloadOptions, jobs: Sequence[Job]) -> dict[str, Result]:
@@ -87,16 +119,14 @@ def run_policies(options: WorkloadOptions, jobs: Sequence[Job]) -> dict[str, Res
     horizon = max(j.arrival for j in jobs) + 24 * 3600.0
     results = {}
     for policy in options.policies:
-        cluster = Cluster(
-            options.nodes, options.gpus_per_node, float(options.interval), options.seed
-        )
-        results[policy] = simulate(policy, jobs, cluster, horizon)
+        results[policy] = simulate(policy, jobs, make_cluster(options), horizon)
     return results
 
 
-def job_lines(result: Result, jobs: Sequence[Job]) -> Iterator[str]:
+def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator[str]:
     """Each job under ``result``'s policy: when it arrived, first ran and finished, its
-    completion time, the most GPUs it held and how often its size changed."""
+    completion time, the most GPUs it held and how often its size changed; on node pools,
+    the pool it may use (``any``: every node)."""
     first: dict[str, float] = {}
     most: dict[str, int] = {}
     sizes: dict[str, list[int]] = {}
@@ -108,7 +138,9 @@ def job_lines(result: Result, jobs: Sequence[Job]) -> Iterator[str]:
             if not seen or seen[-1] != workers:
                 seen.append(workers)
     finish = dict(result.finishes)
-    yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}  sizes"
+    pools = cluster.pools > 1
+    pool_header = f"{'pool':>6}" if pools else ""
+    yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}{pool_header}  sizes"
     for job in jobs:
         end = finish.get(job.name)
         waited = first.get(job.name, math.inf) - job.arrival
@@ -116,10 +148,18 @@ def job_lines(result: Result, jobs: Sequence[Job]) -> Iterator[str]:
         shown = " > ".join(str(n) for n in sizes.get(job.name, [])[:8])
         if len(sizes.get(job.name, [])) > 8:
             shown += " > ..."
+        pool = ""
+        if pools:
+            admitted = cluster.admitted(job)
+            pool = f"{'any' if admitted is None else _pool_of(cluster, admitted):>6}"
         yield (
             f"{job.name:<12}{job.arrival:>9,.0f}{waited:>8,.0f}{jct:>9}"
-            f"{most.get(job.name, 0):>12}  {shown}"
+            f"{most.get(job.name, 0):>12}{pool}  {shown}"
         )
+
+
+def _pool_of(cluster: Cluster, nodes: frozenset[str]) -> str:
+    return next((str(p) for p in range(cluster.pools) if cluster.pool_nodes(p) == nodes), "?")
 
 
 def write_plot(results: dict[str, Result], options: WorkloadOptions, path: str) -> None:
@@ -187,12 +227,23 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
         if options.workload == GENERATED
         else f"{len(jobs)} jobs from {options.workload}"
     )
+    pools = ""
+    if options.pools > 1:
+        held = sum(1 for j in jobs if make_cluster(options).admitted(j) is not None)
+        pools = f" in {options.pools} node pools ({held} of the jobs held to one)"
     print(
-        f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs, decisions "
-        f"every {options.interval} s",
+        f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs{pools}, "
+        f"decisions every {options.interval} s",
         file=out,
     )
     print(render([row(r) for r in results.values()], markdown=False), file=out)
+    if options.pools > 1:
+        pending = ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items())
+        print(
+            "# workers granted that found no GPU on their job's pool (Pending), summed over "
+            f"steps: {pending}",
+            file=out,
+        )
     base = results.get("fixed")
     ts = results["trainscale"]
     if base is not None:
@@ -202,7 +253,7 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
             file=out,
         )
     print("# each job under trainscale's arbitration:", file=out)
-    for line in job_lines(ts, jobs):
+    for line in job_lines(ts, jobs, make_cluster(options)):
         print(line, file=out)
     if options.plot:
         write_plot(results, options, options.plot)

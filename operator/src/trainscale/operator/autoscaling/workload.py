@@ -94,7 +94,8 @@ Trace CSV (:func:`read_trace`): a header and one row per job with the columns
 ``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100; or the
 path of a measured curve, see below), ``min_replicas``, ``max_replicas``,
 ``requested_replicas`` (the fixed size), and the optional ``priority`` (PriorityClass value),
-``restart_seconds`` (default 60) and ``name``.
+``restart_seconds`` (default 60), ``name`` and ``pool`` (the node pool its template admits,
+``0`` to ``pools - 1`` as :attr:`Cluster.pools` splits the nodes; empty: any node).
 
 A ``curve`` ending in ``.csv`` is a measured curve in the simulator's format
 (``count,nodes,samples_per_second,gpu_utilization``, read by
@@ -109,6 +110,7 @@ reads the files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import math
@@ -151,6 +153,7 @@ class Job:
     # a measured curve instead of ``tau(n)``: samples/s at 1, 2, ... workers, packed on the
     # nodes it was measured on (:func:`measured_job`); empty for the parametric family
     measured: tuple[float, ...] = ()
+    pool: int | None = None  # the node pool its template admits (a trace's); None: any node
 
     def __post_init__(self) -> None:
         if self.measured and (
@@ -305,7 +308,11 @@ def _parametric(curve: str, line: int) -> tuple[float, float, float]:
 
 
 def _job_of_row(
-    row: Mapping[str, str | None], line: int, index: int, curves: Mapping[str, str]
+    row: Mapping[str, str | None],
+    line: int,
+    index: int,
+    curves: Mapping[str, str],
+    pools: int | None,
 ) -> Job:
     curve = (row.get("curve") or "").strip()
     lo, hi, requested = _bounds(row, line)
@@ -314,17 +321,33 @@ def _job_of_row(
     samples = _field(row, "total_samples", line, float)
     priority = int(_field(row, "priority", line, int)) if row.get("priority") else 0
     restart = _field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0
+    pool = _pool(row, line, pools)
     if curve.endswith(CURVE_FILE_SUFFIX):
         if curve not in curves:
             raise TraceError(f"line {line}: curve {curve!r}: no such curve file given")
         try:
             measured = parse_csv_curve(curves[curve], name=curve)
-            return measured_job(name, arrival, samples, measured, min_replicas=lo, max_replicas=hi,
-                                requested=requested, priority=priority, restart=restart)  # fmt: skip
+            job = measured_job(name, arrival, samples, measured, min_replicas=lo, max_replicas=hi,
+                               requested=requested, priority=priority, restart=restart)  # fmt: skip
         except ValueError as err:  # CurveError, or a throughput Job refuses
             raise TraceError(f"line {line}: curve {curve!r}: {err}") from None
+        return dataclasses.replace(job, pool=pool)
     serial, cliff, rate = _parametric(curve, line)
-    return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart)
+    return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart,
+               pool=pool)  # fmt: skip
+
+
+def _pool(row: Mapping[str, str | None], line: int, pools: int | None) -> int | None:
+    """The ``pool`` of a row: None when empty; else a pool of the cluster's ``pools``."""
+    if not (row.get("pool") or "").strip():
+        return None
+    pool = int(_field(row, "pool", line, int))
+    if pools is not None and pool >= pools:
+        raise TraceError(
+            f"line {line}: pool {pool}, but the cluster has {pools} node pool"
+            f"{'s' if pools != 1 else ''} (0 to {pools - 1}; --pools)"
+        )
+    return pool
 
 
 def curve_files(text: str) -> dict[str, int]:
@@ -339,9 +362,13 @@ def curve_files(text: str) -> dict[str, int]:
     return files
 
 
-def parse_trace(text: str, *, name: str, curves: Mapping[str, str]) -> list[Job]:
+def parse_trace(
+    text: str, *, name: str, curves: Mapping[str, str], pools: int | None = None
+) -> list[Job]:
     """The jobs of a trace's CSV ``text`` (module docstring), by arrival; ``curves`` maps
-    each curve file a row names (as written in the row) to that file's CSV text. Pure.
+    each curve file a row names (as written in the row) to that file's CSV text; ``pools``:
+    the cluster's node pools, which a row's ``pool`` must be one of (unchecked when None).
+    Pure.
 
     Raises:
         TraceError: a missing column, an unreadable value, a bad or missing curve, or an
@@ -351,7 +378,7 @@ def parse_trace(text: str, *, name: str, curves: Mapping[str, str]) -> list[Job]
     missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise TraceError(f"{name}: missing column(s) {', '.join(missing)}")
-    jobs = [_job_of_row(row, i + 2, i, curves) for i, row in enumerate(reader)]
+    jobs = [_job_of_row(row, i + 2, i, curves, pools) for i, row in enumerate(reader)]
     if not jobs:
         raise TraceError(f"{name}: no jobs")
     names = [j.name for j in jobs]
@@ -360,7 +387,7 @@ def parse_trace(text: str, *, name: str, curves: Mapping[str, str]) -> list[Job]
     return sorted(jobs, key=lambda j: j.arrival)
 
 
-def read_trace(path: str) -> list[Job]:
+def read_trace(path: str, *, pools: int | None = None) -> list[Job]:
     """The jobs of a trace CSV file and of the curve files its rows name (relative paths
     from the trace's directory), by arrival (:func:`parse_trace`).
 
@@ -379,7 +406,7 @@ def read_trace(path: str) -> list[Job]:
             raise TraceError(
                 f"line {line}: curve {curve!r}: cannot read {where}: {exc.strerror}"
             ) from None
-    return parse_trace(text, name=path, curves=curves)
+    return parse_trace(text, name=path, curves=curves, pools=pools)
 
 
 # ---------------------------------------------------------------------------- simulation
@@ -441,8 +468,11 @@ class Cluster:
         return self.total if admitted is None else len(admitted) * self.gpus_per_node
 
     def admitted(self, job: Job) -> frozenset[str] | None:
-        """The nodes ``job``'s template admits: one pool for a share ``restricted`` of the
-        jobs (which one drawn from the seed and its name), every node for the rest."""
+        """The nodes ``job``'s template admits: its own pool when it names one (a trace's
+        ``pool``); else one pool for a share ``restricted`` of the jobs (which one drawn
+        from the seed and its name), every node for the rest."""
+        if job.pool is not None:
+            return self.pool_nodes(job.pool) if self.pools > 1 else None
         if self.pools <= 1 or self.restricted <= 0:
             return None
         rng = random.Random(f"{self.seed}/pool/{job.name}")
