@@ -6,8 +6,10 @@ cluster-wide view can divide the GPUs by what each job would *gain* from them. T
 that view, as one pure function: :func:`allocate` takes every job's demand (its fitted
 throughput per worker count, bounds, constraints, priority, age, current size and restart
 cost) and the free GPUs per node, and returns a worker count (a *ceiling* for the job's own
-autoscaler; 0 means queued), a preferred node packing and a reason in words. No clock, no
-I/O: the caller passes ``now`` and the numbers, so every rule is a table test.
+autoscaler; 0 means queued), a node packing (``status.arbitration.preferredNodes``: the
+operator gives each new worker its planned node as a preferred affinity,
+:mod:`trainscale.operator.api.planned_nodes`) and a reason in words. No clock, no I/O: the
+caller passes ``now`` and the numbers, so every rule is a table test.
 
 The decision is a pipeline of named steps, each a small function tested alone:
 
