@@ -3,8 +3,8 @@
 Behaviours covered:
 
 * off by default; on, one PrometheusRule with the alerts TrainScaleJobDegraded,
-  TrainScaleWorkersUnschedulable, TrainScaleMetricsUnavailable, TrainScaleJobFailed and
-  TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
+  TrainScaleWorkersUnschedulable, TrainScaleWorkersOffPlan, TrainScaleMetricsUnavailable,
+  TrainScaleJobFailed and TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
   expression selecting the operator's scrape job;
 * every metric an expression reads is one the operator exports (names from
   ``metric_names`` and ``condition_metric``, not retyped);
@@ -35,6 +35,7 @@ ON = {"prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}}}
 ALERTS = [
     "TrainScaleJobDegraded",
     "TrainScaleWorkersUnschedulable",
+    "TrainScaleWorkersOffPlan",
     "TrainScaleMetricsUnavailable",
     "TrainScaleJobFailed",
     "TrainScaleOperatorDown",
@@ -61,6 +62,7 @@ def test_alerts_durations_and_labels(render: Any) -> None:
     assert list(found) == ALERTS
     assert found["TrainScaleJobDegraded"]["for"] == "10m"
     assert found["TrainScaleWorkersUnschedulable"]["for"] == "15m"
+    assert found["TrainScaleWorkersOffPlan"]["for"] == "30m"
     assert found["TrainScaleMetricsUnavailable"]["for"] == "10m"
     assert found["TrainScaleOperatorDown"]["for"] == "5m"
     assert found["TrainScaleOperatorDown"]["labels"]["severity"] == "critical"
@@ -143,6 +145,12 @@ CASES = [
      [_fires("TrainScaleWorkersUnschedulable", "14m"),
       _fires("TrainScaleWorkersUnschedulable", "16m",
              {**JOB_LABELS, "condition": "Schedulable", "severity": "warning"})]),
+    # One worker off its plan for 40 minutes: firing after 30; back on plan: never.
+    ([_series(metric_names.WORKERS_OFF_PLAN_NAME, "1x40", namespace="ml", trainingjob="bert")],
+     [_fires("TrainScaleWorkersOffPlan", "29m"),
+      _fires("TrainScaleWorkersOffPlan", "31m", {**JOB_LABELS, "severity": "warning"})]),
+    ([_series(metric_names.WORKERS_OFF_PLAN_NAME, "0x40", namespace="ml", trainingjob="bert")],
+     [_fires("TrainScaleWorkersOffPlan", "40m")]),
     # Every query fails: firing once the 10 m have passed; half of them fail: never.
     ([_series(ERRORS, "0+6x30", kind="http"), _series(QUERIES, "0+6x30")],
      [_fires("TrainScaleMetricsUnavailable", "5m"),

@@ -16,7 +16,9 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   in its status and Event;
 - new workers go to the node arbitration planned for them, not where the scheduler would
   spread them: a small job fills the last GPUs of a busy node, and a job needing a whole node
-  then runs on the other (it stayed Queued when the scheduler chose);
+  then runs on the other (it stayed Queued when the scheduler chose); a worker the planned
+  node cannot hold (its CPU) runs elsewhere, and the operator's ``workers_off_plan`` gauge
+  counts it;
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
   indexes): an arrival that may use only pool a runs, where it used to stay Pending while
   the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
@@ -26,10 +28,12 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import OperatorProcess, arbitrated_job
 from tests.support.testbed import (
@@ -40,7 +44,9 @@ from tests.support.testbed import (
     wait_for_every_gpu,
 )
 from trainscale.operator.autoscaling.node_filters import compute_eligible_nodes
+from trainscale.operator.observability.metric_names import WORKERS_OFF_PLAN_NAME
 from trainscale.testbed.cluster import Testbed
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -389,3 +395,54 @@ def test_new_workers_go_where_arbitration_planned_them(
              timeout=90, what="the whole-node job's worker Running", describe=describe)  # fmt: skip
     assert _worker_nodes(kubectl, namespace, "whole") == {0: b}, describe()
     assert sorted(_worker_nodes(kubectl, namespace, "small").values()) == [a, a], describe()
+
+
+def _off_plan(port: int, namespace: str, job: str) -> float | None:
+    """The operator's ``workers_off_plan`` gauge for ``job``; None until it shows one."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name, labels.get("namespace"), labels.get("trainingjob")) == (
+                WORKERS_OFF_PLAN_NAME, namespace, job,
+            ):  # fmt: skip
+                return float(sample.value)
+    return None
+
+
+def test_a_worker_its_planned_node_cannot_hold_runs_elsewhere_and_is_counted(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """The arbiter counts GPUs, not CPUs: it plans both workers of a job asking 10 CPUs each
+    onto node a's last 2 GPUs, where another team's pod leaves 16 CPUs. The first runs
+    there; the second does not fit, and the scheduler puts it on b (a preference never
+    leaves a pod Pending). The operator's gauge counts the one worker off its plan, so a
+    platform whose scheduler does not follow the plan sees it."""
+    a, b = testbed.node_names[:2]
+    namespace, start = private_operator
+    port = find_free_port()
+    operator = start("--arbitration-interval", "1", "--metrics-port", str(port),
+                     "--metrics-address", "127.0.0.1")  # fmt: skip
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    other = foreign_gpu_pod("other-team", 6, node=a)
+    other["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "48"}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(other))
+    job = arbitrated_job("cpu-heavy", 2, 2, 2)
+    job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "10"}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    wait_for(lambda: _workers(kubectl, namespace).get("cpu-heavy", {}).get("Running") == 2,
+             timeout=90, what="cpu-heavy's 2 workers Running", describe=describe)  # fmt: skip
+    assert sorted(_worker_nodes(kubectl, namespace, "cpu-heavy").values()) == [a, b], describe()
+    wait_for(lambda: _off_plan(port, namespace, "cpu-heavy") == 1.0, timeout=30,
+             what="workers_off_plan 1 for cpu-heavy",
+             describe=lambda: f"gauge {_off_plan(port, namespace, 'cpu-heavy')}\n{describe()}")  # fmt: skip

@@ -12,6 +12,7 @@ from trainscale.operator.api.models import Phase
 from trainscale.operator.observability.metric_names import (
     MANAGED_JOBS_NAME,
     RECONCILE_DURATION_NAME,
+    WORKERS_OFF_PLAN_NAME,
 )
 from trainscale.operator.observability.metrics import OperatorMetrics
 
@@ -46,3 +47,18 @@ def test_reconcile_latency_buckets_tell_minutes_apart(seconds: float) -> None:
         float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket") and s.value
     ]
     assert min(filled) <= 2.5 * seconds, sorted(filled)
+
+
+def test_workers_off_plan_are_shown_per_job_and_forgotten() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    metrics.observe_job("ns", "a", "Running", pods=4, desired=4, off_plan=2)
+    metrics.observe_job("ns", "b", "Running", pods=2, desired=2)
+
+    def gauge() -> dict[str, float]:
+        (family,) = [m for m in registry.collect() if m.name == WORKERS_OFF_PLAN_NAME]
+        return {s.labels["trainingjob"]: s.value for s in family.samples}
+
+    assert gauge() == {"a": 2, "b": 0}
+    metrics.forget_job("ns", "a")
+    assert gauge() == {"b": 0}

@@ -9,6 +9,7 @@ Covers:
 - the reconcile decision plans each created worker (rule 10), not for a queued job, not with
   ``packWorkers: false``, not without a plan; a replaced worker gets its node back;
 - ``parse_worker_pod`` reads the bound node and the planned-node annotation;
+- the workers counted off their plan: bound elsewhere than planned, live;
 - the worker pod prefers its planned node by name (``matchFields``) and names it in an
   annotation, beside the packing term and the template's own node affinity.
 """
@@ -23,7 +24,12 @@ import pytest
 from trainscale.operator.api import ANNOTATION_PLANNED_NODE, TrainingJobSpec
 from trainscale.operator.api.planned_nodes import assign_planned_nodes, read_plan
 from trainscale.operator.controller import builders
-from trainscale.operator.controller.reconcile import WorkerPod, decide_reconcile, parse_worker_pod
+from trainscale.operator.controller.reconcile import (
+    WorkerPod,
+    count_workers_off_plan,
+    decide_reconcile,
+    parse_worker_pod,
+)
 
 NOW = dt.datetime(2026, 12, 5, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -195,3 +201,16 @@ def test_a_job_that_opted_out_of_packing_gets_no_planned_node(spec_dict: dict[st
     pod = builders.build_worker_pod(job, spec, 0, planned_node="gpu-node-1")
     assert ANNOTATION_PLANNED_NODE not in pod["metadata"].get("annotations", {})
     assert "nodeAffinity" not in (pod["spec"].get("affinity") or {})
+
+
+def test_workers_bound_off_their_planned_node_are_counted() -> None:
+    workers = [
+        _worker(0, "a", planned="a"),  # on plan
+        _worker(1, "b", planned="a"),  # off plan
+        _worker(2, None, planned="a", phase="Pending"),  # not bound yet
+        _worker(3, "c"),  # no plan
+        _worker(4, "b", planned="c", phase="Succeeded"),  # finished
+        WorkerPod(name="j-worker-5", index=5, phase="Running", terminating=True, node="b",
+                  planned_node="a"),  # going away
+    ]  # fmt: skip
+    assert count_workers_off_plan(workers) == 1

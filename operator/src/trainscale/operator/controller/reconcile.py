@@ -548,6 +548,16 @@ def _plan_new_workers(
     return tuple((i, n) for i, n in zip(sorted(creates), nodes, strict=True) if n is not None)
 
 
+def count_workers_off_plan(workers: Iterable[WorkerPod]) -> int:
+    """Live workers bound to another node than the one arbitration planned for them (rule
+    10): what the operator's ``workers_off_plan`` gauge shows."""
+    return sum(
+        1
+        for w in workers
+        if w.active and w.node is not None and w.planned_node not in (None, w.node)
+    )
+
+
 def _decide_phase(spec: api.TrainingJobSpec, planned: int, ready: int, settling: bool) -> str:
     """Running when every wanted worker is ready and nothing moves; Pending with none ready."""
     if planned == spec.replicas and ready == spec.replicas and not settling:

@@ -131,7 +131,12 @@ async def _reconcile_job(
         if not stopping() and patched:
             await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
         metrics.observe_job(
-            namespace, name, plan.status["phase"], plan.status["replicas"], spec.replicas
+            namespace,
+            name,
+            plan.status["phase"],
+            plan.status["replicas"],
+            spec.replicas,
+            off_plan=reconcile.count_workers_off_plan(workers),
         )
         get_job_condition_metric().observe(namespace, name, plan.status.get("conditions") or [])
         metrics.reconcile_total.labels("ok").inc()

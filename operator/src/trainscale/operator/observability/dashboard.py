@@ -355,7 +355,8 @@ AUTOSCALER_ROW = Row(
             title="Desired vs running workers",
             description=(
                 "spec.replicas as the operator last saw it (written by the autoscaler when "
-                "autoscaling is enabled) against the worker pods that exist."
+                "autoscaling is enabled) against the worker pods that exist, and the workers "
+                "running off the node cluster arbitration planned for them."
             ),
             unit="short",
             targets=(
@@ -368,6 +369,11 @@ AUTOSCALER_ROW = Row(
                     f"max by ({OPERATOR_JOB_LABEL}) "
                     f"({op.MANAGED_PODS_NAME}{{{_operator_job_selector()}}})",
                     f"pods {_OPERATOR_LEGEND}",
+                ),
+                Target(
+                    f"max by ({OPERATOR_JOB_LABEL}) "
+                    f"({op.WORKERS_OFF_PLAN_NAME}{{{_operator_job_selector()}}})",
+                    f"off plan {_OPERATOR_LEGEND}",
                 ),
             ),
             min=0,

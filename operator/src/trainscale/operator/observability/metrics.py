@@ -39,6 +39,7 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_TOTAL_NAME,
     SCALING_DECISIONS_NAME,
     STORE_LABEL,
+    WORKERS_OFF_PLAN_NAME,
 )
 
 _JOB_LABELS = [NAMESPACE_LABEL, JOB_LABEL]
@@ -80,6 +81,15 @@ class OperatorMetrics:
         self.desired_replicas = Gauge(
             DESIRED_REPLICAS_NAME,
             "spec.replicas of each TrainingJob.",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.workers_off_plan = Gauge(
+            WORKERS_OFF_PLAN_NAME,
+            "Bound worker pods of each TrainingJob on another node than cluster arbitration "
+            "planned for them (trainscale.dev/planned-node). Above 0 for long: the scheduler "
+            "does not follow the preferred node (no NodeAffinity scoring in its profile, or "
+            "the planned node lacks the worker's CPU or memory).",
             _JOB_LABELS,
             registry=registry,
         )
@@ -145,18 +155,28 @@ class OperatorMetrics:
                 self.job_loops_cancelled.labels(loop).inc()
                 raise
 
-    def observe_job(self, namespace: str, job: str, phase: str, pods: int, desired: int) -> None:
-        """Record a job's phase, live pods and desired replicas after a reconcile."""
+    def observe_job(
+        self, namespace: str, job: str, phase: str, pods: int, desired: int, off_plan: int = 0
+    ) -> None:
+        """Record a job's phase, live pods, desired replicas and workers bound off their
+        planned node after a reconcile."""
         self._phases[(namespace, job)] = phase
         self._refresh_phases()
         self.managed_pods.labels(namespace, job).set(pods)
         self.desired_replicas.labels(namespace, job).set(desired)
+        self.workers_off_plan.labels(namespace, job).set(off_plan)
 
     def forget_job(self, namespace: str, job: str) -> None:
         """Drop a deleted job's series."""
         self._phases.pop((namespace, job), None)
         self._refresh_phases()
-        for gauge in (self.managed_pods, self.desired_replicas, self.job_cost_per_hour):
+        gauges = (
+            self.managed_pods,
+            self.desired_replicas,
+            self.job_cost_per_hour,
+            self.workers_off_plan,
+        )
+        for gauge in gauges:
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, job)
 

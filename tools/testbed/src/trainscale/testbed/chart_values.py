@@ -207,6 +207,7 @@ def build_values_schema() -> Schema:
                         "unschedulableFor": DURATION,
                         "metricsUnavailableFor": DURATION,
                         "operatorDownFor": DURATION,
+                        "offPlanFor": DURATION,
                     }
                 ),
                 "health": obj({"port": PORT}),
