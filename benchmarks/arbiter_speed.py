@@ -9,9 +9,13 @@ with a throughput per count for every count up to its ``maxReplicas`` (as the ca
 from ``JobAutoscaler.predict_throughput``), an Amdahl-like curve with a cliff past one node,
 random bounds, 1 or 2 GPUs per worker, priorities, efficiency floors on half of them, a
 current allocation on two thirds of them (restart costs charged) with its workers' nodes by
-replica index (packed, as the operator reports them), and a few pinned jobs.
+replica index (packed, as the operator reports them), and a few pinned jobs. With
+``--requests SHARE``, that share of the jobs' workers request CPU and memory, so the operator
+passes each its room per node (``JobDemand.node_room``): a node's GPUs for most, 2 workers
+per node for a fifth of them (data loaders asking for half a node's CPU).
 
 Run:  .venv/bin/python benchmarks/arbiter_speed.py [--jobs 200] [--nodes 250] [--runs 20]
+      [--requests 1.0]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from trainscale.operator.autoscaling.arbiter import Capacity, JobDemand
 
 
 def make_workload(
-    jobs: int, nodes: int, gpus_per_node: int, seed: int
+    jobs: int, nodes: int, gpus_per_node: int, seed: int, requests: float = 0.0
 ) -> tuple[list[JobDemand], Capacity]:
     rng = random.Random(seed)
     names = [f"node-{i:04d}" for i in range(nodes)]
@@ -44,6 +48,10 @@ def make_workload(
             for n in range(1, hi + 1)
         }
         current = rng.randint(lo, min(hi, lo * 4)) if rng.random() < 0.66 else 0
+        room = None
+        if rng.random() < requests:
+            per_node = 2 if rng.random() < 0.2 else gpus_per_node // gpw
+            room = dict.fromkeys(names, per_node)
         demands.append(
             JobDemand(
                 key=f"ns/job-{i:03d}",
@@ -57,6 +65,7 @@ def make_workload(
                 current_replicas=current,
                 restart_cost_seconds=rng.uniform(10, 120),
                 pinned=rng.random() < 0.03,
+                node_room=room,
             )
         )
     return _placed(demands, names, gpus_per_node, rng), Capacity({n: gpus_per_node for n in names})
@@ -90,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--requests", type=float, default=0.0,
+                        help="share of the jobs whose workers request CPU and memory")  # fmt: skip
     args = parser.parse_args(argv)
     times: list[float] = []
     allocation = None
     for run in range(args.runs):
         demands, capacity = make_workload(
-            args.jobs, args.nodes, args.gpus_per_node, args.seed + run
+            args.jobs, args.nodes, args.gpus_per_node, args.seed + run, args.requests
         )
         start = time.perf_counter()
         allocation = allocate(demands, capacity, now=float(args.jobs))
@@ -104,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     gpus = args.nodes * args.gpus_per_node
     print(
         f"allocate: {args.jobs} jobs on {gpus} GPUs ({args.nodes} nodes x {args.gpus_per_node}),"
-        f" {args.runs} runs: median {statistics.median(times) * 1000:.0f} ms,"
+        f" {args.runs} runs{f', {args.requests:g} requesting CPU' if args.requests else ''}:"
+        f" median {statistics.median(times) * 1000:.0f} ms,"
         f" max {max(times) * 1000:.0f} ms"
         f" (last run: {allocation.waiting} queued, {allocation.free_gpus} GPUs left free)"
     )
