@@ -11,7 +11,10 @@ Covers:
   when a share changes, and "not arbitrated" when no GPU is visible;
 - node pools: room and shares counted on the nodes a job's template lets it use (node
   selector, taints), the nodes it runs on kept, and a job no node admits queued with the
-  field named.
+  field named;
+- CPU and memory: what foreign pods leave of each GPU node's allocatable (ours, finished and
+  unparseable ones not counted; nodes without the figure unknown), each job's workers per
+  node from its template's requests, and a job granted only the workers that room holds.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from trainscale.operator.autoscaling.arbiter import Capacity
 from trainscale.operator.autoscaling.cluster import (
     NO_CAPACITY_REASON,
     ManagedJob,
+    NodeFree,
     build_capacity,
     build_demand,
+    build_node_free,
+    compute_node_room,
     compute_room,
     compute_worker_nodes,
     decide_arbitration,
@@ -401,3 +407,78 @@ def test_workers_running_on_a_node_their_template_no_longer_admits_keep_it() -> 
 
 def test_without_nodes_every_job_may_use_every_node() -> None:
     assert build_demand(ManagedJob("d/j", spec())).nodes is None
+
+
+def _sized(name: str, gpus: int, cpu: str | None, memory: str | None) -> dict[str, Any]:
+    found = node(name, gpus)
+    if cpu is not None:
+        found["status"]["allocatable"]["cpu"] = cpu
+    if memory is not None:
+        found["status"]["allocatable"]["memory"] = memory
+    return found
+
+
+def _asking(found: dict[str, Any], cpu: str | None = None, memory: str | None = None) -> dict:
+    requests = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None}
+    found["spec"]["containers"][0]["resources"]["requests"] = requests
+    return found
+
+
+def test_node_free_is_allocatable_less_what_foreign_pods_request() -> None:
+    nodes = [
+        _sized("a", 8, "64", "512Gi"),
+        _sized("b", 8, "32000m", None),  # memory not listed: unknown
+        _sized("c", 8, "lots", "1Ti"),  # CPU not a quantity: unknown
+        _sized("d", 0, "64", "512Gi"),  # no GPUs: not a node arbitration places on
+        {**_sized("e", 8, "64", "64Gi"), "spec": {"unschedulable": True}},
+    ]
+    pods = [
+        _asking(pod("a", 6), cpu="40", memory="100Gi"),  # another team's
+        _asking(pod("a", 0), cpu="500m"),  # a DaemonSet's
+        _asking(pod("a", 1, ours=True, job="j"), cpu="10"),  # ours: placed by the arbiter
+        _asking(pod("a", 1, phase="Succeeded"), cpu="10"),  # finished
+        _asking(pod("b", 1), cpu="40"),  # more than b has: none left, never negative
+        _asking(pod("a", 1), cpu="two"),  # unparseable: counts nothing
+    ]
+    free = build_node_free(nodes, pods)
+    assert free.cpu_millis == {"a": 23_500, "b": 0}
+    assert free.memory_bytes == {"a": 412 * 2**30, "c": 2**40}
+
+
+@pytest.mark.parametrize(
+    ("requests", "expected"),
+    [
+        pytest.param({"cpu": "10"}, {"a": 2, "b": 6}, id="cpu"),
+        pytest.param({"memory": "100Gi"}, {"a": 3}, id="memory-where-known"),
+        pytest.param({"cpu": "10", "memory": "200Gi"}, {"a": 1, "b": 6}, id="the-tighter"),
+        pytest.param({}, None, id="nothing-asked"),
+        pytest.param({"cpu": "many"}, None, id="unparseable"),
+    ],
+)
+def test_a_jobs_room_per_node_is_what_its_requests_fit(
+    requests: dict[str, str], expected: dict[str, int] | None
+) -> None:
+    job_spec = spec(pod={"containers": [{"name": "t", "image": "x", "resources": {
+        "limits": {"nvidia.com/gpu": 1}, "requests": requests}}]})  # fmt: skip
+    free = NodeFree(cpu_millis={"a": 25_000, "b": 64_000}, memory_bytes={"a": 300 * 2**30})
+    assert compute_node_room(job_spec, free) == expected
+
+
+def test_a_job_is_granted_only_the_workers_its_cpu_leaves_room_for() -> None:
+    """Another team's pod holds 40 of node a's 64 CPUs; workers asking 12 CPUs fit 2 on a
+    and 5 on b, so the job's ceiling is 7 of its 8, and its placement follows that room
+    (it was granted 8 before, with the eighth worker left Pending)."""
+    heavy = spec(replicas=8, minReplicas=1, maxReplicas=8, pod={"containers": [{
+        "name": "t", "image": "x",
+        "resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "12"}}}]})  # fmt: skip
+    job = ManagedJob("d/heavy", heavy, created=1.0, throughput={n: float(n) for n in range(1, 9)})
+    nodes = [_sized("a", 8, "64", "512Gi"), _sized("b", 8, "64", "512Gi")]
+    pods = [_asking(pod("a", 2), cpu="40")]
+    capacity = build_capacity(nodes, pods)
+    results = decide_arbitration([job], capacity, {}, NOW, nodes, build_node_free(nodes, pods))
+    status = results["d/heavy"].status
+    assert status.ceiling == 7
+    assert status.preferred_nodes == {"a": 2, "b": 5}
+    blind = decide_arbitration([job], capacity, {}, NOW, nodes)
+    assert blind["d/heavy"].status.ceiling == 8
+    assert build_demand(job, None, build_node_free(nodes, pods)).node_room == {"a": 2, "b": 5}

@@ -5,7 +5,8 @@ allowed sizes, budgets, efficiency floor, minimum always); pinned jobs' GPUs sub
 admission (running jobs keep their minimum, strict FIFO by priority then age, no
 backfilling, never-fitting jobs skipped, the youngest running job evicted when the cluster
 shrank); growth by gain per GPU (fair split, a scaling job over a flat one, a cliff jumped,
-restart charged, priority tiers, packing limits); the reasons in words; bad input.
+restart charged, priority tiers, packing limits); a job's workers per node within what
+their CPU and memory leave room for; the reasons in words; bad input.
 """
 
 from __future__ import annotations
@@ -432,10 +433,11 @@ def test_duplicate_keys_rejected() -> None:
     [
         pytest.param({"gpus_per_worker": 0}, id="no-gpus"),
         pytest.param({"min_replicas": 5, "max_replicas": 4}, id="min-above-max"),
+        pytest.param({"node_room": {"n0": -1}}, id="negative-room"),
     ],
 )
 def test_bad_demand_rejected(kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must be|need"):
         JobDemand(key="a", **kw)
 
 
@@ -587,6 +589,39 @@ def test_a_queued_jobs_reason_says_when_its_free_gpus_are_split_across_nodes() -
         "queued: needs 8 GPUs, 8 free, but each worker needs 8 GPUs on one node: 0 of its 1 "
         "fit (most free on one node: 6)"
     )
+
+
+def test_a_job_gets_only_the_workers_its_cpu_and_memory_leave_room_for() -> None:
+    """Workers asking for a third of a node's CPU: 2 per node whatever the GPUs. The GPUs
+    they cannot use go to a job that can (they used to be granted to the first, whose extra
+    workers stayed Pending)."""
+    heavy = job("heavy", max_replicas=8, node_room={"n0": 2, "n1": 2}, created=1)
+    light = job("light", max_replicas=8, created=2)
+    allocation = allocate([heavy, light], nodes(2), now=100.0)
+    assert allocation["heavy"].replicas == 4
+    assert dict(allocation["heavy"].placement) == {"n0": 2, "n1": 2}
+    assert allocation["light"].replicas == 4
+    alone = allocate([heavy], nodes(2), now=100.0)
+    assert alone["heavy"].replicas == 4
+
+
+def test_a_job_its_cpu_leaves_no_room_for_is_queued_and_told_why() -> None:
+    demands = [job("heavy", min_replicas=3, max_replicas=4, node_room={"n0": 1, "n1": 1})]
+    allocation = allocate(demands, nodes(2), now=100.0)
+    assert allocation["heavy"].queued
+    assert allocation["heavy"].reason == (
+        "queued: needs 3 GPUs, 8 free, but the CPU and memory its workers request leave room "
+        "for 2 of its 3 on the nodes with free GPUs"
+    )
+
+
+def test_running_workers_beyond_their_room_keep_running() -> None:
+    """Another team's pod took CPU on a node after the job's 3 workers started there: they
+    keep running (the arbiter never moves a worker), but no new one goes there."""
+    running = job("r", max_replicas=6, current_replicas=3, current_nodes={"n0": 3},
+                  node_room={"n0": 1, "n1": 4})  # fmt: skip
+    allocation = allocate([running], nodes(2), now=100.0)
+    assert dict(allocation["r"].placement) == {"n0": 3, "n1": 3}
 
 
 def test_a_donor_on_another_pool_is_not_charged_for_a_move() -> None:

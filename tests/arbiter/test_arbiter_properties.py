@@ -9,7 +9,9 @@ allowed some nodes): every worker on a node its job may use, no node over capaci
 in bounds; a queued job that could start on its pool holds back the later waiting jobs that
 want one of its nodes; the same answer in any order. On both: a running job given ``c``
 workers keeps its first ``c`` where they run (the operator deletes the highest indexes).
-Running jobs' workers are generated where a cluster could hold them (``with_workers``).
+With CPU and memory limiting some jobs' workers per node (``node_room``): no node holds more
+of a job's workers than its room, besides those already running there, and the rules above
+hold. Running jobs' workers are generated where a cluster could hold them (``with_workers``).
 """
 
 from __future__ import annotations
@@ -300,8 +302,9 @@ def test_on_node_pools_a_queued_job_holds_back_only_jobs_wanting_its_nodes(
     for queued in waiting:
         if not allocation[queued.key].queued:
             continue
-        if queued.min_replicas * queued.gpus_per_worker > sum(free[n] for n in pool(queued)):
-            continue  # can never start on its pool: skipped, does not block
+        whole = sum(free[n] // queued.gpus_per_worker for n in pool(queued))
+        if whole < queued.min_replicas:
+            continue  # can never start on its pool, a worker per node: skipped, no block
         for other in waiting:
             if order(other) > order(queued) and pool(other) & pool(queued):
                 assert allocation[other.key].queued, (queued.key, other.key)
@@ -341,3 +344,49 @@ def test_a_running_job_keeps_its_first_workers_where_they_run(
 ) -> None:
     for jobs, capacity in (plain, pooled):
         assert_running_jobs_keep_their_first_workers(jobs, decide(jobs, capacity))
+
+
+@st.composite
+def roomy_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
+    """Pooled clusters where some jobs' workers ask for CPU or memory that some nodes hold
+    only a few of (``node_room``, as ``cluster.build_demand`` computes it); a running job's
+    workers fit their room where they run (a cluster holds them)."""
+    jobs, capacity = draw(pooled_clusters())
+    names = sorted(capacity.free_gpus)
+    out = []
+    for demand in jobs:
+        if demand.pinned or not draw(st.booleans()):
+            out.append(demand)
+            continue
+        listed = draw(st.frozensets(st.sampled_from(names), min_size=1))
+        room = {
+            n: max(draw(st.integers(0, 3)), demand.current_nodes.get(n, 0)) for n in sorted(listed)
+        }
+        out.append(dataclasses.replace(demand, node_room=room))
+    return out, capacity
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(roomy_clusters())
+def test_no_node_holds_more_of_a_job_than_its_cpu_and_memory_room(
+    cluster: tuple[list[JobDemand], Capacity],
+) -> None:
+    jobs, capacity = cluster
+    allocation = decide(jobs, capacity)
+    assert_within_capacity(jobs, capacity, allocation)
+    assert_running_jobs_keep_their_first_workers(jobs, allocation)
+    for demand in jobs:
+        got = allocation[demand.key]
+        if demand.pinned:
+            continue
+        assert sum(w for _, w in got.placement) == got.replicas
+        if not got.queued:
+            assert demand.min_replicas <= got.replicas <= demand.max_replicas
+        for node, workers in got.placement:
+            assert _may_use(demand, node), (demand.key, node)
+            room = (demand.node_room or {}).get(node)
+            if room is not None:
+                assert workers <= max(room, demand.current_nodes.get(node, 0)), (
+                    demand.key, node, workers, room,
+                )  # fmt: skip

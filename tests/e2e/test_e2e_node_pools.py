@@ -16,9 +16,9 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   in its status and Event;
 - new workers go to the node arbitration planned for them, not where the scheduler would
   spread them: a small job fills the last GPUs of a busy node, and a job needing a whole node
-  then runs on the other (it stayed Queued when the scheduler chose); a worker the planned
-  node cannot hold (its CPU) runs elsewhere, and the operator's ``workers_off_plan`` gauge
-  counts it;
+  then runs on the other (it stayed Queued when the scheduler chose); the arbiter plans
+  workers where their CPU requests fit; a worker the scheduler still puts elsewhere (a pod
+  anti-affinity the arbiter does not read) is counted by the ``workers_off_plan`` gauge;
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
   indexes): an arrival that may use only pool a runs, where it used to stay Pending while
   the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
@@ -414,21 +414,27 @@ def _off_plan(port: int, namespace: str, job: str) -> float | None:
     return None
 
 
-def test_a_worker_its_planned_node_cannot_hold_runs_elsewhere_and_is_counted(
-    kubectl: Kubectl,
+def _metrics_operator(
     private_operator: tuple[str, Callable[..., OperatorProcess]],
-    testbed: Testbed,
-) -> None:
-    """The arbiter counts GPUs, not CPUs: it plans both workers of a job asking 10 CPUs each
-    onto node a's last 2 GPUs, where another team's pod leaves 16 CPUs. The first runs
-    there; the second does not fit, and the scheduler puts it on b (a preference never
-    leaves a pod Pending). The operator's gauge counts the one worker off its plan, so a
-    platform whose scheduler does not follow the plan sees it."""
-    a, b = testbed.node_names[:2]
+) -> tuple[str, OperatorProcess, int]:
     namespace, start = private_operator
     port = find_free_port()
     operator = start("--arbitration-interval", "1", "--metrics-port", str(port),
                      "--metrics-address", "127.0.0.1")  # fmt: skip
+    return namespace, operator, port
+
+
+def test_the_arbiter_plans_workers_where_their_cpu_fits(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """Another team's pod leaves node a 2 GPUs and 16 CPUs. A job asking 10 CPUs per worker
+    is planned 1 on a and 1 on b (the arbiter reads the workers' CPU requests and what
+    foreign pods leave), both run where planned, and the operator's gauge reads 0. Reading
+    GPUs only, the arbiter planned both on a: the second ran on b anyway, off its plan."""
+    a, b = testbed.node_names[:2]
+    namespace, operator, port = _metrics_operator(private_operator)
 
     def describe() -> str:
         return _describe(kubectl, namespace, operator)
@@ -442,7 +448,42 @@ def test_a_worker_its_planned_node_cannot_hold_runs_elsewhere_and_is_counted(
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     wait_for(lambda: _workers(kubectl, namespace).get("cpu-heavy", {}).get("Running") == 2,
              timeout=90, what="cpu-heavy's 2 workers Running", describe=describe)  # fmt: skip
+    found = json.loads(kubectl("get", "tj/cpu-heavy", "-n", namespace, "-o", "json").stdout)
+    assert found["status"]["arbitration"]["preferredNodes"] == {a: 1, b: 1}, found["status"]
     assert sorted(_worker_nodes(kubectl, namespace, "cpu-heavy").values()) == [a, b], describe()
-    wait_for(lambda: _off_plan(port, namespace, "cpu-heavy") == 1.0, timeout=30,
-             what="workers_off_plan 1 for cpu-heavy",
+    wait_for(lambda: _off_plan(port, namespace, "cpu-heavy") == 0.0, timeout=30,
+             what="workers_off_plan 0 for cpu-heavy",
              describe=lambda: f"gauge {_off_plan(port, namespace, 'cpu-heavy')}\n{describe()}")  # fmt: skip
+
+
+def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """The arbiter does not read pod anti-affinity: a job whose template keeps its workers
+    one per node (required podAntiAffinity on the hostname) is planned 2 on node a's last 2
+    GPUs; the scheduler runs the second on b, and the operator's gauge counts that one
+    worker off its plan, as a platform whose scheduler does not follow the plans would see
+    it (and the chart's alert TrainScaleWorkersOffPlan after 30 minutes)."""
+    a, b = testbed.node_names[:2]
+    namespace, operator, port = _metrics_operator(private_operator)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(foreign_gpu_pod("other-team", 6, node=a)))  # fmt: skip
+    spread = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {JOB_LABEL: "spread",
+                                          "app.kubernetes.io/component": "worker"}},
+        "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(arbitrated_job("spread", 2, 2, 2, scheduling={"affinity": spread})))  # fmt: skip
+    wait_for(lambda: _workers(kubectl, namespace).get("spread", {}).get("Running") == 2,
+             timeout=90, what="spread's 2 workers Running", describe=describe)  # fmt: skip
+    assert sorted(_worker_nodes(kubectl, namespace, "spread").values()) == [a, b], describe()
+    wait_for(lambda: _off_plan(port, namespace, "spread") == 1.0, timeout=30,
+             what="workers_off_plan 1 for spread",
+             describe=lambda: f"gauge {_off_plan(port, namespace, 'spread')}\n{describe()}")  # fmt: skip

@@ -166,7 +166,7 @@ def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
     clients: k8s.KubernetesClients, cpu_node: str, testbed: Testbed, kubectl: Any
 ) -> None:
     """Trimmed to what placement, arbitration and the node filters read: the name, labels,
-    taints, whether it is cordoned, its GPUs."""
+    taints, whether it is cordoned, its GPUs, CPU and memory."""
     tainted = testbed.node_names[0]
     taint = {"key": "trainscale-test/fetch", "value": "x", "effect": "NoSchedule"}
     kubectl("taint", "node", tainted, "trainscale-test/fetch=x:NoSchedule")
@@ -182,7 +182,9 @@ def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
         {
             "metadata": {"name": name, "labels": labels[name]},
             "spec": {"unschedulable": False, "taints": [taint] if name == tainted else []},
-            "status": {"allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE)}},
+            "status": {
+                "allocatable": {GPU_RESOURCE: str(GPUS_PER_NODE), "cpu": "64", "memory": "512Gi"}
+            },
         }
         for name in testbed.node_names
     ]

@@ -169,9 +169,11 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
     One LIST per call, served from the apiserver's watch cache (``resourceVersion=0``: cheap,
     possibly a moment old, which is fine for node sizes). Each node is returned as
     ``{"metadata": {"name": ..., "labels": ...}, "spec": {"unschedulable": ..., "taints":
-    ...}, "status": {"allocatable": {"nvidia.com/gpu": ...}}}``, the shape :func:`trainscale.
-    operator.autoscaling.observed_placement.build_placement`, cluster arbitration and the
-    node filters (:mod:`trainscale.operator.autoscaling.node_filters`) read.
+    ...}, "status": {"allocatable": {"nvidia.com/gpu": ..., "cpu": ..., "memory": ...}}}``
+    (CPU and memory where the node lists them), the shape :func:`trainscale.operator.
+    autoscaling.observed_placement.build_placement`, cluster arbitration (the CPU and
+    memory workers may use) and the node filters
+    (:mod:`trainscale.operator.autoscaling.node_filters`) read.
     Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
     once and returns no nodes: placement is then known from the pods alone, without GPUs per
     node.
@@ -199,10 +201,19 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
                         "unschedulable": bool(spec.get("unschedulable")),
                         "taints": spec.get("taints") or [],
                     },
-                    "status": {"allocatable": {api.GPU_RESOURCE: str(gpus)}},
+                    "status": {"allocatable": _trim_allocatable(node, gpus)},
                 }
             )
     return nodes
+
+
+def _trim_allocatable(node: Mapping[str, Any], gpus: int) -> dict[str, Any]:
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    out: dict[str, Any] = {api.GPU_RESOURCE: str(gpus)}
+    for resource in ("cpu", "memory"):
+        if resource in allocatable:
+            out[resource] = allocatable[resource]
+    return out
 
 
 def fetch_object_exists(clients: KubernetesClients, kind: str, namespace: str, name: str) -> bool:

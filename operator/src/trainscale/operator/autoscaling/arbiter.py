@@ -164,6 +164,10 @@ class JobDemand:
             node affinity and tolerations, :mod:`~trainscale.operator.autoscaling.
             node_filters`, plus the nodes it runs on now), or ``None`` for every node. Its
             workers are placed, counted and given room only there.
+        node_room: the most workers of the job a node can hold by their CPU and memory
+            requests, against what pods trainscale does not manage leave there
+            (:mod:`~trainscale.operator.api.quantities`); a node not listed, or ``None``,
+            limits nothing. Other trainscale jobs' CPU and memory are not counted.
     """
 
     key: str
@@ -183,10 +187,13 @@ class JobDemand:
     restart_cost_seconds: float = 0.0
     pinned: bool = False
     nodes: frozenset[str] | None = None
+    node_room: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
             raise ValueError(f"{self.key}: gpus_per_worker must be >= 1")
+        if self.node_room and min(self.node_room.values()) < 0:
+            raise ValueError(f"{self.key}: node_room must be >= 0 on every node")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"{self.key}: need 0 <= min_replicas <= max_replicas")
 
@@ -819,6 +826,14 @@ def _may_use(demand: JobDemand, node: str) -> bool:
     return demand.nodes is None or node in demand.nodes
 
 
+def _room(demand: JobDemand, node: str, workers: int) -> int:
+    """More workers of ``demand`` that ``node``'s CPU and memory hold beside the ``workers``
+    of it there (:attr:`JobDemand.node_room`; unlimited: more than any job has)."""
+    if demand.node_room is None or node not in demand.node_room:
+        return demand.max_replicas
+    return max(0, demand.node_room[node] - workers)
+
+
 _Preference = tuple[int, int, int, int, str]  # the sort key of a node for a new worker
 
 
@@ -868,11 +883,24 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     back, stopped = _returning(demand, where, free)
     if stopped:
         return len(back)
+    returning = collections.Counter(back)
+    if demand.node_room is not None:  # each node's CPU and memory bound it too
+        rooms, allowed, new = demand.node_room, demand.nodes, 0
+        for node, gpus in free.items():
+            if gpus < need or (allowed is not None and node not in allowed):
+                continue  # (no worker returns to a node without a worker's GPUs free)
+            here = returning.get(node, 0)  # the GPUs its returning workers take
+            fit = (gpus - here * need) // need
+            if node in rooms:
+                fit = min(fit, rooms[node] - where.get(node, 0) - here)
+            if fit > 0:
+                new += fit
+        return len(back) + new
     if demand.nodes is None:
         new = sum(g // need for g in free.values())
     else:
         new = sum(g // need for n, g in free.items() if n in demand.nodes)
-    for node, workers in collections.Counter(back).items():
+    for node, workers in returning.items():
         if node in free and _may_use(demand, node):  # the GPUs its returning workers take
             new += (free[node] - workers * need) // need - free[node] // need
     return len(back) + new
@@ -880,11 +908,9 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
 
 def _whole_workers(free: Mapping[str, int], demand: JobDemand) -> int:
     """How many of ``demand``'s workers the free GPUs on the nodes it may use hold, each
-    worker's GPUs on one node."""
+    worker's GPUs on one node, within what each node's CPU and memory hold of them."""
     per = demand.gpus_per_worker
-    if per <= 0:
-        return demand.max_replicas
-    return sum(g // per for n, g in free.items() if _may_use(demand, n))
+    return sum(min(g // per, _room(demand, n, 0)) for n, g in free.items() if _may_use(demand, n))
 
 
 def _place(
@@ -921,7 +947,11 @@ def _place(
     allowed = demand.nodes
     for left in range(workers, 0, -1):
         candidates = [
-            n for n, g in spare.items() if g >= need and (allowed is None or n in allowed)
+            n
+            for n, g in spare.items()
+            if g >= need
+            and (allowed is None or n in allowed)
+            and (demand.node_room is None or _room(demand, n, where.get(n, 0)) > 0)
         ]
         if not candidates:
             break
@@ -1032,12 +1062,18 @@ def _reason(
         need = demand.min_replicas * per
         total = sum(unreserved.values())
         reason = f"queued: needs {_gpus(need)}, {total} free"
-        fit = sum(g // per for g in unreserved.values()) if per > 0 else demand.min_replicas
-        if total >= need and fit < demand.min_replicas:
+        whole = sum(g // per for g in unreserved.values())
+        held = _whole_workers(unreserved, demand)
+        if total >= need and whole < demand.min_replicas:
             most = max(unreserved.values(), default=0)
             reason += (
-                f", but each worker needs {_gpus(per)} on one node: {fit} of its "
+                f", but each worker needs {_gpus(per)} on one node: {whole} of its "
                 f"{demand.min_replicas} fit (most free on one node: {most})"
+            )
+        elif whole >= demand.min_replicas > held:
+            reason += (
+                f", but the CPU and memory its workers request leave room for {held} of its "
+                f"{demand.min_replicas} on the nodes with free GPUs"
             )
         return reason
     if replicas < wanted:

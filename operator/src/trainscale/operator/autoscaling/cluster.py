@@ -12,6 +12,14 @@ Rules:
 * **Capacity** per node is its allocatable ``nvidia.com/gpu`` minus the GPUs requested by
   pods trainscale does not manage that are bound to it and not finished. Unschedulable or
   cordoned nodes offer nothing. Arbitration never touches pods trainscale does not own.
+* **CPU and memory.** What those pods leave of each GPU node's allocatable CPU and memory
+  (:func:`build_node_free`) bounds how many of a job's workers the node can hold, by the
+  requests of its worker template (:mod:`~trainscale.operator.api.quantities`): the job's
+  ``node_room`` (:func:`compute_node_room`). A job whose workers ask a third of a node's
+  CPU is granted 2 workers per node, not 8 of which 6 would stay Pending while other jobs
+  could use those GPUs. Other trainscale jobs' CPU and memory are not counted (the arbiter
+  places their workers too); a worker that still finds no room is Pending, and the
+  operator counts workers that ran off their planned node.
 * **Which jobs are arbitrated**: autoscaled jobs (``spec.autoscaling.enabled``) whose workers
   ask for GPUs and that did not opt out (``spec.autoscaling.clusterArbitration: false``).
   Every other managed job is *pinned*: it keeps its size and its GPUs are subtracted.
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainscale.operator import api
+from trainscale.operator.api import quantities
 from trainscale.operator.api.reporting import EventSpec, format_time, parse_time
 from trainscale.operator.autoscaling.arbiter import (
     Allocation,
@@ -113,6 +122,85 @@ def _less_held(
     return free
 
 
+@dataclass(frozen=True)
+class NodeFree:
+    """CPU (millicores) and memory (bytes) of each GPU node left by the pods trainscale does
+    not manage; a node missing from a map: unknown there (its allocatable not listed)."""
+
+    cpu_millis: Mapping[str, int] = field(default_factory=dict)
+    memory_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+def _allocatable(node: Mapping[str, Any], resource: str) -> float | None:
+    value = ((node.get("status") or {}).get("allocatable") or {}).get(resource)
+    if value is None:
+        return None
+    try:
+        return quantities.parse_quantity(value)
+    except ValueError:
+        return None
+
+
+def build_node_free(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> NodeFree:
+    """Allocatable CPU and memory of each schedulable GPU node, less what the bound,
+    unfinished pods trainscale does not manage request there (never below zero; a pod
+    whose quantities do not parse counts nothing)."""
+    cpu: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    listed = list(nodes)
+    gpu_nodes = _schedulable_gpus(listed)
+    for node in listed:
+        name = (node.get("metadata") or {}).get("name")
+        if name not in gpu_nodes:
+            continue
+        if (value := _allocatable(node, quantities.CPU)) is not None:
+            cpu[name] = value * 1000
+        if (value := _allocatable(node, quantities.MEMORY)) is not None:
+            memory[name] = value
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node_name not in gpu_nodes or phase in FINISHED_POD_PHASES or is_managed_pod(pod):
+            continue
+        try:
+            asked = quantities.compute_pod_requests(pod.get("spec") or {})
+        except (TypeError, ValueError):
+            continue
+        if node_name in cpu:
+            cpu[node_name] -= asked.cpu_millis
+        if node_name in memory:
+            memory[node_name] -= asked.memory_bytes
+    return NodeFree(
+        cpu_millis={n: max(0, int(v)) for n, v in cpu.items()},
+        memory_bytes={n: max(0, int(v)) for n, v in memory.items()},
+    )
+
+
+def compute_node_room(spec: api.TrainingJobSpec, free: NodeFree) -> dict[str, int] | None:
+    """Per GPU node whose CPU or memory is known, the most workers of ``spec``'s template
+    that node holds by their CPU and memory requests; None when the workers request
+    neither (or a quantity does not parse: the API server refuses such pods anyway)."""
+    try:
+        asked = quantities.compute_pod_requests(template_pod_spec(spec.template))
+    except (TypeError, ValueError):
+        return None
+    if asked.cpu_millis <= 0 and asked.memory_bytes <= 0:
+        return None
+    room: dict[str, int] = {}
+    for need, left in (
+        (asked.cpu_millis, free.cpu_millis),
+        (asked.memory_bytes, free.memory_bytes),
+    ):
+        if need <= 0:
+            continue
+        for node, amount in left.items():
+            fit = amount // need
+            room[node] = min(room.get(node, fit), fit)
+    return room or None
+
+
 def compute_room(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
@@ -124,7 +212,7 @@ def compute_room(
     tolerations, :mod:`~trainscale.operator.autoscaling.node_filters`; every node when
     None), its allocatable GPUs less what every bound, unfinished pod requests
     (trainscale's too), in whole workers. None when it cannot be known (no GPU nodes listed,
-    a worker without GPUs). Pod affinities, topology spread, CPU and memory are not read:
+    a worker without GPUs). Pod affinities, topology spread, CPU and memory are not read here:
     the count is an upper bound, which is why a job compares it with what it was when its
     try failed (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.
     room_appeared`)."""
@@ -208,12 +296,15 @@ def decide_queued(
     return None
 
 
-def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> JobDemand:
+def build_demand(
+    job: ManagedJob, eligible: frozenset[str] | None = None, free: NodeFree | None = None
+) -> JobDemand:
     """The arbiter's view of one job (module docstring for what is pinned).
 
     ``eligible``: the nodes its template lets its workers run on (None: every node); the
     nodes its workers run on now are added (a rule changed while they ran does not move
-    them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``)."""
+    them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``). ``free``:
+    the nodes' CPU and memory, for the job's ``node_room`` (:func:`compute_node_room`)."""
     spec = job.spec
     autoscaling = spec.autoscaling
     running = len(job.worker_nodes)
@@ -258,6 +349,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         worker_nodes=job.worker_nodes,
         restart_cost_seconds=job.restart_cost_seconds,
         nodes=nodes,
+        node_room=compute_node_room(spec, free) if free is not None else None,
     )
 
 
@@ -349,6 +441,7 @@ def decide_arbitration(
     previous: Mapping[str, api.ArbitrationStatus | None],
     now: dt.datetime,
     nodes: Sequence[Mapping[str, Any]] = (),
+    free: NodeFree | None = None,
 ) -> dict[str, ArbitrationResult]:
     """Run the arbiter over every managed job; results for the arbitrated ones only.
 
@@ -368,6 +461,8 @@ def decide_arbitration(
         now: the wall clock, for the status timestamp and the arbiter.
         nodes: the GPU Node objects, with their labels and taints (``()``: every job may
             use every node); cordoned ones too, so a queued job's reason can say so.
+        free: :func:`build_node_free` of the nodes and every pod (None: CPU and memory
+            not read, no job's workers per node limited by them).
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
@@ -392,7 +487,7 @@ def decide_arbitration(
         if key not in by_key:
             by_key[key] = compute_eligible_nodes(pod_spec, listed)
         eligible[job.key] = by_key[key]
-    demands = [build_demand(job, eligible[job.key]) for job in jobs if not job.finished]
+    demands = [build_demand(job, eligible[job.key], free) for job in jobs if not job.finished]
     allocation: Allocation = allocate(demands, capacity, now=now.timestamp())
     for job in jobs:
         if not job.arbitrated or job.key not in allocation.jobs:

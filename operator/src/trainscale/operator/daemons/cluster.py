@@ -33,6 +33,7 @@ from trainscale.operator.autoscaling.cluster import (
     ArbitrationResult,
     ManagedJob,
     build_capacity,
+    build_node_free,
     compute_worker_nodes,
     decide_arbitration,
     parse_timestamp,
@@ -146,7 +147,9 @@ class ClusterArbitration:
                 continue
             jobs.append(job)
             previous[job.key] = _previous_status(body)
-        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes)
+        results = decide_arbitration(
+            jobs, capacity, previous, utcnow(), nodes, build_node_free(nodes, pods)
+        )
         self.results = results
         for key, result in results.items():
             if _same(previous.get(key), result.status):

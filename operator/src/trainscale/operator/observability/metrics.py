@@ -88,8 +88,8 @@ class OperatorMetrics:
             WORKERS_OFF_PLAN_NAME,
             "Bound worker pods of each TrainingJob on another node than cluster arbitration "
             "planned for them (trainscale.dev/planned-node). Above 0 for long: the scheduler "
-            "does not follow the preferred node (no NodeAffinity scoring in its profile, or "
-            "the planned node lacks the worker's CPU or memory).",
+            "does not follow the preferred node (no NodeAffinity scoring in its profile), or "
+            "something arbitration does not read keeps workers off it (pod anti-affinity).",
             _JOB_LABELS,
             registry=registry,
         )
