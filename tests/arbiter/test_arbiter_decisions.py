@@ -615,6 +615,37 @@ def test_a_job_its_cpu_leaves_no_room_for_is_queued_and_told_why() -> None:
     )
 
 
+def test_no_job_gives_up_gpus_an_arrival_has_no_cpu_to_use() -> None:
+    """The arrival has CPU and memory on n1 only. The job on n0, which gains least from its
+    last workers, is not shrunk for it (it was cut to 1, its 3 GPUs left free); the job on
+    n1 gives up 2."""
+    a = job("a", max_replicas=4, current_replicas=4, current_nodes={"n0": 4}, created=1,
+            throughput={n: 100.0 * min(n, 1) + 0.5 * n for n in range(1, 5)})  # fmt: skip
+    b = job("b", max_replicas=4, current_replicas=4, current_nodes={"n1": 4}, created=2,
+            throughput={n: 100.0 * min(n, 3) + 0.5 * n for n in range(1, 5)})  # fmt: skip
+    r = job("r", max_replicas=4, node_room={"n0": 0, "n1": 4}, created=3)
+    allocation = allocate([a, b, r], nodes(2), now=100.0)
+    assert (allocation["a"].replicas, allocation["b"].replicas) == (4, 2)
+    assert dict(allocation["r"].placement) == {"n1": 2}
+
+
+def test_a_donor_gives_up_first_the_workers_on_nodes_the_recipient_has_cpu_on() -> None:
+    """Three new jobs on three 4-GPU nodes; j0 has CPU and memory on n1 only. When j1 gives
+    up a worker it was placed this decision for j0, it is the one on n1, and j0 gets all of
+    n1. Choosing among them by the nodes j0 may use alone (every node), j0 got 3."""
+    jobs = [
+        job("j0", max_replicas=6, throughput=amdahl(6, 0.16), created=0,
+            node_room={"n0": 0, "n1": 4, "n2": 0}),
+        job("j1", max_replicas=5, throughput=amdahl(5, 0.27), created=1,
+            node_room={"n0": 3, "n1": 1, "n2": 3}),
+        job("j2", max_replicas=7, throughput=amdahl(7, 0.3), created=2,
+            node_room={"n0": 3, "n1": 0, "n2": 0}),
+    ]  # fmt: skip
+    allocation = allocate(jobs, nodes(3), now=10.0)
+    assert dict(allocation["j0"].placement) == {"n1": 4}
+    assert dict(allocation["j1"].placement) == {"n2": 2, "n0": 1}
+
+
 def test_running_workers_beyond_their_room_keep_running() -> None:
     """Another team's pod took CPU on a node after the job's 3 workers started there: they
     keep running (the arbiter never moves a worker), but no new one goes there."""

@@ -805,14 +805,19 @@ def _first_donors(
 ) -> list[_Donor]:
     """The heap of :func:`_move`'s donors, by their first step down (``downs``, for
     ``placed``): the jobs of the recipient's priority or lower that hold GPUs on a node it
-    may use, cheapest first within a priority, lower priorities before."""
+    may use and has CPU and memory for one more worker on, cheapest first within a priority,
+    lower priorities before."""
+    mine = placed[recipient.key]
     heap = [
         (donor.priority, down[0], _order_key(donor), down[1], donor)
         for donor in jobs
         if (down := downs[donor.key]) is not None
         and donor.key != recipient.key
         and donor.priority <= recipient.priority
-        and any(w > 0 and _may_use(recipient, n) for n, w in placed[donor.key].items())
+        and any(
+            w > 0 and _may_use(recipient, n) and _room(recipient, n, mine.get(n, 0)) > 0
+            for n, w in placed[donor.key].items()
+        )
     ]
     heapq.heapify(heap)
     return heap
@@ -998,13 +1003,16 @@ def _unplace(
     """Remove ``workers`` of ``demand`` from ``where``; return what remains. Mutates
     ``free``. The workers this decision added leave first (from the nodes where the job has
     the fewest, so it stays packed; when they leave for ``keep_off``, first the nodes that
-    job may use), then its running workers, the highest index first: the operator deletes
+    job may use and has CPU and memory on), then its running workers, the highest index
+    first: the operator deletes
     those when a job shrinks, wherever they run."""
     remaining = dict(where)
     kept, added = _kept_prefix(demand, where)
 
     def order(node: str) -> tuple[bool, int, str]:
-        away = keep_off is not None and not _may_use(keep_off, node)
+        away = keep_off is not None and (
+            not _may_use(keep_off, node) or _room(keep_off, node, 0) <= 0
+        )
         return (away, remaining[node], node)
 
     for _ in range(workers):
