@@ -14,7 +14,8 @@ Covers:
   field named;
 - CPU and memory: what foreign pods leave of each GPU node's allocatable (ours, finished and
   unparseable ones not counted; nodes without the figure unknown), each job's workers per
-  node from its template's requests, and a job granted only the workers that room holds.
+  node from its template's requests, and a job granted only the workers that room holds;
+  without arbitration, the room a waiting job reads counts CPU too (every pod counted).
 """
 
 from __future__ import annotations
@@ -482,3 +483,19 @@ def test_a_job_is_granted_only_the_workers_its_cpu_leaves_room_for() -> None:
     blind = decide_arbitration([job], capacity, {}, NOW, nodes)
     assert blind["d/heavy"].status.ceiling == 8
     assert build_demand(job, None, build_node_free(nodes, pods)).node_room == {"a": 2, "b": 5}
+
+
+def test_room_for_a_job_without_arbitration_counts_cpu_too() -> None:
+    """Without arbitration every bound pod is where it is, trainscale's too: node a has 6
+    GPUs and 4 CPUs left, b 8 GPUs and 60 CPUs; workers asking 10 CPUs fit none on a and 6
+    on b, not 14."""
+    nodes = [_sized("a", 8, "64", "512Gi"), _sized("b", 8, "64", "512Gi")]
+    pods = [
+        _asking(pod("a", 2), cpu="40"),
+        _asking(pod("a", 0, ours=True, job="j"), cpu="20"),  # ours count here
+        _asking(pod("b", 0), cpu="4"),
+    ]
+    worker = {"containers": [{"name": "t", "resources": {"requests": {"cpu": "10"}}}]}
+    assert compute_room(nodes, pods, 1, worker) == 0 + 6
+    assert compute_room(nodes, pods, 1, {"containers": [{"name": "t"}]}) == 6 + 8
+    assert compute_room(nodes, pods, 1) == 6 + 8  # no template: GPUs only

@@ -141,12 +141,26 @@ def _allocatable(node: Mapping[str, Any], resource: str) -> float | None:
         return None
 
 
+def _held_requests(pod: Mapping[str, Any], managed: bool) -> quantities.Requests | None:
+    """What a bound pod holds of its node's CPU and memory (None: nothing counted: finished,
+    trainscale's own unless ``managed``, or quantities that do not parse)."""
+    if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
+        return None
+    if is_managed_pod(pod) and not managed:
+        return None
+    try:
+        return quantities.compute_pod_requests(pod.get("spec") or {})
+    except (TypeError, ValueError):
+        return None
+
+
 def build_node_free(
-    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], *, managed: bool = False
 ) -> NodeFree:
     """Allocatable CPU and memory of each schedulable GPU node, less what the bound,
-    unfinished pods trainscale does not manage request there (never below zero; a pod
-    whose quantities do not parse counts nothing)."""
+    unfinished pods trainscale does not manage request there (trainscale's own pods too
+    when ``managed``; never below zero; a pod whose quantities do not parse counts
+    nothing)."""
     cpu: dict[str, float] = {}
     memory: dict[str, float] = {}
     listed = list(nodes)
@@ -161,12 +175,8 @@ def build_node_free(
             memory[name] = value
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if node_name not in gpu_nodes or phase in FINISHED_POD_PHASES or is_managed_pod(pod):
-            continue
-        try:
-            asked = quantities.compute_pod_requests(pod.get("spec") or {})
-        except (TypeError, ValueError):
+        asked = _held_requests(pod, managed) if node_name in gpu_nodes else None
+        if asked is None:
             continue
         if node_name in cpu:
             cpu[node_name] -= asked.cpu_millis
@@ -182,8 +192,12 @@ def compute_node_room(spec: api.TrainingJobSpec, free: NodeFree) -> dict[str, in
     """Per GPU node whose CPU or memory is known, the most workers of ``spec``'s template
     that node holds by their CPU and memory requests; None when the workers request
     neither (or a quantity does not parse: the API server refuses such pods anyway)."""
+    return _pod_room(template_pod_spec(spec.template), free)
+
+
+def _pod_room(pod_spec: Mapping[str, Any], free: NodeFree) -> dict[str, int] | None:
     try:
-        asked = quantities.compute_pod_requests(template_pod_spec(spec.template))
+        asked = quantities.compute_pod_requests(pod_spec)
     except (TypeError, ValueError):
         return None
     if asked.cpu_millis <= 0 and asked.memory_bytes <= 0:
@@ -211,19 +225,25 @@ def compute_room(
     node a worker of ``pod_spec`` may run on (its node selector, required node affinity and
     tolerations, :mod:`~trainscale.operator.autoscaling.node_filters`; every node when
     None), its allocatable GPUs less what every bound, unfinished pod requests
-    (trainscale's too), in whole workers. None when it cannot be known (no GPU nodes listed,
-    a worker without GPUs). Pod affinities, topology spread, CPU and memory are not read here:
-    the count is an upper bound, which is why a job compares it with what it was when its
-    try failed (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.
-    room_appeared`)."""
+    (trainscale's too), in whole workers, and no more than the node's CPU and memory left
+    hold of ``pod_spec``'s requests. None when it cannot be known (no GPU nodes listed, a
+    worker without GPUs). Pod affinities and topology spread are not read: the count is an
+    upper bound, which is why a job compares it with what it was when its try failed
+    (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
     listed = list(nodes)
+    held = list(pods)
     free = _schedulable_gpus(listed)
     if gpus_per_worker <= 0 or not free:
         return None
+    room: Mapping[str, int] = {}
     if pod_spec is not None:
         eligible = compute_eligible_nodes(pod_spec, listed)
         free = {name: gpus for name, gpus in free.items() if name in eligible}
-    return sum(gpus // gpus_per_worker for gpus in _less_held(free, pods, managed=True).values())
+        room = _pod_room(pod_spec, build_node_free(listed, held, managed=True)) or {}
+    return sum(
+        min(gpus // gpus_per_worker, room.get(name, gpus))
+        for name, gpus in _less_held(free, held, managed=True).items()
+    )
 
 
 @dataclass(frozen=True)
