@@ -808,16 +808,20 @@ def _first_donors(
     may use and has CPU and memory for one more worker on, cheapest first within a priority,
     lower priorities before."""
     mine = placed[recipient.key]
+    rooms = recipient.node_room
+
+    def usable(node: str) -> bool:
+        if not _may_use(recipient, node):
+            return False
+        return rooms is None or _room(recipient, node, mine.get(node, 0)) > 0
+
     heap = [
         (donor.priority, down[0], _order_key(donor), down[1], donor)
         for donor in jobs
         if (down := downs[donor.key]) is not None
         and donor.key != recipient.key
         and donor.priority <= recipient.priority
-        and any(
-            w > 0 and _may_use(recipient, n) and _room(recipient, n, mine.get(n, 0)) > 0
-            for n, w in placed[donor.key].items()
-        )
+        and any(w > 0 and usable(n) for n, w in placed[donor.key].items())
     ]
     heapq.heapify(heap)
     return heap
@@ -1011,7 +1015,8 @@ def _unplace(
 
     def order(node: str) -> tuple[bool, int, str]:
         away = keep_off is not None and (
-            not _may_use(keep_off, node) or _room(keep_off, node, 0) <= 0
+            not _may_use(keep_off, node)
+            or (keep_off.node_room is not None and _room(keep_off, node, 0) <= 0)
         )
         return (away, remaining[node], node)
 
