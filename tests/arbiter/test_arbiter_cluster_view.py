@@ -14,7 +14,8 @@ Covers:
   field named;
 - CPU and memory: what foreign pods leave of each GPU node's allocatable (ours, finished and
   unparseable ones not counted; nodes without the figure unknown), each job's workers per
-  node from its template's requests, and a job granted only the workers that room holds;
+  node from its template's requests (pinned jobs' workers and rendezvous pods counted,
+  arbitrated jobs' workers not), and a job granted only the workers that room holds;
   without arbitration, the room a waiting job reads counts CPU too (every pod counted).
 """
 
@@ -499,3 +500,23 @@ def test_room_for_a_job_without_arbitration_counts_cpu_too() -> None:
     assert compute_room(nodes, pods, 1, worker) == 0 + 6
     assert compute_room(nodes, pods, 1, {"containers": [{"name": "t"}]}) == 6 + 8
     assert compute_room(nodes, pods, 1) == 6 + 8  # no template: GPUs only
+
+
+def test_node_free_counts_every_pod_the_arbiter_does_not_place() -> None:
+    """The operator's own pods as it builds them: an arbitrated job's workers are placed by
+    the arbiter (not counted); a pinned job's workers and every rendezvous pod stay where
+    they are (counted)."""
+    worker = {"containers": [{"name": "t", "image": "x", "resources": {
+        "limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "8"}}}]}  # fmt: skip
+    arbitrated = JobRef(name="j", namespace="default", uid="u1")
+    pinned = JobRef(name="k", namespace="default", uid="u2")
+    job_spec = spec(replicas=2, pod=worker)
+    pods = [bound(build_worker_pod(arbitrated, job_spec, i), "a") for i in range(2)]
+    pods += [bound(build_worker_pod(pinned, job_spec, 0), "a")]
+    pods += [bound(build_rendezvous_pod(ref, job_spec), "a") for ref in (arbitrated, pinned)]
+    nodes = [_sized("a", 8, "64", "512Gi")]
+    free = build_node_free(nodes, pods, placed={"default/j"})
+    assert free.cpu_millis == {"a": 64_000 - 8_000 - 2 * 50}  # k's worker, two rendezvous
+    assert free.memory_bytes == {"a": 512 * 2**30 - 2 * 256 * 2**20}
+    assert build_node_free(nodes, pods).cpu_millis == {"a": 64_000}  # none of ours
+    assert build_node_free(nodes, pods, placed=()).cpu_millis == {"a": 64_000 - 3 * 8_000 - 100}

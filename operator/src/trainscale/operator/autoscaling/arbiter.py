@@ -165,9 +165,9 @@ class JobDemand:
             node_filters`, plus the nodes it runs on now), or ``None`` for every node. Its
             workers are placed, counted and given room only there.
         node_room: the most workers of the job a node can hold by their CPU and memory
-            requests, against what pods trainscale does not manage leave there
+            requests, against what the pods the arbiter does not place leave there
             (:mod:`~trainscale.operator.api.quantities`); a node not listed, or ``None``,
-            limits nothing. Other trainscale jobs' CPU and memory are not counted.
+            limits nothing. Other arbitrated jobs' workers' CPU and memory are not counted.
     """
 
     key: str

@@ -12,13 +12,14 @@ Rules:
 * **Capacity** per node is its allocatable ``nvidia.com/gpu`` minus the GPUs requested by
   pods trainscale does not manage that are bound to it and not finished. Unschedulable or
   cordoned nodes offer nothing. Arbitration never touches pods trainscale does not own.
-* **CPU and memory.** What those pods leave of each GPU node's allocatable CPU and memory
+* **CPU and memory.** What the pods the arbiter does not place (foreign pods, pinned jobs'
+  workers, every job's rendezvous pod) leave of each GPU node's allocatable CPU and memory
   (:func:`build_node_free`) bounds how many of a job's workers the node can hold, by the
   requests of its worker template (:mod:`~trainscale.operator.api.quantities`): the job's
   ``node_room`` (:func:`compute_node_room`). A job whose workers ask a third of a node's
   CPU is granted 2 workers per node, not 8 of which 6 would stay Pending while other jobs
-  could use those GPUs. Other trainscale jobs' CPU and memory are not counted (the arbiter
-  places their workers too); a worker that still finds no room is Pending, and the
+  could use those GPUs. Other arbitrated jobs' workers' CPU and memory are not counted (the
+  arbiter places them too, by GPUs); a worker that still finds no room is Pending, and the
   operator counts workers that ran off their planned node.
 * **Which jobs are arbitrated**: autoscaled jobs (``spec.autoscaling.enabled``) whose workers
   ask for GPUs and that did not opt out (``spec.autoscaling.clusterArbitration: false``).
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,12 +142,27 @@ def _allocatable(node: Mapping[str, Any], resource: str) -> float | None:
         return None
 
 
-def _held_requests(pod: Mapping[str, Any], managed: bool) -> quantities.Requests | None:
+def _placed_by_arbiter(pod: Mapping[str, Any], placed: Collection[str] | None) -> bool:
+    """Whether ``pod`` is a worker the arbiter places itself: a worker of a job in
+    ``placed`` (``namespace/name`` keys), or any trainscale pod when ``placed`` is None."""
+    if not is_managed_pod(pod):
+        return False
+    if placed is None:
+        return True
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    key = f"{meta.get('namespace', '')}/{labels.get(api.LABEL_JOB_NAME, '')}"
+    return labels.get(api.LABEL_COMPONENT) == api.COMPONENT_WORKER and key in placed
+
+
+def _held_requests(
+    pod: Mapping[str, Any], placed: Collection[str] | None
+) -> quantities.Requests | None:
     """What a bound pod holds of its node's CPU and memory (None: nothing counted: finished,
-    trainscale's own unless ``managed``, or quantities that do not parse)."""
+    placed by the arbiter itself, or quantities that do not parse)."""
     if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
         return None
-    if is_managed_pod(pod) and not managed:
+    if _placed_by_arbiter(pod, placed):
         return None
     try:
         return quantities.compute_pod_requests(pod.get("spec") or {})
@@ -155,12 +171,17 @@ def _held_requests(pod: Mapping[str, Any], managed: bool) -> quantities.Requests
 
 
 def build_node_free(
-    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], *, managed: bool = False
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    placed: Collection[str] | None = None,
 ) -> NodeFree:
     """Allocatable CPU and memory of each schedulable GPU node, less what the bound,
-    unfinished pods trainscale does not manage request there (trainscale's own pods too
-    when ``managed``; never below zero; a pod whose quantities do not parse counts
-    nothing)."""
+    unfinished pods request there, but for the workers the arbiter places itself: those of
+    the jobs ``placed`` (``namespace/name``; the arbitrated ones), every trainscale pod when
+    None, none when empty (a job without arbitration: every pod stays where it is). Pinned
+    jobs' workers and every job's rendezvous pod stay where they are, so they count. Never
+    below zero; a pod whose quantities do not parse counts nothing."""
     cpu: dict[str, float] = {}
     memory: dict[str, float] = {}
     listed = list(nodes)
@@ -175,7 +196,7 @@ def build_node_free(
             memory[name] = value
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        asked = _held_requests(pod, managed) if node_name in gpu_nodes else None
+        asked = _held_requests(pod, placed) if node_name in gpu_nodes else None
         if asked is None:
             continue
         if node_name in cpu:
@@ -239,7 +260,7 @@ def compute_room(
     if pod_spec is not None:
         eligible = compute_eligible_nodes(pod_spec, listed)
         free = {name: gpus for name, gpus in free.items() if name in eligible}
-        room = _pod_room(pod_spec, build_node_free(listed, held, managed=True)) or {}
+        room = _pod_room(pod_spec, build_node_free(listed, held, placed=())) or {}
     return sum(
         min(gpus // gpus_per_worker, room.get(name, gpus))
         for name, gpus in _less_held(free, held, managed=True).items()

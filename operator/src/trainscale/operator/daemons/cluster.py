@@ -147,9 +147,9 @@ class ClusterArbitration:
                 continue
             jobs.append(job)
             previous[job.key] = _previous_status(body)
-        results = decide_arbitration(
-            jobs, capacity, previous, utcnow(), nodes, build_node_free(nodes, pods)
-        )
+        placed = {job.key for job in jobs if job.arbitrated}  # the workers the arbiter places
+        free = build_node_free(nodes, pods, placed=placed)
+        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes, free)
         self.results = results
         for key, result in results.items():
             if _same(previous.get(key), result.status):
