@@ -540,6 +540,30 @@ def _utilities(
     return {n: _utility(demand, n, settings) for n in allowed}
 
 
+Utilities = Mapping[str, Mapping[int, float]]
+"""Each job's utility per allowed count, as :func:`allocate` computes them once per
+decision and hands them to its steps."""
+
+
+def _step_utilities(
+    demands: Iterable[JobDemand],
+    allowed: Mapping[str, Sequence[int]],
+    settings: ArbiterSettings,
+    utilities: Utilities | None,
+) -> dict[str, dict[int, float]]:
+    """Each job's utility at the counts a step allows it (ascending): read from the
+    decision's ``utilities`` (a step may allow fewer counts), else computed."""
+    out: dict[str, dict[int, float]] = {}
+    for demand in demands:
+        counts = allowed[demand.key]
+        known = utilities.get(demand.key) if utilities is not None else None
+        if known is None:
+            out[demand.key] = _utilities(demand, counts, settings)
+        else:
+            out[demand.key] = {n: known[n] for n in counts}
+    return out
+
+
 def _kept_value(
     utilities: Mapping[str, Mapping[int, float]], demand: JobDemand, count: int
 ) -> float:
@@ -581,15 +605,17 @@ def grow_by_marginal_gain(
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
     settings: ArbiterSettings,
+    decision: Utilities | None = None,
 ) -> None:
     """Step 4: hand out the free GPUs, tier by priority, to the best gain per GPU.
 
     Mutates ``placed`` and ``free``. Within a tier, a heap holds each job's best next step
     (:func:`_best_step`); the best is granted if its workers still fit, else the job's step
-    is recomputed for what fits now."""
-    utilities = {
-        key: _utilities(d, allowed[key], settings) for d in demands if (key := d.key) in placed
-    }
+    is recomputed for what fits now. ``decision``: the utilities :func:`allocate` computed
+    (else computed here)."""
+    utilities = _step_utilities(
+        (d for d in demands if d.key in placed), allowed, settings, decision
+    )
     tiers: dict[int, list[JobDemand]] = {}
     for demand in demands:
         if demand.key in placed:
@@ -620,6 +646,7 @@ def restore_running(
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
     settings: ArbiterSettings,
+    decision: Utilities | None = None,
 ) -> None:
     """Step 4: admitted running jobs grow back toward the size they run at, before any job
     grows further: the decision starts from the current allocation.
@@ -636,7 +663,7 @@ def restore_running(
         d.key: tuple(n for n in allowed[d.key] if n <= max(d.current_replicas, d.min_replicas))
         for d in running
     }
-    grow_by_marginal_gain(running, kept, placed, free, settings)
+    grow_by_marginal_gain(running, kept, placed, free, settings, decision)
 
 
 def _where_it_runs(demand: JobDemand) -> JobDemand:
@@ -671,6 +698,7 @@ def rebalance(
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
     settings: ArbiterSettings,
+    decision: Utilities | None = None,
 ) -> None:
     """Step 6: move GPUs from one admitted job to another when the move pays.
 
@@ -686,7 +714,7 @@ def rebalance(
     (each move raises the objective, so it ends; bounded by the GPU count besides, and a move
     that failed is not tried again within the decision, which keeps it fast)."""
     jobs = sorted((d for d in demands if d.key in placed), key=_order_key)
-    utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in jobs}
+    utilities = _step_utilities(jobs, allowed, settings, decision)
     ups: dict[str, tuple[float, int] | None] = {}
     downs: dict[str, tuple[float, int] | None] = {}
     stale = {d.key for d in jobs}
@@ -1097,10 +1125,9 @@ def _reason(
     return f"granted {_gpus(gpus)}: all it can use (efficiency floor, budget or model)"
 
 
-def _wanted(demand: JobDemand, allowed: Sequence[int], settings: ArbiterSettings) -> int:
+def _wanted(demand: JobDemand, allowed: Sequence[int], utilities: Mapping[int, float]) -> int:
     """What the job takes on an empty cluster: its best-utility count, smallest on ties,
     through the same steps as the arbiter (so ``limited`` is about sharing only)."""
-    utilities = _utilities(demand, allowed, settings)
     at = allowed[0]
     while True:
         step = _best_step(demand, utilities, at, 1 << 30)
@@ -1146,9 +1173,9 @@ def allocate(
     utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in arbitrated}
     placed, queued = admit_minimums(arbitrated, free, functools.partial(_kept_value, utilities))
     unreserved = dict(free)  # GPUs beyond the admitted jobs' minimums
-    restore_running(arbitrated, allowed, placed, free, settings)
-    grow_by_marginal_gain(arbitrated, allowed, placed, free, settings)
-    rebalance(arbitrated, allowed, placed, free, settings)
+    restore_running(arbitrated, allowed, placed, free, settings, utilities)
+    grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
+    rebalance(arbitrated, allowed, placed, free, settings, utilities)
 
     free_gpus = sum(free.values())
     waiting = len(queued)
@@ -1167,7 +1194,7 @@ def allocate(
             continue
         where = placed.get(demand.key, {})
         replicas = sum(where.values())
-        wanted = _wanted(demand, allowed[demand.key], settings)
+        wanted = _wanted(demand, allowed[demand.key], utilities[demand.key])
         result[demand.key] = JobAllocation(
             key=demand.key,
             replicas=replicas,
