@@ -105,20 +105,18 @@ def build_capacity(
     nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
 ) -> Capacity:
     """Free GPUs per node for trainscale: allocatable minus what foreign pods hold."""
-    return Capacity(free_gpus=_less_held(_schedulable_gpus(nodes), pods, managed=False))
+    return Capacity(free_gpus=_less_held(_schedulable_gpus(nodes), pods, placed=None))
 
 
 def _less_held(
-    free: dict[str, int], pods: Iterable[Mapping[str, Any]], *, managed: bool
+    free: dict[str, int], pods: Iterable[Mapping[str, Any]], *, placed: Collection[str] | None
 ) -> dict[str, int]:
-    """``free`` less the GPUs bound, unfinished pods request on each node (trainscale's own
-    pods too when ``managed``), never below zero; updated in place and returned."""
+    """``free`` less the GPUs the bound pods that hold their node request there
+    (:func:`_holds`; ``placed`` as there), never below zero; updated in place and
+    returned."""
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if node_name not in free or phase in FINISHED_POD_PHASES:
-            continue
-        if managed or not is_managed_pod(pod):
+        if node_name in free and _holds(pod, placed):
             free[node_name] = max(0, free[node_name] - compute_pod_gpus(pod))
     return free
 
@@ -155,14 +153,21 @@ def _placed_by_arbiter(pod: Mapping[str, Any], placed: Collection[str] | None) -
     return labels.get(api.LABEL_COMPONENT) == api.COMPONENT_WORKER and key in placed
 
 
+def _holds(pod: Mapping[str, Any], placed: Collection[str] | None) -> bool:
+    """Whether a bound pod holds what it requests of its node for the count at hand: not
+    finished, and not a worker the arbiter places itself (:func:`_placed_by_arbiter`:
+    ``placed`` None leaves out every trainscale pod, ``()`` none of them)."""
+    if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
+        return False
+    return not _placed_by_arbiter(pod, placed)
+
+
 def _held_requests(
     pod: Mapping[str, Any], placed: Collection[str] | None
 ) -> quantities.Requests | None:
-    """What a bound pod holds of its node's CPU and memory (None: nothing counted: finished,
-    placed by the arbiter itself, or quantities that do not parse)."""
-    if (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES:
-        return None
-    if _placed_by_arbiter(pod, placed):
+    """What a bound pod holds of its node's CPU and memory (None: nothing counted: it does
+    not hold its node, :func:`_holds`, or its quantities do not parse)."""
+    if not _holds(pod, placed):
         return None
     try:
         return quantities.compute_pod_requests(pod.get("spec") or {})
@@ -263,7 +268,7 @@ def compute_room(
         room = _pod_room(pod_spec, build_node_free(listed, held, placed=())) or {}
     return sum(
         min(gpus // gpus_per_worker, room.get(name, gpus))
-        for name, gpus in _less_held(free, held, managed=True).items()
+        for name, gpus in _less_held(free, held, placed=()).items()
     )
 
 
