@@ -150,16 +150,12 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
             shown += " > ..."
         pool = ""
         if pools:
-            admitted = cluster.admitted(job)
-            pool = f"{'any' if admitted is None else _pool_of(cluster, admitted):>6}"
+            index = cluster.pool_of(job)
+            pool = f"{'any' if index is None else index:>6}"
         yield (
             f"{job.name:<12}{job.arrival:>9,.0f}{waited:>8,.0f}{jct:>9}"
             f"{most.get(job.name, 0):>12}{pool}  {shown}"
         )
-
-
-def _pool_of(cluster: Cluster, nodes: frozenset[str]) -> str:
-    return next((str(p) for p in range(cluster.pools) if cluster.pool_nodes(p) == nodes), "?")
 
 
 def write_plot(results: dict[str, Result], options: WorkloadOptions, path: str) -> None:
@@ -227,9 +223,10 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
         if options.workload == GENERATED
         else f"{len(jobs)} jobs from {options.workload}"
     )
+    cluster = make_cluster(options)  # which jobs are held to a pool, for the lines below
     pools = ""
     if options.pools > 1:
-        held = sum(1 for j in jobs if make_cluster(options).admitted(j) is not None)
+        held = sum(1 for j in jobs if cluster.pool_of(j) is not None)
         pools = f" in {options.pools} node pools ({held} of the jobs held to one)"
     print(
         f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs{pools}, "
@@ -253,7 +250,7 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
             file=out,
         )
     print("# each job under trainscale's arbitration:", file=out)
-    for line in job_lines(ts, jobs, make_cluster(options)):
+    for line in job_lines(ts, jobs, cluster):
         print(line, file=out)
     if options.plot:
         write_plot(results, options, options.plot)

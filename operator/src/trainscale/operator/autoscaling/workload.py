@@ -430,6 +430,10 @@ class Running:
     nodes: list[str] = field(default_factory=list)  # each worker's node, by replica index
     allowed: frozenset[str] | None = None  # the nodes its template admits (None: all)
 
+    def may_use(self, node: str) -> bool:
+        """Whether the job's workers may run on ``node`` (:attr:`allowed`)."""
+        return self.allowed is None or node in self.allowed
+
 
 @dataclass
 class Cluster:
@@ -467,18 +471,26 @@ class Cluster:
         admitted = self.admitted(job)
         return self.total if admitted is None else len(admitted) * self.gpus_per_node
 
-    def admitted(self, job: Job) -> frozenset[str] | None:
-        """The nodes ``job``'s template admits: its own pool when it names one (a trace's
-        ``pool``); else one pool for a share ``restricted`` of the jobs (which one drawn
-        from the seed and its name), every node for the rest."""
+    def pool_of(self, job: Job) -> int | None:
+        """The pool ``job``'s template holds it to: its own when it names one (a trace's
+        ``pool``); else one for a share ``restricted`` of the jobs (which one drawn from the
+        seed and its name); None for the rest, and on one pool."""
+        if self.pools <= 1:
+            return None
         if job.pool is not None:
-            return self.pool_nodes(job.pool) if self.pools > 1 else None
-        if self.pools <= 1 or self.restricted <= 0:
+            return job.pool
+        if self.restricted <= 0:
             return None
         rng = random.Random(f"{self.seed}/pool/{job.name}")
         if rng.random() >= self.restricted:
             return None
-        return self.pool_nodes(rng.randrange(self.pools))
+        return rng.randrange(self.pools)
+
+    def admitted(self, job: Job) -> frozenset[str] | None:
+        """The nodes ``job``'s template admits: those of its pool (:meth:`pool_of`), or
+        None for every node."""
+        pool = self.pool_of(job)
+        return None if pool is None else self.pool_nodes(pool)
 
     def used(self) -> int:
         return sum(s.replicas for s in self.states if s.finish is None)
@@ -501,7 +513,7 @@ class FreeGpus:
 
     def available(self, s: Running) -> int:
         """GPUs free on the nodes ``s`` may use."""
-        return sum(g for n, g in self.free.items() if s.allowed is None or n in s.allowed)
+        return sum(g for n, g in self.free.items() if s.may_use(n))
 
     def take(
         self,
@@ -519,9 +531,7 @@ class FreeGpus:
         planned = assign_planned_nodes(plan or {}, mine, workers)
         out: list[str] = []
         for preferred in planned:
-            candidates = [
-                n for n, g in self.free.items() if g > 0 and (s.allowed is None or n in s.allowed)
-            ]
+            candidates = [n for n, g in self.free.items() if g > 0 and s.may_use(n)]
             if not candidates:
                 break
             if preferred in candidates:
