@@ -10,9 +10,10 @@ from ``JobAutoscaler.predict_throughput``), an Amdahl-like curve with a cliff pa
 random bounds, 1 or 2 GPUs per worker, priorities, efficiency floors on half of them, a
 current allocation on two thirds of them (restart costs charged) with its workers' nodes by
 replica index (packed, as the operator reports them), and a few pinned jobs. With
-``--requests SHARE``, that share of the jobs' workers request CPU and memory, so the operator
-passes each its room per node (``JobDemand.node_room``): a node's GPUs for most, 2 workers
-per node for a fifth of them (data loaders asking for half a node's CPU).
+``--requests SHARE``, that share of the jobs' workers request CPU and memory
+(``JobDemand.cpu_millis_per_worker``), placed against every node's CPU and memory
+(``Capacity.free_cpu_millis``: 16 CPUs and 128 GiB per GPU): a GPU's share for most, half a
+node's CPU for a fifth of them (data loaders: 2 workers per node).
 
 Run:  .venv/bin/python benchmarks/arbiter_speed.py [--jobs 200] [--nodes 250] [--runs 20]
       [--requests 1.0]
@@ -29,6 +30,9 @@ import time
 
 from trainscale.operator.autoscaling import allocate
 from trainscale.operator.autoscaling.arbiter import Capacity, JobDemand
+
+CPU_PER_GPU = 16_000  # millicores
+MEMORY_PER_GPU = 128 * 2**30  # bytes
 
 
 def make_workload(
@@ -48,10 +52,10 @@ def make_workload(
             for n in range(1, hi + 1)
         }
         current = rng.randint(lo, min(hi, lo * 4)) if rng.random() < 0.66 else 0
-        room = None
+        cpu = memory = 0
         if rng.random() < requests:
-            per_node = 2 if rng.random() < 0.2 else gpus_per_node // gpw
-            room = dict.fromkeys(names, per_node)
+            cpu = CPU_PER_GPU * (gpus_per_node // 2 if rng.random() < 0.2 else gpw)
+            memory = MEMORY_PER_GPU * gpw
         demands.append(
             JobDemand(
                 key=f"ns/job-{i:03d}",
@@ -65,28 +69,47 @@ def make_workload(
                 current_replicas=current,
                 restart_cost_seconds=rng.uniform(10, 120),
                 pinned=rng.random() < 0.03,
-                node_room=room,
+                cpu_millis_per_worker=cpu,
+                memory_bytes_per_worker=memory,
             )
         )
-    return _placed(demands, names, gpus_per_node, rng), Capacity({n: gpus_per_node for n in names})
+    capacity = Capacity(
+        dict.fromkeys(names, gpus_per_node),
+        free_cpu_millis=dict.fromkeys(names, CPU_PER_GPU * gpus_per_node),
+        free_memory_bytes=dict.fromkeys(names, MEMORY_PER_GPU * gpus_per_node),
+    )
+    return _placed(demands, names, capacity, rng), capacity
 
 
 def _placed(
-    demands: list[JobDemand], names: list[str], gpus_per_node: int, rng: random.Random
+    demands: list[JobDemand], names: list[str], capacity: Capacity, rng: random.Random
 ) -> list[JobDemand]:
     """Each running job's workers on nodes, by replica index, as the operator passes them:
-    packed (a node filled before the next) from a random node on, within the GPUs."""
-    room = dict.fromkeys(names, gpus_per_node)
+    packed (a node filled before the next) from a random node on, within the GPUs, CPU
+    and memory."""
+    gpus, cpu = dict(capacity.free_gpus), dict(capacity.free_cpu_millis)
+    memory = dict(capacity.free_memory_bytes)
     out = []
     for demand in demands:
         order: list[str] = []
         start = rng.randrange(len(names))
         ring = names[start:] + names[:start]
         for _ in range(demand.current_replicas):
-            node = next((n for n in ring if room[n] >= demand.gpus_per_worker), None)
+            node = next(
+                (
+                    n
+                    for n in ring
+                    if gpus[n] >= demand.gpus_per_worker
+                    and cpu[n] >= demand.cpu_millis_per_worker
+                    and memory[n] >= demand.memory_bytes_per_worker
+                ),
+                None,
+            )
             if node is None:
                 break
-            room[node] -= demand.gpus_per_worker
+            gpus[node] -= demand.gpus_per_worker
+            cpu[node] -= demand.cpu_millis_per_worker
+            memory[node] -= demand.memory_bytes_per_worker
             order.append(node)
         out.append(dataclasses.replace(demand, worker_nodes=tuple(order)))
     return out

@@ -31,13 +31,12 @@ from trainscale.operator.autoscaling.arbiter import Capacity
 from trainscale.operator.autoscaling.cluster import (
     NO_CAPACITY_REASON,
     ManagedJob,
-    NodeFree,
     build_capacity,
     build_demand,
     build_node_free,
-    compute_node_room,
     compute_room,
     compute_worker_nodes,
+    compute_worker_requests,
     decide_arbitration,
     decide_queued,
 )
@@ -450,20 +449,23 @@ def test_node_free_is_allocatable_less_what_foreign_pods_request() -> None:
 @pytest.mark.parametrize(
     ("requests", "expected"),
     [
-        pytest.param({"cpu": "10"}, {"a": 2, "b": 6}, id="cpu"),
-        pytest.param({"memory": "100Gi"}, {"a": 3}, id="memory-where-known"),
-        pytest.param({"cpu": "10", "memory": "200Gi"}, {"a": 1, "b": 6}, id="the-tighter"),
-        pytest.param({}, None, id="nothing-asked"),
-        pytest.param({"cpu": "many"}, None, id="unparseable"),
+        pytest.param({"cpu": "10"}, (10_000, 0), id="cpu"),
+        pytest.param({"memory": "100Gi"}, (0, 100 * 2**30), id="memory"),
+        pytest.param({"cpu": "500m", "memory": "2G"}, (500, 2 * 10**9), id="both"),
+        pytest.param({}, (0, 0), id="nothing-asked"),
+        pytest.param({"cpu": "many"}, (0, 0), id="unparseable"),
     ],
 )
-def test_a_jobs_room_per_node_is_what_its_requests_fit(
-    requests: dict[str, str], expected: dict[str, int] | None
+def test_a_workers_requests_are_its_templates(
+    requests: dict[str, str], expected: tuple[int, int]
 ) -> None:
     job_spec = spec(pod={"containers": [{"name": "t", "image": "x", "resources": {
         "limits": {"nvidia.com/gpu": 1}, "requests": requests}}]})  # fmt: skip
-    free = NodeFree(cpu_millis={"a": 25_000, "b": 64_000}, memory_bytes={"a": 300 * 2**30})
-    assert compute_node_room(job_spec, free) == expected
+    asked = compute_worker_requests(job_spec)
+    assert (asked.cpu_millis, asked.memory_bytes) == expected
+    job = ManagedJob("d/j", job_spec, created=1.0)
+    demand = build_demand(job)
+    assert (demand.cpu_millis_per_worker, demand.memory_bytes_per_worker) == expected
 
 
 def test_a_job_is_granted_only_the_workers_its_cpu_leaves_room_for() -> None:
@@ -483,7 +485,27 @@ def test_a_job_is_granted_only_the_workers_its_cpu_leaves_room_for() -> None:
     assert status.preferred_nodes == {"a": 2, "b": 5}
     blind = decide_arbitration([job], capacity, {}, NOW, nodes)
     assert blind["d/heavy"].status.ceiling == 8
-    assert build_demand(job, None, build_node_free(nodes, pods)).node_room == {"a": 2, "b": 5}
+    assert build_demand(job).cpu_millis_per_worker == 12_000
+
+
+def test_two_jobs_are_not_both_planned_on_the_same_cpu() -> None:
+    """Two arbitrated jobs whose workers ask 16 of the node's 64 CPUs: 4 workers in all
+    on its 8 GPUs (each job's room counted alone planned 4 each, and 4 stayed Pending);
+    read from the Node and Pod objects as the operator reads them."""
+    worker = {"containers": [{"name": "t", "image": "x", "resources": {
+        "limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "16"}}}]}  # fmt: skip
+    jobs = [
+        ManagedJob(f"d/{k}", spec(replicas=4, minReplicas=1, maxReplicas=8, pod=worker),
+                   created=float(i), throughput={n: float(n) for n in range(1, 9)})
+        for i, k in enumerate("ab")
+    ]  # fmt: skip
+    nodes = [_sized("a", 8, "64", "512Gi")]
+    capacity = build_capacity(nodes, [])
+    results = decide_arbitration(jobs, capacity, {}, NOW, nodes, build_node_free(nodes, []))
+    ceilings = [results[j.key].status.ceiling for j in jobs]
+    assert sum(c or 0 for c in ceilings) == 4 and min(c or 0 for c in ceilings) >= 1
+    blind = decide_arbitration(jobs, capacity, {}, NOW, nodes)
+    assert sum(blind[j.key].status.ceiling or 0 for j in jobs) == 8
 
 
 def test_room_for_a_job_without_arbitration_counts_cpu_too() -> None:

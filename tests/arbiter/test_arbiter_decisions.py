@@ -46,8 +46,17 @@ def job(key: str, **kw: Any) -> JobDemand:
     return JobDemand(key=key, **kw)
 
 
-def nodes(count: int, gpus: int = 4) -> Capacity:
-    return Capacity({f"n{i}": gpus for i in range(count)})
+def nodes(
+    count: int, gpus: int = 4, cpu: list[int] | None = None, memory: list[int] | None = None
+) -> Capacity:
+    """``count`` nodes of ``gpus`` GPUs; ``cpu`` and ``memory``: what each has left of
+    them, in node order (not known: unbounded)."""
+    names = [f"n{i}" for i in range(count)]
+    return Capacity(
+        {n: gpus for n in names},
+        free_cpu_millis=dict(zip(names, cpu or [], strict=False)),
+        free_memory_bytes=dict(zip(names, memory or [], strict=False)),
+    )
 
 
 @pytest.mark.parametrize(
@@ -433,7 +442,8 @@ def test_duplicate_keys_rejected() -> None:
     [
         pytest.param({"gpus_per_worker": 0}, id="no-gpus"),
         pytest.param({"min_replicas": 5, "max_replicas": 4}, id="min-above-max"),
-        pytest.param({"node_room": {"n0": -1}}, id="negative-room"),
+        pytest.param({"cpu_millis_per_worker": -1}, id="negative-cpu"),
+        pytest.param({"memory_bytes_per_worker": -1}, id="negative-memory"),
     ],
 )
 def test_bad_demand_rejected(kw: dict[str, Any]) -> None:
@@ -595,19 +605,20 @@ def test_a_job_gets_only_the_workers_its_cpu_and_memory_leave_room_for() -> None
     """Workers asking for a third of a node's CPU: 2 per node whatever the GPUs. The GPUs
     they cannot use go to a job that can (they used to be granted to the first, whose extra
     workers stayed Pending)."""
-    heavy = job("heavy", max_replicas=8, node_room={"n0": 2, "n1": 2}, created=1)
+    heavy = job("heavy", max_replicas=8, cpu_millis_per_worker=6000, created=1)
     light = job("light", max_replicas=8, created=2)
-    allocation = allocate([heavy, light], nodes(2), now=100.0)
+    cluster = nodes(2, cpu=[12_000, 12_000])
+    allocation = allocate([heavy, light], cluster, now=100.0)
     assert allocation["heavy"].replicas == 4
     assert dict(allocation["heavy"].placement) == {"n0": 2, "n1": 2}
     assert allocation["light"].replicas == 4
-    alone = allocate([heavy], nodes(2), now=100.0)
+    alone = allocate([heavy], cluster, now=100.0)
     assert alone["heavy"].replicas == 4
 
 
 def test_a_job_its_cpu_leaves_no_room_for_is_queued_and_told_why() -> None:
-    demands = [job("heavy", min_replicas=3, max_replicas=4, node_room={"n0": 1, "n1": 1})]
-    allocation = allocate(demands, nodes(2), now=100.0)
+    demands = [job("heavy", min_replicas=3, max_replicas=4, memory_bytes_per_worker=2**30)]
+    allocation = allocate(demands, nodes(2, memory=[2**30, 2**31 - 1]), now=100.0)
     assert allocation["heavy"].queued
     assert allocation["heavy"].reason == (
         "queued: needs 3 GPUs, 8 free, but the CPU and memory its workers request leave room "
@@ -615,33 +626,35 @@ def test_a_job_its_cpu_leaves_no_room_for_is_queued_and_told_why() -> None:
     )
 
 
-def test_no_job_gives_up_gpus_an_arrival_has_no_cpu_to_use() -> None:
+@pytest.mark.parametrize("gain", [0.5, 20.0])
+def test_no_job_gives_up_gpus_an_arrival_has_no_cpu_to_use(gain: float) -> None:
     """The arrival has CPU and memory on n1 only. The job on n0, which gains least from its
     last workers, is not shrunk for it (it was cut to 1, its 3 GPUs left free); the job on
-    n1 gives up 2."""
+    n1 gives up 2. Nor is what the job on n0 would lose counted against the arrival's
+    second worker (gaining 20 per worker, that loss had cost the arrival that worker)."""
     a = job("a", max_replicas=4, current_replicas=4, current_nodes={"n0": 4}, created=1,
-            throughput={n: 100.0 * min(n, 1) + 0.5 * n for n in range(1, 5)})  # fmt: skip
+            throughput={n: 100.0 * min(n, 1) + gain * n for n in range(1, 5)})  # fmt: skip
     b = job("b", max_replicas=4, current_replicas=4, current_nodes={"n1": 4}, created=2,
             throughput={n: 100.0 * min(n, 3) + 0.5 * n for n in range(1, 5)})  # fmt: skip
-    r = job("r", max_replicas=4, node_room={"n0": 0, "n1": 4}, created=3)
-    allocation = allocate([a, b, r], nodes(2), now=100.0)
+    r = job("r", max_replicas=4, cpu_millis_per_worker=4000, created=3)
+    allocation = allocate([a, b, r], nodes(2, cpu=[2000, 64_000]), now=100.0)
     assert (allocation["a"].replicas, allocation["b"].replicas) == (4, 2)
     assert dict(allocation["r"].placement) == {"n1": 2}
 
 
 def test_a_donor_gives_up_first_the_workers_on_nodes_the_recipient_has_cpu_on() -> None:
-    """Three new jobs on three 4-GPU nodes; j0 has CPU and memory on n1 only. When j1 gives
-    up a worker it was placed this decision for j0, it is the one on n1, and j0 gets all of
-    n1. Choosing among them by the nodes j0 may use alone (every node), j0 got 3."""
+    """Three new jobs on three 4-GPU nodes; j0's workers ask for memory that only n1 has
+    (4 workers' worth), j2 may run on n0 only. When j1 gives up a worker it was placed this
+    decision for j0, it is the one on n1, and j0 gets all of n1. Choosing among them by the
+    nodes j0 may use alone (every node), j0 got 3."""
     jobs = [
         job("j0", max_replicas=6, throughput=amdahl(6, 0.16), created=0,
-            node_room={"n0": 0, "n1": 4, "n2": 0}),
-        job("j1", max_replicas=5, throughput=amdahl(5, 0.27), created=1,
-            node_room={"n0": 3, "n1": 1, "n2": 3}),
+            memory_bytes_per_worker=2**30),
+        job("j1", max_replicas=5, throughput=amdahl(5, 0.27), created=1),
         job("j2", max_replicas=7, throughput=amdahl(7, 0.3), created=2,
-            node_room={"n0": 3, "n1": 0, "n2": 0}),
+            nodes=frozenset({"n0"})),
     ]  # fmt: skip
-    allocation = allocate(jobs, nodes(3), now=10.0)
+    allocation = allocate(jobs, nodes(3, memory=[0, 4 * 2**30, 0]), now=10.0)
     assert dict(allocation["j0"].placement) == {"n1": 4}
     assert dict(allocation["j1"].placement) == {"n2": 2, "n0": 1}
 
@@ -650,8 +663,8 @@ def test_running_workers_beyond_their_room_keep_running() -> None:
     """Another team's pod took CPU on a node after the job's 3 workers started there: they
     keep running (the arbiter never moves a worker), but no new one goes there."""
     running = job("r", max_replicas=6, current_replicas=3, current_nodes={"n0": 3},
-                  node_room={"n0": 1, "n1": 4})  # fmt: skip
-    allocation = allocate([running], nodes(2), now=100.0)
+                  cpu_millis_per_worker=8000)  # fmt: skip
+    allocation = allocate([running], nodes(2, cpu=[8000, 32_000]), now=100.0)
     assert dict(allocation["r"].placement) == {"n0": 3, "n1": 3}
 
 
@@ -786,3 +799,32 @@ def test_an_arrival_takes_the_gpus_whose_loss_costs_running_jobs_least(
     and x kept 1 worker where it could keep 6."""
     allocation = allocate([*running, arrival], nodes(2), now=100.0)
     assert {k: dict(a.placement) for k, a in allocation.jobs.items()} == expected
+
+
+def test_an_arrival_leaves_the_cpu_a_running_job_returns_to() -> None:
+    """Job a runs 4 workers on n0 and asks for all its CPU; b arrives. n0 still has free
+    GPUs, and is the best fit by them, but its CPU is a's: b goes to n1 and a keeps its 4
+    (by GPUs alone b was put on n0 and a's fourth worker had no CPU)."""
+    a = job("a", max_replicas=4, current_replicas=4, current_nodes={"n0": 4}, created=1,
+            cpu_millis_per_worker=2000, throughput=linear(4))  # fmt: skip
+    b = job("b", max_replicas=1, created=2, cpu_millis_per_worker=2000, throughput=linear(1))
+    allocation = allocate([a, b], nodes(2, gpus=8, cpu=[8000, 64_000]), now=10.0)
+    assert dict(allocation["a"].placement) == {"n0": 4}
+    assert dict(allocation["b"].placement) == {"n1": 1}
+
+
+def test_new_workers_pack_on_a_node_whose_cpu_holds_them_all() -> None:
+    """Three workers of 4 CPUs: n0's 4 GPUs hold them but its CPU only one; n1 holds all
+    three, so they go there together (by GPUs alone, n0 was the best fit: 1 + 2)."""
+    c = job("c", min_replicas=3, max_replicas=3, cpu_millis_per_worker=4000, throughput=linear(3))
+    cluster = Capacity({"n0": 4, "n1": 6}, free_cpu_millis={"n0": 4000, "n1": 12_000})
+    assert dict(allocate([c], cluster, now=10.0)["c"].placement) == {"n1": 3}
+
+
+def test_two_jobs_share_a_nodes_cpu_not_each_its_own() -> None:
+    """Two jobs whose workers ask a quarter of the node's CPU each: 4 workers in all, not 4
+    each (each job's room counted alone planned 8, of which 4 stayed Pending)."""
+    jobs = [job(k, cpu_millis_per_worker=16_000, created=i) for i, k in enumerate("ab")]
+    allocation = allocate(jobs, nodes(1, gpus=8, cpu=[64_000]), now=10.0)
+    assert allocation["a"].replicas + allocation["b"].replicas == 4
+    assert allocation["a"].replicas >= 1 and allocation["b"].replicas >= 1

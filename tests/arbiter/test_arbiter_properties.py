@@ -9,9 +9,10 @@ allowed some nodes): every worker on a node its job may use, no node over capaci
 in bounds; a queued job that could start on its pool holds back the later waiting jobs that
 want one of its nodes; the same answer in any order. On both: a running job given ``c``
 workers keeps its first ``c`` where they run (the operator deletes the highest indexes).
-With CPU and memory limiting some jobs' workers per node (``node_room``): no node holds more
-of a job's workers than its room, besides those already running there, and the rules above
-hold. Running jobs' workers are generated where a cluster could hold them (``with_workers``).
+With some jobs' workers requesting CPU and memory that some nodes have little of: the
+workers the arbiter plans on a node, of every job together, fit its CPU and memory, and the
+rules above hold. Running jobs' workers are generated where a cluster could hold them
+(``with_workers``; CPU and memory too).
 """
 
 from __future__ import annotations
@@ -348,9 +349,9 @@ def test_a_running_job_keeps_its_first_workers_where_they_run(
 
 @st.composite
 def roomy_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
-    """Pooled clusters where some jobs' workers ask for CPU or memory that some nodes hold
-    only a few of (``node_room``, as ``cluster.build_demand`` computes it); a running job's
-    workers fit their room where they run (a cluster holds them)."""
+    """Pooled clusters where some jobs' workers ask for CPU or memory (1-4 units) and some
+    nodes have only a few units of them left (0-12), as ``cluster.decide_arbitration``
+    passes them; a node holds what the workers running on it ask (a cluster holds them)."""
     jobs, capacity = draw(pooled_clusters())
     names = sorted(capacity.free_gpus)
     out = []
@@ -358,35 +359,58 @@ def roomy_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
         if demand.pinned or not draw(st.booleans()):
             out.append(demand)
             continue
-        listed = draw(st.frozensets(st.sampled_from(names), min_size=1))
-        room = {
-            n: max(draw(st.integers(0, 3)), demand.current_nodes.get(n, 0)) for n in sorted(listed)
-        }
-        out.append(dataclasses.replace(demand, node_room=room))
+        cpu, memory = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+        out.append(
+            dataclasses.replace(
+                demand, cpu_millis_per_worker=1000 * cpu, memory_bytes_per_worker=memory
+            )
+        )
+    left: dict[str, dict[str, int]] = {"cpu": {}, "memory": {}}
+    for resource, per in left.items():
+        for node in draw(st.frozensets(st.sampled_from(names))):
+            unit = 1000 if resource == "cpu" else 1
+            running = sum(_asks(d, resource) * d.current_nodes.get(node, 0) for d in out)
+            per[node] = max(unit * draw(st.integers(0, 12)), running)
+    capacity = dataclasses.replace(
+        capacity, free_cpu_millis=left["cpu"], free_memory_bytes=left["memory"]
+    )
     return out, capacity
+
+
+def _asks(demand: JobDemand, resource: str) -> int:
+    if demand.pinned:
+        return 0
+    return demand.cpu_millis_per_worker if resource == "cpu" else demand.memory_bytes_per_worker
 
 
 @pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(roomy_clusters())
-def test_no_node_holds_more_of_a_job_than_its_cpu_and_memory_room(
+def test_the_workers_planned_on_a_node_fit_its_cpu_and_memory(
     cluster: tuple[list[JobDemand], Capacity],
 ) -> None:
     jobs, capacity = cluster
     allocation = decide(jobs, capacity)
     assert_within_capacity(jobs, capacity, allocation)
     assert_running_jobs_keep_their_first_workers(jobs, allocation)
+    asked: dict[str, collections.Counter[str]] = {
+        r: collections.Counter() for r in ("cpu", "memory")
+    }
     for demand in jobs:
         got = allocation[demand.key]
+        for node, workers in got.placement:
+            for resource, per in asked.items():
+                per[node] += workers * _asks(demand, resource)
         if demand.pinned:
             continue
         assert sum(w for _, w in got.placement) == got.replicas
         if not got.queued:
             assert demand.min_replicas <= got.replicas <= demand.max_replicas
-        for node, workers in got.placement:
+        for node, _ in got.placement:
             assert _may_use(demand, node), (demand.key, node)
-            room = (demand.node_room or {}).get(node)
-            if room is not None:
-                assert workers <= max(room, demand.current_nodes.get(node, 0)), (
-                    demand.key, node, workers, room,
-                )  # fmt: skip
+    for resource, left in (
+        ("cpu", capacity.free_cpu_millis),
+        ("memory", capacity.free_memory_bytes),
+    ):
+        for node, amount in left.items():
+            assert asked[resource][node] <= amount, (resource, node, asked[resource][node], amount)

@@ -430,9 +430,11 @@ def test_the_arbiter_plans_workers_where_their_cpu_fits(
     testbed: Testbed,
 ) -> None:
     """Another team's pod leaves node a 2 GPUs and 16 CPUs. A job asking 10 CPUs per worker
-    is planned 1 on a and 1 on b (the arbiter reads the workers' CPU requests and what
-    foreign pods leave), both run where planned, and the operator's gauge reads 0. Reading
-    GPUs only, the arbiter planned both on a: the second ran on b anyway, off its plan."""
+    is planned both on b, the one node whose CPU holds both (the arbiter reads the workers'
+    CPU requests and what foreign pods leave); both run where planned, and the operator's
+    gauge reads 0. Reading GPUs only, the arbiter planned both on a: the second ran on b
+    anyway, off its plan; counting the CPU but placing by free GPUs alone, it planned them
+    1 on a and 1 on b, across two nodes."""
     a, b = testbed.node_names[:2]
     namespace, operator, port = _metrics_operator(private_operator)
 
@@ -449,11 +451,48 @@ def test_the_arbiter_plans_workers_where_their_cpu_fits(
     wait_for(lambda: _workers(kubectl, namespace).get("cpu-heavy", {}).get("Running") == 2,
              timeout=90, what="cpu-heavy's 2 workers Running", describe=describe)  # fmt: skip
     found = json.loads(kubectl("get", "tj/cpu-heavy", "-n", namespace, "-o", "json").stdout)
-    assert found["status"]["arbitration"]["preferredNodes"] == {a: 1, b: 1}, found["status"]
-    assert sorted(_worker_nodes(kubectl, namespace, "cpu-heavy").values()) == [a, b], describe()
+    assert found["status"]["arbitration"]["preferredNodes"] == {b: 2}, found["status"]
+    assert sorted(_worker_nodes(kubectl, namespace, "cpu-heavy").values()) == [b, b], describe()
     wait_for(lambda: _off_plan(port, namespace, "cpu-heavy") == 0.0, timeout=30,
              what="workers_off_plan 0 for cpu-heavy",
              describe=lambda: f"gauge {_off_plan(port, namespace, 'cpu-heavy')}\n{describe()}")  # fmt: skip
+
+
+def test_two_jobs_are_not_planned_on_the_same_cpu(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """Another team's pod leaves node a 4 GPUs and 40 CPUs. Job x's two workers asking 16
+    CPUs each are planned and run on a; job y's, asking the same, are planned on b, since x
+    took a's CPU, and run there, on their plan. Counting each job's room on a alone, the
+    arbiter planned y on a too, and the scheduler put both its workers on b, off their plan."""
+    a, b = testbed.node_names[:2]
+    namespace, operator, port = _metrics_operator(private_operator)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    def running(name: str) -> bool:
+        return _workers(kubectl, namespace).get(name, {}).get("Running") == 2
+
+    wait_for_every_gpu(kubectl, namespace)
+    other = foreign_gpu_pod("other-team", 4, node=a)
+    other["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "24"}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(other))
+    for name in ("x", "y"):
+        job = arbitrated_job(name, 2, 2, 2)
+        job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "16"}
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+        wait_for(lambda n=name: running(n), timeout=90, what=f"{name}'s 2 workers Running",
+                 describe=describe)  # fmt: skip
+    for name, node in (("x", a), ("y", b)):
+        found = json.loads(kubectl("get", f"tj/{name}", "-n", namespace, "-o", "json").stdout)
+        assert found["status"]["arbitration"]["preferredNodes"] == {node: 2}, found["status"]
+        assert sorted(_worker_nodes(kubectl, namespace, name).values()) == [node, node], describe()
+    wait_for(lambda: _off_plan(port, namespace, "y") == 0.0, timeout=30,
+             what="workers_off_plan 0 for y",
+             describe=lambda: f"gauge {_off_plan(port, namespace, 'y')}\n{describe()}")  # fmt: skip
 
 
 def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(

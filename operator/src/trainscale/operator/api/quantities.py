@@ -3,7 +3,8 @@
 Why this module exists: cluster arbitration places workers on GPUs, but the scheduler also
 needs the CPU and memory a worker requests on its node. A job whose workers ask for more CPU
 per GPU than a node has left can run fewer workers there than its free GPUs suggest, and the
-arbiter must know it (:attr:`~trainscale.operator.autoscaling.arbiter.JobDemand.node_room`).
+arbiter, which places every job's workers against each node's CPU and memory left, must know
+it (:attr:`~trainscale.operator.autoscaling.arbiter.JobDemand.cpu_millis_per_worker`).
 Both the nodes' allocatable and the pods' requests are Kubernetes quantities (``500m``,
 ``2``, ``64Gi``, ``1e3``); this module parses them and sums a pod's requests the way the
 scheduler does, with no client and no clock.

@@ -85,10 +85,16 @@ replica index), and a job that shrinks loses its highest indexes, wherever they 
 that is what the operator deletes. So a running job at ``c`` workers holds its first ``c``,
 and GPUs it gives up are those of its last workers, not the ones another job would like.
 
-Node packing: a worker needs ``gpus_per_worker`` GPUs on one node. New workers are placed first
+Node packing: a worker needs ``gpus_per_worker`` GPUs on one node, and the CPU and memory its
+template requests there (``JobDemand.cpu_millis_per_worker``): every step places workers
+against what each node has left of all three (``Capacity``), so the workers planned on a node,
+of every job together, fit its CPU and memory as well as its GPUs; a worker running where the
+node has less CPU left than its job's workers ask keeps running (the node's CPU is raised to
+theirs: nothing new goes there). An arrival admitted in step 3 leaves the CPU and memory of
+the running workers it does not displace, as it leaves their GPUs. New workers are placed first
 on the nodes where the job already has workers (keeping it together), then where it runs now,
 then best fit: the node with the fewest free GPUs that still holds all the workers being
-placed (so whole nodes stay free for multi-GPU workers and for growth), else the node with
+placed (by its GPUs, CPU and memory) (so whole nodes stay free for multi-GPU workers and for growth), else the node with
 the most free GPUs (the fewest nodes). The throughput model is the packed
 one (fewest nodes), which is what this placement approximates; the packing is a preference
 the caller may pass on as node affinity, while the per-node capacity it respects is a hard
@@ -164,10 +170,11 @@ class JobDemand:
             node affinity and tolerations, :mod:`~trainscale.operator.autoscaling.
             node_filters`, plus the nodes it runs on now), or ``None`` for every node. Its
             workers are placed, counted and given room only there.
-        node_room: the most workers of the job a node can hold by their CPU and memory
-            requests, against what the pods the arbiter does not place leave there
-            (:mod:`~trainscale.operator.api.quantities`); a node not listed, or ``None``,
-            limits nothing. Other arbitrated jobs' workers' CPU and memory are not counted.
+        cpu_millis_per_worker: the CPU one worker requests, in millicores (0: none); with
+            ``memory_bytes_per_worker``, placed against each node's CPU and memory left
+            (:class:`Capacity`) together with its GPUs, so the workers the arbiter places
+            on a node, of every job, fit there (:mod:`~trainscale.operator.api.quantities`).
+        memory_bytes_per_worker: the memory one worker requests, in bytes (0: none).
     """
 
     key: str
@@ -187,15 +194,21 @@ class JobDemand:
     restart_cost_seconds: float = 0.0
     pinned: bool = False
     nodes: frozenset[str] | None = None
-    node_room: Mapping[str, int] | None = None
+    cpu_millis_per_worker: int = 0
+    memory_bytes_per_worker: int = 0
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
             raise ValueError(f"{self.key}: gpus_per_worker must be >= 1")
-        if self.node_room and min(self.node_room.values()) < 0:
-            raise ValueError(f"{self.key}: node_room must be >= 0 on every node")
+        if self.cpu_millis_per_worker < 0 or self.memory_bytes_per_worker < 0:
+            raise ValueError(f"{self.key}: a worker's CPU and memory requests must be >= 0")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"{self.key}: need 0 <= min_replicas <= max_replicas")
+
+    @functools.cached_property
+    def asks_cpu_or_memory(self) -> bool:
+        """Whether its workers request CPU or memory (else GPUs alone place them)."""
+        return bool(self.cpu_millis_per_worker or self.memory_bytes_per_worker)
 
     @functools.cached_property
     def current_nodes(self) -> dict[str, int]:
@@ -207,9 +220,16 @@ class JobDemand:
 class Capacity:
     """GPUs trainscale may use, per node: allocatable ``nvidia.com/gpu`` minus what pods not
     managed by trainscale request (the caller subtracts those; the arbiter never touches
-    them). Pinned jobs are *not* subtracted by the caller: :func:`allocate` does it."""
+    them). Pinned jobs are *not* subtracted by the caller: :func:`allocate` does it.
+
+    ``free_cpu_millis`` and ``free_memory_bytes``: the CPU and memory left on a node by the
+    pods the arbiter does not place (the caller subtracts pinned jobs' running workers
+    there too); a node not listed: not known, so it limits nothing. Every worker the
+    arbiter places takes its requests (:attr:`JobDemand.cpu_millis_per_worker`) there."""
 
     free_gpus: Mapping[str, int]
+    free_cpu_millis: Mapping[str, int] = field(default_factory=dict)
+    free_memory_bytes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -315,7 +335,11 @@ def subtract_pinned(
     """Step 1: take pinned jobs' GPUs off the nodes. Returns the free GPUs per node left for
     arbitration (never negative) and each pinned job's placement (where it runs, when the
     caller says so; else packed onto the nodes with the most free GPUs)."""
-    free = {node: max(0, gpus) for node, gpus in capacity.free_gpus.items()}
+    free = _Free(
+        {node: max(0, gpus) for node, gpus in capacity.free_gpus.items()},
+        capacity.free_cpu_millis,
+        capacity.free_memory_bytes,
+    )
     placements: dict[str, tuple[tuple[str, int], ...]] = {}
     for demand in demands:
         if not demand.pinned:
@@ -386,7 +410,7 @@ def admit_minimums(
     queued: list[JobDemand] = []
     running = sorted((d for d in demands if d.current_replicas > 0), key=_order_key)
     waiting = sorted((d for d in demands if d.current_replicas <= 0), key=_order_key)
-    ever = dict(free)
+    ever = free.copy()
     for demand in running:  # first the workers they run, where they run them
         back = min(demand.min_replicas, len(demand.worker_nodes))
         if not back:
@@ -443,9 +467,9 @@ class _Claims:
     ) -> None:
         self.value = value
         self.demand = {d.key: d for d in running}
-        self.on: dict[str, list[tuple[str, int, int]]] = {}  # node -> (job, index, GPUs)
+        self.on: dict[str, list[tuple[str, int, _Need]]] = {}  # node -> (job, index, need)
         self.limit: dict[str, int] = {}  # job -> the index its workers may return up to
-        self.held: dict[str, int] = collections.Counter()  # node -> GPUs claimed there
+        self.held: dict[str, _Need] = {}  # node -> GPUs, CPU and memory claimed there
         self.nodes_of: dict[str, set[str]] = {}  # job -> the nodes of its claims
         for demand in running:
             if demand.key not in placed:
@@ -453,25 +477,41 @@ class _Claims:
             kept = _kept_prefix(demand, placed[demand.key])[0]
             back, _ = _returning(demand, placed[demand.key], free)
             self.limit[demand.key] = kept + len(back)
+            need = _need(demand)
             for offset, node in enumerate(back):
                 if node in free:
-                    claim = (demand.key, kept + offset, demand.gpus_per_worker)
-                    self.on.setdefault(node, []).append(claim)
-                    self.held[node] += demand.gpus_per_worker
+                    self.on.setdefault(node, []).append((demand.key, kept + offset, need))
+                    self.held[node] = _plus(self.held.get(node, _NOTHING), need)
                     self.nodes_of.setdefault(demand.key, set()).add(node)
 
-    def _breaks(self, node: str, spare: int, need: int) -> list[tuple[int, float, str, int]]:
-        """The claims to break so ``need`` GPUs of ``node`` are free, cheapest first, as
-        (priority, loss, job, index); ``spare``: the node's GPUs not yet placed on."""
-        if spare - self.held.get(node, 0) >= need:
+    @property
+    def empty(self) -> bool:
+        """Nothing is claimed: every free GPU, CPU and byte is free."""
+        return not any(h[0] for h in self.held.values())
+
+    def fits(self, node: str, spare: Mapping[str, int], demand: JobDemand) -> bool:
+        """Whether one worker of ``demand`` fits on ``node`` beside the claims there."""
+        held = self.held.get(node)
+        if held is None:
+            return _fits(spare, node, demand) > 0
+        return not _short(_left(spare, node), held, _need(demand))
+
+    def _breaks(
+        self, node: str, spare: Mapping[str, int], demand: JobDemand
+    ) -> list[tuple[int, float, str, int]]:
+        """The claims to break so one worker of ``demand`` fits on ``node`` (its GPUs, CPU
+        and memory), cheapest first, as (priority, loss, job, index); ``spare``: what the
+        nodes have not yet placed on."""
+        left, need = _left(spare, node), _need(demand)
+        held = self.held.get(node, _NOTHING)
+        if not _short(left, held, need):
             return []
         mine = self.on.get(node, [])
         limit = {k: self.limit[k] for k, _, _ in mine}
-        held = self.held.get(node, 0)
         breaks: list[tuple[int, float, str, int]] = []
-        while spare - held < need:
+        while _short(left, held, need):
             valid = [
-                (self.demand[k].priority, self._loss(k, i, limit[k], g), k, i)
+                (self.demand[k].priority, self._loss(k, i, limit[k], g[0]), k, i)
                 for k, i, g in mine
                 if i < limit[k]
             ]
@@ -479,12 +519,14 @@ class _Claims:
                 break
             cheapest = min(valid)
             _, _, key, index = cheapest
-            held -= sum(g for k, i, g in mine if k == key and index <= i < limit[k])
+            for k, i, g in mine:
+                if k == key and index <= i < limit[k]:
+                    held = _minus(held, g)
             limit[key] = index
             breaks.append(cheapest)
         return breaks
 
-    def _loss(self, key: str, index: int, limit: int, gpus: int) -> float:
+    def _loss(self, key: str, index: int, limit: int, gpus: float) -> float:
         """What job ``key`` loses when it keeps ``index`` workers, not ``limit``."""
         if self.value is None:
             return float((limit - index) * gpus)
@@ -492,11 +534,11 @@ class _Claims:
         before, after = self.value(demand, limit), self.value(demand, index)
         return 0.0 if before == after else before - after
 
-    def cost(self, node: str, spare: Mapping[str, int], need: int) -> tuple[float, float]:
-        """What taking ``need`` GPUs of ``node`` costs running jobs: the highest priority
-        that loses workers (-inf: none does), and what they lose (``spare``: the nodes'
-        GPUs not yet placed on)."""
-        breaks = self._breaks(node, spare[node], need)
+    def cost(self, node: str, spare: Mapping[str, int], demand: JobDemand) -> tuple[float, float]:
+        """What placing one worker of ``demand`` on ``node`` costs running jobs: the highest
+        priority that loses workers (-inf: none does), and what they lose (``spare``: what
+        the nodes have not yet placed on)."""
+        breaks = self._breaks(node, spare, demand)
         return (max((b[0] for b in breaks), default=-math.inf), sum(b[1] for b in breaks))
 
     def _cut(self, key: str, index: int) -> None:
@@ -504,16 +546,17 @@ class _Claims:
         for node in self.nodes_of.get(key, ()):
             for k, i, g in self.on[node]:
                 if k == key and index <= i < self.limit[key]:
-                    self.held[node] -= g
+                    self.held[node] = _minus(self.held[node], g)
         self.limit[key] = index
 
     def drop(self, key: str) -> None:
         """The job holds nothing (it lost its minimum): none of its GPUs is claimed."""
         self._cut(key, -1)
 
-    def take(self, node: str, spare: int, need: int) -> None:
-        """Take ``need`` GPUs of ``node`` (``spare`` of them not yet placed on)."""
-        for _, _, key, index in self._breaks(node, spare, need):
+    def take(self, node: str, spare: Mapping[str, int], demand: JobDemand) -> None:
+        """Place one worker of ``demand`` on ``node`` (``spare``: what the nodes have not yet
+        placed on), breaking the claims in its way."""
+        for _, _, key, index in self._breaks(node, spare, demand):
             self._cut(key, index)
 
 
@@ -790,7 +833,7 @@ def _move(
     when nothing was)."""
     at = _count(placed, recipient)
     gain = utilities[recipient.key][target] - utilities[recipient.key][at]
-    trial_free = dict(free)
+    trial_free = free.copy()
     trial: dict[str, dict[str, int]] = {}
 
     def offer(donor: JobDemand) -> None:
@@ -799,7 +842,7 @@ def _move(
         if down is not None:
             heapq.heappush(heap, (donor.priority, down[0], _order_key(donor), down[1], donor))
 
-    heap = _first_donors(recipient, jobs, downs, placed)
+    heap = _first_donors(recipient, jobs, downs, placed, free)
     loss = 0.0
     while _slots(trial_free, recipient, placed[recipient.key]) < target - at:
         if not heap:
@@ -817,8 +860,7 @@ def _move(
     if sum(trial[recipient.key].values()) != target:
         return set()
     placed.update(trial)
-    free.clear()
-    free.update(trial_free)
+    _assign(free, trial_free)
     return set(trial)
 
 
@@ -830,18 +872,19 @@ def _first_donors(
     jobs: Sequence[JobDemand],
     downs: Mapping[str, tuple[float, int] | None],
     placed: Mapping[str, Mapping[str, int]],
+    free: Mapping[str, int],
 ) -> list[_Donor]:
     """The heap of :func:`_move`'s donors, by their first step down (``downs``, for
     ``placed``): the jobs of the recipient's priority or lower that hold GPUs on a node it
-    may use and has CPU and memory for one more worker on, cheapest first within a priority,
-    lower priorities before."""
-    mine = placed[recipient.key]
-    rooms = recipient.node_room
+    may use and would have CPU and memory for one more worker on once theirs left (``free``:
+    what the nodes have left), cheapest first within a priority, lower priorities before."""
 
-    def usable(node: str) -> bool:
+    light = not recipient.asks_cpu_or_memory
+
+    def usable(node: str, donor: JobDemand, workers: int) -> bool:
         if not _may_use(recipient, node):
             return False
-        return rooms is None or _room(recipient, node, mine.get(node, 0)) > 0
+        return light or _room_after(free, node, recipient, donor, workers)
 
     heap = [
         (donor.priority, down[0], _order_key(donor), down[1], donor)
@@ -849,7 +892,7 @@ def _first_donors(
         if (down := downs[donor.key]) is not None
         and donor.key != recipient.key
         and donor.priority <= recipient.priority
-        and any(w > 0 and usable(n) for n, w in placed[donor.key].items())
+        and any(w > 0 and usable(n, donor, w) for n, w in placed[donor.key].items())
     ]
     heapq.heapify(heap)
     return heap
@@ -863,12 +906,134 @@ def _may_use(demand: JobDemand, node: str) -> bool:
     return demand.nodes is None or node in demand.nodes
 
 
-def _room(demand: JobDemand, node: str, workers: int) -> int:
-    """More workers of ``demand`` that ``node``'s CPU and memory hold beside the ``workers``
-    of it there (:attr:`JobDemand.node_room`; unlimited: more than any job has)."""
-    if demand.node_room is None or node not in demand.node_room:
-        return demand.max_replicas
-    return max(0, demand.node_room[node] - workers)
+class _Free(dict[str, int]):
+    """What the nodes have left while the steps place workers: free GPUs per node (the
+    mapping), and the CPU (millicores) and memory (bytes) left on the nodes where they are
+    known (:class:`Capacity`). A worker placed takes all three and gives them back when it
+    leaves (:func:`_take`, :func:`_give`; :func:`_fits` counts what fits), so the workers of
+    every job on a node fit its CPU and memory together. A step called with a plain mapping
+    of GPUs counts GPUs alone."""
+
+    __slots__ = ("cpu", "memory")
+
+    def __init__(
+        self,
+        gpus: Mapping[str, int],
+        cpu: Mapping[str, int] | None = None,
+        memory: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(gpus)
+        self.cpu = dict(cpu or {})
+        self.memory = dict(memory or {})
+
+    def copy(self) -> _Free:
+        return _Free(self, self.cpu, self.memory)
+
+
+_Need = tuple[float, float, float]  # GPUs, CPU millicores, memory bytes
+_NOTHING: _Need = (0.0, 0.0, 0.0)
+
+
+def _need(demand: JobDemand) -> _Need:
+    """What one worker of ``demand`` takes of a node."""
+    return (demand.gpus_per_worker, demand.cpu_millis_per_worker, demand.memory_bytes_per_worker)
+
+
+def _plus(a: _Need, b: _Need) -> _Need:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+
+
+def _minus(a: _Need, b: _Need) -> _Need:
+    return (a[0] - b[0], a[1] - b[1], a[2] - b[2])
+
+
+def _left(free: Mapping[str, int], node: str) -> _Need:
+    """What ``node`` has left; CPU and memory unbounded where not known."""
+    if not isinstance(free, _Free):
+        return (free[node], math.inf, math.inf)
+    return (free[node], free.cpu.get(node, math.inf), free.memory.get(node, math.inf))
+
+
+def _short(left: _Need, held: _Need, need: _Need) -> bool:
+    """Whether ``need`` does not fit in ``left`` beside ``held`` (a resource not needed
+    never is short, even where running workers overcommit it)."""
+    return any(n > 0 and have - h < n for have, h, n in zip(left, held, need, strict=True))
+
+
+def _take(free: dict[str, int], node: str, demand: JobDemand, workers: int = 1) -> None:
+    """``workers`` of ``demand`` take their GPUs, CPU and memory on ``node``."""
+    free[node] -= workers * demand.gpus_per_worker
+    if isinstance(free, _Free):
+        if demand.cpu_millis_per_worker and node in free.cpu:
+            free.cpu[node] -= workers * demand.cpu_millis_per_worker
+        if demand.memory_bytes_per_worker and node in free.memory:
+            free.memory[node] -= workers * demand.memory_bytes_per_worker
+
+
+def _give(free: dict[str, int], node: str, demand: JobDemand, workers: int = 1) -> None:
+    """``workers`` of ``demand`` leave ``node``: its GPUs, CPU and memory are free again."""
+    _take(free, node, demand, -workers)
+
+
+def _assign(free: dict[str, int], other: Mapping[str, int]) -> None:
+    """Make ``free`` what ``other`` says (a trial committed)."""
+    free.clear()
+    free.update(other)
+    if isinstance(free, _Free) and isinstance(other, _Free):
+        free.cpu, free.memory = dict(other.cpu), dict(other.memory)
+
+
+def _hold_running(free: dict[str, int], demands: Iterable[JobDemand]) -> None:
+    """Raise each node's CPU and memory to what the running workers there request, where
+    they ask more than it has left (allocatable shrank, or another pod was bound beside
+    them): they run there, so they hold it, and no new worker is placed in the gap."""
+    if not isinstance(free, _Free):
+        return
+    cpu: dict[str, int] = collections.Counter()
+    memory: dict[str, int] = collections.Counter()
+    for demand in demands:
+        for node in demand.worker_nodes:
+            cpu[node] += demand.cpu_millis_per_worker
+            memory[node] += demand.memory_bytes_per_worker
+    for left, running in ((free.cpu, cpu), (free.memory, memory)):
+        for node, asked in running.items():
+            if node in left and asked > left[node]:
+                left[node] = asked
+
+
+def _fits(free: Mapping[str, int], node: str, demand: JobDemand, less: int = 0) -> int:
+    """How many more workers of ``demand`` fit on ``node``, by its GPUs, CPU and memory,
+    once ``less`` more of them were placed there (never below zero)."""
+    need = demand.gpus_per_worker
+    fit = (free[node] - less * need) // need
+    if fit <= 0:
+        return 0
+    if type(free) is _Free:  # (the hottest path of a decision: no loops, no helpers)
+        if per := demand.cpu_millis_per_worker:
+            left = free.cpu.get(node)
+            if left is not None:
+                fit = min(fit, left // per - less)
+        if per := demand.memory_bytes_per_worker:
+            left = free.memory.get(node)
+            if left is not None:
+                fit = min(fit, left // per - less)
+    return max(0, fit)
+
+
+def _room_after(
+    free: Mapping[str, int], node: str, demand: JobDemand, leaving: JobDemand, workers: int
+) -> bool:
+    """Whether ``node``'s CPU and memory would hold one more worker of ``demand`` once
+    ``workers`` of ``leaving`` left it (GPUs not counted: the caller frees those)."""
+    if not isinstance(free, _Free) or not demand.asks_cpu_or_memory:
+        return True
+    for left, per, back in (
+        (free.cpu, demand.cpu_millis_per_worker, leaving.cpu_millis_per_worker),
+        (free.memory, demand.memory_bytes_per_worker, leaving.memory_bytes_per_worker),
+    ):
+        if per and node in left and left[node] + workers * back < per:
+            return False
+    return True
 
 
 _Preference = tuple[int, int, int, int, str]  # the sort key of a node for a new worker
@@ -900,14 +1065,13 @@ def _returning(
     kept, added = _kept_prefix(demand, where)
     if added:
         return [], False  # placed anew (its own nodes could not hold its minimum)
-    need = demand.gpus_per_worker
     used: dict[str, int] = {}
     nodes: list[str] = []
     for node in demand.worker_nodes[kept:]:
         if node in free:
-            if free[node] - used.get(node, 0) < need:
+            if _fits(free, node, demand, used.get(node, 0)) < 1:
                 return nodes, True
-            used[node] = used.get(node, 0) + need
+            used[node] = used.get(node, 0) + 1
         nodes.append(node)
     return nodes, False
 
@@ -921,17 +1085,15 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     if stopped:
         return len(back)
     returning = collections.Counter(back)
-    if demand.node_room is not None:  # each node's CPU and memory bound it too
-        rooms, allowed, new = demand.node_room, demand.nodes, 0
-        for node, gpus in free.items():
-            if gpus < need or (allowed is not None and node not in allowed):
-                continue  # (no worker returns to a node without a worker's GPUs free)
-            here = returning.get(node, 0)  # the GPUs its returning workers take
-            fit = (gpus - here * need) // need
-            if node in rooms:
-                fit = min(fit, rooms[node] - where.get(node, 0) - here)
-            if fit > 0:
-                new += fit
+    if isinstance(free, _Free) and demand.asks_cpu_or_memory:  # CPU and memory too
+        allowed, new = demand.nodes, 0
+        for node, gpus in free.items():  # (the hottest loop of a decision)
+            if gpus >= need and (allowed is None or node in allowed):
+                new += (
+                    _fits(free, node, demand, returning[node])
+                    if returning
+                    else _fits(free, node, demand)
+                )
         return len(back) + new
     if demand.nodes is None:
         new = sum(g // need for g in free.values())
@@ -946,8 +1108,7 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
 def _whole_workers(free: Mapping[str, int], demand: JobDemand) -> int:
     """How many of ``demand``'s workers the free GPUs on the nodes it may use hold, each
     worker's GPUs on one node, within what each node's CPU and memory hold of them."""
-    per = demand.gpus_per_worker
-    return sum(min(g // per, _room(demand, n, 0)) for n, g in free.items() if _may_use(demand, n))
+    return sum(_fits(free, n, demand) for n in free if _may_use(demand, n))
 
 
 def _place(
@@ -969,34 +1130,35 @@ def _place(
     fewer when they do not fit."""
     need = demand.gpus_per_worker
     where = dict(already)
-    spare = free if not dry_run else dict(free)
-    if claims is not None and not any(claims.held.values()):
-        claims = None  # nothing claimed: every free GPU is free
+    spare = free if not dry_run else free.copy()
+    if claims is not None and claims.empty:
+        claims = None  # nothing claimed: everything free is free
     if in_order:
         back, stopped = _returning(demand, where, spare)
         for node in back[:workers]:
             where[node] = where.get(node, 0) + 1
             if node in spare:
-                spare[node] -= need
+                _take(spare, node, demand)
         workers -= len(back[:workers])
         if stopped:
             return where
     allowed = demand.nodes
+    simple = not isinstance(spare, _Free) or not demand.asks_cpu_or_memory
     for left in range(workers, 0, -1):
         candidates = [
             n
             for n, g in spare.items()
             if g >= need
             and (allowed is None or n in allowed)
-            and (demand.node_room is None or _room(demand, n, where.get(n, 0)) > 0)
+            and (simple or _fits(spare, n, demand) > 0)
         ]
         if not candidates:
             break
         node = _next_node(demand, candidates, where, spare, left, claims)
         if claims is not None and not dry_run:
-            claims.take(node, spare[node], need)
+            claims.take(node, spare, demand)
         where[node] = where.get(node, 0) + 1
-        spare[node] -= need
+        _take(spare, node, demand)
     return where
 
 
@@ -1009,14 +1171,14 @@ def _next_node(
     claims: _Claims | None,
 ) -> str:
     """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
-    need = demand.gpus_per_worker
     if claims is not None:
-        unclaimed = [n for n in candidates if spare[n] - claims.held.get(n, 0) >= need]
+        held = claims.held  # (a candidate without claims fits: _place chose it so)
+        unclaimed = [n for n in candidates if n not in held or claims.fits(n, spare, demand)]
         if not unclaimed:  # every candidate costs a running job workers: the least first
             return min(
                 candidates,
                 key=lambda n: (
-                    claims.cost(n, spare, need),
+                    claims.cost(n, spare, demand),
                     _node_preference(demand, n, where, spare, left),
                 ),
             )
@@ -1043,8 +1205,7 @@ def _unplace(
 
     def order(node: str) -> tuple[bool, int, str]:
         away = keep_off is not None and (
-            not _may_use(keep_off, node)
-            or (keep_off.node_room is not None and _room(keep_off, node, 0) <= 0)
+            not _may_use(keep_off, node) or not _room_after(free, node, keep_off, demand, 1)
         )
         return (away, remaining[node], node)
 
@@ -1059,7 +1220,7 @@ def _unplace(
             node = demand.worker_nodes[kept]
         remaining[node] -= 1
         if node in free:
-            free[node] += demand.gpus_per_worker
+            _give(free, node, demand)
     return {n: w for n, w in remaining.items() if w > 0}
 
 
@@ -1069,7 +1230,9 @@ def _node_preference(
     """Sort key of a node for the next worker (smallest first): where the job already has
     workers, then where it runs now, then a node that holds all ``left`` workers (best fit:
     the fewest free GPUs), else the node with the most free GPUs (fewest nodes); by name."""
-    holds_all = spare[node] >= left * demand.gpus_per_worker
+    holds_all = spare[node] >= left * demand.gpus_per_worker and (
+        not demand.asks_cpu_or_memory or _fits(spare, node, demand) >= left
+    )
     fit = spare[node] if holds_all else -spare[node]
     return (-where.get(node, 0), -demand.current_nodes.get(node, 0), int(not holds_all), fit, node)
 
@@ -1093,23 +1256,24 @@ def _reason(
     unreserved: Mapping[str, int],
     sharing: int,
 ) -> str:
-    """``unreserved``: per node the job may use, GPUs not held by admitted jobs' minimums
-    (running jobs above their minimum give GPUs back to admit a queued job, so those count
-    as free to it). A queued job whose GPUs are free in total but split across nodes, where
-    none of its workers fits, is told so: "8 free" alone reads as a bug."""
+    """``unreserved``: per node, what admitted jobs' minimums do not hold (running jobs
+    above their minimum give GPUs back to admit a queued job, so those count as free to it);
+    the nodes the job may use count. A queued job whose GPUs are free in total but split
+    across nodes, where none of its workers fits, is told so: "8 free" alone reads as a
+    bug."""
     gpus = replicas * demand.gpus_per_worker
     if replicas == 0:
         per = demand.gpus_per_worker
         need = demand.min_replicas * per
-        total = sum(unreserved.values())
+        mine = [g for n, g in unreserved.items() if _may_use(demand, n)]
+        total = sum(mine)
         reason = f"queued: needs {_gpus(need)}, {total} free"
-        whole = sum(g // per for g in unreserved.values())
+        whole = sum(g // per for g in mine)
         held = _whole_workers(unreserved, demand)
         if total >= need and whole < demand.min_replicas:
-            most = max(unreserved.values(), default=0)
             reason += (
                 f", but each worker needs {_gpus(per)} on one node: {whole} of its "
-                f"{demand.min_replicas} fit (most free on one node: {most})"
+                f"{demand.min_replicas} fit (most free on one node: {max(mine, default=0)})"
             )
         elif whole >= demand.min_replicas > held:
             reason += (
@@ -1169,10 +1333,11 @@ def allocate(
     del now  # ages order the queue; created stamps already order them the same way
     free, pinned_places = subtract_pinned(jobs, capacity)
     arbitrated = [d for d in jobs if not d.pinned]
+    _hold_running(free, arbitrated)
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
     utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in arbitrated}
     placed, queued = admit_minimums(arbitrated, free, functools.partial(_kept_value, utilities))
-    unreserved = dict(free)  # GPUs beyond the admitted jobs' minimums
+    unreserved = free.copy()  # what the admitted jobs' minimums leave
     restore_running(arbitrated, allowed, placed, free, settings, utilities)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
     rebalance(arbitrated, allowed, placed, free, settings, utilities)
@@ -1207,7 +1372,7 @@ def allocate(
                 replicas,
                 wanted,
                 waiting,
-                {n: g for n, g in unreserved.items() if _may_use(demand, n)},
+                unreserved,
                 len(placed),
             ),
         )

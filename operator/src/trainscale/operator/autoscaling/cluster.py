@@ -14,13 +14,15 @@ Rules:
   cordoned nodes offer nothing. Arbitration never touches pods trainscale does not own.
 * **CPU and memory.** What the pods the arbiter does not place (foreign pods, pinned jobs'
   workers, every job's rendezvous pod) leave of each GPU node's allocatable CPU and memory
-  (:func:`build_node_free`) bounds how many of a job's workers the node can hold, by the
-  requests of its worker template (:mod:`~trainscale.operator.api.quantities`): the job's
-  ``node_room`` (:func:`compute_node_room`). A job whose workers ask a third of a node's
-  CPU is granted 2 workers per node, not 8 of which 6 would stay Pending while other jobs
-  could use those GPUs. Other arbitrated jobs' workers' CPU and memory are not counted (the
-  arbiter places them too, by GPUs); a worker that still finds no room is Pending, and the
-  operator counts workers that ran off their planned node.
+  (:func:`build_node_free`) is the capacity the arbiter places workers in, with the GPUs:
+  each worker takes the requests of its job's template
+  (:mod:`~trainscale.operator.api.quantities`, :func:`compute_worker_requests`) on its
+  node, so the workers it plans on a node, of every arbitrated job, fit its CPU and memory
+  together. A job whose workers ask a third of a node's CPU is granted 2 workers per node,
+  not 8 of which 6 would stay Pending while other jobs could use those GPUs, and two such
+  jobs are not both planned on one node's CPU. A worker that still finds no room (pod
+  affinities, topology spread) is Pending, and the operator counts workers that ran off
+  their planned node.
 * **Which jobs are arbitrated**: autoscaled jobs (``spec.autoscaling.enabled``) whose workers
   ask for GPUs and that did not opt out (``spec.autoscaling.clusterArbitration: false``).
   Every other managed job is *pinned*: it keeps its size and its GPUs are subtracted.
@@ -37,6 +39,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -214,11 +217,13 @@ def build_node_free(
     )
 
 
-def compute_node_room(spec: api.TrainingJobSpec, free: NodeFree) -> dict[str, int] | None:
-    """Per GPU node whose CPU or memory is known, the most workers of ``spec``'s template
-    that node holds by their CPU and memory requests; None when the workers request
-    neither (or a quantity does not parse: the API server refuses such pods anyway)."""
-    return _pod_room(template_pod_spec(spec.template), free)
+def compute_worker_requests(spec: api.TrainingJobSpec) -> quantities.Requests:
+    """The CPU and memory one worker of ``spec``'s template requests; nothing when a
+    quantity does not parse (the API server refuses such pods anyway)."""
+    try:
+        return quantities.compute_pod_requests(template_pod_spec(spec.template))
+    except (TypeError, ValueError):
+        return quantities.Requests()
 
 
 def _pod_room(pod_spec: Mapping[str, Any], free: NodeFree) -> dict[str, int] | None:
@@ -342,15 +347,13 @@ def decide_queued(
     return None
 
 
-def build_demand(
-    job: ManagedJob, eligible: frozenset[str] | None = None, free: NodeFree | None = None
-) -> JobDemand:
+def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> JobDemand:
     """The arbiter's view of one job (module docstring for what is pinned).
 
     ``eligible``: the nodes its template lets its workers run on (None: every node); the
     nodes its workers run on now are added (a rule changed while they ran does not move
-    them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``). ``free``:
-    the nodes' CPU and memory, for the job's ``node_room`` (:func:`compute_node_room`)."""
+    them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``). A worker's
+    CPU and memory requests are its template's (:func:`compute_worker_requests`)."""
     spec = job.spec
     autoscaling = spec.autoscaling
     running = len(job.worker_nodes)
@@ -375,6 +378,7 @@ def build_demand(
     floor = (
         autoscaling.min_efficiency if autoscaling.objective is api.Objective.EFFICIENCY else None
     )
+    asked = compute_worker_requests(spec)
     return JobDemand(
         key=job.key,
         throughput=dict(job.throughput),
@@ -395,7 +399,8 @@ def build_demand(
         worker_nodes=job.worker_nodes,
         restart_cost_seconds=job.restart_cost_seconds,
         nodes=nodes,
-        node_room=compute_node_room(spec, free) if free is not None else None,
+        cpu_millis_per_worker=asked.cpu_millis,
+        memory_bytes_per_worker=asked.memory_bytes,
     )
 
 
@@ -481,6 +486,15 @@ def build_arbitration_status(
 NO_CAPACITY_REASON = "not arbitrated: no schedulable node with nvidia.com/gpu is visible"
 
 
+def _with_free(capacity: Capacity, free: NodeFree | None) -> Capacity:
+    """``capacity`` with the nodes' CPU and memory left (None: not read)."""
+    if free is None:
+        return capacity
+    return dataclasses.replace(
+        capacity, free_cpu_millis=free.cpu_millis, free_memory_bytes=free.memory_bytes
+    )
+
+
 def decide_arbitration(
     jobs: Sequence[ManagedJob],
     capacity: Capacity,
@@ -507,8 +521,9 @@ def decide_arbitration(
         now: the wall clock, for the status timestamp and the arbiter.
         nodes: the GPU Node objects, with their labels and taints (``()``: every job may
             use every node); cordoned ones too, so a queued job's reason can say so.
-        free: :func:`build_node_free` of the nodes and every pod (None: CPU and memory
-            not read, no job's workers per node limited by them).
+        free: :func:`build_node_free` of the nodes and every pod, placed as the arbitrated
+            jobs' (None: CPU and memory not read, no job's workers per node limited by
+            them).
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
@@ -533,8 +548,8 @@ def decide_arbitration(
         if key not in by_key:
             by_key[key] = compute_eligible_nodes(pod_spec, listed)
         eligible[job.key] = by_key[key]
-    demands = [build_demand(job, eligible[job.key], free) for job in jobs if not job.finished]
-    allocation: Allocation = allocate(demands, capacity, now=now.timestamp())
+    demands = [build_demand(job, eligible[job.key]) for job in jobs if not job.finished]
+    allocation: Allocation = allocate(demands, _with_free(capacity, free), now=now.timestamp())
     for job in jobs:
         if not job.arbitrated or job.key not in allocation.jobs:
             continue
