@@ -646,7 +646,8 @@ def test_a_donor_gives_up_first_the_workers_on_nodes_the_recipient_has_cpu_on() 
     """Three new jobs on three 4-GPU nodes; j0's workers ask for memory that only n1 has
     (4 workers' worth), j2 may run on n0 only. When j1 gives up a worker it was placed this
     decision for j0, it is the one on n1, and j0 gets all of n1. Choosing among them by the
-    nodes j0 may use alone (every node), j0 got 3."""
+    nodes j0 may use alone (every node), j0 got 3. The GPUs j1 had been placed on n2 for
+    the workers it then gave up were left idle; they go back to it (all its 5)."""
     jobs = [
         job("j0", max_replicas=6, throughput=amdahl(6, 0.16), created=0,
             memory_bytes_per_worker=2**30),
@@ -656,7 +657,7 @@ def test_a_donor_gives_up_first_the_workers_on_nodes_the_recipient_has_cpu_on() 
     ]  # fmt: skip
     allocation = allocate(jobs, nodes(3, memory=[0, 4 * 2**30, 0]), now=10.0)
     assert dict(allocation["j0"].placement) == {"n1": 4}
-    assert dict(allocation["j1"].placement) == {"n2": 2, "n0": 1}
+    assert dict(allocation["j1"].placement) == {"n2": 4, "n0": 1}
 
 
 def test_running_workers_beyond_their_room_keep_running() -> None:
@@ -811,6 +812,20 @@ def test_an_arrival_leaves_the_cpu_a_running_job_returns_to() -> None:
     allocation = allocate([a, b], nodes(2, gpus=8, cpu=[8000, 64_000]), now=10.0)
     assert dict(allocation["a"].placement) == {"n0": 4}
     assert dict(allocation["b"].placement) == {"n1": 1}
+
+
+def test_cpu_a_donor_gives_up_goes_to_the_job_that_gains() -> None:
+    """One node, its CPU all taken by two running jobs; d gains nothing from its 3
+    workers, r scales linearly but has no CPU to grow on. d shrinks to its minimum, and the
+    CPU it frees holds 4 more of r's lighter workers: the node's 8 CPUs exactly (the move
+    itself took 1, and left the rest idle beside free GPUs)."""
+    flat = {n: 100.0 + 0.1 * n for n in range(1, 9)}
+    d = job("d", current_replicas=3, current_nodes={"n0": 3}, cpu_millis_per_worker=2000,
+            created=1, throughput=flat)  # fmt: skip
+    r = job("r", current_replicas=2, current_nodes={"n0": 2}, cpu_millis_per_worker=1000,
+            created=2, throughput=linear(8))  # fmt: skip
+    allocation = allocate([d, r], nodes(1, gpus=8, cpu=[8000]), now=10.0)
+    assert (allocation["d"].replicas, allocation["r"].replicas) == (1, 6)
 
 
 def test_new_workers_pack_on_a_node_whose_cpu_holds_them_all() -> None:

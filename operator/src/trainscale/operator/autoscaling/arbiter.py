@@ -41,7 +41,9 @@ The decision is a pipeline of named steps, each a small function tested alone:
    recipient's utility gain must exceed what its same-priority donors lose, both valued with
    the restart charge and the resize margin below (so a move pays two restarts, with a
    margin). A higher-priority job may shrink lower ones to their minimum, never below,
-   whatever they lose; a job never gives GPUs to a lower-priority one.
+   whatever they lose; a job never gives GPUs to a lower-priority one. What the moves leave
+   free (a donor's GPUs on nodes the recipient may not use, CPU or memory a donor freed
+   beside GPUs that no worker could use without it) is then handed out as in step 5.
 7. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
    (3 jobs waiting)``, or why a job got all it wanted.
 
@@ -1341,6 +1343,9 @@ def allocate(
     restore_running(arbitrated, allowed, placed, free, settings, utilities)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
     rebalance(arbitrated, allowed, placed, free, settings, utilities)
+    # what the moves left free (a donor's GPUs the recipient could not use, CPU it freed
+    # beside idle GPUs) is handed out as in step 5
+    grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
 
     free_gpus = sum(free.values())
     waiting = len(queued)
