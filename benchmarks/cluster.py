@@ -121,12 +121,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="node pools (the nodes split evenly, in order)")  # fmt: skip
     parser.add_argument("--restricted", type=float, default=0.0,
                         help="share of the jobs whose template admits one pool only")  # fmt: skip
-    parser.add_argument("--hide", choices=["pools", "order", "plan"], nargs="+", default=[],
+    parser.add_argument("--cpu-per-node", type=int, default=0, metavar="CORES",
+                        help="CPUs per node, which the workers' requests must fit beside"
+                        " their GPUs (0: CPU not modelled)")  # fmt: skip
+    parser.add_argument("--cpu-heavy", type=float, default=0.0, metavar="SHARE",
+                        help="share of the jobs whose workers ask half a node's CPU (the"
+                        " others: half a GPU's share)")  # fmt: skip
+    parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu"], nargs="+",
+                        default=[],
                         help="ablations: keep from the arbiter the jobs' pools, or where their"
                         " workers run by index (what it did not read before); 'plan': new"
                         " workers do not prefer the node the arbiter planned for them (the"
-                        " scheduler's packing alone, as before)")  # fmt: skip
+                        " scheduler's packing alone, as before); 'cpu': the nodes' CPU and"
+                        " the workers' requests")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def describe_source(args: argparse.Namespace) -> str:
+    """The workload and cluster in words, for the report's heading."""
+    source = f"trace {args.trace}" if args.trace else f"{args.jobs} generated jobs"
+    if args.pollux:
+        source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
+    if args.pools > 1:
+        source += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
+    if args.cpu_per_node:
+        source += (
+            f", {args.cpu_per_node} CPUs per node, {args.cpu_heavy:g} of the jobs' workers"
+            " asking half of them"
+        )
+    source += "".join(
+        " (new workers not told the arbiter's plan)"
+        if hidden == "plan"
+        else f" (the arbiter not told {hidden})"
+        for hidden in args.hide
+    )
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                               pools=args.pools, restricted=args.restricted,
                               tell_pools="pools" not in args.hide,
                               tell_order="order" not in args.hide,
-                              tell_plan="plan" not in args.hide)  # fmt: skip
+                              tell_plan="plan" not in args.hide,
+                              cpu_per_node=1000 * args.cpu_per_node,
+                              cpu_heavy=args.cpu_heavy,
+                              tell_cpu="cpu" not in args.hide)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
     results = {p: worst(rs) for p, rs in by_policy.items()}
     if args.per_seed:
@@ -159,17 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}:")
             print(render([row(rs[i]) for rs in by_policy.values()], args.markdown))
             print(f"no-contention bound within the efficiency floors: avg JCT {bounds[i]:,.0f} s")
-    source = f"trace {args.trace}" if args.trace else f"{args.jobs} generated jobs"
-    if args.pollux:
-        source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
-    if args.pools > 1:
-        source += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
-        source += "".join(
-            " (new workers not told the arbiter's plan)"
-            if hidden == "plan"
-            else f" (the arbiter not told {hidden})"
-            for hidden in args.hide
-        )
+    source = describe_source(args)
     print(
         f"{source} over {args.hours:g} h on {args.nodes} nodes x {args.gpus_per_node} GPUs,"
         f" decisions every {args.interval:g} s; worst case over"
@@ -181,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{p} {statistics.fmean(r.avg_jct for r in rs):,.0f}" for p, rs in by_policy.items()
         )
         print(f"avg JCT s, mean over {'workloads' if args.pollux else 'seeds'}: {means}")
-    if args.pools > 1:
-        print("workers granted that found no GPU on their pool (left Pending), summed over"
+    if args.pools > 1 or args.cpu_per_node:
+        room = "no GPU with its CPU on their nodes" if args.cpu_per_node else "no GPU on their pool"
+        print(f"workers granted that found {room} (left Pending), summed over"
               " steps, worst seed: "
               + ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items()))  # fmt: skip
     if "trainscale" in results:

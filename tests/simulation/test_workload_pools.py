@@ -5,17 +5,16 @@ every policy); a policy takes free GPUs only on the nodes a job may use and a sh
 frees its highest indexes; under every policy, at every step of a whole workload, each job's
 workers are on its pool and no node holds more workers than GPUs; the arbiter told the
 pools places them there itself (what it grants is what runs), and its new workers find their
-GPUs when they go to the nodes it planned for them.
+GPUs when they go to the nodes it planned for them. The placement check at every step runs
+with CPU beside the GPUs too (``test_workload_cpu.py`` covers the rest of CPU).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 
-from trainscale.operator.autoscaling import workload
 from trainscale.operator.autoscaling.workload import (
     POLICIES,
     Cluster,
@@ -70,36 +69,20 @@ def test_new_workers_take_the_nodes_planned_for_them_while_they_have_a_free_gpu(
     assert full.take(mine, 1, plan={"node-01": 1}) == ["node-03"]
 
 
-@pytest.fixture
-def checked_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Every step's placement, checked as it is made: each job on nodes it may use, no
-    node over its GPUs, no job above its policy's target. Yields each step's workers granted
-    that found no GPU (what ``Result.unplaced`` sums)."""
-    steps: list[int] = []
-    apply = workload._apply
-
-    def checked(
-        active: list[Running], targets: Mapping[str, int], cluster: Cluster
-    ) -> dict[str, int]:
-        placed = apply(active, targets, cluster)
-        per_node: Counter[str] = Counter()
-        for s in active:
-            per_node.update(s.nodes)
-            assert s.allowed is None or set(s.nodes) <= s.allowed, (s.job.name, s.nodes)
-            assert placed[s.job.name] <= targets.get(s.job.name, s.replicas)
-        assert max(per_node.values(), default=0) <= cluster.gpus_per_node, per_node
-        steps.append(sum(targets.get(name, n) - n for name, n in placed.items()))
-        return placed
-
-    monkeypatch.setattr(workload, "_apply", checked)
-    yield steps
+CLUSTERS: dict[str, dict[str, Any]] = {  # 8 nodes of 4 GPUs, and:
+    "pools": {"pools": 2, "restricted": 0.5},  # two pools, half the jobs held to one
+    "cpu": {"cpu_per_node": 32_000, "cpu_heavy": 0.3},  # 32 CPUs, 30 % heavy workers
+}
 
 
-@pytest.mark.slow  # ~4 s: five policies over a workload
+@pytest.mark.slow  # ~8 s: five policies over a workload, on pools and with CPU
+@pytest.mark.parametrize("kind", list(CLUSTERS))
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_every_policy_keeps_each_job_on_its_pool(policy: str, checked_steps: list[int]) -> None:
+def test_every_policy_keeps_each_job_on_its_pool_and_each_node_within_its_cpu(
+    policy: str, kind: str, checked_steps: list[int]
+) -> None:
     jobs = generate(seed=3, jobs=40, hours=1.0, gpus_per_node=4)
-    cluster = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=3, pools=2, restricted=0.5)
+    cluster = Cluster(nodes=8, gpus_per_node=4, interval=60.0, seed=3, **CLUSTERS[kind])
     result = simulate(policy, jobs, cluster, horizon=jobs[-1].arrival + 24 * 3600.0)
     assert result.unfinished == 0
     assert len(checked_steps) > 10

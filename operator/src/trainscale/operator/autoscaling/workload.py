@@ -65,6 +65,15 @@ for each new pod's preferred node), when it has a free GPU (``tell_pools``, ``te
 ``tell_plan``: ablations). On one pool every target fits and the results are those of the
 count-only model.
 
+CPU (``Cluster.cpu_per_node``, ``Cluster.cpu_heavy``; ``benchmarks/cluster.py
+--cpu-per-node``): each node has that CPU beside its GPUs, most jobs' workers ask half a
+GPU's share of it and a share of the jobs' workers half a node's (data loaders), so two of
+those fill a node's CPU however many GPUs it has left. Every policy then places a worker only
+where its GPU and its CPU request fit, node by node as above, and a worker that fits nowhere
+stays Pending. The arbiter is told the nodes' CPU and each job's request, and where workers
+run (``tell_cpu``: the ablation, as before it placed every job against one account of the
+nodes' CPU). A job's throughput is still its packed curve's wherever its workers land.
+
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
 :func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
@@ -429,6 +438,7 @@ class Running:
     paused_last: bool = False  # the last step included a restart (settling)
     nodes: list[str] = field(default_factory=list)  # each worker's node, by replica index
     allowed: frozenset[str] | None = None  # the nodes its template admits (None: all)
+    cpu: int = 0  # millicores each worker requests (:meth:`Cluster.cpu_of`)
 
     def may_use(self, node: str) -> bool:
         """Whether the job's workers may run on ``node`` (:attr:`allowed`)."""
@@ -451,6 +461,25 @@ class Cluster:
     # trainscale's new workers prefer the node the arbiter planned for them
     tell_plan: bool = True
     plans: dict[str, dict[str, int]] = field(default_factory=dict)  # the last plan, per job
+    cpu_per_node: int = 0  # millicores each node has (0: CPU not modelled)
+    cpu_heavy: float = 0.0  # share of the jobs whose workers ask half a node's CPU
+    tell_cpu: bool = True  # the arbiter is told the nodes' CPU and the workers' requests
+
+    @property
+    def by_node(self) -> bool:
+        """Whether workers are placed node by node (several pools, or CPU modelled); else
+        every target fits and a count is all there is."""
+        return self.pools > 1 or self.cpu_per_node > 0
+
+    def cpu_of(self, job: Job) -> int:
+        """The millicores each of ``job``'s workers requests: half a node's CPU for a share
+        ``cpu_heavy`` of the jobs (data loaders; which drawn from the seed and its name),
+        else half a GPU's share of it; 0 when CPU is not modelled."""
+        if self.cpu_per_node <= 0:
+            return 0
+        if random.Random(f"{self.seed}/cpu/{job.name}").random() < self.cpu_heavy:
+            return self.cpu_per_node // 2
+        return self.cpu_per_node // (2 * self.gpus_per_node)
 
     @property
     def total(self) -> int:
@@ -501,19 +530,35 @@ Policy = Callable[[list[Running], Cluster, float], dict[str, int]]
 
 
 class FreeGpus:
-    """The free GPUs while a policy decides, node by node: a job may take only those on the
-    nodes its template admits (:attr:`Running.allowed`), and a job that shrinks frees
-    those of its highest indexes. On one pool this is a plain count."""
+    """The free GPUs while a policy decides, node by node, and the CPU left beside them
+    where it is modelled (:attr:`Cluster.cpu_per_node`): a job may take only those on the
+    nodes its template admits (:attr:`Running.allowed`), a worker needs its GPU and its CPU
+    request on one node, and a job that shrinks frees those of its highest indexes. On one
+    pool without CPU this is a plain count."""
 
     def __init__(self, active: Sequence[Running], cluster: Cluster) -> None:
         self.free = dict.fromkeys(cluster.node_names, cluster.gpus_per_node)
+        self.cpu = (
+            dict.fromkeys(cluster.node_names, cluster.cpu_per_node)
+            if cluster.cpu_per_node > 0
+            else None
+        )
         for s in active:
             for node in s.nodes:
                 self.free[node] -= 1
+                if self.cpu is not None:
+                    self.cpu[node] -= s.cpu
+
+    def holds(self, s: Running, node: str) -> int:
+        """Workers of ``s`` that ``node`` has a GPU and the CPU for."""
+        room = self.free[node]
+        if self.cpu is not None and s.cpu > 0:
+            room = min(room, self.cpu[node] // s.cpu)
+        return max(0, room)
 
     def available(self, s: Running) -> int:
-        """GPUs free on the nodes ``s`` may use."""
-        return sum(g for n, g in self.free.items() if s.may_use(n))
+        """Workers of ``s`` the nodes it may use have a GPU and the CPU for."""
+        return sum(self.holds(s, n) for n in self.free if s.may_use(n))
 
     def take(
         self,
@@ -531,7 +576,7 @@ class FreeGpus:
         planned = assign_planned_nodes(plan or {}, mine, workers)
         out: list[str] = []
         for preferred in planned:
-            candidates = [n for n, g in self.free.items() if g > 0 and s.may_use(n)]
+            candidates = [n for n in self.free if s.may_use(n) and self.holds(s, n) > 0]
             if not candidates:
                 break
             if preferred in candidates:
@@ -539,14 +584,18 @@ class FreeGpus:
             else:
                 node = min(candidates, key=lambda n: (-mine.count(n), -self.free[n], n))
             self.free[node] -= 1
+            if self.cpu is not None:
+                self.cpu[node] -= s.cpu
             mine.append(node)
             out.append(node)
         return out
 
     def give(self, s: Running, keep: int) -> None:
-        """``s`` keeps its first ``keep`` workers: the others' GPUs are free."""
+        """``s`` keeps its first ``keep`` workers: the others' GPUs (and CPU) are free."""
         for node in s.nodes[keep:]:
             self.free[node] += 1
+            if self.cpu is not None:
+                self.cpu[node] += s.cpu
 
 
 def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
@@ -714,6 +763,7 @@ def believed_throughput(job: Job, seed: int, gpus_per_node: int) -> Mapping[int,
 
 
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
+    cpu = cluster.cpu_per_node > 0 and cluster.tell_cpu
     demands = [
         JobDemand(
             key=s.job.name,
@@ -726,13 +776,17 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             current_replicas=s.replicas,
             restart_cost_seconds=s.job.restart,
             nodes=s.allowed if cluster.tell_pools else None,
-            worker_nodes=tuple(s.nodes) if cluster.pools > 1 and cluster.tell_order else (),
+            worker_nodes=tuple(s.nodes) if cluster.by_node and cluster.tell_order else (),
+            cpu_millis_per_worker=s.cpu if cpu else 0,
         )
         for s in active
     ]
-    capacity = Capacity(dict.fromkeys(cluster.node_names, cluster.gpus_per_node))
+    capacity = Capacity(
+        dict.fromkeys(cluster.node_names, cluster.gpus_per_node),
+        free_cpu_millis=dict.fromkeys(cluster.node_names, cluster.cpu_per_node) if cpu else {},
+    )
     allocation = allocate(demands, capacity, now=now, settings=cluster.settings)
-    if cluster.pools > 1 and cluster.tell_plan:
+    if cluster.by_node and cluster.tell_plan:
         cluster.plans = {key: dict(a.placement) for key, a in allocation.jobs.items()}
     return {key: a.replicas for key, a in allocation.jobs.items()}
 
@@ -761,8 +815,8 @@ class Result:
     # and how many arrived jobs were waiting with none
     timeline: tuple[tuple[float, Mapping[str, int], int], ...] = ()
     finishes: tuple[tuple[str, float], ...] = ()  # (job, finish time) of the finished jobs
-    # workers the policy granted that found no GPU on the nodes their job may use (pods left
-    # Pending), summed over steps; 0 on one pool
+    # workers the policy granted that found no GPU (or no CPU beside one) on the nodes their
+    # job may use (pods left Pending), summed over steps; 0 on one pool without CPU
     unplaced: int = 0
 
 
@@ -807,7 +861,9 @@ def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) 
 
 
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
-    cluster.states = [Running(job, allowed=cluster.admitted(job)) for job in jobs]
+    cluster.states = [
+        Running(job, allowed=cluster.admitted(job), cpu=cluster.cpu_of(job)) for job in jobs
+    ]
     cluster.plans = {}
     decide = POLICIES[policy]
     now = 0.0
