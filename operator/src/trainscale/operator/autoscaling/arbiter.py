@@ -96,11 +96,11 @@ theirs: nothing new goes there). An arrival admitted in step 3 leaves the CPU an
 the running workers it does not displace, as it leaves their GPUs. New workers are placed first
 on the nodes where the job already has workers (keeping it together), then where it runs now,
 then best fit: the node with the fewest free GPUs that still holds all the workers being
-placed (by its GPUs, CPU and memory) (so whole nodes stay free for multi-GPU workers and for growth), else the node with
-the most free GPUs (the fewest nodes). The throughput model is the packed
-one (fewest nodes), which is what this placement approximates; the packing is a preference
-the caller may pass on as node affinity, while the per-node capacity it respects is a hard
-limit: a job's count is limited by what fits.
+placed, by its GPUs, CPU and memory (so whole nodes stay free for multi-GPU workers and for
+growth), else the node with the most free GPUs (the fewest nodes). The throughput model is
+the packed one (fewest nodes), which is what this placement approximates; the packing is a
+preference the caller may pass on as node affinity, while the per-node capacity it respects
+is a hard limit: a job's count is limited by what fits.
 
 Node pools: a job whose template restricts its workers to some nodes (``JobDemand.nodes``:
 a node selector, required node affinity, taints it does not tolerate) is placed, counted
@@ -1091,11 +1091,7 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
         allowed, new = demand.nodes, 0
         for node, gpus in free.items():  # (the hottest loop of a decision)
             if gpus >= need and (allowed is None or node in allowed):
-                new += (
-                    _fits(free, node, demand, returning[node])
-                    if returning
-                    else _fits(free, node, demand)
-                )
+                new += _fits(free, node, demand, returning[node])
         return len(back) + new
     if demand.nodes is None:
         new = sum(g // need for g in free.values())
