@@ -11,6 +11,10 @@ Covers:
 - on node pools (``--pools``), a trace's ``pool`` column holds each job to its pool: the
   printed rows are the simulator's on that cluster, each job's line names its pool, no job
   runs off its pool, and the Pending grants are counted;
+- with CPU beside the GPUs (``--cpu-per-node``), a trace's ``cpu_per_worker`` column is each
+  job's CPUs per worker: the printed rows are the simulator's on that cluster, each job's
+  line shows its CPUs, and a figure no node can hold, or given without the nodes' CPUs, is
+  refused;
 - a bad trace or flag is refused naming the line, column or flag (exit 2, nothing printed).
 """
 
@@ -18,12 +22,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from trainscale.operator.app.cli import main
-from trainscale.operator.autoscaling.workload import Cluster, generate, read_trace, row, simulate
+from trainscale.operator.autoscaling.workload import (
+    Cluster,
+    Job,
+    Result,
+    generate,
+    read_trace,
+    row,
+    simulate,
+)
 
 TRAINSCALE = Path(sys.executable).with_name("trainscale")
 
@@ -40,6 +53,14 @@ resnet,0,2000000,0.02:0.3,1,16,4,0,60,0
 bert,300,1500000,0.05:0.5,1,8,2,0,90,
 gpt-small,600,4000000,0.01:0.2,2,16,8,0,120,1
 vit,900,500000,0.03:0.0,1,8,1,0,45,1
+"""
+
+
+CPU_TRACE = """name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,cpu_per_worker
+resnet,0,2000000,0.02:0.3,1,16,4,16
+bert,300,1500000,0.05:0.5,1,8,2,
+gpt-small,600,4000000,0.01:0.2,2,16,8,16
+vit,900,500000,0.03:0.0,1,8,1,2.5
 """
 
 
@@ -141,6 +162,16 @@ def test_per_job_autoscalers_are_told_the_node_size_as_the_operator_reads_it() -
             "line 2: pool must be a number, got 'a100'",
             id="pool-not-a-number",
         ),
+        pytest.param(
+            CPU_TRACE.replace("0.0,1,8,1,2.5", "0.0,1,8,1,-2"),
+            "line 5: cpu_per_worker must be >= 0, got '-2'",
+            id="cpu-negative",
+        ),
+        pytest.param(
+            CPU_TRACE,
+            "job resnet asks cpu_per_worker 16; give the nodes' CPUs with --cpu-per-node",
+            id="cpu-without-the-nodes-cpus",
+        ),
     ],
 )
 def test_a_bad_trace_names_the_line_and_column(
@@ -177,6 +208,24 @@ def test_a_bad_trace_names_the_line_and_column(
             ["--workload", "trace.csv", "--pools", "2", "--restricted", "0.5"],
             "--restricted needs --pools 2 or more and a generated workload",
         ),
+        pytest.param(
+            ["--curve", "amdahl", "--cpu-per-node", "32"], "--cpu-per-node needs --workload"
+        ),
+        pytest.param(
+            ["--workload", "generated", "--cpu-per-node", "-1"], "--cpu-per-node must be >= 0"
+        ),
+        pytest.param(
+            ["--workload", "generated", "--cpu-per-node", "32", "--cpu-heavy", "2"],
+            "--cpu-heavy must be a share in [0, 1], got 2.0",
+        ),
+        pytest.param(
+            ["--workload", "generated", "--cpu-heavy", "0.3"],
+            "--cpu-heavy needs --cpu-per-node and a generated workload",
+        ),
+        pytest.param(
+            ["--workload", "trace.csv", "--cpu-per-node", "32", "--cpu-heavy", "0.3"],
+            "--cpu-heavy needs --cpu-per-node and a generated workload",
+        ),
     ],
 )
 def test_bad_workload_flags_are_named(
@@ -195,6 +244,21 @@ def test_curve_and_workload_are_exclusive(capsys: pytest.CaptureFixture[str]) ->
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def printed_policies(
+    out: str, jobs: list[Job], cluster: Callable[[], Cluster]
+) -> dict[str, tuple[Cluster, Result]]:
+    """Each default policy simulated on a fresh ``cluster()``, its row checked against the
+    one ``out`` printed; returns each cluster (with its jobs' states) and result."""
+    found = {}
+    for policy in ("fixed", "per-job", "trainscale"):
+        simulated = cluster()
+        result = simulate(policy, jobs, simulated, horizon=900 + 24 * 3600.0)
+        printed = next(x.split() for x in out.splitlines() if x.split()[:1] == [policy])
+        assert printed == list(row(result)), (printed, row(result))
+        found[policy] = (simulated, result)
+    return found
+
+
 def test_a_trace_on_node_pools_holds_each_job_to_its_pool(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,16 +275,11 @@ def test_a_trace_on_node_pools_holds_each_job_to_its_pool(
         None,
         *[frozenset({"node-02", "node-03"})] * 2,
     ]
-    unplaced = {}
-    for policy in ("fixed", "per-job", "trainscale"):
-        cluster = Cluster(4, 4, 60.0, 1, pools=2)
-        result = simulate(policy, jobs, cluster, horizon=900 + 24 * 3600.0)
-        printed = next(x.split() for x in out.splitlines() if x.split()[:1] == [policy])
-        assert printed == list(row(result)), (printed, row(result))
-        unplaced[policy] = result.unplaced
+    clusters = printed_policies(out, jobs, lambda: Cluster(4, 4, 60.0, 1, pools=2))
+    for cluster, _ in clusters.values():
         held = {s.job.name: s for s in cluster.states}
         assert held["resnet"].allowed == frozenset({"node-00", "node-01"})
-    pending = ", ".join(f"{p} {n:,}" for p, n in unplaced.items())
+    pending = ", ".join(f"{p} {r.unplaced:,}" for p, (_, r) in clusters.items())
     assert f"(Pending), summed over steps: {pending}" in out
     lines = {x.split()[0]: x.split() for x in out.splitlines() if x.split()[:1] != ["#"] and x}
     assert lines["job"][7] == "pool"  # job arrival waited JCT s GPUs (most) pool sizes
@@ -228,5 +287,31 @@ def test_a_trace_on_node_pools_holds_each_job_to_its_pool(
     # one pool: rows naming pool 0 are fine, the first naming pool 1 is refused
     assert main(["simulate", "--workload", str(path), "--nodes", "4"]) == 2
     assert "line 4: pool 1, but the cluster has 1 node pool (0 to 0; --pools)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_trace_with_cpus_per_worker_places_them_beside_the_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cpu.csv"
+    path.write_text(CPU_TRACE)
+    argv = ["simulate", "--workload", str(path), "--nodes", "4", "--cpu-per-node", "32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "on 4 nodes x 4 GPUs, 32 CPUs per node" in out
+    jobs = read_trace(str(path))
+    assert [j.cpu for j in jobs] == [16.0, None, 16.0, 2.5]
+    cluster = Cluster(4, 4, 60.0, 1, cpu_per_node=32_000)
+    assert [cluster.cpu_of(j) for j in jobs] == [16_000, 4_000, 16_000, 2_500]  # bert: drawn
+    clusters = printed_policies(out, jobs, lambda: Cluster(4, 4, 60.0, 1, cpu_per_node=32_000))
+    pending = ", ".join(f"{p} {r.unplaced:,}" for p, (_, r) in clusters.items())
+    assert f"found no GPU with its CPUs (Pending), summed over steps: {pending}" in out
+    lines = {x.split()[0]: x.split() for x in out.splitlines() if x.split()[:1] != ["#"] and x}
+    assert lines["job"][7] == "CPUs"  # job arrival waited JCT s GPUs (most) CPUs sizes
+    assert [lines[j][5] for j in ("resnet", "bert", "gpt-small", "vit")] == ["16", "4", "16", "2.5"]
+    # a worker asking more than a node has could never run
+    assert main([*argv[:-1], "8"]) == 2
+    assert "job resnet asks cpu_per_worker 16, more than a node's 8 (--cpu-per-node)" in (
         capsys.readouterr().err
     )

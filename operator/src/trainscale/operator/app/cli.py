@@ -172,9 +172,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _cmd_simulate_workload(args)
     from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
 
-    for flag in ("nodes", "jobs", "policies", "pools", "restricted"):
+    for flag in ("nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy"):
         if getattr(args, flag) is not None:
-            sys.stderr.write(f"trainscale simulate: error: --{flag} needs --workload\n")
+            name = flag.replace("_", "-")
+            sys.stderr.write(f"trainscale simulate: error: --{name} needs --workload\n")
             return 2
     values = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -210,6 +211,8 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         plot=args.plot,
         pools=args.pools if args.pools is not None else 1,
         restricted=args.restricted if args.restricted is not None else 0.0,
+        cpu_per_node=args.cpu_per_node if args.cpu_per_node is not None else 0,
+        cpu_heavy=args.cpu_heavy if args.cpu_heavy is not None else 0.0,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -323,6 +326,20 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SHARE",
         help="share of the generated jobs held to one pool, drawn per job (--workload "
         "generated, with --pools)",
+    )
+    sim.add_argument(
+        "--cpu-per-node",
+        type=int,
+        metavar="CPUS",
+        help="CPUs per node, which each worker's CPUs must fit beside its GPU (--workload; a "
+        "trace's cpu_per_worker column, else --cpu-heavy)",
+    )
+    sim.add_argument(
+        "--cpu-heavy",
+        type=float,
+        metavar="SHARE",
+        help="share of the generated jobs whose workers ask half a node's CPUs, drawn per job; "
+        "the others ask half a GPU's share (--workload generated, with --cpu-per-node)",
     )
     sim.add_argument(
         "--policies",

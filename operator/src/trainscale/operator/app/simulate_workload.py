@@ -8,7 +8,9 @@ uses), prints the policies' completion times side by side and each job's story u
 arbitration, and optionally plots the GPUs each job holds over time (matplotlib, imported only
 for ``--plot``). A cluster split into node pools (``--pools``) holds each job to the pool its
 trace row names (``pool``), or, generated, a share of the jobs (``--restricted``) to one pool
-drawn per job.
+drawn per job. With CPU beside the GPUs (``--cpu-per-node``), each worker also needs the CPUs
+its trace row asks (``cpu_per_worker``), or, generated, half a node's for a share of the jobs
+(``--cpu-heavy``) and half a GPU's share for the rest, on its node.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class WorkloadOptions:
     plot: str | None = None
     pools: int = 1
     restricted: float = 0.0
+    cpu_per_node: int = 0  # CPUs per node; 0: CPU not modelled
+    cpu_heavy: float = 0.0
 
 
 def _check_flags(options: WorkloadOptions) -> None:
@@ -67,18 +71,29 @@ def _check_flags(options: WorkloadOptions) -> None:
         raise WorkloadError(
             f"--pools must be between 1 and --nodes ({options.nodes}), got {options.pools}"
         )
-    if not 0.0 <= options.restricted <= 1.0:
-        raise WorkloadError(f"--restricted must be a share in [0, 1], got {options.restricted}")
-    if options.restricted > 0 and (options.pools < 2 or options.workload != GENERATED):
-        raise WorkloadError(
-            "--restricted needs --pools 2 or more and a generated workload (a trace names "
-            "each job's pool in its pool column)"
-        )
+    if options.cpu_per_node < 0:
+        raise WorkloadError(f"--cpu-per-node must be >= 0, got {options.cpu_per_node}")
+    generated = options.workload == GENERATED
+    _check_share("--restricted", options.restricted, generated and options.pools > 1,
+                 "--pools 2 or more", "pool in its pool column")  # fmt: skip
+    _check_share("--cpu-heavy", options.cpu_heavy, generated and options.cpu_per_node > 0,
+                 "--cpu-per-node", "CPUs per worker in its cpu_per_worker column")  # fmt: skip
     unknown = [p for p in options.policies if p not in POLICIES]
     if unknown or "trainscale" not in options.policies:
         raise WorkloadError(
             f"--policies must include trainscale and be among {', '.join(POLICIES)};"
             f" got {', '.join(options.policies)}"
+        )
+
+
+def _check_share(flag: str, share: float, usable: bool, needs: str, column: str) -> None:
+    """A share of a generated workload's jobs (``--restricted``, ``--cpu-heavy``): in [0, 1],
+    and given only where it applies (``usable``: a generated workload with ``needs``)."""
+    if not 0.0 <= share <= 1.0:
+        raise WorkloadError(f"{flag} must be a share in [0, 1], got {share}")
+    if share > 0 and not usable:
+        raise WorkloadError(
+            f"{flag} needs {needs} and a generated workload (a trace names each job's {column})"
         )
 
 
@@ -94,15 +109,34 @@ def load_workload(options: WorkloadOptions) -> list[Job]:
             raise WorkloadError("--jobs must be >= 1 and --hours > 0 for a generated workload")
         return generate(options.seed, options.jobs, options.hours, options.gpus_per_node)
     try:
-        return read_trace(options.workload, pools=options.pools)
+        jobs = read_trace(options.workload, pools=options.pools)
     except OSError as exc:
         raise WorkloadError(f"--workload {options.workload}: {exc.strerror}") from None
     except TraceError as exc:
         raise WorkloadError(f"--workload {exc}") from None
+    _check_cpu(options, jobs)
+    return jobs
+
+
+def _check_cpu(options: WorkloadOptions, jobs: Sequence[Job]) -> None:
+    """A trace's CPUs per worker need ``--cpu-per-node``, and must fit on a node."""
+    asking = [j for j in jobs if j.cpu is not None]
+    if asking and options.cpu_per_node < 1:
+        raise WorkloadError(
+            f"--workload {options.workload}: job {asking[0].name} asks cpu_per_worker "
+            f"{asking[0].cpu:g}; give the nodes' CPUs with --cpu-per-node"
+        )
+    for job in asking:
+        if job.cpu is not None and job.cpu > options.cpu_per_node:
+            raise WorkloadError(
+                f"--workload {options.workload}: job {job.name} asks cpu_per_worker "
+                f"{job.cpu:g}, more than a node's {options.cpu_per_node} (--cpu-per-node): "
+                "it could never run"
+            )
 
 
 def make_cluster(options: WorkloadOptions) -> Cluster:
-    """The simulated cluster of the flags (nodes, GPUs, decisions, seed, pools)."""
+    """The simulated cluster of the flags (nodes, GPUs, decisions, seed, pools, CPU)."""
     return Cluster(
         options.nodes,
         options.gpus_per_node,
@@ -110,6 +144,8 @@ def make_cluster(options: WorkloadOptions) -> Cluster:
         options.seed,
         pools=options.pools,
         restricted=options.restricted,
+        cpu_per_node=1000 * options.cpu_per_node,
+        cpu_heavy=options.cpu_heavy,
     )
 
 
@@ -139,8 +175,9 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
                 seen.append(workers)
     finish = dict(result.finishes)
     pools = cluster.pools > 1
-    pool_header = f"{'pool':>6}" if pools else ""
-    yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}{pool_header}  sizes"
+    cpus = cluster.cpu_per_node > 0
+    extra = (f"{'pool':>6}" if pools else "") + (f"{'CPUs':>6}" if cpus else "")
+    yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}{extra}  sizes"
     for job in jobs:
         end = finish.get(job.name)
         waited = first.get(job.name, math.inf) - job.arrival
@@ -152,6 +189,8 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
         if pools:
             index = cluster.pool_of(job)
             pool = f"{'any' if index is None else index:>6}"
+        if cpus:
+            pool += f"{cluster.cpu_of(job) / 1000:>6g}"
         yield (
             f"{job.name:<12}{job.arrival:>9,.0f}{waited:>8,.0f}{jct:>9}"
             f"{most.get(job.name, 0):>12}{pool}  {shown}"
@@ -228,17 +267,19 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
     if options.pools > 1:
         held = sum(1 for j in jobs if cluster.pool_of(j) is not None)
         pools = f" in {options.pools} node pools ({held} of the jobs held to one)"
+    if options.cpu_per_node:
+        pools += f", {options.cpu_per_node} CPUs per node"
     print(
         f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs{pools}, "
         f"decisions every {options.interval} s",
         file=out,
     )
     print(render([row(r) for r in results.values()], markdown=False), file=out)
-    if options.pools > 1:
+    if cluster.by_node:
         pending = ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items())
+        room = "no GPU with its CPUs" if options.cpu_per_node else "no GPU on their job's pool"
         print(
-            "# workers granted that found no GPU on their job's pool (Pending), summed over "
-            f"steps: {pending}",
+            f"# workers granted that found {room} (Pending), summed over steps: {pending}",
             file=out,
         )
     base = results.get("fixed")

@@ -103,8 +103,10 @@ Trace CSV (:func:`read_trace`): a header and one row per job with the columns
 ``0.03:0.4``; ``rate`` samples/s per GPU is the optional third field, default 100; or the
 path of a measured curve, see below), ``min_replicas``, ``max_replicas``,
 ``requested_replicas`` (the fixed size), and the optional ``priority`` (PriorityClass value),
-``restart_seconds`` (default 60), ``name`` and ``pool`` (the node pool its template admits,
-``0`` to ``pools - 1`` as :attr:`Cluster.pools` splits the nodes; empty: any node).
+``restart_seconds`` (default 60), ``name``, ``pool`` (the node pool its template admits,
+``0`` to ``pools - 1`` as :attr:`Cluster.pools` splits the nodes; empty: any node) and
+``cpu_per_worker`` (the CPUs each worker requests, where :attr:`Cluster.cpu_per_node` is
+modelled; empty: drawn as for a generated job).
 
 A ``curve`` ending in ``.csv`` is a measured curve in the simulator's format
 (``count,nodes,samples_per_second,gpu_utilization``, read by
@@ -163,6 +165,7 @@ class Job:
     # nodes it was measured on (:func:`measured_job`); empty for the parametric family
     measured: tuple[float, ...] = ()
     pool: int | None = None  # the node pool its template admits (a trace's); None: any node
+    cpu: float | None = None  # CPUs each worker requests (a trace's); None: drawn per cluster
 
     def __post_init__(self) -> None:
         if self.measured and (
@@ -331,6 +334,7 @@ def _job_of_row(
     priority = int(_field(row, "priority", line, int)) if row.get("priority") else 0
     restart = _field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0
     pool = _pool(row, line, pools)
+    cpu = _field(row, "cpu_per_worker", line, float) if row.get("cpu_per_worker") else None
     if curve.endswith(CURVE_FILE_SUFFIX):
         if curve not in curves:
             raise TraceError(f"line {line}: curve {curve!r}: no such curve file given")
@@ -340,10 +344,10 @@ def _job_of_row(
                                requested=requested, priority=priority, restart=restart)  # fmt: skip
         except ValueError as err:  # CurveError, or a throughput Job refuses
             raise TraceError(f"line {line}: curve {curve!r}: {err}") from None
-        return dataclasses.replace(job, pool=pool)
+        return dataclasses.replace(job, pool=pool, cpu=cpu)
     serial, cliff, rate = _parametric(curve, line)
     return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart,
-               pool=pool)  # fmt: skip
+               pool=pool, cpu=cpu)  # fmt: skip
 
 
 def _pool(row: Mapping[str, str | None], line: int, pools: int | None) -> int | None:
@@ -474,9 +478,12 @@ class Cluster:
     def cpu_of(self, job: Job) -> int:
         """The millicores each of ``job``'s workers requests: half a node's CPU for a share
         ``cpu_heavy`` of the jobs (data loaders; which drawn from the seed and its name),
-        else half a GPU's share of it; 0 when CPU is not modelled."""
+        else half a GPU's share of it; a trace's own figure (:attr:`Job.cpu`) where it gives
+        one; 0 when CPU is not modelled."""
         if self.cpu_per_node <= 0:
             return 0
+        if job.cpu is not None:
+            return round(1000 * job.cpu)
         if random.Random(f"{self.seed}/cpu/{job.name}").random() < self.cpu_heavy:
             return self.cpu_per_node // 2
         return self.cpu_per_node // (2 * self.gpus_per_node)
