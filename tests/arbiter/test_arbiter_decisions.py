@@ -367,13 +367,31 @@ def test_allocate_replicas(
         ),
         pytest.param(
             [
+                job("a", min_replicas=1, created=1),
+                job("b", min_replicas=3, created=2),
+                job("c", min_replicas=2, created=3),
+                job("d", min_replicas=2, created=4),
+            ],
+            "a",
+            "limited to 1 GPU by cluster arbitration (2 jobs waiting)",
+            id="limited-while-jobs-wait",
+        ),
+        pytest.param(
+            [
                 job("a", min_replicas=2, created=1),
                 job("b", min_replicas=3, created=2),
                 job("c", min_replicas=4, created=3),
             ],
             "a",
-            "limited to 4 GPUs by cluster arbitration (2 jobs waiting)",
-            id="limited-while-jobs-wait",
+            "limited to 4 GPUs: the nodes it may use have GPUs for 4 of the 8 workers it wants",
+            id="limited-by-its-nodes-gpus",  # all the node's GPUs: no neighbour limits it
+        ),
+        pytest.param(
+            [job("a", cpu_millis_per_worker=8000)],
+            "a",
+            "limited to 2 GPUs: the CPU and memory its workers request leave room for 2 of "
+            "the 8 it wants on the nodes it may use",
+            id="limited-by-its-nodes-cpu",
         ),
         pytest.param(
             [job("a"), job("b")],
@@ -402,7 +420,7 @@ def test_allocate_replicas(
     ],
 )
 def test_allocate_reason(demands: list[JobDemand], key: str, reason: str) -> None:
-    allocation = allocate(demands, nodes(1), now=100.0)
+    allocation = allocate(demands, nodes(1, cpu=[16_000]), now=100.0)
     assert allocation[key].reason == reason
 
 

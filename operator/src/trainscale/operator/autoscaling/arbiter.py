@@ -45,7 +45,10 @@ The decision is a pipeline of named steps, each a small function tested alone:
    free (a donor's GPUs on nodes the recipient may not use, CPU or memory a donor freed
    beside GPUs that no worker could use without it) is then handed out as in step 5.
 7. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
-   (3 jobs waiting)``, or why a job got all it wanted.
+   (3 jobs waiting)``, or why a job got all it wanted. A job granted all that the nodes it
+   may use hold of its workers is told that they limit it, not the jobs beside it:
+   ``limited to 4 GPUs: the CPU and memory its workers request leave room for 4 of the 8 it
+   wants on the nodes it may use`` (or: ``have GPUs for 4``).
 
 The objective, and why. A job's *speedup* at ``n`` workers is its predicted throughput at
 ``n`` over its throughput at ``minReplicas`` (its guaranteed share, so every admitted job
@@ -1246,6 +1249,10 @@ def _gpus(n: int) -> str:
     return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def _reason(
     demand: JobDemand,
     replicas: int,
@@ -1253,12 +1260,14 @@ def _reason(
     waiting: int,
     unreserved: Mapping[str, int],
     sharing: int,
+    alone: Mapping[str, int],
 ) -> str:
     """``unreserved``: per node, what admitted jobs' minimums do not hold (running jobs
     above their minimum give GPUs back to admit a queued job, so those count as free to it);
     the nodes the job may use count. A queued job whose GPUs are free in total but split
     across nodes, where none of its workers fits, is told so: "8 free" alone reads as a
-    bug."""
+    bug. ``alone``: what the nodes have for arbitrated jobs at all; a job granted all of it
+    that it can use is told that its nodes, not the jobs beside it, limit it."""
     gpus = replicas * demand.gpus_per_worker
     if replicas == 0:
         per = demand.gpus_per_worker
@@ -1280,7 +1289,21 @@ def _reason(
             )
         return reason
     if replicas < wanted:
-        crowd = f"{waiting} jobs waiting" if waiting else f"shared by {sharing} jobs"
+        room = _whole_workers(alone, demand)
+        if replicas >= room:
+            by_gpus = sum(
+                g // demand.gpus_per_worker for n, g in alone.items() if _may_use(demand, n)
+            )
+            if by_gpus > room:
+                return (
+                    f"limited to {_gpus(gpus)}: the CPU and memory its workers request leave "
+                    f"room for {room} of the {wanted} it wants on the nodes it may use"
+                )
+            return (
+                f"limited to {_gpus(gpus)}: the nodes it may use have GPUs for {room} of the "
+                f"{wanted} workers it wants"
+            )
+        crowd = f"{_jobs(waiting)} waiting" if waiting else f"shared by {_jobs(sharing)}"
         return f"limited to {_gpus(gpus)} by cluster arbitration ({crowd})"
     if wanted == demand.max_replicas:
         return f"granted {_gpus(gpus)}: its maxReplicas"
@@ -1332,6 +1355,7 @@ def allocate(
     free, pinned_places = subtract_pinned(jobs, capacity)
     arbitrated = [d for d in jobs if not d.pinned]
     _hold_running(free, arbitrated)
+    alone = free.copy()  # what the nodes have for the arbitrated jobs at all
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
     utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in arbitrated}
     placed, queued = admit_minimums(arbitrated, free, functools.partial(_kept_value, utilities))
@@ -1375,6 +1399,7 @@ def allocate(
                 waiting,
                 unreserved,
                 len(placed),
+                alone,
             ),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
