@@ -21,6 +21,7 @@ Covers:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -466,6 +467,8 @@ def test_a_workers_requests_are_its_templates(
     job = ManagedJob("d/j", job_spec, created=1.0)
     demand = build_demand(job)
     assert (demand.cpu_millis_per_worker, demand.memory_bytes_per_worker) == expected
+    assert not demand.preempts
+    assert build_demand(dataclasses.replace(job, preempts=True)).preempts  # its PriorityClass
 
 
 def test_a_job_is_granted_only_the_workers_its_cpu_leaves_room_for() -> None:

@@ -861,3 +861,64 @@ def test_two_jobs_share_a_nodes_cpu_not_each_its_own() -> None:
     allocation = allocate(jobs, nodes(1, gpus=8, cpu=[64_000]), now=10.0)
     assert allocation["a"].replicas + allocation["b"].replicas == 4
     assert allocation["a"].replicas >= 1 and allocation["b"].replicas >= 1
+
+
+def running_at(key: str, count: int, node: str = "n0", **kw: Any) -> JobDemand:
+    """A job running ``count`` workers on ``node`` at its minimum and maximum."""
+    return job(key, min_replicas=count, max_replicas=count, current_replicas=count,
+               current_nodes={node: count}, throughput=linear(count), **kw)  # fmt: skip
+
+
+def beside_low(key: str, least: int, priority: int, preempts: bool) -> list[JobDemand]:
+    """Job ``low`` running 4 workers on n0, and an arrival of that minimum and priority."""
+    arrival = job(key, min_replicas=least, priority=priority, preempts=preempts, created=2)
+    return [running_at("low", 4, created=1), arrival]
+
+
+@pytest.mark.parametrize(
+    ("count", "demands", "queued", "reason"),
+    [
+        pytest.param(1, beside_low("high", 2, 10, True), {"low"},
+                     "preempted by high (priority 10 over 0); queued: needs 4 GPUs, 2 free",
+                     id="a-higher-priority-arrival-queues-a-running-job"),
+        pytest.param(1, beside_low("high", 2, 10, False), {"high"}, None,
+                     id="preemption-policy-never-waits"),
+        pytest.param(1, beside_low("peer", 2, 0, True), {"peer"}, None,
+                     id="the-same-priority-never-preempts"),
+        pytest.param(1, beside_low("huge", 8, 10, True), {"huge"}, None,
+                     id="no-victim-when-even-all-would-not-make-room"),
+        pytest.param(
+            2,
+            [running_at("old", 4, "n0", created=1), running_at("new", 4, "n1", created=2),
+             job("high", min_replicas=4, priority=10, preempts=True, created=3)],
+            {"new"},
+            "preempted by high (priority 10 over 0); queued: needs 4 GPUs, 0 free",
+            id="the-newest-of-the-lowest-priority-goes",
+        ),
+        pytest.param(
+            2,
+            [running_at("small", 1, "n0", created=2), running_at("mid", 3, "n0", priority=1, created=1),
+             running_at("other", 4, "n1", priority=5, created=1),
+             job("high", min_replicas=3, priority=10, preempts=True, created=3)],
+            {"mid"},
+            "preempted by high (priority 10 over 1); queued: needs 3 GPUs, 0 free",
+            id="a-victim-not-needed-is-spared",  # small went first, but mid alone makes room
+        ),
+    ],
+)  # fmt: skip
+def test_preemption(
+    count: int, demands: list[JobDemand], queued: set[str], reason: str | None
+) -> None:
+    """A waiting job whose PriorityClass preempts (the Kubernetes default) and whose minimum
+    does not fit queues running jobs of lower priority, as few as do it: the lowest priority
+    first, then the newest, then a victim whose going is not needed is spared. Their workers
+    stop (the operator deletes a queued job's workers, which checkpoint); the job says who
+    took its place."""
+    allocation = allocate(demands, nodes(count), now=100.0)
+    assert {k for k, a in allocation.jobs.items() if a.queued} == queued
+    for key in queued:
+        if reason is not None:
+            assert allocation[key].reason == reason
+    for demand in demands:
+        if demand.key not in queued:
+            assert allocation[demand.key].replicas >= demand.min_replicas

@@ -414,3 +414,44 @@ def test_the_workers_planned_on_a_node_fit_its_cpu_and_memory(
     ):
         for node, amount in left.items():
             assert asked[resource][node] <= amount, (resource, node, asked[resource][node], amount)
+
+
+@st.composite
+def preempting_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
+    """Pooled clusters where some jobs' PriorityClass preempts (the Kubernetes default) and
+    others' says ``Never``; waiting jobs often outrank running ones (0-3 higher)."""
+    jobs, capacity = draw(pooled_clusters())
+    out = []
+    for d in jobs:
+        raise_by = draw(st.integers(0, 3)) if d.current_replicas == 0 else 0
+        out.append(
+            dataclasses.replace(d, preempts=draw(st.booleans()), priority=d.priority + raise_by)
+        )
+    return out, capacity
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(preempting_clusters())
+def test_a_running_job_is_queued_only_for_a_preempting_job_of_higher_priority(
+    cluster: tuple[list[JobDemand], Capacity],
+) -> None:
+    """A running job the arbiter would keep without preemption is queued only when a
+    waiting job that preempts, of higher priority, was admitted in its place (its reason
+    names it); every node stays within its GPUs."""
+    jobs, capacity = cluster
+    allocation = decide(jobs, capacity)
+    assert_within_capacity(jobs, capacity, allocation)
+    without = decide([dataclasses.replace(d, preempts=False) for d in jobs], capacity)
+    by_key = {d.key: d for d in jobs}
+    for demand in jobs:
+        got = allocation[demand.key]
+        if demand.pinned or demand.current_replicas == 0 or not got.queued:
+            continue
+        if without[demand.key].queued:
+            continue  # queued anyway (the cluster under it shrank)
+        assert got.reason.startswith("preempted by "), (demand.key, got.reason)
+        preemptor = by_key[got.reason.split()[2]]
+        assert preemptor.preempts and preemptor.current_replicas == 0, preemptor
+        assert preemptor.priority > demand.priority, (preemptor, demand)
+        assert not allocation[preemptor.key].queued

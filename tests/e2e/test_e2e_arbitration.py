@@ -61,6 +61,36 @@ def high_priority(kubectl: Any) -> Iterator[str]:
     kubectl("delete", "priorityclass", HIGH, check=False)
 
 
+def _running(kubectl: Any, namespace: str) -> dict[str, int]:
+    """Running, not terminating, worker pods per job; never more than the GPUs."""
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+    counts: dict[str, int] = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        if (
+            labels.get("app.kubernetes.io/component") == "worker"
+            and pod["status"].get("phase") == "Running"
+            and not pod["metadata"].get("deletionTimestamp")
+        ):
+            counts[labels[JOB_LABEL]] = counts.get(labels[JOB_LABEL], 0) + 1
+    assert sum(counts.values()) <= CAPACITY, counts
+    return counts
+
+
+def _status(kubectl: Any, namespace: str, job: str) -> dict[str, Any]:
+    found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
+    return dict(found.get("status") or {})
+
+
+def _describe(kubectl: Any, namespace: str, operator: OperatorProcess) -> str:
+    jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
+    events = kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                     check=False).stdout.splitlines()[-20:]  # fmt: skip
+    return (f"running: {_running(kubectl, namespace)}\n{jobs}\n"
+            f"{describe_pods(kubectl, namespace)}\n" + "\n".join(events) + "\n"
+            + operator.log_tail())  # fmt: skip
+
+
 def _ceilings_fit(
     status: Callable[[str], dict[str, Any]], room: int, least: int
 ) -> dict[str, int] | None:
@@ -81,29 +111,13 @@ def test_jobs_share_the_gpus_by_arbitration(
         kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
     def running() -> dict[str, int]:
-        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-        counts: dict[str, int] = {}
-        for pod in pods:
-            labels = pod["metadata"].get("labels") or {}
-            if (
-                labels.get("app.kubernetes.io/component") == "worker"
-                and pod["status"].get("phase") == "Running"
-                and not pod["metadata"].get("deletionTimestamp")
-            ):
-                counts[labels[JOB_LABEL]] = counts.get(labels[JOB_LABEL], 0) + 1
-        assert sum(counts.values()) <= CAPACITY, counts
-        return counts
+        return _running(kubectl, namespace)
 
     def status(job: str) -> dict[str, Any]:
-        found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
-        return dict(found.get("status") or {})
+        return _status(kubectl, namespace, job)
 
     def describe() -> str:
-        jobs = kubectl("get", "tj", "-n", namespace, check=False).stdout
-        events = kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
-                         check=False).stdout.splitlines()[-20:]  # fmt: skip
-        return (f"running: {running()}\n{jobs}\n{describe_pods(kubectl, namespace)}\n"
-                + "\n".join(events) + "\n" + operator.log_tail())  # fmt: skip
+        return _describe(kubectl, namespace, operator)
 
     # The scenario counts on all 16 GPUs: an earlier test's pods may still be going away.
     wait_for_every_gpu(kubectl, namespace)
@@ -162,3 +176,62 @@ def test_jobs_share_the_gpus_by_arbitration(
     assert not status("wide")["arbitration"]["queued"]
     final = running()
     assert final.get("big-a", 0) >= 2 and final.get("big-b", 0) >= 2, final
+
+
+@pytest.fixture
+def polite_priority(kubectl: Any) -> Iterator[str]:
+    """A PriorityClass as high as ``high_priority`` whose jobs never preempt."""
+    name = f"{HIGH}-polite"
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": name}, "value": 100000, "preemptionPolicy": "Never",
+        "description": "trainscale e2e: outranks the others, never preempts"}))  # fmt: skip
+    yield name
+    kubectl("delete", "priorityclass", name, check=False)
+
+
+def test_a_higher_priority_job_preempts_a_running_one(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    high_priority: str,
+    polite_priority: str,
+) -> None:
+    """A job holding all 16 GPUs at its minimum. A higher-priority job whose class says
+    ``preemptionPolicy: Never`` waits Queued beside it; one whose class preempts (the
+    Kubernetes default) queues it: its workers stop, its status names who took its place,
+    and the urgent job runs. When that one is gone, the preempted job runs again."""
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1")
+
+    def apply(obj: dict[str, Any]) -> None:
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    def arbitration(job: str) -> dict[str, Any]:
+        return dict(_status(kubectl, namespace, job).get("arbitration") or {})
+
+    wait_for_every_gpu(kubectl, namespace)
+    apply(autoscaled("whole", CAPACITY, CAPACITY, CAPACITY))
+    wait_for(lambda: _running(kubectl, namespace) == {"whole": CAPACITY}, timeout=90,
+             what="the whole job's 16 workers", describe=describe)  # fmt: skip
+
+    apply(autoscaled("polite", 4, 4, 4, priority=polite_priority))
+    wait_for(lambda: arbitration("polite").get("queued") is True, timeout=30,
+             what="the polite job Queued", describe=describe)  # fmt: skip
+    assert _running(kubectl, namespace) == {"whole": CAPACITY}
+    kubectl("delete", "tj", "polite", "-n", namespace)
+
+    apply(autoscaled("urgent", 4, 4, 4, priority=high_priority))
+    wait_for(lambda: _running(kubectl, namespace) == {"urgent": 4}, timeout=90,
+             what="the urgent job running, the whole job stopped", describe=describe)  # fmt: skip
+    whole = _status(kubectl, namespace, "whole")
+    assert whole.get("phase") == "Queued", whole
+    assert whole["arbitration"]["reason"].startswith(
+        f"preempted by {namespace}/urgent (priority 100000 over 0); queued: needs 16 GPUs"
+    ), whole["arbitration"]
+
+    kubectl("delete", "tj", "urgent", "-n", namespace)
+    wait_for(lambda: _running(kubectl, namespace) == {"whole": CAPACITY}, timeout=120,
+             what="the whole job running again", describe=describe)  # fmt: skip

@@ -327,10 +327,14 @@ def fetch_all_jobs(clients: KubernetesClients) -> list[dict[str, Any]]:
     return list(found.get("items") or [])
 
 
-def fetch_priority_values(clients: KubernetesClients) -> dict[str, int]:
-    """PriorityClass name -> value (what the scheduler orders pods by)."""
+def fetch_priority_classes(clients: KubernetesClients) -> dict[str, tuple[int, bool]]:
+    """PriorityClass name -> (value, whether it preempts): what the scheduler orders pods
+    by, and its ``preemptionPolicy`` (``PreemptLowerPriority``, the default, or ``Never``)."""
     found = _request(clients, "GET", "/apis/scheduling.k8s.io/v1/priorityclasses") or {}
     return {
-        (item.get("metadata") or {}).get("name", ""): int(item.get("value") or 0)
+        (item.get("metadata") or {}).get("name", ""): (
+            int(item.get("value") or 0),
+            item.get("preemptionPolicy", "PreemptLowerPriority") != "Never",
+        )
         for item in found.get("items") or []
     }

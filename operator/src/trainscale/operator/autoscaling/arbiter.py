@@ -21,12 +21,16 @@ The decision is a pipeline of named steps, each a small function tested alone:
    at those counts is known). ``minReplicas`` is always a candidate: the user's bound wins.
 3. ``admit_minimums`` — no starvation: every admitted job holds its ``minReplicas`` before any
    job grows. Running jobs keep their minimum first (in priority, then age order); a job is
-   never shrunk below its minimum to admit another, whatever the priorities — a running job
-   only loses its minimum when the cluster itself shrank. Then waiting jobs are admitted
+   never shrunk below its minimum to admit another — a running job only loses its minimum
+   when the cluster itself shrank, or to preemption. Then waiting jobs are admitted
    strictly first-in-first-out by priority, then age, while their minimum fits; the first one
    that does not fit blocks the ones behind it (no backfilling past it, so a large job is not
    starved by a stream of small ones). A job whose minimum exceeds the whole cluster cannot
-   block the queue and is skipped.
+   block the queue and is skipped. Preemption, as the scheduler's: a waiting job that does
+   not fit and whose PriorityClass preempts (``JobDemand.preempts``) queues running jobs of
+   lower priority, the fewest that make room (the lowest priority, then the newest, then a
+   reprieve for each one not needed); the victims stop whole (their workers checkpoint) and
+   wait in the queue, told who took their place.
 4. ``restore_running`` — the decision starts from the current allocation: admitted running
    jobs return to the size they run at (the largest candidate at or below it) before any job
    grows, each worker to the node it runs on, in replica-index order. An arrival admitted in
@@ -180,6 +184,9 @@ class JobDemand:
             (:class:`Capacity`) together with its GPUs, so the workers the arbiter places
             on a node, of every job, fit there (:mod:`~trainscale.operator.api.quantities`).
         memory_bytes_per_worker: the memory one worker requests, in bytes (0: none).
+        preempts: a waiting job whose minimum does not fit may queue running jobs of lower
+            priority to start (its PriorityClass's ``preemptionPolicy``:
+            ``PreemptLowerPriority``, the Kubernetes default; false for ``Never``).
     """
 
     key: str
@@ -201,6 +208,7 @@ class JobDemand:
     nodes: frozenset[str] | None = None
     cpu_millis_per_worker: int = 0
     memory_bytes_per_worker: int = 0
+    preempts: bool = False
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
@@ -397,6 +405,7 @@ def admit_minimums(
     demands: Sequence[JobDemand],
     free: dict[str, int],
     value: Callable[[JobDemand, int], float] | None = None,
+    preempted: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, int]], list[JobDemand]]:
     """Step 3: place every admitted job's minimum; return placements and the queued jobs.
 
@@ -410,7 +419,12 @@ def admit_minimums(
     behind it, unless its minimum would not fit on all the GPUs there are, each worker on
     one node (it could never start). On a cluster of node pools (:attr:`JobDemand.nodes`) a
     waiting job blocks only the jobs behind it that may use one of its nodes, and "all the
-    GPUs there are" are those on the nodes it may use."""
+    GPUs there are" are those on the nodes it may use.
+
+    Preemption: a waiting job whose minimum does not fit and that preempts
+    (:attr:`JobDemand.preempts`) queues running jobs of lower priority until it fits
+    (:func:`_preempt`: the lowest priority first, then the newest; none when even all of
+    them would not make room); each victim → its preemptor is recorded in ``preempted``."""
     placed: dict[str, dict[str, int]] = {}
     queued: list[JobDemand] = []
     running = sorted((d for d in demands if d.current_replicas > 0), key=_order_key)
@@ -444,6 +458,10 @@ def admit_minimums(
         where = _place(demand, demand.min_replicas, {}, free, dry_run=True)
         fits = sum(where.values()) >= demand.min_replicas
         mine = {n for n in ever if _may_use(demand, n)}
+        fits = fits or (
+            not mine & blocked
+            and _queue_victims(demand, running, placed, free, claims, queued, preempted)
+        )
         if not fits or mine & blocked:
             queued.append(demand)
             if _whole_workers(ever, demand) >= demand.min_replicas:
@@ -451,6 +469,74 @@ def admit_minimums(
             continue
         placed[demand.key] = _place(demand, demand.min_replicas, {}, free, claims=claims)
     return placed, queued
+
+
+def _queue_victims(
+    demand: JobDemand,
+    running: Sequence[JobDemand],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    claims: _Claims,
+    queued: list[JobDemand],
+    preempted: dict[str, str] | None,
+) -> bool:
+    """Queue the running jobs a preempting ``demand`` needs gone (:func:`_preempt`): their
+    workers leave (their claims too), they join ``queued``, and ``preempted`` records who
+    took their place. Whether ``demand``'s minimum fits now."""
+    if not demand.preempts:
+        return False
+    victims = _preempt(demand, running, placed, free)
+    for victim in victims:
+        _unplace(victim, sum(placed[victim.key].values()), placed[victim.key], free)
+        del placed[victim.key]
+        claims.drop(victim.key)
+        queued.append(victim)
+        if preempted is not None:
+            preempted[victim.key] = demand.key
+    return bool(victims)
+
+
+def _preempt(
+    demand: JobDemand,
+    running: Sequence[JobDemand],
+    placed: Mapping[str, Mapping[str, int]],
+    free: dict[str, int],
+) -> list[JobDemand]:
+    """The running jobs ``demand`` queues to fit its minimum, as the scheduler chooses
+    victims: of lower priority only, holding workers on a node it may use; the lowest
+    priority first, then the newest; then each victim, the most senior first, is spared if
+    the minimum still fits without its workers (a reprieve). Empty when even all of them
+    would not make room (none is queued for nothing)."""
+    candidates = sorted(
+        (
+            d
+            for d in running
+            if d.key in placed
+            and d.priority < demand.priority
+            and any(w > 0 and _may_use(demand, n) for n, w in placed[d.key].items())
+        ),
+        key=lambda d: (d.priority, -d.created, d.key),
+    )
+
+    def fits_without(victims: Sequence[JobDemand]) -> bool:
+        trial = free.copy()
+        for victim in victims:
+            _unplace(victim, sum(placed[victim.key].values()), placed[victim.key], trial)
+        where = _place(demand, demand.min_replicas, {}, trial, dry_run=True)
+        return sum(where.values()) >= demand.min_replicas
+
+    victims: list[JobDemand] = []
+    for candidate in candidates:
+        victims.append(candidate)
+        if fits_without(victims):
+            break
+    else:
+        return []
+    for victim in sorted(victims, key=lambda d: (-d.priority, d.created, d.key)):
+        spared = [v for v in victims if v is not victim]
+        if fits_without(spared):
+            victims = spared
+    return victims
 
 
 class _Claims:
@@ -1358,7 +1444,10 @@ def allocate(
     alone = free.copy()  # what the nodes have for the arbitrated jobs at all
     allowed = {d.key: compute_allowed_counts(d) for d in arbitrated}
     utilities = {d.key: _utilities(d, allowed[d.key], settings) for d in arbitrated}
-    placed, queued = admit_minimums(arbitrated, free, functools.partial(_kept_value, utilities))
+    preempted: dict[str, str] = {}
+    placed, queued = admit_minimums(
+        arbitrated, free, functools.partial(_kept_value, utilities), preempted
+    )
     unreserved = free.copy()  # what the admitted jobs' minimums leave
     restore_running(arbitrated, allowed, placed, free, settings, utilities)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
@@ -1392,14 +1481,18 @@ def allocate(
             wanted=wanted,
             queued=replicas == 0 and demand.min_replicas > 0,
             pinned=False,
-            reason=_reason(
-                demand,
-                replicas,
-                wanted,
-                waiting,
-                unreserved,
-                len(placed),
-                alone,
-            ),
+            reason=_preempted_by(demand, preempted, jobs)
+            + _reason(demand, replicas, wanted, waiting, unreserved, len(placed), alone),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
+
+
+def _preempted_by(
+    demand: JobDemand, preempted: Mapping[str, str], jobs: Sequence[JobDemand]
+) -> str:
+    """The head of a preempted job's reason: who took its place, and why it may."""
+    key = preempted.get(demand.key)
+    if key is None:
+        return ""
+    by = next(d for d in jobs if d.key == key)
+    return f"preempted by {key} (priority {by.priority} over {demand.priority}); "

@@ -34,7 +34,11 @@ Rules:
   on now, so pools kept apart by labels or taints are divided between the jobs that may use
   them, and a job no GPU node admits is queued with the field that excludes them named.
 * **Priority** is the value of the PriorityClass the worker template names (0 without one, or
-  when the class is unknown), as the scheduler itself would order them.
+  when the class is unknown), as the scheduler itself would order them. **Preemption** is the
+  class's ``preemptionPolicy``, as the scheduler reads it: a waiting job that outranks running
+  ones and does not fit queues the fewest of them (the lowest priority, then the newest;
+  their workers checkpoint and stop), unless its class says ``Never``. Without this, a job
+  the arbiter queues creates no pod, so the scheduler's own preemption could never act.
 """
 
 from __future__ import annotations
@@ -289,6 +293,9 @@ class ManagedJob:
         worker_nodes: the node of each of its workers bound and not finished, by replica
             index (:func:`compute_worker_nodes`).
         priority: the template's PriorityClass value (0 when none).
+        preempts: its PriorityClass lets it preempt lower priorities (``preemptionPolicy``
+            ``PreemptLowerPriority``, the Kubernetes default, also without a class); false
+            for ``Never``. The arbiter then queues running jobs of lower priority for it.
         throughput: predicted samples/s per worker count, from the job's autoscaler.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
@@ -300,6 +307,7 @@ class ManagedJob:
     created: float = 0.0
     worker_nodes: tuple[str, ...] = ()
     priority: int = 0
+    preempts: bool = False
     throughput: Mapping[int, float] = field(default_factory=dict)
     restart_cost_seconds: float = 0.0
     arbitration_enabled: bool = True
@@ -394,6 +402,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         ),
         cost_per_gpu_hour=autoscaling.cost_per_gpu_hour,
         priority=job.priority,
+        preempts=job.preempts,
         created=job.created,
         current_replicas=running,
         worker_nodes=job.worker_nodes,

@@ -135,7 +135,7 @@ class ClusterArbitration:
             asyncio.to_thread(k8s.fetch_gpu_nodes, clients),
             asyncio.to_thread(k8s.fetch_bound_pods, clients),
             asyncio.to_thread(k8s.fetch_all_jobs, clients),
-            asyncio.to_thread(k8s.fetch_priority_values, clients),
+            asyncio.to_thread(k8s.fetch_priority_classes, clients),
         )
         capacity = build_capacity(nodes, pods)
         running = compute_worker_nodes(pods)
@@ -169,7 +169,7 @@ class ClusterArbitration:
         self,
         body: Mapping[str, Any],
         running: Mapping[tuple[str, str], tuple[str, ...]],
-        priorities: Mapping[str, int],
+        priorities: Mapping[str, tuple[int, bool]],
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
         try:
@@ -179,13 +179,15 @@ class ClusterArbitration:
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         key = job_key(namespace, name)
         priority_class = (spec.template.get("spec") or {}).get("priorityClassName") or ""
+        priority, preempts = priorities.get(priority_class, (0, True))
         return ManagedJob(
             key=key,
             spec=spec,
             phase=(body.get("status") or {}).get("phase") or "",
             created=parse_timestamp(meta.get("creationTimestamp")),
             worker_nodes=running.get((namespace, name), ()),
-            priority=priorities.get(priority_class, 0),
+            priority=priority,
+            preempts=preempts,
             throughput=self._throughput(key, spec),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
             # Jobs outside this operator's namespaces belong to another operator: they hold
