@@ -315,3 +315,29 @@ def test_a_trace_with_cpus_per_worker_places_them_beside_the_gpus(
     assert "job resnet asks cpu_per_worker 16, more than a node's 8 (--cpu-per-node)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
+    tmp_path: Path,
+) -> None:
+    """A trace's priorities preempt under arbitration, as the operator's PriorityClasses do
+    by default: the urgent job starts on arrival, the job holding every GPU stops meanwhile
+    and then runs on from where it was; with fixed sizes the urgent job waits for it."""
+    path = tmp_path / "priorities.csv"
+    path.write_text(
+        "name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority\n"
+        "whole,0,20000000,0.0:0.0,16,16,16,0\n"
+        "urgent,600,500000,0.0:0.0,4,4,4,100\n"
+    )
+    jobs = read_trace(str(path))
+    horizon = 600 + 24 * 3600.0
+    arbitrated = simulate("trainscale", jobs, Cluster(4, 4, 60.0, 1), horizon)
+    held = [(t, h) for t, h, _ in arbitrated.timeline]
+    arrival = next(t for t, h in held if "urgent" in h)
+    assert arrival - 600 <= 60  # started at the first decision after it arrived
+    assert all(h == {"urgent": 4} for t, h in held if "urgent" in h)  # whole stopped meanwhile
+    assert any(h == {"whole": 16} for t, h in held if t > arrival)  # and ran again after
+    assert arbitrated.unfinished == 0
+    fixed = simulate("fixed", jobs, Cluster(4, 4, 60.0, 1), horizon)
+    finish = dict(fixed.finishes)
+    assert finish["urgent"] > finish["whole"]  # it waited for the whole job

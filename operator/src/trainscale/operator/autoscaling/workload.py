@@ -48,7 +48,10 @@ The policies (:data:`POLICIES`):
 - ``trainscale``: every step :func:`allocate` is called over the arrived, unfinished jobs with
   their demands; each job runs at the count it gets (its own autoscaler would stay at or below
   that ceiling; modelled as exactly the ceiling, since the arbiter never exceeds the job's
-  efficiency-floor count) and waits queued at 0. Restarts are charged as for the others.
+  efficiency-floor count) and waits queued at 0. Restarts are charged as for the others. A
+  job of a higher ``priority`` preempts as the operator's does by default (the running jobs
+  it queues keep their progress, as from a checkpoint); generated workloads have one
+  priority, so none preempts there.
 
 Node pools (``Cluster.pools``, ``Cluster.restricted``; ``benchmarks/cluster.py --pools``):
 the nodes split evenly into pools, and a share of the jobs (drawn per job from the seed) may
@@ -779,6 +782,7 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             max_replicas=s.job.max_replicas,
             min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),
             priority=s.job.priority,
+            preempts=True,  # the Kubernetes default policy of a PriorityClass
             created=s.job.arrival,
             current_replicas=s.replicas,
             restart_cost_seconds=s.job.restart,
