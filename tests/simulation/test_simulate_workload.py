@@ -318,11 +318,12 @@ def test_a_trace_with_cpus_per_worker_places_them_beside_the_gpus(
 
 
 def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A trace's priorities preempt under arbitration, as the operator's PriorityClasses do
     by default: the urgent job starts on arrival, the job holding every GPU stops meanwhile
-    and then runs on from where it was; with fixed sizes the urgent job waits for it."""
+    and then runs on from where it was (its line's sizes: 16 > 0 > 16); with fixed sizes the
+    urgent job waits for it."""
     path = tmp_path / "priorities.csv"
     path.write_text(
         "name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority\n"
@@ -341,3 +342,7 @@ def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
     fixed = simulate("fixed", jobs, Cluster(4, 4, 60.0, 1), horizon)
     finish = dict(fixed.finishes)
     assert finish["urgent"] > finish["whole"]  # it waited for the whole job
+    assert main(["simulate", "--workload", str(path), "--nodes", "4"]) == 0
+    lines = {x.split()[0]: x.split() for x in capsys.readouterr().out.splitlines() if x}
+    assert lines["whole"][-5:] == ["16", ">", "0", ">", "16"]  # sizes: stopped, then again
+    assert lines["urgent"][-2:] == ["4", "4"]  # GPUs (most), sizes: no 0 once it finished

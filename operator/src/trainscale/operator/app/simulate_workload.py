@@ -16,7 +16,7 @@ its trace row asks (``cpu_per_worker``), or, generated, half a node's for a shar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,10 +159,11 @@ def run_policies(options: WorkloadOptions, jobs: Sequence[Job]) -> dict[str, Res
     return results
 
 
-def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator[str]:
-    """Each job under ``result``'s policy: when it arrived, first ran and finished, its
-    completion time, the most GPUs it held and how often its size changed; on node pools,
-    the pool it may use (``any``: every node)."""
+def _histories(
+    result: Result, finish: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, int], dict[str, list[int]]]:
+    """From ``result``'s timeline, per job: when it first held GPUs, the most it held, and
+    its sizes in order (0 where it stopped before it finished: preempted or queued again)."""
     first: dict[str, float] = {}
     most: dict[str, int] = {}
     sizes: dict[str, list[int]] = {}
@@ -170,10 +171,23 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
         for name, workers in held.items():
             first.setdefault(name, now)
             most[name] = max(most.get(name, 0), workers)
-            seen = sizes.setdefault(name, [])
+            sizes.setdefault(name, [])
+        for name, seen in sizes.items():
+            workers = held.get(name, 0)
+            if workers == 0 and finish.get(name, math.inf) <= now:
+                continue  # finished, not stopped
             if not seen or seen[-1] != workers:
                 seen.append(workers)
+    return first, most, sizes
+
+
+def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator[str]:
+    """Each job under ``result``'s policy: when it arrived, first ran and finished, its
+    completion time, the most GPUs it held and how its size changed (0: stopped after it
+    had started, preempted or queued again); on node pools, the pool it may use (``any``:
+    every node)."""
     finish = dict(result.finishes)
+    first, most, sizes = _histories(result, finish)
     pools = cluster.pools > 1
     cpus = cluster.cpu_per_node > 0
     extra = (f"{'pool':>6}" if pools else "") + (f"{'CPUs':>6}" if cpus else "")
