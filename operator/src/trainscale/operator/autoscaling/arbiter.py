@@ -581,11 +581,10 @@ class _Claims:
         return not any(h[0] for h in self.held.values())
 
     def fits(self, node: str, spare: Mapping[str, int], demand: JobDemand) -> bool:
-        """Whether one worker of ``demand`` fits on ``node`` beside the claims there."""
+        """Whether one worker of ``demand``, which fits on ``node`` by what is left there
+        (a candidate of :func:`_place`), still fits beside the claims there."""
         held = self.held.get(node)
-        if held is None:
-            return _fits(spare, node, demand) > 0
-        return not _short(_left(spare, node), held, _need(demand))
+        return held is None or not _short(_left(spare, node), held, _need(demand))
 
     def _breaks(
         self, node: str, spare: Mapping[str, int], demand: JobDemand
@@ -1259,8 +1258,7 @@ def _next_node(
 ) -> str:
     """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
     if claims is not None:
-        held = claims.held  # (a candidate without claims fits: _place chose it so)
-        unclaimed = [n for n in candidates if n not in held or claims.fits(n, spare, demand)]
+        unclaimed = [n for n in candidates if claims.fits(n, spare, demand)]
         if not unclaimed:  # every candidate costs a running job workers: the least first
             return min(
                 candidates,

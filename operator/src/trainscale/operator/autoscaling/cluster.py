@@ -222,19 +222,21 @@ def build_node_free(
 
 
 def compute_worker_requests(spec: api.TrainingJobSpec) -> quantities.Requests:
-    """The CPU and memory one worker of ``spec``'s template requests; nothing when a
-    quantity does not parse (the API server refuses such pods anyway)."""
+    """The CPU and memory one worker of ``spec``'s template requests (:func:`_requests`)."""
+    return _requests(template_pod_spec(spec.template))
+
+
+def _requests(pod_spec: Mapping[str, Any]) -> quantities.Requests:
+    """The CPU and memory a pod spec requests; nothing when a quantity does not parse (the
+    API server refuses such pods anyway)."""
     try:
-        return quantities.compute_pod_requests(template_pod_spec(spec.template))
+        return quantities.compute_pod_requests(pod_spec)
     except (TypeError, ValueError):
         return quantities.Requests()
 
 
 def _pod_room(pod_spec: Mapping[str, Any], free: NodeFree) -> dict[str, int] | None:
-    try:
-        asked = quantities.compute_pod_requests(pod_spec)
-    except (TypeError, ValueError):
-        return None
+    asked = _requests(pod_spec)
     if asked.cpu_millis <= 0 and asked.memory_bytes <= 0:
         return None
     room: dict[str, int] = {}

@@ -555,9 +555,13 @@ class FreeGpus:
         )
         for s in active:
             for node in s.nodes:
-                self.free[node] -= 1
-                if self.cpu is not None:
-                    self.cpu[node] -= s.cpu
+                self._take(s, node)
+
+    def _take(self, s: Running, node: str, workers: int = 1) -> None:
+        """``workers`` of ``s`` take a GPU each, and their CPU, on ``node`` (negative: leave)."""
+        self.free[node] -= workers
+        if self.cpu is not None:
+            self.cpu[node] -= workers * s.cpu
 
     def holds(self, s: Running, node: str) -> int:
         """Workers of ``s`` that ``node`` has a GPU and the CPU for."""
@@ -593,9 +597,7 @@ class FreeGpus:
                 node = preferred
             else:
                 node = min(candidates, key=lambda n: (-mine.count(n), -self.free[n], n))
-            self.free[node] -= 1
-            if self.cpu is not None:
-                self.cpu[node] -= s.cpu
+            self._take(s, node)
             mine.append(node)
             out.append(node)
         return out
@@ -603,9 +605,7 @@ class FreeGpus:
     def give(self, s: Running, keep: int) -> None:
         """``s`` keeps its first ``keep`` workers: the others' GPUs (and CPU) are free."""
         for node in s.nodes[keep:]:
-            self.free[node] += 1
-            if self.cpu is not None:
-                self.cpu[node] += s.cpu
+            self._take(s, node, -1)
 
 
 def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
