@@ -30,15 +30,19 @@ from collections.abc import Sequence
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.workload import (
     POLICIES,
+    TIER_HEADER,
     Cluster,
     Job,
     Result,
+    Tier,
     floor_bound_jct,
     generate,
     read_trace,
     render,
     row,
     simulate,
+    tier_row,
+    tiers,
     worst,
 )
 from trainscale.testbed.pollux_trace import (
@@ -81,6 +85,36 @@ def print_checks(
         print(f"{'PASS' if ok else 'FAIL'}: {text}")
 
 
+def count_range(counts: Sequence[int]) -> str:
+    """``8`` when every seed has 8, else ``lowest-highest``."""
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def print_tiers(
+    by_policy: dict[str, list[Result]], by_tier: dict[str, list[list[Tier]]], markdown: bool
+) -> None:
+    """Each policy's jobs by priority, the highest first, worst seed metric by metric, and
+    the running jobs it stopped (preempted) to wait again."""
+    rows = []
+    for policy, runs in by_tier.items():
+        for i, tier in enumerate(runs[0]):
+            seeds = [run[i] for run in runs]
+            worst_tier = Tier(
+                priority=tier.priority,
+                jobs=max(t.jobs for t in seeds),
+                avg_jct=max(t.avg_jct for t in seeds),
+                p99_jct=max(t.p99_jct for t in seeds),
+                worst_slowdown=max(t.worst_slowdown for t in seeds),
+                unfinished=max(t.unfinished for t in seeds),
+            )
+            rows.append(tier_row(policy, worst_tier, count_range([t.jobs for t in seeds])))
+    print("by priority, worst seed:")
+    print(render(rows, markdown, header=TIER_HEADER))
+    stops = ", ".join(f"{p} {max(r.stops for r in rs):,}" for p, rs in by_policy.items())
+    print(f"running jobs stopped (preempted) to wait again, worst seed: {stops}")
+
+
 def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None) -> list[Job]:
     """The jobs of one run: Pollux's workload ``seed`` (with ``scaling``), the trace, or
     generated with ``seed``."""
@@ -89,7 +123,7 @@ def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None
         return load_workload(seed, scaling, total_gpus=total, restart=args.restart)
     if args.trace:
         return read_trace(args.trace)
-    return generate(seed, args.jobs, args.hours, args.gpus_per_node)
+    return generate(seed, args.jobs, args.hours, args.gpus_per_node, urgent=args.urgent)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,6 +161,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-heavy", type=float, default=0.0, metavar="SHARE",
                         help="share of the jobs whose workers ask half a node's CPU (the"
                         " others: half a GPU's share)")  # fmt: skip
+    parser.add_argument("--urgent", type=float, default=0.0, metavar="SHARE",
+                        help="share of the generated jobs with a higher priority (their"
+                        " PriorityClass preempts, in every policy: the arbiter's, or the"
+                        " scheduler's for the baselines' pods)")  # fmt: skip
+    parser.add_argument("--no-preemption", action="store_true",
+                        help="the PriorityClasses say preemptionPolicy: Never (a higher"
+                        " priority only goes first)")  # fmt: skip
     parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu"], nargs="+",
                         default=[],
                         help="ablations: keep from the arbiter the jobs' pools, or where their"
@@ -162,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     by_policy: dict[str, list[Result]] = {p: [] for p in args.policies}
+    by_tier: dict[str, list[list[Tier]]] = {p: [] for p in args.policies}
     bounds: list[float] = []
     seeds = args.pollux or ([0] if args.trace else args.seeds)
     scaling = measured_scaling() if args.pollux else None
@@ -183,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                               tell_plan="plan" not in args.hide,
                               cpu_per_node=1000 * args.cpu_per_node,
                               cpu_heavy=args.cpu_heavy,
-                              tell_cpu="cpu" not in args.hide)  # fmt: skip
+                              tell_cpu="cpu" not in args.hide,
+                              preempts=not args.no_preemption)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
+            by_tier[policy].append(tiers(by_policy[policy][-1], jobs, probe))
     results = {p: worst(rs) for p, rs in by_policy.items()}
     if args.per_seed:
         for i, seed in enumerate(seeds):
@@ -208,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workers granted that found {room} (left Pending), summed over"
               " steps, worst seed: "
               + ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items()))  # fmt: skip
+    if any(len(t[0]) > 1 for t in by_tier.values()):
+        print_tiers(by_policy, by_tier, args.markdown)
     if "trainscale" in results:
         print_checks(by_policy, results, bounds)
     return 0

@@ -29,6 +29,7 @@ import pytest
 
 from trainscale.operator.app.cli import main
 from trainscale.operator.autoscaling.workload import (
+    URGENT_PRIORITY,
     Cluster,
     Job,
     Result,
@@ -36,6 +37,8 @@ from trainscale.operator.autoscaling.workload import (
     read_trace,
     row,
     simulate,
+    tier_row,
+    tiers,
 )
 
 TRAINSCALE = Path(sys.executable).with_name("trainscale")
@@ -226,6 +229,16 @@ def test_a_bad_trace_names_the_line_and_column(
             ["--workload", "trace.csv", "--cpu-per-node", "32", "--cpu-heavy", "0.3"],
             "--cpu-heavy needs --cpu-per-node and a generated workload",
         ),
+        pytest.param(
+            ["--workload", "generated", "--urgent", "-0.1"],
+            "--urgent must be a share in [0, 1], got -0.1",
+        ),
+        pytest.param(
+            ["--workload", "trace.csv", "--urgent", "0.2"],
+            "--urgent needs a generated workload (a trace names each job's priority in its "
+            "priority column)",
+        ),
+        pytest.param(["--curve", "amdahl", "--urgent", "0.2"], "--urgent needs --workload"),
     ],
 )
 def test_bad_workload_flags_are_named(
@@ -322,8 +335,9 @@ def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
 ) -> None:
     """A trace's priorities preempt under arbitration, as the operator's PriorityClasses do
     by default: the urgent job starts on arrival, the job holding every GPU stops meanwhile
-    and then runs on from where it was (its line's sizes: 16 > 0 > 16); with fixed sizes the
-    urgent job waits for it."""
+    and then runs on from where it was (its line's sizes: 16 > 0 > 16). With fixed sizes the
+    scheduler preempts it as well (a gang: it stops whole); with ``preemptionPolicy: Never``
+    the urgent job waits for it under either."""
     path = tmp_path / "priorities.csv"
     path.write_text(
         "name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority\n"
@@ -339,10 +353,48 @@ def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
     assert all(h == {"urgent": 4} for t, h in held if "urgent" in h)  # whole stopped meanwhile
     assert any(h == {"whole": 16} for t, h in held if t > arrival)  # and ran again after
     assert arbitrated.unfinished == 0
+    assert arbitrated.stops == 1
     fixed = simulate("fixed", jobs, Cluster(4, 4, 60.0, 1), horizon)
     finish = dict(fixed.finishes)
-    assert finish["urgent"] > finish["whole"]  # it waited for the whole job
+    assert finish["urgent"] - 600 < 3600 < finish["whole"]  # the scheduler preempted it
+    assert fixed.stops == 1
+    for policy in ("fixed", "trainscale"):
+        never = simulate(policy, jobs, Cluster(4, 4, 60.0, 1, preempts=False), horizon)
+        finish = dict(never.finishes)
+        assert finish["urgent"] > finish["whole"]  # it waited for the whole job
+        assert never.stops == 0
     assert main(["simulate", "--workload", str(path), "--nodes", "4"]) == 0
-    lines = {x.split()[0]: x.split() for x in capsys.readouterr().out.splitlines() if x}
+    out = capsys.readouterr().out
+    lines = {x.split()[0]: x.split() for x in out.splitlines() if x}
     assert lines["whole"][-5:] == ["16", ">", "0", ">", "16"]  # sizes: stopped, then again
     assert lines["urgent"][-2:] == ["4", "4"]  # GPUs (most), sizes: no 0 once it finished
+    # the completion times by priority, each policy's tiers as simulated, and the stops
+    table = out.split("# by priority:\n")[1].split("\n#")[0].splitlines()
+    cluster = Cluster(4, 4, 60.0, 1)
+    rows = [
+        list(tier_row(policy, tier))
+        for policy in ("fixed", "per-job", "trainscale")
+        for tier in tiers(simulate(policy, jobs, Cluster(4, 4, 60.0, 1), horizon), jobs, cluster)
+    ]
+    assert [x.split() for x in table[1:]] == rows
+    assert [r[:2] for r in rows] == [[p, t] for p in ("fixed", "per-job", "trainscale")
+                                     for t in ("100", "0")]  # fmt: skip
+    assert (
+        "# running jobs stopped (preempted) to wait again: fixed 1, per-job 1, trainscale 1" in out
+    )
+
+
+def test_a_generated_workload_with_urgent_jobs_is_shown_by_priority(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--workload", "generated", "--jobs", "20", "--hours", "0.5", "--nodes", "4"]
+    assert main(["simulate", *argv, "--urgent", "0.3"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("# by priority:\n")[1].split("\n#")[0].splitlines()
+    urgent = sum(j.priority == URGENT_PRIORITY for j in generate(1, 20, 0.5, 4, urgent=0.3))
+    assert [x.split()[:3] for x in table[1:3]] == [
+        ["fixed", str(URGENT_PRIORITY), str(urgent)],
+        ["fixed", "0", str(20 - urgent)],
+    ]
+    assert main(["simulate", *argv]) == 0
+    assert "# by priority:" not in capsys.readouterr().out  # one priority: no such table

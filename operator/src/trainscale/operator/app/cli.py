@@ -172,7 +172,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _cmd_simulate_workload(args)
     from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
 
-    for flag in ("nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy"):
+    workload_flags = (
+        "nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy", "urgent"
+    )  # fmt: skip
+    for flag in workload_flags:
         if getattr(args, flag) is not None:
             name = flag.replace("_", "-")
             sys.stderr.write(f"trainscale simulate: error: --{name} needs --workload\n")
@@ -213,6 +216,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         restricted=args.restricted if args.restricted is not None else 0.0,
         cpu_per_node=args.cpu_per_node if args.cpu_per_node is not None else 0,
         cpu_heavy=args.cpu_heavy if args.cpu_heavy is not None else 0.0,
+        urgent=args.urgent if args.urgent is not None else 0.0,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -340,6 +344,14 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SHARE",
         help="share of the generated jobs whose workers ask half a node's CPUs, drawn per job; "
         "the others ask half a GPU's share (--workload generated, with --cpu-per-node)",
+    )
+    sim.add_argument(
+        "--urgent",
+        type=float,
+        metavar="SHARE",
+        help="share of the generated jobs given a higher priority, drawn per job; their "
+        "PriorityClass preempts under every policy (--workload generated; a trace has a "
+        "priority column)",
     )
     sim.add_argument(
         "--policies",

@@ -10,7 +10,11 @@ for ``--plot``). A cluster split into node pools (``--pools``) holds each job to
 trace row names (``pool``), or, generated, a share of the jobs (``--restricted``) to one pool
 drawn per job. With CPU beside the GPUs (``--cpu-per-node``), each worker also needs the CPUs
 its trace row asks (``cpu_per_worker``), or, generated, half a node's for a share of the jobs
-(``--cpu-heavy``) and half a GPU's share for the rest, on its node.
+(``--cpu-heavy``) and half a GPU's share for the rest, on its node. Where jobs have more than
+one priority (a trace's ``priority`` column, or ``--urgent``: a share of the generated jobs
+given a higher one), the completion times are also shown by priority, with the running jobs
+each policy stopped (preempted) to wait again: the baselines' pods preempt as the default
+scheduler's do, and trainscale's arbiter as the operator does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from trainscale.operator.app.simulate import SimulateError, load_pyplot
 from trainscale.operator.autoscaling.workload import (
     POLICIES,
+    TIER_HEADER,
     Cluster,
     Job,
     Result,
@@ -32,6 +37,8 @@ from trainscale.operator.autoscaling.workload import (
     render,
     row,
     simulate,
+    tier_row,
+    tiers,
 )
 
 GENERATED = "generated"
@@ -59,6 +66,7 @@ class WorkloadOptions:
     restricted: float = 0.0
     cpu_per_node: int = 0  # CPUs per node; 0: CPU not modelled
     cpu_heavy: float = 0.0
+    urgent: float = 0.0  # share of the generated jobs with a higher priority
 
 
 def _check_flags(options: WorkloadOptions) -> None:
@@ -78,6 +86,7 @@ def _check_flags(options: WorkloadOptions) -> None:
                  "--pools 2 or more", "pool in its pool column")  # fmt: skip
     _check_share("--cpu-heavy", options.cpu_heavy, generated and options.cpu_per_node > 0,
                  "--cpu-per-node", "CPUs per worker in its cpu_per_worker column")  # fmt: skip
+    _check_share("--urgent", options.urgent, generated, "", "priority in its priority column")
     unknown = [p for p in options.policies if p not in POLICIES]
     if unknown or "trainscale" not in options.policies:
         raise WorkloadError(
@@ -87,13 +96,15 @@ def _check_flags(options: WorkloadOptions) -> None:
 
 
 def _check_share(flag: str, share: float, usable: bool, needs: str, column: str) -> None:
-    """A share of a generated workload's jobs (``--restricted``, ``--cpu-heavy``): in [0, 1],
-    and given only where it applies (``usable``: a generated workload with ``needs``)."""
+    """A share of a generated workload's jobs (``--restricted``, ``--cpu-heavy``,
+    ``--urgent``): in [0, 1], and given only where it applies (``usable``: a generated
+    workload, with ``needs`` where not empty)."""
     if not 0.0 <= share <= 1.0:
         raise WorkloadError(f"{flag} must be a share in [0, 1], got {share}")
     if share > 0 and not usable:
+        needs = f"{needs} and " if needs else ""
         raise WorkloadError(
-            f"{flag} needs {needs} and a generated workload (a trace names each job's {column})"
+            f"{flag} needs {needs}a generated workload (a trace names each job's {column})"
         )
 
 
@@ -107,7 +118,9 @@ def load_workload(options: WorkloadOptions) -> list[Job]:
     if options.workload == GENERATED:
         if options.jobs < 1 or options.hours <= 0:
             raise WorkloadError("--jobs must be >= 1 and --hours > 0 for a generated workload")
-        return generate(options.seed, options.jobs, options.hours, options.gpus_per_node)
+        return generate(
+            options.seed, options.jobs, options.hours, options.gpus_per_node, urgent=options.urgent
+        )
     try:
         jobs = read_trace(options.workload, pools=options.pools)
     except OSError as exc:
@@ -296,6 +309,12 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
             f"# workers granted that found {room} (Pending), summed over steps: {pending}",
             file=out,
         )
+    if len({j.priority for j in jobs}) > 1:
+        rows = [tier_row(p, t) for p, r in results.items() for t in tiers(r, jobs, cluster)]
+        print("# by priority:", file=out)
+        print(render(rows, markdown=False, header=TIER_HEADER), file=out)
+        stops = ", ".join(f"{p} {r.stops:,}" for p, r in results.items())
+        print(f"# running jobs stopped (preempted) to wait again: {stops}", file=out)
     base = results.get("fixed")
     ts = results["trainscale"]
     if base is not None:

@@ -23,8 +23,9 @@ the next decision.
 The policies (:data:`POLICIES`):
 
 - ``fixed``: each job runs at its requested size, started when that many GPUs are free. The
-  queue is scanned in arrival order and any job that fits starts (as a gang scheduler such as
-  Kueue's BestEffortFIFO would; strict FIFO would only make this baseline worse).
+  queue is scanned in priority, then arrival order and any job that fits starts (as a gang
+  scheduler such as Kueue's BestEffortFIFO would; strict FIFO would only make this baseline
+  worse).
 - ``per-job``: each job autoscales alone, as trainscale does without arbitration: every job
   has its own :class:`~trainscale.operator.autoscaling.JobAutoscaler` (the product's code,
   efficiency objective at the job's floor: 0.7, ``minEfficiency``'s default, or the
@@ -50,8 +51,20 @@ The policies (:data:`POLICIES`):
   that ceiling; modelled as exactly the ceiling, since the arbiter never exceeds the job's
   efficiency-floor count) and waits queued at 0. Restarts are charged as for the others. A
   job of a higher ``priority`` preempts as the operator's does by default (the running jobs
-  it queues keep their progress, as from a checkpoint); generated workloads have one
-  priority, so none preempts there.
+  it queues keep their progress, as from a checkpoint).
+
+Priorities (``Job.priority``: a trace's column, or ``generate(urgent=...)``,
+``benchmarks/cluster.py --urgent``). A PriorityClass preempts by default in Kubernetes, and
+not only for trainscale: the baselines' pods preempt as the default scheduler's do
+(:meth:`_Pods.evict_for`), or a higher priority would wait behind every running job under them
+alone and flatter arbitration. A pod of a higher-priority job that finds no GPU evicts a
+worker of a lower-priority job on a node it may use (the lowest priority, then the newest
+job first; nothing when that would still not make room); a fixed-size job stops whole when
+it loses one (a gang: its run fails), an elastic one runs on with the rest while they keep
+its minimum; either waits again with its progress and pays a restart. The queue, and each
+step's new pods, go in priority order. ``Cluster.preempts`` off is ``preemptionPolicy:
+Never`` for every policy: a higher priority only goes first. Generated and Pollux
+workloads have one priority unless asked, so no committed table changes with this.
 
 Node pools (``Cluster.pools``, ``Cluster.restricted``; ``benchmarks/cluster.py --pools``):
 the nodes split evenly into pools, and a share of the jobs (drawn per job from the seed) may
@@ -234,12 +247,18 @@ def measured_job(
 # ---------------------------------------------------------------------------- workloads
 
 SIZES = [(1, 0.40), (2, 0.20), (4, 0.20), (8, 0.15), (16, 0.05)]
+URGENT_PRIORITY = 1000  # a generated urgent job's PriorityClass value (the others: 0)
 
 
-def generate(seed: int, jobs: int, hours: float, gpus_per_node: int) -> list[Job]:
+def generate(
+    seed: int, jobs: int, hours: float, gpus_per_node: int, *, urgent: float = 0.0
+) -> list[Job]:
     """Poisson arrivals over ``hours``; requested sizes mostly small (as in published
-    traces); run time at the requested size log-uniform from 6 minutes to 3 hours."""
+    traces); run time at the requested size log-uniform from 6 minutes to 3 hours. A share
+    ``urgent`` of the jobs (drawn apart from the rest, so the jobs are the same with or
+    without it) has priority :data:`URGENT_PRIORITY`, the rest 0."""
     rng = random.Random(seed)
+    urgent_draw = random.Random(f"{seed}/urgent")
     out: list[Job] = []
     t = 0.0
     mean_gap = hours * 3600.0 / jobs
@@ -261,6 +280,7 @@ def generate(seed: int, jobs: int, hours: float, gpus_per_node: int) -> list[Job
             min_replicas=lo,
             max_replicas=hi,
             requested=requested,
+            priority=URGENT_PRIORITY if urgent_draw.random() < urgent else 0,
             restart=rng.uniform(30.0, 90.0),
         )
         seconds = math.exp(rng.uniform(math.log(360.0), math.log(3 * 3600.0)))
@@ -436,6 +456,7 @@ class Running:
     restart_left: float = 0.0
     started: bool = False
     rescales: int = 0
+    stops: int = 0  # times it stopped before it finished (preempted), to wait again
     finish: float | None = None
     gpu_seconds: float = 0.0
     recent: list[int] = field(default_factory=list)  # hpa: recent recommendations
@@ -471,6 +492,9 @@ class Cluster:
     cpu_per_node: int = 0  # millicores each node has (0: CPU not modelled)
     cpu_heavy: float = 0.0  # share of the jobs whose workers ask half a node's CPU
     tell_cpu: bool = True  # the arbiter is told the nodes' CPU and the workers' requests
+    # the jobs' PriorityClasses preempt (the Kubernetes default, preemptionPolicy
+    # PreemptLowerPriority) in every policy; False: Never, a higher priority only goes first
+    preempts: bool = True
 
     @property
     def by_node(self) -> bool:
@@ -602,30 +626,111 @@ class FreeGpus:
             out.append(node)
         return out
 
+    def evict(self, s: Running, index: int) -> None:
+        """``s``'s worker ``index`` is preempted: its GPU (and CPU) are free, and the workers
+        after it move down one index, as the elastic trainer renumbers them."""
+        self._take(s, s.nodes.pop(index), -1)
+
     def give(self, s: Running, keep: int) -> None:
         """``s`` keeps its first ``keep`` workers: the others' GPUs (and CPU) are free."""
         for node in s.nodes[keep:]:
             self._take(s, node, -1)
 
 
+def _by_priority(active: Sequence[Running]) -> list[Running]:
+    """The jobs as the scheduler's queue orders their pods: the highest priority first, then
+    arrival (one priority: arrival order). A baseline's growth goes in this order, so a job
+    its pods preempt (:meth:`_Pods.evict_for`) has not grown in the same step."""
+    return sorted(active, key=lambda s: -s.job.priority)
+
+
+def _waiting(active: Sequence[Running]) -> list[Running]:
+    """The jobs holding no GPU, in the scheduler's queue order (:func:`_by_priority`)."""
+    return [s for s in _by_priority(active) if s.replicas == 0]
+
+
+@dataclass
+class _Pods:
+    """A baseline's decision in progress, as the default scheduler binds its pods: each
+    job's workers (``out``) and the free GPUs (``free``)."""
+
+    active: Sequence[Running]
+    cluster: Cluster
+    free: FreeGpus
+    out: dict[str, int]
+
+    def evict_for(self, s: Running, workers: int, *, least: int, gang: bool) -> None:
+        """The default scheduler's preemption: ``workers`` pods of ``s`` that find no GPU
+        evict workers of lower-priority jobs on the nodes ``s`` may use, the lowest priority
+        first, then the newest job's, its highest indexes there first, until they fit
+        (nothing when ``cluster.preempts`` is off, as ``preemptionPolicy: Never``, and
+        nothing when all of them would not make room for ``least``: the job's whole size,
+        its minimum, or one more worker; the scheduler evicts only for a pod that then
+        fits). A ``gang`` job (fixed sizes: its run fails with any of its pods) stops whole
+        and waits to start again; an elastic one runs on with the workers it keeps while
+        they hold its minimum, else it stops too. Either keeps its progress (a checkpoint)
+        and pays a restart. Mutates ``out``, ``free`` and the victims' ``nodes``."""
+        free, out = self.free, self.out
+        if not self.cluster.preempts or free.available(s) >= workers:
+            return
+        victims = sorted(
+            (
+                v
+                for v in self.active
+                if v.job.priority < s.job.priority
+                and any(s.may_use(node) for node in v.nodes[: out[v.job.name]])
+            ),
+            key=lambda v: (v.job.priority, -v.job.arrival, v.job.name),
+        )
+        there = sum(s.may_use(n) for v in victims for n in v.nodes[: out[v.job.name]])
+        if free.available(s) + there < least:
+            return
+        for v in victims:
+            if free.available(s) >= workers:
+                return
+            held = out[v.job.name]
+            for i in reversed(range(held)):
+                if free.available(s) >= workers:
+                    break
+                if s.may_use(v.nodes[i]):
+                    free.evict(v, i)
+                    held -= 1
+            if held < out[v.job.name] and (gang or held < v.job.min_replicas):
+                for i in reversed(range(held)):
+                    free.evict(v, i)
+                held = 0
+            out[v.job.name] = held
+
+    def grow(self, s: Running, workers: int) -> int:
+        """``workers`` more pods of a running job: those that find no GPU preempt
+        (:meth:`evict_for`), the rest stay Pending. Returns its new count."""
+        self.evict_for(s, workers, least=1, gang=False)
+        return self.out[s.job.name] + len(self.free.take(s, workers))
+
+
 def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
-    free = FreeGpus(active, cluster)
-    out = {s.job.name: s.replicas for s in active}
-    for s in active:
-        if s.replicas == 0 and s.job.requested <= free.available(s):
-            out[s.job.name] = len(free.take(s, s.job.requested))
-    return out
+    pods = _Pods(
+        active, cluster, FreeGpus(active, cluster), {s.job.name: s.replicas for s in active}
+    )
+    for s in _waiting(active):
+        pods.evict_for(s, s.job.requested, least=s.job.requested, gang=True)
+        if s.job.requested <= pods.free.available(s):
+            pods.out[s.job.name] = len(pods.free.take(s, s.job.requested))
+    return pods.out
 
 
-def _start_with_what_is_free(
-    active: list[Running], cluster: Cluster
-) -> tuple[dict[str, int], FreeGpus]:
-    free = FreeGpus(active, cluster)
-    out = {s.job.name: s.replicas for s in active}
-    for s in active:
-        if s.replicas == 0 and free.available(s) >= s.job.min_replicas:
-            out[s.job.name] = len(free.take(s, min(s.job.requested, free.available(s))))
-    return out, free
+def _start_with_what_is_free(active: list[Running], cluster: Cluster) -> _Pods:
+    """The waiting jobs start, in the queue's order, with what is free up to their requested
+    size (at least their minimum; their pods preempt as the scheduler's)."""
+    pods = _Pods(
+        active, cluster, FreeGpus(active, cluster), {s.job.name: s.replicas for s in active}
+    )
+    for s in _waiting(active):
+        pods.evict_for(s, s.job.requested, least=s.job.min_replicas, gang=False)
+        room = pods.free.available(s)
+        if room >= s.job.min_replicas:
+            pods.out[s.job.name] = len(pods.free.take(s, min(s.job.requested, room)))
+    return pods
 
 
 def job_spec(job: Job, gpus_per_node: int) -> TrainingJobSpec:
@@ -678,8 +783,9 @@ def placed(s: Running, cluster: Cluster) -> Placement:
 def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
     """Each job's own :class:`JobAutoscaler` (the product, no arbitration), fed noisy
     observations; what it asks above the free GPUs stays Pending (first come, first served)."""
-    out, free = _start_with_what_is_free(active, cluster)
-    for s in active:
+    pods = _start_with_what_is_free(active, cluster)
+    out, free = pods.out, pods.free
+    for s in _by_priority(active):
         n = out[s.job.name]
         if s.replicas == 0 or n == 0:
             continue
@@ -691,7 +797,7 @@ def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[
             [observe(s, cluster, now)], current_replicas=n, now=now, placement=placed(s, cluster)
         )
         if rec.replicas > n:
-            out[s.job.name] = n + len(free.take(s, rec.replicas - n))
+            out[s.job.name] = pods.grow(s, rec.replicas - n)
         elif rec.replicas < n:
             free.give(s, rec.replicas)
             out[s.job.name] = rec.replicas
@@ -699,20 +805,22 @@ def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[
 
 
 def policy_per_job_oracle(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
-    out, free = _start_with_what_is_free(active, cluster)
-    for s in active:  # arrival order: first come, first served
+    pods = _start_with_what_is_free(active, cluster)
+    out = pods.out
+    for s in _by_priority(active):  # then arrival order: first come, first served
         n = out[s.job.name]
         if s.replicas == 0 or n == 0:
             continue
         target = s.job.floor_count(cluster.gpus_per_node)
         if target > n:
-            out[s.job.name] = n + len(free.take(s, target - n))
+            out[s.job.name] = pods.grow(s, target - n)
     return out
 
 
 def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
-    out, free = _start_with_what_is_free(active, cluster)
-    for s in active:
+    pods = _start_with_what_is_free(active, cluster)
+    out, free = pods.out, pods.free
+    for s in _by_priority(active):
         n = out[s.job.name]
         if s.replicas == 0 or n == 0:
             continue
@@ -725,7 +833,7 @@ def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str,
         s.recent = [*s.recent, desired][-HPA_DOWN_WINDOW_STEPS:]
         desired = min(n, max(s.recent)) if desired < n else desired
         if desired > n:
-            desired = n + len(free.take(s, desired - n))
+            desired = pods.grow(s, desired - n)
         elif desired < n:
             free.give(s, desired)
         out[s.job.name] = desired
@@ -782,7 +890,7 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             max_replicas=s.job.max_replicas,
             min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),
             priority=s.job.priority,
-            preempts=True,  # the Kubernetes default policy of a PriorityClass
+            preempts=cluster.preempts,
             created=s.job.arrival,
             current_replicas=s.replicas,
             restart_cost_seconds=s.job.restart,
@@ -829,6 +937,52 @@ class Result:
     # workers the policy granted that found no GPU (or no CPU beside one) on the nodes their
     # job may use (pods left Pending), summed over steps; 0 on one pool without CPU
     unplaced: int = 0
+    stops: int = 0  # running jobs stopped before they finished (preempted), summed
+
+
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile of sorted ``values`` (the nearest rank); inf for none."""
+    if not values:
+        return math.inf
+    return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]
+
+
+@dataclass(frozen=True)
+class Tier:
+    """The jobs of one priority in a run (:func:`tiers`)."""
+
+    priority: int
+    jobs: int
+    avg_jct: float
+    p99_jct: float
+    worst_slowdown: float
+    unfinished: int
+
+
+def tiers(result: Result, jobs: Sequence[Job], cluster: Cluster) -> list[Tier]:
+    """``result``'s JCTs split by the jobs' priority, the highest first: how a policy treats
+    urgent jobs against the rest (their JCT, and slowdown against the job alone on
+    ``cluster``). Metrics as :class:`Result`'s; inf where no job of a tier finished."""
+    finish = dict(result.finishes)
+    out = []
+    for priority in sorted({j.priority for j in jobs}, reverse=True):
+        mine = [j for j in jobs if j.priority == priority]
+        done = [j for j in mine if j.name in finish]
+        jcts = sorted(finish[j.name] - j.arrival for j in done)
+        out.append(
+            Tier(
+                priority=priority,
+                jobs=len(mine),
+                avg_jct=statistics.fmean(jcts) if jcts else math.inf,
+                p99_jct=p99(jcts),
+                worst_slowdown=max(
+                    ((finish[j.name] - j.arrival) / alone_jct(j, cluster) for j in done),
+                    default=math.inf,
+                ),
+                unfinished=len(mine) - len(done),
+            )
+        )
+    return out
 
 
 def alone_jct(job: Job, cluster: Cluster) -> float:
@@ -855,20 +1009,54 @@ def floor_bound_jct(job: Job, cluster: Cluster) -> float:
 
 def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) -> dict[str, int]:
     """Each job's workers after the policy's targets: the shrinking jobs' highest indexes
-    go first, then new workers are placed where they fit (on one pool every target fits;
-    on several, a job can get fewer than its target, as pods left Pending). Returns the
-    workers each job has."""
+    go first, then new workers are placed where they fit, the highest priority's first as
+    the scheduler's queue takes pods (on one pool every target fits; on several, a job can
+    get fewer than its target, as pods left Pending). Returns the workers each job has."""
     free = FreeGpus(active, cluster)
     for s in active:
         n = targets.get(s.job.name, s.replicas)
         if n < len(s.nodes):
             free.give(s, n)
             del s.nodes[n:]
-    for s in active:
+    for s in _by_priority(active):
         n = targets.get(s.job.name, s.replicas)
         if n > len(s.nodes):
             free.take(s, n - len(s.nodes), placed=s.nodes, plan=cluster.plans.get(s.job.name))
     return {s.job.name: len(s.nodes) for s in active}
+
+
+def _resize(s: Running, n: int) -> None:
+    """``s`` runs ``n`` workers from now: a change of a running job's size is a rescale, to
+    0 a stop (preempted), and any change to a size above 0 costs its restart."""
+    if n == s.replicas:
+        return
+    if s.replicas > 0 and n > 0:
+        s.rescales += 1
+    if s.replicas > 0 and n == 0:
+        s.stops += 1
+    if n > 0:
+        s.restart_left = s.job.restart
+    s.replicas = n
+
+
+def _advance(s: Running, now: float, dt: float, gpus_per_node: int) -> None:
+    """One step of a running job: GPU time held, the restart paused, progress; it finishes
+    mid-step when its work is done (and frees its GPUs)."""
+    s.gpu_seconds += s.replicas * dt
+    paused = min(dt, s.restart_left)
+    s.restart_left -= paused
+    rate = s.job.throughput(s.replicas, gpus_per_node)
+    left = s.job.samples - s.done
+    run = dt - paused
+    s.last_rate = rate * run / dt
+    s.paused_last = paused > 0
+    if rate * run >= left:
+        s.finish = now + paused + left / rate
+        s.gpu_seconds -= s.replicas * (dt - paused - left / rate)
+        s.replicas = 0
+        s.nodes.clear()
+    else:
+        s.done += rate * run
 
 
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
@@ -893,31 +1081,10 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
         unplaced += sum(max(0, targets.get(name, n) - n) for name, n in placed.items())
         held: dict[str, int] = {}
         for s in active:
-            n = placed[s.job.name]
-            if n != s.replicas:
-                if s.replicas > 0 and n > 0:
-                    s.rescales += 1
-                if n > 0:
-                    s.restart_left = s.job.restart
-                s.replicas = n
-            if s.replicas == 0:
-                continue
-            held[s.job.name] = s.replicas
-            s.gpu_seconds += s.replicas * dt
-            paused = min(dt, s.restart_left)
-            s.restart_left -= paused
-            rate = s.job.throughput(s.replicas, cluster.gpus_per_node)
-            left = s.job.samples - s.done
-            run = dt - paused
-            s.last_rate = rate * run / dt
-            s.paused_last = paused > 0
-            if rate * run >= left:
-                s.finish = now + paused + left / rate
-                s.gpu_seconds -= s.replicas * (dt - paused - left / rate)
-                s.replicas = 0
-                s.nodes.clear()
-            else:
-                s.done += rate * run
+            _resize(s, placed[s.job.name])
+            if s.replicas > 0:
+                held[s.job.name] = s.replicas
+                _advance(s, now, dt, cluster.gpus_per_node)
         timeline.append((now, held, len(active) - len(held)))
         now += dt
     finished = [s for s in cluster.states if s.finish is not None]
@@ -931,7 +1098,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
     return Result(
         policy=policy,
         avg_jct=statistics.fmean(jcts) if jcts else math.inf,
-        p99_jct=jcts[min(len(jcts) - 1, math.ceil(0.99 * len(jcts)) - 1)] if jcts else math.inf,
+        p99_jct=p99(jcts),
         makespan=max((s.finish for s in finished if s.finish is not None), default=math.inf)
         - min(j.arrival for j in jobs),
         gpu_hours=sum(s.gpu_seconds for s in cluster.states) / 3600.0,
@@ -942,6 +1109,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
         timeline=tuple(timeline),
         finishes=tuple((s.job.name, s.finish) for s in finished if s.finish is not None),
         unplaced=unplaced,
+        stops=sum(s.stops for s in cluster.states),
     )
 
 
@@ -961,6 +1129,7 @@ def worst(results: Sequence[Result]) -> Result:
         unfinished=max(r.unfinished for r in results),
         decide_seconds=max(r.decide_seconds for r in results),
         unplaced=max(r.unplaced for r in results),
+        stops=max(r.stops for r in results),
     )
 
 
@@ -982,12 +1151,32 @@ def row(r: Result) -> tuple[str, ...]:
     )
 
 
-def render(rows: Sequence[tuple[str, ...]], markdown: bool) -> str:
-    """The results table, aligned text or markdown."""
+TIER_HEADER = ("policy", "priority", "jobs", "avg JCT s", "p99 JCT s", "worst slowdown",
+               "unfinished")  # fmt: skip
+
+
+def tier_row(policy: str, tier: Tier, jobs: str | None = None) -> tuple[str, ...]:
+    """One line of the by-priority table (:data:`TIER_HEADER`); ``jobs`` in place of the
+    tier's count (a range over seeds)."""
+    return (
+        policy,
+        str(tier.priority),
+        jobs if jobs is not None else str(tier.jobs),
+        f"{tier.avg_jct:,.0f}",
+        f"{tier.p99_jct:,.0f}",
+        f"{tier.worst_slowdown:.1f}",
+        str(tier.unfinished),
+    )
+
+
+def render(
+    rows: Sequence[tuple[str, ...]], markdown: bool, *, header: tuple[str, ...] = HEADER
+) -> str:
+    """The results table (or another with its ``header``), aligned text or markdown."""
     if markdown:
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    widths = [max(len(x) for x in col) for col in zip(HEADER, *rows, strict=False)]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r) for r in [HEADER, *rows])
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
