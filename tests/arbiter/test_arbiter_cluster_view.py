@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from trainscale.operator import api
-from trainscale.operator.autoscaling.arbiter import Capacity
+from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity
 from trainscale.operator.autoscaling.cluster import (
     NO_CAPACITY_REASON,
     ManagedJob,
@@ -545,3 +545,28 @@ def test_node_free_counts_every_pod_the_arbiter_does_not_place() -> None:
     assert free.memory_bytes == {"a": 512 * 2**30 - 2 * 256 * 2**20}
     assert build_node_free(nodes, pods).cpu_millis == {"a": 64_000}  # none of ours
     assert build_node_free(nodes, pods, placed=()).cpu_millis == {"a": 64_000 - 3 * 8_000 - 100}
+
+
+def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start() -> None:
+    """The operator's ``--arbitration-preemption``: with ``grow`` (the default) an urgent
+    job running 4 of its 8 takes the node of a job of priority 0 at its minimum; with
+    ``start`` (``preempt_to_grow`` off) it stays at 4 beside it."""
+    linear = {n: float(n) for n in range(1, 9)}
+    urgent = ManagedJob(
+        "d/urgent",
+        spec(replicas=4, minReplicas=1, maxReplicas=8),
+        created=2.0,
+        worker_nodes=("a",) * 4,
+        priority=10,
+        preempts=True,
+        throughput=linear,
+    )
+    low = ManagedJob("d/low", spec(replicas=4, minReplicas=4, maxReplicas=4), created=1.0,
+                     worker_nodes=("b",) * 4, throughput=linear)  # fmt: skip
+    capacity = Capacity({"a": 4, "b": 4})
+    grown = decide_arbitration([urgent, low], capacity, {}, NOW)
+    assert (grown["d/urgent"].status.ceiling, grown["d/low"].status.queued) == (8, True)
+    assert grown["d/low"].status.reason.startswith("preempted by d/urgent (priority 10 over 0)")
+    start = ArbiterSettings(preempt_to_grow=False)
+    kept = decide_arbitration([urgent, low], capacity, {}, NOW, settings=start)
+    assert (kept["d/urgent"].status.ceiling, kept["d/low"].status.ceiling) == (4, 4)

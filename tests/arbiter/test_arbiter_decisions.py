@@ -890,7 +890,8 @@ def beside_low(key: str, least: int, priority: int, preempts: bool) -> list[JobD
         pytest.param(
             2,
             [running_at("old", 4, "n0", created=1), running_at("new", 4, "n1", created=2),
-             job("high", min_replicas=4, priority=10, preempts=True, created=3)],
+             job("high", min_replicas=4, max_replicas=4, priority=10, preempts=True,
+                 created=3)],
             {"new"},
             "preempted by high (priority 10 over 0); queued: needs 4 GPUs, 0 free",
             id="the-newest-of-the-lowest-priority-goes",
@@ -899,7 +900,8 @@ def beside_low(key: str, least: int, priority: int, preempts: bool) -> list[JobD
             2,
             [running_at("small", 1, "n0", created=2), running_at("mid", 3, "n0", priority=1, created=1),
              running_at("other", 4, "n1", priority=5, created=1),
-             job("high", min_replicas=3, priority=10, preempts=True, created=3)],
+             job("high", min_replicas=3, max_replicas=3, priority=10, preempts=True,
+                 created=3)],
             {"mid"},
             "preempted by high (priority 10 over 1); queued: needs 3 GPUs, 0 free",
             id="a-victim-not-needed-is-spared",  # small went first, but mid alone makes room
@@ -922,3 +924,54 @@ def test_preemption(
     for demand in demands:
         if demand.key not in queued:
             assert allocation[demand.key].replicas >= demand.min_replicas
+
+
+def urgent_on_n0(preempts: bool = True, **kw: Any) -> JobDemand:
+    """An urgent job (priority 10) running 4 workers on n0, scaling linearly to 8."""
+    kw.setdefault("throughput", linear(8))
+    return job("urgent", min_replicas=1, max_replicas=kw.pop("max_replicas", 8), priority=10,
+               preempts=preempts, current_replicas=4, current_nodes={"n0": 4}, created=5,
+               **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("count", "demands", "expected", "reason"),
+    [
+        pytest.param(2, [urgent_on_n0(), running_at("low", 4, "n1", created=1)],
+                     {"urgent": 8, "low": 0},
+                     "preempted by urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free",
+                     id="an-urgent-job-grows-into-a-lower-priority-minimum"),
+        pytest.param(2, [urgent_on_n0(False), running_at("low", 4, "n1", created=1)],
+                     {"urgent": 4, "low": 4}, None, id="preemption-policy-never-does-not"),
+        pytest.param(2, [urgent_on_n0(throughput={n: 100.0 * min(n, 4) for n in range(1, 9)}),
+                         running_at("low", 4, "n1", created=1)],
+                     {"urgent": 4, "low": 4}, None, id="no-stop-for-no-gain"),
+        pytest.param(2, [urgent_on_n0(), running_at("low", 4, "n1", priority=10, created=1)],
+                     {"urgent": 4, "low": 4}, None, id="never-into-its-own-priority"),
+        pytest.param(3, [urgent_on_n0(), running_at("old", 4, "n1", created=1),
+                         running_at("new", 4, "n2", created=2)],
+                     {"urgent": 8, "old": 4, "new": 0},
+                     "preempted by urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free",
+                     id="the-newest-of-the-lowest-priority-goes"),
+        pytest.param(2, [urgent_on_n0(max_replicas=6),
+                         job("low", min_replicas=2, max_replicas=4, current_replicas=4,
+                             current_nodes={"n1": 4}, created=1, throughput=linear(4))],
+                     {"urgent": 6, "low": 2}, None, id="shrunk-to-its-minimum-before-any-stop"),
+        pytest.param(2, [urgent_on_n0(nodes=frozenset({"n0"})),
+                         running_at("low", 4, "n1", created=1)],
+                     {"urgent": 4, "low": 4}, None, id="not-for-gpus-it-may-not-use"),
+    ],
+)  # fmt: skip
+def test_preemption_for_growth(
+    count: int, demands: list[JobDemand], expected: dict[str, int], reason: str | None
+) -> None:
+    """A running job whose PriorityClass preempts grows into lower-priority jobs' GPUs, as
+    its pods would preempt theirs: beyond shrinking them to their minimum, the fewest stop
+    (the lowest priority, then the newest), for a gain net of its restart only, never into
+    its own priority, never with ``preemptionPolicy: Never``."""
+    allocation = allocate(demands, nodes(count), now=100.0)
+    assert {k: a.replicas for k, a in allocation.jobs.items()} == expected
+    for key, replicas in expected.items():
+        assert allocation[key].queued == (replicas == 0)
+        if replicas == 0 and reason is not None:
+            assert allocation[key].reason == reason

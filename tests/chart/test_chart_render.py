@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from trainscale.operator.api.crd import build_crd
-from trainscale.operator.app.cli import build_parser
+from trainscale.operator.app.cli import build_parser, operator_options
 from trainscale.operator.controller.builders import (
     COMPONENT_WORKER,
     METRICS_PORT_NAME,
@@ -303,6 +303,16 @@ def test_default_args_watch_all_namespaces(render: Any) -> None:
     parsed = _parse_operator_args(args)
     assert parsed.all_namespaces and not parsed.namespace and parsed.peering is None
     assert parsed.arbitration and parsed.arbitration_interval == 10
+
+
+def test_arbitration_preemption_only_to_start(render: Any) -> None:
+    """``operator.arbitration.preemption: start`` reaches the operator (the default, grow,
+    is its own default and adds no flag)."""
+    args = container(render({"operator": {"arbitration": {"preemption": "start"}}}))["args"]
+    assert args[args.index("--arbitration-preemption") + 1] == "start"
+    assert not operator_options(_parse_operator_args(args), {}).arbitration_preempt_to_grow
+    default = _parse_operator_args(container(render({}))["args"])
+    assert operator_options(default, {}).arbitration_preempt_to_grow
 
 
 def test_args_with_namespaces_peering_and_extra_flags(render: Any) -> None:

@@ -162,3 +162,18 @@ async def test_a_burst_of_jobs_calls_the_api_from_many_threads_at_once() -> None
         assert len(set(await asyncio.gather(*waits))) == k8s.API_CONCURRENCY
     finally:
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
+
+
+@pytest.mark.parametrize("grow", [True, False])
+def test_the_arbitration_state_takes_the_operators_options(grow: bool) -> None:
+    """``--arbitration-interval`` and ``--arbitration-preemption`` reach the one arbitration
+    state the job loops share."""
+    import kopf
+
+    from trainscale.operator.daemons.options import OperatorOptions
+
+    options = OperatorOptions(arbitration_interval_seconds=3.0, arbitration_preempt_to_grow=grow)
+    memo = kopf.Memo(options=options)
+    startup.trainscale_startup(settings=kopf.OperatorSettings(), memo=memo)
+    assert memo.arbitration.interval_seconds == 3.0
+    assert memo.arbitration.settings.preempt_to_grow is grow

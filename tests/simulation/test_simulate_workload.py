@@ -387,14 +387,15 @@ def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
 def test_a_generated_workload_with_urgent_jobs_is_shown_by_priority(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["--workload", "generated", "--jobs", "20", "--hours", "0.5", "--nodes", "4"]
+    argv = ["--workload", "generated", "--jobs", "10", "--hours", "0.25", "--nodes", "2",
+            "--policies", "fixed", "trainscale"]  # fmt: skip
     assert main(["simulate", *argv, "--urgent", "0.3"]) == 0
     out = capsys.readouterr().out
     table = out.split("# by priority:\n")[1].split("\n#")[0].splitlines()
-    urgent = sum(j.priority == URGENT_PRIORITY for j in generate(1, 20, 0.5, 4, urgent=0.3))
+    urgent = sum(j.priority == URGENT_PRIORITY for j in generate(1, 10, 0.25, 4, urgent=0.3))
     assert [x.split()[:3] for x in table[1:3]] == [
         ["fixed", str(URGENT_PRIORITY), str(urgent)],
-        ["fixed", "0", str(20 - urgent)],
+        ["fixed", "0", str(10 - urgent)],
     ]
     assert main(["simulate", *argv]) == 0
     assert "# by priority:" not in capsys.readouterr().out  # one priority: no such table

@@ -175,7 +175,7 @@ def test_never_preempting_classes_preempt_under_no_policy() -> None:
     arbiter's priority tiers shrink lower jobs to their minimum, which is not preemption.)"""
     jobs = trace("low,0,90000000,0.0:0.0,16,16,16,0,\nurgent,600,500000,0.0:0.0,4,4,4,100,\n")
     for policy in POLICIES:
-        result = simulate(policy, jobs, Cluster(4, 4, 60.0, 1, preempts=False), HORIZON)
+        result = simulate(policy, jobs, Cluster(4, 4, 60.0, 1, preempts=False), 1200.0)
         assert result.stops == 0, policy
         assert next(h for t, h, _ in result.timeline if t >= 600) == {"low": 16}, policy
 
@@ -184,7 +184,7 @@ def test_never_preempting_classes_preempt_under_no_policy() -> None:
 def test_every_step_of_a_workload_with_urgent_jobs_fits_the_nodes(
     policy: str, checked_steps: list[int]
 ) -> None:
-    jobs = generate(seed=3, jobs=60, hours=2.0, gpus_per_node=4, urgent=0.3)
+    jobs = generate(seed=3, jobs=40, hours=1.5, gpus_per_node=4, urgent=0.3)
     cluster = Cluster(8, 4, 60.0, 3, pools=2, restricted=0.5)
     result = simulate(policy, jobs, cluster, 24 * 3600.0)
     assert result.unfinished == 0

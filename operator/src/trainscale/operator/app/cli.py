@@ -18,7 +18,12 @@ from trainscale.operator.adapters.prometheus_access import (
     PrometheusAccessError,
     parse_header,
 )
-from trainscale.operator.daemons.options import DEFAULT_PROMETHEUS_URL, LOG_FORMATS, LOG_LEVELS
+from trainscale.operator.daemons.options import (
+    DEFAULT_PROMETHEUS_URL,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    OperatorOptions,
+)
 
 # --prometheus-* access flags: (flag, env variable read when the flag is not given, help).
 _PROMETHEUS_ACCESS_FLAGS = (
@@ -82,29 +87,34 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from trainscale.operator.app.main import OperatorOptions, run_operator
+    from trainscale.operator.app.main import run_operator
 
+    return run_operator(operator_options(args, os.environ))
+
+
+def operator_options(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOptions:
+    """The ``trainscale operator`` flags as the operator's options; exits with a message
+    naming the flag when they cannot run."""
     if not args.all_namespaces and not args.namespace:
         raise SystemExit("trainscale operator: give --all-namespaces or at least one --namespace")
-    access = build_prometheus_access(args, os.environ)
-    return run_operator(
-        OperatorOptions(
-            namespaces=tuple(args.namespace or ()),
-            all_namespaces=args.all_namespaces,
-            metrics_port=args.metrics_port,
-            metrics_address=args.metrics_address,
-            liveness_port=args.liveness_port,
-            liveness_address=args.liveness_address,
-            prometheus_url=args.prometheus_url,
-            prometheus_access=access,
-            peering=args.peering,
-            priority=args.priority,
-            peering_lifetime=args.peering_lifetime,
-            log_level=args.log_level,
-            log_format=args.log_format,
-            arbitration=args.arbitration,
-            arbitration_interval_seconds=args.arbitration_interval,
-        )
+    access = build_prometheus_access(args, env)
+    return OperatorOptions(
+        namespaces=tuple(args.namespace or ()),
+        all_namespaces=args.all_namespaces,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        liveness_port=args.liveness_port,
+        liveness_address=args.liveness_address,
+        prometheus_url=args.prometheus_url,
+        prometheus_access=access,
+        peering=args.peering,
+        priority=args.priority,
+        peering_lifetime=args.peering_lifetime,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        arbitration=args.arbitration,
+        arbitration_interval_seconds=args.arbitration_interval,
+        arbitration_preempt_to_grow=args.arbitration_preemption == "grow",
     )
 
 
@@ -475,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how often cluster arbitration re-divides the GPUs",
+    )
+    op.add_argument(
+        "--arbitration-preemption",
+        choices=("grow", "start"),
+        default="grow",
+        help="a job whose PriorityClass preempts (the Kubernetes default) queues running jobs "
+        "of lower priority to start and, with 'grow' (the default, as its pods would), to grow "
+        "beyond its minReplicas too; with 'start', only to start",
     )
     op.set_defaults(func=_cmd_operator)
 

@@ -47,8 +47,15 @@ The decision is a pipeline of named steps, each a small function tested alone:
    margin). A higher-priority job may shrink lower ones to their minimum, never below,
    whatever they lose; a job never gives GPUs to a lower-priority one. What the moves leave
    free (a donor's GPUs on nodes the recipient may not use, CPU or memory a donor freed
-   beside GPUs that no worker could use without it) is then handed out as in step 5.
-7. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
+   beside GPUs that no worker could use without it) is then handed out as in step 5, after
+   step 7.
+7. ``preempt_for_growth`` — a job whose PriorityClass preempts grows into lower-priority
+   jobs' minimums too, as its pods would preempt theirs: tier by priority, one grant at a
+   time to the best gain per GPU (within its floor, bounds and budget, net of its restart),
+   queuing the fewest lower-priority jobs that make room, chosen as in step 3. Without it,
+   on a cluster full of minimums an urgent job stayed at its own while the scheduler's
+   preemption (or fixed sizes) would have given it its size.
+8. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
    (3 jobs waiting)``, or why a job got all it wanted. A job granted all that the nodes it
    may use hold of its workers is told that they limit it, not the jobs beside it:
    ``limited to 4 GPUs: the CPU and memory its workers request leave room for 4 of the 8 it
@@ -185,8 +192,9 @@ class JobDemand:
             on a node, of every job, fit there (:mod:`~trainscale.operator.api.quantities`).
         memory_bytes_per_worker: the memory one worker requests, in bytes (0: none).
         preempts: a waiting job whose minimum does not fit may queue running jobs of lower
-            priority to start (its PriorityClass's ``preemptionPolicy``:
-            ``PreemptLowerPriority``, the Kubernetes default; false for ``Never``).
+            priority to start, and an admitted one to grow (its PriorityClass's
+            ``preemptionPolicy``: ``PreemptLowerPriority``, the Kubernetes default; false for
+            ``Never``).
     """
 
     key: str
@@ -258,6 +266,8 @@ class ArbiterSettings:
     # hysteresis: a running job is resized only when its speedup, net of the restart, beats
     # staying put by more than this fraction (no restart for a small gain)
     resize_margin: float = 0.1
+    # a preempting job queues lower-priority jobs to grow too (step 7), not only to start
+    preempt_to_grow: bool = True
 
 
 @dataclass(frozen=True)
@@ -486,14 +496,29 @@ def _queue_victims(
     if not demand.preempts:
         return False
     victims = _preempt(demand, running, placed, free)
+    _stop(victims, demand, placed, free, queued, preempted)
     for victim in victims:
-        _unplace(victim, sum(placed[victim.key].values()), placed[victim.key], free)
-        del placed[victim.key]
         claims.drop(victim.key)
+    return bool(victims)
+
+
+def _stop(
+    victims: Sequence[JobDemand],
+    by: JobDemand,
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    queued: list[JobDemand],
+    preempted: dict[str, str] | None,
+) -> None:
+    """The ``victims`` are preempted by ``by``: their workers leave (``free`` gets their
+    GPUs, CPU and memory back), they join ``queued``, and ``preempted`` records who took
+    their place."""
+    for victim in victims:
+        _unplace(victim, _count(placed, victim), placed[victim.key], free)
+        del placed[victim.key]
         queued.append(victim)
         if preempted is not None:
-            preempted[victim.key] = demand.key
-    return bool(victims)
+            preempted[victim.key] = by.key
 
 
 def _preempt(
@@ -501,12 +526,18 @@ def _preempt(
     running: Sequence[JobDemand],
     placed: Mapping[str, Mapping[str, int]],
     free: dict[str, int],
+    *,
+    workers: int | None = None,
+    where: Mapping[str, int] | None = None,
 ) -> list[JobDemand]:
-    """The running jobs ``demand`` queues to fit its minimum, as the scheduler chooses
-    victims: of lower priority only, holding workers on a node it may use; the lowest
-    priority first, then the newest; then each victim, the most senior first, is spared if
-    the minimum still fits without its workers (a reprieve). Empty when even all of them
-    would not make room (none is queued for nothing)."""
+    """The running jobs ``demand`` queues to fit its minimum (or ``workers`` more beside
+    ``where``, to grow), as the scheduler chooses victims: of lower priority only, holding
+    workers on a node it may use; the lowest priority first, then the newest; then each
+    victim, the most senior first, is spared if the workers still fit without its (a
+    reprieve). Empty when even all of them would not make room (none is queued for
+    nothing)."""
+    more = demand.min_replicas if workers is None else workers
+    already = where or {}
     candidates = sorted(
         (
             d
@@ -522,8 +553,8 @@ def _preempt(
         trial = free.copy()
         for victim in victims:
             _unplace(victim, sum(placed[victim.key].values()), placed[victim.key], trial)
-        where = _place(demand, demand.min_replicas, {}, trial, dry_run=True)
-        return sum(where.values()) >= demand.min_replicas
+        placement = _place(demand, more, already, trial, dry_run=True)
+        return sum(placement.values()) >= more + sum(already.values())
 
     victims: list[JobDemand] = []
     for candidate in candidates:
@@ -740,7 +771,7 @@ def grow_by_marginal_gain(
     settings: ArbiterSettings,
     decision: Utilities | None = None,
 ) -> None:
-    """Step 4: hand out the free GPUs, tier by priority, to the best gain per GPU.
+    """Step 5: hand out the free GPUs, tier by priority, to the best gain per GPU.
 
     Mutates ``placed`` and ``free``. Within a tier, a heap holds each job's best next step
     (:func:`_best_step`); the best is granted if its workers still fit, else the job's step
@@ -807,6 +838,99 @@ def _where_it_runs(demand: JobDemand) -> JobDemand:
     if not demand.current_nodes:
         return demand
     return dataclasses.replace(demand, nodes=frozenset(demand.current_nodes))
+
+
+def preempt_for_growth(
+    demands: Sequence[JobDemand],
+    allowed: Mapping[str, Sequence[int]],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    settings: ArbiterSettings,
+    decision: Utilities | None = None,
+    preempted: dict[str, str] | None = None,
+) -> list[JobDemand]:
+    """Step 7: a job whose PriorityClass preempts grows into the GPUs of lower-priority
+    jobs, as its pods would preempt theirs: the steps before only shrank those to their
+    minimum, so on a cluster full of minimums an urgent job would otherwise stay at its own
+    (a scheduler's preemption would give it more, and fixed sizes their requested size).
+
+    Mutates ``placed`` and ``free``; returns the jobs it queued (``preempted`` records who
+    took their place). Tier by priority, highest first, among admitted jobs that preempt
+    (:attr:`JobDemand.preempts`), one grant at a time to the best gain per GPU
+    (:func:`_best_step`, within the free GPUs and those of lower-priority jobs on the nodes
+    it may use): a step beyond the free GPUs queues the fewest lower-priority jobs that
+    make room, chosen as for a minimum (:func:`_preempt`: the lowest priority, then the
+    newest; a reprieve for each not needed); their other GPUs are handed out after (step
+    5's hand-out). Only counts the job may run at (its efficiency floor, budget, bounds)
+    and only a gain net of its own restart: never a stop for nothing. Nothing happens on a
+    cluster of one priority, nor with ``settings.preempt_to_grow`` off (the operator's
+    ``--arbitration-preemption start``: preemption only to start a job)."""
+    if not settings.preempt_to_grow:
+        return []
+    utilities = _step_utilities(
+        (d for d in demands if d.key in placed), allowed, settings, decision
+    )
+    queued: list[JobDemand] = []
+    for priority in sorted({d.priority for d in demands}, reverse=True):
+        tier = [d for d in demands if d.key in placed and d.priority == priority and d.preempts]
+        queued += _grow_into_lower(tier, demands, utilities, placed, free, preempted)
+    return queued
+
+
+def _grow_into_lower(
+    tier: Sequence[JobDemand],
+    demands: Sequence[JobDemand],
+    utilities: Mapping[str, Mapping[int, float]],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    preempted: dict[str, str] | None,
+) -> list[JobDemand]:
+    """:func:`preempt_for_growth` for one priority's preempting jobs (``tier``)."""
+    if not tier:
+        return []
+    priority = tier[0].priority
+    queued: list[JobDemand] = []
+    heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
+
+    def push(demand: JobDemand) -> None:
+        lower = [d for d in demands if d.key in placed and d.priority < priority]
+        if not lower:
+            return
+        at = _count(placed, demand)
+        step = _best_step(
+            demand, utilities[demand.key], at, _reach_over(demand, lower, placed, free)
+        )
+        if step is not None:
+            heapq.heappush(heap, (-step[0], _order_key(demand), step[1], demand))
+
+    for demand in tier:
+        push(demand)
+    while heap:
+        _, _, target, demand = heapq.heappop(heap)
+        more = target - _count(placed, demand)
+        if more > _slots(free, demand, placed[demand.key]):
+            lower = [d for d in demands if d.key in placed and d.priority < priority]
+            victims = _preempt(demand, lower, placed, free, workers=more,
+                               where=placed[demand.key])  # fmt: skip
+            if not victims:
+                continue  # no room to be made for it (its workers' CPU or packing)
+            _stop(victims, demand, placed, free, queued, preempted)
+        placed[demand.key] = _place(demand, more, placed[demand.key], free)
+        push(demand)
+    return queued
+
+
+def _reach_over(
+    demand: JobDemand,
+    lower: Sequence[JobDemand],
+    placed: Mapping[str, Mapping[str, int]],
+    free: dict[str, int],
+) -> int:
+    """How many more workers of ``demand`` would fit were the ``lower`` jobs gone."""
+    trial = free.copy()
+    for other in lower:
+        _unplace(other, _count(placed, other), placed[other.key], trial)
+    return _slots(trial, demand, placed[demand.key])
 
 
 def _down_step(
@@ -1450,12 +1574,18 @@ def allocate(
     restore_running(arbitrated, allowed, placed, free, settings, utilities)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
     rebalance(arbitrated, allowed, placed, free, settings, utilities)
+    grown_into = preempt_for_growth(
+        arbitrated, allowed, placed, free, settings, utilities, preempted
+    )
+    queued += grown_into
     # what the moves left free (a donor's GPUs the recipient could not use, CPU it freed
-    # beside idle GPUs) is handed out as in step 5
+    # beside idle GPUs, a preempted job's GPUs the preemptor did not need) is handed out
+    # as in step 5
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
 
     free_gpus = sum(free.values())
     waiting = len(queued)
+    grown = {d.key for d in grown_into}  # their reason counts what is free after all steps
     result: dict[str, JobAllocation] = {}
     for demand in jobs:
         if demand.pinned:
@@ -1480,7 +1610,15 @@ def allocate(
             queued=replicas == 0 and demand.min_replicas > 0,
             pinned=False,
             reason=_preempted_by(demand, preempted, jobs)
-            + _reason(demand, replicas, wanted, waiting, unreserved, len(placed), alone),
+            + _reason(
+                demand,
+                replicas,
+                wanted,
+                waiting,
+                free if demand.key in grown else unreserved,
+                len(placed),
+                alone,
+            ),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
 

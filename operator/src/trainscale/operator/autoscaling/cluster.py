@@ -55,6 +55,7 @@ from trainscale.operator.api import quantities
 from trainscale.operator.api.reporting import EventSpec, format_time, parse_time
 from trainscale.operator.autoscaling.arbiter import (
     Allocation,
+    ArbiterSettings,
     Capacity,
     JobAllocation,
     JobDemand,
@@ -513,6 +514,7 @@ def decide_arbitration(
     now: dt.datetime,
     nodes: Sequence[Mapping[str, Any]] = (),
     free: NodeFree | None = None,
+    settings: ArbiterSettings | None = None,
 ) -> dict[str, ArbitrationResult]:
     """Run the arbiter over every managed job; results for the arbitrated ones only.
 
@@ -535,6 +537,7 @@ def decide_arbitration(
         free: :func:`build_node_free` of the nodes and every pod, placed as the arbitrated
             jobs' (None: CPU and memory not read, no job's workers per node limited by
             them).
+        settings: the arbiter's (:class:`ArbiterSettings`; its defaults when None).
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
@@ -560,7 +563,9 @@ def decide_arbitration(
             by_key[key] = compute_eligible_nodes(pod_spec, listed)
         eligible[job.key] = by_key[key]
     demands = [build_demand(job, eligible[job.key]) for job in jobs if not job.finished]
-    allocation: Allocation = allocate(demands, _with_free(capacity, free), now=now.timestamp())
+    allocation: Allocation = allocate(
+        demands, _with_free(capacity, free), now=now.timestamp(), settings=settings
+    )
     for job in jobs:
         if not job.arbitrated or job.key not in allocation.jobs:
             continue

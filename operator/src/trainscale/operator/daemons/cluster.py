@@ -29,6 +29,7 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.cluster import (
     ArbitrationResult,
     ManagedJob,
@@ -71,6 +72,7 @@ class ClusterArbitration:
     enabled: bool = True
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS
     namespaces: tuple[str, ...] = ()  # the operator's scope (globs); empty: every namespace
+    settings: ArbiterSettings = field(default_factory=ArbiterSettings)  # the arbiter's
     results: dict[str, ArbitrationResult] = field(default_factory=dict)
     predictors: dict[str, ThroughputPredictor] = field(default_factory=dict)
     restart_costs: dict[str, float] = field(default_factory=dict)
@@ -149,7 +151,7 @@ class ClusterArbitration:
             previous[job.key] = _previous_status(body)
         placed = {job.key for job in jobs if job.arbitrated}  # the workers the arbiter places
         free = build_node_free(nodes, pods, placed=placed)
-        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes, free)
+        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes, free, self.settings)
         self.results = results
         for key, result in results.items():
             if _same(previous.get(key), result.status):

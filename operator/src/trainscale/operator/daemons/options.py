@@ -37,6 +37,9 @@ class OperatorOptions:
     log_format: str = "text"  # one of LOG_FORMATS
     arbitration: bool = True
     arbitration_interval_seconds: float = 10.0
+    # a job whose PriorityClass preempts queues lower-priority jobs to grow as well as to
+    # start (``--arbitration-preemption grow``); False: only to start (``start``)
+    arbitration_preempt_to_grow: bool = True
 
 
 def options_of(memo: Any) -> OperatorOptions:

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.daemons.cluster import ClusterArbitration
 from trainscale.operator.daemons.common import get_metrics
 from trainscale.operator.daemons.options import options_of
@@ -39,6 +40,7 @@ def trainscale_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     memo.arbitration = ClusterArbitration(
         enabled=options.arbitration,
         interval_seconds=options.arbitration_interval_seconds,
+        settings=ArbiterSettings(preempt_to_grow=options.arbitration_preempt_to_grow),
         namespaces=() if options.all_namespaces else options.namespaces,
     )
     get_metrics().track_state("arbitration", memo.arbitration.jobs)

@@ -99,6 +99,7 @@ def build_values_schema() -> Schema:
                             {
                                 "enabled": BOOLEAN,
                                 "intervalSeconds": {"type": "number", "exclusiveMinimum": 0},
+                                "preemption": {"enum": ["grow", "start"]},
                             }
                         ),
                         "clusterView": obj({"nodes": BOOLEAN, "pods": BOOLEAN}),
