@@ -165,6 +165,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of the generated jobs with a higher priority (their"
                         " PriorityClass preempts, in every policy: the arbiter's, or the"
                         " scheduler's for the baselines' pods)")  # fmt: skip
+    parser.add_argument("--arbitration-preemption", choices=("grow", "start"), default="grow",
+                        help="as the operator's flag: trainscale's preempting jobs stop"
+                        " lower-priority ones to grow too, or only to start")  # fmt: skip
     parser.add_argument("--no-preemption", action="store_true",
                         help="the PriorityClasses say preemptionPolicy: Never (a higher"
                         " priority only goes first)")  # fmt: skip
@@ -190,6 +193,12 @@ def describe_source(args: argparse.Namespace) -> str:
             f", {args.cpu_per_node} CPUs per node, {args.cpu_heavy:g} of the jobs' workers"
             " asking half of them"
         )
+    if args.urgent:
+        source += f", {args.urgent:g} of them urgent (a higher priority)"
+        if args.no_preemption:
+            source += " whose classes never preempt"
+        elif args.arbitration_preemption == "start":
+            source += ", trainscale preempting only to start"
     source += "".join(
         " (new workers not told the arbiter's plan)"
         if hidden == "plan"
@@ -216,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         bounds.append(statistics.fmean(floor_bound_jct(j, probe) for j in jobs))
         for policy in args.policies:
             settings = ArbiterSettings(
-                args.fairness_power, args.restart_horizon, args.resize_margin
+                args.fairness_power,
+                args.restart_horizon,
+                args.resize_margin,
+                preempt_to_grow=args.arbitration_preemption == "grow",
             )
             cluster = Cluster(args.nodes, args.gpus_per_node, args.interval, seed, settings,
                               pools=args.pools, restricted=args.restricted,
