@@ -567,6 +567,20 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
     grown = decide_arbitration([urgent, low], capacity, {}, NOW)
     assert (grown["d/urgent"].status.ceiling, grown["d/low"].status.queued) == (8, True)
     assert grown["d/low"].status.reason.startswith("preempted by d/urgent (priority 10 over 0)")
+    assert not grown["d/low"].preempted  # no status before: not known to have run
+    running = {
+        "d/low": api.ArbitrationStatus(ceiling=4),
+        "d/urgent": api.ArbitrationStatus(ceiling=4),
+    }
+    again = decide_arbitration([urgent, low], capacity, running, NOW)
+    assert again["d/low"].preempted and not again["d/urgent"].preempted
+    event = again["d/low"].event
+    assert event is not None and (event.reason, event.message) == (
+        "Preempted",
+        again["d/low"].status.reason,
+    )
+    waiting = {**running, "d/low": again["d/low"].status}
+    assert decide_arbitration([urgent, low], capacity, waiting, NOW)["d/low"].event is None
     start = ArbiterSettings(preempt_to_grow=False)
     kept = decide_arbitration([urgent, low], capacity, {}, NOW, settings=start)
     assert (kept["d/urgent"].status.ceiling, kept["d/low"].status.ceiling) == (4, 4)

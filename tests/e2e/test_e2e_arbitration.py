@@ -226,12 +226,67 @@ def test_a_higher_priority_job_preempts_a_running_one(
     apply(autoscaled("urgent", 4, 4, 4, priority=high_priority))
     wait_for(lambda: _running(kubectl, namespace) == {"urgent": 4}, timeout=90,
              what="the urgent job running, the whole job stopped", describe=describe)  # fmt: skip
-    whole = _status(kubectl, namespace, "whole")
-    assert whole.get("phase") == "Queued", whole
-    assert whole["arbitration"]["reason"].startswith(
-        f"preempted by {namespace}/urgent (priority 100000 over 0); queued: needs 16 GPUs"
-    ), whole["arbitration"]
+    _assert_preempted(kubectl, namespace, "whole", "queued: needs 16 GPUs")
 
     kubectl("delete", "tj", "urgent", "-n", namespace)
     wait_for(lambda: _running(kubectl, namespace) == {"whole": CAPACITY}, timeout=120,
              what="the whole job running again", describe=describe)  # fmt: skip
+
+
+@pytest.mark.parametrize("preemption", ["grow", "start"])
+def test_a_higher_priority_job_grows_into_a_lower_priority_ones_gpus(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    high_priority: str,
+    preemption: str,
+) -> None:
+    """Two jobs at their minimum hold 12 of the 16 GPUs (8 and 4). An urgent job asking for
+    8 starts on the 4 free ones; as its pods would, it then takes the newer job's 4 GPUs:
+    that job's workers stop and its status names who took them (``--arbitration-preemption
+    grow``, the default). With ``start`` it stays at 4 beside them."""
+    namespace, start = private_operator
+    operator = start("--arbitration-interval", "1", "--arbitration-preemption", preemption)
+
+    def apply(obj: dict[str, Any]) -> None:
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    apply(autoscaled("older", 8, 8, 8))
+    wait_for(lambda: _running(kubectl, namespace) == {"older": 8}, timeout=90,
+             what="the older job's 8 workers", describe=describe)  # fmt: skip
+    apply(autoscaled("newer", 4, 4, 4))
+    wait_for(lambda: _running(kubectl, namespace) == {"older": 8, "newer": 4}, timeout=90,
+             what="the newer job's 4 workers", describe=describe)  # fmt: skip
+
+    apply(autoscaled("urgent", 8, 4, 8, priority=high_priority))
+    if preemption == "start":
+        wait_for(lambda: _running(kubectl, namespace) == {"older": 8, "newer": 4, "urgent": 4},
+                 timeout=90, what="the urgent job at 4 beside them", describe=describe)  # fmt: skip
+        assert _status(kubectl, namespace, "urgent")["arbitration"]["ceiling"] == 4
+        return
+    wait_for(lambda: _running(kubectl, namespace) == {"older": 8, "urgent": 8}, timeout=90,
+             what="the urgent job grown to 8, the newer job stopped", describe=describe)  # fmt: skip
+    _assert_preempted(kubectl, namespace, "newer", "queued: needs 4 GPUs, 0 free")
+
+
+def _assert_preempted(kubectl: Any, namespace: str, job: str, queued: str) -> None:
+    """``job`` waits Queued, its reason naming the urgent job and then ``queued``, and one
+    Preempted Event says the same."""
+    found = _status(kubectl, namespace, job)
+    assert found.get("phase") == "Queued", found
+    reason = found["arbitration"]["reason"]
+    assert reason.startswith(
+        f"preempted by {namespace}/urgent (priority 100000 over 0); {queued}"
+    ), found["arbitration"]
+
+    def preempted_events() -> list[str]:
+        events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                         f"involvedObject.name={job},reason=Preempted", "-o", "json").stdout  # fmt: skip
+        return [e["message"] for e in json.loads(events)["items"]]
+
+    # kopf posts Events from a queue of its own: one may land a moment after the status
+    wait_for(lambda: preempted_events() == [reason], timeout=30, what=f"{job}'s Preempted Event",
+             describe=lambda: str(preempted_events()))  # fmt: skip

@@ -10,7 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from trainscale.operator.api.models import Phase
 from trainscale.operator.observability.metric_names import (
+    ARBITRATION_CEILING_NAME,
     MANAGED_JOBS_NAME,
+    PREEMPTIONS_NAME,
     RECONCILE_DURATION_NAME,
     WORKERS_OFF_PLAN_NAME,
 )
@@ -62,3 +64,29 @@ def test_workers_off_plan_are_shown_per_job_and_forgotten() -> None:
     assert gauge() == {"a": 2, "b": 0}
     metrics.forget_job("ns", "a")
     assert gauge() == {"b": 0}
+
+
+def test_arbitration_ceilings_and_preemptions_are_shown_per_job_and_forgotten() -> None:
+    """Each pass sets the job's granted workers; a preemption counts once; no ceiling (no
+    GPU visible: the job autoscales alone) is no series, not a stale one."""
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+
+    def samples(name: str) -> dict[str, float]:
+        family = [m for m in registry.collect() if m.name == name.removesuffix("_total")]
+        return {
+            s.labels["trainingjob"]: s.value
+            for f in family
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
+
+    metrics.observe_arbitration("ns", "a", 4, preempted=False)
+    metrics.observe_arbitration("ns", "b", 0, preempted=True)
+    metrics.observe_arbitration("ns", "b", 0, preempted=False)  # still queued: no new one
+    assert samples(ARBITRATION_CEILING_NAME) == {"a": 4, "b": 0}
+    assert samples(PREEMPTIONS_NAME) == {"b": 1}
+    metrics.observe_arbitration("ns", "a", None, preempted=False)
+    assert samples(ARBITRATION_CEILING_NAME) == {"b": 0}
+    metrics.forget_job("ns", "b")
+    assert samples(ARBITRATION_CEILING_NAME) == {} and samples(PREEMPTIONS_NAME) == {}

@@ -1623,6 +1623,10 @@ def allocate(
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
 
 
+PREEMPTED_BY = "preempted by "
+"""How a preempted job's reason starts (the Event, the metric and users' alerts key on it)."""
+
+
 def _preempted_by(
     demand: JobDemand, preempted: Mapping[str, str], jobs: Sequence[JobDemand]
 ) -> str:
@@ -1631,4 +1635,4 @@ def _preempted_by(
     if key is None:
         return ""
     by = next(d for d in jobs if d.key == key)
-    return f"preempted by {key} (priority {by.priority} over {demand.priority}); "
+    return f"{PREEMPTED_BY}{key} (priority {by.priority} over {demand.priority}); "

@@ -54,6 +54,7 @@ from trainscale.operator import api
 from trainscale.operator.api import quantities
 from trainscale.operator.api.reporting import EventSpec, format_time, parse_time
 from trainscale.operator.autoscaling.arbiter import (
+    PREEMPTED_BY,
     Allocation,
     ArbiterSettings,
     Capacity,
@@ -463,14 +464,28 @@ class ArbitrationResult:
         return self.status.ceiling
 
     @property
+    def preempted(self) -> bool:
+        """This pass stopped the job for a job of higher priority (its ``Preempted``
+        Event)."""
+        return self.event is not None and self.event.reason == PREEMPTED_EVENT
+
+    @property
     def status_patch(self) -> dict[str, Any]:
         """The merge patch of ``status.arbitration`` (the only status field the pass owns)."""
         return api.TrainingJobStatus(arbitration=self.status).to_merge_patch()
 
 
+PREEMPTED_EVENT = "Preempted"  # the Event reason of a job arbitration stops for another
+
+
 def _event(previous: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -> EventSpec | None:
+    """The Event of a change of the job's share: ``Preempted`` when a job that was admitted
+    is stopped for one of higher priority, ``Queued``, ``Admitted`` or ``Arbitrated``."""
     if previous is not None and (previous.ceiling, previous.queued) == (new.ceiling, new.queued):
         return None
+    stopped = previous is not None and not previous.queued
+    if new.queued and stopped and new.reason.startswith(PREEMPTED_BY):
+        return EventSpec("Normal", PREEMPTED_EVENT, new.reason)
     if new.queued:
         return EventSpec("Normal", "Queued", new.reason)
     if previous is not None and previous.queued:

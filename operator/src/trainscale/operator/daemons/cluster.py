@@ -39,7 +39,7 @@ from trainscale.operator.autoscaling.cluster import (
     decide_arbitration,
     parse_timestamp,
 )
-from trainscale.operator.daemons.common import WAKEUPS, post_event, utcnow
+from trainscale.operator.daemons.common import WAKEUPS, get_metrics, post_event, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,12 @@ class ClusterArbitration:
         free = build_node_free(nodes, pods, placed=placed)
         results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes, free, self.settings)
         self.results = results
+        metrics = get_metrics()
         for key, result in results.items():
+            namespace, name = key.split("/", 1)
+            metrics.observe_arbitration(namespace, name, result.ceiling, result.preempted)
             if _same(previous.get(key), result.status):
                 continue
-            namespace, name = key.split("/", 1)
             async with WAKEUPS.lock(namespace, name):
                 await asyncio.to_thread(
                     k8s.patch_job_status, clients, namespace, name, result.status_patch

@@ -355,8 +355,9 @@ AUTOSCALER_ROW = Row(
             title="Desired vs running workers",
             description=(
                 "spec.replicas as the operator last saw it (written by the autoscaler when "
-                "autoscaling is enabled) against the worker pods that exist, and the workers "
-                "running off the node cluster arbitration planned for them."
+                "autoscaling is enabled) against the worker pods that exist, the workers "
+                "cluster arbitration grants the job (its ceiling; 0 while Queued), and the "
+                "workers running off the node it planned for them."
             ),
             unit="short",
             targets=(
@@ -372,8 +373,31 @@ AUTOSCALER_ROW = Row(
                 ),
                 Target(
                     f"max by ({OPERATOR_JOB_LABEL}) "
+                    f"({op.ARBITRATION_CEILING_NAME}{{{_operator_job_selector()}}})",
+                    f"granted {_OPERATOR_LEGEND}",
+                ),
+                Target(
+                    f"max by ({OPERATOR_JOB_LABEL}) "
                     f"({op.WORKERS_OFF_PLAN_NAME}{{{_operator_job_selector()}}})",
                     f"off plan {_OPERATOR_LEGEND}",
+                ),
+            ),
+            min=0,
+        ),
+        Panel(
+            title="Preemptions",
+            description=(
+                "Running jobs cluster arbitration stopped for a job of higher priority "
+                "(PriorityClass), per job, over the rate window; the job's Preempted Event "
+                "and status.arbitration.reason name which."
+            ),
+            unit="short",
+            stack=True,
+            targets=(
+                Target(
+                    f"max by ({OPERATOR_JOB_LABEL}) (increase("
+                    f"{op.PREEMPTIONS_NAME}{{{_operator_job_selector()}}}[{_RATE}]))",
+                    _OPERATOR_LEGEND,
                 ),
             ),
             min=0,

@@ -23,6 +23,7 @@ from prometheus_client import (
 
 from trainscale.operator.api.models import Phase
 from trainscale.operator.observability.metric_names import (
+    ARBITRATION_CEILING_NAME,
     DESIRED_REPLICAS_NAME,
     JOB_COST_PER_HOUR_NAME,
     JOB_LABEL,
@@ -33,6 +34,7 @@ from trainscale.operator.observability.metric_names import (
     MANAGED_JOBS_NAME,
     MANAGED_PODS_NAME,
     NAMESPACE_LABEL,
+    PREEMPTIONS_NAME,
     PROMETHEUS_QUERY_DURATION_NAME,
     PROMETHEUS_QUERY_ERRORS_NAME,
     RECONCILE_DURATION_NAME,
@@ -90,6 +92,21 @@ class OperatorMetrics:
             "planned for them (trainscale.dev/planned-node). Above 0 for long: the scheduler "
             "does not follow the preferred node (no NodeAffinity scoring in its profile), or "
             "something arbitration does not read keeps workers off it (pod anti-affinity).",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.arbitration_ceiling = Gauge(
+            ARBITRATION_CEILING_NAME,
+            "The workers cluster arbitration grants each arbitrated TrainingJob (its "
+            "autoscaler's ceiling; 0 while it waits Queued). Below desired: the job is held "
+            "back by the jobs beside it, status.arbitration.reason says how.",
+            _JOB_LABELS,
+            registry=registry,
+        )
+        self.preemptions = Counter(
+            PREEMPTIONS_NAME.removesuffix("_total"),
+            "Times cluster arbitration stopped a running TrainingJob for a job of higher "
+            "priority (its Preempted Event names which).",
             _JOB_LABELS,
             registry=registry,
         )
@@ -166,6 +183,19 @@ class OperatorMetrics:
         self.desired_replicas.labels(namespace, job).set(desired)
         self.workers_off_plan.labels(namespace, job).set(off_plan)
 
+    def observe_arbitration(
+        self, namespace: str, job: str, ceiling: int | None, preempted: bool
+    ) -> None:
+        """Record an arbitration pass's answer for a job: its ceiling (none: no series, as
+        when no GPU is visible and jobs autoscale alone) and a preemption."""
+        if ceiling is None:
+            with contextlib.suppress(KeyError):
+                self.arbitration_ceiling.remove(namespace, job)
+        else:
+            self.arbitration_ceiling.labels(namespace, job).set(ceiling)
+        if preempted:
+            self.preemptions.labels(namespace, job).inc()
+
     def forget_job(self, namespace: str, job: str) -> None:
         """Drop a deleted job's series."""
         self._phases.pop((namespace, job), None)
@@ -175,6 +205,8 @@ class OperatorMetrics:
             self.desired_replicas,
             self.job_cost_per_hour,
             self.workers_off_plan,
+            self.arbitration_ceiling,
+            self.preemptions,
         )
         for gauge in gauges:
             with contextlib.suppress(KeyError):
