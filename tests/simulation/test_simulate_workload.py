@@ -366,8 +366,9 @@ def test_a_higher_priority_job_preempts_in_the_simulator_as_in_the_operator(
     assert main(["simulate", "--workload", str(path), "--nodes", "4"]) == 0
     out = capsys.readouterr().out
     lines = {x.split()[0]: x.split() for x in out.splitlines() if x}
-    assert lines["whole"][-5:] == ["16", ">", "0", ">", "16"]  # sizes: stopped, then again
-    assert lines["urgent"][-2:] == ["4", "4"]  # GPUs (most), sizes: no 0 once it finished
+    # GPUs (most), priority, sizes: stopped, then again; no 0 after the last
+    assert lines["whole"][-7:] == ["16", "0", "16", ">", "0", ">", "16"]
+    assert lines["urgent"][-3:] == ["4", "100", "4"]
     # the completion times by priority, each policy's tiers as simulated, and the stops
     table = out.split("# by priority:\n")[1].split("\n#")[0].splitlines()
     cluster = Cluster(4, 4, 60.0, 1)

@@ -198,12 +198,15 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
     """Each job under ``result``'s policy: when it arrived, first ran and finished, its
     completion time, the most GPUs it held and how its size changed (0: stopped after it
     had started, preempted or queued again); on node pools, the pool it may use (``any``:
-    every node)."""
+    every node); with CPU modelled, its workers' CPUs; where jobs have more than one
+    priority, its own."""
     finish = dict(result.finishes)
     first, most, sizes = _histories(result, finish)
     pools = cluster.pools > 1
     cpus = cluster.cpu_per_node > 0
+    priorities = len({j.priority for j in jobs}) > 1
     extra = (f"{'pool':>6}" if pools else "") + (f"{'CPUs':>6}" if cpus else "")
+    extra += f"{'priority':>9}" if priorities else ""
     yield f"{'job':<12}{'arrival':>9}{'waited':>8}{'JCT s':>9}{'GPUs (most)':>12}{extra}  sizes"
     for job in jobs:
         end = finish.get(job.name)
@@ -218,6 +221,8 @@ def job_lines(result: Result, jobs: Sequence[Job], cluster: Cluster) -> Iterator
             pool = f"{'any' if index is None else index:>6}"
         if cpus:
             pool += f"{cluster.cpu_of(job) / 1000:>6g}"
+        if priorities:
+            pool += f"{job.priority:>9}"
         yield (
             f"{job.name:<12}{job.arrival:>9,.0f}{waited:>8,.0f}{jct:>9}"
             f"{most.get(job.name, 0):>12}{pool}  {shown}"
