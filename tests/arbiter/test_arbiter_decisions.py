@@ -960,6 +960,13 @@ def urgent_on_n0(preempts: bool = True, **kw: Any) -> JobDemand:
         pytest.param(2, [urgent_on_n0(nodes=frozenset({"n0"})),
                          running_at("low", 4, "n1", created=1)],
                      {"urgent": 4, "low": 4}, None, id="not-for-gpus-it-may-not-use"),
+        pytest.param(3, [urgent_on_n0(),
+                         job("mid", min_replicas=4, max_replicas=8, priority=5, preempts=True,
+                             current_replicas=4, current_nodes={"n1": 4}, created=3),
+                         running_at("low", 4, "n2", created=1)],
+                     {"urgent": 8, "mid": 4, "low": 0},
+                     "preempted by urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free",
+                     id="the-highest-priority-grows-first"),  # not mid into low, then urgent into mid
     ],
 )  # fmt: skip
 def test_preemption_for_growth(

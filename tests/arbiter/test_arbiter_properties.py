@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from trainscale.operator.autoscaling.arbiter import (
     Capacity,
     JobDemand,
     compute_allowed_counts,
+    predicted_throughput,
     subtract_pinned,
 )
 
@@ -436,9 +438,9 @@ def preempting_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
 def test_a_running_job_is_queued_only_for_a_preempting_job_of_higher_priority(
     cluster: tuple[list[JobDemand], Capacity],
 ) -> None:
-    """A running job the arbiter would keep without preemption is queued only when a
-    waiting job that preempts, of higher priority, was admitted in its place (its reason
-    names it); every node stays within its GPUs."""
+    """A running job the arbiter would keep without preemption is queued only when a job
+    that preempts, of higher priority, was admitted in its place or grew into it (its
+    reason names it); every node stays within its GPUs."""
     jobs, capacity = cluster
     allocation = decide(jobs, capacity)
     assert_within_capacity(jobs, capacity, allocation)
@@ -452,6 +454,72 @@ def test_a_running_job_is_queued_only_for_a_preempting_job_of_higher_priority(
             continue  # queued anyway (the cluster under it shrank)
         assert got.reason.startswith("preempted by "), (demand.key, got.reason)
         preemptor = by_key[got.reason.split()[2]]
-        assert preemptor.preempts and preemptor.current_replicas == 0, preemptor
+        assert preemptor.preempts, preemptor
         assert preemptor.priority > demand.priority, (preemptor, demand)
         assert not allocation[preemptor.key].queued
+
+
+@st.composite
+def priority_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
+    """Pooled clusters whose jobs, running or waiting, are often 0-3 priorities apart and
+    whose PriorityClass preempts or not."""
+    jobs, capacity = draw(pooled_clusters())
+    return [
+        dataclasses.replace(
+            d, preempts=draw(st.booleans()), priority=d.priority + draw(st.integers(0, 3))
+        )
+        for d in jobs
+    ], capacity
+
+
+def _value(demand: JobDemand, count: int) -> float:
+    """A job's term of the objective at ``count`` (the module docstring's, default
+    settings): ``-1 / speedup`` over its minimum, a running job's other counts charged its
+    restart over 600 s and a 10 % margin."""
+    base = predicted_throughput(demand, max(1, demand.min_replicas))
+    speedup = predicted_throughput(demand, count) / base if base > 0 else 1.0
+    if demand.current_replicas > 0 and count != demand.current_replicas:
+        speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / 600.0) / 1.1
+    return -1.0 / speedup if speedup > 0 else -math.inf
+
+
+@pytest.mark.slow  # ~2 s of examples: in make test, not make unit
+@PROPERTY
+@given(priority_clusters())
+def test_a_preempting_job_is_left_no_gain_in_lower_priority_jobs_gpus(
+    cluster: tuple[list[JobDemand], Capacity],
+) -> None:
+    """Once allocated, no admitted job whose PriorityClass preempts could still raise its
+    value with the GPUs that jobs of lower priority hold (or that are free) on the nodes it
+    may use: it took them, as its pods would (a running job that lost a worker's GPU to an
+    arrival is left out: it does not grow elsewhere in that decision)."""
+    jobs, capacity = cluster
+    allocation = decide(jobs, capacity)
+    room, _ = subtract_pinned(jobs, capacity)
+    for demand in jobs:
+        got = allocation[demand.key]
+        if demand.pinned or not demand.preempts or got.queued:
+            continue
+        placed = collections.Counter(dict(got.placement))
+        if placed & collections.Counter(demand.worker_nodes) != collections.Counter(
+            demand.worker_nodes
+        ):
+            continue  # it runs fewer than it did where it did: a blocked index
+        held = collections.Counter[str]()
+        for other in jobs:
+            if other.pinned or other.key == demand.key or other.priority < demand.priority:
+                continue
+            for node, workers in allocation[other.key].placement:
+                held[node] += workers * other.gpus_per_worker
+        reach = sum(
+            max(0, room[n] - held[n] - placed[n] * demand.gpus_per_worker) // demand.gpus_per_worker
+            for n in room
+            if _may_use(demand, n)
+        )
+        here = _value(demand, got.replicas)
+        better = [
+            n
+            for n in compute_allowed_counts(demand)
+            if got.replicas < n <= got.replicas + reach and _value(demand, n) > here + 1e-9
+        ]
+        assert not better, (demand.key, got.replicas, reach, better, got.reason)
