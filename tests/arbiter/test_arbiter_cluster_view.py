@@ -581,6 +581,20 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
     )
     waiting = {**running, "d/low": again["d/low"].status}
     assert decide_arbitration([urgent, low], capacity, waiting, NOW)["d/low"].event is None
+    # A pass later its workers are gone and the urgent job runs 8 (now its minimum: none of
+    # them to claim): it still says who took its place while it waits, not once it runs.
+    grown = dataclasses.replace(
+        urgent,
+        spec=spec(replicas=8, minReplicas=8, maxReplicas=8),
+        worker_nodes=("a",) * 4 + ("b",) * 4,
+    )
+    stopped = dataclasses.replace(low, worker_nodes=())
+    later = decide_arbitration([grown, stopped], capacity, waiting, NOW)["d/low"].status
+    assert later.queued and later.reason == (
+        "preempted by d/urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free"
+    )
+    gone = decide_arbitration([stopped], capacity, {"d/low": later}, NOW)["d/low"].status
+    assert not gone.queued and not gone.reason.startswith("preempted by")
     start = ArbiterSettings(preempt_to_grow=False)
     kept = decide_arbitration([urgent, low], capacity, {}, NOW, settings=start)
     assert (kept["d/urgent"].status.ceiling, kept["d/low"].status.ceiling) == (4, 4)

@@ -590,5 +590,21 @@ def decide_arbitration(
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}
             )
+        status = _still_preempted(previous.get(job.key), status)
         out[job.key] = ArbitrationResult(job.key, status, _event(previous.get(job.key), status))
     return out
+
+
+def _still_preempted(
+    previous: api.ArbitrationStatus | None, new: api.ArbitrationStatus
+) -> api.ArbitrationStatus:
+    """A preempted job keeps saying who preempted it while it waits: the arbiter names the
+    preemptor only in the pass that stopped the job, and a reader a pass later would see a
+    bare ``queued: ...`` with no hint why a job that ran stopped (the Preempted Event
+    fades after an hour)."""
+    if not (new.queued and previous is not None and previous.queued):
+        return new
+    if new.reason.startswith(PREEMPTED_BY) or not previous.reason.startswith(PREEMPTED_BY):
+        return new
+    head = previous.reason.split("; ", 1)[0]
+    return new.model_copy(update={"reason": f"{head}; {new.reason}"})
