@@ -3,7 +3,8 @@
 Behaviours covered:
 
 * off by default; on, one PrometheusRule with the alerts TrainScaleJobDegraded,
-  TrainScaleWorkersUnschedulable, TrainScaleWorkersOffPlan, TrainScaleMetricsUnavailable,
+  TrainScaleWorkersUnschedulable, TrainScaleWorkersOffPlan, TrainScaleJobPreemptedOften,
+  TrainScaleMetricsUnavailable,
   TrainScaleJobFailed and TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
   expression selecting the operator's scrape job;
 * every metric an expression reads is one the operator exports (names from
@@ -36,6 +37,7 @@ ALERTS = [
     "TrainScaleJobDegraded",
     "TrainScaleWorkersUnschedulable",
     "TrainScaleWorkersOffPlan",
+    "TrainScaleJobPreemptedOften",
     "TrainScaleMetricsUnavailable",
     "TrainScaleJobFailed",
     "TrainScaleOperatorDown",
@@ -151,6 +153,18 @@ CASES = [
       _fires("TrainScaleWorkersOffPlan", "31m", {**JOB_LABELS, "severity": "warning"})]),
     ([_series(metric_names.WORKERS_OFF_PLAN_NAME, "0x40", namespace="ml", trainingjob="bert")],
      [_fires("TrainScaleWorkersOffPlan", "40m")]),
+    # Preempted at minutes 10, 21 and 32 (the counter starts at 0): firing from the third
+    # within the hour; two in an hour: never; the third an hour after the first: never.
+    ([_series(metric_names.PREEMPTIONS_NAME, "0x9 1x10 2x10 3x40", namespace="ml",
+              trainingjob="bert")],
+     [_fires("TrainScaleJobPreemptedOften", "25m"),
+      _fires("TrainScaleJobPreemptedOften", "35m", {**JOB_LABELS, "severity": "warning"})]),
+    ([_series(metric_names.PREEMPTIONS_NAME, "0x9 1x10 2x60", namespace="ml",
+              trainingjob="bert")],
+     [_fires("TrainScaleJobPreemptedOften", "60m")]),
+    ([_series(metric_names.PREEMPTIONS_NAME, "0x9 1x61 2x10 3x30", namespace="ml",
+              trainingjob="bert")],
+     [_fires("TrainScaleJobPreemptedOften", "85m")]),
     # Every query fails: firing once the 10 m have passed; half of them fail: never.
     ([_series(ERRORS, "0+6x30", kind="http"), _series(QUERIES, "0+6x30")],
      [_fires("TrainScaleMetricsUnavailable", "5m"),

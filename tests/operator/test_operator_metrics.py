@@ -67,8 +67,9 @@ def test_workers_off_plan_are_shown_per_job_and_forgotten() -> None:
 
 
 def test_arbitration_ceilings_and_preemptions_are_shown_per_job_and_forgotten() -> None:
-    """Each pass sets the job's granted workers; a preemption counts once; no ceiling (no
-    GPU visible: the job autoscales alone) is no series, not a stale one."""
+    """Each pass sets the job's granted workers; a preemption counts once, from a series at
+    0 (so ``increase()`` sees the first); no ceiling (no GPU visible: the job autoscales
+    alone) is no series, not a stale one."""
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
 
@@ -85,8 +86,8 @@ def test_arbitration_ceilings_and_preemptions_are_shown_per_job_and_forgotten() 
     metrics.observe_arbitration("ns", "b", 0, preempted=True)
     metrics.observe_arbitration("ns", "b", 0, preempted=False)  # still queued: no new one
     assert samples(ARBITRATION_CEILING_NAME) == {"a": 4, "b": 0}
-    assert samples(PREEMPTIONS_NAME) == {"b": 1}
+    assert samples(PREEMPTIONS_NAME) == {"a": 0, "b": 1}
     metrics.observe_arbitration("ns", "a", None, preempted=False)
     assert samples(ARBITRATION_CEILING_NAME) == {"b": 0}
     metrics.forget_job("ns", "b")
-    assert samples(ARBITRATION_CEILING_NAME) == {} and samples(PREEMPTIONS_NAME) == {}
+    assert samples(ARBITRATION_CEILING_NAME) == {} and samples(PREEMPTIONS_NAME) == {"a": 0}

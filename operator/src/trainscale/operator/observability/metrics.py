@@ -187,14 +187,16 @@ class OperatorMetrics:
         self, namespace: str, job: str, ceiling: int | None, preempted: bool
     ) -> None:
         """Record an arbitration pass's answer for a job: its ceiling (none: no series, as
-        when no GPU is visible and jobs autoscale alone) and a preemption."""
+        when no GPU is visible and jobs autoscale alone) and a preemption. The preemption
+        counter starts at 0 for every arbitrated job, so ``increase()`` sees its first one."""
         if ceiling is None:
             with contextlib.suppress(KeyError):
                 self.arbitration_ceiling.remove(namespace, job)
         else:
             self.arbitration_ceiling.labels(namespace, job).set(ceiling)
+        counter = self.preemptions.labels(namespace, job)
         if preempted:
-            self.preemptions.labels(namespace, job).inc()
+            counter.inc()
 
     def forget_job(self, namespace: str, job: str) -> None:
         """Drop a deleted job's series."""

@@ -209,6 +209,7 @@ def build_values_schema() -> Schema:
                         "metricsUnavailableFor": DURATION,
                         "operatorDownFor": DURATION,
                         "offPlanFor": DURATION,
+                        "preemptionsPerHour": integer(1),
                     }
                 ),
                 "health": obj({"port": PORT}),
