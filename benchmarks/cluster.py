@@ -44,6 +44,7 @@ from trainscale.operator.autoscaling.workload import (
     tier_row,
     tiers,
     worst,
+    worst_tier,
 )
 from trainscale.testbed.pollux_trace import (
     RESTART_SECONDS,
@@ -98,17 +99,8 @@ def print_tiers(
     the running jobs it stopped (preempted) to wait again."""
     rows = []
     for policy, runs in by_tier.items():
-        for i, tier in enumerate(runs[0]):
-            seeds = [run[i] for run in runs]
-            worst_tier = Tier(
-                priority=tier.priority,
-                jobs=max(t.jobs for t in seeds),
-                avg_jct=max(t.avg_jct for t in seeds),
-                p99_jct=max(t.p99_jct for t in seeds),
-                worst_slowdown=max(t.worst_slowdown for t in seeds),
-                unfinished=max(t.unfinished for t in seeds),
-            )
-            rows.append(tier_row(policy, worst_tier, count_range([t.jobs for t in seeds])))
+        for seeds in zip(*runs, strict=True):  # one priority's tier, seed by seed
+            rows.append(tier_row(policy, worst_tier(seeds), count_range([t.jobs for t in seeds])))
     print("by priority, worst seed:")
     print(render(rows, markdown, header=TIER_HEADER))
     stops = ", ".join(f"{p} {max(r.stops for r in rs):,}" for p, rs in by_policy.items())

@@ -502,6 +502,17 @@ def _queue_victims(
     return bool(victims)
 
 
+def _without(
+    jobs: Iterable[JobDemand], placed: Mapping[str, Mapping[str, int]], free: dict[str, int]
+) -> dict[str, int]:
+    """A copy of ``free`` with every worker of ``jobs`` gone (their GPUs, CPU and memory
+    back), for trying what fits were they stopped."""
+    trial = free.copy()
+    for job in jobs:
+        _unplace(job, _count(placed, job), placed[job.key], trial)
+    return trial
+
+
 def _stop(
     victims: Sequence[JobDemand],
     by: JobDemand,
@@ -550,9 +561,7 @@ def _preempt(
     )
 
     def fits_without(victims: Sequence[JobDemand]) -> bool:
-        trial = free.copy()
-        for victim in victims:
-            _unplace(victim, sum(placed[victim.key].values()), placed[victim.key], trial)
+        trial = _without(victims, placed, free)
         placement = _place(demand, more, already, trial, dry_run=True)
         return sum(placement.values()) >= more + sum(already.values())
 
@@ -892,14 +901,17 @@ def _grow_into_lower(
     queued: list[JobDemand] = []
     heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
 
+    def lower() -> list[JobDemand]:
+        """The admitted jobs the tier may preempt (fewer once it stopped some)."""
+        return [d for d in demands if d.key in placed and d.priority < priority]
+
     def push(demand: JobDemand) -> None:
-        lower = [d for d in demands if d.key in placed and d.priority < priority]
-        if not lower:
+        below = lower()
+        if not below:
             return
-        at = _count(placed, demand)
-        step = _best_step(
-            demand, utilities[demand.key], at, _reach_over(demand, lower, placed, free)
-        )
+        # how many more workers would fit were the lower-priority jobs gone
+        reach = _slots(_without(below, placed, free), demand, placed[demand.key])
+        step = _best_step(demand, utilities[demand.key], _count(placed, demand), reach)
         if step is not None:
             heapq.heappush(heap, (-step[0], _order_key(demand), step[1], demand))
 
@@ -909,8 +921,7 @@ def _grow_into_lower(
         _, _, target, demand = heapq.heappop(heap)
         more = target - _count(placed, demand)
         if more > _slots(free, demand, placed[demand.key]):
-            lower = [d for d in demands if d.key in placed and d.priority < priority]
-            victims = _preempt(demand, lower, placed, free, workers=more,
+            victims = _preempt(demand, lower(), placed, free, workers=more,
                                where=placed[demand.key])  # fmt: skip
             if not victims:
                 continue  # no room to be made for it (its workers' CPU or packing)
@@ -918,19 +929,6 @@ def _grow_into_lower(
         placed[demand.key] = _place(demand, more, placed[demand.key], free)
         push(demand)
     return queued
-
-
-def _reach_over(
-    demand: JobDemand,
-    lower: Sequence[JobDemand],
-    placed: Mapping[str, Mapping[str, int]],
-    free: dict[str, int],
-) -> int:
-    """How many more workers of ``demand`` would fit were the ``lower`` jobs gone."""
-    trial = free.copy()
-    for other in lower:
-        _unplace(other, _count(placed, other), placed[other.key], trial)
-    return _slots(trial, demand, placed[demand.key])
 
 
 def _down_step(

@@ -590,8 +590,9 @@ def decide_arbitration(
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}
             )
-        status = _still_preempted(previous.get(job.key), status)
-        out[job.key] = ArbitrationResult(job.key, status, _event(previous.get(job.key), status))
+        before = previous.get(job.key)
+        status = _still_preempted(before, status)
+        out[job.key] = ArbitrationResult(job.key, status, _event(before, status))
     return out
 
 

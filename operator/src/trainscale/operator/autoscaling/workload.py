@@ -659,6 +659,13 @@ class _Pods:
     free: FreeGpus
     out: dict[str, int]
 
+    @classmethod
+    def of(cls, active: Sequence[Running], cluster: Cluster) -> _Pods:
+        """The decision before any change: every job at its workers, the rest free."""
+        return cls(
+            active, cluster, FreeGpus(active, cluster), {s.job.name: s.replicas for s in active}
+        )
+
     def evict_for(self, s: Running, workers: int, *, least: int, gang: bool) -> None:
         """The default scheduler's preemption: ``workers`` pods of ``s`` that find no GPU
         evict workers of lower-priority jobs on the nodes ``s`` may use, the lowest priority
@@ -709,9 +716,7 @@ class _Pods:
 
 
 def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
-    pods = _Pods(
-        active, cluster, FreeGpus(active, cluster), {s.job.name: s.replicas for s in active}
-    )
+    pods = _Pods.of(active, cluster)
     for s in _waiting(active):
         pods.evict_for(s, s.job.requested, least=s.job.requested, gang=True)
         if s.job.requested <= pods.free.available(s):
@@ -722,9 +727,7 @@ def policy_fixed(active: list[Running], cluster: Cluster, now: float) -> dict[st
 def _start_with_what_is_free(active: list[Running], cluster: Cluster) -> _Pods:
     """The waiting jobs start, in the queue's order, with what is free up to their requested
     size (at least their minimum; their pods preempt as the scheduler's)."""
-    pods = _Pods(
-        active, cluster, FreeGpus(active, cluster), {s.job.name: s.replicas for s in active}
-    )
+    pods = _Pods.of(active, cluster)
     for s in _waiting(active):
         pods.evict_for(s, s.job.requested, least=s.job.min_replicas, gang=False)
         room = pods.free.available(s)
@@ -940,11 +943,24 @@ class Result:
     stops: int = 0  # running jobs stopped before they finished (preempted), summed
 
 
-def p99(values: Sequence[float]) -> float:
+def _p99(values: Sequence[float]) -> float:
     """The 99th percentile of sorted ``values`` (the nearest rank); inf for none."""
     if not values:
         return math.inf
     return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]
+
+
+def _completion(
+    finished: Sequence[tuple[Job, float]], cluster: Cluster
+) -> tuple[float, float, float]:
+    """Average and p99 JCT and the worst slowdown (JCT over the job alone on ``cluster``)
+    of ``finished`` jobs, each with its finish time; inf for none."""
+    jcts = sorted(end - job.arrival for job, end in finished)
+    worst_slowdown = max(
+        ((end - job.arrival) / alone_jct(job, cluster) for job, end in finished),
+        default=math.inf,
+    )
+    return (statistics.fmean(jcts) if jcts else math.inf), _p99(jcts), worst_slowdown
 
 
 @dataclass(frozen=True)
@@ -967,22 +983,22 @@ def tiers(result: Result, jobs: Sequence[Job], cluster: Cluster) -> list[Tier]:
     out = []
     for priority in sorted({j.priority for j in jobs}, reverse=True):
         mine = [j for j in jobs if j.priority == priority]
-        done = [j for j in mine if j.name in finish]
-        jcts = sorted(finish[j.name] - j.arrival for j in done)
-        out.append(
-            Tier(
-                priority=priority,
-                jobs=len(mine),
-                avg_jct=statistics.fmean(jcts) if jcts else math.inf,
-                p99_jct=p99(jcts),
-                worst_slowdown=max(
-                    ((finish[j.name] - j.arrival) / alone_jct(j, cluster) for j in done),
-                    default=math.inf,
-                ),
-                unfinished=len(mine) - len(done),
-            )
-        )
+        done = [(j, finish[j.name]) for j in mine if j.name in finish]
+        avg, p99_jct, slowdown = _completion(done, cluster)
+        out.append(Tier(priority, len(mine), avg, p99_jct, slowdown, len(mine) - len(done)))
     return out
+
+
+def worst_tier(seeds: Sequence[Tier]) -> Tier:
+    """One priority's tier over seeds, metric by metric the worst (as :func:`worst`)."""
+    return Tier(
+        priority=seeds[0].priority,
+        jobs=max(t.jobs for t in seeds),
+        avg_jct=max(t.avg_jct for t in seeds),
+        p99_jct=max(t.p99_jct for t in seeds),
+        worst_slowdown=max(t.worst_slowdown for t in seeds),
+        unfinished=max(t.unfinished for t in seeds),
+    )
 
 
 def alone_jct(job: Job, cluster: Cluster) -> float:
@@ -1087,27 +1103,21 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
                 _advance(s, now, dt, cluster.gpus_per_node)
         timeline.append((now, held, len(active) - len(held)))
         now += dt
-    finished = [s for s in cluster.states if s.finish is not None]
-    jcts = sorted(s.finish - s.job.arrival for s in finished if s.finish is not None)
+    finished = [(s.job, s.finish) for s in cluster.states if s.finish is not None]
     unfinished = len(cluster.states) - len(finished)
-    slowdowns = [
-        (s.finish - s.job.arrival) / alone_jct(s.job, cluster)
-        for s in finished
-        if s.finish is not None
-    ]
+    avg_jct, p99_jct, worst_slowdown = _completion(finished, cluster)
     return Result(
         policy=policy,
-        avg_jct=statistics.fmean(jcts) if jcts else math.inf,
-        p99_jct=p99(jcts),
-        makespan=max((s.finish for s in finished if s.finish is not None), default=math.inf)
-        - min(j.arrival for j in jobs),
+        avg_jct=avg_jct,
+        p99_jct=p99_jct,
+        makespan=max((end for _, end in finished), default=math.inf) - min(j.arrival for j in jobs),
         gpu_hours=sum(s.gpu_seconds for s in cluster.states) / 3600.0,
         rescales=sum(s.rescales for s in cluster.states),
-        worst_slowdown=max(slowdowns, default=math.inf),
+        worst_slowdown=worst_slowdown,
         unfinished=unfinished,
         decide_seconds=decide_seconds,
         timeline=tuple(timeline),
-        finishes=tuple((s.job.name, s.finish) for s in finished if s.finish is not None),
+        finishes=tuple((job.name, end) for job, end in finished),
         unplaced=unplaced,
         stops=sum(s.stops for s in cluster.states),
     )
