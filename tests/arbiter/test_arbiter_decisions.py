@@ -967,6 +967,19 @@ def urgent_on_n0(preempts: bool = True, **kw: Any) -> JobDemand:
                      {"urgent": 8, "mid": 4, "low": 0},
                      "preempted by urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free",
                      id="the-highest-priority-grows-first"),  # not mid into low, then urgent into mid
+        pytest.param(3, [urgent_on_n0(),
+                         job("mid", min_replicas=2, max_replicas=4, priority=5,
+                             current_replicas=4, current_nodes={"n1": 4}, created=3),
+                         running_at("low", 4, "n2", created=1)],
+                     {"urgent": 8, "mid": 4, "low": 0},
+                     "preempted by urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free",
+                     id="the-lowest-priority-goes-before-a-middle-one-shrinks"),
+        pytest.param(3, [urgent_on_n0(max_replicas=10, throughput=linear(10)),
+                         job("mid", min_replicas=2, max_replicas=4, priority=5,
+                             current_replicas=4, current_nodes={"n1": 4}, created=3),
+                         running_at("low", 4, "n2", created=1)],
+                     {"urgent": 10, "mid": 2, "low": 0}, None,
+                     id="then-the-middle-one-shrinks"),  # steps 6 and 7 again, low gone
     ],
 )  # fmt: skip
 def test_preemption_for_growth(

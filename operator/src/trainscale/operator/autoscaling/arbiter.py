@@ -54,7 +54,13 @@ The decision is a pipeline of named steps, each a small function tested alone:
    time to the best gain per GPU (within its floor, bounds and budget, net of its restart),
    queuing the fewest lower-priority jobs that make room, chosen as in step 3. Without it,
    on a cluster full of minimums an urgent job stayed at its own while the scheduler's
-   preemption (or fixed sizes) would have given it its size.
+   preemption (or fixed sizes) would have given it its size. With three priorities or
+   more, the lowest gives way first, as the scheduler's victims do: in step 6 such a job
+   takes GPUs only from the lowest priority below it, in step 7 it stops jobs of that
+   priority (of others beside them only when they alone cannot make room), and steps 6 and
+   7 repeat once they are gone, the next priority up shrunk to its minimum before any of its
+   jobs stops (a middle priority was shrunk in step 6, and the bottom one then stopped as
+   well, its GPUs left idle).
 8. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
    (3 jobs waiting)``, or why a job got all it wanted. A job granted all that the nodes it
    may use hold of its workers is told that they limit it, not the jobs beside it:
@@ -882,7 +888,7 @@ def preempt_for_growth(
     queued: list[JobDemand] = []
     for priority in sorted({d.priority for d in demands}, reverse=True):
         tier = [d for d in demands if d.key in placed and d.priority == priority and d.preempts]
-        queued += _grow_into_lower(tier, demands, utilities, placed, free, preempted)
+        queued += _grow_into_lower(tier, demands, utilities, placed, free, settings, preempted)
     return queued
 
 
@@ -892,21 +898,23 @@ def _grow_into_lower(
     utilities: Mapping[str, Mapping[int, float]],
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
+    settings: ArbiterSettings,
     preempted: dict[str, str] | None,
 ) -> list[JobDemand]:
     """:func:`preempt_for_growth` for one priority's preempting jobs (``tier``)."""
-    if not tier:
-        return []
-    priority = tier[0].priority
     queued: list[JobDemand] = []
     heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
+    # the lowest priority each may preempt, as the pass starts (:func:`_bottom`); once its
+    # jobs are gone, the next one up gives way in the next round of steps 6 and 7, its
+    # surplus taken first (step 6), not stopped whole here
+    bottom = {d.key: _bottom(d, demands, placed, settings) for d in tier}
 
-    def lower() -> list[JobDemand]:
-        """The admitted jobs the tier may preempt (fewer once it stopped some)."""
-        return [d for d in demands if d.key in placed and d.priority < priority]
+    def lower(demand: JobDemand) -> list[JobDemand]:
+        """The admitted jobs ``demand`` may preempt (fewer once it stopped some)."""
+        return [d for d in demands if d.key in placed and d.priority < demand.priority]
 
     def push(demand: JobDemand) -> None:
-        below = lower()
+        below = lower(demand)
         if not below:
             return
         # how many more workers would fit were the lower-priority jobs gone
@@ -921,8 +929,12 @@ def _grow_into_lower(
         _, _, target, demand = heapq.heappop(heap)
         more = target - _count(placed, demand)
         if more > _slots(free, demand, placed[demand.key]):
-            victims = _preempt(demand, lower(), placed, free, workers=more,
+            lowest = [d for d in lower(demand) if d.priority == bottom[demand.key]]
+            victims = _preempt(demand, lowest, placed, free, workers=more,
                                where=placed[demand.key])  # fmt: skip
+            if not victims and lowest:  # the lowest alone cannot make room: with jobs above
+                victims = _preempt(demand, lower(demand), placed, free, workers=more,
+                                   where=placed[demand.key])  # fmt: skip
             if not victims:
                 continue  # no room to be made for it (its workers' CPU or packing)
             _stop(victims, demand, placed, free, queued, preempted)
@@ -967,7 +979,15 @@ def rebalance(
     both sides are valued with the restart charge and the resize margin, so GPUs move only
     for a gain that pays two restarts with a margin. A donor never has a higher priority than its recipient. Stops when no move pays
     (each move raises the objective, so it ends; bounded by the GPU count besides, and a move
-    that failed is not tried again within the decision, which keeps it fast)."""
+    that failed is not tried again within the decision, which keeps it fast).
+
+    A recipient that step 7 lets preempt (:attr:`JobDemand.preempts`, with
+    ``settings.preempt_to_grow``) takes no GPUs from a lower-priority donor while a job of
+    still lower priority holds workers on a node it may use: as the scheduler's
+    preemption, the lowest priority gives way first, stopped by step 7 if need be, before a
+    job above it loses anything (with three priorities, the middle one was shrunk here and
+    then the bottom one stopped as well); :func:`allocate` then repeats steps 6 and 7, the
+    stopped jobs gone."""
     jobs = sorted((d for d in demands if d.key in placed), key=_order_key)
     utilities = _step_utilities(jobs, allowed, settings, decision)
     ups: dict[str, tuple[float, int] | None] = {}
@@ -990,12 +1010,53 @@ def rebalance(
                 not below and cheapest.get(recipient.priority, math.inf) >= -neg_gain
             ):
                 continue  # tried, or not even the cheapest same-priority GPU is worth it
-            stale = _move(recipient, target, jobs, utilities, downs, placed, free)
+            bottom = _bottom(recipient, jobs, placed, settings)
+            stale = _move(recipient, target, jobs, utilities, downs, placed, free, bottom)
             if stale:
                 break
             failed.add((recipient.key, target))
         else:
             return
+
+
+def _bottom(
+    recipient: JobDemand,
+    jobs: Sequence[JobDemand],
+    placed: Mapping[str, Mapping[str, int]],
+    settings: ArbiterSettings,
+) -> int | None:
+    """The lowest priority of the admitted jobs ``recipient`` may preempt to grow (holding
+    workers on a node it may use), when it may (step 7): only they give it GPUs in step 6
+    (:func:`rebalance`), or are stopped for it in step 7 (:func:`preempt_for_growth`), until
+    they are gone. None when it may not, or none is there."""
+    if not (recipient.preempts and settings.preempt_to_grow):
+        return None
+    return min(
+        (
+            d.priority
+            for d in jobs
+            if d.priority < recipient.priority
+            and d.key in placed
+            and any(w > 0 and _may_use(recipient, n) for n, w in placed[d.key].items())
+        ),
+        default=None,
+    )
+
+
+def _layered(
+    demands: Sequence[JobDemand], placed: Mapping[str, Mapping[str, int]], settings: ArbiterSettings
+) -> bool:
+    """Whether an admitted job that may preempt to grow has admitted jobs of two or more
+    lower priorities: steps 6 and 7 then give it the lowest first, a round each
+    (:func:`allocate`)."""
+    if not settings.preempt_to_grow:
+        return False
+    admitted = [d for d in demands if d.key in placed]
+    return any(
+        len({d.priority for d in admitted if d.priority < job.priority}) > 1
+        for job in admitted
+        if job.preempts
+    )
 
 
 def _refresh_steps(
@@ -1038,11 +1099,13 @@ def _move(
     downs: Mapping[str, tuple[float, int] | None],
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
+    bottom: int | None = None,
 ) -> set[str]:
     """Try to grow ``recipient`` to ``target`` by shrinking donors (:func:`rebalance`);
     commit only when the workers fit and the gain beats the loss. ``downs``: each job's
-    :func:`_down_step` as ``placed`` stands. Returns the keys of the jobs changed (empty
-    when nothing was)."""
+    :func:`_down_step` as ``placed`` stands; ``bottom``: the only lower priority that may
+    give (:func:`_bottom`). Returns the keys of the jobs changed (empty when nothing
+    was)."""
     at = _count(placed, recipient)
     gain = utilities[recipient.key][target] - utilities[recipient.key][at]
     trial_free = free.copy()
@@ -1054,7 +1117,7 @@ def _move(
         if down is not None:
             heapq.heappush(heap, (donor.priority, down[0], _order_key(donor), down[1], donor))
 
-    heap = _first_donors(recipient, jobs, downs, placed, free)
+    heap = _first_donors(recipient, jobs, downs, placed, free, bottom)
     loss = 0.0
     while _slots(trial_free, recipient, placed[recipient.key]) < target - at:
         if not heap:
@@ -1085,11 +1148,13 @@ def _first_donors(
     downs: Mapping[str, tuple[float, int] | None],
     placed: Mapping[str, Mapping[str, int]],
     free: Mapping[str, int],
+    bottom: int | None = None,
 ) -> list[_Donor]:
     """The heap of :func:`_move`'s donors, by their first step down (``downs``, for
-    ``placed``): the jobs of the recipient's priority or lower that hold GPUs on a node it
-    may use and would have CPU and memory for one more worker on once theirs left (``free``:
-    what the nodes have left), cheapest first within a priority, lower priorities before."""
+    ``placed``): the jobs of the recipient's priority or lower (of its priority or
+    ``bottom``, when given) that hold GPUs on a node it may use and would have CPU and
+    memory for one more worker on once theirs left (``free``: what the nodes have left),
+    cheapest first within a priority, lower priorities before."""
 
     light = not recipient.asks_cpu_or_memory
 
@@ -1104,6 +1169,7 @@ def _first_donors(
         if (down := downs[donor.key]) is not None
         and donor.key != recipient.key
         and donor.priority <= recipient.priority
+        and (bottom is None or donor.priority in (bottom, recipient.priority))
         and any(w > 0 and usable(n, donor, w) for n, w in placed[donor.key].items())
     ]
     heapq.heapify(heap)
@@ -1571,10 +1637,16 @@ def allocate(
     unreserved = free.copy()  # what the admitted jobs' minimums leave
     restore_running(arbitrated, allowed, placed, free, settings, utilities)
     grow_by_marginal_gain(arbitrated, allowed, placed, free, settings, utilities)
-    rebalance(arbitrated, allowed, placed, free, settings, utilities)
-    grown_into = preempt_for_growth(
-        arbitrated, allowed, placed, free, settings, utilities, preempted
-    )
+    grown_into: list[JobDemand] = []
+    for _ in range(len({d.priority for d in arbitrated})):  # steps 6 and 7, tier by tier
+        layered = _layered(arbitrated, placed, settings)
+        rebalance(arbitrated, allowed, placed, free, settings, utilities)
+        stopped = preempt_for_growth(
+            arbitrated, allowed, placed, free, settings, utilities, preempted
+        )
+        grown_into += stopped
+        if not (layered and stopped):
+            break  # the lowest priority below a preemptor was its only one, or none went
     queued += grown_into
     # what the moves left free (a donor's GPUs the recipient could not use, CPU it freed
     # beside idle GPUs, a preempted job's GPUs the preemptor did not need) is handed out
