@@ -980,6 +980,13 @@ def urgent_on_n0(preempts: bool = True, **kw: Any) -> JobDemand:
                          running_at("low", 4, "n2", created=1)],
                      {"urgent": 10, "mid": 2, "low": 0}, None,
                      id="then-the-middle-one-shrinks"),  # steps 6 and 7 again, low gone
+        pytest.param(2, [job("urgent", min_replicas=1, max_replicas=2, gpus_per_worker=4,
+                             priority=10, preempts=True, current_replicas=1,
+                             current_nodes={"n0": 1}, created=5),
+                         running_at("mid", 2, "n1", priority=5, created=3),
+                         running_at("low", 2, "n1", created=1)],
+                     {"urgent": 2, "mid": 0, "low": 0}, None,
+                     id="both-when-the-lowest-alone-makes-no-room"),  # a worker of 4 GPUs
     ],
 )  # fmt: skip
 def test_preemption_for_growth(
