@@ -115,7 +115,9 @@ def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None
         return load_workload(seed, scaling, total_gpus=total, restart=args.restart)
     if args.trace:
         return read_trace(args.trace)
-    return generate(seed, args.jobs, args.hours, args.gpus_per_node, urgent=args.urgent)
+    return generate(
+        seed, args.jobs, args.hours, args.gpus_per_node, urgent=args.urgent, low=args.low
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,6 +159,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of the generated jobs with a higher priority (their"
                         " PriorityClass preempts, in every policy: the arbiter's, or the"
                         " scheduler's for the baselines' pods)")  # fmt: skip
+    parser.add_argument("--low", type=float, default=0.0, metavar="SHARE",
+                        help="share of the other generated jobs with a lower priority (batch"
+                        " work; with --urgent, three priorities)")  # fmt: skip
     parser.add_argument("--arbitration-preemption", choices=("grow", "start"), default="grow",
                         help="as the operator's flag: trainscale's preempting jobs stop"
                         " lower-priority ones to grow too, or only to start")  # fmt: skip
@@ -185,8 +190,11 @@ def describe_source(args: argparse.Namespace) -> str:
             f", {args.cpu_per_node} CPUs per node, {args.cpu_heavy:g} of the jobs' workers"
             " asking half of them"
         )
-    if args.urgent:
-        source += f", {args.urgent:g} of them urgent (a higher priority)"
+    if args.low:
+        source += f", {args.low:g} of them low-priority batch work"
+    if args.urgent or args.low:
+        if args.urgent:
+            source += f", {args.urgent:g} of them urgent (a higher priority)"
         if args.no_preemption:
             source += " whose classes never preempt"
         elif args.arbitration_preemption == "start":

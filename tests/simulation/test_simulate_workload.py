@@ -20,6 +20,7 @@ Covers:
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
 from collections.abc import Callable
@@ -239,6 +240,15 @@ def test_a_bad_trace_names_the_line_and_column(
             "priority column)",
         ),
         pytest.param(["--curve", "amdahl", "--urgent", "0.2"], "--urgent needs --workload"),
+        pytest.param(
+            ["--workload", "generated", "--low", "1.5"], "--low must be a share in [0, 1], got 1.5"
+        ),
+        pytest.param(
+            ["--workload", "trace.csv", "--low", "0.2"],
+            "--low needs a generated workload (a trace names each job's priority in its "
+            "priority column)",
+        ),
+        pytest.param(["--curve", "amdahl", "--low", "0.2"], "--low needs --workload"),
     ],
 )
 def test_bad_workload_flags_are_named(
@@ -400,3 +410,12 @@ def test_a_generated_workload_with_urgent_jobs_is_shown_by_priority(
     ]
     assert main(["simulate", *argv]) == 0
     assert "# by priority:" not in capsys.readouterr().out  # one priority: no such table
+    assert main(["simulate", *argv, "--urgent", "0.3", "--low", "0.5"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("# by priority:\n")[1].split("\n#")[0].splitlines()
+    jobs = generate(1, 10, 0.25, 4, urgent=0.3, low=0.5)
+    counts = collections.Counter(j.priority for j in jobs)
+    assert len(counts) == 3  # three priorities, each its row
+    assert [x.split()[:3] for x in table[1:4]] == [
+        ["fixed", str(p), str(counts[p])] for p in sorted(counts, reverse=True)
+    ]

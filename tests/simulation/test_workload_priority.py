@@ -17,6 +17,7 @@ import math
 import pytest
 
 from trainscale.operator.autoscaling.workload import (
+    LOW_PRIORITY,
     POLICIES,
     URGENT_PRIORITY,
     Cluster,
@@ -51,6 +52,22 @@ def test_a_generated_workload_has_the_urgent_share_asked_and_the_same_jobs() -> 
     assert 40 <= len(high) <= 80  # about a fifth, drawn per job
     assert {j.priority for j in urgent} == {0, URGENT_PRIORITY}
     assert [j.__dict__ | {"priority": 0} for j in urgent] == [j.__dict__ for j in plain]
+
+
+def test_a_low_priority_share_leaves_the_urgent_jobs_and_the_rest_as_they_were() -> None:
+    """``--low``: a share of the jobs that are not urgent gets :data:`LOW_PRIORITY` (three
+    priorities with ``--urgent``); the urgent jobs and every job's work are unchanged."""
+    urgent = generate(seed=4, jobs=300, hours=8.0, gpus_per_node=4, urgent=0.2)
+    both = generate(seed=4, jobs=300, hours=8.0, gpus_per_node=4, urgent=0.2, low=0.3)
+    assert {j.priority for j in both} == {LOW_PRIORITY, 0, URGENT_PRIORITY}
+    low = [j for j in both if j.priority == LOW_PRIORITY]
+    assert 50 <= len(low) <= 100  # about 0.3 of the 240 or so not urgent
+    assert [j.priority == URGENT_PRIORITY for j in both] == [
+        j.priority == URGENT_PRIORITY for j in urgent
+    ]
+    assert [j.__dict__ | {"priority": 0} for j in both] == [
+        j.__dict__ | {"priority": 0} for j in urgent
+    ]
 
 
 @pytest.mark.parametrize("policy", ["fixed", "per-job-oracle"])

@@ -183,7 +183,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from trainscale.operator.app.simulate import SimulateError, options_from, run_simulate
 
     workload_flags = (
-        "nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy", "urgent"
+        "nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy", "urgent",
+        "low",
     )  # fmt: skip
     for flag in workload_flags:
         if getattr(args, flag) is not None:
@@ -227,6 +228,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         cpu_per_node=args.cpu_per_node if args.cpu_per_node is not None else 0,
         cpu_heavy=args.cpu_heavy if args.cpu_heavy is not None else 0.0,
         urgent=args.urgent if args.urgent is not None else 0.0,
+        low=args.low if args.low is not None else 0.0,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -362,6 +364,13 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="share of the generated jobs given a higher priority, drawn per job; their "
         "PriorityClass preempts under every policy (--workload generated; a trace has a "
         "priority column)",
+    )
+    sim.add_argument(
+        "--low",
+        type=float,
+        metavar="SHARE",
+        help="share of the other generated jobs given a lower priority (batch work), drawn "
+        "per job; with --urgent, three priorities (--workload generated)",
     )
     sim.add_argument(
         "--policies",

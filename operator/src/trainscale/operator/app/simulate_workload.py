@@ -67,6 +67,7 @@ class WorkloadOptions:
     cpu_per_node: int = 0  # CPUs per node; 0: CPU not modelled
     cpu_heavy: float = 0.0
     urgent: float = 0.0  # share of the generated jobs with a higher priority
+    low: float = 0.0  # share of the others with a lower priority
 
 
 def _check_flags(options: WorkloadOptions) -> None:
@@ -87,6 +88,7 @@ def _check_flags(options: WorkloadOptions) -> None:
     _check_share("--cpu-heavy", options.cpu_heavy, generated and options.cpu_per_node > 0,
                  "--cpu-per-node", "CPUs per worker in its cpu_per_worker column")  # fmt: skip
     _check_share("--urgent", options.urgent, generated, "", "priority in its priority column")
+    _check_share("--low", options.low, generated, "", "priority in its priority column")
     unknown = [p for p in options.policies if p not in POLICIES]
     if unknown or "trainscale" not in options.policies:
         raise WorkloadError(
@@ -97,7 +99,7 @@ def _check_flags(options: WorkloadOptions) -> None:
 
 def _check_share(flag: str, share: float, usable: bool, needs: str, column: str) -> None:
     """A share of a generated workload's jobs (``--restricted``, ``--cpu-heavy``,
-    ``--urgent``): in [0, 1], and given only where it applies (``usable``: a generated
+    ``--urgent``, ``--low``): in [0, 1], and given only where it applies (``usable``: a generated
     workload, with ``needs`` where not empty)."""
     if not 0.0 <= share <= 1.0:
         raise WorkloadError(f"{flag} must be a share in [0, 1], got {share}")
@@ -119,7 +121,12 @@ def load_workload(options: WorkloadOptions) -> list[Job]:
         if options.jobs < 1 or options.hours <= 0:
             raise WorkloadError("--jobs must be >= 1 and --hours > 0 for a generated workload")
         return generate(
-            options.seed, options.jobs, options.hours, options.gpus_per_node, urgent=options.urgent
+            options.seed,
+            options.jobs,
+            options.hours,
+            options.gpus_per_node,
+            urgent=options.urgent,
+            low=options.low,
         )
     try:
         jobs = read_trace(options.workload, pools=options.pools)

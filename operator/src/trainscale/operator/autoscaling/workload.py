@@ -53,8 +53,8 @@ The policies (:data:`POLICIES`):
   job of a higher ``priority`` preempts as the operator's does by default (the running jobs
   it queues keep their progress, as from a checkpoint).
 
-Priorities (``Job.priority``: a trace's column, or ``generate(urgent=...)``,
-``benchmarks/cluster.py --urgent``). A PriorityClass preempts by default in Kubernetes, and
+Priorities (``Job.priority``: a trace's column, or ``generate(urgent=..., low=...)``,
+``benchmarks/cluster.py --urgent --low``). A PriorityClass preempts by default in Kubernetes, and
 not only for trainscale: the baselines' pods preempt as the default scheduler's do
 (:meth:`_Pods.evict_for`), or a higher priority would wait behind every running job under them
 alone and flatter arbitration. A pod of a higher-priority job that finds no GPU evicts a
@@ -248,17 +248,26 @@ def measured_job(
 
 SIZES = [(1, 0.40), (2, 0.20), (4, 0.20), (8, 0.15), (16, 0.05)]
 URGENT_PRIORITY = 1000  # a generated urgent job's PriorityClass value (the others: 0)
+LOW_PRIORITY = -100  # a generated low-priority (batch) job's PriorityClass value
 
 
 def generate(
-    seed: int, jobs: int, hours: float, gpus_per_node: int, *, urgent: float = 0.0
+    seed: int,
+    jobs: int,
+    hours: float,
+    gpus_per_node: int,
+    *,
+    urgent: float = 0.0,
+    low: float = 0.0,
 ) -> list[Job]:
     """Poisson arrivals over ``hours``; requested sizes mostly small (as in published
     traces); run time at the requested size log-uniform from 6 minutes to 3 hours. A share
     ``urgent`` of the jobs (drawn apart from the rest, so the jobs are the same with or
-    without it) has priority :data:`URGENT_PRIORITY`, the rest 0."""
+    without it) has priority :data:`URGENT_PRIORITY`; a share ``low`` of the others (drawn
+    apart too) :data:`LOW_PRIORITY`, batch work that gives way to both; the rest 0."""
     rng = random.Random(seed)
     urgent_draw = random.Random(f"{seed}/urgent")
+    low_draw = random.Random(f"{seed}/low")
     out: list[Job] = []
     t = 0.0
     mean_gap = hours * 3600.0 / jobs
@@ -280,7 +289,7 @@ def generate(
             min_replicas=lo,
             max_replicas=hi,
             requested=requested,
-            priority=URGENT_PRIORITY if urgent_draw.random() < urgent else 0,
+            priority=_priority(urgent_draw.random() < urgent, low_draw.random() < low),
             restart=rng.uniform(30.0, 90.0),
         )
         seconds = math.exp(rng.uniform(math.log(360.0), math.log(3 * 3600.0)))
@@ -289,6 +298,13 @@ def generate(
             Job(**{**job.__dict__, "samples": samples})  # frozen: rebuild with the work
         )
     return out
+
+
+def _priority(urgent: bool, low: bool) -> int:
+    """A generated job's priority: urgent, else low, else 0."""
+    if urgent:
+        return URGENT_PRIORITY
+    return LOW_PRIORITY if low else 0
 
 
 class TraceError(ValueError):
