@@ -567,6 +567,10 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
     grown = decide_arbitration([urgent, low], capacity, {}, NOW)
     assert (grown["d/urgent"].status.ceiling, grown["d/low"].status.queued) == (8, True)
     assert grown["d/low"].status.reason.startswith("preempted by d/urgent (priority 10 over 0)")
+    assert (grown["d/low"].status.preempted_by, grown["d/urgent"].status.preempted_by) == (
+        "d/urgent",
+        None,
+    )
     assert not grown["d/low"].preempted  # no status before: not known to have run
     running = {
         "d/low": api.ArbitrationStatus(ceiling=4),
@@ -593,8 +597,12 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
     assert later.queued and later.reason == (
         "preempted by d/urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free"
     )
-    gone = decide_arbitration([stopped], capacity, {"d/low": later}, NOW)["d/low"].status
+    assert later.preempted_by == "d/urgent"
+    admitted = decide_arbitration([stopped], capacity, {"d/low": later}, NOW)["d/low"]
+    gone = admitted.status
     assert not gone.queued and not gone.reason.startswith("preempted by")
+    # admitted, it no longer names one: the merge patch deletes the field
+    assert admitted.status_patch["arbitration"]["preemptedBy"] is None
     start = ArbiterSettings(preempt_to_grow=False)
     kept = decide_arbitration([urgent, low], capacity, {}, NOW, settings=start)
     assert (kept["d/urgent"].status.ceiling, kept["d/low"].status.ceiling) == (4, 4)

@@ -921,9 +921,16 @@ def test_preemption(
     for key in queued:
         if reason is not None:
             assert allocation[key].reason == reason
+            assert allocation[key].preempted_by == preemptor(reason)
     for demand in demands:
         if demand.key not in queued:
             assert allocation[demand.key].replicas >= demand.min_replicas
+            assert allocation[demand.key].preempted_by is None
+
+
+def preemptor(reason: str) -> str | None:
+    """The job a ``preempted by KEY (...)`` reason names."""
+    return reason.removeprefix("preempted by ").split(" ", 1)[0] if "preempted" in reason else None
 
 
 def urgent_on_n0(preempts: bool = True, **kw: Any) -> JobDemand:
@@ -1000,5 +1007,7 @@ def test_preemption_for_growth(
     assert {k: a.replicas for k, a in allocation.jobs.items()} == expected
     for key, replicas in expected.items():
         assert allocation[key].queued == (replicas == 0)
+        assert (allocation[key].preempted_by is None) == (replicas > 0)
         if replicas == 0 and reason is not None:
             assert allocation[key].reason == reason
+            assert allocation[key].preempted_by == preemptor(reason)

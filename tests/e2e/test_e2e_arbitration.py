@@ -279,8 +279,12 @@ def _assert_preempted(kubectl: Any, namespace: str, job: str, queued: str) -> No
 
     def waits_preempted() -> bool:
         found = _status(kubectl, namespace, job)
-        reason = (found.get("arbitration") or {}).get("reason", "")
-        return found.get("phase") == "Queued" and reason.startswith(expected)
+        arbitration = found.get("arbitration") or {}
+        return (
+            found.get("phase") == "Queued"
+            and arbitration.get("reason", "").startswith(expected)
+            and arbitration.get("preemptedBy") == f"{namespace}/urgent"  # kept by the schema
+        )
 
     # the pass that saw the last pods go may land a moment after them
     wait_for(waits_preempted, timeout=30, what=f"{job} Queued, preempted",

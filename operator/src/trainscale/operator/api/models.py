@@ -769,6 +769,11 @@ class ArbitrationStatus(_Model):
         default=None, ge=0, description="Workers the job would take on an empty cluster."
     )
     reason: str = Field(default="", description="Why, in words.")
+    preempted_by: str | None = Field(
+        default=None,
+        description="The job (namespace/name) of a higher priority that cluster arbitration "
+        "stopped this one for; kept while this job waits, cleared once it is admitted.",
+    )
     preferred_nodes: dict[str, int] = Field(
         default_factory=dict, description="Preferred packing: node name -> workers."
     )

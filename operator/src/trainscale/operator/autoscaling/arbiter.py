@@ -289,6 +289,8 @@ class JobAllocation:
         queued: the job waits for GPUs (``replicas == 0``) and should create no pods.
         pinned: the job opted out; ``replicas`` is its fixed size.
         reason: why, in words, for events and status.
+        preempted_by: the key of the higher-priority job this one was stopped (or kept
+            from starting) for, in this decision; None when it was not.
     """
 
     key: str
@@ -298,6 +300,7 @@ class JobAllocation:
     queued: bool
     pinned: bool
     reason: str
+    preempted_by: str | None = None
 
     @property
     def workers_per_node(self) -> tuple[int, ...]:
@@ -1689,12 +1692,14 @@ def allocate(
                 len(placed),
                 alone,
             ),
+            preempted_by=preempted.get(demand.key),
         )
     return Allocation(jobs=result, free_gpus=free_gpus, waiting=waiting)
 
 
 PREEMPTED_BY = "preempted by "
-"""How a preempted job's reason starts (the Event, the metric and users' alerts key on it)."""
+"""How a preempted job's reason starts (``JobAllocation.preempted_by``, and
+``status.arbitration.preemptedBy``, name the preemptor for programs)."""
 
 
 def _preempted_by(

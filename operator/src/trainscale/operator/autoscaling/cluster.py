@@ -484,7 +484,7 @@ def _event(previous: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -
     if previous is not None and (previous.ceiling, previous.queued) == (new.ceiling, new.queued):
         return None
     stopped = previous is not None and not previous.queued
-    if new.queued and stopped and new.reason.startswith(PREEMPTED_BY):
+    if new.queued and stopped and new.preempted_by is not None:
         return EventSpec("Normal", PREEMPTED_EVENT, new.reason)
     if new.queued:
         return EventSpec("Normal", "Queued", new.reason)
@@ -504,6 +504,7 @@ def build_arbitration_status(
         queued=allocation.queued,
         wanted=allocation.wanted,
         reason=allocation.reason,
+        preempted_by=allocation.preempted_by,
         preferred_nodes={name: workers for name, workers in allocation.placement},
         waiting_jobs=waiting,
         last_update_time=format_time(now),
@@ -599,13 +600,15 @@ def decide_arbitration(
 def _still_preempted(
     previous: api.ArbitrationStatus | None, new: api.ArbitrationStatus
 ) -> api.ArbitrationStatus:
-    """A preempted job keeps saying who preempted it while it waits: the arbiter names the
-    preemptor only in the pass that stopped the job, and a reader a pass later would see a
-    bare ``queued: ...`` with no hint why a job that ran stopped (the Preempted Event
-    fades after an hour)."""
+    """A preempted job keeps saying who preempted it while it waits (``preemptedBy``, and
+    its reason's head): the arbiter names the preemptor only in the pass that stopped the
+    job, and a reader a pass later would see a bare ``queued: ...`` with no hint why a job
+    that ran stopped (the Preempted Event fades after an hour)."""
     if not (new.queued and previous is not None and previous.queued):
         return new
-    if new.reason.startswith(PREEMPTED_BY) or not previous.reason.startswith(PREEMPTED_BY):
+    if new.preempted_by is not None or previous.preempted_by is None:
         return new
-    head = previous.reason.split("; ", 1)[0]
-    return new.model_copy(update={"reason": f"{head}; {new.reason}"})
+    update: dict[str, object] = {"preempted_by": previous.preempted_by}
+    if previous.reason.startswith(PREEMPTED_BY):  # its head names the preemptor
+        update["reason"] = f"{previous.reason.split('; ', 1)[0]}; {new.reason}"
+    return new.model_copy(update=update)
