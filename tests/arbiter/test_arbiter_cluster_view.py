@@ -50,6 +50,7 @@ from trainscale.operator.controller.builders import (
     build_rendezvous_pod,
     build_worker_pod,
 )
+from trainscale.operator.daemons.cluster import compute_asked_replicas, compute_prior_throughput
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -606,3 +607,25 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
     start = ArbiterSettings(preempt_to_grow=False)
     kept = decide_arbitration([urgent, low], capacity, {}, NOW, settings=start)
     assert (kept["d/urgent"].status.ceiling, kept["d/low"].status.ceiling) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "forced_from", "asked"),
+    [
+        pytest.param(6, [], 6, id="its-spec"),
+        pytest.param(6, [8], 8, id="a-count-it-was-forced-off"),
+        pytest.param(6, [4, 7], 7, id="the-largest"),
+        pytest.param(6, [3], 6, id="never-below-its-spec"),
+        pytest.param(6, [12], 8, id="within-maxReplicas"),
+    ],
+)
+def test_a_job_without_measurements_is_assumed_to_want_what_it_was_forced_off(
+    replicas: int, forced_from: list[int], asked: int
+) -> None:
+    """The prior of a job with no model is linear up to the size it asked for: its
+    ``spec.replicas``, which its autoscaler lowers to a ceiling, or the larger count it was
+    forced off (``status.autoscaling.memory.forcedFrom``), so it grows back when GPUs free."""
+    job = spec(replicas=replicas, minReplicas=2, maxReplicas=8)
+    assert compute_asked_replicas(job, forced_from) == asked
+    prior = compute_prior_throughput(job, asked)
+    assert max(prior, key=lambda n: (prior[n], -n)) == asked  # gains up to it, none past

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OperatorProcess, arbitrated_job
+from tests.e2e.test_e2e_loops import operator_samples
 from tests.support.testbed import (
     GPUS_PER_NODE,
     NODES,
@@ -30,6 +31,14 @@ from tests.support.testbed import (
     wait_for,
     wait_for_every_gpu,
 )
+from trainscale.operator.observability.metric_names import (
+    ARBITRATION_CEILING_NAME,
+    PREEMPTIONS_NAME,
+)
+from trainscale.operator.observability.metric_names import (
+    JOB_LABEL as METRIC_JOB_LABEL,
+)
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -91,6 +100,27 @@ def _describe(kubectl: Any, namespace: str, operator: OperatorProcess) -> str:
             + operator.log_tail())  # fmt: skip
 
 
+class _Scene:
+    """A test's private namespace with its operator running (arbitration every second):
+    ``apply`` a manifest there, ``describe`` it for a failure's message."""
+
+    def __init__(
+        self,
+        kubectl: Any,
+        private_operator: tuple[str, Callable[..., OperatorProcess]],
+        *args: str,
+    ) -> None:
+        self.kubectl = kubectl
+        self.namespace, start = private_operator
+        self.operator = start("--arbitration-interval", "1", *args)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(obj))
+
+    def describe(self) -> str:
+        return _describe(self.kubectl, self.namespace, self.operator)
+
+
 def _ceilings_fit(
     status: Callable[[str], dict[str, Any]], room: int, least: int
 ) -> dict[str, int] | None:
@@ -104,20 +134,14 @@ def test_jobs_share_the_gpus_by_arbitration(
     private_operator: tuple[str, Callable[..., OperatorProcess]],
     high_priority: str,
 ) -> None:
-    namespace, start = private_operator
-    operator = start("--arbitration-interval", "1")
-
-    def apply(obj: dict[str, Any]) -> None:
-        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    scene = _Scene(kubectl, private_operator)
+    namespace, apply, describe = scene.namespace, scene.apply, scene.describe
 
     def running() -> dict[str, int]:
         return _running(kubectl, namespace)
 
     def status(job: str) -> dict[str, Any]:
         return _status(kubectl, namespace, job)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
 
     # The scenario counts on all 16 GPUs: an earlier test's pods may still be going away.
     wait_for_every_gpu(kubectl, namespace)
@@ -141,8 +165,16 @@ def test_jobs_share_the_gpus_by_arbitration(
     # pass or two a reader can see one job's new ceiling beside another's old one.
     wait_for(lambda: _ceilings_fit(status, CAPACITY - 4, 2), timeout=30,
              what="the big jobs' ceilings to leave room for urgent", describe=describe)  # fmt: skip
-    limited = [status(job)["arbitration"]["reason"] for job in ("big-a", "big-b")]
-    assert any("cluster arbitration" in reason for reason in limited), limited
+
+    # Told why: arbitration limits them (a job's autoscaler writes its lowered spec.replicas
+    # and then the memory of the count it was forced off, and a pass reading between the two
+    # writes may see a job wanting no more than it has, for that pass).
+    def limited() -> list[str]:
+        return [status(job)["arbitration"]["reason"] for job in ("big-a", "big-b")]
+
+    wait_for(lambda: any("cluster arbitration" in reason for reason in limited()), timeout=10,
+             what="a big job told that cluster arbitration limits it",
+             describe=lambda: str(limited()))  # fmt: skip
 
     # 3. A job whose minimum cannot fit waits as Queued, with no pods.
     apply(autoscaled("wide", 10, 10, 10))
@@ -178,6 +210,47 @@ def test_jobs_share_the_gpus_by_arbitration(
     assert final.get("big-a", 0) >= 2 and final.get("big-b", 0) >= 2, final
 
 
+def test_jobs_shrunk_for_a_higher_priority_one_grow_back_when_it_leaves(
+    kubectl: Any,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    high_priority: str,
+) -> None:
+    """Two jobs asking 8 each run 8 + 8; an urgent job of 4 shrinks them, and their
+    autoscalers lower ``spec.replicas`` to the ceilings. They have no measurements, so the
+    arbiter assumes what they asked for: when the urgent job is deleted they grow back to
+    8 + 8 (with ``spec.replicas`` as the prior's top they wanted only what they had left,
+    and their reason said they had all they could use)."""
+    scene = _Scene(kubectl, private_operator)
+    namespace, apply, describe = scene.namespace, scene.apply, scene.describe
+
+    def asked() -> dict[str, int]:
+        found = json.loads(kubectl("get", "tj", "-n", namespace, "-o", "json").stdout)["items"]
+        return {tj["metadata"]["name"]: tj["spec"]["replicas"] for tj in found}
+
+    wait_for_every_gpu(kubectl, namespace)
+    apply(autoscaled("big-a", 8, 2, 8))
+    apply(autoscaled("big-b", 8, 2, 8))
+    wait_for(lambda: _running(kubectl, namespace) == {"big-a": 8, "big-b": 8}, timeout=90,
+             what="both jobs at 8 workers", describe=describe)  # fmt: skip
+    apply(autoscaled("urgent", 4, 4, 4, priority=high_priority))
+
+    def shrunk() -> bool:
+        now, spec = _running(kubectl, namespace), asked()
+        big = ("big-a", "big-b")
+        return now.get("urgent") == 4 and sum(spec[j] for j in big) <= CAPACITY - 4
+
+    wait_for(shrunk, timeout=90, what="the urgent job running, the others' spec.replicas lowered",
+             describe=describe)  # fmt: skip
+    wait_for(lambda: all("cluster arbitration" in _status(kubectl, namespace, j)["arbitration"]
+                         ["reason"] for j in ("big-a", "big-b") if asked()[j] < 8),
+             timeout=10, what="the shrunk jobs told that arbitration limits them",
+             describe=describe)  # fmt: skip
+
+    kubectl("delete", "tj", "urgent", "-n", namespace)
+    wait_for(lambda: _running(kubectl, namespace) == {"big-a": 8, "big-b": 8}, timeout=120,
+             what="both jobs back at 8 workers", describe=describe)  # fmt: skip
+
+
 @pytest.fixture
 def polite_priority(kubectl: Any) -> Iterator[str]:
     """A PriorityClass as high as ``high_priority`` whose jobs never preempt."""
@@ -200,14 +273,8 @@ def test_a_higher_priority_job_preempts_a_running_one(
     ``preemptionPolicy: Never`` waits Queued beside it; one whose class preempts (the
     Kubernetes default) queues it: its workers stop, its status names who took its place,
     and the urgent job runs. When that one is gone, the preempted job runs again."""
-    namespace, start = private_operator
-    operator = start("--arbitration-interval", "1")
-
-    def apply(obj: dict[str, Any]) -> None:
-        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
+    scene = _Scene(kubectl, private_operator)
+    namespace, apply, describe = scene.namespace, scene.apply, scene.describe
 
     def arbitration(job: str) -> dict[str, Any]:
         return dict(_status(kubectl, namespace, job).get("arbitration") or {})
@@ -243,15 +310,12 @@ def test_a_higher_priority_job_grows_into_a_lower_priority_ones_gpus(
     """Two jobs at their minimum hold 12 of the 16 GPUs (8 and 4). An urgent job asking for
     8 starts on the 4 free ones; as its pods would, it then takes the newer job's 4 GPUs:
     that job's workers stop and its status names who took them (``--arbitration-preemption
-    grow``, the default). With ``start`` it stays at 4 beside them."""
-    namespace, start = private_operator
-    operator = start("--arbitration-interval", "1", "--arbitration-preemption", preemption)
-
-    def apply(obj: dict[str, Any]) -> None:
-        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
+    grow``, the default). With ``start`` it stays at 4 beside them. The operator's /metrics
+    say so: each job's ceiling, and the newer job's one preemption."""
+    port = find_free_port()
+    scene = _Scene(kubectl, private_operator, "--arbitration-preemption", preemption,
+                   "--metrics-port", str(port), "--metrics-address", "127.0.0.1")  # fmt: skip
+    namespace, apply, describe = scene.namespace, scene.apply, scene.describe
 
     wait_for_every_gpu(kubectl, namespace)
     apply(autoscaled("older", 8, 8, 8))
@@ -266,10 +330,29 @@ def test_a_higher_priority_job_grows_into_a_lower_priority_ones_gpus(
         wait_for(lambda: _running(kubectl, namespace) == {"older": 8, "newer": 4, "urgent": 4},
                  timeout=90, what="the urgent job at 4 beside them", describe=describe)  # fmt: skip
         assert _status(kubectl, namespace, "urgent")["arbitration"]["ceiling"] == 4
+        _wait_for_metrics(port, {"older": 8, "newer": 4, "urgent": 4}, {})
         return
     wait_for(lambda: _running(kubectl, namespace) == {"older": 8, "urgent": 8}, timeout=90,
              what="the urgent job grown to 8, the newer job stopped", describe=describe)  # fmt: skip
     _assert_preempted(kubectl, namespace, "newer", "queued: needs 4 GPUs, 0 free")
+    _wait_for_metrics(port, {"older": 8, "newer": 0, "urgent": 8}, {"newer": 1})
+
+
+def _wait_for_metrics(port: int, ceilings: dict[str, int], preemptions: dict[str, int]) -> None:
+    """The operator's /metrics show each job's ceiling and its preemptions (0 where not
+    given), as the status does."""
+
+    def by_job(name: str) -> dict[str, float]:
+        samples = operator_samples(port)
+        return {s.labels[METRIC_JOB_LABEL]: s.value for s in samples if s.name == name}
+
+    def shown() -> bool:
+        return by_job(ARBITRATION_CEILING_NAME) == ceilings and by_job(PREEMPTIONS_NAME) == {
+            job: preemptions.get(job, 0) for job in ceilings
+        }
+
+    wait_for(shown, timeout=30, what="the arbitration metrics",
+             describe=lambda: f"{by_job(ARBITRATION_CEILING_NAME)} {by_job(PREEMPTIONS_NAME)}")  # fmt: skip
 
 
 def _assert_preempted(kubectl: Any, namespace: str, job: str, queued: str) -> None:

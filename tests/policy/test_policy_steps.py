@@ -89,6 +89,36 @@ def test_metrics_freshness(observations, spec, says) -> None:  # type: ignore[no
 
 
 @pytest.mark.parametrize(
+    ("observations", "spec", "kw", "replicas", "says"),
+    [
+        pytest.param([], {}, {"forced_from": frozenset({8}), "cap": 8}, 8,
+                     "no metrics yet; returning to 8 (left by force)", id="cap-lifted"),
+        pytest.param(steady(4, count=5), {}, {"forced_from": frozenset({6, 8}), "cap": 12}, 8,
+                     "no fresh metrics for 180 s (stale after 90 s); returning to 8",
+                     id="stale-to-the-largest"),
+        pytest.param([], {}, {"forced_from": frozenset({8}), "cap": 7}, 7,
+                     "no metrics yet; returning to 7", id="within-the-ceiling"),
+        pytest.param([], {}, {"forced_from": frozenset({8}), "cap": 4}, 4,
+                     "no metrics yet; holding at 4", id="still-capped"),
+        pytest.param([], {}, {"forced_from": frozenset({8}), "pending": 1}, 4,
+                     "no metrics yet; holding at 4", id="pods-pending"),
+        pytest.param([], {"objective": "budget", "maxCostPerHour": 6, "costPerGpuHour": 1.0},
+                     {"forced_from": frozenset({8})}, 6, "returning to 6", id="within-the-budget"),
+        pytest.param([], {}, {"forced_from": frozenset({2})}, 4, "holding at 4", id="below"),
+    ],
+)  # fmt: skip
+def test_without_metrics_a_forced_move_is_undone(  # type: ignore[no-untyped-def]
+    observations, spec, kw, replicas, says
+) -> None:
+    """Without fresh metrics the job holds, except that it goes back toward the largest count
+    it was forced off (a ceiling, unschedulable pods) as far as its reach and budget allow,
+    no pods pending: forced moves are not choices, and it has nothing to choose with."""
+    rec = run_to(context(observations, 4, spec=spec, **kw), "metrics freshness")
+    assert rec is not None and rec.metrics_stale and says in rec.reason
+    assert rec.replicas == replicas
+
+
+@pytest.mark.parametrize(
     ("observations", "current", "says"),
     [
         pytest.param(steady(4), 8, "waiting for 8 replicas to run (metrics show 4)", id="waiting"),

@@ -83,7 +83,8 @@ The decision
 ``Recommendation.step``; docs/autoscaling.md uses the same names):
 
 1. hard limits: bounds, unschedulable pods, a cluster ceiling, a budget overrun; at once.
-2. metrics freshness: no fresh observation -> hold (``metrics_stale``); restart cost.
+2. metrics freshness: no fresh observation -> hold (``metrics_stale``), or back toward a
+   count the job was forced off as far as the cap now allows (:func:`_blind`); restart cost.
 3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
@@ -1941,14 +1942,12 @@ def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
         "learned_restart_cost_seconds": learned,
     }
     if analysis.latest_time is None:
-        return ctx.hold(f"no metrics yet; holding at {ctx.current}", metrics_stale=True)
+        return _blind(ctx, "no metrics yet")
     age = ctx.now - analysis.latest_time
     assert ctx.stale_after is not None
     if age > ctx.stale_after:
-        return ctx.hold(
-            f"no fresh metrics for {age:.0f} s (stale after {ctx.stale_after:.0f} s); "
-            f"holding at {ctx.current}",
-            metrics_stale=True,
+        return _blind(
+            ctx, f"no fresh metrics for {age:.0f} s (stale after {ctx.stale_after:.0f} s)"
         )
     if auto.objective is Objective.UTILIZATION and not any(
         o.gpu_utilization is not None for o in ctx.observations
@@ -1958,6 +1957,20 @@ def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
             metrics_stale=True,
         )
     return None
+
+
+def _blind(ctx: DecisionContext, why: str) -> Recommendation:
+    """Without fresh metrics: hold, or go back toward the largest count the job was forced
+    off as far as the cap now lets it (within reach and its budget, no pods pending).
+    Forced moves are not choices, and without measurements the job has nothing to choose
+    with: a job whose metrics never arrived, shrunk by a cluster ceiling, otherwise stayed
+    shrunk after the ceiling rose again."""
+    budget = _budget_replicas(ctx.spec)
+    to = min(b for b in (max(ctx.forced_from, default=0), ctx.reach, budget) if b is not None)
+    if to > ctx.current and not ctx.pending:
+        return ctx.done(to, to, f"{why}; returning to {to} (left by force)",
+                        **{**ctx.common, "metrics_stale": True})  # fmt: skip
+    return ctx.hold(f"{why}; holding at {ctx.current}", metrics_stale=True)
 
 
 def _fit(ctx: DecisionContext) -> None:

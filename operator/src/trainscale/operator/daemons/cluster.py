@@ -21,7 +21,7 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,12 +52,27 @@ class ThroughputPredictor(Protocol):
     def predict_throughput(self, replicas: int, *, nodes: int | None = None) -> float | None: ...
 
 
-def compute_prior_throughput(spec: api.TrainingJobSpec) -> dict[int, float]:
+def compute_prior_throughput(
+    spec: api.TrainingJobSpec, asked: int | None = None
+) -> dict[int, float]:
     """What a job is assumed to gain before its autoscaler has measured anything: linear up
-    to the size it asked for (``spec.replicas``), nothing beyond. So a new job gets what it
-    asked for when the GPUs are free, an equal claim when they are not, and never more on a
-    guess; its measured curve replaces this as soon as there is one."""
-    return {n: float(min(n, spec.replicas)) for n in range(1, spec.max_replicas + 1)}
+    to the size it asked for (``asked``, :func:`compute_asked_replicas`; ``spec.replicas``
+    when not given), nothing beyond. So a new job gets what it asked for when the GPUs are
+    free, an equal claim when they are not, and never more on a guess; its measured curve
+    replaces this as soon as there is one."""
+    top = spec.replicas if asked is None else asked
+    return {n: float(min(n, top)) for n in range(1, spec.max_replicas + 1)}
+
+
+def compute_asked_replicas(spec: api.TrainingJobSpec, forced_from: Iterable[int]) -> int:
+    """The size a job asked for: ``spec.replicas``, or a larger count its autoscaler was
+    forced off (``status.autoscaling.memory.forcedFrom``: a cluster ceiling or
+    unschedulable pods pushed it down, and it returns there once that lifts). Its
+    autoscaler lowers ``spec.replicas`` to its ceiling, so a prior read from that alone
+    wanted no more than it was given: a job without measurements shrunk for another never
+    grew back once GPUs freed up, and its reason said it had all it could use."""
+    asked = max((spec.replicas, *forced_from))
+    return max(spec.min_replicas, min(asked, spec.max_replicas))
 
 
 def job_key(namespace: str, name: str) -> str:
@@ -122,7 +137,9 @@ class ClusterArbitration:
                     log.warning("cluster arbitration failed (keeping the last shares): %s", exc)
                 self.error = str(exc)
 
-    def _throughput(self, key: str, spec: api.TrainingJobSpec) -> dict[int, float]:
+    def _throughput(
+        self, key: str, spec: api.TrainingJobSpec, forced_from: Iterable[int]
+    ) -> dict[int, float]:
         predictor = self.predictors.get(key)
         table: dict[int, float] = {}
         if predictor is not None:
@@ -130,7 +147,7 @@ class ClusterArbitration:
                 value = predictor.predict_throughput(count)
                 if value is not None and value > 0:
                     table[count] = value
-        return table or compute_prior_throughput(spec)
+        return table or compute_prior_throughput(spec, compute_asked_replicas(spec, forced_from))
 
     async def _run(self, clients: k8s.KubernetesClients) -> None:
         nodes, pods, bodies, priorities = await asyncio.gather(
@@ -192,7 +209,7 @@ class ClusterArbitration:
             worker_nodes=running.get((namespace, name), ()),
             priority=priority,
             preempts=preempts,
-            throughput=self._throughput(key, spec),
+            throughput=self._throughput(key, spec, _forced_from(body)),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
@@ -233,6 +250,17 @@ def _previous_status(body: Mapping[str, Any]) -> api.ArbitrationStatus | None:
         return api.ArbitrationStatus.model_validate(raw)
     except pydantic.ValidationError:
         return None
+
+
+def _forced_from(body: Mapping[str, Any]) -> list[int]:
+    """The counts the job's autoscaler remembers being forced off (none when unreadable)."""
+    raw = ((body.get("status") or {}).get("autoscaling") or {}).get("memory")
+    if not raw:
+        return []
+    try:
+        return api.AutoscalerMemoryStatus.model_validate(raw).forced_from
+    except pydantic.ValidationError:
+        return []
 
 
 def _same(old: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -> bool:
