@@ -599,6 +599,10 @@ def test_an_urgent_job_grows_into_a_lower_priority_one_unless_told_only_to_start
         "preempted by d/urgent (priority 10 over 0); queued: needs 4 GPUs, 0 free"
     )
     assert later.preempted_by == "d/urgent"
+    # a status written before preemptedBy existed: the reason alone names the preemptor
+    older = later.model_copy(update={"preempted_by": None})
+    upgraded = decide_arbitration([grown, stopped], capacity, {**waiting, "d/low": older}, NOW)
+    assert upgraded["d/low"].status == later
     admitted = decide_arbitration([stopped], capacity, {"d/low": later}, NOW)["d/low"]
     gone = admitted.status
     assert not gone.queued and not gone.reason.startswith("preempted by")

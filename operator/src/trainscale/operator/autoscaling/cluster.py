@@ -606,9 +606,12 @@ def _still_preempted(
     that ran stopped (the Preempted Event fades after an hour)."""
     if not (new.queued and previous is not None and previous.queued):
         return new
-    if new.preempted_by is not None or previous.preempted_by is None:
+    head = previous.reason.split("; ", 1)[0] if previous.reason.startswith(PREEMPTED_BY) else ""
+    # a status an operator before preemptedBy wrote names the preemptor in its reason only
+    by = previous.preempted_by or head.removeprefix(PREEMPTED_BY).split(" ", 1)[0] or None
+    if new.preempted_by is not None or by is None:
         return new
-    update: dict[str, object] = {"preempted_by": previous.preempted_by}
-    if previous.reason.startswith(PREEMPTED_BY):  # its head names the preemptor
-        update["reason"] = f"{previous.reason.split('; ', 1)[0]}; {new.reason}"
+    update: dict[str, object] = {"preempted_by": by}
+    if head:
+        update["reason"] = f"{head}; {new.reason}"
     return new.model_copy(update=update)
