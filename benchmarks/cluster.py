@@ -43,6 +43,7 @@ from trainscale.operator.autoscaling.workload import (
     simulate,
     tier_row,
     tiers,
+    with_priorities,
     worst,
     worst_tier,
 )
@@ -112,7 +113,10 @@ def load_jobs(args: argparse.Namespace, seed: int, scaling: ScalingSource | None
     generated with ``seed``."""
     if scaling is not None:
         total = args.nodes * args.gpus_per_node
-        return load_workload(seed, scaling, total_gpus=total, restart=args.restart)
+        jobs = load_workload(seed, scaling, total_gpus=total, restart=args.restart)
+        if args.urgent or args.low:  # Pollux's workloads have one priority: draw them
+            jobs = with_priorities(jobs, seed, urgent=args.urgent, low=args.low)
+        return jobs
     if args.trace:
         return read_trace(args.trace)
     return generate(
@@ -156,12 +160,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of the jobs whose workers ask half a node's CPU (the"
                         " others: half a GPU's share)")  # fmt: skip
     parser.add_argument("--urgent", type=float, default=0.0, metavar="SHARE",
-                        help="share of the generated jobs with a higher priority (their"
-                        " PriorityClass preempts, in every policy: the arbiter's, or the"
-                        " scheduler's for the baselines' pods)")  # fmt: skip
+                        help="share of the generated (or --pollux) jobs with a higher priority"
+                        " (their PriorityClass preempts, in every policy: the arbiter's, or"
+                        " the scheduler's for the baselines' pods)")  # fmt: skip
     parser.add_argument("--low", type=float, default=0.0, metavar="SHARE",
-                        help="share of the other generated jobs with a lower priority (batch"
-                        " work; with --urgent, three priorities)")  # fmt: skip
+                        help="share of the other generated (or --pollux) jobs with a lower"
+                        " priority (batch work; with --urgent, three priorities)")  # fmt: skip
     parser.add_argument("--arbitration-preemption", choices=("grow", "start"), default="grow",
                         help="as the operator's flag: trainscale's preempting jobs stop"
                         " lower-priority ones to grow too, or only to start")  # fmt: skip

@@ -28,6 +28,7 @@ from trainscale.operator.autoscaling.workload import (
     policy_per_job_oracle,
     simulate,
     tiers,
+    with_priorities,
 )
 
 HEADER = "name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,priority,pool\n"  # fmt: skip
@@ -68,6 +69,15 @@ def test_a_low_priority_share_leaves_the_urgent_jobs_and_the_rest_as_they_were()
     assert [j.__dict__ | {"priority": 0} for j in both] == [
         j.__dict__ | {"priority": 0} for j in urgent
     ]
+
+
+def test_priorities_drawn_for_a_workload_read_elsewhere_are_a_generated_ones() -> None:
+    """``with_priorities`` (``benchmarks/cluster.py --pollux N --urgent --low``) draws as
+    ``generate`` does: the same jobs get the same priorities, nothing else changes."""
+    plain = generate(seed=4, jobs=300, hours=8.0, gpus_per_node=4)
+    drawn = with_priorities(plain, 4, urgent=0.2, low=0.3)
+    assert drawn == generate(seed=4, jobs=300, hours=8.0, gpus_per_node=4, urgent=0.2, low=0.3)
+    assert with_priorities(plain, 4, urgent=0.0, low=0.0) == plain
 
 
 @pytest.mark.parametrize("policy", ["fixed", "per-job-oracle"])

@@ -264,10 +264,10 @@ def generate(
     traces); run time at the requested size log-uniform from 6 minutes to 3 hours. A share
     ``urgent`` of the jobs (drawn apart from the rest, so the jobs are the same with or
     without it) has priority :data:`URGENT_PRIORITY`; a share ``low`` of the others (drawn
-    apart too) :data:`LOW_PRIORITY`, batch work that gives way to both; the rest 0."""
+    apart too) :data:`LOW_PRIORITY`, batch work that gives way to both; the rest 0
+    (:func:`draw_priorities`)."""
     rng = random.Random(seed)
-    urgent_draw = random.Random(f"{seed}/urgent")
-    low_draw = random.Random(f"{seed}/low")
+    priorities = draw_priorities(seed, jobs, urgent=urgent, low=low)
     out: list[Job] = []
     t = 0.0
     mean_gap = hours * 3600.0 / jobs
@@ -289,7 +289,7 @@ def generate(
             min_replicas=lo,
             max_replicas=hi,
             requested=requested,
-            priority=_priority(urgent_draw.random() < urgent, low_draw.random() < low),
+            priority=priorities[i],
             restart=rng.uniform(30.0, 90.0),
         )
         seconds = math.exp(rng.uniform(math.log(360.0), math.log(3 * 3600.0)))
@@ -300,11 +300,25 @@ def generate(
     return out
 
 
-def _priority(urgent: bool, low: bool) -> int:
-    """A generated job's priority: urgent, else low, else 0."""
-    if urgent:
-        return URGENT_PRIORITY
-    return LOW_PRIORITY if low else 0
+def draw_priorities(seed: int, count: int, *, urgent: float = 0.0, low: float = 0.0) -> list[int]:
+    """The priorities of ``count`` jobs in order: a share ``urgent`` :data:`URGENT_PRIORITY`,
+    a share ``low`` of the others :data:`LOW_PRIORITY`, the rest 0, each drawn per job from
+    ``seed`` apart from everything else about the jobs (so a workload is the same jobs with
+    or without priorities)."""
+    urgent_draw = random.Random(f"{seed}/urgent")
+    low_draw = random.Random(f"{seed}/low")
+    out = []
+    for _ in range(count):
+        is_urgent, is_low = urgent_draw.random() < urgent, low_draw.random() < low
+        out.append(URGENT_PRIORITY if is_urgent else LOW_PRIORITY if is_low else 0)
+    return out
+
+
+def with_priorities(jobs: Sequence[Job], seed: int, *, urgent: float, low: float) -> list[Job]:
+    """``jobs`` with priorities drawn as a generated workload's (:func:`draw_priorities`):
+    for a workload read from elsewhere, such as Pollux's, which has one priority."""
+    drawn = draw_priorities(seed, len(jobs), urgent=urgent, low=low)
+    return [dataclasses.replace(job, priority=p) for job, p in zip(jobs, drawn, strict=True)]
 
 
 class TraceError(ValueError):
