@@ -111,6 +111,17 @@ def test_memory_from_dict_tolerates_missing_and_bad_keys(data) -> None:  # type:
     assert memory.schedulable is None
 
 
+def test_memory_from_status_reads_what_status_autoscaling_memory_holds() -> None:
+    """The autoscaler and cluster arbitration read a job's memory from its status alike:
+    ``status.autoscaling.memory`` through :meth:`AutoscalerMemory.from_dict` (a bad count is
+    skipped, the others kept); None where the status holds none."""
+    status = {"autoscaling": {"memory": {"forcedFrom": [8, "x", -1, 12]}}}
+    memory = AutoscalerMemory.from_status(status)
+    assert memory is not None and memory.forced_from == (8, 12)
+    assert AutoscalerMemory.from_status({}) is None
+    assert AutoscalerMemory.from_status({"autoscaling": {"memory": "junk"}}) is None
+
+
 @pytest.mark.parametrize(
     "sync",
     [

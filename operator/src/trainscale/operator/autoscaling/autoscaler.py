@@ -228,6 +228,13 @@ class AutoscalerMemory:
         return out
 
     @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> AutoscalerMemory | None:
+        """The memory a TrainingJob's status keeps (``status.autoscaling.memory``), read by
+        :meth:`from_dict`; None when there is none."""
+        raw = (status.get("autoscaling") or {}).get("memory")
+        return cls.from_dict(raw) if isinstance(raw, Mapping) else None
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AutoscalerMemory:
         """Read :meth:`to_dict`'s output back; missing or malformed entries are skipped."""
         points: list[MeasuredPoint] = []

@@ -87,9 +87,7 @@ class JobLoop:
 
 def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
     """The job's autoscaler, resumed from the memory an earlier operator kept in status."""
-    raw = (status.get("autoscaling") or {}).get("memory")
-    memory = AutoscalerMemory.from_dict(raw) if isinstance(raw, Mapping) else None
-    return JobAutoscaler(spec, memory=memory)
+    return JobAutoscaler(spec, memory=AutoscalerMemory.from_status(status))
 
 
 async def autoscale_job(

@@ -29,6 +29,7 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling import AutoscalerMemory
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.cluster import (
     ArbitrationResult,
@@ -52,16 +53,13 @@ class ThroughputPredictor(Protocol):
     def predict_throughput(self, replicas: int, *, nodes: int | None = None) -> float | None: ...
 
 
-def compute_prior_throughput(
-    spec: api.TrainingJobSpec, asked: int | None = None
-) -> dict[int, float]:
+def compute_prior_throughput(spec: api.TrainingJobSpec, asked: int) -> dict[int, float]:
     """What a job is assumed to gain before its autoscaler has measured anything: linear up
-    to the size it asked for (``asked``, :func:`compute_asked_replicas`; ``spec.replicas``
-    when not given), nothing beyond. So a new job gets what it asked for when the GPUs are
-    free, an equal claim when they are not, and never more on a guess; its measured curve
-    replaces this as soon as there is one."""
-    top = spec.replicas if asked is None else asked
-    return {n: float(min(n, top)) for n in range(1, spec.max_replicas + 1)}
+    to the size it asked for (``asked``, :func:`compute_asked_replicas`), nothing beyond. So
+    a new job gets what it asked for when the GPUs are free, an equal claim when they are
+    not, and never more on a guess; its measured curve replaces this as soon as there is
+    one."""
+    return {n: float(min(n, asked)) for n in range(1, spec.max_replicas + 1)}
 
 
 def compute_asked_replicas(spec: api.TrainingJobSpec, forced_from: Iterable[int]) -> int:
@@ -252,15 +250,11 @@ def _previous_status(body: Mapping[str, Any]) -> api.ArbitrationStatus | None:
         return None
 
 
-def _forced_from(body: Mapping[str, Any]) -> list[int]:
-    """The counts the job's autoscaler remembers being forced off (none when unreadable)."""
-    raw = ((body.get("status") or {}).get("autoscaling") or {}).get("memory")
-    if not raw:
-        return []
-    try:
-        return api.AutoscalerMemoryStatus.model_validate(raw).forced_from
-    except pydantic.ValidationError:
-        return []
+def _forced_from(body: Mapping[str, Any]) -> tuple[int, ...]:
+    """The counts the job's autoscaler remembers being forced off (its memory in status, read
+    as the autoscaler reads it back)."""
+    memory = AutoscalerMemory.from_status(body.get("status") or {})
+    return () if memory is None else memory.forced_from
 
 
 def _same(old: api.ArbitrationStatus | None, new: api.ArbitrationStatus) -> bool:
