@@ -172,13 +172,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-preemption", action="store_true",
                         help="the PriorityClasses say preemptionPolicy: Never (a higher"
                         " priority only goes first)")  # fmt: skip
-    parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu"], nargs="+",
+    parser.add_argument("--placed", action="store_true",
+                        help="a job's throughput follows the nodes its workers span (its"
+                        " cliff once they span two), not its count packed (the parametric"
+                        " family; a measured curve has packed rows only)")  # fmt: skip
+    parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu", "across"], nargs="+",
                         default=[],
                         help="ablations: keep from the arbiter the jobs' pools, or where their"
                         " workers run by index (what it did not read before); 'plan': new"
                         " workers do not prefer the node the arbiter planned for them (the"
                         " scheduler's packing alone, as before); 'cpu': the nodes' CPU and"
-                        " the workers' requests")  # fmt: skip
+                        " the workers' requests; 'across' (with --placed): each job's"
+                        " throughput when its workers span nodes")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -203,10 +208,12 @@ def describe_source(args: argparse.Namespace) -> str:
             source += " whose classes never preempt"
         elif args.arbitration_preemption == "start":
             source += ", trainscale preempting only to start"
+    if args.placed:
+        source += ", throughput where the workers run"
     source += "".join(
         " (new workers not told the arbiter's plan)"
         if hidden == "plan"
-        else f" (the arbiter not told {hidden})"
+        else f" (the arbiter not told {'the throughput across nodes' if hidden == 'across' else hidden})"
         for hidden in args.hide
     )
     return source
@@ -242,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                               cpu_per_node=1000 * args.cpu_per_node,
                               cpu_heavy=args.cpu_heavy,
                               tell_cpu="cpu" not in args.hide,
-                              preempts=not args.no_preemption)  # fmt: skip
+                              preempts=not args.no_preemption,
+                              placed_throughput=args.placed,
+                              tell_across="across" not in args.hide)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
             by_tier[policy].append(tiers(by_policy[policy][-1], jobs, probe))
     results = {p: worst(rs) for p, rs in by_policy.items()}

@@ -27,20 +27,25 @@ from typing import Any
 
 import pytest
 
+from tests.support.policy_sim import cliff, steady
 from trainscale.operator import api
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.cluster import (
     NO_CAPACITY_REASON,
     ManagedJob,
     build_capacity,
     build_demand,
     build_node_free,
+    compute_largest_node_gpus,
     compute_room,
     compute_worker_nodes,
     compute_worker_requests,
     decide_arbitration,
     decide_queued,
 )
+from trainscale.operator.autoscaling.placement import Placement
+from trainscale.operator.autoscaling.policy import Observation
 from trainscale.operator.controller.builders import (
     COMPONENT_WORKER,
     LABEL_COMPONENT,
@@ -50,7 +55,11 @@ from trainscale.operator.controller.builders import (
     build_rendezvous_pod,
     build_worker_pod,
 )
-from trainscale.operator.daemons.cluster import compute_asked_replicas, compute_prior_throughput
+from trainscale.operator.daemons.cluster import (
+    ClusterArbitration,
+    compute_asked_replicas,
+    compute_prior_throughput,
+)
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -633,3 +642,42 @@ def test_a_job_without_measurements_is_assumed_to_want_what_it_was_forced_off(
     assert compute_asked_replicas(job, forced_from) == asked
     prior = compute_prior_throughput(job, asked)
     assert max(prior, key=lambda n: (prior[n], -n)) == asked  # gains up to it, none past
+
+
+def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_node_holds() -> (
+    None
+):
+    """The job's own autoscaler, having measured 2 and 4 workers on one node and 8 on two,
+    predicts what its workers lose across nodes; the pass asks it for the counts one node of
+    the cluster's holds (4 GPUs, workers of 1 GPU: 2 to 4, of 2 GPUs: 2) and the demand
+    carries them. Before the job has a model, or on a cluster without GPU nodes: nothing."""
+    tau = cliff(0.01, 0.3, 4)
+    job_spec = spec(replicas=4, maxReplicas=16)
+    autoscaler = JobAutoscaler(job_spec)
+    arbitration = ClusterArbitration()
+    arbitration.register("d/j", autoscaler)
+    body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
+    assert arbitration._managed_job(body, {}, {}, 4).throughput_across_nodes == {}
+    t = 0.0
+    for n, spans in ((2, 1), (4, 1), (8, 2)):
+        for o in steady(n, start=t, count=8, tau=tau):
+            seen = Observation(o.timestamp, n, o.gpu_utilization, o.samples_per_second, spans)
+            autoscaler.decide([seen], current_replicas=n, now=o.timestamp,
+                              placement=Placement((4,), gpus_per_node=4))  # fmt: skip
+        t += 8 * 30.0 + 3600.0  # steady()'s scrapes are 30 s apart
+    job = arbitration._managed_job(body, {}, {}, 4)
+    across = job.throughput_across_nodes
+    assert sorted(across) == [2, 3, 4]
+    for n in across:
+        packed = autoscaler.predict_throughput(n)
+        assert packed is not None and across[n] < 0.9 * packed
+    assert build_demand(job).throughput_across_nodes == across
+    assert arbitration._managed_job(body, {}, {}, 0).throughput_across_nodes == {}
+    two_gpus = {**body, "spec": spec(replicas=4, maxReplicas=16, gpus=2).model_dump(by_alias=True)}
+    assert sorted(arbitration._managed_job(two_gpus, {}, {}, 4).throughput_across_nodes) == [2]
+
+
+def test_the_largest_node_counts_schedulable_gpu_nodes_only() -> None:
+    cordoned = node("c", 16, cordoned=True)
+    assert compute_largest_node_gpus([node("a", 4), node("b", 8), cordoned, node("d", None)]) == 8
+    assert compute_largest_node_gpus([]) == 0

@@ -122,6 +122,20 @@ the packed one (fewest nodes), which is what this placement approximates; the pa
 preference the caller may pass on as node affinity, while the per-node capacity it respects
 is a hard limit: a job's count is limited by what fits.
 
+Spread over nodes. On a busy cluster the free GPUs are scattered, and a job that grows past
+the room on its node, or starts where the GPUs are, spans several: its all-reduce then
+crosses the network, and its throughput drops off the cliff its model measures
+(``JobDemand.throughput_across_nodes``, from ``predict_throughput(n, nodes=2)``). A job
+that lists it is valued there: in step 5 a step past the room left on its one node (or any
+step, when it spans several already) counts its throughput across nodes, checked again
+when the grant comes up, since other grants take that room; in step 6 a move is made only
+if the recipient still gains, valued where its workers land; an arrival that takes running
+jobs' GPUs in step 3 takes them on the node where it has its first worker when it can, not
+one here and one there at a slightly lower cost. In the cluster benchmark with throughput
+that follows placement (``--placed``) jobs spread over nodes lost 8-13 % of their
+throughput, and this is worth 3-12 % of the average completion time. Running workers are
+not moved to consolidate a job (see below).
+
 Node pools: a job whose template restricts its workers to some nodes (``JobDemand.nodes``:
 a node selector, required node affinity, taints it does not tolerate) is placed, counted
 and given room only there; a running job returns to its size on the nodes it runs on (its
@@ -201,6 +215,11 @@ class JobDemand:
             priority to start, and an admitted one to grow (its PriorityClass's
             ``preemptionPolicy``: ``PreemptLowerPriority``, the Kubernetes default; false for
             ``Never``).
+        throughput_across_nodes: predicted samples/s at a worker count when its workers span
+            more than one node (the inter-node all-reduce; ``JobAutoscaler.
+            predict_throughput(n, nodes=2)``), for the counts whose packed placement is one
+            node; empty: not known, every placement valued as packed. A job that grows
+            past the room on its one node is valued so (:func:`_best_step`).
     """
 
     key: str
@@ -223,6 +242,7 @@ class JobDemand:
     cpu_millis_per_worker: int = 0
     memory_bytes_per_worker: int = 0
     preempts: bool = False
+    throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
@@ -346,6 +366,15 @@ def predicted_throughput(demand: JobDemand, replicas: int) -> float:
     lower = max(c for c in counts if c < replicas)
     frac = (replicas - lower) / (upper - lower)
     return max(0.0, known[lower] + frac * (known[upper] - known[lower]))
+
+
+def _across_throughput(demand: JobDemand, replicas: int) -> float:
+    """Throughput of ``demand`` at ``replicas`` spanning several nodes: its listed figure
+    (:attr:`JobDemand.throughput_across_nodes`), else as packed."""
+    known = demand.throughput_across_nodes.get(replicas)
+    if known is None:
+        return predicted_throughput(demand, replicas)
+    return max(0.0, min(known, predicted_throughput(demand, replicas)))
 
 
 def _efficiency(demand: JobDemand, replicas: int) -> float | None:
@@ -699,10 +728,14 @@ class _Claims:
             self._cut(key, index)
 
 
-def _utility(demand: JobDemand, replicas: int, settings: ArbiterSettings) -> float:
-    """The job's term of the objective at ``replicas`` (restart charged)."""
+def _utility(
+    demand: JobDemand, replicas: int, settings: ArbiterSettings, *, across: bool = False
+) -> float:
+    """The job's term of the objective at ``replicas`` (restart charged); ``across``: its
+    workers spanning several nodes (:func:`_across_throughput`)."""
     base = predicted_throughput(demand, max(1, demand.min_replicas))
-    speedup = predicted_throughput(demand, replicas) / base if base > 0 else 1.0
+    at = _across_throughput(demand, replicas) if across else predicted_throughput(demand, replicas)
+    speedup = at / base if base > 0 else 1.0
     if demand.current_replicas > 0 and replicas != demand.current_replicas:
         horizon = settings.restart_horizon_seconds
         speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / horizon)
@@ -720,6 +753,52 @@ def _utilities(
 ) -> dict[int, float]:
     """The job's utility at each allowed count, computed once per decision."""
     return {n: _utility(demand, n, settings) for n in allowed}
+
+
+def _across_utilities(
+    demands: Iterable[JobDemand], allowed: Mapping[str, Sequence[int]], settings: ArbiterSettings
+) -> dict[str, dict[int, float]]:
+    """The utility at each allowed count spanning several nodes, of the jobs that list
+    throughput there (:attr:`JobDemand.throughput_across_nodes`)."""
+    return {
+        d.key: {
+            n: _utility(d, n, settings, across=True)
+            for n in allowed[d.key]
+            if n in d.throughput_across_nodes
+        }
+        for d in demands
+        if d.throughput_across_nodes
+    }
+
+
+def _single_room(
+    demand: JobDemand, where: Mapping[str, int], free: Mapping[str, int]
+) -> int | None:
+    """How many more of ``demand``'s workers keep it on one node, placed as :func:`_place`
+    places them (its own node first): the room on the node it holds, on the roomiest node
+    it may use while it holds none; -1 when it already spans several; None when its
+    throughput across nodes is not known (no difference made)."""
+    if not demand.throughput_across_nodes:
+        return None
+    used = [n for n, w in where.items() if w > 0]
+    if len(used) > 1:
+        return -1
+    if used:
+        return _fits(free, used[0], demand) if used[0] in free else 0
+    return max((_fits(free, n, demand) for n in free if _may_use(demand, n)), default=0)
+
+
+def _spread_value(
+    utilities: Mapping[int, float],
+    across: Mapping[int, float],
+    count: int,
+    where: Mapping[str, int],
+) -> float:
+    """The utility at ``count`` workers placed ``where``: across nodes when they span
+    several and the job lists that count (:func:`_across_utilities`)."""
+    if sum(1 for w in where.values() if w > 0) > 1:
+        return across.get(count, utilities[count])
+    return utilities[count]
 
 
 Utilities = Mapping[str, Mapping[int, float]]
@@ -765,16 +844,23 @@ def _best_step(
     utilities: Mapping[int, float],
     at: int,
     slots: int,
+    across: Mapping[int, float] | None = None,
+    single_room: int | None = None,
 ) -> tuple[float, int] | None:
     """The larger allowed count with the best utility gain per GPU that fits in ``slots``
-    more workers; None when no positive gain remains. ``utilities`` is ascending by count."""
-    here = utilities[at]
+    more workers; None when no positive gain remains. ``utilities`` is ascending by count.
+    ``across``: the utilities spanning several nodes, valued for the counts past
+    ``single_room`` more workers (:func:`_single_room`; -1: it spans several already)."""
+    spread = across or {}
+    room = slots if across is None or single_room is None else single_room
+    here = spread.get(at, utilities[at]) if room < 0 else utilities[at]
     best: tuple[float, int] | None = None
-    for n, value in utilities.items():
+    for n, packed in utilities.items():
         if n <= at:
             continue
         if n - at > slots:
             break
+        value = spread.get(n, packed) if n - at > room else packed
         gain = (value - here) / ((n - at) * demand.gpus_per_worker)
         if gain > 1e-12 and (best is None or gain > best[0] + 1e-12):
             best = (gain, n)
@@ -798,28 +884,59 @@ def grow_by_marginal_gain(
     utilities = _step_utilities(
         (d for d in demands if d.key in placed), allowed, settings, decision
     )
+    across = _across_utilities((d for d in demands if d.key in placed), allowed, settings)
+
+    def best(demand: JobDemand, at: int) -> tuple[float, int] | None:
+        where = placed[demand.key]
+        return _best_step(
+            demand,
+            utilities[demand.key],
+            at,
+            _slots(free, demand, where),
+            across.get(demand.key),
+            _single_room(demand, where, free),
+        )
+
     tiers: dict[int, list[JobDemand]] = {}
     for demand in demands:
         if demand.key in placed:
             tiers.setdefault(demand.priority, []).append(demand)
     for priority in sorted(tiers, reverse=True):
-        heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
-        for demand in tiers[priority]:
-            at = sum(placed[demand.key].values())
-            slots = _slots(free, demand, placed[demand.key])
-            step = _best_step(demand, utilities[demand.key], at, slots)
-            if step is not None:
-                heapq.heappush(heap, (-step[0], _order_key(demand), step[1], demand))
-        while heap:
-            _, order, target, demand = heapq.heappop(heap)
-            at = sum(placed[demand.key].values())
-            if target - at <= _slots(free, demand, placed[demand.key]):
-                placed[demand.key] = _place(demand, target - at, placed[demand.key], free)
-                at = sum(placed[demand.key].values())
-            slots = _slots(free, demand, placed[demand.key])
-            step = _best_step(demand, utilities[demand.key], at, slots)
-            if step is not None:
-                heapq.heappush(heap, (-step[0], order, step[1], demand))
+        _hand_out(tiers[priority], best, placed, free, lazy=set(across))
+
+
+def _hand_out(
+    tier: Sequence[JobDemand],
+    best: Callable[[JobDemand, int], tuple[float, int] | None],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+    lazy: set[str],
+) -> None:
+    """Step 5 for one priority's jobs: grant each its ``best`` step, the best gain per GPU
+    first. A job in ``lazy`` (its value depends on the room left on its node, which the
+    grants before may have taken) has its step checked again when it comes up, and goes
+    back in the heap when it changed."""
+    heap: list[tuple[float, tuple[int, float, str], int, JobDemand]] = []
+    for demand in tier:
+        step = best(demand, _count(placed, demand))
+        if step is not None:
+            heapq.heappush(heap, (-step[0], _order_key(demand), step[1], demand))
+    while heap:
+        neg_gain, order, target, demand = heapq.heappop(heap)
+        at = _count(placed, demand)
+        if demand.key in lazy:
+            fresh = best(demand, at)
+            if fresh is None:
+                continue
+            if (fresh[1], -fresh[0]) != (target, neg_gain):
+                heapq.heappush(heap, (-fresh[0], order, fresh[1], demand))
+                continue
+        if target - at <= _slots(free, demand, placed[demand.key]):
+            placed[demand.key] = _place(demand, target - at, placed[demand.key], free)
+            at = _count(placed, demand)
+        step = best(demand, at)
+        if step is not None:
+            heapq.heappush(heap, (-step[0], order, step[1], demand))
 
 
 def restore_running(
@@ -993,6 +1110,7 @@ def rebalance(
     stopped jobs gone."""
     jobs = sorted((d for d in demands if d.key in placed), key=_order_key)
     utilities = _step_utilities(jobs, allowed, settings, decision)
+    across = _across_utilities(jobs, allowed, settings)
     ups: dict[str, tuple[float, int] | None] = {}
     downs: dict[str, tuple[float, int] | None] = {}
     stale = {d.key for d in jobs}
@@ -1014,7 +1132,8 @@ def rebalance(
             ):
                 continue  # tried, or not even the cheapest same-priority GPU is worth it
             bottom = _bottom(recipient, jobs, placed, settings)
-            stale = _move(recipient, target, jobs, utilities, downs, placed, free, bottom)
+            stale = _move(recipient, target, jobs, utilities, downs, placed, free, bottom,
+                          across.get(recipient.key))  # fmt: skip
             if stale:
                 break
             failed.add((recipient.key, target))
@@ -1103,12 +1222,14 @@ def _move(
     placed: dict[str, dict[str, int]],
     free: dict[str, int],
     bottom: int | None = None,
+    across: Mapping[int, float] | None = None,
 ) -> set[str]:
     """Try to grow ``recipient`` to ``target`` by shrinking donors (:func:`rebalance`);
     commit only when the workers fit and the gain beats the loss. ``downs``: each job's
     :func:`_down_step` as ``placed`` stands; ``bottom``: the only lower priority that may
-    give (:func:`_bottom`). Returns the keys of the jobs changed (empty when nothing
-    was)."""
+    give (:func:`_bottom`); ``across``: the recipient's utilities spanning several nodes
+    (:func:`_across_utilities`), where its gain is valued once its workers are placed.
+    Returns the keys of the jobs changed (empty when nothing was)."""
     at = _count(placed, recipient)
     gain = utilities[recipient.key][target] - utilities[recipient.key][at]
     trial_free = free.copy()
@@ -1137,6 +1258,12 @@ def _move(
     trial[recipient.key] = _place(recipient, target - at, placed[recipient.key], trial_free)
     if sum(trial[recipient.key].values()) != target:
         return set()
+    if across:  # valued where its workers land: spread over nodes, a gain may vanish
+        values = utilities[recipient.key]
+        before = _spread_value(values, across, at, placed[recipient.key])
+        after = _spread_value(values, across, target, trial[recipient.key])
+        if after - before <= max(loss, 0.0) + 1e-12:
+            return set()
     placed.update(trial)
     _assign(free, trial_free)
     return set(trial)
@@ -1450,10 +1577,14 @@ def _next_node(
     """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
     if claims is not None:
         unclaimed = [n for n in candidates if claims.fits(n, spare, demand)]
-        if not unclaimed:  # every candidate costs a running job workers: the least first
+        together = demand.throughput_across_nodes and any(where.values())
+        if (
+            not unclaimed or together
+        ):  # every candidate costs a running job workers: the least first
             return min(
                 candidates,
                 key=lambda n: (
+                    -(where.get(n, 0) if together else 0),
                     claims.cost(n, spare, demand),
                     _node_preference(demand, n, where, spare, left),
                 ),

@@ -110,6 +110,12 @@ def _schedulable_gpus(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return gpus
 
 
+def compute_largest_node_gpus(nodes: Iterable[Mapping[str, Any]]) -> int:
+    """The most allocatable GPUs of one schedulable node (0: no GPU node): the counts up to
+    it may fit one node, so a job's throughput across nodes matters for them."""
+    return max(_schedulable_gpus(nodes).values(), default=0)
+
+
 def build_capacity(
     nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
 ) -> Capacity:
@@ -301,6 +307,9 @@ class ManagedJob:
             ``PreemptLowerPriority``, the Kubernetes default, also without a class); false
             for ``Never``. The arbiter then queues running jobs of lower priority for it.
         throughput: predicted samples/s per worker count, from the job's autoscaler.
+        throughput_across_nodes: predicted samples/s at the counts that fit one node when
+            the workers span two or more (``predict_throughput(n, nodes=2)``); empty
+            before the autoscaler has a model.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
     """
@@ -315,6 +324,7 @@ class ManagedJob:
     throughput: Mapping[int, float] = field(default_factory=dict)
     restart_cost_seconds: float = 0.0
     arbitration_enabled: bool = True
+    throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -414,6 +424,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         nodes=nodes,
         cpu_millis_per_worker=asked.cpu_millis,
         memory_bytes_per_worker=asked.memory_bytes,
+        throughput_across_nodes=dict(job.throughput_across_nodes),
     )
 
 

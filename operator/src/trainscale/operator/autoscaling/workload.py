@@ -88,7 +88,22 @@ those fill a node's CPU however many GPUs it has left. Every policy then places 
 where its GPU and its CPU request fit, node by node as above, and a worker that fits nowhere
 stays Pending. The arbiter is told the nodes' CPU and each job's request, and where workers
 run (``tell_cpu``: the ablation, as before it placed every job against one account of the
-nodes' CPU). A job's throughput is still its packed curve's wherever its workers land.
+nodes' CPU). A job's throughput is still its packed curve's wherever its workers land,
+unless:
+
+Throughput that follows placement (``Cluster.placed_throughput``; ``benchmarks/cluster.py
+--placed``): a job's throughput is that of the nodes its workers span, so the ``tau(n)``
+family pays its cliff whenever they span two, not only past a node's GPUs (a measured
+curve has packed rows only: unchanged). Without it every policy's jobs ran as if packed
+wherever the GPUs they got were, which flattered the policies that spread jobs most:
+trainscale's arbiter, whose grants go one worker at a time to many jobs on a fragmented
+cluster (on the generated workload's seed 1, its jobs spanned more nodes than their count
+needed in 85 % of their running steps, losing 13 % of their throughput, against 35 % and
+3 % under fixed sizes; 73 % and 10 % once the arbiter was told their throughput across
+nodes). Workers are then placed node by node under every
+policy (as on several pools), the per-job autoscaler is told where its workers run, and
+the arbiter is told each job's throughput across nodes from its fitted model
+(:func:`believed_across`; ``tell_across``: the ablation).
 
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
@@ -144,6 +159,7 @@ import math
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,17 +209,22 @@ class Job:
                 f" to max_replicas {self.max_replicas}, got {len(self.measured)} counts"
             )
 
-    def throughput(self, n: int, gpus_per_node: int) -> float:
+    def throughput(self, n: int, gpus_per_node: int, nodes: int | None = None) -> float:
+        """Samples/s at ``n`` workers spanning ``nodes`` nodes (None: packed, one node filled
+        before the next). The ``tau(n)`` family pays its cliff whenever the workers span
+        more than one node; a measured curve has packed rows only and ignores ``nodes``."""
         if n <= 0:
             return 0.0
         if self.measured:
             return self.measured[min(n, len(self.measured)) - 1]
-        tau = 1.0 + self.serial * (n - 1) + (self.cliff if n > gpus_per_node else 0.0)
+        spans = math.ceil(n / gpus_per_node) if nodes is None else nodes
+        tau = 1.0 + self.serial * (n - 1) + (self.cliff if spans > 1 else 0.0)
         return self.rate * n / tau
 
-    def efficiency(self, n: int, gpus_per_node: int) -> float:
-        """Throughput per worker relative to one worker alone."""
-        return self.throughput(n, gpus_per_node) / (n * self.throughput(1, gpus_per_node))
+    def efficiency(self, n: int, gpus_per_node: int, nodes: int | None = None) -> float:
+        """Throughput per worker relative to one worker alone (spanning ``nodes``, None:
+        packed)."""
+        return self.throughput(n, gpus_per_node, nodes) / (n * self.throughput(1, gpus_per_node))
 
     def min_efficiency(self, gpus_per_node: int) -> float:
         """The job's efficiency floor: ``MIN_EFFICIENCY``, or lower when the size its user
@@ -525,12 +546,23 @@ class Cluster:
     # the jobs' PriorityClasses preempt (the Kubernetes default, preemptionPolicy
     # PreemptLowerPriority) in every policy; False: Never, a higher priority only goes first
     preempts: bool = True
+    # a job's throughput follows the nodes its workers span (the ``tau(n)`` family's cliff
+    # once they span two), not its count packed; False: as packed wherever they land
+    placed_throughput: bool = False
+    # the arbiter is told each job's throughput across nodes (ablation: False, as before)
+    tell_across: bool = True
 
     @property
     def by_node(self) -> bool:
-        """Whether workers are placed node by node (several pools, or CPU modelled); else
-        every target fits and a count is all there is."""
-        return self.pools > 1 or self.cpu_per_node > 0
+        """Whether workers are placed node by node (several pools, CPU modelled, or
+        throughput that follows placement); else every target fits and a count is all there
+        is."""
+        return self.pools > 1 or self.cpu_per_node > 0 or self.placed_throughput
+
+    def spans(self, s: Running) -> int | None:
+        """The nodes ``s``'s workers span, where throughput follows placement
+        (:attr:`placed_throughput`); None: read as packed."""
+        return len(set(s.nodes)) if self.placed_throughput and s.nodes else None
 
     def cpu_of(self, job: Job) -> int:
         """The millicores each of ``job``'s workers requests: half a node's CPU for a share
@@ -796,20 +828,24 @@ def observe(s: Running, cluster: Cluster, now: float) -> Observation:
     """What Prometheus would report for the job over the last step: throughput as the
     step's mean (restart gaps included) and utilization at the scrape, each x N(1, 0.05)."""
     rng = random.Random(f"{cluster.seed}/{s.job.name}/{now}")
-    util = COMPUTE_FRACTION * s.job.efficiency(s.replicas, cluster.gpus_per_node)
+    spans = cluster.spans(s)
+    util = COMPUTE_FRACTION * s.job.efficiency(s.replicas, cluster.gpus_per_node, spans)
     return Observation(
         now,
         s.replicas,
         min(1.0, max(0.0, util * rng.gauss(1.0, 0.05))),
         max(0.0, s.last_rate * rng.gauss(1.0, 0.05)),
-        nodes=math.ceil(s.replicas / cluster.gpus_per_node),
+        nodes=math.ceil(s.replicas / cluster.gpus_per_node) if spans is None else spans,
     )
 
 
 def placed(s: Running, cluster: Cluster) -> Placement:
-    """Where the job's workers run, as the operator reads it (packed, the node size told:
-    the operator may list nodes by default)."""
+    """Where the job's workers run, as the operator reads it from its pods, the node size
+    told (the operator may list nodes by default); packed where throughput does not follow
+    placement."""
     size = cluster.gpus_per_node
+    if cluster.spans(s) is not None:
+        return Placement(tuple(Counter(s.nodes).values()), gpus_per_node=size)
     return Placement.packed(s.replicas, workers_per_node_max=size, gpus_per_node=size)
 
 
@@ -857,7 +893,8 @@ def policy_hpa(active: list[Running], cluster: Cluster, now: float) -> dict[str,
         n = out[s.job.name]
         if s.replicas == 0 or n == 0:
             continue
-        util = COMPUTE_FRACTION * s.job.efficiency(n, cluster.gpus_per_node)
+        spans = cluster.spans(s) if n == len(s.nodes) else None
+        util = COMPUTE_FRACTION * s.job.efficiency(n, cluster.gpus_per_node, spans)
         desired = n
         if abs(util / HPA_TARGET - 1.0) > 0.1:
             desired = math.ceil(n * util / HPA_TARGET)
@@ -913,6 +950,16 @@ def believed_throughput(job: Job, seed: int, gpus_per_node: int) -> Mapping[int,
     return {n: model.throughput(n, gpus_per_node) for n in range(1, job.max_replicas + 1)}
 
 
+@functools.lru_cache(maxsize=4096)
+def believed_across(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, float]:
+    """The throughput the arbiter is told for ``job``'s counts that fit one node when its
+    workers span two (:attr:`JobDemand.throughput_across_nodes`), from the same fitted model
+    as :func:`believed_throughput`."""
+    model = fitted(job, seed)
+    fits = min(job.max_replicas, gpus_per_node)
+    return {n: model.throughput(n, gpus_per_node, nodes=2) for n in range(2, fits + 1)}
+
+
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
     cpu = cluster.cpu_per_node > 0 and cluster.tell_cpu
     demands = [
@@ -930,6 +977,11 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             nodes=s.allowed if cluster.tell_pools else None,
             worker_nodes=tuple(s.nodes) if cluster.by_node and cluster.tell_order else (),
             cpu_millis_per_worker=s.cpu if cpu else 0,
+            throughput_across_nodes=(
+                believed_across(s.job, cluster.seed, cluster.gpus_per_node)
+                if cluster.placed_throughput and cluster.tell_across
+                else {}
+            ),
         )
         for s in active
     ]
@@ -1085,13 +1137,14 @@ def _resize(s: Running, n: int) -> None:
     s.replicas = n
 
 
-def _advance(s: Running, now: float, dt: float, gpus_per_node: int) -> None:
-    """One step of a running job: GPU time held, the restart paused, progress; it finishes
-    mid-step when its work is done (and frees its GPUs)."""
+def _advance(s: Running, now: float, dt: float, cluster: Cluster) -> None:
+    """One step of a running job: GPU time held, the restart paused, progress at its
+    throughput where its workers run (:meth:`Cluster.spans`); it finishes mid-step when its
+    work is done (and frees its GPUs)."""
     s.gpu_seconds += s.replicas * dt
     paused = min(dt, s.restart_left)
     s.restart_left -= paused
-    rate = s.job.throughput(s.replicas, gpus_per_node)
+    rate = s.job.throughput(s.replicas, cluster.gpus_per_node, cluster.spans(s))
     left = s.job.samples - s.done
     run = dt - paused
     s.last_rate = rate * run / dt
@@ -1130,7 +1183,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
             _resize(s, placed[s.job.name])
             if s.replicas > 0:
                 held[s.job.name] = s.replicas
-                _advance(s, now, dt, cluster.gpus_per_node)
+                _advance(s, now, dt, cluster)
         timeline.append((now, held, len(active) - len(held)))
         now += dt
     finished = [(s.job, s.finish) for s in cluster.states if s.finish is not None]

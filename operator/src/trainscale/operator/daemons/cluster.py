@@ -36,6 +36,7 @@ from trainscale.operator.autoscaling.cluster import (
     ManagedJob,
     build_capacity,
     build_node_free,
+    compute_largest_node_gpus,
     compute_worker_nodes,
     decide_arbitration,
     parse_timestamp,
@@ -147,6 +148,22 @@ class ClusterArbitration:
                     table[count] = value
         return table or compute_prior_throughput(spec, compute_asked_replicas(spec, forced_from))
 
+    def _throughput_across(
+        self, key: str, spec: api.TrainingJobSpec, node_gpus: int
+    ) -> dict[int, float]:
+        """The model's throughput at the counts that fit one node of ``node_gpus`` GPUs when
+        their workers span two nodes; nothing before the job has a model."""
+        predictor = self.predictors.get(key)
+        if predictor is None or spec.gpus_per_replica <= 0:
+            return {}
+        fits = min(spec.max_replicas, node_gpus // spec.gpus_per_replica)
+        table: dict[int, float] = {}
+        for count in range(2, fits + 1):
+            value = predictor.predict_throughput(count, nodes=2)
+            if value is not None and value > 0:
+                table[count] = value
+        return table
+
     async def _run(self, clients: k8s.KubernetesClients) -> None:
         nodes, pods, bodies, priorities = await asyncio.gather(
             asyncio.to_thread(k8s.fetch_gpu_nodes, clients),
@@ -156,10 +173,11 @@ class ClusterArbitration:
         )
         capacity = build_capacity(nodes, pods)
         running = compute_worker_nodes(pods)
+        node_gpus = compute_largest_node_gpus(nodes)
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
         for body in bodies:
-            job = self._managed_job(body, running, priorities)
+            job = self._managed_job(body, running, priorities, node_gpus)
             if job is None:
                 continue
             jobs.append(job)
@@ -189,6 +207,7 @@ class ClusterArbitration:
         body: Mapping[str, Any],
         running: Mapping[tuple[str, str], tuple[str, ...]],
         priorities: Mapping[str, tuple[int, bool]],
+        node_gpus: int = 0,
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
         try:
@@ -208,6 +227,7 @@ class ClusterArbitration:
             priority=priority,
             preempts=preempts,
             throughput=self._throughput(key, spec, _forced_from(body)),
+            throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
