@@ -36,7 +36,12 @@ MEMORY_PER_GPU = 128 * 2**30  # bytes
 
 
 def make_workload(
-    jobs: int, nodes: int, gpus_per_node: int, seed: int, requests: float = 0.0
+    jobs: int,
+    nodes: int,
+    gpus_per_node: int,
+    seed: int,
+    requests: float = 0.0,
+    across: bool = True,
 ) -> tuple[list[JobDemand], Capacity]:
     rng = random.Random(seed)
     names = [f"node-{i:04d}" for i in range(nodes)]
@@ -51,6 +56,8 @@ def make_workload(
             n: 100.0 * n / (1.0 + serial * (n - 1) + (cliff if n * gpw > gpus_per_node else 0.0))
             for n in range(1, hi + 1)
         }
+        one_node = min(hi, gpus_per_node // gpw)  # across two nodes: the cliff at any count
+        spread = {n: 100.0 * n / (1.0 + serial * (n - 1) + cliff) for n in range(2, one_node + 1)}
         current = rng.randint(lo, min(hi, lo * 4)) if rng.random() < 0.66 else 0
         cpu = memory = 0
         if rng.random() < requests:
@@ -71,6 +78,7 @@ def make_workload(
                 pinned=rng.random() < 0.03,
                 cpu_millis_per_worker=cpu,
                 memory_bytes_per_worker=memory,
+                throughput_across_nodes=spread if across else {},
             )
         )
     capacity = Capacity(
@@ -124,12 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--requests", type=float, default=0.0,
                         help="share of the jobs whose workers request CPU and memory")  # fmt: skip
+    parser.add_argument("--no-across", action="store_true",
+                        help="no job's throughput across nodes (as before 2026-12-05)")  # fmt: skip
     args = parser.parse_args(argv)
     times: list[float] = []
     allocation = None
     for run in range(args.runs):
         demands, capacity = make_workload(
-            args.jobs, args.nodes, args.gpus_per_node, args.seed + run, args.requests
+            args.jobs,
+            args.nodes,
+            args.gpus_per_node,
+            args.seed + run,
+            args.requests,
+            not args.no_across,
         )
         start = time.perf_counter()
         allocation = allocate(demands, capacity, now=float(args.jobs))

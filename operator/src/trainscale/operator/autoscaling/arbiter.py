@@ -1576,15 +1576,15 @@ def _next_node(
 ) -> str:
     """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
     if claims is not None:
+        if demand.throughput_across_nodes:  # spread, it would lose: its own node first
+            most = max((where.get(n, 0) for n in candidates), default=0)
+            if most > 0:
+                candidates = [n for n in candidates if where.get(n, 0) == most]
         unclaimed = [n for n in candidates if claims.fits(n, spare, demand)]
-        together = demand.throughput_across_nodes and any(where.values())
-        if (
-            not unclaimed or together
-        ):  # every candidate costs a running job workers: the least first
+        if not unclaimed:  # every candidate costs a running job workers: the least first
             return min(
                 candidates,
                 key=lambda n: (
-                    -(where.get(n, 0) if together else 0),
                     claims.cost(n, spare, demand),
                     _node_preference(demand, n, where, spare, left),
                 ),
