@@ -10,7 +10,7 @@ without the figures is placed as before.
 from __future__ import annotations
 
 from trainscale.operator.autoscaling import allocate
-from trainscale.operator.autoscaling.arbiter import JobDemand
+from trainscale.operator.autoscaling.arbiter import JobDemand, consolidate
 
 from .test_arbiter_decisions import job, nodes
 
@@ -63,3 +63,39 @@ def test_an_arrival_takes_its_gpus_on_one_node_when_it_can() -> None:
     }  # fmt: skip
     blind = job("y", min_replicas=2, max_replicas=2, created=3)
     assert _placements([x, z, blind], count=2)["y"] == {"n0": 1, "n1": 1}
+
+
+def test_a_job_that_resizes_is_planned_on_one_node_that_holds_it() -> None:
+    """a runs 1 worker on n0 and 1 on n1 (started where the GPUs were); n2 is free now and
+    a may grow to 3: its workers restart anyway, so all 3 are planned on n2 (the operator
+    moves the two it runs). b fills n0 and n1's rest."""
+    a = job("a", current_nodes={"n0": 1, "n1": 1}, current_replicas=2, max_replicas=3,
+            throughput_across_nodes=CLIFF)  # fmt: skip
+    b = job("b", current_nodes={"n0": 3, "n1": 3}, current_replicas=6, min_replicas=6,
+            max_replicas=6)  # fmt: skip
+    assert _placements([a, b]) == {"a": {"n2": 3}, "b": {"n0": 3, "n1": 3}}
+
+
+def test_a_job_that_keeps_its_size_is_not_moved() -> None:
+    a = job("a", current_nodes={"n0": 1, "n1": 1}, current_replicas=2, max_replicas=2,
+            throughput_across_nodes=CLIFF)  # fmt: skip
+    assert _placements([a]) == {"a": {"n0": 1, "n1": 1}}
+
+
+def test_consolidate_keeps_a_job_where_most_of_its_workers_run_and_needs_a_node_that_holds_all(
+) -> None:  # fmt: skip
+    a = job("a", current_nodes={"n0": 1, "n1": 2}, current_replicas=3,
+            throughput_across_nodes=CLIFF)  # fmt: skip
+    placed = {"a": {"n0": 1, "n1": 2, "n2": 1}}
+    free = {"n0": 3, "n1": 2, "n2": 0}
+    consolidate([a], placed, free)
+    # its worker on n0 holds its GPU until it moves; n2's new one was only planned
+    assert placed == {"a": {"n1": 4}} and free == {"n0": 3, "n1": 0, "n2": 1}
+    placed = {"a": {"n0": 1, "n1": 2, "n2": 1}}
+    full = {"n0": 0, "n1": 1, "n2": 0}  # no node holds 4
+    consolidate([a], placed, full)
+    assert placed == {"a": {"n0": 1, "n1": 2, "n2": 1}} and full == {"n0": 0, "n1": 1, "n2": 0}
+    blind = job("b", current_nodes={"n0": 1, "n1": 2}, current_replicas=3)
+    placed = {"b": {"n0": 1, "n1": 2, "n2": 1}}
+    consolidate([blind], placed, {"n0": 3, "n1": 2, "n2": 0})
+    assert placed == {"b": {"n0": 1, "n1": 2, "n2": 1}}  # not told what spreading costs it

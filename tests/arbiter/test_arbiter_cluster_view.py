@@ -672,6 +672,8 @@ def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_
         packed = autoscaler.predict_throughput(n)
         assert packed is not None and across[n] < 0.9 * packed
     assert build_demand(job).throughput_across_nodes == across
+    unpacked = spec(replicas=4, maxReplicas=16, placement={"packWorkers": False})
+    assert build_demand(dataclasses.replace(job, spec=unpacked)).throughput_across_nodes == {}
     assert arbitration._managed_job(body, {}, {}, 0).throughput_across_nodes == {}
     two_gpus = {**body, "spec": spec(replicas=4, maxReplicas=16, gpus=2).model_dump(by_alias=True)}
     assert sorted(arbitration._managed_job(two_gpus, {}, {}, 4).throughput_across_nodes) == [2]

@@ -28,6 +28,7 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -526,3 +527,58 @@ def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
     wait_for(lambda: _off_plan(port, namespace, "spread") == 1.0, timeout=30,
              what="workers_off_plan 1 for spread",
              describe=lambda: f"gauge {_off_plan(port, namespace, 'spread')}\n{describe()}")  # fmt: skip
+
+
+def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """Reconcile rule 11 with the real scheduler: a 2-worker job started where the GPUs were,
+    one worker on each node (another team held 7 of each). Node a frees up, the plan
+    (``status.arbitration.preferredNodes``, written here as arbitration's step 8 writes it
+    for a job that spans nodes one could hold) puts all 3 on a, and the job grows to 3: the
+    worker on b is deleted and recreated on a beside the new one, once, and stays."""
+    a, b = testbed.node_names[:2]
+    namespace, start = private_operator
+    operator = start("--no-arbitration")  # the plan is written here, not by the arbiter
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    for node, name in ((a, "busy-a"), (b, "busy-b")):
+        kubectl("apply", "-n", namespace, "-f", "-",
+                input=json.dumps(foreign_gpu_pod(name, 7, node=node)))  # fmt: skip
+    job = arbitrated_job("spread", 2, 1, 4)
+    del job["spec"]["autoscaling"]  # nothing but this test resizes it
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+
+    def bound(count: int) -> dict[int, str | None] | None:
+        where = _worker_nodes(kubectl, namespace, "spread")
+        return where if len(where) == count and None not in where.values() else None
+
+    wait_for(lambda: bound(2), timeout=90, what="2 workers bound", describe=describe)
+    assert sorted(_worker_nodes(kubectl, namespace, "spread").values()) == [a, b], describe()
+    kubectl("delete", "pod", "busy-a", "-n", namespace, "--wait=true")
+    plan = {"status": {"arbitration": {"ceiling": 3, "preferredNodes": {a: 3}}}}
+    kubectl("patch", "tj", "spread", "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps(plan))  # fmt: skip
+    kubectl("patch", "tj", "spread", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"replicas": 3}}))  # fmt: skip
+
+    def all_on_a() -> bool:
+        where = bound(3)
+        return where is not None and set(where.values()) == {a}
+
+    wait_for(all_on_a, timeout=90, what="3 workers, all on node a", describe=describe)
+    uids = kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}=spread",
+                   "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()  # fmt: skip
+    events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                     "reason=Consolidating", "-o", "json").stdout  # fmt: skip
+    messages = [e["message"] for e in json.loads(events)["items"]]
+    assert len(messages) == 1 and f"(on {b})" in messages[0], messages
+    time.sleep(5)  # a few more passes: nothing moves again
+    again = kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}=spread",
+                    "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()  # fmt: skip
+    assert again == uids and set(bound(3).values()) == {a}, describe()  # type: ignore[union-attr]

@@ -214,3 +214,76 @@ def test_workers_bound_off_their_planned_node_are_counted() -> None:
                   planned_node="a"),  # going away
     ]  # fmt: skip
     assert count_workers_off_plan(workers) == 1
+
+
+def _moves(spec: TrainingJobSpec, workers: list[WorkerPod], plan: Any,
+           queued: str | None = None) -> tuple[dict[str, str], dict[int, str]]:  # fmt: skip
+    """Rule 11: the workers deleted (name -> reason) and the planned node of each created."""
+    status: dict[str, Any] = {"phase": "Running"}
+    if plan is not None:
+        status["arbitration"] = {"ceiling": 8, "preferredNodes": plan}
+    result = decide_reconcile(spec, "j", 3, status, workers, True, True, NOW, queued=queued)
+    return dict(result.delete_workers), dict(result.planned_nodes)
+
+
+def test_a_job_shrinking_moves_its_workers_off_the_node_the_plan_left(
+    spec_dict: dict[str, Any],
+) -> None:
+    """4 workers on a and b shrink to 2, and the plan holds both on a: worker 1 (on b)
+    goes as well as 2 and 3; it is recreated when its pod is gone, on a."""
+    spec = TrainingJobSpec.model_validate({**spec_dict, "replicas": 2})
+    workers = [_worker(0, "a"), _worker(1, "b"), _worker(2, "a"), _worker(3, "b")]
+    deleted, _ = _moves(spec, workers, {"a": 2})
+    assert deleted == {"j-worker-1": "MovedToPlannedNode", "j-worker-2": "ScaledDown",
+                       "j-worker-3": "ScaledDown"}  # fmt: skip
+    gone = [_worker(0, "a")]  # a later pass: worker 1's pod is gone
+    assert _moves(spec, gone, {"a": 2}) == ({}, {1: "a"})
+
+
+def test_a_job_growing_moves_its_workers_to_the_node_that_holds_them_all(
+    spec_dict: dict[str, Any],
+) -> None:
+    spec = TrainingJobSpec.model_validate({**spec_dict, "replicas": 3})
+    deleted, planned = _moves(spec, [_worker(0, "a"), _worker(1, "b")], {"c": 3})
+    assert deleted == {"j-worker-0": "MovedToPlannedNode", "j-worker-1": "MovedToPlannedNode"}
+    assert planned == {2: "c"}
+
+
+@pytest.mark.parametrize(
+    ("replicas", "workers", "changes", "queued"),
+    [
+        pytest.param(2, [_worker(0, "a"), _worker(1, "b")], {}, None, id="no-resize"),
+        pytest.param(
+            3,
+            [_worker(0, "a", planned="a"), _worker(1, "b", planned="a")],
+            {},
+            None,
+            id="a-worker-the-scheduler-put-off-its-plan-is-not-moved-again",
+        ),
+        pytest.param(
+            3,
+            [_worker(0, "a"), _worker(1, "b")],
+            {"placement": {"packWorkers": False}},
+            None,
+            id="packing-off",
+        ),
+        pytest.param(1, [_worker(0, "a"), _worker(1, "b")], {}, "queued: no GPUs", id="queued"),
+    ],
+)
+def test_no_worker_moves_without_a_resize_a_plan_or_for_a_second_time(
+    spec_dict: dict[str, Any],
+    replicas: int,
+    workers: list[WorkerPod],
+    changes: dict[str, Any],
+    queued: str | None,
+) -> None:
+    spec = TrainingJobSpec.model_validate({**spec_dict, "replicas": replicas, **changes})
+    deleted, _ = _moves(spec, workers, {"a": 3}, queued)
+    assert not any(reason == "MovedToPlannedNode" for reason in deleted.values())
+
+
+def test_no_more_workers_move_than_the_plan_has_room_for(spec_dict: dict[str, Any]) -> None:
+    spec = TrainingJobSpec.model_validate({**spec_dict, "replicas": 3})
+    workers = [_worker(0, "b"), _worker(1, "b"), _worker(2, "a"), _worker(3, "x")]
+    deleted, _ = _moves(spec, workers, {"a": 2})
+    assert deleted == {"j-worker-0": "MovedToPlannedNode", "j-worker-3": "ScaledDown"}

@@ -98,3 +98,21 @@ def test_the_arbiter_is_told_the_throughput_across_nodes_only_where_it_counts(
                           placed_throughput=mode, tell_across=tell)  # fmt: skip
         policy_trainscale([s], cluster, 0.0)
     assert [dict(x) for x in seen] == [dict(across), {}, {}]
+
+
+def test_a_resized_job_moves_its_workers_to_where_the_plan_holds_them() -> None:
+    """As the operator's reconcile rule 11: a job resized with a plan on one node loses its
+    workers elsewhere (the first indexes keep their slots), and the placement that follows
+    puts them on the planned node; a job that keeps its size is not moved."""
+    cluster = Cluster(nodes=3, gpus_per_node=4, interval=60.0, seed=1, placed_throughput=True)
+    s = Running(JOB, replicas=2, started=True, nodes=["node-00", "node-01"])
+    other = Running(dataclasses.replace(JOB, name="o"), replicas=6, started=True,
+                    nodes=["node-00"] * 3 + ["node-01"] * 3)  # fmt: skip
+    cluster.plans = {"j": {"node-02": 3}, "o": {"node-00": 3, "node-01": 3}}
+    assert workload._apply([s, other], {"j": 3, "o": 6}, cluster) == {"j": 3, "o": 6}
+    assert s.nodes == ["node-02"] * 3
+    assert other.nodes == ["node-00"] * 3 + ["node-01"] * 3
+    kept = Running(JOB, replicas=2, started=True, nodes=["node-00", "node-01"])
+    cluster.plans = {"j": {"node-02": 2}}
+    workload._apply([kept], {"j": 2}, cluster)
+    assert kept.nodes == ["node-00", "node-01"]

@@ -61,7 +61,13 @@ The decision is a pipeline of named steps, each a small function tested alone:
    7 repeat once they are gone, the next priority up shrunk to its minimum before any of its
    jobs stops (a middle priority was shrunk in step 6, and the bottom one then stopped as
    well, its GPUs left idle).
-8. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
+8. ``consolidate`` — a job that spans several nodes though one could hold all its workers,
+   and whose size changes in this decision (its workers restart anyway; or it starts), is
+   planned on that one node: the operator moves its workers elsewhere there as it resizes
+   it (reconcile rule 11), for no restart it would not pay anyway. Only jobs that list
+   their throughput across nodes (``JobDemand.throughput_across_nodes``): the arbiter knows
+   what spreading costs them. What it frees elsewhere is handed out as in step 5.
+9. The reasons: ``queued: needs 4 GPUs, 2 free``, ``limited to 6 GPUs by cluster arbitration
    (3 jobs waiting)``, or why a job got all it wanted. A job granted all that the nodes it
    may use hold of its workers is told that they limit it, not the jobs beside it:
    ``limited to 4 GPUs: the CPU and memory its workers request leave room for 4 of the 8 it
@@ -106,6 +112,7 @@ Running workers are not placed: they are where they run (``JobDemand.worker_node
 replica index), and a job that shrinks loses its highest indexes, wherever they run, because
 that is what the operator deletes. So a running job at ``c`` workers holds its first ``c``,
 and GPUs it gives up are those of its last workers, not the ones another job would like.
+The one exception is step 8's, which moves them all, only as the job resizes.
 
 Node packing: a worker needs ``gpus_per_worker`` GPUs on one node, and the CPU and memory its
 template requests there (``JobDemand.cpu_millis_per_worker``): every step places workers
@@ -133,8 +140,8 @@ if the recipient still gains, valued where its workers land; an arrival that tak
 jobs' GPUs in step 3 takes them on the node where it has its first worker when it can, not
 one here and one there at a slightly lower cost. In the cluster benchmark with throughput
 that follows placement (``--placed``) jobs spread over nodes lost 8-13 % of their
-throughput, and this is worth 3-12 % of the average completion time. Running workers are
-not moved to consolidate a job (see below).
+throughput, and this is worth 3-12 % of the average completion time; step 8 besides moves
+a spread job's workers onto one node when it resizes anyway.
 
 Node pools: a job whose template restricts its workers to some nodes (``JobDemand.nodes``:
 a node selector, required node affinity, taints it does not tolerate) is placed, counted
@@ -164,6 +171,7 @@ __all__ = [
     "admit_minimums",
     "allocate",
     "compute_allowed_counts",
+    "consolidate",
     "grow_by_marginal_gain",
     "predicted_throughput",
     "rebalance",
@@ -1063,6 +1071,53 @@ def _grow_into_lower(
     return queued
 
 
+def consolidate(
+    demands: Sequence[JobDemand],
+    placed: dict[str, dict[str, int]],
+    free: dict[str, int],
+) -> None:
+    """Step 8: plan on one node each job that spans several though one node could hold all
+    its workers, when its size changes in this decision (or it starts): its workers restart
+    then anyway, so the ones elsewhere can move for nothing more (the operator deletes and
+    recreates them on their planned node as it resizes the job, reconcile rule 11). Only a
+    job that lists its throughput across nodes for that count (the caller lists the counts
+    one node holds). The node: one it may use where the free GPUs, CPU and memory with its
+    own workers' hold them all; the one with most of its workers, then the best fit. Its
+    running workers elsewhere keep their GPUs in ``free`` (its autoscaler may stay below
+    the new size, and then nothing moves: what they hold is granted to no one else); the
+    new workers this decision planned elsewhere give theirs back. Mutates ``placed`` and
+    ``free``."""
+    for demand in sorted(demands, key=_order_key):
+        where = placed.get(demand.key)
+        if not where or not demand.throughput_across_nodes:
+            continue
+        count = sum(where.values())
+        spans = sum(1 for w in where.values() if w > 0)
+        if spans < 2 or count == demand.current_replicas:
+            continue
+        if count not in demand.throughput_across_nodes:
+            continue
+        # its running workers hold their GPUs until the operator moves them (the job may
+        # not resize after all, its autoscaler below the ceiling): only the new ones leave
+        _, added = _kept_prefix(demand, where)
+        running = {n: where[n] - added.get(n, 0) for n in where}
+        trial = free.copy()
+        for node, workers in added.items():
+            if node in trial:
+                _give(trial, node, demand, workers)
+        holds = [
+            n
+            for n in trial
+            if _may_use(demand, n) and _fits(trial, n, demand) >= count - running.get(n, 0)
+        ]
+        if not holds:
+            continue
+        node = min(holds, key=lambda n: (-where.get(n, 0), trial[n], n))
+        _take(trial, node, demand, count - running.get(node, 0))
+        placed[demand.key] = {node: count}
+        _assign(free, trial)
+
+
 def _down_step(
     demand: JobDemand, utilities: Mapping[int, float], at: int
 ) -> tuple[float, int] | None:
@@ -1782,6 +1837,7 @@ def allocate(
         if not (layered and stopped):
             break  # the lowest priority below a preemptor was its only one, or none went
     queued += grown_into
+    consolidate(arbitrated, placed, free)
     # what the moves left free (a donor's GPUs the recipient could not use, CPU it freed
     # beside idle GPUs, a preempted job's GPUs the preemptor did not need) is handed out
     # as in step 5

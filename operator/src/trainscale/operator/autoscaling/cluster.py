@@ -424,7 +424,11 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         nodes=nodes,
         cpu_millis_per_worker=asked.cpu_millis,
         memory_bytes_per_worker=asked.memory_bytes,
-        throughput_across_nodes=dict(job.throughput_across_nodes),
+        # a job that opted out of packing is placed by the scheduler alone: the arbiter's
+        # plan, and the moves of its step 8, would not be followed
+        throughput_across_nodes=(
+            dict(job.throughput_across_nodes) if spec.placement.pack_workers else {}
+        ),
     )
 
 

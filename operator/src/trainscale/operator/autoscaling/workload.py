@@ -103,7 +103,9 @@ needed in 85 % of their running steps, losing 13 % of their throughput, against 
 nodes). Workers are then placed node by node under every
 policy (as on several pools), the per-job autoscaler is told where its workers run, and
 the arbiter is told each job's throughput across nodes from its fitted model
-(:func:`believed_across`; ``tell_across``: the ablation).
+(:func:`believed_across`; ``tell_across``: the ablation). A trainscale job resized by a
+plan that holds its workers on other nodes than they run on moves them there as the
+operator does (reconcile rule 11): its workers restart anyway.
 
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
@@ -1116,11 +1118,27 @@ def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) 
         if n < len(s.nodes):
             free.give(s, n)
             del s.nodes[n:]
+        if 0 < n != s.replicas and s.nodes:
+            _move_off_plan(s, cluster.plans.get(s.job.name), free)
     for s in _by_priority(active):
         n = targets.get(s.job.name, s.replicas)
         if n > len(s.nodes):
             free.take(s, n - len(s.nodes), placed=s.nodes, plan=cluster.plans.get(s.job.name))
     return {s.job.name: len(s.nodes) for s in active}
+
+
+def _move_off_plan(s: Running, plan: Mapping[str, int] | None, free: FreeGpus) -> None:
+    """A job resized: its workers restart anyway, so those on a node where the plan holds
+    fewer of its workers than run there leave (the operator deletes and recreates them as
+    it resizes the job, reconcile rule 11), the first indexes keeping their slots; the
+    placement that follows puts them where the plan has room."""
+    if not plan:
+        return
+    slots = Counter(plan)
+    for i in reversed(range(len(s.nodes))):
+        node = s.nodes[i]
+        if s.nodes[:i].count(node) >= slots[node]:  # the lower indexes there take its slots
+            free.evict(s, i)
 
 
 def _resize(s: Running, n: int) -> None:

@@ -42,11 +42,20 @@ Rules, in order:
     (``status.arbitration.preferredNodes``) prefers its planned node
     (:func:`~trainscale.operator.api.planned_nodes.assign_planned_nodes`; not with
     ``placement.packWorkers: false``), so the scheduler puts it where the arbiter counted it.
+11. While the job resizes (workers deleted by rule 4, or indices missing up to
+    ``spec.replicas``: every worker restarts anyway), a running worker on a node where the
+    plan holds fewer of the job's workers than run there is deleted gracefully too, and
+    rule 5 recreates it on a node the plan has room on: arbitration consolidates a job that
+    spans nodes though one holds it (its step 8), for no restart the job would not pay
+    anyway. The lowest indexes keep their slots; a worker created with a planned node it did
+    not get (the scheduler put it elsewhere) is not moved again, nor more workers than the
+    plan has room for elsewhere; not with ``placement.packWorkers: false``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -295,6 +304,7 @@ def decide_reconcile(
         )
     surplus = _scale_down(step, active)
     if not succeeded and hold is None:
+        _move_to_planned_nodes(step, status, active, surplus)
         _create_missing_workers(step, workers, active, surplus)
     missing_rendezvous = queued is None and not (
         rendezvous_pod_exists and rendezvous_service_exists
@@ -481,19 +491,48 @@ def _scale_down(step: _Pass, active: Sequence[WorkerPod]) -> int:
     """Rule 4: delete workers with index >= spec.replicas, highest first; returns how many."""
     replicas = step.spec.replicas
     surplus = sorted((w for w in active if w.index >= replicas), key=lambda w: -w.index)
-    for pod in surplus:
-        step.deletes.append((pod.name, "ScaledDown"))
-    if surplus:
-        step.events.append(
-            EventSpec(
-                "Normal",
-                "ScalingDown",
-                f"Scaling down to {replicas} workers: deleting "
-                + ", ".join(p.name for p in surplus)
-                + " (graceful: SIGTERM, then the pod's grace period)",
-            )
-        )
+    _delete(step, surplus, "ScaledDown", "ScalingDown",
+            f"Scaling down to {replicas} workers: deleting " + ", ".join(p.name for p in surplus)
+            + " (graceful: SIGTERM, then the pod's grace period)")  # fmt: skip
     return len(surplus)
+
+
+def _delete(
+    step: _Pass, pods: Sequence[WorkerPod], reason: str, event_reason: str, message: str
+) -> None:
+    """Delete ``pods`` gracefully for ``reason``, with one Normal Event when there are any."""
+    for pod in pods:
+        step.deletes.append((pod.name, reason))
+    if pods:
+        step.events.append(EventSpec("Normal", event_reason, message))
+
+
+def _move_to_planned_nodes(
+    step: _Pass, status: Mapping[str, Any], active: Sequence[WorkerPod], surplus: int
+) -> None:
+    """Rule 11: while the job resizes, delete the running workers the plan has no slot for
+    where they run, as many as it has slots for elsewhere; rule 5 recreates them."""
+    spec = step.spec
+    staying = sorted((w for w in active if w.index < spec.replicas), key=lambda w: w.index)
+    resizing = surplus > 0 or len(staying) < spec.replicas
+    if not resizing or not spec.placement.pack_workers:
+        return
+    plan = api.read_plan((status.get("arbitration") or {}).get("preferredNodes"))
+    if not plan:
+        return
+    slots = Counter(plan)
+    movable: list[WorkerPod] = []
+    for w in staying:
+        node = w.node or w.planned_node
+        if node is not None and slots[node] > 0:
+            slots[node] -= 1
+        elif w.node is not None and w.planned_node in (None, w.node):
+            movable.append(w)  # not created off a plan it was given: it may move
+    moved = movable[: sum(slots.values())]
+    _delete(step, moved, "MovedToPlannedNode", "Consolidating",
+            "Moving " + ", ".join(f"{p.name} (on {p.node})" for p in moved)
+            + " to the nodes cluster arbitration planned, as the job resizes to"
+            f" {spec.replicas} workers (they restart anyway)")  # fmt: skip
 
 
 def _create_missing_workers(
