@@ -419,3 +419,21 @@ def test_a_generated_workload_with_urgent_jobs_is_shown_by_priority(
     assert [x.split()[:3] for x in table[1:4]] == [
         ["fixed", str(p), str(counts[p])] for p in sorted(counts, reverse=True)
     ]
+
+
+def test_a_trace_where_throughput_follows_placement(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--placed``: each policy's row is the simulator's with throughput where the workers
+    run, which differs from the count-only run for some policy on this trace; without
+    ``--workload`` the flag is refused."""
+    assert main(["simulate", "--workload", str(trace), "--nodes", "4", "--placed"]) == 0
+    out = capsys.readouterr().out
+    assert "on 4 nodes x 4 GPUs, throughput where the workers run, decisions every 60 s" in out
+    jobs = read_trace(str(trace))
+    placed = printed_policies(out, jobs, lambda: Cluster(4, 4, 60.0, 1, placed_throughput=True))
+    counted = {p: simulate(p, jobs, Cluster(4, 4, 60.0, 1), horizon=900 + 24 * 3600.0)
+               for p in placed}  # fmt: skip
+    assert any(row(placed[p][1]) != row(counted[p]) for p in placed)
+    assert main(["simulate", "--curve", "amdahl", "--placed"]) == 2
+    assert "--placed needs --workload" in capsys.readouterr().err

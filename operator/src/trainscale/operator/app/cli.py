@@ -184,10 +184,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     workload_flags = (
         "nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy", "urgent",
-        "low",
+        "low", "placed",
     )  # fmt: skip
     for flag in workload_flags:
-        if getattr(args, flag) is not None:
+        if getattr(args, flag) not in (None, False):
             name = flag.replace("_", "-")
             sys.stderr.write(f"trainscale simulate: error: --{name} needs --workload\n")
             return 2
@@ -229,6 +229,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         cpu_heavy=args.cpu_heavy if args.cpu_heavy is not None else 0.0,
         urgent=args.urgent if args.urgent is not None else 0.0,
         low=args.low if args.low is not None else 0.0,
+        placed=args.placed,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -371,6 +372,13 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SHARE",
         help="share of the other generated jobs given a lower priority (batch work), drawn "
         "per job; with --urgent, three priorities (--workload generated)",
+    )
+    sim.add_argument(
+        "--placed",
+        action="store_true",
+        help="each job's throughput is that of the nodes its workers span (its curve's "
+        "node-boundary cliff once they span two), not its count packed (--workload; a "
+        "measured curve has packed rows only)",
     )
     sim.add_argument(
         "--policies",

@@ -14,7 +14,9 @@ its trace row asks (``cpu_per_worker``), or, generated, half a node's for a shar
 one priority (a trace's ``priority`` column, or ``--urgent``: a share of the generated jobs
 given a higher one), the completion times are also shown by priority, with the running jobs
 each policy stopped (preempted) to wait again: the baselines' pods preempt as the default
-scheduler's do, and trainscale's arbiter as the operator does.
+scheduler's do, and trainscale's arbiter as the operator does. With ``--placed`` each job's
+throughput is that of the nodes its workers span (the cliff of its curve once they span
+two), as on a real cluster, not its count's packed.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class WorkloadOptions:
     cpu_heavy: float = 0.0
     urgent: float = 0.0  # share of the generated jobs with a higher priority
     low: float = 0.0  # share of the others with a lower priority
+    placed: bool = False  # throughput follows the nodes a job's workers span
 
 
 def _check_flags(options: WorkloadOptions) -> None:
@@ -156,7 +159,8 @@ def _check_cpu(options: WorkloadOptions, jobs: Sequence[Job]) -> None:
 
 
 def make_cluster(options: WorkloadOptions) -> Cluster:
-    """The simulated cluster of the flags (nodes, GPUs, decisions, seed, pools, CPU)."""
+    """The simulated cluster of the flags (nodes, GPUs, decisions, seed, pools, CPU,
+    throughput where the workers run)."""
     return Cluster(
         options.nodes,
         options.gpus_per_node,
@@ -166,6 +170,7 @@ def make_cluster(options: WorkloadOptions) -> Cluster:
         restricted=options.restricted,
         cpu_per_node=1000 * options.cpu_per_node,
         cpu_heavy=options.cpu_heavy,
+        placed_throughput=options.placed,
     )
 
 
@@ -308,6 +313,8 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
         pools = f" in {options.pools} node pools ({held} of the jobs held to one)"
     if options.cpu_per_node:
         pools += f", {options.cpu_per_node} CPUs per node"
+    if options.placed:
+        pools += ", throughput where the workers run"
     print(
         f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs{pools}, "
         f"decisions every {options.interval} s",
@@ -316,7 +323,13 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
     print(render([row(r) for r in results.values()], markdown=False), file=out)
     if cluster.by_node:
         pending = ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items())
-        room = "no GPU with its CPUs" if options.cpu_per_node else "no GPU on their job's pool"
+        room = (
+            "no GPU with its CPUs"
+            if options.cpu_per_node
+            else "no GPU on their job's pool"
+            if options.pools > 1
+            else "no free GPU"
+        )
         print(
             f"# workers granted that found {room} (Pending), summed over steps: {pending}",
             file=out,
