@@ -763,3 +763,12 @@ def test_the_cli_help_names_every_named_curve() -> None:
     (curve,) = [a for a in sim._actions if "--curve" in a.option_strings]
     for name in (*CURVE_NAMES, *OVERLAP_NAMES):
         assert name in (curve.help or ""), name
+
+
+def test_a_csv_row_of_one_worker_per_node_is_a_measured_spread_placement() -> None:
+    """Besides its packed rows, a curve may give a count spread one worker per node (as
+    Pollux measured 11, 111, 1111): read at that placement, not taken for a packed one."""
+    curve = parse_csv_curve(SMALL_CSV + "2,2,150,0.6\n", name="m.csv")
+    assert curve.gpus_per_node == 4
+    assert curve.measure(Placement((1, 1), 4)) == (150.0, 0.6)
+    assert curve.point(2).samples_per_second != 150.0

@@ -18,6 +18,7 @@ import pytest
 
 from trainscale.operator.autoscaling import workload
 from trainscale.operator.autoscaling.arbiter import Allocation, Capacity, JobDemand, allocate
+from trainscale.operator.autoscaling.simulation import TableCurve
 from trainscale.operator.autoscaling.workload import (
     Cluster,
     Job,
@@ -25,6 +26,8 @@ from trainscale.operator.autoscaling.workload import (
     _advance,
     believed_across,
     believed_throughput,
+    fitted,
+    measured_job,
     observe,
     placed,
     policy_trainscale,
@@ -116,3 +119,29 @@ def test_a_resized_job_moves_its_workers_to_where_the_plan_holds_them() -> None:
     cluster.plans = {"j": {"node-02": 2}}
     workload._apply([kept], {"j": 2}, cluster)
     assert kept.nodes == ["node-00", "node-01"]
+
+
+MEASURED = TableCurve(
+    "measured",
+    {(1, 1): (100.0, 0.9), (2, 1): (190.0, 0.85), (3, 2): (250.0, 0.7), (4, 2): (330.0, 0.7),
+     (2, 2): (150.0, 0.6)},
+    gpus_per_node=2,
+)  # fmt: skip
+
+
+def test_a_measured_curve_spread_over_nodes_reads_its_rows_one_worker_per_node() -> None:
+    """Its packed rows where packed; 2 workers on two nodes read the measured one-per-node
+    row (150, not 190); counts without such a row, or beyond a node, as packed. The
+    arbiter's belief carries the same persistent error on both."""
+    job = measured_job("m", 0.0, 1.0, MEASURED, min_replicas=1, max_replicas=4, requested=2)
+    assert job.measured_across == (150.0,)
+    assert [job.throughput(n, 2) for n in range(1, 5)] == [100.0, 190.0, 250.0, 330.0]
+    assert job.throughput(2, 2, nodes=2) == 150.0
+    assert job.throughput(3, 2, nodes=3) == 250.0  # no 3-worker row beyond a 2-GPU node
+    believed = fitted(job, 7)
+    assert believed.measured_across[0] != 150.0  # the job's persistent error
+    assert believed_across(job, 7, 2) == {2: believed.measured_across[0]}
+    packed_only = TableCurve("p", {k: v for k, v in MEASURED.points.items() if k != (2, 2)}, 2)
+    job = measured_job("p", 0.0, 1.0, packed_only, min_replicas=1, max_replicas=4, requested=2)
+    assert job.measured_across == () and job.throughput(2, 2, nodes=2) == 190.0
+    assert believed_across(job, 7, 2) == {}

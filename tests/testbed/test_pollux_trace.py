@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.simulation import TableCurve
 from trainscale.operator.autoscaling.workload import Cluster, read_trace, row, simulate
 from trainscale.testbed.pollux import read_app
@@ -187,3 +188,23 @@ def test_jobs_that_are_not_the_rows_are_refused() -> None:
     jobs = load_workload(2, _linear, total_gpus=64)
     with pytest.raises(PolluxTraceError, match="names or order differ"):
         trace_files(rows, jobs[::-1], _linear)
+
+
+def test_the_measured_curves_carry_their_rows_one_worker_per_node() -> None:
+    """2 to 4 workers one per node at the job's batch (the data's ``11``, ``111``,
+    ``1111``), beside the packed counts; not a count more (``Scaling.max_replicas`` is the
+    packed curve's). On this data, spread is not always slower: cifar10 at batch 2048
+    runs faster across nodes than packed, yolov3 slower."""
+    scaling = measured_scaling()
+    cifar = scaling("cifar10", 2048, 4)
+    assert cifar is not None and cifar.max_replicas == 16
+    app = read_app("cifar10")
+    for n in (2, 3, 4):
+        spread = cifar.curve.measure(Placement((1,) * n, 4))
+        assert spread == app.throughput((1,) * n, 2048 / n)
+    jobs = {j.name: j for j in load_workload(1, scaling, total_gpus=64)}
+    first = jobs["cifar10-0"]
+    assert len(first.measured_across) == 3
+    assert first.measured_across[0] > first.measured[1]  # 2 spread beats 2 packed here
+    yolo = next(j for j in jobs.values() if j.name.startswith("yolov3"))
+    assert yolo.measured_across[2] < yolo.measured[3]

@@ -509,13 +509,14 @@ def _parse_csv_row(
 
 
 def _infer_node_size(name: str, points: Mapping[tuple[int, int], object]) -> int | None:
-    """The node size multi-node rows imply: the largest one-node count, checked packed."""
+    """The node size multi-node rows imply: the largest one-node count, checked packed (a
+    row of one worker per node, ``nodes == count``, is a measured spread placement)."""
     single = [c for c, k in points if k == 1]
     gpus_per_node = max(single) if single else None
     wrong = [
         (c, k)
         for c, k in sorted(points)
-        if gpus_per_node is None or k != math.ceil(c / gpus_per_node)
+        if gpus_per_node is None or (k != math.ceil(c / gpus_per_node) and k != c)
     ]
     if wrong:
         c, k = wrong[0]

@@ -172,7 +172,7 @@ from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, J
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation
-from trainscale.operator.autoscaling.simulation import Curve, parse_csv_curve
+from trainscale.operator.autoscaling.simulation import Curve, CurveError, parse_csv_curve
 
 MIN_EFFICIENCY = 0.7  # minEfficiency (its default) for per-job and arbitrated jobs
 HPA_TARGET = 0.8
@@ -200,6 +200,9 @@ class Job:
     measured: tuple[float, ...] = ()
     pool: int | None = None  # the node pool its template admits (a trace's); None: any node
     cpu: float | None = None  # CPUs each worker requests (a trace's); None: drawn per cluster
+    # a measured curve's throughput at 2, 3, ... workers one per node (what the data measured
+    # across nodes; :func:`measured_job`); empty: none measured, read as packed
+    measured_across: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.measured and (
@@ -210,16 +213,24 @@ class Job:
                 f"{self.name}: a measured curve needs a positive throughput at every count up"
                 f" to max_replicas {self.max_replicas}, got {len(self.measured)} counts"
             )
+        if not all(x > 0 and math.isfinite(x) for x in self.measured_across):
+            raise ValueError(f"{self.name}: a throughput across nodes must be positive")
 
     def throughput(self, n: int, gpus_per_node: int, nodes: int | None = None) -> float:
         """Samples/s at ``n`` workers spanning ``nodes`` nodes (None: packed, one node filled
         before the next). The ``tau(n)`` family pays its cliff whenever the workers span
-        more than one node; a measured curve has packed rows only and ignores ``nodes``."""
+        more than one node. A measured curve has its packed rows, and for counts one node
+        holds its rows one worker per node (:attr:`measured_across`), which it reads for any
+        spread placement of that count (2 + 2 as 1 + 1 + 1 + 1: the data measures no
+        placement in between; the all-reduce crosses the network either way)."""
         if n <= 0:
             return 0.0
-        if self.measured:
-            return self.measured[min(n, len(self.measured)) - 1]
         spans = math.ceil(n / gpus_per_node) if nodes is None else nodes
+        if self.measured:
+            packed = math.ceil(n / gpus_per_node)
+            if spans > packed and 2 <= n <= len(self.measured_across) + 1:
+                return self.measured_across[n - 2]
+            return self.measured[min(n, len(self.measured)) - 1]
         tau = 1.0 + self.serial * (n - 1) + (self.cliff if spans > 1 else 0.0)
         return self.rate * n / tau
 
@@ -263,8 +274,15 @@ def measured_job(
         CurveError: the curve has no point at some count up to ``max_replicas``.
     """
     points = tuple(curve.point(n).samples_per_second for n in range(1, max_replicas + 1))
+    across: list[float] = []
+    for n in range(2, min(max_replicas, curve.gpus_per_node or 1) + 1):
+        try:
+            across.append(curve.measure(Placement((1,) * n, curve.gpus_per_node))[0])
+        except CurveError:
+            break  # not measured one per node: read as packed
     bounds = (min_replicas, max_replicas, requested)
-    return Job(name, arrival, samples, points[0], 0.0, 0.0, *bounds, priority, restart, points)
+    return Job(name, arrival, samples, points[0], 0.0, 0.0, *bounds, priority, restart, points,
+               measured_across=tuple(across))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -929,11 +947,19 @@ def fitted(job: Job, seed: int) -> Job:
     serial, cliff, rate = err(0.25, 0.5, 1.5), err(0.25, 0.5, 1.5), err(0.1, 0.7, 1.3)
     if job.measured:
         one = job.measured[0]
-        overhead = [n * one / x - 1.0 for n, x in enumerate(job.measured, start=1)]
-        believed = tuple(
-            one * rate * n / max(0.05, 1.0 + o * serial) for n, o in enumerate(overhead, start=1)
+
+        def believe(curve: Sequence[float], first: int) -> tuple[float, ...]:
+            overhead = [n * one / x - 1.0 for n, x in enumerate(curve, start=first)]
+            return tuple(
+                one * rate * n / max(0.05, 1.0 + o * serial)
+                for n, o in enumerate(overhead, start=first)
+            )
+
+        believed = believe(job.measured, 1)
+        across = believe(job.measured_across, 2)
+        return Job(
+            **{**job.__dict__, "measured": believed, "rate": believed[0], "measured_across": across}
         )
-        return Job(**{**job.__dict__, "measured": believed, "rate": believed[0]})
     return Job(
         **{
             **job.__dict__,
@@ -959,6 +985,8 @@ def believed_across(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, flo
     as :func:`believed_throughput`."""
     model = fitted(job, seed)
     fits = min(job.max_replicas, gpus_per_node)
+    if job.measured:  # the counts measured one per node
+        fits = min(fits, len(job.measured_across) + 1)
     return {n: model.throughput(n, gpus_per_node, nodes=2) for n in range(2, fits + 1)}
 
 

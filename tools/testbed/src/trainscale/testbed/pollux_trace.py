@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.simulation import Curve, CurveError, TableCurve
 from trainscale.operator.autoscaling.workload import Job, measured_job
 from trainscale.testbed.pollux import DATA_DIR, GPUS_PER_NODE, PolluxApp, read_app
@@ -281,7 +282,9 @@ def measured_scaling(data_dir: Path = DATA_DIR) -> ScalingSource:
     An application with ``placements.csv`` gets its strong-scaling curve at the batch
     (:meth:`PolluxApp.strong_curve`, packed on 4-GPU nodes) over the counts from 1 up to the
     first one the data does not cover (every packed placement is measured up to 16 workers,
-    and no worker goes below the smallest local batch measured). One with only
+    and no worker goes below the smallest local batch measured), and at 2 to 4 workers one
+    per node as well (the data's ``11``, ``111``, ``1111``: what those counts make spread
+    over nodes, read by ``benchmarks/cluster.py --placed``). One with only
     ``scalability.csv`` (deepspeech2: every placement there spreads over 6 or more nodes) is
     a rigid job at its requested size, one worker per node as measured. Any other has none.
     """
@@ -298,8 +301,14 @@ def measured_scaling(data_dir: Path = DATA_DIR) -> ScalingSource:
                 points[(p.replicas, p.nodes)] = (p.samples_per_second, p.gpu_utilization)
             if not points:
                 raise PolluxTraceError(f"{application}: no measured point at batch {batch}")
+            packed = len(points)
+            for n in range(2, min(GPUS_PER_NODE, packed) + 1):  # one worker per node
+                spread = apps[application].throughput((1,) * n, batch / n)
+                if spread is None:
+                    break
+                points[(n, n)] = spread
             curve = TableCurve(f"{application}-{batch}", points, gpus_per_node=GPUS_PER_NODE)
-            return Scaling(curve, 1, len(points))
+            return Scaling(curve, 1, packed)
         path = data_dir / application / "scalability.csv"
         if path.exists():
             rate = batch / _spread_step_time(path, requested, batch / requested)
@@ -342,7 +351,8 @@ CURVE_HEADER = "count,nodes,samples_per_second,gpu_utilization"
 
 def _curve_file(job: PolluxJob, measured: Scaling | None, most: int) -> tuple[str, str]:
     """``(file name, CSV text)`` of the curve a workload row's job runs on, counts 1 to
-    ``most`` packed (``repr`` numbers, so reading it back gives the same floats). A job
+    ``most`` packed and, where measured, 2 to 4 one per node (``repr`` numbers, so reading it
+    back gives the same floats). A job
     without step-time data gets its assumed one-GPU throughput, utilization written as 1."""
     if measured is None:
         rows = [(1, 1, ASSUMED_THROUGHPUT[job.application], 1.0)]
@@ -350,6 +360,12 @@ def _curve_file(job: PolluxJob, measured: Scaling | None, most: int) -> tuple[st
     else:
         points = [measured.curve.point(n) for n in range(1, most + 1)]
         rows = [(p.replicas, p.nodes, p.samples_per_second, p.gpu_utilization) for p in points]
+        for n in range(2, min(most, GPUS_PER_NODE) + 1):  # one worker per node, as measured
+            try:
+                spread = measured.curve.measure(Placement((1,) * n, GPUS_PER_NODE))
+            except CurveError:
+                break
+            rows.append((n, n, *spread))
         rigid = f"-rigid-{measured.max_replicas}" if measured.min_replicas > 1 else ""
         name = f"{job.application}-{job.batch_size}{rigid}.csv"
     lines = [CURVE_HEADER, *(f"{n},{k},{x!r},{u!r}" for n, k, x, u in rows)]
