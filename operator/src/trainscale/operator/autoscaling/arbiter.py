@@ -138,7 +138,7 @@ step, when it spans several already) counts its throughput across nodes, checked
 when the grant comes up, since other grants take that room; in step 6 a move is made only
 if the recipient still gains, valued where its workers land; an arrival that takes running
 jobs' GPUs in step 3 takes them on the node where it has its first worker when it can, not
-one here and one there at a slightly lower cost. In the cluster benchmark with throughput
+one here and one there at a slightly lower cost, but never a higher priority's there. In the cluster benchmark with throughput
 that follows placement (``--placed``) jobs spread over nodes lost 8-13 % of their
 throughput, and this is worth 3-12 % of the average completion time; step 8 besides moves
 a spread job's workers onto one node when it resizes anyway.
@@ -1631,10 +1631,12 @@ def _next_node(
 ) -> str:
     """The node for ``demand``'s next new worker among ``candidates`` (:func:`_place`)."""
     if claims is not None:
-        if demand.throughput_across_nodes:  # spread, it would lose: its own node first
+        if demand.throughput_across_nodes:  # spread, it would lose: its own node first,
             most = max((where.get(n, 0) for n in candidates), default=0)
-            if most > 0:
-                candidates = [n for n in candidates if where.get(n, 0) == most]
+            mine = [n for n in candidates if most > 0 and where.get(n, 0) == most]
+            # where that takes nothing from a job of a higher priority
+            mine = [n for n in mine if claims.cost(n, spare, demand)[0] <= demand.priority]
+            candidates = mine or candidates
         unclaimed = [n for n in candidates if claims.fits(n, spare, demand)]
         if not unclaimed:  # every candidate costs a running job workers: the least first
             return min(
