@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from trainscale.operator.api import ANNOTATION_PLANNED_NODE, TrainingJobSpec
-from trainscale.operator.api.planned_nodes import assign_planned_nodes, read_plan
+from trainscale.operator.api.planned_nodes import assign_planned_nodes, choose_moves, read_plan
 from trainscale.operator.controller import builders
 from trainscale.operator.controller.reconcile import (
     WorkerPod,
@@ -287,3 +287,22 @@ def test_no_more_workers_move_than_the_plan_has_room_for(spec_dict: dict[str, An
     workers = [_worker(0, "b"), _worker(1, "b"), _worker(2, "a"), _worker(3, "x")]
     deleted, _ = _moves(spec, workers, {"a": 2})
     assert deleted == {"j-worker-0": "MovedToPlannedNode", "j-worker-3": "ScaledDown"}
+
+
+@pytest.mark.parametrize(
+    ("plan", "existing", "movable", "expected"),
+    [
+        pytest.param({"a": 3}, ["a", "b", "a", "b"], [True] * 4, [1], id="one-slot-left-on-a"),
+        pytest.param({"a": 1, "c": 1}, ["a", "a"], [True] * 2, [1], id="lowest-indexes-keep-slots"),
+        pytest.param({"c": 3}, ["a", "b"], [True, True], [0, 1], id="all-to-an-empty-node"),
+        pytest.param({"a": 2}, ["b", "b", "a", "x"], [True] * 4, [0], id="no-more-than-room"),
+        pytest.param({"a": 3}, ["a", "b"], [True, False], [], id="not-movable"),
+        pytest.param({"a": 2}, [None, "a", "b"], [False, True, True], [2], id="unbound-no-slot"),
+        pytest.param({"a": 2, "b": 1}, ["a", "b"], [True, True], [], id="all-on-plan"),
+    ],
+)
+def test_choose_moves_takes_off_their_node_the_workers_the_plan_has_no_slot_for(
+    plan: dict[str, int], existing: list[str | None], movable: list[bool], expected: list[int]
+) -> None:
+    """What reconcile rule 11 and the cluster simulator both move at a resize."""
+    assert choose_moves(plan, existing, movable) == expected

@@ -125,6 +125,9 @@ from trainscale.operator.api.planned_nodes import (
     assign_planned_nodes as assign_planned_nodes,
 )
 from trainscale.operator.api.planned_nodes import (
+    choose_moves as choose_moves,
+)
+from trainscale.operator.api.planned_nodes import (
     read_plan as read_plan,
 )
 from trainscale.operator.api.sizes import (

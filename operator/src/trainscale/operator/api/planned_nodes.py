@@ -82,3 +82,21 @@ def assign_planned_nodes(
         here[node] += 1
         out.append(node)
     return out
+
+
+def choose_moves(
+    plan: Mapping[str, int], existing: Sequence[str | None], movable: Sequence[bool]
+) -> list[int]:
+    """Which workers a resize moves to the nodes the plan holds for them (reconcile rule 11):
+    positions in ``existing`` (each worker's node, bound or planned, in index order; None:
+    neither) of the workers that find no slot left on their node, the lowest indexes taking
+    the slots first, that may move (``movable``), no more of them than the plan has slots
+    left elsewhere."""
+    slots = Counter({node: workers for node, workers in plan.items() if workers > 0})
+    off: list[int] = []
+    for i, node in enumerate(existing):
+        if node is not None and slots[node] > 0:
+            slots[node] -= 1
+        elif movable[i]:
+            off.append(i)
+    return off[: sum(slots.values())]

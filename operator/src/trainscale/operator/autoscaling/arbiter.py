@@ -138,10 +138,11 @@ step, when it spans several already) counts its throughput across nodes, checked
 when the grant comes up, since other grants take that room; in step 6 a move is made only
 if the recipient still gains, valued where its workers land; an arrival that takes running
 jobs' GPUs in step 3 takes them on the node where it has its first worker when it can, not
-one here and one there at a slightly lower cost, but never a higher priority's there. In the cluster benchmark with throughput
-that follows placement (``--placed``) jobs spread over nodes lost 8-13 % of their
-throughput, and this is worth 3-12 % of the average completion time; step 8 besides moves
-a spread job's workers onto one node when it resizes anyway.
+one here and one there at a slightly lower cost, but never a higher priority's there. In
+the cluster benchmark with throughput that follows placement (``--placed``) jobs spread
+over nodes lost 8-13 % of their throughput, and this is worth 3-12 % of the average
+completion time; step 8 besides moves a spread job's workers onto one node when it resizes
+anyway.
 
 Node pools: a job whose template restricts its workers to some nodes (``JobDemand.nodes``:
 a node selector, required node affinity, taints it does not tolerate) is placed, counted
@@ -788,7 +789,7 @@ def _single_room(
     throughput across nodes is not known (no difference made)."""
     if not demand.throughput_across_nodes:
         return None
-    used = [n for n, w in where.items() if w > 0]
+    used = _nodes_used(where)
     if len(used) > 1:
         return -1
     if used:
@@ -804,9 +805,14 @@ def _spread_value(
 ) -> float:
     """The utility at ``count`` workers placed ``where``: across nodes when they span
     several and the job lists that count (:func:`_across_utilities`)."""
-    if sum(1 for w in where.values() if w > 0) > 1:
+    if len(_nodes_used(where)) > 1:
         return across.get(count, utilities[count])
     return utilities[count]
+
+
+def _nodes_used(where: Mapping[str, int]) -> list[str]:
+    """The nodes a placement has workers on."""
+    return [n for n, w in where.items() if w > 0]
 
 
 Utilities = Mapping[str, Mapping[int, float]]
@@ -1092,8 +1098,7 @@ def consolidate(
         if not where or not demand.throughput_across_nodes:
             continue
         count = sum(where.values())
-        spans = sum(1 for w in where.values() if w > 0)
-        if spans < 2 or count == demand.current_replicas:
+        if len(_nodes_used(where)) < 2 or count == demand.current_replicas:
             continue
         if count not in demand.throughput_across_nodes:
             continue

@@ -167,7 +167,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainscale.operator.api.models import TrainingJobSpec
-from trainscale.operator.api.planned_nodes import assign_planned_nodes
+from trainscale.operator.api.planned_nodes import assign_planned_nodes, choose_moves
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings, Capacity, JobDemand, allocate
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
 from trainscale.operator.autoscaling.placement import Placement
@@ -1157,16 +1157,13 @@ def _apply(active: list[Running], targets: Mapping[str, int], cluster: Cluster) 
 
 def _move_off_plan(s: Running, plan: Mapping[str, int] | None, free: FreeGpus) -> None:
     """A job resized: its workers restart anyway, so those on a node where the plan holds
-    fewer of its workers than run there leave (the operator deletes and recreates them as
-    it resizes the job, reconcile rule 11), the first indexes keeping their slots; the
-    placement that follows puts them where the plan has room."""
+    fewer of its workers than run there leave, as the operator's reconcile rule 11 chooses
+    them (:func:`~trainscale.operator.api.planned_nodes.choose_moves`); the placement that
+    follows puts them where the plan has room."""
     if not plan:
         return
-    slots = Counter(plan)
-    for i in reversed(range(len(s.nodes))):
-        node = s.nodes[i]
-        if s.nodes[:i].count(node) >= slots[node]:  # the lower indexes there take its slots
-            free.evict(s, i)
+    for i in reversed(choose_moves(plan, s.nodes, [True] * len(s.nodes))):
+        free.evict(s, i)
 
 
 def _resize(s: Running, n: int) -> None:

@@ -55,7 +55,6 @@ Rules, in order:
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -520,15 +519,10 @@ def _move_to_planned_nodes(
     plan = api.read_plan((status.get("arbitration") or {}).get("preferredNodes"))
     if not plan:
         return
-    slots = Counter(plan)
-    movable: list[WorkerPod] = []
-    for w in staying:
-        node = w.node or w.planned_node
-        if node is not None and slots[node] > 0:
-            slots[node] -= 1
-        elif w.node is not None and w.planned_node in (None, w.node):
-            movable.append(w)  # not created off a plan it was given: it may move
-    moved = movable[: sum(slots.values())]
+    # a worker bound off the planned node it was created with stays: it is not moved again
+    movable = [w.node is not None and w.planned_node in (None, w.node) for w in staying]
+    off = api.choose_moves(plan, [w.node or w.planned_node for w in staying], movable)
+    moved = [staying[i] for i in off]
     _delete(step, moved, "MovedToPlannedNode", "Consolidating",
             "Moving " + ", ".join(f"{p.name} (on {p.node})" for p in moved)
             + " to the nodes cluster arbitration planned, as the job resizes to"

@@ -139,13 +139,7 @@ class ClusterArbitration:
     def _throughput(
         self, key: str, spec: api.TrainingJobSpec, forced_from: Iterable[int]
     ) -> dict[int, float]:
-        predictor = self.predictors.get(key)
-        table: dict[int, float] = {}
-        if predictor is not None:
-            for count in range(1, spec.max_replicas + 1):
-                value = predictor.predict_throughput(count)
-                if value is not None and value > 0:
-                    table[count] = value
+        table = self._predicted(key, range(1, spec.max_replicas + 1))
         return table or compute_prior_throughput(spec, compute_asked_replicas(spec, forced_from))
 
     def _throughput_across(
@@ -153,13 +147,22 @@ class ClusterArbitration:
     ) -> dict[int, float]:
         """The model's throughput at the counts that fit one node of ``node_gpus`` GPUs when
         their workers span two nodes; nothing before the job has a model."""
-        predictor = self.predictors.get(key)
-        if predictor is None or spec.gpus_per_replica <= 0:
+        if spec.gpus_per_replica <= 0:
             return {}
         fits = min(spec.max_replicas, node_gpus // spec.gpus_per_replica)
+        return self._predicted(key, range(2, fits + 1), nodes=2)
+
+    def _predicted(
+        self, key: str, counts: Iterable[int], nodes: int | None = None
+    ) -> dict[int, float]:
+        """The job's model's positive throughput at ``counts`` spanning ``nodes`` (None:
+        packed); nothing before its autoscaler has a model."""
+        predictor = self.predictors.get(key)
+        if predictor is None:
+            return {}
         table: dict[int, float] = {}
-        for count in range(2, fits + 1):
-            value = predictor.predict_throughput(count, nodes=2)
+        for count in counts:
+            value = predictor.predict_throughput(count, nodes=nodes)
             if value is not None and value > 0:
                 table[count] = value
         return table
