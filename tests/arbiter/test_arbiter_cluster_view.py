@@ -16,7 +16,9 @@ Covers:
   unparseable ones not counted; nodes without the figure unknown), each job's workers per
   node from its template's requests (pinned jobs' workers and rendezvous pods counted,
   arbitrated jobs' workers not), and a job granted only the workers that room holds;
-  without arbitration, the room a waiting job reads counts CPU too (every pod counted).
+  without arbitration, the room a waiting job reads counts CPU too (every pod counted);
+- a job whose template's required pod anti-affinity keeps its workers apart is read with
+  that bound, carries no figures across nodes, and is planned one worker per node.
 """
 
 from __future__ import annotations
@@ -683,3 +685,30 @@ def test_the_largest_node_counts_schedulable_gpu_nodes_only() -> None:
     cordoned = node("c", 16, cordoned=True)
     assert compute_largest_node_gpus([node("a", 4), node("b", 8), cordoned, node("d", None)]) == 8
     assert compute_largest_node_gpus([]) == 0
+
+
+def test_a_job_whose_workers_may_not_share_a_node_is_placed_one_per_node() -> None:
+    """The template's required pod anti-affinity to the job's own workers (by the job-name
+    label the operator puts on them) is read from the spec by the pass; the demand carries
+    the bound and no figures across nodes (there is no one node to consolidate it on), and
+    the arbiter plans its workers one per node. A term selecting other pods binds nothing."""
+    own = {"labelSelector": {"matchLabels": {LABEL_JOB_NAME: "j"}},
+           "topologyKey": "kubernetes.io/hostname"}  # fmt: skip
+    pod = {
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [own]}}
+    }
+    job_spec = spec(replicas=3, maxReplicas=3, pod=pod)
+    body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
+    arbitration = ClusterArbitration()
+    job = arbitration._managed_job(body, {}, {}, 4)
+    assert job is not None and job.max_workers_per_node == 1
+    demand = build_demand(dataclasses.replace(job, throughput_across_nodes={2: 1.0, 3: 1.5}))
+    assert demand.max_workers_per_node == 1 and demand.throughput_across_nodes == {}
+    results = decide_arbitration([job], Capacity({"a": 4, "b": 4, "c": 4}), {}, NOW)
+    assert results["d/j"].status.preferred_nodes == {"a": 1, "b": 1, "c": 1}
+    other = {**own, "labelSelector": {"matchLabels": {"app": "inference"}}}
+    pod = {
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [other]}}
+    }
+    body = {**body, "spec": spec(replicas=3, maxReplicas=3, pod=pod).model_dump(by_alias=True)}
+    assert arbitration._managed_job(body, {}, {}, 4).max_workers_per_node is None

@@ -9,7 +9,10 @@ Covers, one row per rule of the scheduler's NodeAffinity and TaintToleration fil
   (integers only), unknown operators; matchFields on metadata.name;
 - required node affinity: terms are ORed, requirements inside a term ANDed, an empty term
   matches nothing, nodeSelector and affinity both apply;
-- the reason a node is excluded names the field, and the summary counts nodes per reason.
+- the reason a node is excluded names the field, and the summary counts nodes per reason;
+- a required pod anti-affinity on kubernetes.io/hostname selecting the job's other workers
+  (label selector, the namespaces it looks in, matchLabelKeys and mismatchLabelKeys) lets a
+  node run one of them; other topology keys, other pods and preferred terms bind nothing.
 The same rules are checked against the real kube-scheduler on the test-bed
 (tests/e2e/test_e2e_node_pools.py).
 """
@@ -22,6 +25,7 @@ import pytest
 
 from trainscale.operator.autoscaling.node_filters import (
     compute_eligible_nodes,
+    compute_max_workers_per_node,
     explain_misfit,
     explain_no_node,
     matches_requirement,
@@ -273,3 +277,87 @@ def test_the_scheduling_key_holds_exactly_the_fields_the_filters_read() -> None:
         {**base, "affinity": affinity({"matchExpressions": [req("pool", "In", "a")]})},
     ):
         assert scheduling_key(other) != scheduling_key(base)
+
+
+OWN = {"app": "bert", "trainscale.dev/job-name": "j", "trainscale.dev/replica-index": "0"}
+PEER = {**OWN, "trainscale.dev/replica-index": "1"}
+
+
+def anti(*terms: dict[str, Any], preferred: bool = False) -> dict[str, Any]:
+    if preferred:
+        rules = {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": t} for t in terms
+        ]}  # fmt: skip
+    else:
+        rules = {"requiredDuringSchedulingIgnoredDuringExecution": list(terms)}
+    return {"affinity": {"podAntiAffinity": rules}}
+
+
+def term(selector: Any, key: str = "kubernetes.io/hostname", **extra: Any) -> dict[str, Any]:
+    return {"labelSelector": selector, "topologyKey": key, **extra}
+
+
+JOB = {"matchLabels": {"trainscale.dev/job-name": "j"}}
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "expected"),
+    [
+        pytest.param({}, None, id="no-affinity"),
+        pytest.param(anti(term(JOB)), 1, id="own-workers-on-hostname"),
+        pytest.param(anti(term({"matchLabels": {"app": "bert"}})), 1, id="by-a-template-label"),
+        pytest.param(
+            anti(term({"matchExpressions": [req("app", "In", "bert", "gpt")]})),
+            1,
+            id="match-expression",
+        ),
+        pytest.param(anti(term({})), 1, id="empty-selector-selects-every-pod"),
+        pytest.param(anti(term(None)), None, id="no-selector-selects-none"),
+        pytest.param(anti(term({"matchLabels": {"app": "inference"}})), None, id="other-pods"),
+        pytest.param(anti(term(JOB, key="topology.kubernetes.io/zone")), None, id="zone-not-read"),
+        pytest.param(anti(term(JOB), preferred=True), None, id="preferred-excludes-nothing"),
+        pytest.param(
+            anti(term({"matchExpressions": [req("trainscale.dev/replica-index", "Gt", "0")]})),
+            None,
+            id="operator-a-label-selector-may-not-use",
+        ),
+        pytest.param(anti(term(JOB, namespaces=["other"])), None, id="other-namespace"),
+        pytest.param(anti(term(JOB, namespaces=["other", "team"])), 1, id="own-namespace-listed"),
+        pytest.param(anti(term(JOB, namespaceSelector={})), 1, id="every-namespace"),
+        pytest.param(
+            anti(
+                term(
+                    JOB, namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "team"}}
+                )
+            ),
+            1,
+            id="namespace-selected-by-name",
+        ),
+        pytest.param(
+            anti(term(JOB, namespaceSelector={"matchLabels": {"env": "prod"}})),
+            None,
+            id="namespace-label-not-known",
+        ),
+        pytest.param(
+            anti(term(JOB, matchLabelKeys=["trainscale.dev/replica-index"])),
+            None,
+            id="match-label-keys-select-only-the-same-index",
+        ),
+        pytest.param(
+            anti(term(JOB, matchLabelKeys=["trainscale.dev/job-name", "absent"])),
+            1,
+            id="match-label-keys-shared-or-absent",
+        ),
+        pytest.param(
+            anti(term(JOB, mismatchLabelKeys=["trainscale.dev/replica-index"])),
+            1,
+            id="mismatch-label-keys-other-indexes",
+        ),
+        pytest.param(
+            anti(term(JOB, mismatchLabelKeys=["app"])), None, id="mismatch-label-keys-shared"
+        ),
+        pytest.param(anti(term({"matchLabels": {"app": "x"}}), term(JOB)), 1, id="any-term"),
+    ],
+)
+def test_compute_max_workers_per_node(pod_spec: dict[str, Any], expected: int | None) -> None:
+    assert compute_max_workers_per_node(pod_spec, OWN, PEER, "team") == expected

@@ -17,8 +17,10 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
 - new workers go to the node arbitration planned for them, not where the scheduler would
   spread them: a small job fills the last GPUs of a busy node, and a job needing a whole node
   then runs on the other (it stayed Queued when the scheduler chose); the arbiter plans
-  workers where their CPU requests fit; a worker the scheduler still puts elsewhere (a pod
-  anti-affinity the arbiter does not read) is counted by the ``workers_off_plan`` gauge;
+  workers where their CPU requests fit; a job whose template keeps its own workers one per
+  node (a required pod anti-affinity) is planned one per node and granted what that leaves,
+  none Pending; a worker the scheduler still puts elsewhere (a pod anti-affinity to other
+  pods, which the arbiter does not read) is counted by the ``workers_off_plan`` gauge;
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
   indexes): an arrival that may use only pool a runs, where it used to stay Pending while
   the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
@@ -425,6 +427,32 @@ def _metrics_operator(
     return namespace, operator, port
 
 
+def _runs_as_planned(
+    kubectl: Kubectl,
+    namespace: str,
+    port: int,
+    job: str,
+    describe: Callable[[], str],
+    *,
+    plan: dict[str, int],
+    nodes: list[str],
+    off_plan: float,
+) -> dict[str, Any]:
+    """Wait for ``job``'s workers on ``nodes`` Running, check its status plans ``plan`` and
+    they run on ``nodes`` (sorted), and wait for the operator's gauge to read ``off_plan``
+    of them off their planned node; return its status.arbitration."""
+    wait_for(lambda: _workers(kubectl, namespace).get(job, {}).get("Running") == len(nodes),
+             timeout=90, what=f"{job}'s {len(nodes)} workers Running", describe=describe)  # fmt: skip
+    found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
+    arbitration = found["status"]["arbitration"]
+    assert arbitration["preferredNodes"] == plan, found["status"]
+    assert sorted(_worker_nodes(kubectl, namespace, job).values()) == nodes, describe()
+    wait_for(lambda: _off_plan(port, namespace, job) == off_plan, timeout=30,
+             what=f"workers_off_plan {off_plan:g} for {job}",
+             describe=lambda: f"gauge {_off_plan(port, namespace, job)}\n{describe()}")  # fmt: skip
+    return dict(arbitration)
+
+
 def test_the_arbiter_plans_workers_where_their_cpu_fits(
     kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],
@@ -449,14 +477,8 @@ def test_the_arbiter_plans_workers_where_their_cpu_fits(
     job = arbitrated_job("cpu-heavy", 2, 2, 2)
     job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "10"}
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
-    wait_for(lambda: _workers(kubectl, namespace).get("cpu-heavy", {}).get("Running") == 2,
-             timeout=90, what="cpu-heavy's 2 workers Running", describe=describe)  # fmt: skip
-    found = json.loads(kubectl("get", "tj/cpu-heavy", "-n", namespace, "-o", "json").stdout)
-    assert found["status"]["arbitration"]["preferredNodes"] == {b: 2}, found["status"]
-    assert sorted(_worker_nodes(kubectl, namespace, "cpu-heavy").values()) == [b, b], describe()
-    wait_for(lambda: _off_plan(port, namespace, "cpu-heavy") == 0.0, timeout=30,
-             what="workers_off_plan 0 for cpu-heavy",
-             describe=lambda: f"gauge {_off_plan(port, namespace, 'cpu-heavy')}\n{describe()}")  # fmt: skip
+    _runs_as_planned(kubectl, namespace, port, "cpu-heavy", describe,
+                     plan={b: 2}, nodes=[b, b], off_plan=0.0)  # fmt: skip
 
 
 def test_two_jobs_are_not_planned_on_the_same_cpu(
@@ -501,11 +523,43 @@ def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
     private_operator: tuple[str, Callable[..., OperatorProcess]],
     testbed: Testbed,
 ) -> None:
-    """The arbiter does not read pod anti-affinity: a job whose template keeps its workers
-    one per node (required podAntiAffinity on the hostname) is planned 2 on node a's last 2
-    GPUs; the scheduler runs the second on b, and the operator's gauge counts that one
-    worker off its plan, as a platform whose scheduler does not follow the plans would see
-    it (and the chart's alert TrainScaleWorkersOffPlan after 30 minutes)."""
+    """The arbiter does not read a pod anti-affinity to other jobs' pods: a job whose
+    template keeps its workers off the nodes of another team's inference pods (required
+    podAntiAffinity on the hostname) is planned on node a's last 2 GPUs, beside such a pod;
+    the scheduler runs both on b, and the operator's gauge counts the 2 workers off their
+    plan, as a platform whose scheduler does not follow the plans would see it (and the
+    chart's alert TrainScaleWorkersOffPlan after 30 minutes)."""
+    a, b = testbed.node_names[:2]
+    namespace, operator, port = _metrics_operator(private_operator)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    inference = foreign_gpu_pod("other-team", 6, node=a)
+    inference["metadata"]["labels"] = {"app": "inference"}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(inference))
+    away = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {"app": "inference"}},
+        "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(arbitrated_job("away", 2, 2, 2, scheduling={"affinity": away})))  # fmt: skip
+    _runs_as_planned(kubectl, namespace, port, "away", describe,
+                     plan={a: 2}, nodes=[b, b], off_plan=2.0)  # fmt: skip
+
+
+def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """A job whose template keeps its own workers one per node (required podAntiAffinity on
+    the hostname, selecting its workers by the job-name label) asks for 4 workers on the
+    test-bed's 2 nodes, node a holding 2 free GPUs beside another team's pod. The arbiter
+    reads that rule: it grants 2 workers, planned one on each node, tells the job why in
+    its status, and both run where planned (gauge 0), none Pending. Not reading it, the
+    arbiter planned 2 on a's last 2 GPUs: the scheduler put the second on b, off its plan,
+    and a ceiling of 4 left workers Pending for GPUs the job can never use."""
     a, b = testbed.node_names[:2]
     namespace, operator, port = _metrics_operator(private_operator)
 
@@ -515,18 +569,17 @@ def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
     wait_for_every_gpu(kubectl, namespace)
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps(foreign_gpu_pod("other-team", 6, node=a)))  # fmt: skip
-    spread = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-        "labelSelector": {"matchLabels": {JOB_LABEL: "spread",
+    apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {JOB_LABEL: "apart",
                                           "app.kubernetes.io/component": "worker"}},
         "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("spread", 2, 2, 2, scheduling={"affinity": spread})))  # fmt: skip
-    wait_for(lambda: _workers(kubectl, namespace).get("spread", {}).get("Running") == 2,
-             timeout=90, what="spread's 2 workers Running", describe=describe)  # fmt: skip
-    assert sorted(_worker_nodes(kubectl, namespace, "spread").values()) == [a, b], describe()
-    wait_for(lambda: _off_plan(port, namespace, "spread") == 1.0, timeout=30,
-             what="workers_off_plan 1 for spread",
-             describe=lambda: f"gauge {_off_plan(port, namespace, 'spread')}\n{describe()}")  # fmt: skip
+            input=json.dumps(arbitrated_job("apart", 4, 1, 4, scheduling={"affinity": apart})))  # fmt: skip
+    status = _runs_as_planned(kubectl, namespace, port, "apart", describe,
+                              plan={a: 1, b: 1}, nodes=sorted([a, b]), off_plan=0.0)  # fmt: skip
+    assert status["ceiling"] == 2 and "may not share a node" in status["reason"], status
+    time.sleep(3)  # a few more passes: still 2, none Pending
+    assert _workers(kubectl, namespace).get("apart") == {"Running": 2}, describe()
 
 
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(

@@ -6,7 +6,8 @@ Covers:
   unscheduled (Pending, no nodeName), terminating and finished pods are not placed;
 - GPUs per node come from the used nodes' allocatable ``nvidia.com/gpu``; nodes without GPUs
   are ignored; before any worker is bound the cluster's GPU nodes say it (those the worker
-  template admits, when it is given); unknown is None.
+  template admits, when it is given); unknown is None; a bound on the job's workers per
+  node (its required pod anti-affinity) counts only the GPUs that many workers take.
 """
 
 from __future__ import annotations
@@ -131,3 +132,27 @@ def test_before_any_worker_is_bound_the_node_size_is_its_pools(
     pods: list[dict[str, Any]], pod_spec: dict[str, Any] | None, expected: Placement
 ) -> None:
     assert build_placement(pods, POOLS, pod_spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("pods", "gpus_per_worker", "bound", "expected"),
+    [
+        pytest.param([pod("a"), pod("b")], 2, 1, Placement((1, 1), 2), id="one-worker-of-2-gpus"),
+        pytest.param([], 4, 1, Placement((), 4), id="before-any-is-bound"),
+        pytest.param([pod("a")], 2, None, Placement((1,), 8), id="no-bound"),
+        pytest.param([pod("a")], 0, 1, Placement((1,), 8), id="gpus-per-worker-unknown"),
+        pytest.param([pod("a")], 8, 1, Placement((1,), 8), id="a-worker-fills-the-node-anyway"),
+        pytest.param([], 2, 1, Placement((), None), id="nothing-known"),
+    ],
+)  # fmt: skip
+def test_a_bound_on_workers_per_node_counts_only_the_gpus_they_can_take(
+    pods: list[dict[str, Any]], gpus_per_worker: int, bound: int | None, expected: Placement
+) -> None:
+    """A job whose template lets a node run one of its workers (a required pod
+    anti-affinity) is told nodes of one worker's GPUs: its autoscaler predicts every count
+    on a node per worker, the placement the scheduler makes."""
+    nodes = EIGHTS if expected.gpus_per_node is not None or pods else []
+    found = build_placement(
+        pods, nodes, gpus_per_worker=gpus_per_worker, max_workers_per_node=bound
+    )
+    assert found == expected

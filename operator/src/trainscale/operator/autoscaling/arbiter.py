@@ -229,6 +229,9 @@ class JobDemand:
             predict_throughput(n, nodes=2)``), for the counts whose packed placement is one
             node; empty: not known, every placement valued as packed. A job that grows
             past the room on its one node is valued so (:func:`_best_step`).
+        max_workers_per_node: how many of its workers one node may run (its template's
+            required pod anti-affinity to its own workers: 1); None: no bound. Its workers
+            are placed, and its room counted, within it.
     """
 
     key: str
@@ -252,10 +255,13 @@ class JobDemand:
     memory_bytes_per_worker: int = 0
     preempts: bool = False
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
+    max_workers_per_node: int | None = None
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
             raise ValueError(f"{self.key}: gpus_per_worker must be >= 1")
+        if self.max_workers_per_node is not None and self.max_workers_per_node < 1:
+            raise ValueError(f"{self.key}: max_workers_per_node must be >= 1")
         if self.cpu_millis_per_worker < 0 or self.memory_bytes_per_worker < 0:
             raise ValueError(f"{self.key}: a worker's CPU and memory requests must be >= 0")
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -792,9 +798,12 @@ def _single_room(
     used = _nodes_used(where)
     if len(used) > 1:
         return -1
+    cap = demand.max_workers_per_node
     if used:
-        return _fits(free, used[0], demand) if used[0] in free else 0
-    return max((_fits(free, n, demand) for n in free if _may_use(demand, n)), default=0)
+        room = _fits(free, used[0], demand) if used[0] in free else 0
+        return room if cap is None else min(room, max(0, cap - where[used[0]]))
+    room = max((_fits(free, n, demand) for n in free if _may_use(demand, n)), default=0)
+    return room if cap is None else min(room, cap)
 
 
 def _spread_value(
@@ -1102,6 +1111,8 @@ def consolidate(
             continue
         if count not in demand.throughput_across_nodes:
             continue
+        if demand.max_workers_per_node is not None and count > demand.max_workers_per_node:
+            continue  # no node may run them all
         # its running workers hold their GPUs until the operator moves them (the job may
         # not resize after all, its autoscaler below the ceiling): only the new ones leave
         _, added = _kept_prefix(demand, where)
@@ -1553,6 +1564,8 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     if stopped:
         return len(back)
     returning = collections.Counter(back)
+    if (cap := demand.max_workers_per_node) is not None:  # so many to a node, at most
+        return len(back) + _capped_slots(free, demand, where, returning, cap)
     if isinstance(free, _Free) and demand.asks_cpu_or_memory:  # CPU and memory too
         allowed, new = demand.nodes, 0
         for node, gpus in free.items():  # (the hottest loop of a decision)
@@ -1569,10 +1582,31 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     return len(back) + new
 
 
+def _capped_slots(
+    free: Mapping[str, int],
+    demand: JobDemand,
+    where: Mapping[str, int],
+    returning: Mapping[str, int],
+    cap: int,
+) -> int:
+    """:func:`_slots`' new workers for a job whose nodes run at most ``cap`` of its
+    workers each: what each node holds beyond the ones placed and returning there."""
+    new = 0
+    for node in free:
+        if _may_use(demand, node):
+            on = where.get(node, 0) + returning.get(node, 0)
+            new += min(_fits(free, node, demand, returning.get(node, 0)), max(0, cap - on))
+    return new
+
+
 def _whole_workers(free: Mapping[str, int], demand: JobDemand) -> int:
     """How many of ``demand``'s workers the free GPUs on the nodes it may use hold, each
-    worker's GPUs on one node, within what each node's CPU and memory hold of them."""
-    return sum(_fits(free, n, demand) for n in free if _may_use(demand, n))
+    worker's GPUs on one node, within what each node's CPU and memory hold of them and
+    the job's own bound on workers per node."""
+    cap = demand.max_workers_per_node
+    if cap is None:
+        return sum(_fits(free, n, demand) for n in free if _may_use(demand, n))
+    return sum(min(cap, _fits(free, n, demand)) for n in free if _may_use(demand, n))
 
 
 def _place(
@@ -1608,6 +1642,7 @@ def _place(
             return where
     allowed = demand.nodes
     simple = not isinstance(spare, _Free) or not demand.asks_cpu_or_memory
+    cap = demand.max_workers_per_node
     for left in range(workers, 0, -1):
         candidates = [
             n
@@ -1615,6 +1650,7 @@ def _place(
             if g >= need
             and (allowed is None or n in allowed)
             and (simple or _fits(spare, n, demand) > 0)
+            and (cap is None or where.get(n, 0) < cap)
         ]
         if not candidates:
             break
@@ -1699,8 +1735,11 @@ def _node_preference(
     """Sort key of a node for the next worker (smallest first): where the job already has
     workers, then where it runs now, then a node that holds all ``left`` workers (best fit:
     the fewest free GPUs), else the node with the most free GPUs (fewest nodes); by name."""
-    holds_all = spare[node] >= left * demand.gpus_per_worker and (
-        not demand.asks_cpu_or_memory or _fits(spare, node, demand) >= left
+    cap = demand.max_workers_per_node
+    holds_all = (
+        spare[node] >= left * demand.gpus_per_worker
+        and (not demand.asks_cpu_or_memory or _fits(spare, node, demand) >= left)
+        and (cap is None or where.get(node, 0) + left <= cap)
     )
     fit = spare[node] if holds_all else -spare[node]
     return (-where.get(node, 0), -demand.current_nodes.get(node, 0), int(not holds_all), fit, node)
@@ -1745,7 +1784,13 @@ def _reason(
         reason = f"queued: needs {_gpus(need)}, {total} free"
         whole = sum(g // per for g in mine)
         held = _whole_workers(unreserved, demand)
-        if total >= need and whole < demand.min_replicas:
+        nodes = sum(1 for n, g in unreserved.items() if g >= per and _may_use(demand, n))
+        if demand.max_workers_per_node is not None and nodes < demand.min_replicas <= whole:
+            reason += (
+                f", but its workers may not share a node (its required podAntiAffinity): "
+                f"{nodes} of its {demand.min_replicas} find a node with {_gpus(per)} free"
+            )
+        elif total >= need and whole < demand.min_replicas:
             reason += (
                 f", but each worker needs {_gpus(per)} on one node: {whole} of its "
                 f"{demand.min_replicas} fit (most free on one node: {max(mine, default=0)})"
@@ -1759,23 +1804,34 @@ def _reason(
     if replicas < wanted:
         room = _whole_workers(alone, demand)
         if replicas >= room:
-            by_gpus = sum(
-                g // demand.gpus_per_worker for n, g in alone.items() if _may_use(demand, n)
-            )
-            if by_gpus > room:
-                return (
-                    f"limited to {_gpus(gpus)}: the CPU and memory its workers request leave "
-                    f"room for {room} of the {wanted} it wants on the nodes it may use"
-                )
-            return (
-                f"limited to {_gpus(gpus)}: the nodes it may use have GPUs for {room} of the "
-                f"{wanted} workers it wants"
-            )
+            return _limited_by_nodes(demand, gpus, wanted, room, alone)
         crowd = f"{_jobs(waiting)} waiting" if waiting else f"shared by {_jobs(sharing)}"
         return f"limited to {_gpus(gpus)} by cluster arbitration ({crowd})"
     if wanted == demand.max_replicas:
         return f"granted {_gpus(gpus)}: its maxReplicas"
     return f"granted {_gpus(gpus)}: all it can use (efficiency floor, budget or model)"
+
+
+def _limited_by_nodes(
+    demand: JobDemand, gpus: int, wanted: int, room: int, alone: Mapping[str, int]
+) -> str:
+    """:func:`_reason` for a job granted all the room its nodes have: what bounds that
+    room (its own bound on workers per node, CPU and memory, or the GPUs)."""
+    by_gpus = sum(g // demand.gpus_per_worker for n, g in alone.items() if _may_use(demand, n))
+    if demand.max_workers_per_node is not None and by_gpus > room:
+        return (
+            f"limited to {_gpus(gpus)}: its workers may not share a node (its required "
+            f"podAntiAffinity), and the nodes it may use hold {room} of the {wanted} it wants"
+        )
+    if by_gpus > room:
+        return (
+            f"limited to {_gpus(gpus)}: the CPU and memory its workers request leave "
+            f"room for {room} of the {wanted} it wants on the nodes it may use"
+        )
+    return (
+        f"limited to {_gpus(gpus)}: the nodes it may use have GPUs for {room} of the "
+        f"{wanted} workers it wants"
+    )
 
 
 def _wanted(demand: JobDemand, allowed: Sequence[int], utilities: Mapping[int, float]) -> int:

@@ -312,6 +312,8 @@ class ManagedJob:
             before the autoscaler has a model.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
+        max_workers_per_node: how many of its workers one node may run by its template's
+            own rules (a required pod anti-affinity to its own workers: 1); None: no bound.
     """
 
     key: str
@@ -325,6 +327,7 @@ class ManagedJob:
     restart_cost_seconds: float = 0.0
     arbitration_enabled: bool = True
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
+    max_workers_per_node: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -425,10 +428,15 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         cpu_millis_per_worker=asked.cpu_millis,
         memory_bytes_per_worker=asked.memory_bytes,
         # a job that opted out of packing is placed by the scheduler alone: the arbiter's
-        # plan, and the moves of its step 8, would not be followed
+        # plan, and the moves of its step 8, would not be followed; one whose workers may
+        # not share a node spans a node per worker at every count (its packed figures are
+        # already those, its autoscaler told the bound): nothing to consolidate
         throughput_across_nodes=(
-            dict(job.throughput_across_nodes) if spec.placement.pack_workers else {}
+            dict(job.throughput_across_nodes)
+            if spec.placement.pack_workers and job.max_workers_per_node is None
+            else {}
         ),
+        max_workers_per_node=job.max_workers_per_node,
     )
 
 

@@ -15,11 +15,18 @@ does (``k8s.io/component-helpers/scheduling/corev1``), so each job is counted on
 nodes. Pure: dicts in, names and words out; checked against the real kube-scheduler on the
 test-bed (``tests/e2e/test_e2e_node_pools.py``).
 
-Not read: pod (anti-)affinity and topology spread (they depend on other pods, and the
-packing affinity trainscale adds is a preference), CPU and memory (GPU nodes have them to
-spare; a worker that does not fit is Pending and the autoscaler treats it as unschedulable),
-and ``preferred`` terms, which never exclude a node. The callers count no GPU on a cordoned
-node in any case (a worker that tolerates the cordon is rare, and the node is being drained).
+One rule that depends on other pods is read, as it bounds the job by itself: a required
+pod anti-affinity on ``kubernetes.io/hostname`` that selects the job's own workers (a team
+that wants each worker's node, its NICs and its host memory, to itself) lets a node run one
+of them (:func:`compute_max_workers_per_node`). Counted as packed, such a job was planned
+two or more to a node: the workers the plan put beside each other stayed Pending or went
+elsewhere, and a resize planned on one node moved workers the scheduler then refused there.
+
+Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods,
+or on zones; the packing affinity trainscale adds is a preference), CPU and memory here
+(the arbiter counts them itself), and ``preferred`` terms, which never exclude a node. The
+callers count no GPU on a cordoned node in any case (a worker that tolerates the cordon is
+rare, and the node is being drained).
 """
 
 from __future__ import annotations
@@ -195,6 +202,74 @@ def scheduling_key(pod_spec: Mapping[str, Any]) -> str:
         pod_spec.get("tolerations") or [],
     )
     return json.dumps(fields, sort_keys=True, default=str)
+
+
+#: The topology key of a node: an anti-affinity on it keeps pods off each other's nodes.
+HOSTNAME_KEY = "kubernetes.io/hostname"
+#: The label every namespace carries with its own name (selectable by namespaceSelector).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+#: The operators of a label selector's ``matchExpressions``.
+_LABEL_OPERATORS = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
+
+
+def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (``matchLabels`` and ``matchExpressions``, all must hold)
+    selects ``labels``. None selects nothing and ``{}`` everything, as in a pod affinity
+    term; an operator a label selector may not use selects nothing."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != str(value):
+            return False
+    for requirement in selector.get("matchExpressions") or []:
+        if requirement.get("operator") not in _LABEL_OPERATORS:
+            return False
+        if not matches_requirement(requirement, labels):
+            return False
+    return True
+
+
+def _term_namespaces_hold(term: Mapping[str, Any], namespace: str) -> bool:
+    """Whether a pod affinity term looks at pods in ``namespace``: its ``namespaces`` and
+    ``namespaceSelector`` together, the pod's own namespace when both are empty. A
+    namespaceSelector is read against the namespace's name label only (the one label every
+    namespace has; others are not known here)."""
+    listed = term.get("namespaces") or []
+    chosen = term.get("namespaceSelector")
+    if not listed and chosen is None:
+        return True
+    if namespace in listed:
+        return True
+    return chosen is not None and selects(chosen, {NAMESPACE_NAME_LABEL: namespace})
+
+
+def compute_max_workers_per_node(
+    pod_spec: Mapping[str, Any],
+    own_labels: Mapping[str, str],
+    peer_labels: Mapping[str, str],
+    namespace: str,
+) -> int | None:
+    """How many of a job's workers one node may run by the template's own rules: 1 where a
+    required pod anti-affinity term on ``kubernetes.io/hostname`` selects the job's other
+    workers (``peer_labels``: a second worker's labels, ``own_labels`` the first's, which
+    ``matchLabelKeys`` and ``mismatchLabelKeys`` take their values from) in the job's
+    ``namespace``; None (no bound) otherwise. Other topology keys (zones) are not read."""
+    anti = (pod_spec.get("affinity") or {}).get("podAntiAffinity") or {}
+    for term in anti.get("requiredDuringSchedulingIgnoredDuringExecution") or []:
+        if term.get("topologyKey") != HOSTNAME_KEY or not _term_namespaces_hold(term, namespace):
+            continue
+        selector = term.get("labelSelector")
+        if not selects(selector, peer_labels):
+            continue
+        # (keys the incoming pod lacks are ignored, as the apiserver merges only present ones)
+        mine = {k: own_labels[k] for k in term.get("matchLabelKeys") or [] if k in own_labels}
+        if any(peer_labels.get(k) != v for k, v in mine.items()):
+            continue
+        unlike = {k: own_labels[k] for k in term.get("mismatchLabelKeys") or [] if k in own_labels}
+        if any(peer_labels.get(k) == v for k, v in unlike.items()):
+            continue
+        return 1
+    return None
 
 
 def template_pod_spec(template: Mapping[str, Any]) -> Mapping[str, Any]:

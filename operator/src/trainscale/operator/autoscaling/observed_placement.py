@@ -54,6 +54,9 @@ def build_placement(
     pods: Iterable[Mapping[str, Any]],
     nodes: Iterable[Mapping[str, Any]],
     pod_spec: Mapping[str, Any] | None = None,
+    *,
+    gpus_per_worker: int = 0,
+    max_workers_per_node: int | None = None,
 ) -> Placement:
     """How the job's workers sit on nodes now.
 
@@ -66,13 +69,20 @@ def build_placement(
         pod_spec: the worker template's pod spec; before any worker is bound, only the nodes
             it admits (:mod:`~trainscale.operator.autoscaling.node_filters`) say the node
             size, so a job held to a pool of 4-GPU nodes is not sized by the 8-GPU ones.
+        gpus_per_worker, max_workers_per_node: with both, a node holds at most that many of
+            the job's workers (its template's required pod anti-affinity to its own
+            workers, :func:`~trainscale.operator.autoscaling.node_filters.
+            compute_max_workers_per_node`), and ``gpus_per_node`` counts only the GPUs
+            they can take there: the autoscaler predicts every count on as many nodes as
+            the scheduler will use.
 
     Returns:
         ``workers_per_node`` sorted descending, one entry per node used (empty when no
         worker is bound); ``gpus_per_node`` the largest allocatable GPU count among the nodes
         the workers use (they are equal in a homogeneous pool), or, before any worker is
         bound, among the GPU nodes given that ``pod_spec`` admits (all of them without
-        one, or when it admits none); None when no GPU node is known.
+        one, or when it admits none), at most ``max_workers_per_node`` workers' GPUs;
+        None when no GPU node is known.
     """
     listed = list(nodes)
     counts = Counter(node for node in map(node_of_pod, pods) if node is not None)
@@ -85,7 +95,10 @@ def build_placement(
         admitted = compute_eligible_nodes(pod_spec, listed) if pod_spec is not None else None
         known = [g for name, g in gpus.items() if admitted is None or name in admitted]
         known = known or list(gpus.values())
+    size = max(known) if known else None
+    if size is not None and max_workers_per_node is not None and gpus_per_worker > 0:
+        size = min(size, max_workers_per_node * gpus_per_worker)
     return Placement(
         workers_per_node=tuple(sorted(counts.values(), reverse=True)),
-        gpus_per_node=max(known) if known else None,
+        gpus_per_node=size,
     )

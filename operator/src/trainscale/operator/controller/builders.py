@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,15 @@ def build_common_labels(job_name: str, component: str) -> dict[str, str]:
         LABEL_PART_OF: "trainscale",
         LABEL_JOB_NAME: job_name,
     }
+
+
+def build_worker_labels(job_name: str, template: Mapping[str, Any], index: int) -> dict[str, str]:
+    """The labels of the job's worker ``index``: the template's, then the job's own
+    (:func:`build_common_labels`) and its replica index over them."""
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    labels.update(build_common_labels(job_name, COMPONENT_WORKER))
+    labels[LABEL_REPLICA_INDEX] = str(index)
+    return labels
 
 
 def build_worker_selector(job_name: str) -> dict[str, str]:
@@ -298,9 +308,7 @@ def build_worker_pod(
     meta = template.get("metadata") or {}
     pod_spec = template["spec"]
 
-    labels = dict(meta.get("labels") or {})
-    labels.update(build_common_labels(job.name, COMPONENT_WORKER))
-    labels[LABEL_REPLICA_INDEX] = str(index)
+    labels = build_worker_labels(job.name, spec.template, index)
     annotations = dict(meta.get("annotations") or {})
     annotations.setdefault("prometheus.io/scrape", "true")
     annotations.setdefault("prometheus.io/port", str(METRICS_PORT))

@@ -38,6 +38,7 @@ from trainscale.operator.daemons.common import (
     WAKEUPS,
     get_metrics,
     log,
+    max_workers_per_node,
     post_event,
     sleep_or_wake,
 )
@@ -141,7 +142,13 @@ async def autoscale_job(
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
     pod_spec = template_pod_spec(spec.template)
-    placement = build_placement(pods, nodes, pod_spec)
+    placement = build_placement(
+        pods,
+        nodes,
+        pod_spec,
+        gpus_per_worker=spec.gpus_per_replica,
+        max_workers_per_node=max_workers_per_node(namespace, name, spec),
+    )
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
     pending = sum(1 for w in workers if w.phase != "Running")

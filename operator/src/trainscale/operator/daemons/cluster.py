@@ -41,7 +41,13 @@ from trainscale.operator.autoscaling.cluster import (
     decide_arbitration,
     parse_timestamp,
 )
-from trainscale.operator.daemons.common import WAKEUPS, get_metrics, post_event, utcnow
+from trainscale.operator.daemons.common import (
+    WAKEUPS,
+    get_metrics,
+    max_workers_per_node,
+    post_event,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +238,7 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
+            max_workers_per_node=max_workers_per_node(namespace, name, spec),
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
             arbitration_enabled=self.in_scope(namespace),

@@ -3,7 +3,9 @@ operator metrics, Event posting, the wall clock.
 
 Why this module exists: a job has two loops (reconcile and autoscale) that must never write
 its status at the same time, and watch events must be able to wake a job's reconcile loop.
-Both needs are per job and per process, so they live in one place below both loops.
+Both needs are per job and per process, so they live in one place below both loops; so does
+what both the cluster pass and the autoscale loop read of a template (a bound on workers
+per node).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any, cast
 
 import kopf
 
+from trainscale.operator import api
 from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.autoscaling.node_filters import (
+    compute_max_workers_per_node,
+    template_pod_spec,
+)
+from trainscale.operator.controller.builders import build_worker_labels
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 from trainscale.operator.observability.metrics import OperatorMetrics
 
@@ -82,6 +90,19 @@ class Wakeups:
 
 
 WAKEUPS = Wakeups()
+
+
+def max_workers_per_node(namespace: str, name: str, spec: api.TrainingJobSpec) -> int | None:
+    """How many of the job's workers one node may run by its template's own rules
+    (:func:`~trainscale.operator.autoscaling.node_filters.compute_max_workers_per_node`, on
+    the labels its workers 0 and 1 get); None: no bound. The arbiter and the autoscaler both
+    read it, so they count the placement the scheduler will make."""
+    return compute_max_workers_per_node(
+        template_pod_spec(spec.template),
+        build_worker_labels(name, spec.template, 0),
+        build_worker_labels(name, spec.template, 1),
+        namespace,
+    )
 
 
 def utcnow() -> dt.datetime:

@@ -1,0 +1,106 @@
+"""A job whose workers may not share a node (``JobDemand.max_workers_per_node``) in arbitration.
+
+Its template's required pod anti-affinity to its own workers lets a node run one of them
+(``node_filters.compute_max_workers_per_node``). Covers: its workers are planned one per node
+and its room is the nodes that have a worker's GPUs free, not the GPUs, so the GPUs it cannot
+use go to the others; it grows onto nodes it does not use yet; a job held by that bound is told
+so, running or queued; step 8 never plans it on one node; the bound is checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trainscale.operator.autoscaling import allocate
+from trainscale.operator.autoscaling.arbiter import JobDemand, consolidate
+
+from .test_arbiter_decisions import job, nodes
+
+
+def _placements(demands: list[JobDemand], count: int = 3) -> dict[str, dict[str, int]]:
+    allocation = allocate(demands, nodes(count), now=100.0)
+    return {k: dict(a.placement) for k, a in allocation.jobs.items()}
+
+
+def test_its_workers_are_planned_one_per_node_and_the_rest_go_to_the_others() -> None:
+    """a wants 4 workers on 3 nodes of 4 GPUs: one per node, 3 in all; b takes the other 9
+    GPUs. Without the bound, a is planned two or more to a node, where all but one stay Pending."""
+    spread = job("a", max_replicas=4, max_workers_per_node=1, created=1)
+    b = job("b", max_replicas=12, created=2)
+    assert _placements([spread, b]) == {
+        "a": {"n0": 1, "n1": 1, "n2": 1},
+        "b": {"n0": 3, "n1": 3, "n2": 3},
+    }
+    packed = job("a", max_replicas=4, created=1)
+    assert max(_placements([packed, b])["a"].values()) > 1
+
+
+def test_it_grows_onto_the_nodes_it_does_not_use_yet() -> None:
+    a = job(
+        "a", current_nodes={"n1": 1}, current_replicas=1, max_replicas=3, max_workers_per_node=1
+    )
+    assert _placements([a]) == {"a": {"n0": 1, "n1": 1, "n2": 1}}
+
+
+def test_two_gpu_workers_take_a_node_each_where_one_fits() -> None:
+    """z holds 3 GPUs of n0 and 2 of n1: a's 2-GPU workers fit on n1 and n2 only."""
+    z = job(
+        "z", current_nodes={"n0": 3, "n1": 2}, current_replicas=5, min_replicas=5, max_replicas=5
+    )
+    a = job("a", gpus_per_worker=2, max_replicas=4, max_workers_per_node=1, created=5)
+    assert _placements([z, a])["a"] == {"n1": 1, "n2": 1}
+
+
+def test_a_running_job_held_by_the_bound_is_told_so() -> None:
+    a = job("a", current_nodes={"n0": 1, "n1": 1}, current_replicas=2, max_replicas=4,
+            max_workers_per_node=1)  # fmt: skip
+    allocation = allocate([a], nodes(2), now=100.0)
+    assert allocation["a"].replicas == 2
+    assert allocation["a"].reason == (
+        "limited to 2 GPUs: its workers may not share a node (its required podAntiAffinity), "
+        "and the nodes it may use hold 2 of the 4 it wants"
+    )
+
+
+def test_a_job_whose_minimum_finds_too_few_nodes_is_queued_and_told_why() -> None:
+    a = job("a", min_replicas=3, max_replicas=3, max_workers_per_node=1)
+    allocation = allocate([a], nodes(2), now=100.0)
+    assert allocation["a"].queued
+    assert allocation["a"].reason == (
+        "queued: needs 3 GPUs, 8 free, but its workers may not share a node (its required "
+        "podAntiAffinity): 2 of its 3 find a node with 1 GPU free"
+    )
+
+
+def test_step_8_never_plans_it_on_one_node() -> None:
+    """Told what spreading costs, a job resizing from 2 to 3 is planned on one node that holds
+    all 3 (test_arbiter_across_nodes); one per node, it stays where it is."""
+    a = job("a", current_nodes={"n0": 1, "n1": 1}, current_replicas=2,
+            throughput_across_nodes={2: 90.0, 3: 135.0}, max_workers_per_node=1)  # fmt: skip
+    placed = {"a": {"n0": 1, "n1": 1, "n2": 1}}
+    free = {"n0": 3, "n1": 3, "n2": 3}
+    consolidate([a], placed, free)
+    assert placed == {"a": {"n0": 1, "n1": 1, "n2": 1}}
+
+
+def test_the_bound_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_workers_per_node must be >= 1"):
+        JobDemand(key="a", max_workers_per_node=0)
+
+
+def test_its_room_is_counted_one_per_node_so_it_never_lands_on_a_size_it_may_not_run() -> None:
+    """a may run 1 or 3 workers and runs 1 on n0; n1 is the only other node. Its room is
+    one worker, not n1's and n0's free GPUs: a step to 3 cannot be granted, and placing what
+    fits of it would leave a at 2, a size it may not run."""
+    a = job("a", current_nodes={"n0": 1}, current_replicas=1, max_replicas=3,
+            allowed_sizes=(1, 3), max_workers_per_node=1)  # fmt: skip
+    assert _placements([a], count=2) == {"a": {"n0": 1}}
+
+
+def test_past_its_first_worker_it_is_valued_across_nodes() -> None:
+    """Told what two workers on two nodes make (60 samples/s against 100 for one), a job
+    bound to one worker per node does not grow: the room its node has is not its room."""
+    a = job("a", current_nodes={"n0": 1}, current_replicas=1, max_replicas=2,
+            throughput={1: 100.0, 2: 200.0}, throughput_across_nodes={2: 60.0},
+            max_workers_per_node=1)  # fmt: skip
+    assert _placements([a], count=2) == {"a": {"n0": 1}}
