@@ -9,9 +9,11 @@ so, running or queued; step 8 never plans it on one node; the bound is checked.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from trainscale.operator.autoscaling import allocate
+from trainscale.operator.autoscaling import allocate, arbiter
 from trainscale.operator.autoscaling.arbiter import JobDemand, consolidate
 
 from .test_arbiter_decisions import job, nodes
@@ -104,3 +106,17 @@ def test_past_its_first_worker_it_is_valued_across_nodes() -> None:
             throughput={1: 100.0, 2: 200.0}, throughput_across_nodes={2: 60.0},
             max_workers_per_node=1)  # fmt: skip
     assert _placements([a], count=2) == {"a": {"n0": 1}}
+
+
+def test_a_step_that_places_nothing_is_not_offered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 5 grants a job's step when its room (``_slots``) holds it, and places what fits
+    (``_place``). Were the two ever to disagree (the room above counted without the bound on
+    workers per node), a step that places nothing went back in the heap and the decision
+    never ended; now the job's growth ends there. The room is overstated here on purpose."""
+    monkeypatch.setattr(arbiter, "_slots", lambda free, demand, where: 1 << 20)
+    a = job("a", max_replicas=4, max_workers_per_node=1)
+    done: list[dict[str, dict[str, int]]] = []
+    worker = threading.Thread(target=lambda: done.append(_placements([a], count=2)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert done == [{"a": {"n0": 1, "n1": 1}}]

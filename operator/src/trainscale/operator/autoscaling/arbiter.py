@@ -956,6 +956,9 @@ def _hand_out(
                 continue
         if target - at <= _slots(free, demand, placed[demand.key]):
             placed[demand.key] = _place(demand, target - at, placed[demand.key], free)
+            if _count(placed, demand) == at:
+                continue  # nothing placed after all (never, while _slots counts as _place
+                # places): offering the same step again would never end
             at = _count(placed, demand)
         step = best(demand, at)
         if step is not None:
