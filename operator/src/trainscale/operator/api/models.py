@@ -358,7 +358,9 @@ class PlacementSpec(_Model):
             "while cluster arbitration plans the job's nodes (status.arbitration.preferredNodes), "
             "a preferred nodeAffinity (weight 100) to the node planned for each new worker, "
             "named in its annotation trainscale.dev/planned-node. Both are added to the "
-            "template's own affinity (podAffinity, podAntiAffinity, nodeAffinity all stay). Set "
+            "template's own affinity (podAffinity, podAntiAffinity, nodeAffinity all stay). A "
+            "required podAntiAffinity of the template's on kubernetes.io/hostname that selects "
+            "the job's own workers is read: arbitration then plans one worker per node. Set "
             "false to leave placement to the template and the scheduler alone."
         ),
     )
