@@ -176,15 +176,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a job's throughput follows the nodes its workers span (its"
                         " cliff once they span two), not its count packed (the parametric"
                         " family; a measured curve has packed rows only)")  # fmt: skip
-    parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu", "across"], nargs="+",
+    parser.add_argument("--apart", type=float, default=0.0, metavar="SHARE",
+                        help="share of the jobs whose workers may not share a node (a required"
+                        " pod anti-affinity to their own workers)")  # fmt: skip
+    parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu", "across", "apart"],
+                        nargs="+",
                         default=[],
                         help="ablations: keep from the arbiter the jobs' pools, or where their"
                         " workers run by index (what it did not read before); 'plan': new"
                         " workers do not prefer the node the arbiter planned for them (the"
                         " scheduler's packing alone, as before); 'cpu': the nodes' CPU and"
                         " the workers' requests; 'across' (with --placed): each job's"
-                        " throughput when its workers span nodes")  # fmt: skip
+                        " throughput when its workers span nodes; 'apart': the bound on"
+                        " workers per node (the arbiter and the per-job autoscaler)")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def describe_nodes(args: argparse.Namespace) -> str:
+    """What the nodes hold the jobs to, in words (pools, CPU, workers one per node)."""
+    words = ""
+    if args.pools > 1:
+        words += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
+    if args.cpu_per_node:
+        words += (
+            f", {args.cpu_per_node} CPUs per node, {args.cpu_heavy:g} of the jobs' workers"
+            " asking half of them"
+        )
+    if args.apart:
+        words += f", {args.apart:g} of the jobs' workers one per node"
+    return words
 
 
 def describe_source(args: argparse.Namespace) -> str:
@@ -192,13 +212,7 @@ def describe_source(args: argparse.Namespace) -> str:
     source = f"trace {args.trace}" if args.trace else f"{args.jobs} generated jobs"
     if args.pollux:
         source = f"Pollux workloads (160 jobs each, restarts {args.restart:g} s)"
-    if args.pools > 1:
-        source += f", {args.pools} node pools, {args.restricted:g} of the jobs held to one"
-    if args.cpu_per_node:
-        source += (
-            f", {args.cpu_per_node} CPUs per node, {args.cpu_heavy:g} of the jobs' workers"
-            " asking half of them"
-        )
+    source += describe_nodes(args)
     if args.low:
         source += f", {args.low:g} of them low-priority batch work"
     if args.urgent or args.low:
@@ -219,6 +233,20 @@ def describe_source(args: argparse.Namespace) -> str:
     return source
 
 
+def print_waste(args: argparse.Namespace, results: dict[str, Result]) -> None:
+    """The workers granted that found no room (on pools, with CPU, or one per node), and
+    the GPU time held under the jobs' efficiency floors, worst seed."""
+    if args.pools > 1 or args.cpu_per_node or args.apart:
+        room = "no GPU with its CPU on their nodes" if args.cpu_per_node else "no GPU on their pool"
+        if args.apart:
+            room = "no GPU on a node of their own or their pool"
+        print(f"workers granted that found {room} (left Pending), summed over"
+              " steps, worst seed: "
+              + ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items()))  # fmt: skip
+    print("GPU-h held at a true efficiency under the jobs' floors, worst seed: "
+          + ", ".join(f"{p} {r.below_floor_hours:,.1f}" for p, r in results.items()))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -232,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         last = max(j.arrival for j in jobs)
         horizon = last + (48 if args.pollux else 24) * 3600.0  # imagenet runs ~11 h
         probe = Cluster(args.nodes, args.gpus_per_node, args.interval, seed,
-                        pools=args.pools, restricted=args.restricted)  # fmt: skip
+                        pools=args.pools, restricted=args.restricted, apart=args.apart,
+                        placed_throughput=args.placed)  # fmt: skip
         bounds.append(statistics.fmean(floor_bound_jct(j, probe) for j in jobs))
         for policy in args.policies:
             settings = ArbiterSettings(
@@ -251,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                               tell_cpu="cpu" not in args.hide,
                               preempts=not args.no_preemption,
                               placed_throughput=args.placed,
-                              tell_across="across" not in args.hide)  # fmt: skip
+                              tell_across="across" not in args.hide,
+                              apart=args.apart,
+                              tell_apart="apart" not in args.hide)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
             by_tier[policy].append(tiers(by_policy[policy][-1], jobs, probe))
     results = {p: worst(rs) for p, rs in by_policy.items()}
@@ -272,11 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{p} {statistics.fmean(r.avg_jct for r in rs):,.0f}" for p, rs in by_policy.items()
         )
         print(f"avg JCT s, mean over {'workloads' if args.pollux else 'seeds'}: {means}")
-    if args.pools > 1 or args.cpu_per_node:
-        room = "no GPU with its CPU on their nodes" if args.cpu_per_node else "no GPU on their pool"
-        print(f"workers granted that found {room} (left Pending), summed over"
-              " steps, worst seed: "
-              + ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items()))  # fmt: skip
+    print_waste(args, results)
     if any(len(t[0]) > 1 for t in by_tier.values()):
         print_tiers(by_policy, by_tier, args.markdown)
     if "trainscale" in results:

@@ -13,8 +13,9 @@ from trainscale.operator.autoscaling.workload import Cluster, Running
 
 @pytest.fixture
 def checked_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Every step's placement, checked as it is made: each job on nodes it may use, no node
-    over its GPUs or (where modelled) its CPU, no job above its policy's target. Yields each
+    """Every step's placement, checked as it is made: each job on nodes it may use (one
+    worker per node where its workers may not share one), no node over its GPUs or (where
+    modelled) its CPU, no job above its policy's target. Yields each
     step's workers granted that found no room (what ``Result.unplaced`` sums)."""
     steps: list[int] = []
     apply = workload._apply
@@ -30,6 +31,7 @@ def checked_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
             for node in s.nodes:
                 cpu[node] += s.cpu
             assert s.allowed is None or set(s.nodes) <= s.allowed, (s.job.name, s.nodes)
+            assert not s.apart or len(set(s.nodes)) == len(s.nodes), (s.job.name, s.nodes)
             assert placed[s.job.name] <= targets.get(s.job.name, s.replicas)
         assert max(gpus.values(), default=0) <= cluster.gpus_per_node, gpus
         if cluster.cpu_per_node > 0:

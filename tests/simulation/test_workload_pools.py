@@ -6,7 +6,8 @@ frees its highest indexes; under every policy, at every step of a whole workload
 workers are on its pool and no node holds more workers than GPUs; the arbiter told the
 pools places them there itself (what it grants is what runs), and its new workers find their
 GPUs when they go to the nodes it planned for them. The placement check at every step runs
-with CPU beside the GPUs too (``test_workload_cpu.py`` covers the rest of CPU).
+with CPU beside the GPUs too (``test_workload_cpu.py`` covers the rest of CPU), and with
+jobs whose workers may not share a node (``test_workload_apart.py`` covers the rest).
 """
 
 from __future__ import annotations
@@ -72,13 +73,14 @@ def test_new_workers_take_the_nodes_planned_for_them_while_they_have_a_free_gpu(
 CLUSTERS: dict[str, dict[str, Any]] = {  # 8 nodes of 4 GPUs, and:
     "pools": {"pools": 2, "restricted": 0.5},  # two pools, half the jobs held to one
     "cpu": {"cpu_per_node": 32_000, "cpu_heavy": 0.3},  # 32 CPUs, 30 % heavy workers
+    "apart": {"apart": 0.5, "placed_throughput": True},  # half the jobs one worker per node
 }
 
 
-@pytest.mark.slow  # ~8 s: five policies over a workload, on pools and with CPU
+@pytest.mark.slow  # ~12 s: five policies over a workload, on pools, with CPU, one per node
 @pytest.mark.parametrize("kind", list(CLUSTERS))
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_every_policy_keeps_each_job_on_its_pool_and_each_node_within_its_cpu(
+def test_every_policy_keeps_each_job_on_its_pool_each_node_within_its_cpu_and_apart_jobs_apart(
     policy: str, kind: str, checked_steps: list[int]
 ) -> None:
     jobs = generate(seed=3, jobs=40, hours=1.0, gpus_per_node=4)

@@ -107,6 +107,15 @@ the arbiter is told each job's throughput across nodes from its fitted model
 plan that holds its workers on other nodes than they run on moves them there as the
 operator does (reconcile rule 11): its workers restart anyway.
 
+Workers that may not share a node (``Cluster.apart``; ``benchmarks/cluster.py --apart``): a
+share of the jobs (drawn per job from the seed) keep their workers one per node, as a
+required pod anti-affinity to their own workers does; the scheduler then puts no two of
+them on one node under every policy (:class:`FreeGpus`), and a worker that finds no node
+without one stays Pending. The arbiter is told the bound (``JobDemand.
+max_workers_per_node``, and no throughput across nodes for those jobs) and the per-job
+autoscaler nodes of one worker, as the operator tells them (``tell_apart``: the ablation,
+as before it read the rule).
+
 What the arbiter is told, and why it does not flatter it: a demand's throughput per count
 comes from the job's curve with its parameters wrong by a persistent per-job error (see
 :func:`fitted`: the serial and cliff terms off by 25%, the rate by 10%, typically) — what a
@@ -239,17 +248,19 @@ class Job:
         packed)."""
         return self.throughput(n, gpus_per_node, nodes) / (n * self.throughput(1, gpus_per_node))
 
-    def min_efficiency(self, gpus_per_node: int) -> float:
+    def min_efficiency(self, gpus_per_node: int, apart: bool = False) -> float:
         """The job's efficiency floor: ``MIN_EFFICIENCY``, or lower when the size its user
-        asked for is less efficient than that (they accepted that size for a fixed run)."""
-        return min(MIN_EFFICIENCY, self.efficiency(self.requested, gpus_per_node))
+        asked for is less efficient than that (they accepted that size for a fixed run),
+        one worker per node where ``apart`` (its workers may not share a node)."""
+        spans = self.requested if apart else None
+        return min(MIN_EFFICIENCY, self.efficiency(self.requested, gpus_per_node, spans))
 
-    def floor_count(self, gpus_per_node: int) -> int:
+    def floor_count(self, gpus_per_node: int, apart: bool = False) -> int:
         """Largest count within bounds whose efficiency meets the floor (min at least)."""
-        floor = self.min_efficiency(gpus_per_node)
+        floor = self.min_efficiency(gpus_per_node, apart)
         best = self.min_replicas
         for n in range(self.min_replicas, self.max_replicas + 1):
-            if self.efficiency(n, gpus_per_node) >= floor - 1e-9:
+            if self.efficiency(n, gpus_per_node, n if apart else None) >= floor - 1e-9:
                 best = n
         return best
 
@@ -538,6 +549,8 @@ class Running:
     nodes: list[str] = field(default_factory=list)  # each worker's node, by replica index
     allowed: frozenset[str] | None = None  # the nodes its template admits (None: all)
     cpu: int = 0  # millicores each worker requests (:meth:`Cluster.cpu_of`)
+    apart: bool = False  # its workers may not share a node (:meth:`Cluster.apart_of`)
+    below_floor: float = 0.0  # GPU-seconds held at a true efficiency under its floor
 
     def may_use(self, node: str) -> bool:
         """Whether the job's workers may run on ``node`` (:attr:`allowed`)."""
@@ -571,13 +584,15 @@ class Cluster:
     placed_throughput: bool = False
     # the arbiter is told each job's throughput across nodes (ablation: False, as before)
     tell_across: bool = True
+    apart: float = 0.0  # share of the jobs whose workers may not share a node
+    tell_apart: bool = True  # the arbiter and autoscaler are told that bound
 
     @property
     def by_node(self) -> bool:
         """Whether workers are placed node by node (several pools, CPU modelled, or
         throughput that follows placement); else every target fits and a count is all there
         is."""
-        return self.pools > 1 or self.cpu_per_node > 0 or self.placed_throughput
+        return self.pools > 1 or self.cpu_per_node > 0 or self.placed_throughput or self.apart > 0
 
     def spans(self, s: Running) -> int | None:
         """The nodes ``s``'s workers span, where throughput follows placement
@@ -596,6 +611,20 @@ class Cluster:
         if random.Random(f"{self.seed}/cpu/{job.name}").random() < self.cpu_heavy:
             return self.cpu_per_node // 2
         return self.cpu_per_node // (2 * self.gpus_per_node)
+
+    def spread_always(self, job: Job) -> bool:
+        """Whether ``job`` runs one worker per node (:meth:`apart_of`) where throughput
+        follows placement: its floor and its best sizes are those of its workers spread."""
+        return self.placed_throughput and self.apart_of(job)
+
+    def apart_of(self, job: Job) -> bool:
+        """Whether ``job``'s workers may not share a node (a required pod anti-affinity to
+        its own workers): a share ``apart`` of the jobs, drawn from the seed and its name,
+        among those asking no more workers than the cluster has nodes (who spreads one per
+        node asks for no more)."""
+        if self.apart <= 0 or job.requested > self.nodes:
+            return False
+        return random.Random(f"{self.seed}/apart/{job.name}").random() < self.apart
 
     @property
     def total(self) -> int:
@@ -669,11 +698,15 @@ class FreeGpus:
         if self.cpu is not None:
             self.cpu[node] -= workers * s.cpu
 
-    def holds(self, s: Running, node: str) -> int:
-        """Workers of ``s`` that ``node`` has a GPU and the CPU for."""
+    def holds(self, s: Running, node: str, mine: Sequence[str] | None = None) -> int:
+        """Workers of ``s`` that ``node`` has a GPU and the CPU for; at most one, and none
+        where one of its workers (``mine``: by default those it runs) is, for a job whose
+        workers may not share a node."""
         room = self.free[node]
         if self.cpu is not None and s.cpu > 0:
             room = min(room, self.cpu[node] // s.cpu)
+        if s.apart:
+            room = 0 if node in (s.nodes if mine is None else mine) else min(room, 1)
         return max(0, room)
 
     def available(self, s: Running) -> int:
@@ -696,7 +729,7 @@ class FreeGpus:
         planned = assign_planned_nodes(plan or {}, mine, workers)
         out: list[str] = []
         for preferred in planned:
-            candidates = [n for n in self.free if s.may_use(n) and self.holds(s, n) > 0]
+            candidates = [n for n in self.free if s.may_use(n) and self.holds(s, n, mine) > 0]
             if not candidates:
                 break
             if preferred in candidates:
@@ -818,10 +851,11 @@ def _start_with_what_is_free(active: list[Running], cluster: Cluster) -> _Pods:
     return pods
 
 
-def job_spec(job: Job, gpus_per_node: int) -> TrainingJobSpec:
+def job_spec(job: Job, gpus_per_node: int, apart: bool = False) -> TrainingJobSpec:
     """The TrainingJob a user would write for ``job``: its bounds, its requested size, the
-    efficiency objective at the job's floor, decisions every interval."""
-    floor = max(0.01, min(1.0, job.min_efficiency(gpus_per_node)))
+    efficiency objective at the job's floor (``apart``: at its workers one per node),
+    decisions every interval."""
+    floor = max(0.01, min(1.0, job.min_efficiency(gpus_per_node, apart)))
     return TrainingJobSpec.model_validate(
         {
             "replicas": job.requested,
@@ -862,10 +896,12 @@ def observe(s: Running, cluster: Cluster, now: float) -> Observation:
 def placed(s: Running, cluster: Cluster) -> Placement:
     """Where the job's workers run, as the operator reads it from its pods, the node size
     told (the operator may list nodes by default); packed where throughput does not follow
-    placement."""
+    placement. A job whose workers may not share a node is told nodes of one worker's GPUs
+    (:attr:`Cluster.tell_apart`), as the operator tells its autoscaler."""
     size = cluster.gpus_per_node
     if cluster.spans(s) is not None:
-        return Placement(tuple(Counter(s.nodes).values()), gpus_per_node=size)
+        told = 1 if s.apart and cluster.tell_apart else size
+        return Placement(tuple(Counter(s.nodes).values()), gpus_per_node=told)
     return Placement.packed(s.replicas, workers_per_node_max=size, gpus_per_node=size)
 
 
@@ -879,7 +915,9 @@ def policy_per_job(active: list[Running], cluster: Cluster, now: float) -> dict[
         if s.replicas == 0 or n == 0:
             continue
         if s.autoscaler is None:
-            s.autoscaler = JobAutoscaler(job_spec(s.job, cluster.gpus_per_node))
+            s.autoscaler = JobAutoscaler(
+                job_spec(s.job, cluster.gpus_per_node, cluster.spread_always(s.job))
+            )
         if s.paused_last:
             continue  # settling after a restart, as the autoscale daemon waits
         rec = s.autoscaler.decide(
@@ -900,7 +938,7 @@ def policy_per_job_oracle(active: list[Running], cluster: Cluster, now: float) -
         n = out[s.job.name]
         if s.replicas == 0 or n == 0:
             continue
-        target = s.job.floor_count(cluster.gpus_per_node)
+        target = s.job.floor_count(cluster.gpus_per_node, cluster.spread_always(s.job))
         if target > n:
             out[s.job.name] = pods.grow(s, target - n)
     return out
@@ -979,6 +1017,16 @@ def believed_throughput(job: Job, seed: int, gpus_per_node: int) -> Mapping[int,
 
 
 @functools.lru_cache(maxsize=4096)
+def believed_apart(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, float]:
+    """The throughput per count the arbiter is told for ``job`` when its workers may not
+    share a node: each count on as many nodes, from the same fitted model as
+    :func:`believed_throughput` (as the operator's autoscaler, told nodes of one worker,
+    predicts it)."""
+    model = fitted(job, seed)
+    return {n: model.throughput(n, gpus_per_node, nodes=n) for n in range(1, job.max_replicas + 1)}
+
+
+@functools.lru_cache(maxsize=4096)
 def believed_across(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, float]:
     """The throughput the arbiter is told for ``job``'s counts that fit one node when its
     workers span two (:attr:`JobDemand.throughput_across_nodes`), from the same fitted model
@@ -995,10 +1043,16 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
     demands = [
         JobDemand(
             key=s.job.name,
-            throughput=believed_throughput(s.job, cluster.seed, cluster.gpus_per_node),
+            throughput=(
+                believed_apart(s.job, cluster.seed, cluster.gpus_per_node)
+                if s.apart and cluster.tell_apart and cluster.placed_throughput
+                else believed_throughput(s.job, cluster.seed, cluster.gpus_per_node)
+            ),
             min_replicas=s.job.min_replicas,
             max_replicas=s.job.max_replicas,
-            min_efficiency=s.job.min_efficiency(cluster.gpus_per_node),
+            min_efficiency=s.job.min_efficiency(
+                cluster.gpus_per_node, cluster.spread_always(s.job)
+            ),
             priority=s.job.priority,
             preempts=cluster.preempts,
             created=s.job.arrival,
@@ -1009,9 +1063,12 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             cpu_millis_per_worker=s.cpu if cpu else 0,
             throughput_across_nodes=(
                 believed_across(s.job, cluster.seed, cluster.gpus_per_node)
-                if cluster.placed_throughput and cluster.tell_across
+                if cluster.placed_throughput
+                and cluster.tell_across
+                and not (s.apart and cluster.tell_apart)
                 else {}
             ),
+            max_workers_per_node=1 if s.apart and cluster.tell_apart else None,
         )
         for s in active
     ]
@@ -1053,6 +1110,8 @@ class Result:
     # job may use (pods left Pending), summed over steps; 0 on one pool without CPU
     unplaced: int = 0
     stops: int = 0  # running jobs stopped before they finished (preempted), summed
+    # GPU-hours the jobs held at a true efficiency under their floors (where they ran)
+    below_floor_hours: float = 0.0
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -1115,8 +1174,9 @@ def worst_tier(seeds: Sequence[Tier]) -> Tier:
 
 def alone_jct(job: Job, cluster: Cluster) -> float:
     """JCT of the job alone on the cluster at its best static size (start-up included)."""
+    apart = cluster.spread_always(job)
     best = max(
-        job.throughput(n, cluster.gpus_per_node)
+        job.throughput(n, cluster.gpus_per_node, n if apart else None)
         for n in range(1, min(job.max_replicas, cluster.gpus_for(job)) + 1)
     )
     return job.restart + job.samples / best
@@ -1126,11 +1186,13 @@ def floor_bound_jct(job: Job, cluster: Cluster) -> float:
     """The shortest JCT any policy that honours the job's efficiency floor can give it: alone
     on the cluster from its arrival, at its fastest count whose efficiency meets the floor
     (its minimum always allowed), one start-up. No wait, no resize, no neighbour."""
-    floor = job.min_efficiency(cluster.gpus_per_node)
+    apart = cluster.spread_always(job)
+    floor = job.min_efficiency(cluster.gpus_per_node, apart)
     best = max(
-        job.throughput(n, cluster.gpus_per_node)
+        job.throughput(n, cluster.gpus_per_node, n if apart else None)
         for n in range(job.min_replicas, min(job.max_replicas, cluster.gpus_for(job)) + 1)
-        if n == job.min_replicas or job.efficiency(n, cluster.gpus_per_node) >= floor - 1e-9
+        if n == job.min_replicas
+        or job.efficiency(n, cluster.gpus_per_node, n if apart else None) >= floor - 1e-9
     )
     return job.restart + job.samples / best
 
@@ -1183,28 +1245,40 @@ def _resize(s: Running, n: int) -> None:
 def _advance(s: Running, now: float, dt: float, cluster: Cluster) -> None:
     """One step of a running job: GPU time held, the restart paused, progress at its
     throughput where its workers run (:meth:`Cluster.spans`); it finishes mid-step when its
-    work is done (and frees its GPUs)."""
-    s.gpu_seconds += s.replicas * dt
+    work is done (and frees its GPUs). GPU time held while the job's true efficiency where
+    its workers run is under its floor is counted apart (:attr:`Running.below_floor`)."""
+    held = s.replicas * dt
     paused = min(dt, s.restart_left)
     s.restart_left -= paused
-    rate = s.job.throughput(s.replicas, cluster.gpus_per_node, cluster.spans(s))
+    spans = cluster.spans(s)
+    rate = s.job.throughput(s.replicas, cluster.gpus_per_node, spans)
     left = s.job.samples - s.done
     run = dt - paused
     s.last_rate = rate * run / dt
     s.paused_last = paused > 0
+    wasted = (
+        s.replicas > 1
+        and s.job.efficiency(s.replicas, cluster.gpus_per_node, spans)
+        < s.job.min_efficiency(cluster.gpus_per_node, cluster.spread_always(s.job)) - 1e-9
+    )
     if rate * run >= left:
         s.finish = now + paused + left / rate
-        s.gpu_seconds -= s.replicas * (dt - paused - left / rate)
+        held -= s.replicas * (dt - paused - left / rate)
         s.replicas = 0
         s.nodes.clear()
     else:
         s.done += rate * run
+    s.gpu_seconds += held
+    if wasted:
+        s.below_floor += held
 
 
 def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float) -> Result:
     cluster.states = [
-        Running(job, allowed=cluster.admitted(job), cpu=cluster.cpu_of(job)) for job in jobs
-    ]
+        Running(job, allowed=cluster.admitted(job), cpu=cluster.cpu_of(job),
+                apart=cluster.apart_of(job))
+        for job in jobs
+    ]  # fmt: skip
     cluster.plans = {}
     decide = POLICIES[policy]
     now = 0.0
@@ -1246,6 +1320,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
         finishes=tuple((job.name, end) for job, end in finished),
         unplaced=unplaced,
         stops=sum(s.stops for s in cluster.states),
+        below_floor_hours=sum(s.below_floor for s in cluster.states) / 3600.0,
     )
 
 
@@ -1266,6 +1341,7 @@ def worst(results: Sequence[Result]) -> Result:
         decide_seconds=max(r.decide_seconds for r in results),
         unplaced=max(r.unplaced for r in results),
         stops=max(r.stops for r in results),
+        below_floor_hours=max(r.below_floor_hours for r in results),
     )
 
 
