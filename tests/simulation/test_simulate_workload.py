@@ -15,6 +15,10 @@ Covers:
   job's CPUs per worker: the printed rows are the simulator's on that cluster, each job's
   line shows its CPUs, and a figure no node can hold, or given without the nodes' CPUs, is
   refused;
+- a trace's ``apart`` column (or ``--apart`` on a generated workload) keeps a job's workers
+  one per node under every policy: the printed rows are the simulator's, and a job whose
+  minimum needs more nodes than the cluster has is refused; the GPU time under the jobs'
+  floors is printed;
 - a bad trace or flag is refused naming the line, column or flag (exit 2, nothing printed).
 """
 
@@ -65,6 +69,14 @@ resnet,0,2000000,0.02:0.3,1,16,4,16
 bert,300,1500000,0.05:0.5,1,8,2,
 gpt-small,600,4000000,0.01:0.2,2,16,8,16
 vit,900,500000,0.03:0.0,1,8,1,2.5
+"""
+
+
+APART_TRACE = """name,arrival_seconds,total_samples,curve,min_replicas,max_replicas,requested_replicas,apart
+resnet,0,2000000,0.02:0.3,1,16,4,true
+bert,300,1500000,0.05:0.5,1,8,2,
+gpt-small,600,4000000,0.01:0.2,2,16,8,0
+vit,900,500000,0.03:0.0,1,8,1,yes
 """
 
 
@@ -176,6 +188,18 @@ def test_per_job_autoscalers_are_told_the_node_size_as_the_operator_reads_it() -
             "job resnet asks cpu_per_worker 16; give the nodes' CPUs with --cpu-per-node",
             id="cpu-without-the-nodes-cpus",
         ),
+        pytest.param(
+            APART_TRACE.replace("1,16,4,true", "1,16,4,spread"),
+            "line 2: apart must be true or false, got 'spread'",
+            id="apart-not-a-flag",
+        ),
+        pytest.param(
+            APART_TRACE.replace(
+                "resnet,0,2000000,0.02:0.3,1,16,4", "resnet,0,2000000,0.02:0.3,5,16,5"
+            ),
+            "job resnet keeps its workers apart and needs 5 of them, more than the 4 nodes",
+            id="apart-minimum-beyond-the-nodes",
+        ),
     ],
 )
 def test_a_bad_trace_names_the_line_and_column(
@@ -249,6 +273,16 @@ def test_a_bad_trace_names_the_line_and_column(
             "priority column)",
         ),
         pytest.param(["--curve", "amdahl", "--low", "0.2"], "--low needs --workload"),
+        pytest.param(
+            ["--workload", "generated", "--apart", "2"],
+            "--apart must be a share in [0, 1], got 2.0",
+        ),
+        pytest.param(
+            ["--workload", "trace.csv", "--apart", "0.3"],
+            "--apart needs a generated workload (a trace names each job's rule in its apart "
+            "column)",
+        ),
+        pytest.param(["--curve", "amdahl", "--apart", "0.3"], "--apart needs --workload"),
     ],
 )
 def test_bad_workload_flags_are_named(
@@ -437,3 +471,26 @@ def test_a_trace_where_throughput_follows_placement(
     assert any(row(placed[p][1]) != row(counted[p]) for p in placed)
     assert main(["simulate", "--curve", "amdahl", "--placed"]) == 2
     assert "--placed needs --workload" in capsys.readouterr().err
+
+
+def test_a_trace_whose_jobs_keep_their_workers_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ``apart`` column: resnet and vit keep their workers one per node, gpt-small does
+    not, bert's is drawn (none with ``--apart`` 0); each policy's row is the simulator's on
+    that cluster, and so are the Pending grants and the GPU time under the floors."""
+    path = tmp_path / "apart.csv"
+    path.write_text(APART_TRACE)
+    assert main(["simulate", "--workload", str(path), "--nodes", "4", "--placed"]) == 0
+    out = capsys.readouterr().out
+    assert ", 2 of the jobs' workers one per node, decisions every 60 s" in out
+    jobs = read_trace(str(path))
+    assert [j.apart for j in jobs] == [True, None, False, True]
+    clusters = printed_policies(out, jobs, lambda: Cluster(4, 4, 60.0, 1, placed_throughput=True))
+    pending = ", ".join(f"{p} {r.unplaced:,}" for p, (_, r) in clusters.items())
+    assert f"found no GPU on a node of their own (Pending), summed over steps: {pending}" in out
+    under = ", ".join(f"{p} {r.below_floor_hours:,.1f}" for p, (_, r) in clusters.items())
+    assert f"GPU-h held at a true efficiency under the jobs' floors: {under}" in out
+    for cluster, _ in clusters.values():
+        resnet = next(st for st in cluster.states if st.job.name == "resnet")
+        assert resnet.apart and cluster.spread_jobs

@@ -184,7 +184,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     workload_flags = (
         "nodes", "jobs", "policies", "pools", "restricted", "cpu_per_node", "cpu_heavy", "urgent",
-        "low", "placed",
+        "low", "placed", "apart",
     )  # fmt: skip
     for flag in workload_flags:
         if getattr(args, flag) not in (None, False):
@@ -230,6 +230,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         urgent=args.urgent if args.urgent is not None else 0.0,
         low=args.low if args.low is not None else 0.0,
         placed=args.placed,
+        apart=args.apart if args.apart is not None else 0.0,
     )
     try:
         return run_workload(options, sys.stdout)
@@ -379,6 +380,14 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="each job's throughput is that of the nodes its workers span (its curve's "
         "node-boundary cliff once they span two), not its count packed (--workload; a "
         "measured curve has packed rows only)",
+    )
+    sim.add_argument(
+        "--apart",
+        type=float,
+        metavar="SHARE",
+        help="share of the generated jobs whose workers may not share a node (a required pod "
+        "anti-affinity to their own workers), drawn per job (--workload generated; a trace "
+        "has an apart column)",
     )
     sim.add_argument(
         "--policies",

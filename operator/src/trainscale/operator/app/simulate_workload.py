@@ -16,7 +16,9 @@ given a higher one), the completion times are also shown by priority, with the r
 each policy stopped (preempted) to wait again: the baselines' pods preempt as the default
 scheduler's do, and trainscale's arbiter as the operator does. With ``--placed`` each job's
 throughput is that of the nodes its workers span (the cliff of its curve once they span
-two), as on a real cluster, not its count's packed.
+two), as on a real cluster, not its count's packed. Jobs whose workers may not share a node
+(a trace's ``apart`` column, or ``--apart``: a share of the generated jobs) get one worker per
+node under every policy, as their required pod anti-affinity has the scheduler do.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class WorkloadOptions:
     urgent: float = 0.0  # share of the generated jobs with a higher priority
     low: float = 0.0  # share of the others with a lower priority
     placed: bool = False  # throughput follows the nodes a job's workers span
+    apart: float = 0.0  # share of the generated jobs whose workers may not share a node
 
 
 def _check_flags(options: WorkloadOptions) -> None:
@@ -92,6 +95,7 @@ def _check_flags(options: WorkloadOptions) -> None:
                  "--cpu-per-node", "CPUs per worker in its cpu_per_worker column")  # fmt: skip
     _check_share("--urgent", options.urgent, generated, "", "priority in its priority column")
     _check_share("--low", options.low, generated, "", "priority in its priority column")
+    _check_share("--apart", options.apart, generated, "", "rule in its apart column")
     unknown = [p for p in options.policies if p not in POLICIES]
     if unknown or "trainscale" not in options.policies:
         raise WorkloadError(
@@ -138,6 +142,13 @@ def load_workload(options: WorkloadOptions) -> list[Job]:
     except TraceError as exc:
         raise WorkloadError(f"--workload {exc}") from None
     _check_cpu(options, jobs)
+    for job in jobs:
+        if job.apart and job.min_replicas > options.nodes:
+            raise WorkloadError(
+                f"--workload {options.workload}: job {job.name} keeps its workers apart and "
+                f"needs {job.min_replicas} of them, more than the {options.nodes} nodes "
+                "(--nodes): it could never run"
+            )
     return jobs
 
 
@@ -171,6 +182,7 @@ def make_cluster(options: WorkloadOptions) -> Cluster:
         cpu_per_node=1000 * options.cpu_per_node,
         cpu_heavy=options.cpu_heavy,
         placed_throughput=options.placed,
+        apart=options.apart,
     )
 
 
@@ -315,25 +327,32 @@ def run_workload(options: WorkloadOptions, out: Any) -> int:
         pools += f", {options.cpu_per_node} CPUs per node"
     if options.placed:
         pools += ", throughput where the workers run"
+    apart = sum(1 for j in jobs if cluster.apart_of(j))
+    if apart:
+        pools += f", {apart} of the jobs' workers one per node"
     print(
         f"# {source}, on {options.nodes} nodes x {options.gpus_per_node} GPUs{pools}, "
         f"decisions every {options.interval} s",
         file=out,
     )
     print(render([row(r) for r in results.values()], markdown=False), file=out)
-    if cluster.by_node:
+    if options.pools > 1 or options.cpu_per_node or options.placed or apart:
         pending = ", ".join(f"{p} {r.unplaced:,}" for p, r in results.items())
         room = (
             "no GPU with its CPUs"
             if options.cpu_per_node
             else "no GPU on their job's pool"
             if options.pools > 1
+            else "no GPU on a node of their own"
+            if apart
             else "no free GPU"
         )
         print(
             f"# workers granted that found {room} (Pending), summed over steps: {pending}",
             file=out,
         )
+    under = ", ".join(f"{p} {r.below_floor_hours:,.1f}" for p, r in results.items())
+    print(f"# GPU-h held at a true efficiency under the jobs' floors: {under}", file=out)
     if len({j.priority for j in jobs}) > 1:
         rows = [tier_row(p, t) for p, r in results.items() for t in tiers(r, jobs, cluster)]
         print("# by priority:", file=out)

@@ -148,7 +148,8 @@ path of a measured curve, see below), ``min_replicas``, ``max_replicas``,
 ``restart_seconds`` (default 60), ``name``, ``pool`` (the node pool its template admits,
 ``0`` to ``pools - 1`` as :attr:`Cluster.pools` splits the nodes; empty: any node) and
 ``cpu_per_worker`` (the CPUs each worker requests, where :attr:`Cluster.cpu_per_node` is
-modelled; empty: drawn as for a generated job).
+modelled; empty: drawn as for a generated job) and ``apart`` (``true`` or ``1``: its workers
+may not share a node, ``false`` or ``0``: they may; empty: drawn as for a generated job).
 
 A ``curve`` ending in ``.csv`` is a measured curve in the simulator's format
 (``count,nodes,samples_per_second,gpu_utilization``, read by
@@ -209,6 +210,7 @@ class Job:
     measured: tuple[float, ...] = ()
     pool: int | None = None  # the node pool its template admits (a trace's); None: any node
     cpu: float | None = None  # CPUs each worker requests (a trace's); None: drawn per cluster
+    apart: bool | None = None  # its workers may not share a node (a trace's); None: drawn
     # a measured curve's throughput at 2, 3, ... workers one per node (what the data measured
     # across nodes; :func:`measured_job`); empty: none measured, read as packed
     measured_across: tuple[float, ...] = ()
@@ -440,6 +442,7 @@ def _job_of_row(
     restart = _field(row, "restart_seconds", line, float) if row.get("restart_seconds") else 60.0
     pool = _pool(row, line, pools)
     cpu = _field(row, "cpu_per_worker", line, float) if row.get("cpu_per_worker") else None
+    apart = _flag(row, "apart", line)
     if curve.endswith(CURVE_FILE_SUFFIX):
         if curve not in curves:
             raise TraceError(f"line {line}: curve {curve!r}: no such curve file given")
@@ -449,10 +452,24 @@ def _job_of_row(
                                requested=requested, priority=priority, restart=restart)  # fmt: skip
         except ValueError as err:  # CurveError, or a throughput Job refuses
             raise TraceError(f"line {line}: curve {curve!r}: {err}") from None
-        return dataclasses.replace(job, pool=pool, cpu=cpu)
+        return dataclasses.replace(job, pool=pool, cpu=cpu, apart=apart)
     serial, cliff, rate = _parametric(curve, line)
     return Job(name, arrival, samples, rate, serial, cliff, lo, hi, requested, priority, restart,
-               pool=pool, cpu=cpu)  # fmt: skip
+               pool=pool, cpu=cpu, apart=apart)  # fmt: skip
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def _flag(row: Mapping[str, str | None], column: str, line: int) -> bool | None:
+    """A yes/no column of a row: None when empty."""
+    text = (row.get(column) or "").strip().lower()
+    if not text:
+        return None
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise TraceError(f"line {line}: {column} must be true or false, got {row.get(column)!r}")
 
 
 def _pool(row: Mapping[str, str | None], line: int, pools: int | None) -> int | None:
@@ -586,13 +603,14 @@ class Cluster:
     tell_across: bool = True
     apart: float = 0.0  # share of the jobs whose workers may not share a node
     tell_apart: bool = True  # the arbiter and autoscaler are told that bound
+    spread_jobs: bool = False  # some job's workers may not share a node (set by simulate)
 
     @property
     def by_node(self) -> bool:
         """Whether workers are placed node by node (several pools, CPU modelled, or
         throughput that follows placement); else every target fits and a count is all there
         is."""
-        return self.pools > 1 or self.cpu_per_node > 0 or self.placed_throughput or self.apart > 0
+        return self.pools > 1 or self.cpu_per_node > 0 or self.placed_throughput or self.spread_jobs
 
     def spans(self, s: Running) -> int | None:
         """The nodes ``s``'s workers span, where throughput follows placement
@@ -622,6 +640,8 @@ class Cluster:
         its own workers): a share ``apart`` of the jobs, drawn from the seed and its name,
         among those asking no more workers than the cluster has nodes (who spreads one per
         node asks for no more)."""
+        if job.apart is not None:
+            return job.apart
         if self.apart <= 0 or job.requested > self.nodes:
             return False
         return random.Random(f"{self.seed}/apart/{job.name}").random() < self.apart
@@ -1279,6 +1299,7 @@ def simulate(policy: str, jobs: Sequence[Job], cluster: Cluster, horizon: float)
                 apart=cluster.apart_of(job))
         for job in jobs
     ]  # fmt: skip
+    cluster.spread_jobs = any(s.apart for s in cluster.states)
     cluster.plans = {}
     decide = POLICIES[policy]
     now = 0.0
