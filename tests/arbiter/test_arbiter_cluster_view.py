@@ -181,6 +181,18 @@ def test_room_counts_whole_workers_in_free_gpus(
     assert compute_room(nodes, pods, per_worker) == expected
 
 
+def test_room_for_workers_that_may_not_share_a_node_is_a_node_each() -> None:
+    """a, b and c have 7, 6 and 1 free GPUs; the job runs one worker on a. Bound to one
+    worker per node, its room is one on b and one on c (none on a, where it runs), not the
+    14 workers the GPUs hold; 2-GPU workers fit on b only."""
+    nodes = [node("a", 8), node("b", 8), node("c", 8)]
+    pods = [pod("a", 1, ours=True, job="j"), pod("b", 2), pod("c", 7)]
+    assert compute_room(nodes, pods, 1) == 7 + 6 + 1
+    assert compute_room(nodes, pods, 1, max_workers_per_node=1, own_nodes=["a"]) == 2
+    assert compute_room(nodes, pods, 2, max_workers_per_node=1, own_nodes=["a"]) == 1
+    assert compute_room(nodes, pods, 1, {}, max_workers_per_node=1, own_nodes=[]) == 3
+
+
 def test_worker_nodes_are_our_live_bound_workers_by_replica_index() -> None:
     pods = [
         pod("b", 1, ours=True, job="j", index=10),

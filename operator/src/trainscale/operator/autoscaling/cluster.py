@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,15 +266,21 @@ def compute_room(
     pods: Iterable[Mapping[str, Any]],
     gpus_per_worker: int,
     pod_spec: Mapping[str, Any] | None = None,
+    *,
+    max_workers_per_node: int | None = None,
+    own_nodes: Iterable[str] = (),
 ) -> int | None:
     """Workers of ``gpus_per_worker`` GPUs the cluster has free GPUs for now: per schedulable
     node a worker of ``pod_spec`` may run on (its node selector, required node affinity and
     tolerations, :mod:`~trainscale.operator.autoscaling.node_filters`; every node when
     None), its allocatable GPUs less what every bound, unfinished pod requests
     (trainscale's too), in whole workers, and no more than the node's CPU and memory left
-    hold of ``pod_spec``'s requests. None when it cannot be known (no GPU nodes listed, a
-    worker without GPUs). Pod affinities and topology spread are not read: the count is an
-    upper bound, which is why a job compares it with what it was when its try failed
+    hold of ``pod_spec``'s requests; for a job whose nodes run at most
+    ``max_workers_per_node`` of its workers (its template's required pod anti-affinity to
+    them), no more than that less its workers there (``own_nodes``: the node of each). None
+    when it cannot be known (no GPU nodes listed, a worker without GPUs). Other pod
+    affinities and topology spread are not read: the count is an upper bound, which is why
+    a job compares it with what it was when its try failed
     (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
     listed = list(nodes)
     held = list(pods)
@@ -285,6 +292,12 @@ def compute_room(
         eligible = compute_eligible_nodes(pod_spec, listed)
         free = {name: gpus for name, gpus in free.items() if name in eligible}
         room = _pod_room(pod_spec, build_node_free(listed, held, placed=())) or {}
+    if max_workers_per_node is not None:
+        mine = Counter(own_nodes)
+        room = {
+            name: max(0, min(room.get(name, gpus), max_workers_per_node - mine[name]))
+            for name, gpus in free.items()
+        }
     return sum(
         min(gpus // gpus_per_worker, room.get(name, gpus))
         for name, gpus in _less_held(free, held, placed=()).items()

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import enum
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -27,7 +27,7 @@ from trainscale.operator.adapters.prometheus_access import PrometheusAccess
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
 from trainscale.operator.autoscaling.node_filters import template_pod_spec
-from trainscale.operator.autoscaling.observed_placement import build_placement
+from trainscale.operator.autoscaling.observed_placement import build_placement, node_of_pod
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
@@ -142,12 +142,9 @@ async def autoscale_job(
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
     pod_spec = template_pod_spec(spec.template)
+    apart = max_workers_per_node(namespace, name, spec)
     placement = build_placement(
-        pods,
-        nodes,
-        pod_spec,
-        gpus_per_worker=spec.gpus_per_replica,
-        max_workers_per_node=max_workers_per_node(namespace, name, spec),
+        pods, nodes, pod_spec, gpus_per_worker=spec.gpus_per_replica, max_workers_per_node=apart
     )
     workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None and w.active]
     running = sum(1 for w in workers if w.phase == "Running")
@@ -203,7 +200,8 @@ async def autoscale_job(
 
     room = None
     if unschedulable or autoscaler.waiting:
-        room = await _room(clients, nodes, spec.gpus_per_replica, pod_spec)
+        own = [node for node in map(node_of_pod, pods) if node is not None]
+        room = await _room(clients, nodes, spec.gpus_per_replica, pod_spec, apart, own)
 
     # -- decide --------------------------------------------------------------------------
     rec = autoscaler.decide(
@@ -254,11 +252,14 @@ async def _room(
     nodes: list[dict[str, Any]],
     gpus_per_worker: int,
     pod_spec: Mapping[str, Any],
+    apart: int | None = None,
+    own_nodes: Sequence[str] = (),
 ) -> int | None:
-    """Workers the cluster has free GPUs for on the nodes the template lets them run on,
-    read only while the job has unschedulable pods or waits after them (one cluster-wide
-    LIST of bound pods); None when not known (no GPU nodes listed, or no permission to list
-    pods in every namespace)."""
+    """Workers the cluster has free GPUs for on the nodes the template lets them run on
+    (at most ``apart`` of the job's per node, its workers on ``own_nodes`` counted), read
+    only while the job has unschedulable pods or waits after them (one cluster-wide LIST of
+    bound pods); None when not known (no GPU nodes listed, or no permission to list pods in
+    every namespace)."""
     if not nodes or gpus_per_worker <= 0:
         return None
     try:
@@ -267,7 +268,9 @@ async def _room(
         if exc.status != 403:
             raise
         return None
-    return cluster.compute_room(nodes, pods, gpus_per_worker, pod_spec)
+    return cluster.compute_room(
+        nodes, pods, gpus_per_worker, pod_spec, max_workers_per_node=apart, own_nodes=own_nodes
+    )
 
 
 class Idle(enum.Enum):
