@@ -671,7 +671,7 @@ def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_
     arbitration = ClusterArbitration()
     arbitration.register("d/j", autoscaler)
     body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
-    assert arbitration._managed_job(body, {}, {}, 4).throughput_across_nodes == {}
+    assert arbitration._managed_job(body, {}, {}, node_gpus=4).throughput_across_nodes == {}
     t = 0.0
     for n, spans in ((2, 1), (4, 1), (8, 2)):
         for o in steady(n, start=t, count=8, tau=tau):
@@ -679,7 +679,7 @@ def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_
             autoscaler.decide([seen], current_replicas=n, now=o.timestamp,
                               placement=Placement((4,), gpus_per_node=4))  # fmt: skip
         t += 8 * 30.0 + 3600.0  # steady()'s scrapes are 30 s apart
-    job = arbitration._managed_job(body, {}, {}, 4)
+    job = arbitration._managed_job(body, {}, {}, node_gpus=4)
     across = job.throughput_across_nodes
     assert sorted(across) == [2, 3, 4]
     for n in across:
@@ -688,9 +688,11 @@ def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_
     assert build_demand(job).throughput_across_nodes == across
     unpacked = spec(replicas=4, maxReplicas=16, placement={"packWorkers": False})
     assert build_demand(dataclasses.replace(job, spec=unpacked)).throughput_across_nodes == {}
-    assert arbitration._managed_job(body, {}, {}, 0).throughput_across_nodes == {}
+    assert arbitration._managed_job(body, {}, {}, node_gpus=0).throughput_across_nodes == {}
     two_gpus = {**body, "spec": spec(replicas=4, maxReplicas=16, gpus=2).model_dump(by_alias=True)}
-    assert sorted(arbitration._managed_job(two_gpus, {}, {}, 4).throughput_across_nodes) == [2]
+    assert sorted(
+        arbitration._managed_job(two_gpus, {}, {}, node_gpus=4).throughput_across_nodes
+    ) == [2]
 
 
 def test_the_largest_node_counts_schedulable_gpu_nodes_only() -> None:
@@ -712,7 +714,7 @@ def test_a_job_whose_workers_may_not_share_a_node_is_placed_one_per_node() -> No
     job_spec = spec(replicas=3, maxReplicas=3, pod=pod)
     body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
     arbitration = ClusterArbitration()
-    job = arbitration._managed_job(body, {}, {}, 4)
+    job = arbitration._managed_job(body, {}, {}, node_gpus=4)
     assert job is not None and job.max_workers_per_node == 1
     demand = build_demand(dataclasses.replace(job, throughput_across_nodes={2: 1.0, 3: 1.5}))
     assert demand.max_workers_per_node == 1 and demand.throughput_across_nodes == {}
@@ -723,4 +725,34 @@ def test_a_job_whose_workers_may_not_share_a_node_is_placed_one_per_node() -> No
         "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [other]}}
     }
     body = {**body, "spec": spec(replicas=3, maxReplicas=3, pod=pod).model_dump(by_alias=True)}
-    assert arbitration._managed_job(body, {}, {}, 4).max_workers_per_node is None
+    assert arbitration._managed_job(body, {}, {}, node_gpus=4).max_workers_per_node is None
+
+
+def test_a_spread_constraint_beside_a_tainted_pool_bounds_its_workers_per_node() -> None:
+    """A template's topology spread constraint (maxSkew 2 on the hostname, DoNotSchedule,
+    selecting its workers by the job-name label) with another team's tainted node in the
+    cluster: the scheduler counts that node (nodeTaintsPolicy Ignore, the default) and it
+    never holds a worker, so a node runs at most 2 of them. The pass reads it from the spec
+    and the nodes, the demand carries the bound and names its rule, and the arbiter plans 2
+    per node on a and b (6 wanted). Tolerating the taint, the job could have a worker on
+    every node: no bound."""
+    constraint = {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+                  "whenUnsatisfiable": "DoNotSchedule",
+                  "labelSelector": {"matchLabels": {LABEL_JOB_NAME: "j"}}}  # fmt: skip
+    pod_spec = {"topologySpreadConstraints": [constraint]}
+    body = {"metadata": {"namespace": "d", "name": "j"},
+            "spec": spec(replicas=6, maxReplicas=6, pod=pod_spec).model_dump(by_alias=True)}  # fmt: skip
+    dedicated = [{"key": "dedicated", "value": "infer", "effect": "NoSchedule"}]
+    listed = [node(n, 8, labels={"kubernetes.io/hostname": n}) for n in ("a", "b")]
+    listed.append(node("c", 8, labels={"kubernetes.io/hostname": "c"}, taints=dedicated))
+    arbitration = ClusterArbitration()
+    job = arbitration._managed_job(body, {}, {}, listed, node_gpus=8)
+    assert job is not None and job.max_workers_per_node == 2
+    demand = build_demand(job)
+    assert demand.max_workers_per_node == 2 and "node c is counted" in demand.per_node_rule
+    results = decide_arbitration([job], Capacity({"a": 8, "b": 8}), {}, NOW)
+    assert results["d/j"].status.preferred_nodes == {"a": 2, "b": 2}
+    assert "at most 2 of its workers may share a node" in results["d/j"].status.reason
+    tolerant = {**pod_spec, "tolerations": [{"key": "dedicated", "operator": "Exists"}]}
+    body = {**body, "spec": spec(replicas=6, maxReplicas=6, pod=tolerant).model_dump(by_alias=True)}
+    assert arbitration._managed_job(body, {}, {}, listed, node_gpus=8).node_bound is None

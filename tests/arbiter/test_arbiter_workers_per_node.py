@@ -1,10 +1,11 @@
 """A job whose workers may not share a node (``JobDemand.max_workers_per_node``) in arbitration.
 
-Its template's required pod anti-affinity to its own workers lets a node run one of them
-(``node_filters.compute_max_workers_per_node``). Covers: its workers are planned one per node
-and its room is the nodes that have a worker's GPUs free, not the GPUs, so the GPUs it cannot
-use go to the others; it grows onto nodes it does not use yet; a job held by that bound is told
-so, running or queued; step 8 never plans it on one node; the bound is checked.
+Its template's required pod anti-affinity to its own workers lets a node run one of them, a
+topology spread constraint ``maxSkew`` of them (``node_filters.compute_max_workers_per_node``).
+Covers: its workers are planned one per node (or so many per node) and its room is the nodes
+that have a worker's GPUs free, not the GPUs, so the GPUs it cannot use go to the others; it
+grows onto nodes it does not use yet; a job held by that bound is told so, with the rule,
+running or queued; step 8 never plans it on one node; the bound is checked.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_two_gpu_workers_take_a_node_each_where_one_fits() -> None:
 
 def test_a_running_job_held_by_the_bound_is_told_so() -> None:
     a = job("a", current_nodes={"n0": 1, "n1": 1}, current_replicas=2, max_replicas=4,
-            max_workers_per_node=1)  # fmt: skip
+            max_workers_per_node=1, per_node_rule="its required podAntiAffinity")  # fmt: skip
     allocation = allocate([a], nodes(2), now=100.0)
     assert allocation["a"].replicas == 2
     assert allocation["a"].reason == (
@@ -65,12 +66,38 @@ def test_a_running_job_held_by_the_bound_is_told_so() -> None:
 
 
 def test_a_job_whose_minimum_finds_too_few_nodes_is_queued_and_told_why() -> None:
-    a = job("a", min_replicas=3, max_replicas=3, max_workers_per_node=1)
+    a = job("a", min_replicas=3, max_replicas=3, max_workers_per_node=1,
+            per_node_rule="its required podAntiAffinity")  # fmt: skip
     allocation = allocate([a], nodes(2), now=100.0)
     assert allocation["a"].queued
     assert allocation["a"].reason == (
         "queued: needs 3 GPUs, 8 free, but its workers may not share a node (its required "
-        "podAntiAffinity): 2 of its 3 find a node with 1 GPU free"
+        "podAntiAffinity): 2 of its 3 fit on the nodes with 1 GPU free"
+    )
+
+
+SPREAD = "its topologySpreadConstraints: maxSkew 2 on kubernetes.io/hostname"
+
+
+def test_a_bound_of_two_plans_two_per_node_and_names_its_rule() -> None:
+    """A topology spread constraint's maxSkew 2: a wants 8 workers on 3 nodes of 4 GPUs and
+    is planned 2 on each, told the rule; b takes the GPUs a may not use. Queued with a
+    minimum of 7, a is told 6 fit."""
+    a = job("a", max_replicas=8, max_workers_per_node=2, per_node_rule=SPREAD, created=1)
+    b = job("b", max_replicas=12, created=2)
+    allocation = allocate([a, b], nodes(3), now=100.0)
+    assert dict(allocation["a"].placement) == {"n0": 2, "n1": 2, "n2": 2}
+    assert dict(allocation["b"].placement) == {"n0": 2, "n1": 2, "n2": 2}
+    assert allocation["a"].reason == (
+        f"limited to 6 GPUs: at most 2 of its workers may share a node ({SPREAD}), and the "
+        "nodes it may use hold 6 of the 8 it wants"
+    )
+    big = job("a", min_replicas=7, max_replicas=8, max_workers_per_node=2, per_node_rule=SPREAD)
+    queued = allocate([big], nodes(3), now=100.0)["a"]
+    assert queued.queued
+    assert queued.reason == (
+        f"queued: needs 7 GPUs, 12 free, but at most 2 of its workers may share a node "
+        f"({SPREAD}): 6 of its 7 fit on the nodes with 1 GPU free"
     )
 
 

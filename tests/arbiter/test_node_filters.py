@@ -12,7 +12,14 @@ Covers, one row per rule of the scheduler's NodeAffinity and TaintToleration fil
 - the reason a node is excluded names the field, and the summary counts nodes per reason;
 - a required pod anti-affinity on kubernetes.io/hostname selecting the job's other workers
   (label selector, the namespaces it looks in, matchLabelKeys and mismatchLabelKeys) lets a
-  node run one of them; other topology keys, other pods and preferred terms bind nothing.
+  node run one of them; other topology keys, other pods and preferred terms bind nothing;
+- a topology spread constraint on kubernetes.io/hostname that must hold, selecting the job's
+  own workers and no other job's, lets a node run maxSkew of them where a node it counts
+  never holds one: a node its workers may not use (counted by nodeTaintsPolicy Ignore, or
+  nodeAffinityPolicy Ignore), or more nodes counted than its maxReplicas; where it may have a
+  worker on every node counted, soft constraints, zones, nodes without the keys, selectors
+  reaching other jobs' pods or only itself, and a bad maxSkew bind nothing; the tightest of
+  several rules wins, named.
 The same rules are checked against the real kube-scheduler on the test-bed
 (tests/e2e/test_e2e_node_pools.py).
 """
@@ -24,6 +31,7 @@ from typing import Any
 import pytest
 
 from trainscale.operator.autoscaling.node_filters import (
+    ANTI_AFFINITY_RULE,
     compute_eligible_nodes,
     compute_max_workers_per_node,
     explain_misfit,
@@ -360,4 +368,134 @@ JOB = {"matchLabels": {"trainscale.dev/job-name": "j"}}
     ],
 )
 def test_compute_max_workers_per_node(pod_spec: dict[str, Any], expected: int | None) -> None:
-    assert compute_max_workers_per_node(pod_spec, OWN, PEER, "team") == expected
+    bound = compute_max_workers_per_node(pod_spec, OWN, PEER, "team")
+    assert (bound.workers if bound is not None else None) == expected
+    assert bound is None or bound.rule == ANTI_AFFINITY_RULE
+
+
+STRANGER = {**OWN, "trainscale.dev/job-name": "j-another"}
+HOST = "kubernetes.io/hostname"
+DEDICATED = taint("dedicated", "infer")
+#: Nodes a and b the job may use; c tainted for another team (not tolerated by default).
+SPREAD_NODES = [
+    node("a", {HOST: "a", "pool": "x"}),
+    node("b", {HOST: "b", "pool": "y"}),
+    node("c", {HOST: "c", "pool": "y"}, [DEDICATED]),
+]
+
+
+def spread(skew: Any = 2, key: str = HOST, selector: Any = JOB, **extra: Any) -> dict[str, Any]:
+    return {"maxSkew": skew, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": selector, **extra}  # fmt: skip
+
+
+def spreads(*constraints: dict[str, Any], **pod: Any) -> dict[str, Any]:
+    return {"topologySpreadConstraints": list(constraints), **pod}
+
+
+TOLERATE = {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}
+SPREAD_RULE = "its topologySpreadConstraints: maxSkew 2 on kubernetes.io/hostname, and "
+IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "nodes", "max_replicas", "expected"),
+    [
+        pytest.param(spreads(spread()), SPREAD_NODES[:2], 4, None, id="may-cover-every-node"),
+        pytest.param(spreads(spread()), SPREAD_NODES[:2], 2, None, id="as-many-workers-as-nodes"),
+        pytest.param(
+            spreads(spread()),
+            SPREAD_NODES[:2],
+            1,
+            (2, SPREAD_RULE + "2 nodes are counted, more than its maxReplicas"),
+            id="more-nodes-than-workers",
+        ),
+        pytest.param(spreads(spread()), SPREAD_NODES, 16, (2, IDLE_C), id="tainted-node-counted"),
+        pytest.param(
+            spreads(spread(nodeTaintsPolicy="Honor")), SPREAD_NODES, 16, None, id="taints-honored"
+        ),
+        pytest.param(spreads(spread(), **TOLERATE), SPREAD_NODES, 16, None, id="tolerated"),
+        pytest.param(
+            spreads(spread(), nodeSelector={"pool": "x"}),
+            SPREAD_NODES[:2],
+            16,
+            None,
+            id="affinity-honored-counts-its-pool-only",
+        ),
+        pytest.param(
+            spreads(spread(nodeAffinityPolicy="Ignore"), nodeSelector={"pool": "x"}),
+            SPREAD_NODES[:2],
+            16,
+            (2, SPREAD_RULE + "node b is counted and takes none of its workers"),
+            id="affinity-ignored-counts-other-pools",
+        ),
+        pytest.param(
+            spreads({**spread(), "whenUnsatisfiable": "ScheduleAnyway"}),
+            SPREAD_NODES,
+            16,
+            None,
+            id="soft",
+        ),
+        pytest.param(
+            spreads(spread(key="topology.kubernetes.io/zone")), SPREAD_NODES, 16, None, id="zone"
+        ),
+        pytest.param(
+            spreads(spread(), spread(key="topology.kubernetes.io/zone")),
+            SPREAD_NODES,
+            16,
+            None,
+            id="nodes-without-every-key-not-counted",
+        ),
+        pytest.param(
+            spreads(spread(selector={"matchLabels": {"app": "bert"}})),
+            SPREAD_NODES,
+            16,
+            None,
+            id="other-jobs-pods-counted-too",
+        ),
+        pytest.param(
+            spreads(
+                spread(
+                    selector={"matchLabels": {"app": "bert"}},
+                    matchLabelKeys=["trainscale.dev/job-name"],
+                )
+            ),
+            SPREAD_NODES,
+            16,
+            (2, IDLE_C),
+            id="match-label-keys-keep-to-the-job",
+        ),
+        pytest.param(
+            spreads(spread(matchLabelKeys=["trainscale.dev/replica-index"])),
+            SPREAD_NODES,
+            16,
+            None,
+            id="selects-only-itself",
+        ),
+        pytest.param(spreads(spread(selector={})), SPREAD_NODES, 16, None, id="empty-selector"),
+        pytest.param(spreads(spread(selector=None)), SPREAD_NODES, 16, None, id="no-selector"),
+        pytest.param(spreads(spread(skew=0)), SPREAD_NODES, 16, None, id="bad-skew"),
+        pytest.param(spreads(spread(skew="x")), SPREAD_NODES, 16, None, id="skew-not-a-number"),
+        pytest.param(
+            spreads(spread(skew=3), spread()), SPREAD_NODES, 16, (2, IDLE_C), id="tightest-skew"
+        ),
+        pytest.param(
+            {**spreads(spread()), **anti(term(JOB))},
+            SPREAD_NODES,
+            16,
+            (1, ANTI_AFFINITY_RULE),
+            id="anti-affinity-tighter",
+        ),
+    ],
+)
+def test_a_spread_constraint_bounds_workers_per_node(
+    pod_spec: dict[str, Any],
+    nodes: list[dict[str, Any]],
+    max_replicas: int,
+    expected: tuple[int, str] | None,
+) -> None:
+    bound = compute_max_workers_per_node(
+        pod_spec, OWN, PEER, "team", stranger_labels=STRANGER, nodes=nodes,
+        max_replicas=max_replicas,
+    )  # fmt: skip
+    assert (None if bound is None else (bound.workers, bound.rule)) == expected

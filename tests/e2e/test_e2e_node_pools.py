@@ -19,8 +19,10 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   then runs on the other (it stayed Queued when the scheduler chose); the arbiter plans
   workers where their CPU requests fit; a job whose template keeps its own workers one per
   node (a required pod anti-affinity) is planned one per node and granted what that leaves,
-  none Pending; a worker the scheduler still puts elsewhere (a pod anti-affinity to other
-  pods, which the arbiter does not read) is counted by the ``workers_off_plan`` gauge;
+  none Pending, and one whose topology spread constraint counts a tainted node it never runs
+  on is planned within its maxSkew per node, none Pending; a worker the scheduler still puts
+  elsewhere (a pod anti-affinity to other pods, which the arbiter does not read) is counted
+  by the ``workers_off_plan`` gauge;
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
   indexes): an arrival that may use only pool a runs, where it used to stay Pending while
   the job lost workers on pool b (with the arbiter before index order: ``pool-a`` 4 Pending,
@@ -580,6 +582,41 @@ def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
     assert status["ceiling"] == 2 and "may not share a node" in status["reason"], status
     time.sleep(3)  # a few more passes: still 2, none Pending
     assert _workers(kubectl, namespace).get("apart") == {"Running": 2}, describe()
+
+
+def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    pools: tuple[str, str],
+) -> None:
+    """A job on pool a whose template spreads its workers over nodes (a topology spread
+    constraint, maxSkew 2 on the hostname, DoNotSchedule, selecting its workers) asks for
+    4. The scheduler counts pool b's node, tainted for another team (nodeTaintsPolicy
+    Ignore, the default), where the job never runs: a's node may run 2 of its workers. The
+    arbiter reads that: it grants 2, planned on a, names the rule in the job's status, and
+    both run there (gauge 0), none Pending. Not reading it, the arbiter planned 4 on a's 8
+    free GPUs, and the scheduler left 2 of them Pending for as long as the job ran."""
+    a, _ = pools
+    namespace, operator, port = _metrics_operator(private_operator)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    spread = {"topologySpreadConstraints": [{
+        "maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {JOB_LABEL: "spread",
+                                          "app.kubernetes.io/component": "worker"}}}]}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(arbitrated_job("spread", 4, 1, 4, scheduling=spread)))  # fmt: skip
+    status = _runs_as_planned(kubectl, namespace, port, "spread", describe,
+                              plan={a: 2}, nodes=[a, a], off_plan=0.0)  # fmt: skip
+    assert status["ceiling"] == 2, status
+    assert "at most 2 of its workers may share a node" in status["reason"], status
+    assert "topologySpreadConstraints" in status["reason"], status
+    time.sleep(3)  # a few more passes: still 2, none Pending
+    assert _workers(kubectl, namespace).get("spread") == {"Running": 2}, describe()
 
 
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(

@@ -230,8 +230,11 @@ class JobDemand:
             node; empty: not known, every placement valued as packed. A job that grows
             past the room on its one node is valued so (:func:`_best_step`).
         max_workers_per_node: how many of its workers one node may run (its template's
-            required pod anti-affinity to its own workers: 1); None: no bound. Its workers
-            are placed, and its room counted, within it.
+            required pod anti-affinity to its own workers: 1; a topology spread constraint:
+            its ``maxSkew``); None: no bound. Its workers are placed, and its room counted,
+            within it.
+        per_node_rule: the rule that bound comes from, as its reasons name it (e.g. "its
+            required podAntiAffinity").
     """
 
     key: str
@@ -256,6 +259,7 @@ class JobDemand:
     preempts: bool = False
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
     max_workers_per_node: int | None = None
+    per_node_rule: str = ""
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
@@ -1787,11 +1791,15 @@ def _reason(
         reason = f"queued: needs {_gpus(need)}, {total} free"
         whole = sum(g // per for g in mine)
         held = _whole_workers(unreserved, demand)
-        nodes = sum(1 for n, g in unreserved.items() if g >= per and _may_use(demand, n))
-        if demand.max_workers_per_node is not None and nodes < demand.min_replicas <= whole:
+        capped = (
+            sum(min(cap, g // per) for n, g in unreserved.items() if _may_use(demand, n))
+            if (cap := demand.max_workers_per_node) is not None
+            else whole
+        )
+        if capped < demand.min_replicas <= whole:
             reason += (
-                f", but its workers may not share a node (its required podAntiAffinity): "
-                f"{nodes} of its {demand.min_replicas} find a node with {_gpus(per)} free"
+                f", but {_per_node_bound(demand)}: {capped} of its {demand.min_replicas} fit "
+                f"on the nodes with {_gpus(per)} free"
             )
         elif total >= need and whole < demand.min_replicas:
             reason += (
@@ -1815,6 +1823,18 @@ def _reason(
     return f"granted {_gpus(gpus)}: all it can use (efficiency floor, budget or model)"
 
 
+def _per_node_bound(demand: JobDemand) -> str:
+    """A job's bound on workers per node in words, with the rule it comes from: "its
+    workers may not share a node (its required podAntiAffinity)"."""
+    cap = demand.max_workers_per_node
+    share = (
+        "its workers may not share a node"
+        if cap == 1
+        else f"at most {cap} of its workers may share a node"
+    )
+    return f"{share} ({demand.per_node_rule or 'its template'})"
+
+
 def _limited_by_nodes(
     demand: JobDemand, gpus: int, wanted: int, room: int, alone: Mapping[str, int]
 ) -> str:
@@ -1823,8 +1843,8 @@ def _limited_by_nodes(
     by_gpus = sum(g // demand.gpus_per_worker for n, g in alone.items() if _may_use(demand, n))
     if demand.max_workers_per_node is not None and by_gpus > room:
         return (
-            f"limited to {_gpus(gpus)}: its workers may not share a node (its required "
-            f"podAntiAffinity), and the nodes it may use hold {room} of the {wanted} it wants"
+            f"limited to {_gpus(gpus)}: {_per_node_bound(demand)}, and the nodes it may use "
+            f"hold {room} of the {wanted} it wants"
         )
     if by_gpus > room:
         return (

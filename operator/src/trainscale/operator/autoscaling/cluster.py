@@ -64,6 +64,7 @@ from trainscale.operator.autoscaling.arbiter import (
     allocate,
 )
 from trainscale.operator.autoscaling.node_filters import (
+    NodeBound,
     compute_eligible_nodes,
     explain_no_node,
     scheduling_key,
@@ -277,9 +278,10 @@ def compute_room(
     (trainscale's too), in whole workers, and no more than the node's CPU and memory left
     hold of ``pod_spec``'s requests; for a job whose nodes run at most
     ``max_workers_per_node`` of its workers (its template's required pod anti-affinity to
-    them), no more than that less its workers there (``own_nodes``: the node of each). None
+    them, or a topology spread constraint, :func:`~trainscale.operator.autoscaling.
+    node_filters.compute_max_workers_per_node`), no more than that less its workers there (``own_nodes``: the node of each). None
     when it cannot be known (no GPU nodes listed, a worker without GPUs). Other pod
-    affinities and topology spread are not read: the count is an upper bound, which is why
+    affinities and topology spread constraints are not read: the count is an upper bound, which is why
     a job compares it with what it was when its try failed
     (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
     listed = list(nodes)
@@ -325,8 +327,9 @@ class ManagedJob:
             before the autoscaler has a model.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
-        max_workers_per_node: how many of its workers one node may run by its template's
-            own rules (a required pod anti-affinity to its own workers: 1); None: no bound.
+        node_bound: how many of its workers one node may run by its template's own rules,
+            and which rule (a required pod anti-affinity to its own workers: 1; a topology
+            spread constraint: its ``maxSkew``); None: no bound.
     """
 
     key: str
@@ -340,7 +343,12 @@ class ManagedJob:
     restart_cost_seconds: float = 0.0
     arbitration_enabled: bool = True
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
-    max_workers_per_node: int | None = None
+    node_bound: NodeBound | None = None
+
+    @property
+    def max_workers_per_node(self) -> int | None:
+        """Most of its workers one node may run (``node_bound``); None: no bound."""
+        return self.node_bound.workers if self.node_bound is not None else None
 
     @property
     def finished(self) -> bool:
@@ -441,15 +449,16 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         cpu_millis_per_worker=asked.cpu_millis,
         memory_bytes_per_worker=asked.memory_bytes,
         # a job that opted out of packing is placed by the scheduler alone: the arbiter's
-        # plan, and the moves of its step 8, would not be followed; one whose workers may
-        # not share a node spans a node per worker at every count (its packed figures are
-        # already those, its autoscaler told the bound): nothing to consolidate
+        # plan, and the moves of its step 8, would not be followed; one with a bound on its
+        # workers per node has packed figures that are already those of its placement (its
+        # autoscaler is told the bound): nothing to consolidate past it
         throughput_across_nodes=(
             dict(job.throughput_across_nodes)
             if spec.placement.pack_workers and job.max_workers_per_node is None
             else {}
         ),
         max_workers_per_node=job.max_workers_per_node,
+        per_node_rule=job.node_bound.rule if job.node_bound is not None else "",
     )
 
 

@@ -15,18 +15,23 @@ does (``k8s.io/component-helpers/scheduling/corev1``), so each job is counted on
 nodes. Pure: dicts in, names and words out; checked against the real kube-scheduler on the
 test-bed (``tests/e2e/test_e2e_node_pools.py``).
 
-One rule that depends on other pods is read, as it bounds the job by itself: a required
-pod anti-affinity on ``kubernetes.io/hostname`` that selects the job's own workers (a team
-that wants each worker's node, its NICs and its host memory, to itself) lets a node run one
-of them (:func:`compute_max_workers_per_node`). Counted as packed, such a job was planned
-two or more to a node: the workers the plan put beside each other stayed Pending or went
-elsewhere, and a resize planned on one node moved workers the scheduler then refused there.
+Two rules that depend on other pods are read, as they bound the job by itself
+(:func:`compute_max_workers_per_node`): a required pod anti-affinity on
+``kubernetes.io/hostname`` that selects the job's own workers (a team that wants each
+worker's node, its NICs and its host memory, to itself) lets a node run one of them; a
+topology spread constraint on the hostname that must hold (``DoNotSchedule``) lets a node run
+``maxSkew`` of them where some node it counts never holds one (a tainted pool the job does
+not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``: a known trap).
+Counted as packed, such a job was planned more to a node than the scheduler lets run there:
+the workers the plan put beside each other stayed Pending or went elsewhere, and a resize
+planned on one node moved workers the scheduler then refused there.
 
-Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods,
-or on zones; the packing affinity trainscale adds is a preference), CPU and memory here
-(the arbiter counts them itself), and ``preferred`` terms, which never exclude a node. The
-callers count no GPU on a cordoned node in any case (a worker that tolerates the cordon is
-rare, and the node is being drained).
+Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods, on
+zones, or, where the job could have a worker on every node a spread constraint counts, on
+its own placement; the packing affinity trainscale adds is a preference), CPU and memory
+here (the arbiter counts them itself), and ``preferred`` terms and ``ScheduleAnyway``
+constraints, which never exclude a node. The callers count no GPU on a cordoned node in any
+case (a worker that tolerates the cordon is rare, and the node is being drained).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: Taint effects that keep a pod off a node (``PreferNoSchedule`` only scores it lower).
@@ -243,33 +249,150 @@ def _term_namespaces_hold(term: Mapping[str, Any], namespace: str) -> bool:
     return chosen is not None and selects(chosen, {NAMESPACE_NAME_LABEL: namespace})
 
 
+@dataclass(frozen=True)
+class NodeBound:
+    """How many of a job's workers one node may run by its template's own rules, and which
+    rule says so (in the words the job's status and events then use)."""
+
+    workers: int
+    rule: str
+
+
+#: The rule a required pod anti-affinity to the job's own workers is named by.
+ANTI_AFFINITY_RULE = "its required podAntiAffinity"
+
+
+def _anti_affinity_bound(
+    pod_spec: Mapping[str, Any],
+    own_labels: Mapping[str, str],
+    peer_labels: Mapping[str, str],
+    namespace: str,
+) -> NodeBound | None:
+    anti = (pod_spec.get("affinity") or {}).get("podAntiAffinity") or {}
+    for term in anti.get("requiredDuringSchedulingIgnoredDuringExecution") or []:
+        if term.get("topologyKey") != HOSTNAME_KEY or not _term_namespaces_hold(term, namespace):
+            continue
+        if not _selects_peer(term, own_labels, peer_labels):
+            continue
+        unlike = {k: own_labels[k] for k in term.get("mismatchLabelKeys") or [] if k in own_labels}
+        if any(peer_labels.get(k) == v for k, v in unlike.items()):
+            continue
+        return NodeBound(1, ANTI_AFFINITY_RULE)
+    return None
+
+
+def _selects_peer(
+    rule: Mapping[str, Any], own_labels: Mapping[str, str], other_labels: Mapping[str, str]
+) -> bool:
+    """Whether a pod affinity term or spread constraint of a pod labelled ``own_labels``
+    selects a pod labelled ``other_labels``: its ``labelSelector``, and its
+    ``matchLabelKeys`` with the values the pod itself has (keys it lacks are ignored, as the
+    apiserver merges only present ones)."""
+    if not selects(rule.get("labelSelector"), other_labels):
+        return False
+    mine = {k: own_labels[k] for k in rule.get("matchLabelKeys") or [] if k in own_labels}
+    return all(other_labels.get(k) == v for k, v in mine.items())
+
+
+def _spread_domain(constraint: Mapping[str, Any], pod_spec: Mapping[str, Any], node: Any) -> bool:
+    """Whether the scheduler counts ``node`` as a domain of a spread constraint: its
+    ``nodeAffinityPolicy`` (default ``Honor``: the pod's nodeSelector and required node
+    affinity) and ``nodeTaintsPolicy`` (default ``Ignore``: a taint the pod does not
+    tolerate keeps the node counted)."""
+    if constraint.get("nodeAffinityPolicy", "Honor") == "Honor":
+        labels = _labels(node)
+        if any(labels.get(k) != str(v) for k, v in (pod_spec.get("nodeSelector") or {}).items()):
+            return False
+        terms = _required_terms(pod_spec)
+        if terms is not None and not any(matches_term(t, node) for t in terms):
+            return False
+    return not (
+        constraint.get("nodeTaintsPolicy") == "Honor"
+        and untolerated_taint(pod_spec, node) is not None
+    )
+
+
+def _spread_bound(
+    pod_spec: Mapping[str, Any],
+    own_labels: Mapping[str, str],
+    peer_labels: Mapping[str, str],
+    stranger_labels: Mapping[str, str] | None,
+    nodes: Sequence[Mapping[str, Any]],
+    max_replicas: int | None,
+) -> NodeBound | None:
+    hard = [
+        c
+        for c in pod_spec.get("topologySpreadConstraints") or []
+        if c.get("whenUnsatisfiable") == "DoNotSchedule"
+    ]
+    keys = {str(c.get("topologyKey")) for c in hard}
+    usable = compute_eligible_nodes(pod_spec, nodes)
+    found: NodeBound | None = None
+    for constraint in hard:
+        skew = _int(constraint.get("maxSkew"))
+        if constraint.get("topologyKey") != HOSTNAME_KEY or skew is None or skew < 1:
+            continue
+        if not _selects_peer(constraint, own_labels, own_labels) or not _selects_peer(
+            constraint, own_labels, peer_labels
+        ):
+            continue
+        if stranger_labels is not None and _selects_peer(constraint, own_labels, stranger_labels):
+            continue  # other jobs' pods count too: the counts are not the job's own
+        domains = [
+            n
+            for n in nodes
+            if keys <= _labels(n).keys() and _spread_domain(constraint, pod_spec, n)
+        ]
+        idle = sorted(_name(n) for n in domains if _name(n) not in usable)
+        if idle:
+            why = f"node {idle[0]} is counted and takes none of its workers"
+        elif domains and max_replicas is not None and max_replicas < len(domains):
+            why = f"{len(domains)} nodes are counted, more than its maxReplicas"
+        else:
+            continue  # the job may have workers on every node counted: its bound moves
+        if found is None or skew < found.workers:
+            rule = f"its topologySpreadConstraints: maxSkew {skew} on {HOSTNAME_KEY}, and {why}"
+            found = NodeBound(skew, rule)
+    return found
+
+
 def compute_max_workers_per_node(
     pod_spec: Mapping[str, Any],
     own_labels: Mapping[str, str],
     peer_labels: Mapping[str, str],
     namespace: str,
-) -> int | None:
-    """How many of a job's workers one node may run by the template's own rules: 1 where a
-    required pod anti-affinity term on ``kubernetes.io/hostname`` selects the job's other
-    workers (``peer_labels``: a second worker's labels, ``own_labels`` the first's, which
-    ``matchLabelKeys`` and ``mismatchLabelKeys`` take their values from) in the job's
-    ``namespace``; None (no bound) otherwise. Other topology keys (zones) are not read."""
-    anti = (pod_spec.get("affinity") or {}).get("podAntiAffinity") or {}
-    for term in anti.get("requiredDuringSchedulingIgnoredDuringExecution") or []:
-        if term.get("topologyKey") != HOSTNAME_KEY or not _term_namespaces_hold(term, namespace):
-            continue
-        selector = term.get("labelSelector")
-        if not selects(selector, peer_labels):
-            continue
-        # (keys the incoming pod lacks are ignored, as the apiserver merges only present ones)
-        mine = {k: own_labels[k] for k in term.get("matchLabelKeys") or [] if k in own_labels}
-        if any(peer_labels.get(k) != v for k, v in mine.items()):
-            continue
-        unlike = {k: own_labels[k] for k in term.get("mismatchLabelKeys") or [] if k in own_labels}
-        if any(peer_labels.get(k) == v for k, v in unlike.items()):
-            continue
-        return 1
-    return None
+    *,
+    stranger_labels: Mapping[str, str] | None = None,
+    nodes: Sequence[Mapping[str, Any]] = (),
+    max_replicas: int | None = None,
+) -> NodeBound | None:
+    """How many of a job's workers one node may run by the template's own rules, the
+    tightest of two; None (no bound) where neither holds.
+
+    - 1 where a required pod anti-affinity term on ``kubernetes.io/hostname`` selects the
+      job's other workers (``peer_labels``: a second worker's labels, ``own_labels`` the
+      first's, which ``matchLabelKeys`` and ``mismatchLabelKeys`` take their values from)
+      in the job's ``namespace``.
+    - ``maxSkew`` where a ``topologySpreadConstraints`` entry on the hostname with
+      ``whenUnsatisfiable: DoNotSchedule`` selects the job's workers (itself and a peer)
+      and no worker of another job made from the same template (``stranger_labels``), and
+      some node it counts (``nodes``, as the scheduler picks them by the constraint's
+      ``nodeAffinityPolicy`` and ``nodeTaintsPolicy``) always holds none of them: one its
+      workers may not use (a tainted pool counted under the default ``nodeTaintsPolicy:
+      Ignore``), or one left over because the nodes counted outnumber ``max_replicas``. The
+      scheduler lets a node run at most ``maxSkew`` more matching pods than the emptiest
+      node counted, so that node's zero bounds every node at ``maxSkew``. Where the job
+      could have a worker on every node counted the bound moves with its placement and is
+      not read (``minDomains`` neither: the nodes without GPUs, which count too, are not
+      known here).
+
+    Other topology keys (zones) are not read.
+    """
+    bounds = [
+        _anti_affinity_bound(pod_spec, own_labels, peer_labels, namespace),
+        _spread_bound(pod_spec, own_labels, peer_labels, stranger_labels, nodes, max_replicas),
+    ]
+    return min((b for b in bounds if b is not None), key=lambda b: b.workers, default=None)
 
 
 def template_pod_spec(template: Mapping[str, Any]) -> Mapping[str, Any]:

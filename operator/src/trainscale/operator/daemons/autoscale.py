@@ -142,7 +142,8 @@ async def autoscale_job(
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
     pod_spec = template_pod_spec(spec.template)
-    apart = max_workers_per_node(namespace, name, spec)
+    bound = max_workers_per_node(namespace, name, spec, nodes)
+    apart = bound.workers if bound is not None else None
     placement = build_placement(
         pods, nodes, pod_spec, gpus_per_worker=spec.gpus_per_replica, max_workers_per_node=apart
     )

@@ -21,7 +21,7 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -186,7 +186,7 @@ class ClusterArbitration:
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
         for body in bodies:
-            job = self._managed_job(body, running, priorities, node_gpus)
+            job = self._managed_job(body, running, priorities, nodes, node_gpus)
             if job is None:
                 continue
             jobs.append(job)
@@ -216,6 +216,7 @@ class ClusterArbitration:
         body: Mapping[str, Any],
         running: Mapping[tuple[str, str], tuple[str, ...]],
         priorities: Mapping[str, tuple[int, bool]],
+        nodes: Sequence[Mapping[str, Any]] = (),
         node_gpus: int = 0,
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
@@ -238,7 +239,7 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
-            max_workers_per_node=max_workers_per_node(namespace, name, spec),
+            node_bound=max_workers_per_node(namespace, name, spec, nodes),
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
             arbitration_enabled=self.in_scope(namespace),

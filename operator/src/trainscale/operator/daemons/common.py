@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -21,6 +21,7 @@ import kopf
 from trainscale.operator import api
 from trainscale.operator.api.reporting import EventSpec
 from trainscale.operator.autoscaling.node_filters import (
+    NodeBound,
     compute_max_workers_per_node,
     template_pod_spec,
 )
@@ -92,16 +93,26 @@ class Wakeups:
 WAKEUPS = Wakeups()
 
 
-def max_workers_per_node(namespace: str, name: str, spec: api.TrainingJobSpec) -> int | None:
-    """How many of the job's workers one node may run by its template's own rules
+#: Appended to a job's name for the labels of "another job from the same template".
+STRANGER_SUFFIX = "another"
+
+
+def max_workers_per_node(
+    namespace: str, name: str, spec: api.TrainingJobSpec, nodes: Sequence[Mapping[str, Any]] = ()
+) -> NodeBound | None:
+    """How many of the job's workers one node may run by its template's own rules, and which
     (:func:`~trainscale.operator.autoscaling.node_filters.compute_max_workers_per_node`, on
-    the labels its workers 0 and 1 get); None: no bound. The arbiter and the autoscaler both
-    read it, so they count the placement the scheduler will make."""
+    the labels its workers 0 and 1 get, and a worker of another job from the same template;
+    ``nodes``: the GPU nodes, which a spread constraint counts); None: no bound. The arbiter
+    and the autoscaler both read it, so they count the placement the scheduler will make."""
     return compute_max_workers_per_node(
         template_pod_spec(spec.template),
         build_worker_labels(name, spec.template, 0),
         build_worker_labels(name, spec.template, 1),
         namespace,
+        stranger_labels=build_worker_labels(f"{name}-{STRANGER_SUFFIX}", spec.template, 0),
+        nodes=nodes,
+        max_replicas=spec.max_replicas,
     )
 
 
