@@ -360,7 +360,9 @@ class PlacementSpec(_Model):
             "named in its annotation trainscale.dev/planned-node. Both are added to the "
             "template's own affinity (podAffinity, podAntiAffinity, nodeAffinity all stay). A "
             "required podAntiAffinity of the template's on kubernetes.io/hostname that selects "
-            "the job's own workers is read: arbitration then plans one worker per node. Set "
+            "the job's own workers is read: arbitration then plans one worker per node; so is "
+            "a topologySpreadConstraints entry on kubernetes.io/hostname (DoNotSchedule) "
+            "selecting them where a node it counts never holds one: at most maxSkew per node. Set "
             "false to leave placement to the template and the scheduler alone."
         ),
     )
