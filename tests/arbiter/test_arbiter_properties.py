@@ -11,10 +11,10 @@ want one of its nodes; the same answer in any order. On both: a running job give
 workers keeps its first ``c`` where they run (the operator deletes the highest indexes).
 With some jobs' workers requesting CPU and memory that some nodes have little of: the
 workers the arbiter plans on a node, of every job together, fit its CPU and memory, and the
-rules above hold. With some jobs whose workers may not share a node (``max_workers_per_node``
-1): no node holds two of one such job's workers, and the rules above hold. Running jobs'
-workers are generated where a cluster could hold them (``with_workers``; CPU and memory
-too; one per node for those jobs).
+rules above hold. With some jobs bound to at most 1-3 workers per node
+(``max_workers_per_node``): no node holds more of one such job's workers, and the rules above
+hold. Running jobs' workers are generated where a cluster could hold them (``with_workers``;
+CPU and memory too; within the bound for those jobs).
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def with_workers(
         pool = (pools or {}).get(demand.key)
         order: list[str] = []
         for _ in range(demand.current_replicas):
-            apart = demand.max_workers_per_node is not None
+            cap = demand.max_workers_per_node
             fits = sorted(
                 n
                 for n, g in room.items()
                 if g >= demand.gpus_per_worker
                 and (pool is None or n in pool)
-                and not (apart and n in order)
+                and (cap is None or order.count(n) < cap)
             )
             if not fits:
                 break
@@ -532,15 +532,17 @@ def test_a_preempting_job_is_left_no_gain_in_lower_priority_jobs_gpus(
 
 @st.composite
 def apart_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
-    """Clusters where some arbitrated jobs' workers may not share a node (their template's
-    required pod anti-affinity), their running workers one per node."""
+    """Clusters where some arbitrated jobs run at most 1-3 workers per node (their
+    template's required pod anti-affinity, or a topology spread constraint's maxSkew), their
+    running workers within it."""
     capacity = draw(capacities())
     names = tuple(capacity.free_gpus)
     jobs = []
     for i in range(draw(st.integers(1, 8))):
         demand = draw(demands(f"j{i}", node_names=names))
         if not demand.pinned and draw(st.booleans()):
-            demand = dataclasses.replace(demand, max_workers_per_node=1)
+            bound = draw(st.integers(1, 3))
+            demand = dataclasses.replace(demand, max_workers_per_node=bound)
         jobs.append(demand)
     return with_workers(draw, jobs, capacity), capacity
 
@@ -548,7 +550,7 @@ def apart_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
 @pytest.mark.slow  # ~2 s of examples: in make test, not make unit
 @PROPERTY
 @given(apart_clusters())
-def test_workers_that_may_not_share_a_node_are_planned_one_per_node(
+def test_workers_bound_per_node_are_planned_within_the_bound(
     cluster: tuple[list[JobDemand], Capacity],
 ) -> None:
     jobs, capacity = cluster
@@ -559,7 +561,8 @@ def test_workers_that_may_not_share_a_node_are_planned_one_per_node(
         got = allocation[demand.key]
         assert sum(w for _, w in got.placement) == got.replicas
         if demand.max_workers_per_node is not None:
-            assert all(w <= 1 for _, w in got.placement), (demand.key, got.placement)
+            bound = demand.max_workers_per_node
+            assert all(w <= bound for _, w in got.placement), (demand.key, got.placement)
         if not demand.pinned and not got.queued:
             assert demand.min_replicas <= got.replicas <= demand.max_replicas
             assert got.replicas in compute_allowed_counts(demand)
