@@ -735,7 +735,7 @@ def test_a_spread_constraint_beside_a_tainted_pool_bounds_its_workers_per_node()
     never holds a worker, so a node runs at most 2 of them. The pass reads it from the spec
     and the nodes, the demand carries the bound and names its rule, and the arbiter plans 2
     per node on a and b (6 wanted). Tolerating the taint, the job could have a worker on
-    every node: no bound."""
+    every node: its bound moves with its placement."""
     constraint = {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
                   "whenUnsatisfiable": "DoNotSchedule",
                   "labelSelector": {"matchLabels": {LABEL_JOB_NAME: "j"}}}  # fmt: skip
@@ -755,4 +755,28 @@ def test_a_spread_constraint_beside_a_tainted_pool_bounds_its_workers_per_node()
     assert "at most 2 of its workers may share a node" in results["d/j"].status.reason
     tolerant = {**pod_spec, "tolerations": [{"key": "dedicated", "operator": "Exists"}]}
     body = {**body, "spec": spec(replicas=6, maxReplicas=6, pod=tolerant).model_dump(by_alias=True)}
-    assert arbitration._managed_job(body, {}, {}, listed, node_gpus=8).node_bound is None
+    moving = arbitration._managed_job(body, {}, {}, listed, node_gpus=8).node_bound
+    assert moving is not None and moving.domains == frozenset("abc")
+
+
+def test_a_spread_constraint_over_every_node_bounds_its_workers_by_the_emptiest() -> None:
+    """Tolerating every node, the job may have a worker on each node its constraint
+    (maxSkew 1) counts: the demand carries a bound that moves, with those nodes. With c
+    full of another team's pods it holds none there, so a and b run 1 each; with every
+    node free its 6 workers spread 2 + 2 + 2."""
+    constraint = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                  "whenUnsatisfiable": "DoNotSchedule",
+                  "labelSelector": {"matchLabels": {LABEL_JOB_NAME: "j"}}}  # fmt: skip
+    body = {"metadata": {"namespace": "d", "name": "j"},
+            "spec": spec(replicas=6, maxReplicas=6,
+                         pod={"topologySpreadConstraints": [constraint]}).model_dump(by_alias=True)}  # fmt: skip
+    listed = [node(n, 8, labels={"kubernetes.io/hostname": n}) for n in ("a", "b", "c")]
+    job = ClusterArbitration()._managed_job(body, {}, {}, listed, node_gpus=8)
+    assert job is not None and job.node_bound is not None
+    assert job.node_bound.domains == frozenset("abc")
+    assert build_demand(job).spread_domains == frozenset("abc")
+    busy = decide_arbitration([job], Capacity({"a": 8, "b": 8, "c": 0}), {}, NOW)
+    assert busy["d/j"].status.preferred_nodes == {"a": 1, "b": 1}
+    assert "a node may run at most 1 more of its workers than another" in busy["d/j"].status.reason
+    free = decide_arbitration([job], Capacity({"a": 8, "b": 8, "c": 8}), {}, NOW)
+    assert free["d/j"].status.preferred_nodes == {"a": 2, "b": 2, "c": 2}

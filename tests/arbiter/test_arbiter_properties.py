@@ -534,7 +534,8 @@ def test_a_preempting_job_is_left_no_gain_in_lower_priority_jobs_gpus(
 def apart_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
     """Clusters where some arbitrated jobs run at most 1-3 workers per node (their
     template's required pod anti-affinity, or a topology spread constraint's maxSkew), their
-    running workers within it."""
+    running workers within it; half of those under a bound that moves (a spread constraint
+    counting every node, or those and a node outside the capacity)."""
     capacity = draw(capacities())
     names = tuple(capacity.free_gpus)
     jobs = []
@@ -542,7 +543,10 @@ def apart_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
         demand = draw(demands(f"j{i}", node_names=names))
         if not demand.pinned and draw(st.booleans()):
             bound = draw(st.integers(1, 3))
-            demand = dataclasses.replace(demand, max_workers_per_node=bound)
+            domains = None
+            if draw(st.booleans()):
+                domains = frozenset(names) | ({"elsewhere"} if draw(st.booleans()) else set())
+            demand = dataclasses.replace(demand, max_workers_per_node=bound, spread_domains=domains)
         jobs.append(demand)
     return with_workers(draw, jobs, capacity), capacity
 
@@ -560,9 +564,20 @@ def test_workers_bound_per_node_are_planned_within_the_bound(
     for demand in jobs:
         got = allocation[demand.key]
         assert sum(w for _, w in got.placement) == got.replicas
-        if demand.max_workers_per_node is not None:
+        if demand.max_workers_per_node is not None and demand.spread_domains is None:
             bound = demand.max_workers_per_node
             assert all(w <= bound for _, w in got.placement), (demand.key, got.placement)
+        elif demand.max_workers_per_node is not None:
+            # a worker joins a node only while that node holds at most maxSkew - 1 more than
+            # the emptiest node counted, and the emptiest only fills up: no node ends above
+            # that, unless its running workers already were
+            placed = dict(got.placement)
+            level = demand.max_workers_per_node + min(
+                placed.get(d, 0) for d in demand.spread_domains
+            )
+            running = collections.Counter(demand.worker_nodes)
+            for node, w in placed.items():
+                assert w <= max(level, running[node]), (demand.key, placed, running)
         if not demand.pinned and not got.queued:
             assert demand.min_replicas <= got.replicas <= demand.max_replicas
             assert got.replicas in compute_allowed_counts(demand)

@@ -11,6 +11,7 @@ running or queued; step 8 never plans it on one node; the bound is checked.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,59 @@ def test_a_step_that_places_nothing_is_not_offered_again(monkeypatch: pytest.Mon
     worker.start()
     worker.join(timeout=20)
     assert done == [{"a": {"n0": 1, "n1": 1}}]
+
+
+MOVING = "its topologySpreadConstraints: maxSkew 1 on kubernetes.io/hostname"
+N3 = frozenset({"n0", "n1", "n2"})
+
+
+def spread_job(key: str, domains: frozenset[str] = N3, **kw: Any) -> JobDemand:
+    """A job under a spread constraint of maxSkew 1 whose bound moves with its placement
+    (it may have workers on every node counted: ``domains``)."""
+    return job(key, max_workers_per_node=1, per_node_rule=MOVING, spread_domains=domains, **kw)
+
+
+def test_a_moving_bound_spreads_the_workers_evenly_over_the_nodes_counted() -> None:
+    """maxSkew 1 over 3 free nodes of 4 GPUs: 8 workers, 3 + 3 + 2 (planned packed, 8 on
+    two nodes, the scheduler refuses the third worker on a node while another has none)."""
+    placed = _placements([spread_job("a", max_replicas=8)])["a"]
+    assert sorted(placed.values()) == [2, 3, 3]
+
+
+def test_a_node_counted_that_has_no_room_holds_every_node_at_the_skew() -> None:
+    """A job outside arbitration holds all of n2: the job can place none there, so n2 stays
+    at 0 and n0 and n1 may run 1 each (the scheduler's skew against n2). Told why."""
+    z = job("z", current_nodes={"n2": 4}, current_replicas=4, max_replicas=4, pinned=True)
+    a = spread_job("a", max_replicas=8, created=5)
+    allocation = allocate([z, a], nodes(3), now=100.0)
+    assert dict(allocation["a"].placement) == {"n0": 1, "n1": 1}
+    assert allocation["a"].reason == (
+        f"limited to 2 GPUs: a node may run at most 1 more of its workers than another "
+        f"({MOVING}), and the nodes it may use hold 2 of the 8 it wants"
+    )
+
+
+def test_a_node_counted_outside_the_capacity_holds_every_node_at_the_skew() -> None:
+    """A node the constraint counts that the arbiter has no GPUs of (another team's pool)
+    never holds a worker: 1 per node on the three it has, the room it is told of."""
+    domains = N3 | {"other"}
+    allocation = allocate([spread_job("a", domains=domains, max_replicas=8)], nodes(3), now=100.0)
+    assert dict(allocation["a"].placement) == {"n0": 1, "n1": 1, "n2": 1}
+    assert allocation["a"].reason.endswith("the nodes it may use hold 3 of the 8 it wants")
+
+
+def test_a_running_job_under_a_moving_bound_grows_on_its_emptiest_node() -> None:
+    """Running 2 on n0 and 1 on n1 (n2 full of another job's workers but for one GPU), it
+    grows by the one worker the skew allows: on n2 (n0 would reach 3 against n2's 0), then
+    n1, then no further: 2 + 2 + 1 with n2 full."""
+    z = job("z", current_nodes={"n2": 3}, current_replicas=3, min_replicas=3, max_replicas=3)
+    a = spread_job("a", current_nodes={"n0": 2, "n1": 1}, current_replicas=3, created=5)
+    allocation = allocate([z, a], nodes(3), now=100.0)
+    assert dict(allocation["a"].placement) == {"n0": 2, "n1": 2, "n2": 1}
+
+
+def test_a_moving_bound_needs_its_nodes() -> None:
+    with pytest.raises(ValueError, match="spread_domains needs"):
+        JobDemand(key="a", spread_domains=N3)
+    with pytest.raises(ValueError, match="spread_domains needs"):
+        JobDemand(key="a", max_workers_per_node=1, spread_domains=frozenset())

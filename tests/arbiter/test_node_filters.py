@@ -17,9 +17,10 @@ Covers, one row per rule of the scheduler's NodeAffinity and TaintToleration fil
   own workers and no other job's, lets a node run maxSkew of them where a node it counts
   never holds one: a node its workers may not use (counted by nodeTaintsPolicy Ignore, or
   nodeAffinityPolicy Ignore), or more nodes counted than its maxReplicas; where it may have a
-  worker on every node counted, soft constraints, zones, nodes without the keys, selectors
-  reaching other jobs' pods or only itself, and a bad maxSkew bind nothing; the tightest of
-  several rules wins, named.
+  worker on every node counted the bound moves, and lists the nodes counted; soft
+  constraints, zones, nodes without the keys, selectors reaching other jobs' pods or only
+  itself, and a bad maxSkew bind nothing; the tightest of several rules wins, named (a fixed
+  bound before a moving one of its size).
 The same rules are checked against the real kube-scheduler on the test-bed
 (tests/e2e/test_e2e_node_pools.py).
 """
@@ -393,16 +394,22 @@ def spreads(*constraints: dict[str, Any], **pod: Any) -> dict[str, Any]:
     return {"topologySpreadConstraints": list(constraints), **pod}
 
 
+AB = frozenset("ab")
 TOLERATE = {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}
-SPREAD_RULE = "its topologySpreadConstraints: maxSkew 2 on kubernetes.io/hostname, and "
+SPREAD = "its topologySpreadConstraints: maxSkew 2 on kubernetes.io/hostname"
+SPREAD_RULE = SPREAD + ", and "
 IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
 
 
 @pytest.mark.parametrize(
     ("pod_spec", "nodes", "max_replicas", "expected"),
     [
-        pytest.param(spreads(spread()), SPREAD_NODES[:2], 4, None, id="may-cover-every-node"),
-        pytest.param(spreads(spread()), SPREAD_NODES[:2], 2, None, id="as-many-workers-as-nodes"),
+        pytest.param(
+            spreads(spread()), SPREAD_NODES[:2], 4, (2, SPREAD, AB), id="may-cover-every-node"
+        ),
+        pytest.param(
+            spreads(spread()), SPREAD_NODES[:2], 2, (2, SPREAD, AB), id="as-many-workers-as-nodes"
+        ),
         pytest.param(
             spreads(spread()),
             SPREAD_NODES[:2],
@@ -412,14 +419,24 @@ IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
         ),
         pytest.param(spreads(spread()), SPREAD_NODES, 16, (2, IDLE_C), id="tainted-node-counted"),
         pytest.param(
-            spreads(spread(nodeTaintsPolicy="Honor")), SPREAD_NODES, 16, None, id="taints-honored"
+            spreads(spread(nodeTaintsPolicy="Honor")),
+            SPREAD_NODES,
+            16,
+            (2, SPREAD, AB),
+            id="taints-honored",
         ),
-        pytest.param(spreads(spread(), **TOLERATE), SPREAD_NODES, 16, None, id="tolerated"),
+        pytest.param(
+            spreads(spread(), **TOLERATE),
+            SPREAD_NODES,
+            16,
+            (2, SPREAD, frozenset("abc")),
+            id="tolerated",
+        ),
         pytest.param(
             spreads(spread(), nodeSelector={"pool": "x"}),
             SPREAD_NODES[:2],
             16,
-            None,
+            (2, SPREAD, frozenset("a")),
             id="affinity-honored-counts-its-pool-only",
         ),
         pytest.param(
@@ -486,16 +503,33 @@ IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
             (1, ANTI_AFFINITY_RULE),
             id="anti-affinity-tighter",
         ),
+        pytest.param(
+            {**spreads(spread(skew=1), **TOLERATE), **anti(term(JOB))},
+            SPREAD_NODES,
+            16,
+            (1, ANTI_AFFINITY_RULE),
+            id="a-fixed-bound-before-a-moving-one-of-its-size",
+        ),
+        pytest.param(
+            spreads(spread(skew=1, nodeTaintsPolicy="Honor"), spread(skew=3)),
+            SPREAD_NODES,
+            16,
+            (1, "its topologySpreadConstraints: maxSkew 1 on kubernetes.io/hostname", AB),
+            id="a-moving-bound-of-fewer-workers-first",
+        ),
     ],
 )
 def test_a_spread_constraint_bounds_workers_per_node(
     pod_spec: dict[str, Any],
     nodes: list[dict[str, Any]],
     max_replicas: int,
-    expected: tuple[int, str] | None,
+    expected: tuple[Any, ...] | None,
 ) -> None:
     bound = compute_max_workers_per_node(
         pod_spec, OWN, PEER, "team", stranger_labels=STRANGER, nodes=nodes,
         max_replicas=max_replicas,
     )  # fmt: skip
-    assert (None if bound is None else (bound.workers, bound.rule)) == expected
+    found = None if bound is None else (bound.workers, bound.rule)
+    if bound is not None and bound.domains is not None:  # a bound that moves: its nodes
+        found = (*found, bound.domains)
+    assert found == expected

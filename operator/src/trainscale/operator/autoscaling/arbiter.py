@@ -235,6 +235,10 @@ class JobDemand:
             within it.
         per_node_rule: the rule that bound comes from, as its reasons name it (e.g. "its
             required podAntiAffinity").
+        spread_domains: the nodes a topology spread constraint counts, where the bound
+            moves with the placement: a node may then run ``max_workers_per_node`` more of
+            its workers than the one of these holding the fewest (the scheduler's
+            ``maxSkew``); None: the bound is fixed.
     """
 
     key: str
@@ -260,12 +264,17 @@ class JobDemand:
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
     max_workers_per_node: int | None = None
     per_node_rule: str = ""
+    spread_domains: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.gpus_per_worker < 1:
             raise ValueError(f"{self.key}: gpus_per_worker must be >= 1")
         if self.max_workers_per_node is not None and self.max_workers_per_node < 1:
             raise ValueError(f"{self.key}: max_workers_per_node must be >= 1")
+        if self.spread_domains is not None and (
+            self.max_workers_per_node is None or not self.spread_domains
+        ):
+            raise ValueError(f"{self.key}: spread_domains needs max_workers_per_node and nodes")
         if self.cpu_millis_per_worker < 0 or self.memory_bytes_per_worker < 0:
             raise ValueError(f"{self.key}: a worker's CPU and memory requests must be >= 0")
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -802,7 +811,7 @@ def _single_room(
     used = _nodes_used(where)
     if len(used) > 1:
         return -1
-    cap = demand.max_workers_per_node
+    cap = _cap_at(demand, where)
     if used:
         room = _fits(free, used[0], demand) if used[0] in free else 0
         return room if cap is None else min(room, max(0, cap - where[used[0]]))
@@ -1118,7 +1127,7 @@ def consolidate(
             continue
         if count not in demand.throughput_across_nodes:
             continue
-        if demand.max_workers_per_node is not None and count > demand.max_workers_per_node:
+        if (cap := _cap_at(demand, {})) is not None and count > cap:
             continue  # no node may run them all
         # its running workers hold their GPUs until the operator moves them (the job may
         # not resize after all, its autoscaler below the ceiling): only the new ones leave
@@ -1571,8 +1580,8 @@ def _slots(free: Mapping[str, int], demand: JobDemand, where: Mapping[str, int])
     if stopped:
         return len(back)
     returning = collections.Counter(back)
-    if (cap := demand.max_workers_per_node) is not None:  # so many to a node, at most
-        return len(back) + _capped_slots(free, demand, where, returning, cap)
+    if demand.max_workers_per_node is not None:  # so many to a node, at most
+        return len(back) + _capped_slots(free, demand, where, returning)
     if isinstance(free, _Free) and demand.asks_cpu_or_memory:  # CPU and memory too
         allowed, new = demand.nodes, 0
         for node, gpus in free.items():  # (the hottest loop of a decision)
@@ -1594,26 +1603,49 @@ def _capped_slots(
     demand: JobDemand,
     where: Mapping[str, int],
     returning: Mapping[str, int],
-    cap: int,
 ) -> int:
-    """:func:`_slots`' new workers for a job whose nodes run at most ``cap`` of its
-    workers each: what each node holds beyond the ones placed and returning there."""
-    new = 0
-    for node in free:
-        if _may_use(demand, node):
-            on = where.get(node, 0) + returning.get(node, 0)
-            new += min(_fits(free, node, demand, returning.get(node, 0)), max(0, cap - on))
-    return new
+    """:func:`_slots`' new workers for a job with a bound on its workers per node: what
+    each node holds beyond the ones placed and returning there, within the bound."""
+    on = collections.Counter(where)
+    on.update(returning)
+    fits = {
+        node: _fits(free, node, demand, returning.get(node, 0))
+        for node in free
+        if _may_use(demand, node)
+    }
+    return _bounded_room(demand, on, fits)
+
+
+def _cap_at(demand: JobDemand, where: Mapping[str, int]) -> int | None:
+    """Most of ``demand``'s workers one node may run with its workers at ``where``: its
+    fixed bound, or, under a spread constraint, that many more than the node it counts
+    holding the fewest; None: no bound."""
+    cap = demand.max_workers_per_node
+    if cap is None or demand.spread_domains is None:
+        return cap
+    return cap + min(where.get(d, 0) for d in demand.spread_domains)
+
+
+def _bounded_room(demand: JobDemand, on: Mapping[str, int], fits: Mapping[str, int]) -> int:
+    """How many more workers of ``demand`` the nodes hold (``fits``: per node it may use,
+    how many its free resources hold), its workers now at ``on``, within its bound on
+    workers per node. Under a spread constraint the nodes it counts are filled evenly:
+    the fewest any of them can end with (its workers there and what fits) sets the level,
+    and no node goes past that level plus ``maxSkew``."""
+    cap = demand.max_workers_per_node
+    if cap is None:
+        return sum(fits.values())
+    if demand.spread_domains is not None:
+        cap += min(on.get(d, 0) + fits.get(d, 0) for d in demand.spread_domains)
+    return sum(min(f, max(0, cap - on.get(n, 0))) for n, f in fits.items())
 
 
 def _whole_workers(free: Mapping[str, int], demand: JobDemand) -> int:
     """How many of ``demand``'s workers the free GPUs on the nodes it may use hold, each
     worker's GPUs on one node, within what each node's CPU and memory hold of them and
     the job's own bound on workers per node."""
-    cap = demand.max_workers_per_node
-    if cap is None:
-        return sum(_fits(free, n, demand) for n in free if _may_use(demand, n))
-    return sum(min(cap, _fits(free, n, demand)) for n in free if _may_use(demand, n))
+    fits = {n: _fits(free, n, demand) for n in free if _may_use(demand, n)}
+    return _bounded_room(demand, {}, fits)
 
 
 def _place(
@@ -1649,8 +1681,8 @@ def _place(
             return where
     allowed = demand.nodes
     simple = not isinstance(spare, _Free) or not demand.asks_cpu_or_memory
-    cap = demand.max_workers_per_node
     for left in range(workers, 0, -1):
+        cap = _cap_at(demand, where)
         candidates = [
             n
             for n, g in spare.items()
@@ -1742,7 +1774,7 @@ def _node_preference(
     """Sort key of a node for the next worker (smallest first): where the job already has
     workers, then where it runs now, then a node that holds all ``left`` workers (best fit:
     the fewest free GPUs), else the node with the most free GPUs (fewest nodes); by name."""
-    cap = demand.max_workers_per_node
+    cap = _cap_at(demand, where)
     holds_all = (
         spare[node] >= left * demand.gpus_per_worker
         and (not demand.asks_cpu_or_memory or _fits(spare, node, demand) >= left)
@@ -1791,10 +1823,8 @@ def _reason(
         reason = f"queued: needs {_gpus(need)}, {total} free"
         whole = sum(g // per for g in mine)
         held = _whole_workers(unreserved, demand)
-        capped = (
-            sum(min(cap, g // per) for n, g in unreserved.items() if _may_use(demand, n))
-            if (cap := demand.max_workers_per_node) is not None
-            else whole
+        capped = _bounded_room(
+            demand, {}, {n: g // per for n, g in unreserved.items() if _may_use(demand, n)}
         )
         if capped < demand.min_replicas <= whole:
             reason += (
@@ -1827,11 +1857,12 @@ def _per_node_bound(demand: JobDemand) -> str:
     """A job's bound on workers per node in words, with the rule it comes from: "its
     workers may not share a node (its required podAntiAffinity)"."""
     cap = demand.max_workers_per_node
-    share = (
-        "its workers may not share a node"
-        if cap == 1
-        else f"at most {cap} of its workers may share a node"
-    )
+    if demand.spread_domains is not None:
+        share = f"a node may run at most {cap} more of its workers than another"
+    elif cap == 1:
+        share = "its workers may not share a node"
+    else:
+        share = f"at most {cap} of its workers may share a node"
     return f"{share} ({demand.per_node_rule or 'its template'})"
 
 

@@ -329,7 +329,8 @@ class ManagedJob:
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
         node_bound: how many of its workers one node may run by its template's own rules,
             and which rule (a required pod anti-affinity to its own workers: 1; a topology
-            spread constraint: its ``maxSkew``); None: no bound.
+            spread constraint: its ``maxSkew``, more than the emptiest node it counts where
+            that bound moves); None: no bound.
     """
 
     key: str
@@ -459,6 +460,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         ),
         max_workers_per_node=job.max_workers_per_node,
         per_node_rule=job.node_bound.rule if job.node_bound is not None else "",
+        spread_domains=job.node_bound.domains if job.node_bound is not None else None,
     )
 
 

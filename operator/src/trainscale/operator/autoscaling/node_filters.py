@@ -21,15 +21,15 @@ Two rules that depend on other pods are read, as they bound the job by itself
 worker's node, its NICs and its host memory, to itself) lets a node run one of them; a
 topology spread constraint on the hostname that must hold (``DoNotSchedule``) lets a node run
 ``maxSkew`` of them where some node it counts never holds one (a tainted pool the job does
-not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``: a known trap).
+not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``: a known trap),
+and ``maxSkew`` more than the node it counts holding the fewest where the job may run on
+every one (a bound that moves with the placement, which the arbiter applies as it places).
 Counted as packed, such a job was planned more to a node than the scheduler lets run there:
 the workers the plan put beside each other stayed Pending or went elsewhere, and a resize
 planned on one node moved workers the scheduler then refused there.
 
-Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods, on
-zones, or, where the job could have a worker on every node a spread constraint counts, on
-its own placement; the packing affinity trainscale adds is a preference), CPU and memory
-here (the arbiter counts them itself), and ``preferred`` terms and ``ScheduleAnyway``
+Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods or
+on zones; the packing affinity trainscale adds is a preference), CPU and memory here (the arbiter counts them itself), and ``preferred`` terms and ``ScheduleAnyway``
 constraints, which never exclude a node. The callers count no GPU on a cordoned node in any
 case (a worker that tolerates the cordon is rare, and the node is being drained).
 """
@@ -252,10 +252,13 @@ def _term_namespaces_hold(term: Mapping[str, Any], namespace: str) -> bool:
 @dataclass(frozen=True)
 class NodeBound:
     """How many of a job's workers one node may run by its template's own rules, and which
-    rule says so (in the words the job's status and events then use)."""
+    rule says so (in the words the job's status and events then use). With ``domains``
+    (a spread constraint where the job may have workers on every node it counts) the bound
+    moves: a node may run ``workers`` more than the one of ``domains`` holding the fewest."""
 
     workers: int
     rule: str
+    domains: frozenset[str] | None = None
 
 
 #: The rule a required pod anti-affinity to the job's own workers is named by.
@@ -343,17 +346,27 @@ def _spread_bound(
             for n in nodes
             if keys <= _labels(n).keys() and _spread_domain(constraint, pod_spec, n)
         ]
+        if not domains:
+            continue
         idle = sorted(_name(n) for n in domains if _name(n) not in usable)
+        rule = f"its topologySpreadConstraints: maxSkew {skew} on {HOSTNAME_KEY}"
         if idle:
-            why = f"node {idle[0]} is counted and takes none of its workers"
-        elif domains and max_replicas is not None and max_replicas < len(domains):
-            why = f"{len(domains)} nodes are counted, more than its maxReplicas"
-        else:
-            continue  # the job may have workers on every node counted: its bound moves
-        if found is None or skew < found.workers:
-            rule = f"its topologySpreadConstraints: maxSkew {skew} on {HOSTNAME_KEY}, and {why}"
-            found = NodeBound(skew, rule)
+            bound = NodeBound(skew, f"{rule}, and node {idle[0]} is counted and takes none of "
+                                    "its workers")  # fmt: skip
+        elif max_replicas is not None and max_replicas < len(domains):
+            bound = NodeBound(skew, f"{rule}, and {len(domains)} nodes are counted, more than "
+                                    "its maxReplicas")  # fmt: skip
+        else:  # the job may have workers on every node counted: its bound moves with them
+            bound = NodeBound(skew, rule, frozenset(_name(n) for n in domains))
+        if found is None or _tighter(bound, found):
+            found = bound
     return found
+
+
+def _tighter(bound: NodeBound, than: NodeBound) -> bool:
+    """Whether ``bound`` binds at least as hard as ``than``: fewer workers per node, a fixed
+    bound before a moving one of the same size (which is never lower)."""
+    return (bound.workers, bound.domains is not None) < (than.workers, than.domains is not None)
 
 
 def compute_max_workers_per_node(
@@ -382,17 +395,19 @@ def compute_max_workers_per_node(
       Ignore``), or one left over because the nodes counted outnumber ``max_replicas``. The
       scheduler lets a node run at most ``maxSkew`` more matching pods than the emptiest
       node counted, so that node's zero bounds every node at ``maxSkew``. Where the job
-      could have a worker on every node counted the bound moves with its placement and is
-      not read (``minDomains`` neither: the nodes without GPUs, which count too, are not
-      known here).
+      could have a worker on every node counted, the bound moves with its placement: the
+      ``NodeBound`` then lists those nodes (``domains``), and a node may run ``maxSkew``
+      more than the one of them holding the fewest. ``minDomains`` is not read: the nodes
+      without GPUs, which count too, are not known here (nor counted in ``domains``, so a
+      cluster of CPU nodes beside the GPU nodes bounds the job harder than that).
 
     Other topology keys (zones) are not read.
     """
-    bounds = [
-        _anti_affinity_bound(pod_spec, own_labels, peer_labels, namespace),
-        _spread_bound(pod_spec, own_labels, peer_labels, stranger_labels, nodes, max_replicas),
-    ]
-    return min((b for b in bounds if b is not None), key=lambda b: b.workers, default=None)
+    anti = _anti_affinity_bound(pod_spec, own_labels, peer_labels, namespace)
+    spread = _spread_bound(pod_spec, own_labels, peer_labels, stranger_labels, nodes, max_replicas)
+    if anti is None or spread is None:
+        return anti or spread
+    return spread if _tighter(spread, anti) else anti
 
 
 def template_pod_spec(template: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -143,7 +143,8 @@ async def autoscale_job(
     nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
     pod_spec = template_pod_spec(spec.template)
     bound = max_workers_per_node(namespace, name, spec, nodes)
-    apart = bound.workers if bound is not None else None
+    # (a bound that moves with the placement, a spread constraint's, tells no node size)
+    apart = bound.workers if bound is not None and bound.domains is None else None
     placement = build_placement(
         pods, nodes, pod_spec, gpus_per_worker=spec.gpus_per_replica, max_workers_per_node=apart
     )
