@@ -20,7 +20,8 @@ The test-bed's two GPU nodes become two pools: ``gpu-node-0`` is pool ``a`` (wit
   workers where their CPU requests fit; a job whose template keeps its own workers one per
   node (a required pod anti-affinity) is planned one per node and granted what that leaves,
   none Pending, and one whose topology spread constraint counts a tainted node it never runs
-  on is planned within its maxSkew per node, none Pending; a worker the scheduler still puts
+  on is planned within its maxSkew per node, as is one that may run on every node, against
+  the emptiest (a node another team fills), none Pending; a worker the scheduler still puts
   elsewhere (a pod anti-affinity to other pods, which the arbiter does not read) is counted
   by the ``workers_off_plan`` gauge;
 - a job across both pools gives up GPUs where the operator deletes its workers (the highest
@@ -455,6 +456,36 @@ def _runs_as_planned(
     return dict(arbitration)
 
 
+def _beside_another_team(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    gpus: int,
+    node: str,
+) -> tuple[str, int, Callable[[], str]]:
+    """Start an operator with metrics, wait for every GPU, and put another team's pod
+    holding ``gpus`` GPUs on ``node``; return the namespace, the metrics port and a
+    describe function for failures."""
+    namespace, operator, port = _metrics_operator(private_operator)
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(foreign_gpu_pod("other-team", gpus, node=node)))  # fmt: skip
+    return namespace, port, describe
+
+
+def _spread_over_nodes(job: str, skew: int) -> dict[str, Any]:
+    """Template fields spreading ``job``'s workers over nodes: a topology spread
+    constraint on the hostname, ``maxSkew`` ``skew``, that must hold."""
+    return {"topologySpreadConstraints": [{
+        "maxSkew": skew, "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {JOB_LABEL: job,
+                                          "app.kubernetes.io/component": "worker"}}}]}  # fmt: skip
+
+
 def test_the_arbiter_plans_workers_where_their_cpu_fits(
     kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],
@@ -563,14 +594,7 @@ def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
     arbiter planned 2 on a's last 2 GPUs: the scheduler put the second on b, off its plan,
     and a ceiling of 4 left workers Pending for GPUs the job can never use."""
     a, b = testbed.node_names[:2]
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
-
-    wait_for_every_gpu(kubectl, namespace)
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(foreign_gpu_pod("other-team", 6, node=a)))  # fmt: skip
+    namespace, port, describe = _beside_another_team(kubectl, private_operator, 6, a)
     apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
         "labelSelector": {"matchLabels": {JOB_LABEL: "apart",
                                           "app.kubernetes.io/component": "worker"}},
@@ -603,11 +627,7 @@ def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
         return _describe(kubectl, namespace, operator)
 
     wait_for_every_gpu(kubectl, namespace)
-    spread = {"topologySpreadConstraints": [{
-        "maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule",
-        "labelSelector": {"matchLabels": {JOB_LABEL: "spread",
-                                          "app.kubernetes.io/component": "worker"}}}]}  # fmt: skip
+    spread = _spread_over_nodes("spread", 2)
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps(arbitrated_job("spread", 4, 1, 4, scheduling=spread)))  # fmt: skip
     status = _runs_as_planned(kubectl, namespace, port, "spread", describe,
@@ -617,6 +637,31 @@ def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
     assert "topologySpreadConstraints" in status["reason"], status
     time.sleep(3)  # a few more passes: still 2, none Pending
     assert _workers(kubectl, namespace).get("spread") == {"Running": 2}, describe()
+
+
+def test_a_spread_constraint_over_every_node_is_planned_against_the_emptiest(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """A job spread over nodes (maxSkew 1 on the hostname, DoNotSchedule) may have workers on
+    both of the test-bed's nodes, so its bound moves with its placement. Another team holds
+    all of node b: the job can hold none there, and the scheduler lets a run 1 of its
+    workers (1 more than b's 0). The arbiter reads that: it grants 1, planned on a, names
+    the rule, and it runs there, none Pending. Reading the constraint only where a node it
+    counts never holds a worker (or not at all), the arbiter planned 4 on a's 8 free GPUs,
+    and 3 stayed Pending."""
+    a, b = testbed.node_names[:2]
+    namespace, port, describe = _beside_another_team(kubectl, private_operator, 8, b)
+    even = _spread_over_nodes("even", 1)
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(arbitrated_job("even", 4, 1, 4, scheduling=even)))  # fmt: skip
+    status = _runs_as_planned(kubectl, namespace, port, "even", describe,
+                              plan={a: 1}, nodes=[a], off_plan=0.0)  # fmt: skip
+    assert status["ceiling"] == 1, status
+    assert "a node may run at most 1 more of its workers than another" in status["reason"], status
+    time.sleep(3)  # a few more passes: still 1, none Pending
+    assert _workers(kubectl, namespace).get("even") == {"Running": 1}, describe()
 
 
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(

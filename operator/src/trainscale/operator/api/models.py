@@ -362,7 +362,8 @@ class PlacementSpec(_Model):
             "required podAntiAffinity of the template's on kubernetes.io/hostname that selects "
             "the job's own workers is read: arbitration then plans one worker per node; so is "
             "a topologySpreadConstraints entry on kubernetes.io/hostname (DoNotSchedule) "
-            "selecting them where a node it counts never holds one: at most maxSkew per node. Set "
+            "selecting them: a node runs at most maxSkew more of them than the node it counts "
+            "holding the fewest. Set "
             "false to leave placement to the template and the scheduler alone."
         ),
     )
