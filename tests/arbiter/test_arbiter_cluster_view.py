@@ -193,6 +193,19 @@ def test_room_for_workers_that_may_not_share_a_node_is_a_node_each() -> None:
     assert compute_room(nodes, pods, 1, {}, max_workers_per_node=1, own_nodes=[]) == 3
 
 
+def test_room_under_a_spread_constraint_fills_the_nodes_it_counts_evenly() -> None:
+    """Free: a 7 (the job runs 1 there), b 6, c 1. Under maxSkew 1 over a, b and c, c ends
+    with at most 1, so no node may pass 2: a takes 1 more, b 2, c 1 (4); counting a node
+    outside the list (another team's pool, holding none of the job's workers), every node
+    stays at 1: b and c (2)."""
+    nodes = [node("a", 8), node("b", 8), node("c", 8)]
+    pods = [pod("a", 1, ours=True, job="j"), pod("b", 2), pod("c", 7)]
+    abc = frozenset("abc")
+    moving = {"max_workers_per_node": 1, "own_nodes": ["a"]}
+    assert compute_room(nodes, pods, 1, spread_domains=abc, **moving) == 4
+    assert compute_room(nodes, pods, 1, spread_domains=abc | {"z"}, **moving) == 2
+
+
 def test_worker_nodes_are_our_live_bound_workers_by_replica_index() -> None:
     pods = [
         pod("b", 1, ours=True, job="j", index=10),

@@ -160,7 +160,7 @@ import dataclasses
 import functools
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -1627,16 +1627,25 @@ def _cap_at(demand: JobDemand, where: Mapping[str, int]) -> int | None:
 
 
 def _bounded_room(demand: JobDemand, on: Mapping[str, int], fits: Mapping[str, int]) -> int:
-    """How many more workers of ``demand`` the nodes hold (``fits``: per node it may use,
-    how many its free resources hold), its workers now at ``on``, within its bound on
-    workers per node. Under a spread constraint the nodes it counts are filled evenly:
-    the fewest any of them can end with (its workers there and what fits) sets the level,
-    and no node goes past that level plus ``maxSkew``."""
-    cap = demand.max_workers_per_node
+    return compute_bounded_room(demand.max_workers_per_node, demand.spread_domains, on, fits)
+
+
+def compute_bounded_room(
+    cap: int | None,
+    domains: Collection[str] | None,
+    on: Mapping[str, int],
+    fits: Mapping[str, int],
+) -> int:
+    """How many more of a job's workers the nodes hold (``fits``: per node it may use, how
+    many its free resources hold), its workers now at ``on``, within its bound on workers
+    per node (``cap``; None: no bound). Under a spread constraint (``domains``: the nodes
+    it counts) the nodes are filled evenly: the fewest any of them can end with (its
+    workers there and what fits) sets the level, and no node goes past that level plus
+    ``cap``, the constraint's ``maxSkew``."""
     if cap is None:
         return sum(fits.values())
-    if demand.spread_domains is not None:
-        cap += min(on.get(d, 0) + fits.get(d, 0) for d in demand.spread_domains)
+    if domains is not None:
+        cap += min(on.get(d, 0) + fits.get(d, 0) for d in domains)
     return sum(min(f, max(0, cap - on.get(n, 0))) for n, f in fits.items())
 
 

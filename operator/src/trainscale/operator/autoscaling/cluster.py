@@ -62,6 +62,7 @@ from trainscale.operator.autoscaling.arbiter import (
     JobAllocation,
     JobDemand,
     allocate,
+    compute_bounded_room,
 )
 from trainscale.operator.autoscaling.node_filters import (
     NodeBound,
@@ -269,6 +270,7 @@ def compute_room(
     pod_spec: Mapping[str, Any] | None = None,
     *,
     max_workers_per_node: int | None = None,
+    spread_domains: Collection[str] | None = None,
     own_nodes: Iterable[str] = (),
 ) -> int | None:
     """Workers of ``gpus_per_worker`` GPUs the cluster has free GPUs for now: per schedulable
@@ -279,7 +281,8 @@ def compute_room(
     hold of ``pod_spec``'s requests; for a job whose nodes run at most
     ``max_workers_per_node`` of its workers (its template's required pod anti-affinity to
     them, or a topology spread constraint, :func:`~trainscale.operator.autoscaling.
-    node_filters.compute_max_workers_per_node`), no more than that less its workers there (``own_nodes``: the node of each). None
+    node_filters.compute_max_workers_per_node`; with ``spread_domains``, that many more than
+    the node it counts holding the fewest), no more than that less its workers there (``own_nodes``: the node of each). None
     when it cannot be known (no GPU nodes listed, a worker without GPUs). Other pod
     affinities and topology spread constraints are not read: the count is an upper bound, which is why
     a job compares it with what it was when its try failed
@@ -294,16 +297,11 @@ def compute_room(
         eligible = compute_eligible_nodes(pod_spec, listed)
         free = {name: gpus for name, gpus in free.items() if name in eligible}
         room = _pod_room(pod_spec, build_node_free(listed, held, placed=())) or {}
-    if max_workers_per_node is not None:
-        mine = Counter(own_nodes)
-        room = {
-            name: max(0, min(room.get(name, gpus), max_workers_per_node - mine[name]))
-            for name, gpus in free.items()
-        }
-    return sum(
-        min(gpus // gpus_per_worker, room.get(name, gpus))
+    fits = {
+        name: min(gpus // gpus_per_worker, room.get(name, gpus))
         for name, gpus in _less_held(free, held, placed=()).items()
-    )
+    }
+    return compute_bounded_room(max_workers_per_node, spread_domains, Counter(own_nodes), fits)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from trainscale.operator.adapters import k8s, prometheus
 from trainscale.operator.adapters.prometheus_access import PrometheusAccess
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
-from trainscale.operator.autoscaling.node_filters import template_pod_spec
+from trainscale.operator.autoscaling.node_filters import NodeBound, template_pod_spec
 from trainscale.operator.autoscaling.observed_placement import build_placement, node_of_pod
 from trainscale.operator.controller import reconcile
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
@@ -203,7 +203,7 @@ async def autoscale_job(
     room = None
     if unschedulable or autoscaler.waiting:
         own = [node for node in map(node_of_pod, pods) if node is not None]
-        room = await _room(clients, nodes, spec.gpus_per_replica, pod_spec, apart, own)
+        room = await _room(clients, nodes, spec.gpus_per_replica, pod_spec, bound, own)
 
     # -- decide --------------------------------------------------------------------------
     rec = autoscaler.decide(
@@ -254,11 +254,11 @@ async def _room(
     nodes: list[dict[str, Any]],
     gpus_per_worker: int,
     pod_spec: Mapping[str, Any],
-    apart: int | None = None,
+    bound: NodeBound | None = None,
     own_nodes: Sequence[str] = (),
 ) -> int | None:
     """Workers the cluster has free GPUs for on the nodes the template lets them run on
-    (at most ``apart`` of the job's per node, its workers on ``own_nodes`` counted), read
+    (within the job's ``bound`` on workers per node, its workers on ``own_nodes`` counted), read
     only while the job has unschedulable pods or waits after them (one cluster-wide LIST of
     bound pods); None when not known (no GPU nodes listed, or no permission to list pods in
     every namespace)."""
@@ -271,7 +271,13 @@ async def _room(
             raise
         return None
     return cluster.compute_room(
-        nodes, pods, gpus_per_worker, pod_spec, max_workers_per_node=apart, own_nodes=own_nodes
+        nodes,
+        pods,
+        gpus_per_worker,
+        pod_spec,
+        max_workers_per_node=bound.workers if bound is not None else None,
+        spread_domains=bound.domains if bound is not None else None,
+        own_nodes=own_nodes,
     )
 
 
