@@ -44,6 +44,7 @@ from trainscale.operator.autoscaling.cluster import (
     compute_worker_nodes,
     compute_worker_requests,
     decide_arbitration,
+    decide_ceiling,
     decide_queued,
 )
 from trainscale.operator.autoscaling.placement import Placement
@@ -311,6 +312,26 @@ def test_a_demand_carries_the_allowed_sizes(allowed: Any, sizes: Any) -> None:
 )
 def test_decide_queued(status: dict[str, Any], enabled: bool, expected: str | None) -> None:
     assert decide_queued(spec(), status, enabled) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "enabled", "pinned", "expected"),
+    [
+        pytest.param({"arbitration": {"ceiling": 3}}, True, False, 3, id="admitted"),
+        pytest.param({"arbitration": {"ceiling": 0, "queued": True}}, True, False, 0, id="zero"),
+        pytest.param({}, True, False, None, id="none-yet"),
+        pytest.param({"arbitration": {"ceiling": 3}}, False, False, None, id="arbitration-off"),
+        pytest.param({"arbitration": {"ceiling": 3}}, True, True, None, id="pinned"),
+        pytest.param({"arbitration": {"ceiling": "3"}}, True, False, None, id="not-a-number"),
+        pytest.param({"arbitration": {"ceiling": True}}, True, False, None, id="not-a-count"),
+        pytest.param({"arbitration": {"ceiling": -1}}, True, False, None, id="negative"),
+    ],
+)
+def test_decide_ceiling(
+    status: dict[str, Any], enabled: bool, pinned: bool, expected: int | None
+) -> None:
+    job_spec = spec(autoscaling={"enabled": False}) if pinned else spec()
+    assert decide_ceiling(job_spec, status, enabled) == expected
 
 
 def test_a_pinned_job_never_waits() -> None:

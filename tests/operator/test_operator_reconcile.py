@@ -309,6 +309,39 @@ def test_a_queued_job_gives_its_workers_back_gracefully(spec_dict: dict[str, Any
 
 
 @pytest.mark.parametrize(
+    ("replicas", "ceiling", "running_indexes", "creates", "deletes"),
+    [
+        pytest.param(4, 2, [], (0, 1), 0, id="new-job-only-up-to-the-ceiling"),
+        pytest.param(4, None, [], (0, 1, 2, 3), 0, id="no-ceiling"),
+        pytest.param(4, 3, [0, 1], (2,), 0, id="grows-to-the-ceiling"),
+        pytest.param(4, 2, [0, 1, 2, 3], (), 0, id="running-above-it-stays"),
+        pytest.param(4, 2, [0, 1, 2], (), 0, id="no-new-worker-above-it"),
+        pytest.param(2, 4, [0], (1,), 0, id="ceiling-above-spec"),
+        pytest.param(1, 2, [0, 1, 2], (), 2, id="spec-below-it-deletes"),
+    ],
+)
+def test_workers_are_created_within_the_arbitration_ceiling(
+    spec_dict: dict[str, Any],
+    replicas: int,
+    ceiling: int | None,
+    running_indexes: list[int],
+    creates: tuple[int, ...],
+    deletes: int,
+) -> None:
+    """Rule 5 with a ceiling: an admitted job whose spec.replicas is still above the
+    arbitration ceiling (the autoscaler lowers it in its own pass) creates no worker at or
+    above it, where none runs already; the workers that run stay until the autoscaler
+    resizes the job, and spec.replicas below the ceiling rules as before."""
+    plan = decide_reconcile(
+        _spec(spec_dict, replicas=replicas, minReplicas=1, maxReplicas=4), "j", 1,
+        {"phase": "Running"}, [running(i) for i in running_indexes], True, True, NOW,
+        ceiling=ceiling,
+    )  # fmt: skip
+    assert plan.create_workers == creates
+    assert len(plan.delete_workers) == deletes
+
+
+@pytest.mark.parametrize(
     ("current", "patch", "noop"),
     [
         pytest.param({"a": 1}, {"a": 1}, True, id="same-value"),

@@ -392,6 +392,20 @@ def decide_queued(
     return None
 
 
+def decide_ceiling(
+    spec: api.TrainingJobSpec, status: Mapping[str, Any], arbitration_enabled: bool
+) -> int | None:
+    """The most workers cluster arbitration grants the job now (``status.arbitration.
+    ceiling``; reconcile rule 5 creates none past it), or None: not arbitrated, or no
+    ceiling written yet."""
+    if not is_arbitrated(spec, arbitration_enabled):
+        return None
+    ceiling = (status.get("arbitration") or {}).get("ceiling")
+    if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 0:
+        return None
+    return ceiling
+
+
 def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> JobDemand:
     """The arbiter's view of one job (module docstring for what is pinned).
 

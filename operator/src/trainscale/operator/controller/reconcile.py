@@ -17,7 +17,10 @@ Rules, in order:
 4. Workers with index >= ``spec.replicas`` are deleted, highest index first (the normal
    delete is graceful: SIGTERM, then the pod's grace period for the final checkpoint).
 5. Missing indices below ``spec.replicas`` are created, unless the old pod of that name is
-   still terminating or the index is in backoff.
+   still terminating or the index is in backoff; for a job cluster arbitration admitted,
+   none at or above its ceiling (``status.arbitration.ceiling``) that no worker runs above
+   already: the autoscaler lowers ``spec.replicas`` to the ceiling in its own pass, and a
+   new job's workers past it were created Pending only to be deleted a moment later.
 6. The rendezvous Service and pod exist while the job is not finished.
 8. When the apiserver refuses to create a worker pod, the rendezvous pod or its Service
    (ResourceQuota, an admission webhook, Pod Security), the refusal is reported by
@@ -252,6 +255,7 @@ def decide_reconcile(
     rendezvous_service_exists: bool,
     now: dt.datetime,
     queued: str | None = None,
+    ceiling: int | None = None,
 ) -> ReconcilePlan:
     """Return the next step for one job from what exists now (the rules of the module doc).
 
@@ -264,9 +268,14 @@ def decide_reconcile(
         rendezvous_pod_exists / rendezvous_service_exists: what exists of the rendezvous.
         now: the current time (timezone-aware).
         queued: why cluster arbitration holds the job back (rule 7); None when it runs.
+        ceiling: the most workers cluster arbitration grants the job (rule 5); None: no
+            ceiling.
     """
     if queued is not None:
         spec = spec.model_copy(update={"replicas": 0})
+    elif ceiling is not None and spec.replicas > ceiling:
+        above = max((w.index + 1 for w in workers if w.active), default=0)
+        spec = spec.model_copy(update={"replicas": max(ceiling, min(spec.replicas, above))})
     previous_phase = status.get("phase") or api.Phase.PENDING.value
     prev_conditions = list(status.get("conditions") or [])
     step = _Pass(

@@ -106,9 +106,11 @@ async def _reconcile_job(
 
         # -- decide -------------------------------------------------------------------------
         queued = cluster.decide_queued(spec, status, arbitration)
+        ceiling = cluster.decide_ceiling(spec, status, arbitration)
         plan = reconcile.decide_reconcile(
-            spec, name, generation, status, workers, rdzv_pod, rdzv_svc, now(), queued=queued
-        )
+            spec, name, generation, status, workers, rdzv_pod, rdzv_svc, now(),
+            queued=queued, ceiling=ceiling,
+        )  # fmt: skip
 
         # -- apply --------------------------------------------------------------------------
         if stopping():
