@@ -441,11 +441,13 @@ def _runs_as_planned(
     nodes: list[str],
     off_plan: float,
 ) -> dict[str, Any]:
-    """Wait for ``job``'s workers on ``nodes`` Running, check its status plans ``plan`` and
-    they run on ``nodes`` (sorted), and wait for the operator's gauge to read ``off_plan``
-    of them off their planned node; return its status.arbitration."""
-    wait_for(lambda: _workers(kubectl, namespace).get(job, {}).get("Running") == len(nodes),
-             timeout=90, what=f"{job}'s {len(nodes)} workers Running", describe=describe)  # fmt: skip
+    """Wait for ``job``'s workers on ``nodes`` Running and no other worker of it (one
+    created and then deleted for a ceiling is not read as placed), check its status plans
+    ``plan`` and they run on ``nodes`` (sorted), and wait for the operator's gauge to read
+    ``off_plan`` of them off their planned node; return its status.arbitration."""
+    wait_for(lambda: _workers(kubectl, namespace).get(job) == {"Running": len(nodes)},
+             timeout=90, what=f"{job}'s {len(nodes)} workers Running, no other",
+             describe=describe)  # fmt: skip
     found = json.loads(kubectl("get", f"tj/{job}", "-n", namespace, "-o", "json").stdout)
     arbitration = found["status"]["arbitration"]
     assert arbitration["preferredNodes"] == plan, found["status"]
@@ -606,6 +608,38 @@ def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
     assert status["ceiling"] == 2 and "may not share a node" in status["reason"], status
     time.sleep(3)  # a few more passes: still 2, none Pending
     assert _workers(kubectl, namespace).get("apart") == {"Running": 2}, describe()
+
+
+def test_no_worker_is_created_past_the_ceiling_before_the_autoscaler_resizes(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """Reconcile rule 5 with a ceiling: a job kept to one worker per node runs 2 on the 2
+    nodes, its ceiling 2, and its autoscaler passes once in 10 minutes. Scaled to 4 by hand
+    (as a user, a script, or the race at a job's admission, before its autoscaler lowers
+    spec.replicas to the ceiling), it creates no worker past the ceiling: 2 Running, none
+    Pending, while spec.replicas still says 4. Creating up to spec.replicas, the operator
+    made 2 more that stayed Pending (they may share no node) until the autoscaler's pass."""
+    namespace, _, describe = _beside_another_team(
+        kubectl, private_operator, 6, testbed.node_names[0]
+    )
+    apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {JOB_LABEL: "capped",
+                                          "app.kubernetes.io/component": "worker"}},
+        "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
+    job = arbitrated_job("capped", 2, 1, 4, scheduling={"affinity": apart})
+    job["spec"]["autoscaling"]["intervalSeconds"] = 600
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    wait_for(lambda: _workers(kubectl, namespace).get("capped") == {"Running": 2},
+             timeout=90, what="capped's 2 workers Running", describe=describe)  # fmt: skip
+    found = json.loads(kubectl("get", "tj/capped", "-n", namespace, "-o", "json").stdout)
+    assert found["status"]["arbitration"]["ceiling"] == 2, found["status"]
+    kubectl("scale", "tj/capped", "-n", namespace, "--replicas=4")
+    time.sleep(5)  # several reconcile passes
+    found = json.loads(kubectl("get", "tj/capped", "-n", namespace, "-o", "json").stdout)
+    assert found["spec"]["replicas"] == 4, found["spec"]
+    assert _workers(kubectl, namespace).get("capped") == {"Running": 2}, describe()
 
 
 def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
