@@ -172,6 +172,7 @@ __all__ = [
     "admit_minimums",
     "allocate",
     "compute_allowed_counts",
+    "compute_bounded_room",
     "consolidate",
     "grow_by_marginal_gain",
     "predicted_throughput",
@@ -1627,6 +1628,7 @@ def _cap_at(demand: JobDemand, where: Mapping[str, int]) -> int | None:
 
 
 def _bounded_room(demand: JobDemand, on: Mapping[str, int], fits: Mapping[str, int]) -> int:
+    """:func:`compute_bounded_room` with ``demand``'s bound."""
     return compute_bounded_room(demand.max_workers_per_node, demand.spread_domains, on, fits)
 
 
