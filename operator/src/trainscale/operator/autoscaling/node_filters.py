@@ -29,8 +29,9 @@ the workers the plan put beside each other stayed Pending or went elsewhere, and
 planned on one node moved workers the scheduler then refused there.
 
 Not read: other pod (anti-)affinity and topology spread (they depend on other jobs' pods or
-on zones; the packing affinity trainscale adds is a preference), CPU and memory here (the arbiter counts them itself), and ``preferred`` terms and ``ScheduleAnyway``
-constraints, which never exclude a node. The callers count no GPU on a cordoned node in any
+on zones; the packing affinity trainscale adds is a preference), CPU and memory here (the
+arbiter counts them itself), and ``preferred`` terms and ``ScheduleAnyway`` constraints,
+which never exclude a node. The callers count no GPU on a cordoned node in any
 case (a worker that tolerates the cordon is rare, and the node is being drained).
 """
 
@@ -154,6 +155,19 @@ def _required_terms(pod_spec: Mapping[str, Any]) -> Sequence[Mapping[str, Any]] 
     return list(required.get("nodeSelectorTerms") or [])
 
 
+def _affinity_misfit(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> str | None:
+    """The pod's ``nodeSelector`` entry or required node affinity ``node`` fails (the
+    scheduler's NodeAffinity filter), named; None when it passes both."""
+    labels = _labels(node)
+    for key, value in (pod_spec.get("nodeSelector") or {}).items():
+        if labels.get(key) != str(value):
+            return f"nodeSelector {key}={value}"
+    terms = _required_terms(pod_spec)
+    if terms is not None and not any(matches_term(t, node) for t in terms):
+        return "required node affinity"
+    return None
+
+
 def explain_misfit(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> str | None:
     """Why the scheduler would not put a pod of ``pod_spec`` on ``node``, naming the field
     (``cordoned``, ``nodeSelector pool=a``, ``required node affinity``, ``taint
@@ -162,13 +176,9 @@ def explain_misfit(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> str 
     cordoned = (node.get("spec") or {}).get("unschedulable")
     if cordoned and not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in tolerations):
         return "cordoned"
-    labels = _labels(node)
-    for key, value in (pod_spec.get("nodeSelector") or {}).items():
-        if labels.get(key) != str(value):
-            return f"nodeSelector {key}={value}"
-    terms = _required_terms(pod_spec)
-    if terms is not None and not any(matches_term(t, node) for t in terms):
-        return "required node affinity"
+    misfit = _affinity_misfit(pod_spec, node)
+    if misfit is not None:
+        return misfit
     taint = untolerated_taint(pod_spec, node)
     if taint is not None:
         value = taint.get("value")
@@ -302,13 +312,11 @@ def _spread_domain(constraint: Mapping[str, Any], pod_spec: Mapping[str, Any], n
     ``nodeAffinityPolicy`` (default ``Honor``: the pod's nodeSelector and required node
     affinity) and ``nodeTaintsPolicy`` (default ``Ignore``: a taint the pod does not
     tolerate keeps the node counted)."""
-    if constraint.get("nodeAffinityPolicy", "Honor") == "Honor":
-        labels = _labels(node)
-        if any(labels.get(k) != str(v) for k, v in (pod_spec.get("nodeSelector") or {}).items()):
-            return False
-        terms = _required_terms(pod_spec)
-        if terms is not None and not any(matches_term(t, node) for t in terms):
-            return False
+    if (
+        constraint.get("nodeAffinityPolicy", "Honor") == "Honor"
+        and _affinity_misfit(pod_spec, node) is not None
+    ):
+        return False
     return not (
         constraint.get("nodeTaintsPolicy") == "Honor"
         and untolerated_taint(pod_spec, node) is not None
