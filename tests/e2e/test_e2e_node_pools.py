@@ -421,13 +421,21 @@ def _off_plan(port: int, namespace: str, job: str) -> float | None:
 
 
 def _metrics_operator(
+    kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],
-) -> tuple[str, OperatorProcess, int]:
+) -> tuple[str, int, Callable[[], str]]:
+    """Start an operator with metrics and wait for every GPU; return the namespace, the
+    metrics port and a describe function for failures."""
     namespace, start = private_operator
     port = find_free_port()
     operator = start("--arbitration-interval", "1", "--metrics-port", str(port),
                      "--metrics-address", "127.0.0.1")  # fmt: skip
-    return namespace, operator, port
+
+    def describe() -> str:
+        return _describe(kubectl, namespace, operator)
+
+    wait_for_every_gpu(kubectl, namespace)
+    return namespace, port, describe
 
 
 def _runs_as_planned(
@@ -464,18 +472,44 @@ def _beside_another_team(
     gpus: int,
     node: str,
 ) -> tuple[str, int, Callable[[], str]]:
-    """Start an operator with metrics, wait for every GPU, and put another team's pod
-    holding ``gpus`` GPUs on ``node``; return the namespace, the metrics port and a
-    describe function for failures."""
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
-
-    wait_for_every_gpu(kubectl, namespace)
+    """:func:`_metrics_operator`, and another team's pod holding ``gpus`` GPUs on
+    ``node``."""
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps(foreign_gpu_pod("other-team", gpus, node=node)))  # fmt: skip
     return namespace, port, describe
+
+
+def _one_per_node(job: str) -> dict[str, Any]:
+    """Template fields keeping ``job``'s workers one per node: a required pod anti-affinity
+    on the hostname selecting them by the job-name label."""
+    return {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {JOB_LABEL: job,
+                                          "app.kubernetes.io/component": "worker"}},
+        "topologyKey": "kubernetes.io/hostname"}]}}}  # fmt: skip
+
+
+def _granted_as_planned(
+    kubectl: Kubectl,
+    namespace: str,
+    port: int,
+    job: str,
+    describe: Callable[[], str],
+    *,
+    plan: dict[str, int],
+    reason: tuple[str, ...],
+) -> None:
+    """:func:`_runs_as_planned` where ``plan`` puts the workers (gauge 0), for a job granted
+    just those: its ceiling is their count, its reason holds each of ``reason``, and a few
+    more passes later they still run, none Pending."""
+    count = sum(plan.values())
+    nodes = sorted(node for node, workers in plan.items() for _ in range(workers))
+    status = _runs_as_planned(kubectl, namespace, port, job, describe,
+                              plan=plan, nodes=nodes, off_plan=0.0)  # fmt: skip
+    assert status["ceiling"] == count, status
+    assert all(words in status["reason"] for words in reason), status
+    time.sleep(3)  # a few more passes: still so many, none Pending
+    assert _workers(kubectl, namespace).get(job) == {"Running": count}, describe()
 
 
 def _spread_over_nodes(job: str, skew: int) -> dict[str, Any]:
@@ -500,12 +534,7 @@ def test_the_arbiter_plans_workers_where_their_cpu_fits(
     anyway, off its plan; counting the CPU but placing by free GPUs alone, it planned them
     1 on a and 1 on b, across two nodes."""
     a, b = testbed.node_names[:2]
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
-
-    wait_for_every_gpu(kubectl, namespace)
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
     other = foreign_gpu_pod("other-team", 6, node=a)
     other["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "48"}
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(other))
@@ -526,15 +555,11 @@ def test_two_jobs_are_not_planned_on_the_same_cpu(
     took a's CPU, and run there, on their plan. Counting each job's room on a alone, the
     arbiter planned y on a too, and the scheduler put both its workers on b, off their plan."""
     a, b = testbed.node_names[:2]
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
 
     def running(name: str) -> bool:
         return _workers(kubectl, namespace).get(name, {}).get("Running") == 2
 
-    wait_for_every_gpu(kubectl, namespace)
     other = foreign_gpu_pod("other-team", 4, node=a)
     other["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "24"}
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(other))
@@ -565,12 +590,7 @@ def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
     plan, as a platform whose scheduler does not follow the plans would see it (and the
     chart's alert TrainScaleWorkersOffPlan after 30 minutes)."""
     a, b = testbed.node_names[:2]
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
-
-    wait_for_every_gpu(kubectl, namespace)
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
     inference = foreign_gpu_pod("other-team", 6, node=a)
     inference["metadata"]["labels"] = {"app": "inference"}
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(inference))
@@ -597,17 +617,10 @@ def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
     and a ceiling of 4 left workers Pending for GPUs the job can never use."""
     a, b = testbed.node_names[:2]
     namespace, port, describe = _beside_another_team(kubectl, private_operator, 6, a)
-    apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-        "labelSelector": {"matchLabels": {JOB_LABEL: "apart",
-                                          "app.kubernetes.io/component": "worker"}},
-        "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("apart", 4, 1, 4, scheduling={"affinity": apart})))  # fmt: skip
-    status = _runs_as_planned(kubectl, namespace, port, "apart", describe,
-                              plan={a: 1, b: 1}, nodes=sorted([a, b]), off_plan=0.0)  # fmt: skip
-    assert status["ceiling"] == 2 and "may not share a node" in status["reason"], status
-    time.sleep(3)  # a few more passes: still 2, none Pending
-    assert _workers(kubectl, namespace).get("apart") == {"Running": 2}, describe()
+            input=json.dumps(arbitrated_job("apart", 4, 1, 4, scheduling=_one_per_node("apart"))))  # fmt: skip
+    _granted_as_planned(kubectl, namespace, port, "apart", describe,
+                        plan={a: 1, b: 1}, reason=("may not share a node",))  # fmt: skip
 
 
 def test_no_worker_is_created_past_the_ceiling_before_the_autoscaler_resizes(
@@ -624,11 +637,7 @@ def test_no_worker_is_created_past_the_ceiling_before_the_autoscaler_resizes(
     namespace, _, describe = _beside_another_team(
         kubectl, private_operator, 6, testbed.node_names[0]
     )
-    apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-        "labelSelector": {"matchLabels": {JOB_LABEL: "capped",
-                                          "app.kubernetes.io/component": "worker"}},
-        "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
-    job = arbitrated_job("capped", 2, 1, 4, scheduling={"affinity": apart})
+    job = arbitrated_job("capped", 2, 1, 4, scheduling=_one_per_node("capped"))
     job["spec"]["autoscaling"]["intervalSeconds"] = 600
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     wait_for(lambda: _workers(kubectl, namespace).get("capped") == {"Running": 2},
@@ -655,22 +664,13 @@ def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
     both run there (gauge 0), none Pending. Not reading it, the arbiter planned 4 on a's 8
     free GPUs, and the scheduler left 2 of them Pending for as long as the job ran."""
     a, _ = pools
-    namespace, operator, port = _metrics_operator(private_operator)
-
-    def describe() -> str:
-        return _describe(kubectl, namespace, operator)
-
-    wait_for_every_gpu(kubectl, namespace)
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
     spread = _spread_over_nodes("spread", 2)
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps(arbitrated_job("spread", 4, 1, 4, scheduling=spread)))  # fmt: skip
-    status = _runs_as_planned(kubectl, namespace, port, "spread", describe,
-                              plan={a: 2}, nodes=[a, a], off_plan=0.0)  # fmt: skip
-    assert status["ceiling"] == 2, status
-    assert "at most 2 of its workers may share a node" in status["reason"], status
-    assert "topologySpreadConstraints" in status["reason"], status
-    time.sleep(3)  # a few more passes: still 2, none Pending
-    assert _workers(kubectl, namespace).get("spread") == {"Running": 2}, describe()
+    _granted_as_planned(kubectl, namespace, port, "spread", describe, plan={a: 2},
+                        reason=("at most 2 of its workers may share a node",
+                                "topologySpreadConstraints"))  # fmt: skip
 
 
 def test_a_spread_constraint_over_every_node_is_planned_against_the_emptiest(
@@ -690,12 +690,8 @@ def test_a_spread_constraint_over_every_node_is_planned_against_the_emptiest(
     even = _spread_over_nodes("even", 1)
     kubectl("apply", "-n", namespace, "-f", "-",
             input=json.dumps(arbitrated_job("even", 4, 1, 4, scheduling=even)))  # fmt: skip
-    status = _runs_as_planned(kubectl, namespace, port, "even", describe,
-                              plan={a: 1}, nodes=[a], off_plan=0.0)  # fmt: skip
-    assert status["ceiling"] == 1, status
-    assert "a node may run at most 1 more of its workers than another" in status["reason"], status
-    time.sleep(3)  # a few more passes: still 1, none Pending
-    assert _workers(kubectl, namespace).get("even") == {"Running": 1}, describe()
+    _granted_as_planned(kubectl, namespace, port, "even", describe, plan={a: 1},
+                        reason=("a node may run at most 1 more of its workers than another",))  # fmt: skip
 
 
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(
