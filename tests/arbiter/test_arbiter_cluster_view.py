@@ -814,3 +814,30 @@ def test_a_spread_constraint_over_every_node_bounds_its_workers_by_the_emptiest(
     assert "a node may run at most 1 more of its workers than another" in busy["d/j"].status.reason
     free = decide_arbitration([job], Capacity({"a": 8, "b": 8, "c": 8}), {}, NOW)
     assert free["d/j"].status.preferred_nodes == {"a": 2, "b": 2, "c": 2}
+
+
+def test_a_spread_constraint_counts_the_nodes_without_gpus() -> None:
+    """The same job with the cluster's system node beside the GPU nodes: the scheduler
+    counts it (the template keeps no pool out) and it never holds a worker, so every GPU
+    node runs at most 1 (maxSkew), 3 of the 6 wanted, and the reason names that node. A
+    nodeSelector on the GPU pool keeps it out of the count: the bound moves again."""
+    constraint = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                  "whenUnsatisfiable": "DoNotSchedule",
+                  "labelSelector": {"matchLabels": {LABEL_JOB_NAME: "j"}}}  # fmt: skip
+    pod_spec: dict[str, Any] = {"topologySpreadConstraints": [constraint]}
+    body = {"metadata": {"namespace": "d", "name": "j"},
+            "spec": spec(replicas=6, maxReplicas=6, pod=pod_spec).model_dump(by_alias=True)}  # fmt: skip
+    listed = [node(n, 8, labels={"kubernetes.io/hostname": n, "pool": "gpu"}) for n in "abc"]
+    system = [{"metadata": {"name": "sys", "labels": {"kubernetes.io/hostname": "sys"}},
+               "spec": {"unschedulable": False, "taints": []}}]  # fmt: skip
+    arbitration = ClusterArbitration()
+    job = arbitration._managed_job(body, {}, {}, listed, 8, system)
+    assert job is not None and job.node_bound is not None and job.node_bound.domains is None
+    assert "node sys (no GPU) is counted" in build_demand(job).per_node_rule
+    results = decide_arbitration([job], Capacity({"a": 8, "b": 8, "c": 8}), {}, NOW)
+    assert results["d/j"].status.preferred_nodes == {"a": 1, "b": 1, "c": 1}
+    assert "node sys (no GPU) is counted" in results["d/j"].status.reason
+    pooled = {**pod_spec, "nodeSelector": {"pool": "gpu"}}
+    body = {**body, "spec": spec(replicas=6, maxReplicas=6, pod=pooled).model_dump(by_alias=True)}
+    moving = arbitration._managed_job(body, {}, {}, listed, 8, system).node_bound
+    assert moving is not None and moving.domains == frozenset("abc")

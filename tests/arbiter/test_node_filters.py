@@ -497,6 +497,20 @@ IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
             spreads(spread(skew=3), spread()), SPREAD_NODES, 16, (2, IDLE_C), id="tightest-skew"
         ),
         pytest.param(
+            spreads(spread(minDomains=3)),
+            SPREAD_NODES[:2],
+            16,
+            (2, SPREAD_RULE + "2 nodes are counted, fewer than its minDomains 3"),
+            id="fewer-nodes-than-min-domains",
+        ),
+        pytest.param(
+            spreads(spread(minDomains=2)),
+            SPREAD_NODES[:2],
+            16,
+            (2, SPREAD, AB),
+            id="min-domains-met",
+        ),
+        pytest.param(
             {**spreads(spread()), **anti(term(JOB))},
             SPREAD_NODES,
             16,
@@ -531,5 +545,49 @@ def test_a_spread_constraint_bounds_workers_per_node(
     )  # fmt: skip
     found = None if bound is None else (bound.workers, bound.rule)
     if bound is not None and bound.domains is not None:  # a bound that moves: its nodes
+        found = (*found, bound.domains)
+    assert found == expected
+
+
+#: A node of the cluster's system pool: it advertises no GPU, so it comes as an other node.
+SYSTEM = node("sys", {HOST: "sys", "pool": "system"})
+
+
+@pytest.mark.parametrize(
+    ("pod_spec", "expected"),
+    [
+        pytest.param(
+            spreads(spread()),
+            (2, SPREAD_RULE + "node sys (no GPU) is counted and takes none of its workers"),
+            id="counted-though-no-worker-fits",
+        ),
+        pytest.param(
+            spreads(spread(), nodeSelector={"pool": "x"}),
+            (2, SPREAD, frozenset("a")),
+            id="kept-out-by-the-node-selector",
+        ),
+        pytest.param(
+            spreads(spread(nodeAffinityPolicy="Ignore"), nodeSelector={"pool": "x"}),
+            (2, SPREAD_RULE + "node b is counted and takes none of its workers"),
+            id="counted-when-node-affinity-is-ignored",
+        ),
+        pytest.param(
+            spreads(spread(key="topology.kubernetes.io/zone")), None, id="other-keys-not-read"
+        ),
+    ],
+)
+def test_a_node_without_gpus_counts_for_a_spread_constraint(
+    pod_spec: dict[str, Any], expected: tuple[Any, ...] | None
+) -> None:
+    """The scheduler counts a spread constraint's nodes by their labels and its two node
+    policies, not by whether the pod fits: a system pool beside the GPU nodes holds none of
+    the workers and so holds every GPU node at ``maxSkew``, unless the template keeps the
+    pool out of the count."""
+    bound = compute_max_workers_per_node(
+        pod_spec, OWN, PEER, "team", stranger_labels=STRANGER, nodes=SPREAD_NODES[:2],
+        max_replicas=16, other_nodes=[SYSTEM],
+    )  # fmt: skip
+    found = None if bound is None else (bound.workers, bound.rule)
+    if bound is not None and bound.domains is not None:
         found = (*found, bound.domains)
     assert found == expected

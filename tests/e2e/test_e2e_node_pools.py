@@ -46,6 +46,7 @@ from tests.support.testbed import (
     Kubectl,
     describe_pods,
     foreign_gpu_pod,
+    node_without_gpus,
     wait_for,
     wait_for_every_gpu,
 )
@@ -692,6 +693,30 @@ def test_a_spread_constraint_over_every_node_is_planned_against_the_emptiest(
             input=json.dumps(arbitrated_job("even", 4, 1, 4, scheduling=even)))  # fmt: skip
     _granted_as_planned(kubectl, namespace, port, "even", describe, plan={a: 1},
                         reason=("a node may run at most 1 more of its workers than another",))  # fmt: skip
+
+
+def test_a_spread_constraint_beside_a_node_without_gpus_is_planned_within_its_skew(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    testbed: Testbed,
+) -> None:
+    """A cluster's system node, without GPUs, beside the test-bed's two GPU nodes, and a job
+    of 6 whose workers spread over nodes (maxSkew 2 on the hostname, DoNotSchedule) with
+    nothing in its template that keeps the system node out. The scheduler counts that node
+    by its labels, not by whether a worker fits, and it never holds one: each GPU node may
+    run 2 of the job's workers. The arbiter reads that from the nodes without GPUs it now
+    lists: it grants 4, planned 2 + 2, names the node, and all 4 run as planned, none
+    Pending. Listing only the GPU nodes, the bound moved with the placement over a and b,
+    the arbiter granted all 6, and the scheduler left 2 Pending."""
+    a, b = testbed.node_names[:2]
+    with node_without_gpus(kubectl, "system-node", {"kubernetes.io/hostname": "system-node"}):
+        namespace, port, describe = _metrics_operator(kubectl, private_operator)
+        spread = _spread_over_nodes("beside", 2)
+        kubectl("apply", "-n", namespace, "-f", "-",
+                input=json.dumps(arbitrated_job("beside", 6, 1, 6, scheduling=spread)))  # fmt: skip
+        _granted_as_planned(kubectl, namespace, port, "beside", describe, plan={a: 2, b: 2},
+                            reason=("at most 2 of its workers may share a node",
+                                    "node system-node (no GPU) is counted"))  # fmt: skip
 
 
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(

@@ -126,6 +126,20 @@ def foreign_gpu_pod(name: str, gpus: int, *, node: str | None = None) -> dict[st
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+@contextlib.contextmanager
+def node_without_gpus(kubectl: Kubectl, name: str, labels: dict[str, str] | None = None
+                      ) -> Iterator[str]:  # fmt: skip
+    """A Node object without GPUs, as a cluster's system pool has (kwok does not manage it,
+    so nothing is scheduled on it), deleted afterwards."""
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}},
+            "status": {"capacity": {"cpu": "8"}, "allocatable": {"cpu": "8"}}}  # fmt: skip
+    kubectl("create", "-f", "-", input=json.dumps(node))
+    try:
+        yield name
+    finally:
+        kubectl("delete", "node", name, "--wait=true", check=False)
+
+
 def describe_pods(kubectl: Kubectl, namespace: str) -> str:
     """Every pod in ``namespace``, a line each: phase, node, nomination, whether it is being
     deleted and, when it is not scheduled, the scheduler's reason (for a failure message)."""

@@ -11,8 +11,9 @@ Covers:
   go to the least allocated node;
 - where other pods hold 2 GPUs of each node, 8 packed workers run 6 + 2, and the model takes
   6 workers to a node from that placement;
-- ``k8s.fetch_gpu_nodes`` lists the GPU nodes trimmed to name, labels, taints, cordon and
-  allocatable GPUs and leaves out a node without GPUs; ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
+- ``k8s.fetch_nodes`` lists the GPU nodes trimmed to name, labels, taints, cordon and
+  allocatable GPUs, and a node without GPUs apart (name, labels, taints and cordon: what a
+  spread constraint counts it by); ``build_placement`` over ``k8s.fetch_worker_pods`` and it says
   where the workers are; without permission to list nodes it warns and returns none.
 """
 
@@ -27,7 +28,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.testbed import GPUS_PER_NODE, NODES, foreign_gpu_pod, get_json, wait_for
+from tests.support.testbed import (
+    GPUS_PER_NODE,
+    NODES,
+    foreign_gpu_pod,
+    get_json,
+    node_without_gpus,
+    wait_for,
+)
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling.observed_placement import build_placement
@@ -82,7 +90,7 @@ def create_workers(clients: k8s.KubernetesClients, job: builders.JobRef,
 def placed(clients: k8s.KubernetesClients, job: builders.JobRef, count: int) -> Placement | None:
     """The job's placement once ``count`` workers are bound, else None."""
     placement = build_placement(
-        k8s.fetch_worker_pods(clients, job.namespace, job.name), k8s.fetch_gpu_nodes(clients)
+        k8s.fetch_worker_pods(clients, job.namespace, job.name), k8s.fetch_nodes(clients).gpu
     )
     return placement if placement.replicas == count else None
 
@@ -151,27 +159,23 @@ def test_on_nodes_partly_taken_packing_fills_what_is_free_and_the_model_follows(
 
 @pytest.fixture
 def cpu_node(kubectl: Any) -> Iterator[str]:
-    """A Node object without GPUs (kwok does not manage it, so nothing is scheduled on it)."""
-    name = "cpu-node-placement"
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "status": {"capacity": {"cpu": "8"}, "allocatable": {"cpu": "8"}}}  # fmt: skip
-    kubectl("create", "-f", "-", input=json.dumps(node))
-    try:
+    """A Node object without GPUs."""
+    with node_without_gpus(kubectl, "cpu-node-placement") as name:
         yield name
-    finally:
-        kubectl("delete", "node", name, "--wait=true", check=False)
 
 
-def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
+def test_fetch_nodes_lists_gpu_nodes_trimmed_and_the_rest_apart(
     clients: k8s.KubernetesClients, cpu_node: str, testbed: Testbed, kubectl: Any
 ) -> None:
     """Trimmed to what placement, arbitration and the node filters read: the name, labels,
-    taints, whether it is cordoned, its GPUs, CPU and memory."""
+    taints, whether it is cordoned, its GPUs, CPU and memory; a node without GPUs apart,
+    without its allocatable."""
     tainted = testbed.node_names[0]
     taint = {"key": "trainscale-test/fetch", "value": "x", "effect": "NoSchedule"}
     kubectl("taint", "node", tainted, "trainscale-test/fetch=x:NoSchedule")
     try:
-        nodes = k8s.fetch_gpu_nodes(clients)
+        listed = k8s.fetch_nodes(clients)
+        nodes = listed.gpu
         labels = {
             n["metadata"]["name"]: n["metadata"].get("labels") or {}
             for n in json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
@@ -189,9 +193,14 @@ def test_fetch_gpu_nodes_lists_only_gpu_nodes_trimmed(
         for name in testbed.node_names
     ]
     assert all(labels[name]["nvidia.com/gpu.present"] == "true" for name in testbed.node_names)
+    # (the node controller may taint the unmanaged node at any moment: its taints not compared)
+    [other] = listed.other
+    assert other["metadata"] == {"name": cpu_node, "labels": labels[cpu_node]}
+    assert other["spec"]["unschedulable"] is False and isinstance(other["spec"]["taints"], list)
+    assert set(other) == {"metadata", "spec"}
 
 
-def test_fetch_gpu_nodes_without_permission_returns_none(
+def test_fetch_nodes_without_permission_returns_none(
     kubectl: Any, namespace: str, testbed: Testbed, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
@@ -205,5 +214,5 @@ def test_fetch_gpu_nodes_without_permission_returns_none(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setattr(k8s, "_nodes_forbidden_logged", False)
     with caplog.at_level(logging.WARNING):
-        assert k8s.fetch_gpu_nodes(k8s.load_clients()) == []
+        assert k8s.fetch_nodes(k8s.load_clients()) == k8s.ListedNodes()
     assert "cannot list nodes" in caplog.text and "403" in caplog.text

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -163,17 +164,28 @@ def fetch_worker_pods(
 _nodes_forbidden_logged = False
 
 
-def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
-    """The cluster's nodes that advertise ``nvidia.com/gpu``, trimmed to what placement needs.
+@dataclass(frozen=True)
+class ListedNodes:
+    """The cluster's nodes from one LIST: those that advertise ``nvidia.com/gpu``
+    (``gpu``), and the rest (``other``: a system or CPU pool), which no worker fits on but
+    which a topology spread constraint counts all the same."""
+
+    gpu: list[dict[str, Any]] = field(default_factory=list)
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fetch_nodes(clients: KubernetesClients) -> ListedNodes:
+    """The cluster's nodes, trimmed to what placement needs, GPU nodes apart from the rest.
 
     One LIST per call, served from the apiserver's watch cache (``resourceVersion=0``: cheap,
-    possibly a moment old, which is fine for node sizes). Each node is returned as
+    possibly a moment old, which is fine for node sizes). Each GPU node is returned as
     ``{"metadata": {"name": ..., "labels": ...}, "spec": {"unschedulable": ..., "taints":
     ...}, "status": {"allocatable": {"nvidia.com/gpu": ..., "cpu": ..., "memory": ...}}}``
     (CPU and memory where the node lists them), the shape :func:`trainscale.operator.
     autoscaling.observed_placement.build_placement`, cluster arbitration (the CPU and
     memory workers may use) and the node filters
-    (:mod:`trainscale.operator.autoscaling.node_filters`) read.
+    (:mod:`trainscale.operator.autoscaling.node_filters`) read; a node without GPUs with
+    its name, labels, taints and cordon only (what a spread constraint counts it by).
     Needs ``list`` on ``nodes`` (cluster-scoped). Without it (HTTP 403) this logs a warning
     once and returns no nodes: placement is then known from the pods alone, without GPUs per
     node.
@@ -187,23 +199,23 @@ def fetch_gpu_nodes(clients: KubernetesClients) -> list[dict[str, Any]]:
         if not _nodes_forbidden_logged:
             log.warning("cannot list nodes (%s): GPUs per node unknown; grant list on nodes", exc)
             _nodes_forbidden_logged = True
-        return []
-    nodes = []
+        return ListedNodes()
+    nodes = ListedNodes()
     for node in listed.get("items") or []:
+        meta = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        trimmed: dict[str, Any] = {
+            "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},
+            "spec": {
+                "unschedulable": bool(spec.get("unschedulable")),
+                "taints": spec.get("taints") or [],
+            },
+        }
         gpus = node_gpus(node)
         if gpus > 0:
-            meta = node.get("metadata") or {}
-            spec = node.get("spec") or {}
-            nodes.append(
-                {
-                    "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},
-                    "spec": {
-                        "unschedulable": bool(spec.get("unschedulable")),
-                        "taints": spec.get("taints") or [],
-                    },
-                    "status": {"allocatable": _trim_allocatable(node, gpus)},
-                }
-            )
+            nodes.gpu.append({**trimmed, "status": {"allocatable": _trim_allocatable(node, gpus)}})
+        else:
+            nodes.other.append(trimmed)
     return nodes
 
 

@@ -21,8 +21,8 @@ Two rules that depend on other pods are read, as they bound the job by itself
 worker's node, its NICs and its host memory, to itself) lets a node run one of them; a
 topology spread constraint on the hostname that must hold (``DoNotSchedule``) lets a node run
 ``maxSkew`` of them where some node it counts never holds one (a tainted pool the job does
-not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``: a known trap),
-and ``maxSkew`` more than the node it counts holding the fewest where the job may run on
+not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``, and so does a
+pool of nodes without GPUs that the template does not exclude: known traps), and ``maxSkew`` more than the node it counts holding the fewest where the job may run on
 every one (a bound that moves with the placement, which the arbiter applies as it places).
 Counted as packed, such a job was planned more to a node than the scheduler lets run there:
 the workers the plan put beside each other stayed Pending or went elsewhere, and a resize
@@ -330,6 +330,7 @@ def _spread_bound(
     stranger_labels: Mapping[str, str] | None,
     nodes: Sequence[Mapping[str, Any]],
     max_replicas: int | None,
+    other_nodes: Sequence[Mapping[str, Any]],
 ) -> NodeBound | None:
     hard = [
         c
@@ -338,6 +339,7 @@ def _spread_bound(
     ]
     keys = {str(c.get("topologyKey")) for c in hard}
     usable = compute_eligible_nodes(pod_spec, nodes)
+    gpu_less = frozenset(_name(n) for n in other_nodes)
     found: NodeBound | None = None
     for constraint in hard:
         skew = _int(constraint.get("maxSkew"))
@@ -351,16 +353,21 @@ def _spread_bound(
             continue  # other jobs' pods count too: the counts are not the job's own
         domains = [
             n
-            for n in nodes
+            for n in (*nodes, *other_nodes)
             if keys <= _labels(n).keys() and _spread_domain(constraint, pod_spec, n)
         ]
         if not domains:
             continue
         idle = sorted(_name(n) for n in domains if _name(n) not in usable)
         rule = f"its topologySpreadConstraints: maxSkew {skew} on {HOSTNAME_KEY}"
+        least = _int(constraint.get("minDomains"))
         if idle:
-            bound = NodeBound(skew, f"{rule}, and node {idle[0]} is counted and takes none of "
-                                    "its workers")  # fmt: skip
+            why = " (no GPU)" if idle[0] in gpu_less else ""
+            bound = NodeBound(skew, f"{rule}, and node {idle[0]}{why} is counted and takes "
+                                    "none of its workers")  # fmt: skip
+        elif least is not None and len(domains) < least:
+            bound = NodeBound(skew, f"{rule}, and {len(domains)} nodes are counted, fewer than "
+                                    f"its minDomains {least}")  # fmt: skip
         elif max_replicas is not None and max_replicas < len(domains):
             bound = NodeBound(skew, f"{rule}, and {len(domains)} nodes are counted, more than "
                                     "its maxReplicas")  # fmt: skip
@@ -386,6 +393,7 @@ def compute_max_workers_per_node(
     stranger_labels: Mapping[str, str] | None = None,
     nodes: Sequence[Mapping[str, Any]] = (),
     max_replicas: int | None = None,
+    other_nodes: Sequence[Mapping[str, Any]] = (),
 ) -> NodeBound | None:
     """How many of a job's workers one node may run by the template's own rules, the
     tightest of two; None (no bound) where neither holds.
@@ -405,14 +413,19 @@ def compute_max_workers_per_node(
       node counted, so that node's zero bounds every node at ``maxSkew``. Where the job
       could have a worker on every node counted, the bound moves with its placement: the
       ``NodeBound`` then lists those nodes (``domains``), and a node may run ``maxSkew``
-      more than the one of them holding the fewest. ``minDomains`` is not read: the nodes
-      without GPUs, which count too, are not known here (nor counted in ``domains``, so a
-      cluster of CPU nodes beside the GPU nodes bounds the job harder than that).
+      more than the one of them holding the fewest. The scheduler counts nodes by labels
+      and those two policies, not by whether a worker fits: ``other_nodes``, the nodes
+      that advertise no GPU (a cluster's system or CPU pool), count too where the template
+      does not keep them out, and hold none of the workers, so they fix the bound at
+      ``maxSkew`` as an untolerated pool does. So does a ``minDomains`` above the number of
+      nodes counted (the scheduler then takes the emptiest as holding none).
 
     Other topology keys (zones) are not read.
     """
     anti = _anti_affinity_bound(pod_spec, own_labels, peer_labels, namespace)
-    spread = _spread_bound(pod_spec, own_labels, peer_labels, stranger_labels, nodes, max_replicas)
+    spread = _spread_bound(
+        pod_spec, own_labels, peer_labels, stranger_labels, nodes, max_replicas, other_nodes
+    )
     if anti is None or spread is None:
         return anti or spread
     return spread if _tighter(spread, anti) else anti

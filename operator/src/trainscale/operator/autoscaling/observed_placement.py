@@ -6,7 +6,7 @@ workers span and how many GPUs a node holds; Kubernetes says so in each pod's
 :class:`~trainscale.operator.autoscaling.placement.Placement` is pure (dicts in, a value out),
 so it lives here with a table test, and the autoscale daemon only fetches the objects
 (:func:`trainscale.operator.adapters.k8s.fetch_worker_pods`,
-:func:`trainscale.operator.adapters.k8s.fetch_gpu_nodes`) and calls :func:`build_placement`.
+:func:`trainscale.operator.adapters.k8s.fetch_nodes`) and calls :func:`build_placement`.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def build_placement(
         pods: the job's worker Pod objects (as the API returns them). Only bound pods count
             (:func:`node_of_pod`): an unscheduled Pending pod has no node yet.
         nodes: Node objects (full, or trimmed to ``metadata.name``, labels, taints and
-            ``status.allocatable`` as :func:`~trainscale.operator.adapters.k8s.fetch_gpu_nodes`
-            returns them). Nodes without GPUs are ignored.
+            ``status.allocatable`` as :func:`~trainscale.operator.adapters.k8s.fetch_nodes`
+            returns the GPU nodes). Nodes without GPUs are ignored.
         pod_spec: the worker template's pod spec; before any worker is bound, only the nodes
             it admits (:mod:`~trainscale.operator.autoscaling.node_filters`) say the node
             size, so a job held to a pool of 4-GPU nodes is not sized by the 8-GPU ones.

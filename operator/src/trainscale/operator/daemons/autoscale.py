@@ -140,9 +140,10 @@ async def autoscale_job(
             return float(spec.autoscaling.interval_seconds)  # queued: nothing runs
         ceiling = arbitration.ceiling(key)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
-    nodes = await asyncio.to_thread(k8s.fetch_gpu_nodes, clients)
+    listed = await asyncio.to_thread(k8s.fetch_nodes, clients)
+    nodes = listed.gpu
     pod_spec = template_pod_spec(spec.template)
-    bound = max_workers_per_node(namespace, name, spec, nodes)
+    bound = max_workers_per_node(namespace, name, spec, nodes, listed.other)
     # (a bound that moves with the placement, a spread constraint's, tells no node size)
     apart = bound.workers if bound is not None and bound.domains is None else None
     placement = build_placement(

@@ -174,19 +174,20 @@ class ClusterArbitration:
         return table
 
     async def _run(self, clients: k8s.KubernetesClients) -> None:
-        nodes, pods, bodies, priorities = await asyncio.gather(
-            asyncio.to_thread(k8s.fetch_gpu_nodes, clients),
+        listed, pods, bodies, priorities = await asyncio.gather(
+            asyncio.to_thread(k8s.fetch_nodes, clients),
             asyncio.to_thread(k8s.fetch_bound_pods, clients),
             asyncio.to_thread(k8s.fetch_all_jobs, clients),
             asyncio.to_thread(k8s.fetch_priority_classes, clients),
         )
+        nodes = listed.gpu
         capacity = build_capacity(nodes, pods)
         running = compute_worker_nodes(pods)
         node_gpus = compute_largest_node_gpus(nodes)
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
         for body in bodies:
-            job = self._managed_job(body, running, priorities, nodes, node_gpus)
+            job = self._managed_job(body, running, priorities, nodes, node_gpus, listed.other)
             if job is None:
                 continue
             jobs.append(job)
@@ -218,6 +219,7 @@ class ClusterArbitration:
         priorities: Mapping[str, tuple[int, bool]],
         nodes: Sequence[Mapping[str, Any]] = (),
         node_gpus: int = 0,
+        other_nodes: Sequence[Mapping[str, Any]] = (),
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
         try:
@@ -239,7 +241,7 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
-            node_bound=max_workers_per_node(namespace, name, spec, nodes),
+            node_bound=max_workers_per_node(namespace, name, spec, nodes, other_nodes),
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
             arbitration_enabled=self.in_scope(namespace),

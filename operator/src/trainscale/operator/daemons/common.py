@@ -98,13 +98,18 @@ STRANGER_SUFFIX = "another"
 
 
 def max_workers_per_node(
-    namespace: str, name: str, spec: api.TrainingJobSpec, nodes: Sequence[Mapping[str, Any]] = ()
+    namespace: str,
+    name: str,
+    spec: api.TrainingJobSpec,
+    nodes: Sequence[Mapping[str, Any]] = (),
+    other_nodes: Sequence[Mapping[str, Any]] = (),
 ) -> NodeBound | None:
     """How many of the job's workers one node may run by its template's own rules, and which
     (:func:`~trainscale.operator.autoscaling.node_filters.compute_max_workers_per_node`, on
     the labels its workers 0 and 1 get, and a worker of another job from the same template;
-    ``nodes``: the GPU nodes, which a spread constraint counts); None: no bound. The arbiter
-    and the autoscaler both read it, so they count the placement the scheduler will make."""
+    ``nodes``: the GPU nodes, ``other_nodes`` the rest, which a spread constraint counts
+    too); None: no bound. The arbiter and the autoscaler both read it, so they count the
+    placement the scheduler will make."""
     return compute_max_workers_per_node(
         template_pod_spec(spec.template),
         build_worker_labels(name, spec.template, 0),
@@ -113,6 +118,7 @@ def max_workers_per_node(
         stranger_labels=build_worker_labels(f"{name}-{STRANGER_SUFFIX}", spec.template, 0),
         nodes=nodes,
         max_replicas=spec.max_replicas,
+        other_nodes=other_nodes,
     )
 
 
