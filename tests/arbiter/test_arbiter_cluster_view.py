@@ -438,6 +438,21 @@ def test_a_job_no_node_admits_is_queued_with_the_field_named() -> None:
     assert not results["d/ok"].status.queued  # a job that can never start blocks nobody
 
 
+def test_a_job_whose_pool_advertises_no_gpu_is_told_so() -> None:
+    """The nodes its selector picks are listed without GPUs (no device plugin there): the
+    reason names them beside the GPU nodes it excludes."""
+    train = [{"metadata": {"name": "t1", "labels": {"pool": "train"}},
+              "spec": {"unschedulable": False, "taints": []}}]  # fmt: skip
+    job = ManagedJob("d/t", spec(pod={"nodeSelector": {"pool": "train"}}), created=1.0)
+    results = decide_arbitration([job], build_capacity(POOLS, []), {}, NOW, POOLS,
+                                 other_nodes=train)  # fmt: skip
+    assert results["d/t"].status.reason == (
+        "queued: no GPU node may run its workers (nodeSelector pool=train excludes 3 nodes; "
+        "the 1 node it may run on (t1) advertises no nvidia.com/gpu: is the NVIDIA device "
+        "plugin running there?)"
+    )
+
+
 def test_a_job_whose_only_pool_is_cordoned_is_told_so() -> None:
     drained = [*POOLS, node("c1", 8, labels={"pool": "c"}, cordoned=True)]
     job = ManagedJob("d/c", spec(pod={"nodeSelector": {"pool": "c"}}), created=1.0)

@@ -275,6 +275,38 @@ def test_explain_no_node_counts_the_nodes_each_reason_excludes() -> None:
     assert explain_no_node(pod_spec, []) == "no node with nvidia.com/gpu is listed"
 
 
+@pytest.mark.parametrize(
+    ("others", "expected"),
+    [
+        pytest.param([], "nodeSelector pool=t excludes 4 nodes", id="none-without-gpus"),
+        pytest.param(
+            [node("t1", {"pool": "t"})],
+            "nodeSelector pool=t excludes 4 nodes; the 1 node it may run on (t1) advertises "
+            "no nvidia.com/gpu: is the NVIDIA device plugin running there?",
+            id="one",
+        ),
+        pytest.param(
+            [node(f"t{i}", {"pool": "t"}) for i in (4, 1, 3, 2)] + [node("s", {"pool": "s"})],
+            "nodeSelector pool=t excludes 4 nodes; the 4 nodes it may run on (t1, t2, t3, ...) "
+            "advertise no nvidia.com/gpu: is the NVIDIA device plugin running there?",
+            id="named-up-to-three-sorted",
+        ),
+        pytest.param(
+            [node("t1", {"pool": "t"}, [taint("dedicated", "b")])],
+            "nodeSelector pool=t excludes 4 nodes",
+            id="only-nodes-it-passes-the-filters-on",
+        ),
+    ],
+)
+def test_explain_no_node_names_the_nodes_it_may_run_on_without_gpus(
+    others: list[dict[str, Any]], expected: str
+) -> None:
+    """A template whose pool advertises no GPU (the NVIDIA device plugin is not running
+    there) is told so: a reason naming only the GPU nodes it excludes sends the reader to
+    the wrong pool."""
+    assert explain_no_node({"nodeSelector": {"pool": "t"}}, NODES, others) == expected
+
+
 def test_the_scheduling_key_holds_exactly_the_fields_the_filters_read() -> None:
     base = {"nodeSelector": {"pool": "a"}, "tolerations": [{"operator": "Exists"}]}
     same = {**base, "containers": [{"name": "x"}], "priorityClassName": "high",

@@ -719,6 +719,40 @@ def test_a_spread_constraint_beside_a_node_without_gpus_is_planned_within_its_sk
                                     "node system-node (no GPU) is counted"))  # fmt: skip
 
 
+def test_a_job_whose_pool_advertises_no_gpu_is_queued_naming_that_pool(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    labelled_pools: tuple[str, str],
+) -> None:
+    """A job whose nodeSelector picks a pool whose nodes advertise no nvidia.com/gpu (its
+    NVIDIA device plugin not installed, or not running yet: a first-day mistake) is queued,
+    and its status and Queued event name that node and the likely cause, beside the GPU
+    nodes the selector excludes. Listing only the GPU nodes, the reason named the two it
+    excludes and said nothing of the node the user meant."""
+    namespace, _, describe = _metrics_operator(kubectl, private_operator)
+    with node_without_gpus(kubectl, "train-node", {POOL: "train"}):
+        select = {"nodeSelector": {POOL: "train"}}
+        kubectl("apply", "-n", namespace, "-f", "-",
+                input=json.dumps(arbitrated_job("untrained", 2, 1, 2, scheduling=select)))  # fmt: skip
+
+        def reason() -> str:
+            found = json.loads(kubectl("get", "tj/untrained", "-n", namespace, "-o", "json").stdout)
+            return str(((found.get("status") or {}).get("arbitration") or {}).get("reason") or "")
+
+        wait_for(lambda: "advertises no nvidia.com/gpu" in reason(), timeout=60,
+                 what="the queued reason naming the node without GPUs",
+                 describe=lambda: f"reason {reason()!r}\n{describe()}")  # fmt: skip
+        assert reason() == (
+            f"queued: no GPU node may run its workers (nodeSelector {POOL}=train excludes 2 "
+            "nodes; the 1 node it may run on (train-node) advertises no nvidia.com/gpu: is the "
+            "NVIDIA device plugin running there?)"
+        )
+        events = json.loads(kubectl("get", "events", "-n", namespace, "--field-selector",
+                                    "involvedObject.name=untrained", "-o", "json").stdout)["items"]  # fmt: skip
+        assert any("train-node" in e.get("message", "") for e in events), events
+        assert "untrained" not in _workers(kubectl, namespace)
+
+
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(
     kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],

@@ -590,6 +590,7 @@ def decide_arbitration(
     nodes: Sequence[Mapping[str, Any]] = (),
     free: NodeFree | None = None,
     settings: ArbiterSettings | None = None,
+    other_nodes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, ArbitrationResult]:
     """Run the arbiter over every managed job; results for the arbitrated ones only.
 
@@ -613,6 +614,9 @@ def decide_arbitration(
             jobs' (None: CPU and memory not read, no job's workers per node limited by
             them).
         settings: the arbiter's (:class:`ArbiterSettings`; its defaults when None).
+        other_nodes: the nodes without GPUs, for a queued job's reason where its template
+            admits only such nodes (:func:`~trainscale.operator.autoscaling.node_filters.
+            explain_no_node`).
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
@@ -646,7 +650,7 @@ def decide_arbitration(
             continue
         status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
         if status.queued and eligible[job.key] == frozenset() and not job.worker_nodes:
-            why = explain_no_node(template_pod_spec(job.spec.template), nodes)
+            why = explain_no_node(template_pod_spec(job.spec.template), nodes, other_nodes)
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}
             )

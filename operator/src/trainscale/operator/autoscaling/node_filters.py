@@ -194,18 +194,37 @@ def compute_eligible_nodes(
     return frozenset(_name(n) for n in nodes if explain_misfit(pod_spec, n) is None)
 
 
-def explain_no_node(pod_spec: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]]) -> str:
-    """Why no node of ``nodes`` takes the pod, in one line for status and events: each
-    reason with how many nodes it excludes, most first, e.g. ``nodeSelector pool=a
-    excludes 3 nodes; taint dedicated=infer:NoSchedule excludes 1``."""
+#: How many nodes :func:`explain_no_node` names where the template admits only nodes without GPUs.
+NAMED_NODES = 3
+
+
+def explain_no_node(
+    pod_spec: Mapping[str, Any],
+    nodes: Iterable[Mapping[str, Any]],
+    other_nodes: Iterable[Mapping[str, Any]] = (),
+) -> str:
+    """Why no node of ``nodes`` (the GPU nodes) takes the pod, in one line for status and
+    events: each reason with how many nodes it excludes, most first, e.g. ``nodeSelector
+    pool=a excludes 3 nodes; taint dedicated=infer:NoSchedule excludes 1``. Where the pod
+    would pass the filters on some of ``other_nodes`` (nodes that advertise no GPU), it says
+    so and names them: a pool whose GPUs the NVIDIA device plugin does not advertise (not
+    installed there, or not running yet) is a common first-day cause, and a reason naming
+    only the nodes the template excludes sends the reader to the wrong pool."""
     reasons = Counter(r for n in nodes if (r := explain_misfit(pod_spec, n)) is not None)
-    if not reasons:
-        return "no node with nvidia.com/gpu is listed"
     parts = [
         f"{reason} excludes {count} node{'s' if count != 1 else ''}"
         for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     ]
-    return "; ".join(parts)
+    admitted = sorted(compute_eligible_nodes(pod_spec, other_nodes))
+    if admitted:
+        named = ", ".join(admitted[:NAMED_NODES]) + (", ..." if len(admitted) > NAMED_NODES else "")
+        many = len(admitted) != 1
+        parts.append(
+            f"the {len(admitted)} node{'s' if many else ''} it may run on ({named}) "
+            f"advertise{'' if many else 's'} no nvidia.com/gpu: is the NVIDIA device plugin "
+            "running there?"
+        )
+    return "; ".join(parts) or "no node with nvidia.com/gpu is listed"
 
 
 def scheduling_key(pod_spec: Mapping[str, Any]) -> str:

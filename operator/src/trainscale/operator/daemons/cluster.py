@@ -194,7 +194,9 @@ class ClusterArbitration:
             previous[job.key] = _previous_status(body)
         placed = {job.key for job in jobs if job.arbitrated}  # the workers the arbiter places
         free = build_node_free(nodes, pods, placed=placed)
-        results = decide_arbitration(jobs, capacity, previous, utcnow(), nodes, free, self.settings)
+        results = decide_arbitration(
+            jobs, capacity, previous, utcnow(), nodes, free, self.settings, listed.other
+        )
         self.results = results
         metrics = get_metrics()
         for key, result in results.items():
