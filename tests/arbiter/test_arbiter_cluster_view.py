@@ -856,3 +856,29 @@ def test_a_spread_constraint_counts_the_nodes_without_gpus() -> None:
     body = {**body, "spec": spec(replicas=6, maxReplicas=6, pod=pooled).model_dump(by_alias=True)}
     moving = arbitration._managed_job(body, {}, {}, listed, 8, system).node_bound
     assert moving is not None and moving.domains == frozenset("abc")
+
+
+#: GKE's GPU nodes: every one tainted so, and pods requesting GPUs tolerate it once admitted.
+GKE_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+GKE_NODES = [node(n, 8, taints=[GKE_TAINT]) for n in ("g1", "g2")]
+
+
+def test_the_admitted_pod_spec_is_what_the_filters_and_requests_read() -> None:
+    """A template without the toleration of GKE's GPU taint: read alone, every GPU node
+    excludes it and it is queued; with the pod spec admission makes of it (the toleration
+    ExtendedResourceToleration adds, a LimitRange's default CPU request), it is planned on
+    those nodes and its workers' CPU is the admitted request."""
+    body_spec = spec(replicas=1, maxReplicas=2)
+    capacity = build_capacity(GKE_NODES, [])
+    template_only = ManagedJob("d/j", body_spec, created=1.0)
+    queued = decide_arbitration([template_only], capacity, {}, NOW, GKE_NODES)["d/j"].status
+    assert queued.queued and "taint nvidia.com/gpu=present:NoSchedule excludes 2" in queued.reason
+    container = {**body_spec.template["spec"]["containers"][0], "resources": {
+        "limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1", "cpu": "4"}}}  # fmt: skip
+    admitted = {"containers": [container], "tolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}  # fmt: skip
+    job = ManagedJob("d/j", body_spec, created=1.0, pod_spec=admitted)
+    status = decide_arbitration([job], capacity, {}, NOW, GKE_NODES)["d/j"].status
+    assert not status.queued and status.preferred_nodes == {"g1": 1}, status
+    assert build_demand(job).cpu_millis_per_worker == 4000
+    assert build_demand(template_only).cpu_millis_per_worker == 0

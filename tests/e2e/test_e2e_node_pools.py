@@ -753,6 +753,40 @@ def test_a_job_whose_pool_advertises_no_gpu_is_queued_naming_that_pool(
         assert "untrained" not in _workers(kubectl, namespace)
 
 
+@pytest.fixture
+def gke_gpu_taint(kubectl: Kubectl, testbed: Testbed) -> Iterator[tuple[str, str]]:
+    """Both GPU nodes tainted as GKE taints every GPU node (``nvidia.com/gpu=present:
+    NoSchedule``); the test-bed's apiserver runs ExtendedResourceToleration, as GKE's does.
+    Undone afterwards."""
+    nodes = tuple(testbed.node_names[:2])
+    for name in nodes:
+        kubectl("taint", "node", name, "nvidia.com/gpu=present:NoSchedule", "--overwrite")
+    try:
+        yield nodes[0], nodes[1]
+    finally:
+        for name in nodes:
+            kubectl("taint", "node", name, "nvidia.com/gpu-", check=False)
+
+
+def test_a_job_is_planned_on_nodes_its_pods_tolerate_once_admitted(
+    kubectl: Kubectl,
+    private_operator: tuple[str, Callable[..., OperatorProcess]],
+    gke_gpu_taint: tuple[str, str],
+) -> None:
+    """On GKE every GPU node is tainted ``nvidia.com/gpu=present:NoSchedule`` and a pod
+    requesting a GPU is given the toleration at admission (ExtendedResourceToleration): a
+    template never carries it. The operator reads the pod spec admission makes of the
+    template (a dry-run create), so a job of 3 is granted 3 and they run, none Pending.
+    Reading the template alone, the arbiter queued it for good ("taint nvidia.com/gpu=
+    present:NoSchedule excludes 2 nodes") while the scheduler would have run it."""
+    a, _ = gke_gpu_taint
+    namespace, port, describe = _metrics_operator(kubectl, private_operator)
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=json.dumps(arbitrated_job("admitted", 3, 1, 3)))  # fmt: skip
+    _granted_as_planned(kubectl, namespace, port, "admitted", describe, plan={a: 3},
+                        reason=("granted 3 GPUs",))  # fmt: skip
+
+
 def test_a_resized_job_moves_its_workers_to_the_node_its_plan_holds_them_on(
     kubectl: Kubectl,
     private_operator: tuple[str, Callable[..., OperatorProcess]],

@@ -41,6 +41,7 @@ from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.autoscaling.placement import Placement, infer_workers_per_node
 from trainscale.operator.controller import builders
+from trainscale.operator.daemons.common import AdmittedPodSpecs
 from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
@@ -216,3 +217,70 @@ def test_fetch_nodes_without_permission_returns_none(
     with caplog.at_level(logging.WARNING):
         assert k8s.fetch_nodes(k8s.load_clients()) == k8s.ListedNodes()
     assert "cannot list nodes" in caplog.text and "403" in caplog.text
+
+
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def test_fetch_admitted_pod_returns_the_pod_as_admission_leaves_it(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients
+) -> None:
+    """A dry-run create: the test-bed's apiserver runs ExtendedResourceToleration (as
+    GKE's does), so a worker requesting nvidia.com/gpu comes back tolerating that taint,
+    which its template lacks; a namespace LimitRange's default CPU request is added; and
+    nothing is stored (its worker 0 does not exist afterwards, and a second dry run of the
+    same pod name is not refused, nor one once the worker exists). A dry run a quota refuses
+    returns None."""
+    limits = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults"},
+              "spec": {"limits": [{"type": "Container", "defaultRequest": {"cpu": "3"}}]}}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(limits))
+    job, spec = make_job(kubectl, namespace, "admitted", pack=True)
+    spec = spec.model_copy(update={"template": {**spec.template, "spec": {
+        **spec.template["spec"], "containers": [{"name": "trainer", "image": "r.example/x:1",
+                                                 "resources": {"limits": {GPU_RESOURCE: 1}}}]}}})  # fmt: skip
+    pod = builders.build_worker_pod(job, spec, 0)
+    assert GPU_TOLERATION not in (pod["spec"].get("tolerations") or [])
+    for _ in range(2):
+        admitted = k8s.fetch_admitted_pod(clients, pod)
+        assert admitted is not None
+        assert GPU_TOLERATION in admitted["spec"]["tolerations"], admitted["spec"]
+        assert admitted["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "3"
+        assert admitted["metadata"]["name"].startswith(f"{pod['metadata']['name']}-dry-run-")
+    assert k8s.fetch_worker_pods(clients, namespace, job.name) == []
+    assert k8s.apply_create(clients, pod)  # its name taken: the dry run is still answered
+    assert k8s.fetch_admitted_pod(clients, pod) is not None
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+             "spec": {"hard": {"pods": "0"}}}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(quota))
+    wait_for(lambda: k8s.fetch_admitted_pod(clients, pod) is None, timeout=30,
+             what="the dry run refused by the quota")  # fmt: skip
+
+
+def test_the_admitted_pod_spec_is_kept_while_the_template_is_unchanged(
+    crd: dict[str, Any], kubectl: Any, namespace: str, clients: k8s.KubernetesClients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """One dry run per job, again once ``ttl_seconds`` have passed, its template changed, or
+    it was forgotten (deleted)."""
+    job, spec = make_job(kubectl, namespace, "kept", pack=True)
+    runs: list[str] = []
+    real = k8s.fetch_admitted_pod
+
+    def counted(clients_: k8s.KubernetesClients, pod: Any) -> Any:
+        runs.append(pod["metadata"]["name"])
+        return real(clients_, pod)
+
+    monkeypatch.setattr(k8s, "fetch_admitted_pod", counted)
+    specs = AdmittedPodSpecs(ttl_seconds=60)
+    first = specs.pod_spec(clients, job, spec, now=0)
+    assert GPU_TOLERATION in first["tolerations"]
+    assert specs.pod_spec(clients, job, spec, now=59) is first and len(runs) == 1
+    assert specs.pod_spec(clients, job, spec, now=60) is not first and len(runs) == 2
+    changed = spec.model_copy(
+        update={"template": {**spec.template, "metadata": {"labels": {"x": "y"}}}}
+    )
+    specs.pod_spec(clients, job, changed, now=61)
+    assert len(runs) == 3
+    specs.forget(namespace, job.name)
+    specs.pod_spec(clients, job, changed, now=62)
+    assert len(runs) == 4

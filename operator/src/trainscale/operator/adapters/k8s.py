@@ -228,6 +228,35 @@ def _trim_allocatable(node: Mapping[str, Any], gpus: int) -> dict[str, Any]:
     return out
 
 
+def fetch_admitted_pod(clients: KubernetesClients, pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``pod`` as the apiserver would store it, without storing it: a server-side dry-run
+    create (``dryRun=All``), so the mutating admission plugins and webhooks run on it, e.g.
+    ``ExtendedResourceToleration`` (GKE's: a toleration for each extended resource the pod
+    requests), a namespace's default node selector, a policy engine's tolerations. The
+    scheduler filters the pod admission leaves, not the template. Sent under a
+    ``generateName`` (the pod's own name may exist already). None where the dry run is
+    refused (a webhook or a quota rejects it, no permission: logged once per reason at
+    INFO), and the caller reads the pod as built."""
+    meta = dict(pod.get("metadata") or {})
+    namespace = str(meta.get("namespace") or "")
+    name = str(meta.pop("name", "") or "pod")
+    meta["generateName"] = f"{name[:GENERATE_NAME_PREFIX]}-dry-run-"
+    try:
+        return _request(clients, "POST", _core_path("Pod", namespace),
+                        {**pod, "metadata": meta}, query={"dryRun": "All"})  # fmt: skip
+    except KubernetesError as exc:
+        if exc.status not in _dry_run_refused:
+            _dry_run_refused.add(exc.status)
+            log.info("dry-run create of a worker pod refused (%s): reading the template as "
+                     "admitted as written", exc)  # fmt: skip
+        return None
+
+
+#: The longest prefix of a pod name kept in a dry run's ``generateName`` (63 in all).
+GENERATE_NAME_PREFIX = 45
+_dry_run_refused: set[int] = set()
+
+
 def fetch_object_exists(clients: KubernetesClients, kind: str, namespace: str, name: str) -> bool:
     """Whether the Pod or Service ``name`` exists (terminating counts as existing)."""
     return _request(clients, "GET", _core_path(kind, namespace, name)) is not None

@@ -329,6 +329,9 @@ class ManagedJob:
             and which rule (a required pod anti-affinity to its own workers: 1; a topology
             spread constraint: its ``maxSkew``, more than the emptiest node it counts where
             that bound moves); None: no bound.
+        pod_spec: its workers' pod spec as admission leaves it (a dry-run create: the
+            tolerations, node selector and requests admission adds are the scheduler's to
+            read too); None: its template's.
     """
 
     key: str
@@ -343,6 +346,13 @@ class ManagedJob:
     arbitration_enabled: bool = True
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
     node_bound: NodeBound | None = None
+    pod_spec: Mapping[str, Any] | None = None
+
+    @property
+    def scheduling_spec(self) -> Mapping[str, Any]:
+        """The pod spec the scheduler filters its workers by: ``pod_spec``, else its
+        template's."""
+        return self.pod_spec if self.pod_spec is not None else template_pod_spec(self.spec.template)
 
     @property
     def max_workers_per_node(self) -> int | None:
@@ -412,7 +422,8 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
     ``eligible``: the nodes its template lets its workers run on (None: every node); the
     nodes its workers run on now are added (a rule changed while they ran does not move
     them: the scheduler's rules hold at scheduling, ``IgnoredDuringExecution``). A worker's
-    CPU and memory requests are its template's (:func:`compute_worker_requests`)."""
+    CPU and memory requests are its pod spec's as admitted (:attr:`ManagedJob.
+    scheduling_spec`: a LimitRange's default requests count)."""
     spec = job.spec
     autoscaling = spec.autoscaling
     running = len(job.worker_nodes)
@@ -437,7 +448,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
     floor = (
         autoscaling.min_efficiency if autoscaling.objective is api.Objective.EFFICIENCY else None
     )
-    asked = compute_worker_requests(spec)
+    asked = _requests(job.scheduling_spec)
     return JobDemand(
         key=job.key,
         throughput=dict(job.throughput),
@@ -633,7 +644,7 @@ def decide_arbitration(
     by_key: dict[str, frozenset[str]] = {}  # jobs with the same scheduling fields share it
     eligible: dict[str, frozenset[str] | None] = {}
     for job in jobs:
-        pod_spec = template_pod_spec(job.spec.template)
+        pod_spec = job.scheduling_spec
         if not listed:
             eligible[job.key] = None
             continue
@@ -650,7 +661,7 @@ def decide_arbitration(
             continue
         status = build_arbitration_status(allocation.jobs[job.key], allocation.waiting, now)
         if status.queued and eligible[job.key] == frozenset() and not job.worker_nodes:
-            why = explain_no_node(template_pod_spec(job.spec.template), nodes, other_nodes)
+            why = explain_no_node(job.scheduling_spec, nodes, other_nodes)
             status = status.model_copy(
                 update={"reason": f"queued: no GPU node may run its workers ({why})"}
             )

@@ -13,7 +13,9 @@ template fixes (``NodeAffinity``: ``nodeSelector`` and
 objects, as the scheduler's own code
 does (``k8s.io/component-helpers/scheduling/corev1``), so each job is counted on its own
 nodes. Pure: dicts in, names and words out; checked against the real kube-scheduler on the
-test-bed (``tests/e2e/test_e2e_node_pools.py``).
+test-bed (``tests/e2e/test_e2e_node_pools.py``). The operator passes the pod spec admission
+makes of the template (``daemons.common.AdmittedPodSpecs``), not the template itself: the
+scheduler filters the admitted pod, which may carry tolerations the template lacks.
 
 Two rules that depend on other pods are read, as they bound the job by itself
 (:func:`compute_max_workers_per_node`): a required pod anti-affinity on

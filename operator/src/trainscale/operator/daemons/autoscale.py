@@ -26,11 +26,13 @@ from trainscale.operator.adapters import k8s, prometheus
 from trainscale.operator.adapters.prometheus_access import PrometheusAccess
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
-from trainscale.operator.autoscaling.node_filters import NodeBound, template_pod_spec
+from trainscale.operator.autoscaling.node_filters import NodeBound
 from trainscale.operator.autoscaling.observed_placement import build_placement, node_of_pod
 from trainscale.operator.controller import reconcile
+from trainscale.operator.controller.builders import JobRef
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    ADMITTED,
     IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
@@ -142,8 +144,9 @@ async def autoscale_job(
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     listed = await asyncio.to_thread(k8s.fetch_nodes, clients)
     nodes = listed.gpu
-    pod_spec = template_pod_spec(spec.template)
-    bound = max_workers_per_node(namespace, name, spec, nodes, listed.other)
+    job = JobRef(name=name, namespace=namespace, uid=(body.get("metadata") or {}).get("uid", ""))
+    pod_spec = await asyncio.to_thread(ADMITTED.pod_spec, clients, job, spec, time.monotonic())
+    bound = max_workers_per_node(namespace, name, spec, nodes, listed.other, pod_spec=pod_spec)
     # (a bound that moves with the placement, a spread constraint's, tells no node size)
     apart = bound.workers if bound is not None and bound.domains is None else None
     placement = build_placement(

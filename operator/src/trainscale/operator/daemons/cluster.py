@@ -32,6 +32,7 @@ from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling import AutoscalerMemory
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.cluster import (
+    FINISHED_JOB_PHASES,
     ArbitrationResult,
     ManagedJob,
     build_capacity,
@@ -41,7 +42,9 @@ from trainscale.operator.autoscaling.cluster import (
     decide_arbitration,
     parse_timestamp,
 )
+from trainscale.operator.controller.builders import JobRef
 from trainscale.operator.daemons.common import (
+    ADMITTED,
     WAKEUPS,
     get_metrics,
     max_workers_per_node,
@@ -181,13 +184,16 @@ class ClusterArbitration:
             asyncio.to_thread(k8s.fetch_priority_classes, clients),
         )
         nodes = listed.gpu
+        admitted = await asyncio.to_thread(self._admitted_specs, clients, bodies)
         capacity = build_capacity(nodes, pods)
         running = compute_worker_nodes(pods)
         node_gpus = compute_largest_node_gpus(nodes)
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
         for body in bodies:
-            job = self._managed_job(body, running, priorities, nodes, node_gpus, listed.other)
+            job = self._managed_job(
+                body, running, priorities, nodes, node_gpus, listed.other, admitted
+            )
             if job is None:
                 continue
             jobs.append(job)
@@ -222,6 +228,7 @@ class ClusterArbitration:
         nodes: Sequence[Mapping[str, Any]] = (),
         node_gpus: int = 0,
         other_nodes: Sequence[Mapping[str, Any]] = (),
+        admitted: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     ) -> ManagedJob | None:
         meta = body.get("metadata") or {}
         try:
@@ -231,6 +238,7 @@ class ClusterArbitration:
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         key = job_key(namespace, name)
         priority_class = (spec.template.get("spec") or {}).get("priorityClassName") or ""
+        pod_spec = (admitted or {}).get((namespace, name))
         priority, preempts = priorities.get(priority_class, (0, True))
         return ManagedJob(
             key=key,
@@ -243,11 +251,36 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
-            node_bound=max_workers_per_node(namespace, name, spec, nodes, other_nodes),
+            node_bound=max_workers_per_node(
+                namespace, name, spec, nodes, other_nodes, pod_spec=pod_spec
+            ),
+            pod_spec=pod_spec,
             # Jobs outside this operator's namespaces belong to another operator: they hold
             # their GPUs (pinned) and this one never writes them.
             arbitration_enabled=self.in_scope(namespace),
         )
+
+    def _admitted_specs(
+        self, clients: k8s.KubernetesClients, bodies: Sequence[Mapping[str, Any]]
+    ) -> dict[tuple[str, str], Mapping[str, Any]]:
+        """The admitted pod spec of each job this operator arbitrates and that has not
+        finished (:class:`~trainscale.operator.daemons.common.AdmittedPodSpecs`: a dry run
+        per job whose template is new or changed; blocking)."""
+        now = time.monotonic()
+        found: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for body in bodies:
+            meta = body.get("metadata") or {}
+            namespace, name = meta.get("namespace", ""), meta.get("name", "")
+            phase = (body.get("status") or {}).get("phase") or ""
+            if not self.in_scope(namespace) or phase in FINISHED_JOB_PHASES:
+                continue
+            try:
+                spec = api.TrainingJobSpec.model_validate(body.get("spec") or {})
+            except pydantic.ValidationError:
+                continue
+            job = JobRef(name=name, namespace=namespace, uid=meta.get("uid", ""))
+            found[(namespace, name)] = ADMITTED.pod_spec(clients, job, spec, now)
+        return found
 
     def in_scope(self, namespace: str) -> bool:
         """Whether this operator manages jobs in ``namespace``."""

@@ -5,13 +5,14 @@ Why this module exists: a job has two loops (reconcile and autoscale) that must 
 its status at the same time, and watch events must be able to wake a job's reconcile loop.
 Both needs are per job and per process, so they live in one place below both loops; so does
 what both the cluster pass and the autoscale loop read of a template (a bound on workers
-per node).
+per node, and the pod spec admission makes of it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -19,13 +20,14 @@ from typing import Any, cast
 import kopf
 
 from trainscale.operator import api
+from trainscale.operator.adapters import k8s
 from trainscale.operator.api.reporting import EventSpec
 from trainscale.operator.autoscaling.node_filters import (
     NodeBound,
     compute_max_workers_per_node,
     template_pod_spec,
 )
-from trainscale.operator.controller.builders import build_worker_labels
+from trainscale.operator.controller.builders import JobRef, build_worker_labels, build_worker_pod
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
 from trainscale.operator.observability.metrics import OperatorMetrics
 
@@ -97,21 +99,70 @@ WAKEUPS = Wakeups()
 STRANGER_SUFFIX = "another"
 
 
+class AdmittedPodSpecs:
+    """The pod spec each job's workers get once admitted, per job, read by a dry-run create
+    of its worker 0 (:func:`~trainscale.operator.adapters.k8s.fetch_admitted_pod`).
+
+    The scheduler filters the pod that admission leaves, and admission may add what the
+    template lacks: on GKE a pod requesting ``nvidia.com/gpu`` gets a toleration of the
+    ``nvidia.com/gpu=present:NoSchedule`` taint every GPU node carries there
+    (``ExtendedResourceToleration``); a namespace may add a node selector, a policy engine
+    tolerations, a LimitRange CPU and memory requests. Read from the template alone, such a
+    job was excluded from every GPU node and queued for good ("taint nvidia.com/gpu=present:
+    NoSchedule excludes 4 nodes") while the scheduler would have run it. Kept while the
+    template is unchanged, for at most ``ttl_seconds`` (admission's rules change rarely, and
+    a dry run per job and pass would add one request per job each interval); where the dry
+    run is refused, the pod as built stands in (:func:`build_worker_pod`).
+    """
+
+    def __init__(self, ttl_seconds: float = 600.0) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._found: dict[tuple[str, str], tuple[str, float, Mapping[str, Any]]] = {}
+
+    def pod_spec(
+        self,
+        clients: k8s.KubernetesClients,
+        job: JobRef,
+        spec: api.TrainingJobSpec,
+        now: float,
+    ) -> Mapping[str, Any]:
+        """The admitted pod spec of ``job``'s workers (blocking: one request when not
+        held); ``now``: a monotonic clock, in seconds."""
+        fingerprint = json.dumps(spec.template, sort_keys=True, default=str)
+        held = self._found.get((job.namespace, job.name))
+        if held is not None and held[0] == fingerprint and now - held[1] < self.ttl_seconds:
+            return held[2]
+        pod = build_worker_pod(job, spec, 0)
+        admitted = k8s.fetch_admitted_pod(clients, pod)
+        found: Mapping[str, Any] = (admitted or {}).get("spec") or pod["spec"]
+        self._found[(job.namespace, job.name)] = (fingerprint, now, found)
+        return found
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted job's pod spec."""
+        self._found.pop((namespace, name), None)
+
+
+ADMITTED = AdmittedPodSpecs()
+
+
 def max_workers_per_node(
     namespace: str,
     name: str,
     spec: api.TrainingJobSpec,
     nodes: Sequence[Mapping[str, Any]] = (),
     other_nodes: Sequence[Mapping[str, Any]] = (),
+    pod_spec: Mapping[str, Any] | None = None,
 ) -> NodeBound | None:
     """How many of the job's workers one node may run by its template's own rules, and which
     (:func:`~trainscale.operator.autoscaling.node_filters.compute_max_workers_per_node`, on
     the labels its workers 0 and 1 get, and a worker of another job from the same template;
     ``nodes``: the GPU nodes, ``other_nodes`` the rest, which a spread constraint counts
-    too); None: no bound. The arbiter and the autoscaler both read it, so they count the
-    placement the scheduler will make."""
+    too; ``pod_spec``: the workers' pod spec as admitted, else the template's); None: no
+    bound. The arbiter and the autoscaler both read it, so they count the placement the
+    scheduler will make."""
     return compute_max_workers_per_node(
-        template_pod_spec(spec.template),
+        pod_spec if pod_spec is not None else template_pod_spec(spec.template),
         build_worker_labels(name, spec.template, 0),
         build_worker_labels(name, spec.template, 1),
         namespace,

@@ -34,6 +34,7 @@ from trainscale.operator.autoscaling import cluster
 from trainscale.operator.controller import builders, reconcile
 from trainscale.operator.daemons.cluster import arbitration_active, arbitration_of, job_key
 from trainscale.operator.daemons.common import (
+    ADMITTED,
     IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
@@ -325,6 +326,7 @@ async def trainingjob_event(
         MEMORY_RELEASE.jobs_changed()
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
+        ADMITTED.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
         get_job_condition_metric().forget(namespace, name)
         arbitration = arbitration_of(memo)

@@ -268,6 +268,9 @@ def build_commands(bin_dir: Path, paths: Paths, ports: Ports) -> dict[str, list[
             # address, which Endpoints validation rejects.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
+            # As GKE's: a pod requesting nvidia.com/gpu gets a toleration of the taint GPU
+            # nodes carry there (nvidia.com/gpu=present:NoSchedule), which its template lacks.
+            "--enable-admission-plugins=ExtendedResourceToleration",
             "--profiling=false",
             f"--cert-dir={paths.pki}",
         ],
