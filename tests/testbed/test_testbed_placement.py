@@ -261,17 +261,19 @@ def test_the_admitted_pod_spec_is_kept_while_the_template_is_unchanged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """One dry run per job, again once ``ttl_seconds`` have passed, its template changed, or
-    it was forgotten (deleted)."""
+    it was forgotten (deleted); a refused one is tried again after ``retry_seconds``, its
+    pod as built standing in meanwhile."""
     job, spec = make_job(kubectl, namespace, "kept", pack=True)
     runs: list[str] = []
     real = k8s.fetch_admitted_pod
+    refuse = False
 
     def counted(clients_: k8s.KubernetesClients, pod: Any) -> Any:
         runs.append(pod["metadata"]["name"])
-        return real(clients_, pod)
+        return None if refuse else real(clients_, pod)
 
     monkeypatch.setattr(k8s, "fetch_admitted_pod", counted)
-    specs = AdmittedPodSpecs(ttl_seconds=60)
+    specs = AdmittedPodSpecs(ttl_seconds=60, retry_seconds=30)
     first = specs.pod_spec(clients, job, spec, now=0)
     assert GPU_TOLERATION in first["tolerations"]
     assert specs.pod_spec(clients, job, spec, now=59) is first and len(runs) == 1
@@ -284,3 +286,11 @@ def test_the_admitted_pod_spec_is_kept_while_the_template_is_unchanged(
     specs.forget(namespace, job.name)
     specs.pod_spec(clients, job, changed, now=62)
     assert len(runs) == 4
+    refuse = True  # as a webhook or a quota refusing the dry run
+    specs.forget(namespace, job.name)
+    built = specs.pod_spec(clients, job, changed, now=100)
+    assert built == builders.build_worker_pod(job, changed, 0)["spec"] and len(runs) == 5
+    assert specs.pod_spec(clients, job, changed, now=129) is built and len(runs) == 5
+    refuse = False
+    assert GPU_TOLERATION in specs.pod_spec(clients, job, changed, now=130)["tolerations"]
+    assert len(runs) == 6

@@ -235,8 +235,9 @@ def fetch_admitted_pod(clients: KubernetesClients, pod: Mapping[str, Any]) -> di
     requests), a namespace's default node selector, a policy engine's tolerations. The
     scheduler filters the pod admission leaves, not the template. Sent under a
     ``generateName`` (the pod's own name may exist already). None where the dry run is
-    refused (a webhook or a quota rejects it, no permission: logged once per reason at
-    INFO), and the caller reads the pod as built."""
+    refused (a webhook or a quota rejects it, a webhook with side effects refuses dry runs,
+    no permission: logged at INFO once per HTTP status), and the caller reads the pod as
+    built."""
     meta = dict(pod.get("metadata") or {})
     namespace = str(meta.get("namespace") or "")
     name = str(meta.pop("name", "") or "pod")
@@ -247,8 +248,8 @@ def fetch_admitted_pod(clients: KubernetesClients, pod: Mapping[str, Any]) -> di
     except KubernetesError as exc:
         if exc.status not in _dry_run_refused:
             _dry_run_refused.add(exc.status)
-            log.info("dry-run create of a worker pod refused (%s): reading the template as "
-                     "admitted as written", exc)  # fmt: skip
+            log.info("dry-run create of a worker pod refused (%s): the node filters read "
+                     "the worker pod as built", exc)  # fmt: skip
         return None
 
 

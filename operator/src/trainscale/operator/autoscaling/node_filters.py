@@ -24,8 +24,9 @@ worker's node, its NICs and its host memory, to itself) lets a node run one of t
 topology spread constraint on the hostname that must hold (``DoNotSchedule``) lets a node run
 ``maxSkew`` of them where some node it counts never holds one (a tainted pool the job does
 not tolerate counts, by the scheduler's default ``nodeTaintsPolicy: Ignore``, and so does a
-pool of nodes without GPUs that the template does not exclude: known traps), and ``maxSkew`` more than the node it counts holding the fewest where the job may run on
-every one (a bound that moves with the placement, which the arbiter applies as it places).
+pool of nodes without GPUs that the template does not exclude: known traps), and
+``maxSkew`` more than the node it counts holding the fewest where the job may run on every
+one (a bound that moves with the placement, which the arbiter applies as it places).
 Counted as packed, such a job was planned more to a node than the scheduler lets run there:
 the workers the plan put beside each other stayed Pending or went elsewhere, and a resize
 planned on one node moved workers the scheduler then refused there.

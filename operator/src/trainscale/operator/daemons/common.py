@@ -111,12 +111,15 @@ class AdmittedPodSpecs:
     job was excluded from every GPU node and queued for good ("taint nvidia.com/gpu=present:
     NoSchedule excludes 4 nodes") while the scheduler would have run it. Kept while the
     template is unchanged, for at most ``ttl_seconds`` (admission's rules change rarely, and
-    a dry run per job and pass would add one request per job each interval); where the dry
-    run is refused, the pod as built stands in (:func:`build_worker_pod`).
+    a dry run per job and pass would add one request per job each interval). Where the dry
+    run is refused, the pod as built stands in (:func:`build_worker_pod`) for
+    ``retry_seconds`` only: a refusal may pass (a webhook's outage, a quota freed).
     """
 
-    def __init__(self, ttl_seconds: float = 600.0) -> None:
+    def __init__(self, ttl_seconds: float = 600.0, retry_seconds: float = 60.0) -> None:
         self.ttl_seconds = ttl_seconds
+        self.retry_seconds = retry_seconds
+        # per job: the template's fingerprint, until when it holds (monotonic), the spec
         self._found: dict[tuple[str, str], tuple[str, float, Mapping[str, Any]]] = {}
 
     def pod_spec(
@@ -130,12 +133,13 @@ class AdmittedPodSpecs:
         held); ``now``: a monotonic clock, in seconds."""
         fingerprint = json.dumps(spec.template, sort_keys=True, default=str)
         held = self._found.get((job.namespace, job.name))
-        if held is not None and held[0] == fingerprint and now - held[1] < self.ttl_seconds:
+        if held is not None and held[0] == fingerprint and now < held[1]:
             return held[2]
         pod = build_worker_pod(job, spec, 0)
-        admitted = k8s.fetch_admitted_pod(clients, pod)
-        found: Mapping[str, Any] = (admitted or {}).get("spec") or pod["spec"]
-        self._found[(job.namespace, job.name)] = (fingerprint, now, found)
+        admitted = (k8s.fetch_admitted_pod(clients, pod) or {}).get("spec")
+        found: Mapping[str, Any] = admitted or pod["spec"]
+        until = now + (self.ttl_seconds if admitted else self.retry_seconds)
+        self._found[(job.namespace, job.name)] = (fingerprint, until, found)
         return found
 
     def forget(self, namespace: str, name: str) -> None:
