@@ -378,6 +378,22 @@ def test_no_visible_gpus_admits_without_a_ceiling() -> None:
     assert (status.ceiling, status.queued, status.reason) == (None, False, NO_CAPACITY_REASON)
 
 
+def test_nodes_listed_and_none_with_a_gpu_suggest_the_device_plugin() -> None:
+    """A cluster whose nodes advertise no nvidia.com/gpu at all (the NVIDIA device plugin
+    not installed yet) says so in the reason; a GPU node listed but cordoned does not."""
+    others = [{"metadata": {"name": n, "labels": {}}, "spec": {"taints": []}} for n in "xy"]
+    job = ManagedJob("d/a", spec())
+    status = decide_arbitration([job], Capacity({}), {}, NOW, other_nodes=others)["d/a"].status
+    assert status.reason == NO_CAPACITY_REASON + (
+        " (2 nodes listed without it: is the NVIDIA device plugin running?)"
+    )
+    assert not status.queued and status.ceiling is None
+    cordoned = [node("g", 8, cordoned=True)]
+    status = decide_arbitration([job], build_capacity(cordoned, []), {}, NOW, cordoned,
+                                other_nodes=others)["d/a"].status  # fmt: skip
+    assert status.reason == NO_CAPACITY_REASON
+
+
 # ---------------------------------------------------------------------------- node pools
 
 TAINT_B = {"key": "dedicated", "value": "b", "effect": "NoSchedule"}

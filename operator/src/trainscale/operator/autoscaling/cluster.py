@@ -593,6 +593,20 @@ def _with_free(capacity: Capacity, free: NodeFree | None) -> Capacity:
     )
 
 
+def _no_capacity_reason(
+    nodes: Sequence[Mapping[str, Any]], other_nodes: Sequence[Mapping[str, Any]]
+) -> str:
+    """Why no job is arbitrated: no GPU visible; where nodes are listed and not one of them
+    advertises a GPU (a cluster whose NVIDIA device plugin is not installed yet), it says so."""
+    if nodes or not other_nodes:
+        return NO_CAPACITY_REASON
+    many = len(other_nodes) != 1
+    return (
+        f"{NO_CAPACITY_REASON} ({len(other_nodes)} node{'s' if many else ''} listed without "
+        "it: is the NVIDIA device plugin running?)"
+    )
+
+
 def decide_arbitration(
     jobs: Sequence[ManagedJob],
     capacity: Capacity,
@@ -627,15 +641,14 @@ def decide_arbitration(
         settings: the arbiter's (:class:`ArbiterSettings`; its defaults when None).
         other_nodes: the nodes without GPUs, for a queued job's reason where its template
             admits only such nodes (:func:`~trainscale.operator.autoscaling.node_filters.
-            explain_no_node`).
+            explain_no_node`), and for the reason where no node advertises a GPU at all.
     """
     out: dict[str, ArbitrationResult] = {}
     if capacity.total == 0 and not any(job.worker_nodes for job in jobs):
+        reason = _no_capacity_reason(nodes, other_nodes)
         for job in jobs:
             if job.arbitrated:
-                status = api.ArbitrationStatus(
-                    reason=NO_CAPACITY_REASON, last_update_time=format_time(now)
-                )
+                status = api.ArbitrationStatus(reason=reason, last_update_time=format_time(now))
                 out[job.key] = ArbitrationResult(
                     job.key, status, _event(previous.get(job.key), status)
                 )
