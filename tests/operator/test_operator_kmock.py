@@ -64,6 +64,22 @@ JOB: dict[str, Any] = {
 GROUP, VERSION, PLURAL = "trainscale.dev", "v1alpha1", "trainingjobs"
 
 
+async def test_the_emulator_answers_a_dry_run_create_without_storing_it(
+    kmock: kmock.KubernetesEmulator,
+) -> None:
+    """As the apiserver does (the operator dry-runs a worker to read the pod admission makes
+    of its template): the object comes back named from its generateName, and no pod is
+    stored. kmock alone stored it, a stray pod labelled as the job's worker 0."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"generateName": "mnist-worker-0-dry-run-",
+                        "labels": {"trainscale.dev/job-name": "mnist"}},
+           "spec": {"containers": [{"name": "trainer", "image": "x:1"}]}}  # fmt: skip
+    answered = await api_call(kmock, "POST", "/api/v1/namespaces/default/pods?dryRun=All", pod,
+                              content_type="application/json")  # fmt: skip
+    assert answered["metadata"]["name"].startswith("mnist-worker-0-dry-run-")
+    assert pods(kmock) == {}
+
+
 async def test_job_lifecycle_create_scale_fail_succeed(
     kmock: kmock.KubernetesEmulator, cluster: Any
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import kmock
 import pytest
 import yaml
@@ -30,8 +31,11 @@ GROUP, VERSION, PLURAL = "trainscale.dev", "v1alpha1", "trainingjobs"
 # that way; kmock would store them all under the name None and answer 409 from the second
 # on), metadata.namespace from the URL, uid (owner references, rendezvous ids),
 # resourceVersion, creationTimestamp, and a generation that moves when the spec changes
-# (observedGeneration). RealisticEmulator adds just that, and nothing else. kmock also
-# answers GET /api/v1/namespaces with a 500; kopf never asks for it with --all-namespaces.
+# (observedGeneration). RealisticEmulator adds just that, and one more thing the operator
+# relies on: a create with ``dryRun=All`` (the operator's read of the pod admission makes of
+# a template) is answered with the object and not stored, where kmock stored it, a stray
+# "worker" the operator then reconciled. kmock also answers GET /api/v1/namespaces with a
+# 500; kopf never asks for it with --all-namespaces.
 
 _versions = itertools.count(1)
 
@@ -51,6 +55,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", "2026-11-21T00:00:00Z")
                 meta.setdefault("generation", 1)
+                if request.params.get("dryRun") == "All":
+                    return aiohttp.web.json_response(data, status=201)  # not stored
             elif request.action == kmock.action.UPDATE and "spec" in data and request.name:
                 key = (request.resource, request.namespace, request.name)
                 current = self._objects[key].raw if key in self._objects else {}
