@@ -33,6 +33,7 @@ import pytest
 
 from trainscale.operator.autoscaling.node_filters import (
     ANTI_AFFINITY_RULE,
+    NodeBound,
     compute_eligible_nodes,
     compute_max_workers_per_node,
     explain_misfit,
@@ -433,6 +434,16 @@ SPREAD_RULE = SPREAD + ", and "
 IDLE_C = SPREAD_RULE + "node c is counted and takes none of its workers"
 
 
+def _as_row(bound: NodeBound | None) -> tuple[Any, ...] | None:
+    """A bound as the rows write it: its workers and rule, and for a bound that moves its
+    nodes too; None for none."""
+    if bound is None:
+        return None
+    if bound.domains is None:
+        return (bound.workers, bound.rule)
+    return (bound.workers, bound.rule, bound.domains)
+
+
 @pytest.mark.parametrize(
     ("pod_spec", "nodes", "max_replicas", "expected"),
     [
@@ -575,10 +586,7 @@ def test_a_spread_constraint_bounds_workers_per_node(
         pod_spec, OWN, PEER, "team", stranger_labels=STRANGER, nodes=nodes,
         max_replicas=max_replicas,
     )  # fmt: skip
-    found = None if bound is None else (bound.workers, bound.rule)
-    if bound is not None and bound.domains is not None:  # a bound that moves: its nodes
-        found = (*found, bound.domains)
-    assert found == expected
+    assert _as_row(bound) == expected
 
 
 #: A node of the cluster's system pool: it advertises no GPU, so it comes as an other node.
@@ -619,7 +627,4 @@ def test_a_node_without_gpus_counts_for_a_spread_constraint(
         pod_spec, OWN, PEER, "team", stranger_labels=STRANGER, nodes=SPREAD_NODES[:2],
         max_replicas=16, other_nodes=[SYSTEM],
     )  # fmt: skip
-    found = None if bound is None else (bound.workers, bound.rule)
-    if bound is not None and bound.domains is not None:
-        found = (*found, bound.domains)
-    assert found == expected
+    assert _as_row(bound) == expected

@@ -490,6 +490,20 @@ def _one_per_node(job: str) -> dict[str, Any]:
         "topologyKey": "kubernetes.io/hostname"}]}}}  # fmt: skip
 
 
+def _apply_job(
+    kubectl: Kubectl,
+    namespace: str,
+    name: str,
+    workers: int,
+    scheduling: dict[str, Any] | None = None,
+    min_r: int = 1,
+) -> None:
+    """Apply an arbitrated job of up to ``workers`` one-GPU workers (at least ``min_r``),
+    asking for all of them, with ``scheduling`` in its template (:func:`arbitrated_job`)."""
+    body = arbitrated_job(name, workers, min_r, workers, scheduling=scheduling)
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+
 def _granted_as_planned(
     kubectl: Kubectl,
     namespace: str,
@@ -598,8 +612,7 @@ def test_a_worker_the_scheduler_puts_off_its_plan_is_counted(
     away = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
         "labelSelector": {"matchLabels": {"app": "inference"}},
         "topologyKey": "kubernetes.io/hostname"}]}}  # fmt: skip
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("away", 2, 2, 2, scheduling={"affinity": away})))  # fmt: skip
+    _apply_job(kubectl, namespace, "away", 2, {"affinity": away}, min_r=2)
     _runs_as_planned(kubectl, namespace, port, "away", describe,
                      plan={a: 2}, nodes=[b, b], off_plan=2.0)  # fmt: skip
 
@@ -618,8 +631,7 @@ def test_a_job_whose_workers_may_not_share_a_node_is_planned_one_per_node(
     and a ceiling of 4 left workers Pending for GPUs the job can never use."""
     a, b = testbed.node_names[:2]
     namespace, port, describe = _beside_another_team(kubectl, private_operator, 6, a)
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("apart", 4, 1, 4, scheduling=_one_per_node("apart"))))  # fmt: skip
+    _apply_job(kubectl, namespace, "apart", 4, _one_per_node("apart"))
     _granted_as_planned(kubectl, namespace, port, "apart", describe,
                         plan={a: 1, b: 1}, reason=("may not share a node",))  # fmt: skip
 
@@ -667,8 +679,7 @@ def test_a_spread_constraint_beside_a_tainted_pool_is_planned_within_its_skew(
     a, _ = pools
     namespace, port, describe = _metrics_operator(kubectl, private_operator)
     spread = _spread_over_nodes("spread", 2)
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("spread", 4, 1, 4, scheduling=spread)))  # fmt: skip
+    _apply_job(kubectl, namespace, "spread", 4, spread)
     _granted_as_planned(kubectl, namespace, port, "spread", describe, plan={a: 2},
                         reason=("at most 2 of its workers may share a node",
                                 "topologySpreadConstraints"))  # fmt: skip
@@ -689,8 +700,7 @@ def test_a_spread_constraint_over_every_node_is_planned_against_the_emptiest(
     a, b = testbed.node_names[:2]
     namespace, port, describe = _beside_another_team(kubectl, private_operator, 8, b)
     even = _spread_over_nodes("even", 1)
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("even", 4, 1, 4, scheduling=even)))  # fmt: skip
+    _apply_job(kubectl, namespace, "even", 4, even)
     _granted_as_planned(kubectl, namespace, port, "even", describe, plan={a: 1},
                         reason=("a node may run at most 1 more of its workers than another",))  # fmt: skip
 
@@ -712,8 +722,7 @@ def test_a_spread_constraint_beside_a_node_without_gpus_is_planned_within_its_sk
     with node_without_gpus(kubectl, "system-node", {"kubernetes.io/hostname": "system-node"}):
         namespace, port, describe = _metrics_operator(kubectl, private_operator)
         spread = _spread_over_nodes("beside", 2)
-        kubectl("apply", "-n", namespace, "-f", "-",
-                input=json.dumps(arbitrated_job("beside", 6, 1, 6, scheduling=spread)))  # fmt: skip
+        _apply_job(kubectl, namespace, "beside", 6, spread)
         _granted_as_planned(kubectl, namespace, port, "beside", describe, plan={a: 2, b: 2},
                             reason=("at most 2 of its workers may share a node",
                                     "node system-node (no GPU) is counted"))  # fmt: skip
@@ -732,8 +741,7 @@ def test_a_job_whose_pool_advertises_no_gpu_is_queued_naming_that_pool(
     namespace, _, describe = _metrics_operator(kubectl, private_operator)
     with node_without_gpus(kubectl, "train-node", {POOL: "train"}):
         select = {"nodeSelector": {POOL: "train"}}
-        kubectl("apply", "-n", namespace, "-f", "-",
-                input=json.dumps(arbitrated_job("untrained", 2, 1, 2, scheduling=select)))  # fmt: skip
+        _apply_job(kubectl, namespace, "untrained", 2, select)
 
         def reason() -> str:
             found = json.loads(kubectl("get", "tj/untrained", "-n", namespace, "-o", "json").stdout)
@@ -781,8 +789,7 @@ def test_a_job_is_planned_on_nodes_its_pods_tolerate_once_admitted(
     present:NoSchedule excludes 2 nodes") while the scheduler would have run it."""
     a, _ = gke_gpu_taint
     namespace, port, describe = _metrics_operator(kubectl, private_operator)
-    kubectl("apply", "-n", namespace, "-f", "-",
-            input=json.dumps(arbitrated_job("admitted", 3, 1, 3)))  # fmt: skip
+    _apply_job(kubectl, namespace, "admitted", 3)
     _granted_as_planned(kubectl, namespace, port, "admitted", describe, plan={a: 3},
                         reason=("granted 3 GPUs",))  # fmt: skip
 
