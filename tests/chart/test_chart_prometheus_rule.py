@@ -4,8 +4,8 @@ Behaviours covered:
 
 * off by default; on, one PrometheusRule with the alerts TrainScaleJobDegraded,
   TrainScaleWorkersUnschedulable, TrainScaleWorkersOffPlan, TrainScaleJobPreemptedOften,
-  TrainScaleMetricsUnavailable,
-  TrainScaleJobFailed and TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
+  TrainScaleMetricsUnavailable, TrainScaleArbitrationFailing, TrainScaleJobFailed and
+  TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
   expression selecting the operator's scrape job;
 * every metric an expression reads is one the operator exports (names from
   ``metric_names`` and ``condition_metric``, not retyped);
@@ -39,6 +39,7 @@ ALERTS = [
     "TrainScaleWorkersOffPlan",
     "TrainScaleJobPreemptedOften",
     "TrainScaleMetricsUnavailable",
+    "TrainScaleArbitrationFailing",
     "TrainScaleJobFailed",
     "TrainScaleOperatorDown",
 ]
@@ -66,6 +67,7 @@ def test_alerts_durations_and_labels(render: Any) -> None:
     assert found["TrainScaleWorkersUnschedulable"]["for"] == "15m"
     assert found["TrainScaleWorkersOffPlan"]["for"] == "30m"
     assert found["TrainScaleMetricsUnavailable"]["for"] == "10m"
+    assert found["TrainScaleArbitrationFailing"]["for"] == "10m"
     assert found["TrainScaleOperatorDown"]["for"] == "5m"
     assert found["TrainScaleOperatorDown"]["labels"]["severity"] == "critical"
     for rule in found.values():
@@ -133,6 +135,7 @@ JOB_LABELS = {"job": JOB, "namespace": "ml", "trainingjob": "bert", "team": "ml"
 COND = JOB_CONDITION_NAME
 ERRORS = metric_names.PROMETHEUS_QUERY_ERRORS_NAME
 QUERIES = metric_names.PROMETHEUS_QUERY_DURATION_NAME + "_count"
+PASSES = metric_names.ARBITRATION_PASSES_NAME
 
 CASES = [
     # A job Degraded for 20 minutes: pending until 10m, then firing.
@@ -171,6 +174,16 @@ CASES = [
       _fires("TrainScaleMetricsUnavailable", "16m", {"severity": "warning", "team": "ml"})]),
     ([_series(ERRORS, "0+3x30", kind="http"), _series(QUERIES, "0+6x30")],
      [_fires("TrainScaleMetricsUnavailable", "30m")]),
+    # Every arbitration pass fails (6 a minute) from minute 0: firing once the 10 m have
+    # passed; every other pass fails: never; failing until minute 8, then working: never.
+    ([_series(PASSES, "0+6x30", outcome="error"), _series(PASSES, "0x30", outcome="ok")],
+     [_fires("TrainScaleArbitrationFailing", "5m"),
+      _fires("TrainScaleArbitrationFailing", "16m", {"severity": "warning", "team": "ml"})]),
+    ([_series(PASSES, "0+3x30", outcome="error"), _series(PASSES, "0+3x30", outcome="ok")],
+     [_fires("TrainScaleArbitrationFailing", "30m")]),
+    ([_series(PASSES, "0+6x8 48x22", outcome="error"), _series(PASSES, "0x8 0+6x22", outcome="ok")],
+     [_fires("TrainScaleArbitrationFailing", "12m"),
+      _fires("TrainScaleArbitrationFailing", "25m")]),
     ([_series(metric_names.MANAGED_JOBS_NAME, "0 0 1 1", phase="Failed")],
      [_fires("TrainScaleJobFailed", "1m"),
       _fires("TrainScaleJobFailed", "2m", {"job": JOB, "phase": "Failed", "severity": "warning",

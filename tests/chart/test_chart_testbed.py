@@ -20,17 +20,22 @@ The TrainingJob CRD comes from the shared ``crd`` fixture, so the releases are i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from trainscale.operator.observability.metric_names import ARBITRATION_PASSES_NAME
 from trainscale.testbed.cluster import Testbed, build_kubeconfig
+from trainscale.trainer.launch.local import find_free_port
 
 pytestmark = pytest.mark.testbed
 
@@ -187,12 +192,19 @@ def _pods(kubectl: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
-def test_operator_runs_with_only_the_charts_rbac(
-    testbed: Testbed, release_factory: Any, kubectl: Any, plugin: Any, tmp_path: Path
-) -> None:
-    watched = plugin.make_namespace(kubectl, "chart-run-")
-    release = release_factory("chart-run")
-    release.install({"operator": {"watchNamespaces": [watched]}}, tmp_path)
+@contextlib.contextmanager
+def _operator_as(
+    testbed: Testbed,
+    kubectl: Any,
+    plugin: Any,
+    release: Release,
+    watched: str,
+    tmp_path: Path,
+    *args: str,
+) -> Iterator[Path]:
+    """The real operator for ``watched``, run with nothing but the release's ServiceAccount
+    token; yields its log. On exit the jobs are deleted while it still runs (it lifts their
+    finalizer), then it is stopped and the namespace cleaned up."""
     sa = f"{release.name}-trainscale"
     token = kubectl("create", "token", sa, "-n", release.namespace, "--duration=1h").stdout
     kubeconfig = tmp_path / "operator.kubeconfig"
@@ -202,24 +214,12 @@ def test_operator_runs_with_only_the_charts_rbac(
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(TRAINSCALE), "operator", "--namespace", watched, "--metrics-port", "0",
-             "--liveness-port", "0"],
+            [str(TRAINSCALE), "operator", "--namespace", watched, "--liveness-port", "0", *args],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
-    job = "digits-manual"
-    workers = f"trainscale.dev/job-name={job},app.kubernetes.io/component=worker"
     try:
-        kubectl("apply", "-n", watched, "-f", str(EXAMPLE))
-        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 2, timeout=90,
-                        what="2 worker pods created by the operator")  # fmt: skip
-        kubectl("get", "service", f"{job}-rdzv", "-n", watched)
-        kubectl("scale", f"trainingjob/{job}", "-n", watched, "--replicas=3")
-        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 3, timeout=90,
-                        what="a third worker after kubectl scale")  # fmt: skip
-        events = json.loads(kubectl("get", "events", "-n", watched, "-o", "json").stdout)
-        assert any(e["involvedObject"]["kind"] == "TrainingJob" for e in events["items"])
+        yield log
     finally:
-        # Delete the job while the operator still runs: it lifts the job's finalizer.
         kubectl("delete", "trainingjobs", "--all", "-n", watched, "--timeout=60s", check=False)
         proc.terminate()
         try:
@@ -229,8 +229,103 @@ def test_operator_runs_with_only_the_charts_rbac(
             proc.wait()
         plugin.cleanup_namespace(kubectl, watched)
         print("operator log (tail):", *log.read_text(errors="replace").splitlines()[-30:], sep="\n")
+
+
+def test_operator_runs_with_only_the_charts_rbac(
+    testbed: Testbed, release_factory: Any, kubectl: Any, plugin: Any, tmp_path: Path
+) -> None:
+    watched = plugin.make_namespace(kubectl, "chart-run-")
+    release = release_factory("chart-run")
+    release.install({"operator": {"watchNamespaces": [watched]}}, tmp_path)
+    job = "digits-manual"
+    workers = f"trainscale.dev/job-name={job},app.kubernetes.io/component=worker"
+    with _operator_as(
+        testbed, kubectl, plugin, release, watched, tmp_path, "--metrics-port", "0"
+    ) as log:
+        kubectl("apply", "-n", watched, "-f", str(EXAMPLE))
+        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 2, timeout=90,
+                        what="2 worker pods created by the operator")  # fmt: skip
+        kubectl("get", "service", f"{job}-rdzv", "-n", watched)
+        kubectl("scale", f"trainingjob/{job}", "-n", watched, "--replicas=3")
+        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 3, timeout=90,
+                        what="a third worker after kubectl scale")  # fmt: skip
+        events = json.loads(kubectl("get", "events", "-n", watched, "-o", "json").stdout)
+        assert any(e["involvedObject"]["kind"] == "TrainingJob" for e in events["items"])
     text = log.read_text(errors="replace")
     assert "Forbidden" not in text and " 403" not in text, text[-3000:]
+
+
+def _arbitration_passes(port: int) -> dict[str, float]:
+    """The operator's arbitration pass counter by outcome; empty until it answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == ARBITRATION_PASSES_NAME
+    }
+
+
+def test_a_failing_arbitration_pass_is_counted_logged_and_holds_no_job_back(
+    testbed: Testbed, release_factory: Any, kubectl: Any, plugin: Any, tmp_path: Path
+) -> None:
+    """The release's ClusterRole without its PriorityClass rule (RBAC drifted from the chart,
+    say): every arbitration pass is refused. The operator counts each one failed
+    (``arbitration_passes_total{outcome="error"}``, the TrainScaleArbitrationFailing
+    alert's input), logs why once, and an arbitrated job is not held waiting for an
+    admission that cannot come: its worker is created. Once the rule is back, passes
+    succeed, the log says so, and the job is admitted."""
+    watched = plugin.make_namespace(kubectl, "chart-arb-")
+    release = release_factory("chart-arb")
+    release.install({"operator": {"watchNamespaces": [watched]}}, tmp_path)
+    role_name = f"{release.name}-trainscale"
+    role = json.loads(kubectl("get", "clusterrole", role_name, "-o", "json").stdout)
+    role["metadata"].pop("resourceVersion")  # replaced unconditionally, twice
+    kept = [r for r in role["rules"] if "priorityclasses" not in r.get("resources", [])]
+    assert len(kept) == len(role["rules"]) - 1, role["rules"]
+    broken = {**role, "rules": kept}
+    kubectl("replace", "-f", "-", input=json.dumps(broken))
+    port = find_free_port()
+    job = {
+        "apiVersion": "trainscale.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "arb"},
+        "spec": {
+            "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
+            "autoscaling": {"enabled": True},
+            "template": {"spec": {"terminationGracePeriodSeconds": 0, "containers": [
+                {"name": "trainer", "image": "trainer:1",
+                 "resources": {"limits": {"nvidia.com/gpu": 1}}}]}},
+        },
+    }  # fmt: skip
+    workers = "trainscale.dev/job-name=arb,app.kubernetes.io/component=worker"
+    args = ("--arbitration-interval", "1", "--metrics-port", str(port),
+            "--metrics-address", "127.0.0.1", "--prometheus-url", "http://127.0.0.1:9")  # fmt: skip
+    with _operator_as(testbed, kubectl, plugin, release, watched, tmp_path, *args) as log:
+        kubectl("apply", "-n", watched, "-f", "-", input=json.dumps(job))
+        plugin.wait_for(lambda: _arbitration_passes(port).get("error", 0) >= 2, timeout=60,
+                        what="failed arbitration passes counted",
+                        describe=lambda: str(_arbitration_passes(port)))  # fmt: skip
+        assert _arbitration_passes(port).get("ok") == 0
+        plugin.wait_for(lambda: len(_pods(kubectl, watched, workers)) == 1, timeout=90,
+                        what="the arbitrated job's worker, not held for admission")  # fmt: skip
+        text = log.read_text(errors="replace")
+        assert text.count("cluster arbitration failed") == 1, text[-3000:]
+        assert "priorityclasses" in text, text[-3000:]
+        kubectl("replace", "-f", "-", input=json.dumps(role))
+
+        def admitted() -> bool:
+            found = json.loads(kubectl("get", "tj/arb", "-n", watched, "-o", "json").stdout)
+            return bool((found.get("status") or {}).get("arbitration"))
+
+        plugin.wait_for(lambda: _arbitration_passes(port).get("ok", 0) >= 1, timeout=60,
+                        what="an arbitration pass that succeeds once the rule is back")  # fmt: skip
+        plugin.wait_for(admitted, timeout=60, what="the job's status.arbitration")
+        assert "cluster arbitration works again" in log.read_text(errors="replace")
 
 
 def test_install_yaml_is_accepted_by_the_apiserver(kubectl: Any, crd: dict[str, Any]) -> None:

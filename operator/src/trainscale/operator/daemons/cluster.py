@@ -136,14 +136,19 @@ class ClusterArbitration:
         async with self.lock:
             if not force and time.monotonic() - self.last_run < self.interval_seconds:
                 return
-            self.last_run = time.monotonic()
+            began = self.last_run = time.monotonic()
             try:
                 await self._run(clients)
-                self.error = None
             except Exception as exc:  # a failed pass keeps the last results
                 if str(exc) != self.error:
                     log.warning("cluster arbitration failed (keeping the last shares): %s", exc)
                 self.error = str(exc)
+            else:
+                if self.error is not None:
+                    log.warning("cluster arbitration works again")
+                self.error = None
+            seconds = time.monotonic() - began
+            get_metrics().observe_arbitration_pass(seconds, ok=self.error is None)
 
     def _throughput(
         self, key: str, spec: api.TrainingJobSpec, forced_from: Iterable[int]

@@ -487,6 +487,26 @@ OPERATOR_ROW = Row(
             min=0,
             width=8,
         ),
+        Panel(
+            title="Cluster arbitration",
+            description=(
+                "Arbitration passes per second by outcome (ok, error: jobs keep their last "
+                "shares, the operator log says why), and the p95 wall time of one pass."
+            ),
+            unit="short",
+            targets=(
+                Target(
+                    f"sum by (outcome) (rate({op.ARBITRATION_PASSES_NAME}[{_RATE}]))",
+                    "passes/s {{outcome}}",
+                ),
+                Target(
+                    _quantile(0.95, op.ARBITRATION_PASS_DURATION_NAME),
+                    "p95 pass seconds",
+                ),
+            ),
+            min=0,
+            width=8,
+        ),
     ),
 )
 

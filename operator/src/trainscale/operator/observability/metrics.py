@@ -24,6 +24,8 @@ from prometheus_client import (
 from trainscale.operator.api.models import Phase
 from trainscale.operator.observability.metric_names import (
     ARBITRATION_CEILING_NAME,
+    ARBITRATION_PASS_DURATION_NAME,
+    ARBITRATION_PASSES_NAME,
     DESIRED_REPLICAS_NAME,
     JOB_COST_PER_HOUR_NAME,
     JOB_LABEL,
@@ -108,6 +110,23 @@ class OperatorMetrics:
             "Times cluster arbitration stopped a running TrainingJob for a job of higher "
             "priority (its Preempted Event names which).",
             _JOB_LABELS,
+            registry=registry,
+        )
+        self.arbitration_passes = Counter(
+            ARBITRATION_PASSES_NAME.removesuffix("_total"),
+            "Cluster arbitration passes, by outcome (ok; error: the pass failed, the jobs "
+            "keep their last shares and new ones are not held for admission, the operator "
+            "log says why).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("ok", "error"):  # both start at 0, so increase() sees the first
+            self.arbitration_passes.labels(outcome)
+        self.arbitration_pass_duration = Histogram(
+            ARBITRATION_PASS_DURATION_NAME,
+            "Wall time of one cluster arbitration pass (its list requests, the dry runs of "
+            "new jobs' pods, the decision and the status writes).",
+            buckets=RECONCILE_BUCKETS,
             registry=registry,
         )
         self.job_cost_per_hour = Gauge(
@@ -197,6 +216,11 @@ class OperatorMetrics:
         counter = self.preemptions.labels(namespace, job)
         if preempted:
             counter.inc()
+
+    def observe_arbitration_pass(self, seconds: float, *, ok: bool) -> None:
+        """Record one cluster arbitration pass: how long it took and whether it failed."""
+        self.arbitration_passes.labels("ok" if ok else "error").inc()
+        self.arbitration_pass_duration.observe(seconds)
 
     def forget_job(self, namespace: str, job: str) -> None:
         """Drop a deleted job's series."""

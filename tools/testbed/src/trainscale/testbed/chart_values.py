@@ -207,6 +207,7 @@ def build_values_schema() -> Schema:
                         "degradedFor": DURATION,
                         "unschedulableFor": DURATION,
                         "metricsUnavailableFor": DURATION,
+                        "arbitrationFailingFor": DURATION,
                         "operatorDownFor": DURATION,
                         "offPlanFor": DURATION,
                         "preemptionsPerHour": integer(1),
