@@ -136,7 +136,7 @@ async def autoscale_job(
     if arbitration is not None and arbitration.enabled and cluster.is_arbitrated(spec, True):
         key = job_key(namespace, name)
         arbitration.register(key, autoscaler, loop.restart_cost_seconds)
-        await arbitration.run_if_due(clients, force=arbitration.result(key) is None)
+        await arbitration.run_if_due(clients, for_key=key)
         share = arbitration.result(key)
         if share is not None and share.status.queued:
             return float(spec.autoscaling.interval_seconds)  # queued: nothing runs

@@ -21,7 +21,7 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ import pydantic
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
+from trainscale.operator.api.reporting import EventSpec
 from trainscale.operator.autoscaling import AutoscalerMemory
 from trainscale.operator.autoscaling.arbiter import ArbiterSettings
 from trainscale.operator.autoscaling.cluster import (
@@ -55,6 +56,9 @@ from trainscale.operator.daemons.common import (
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_SECONDS = 10.0
+# API calls a pass makes at once: dry runs of new jobs' worker pods, status writes (a
+# quarter of the API threads, ``k8s.API_CONCURRENCY``: the job loops keep the rest).
+PASS_CONCURRENCY = 8
 
 
 class ThroughputPredictor(Protocol):
@@ -102,6 +106,9 @@ class ClusterArbitration:
     last_run: float = -math.inf
     error: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # How a pass posts a job's Event (kopf's event queue; a pass run outside kopf is given
+    # another).
+    post_event: Callable[[Mapping[str, Any], EventSpec], None] = post_event
 
     def register(
         self, key: str, predictor: ThroughputPredictor, restart_cost_seconds: float = 0.0
@@ -129,12 +136,18 @@ class ClusterArbitration:
         """The job's full result from the last pass, if any."""
         return self.results.get(key)
 
-    async def run_if_due(self, clients: k8s.KubernetesClients, *, force: bool = False) -> None:
-        """Run a pass when the interval has passed since the last one (or ``force``)."""
+    async def run_if_due(
+        self, clients: k8s.KubernetesClients, *, for_key: str | None = None
+    ) -> None:
+        """Run a pass when the interval has passed since the last one, or when job
+        ``for_key`` has no result yet, judged once the lock is held: a burst of new jobs
+        waits on the lock together, and the pass the first of them runs answers every job it
+        listed. (Each new job's loop used to force a pass of its own, one after another.)"""
         if not self.enabled:
             return
         async with self.lock:
-            if not force and time.monotonic() - self.last_run < self.interval_seconds:
+            due = time.monotonic() - self.last_run >= self.interval_seconds
+            if not (due or (for_key is not None and for_key not in self.results)):
                 return
             began = self.last_run = time.monotonic()
             try:
@@ -182,19 +195,23 @@ class ClusterArbitration:
         return table
 
     async def _run(self, clients: k8s.KubernetesClients) -> None:
+        began = time.monotonic()
         listed, pods, bodies, priorities = await asyncio.gather(
             asyncio.to_thread(k8s.fetch_nodes, clients),
             asyncio.to_thread(k8s.fetch_bound_pods, clients),
             asyncio.to_thread(k8s.fetch_all_jobs, clients),
             asyncio.to_thread(k8s.fetch_priority_classes, clients),
         )
+        lists = time.monotonic()
         nodes = listed.gpu
-        admitted = await asyncio.to_thread(self._admitted_specs, clients, bodies)
+        admitted, dry_runs = await self._admitted_specs(clients, bodies)
+        admitting = time.monotonic()
         capacity = build_capacity(nodes, pods)
         running = compute_worker_nodes(pods)
         node_gpus = compute_largest_node_gpus(nodes)
         jobs: list[ManagedJob] = []
         previous: dict[str, api.ArbitrationStatus | None] = {}
+        by_key = {_key_of(body): body for body in bodies}
         for body in bodies:
             job = self._managed_job(
                 body, running, priorities, nodes, node_gpus, listed.other, admitted
@@ -209,21 +226,43 @@ class ClusterArbitration:
             jobs, capacity, previous, utcnow(), nodes, free, self.settings, listed.other
         )
         self.results = results
+        deciding = time.monotonic()
         metrics = get_metrics()
+        changed = []
         for key, result in results.items():
             namespace, name = key.split("/", 1)
             metrics.observe_arbitration(namespace, name, result.ceiling, result.preempted)
-            if _same(previous.get(key), result.status):
-                continue
-            async with WAKEUPS.lock(namespace, name):
-                await asyncio.to_thread(
-                    k8s.patch_job_status, clients, namespace, name, result.status_patch
-                )
-            body = next(b for b in bodies if _key_of(b) == key)
-            if result.event is not None:
-                post_event(body, result.event)
-                log.info("TrainingJob %s: %s", key, result.event.message)
-            WAKEUPS.wake(namespace, name)  # admitted, queued or re-capped: reconcile now
+            if not _same(previous.get(key), result.status):
+                changed.append((by_key[key], result))
+        gate = asyncio.Semaphore(PASS_CONCURRENCY)
+        await asyncio.gather(*(self._write(clients, gate, body, r) for body, r in changed))
+        log.debug(
+            "arbitration pass: %d jobs; lists %.2f s, %d dry runs %.2f s, decision %.2f s, "
+            "%d status writes %.2f s",
+            len(bodies), lists - began, dry_runs, admitting - lists, deciding - admitting,
+            len(changed), time.monotonic() - deciding,
+        )  # fmt: skip
+
+    async def _write(
+        self,
+        clients: k8s.KubernetesClients,
+        gate: asyncio.Semaphore,
+        body: Mapping[str, Any],
+        result: ArbitrationResult,
+    ) -> None:
+        """Write a job's changed ``status.arbitration`` (under the job's status lock, while
+        at most ``PASS_CONCURRENCY`` writes run: a job whose reconcile pass holds its lock
+        keeps no other job's admission waiting), post its Event, wake its reconcile loop."""
+        key = _key_of(body)
+        namespace, name = key.split("/", 1)
+        async with gate, WAKEUPS.lock(namespace, name):
+            await asyncio.to_thread(
+                k8s.patch_job_status, clients, namespace, name, result.status_patch
+            )
+        if result.event is not None:
+            self.post_event(body, result.event)
+            log.info("TrainingJob %s: %s", key, result.event.message)
+        WAKEUPS.wake(namespace, name)  # admitted, queued or re-capped: reconcile now
 
     def _managed_job(
         self,
@@ -265,14 +304,17 @@ class ClusterArbitration:
             arbitration_enabled=self.in_scope(namespace),
         )
 
-    def _admitted_specs(
+    async def _admitted_specs(
         self, clients: k8s.KubernetesClients, bodies: Sequence[Mapping[str, Any]]
-    ) -> dict[tuple[str, str], Mapping[str, Any]]:
+    ) -> tuple[dict[tuple[str, str], Mapping[str, Any]], int]:
         """The admitted pod spec of each job this operator arbitrates and that has not
-        finished (:class:`~trainscale.operator.daemons.common.AdmittedPodSpecs`: a dry run
-        per job whose template is new or changed; blocking)."""
+        finished (:class:`~trainscale.operator.daemons.common.AdmittedPodSpecs`), and how
+        many dry runs it took: one per job whose template is new or changed,
+        ``PASS_CONCURRENCY`` at a time (a burst of 200 new jobs made 200 dry runs one after
+        another, seconds of the pass that admits them)."""
         now = time.monotonic()
         found: dict[tuple[str, str], Mapping[str, Any]] = {}
+        missing: list[tuple[JobRef, api.TrainingJobSpec]] = []
         for body in bodies:
             meta = body.get("metadata") or {}
             namespace, name = meta.get("namespace", ""), meta.get("name", "")
@@ -284,8 +326,21 @@ class ClusterArbitration:
             except pydantic.ValidationError:
                 continue
             job = JobRef(name=name, namespace=namespace, uid=meta.get("uid", ""))
-            found[(namespace, name)] = ADMITTED.pod_spec(clients, job, spec, now)
-        return found
+            held = ADMITTED.held(job, spec, now)
+            if held is None:
+                missing.append((job, spec))
+            else:
+                found[(namespace, name)] = held
+        gate = asyncio.Semaphore(PASS_CONCURRENCY)
+
+        async def admit(job: JobRef, spec: api.TrainingJobSpec) -> None:
+            async with gate:
+                found[(job.namespace, job.name)] = await asyncio.to_thread(
+                    ADMITTED.pod_spec, clients, job, spec, now
+                )
+
+        await asyncio.gather(*(admit(job, spec) for job, spec in missing))
+        return found, len(missing)
 
     def in_scope(self, namespace: str) -> bool:
         """Whether this operator manages jobs in ``namespace``."""

@@ -131,10 +131,10 @@ class AdmittedPodSpecs:
     ) -> Mapping[str, Any]:
         """The admitted pod spec of ``job``'s workers (blocking: one request when not
         held); ``now``: a monotonic clock, in seconds."""
-        fingerprint = json.dumps(spec.template, sort_keys=True, default=str)
-        held = self._found.get((job.namespace, job.name))
-        if held is not None and held[0] == fingerprint and now < held[1]:
-            return held[2]
+        held = self.held(job, spec, now)
+        if held is not None:
+            return held
+        fingerprint = _fingerprint(spec)
         pod = build_worker_pod(job, spec, 0)
         admitted = (k8s.fetch_admitted_pod(clients, pod) or {}).get("spec")
         found: Mapping[str, Any] = admitted or pod["spec"]
@@ -142,12 +142,25 @@ class AdmittedPodSpecs:
         self._found[(job.namespace, job.name)] = (fingerprint, until, found)
         return found
 
+    def held(self, job: JobRef, spec: api.TrainingJobSpec, now: float) -> Mapping[str, Any] | None:
+        """The admitted pod spec held for ``job``'s template at ``now``, or None when
+        :meth:`pod_spec` would have to ask the apiserver."""
+        held = self._found.get((job.namespace, job.name))
+        if held is not None and held[0] == _fingerprint(spec) and now < held[1]:
+            return held[2]
+        return None
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's pod spec."""
         self._found.pop((namespace, name), None)
 
 
 ADMITTED = AdmittedPodSpecs()
+
+
+def _fingerprint(spec: api.TrainingJobSpec) -> str:
+    """What an admitted pod spec is held against: the job's pod template."""
+    return json.dumps(spec.template, sort_keys=True, default=str)
 
 
 def max_workers_per_node(

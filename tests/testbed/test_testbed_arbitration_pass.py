@@ -1,0 +1,125 @@
+"""The operator's cluster arbitration pass (``ClusterArbitration``) on the real apiserver of
+the test-bed: no operator process runs; the pass lists the cluster, dry-runs new jobs' pods
+and writes their status through the operator's own Kubernetes adapter.
+
+Covers:
+- a burst of new jobs whose autoscale loops all ask for a pass at once (each job without a
+  result yet) is answered by one pass that lists them all, not by one pass per job run back
+  to back: each job's admission is written, and its Event posted, once; the pass dry-runs
+  each new job's worker once and writes each status once, several at a time (a job whose
+  status lock is held keeps no other job's admission waiting) but never more than
+  ``PASS_CONCURRENCY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from trainscale.operator import api
+from trainscale.operator.adapters import k8s
+from trainscale.operator.daemons.cluster import PASS_CONCURRENCY, ClusterArbitration, job_key
+from trainscale.operator.daemons.common import get_metrics
+from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+BURST = 12  # more than PASS_CONCURRENCY
+
+
+@pytest.fixture
+def clients(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> k8s.KubernetesClients:
+    """The operator's own Kubernetes adapter, pointed at the test-bed."""
+    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
+    return k8s.load_clients()
+
+
+def arbitrated(name: str) -> dict[str, Any]:
+    """An autoscaled job of one one-GPU worker, held at one (min = max)."""
+    container = {"name": "trainer", "image": "registry.example/none:1",
+                 "resources": {"limits": {GPU_RESOURCE: 1}}}  # fmt: skip
+    spec = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1,
+            "autoscaling": {"enabled": True},
+            "template": {"spec": {"terminationGracePeriodSeconds": 0,
+                                  "containers": [container]}}}  # fmt: skip
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name},
+            "spec": spec}  # fmt: skip
+
+
+def passes() -> float:
+    """Arbitration passes this process ran, whatever their outcome."""
+    counter = get_metrics().arbitration_passes
+    return float(sum(counter.labels(outcome)._value.get() for outcome in ("ok", "error")))
+
+
+class Overlapping:
+    """A spy around one of the adapter's blocking calls: the jobs it was called for, and the
+    most calls in flight at once (each made 0.2 s slower, as a loaded apiserver's admission
+    chain, so that calls made together overlap)."""
+
+    def __init__(self, real: Callable[..., Any], job_of: Callable[..., str]) -> None:
+        self.real, self.job_of = real, job_of
+        self.jobs: list[str] = []
+        self.most = self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> Any:
+        with self._lock:
+            self._in_flight += 1
+            self.most = max(self.most, self._in_flight)
+            self.jobs.append(self.job_of(*args))
+        try:
+            time.sleep(0.2)
+            return self.real(*args)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+async def test_a_burst_of_new_jobs_is_answered_by_one_pass(
+    crd: dict[str, Any],
+    kubectl: Any,
+    namespace: str,
+    clients: k8s.KubernetesClients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dry_runs = Overlapping(
+        k8s.fetch_admitted_pod, lambda _, pod: pod["metadata"]["labels"][api.LABEL_JOB_NAME]
+    )
+    writes = Overlapping(k8s.patch_job_status, lambda _, namespace, name, patch: name)
+    monkeypatch.setattr(k8s, "fetch_admitted_pod", dry_runs)
+    monkeypatch.setattr(k8s, "patch_job_status", writes)
+    # The operator's threads for blocking API calls (its start-up sets them), not asyncio's
+    # default of CPUs + 4, which alone would bound the dry runs here.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=k8s.API_CONCURRENCY, thread_name_prefix="test-api")
+    )
+    items = [arbitrated(f"burst-{i}") for i in range(BURST)]
+    kubectl("create", "-n", namespace, "-f", "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
+    events: list[tuple[str, str]] = []
+    arbitration = ClusterArbitration(
+        namespaces=(namespace,),
+        post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)),
+    )
+    keys = [job_key(namespace, f"burst-{i}") for i in range(BURST)]
+    before = passes()
+    await asyncio.gather(*(arbitration.run_if_due(clients, for_key=key) for key in keys))
+    assert passes() - before == 1, arbitration.error
+    assert all(arbitration.result(key) is not None for key in keys)
+    jobs = json.loads(kubectl("get", "tj", "-n", namespace, "-o", "json").stdout)["items"]
+    assert all(j["status"]["arbitration"]["ceiling"] == 1 for j in jobs), jobs
+    assert sorted(name for name, _ in events) == sorted(f"burst-{i}" for i in range(BURST))
+    for spy in (dry_runs, writes):  # once per job, several at a time, never too many
+        assert sorted(spy.jobs) == sorted(f"burst-{i}" for i in range(BURST))
+        assert 1 < spy.most <= PASS_CONCURRENCY < BURST, spy.most
+    # Not due, every job answered: no pass.
+    await asyncio.gather(*(arbitration.run_if_due(clients, for_key=key) for key in keys))
+    assert passes() - before == 1
