@@ -8,7 +8,10 @@ Covers:
   to back: each job's admission is written, and its Event posted, once; the pass dry-runs
   each new job's worker once and writes each status once, several at a time (a job whose
   status lock is held keeps no other job's admission waiting) but never more than
-  ``PASS_CONCURRENCY``.
+  ``PASS_CONCURRENCY``;
+- ``NodeListing`` (what every job's autoscale pass reads the nodes from): callers at once
+  share one LIST of the real nodes, later ones reuse it until it is ``max_age_seconds``
+  old, and the arbitration pass's ``refresh`` lists afresh for the callers after it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pytest
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.daemons.cluster import PASS_CONCURRENCY, ClusterArbitration, job_key
-from trainscale.operator.daemons.common import get_metrics
+from trainscale.operator.daemons.common import NodeListing, get_metrics
 from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
@@ -123,3 +126,28 @@ async def test_a_burst_of_new_jobs_is_answered_by_one_pass(
     # Not due, every job answered: no pass.
     await asyncio.gather(*(arbitration.run_if_due(clients, for_key=key) for key in keys))
     assert passes() - before == 1
+
+
+async def test_one_listing_of_the_nodes_serves_every_caller_until_it_is_old(
+    clients: k8s.KubernetesClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, lists = k8s.fetch_nodes, []
+
+    def counted(clients_: k8s.KubernetesClients) -> k8s.ListedNodes:
+        lists.append(clients_)
+        time.sleep(0.1)  # callers arrive while the LIST is in flight
+        return real(clients_)
+
+    monkeypatch.setattr(k8s, "fetch_nodes", counted)
+    listing = NodeListing(max_age_seconds=10.0)
+    answers = await asyncio.gather(*(listing.get(clients, 100.0) for _ in range(8)))
+    assert len(lists) == 1
+    assert all(answer is answers[0] for answer in answers)
+    names = [n["metadata"]["name"] for n in answers[0].gpu]
+    assert names and names == [n["metadata"]["name"] for n in real(clients).gpu]
+    assert await listing.get(clients, 109.9) is answers[0] and len(lists) == 1
+    aged = await listing.get(clients, 110.0)
+    assert aged is not answers[0] and len(lists) == 2
+    fresh = await listing.refresh(clients, 111.0)
+    assert fresh is not aged and len(lists) == 3
+    assert await listing.get(clients, 112.0) is fresh and len(lists) == 3

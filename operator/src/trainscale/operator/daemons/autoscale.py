@@ -36,6 +36,7 @@ from trainscale.operator.daemons.common import (
     IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
+    NODES,
     RESYNC_SECONDS,
     WAKEUPS,
     get_metrics,
@@ -142,7 +143,7 @@ async def autoscale_job(
             return float(spec.autoscaling.interval_seconds)  # queued: nothing runs
         ceiling = arbitration.ceiling(key)
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
-    listed = await asyncio.to_thread(k8s.fetch_nodes, clients)
+    listed = await NODES.get(clients, time.monotonic())
     nodes = listed.gpu
     job = JobRef(name=name, namespace=namespace, uid=(body.get("metadata") or {}).get("uid", ""))
     pod_spec = await asyncio.to_thread(ADMITTED.pod_spec, clients, job, spec, time.monotonic())

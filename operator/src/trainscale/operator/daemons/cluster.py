@@ -46,6 +46,7 @@ from trainscale.operator.autoscaling.cluster import (
 from trainscale.operator.controller.builders import JobRef
 from trainscale.operator.daemons.common import (
     ADMITTED,
+    NODES,
     WAKEUPS,
     get_metrics,
     max_workers_per_node,
@@ -197,7 +198,7 @@ class ClusterArbitration:
     async def _run(self, clients: k8s.KubernetesClients) -> None:
         began = time.monotonic()
         listed, pods, bodies, priorities = await asyncio.gather(
-            asyncio.to_thread(k8s.fetch_nodes, clients),
+            NODES.refresh(clients, time.monotonic()),
             asyncio.to_thread(k8s.fetch_bound_pods, clients),
             asyncio.to_thread(k8s.fetch_all_jobs, clients),
             asyncio.to_thread(k8s.fetch_priority_classes, clients),

@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -161,6 +162,53 @@ ADMITTED = AdmittedPodSpecs()
 def _fingerprint(spec: api.TrainingJobSpec) -> str:
     """What an admitted pod spec is held against: the job's pod template."""
     return json.dumps(spec.template, sort_keys=True, default=str)
+
+
+class NodeListing:
+    """The cluster's nodes (:func:`~trainscale.operator.adapters.k8s.fetch_nodes`), listed at
+    most once every ``max_age_seconds`` for every job's autoscale pass together.
+
+    Each pass reads the nodes (GPUs per node, labels, taints) for its placement model and
+    bounds. Listed per pass, a thousand autoscaled jobs every 30 s made 33 LISTs of every
+    node a second, each the whole node list (megabytes on a large cluster) serialised by
+    the apiserver and parsed here. Nodes change on the scale of minutes; the arbitration
+    pass lists them afresh every interval (:meth:`refresh`) and the loops reuse that.
+    Callers at once share one LIST, waiting on an asyncio lock, not in a thread: a
+    thread blocked on a lock is one the job loops' API calls cannot use."""
+
+    def __init__(self, max_age_seconds: float = 10.0) -> None:
+        self.max_age_seconds = max_age_seconds
+        # per cluster (one connection per kubeconfig): when listed (monotonic), the nodes
+        self._listed: dict[k8s.KubernetesClients, tuple[float, k8s.ListedNodes]] = {}
+        # one lock per event loop (an asyncio.Lock is bound to the loop that first waits on it)
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(self, clients: k8s.KubernetesClients, now: float) -> k8s.ListedNodes:
+        """The nodes as listed less than ``max_age_seconds`` before ``now`` (a monotonic
+        clock, in seconds), listing them when they are older."""
+        async with self._locked():
+            held = self._listed.get(clients)
+            if held is not None and now - held[0] < self.max_age_seconds:
+                return held[1]
+            return await self._list(clients, now)
+
+    async def refresh(self, clients: k8s.KubernetesClients, now: float) -> k8s.ListedNodes:
+        """The nodes listed now, kept for the next callers."""
+        async with self._locked():
+            return await self._list(clients, now)
+
+    def _locked(self) -> asyncio.Lock:
+        return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+    async def _list(self, clients: k8s.KubernetesClients, now: float) -> k8s.ListedNodes:
+        listed = await asyncio.to_thread(k8s.fetch_nodes, clients)
+        self._listed[clients] = (now, listed)
+        return listed
+
+
+NODES = NodeListing()
 
 
 def max_workers_per_node(
