@@ -223,9 +223,13 @@ class ClusterArbitration:
             previous[job.key] = _previous_status(body)
         placed = {job.key for job in jobs if job.arbitrated}  # the workers the arbiter places
         free = build_node_free(nodes, pods, placed=placed)
-        results = decide_arbitration(
-            jobs, capacity, previous, utcnow(), nodes, free, self.settings, listed.other
-        )
+        # Pure and over data built for this pass alone, so in a thread: the decision for a
+        # thousand jobs takes 1.5-2.5 s of Python (benchmarks/arbiter_speed.py), which on the
+        # event loop stalled every job's loop, the watches and kopf's stop timeouts with it.
+        results = await asyncio.to_thread(
+            decide_arbitration,
+            jobs, capacity, previous, utcnow(), nodes, free, self.settings, listed.other,
+        )  # fmt: skip
         self.results = results
         deciding = time.monotonic()
         metrics = get_metrics()
