@@ -8,7 +8,8 @@ Covers:
   to back: each job's admission is written, and its Event posted, once; the pass dry-runs
   each new job's worker once and writes each status once, several at a time (a job whose
   status lock is held keeps no other job's admission waiting) but never more than
-  ``PASS_CONCURRENCY``;
+  ``PASS_CONCURRENCY``; once answered, a job's loop does not wait for a pass another loop
+  runs;
 - ``NodeListing`` (what every job's autoscale pass reads the nodes from): callers at once
   share one LIST of the real nodes, later ones reuse it until it is ``max_age_seconds``
   old, and the arbitration pass's ``refresh`` lists afresh for the callers after it.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -125,6 +127,14 @@ async def test_a_burst_of_new_jobs_is_answered_by_one_pass(
         assert 1 < spy.most <= PASS_CONCURRENCY < BURST, spy.most
     # Not due, every job answered: no pass.
     await asyncio.gather(*(arbitration.run_if_due(clients, for_key=key) for key in keys))
+    assert passes() - before == 1
+    # Due while another loop runs a pass: a job with a result goes on without waiting for
+    # it; a job without one waits.
+    arbitration.last_run = -math.inf
+    async with arbitration.lock:
+        await asyncio.wait_for(arbitration.run_if_due(clients, for_key=keys[0]), timeout=5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(arbitration.run_if_due(clients, for_key="x/new"), timeout=1)
     assert passes() - before == 1
 
 
