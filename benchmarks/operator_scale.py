@@ -9,10 +9,12 @@ pods Running without running them) and ``trainscale operator`` as its own proces
 
 For each ``--jobs`` N (a fresh namespace and a fresh operator each):
 
-* **burst**: N jobs of ``--workers`` workers (no GPU, autoscaling off, arbitration off)
-  created by one ``kubectl create``; two ``kubectl --watch`` streams time, per job, its first
-  worker pod and its ``Running`` phase from the moment the job appeared (p50/p99), and the
-  whole burst until every job is Running;
+* **burst**: N jobs of ``--workers`` workers (no GPU, autoscaling off, arbitration off;
+  ``--arbitrated``: one GPU per worker, autoscaled at a fixed size and arbitrated, so each
+  job waits for its admission by an arbitration pass) created by one ``kubectl create``;
+  two ``kubectl --watch`` streams time, per job, its first worker pod and its ``Running``
+  phase from the moment the job appeared (p50/p99), and the whole burst until every job is
+  Running; with the arbitration passes the operator ran and their p50/p99 duration;
 * **steady**: after ``--settle`` s, a ``--window`` s window with nothing changing: the
   apiserver's own ``apiserver_request_total`` deltas (all clients, WATCH excluded; the same
   window measured before any job is the baseline that is subtracted), the operator's CPU,
@@ -51,8 +53,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from trainscale.operator.api import GPU_RESOURCE
 from trainscale.operator.daemons.memory import QUIET_SECONDS
 from trainscale.operator.observability.metric_names import (
+    ARBITRATION_PASS_DURATION_NAME,
     JOB_LOOPS_NAME,
     RECONCILE_DURATION_NAME,
     RECONCILE_TOTAL_NAME,
@@ -73,8 +77,17 @@ WORKER_POD = re.compile(rf"^(?P<job>.+){re.escape(WORKER_INFIX)}\d+$")
 # Pure helpers
 
 
-def job_manifest(name: str, workers: int) -> dict[str, Any]:
-    """``workers`` workers, no GPU (kwok nodes run nothing), autoscaling off (the default)."""
+def job_manifest(name: str, workers: int, arbitrated: bool = False) -> dict[str, Any]:
+    """``workers`` workers, no GPU (kwok nodes run nothing), autoscaling off (the default).
+
+    ``arbitrated``: one GPU per worker and autoscaling on, held at ``workers``
+    (min = max), so cluster arbitration admits the job and its autoscale loop runs every
+    ``intervalSeconds`` (30 s, the default) against a Prometheus that refuses connections."""
+    container: dict[str, Any] = {"name": "trainer", "image": "trainer:1"}
+    extra: dict[str, Any] = {}
+    if arbitrated:
+        container["resources"] = {"limits": {GPU_RESOURCE: 1}}
+        extra["autoscaling"] = {"enabled": True}
     return {
         "apiVersion": "trainscale.dev/v1alpha1",
         "kind": "TrainingJob",
@@ -83,12 +96,8 @@ def job_manifest(name: str, workers: int) -> dict[str, Any]:
             "replicas": workers,
             "minReplicas": workers,
             "maxReplicas": workers,
-            "template": {
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [{"name": "trainer", "image": "trainer:1"}],
-                }
-            },
+            **extra,
+            "template": {"spec": {"terminationGracePeriodSeconds": 0, "containers": [container]}},
         },
     }
 
@@ -148,20 +157,24 @@ class OperatorScrape:
     buckets: dict[float, float]  # reconcile duration histogram, cumulative
     passes: float
     loops: float
+    arbitration: dict[float, float] = field(default_factory=dict)  # pass duration, cumulative
 
 
 def parse_operator_metrics(text: str) -> OperatorScrape:
     buckets: dict[float, float] = {}
+    arbitration: dict[float, float] = {}
     passes = loops = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == RECONCILE_DURATION_NAME + "_bucket":
                 buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name == ARBITRATION_PASS_DURATION_NAME + "_bucket":
+                arbitration[float(sample.labels["le"])] = sample.value
             elif sample.name == RECONCILE_TOTAL_NAME:
                 passes += sample.value
             elif sample.name == JOB_LOOPS_NAME:
                 loops += sample.value
-    return OperatorScrape(buckets, passes, loops)
+    return OperatorScrape(buckets, passes, loops, arbitration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +228,12 @@ def load_average() -> str:
 class Operator:
     """``trainscale operator`` for one namespace, /metrics on a loopback port."""
 
-    def __init__(self, bed: Testbed, namespace: str, log: Path) -> None:
+    def __init__(self, bed: Testbed, namespace: str, log: Path, arbitrated: bool = False) -> None:
         self.port = find_free_port()
-        argv = [str(TRAINSCALE), "operator", "--namespace", namespace, "--no-arbitration",
+        # Arbitrated: the autoscale loops' Prometheus refuses connections at once (port 9).
+        arbitration = ["--prometheus-url", "http://127.0.0.1:9"] if arbitrated else [
+            "--no-arbitration"]  # fmt: skip
+        argv = [str(TRAINSCALE), "operator", "--namespace", namespace, *arbitration,
                 "--metrics-port", str(self.port), "--metrics-address", "127.0.0.1",
                 "--liveness-port", "0", "--log-level", "WARNING"]  # fmt: skip
         with log.open("ab") as out:
@@ -322,6 +338,9 @@ class Phase:
     reconcile_p50: float
     reconcile_p99: float
     passes: float
+    arbitration_p50: float = math.nan
+    arbitration_p99: float = math.nan
+    arbitration_passes: float = 0.0
 
 
 @dataclass
@@ -378,18 +397,23 @@ class Bench:
     def phase(cpu0: CpuSnapshot, cpu1: CpuSnapshot, s0: OperatorScrape | None,
               s1: OperatorScrape | None) -> Phase:  # fmt: skip
         p50 = p99 = passes = math.nan
+        arbitration: dict[float, float] = {}
         if s0 is not None and s1 is not None:
             buckets = subtract(s1.buckets, s0.buckets)
             p50, p99 = histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets)
             passes = s1.passes - s0.passes
-        return Phase(cpu1.at - cpu0.at, cpu1.seconds_since(cpu0), p50, p99, passes)
+            arbitration = subtract(s1.arbitration, s0.arbitration)
+        return Phase(cpu1.at - cpu0.at, cpu1.seconds_since(cpu0), p50, p99, passes,
+                     histogram_quantile(0.5, arbitration), histogram_quantile(0.99, arbitration),
+                     arbitration.get(math.inf, 0.0))  # fmt: skip
 
     def measure_baseline(self) -> None:
         self.baseline, phase = self.window(None)
         self.baseline_cpu = phase.cpu
 
     def create(self, namespace: str, jobs: int) -> float:
-        items = [job_manifest(f"job-{i}", self.args.workers) for i in range(jobs)]
+        items = [job_manifest(f"job-{i}", self.args.workers, self.args.arbitrated)
+                 for i in range(jobs)]  # fmt: skip
         began = time.monotonic()
         self.kubectl("create", "-n", namespace, "-f", "-",
                      input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
@@ -430,7 +454,8 @@ class Bench:
         wait_until(lambda: self.bed.kubectl("get", "serviceaccount", "default", "-n", namespace,
                                             check=False).returncode == 0, 60,
                    "the namespace's default ServiceAccount")  # fmt: skip
-        op = Operator(self.bed, namespace, self.logs / f"operator-{jobs}.log")
+        op = Operator(self.bed, namespace, self.logs / f"operator-{jobs}.log",
+                      self.args.arbitrated)  # fmt: skip
         result = SizeResult(jobs)
         try:
             wait_until(lambda: op.scrape() is not None, 60, "the operator's /metrics")
@@ -485,6 +510,7 @@ def summary_rows(results: Sequence[SizeResult], baseline: Mapping[Any, float]) -
     base_rate = sum(baseline.values())
     rows = [["jobs", "create s", "1st pod p50/p99 s", "Running p50/p99 s", "all Running s",
              "reconcile p50/p99 s (burst)", "reconcile p50/p99 s (steady)",
+             "arbitration passes, p50/p99 s (burst)", "arbitration passes, p50/p99 s (steady)",
              "API req/s (steady, - baseline)", "req/job/min", "operator CPU %core (steady)",
              "operator ms CPU/job/s", "RSS MiB start/running/after rounds"]]  # fmt: skip
     for r in results:
@@ -498,6 +524,8 @@ def summary_rows(results: Sequence[SizeResult], baseline: Mapping[Any, float]) -
             fmt(r.all_running_s),
             f"{fmt(r.burst.reconcile_p50, 3)} / {fmt(r.burst.reconcile_p99, 2)}",
             f"{fmt(r.steady.reconcile_p50, 3)} / {fmt(r.steady.reconcile_p99, 3)}",
+            *(f"{p.arbitration_passes:.0f}, {fmt(p.arbitration_p50, 2)} / "
+              f"{fmt(p.arbitration_p99, 2)}" for p in (r.burst, r.steady)),
             fmt(rate), fmt(rate / r.jobs * 60, 2), fmt(100 * op_cpu),
             fmt(1000 * op_cpu / r.jobs, 2),
             f"{r.rss_start:.0f} / {r.rss_running:.0f} / "
@@ -533,8 +561,9 @@ def request_rows(result: SizeResult, baseline: Mapping[tuple[str, str], float]) 
 def print_report(bench: Bench, results: Sequence[SizeResult]) -> None:
     args = bench.args
     md = args.markdown
-    print(f"\n{args.workers} workers per job, {bench.bed.nodes} kwok nodes, autoscaling and "
-          f"arbitration off; steady window {args.window:.0f} s after {args.settle:.0f} s; "
+    mode = ("one GPU each, autoscaled and arbitrated" if args.arbitrated
+            else "autoscaling and arbitration off")  # fmt: skip
+    print(f"\n{args.workers} workers per job, {bench.bed.nodes} kwok nodes, {mode}; steady window {args.window:.0f} s after {args.settle:.0f} s; "
           f"{args.rounds} delete round(s); {os.cpu_count()} CPUs")  # fmt: skip
     print(render(summary_rows(results, bench.baseline), md))
     print("\nCPU by process (% of one core; 'other' = the rest of the machine, other sessions):")
@@ -560,6 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=15.0, help="s after the burst")
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait, s")
     parser.add_argument("--nodes", type=int, help="kwok nodes (default: enough pods)")
+    parser.add_argument("--arbitrated", action="store_true",
+                        help="jobs of one-GPU workers, autoscaled (held at --workers) and "
+                        "arbitrated; nodes of one GPU per pod they hold")  # fmt: skip
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if min(args.jobs) < 1 or args.workers < 1 or args.rounds < 1:
@@ -569,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A timeout's SIGTERM unwinds like Ctrl-C: the operator and the test-bed are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {load_average()}", flush=True)
-    with Testbed(nodes=nodes, gpus_per_node=8) as bed:
+    gpus = PODS_PER_NODE if args.arbitrated else 8
+    with Testbed(nodes=nodes, gpus_per_node=gpus) as bed:
         bed.apply_crd()
         bench = Bench(bed, args)
         time.sleep(args.settle)
