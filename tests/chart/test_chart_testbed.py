@@ -24,15 +24,14 @@ import contextlib
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.testbed import operator_samples
 from trainscale.operator.observability.metric_names import ARBITRATION_PASSES_NAME
 from trainscale.testbed.cluster import Testbed, build_kubeconfig
 from trainscale.trainer.launch.local import find_free_port
@@ -257,15 +256,9 @@ def test_operator_runs_with_only_the_charts_rbac(
 
 def _arbitration_passes(port: int) -> dict[str, float]:
     """The operator's arbitration pass counter by outcome; empty until it answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
     return {
         sample.labels["outcome"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in operator_samples(port)
         if sample.name == ARBITRATION_PASSES_NAME
     }
 

@@ -33,16 +33,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 from tests.e2e.conftest import OperatorProcess
-from tests.support.testbed import wait_for
+from tests.support.testbed import operator_samples, wait_for
 from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS
 from trainscale.operator.observability.metric_names import (
     AUTOSCALE_LOOP,
@@ -84,16 +81,6 @@ def job_manifest(name: str) -> dict[str, Any]:
             },
         },
     }
-
-
-def operator_samples(port: int) -> list[Sample]:
-    """The operator's /metrics samples; empty until it serves."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return []
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def start_operator(

@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import OperatorProcess, arbitrated_job
 from tests.support.testbed import (
@@ -47,6 +45,7 @@ from tests.support.testbed import (
     describe_pods,
     foreign_gpu_pod,
     node_without_gpus,
+    operator_samples,
     wait_for,
     wait_for_every_gpu,
 )
@@ -406,18 +405,12 @@ def test_new_workers_go_where_arbitration_planned_them(
 
 def _off_plan(port: int, namespace: str, job: str) -> float | None:
     """The operator's ``workers_off_plan`` gauge for ``job``; None until it shows one."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (sample.name, labels.get("namespace"), labels.get("trainingjob")) == (
-                WORKERS_OFF_PLAN_NAME, namespace, job,
-            ):  # fmt: skip
-                return float(sample.value)
+    for sample in operator_samples(port):
+        labels = sample.labels
+        if (sample.name, labels.get("namespace"), labels.get("trainingjob")) == (
+            WORKERS_OFF_PLAN_NAME, namespace, job,
+        ):  # fmt: skip
+            return float(sample.value)
     return None
 
 

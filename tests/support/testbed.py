@@ -16,10 +16,13 @@ import itertools
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from trainscale.operator.autoscaling.cluster import FINISHED_POD_PHASES, compute_pod_gpus
 from trainscale.testbed.cluster import CRD_NAME, GPU_RESOURCE, Testbed, TestbedError, fetch_bin_dir
@@ -190,3 +193,13 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interva
 def get_json(kubectl: Kubectl, *args: str) -> Any:
     """``kubectl get ... -o json``, parsed."""
     return json.loads(kubectl("get", *args, "-o", "json").stdout)
+
+
+def operator_samples(port: int) -> list[Sample]:
+    """The samples of an operator's /metrics on a loopback ``port``; empty until it serves."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return []
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]

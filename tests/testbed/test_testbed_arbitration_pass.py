@@ -27,11 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.daemons.cluster import PASS_CONCURRENCY, ClusterArbitration, job_key
 from trainscale.operator.daemons.common import NodeListing, get_metrics
+from trainscale.operator.observability.metric_names import ARBITRATION_PASSES_NAME
 from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
@@ -60,8 +62,11 @@ def arbitrated(name: str) -> dict[str, Any]:
 
 def passes() -> float:
     """Arbitration passes this process ran, whatever their outcome."""
-    counter = get_metrics().arbitration_passes
-    return float(sum(counter.labels(outcome)._value.get() for outcome in ("ok", "error")))
+    get_metrics()  # registered in the default registry on first use
+    return sum(
+        REGISTRY.get_sample_value(ARBITRATION_PASSES_NAME, {"outcome": outcome}) or 0.0
+        for outcome in ("ok", "error")
+    )
 
 
 class Overlapping:
