@@ -48,6 +48,7 @@ from trainscale.operator.observability.metric_names import (
     LOOP_LABEL,
     RECONCILE_LOOP,
     RECONCILE_TOTAL_NAME,
+    SCALING_DECISIONS_NAME,
 )
 from trainscale.testbed.apiserver_requests import parse_request_counts
 from trainscale.trainer.launch.local import find_free_port
@@ -284,4 +285,104 @@ def test_an_idle_job_costs_its_loops_no_request_and_they_still_wake_on_a_change(
         return (job.get("status") or {}).get("autoscaling")
 
     wait_for(autoscaling_status, timeout=IDLE_RESYNC_SECONDS / 10, what="an autoscaling pass",
+             describe=op.log_tail)  # fmt: skip
+
+
+# -- an autoscaled job: its passes write only what changed, and wake no reconcile pass ------
+
+AUTOSCALED_JOBS = 10
+AUTOSCALE_INTERVAL = 2  # seconds: 15 passes per job in a window
+HAND_ROUNDS = 3
+
+
+def autoscaled_job_manifest(name: str) -> dict[str, Any]:
+    """Autoscaled at a fixed size against a Prometheus that refuses connections: every pass
+    decides the same (hold, metrics unavailable), as a job does whose metrics are missing."""
+    job = job_manifest(name)
+    job["spec"]["autoscaling"] = {
+        "enabled": True,
+        "intervalSeconds": AUTOSCALE_INTERVAL,
+        "settleSeconds": 0,
+        "prometheus": {"url": "http://127.0.0.1:9"},
+    }
+    return job
+
+
+def autoscale_passes(port: int) -> float:
+    return sum(s.value for s in operator_samples(port) if s.name == SCALING_DECISIONS_NAME)
+
+
+def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile_pass(
+    kubectl: Any, private_operator: tuple[str, Callable[..., OperatorProcess]]
+) -> None:
+    """Every autoscale pass patched the job's status, and every change it wrote (a new
+    throughput, a new observation time, a settling reason counting seconds) woke the job's
+    reconcile pass: at 1,000 arbitrated jobs 78 status writes and the reconcile passes they
+    woke (GET job, LIST pods, GET pod and Service) made most of 457 requests/s. Now a pass
+    that would write what is there writes nothing, and a change of only the autoscaler's
+    status wakes no reconcile pass; one of what the reconcile pass reads still does."""
+    namespace, _ = private_operator
+    op, port = start_operator(private_operator)
+    names = [f"auto-{i}" for i in range(AUTOSCALED_JOBS)]
+    burst = {"apiVersion": "v1", "kind": "List",
+             "items": [autoscaled_job_manifest(n) for n in names]}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(burst), timeout=120)
+
+    def jobs() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(
+            kubectl("get", "tj", "-n", namespace, "-o", "json").stdout
+        )["items"]
+        return items
+
+    def all_autoscaled() -> bool:
+        found = [j.get("status") or {} for j in jobs()]
+        return len(found) == AUTOSCALED_JOBS and all(
+            s.get("phase") == "Running" and (s.get("autoscaling") or {}).get("reason")
+            for s in found
+        )
+
+    wait_for(all_autoscaled, timeout=120, interval=1.0, what="jobs Running and autoscaled",
+             describe=op.log_tail)  # fmt: skip
+    wait_for(lambda: not terminating_namespaces(kubectl), timeout=240, interval=1.0,
+             what="no namespace being deleted", describe=op.log_tail)  # fmt: skip
+    time.sleep(2 * AUTOSCALE_INTERVAL)  # the passes that saw the jobs start are written
+
+    def window(act: Callable[[], None]) -> tuple[float, float, float]:
+        """(autoscale passes, reconcile passes, PATCHes of status) while ``act`` runs."""
+        counted = autoscale_passes(port), reconcile_passes(port), apiserver_requests(kubectl)
+        act()
+        after = apiserver_requests(kubectl)
+        patches = after.get(("PATCH", "trainingjobs/status"), 0.0) - counted[2].get(
+            ("PATCH", "trainingjobs/status"), 0.0
+        )
+        return autoscale_passes(port) - counted[0], reconcile_passes(port) - counted[1], patches
+
+    # The passes decide the same every time: they write nothing (they wrote every time).
+    autoscaled, reconciled, patched = window(lambda: time.sleep(WINDOW))
+    print(f"{autoscaled:.0f} autoscale passes, {reconciled:.0f} reconcile passes, "
+          f"{patched:.0f} status PATCHes in {WINDOW:.0f} s")  # fmt: skip
+    assert autoscaled >= AUTOSCALED_JOBS * WINDOW / AUTOSCALE_INTERVAL / 2, autoscaled
+    assert patched <= AUTOSCALED_JOBS // 2, (autoscaled, patched)
+
+    # The autoscaler's status changed by someone else (the autoscale pass writes its reason
+    # back): no reconcile pass. Each change woke one, and each write back another.
+    def hand_writes() -> None:
+        for round_ in range(HAND_ROUNDS):
+            for name in names:
+                kubectl("patch", f"tj/{name}", "-n", namespace, "--subresource=status",
+                        "--type=merge", "-p", json.dumps(
+                            {"status": {"autoscaling": {"reason": f"by hand {round_}"}}}))  # fmt: skip
+        time.sleep(2 * AUTOSCALE_INTERVAL)
+
+    autoscaled, reconciled, patched = window(hand_writes)
+    print(f"{HAND_ROUNDS} rounds of hand writes: {autoscaled:.0f} autoscale passes, "
+          f"{reconciled:.0f} reconcile passes, {patched:.0f} status PATCHes")  # fmt: skip
+    assert patched >= HAND_ROUNDS * AUTOSCALED_JOBS, patched  # the writes were made
+    assert reconciled <= AUTOSCALED_JOBS // 4, (reconciled, op.log_tail())
+
+    # What the reconcile pass owns still wakes it: the phase taken away is written back.
+    kubectl("patch", f"tj/{names[0]}", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": {"phase": None}}))  # fmt: skip
+    wait_for(lambda: (jobs()[0].get("status") or {}).get("phase") == "Running",
+             timeout=IDLE_RESYNC_SECONDS / 10, what="the phase written back",
              describe=op.log_tail)  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from trainscale.operator.api import TrainingJobSpec
+from trainscale.operator.api.reporting import format_time
 from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
 from trainscale.operator.autoscaling.status import (
     MAX_DECISIONS_KEPT,
@@ -22,7 +23,7 @@ from trainscale.operator.autoscaling.status import (
     decide_autoscale,
 )
 from trainscale.operator.daemons.autoscale import AWAIT_WORLD_SECONDS as AWAIT
-from trainscale.operator.daemons.autoscale import JobLoop
+from trainscale.operator.daemons.autoscale import JobLoop, settling_reason
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 
@@ -233,3 +234,28 @@ def test_settling_waits_for_the_new_world(
     for running, world, now in passes:
         loop.observe_workers(running, world, now)
     assert loop.settled_seconds(passes[-1][2]) == settled
+
+
+def test_the_settling_reason_stays_the_same_from_pass_to_pass(spec: TrainingJobSpec) -> None:
+    """Each settling pass writes its reason; one that changed every pass ("for 30 s of ...")
+    made every write a change of the job, which the apiserver sent to every watcher and which
+    woke the job's other loop. It changes when the workers or their world do."""
+    loop = JobLoop()
+    settle = spec.autoscaling.settle_seconds
+    reasons = []
+    for running, world, now in [(1, 1.0, 1000), (1, 1.0, 1030), (2, 1.0, 1060), (2, 1.0, 1090),
+                                (2, 2.0, 1100), (2, 2.0, 1130)]:  # fmt: skip
+        loop.observe_workers(running, world, now)
+        reasons.append(settling_reason(loop, spec))
+    assert reasons[0] == reasons[1] and reasons[2] == reasons[3] and reasons[4] == reasons[5]
+    assert len(set(reasons)) == 3, reasons
+    moment = dt.datetime.fromtimestamp(1000 + settle, dt.UTC)
+    assert reasons[0].startswith("settling: 1 workers running, training in a world of 1; ")
+    assert f"measured from {format_time(moment)} (settleSeconds {settle})" in reasons[0]
+    awaited = dt.datetime.fromtimestamp(1060 + AWAIT + settle, dt.UTC)
+    assert (
+        f"waiting for their new world, measured from {format_time(awaited)} at the latest"
+        in (reasons[2])
+    )
+    assert format_time(dt.datetime.fromtimestamp(1100 + settle, dt.UTC)) in reasons[4]
+    assert reasons[4].endswith(f"holding at {spec.replicas}")

@@ -55,3 +55,23 @@ def test_the_job_state_gauge_reports_each_store_at_scrape_time() -> None:
     wakeups.forget("ns", "a")
     metrics.forget_job("ns", "a")
     assert state() == {"wakeups": 0, "phases": 0}
+
+
+def test_a_change_wakes_the_reconcile_loop_once_and_forgetting_drops_it() -> None:
+    """``wake_on_change``: a job's reconcile loop wakes when what it reads changed, not again
+    for the same inputs; before the loop runs and after the job was forgotten, nothing is
+    kept (each would be an entry per deleted job for good)."""
+    wakeups = Wakeups()
+    wakeups.wake_on_change("ns", "job", "a")  # before the loop runs
+    assert wakeups.jobs() == 0
+    event = wakeups.get("ns", "job")
+    wakeups.wake_on_change("ns", "job", "a")
+    assert event.is_set()
+    event.clear()
+    wakeups.wake_on_change("ns", "job", "a")
+    assert not event.is_set()
+    wakeups.wake_on_change("ns", "job", "b")
+    assert event.is_set()
+    wakeups.forget("ns", "job")
+    wakeups.wake_on_change("ns", "job", "c")
+    assert wakeups.jobs() == 0

@@ -14,6 +14,12 @@ from trainscale.operator.api.models import (
     API_VERSION as API_VERSION,
 )
 from trainscale.operator.api.models import (
+    AUTOSCALER_CONDITIONS as AUTOSCALER_CONDITIONS,
+)
+from trainscale.operator.api.models import (
+    AUTOSCALER_STATUS_FIELDS as AUTOSCALER_STATUS_FIELDS,
+)
+from trainscale.operator.api.models import (
     COMPONENT_RENDEZVOUS as COMPONENT_RENDEZVOUS,
 )
 from trainscale.operator.api.models import (

@@ -788,6 +788,15 @@ class ArbitrationStatus(_Model):
     )
 
 
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+SCALING_LIMITED = "ScalingLimited"
+AUTOSCALER_CONDITIONS = (METRICS_UNAVAILABLE, SCALING_LIMITED)
+"""The status conditions only the autoscale loop writes (and nothing else reads)."""
+AUTOSCALER_STATUS_FIELDS = ("gpuUtilization", "throughput", "autoscaling")
+"""The status fields only the autoscale loop writes: every pass with metrics changes them
+(throughput, times), and the reconcile loop needs none of them."""
+
+
 class TrainingJobStatus(_Model):
     """Observed state of a TrainingJob, written by the operator."""
 

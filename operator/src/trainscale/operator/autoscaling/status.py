@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainscale.operator import api
+from trainscale.operator.api.models import METRICS_UNAVAILABLE, SCALING_LIMITED
 from trainscale.operator.api.reporting import (
     EventSpec,
     build_condition,
@@ -161,8 +162,8 @@ def decide_autoscale(
     conditions = [
         build_condition(prev_conditions, type_, state, reason, message, now, generation)
         for type_, (state, reason, message) in (
-            ("MetricsUnavailable", metrics_cond),
-            ("ScalingLimited", limited),
+            (METRICS_UNAVAILABLE, metrics_cond),
+            (SCALING_LIMITED, limited),
         )
     ]
     return AutoscalePlan(

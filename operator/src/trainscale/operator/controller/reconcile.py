@@ -58,6 +58,8 @@ Rules, in order:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -80,6 +82,34 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 300.0
 CREATE_BACKOFF_BASE_SECONDS = 2.0
 REPLICA_FAILURE = "ReplicaFailure"
+
+
+# The object's bookkeeping: it changes with every write and says nothing a pass decides on.
+_BOOKKEEPING = ("resourceVersion", "managedFields")
+
+
+def reconcile_inputs(job: Mapping[str, Any]) -> str:
+    """A digest of everything in a job that a reconcile pass may read: a watch event of the
+    job whose digest is the last one's changed nothing the pass decides on, and need not
+    wake it (the pass reads the job afresh anyway).
+
+    Left out: the object's bookkeeping (``resourceVersion``, ``managedFields``) and what only
+    the autoscale loop writes and reads (``api.AUTOSCALER_STATUS_FIELDS`` and the conditions
+    ``api.AUTOSCALER_CONDITIONS``). Its passes write them every ``intervalSeconds`` (a new
+    throughput, a new observation time), and each write woke a reconcile pass of four
+    requests that found nothing to do. Everything else counts, spec and metadata included.
+    """
+    metadata = {k: v for k, v in (job.get("metadata") or {}).items() if k not in _BOOKKEEPING}
+    status = {
+        k: v for k, v in (job.get("status") or {}).items() if k not in api.AUTOSCALER_STATUS_FIELDS
+    }
+    if "conditions" in status:
+        status["conditions"] = [
+            c for c in status["conditions"] or [] if c.get("type") not in api.AUTOSCALER_CONDITIONS
+        ]
+    inputs = {"metadata": metadata, "spec": job.get("spec"), "status": status}
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

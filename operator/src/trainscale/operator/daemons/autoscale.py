@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import enum
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ import pydantic
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s, prometheus
 from trainscale.operator.adapters.prometheus_access import PrometheusAccess
+from trainscale.operator.api.reporting import format_time, is_noop_merge_patch
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, cluster, policy
 from trainscale.operator.autoscaling import status as autoscale
 from trainscale.operator.autoscaling.node_filters import NodeBound
@@ -82,11 +84,33 @@ class JobLoop:
         if world is not None and world != self.world:
             self.world, self.running_since, self.awaiting_world = world, now, False
 
+    def settling_since(self) -> float:
+        """When the workers began to train at the current size, as far as settling counts:
+        while a new world is awaited, ``AWAIT_WORLD_SECONDS`` after the count changed."""
+        return self.running_since + (AWAIT_WORLD_SECONDS if self.awaiting_world else 0.0)
+
     def settled_seconds(self, now: float) -> float:
         """How long the workers have trained at the current size (0 while awaiting it)."""
         if self.awaiting_world:
-            return max(0.0, now - self.running_since - AWAIT_WORLD_SECONDS)
+            return max(0.0, now - self.settling_since())
         return now - self.running_since
+
+
+def settling_reason(loop: JobLoop, spec: api.TrainingJobSpec) -> str:
+    """Why a pass holds while the workers settle, in words that stay the same from pass to
+    pass until the workers or their world change (a status write that would change nothing
+    is not made, and wakes nothing)."""
+    measured_from = dt.datetime.fromtimestamp(
+        loop.settling_since() + spec.autoscaling.settle_seconds, dt.UTC
+    )
+    return (
+        f"settling: {loop.running} workers running"
+        f"{'' if loop.world is None else f', training in a world of {loop.world:g}'}; "
+        f"{'waiting for their new world, ' if loop.awaiting_world else ''}"
+        f"measured from {format_time(measured_from)}"
+        f"{' at the latest' if loop.awaiting_world else ''} "
+        f"(settleSeconds {spec.autoscaling.settle_seconds}); holding at {spec.replicas}"
+    )
 
 
 def restore_autoscaler(spec: api.TrainingJobSpec, status: Mapping[str, Any]) -> JobAutoscaler:
@@ -176,16 +200,13 @@ async def autoscale_job(
     settling = spec.autoscaling.settle_seconds - loop.settled_seconds(now)
     over_ceiling = ceiling is not None and spec.replicas > ceiling
     if running > 0 and settling > 0 and pending == 0 and not over_ceiling:
-        # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so.
-        reason = (
-            f"settling: {running} workers running"
-            f"{'' if loop.world is None else f', training in a world of {loop.world:g}'} for "
-            f"{loop.settled_seconds(now):.0f} s of "
-            f"settleSeconds {spec.autoscaling.settle_seconds}; holding at {spec.replicas}"
-        )
-        async with WAKEUPS.lock(namespace, name):
-            patch = autoscale.build_settling_status(reason)
-            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
+        # Too new to measure: rate() windows and restarts would mix two sizes. Hold, say so
+        # (in words that stay the same from pass to pass: a write that changes nothing is
+        # not made).
+        patch = autoscale.build_settling_status(settling_reason(loop, spec))
+        if not is_noop_merge_patch(body.get("status") or {}, patch):
+            async with WAKEUPS.lock(namespace, name):
+                await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
         return min(float(spec.autoscaling.interval_seconds), settling)
     if running > 0:
         fetched = await asyncio.to_thread(
@@ -243,7 +264,10 @@ async def autoscale_job(
         )
         if plan.replicas is not None:
             await asyncio.to_thread(k8s.patch_job_replicas, clients, namespace, name, plan.replicas)
-        await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+        if plan.replicas is not None or not is_noop_merge_patch(
+            body.get("status") or {}, plan.status
+        ):
+            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
     if plan.event is not None:
         post_event(body, plan.event)
         log.info("TrainingJob %s/%s: %s", namespace, name, plan.event.message)

@@ -56,13 +56,15 @@ def get_metrics() -> OperatorMetrics:
 
 
 class Wakeups:
-    """Per job and loop: an asyncio.Event that wakes the loop (the reconcile loop on any change
-    of the job or its pods, the autoscale loop on a change of the job); per job: the lock that
-    serialises every read-status-then-patch-status section of the job's two loops."""
+    """Per job and loop: an asyncio.Event that wakes the loop (the reconcile loop on a change
+    of the job it reads or of the job's pods, the autoscale loop on any change of the job);
+    per job: the lock that serialises every read-status-then-patch-status section of the
+    job's two loops."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str, str], asyncio.Event] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._inputs: dict[tuple[str, str], str] = {}  # the last reconcile_inputs seen
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         """The job's status lock (created on first use)."""
@@ -82,15 +84,27 @@ class Wakeups:
         if event is not None:
             event.set()
 
+    def wake_on_change(self, namespace: str, name: str, inputs: str) -> None:
+        """Wake the job's reconcile loop if ``inputs`` (the job's
+        :func:`~trainscale.operator.controller.reconcile.reconcile_inputs`) differs from the
+        last the loop was woken with: a write of only the autoscaler's status leaves it."""
+        key = (namespace, name)
+        if (namespace, name, RECONCILE_LOOP) not in self._events:
+            return  # not started (it begins with a pass) or forgotten: remember nothing
+        if self._inputs.get(key) != inputs:
+            self._inputs[key] = inputs
+            self.wake(namespace, name)
+
     def jobs(self) -> int:
         """How many jobs have an event or a lock here."""
-        return len({key[:2] for key in self._events} | set(self._locks))
+        return len({key[:2] for key in self._events} | set(self._locks) | set(self._inputs))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's events and lock."""
         for loop in (RECONCILE_LOOP, AUTOSCALE_LOOP):
             self._events.pop((namespace, name, loop), None)
         self._locks.pop((namespace, name), None)
+        self._inputs.pop((namespace, name), None)
 
 
 WAKEUPS = Wakeups()

@@ -312,10 +312,10 @@ async def trainingjob_reconcile_loop(
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def trainingjob_event(
-    type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    type: str, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a job wakes its loops; a deleted job is forgotten; a job listed, added
-    or deleted lets the freed memory go back to the OS once the job count settles. (Async:
+    """A change of a job wakes its autoscale loop, and its reconcile loop unless only the
+    autoscaler's status changed; a deleted job is forgotten; a job listed, added or deleted lets the freed memory go back to the OS once the job count settles. (Async:
     it only touches the loops' memory, which must happen on the event loop, not in kopf's
     threads.)"""
     if namespace is None:
@@ -333,7 +333,7 @@ async def trainingjob_event(
         if arbitration is not None:
             arbitration.forget(job_key(namespace, name))
         return
-    WAKEUPS.wake(namespace, name)
+    WAKEUPS.wake_on_change(namespace, name, reconcile.reconcile_inputs(body))
     WAKEUPS.wake(namespace, name, AUTOSCALE_LOOP)
 
 
