@@ -347,22 +347,28 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
              what="no namespace being deleted", describe=op.log_tail)  # fmt: skip
     time.sleep(2 * AUTOSCALE_INTERVAL)  # the passes that saw the jobs start are written
 
-    def window(act: Callable[[], None]) -> tuple[float, float, float]:
-        """(autoscale passes, reconcile passes, PATCHes of status) while ``act`` runs."""
+    def window(act: Callable[[], None]) -> tuple[float, float, float, float]:
+        """(autoscale passes, reconcile passes, PATCHes of status, GETs of jobs) while ``act``
+        runs."""
         counted = autoscale_passes(port), reconcile_passes(port), apiserver_requests(kubectl)
         act()
         after = apiserver_requests(kubectl)
-        patches = after.get(("PATCH", "trainingjobs/status"), 0.0) - counted[2].get(
-            ("PATCH", "trainingjobs/status"), 0.0
+        made = {key: after[key] - counted[2].get(key, 0.0) for key in after}
+        return (
+            autoscale_passes(port) - counted[0],
+            reconcile_passes(port) - counted[1],
+            made.get(("PATCH", "trainingjobs/status"), 0.0),
+            made.get(("GET", "trainingjobs"), 0.0),
         )
-        return autoscale_passes(port) - counted[0], reconcile_passes(port) - counted[1], patches
 
-    # The passes decide the same every time: they write nothing (they wrote every time).
-    autoscaled, reconciled, patched = window(lambda: time.sleep(WINDOW))
+    # The passes decide the same every time: they read the job where the watch keeps it and
+    # write nothing (they read it twice and wrote every time).
+    autoscaled, reconciled, patched, read = window(lambda: time.sleep(WINDOW))
     print(f"{autoscaled:.0f} autoscale passes, {reconciled:.0f} reconcile passes, "
-          f"{patched:.0f} status PATCHes in {WINDOW:.0f} s")  # fmt: skip
+          f"{patched:.0f} status PATCHes, {read:.0f} GETs of a job in {WINDOW:.0f} s")  # fmt: skip
     assert autoscaled >= AUTOSCALED_JOBS * WINDOW / AUTOSCALE_INTERVAL / 2, autoscaled
     assert patched <= AUTOSCALED_JOBS // 2, (autoscaled, patched)
+    assert read <= AUTOSCALED_JOBS // 2, (autoscaled, read)
 
     # The autoscaler's status changed by someone else (the autoscale pass writes its reason
     # back): no reconcile pass. Each change woke one, and each write back another.
@@ -374,7 +380,7 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
                             {"status": {"autoscaling": {"reason": f"by hand {round_}"}}}))  # fmt: skip
         time.sleep(2 * AUTOSCALE_INTERVAL)
 
-    autoscaled, reconciled, patched = window(hand_writes)
+    autoscaled, reconciled, patched, _ = window(hand_writes)
     print(f"{HAND_ROUNDS} rounds of hand writes: {autoscaled:.0f} autoscale passes, "
           f"{reconciled:.0f} reconcile passes, {patched:.0f} status PATCHes")  # fmt: skip
     assert patched >= HAND_ROUNDS * AUTOSCALED_JOBS, patched  # the writes were made

@@ -12,6 +12,7 @@ loop reads kopf's live copy of the job and sleeps until the job changes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime as dt
 import enum
@@ -126,10 +127,16 @@ async def autoscale_job(
     wall_clock: Callable[[], float] = time.time,
     arbitration: ClusterArbitration | None = None,
     access: PrometheusAccess | None = None,
+    live: Mapping[str, Any] | None = None,
 ) -> float:
     """One autoscaling pass: observe Prometheus and pods, recommend, write. Returns seconds to the next.
 
     ``access``: the operator's credentials, TLS and headers for ``prometheus_url``.
+
+    ``live``: kopf's live copy of the job (its daemon's ``body``, kept current by the watch).
+    The pass then reads the job there, not from the apiserver, and reads it afresh only
+    before it writes: a pass that would write nothing (a hold whose status is already there)
+    costs the job no request but the LIST of its pods. Without it, the job is read twice.
 
     With ``arbitration`` (the process's cluster arbitration) the job offers its model to the
     cluster pass, runs it when it is due, and never asks for more than its ceiling; a queued
@@ -138,7 +145,10 @@ async def autoscale_job(
     clients = k8s.load_clients()
     metrics = get_metrics()
     # -- observe (outside the lock: Prometheus may be slow) --------------------------------
-    body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+    if live is not None:
+        body: dict[str, Any] | None = copy.deepcopy(dict(live))
+    else:
+        body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
     if body is None:
         return RESYNC_SECONDS
     try:
@@ -245,29 +255,47 @@ async def autoscale_job(
     loop.restart_cost_seconds = rec.restart_cost_seconds
 
     # -- apply (under the job's status lock, from a fresh read) --------------------------
-    async with WAKEUPS.lock(namespace, name):
-        body = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
-        if body is None:
-            return RESYNC_SECONDS
-        current = api.TrainingJobSpec.model_validate(body.get("spec") or {})
-        if current.replicas != spec.replicas:
-            return 0.5  # someone else moved spec.replicas meanwhile: decide again on it
-        plan = autoscale.decide_autoscale(
+    def plan_against(job: Mapping[str, Any]) -> autoscale.AutoscalePlan:
+        return autoscale.decide_autoscale(
             spec,
-            body.get("status") or {},
+            job.get("status") or {},
             observation,
             errors,
             rec,
             _utcnow(),
-            (body.get("metadata") or {}).get("generation"),
+            (job.get("metadata") or {}).get("generation"),
             memory=autoscaler.memory().to_dict(),
         )
-        if plan.replicas is not None:
-            await asyncio.to_thread(k8s.patch_job_replicas, clients, namespace, name, plan.replicas)
-        if plan.replicas is not None or not is_noop_merge_patch(
-            body.get("status") or {}, plan.status
-        ):
-            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
+
+    async with WAKEUPS.lock(namespace, name):
+        plan = None
+        if live is not None:
+            # Nothing to write as the watch has the job: no read, no write. Only this loop
+            # writes what the plan holds but the conditions, and those it keeps as they are.
+            seen = copy.deepcopy(dict(live))
+            held = plan_against(seen)
+            if (
+                held.replicas is None
+                and (seen.get("spec") or {}).get("replicas") == spec.replicas
+                and is_noop_merge_patch(seen.get("status") or {}, held.status)
+            ):
+                body, plan = seen, held
+        if plan is None:
+            fresh = await asyncio.to_thread(k8s.fetch_job, clients, namespace, name)
+            if fresh is None:
+                return RESYNC_SECONDS
+            current = api.TrainingJobSpec.model_validate(fresh.get("spec") or {})
+            if current.replicas != spec.replicas:
+                return 0.5  # someone else moved spec.replicas meanwhile: decide again on it
+            body, plan = fresh, plan_against(fresh)
+            if plan.replicas is not None:
+                await asyncio.to_thread(
+                    k8s.patch_job_replicas, clients, namespace, name, plan.replicas
+                )
+            if plan.replicas is not None or not is_noop_merge_patch(
+                fresh.get("status") or {}, plan.status
+            ):
+                await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, plan.status)
     if plan.event is not None:
         post_event(body, plan.event)
         log.info("TrainingJob %s/%s: %s", namespace, name, plan.event.message)
@@ -379,6 +407,7 @@ async def trainingjob_autoscale_loop(
                     options.prometheus_url,
                     arbitration=arbitration_of(memo),
                     access=options.prometheus_access,
+                    live=body,
                 )
             except Exception as exc:  # a bad pass must not kill the loop
                 logger.exception("autoscaling of %s/%s failed: %s", namespace, name, exc)
