@@ -17,6 +17,7 @@ Never more workers than GPUs are running at any moment we look.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -385,3 +386,38 @@ def _assert_preempted(kubectl: Any, namespace: str, job: str, queued: str) -> No
     # kopf posts Events from a queue of its own: one may land a moment after the status
     wait_for(one_event, timeout=30, what=f"{job}'s Preempted Event",
              describe=lambda: str(preempted_events()))  # fmt: skip
+
+
+def test_the_plan_read_back_is_the_plan_the_arbiter_made(
+    kubectl: Any, private_operator: tuple[str, Callable[..., OperatorProcess]]
+) -> None:
+    """``status.arbitration.preferredNodes`` is written whole, on the real apiserver's merge
+    patch: a node the plan does not hold (written there by hand, as a plan that moved the
+    job left its old node) is gone after the next pass, and the passes after it write
+    nothing. Merged key by key, the old node stayed for good, and every pass found the
+    status changed and wrote it again."""
+    scene = _Scene(kubectl, private_operator)
+    namespace, describe = scene.namespace, scene.describe
+    wait_for_every_gpu(kubectl, namespace)
+    scene.apply(autoscaled("solo", 2, 2, 2))
+    wait_for(lambda: _running(kubectl, namespace) == {"solo": 2}, timeout=90,
+             what="the job's 2 workers", describe=describe)  # fmt: skip
+    plan = _status(kubectl, namespace, "solo")["arbitration"]["preferredNodes"]
+    assert plan and "ghost-node" not in plan, plan
+    kubectl("patch", "tj/solo", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+            json.dumps({"status": {"arbitration": {"preferredNodes": {"ghost-node": 1}}}}))  # fmt: skip
+    assert "ghost-node" in _status(kubectl, namespace, "solo")["arbitration"]["preferredNodes"]
+    wait_for(lambda: _status(kubectl, namespace, "solo")["arbitration"]["preferredNodes"] == plan,
+             timeout=30, what="the plan as the arbiter made it", describe=describe)  # fmt: skip
+
+    def version() -> str:
+        found = json.loads(kubectl("get", "tj/solo", "-n", namespace, "-o", "json").stdout)
+        return str(found["metadata"]["resourceVersion"])
+
+    def unchanged_for_3_passes() -> bool:  # arbitration runs every second here
+        before = version()
+        time.sleep(3)
+        return version() == before
+
+    wait_for(unchanged_for_3_passes, timeout=30, interval=0.1,
+             what="passes that write nothing", describe=describe)  # fmt: skip

@@ -9,6 +9,7 @@ times are written, so those rules live here once, below both loops.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,33 @@ def is_noop_merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) ->
         elif current.get(key, _MISSING) != value:
             return False
     return True
+
+
+def replace_map(
+    patch: Mapping[str, Any], current: Mapping[str, Any], path: Sequence[str]
+) -> dict[str, Any]:
+    """``patch`` with the map at ``path`` written whole: every key the map has in ``current``
+    and not in the patch is set to null.
+
+    A JSON merge patch merges maps key by key, so a map written as a whole (the nodes a plan
+    holds, a model's parameters) kept every key written before: a plan that moved a job
+    from one node to another said both nodes, for good. ``patch`` is returned as it is when
+    it does not write that map.
+    """
+    *parents, leaf = path
+    out = copy.deepcopy(dict(patch))
+    node: Any = out
+    old: Any = current
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        old = old.get(key) if isinstance(old, Mapping) else None
+    if not isinstance(node, dict) or not isinstance(node.get(leaf), dict):
+        return out
+    written: dict[str, Any] = node[leaf]
+    stale = old.get(leaf) if isinstance(old, Mapping) else None
+    for key in stale if isinstance(stale, Mapping) else ():
+        written.setdefault(key, None)
+    return out
 
 
 _MISSING = object()

@@ -23,6 +23,7 @@ from trainscale.operator.api.reporting import (
     build_condition,
     format_time,
     merge_conditions,
+    replace_map,
 )
 from trainscale.operator.autoscaling.policy import (
     LimitedBy,
@@ -166,14 +167,17 @@ def decide_autoscale(
             (SCALING_LIMITED, limited),
         )
     ]
+    patch = api.TrainingJobStatus(
+        gpu_utilization=_round(gpu, 3),
+        throughput=_round(throughput, 1),
+        autoscaling=autoscaling,
+        conditions=merge_conditions(prev_conditions, conditions),
+    ).to_merge_patch()
     return AutoscalePlan(
         replicas=new_replicas,
-        status=api.TrainingJobStatus(
-            gpu_utilization=_round(gpu, 3),
-            throughput=_round(throughput, 1),
-            autoscaling=autoscaling,
-            conditions=merge_conditions(prev_conditions, conditions),
-        ).to_merge_patch(),
+        # the model's parameters written whole: a forgotten model or a new source's keys
+        # replace the old ones instead of sitting beside them
+        status=replace_map(patch, status, ("autoscaling", "model")),
         event=event,
         direction=direction,
         reason_class=classify_reason(rec),

@@ -266,9 +266,8 @@ class ClusterArbitration:
         key = _key_of(body)
         namespace, name = key.split("/", 1)
         async with gate, WAKEUPS.lock(namespace, name):
-            await asyncio.to_thread(
-                k8s.patch_job_status, clients, namespace, name, result.status_patch
-            )
+            patch = result.patch_over(body.get("status") or {})
+            await asyncio.to_thread(k8s.patch_job_status, clients, namespace, name, patch)
         if result.event is not None:
             self.post_event(body, result.event)
             log.info("TrainingJob %s: %s", key, result.event.message)
