@@ -8,9 +8,9 @@ keeps each job's ceiling in memory for that job's autoscale loop.
 
 Who runs it: the per-job autoscale loops call :meth:`ClusterArbitration.run_if_due`; the first
 caller after the interval runs the pass for everyone, under one lock; the others go on with
-their last result, and a new job waits for the pass that answers it. So it runs exactly where the job daemons run: kopf stops every daemon of a paused
-peer, which makes the active peer the only one that arbitrates when two operators run, with
-no second election. The object lives in kopf's ``memo`` (created at start-up), not in a
+their last result, and a new job waits for the pass that answers it. So it runs exactly
+where the job daemons run: kopf stops every daemon of a paused peer, which makes the active
+peer the only one that arbitrates when two operators run, with no second election. The object lives in kopf's ``memo`` (created at start-up), not in a
 module global.
 """
 

@@ -315,8 +315,9 @@ async def trainingjob_event(
     type: str, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """A change of a job wakes its autoscale loop, and its reconcile loop unless only the
-    autoscaler's status changed; a deleted job is forgotten; a job listed, added or deleted lets the freed memory go back to the OS once the job count settles. (Async:
-    it only touches the loops' memory, which must happen on the event loop, not in kopf's
+    autoscaler's status changed; a deleted job is forgotten; a job listed, added or deleted
+    lets the freed memory go back to the OS once the job count settles. (Async: it only
+    touches the loops' memory, which must happen on the event loop, not in kopf's
     threads.)"""
     if namespace is None:
         return
