@@ -290,29 +290,50 @@ def watching(bed: Testbed, namespace: str) -> Iterator[BurstWatch]:
     watch = BurstWatch()
     columns = "custom-columns=NAME:.metadata.name,PHASE:.status.phase"
     assert bed.bin_dir is not None
-    procs = []
+    stop = threading.Event()
+    procs: list[subprocess.Popen[str]] = []
     for kind, handler in (("trainingjobs", watch.on_job), ("pods", watch.on_pod)):
-        proc = subprocess.Popen(
-            [str(bed.bin_dir / "kubectl"), "get", kind, "-n", namespace, "--watch",
-             "--no-headers", "-o", columns],
-            env=bed.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        threading.Thread(target=_follow, args=(proc, handler), daemon=True).start()
-        procs.append(proc)
+        argv = [str(bed.bin_dir / "kubectl"), "get", kind, "-n", namespace, "--watch",
+                "--no-headers", "-o", columns]  # fmt: skip
+        threading.Thread(
+            target=_follow, args=(argv, bed.env(), handler, stop, procs), daemon=True
+        ).start()
     try:
         yield watch
     finally:
-        for proc in procs:
+        stop.set()
+        for proc in list(procs):
             proc.terminate()
             proc.wait(10)
 
 
-def _follow(proc: subprocess.Popen[str], handler: Callable[[str, str], None]) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        parts = line.split()
-        if len(parts) == 2:
-            handler(parts[0], parts[1])
+def _follow(
+    argv: list[str],
+    env: Mapping[str, str],
+    handler: Callable[[str, str], None],
+    stop: threading.Event,
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    """Run ``kubectl get --watch`` and hand each line to ``handler``, starting it again
+    whenever it exits before ``stop``: under a burst of 1,000 jobs the watch of the jobs
+    ended now and then (kubectl exits when the apiserver ends its watch), the jobs' Running
+    phases were missed and the benchmark waited out its timeout. Started again, kubectl lists
+    every object afresh; the handlers keep the first time they saw each."""
+    while not stop.is_set():
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        procs.append(proc)
+        if stop.is_set():  # stopped while it started: the block's end missed it
+            proc.terminate()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if len(parts) == 2:
+                handler(parts[0], parts[1])
+        proc.wait()
+        if not stop.is_set():
+            print(f"[watch] {argv[2]} ended (exit {proc.returncode}); watching again",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 def wait_until(
