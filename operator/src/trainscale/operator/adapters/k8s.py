@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
 
 from trainscale.operator import api
+from trainscale.operator.autoscaling.cluster import trim_bound_pod
 from trainscale.operator.autoscaling.observed_placement import node_gpus
 from trainscale.operator.controller.builders import (
     LABEL_COMPONENT,
@@ -88,6 +89,26 @@ def load_clients() -> KubernetesClients:
     return _clients[kubeconfig]
 
 
+def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object's metadata without its ``managedFields`` (server-side apply's record of who
+    set which field, which nothing here reads and which was half of a listed job's or pod's
+    decoded size); any other dict as it is. A ``json.loads`` object hook: the fields are
+    dropped as each object is decoded, so a LIST never holds them all at once."""
+    if isinstance(obj.get("managedFields"), list) and ("name" in obj or "generateName" in obj):
+        del obj["managedFields"]
+    return obj
+
+
+def _bound_pod(obj: dict[str, Any]) -> Any:
+    """A ``json.loads`` object hook: a pod of a list trimmed to what its readers use
+    (:func:`~trainscale.operator.autoscaling.cluster.trim_bound_pod`), any other dict
+    without managed fields."""
+    spec = obj.get("spec")
+    if "metadata" in obj and isinstance(spec, dict) and "containers" in spec:
+        return trim_bound_pod(obj)
+    return drop_managed_fields(obj)
+
+
 def _request(
     clients: KubernetesClients,
     method: str,
@@ -95,12 +116,14 @@ def _request(
     body: Mapping[str, Any] | None = None,
     query: Mapping[str, str] | None = None,
     content_type: str = "application/json",
+    object_hook: Callable[[dict[str, Any]], Any] = drop_managed_fields,
 ) -> dict[str, Any] | None:
     """One API call with a plain-dict body; None on 404, KubernetesError on other errors.
 
     Objects go over the wire as the user wrote them: the generated client's models would
     re-validate pod specs against their own (older or newer) schema, reject valid quantities
-    such as ``nvidia.com/gpu: 1`` and drop fields they do not know.
+    such as ``nvidia.com/gpu: 1`` and drop fields they do not know. What comes back is
+    decoded through ``object_hook`` (by default, without managed fields).
     """
     api_client = clients.api_client
     method_, url, headers, _, _ = api_client.param_serialize(
@@ -118,7 +141,7 @@ def _request(
         return None
     if response.status >= 400:
         raise KubernetesError(response.status, method, path, data.decode(errors="replace"))
-    parsed: dict[str, Any] = json.loads(data) if data else {}
+    parsed: dict[str, Any] = json.loads(data, object_hook=object_hook) if data else {}
     return parsed
 
 
@@ -356,9 +379,11 @@ def job_name_of(labels: Mapping[str, str] | None) -> str | None:
 
 
 def fetch_bound_pods(clients: KubernetesClients) -> list[dict[str, Any]]:
-    """Every pod bound to a node and not finished, in all namespaces (what holds GPUs)."""
+    """Every pod bound to a node and not finished, in all namespaces (what holds GPUs), each
+    trimmed to what its readers use as it is decoded (:func:`_bound_pod`)."""
     selector = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-    found = _request(clients, "GET", "/api/v1/pods", query={"fieldSelector": selector}) or {}
+    query = {"fieldSelector": selector}
+    found = _request(clients, "GET", "/api/v1/pods", query=query, object_hook=_bound_pod) or {}
     return list(found.get("items") or [])
 
 
