@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from trainscale.operator.daemons.memory import MemoryRelease, trim_delay
+from trainscale.operator.daemons.memory import MemoryRelease, forced_in_a_row, trim_delay
 
 # A heap of 2000-byte blocks (above pymalloc's 512 bytes: glibc's malloc) of which all but
 # the last are freed: the last pins the top of the heap, so glibc keeps the freed ~76 MiB
@@ -115,3 +115,58 @@ def test_release_free_memory_returns_a_fragmented_heaps_free_pages() -> None:
     before, after, released = json.loads(out)
     assert released
     assert before - after > 50, (before, after)  # of the ~76 MiB freed
+
+
+@pytest.mark.parametrize(
+    ("now", "last", "before", "expected"),
+    [
+        (70.0, 68.0, 0, 1),  # due by max_delay, an event 2 s ago: forced, the first in a row
+        (130.0, 129.5, 1, 2),  # and again
+        (75.0, 68.0, 0, 0),  # due 5 s after the last event: the quiet spell, not forced
+        (140.0, 135.0, 3, 0),  # quiet at last: the count starts over
+    ],
+)
+def test_a_release_is_forced_when_the_events_had_not_stopped_for_the_quiet_spell(
+    now: float, last: float, before: int, expected: int
+) -> None:
+    assert forced_in_a_row(now, last, 5.0, before) == expected
+
+
+async def test_a_release_forced_while_events_keep_coming_is_followed_by_one_when_they_stop() -> (
+    None
+):
+    """A thousand new jobs are created in seconds, but their pods, admissions and first passes
+    go on for minutes: a trim forced by max_delay comes before that peak, so it is repeated
+    once the events stop (at 1,000 arbitrated jobs such a trim gave back 98 MiB)."""
+    released = Releases()
+    release = MemoryRelease(released, quiet=0.3, max_delay=0.4, follow_ups=4)
+    release.jobs_changed()
+    began = time.monotonic()
+    last = began
+    while time.monotonic() - began < 1.0:  # pod events every 20 ms: never 0.3 s quiet
+        await asyncio.sleep(0.02)
+        release.busy()
+        last = time.monotonic()
+    await asyncio.sleep(0.8)
+    assert len(released.at) >= 2, released.at  # forced at ~0.4 (and ~0.8 s), then one quiet
+    assert released.at[0] - began >= 0.4
+    assert released.at[-1] - last >= 0.3  # the last once the events stopped
+    count = len(released.at)
+    await asyncio.sleep(0.8)
+    assert len(released.at) == count  # nothing more without a change
+
+
+async def test_events_that_never_stop_get_at_most_follow_ups_more_releases() -> None:
+    released = Releases()
+    release = MemoryRelease(released, quiet=0.3, max_delay=0.3, follow_ups=2)
+    release.jobs_changed()
+    began = time.monotonic()
+    while time.monotonic() - began < 2.0:  # status writes every 20 ms, for good
+        await asyncio.sleep(0.02)
+        release.busy()
+    assert len(released.at) == 3, released.at  # the forced one and two follow-ups
+    # A new change of the job count arms it again.
+    released.called.clear()
+    release.jobs_changed()
+    await released.next()
+    assert len(released.at) == 4

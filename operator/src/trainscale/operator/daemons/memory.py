@@ -15,6 +15,14 @@ handling their events allocates and frees again) have stopped for ``QUIET_SECOND
 ``MAX_DELAY_SECONDS`` after the change, if events keep coming — the operator calls
 ``malloc_trim(0)`` once (a few milliseconds). An operator whose jobs do not come and go
 never trims, as it has nothing to give back.
+
+A trim that ``MAX_DELAY_SECONDS`` forced (the events had not stopped) comes before the burst
+has peaked: a thousand new arbitrated jobs are created in 10 s, but their pods start, their
+admissions are written and their first autoscale passes run for a minute or two after the
+first trim, and that peak stayed resident (549 MiB with the jobs running, of which a trim
+then returned 98). So a forced trim keeps the release pending: the next is due when the
+events stop, or ``MAX_DELAY_SECONDS`` later, at most ``FOLLOW_UPS`` times in a row (events
+that never stop, such as a thousand autoscaled jobs' status writes, do not make it a timer).
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ QUIET_SECONDS = 5.0
 """How long the watch events must have stopped before the freed memory is given back."""
 MAX_DELAY_SECONDS = 60.0
 """... but at most this long after the first change, while jobs keep coming and going."""
+FOLLOW_UPS = 4
+"""How many more times a release that ``MAX_DELAY_SECONDS`` forced is repeated while events
+keep coming (each waits for the events to stop, or ``MAX_DELAY_SECONDS``)."""
 RELEASE_LOG = "Returned freed memory to the OS"
 """The start of the INFO line each release logs (with the RSS before and after)."""
 
@@ -41,6 +52,13 @@ def trim_delay(now: float, first: float, last: float, quiet: float, max_delay: f
     yet followed by a trim) and ``last`` (the latest): ``quiet`` after the last, at most
     ``max_delay`` after the first; 0 when due."""
     return max(0.0, min(last + quiet, first + max_delay) - now)
+
+
+def forced_in_a_row(now: float, last: float, quiet: float, before: int) -> int:
+    """How many releases in a row, this one at ``now`` included, came while the events went
+    on (the latest at ``last``, not ``quiet`` before): ``before + 1`` for one that
+    ``max_delay`` forced, 0 for one the events' quiet spell made due."""
+    return before + 1 if now < last + quiet else 0
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -85,14 +103,17 @@ class MemoryRelease:
         *,
         quiet: float = QUIET_SECONDS,
         max_delay: float = MAX_DELAY_SECONDS,
+        follow_ups: int = FOLLOW_UPS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._release = release
         self._quiet = quiet
         self._max_delay = max_delay
+        self._follow_ups = follow_ups
         self._clock = clock
         self._first: float | None = None
         self._last = 0.0
+        self._forced = 0  # releases forced by max_delay in a row, since the jobs changed
         self._timer: asyncio.TimerHandle | None = None
         self.releases = 0
 
@@ -102,6 +123,7 @@ class MemoryRelease:
         if self._first is None:
             self._first = now
         self._last = now
+        self._forced = 0
         if self._timer is None:
             self._schedule(asyncio.get_running_loop())
 
@@ -120,8 +142,13 @@ class MemoryRelease:
         if trim_delay(self._clock(), self._first, self._last, self._quiet, self._max_delay) > 0:
             self._schedule(loop)  # changed again since the timer was set
             return
+        now = self._clock()
+        self._forced = forced_in_a_row(now, self._last, self._quiet, self._forced)
         self._timer = None
         self._first = None
+        if 0 < self._forced <= self._follow_ups:
+            self._first = now  # the burst goes on: release again once it ends
+            self._schedule(loop)
         before, started = rss_mib(), time.monotonic()
         if self._release():
             self.releases += 1
