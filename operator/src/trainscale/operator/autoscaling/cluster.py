@@ -320,10 +320,11 @@ def compute_room(
     ``max_workers_per_node`` of its workers (its template's required pod anti-affinity to
     them, or a topology spread constraint, :func:`~trainscale.operator.autoscaling.
     node_filters.compute_max_workers_per_node`; with ``spread_domains``, that many more than
-    the node it counts holding the fewest), no more than that less its workers there (``own_nodes``: the node of each). None
-    when it cannot be known (no GPU nodes listed, a worker without GPUs). Other pod
-    affinities and topology spread constraints are not read: the count is an upper bound, which is why
-    a job compares it with what it was when its try failed
+    the node it counts holding the fewest), no more than that less its workers there
+    (``own_nodes``: the node of each). None when it cannot be known (no GPU nodes listed, a
+    worker without GPUs). Other pod affinities and topology spread constraints are not read:
+    the count is an upper bound, which is why a job compares it with what it was when its
+    try failed
     (:meth:`~trainscale.operator.autoscaling.autoscaler.SchedulableCap.room_appeared`)."""
     listed = list(nodes)
     held = list(pods)

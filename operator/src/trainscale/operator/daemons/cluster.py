@@ -10,8 +10,8 @@ Who runs it: the per-job autoscale loops call :meth:`ClusterArbitration.run_if_d
 caller after the interval runs the pass for everyone, under one lock; the others go on with
 their last result, and a new job waits for the pass that answers it. So it runs exactly
 where the job daemons run: kopf stops every daemon of a paused peer, which makes the active
-peer the only one that arbitrates when two operators run, with no second election. The object lives in kopf's ``memo`` (created at start-up), not in a
-module global.
+peer the only one that arbitrates when two operators run, with no second election. The
+object lives in kopf's ``memo`` (created at start-up), not in a module global.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ over round (the same Python objects, the same bytes in use in both allocators), 
 stayed 60-80 MiB above the start. All of that was allocator retention of the burst's peak:
 freed chunks that glibc's malloc keeps in its heaps (~25-35 MiB, released by
 ``malloc_trim``) and partly used pymalloc arenas (~35-40 MiB, each returned only once every
-object in it is freed; bounded by the peak). ``MALLOC_ARENA_MAX`` made no difference. glibc gives freed memory back by itself only from the top of
-a heap, so a burst's memory stays resident for good unless someone trims.
+object in it is freed; bounded by the peak). ``MALLOC_ARENA_MAX`` made no difference.
+glibc gives freed memory back by itself only from the top of a heap, so a burst's memory
+stays resident for good unless someone trims.
 
 So once the number of jobs has changed (jobs listed, added or deleted) and then the watch
 events (of the jobs and of their pods and Services: a deleted job's pods go after it, and
