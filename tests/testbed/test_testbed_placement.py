@@ -38,6 +38,7 @@ from tests.support.testbed import (
 )
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
+from trainscale.operator.autoscaling.cluster import SCHEDULING_SPEC_FIELDS, trim_scheduling_spec
 from trainscale.operator.autoscaling.observed_placement import build_placement
 from trainscale.operator.autoscaling.placement import Placement, infer_workers_per_node
 from trainscale.operator.controller import builders
@@ -276,6 +277,10 @@ def test_the_admitted_pod_spec_is_kept_while_the_template_is_unchanged(
     specs = AdmittedPodSpecs(ttl_seconds=60, retry_seconds=30)
     first = specs.pod_spec(clients, job, spec, now=0)
     assert GPU_TOLERATION in first["tolerations"]
+    # held trimmed to what the node filters and the requests read
+    assert set(first) <= {"containers", "initContainers", *SCHEDULING_SPEC_FIELDS}
+    assert [set(c) for c in first["containers"]] == [{"name", "resources"}]
+    assert first["containers"][0]["resources"]["requests"]["cpu"] == WORKER_REQUESTS["cpu"]
     assert specs.pod_spec(clients, job, spec, now=59) is first and len(runs) == 1
     assert specs.pod_spec(clients, job, spec, now=60) is not first and len(runs) == 2
     changed = spec.model_copy(
@@ -289,7 +294,8 @@ def test_the_admitted_pod_spec_is_kept_while_the_template_is_unchanged(
     refuse = True  # as a webhook or a quota refusing the dry run
     specs.forget(namespace, job.name)
     built = specs.pod_spec(clients, job, changed, now=100)
-    assert built == builders.build_worker_pod(job, changed, 0)["spec"] and len(runs) == 5
+    pod_spec = builders.build_worker_pod(job, changed, 0)["spec"]
+    assert built == trim_scheduling_spec(pod_spec) and len(runs) == 5
     assert specs.pod_spec(clients, job, changed, now=129) is built and len(runs) == 5
     refuse = False
     assert GPU_TOLERATION in specs.pod_spec(clients, job, changed, now=130)["tolerations"]

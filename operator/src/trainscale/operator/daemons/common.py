@@ -23,6 +23,7 @@ import kopf
 from trainscale.operator import api
 from trainscale.operator.adapters import k8s
 from trainscale.operator.api.reporting import EventSpec
+from trainscale.operator.autoscaling.cluster import trim_scheduling_spec
 from trainscale.operator.autoscaling.node_filters import (
     NodeBound,
     compute_max_workers_per_node,
@@ -128,7 +129,8 @@ class AdmittedPodSpecs:
     template is unchanged, for at most ``ttl_seconds`` (admission's rules change rarely, and
     a dry run per job and pass would add one request per job each interval). Where the dry
     run is refused, the pod as built stands in (:func:`build_worker_pod`) for
-    ``retry_seconds`` only: a refusal may pass (a webhook's outage, a quota freed).
+    ``retry_seconds`` only: a refusal may pass (a webhook's outage, a quota freed). Held
+    trimmed to what its readers use (:func:`trim_scheduling_spec`).
     """
 
     def __init__(self, ttl_seconds: float = 600.0, retry_seconds: float = 60.0) -> None:
@@ -152,7 +154,7 @@ class AdmittedPodSpecs:
         fingerprint = _fingerprint(spec)
         pod = build_worker_pod(job, spec, 0)
         admitted = (k8s.fetch_admitted_pod(clients, pod) or {}).get("spec")
-        found: Mapping[str, Any] = admitted or pod["spec"]
+        found = trim_scheduling_spec(admitted or pod["spec"])
         until = now + (self.ttl_seconds if admitted else self.retry_seconds)
         self._found[(job.namespace, job.name)] = (fingerprint, until, found)
         return found
