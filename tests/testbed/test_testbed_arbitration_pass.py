@@ -14,7 +14,11 @@ Covers:
   share one LIST of the real nodes, later ones reuse it until it is ``max_age_seconds``
   old, and the arbitration pass's ``refresh`` lists afresh for the callers after it;
 - the cluster's bound pods as the pass lists them (``fetch_bound_pods``) come trimmed to what
-  their readers use, and the readers answer for them what they answer for the whole pods.
+  their readers use, and the readers answer for them what they answer for the whole pods;
+- the admitted pod specs of a burst of jobs, expiring together, are read again a bounded
+  number a pass (``compute_refresh_budget``), the longest expired first, while every job
+  keeps its admission and its own autoscale pass reads the spec as the pass left it; a new
+  job's spec is read at once.
 """
 
 from __future__ import annotations
@@ -40,14 +44,25 @@ from trainscale.operator.autoscaling.cluster import (
     compute_room,
     compute_worker_nodes,
 )
+from trainscale.operator.controller.builders import JobRef
+from trainscale.operator.daemons import autoscale as autoscale_daemon
+from trainscale.operator.daemons import cluster as cluster_daemon
+from trainscale.operator.daemons.autoscale import JobLoop, autoscale_job
 from trainscale.operator.daemons.cluster import PASS_CONCURRENCY, ClusterArbitration, job_key
-from trainscale.operator.daemons.common import NodeListing, get_metrics
+from trainscale.operator.daemons.common import (
+    AdmittedPodSpecs,
+    NodeListing,
+    compute_refresh_budget,
+    get_metrics,
+)
 from trainscale.operator.observability.metric_names import ARBITRATION_PASSES_NAME
 from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 BURST = 12  # more than PASS_CONCURRENCY
+# What the test-bed's admission (ExtendedResourceToleration) adds to a GPU worker's pod.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
 @pytest.fixture
@@ -150,6 +165,85 @@ async def test_a_burst_of_new_jobs_is_answered_by_one_pass(
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(arbitration.run_if_due(clients, for_key="x/new"), timeout=1)
     assert passes() - before == 1
+
+
+def count_dry_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs whose worker pod the adapter dry-runs from now on, in order."""
+    dry_runs: list[str] = []
+    real = k8s.fetch_admitted_pod
+
+    def counted(clients_: k8s.KubernetesClients, pod: Any) -> Any:
+        dry_runs.append(pod["metadata"]["labels"][api.LABEL_JOB_NAME])
+        return real(clients_, pod)
+
+    monkeypatch.setattr(k8s, "fetch_admitted_pod", counted)
+    return dry_runs
+
+
+@pytest.mark.usefixtures("crd")
+async def test_expired_admitted_specs_are_read_again_a_bounded_number_a_pass(
+    kubectl: Any, namespace: str, clients: k8s.KubernetesClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admitted pod specs of a burst of jobs expire together; the passes after read
+    them again ``compute_refresh_budget`` at a time, the longest expired first, every job
+    keeping its admission meanwhile on the spec read before, and the job loops (``stale``)
+    read none themselves. A new job's spec is read in the pass that finds it, whatever the
+    budget."""
+    clock = [1000.0]
+    specs = AdmittedPodSpecs(ttl_seconds=600.0, clock=lambda: clock[0])
+    monkeypatch.setattr(cluster_daemon, "ADMITTED", specs)
+    dry_runs = count_dry_runs(monkeypatch)
+    names = [f"burst-{i}" for i in range(BURST)]
+    items = [arbitrated(name) for name in names]
+    kubectl("create", "-n", namespace, "-f", "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
+    arbitration = ClusterArbitration(namespaces=(namespace,), post_event=lambda *_: None)
+    budget = compute_refresh_budget(BURST, arbitration.interval_seconds, specs.ttl_seconds)
+    assert budget < BURST  # what the passes below show
+
+    async def run_pass() -> list[str]:
+        del dry_runs[:]
+        arbitration.last_run = -math.inf
+        await arbitration.run_if_due(clients, for_key=job_key(namespace, names[0]))
+        assert arbitration.error is None
+        assert all(arbitration.ceiling(job_key(namespace, n)) == 1 for n in names[:BURST])
+        return sorted(dry_runs)
+
+    assert await run_pass() == sorted(names)  # new: every one read
+    clock[0] += 300.0
+    assert await run_pass() == []  # held
+    # Expired, one a little before the others: it is read first.
+    job0 = JobRef(name=names[0], namespace=namespace, uid="")
+    spec0 = api.TrainingJobSpec.model_validate(items[0]["spec"])
+    first = specs.stale(job0, spec0)
+    assert first is not None
+    specs.refresh(clients, job0, spec0, now=clock[0] - 300.0 - 1.0)  # expires 1 s earlier
+    clock[0] += 400.0
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(arbitrated("late")))
+    names.append("late")
+    read = await run_pass()
+    assert "late" in read  # new: outside the budget
+    refreshed = [n for n in read if n != "late"]
+    assert len(refreshed) == budget and names[0] in refreshed, read
+    # A job loop after the pass reads the spec as the pass left it, refreshed or not.
+    left = next(n for n in names[:BURST] if n not in refreshed)
+    job = JobRef(name=left, namespace=namespace, uid="")
+    spec = api.TrainingJobSpec.model_validate(items[names.index(left)]["spec"])
+    del dry_runs[:]
+    held = specs.pod_spec(clients, job, spec, clock[0], stale=True)
+    assert held is specs.stale(job, spec) and dry_runs == []
+    assert GPU_TOLERATION in held["tolerations"]
+    # ... as the job's own autoscale pass does (the arbitration pass is not due: it reads
+    # its ceiling from the last one, and no Prometheus answers).
+    monkeypatch.setattr(autoscale_daemon, "ADMITTED", specs)
+    await autoscale_job(namespace, left, JobLoop(), "http://127.0.0.1:9", arbitration=arbitration)
+    assert dry_runs == []
+    assert await run_pass() == sorted(set(names[:BURST]) - set(refreshed))  # the rest
+    assert await run_pass() == []
+    # Read unasked (no pass refreshes it: arbitration off or failing), it expires as before.
+    clock[0] += 600.0
+    specs.pod_spec(clients, job, spec, clock[0])
+    assert dry_runs == [left]
 
 
 async def test_one_listing_of_the_nodes_serves_every_caller_until_it_is_old(

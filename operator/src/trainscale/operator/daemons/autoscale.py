@@ -168,6 +168,10 @@ async def autoscale_job(
     autoscaler = loop.autoscaler
     autoscaler.update_spec(spec)
     ceiling: int | None = None
+    # The arbitration pass refreshes the admitted pod specs, a bounded number a pass; a job
+    # it passes over reads its spec as the pass left it (else every job's loop would read
+    # its own again as a burst's specs expire together).
+    passed = False
     if arbitration is not None and arbitration.enabled and cluster.is_arbitrated(spec, True):
         key = job_key(namespace, name)
         arbitration.register(key, autoscaler, loop.restart_cost_seconds)
@@ -176,11 +180,14 @@ async def autoscale_job(
         if share is not None and share.status.queued:
             return float(spec.autoscaling.interval_seconds)  # queued: nothing runs
         ceiling = arbitration.ceiling(key)
+        passed = arbitration.error is None
     pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
     listed = await NODES.get(clients, time.monotonic())
     nodes = listed.gpu
     job = JobRef(name=name, namespace=namespace, uid=(body.get("metadata") or {}).get("uid", ""))
-    pod_spec = await asyncio.to_thread(ADMITTED.pod_spec, clients, job, spec, time.monotonic())
+    pod_spec = await asyncio.to_thread(
+        ADMITTED.pod_spec, clients, job, spec, time.monotonic(), stale=passed
+    )
     bound = max_workers_per_node(namespace, name, spec, nodes, listed.other, pod_spec=pod_spec)
     # (a bound that moves with the placement, a spread constraint's, tells no node size)
     apart = bound.workers if bound is not None and bound.domains is None else None

@@ -48,6 +48,8 @@ from trainscale.operator.daemons.common import (
     ADMITTED,
     NODES,
     WAKEUPS,
+    choose_refreshes,
+    compute_refresh_budget,
     get_metrics,
     max_workers_per_node,
     post_event,
@@ -318,12 +320,16 @@ class ClusterArbitration:
     ) -> tuple[dict[tuple[str, str], Mapping[str, Any]], int]:
         """The admitted pod spec of each job this operator arbitrates and that has not
         finished (:class:`~trainscale.operator.daemons.common.AdmittedPodSpecs`), and how
-        many dry runs it took: one per job whose template is new or changed,
-        ``PASS_CONCURRENCY`` at a time (a burst of 200 new jobs made 200 dry runs one after
-        another, seconds of the pass that admits them)."""
-        now = time.monotonic()
+        many dry runs it took: one per job whose template is new or changed, and a bounded
+        number of refreshes of expired ones (:func:`compute_refresh_budget`; the rest are
+        read as they were, and refreshed in a later pass), ``PASS_CONCURRENCY`` at a time (a
+        burst of 200 new jobs made 200 dry runs one after another, seconds of the pass that
+        admits them)."""
+        now = ADMITTED.clock()
         found: dict[tuple[str, str], Mapping[str, Any]] = {}
         missing: list[tuple[JobRef, api.TrainingJobSpec]] = []
+        expired: dict[tuple[str, str], float] = {}
+        stale: dict[tuple[str, str], tuple[JobRef, api.TrainingJobSpec]] = {}
         for body in bodies:
             meta = body.get("metadata") or {}
             namespace, name = meta.get("namespace", ""), meta.get("name", "")
@@ -336,16 +342,26 @@ class ClusterArbitration:
                 continue
             job = JobRef(name=name, namespace=namespace, uid=meta.get("uid", ""))
             held = ADMITTED.held(job, spec, now)
-            if held is None:
-                missing.append((job, spec))
-            else:
+            if held is not None:
                 found[(namespace, name)] = held
+                continue
+            old = ADMITTED.stale(job, spec)
+            if old is None:
+                missing.append((job, spec))
+                continue
+            found[(namespace, name)] = old
+            expired[(namespace, name)] = ADMITTED.expired_at(job) or now
+            stale[(namespace, name)] = (job, spec)
+        budget = compute_refresh_budget(
+            len(found) + len(missing), self.interval_seconds, ADMITTED.ttl_seconds
+        )
+        missing += [stale[key] for key in choose_refreshes(expired, budget)]
         gate = asyncio.Semaphore(PASS_CONCURRENCY)
 
         async def admit(job: JobRef, spec: api.TrainingJobSpec) -> None:
             async with gate:
                 found[(job.namespace, job.name)] = await asyncio.to_thread(
-                    ADMITTED.pod_spec, clients, job, spec, now
+                    ADMITTED.refresh, clients, job, spec, now
                 )
 
         await asyncio.gather(*(admit(job, spec) for job, spec in missing))

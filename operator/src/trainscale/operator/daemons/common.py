@@ -14,8 +14,10 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -129,13 +131,24 @@ class AdmittedPodSpecs:
     template is unchanged, for at most ``ttl_seconds`` (admission's rules change rarely, and
     a dry run per job and pass would add one request per job each interval). Where the dry
     run is refused, the pod as built stands in (:func:`build_worker_pod`) for
-    ``retry_seconds`` only: a refusal may pass (a webhook's outage, a quota freed). Held
-    trimmed to what its readers use (:func:`trim_scheduling_spec`).
+    ``retry_seconds`` only: a refusal may pass (a webhook's outage, a quota freed).
+
+    Held trimmed to what its readers use (:func:`trim_scheduling_spec`). An expired spec of
+    an unchanged template stays readable (:meth:`stale`) until it is read again: the
+    arbitration pass refreshes a bounded number of them each pass, the longest expired
+    first (:func:`compute_refresh_budget`, :func:`choose_refreshes`), so that the specs of a
+    burst of jobs, which all expire together, are not read again in one pass.
     """
 
-    def __init__(self, ttl_seconds: float = 600.0, retry_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float = 600.0,
+        retry_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_seconds = ttl_seconds
         self.retry_seconds = retry_seconds
+        self.clock = clock  # what the arbitration pass reads ``now`` from
         # per job: the template's fingerprint, until when it holds (monotonic), the spec
         self._found: dict[tuple[str, str], tuple[str, float, Mapping[str, Any]]] = {}
 
@@ -145,12 +158,21 @@ class AdmittedPodSpecs:
         job: JobRef,
         spec: api.TrainingJobSpec,
         now: float,
+        *,
+        stale: bool = False,
     ) -> Mapping[str, Any]:
         """The admitted pod spec of ``job``'s workers (blocking: one request when not
-        held); ``now``: a monotonic clock, in seconds."""
-        held = self.held(job, spec, now)
+        held); ``now``: a monotonic clock, in seconds. ``stale``: an expired spec of the
+        same template will do (the arbitration pass refreshes it)."""
+        held = self.stale(job, spec) if stale else self.held(job, spec, now)
         if held is not None:
             return held
+        return self.refresh(clients, job, spec, now)
+
+    def refresh(
+        self, clients: k8s.KubernetesClients, job: JobRef, spec: api.TrainingJobSpec, now: float
+    ) -> Mapping[str, Any]:
+        """Read the admitted pod spec of ``job``'s workers (one request), and hold it."""
         fingerprint = _fingerprint(spec)
         pod = build_worker_pod(job, spec, 0)
         admitted = (k8s.fetch_admitted_pod(clients, pod) or {}).get("spec")
@@ -167,9 +189,55 @@ class AdmittedPodSpecs:
             return held[2]
         return None
 
+    def stale(self, job: JobRef, spec: api.TrainingJobSpec) -> Mapping[str, Any] | None:
+        """The pod spec held for ``job``'s template, however long ago it expired (None
+        where none is held, or it was read for another template)."""
+        held = self._found.get((job.namespace, job.name))
+        return held[2] if held is not None and held[0] == _fingerprint(spec) else None
+
+    def expired_at(self, job: JobRef) -> float | None:
+        """When the spec held for ``job`` expires (monotonic), whatever its template."""
+        held = self._found.get((job.namespace, job.name))
+        return None if held is None else held[1]
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's pod spec."""
         self._found.pop((namespace, name), None)
+
+
+REFRESH_MIN_PER_PASS = 8
+"""The fewest expired admitted pod specs an arbitration pass reads again (as many as it
+reads at once: one round trip)."""
+
+REFRESH_CATCH_UP = 2.0
+"""How many times faster than the specs expire a pass's refreshes go through them: the
+specs of a burst of jobs, expiring together, are read again within half a TTL, spread over
+the passes, and every spec again at most about half a TTL after it expired."""
+
+
+def compute_refresh_budget(jobs: int, interval_seconds: float, ttl_seconds: float) -> int:
+    """How many expired admitted pod specs of unchanged templates one pass of every
+    ``interval_seconds`` reads again, with ``jobs`` specs held for ``ttl_seconds`` each:
+    :data:`REFRESH_CATCH_UP` times the rate at which they expire, at least
+    :data:`REFRESH_MIN_PER_PASS`. A new job's spec, or a changed template's, is read in the
+    pass that finds it, outside this budget.
+
+    Why: a burst of 1,000 jobs admitted together has 1,000 specs that expire together, and a
+    pass that read every expired spec made 1,000 dry-run creates at once every TTL (10
+    minutes), a pass of seconds and a spike on the apiserver's admission chain."""
+    if ttl_seconds <= 0 or interval_seconds <= 0:
+        return max(REFRESH_MIN_PER_PASS, jobs)
+    return max(
+        REFRESH_MIN_PER_PASS, math.ceil(REFRESH_CATCH_UP * jobs * interval_seconds / ttl_seconds)
+    )
+
+
+def choose_refreshes(
+    expired: Mapping[tuple[str, str], float], budget: int
+) -> list[tuple[str, str]]:
+    """The jobs whose specs a pass reads again: ``budget`` of the ``expired`` ones (job ->
+    when its spec expired), the longest expired first (then by namespace and name)."""
+    return sorted(expired, key=lambda job: (expired[job], job))[: max(0, budget)]
 
 
 ADMITTED = AdmittedPodSpecs()
