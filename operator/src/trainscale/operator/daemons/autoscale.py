@@ -186,7 +186,7 @@ async def autoscale_job(
     nodes = listed.gpu
     job = JobRef(name=name, namespace=namespace, uid=(body.get("metadata") or {}).get("uid", ""))
     pod_spec = await asyncio.to_thread(
-        ADMITTED.pod_spec, clients, job, spec, time.monotonic(), stale=passed
+        ADMITTED.pod_spec, clients, job, spec, ADMITTED.clock(), stale=passed
     )
     bound = max_workers_per_node(namespace, name, spec, nodes, listed.other, pod_spec=pod_spec)
     # (a bound that moves with the placement, a spread constraint's, tells no node size)

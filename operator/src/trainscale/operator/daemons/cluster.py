@@ -341,17 +341,14 @@ class ClusterArbitration:
             except pydantic.ValidationError:
                 continue
             job = JobRef(name=name, namespace=namespace, uid=meta.get("uid", ""))
-            held = ADMITTED.held(job, spec, now)
-            if held is not None:
-                found[(namespace, name)] = held
-                continue
-            old = ADMITTED.stale(job, spec)
-            if old is None:
+            entry = ADMITTED.entry(job, spec)
+            if entry is None:
                 missing.append((job, spec))
                 continue
-            found[(namespace, name)] = old
-            expired[(namespace, name)] = ADMITTED.expired_at(job) or now
-            stale[(namespace, name)] = (job, spec)
+            until, found[(namespace, name)] = entry  # held, or stale until refreshed
+            if now >= until:
+                expired[(namespace, name)] = until
+                stale[(namespace, name)] = (job, spec)
         budget = compute_refresh_budget(
             len(found) + len(missing), self.interval_seconds, ADMITTED.ttl_seconds
         )

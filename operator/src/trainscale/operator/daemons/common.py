@@ -184,21 +184,22 @@ class AdmittedPodSpecs:
     def held(self, job: JobRef, spec: api.TrainingJobSpec, now: float) -> Mapping[str, Any] | None:
         """The admitted pod spec held for ``job``'s template at ``now``, or None when
         :meth:`pod_spec` would have to ask the apiserver."""
-        held = self._found.get((job.namespace, job.name))
-        if held is not None and held[0] == _fingerprint(spec) and now < held[1]:
-            return held[2]
-        return None
+        entry = self.entry(job, spec)
+        return entry[1] if entry is not None and now < entry[0] else None
 
     def stale(self, job: JobRef, spec: api.TrainingJobSpec) -> Mapping[str, Any] | None:
         """The pod spec held for ``job``'s template, however long ago it expired (None
         where none is held, or it was read for another template)."""
-        held = self._found.get((job.namespace, job.name))
-        return held[2] if held is not None and held[0] == _fingerprint(spec) else None
+        entry = self.entry(job, spec)
+        return None if entry is None else entry[1]
 
-    def expired_at(self, job: JobRef) -> float | None:
-        """When the spec held for ``job`` expires (monotonic), whatever its template."""
+    def entry(
+        self, job: JobRef, spec: api.TrainingJobSpec
+    ) -> tuple[float, Mapping[str, Any]] | None:
+        """Until when (monotonic) the pod spec held for ``job``'s template holds, and the
+        spec; None where none is held, or it was read for another template."""
         held = self._found.get((job.namespace, job.name))
-        return None if held is None else held[1]
+        return (held[1], held[2]) if held is not None and held[0] == _fingerprint(spec) else None
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted job's pod spec."""
