@@ -6,7 +6,8 @@ control planes). The root conftest registers this module once, so its fixtures s
 
 Fixtures: ``testbed`` (the started :class:`~trainscale.testbed.cluster.Testbed`),
 ``kubectl`` (runs kubectl against it), ``crd`` (the generated TrainingJob CRD, applied and
-Established), ``namespace`` (a fresh namespace per test, with its default ServiceAccount).
+Established), ``namespace`` (a fresh namespace per test, with its default ServiceAccount),
+``clients`` (the operator's Kubernetes adapter, pointed at the test-bed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from trainscale.operator.adapters import k8s
 from trainscale.operator.autoscaling.cluster import FINISHED_POD_PHASES, compute_pod_gpus
 from trainscale.testbed.cluster import CRD_NAME, GPU_RESOURCE, Testbed, TestbedError, fetch_bin_dir
 
@@ -72,6 +74,14 @@ def crd(testbed: Testbed, kubectl: Kubectl) -> dict[str, Any]:
     testbed.apply_crd()
     crd: dict[str, Any] = get_json(kubectl, f"crd/{CRD_NAME}")
     return crd
+
+
+@pytest.fixture
+def clients(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> k8s.KubernetesClients:
+    """The operator's own Kubernetes adapter, pointed at the test-bed (for tests that run
+    the operator's passes in-process)."""
+    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
+    return k8s.load_clients()
 
 
 _counter = itertools.count()

@@ -56,20 +56,13 @@ from trainscale.operator.daemons.common import (
     get_metrics,
 )
 from trainscale.operator.observability.metric_names import ARBITRATION_PASSES_NAME
-from trainscale.testbed.cluster import GPU_RESOURCE, Testbed
+from trainscale.testbed.cluster import GPU_RESOURCE
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 BURST = 12  # more than PASS_CONCURRENCY
 # What the test-bed's admission (ExtendedResourceToleration) adds to a GPU worker's pod.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-
-
-@pytest.fixture
-def clients(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> k8s.KubernetesClients:
-    """The operator's own Kubernetes adapter, pointed at the test-bed."""
-    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
-    return k8s.load_clients()
 
 
 def arbitrated(name: str) -> dict[str, Any]:

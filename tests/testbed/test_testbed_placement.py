@@ -55,13 +55,6 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 WORKER_REQUESTS = {"cpu": "6", "memory": "48Gi"}
 
 
-@pytest.fixture
-def clients(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> k8s.KubernetesClients:
-    """The operator's own Kubernetes adapter, pointed at the test-bed."""
-    monkeypatch.setenv("KUBECONFIG", str(testbed.kubeconfig))
-    return k8s.load_clients()
-
-
 def make_job(kubectl: Any, namespace: str, name: str, *, pack: bool
              ) -> tuple[builders.JobRef, api.TrainingJobSpec]:  # fmt: skip
     """A TrainingJob in the apiserver (its uid owns the pods, or the GC deletes them)."""
