@@ -32,6 +32,7 @@ from trainscale.operator.controller.builders import (
     build_selector_string,
     build_worker_selector,
 )
+from trainscale.operator.controller.reconcile import trim_worker_pod
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,16 @@ def _bound_pod(obj: dict[str, Any]) -> Any:
     return drop_managed_fields(obj)
 
 
+def _worker_pod(obj: dict[str, Any]) -> Any:
+    """A ``json.loads`` object hook: a pod of a list trimmed to what the readers of a job's
+    worker pods use (:func:`~trainscale.operator.controller.reconcile.trim_worker_pod`),
+    any other dict without managed fields."""
+    spec = obj.get("spec")
+    if "metadata" in obj and isinstance(spec, dict) and "containers" in spec:
+        return trim_worker_pod(obj)
+    return drop_managed_fields(obj)
+
+
 def _request(
     clients: KubernetesClients,
     method: str,
@@ -169,7 +180,8 @@ def _matches(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 def fetch_worker_pods(
     clients: KubernetesClients, namespace: str, job_name: str
 ) -> list[dict[str, Any]]:
-    """The job's worker pods (any phase, terminating ones included)."""
+    """The job's worker pods (any phase, terminating ones included), each trimmed to what
+    their readers use as it is decoded (:func:`_worker_pod`)."""
     selector = build_worker_selector(job_name)
     pods = (
         _request(
@@ -177,6 +189,7 @@ def fetch_worker_pods(
             "GET",
             _core_path("Pod", namespace),
             query={"labelSelector": build_selector_string(selector)},
+            object_hook=_worker_pod,
         )
         or {}
     )
