@@ -320,7 +320,9 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
     reconcile pass: at 1,000 arbitrated jobs 78 status writes and the reconcile passes they
     woke (GET job, LIST pods, GET pod and Service) made most of 457 requests/s. Now a pass
     that would write what is there writes nothing, and a change of only the autoscaler's
-    status wakes no reconcile pass; one of what the reconcile pass reads still does."""
+    status wakes no reconcile pass; one of what the reconcile pass reads still does. And a
+    pass lists the job's pods only after a watch event of them (one LIST a job and interval,
+    33.8 of the 37.2 requests a second of 1,000 running arbitrated jobs): none here."""
     namespace, _ = private_operator
     op, port = start_operator(private_operator)
     names = [f"auto-{i}" for i in range(AUTOSCALED_JOBS)]
@@ -347,9 +349,9 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
              what="no namespace being deleted", describe=op.log_tail)  # fmt: skip
     time.sleep(2 * AUTOSCALE_INTERVAL)  # the passes that saw the jobs start are written
 
-    def window(act: Callable[[], None]) -> tuple[float, float, float, float]:
-        """(autoscale passes, reconcile passes, PATCHes of status, GETs of jobs) while ``act``
-        runs."""
+    def window(act: Callable[[], None]) -> tuple[float, float, float, float, float]:
+        """(autoscale passes, reconcile passes, PATCHes of status, GETs of jobs, LISTs of
+        pods) while ``act`` runs."""
         counted = autoscale_passes(port), reconcile_passes(port), apiserver_requests(kubectl)
         act()
         after = apiserver_requests(kubectl)
@@ -359,16 +361,20 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
             reconcile_passes(port) - counted[1],
             made.get(("PATCH", "trainingjobs/status"), 0.0),
             made.get(("GET", "trainingjobs"), 0.0),
+            made.get(("LIST", "pods"), 0.0),
         )
 
     # The passes decide the same every time: they read the job where the watch keeps it and
-    # write nothing (they read it twice and wrote every time).
-    autoscaled, reconciled, patched, read = window(lambda: time.sleep(WINDOW))
+    # write nothing (they read it twice and wrote every time), and they read the job's pods
+    # as last listed, no pod having changed (they listed them every pass).
+    autoscaled, reconciled, patched, read, pod_lists = window(lambda: time.sleep(WINDOW))
     print(f"{autoscaled:.0f} autoscale passes, {reconciled:.0f} reconcile passes, "
-          f"{patched:.0f} status PATCHes, {read:.0f} GETs of a job in {WINDOW:.0f} s")  # fmt: skip
+          f"{patched:.0f} status PATCHes, {read:.0f} GETs of a job, {pod_lists:.0f} LISTs of "
+          f"pods in {WINDOW:.0f} s")  # fmt: skip
     assert autoscaled >= AUTOSCALED_JOBS * WINDOW / AUTOSCALE_INTERVAL / 2, autoscaled
     assert patched <= AUTOSCALED_JOBS // 2, (autoscaled, patched)
     assert read <= AUTOSCALED_JOBS // 2, (autoscaled, read)
+    assert pod_lists <= AUTOSCALED_JOBS // 2, (autoscaled, pod_lists)
 
     # The autoscaler's status changed by someone else (the autoscale pass writes its reason
     # back): no reconcile pass. Each change woke one, and each write back another.
@@ -380,7 +386,7 @@ def test_an_autoscale_pass_writes_only_a_change_and_its_writes_wake_no_reconcile
                             {"status": {"autoscaling": {"reason": f"by hand {round_}"}}}))  # fmt: skip
         time.sleep(2 * AUTOSCALE_INTERVAL)
 
-    autoscaled, reconciled, patched, _ = window(hand_writes)
+    autoscaled, reconciled, patched, _, _ = window(hand_writes)
     print(f"{HAND_ROUNDS} rounds of hand writes: {autoscaled:.0f} autoscale passes, "
           f"{reconciled:.0f} reconcile passes, {patched:.0f} status PATCHes")  # fmt: skip
     assert patched >= HAND_ROUNDS * AUTOSCALED_JOBS, patched  # the writes were made

@@ -42,6 +42,7 @@ from trainscale.operator.daemons.common import (
     NODES,
     RESYNC_SECONDS,
     WAKEUPS,
+    WORKER_PODS,
     get_metrics,
     log,
     max_workers_per_node,
@@ -136,7 +137,9 @@ async def autoscale_job(
     ``live``: kopf's live copy of the job (its daemon's ``body``, kept current by the watch).
     The pass then reads the job there, not from the apiserver, and reads it afresh only
     before it writes: a pass that would write nothing (a hold whose status is already there)
-    costs the job no request but the LIST of its pods. Without it, the job is read twice.
+    costs the job no request, and the LIST of its pods only after a watch event of them
+    (:class:`~trainscale.operator.daemons.common.WorkerPodLists`). Without it, the job is
+    read twice.
 
     With ``arbitration`` (the process's cluster arbitration) the job offers its model to the
     cluster pass, runs it when it is due, and never asks for more than its ceiling; a queued
@@ -181,7 +184,8 @@ async def autoscale_job(
             return float(spec.autoscaling.interval_seconds)  # queued: nothing runs
         ceiling = arbitration.ceiling(key)
         passed = arbitration.error is None
-    pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+    # As last listed, unless the watch told of a change of the job's pods since.
+    pods = await asyncio.to_thread(WORKER_PODS.get, clients, namespace, name)
     listed = await NODES.get(clients, time.monotonic())
     nodes = listed.gpu
     job = JobRef(name=name, namespace=namespace, uid=(body.get("metadata") or {}).get("uid", ""))

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,7 @@ def get_metrics() -> OperatorMetrics:
     if _metrics is None:
         _metrics = OperatorMetrics()
         _metrics.track_state("wakeups", WAKEUPS.jobs)
+        _metrics.track_state("worker_pod_lists", WORKER_PODS.jobs)
     return _metrics
 
 
@@ -111,6 +113,95 @@ class Wakeups:
 
 
 WAKEUPS = Wakeups()
+
+
+class WorkerPodLists:
+    """Each job's last listing of its worker pods, read again only when the watch says they
+    changed (or the listing is ``max_age_seconds`` old).
+
+    Every autoscale pass listed the job's pods: one LIST a job and interval, 33.8 of the 37.2
+    requests a second that 1,000 running arbitrated jobs made (a LIST with a label selector,
+    which the apiserver answers by filtering every pod of the namespace). The operator
+    watches every pod it created (kopf), so a job whose pods did not change needs no new
+    listing: a watch event of one of its pods or of its Service (:meth:`changed`) drops the
+    job's listing, and the next pass lists again. A listing in flight when such an event
+    arrives is used once and not kept. ``max_age_seconds`` (as long as an idle loop trusts
+    the watch, :data:`IDLE_RESYNC_SECONDS`) bounds what a missed event could hide: a job
+    whose every pod went while the watch was reconnecting (a new watch lists what is there,
+    and each pod of it wakes its job, but nothing tells of the pods gone).
+
+    The reconcile pass always lists (:meth:`fetch`: it creates and deletes pods by what it
+    finds) and keeps what it found; the autoscale pass reads the kept listing (:meth:`get`).
+    Listings are kept trimmed (:func:`~trainscale.operator.controller.reconcile.
+    trim_worker_pod`). Thread-safe: the passes list in threads, the events arrive on the
+    event loop.
+    """
+
+    def __init__(
+        self,
+        max_age_seconds: float = IDLE_RESYNC_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age_seconds = max_age_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        # per job: when it was listed (monotonic), the pods
+        self._lists: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
+        # per job: a listing in flight, until an event or a forget makes it one to not keep
+        self._pending: dict[tuple[str, str], object] = {}
+
+    def get(
+        self, clients: k8s.KubernetesClients, namespace: str, name: str
+    ) -> list[dict[str, Any]]:
+        """The job's worker pods as last listed, if no event came since and the listing is
+        younger than ``max_age_seconds``; else listed now (blocking: one request)."""
+        key = (namespace, name)
+        with self._lock:
+            kept = self._lists.get(key)
+        if kept is not None and self.clock() - kept[0] < self.max_age_seconds:
+            return kept[1]
+        return self.fetch(clients, namespace, name)
+
+    def fetch(
+        self, clients: k8s.KubernetesClients, namespace: str, name: str
+    ) -> list[dict[str, Any]]:
+        """The job's worker pods, listed now (blocking: one request), and kept unless an
+        event of the job's pods arrives meanwhile."""
+        key = (namespace, name)
+        token = object()
+        with self._lock:
+            self._pending[key] = token
+        at = self.clock()
+        pods: list[dict[str, Any]] | None = None
+        try:
+            pods = k8s.fetch_worker_pods(clients, namespace, name)
+        finally:
+            with self._lock:
+                if self._pending.get(key) is token:
+                    del self._pending[key]
+                    if pods is not None:
+                        self._lists[key] = (at, pods)
+        return pods
+
+    def changed(self, namespace: str, name: str) -> None:
+        """One of the job's pods (or its Service) changed: its next pass lists them again.
+        A job not kept here stays so (a deleted job's pods go after it)."""
+        key = (namespace, name)
+        with self._lock:
+            self._lists.pop(key, None)
+            self._pending.pop(key, None)
+
+    def jobs(self) -> int:
+        """How many jobs have a listing here, kept or in flight."""
+        with self._lock:
+            return len(set(self._lists) | set(self._pending))
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted job's listing."""
+        self.changed(namespace, name)
+
+
+WORKER_PODS = WorkerPodLists()
 
 
 #: Appended to a job's name for the labels of "another job from the same template".

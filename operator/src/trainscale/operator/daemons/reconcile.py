@@ -40,6 +40,7 @@ from trainscale.operator.daemons.common import (
     LOOP_STOP_TIMEOUT_SECONDS,
     RESYNC_SECONDS,
     WAKEUPS,
+    WORKER_PODS,
     get_metrics,
     log,
     post_event,
@@ -97,7 +98,9 @@ async def _reconcile_job(
             metrics.reconcile_total.labels("invalid").inc()
             return IDLE_RESYNC_SECONDS  # until the spec changes (an event wakes the loop)
         job = builders.JobRef(name=name, namespace=namespace, uid=meta["uid"])
-        pods = await asyncio.to_thread(k8s.fetch_worker_pods, clients, namespace, name)
+        # Listed afresh (it creates and deletes by what it finds), and kept for the job's
+        # autoscale pass until the watch tells of a change.
+        pods = await asyncio.to_thread(WORKER_PODS.fetch, clients, namespace, name)
         workers = [w for w in map(reconcile.parse_worker_pod, pods) if w is not None]
         rdzv = builders.rendezvous_name(name)
         rdzv_pod = await asyncio.to_thread(k8s.fetch_object_exists, clients, "Pod", namespace, rdzv)
@@ -328,6 +331,7 @@ async def trainingjob_event(
     if type == "DELETED":
         WAKEUPS.forget(namespace, name)
         ADMITTED.forget(namespace, name)
+        WORKER_PODS.forget(namespace, name)
         get_metrics().forget_job(namespace, name)
         get_job_condition_metric().forget(namespace, name)
         arbitration = arbitration_of(memo)
@@ -344,8 +348,11 @@ async def trainingjob_child_event(
     labels: Mapping[str, str], namespace: str | None, **_: Any
 ) -> None:
     """A change of one of a job's pods or of its rendezvous Service (deleted by hand, say)
-    wakes the job's reconcile loop (and puts off a pending memory release)."""
+    wakes the job's reconcile loop, makes the job's next autoscale pass list its pods again
+    (:class:`~trainscale.operator.daemons.common.WorkerPodLists`), and puts off a pending
+    memory release."""
     MEMORY_RELEASE.busy()
     job_name = k8s.job_name_of(labels)
     if job_name and namespace:
+        WORKER_PODS.changed(namespace, job_name)
         WAKEUPS.wake(namespace, job_name)
