@@ -17,6 +17,7 @@ jobs are independent.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +66,7 @@ def clock() -> list[float]:
 
 @pytest.fixture
 def lists(clock: list[float]) -> WorkerPodLists:
-    return WorkerPodLists(max_age_seconds=300.0, clock=lambda: clock[0])
+    return WorkerPodLists(max_age_seconds=300.0, clock=lambda: clock[0], age_spread=0.0)
 
 
 def listing(pods: list[dict[str, Any]]) -> int:
@@ -75,6 +76,31 @@ def listing(pods: list[dict[str, Any]]) -> int:
 
 def test_the_default_age_is_the_idle_resync() -> None:
     assert WorkerPodLists().max_age_seconds == IDLE_RESYNC_SECONDS
+
+
+def test_the_listings_of_a_burst_age_out_spread_over_half_the_age(
+    api: FakeApiserver, clock: list[float]
+) -> None:
+    """1,000 jobs listed at once (a burst) are listed again over the second half of the
+    age, not all within one interval, and the rounds after spread out further: each
+    listing draws its own share. Passes every 30 s, 40 of them (20 minutes)."""
+    lists = WorkerPodLists(max_age_seconds=300.0, clock=lambda: clock[0], rng=random.Random(7))
+    jobs = [f"job-{i}" for i in range(1000)]
+    for job in jobs:
+        lists.get(CLIENTS, NS, job)
+    listed = []
+    for _ in range(40):
+        before = len(api.lists)
+        clock[0] += 30.0
+        for job in jobs:
+            lists.get(CLIENTS, NS, job)
+        listed.append(len(api.lists) - before)
+    assert listed[:4] == [0, 0, 0, 0]  # none before half the age (150 s) ...
+    assert sum(listed[:10]) == len(jobs)  # ... every one by the age (300 s)
+    assert max(listed[:10]) <= len(jobs) // 4, listed  # a fifth of them a pass, about
+    # Later, about one in 7.5 a pass (the mean age, 225 s), none above one in 5.
+    assert max(listed[20:]) <= len(jobs) // 5, listed
+    assert abs(sum(listed[20:]) / 20 - len(jobs) / 7.5) < len(jobs) / 30, listed
 
 
 # Each step: (action, job, seconds to advance first, the LIST the answer comes from or None

@@ -66,7 +66,9 @@ class Counted:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.clock = [1000.0]
-        self.lists = WorkerPodLists(max_age_seconds=300.0, clock=lambda: self.clock[0])
+        self.lists = WorkerPodLists(
+            max_age_seconds=300.0, clock=lambda: self.clock[0], age_spread=0.0
+        )
         self.listed: list[str] = []
         real = k8s.fetch_worker_pods
 

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import math
+import random
 import threading
 import time
 import weakref
@@ -128,7 +129,10 @@ class WorkerPodLists:
     arrives is used once and not kept. ``max_age_seconds`` (as long as an idle loop trusts
     the watch, :data:`IDLE_RESYNC_SECONDS`) bounds what a missed event could hide: a job
     whose every pod went while the watch was reconnecting (a new watch lists what is there,
-    and each pod of it wakes its job, but nothing tells of the pods gone).
+    and each pod of it wakes its job, but nothing tells of the pods gone). Each listing
+    ages out a little sooner than that, by a random share of it up to ``age_spread``: the
+    listings of a burst of jobs, made together, would all be listed again within one
+    interval every ``max_age_seconds``.
 
     The reconcile pass always lists (:meth:`fetch`: it creates and deletes pods by what it
     finds) and keeps what it found; the autoscale pass reads the kept listing (:meth:`get`).
@@ -141,11 +145,15 @@ class WorkerPodLists:
         self,
         max_age_seconds: float = IDLE_RESYNC_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        age_spread: float = 0.5,
+        rng: random.Random | None = None,
     ) -> None:
         self.max_age_seconds = max_age_seconds
         self.clock = clock
+        self.age_spread = age_spread
+        self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        # per job: when it was listed (monotonic), the pods
+        # per job: until when its listing holds (monotonic), the pods
         self._lists: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         # per job: a listing in flight, until an event or a forget makes it one to not keep
         self._pending: dict[tuple[str, str], object] = {}
@@ -158,7 +166,7 @@ class WorkerPodLists:
         key = (namespace, name)
         with self._lock:
             kept = self._lists.get(key)
-        if kept is not None and self.clock() - kept[0] < self.max_age_seconds:
+        if kept is not None and self.clock() < kept[0]:
             return kept[1]
         return self.fetch(clients, namespace, name)
 
@@ -171,7 +179,9 @@ class WorkerPodLists:
         token = object()
         with self._lock:
             self._pending[key] = token
-        at = self.clock()
+        with self._lock:
+            share = self._rng.random()
+        until = self.clock() + self.max_age_seconds * (1.0 - self.age_spread * share)
         pods: list[dict[str, Any]] | None = None
         try:
             pods = k8s.fetch_worker_pods(clients, namespace, name)
@@ -180,7 +190,7 @@ class WorkerPodLists:
                 if self._pending.get(key) is token:
                     del self._pending[key]
                     if pods is not None:
-                        self._lists[key] = (at, pods)
+                        self._lists[key] = (until, pods)
         return pods
 
     def changed(self, namespace: str, name: str) -> None:
