@@ -224,10 +224,10 @@ def trim_worker_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     """A worker pod as its readers see it (:func:`parse_worker_pod`,
     :func:`~trainscale.operator.autoscaling.observed_placement.node_of_pod`): its
     metadata's :data:`WORKER_POD_METADATA_FIELDS`, :data:`WORKER_POD_LABELS` and planned
-    node annotation, its spec's
-    ``nodeName``, its status's :data:`WORKER_POD_STATUS_FIELDS`, its
-    :data:`WORKER_POD_CONDITIONS` (their :data:`CONDITION_FIELDS`), and the name and
-    ``terminated`` state of each container that exited.
+    node annotation, its spec's ``nodeName``, its status's
+    :data:`WORKER_POD_STATUS_FIELDS`, its :data:`WORKER_POD_CONDITIONS` (their
+    :data:`CONDITION_FIELDS`), and the name and ``terminated`` state of each container that
+    exited.
 
     The operator keeps each job's last listing of its worker pods between passes
     (:class:`~trainscale.operator.daemons.common.WorkerPodLists`): a running worker as a

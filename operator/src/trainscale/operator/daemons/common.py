@@ -161,8 +161,8 @@ class WorkerPodLists:
     def get(
         self, clients: k8s.KubernetesClients, namespace: str, name: str
     ) -> list[dict[str, Any]]:
-        """The job's worker pods as last listed, if no event came since and the listing is
-        younger than ``max_age_seconds``; else listed now (blocking: one request)."""
+        """The job's worker pods as last listed, if no event came since and the listing
+        has not aged out; else listed now (blocking: one request)."""
         key = (namespace, name)
         with self._lock:
             kept = self._lists.get(key)
@@ -179,7 +179,6 @@ class WorkerPodLists:
         token = object()
         with self._lock:
             self._pending[key] = token
-        with self._lock:
             share = self._rng.random()
         until = self.clock() + self.max_age_seconds * (1.0 - self.age_spread * share)
         pods: list[dict[str, Any]] | None = None
