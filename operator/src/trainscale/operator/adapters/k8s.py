@@ -100,24 +100,27 @@ def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _bound_pod(obj: dict[str, Any]) -> Any:
-    """A ``json.loads`` object hook: a pod of a list trimmed to what its readers use
-    (:func:`~trainscale.operator.autoscaling.cluster.trim_bound_pod`), any other dict
-    without managed fields."""
-    spec = obj.get("spec")
-    if "metadata" in obj and isinstance(spec, dict) and "containers" in spec:
-        return trim_bound_pod(obj)
-    return drop_managed_fields(obj)
+def _pods_trimmed(
+    trim: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[dict[str, Any]], Any]:
+    """A ``json.loads`` object hook: each pod of a list trimmed by ``trim`` as it is decoded
+    (a whole pod is never held), any other dict without managed fields."""
+
+    def hook(obj: dict[str, Any]) -> Any:
+        spec = obj.get("spec")
+        if "metadata" in obj and isinstance(spec, dict) and "containers" in spec:
+            return trim(obj)
+        return drop_managed_fields(obj)
+
+    return hook
 
 
-def _worker_pod(obj: dict[str, Any]) -> Any:
-    """A ``json.loads`` object hook: a pod of a list trimmed to what the readers of a job's
-    worker pods use (:func:`~trainscale.operator.controller.reconcile.trim_worker_pod`),
-    any other dict without managed fields."""
-    spec = obj.get("spec")
-    if "metadata" in obj and isinstance(spec, dict) and "containers" in spec:
-        return trim_worker_pod(obj)
-    return drop_managed_fields(obj)
+_bound_pod = _pods_trimmed(trim_bound_pod)
+"""The cluster's bound pods, trimmed to what the arbitration pass reads
+(:func:`~trainscale.operator.autoscaling.cluster.trim_bound_pod`)."""
+_worker_pod = _pods_trimmed(trim_worker_pod)
+"""A job's worker pods, trimmed to what their readers use
+(:func:`~trainscale.operator.controller.reconcile.trim_worker_pod`)."""
 
 
 def _request(
@@ -181,7 +184,7 @@ def fetch_worker_pods(
     clients: KubernetesClients, namespace: str, job_name: str
 ) -> list[dict[str, Any]]:
     """The job's worker pods (any phase, terminating ones included), each trimmed to what
-    their readers use as it is decoded (:func:`_worker_pod`)."""
+    their readers use as it is decoded (:data:`_worker_pod`)."""
     selector = build_worker_selector(job_name)
     pods = (
         _request(
@@ -393,7 +396,7 @@ def job_name_of(labels: Mapping[str, str] | None) -> str | None:
 
 def fetch_bound_pods(clients: KubernetesClients) -> list[dict[str, Any]]:
     """Every pod bound to a node and not finished, in all namespaces (what holds GPUs), each
-    trimmed to what its readers use as it is decoded (:func:`_bound_pod`)."""
+    trimmed to what its readers use as it is decoded (:data:`_bound_pod`)."""
     selector = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
     query = {"fieldSelector": selector}
     found = _request(clients, "GET", "/api/v1/pods", query=query, object_hook=_bound_pod) or {}
