@@ -12,7 +12,8 @@ Covers, as a table of steps: a listing reused until an event, until it is old, o
 the job is forgotten; ``fetch`` always lists and keeps; an event or a forget while a listing
 is in flight keeps it from being kept (it is returned, once); an event of a job not held
 creates no state (a deleted job's pods go after it); a failed listing keeps nothing new;
-jobs are independent.
+jobs are independent; a new listing of the watch (``relisted``) drops every job's listing,
+kept or in flight.
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ CASES: dict[str, list[Step]] = {
         ("get", "a", 0, 3, 3),
         ("get", "b", 0, 2, 3),
     ],
+    "every job listed again after the watch listed the pods again": [
+        ("get", "a", 0, 1, 1),
+        ("fetch", "b", 0, 2, 2),
+        ("relisted", "", 10, None, 2),
+        ("get", "a", 0, 3, 3),
+        ("get", "b", 0, 4, 4),
+        ("get", "a", 0, 3, 4),
+        ("get", "b", 0, 4, 4),
+    ],
 }
 
 
@@ -155,20 +165,24 @@ def test_a_listing_is_reused_until_an_event_or_its_age(
         if action in ("get", "fetch"):
             pods = getattr(lists, action)(CLIENTS, NS, job)
             assert listing(pods) == answer, (i, action, job)
+        elif action == "relisted":
+            lists.relisted()
         else:
             getattr(lists, action)(NS, job)
         assert len(api.lists) == made, (i, action, job, api.lists)
 
 
 @pytest.mark.parametrize("action", ["get", "fetch"])
-@pytest.mark.parametrize("during", ["changed", "forget"])
+@pytest.mark.parametrize("during", ["changed", "forget", "relisted"])
 def test_an_event_while_listing_keeps_the_listing_from_being_kept(
     api: FakeApiserver, lists: WorkerPodLists, action: str, during: str
 ) -> None:
     """The listing may predate the change the event tells of: it is answered (the pass
     that asked sees pods as they were a moment ago, as a LIST a moment earlier would), but
     the next pass lists again."""
-    api.during = lambda: getattr(lists, during)(NS, "a")
+    api.during = lambda: (
+        lists.relisted() if during == "relisted" else getattr(lists, during)(NS, "a")
+    )
     assert listing(getattr(lists, action)(CLIENTS, NS, "a")) == 1
     assert lists.jobs() == 0
     assert listing(lists.get(CLIENTS, NS, "a")) == 2

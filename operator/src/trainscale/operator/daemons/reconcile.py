@@ -38,6 +38,7 @@ from trainscale.operator.daemons.common import (
     IDLE_RESYNC_SECONDS,
     LOOP_CANCEL_TIMEOUT_SECONDS,
     LOOP_STOP_TIMEOUT_SECONDS,
+    RELISTS,
     RESYNC_SECONDS,
     WAKEUPS,
     WORKER_PODS,
@@ -345,13 +346,23 @@ async def trainingjob_event(
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
 @kopf.on.event("", "v1", "services", labels={builders.LABEL_MANAGED_BY: builders.MANAGED_BY})
 async def trainingjob_child_event(
-    labels: Mapping[str, str], namespace: str | None, **_: Any
+    labels: Mapping[str, str], namespace: str | None, type: str | None = "MODIFIED", **_: Any
 ) -> None:
     """A change of one of a job's pods or of its rendezvous Service (deleted by hand, say)
     wakes the job's reconcile loop, makes the job's next autoscale pass list its pods again
     (:class:`~trainscale.operator.daemons.common.WorkerPodLists`), and puts off a pending
-    memory release."""
+    memory release. The first object of a new listing (``type`` None: the watch started
+    again, and may have lost events) does so for every job
+    (:class:`~trainscale.operator.daemons.common.WatchRelists`)."""
     MEMORY_RELEASE.busy()
+    if type is None and RELISTS.seen():
+        WORKER_PODS.relisted()
+        woken = WAKEUPS.wake_all()
+        log.info(
+            "The watch of the operator's pods and Services listed them again (it may have "
+            "missed events): a reconcile pass for each of %d jobs",
+            woken,
+        )
     job_name = k8s.job_name_of(labels)
     if job_name and namespace:
         WORKER_PODS.changed(namespace, job_name)
