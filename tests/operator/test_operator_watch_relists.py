@@ -11,7 +11,8 @@ every kept pod listing, and an idle loop sleeps ``IDLE_RESYNC_SECONDS`` (1,800 s
 Covers: ``WatchRelists`` tells the first event of a listing from the rest of its burst (a
 table over time); ``Wakeups.wake_all`` wakes every running job's reconcile loop and nothing
 else; the handler (``trainingjob_child_event``) wakes every job on the first event of a
-listing, and only the pod's own job on the rest and on a change; and, with kopf for real
+listing, and only the pod's own job on the rest and on a change, and counts the listings
+(``trainscale_operator_watch_relists_total``); and, with kopf for real
 (``KopfRunner``) against kmock: two jobs run, every pod and the Service of one of them are
 deleted without a watch event (as during a watch's gap), the pods' watch is ended by a 410
 Gone, kopf lists the pods again (only the other job's are there), and the first job's pods
@@ -27,6 +28,7 @@ from typing import Any
 
 import kmock
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from tests.support.kmock import (
     RealisticEmulator,
@@ -46,7 +48,12 @@ from trainscale.operator.daemons.common import (
     WorkerPodLists,
 )
 from trainscale.operator.daemons.reconcile import trainingjob_child_event
-from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP, RECONCILE_LOOP
+from trainscale.operator.observability.metric_names import (
+    AUTOSCALE_LOOP,
+    RECONCILE_LOOP,
+    WATCH_RELISTS_NAME,
+)
+from trainscale.operator.observability.metrics import OperatorMetrics
 
 NS = "ns"
 
@@ -119,6 +126,13 @@ async def test_the_first_event_of_a_listing_wakes_every_job_the_rest_only_their_
     monkeypatch.setattr(reconcile_daemon, "WAKEUPS", wakeups)
     monkeypatch.setattr(reconcile_daemon, "WORKER_PODS", lists)
     monkeypatch.setattr(reconcile_daemon, "RELISTS", WatchRelists(clock=lambda: clock[0]))
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    monkeypatch.setattr(reconcile_daemon, "get_metrics", lambda: metrics)
+
+    def relists() -> float:
+        return registry.get_sample_value(WATCH_RELISTS_NAME) or 0.0
+
     loops = {job: wakeups.get(NS, job, RECONCILE_LOOP) for job in ("a", "b", "c")}
     kept = Kept(lists, ["a", "b", "c"])
 
@@ -130,22 +144,22 @@ async def test_the_first_event_of_a_listing_wakes_every_job_the_rest_only_their_
 
     # A change of one pod: its own job only.
     await trainingjob_child_event(labels=_labels("a"), namespace=NS, type="MODIFIED")
-    assert woken() == {"a"} and kept.jobs() == {"b", "c"}
+    assert woken() == {"a"} and kept.jobs() == {"b", "c"} and relists() == 0
 
     # The first pod of a listing (c has no pod left in it): every job.
     await trainingjob_child_event(labels=_labels("b"), namespace=NS, type=None)
-    assert woken() == {"a", "b", "c"} and kept.jobs() == set()
+    assert woken() == {"a", "b", "c"} and kept.jobs() == set() and relists() == 1
 
     # The rest of that listing: each pod's own job.
     Kept(lists, ["a", "b", "c"])
     clock[0] += 1.0
     await trainingjob_child_event(labels=_labels("a"), namespace=NS, type=None)
-    assert woken() == {"a"} and kept.jobs() == {"b", "c"}
+    assert woken() == {"a"} and kept.jobs() == {"b", "c"} and relists() == 1
 
     # A listing after a quiet spell (a second gap): every job again.
     clock[0] += 60.0
     await trainingjob_child_event(labels={}, namespace=NS, type=None)
-    assert woken() == {"a", "b", "c"} and kept.jobs() == set()
+    assert woken() == {"a", "b", "c"} and kept.jobs() == set() and relists() == 2
 
 
 # -- kopf for real, against kmock -----------------------------------------------------------
@@ -199,6 +213,11 @@ async def _end_the_pods_watch_with_410(server: kmock.KubernetesEmulator) -> None
     await pods_bus.put({"type": "ERROR", "object": gone})
 
 
+def _relists_counted() -> float:
+    """The operator's (kopf's thread shares this process's registry)."""
+    return REGISTRY.get_sample_value(WATCH_RELISTS_NAME) or 0.0
+
+
 @pytest.mark.slow
 @pytest.mark.kmock(cls=RealisticEmulator)
 async def test_a_job_whose_every_pod_went_during_a_watch_gap_is_made_again_after_the_relisting(
@@ -218,6 +237,7 @@ async def test_a_job_whose_every_pod_went_during_a_watch_gap_is_made_again_after
 
         _delete_without_an_event(kmock, "gone")
         assert _children(kmock, "gone") == set() and "stays-worker-0" in pods(kmock)
+        before = _relists_counted()
         started = time.monotonic()
         await _end_the_pods_watch_with_410(kmock)
         await eventually(
@@ -226,3 +246,4 @@ async def test_a_job_whose_every_pod_went_during_a_watch_gap_is_made_again_after
             what="gone's pods and Service made again after the relisting",
         )
         assert time.monotonic() - started < RESYNC_SECONDS
+        assert _relists_counted() == before + 1  # one listing, of the pods

@@ -358,6 +358,7 @@ async def trainingjob_child_event(
     if type is None and RELISTS.seen():
         WORKER_PODS.relisted()
         woken = WAKEUPS.wake_all()
+        get_metrics().watch_relists.inc()
         log.info(
             "The watch of the operator's pods and Services listed them again (it may have "
             "missed events): a reconcile pass for each of %d jobs",

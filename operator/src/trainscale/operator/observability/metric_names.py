@@ -26,6 +26,7 @@ PROMETHEUS_QUERY_DURATION_NAME = PREFIX + "prometheus_query_duration_seconds"
 JOB_LOOPS_NAME = PREFIX + "job_loops"
 JOB_LOOPS_CANCELLED_NAME = PREFIX + "job_loops_cancelled_total"
 JOB_STATE_NAME = PREFIX + "job_state_entries"
+WATCH_RELISTS_NAME = PREFIX + "watch_relists_total"
 
 # The "store" label of the job-state series: each in-process store that keeps something per job.
 STORE_LABEL = "store"

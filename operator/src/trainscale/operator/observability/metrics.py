@@ -43,6 +43,7 @@ from trainscale.operator.observability.metric_names import (
     RECONCILE_TOTAL_NAME,
     SCALING_DECISIONS_NAME,
     STORE_LABEL,
+    WATCH_RELISTS_NAME,
     WORKERS_OFF_PLAN_NAME,
 )
 
@@ -164,6 +165,13 @@ class OperatorMetrics:
             JOB_LOOPS_CANCELLED_NAME.removesuffix("_total"),
             "Per-job loops that did not stop at kopf's stop flag and were cancelled.",
             [LOOP_LABEL],
+            registry=registry,
+        )
+        self.watch_relists = Counter(
+            WATCH_RELISTS_NAME.removesuffix("_total"),
+            "Times the watch of the operator's pods and Services listed them afresh (after a "
+            "410 Gone or a failed connection; it may have lost events): each woke every "
+            "job's reconcile loop.",
             registry=registry,
         )
         self.job_state = Gauge(
