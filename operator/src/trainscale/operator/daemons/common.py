@@ -243,6 +243,9 @@ class WatchRelists:
     as an informer's re-list would compare against its cache; this is what lets an idle job
     sleep :data:`IDLE_RESYNC_SECONDS` without polling for lost events.
 
+    The first listing, at the operator's start, wakes every job too: a job's loop may have
+    made its first pass, and gone idle, before a pod went and before the watch began.
+
     A listing arrives as one event per object: the events of one listing come in a burst,
     and :meth:`seen` says True for the first event after ``quiet_seconds`` without any.
     """

@@ -169,9 +169,9 @@ class OperatorMetrics:
         )
         self.watch_relists = Counter(
             WATCH_RELISTS_NAME.removesuffix("_total"),
-            "Times the watch of the operator's pods and Services listed them afresh (after a "
-            "410 Gone or a failed connection; it may have lost events): each woke every "
-            "job's reconcile loop.",
+            "Times the watch of the operator's pods and Services listed them: at the "
+            "operator's start (when there are any), and afresh after a 410 Gone or a failed "
+            "connection, when events may have been lost. Each woke every job's reconcile loop.",
             registry=registry,
         )
         self.job_state = Gauge(
