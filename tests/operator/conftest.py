@@ -1,7 +1,7 @@
 """Shared fixtures of the operator tests: a minimal valid TrainingJob, the kmock-backed
 ``cluster`` fixture of tests/support/kmock.py, and a fresh store of the jobs' pod listings
-for every test (a listing is kept up to 300 s: one kept by an earlier test's job of the same
-name would stand for this test's pods)."""
+for every test (a listing is kept up to 1,800 s: one kept by an earlier test's job of the same
+name would stand for this test's pods), and of when the watch last listed them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from tests.support.kmock import cluster  # noqa: F401 - a fixture, used by name
 from trainscale.operator.daemons import autoscale as autoscale_daemon
 from trainscale.operator.daemons import reconcile as reconcile_daemon
-from trainscale.operator.daemons.common import WorkerPodLists
+from trainscale.operator.daemons.common import WatchRelists, WorkerPodLists
 
 BASE_SPEC: dict[str, Any] = {
     "replicas": 2,
@@ -51,3 +51,12 @@ def fresh_worker_pod_lists(monkeypatch: pytest.MonkeyPatch) -> WorkerPodLists:
     for daemon in (reconcile_daemon, autoscale_daemon):
         monkeypatch.setattr(daemon, "WORKER_PODS", lists)
     return lists
+
+
+@pytest.fixture(autouse=True)
+def fresh_watch_relists(monkeypatch: pytest.MonkeyPatch) -> WatchRelists:
+    """When the watch last listed the pods, never for this test: an earlier test's listing
+    less than 10 s before would make this test's first listing the rest of that one."""
+    relists = WatchRelists()
+    monkeypatch.setattr(reconcile_daemon, "RELISTS", relists)
+    return relists

@@ -78,7 +78,7 @@ def test_the_first_event_of_a_listing_is_told_from_the_rest_of_its_burst(
         assert relists.seen() is new, (i, advance)
 
 
-def test_the_idle_resync_is_half_an_hour_and_a_quiet_pass_waits_it() -> None:
+def test_the_idle_resync_is_half_an_hour() -> None:
     """What the wake on a listing buys: an idle job's loop sleeps 30 minutes, not 5."""
     assert IDLE_RESYNC_SECONDS == 1800.0
     assert RESYNC_SECONDS < IDLE_RESYNC_SECONDS
