@@ -20,6 +20,7 @@ live in one state directory. The pure parts (:func:`build_node`, :func:`build_ku
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -595,6 +596,76 @@ class Testbed:
             self.paths.state.unlink()
         if self._own_dir or self.detach:
             shutil.rmtree(self.paths.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def control_plane_down(self) -> Iterator[None]:
+        """Kill kube-apiserver, kube-scheduler and kube-controller-manager (SIGKILL: a crashed
+        control plane; a graceful stop drains the apiserver's watches for longer than a test
+        should wait) for the ``with`` block, then start them again on the same ports and wait
+        until they are ready; etcd and kwok (the nodes) keep running.
+
+        A watch then resumes from a resource version older than the restarted apiserver's
+        watch cache, which answers 410 Gone: its client must list afresh, and whatever went
+        while the apiserver was down (:meth:`etcd_delete_prefix`) is in no event, as after a
+        control-plane upgrade. The scheduler restarts too: its cache, resumed across pods
+        deleted behind it, finds a pod "updated on a different node" and exits.
+
+        Raises:
+            TestbedError: a component is not ready again within 90 s.
+        """
+        if self.bin_dir is None or self.ports is None:
+            raise TestbedError("the test-bed is not started")
+        names = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
+        exes = self._exes()
+        for name in names:
+            pid = self.pids.get(name)
+            proc = self._procs.get(name)
+            if pid is None or proc is None:
+                raise TestbedError(f"{name} was not started by this process")
+            proc.kill()
+            self._wait_gone(name, pid, exes.get(name, ""))
+            del self._procs[name], self.pids[name]  # not "exited" while the others start
+        try:
+            yield
+        finally:
+            commands = build_commands(self.bin_dir, self.paths, self.ports)
+            self._spawn("kube-apiserver", commands["kube-apiserver"])
+            self._save_state()
+            self._wait("kube-apiserver", lambda: self._get("/readyz")[0] == 200, timeout=90)
+            for name in names[1:]:
+                self._spawn(name, commands[name])
+            self._save_state()
+            self._wait("kube-scheduler", lambda: self._http_ok(
+                f"https://127.0.0.1:{self.ports_.scheduler}/healthz"), timeout=90)  # fmt: skip
+            self._wait("kube-controller-manager", lambda: self._http_ok(
+                f"https://127.0.0.1:{self.ports_.controller_manager}/healthz"),
+                timeout=90)  # fmt: skip
+
+    def etcd_delete_prefix(self, prefix: str) -> int:
+        """Delete every etcd key that starts with ``prefix`` (``/registry/pods/<ns>/<name>``),
+        straight in etcd through its JSON gateway: no apiserver sees it, so no watch event
+        tells of it. Returns the number of keys deleted.
+
+        Raises:
+            TestbedError: etcd refused the request.
+        """
+        if self.ports is None:
+            raise TestbedError("the test-bed is not started")
+        key = prefix.encode()
+        range_end = key[:-1] + bytes([key[-1] + 1])  # the keys with ``prefix``, no others
+        body = {"key": base64.b64encode(key).decode(),
+                "range_end": base64.b64encode(range_end).decode()}  # fmt: skip
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports.etcd_client}/v3/kv/deleterange",
+            data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                reply = json.loads(resp.read() or b"{}")
+        except (OSError, ValueError) as err:
+            raise TestbedError(f"etcd deleterange {prefix!r}: {err}") from None
+        return int(reply.get("deleted", 0))
 
     def __enter__(self) -> Testbed:
         return self.start()
