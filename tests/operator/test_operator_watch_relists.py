@@ -12,7 +12,9 @@ Covers: ``WatchRelists`` tells the first event of a listing from the rest of its
 table over time); ``Wakeups.wake_all`` wakes every running job's reconcile loop and nothing
 else; the handler (``trainingjob_child_event``) wakes every job on the first event of a
 listing, and only the pod's own job on the rest and on a change, and counts the listings
-(``trainscale_operator_watch_relists_total``); and, with kopf for real
+(``trainscale_operator_watch_relists_total``); a job listed afresh (``trainingjob_event``,
+``type`` None) gets a reconcile pass and a fresh pod listing, for when no pod is left to
+list (then the pods' listing is empty and delivers nothing); and, with kopf for real
 (``KopfRunner``) against kmock: two jobs run, every pod and the Service of one of them are
 deleted without a watch event (as during a watch's gap), the pods' watch is ended by a 410
 Gone, kopf lists the pods again (only the other job's are there), and the first job's pods
@@ -160,6 +162,40 @@ async def test_the_first_event_of_a_listing_wakes_every_job_the_rest_only_their_
     clock[0] += 60.0
     await trainingjob_child_event(labels={}, namespace=NS, type=None)
     assert woken() == {"a", "b", "c"} and kept.jobs() == set() and relists() == 2
+
+
+async def test_a_job_listed_again_gets_a_reconcile_pass_and_a_fresh_pod_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where every pod and Service went during the gap, the pods' new listing is empty and
+    wakes nothing; the jobs' own listing (their watch broke too) wakes each job listed. A
+    change of a job wakes its reconcile loop only when what a pass reads changed."""
+    wakeups, lists = Wakeups(), WorkerPodLists()
+    monkeypatch.setattr(reconcile_daemon, "WAKEUPS", wakeups)
+    monkeypatch.setattr(reconcile_daemon, "WORKER_PODS", lists)
+    loops = {job: wakeups.get(NS, job, RECONCILE_LOOP) for job in ("a", "b")}
+    kept = Kept(lists, ["a", "b"])
+    body = {"metadata": {"name": "a", "namespace": NS}, "spec": {"replicas": 2}, "status": {}}
+
+    def woken() -> set[str]:
+        found = {job for job, event in loops.items() if event.is_set()}
+        for event in loops.values():
+            event.clear()
+        return found
+
+    async def event(type: str | None, job: dict[str, Any]) -> None:
+        await reconcile_daemon.trainingjob_event(
+            type=type, name="a", namespace=NS, body=job, memo=None
+        )
+
+    await event("MODIFIED", body)  # the first inputs seen: a pass (a job's change keeps pods')
+    assert woken() == {"a"} and kept.jobs() == {"a", "b"}
+    await event("MODIFIED", body)  # nothing a pass reads changed
+    assert woken() == set() and kept.jobs() == {"a", "b"}
+    await event(None, body)  # listed again, unchanged: a pass and a fresh listing all the same
+    assert woken() == {"a"} and kept.jobs() == {"b"}
+    await event("MODIFIED", body)  # the listing recorded its inputs: no second pass
+    assert woken() == set()
 
 
 # -- kopf for real, against kmock -----------------------------------------------------------

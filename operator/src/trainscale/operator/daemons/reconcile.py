@@ -320,9 +320,14 @@ async def trainingjob_event(
 ) -> None:
     """A change of a job wakes its autoscale loop, and its reconcile loop unless only the
     autoscaler's status changed; a deleted job is forgotten; a job listed, added or deleted
-    lets the freed memory go back to the OS once the job count settles. (Async: it only
-    touches the loops' memory, which must happen on the event loop, not in kopf's
-    threads.)"""
+    lets the freed memory go back to the OS once the job count settles. A job *listed*
+    (``type`` None: the watch of the jobs started again, as after a control-plane restart,
+    and the watches of their pods may have lost events too) gets a reconcile pass and a
+    fresh pod listing: where every pod and Service of the operator's namespaces went while
+    the watches were down, the pods' new listing is empty, so kopf delivers nothing there
+    that could wake a job (:class:`~trainscale.operator.daemons.common.WatchRelists`).
+    (Async: it only touches the loops' memory, which must happen on the event loop, not in
+    kopf's threads.)"""
     if namespace is None:
         return
     if type == "MODIFIED":
@@ -340,6 +345,9 @@ async def trainingjob_event(
             arbitration.forget(job_key(namespace, name))
         return
     WAKEUPS.wake_on_change(namespace, name, reconcile.reconcile_inputs(body))
+    if type is None:
+        WORKER_PODS.changed(namespace, name)
+        WAKEUPS.wake(namespace, name)
     WAKEUPS.wake(namespace, name, AUTOSCALE_LOOP)
 
 
