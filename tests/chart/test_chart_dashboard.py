@@ -242,6 +242,16 @@ def test_desired_replicas_come_from_the_operator(tmp_path: Path) -> None:
     _expect(tmp_path, "Desired vs running workers", series, {'{trainingjob="digits"}': 4})
 
 
+def test_job_loops_are_summed_over_operator_replicas_by_kind(tmp_path: Path) -> None:
+    series = {
+        f'{op.JOB_LOOPS_NAME}{{pod="trainscale-0",loop="reconcile"}}': "3x10",
+        f'{op.JOB_LOOPS_NAME}{{pod="trainscale-1",loop="reconcile"}}': "2x10",
+        f'{op.JOB_LOOPS_NAME}{{pod="trainscale-0",loop="autoscale"}}': "3x10",
+    }
+    expected = {'{loop="reconcile"}': 5, '{loop="autoscale"}': 3}
+    _expect(tmp_path, "Job loops", series, expected)
+
+
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool checks the syntax of every expression as a recording rule."""
     exprs = _exprs(dashboard.build_dashboard())

@@ -507,6 +507,37 @@ OPERATOR_ROW = Row(
             min=0,
             width=8,
         ),
+        Panel(
+            title="Job loops",
+            description=(
+                "Live per-job loops by kind, over every operator replica: one reconcile and one "
+                "autoscale loop per TrainingJob; more is a loop that outlived its job. And the "
+                "loops kopf had to cancel in the last hour (they ignored its stop flag)."
+            ),
+            unit="short",
+            targets=(
+                Target(f"sum by (loop) ({op.JOB_LOOPS_NAME})", "{{loop}} loops"),
+                Target(
+                    f"sum by (loop) (increase({op.JOB_LOOPS_CANCELLED_NAME}[1h]))",
+                    "cancelled in 1 h {{loop}}",
+                ),
+            ),
+            min=0,
+            width=8,
+        ),
+        Panel(
+            title="Watch relistings",
+            description=(
+                "Times in the last hour the watch of the operator's pods and Services listed "
+                "them afresh (a 410 Gone after an apiserver restart, or a failed connection): "
+                "each wakes every job's reconcile loop, as events may have been lost, so a "
+                "steady rate costs a pass a job each time and says the watch keeps breaking."
+            ),
+            unit="short",
+            targets=(Target(f"sum(increase({op.WATCH_RELISTS_NAME}[1h]))", "relistings in 1 h"),),
+            min=0,
+            width=8,
+        ),
     ),
 )
 
