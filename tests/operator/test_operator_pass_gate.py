@@ -8,10 +8,17 @@ pod events queued among the first passes.
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
+import kopf
 import pytest
+from kopf._cogs.aiokits.aioenums import FlagSetter
+from kopf._core.intents.stoppers import DaemonStoppingReason
 
 from trainscale.operator.adapters import k8s
+from trainscale.operator.daemons import reconcile as reconcile_daemon
+from trainscale.operator.daemons.common import Wakeups
 from trainscale.operator.daemons.passes import PASSES, PassGate
 
 
@@ -131,3 +138,51 @@ async def test_a_pass_stopped_while_waiting_leaves_without_a_place() -> None:
     assert order == ["running", "behind"] and gate.running == 0
     async with gate.slot(first=True, unless=stopped) as admitted:  # stopped before: no place
         assert not admitted and gate.running == 0
+
+
+async def test_wakes_that_come_while_a_pass_waits_for_its_place_are_answered_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reconcile loop clears its wake once its pass has a place, not before it waits for
+    one: the pass reads the job and its pods afresh, so the pod events of a burst that woke
+    it while it waited cost no pass after it. A wake during the pass still does."""
+    gate, wakeups = PassGate(1), Wakeups()
+    monkeypatch.setattr(reconcile_daemon, "PASSES", gate)
+    monkeypatch.setattr(reconcile_daemon, "WAKEUPS", wakeups)
+    passes: list[int] = []
+
+    async def reconcile_job(namespace: str, name: str, **_: Any) -> float:
+        passes.append(len(passes) + 1)
+        if len(passes) == 2:
+            wakeups.wake(namespace, name)  # its own pods' events, while it runs
+        return 3600.0  # idle: only a wake brings the next pass
+
+    monkeypatch.setattr(reconcile_daemon, "reconcile_job", reconcile_job)
+    stop: FlagSetter[DaemonStoppingReason] = FlagSetter()
+    go = asyncio.Event()
+    holder = asyncio.create_task(hold(gate, False, [], "another job's pass", go))
+    await settle()
+    loop = asyncio.create_task(reconcile_daemon.trainingjob_reconcile_loop(
+        name="a", namespace="ns", logger=logging.getLogger(__name__), memo=kopf.Memo(),
+        stopped=stop.async_waiter,
+    ))  # fmt: skip
+    await settle()
+    assert gate.waiting == 1 and passes == []
+    for _ in range(3):  # a burst's events while it waits
+        wakeups.wake("ns", "a")
+    go.set()
+    await holder
+    await settle()
+    await asyncio.sleep(0.05)
+    assert passes == [1], "a pass after the pass that answered the wakes"
+
+    wakeups.wake("ns", "a")  # a change after it: a pass, which wakes itself once more
+    for _ in range(100):
+        if len(passes) == 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert passes == [1, 2, 3]
+
+    stop.set(DaemonStoppingReason.RESOURCE_DELETED)
+    await asyncio.wait_for(loop, 5)

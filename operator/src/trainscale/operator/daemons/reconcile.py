@@ -297,12 +297,15 @@ async def trainingjob_reconcile_loop(
     first = True
     with get_metrics().job_loop(RECONCILE_LOOP):
         while not stopped:
-            wake.clear()
             try:
                 # At most API_CONCURRENCY passes at once, a new job's first pass first.
                 async with PASSES.slot(first=first, unless=stopped) as admitted:
                     if not admitted:
                         break  # stopped while waiting for a place
+                    # Cleared once the pass has its place, not before it waits for one: the
+                    # pass reads the job and its pods afresh, so it answers the wakes that
+                    # came while it waited (a burst's pod events) without a pass each after.
+                    wake.clear()
                     first = False
                     delay = await reconcile_job(
                         namespace, name, arbitration=arbitration_active(memo),
