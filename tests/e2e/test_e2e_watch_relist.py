@@ -38,6 +38,8 @@ import pytest
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.test_e2e_loops import job_manifest as idle_job
 from tests.support.testbed import operator_samples, wait_for
+from trainscale.operator import api
+from trainscale.operator.controller.builders import rendezvous_name
 from trainscale.operator.daemons.common import IDLE_RESYNC_SECONDS
 from trainscale.operator.observability.metric_names import WATCH_RELISTS_NAME
 from trainscale.testbed.cluster import Testbed
@@ -48,7 +50,6 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 NAMESPACE = "relist"
 JOBS = ("gone", "kept")  # the first loses its pods and Service in the gap
 WORKERS = 2
-JOB_LABEL = "trainscale.dev/job-name"
 RECREATED_WITHIN = 60.0  # seconds after the apiserver is back; the idle resync is 1,800
 
 
@@ -69,7 +70,9 @@ def bed() -> Iterator[Testbed]:
 
 def pod_uids(bed: Testbed, namespace: str, job: str) -> dict[str, str]:
     """The job's pods (workers and rendezvous pod), name -> UID."""
-    out = bed.kubectl("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={job}", "-o", "json")
+    out = bed.kubectl(
+        "get", "pods", "-n", namespace, "-l", f"{api.LABEL_JOB_NAME}={job}", "-o", "json"
+    )
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in json.loads(out.stdout)["items"]}
 
 
@@ -106,7 +109,7 @@ def test_pods_deleted_while_the_watch_was_broken_are_made_again_at_once(
 
         # The job's workers and its rendezvous pod, and its rendezvous Service.
         wait_for(lambda: all(len(pod_uids(bed, namespace, job)) == WORKERS + 1 for job in JOBS)
-                 and services(bed, namespace) >= {f"{job}-rdzv" for job in JOBS},
+                 and services(bed, namespace) >= {rendezvous_name(job) for job in JOBS},
                  timeout=60, what="every job's pods and Service", describe=describe)  # fmt: skip
         before = {job: pod_uids(bed, namespace, job) for job in JOBS}
         wait_for(lambda: operator_samples(port), timeout=30, what="/metrics")
@@ -123,7 +126,7 @@ def test_pods_deleted_while_the_watch_was_broken_are_made_again_at_once(
         def made_again(job: str) -> bool:
             uids = pod_uids(bed, namespace, job)
             return (len(uids) == WORKERS + 1 and not set(uids.values()) & set(before[job].values())
-                    and f"{job}-rdzv" in services(bed, namespace))  # fmt: skip
+                    and rendezvous_name(job) in services(bed, namespace))  # fmt: skip
 
         wait_for(lambda: all(made_again(job) for job in lost), timeout=RECREATED_WITHIN,
                  interval=0.5, what=f"the pods and Service of {lost} made again",

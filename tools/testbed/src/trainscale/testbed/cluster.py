@@ -631,15 +631,12 @@ class Testbed:
             commands = build_commands(self.bin_dir, self.paths, self.ports)
             self._spawn("kube-apiserver", commands["kube-apiserver"])
             self._save_state()
-            self._wait("kube-apiserver", lambda: self._get("/readyz")[0] == 200, timeout=90)
+            self._wait_ready("kube-apiserver", timeout=90)
             for name in names[1:]:
                 self._spawn(name, commands[name])
             self._save_state()
-            self._wait("kube-scheduler", lambda: self._http_ok(
-                f"https://127.0.0.1:{self.ports_.scheduler}/healthz"), timeout=90)  # fmt: skip
-            self._wait("kube-controller-manager", lambda: self._http_ok(
-                f"https://127.0.0.1:{self.ports_.controller_manager}/healthz"),
-                timeout=90)  # fmt: skip
+            for name in names[1:]:
+                self._wait_ready(name, timeout=90)
 
     def etcd_delete_prefix(self, prefix: str) -> int:
         """Delete every etcd key that starts with ``prefix`` (``/registry/pods/<ns>/<name>``),
@@ -773,7 +770,7 @@ class Testbed:
             "etcd", lambda: self._http_ok(f"http://127.0.0.1:{self.ports_.etcd_client}/health")
         )
         _log(f"etcd ready ({time.monotonic() - t0:.1f} s)")
-        self._wait("kube-apiserver", lambda: self._get("/readyz")[0] == 200, timeout=90)
+        self._wait_ready("kube-apiserver", timeout=90)
         _log(f"kube-apiserver ready ({time.monotonic() - t0:.1f} s)")
         for name in ("kube-scheduler", "kube-controller-manager", "kwok"):
             self._spawn(name, commands[name])
@@ -782,10 +779,8 @@ class Testbed:
         self._save_state()
         for name in self.node_names:
             self._post("/api/v1/nodes", build_node(name, self.gpus_per_node))
-        self._wait("kube-scheduler", lambda: self._http_ok(
-            f"https://127.0.0.1:{self.ports_.scheduler}/healthz"))  # fmt: skip
-        self._wait("kube-controller-manager", lambda: self._http_ok(
-            f"https://127.0.0.1:{self.ports_.controller_manager}/healthz"))  # fmt: skip
+        self._wait_ready("kube-scheduler")
+        self._wait_ready("kube-controller-manager")
         self._wait("kwok", self._nodes_ready, timeout=60)
         _log(f"{self.nodes} kwok nodes x {self.gpus_per_node} GPUs Ready "
              f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
@@ -865,6 +860,18 @@ class Testbed:
                     f"{name} not ready after {timeout:.0f} s:\n{self._log_tail(name)}"
                 )
             time.sleep(0.1)
+
+    def _wait_ready(self, name: str, timeout: float = 30) -> None:
+        """Wait until control-plane component ``name`` answers its health check (at the start
+        and after :meth:`control_plane_down`)."""
+        checks: dict[str, Callable[[], bool]] = {
+            "kube-apiserver": lambda: self._get("/readyz")[0] == 200,
+            "kube-scheduler": lambda: self._http_ok(
+                f"https://127.0.0.1:{self.ports_.scheduler}/healthz"),
+            "kube-controller-manager": lambda: self._http_ok(
+                f"https://127.0.0.1:{self.ports_.controller_manager}/healthz"),
+        }  # fmt: skip
+        self._wait(name, checks[name], timeout)
 
     def _wait_gone(self, name: str, pid: int, exe: str, timeout: float = 15) -> None:
         proc = self._procs.get(name)
