@@ -150,6 +150,7 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
         forced_from=(8,),
         left_downwards=(6,),
         schedulable=SchedulableCap(6, 1301.0, 2, room=0),
+        running_since=0.5,
     ).to_dict()
     up = decide_autoscale(spec, {}, obs, (), rec(4, efficiency=0.9, model=model, step="objective"),
                           NOW, GENERATION, memory=memory)  # fmt: skip

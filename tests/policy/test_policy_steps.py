@@ -20,6 +20,7 @@ from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     Observation,
     Recommendation,
+    compute_payback_horizon,
     recommend,
 )
 
@@ -473,24 +474,50 @@ def test_pending_pods(target: int, pending: int, holds: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("restart", "target", "holds"),
+    ("restart", "running", "target", "holds", "within"),
     [
-        pytest.param(600, 15, True, id="small-gain-big-restart-holds"),
-        pytest.param(10, 15, False, id="small-gain-small-restart-passes"),
+        pytest.param(600, 0, 15, True, "30 min", id="small-gain-big-restart-holds"),
+        pytest.param(10, 0, 15, False, "", id="small-gain-small-restart-passes"),
+        pytest.param(600, 3600, 15, True, "60 min (as long as the job has run)",
+                     id="an-hour-old-job-still-holds"),
+        pytest.param(600, 4 * 3600, 15, False, "", id="a-job-four-hours-old-pays-it"),
     ],
-)
-def test_restart_payback(restart: int, target: int, holds: bool) -> None:
+)  # fmt: skip
+def test_restart_payback(
+    restart: int, running: float, target: int, holds: bool, within: str
+) -> None:
+    """The horizon is as long as the job has run (at least 30 min): x1.05 pays a 600 s
+    restart back in 4 h, not in 1 h."""
     tau = amdahl(0.02)
     obs = [*steady(12, tau=tau), *steady(13, start=300, tau=tau), *steady(14, start=600, tau=tau)]
     ctx = context(
-        obs, 14, 900.0, spec={"hi": 15, "minEfficiency": 0.5, "restartCostSeconds": restart}
+        obs,
+        14,
+        900.0,
+        spec={"hi": 15, "minEfficiency": 0.5, "restartCostSeconds": restart},
+        horizon=compute_payback_horizon(running),
     )
     assert run_to(ctx, "pending pods") is None
     ctx.target = target
     rec = STEP["restart payback"](ctx)
     assert (rec is not None) is holds
     if rec is not None:
-        assert f"does not pay a {restart} s restart within 30 min" in rec.reason
+        assert (
+            f"gain x1.05 does not pay a {restart} s restart within {within}; holding" in rec.reason
+        )
+
+
+@pytest.mark.parametrize(
+    ("running", "horizon"),
+    [
+        pytest.param(0.0, 1800.0, id="a-new-job-30-min"),
+        pytest.param(1799.0, 1800.0, id="younger-than-30-min"),
+        pytest.param(5400.0, 5400.0, id="as-long-as-it-has-run"),
+        pytest.param(3 * 86400.0, 3 * 86400.0, id="days-not-capped"),
+    ],
+)
+def test_payback_horizon(running: float, horizon: float) -> None:
+    assert compute_payback_horizon(running) == horizon
 
 
 @pytest.mark.parametrize(

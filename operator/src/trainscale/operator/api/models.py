@@ -712,6 +712,11 @@ class AutoscalerMemoryStatus(_Model):
         description="The most workers the cluster placed when pods beyond them were "
         "unschedulable, and until when the job asks for no more.",
     )
+    running_since: float | None = Field(
+        default=None,
+        description="When the autoscaler first decided for the job (Unix seconds): a move "
+        "must pay back its restart within as long as the job has run, at least 30 minutes.",
+    )
 
 
 class AutoscalingStatus(_Model):

@@ -34,6 +34,7 @@ from trainscale.operator.autoscaling.policy import (
     _median,
     _relative_noise,
     compact_observations,
+    compute_payback_horizon,
     fit_speedup_model,
     recommend,
 )
@@ -182,6 +183,9 @@ class AutoscalerMemory:
         schedulable: The most workers that ran when pods beyond them were unschedulable,
             until when the job asks for no more, and how many tries in a row found them
             unschedulable (:data:`UNSCHEDULABLE_RETRY_SECONDS`); None when no try failed.
+        running_since: When the autoscaler first decided for the job (seconds, the
+            caller's epoch): how long the job has run sets the horizon a move's restart
+            must pay back in (:func:`~.policy.compute_payback_horizon`).
     """
 
     points: tuple[MeasuredPoint, ...] = ()
@@ -191,6 +195,7 @@ class AutoscalerMemory:
     forced_from: tuple[int, ...] = ()
     left_downwards: tuple[int, ...] = ()
     schedulable: SchedulableCap | None = None
+    running_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase keys, JSON types only (what status stores)."""
@@ -217,6 +222,7 @@ class AutoscalerMemory:
             ("relativeNoise", self.relative_noise),
             ("restartCostSeconds", self.restart_cost_seconds),
             ("lastScaleTime", self.last_scale_time),
+            ("runningSince", self.running_since),
         ):
             if value is not None:
                 out[key] = value
@@ -267,6 +273,7 @@ class AutoscalerMemory:
             forced_from=counts("forcedFrom"),
             left_downwards=counts("leftDownwards"),
             schedulable=SchedulableCap.from_dict(data.get("schedulable")),
+            running_since=_number(data.get("runningSince")),
         )
 
 
@@ -295,7 +302,7 @@ def _restore(memory: AutoscalerMemory, before: float, interval: float) -> list[O
 class JobAutoscaler:
     """Everything the operator keeps for one job between passes: bounded history of
     observations, raw targets for stabilization, learned restart cost, last scale time,
-    counts the job was forced off vs chose to leave. One per job.
+    counts the job was forced off vs chose to leave, how long it has run. One per job.
 
     Args:
         spec: The job's spec.
@@ -313,6 +320,8 @@ class JobAutoscaler:
         self._forced: set[int] = set(memory.forced_from) if memory else set()
         self._left: set[int] = set(memory.left_downwards) if memory else set()
         self._schedulable: SchedulableCap | None = memory.schedulable if memory else None
+        # the first decision's time (the memory's, across operator restarts): the job's age
+        self._running_since = memory.running_since if memory else None
         self._probed: set[int] = set()  # counts moved to on a probe (not kept in status)
         self._rejected_since: float | None = None  # unschedulable pods with room seen since
         self._last_seen: dict[int, float] = {}  # count -> last time it was observed running
@@ -361,6 +370,8 @@ class JobAutoscaler:
             ``current_replicas`` is taken as applied (the last scale time is now).
         """
         spec = self._spec
+        if self._running_since is None:
+            self._running_since = now
         if self._memory is not None:
             interval = float(spec.autoscaling.interval_seconds)
             self._observations = _restore(self._memory, now, interval)
@@ -402,6 +413,7 @@ class JobAutoscaler:
             left_downwards=sorted(self._left),
             probed=sorted(self._probed),
             max_schedulable_replicas=waiting,
+            horizon_seconds=compute_payback_horizon(now - self._running_since),
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
@@ -638,6 +650,7 @@ class JobAutoscaler:
             forced_from=tuple(sorted(self._forced)),
             left_downwards=tuple(sorted(self._left)),
             schedulable=self._schedulable,
+            running_since=self._running_since,
         )
 
 
