@@ -340,6 +340,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 rate_window=args.rate_window,
                 controller=controller,
                 report_node_size=not args.nodes_unknown,
+                report_time_left=args.told_length,
             )
 
         timed = Timed(spec)
@@ -509,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the job is told how its workers sit on nodes but not the GPUs per node, as an "
         "operator that may not list nodes (the chart's operator.clusterView: false)",
     )
+    parser.add_argument(
+        "--told-length",
+        action="store_true",
+        help="the job says how many samples it has left (our trainer's remaining-samples "
+        "gauge, from its configured epochs or steps): a move's restart must pay back within "
+        "the time it has left, not within its age",
+    )
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -541,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
         f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}"
         f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
+        f"{' (the job says the time it has left)' if args.told_length else ''}"
         f"{_fragment_label(args.fragmented)}"
         f"{_stall_label(args.stalls)}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from trainscale.operator.adapters import promql
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
+    REMAINING_SAMPLES,
     SAMPLES_TOTAL,
     STEP_SECONDS_SUM,
     WORLD_SIZE,
@@ -128,6 +129,14 @@ def test_world_size_query_text() -> None:
     )
 
 
+def test_samples_left_query_text() -> None:
+    # the least any worker reports, NaN (not stepped yet) filtered out: empty, not an error
+    assert promql.build_remaining_samples_query("team-a", "a.b") == (
+        f'min(({REMAINING_SAMPLES}{{namespace="team-a",pod=~"a\\\\.b-worker-[0-9]+"}} >= 0) or '
+        f'({REMAINING_SAMPLES}{{exported_namespace="team-a",exported_pod=~"a\\\\.b-worker-[0-9]+"}} >= 0))'
+    )
+
+
 def test_gpu_query_text() -> None:
     query = promql.build_gpu_utilization_query("team-a", "alpha", max_sample_age_seconds=45)
     active = 'DCGM_FI_PROF_GR_ENGINE_ACTIVE{namespace="team-a",pod=~"alpha-worker-[0-9]+"}'
@@ -196,6 +205,10 @@ def _check_query_scope(namespace: str, job: str) -> None:
     shape, sync_values = literals(promql.build_sync_fraction_query(namespace, job))
     assert shape == sync_shape
     assert sync_values == values + values  # the same scope for both counters
+    left_shape, _ = literals(promql.build_remaining_samples_query("n", "j"))
+    shape, left_values = literals(promql.build_remaining_samples_query(namespace, job))
+    assert shape == left_shape
+    assert left_values == values
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -210,6 +223,7 @@ def test_prometheus_parses_every_hostile_query(tmp_path: Path) -> None:
                 promql.build_throughput_query,
                 promql.build_gpu_utilization_query,
                 promql.build_sync_fraction_query,
+                promql.build_remaining_samples_query,
             )
         )
     ]
@@ -239,6 +253,7 @@ def test_empty_names_are_refused(namespace: str, job: str, field: str) -> None:
         promql.build_throughput_query,
         promql.build_gpu_utilization_query,
         promql.build_sync_fraction_query,
+        promql.build_remaining_samples_query,
     ):
         with pytest.raises(ValueError, match=field):
             build(namespace, job)

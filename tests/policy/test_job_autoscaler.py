@@ -35,6 +35,7 @@ from trainscale.operator.autoscaling.simulation import (
     Ceiling,
     FragmentedCurve,
     Noise,
+    SimulationResult,
     named_curve,
     run_simulation,
 )
@@ -247,6 +248,30 @@ def test_a_job_that_has_run_long_pays_a_restart_a_young_one_would_not() -> None:
     assert any("within 34 min (as long as the job has run); holding" in r for r in reasons)
     assert result.final_replicas == 6
     assert result.score.rescales == 3
+
+
+def test_a_job_that_says_it_has_hours_left_takes_a_gain_its_age_would_not_pay_yet() -> None:
+    # the same run, the trainer saying how many samples it has left (its remaining-samples
+    # gauge): 4 h, not the job's age, is what the 265 s restart has to pay back in, so the
+    # job moves from 5 to 6, its best, at 21.5 minutes instead of 36.5
+    def run(told: bool) -> SimulationResult:
+        spec = make_spec(replicas=4, objective="utilization", targetGpuUtilization=0.8)
+        return run_simulation(named_curve("strong-8"), spec, hours=4.0,
+                              noise=Noise(0.02, 0.0, 0.8), restart_seconds=250.0, seed=1,
+                              rate_window=60, report_time_left=told)  # fmt: skip
+
+    def five_to_six(result: SimulationResult) -> float:
+        return next(
+            d.time
+            for d in result.decisions
+            if (d.recommendation.current_replicas, d.recommendation.replicas) == (5, 6)
+        )
+
+    untold, told = run(False), run(True)
+    assert five_to_six(told) < 22 * 60 < 36 * 60 < five_to_six(untold)
+    assert not any("does not pay" in d.recommendation.reason for d in told.decisions)
+    assert told.final_replicas == untold.final_replicas == 6
+    assert told.samples > untold.samples
 
 
 def test_restored_autoscaler_keeps_every_remembered_point() -> None:

@@ -231,6 +231,10 @@ def test_compaction_keeps_each_node_span_of_a_count() -> None:
                      "samples_per_second must be >= 0", id="negative-throughput"),
         pytest.param({"timestamp": 0, "replicas": 1, "samples_per_second": float("inf")},
                      "samples_per_second must be a finite number", id="infinite-throughput"),
+        pytest.param({"timestamp": 0, "replicas": 1, "remaining_samples": -1.0},
+                     "remaining_samples must be >= 0, got -1.0", id="negative-samples-left"),
+        pytest.param({"timestamp": 0, "replicas": 1, "remaining_samples": float("nan")},
+                     "remaining_samples must be a finite number", id="unknown-samples-left"),
     ],
 )  # fmt: skip
 def test_bad_observations_are_rejected_by_name(kwargs: dict[str, Any], message: str) -> None:

@@ -8,6 +8,7 @@ that decided and its reason leads with it; and that the docs name the same steps
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from trainscale.operator.autoscaling.policy import (
     LimitedBy,
     Observation,
     Recommendation,
+    choose_payback_horizon,
     compute_payback_horizon,
+    compute_time_left,
     recommend,
 )
 
@@ -495,7 +498,9 @@ def test_restart_payback(
         14,
         900.0,
         spec={"hi": 15, "minEfficiency": 0.5, "restartCostSeconds": restart},
-        horizon=compute_payback_horizon(running),
+    )
+    ctx.horizon, ctx.horizon_note = choose_payback_horizon(
+        obs, 900.0, compute_payback_horizon(running)
     )
     assert run_to(ctx, "pending pods") is None
     ctx.target = target
@@ -505,6 +510,62 @@ def test_restart_payback(
         assert (
             f"gain x1.05 does not pay a {restart} s restart within {within}; holding" in rec.reason
         )
+
+
+def told(observations: list[Observation], seconds_left: float) -> list[Observation]:
+    """The observations, the newest saying the job has ``seconds_left`` at its rate."""
+    *rest, newest = observations
+    assert newest.samples_per_second is not None
+    return [*rest, replace(newest, remaining_samples=newest.samples_per_second * seconds_left)]
+
+
+@pytest.mark.parametrize(
+    ("observations", "now", "left"),
+    [
+        pytest.param(steady(14), 270.0, None, id="not-told"),
+        pytest.param(told(steady(14), 600.0), 270.0, 600.0, id="told-at-the-newest"),
+        pytest.param(told(steady(14), 600.0), 330.0, 540.0, id="less-the-time-since"),
+        pytest.param(told(steady(14), 600.0), 2000.0, 0.0, id="never-below-zero"),
+        pytest.param([*steady(14, count=9), replace(told(steady(14), 600.0)[-1],
+                      samples_per_second=700.0, remaining_samples=1400.0 * 600.0)],
+                     270.0, 600.0, id="the-median-rate-not-a-ramp-scrape"),
+        pytest.param([*steady(12, count=9), *told(steady(14, start=270.0, count=1), 600.0)],
+                     270.0, 600.0, id="only-the-rate-at-its-count"),
+        pytest.param([*steady(14, count=9), Observation(270.0, 14, 0.9, None, remaining_samples=1e5)],
+                     270.0, 1e5 / 1400.0, id="a-rate-from-earlier-scrapes"),
+        pytest.param([Observation(270.0, 14, 0.9, None, remaining_samples=1e5)], 270.0, None,
+                     id="no-rate-measured"),
+    ],
+)  # fmt: skip
+def test_time_left(observations: list[Observation], now: float, left: float | None) -> None:
+    got = compute_time_left(observations, now)
+    assert got == (None if left is None else pytest.approx(left))
+
+
+@pytest.mark.parametrize(
+    ("seconds_left", "running", "holds", "within"),
+    [
+        pytest.param(None, 3600, True, "60 min (as long as the job has run)", id="untold-by-age"),
+        pytest.param(4 * 3600, 0, False, "", id="a-young-job-with-hours-left-pays-it"),
+        pytest.param(3600, 4 * 3600, True, "60 min (the time the job has left)",
+                     id="an-old-job-about-to-end-holds"),
+        pytest.param(600, 0, True, "10 min (the time the job has left)", id="ten-minutes-left"),
+    ],
+)  # fmt: skip
+def test_restart_payback_within_the_time_the_job_has_left(
+    seconds_left: float | None, running: float, holds: bool, within: str
+) -> None:
+    """Where the trainer says how much it has left, the horizon is the time that leaves,
+    whatever the job's age: x1.05 pays a 600 s restart back in 4 h, not in 1 h."""
+    tau = amdahl(0.02)
+    obs = [*steady(12, tau=tau), *steady(13, start=300, tau=tau), *steady(14, start=600, tau=tau)]
+    if seconds_left is not None:
+        obs = told(obs, seconds_left)
+    spec = make_spec(replicas=14, hi=15, minEfficiency=0.5, restartCostSeconds=600)
+    rec = recommend(spec, obs, 14, 900.0, horizon_seconds=compute_payback_horizon(running))
+    says = f"gain x1.05 does not pay a 600 s restart within {within}; holding"
+    assert (rec.step == "restart payback" and says in rec.reason) is holds, rec.reason
+    assert holds or rec.step != "restart payback", rec.reason
 
 
 @pytest.mark.parametrize(

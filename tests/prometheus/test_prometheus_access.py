@@ -175,7 +175,7 @@ def test_credentials_go_only_to_the_operators_own_prometheus(
     observe(recorder.url + "/ok/")  # the operator's server, named by the job: credentials go
     assert all(h.get("authorization") == f"Bearer {TOKEN}" for _, h in recorder.seen)
     observe(other_server.url + "/ok")  # a server of the job's choosing: nothing secret
-    assert len(other_server.seen) == 3  # GPU, throughput, sync share
+    assert len(other_server.seen) == 4  # GPU, throughput, sync share, samples left
     for _, headers in other_server.seen:
         assert "authorization" not in headers
         assert "x-scope-orgid" not in headers

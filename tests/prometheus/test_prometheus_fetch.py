@@ -7,6 +7,8 @@ Covers:
 - the sync share as summed communication seconds over summed step seconds of the job's
   workers; none (and no error) for a job without those counters; refused when it is not
   below 1;
+- the samples the job has left as the least any of its workers reports; none (and no
+  error) for a trainer that does not say or has not stepped yet (NaN);
 - decoys (other namespace, rendezvous pod, a job whose name extends this one) never counted;
 - job names that try to inject PromQL or regex read nothing and break nothing;
 - spec query overrides with escaped {namespace}/{job} placeholders;
@@ -26,6 +28,7 @@ from tests.support.prometheus import (
     ALPHA_RATES,
     DECOY_RATES,
     RATE_WINDOW,
+    SAMPLES_LEFT,
     SYNC_RATES,
     start_prometheus,
 )
@@ -93,6 +96,26 @@ def test_a_job_without_the_trainers_counters_has_no_sync_share(prometheus: str) 
     assert got.observation.sync_fraction is None
     assert got.sync_fraction.empty and got.sync_fraction.error is None
     assert got.errors == ()
+
+
+def test_samples_left_is_the_least_any_of_the_jobs_workers_reports(prometheus: str) -> None:
+    got = fetch(prometheus, "team-a", "alpha")
+    assert got.errors == ()
+    assert got.observation.remaining_samples == 48_000.0
+    assert got.remaining_samples.latency_seconds > 0
+    assert min(SAMPLES_LEFT.values()) == 100.0  # the decoys: a wrong scope reads them
+
+
+@pytest.mark.parametrize("job", ["beta", "gamma"])
+def test_a_trainer_that_does_not_say_has_no_samples_left(prometheus: str, job: str) -> None:
+    # beta exports no such gauge; gamma's reads NaN (it has not stepped yet)
+    got = fetch(prometheus, "team-a", job)
+    assert got.observation.remaining_samples is None
+    if job == "beta":  # no throughput either: not asked
+        assert got.remaining_samples is None
+    else:
+        assert got.remaining_samples is not None
+        assert got.remaining_samples.empty and got.remaining_samples.error is None
 
 
 def test_a_sync_share_of_one_or_more_is_refused(prometheus: str) -> None:
@@ -180,6 +203,8 @@ def test_stopped_prometheus_gives_no_observation(exporter: str, tmp_path) -> Non
     assert got.observation.gpu_utilization is None
     assert got.observation.samples_per_second is None
     assert got.observation.sync_fraction is None
+    assert got.observation.remaining_samples is None
+    assert got.remaining_samples is None  # not asked: no throughput to divide it by
     assert len(got.errors) == 3
     assert all("Connection" in e or "refused" in e for e in got.errors), got.errors
 

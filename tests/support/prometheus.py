@@ -26,6 +26,7 @@ from trainscale.testbed.prometheus import (
 )
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
+    REMAINING_SAMPLES,
     SAMPLES_TOTAL,
     STEP_SECONDS,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DECOY_RATES",
     "GPUS",
     "RATE_WINDOW",
+    "SAMPLES_LEFT",
     "SAMPLE_RATES",
     "SYNC_RATES",
     "DcgmTrainerExporter",
@@ -89,7 +91,7 @@ DECOY_RATES = {
     ("team-a", "alpha-worker-0-debug"): 500.0,  # not a worker of alpha
     ("team-a", "alpha-worker-x"): 400.0,  # not a replica index
 }
-SAMPLE_RATES = {**ALPHA_RATES, **DECOY_RATES}
+SAMPLE_RATES = {**ALPHA_RATES, **DECOY_RATES, ("team-a", "gamma-worker-0"): 50.0}
 # (communication, step) seconds per second per pod: the trainer's communication counter and
 # its step-time histogram's _sum grow at exactly these rates.
 # job "alpha": (0.1 + 0.4) / (0.8 + 1.2) = 0.25 (a mean of the pods' shares would be 0.229);
@@ -101,6 +103,17 @@ SYNC_RATES = {
     ("team-a", "alpha-worker-1"): (0.4, 1.2),
     **{pod: (0.9, 1.0) for pod in DECOY_RATES},
     ("team-a", "gamma-worker-0"): (1.5, 1.0),
+}
+
+
+# samples left per pod (the trainer's gauge): alpha's second worker is the one further on
+# (48,000: the job's figure); every decoy reports 100, so a wrong scope reads 100; gamma
+# has not stepped yet (NaN: unknown, not an error); beta exports none.
+SAMPLES_LEFT = {
+    ("team-a", "alpha-worker-0"): 50_000.0,
+    ("team-a", "alpha-worker-1"): 48_000.0,
+    **{pod: 100.0 for pod in DECOY_RATES},
+    ("team-a", "gamma-worker-0"): float("nan"),
 }
 
 
@@ -146,6 +159,11 @@ class DcgmTrainerExporter(Collector):
             communication.add_metric([ns, pod], 10.0 + blocked * elapsed)
             count = 2.0 + elapsed  # one step a second: only the _sum matters here
             steps.add_metric([ns, pod], [("+Inf", count)], sum_value=20.0 + busy * elapsed)
+        left = GaugeMetricFamily(
+            REMAINING_SAMPLES, "Training samples left.", labels=("namespace", "pod")
+        )
+        for (ns, pod), value in SAMPLES_LEFT.items():
+            left.add_metric([ns, pod], value)
         # Two families of the same name would be merged by Prometheus anyway; one family
         # per name keeps the exposition valid.
         for family, extra in ((active, active_exported), (util, util_exported)):
@@ -154,3 +172,4 @@ class DcgmTrainerExporter(Collector):
         yield samples
         yield communication
         yield steps
+        yield left

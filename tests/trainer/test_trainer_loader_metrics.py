@@ -71,6 +71,7 @@ def test_elastic_loader_serves_the_policy_metrics(
     assert _value(text, names.GLOBAL_STEP) == 3
     assert _value(text, names.WORLD_SIZE) == 1
     assert _value(text, names.EPOCH_PROGRESS_RATIO) == pytest.approx(24 / 40)
+    assert _value(text, names.REMAINING_SAMPLES) == 40 - 24  # one epoch of 40
     assert _value(text, names.CHECKPOINT_STEP) == 3  # saved after steps 1 and 3
     assert _value(text, names.RESUMES_TOTAL) == 0
     for phase in ("process_start", "restore", "first_step"):  # what a plain torchrun run knows

@@ -53,6 +53,7 @@ def test_endpoint_serves_every_documented_name() -> None:
         metrics.record_step(
             samples=32, step_seconds=0.02, compute_seconds=0.015, communication_seconds=0.004,
             data_seconds=0.001, global_step=7, epoch=1, epoch_progress=0.25, loss=0.5,
+            remaining_samples=4096,
         )  # fmt: skip
         metrics.record_checkpoint(7, 0.3)
         metrics.record_world(3, agent_restarts=1)
@@ -71,6 +72,7 @@ def test_endpoint_serves_every_documented_name() -> None:
     assert f"{names.CHECKPOINT_STEP} 7.0" in text
     assert f'{names.RESIZE_PHASE_SECONDS}{{phase="rendezvous"}} 1.25' in text
     assert f"{names.RESIZE_STEPS_LOST} 0.0" in text
+    assert f"{names.REMAINING_SAMPLES} 4096.0" in text
 
 
 def test_gpu_metric_degrades_without_a_gpu() -> None:

@@ -33,6 +33,7 @@ from trainscale.operator.adapters.promql import (
     DEFAULT_MAX_SAMPLE_AGE_SECONDS,
     DEFAULT_RATE_WINDOW,
     build_gpu_utilization_query,
+    build_remaining_samples_query,
     build_sync_fraction_query,
     build_throughput_query,
     build_world_size_query,
@@ -75,12 +76,22 @@ class FetchedObservation:
         throughput: The throughput query's result.
         sync_fraction: The sync share query's result (empty for a trainer that exports no
             communication or step-time counters).
+        remaining_samples: The samples-left query's result (empty for a trainer that does
+            not say how much it has left); None when it was not asked: without a throughput
+            the samples left say nothing of the time left.
     """
 
     observation: Observation
     gpu_utilization: QueryResult
     throughput: QueryResult
     sync_fraction: QueryResult
+    remaining_samples: QueryResult | None
+
+    @property
+    def results(self) -> tuple[QueryResult, ...]:
+        """The result of every query made, in the order they were made."""
+        asked = (self.gpu_utilization, self.throughput, self.sync_fraction, self.remaining_samples)
+        return tuple(result for result in asked if result is not None)
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -92,16 +103,14 @@ class FetchedObservation:
             out.append(f"throughput: {self.throughput.error}")
         if self.sync_fraction.error:
             out.append(f"sync share: {self.sync_fraction.error}")
+        if self.remaining_samples is not None and self.remaining_samples.error:
+            out.append(f"samples left: {self.remaining_samples.error}")
         return tuple(out)
 
     @property
     def latency_seconds(self) -> float:
         """Total time spent querying."""
-        return (
-            self.gpu_utilization.latency_seconds
-            + self.throughput.latency_seconds
-            + self.sync_fraction.latency_seconds
-        )
+        return sum(result.latency_seconds for result in self.results)
 
 
 def fetch_query(
@@ -217,7 +226,7 @@ def fetch_observation(
     max_sample_age_seconds: float = DEFAULT_MAX_SAMPLE_AGE_SECONDS,
     access: PrometheusAccess | None = None,
 ) -> FetchedObservation:
-    """Read one job's GPU utilization, throughput and sync share; never raises for
+    """Read one job's GPU utilization, throughput, sync share and samples left; never raises for
     Prometheus trouble.
 
     The sync share (:func:`build_sync_fraction_query`) has no spec override: it reads the
@@ -266,6 +275,14 @@ def fetch_observation(
             rate.query, None, f"value {rate.value} is negative", False, rate.latency_seconds
         )
     sync = fetch_query(url, sync_query, timeout_seconds=spec.timeout_seconds, access=access)
+    left = None
+    if rate.value:  # the time left is the samples left over the throughput
+        left = fetch_query(
+            url,
+            build_remaining_samples_query(namespace, job),
+            timeout_seconds=spec.timeout_seconds,
+            access=access,
+        )
     if sync.value is not None and not 0.0 <= sync.value < 1.0:
         sync = QueryResult(
             sync.query, None, f"value {sync.value} outside [0, 1)", False, sync.latency_seconds
@@ -276,8 +293,9 @@ def fetch_observation(
         gpu_utilization=gpu.value,
         samples_per_second=rate.value,
         sync_fraction=sync.value,
+        remaining_samples=None if left is None else left.value,
     )
-    return FetchedObservation(observation, gpu, rate, sync)
+    return FetchedObservation(observation, gpu, rate, sync, left)
 
 
 def _server(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
+    REMAINING_SAMPLES,
     SAMPLES_TOTAL,
     STEP_SECONDS_SUM,
     WORLD_SIZE,
@@ -157,6 +158,23 @@ def build_world_size_query(namespace: str, job: str) -> str:
         ValueError: on an empty namespace or job.
     """
     return "max(" + " or ".join(_selectors(WORLD_SIZE, namespace, job)) + ")"
+
+
+def build_remaining_samples_query(namespace: str, job: str) -> str:
+    """The training samples the job has left until its configured end (the trainer's gauge).
+
+    The smallest any worker pod reports: every rank reports the same count, and a pod that
+    lags (a restart under way) reports an older, larger one. NaN (a trainer that has not
+    stepped yet) is filtered out, so "not known" is an empty result, not an error.
+
+    Raises:
+        ValueError: on an empty namespace or job.
+    """
+    return (
+        "min("
+        + " or ".join(f"({s} >= 0)" for s in _selectors(REMAINING_SAMPLES, namespace, job))
+        + ")"
+    )
 
 
 def _check_window(window: str) -> None:

@@ -207,8 +207,9 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
         run_workload,
     )
 
-    for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node"):
-        if getattr(args, flag) not in (None, []):
+    for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
+                 "told_length"):  # fmt: skip
+        if getattr(args, flag) not in (None, []) and getattr(args, flag) is not False:
             # a trace's jobs each have their own bounds and curves; the flag describes one job
             name = flag.replace("_", "-")
             sys.stderr.write(f"trainscale simulate: error: --{name} needs --curve\n")
@@ -416,6 +417,13 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "another job took the GPUs; see the job go back once it lifts (scored after that); "
         "repeat it for caps that come and go (scored after the last); ':untold': without "
         "arbitration, the job sees only unschedulable pods and the free GPUs",
+    )
+    sim.add_argument(
+        "--told-length",
+        action="store_true",
+        help="the job says how many samples it has left, as the trainer's remaining-samples "
+        "gauge does (--curve): a move's restart must pay back within the time it has left, "
+        "not within its age",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

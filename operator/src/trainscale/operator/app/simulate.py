@@ -67,6 +67,7 @@ class SimulateOptions:
     change_at: float | None = None
     change_curve: str | None = None
     ceiling: Sequence[str] = ()  # --ceiling, once per cap
+    told_length: bool = False  # the job says the samples it has left
 
 
 # API field (camelCase, as pydantic reports it) -> the flag that sets it
@@ -448,6 +449,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             seed=options.seed,
             change=change,
             ceiling=ceilings,
+            report_time_left=options.told_length,
         )
     except CurveError as exc:
         hint = ""
@@ -464,6 +466,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         f"{auto.interval_seconds} s, noise {options.noise:.0%}, restart "
         f"{options.restart_seconds:g} s, rate window {options.rate_window:g} s, seed "
         f"{options.seed}"
+        + ("; the job says the time it has left" if options.told_length else "")
         + (
             ""
             if change is None

@@ -98,8 +98,9 @@ The decision
    into it and the full node may keep the floor, :func:`_node_to_fill`, or when only one
    replica was measured).
 7. pending pods: never ask for more while pods are Pending.
-8. restart payback: a move must pay back its restart within the horizon: as long as the job
-   has run so far, at least ``DEFAULT_HORIZON_SECONDS`` (:func:`compute_payback_horizon`).
+8. restart payback: a move must pay back its restart within the horizon: the time the job
+   has left where its trainer says (:func:`compute_time_left`), else as long as the job has
+   run so far, at least ``DEFAULT_HORIZON_SECONDS`` (:func:`compute_payback_horizon`).
 9. confidence: no creep (``JUMP_SETTLED_SAMPLES`` first; large moves inside the floor's
    ``HYSTERESIS`` band at one standard error; small moves and returns to counts left
    downwards only when confidently better, and as their own samples read them); measurements
@@ -253,6 +254,10 @@ class Observation:
             synchronisation, 0 <= x < 1 (the trainer's communication seconds over its
             step seconds); None if the job exports none. The non-synchronising part of
             the step it gives caps the one-replica efficiency reference (:class:`_Estimates`).
+        remaining_samples: Training samples the job has left until its configured end (the
+            trainer's epochs or step limit); None if the job does not say. Divided by
+            ``samples_per_second`` it is how long the job has left, the horizon a move's
+            restart must pay back in (:func:`compute_payback_horizon`).
     """
 
     timestamp: float
@@ -261,6 +266,7 @@ class Observation:
     samples_per_second: float | None = None
     nodes: int | None = None
     sync_fraction: float | None = None
+    remaining_samples: float | None = None
 
     def __post_init__(self) -> None:
         _check_finite("Observation.timestamp", self.timestamp)
@@ -284,6 +290,12 @@ class Observation:
             if self.samples_per_second < 0:
                 raise ValueError(
                     f"Observation.samples_per_second must be >= 0, got {self.samples_per_second!r}"
+                )
+        if self.remaining_samples is not None:
+            _check_finite("Observation.remaining_samples", self.remaining_samples)
+            if self.remaining_samples < 0:
+                raise ValueError(
+                    f"Observation.remaining_samples must be >= 0, got {self.remaining_samples!r}"
                 )
 
 
@@ -1251,6 +1263,52 @@ def compute_payback_horizon(running_seconds: float) -> float:
     return max(DEFAULT_HORIZON_SECONDS, running_seconds)
 
 
+TIME_LEFT_THROUGHPUT_SAMPLES = 5
+"""Newest observations at the count the job runs whose throughput (median) divides the
+samples it has left into the time it has left (one scrape inside a restart's ramp reads
+a fraction of the rate)."""
+
+
+def choose_payback_horizon(
+    observations: Sequence[Observation], now: float, horizon_seconds: float
+) -> tuple[float, str]:
+    """The horizon a move's restart must pay back in, and how the reason names it: the time
+    the job has left where its trainer says (:func:`compute_time_left`, at least a second),
+    else ``horizon_seconds`` (the caller's :func:`compute_payback_horizon`)."""
+    left = compute_time_left(observations, now)
+    if left is not None:
+        return max(left, 1.0), " (the time the job has left)"
+    note = " (as long as the job has run)" if horizon_seconds > DEFAULT_HORIZON_SECONDS else ""
+    return horizon_seconds, note
+
+
+def compute_time_left(observations: Sequence[Observation], now: float) -> float | None:
+    """Seconds the job has left, where its trainer says how many samples it has left.
+
+    The newest observation that carries ``remaining_samples``, over the median throughput of
+    the newest :data:`TIME_LEFT_THROUGHPUT_SAMPLES` observations at its count that measured
+    one, less the time since; None when no observation says, or none at that count measured
+    a throughput (a job without throughput metrics, or one that has not trained yet).
+
+    Where the job says, this replaces the guess from its age: a job about to finish pays no
+    restart for a gain it will not collect, and a young job with hours of work left does
+    not wait for its age to grow before it takes a gain worth a restart.
+    """
+    told = [o for o in observations if o.remaining_samples is not None]
+    if not told:
+        return None
+    newest = max(told, key=lambda o: o.timestamp)
+    rates = sorted(
+        (o for o in observations if o.replicas == newest.replicas and o.samples_per_second),
+        key=lambda o: o.timestamp,
+    )[-TIME_LEFT_THROUGHPUT_SAMPLES:]
+    if not rates:
+        return None
+    rate = _median([o.samples_per_second or 0.0 for o in rates])
+    assert newest.remaining_samples is not None
+    return max(0.0, newest.remaining_samples / rate - max(0.0, now - newest.timestamp))
+
+
 def _budget_replicas(spec: TrainingJobSpec) -> int | None:
     """Most replicas the budget pays for (None when there is no budget or GPUs are free)."""
     auto = spec.autoscaling
@@ -1793,6 +1851,7 @@ class DecisionContext:
     recent_targets: Sequence[tuple[float, int]] = ()
     max_schedulable: int | None = None
     horizon: float = DEFAULT_HORIZON_SECONDS
+    horizon_note: str = ""
     stale_after: float | None = None
     forced_from: frozenset[int] = frozenset()
     workers_per_node: int | None = None
@@ -2351,10 +2410,9 @@ def decide_restart_payback(ctx: DecisionContext) -> Recommendation | None:
         gain *= current / target
     if gain * (ctx.horizon - ctx.restart) < ctx.horizon:
         per = "" if target > current else " per replica"
-        longer = " (as long as the job has run)" if ctx.horizon > DEFAULT_HORIZON_SECONDS else ""
         return ctx.hold_proposal(
             f"gain x{gain:.2f}{per} does not pay a {ctx.restart:.0f} s restart "
-            f"within {ctx.horizon / 60:.0f} min{longer}; holding"
+            f"within {ctx.horizon / 60:.0f} min{ctx.horizon_note}; holding"
         )
     return None
 
@@ -2628,7 +2686,9 @@ def recommend(
         max_schedulable_replicas: Most workers the cluster recently managed to run; the
             policy asks for no more (``limited_by`` unschedulable).
         horizon_seconds: A rescale must pay back its restart cost within this horizon
-            (:class:`~.autoscaler.JobAutoscaler` passes :func:`compute_payback_horizon`).
+            (:class:`~.autoscaler.JobAutoscaler` passes :func:`compute_payback_horizon`),
+            unless the observations say how long the job has left
+            (:func:`compute_time_left`): then within that.
         stale_after_seconds: Hold when the newest usable observation is older than this;
             default ``max(3 * intervalSeconds, 15)``.
         forced_from: Counts the job was pushed off (unschedulable pods, a ceiling): not
@@ -2655,6 +2715,7 @@ def recommend(
         last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
         stale_after_seconds,
     )  # fmt: skip
+    horizon, note = choose_payback_horizon(observations, now, horizon_seconds)
     ctx = DecisionContext(
         spec=spec,
         observations=observations,
@@ -2666,7 +2727,8 @@ def recommend(
         remembered_restart_cost=restart_cost_seconds,
         recent_targets=recent_targets,
         max_schedulable=max_schedulable_replicas,
-        horizon=horizon_seconds,
+        horizon=horizon,
+        horizon_note=note,
         stale_after=stale_after_seconds,
         forced_from=frozenset(forced_from),
         workers_per_node=workers_per_node,

@@ -75,7 +75,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -1092,6 +1092,18 @@ def _observe(
     )
 
 
+def _told_time_left(
+    observation: Observation, job: JobModel, seconds_left: float, told: bool
+) -> Observation:
+    """``observation`` with the samples the job has left where it says (``told``, and a
+    scrape that read its throughput): what it would train at its count's true rate in the
+    ``seconds_left`` of the run (the trainer counts its samples, it does not measure them)."""
+    if not told or observation.samples_per_second is None:
+        return observation
+    left = job.point(observation.replicas).samples_per_second * seconds_left
+    return replace(observation, remaining_samples=left)
+
+
 def _score(
     job: JobModel,
     timeline: _Timeline,
@@ -1347,6 +1359,7 @@ def run_simulation(
     ceiling: Ceiling | Sequence[Ceiling] | None = None,
     report_room: bool = True,
     report_node_size: bool = True,
+    report_time_left: bool = False,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1378,6 +1391,9 @@ def run_simulation(
         report_node_size: Whether the placement the job is told carries the GPUs per node,
             as where the operator may list nodes; without it the job knows how many nodes
             each count it ran spanned, not how many a count it has not run would.
+        report_time_left: Whether the job says how many samples it has left (with its
+            throughput), as our trainer does for its configured epochs or steps: what it
+            would train at its count's true rate until the run's end.
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
@@ -1433,16 +1449,21 @@ def run_simulation(
             move(placed, t)
         if state.moved_at is not None and t - state.moved_at < settle:
             continue  # the daemon does not measure a size younger than settleSeconds
-        observation = _observe(
-            timeline,
-            t,
-            rate_window=rate_window,
-            noise=noise,
-            rng=rng,
-            report_utilization=report_utilization,
-            report_throughput=report_throughput,
-            sync_rng=sync_rng,
-            window_noise=window_noise,
+        observation = _told_time_left(
+            _observe(
+                timeline,
+                t,
+                rate_window=rate_window,
+                noise=noise,
+                rng=rng,
+                report_utilization=report_utilization,
+                report_throughput=report_throughput,
+                sync_rng=sync_rng,
+                window_noise=window_noise,
+            ),
+            job,
+            end - t,
+            report_time_left,
         )
         room = _room(spec, ceilings, holding, state.current) if report_room else None
         placement = _told_placement(job.curve.placement(state.current), report_node_size)

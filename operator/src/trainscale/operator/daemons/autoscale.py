@@ -240,7 +240,7 @@ async def autoscale_job(
             spec=spec.autoscaling.prometheus,
             access=access,
         )
-        for result in (fetched.gpu_utilization, fetched.throughput, fetched.sync_fraction):
+        for result in fetched.results:
             metrics.prometheus_query_duration.observe(result.latency_seconds)
             if result.error:
                 kind = "timeout" if "timed out" in result.error.lower() else "http"

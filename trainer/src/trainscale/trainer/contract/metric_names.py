@@ -49,6 +49,13 @@ GLOBAL_STEP = PREFIX + "global_step"
 EPOCH = PREFIX + "epoch"
 EPOCH_PROGRESS_RATIO = PREFIX + "epoch_progress_ratio"
 
+# Gauge: training samples the job has left until its configured end (the epochs not done,
+# or with a step limit the steps left at the last step's global batch, whichever ends
+# first); the same on every rank. The operator divides it by the job's throughput: how long
+# the job has left is how long a rescale's gain has to pay back its restart. NaN (unknown)
+# until the first step.
+REMAINING_SAMPLES = PREFIX + "remaining_samples"
+
 # Gauge: training loss of the last step, averaged over all samples of the global batch.
 LOSS = PREFIX + "loss"
 
@@ -127,6 +134,9 @@ ALL_METRICS: tuple[MetricName, ...] = (
     MetricName(GLOBAL_STEP, "gauge", "Optimizer steps completed by the job."),
     MetricName(EPOCH, "gauge", "Current epoch, counted from 0."),
     MetricName(EPOCH_PROGRESS_RATIO, "gauge", "Fraction of the current epoch done (0..1)."),
+    MetricName(
+        REMAINING_SAMPLES, "gauge", "Training samples left until the configured epochs or steps."
+    ),
     MetricName(LOSS, "gauge", "Loss of the last step, averaged over the global batch."),
     MetricName(RESUMES_TOTAL, "counter", "Resumes from a checkpoint by this pod's processes."),
     MetricName(AGENT_RESTARTS, "gauge", "Restarts done by this worker's torchrun agent."),

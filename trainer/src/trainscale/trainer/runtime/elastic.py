@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -175,6 +176,7 @@ class ElasticSession:
         self.position = 0
         self.global_step = 0
         self.samples_total = 0
+        self._last_step_size: int | None = None
         self.resumed_from: Path | None = None
         self.last_loss = float("nan")
         self._permutation: tuple[int, np.ndarray] | None = None
@@ -352,6 +354,21 @@ class ElasticSession:
         )
         self.global_step += 1
         self.samples_total += step.size
+        self._last_step_size = step.size
+
+    @property
+    def remaining_samples(self) -> float:
+        """Samples left until the configured end: the epochs not done or, with
+        ``max_steps``, the steps left at the last step's global batch, whichever ends
+        first; NaN before the first step of a step-limited session (no batch seen yet)."""
+        by_epochs = float(max(0, (self.epochs - self.epoch) * self.dataset_length - self.position))
+        if self.max_steps is None:
+            return by_epochs
+        if self._last_step_size is None:
+            return math.nan
+        return min(
+            by_epochs, float(max(0, self.max_steps - self.global_step) * self._last_step_size)
+        )
 
     # -- coordination and checkpoints ------------------------------------------------------
 
@@ -678,6 +695,7 @@ def record_session_step(
         epoch=session.epoch,
         epoch_progress=session.position / session.dataset_length,
         loss=session.last_loss,
+        remaining_samples=session.remaining_samples,
     )
     if restart is not None:
         metrics.record_restart(*restart.phases())

@@ -78,6 +78,7 @@ _GAUGES = (
     names.GLOBAL_STEP,
     names.EPOCH,
     names.EPOCH_PROGRESS_RATIO,
+    names.REMAINING_SAMPLES,
     names.LOSS,
     names.AGENT_RESTARTS,
     names.CHECKPOINT_STEP,
@@ -117,6 +118,7 @@ _GLOBAL_STEP = _SLOT[names.GLOBAL_STEP]
 _EPOCH = _SLOT[names.EPOCH]
 _EPOCH_PROGRESS = _SLOT[names.EPOCH_PROGRESS_RATIO]
 _LOSS = _SLOT[names.LOSS]
+_REMAINING = _SLOT[names.REMAINING_SAMPLES]
 _STEP_HIST = _SLOT[names.STEP_SECONDS]
 _STEP_SUM = _STEP_HIST + len(_STEP_BUCKETS) + 1
 _CKPT_HIST = _SLOT[names.CHECKPOINT_SAVE_SECONDS]
@@ -252,6 +254,7 @@ class TrainerMetrics(Collector):
         self._storage: Any = bytearray(_FILE_BYTES)
         self._values = memoryview(self._storage)[_HEADER_BYTES:].cast("d")
         self._values[_SLOT[names.LOSS]] = math.nan
+        self._values[_REMAINING] = math.nan  # unknown until a step says
         self._values[_SLOT[names.CHECKPOINT_STEP]] = -1.0
         for i in _RESTART_SLOTS:
             self._values[i] = math.nan
@@ -384,8 +387,9 @@ class TrainerMetrics(Collector):
         epoch: int,
         epoch_progress: float,
         loss: float,
+        remaining_samples: float = math.nan,
     ) -> None:
-        """Record one finished optimizer step."""
+        """Record one finished optimizer step (``remaining_samples``: NaN when unknown)."""
         v = self._values
         v[0] += 1  # odd: an update is under way
         v[_SAMPLES] += samples
@@ -398,6 +402,7 @@ class TrainerMetrics(Collector):
         v[_EPOCH] = epoch
         v[_EPOCH_PROGRESS] = epoch_progress
         v[_LOSS] = loss
+        v[_REMAINING] = remaining_samples
         v[0] += 1  # even: consistent again
 
     def record_checkpoint(self, step: int, seconds: float) -> None:
@@ -504,6 +509,7 @@ class PodMetricsCollector(Collector):
                     total[i] = last[i]
             else:
                 total[_LOSS], total[_SLOT[names.CHECKPOINT_STEP]] = math.nan, -1.0
+                total[_REMAINING] = math.nan
                 for i in _RESTART_SLOTS:
                     total[i] = math.nan
             return total, gpus
