@@ -157,6 +157,9 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
     yield "rescale up", up.status
     hold = decide_autoscale(spec, up.status, obs, (), rec(2, model=model), NOW, GENERATION)
     yield "hold after a rescale", hold.status
+    told = decide_autoscale(spec, hold.status, obs, (), rec(2, time_left_seconds=3725.4), NOW)
+    assert told.status["autoscaling"]["timeLeftSeconds"] == 3725  # whole seconds
+    yield "a job that says the time it has left", told.status
     empty = Observation(timestamp=1.0, replicas=2)
     errors = ("gpu utilization: connection refused",)
     stale = rec(2, metrics_stale=True)

@@ -500,7 +500,7 @@ def test_restart_payback(
         spec={"hi": 15, "minEfficiency": 0.5, "restartCostSeconds": restart},
     )
     ctx.horizon, ctx.horizon_note = choose_payback_horizon(
-        obs, 900.0, compute_payback_horizon(running)
+        compute_time_left(obs, 900.0), compute_payback_horizon(running)
     )
     assert run_to(ctx, "pending pods") is None
     ctx.target = target
@@ -563,6 +563,8 @@ def test_restart_payback_within_the_time_the_job_has_left(
         obs = told(obs, seconds_left)
     spec = make_spec(replicas=14, hi=15, minEfficiency=0.5, restartCostSeconds=600)
     rec = recommend(spec, obs, 14, 900.0, horizon_seconds=compute_payback_horizon(running))
+    # told at the newest observation, 30 s before the decision
+    assert rec.time_left_seconds == (None if seconds_left is None else seconds_left - 30)
     says = f"gain x1.05 does not pay a 600 s restart within {within}; holding"
     assert (rec.step == "restart payback" and says in rec.reason) is holds, rec.reason
     assert holds or rec.step != "restart payback", rec.reason

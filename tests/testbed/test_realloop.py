@@ -321,8 +321,13 @@ def test_autoscaler_resizes_real_training(
     # The measured scale-down: from 3, where the floor broke, to fewer. The memory is read
     # in the same status: once the job is made to run out (no delay) its curve changes, and
     # the autoscaler rightly forgets what it measured before (seen on a loaded machine).
+    time_left: list[int] = []  # status.autoscaling.timeLeftSeconds, as the passes wrote it
+
     def scaled_down() -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
         tj = bed.fetch_json(path)
+        left = ((tj.get("status") or {}).get("autoscaling") or {}).get("timeLeftSeconds")
+        if left is not None:
+            time_left.append(left)
         made = decisions(tj)
         down = [d for d in made if d["fromReplicas"] == 3 and d["toReplicas"] < 3]
         return (made, tj["status"]["autoscaling"]["memory"]) if down else None
@@ -354,6 +359,9 @@ def test_autoscaler_resizes_real_training(
     measured = {p["replicas"]: p["samplesPerSecond"] for p in memory["points"]}
     assert set(measured) >= {1, 2, 3}, memory
     assert measured[2] > 1.5 * measured[1] and measured[3] < 1.2 * measured[2], measured
+    # The trainer's samples left reached the operator through Prometheus: the time the job
+    # has left, never more than all its epochs at its slowest measured rate
+    assert time_left and 0 < max(time_left) <= EPOCHS * DATASET_SAMPLES / measured[1], time_left
 
     # The removed pod got SIGTERM; at every resize rank 0 checkpointed the step it stopped
     # at, and the next world resumed from exactly that step.

@@ -183,6 +183,7 @@ def test_hf_job_alone_serves_metrics_and_resumes_after_sigterm(tmp_path: Path) -
     assert _value(text, names.GLOBAL_STEP) == 5
     assert _value(text, names.WORLD_SIZE) == 1
     assert _value(text, names.EPOCH_PROGRESS_RATIO) == pytest.approx(5 * BATCH / SAMPLES)
+    assert _value(text, names.REMAINING_SAMPLES) == SAMPLES - 5 * BATCH  # its one epoch
     assert code == 128 + signal.SIGTERM, f"log in {log}"
     assert list_checkpoints(tmp_path / "ckpt")[0][0] == 6  # the step in flight at SIGTERM
 

@@ -184,6 +184,7 @@ def test_callback_serves_the_runtime_metrics_and_resumes_lightning_counters(
     assert _value(text, f"{names.STEP_SECONDS}_count") == 4
     assert _value(text, names.GLOBAL_STEP) == 4
     assert _value(text, names.WORLD_SIZE) == 1
+    assert _value(text, names.REMAINING_SAMPLES) == 0  # its one epoch done
     assert _value(text, names.CHECKPOINT_STEP) == 4  # the final checkpoint
     assert _value(text, names.RESUMES_TOTAL) == 0
 

@@ -737,6 +737,14 @@ class AutoscalingStatus(_Model):
     recommended_replicas: int | None = Field(
         default=None, description="What the policy recommends now (before stabilization)."
     )
+    time_left_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds of training the job has left at its throughput, where its "
+        "trainer says how many samples it has left (trainscale_trainer_remaining_samples, "
+        "from its epochs or step limit): a rescale's restart must pay back within it. Empty "
+        "where the trainer does not say (the job's age is the horizon then).",
+    )
     reason: str | None = Field(default=None, description="Why, in words.")
     step: str | None = Field(
         default=None,

@@ -409,6 +409,8 @@ class Recommendation:
         forgotten: Observations forgotten before this decision because the count the job
             runs at measured a changed curve (set by :class:`~.autoscaler.JobAutoscaler`;
             0: nothing was).
+        time_left_seconds: How long the job has left at its throughput, where its trainer
+            says how many samples it has left (:func:`compute_time_left`); None where not.
     """
 
     replicas: int
@@ -430,6 +432,7 @@ class Recommendation:
     cost_per_hour: float = 0.0
     step: str = ""
     forgotten: int = 0
+    time_left_seconds: float | None = None
 
     @property
     def direction(self) -> str:
@@ -1269,15 +1272,12 @@ samples it has left into the time it has left (one scrape inside a restart's ram
 a fraction of the rate)."""
 
 
-def choose_payback_horizon(
-    observations: Sequence[Observation], now: float, horizon_seconds: float
-) -> tuple[float, str]:
+def choose_payback_horizon(time_left: float | None, horizon_seconds: float) -> tuple[float, str]:
     """The horizon a move's restart must pay back in, and how the reason names it: the time
-    the job has left where its trainer says (:func:`compute_time_left`, at least a second),
-    else ``horizon_seconds`` (the caller's :func:`compute_payback_horizon`)."""
-    left = compute_time_left(observations, now)
-    if left is not None:
-        return max(left, 1.0), " (the time the job has left)"
+    the job has left where its trainer says (``time_left``, :func:`compute_time_left`; at
+    least a second), else ``horizon_seconds`` (the caller's :func:`compute_payback_horizon`)."""
+    if time_left is not None:
+        return max(time_left, 1.0), " (the time the job has left)"
     note = " (as long as the job has run)" if horizon_seconds > DEFAULT_HORIZON_SECONDS else ""
     return horizon_seconds, note
 
@@ -2715,7 +2715,8 @@ def recommend(
         last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
         stale_after_seconds,
     )  # fmt: skip
-    horizon, note = choose_payback_horizon(observations, now, horizon_seconds)
+    left = compute_time_left(observations, now)
+    horizon, note = choose_payback_horizon(left, horizon_seconds)
     ctx = DecisionContext(
         spec=spec,
         observations=observations,
@@ -2742,7 +2743,7 @@ def recommend(
             continue
         if ctx.unsettled is not None and rec.replicas == ctx.current:
             # skipped for a forced return that did not happen: settling holds, as it would have
-            return replace(ctx.hold(ctx.unsettled), step="settling",
+            return replace(ctx.hold(ctx.unsettled), step="settling", time_left_seconds=left,
                            reason=f"settling: {ctx.unsettled}")  # fmt: skip
-        return replace(rec, step=name, reason=f"{name}: {rec.reason}")
+        return replace(rec, step=name, reason=f"{name}: {rec.reason}", time_left_seconds=left)
     raise AssertionError("stabilization always decides")  # pragma: no cover

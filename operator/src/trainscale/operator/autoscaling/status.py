@@ -127,6 +127,7 @@ def decide_autoscale(
         efficiency=_round(rec.efficiency, 4),
         cost_per_hour=round(cost, 4),
         recommended_replicas=rec.target,
+        time_left_seconds=(None if rec.time_left_seconds is None else round(rec.time_left_seconds)),
         reason=rec.reason,
         step=rec.step or None,
         model=rec.model.as_status() if rec.model is not None else {},
