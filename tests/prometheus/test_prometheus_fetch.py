@@ -172,6 +172,9 @@ def test_spec_overrides_substitute_escaped_placeholders(prometheus: str) -> None
     got = fetch(prometheus, "team-a", "alpha", spec=spec)
     assert got.observation.gpu_utilization == pytest.approx(0.75)
     assert got.observation.samples_per_second == pytest.approx(150.0, rel=0.05)
+    # a throughput of the spec's own (tokens, batches?): samples left would be read in the
+    # wrong unit, so they are not asked for
+    assert got.remaining_samples is None and got.observation.remaining_samples is None
     injected = fetch(prometheus, "team-a", 'alpha"}) or vector(1) #', spec=spec)
     assert injected.observation.gpu_utilization is None
     assert injected.observation.samples_per_second is None

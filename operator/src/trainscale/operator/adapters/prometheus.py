@@ -77,8 +77,9 @@ class FetchedObservation:
         sync_fraction: The sync share query's result (empty for a trainer that exports no
             communication or step-time counters).
         remaining_samples: The samples-left query's result (empty for a trainer that does
-            not say how much it has left); None when it was not asked: without a throughput
-            the samples left say nothing of the time left.
+            not say how much it has left); None when it was not asked: without the
+            trainer's own throughput (none read, or a spec's query, which may count tokens
+            or batches) the samples left say nothing of the time left.
     """
 
     observation: Observation
@@ -276,7 +277,7 @@ def fetch_observation(
         )
     sync = fetch_query(url, sync_query, timeout_seconds=spec.timeout_seconds, access=access)
     left = None
-    if rate.value:  # the time left is the samples left over the throughput
+    if rate.value and not spec.throughput_query:  # time left: samples left / samples per s
         left = fetch_query(
             url,
             build_remaining_samples_query(namespace, job),
