@@ -200,6 +200,24 @@ def test_throughput_sums_each_jobs_workers(tmp_path: Path) -> None:
     _expect(tmp_path, "Throughput", series, expected, eval_time="10m")
 
 
+def test_time_left_is_the_samples_left_over_the_jobs_throughput(tmp_path: Path) -> None:
+    samples, left = tr.SAMPLES_TOTAL, tr.REMAINING_SAMPLES
+    series = {
+        # digits: 3 samples/s; its workers say 5,400 and 5,460 left (one lags): 1,800 s
+        f'{samples}{{namespace="ml",pod="digits-worker-0"}}': "0+60x10",
+        f'{samples}{{namespace="ml",pod="digits-worker-1"}}': "0+120x10",
+        f'{left}{{namespace="ml",pod="digits-worker-0"}}': "5400x10",
+        f'{left}{{namespace="ml",pod="digits-worker-1"}}': "5460x10",
+        # big-model has not stepped yet (NaN): no line, not NaN; the same job elsewhere and
+        # a pod of no job are ignored
+        f'{samples}{{namespace="ml",pod="big-model-worker-0"}}': "0+600x10",
+        f'{left}{{namespace="ml",pod="big-model-worker-0"}}': " ".join(["NaN"] * 11),
+        f'{left}{{namespace="other",pod="digits-worker-0"}}': "1x10",
+        f'{left}{{namespace="ml",pod="digits-rdzv"}}': "1x10",
+    }
+    _expect(tmp_path, "Time left", series, {'{trainingjob="digits"}': 1800}, eval_time="10m")
+
+
 @pytest.mark.parametrize(
     ("metric", "value", "pod_label", "ns_label", "expected"),
     [

@@ -272,6 +272,23 @@ JOB_ROW = Row(
             min=0,
         ),
         Panel(
+            title="Time left",
+            description="The samples the trainer has left until its configured epochs or "
+            "step limit, over the job's throughput now: how long it will still train at this "
+            "size. The autoscaler's restart payback horizon (status.autoscaling.timeLeftSeconds"
+            " is its figure at each decision). Empty for a trainer that does not say.",
+            unit="s",
+            targets=(
+                Target(
+                    f"min by ({JOB_LABEL}) "
+                    f"({_by_job(f'{tr.REMAINING_SAMPLES}{{{_pod_selector()}}} >= 0')})"
+                    f" / ({_job_rate(tr.SAMPLES_TOTAL)} > 0)",
+                    _TRAINER_LEGEND,
+                ),
+            ),
+            min=0,
+        ),
+        Panel(
             title="Restarts and checkpoint writes",
             description=(
                 "Restarts of the torchrun agents (one per scale-down or failure) and the p95 "
