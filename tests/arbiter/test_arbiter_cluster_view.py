@@ -723,6 +723,26 @@ def test_a_job_without_measurements_is_assumed_to_want_what_it_was_forced_off(
     assert max(prior, key=lambda n: (prior[n], -n)) == asked  # gains up to it, none past
 
 
+def test_the_time_a_job_has_left_reaches_its_demand_as_its_loop_offered_it() -> None:
+    """What the job's autoscale loop offers with its model (its last decision's time left,
+    where its trainer says) is what the pass's demand carries; offered as unknown, it is
+    forgotten; a job gone keeps nothing."""
+    job_spec = spec(replicas=4, maxReplicas=16)
+    arbitration = ClusterArbitration()
+    body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
+
+    def time_left() -> float | None:
+        return build_demand(arbitration._managed_job(body, {}, {})).time_left_seconds
+
+    arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, 1234.5)
+    assert time_left() == 1234.5
+    arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, None)
+    assert time_left() is None
+    arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, 99.0)
+    arbitration.forget("d/j")
+    assert time_left() is None
+
+
 def test_a_jobs_throughput_across_nodes_comes_from_its_model_for_the_counts_one_node_holds() -> (
     None
 ):

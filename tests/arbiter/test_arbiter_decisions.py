@@ -46,6 +46,20 @@ def job(key: str, **kw: Any) -> JobDemand:
     return JobDemand(key=key, **kw)
 
 
+def growing(time_left: float) -> list[JobDemand]:
+    """A job at 4 of 8 GPUs it could double onto, with a minute's restart and
+    ``time_left`` seconds of training left."""
+    return [job("a", current_replicas=4, restart_cost_seconds=60, time_left_seconds=time_left)]
+
+
+def sharing(time_left: float) -> list[JobDemand]:
+    """A job on 6 of 8 GPUs with a 10 s restart and ``time_left`` seconds left, and a
+    newcomer that would take 2 of them for an even split."""
+    a = job("a", current_replicas=6, current_nodes={"n0": 4, "n1": 2}, restart_cost_seconds=10,
+            time_left_seconds=time_left)  # fmt: skip
+    return [a, job("b")]
+
+
 def nodes(
     count: int, gpus: int = 4, cpu: list[int] | None = None, memory: list[int] | None = None
 ) -> Capacity:
@@ -293,6 +307,25 @@ def test_admit_minimums(
             id="free-restart-rebalances",
         ),
         pytest.param(
+            growing(300),
+            nodes(2),
+            {"a": 8},
+            id="five-minutes-left-pay-a-minute-restart-for-twice-the-gpus",
+        ),
+        pytest.param(growing(120), nodes(2), {"a": 4}, id="two-minutes-left-do-not"),
+        pytest.param(
+            growing(3600), nodes(2), {"a": 8}, id="an-hour-left-charges-as-the-usual-horizon"
+        ),
+        pytest.param(
+            sharing(60), nodes(2), {"a": 4, "b": 4}, id="a-minute-left-pays-a-10-s-restart-to-share"
+        ),
+        pytest.param(
+            sharing(30),
+            nodes(2),
+            {"a": 6, "b": 2},
+            id="half-a-minute-left-is-not-shrunk-for-a-gain",
+        ),
+        pytest.param(
             [job("a", priority=10, created=2), job("b", created=1)],
             nodes(2),
             {"a": 7, "b": 1},
@@ -356,6 +389,18 @@ def test_allocate_replicas(
 @pytest.mark.parametrize(
     ("demands", "key", "reason"),
     [
+        pytest.param(
+            [job("a", current_replicas=4, restart_cost_seconds=60, time_left_seconds=120)],
+            "a",
+            "granted 4 GPUs: its size now (the 2 min it has left do not pay a 60 s restart)",
+            id="ending",
+        ),
+        pytest.param(
+            [job("a", current_replicas=4, restart_cost_seconds=40, time_left_seconds=70)],
+            "a",
+            "granted 4 GPUs: its size now (the 70 s it has left do not pay a 40 s restart)",
+            id="ending-in-seconds",
+        ),
         pytest.param(
             [
                 job("a", min_replicas=4, max_replicas=4, created=1),

@@ -89,8 +89,9 @@ gain it is (exact for concave utilities; with cliffs, each step also looks ahead
 candidate count and takes the best gain per GPU, so a job can jump over a node-boundary dip).
 
 Restarts are charged: changing a running job's size restarts its workers, losing
-``restartCostSeconds`` of progress. Over the horizon ``restart_horizon_seconds`` that is a
-fraction ``restart / horizon`` of its throughput, so every count other than the current one
+``restartCostSeconds`` of progress. Over the horizon ``restart_horizon_seconds`` (or the
+time the job has left, where its trainer says and it is shorter) that is a fraction
+``restart / horizon`` of its throughput, so every count other than the current one
 is valued at ``speedup * (1 - restart / horizon) / (1 + resize_margin)``: a change must beat
 staying put by more than the work it throws away, and by a margin besides (hysteresis: no
 restart for a small gain, and no flapping between two sizes whose predicted values are
@@ -210,6 +211,11 @@ class JobDemand:
             at a smaller size keeps the first of these workers where they run, and a job
             that shrinks frees the GPUs of the last (:attr:`current_nodes` counts them).
         restart_cost_seconds: progress lost when the job's size changes.
+        time_left_seconds: how long the job has left to train, where its trainer says
+            (its autoscaler's :func:`~.policy.compute_time_left`); None: not known. A resize's
+            restart is then charged over at most this: a job about to finish is not resized
+            for a gain it will not live to collect, nor shrunk while another source of GPUs
+            costs less.
         pinned: opted out of arbitration: it keeps ``current_replicas`` (its fixed size) and
             its GPUs are simply subtracted from the nodes.
         nodes: the nodes its workers may run on (its template's node selector, required
@@ -257,6 +263,7 @@ class JobDemand:
     current_replicas: int = 0
     worker_nodes: tuple[str, ...] = ()
     restart_cost_seconds: float = 0.0
+    time_left_seconds: float | None = None
     pinned: bool = False
     nodes: frozenset[str] | None = None
     cpu_millis_per_worker: int = 0
@@ -280,6 +287,8 @@ class JobDemand:
             raise ValueError(f"{self.key}: a worker's CPU and memory requests must be >= 0")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"{self.key}: need 0 <= min_replicas <= max_replicas")
+        if self.time_left_seconds is not None and not self.time_left_seconds >= 0:
+            raise ValueError(f"{self.key}: time_left_seconds must be >= 0")
 
     @functools.cached_property
     def asks_cpu_or_memory(self) -> bool:
@@ -767,6 +776,8 @@ def _utility(
     speedup = at / base if base > 0 else 1.0
     if demand.current_replicas > 0 and replicas != demand.current_replicas:
         horizon = settings.restart_horizon_seconds
+        if demand.time_left_seconds is not None:  # it ends sooner: its restart weighs more
+            horizon = min(horizon, max(1.0, demand.time_left_seconds))
         speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / horizon)
         speedup /= 1.0 + settings.resize_margin
     p = settings.fairness_power
@@ -1818,6 +1829,7 @@ def _reason(
     unreserved: Mapping[str, int],
     sharing: int,
     alone: Mapping[str, int],
+    ending: bool = False,
 ) -> str:
     """``unreserved``: per node, what admitted jobs' minimums do not hold (running jobs
     above their minimum give GPUs back to admit a queued job, so those count as free to it);
@@ -1861,6 +1873,14 @@ def _reason(
         return f"limited to {_gpus(gpus)} by cluster arbitration ({crowd})"
     if wanted == demand.max_replicas:
         return f"granted {_gpus(gpus)}: its maxReplicas"
+    if ending and replicas == demand.current_replicas:
+        left = demand.time_left_seconds
+        assert left is not None
+        took = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+        return (
+            f"granted {_gpus(gpus)}: its size now (the {took} it has left do not pay a "
+            f"{demand.restart_cost_seconds:.0f} s restart)"
+        )
     return f"granted {_gpus(gpus)}: all it can use (efficiency floor, budget or model)"
 
 
@@ -1908,6 +1928,19 @@ def _wanted(demand: JobDemand, allowed: Sequence[int], utilities: Mapping[int, f
         if step is None:
             return at
         at = step[1]
+
+
+def _ending(
+    demand: JobDemand, allowed: Sequence[int], wanted: int, settings: ArbiterSettings
+) -> bool:
+    """Whether the time the job has left is why it wants no other size than ``wanted``:
+    with the usual horizon it would want another (a reason then says so)."""
+    if demand.time_left_seconds is None or demand.current_replicas == 0:
+        return False
+    if demand.time_left_seconds >= settings.restart_horizon_seconds:
+        return False
+    untold = dataclasses.replace(demand, time_left_seconds=None)
+    return _wanted(untold, allowed, _utilities(untold, allowed, settings)) != wanted
 
 
 # ---------------------------------------------------------------------------- allocate
@@ -1990,6 +2023,7 @@ def allocate(
         where = placed.get(demand.key, {})
         replicas = sum(where.values())
         wanted = _wanted(demand, allowed[demand.key], utilities[demand.key])
+        ending = _ending(demand, allowed[demand.key], wanted, settings)
         result[demand.key] = JobAllocation(
             key=demand.key,
             replicas=replicas,
@@ -2006,6 +2040,7 @@ def allocate(
                 free if demand.key in grown else unreserved,
                 len(placed),
                 alone,
+                ending,
             ),
             preempted_by=preempted.get(demand.key),
         )

@@ -390,6 +390,8 @@ class ManagedJob:
             the workers span two or more (``predict_throughput(n, nodes=2)``); empty
             before the autoscaler has a model.
         restart_cost_seconds: what a resize costs the job, as its autoscaler learned it.
+        time_left_seconds: how long the job has left, where its trainer says (as of its
+            autoscaler's last decision); None: not known.
         arbitration_enabled: the operator arbitrates (``--arbitration``, the default).
         node_bound: how many of its workers one node may run by its template's own rules,
             and which rule (a required pod anti-affinity to its own workers: 1; a topology
@@ -409,6 +411,7 @@ class ManagedJob:
     preempts: bool = False
     throughput: Mapping[int, float] = field(default_factory=dict)
     restart_cost_seconds: float = 0.0
+    time_left_seconds: float | None = None
     arbitration_enabled: bool = True
     throughput_across_nodes: Mapping[int, float] = field(default_factory=dict)
     node_bound: NodeBound | None = None
@@ -535,6 +538,7 @@ def build_demand(job: ManagedJob, eligible: frozenset[str] | None = None) -> Job
         current_replicas=running,
         worker_nodes=job.worker_nodes,
         restart_cost_seconds=job.restart_cost_seconds,
+        time_left_seconds=job.time_left_seconds,
         nodes=nodes,
         cpu_millis_per_worker=asked.cpu_millis,
         memory_bytes_per_worker=asked.memory_bytes,

@@ -106,6 +106,7 @@ class ClusterArbitration:
     results: dict[str, ArbitrationResult] = field(default_factory=dict)
     predictors: dict[str, ThroughputPredictor] = field(default_factory=dict)
     restart_costs: dict[str, float] = field(default_factory=dict)
+    times_left: dict[str, float] = field(default_factory=dict)  # as of the job's last pass
     last_run: float = -math.inf
     error: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -114,11 +115,20 @@ class ClusterArbitration:
     post_event: Callable[[Mapping[str, Any], EventSpec], None] = post_event
 
     def register(
-        self, key: str, predictor: ThroughputPredictor, restart_cost_seconds: float = 0.0
+        self,
+        key: str,
+        predictor: ThroughputPredictor,
+        restart_cost_seconds: float = 0.0,
+        time_left_seconds: float | None = None,
     ) -> None:
-        """A job's autoscale loop offers its model (called every pass; cheap)."""
+        """A job's autoscale loop offers its model, what a resize costs it and, where its
+        trainer says, the time it has left (called every pass; cheap)."""
         self.predictors[key] = predictor
         self.restart_costs[key] = restart_cost_seconds
+        if time_left_seconds is None:
+            self.times_left.pop(key, None)
+        else:
+            self.times_left[key] = time_left_seconds
 
     def jobs(self) -> int:
         """How many jobs this state holds something for."""
@@ -128,6 +138,7 @@ class ClusterArbitration:
         """A job is gone: keep nothing of it."""
         self.predictors.pop(key, None)
         self.restart_costs.pop(key, None)
+        self.times_left.pop(key, None)
         self.results.pop(key, None)
 
     def ceiling(self, key: str) -> int | None:
@@ -306,6 +317,7 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
+            time_left_seconds=self.times_left.get(key),
             node_bound=max_workers_per_node(
                 namespace, name, spec, nodes, other_nodes, pod_spec=pod_spec
             ),
