@@ -78,6 +78,7 @@ def demands(
         "max_gpus": draw(st.none() | st.integers(1, 12)),
         "current_replicas": current,
         "restart_cost_seconds": draw(st.floats(0.0, 600.0)),
+        "time_left_seconds": draw(st.none() | st.floats(0.0, 1200.0)),
         "pinned": pinned,
     }
     if pinned and node_names and current:
@@ -212,8 +213,9 @@ def test_waiting_jobs_admitted_in_order(cluster: tuple[list[JobDemand], Capacity
     for queued in waiting:
         if not allocation[queued.key].queued:
             continue
-        if queued.min_replicas * queued.gpus_per_worker > total:
-            continue  # can never start: skipped, does not block
+        whole = sum(g // queued.gpus_per_worker for g in free.values())
+        if queued.min_replicas * queued.gpus_per_worker > total or queued.min_replicas > whole:
+            continue  # can never start (each worker on one node): skipped, does not block
         for other in waiting:
             if order(other) > order(queued):
                 assert allocation[other.key].queued, (queued.key, other.key)
@@ -480,11 +482,13 @@ def priority_clusters(draw: st.DrawFn) -> tuple[list[JobDemand], Capacity]:
 def _value(demand: JobDemand, count: int) -> float:
     """A job's term of the objective at ``count`` (the module docstring's, default
     settings): ``-1 / speedup`` over its minimum, a running job's other counts charged its
-    restart over 600 s and a 10 % margin."""
+    restart over 600 s (or the time it has left, if shorter) and a 10 % margin."""
     base = predicted_throughput(demand, max(1, demand.min_replicas))
     speedup = predicted_throughput(demand, count) / base if base > 0 else 1.0
     if demand.current_replicas > 0 and count != demand.current_replicas:
-        speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / 600.0) / 1.1
+        left = demand.time_left_seconds
+        horizon = 600.0 if left is None else min(600.0, max(1.0, left))
+        speedup *= max(0.0, 1.0 - demand.restart_cost_seconds / horizon) / 1.1
     return -1.0 / speedup if speedup > 0 else -math.inf
 
 
