@@ -179,6 +179,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--apart", type=float, default=0.0, metavar="SHARE",
                         help="share of the jobs whose workers may not share a node (a required"
                         " pod anti-affinity to their own workers)")  # fmt: skip
+    parser.add_argument("--told-length", action="store_true",
+                        help="each job says the samples it has left (our trainer's gauge): its"
+                        " autoscaler and the arbiter charge a restart over the time it has"
+                        " left where that is shorter")  # fmt: skip
     parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu", "across", "apart"],
                         nargs="+",
                         default=[],
@@ -230,6 +234,8 @@ def describe_source(args: argparse.Namespace) -> str:
         else f" (the arbiter not told {'the throughput across nodes' if hidden == 'across' else hidden})"
         for hidden in args.hide
     )
+    if args.told_length:
+        source += ", each job saying the samples it has left"
     return source
 
 
@@ -282,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                               placed_throughput=args.placed,
                               tell_across="across" not in args.hide,
                               apart=args.apart,
-                              tell_apart="apart" not in args.hide)  # fmt: skip
+                              tell_apart="apart" not in args.hide,
+                              tell_time_left=args.told_length)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
             by_tier[policy].append(tiers(by_policy[policy][-1], jobs, probe))
     results = {p: worst(rs) for p, rs in by_policy.items()}

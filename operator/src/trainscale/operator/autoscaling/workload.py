@@ -593,6 +593,9 @@ class Cluster:
     cpu_per_node: int = 0  # millicores each node has (0: CPU not modelled)
     cpu_heavy: float = 0.0  # share of the jobs whose workers ask half a node's CPU
     tell_cpu: bool = True  # the arbiter is told the nodes' CPU and the workers' requests
+    # each job says the samples it has left (our trainer's gauge): its autoscaler and the
+    # arbiter charge a restart over the time it has left where that is shorter
+    tell_time_left: bool = False
     # the jobs' PriorityClasses preempt (the Kubernetes default, preemptionPolicy
     # PreemptLowerPriority) in every policy; False: Never, a higher priority only goes first
     preempts: bool = True
@@ -910,6 +913,7 @@ def observe(s: Running, cluster: Cluster, now: float) -> Observation:
         min(1.0, max(0.0, util * rng.gauss(1.0, 0.05))),
         max(0.0, s.last_rate * rng.gauss(1.0, 0.05)),
         nodes=math.ceil(s.replicas / cluster.gpus_per_node) if spans is None else spans,
+        remaining_samples=max(0.0, s.job.samples - s.done) if cluster.tell_time_left else None,
     )
 
 
@@ -1058,6 +1062,14 @@ def believed_across(job: Job, seed: int, gpus_per_node: int) -> Mapping[int, flo
     return {n: model.throughput(n, gpus_per_node, nodes=2) for n in range(2, fits + 1)}
 
 
+def _time_left(s: Running, cluster: Cluster) -> float | None:
+    """What the arbiter is told of the time the job has left (its samples left over its
+    last step's throughput, as the operator offers its autoscaler's), where jobs say."""
+    if not cluster.tell_time_left or s.replicas == 0 or s.last_rate <= 0:
+        return None
+    return max(0.0, s.job.samples - s.done) / s.last_rate
+
+
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
     cpu = cluster.cpu_per_node > 0 and cluster.tell_cpu
     demands = [
@@ -1078,6 +1090,7 @@ def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> di
             created=s.job.arrival,
             current_replicas=s.replicas,
             restart_cost_seconds=s.job.restart,
+            time_left_seconds=_time_left(s, cluster),
             nodes=s.allowed if cluster.tell_pools else None,
             worker_nodes=tuple(s.nodes) if cluster.by_node and cluster.tell_order else (),
             cpu_millis_per_worker=s.cpu if cpu else 0,
