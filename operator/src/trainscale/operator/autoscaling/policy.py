@@ -257,7 +257,7 @@ class Observation:
         remaining_samples: Training samples the job has left until its configured end (the
             trainer's epochs or step limit); None if the job does not say. Divided by
             ``samples_per_second`` it is how long the job has left, the horizon a move's
-            restart must pay back in (:func:`compute_payback_horizon`).
+            restart must pay back in (:func:`compute_time_left`).
     """
 
     timestamp: float
