@@ -172,9 +172,8 @@ def test_spec_overrides_substitute_escaped_placeholders(prometheus: str) -> None
     got = fetch(prometheus, "team-a", "alpha", spec=spec)
     assert got.observation.gpu_utilization == pytest.approx(0.75)
     assert got.observation.samples_per_second == pytest.approx(150.0, rel=0.05)
-    # a throughput of the spec's own (tokens, batches?): samples left would be read in the
-    # wrong unit, so they are not asked for
-    assert got.remaining_samples is None and got.observation.remaining_samples is None
+    # the spec's own throughput reads the trainer's samples counter: samples per second
+    assert got.observation.remaining_samples == 48_000.0
     injected = fetch(prometheus, "team-a", 'alpha"}) or vector(1) #', spec=spec)
     assert injected.observation.gpu_utilization is None
     assert injected.observation.samples_per_second is None
@@ -190,6 +189,14 @@ def test_query_errors_are_reported_not_raised(prometheus: str) -> None:
     assert nan.value is None and nan.error and "nan" in nan.error.lower()
     scalar = fetch_query(prometheus, "scalar(vector(0.25))", timeout_seconds=5)
     assert scalar.value == 0.25 and scalar.error is None
+
+
+def test_a_throughput_of_another_unit_asks_no_samples_left(prometheus: str) -> None:
+    # an exporter's tokens per second, say: samples left over it would be no time at all
+    spec = PrometheusSpec(throughput_query="vector(150000)")
+    got = fetch(prometheus, "team-a", "alpha", spec=spec)
+    assert got.observation.samples_per_second == 150_000.0
+    assert got.remaining_samples is None and got.observation.remaining_samples is None
 
 
 def test_out_of_range_utilization_from_an_override_is_dropped(prometheus: str) -> None:

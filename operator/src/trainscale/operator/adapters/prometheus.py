@@ -41,6 +41,7 @@ from trainscale.operator.adapters.promql import (
 )
 from trainscale.operator.api import PrometheusSpec
 from trainscale.operator.autoscaling.policy import Observation
+from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
@@ -77,9 +78,10 @@ class FetchedObservation:
         sync_fraction: The sync share query's result (empty for a trainer that exports no
             communication or step-time counters).
         remaining_samples: The samples-left query's result (empty for a trainer that does
-            not say how much it has left); None when it was not asked: without the
-            trainer's own throughput (none read, or a spec's query, which may count tokens
-            or batches) the samples left say nothing of the time left.
+            not say how much it has left); None when it was not asked: without a
+            throughput in samples per second (none read, or a spec's query that does not
+            read the trainer's samples counter, :func:`counts_samples`) the samples left
+            say nothing of the time left.
     """
 
     observation: Observation
@@ -277,7 +279,7 @@ def fetch_observation(
         )
     sync = fetch_query(url, sync_query, timeout_seconds=spec.timeout_seconds, access=access)
     left = None
-    if rate.value and not spec.throughput_query:  # time left: samples left / samples per s
+    if rate.value and counts_samples(spec):  # time left: samples left / samples per second
         left = fetch_query(
             url,
             build_remaining_samples_query(namespace, job),
@@ -297,6 +299,14 @@ def fetch_observation(
         remaining_samples=None if left is None else left.value,
     )
     return FetchedObservation(observation, gpu, rate, sync, left)
+
+
+def counts_samples(spec: PrometheusSpec) -> bool:
+    """Whether the job's throughput is in the trainer's samples per second: the default
+    query, or a spec's own that reads the trainer's samples counter. Another (tokens,
+    batches, an exporter's own rate) would turn the samples the job has left into no time
+    at all, or into days."""
+    return not spec.throughput_query or SAMPLES_TOTAL in spec.throughput_query
 
 
 def _server(
