@@ -209,7 +209,8 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
                  "told_length"):  # fmt: skip
-        if getattr(args, flag) not in (None, []) and getattr(args, flag) is not False:
+        value = getattr(args, flag)
+        if value is not None and value is not False and value != []:  # set (0 is set)
             # a trace's jobs each have their own bounds and curves; the flag describes one job
             name = flag.replace("_", "-")
             sys.stderr.write(f"trainscale simulate: error: --{name} needs --curve\n")
