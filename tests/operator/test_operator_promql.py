@@ -11,7 +11,9 @@ Covers:
   matches exactly the job's worker pods;
 - Prometheus' own parser (promtool) accepts every such query;
 - bad windows, ages and empty names are refused with the field named;
-- spec overrides get escaped ``{namespace}``/``{job}`` and regex-escaped ``*_regex`` values.
+- spec overrides get escaped ``{namespace}``/``{job}`` and regex-escaped ``*_regex`` values;
+- which spec throughput queries are plainly the trainer's samples per second (the time left
+  is asked only over those).
 """
 
 from __future__ import annotations
@@ -135,6 +137,44 @@ def test_samples_left_query_text() -> None:
         f'min(({REMAINING_SAMPLES}{{namespace="team-a",pod=~"a\\\\.b-worker-[0-9]+"}} >= 0) or '
         f'({REMAINING_SAMPLES}{{exported_namespace="team-a",exported_pod=~"a\\\\.b-worker-[0-9]+"}} >= 0))'
     )
+
+
+_S = SAMPLES_TOTAL
+_SEL = '{namespace="{namespace}",pod=~"{job_regex}-worker-[0-9]+"}'
+
+
+@pytest.mark.parametrize(
+    ("query", "plain"),
+    [
+        pytest.param(promql.build_throughput_query("team-a", "a.b"), True, id="the-default"),
+        pytest.param(f"sum(rate({_S}{_SEL}[5s]))", True, id="the-example's-own"),
+        pytest.param(f"sum(irate({_S}{_SEL}[2m]))", True, id="irate"),
+        pytest.param(f"sum by (namespace) (rate({_S}{_SEL}[1m]))", True, id="summed-by"),
+        pytest.param(f"sum(rate({_S}{_SEL}[5m:30s]))", True, id="subquery"),
+        pytest.param(
+            f'sum(rate({_S}{{note="2048 * x / 60"}}[1m]))', True, id="arithmetic-in-a-string"
+        ),
+        pytest.param(f"sum(rate({_S}{_SEL}[1m])) * 2048", False, id="tokens-per-sample"),
+        pytest.param(f"2048 * sum(rate({_S}[1m]))", False, id="scaled-in-front"),
+        pytest.param(f"sum(rate({_S}[1m])) / 60", False, id="per-minute"),
+        pytest.param(f"avg(rate({_S}{_SEL}[1m]))", False, id="per-worker"),
+        pytest.param(f"max(rate({_S}{_SEL}[1m]))", False, id="one-worker"),
+        pytest.param(f"sum(increase({_S}[1m]))", False, id="per-window"),
+        pytest.param(f"sum({_S})", False, id="the-counter-itself"),
+        pytest.param("sum(rate(my_tokens_total[1m]))", False, id="another-metric"),
+        pytest.param(
+            f'sum(rate(my_tokens_total{{x="{_S}"}}[1m]))', False, id="named-only-in-a-label"
+        ),
+        pytest.param(
+            f"sum(rate({_S}[1m])) + sum(rate(my_tokens_total[1m]))", False, id="plus-another"
+        ),
+        pytest.param(f"sum(rate({_S}[1m] offset 5m))", False, id="offset"),
+        pytest.param("vector(150000)", False, id="a-constant"),
+    ],
+)
+def test_which_throughput_queries_are_plainly_samples_per_second(query: str, plain: bool) -> None:
+    # the samples left over any other unit would be a time 2,048 times too short, or days
+    assert promql.reads_samples_rate(query) is plain
 
 
 def test_gpu_query_text() -> None:

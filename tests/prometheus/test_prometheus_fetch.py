@@ -191,11 +191,22 @@ def test_query_errors_are_reported_not_raised(prometheus: str) -> None:
     assert scalar.value == 0.25 and scalar.error is None
 
 
-def test_a_throughput_of_another_unit_asks_no_samples_left(prometheus: str) -> None:
-    # an exporter's tokens per second, say: samples left over it would be no time at all
-    spec = PrometheusSpec(throughput_query="vector(150000)")
-    got = fetch(prometheus, "team-a", "alpha", spec=spec)
-    assert got.observation.samples_per_second == 150_000.0
+_WORKER_1 = f'{SAMPLES_TOTAL}{{namespace="{{namespace}}",pod="{{job}}-worker-1"}}'
+
+
+@pytest.mark.parametrize(
+    ("query", "value"),
+    [
+        pytest.param("vector(150000)", 150_000.0, id="an-exporter's-own"),
+        pytest.param(f"sum(rate({_WORKER_1}[5s])) * 2048", 150.0 * 2048, id="samples-scaled"),
+    ],
+)
+def test_a_throughput_of_another_unit_asks_no_samples_left(
+    prometheus: str, query: str, value: float
+) -> None:
+    # tokens per second, say: samples left over it would be no time at all
+    got = fetch(prometheus, "team-a", "alpha", spec=PrometheusSpec(throughput_query=query))
+    assert got.observation.samples_per_second == pytest.approx(value, rel=0.05)
     assert got.remaining_samples is None and got.observation.remaining_samples is None
 
 

@@ -37,11 +37,11 @@ from trainscale.operator.adapters.promql import (
     build_sync_fraction_query,
     build_throughput_query,
     build_world_size_query,
+    reads_samples_rate,
     render_query_override,
 )
 from trainscale.operator.api import PrometheusSpec
 from trainscale.operator.autoscaling.policy import Observation
-from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
@@ -303,10 +303,11 @@ def fetch_observation(
 
 def counts_samples(spec: PrometheusSpec) -> bool:
     """Whether the job's throughput is in the trainer's samples per second: the default
-    query, or a spec's own that reads the trainer's samples counter. Another (tokens,
-    batches, an exporter's own rate) would turn the samples the job has left into no time
-    at all, or into days."""
-    return not spec.throughput_query or SAMPLES_TOTAL in spec.throughput_query
+    query, or a spec's own that is plainly the rate of the trainer's samples counter
+    (:func:`~trainscale.operator.adapters.promql.reads_samples_rate`). Another (tokens,
+    batches, the samples counter scaled, an exporter's own rate) would turn the samples the
+    job has left into no time at all, or into days."""
+    return not spec.throughput_query or reads_samples_rate(spec.throughput_query)
 
 
 def _server(

@@ -19,6 +19,8 @@ without ``honorLabels`` (Prometheus renames the clashing labels). Both are match
 
 from __future__ import annotations
 
+import re
+
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
@@ -174,6 +176,40 @@ def build_remaining_samples_query(namespace: str, job: str) -> str:
         "min("
         + " or ".join(f"({s} >= 0)" for s in _selectors(REMAINING_SAMPLES, namespace, job))
         + ")"
+    )
+
+
+_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_PROMQL_GROUPING = re.compile(r"\b(?:by|without)\s*\([^()]*\)")
+_PROMQL_TOKEN = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*|\S")
+_PLAIN_RATE_TOKENS = frozenset({"sum", "rate", "irate", "or", "(", ")", SAMPLES_TOTAL})
+"""What a query may be made of to be plainly the trainer's samples per second (besides
+label matchers, range selectors, ``by``/``without`` label lists and strings)."""
+
+
+def reads_samples_rate(query: str) -> bool:
+    """Whether ``query`` (a spec's override, placeholders and all) is plainly the trainer's
+    samples per second: the (summed) ``rate()`` or ``irate()`` of :data:`SAMPLES_TOTAL`
+    and nothing more.
+
+    Why it is this strict: the samples the job has left are divided by the throughput to
+    give its time left, and a query that scales the samples counter (``* 2048`` tokens per
+    sample, ``/ 60`` per minute), averages it over pods (``avg``: per worker) or reads
+    another metric is in another unit; the time left would be 2,048 times too short, and no
+    restart would ever pay back within it. What is not plainly a rate of samples is not
+    read as one (the job's age is the payback horizon then). The text inside strings
+    (label values, placeholders) is not looked at, so a label value that names the counter
+    does not count.
+    """
+    text = _PROMQL_STRING.sub('""', query)
+    text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers (strings already blanked)
+    text = re.sub(r"\[[^\[\]]*\]", "", text)  # range selectors and subqueries
+    text = _PROMQL_GROUPING.sub("", text)
+    tokens = _PROMQL_TOKEN.findall(text)
+    return (
+        SAMPLES_TOTAL in tokens
+        and ("rate" in tokens or "irate" in tokens)
+        and all(t in _PLAIN_RATE_TOKENS for t in tokens)
     )
 
 

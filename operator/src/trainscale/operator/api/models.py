@@ -113,7 +113,10 @@ class PrometheusSpec(_Model):
         default=None,
         description=(
             "PromQL override for the job's training throughput in samples per second. "
-            "Placeholders as for gpuUtilizationQuery."
+            "Placeholders as for gpuUtilizationQuery. The job's time left (samples left over "
+            "this throughput) is read only where it is plainly the summed rate() of "
+            "trainscale_trainer_samples_total; a query in another unit (tokens, the counter "
+            "scaled or averaged) leaves the job's age as the payback horizon."
         ),
     )
     timeout_seconds: float = Field(
