@@ -725,10 +725,12 @@ def test_a_job_without_measurements_is_assumed_to_want_what_it_was_forced_off(
 
 def test_the_time_a_job_has_left_reaches_its_demand_as_its_loop_offered_it() -> None:
     """What the job's autoscale loop offers with its model (its last decision's time left,
-    where its trainer says) is what the pass's demand carries; offered as unknown, it is
-    forgotten; a job gone keeps nothing."""
+    where its trainer says) is what the pass's demand carries, less the time since that
+    decision (a pass may come an interval after it), never below 0; offered as unknown, it
+    is forgotten; a job gone keeps nothing."""
     job_spec = spec(replicas=4, maxReplicas=16)
-    arbitration = ClusterArbitration()
+    clock = [1000.0]
+    arbitration = ClusterArbitration(clock=lambda: clock[0])
     body = {"metadata": {"namespace": "d", "name": "j"}, "spec": job_spec.model_dump(by_alias=True)}
 
     def time_left() -> float | None:
@@ -736,6 +738,13 @@ def test_the_time_a_job_has_left_reaches_its_demand_as_its_loop_offered_it() -> 
 
     arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, 1234.5)
     assert time_left() == 1234.5
+    clock[0] += 30.0
+    assert time_left() == 1204.5  # aged by the 30 s since it was offered
+    # offered again by the loop's next pass, as decided 20 s ago (before this pass)
+    arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, 1100.0, told_at=clock[0] - 20.0)
+    assert time_left() == 1080.0
+    clock[0] += 2000.0
+    assert time_left() == 0.0  # its end has passed: no time left, not a negative one
     arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, None)
     assert time_left() is None
     arbitration.register("d/j", JobAutoscaler(job_spec), 60.0, 99.0)

@@ -69,6 +69,7 @@ class JobLoop:
     running_since: float = 0.0  # ... and since when that count (and world) has held
     restart_cost_seconds: float = 0.0  # what a resize costs the job (offered to arbitration)
     time_left_seconds: float | None = None  # where its trainer says (offered to arbitration)
+    time_left_at: float = 0.0  # when that was decided (time.monotonic(), arbitration's clock)
     world: float | None = None  # the world size the workers reported last ...
     awaiting_world: bool = False  # ... and whether the running count changed since it did
 
@@ -178,7 +179,13 @@ async def autoscale_job(
     passed = False
     if arbitration is not None and arbitration.enabled and cluster.is_arbitrated(spec, True):
         key = job_key(namespace, name)
-        arbitration.register(key, autoscaler, loop.restart_cost_seconds, loop.time_left_seconds)
+        arbitration.register(
+            key,
+            autoscaler,
+            loop.restart_cost_seconds,
+            loop.time_left_seconds,
+            loop.time_left_at,
+        )
         await arbitration.run_if_due(clients, for_key=key)
         share = arbitration.result(key)
         if share is not None and share.status.queued:
@@ -265,7 +272,7 @@ async def autoscale_job(
         room=room,
     )
     loop.restart_cost_seconds = rec.restart_cost_seconds
-    loop.time_left_seconds = rec.time_left_seconds
+    loop.time_left_seconds, loop.time_left_at = rec.time_left_seconds, time.monotonic()
 
     # -- apply (under the job's status lock, from a fresh read) --------------------------
     def plan_against(job: Mapping[str, Any]) -> autoscale.AutoscalePlan:

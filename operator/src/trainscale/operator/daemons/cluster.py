@@ -106,13 +106,15 @@ class ClusterArbitration:
     results: dict[str, ArbitrationResult] = field(default_factory=dict)
     predictors: dict[str, ThroughputPredictor] = field(default_factory=dict)
     restart_costs: dict[str, float] = field(default_factory=dict)
-    times_left: dict[str, float] = field(default_factory=dict)  # as of the job's last pass
+    # (seconds, clock() when offered): the job's last decision's time left, aged at use
+    times_left: dict[str, tuple[float, float]] = field(default_factory=dict)
     last_run: float = -math.inf
     error: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # How a pass posts a job's Event (kopf's event queue; a pass run outside kopf is given
     # another).
     post_event: Callable[[Mapping[str, Any], EventSpec], None] = post_event
+    clock: Callable[[], float] = time.monotonic  # what a time left is aged by
 
     def register(
         self,
@@ -120,15 +122,29 @@ class ClusterArbitration:
         predictor: ThroughputPredictor,
         restart_cost_seconds: float = 0.0,
         time_left_seconds: float | None = None,
+        told_at: float | None = None,
     ) -> None:
         """A job's autoscale loop offers its model, what a resize costs it and, where its
-        trainer says, the time it has left (called every pass; cheap)."""
+        trainer says, the time it has left (called every pass; cheap). The time left is
+        as of the job's last decision: a pass uses it less the time since it was offered
+        (:meth:`time_left`); ``told_at`` is when that decision was made, on :attr:`clock`
+        (default: now)."""
         self.predictors[key] = predictor
         self.restart_costs[key] = restart_cost_seconds
         if time_left_seconds is None:
             self.times_left.pop(key, None)
         else:
-            self.times_left[key] = time_left_seconds
+            at = self.clock() if told_at is None else told_at
+            self.times_left[key] = (time_left_seconds, at)
+
+    def time_left(self, key: str) -> float | None:
+        """The time the job has left now: as offered, less the time since (at least 0);
+        None where its trainer does not say."""
+        told = self.times_left.get(key)
+        if told is None:
+            return None
+        seconds, at = told
+        return max(0.0, seconds - (self.clock() - at))
 
     def jobs(self) -> int:
         """How many jobs this state holds something for."""
@@ -317,7 +333,7 @@ class ClusterArbitration:
             throughput=self._throughput(key, spec, _forced_from(body)),
             throughput_across_nodes=self._throughput_across(key, spec, node_gpus),
             restart_cost_seconds=self.restart_costs.get(key, 0.0),
-            time_left_seconds=self.times_left.get(key),
+            time_left_seconds=self.time_left(key),
             node_bound=max_workers_per_node(
                 namespace, name, spec, nodes, other_nodes, pod_spec=pod_spec
             ),
