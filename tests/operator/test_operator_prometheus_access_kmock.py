@@ -43,6 +43,20 @@ def prometheus() -> Iterator[Recorder]:
     yield from _serve()
 
 
+async def start_with_a_running_worker(
+    kmock: kmock.KubernetesEmulator, cluster: Any, body: dict[str, Any]
+) -> None:
+    """Create the job (in ``default``) and its worker 0, Running and ready."""
+    await create_job(cluster, copy.deepcopy(body))
+    created = job(kmock)
+    ref = builders.JobRef(created["metadata"]["name"], "default", created["metadata"]["uid"])
+    spec = api.TrainingJobSpec.model_validate(created["spec"])
+    worker = builders.build_worker_pod(ref, spec, 0)
+    await api_call(cluster, "POST", "/api/v1/namespaces/default/pods", worker,
+                   content_type="application/json")  # fmt: skip
+    await set_pod_state(cluster, worker["metadata"]["name"], "Running", ready=True)
+
+
 async def test_a_refused_token_shows_in_the_condition_and_nowhere_else(
     kmock: kmock.KubernetesEmulator,
     cluster: Any,
@@ -51,13 +65,7 @@ async def test_a_refused_token_shows_in_the_condition_and_nowhere_else(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    await create_job(cluster, copy.deepcopy(JOB))
-    body = job(kmock)
-    ref = builders.JobRef("watched", "default", body["metadata"]["uid"])
-    worker = builders.build_worker_pod(ref, api.TrainingJobSpec.model_validate(body["spec"]), 0)
-    await api_call(cluster, "POST", "/api/v1/namespaces/default/pods", worker,
-                   content_type="application/json")  # fmt: skip
-    await set_pod_state(cluster, worker["metadata"]["name"], "Running", ready=True)
+    await start_with_a_running_worker(kmock, cluster, JOB)
     (tmp_path / "token").write_text(TOKEN)
     access = PrometheusAccess(
         bearer_token_file=str(tmp_path / "token"), headers=(("X-Scope-OrgID", "ml"),)
