@@ -746,7 +746,8 @@ class AutoscalingStatus(_Model):
         description="Seconds of training the job has left at its throughput, where its "
         "trainer says how many samples it has left (trainscale_trainer_remaining_samples, "
         "from its epochs or step limit): a rescale's restart must pay back within it. Empty "
-        "where the trainer does not say (the job's age is the horizon then).",
+        "where the trainer does not say, or where prometheus.throughputQuery is not plainly "
+        "the summed rate() of its samples counter (the job's age is the horizon then).",
     )
     reason: str | None = Field(default=None, description="Why, in words.")
     step: str | None = Field(
