@@ -79,9 +79,9 @@ class FetchedObservation:
             communication or step-time counters).
         remaining_samples: The samples-left query's result (empty for a trainer that does
             not say how much it has left); None when it was not asked: without a
-            throughput in samples per second (none read, or a spec's query that does not
-            read the trainer's samples counter, :func:`counts_samples`) the samples left
-            say nothing of the time left.
+            throughput in samples per second (none read, or a spec's query that is not
+            plainly the rate of the trainer's samples counter, :func:`counts_samples`) the
+            samples left say nothing of the time left.
     """
 
     observation: Observation
