@@ -183,6 +183,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="each job says the samples it has left (our trainer's gauge): its"
                         " autoscaler and the arbiter charge a restart over the time it has"
                         " left where that is shorter")  # fmt: skip
+    parser.add_argument("--told-factor", type=float, default=1.0, metavar="F",
+                        help="with --told-length: each job says its configured total is F"
+                        " times its real work (2: it stops early, at half its epochs; 0.5:"
+                        " it runs twice what it says)")  # fmt: skip
     parser.add_argument("--hide", choices=["pools", "order", "plan", "cpu", "across", "apart"],
                         nargs="+",
                         default=[],
@@ -193,7 +197,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " the workers' requests; 'across' (with --placed): each job's"
                         " throughput when its workers span nodes; 'apart': the bound on"
                         " workers per node (the arbiter and the per-job autoscaler)")  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.told_factor != 1.0 and not args.told_length:
+        parser.error("--told-factor needs --told-length (the jobs say nothing otherwise)")
+    if not args.told_factor > 0:
+        parser.error(f"--told-factor must be > 0, got {args.told_factor}")
+    return args
 
 
 def describe_nodes(args: argparse.Namespace) -> str:
@@ -236,6 +245,8 @@ def describe_source(args: argparse.Namespace) -> str:
     )
     if args.told_length:
         source += ", each job saying the samples it has left"
+        if args.told_factor != 1.0:
+            source += f" (x{args.told_factor:g} of its real work)"
     return source
 
 
@@ -289,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                               tell_across="across" not in args.hide,
                               apart=args.apart,
                               tell_apart="apart" not in args.hide,
-                              tell_time_left=args.told_length)  # fmt: skip
+                              tell_time_left=args.told_length,
+                              told_length_factor=args.told_factor)  # fmt: skip
             by_policy[policy].append(simulate(policy, jobs, cluster, horizon))
             by_tier[policy].append(tiers(by_policy[policy][-1], jobs, probe))
     results = {p: worst(rs) for p, rs in by_policy.items()}

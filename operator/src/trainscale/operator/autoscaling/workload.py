@@ -596,6 +596,10 @@ class Cluster:
     # each job says the samples it has left (our trainer's gauge): its autoscaler and the
     # arbiter charge a restart over the time it has left where that is shorter
     tell_time_left: bool = False
+    # what they say is their configured total times this, less what they did (2: each job
+    # stops early, at half its configured epochs; 0.5: each runs twice what it says, its
+    # epochs raised mid-run); 1: exact
+    told_length_factor: float = 1.0
     # the jobs' PriorityClasses preempt (the Kubernetes default, preemptionPolicy
     # PreemptLowerPriority) in every policy; False: Never, a higher priority only goes first
     preempts: bool = True
@@ -913,8 +917,14 @@ def observe(s: Running, cluster: Cluster, now: float) -> Observation:
         min(1.0, max(0.0, util * rng.gauss(1.0, 0.05))),
         max(0.0, s.last_rate * rng.gauss(1.0, 0.05)),
         nodes=math.ceil(s.replicas / cluster.gpus_per_node) if spans is None else spans,
-        remaining_samples=max(0.0, s.job.samples - s.done) if cluster.tell_time_left else None,
+        remaining_samples=_told_left(s, cluster) if cluster.tell_time_left else None,
     )
+
+
+def _told_left(s: Running, cluster: Cluster) -> float:
+    """The samples the job says it has left: its configured total (its real work times
+    ``told_length_factor``) less what it did; never below 0."""
+    return max(0.0, s.job.samples * cluster.told_length_factor - s.done)
 
 
 def placed(s: Running, cluster: Cluster) -> Placement:
@@ -1067,7 +1077,7 @@ def _time_left(s: Running, cluster: Cluster) -> float | None:
     last step's throughput, as the operator offers its autoscaler's), where jobs say."""
     if not cluster.tell_time_left or s.replicas == 0 or s.last_rate <= 0:
         return None
-    return max(0.0, s.job.samples - s.done) / s.last_rate
+    return _told_left(s, cluster) / s.last_rate
 
 
 def policy_trainscale(active: list[Running], cluster: Cluster, now: float) -> dict[str, int]:
