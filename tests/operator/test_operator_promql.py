@@ -143,38 +143,57 @@ _S = SAMPLES_TOTAL
 _SEL = '{namespace="{namespace}",pod=~"{job_regex}-worker-[0-9]+"}'
 
 
-@pytest.mark.parametrize(
-    ("query", "plain"),
-    [
-        pytest.param(promql.build_throughput_query("team-a", "a.b"), True, id="the-default"),
-        pytest.param(f"sum(rate({_S}{_SEL}[5s]))", True, id="the-example's-own"),
-        pytest.param(f"sum(irate({_S}{_SEL}[2m]))", True, id="irate"),
-        pytest.param(f"sum by (namespace) (rate({_S}{_SEL}[1m]))", True, id="summed-by"),
-        pytest.param(f"sum(rate({_S}{_SEL}[5m:30s]))", True, id="subquery"),
-        pytest.param(
-            f'sum(rate({_S}{{note="2048 * x / 60"}}[1m]))', True, id="arithmetic-in-a-string"
-        ),
-        pytest.param(f"sum(rate({_S}{_SEL}[1m])) * 2048", False, id="tokens-per-sample"),
-        pytest.param(f"2048 * sum(rate({_S}[1m]))", False, id="scaled-in-front"),
-        pytest.param(f"sum(rate({_S}[1m])) / 60", False, id="per-minute"),
-        pytest.param(f"avg(rate({_S}{_SEL}[1m]))", False, id="per-worker"),
-        pytest.param(f"max(rate({_S}{_SEL}[1m]))", False, id="one-worker"),
-        pytest.param(f"sum(increase({_S}[1m]))", False, id="per-window"),
-        pytest.param(f"sum({_S})", False, id="the-counter-itself"),
-        pytest.param("sum(rate(my_tokens_total[1m]))", False, id="another-metric"),
-        pytest.param(
-            f'sum(rate(my_tokens_total{{x="{_S}"}}[1m]))', False, id="named-only-in-a-label"
-        ),
-        pytest.param(
-            f"sum(rate({_S}[1m])) + sum(rate(my_tokens_total[1m]))", False, id="plus-another"
-        ),
-        pytest.param(f"sum(rate({_S}[1m] offset 5m))", False, id="offset"),
-        pytest.param("vector(150000)", False, id="a-constant"),
-    ],
-)
+RATE_QUERIES = [
+    pytest.param(promql.build_throughput_query("team-a", "a.b"), True, id="the-default"),
+    pytest.param(f"sum(rate({_S}{_SEL}[5s]))", True, id="the-example's-own"),
+    pytest.param(f"sum(irate({_S}{_SEL}[2m]))", True, id="irate"),
+    pytest.param(f"sum by (namespace) (rate({_S}{_SEL}[1m]))", True, id="summed-by"),
+    pytest.param(f"SUM BY (namespace) (rate({_S}{_SEL}[1m]))", True, id="keywords-in-capitals"),
+    pytest.param(f"sum(rate({_S}{_SEL}[5m:30s]))", True, id="subquery"),
+    pytest.param(f'sum(rate({_S}{{note="2048 * x / 60"}}[1m]))', True, id="arithmetic-in-a-string"),
+    pytest.param(f"sum(rate({_S}{_SEL}[1m])) * 2048", False, id="tokens-per-sample"),
+    pytest.param(f"2048 * sum(rate({_S}[1m]))", False, id="scaled-in-front"),
+    pytest.param(f"sum(rate({_S}[1m])) / 60", False, id="per-minute"),
+    pytest.param(f"avg(rate({_S}{_SEL}[1m]))", False, id="per-worker"),
+    pytest.param(f"max(rate({_S}{_SEL}[1m]))", False, id="one-worker"),
+    pytest.param(f"sum(increase({_S}[1m]))", False, id="per-window"),
+    pytest.param(f"sum({_S})", False, id="the-counter-itself"),
+    pytest.param("sum(rate(my_tokens_total[1m]))", False, id="another-metric"),
+    pytest.param(f'sum(rate(my_tokens_total{{x="{_S}"}}[1m]))', False, id="named-only-in-a-label"),
+    pytest.param(f"sum(rate({_S}[1m])) + sum(rate(my_tokens_total[1m]))", False, id="plus-another"),
+    pytest.param(f"sum(rate({_S}[1m] offset 5m))", False, id="offset"),
+    pytest.param("vector(150000)", False, id="a-constant"),
+]
+
+
+@pytest.mark.parametrize(("query", "plain"), RATE_QUERIES)
 def test_which_throughput_queries_are_plainly_samples_per_second(query: str, plain: bool) -> None:
     # the samples left over any other unit would be a time 2,048 times too short, or days
     assert promql.reads_samples_rate(query) is plain
+
+
+def check_with_promtool(rules: list[dict[str, str]], tmp_path: Path) -> None:
+    """Prometheus' own parser (``promtool check rules``) accepts every rule's expression."""
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "q", "rules": rules}]}))  # JSON is YAML
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_parses_every_query_read_as_samples_per_second(tmp_path: Path) -> None:
+    # what is accepted is PromQL a user could write (placeholders rendered as the operator does)
+    plain = [p.values[0] for p in RATE_QUERIES if p.values[1]]
+    rules = [
+        {"record": f"q{i}", "expr": promql.render_query_override(q, "team-a", "alpha")}
+        for i, q in enumerate(plain)
+    ]
+    check_with_promtool(rules, tmp_path)
 
 
 def test_gpu_query_text() -> None:
@@ -267,16 +286,7 @@ def test_prometheus_parses_every_hostile_query(tmp_path: Path) -> None:
             )
         )
     ]
-    path = tmp_path / "rules.yml"
-    path.write_text(json.dumps({"groups": [{"name": "q", "rules": rules}]}))  # JSON is YAML
-    done = subprocess.run(
-        ["promtool", "check", "rules", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    check_with_promtool(rules, tmp_path)
 
 
 @pytest.mark.parametrize("window", ["", "1", "m", "0s", "1.5m", "-1m", "1m]", "5 m", "1mo"])

@@ -180,7 +180,8 @@ def build_remaining_samples_query(namespace: str, job: str) -> str:
 
 
 _PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_PROMQL_GROUPING = re.compile(r"\b(?:by|without)\s*\([^()]*\)")
+_PROMQL_GROUPING = re.compile(r"\b(?:by|without)\s*\([^()]*\)", re.IGNORECASE)
+_PROMQL_KEYWORDS = frozenset({"sum", "or"})  # PromQL reads its keywords in any case
 _PROMQL_TOKEN = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*|\S")
 _PLAIN_RATE_TOKENS = frozenset({"sum", "rate", "irate", "or", "(", ")", SAMPLES_TOTAL})
 """What a query may be made of to be plainly the trainer's samples per second (besides
@@ -205,7 +206,9 @@ def reads_samples_rate(query: str) -> bool:
     text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers (strings already blanked)
     text = re.sub(r"\[[^\[\]]*\]", "", text)  # range selectors and subqueries
     text = _PROMQL_GROUPING.sub("", text)
-    tokens = _PROMQL_TOKEN.findall(text)
+    tokens = [
+        t.lower() if t.lower() in _PROMQL_KEYWORDS else t for t in _PROMQL_TOKEN.findall(text)
+    ]
     return (
         SAMPLES_TOTAL in tokens
         and ("rate" in tokens or "irate" in tokens)
