@@ -72,6 +72,8 @@ def test_names_and_subresources() -> None:
         "Max",
         "GPU-Util",
         "Throughput",
+        "Efficiency",
+        "Time-Left(s)",
         "Phase",
         "Age",
     ]

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import itertools
 import json
+import re
 from typing import Any
 
 import pytest
@@ -136,6 +138,25 @@ def test_valid_job_gets_defaults_and_printer_columns(
     # The short name and the categories resolve too.
     assert "trainingjob.trainscale.dev/good" in kubectl("get", "all", "-n", namespace,
                                                          "-o", "name").stdout  # fmt: skip
+
+
+def test_wide_columns_show_the_autoscalers_efficiency_and_time_left(
+    crd: dict[str, Any], kubectl: Any, namespace: str
+) -> None:
+    """``kubectl get tj -o wide`` adds the priority-1 columns, read from the status the
+    operator writes (a JSONPath typo would print an empty cell, not fail)."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(make_job("wide")))
+    patch = {"status": {"autoscaling": {"efficiency": 0.83, "timeLeftSeconds": 5400}}}
+    kubectl("patch", "-n", namespace, "tj/wide", "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch))  # fmt: skip
+    narrow = kubectl("get", "tj/wide", "-n", namespace).stdout.splitlines()[0].split()
+    assert "EFFICIENCY" not in narrow and "TIME-LEFT(S)" not in narrow
+    header, line = kubectl("get", "tj/wide", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert header.split()[1:] == [c["name"].upper() for c in PRINTER_COLUMNS]
+    # Columns are aligned, and a cell with nothing in it is blank: slice by the header.
+    starts = [m.start() for m in re.finditer(r"\S+", header)] + [len(line)]
+    cells = {header[a:b].strip(): line[a:b].strip() for a, b in itertools.pairwise(starts)}
+    assert (cells["EFFICIENCY"], cells["TIME-LEFT(S)"]) == ("0.83", "5400")
 
 
 def test_kubectl_explain_shows_field_descriptions(crd: dict[str, Any], kubectl: Any) -> None:

@@ -87,6 +87,21 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.throughput",
         "description": "Samples per second",
     },
+    {
+        "name": "Efficiency",
+        "type": "number",
+        "jsonPath": ".status.autoscaling.efficiency",
+        "description": "Scaling efficiency at the current count (0..1), from the autoscaler",
+        "priority": 1,
+    },
+    {
+        "name": "Time-Left(s)",
+        "type": "integer",
+        "jsonPath": ".status.autoscaling.timeLeftSeconds",
+        "description": "Seconds of training left at the current throughput, where the "
+        "trainer says how many samples it has left (empty otherwise)",
+        "priority": 1,
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
