@@ -53,6 +53,9 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--noise-scale 1.24]   (every seed's noise scaled: the noisiest at yolov3's measured)
       [--windowed-noise]   (noise arises in the training; overlapping rate() windows share it)
       [--stalls 600:30]   (a 30 s checkpoint stall after every 600 s of training)
+      [--restart-spread 0.5]   (each restart's cost scattered log-normally about its seed's)
+      [--restart-new-nodes 120]   (a move onto nodes the job never spanned costs 120 s
+      more: the image pulled there; the autoscaler learns one median cost)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint (``GOAL_SHARE``,
 ``GOAL_RESCALES``).
 
@@ -90,6 +93,7 @@ from trainscale.operator.autoscaling.simulation import (
     Curve,
     FragmentedCurve,
     Noise,
+    Restarts,
     SimulationResult,
     TableCurve,
     fragmentable,
@@ -335,7 +339,9 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 noise=Noise(
                     cond.noise, cond.missing, cond.sync_seen, args.windowed_noise, *args.stalls
                 ),
-                restart_seconds=cond.restart_seconds,
+                restart_seconds=Restarts(
+                    cond.restart_seconds, args.restart_spread, args.restart_new_nodes
+                ),
                 seed=seed,
                 rate_window=args.rate_window,
                 controller=controller,
@@ -450,6 +456,45 @@ def _stalls(text: str) -> tuple[float, float]:
     return every, seconds
 
 
+def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
+    """``--restart-spread`` and ``--restart-new-nodes``: restarts whose cost varies."""
+    parser.add_argument(
+        "--restart-spread",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="each restart's cost varies around its seed's (log-normal, its logarithm's "
+        "standard deviation S, the mean kept; 0.5: one in twenty below 0.33x or above 2.2x); "
+        "default 0, every restart costs the seed's",
+    )
+    parser.add_argument(
+        "--restart-new-nodes",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a move onto more nodes than the run has spanned so far costs SECONDS more (the "
+        "image pulled on the new nodes, in parallel); default 0",
+    )
+
+
+def _restarts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Restarts:
+    """The restart flags checked (a seed's own cost stands in for the typical one)."""
+    try:
+        return Restarts(60.0, args.restart_spread, args.restart_new_nodes)
+    except ValueError as err:
+        parser.error(f"--restart-spread / --restart-new-nodes: {err}")
+
+
+def _restart_label(restarts: Restarts) -> str:
+    """The header's note on restarts that vary (nothing where each costs its seed's)."""
+    if not restarts.spread and not restarts.new_nodes:
+        return ""
+    parts = [f"log-normal spread {restarts.spread:g}"] if restarts.spread else []
+    if restarts.new_nodes:
+        parts.append(f"+{restarts.new_nodes:g} s onto nodes never spanned before")
+    return f" (restarts vary: {', '.join(parts)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=4.0, help="length of each run")
@@ -517,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         "gauge, from its configured epochs or steps): a move's restart must pay back within "
         "the time it has left, not within its age",
     )
+    _add_restart_flags(parser)
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -543,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cases {args.cases!r} matches no objective/curve")
     if not args.noise_scale > 0:
         parser.error(f"--noise-scale must be > 0, got {args.noise_scale}")
+    restarts = _restarts(parser, args)
     conditions = ", ".join(c.label() for c in scaled_conditions(args.noise_scale)[: args.seeds])
     print(
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
@@ -551,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
         f"{' (the job says the time it has left)' if args.told_length else ''}"
         f"{_fragment_label(args.fragmented)}"
-        f"{_stall_label(args.stalls)}, "
+        f"{_stall_label(args.stalls)}"
+        f"{_restart_label(restarts)}, "
         f"replicas {args.start} in [{args.min}, {args.max}] (measured curves: at most 16)"
     )
     print(MARKDOWN_HEADER if args.markdown else TEXT_HEADER)

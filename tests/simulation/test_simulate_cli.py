@@ -209,6 +209,9 @@ ONE_JOB_ERRORS = {
     "--ceiling 1:30:2 --change-at 2 --change-curve amdahl": "--ceiling and --change-at: one at a time",
     "--ceiling 1.25:30:2 --ceiling 1:30:2": "--ceiling '1.25:30:2' starts before --ceiling '1:30:2' lifts: ceilings must not overlap",
     "--ceiling 1:30:2 --ceiling 3.9:30:2": "--ceiling '3.9:30:2': it must start and lift within the run (0, 4) hours",
+    "--restart-spread -0.5": "--restart-spread must be >= 0, got -0.5",
+    "--restart-new-nodes -60": "--restart-new-nodes must be >= 0, got -60",
+    "--restart-new-nodes inf": "--restart-new-nodes must be >= 0, got inf",
     "--free-per-node 0": "--free-per-node must be >= 1, got 0",
     "--free-per-node 4": "--free-per-node must be under the node size 4, got 4",
     "--free-per-node 2 --change-at 1 --change-curve amdahl": "--free-per-node: amdahl has no placement but its packed one",
@@ -329,6 +332,29 @@ def test_a_job_that_says_the_time_it_has_left_is_replayed(
     assert "does not pay" not in told
     scores = [float(re.findall(r"# score: ([0-9.]+)", out)[0]) for out in (told, untold)]
     assert scores[0] > scores[1], scores
+
+
+def test_restarts_that_cost_more_onto_new_nodes_are_replayed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """recover-4 at 60 s restarts: the 4 -> 8 onto a second node pulls the image there for
+    600 s more, so the job reads 8 ten minutes later (8 -> 32 at 16:00, not 6:00) and loses
+    samples; a spread moves restarts' costs about the same mean."""
+    argv = ["simulate", "--curve", "recover-4", "--restart-seconds", "60", "--noise", "0.02",
+            "--seed", "1"]  # fmt: skip
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--restart-new-nodes", "600"]) == 0
+    pulled = capsys.readouterr().out
+    assert main([*argv, "--restart-spread", "0.5", "--restart-new-nodes", "600"]) == 0
+    both = capsys.readouterr().out
+    assert "restart 60 s, rate window" in plain
+    assert "restart 60 s (+600 s onto new nodes), rate window" in pulled
+    assert "restart 60 s (spread 0.5, +600 s onto new nodes), rate window" in both
+    assert re.search(r"0:06:00 +8 -> 32 ", plain), plain[-800:]
+    assert re.search(r"0:16:00 +8 -> 32 ", pulled), pulled[-800:]
+    scores = [float(re.findall(r"# score: ([0-9.]+)", out)[0]) for out in (plain, pulled)]
+    assert scores[1] < scores[0] - 0.05, scores
 
 
 def test_nodes_partly_free_are_replayed_as_the_scheduler_packs_them(

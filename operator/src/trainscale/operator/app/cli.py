@@ -208,7 +208,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
     )
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
-                 "told_length"):  # fmt: skip
+                 "told_length", "restart_spread", "restart_new_nodes"):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value is not False and value != []:  # set (0 is set)
             # a trace's jobs each have their own bounds and curves; the flag describes one job
@@ -325,6 +325,19 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     sim.add_argument(
         "--restart-seconds", type=float, default=60.0, help="training lost per rescale"
+    )
+    sim.add_argument(
+        "--restart-spread",
+        type=float,
+        help="each restart's cost scattered log-normally about --restart-seconds (the "
+        "standard deviation of its logarithm; 0.5: one in twenty under 0.33x or over 2.2x)",
+    )
+    sim.add_argument(
+        "--restart-new-nodes",
+        type=float,
+        metavar="SECONDS",
+        help="a move onto nodes the job has never spanned costs SECONDS more (its image "
+        "pulled there)",
     )
     sim.add_argument(
         "--rate-window", type=float, default=60.0, help="seconds of the throughput rate()"

@@ -27,6 +27,7 @@ from trainscale.operator.autoscaling.simulation import (
     CurveError,
     FragmentedCurve,
     Noise,
+    Restarts,
     Segment,
     SimulationResult,
     edge_count,
@@ -60,6 +61,8 @@ class SimulateOptions:
     noise: float = 0.05
     missing_scrapes: float = 0.0
     restart_seconds: float = 60.0
+    restart_spread: float = 0.0  # each restart's cost scattered log-normally about it
+    restart_new_nodes: float = 0.0  # more for a move onto nodes never spanned before
     rate_window: float = 60.0
     seed: int = 0
     allowed_replicas: str | None = None
@@ -181,6 +184,10 @@ def check_options(options: SimulateOptions) -> None:
         )
     if options.restart_seconds < 0:
         raise SimulateError(f"--restart-seconds must be >= 0, got {options.restart_seconds:g}")
+    for flag, value in (("--restart-spread", options.restart_spread),
+                        ("--restart-new-nodes", options.restart_new_nodes)):  # fmt: skip
+        if not (math.isfinite(value) and value >= 0):
+            raise SimulateError(f"{flag} must be >= 0, got {value:g}")
     if options.rate_window < 0:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
@@ -425,6 +432,14 @@ def write_plot(result: SimulationResult, path: str) -> None:
     plt.close(fig)
 
 
+def _restart_words(options: SimulateOptions) -> str:
+    """``60 s``, or how its restarts vary: ``60 s (spread 0.5, +120 s onto new nodes)``."""
+    extra = [f"spread {options.restart_spread:g}"] if options.restart_spread else []
+    if options.restart_new_nodes:
+        extra.append(f"+{options.restart_new_nodes:g} s onto new nodes")
+    return f"{options.restart_seconds:g} s" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def run_simulate(options: SimulateOptions, out: Any) -> int:
     """Run the simulation the flags describe, print it to ``out``, write the plot.
 
@@ -444,7 +459,9 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             spec,
             hours=options.hours,
             noise=Noise(options.noise, options.missing_scrapes),
-            restart_seconds=options.restart_seconds,
+            restart_seconds=Restarts(
+                options.restart_seconds, options.restart_spread, options.restart_new_nodes
+            ),
             rate_window=options.rate_window,
             seed=options.seed,
             change=change,
@@ -464,7 +481,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         f"# {result.curve} ({where}), objective {auto.objective.value}, start {spec.replicas} "
         f"in [{spec.min_replicas}, {spec.max_replicas}], {options.hours:g} h, interval "
         f"{auto.interval_seconds} s, noise {options.noise:.0%}, restart "
-        f"{options.restart_seconds:g} s, rate window {options.rate_window:g} s, seed "
+        f"{_restart_words(options)}, rate window {options.rate_window:g} s, seed "
         f"{options.seed}"
         + ("; the job says the time it has left" if options.told_length else "")
         + (

@@ -786,6 +786,71 @@ class _WindowNoise:
         return sum(draws) / math.sqrt(len(draws))
 
 
+@dataclass(frozen=True)
+class Restarts:
+    """What a rescale costs in training time, restart by restart.
+
+    A fixed cost is our assumption, not the cluster's: a restart that lands a worker on a
+    node that has never run the job pulls its image there (minutes for a multi-GB CUDA
+    image) and bootstraps the collective across one more node, and the time to load a
+    checkpoint, schedule and rendezvous varies from restart to restart. The autoscaler
+    learns the median of the restarts it saw, so a run where they vary tests that.
+
+    Attributes:
+        seconds: The typical (mean) cost of one restart.
+        spread: Log-normal spread of each restart's cost around ``seconds`` (the standard
+            deviation of its logarithm; the mean stays ``seconds``): 0.5 puts one restart
+            in twenty below 0.33x or above 2.2x of it. 0: every restart costs ``seconds``.
+        new_nodes: Seconds added to a move onto more nodes than the run has spanned so
+            far: the image is pulled on the new nodes (in parallel, so once however many),
+            and a later move back onto them finds it cached. The run's first nodes are
+            paid before it starts, as a static job's are.
+    """
+
+    seconds: float = 60.0
+    spread: float = 0.0
+    new_nodes: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("seconds", "spread", "new_nodes"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"restart {name} must be >= 0, got {value!r}")
+
+    def cost(self, nodes: int, most_nodes: int, rng: random.Random) -> float:
+        """One restart's cost, onto ``nodes`` nodes where the run spanned at most
+        ``most_nodes`` so far; draws from ``rng`` only where ``spread`` > 0."""
+        base = self.seconds
+        if self.spread > 0:
+            base *= math.exp(rng.gauss(-self.spread * self.spread / 2.0, self.spread))
+        return base + (self.new_nodes if nodes > most_nodes else 0.0)
+
+    def label(self) -> str:
+        """``60s``, ``60s~0.5``, ``60s+120s/new nodes``: how a table names it."""
+        text = f"{self.seconds:g}s"
+        if self.spread:
+            text += f"~{self.spread:g}"
+        if self.new_nodes:
+            text += f"+{self.new_nodes:g}s/new nodes"
+        return text
+
+
+class _RestartCosts:
+    """A run's restarts, one after another: :class:`Restarts` with the nodes spanned so far
+    (from the first move's origin) and a random stream of their own."""
+
+    def __init__(self, restarts: Restarts, seed: int) -> None:
+        self.restarts = restarts
+        self.rng = random.Random(f"restart-{seed}")
+        self.most_nodes: int | None = None
+
+    def next(self, from_nodes: int, to_nodes: int) -> float:
+        """The cost of a move from ``from_nodes`` nodes onto ``to_nodes``."""
+        most = from_nodes if self.most_nodes is None else self.most_nodes
+        self.most_nodes = max(most, to_nodes)
+        return self.restarts.cost(to_nodes, most, self.rng)
+
+
 def _noise_streams(
     noise: Noise, seed: int, step: float
 ) -> tuple[random.Random, random.Random, tuple[_WindowNoise, _WindowNoise] | None]:
@@ -1312,10 +1377,11 @@ def _checked_run(
     hours: float,
     interval: float | None,
     noise: Noise | float,
-    restart_seconds: float,
+    restart_seconds: float | Restarts,
+    seed: int,
     change: CurveChange | None = None,
     ceilings: Sequence[Ceiling] = (),
-) -> tuple[TrainingJobSpec, Noise]:
+) -> tuple[TrainingJobSpec, Noise, _RestartCosts]:
     """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
     if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
         raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
@@ -1329,9 +1395,14 @@ def _checked_run(
         spec = spec.model_copy(update={"autoscaling": auto})
     if not hours > 0:
         raise ValueError(f"hours must be > 0, got {hours}")
-    if restart_seconds < 0 or not math.isfinite(restart_seconds):
+    if isinstance(restart_seconds, Restarts):
+        restarts = restart_seconds
+    elif restart_seconds < 0 or not math.isfinite(restart_seconds):
         raise ValueError(f"restart_seconds must be >= 0, got {restart_seconds}")
-    return spec, Noise(relative=float(noise)) if isinstance(noise, int | float) else noise
+    else:
+        restarts = Restarts(float(restart_seconds))
+    noise = Noise(relative=float(noise)) if isinstance(noise, int | float) else noise
+    return spec, noise, _RestartCosts(restarts, seed)
 
 
 def _told_placement(placement: Placement, node_size: bool) -> Placement:
@@ -1347,7 +1418,7 @@ def run_simulation(
     hours: float = 4.0,
     interval: float | None = None,
     noise: Noise | float = 0.05,
-    restart_seconds: float = 60.0,
+    restart_seconds: float | Restarts = 60.0,
     seed: int = 0,
     rate_window: float = 60.0,
     settle_seconds: float | None = None,
@@ -1370,7 +1441,9 @@ def run_simulation(
         interval: Seconds between decisions; default ``spec.autoscaling.intervalSeconds``
             (the spec is updated to match).
         noise: A :class:`Noise`, or just its relative part.
-        restart_seconds: Training time lost to each rescale.
+        restart_seconds: Training time lost to each rescale, or a :class:`Restarts` whose
+            cost varies from restart to restart (drawn from a stream of its own: a fixed
+            cost draws what it always drew).
         seed: Seeds the noise; the same arguments give the same run.
         rate_window: Seconds of the throughput ``rate()``; 0 reports the instantaneous value.
         settle_seconds: No decision this long after the running count changed (the daemon's
@@ -1400,7 +1473,9 @@ def run_simulation(
         ValueError: on a non-positive ``hours`` or ``interval`` or a negative restart.
     """
     ceilings = _ceilings(ceiling)
-    spec, noise = _checked_run(spec, hours, interval, noise, restart_seconds, change, ceilings)
+    spec, noise, restarts = _checked_run(
+        spec, hours, interval, noise, restart_seconds, seed, change, ceilings
+    )
     step = float(spec.autoscaling.interval_seconds)
     settle = float(spec.autoscaling.settle_seconds if settle_seconds is None else settle_seconds)
     job = JobModel(curve, spec)
@@ -1433,7 +1508,11 @@ def run_simulation(
 
     def move(to: int, at: float) -> None:
         state.move(
-            to, at, at >= scored_from, job.point(to).nodes, running(at + restart_seconds, to)
+            to,
+            at,
+            at >= scored_from,
+            job.point(to).nodes,
+            running(at + restarts.next(job.point(state.current).nodes, job.point(to).nodes), to),
         )
 
     t = 0.0

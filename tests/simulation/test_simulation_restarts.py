@@ -1,0 +1,80 @@
+"""Restarts whose cost varies (``simulation.Restarts``): a fixed restart cost is our
+assumption; a move onto a node that never ran the job pulls its image there, and restart
+times scatter. The benchmark's ``--restart-spread`` and ``--restart-new-nodes`` use it."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from tests.simulation.test_simulation_model import Scripted
+from tests.support.policy_sim import make_spec
+from trainscale.operator.autoscaling.simulation import Restarts, parse_csv_curve, run_simulation
+
+# one node holds 2 workers: 3 and 4 span two
+TWO_NODES_CSV = """count,nodes,samples_per_second,gpu_utilization
+1,1,100,0.95
+2,1,190,0.9
+3,2,240,0.76
+4,2,250,0.6
+"""
+
+
+@pytest.mark.parametrize(
+    ("restarts", "nodes", "most_nodes", "cost"),
+    [
+        (Restarts(60.0), 3, 1, 60.0),  # no extra cost asked for
+        (Restarts(60.0, new_nodes=100.0), 1, 1, 60.0),  # no node beyond the most
+        (Restarts(60.0, new_nodes=100.0), 2, 1, 160.0),  # one new node
+        (Restarts(60.0, new_nodes=100.0), 4, 2, 160.0),  # two, pulled in parallel
+        (Restarts(60.0, new_nodes=100.0), 2, 3, 60.0),  # back onto nodes it spanned
+        (Restarts(0.0, new_nodes=30.0), 3, 1, 30.0),
+    ],
+)
+def test_a_restart_costs_its_seconds_plus_a_pull_onto_nodes_never_spanned(
+    restarts: Restarts, nodes: int, most_nodes: int, cost: float
+) -> None:
+    assert restarts.cost(nodes, most_nodes, random.Random(0)) == pytest.approx(cost)
+
+
+def test_a_spread_scatters_each_restart_log_normally_around_the_same_mean() -> None:
+    rng = random.Random(7)
+    costs = [Restarts(120.0, spread=0.5).cost(1, 1, rng) for _ in range(20_000)]
+    assert statistics.fmean(costs) == pytest.approx(120.0, rel=0.02)
+    assert statistics.stdev(math.log(c) for c in costs) == pytest.approx(0.5, rel=0.03)
+    assert min(costs) > 0
+    # without a spread nothing is drawn: the stream is left as it was
+    untouched = random.Random(7)
+    Restarts(120.0).cost(1, 1, untouched)
+    assert untouched.random() == random.Random(7).random()
+
+
+@pytest.mark.parametrize("field", ["seconds", "spread", "new_nodes"])
+@pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
+def test_a_negative_or_infinite_setting_is_refused_by_name(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"restart {field} must be >= 0"):
+        Restarts(**{field: value})
+
+
+def test_a_run_pays_the_new_node_once_and_a_fixed_cost_is_what_it_was() -> None:
+    curve = parse_csv_curve(TWO_NODES_CSV, name="two-nodes.csv")
+    spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=30)
+    # decisions at t = 30, 60, ...: 2 -> 3 at 30, 3 -> 2 at 150, 2 -> 3 at 270; run 300 s
+    script = [3, 3, 3, 3, 2, 2, 2, 2, 3]
+
+    def samples(restart: float | Restarts) -> float:
+        return run_simulation(
+            curve, spec, hours=300 / 3600, noise=0.0, restart_seconds=restart,
+            settle_seconds=0, controller=Scripted(list(script)),
+        ).samples  # fmt: skip
+
+    # the first move onto the second node restarts for 10 + 50 s, the move back onto it
+    # (its image there already) for 10 s like the move off it
+    paid = 190 * 30 + 240 * (150 - 90) + 190 * (270 - 160) + 240 * (300 - 280)
+    assert samples(Restarts(10.0, new_nodes=50.0)) == pytest.approx(paid)
+    fixed = 190 * 30 + 240 * (150 - 40) + 190 * (270 - 160) + 240 * (300 - 280)
+    assert samples(Restarts(10.0)) == pytest.approx(fixed)
+    assert samples(10.0) == pytest.approx(fixed)
