@@ -274,6 +274,36 @@ def test_leaving_several_nodes_probes_the_full_node_count_in_between(
 
 
 @pytest.mark.parametrize(
+    ("at_16", "proposed", "expected"),
+    [
+        pytest.param(0.68, "4", 12, id="in-the-band-probes-whatever-the-window-held"),
+        pytest.param(0.55, "12", 12, id="past-the-band-a-probe-the-window-proposed-stands"),
+        pytest.param(0.55, "4", 4, id="past-the-band-never-proposed"),
+        pytest.param(0.55, "12 before the move", 4, id="proposed-before-the-job-moved-to-16"),
+        pytest.param(0.30, "12", 4, id="far-below-the-floor-no-probe"),
+    ],
+)  # fmt: skip
+def test_a_leaving_probe_the_window_proposed_stands_past_the_band(
+    at_16: float, proposed: str, expected: int
+) -> None:
+    # 4 and 16 measured, 16 misses the 0.7 floor; the scale-down window (300 s) has held a
+    # target below 16 since the job moved there (t = 240). A reading of 0.55 is past the
+    # probe's band (0.63), but not far below the floor (0.35): if the window proposed 12
+    # since the move, the noise of the last reading does not take the probe back.
+    tau = _multi_node_drop(at_16)
+    obs = [*steady(4, count=8, tau=tau), *steady(16, start=240, count=8, tau=tau)]
+    now = 240 + 8 * 30.0  # the window reaches back before the move
+    target = int(proposed.split(maxsplit=1)[0])
+    recent = [(float(t), target) for t in range(240 - 150, int(now), 30)]
+    if proposed.endswith("before the move"):  # 12 while at 4; 4 ever since
+        recent = [(t, 12 if t <= 240 else 4) for t, _ in recent]
+    spec = make_spec(replicas=16, hi=16, minEfficiency=0.7)
+    rec = recommend(spec, obs, 16, now, workers_per_node=4, last_scale_time=240.0,
+                    recent_targets=recent)  # fmt: skip
+    assert (rec.replicas, rec.probing) == (expected, expected == 12), rec.reason
+
+
+@pytest.mark.parametrize(
     ("at_8", "probed", "expected"),
     [
         pytest.param(0.66, (), 7, id="near-the-floor-probe-the-partial-node"),

@@ -1735,7 +1735,12 @@ def _probe(
 
 
 def _leaving_probe(
-    spec: TrainingJobSpec, est: _Estimates, current: int, target: int, probed: Collection[int]
+    spec: TrainingJobSpec,
+    est: _Estimates,
+    current: int,
+    target: int,
+    probed: Collection[int],
+    band: float = LEAVING_PROBE_BAND,
 ) -> int | None:
     """The count between ``target`` and ``current`` to measure before leaving ``current``.
 
@@ -1757,7 +1762,8 @@ def _leaving_probe(
     Never for the budget objective (its limit is exact), never from a count far below the
     floor (a cliff), never twice, never from a count reached by a probe (probes do not
     chain: a probe across a node boundary that found the far side short is left for the
-    count the job came from).
+    count the job came from). ``band``: how far below its floor the count may read
+    (``LEAVING_PROBE_BAND``; :func:`_standing_probe` widens it).
     """
     auto, model = spec.autoscaling, est.model
     size = model.workers_per_node
@@ -1776,7 +1782,7 @@ def _leaving_probe(
     if estimate is None:
         return None
     value, error, floor = estimate
-    if value + CONFIDENCE_Z * error < floor * (1 - LEAVING_PROBE_BAND):
+    if value + CONFIDENCE_Z * error < floor * (1 - band):
         return None
 
     def worth(n: int) -> bool:
@@ -1795,6 +1801,29 @@ def _leaving_probe(
     # filled.
     n = current - 1
     return n if n > target and model.nodes(n) == model.nodes(current) and worth(n) else None
+
+
+def _standing_probe(ctx: DecisionContext) -> int | None:
+    """A leaving probe proposed earlier in this scale-down window stands.
+
+    The window waits out noise before a move; the probe's band check is one more noisy
+    reading, and a count reading near the edge of ``LEAVING_PROBE_BAND`` flips it from one
+    decision to the next. Taking whichever side the window's last reading fell on lost the
+    probe at the last moment (``pollux-bert-strong-384`` under efficiency, 10 % noise: 12
+    proposed for 4 of the 5 minutes at 16 reading 0.59-0.66 against a 0.63 edge, left for 4
+    instead, where the fit from 4 and 16 never lets it see 12 again: 0.48 of hindsight). So
+    the probe the job would take now, read with the band widened to the cliff's
+    (``FAR_BELOW_FLOOR``), stands if the window proposed it since the job's last move.
+    """
+    window = float(ctx.spec.autoscaling.scale_down_stabilization_seconds)
+    moved = ctx.last_scale_time if ctx.last_scale_time is not None else -math.inf
+    since = max(ctx.now - window, moved)
+    proposed = {n for t, n in ctx.recent_targets if since < t <= ctx.now}
+    assert ctx.est is not None
+    probe = _leaving_probe(
+        ctx.spec, ctx.est, ctx.current, ctx.target, ctx.probed, band=1.0 - FAR_BELOW_FLOOR
+    )
+    return probe if probe in proposed else None
 
 
 def _stabilize(
@@ -2471,6 +2500,8 @@ def decide_confidence(ctx: DecisionContext) -> Recommendation | None:
         ctx.reason += f"; returning to {ctx.target} (left by force)"
     if not ctx.feasible_current and ctx.target < current and not ctx.exploring:
         between = _leaving_probe(spec, est, current, ctx.target, ctx.probed)
+        if between is None:
+            between = _standing_probe(ctx)
         if between is not None:
             ctx.target, ctx.exploring, ctx.probing = between, True, True
             ctx.reason += (
