@@ -56,6 +56,8 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--restart-spread 0.5]   (each restart's cost scattered log-normally about its seed's)
       [--restart-new-nodes 120]   (a move onto nodes the job never spanned costs 120 s
       more: the image pulled there; the autoscaler learns one median cost)
+      [--warmup 180:0.5]   (after each restart 3 minutes at half speed: a recompile,
+      autotuning, a cold data cache)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint (``GOAL_SHARE``,
 ``GOAL_RESCALES``).
 
@@ -340,7 +342,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                     cond.noise, cond.missing, cond.sync_seen, args.windowed_noise, *args.stalls
                 ),
                 restart_seconds=Restarts(
-                    cond.restart_seconds, args.restart_spread, args.restart_new_nodes
+                    cond.restart_seconds, args.restart_spread, args.restart_new_nodes, *args.warmup
                 ),
                 seed=seed,
                 rate_window=args.rate_window,
@@ -456,8 +458,33 @@ def _stalls(text: str) -> tuple[float, float]:
     return every, seconds
 
 
+def _warmup(text: str) -> tuple[float, float]:
+    """``SECONDS:SHARE``, SECONDS >= 0 and SHARE within [0, 1] (argparse type)."""
+    try:
+        seconds, share = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected SECONDS:SHARE (for example 180:0.5), got {text!r}"
+        ) from None
+    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= share <= 1):
+        raise argparse.ArgumentTypeError(
+            f"expected SECONDS >= 0 and SHARE within [0, 1], got {text!r}"
+        )
+    return seconds, share
+
+
 def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
-    """``--restart-spread`` and ``--restart-new-nodes``: restarts whose cost varies."""
+    """``--restart-spread``, ``--restart-new-nodes``, ``--warmup``: restarts whose cost
+    varies, and a slow start after each."""
+    parser.add_argument(
+        "--warmup",
+        type=_warmup,
+        default=(0.0, 1.0),
+        metavar="SECONDS:SHARE",
+        help="after each restart the job trains SECONDS at SHARE of its rate before full "
+        "speed (torch.compile recompiling for the new world size, cuDNN autotuning, a cold "
+        "data cache); default none",
+    )
     parser.add_argument(
         "--restart-spread",
         type=float,
@@ -480,18 +507,21 @@ def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
 def _restarts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Restarts:
     """The restart flags checked (a seed's own cost stands in for the typical one)."""
     try:
-        return Restarts(60.0, args.restart_spread, args.restart_new_nodes)
+        return Restarts(60.0, args.restart_spread, args.restart_new_nodes, *args.warmup)
     except ValueError as err:
         parser.error(f"--restart-spread / --restart-new-nodes: {err}")
 
 
 def _restart_label(restarts: Restarts) -> str:
     """The header's note on restarts that vary (nothing where each costs its seed's)."""
-    if not restarts.spread and not restarts.new_nodes:
+    warm = restarts.warmup_seconds > 0 and restarts.warmup_share < 1
+    if not restarts.spread and not restarts.new_nodes and not warm:
         return ""
     parts = [f"log-normal spread {restarts.spread:g}"] if restarts.spread else []
     if restarts.new_nodes:
         parts.append(f"+{restarts.new_nodes:g} s onto nodes never spanned before")
+    if warm:
+        parts.append(f"then {restarts.warmup_seconds:g} s at {restarts.warmup_share:g} of the rate")
     return f" (restarts vary: {', '.join(parts)})"
 
 

@@ -1,6 +1,8 @@
 """Restarts whose cost varies (``simulation.Restarts``): a fixed restart cost is our
-assumption; a move onto a node that never ran the job pulls its image there, and restart
-times scatter. The benchmark's ``--restart-spread`` and ``--restart-new-nodes`` use it."""
+assumption; a move onto a node that never ran the job pulls its image there, restart
+times scatter, and a restarted job may train slowly for a while (a recompile, autotuning, a
+cold data cache). The benchmark's ``--restart-spread``, ``--restart-new-nodes`` and
+``--warmup`` use it."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def test_a_spread_scatters_each_restart_log_normally_around_the_same_mean() -> N
     assert untouched.random() == random.Random(7).random()
 
 
-@pytest.mark.parametrize("field", ["seconds", "spread", "new_nodes"])
+@pytest.mark.parametrize("field", ["seconds", "spread", "new_nodes", "warmup_seconds"])
 @pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
 def test_a_negative_or_infinite_setting_is_refused_by_name(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"restart {field} must be >= 0"):
@@ -78,3 +80,37 @@ def test_a_run_pays_the_new_node_once_and_a_fixed_cost_is_what_it_was() -> None:
     fixed = 190 * 30 + 240 * (150 - 40) + 190 * (270 - 160) + 240 * (300 - 280)
     assert samples(Restarts(10.0)) == pytest.approx(fixed)
     assert samples(10.0) == pytest.approx(fixed)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, math.nan])
+def test_a_warmup_share_outside_zero_to_one_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="restart warmup_share must be within"):
+        Restarts(warmup_seconds=60.0, warmup_share=share)
+
+
+def test_a_warmup_trains_slowly_after_each_restart_then_at_full_speed() -> None:
+    curve = parse_csv_curve(TWO_NODES_CSV, name="two-nodes.csv")
+    spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=30)
+    script = [3, 3, 3, 3, 2, 2, 2, 2, 3]  # 2 -> 3 at 30, 3 -> 2 at 150, 2 -> 3 at 270
+
+    def run(restart: Restarts) -> tuple[float, list[float | None]]:
+        scripted = Scripted(list(script))
+        done = run_simulation(
+            curve, spec, hours=300 / 3600, noise=0.0, restart_seconds=restart,
+            rate_window=0, settle_seconds=0, controller=scripted,
+        )  # fmt: skip
+        return done.samples, [o.gpu_utilization for o in scripted.seen]
+
+    # each restart (10 s) is followed by 40 s at a quarter of the rate, then full speed
+    samples, utilization = run(Restarts(10.0, warmup_seconds=40.0, warmup_share=0.25))
+    warm = 0.25 * (240 * 40) + 240 * (150 - 80)  # 3 from 40: slow until 80
+    warm += 0.25 * (190 * 40) + 190 * (270 - 200)  # 2 from 160: slow until 200
+    warm += 0.25 * 240 * (300 - 280)  # 3 from 280: still warming at the end
+    assert samples == pytest.approx(190 * 30 + warm)
+    # the GPU gauge reads the warm-up too: at t = 60 (3 warming) and t = 90 (at speed)
+    assert utilization[1:3] == pytest.approx([0.25 * 0.76, 0.76])
+    # no warm-up asked for, or at full speed: the run is the plain one
+    plain, _ = run(Restarts(10.0))
+    assert run(Restarts(10.0, warmup_seconds=40.0))[0] == pytest.approx(plain)
+    assert run(Restarts(10.0, warmup_seconds=0.0, warmup_share=0.25))[0] == pytest.approx(plain)
+    assert plain > samples

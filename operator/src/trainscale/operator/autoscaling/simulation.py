@@ -805,17 +805,30 @@ class Restarts:
             far: the image is pulled on the new nodes (in parallel, so once however many),
             and a later move back onto them finds it cached. The run's first nodes are
             paid before it starts, as a static job's are.
+        warmup_seconds: After each restart the job trains this long at ``warmup_share``
+            of its rate (and GPU utilization) before it runs at full speed: a
+            ``torch.compile`` recompiling for the new world size, cuDNN autotuning, a cold
+            page cache under the data loader. The restart is over (the pods run, steps are
+            counted) but the count does not yet run as it will.
+        warmup_share: The share of its rate a warming job trains at (0: no step at all
+            until the warm-up ends, as while it compiles).
     """
 
     seconds: float = 60.0
     spread: float = 0.0
     new_nodes: float = 0.0
+    warmup_seconds: float = 0.0
+    warmup_share: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("seconds", "spread", "new_nodes"):
+        for name in ("seconds", "spread", "new_nodes", "warmup_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"restart {name} must be >= 0, got {value!r}")
+        if not 0 <= self.warmup_share <= 1:
+            raise ValueError(
+                f"restart warmup_share must be within [0, 1], got {self.warmup_share!r}"
+            )
 
     def cost(self, nodes: int, most_nodes: int, rng: random.Random) -> float:
         """One restart's cost, onto ``nodes`` nodes where the run spanned at most
@@ -832,6 +845,8 @@ class Restarts:
             text += f"~{self.spread:g}"
         if self.new_nodes:
             text += f"+{self.new_nodes:g}s/new nodes"
+        if self.warmup_seconds and self.warmup_share < 1:
+            text += f", then {self.warmup_seconds:g}s at x{self.warmup_share:g}"
         return text
 
 
@@ -849,6 +864,18 @@ class _RestartCosts:
         most = from_nodes if self.most_nodes is None else self.most_nodes
         self.most_nodes = max(most, to_nodes)
         return self.restarts.cost(to_nodes, most, self.rng)
+
+    def after(self, then: _Piece) -> list[_Piece]:
+        """What runs once a restart is over: ``then``, warming up first where it does."""
+        warm, share = self.restarts.warmup_seconds, self.restarts.warmup_share
+        if warm <= 0 or share >= 1:
+            return [then]
+        slow = replace(
+            then,
+            samples_per_second=then.samples_per_second * share,
+            gpu_utilization=then.gpu_utilization * share,
+        )
+        return [slow, replace(then, start=then.start + warm)]
 
 
 def _noise_streams(
@@ -1013,12 +1040,13 @@ class _Timeline:
         while self.pieces and self.pieces[-1].start > at:
             self.pieces.pop()
 
-    def resize(self, at: float, nodes: int, then: _Piece) -> None:
-        """A rescale at ``at`` to ``then.replicas`` on ``nodes``: restarting until ``then``
-        starts (what was scheduled after ``at`` is dropped)."""
+    def resize(self, at: float, nodes: int, then: Sequence[_Piece]) -> None:
+        """A rescale at ``at`` to ``then[0].replicas`` on ``nodes``: restarting until
+        ``then`` starts (its pieces one after another: a warm-up, then full speed; what was
+        scheduled after ``at`` is dropped)."""
         self.cut(at)
-        self.pieces.append(_Piece(at, then.replicas, nodes, 0.0, 0.0, False))
-        self.pieces.append(then)
+        self.pieces.append(_Piece(at, then[0].replicas, nodes, 0.0, 0.0, False))
+        self.pieces.extend(then)
 
     def running_since(self, t: float) -> float:
         """When the training running at ``t`` last (re)started (``t`` when it is not)."""
@@ -1285,7 +1313,7 @@ class _Running:
     settled_at: float = 0.0  # the last move
     moved_at: float | None = None  # when the running count last changed
 
-    def move(self, to: int, at: float, scored: bool, nodes: int, then: _Piece) -> None:
+    def move(self, to: int, at: float, scored: bool, nodes: int, then: Sequence[_Piece]) -> None:
         """The running count changes at ``at``: a restart (``then`` runs after it)."""
         self.current, self.moved_at, self.settled_at = to, at, at
         self.rescales += scored
@@ -1443,7 +1471,8 @@ def run_simulation(
         noise: A :class:`Noise`, or just its relative part.
         restart_seconds: Training time lost to each rescale, or a :class:`Restarts` whose
             cost varies from restart to restart (drawn from a stream of its own: a fixed
-            cost draws what it always drew).
+            cost draws what it always drew), or that warms up after it (a curve change
+            during a warm-up ends it).
         seed: Seeds the noise; the same arguments give the same run.
         rate_window: Seconds of the throughput ``rate()``; 0 reports the instantaneous value.
         settle_seconds: No decision this long after the running count changed (the daemon's
@@ -1512,7 +1541,9 @@ def run_simulation(
             at,
             at >= scored_from,
             job.point(to).nodes,
-            running(at + restarts.next(job.point(state.current).nodes, job.point(to).nodes), to),
+            restarts.after(
+                running(at + restarts.next(job.point(state.current).nodes, job.point(to).nodes), to)
+            ),
         )
 
     t = 0.0
