@@ -17,11 +17,11 @@ from tests.support.policy_sim import make_spec
 from trainscale.operator.autoscaling.simulation import Restarts, parse_csv_curve, run_simulation
 
 # one node holds 2 workers: 3 and 4 span two
-TWO_NODES_CSV = """count,nodes,samples_per_second,gpu_utilization
-1,1,100,0.95
-2,1,190,0.9
-3,2,240,0.76
-4,2,250,0.6
+TWO_NODES_CSV = """count,nodes,samples_per_second,gpu_utilization,sync_fraction
+1,1,100,0.95,0.0
+2,1,190,0.9,0.05
+3,2,240,0.76,0.2
+4,2,250,0.6,0.3
 """
 
 
@@ -93,24 +93,29 @@ def test_a_warmup_trains_slowly_after_each_restart_then_at_full_speed() -> None:
     spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=30)
     script = [3, 3, 3, 3, 2, 2, 2, 2, 3]  # 2 -> 3 at 30, 3 -> 2 at 150, 2 -> 3 at 270
 
-    def run(restart: Restarts) -> tuple[float, list[float | None]]:
+    def run(restart: Restarts) -> tuple[float, list[float | None], list[float | None]]:
         scripted = Scripted(list(script))
         done = run_simulation(
             curve, spec, hours=300 / 3600, noise=0.0, restart_seconds=restart,
-            rate_window=0, settle_seconds=0, controller=scripted,
+            rate_window=10, settle_seconds=0, controller=scripted,
         )  # fmt: skip
-        return done.samples, [o.gpu_utilization for o in scripted.seen]
+        seen = scripted.seen
+        return done.samples, [o.gpu_utilization for o in seen], [o.sync_fraction for o in seen]
 
     # each restart (10 s) is followed by 40 s at a quarter of the rate, then full speed
-    samples, utilization = run(Restarts(10.0, warmup_seconds=40.0, warmup_share=0.25))
+    samples, utilization, sync = run(Restarts(10.0, warmup_seconds=40.0, warmup_share=0.25))
     warm = 0.25 * (240 * 40) + 240 * (150 - 80)  # 3 from 40: slow until 80
     warm += 0.25 * (190 * 40) + 190 * (270 - 200)  # 2 from 160: slow until 200
     warm += 0.25 * 240 * (300 - 280)  # 3 from 280: still warming at the end
     assert samples == pytest.approx(190 * 30 + warm)
-    # the GPU gauge reads the warm-up too: at t = 60 (3 warming) and t = 90 (at speed)
+    # the GPU gauge reads the warm-up too: at t = 60 (3 warming) and t = 90 (at speed);
+    # the same sync per step is a quarter of the share of a step four times as long
     assert utilization[1:3] == pytest.approx([0.25 * 0.76, 0.76])
+    full = curve.point(3).sync_fraction
+    assert full is not None and full > 0
+    assert sync[1:3] == pytest.approx([0.25 * full, full])
     # no warm-up asked for, or at full speed: the run is the plain one
-    plain, _ = run(Restarts(10.0))
+    plain = run(Restarts(10.0))[0]
     assert run(Restarts(10.0, warmup_seconds=40.0))[0] == pytest.approx(plain)
     assert run(Restarts(10.0, warmup_seconds=0.0, warmup_share=0.25))[0] == pytest.approx(plain)
     assert plain > samples

@@ -809,7 +809,8 @@ class Restarts:
             of its rate (and GPU utilization) before it runs at full speed: a
             ``torch.compile`` recompiling for the new world size, cuDNN autotuning, a cold
             page cache under the data loader. The restart is over (the pods run, steps are
-            counted) but the count does not yet run as it will.
+            counted) but the count does not yet run as it will. Its synchronisation per
+            step is what it will be, so the sync share the trainer exports is smaller.
         warmup_share: The share of its rate a warming job trains at (0: no step at all
             until the warm-up ends, as while it compiles).
     """
@@ -874,6 +875,8 @@ class _RestartCosts:
             then,
             samples_per_second=then.samples_per_second * share,
             gpu_utilization=then.gpu_utilization * share,
+            # the same synchronisation per step, a smaller share of a slower step
+            sync_fraction=None if then.sync_fraction is None else then.sync_fraction * share,
         )
         return [slow, replace(then, start=then.start + warm)]
 
