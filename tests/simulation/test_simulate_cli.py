@@ -212,6 +212,8 @@ ONE_JOB_ERRORS = {
     "--restart-spread -0.5": "--restart-spread must be >= 0, got -0.5",
     "--restart-new-nodes -60": "--restart-new-nodes must be >= 0, got -60",
     "--restart-new-nodes inf": "--restart-new-nodes must be >= 0, got inf",
+    "--warmup 180": "--warmup '180': expected SECONDS:SHARE, e.g. 180:0.5",
+    "--warmup 180:1.5": "--warmup '180:1.5': SECONDS must be >= 0 and SHARE within [0, 1]",
     "--free-per-node 0": "--free-per-node must be >= 1, got 0",
     "--free-per-node 4": "--free-per-node must be under the node size 4, got 4",
     "--free-per-node 2 --change-at 1 --change-curve amdahl": "--free-per-node: amdahl has no placement but its packed one",
@@ -334,7 +336,7 @@ def test_a_job_that_says_the_time_it_has_left_is_replayed(
     assert scores[0] > scores[1], scores
 
 
-def test_restarts_that_cost_more_onto_new_nodes_are_replayed(
+def test_restarts_that_cost_more_onto_new_nodes_or_warm_up_are_replayed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """recover-4 at 60 s restarts: the 4 -> 8 onto a second node pulls the image there for
@@ -351,10 +353,15 @@ def test_restarts_that_cost_more_onto_new_nodes_are_replayed(
     assert "restart 60 s, rate window" in plain
     assert "restart 60 s (+600 s onto new nodes), rate window" in pulled
     assert "restart 60 s (spread 0.5, +600 s onto new nodes), rate window" in both
+    assert main([*argv, "--warmup", "120:0.25"]) == 0
+    warming = capsys.readouterr().out
+    assert "restart 60 s (then 120 s at 0.25 of the rate), rate window" in warming
+    warm_score = float(re.findall(r"# score: ([0-9.]+)", warming)[0])
     assert re.search(r"0:06:00 +8 -> 32 ", plain), plain[-800:]
     assert re.search(r"0:16:00 +8 -> 32 ", pulled), pulled[-800:]
     scores = [float(re.findall(r"# score: ([0-9.]+)", out)[0]) for out in (plain, pulled)]
     assert scores[1] < scores[0] - 0.05, scores
+    assert warm_score < scores[0], (warm_score, scores)
 
 
 def test_nodes_partly_free_are_replayed_as_the_scheduler_packs_them(

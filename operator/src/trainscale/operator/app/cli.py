@@ -208,7 +208,7 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
     )
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
-                 "told_length", "restart_spread", "restart_new_nodes"):  # fmt: skip
+                 "told_length", "restart_spread", "restart_new_nodes", "warmup"):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value is not False and value != []:  # set (0 is set)
             # a trace's jobs each have their own bounds and curves; the flag describes one job
@@ -338,6 +338,12 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SECONDS",
         help="a move onto nodes the job has never spanned costs SECONDS more (its image "
         "pulled there)",
+    )
+    sim.add_argument(
+        "--warmup",
+        metavar="SECONDS:SHARE",
+        help="after each restart the job trains SECONDS at SHARE of its rate (a recompile, "
+        "autotuning, a cold data cache), e.g. 180:0.5",
     )
     sim.add_argument(
         "--rate-window", type=float, default=60.0, help="seconds of the throughput rate()"

@@ -63,6 +63,7 @@ class SimulateOptions:
     restart_seconds: float = 60.0
     restart_spread: float = 0.0  # each restart's cost scattered log-normally about it
     restart_new_nodes: float = 0.0  # more for a move onto nodes never spanned before
+    warmup: str | None = None  # SECONDS:SHARE, a slow start after each restart
     rate_window: float = 60.0
     seed: int = 0
     allowed_replicas: str | None = None
@@ -188,6 +189,7 @@ def check_options(options: SimulateOptions) -> None:
                         ("--restart-new-nodes", options.restart_new_nodes)):  # fmt: skip
         if not (math.isfinite(value) and value >= 0):
             raise SimulateError(f"{flag} must be >= 0, got {value:g}")
+    _warmup(options.warmup)
     if options.rate_window < 0:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
@@ -432,11 +434,27 @@ def write_plot(result: SimulationResult, path: str) -> None:
     plt.close(fig)
 
 
+def _warmup(text: str | None) -> tuple[float, float]:
+    """``--warmup SECONDS:SHARE`` as two numbers (none: no warm-up)."""
+    if text is None:
+        return 0.0, 1.0
+    try:
+        seconds, share = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise SimulateError(f"--warmup {text!r}: expected SECONDS:SHARE, e.g. 180:0.5") from None
+    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= share <= 1):
+        raise SimulateError(f"--warmup {text!r}: SECONDS must be >= 0 and SHARE within [0, 1]")
+    return seconds, share
+
+
 def _restart_words(options: SimulateOptions) -> str:
     """``60 s``, or how its restarts vary: ``60 s (spread 0.5, +120 s onto new nodes)``."""
     extra = [f"spread {options.restart_spread:g}"] if options.restart_spread else []
     if options.restart_new_nodes:
         extra.append(f"+{options.restart_new_nodes:g} s onto new nodes")
+    seconds, share = _warmup(options.warmup)
+    if seconds and share < 1:
+        extra.append(f"then {seconds:g} s at {share:g} of the rate")
     return f"{options.restart_seconds:g} s" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -460,7 +478,10 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             hours=options.hours,
             noise=Noise(options.noise, options.missing_scrapes),
             restart_seconds=Restarts(
-                options.restart_seconds, options.restart_spread, options.restart_new_nodes
+                options.restart_seconds,
+                options.restart_spread,
+                options.restart_new_nodes,
+                *_warmup(options.warmup),
             ),
             rate_window=options.rate_window,
             seed=options.seed,
