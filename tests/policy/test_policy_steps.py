@@ -674,6 +674,38 @@ def test_stabilization_never_waits_at_a_count_far_below_its_floor(sync, replicas
     assert says in rec.reason
 
 
+@pytest.mark.parametrize(
+    ("step_at_8", "sync_seconds_at_8", "replicas", "says"),
+    [
+        # a cliff: 8's step is 2.96 of one replica's, 1.96 of it synchronising (share 0.66);
+        # what does not synchronise is one replica's step, as at 4
+        pytest.param(2.96, 1.96, 4, "scaling down to 4 at once (far below the floor", id="cliff-in-its-sync-leaves-at-once"),
+        # a warm-up: 8 truly at 1.7 (0.7 synchronising), training at half speed after its
+        # restart: a step of 3.4 that syncs as before (share 0.21); 2.7 of it does not
+        # synchronise, 2.7 times 4's: slow for another reason, the window waits it out
+        pytest.param(3.4, 0.7, 8, "waits for stabilization (0/300 s)", id="warming-up-waits"),
+        # the same reading from a trainer that exports no sync share: read as a cliff
+        pytest.param(3.4, None, 4, "scaling down to 4 at once (far below the floor", id="no-sync-share-leaves-at-once"),
+    ],
+)  # fmt: skip
+def test_a_count_slow_apart_from_its_sync_is_not_left_at_once(
+    step_at_8: float, sync_seconds_at_8: float | None, replicas: int, says: str
+) -> None:
+    tau = amdahl(0.1)  # 4: 1.3 (0.3 synchronising)
+
+    def with_sync(obs: list[Observation], share: float | None) -> list[Observation]:
+        return [replace(o, sync_fraction=share) for o in obs]
+
+    at_8 = steady(8, start=300, tau=lambda n: step_at_8)
+    share = None if sync_seconds_at_8 is None else sync_seconds_at_8 / step_at_8
+    obs = [*with_sync(steady(4, tau=tau), 0.3 / 1.3 if share is not None else None),
+           *with_sync(at_8, share)]  # fmt: skip
+    ctx = context(obs, 8, 600.0, spec={"minEfficiency": 0.7}, workers_per_node=8)
+    rec = run_to(ctx, "stabilization")
+    assert rec is not None and rec.replicas == replicas, rec.reason
+    assert says in rec.reason
+
+
 def test_recommend_names_the_step_that_decided() -> None:
     assert recommend(make_spec(replicas=4), [], 4, NOW).step == "metrics freshness"
     assert recommend(make_spec(replicas=8, hi=8), [], 12, NOW).step == "hard limits"

@@ -598,6 +598,7 @@ class JobAutoscaler:
                     self._spec.max_replicas,
                     analysis.unsynced,
                     analysis.busy,
+                    analysis.synced,
                 )
         self._estimates = (key, est)
         return est

@@ -160,6 +160,14 @@ scale-down stabilization window: no noise explains a reading at half the floor."
 FAR_BELOW_Z = 2.0
 """Standard errors under its floor a count must be to be left at once (``FAR_BELOW_FLOOR``)."""
 
+CLIFF_SYNC_SHARE = 0.5
+"""A count far below its floor is past a cliff, and left at once, only where the trainer's
+sync share says synchronisation accounts for at least this share of its step beyond the
+least non-synchronising step measured elsewhere (or where it exports no sync share): a
+count slow for another reason (a warm-up after its restart) waits out the window. A cliff
+at a fifth of its floor whose trainer sees 80 % of its sync reads 0.81 here; a count at its
+floor training at half speed after a restart, 0.19."""
+
 PROBE_MIN_GAIN = 1.1
 """An unmeasured count within a small move is probed when it promises this throughput gain."""
 
@@ -474,6 +482,8 @@ class _Analysis:
     settled: dict[_Key, list[Observation]] = field(default_factory=dict)  # samples fitted
     # settled samples' non-synchronising time per sample, ``n / X * (1 - sync_fraction)``
     unsynced: dict[_Key, list[float]] = field(default_factory=dict)
+    # ... and their synchronising time per sample, ``n / X * sync_fraction``
+    synced: dict[_Key, list[float]] = field(default_factory=dict)
 
     @property
     def compute(self) -> list[float]:
@@ -543,6 +553,7 @@ def _analyse(
     points: dict[_Key, list[float]] = {}
     pairs: dict[_Key, list[tuple[float, float | None]]] = {}
     unsynced: dict[_Key, list[float]] = {}
+    synced: dict[_Key, list[float]] = {}
     busy: dict[_Key, list[float]] = {}
     latest_time: float | None = None
     for o in obs:
@@ -601,6 +612,7 @@ def _analyse(
                     busy.setdefault(key, []).append(u * tau)
                 if o.sync_fraction is not None:
                     unsynced.setdefault(key, []).append(tau * (1.0 - o.sync_fraction))
+                    synced.setdefault(key, []).append(tau * o.sync_fraction)
             else:
                 tau, u = 1.0 / v, None
             pairs.setdefault(key, []).append((tau, u))
@@ -636,6 +648,7 @@ def _analyse(
         restart_costs,
         settled_by_key,
         unsynced,
+        synced,
     )
 
 
@@ -1067,6 +1080,7 @@ class _Estimates:
         top: int,
         unsynced: Mapping[_Key, Sequence[float]] | None = None,
         busy: Mapping[_Key, Sequence[float]] | None = None,
+        synced: Mapping[_Key, Sequence[float]] | None = None,
     ) -> None:
         self.model = model
         a = model.seconds_per_sample
@@ -1084,6 +1098,15 @@ class _Estimates:
             for (n, nodes), v in points.items()
             if n > 0 and len(v) >= MIN_POINT_SAMPLES and nodes == packed[n]
         }
+        # the parts of each measured count's step that do not and do synchronise (per sample)
+        self._unsynced, self._synced = (
+            {
+                n: _median(v)
+                for (n, nodes), v in (parts or {}).items()
+                if len(v) >= MIN_POINT_SAMPLES and nodes == packed.get(n)
+            }
+            for parts in (unsynced, synced)
+        )
         # Until a multi-node count is measured, the inter-node term is unknown: counts that
         # spill onto another node carry that doubt (a cliff may sit at the node boundary).
         unknown_inter = model.workers_per_node is not None and not any(
@@ -1181,6 +1204,21 @@ class _Estimates:
         return self._tau.get(replicas) or self.model.seconds_per_sample * (
             self.model.relative_step_time(replicas)
         )
+
+    def slow_apart_from_sync(self, replicas: int) -> bool:
+        """Whether this count is slow for something other than communication (where the
+        trainer exports its sync share): of its step's excess over the least
+        non-synchronising step measured at another count, synchronisation accounts for
+        less than ``CLIFF_SYNC_SHARE``. No cliff explains that: a warm-up after its restart
+        (a recompile, autotuning, a cold data cache), a straggler. A reading at half its
+        floor is then not left at once (:func:`_far_below`): the window waits it out, and
+        once the count runs at speed its slow start is the restart ramp (:func:`_analyse`)."""
+        mine, sync = self._unsynced.get(replicas), self._synced.get(replicas)
+        others = [v for n, v in self._unsynced.items() if n != replicas]
+        if mine is None or sync is None or not others:
+            return False
+        excess = mine + sync - min(others)
+        return excess > 0 and sync < CLIFF_SYNC_SHARE * excess
 
     def floor_doubt(self, replicas: int) -> float:
         """Relative error to judge a measured count's own floor by: never below what its
@@ -1432,6 +1470,7 @@ def _choose(
         else:
             tail, limited = f"{nxt} predicted {model.efficiency(nxt):.2f}", None
         far = _far_below(model.efficiency(current), e_doubt, floor)
+        far = far and not model.slow_apart_from_sync(current)
         return _Choice(target, f"{head}; {tail}", limited, ok_e(current), far)
 
     if auto.objective is Objective.BUDGET:
@@ -1497,7 +1536,7 @@ def _choose(
         tail = f"{target} predicted {util(target):.2f}"
     else:
         tail = f"{target + 1} predicted {util(target + 1):.2f}"
-    far = _far_below(util(current), u_doubt, goal)
+    far = _far_below(util(current), u_doubt, goal) and not model.slow_apart_from_sync(current)
     return _Choice(target, f"{head}; {tail}", limited, ok_u(current), far)
 
 
@@ -2092,7 +2131,7 @@ def _fit(ctx: DecisionContext) -> None:
     )
     if ctx.model is not None:
         ctx.est = est = _Estimates(
-            ctx.model, analysis.points, ctx.hi, analysis.unsynced, analysis.busy
+            ctx.model, analysis.points, ctx.hi, analysis.unsynced, analysis.busy, analysis.synced
         )
         ctx.common.update(
             model=ctx.model,
