@@ -100,6 +100,7 @@ from trainscale.operator.autoscaling.simulation import (
     TableCurve,
     fragmentable,
     load_curve,
+    parse_warmup,
     run_simulation,
 )
 
@@ -459,18 +460,11 @@ def _stalls(text: str) -> tuple[float, float]:
 
 
 def _warmup(text: str) -> tuple[float, float]:
-    """``SECONDS:SHARE``, SECONDS >= 0 and SHARE within [0, 1] (argparse type)."""
+    """``SECONDS:SHARE`` (argparse type; :func:`parse_warmup` reads it)."""
     try:
-        seconds, share = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected SECONDS:SHARE (for example 180:0.5), got {text!r}"
-        ) from None
-    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= share <= 1):
-        raise argparse.ArgumentTypeError(
-            f"expected SECONDS >= 0 and SHARE within [0, 1], got {text!r}"
-        )
-    return seconds, share
+        return parse_warmup(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, got {text!r}") from None
 
 
 def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
@@ -514,15 +508,8 @@ def _restarts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Rest
 
 def _restart_label(restarts: Restarts) -> str:
     """The header's note on restarts that vary (nothing where each costs its seed's)."""
-    warm = restarts.warmup_seconds > 0 and restarts.warmup_share < 1
-    if not restarts.spread and not restarts.new_nodes and not warm:
-        return ""
-    parts = [f"log-normal spread {restarts.spread:g}"] if restarts.spread else []
-    if restarts.new_nodes:
-        parts.append(f"+{restarts.new_nodes:g} s onto nodes never spanned before")
-    if warm:
-        parts.append(f"then {restarts.warmup_seconds:g} s at {restarts.warmup_share:g} of the rate")
-    return f" (restarts vary: {', '.join(parts)})"
+    varies = ", ".join(restarts.variations())
+    return f" (restarts vary: {varies})" if varies else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from trainscale.operator.autoscaling.simulation import (
     edge_count,
     fragmentable,
     load_curve,
+    parse_warmup,
     run_simulation,
 )
 
@@ -185,11 +186,6 @@ def check_options(options: SimulateOptions) -> None:
         )
     if options.restart_seconds < 0:
         raise SimulateError(f"--restart-seconds must be >= 0, got {options.restart_seconds:g}")
-    for flag, value in (("--restart-spread", options.restart_spread),
-                        ("--restart-new-nodes", options.restart_new_nodes)):  # fmt: skip
-        if not (math.isfinite(value) and value >= 0):
-            raise SimulateError(f"{flag} must be >= 0, got {value:g}")
-    _warmup(options.warmup)
     if options.rate_window < 0:
         raise SimulateError(f"--rate-window must be >= 0, got {options.rate_window:g}")
     if options.gpus_per_node is not None and options.gpus_per_node < 1:
@@ -434,28 +430,25 @@ def write_plot(result: SimulationResult, path: str) -> None:
     plt.close(fig)
 
 
-def _warmup(text: str | None) -> tuple[float, float]:
-    """``--warmup SECONDS:SHARE`` as two numbers (none: no warm-up)."""
-    if text is None:
-        return 0.0, 1.0
-    try:
-        seconds, share = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise SimulateError(f"--warmup {text!r}: expected SECONDS:SHARE, e.g. 180:0.5") from None
-    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= share <= 1):
-        raise SimulateError(f"--warmup {text!r}: SECONDS must be >= 0 and SHARE within [0, 1]")
-    return seconds, share
+def restarts_from(options: SimulateOptions) -> Restarts:
+    """The run's :class:`Restarts` from ``--restart-seconds``, ``--restart-spread``,
+    ``--restart-new-nodes`` and ``--warmup``.
 
-
-def _restart_words(options: SimulateOptions) -> str:
-    """``60 s``, or how its restarts vary: ``60 s (spread 0.5, +120 s onto new nodes)``."""
-    extra = [f"spread {options.restart_spread:g}"] if options.restart_spread else []
-    if options.restart_new_nodes:
-        extra.append(f"+{options.restart_new_nodes:g} s onto new nodes")
-    seconds, share = _warmup(options.warmup)
-    if seconds and share < 1:
-        extra.append(f"then {seconds:g} s at {share:g} of the rate")
-    return f"{options.restart_seconds:g} s" + (f" ({', '.join(extra)})" if extra else "")
+    Raises:
+        SimulateError: naming the flag.
+    """
+    for flag, value in (("--restart-spread", options.restart_spread),
+                        ("--restart-new-nodes", options.restart_new_nodes)):  # fmt: skip
+        if not (math.isfinite(value) and value >= 0):
+            raise SimulateError(f"{flag} must be >= 0, got {value:g}")
+    warmup = (0.0, 1.0)
+    if options.warmup is not None:
+        try:
+            warmup = parse_warmup(options.warmup)
+        except ValueError as exc:
+            raise SimulateError(f"--warmup {options.warmup!r}: {exc}") from None
+    return Restarts(options.restart_seconds, options.restart_spread, options.restart_new_nodes,
+                    *warmup)  # fmt: skip
 
 
 def run_simulate(options: SimulateOptions, out: Any) -> int:
@@ -465,6 +458,8 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         SimulateError: on a bad flag or curve, naming it.
     """
     check_options(options)
+    restarts = restarts_from(options)
+    varies = ", ".join(restarts.variations())
     spec = build_spec(options)
     try:
         curve = _partly_free(
@@ -477,12 +472,7 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             spec,
             hours=options.hours,
             noise=Noise(options.noise, options.missing_scrapes),
-            restart_seconds=Restarts(
-                options.restart_seconds,
-                options.restart_spread,
-                options.restart_new_nodes,
-                *_warmup(options.warmup),
-            ),
+            restart_seconds=restarts,
             rate_window=options.rate_window,
             seed=options.seed,
             change=change,
@@ -502,7 +492,8 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         f"# {result.curve} ({where}), objective {auto.objective.value}, start {spec.replicas} "
         f"in [{spec.min_replicas}, {spec.max_replicas}], {options.hours:g} h, interval "
         f"{auto.interval_seconds} s, noise {options.noise:.0%}, restart "
-        f"{_restart_words(options)}, rate window {options.rate_window:g} s, seed "
+        f"{options.restart_seconds:g} s{f' ({varies})' if varies else ''}, rate window "
+        f"{options.rate_window:g} s, seed "
         f"{options.seed}"
         + ("; the job says the time it has left" if options.told_length else "")
         + (

@@ -1469,8 +1469,7 @@ def _choose(
             tail, limited = f"{target} predicted {model.efficiency(target):.2f}", None
         else:
             tail, limited = f"{nxt} predicted {model.efficiency(nxt):.2f}", None
-        far = _far_below(model.efficiency(current), e_doubt, floor)
-        far = far and not model.slow_apart_from_sync(current)
+        far = _far_below(model, current, model.efficiency(current), e_doubt, floor)
         return _Choice(target, f"{head}; {tail}", limited, ok_e(current), far)
 
     if auto.objective is Objective.BUDGET:
@@ -1536,7 +1535,7 @@ def _choose(
         tail = f"{target} predicted {util(target):.2f}"
     else:
         tail = f"{target + 1} predicted {util(target + 1):.2f}"
-    far = _far_below(util(current), u_doubt, goal) and not model.slow_apart_from_sync(current)
+    far = _far_below(model, current, util(current), u_doubt, goal)
     return _Choice(target, f"{head}; {tail}", limited, ok_u(current), far)
 
 
@@ -1550,9 +1549,15 @@ def _within_doubt(doubt: float) -> str:
     return f", within its doubt (+- {doubt:.3f}): not known to break it"
 
 
-def _far_below(value: float, error: float, floor: float) -> bool:
-    """Whether a count's estimate breaks its floor beyond any noise (leave it at once)."""
-    return value < floor * FAR_BELOW_FLOOR and value + FAR_BELOW_Z * error < floor
+def _far_below(est: _Estimates, current: int, value: float, error: float, floor: float) -> bool:
+    """Whether the current count's estimate ``value`` breaks its floor beyond any noise,
+    past a cliff (leave it at once): not where it is slow for something other than its
+    synchronisation (:meth:`_Estimates.slow_apart_from_sync`)."""
+    return (
+        value < floor * FAR_BELOW_FLOOR
+        and value + FAR_BELOW_Z * error < floor
+        and not est.slow_apart_from_sync(current)
+    )
 
 
 def _counts_left_downwards(observations: Sequence[Observation]) -> set[int]:

@@ -839,16 +839,30 @@ class Restarts:
             base *= math.exp(rng.gauss(-self.spread * self.spread / 2.0, self.spread))
         return base + (self.new_nodes if nodes > most_nodes else 0.0)
 
-    def label(self) -> str:
-        """``60s``, ``60s~0.5``, ``60s+120s/new nodes``: how a table names it."""
-        text = f"{self.seconds:g}s"
-        if self.spread:
-            text += f"~{self.spread:g}"
+    def variations(self) -> list[str]:
+        """How its restarts vary, in words (``spread 0.5``, ``+120 s onto new nodes``,
+        ``then 180 s at 0.5 of the rate``); empty where each costs ``seconds``."""
+        words = [f"spread {self.spread:g}"] if self.spread else []
         if self.new_nodes:
-            text += f"+{self.new_nodes:g}s/new nodes"
+            words.append(f"+{self.new_nodes:g} s onto new nodes")
         if self.warmup_seconds and self.warmup_share < 1:
-            text += f", then {self.warmup_seconds:g}s at x{self.warmup_share:g}"
-        return text
+            words.append(f"then {self.warmup_seconds:g} s at {self.warmup_share:g} of the rate")
+        return words
+
+
+def parse_warmup(text: str) -> tuple[float, float]:
+    """``SECONDS:SHARE`` (a warm-up after each restart, :class:`Restarts`) as two numbers.
+
+    Raises:
+        ValueError: saying what is expected (the caller names its flag).
+    """
+    try:
+        seconds, share = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError("expected SECONDS:SHARE, e.g. 180:0.5") from None
+    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= share <= 1):
+        raise ValueError("SECONDS must be >= 0 and SHARE within [0, 1]")
+    return seconds, share
 
 
 class _RestartCosts:
@@ -1413,7 +1427,8 @@ def _checked_run(
     change: CurveChange | None = None,
     ceilings: Sequence[Ceiling] = (),
 ) -> tuple[TrainingJobSpec, Noise, _RestartCosts]:
-    """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied."""
+    """Validate :func:`run_simulation`'s settings; the spec with ``interval`` applied, the
+    noise, and the run's restarts (their nodes spanned and random stream start here)."""
     if change is not None and not 0.0 < change.at_seconds < hours * 3600.0:
         raise ValueError(f"the curve must change within the run, got {change.at_seconds} s")
     if ceilings and change is not None:
