@@ -85,7 +85,9 @@ The decision
 1. hard limits: bounds, unschedulable pods, a cluster ceiling, a budget overrun; at once.
 2. metrics freshness: no fresh observation -> hold (``metrics_stale``), or back toward a
    count the job was forced off as far as the cap now allows (:func:`_blind`); restart cost.
-3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count.
+3. settling: wait for ``MIN_SETTLED_SAMPLES`` settled samples at the current count, taken
+   once it has run as long as the recent rescales took to settle (a warm-up ending in a
+   step reads steady until the step).
 4. fit: the placement-aware model, corrected by the measured counts (:class:`_Estimates`).
 5. objective: ``efficiency``, ``budget`` or ``utilization`` within the trust region (2x,
    up to the limit when that is within 4x, 4x with curvature, of the largest measured
@@ -117,6 +119,7 @@ import enum
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 from trainscale.operator.api import Objective, TrainingJobSpec, is_allowed, nearest_allowed
 from trainscale.operator.autoscaling.placement import compute_packed_nodes
@@ -566,6 +569,7 @@ def _analyse(
     segments = _segments(obs, split_at, workers_per_node)
     latest_settled = 0
     latest_dipped = False
+    ramps: list[float] = []  # seconds from each rescale to its count's first settled sample
     for si, seg in enumerate(segments):
         values = [_metric(o, mode) for o in seg]
         positive = [v for v in values if v is not None and v > 0]
@@ -600,6 +604,9 @@ def _analyse(
         ]
         good_flags.extend(flags)
         levels.extend([level] * len(seg))
+        ramp = _ramp_seconds(segments, si, flags, workers_per_node, max_gap)
+        if ramp is not None:
+            ramps.append(ramp)
         settled = [seg[i] for i in range(len(seg)) if flags[i]]
         settled_by_key.setdefault(key, []).extend(settled)
         for o in settled:
@@ -617,7 +624,10 @@ def _analyse(
                 tau, u = 1.0 / v, None
             pairs.setdefault(key, []).append((tau, u))
         if si == len(segments) - 1:
-            latest_settled = len(settled)
+            # A count is measured once it has run as long as the rescales before it took to
+            # settle: a warm-up that ends in a step reads steady until the step.
+            wait = max(ramps[-_RESTART_SAMPLES_KEPT:], default=0.0)
+            latest_settled = sum(1 for o in settled if o.timestamp - seg[0].timestamp >= wait)
             last = next((v for v in reversed(values) if v is not None), None)
             latest_dipped = last is not None and last < threshold
 
@@ -650,6 +660,31 @@ def _analyse(
         unsynced,
         synced,
     )
+
+
+def _ramp_seconds(
+    segments: Sequence[Sequence[Observation]],
+    si: int,
+    flags: Sequence[bool],
+    workers_per_node: int | None,
+    max_gap: float,
+) -> float | None:
+    """Seconds from a rescale to the first settled sample of segment ``si`` (None: no rescale
+    before it, none settled, or a gap on the way)."""
+    seg = segments[si]
+    if si == 0 or not any(flags):
+        return None
+    before = segments[si - 1][-1]
+    if (before.replicas, _span(before, workers_per_node)) == (
+        seg[0].replicas,
+        _span(seg[0], workers_per_node),
+    ):
+        return None  # one stay split at the last scale time: no rescale
+    first = flags.index(True)
+    times = [before.timestamp] + [o.timestamp for o in seg[: first + 1]]
+    if any(b - a > max_gap for a, b in pairwise(times)):
+        return None
+    return seg[first].timestamp - seg[0].timestamp
 
 
 def _restart_costs(
@@ -2148,6 +2183,12 @@ def _fit(ctx: DecisionContext) -> None:
 
 def decide_settling(ctx: DecisionContext) -> Recommendation | None:
     """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples.
+
+    Only samples taken once the count has run as long as the slowest of the last
+    ``_RESTART_SAMPLES_KEPT`` rescales took to reach its first settled sample count: a slow
+    start that ends in a step (a ``torch.compile`` recompile, cuDNN autotuning, a cold data
+    cache) reads as a steady level until the step, and a count judged on it looked half as
+    fast as it is (``--warmup 180:0.5``: a budget job left 8 for 24 on such readings, 0.711).
 
     Unless the job may go back to a count it was forced off (as far as a cap now allows):
     that return needs nothing measured here, so the later steps run, and this step's hold
