@@ -16,13 +16,13 @@ import pytest
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.api.reporting import format_time
+from trainscale.operator.autoscaling.policy import AWAIT_WORLD_SECONDS as AWAIT
 from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
 from trainscale.operator.autoscaling.status import (
     MAX_DECISIONS_KEPT,
     classify_reason,
     decide_autoscale,
 )
-from trainscale.operator.daemons.autoscale import AWAIT_WORLD_SECONDS as AWAIT
 from trainscale.operator.daemons.autoscale import JobLoop, settling_reason
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)

@@ -150,35 +150,43 @@ def restarted(replicas: int, start: float, ramp: int, count: int) -> list[Observ
 
 
 @pytest.mark.parametrize(
-    ("observations", "now", "says"),
+    ("observations", "now", "says", "scaled"),
     [
         # the rescale to 4 took 120 s to settle; 8 has run 90 s, three samples at one level
         pytest.param([*steady(2, count=8), *restarted(4, 240.0, 4, 6), *restarted(8, 540.0, 1, 3)],
-                     630.0, "measuring 8 replicas (0/3 settled samples)", id="as-long-as-the-last"),
+                     630.0, "measuring 8 replicas (0/3 settled samples)", None, id="as-long-as-the-last"),
         pytest.param([*steady(2, count=8), *restarted(4, 240.0, 4, 6), *restarted(8, 540.0, 1, 5)],
-                     690.0, "measuring 8 replicas (2/3 settled samples)", id="part-way"),
+                     690.0, "measuring 8 replicas (2/3 settled samples)", None, id="part-way"),
         pytest.param([*steady(2, count=8), *restarted(4, 240.0, 4, 6), *restarted(8, 540.0, 1, 6)],
-                     720.0, None, id="run-long-enough"),
+                     720.0, None, None, id="run-long-enough"),
         # the longest of the recent rescales counts (the 120 s one before a 30 s one)
         pytest.param([*steady(2, count=8), *restarted(4, 240.0, 4, 6), *restarted(6, 540.0, 1, 6),
-                      *restarted(8, 750.0, 1, 3)], 840.0, "measuring 8 replicas (0/3", id="longest"),
+                      *restarted(8, 750.0, 1, 3)], 840.0, "measuring 8 replicas (0/3", None, id="longest"),
         # the first rescale the history shows: nothing to wait for
-        pytest.param([*steady(4, count=8), *restarted(8, 240.0, 1, 3)], 330.0, None,
+        pytest.param([*steady(4, count=8), *restarted(8, 240.0, 1, 3)], 330.0, None, None,
                      id="first-rescale"),
         # a scrape gap (150 s, over three intervals) inside the slow rescale: no duration
         pytest.param([*steady(2, count=8), *restarted(4, 240.0, 1, 0), *steady(4, start=390.0, count=5),
-                      *restarted(8, 540.0, 1, 3)], 630.0, None, id="gap-teaches-nothing"),
+                      *restarted(8, 540.0, 1, 3)], 630.0, None, None, id="gap-teaches-nothing"),
+        # the daemon measures nothing while the new world forms and for settleSeconds after
+        # (75 s here, and up to 120 s for the world): 240 s without a sample across the
+        # rescale to 4 is its quiet time, not a gap, and its 120 s ramp is learned
+        pytest.param([*steady(2, count=8), *restarted(4, 450.0, 4, 6), *restarted(8, 750.0, 1, 3)],
+                     840.0, "measuring 8 replicas (0/3", None, id="across-the-daemon-quiet-time"),
+        # 300 s without a sample is longer than that (and the interval): an interruption
+        pytest.param([*steady(2, count=8), *restarted(4, 510.0, 4, 6), *restarted(8, 810.0, 1, 3)],
+                     900.0, None, None, id="longer-than-the-quiet-time"),
         # 4 read slow for a minute after the scale to 8 was asked (at 540, the last scale
         # time, which splits its stay): the same count, no rescale, nothing to wait for
         pytest.param([*steady(2, count=8), *steady(4, start=240.0, count=10),
-                      *restarted(4, 540.0, 2, 1), *restarted(8, 630.0, 1, 3)], 720.0, None,
+                      *restarted(4, 540.0, 2, 1), *restarted(8, 630.0, 1, 3)], 720.0, None, 540.0,
                      id="split-stay-is-no-rescale"),
     ],
 )  # fmt: skip
-def test_settling_waits_as_long_as_rescales_took(observations, now, says) -> None:  # type: ignore[no-untyped-def]
+def test_settling_waits_as_long_as_rescales_took(observations, now, says, scaled) -> None:  # type: ignore[no-untyped-def]
     """A warm-up that ends in a step (a recompile, a cold cache) reads steady until the step:
     a count is measured once it has run as long as the recent rescales took to settle."""
-    rec = run_to(context(observations, 8, now, last_scale_time=540.0), "settling")
+    rec = run_to(context(observations, 8, now, last_scale_time=scaled), "settling")
     assert (rec is None) == (says is None), None if rec is None else rec.reason
     if rec is not None:
         assert says in rec.reason

@@ -196,6 +196,13 @@ PROBE_SETTLED_SAMPLES = 4 * JUMP_SETTLED_SAMPLES
 neighbour's estimate that drifted near the floor is noise, and probing it would be a late
 flap (as exploration, never after a long stay)."""
 
+AWAIT_WORLD_SECONDS = 120.0
+"""Longest wait for the workers' world to change after the worker count did: a pod replaced
+after a crash can rejoin a world of the same size (no change to see), and then what is
+measured is that size anyway. The autoscale daemon measures nothing while it waits, nor for
+``settleSeconds`` after: a rescale's observations have a gap up to that long plus the
+interval by design (:func:`_ramp_seconds`)."""
+
 LEAVING_PROBE_BAND = 0.1
 """A multi-node count missing its floor by less than this share has the full-node count
 below it probed before the job leaves for a count two or more nodes smaller
@@ -530,6 +537,7 @@ def _analyse(
     workers_per_node: int | None = None,
     *,
     settled_run: int | None = MIN_SETTLED_SAMPLES,
+    quiet: float = 0.0,
 ) -> _Analysis:
     """Find the settled samples of each replica count and the cost of each observed restart.
 
@@ -543,6 +551,9 @@ def _analyse(
     seconds at the new steady rate, from the last good sample of one count to the first
     settled sample of the next, counted only when the samples in between are dense (no gap
     above ``max_gap``): compacted or interrupted histories teach nothing about restarts.
+    ``quiet``: how much longer than ``max_gap`` the caller measures nothing after a rescale
+    (the daemon's wait for the new world and ``settleSeconds``); a rescale's ramp is learned
+    across that gap (:func:`_ramp_seconds`).
     """
     obs = sorted(observations, key=lambda o: o.timestamp)
     mode: ModelSource | None = None
@@ -604,7 +615,7 @@ def _analyse(
         ]
         good_flags.extend(flags)
         levels.extend([level] * len(seg))
-        ramp = _ramp_seconds(segments, si, flags, workers_per_node, max_gap)
+        ramp = _ramp_seconds(segments, si, flags, workers_per_node, max_gap, quiet)
         if ramp is not None:
             ramps.append(ramp)
         settled = [seg[i] for i in range(len(seg)) if flags[i]]
@@ -668,9 +679,12 @@ def _ramp_seconds(
     flags: Sequence[bool],
     workers_per_node: int | None,
     max_gap: float,
+    quiet: float = 0.0,
 ) -> float | None:
-    """Seconds from a rescale to the first settled sample of segment ``si`` (None: no rescale
-    before it, none settled, or a gap on the way)."""
+    """Seconds from a rescale's first sample to the first settled sample of segment ``si``
+    (None: no rescale before it, none settled, or a gap on the way: over ``max_gap`` inside
+    the segment, over ``max_gap + quiet`` across the rescale, where the caller measures
+    nothing by design)."""
     seg = segments[si]
     if si == 0 or not any(flags):
         return None
@@ -681,7 +695,9 @@ def _ramp_seconds(
     ):
         return None  # one stay split at the last scale time: no rescale
     first = flags.index(True)
-    times = [before.timestamp] + [o.timestamp for o in seg[: first + 1]]
+    if seg[0].timestamp - before.timestamp > max_gap + quiet:
+        return None
+    times = [o.timestamp for o in seg[: first + 1]]
     if any(b - a > max_gap for a, b in pairwise(times)):
         return None
     return seg[first].timestamp - seg[0].timestamp
@@ -2112,7 +2128,11 @@ def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
     """Digest the observations and the restart cost; hold without fresh metrics."""
     auto = ctx.spec.autoscaling
     analysis = ctx.analysis = _analyse(
-        ctx.observations, ctx.last_scale_time, ctx.max_gap, ctx.workers_per_node
+        ctx.observations,
+        ctx.last_scale_time,
+        ctx.max_gap,
+        ctx.workers_per_node,
+        quiet=auto.settle_seconds + AWAIT_WORLD_SECONDS,
     )
     costs = analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]
     learned = _median(costs) if costs else None

@@ -31,6 +31,7 @@ from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, clu
 from trainscale.operator.autoscaling import status as autoscale
 from trainscale.operator.autoscaling.node_filters import NodeBound
 from trainscale.operator.autoscaling.observed_placement import build_placement, node_of_pod
+from trainscale.operator.autoscaling.policy import AWAIT_WORLD_SECONDS
 from trainscale.operator.controller import reconcile
 from trainscale.operator.controller.builders import JobRef
 from trainscale.operator.daemons.cluster import ClusterArbitration, arbitration_of, job_key
@@ -52,11 +53,6 @@ from trainscale.operator.daemons.common import (
 from trainscale.operator.daemons.common import utcnow as _utcnow
 from trainscale.operator.daemons.options import options_of
 from trainscale.operator.observability.metric_names import AUTOSCALE_LOOP
-
-AWAIT_WORLD_SECONDS = 120.0
-"""Longest wait for the workers' world to change after the worker count did: a pod replaced
-after a crash can rejoin a world of the same size (no change to see), and then what is
-measured is that size anyway."""
 
 
 @dataclasses.dataclass
