@@ -635,8 +635,9 @@ def _analyse(
                 tau, u = 1.0 / v, None
             pairs.setdefault(key, []).append((tau, u))
         if si == len(segments) - 1:
-            # A count is measured once it has run as long as the rescales before it took to
-            # settle: a warm-up that ends in a step reads steady until the step.
+            # A count is measured once it has run as long as the last rescales took to settle
+            # (its own among them, which never holds back a settled sample of its own): a
+            # warm-up that ends in a step reads steady until the step.
             wait = max(ramps[-_RESTART_SAMPLES_KEPT:], default=0.0)
             latest_settled = sum(1 for o in settled if o.timestamp - seg[0].timestamp >= wait)
             last = next((v for v in reversed(values) if v is not None), None)
