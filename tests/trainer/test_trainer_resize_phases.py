@@ -113,7 +113,11 @@ def _phases(text: str) -> dict[str, float]:
 
 
 def _steps_lost(text: str) -> float:
-    match = re.search(rf"^{names.RESIZE_STEPS_LOST} (\S+)$", text, re.M)
+    return _gauge(text, names.RESIZE_STEPS_LOST)
+
+
+def _gauge(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
     assert match, text
     return float(match.group(1))
 
@@ -124,14 +128,21 @@ def test_endpoint_serves_one_series_per_known_phase() -> None:
     assert port is not None
     try:
         before = _scrape(port)
+        recorded = time.time()
         metrics.record_restart({"rendezvous": 1.5, "first_step": 0.25}, steps_lost=0)
         after = _scrape(port)
+        metrics.record_restart({"rendezvous": 1.0}, steps_lost=0, ended=1234.5)
+        told = _scrape(port)
     finally:
         metrics.shutdown()
     assert _phases(before) == {}
     assert math.isnan(_steps_lost(before))
+    assert math.isnan(_gauge(before, names.RESIZE_END_TIME))
     assert _phases(after) == {"rendezvous": 1.5, "first_step": 0.25}
     assert _steps_lost(after) == 0.0
+    # when it ended: the operator tells a rescale's restart from an older one by it
+    assert recorded <= _gauge(after, names.RESIZE_END_TIME) <= time.time()
+    assert _gauge(told, names.RESIZE_END_TIME) == 1234.5
     with pytest.raises(ValueError, match="warmup"):
         metrics.record_restart({"warmup": 1.0}, steps_lost=None)
 
@@ -145,24 +156,32 @@ def _pod_phases(pod: PodMetricsCollector) -> tuple[dict[str, float], float]:
     return phases, families[names.RESIZE_STEPS_LOST].samples[0].value
 
 
+def _pod_end(pod: PodMetricsCollector) -> float:
+    families = {f.name: f for f in pod.collect()}
+    return float(families[names.RESIZE_END_TIME].samples[0].value)
+
+
 def test_a_pod_serves_the_previous_restart_until_the_new_one_has_stepped(
     tmp_path: Path,
 ) -> None:
     old = TrainerMetrics()
     old.publish_to(tmp_path, 0)
-    old.record_restart({"rendezvous": 2.0, "restore": 1.0}, steps_lost=0)
+    old.record_restart({"rendezvous": 2.0, "restore": 1.0}, steps_lost=0, ended=100.0)
     old.shutdown()  # the old world's rank exits (a restart under way)
     pod = PodMetricsCollector(tmp_path)
     assert _pod_phases(pod) == ({"rendezvous": 2.0, "restore": 1.0}, 0.0)
     new = TrainerMetrics()
     new.publish_to(tmp_path, 0)  # the new world's rank, before its first step
     assert _pod_phases(pod) == ({"rendezvous": 2.0, "restore": 1.0}, 0.0)
-    new.record_restart({"rendezvous": 3.0, "restore": 0.5}, steps_lost=4)
+    assert _pod_end(pod) == 100.0  # and says it is the older restart
+    new.record_restart({"rendezvous": 3.0, "restore": 0.5}, steps_lost=4, ended=200.0)
     assert _pod_phases(pod) == ({"rendezvous": 3.0, "restore": 0.5}, 4.0)
+    assert _pod_end(pod) == 200.0
     other = TrainerMetrics()  # a second local rank, slower to restore: the pod's figure
     other.publish_to(tmp_path, 1)
-    other.record_restart({"rendezvous": 3.0, "restore": 0.75}, steps_lost=4)
+    other.record_restart({"rendezvous": 3.0, "restore": 0.75}, steps_lost=4, ended=201.0)
     assert _pod_phases(pod) == ({"rendezvous": 3.0, "restore": 0.75}, 4.0)
+    assert _pod_end(pod) == 201.0
     new.shutdown()
     other.shutdown()
 

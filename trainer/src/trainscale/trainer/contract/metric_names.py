@@ -27,6 +27,8 @@ STEP_SECONDS = PREFIX + "step_seconds"
 # COMMUNICATION_SECONDS_TOTAL over the rate() of this, each summed over a job's workers, is
 # the job's sync share (the operator's build_sync_fraction_query).
 STEP_SECONDS_SUM = STEP_SECONDS + "_sum"
+# Its count series: steps finished (a worker's mean step is the sum's rate over this one's).
+STEP_SECONDS_COUNT = STEP_SECONDS + "_count"
 
 # Counter: seconds this worker spent computing (forward, backward, optimizer), excluding
 # time blocked on gradient all-reduce.
@@ -105,6 +107,13 @@ RESIZE_PHASES: tuple[str, ...] = (
 # on a pod that was not part of the previous world: a job's figure is its ``max`` over pods.
 RESIZE_STEPS_LOST = PREFIX + "resize_steps_lost"
 
+# Gauge: Unix time (seconds) at which this worker's latest (re)start ended, its first step at
+# the new size done: when the two gauges above were recorded. It tells which restart they
+# describe: the operator reads a rescale's cost only from pods whose latest restart ended
+# after the rescale (a pod still serving an older restart, or an old-world pod on its way
+# out, is left out). NaN until the first restart is recorded.
+RESIZE_END_TIME = PREFIX + "resize_end_time_seconds"
+
 # Gauge: mean utilization of the pod's GPUs (its live ranks') read through NVML (0..1);
 # absent without CUDA.
 GPU_UTILIZATION_RATIO = PREFIX + "gpu_utilization_ratio"
@@ -144,6 +153,7 @@ ALL_METRICS: tuple[MetricName, ...] = (
     MetricName(CHECKPOINT_STEP, "gauge", "Optimizer step of the newest known checkpoint."),
     MetricName(RESIZE_PHASE_SECONDS, "gauge", "Seconds each phase of the latest (re)start took."),
     MetricName(RESIZE_STEPS_LOST, "gauge", "Optimizer steps the latest restart trains again."),
+    MetricName(RESIZE_END_TIME, "gauge", "Unix time the latest (re)start's first step ended."),
     MetricName(GPU_UTILIZATION_RATIO, "gauge", "GPU utilization from NVML (0..1), CUDA only."),
 )
 

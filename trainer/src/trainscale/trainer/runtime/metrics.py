@@ -83,6 +83,7 @@ _GAUGES = (
     names.AGENT_RESTARTS,
     names.CHECKPOINT_STEP,
     names.RESIZE_STEPS_LOST,
+    names.RESIZE_END_TIME,
 )
 _HISTOGRAMS = (
     (names.STEP_SECONDS, _STEP_BUCKETS),
@@ -124,9 +125,10 @@ _STEP_SUM = _STEP_HIST + len(_STEP_BUCKETS) + 1
 _CKPT_HIST = _SLOT[names.CHECKPOINT_SAVE_SECONDS]
 _PHASES = _SLOT[names.RESIZE_PHASE_SECONDS]
 _STEPS_LOST = _SLOT[names.RESIZE_STEPS_LOST]
+_RESIZE_END = _SLOT[names.RESIZE_END_TIME]
 # The latest (re)start's figures: unknown (NaN) until a process's first step; a pod whose
 # new ranks have not got there yet keeps serving the previous restart's.
-_RESTART_SLOTS = (*range(_PHASES, _PHASES + len(names.RESIZE_PHASES)), _STEPS_LOST)
+_RESTART_SLOTS = (*range(_PHASES, _PHASES + len(names.RESIZE_PHASES)), _STEPS_LOST, _RESIZE_END)
 
 
 def _doc(name: str) -> str:
@@ -361,10 +363,13 @@ class TrainerMetrics(Collector):
         v[_SLOT[names.CHECKPOINT_STEP]] = float(step)
         v[0] += 1
 
-    def record_restart(self, phases: Mapping[str, float], steps_lost: float | None) -> None:
+    def record_restart(
+        self, phases: Mapping[str, float], steps_lost: float | None, *, ended: float | None = None
+    ) -> None:
         """Record the latest (re)start: seconds per phase (names from
-        :data:`~trainscale.trainer.contract.metric_names.RESIZE_PHASES`; others are an error)
-        and the steps it trains again (None: unknown)."""
+        :data:`~trainscale.trainer.contract.metric_names.RESIZE_PHASES`; others are an error),
+        the steps it trains again (None: unknown) and when it ended (Unix seconds; default
+        now, its first step just done)."""
         unknown = set(phases) - set(names.RESIZE_PHASES)
         if unknown:
             raise ValueError(f"unknown resize phase(s) {sorted(unknown)}")
@@ -373,6 +378,7 @@ class TrainerMetrics(Collector):
         for i, phase in enumerate(names.RESIZE_PHASES):
             v[_PHASES + i] = float(phases.get(phase, math.nan))
         v[_STEPS_LOST] = math.nan if steps_lost is None else float(steps_lost)
+        v[_RESIZE_END] = time.time() if ended is None else float(ended)
         v[0] += 1
 
     def record_step(
