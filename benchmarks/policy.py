@@ -84,7 +84,7 @@ from typing import Any
 
 from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.app.simulate import decision_lines
-from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler, RestartReading
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import Observation, Recommendation
 from trainscale.operator.autoscaling.simulation import (
@@ -244,6 +244,12 @@ class Timed:
         self.calls += 1
         return rec
 
+    def restart_reading_since(self, now: float) -> float | None:
+        return self.inner.restart_reading_since(now)
+
+    def take_restart(self, reading: RestartReading, *, running: int) -> bool:
+        return self.inner.take_restart(reading, running=running)
+
 
 class Hpa:
     """The HorizontalPodAutoscaler's algorithm on GPU utilization: tolerance 0.1, a 300 s
@@ -320,6 +326,35 @@ def _fragment_label(share: float | None) -> str:
     return "" if share is None else f" ({share:g} of each node's GPUs free for the job)"
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
+def _add_operator_flags(parser: argparse.ArgumentParser) -> None:
+    """The operator's timing around a rescale, and what the trainer tells it."""
+    parser.add_argument(
+        "--settle-seconds",
+        type=_seconds,
+        metavar="S",
+        help="no measurement for S seconds after each rescale, as the operator's daemon "
+        "waits for the new world (up to 120 s) and then settleSeconds (75 s); default the "
+        "spec's settleSeconds alone (75 s, three intervals: samples dense across a rescale)",
+    )
+    parser.add_argument(
+        "--trainer-restarts",
+        action="store_true",
+        help="the job's trainer reports each restart's cost (our trainer's resize phases), "
+        "which the autoscaler learns where its samples across a rescale teach it none",
+    )
+
+
+def _settle_label(settle: float | None) -> str:
+    return "" if settle is None else f" (nothing measured {settle:g} s after a rescale)"
+
+
 def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseResult:
     curve = load_case_curve(curve_name)
     if args.fragmented is not None:
@@ -350,6 +385,8 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 controller=controller,
                 report_node_size=not args.nodes_unknown,
                 report_time_left=args.told_length,
+                settle_seconds=args.settle_seconds,
+                report_restarts=args.trainer_restarts,
             )
 
         timed = Timed(spec)
@@ -579,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "gauge, from its configured epochs or steps): a move's restart must pay back within "
         "the time it has left, not within its age",
     )
+    _add_operator_flags(parser)
     _add_restart_flags(parser)
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
@@ -614,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (noise shared by overlapping windows)' if args.windowed_noise else ''}"
         f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
         f"{' (the job says the time it has left)' if args.told_length else ''}"
+        f"{_settle_label(args.settle_seconds)}"
+        f"{' (the trainer reports its restarts)' if args.trainer_restarts else ''}"
         f"{_fragment_label(args.fragmented)}"
         f"{_stall_label(args.stalls)}"
         f"{_restart_label(restarts)}, "

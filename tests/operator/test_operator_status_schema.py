@@ -36,6 +36,7 @@ from trainscale.operator.autoscaling.policy import (
     ModelSource,
     Observation,
     Recommendation,
+    RestartCostSource,
     SpeedupModel,
 )
 from trainscale.operator.autoscaling.status import build_settling_status, decide_autoscale
@@ -160,6 +161,11 @@ def autoscale_patches(spec_dict: dict[str, Any]) -> Iterator[tuple[str, dict[str
     told = decide_autoscale(spec, hold.status, obs, (), rec(2, time_left_seconds=3725.4), NOW)
     assert told.status["autoscaling"]["timeLeftSeconds"] == 3725  # whole seconds
     yield "a job that says the time it has left", told.status
+    measured = rec(2, restart_cost_seconds=9.04, restart_cost_source=RestartCostSource.MEASURED)
+    learned = decide_autoscale(spec, told.status, obs, (), measured, NOW)
+    assert (learned.status["autoscaling"]["restartCostSeconds"],
+            learned.status["autoscaling"]["restartCostSource"]) == (9.0, "measured")  # fmt: skip
+    yield "a restart cost the trainer measured", learned.status
     empty = Observation(timestamp=1.0, replicas=2)
     errors = ("gpu utilization: connection refused",)
     stale = rec(2, metrics_stale=True)

@@ -14,7 +14,10 @@ Covers:
   restart, and a job that has run long pays a restart a 30-minute horizon would not;
 - ``predict_throughput`` is None before anything is measured, then follows the curve, per
   (count, nodes);
-- the history and the raw targets stay bounded over a long run.
+- the history and the raw targets stay bounded over a long run;
+- the trainer's measure of a restart is asked for after each rescale, taken once, only
+  when every running pod finished the restart after it, and its median (of the last 5) is
+  the restart cost where the observations teach none; the memory keeps it.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ from tests.support.policy_sim import RATE, amdahl, cliff, linear, make_spec, ste
 from trainscale.operator.api import AutoscalingStatus
 from trainscale.operator.autoscaling import AutoscalerMemory, JobAutoscaler, Placement
 from trainscale.operator.autoscaling import autoscaler as autoscaler_module
-from trainscale.operator.autoscaling.autoscaler import MeasuredPoint, SchedulableCap
-from trainscale.operator.autoscaling.policy import LimitedBy, Observation, Recommendation
+from trainscale.operator.autoscaling.autoscaler import (
+    RESTART_READ_SECONDS,
+    MeasuredPoint,
+    RestartReading,
+    SchedulableCap,
+)
+from trainscale.operator.autoscaling.policy import (
+    LimitedBy,
+    Observation,
+    Recommendation,
+    RestartCostSource,
+)
 from trainscale.operator.autoscaling.simulation import (
     Ceiling,
     FragmentedCurve,
@@ -742,3 +755,86 @@ def test_forgetting_never_churns_a_job_that_sits_at_its_best_count() -> None:
         (r.current_replicas, r.replicas, r.reason) for r in recs if r.replicas != r.current_replicas
     ]
     assert current == 2 and len(moves) == 1, moves
+
+
+def _rescaled(autoscaler: JobAutoscaler, count: int, t: float) -> float:
+    """One pass at ``count`` (a user moved ``spec.replicas`` there: a rescale at ``t``)."""
+    (o,) = steady(count, start=t, count=1, tau=amdahl(0.03))
+    autoscaler.decide([o], current_replicas=count, now=t)
+    return t
+
+
+def test_the_trainers_restart_measure_is_taken_once_per_rescale() -> None:
+    spec = make_spec(replicas=4, hi=8)
+    job = JobAutoscaler(spec)
+    # passes minutes apart, as the operator's around a rescale: no restart learned from them
+    _rescaled(job, 4, 30.0)
+    assert job.restart_reading_since(60.0) is None  # no rescale yet: nothing to ask
+    since = _rescaled(job, 5, 300.0)
+    assert job.restart_reading_since(330.0) == since
+    good = RestartReading(since, pods=5, pause_seconds=40.0, retrained_seconds=2.5)
+    # not this rescale's restart, one pod still on an older one, no workers, a bad figure
+    assert not job.take_restart(dataclasses.replace(good, since=30.0), running=5)
+    assert not job.take_restart(dataclasses.replace(good, pods=4), running=5)
+    assert not job.take_restart(good, running=0)
+    assert not job.take_restart(dataclasses.replace(good, pause_seconds=math.nan), running=5)
+    assert job.restart_reading_since(330.0) == since  # still asked for
+    assert job.take_restart(good, running=5)
+    assert not job.take_restart(good, running=5)  # once a rescale
+    assert job.restart_reading_since(360.0) is None
+    (o,) = steady(5, start=600.0, count=1, tau=amdahl(0.03))
+    rec = job.decide([o], current_replicas=5, now=600.0)
+    assert (rec.restart_cost_seconds, rec.restart_cost_source) == (42.5, RestartCostSource.MEASURED)
+    assert job.memory().restart_cost_seconds == 42.5
+    later = _rescaled(job, 6, 900.0)
+    assert job.restart_reading_since(later + RESTART_READ_SECONDS) == later
+    assert job.restart_reading_since(later + RESTART_READ_SECONDS + 1) is None  # asked long enough
+
+
+def test_the_median_of_the_last_measured_restarts_is_the_cost() -> None:
+    spec = make_spec(replicas=2, hi=16)
+    job = JobAutoscaler(spec)
+    costs = [300.0, 20.0, 30.0, 25.0, 35.0, 40.0]  # the first falls out of the last five
+    _rescaled(job, 2, 0.0)
+    for i, cost in enumerate(costs):
+        since = _rescaled(job, 3 + i, 100.0 * (i + 1))
+        assert job.take_restart(RestartReading(since, 3 + i, cost), running=3 + i)
+    (o,) = steady(8, start=1000.0, count=1, tau=amdahl(0.03))
+    rec = job.decide([o], current_replicas=8, now=1000.0)
+    assert (rec.restart_cost_seconds, rec.restart_cost_source) == (30.0, RestartCostSource.MEASURED)
+    data = json.loads(json.dumps(job.memory().to_dict()))
+    assert data["restartCostSeconds"] == 30.0
+    resumed = JobAutoscaler(spec, memory=AutoscalerMemory.from_dict(data))
+    (o,) = steady(8, start=1100.0, count=1, tau=amdahl(0.03))
+    rec = resumed.decide([o], current_replicas=8, now=1100.0)
+    assert (rec.restart_cost_seconds, rec.restart_cost_source) == (
+        30.0, RestartCostSource.REMEMBERED,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("measured", "source"), [(5.0, RestartCostSource.LEARNED), (200.0, RestartCostSource.MEASURED)]
+)
+def test_the_larger_of_the_samples_and_the_trainers_cost_is_used_and_kept(
+    measured: float, source: RestartCostSource
+) -> None:
+    """The samples across a rescale say about 60 s were lost; the trainer says ``measured``:
+    a restart costs at least the pause the trainer measured, and the samples also count a
+    slow start after it."""
+    spec = make_spec(replicas=4, hi=8)
+    job = JobAutoscaler(spec)
+    for o in steady(4, count=10, tau=amdahl(0.03)):
+        job.decide([o], current_replicas=4, now=o.timestamp)
+    since = 300.0
+    dip = [Observation(since + 30 * i, 8, 0.0, 0.0) for i in range(2)]  # 60 s at zero
+    job.decide([dip[0]], current_replicas=8, now=since)
+    assert job.take_restart(RestartReading(since, 8, measured), running=8)
+    job.decide([dip[1]], current_replicas=8, now=since + 30)
+    for o in steady(8, start=since + 60, count=10, tau=amdahl(0.03)):
+        rec = job.decide([o], current_replicas=8, now=o.timestamp)
+    assert rec.restart_cost_source is source
+    if source is RestartCostSource.LEARNED:
+        assert rec.restart_cost_seconds == pytest.approx(60.0, abs=31)
+    else:
+        assert rec.restart_cost_seconds == measured
+    assert job.memory().restart_cost_seconds == rec.restart_cost_seconds

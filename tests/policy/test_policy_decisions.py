@@ -196,6 +196,54 @@ def test_restart_cost_is_learned_from_an_observed_restart() -> None:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("spec_cost", "dense", "measured", "remembered", "expected"),
+    [
+        (5.0, True, 30.0, 42.0, (5.0, RestartCostSource.SPEC)),
+        (None, True, 30.0, 42.0, (None, RestartCostSource.LEARNED)),  # the dip: about 60 s
+        (None, True, 200.0, 42.0, (200.0, RestartCostSource.MEASURED)),  # more than the dip
+        (None, False, 30.0, 42.0, (30.0, RestartCostSource.MEASURED)),
+        (None, False, None, 42.0, (42.0, RestartCostSource.REMEMBERED)),
+        (None, False, None, None, (60.0, RestartCostSource.DEFAULT)),
+    ],
+    ids=[
+        "spec",
+        "learned-from-samples",
+        "measured-more-than-learned",
+        "measured-by-the-trainer",
+        "remembered",
+        "default",
+    ],
+)
+def test_restart_cost_sources_in_order(
+    spec_cost: float | None,
+    dense: bool,
+    measured: float | None,
+    remembered: float | None,
+    expected: tuple[float | None, RestartCostSource],
+) -> None:
+    """The spec's, then the larger of the one learned from the throughput missed across a
+    rescale (it counts a slow start too) and the trainer's measure (exactly the pause), then
+    the remembered, then 60 s."""
+    before = steady(4, count=10)
+    # samples through the rescale (60 s at zero), or the operator's quiet gap of 200 s
+    during = [Observation(300.0 + 30 * i, 8, 0.0, 0.0) for i in range(2)] if dense else []
+    after = steady(8, start=360.0 if dense else 500.0, count=10)
+    extra = {} if spec_cost is None else {"restartCostSeconds": spec_cost}
+    rec = recommend(
+        make_spec(replicas=8, **extra), [*before, *during, *after], 8, 800.0,
+        measured_restart_cost_seconds=measured, restart_cost_seconds=remembered,
+    )  # fmt: skip
+    cost, source = expected
+    assert rec.restart_cost_source is source
+    if cost is None:
+        assert rec.restart_cost_seconds == pytest.approx(60.0, abs=31)
+    else:
+        assert rec.restart_cost_seconds == cost
+    with pytest.raises(ValueError, match="measured_restart_cost_seconds"):
+        recommend(make_spec(replicas=8), after, 8, 800.0, measured_restart_cost_seconds=-1.0)
+
+
 def test_restart_samples_are_not_fitted() -> None:
     before = steady(4, count=10)
     during = [Observation(300.0 + 30 * i, 8, 0.1, 50.0) for i in range(3)]  # a slow ramp

@@ -13,7 +13,11 @@ Covers:
 - job names that try to inject PromQL or regex read nothing and break nothing;
 - spec query overrides with escaped {namespace}/{job} placeholders;
 - Prometheus stopped, unreachable, or not answering: no exception, no observation, an error;
-- query errors (bad PromQL, several series) surface as errors, not values.
+- query errors (bad PromQL, several series) surface as errors, not values;
+- the trainer's measure of the restart after a rescale: each phase's slowest pod summed,
+  plus the steps lost at the job's mean step, from the job's pods whose restart ended after
+  the rescale only (an old-world pod on its way out and decoys left out); none (and no
+  error) before any pod restarted, or for a trainer that exports no restart figures.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from tests.support.prometheus import (
     ALPHA_RATES,
     DECOY_RATES,
     RATE_WINDOW,
+    RESTART_SINCE,
     SAMPLES_LEFT,
     SYNC_RATES,
     start_prometheus,
 )
-from trainscale.operator.adapters.prometheus import fetch_observation, fetch_query
+from trainscale.operator.adapters.prometheus import fetch_observation, fetch_query, fetch_restart
 from trainscale.operator.api import PrometheusSpec
 from trainscale.trainer.contract.metric_names import SAMPLES_TOTAL
 
@@ -260,3 +265,31 @@ def test_prometheus_that_never_answers_times_out() -> None:
         for s in accepted:
             s.close()
         listener.close()
+
+
+def test_the_restart_after_a_rescale_is_read_from_the_pods_that_made_it(prometheus: str) -> None:
+    reading, asked = fetch_restart(
+        prometheus, "team-a", "alpha", since=RESTART_SINCE, rate_window=RATE_WINDOW
+    )
+    assert all(result.error is None for result in asked), asked
+    assert reading is not None and reading.since == RESTART_SINCE
+    assert reading.pods == 2  # worker-2's restart ended before the rescale
+    assert reading.pause_seconds == pytest.approx(6.0)  # stop 1 + rendezvous 4 + first step 1
+    assert reading.retrained_seconds == pytest.approx(3.0, rel=0.05)  # 3 steps of 1 s
+    assert reading.cost_seconds == pytest.approx(9.0, rel=0.02)
+    # later: only worker-1 finished a restart after it, a pod new to the job (no steps lost)
+    later, asked = fetch_restart(
+        prometheus, "team-a", "alpha", since=RESTART_SINCE + 11, rate_window=RATE_WINDOW
+    )
+    assert later is not None and (later.pods, later.retrained_seconds) == (1, 0.0)
+    assert all(result.error is None for result in asked), asked  # unknown, not NaN
+    assert later.pause_seconds == pytest.approx(5.5)
+
+
+@pytest.mark.parametrize(("job", "since"), [("alpha", RESTART_SINCE + 100), ("beta", 0.0)])
+def test_no_restart_yet_or_none_exported_reads_nothing(
+    prometheus: str, job: str, since: float
+) -> None:
+    reading, asked = fetch_restart(prometheus, "team-a", job, since=since)
+    assert reading is None
+    assert [result.error for result in asked] == [None] and asked[0].empty

@@ -119,3 +119,27 @@ def test_a_warmup_trains_slowly_after_each_restart_then_at_full_speed() -> None:
     assert run(Restarts(10.0, warmup_seconds=40.0))[0] == pytest.approx(plain)
     assert run(Restarts(10.0, warmup_seconds=0.0, warmup_share=0.25))[0] == pytest.approx(plain)
     assert plain > samples
+
+
+@pytest.mark.parametrize(("report", "costs"), [(False, {60.0}), (True, {60.0, 250.0})])
+def test_the_trainer_tells_the_autoscaler_its_restarts_where_its_samples_cannot(
+    report: bool, costs: set[float]
+) -> None:
+    """With the operator's quiet time after a rescale (the new world forming, then
+    settleSeconds: 195 s here) the throughput missed across it teaches the autoscaler no
+    restart cost; the trainer's measure of each restart does, once it is over."""
+    curve = parse_csv_curve(TWO_NODES_CSV, name="two-nodes.csv")
+    spec = make_spec(replicas=1, lo=1, hi=4, intervalSeconds=30, minEfficiency=0.5)
+    done = run_simulation(
+        curve, spec, hours=1.0, noise=0.0, restart_seconds=250.0, settle_seconds=195,
+        report_restarts=report,
+    )  # fmt: skip
+    assert len({p.replicas for p in done.points}) > 1  # it rescaled
+    used = {d.recommendation.restart_cost_seconds for d in done.decisions}
+    assert used == costs
+    sources = {d.recommendation.restart_cost_source.value for d in done.decisions}
+    assert sources == ({"default", "measured"} if report else {"default"})
+    if report:  # the measure comes once the restart is over, not before
+        told = [d.time for d in done.decisions if d.recommendation.restart_cost_seconds == 250]
+        moved = min(p.time for p in done.points if p.replicas != 1)
+        assert min(told) >= moved + 250

@@ -27,6 +27,10 @@ from trainscale.testbed.prometheus import (
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
     REMAINING_SAMPLES,
+    RESIZE_END_TIME,
+    RESIZE_PHASE_LABEL,
+    RESIZE_PHASE_SECONDS,
+    RESIZE_STEPS_LOST,
     SAMPLES_TOTAL,
     STEP_SECONDS,
 )
@@ -38,6 +42,8 @@ __all__ = [
     "DECOY_RATES",
     "GPUS",
     "RATE_WINDOW",
+    "RESTARTS",
+    "RESTART_SINCE",
     "SAMPLES_LEFT",
     "SAMPLE_RATES",
     "SYNC_RATES",
@@ -117,6 +123,30 @@ SAMPLES_LEFT = {
 }
 
 
+# The latest restart per pod (the trainer's gauges): when it ended, seconds per phase, steps
+# trained again. Since RESTART_SINCE (a rescale), alpha's two workers restarted: the job's
+# pause is each phase's slowest pod, stop 1 + rendezvous 4 + first step 1 = 6 s, and 3 steps
+# are trained again (worker-1 is new to the job: unknown, NaN) at alpha's mean step of
+# (0.8 + 1.2) / 2 = 1 s (SYNC_RATES, one step a second each): 9 s in all. alpha-worker-2 is an
+# old-world pod on its way out (its restart ended before the rescale: left out); every decoy
+# restarted after it, slowly, so a wrong scope reads far more.
+RESTART_SINCE = 1_000_000.0
+RESTARTS = {
+    ("team-a", "alpha-worker-0"): (
+        RESTART_SINCE + 10,
+        {"stop": 1.0, "rendezvous": 2.0, "first_step": 0.5},
+        3.0,
+    ),
+    ("team-a", "alpha-worker-1"): (
+        RESTART_SINCE + 12,
+        {"stop": 0.5, "rendezvous": 4.0, "first_step": 1.0},
+        float("nan"),
+    ),
+    ("team-a", "alpha-worker-2"): (RESTART_SINCE - 600, {"rendezvous": 100.0}, 50.0),
+    **{pod: (RESTART_SINCE + 20, {"rendezvous": 1000.0}, 99.0) for pod in DECOY_RATES},
+}
+
+
 class DcgmTrainerExporter(Collector):
     def __init__(self) -> None:
         self.started = time.time()
@@ -164,6 +194,17 @@ class DcgmTrainerExporter(Collector):
         )
         for (ns, pod), value in SAMPLES_LEFT.items():
             left.add_metric([ns, pod], value)
+        pod_labels = ("namespace", "pod")
+        ended = GaugeMetricFamily(RESIZE_END_TIME, "Restart ended.", labels=pod_labels)
+        lost = GaugeMetricFamily(RESIZE_STEPS_LOST, "Steps trained again.", labels=pod_labels)
+        phases = GaugeMetricFamily(
+            RESIZE_PHASE_SECONDS, "Seconds per phase.", labels=(*pod_labels, RESIZE_PHASE_LABEL)
+        )
+        for (ns, pod), (end, took, again) in RESTARTS.items():
+            ended.add_metric([ns, pod], end)
+            lost.add_metric([ns, pod], again)
+            for phase, seconds in took.items():
+                phases.add_metric([ns, pod, phase], seconds)
         # Two families of the same name would be merged by Prometheus anyway; one family
         # per name keeps the exposition valid.
         for family, extra in ((active, active_exported), (util, util_exported)):
@@ -173,3 +214,6 @@ class DcgmTrainerExporter(Collector):
         yield communication
         yield steps
         yield left
+        yield ended
+        yield lost
+        yield phases

@@ -282,6 +282,27 @@ def crash_a_worker(
     return killed_at
 
 
+def assert_restart_cost_is_the_trainers(memory: dict[str, Any], logs: list[str]) -> None:
+    """The trainer's measure of its restarts reached the operator through Prometheus: the
+    memory (read when the job left 3) keeps at least the median of the two restarts before
+    (1 -> 2, 2 -> 3), each the sum over its phases of the slowest pod, as each pod's rank 0
+    logged them (``restart phases (world N): stop 0.31s | ...``, 0.01 s resolution). The
+    throughput missed across a rescale, all the operator had before, read 0-0.8 s here where
+    the trainer paused 1-3 s."""
+    pauses = []
+    for world, pods in ((2, logs[:2]), (3, logs[:3])):
+        slowest: dict[str, float] = {}
+        for log in pods:  # each pod's first restart at this size
+            line = re.search(rf"restart phases \(world {world}\): (.*)", log)
+            assert line, log[-3000:]
+            for phase, seconds in re.findall(r"(\w+) ([0-9.]+)s", line.group(1)):
+                slowest[phase] = max(slowest.get(phase, 0.0), float(seconds))
+        pauses.append(sum(slowest.values()))
+    median = sum(pauses) / 2
+    assert median > 0, pauses
+    assert median - 0.05 <= memory.get("restartCostSeconds", 0.0) < 30, (memory, pauses)
+
+
 def assert_audit(entries: list[dict[str, Any]], killed_at: float) -> None:
     """Every sample of every epoch trained exactly once in the final history; no step trained
     twice before the crash (resizes lose nothing), at most one checkpoint interval after it."""
@@ -382,5 +403,6 @@ def test_autoscaler_resizes_real_training(
     # (rank 0 prints "stopping at step N"; where rank 0 is the removed pod's the line may be
     # cut short by its exit: the audit below proves the step-exact resume in every case)
     assert set(stops) <= set(resumes) and len(set(resumes)) >= len(moves), lines
+    assert_restart_cost_is_the_trainers(memory, [log_of(i) for i in range(3)])
 
     assert_audit(read_audit(audit_dir), killed_at)

@@ -34,6 +34,9 @@ from trainscale.operator.adapters.promql import (
     DEFAULT_RATE_WINDOW,
     build_gpu_utilization_query,
     build_remaining_samples_query,
+    build_restart_pause_query,
+    build_restart_retrained_query,
+    build_restarted_pods_query,
     build_sync_fraction_query,
     build_throughput_query,
     build_world_size_query,
@@ -41,6 +44,7 @@ from trainscale.operator.adapters.promql import (
     render_query_override,
 )
 from trainscale.operator.api import PrometheusSpec
+from trainscale.operator.autoscaling.autoscaler import RestartReading
 from trainscale.operator.autoscaling.policy import Observation
 
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -332,3 +336,39 @@ def fetch_world_size(
     url, access = _server(base_url, spec, access)
     query = build_world_size_query(namespace, job)
     return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)
+
+
+def fetch_restart(
+    base_url: str,
+    namespace: str,
+    job: str,
+    *,
+    since: float,
+    spec: PrometheusSpec | None = None,
+    access: PrometheusAccess | None = None,
+    rate_window: str = DEFAULT_RATE_WINDOW,
+) -> tuple[RestartReading | None, tuple[QueryResult, ...]]:
+    """The trainer's measure of the restart that ended after ``since`` (the job's last
+    rescale, Unix seconds), and every query made; never raises for Prometheus trouble.
+
+    The reading is None until a pod reports a restart after ``since`` (a trainer that
+    exports no restart figures never does), or when its pause cannot be read. The
+    retrained seconds are 0 where no pod knows its steps lost (every pod new to the job) or
+    no step finished in the window.
+    """
+    spec = spec or PrometheusSpec()
+    url, access = _server(base_url, spec, access)
+
+    def ask(query: str) -> QueryResult:
+        return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)
+
+    pods = ask(build_restarted_pods_query(namespace, job, since))
+    if not pods.value:
+        return None, (pods,)
+    pause = ask(build_restart_pause_query(namespace, job, since))
+    retrained = ask(build_restart_retrained_query(namespace, job, since, window=rate_window))
+    asked = (pods, pause, retrained)
+    if pause.value is None or pause.value < 0:
+        return None, asked
+    again = retrained.value if retrained.value is not None and retrained.value >= 0 else 0.0
+    return RestartReading(since, int(pods.value), pause.value, again), asked

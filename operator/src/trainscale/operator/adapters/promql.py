@@ -19,13 +19,19 @@ without ``honorLabels`` (Prometheus renames the clashing labels). Both are match
 
 from __future__ import annotations
 
+import math
 import re
 
 from trainscale.operator.api.dcgm import DCGM_ENGINE_ACTIVE, DCGM_GPU_UTIL
 from trainscale.trainer.contract.metric_names import (
     COMMUNICATION_SECONDS_TOTAL,
     REMAINING_SAMPLES,
+    RESIZE_END_TIME,
+    RESIZE_PHASE_LABEL,
+    RESIZE_PHASE_SECONDS,
+    RESIZE_STEPS_LOST,
     SAMPLES_TOTAL,
+    STEP_SECONDS_COUNT,
     STEP_SECONDS_SUM,
     WORLD_SIZE,
 )
@@ -177,6 +183,70 @@ def build_remaining_samples_query(namespace: str, job: str) -> str:
         + " or ".join(f"({s} >= 0)" for s in _selectors(REMAINING_SAMPLES, namespace, job))
         + ")"
     )
+
+
+def _restarted_since(metric: str, namespace: str, job: str, since: float) -> list[str]:
+    """Per label style: the job's pods' ``metric`` series, only of pods whose latest restart
+    ended after ``since`` (the trainer's :data:`RESIZE_END_TIME`)."""
+    if not math.isfinite(since):
+        raise ValueError(f"since must be a finite time, got {since!r}")
+    ends = _selectors(RESIZE_END_TIME, namespace, job)
+    return [
+        f"({series} and on({ns_label}, {pod_label}) ({end} > {since:.3f}))"
+        for series, end, (ns_label, pod_label) in zip(
+            _selectors(metric, namespace, job), ends, _LABEL_STYLES, strict=True
+        )
+    ]
+
+
+def build_restarted_pods_query(namespace: str, job: str, since: float) -> str:
+    """How many of the job's worker pods finished a restart after ``since`` (Unix seconds):
+    their first step at the new size is done, so their restart figures are this restart's.
+
+    Raises:
+        ValueError: on an empty namespace or job, or a time that is not finite.
+    """
+    if not math.isfinite(since):
+        raise ValueError(f"since must be a finite time, got {since!r}")
+    ends = _selectors(RESIZE_END_TIME, namespace, job)
+    return "count(" + " or ".join(f"({end} > {since:.3f})" for end in ends) + ")"
+
+
+def build_restart_pause_query(namespace: str, job: str, since: float) -> str:
+    """Seconds the job's training paused for the restart that ended after ``since``: each
+    phase's slowest pod (every rank waits for the slowest), summed over the phases, from the
+    old world's last step to the new world's first (the trainer's
+    :data:`RESIZE_PHASE_SECONDS`). Pods whose latest restart ended before ``since`` are left
+    out: they still serve an older restart's figures.
+
+    Raises:
+        ValueError: on an empty namespace or job, or a time that is not finite.
+    """
+    parts = _restarted_since(RESIZE_PHASE_SECONDS, namespace, job, since)
+    return f"sum(max by ({RESIZE_PHASE_LABEL}) (" + " or ".join(parts) + "))"
+
+
+def build_restart_retrained_query(
+    namespace: str, job: str, since: float, *, window: str = DEFAULT_RATE_WINDOW
+) -> str:
+    """Seconds of training the restart that ended after ``since`` does again: the most steps
+    any of its pods trains again (the trainer's :data:`RESIZE_STEPS_LOST`; NaN, a pod new to
+    the job, left out) times the job's mean step seconds over ``window``. Empty where no pod
+    knows its steps lost, or no step finished in the window.
+
+    Raises:
+        ValueError: on an empty namespace or job, a time that is not finite, or a window
+            that is not a PromQL duration.
+    """
+    _check_window(window)
+    lost = [f"({p} >= 0)" for p in _restarted_since(RESIZE_STEPS_LOST, namespace, job, since)]
+
+    def summed_rate(metric: str) -> str:
+        parts = [f"rate({s}[{window}])" for s in _selectors(metric, namespace, job)]
+        return "sum(" + " or ".join(parts) + ")"
+
+    step = f"({summed_rate(STEP_SECONDS_SUM)} / ({summed_rate(STEP_SECONDS_COUNT)} > 0))"
+    return "max(" + " or ".join(lost) + f") * {step}"
 
 
 _PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')

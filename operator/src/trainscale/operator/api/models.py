@@ -749,6 +749,19 @@ class AutoscalingStatus(_Model):
         "where the trainer does not say, or where prometheus.throughputQuery is not plainly "
         "the summed rate() of its samples counter (the job's age is the horizon then).",
     )
+    restart_cost_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="What a rescale costs the job in training time, as the decision used it: "
+        "a rescale must gain enough to pay it back.",
+    )
+    restart_cost_source: str | None = Field(
+        default=None,
+        description="Where restartCostSeconds came from: spec (autoscaling.restartCostSeconds), "
+        "learned (the throughput missed across a rescale), measured (the trainer's own "
+        "measure of its restarts: trainscale_trainer_resize_phase_seconds and steps lost), "
+        "remembered (an earlier operator's, kept in status) or default (60 s).",
+    )
     reason: str | None = Field(default=None, description="Why, in words.")
     step: str | None = Field(
         default=None,

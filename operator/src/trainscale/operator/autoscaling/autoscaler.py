@@ -26,6 +26,7 @@ from trainscale.operator.api import TrainingJobSpec
 from trainscale.operator.autoscaling.change import find_curve_change
 from trainscale.operator.autoscaling.placement import Placement, infer_workers_per_node
 from trainscale.operator.autoscaling.policy import (
+    RESTART_SAMPLES_KEPT,
     LimitedBy,
     Observation,
     Recommendation,
@@ -50,6 +51,11 @@ RESTORED_SAMPLES = 20
 
 _RESTORED_AGE_SECONDS = 7 * 86400.0  # restored samples sit this far before the first pass
 
+RESTART_READ_SECONDS = 900.0
+"""After a rescale the job asks for the trainer's measure of its restart
+(:meth:`JobAutoscaler.restart_reading_since`) for at most this long: a trainer that exports
+none, or pods that never all come up, are not asked about forever."""
+
 UNSCHEDULABLE_RETRY_SECONDS = 300.0
 """After pods beyond a count were unschedulable (the job capped at the workers that ran), it
 asks for no more than that for this long, then tries again. Without it, the job returned to
@@ -73,6 +79,39 @@ and it held one GPU short of its share, that GPU idle (the likely cause of a job
 on the test-bed holding 3 of its 4-GPU share, two jobs having arrived together on one
 pool). Pods still unschedulable after this cap the job as before: something other than
 GPUs keeps them off (CPU, memory, pod affinity)."""
+
+
+@dataclass(frozen=True)
+class RestartReading:
+    """The trainer's own measure of the restart that followed a rescale, as Prometheus has
+    it (``trainscale_trainer_resize_phase_seconds``, ``..._resize_steps_lost``, and
+    ``..._resize_end_time_seconds`` to tell which restart the figures describe).
+
+    Why the trainer's: the policy learns a restart's cost from the throughput it misses
+    across the rescale, which takes samples every interval through it; the operator measures
+    nothing while the new world forms and for ``settleSeconds`` after, so it rarely learned
+    one and a job kept its spec's, its remembered cost or 60 s, however long its restarts
+    took.
+
+    Attributes:
+        since: The rescale it was read for (the last scale time, the caller's epoch); only
+            pods whose latest restart ended after it count.
+        pods: Worker pods whose latest restart ended after ``since``.
+        pause_seconds: Seconds training paused: each restart phase's slowest pod, summed
+            (the old world's last step to the new world's first).
+        retrained_seconds: Seconds of training done again (steps lost times the mean step;
+            0 when no pod knows its steps lost).
+    """
+
+    since: float
+    pods: int
+    pause_seconds: float
+    retrained_seconds: float = 0.0
+
+    @property
+    def cost_seconds(self) -> float:
+        """The training time the restart cost."""
+        return self.pause_seconds + self.retrained_seconds
 
 
 @dataclass(frozen=True)
@@ -316,6 +355,8 @@ class JobAutoscaler:
         self._observations: list[Observation] = []
         self._targets: list[tuple[float, int]] = []
         self._restart_cost = memory.restart_cost_seconds if memory else None
+        self._restarts: list[float] = []  # restart costs the trainer measured, newest last
+        self._restart_read_for: float | None = None  # the last scale time measured
         self._last_scale_time = memory.last_scale_time if memory else None
         self._forced: set[int] = set(memory.forced_from) if memory else set()
         self._left: set[int] = set(memory.left_downwards) if memory else set()
@@ -334,6 +375,37 @@ class JobAutoscaler:
     def update_spec(self, spec: TrainingJobSpec) -> None:
         """The user edited the job: decide on the new spec from now on."""
         self._spec = spec
+
+    def restart_reading_since(self, now: float) -> float | None:
+        """The rescale whose restart the trainer's measure is wanted for (its time, to read
+        the restart that ended after it), or None: none since the last one measured, or
+        longer ago than :data:`RESTART_READ_SECONDS`."""
+        since = self._last_scale_time
+        if since is None or since == self._restart_read_for:
+            return None
+        return since if now - since <= RESTART_READ_SECONDS else None
+
+    def take_restart(self, reading: RestartReading, *, running: int) -> bool:
+        """Learn a restart's cost from the trainer's measure of it; True if it was taken.
+
+        Taken once per rescale, and only when it is the restart after the rescale
+        :meth:`restart_reading_since` asks about and every running worker finished it
+        (``reading.pods`` >= ``running``): a pod whose first step at the new size has not
+        come yet still serves an older restart, and the slowest pod sets the pause. The
+        median of the last few taken is the restart cost decisions use where the
+        observations teach none (see :func:`~.policy.recommend`) and the memory keeps.
+        """
+        if (
+            running < 1
+            or reading.since != self._last_scale_time
+            or reading.since == self._restart_read_for
+            or reading.pods < running
+            or not (math.isfinite(reading.cost_seconds) and reading.cost_seconds >= 0)
+        ):
+            return False
+        self._restarts = [*self._restarts[-(RESTART_SAMPLES_KEPT - 1) :], reading.cost_seconds]
+        self._restart_read_for = reading.since
+        return True
 
     def decide(
         self,
@@ -406,6 +478,7 @@ class JobAutoscaler:
             unschedulable_replicas=unschedulable_replicas,
             last_scale_time=self._last_scale_time,
             restart_cost_seconds=self._restart_cost,
+            measured_restart_cost_seconds=_median(self._restarts) if self._restarts else None,
             recent_targets=self._targets,
             forced_from=sorted(self._forced),
             workers_per_node=self._workers_per_node,
@@ -417,8 +490,16 @@ class JobAutoscaler:
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
-        if rec.learned_restart_cost_seconds is not None:
-            self._restart_cost = rec.learned_restart_cost_seconds
+        known = [
+            c
+            for c in (
+                rec.learned_restart_cost_seconds,
+                _median(self._restarts) if self._restarts else None,
+            )
+            if c is not None
+        ]
+        if known:  # what the job's own restarts cost (as decisions take it: the larger)
+            self._restart_cost = max(known)
         if room_appeared and rec.replicas > current_replicas:
             assert cap is not None
             rec = replace(

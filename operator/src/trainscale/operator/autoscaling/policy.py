@@ -215,7 +215,7 @@ _MIN_RELATIVE_NOISE = 0.01
 _NOISE_PRIOR = 0.03
 _NOISE_PRIOR_SAMPLES = 6
 _MAX_POINT_SAMPLES = 30
-_RESTART_SAMPLES_KEPT = 5
+RESTART_SAMPLES_KEPT = 5
 
 
 class LimitedBy(enum.StrEnum):
@@ -243,6 +243,7 @@ class RestartCostSource(enum.StrEnum):
 
     SPEC = "spec"
     LEARNED = "learned"
+    MEASURED = "measured"
     REMEMBERED = "remembered"
     DEFAULT = "default"
 
@@ -638,7 +639,7 @@ def _analyse(
             # A count is measured once it has run as long as the last rescales took to settle
             # (its own among them, which never holds back a settled sample of its own): a
             # warm-up that ends in a step reads steady until the step.
-            wait = max(ramps[-_RESTART_SAMPLES_KEPT:], default=0.0)
+            wait = max(ramps[-RESTART_SAMPLES_KEPT:], default=0.0)
             latest_settled = sum(1 for o in settled if o.timestamp - seg[0].timestamp >= wait)
             last = next((v for v in reversed(values) if v is not None), None)
             latest_dipped = last is not None and last < threshold
@@ -1973,6 +1974,7 @@ class DecisionContext:
     unschedulable: int = 0
     last_scale_time: float | None = None
     remembered_restart_cost: float | None = None
+    measured_restart_cost: float | None = None
     recent_targets: Sequence[tuple[float, int]] = ()
     max_schedulable: int | None = None
     horizon: float = DEFAULT_HORIZON_SECONDS
@@ -2135,10 +2137,14 @@ def decide_metrics_freshness(ctx: DecisionContext) -> Recommendation | None:
         ctx.workers_per_node,
         quiet=auto.settle_seconds + AWAIT_WORLD_SECONDS,
     )
-    costs = analysis.restart_costs[-_RESTART_SAMPLES_KEPT:]
+    costs = analysis.restart_costs[-RESTART_SAMPLES_KEPT:]
     learned = _median(costs) if costs else None
     if auto.restart_cost_seconds is not None:
         ctx.restart, source = auto.restart_cost_seconds, RestartCostSource.SPEC
+    elif (measured := ctx.measured_restart_cost) is not None and (
+        learned is None or measured > learned
+    ):
+        ctx.restart, source = measured, RestartCostSource.MEASURED
     elif learned is not None:
         ctx.restart, source = learned, RestartCostSource.LEARNED
     elif ctx.remembered_restart_cost is not None:
@@ -2206,7 +2212,7 @@ def decide_settling(ctx: DecisionContext) -> Recommendation | None:
     """Hold until the current count runs and has ``MIN_SETTLED_SAMPLES`` settled samples.
 
     Only samples taken once the count has run as long as the slowest of the last
-    ``_RESTART_SAMPLES_KEPT`` rescales took to reach its first settled sample count: a slow
+    ``RESTART_SAMPLES_KEPT`` rescales took to reach its first settled sample count: a slow
     start that ends in a step (a ``torch.compile`` recompile, cuDNN autotuning, a cold data
     cache) reads as a steady level until the step, and a count judged on it looked half as
     fast as it is (``--warmup 180:0.5``: a budget job left 8 for 24 on such readings, 0.711).
@@ -2793,6 +2799,7 @@ def recommend(
     unschedulable_replicas: int = 0,
     last_scale_time: float | None = None,
     restart_cost_seconds: float | None = None,
+    measured_restart_cost_seconds: float | None = None,
     recent_targets: Sequence[tuple[float, int]] = (),
     max_schedulable_replicas: int | None = None,
     horizon_seconds: float = DEFAULT_HORIZON_SECONDS,
@@ -2817,8 +2824,16 @@ def recommend(
         last_scale_time: When ``spec.replicas`` last changed; observations before it are
             never taken as settled samples of the count after it.
         restart_cost_seconds: A restart cost the caller remembers from earlier decisions
-            (``spec.autoscaling.restartCostSeconds`` and costs learned from the
-            observations take precedence).
+            (``spec.autoscaling.restartCostSeconds``, costs learned from the
+            observations and costs the trainer measured take precedence).
+        measured_restart_cost_seconds: The job's recent restarts as the trainer measured
+            them (:class:`~.autoscaler.RestartReading`: training paused, plus steps trained
+            again), typically their median. With a cost learned from the observations too,
+            the larger is used: the trainer's is exactly the pause, and a restart costs at
+            least that (the throughput missed across a rescale, read through rate()
+            windows, read 0.2-0.8 s on the real loop where the trainer paused 1-3 s), while
+            the observations' also counts a slow start after the restart, which the
+            trainer's phases end before.
         recent_targets: ``(time, Recommendation.target)`` of earlier calls, for stabilization.
         max_schedulable_replicas: Most workers the cluster recently managed to run; the
             policy asks for no more (``limited_by`` unschedulable).
@@ -2852,6 +2867,12 @@ def recommend(
         last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
         stale_after_seconds,
     )  # fmt: skip
+    if measured_restart_cost_seconds is not None:
+        _check_finite("measured_restart_cost_seconds", measured_restart_cost_seconds)
+        if measured_restart_cost_seconds < 0:
+            raise ValueError(
+                f"measured_restart_cost_seconds must be >= 0, got {measured_restart_cost_seconds!r}"
+            )
     left = compute_time_left(observations, now)
     horizon, note = choose_payback_horizon(left, horizon_seconds)
     ctx = DecisionContext(
@@ -2863,6 +2884,7 @@ def recommend(
         unschedulable=unschedulable_replicas,
         last_scale_time=last_scale_time,
         remembered_restart_cost=restart_cost_seconds,
+        measured_restart_cost=measured_restart_cost_seconds,
         recent_targets=recent_targets,
         max_schedulable=max_schedulable_replicas,
         horizon=horizon,

@@ -77,10 +77,10 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from trainscale.operator.api import Objective, TrainingJobSpec, allowed_sizes
-from trainscale.operator.autoscaling.autoscaler import JobAutoscaler
+from trainscale.operator.autoscaling.autoscaler import JobAutoscaler, RestartReading
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import (
     Observation,
@@ -873,12 +873,14 @@ class _RestartCosts:
         self.restarts = restarts
         self.rng = random.Random(f"restart-{seed}")
         self.most_nodes: int | None = None
+        self.last: float | None = None  # the latest restart's cost
 
     def next(self, from_nodes: int, to_nodes: int) -> float:
         """The cost of a move from ``from_nodes`` nodes onto ``to_nodes``."""
         most = from_nodes if self.most_nodes is None else self.most_nodes
         self.most_nodes = max(most, to_nodes)
-        return self.restarts.cost(to_nodes, most, self.rng)
+        self.last = self.restarts.cost(to_nodes, most, self.rng)
+        return self.last
 
     def after(self, then: _Piece) -> list[_Piece]:
         """What runs once a restart is over: ``then``, warming up first where it does."""
@@ -932,6 +934,20 @@ class Controller(Protocol):
         ``unschedulable_replicas`` and ``room`` as :meth:`JobAutoscaler.decide` takes them (a
         cap the job is not told of shows only as pods the scheduler rejected, and as the free
         GPUs the cluster has)."""
+        ...
+
+
+@runtime_checkable
+class ReadsRestarts(Protocol):
+    """A controller that learns restart costs from the trainer's own measure of them, as
+    :class:`JobAutoscaler` does (``run_simulation(report_restarts=True)``)."""
+
+    def restart_reading_since(self, now: float) -> float | None:
+        """The rescale whose restart is wanted, or None."""
+        ...
+
+    def take_restart(self, reading: RestartReading, *, running: int) -> bool:
+        """Learn from the trainer's measure of a restart."""
         ...
 
 
@@ -1344,10 +1360,13 @@ class _Running:
         holding: Ceiling | None,
         placement: Placement,
         room: int | None,
+        restart: float | None = None,
     ) -> Recommendation:
         """One decision as the operator asks for it: the count the job asked for with its
         pending pods (held back by a cap it is not told of, all unschedulable), a told cap
-        as the ceiling. The job then asks for what it recommends (no more than a told cap)."""
+        as the ceiling. The job then asks for what it recommends (no more than a told cap).
+        ``restart``: the latest restart's cost where the job's trainer reports it."""
+        self._tell_restart(controller, t, restart)
         told = holding is not None and holding.told
         rec = controller.decide(
             [observation],
@@ -1361,6 +1380,16 @@ class _Running:
         )
         self.asked = _capped(rec.replicas, holding) if told else rec.replicas
         return rec
+
+    def _tell_restart(self, controller: Controller, t: float, cost: float | None) -> None:
+        """What the job's trainer reports of its latest restart (``cost`` seconds from the
+        last move), once it is over, to a controller that reads it."""
+        if cost is None or self.moved_at is None or not isinstance(controller, ReadsRestarts):
+            return
+        since = controller.restart_reading_since(t)
+        if since is not None and since <= self.moved_at + cost <= t:
+            reading = RestartReading(since, self.current, cost)
+            controller.take_restart(reading, running=self.current)
 
 
 def _cluster_places(asked: int, current: int, holding: Ceiling | None) -> int:
@@ -1477,6 +1506,7 @@ def run_simulation(
     report_room: bool = True,
     report_node_size: bool = True,
     report_time_left: bool = False,
+    report_restarts: bool = False,
 ) -> SimulationResult:
     """Run the job on ``curve`` under ``controller`` for ``hours`` and score it.
 
@@ -1514,6 +1544,10 @@ def run_simulation(
         report_time_left: Whether the job says how many samples it has left (with its
             throughput), as our trainer does for its configured epochs or steps: what it
             would train at its count's true rate until the run's end.
+        report_restarts: Whether the job's trainer measures each restart as ours does (the
+            ``resize_phase_seconds`` it exports): a controller that reads them
+            (:class:`ReadsRestarts`) is told each restart's cost once it is over and the
+            job's pods train again (the pause only: a warm-up after it is not in it).
 
     Raises:
         CurveError: when the curve has no point at an allowed count.
@@ -1595,7 +1629,15 @@ def run_simulation(
         )
         room = _room(spec, ceilings, holding, state.current) if report_room else None
         placement = _told_placement(job.curve.placement(state.current), report_node_size)
-        rec = state.decide(controller, observation, t, holding, placement, room)
+        rec = state.decide(
+            controller,
+            observation,
+            t,
+            holding,
+            placement,
+            room,
+            restarts.last if report_restarts else None,
+        )
         decisions.append(Decision(t, rec, observation))
         before = timeline.at(t)
         if (applied := _capped(state.asked, holding)) != state.current:

@@ -128,6 +128,8 @@ def decide_autoscale(
         cost_per_hour=round(cost, 4),
         recommended_replicas=rec.target,
         time_left_seconds=(None if rec.time_left_seconds is None else round(rec.time_left_seconds)),
+        restart_cost_seconds=_round(rec.restart_cost_seconds, 1),
+        restart_cost_source=rec.restart_cost_source.value,
         reason=rec.reason,
         step=rec.step or None,
         model=rec.model.as_status() if rec.model is not None else {},

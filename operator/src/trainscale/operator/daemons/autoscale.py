@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import datetime as dt
 import enum
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -244,12 +245,32 @@ async def autoscale_job(
             spec=spec.autoscaling.prometheus,
             access=access,
         )
-        for result in fetched.results:
+        asked = list(fetched.results)
+        observation, errors = fetched.observation, fetched.errors
+        # The trainer's measure of the restart after the last rescale, once (the operator
+        # measures nothing across a rescale, so the throughput it missed teaches nothing).
+        if (since := autoscaler.restart_reading_since(now)) is not None:
+            reading, restart_queries = await asyncio.to_thread(
+                prometheus.fetch_restart,
+                prometheus_url,
+                namespace,
+                name,
+                since=since,
+                spec=spec.autoscaling.prometheus,
+                access=access,
+            )
+            asked.extend(restart_queries)
+            taken = reading is not None and autoscaler.take_restart(reading, running=running)
+            log.log(
+                logging.INFO if taken else logging.DEBUG,
+                "%s/%s: the restart after the rescale at %.3f: %s (%d running)%s",
+                namespace, name, since, reading, running, ", taken" if taken else "",
+            )  # fmt: skip
+        for result in asked:
             metrics.prometheus_query_duration.observe(result.latency_seconds)
             if result.error:
                 kind = "timeout" if "timed out" in result.error.lower() else "http"
                 metrics.prometheus_query_errors.labels(kind).inc()
-        observation, errors = fetched.observation, fetched.errors
 
     room = None
     if unschedulable or autoscaler.waiting:
