@@ -284,11 +284,13 @@ def crash_a_worker(
 
 def assert_restart_cost_is_the_trainers(memory: dict[str, Any], logs: list[str]) -> None:
     """The trainer's measure of its restarts reached the operator through Prometheus: the
-    memory (read when the job left 3) keeps at least the median of the two restarts before
+    memory (read when the job left 3) keeps at least the shorter of the two restarts before
     (1 -> 2, 2 -> 3), each the sum over its phases of the slowest pod, as each pod's rank 0
-    logged them (``restart phases (world N): stop 0.31s | ...``, 0.01 s resolution). The
-    throughput missed across a rescale, all the operator had before, read 0-0.8 s here where
-    the trainer paused 1-3 s."""
+    logged them (``restart phases (world N): stop 0.31s | ...``, 0.01 s resolution): the
+    median of both where the second was read before the job left 3, the first alone where
+    not (a loaded machine). The throughput missed across a rescale, all the operator had
+    before, read 0-0.8 s here where the trainer paused 1-3 s (and the memory then held 0 s
+    where the trainer's shorter pause was 1.7 s)."""
     pauses = []
     for world, pods in ((2, logs[:2]), (3, logs[:3])):
         slowest: dict[str, float] = {}
@@ -298,9 +300,8 @@ def assert_restart_cost_is_the_trainers(memory: dict[str, Any], logs: list[str])
             for phase, seconds in re.findall(r"(\w+) ([0-9.]+)s", line.group(1)):
                 slowest[phase] = max(slowest.get(phase, 0.0), float(seconds))
         pauses.append(sum(slowest.values()))
-    median = sum(pauses) / 2
-    assert median > 0, pauses
-    assert median - 0.05 <= memory.get("restartCostSeconds", 0.0) < 30, (memory, pauses)
+    assert min(pauses) > 0, pauses
+    assert min(pauses) - 0.05 <= memory.get("restartCostSeconds", 0.0) < 30, (memory, pauses)
 
 
 def assert_audit(entries: list[dict[str, Any]], killed_at: float) -> None:
