@@ -225,7 +225,11 @@ import json, sys
 status = json.load(sys.stdin)
 for p in sorted(status["memory"]["points"], key=lambda p: p["replicas"]):
     replicas, rate = p["replicas"], p["samplesPerSecond"]
-    print(f"   measured at {replicas} workers: {rate:7.1f} samples/s")'
+    print(f"   measured at {replicas} workers: {rate:7.1f} samples/s")
+own = status["memory"].get("restartCostSeconds")  # the trainer measures its restarts
+own = "not measured" if own is None else "%.1f s" % own
+used, source = status.get("restartCostSeconds"), status.get("restartCostSource")
+print(f"   restart cost decided with: {used} s ({source}); the job\x27s own restarts: {own}")'
 "$kubectl" get events --field-selector "involvedObject.name=$job" --sort-by=.lastTimestamp \
   -o custom-columns='REASON:.reason,MESSAGE:.message' | grep -E '^(REASON|Autoscaled|Scaling|JobSucceeded)' \
   | cut -c1-160
