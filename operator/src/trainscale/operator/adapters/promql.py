@@ -92,6 +92,12 @@ def _selectors(metric: str, namespace: str, job: str) -> list[str]:
     ]
 
 
+def _summed_rate(metric: str, namespace: str, job: str, window: str) -> str:
+    """The ``rate()`` of ``metric`` over ``window``, summed over the job's worker pods."""
+    parts = [f"rate({s}[{window}])" for s in _selectors(metric, namespace, job)]
+    return "sum(" + " or ".join(parts) + ")"
+
+
 def _fresh(selector: str, max_age_seconds: float) -> str:
     """Only the series of ``selector`` whose newest sample is at most ``max_age_seconds`` old."""
     return f"({selector} and (time() - timestamp({selector})) <= {max_age_seconds:g})"
@@ -126,8 +132,7 @@ def build_throughput_query(namespace: str, job: str, *, window: str = DEFAULT_RA
         ValueError: on an empty namespace or job, or a window that is not a PromQL duration.
     """
     _check_window(window)
-    parts = [f"rate({s}[{window}])" for s in _selectors(SAMPLES_TOTAL, namespace, job)]
-    return "sum(" + " or ".join(parts) + ")"
+    return _summed_rate(SAMPLES_TOTAL, namespace, job, window)
 
 
 def build_sync_fraction_query(
@@ -147,12 +152,8 @@ def build_sync_fraction_query(
         ValueError: on an empty namespace or job, or a window that is not a PromQL duration.
     """
     _check_window(window)
-
-    def summed_rate(metric: str) -> str:
-        parts = [f"rate({s}[{window}])" for s in _selectors(metric, namespace, job)]
-        return "sum(" + " or ".join(parts) + ")"
-
-    return f"{summed_rate(COMMUNICATION_SECONDS_TOTAL)} / ({summed_rate(STEP_SECONDS_SUM)} > 0)"
+    blocked = _summed_rate(COMMUNICATION_SECONDS_TOTAL, namespace, job, window)
+    return f"{blocked} / ({_summed_rate(STEP_SECONDS_SUM, namespace, job, window)} > 0)"
 
 
 def build_world_size_query(namespace: str, job: str) -> str:
@@ -185,16 +186,24 @@ def build_remaining_samples_query(namespace: str, job: str) -> str:
     )
 
 
-def _restarted_since(metric: str, namespace: str, job: str, since: float) -> list[str]:
-    """Per label style: the job's pods' ``metric`` series, only of pods whose latest restart
-    ended after ``since`` (the trainer's :data:`RESIZE_END_TIME`)."""
+def _ended_after(namespace: str, job: str, since: float) -> list[str]:
+    """Per label style: the job's pods whose latest restart ended after ``since`` (the
+    trainer's :data:`RESIZE_END_TIME`)."""
     if not math.isfinite(since):
         raise ValueError(f"since must be a finite time, got {since!r}")
-    ends = _selectors(RESIZE_END_TIME, namespace, job)
+    return [f"({end} > {since:.3f})" for end in _selectors(RESIZE_END_TIME, namespace, job)]
+
+
+def _restarted_since(metric: str, namespace: str, job: str, since: float) -> list[str]:
+    """Per label style: the job's pods' ``metric`` series, only of pods whose latest restart
+    ended after ``since``."""
     return [
-        f"({series} and on({ns_label}, {pod_label}) ({end} > {since:.3f}))"
-        for series, end, (ns_label, pod_label) in zip(
-            _selectors(metric, namespace, job), ends, _LABEL_STYLES, strict=True
+        f"({series} and on({ns_label}, {pod_label}) {ended})"
+        for series, ended, (ns_label, pod_label) in zip(
+            _selectors(metric, namespace, job),
+            _ended_after(namespace, job, since),
+            _LABEL_STYLES,
+            strict=True,
         )
     ]
 
@@ -206,10 +215,7 @@ def build_restarted_pods_query(namespace: str, job: str, since: float) -> str:
     Raises:
         ValueError: on an empty namespace or job, or a time that is not finite.
     """
-    if not math.isfinite(since):
-        raise ValueError(f"since must be a finite time, got {since!r}")
-    ends = _selectors(RESIZE_END_TIME, namespace, job)
-    return "count(" + " or ".join(f"({end} > {since:.3f})" for end in ends) + ")"
+    return "count(" + " or ".join(_ended_after(namespace, job, since)) + ")"
 
 
 def build_restart_pause_query(namespace: str, job: str, since: float) -> str:
@@ -240,12 +246,8 @@ def build_restart_retrained_query(
     """
     _check_window(window)
     lost = [f"({p} >= 0)" for p in _restarted_since(RESIZE_STEPS_LOST, namespace, job, since)]
-
-    def summed_rate(metric: str) -> str:
-        parts = [f"rate({s}[{window}])" for s in _selectors(metric, namespace, job)]
-        return "sum(" + " or ".join(parts) + ")"
-
-    step = f"({summed_rate(STEP_SECONDS_SUM)} / ({summed_rate(STEP_SECONDS_COUNT)} > 0))"
+    busy = _summed_rate(STEP_SECONDS_SUM, namespace, job, window)
+    step = f"({busy} / ({_summed_rate(STEP_SECONDS_COUNT, namespace, job, window)} > 0))"
     return "max(" + " or ".join(lost) + f") * {step}"
 
 

@@ -469,6 +469,7 @@ class JobAutoscaler:
         room_appeared = self._update_wait(current_replicas, running, room, now)
         cap = self._schedulable
         waiting = None if cap is None or now >= cap.until else cap.replicas
+        measured = _median(self._restarts) if self._restarts else None
         rec = recommend(
             spec,
             self._observations,
@@ -478,7 +479,7 @@ class JobAutoscaler:
             unschedulable_replicas=unschedulable_replicas,
             last_scale_time=self._last_scale_time,
             restart_cost_seconds=self._restart_cost,
-            measured_restart_cost_seconds=_median(self._restarts) if self._restarts else None,
+            measured_restart_cost_seconds=measured,
             recent_targets=self._targets,
             forced_from=sorted(self._forced),
             workers_per_node=self._workers_per_node,
@@ -490,14 +491,7 @@ class JobAutoscaler:
         )
         self._targets = [(t, n) for t, n in self._targets if t >= now - TARGETS_KEPT_SECONDS]
         self._targets = [*self._targets[-(MAX_TARGETS_KEPT - 1) :], (now, rec.target)]
-        known = [
-            c
-            for c in (
-                rec.learned_restart_cost_seconds,
-                _median(self._restarts) if self._restarts else None,
-            )
-            if c is not None
-        ]
+        known = [c for c in (rec.learned_restart_cost_seconds, measured) if c is not None]
         if known:  # what the job's own restarts cost (as decisions take it: the larger)
             self._restart_cost = max(known)
         if room_appeared and rec.replicas > current_replicas:

@@ -2755,6 +2755,7 @@ def _check_arguments(
     max_schedulable_replicas: int | None,
     ceiling: int | None,
     stale_after_seconds: float | None,
+    measured_restart_cost_seconds: float | None,
 ) -> None:
     """Raise ValueError, naming the argument, on inputs to :func:`recommend` that make no sense."""
     _check_count("current_replicas", current_replicas)
@@ -2775,10 +2776,14 @@ def _check_arguments(
         )
     if last_scale_time is not None:
         _check_finite("last_scale_time", last_scale_time)
-    if restart_cost_seconds is not None:
-        _check_finite("restart_cost_seconds", restart_cost_seconds)
-        if restart_cost_seconds < 0:
-            raise ValueError(f"restart_cost_seconds must be >= 0, got {restart_cost_seconds!r}")
+    for name, cost in (
+        ("restart_cost_seconds", restart_cost_seconds),
+        ("measured_restart_cost_seconds", measured_restart_cost_seconds),
+    ):
+        if cost is not None:
+            _check_finite(name, cost)
+            if cost < 0:
+                raise ValueError(f"{name} must be >= 0, got {cost!r}")
     if max_schedulable_replicas is not None:
         _check_count("max_schedulable_replicas", max_schedulable_replicas)
     if ceiling is not None:
@@ -2865,14 +2870,8 @@ def recommend(
     _check_arguments(
         current_replicas, pending_replicas, unschedulable_replicas, now, horizon_seconds,
         last_scale_time, restart_cost_seconds, max_schedulable_replicas, ceiling,
-        stale_after_seconds,
+        stale_after_seconds, measured_restart_cost_seconds,
     )  # fmt: skip
-    if measured_restart_cost_seconds is not None:
-        _check_finite("measured_restart_cost_seconds", measured_restart_cost_seconds)
-        if measured_restart_cost_seconds < 0:
-            raise ValueError(
-                f"measured_restart_cost_seconds must be >= 0, got {measured_restart_cost_seconds!r}"
-            )
     left = compute_time_left(observations, now)
     horizon, note = choose_payback_horizon(left, horizon_seconds)
     ctx = DecisionContext(
