@@ -58,6 +58,8 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       more: the image pulled there; the autoscaler learns one median cost)
       [--warmup 180:0.5]   (after each restart 3 minutes at half speed: a recompile,
       autotuning, a cold data cache)
+      [--restart-max 60] [--sync-whole]   (ablations: no restart over 60 s; every trainer
+      reads its sync share whole: how much of the misses each hardship makes)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint (``GOAL_SHARE``,
 ``GOAL_RESCALES``).
 
@@ -161,9 +163,31 @@ CONDITIONS = (
 """Seed ``s`` runs under ``CONDITIONS[s % 4]``: relative noise, missing scrapes, restart cost."""
 
 
-def scaled_conditions(noise_scale: float) -> tuple[Condition, ...]:
-    """:data:`CONDITIONS` with every seed's relative noise multiplied by ``noise_scale``."""
-    return tuple(replace(c, noise=c.noise * noise_scale) for c in CONDITIONS)
+def scaled_conditions(
+    noise_scale: float, *, restart_max: float | None = None, sync_whole: bool = False
+) -> tuple[Condition, ...]:
+    """:data:`CONDITIONS` with every seed's relative noise multiplied by ``noise_scale``; with
+    ``restart_max``, no seed's restart costing more; with ``sync_whole``, every seed's trainer
+    reading its sync share whole. The last two take one cause of a miss away at a time (which
+    the README's ablation reports)."""
+    return tuple(
+        replace(
+            c,
+            noise=c.noise * noise_scale,
+            restart_seconds=c.restart_seconds
+            if restart_max is None
+            else min(c.restart_seconds, restart_max),
+            sync_seen=1.0 if sync_whole else c.sync_seen,
+        )
+        for c in CONDITIONS
+    )
+
+
+def _conditions(args: argparse.Namespace) -> tuple[Condition, ...]:
+    """The seeds' conditions the command line asks for."""
+    return scaled_conditions(
+        args.noise_scale, restart_max=args.restart_max, sync_whole=args.sync_whole
+    )
 
 
 RUN_HOURS = 4.0
@@ -363,7 +387,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
     runs: list[tuple[SimulationResult, Condition]] = []
     hpas: list[SimulationResult] = []
     seconds = calls = 0.0
-    conditions = scaled_conditions(args.noise_scale)
+    conditions = _conditions(args)
     for seed in range(args.seeds):
         cond = conditions[seed % len(conditions)]
 
@@ -535,6 +559,35 @@ def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_seconds(text: str) -> float:
+    """Seconds > 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}")
+    return value
+
+
+def _add_ablation_flags(parser: argparse.ArgumentParser) -> None:
+    """``--restart-max``, ``--sync-whole``: take one of the seeds' hardships away, to see how
+    much of a miss it makes."""
+    parser.add_argument(
+        "--restart-max",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="no seed's restart costs more than SECONDS (60: the 250 s seed's restarts as "
+        "fast as the first seed's; an ablation: how much of a miss its restart cost makes)",
+    )
+    parser.add_argument(
+        "--sync-whole",
+        action="store_true",
+        help="every seed's trainer reads its sync share whole (the seeds that read 80-90 %% "
+        "of it read all; an ablation)",
+    )
+
+
 def _restarts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Restarts:
     """The restart flags checked (a seed's own cost stands in for the typical one)."""
     try:
@@ -618,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_operator_flags(parser)
     _add_restart_flags(parser)
+    _add_ablation_flags(parser)
     parser.add_argument("--interval", type=int, default=30)
     parser.add_argument("--rate-window", type=float, default=60.0)
     parser.add_argument("--start", type=int, default=4)
@@ -645,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.noise_scale > 0:
         parser.error(f"--noise-scale must be > 0, got {args.noise_scale}")
     restarts = _restarts(parser, args)
-    conditions = ", ".join(c.label() for c in scaled_conditions(args.noise_scale)[: args.seeds])
+    conditions = ", ".join(c.label() for c in _conditions(args)[: args.seeds])
     print(
         f"# {args.hours:g} h per run, {args.seeds} seeds (noise/missing scrapes/restart: "
         f"{conditions}), interval {args.interval} s, rate window {args.rate_window:g} s"
