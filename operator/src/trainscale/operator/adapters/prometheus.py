@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trainscale.operator.adapters.prometheus_access import (
@@ -259,7 +260,7 @@ def fetch_observation(
         ValueError: on an empty namespace/job (a programming error, not a Prometheus one).
     """
     spec = spec or PrometheusSpec()
-    url, access = _server(base_url, spec, access)
+    ask = _asker(base_url, spec, access)
     if spec.gpu_utilization_query:
         gpu_query = render_query_override(spec.gpu_utilization_query, namespace, job)
     else:
@@ -270,30 +271,18 @@ def fetch_observation(
         throughput_query = render_query_override(spec.throughput_query, namespace, job)
     else:
         throughput_query = build_throughput_query(namespace, job, window=rate_window)
-    sync_query = build_sync_fraction_query(namespace, job, window=rate_window)
-    gpu = fetch_query(url, gpu_query, timeout_seconds=spec.timeout_seconds, access=access)
+    gpu = ask(gpu_query)
     if gpu.value is not None and not 0.0 <= gpu.value <= 1.0:
-        gpu = QueryResult(
-            gpu.query, None, f"value {gpu.value} outside [0, 1]", False, gpu.latency_seconds
-        )
-    rate = fetch_query(url, throughput_query, timeout_seconds=spec.timeout_seconds, access=access)
+        gpu = _refused(gpu, "outside [0, 1]")
+    rate = ask(throughput_query)
     if rate.value is not None and rate.value < 0:
-        rate = QueryResult(
-            rate.query, None, f"value {rate.value} is negative", False, rate.latency_seconds
-        )
-    sync = fetch_query(url, sync_query, timeout_seconds=spec.timeout_seconds, access=access)
+        rate = _refused(rate, "is negative")
+    sync = ask(build_sync_fraction_query(namespace, job, window=rate_window))
     left = None
     if rate.value and counts_samples(spec):  # time left: samples left / samples per second
-        left = fetch_query(
-            url,
-            build_remaining_samples_query(namespace, job),
-            timeout_seconds=spec.timeout_seconds,
-            access=access,
-        )
+        left = ask(build_remaining_samples_query(namespace, job))
     if sync.value is not None and not 0.0 <= sync.value < 1.0:
-        sync = QueryResult(
-            sync.query, None, f"value {sync.value} outside [0, 1)", False, sync.latency_seconds
-        )
+        sync = _refused(sync, "outside [0, 1)")
     observation = Observation(
         timestamp=now,
         replicas=replicas,
@@ -314,12 +303,25 @@ def counts_samples(spec: PrometheusSpec) -> bool:
     return not spec.throughput_query or reads_samples_rate(spec.throughput_query)
 
 
-def _server(
+def _asker(
     base_url: str, spec: PrometheusSpec, access: PrometheusAccess | None
-) -> tuple[str, PrometheusAccess]:
-    """The job's Prometheus (``spec.url`` wins) and the access settings that URL gets."""
+) -> Callable[[str], QueryResult]:
+    """One query against the job's Prometheus (``spec.url`` wins), with the access settings
+    that URL gets and the spec's timeout: what every fetch below asks through."""
     url = spec.url or base_url
-    return url, (access or PrometheusAccess()).for_url(url, base_url)
+    access = (access or PrometheusAccess()).for_url(url, base_url)
+
+    def ask(query: str) -> QueryResult:
+        return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)
+
+    return ask
+
+
+def _refused(result: QueryResult, why: str) -> QueryResult:
+    """``result`` with its value dropped as out of range: ``value 1.3 outside [0, 1]``."""
+    return QueryResult(
+        result.query, None, f"value {result.value} {why}", False, result.latency_seconds
+    )
 
 
 def fetch_world_size(
@@ -333,9 +335,7 @@ def fetch_world_size(
     """The world size the job's workers report (:func:`build_world_size_query`); never raises
     for Prometheus trouble. ``value`` is None when the trainer exports no such gauge."""
     spec = spec or PrometheusSpec()
-    url, access = _server(base_url, spec, access)
-    query = build_world_size_query(namespace, job)
-    return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)
+    return _asker(base_url, spec, access)(build_world_size_query(namespace, job))
 
 
 def fetch_restart(
@@ -357,11 +357,7 @@ def fetch_restart(
     no step finished in the window.
     """
     spec = spec or PrometheusSpec()
-    url, access = _server(base_url, spec, access)
-
-    def ask(query: str) -> QueryResult:
-        return fetch_query(url, query, timeout_seconds=spec.timeout_seconds, access=access)
-
+    ask = _asker(base_url, spec, access)
     pods = ask(build_restarted_pods_query(namespace, job, since))
     if not pods.value:
         return None, (pods,)
