@@ -60,6 +60,8 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       autotuning, a cold data cache)
       [--restart-max 60] [--sync-whole]   (ablations: no restart over 60 s; every trainer
       reads its sync share whole: how much of the misses each hardship makes)
+      [--await-world --trainer-restarts]   (the operator's own timing: nothing measured
+      until the new world formed and settleSeconds after it; the trainer's restart measure)
 Goal: every case >= 0.95 with <= 3 rescales and no broken constraint (``GOAL_SHARE``,
 ``GOAL_RESCALES``).
 
@@ -373,6 +375,13 @@ def _add_operator_flags(parser: argparse.ArgumentParser) -> None:
         help="the job's trainer reports each restart's cost (our trainer's resize phases), "
         "which the autoscaler learns where its samples across a rescale teach it none",
     )
+    parser.add_argument(
+        "--await-world",
+        action="store_true",
+        help="the daemon's timing: after each rescale nothing is measured until the "
+        "workers report their new world (the restart's pause, at most 120 s) and "
+        "settleSeconds after that (with --trainer-restarts: as the operator runs)",
+    )
 
 
 def _settle_label(settle: float | None) -> str:
@@ -410,6 +419,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 report_node_size=not args.nodes_unknown,
                 report_time_left=args.told_length,
                 settle_seconds=args.settle_seconds,
+                await_world=args.await_world,
                 report_restarts=args.trainer_restarts,
             )
 
@@ -704,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (GPUs per node not told)' if args.nodes_unknown else ''}"
         f"{' (the job says the time it has left)' if args.told_length else ''}"
         f"{_settle_label(args.settle_seconds)}"
+        f"{' (measured once the new world formed)' if args.await_world else ''}"
         f"{' (the trainer reports its restarts)' if args.trainer_restarts else ''}"
         f"{_fragment_label(args.fragmented)}"
         f"{_stall_label(args.stalls)}"

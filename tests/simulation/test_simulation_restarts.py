@@ -143,3 +143,28 @@ def test_the_trainer_tells_the_autoscaler_its_restarts_where_its_samples_cannot(
         told = [d.time for d in done.decisions if d.recommendation.restart_cost_seconds == 250]
         moved = min(p.time for p in done.points if p.replicas != 1)
         assert min(told) >= moved + 250
+
+
+@pytest.mark.parametrize(
+    ("restart", "await_world", "first_after"),
+    [
+        (50.0, False, 60.0),  # settleSeconds after the count changed
+        (50.0, True, 50.0 + 60.0),  # ... after the new world formed, at the pause's end
+        (300.0, True, 120.0 + 60.0),  # ... or AWAIT_WORLD_SECONDS after the change
+        (0.0, True, 60.0),
+    ],
+)
+def test_the_daemons_timing_measures_nothing_until_the_new_world_and_settle_seconds(
+    restart: float, await_world: bool, first_after: float
+) -> None:
+    curve = parse_csv_curve(TWO_NODES_CSV, name="two-nodes.csv")
+    spec = make_spec(replicas=2, lo=1, hi=4, intervalSeconds=10, settleSeconds=60)
+    scripted = Scripted([3])  # 2 -> 3 at the first decision (t = 10), then holds
+    run_simulation(
+        curve, spec, hours=600 / 3600, noise=0.0, restart_seconds=restart,
+        await_world=await_world, controller=scripted,
+    )  # fmt: skip
+    times = [o.timestamp for o in scripted.seen]
+    assert times[0] == 10.0
+    assert times[1] == pytest.approx(10.0 + math.ceil(first_after / 10) * 10)
+    assert times[1:] == pytest.approx([times[1] + 10 * i for i in range(len(times) - 1)])

@@ -83,6 +83,7 @@ from trainscale.operator.api import Objective, TrainingJobSpec, allowed_sizes
 from trainscale.operator.autoscaling.autoscaler import JobAutoscaler, RestartReading
 from trainscale.operator.autoscaling.placement import Placement
 from trainscale.operator.autoscaling.policy import (
+    AWAIT_WORLD_SECONDS,
     Observation,
     Recommendation,
     compute_cost_per_hour,
@@ -1342,15 +1343,23 @@ class _Running:
     timeline: _Timeline
     current: int
     asked: int
+    settle: float = 0.0  # no decision this long after a change of the running count ...
+    await_world: bool = False  # ... counted from the new world (the pause's end, at most 120 s)
     rescales: int = 0  # scored ones
     settled_at: float = 0.0  # the last move
     moved_at: float | None = None  # when the running count last changed
+    quiet_until: float = 0.0  # no decision before (the daemon's settling after a change)
 
-    def move(self, to: int, at: float, scored: bool, nodes: int, then: Sequence[_Piece]) -> None:
-        """The running count changes at ``at``: a restart (``then`` runs after it)."""
+    def move(
+        self, to: int, at: float, scored: bool, nodes: int, then: Sequence[_Piece], pause: float
+    ) -> None:
+        """The running count changes at ``at``: a restart pausing ``pause`` seconds (``then``
+        runs after it), and the daemon's settling after it."""
         self.current, self.moved_at, self.settled_at = to, at, at
         self.rescales += scored
         self.timeline.resize(at, nodes, then)
+        world = min(pause, AWAIT_WORLD_SECONDS) if self.await_world else 0.0
+        self.quiet_until = at + world + self.settle
 
     def decide(
         self,
@@ -1497,6 +1506,7 @@ def run_simulation(
     seed: int = 0,
     rate_window: float = 60.0,
     settle_seconds: float | None = None,
+    await_world: bool = False,
     controller: Controller | None = None,
     report_utilization: bool = True,
     report_throughput: bool = True,
@@ -1525,6 +1535,10 @@ def run_simulation(
         rate_window: Seconds of the throughput ``rate()``; 0 reports the instantaneous value.
         settle_seconds: No decision this long after the running count changed (the daemon's
             ``settleSeconds``); default the spec's, 0 decides every interval.
+        await_world: The autoscale daemon's timing: after the running count changed, the
+            settling clock starts only once the workers report their new world, at the end
+            of the restart's pause (or ``AWAIT_WORLD_SECONDS`` after the change, whichever
+            comes first), so nothing is measured for that long plus ``settle_seconds``.
         controller: Default: a fresh :class:`JobAutoscaler` of ``spec``.
         report_utilization, report_throughput: Whether the job exports each metric.
         report_sync: Whether the job exports its sync share (with throughput, where the
@@ -1563,8 +1577,7 @@ def run_simulation(
     curves = (curve,) if change is None else (curve, change.curve)
     best = [hindsight(c, spec) for c in curves][-1]  # checks each covers every allowed count
     changed_at: float | None = None  # when the curve changed (None: not yet)
-    if controller is None:
-        controller = JobAutoscaler(spec)
+    controller = controller or JobAutoscaler(spec)
     rng, sync_rng, window_noise = _noise_streams(noise, seed, step)
     end = hours * 3600.0
 
@@ -1573,7 +1586,9 @@ def run_simulation(
         sync = p.sync_fraction if report_sync else None
         return _Piece(t, n, p.nodes, p.samples_per_second, p.gpu_utilization, True, sync)
 
-    state = _Running(_Timeline([running(0.0, spec.replicas)]), spec.replicas, spec.replicas)
+    state = _Running(
+        _Timeline([running(0.0, spec.replicas)]), spec.replicas, spec.replicas, settle, await_world
+    )
     timeline = state.timeline
     points: list[TracePoint] = []
     decisions: list[Decision] = []
@@ -1588,14 +1603,14 @@ def run_simulation(
     scored_from = _scored_from(change, ceilings)
 
     def move(to: int, at: float) -> None:
+        pause = restarts.next(job.point(state.current).nodes, job.point(to).nodes)
         state.move(
             to,
             at,
             at >= scored_from,
             job.point(to).nodes,
-            restarts.after(
-                running(at + restarts.next(job.point(state.current).nodes, job.point(to).nodes), to)
-            ),
+            restarts.after(running(at + pause, to)),
+            pause,
         )
 
     t = 0.0
@@ -1609,8 +1624,8 @@ def run_simulation(
         holding = _ceiling_at(ceilings, t)
         if (placed := _cluster_places(state.asked, state.current, holding)) != state.current:
             move(placed, t)
-        if state.moved_at is not None and t - state.moved_at < settle:
-            continue  # the daemon does not measure a size younger than settleSeconds
+        if t < state.quiet_until:
+            continue  # the daemon measures no size younger than settleSeconds (in its world)
         observation = _told_time_left(
             _observe(
                 timeline,
