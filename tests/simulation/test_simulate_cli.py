@@ -431,3 +431,28 @@ def test_ceilings_that_come_and_go_are_replayed_and_scored_after_the_last(
         "# after the last ceiling lifts at 2:00:00",
         "# rescales: 1, the last at 2:00:00; final count 24",
     ))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("restart", "timing", "next_decision"),
+    [
+        ("250", [], "0:03:00"),  # settleSeconds (75 s) after the count changed at 0:01:30
+        ("250", ["--operator-timing"], "0:05:00"),  # the new world awaited 120 s at most
+        ("60", ["--operator-timing"], "0:04:00"),  # ... or until the 60 s restart is over
+    ],
+)
+def test_the_operators_timing_is_replayed(
+    restart: str, timing: list[str], next_decision: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--curve", "amdahl", "--noise", "0.02", "--restart-seconds", restart]
+    assert main([*argv, *timing]) == 0
+    out = capsys.readouterr().out
+    assert ("the operator's timing" in out) == bool(timing)
+    assert re.search(r"0:01:30 +4 -> 8 ", out), out[:800]
+    after = out.split("4 -> 8", 1)[1].splitlines()[1]
+    assert after.split()[0].startswith(next_decision), after
+
+
+def test_the_operators_timing_needs_a_curve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--workload", "generated", "--operator-timing"]) == 2
+    assert "--operator-timing needs --curve" in capsys.readouterr().err

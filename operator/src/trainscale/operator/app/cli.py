@@ -208,7 +208,8 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
     )
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
-                 "told_length", "restart_spread", "restart_new_nodes", "warmup"):  # fmt: skip
+                 "told_length", "restart_spread", "restart_new_nodes", "warmup",
+                 "operator_timing"):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value is not False and value != []:  # set (0 is set)
             # a trace's jobs each have their own bounds and curves; the flag describes one job
@@ -444,6 +445,14 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the job says how many samples it has left, as the trainer's remaining-samples "
         "gauge does (--curve): a move's restart must pay back within the time it has left, "
         "not within its age",
+    )
+    sim.add_argument(
+        "--operator-timing",
+        action="store_true",
+        help="measure as the operator's autoscale daemon does (--curve): after a rescale "
+        "nothing until the workers report their new world (at most 120 s) and settleSeconds "
+        "after it, and the restart cost the trainer measures (default: settleSeconds after "
+        "the count changed, the restart cost learned from the samples)",
     )
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)

@@ -73,6 +73,7 @@ class SimulateOptions:
     change_curve: str | None = None
     ceiling: Sequence[str] = ()  # --ceiling, once per cap
     told_length: bool = False  # the job says the samples it has left
+    operator_timing: bool = False  # measured as the autoscale daemon does (see --operator-timing)
 
 
 # API field (camelCase, as pydantic reports it) -> the flag that sets it
@@ -478,6 +479,8 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
             change=change,
             ceiling=ceilings,
             report_time_left=options.told_length,
+            await_world=options.operator_timing,
+            report_restarts=options.operator_timing,
         )
     except CurveError as exc:
         hint = ""
@@ -496,6 +499,12 @@ def run_simulate(options: SimulateOptions, out: Any) -> int:
         f"{options.rate_window:g} s, seed "
         f"{options.seed}"
         + ("; the job says the time it has left" if options.told_length else "")
+        + (
+            "; the operator's timing (measured once the new world formed and settleSeconds "
+            "after it; the trainer's restart measure)"
+            if options.operator_timing
+            else ""
+        )
         + (
             ""
             if change is None
