@@ -1577,7 +1577,8 @@ def run_simulation(
     curves = (curve,) if change is None else (curve, change.curve)
     best = [hindsight(c, spec) for c in curves][-1]  # checks each covers every allowed count
     changed_at: float | None = None  # when the curve changed (None: not yet)
-    controller = controller or JobAutoscaler(spec)
+    if controller is None:
+        controller = JobAutoscaler(spec)
     rng, sync_rng, window_noise = _noise_streams(noise, seed, step)
     end = hours * 3600.0
 
@@ -1589,7 +1590,6 @@ def run_simulation(
     state = _Running(
         _Timeline([running(0.0, spec.replicas)]), spec.replicas, spec.replicas, settle, await_world
     )
-    timeline = state.timeline
     points: list[TracePoint] = []
     decisions: list[Decision] = []
     ref = job.best_per_replica()
@@ -1620,7 +1620,7 @@ def run_simulation(
             changed_at = change.at_seconds
             job = JobModel(change.curve, spec)
             ref = job.best_per_replica()
-            timeline.switch(changed_at, running)
+            state.timeline.switch(changed_at, running)
         holding = _ceiling_at(ceilings, t)
         if (placed := _cluster_places(state.asked, state.current, holding)) != state.current:
             move(placed, t)
@@ -1628,7 +1628,7 @@ def run_simulation(
             continue  # the daemon measures no size younger than settleSeconds (in its world)
         observation = _told_time_left(
             _observe(
-                timeline,
+                state.timeline,
                 t,
                 rate_window=rate_window,
                 noise=noise,
@@ -1654,24 +1654,24 @@ def run_simulation(
             restarts.last if report_restarts else None,
         )
         decisions.append(Decision(t, rec, observation))
-        before = timeline.at(t)
+        before = state.timeline.at(t)
         if (applied := _capped(state.asked, holding)) != state.current:
             move(applied, t)
         points.append(_trace_point(t, state.current, job.point(state.current).nodes, before, ref))
-    samples, scored = (timeline.samples(s, end) for s in (0.0, scored_from))
+    samples, scored = (state.timeline.samples(s, end) for s in (0.0, scored_from))
     return SimulationResult(
         curve=curve.name,
         spec=spec,
         hours=hours,
         points=tuple(points),
         decisions=tuple(decisions),
-        segments=timeline.segments(end, efficiency_of),
+        segments=state.timeline.segments(end, efficiency_of),
         samples=samples,
-        gpu_hours=timeline.gpu_seconds(end, max(1, spec.gpus_per_replica)) / 3600.0,
+        gpu_hours=state.timeline.gpu_seconds(end, max(1, spec.gpus_per_replica)) / 3600.0,
         final_replicas=state.current,
         hindsight=best,
         score=_score(
-            job, timeline, end, scored, best, state.rescales, state.settled_at, scored_from
+            job, state.timeline, end, scored, best, state.rescales, state.settled_at, scored_from
         ),
         noise=noise,
         changed_at=changed_at,
