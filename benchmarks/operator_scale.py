@@ -142,10 +142,11 @@ def parse_cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
-def parse_rss_mib(status: str) -> float:
-    """VmRSS in MiB from the text of ``/proc/<pid>/status``."""
+def parse_rss_mib(status: str, key: str = "VmRSS") -> float:
+    """VmRSS (or another ``key``, such as VmHWM: the peak RSS) in MiB from the text of
+    ``/proc/<pid>/status``."""
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return math.nan
 
@@ -213,8 +214,8 @@ def cpu_snapshot(pids: Mapping[str, int]) -> CpuSnapshot:
     return CpuSnapshot(time.monotonic(), ticks, read_machine_busy())
 
 
-def rss_mib(pid: int) -> float:
-    return parse_rss_mib(Path(f"/proc/{pid}/status").read_text())
+def rss_mib(pid: int, key: str = "VmRSS") -> float:
+    return parse_rss_mib(Path(f"/proc/{pid}/status").read_text(), key)
 
 
 def load_average() -> str:
@@ -377,6 +378,8 @@ class SizeResult:
     rss_start: float = 0.0
     rss_running: float = 0.0
     rss_after_rounds: list[float] = field(default_factory=list)
+    rss_peak_running: float = 0.0  # VmHWM: the highest RSS so far, the burst's included
+    rss_peak: float = 0.0  # VmHWM at the end, the delete rounds' included
     delete_s: list[float] = field(default_factory=list)
     load: str = ""
 
@@ -490,6 +493,7 @@ class Bench:
             rates, result.steady = self.window(op)
             result.steady_requests = rates
             result.rss_running = rss_mib(op.proc.pid)
+            result.rss_peak_running = rss_mib(op.proc.pid, "VmHWM")
             result.load = load_average()
             for round_ in range(self.args.rounds):
                 if round_:
@@ -500,6 +504,7 @@ class Bench:
                 # The operator gives freed memory back QUIET_SECONDS after the last deletion.
                 time.sleep(QUIET_SECONDS + 5.0)
                 result.rss_after_rounds.append(rss_mib(op.proc.pid))
+            result.rss_peak = rss_mib(op.proc.pid, "VmHWM")
         finally:
             op.stop()
             self.bed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -533,7 +538,8 @@ def summary_rows(results: Sequence[SizeResult], baseline: Mapping[Any, float]) -
              "reconcile passes, p50/p99 s (burst)", "reconcile passes, p50/p99 s (steady)",
              "arbitration passes, p50/p99 s (burst)", "arbitration passes, p50/p99 s (steady)",
              "API req/s (steady, - baseline)", "req/job/min", "operator CPU %core (steady)",
-             "operator ms CPU/job/s", "RSS MiB start/running/after rounds"]]  # fmt: skip
+             "operator ms CPU/job/s", "RSS MiB start/running/after rounds",
+             "peak RSS MiB until running / in all"]]  # fmt: skip
     for r in results:
         assert r.burst is not None and r.steady is not None
         rate = sum(r.steady_requests.values()) - base_rate
@@ -553,6 +559,7 @@ def summary_rows(results: Sequence[SizeResult], baseline: Mapping[Any, float]) -
             fmt(1000 * op_cpu / r.jobs, 2),
             f"{r.rss_start:.0f} / {r.rss_running:.0f} / "
             + " ".join(f"{v:.0f}" for v in r.rss_after_rounds),
+            f"{r.rss_peak_running:.0f} / {r.rss_peak:.0f}",
         ])  # fmt: skip
     return rows
 
