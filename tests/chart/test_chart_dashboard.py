@@ -270,6 +270,24 @@ def test_job_loops_are_summed_over_operator_replicas_by_kind(tmp_path: Path) -> 
     _expect(tmp_path, "Job loops", series, expected)
 
 
+def test_operator_memory_is_the_operators_and_its_limit(tmp_path: Path) -> None:
+    """The resident memory of targets that export the operator's limit, not of every process
+    (workers and exporters export it too); a limit of +Inf (none) is not drawn."""
+    rss, limit = op.RESIDENT_MEMORY_NAME, op.MEMORY_LIMIT_NAME
+    series = {
+        f'{rss}{{job="trainscale-metrics",pod="trainscale-0"}}': "4e8x10",
+        f'{limit}{{job="trainscale-metrics",pod="trainscale-0"}}': "1e9x10",
+        f'{rss}{{job="trainscale-metrics",pod="trainscale-1"}}': "2e8x10",
+        f'{limit}{{job="trainscale-metrics",pod="trainscale-1"}}': " ".join(["+Inf"] * 11),
+        f'{rss}{{job="workers",pod="digits-worker-0"}}': "9e9x10",
+    }
+    _expect(tmp_path, "Operator memory", series, {
+        f'{{__name__="{rss}",job="trainscale-metrics",pod="trainscale-0"}}': 4e8,
+        f'{{__name__="{rss}",job="trainscale-metrics",pod="trainscale-1"}}': 2e8})  # fmt: skip
+    _expect(tmp_path, "Operator memory", series, {
+        f'{{__name__="{limit}",job="trainscale-metrics",pod="trainscale-0"}}': 1e9}, target=1)  # fmt: skip
+
+
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool checks the syntax of every expression as a recording rule."""
     exprs = _exprs(dashboard.build_dashboard())

@@ -4,11 +4,12 @@ Behaviours covered:
 
 * off by default; on, one PrometheusRule with the alerts TrainScaleJobDegraded,
   TrainScaleWorkersUnschedulable, TrainScaleWorkersOffPlan, TrainScaleJobPreemptedOften,
-  TrainScaleMetricsUnavailable, TrainScaleArbitrationFailing, TrainScaleJobFailed and
-  TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
+  TrainScaleMetricsUnavailable, TrainScaleArbitrationFailing, TrainScaleJobFailed,
+  TrainScaleOperatorMemoryHigh and TrainScaleOperatorDown, the ``for`` durations and extra alert labels from values, every
   expression selecting the operator's scrape job;
 * every metric an expression reads is one the operator exports (names from
-  ``metric_names`` and ``condition_metric``, not retyped);
+  ``metric_names`` and ``condition_metric``, not retyped; the resident memory is
+  prometheus_client's, checked in the registry the operator serves);
 * ``promtool check rules`` accepts the rules, and ``promtool test rules`` shows each alert
   firing on the series that should fire it, only after its ``for`` duration, and not on
   healthy series.
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from tests.chart.conftest import CHART_DIR
 from tests.chart.test_chart_render import by_kind, one
@@ -41,6 +43,7 @@ ALERTS = [
     "TrainScaleMetricsUnavailable",
     "TrainScaleArbitrationFailing",
     "TrainScaleJobFailed",
+    "TrainScaleOperatorMemoryHigh",
     "TrainScaleOperatorDown",
 ]
 
@@ -70,12 +73,17 @@ def test_alerts_durations_and_labels(render: Any) -> None:
     assert found["TrainScaleArbitrationFailing"]["for"] == "10m"
     assert found["TrainScaleOperatorDown"]["for"] == "5m"
     assert found["TrainScaleOperatorDown"]["labels"]["severity"] == "critical"
+    assert found["TrainScaleOperatorMemoryHigh"]["for"] == "10m"
+    assert found["TrainScaleOperatorMemoryHigh"]["expr"].endswith("> 0.8")
     for rule in found.values():
         assert f'job="{JOB}"' in rule["expr"], rule
         assert rule["labels"]["team"] == "ml" and rule["annotations"]["summary"]
     custom = {r["alert"]: r for r in rules(render, {"prometheusRule": {
         "enabled": True, "degradedFor": "30m", "scrapeJob": "my-operator"}})}  # fmt: skip
     assert custom["TrainScaleJobDegraded"]["for"] == "30m"
+    memory = {r["alert"]: r for r in rules(render, {"prometheusRule": {
+        "enabled": True, "memoryHighShare": 0.9, "memoryHighFor": "5m"}})}["TrainScaleOperatorMemoryHigh"]  # fmt: skip
+    assert memory["for"] == "5m" and memory["expr"].endswith("> 0.9")
     assert 'up{job="my-operator"}' in custom["TrainScaleOperatorDown"]["expr"]
 
 
@@ -88,6 +96,10 @@ def test_expressions_read_only_exported_metrics(render: Any) -> None:
             stem = name.removesuffix("_count")  # a histogram's series
             assert name in exported or stem in exported, (rule["alert"], name)
     expr = {r["alert"]: r["expr"] for r in rules(render)}
+    # The resident memory is prometheus_client's process collector, in the default registry
+    # that serve_metrics serves.
+    assert metric_names.RESIDENT_MEMORY_NAME in expr["TrainScaleOperatorMemoryHigh"]
+    assert metric_names.RESIDENT_MEMORY_NAME in {m.name for m in REGISTRY.collect()}
     assert f'{CONDITION_LABEL}="Degraded"' in expr["TrainScaleJobDegraded"]
     assert 'phase="Failed"' in expr["TrainScaleJobFailed"]
 
@@ -119,16 +131,17 @@ def _series(metric: str, values: str, **labels: str) -> dict[str, str]:
     return {"series": f"{metric}{{{text}}}", "values": values}
 
 
-def _fires(alert: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
+def _fires(alert: str, at: str, *expected: dict[str, str], value: str = "1") -> dict[str, Any]:
+    """``value``: the alert's $value as its annotations print it (not sent to promtool)."""
     return {"eval_time": at, "alertname": alert,
-            "exp_alerts": [{"exp_labels": labels} for labels in expected]}  # fmt: skip
+            "exp_alerts": [{"exp_labels": labels, "value": value} for labels in expected]}  # fmt: skip
 
 
-def _expand(text: str, labels: dict[str, str]) -> str:
+def _expand(text: str, labels: dict[str, str], value: str) -> str:
     """An annotation as Prometheus fills it in (its only variables: $labels.x and $value,
-    1 in every firing case below)."""
+    plain or as a percentage)."""
     text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
-    return text.replace("{{ $value }}", "1")
+    return text.replace("{{ $value }}", value).replace("{{ $value | humanizePercentage }}", value)
 
 
 JOB_LABELS = {"job": JOB, "namespace": "ml", "trainingjob": "bert", "team": "ml"}
@@ -136,6 +149,9 @@ COND = JOB_CONDITION_NAME
 ERRORS = metric_names.PROMETHEUS_QUERY_ERRORS_NAME
 QUERIES = metric_names.PROMETHEUS_QUERY_DURATION_NAME + "_count"
 PASSES = metric_names.ARBITRATION_PASSES_NAME
+RSS = metric_names.RESIDENT_MEMORY_NAME
+LIMIT = metric_names.MEMORY_LIMIT_NAME
+POD = "10.0.0.5:8080"
 
 CASES = [
     # A job Degraded for 20 minutes: pending until 10m, then firing.
@@ -188,6 +204,18 @@ CASES = [
      [_fires("TrainScaleJobFailed", "1m"),
       _fires("TrainScaleJobFailed", "2m", {"job": JOB, "phase": "Failed", "severity": "warning",
                                            "team": "ml"})]),
+    # The operator at 90 % of its memory limit from minute 0: firing after 10 m; at 70 %,
+    # without a limit (+Inf) or where no cgroup says (NaN): never.
+    ([_series(RSS, "9e8x20", instance=POD), _series(LIMIT, "1e9x20", instance=POD)],
+     [_fires("TrainScaleOperatorMemoryHigh", "9m"),
+      _fires("TrainScaleOperatorMemoryHigh", "11m",
+             {"job": JOB, "instance": POD, "severity": "warning", "team": "ml"}, value="90%")]),
+    ([_series(RSS, "7e8x20", instance=POD), _series(LIMIT, "1e9x20", instance=POD)],
+     [_fires("TrainScaleOperatorMemoryHigh", "20m")]),
+    ([_series(RSS, "9e8x20", instance=POD), _series(LIMIT, " ".join(["+Inf"] * 21), instance=POD)],
+     [_fires("TrainScaleOperatorMemoryHigh", "20m")]),
+    ([_series(RSS, "9e8x20", instance=POD), _series(LIMIT, " ".join(["NaN"] * 21), instance=POD)],
+     [_fires("TrainScaleOperatorMemoryHigh", "20m")]),
     # The scrape fails (up 0) from minute 3.
     ([_series("up", "1 1 1 0x10")],
      [_fires("TrainScaleOperatorDown", "4m"),
@@ -202,8 +230,9 @@ def test_promtool_fires_each_alert_when_it_should(render: Any, tmp_path: Path) -
     for _, checks in cases:
         for check in checks:
             for alert in check["exp_alerts"]:
+                value = alert.pop("value")
                 alert["exp_annotations"] = {
-                    key: _expand(text, alert["exp_labels"])
+                    key: _expand(text, alert["exp_labels"], value)
                     for key, text in annotations[check["alertname"]].items()
                 }
     covered = {check["alertname"] for _, checks in cases for check in checks}

@@ -1,7 +1,8 @@
 """`trainscale operator` as a process, the way users run it: flags, /metrics, /healthz.
 
 Covers: the CLI starts kopf with our handlers against $KUBECONFIG; it serves its own
-Prometheus metrics (reconcile counts and latency, managed jobs and pods) and kopf's liveness
+Prometheus metrics (reconcile counts and latency, managed jobs and pods, its resident memory
+and its container's memory limit) and kopf's liveness
 endpoint on 127.0.0.1; it refuses to start without a namespace scope; SIGTERM stops it;
 ``--version`` is the installed distribution's; ``--help`` shows every default; ``--log-format
 json`` writes one JSON object per line (kopf's formatter, naming the job a line is about).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +27,7 @@ import pytest
 
 from tests.support.kmock import RealisticEmulator, create_job, eventually, workers
 from trainscale.operator.observability import metric_names as operator_metrics
+from trainscale.operator.observability.container import memory_limit_bytes
 from trainscale.trainer.launch.local import find_free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=RealisticEmulator)]
@@ -100,6 +103,16 @@ async def test_operator_process_serves_metrics_and_liveness(
             f'{operator_metrics.DESIRED_REPLICAS_NAME}{{namespace="default",trainingjob="proc"}} 3.0'
             in text
         )
+        # Its memory and its container's limit, for TrainScaleOperatorMemoryHigh: the limit
+        # this machine's cgroup says (the test runs in the same container).
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+        limit, expected = values[operator_metrics.MEMORY_LIMIT_NAME], memory_limit_bytes()
+        assert limit == expected or (math.isnan(limit) and math.isnan(expected)), limit
+        assert values[operator_metrics.RESIDENT_MEMORY_NAME] > 10 * 2**20
         status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{liveness_port}/healthz")
         assert status == 200
     finally:

@@ -555,6 +555,24 @@ OPERATOR_ROW = Row(
             min=0,
             width=8,
         ),
+        Panel(
+            title="Operator memory",
+            description=(
+                "Resident memory of each operator replica and its container's memory limit "
+                "(none drawn without a limit). Over the limit the kernel kills the operator; "
+                "it needs about 80 MiB plus 0.4 MiB a job at the peak of a burst of new jobs "
+                "(docs/install.md, Sizing the operator; alert TrainScaleOperatorMemoryHigh)."
+            ),
+            unit="bytes",
+            targets=(
+                # Only the operator exports its limit: "and" keeps the resident memory of the
+                # targets that do (every Python or Go process exports the other).
+                Target(f"{op.RESIDENT_MEMORY_NAME} and {op.MEMORY_LIMIT_NAME}", "resident {{pod}}"),
+                Target(f"{op.MEMORY_LIMIT_NAME} < +Inf", "limit {{pod}}"),
+            ),
+            min=0,
+            width=8,
+        ),
     ),
 )
 

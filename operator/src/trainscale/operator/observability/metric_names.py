@@ -27,6 +27,10 @@ JOB_LOOPS_NAME = PREFIX + "job_loops"
 JOB_LOOPS_CANCELLED_NAME = PREFIX + "job_loops_cancelled_total"
 JOB_STATE_NAME = PREFIX + "job_state_entries"
 WATCH_RELISTS_NAME = PREFIX + "watch_relists_total"
+MEMORY_LIMIT_NAME = PREFIX + "memory_limit_bytes"
+# prometheus_client's process collector (on Linux, in the default registry the operator
+# serves): the operator's resident memory, read against MEMORY_LIMIT_NAME.
+RESIDENT_MEMORY_NAME = "process_resident_memory_bytes"
 
 # The "store" label of the job-state series: each in-process store that keeps something per job.
 STORE_LABEL = "store"

@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from trainscale.operator.api.models import Phase
+from trainscale.operator.observability.container import memory_limit_bytes
 from trainscale.operator.observability.metric_names import (
     ARBITRATION_CEILING_NAME,
     ARBITRATION_PASS_DURATION_NAME,
@@ -35,6 +36,7 @@ from trainscale.operator.observability.metric_names import (
     LOOP_LABEL,
     MANAGED_JOBS_NAME,
     MANAGED_PODS_NAME,
+    MEMORY_LIMIT_NAME,
     NAMESPACE_LABEL,
     PREEMPTIONS_NAME,
     PROMETHEUS_QUERY_DURATION_NAME,
@@ -57,7 +59,11 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20
 class OperatorMetrics:
     """All operator metrics, registered in one registry."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry = REGISTRY,
+        memory_limit: Callable[[], float] = memory_limit_bytes,
+    ) -> None:
         # prometheus_client appends _total to counters itself; give it the stem.
         self.reconcile_total = Counter(
             RECONCILE_TOTAL_NAME.removesuffix("_total"),
@@ -181,6 +187,14 @@ class OperatorMetrics:
             [STORE_LABEL],
             registry=registry,
         )
+        self.memory_limit = Gauge(
+            MEMORY_LIMIT_NAME,
+            "The memory limit of the operator's container (its cgroup), read at each "
+            "scrape: +Inf without a limit, NaN where no cgroup says. Over it the kernel "
+            "kills the operator; compare process_resident_memory_bytes.",
+            registry=registry,
+        )
+        self.memory_limit.set_function(memory_limit)
         self._phases: dict[tuple[str, str], str] = {}
         self.track_state("phases", lambda: len(self._phases))
 

@@ -211,6 +211,12 @@ def build_values_schema() -> Schema:
                         "operatorDownFor": DURATION,
                         "offPlanFor": DURATION,
                         "preemptionsPerHour": integer(1),
+                        "memoryHighFor": DURATION,
+                        "memoryHighShare": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 1,
+                        },
                     }
                 ),
                 "health": obj({"port": PORT}),
