@@ -25,7 +25,9 @@
 # tests were added `make unit` grew to 55-60 s with the chart's tests in the first lane; with
 # them in the second, 49-50 s (lanes of 45 s and 22 s, 2026-12-05); to 72-74 s with the
 # simulator's tests in the first (lanes of 68 s and 23 s, 2026-12-07: on their own, policy 34 s,
-# simulation 25 s, operator 13 s, arbiter 4 s), so they moved to the second.
+# simulation 25 s, operator 13 s, arbiter 4 s), so they moved to the second. Later that day
+# the same tests ran 1.45x slower on this machine (simulation 25 -> 36 s alone), make unit
+# 73-76 s (lanes of 52 and 66 s); two simulator replays of 4-8 s each are marked slow: 59 s.
 #
 # Usage: scripts/test-lanes.sh [--unit] [PYTEST_ARGS...]
 set -uo pipefail

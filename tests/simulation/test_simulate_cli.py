@@ -314,6 +314,7 @@ def test_a_ceiling_is_replayed_and_scored_after_it_lifts(
     ))  # fmt: skip
 
 
+@pytest.mark.slow  # several 4 h replays: 4-8 s, the longest of make unit's
 def test_a_job_that_says_the_time_it_has_left_is_replayed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -336,6 +337,7 @@ def test_a_job_that_says_the_time_it_has_left_is_replayed(
     assert scores[0] > scores[1], scores
 
 
+@pytest.mark.slow  # several 4 h replays: 4-8 s, the longest of make unit's
 def test_restarts_that_cost_more_onto_new_nodes_or_warm_up_are_replayed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
