@@ -4,11 +4,11 @@ Why this module exists: the operator's memory grows with the jobs it manages (ab
 a job at the peak of a burst, docs/install.md, "Sizing the operator"), and a container over
 its limit is killed by the kernel (OOMKilled) and restarted: while it restarts no job is
 reconciled or autoscaled, and its restart lists every job anew, which may take it over the
-limit again (a crash loop; not measured) — nothing says so until it happens. Exported next to the process's
-resident memory (``process_resident_memory_bytes``, prometheus_client's), the limit lets one
-alert say how close the operator is, before the kernel does (the chart's
-``TrainScaleOperatorMemoryHigh``). Read on each scrape, as an in-place pod resize may change
-it.
+limit again (a crash loop; not measured) — nothing says so until it happens. Exported next
+to the process's resident memory (``process_resident_memory_bytes``, prometheus_client's),
+the limit lets one alert say how close the operator is, before the kernel does (the chart's
+``TrainScaleOperatorMemoryHigh``). Read on each scrape, as an in-place pod resize may
+change it.
 """
 
 from __future__ import annotations
