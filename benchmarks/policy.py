@@ -56,6 +56,7 @@ Run:  .venv/bin/python benchmarks/policy.py [--hours 4] [--seeds 3] [--cases cli
       [--restart-spread 0.5]   (each restart's cost scattered log-normally about its seed's)
       [--restart-new-nodes 120]   (a move onto nodes the job never spanned costs 120 s
       more: the image pulled there; the autoscaler learns one median cost)
+      [--restart-new-nodes-each]   (that pull paid per new node: pulls sharing one link)
       [--warmup 180:0.5]   (after each restart 3 minutes at half speed: a recompile,
       autotuning, a cold data cache)
       [--restart-max 60] [--sync-whole]   (ablations: no restart over 60 s; every trainer
@@ -416,9 +417,7 @@ def run_case(objective: str, curve_name: str, args: argparse.Namespace) -> CaseR
                 noise=Noise(
                     cond.noise, cond.missing, cond.sync_seen, args.windowed_noise, *args.stalls
                 ),
-                restart_seconds=Restarts(
-                    cond.restart_seconds, args.restart_spread, args.restart_new_nodes, *args.warmup
-                ),
+                restart_seconds=replace(_restarts_of(args), seconds=cond.restart_seconds),
                 seed=seed,
                 rate_window=args.rate_window,
                 controller=controller,
@@ -573,6 +572,12 @@ def _add_restart_flags(parser: argparse.ArgumentParser) -> None:
         help="a move onto more nodes than the run has spanned so far costs SECONDS more (the "
         "image pulled on the new nodes, in parallel); default 0",
     )
+    parser.add_argument(
+        "--restart-new-nodes-each",
+        action="store_true",
+        help="--restart-new-nodes is paid once per new node: the pulls share one link (a "
+        "registry's bandwidth, a NAT gateway), so four new nodes take four times one",
+    )
 
 
 def _positive_seconds(text: str) -> float:
@@ -621,10 +626,23 @@ def _add_ablation_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _restarts_of(args: argparse.Namespace) -> Restarts:
+    """The restart flags as one :class:`Restarts` (60 s standing in for a seed's own cost)."""
+    return Restarts(
+        60.0,
+        args.restart_spread,
+        args.restart_new_nodes,
+        *args.warmup,
+        new_nodes_each=args.restart_new_nodes_each,
+    )
+
+
 def _restarts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Restarts:
     """The restart flags checked (a seed's own cost stands in for the typical one)."""
     try:
-        return Restarts(60.0, args.restart_spread, args.restart_new_nodes, *args.warmup)
+        if args.restart_new_nodes_each and not args.restart_new_nodes:
+            raise ValueError("--restart-new-nodes-each needs --restart-new-nodes SECONDS > 0")
+        return _restarts_of(args)
     except ValueError as err:
         parser.error(f"--restart-spread / --restart-new-nodes: {err}")
 

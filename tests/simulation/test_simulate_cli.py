@@ -212,6 +212,7 @@ ONE_JOB_ERRORS = {
     "--restart-spread -0.5": "--restart-spread must be >= 0, got -0.5",
     "--restart-new-nodes -60": "--restart-new-nodes must be >= 0, got -60",
     "--restart-new-nodes inf": "--restart-new-nodes must be >= 0, got inf",
+    "--restart-new-nodes-each": "--restart-new-nodes-each needs --restart-new-nodes SECONDS > 0",
     "--warmup 180": "--warmup '180': expected SECONDS:SHARE, e.g. 180:0.5",
     "--warmup 180:1.5": "--warmup '180:1.5': SECONDS must be >= 0 and SHARE within [0, 1]",
     "--free-per-node 0": "--free-per-node must be >= 1, got 0",
@@ -364,6 +365,25 @@ def test_restarts_that_cost_more_onto_new_nodes_or_warm_up_are_replayed(
     scores = [float(re.findall(r"# score: ([0-9.]+)", out)[0]) for out in (plain, pulled)]
     assert scores[1] < scores[0] - 0.05, scores
     assert warm_score < scores[0], (warm_score, scores)
+
+
+@pytest.mark.slow  # two 4 h replays
+def test_pulls_sharing_one_link_make_a_move_onto_more_nodes_cost_more(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """recover-4: the 8 -> 32 move spans 6 nodes more; pulled in parallel it pays 600 s more,
+    pulled one after another over one link 3,600 s, so the job reads 32 an hour later."""
+    argv = ["simulate", "--curve", "recover-4", "--restart-seconds", "60", "--noise", "0.02",
+            "--seed", "1", "--restart-new-nodes", "600"]  # fmt: skip
+    assert main(argv) == 0
+    parallel = capsys.readouterr().out
+    assert main([*argv, "--restart-new-nodes-each"]) == 0
+    each = capsys.readouterr().out
+    assert "restart 60 s (+600 s onto new nodes each), rate window" in each
+    assert re.search(r"0:34:00 +32 -> 12 ", parallel), parallel[-800:]
+    assert re.search(r"1:24:00 +32 -> 12 ", each), each[-800:]
+    scores = [float(re.findall(r"# score: ([0-9.]+)", out)[0]) for out in (parallel, each)]
+    assert scores[1] < scores[0] - 0.1, scores
 
 
 def test_nodes_partly_free_are_replayed_as_the_scheduler_packs_them(

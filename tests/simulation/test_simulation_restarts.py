@@ -34,6 +34,12 @@ TWO_NODES_CSV = """count,nodes,samples_per_second,gpu_utilization,sync_fraction
         (Restarts(60.0, new_nodes=100.0), 4, 2, 160.0),  # two, pulled in parallel
         (Restarts(60.0, new_nodes=100.0), 2, 3, 60.0),  # back onto nodes it spanned
         (Restarts(0.0, new_nodes=30.0), 3, 1, 30.0),
+        # pulls sharing one link: each new node adds its pull
+        (Restarts(60.0, new_nodes=100.0, new_nodes_each=True), 2, 1, 160.0),
+        (Restarts(60.0, new_nodes=100.0, new_nodes_each=True), 4, 2, 260.0),
+        (Restarts(0.0, new_nodes=30.0, new_nodes_each=True), 8, 1, 210.0),
+        (Restarts(60.0, new_nodes=100.0, new_nodes_each=True), 2, 3, 60.0),
+        (Restarts(60.0, new_nodes=100.0, new_nodes_each=True), 3, 3, 60.0),
     ],
 )
 def test_a_restart_costs_its_seconds_plus_a_pull_onto_nodes_never_spanned(
@@ -168,3 +174,19 @@ def test_the_daemons_timing_measures_nothing_until_the_new_world_and_settle_seco
     assert times[0] == 10.0
     assert times[1] == pytest.approx(10.0 + math.ceil(first_after / 10) * 10)
     assert times[1:] == pytest.approx([times[1] + 10 * i for i in range(len(times) - 1)])
+
+
+@pytest.mark.parametrize(
+    ("restarts", "words"),
+    [
+        (Restarts(60.0), []),
+        (Restarts(60.0, new_nodes=120.0), ["+120 s onto new nodes"]),
+        (Restarts(60.0, new_nodes=30.0, new_nodes_each=True), ["+30 s onto new nodes each"]),
+        (
+            Restarts(60.0, spread=0.5, warmup_seconds=180.0, warmup_share=0.5),
+            ["spread 0.5", "then 180 s at 0.5 of the rate"],
+        ),
+    ],
+)
+def test_how_restarts_vary_is_said_in_words(restarts: Restarts, words: list[str]) -> None:
+    assert restarts.variations() == words

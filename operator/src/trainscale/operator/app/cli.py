@@ -208,7 +208,8 @@ def _cmd_simulate_workload(args: argparse.Namespace) -> int:
     )
 
     for flag in ("allowed_replicas", "change_at", "change_curve", "ceiling", "free_per_node",
-                 "told_length", "restart_spread", "restart_new_nodes", "warmup",
+                 "told_length", "restart_spread", "restart_new_nodes",
+                 "restart_new_nodes_each", "warmup",
                  "operator_timing"):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value is not False and value != []:  # set (0 is set)
@@ -339,6 +340,12 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SECONDS",
         help="a move onto nodes the job has never spanned costs SECONDS more (its image "
         "pulled there)",
+    )
+    sim.add_argument(
+        "--restart-new-nodes-each",
+        action="store_true",
+        help="--restart-new-nodes is paid per new node: the pulls share one link (a "
+        "registry's bandwidth, a NAT gateway), so four new nodes take four times one",
     )
     sim.add_argument(
         "--warmup",

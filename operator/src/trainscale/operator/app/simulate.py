@@ -64,6 +64,7 @@ class SimulateOptions:
     restart_seconds: float = 60.0
     restart_spread: float = 0.0  # each restart's cost scattered log-normally about it
     restart_new_nodes: float = 0.0  # more for a move onto nodes never spanned before
+    restart_new_nodes_each: bool = False  # that much per new node: pulls sharing one link
     warmup: str | None = None  # SECONDS:SHARE, a slow start after each restart
     rate_window: float = 60.0
     seed: int = 0
@@ -433,7 +434,7 @@ def write_plot(result: SimulationResult, path: str) -> None:
 
 def restarts_from(options: SimulateOptions) -> Restarts:
     """The run's :class:`Restarts` from ``--restart-seconds``, ``--restart-spread``,
-    ``--restart-new-nodes`` and ``--warmup``.
+    ``--restart-new-nodes`` (``--restart-new-nodes-each``) and ``--warmup``.
 
     Raises:
         SimulateError: naming the flag.
@@ -442,6 +443,8 @@ def restarts_from(options: SimulateOptions) -> Restarts:
                         ("--restart-new-nodes", options.restart_new_nodes)):  # fmt: skip
         if not (math.isfinite(value) and value >= 0):
             raise SimulateError(f"{flag} must be >= 0, got {value:g}")
+    if options.restart_new_nodes_each and not options.restart_new_nodes:
+        raise SimulateError("--restart-new-nodes-each needs --restart-new-nodes SECONDS > 0")
     warmup = (0.0, 1.0)
     if options.warmup is not None:
         try:
@@ -449,7 +452,7 @@ def restarts_from(options: SimulateOptions) -> Restarts:
         except ValueError as exc:
             raise SimulateError(f"--warmup {options.warmup!r}: {exc}") from None
     return Restarts(options.restart_seconds, options.restart_spread, options.restart_new_nodes,
-                    *warmup)  # fmt: skip
+                    *warmup, new_nodes_each=options.restart_new_nodes_each)  # fmt: skip
 
 
 def run_simulate(options: SimulateOptions, out: Any) -> int:

@@ -806,6 +806,9 @@ class Restarts:
             far: the image is pulled on the new nodes (in parallel, so once however many),
             and a later move back onto them finds it cached. The run's first nodes are
             paid before it starts, as a static job's are.
+        new_nodes_each: ``new_nodes`` is paid once per new node, not once per move: the
+            pulls share one link (a registry's bandwidth, a NAT gateway), so pulling on
+            four new nodes at once takes four times as long as on one.
         warmup_seconds: After each restart the job trains this long at ``warmup_share``
             of its rate (and GPU utilization) before it runs at full speed: a
             ``torch.compile`` recompiling for the new world size, cuDNN autotuning, a cold
@@ -821,6 +824,7 @@ class Restarts:
     new_nodes: float = 0.0
     warmup_seconds: float = 0.0
     warmup_share: float = 1.0
+    new_nodes_each: bool = False
 
     def __post_init__(self) -> None:
         for name in ("seconds", "spread", "new_nodes", "warmup_seconds"):
@@ -838,14 +842,18 @@ class Restarts:
         base = self.seconds
         if self.spread > 0:
             base *= math.exp(rng.gauss(-self.spread * self.spread / 2.0, self.spread))
-        return base + (self.new_nodes if nodes > most_nodes else 0.0)
+        added = max(0, nodes - most_nodes)
+        if self.new_nodes_each:
+            return base + self.new_nodes * added
+        return base + (self.new_nodes if added else 0.0)
 
     def variations(self) -> list[str]:
         """How its restarts vary, in words (``spread 0.5``, ``+120 s onto new nodes``,
         ``then 180 s at 0.5 of the rate``); empty where each costs ``seconds``."""
         words = [f"spread {self.spread:g}"] if self.spread else []
         if self.new_nodes:
-            words.append(f"+{self.new_nodes:g} s onto new nodes")
+            each = " each" if self.new_nodes_each else ""
+            words.append(f"+{self.new_nodes:g} s onto new nodes{each}")
         if self.warmup_seconds and self.warmup_share < 1:
             words.append(f"then {self.warmup_seconds:g} s at {self.warmup_share:g} of the rate")
         return words
