@@ -309,13 +309,19 @@ class _Job:
     def steps(self) -> int:
         return max((e["step"] for e in read_audit(self.base / "audit")), default=0)
 
-    def rate(self, cluster: LocalCluster, steps: int) -> float:
-        """Samples/s read from the endpoints over ``steps`` optimizer steps."""
+    def per_step(self, cluster: LocalCluster, steps: int) -> float:
+        """Samples per optimizer step the endpoints count over ``steps`` or more steps.
+
+        Per step, not per second: the step count comes from the audit, so no wall clock
+        (and no load on the machine) enters the figure; only the steps in flight at either
+        end (at most one per rank) blur it, a few percent over 60 steps.
+        """
         logs = self.base / "logs"
         _poll("steady training", lambda: self.steps() >= 5 and self.total(cluster) > 0, logs)
-        c0, t0, s0 = self.total(cluster), time.monotonic(), self.steps()
+        c0, s0 = self.total(cluster), self.steps()
         _poll(f"{steps} steps", lambda: self.steps() >= s0 + steps, logs)
-        return (self.total(cluster) - c0) / (time.monotonic() - t0)
+        c1, s1 = self.total(cluster), self.steps()
+        return (c1 - c0) / (s1 - s0)
 
     def pause_and_compare(self, cluster: LocalCluster) -> tuple[float, int]:
         """Stop training (every rank sleeps in its next batch); return the endpoints' total
@@ -346,7 +352,7 @@ def test_two_process_pod_reports_all_its_work(tmp_path: Path) -> None:
     job = _Job(tmp_path / "a", nproc=2)
     with LocalCluster(job.config, log_dir=job.base / "logs") as cluster:
         cluster.start(1)
-        rate_2x1 = job.rate(cluster, steps=60)
+        per_step_2x1 = job.per_step(cluster, steps=60)
         seen = [_scrape_samples(job.base_port)]
         job.pace("200")  # slow down while the second pod boots
         cluster.add_worker()
@@ -365,12 +371,17 @@ def test_two_process_pod_reports_all_its_work(tmp_path: Path) -> None:
     two_pods = _Job(tmp_path / "b", nproc=1)
     with LocalCluster(two_pods.config, log_dir=two_pods.base / "logs") as cluster_b:
         cluster_b.start(2)
-        rate_1x2 = two_pods.rate(cluster_b, steps=60)
+        per_step_1x2 = two_pods.per_step(cluster_b, steps=60)
         total_b, audited_b = two_pods.pause_and_compare(cluster_b)
         two_pods.kill(cluster_b)
     assert total_b == audited_b
-    # Same world size, same batch, step time dominated by the paced batch: the same
-    # throughput, within this shared machine's noise (measured +-20 %; the exact check is the
-    # totals above). Reading one rank of the 2-process pod would give about half.
-    print(f"samples/s: one pod x 2 processes {rate_2x1:.0f}, two pods x 1 {rate_1x2:.0f}")
-    assert 0.65 < rate_2x1 / rate_1x2 < 1.5, (rate_2x1, rate_1x2)
+    # Every step trains the global batch, however the world sits in pods: the endpoints
+    # together count BATCH samples a step in both layouts. Reading one rank of the
+    # 2-process pod would give half, counting a rank twice double. (A ratio of samples per
+    # second between the two runs, as this compared before, varied with the machine's
+    # load: 1.56 under CI's parallel lanes against a bound of 1.5.)
+    print(
+        f"samples/step: one pod x 2 processes {per_step_2x1:.1f}, two pods x 1 {per_step_1x2:.1f}"
+    )
+    for per_step in (per_step_2x1, per_step_1x2):
+        assert 0.85 * BATCH < per_step < 1.15 * BATCH, (per_step_2x1, per_step_1x2, BATCH)
