@@ -195,7 +195,7 @@ def _conditions(args: argparse.Namespace) -> tuple[Condition, ...]:
     return scaled_conditions(
         args.noise_scale,
         restart_max=args.restart_max,
-        sync_seen=1.0 if args.sync_whole else args.sync_seen,
+        sync_seen=args.sync_seen,
     )
 
 
@@ -620,9 +620,11 @@ def _add_ablation_flags(parser: argparse.ArgumentParser) -> None:
     )
     sync.add_argument(
         "--sync-whole",
-        action="store_true",
+        action="store_const",
+        const=1.0,
+        dest="sync_seen",
         help="every seed's trainer reads its sync share whole (the seeds that read 80-90 %% "
-        "of it read all; an ablation)",
+        "of it read all; an ablation; the same as --sync-seen 1)",
     )
 
 
